@@ -1,0 +1,89 @@
+//! Per-round X25519 key pairs (RFC 7748) on curve25519-dalek. Pure: no I/O.
+//!
+//! Each node makes two pairs per round: one whose agreements key the AEAD that
+//! carries Shamir shares, one whose agreements seed the pairwise masks. Only the
+//! mask secret is ever Shamir-shared (so a dropped node's masks can be removed).
+
+use curve25519_dalek::montgomery::MontgomeryPoint;
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use crate::{CryptoError, SecureRandom};
+
+/// An X25519 secret scalar for one round. Zeroized on drop.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct RoundSecret([u8; 32]);
+
+impl std::fmt::Debug for RoundSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RoundSecret(..)")
+    }
+}
+
+/// An X25519 public key (a Montgomery u-coordinate).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RoundPublic(pub [u8; 32]);
+
+impl std::fmt::Debug for RoundPublic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RoundPublic({:02x}{:02x}{:02x}{:02x}..)", self.0[0], self.0[1], self.0[2], self.0[3])
+    }
+}
+
+impl RoundPublic {
+    /// Parse 32 bytes; rejects the all-zero point, whose agreements are all zero.
+    pub fn from_slice(b: &[u8]) -> Result<Self, CryptoError> {
+        let arr: [u8; 32] = b.try_into().map_err(|_| CryptoError::MalformedKey("x25519 public key must be 32 bytes"))?;
+        if arr == [0u8; 32] {
+            return Err(CryptoError::MalformedKey("x25519 public key is the zero point"));
+        }
+        Ok(Self(arr))
+    }
+}
+
+/// The raw X25519 shared secret. Zeroized on drop.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct SharedSecret(pub(crate) [u8; 32]);
+
+impl std::fmt::Debug for SharedSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedSecret(..)")
+    }
+}
+
+impl RoundSecret {
+    /// A fresh secret from the given generator.
+    pub fn generate(rng: &dyn SecureRandom) -> Result<Self, CryptoError> {
+        let mut b = [0u8; 32];
+        rng.fill(&mut b).map_err(|_| CryptoError::Random)?;
+        Ok(Self(b))
+    }
+
+    /// Rebuild from bytes (a reconstructed Shamir secret or a test vector).
+    pub fn from_bytes(b: [u8; 32]) -> Self {
+        Self(b)
+    }
+
+    /// The bytes, for Shamir sharing only.
+    pub(crate) fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    pub fn public(&self) -> RoundPublic {
+        RoundPublic(MontgomeryPoint::mul_base_clamped(self.0).to_bytes())
+    }
+
+    /// X25519(self, peer). Rejects an all-zero result (a low-order peer key).
+    pub fn agree(&self, peer: &RoundPublic) -> Result<SharedSecret, CryptoError> {
+        let s = MontgomeryPoint(peer.0).mul_clamped(self.0).to_bytes();
+        if s == [0u8; 32] {
+            return Err(CryptoError::MalformedKey("x25519 agreement gave the zero point (low-order key)"));
+        }
+        Ok(SharedSecret(s))
+    }
+}
+
+impl SharedSecret {
+    pub(crate) fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}

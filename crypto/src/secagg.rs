@@ -1,0 +1,529 @@
+//! Secure aggregation with dropout recovery, semi-honest setting (Bonawitz et al.
+//! 2017, §4 "Practical Secure Aggregation", rounds 0–4). Pure: no I/O, no clock.
+//!
+//! A round over a roster U1 (sorted node names; position i has Shamir x = i+1):
+//! 0. every node makes two X25519 pairs (share encryption `c`, masks `s`) and signs
+//!    [`key_signing_payload`] with its certified long-term key (signing is the
+//!    caller's: it owns that key);
+//! 1. each node Shamir-shares its self-mask seed `b` and its mask secret `s_sk`
+//!    t-of-|U1| and seals each peer's shares to that peer (HKDF over X25519 →
+//!    ChaCha20-Poly1305, context = version ‖ round ‖ sender ‖ receiver);
+//! 2. over U2 (those whose shares were delivered) each node sends
+//!    `y = x + PRG(b) + Σ_{v>u} PRG(s_uv) − Σ_{v<u} PRG(s_uv)` in Z_2^64;
+//! 3. the server names U3 (whose `y` arrived) and the dropped set U2∖U3; each node
+//!    reveals, for each peer, the `b` share if it survived or the `s_sk` share if it
+//!    dropped — never both — and refuses if fewer than t survivors remain;
+//! 4. the server removes the masks and obtains exactly Σ_{u∈U3} x_u.
+//!
+//! Client and server states are types consumed by value, so a client cannot be
+//! asked to unmask twice in one round.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use zeroize::Zeroize;
+
+use crate::kdf::{self, DerivedKey};
+use crate::keys::{RoundPublic, RoundSecret};
+use crate::prg::{self, MaskSeed, Sign};
+use crate::shamir::{self, SHARE_Y_LEN, Share};
+use crate::{CryptoError, RoundId, SecureRandom, aead};
+
+/// Default threshold for n participants: ⌊2n/3⌋ + 1 (always > n/2).
+pub fn default_threshold(n: usize) -> usize {
+    2 * n / 3 + 1
+}
+
+/// A threshold must exceed n/2 (so two disjoint survivor sets cannot both unmask)
+/// and be at least 2 (one node alone can never unmask another).
+pub fn check_threshold(t: usize, n: usize) -> Result<(), CryptoError> {
+    if t < 2 || t > n || 2 * t <= n {
+        return Err(CryptoError::Threshold { t, n });
+    }
+    Ok(())
+}
+
+/// The bytes a node signs with its certified key to advertise its round keys.
+pub fn key_signing_payload(round: &RoundId, node: &str, enc: &RoundPublic, mask: &RoundPublic) -> Vec<u8> {
+    kdf::context("advertise-keys", round, &[node.as_bytes(), &enc.0, &mask.0])
+}
+
+/// A node's advertised public keys (after the caller has verified its signature).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerKeys {
+    pub name: String,
+    pub enc: RoundPublic,
+    pub mask: RoundPublic,
+}
+
+/// One revealed share during unmasking.
+#[derive(Debug, Clone)]
+pub enum Revealed {
+    /// Share of a surviving peer's self-mask seed `b`.
+    SelfMask { of: String, share: Share },
+    /// Share of a dropped peer's mask secret `s_sk`.
+    MaskKey { of: String, share: Share },
+}
+
+impl Revealed {
+    pub fn of(&self) -> &str {
+        match self {
+            Revealed::SelfMask { of, .. } | Revealed::MaskKey { of, .. } => of,
+        }
+    }
+}
+
+fn share_context(round: &RoundId, from: &str, to: &str) -> Vec<u8> {
+    kdf::context("share", round, &[from.as_bytes(), to.as_bytes()])
+}
+
+fn pair_seed(secret: &RoundSecret, peer: &RoundPublic, round: &RoundId, a: &str, b: &str) -> Result<MaskSeed, CryptoError> {
+    let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+    let shared = secret.agree(peer)?;
+    let k = kdf::derive(shared.bytes(), &kdf::context("pair-mask", round, &[lo.as_bytes(), hi.as_bytes()]));
+    Ok(MaskSeed(*k.bytes()))
+}
+
+fn self_seed(b: &[u8; 32], round: &RoundId, node: &str) -> MaskSeed {
+    let k = kdf::derive(b, &kdf::context("self-mask", round, &[node.as_bytes()]));
+    MaskSeed(*k.bytes())
+}
+
+/// The sign with which `u`'s pairwise mask with `v` enters `u`'s masked vector.
+fn pair_sign(u: &str, v: &str) -> Sign {
+    if u < v { Sign::Add } else { Sign::Sub }
+}
+
+fn position(roster: &[String], name: &str) -> Option<usize> {
+    roster.binary_search_by(|n| n.as_str().cmp(name)).ok()
+}
+
+/// Check a roster is sorted, unique and non-empty.
+pub fn check_roster(roster: &[String]) -> Result<(), CryptoError> {
+    if roster.is_empty() || roster.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(CryptoError::Protocol("roster must be non-empty, sorted and without duplicates".into()));
+    }
+    Ok(())
+}
+
+/// Round parameters every party agrees on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoundParams {
+    pub round: RoundId,
+    /// Shamir threshold.
+    pub t: usize,
+    /// Vector length.
+    pub d: usize,
+}
+
+struct SelfSeed([u8; 32]);
+impl Drop for SelfSeed {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+/// Client state 0: keys made, waiting for the roster of advertised keys (U1).
+pub struct ClientAdvertised {
+    params: RoundParams,
+    me: String,
+    enc: RoundSecret,
+    mask: RoundSecret,
+    b: SelfSeed,
+}
+
+impl std::fmt::Debug for ClientAdvertised {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientAdvertised").field("params", &self.params).field("me", &self.me).finish_non_exhaustive()
+    }
+}
+
+/// Client state 1: shares sent, waiting for the peers' shares and U2.
+pub struct ClientShared {
+    params: RoundParams,
+    me: String,
+    enc: RoundSecret,
+    mask: RoundSecret,
+    b: SelfSeed,
+    u1: Vec<PeerKeys>,
+    own: (Share, Share),
+}
+
+impl std::fmt::Debug for ClientShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientShared").field("params", &self.params).field("me", &self.me).finish_non_exhaustive()
+    }
+}
+
+/// Client state 2: holds every peer's shares; ready to mask its input.
+pub struct ClientReady {
+    params: RoundParams,
+    me: String,
+    mask: RoundSecret,
+    b: SelfSeed,
+    u1: Vec<PeerKeys>,
+    u2: BTreeSet<String>,
+    /// Shares held for each node of U2 (including this node's own): (b share, s_sk share).
+    held: BTreeMap<String, (Share, Share)>,
+}
+
+impl std::fmt::Debug for ClientReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientReady").field("params", &self.params).field("me", &self.me).finish_non_exhaustive()
+    }
+}
+
+/// Client state 3: masked input sent; waits for exactly one unmask request.
+pub struct ClientMasked {
+    params: RoundParams,
+    me: String,
+    u2: BTreeSet<String>,
+    held: BTreeMap<String, (Share, Share)>,
+}
+
+impl std::fmt::Debug for ClientMasked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientMasked").field("params", &self.params).field("me", &self.me).finish_non_exhaustive()
+    }
+}
+
+impl ClientAdvertised {
+    /// Make this round's key pairs and self-mask seed. Returns the public keys to sign.
+    pub fn new(params: RoundParams, me: &str, rng: &dyn SecureRandom) -> Result<(Self, PeerKeys), CryptoError> {
+        let enc = RoundSecret::generate(rng)?;
+        let mask = RoundSecret::generate(rng)?;
+        let mut b = SelfSeed([0u8; 32]);
+        rng.fill(&mut b.0).map_err(|_| CryptoError::Random)?;
+        let keys = PeerKeys { name: me.to_string(), enc: enc.public(), mask: mask.public() };
+        Ok((Self { params, me: me.to_string(), enc, mask, b }, keys))
+    }
+
+    /// Given U1's verified keys (sorted by name, must contain this node's own keys
+    /// unaltered and at least t nodes), split `b` and `s_sk` and seal each peer's
+    /// shares. Returns (peer name, ciphertext) for every other node of U1.
+    pub fn share(self, u1: Vec<PeerKeys>, rng: &dyn SecureRandom) -> Result<(ClientShared, Vec<(String, Vec<u8>)>), CryptoError> {
+        let names: Vec<String> = u1.iter().map(|p| p.name.clone()).collect();
+        check_roster(&names)?;
+        let n = u1.len();
+        if n < self.params.t {
+            return Err(CryptoError::Protocol(format!(
+                "round {}: offered {n} participants, fewer than the threshold t={}; refusing",
+                self.params.round, self.params.t
+            )));
+        }
+        check_threshold(self.params.t, n)?;
+        let my_pos = position(&names, &self.me)
+            .ok_or_else(|| CryptoError::Protocol(format!("round {}: this node is not in the roster", self.params.round)))?;
+        let mine = &u1[my_pos];
+        if mine.enc != self.enc.public() || mine.mask != self.mask.public() {
+            return Err(CryptoError::Protocol(format!(
+                "round {}: the roster carries keys for this node that it did not advertise",
+                self.params.round
+            )));
+        }
+        let b_shares = shamir::split(&self.b.0, self.params.t, n, rng)?;
+        let s_shares = shamir::split(self.mask.bytes(), self.params.t, n, rng)?;
+        let mut out = Vec::with_capacity(n - 1);
+        let mut own = None;
+        for (i, peer) in u1.iter().enumerate() {
+            if i == my_pos {
+                own = Some((b_shares[i].clone(), s_shares[i].clone()));
+                continue;
+            }
+            let ctx = share_context(&self.params.round, &self.me, &peer.name);
+            let key = kdf::derive(self.enc.agree(&peer.enc)?.bytes(), &ctx);
+            let mut plain = Vec::with_capacity(2 * SHARE_Y_LEN);
+            plain.extend_from_slice(&b_shares[i].y_bytes());
+            plain.extend_from_slice(&s_shares[i].y_bytes());
+            out.push((peer.name.clone(), aead::seal(&key, &ctx, &plain)));
+            plain.zeroize();
+        }
+        // Unwrap safety: my_pos indexes u1, so the loop set `own`.
+        let own = own.unwrap();
+        let ClientAdvertised { params, me, enc, mask, b } = self;
+        Ok((ClientShared { params, me, enc, mask, b, u1, own }, out))
+    }
+}
+
+impl ClientShared {
+    /// Receive the ciphertexts addressed to this node and U2 (the nodes whose shares
+    /// were delivered). U2 must contain this node, be a subset of U1, have at least t
+    /// members, and every other member must have sent a share that opens.
+    pub fn receive(self, u2: &[String], incoming: &[(String, Vec<u8>)]) -> Result<ClientReady, CryptoError> {
+        let round = self.params.round;
+        let u2: BTreeSet<String> = u2.iter().cloned().collect();
+        if u2.len() < self.params.t {
+            return Err(CryptoError::Protocol(format!(
+                "round {round}: only {} nodes shared keys, fewer than t={}; refusing",
+                u2.len(),
+                self.params.t
+            )));
+        }
+        if !u2.contains(&self.me) {
+            return Err(CryptoError::Protocol(format!("round {round}: this node is missing from U2")));
+        }
+        let names: Vec<String> = self.u1.iter().map(|p| p.name.clone()).collect();
+        let my_x = position(&names, &self.me).map(|p| p as u32 + 1).unwrap_or(0);
+        let mut held = BTreeMap::new();
+        held.insert(self.me.clone(), self.own.clone());
+        for name in &u2 {
+            if name == &self.me {
+                continue;
+            }
+            let pos = position(&names, name)
+                .ok_or_else(|| CryptoError::Protocol(format!("round {round}: U2 names {name}, who is not in U1")))?;
+            let ct = incoming
+                .iter()
+                .find(|(from, _)| from == name)
+                .map(|(_, c)| c)
+                .ok_or_else(|| CryptoError::Protocol(format!("round {round}: no share from {name}, who is in U2")))?;
+            let ctx = share_context(&round, name, &self.me);
+            let key: DerivedKey = kdf::derive(self.enc.agree(&self.u1[pos].enc)?.bytes(), &ctx);
+            let mut plain = aead::open(&key, &ctx, ct)?;
+            if plain.len() != 2 * SHARE_Y_LEN {
+                plain.zeroize();
+                return Err(CryptoError::MalformedShare("share plaintext must be 128 bytes"));
+            }
+            let pair = (Share::from_parts(my_x, &plain[..SHARE_Y_LEN])?, Share::from_parts(my_x, &plain[SHARE_Y_LEN..])?);
+            plain.zeroize();
+            held.insert(name.clone(), pair);
+        }
+        let ClientShared { params, me, mask, b, u1, .. } = self;
+        Ok(ClientReady { params, me, mask, b, u1, u2, held })
+    }
+}
+
+impl ClientReady {
+    /// Mask `input` (length d, already encoded in Z_2^64) for the nodes of U2.
+    pub fn mask(self, input: &[u64]) -> Result<(ClientMasked, Vec<u64>), CryptoError> {
+        if input.len() != self.params.d {
+            return Err(CryptoError::Length { got: input.len(), expected: self.params.d });
+        }
+        let mut y = input.to_vec();
+        prg::expand_into(&self_seed(&self.b.0, &self.params.round, &self.me), &mut y, Sign::Add);
+        for peer in &self.u1 {
+            if peer.name == self.me || !self.u2.contains(&peer.name) {
+                continue;
+            }
+            let seed = pair_seed(&self.mask, &peer.mask, &self.params.round, &self.me, &peer.name)?;
+            prg::expand_into(&seed, &mut y, pair_sign(&self.me, &peer.name));
+        }
+        let ClientReady { params, me, u2, held, .. } = self;
+        Ok((ClientMasked { params, me, u2, held }, y))
+    }
+}
+
+impl ClientMasked {
+    /// Answer the single unmask request: `survivors` is U3, `dropped` is U2∖U3.
+    /// Refuses (revealing nothing) unless U3 and dropped are disjoint, cover U2
+    /// exactly, U3 contains this node and has at least t members. Consumes the
+    /// state, so no second request in this round can be answered.
+    pub fn unmask(self, survivors: &[String], dropped: &[String]) -> Result<Vec<Revealed>, CryptoError> {
+        let round = self.params.round;
+        let s: BTreeSet<&String> = survivors.iter().collect();
+        let d: BTreeSet<&String> = dropped.iter().collect();
+        if s.len() != survivors.len() || d.len() != dropped.len() {
+            return Err(CryptoError::Protocol(format!("round {round}: unmask request lists a node twice; refusing")));
+        }
+        if let Some(both) = s.intersection(&d).next() {
+            return Err(CryptoError::Protocol(format!(
+                "round {round}: unmask request asks for both shares of {both}; refusing"
+            )));
+        }
+        let union: BTreeSet<&String> = s.union(&d).copied().collect();
+        let u2: BTreeSet<&String> = self.u2.iter().collect();
+        if union != u2 {
+            return Err(CryptoError::Protocol(format!(
+                "round {round}: unmask request does not partition the nodes that shared keys; refusing"
+            )));
+        }
+        if !s.contains(&self.me) {
+            return Err(CryptoError::Protocol(format!("round {round}: unmask request says this node dropped; refusing")));
+        }
+        if s.len() < self.params.t {
+            return Err(CryptoError::Protocol(format!(
+                "round {round}: only {} survivors, fewer than t={}; refusing to unmask",
+                s.len(),
+                self.params.t
+            )));
+        }
+        let mut out = Vec::with_capacity(u2.len());
+        for name in &self.u2 {
+            let (b_share, s_share) = &self.held[name];
+            if s.contains(name) {
+                out.push(Revealed::SelfMask { of: name.clone(), share: b_share.clone() });
+            } else {
+                out.push(Revealed::MaskKey { of: name.clone(), share: s_share.clone() });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Server side while masked inputs arrive: holds only the running sum (O(d)).
+#[derive(Debug)]
+pub struct Aggregator {
+    params: RoundParams,
+    u1: Vec<PeerKeys>,
+    u2: BTreeSet<String>,
+    sum: Vec<u64>,
+    included: BTreeSet<String>,
+}
+
+/// Server side after inputs close: U3 is fixed; late inputs are rejected.
+#[derive(Debug)]
+pub struct Unmasking {
+    params: RoundParams,
+    u1: Vec<PeerKeys>,
+    u2: BTreeSet<String>,
+    sum: Vec<u64>,
+    survivors: BTreeSet<String>,
+}
+
+impl Aggregator {
+    /// `u1`: verified keys of every node that advertised; `u2`: nodes whose shares were delivered.
+    pub fn new(params: RoundParams, u1: Vec<PeerKeys>, u2: &[String]) -> Result<Self, CryptoError> {
+        let names: Vec<String> = u1.iter().map(|p| p.name.clone()).collect();
+        check_roster(&names)?;
+        let u2: BTreeSet<String> = u2.iter().cloned().collect();
+        if let Some(x) = u2.iter().find(|n| position(&names, n).is_none()) {
+            return Err(CryptoError::Protocol(format!("{x} is in U2 but not in U1")));
+        }
+        let sum = vec![0u64; params.d];
+        Ok(Self { params, u1, u2, sum, included: BTreeSet::new() })
+    }
+
+    pub fn params(&self) -> &RoundParams {
+        &self.params
+    }
+
+    /// Add a complete, validated masked vector.
+    pub fn add_masked(&mut self, from: &str, y: &[u64]) -> Result<(), CryptoError> {
+        if !self.u2.contains(from) {
+            return Err(CryptoError::Protocol(format!("{from} sent a masked input but is not in U2")));
+        }
+        if self.included.contains(from) {
+            return Err(CryptoError::Protocol(format!("{from} sent a second masked input")));
+        }
+        if y.len() != self.params.d {
+            return Err(CryptoError::Length { got: y.len(), expected: self.params.d });
+        }
+        for (s, v) in self.sum.iter_mut().zip(y) {
+            *s = s.wrapping_add(*v);
+        }
+        self.included.insert(from.to_string());
+        Ok(())
+    }
+
+    /// Close inputs: whoever has not sent a complete vector is dropped.
+    pub fn close(self) -> Unmasking {
+        let Aggregator { params, u1, u2, sum, included } = self;
+        Unmasking { params, u1, u2, sum, survivors: included }
+    }
+}
+
+impl Unmasking {
+    pub fn survivors(&self) -> Vec<String> {
+        self.survivors.iter().cloned().collect()
+    }
+
+    pub fn dropped(&self) -> Vec<String> {
+        self.u2.difference(&self.survivors).cloned().collect()
+    }
+
+    pub fn params(&self) -> &RoundParams {
+        &self.params
+    }
+
+    /// A late masked input: always refused once inputs are closed.
+    pub fn add_masked(&mut self, from: &str, _y: &[u64]) -> Result<(), CryptoError> {
+        Err(CryptoError::Protocol(format!(
+            "round {}: masked input from {from} arrived after inputs closed; {from} is counted as dropped",
+            self.params.round
+        )))
+    }
+
+    /// Remove all masks using the revealed shares of at least t responders (each a
+    /// survivor). Returns Σ_{u∈U3} x_u exactly.
+    pub fn finish(self, responses: &[(String, Vec<Revealed>)]) -> Result<Vec<u64>, CryptoError> {
+        let round = self.params.round;
+        let t = self.params.t;
+        if self.survivors.len() < t {
+            return Err(CryptoError::Protocol(format!(
+                "round {round}: only {} survivors, fewer than t={t}; the round cannot be unmasked",
+                self.survivors.len()
+            )));
+        }
+        let names: Vec<String> = self.u1.iter().map(|p| p.name.clone()).collect();
+        let mut self_shares: BTreeMap<&str, Vec<Share>> = BTreeMap::new();
+        let mut key_shares: BTreeMap<&str, Vec<Share>> = BTreeMap::new();
+        let mut responders = BTreeSet::new();
+        for (from, reveals) in responses {
+            if !self.survivors.contains(from) {
+                return Err(CryptoError::Protocol(format!("round {round}: unmask response from {from}, who is not a survivor")));
+            }
+            if !responders.insert(from.as_str()) {
+                return Err(CryptoError::Protocol(format!("round {round}: two unmask responses from {from}")));
+            }
+            // Unwrap safety: survivors ⊆ U2 ⊆ U1 = names, checked at construction.
+            let x = position(&names, from).unwrap() as u32 + 1;
+            for r in reveals {
+                let share = match r {
+                    Revealed::SelfMask { share, .. } | Revealed::MaskKey { share, .. } => share,
+                };
+                if share.x != x {
+                    return Err(CryptoError::Protocol(format!("round {round}: {from} revealed a share with the wrong index")));
+                }
+                match r {
+                    Revealed::SelfMask { of, share } if self.survivors.contains(of) => {
+                        self_shares.entry(of.as_str()).or_default().push(share.clone())
+                    }
+                    Revealed::MaskKey { of, share } if self.u2.contains(of) && !self.survivors.contains(of) => {
+                        key_shares.entry(of.as_str()).or_default().push(share.clone())
+                    }
+                    other => {
+                        return Err(CryptoError::Protocol(format!(
+                            "round {round}: {from} revealed the wrong kind of share for {}",
+                            other.of()
+                        )));
+                    }
+                }
+            }
+        }
+        if responders.len() < t {
+            return Err(CryptoError::Protocol(format!(
+                "round {round}: {} nodes answered the unmask request, fewer than t={t}",
+                responders.len()
+            )));
+        }
+        let mut sum = self.sum;
+        for u in &self.survivors {
+            let shares = self_shares.get(u.as_str()).map(Vec::as_slice).unwrap_or(&[]);
+            let mut b = shamir::combine(shares, t)?;
+            prg::expand_into(&self_seed(&b, &round, u), &mut sum, Sign::Sub);
+            b.zeroize();
+        }
+        for v in self.u2.difference(&self.survivors) {
+            let shares = key_shares.get(v.as_str()).map(Vec::as_slice).unwrap_or(&[]);
+            let sk = RoundSecret::from_bytes(shamir::combine(shares, t)?);
+            // Unwrap safety: v ∈ U2 ⊆ U1 = names.
+            let vk = &self.u1[position(&names, v).unwrap()];
+            if sk.public() != vk.mask {
+                return Err(CryptoError::Protocol(format!(
+                    "round {round}: reconstructed mask key of {v} does not match its advertised key"
+                )));
+            }
+            for u in &self.survivors {
+                // Unwrap safety: u ∈ U3 ⊆ U1 = names.
+                let uk = &self.u1[position(&names, u).unwrap()];
+                let seed = pair_seed(&sk, &uk.mask, &round, v, u)?;
+                // u added its mask with v with sign pair_sign(u, v); remove it.
+                let undo = match pair_sign(u, v) {
+                    Sign::Add => Sign::Sub,
+                    Sign::Sub => Sign::Add,
+                };
+                prg::expand_into(&seed, &mut sum, undo);
+            }
+        }
+        Ok(sum)
+    }
+}

@@ -1,0 +1,594 @@
+//! Parsed domain types for every `fedcrm.v1` message, and their conversions.
+//! Parse, don't validate: a `TryFrom<pb::…>` either yields a well-formed value or
+//! a [`WireError`] that says which field is wrong; nothing downstream re-checks.
+
+use fedcrm_crypto::RoundId;
+use fedcrm_crypto::keys::RoundPublic;
+use ring::digest;
+
+use crate::pb;
+use crate::rfm::{Cuts, HistogramSpec, Layout, Metric};
+
+/// Protocol version string both sides must send.
+pub const VERSION: &str = fedcrm_crypto::PROTOCOL_VERSION;
+
+/// Largest vector a round may use (words); 64 Mi words = 512 MiB.
+pub const MAX_LENGTH: u64 = 1 << 26;
+/// Largest number of invited nodes in one round.
+pub const MAX_NODES: usize = 1000;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("message has no body")]
+    Empty,
+    #[error("field {field}: {why}")]
+    Field { field: &'static str, why: String },
+    #[error("incompatible protocol version {got:?}; this build speaks {VERSION:?} — upgrade the older side")]
+    Version { got: String },
+}
+
+fn field(field: &'static str, why: impl Into<String>) -> WireError {
+    WireError::Field { field, why: why.into() }
+}
+
+fn round_id(b: &[u8]) -> Result<RoundId, WireError> {
+    let a: [u8; 16] = b.try_into().map_err(|_| field("round_id", format!("must be 16 bytes, got {}", b.len())))?;
+    Ok(RoundId(a))
+}
+
+fn public(name: &'static str, b: &[u8]) -> Result<RoundPublic, WireError> {
+    RoundPublic::from_slice(b).map_err(|e| field(name, e.to_string()))
+}
+
+fn node_name(name: &'static str, s: &str) -> Result<String, WireError> {
+    if s.is_empty() || s.len() > 64 || !s.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.') {
+        return Err(field(name, format!("{s:?} is not a node name ([a-z0-9.-], 1..=64)")));
+    }
+    Ok(s.to_string())
+}
+
+fn names(name: &'static str, v: &[String]) -> Result<Vec<String>, WireError> {
+    if v.len() > MAX_NODES {
+        return Err(field(name, format!("{} names exceed the limit {MAX_NODES}", v.len())));
+    }
+    let out = v.iter().map(|s| node_name(name, s)).collect::<Result<Vec<_>, _>>()?;
+    if out.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(field(name, "must be sorted and without duplicates"));
+    }
+    Ok(out)
+}
+
+/// SHA-256 of words as little-endian bytes (the chunk hash).
+pub fn words_sha256(words: &[u64]) -> [u8; 32] {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    for w in words {
+        ctx.update(&w.to_le_bytes());
+    }
+    // Unwrap safety: SHA-256 output is 32 bytes.
+    ctx.finish().as_ref().try_into().unwrap()
+}
+
+// ---------------------------------------------------------------- analyses
+
+/// What a round computes on each node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnalysisKind {
+    /// Concatenated customer-count histograms.
+    RfmHistograms(Vec<HistogramSpec>),
+    /// Customers per segment under the given global cut points.
+    RfmSegments(Cuts),
+}
+
+impl AnalysisKind {
+    /// Short name used in policies and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AnalysisKind::RfmHistograms(_) => "rfm-histograms",
+            AnalysisKind::RfmSegments(_) => "rfm-segments",
+        }
+    }
+
+    /// Length of the round vector.
+    pub fn vector_len(&self) -> usize {
+        match self {
+            AnalysisKind::RfmHistograms(h) => h.iter().map(HistogramSpec::len).sum(),
+            AnalysisKind::RfmSegments(_) => 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Analysis {
+    pub reference_date: time::Date,
+    pub purpose: String,
+    pub kind: AnalysisKind,
+}
+
+const DATE_FMT: &[time::format_description::BorrowedFormatItem<'static>] =
+    time::macros::format_description!("[year]-[month]-[day]");
+
+/// Parse YYYY-MM-DD.
+pub fn parse_date(s: &str) -> Result<time::Date, WireError> {
+    time::Date::parse(s, DATE_FMT).map_err(|e| field("reference_date", format!("{s:?} is not YYYY-MM-DD: {e}")))
+}
+
+/// Format as YYYY-MM-DD.
+pub fn format_date(d: time::Date) -> String {
+    // Unwrap safety: formatting a valid Date with a static description cannot fail.
+    d.format(DATE_FMT).unwrap()
+}
+
+fn metric(m: i32) -> Result<Metric, WireError> {
+    match pb::Metric::try_from(m) {
+        Ok(pb::Metric::Recency) => Ok(Metric::Recency),
+        Ok(pb::Metric::Frequency) => Ok(Metric::Frequency),
+        Ok(pb::Metric::Monetary) => Ok(Metric::Monetary),
+        _ => Err(field("metric", format!("unknown metric {m}"))),
+    }
+}
+
+fn metric_pb(m: Metric) -> pb::Metric {
+    match m {
+        Metric::Recency => pb::Metric::Recency,
+        Metric::Frequency => pb::Metric::Frequency,
+        Metric::Monetary => pb::Metric::Monetary,
+    }
+}
+
+fn cuts(name: &'static str, c: Option<&pb::CutPoints>) -> Result<[u64; 4], WireError> {
+    let c = c.ok_or_else(|| field(name, "missing"))?;
+    let a: [u64; 4] = c.cuts.as_slice().try_into().map_err(|_| field(name, "must hold exactly four cut points"))?;
+    if a.windows(2).any(|w| w[0] > w[1]) {
+        return Err(field(name, "cut points must ascend"));
+    }
+    Ok(a)
+}
+
+pub fn cuts_pb(c: &[u64; 4]) -> pb::CutPoints {
+    pb::CutPoints { cuts: c.to_vec() }
+}
+
+impl TryFrom<&pb::Analysis> for Analysis {
+    type Error = WireError;
+    fn try_from(a: &pb::Analysis) -> Result<Self, WireError> {
+        let reference_date = parse_date(&a.reference_date)?;
+        if a.purpose.trim().is_empty() || a.purpose.len() > 1000 {
+            return Err(field("purpose", "HQ must state a purpose (1..=1000 characters)"));
+        }
+        let kind = match &a.kind {
+            Some(pb::analysis::Kind::RfmHistograms(h)) => {
+                if h.histograms.is_empty() || h.histograms.len() > 64 {
+                    return Err(field("histograms", "need 1..=64 histograms"));
+                }
+                let mut specs = Vec::with_capacity(h.histograms.len());
+                for x in &h.histograms {
+                    let metric = metric(x.metric)?;
+                    let layout = if x.log2 {
+                        Layout::Log2
+                    } else {
+                        if x.bins == 0 || x.bins as usize > 1 << 20 || x.width == 0 {
+                            return Err(field("histograms", "linear bins need 1..=2^20 bins of non-zero width"));
+                        }
+                        Layout::Linear { lo: x.lo, width: x.width, bins: x.bins }
+                    };
+                    specs.push(HistogramSpec { metric, layout });
+                }
+                AnalysisKind::RfmHistograms(specs)
+            }
+            Some(pb::analysis::Kind::RfmSegments(s)) => AnalysisKind::RfmSegments(Cuts {
+                recency: cuts("recency", s.recency.as_ref())?,
+                frequency: cuts("frequency", s.frequency.as_ref())?,
+                monetary: cuts("monetary", s.monetary.as_ref())?,
+            }),
+            None => return Err(field("analysis.kind", "missing")),
+        };
+        Ok(Analysis { reference_date, purpose: a.purpose.clone(), kind })
+    }
+}
+
+impl From<&Analysis> for pb::Analysis {
+    fn from(a: &Analysis) -> Self {
+        let kind = match &a.kind {
+            AnalysisKind::RfmHistograms(h) => pb::analysis::Kind::RfmHistograms(pb::RfmHistograms {
+                histograms: h
+                    .iter()
+                    .map(|s| match s.layout {
+                        Layout::Log2 => pb::Histogram { metric: metric_pb(s.metric) as i32, log2: true, ..Default::default() },
+                        Layout::Linear { lo, width, bins } => {
+                            pb::Histogram { metric: metric_pb(s.metric) as i32, log2: false, lo, width, bins }
+                        }
+                    })
+                    .collect(),
+            }),
+            AnalysisKind::RfmSegments(c) => pb::analysis::Kind::RfmSegments(pb::RfmSegments {
+                recency: Some(cuts_pb(&c.recency)),
+                frequency: Some(cuts_pb(&c.frequency)),
+                monetary: Some(cuts_pb(&c.monetary)),
+            }),
+        };
+        pb::Analysis { reference_date: format_date(a.reference_date), purpose: a.purpose.clone(), kind: Some(kind) }
+    }
+}
+
+// ---------------------------------------------------------------- coordinator → node
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoundStart {
+    pub round: RoundId,
+    pub threshold: usize,
+    pub length: usize,
+    pub analysis: Analysis,
+    /// (node, organisation), sorted by node.
+    pub invited: Vec<(String, String)>,
+    pub chunk_elements: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedKeys {
+    pub node: String,
+    pub enc: RoundPublic,
+    pub mask: RoundPublic,
+    pub signature: Vec<u8>,
+    pub certificate: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    pub peer: String,
+    pub ciphertext: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToNode {
+    Welcome { coordinator: String },
+    RoundStart(RoundStart),
+    Roster { round: RoundId, keys: Vec<SignedKeys> },
+    Shares { round: RoundId, delivered: Vec<String>, shares: Vec<Sealed> },
+    Unmask { round: RoundId, survivors: Vec<String>, dropped: Vec<String> },
+    RoundEnd { round: RoundId, released: bool, message: String },
+}
+
+fn sealed(v: &[pb::Sealed]) -> Result<Vec<Sealed>, WireError> {
+    if v.len() > MAX_NODES {
+        return Err(field("shares", "too many"));
+    }
+    v.iter()
+        .map(|s| {
+            if s.ciphertext.len() > 1024 {
+                return Err(field("shares.ciphertext", "longer than 1024 bytes"));
+            }
+            Ok(Sealed { peer: node_name("shares.peer", &s.peer)?, ciphertext: s.ciphertext.clone() })
+        })
+        .collect()
+}
+
+fn sealed_pb(v: &[Sealed]) -> Vec<pb::Sealed> {
+    v.iter().map(|s| pb::Sealed { peer: s.peer.clone(), ciphertext: s.ciphertext.clone() }).collect()
+}
+
+impl TryFrom<pb::CoordinatorMessage> for ToNode {
+    type Error = WireError;
+    fn try_from(m: pb::CoordinatorMessage) -> Result<Self, WireError> {
+        use pb::coordinator_message::Body;
+        Ok(match m.body.ok_or(WireError::Empty)? {
+            Body::Welcome(w) => {
+                if w.protocol_version != VERSION {
+                    return Err(WireError::Version { got: w.protocol_version });
+                }
+                ToNode::Welcome { coordinator: w.coordinator_name }
+            }
+            Body::RoundStart(r) => {
+                let invited = names("invited", &r.invited)?;
+                if r.invited_organisations.len() != invited.len() {
+                    return Err(field("invited_organisations", "must name one organisation per invited node"));
+                }
+                if r.length == 0 || r.length > MAX_LENGTH {
+                    return Err(field("length", format!("{} is outside 1..={MAX_LENGTH}", r.length)));
+                }
+                if r.chunk_elements == 0 || r.chunk_elements as usize * 8 > crate::MAX_MESSAGE_BYTES / 2 {
+                    return Err(field("chunk_elements", "out of range"));
+                }
+                let analysis = Analysis::try_from(r.analysis.as_ref().ok_or_else(|| field("analysis", "missing"))?)?;
+                if analysis.kind.vector_len() as u64 != r.length {
+                    return Err(field("length", format!("{} does not match the analysis ({})", r.length, analysis.kind.vector_len())));
+                }
+                ToNode::RoundStart(RoundStart {
+                    round: round_id(&r.round_id)?,
+                    threshold: r.threshold as usize,
+                    length: r.length as usize,
+                    analysis,
+                    invited: invited.into_iter().zip(r.invited_organisations).collect(),
+                    chunk_elements: r.chunk_elements as usize,
+                })
+            }
+            Body::Roster(r) => {
+                let keys = r
+                    .keys
+                    .into_iter()
+                    .map(|k| {
+                        Ok(SignedKeys {
+                            node: node_name("keys.node", &k.node)?,
+                            enc: public("keys.enc_public", &k.enc_public)?,
+                            mask: public("keys.mask_public", &k.mask_public)?,
+                            signature: k.signature,
+                            certificate: k.certificate,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, WireError>>()?;
+                let n: Vec<String> = keys.iter().map(|k| k.node.clone()).collect();
+                names("keys", &n)?;
+                ToNode::Roster { round: round_id(&r.round_id)?, keys }
+            }
+            Body::Shares(s) => ToNode::Shares {
+                round: round_id(&s.round_id)?,
+                delivered: names("delivered", &s.delivered)?,
+                shares: sealed(&s.shares)?,
+            },
+            Body::Unmask(u) => ToNode::Unmask {
+                round: round_id(&u.round_id)?,
+                survivors: names("survivors", &u.survivors)?,
+                dropped: names("dropped", &u.dropped)?,
+            },
+            Body::RoundEnd(e) => ToNode::RoundEnd { round: round_id(&e.round_id)?, released: e.released, message: e.message },
+        })
+    }
+}
+
+impl From<&ToNode> for pb::CoordinatorMessage {
+    fn from(m: &ToNode) -> Self {
+        use pb::coordinator_message::Body;
+        let body = match m {
+            ToNode::Welcome { coordinator } => {
+                Body::Welcome(pb::Welcome { protocol_version: VERSION.into(), coordinator_name: coordinator.clone() })
+            }
+            ToNode::RoundStart(r) => Body::RoundStart(pb::RoundStart {
+                round_id: r.round.0.to_vec(),
+                threshold: r.threshold as u32,
+                length: r.length as u64,
+                analysis: Some((&r.analysis).into()),
+                invited: r.invited.iter().map(|(n, _)| n.clone()).collect(),
+                invited_organisations: r.invited.iter().map(|(_, o)| o.clone()).collect(),
+                chunk_elements: r.chunk_elements as u32,
+            }),
+            ToNode::Roster { round, keys } => Body::Roster(pb::KeyRoster {
+                round_id: round.0.to_vec(),
+                keys: keys
+                    .iter()
+                    .map(|k| pb::SignedKeys {
+                        node: k.node.clone(),
+                        enc_public: k.enc.0.to_vec(),
+                        mask_public: k.mask.0.to_vec(),
+                        signature: k.signature.clone(),
+                        certificate: k.certificate.clone(),
+                    })
+                    .collect(),
+            }),
+            ToNode::Shares { round, delivered, shares } => Body::Shares(pb::ShareDelivery {
+                round_id: round.0.to_vec(),
+                delivered: delivered.clone(),
+                shares: sealed_pb(shares),
+            }),
+            ToNode::Unmask { round, survivors, dropped } => Body::Unmask(pb::UnmaskRequest {
+                round_id: round.0.to_vec(),
+                survivors: survivors.clone(),
+                dropped: dropped.clone(),
+            }),
+            ToNode::RoundEnd { round, released, message } => {
+                Body::RoundEnd(pb::RoundEnd { round_id: round.0.to_vec(), released: *released, message: message.clone() })
+            }
+        };
+        pb::CoordinatorMessage { body: Some(body) }
+    }
+}
+
+// ---------------------------------------------------------------- node → coordinator
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaskedChunk {
+    pub round: RoundId,
+    pub index: u32,
+    pub count: u32,
+    pub offset: u64,
+    pub words: Vec<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevealedShare {
+    pub of: String,
+    pub self_mask: bool,
+    pub y: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FromNode {
+    Hello { version: String, software: String, node: String },
+    Keys { round: RoundId, enc: RoundPublic, mask: RoundPublic, signature: Vec<u8> },
+    Shares { round: RoundId, shares: Vec<Sealed> },
+    Masked(MaskedChunk),
+    Unmask { round: RoundId, shares: Vec<RevealedShare> },
+    Refusal { round: Option<RoundId>, reason: String },
+}
+
+impl FromNode {
+    /// The round a message belongs to, if any.
+    pub fn round(&self) -> Option<RoundId> {
+        match self {
+            FromNode::Hello { .. } => None,
+            FromNode::Keys { round, .. } | FromNode::Shares { round, .. } | FromNode::Unmask { round, .. } => Some(*round),
+            FromNode::Masked(c) => Some(c.round),
+            FromNode::Refusal { round, .. } => *round,
+        }
+    }
+
+    /// Message kind for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FromNode::Hello { .. } => "hello",
+            FromNode::Keys { .. } => "advertise-keys",
+            FromNode::Shares { .. } => "sealed-shares",
+            FromNode::Masked(_) => "masked-chunk",
+            FromNode::Unmask { .. } => "unmask-shares",
+            FromNode::Refusal { .. } => "refusal",
+        }
+    }
+}
+
+impl TryFrom<pb::NodeMessage> for FromNode {
+    type Error = WireError;
+    fn try_from(m: pb::NodeMessage) -> Result<Self, WireError> {
+        use pb::node_message::Body;
+        Ok(match m.body.ok_or(WireError::Empty)? {
+            Body::Hello(h) => FromNode::Hello {
+                version: h.protocol_version,
+                software: h.software.chars().take(100).collect(),
+                node: node_name("node_name", &h.node_name)?,
+            },
+            Body::Keys(k) => {
+                if k.signature.is_empty() || k.signature.len() > 256 {
+                    return Err(field("signature", "must be 1..=256 bytes"));
+                }
+                FromNode::Keys {
+                    round: round_id(&k.round_id)?,
+                    enc: public("enc_public", &k.enc_public)?,
+                    mask: public("mask_public", &k.mask_public)?,
+                    signature: k.signature,
+                }
+            }
+            Body::Shares(s) => FromNode::Shares { round: round_id(&s.round_id)?, shares: sealed(&s.shares)? },
+            Body::MaskedChunk(c) => {
+                if c.count == 0 || c.index >= c.count {
+                    return Err(field("masked_chunk.index", format!("index {} of {} chunks", c.index, c.count)));
+                }
+                if c.words.is_empty() {
+                    return Err(field("masked_chunk.words", "empty chunk"));
+                }
+                let got = words_sha256(&c.words);
+                if c.sha256.as_slice() != got {
+                    return Err(field("masked_chunk.sha256", format!("chunk {} does not match its hash (corrupted in transit?)", c.index)));
+                }
+                FromNode::Masked(MaskedChunk { round: round_id(&c.round_id)?, index: c.index, count: c.count, offset: c.offset, words: c.words })
+            }
+            Body::Unmask(u) => FromNode::Unmask {
+                round: round_id(&u.round_id)?,
+                shares: u
+                    .shares
+                    .into_iter()
+                    .map(|s| {
+                        if s.y.len() != fedcrm_crypto::shamir::SHARE_Y_LEN {
+                            return Err(field("unmask.y", format!("must be 64 bytes, got {}", s.y.len())));
+                        }
+                        Ok(RevealedShare { of: node_name("unmask.of", &s.of)?, self_mask: s.self_mask, y: s.y })
+                    })
+                    .collect::<Result<_, WireError>>()?,
+            },
+            Body::Refusal(r) => FromNode::Refusal {
+                round: if r.round_id.is_empty() { None } else { Some(round_id(&r.round_id)?) },
+                reason: r.reason.chars().take(2000).collect(),
+            },
+        })
+    }
+}
+
+impl From<&FromNode> for pb::NodeMessage {
+    fn from(m: &FromNode) -> Self {
+        use pb::node_message::Body;
+        let body = match m {
+            FromNode::Hello { version, software, node } => Body::Hello(pb::Hello {
+                protocol_version: version.clone(),
+                software: software.clone(),
+                node_name: node.clone(),
+            }),
+            FromNode::Keys { round, enc, mask, signature } => Body::Keys(pb::AdvertiseKeys {
+                round_id: round.0.to_vec(),
+                enc_public: enc.0.to_vec(),
+                mask_public: mask.0.to_vec(),
+                signature: signature.clone(),
+            }),
+            FromNode::Shares { round, shares } => {
+                Body::Shares(pb::SealedShares { round_id: round.0.to_vec(), shares: sealed_pb(shares) })
+            }
+            FromNode::Masked(c) => Body::MaskedChunk(pb::MaskedChunk {
+                round_id: c.round.0.to_vec(),
+                index: c.index,
+                count: c.count,
+                offset: c.offset,
+                sha256: words_sha256(&c.words).to_vec(),
+                words: c.words.clone(),
+            }),
+            FromNode::Unmask { round, shares } => Body::Unmask(pb::UnmaskShares {
+                round_id: round.0.to_vec(),
+                shares: shares
+                    .iter()
+                    .map(|s| pb::RevealedShare { of: s.of.clone(), self_mask: s.self_mask, y: s.y.clone() })
+                    .collect(),
+            }),
+            FromNode::Refusal { round, reason } => Body::Refusal(pb::Refusal {
+                round_id: round.map(|r| r.0.to_vec()).unwrap_or_default(),
+                reason: reason.clone(),
+            }),
+        };
+        pb::NodeMessage { body: Some(body) }
+    }
+}
+
+/// Split a masked vector into chunks of `per` words.
+pub fn chunk(round: RoundId, words: &[u64], per: usize) -> Vec<MaskedChunk> {
+    let count = words.len().div_ceil(per) as u32;
+    words
+        .chunks(per)
+        .enumerate()
+        .map(|(i, c)| MaskedChunk { round, index: i as u32, count, offset: (i * per) as u64, words: c.to_vec() })
+        .collect()
+}
+
+
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    proptest::proptest! {
+        #[test]
+        fn node_message_decoder_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            if let Ok(m) = pb::NodeMessage::decode(bytes.as_slice()) {
+                let _ = FromNode::try_from(m);
+            }
+        }
+
+        #[test]
+        fn coordinator_message_decoder_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            if let Ok(m) = pb::CoordinatorMessage::decode(bytes.as_slice()) {
+                let _ = ToNode::try_from(m);
+            }
+        }
+    }
+
+    #[test]
+    fn chunk_hash_mismatch_is_rejected() {
+        let r = RoundId([7; 16]);
+        let c = chunk(r, &[1, 2, 3], 2);
+        let mut m: pb::NodeMessage = (&FromNode::Masked(c[0].clone())).into();
+        if let Some(pb::node_message::Body::MaskedChunk(ref mut x)) = m.body {
+            x.words[0] ^= 1;
+        }
+        assert!(matches!(FromNode::try_from(m), Err(WireError::Field { field: "masked_chunk.sha256", .. })));
+    }
+
+    #[test]
+    fn round_trips() {
+        let r = RoundId([1; 16]);
+        let a = Analysis {
+            reference_date: parse_date("1997-09-30").unwrap(),
+            purpose: "quarterly segments".into(),
+            kind: AnalysisKind::RfmSegments(Cuts { recency: [1, 2, 3, 4], frequency: [1, 1, 2, 3], monetary: [5, 6, 7, 8] }),
+        };
+        let m = ToNode::RoundStart(RoundStart { round: r, threshold: 3, length: 4, analysis: a, invited: vec![("a".into(), "o".into())], chunk_elements: 10 });
+        assert_eq!(ToNode::try_from(pb::CoordinatorMessage::from(&m)).unwrap(), m);
+        let bad_version = pb::CoordinatorMessage {
+            body: Some(pb::coordinator_message::Body::Welcome(pb::Welcome { protocol_version: "fedcrm/v0".into(), coordinator_name: "c".into() })),
+        };
+        assert!(matches!(ToNode::try_from(bad_version), Err(WireError::Version { .. })));
+    }
+}
