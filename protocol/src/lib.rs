@@ -8,7 +8,7 @@
 
 #![forbid(unsafe_code)]
 
-// pub mod pki; (pending)
+pub mod pki;
 pub mod rfm;
 pub mod wire;
 

@@ -271,10 +271,13 @@ impl QuantileSearch {
                     let span = hi - lo;
                     let bins = span.min(REFINE_BINS as u128) as u64;
                     let width = span.div_ceil(bins as u128) as u64;
-                    Some((k, HistogramSpec {
-                        metric: self.metric,
-                        layout: Layout::Linear { lo: lo as u64, width, bins: bins as u32 },
-                    }))
+                    Some((
+                        k,
+                        HistogramSpec {
+                            metric: self.metric,
+                            layout: Layout::Linear { lo: lo as u64, width, bins: bins as u32 },
+                        },
+                    ))
                 }
                 CutState::Found(_) => None,
             })

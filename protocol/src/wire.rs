@@ -41,7 +41,10 @@ fn public(name: &'static str, b: &[u8]) -> Result<RoundPublic, WireError> {
 }
 
 fn node_name(name: &'static str, s: &str) -> Result<String, WireError> {
-    if s.is_empty() || s.len() > 64 || !s.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.') {
+    if s.is_empty()
+        || s.len() > 64
+        || !s.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.')
+    {
         return Err(field(name, format!("{s:?} is not a node name ([a-z0-9.-], 1..=64)")));
     }
     Ok(s.to_string())
@@ -193,7 +196,9 @@ impl From<&Analysis> for pb::Analysis {
                 histograms: h
                     .iter()
                     .map(|s| match s.layout {
-                        Layout::Log2 => pb::Histogram { metric: metric_pb(s.metric) as i32, log2: true, ..Default::default() },
+                        Layout::Log2 => {
+                            pb::Histogram { metric: metric_pb(s.metric) as i32, log2: true, ..Default::default() }
+                        }
                         Layout::Linear { lo, width, bins } => {
                             pb::Histogram { metric: metric_pb(s.metric) as i32, log2: false, lo, width, bins }
                         }
@@ -290,7 +295,10 @@ impl TryFrom<pb::CoordinatorMessage> for ToNode {
                 }
                 let analysis = Analysis::try_from(r.analysis.as_ref().ok_or_else(|| field("analysis", "missing"))?)?;
                 if analysis.kind.vector_len() as u64 != r.length {
-                    return Err(field("length", format!("{} does not match the analysis ({})", r.length, analysis.kind.vector_len())));
+                    return Err(field(
+                        "length",
+                        format!("{} does not match the analysis ({})", r.length, analysis.kind.vector_len()),
+                    ));
                 }
                 ToNode::RoundStart(RoundStart {
                     round: round_id(&r.round_id)?,
@@ -329,7 +337,9 @@ impl TryFrom<pb::CoordinatorMessage> for ToNode {
                 survivors: names("survivors", &u.survivors)?,
                 dropped: names("dropped", &u.dropped)?,
             },
-            Body::RoundEnd(e) => ToNode::RoundEnd { round: round_id(&e.round_id)?, released: e.released, message: e.message },
+            Body::RoundEnd(e) => {
+                ToNode::RoundEnd { round: round_id(&e.round_id)?, released: e.released, message: e.message }
+            }
         })
     }
 }
@@ -373,9 +383,11 @@ impl From<&ToNode> for pb::CoordinatorMessage {
                 survivors: survivors.clone(),
                 dropped: dropped.clone(),
             }),
-            ToNode::RoundEnd { round, released, message } => {
-                Body::RoundEnd(pb::RoundEnd { round_id: round.0.to_vec(), released: *released, message: message.clone() })
-            }
+            ToNode::RoundEnd { round, released, message } => Body::RoundEnd(pb::RoundEnd {
+                round_id: round.0.to_vec(),
+                released: *released,
+                message: message.clone(),
+            }),
         };
         pb::CoordinatorMessage { body: Some(body) }
     }
@@ -414,7 +426,9 @@ impl FromNode {
     pub fn round(&self) -> Option<RoundId> {
         match self {
             FromNode::Hello { .. } => None,
-            FromNode::Keys { round, .. } | FromNode::Shares { round, .. } | FromNode::Unmask { round, .. } => Some(*round),
+            FromNode::Keys { round, .. } | FromNode::Shares { round, .. } | FromNode::Unmask { round, .. } => {
+                Some(*round)
+            }
             FromNode::Masked(c) => Some(c.round),
             FromNode::Refusal { round, .. } => *round,
         }
@@ -464,9 +478,18 @@ impl TryFrom<pb::NodeMessage> for FromNode {
                 }
                 let got = words_sha256(&c.words);
                 if c.sha256.as_slice() != got {
-                    return Err(field("masked_chunk.sha256", format!("chunk {} does not match its hash (corrupted in transit?)", c.index)));
+                    return Err(field(
+                        "masked_chunk.sha256",
+                        format!("chunk {} does not match its hash (corrupted in transit?)", c.index),
+                    ));
                 }
-                FromNode::Masked(MaskedChunk { round: round_id(&c.round_id)?, index: c.index, count: c.count, offset: c.offset, words: c.words })
+                FromNode::Masked(MaskedChunk {
+                    round: round_id(&c.round_id)?,
+                    index: c.index,
+                    count: c.count,
+                    offset: c.offset,
+                    words: c.words,
+                })
             }
             Body::Unmask(u) => FromNode::Unmask {
                 round: round_id(&u.round_id)?,
@@ -541,9 +564,6 @@ pub fn chunk(round: RoundId, words: &[u64], per: usize) -> Vec<MaskedChunk> {
         .collect()
 }
 
-
-
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -582,12 +602,26 @@ mod tests {
         let a = Analysis {
             reference_date: parse_date("1997-09-30").unwrap(),
             purpose: "quarterly segments".into(),
-            kind: AnalysisKind::RfmSegments(Cuts { recency: [1, 2, 3, 4], frequency: [1, 1, 2, 3], monetary: [5, 6, 7, 8] }),
+            kind: AnalysisKind::RfmSegments(Cuts {
+                recency: [1, 2, 3, 4],
+                frequency: [1, 1, 2, 3],
+                monetary: [5, 6, 7, 8],
+            }),
         };
-        let m = ToNode::RoundStart(RoundStart { round: r, threshold: 3, length: 4, analysis: a, invited: vec![("a".into(), "o".into())], chunk_elements: 10 });
+        let m = ToNode::RoundStart(RoundStart {
+            round: r,
+            threshold: 3,
+            length: 4,
+            analysis: a,
+            invited: vec![("a".into(), "o".into())],
+            chunk_elements: 10,
+        });
         assert_eq!(ToNode::try_from(pb::CoordinatorMessage::from(&m)).unwrap(), m);
         let bad_version = pb::CoordinatorMessage {
-            body: Some(pb::coordinator_message::Body::Welcome(pb::Welcome { protocol_version: "fedcrm/v0".into(), coordinator_name: "c".into() })),
+            body: Some(pb::coordinator_message::Body::Welcome(pb::Welcome {
+                protocol_version: "fedcrm/v0".into(),
+                coordinator_name: "c".into(),
+            })),
         };
         assert!(matches!(ToNode::try_from(bad_version), Err(WireError::Version { .. })));
     }

@@ -1,0 +1,120 @@
+//! The coordinator's TOML configuration (see `configs/coordinator.toml`, every key
+//! commented). Unknown keys are an error.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    /// The coordinator's name: CN and DNS SAN of its certificate; nodes check it.
+    pub name: String,
+    /// Address to listen on, e.g. `0.0.0.0:7443`.
+    pub listen: String,
+    pub tls: TlsFiles,
+    /// Nodes allowed to connect: certificate CN and organisation must both match.
+    #[serde(default)]
+    pub enrolled: Vec<Enrolled>,
+    #[serde(default)]
+    pub release: ReleaseRules,
+    #[serde(default)]
+    pub rounds: RoundSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// Brand CA certificate (PEM).
+    pub ca: PathBuf,
+    /// Coordinator certificate (PEM).
+    pub cert: PathBuf,
+    /// Coordinator private key (PEM, mode 0600).
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Enrolled {
+    pub name: String,
+    pub organisation: String,
+}
+
+/// Rules applied by the release door to every result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseRules {
+    /// Fewest nodes whose data must be in a result for it to be released. Default 3.
+    #[serde(default = "default_min_participants")]
+    pub min_participants: usize,
+    /// Smallest count a released cell may show; smaller cells are suppressed. Default 10.
+    #[serde(default = "default_min_cohort")]
+    pub min_cohort: u64,
+}
+
+fn default_min_participants() -> usize {
+    3
+}
+fn default_min_cohort() -> u64 {
+    10
+}
+
+impl Default for ReleaseRules {
+    fn default() -> Self {
+        Self { min_participants: default_min_participants(), min_cohort: default_min_cohort() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoundSettings {
+    /// Seconds each phase waits for nodes before counting the missing ones as dropped. Default 30.
+    #[serde(default = "default_timeout")]
+    pub phase_timeout_seconds: u64,
+    /// Words per masked-vector chunk. Default 65536 (512 KiB).
+    #[serde(default = "default_chunk")]
+    pub chunk_elements: u32,
+    /// How many times an analysis restarts when a node drops between its rounds. Default 3.
+    #[serde(default = "default_restarts")]
+    pub max_restarts: u32,
+}
+
+fn default_timeout() -> u64 {
+    30
+}
+fn default_chunk() -> u32 {
+    fedcrm_protocol::DEFAULT_CHUNK_ELEMENTS
+}
+fn default_restarts() -> u32 {
+    3
+}
+
+impl Default for RoundSettings {
+    fn default() -> Self {
+        Self { phase_timeout_seconds: default_timeout(), chunk_elements: default_chunk(), max_restarts: default_restarts() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("config {path} is invalid: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+impl CoordinatorConfig {
+    /// Load and resolve relative paths against the config file's directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.into(), source })?;
+        let mut c: CoordinatorConfig =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut c.tls.ca, &mut c.tls.cert, &mut c.tls.key] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(c)
+    }
+}

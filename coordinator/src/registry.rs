@@ -1,0 +1,100 @@
+//! Connected node sessions, keyed by the identity in their client certificate, and
+//! the single stream of events (messages, malformed messages, disconnects) that
+//! rounds consume.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use fedcrm_protocol::pb;
+use fedcrm_protocol::wire::{FromNode, ToNode};
+use tokio::sync::mpsc;
+use tonic::Status;
+
+pub(crate) type Outbound = mpsc::Sender<Result<pb::CoordinatorMessage, Status>>;
+
+/// A connected node.
+#[derive(Debug, Clone)]
+pub struct Participant {
+    pub name: String,
+    pub organisation: String,
+    /// DER of its client certificate, relayed to peers so they can verify its keys.
+    pub certificate: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Session {
+    participant: Participant,
+    id: u64,
+    tx: Outbound,
+}
+
+/// What a node's session produced.
+#[derive(Debug)]
+pub enum EventBody {
+    Message(FromNode),
+    Malformed(String),
+    Closed,
+}
+
+#[derive(Debug)]
+pub struct Event {
+    pub node: String,
+    pub session: u64,
+    pub body: EventBody,
+}
+
+#[derive(Debug)]
+pub struct Registry {
+    sessions: Mutex<BTreeMap<String, Session>>,
+    next_id: std::sync::atomic::AtomicU64,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+impl Registry {
+    pub fn new() -> (Self, mpsc::UnboundedReceiver<Event>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Self { sessions: Mutex::new(BTreeMap::new()), next_id: 1.into(), events: tx }, rx)
+    }
+
+    /// Register a session; a previous session of the same node is replaced (closed).
+    pub(crate) fn register(&self, participant: Participant, tx: Outbound) -> u64 {
+        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = participant.name.clone();
+        let old = self.lock().insert(name.clone(), Session { participant, id, tx });
+        if let Some(old) = old {
+            let _ = self.events.send(Event { node: name, session: old.id, body: EventBody::Closed });
+        }
+        id
+    }
+
+    pub(crate) fn unregister(&self, name: &str, session: u64) {
+        let mut s = self.lock();
+        if s.get(name).is_some_and(|x| x.id == session) {
+            s.remove(name);
+        }
+    }
+
+    pub(crate) fn event(&self, e: Event) {
+        let _ = self.events.send(e);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Session>> {
+        // A poisoned lock only means another task panicked mid-update of a map of
+        // senders; the map itself is still consistent.
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Connected nodes, sorted by name.
+    pub fn connected(&self) -> Vec<Participant> {
+        self.lock().values().map(|s| s.participant.clone()).collect()
+    }
+
+    /// Send to a node; false if it is not connected or its stream is gone.
+    pub async fn send(&self, node: &str, msg: &ToNode) -> bool {
+        let tx = self.lock().get(node).map(|s| s.tx.clone());
+        match tx {
+            Some(tx) => tx.send(Ok(msg.into())).await.is_ok(),
+            None => false,
+        }
+    }
+}

@@ -1,0 +1,386 @@
+//! One secure-aggregation round, server side (Bonawitz et al. 2017, §4): advertise
+//! keys → share keys → masked input → unmask, each phase with a deadline. A node
+//! that disconnects, refuses, times out or breaks the protocol is dropped from the
+//! round; the round goes on while at least t nodes remain.
+//!
+//! **Invariant:** the coordinator never holds an unmasked per-node vector: a masked
+//! vector is buffered only until complete and validated, then added to the running
+//! sum (`fedcrm_crypto::secagg::Aggregator`) and freed. The result leaves this module
+//! only through [`crate::release`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fedcrm_crypto::secagg::{self, Aggregator, PeerKeys, Revealed, RoundParams};
+use fedcrm_crypto::shamir::Share;
+use fedcrm_crypto::{RoundId, SystemRandom};
+use fedcrm_protocol::pki;
+use fedcrm_protocol::wire::{Analysis, FromNode, RoundStart, Sealed, SignedKeys, ToNode};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::config::RoundSettings;
+use crate::registry::{Event, EventBody, Participant, Registry};
+
+/// Test and benchmark hooks; none are set in production.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Called with every complete masked vector before it is added to the sum.
+    pub on_masked: Option<Arc<dyn Fn(&str, &[u64]) + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooks").field("on_masked", &self.on_masked.is_some()).finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum RoundError {
+    #[error("round {round}: {have} nodes remain after {phase}, fewer than the threshold t={need}; no result")]
+    TooFew { round: RoundId, phase: &'static str, have: usize, need: usize },
+    #[error("round {round}: {why}")]
+    Failed { round: RoundId, why: String },
+    #[error("only {have} nodes connected; the release rules need at least {need} participants")]
+    NotEnoughNodes { have: usize, need: usize },
+}
+
+/// Why a node left a round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    Refused(String),
+    Disconnected,
+    TimedOut(&'static str),
+    Rejected(String),
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Refused(r) => write!(f, "refused: {r}"),
+            Exit::Disconnected => f.write_str("disconnected"),
+            Exit::TimedOut(p) => write!(f, "timed out during {p}"),
+            Exit::Rejected(r) => write!(f, "rejected: {r}"),
+        }
+    }
+}
+
+/// A finished round. The sum is readable only by [`crate::release`].
+#[derive(Debug)]
+pub struct RoundOutput {
+    pub round: RoundId,
+    /// Nodes whose inputs are in the sum (U3), sorted.
+    pub contributors: Vec<String>,
+    /// Organisations of the contributors, same order.
+    pub organisations: Vec<String>,
+    /// Nodes that left the round, and why.
+    pub exits: BTreeMap<String, Exit>,
+    pub(crate) sum: Vec<u64>,
+}
+
+pub(crate) struct Runner<'a> {
+    pub registry: &'a Registry,
+    pub events: &'a mut mpsc::UnboundedReceiver<Event>,
+    pub settings: RoundSettings,
+    pub hooks: &'a Hooks,
+}
+
+struct Assembly {
+    buf: Vec<u64>,
+    next: u32,
+}
+
+impl Runner<'_> {
+    /// Run one round of `analysis` over `invited` with threshold `t`.
+    pub async fn run(&mut self, analysis: &Analysis, invited: &[Participant], t: usize) -> Result<RoundOutput, RoundError> {
+        let rng = SystemRandom::new();
+        let round = RoundId::random(&rng).map_err(|e| RoundError::Failed { round: RoundId([0; 16]), why: e.to_string() })?;
+        let d = analysis.kind.vector_len();
+        let chunk = self.settings.chunk_elements.max(1) as usize;
+        let timeout = Duration::from_secs(self.settings.phase_timeout_seconds.max(1));
+        let params = RoundParams { round, t, d };
+        let by_name: BTreeMap<&str, &Participant> = invited.iter().map(|p| (p.name.as_str(), p)).collect();
+        let mut exits: BTreeMap<String, Exit> = BTreeMap::new();
+        let start = RoundStart {
+            round,
+            threshold: t,
+            length: d,
+            analysis: analysis.clone(),
+            invited: invited.iter().map(|p| (p.name.clone(), p.organisation.clone())).collect(),
+            chunk_elements: chunk,
+        };
+        tracing::info!(%round, analysis = analysis.kind.name(), n = invited.len(), t, d, "round start");
+        let mut live: BTreeSet<String> = BTreeSet::new();
+        for p in invited {
+            if self.registry.send(&p.name, &ToNode::RoundStart(start.clone())).await {
+                live.insert(p.name.clone());
+            } else {
+                exits.insert(p.name.clone(), Exit::Disconnected);
+            }
+        }
+
+        // Phase 1: advertise keys.
+        let mut keys: BTreeMap<String, SignedKeys> = BTreeMap::new();
+        let deadline = Instant::now() + timeout;
+        while keys.len() < live.len() {
+            let Some((node, msg)) = self.next(round, deadline, &mut live, &mut exits, "advertise keys").await else { break };
+            match msg {
+                FromNode::Keys { enc, mask, signature, .. } if !keys.contains_key(&node) => {
+                    let cert = &by_name[node.as_str()].certificate;
+                    let payload = secagg::key_signing_payload(&round, &node, &enc, &mask);
+                    match pki::verify_signature(cert, &payload, &signature) {
+                        Ok(()) => {
+                            keys.insert(node.clone(), SignedKeys { node, enc, mask, signature, certificate: cert.clone() });
+                        }
+                        Err(e) => self.reject(round, &node, format!("key signature invalid: {e}"), &mut live, &mut exits).await,
+                    }
+                }
+                other => self.unexpected(round, &node, &other, &mut live, &mut exits).await,
+            }
+        }
+        self.expire(&live, &keys.keys().cloned().collect(), "advertise keys", &mut exits);
+        let u1: Vec<SignedKeys> = keys.into_values().filter(|k| live.contains(&k.node)).collect();
+        live = u1.iter().map(|k| k.node.clone()).collect();
+        self.ensure(round, "advertise keys", live.len(), t, invited, &exits).await?;
+        let roster = ToNode::Roster { round, keys: u1.clone() };
+        for n in &live.clone() {
+            if !self.registry.send(n, &roster).await {
+                live.remove(n);
+                exits.insert(n.clone(), Exit::Disconnected);
+            }
+        }
+
+        // Phase 2: share keys.
+        let mut sealed: BTreeMap<String, Vec<Sealed>> = BTreeMap::new();
+        let deadline = Instant::now() + timeout;
+        let u1_names: BTreeSet<String> = u1.iter().map(|k| k.node.clone()).collect();
+        while sealed.len() < live.len() {
+            let Some((node, msg)) = self.next(round, deadline, &mut live, &mut exits, "share keys").await else { break };
+            match msg {
+                FromNode::Shares { shares, .. } if !sealed.contains_key(&node) => {
+                    let to: BTreeSet<String> = shares.iter().map(|s| s.peer.clone()).collect();
+                    let expected: BTreeSet<String> = u1_names.iter().filter(|n| **n != node).cloned().collect();
+                    if to != expected || shares.len() != expected.len() {
+                        self.reject(round, &node, "sealed shares must address every other node of the roster exactly once".into(), &mut live, &mut exits).await;
+                    } else {
+                        sealed.insert(node, shares);
+                    }
+                }
+                other => self.unexpected(round, &node, &other, &mut live, &mut exits).await,
+            }
+        }
+        self.expire(&live, &sealed.keys().cloned().collect(), "share keys", &mut exits);
+        live.retain(|n| sealed.contains_key(n));
+        self.ensure(round, "share keys", live.len(), t, invited, &exits).await?;
+        let u2: Vec<String> = live.iter().cloned().collect();
+        for v in &u2 {
+            let incoming: Vec<Sealed> = u2
+                .iter()
+                .filter(|u| *u != v)
+                .filter_map(|u| sealed[u].iter().find(|s| &s.peer == v).map(|s| Sealed { peer: u.clone(), ciphertext: s.ciphertext.clone() }))
+                .collect();
+            if !self.registry.send(v, &ToNode::Shares { round, delivered: u2.clone(), shares: incoming }).await {
+                live.remove(v);
+                exits.insert(v.clone(), Exit::Disconnected);
+            }
+        }
+        drop(sealed);
+
+        // Phase 3: masked input.
+        let peer_keys: Vec<PeerKeys> = u1.iter().map(|k| PeerKeys { name: k.node.clone(), enc: k.enc, mask: k.mask }).collect();
+        let mut agg = Aggregator::new(params.clone(), peer_keys, &u2).map_err(|e| RoundError::Failed { round, why: e.to_string() })?;
+        let chunks = d.div_ceil(chunk) as u32;
+        let mut assembling: BTreeMap<String, Assembly> = BTreeMap::new();
+        let mut complete: BTreeSet<String> = BTreeSet::new();
+        let deadline = Instant::now() + timeout;
+        while complete.len() < live.len() {
+            let Some((node, msg)) = self.next(round, deadline, &mut live, &mut exits, "masked input").await else { break };
+            match msg {
+                FromNode::Masked(c) if !complete.contains(&node) => {
+                    let a = assembling.entry(node.clone()).or_insert_with(|| Assembly { buf: Vec::with_capacity(d), next: 0 });
+                    let want_len = if c.index + 1 == chunks { d - (chunks as usize - 1) * chunk } else { chunk };
+                    let problem = if c.count != chunks {
+                        Some(format!("sent a vector in {} chunks, expected {chunks} for {d} elements", c.count))
+                    } else if c.index != a.next || c.offset != c.index as u64 * chunk as u64 {
+                        Some(format!("sent chunk {} at offset {}, expected chunk {}", c.index, c.offset, a.next))
+                    } else if c.words.len() != want_len {
+                        Some(format!("sent {} elements in chunk {}, expected {want_len}", c.words.len(), c.index))
+                    } else {
+                        None
+                    };
+                    if let Some(p) = problem {
+                        assembling.remove(&node);
+                        self.reject(round, &node, p, &mut live, &mut exits).await;
+                        continue;
+                    }
+                    a.buf.extend_from_slice(&c.words);
+                    a.next += 1;
+                    if a.next == chunks {
+                        // Unwrap safety: the entry was created above in this iteration or earlier.
+                        let a = assembling.remove(&node).unwrap();
+                        if let Some(h) = &self.hooks.on_masked {
+                            h(&node, &a.buf);
+                        }
+                        match agg.add_masked(&node, &a.buf) {
+                            Ok(()) => {
+                                complete.insert(node);
+                            }
+                            Err(e) => self.reject(round, &node, e.to_string(), &mut live, &mut exits).await,
+                        }
+                    }
+                }
+                other => self.unexpected(round, &node, &other, &mut live, &mut exits).await,
+            }
+        }
+        drop(assembling);
+        self.expire(&live, &complete, "masked input", &mut exits);
+        let mut unmasking = agg.close();
+        let survivors = unmasking.survivors();
+        let dropped = unmasking.dropped();
+        live = survivors.iter().cloned().collect();
+        self.ensure(round, "masked input", live.len(), t, invited, &exits).await?;
+        tracing::info!(%round, survivors = survivors.len(), dropped = ?dropped, "inputs closed");
+
+        // Phase 4: unmask.
+        let request = ToNode::Unmask { round, survivors: survivors.clone(), dropped: dropped.clone() };
+        for n in &survivors {
+            if !self.registry.send(n, &request).await {
+                live.remove(n);
+            }
+        }
+        let mut responses: BTreeMap<String, Vec<Revealed>> = BTreeMap::new();
+        let deadline = Instant::now() + timeout;
+        let u1_sorted: Vec<String> = u1_names.iter().cloned().collect();
+        while responses.len() < live.len() {
+            let Some((node, msg)) = self.next(round, deadline, &mut live, &mut exits, "unmask").await else { break };
+            match msg {
+                FromNode::Unmask { shares, .. } if !responses.contains_key(&node) && live.contains(&node) => {
+                    // Unwrap safety: live ⊆ U1.
+                    let x = u1_sorted.binary_search(&node).unwrap() as u32 + 1;
+                    let parsed: Result<Vec<Revealed>, String> = shares
+                        .into_iter()
+                        .map(|s| {
+                            let share = Share::from_parts(x, &s.y).map_err(|e| e.to_string())?;
+                            Ok(if s.self_mask { Revealed::SelfMask { of: s.of, share } } else { Revealed::MaskKey { of: s.of, share } })
+                        })
+                        .collect();
+                    match parsed {
+                        Ok(p) => {
+                            responses.insert(node, p);
+                        }
+                        Err(e) => self.reject(round, &node, e, &mut live, &mut exits).await,
+                    }
+                }
+                FromNode::Masked(_) => {
+                    // A late input: refused, the node stays counted as dropped.
+                    if let Err(e) = unmasking.add_masked(&node, &[]) {
+                        let _ = self.registry.send(&node, &ToNode::RoundEnd { round, released: false, message: e.to_string() }).await;
+                    }
+                }
+                other => self.unexpected(round, &node, &other, &mut live, &mut exits).await,
+            }
+        }
+        let responses: Vec<(String, Vec<Revealed>)> = responses.into_iter().collect();
+        if responses.len() < t {
+            let why = format!("only {} of {} survivors answered the unmask request, fewer than t={t}", responses.len(), survivors.len());
+            self.end(invited, round, false, &why).await;
+            return Err(RoundError::TooFew { round, phase: "unmask", have: responses.len(), need: t });
+        }
+        let sum = match unmasking.finish(&responses) {
+            Ok(s) => s,
+            Err(e) => {
+                self.end(invited, round, false, &e.to_string()).await;
+                return Err(RoundError::Failed { round, why: e.to_string() });
+            }
+        };
+        self.end(invited, round, true, "aggregate computed").await;
+        let organisations = survivors.iter().map(|n| by_name[n.as_str()].organisation.clone()).collect();
+        tracing::info!(%round, contributors = survivors.len(), "round complete");
+        Ok(RoundOutput { round, contributors: survivors, organisations, exits, sum })
+    }
+
+    /// Next message of this round from a live node; handles disconnects and
+    /// malformed messages (dropping the node). `None` at the deadline.
+    async fn next(
+        &mut self,
+        round: RoundId,
+        deadline: Instant,
+        live: &mut BTreeSet<String>,
+        exits: &mut BTreeMap<String, Exit>,
+        phase: &'static str,
+    ) -> Option<(String, FromNode)> {
+        loop {
+            if live.is_empty() {
+                return None;
+            }
+            let ev = tokio::select! {
+                e = self.events.recv() => e?,
+                _ = tokio::time::sleep_until(deadline) => return None,
+            };
+            if !live.contains(&ev.node) {
+                continue;
+            }
+            match ev.body {
+                EventBody::Closed => {
+                    tracing::warn!(%round, node = %ev.node, phase, "node disconnected mid-round");
+                    live.remove(&ev.node);
+                    exits.insert(ev.node, Exit::Disconnected);
+                }
+                EventBody::Malformed(why) => {
+                    self.reject(round, &ev.node, format!("malformed message: {why}"), live, exits).await;
+                }
+                EventBody::Message(FromNode::Refusal { round: r, reason }) if r.is_none() || r == Some(round) => {
+                    tracing::warn!(%round, node = %ev.node, %reason, "node refused");
+                    live.remove(&ev.node);
+                    exits.insert(ev.node, Exit::Refused(reason));
+                }
+                EventBody::Message(m) if m.round() == Some(round) => return Some((ev.node, m)),
+                EventBody::Message(m) => {
+                    tracing::debug!(%round, node = %ev.node, kind = m.kind(), "message for another round ignored");
+                }
+            }
+        }
+    }
+
+    async fn reject(&self, round: RoundId, node: &str, why: String, live: &mut BTreeSet<String>, exits: &mut BTreeMap<String, Exit>) {
+        let msg = format!("round {round}: node {node} {why}; it is dropped from this round, which goes on for the others");
+        tracing::warn!("{msg}");
+        let _ = self.registry.send(node, &ToNode::RoundEnd { round, released: false, message: msg }).await;
+        live.remove(node);
+        exits.insert(node.to_string(), Exit::Rejected(why));
+    }
+
+    async fn unexpected(&self, round: RoundId, node: &str, m: &FromNode, live: &mut BTreeSet<String>, exits: &mut BTreeMap<String, Exit>) {
+        self.reject(round, node, format!("sent an unexpected {} message", m.kind()), live, exits).await;
+    }
+
+    fn expire(&self, live: &BTreeSet<String>, done: &BTreeSet<String>, phase: &'static str, exits: &mut BTreeMap<String, Exit>) {
+        for n in live.difference(done) {
+            exits.entry(n.clone()).or_insert(Exit::TimedOut(phase));
+        }
+    }
+
+    async fn ensure(&self, round: RoundId, phase: &'static str, have: usize, need: usize, invited: &[Participant], exits: &BTreeMap<String, Exit>) -> Result<(), RoundError> {
+        if have >= need {
+            return Ok(());
+        }
+        let why = format!("{have} nodes remain after {phase}, fewer than t={need}; exits: {}", describe(exits));
+        self.end(invited, round, false, &why).await;
+        Err(RoundError::TooFew { round, phase, have, need })
+    }
+
+    async fn end(&self, invited: &[Participant], round: RoundId, released: bool, message: &str) {
+        for p in invited {
+            let _ = self.registry.send(&p.name, &ToNode::RoundEnd { round, released, message: message.to_string() }).await;
+        }
+    }
+}
+
+/// `a: disconnected, b: refused: …`.
+pub fn describe(exits: &BTreeMap<String, Exit>) -> String {
+    if exits.is_empty() {
+        return "none".into();
+    }
+    exits.iter().map(|(n, e)| format!("{n}: {e}")).collect::<Vec<_>>().join("; ")
+}

@@ -1,0 +1,167 @@
+//! The gRPC services: `Coordinator.Session` (nodes) and `Analyst` (HQ), both behind
+//! mutual TLS. Identity comes from the client certificate, never from a message.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fedcrm_protocol::pb;
+use fedcrm_protocol::pki::{self, Identity, Role};
+use fedcrm_protocol::wire::{self, FromNode, ToNode};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::Coordinator;
+use crate::registry::{Event, EventBody, Participant};
+use crate::segments::AnalysisError;
+
+fn peer_identity<T>(req: &Request<T>) -> Result<(Identity, Vec<u8>), Status> {
+    let certs = req.peer_certs().ok_or_else(|| Status::unauthenticated("a client certificate from the brand CA is required"))?;
+    let cert = certs.first().ok_or_else(|| Status::unauthenticated("a client certificate from the brand CA is required"))?;
+    let id = pki::identity_from_cert(cert.as_ref()).map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))?;
+    Ok((id, cert.as_ref().to_vec()))
+}
+
+/// `Coordinator` service implementation.
+#[derive(Debug, Clone)]
+pub struct NodeService(pub Arc<Coordinator>);
+
+type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::coordinator_server::Coordinator for NodeService {
+    type SessionStream = SessionStream;
+
+    async fn session(&self, req: Request<Streaming<pb::NodeMessage>>) -> Result<Response<SessionStream>, Status> {
+        let (id, cert) = peer_identity(&req)?;
+        if !matches!(id.role, Role::Node(_)) {
+            return Err(Status::permission_denied(format!("{} holds a {} certificate, not a node certificate", id.name, id.role.as_str())));
+        }
+        let c = &self.0;
+        let enrolled = c.config.enrolled.iter().any(|e| e.name == id.name && e.organisation == id.organisation);
+        if !enrolled {
+            tracing::warn!(node = %id.name, organisation = %id.organisation, "unenrolled node refused");
+            return Err(Status::permission_denied(format!(
+                "node {} of organisation {:?} is not enrolled at this coordinator; ask HQ to add it to [[enrolled]]",
+                id.name, id.organisation
+            )));
+        }
+        let mut inbound = req.into_inner();
+        let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no hello within 10 seconds"))?
+            .map_err(|s| Status::cancelled(format!("session stream failed: {}", s.message())))?
+            .ok_or_else(|| Status::cancelled("session closed before hello"))?;
+        match FromNode::try_from(first) {
+            Ok(FromNode::Hello { version, software, node }) => {
+                if version != wire::VERSION {
+                    return Err(Status::failed_precondition(format!(
+                        "incompatible protocol version {version:?} from {software}; this coordinator speaks {:?} — upgrade the node",
+                        wire::VERSION
+                    )));
+                }
+                if node != id.name {
+                    return Err(Status::permission_denied(format!("hello names {node:?} but the certificate names {:?}", id.name)));
+                }
+            }
+            Ok(other) => return Err(Status::failed_precondition(format!("first message must be hello, got {}", other.kind()))),
+            Err(e) => return Err(Status::invalid_argument(format!("malformed hello: {e}"))),
+        }
+        let (tx, rx) = mpsc::channel(256);
+        tx.send(Ok((&ToNode::Welcome { coordinator: c.config.name.clone() }).into()))
+            .await
+            .map_err(|_| Status::cancelled("session closed"))?;
+        let participant = Participant { name: id.name.clone(), organisation: id.organisation.clone(), certificate: cert };
+        let session = c.registry.register(participant, tx);
+        tracing::info!(node = %id.name, organisation = %id.organisation, "node connected");
+        let coordinator = self.0.clone();
+        let name = id.name;
+        tokio::spawn(async move {
+            loop {
+                let body = match inbound.message().await {
+                    Ok(Some(m)) => match FromNode::try_from(m) {
+                        Ok(m) => EventBody::Message(m),
+                        Err(e) => EventBody::Malformed(e.to_string()),
+                    },
+                    Ok(None) | Err(_) => EventBody::Closed,
+                };
+                let closed = matches!(body, EventBody::Closed);
+                coordinator.registry.event(Event { node: name.clone(), session, body });
+                if closed {
+                    coordinator.registry.unregister(&name, session);
+                    tracing::info!(node = %name, "node disconnected");
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// `Analyst` service implementation.
+#[derive(Debug, Clone)]
+pub struct AnalystService(pub Arc<Coordinator>);
+
+fn require_analyst<T>(req: &Request<T>) -> Result<Identity, Status> {
+    let (id, _) = peer_identity(req)?;
+    if id.role != Role::Analyst {
+        return Err(Status::permission_denied(format!("{} holds a {} certificate; analyst calls need an analyst certificate", id.name, id.role.as_str())));
+    }
+    Ok(id)
+}
+
+#[tonic::async_trait]
+impl pb::analyst_server::Analyst for AnalystService {
+    async fn run_segments(&self, req: Request<pb::SegmentsRequest>) -> Result<Response<pb::SegmentsReply>, Status> {
+        let who = require_analyst(&req)?;
+        let r = req.into_inner();
+        let date = wire::parse_date(&r.reference_date).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if r.purpose.trim().is_empty() {
+            return Err(Status::invalid_argument("state the purpose of the analysis (--purpose); nodes see and log it"));
+        }
+        tracing::info!(analyst = %who.name, organisation = %who.organisation, purpose = %r.purpose, "segments requested");
+        let out = self.0.run_segments(date, &r.purpose).await.map_err(|e| match e {
+            AnalysisError::Busy => Status::unavailable(e.to_string()),
+            AnalysisError::Round(crate::round::RoundError::NotEnoughNodes { .. }) | AnalysisError::Release(_) => {
+                Status::failed_precondition(e.to_string())
+            }
+            other => Status::aborted(other.to_string()),
+        })?;
+        let rel = &out.release;
+        Ok(Response::new(pb::SegmentsReply {
+            recency: Some(wire::cuts_pb(&rel.cuts.recency)),
+            frequency: Some(wire::cuts_pb(&rel.cuts.frequency)),
+            monetary: Some(wire::cuts_pb(&rel.cuts.monetary)),
+            segments: rel
+                .cells
+                .iter()
+                .map(|c| pb::SegmentCount { segment: c.segment.name().into(), customers: c.customers.unwrap_or(0), suppressed: c.customers.is_none() })
+                .collect(),
+            customers: rel.customers.unwrap_or(0),
+            participants: rel.contributors.clone(),
+            dropped: out.exits.iter().map(|(n, e)| format!("{n}: {e}")).collect(),
+            rounds: out.rounds,
+            min_cohort: rel.min_cohort as u32,
+        }))
+    }
+
+    async fn status(&self, req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
+        require_analyst(&req)?;
+        let connected = self.0.registry.connected();
+        let nodes = self
+            .0
+            .config
+            .enrolled
+            .iter()
+            .map(|e| pb::NodeStatus {
+                name: e.name.clone(),
+                organisation: e.organisation.clone(),
+                role: "node".into(),
+                connected: connected.iter().any(|p| p.name == e.name),
+            })
+            .collect();
+        Ok(Response::new(pb::StatusReply { coordinator: self.0.config.name.clone(), nodes }))
+    }
+}

@@ -1,0 +1,75 @@
+//! `fedcrm node check`: what the franchisee's data looks like and exactly what would
+//! leave the machine, before the node ever connects. Reads only local files.
+
+use serde::Serialize;
+
+use crate::config::NodeConfig;
+use crate::data::Dataset;
+use crate::features;
+
+#[derive(Debug, Serialize)]
+pub struct CheckReport {
+    pub node: String,
+    pub data_path: String,
+    pub rows_loaded: u64,
+    pub rows_skipped: u64,
+    pub skipped_examples: Vec<(u64, String)>,
+    pub withdrawn_customers: u64,
+    pub withdrawn_rows: u64,
+    pub customers: u64,
+    pub first_purchase: Option<String>,
+    pub last_purchase: Option<String>,
+    pub channels: Vec<(String, u64)>,
+    pub allowed_analyses: Vec<String>,
+    pub min_participants: usize,
+    pub egress: Vec<EgressLine>,
+    pub never_leaves: Vec<&'static str>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EgressLine {
+    pub message: &'static str,
+    pub content: String,
+}
+
+/// Build the report from a loaded dataset.
+pub fn check(config: &NodeConfig, ds: &Dataset) -> CheckReport {
+    let first = ds.purchases.iter().map(|p| p.day).min();
+    let last = ds.purchases.iter().map(|p| p.day).max();
+    let customers = last.map(|d| features::rfm(&ds.purchases, d).len() as u64).unwrap_or(0);
+    let mut channels = std::collections::BTreeMap::<String, u64>::new();
+    for p in &ds.purchases {
+        *channels.entry(p.channel.clone().unwrap_or_else(|| "(none)".into())).or_default() += 1;
+    }
+    let egress = vec![
+        EgressLine { message: "hello", content: "protocol version, software version, node name".into() },
+        EgressLine { message: "advertise-keys", content: "two fresh X25519 public keys per round, signed with this node's certificate key".into() },
+        EgressLine { message: "sealed-shares", content: "Shamir shares of this round's mask secrets, encrypted to each peer node (HQ cannot open them)".into() },
+        EgressLine { message: "masked-chunk", content: "the round's contribution vector (customer counts per histogram bin or per segment) masked with one-time pads; uniformly random to the coordinator".into() },
+        EgressLine { message: "unmask-shares", content: "for each peer exactly one share: of its self-mask if it survived, of its mask key if it dropped, never both".into() },
+        EgressLine { message: "refusal", content: "the reason a round was refused".into() },
+    ];
+    CheckReport {
+        node: config.name.clone(),
+        data_path: config.data.path.display().to_string(),
+        rows_loaded: ds.report.rows,
+        rows_skipped: ds.report.skipped,
+        skipped_examples: ds.report.skipped_examples.clone(),
+        withdrawn_customers: ds.withdrawn_customers,
+        withdrawn_rows: ds.withdrawn_rows,
+        customers,
+        first_purchase: first.map(fedcrm_protocol::wire::format_date),
+        last_purchase: last.map(fedcrm_protocol::wire::format_date),
+        channels: channels.into_iter().collect(),
+        allowed_analyses: config.policy.allowed_analyses.clone(),
+        min_participants: config.policy.min_participants,
+        egress,
+        never_leaves: vec![
+            "purchase rows",
+            "customer identifiers, phone numbers or their hashes",
+            "per-customer RFM values, scores or segments",
+            "this node's unmasked counts",
+            "customers on the consent-withdrawal list (excluded from every computation)",
+        ],
+    }
+}
