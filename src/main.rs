@@ -1,1 +1,371 @@
-fn main() {}
+//! The `fedcrm` command line. Parses flags and calls library `run` functions;
+//! nothing else lives here.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use fedcrm::hq::{AnalystClient, HqConfig, SegmentsView, segments_csv, segments_table};
+use fedcrm_protocol::pki::{self, Identity, OrgKind, Role, Validity};
+
+/// fedcrm — privacy-preserving federated customer analytics.
+///
+/// Nodes run next to each franchisee's customer data; HQ's coordinator runs
+/// secure-aggregation rounds over mutual TLS and learns only sums across nodes.
+#[derive(Debug, Parser)]
+#[command(version, propagate_version = true)]
+struct Cli {
+    /// Log filter (e.g. `info`, `fedcrm_coordinator=debug`); also RUST_LOG.
+    #[arg(long, global = true, env = "RUST_LOG", default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a complete deployment on loopback: CA, coordinator, 5 nodes, RFM segments, one node dropping out.
+    Demo {
+        /// Number of nodes (3..=8).
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        /// Do not make a node drop out mid-round.
+        #[arg(long)]
+        no_drop: bool,
+        /// Reference date for RFM.
+        #[arg(long, default_value = "1997-09-30")]
+        reference_date: String,
+        /// Print nothing; exit status tells whether federated equals pooled.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// The brand certificate authority (run by HQ).
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Franchisee side: create a node identity, check data, run the node.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// HQ side: run the coordinator.
+    #[command(subcommand)]
+    Coordinator(CoordinatorCommand),
+    /// HQ analyst: run analyses through the coordinator.
+    #[command(subcommand)]
+    Hq(HqCommand),
+    /// Benchmarks (measured against a floor in the same run).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Example configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Create the brand CA: DIR/ca.pem (share it) and DIR/ca.key (0600, keep it offline).
+    Init {
+        /// Brand name, e.g. "Golden Phoenix Jewellery".
+        #[arg(long)]
+        brand: String,
+        #[arg(long, default_value = "ca")]
+        dir: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+    },
+    /// Sign a certificate signing request; prints or writes only the certificate.
+    Sign {
+        /// The .csr file made by `fedcrm node init` (or coordinator/hq init).
+        csr: PathBuf,
+        #[arg(long, default_value = "ca")]
+        ca_dir: PathBuf,
+        /// Where to write the certificate (default: next to the CSR, .pem).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 397)]
+        days: u32,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Kind {
+    /// An independent franchisee.
+    Franchisee,
+    /// A channel owned by HQ (own store, online shop, mini-program).
+    Hq,
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// Generate this node's key (0600, never leaves) and a CSR to send to HQ.
+    Init {
+        /// Node name, e.g. `fr-hangzhou-01` ([a-z0-9.-]).
+        #[arg(long)]
+        name: String,
+        /// Legal name of the organisation that owns the data.
+        #[arg(long)]
+        organisation: String,
+        #[arg(long, value_enum, default_value = "franchisee")]
+        kind: Kind,
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Show what the data looks like and exactly what would leave this machine.
+    Check {
+        #[arg(long, default_value = "node.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Connect to the coordinator and take part in rounds until stopped (Ctrl-C).
+    Run {
+        #[arg(long, default_value = "node.toml")]
+        config: PathBuf,
+    },
+    /// What left this node: one line per message, from the egress log.
+    Egress {
+        #[arg(long, default_value = "node.toml")]
+        config: PathBuf,
+        /// Only this month, YYYY-MM.
+        #[arg(long)]
+        month: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CoordinatorCommand {
+    /// Generate the coordinator's key (0600) and CSR.
+    Init {
+        /// DNS name nodes will expect in the certificate.
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        organisation: String,
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Serve nodes and analysts until Ctrl-C.
+    Run {
+        #[arg(long, default_value = "coordinator.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum HqCommand {
+    /// Generate an analyst key (0600) and CSR.
+    Init {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        organisation: String,
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// RFM segment counts across all connected nodes.
+    Segments {
+        #[arg(long, default_value = "hq.toml")]
+        config: PathBuf,
+        /// Reference date, YYYY-MM-DD.
+        #[arg(long)]
+        reference_date: String,
+        /// Why you ask; every node logs it.
+        #[arg(long)]
+        purpose: String,
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        #[arg(long)]
+        csv: bool,
+    },
+    /// Which enrolled nodes are connected.
+    Status {
+        #[arg(long, default_value = "hq.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Secure aggregation: node masking and coordinator unmasking vs. raw PRG floor.
+    Secagg {
+        #[arg(long, default_value_t = 50)]
+        n: usize,
+        #[arg(long, default_value_t = 1_000_000)]
+        d: usize,
+        /// Fraction of nodes dropped in the dropout case.
+        #[arg(long, default_value_t = 0.1)]
+        drop: f64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print a commented default configuration.
+    Default {
+        #[arg(value_enum)]
+        which: Which,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Which {
+    Node,
+    Coordinator,
+    Hq,
+}
+
+fn init_identity(id: Identity, dir: &PathBuf) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (key, csr) = pki::new_key_and_csr(&id)?;
+    let key_path = dir.join(format!("{}.key", id.name));
+    let csr_path = dir.join(format!("{}.csr", id.name));
+    if key_path.exists() {
+        bail!("{} already exists; refusing to overwrite a private key", key_path.display());
+    }
+    pki::write_private_file(&key_path, key.as_str().as_bytes())?;
+    std::fs::write(&csr_path, csr)?;
+    println!("private key: {} (mode 0600; it never leaves this machine)", key_path.display());
+    println!("certificate request: {} — send it to HQ for `fedcrm ca sign`", csr_path.display());
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_default()).with_writer(std::io::stderr).init();
+    match cli.command {
+        Command::Demo { nodes, no_drop, reference_date, quiet } => {
+            fedcrm::demo::run(fedcrm::demo::DemoOptions { nodes, drop_one: !no_drop, reference: reference_date, quiet }).await
+        }
+        Command::Ca(CaCommand::Init { brand, dir, days }) => {
+            std::fs::create_dir_all(&dir)?;
+            let key_path = dir.join("ca.key");
+            if key_path.exists() {
+                bail!("{} already exists; refusing to overwrite the brand CA key", key_path.display());
+            }
+            let ca = pki::ca_init(&brand, days)?;
+            pki::write_private_file(&key_path, ca.key.as_str().as_bytes())?;
+            std::fs::write(dir.join("ca.pem"), &ca.cert_pem)?;
+            println!("brand CA created: {} (distribute) and {} (0600, keep offline)", dir.join("ca.pem").display(), key_path.display());
+            Ok(())
+        }
+        Command::Ca(CaCommand::Sign { csr, ca_dir, out, days }) => {
+            let ca = pki::CaMaterial {
+                cert_pem: std::fs::read_to_string(ca_dir.join("ca.pem")).with_context(|| format!("reading {}/ca.pem", ca_dir.display()))?,
+                key: pki::PrivateKeyPem::new(std::fs::read_to_string(ca_dir.join("ca.key")).with_context(|| format!("reading {}/ca.key", ca_dir.display()))?),
+            };
+            let csr_pem = std::fs::read_to_string(&csr).with_context(|| format!("reading {}", csr.display()))?;
+            let (cert, id) = pki::sign_csr(&ca, &csr_pem, Validity::days_from_now(days))?;
+            let out = out.unwrap_or_else(|| csr.with_extension("pem"));
+            std::fs::write(&out, cert)?;
+            println!("issued {} for {} ({}, {}), valid {days} days", out.display(), id.name, id.organisation, id.role.as_str());
+            Ok(())
+        }
+        Command::Node(NodeCommand::Init { name, organisation, kind, dir }) => {
+            let kind = match kind {
+                Kind::Franchisee => OrgKind::Franchisee,
+                Kind::Hq => OrgKind::Hq,
+            };
+            init_identity(Identity { name, organisation, role: Role::Node(kind) }, &dir)
+        }
+        Command::Node(NodeCommand::Check { config, json }) => {
+            let cfg = fedcrm_node::config::NodeConfig::load(&config)?;
+            let ds = cfg.data.load()?;
+            let report = fedcrm_node::check::check(&cfg, &ds);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", fedcrm::nodecli::check_text(&report));
+            }
+            Ok(())
+        }
+        Command::Node(NodeCommand::Run { config }) => {
+            let cfg = fedcrm_node::config::NodeConfig::load(&config)?;
+            let ds = Arc::new(cfg.data.load()?);
+            let ctx = fedcrm_node::session::NodeContext::load(&cfg, ds, Default::default())?;
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                let _ = tx.send(true);
+            });
+            eprintln!("node {} connecting to {}", cfg.name, cfg.coordinator.url);
+            fedcrm_node::session::run(ctx, std::time::Duration::from_secs(cfg.coordinator.retry_seconds), rx).await?;
+            Ok(())
+        }
+        Command::Node(NodeCommand::Egress { config, month, json }) => {
+            let cfg = fedcrm_node::config::NodeConfig::load(&config)?;
+            let recs = fedcrm_node::egress::read_log(&cfg.egress_log).with_context(|| format!("reading {}", cfg.egress_log.display()))?;
+            print!("{}", fedcrm::nodecli::egress_text(&recs, month.as_deref(), json)?);
+            Ok(())
+        }
+        Command::Coordinator(CoordinatorCommand::Init { name, organisation, dir }) => {
+            init_identity(Identity { name, organisation, role: Role::Coordinator }, &dir)
+        }
+        Command::Coordinator(CoordinatorCommand::Run { config }) => {
+            let cfg = fedcrm_coordinator::config::CoordinatorConfig::load(&config)?;
+            let listener = tokio::net::TcpListener::bind(&cfg.listen).await.with_context(|| format!("listening on {}", cfg.listen))?;
+            eprintln!("coordinator {} listening on {} ({} nodes enrolled)", cfg.name, cfg.listen, cfg.enrolled.len());
+            let c = fedcrm_coordinator::Coordinator::new(cfg, Default::default());
+            fedcrm_coordinator::run(c, listener, async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+            Ok(())
+        }
+        Command::Hq(HqCommand::Init { name, organisation, dir }) => init_identity(Identity { name, organisation, role: Role::Analyst }, &dir),
+        Command::Hq(HqCommand::Segments { config, reference_date, purpose, json, csv }) => {
+            let cfg = HqConfig::load(&config)?;
+            let mut client = AnalystClient::connect(&cfg).await?;
+            let spinner = indicatif::ProgressBar::new_spinner();
+            spinner.set_message("running secure rounds across nodes");
+            spinner.enable_steady_tick(std::time::Duration::from_millis(100));
+            let reply = client.segments(&reference_date, &purpose).await;
+            spinner.finish_and_clear();
+            let reply = reply.map_err(|s| anyhow::anyhow!("coordinator: {}", s.message()))?;
+            let view = SegmentsView::from(&reply);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else if csv {
+                print!("{}", segments_csv(&view));
+            } else {
+                print!("{}", segments_table(&view));
+            }
+            Ok(())
+        }
+        Command::Hq(HqCommand::Status { config, json }) => {
+            let cfg = HqConfig::load(&config)?;
+            let mut client = AnalystClient::connect(&cfg).await?;
+            let s = client.status().await.map_err(|s| anyhow::anyhow!("coordinator: {}", s.message()))?;
+            if json {
+                let nodes: Vec<serde_json::Value> = s.nodes.iter().map(|n| serde_json::json!({"name": n.name, "organisation": n.organisation, "connected": n.connected})).collect();
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({"coordinator": s.coordinator, "nodes": nodes}))?);
+            } else {
+                println!("coordinator {}", s.coordinator);
+                println!("  {:<24} {:<32} {}", "node", "organisation", "connected");
+                for n in &s.nodes {
+                    println!("  {:<24} {:<32} {}", n.name, n.organisation, if n.connected { "yes" } else { "no" });
+                }
+            }
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Secagg { n, d, drop, json }) => fedcrm::bench::secagg(n, d, drop, json),
+        Command::Config(ConfigCommand::Default { which }) => {
+            print!(
+                "{}",
+                match which {
+                    Which::Node => include_str!("../configs/node.toml"),
+                    Which::Coordinator => include_str!("../configs/coordinator.toml"),
+                    Which::Hq => include_str!("../configs/hq.toml"),
+                }
+            );
+            Ok(())
+        }
+    }
+}

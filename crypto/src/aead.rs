@@ -16,8 +16,7 @@ pub fn seal(key: &DerivedKey, context: &[u8], plaintext: &[u8]) -> Vec<u8> {
     let key = LessSafeKey::new(UnboundKey::new(&aead::CHACHA20_POLY1305, key.bytes()).unwrap());
     let mut buf = plaintext.to_vec();
     // Unwrap safety: sealing only fails for messages longer than 256 GiB.
-    key.seal_in_place_append_tag(Nonce::assume_unique_for_key([0u8; 12]), Aad::from(context), &mut buf)
-        .unwrap();
+    key.seal_in_place_append_tag(Nonce::assume_unique_for_key([0u8; 12]), Aad::from(context), &mut buf).unwrap();
     buf
 }
 

@@ -32,7 +32,8 @@ impl std::fmt::Debug for RoundPublic {
 impl RoundPublic {
     /// Parse 32 bytes; rejects the all-zero point, whose agreements are all zero.
     pub fn from_slice(b: &[u8]) -> Result<Self, CryptoError> {
-        let arr: [u8; 32] = b.try_into().map_err(|_| CryptoError::MalformedKey("x25519 public key must be 32 bytes"))?;
+        let arr: [u8; 32] =
+            b.try_into().map_err(|_| CryptoError::MalformedKey("x25519 public key must be 32 bytes"))?;
         if arr == [0u8; 32] {
             return Err(CryptoError::MalformedKey("x25519 public key is the zero point"));
         }
@@ -85,5 +86,72 @@ impl RoundSecret {
 impl SharedSecret {
     pub(crate) fn bytes(&self) -> &[u8; 32] {
         &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! RFC 7748 known answers for the raw X25519 output. `SharedSecret` never exposes
+    //! its bytes outside the crate, so these checks live here rather than in
+    //! `tests/vectors.rs`; both load `test_vectors/v1/rfc7748_x25519.json`.
+
+    use super::*;
+
+    const VECTORS: &str = include_str!("../test_vectors/v1/rfc7748_x25519.json");
+
+    fn h32(v: &serde_json::Value) -> [u8; 32] {
+        hex::decode(v.as_str().unwrap()).unwrap().try_into().unwrap()
+    }
+
+    fn x25519(k: [u8; 32], u: [u8; 32]) -> [u8; 32] {
+        RoundSecret::from_bytes(k).agree(&RoundPublic(u)).unwrap().0
+    }
+
+    #[test]
+    fn rfc7748_scalar_mult() {
+        let v: serde_json::Value = serde_json::from_str(VECTORS).unwrap();
+        let cases = v["scalar_mult"].as_array().unwrap();
+        assert_eq!(cases.len(), 2);
+        for c in cases {
+            assert_eq!(x25519(h32(&c["scalar"]), h32(&c["u"])), h32(&c["output"]), "{}", c["source"]);
+        }
+    }
+
+    #[test]
+    fn rfc7748_iterated() {
+        let v: serde_json::Value = serde_json::from_str(VECTORS).unwrap();
+        let mut want: Vec<(u64, [u8; 32])> = v["iterated"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["iterations"].as_u64().unwrap(), h32(&c["output"])))
+            .collect();
+        want.sort();
+        let mut k = [0u8; 32];
+        k[0] = 9;
+        let mut u = k;
+        let mut done = 0;
+        for (iterations, expected) in want {
+            while done < iterations {
+                let next = x25519(k, u);
+                u = k;
+                k = next;
+                done += 1;
+            }
+            assert_eq!(k, expected, "after {iterations} iterations");
+        }
+    }
+
+    #[test]
+    fn rfc7748_diffie_hellman() {
+        let v: serde_json::Value = serde_json::from_str(VECTORS).unwrap();
+        let dh = &v["diffie_hellman"];
+        let alice = RoundSecret::from_bytes(h32(&dh["alice_private"]));
+        let bob = RoundSecret::from_bytes(h32(&dh["bob_private"]));
+        assert_eq!(alice.public().0, h32(&dh["alice_public"]));
+        assert_eq!(bob.public().0, h32(&dh["bob_public"]));
+        let shared = h32(&dh["shared"]);
+        assert_eq!(alice.agree(&RoundPublic(h32(&dh["bob_public"]))).unwrap().bytes(), &shared);
+        assert_eq!(bob.agree(&RoundPublic(h32(&dh["alice_public"]))).unwrap().bytes(), &shared);
     }
 }

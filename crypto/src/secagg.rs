@@ -76,7 +76,13 @@ fn share_context(round: &RoundId, from: &str, to: &str) -> Vec<u8> {
     kdf::context("share", round, &[from.as_bytes(), to.as_bytes()])
 }
 
-fn pair_seed(secret: &RoundSecret, peer: &RoundPublic, round: &RoundId, a: &str, b: &str) -> Result<MaskSeed, CryptoError> {
+fn pair_seed(
+    secret: &RoundSecret,
+    peer: &RoundPublic,
+    round: &RoundId,
+    a: &str,
+    b: &str,
+) -> Result<MaskSeed, CryptoError> {
     let (lo, hi) = if a < b { (a, b) } else { (b, a) };
     let shared = secret.agree(peer)?;
     let k = kdf::derive(shared.bytes(), &kdf::context("pair-mask", round, &[lo.as_bytes(), hi.as_bytes()]));
@@ -200,7 +206,12 @@ impl ClientAdvertised {
     /// Given U1's verified keys (sorted by name, must contain this node's own keys
     /// unaltered and at least t nodes), split `b` and `s_sk` and seal each peer's
     /// shares. Returns (peer name, ciphertext) for every other node of U1.
-    pub fn share(self, u1: Vec<PeerKeys>, rng: &dyn SecureRandom) -> Result<(ClientShared, Vec<(String, Vec<u8>)>), CryptoError> {
+    #[allow(clippy::type_complexity)] // (state, [(recipient, sealed shares)]): a named type would add API surface
+    pub fn share(
+        self,
+        u1: Vec<PeerKeys>,
+        rng: &dyn SecureRandom,
+    ) -> Result<(ClientShared, Vec<(String, Vec<u8>)>), CryptoError> {
         let names: Vec<String> = u1.iter().map(|p| p.name.clone()).collect();
         check_roster(&names)?;
         let n = u1.len();
@@ -211,8 +222,9 @@ impl ClientAdvertised {
             )));
         }
         check_threshold(self.params.t, n)?;
-        let my_pos = position(&names, &self.me)
-            .ok_or_else(|| CryptoError::Protocol(format!("round {}: this node is not in the roster", self.params.round)))?;
+        let my_pos = position(&names, &self.me).ok_or_else(|| {
+            CryptoError::Protocol(format!("round {}: this node is not in the roster", self.params.round))
+        })?;
         let mine = &u1[my_pos];
         if mine.enc != self.enc.public() || mine.mask != self.mask.public() {
             return Err(CryptoError::Protocol(format!(
@@ -271,11 +283,10 @@ impl ClientShared {
             }
             let pos = position(&names, name)
                 .ok_or_else(|| CryptoError::Protocol(format!("round {round}: U2 names {name}, who is not in U1")))?;
-            let ct = incoming
-                .iter()
-                .find(|(from, _)| from == name)
-                .map(|(_, c)| c)
-                .ok_or_else(|| CryptoError::Protocol(format!("round {round}: no share from {name}, who is in U2")))?;
+            let ct =
+                incoming.iter().find(|(from, _)| from == name).map(|(_, c)| c).ok_or_else(|| {
+                    CryptoError::Protocol(format!("round {round}: no share from {name}, who is in U2"))
+                })?;
             let ctx = share_context(&round, name, &self.me);
             let key: DerivedKey = kdf::derive(self.enc.agree(&self.u1[pos].enc)?.bytes(), &ctx);
             let mut plain = aead::open(&key, &ctx, ct)?;
@@ -283,7 +294,8 @@ impl ClientShared {
                 plain.zeroize();
                 return Err(CryptoError::MalformedShare("share plaintext must be 128 bytes"));
             }
-            let pair = (Share::from_parts(my_x, &plain[..SHARE_Y_LEN])?, Share::from_parts(my_x, &plain[SHARE_Y_LEN..])?);
+            let pair =
+                (Share::from_parts(my_x, &plain[..SHARE_Y_LEN])?, Share::from_parts(my_x, &plain[SHARE_Y_LEN..])?);
             plain.zeroize();
             held.insert(name.clone(), pair);
         }
@@ -337,7 +349,9 @@ impl ClientMasked {
             )));
         }
         if !s.contains(&self.me) {
-            return Err(CryptoError::Protocol(format!("round {round}: unmask request says this node dropped; refusing")));
+            return Err(CryptoError::Protocol(format!(
+                "round {round}: unmask request says this node dropped; refusing"
+            )));
         }
         if s.len() < self.params.t {
             return Err(CryptoError::Protocol(format!(
@@ -459,7 +473,9 @@ impl Unmasking {
         let mut responders = BTreeSet::new();
         for (from, reveals) in responses {
             if !self.survivors.contains(from) {
-                return Err(CryptoError::Protocol(format!("round {round}: unmask response from {from}, who is not a survivor")));
+                return Err(CryptoError::Protocol(format!(
+                    "round {round}: unmask response from {from}, who is not a survivor"
+                )));
             }
             if !responders.insert(from.as_str()) {
                 return Err(CryptoError::Protocol(format!("round {round}: two unmask responses from {from}")));
@@ -471,7 +487,9 @@ impl Unmasking {
                     Revealed::SelfMask { share, .. } | Revealed::MaskKey { share, .. } => share,
                 };
                 if share.x != x {
-                    return Err(CryptoError::Protocol(format!("round {round}: {from} revealed a share with the wrong index")));
+                    return Err(CryptoError::Protocol(format!(
+                        "round {round}: {from} revealed a share with the wrong index"
+                    )));
                 }
                 match r {
                     Revealed::SelfMask { of, share } if self.survivors.contains(of) => {

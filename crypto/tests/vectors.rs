@@ -166,12 +166,9 @@ fn x25519_rejects_low_order_points() {
     assert!(!f.bad_low_order.is_empty());
     for p in &f.bad_low_order {
         let bytes = h32(p);
-        match RoundPublic::from_slice(&bytes) {
-            Err(e) => {
-                assert_eq!(bytes, [0u8; 32], "only the zero point is rejected at parse time");
-                assert_eq!(kind(&e), "MalformedKey");
-            }
-            Ok(_) => {}
+        if let Err(e) = RoundPublic::from_slice(&bytes) {
+            assert_eq!(bytes, [0u8; 32], "only the zero point is rejected at parse time");
+            assert_eq!(kind(&e), "MalformedKey");
         }
         for s in &secrets {
             let e = s.agree(&RoundPublic(bytes)).expect_err(p);
@@ -342,8 +339,12 @@ fn hkdf_ring32(salt: &[u8], ikm: &[u8], info: &[u8]) -> [u8; 32] {
 fn ring_seal(key: &[u8], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
     let key = ring_aead::LessSafeKey::new(ring_aead::UnboundKey::new(&ring_aead::CHACHA20_POLY1305, key).unwrap());
     let mut buf = plaintext.to_vec();
-    key.seal_in_place_append_tag(ring_aead::Nonce::assume_unique_for_key([0u8; 12]), ring_aead::Aad::from(aad), &mut buf)
-        .unwrap();
+    key.seal_in_place_append_tag(
+        ring_aead::Nonce::assume_unique_for_key([0u8; 12]),
+        ring_aead::Aad::from(aad),
+        &mut buf,
+    )
+    .unwrap();
     buf
 }
 
@@ -656,7 +657,8 @@ fn run_round(f: &SecaggFile, sc: &Scenario, deliver: Option<&Cts>) -> RoundRun {
         let mut u1 = Vec::new();
         for n in &f.nodes {
             let (c, keys) =
-                with_fixed_rng(&hexes(&n.advertise_rng), |r| ClientAdvertised::new(params.clone(), &n.name, r)).unwrap();
+                with_fixed_rng(&hexes(&n.advertise_rng), |r| ClientAdvertised::new(params.clone(), &n.name, r))
+                    .unwrap();
             publics.insert(n.name.clone(), (keys.enc, keys.mask));
             u1.push(keys);
             advertised.insert(n.name.clone(), c);

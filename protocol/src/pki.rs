@@ -445,9 +445,8 @@ pub struct Validity {
 
 impl Validity {
     /// From five minutes ago ([`CLOCK_SKEW_ALLOWANCE`]) until `days` days from now,
-    /// in whole seconds. `days` is capped at [`MAX_VALIDITY_DAYS`]; `0` yields a
-    /// period that ends now (which [`sign_csr`] will reject as already expired only
-    /// at verification time, so prefer `days >= 1`).
+    /// in whole seconds. `days` is capped at [`MAX_VALIDITY_DAYS`]. `0` gives a
+    /// certificate that expires as soon as it is issued, so use at least 1.
     pub fn days_from_now(days: u32) -> Self {
         let now = now_truncated();
         let days = days.min(MAX_VALIDITY_DAYS);

@@ -1,0 +1,288 @@
+//! A whole fedcrm deployment on loopback — brand CA, coordinator, analyst, nodes —
+//! with real mutual TLS, real certificates issued from CSRs, and real files. The
+//! demo runs on it, and so do the end-to-end tests. This is where `node` and
+//! `coordinator` meet; neither library depends on the other.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use fedcrm_coordinator::config::{CoordinatorConfig, Enrolled, ReleaseRules, RoundSettings, TlsFiles as CTls};
+use fedcrm_coordinator::round::Hooks;
+use fedcrm_coordinator::Coordinator;
+use fedcrm_node::config::{CoordinatorEndpoint, NodeConfig, TlsFiles as NTls};
+use fedcrm_node::data::{DataConfig, Format, OnBadRow};
+use fedcrm_node::policy::Policy;
+use fedcrm_node::session::{self, Faults, NodeContext, SessionEnd, SessionError};
+use fedcrm_protocol::pb;
+use fedcrm_protocol::pki::{self, CaMaterial, Identity, OrgKind, PrivateKeyPem, Role, Validity};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::hq::{AnalystClient, HqConfig};
+
+/// Name in the coordinator's certificate.
+pub const COORDINATOR_NAME: &str = "coordinator.fedcrm.test";
+
+/// A brand CA living in a directory.
+#[derive(Debug)]
+pub struct BrandPki {
+    pub dir: PathBuf,
+    pub ca: CaMaterial,
+}
+
+/// Certificate and key files of one party.
+#[derive(Debug, Clone)]
+pub struct IdentityFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl BrandPki {
+    /// A fresh CA under `dir`, written as `ca.pem` / `ca.key` (0600).
+    pub fn create(dir: &Path, brand: &str) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let ca = pki::ca_init(brand, 3650)?;
+        std::fs::write(dir.join("ca.pem"), &ca.cert_pem)?;
+        pki::write_private_file(&dir.join("ca.key"), ca.key.as_str().as_bytes())?;
+        Ok(Self { dir: dir.into(), ca })
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// The real enrolment path: the party makes its key and CSR, the CA signs the
+    /// CSR; files land in `dir/<name>.pem` and `dir/<name>.key`.
+    pub fn issue(&self, id: &Identity, validity: Validity) -> Result<IdentityFiles> {
+        let (key, csr) = pki::new_key_and_csr(id)?;
+        let (cert, _) = pki::sign_csr(&self.ca, &csr, validity)?;
+        let files = IdentityFiles { cert: self.dir.join(format!("{}.pem", id.name)), key: self.dir.join(format!("{}.key", id.name)) };
+        std::fs::write(&files.cert, cert)?;
+        pki::write_private_file(&files.key, key.as_str().as_bytes())?;
+        Ok(files)
+    }
+}
+
+/// One node of a test cluster.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub name: String,
+    pub organisation: String,
+    pub kind: OrgKind,
+    /// CDNOW-format purchase text.
+    pub data: String,
+    pub faults: Faults,
+    pub policy: Policy,
+}
+
+impl NodeSpec {
+    pub fn franchisee(name: &str, data: String) -> Self {
+        Self {
+            name: name.into(),
+            organisation: format!("{name} franchise ltd"),
+            kind: OrgKind::Franchisee,
+            data,
+            faults: Faults::default(),
+            policy: Policy::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub nodes: Vec<NodeSpec>,
+    pub release: ReleaseRules,
+    pub phase_timeout_seconds: u64,
+    pub chunk_elements: u32,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self { nodes: vec![], release: ReleaseRules::default(), phase_timeout_seconds: 20, chunk_elements: fedcrm_protocol::DEFAULT_CHUNK_ELEMENTS }
+    }
+}
+
+/// A running cluster. Dropping it stops everything.
+#[derive(Debug)]
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub pki: BrandPki,
+    pub coordinator: Arc<Coordinator>,
+    pub addr: SocketAddr,
+    pub analyst: HqConfig,
+    pub node_configs: Vec<NodeConfig>,
+    pub nodes: Vec<(String, JoinHandle<Result<SessionEnd, SessionError>>)>,
+    shutdown: watch::Sender<bool>,
+    server: JoinHandle<()>,
+}
+
+impl Cluster {
+    /// Create PKI, start the coordinator and every node, and wait until all are connected.
+    pub async fn start(opts: ClusterOptions, hooks: Hooks) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let pki = BrandPki::create(&dir.path().join("pki"), "Demo Jewellery")?;
+        let coord = pki.issue(
+            &Identity { name: COORDINATOR_NAME.into(), organisation: "Demo Jewellery HQ".into(), role: Role::Coordinator },
+            Validity::days_from_now(30),
+        )?;
+        let analyst_files = pki.issue(
+            &Identity { name: "analyst.hq".into(), organisation: "Demo Jewellery HQ".into(), role: Role::Analyst },
+            Validity::days_from_now(30),
+        )?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let config = CoordinatorConfig {
+            name: COORDINATOR_NAME.into(),
+            listen: addr.to_string(),
+            tls: CTls { ca: pki.ca_path(), cert: coord.cert.clone(), key: coord.key.clone() },
+            enrolled: opts.nodes.iter().map(|n| Enrolled { name: n.name.clone(), organisation: n.organisation.clone() }).collect(),
+            release: opts.release,
+            rounds: RoundSettings { phase_timeout_seconds: opts.phase_timeout_seconds, chunk_elements: opts.chunk_elements, max_restarts: 3 },
+        };
+        let coordinator = Coordinator::new(config, hooks);
+        let (shutdown, rx) = watch::channel(false);
+        let mut srx = rx.clone();
+        let c2 = coordinator.clone();
+        let server = tokio::spawn(async move {
+            let stop = async move {
+                let _ = srx.changed().await;
+            };
+            if let Err(e) = fedcrm_coordinator::run(c2, listener, stop).await {
+                tracing::error!(error = %e, "coordinator stopped");
+            }
+        });
+        let analyst = HqConfig {
+            url: format!("https://{addr}"),
+            server_name: COORDINATOR_NAME.into(),
+            tls: crate::hq::TlsFiles { ca: pki.ca_path(), cert: analyst_files.cert, key: analyst_files.key },
+        };
+        let mut cluster = Cluster { dir, pki, coordinator, addr, analyst, node_configs: vec![], nodes: vec![], shutdown, server };
+        for spec in &opts.nodes {
+            let cfg = cluster.node_config(spec)?;
+            let ctx = cluster.node_context(&cfg, spec.faults.clone())?;
+            let rx = rx.clone();
+            cluster.nodes.push((spec.name.clone(), tokio::spawn(async move { session::run_session(&ctx, rx).await })));
+            cluster.node_configs.push(cfg);
+        }
+        cluster.wait_connected(opts.nodes.len()).await?;
+        Ok(cluster)
+    }
+
+    /// Issue a certificate for `spec`, write its data and config; returns the config.
+    pub fn node_config(&self, spec: &NodeSpec) -> Result<NodeConfig> {
+        let files = self.pki.issue(
+            &Identity { name: spec.name.clone(), organisation: spec.organisation.clone(), role: Role::Node(spec.kind) },
+            Validity::days_from_now(30),
+        )?;
+        let ndir = self.dir.path().join("nodes").join(&spec.name);
+        std::fs::create_dir_all(&ndir)?;
+        let data = ndir.join("purchases.txt");
+        std::fs::write(&data, &spec.data)?;
+        Ok(NodeConfig {
+            name: spec.name.clone(),
+            coordinator: CoordinatorEndpoint { url: format!("https://{}", self.addr), server_name: COORDINATOR_NAME.into(), retry_seconds: 1 },
+            tls: NTls { ca: self.pki.ca_path(), cert: files.cert, key: files.key },
+            data: DataConfig { format: Format::Cdnow, path: data, consent_withdrawals: None, on_bad_row: OnBadRow::Fail },
+            policy: spec.policy.clone(),
+            egress_log: ndir.join("egress.jsonl"),
+        })
+    }
+
+    /// Load a node's data and credentials.
+    pub fn node_context(&self, cfg: &NodeConfig, faults: Faults) -> Result<NodeContext> {
+        let ds = Arc::new(cfg.data.load()?);
+        Ok(NodeContext::load(cfg, ds, faults)?)
+    }
+
+    /// A receiver that fires when the cluster shuts down.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    pub async fn wait_connected(&self, n: usize) -> Result<()> {
+        for _ in 0..200 {
+            if self.coordinator.registry.connected().len() >= n {
+                return Ok(());
+            }
+            if let Some((name, _)) = self.nodes.iter().find(|(_, h)| h.is_finished()) {
+                bail!("node {name} stopped before connecting");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("only {} of {n} nodes connected within 10 s", self.coordinator.registry.connected().len())
+    }
+
+    /// Run the segment analysis as the HQ analyst, over mTLS.
+    pub async fn segments(&self, reference: &str, purpose: &str) -> Result<pb::SegmentsReply, tonic::Status> {
+        let mut client = AnalystClient::connect(&self.analyst).await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        client.segments(reference, purpose).await
+    }
+
+    /// Wait for a node's task to end and return how it ended.
+    pub async fn node_result(&mut self, name: &str) -> Result<Result<SessionEnd, SessionError>> {
+        let i = self.nodes.iter().position(|(n, _)| n == name).context("no such node")?;
+        let (_, h) = self.nodes.remove(i);
+        Ok(h.await?)
+    }
+
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for (_, h) in self.nodes {
+            let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
+    }
+}
+
+/// Split CDNOW text by customer into `weights.len()` parts. `interleave`: customer i
+/// goes to node i mod n weighted round-robin; otherwise contiguous blocks of customer
+/// ids (which differ in acquisition date, so the parts' distributions differ).
+pub fn split_cdnow(text: &str, weights: &[u32], interleave: bool) -> Vec<String> {
+    let rows: Vec<&str> = text.lines().filter(|l| l.split_whitespace().count() == 4 && l.split_whitespace().nth(1).is_some_and(|d| d.bytes().all(|b| b.is_ascii_digit()))).collect();
+    let mut customers: Vec<&str> = rows.iter().filter_map(|l| l.split_whitespace().next()).collect();
+    customers.dedup();
+    let total: u64 = weights.iter().map(|&w| w as u64).sum();
+    let n = customers.len() as u64;
+    let owner = |idx: u64| -> usize {
+        if interleave {
+            let slot = idx % total;
+            let mut acc = 0;
+            for (i, &w) in weights.iter().enumerate() {
+                acc += w as u64;
+                if slot < acc {
+                    return i;
+                }
+            }
+            weights.len() - 1
+        } else {
+            let mut acc = 0;
+            for (i, &w) in weights.iter().enumerate() {
+                acc += w as u64;
+                if idx * total < acc * n {
+                    return i;
+                }
+            }
+            weights.len() - 1
+        }
+    };
+    let index: std::collections::HashMap<&str, usize> = customers.iter().enumerate().map(|(i, c)| (*c, owner(i as u64))).collect();
+    let mut out = vec![String::from(" customer_id  date number_of_cds  dollar_value\n"); weights.len()];
+    for l in rows {
+        // Unwrap safety: rows were filtered to four columns.
+        let c = l.split_whitespace().next().unwrap();
+        out[index[c]].push_str(l);
+        out[index[c]].push('\n');
+    }
+    out
+}
+
+/// The CDNOW data shipped in the repository (tests/data/cdnow, see its SOURCE.md).
+pub const CDNOW: &str = include_str!("../tests/data/cdnow/CDNOW_master.txt");
+
+/// Write a private key file for tests that build identities by hand.
+pub fn write_key(path: &Path, key: &PrivateKeyPem) -> Result<()> {
+    Ok(pki::write_private_file(path, key.as_str().as_bytes())?)
+}

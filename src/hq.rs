@@ -1,0 +1,152 @@
+//! The HQ analyst's client: connects to the coordinator's Analyst service over
+//! mutual TLS with an analyst certificate, and renders results as a table, JSON or CSV.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use fedcrm_protocol::pb;
+use fedcrm_protocol::pb::analyst_client;
+use fedcrm_protocol::pki::{self, PrivateKeyPem};
+use serde::{Deserialize, Serialize};
+use tonic::transport::{Channel, Endpoint};
+
+/// `hq.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HqConfig {
+    /// Coordinator URL, e.g. `https://hq.example.com:7443`.
+    pub url: String,
+    /// Name in the coordinator's certificate.
+    pub server_name: String,
+    pub tls: TlsFiles,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// Brand CA certificate.
+    pub ca: PathBuf,
+    /// Analyst certificate (role fedcrm-analyst).
+    pub cert: PathBuf,
+    /// Analyst private key (0600).
+    pub key: PathBuf,
+}
+
+impl HqConfig {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut c: HqConfig = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut c.tls.ca, &mut c.tls.cert, &mut c.tls.key] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(c)
+    }
+}
+
+#[derive(Debug)]
+pub struct AnalystClient(analyst_client::AnalystClient<Channel>);
+
+impl AnalystClient {
+    pub async fn connect(c: &HqConfig) -> Result<Self> {
+        let read = |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+        let tls = pki::client_tls(&read(&c.tls.ca)?, &read(&c.tls.cert)?, &PrivateKeyPem::new(read(&c.tls.key)?), &c.server_name);
+        let ch = Endpoint::from_shared(c.url.clone())?
+            .tls_config(tls)?
+            .connect_timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .with_context(|| format!("connecting to the coordinator at {}", c.url))?;
+        Ok(Self(analyst_client::AnalystClient::new(ch)))
+    }
+
+    pub async fn segments(&mut self, reference: &str, purpose: &str) -> Result<pb::SegmentsReply, tonic::Status> {
+        Ok(self
+            .0
+            .run_segments(pb::SegmentsRequest { reference_date: reference.into(), purpose: purpose.into() })
+            .await?
+            .into_inner())
+    }
+
+    pub async fn status(&mut self) -> Result<pb::StatusReply, tonic::Status> {
+        Ok(self.0.status(pb::StatusRequest {}).await?.into_inner())
+    }
+}
+
+/// Plain serialisable view of a segments reply.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SegmentsView {
+    pub customers: u64,
+    pub recency_cuts: Vec<u64>,
+    pub frequency_cuts: Vec<u64>,
+    pub monetary_cuts_cents: Vec<u64>,
+    pub segments: Vec<SegmentRow>,
+    pub participants: Vec<String>,
+    pub dropped: Vec<String>,
+    pub rounds: u32,
+    pub min_cohort: u32,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SegmentRow {
+    pub segment: String,
+    /// `None` when suppressed below the minimum cohort.
+    pub customers: Option<u64>,
+}
+
+impl From<&pb::SegmentsReply> for SegmentsView {
+    fn from(r: &pb::SegmentsReply) -> Self {
+        let cuts = |c: &Option<pb::CutPoints>| c.as_ref().map(|c| c.cuts.clone()).unwrap_or_default();
+        Self {
+            customers: r.customers,
+            recency_cuts: cuts(&r.recency),
+            frequency_cuts: cuts(&r.frequency),
+            monetary_cuts_cents: cuts(&r.monetary),
+            segments: r.segments.iter().map(|s| SegmentRow { segment: s.segment.clone(), customers: (!s.suppressed).then_some(s.customers) }).collect(),
+            participants: r.participants.clone(),
+            dropped: r.dropped.clone(),
+            rounds: r.rounds,
+            min_cohort: r.min_cohort,
+        }
+    }
+}
+
+/// Human-readable table.
+pub fn segments_table(v: &SegmentsView) -> String {
+    let mut s = String::new();
+    let cents = |c: &[u64]| c.iter().map(|x| format!("{}.{:02}", x / 100, x % 100)).collect::<Vec<_>>().join(" / ");
+    let join = |c: &[u64]| c.iter().map(u64::to_string).collect::<Vec<_>>().join(" / ");
+    s.push_str(&format!("RFM segments across {} node(s), {} secure rounds\n", v.participants.len(), v.rounds));
+    s.push_str(&format!("  recency cut points (days):      {}\n", join(&v.recency_cuts)));
+    s.push_str(&format!("  frequency cut points (days):    {}\n", join(&v.frequency_cuts)));
+    s.push_str(&format!("  monetary cut points (currency): {}\n\n", cents(&v.monetary_cuts_cents)));
+    s.push_str(&format!("  {:<12} {:>10} {:>8}\n", "segment", "customers", "share"));
+    s.push_str(&format!("  {:<12} {:>10} {:>8}\n", "-------", "---------", "-----"));
+    for r in &v.segments {
+        match r.customers {
+            Some(c) => {
+                let pct = if v.customers > 0 { 100.0 * c as f64 / v.customers as f64 } else { 0.0 };
+                s.push_str(&format!("  {:<12} {:>10} {:>7.1}%\n", r.segment, c, pct))
+            }
+            None => s.push_str(&format!("  {:<12} {:>10} {:>8}\n", r.segment, format!("<{}", v.min_cohort), "suppr.")),
+        }
+    }
+    s.push_str(&format!("  {:<12} {:>10}\n", "total", v.customers));
+    s.push_str(&format!("\n  participants: {}\n", v.participants.join(", ")));
+    if !v.dropped.is_empty() {
+        s.push_str(&format!("  left a round: {}\n", v.dropped.join("; ")));
+    }
+    s
+}
+
+/// CSV: segment,customers (empty when suppressed).
+pub fn segments_csv(v: &SegmentsView) -> String {
+    let mut s = String::from("segment,customers,suppressed\n");
+    for r in &v.segments {
+        s.push_str(&format!("{},{},{}\n", r.segment, r.customers.map(|c| c.to_string()).unwrap_or_default(), r.customers.is_none()));
+    }
+    s
+}

@@ -1,0 +1,13 @@
+//! The `fedcrm` package: the CLI's library side. `main.rs` only parses flags and
+//! calls into here. This is also the one place where the node and coordinator
+//! libraries meet: the loopback [`harness`] behind `fedcrm demo` and the
+//! end-to-end tests.
+
+#![forbid(unsafe_code)]
+
+pub mod bench;
+pub mod demo;
+pub mod harness;
+pub mod hq;
+pub mod nodecli;
+pub mod pooled;

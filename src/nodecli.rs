@@ -1,0 +1,61 @@
+//! Text renderings of the node's own reports (`fedcrm node check`, `fedcrm node egress`).
+
+use anyhow::Result;
+use fedcrm_node::check::CheckReport;
+use fedcrm_node::egress::EgressRecord;
+
+/// `fedcrm node check` as text.
+pub fn check_text(r: &CheckReport) -> String {
+    let mut s = String::new();
+    s.push_str(&format!("node {}\n\ndata: {}\n", r.node, r.data_path));
+    s.push_str(&format!("  rows loaded:          {}\n", r.rows_loaded));
+    s.push_str(&format!("  rows skipped:         {}\n", r.rows_skipped));
+    for (line, why) in &r.skipped_examples {
+        s.push_str(&format!("    line {line}: {why}\n"));
+    }
+    s.push_str(&format!("  consent withdrawn:    {} customers ({} rows excluded from everything)\n", r.withdrawn_customers, r.withdrawn_rows));
+    s.push_str(&format!("  customers:            {}\n", r.customers));
+    s.push_str(&format!(
+        "  purchases from {} to {}\n",
+        r.first_purchase.as_deref().unwrap_or("-"),
+        r.last_purchase.as_deref().unwrap_or("-")
+    ));
+    for (ch, n) in &r.channels {
+        s.push_str(&format!("  channel {ch:<16} {n} rows\n"));
+    }
+    s.push_str(&format!("\npolicy: allowed analyses {:?}, min participants {}\n", r.allowed_analyses, r.min_participants));
+    s.push_str("\nwhat may leave this machine (each logged with size and SHA-256):\n");
+    for e in &r.egress {
+        s.push_str(&format!("  {:<15} {}\n", e.message, e.content));
+    }
+    s.push_str("\nwhat never leaves:\n");
+    for n in &r.never_leaves {
+        s.push_str(&format!("  - {n}\n"));
+    }
+    s
+}
+
+/// `fedcrm node egress` as text or JSON, optionally limited to one month (YYYY-MM, UTC).
+pub fn egress_text(recs: &[EgressRecord], month: Option<&str>, json: bool) -> Result<String> {
+    let in_month = |r: &EgressRecord| -> bool {
+        let Some(m) = month else { return true };
+        let Ok(t) = time::OffsetDateTime::from_unix_timestamp((r.unix_ms / 1000) as i64) else { return false };
+        format!("{:04}-{:02}", t.year(), t.month() as u8) == m
+    };
+    let sel: Vec<&EgressRecord> = recs.iter().filter(|r| in_month(r)).collect();
+    if json {
+        return Ok(serde_json::to_string_pretty(&sel)? + "\n");
+    }
+    let mut per: std::collections::BTreeMap<(String, String), (u64, u64)> = Default::default();
+    for r in &sel {
+        let e = per.entry((r.analysis.clone().unwrap_or_else(|| "-".into()), r.round.clone().unwrap_or_else(|| "-".into()))).or_default();
+        e.0 += 1;
+        e.1 += r.bytes;
+    }
+    let mut s = format!("{:<16} {:<34} {:>9} {:>12}\n", "analysis", "round", "messages", "bytes");
+    for ((a, round), (n, b)) in &per {
+        s.push_str(&format!("{a:<16} {round:<34} {n:>9} {b:>12}\n"));
+    }
+    s.push_str(&format!("{} messages, {} bytes in total\n", sel.len(), sel.iter().map(|r| r.bytes).sum::<u64>()));
+    Ok(s)
+}

@@ -1,0 +1,105 @@
+//! The pooled (centralized) reference: what HQ would compute if it could see every
+//! purchase. Deliberately separate and simple code — its own parsing, its own RFM,
+//! quantiles by sorting — so that tests comparing it with the federated path check
+//! two independent implementations, never the federated code run as one node.
+//! Used only by tests and the demo, on data they generated or split themselves.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+/// One purchase as the reference sees it: (customer, day number, cents).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub customer: String,
+    pub ymd: u32,
+    pub cents: i64,
+}
+
+/// Parse CDNOW text (header line allowed).
+pub fn parse_cdnow(text: &str) -> Vec<Row> {
+    text.lines()
+        .filter_map(|l| {
+            let c: Vec<&str> = l.split_whitespace().collect();
+            if c.len() != 4 || !c[1].bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let (d, cts) = c[3].split_once('.').unwrap_or((c[3], "0"));
+            let cents = d.parse::<i64>().ok()? * 100 + format!("{cts:0<2}").parse::<i64>().ok()?;
+            Some(Row { customer: c[0].to_string(), ymd: c[1].parse().ok()?, cents })
+        })
+        .collect()
+}
+
+/// Days since 0000-03-01 (proleptic Gregorian), for differences of dates.
+fn day_number(ymd: u32) -> i64 {
+    let (y, m, d) = ((ymd / 10000) as i64, ((ymd / 100) % 100) as i64, (ymd % 100) as i64);
+    let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    365 * y + y / 4 - y / 100 + y / 400 + (153 * m + 2) / 5 + d - 1
+}
+
+/// Pooled RFM cut points and segment counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PooledSegments {
+    pub customers: u64,
+    pub recency: [u64; 4],
+    pub frequency: [u64; 4],
+    pub monetary: [u64; 4],
+    /// high-value, potential, dormant, other.
+    pub counts: [u64; 4],
+}
+
+/// The pooled answer for purchases on or before `reference` (YYYYMMDD).
+pub fn segments(rows: &[Row], reference: u32) -> PooledSegments {
+    let refn = day_number(reference);
+    let mut last: BTreeMap<&str, i64> = BTreeMap::new();
+    let mut days: BTreeMap<&str, BTreeSet<u32>> = BTreeMap::new();
+    let mut spend: BTreeMap<&str, i64> = BTreeMap::new();
+    for r in rows.iter().filter(|r| r.ymd <= reference) {
+        let dn = day_number(r.ymd);
+        let l = last.entry(&r.customer).or_insert(dn);
+        *l = (*l).max(dn);
+        days.entry(&r.customer).or_default().insert(r.ymd);
+        *spend.entry(&r.customer).or_default() += r.cents;
+    }
+    let rv: Vec<u64> = last.values().map(|l| (refn - l) as u64).collect();
+    let fv: Vec<u64> = days.values().map(|d| d.len() as u64).collect();
+    let mv: Vec<u64> = spend.values().map(|s| (*s).max(0) as u64).collect();
+    let quint = |v: &[u64]| -> [u64; 4] {
+        let mut s = v.to_vec();
+        s.sort_unstable();
+        let n = s.len() as u64;
+        // c_k = smallest v with #{x <= v} >= k n / 5, i.e. the ceil(k n / 5)-th smallest.
+        [1u64, 2, 3, 4].map(|k| s[((k * n).div_ceil(5) - 1) as usize])
+    };
+    let (rc, fc, mc) = (quint(&rv), quint(&fv), quint(&mv));
+    let mut counts = [0u64; 4];
+    for i in 0..rv.len() {
+        let below = |c: &[u64; 4], x: u64| c.iter().filter(|&&k| k < x).count() as u8;
+        let r = 5 - below(&rc, rv[i]);
+        let f = 1 + below(&fc, fv[i]);
+        let m = 1 + below(&mc, mv[i]);
+        let seg = if r >= 4 && f >= 4 && m >= 4 {
+            0
+        } else if r >= 4 && (f <= 2 || m <= 2) {
+            1
+        } else if r <= 2 {
+            2
+        } else {
+            3
+        };
+        counts[seg] += 1;
+    }
+    PooledSegments { customers: rv.len() as u64, recency: rc, frequency: fc, monetary: mc, counts }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn day_numbers_difference() {
+        assert_eq!(day_number(19970930) - day_number(19970101), 272);
+        assert_eq!(day_number(20000301) - day_number(20000228), 2);
+    }
+}
