@@ -25,8 +25,16 @@ pub struct DemoOptions {
     pub quiet: bool,
 }
 
-const NAMES: [&str; 8] =
-    ["hq-online-shop", "hq-flagship-sh", "fr-hangzhou-01", "fr-chengdu-02", "fr-wuhan-03", "fr-xian-04", "fr-nanjing-05", "fr-suzhou-06"];
+const NAMES: [&str; 8] = [
+    "hq-online-shop",
+    "hq-flagship-sh",
+    "fr-hangzhou-01",
+    "fr-chengdu-02",
+    "fr-wuhan-03",
+    "fr-xian-04",
+    "fr-nanjing-05",
+    "fr-suzhou-06",
+];
 
 /// Run the demo; returns an error (non-zero exit) if federated ≠ pooled.
 pub async fn run(o: DemoOptions) -> Result<()> {
@@ -58,11 +66,22 @@ pub async fn run(o: DemoOptions) -> Result<()> {
     };
     say("fedcrm demo: brand CA, coordinator and nodes on loopback over mutual TLS");
     let spinner = if o.quiet { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
-    spinner.set_style(ProgressStyle::with_template("  {spinner} {msg} [{elapsed}]").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+    spinner.set_style(
+        ProgressStyle::with_template("  {spinner} {msg} [{elapsed}]")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
     spinner.enable_steady_tick(Duration::from_millis(100));
     spinner.set_message("issuing certificates from CSRs, starting coordinator and nodes");
-    let cluster = Cluster::start(ClusterOptions { nodes: specs.clone(), phase_timeout_seconds: 10, ..Default::default() }, Hooks::default()).await?;
-    spinner.println(format!("  {} nodes connected: {}", n, specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")));
+    let cluster = Cluster::start(
+        ClusterOptions { nodes: specs.clone(), phase_timeout_seconds: 10, ..Default::default() },
+        Hooks::default(),
+    )
+    .await?;
+    spinner.println(format!(
+        "  {} nodes connected: {}",
+        n,
+        specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+    ));
     if o.drop_one {
         spinner.println(format!("  {dropper} will drop out after sharing its keys in the first round"));
     }
@@ -88,7 +107,10 @@ pub async fn run(o: DemoOptions) -> Result<()> {
     let fed_counts: Vec<Option<u64>> = view.segments.iter().map(|s| s.customers).collect();
     say("Pooled answer over the same customers (what pooling the raw data would give):");
     say(&format!("  recency cuts {:?}, frequency cuts {:?}, monetary cuts {:?}", p.recency, p.frequency, p.monetary));
-    say(&format!("  high-value {}, potential {}, dormant {}, other {}, total {}", p.counts[0], p.counts[1], p.counts[2], p.counts[3], p.customers));
+    say(&format!(
+        "  high-value {}, potential {}, dormant {}, other {}, total {}",
+        p.counts[0], p.counts[1], p.counts[2], p.counts[3], p.customers
+    ));
     let equal = view.recency_cuts == p.recency
         && view.frequency_cuts == p.frequency
         && view.monetary_cuts_cents == p.monetary

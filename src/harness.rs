@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use fedcrm_coordinator::Coordinator;
 use fedcrm_coordinator::config::{CoordinatorConfig, Enrolled, ReleaseRules, RoundSettings, TlsFiles as CTls};
 use fedcrm_coordinator::round::Hooks;
-use fedcrm_coordinator::Coordinator;
 use fedcrm_node::config::{CoordinatorEndpoint, NodeConfig, TlsFiles as NTls};
 use fedcrm_node::data::{DataConfig, Format, OnBadRow};
 use fedcrm_node::policy::Policy;
@@ -59,7 +59,10 @@ impl BrandPki {
     pub fn issue(&self, id: &Identity, validity: Validity) -> Result<IdentityFiles> {
         let (key, csr) = pki::new_key_and_csr(id)?;
         let (cert, _) = pki::sign_csr(&self.ca, &csr, validity)?;
-        let files = IdentityFiles { cert: self.dir.join(format!("{}.pem", id.name)), key: self.dir.join(format!("{}.key", id.name)) };
+        let files = IdentityFiles {
+            cert: self.dir.join(format!("{}.pem", id.name)),
+            key: self.dir.join(format!("{}.key", id.name)),
+        };
         std::fs::write(&files.cert, cert)?;
         pki::write_private_file(&files.key, key.as_str().as_bytes())?;
         Ok(files)
@@ -101,7 +104,12 @@ pub struct ClusterOptions {
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        Self { nodes: vec![], release: ReleaseRules::default(), phase_timeout_seconds: 20, chunk_elements: fedcrm_protocol::DEFAULT_CHUNK_ELEMENTS }
+        Self {
+            nodes: vec![],
+            release: ReleaseRules::default(),
+            phase_timeout_seconds: 20,
+            chunk_elements: fedcrm_protocol::DEFAULT_CHUNK_ELEMENTS,
+        }
     }
 }
 
@@ -125,7 +133,11 @@ impl Cluster {
         let dir = tempfile::tempdir()?;
         let pki = BrandPki::create(&dir.path().join("pki"), "Demo Jewellery")?;
         let coord = pki.issue(
-            &Identity { name: COORDINATOR_NAME.into(), organisation: "Demo Jewellery HQ".into(), role: Role::Coordinator },
+            &Identity {
+                name: COORDINATOR_NAME.into(),
+                organisation: "Demo Jewellery HQ".into(),
+                role: Role::Coordinator,
+            },
             Validity::days_from_now(30),
         )?;
         let analyst_files = pki.issue(
@@ -138,9 +150,17 @@ impl Cluster {
             name: COORDINATOR_NAME.into(),
             listen: addr.to_string(),
             tls: CTls { ca: pki.ca_path(), cert: coord.cert.clone(), key: coord.key.clone() },
-            enrolled: opts.nodes.iter().map(|n| Enrolled { name: n.name.clone(), organisation: n.organisation.clone() }).collect(),
+            enrolled: opts
+                .nodes
+                .iter()
+                .map(|n| Enrolled { name: n.name.clone(), organisation: n.organisation.clone() })
+                .collect(),
             release: opts.release,
-            rounds: RoundSettings { phase_timeout_seconds: opts.phase_timeout_seconds, chunk_elements: opts.chunk_elements, max_restarts: 3 },
+            rounds: RoundSettings {
+                phase_timeout_seconds: opts.phase_timeout_seconds,
+                chunk_elements: opts.chunk_elements,
+                max_restarts: 3,
+            },
         };
         let coordinator = Coordinator::new(config, hooks);
         let (shutdown, rx) = watch::channel(false);
@@ -159,7 +179,8 @@ impl Cluster {
             server_name: COORDINATOR_NAME.into(),
             tls: crate::hq::TlsFiles { ca: pki.ca_path(), cert: analyst_files.cert, key: analyst_files.key },
         };
-        let mut cluster = Cluster { dir, pki, coordinator, addr, analyst, node_configs: vec![], nodes: vec![], shutdown, server };
+        let mut cluster =
+            Cluster { dir, pki, coordinator, addr, analyst, node_configs: vec![], nodes: vec![], shutdown, server };
         for spec in &opts.nodes {
             let cfg = cluster.node_config(spec)?;
             let ctx = cluster.node_context(&cfg, spec.faults.clone())?;
@@ -183,9 +204,18 @@ impl Cluster {
         std::fs::write(&data, &spec.data)?;
         Ok(NodeConfig {
             name: spec.name.clone(),
-            coordinator: CoordinatorEndpoint { url: format!("https://{}", self.addr), server_name: COORDINATOR_NAME.into(), retry_seconds: 1 },
+            coordinator: CoordinatorEndpoint {
+                url: format!("https://{}", self.addr),
+                server_name: COORDINATOR_NAME.into(),
+                retry_seconds: 1,
+            },
             tls: NTls { ca: self.pki.ca_path(), cert: files.cert, key: files.key },
-            data: DataConfig { format: Format::Cdnow, path: data, consent_withdrawals: None, on_bad_row: OnBadRow::Fail },
+            data: DataConfig {
+                format: Format::Cdnow,
+                path: data,
+                consent_withdrawals: None,
+                on_bad_row: OnBadRow::Fail,
+            },
             policy: spec.policy.clone(),
             egress_log: ndir.join("egress.jsonl"),
         })
@@ -217,7 +247,8 @@ impl Cluster {
 
     /// Run the segment analysis as the HQ analyst, over mTLS.
     pub async fn segments(&self, reference: &str, purpose: &str) -> Result<pb::SegmentsReply, tonic::Status> {
-        let mut client = AnalystClient::connect(&self.analyst).await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let mut client =
+            AnalystClient::connect(&self.analyst).await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         client.segments(reference, purpose).await
     }
 
@@ -241,7 +272,13 @@ impl Cluster {
 /// goes to node i mod n weighted round-robin; otherwise contiguous blocks of customer
 /// ids (which differ in acquisition date, so the parts' distributions differ).
 pub fn split_cdnow(text: &str, weights: &[u32], interleave: bool) -> Vec<String> {
-    let rows: Vec<&str> = text.lines().filter(|l| l.split_whitespace().count() == 4 && l.split_whitespace().nth(1).is_some_and(|d| d.bytes().all(|b| b.is_ascii_digit()))).collect();
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.split_whitespace().count() == 4
+                && l.split_whitespace().nth(1).is_some_and(|d| d.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .collect();
     let mut customers: Vec<&str> = rows.iter().filter_map(|l| l.split_whitespace().next()).collect();
     customers.dedup();
     let total: u64 = weights.iter().map(|&w| w as u64).sum();
@@ -268,7 +305,8 @@ pub fn split_cdnow(text: &str, weights: &[u32], interleave: bool) -> Vec<String>
             weights.len() - 1
         }
     };
-    let index: std::collections::HashMap<&str, usize> = customers.iter().enumerate().map(|(i, c)| (*c, owner(i as u64))).collect();
+    let index: std::collections::HashMap<&str, usize> =
+        customers.iter().enumerate().map(|(i, c)| (*c, owner(i as u64))).collect();
     let mut out = vec![String::from(" customer_id  date number_of_cds  dollar_value\n"); weights.len()];
     for l in rows {
         // Unwrap safety: rows were filtered to four columns.

@@ -53,7 +53,12 @@ pub struct AnalystClient(analyst_client::AnalystClient<Channel>);
 impl AnalystClient {
     pub async fn connect(c: &HqConfig) -> Result<Self> {
         let read = |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
-        let tls = pki::client_tls(&read(&c.tls.ca)?, &read(&c.tls.cert)?, &PrivateKeyPem::new(read(&c.tls.key)?), &c.server_name);
+        let tls = pki::client_tls(
+            &read(&c.tls.ca)?,
+            &read(&c.tls.cert)?,
+            &PrivateKeyPem::new(read(&c.tls.key)?),
+            &c.server_name,
+        );
         let ch = Endpoint::from_shared(c.url.clone())?
             .tls_config(tls)?
             .connect_timeout(Duration::from_secs(10))
@@ -105,7 +110,11 @@ impl From<&pb::SegmentsReply> for SegmentsView {
             recency_cuts: cuts(&r.recency),
             frequency_cuts: cuts(&r.frequency),
             monetary_cuts_cents: cuts(&r.monetary),
-            segments: r.segments.iter().map(|s| SegmentRow { segment: s.segment.clone(), customers: (!s.suppressed).then_some(s.customers) }).collect(),
+            segments: r
+                .segments
+                .iter()
+                .map(|s| SegmentRow { segment: s.segment.clone(), customers: (!s.suppressed).then_some(s.customers) })
+                .collect(),
             participants: r.participants.clone(),
             dropped: r.dropped.clone(),
             rounds: r.rounds,
@@ -146,7 +155,12 @@ pub fn segments_table(v: &SegmentsView) -> String {
 pub fn segments_csv(v: &SegmentsView) -> String {
     let mut s = String::from("segment,customers,suppressed\n");
     for r in &v.segments {
-        s.push_str(&format!("{},{},{}\n", r.segment, r.customers.map(|c| c.to_string()).unwrap_or_default(), r.customers.is_none()));
+        s.push_str(&format!(
+            "{},{},{}\n",
+            r.segment,
+            r.customers.map(|c| c.to_string()).unwrap_or_default(),
+            r.customers.is_none()
+        ));
     }
     s
 }

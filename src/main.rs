@@ -239,10 +239,14 @@ fn init_identity(id: Identity, dir: &PathBuf) -> Result<()> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_default()).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_default())
+        .with_writer(std::io::stderr)
+        .init();
     match cli.command {
         Command::Demo { nodes, no_drop, reference_date, quiet } => {
-            fedcrm::demo::run(fedcrm::demo::DemoOptions { nodes, drop_one: !no_drop, reference: reference_date, quiet }).await
+            fedcrm::demo::run(fedcrm::demo::DemoOptions { nodes, drop_one: !no_drop, reference: reference_date, quiet })
+                .await
         }
         Command::Ca(CaCommand::Init { brand, dir, days }) => {
             std::fs::create_dir_all(&dir)?;
@@ -253,19 +257,33 @@ async fn main() -> Result<()> {
             let ca = pki::ca_init(&brand, days)?;
             pki::write_private_file(&key_path, ca.key.as_str().as_bytes())?;
             std::fs::write(dir.join("ca.pem"), &ca.cert_pem)?;
-            println!("brand CA created: {} (distribute) and {} (0600, keep offline)", dir.join("ca.pem").display(), key_path.display());
+            println!(
+                "brand CA created: {} (distribute) and {} (0600, keep offline)",
+                dir.join("ca.pem").display(),
+                key_path.display()
+            );
             Ok(())
         }
         Command::Ca(CaCommand::Sign { csr, ca_dir, out, days }) => {
             let ca = pki::CaMaterial {
-                cert_pem: std::fs::read_to_string(ca_dir.join("ca.pem")).with_context(|| format!("reading {}/ca.pem", ca_dir.display()))?,
-                key: pki::PrivateKeyPem::new(std::fs::read_to_string(ca_dir.join("ca.key")).with_context(|| format!("reading {}/ca.key", ca_dir.display()))?),
+                cert_pem: std::fs::read_to_string(ca_dir.join("ca.pem"))
+                    .with_context(|| format!("reading {}/ca.pem", ca_dir.display()))?,
+                key: pki::PrivateKeyPem::new(
+                    std::fs::read_to_string(ca_dir.join("ca.key"))
+                        .with_context(|| format!("reading {}/ca.key", ca_dir.display()))?,
+                ),
             };
             let csr_pem = std::fs::read_to_string(&csr).with_context(|| format!("reading {}", csr.display()))?;
             let (cert, id) = pki::sign_csr(&ca, &csr_pem, Validity::days_from_now(days))?;
             let out = out.unwrap_or_else(|| csr.with_extension("pem"));
             std::fs::write(&out, cert)?;
-            println!("issued {} for {} ({}, {}), valid {days} days", out.display(), id.name, id.organisation, id.role.as_str());
+            println!(
+                "issued {} for {} ({}, {}), valid {days} days",
+                out.display(),
+                id.name,
+                id.organisation,
+                id.role.as_str()
+            );
             Ok(())
         }
         Command::Node(NodeCommand::Init { name, organisation, kind, dir }) => {
@@ -301,7 +319,8 @@ async fn main() -> Result<()> {
         }
         Command::Node(NodeCommand::Egress { config, month, json }) => {
             let cfg = fedcrm_node::config::NodeConfig::load(&config)?;
-            let recs = fedcrm_node::egress::read_log(&cfg.egress_log).with_context(|| format!("reading {}", cfg.egress_log.display()))?;
+            let recs = fedcrm_node::egress::read_log(&cfg.egress_log)
+                .with_context(|| format!("reading {}", cfg.egress_log.display()))?;
             print!("{}", fedcrm::nodecli::egress_text(&recs, month.as_deref(), json)?);
             Ok(())
         }
@@ -310,7 +329,9 @@ async fn main() -> Result<()> {
         }
         Command::Coordinator(CoordinatorCommand::Run { config }) => {
             let cfg = fedcrm_coordinator::config::CoordinatorConfig::load(&config)?;
-            let listener = tokio::net::TcpListener::bind(&cfg.listen).await.with_context(|| format!("listening on {}", cfg.listen))?;
+            let listener = tokio::net::TcpListener::bind(&cfg.listen)
+                .await
+                .with_context(|| format!("listening on {}", cfg.listen))?;
             eprintln!("coordinator {} listening on {} ({} nodes enrolled)", cfg.name, cfg.listen, cfg.enrolled.len());
             let c = fedcrm_coordinator::Coordinator::new(cfg, Default::default());
             fedcrm_coordinator::run(c, listener, async {
@@ -319,7 +340,9 @@ async fn main() -> Result<()> {
             .await?;
             Ok(())
         }
-        Command::Hq(HqCommand::Init { name, organisation, dir }) => init_identity(Identity { name, organisation, role: Role::Analyst }, &dir),
+        Command::Hq(HqCommand::Init { name, organisation, dir }) => {
+            init_identity(Identity { name, organisation, role: Role::Analyst }, &dir)
+        }
         Command::Hq(HqCommand::Segments { config, reference_date, purpose, json, csv }) => {
             let cfg = HqConfig::load(&config)?;
             let mut client = AnalystClient::connect(&cfg).await?;
@@ -345,10 +368,13 @@ async fn main() -> Result<()> {
             let s = client.status().await.map_err(|s| anyhow::anyhow!("coordinator: {}", s.message()))?;
             if json {
                 let nodes: Vec<serde_json::Value> = s.nodes.iter().map(|n| serde_json::json!({"name": n.name, "organisation": n.organisation, "connected": n.connected})).collect();
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({"coordinator": s.coordinator, "nodes": nodes}))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({"coordinator": s.coordinator, "nodes": nodes}))?
+                );
             } else {
                 println!("coordinator {}", s.coordinator);
-                println!("  {:<24} {:<32} {}", "node", "organisation", "connected");
+                println!("  {:<24} {:<32} connected", "node", "organisation");
                 for n in &s.nodes {
                     println!("  {:<24} {:<32} {}", n.name, n.organisation, if n.connected { "yes" } else { "no" });
                 }

@@ -13,7 +13,10 @@ pub fn check_text(r: &CheckReport) -> String {
     for (line, why) in &r.skipped_examples {
         s.push_str(&format!("    line {line}: {why}\n"));
     }
-    s.push_str(&format!("  consent withdrawn:    {} customers ({} rows excluded from everything)\n", r.withdrawn_customers, r.withdrawn_rows));
+    s.push_str(&format!(
+        "  consent withdrawn:    {} customers ({} rows excluded from everything)\n",
+        r.withdrawn_customers, r.withdrawn_rows
+    ));
     s.push_str(&format!("  customers:            {}\n", r.customers));
     s.push_str(&format!(
         "  purchases from {} to {}\n",
@@ -23,7 +26,10 @@ pub fn check_text(r: &CheckReport) -> String {
     for (ch, n) in &r.channels {
         s.push_str(&format!("  channel {ch:<16} {n} rows\n"));
     }
-    s.push_str(&format!("\npolicy: allowed analyses {:?}, min participants {}\n", r.allowed_analyses, r.min_participants));
+    s.push_str(&format!(
+        "\npolicy: allowed analyses {:?}, min participants {}\n",
+        r.allowed_analyses, r.min_participants
+    ));
     s.push_str("\nwhat may leave this machine (each logged with size and SHA-256):\n");
     for e in &r.egress {
         s.push_str(&format!("  {:<15} {}\n", e.message, e.content));
@@ -48,7 +54,9 @@ pub fn egress_text(recs: &[EgressRecord], month: Option<&str>, json: bool) -> Re
     }
     let mut per: std::collections::BTreeMap<(String, String), (u64, u64)> = Default::default();
     for r in &sel {
-        let e = per.entry((r.analysis.clone().unwrap_or_else(|| "-".into()), r.round.clone().unwrap_or_else(|| "-".into()))).or_default();
+        let e = per
+            .entry((r.analysis.clone().unwrap_or_else(|| "-".into()), r.round.clone().unwrap_or_else(|| "-".into())))
+            .or_default();
         e.0 += 1;
         e.1 += r.bytes;
     }

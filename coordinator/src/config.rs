@@ -91,7 +91,11 @@ fn default_restarts() -> u32 {
 
 impl Default for RoundSettings {
     fn default() -> Self {
-        Self { phase_timeout_seconds: default_timeout(), chunk_elements: default_chunk(), max_restarts: default_restarts() }
+        Self {
+            phase_timeout_seconds: default_timeout(),
+            chunk_elements: default_chunk(),
+            max_restarts: default_restarts(),
+        }
     }
 }
 

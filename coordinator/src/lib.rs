@@ -15,10 +15,10 @@ pub mod service;
 
 use std::sync::Arc;
 
+use fedcrm_protocol::MAX_MESSAGE_BYTES;
 use fedcrm_protocol::pb::analyst_server::AnalystServer;
 use fedcrm_protocol::pb::coordinator_server::CoordinatorServer;
 use fedcrm_protocol::pki::{self, PrivateKeyPem};
-use fedcrm_protocol::MAX_MESSAGE_BYTES;
 use tokio::sync::{Mutex, mpsc};
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -63,7 +63,9 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let c = &coordinator.config;
-    let read = |p: &std::path::PathBuf| std::fs::read_to_string(p).map_err(|source| ServeError::Io { path: p.clone(), source });
+    let read = |p: &std::path::PathBuf| {
+        std::fs::read_to_string(p).map_err(|source| ServeError::Io { path: p.clone(), source })
+    };
     let ca = read(&c.tls.ca)?;
     let cert = read(&c.tls.cert)?;
     let key = PrivateKeyPem::new(read(&c.tls.key)?);

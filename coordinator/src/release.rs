@@ -15,7 +15,9 @@ use crate::round::RoundOutput;
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum ReleaseError {
-    #[error("round {round}: only {have} nodes contributed, fewer than the release minimum of {need}; nothing is released")]
+    #[error(
+        "round {round}: only {have} nodes contributed, fewer than the release minimum of {need}; nothing is released"
+    )]
     TooFewParticipants { round: String, have: usize, need: usize },
     #[error("round {round}: aggregate has {got} elements, expected {expected}")]
     Shape { round: String, got: usize, expected: usize },
@@ -34,7 +36,11 @@ fn gate(out: &RoundOutput, rules: &ReleaseRules) -> Result<(), ReleaseError> {
 
 /// Histogram counts, released to the coordinator's own quantile search only (they
 /// never leave the coordinator; only the cut points derived from them do).
-pub fn histograms_for_quantiles(out: &RoundOutput, rules: &ReleaseRules, expected: usize) -> Result<Vec<u64>, ReleaseError> {
+pub fn histograms_for_quantiles(
+    out: &RoundOutput,
+    rules: &ReleaseRules,
+    expected: usize,
+) -> Result<Vec<u64>, ReleaseError> {
     gate(out, rules)?;
     if out.sum.len() != expected {
         return Err(ReleaseError::Shape { round: out.round.to_hex(), got: out.sum.len(), expected });
@@ -65,10 +71,44 @@ pub struct SegmentRelease {
 pub fn segments(out: &RoundOutput, rules: &ReleaseRules, cuts: Cuts) -> Result<SegmentRelease, ReleaseError> {
     gate(out, rules)?;
     if out.sum.len() != Segment::ALL.len() {
-        return Err(ReleaseError::Shape { round: out.round.to_hex(), got: out.sum.len(), expected: Segment::ALL.len() });
+        return Err(ReleaseError::Shape {
+            round: out.round.to_hex(),
+            got: out.sum.len(),
+            expected: Segment::ALL.len(),
+        });
     }
     let keep = |v: u64| (v >= rules.min_cohort).then_some(v);
     let cells = Segment::ALL.iter().zip(&out.sum).map(|(&segment, &v)| Cell { segment, customers: keep(v) }).collect();
     let total: u64 = out.sum.iter().sum();
-    Ok(SegmentRelease { cuts, cells, customers: keep(total), min_cohort: rules.min_cohort, contributors: out.contributors.clone() })
+    Ok(SegmentRelease {
+        cuts,
+        cells,
+        customers: keep(total),
+        min_cohort: rules.min_cohort,
+        contributors: out.contributors.clone(),
+    })
+}
+
+/// A released histogram: counts per bin, small cells suppressed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HistogramRelease {
+    /// `None` where the bin holds fewer than the minimum cohort.
+    pub counts: Vec<Option<u64>>,
+    pub min_cohort: u64,
+    pub contributors: Vec<String>,
+    pub organisations: Vec<String>,
+}
+
+/// Global histogram counts with small cells suppressed.
+pub fn histogram(out: &RoundOutput, rules: &ReleaseRules, expected: usize) -> Result<HistogramRelease, ReleaseError> {
+    gate(out, rules)?;
+    if out.sum.len() != expected {
+        return Err(ReleaseError::Shape { round: out.round.to_hex(), got: out.sum.len(), expected });
+    }
+    Ok(HistogramRelease {
+        counts: out.sum.iter().map(|&v| (v >= rules.min_cohort).then_some(v)).collect(),
+        min_cohort: rules.min_cohort,
+        contributors: out.contributors.clone(),
+        organisations: out.organisations.clone(),
+    })
 }

@@ -23,16 +23,27 @@ use tokio::time::Instant;
 use crate::config::RoundSettings;
 use crate::registry::{Event, EventBody, Participant, Registry};
 
+/// Observer of complete masked vectors (node, vector).
+pub type MaskedObserver = Arc<dyn Fn(&str, &[u64]) + Send + Sync>;
+/// Editor of an unmask request (survivors, dropped).
+pub type UnmaskTamper = Arc<dyn Fn(&mut Vec<String>, &mut Vec<String>) + Send + Sync>;
+
 /// Test and benchmark hooks; none are set in production.
 #[derive(Clone, Default)]
 pub struct Hooks {
     /// Called with every complete masked vector before it is added to the sum.
-    pub on_masked: Option<Arc<dyn Fn(&str, &[u64]) + Send + Sync>>,
+    pub on_masked: Option<MaskedObserver>,
+    /// Lets a test play a coordinator that deviates from the protocol by editing
+    /// the unmask request (survivors, dropped) before it is sent.
+    pub tamper_unmask: Option<UnmaskTamper>,
 }
 
 impl std::fmt::Debug for Hooks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hooks").field("on_masked", &self.on_masked.is_some()).finish()
+        f.debug_struct("Hooks")
+            .field("on_masked", &self.on_masked.is_some())
+            .field("tamper_unmask", &self.tamper_unmask.is_some())
+            .finish()
     }
 }
 
@@ -93,9 +104,15 @@ struct Assembly {
 
 impl Runner<'_> {
     /// Run one round of `analysis` over `invited` with threshold `t`.
-    pub async fn run(&mut self, analysis: &Analysis, invited: &[Participant], t: usize) -> Result<RoundOutput, RoundError> {
+    pub async fn run(
+        &mut self,
+        analysis: &Analysis,
+        invited: &[Participant],
+        t: usize,
+    ) -> Result<RoundOutput, RoundError> {
         let rng = SystemRandom::new();
-        let round = RoundId::random(&rng).map_err(|e| RoundError::Failed { round: RoundId([0; 16]), why: e.to_string() })?;
+        let round =
+            RoundId::random(&rng).map_err(|e| RoundError::Failed { round: RoundId([0; 16]), why: e.to_string() })?;
         let d = analysis.kind.vector_len();
         let chunk = self.settings.chunk_elements.max(1) as usize;
         let timeout = Duration::from_secs(self.settings.phase_timeout_seconds.max(1));
@@ -124,16 +141,24 @@ impl Runner<'_> {
         let mut keys: BTreeMap<String, SignedKeys> = BTreeMap::new();
         let deadline = Instant::now() + timeout;
         while keys.len() < live.len() {
-            let Some((node, msg)) = self.next(round, deadline, &mut live, &mut exits, "advertise keys").await else { break };
+            let Some((node, msg)) = self.next(round, deadline, &mut live, &mut exits, "advertise keys").await else {
+                break;
+            };
             match msg {
                 FromNode::Keys { enc, mask, signature, .. } if !keys.contains_key(&node) => {
                     let cert = &by_name[node.as_str()].certificate;
                     let payload = secagg::key_signing_payload(&round, &node, &enc, &mask);
                     match pki::verify_signature(cert, &payload, &signature) {
                         Ok(()) => {
-                            keys.insert(node.clone(), SignedKeys { node, enc, mask, signature, certificate: cert.clone() });
+                            keys.insert(
+                                node.clone(),
+                                SignedKeys { node, enc, mask, signature, certificate: cert.clone() },
+                            );
                         }
-                        Err(e) => self.reject(round, &node, format!("key signature invalid: {e}"), &mut live, &mut exits).await,
+                        Err(e) => {
+                            self.reject(round, &node, format!("key signature invalid: {e}"), &mut live, &mut exits)
+                                .await
+                        }
                     }
                 }
                 other => self.unexpected(round, &node, &other, &mut live, &mut exits).await,
@@ -156,13 +181,22 @@ impl Runner<'_> {
         let deadline = Instant::now() + timeout;
         let u1_names: BTreeSet<String> = u1.iter().map(|k| k.node.clone()).collect();
         while sealed.len() < live.len() {
-            let Some((node, msg)) = self.next(round, deadline, &mut live, &mut exits, "share keys").await else { break };
+            let Some((node, msg)) = self.next(round, deadline, &mut live, &mut exits, "share keys").await else {
+                break;
+            };
             match msg {
                 FromNode::Shares { shares, .. } if !sealed.contains_key(&node) => {
                     let to: BTreeSet<String> = shares.iter().map(|s| s.peer.clone()).collect();
                     let expected: BTreeSet<String> = u1_names.iter().filter(|n| **n != node).cloned().collect();
                     if to != expected || shares.len() != expected.len() {
-                        self.reject(round, &node, "sealed shares must address every other node of the roster exactly once".into(), &mut live, &mut exits).await;
+                        self.reject(
+                            round,
+                            &node,
+                            "sealed shares must address every other node of the roster exactly once".into(),
+                            &mut live,
+                            &mut exits,
+                        )
+                        .await;
                     } else {
                         sealed.insert(node, shares);
                     }
@@ -178,7 +212,12 @@ impl Runner<'_> {
             let incoming: Vec<Sealed> = u2
                 .iter()
                 .filter(|u| *u != v)
-                .filter_map(|u| sealed[u].iter().find(|s| &s.peer == v).map(|s| Sealed { peer: u.clone(), ciphertext: s.ciphertext.clone() }))
+                .filter_map(|u| {
+                    sealed[u]
+                        .iter()
+                        .find(|s| &s.peer == v)
+                        .map(|s| Sealed { peer: u.clone(), ciphertext: s.ciphertext.clone() })
+                })
                 .collect();
             if !self.registry.send(v, &ToNode::Shares { round, delivered: u2.clone(), shares: incoming }).await {
                 live.remove(v);
@@ -188,17 +227,23 @@ impl Runner<'_> {
         drop(sealed);
 
         // Phase 3: masked input.
-        let peer_keys: Vec<PeerKeys> = u1.iter().map(|k| PeerKeys { name: k.node.clone(), enc: k.enc, mask: k.mask }).collect();
-        let mut agg = Aggregator::new(params.clone(), peer_keys, &u2).map_err(|e| RoundError::Failed { round, why: e.to_string() })?;
+        let peer_keys: Vec<PeerKeys> =
+            u1.iter().map(|k| PeerKeys { name: k.node.clone(), enc: k.enc, mask: k.mask }).collect();
+        let mut agg = Aggregator::new(params.clone(), peer_keys, &u2)
+            .map_err(|e| RoundError::Failed { round, why: e.to_string() })?;
         let chunks = d.div_ceil(chunk) as u32;
         let mut assembling: BTreeMap<String, Assembly> = BTreeMap::new();
         let mut complete: BTreeSet<String> = BTreeSet::new();
         let deadline = Instant::now() + timeout;
         while complete.len() < live.len() {
-            let Some((node, msg)) = self.next(round, deadline, &mut live, &mut exits, "masked input").await else { break };
+            let Some((node, msg)) = self.next(round, deadline, &mut live, &mut exits, "masked input").await else {
+                break;
+            };
             match msg {
                 FromNode::Masked(c) if !complete.contains(&node) => {
-                    let a = assembling.entry(node.clone()).or_insert_with(|| Assembly { buf: Vec::with_capacity(d), next: 0 });
+                    let a = assembling
+                        .entry(node.clone())
+                        .or_insert_with(|| Assembly { buf: Vec::with_capacity(d), next: 0 });
                     let want_len = if c.index + 1 == chunks { d - (chunks as usize - 1) * chunk } else { chunk };
                     let problem = if c.count != chunks {
                         Some(format!("sent a vector in {} chunks, expected {chunks} for {d} elements", c.count))
@@ -243,7 +288,11 @@ impl Runner<'_> {
         tracing::info!(%round, survivors = survivors.len(), dropped = ?dropped, "inputs closed");
 
         // Phase 4: unmask.
-        let request = ToNode::Unmask { round, survivors: survivors.clone(), dropped: dropped.clone() };
+        let (mut req_s, mut req_d) = (survivors.clone(), dropped.clone());
+        if let Some(t) = &self.hooks.tamper_unmask {
+            t(&mut req_s, &mut req_d);
+        }
+        let request = ToNode::Unmask { round, survivors: req_s, dropped: req_d };
         for n in &survivors {
             if !self.registry.send(n, &request).await {
                 live.remove(n);
@@ -262,7 +311,11 @@ impl Runner<'_> {
                         .into_iter()
                         .map(|s| {
                             let share = Share::from_parts(x, &s.y).map_err(|e| e.to_string())?;
-                            Ok(if s.self_mask { Revealed::SelfMask { of: s.of, share } } else { Revealed::MaskKey { of: s.of, share } })
+                            Ok(if s.self_mask {
+                                Revealed::SelfMask { of: s.of, share }
+                            } else {
+                                Revealed::MaskKey { of: s.of, share }
+                            })
                         })
                         .collect();
                     match parsed {
@@ -275,7 +328,10 @@ impl Runner<'_> {
                 FromNode::Masked(_) => {
                     // A late input: refused, the node stays counted as dropped.
                     if let Err(e) = unmasking.add_masked(&node, &[]) {
-                        let _ = self.registry.send(&node, &ToNode::RoundEnd { round, released: false, message: e.to_string() }).await;
+                        let _ = self
+                            .registry
+                            .send(&node, &ToNode::RoundEnd { round, released: false, message: e.to_string() })
+                            .await;
                     }
                 }
                 other => self.unexpected(round, &node, &other, &mut live, &mut exits).await,
@@ -283,7 +339,11 @@ impl Runner<'_> {
         }
         let responses: Vec<(String, Vec<Revealed>)> = responses.into_iter().collect();
         if responses.len() < t {
-            let why = format!("only {} of {} survivors answered the unmask request, fewer than t={t}", responses.len(), survivors.len());
+            let why = format!(
+                "only {} of {} survivors answered the unmask request, fewer than t={t}",
+                responses.len(),
+                survivors.len()
+            );
             self.end(invited, round, false, &why).await;
             return Err(RoundError::TooFew { round, phase: "unmask", have: responses.len(), need: t });
         }
@@ -343,25 +403,54 @@ impl Runner<'_> {
         }
     }
 
-    async fn reject(&self, round: RoundId, node: &str, why: String, live: &mut BTreeSet<String>, exits: &mut BTreeMap<String, Exit>) {
-        let msg = format!("round {round}: node {node} {why}; it is dropped from this round, which goes on for the others");
+    async fn reject(
+        &self,
+        round: RoundId,
+        node: &str,
+        why: String,
+        live: &mut BTreeSet<String>,
+        exits: &mut BTreeMap<String, Exit>,
+    ) {
+        let msg =
+            format!("round {round}: node {node} {why}; it is dropped from this round, which goes on for the others");
         tracing::warn!("{msg}");
         let _ = self.registry.send(node, &ToNode::RoundEnd { round, released: false, message: msg }).await;
         live.remove(node);
         exits.insert(node.to_string(), Exit::Rejected(why));
     }
 
-    async fn unexpected(&self, round: RoundId, node: &str, m: &FromNode, live: &mut BTreeSet<String>, exits: &mut BTreeMap<String, Exit>) {
+    async fn unexpected(
+        &self,
+        round: RoundId,
+        node: &str,
+        m: &FromNode,
+        live: &mut BTreeSet<String>,
+        exits: &mut BTreeMap<String, Exit>,
+    ) {
         self.reject(round, node, format!("sent an unexpected {} message", m.kind()), live, exits).await;
     }
 
-    fn expire(&self, live: &BTreeSet<String>, done: &BTreeSet<String>, phase: &'static str, exits: &mut BTreeMap<String, Exit>) {
+    fn expire(
+        &self,
+        live: &BTreeSet<String>,
+        done: &BTreeSet<String>,
+        phase: &'static str,
+        exits: &mut BTreeMap<String, Exit>,
+    ) {
         for n in live.difference(done) {
             exits.entry(n.clone()).or_insert(Exit::TimedOut(phase));
         }
     }
 
-    async fn ensure(&self, round: RoundId, phase: &'static str, have: usize, need: usize, invited: &[Participant], exits: &BTreeMap<String, Exit>) -> Result<(), RoundError> {
+    async fn ensure(
+        &self,
+        round: RoundId,
+        phase: &'static str,
+        have: usize,
+        need: usize,
+        invited: &[Participant],
+        exits: &BTreeMap<String, Exit>,
+    ) -> Result<(), RoundError> {
         if have >= need {
             return Ok(());
         }
@@ -372,7 +461,8 @@ impl Runner<'_> {
 
     async fn end(&self, invited: &[Participant], round: RoundId, released: bool, message: &str) {
         for p in invited {
-            let _ = self.registry.send(&p.name, &ToNode::RoundEnd { round, released, message: message.to_string() }).await;
+            let _ =
+                self.registry.send(&p.name, &ToNode::RoundEnd { round, released, message: message.to_string() }).await;
         }
     }
 }

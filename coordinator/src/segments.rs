@@ -40,9 +40,45 @@ pub struct SegmentsOutcome {
     pub exits: BTreeMap<String, String>,
 }
 
+/// Result of a single-round histogram analysis, as released.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistogramOutcome {
+    pub release: release::HistogramRelease,
+    pub exits: BTreeMap<String, String>,
+}
+
 impl Coordinator {
+    /// One secure round of customer-count histograms over all connected nodes
+    /// (e.g. the distribution of recency for a chart), released with small cells
+    /// suppressed.
+    pub async fn run_histograms(
+        &self,
+        reference_date: time::Date,
+        purpose: &str,
+        specs: Vec<HistogramSpec>,
+    ) -> Result<HistogramOutcome, AnalysisError> {
+        let mut events = self.events.try_lock().map_err(|_| AnalysisError::Busy)?;
+        let mut runner = self.runner(&mut events);
+        let rules = self.config.release;
+        let invited = self.registry.connected();
+        if invited.len() < rules.min_participants {
+            return Err(RoundError::NotEnoughNodes { have: invited.len(), need: rules.min_participants }.into());
+        }
+        let t = fedcrm_crypto::secagg::default_threshold(invited.len()).max(rules.min_participants);
+        let len = specs.iter().map(HistogramSpec::len).sum();
+        let analysis =
+            Analysis { reference_date, purpose: purpose.to_string(), kind: AnalysisKind::RfmHistograms(specs) };
+        let out = runner.run(&analysis, &invited, t).await?;
+        let exits = out.exits.iter().map(|(n, e)| (n.clone(), e.to_string())).collect();
+        Ok(HistogramOutcome { release: release::histogram(&out, &rules, len)?, exits })
+    }
+
     /// Run the segment analysis over all connected nodes.
-    pub async fn run_segments(&self, reference_date: time::Date, purpose: &str) -> Result<SegmentsOutcome, AnalysisError> {
+    pub async fn run_segments(
+        &self,
+        reference_date: time::Date,
+        purpose: &str,
+    ) -> Result<SegmentsOutcome, AnalysisError> {
         let mut events = self.events.try_lock().map_err(|_| AnalysisError::Busy)?;
         let mut runner = self.runner(&mut events);
         let rules = self.config.release;
@@ -95,7 +131,10 @@ impl Coordinator {
                 let out = run(AnalysisKind::RfmHistograms(specs.clone()), &invited).await?;
                 if out.contributors != contributors {
                     pool = Some(out.contributors.clone());
-                    tracing::warn!("contributors changed between rounds ({}); restarting the analysis", describe(&out.exits));
+                    tracing::warn!(
+                        "contributors changed between rounds ({}); restarting the analysis",
+                        describe(&out.exits)
+                    );
                     continue 'attempt;
                 }
                 let sums = release::histograms_for_quantiles(&out, &rules, specs.iter().map(HistogramSpec::len).sum())?;

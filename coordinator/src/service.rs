@@ -18,9 +18,13 @@ use crate::registry::{Event, EventBody, Participant};
 use crate::segments::AnalysisError;
 
 fn peer_identity<T>(req: &Request<T>) -> Result<(Identity, Vec<u8>), Status> {
-    let certs = req.peer_certs().ok_or_else(|| Status::unauthenticated("a client certificate from the brand CA is required"))?;
-    let cert = certs.first().ok_or_else(|| Status::unauthenticated("a client certificate from the brand CA is required"))?;
-    let id = pki::identity_from_cert(cert.as_ref()).map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))?;
+    let certs = req
+        .peer_certs()
+        .ok_or_else(|| Status::unauthenticated("a client certificate from the brand CA is required"))?;
+    let cert =
+        certs.first().ok_or_else(|| Status::unauthenticated("a client certificate from the brand CA is required"))?;
+    let id = pki::identity_from_cert(cert.as_ref())
+        .map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))?;
     Ok((id, cert.as_ref().to_vec()))
 }
 
@@ -37,7 +41,11 @@ impl pb::coordinator_server::Coordinator for NodeService {
     async fn session(&self, req: Request<Streaming<pb::NodeMessage>>) -> Result<Response<SessionStream>, Status> {
         let (id, cert) = peer_identity(&req)?;
         if !matches!(id.role, Role::Node(_)) {
-            return Err(Status::permission_denied(format!("{} holds a {} certificate, not a node certificate", id.name, id.role.as_str())));
+            return Err(Status::permission_denied(format!(
+                "{} holds a {} certificate, not a node certificate",
+                id.name,
+                id.role.as_str()
+            )));
         }
         let c = &self.0;
         let enrolled = c.config.enrolled.iter().any(|e| e.name == id.name && e.organisation == id.organisation);
@@ -63,17 +71,23 @@ impl pb::coordinator_server::Coordinator for NodeService {
                     )));
                 }
                 if node != id.name {
-                    return Err(Status::permission_denied(format!("hello names {node:?} but the certificate names {:?}", id.name)));
+                    return Err(Status::permission_denied(format!(
+                        "hello names {node:?} but the certificate names {:?}",
+                        id.name
+                    )));
                 }
             }
-            Ok(other) => return Err(Status::failed_precondition(format!("first message must be hello, got {}", other.kind()))),
+            Ok(other) => {
+                return Err(Status::failed_precondition(format!("first message must be hello, got {}", other.kind())));
+            }
             Err(e) => return Err(Status::invalid_argument(format!("malformed hello: {e}"))),
         }
         let (tx, rx) = mpsc::channel(256);
         tx.send(Ok((&ToNode::Welcome { coordinator: c.config.name.clone() }).into()))
             .await
             .map_err(|_| Status::cancelled("session closed"))?;
-        let participant = Participant { name: id.name.clone(), organisation: id.organisation.clone(), certificate: cert };
+        let participant =
+            Participant { name: id.name.clone(), organisation: id.organisation.clone(), certificate: cert };
         let session = c.registry.register(participant, tx);
         tracing::info!(node = %id.name, organisation = %id.organisation, "node connected");
         let coordinator = self.0.clone();
@@ -107,7 +121,11 @@ pub struct AnalystService(pub Arc<Coordinator>);
 fn require_analyst<T>(req: &Request<T>) -> Result<Identity, Status> {
     let (id, _) = peer_identity(req)?;
     if id.role != Role::Analyst {
-        return Err(Status::permission_denied(format!("{} holds a {} certificate; analyst calls need an analyst certificate", id.name, id.role.as_str())));
+        return Err(Status::permission_denied(format!(
+            "{} holds a {} certificate; analyst calls need an analyst certificate",
+            id.name,
+            id.role.as_str()
+        )));
     }
     Ok(id)
 }
@@ -119,7 +137,9 @@ impl pb::analyst_server::Analyst for AnalystService {
         let r = req.into_inner();
         let date = wire::parse_date(&r.reference_date).map_err(|e| Status::invalid_argument(e.to_string()))?;
         if r.purpose.trim().is_empty() {
-            return Err(Status::invalid_argument("state the purpose of the analysis (--purpose); nodes see and log it"));
+            return Err(Status::invalid_argument(
+                "state the purpose of the analysis (--purpose); nodes see and log it",
+            ));
         }
         tracing::info!(analyst = %who.name, organisation = %who.organisation, purpose = %r.purpose, "segments requested");
         let out = self.0.run_segments(date, &r.purpose).await.map_err(|e| match e {
@@ -137,7 +157,11 @@ impl pb::analyst_server::Analyst for AnalystService {
             segments: rel
                 .cells
                 .iter()
-                .map(|c| pb::SegmentCount { segment: c.segment.name().into(), customers: c.customers.unwrap_or(0), suppressed: c.customers.is_none() })
+                .map(|c| pb::SegmentCount {
+                    segment: c.segment.name().into(),
+                    customers: c.customers.unwrap_or(0),
+                    suppressed: c.customers.is_none(),
+                })
                 .collect(),
             customers: rel.customers.unwrap_or(0),
             participants: rel.contributors.clone(),

@@ -33,7 +33,10 @@ pub struct Purchase {
 
 impl std::fmt::Debug for Purchase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Purchase").field("day", &self.day).field("amount_cents", &self.amount_cents).finish_non_exhaustive()
+        f.debug_struct("Purchase")
+            .field("day", &self.day)
+            .field("amount_cents", &self.amount_cents)
+            .finish_non_exhaustive()
     }
 }
 
@@ -77,7 +80,9 @@ pub enum DataError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}:{line}: {why} (fix the export, or set data.on_bad_row = \"skip\" to skip such rows)")]
     BadRow { path: PathBuf, line: u64, why: String },
-    #[error("{path}: missing CSV column {column:?}; expected columns customer_key,phone,channel,timestamp,amount,category")]
+    #[error(
+        "{path}: missing CSV column {column:?}; expected columns customer_key,phone,channel,timestamp,amount,category"
+    )]
     MissingColumn { path: PathBuf, column: &'static str },
 }
 
@@ -107,12 +112,16 @@ pub fn parse_cents(s: &str) -> Result<i64, String> {
         None => (false, s),
     };
     let (int, frac) = body.split_once('.').unwrap_or((body, ""));
-    let ok = !int.is_empty() && int.bytes().all(|b| b.is_ascii_digit()) && frac.len() <= 2 && frac.bytes().all(|b| b.is_ascii_digit());
+    let ok = !int.is_empty()
+        && int.bytes().all(|b| b.is_ascii_digit())
+        && frac.len() <= 2
+        && frac.bytes().all(|b| b.is_ascii_digit());
     if !ok || int.len() > 15 {
         return Err(format!("amount {s:?} is not a decimal with at most two decimals"));
     }
     let int: i64 = int.parse().map_err(|_| format!("amount {s:?} is out of range"))?;
-    let frac: i64 = if frac.is_empty() { 0 } else { format!("{frac:0<2}").parse().map_err(|_| format!("amount {s:?}"))? };
+    let frac: i64 =
+        if frac.is_empty() { 0 } else { format!("{frac:0<2}").parse().map_err(|_| format!("amount {s:?}"))? };
     let v = int * 100 + frac;
     Ok(if neg { -v } else { v })
 }
@@ -190,9 +199,13 @@ pub fn read_csv(path: &Path, on_bad: OnBadRow) -> Result<(Vec<Purchase>, LoadRep
         .map_err(|e| DataError::Io { path: path.into(), source: std::io::Error::other(e.to_string()) })?
         .clone();
     let col = |name: &'static str| -> Result<usize, DataError> {
-        headers.iter().position(|h| h.eq_ignore_ascii_case(name)).ok_or(DataError::MissingColumn { path: path.into(), column: name })
+        headers
+            .iter()
+            .position(|h| h.eq_ignore_ascii_case(name))
+            .ok_or(DataError::MissingColumn { path: path.into(), column: name })
     };
-    let (ck, ph, chn, ts, am, cat) = (col("customer_key")?, col("phone")?, col("channel")?, col("timestamp")?, col("amount")?, col("category")?);
+    let (ck, ph, chn, ts, am, cat) =
+        (col("customer_key")?, col("phone")?, col("channel")?, col("timestamp")?, col("amount")?, col("category")?);
     let mut out = Vec::new();
     let mut report = LoadReport::default();
     for (i, rec) in rdr.records().enumerate() {
@@ -319,7 +332,10 @@ mod tests {
     #[test]
     fn dates() {
         assert_eq!(parse_ymd("19970101").unwrap(), Date::from_calendar_date(1997, Month::January, 1).unwrap());
-        assert_eq!(parse_ymd("2024-02-29T10:00:00Z").unwrap(), Date::from_calendar_date(2024, Month::February, 29).unwrap());
+        assert_eq!(
+            parse_ymd("2024-02-29T10:00:00Z").unwrap(),
+            Date::from_calendar_date(2024, Month::February, 29).unwrap()
+        );
         assert!(parse_ymd("2023-02-29").is_err());
         assert!(parse_ymd("1997011").is_err());
     }

@@ -87,14 +87,18 @@ impl Egress {
         let pbm: pb::NodeMessage = msg.into();
         let bytes = pbm.encode_to_vec();
         let rec = EgressRecord {
-            unix_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+            unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
             round: msg.round().map(|r| r.to_hex()),
             analysis,
             kind: msg.kind().to_string(),
             bytes: bytes.len() as u64,
             sha256: hex(digest::digest(&digest::SHA256, &bytes).as_ref()),
         };
-        let mut line = serde_json::to_vec(&rec).map_err(|e| EgressError::Log { path: self.log_path.clone(), source: e.into() })?;
+        let mut line =
+            serde_json::to_vec(&rec).map_err(|e| EgressError::Log { path: self.log_path.clone(), source: e.into() })?;
         line.push(b'\n');
         self.log.write_all(&line).map_err(|source| EgressError::Log { path: self.log_path.clone(), source })?;
         self.log.sync_data().map_err(|source| EgressError::Log { path: self.log_path.clone(), source })?;

@@ -41,7 +41,7 @@ pub enum DropAt {
     AfterKeys,
     /// After sending its sealed shares, before the masked input.
     AfterShares,
-    /// After the masked input, before answering the unmask request.
+    /// After the masked input has arrived, vanishing when asked to unmask.
     AfterMasked,
 }
 
@@ -85,8 +85,13 @@ impl std::fmt::Debug for NodeContext {
 
 impl NodeContext {
     /// Load certificates and key from files.
-    pub fn load(config: &crate::config::NodeConfig, dataset: Arc<Dataset>, faults: Faults) -> Result<Self, SessionError> {
-        let read = |p: &PathBuf| std::fs::read_to_string(p).map_err(|source| SessionError::Io { path: p.clone(), source });
+    pub fn load(
+        config: &crate::config::NodeConfig,
+        dataset: Arc<Dataset>,
+        faults: Faults,
+    ) -> Result<Self, SessionError> {
+        let read =
+            |p: &PathBuf| std::fs::read_to_string(p).map_err(|source| SessionError::Io { path: p.clone(), source });
         let ca_pem = read(&config.tls.ca)?;
         let cert_pem = read(&config.tls.cert)?;
         let key = PrivateKeyPem::new(read(&config.tls.key)?);
@@ -145,10 +150,8 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
         .tls_config(tls)
         .map_err(|e| SessionError::Connect { url: ctx.url.clone(), why: e.to_string() })?
         .connect_timeout(Duration::from_secs(10));
-    let channel: Channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| SessionError::Connect { url: ctx.url.clone(), why: error_chain(&e) })?;
+    let channel: Channel =
+        endpoint.connect().await.map_err(|e| SessionError::Connect { url: ctx.url.clone(), why: error_chain(&e) })?;
     let mut client = CoordinatorClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -268,15 +271,16 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
                             egress.send(&FromNode::Masked(c)).await?;
                         }
                         a.phase = Phase::Masked(next);
-                        if ctx.faults.drop_at == Some(DropAt::AfterMasked) {
-                            return Ok(SessionEnd::Dropped);
-                        }
                     }
                     Err(e) => refuse(&mut egress, round, &e.to_string()).await?,
                 }
             }
             ToNode::Unmask { round, survivors, dropped } => {
                 let Some(a) = active.as_mut().filter(|a| a.start.round == round) else { continue };
+                if ctx.faults.drop_at == Some(DropAt::AfterMasked) {
+                    // The masked input is known to have arrived (the coordinator asks to unmask).
+                    return Ok(SessionEnd::Dropped);
+                }
                 let Phase::Masked(client) = std::mem::replace(&mut a.phase, Phase::Finished) else {
                     refuse(&mut egress, round, "a second unmask request in one round; refusing").await?;
                     continue;
@@ -286,8 +290,12 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
                         let shares = revealed
                             .into_iter()
                             .map(|r| match r {
-                                secagg::Revealed::SelfMask { of, share } => RevealedShare { of, self_mask: true, y: share.y_bytes().to_vec() },
-                                secagg::Revealed::MaskKey { of, share } => RevealedShare { of, self_mask: false, y: share.y_bytes().to_vec() },
+                                secagg::Revealed::SelfMask { of, share } => {
+                                    RevealedShare { of, self_mask: true, y: share.y_bytes().to_vec() }
+                                }
+                                secagg::Revealed::MaskKey { of, share } => {
+                                    RevealedShare { of, self_mask: false, y: share.y_bytes().to_vec() }
+                                }
                             })
                             .collect();
                         egress.send(&FromNode::Unmask { round, shares }).await?;
@@ -359,7 +367,9 @@ pub async fn run(ctx: NodeContext, retry: Duration, shutdown: watch::Receiver<bo
         match run_session(&ctx, shutdown.clone()).await {
             Ok(SessionEnd::Dropped) => return Ok(()),
             Ok(SessionEnd::Closed) if *shutdown.borrow() => return Ok(()),
-            Ok(SessionEnd::Closed) => tracing::warn!(node = %ctx.name, "session closed by the coordinator; reconnecting"),
+            Ok(SessionEnd::Closed) => {
+                tracing::warn!(node = %ctx.name, "session closed by the coordinator; reconnecting")
+            }
             Err(e @ SessionError::Rejected(_)) | Err(e @ SessionError::Pki(_)) | Err(e @ SessionError::Wire(_)) => {
                 return Err(e);
             }

@@ -1,0 +1,48 @@
+//! Shared helpers for the cross-crate tests.
+#![allow(dead_code)]
+
+use fedcrm::harness::{CDNOW, Cluster, ClusterOptions, NodeSpec, split_cdnow};
+use fedcrm::hq::SegmentsView;
+use fedcrm::pooled;
+use fedcrm_coordinator::round::Hooks;
+
+/// The CDNOW reference date used by the tests (README: RFM definitions).
+pub const REFERENCE: &str = "1997-09-30";
+
+pub fn node_names(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("node-{i}")).collect()
+}
+
+/// CDNOW split by customer into nodes named node-0.. with the given weights.
+pub fn cdnow_nodes(weights: &[u32], interleave: bool) -> Vec<NodeSpec> {
+    split_cdnow(CDNOW, weights, interleave)
+        .into_iter()
+        .zip(node_names(weights.len()))
+        .map(|(data, name)| NodeSpec::franchisee(&name, data))
+        .collect()
+}
+
+/// The pooled answer over the named nodes' data.
+pub fn pooled_over(specs: &[NodeSpec], names: &[String]) -> pooled::PooledSegments {
+    let text: String = specs.iter().filter(|s| names.contains(&s.name)).map(|s| s.data.as_str()).collect();
+    pooled::segments(&pooled::parse_cdnow(&text), REFERENCE.replace('-', "").parse().unwrap())
+}
+
+/// Run the federated segment analysis on `nodes` and check it equals the pooled
+/// answer over the contributors' data: every cut point and every segment count.
+/// Returns the federated view.
+pub async fn check(nodes: Vec<NodeSpec>, opts: ClusterOptions, expected_contributors: usize) -> SegmentsView {
+    let cluster = Cluster::start(ClusterOptions { nodes: nodes.clone(), ..opts }, Hooks::default()).await.unwrap();
+    let reply = cluster.segments(REFERENCE, "test: segments equal pooled").await.expect("segments");
+    let view = SegmentsView::from(&reply);
+    assert_eq!(view.participants.len(), expected_contributors, "contributors: {:?}", view.participants);
+    let p = pooled_over(&nodes, &view.participants);
+    assert_eq!(view.customers, p.customers, "customers");
+    assert_eq!(view.recency_cuts, p.recency, "recency cut points");
+    assert_eq!(view.frequency_cuts, p.frequency, "frequency cut points");
+    assert_eq!(view.monetary_cuts_cents, p.monetary, "monetary cut points");
+    let counts: Vec<u64> = view.segments.iter().map(|s| s.customers.expect("no cell suppressed")).collect();
+    assert_eq!(counts, p.counts.to_vec(), "segment counts (high-value, potential, dormant, other)");
+    cluster.stop().await;
+    view
+}

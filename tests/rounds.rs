@@ -1,0 +1,255 @@
+//! End-to-end secure-aggregation rounds over real mutual TLS on loopback, 5 nodes:
+//! dropouts at each phase give the exact sum of the survivors' inputs, masked
+//! vectors look uniform to the coordinator, deviating unmask requests are refused,
+//! and bad input from one node does not take the round down for the others.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use common::{REFERENCE, cdnow_nodes};
+use fedcrm::harness::{Cluster, ClusterOptions, NodeSpec};
+use fedcrm_coordinator::config::ReleaseRules;
+use fedcrm_coordinator::round::Hooks;
+use fedcrm_coordinator::segments::{AnalysisError, HistogramOutcome};
+use fedcrm_node::analysis::local_vector;
+use fedcrm_node::egress::read_log;
+use fedcrm_node::session::DropAt;
+use fedcrm_protocol::rfm::{HistogramSpec, Metric, QuantileSearch};
+use fedcrm_protocol::wire::{Analysis, AnalysisKind, parse_date};
+
+fn specs() -> Vec<HistogramSpec> {
+    Metric::ALL.iter().map(|&m| QuantileSearch::coarse_spec(m)).collect()
+}
+
+/// Σ of the named nodes' local contributions (what the round must return exactly).
+fn expected_sum(cluster: &Cluster, names: &[String]) -> Vec<u64> {
+    let analysis = Analysis {
+        reference_date: parse_date(REFERENCE).unwrap(),
+        purpose: "t".into(),
+        kind: AnalysisKind::RfmHistograms(specs()),
+    };
+    let mut sum = vec![0u64; analysis.kind.vector_len()];
+    for cfg in cluster.node_configs.iter().filter(|c| names.contains(&c.name)) {
+        let ds = cfg.data.load().unwrap();
+        let customers: Vec<_> =
+            fedcrm_node::features::rfm(&ds.purchases, analysis.reference_date).into_iter().map(|(_, r)| r).collect();
+        for (s, v) in sum.iter_mut().zip(local_vector(&analysis, &customers)) {
+            *s += v;
+        }
+    }
+    sum
+}
+
+fn exact() -> ClusterOptions {
+    ClusterOptions {
+        release: ReleaseRules { min_participants: 3, min_cohort: 0 },
+        phase_timeout_seconds: 10,
+        ..Default::default()
+    }
+}
+
+async fn histogram_round(
+    nodes: Vec<NodeSpec>,
+    opts: ClusterOptions,
+    hooks: Hooks,
+) -> (Cluster, Result<HistogramOutcome, AnalysisError>) {
+    let cluster = Cluster::start(ClusterOptions { nodes, ..opts }, hooks).await.unwrap();
+    let out = cluster.coordinator.run_histograms(parse_date(REFERENCE).unwrap(), "test round", specs()).await;
+    (cluster, out)
+}
+
+fn counts(o: &HistogramOutcome) -> Vec<u64> {
+    o.release.counts.iter().map(|c| c.unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_after_sharing_keys_gives_exact_sum_of_survivors() {
+    let mut nodes = cdnow_nodes(&[1; 5], true);
+    nodes[1].faults.drop_at = Some(DropAt::AfterShares);
+    let (cluster, out) = histogram_round(nodes, exact(), Hooks::default()).await;
+    let out = out.unwrap();
+    assert_eq!(out.release.contributors, vec!["node-0", "node-2", "node-3", "node-4"]);
+    assert_eq!(counts(&out), expected_sum(&cluster, &out.release.contributors));
+    assert_eq!(out.exits.get("node-1").map(String::as_str), Some("disconnected"));
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_after_masked_input_before_unmask_gives_exact_sum_including_it() {
+    let mut nodes = cdnow_nodes(&[1; 5], true);
+    nodes[3].faults.drop_at = Some(DropAt::AfterMasked);
+    let (cluster, out) = histogram_round(nodes, exact(), Hooks::default()).await;
+    let out = out.unwrap();
+    // Its masked input arrived, so it is a survivor: the others reveal its self-mask share.
+    assert_eq!(out.release.contributors.len(), 5);
+    assert_eq!(counts(&out), expected_sum(&cluster, &out.release.contributors));
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_after_advertising_keys_gives_exact_sum_of_survivors() {
+    let mut nodes = cdnow_nodes(&[1; 5], true);
+    nodes[0].faults.drop_at = Some(DropAt::AfterKeys);
+    let (cluster, out) = histogram_round(nodes, exact(), Hooks::default()).await;
+    let out = out.unwrap();
+    assert_eq!(out.release.contributors, vec!["node-1", "node-2", "node-3", "node-4"]);
+    assert_eq!(counts(&out), expected_sum(&cluster, &out.release.contributors));
+    cluster.stop().await;
+}
+
+/// χ² statistic of the bytes of `v`, with 2^k bins on the top k bits of each byte,
+/// k chosen so that every bin expects at least 5 observations.
+fn chi_square(v: &[u64]) -> (f64, usize) {
+    let bytes: Vec<u8> = v.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let mut k = 8;
+    while k > 1 && bytes.len() < 5 << k {
+        k -= 1;
+    }
+    let bins = 1usize << k;
+    let mut h = vec![0f64; bins];
+    for b in &bytes {
+        h[(*b >> (8 - k)) as usize] += 1.0;
+    }
+    let e = bytes.len() as f64 / bins as f64;
+    (h.iter().map(|o| (o - e) * (o - e) / e).sum(), bins - 1)
+}
+
+/// Upper critical value for χ² with `dof` degrees of freedom at about p = 1e-9
+/// (Wilson–Hilferty approximation with z = 6).
+fn chi_critical(dof: usize) -> f64 {
+    let k = dof as f64;
+    let z = 6.0;
+    k * (1.0 - 2.0 / (9.0 * k) + z * (2.0 / (9.0 * k)).sqrt()).powi(3)
+}
+
+/// (node, masked vector) as the coordinator received it.
+type Seen = (String, Vec<u64>);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_masked_vector_passes_uniformity_test() {
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let s2 = seen.clone();
+    let hooks = Hooks {
+        on_masked: Some(Arc::new(move |n: &str, v: &[u64]| s2.lock().unwrap().push((n.to_string(), v.to_vec())))),
+        ..Default::default()
+    };
+    let nodes = cdnow_nodes(&[1; 5], true);
+    let cluster = Cluster::start(ClusterOptions { nodes, ..Default::default() }, hooks).await.unwrap();
+    cluster.segments(REFERENCE, "uniformity test").await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.len() >= 15, "expected several rounds × 5 nodes, saw {}", seen.len());
+    for (node, v) in &seen {
+        let (chi, dof) = chi_square(v);
+        assert!(
+            chi < chi_critical(dof),
+            "masked vector from {node} (len {}) fails χ²: {chi:.1} with {dof} dof",
+            v.len()
+        );
+    }
+    // The test can fail: a node's unmasked contribution is far from uniform.
+    let plain = expected_sum(&cluster, &["node-0".to_string()]);
+    let (chi, dof) = chi_square(&plain);
+    assert!(chi > chi_critical(dof), "unmasked counts should fail the test (χ² {chi:.1})");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmask_request_for_both_shares_of_a_peer_is_refused() {
+    // A deviating coordinator lists node-4 as dropped although it survived, hoping
+    // to get both its self-mask share and its mask-key share.
+    let hooks = Hooks {
+        tamper_unmask: Some(Arc::new(|_s: &mut Vec<String>, d: &mut Vec<String>| d.push("node-4".into()))),
+        ..Default::default()
+    };
+    let (cluster, out) = histogram_round(cdnow_nodes(&[1; 5], true), exact(), hooks).await;
+    let err = out.unwrap_err().to_string();
+    assert!(err.contains("unmask") && err.contains("fewer than"), "{err}");
+    for cfg in &cluster.node_configs {
+        let log = read_log(&cfg.egress_log).unwrap();
+        assert!(!log.iter().any(|r| r.kind == "unmask-shares"), "{} revealed shares", cfg.name);
+        assert!(log.iter().any(|r| r.kind == "refusal"), "{} did not refuse", cfg.name);
+    }
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_length_vector_is_rejected_and_round_completes_for_others() {
+    let mut nodes = cdnow_nodes(&[1; 5], true);
+    nodes[2].faults.wrong_length = true;
+    let (cluster, out) = histogram_round(nodes, exact(), Hooks::default()).await;
+    let out = out.unwrap();
+    assert_eq!(out.release.contributors, vec!["node-0", "node-1", "node-3", "node-4"]);
+    assert_eq!(counts(&out), expected_sum(&cluster, &out.release.contributors));
+    let why = &out.exits["node-2"];
+    assert!(why.contains("196 elements in chunk 0, expected 195"), "{why}");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_chunk_is_rejected_and_round_completes_for_others() {
+    let mut nodes = cdnow_nodes(&[1; 5], true);
+    nodes[0].faults.malformed_chunk = true;
+    let (cluster, out) = histogram_round(nodes, exact(), Hooks::default()).await;
+    let out = out.unwrap();
+    assert_eq!(out.release.contributors.len(), 4);
+    assert_eq!(counts(&out), expected_sum(&cluster, &out.release.contributors));
+    assert!(out.exits["node-0"].contains("malformed message"), "{}", out.exits["node-0"]);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_few_participants_means_no_release_and_a_clear_message() {
+    // 5 nodes, t = 4; two drop: 3 remain, fewer than t.
+    let mut nodes = cdnow_nodes(&[1; 5], true);
+    nodes[0].faults.drop_at = Some(DropAt::AfterKeys);
+    nodes[1].faults.drop_at = Some(DropAt::AfterShares);
+    let cluster = Cluster::start(
+        ClusterOptions {
+            nodes,
+            release: ReleaseRules { min_participants: 4, min_cohort: 0 },
+            phase_timeout_seconds: 10,
+            ..Default::default()
+        },
+        Hooks::default(),
+    )
+    .await
+    .unwrap();
+    let err = cluster.segments(REFERENCE, "too few").await.unwrap_err();
+    assert!(
+        err.message().contains("fewer than the threshold t=4") || err.message().contains("fewer than"),
+        "{}",
+        err.message()
+    );
+    cluster.stop().await;
+
+    // Release rule alone: 3 nodes connected but the release minimum is 4.
+    let nodes = cdnow_nodes(&[1; 3], true);
+    let cluster = Cluster::start(
+        ClusterOptions { nodes, release: ReleaseRules { min_participants: 4, min_cohort: 0 }, ..Default::default() },
+        Hooks::default(),
+    )
+    .await
+    .unwrap();
+    let err = cluster.segments(REFERENCE, "too few").await.unwrap_err();
+    assert!(
+        err.message().contains("only 3 nodes connected") && err.message().contains("at least 4"),
+        "{}",
+        err.message()
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_cells_of_the_global_result_are_suppressed() {
+    let nodes = cdnow_nodes(&[1; 3], true);
+    let opts = ClusterOptions { release: ReleaseRules { min_participants: 3, min_cohort: 50 }, ..Default::default() };
+    let (cluster, out) = histogram_round(nodes, opts, Hooks::default()).await;
+    let out = out.unwrap();
+    let sums = expected_sum(&cluster, &out.release.contributors);
+    for (c, s) in out.release.counts.iter().zip(&sums) {
+        assert_eq!(*c, (*s >= 50).then_some(*s));
+    }
+    assert!(out.release.counts.iter().any(Option::is_none) && out.release.counts.iter().any(Option::is_some));
+    cluster.stop().await;
+}
