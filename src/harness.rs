@@ -100,6 +100,8 @@ pub struct ClusterOptions {
     pub release: ReleaseRules,
     pub phase_timeout_seconds: u64,
     pub chunk_elements: u32,
+    /// Further enrolled (name, organisation) pairs with no running node.
+    pub extra_enrolled: Vec<(String, String)>,
 }
 
 impl Default for ClusterOptions {
@@ -109,6 +111,7 @@ impl Default for ClusterOptions {
             release: ReleaseRules::default(),
             phase_timeout_seconds: 20,
             chunk_elements: fedcrm_protocol::DEFAULT_CHUNK_ELEMENTS,
+            extra_enrolled: vec![],
         }
     }
 }
@@ -154,6 +157,7 @@ impl Cluster {
                 .nodes
                 .iter()
                 .map(|n| Enrolled { name: n.name.clone(), organisation: n.organisation.clone() })
+                .chain(opts.extra_enrolled.iter().map(|(n, o)| Enrolled { name: n.clone(), organisation: o.clone() }))
                 .collect(),
             release: opts.release,
             rounds: RoundSettings {

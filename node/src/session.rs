@@ -163,7 +163,7 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
     let mut inbound = client
         .session(ReceiverStream::new(rx))
         .await
-        .map_err(|s| SessionError::Rejected(format!("{}: {}", code_name(s.code()), s.message())))?
+        .map_err(|s| SessionError::Rejected(status_text(&s, true)))?
         .into_inner();
     let rng = SystemRandom::new();
     let mut active: Option<Active> = None;
@@ -175,7 +175,7 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
         };
         let msg = match msg {
             None => return Ok(SessionEnd::Closed),
-            Some(Err(s)) => return Err(SessionError::Rejected(format!("{}: {}", code_name(s.code()), s.message()))),
+            Some(Err(s)) => return Err(SessionError::Rejected(status_text(&s, false))),
             Some(Ok(m)) => m,
         };
         let msg = match ToNode::try_from(msg) {
@@ -346,8 +346,23 @@ fn verify_roster(ctx: &NodeContext, start: &RoundStart, keys: &[wire::SignedKeys
     Ok(out)
 }
 
-fn code_name(c: tonic::Code) -> String {
-    format!("{c:?}")
+/// A status with its cause chain, plus a hint when the TLS handshake failed on the
+/// coordinator's side (it does not say why, by design: the node must check its certificate).
+fn status_text(s: &tonic::Status, opening: bool) -> String {
+    let mut text = format!("{:?}: {}", s.code(), s.message());
+    let mut cur = std::error::Error::source(s);
+    while let Some(c) = cur {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cur = c.source();
+    }
+    if opening && matches!(s.code(), tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::Unavailable) {
+        text.push_str(
+            " (the coordinator ended the TLS handshake: check that this node's certificate was issued by the brand CA, \
+             has not expired, and matches its key)",
+        );
+    }
+    text
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
