@@ -17,6 +17,7 @@ use prost::Message;
 use ring::digest;
 use serde::Serialize;
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EgressError {
@@ -50,7 +51,14 @@ pub struct Egress {
 }
 
 impl Egress {
-    pub fn new(tx: mpsc::Sender<pb::NodeMessage>, log_path: &Path) -> Result<Self, EgressError> {
+    /// The door and the stream the transport drains. Nothing else can put a message
+    /// on that stream.
+    pub fn open(log_path: &Path) -> Result<(Self, ReceiverStream<pb::NodeMessage>), EgressError> {
+        let (tx, rx) = mpsc::channel(64);
+        Ok((Self::new(tx, log_path)?, ReceiverStream::new(rx)))
+    }
+
+    fn new(tx: mpsc::Sender<pb::NodeMessage>, log_path: &Path) -> Result<Self, EgressError> {
         if let Some(dir) = log_path.parent() {
             std::fs::create_dir_all(dir).map_err(|source| EgressError::Log { path: log_path.into(), source })?;
         }

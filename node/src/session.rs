@@ -13,9 +13,8 @@ use fedcrm_protocol::pki::{self, PrivateKeyPem, SigningKey, Usage};
 use fedcrm_protocol::rfm::CustomerRfm;
 use fedcrm_protocol::wire::{self, FromNode, RevealedShare, RoundStart, Sealed, ToNode};
 use fedcrm_protocol::{MAX_MESSAGE_BYTES, SOFTWARE};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::analysis::local_vector;
@@ -155,16 +154,12 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
     let mut client = CoordinatorClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let (tx, rx) = mpsc::channel(64);
-    let mut egress = Egress::new(tx, &ctx.egress_log)?;
+    let (mut egress, outbound) = Egress::open(&ctx.egress_log)?;
     egress
         .send(&FromNode::Hello { version: wire::VERSION.into(), software: SOFTWARE.into(), node: ctx.name.clone() })
         .await?;
-    let mut inbound = client
-        .session(ReceiverStream::new(rx))
-        .await
-        .map_err(|s| SessionError::Rejected(status_text(&s, true)))?
-        .into_inner();
+    let mut inbound =
+        client.session(outbound).await.map_err(|s| SessionError::Rejected(status_text(&s, true)))?.into_inner();
     let rng = SystemRandom::new();
     let mut active: Option<Active> = None;
     let mut customers_cache: Option<(time::Date, Vec<CustomerRfm>)> = None;

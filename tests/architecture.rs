@@ -1,0 +1,164 @@
+//! Architecture invariants (ARCHITECTURE.md), checked mechanically:
+//! dependency direction, the two doors, the pure crypto leaf, unsafe code forbidden,
+//! secrets that never print.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Workspace packages and their fedcrm-* / notable dependencies, from `cargo metadata`.
+fn deps() -> BTreeMap<String, BTreeSet<String>> {
+    let out = std::process::Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .current_dir(root())
+        .output()
+        .expect("cargo metadata runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut m = BTreeMap::new();
+    for p in v["packages"].as_array().unwrap() {
+        let names = p["dependencies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["kind"].is_null()) // normal dependencies only
+            .map(|d| d["name"].as_str().unwrap().to_string())
+            .collect();
+        m.insert(p["name"].as_str().unwrap().to_string(), names);
+    }
+    m
+}
+
+fn fedcrm_deps(m: &BTreeMap<String, BTreeSet<String>>, pkg: &str) -> BTreeSet<String> {
+    m[pkg].iter().filter(|d| d.starts_with("fedcrm")).cloned().collect()
+}
+
+fn set(v: &[&str]) -> BTreeSet<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn dependencies_point_one_way() {
+    let m = deps();
+    assert_eq!(fedcrm_deps(&m, "fedcrm-crypto"), set(&[]));
+    assert_eq!(fedcrm_deps(&m, "fedcrm-protocol"), set(&["fedcrm-crypto"]));
+    assert_eq!(fedcrm_deps(&m, "fedcrm-node"), set(&["fedcrm-crypto", "fedcrm-protocol"]));
+    assert_eq!(fedcrm_deps(&m, "fedcrm-coordinator"), set(&["fedcrm-crypto", "fedcrm-protocol"]));
+    for forbidden in ["tokio", "tonic", "prost", "tracing"] {
+        assert!(!m["fedcrm-crypto"].contains(forbidden), "crypto must stay a pure leaf; it depends on {forbidden}");
+    }
+}
+
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(rust_files(&p));
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn files_containing(dir: &str, needle: &str) -> BTreeSet<String> {
+    rust_files(&root().join(dir))
+        .into_iter()
+        .filter(|p| std::fs::read_to_string(p).unwrap().contains(needle))
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn node_egress_is_the_only_sender() {
+    // Only egress.rs can build or queue a message for the coordinator.
+    assert_eq!(files_containing("node/src", "NodeMessage"), set(&["egress.rs"]));
+    assert_eq!(files_containing("node/src", "Egress::open"), set(&["session.rs"]));
+}
+
+#[test]
+fn coordinator_release_is_the_only_reader_of_round_sums() {
+    for f in rust_files(&root().join("coordinator/src")) {
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&f).unwrap();
+        let reads = text.matches("out.sum").count() + text.matches(".sum.").count();
+        if name != "release.rs" {
+            assert_eq!(reads, 0, "{name} reads a round's sum; only release.rs may");
+        }
+    }
+    assert!(
+        std::fs::read_to_string(root().join("coordinator/src/round.rs")).unwrap().contains("pub(crate) sum: Vec<u64>")
+    );
+}
+
+#[test]
+fn crypto_is_pure() {
+    for f in rust_files(&root().join("crypto/src")) {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for io in ["std::fs", "std::net", "SystemTime", "Instant::now", "tokio", "println!"] {
+            assert!(!text.contains(io), "{} uses {io}", f.display());
+        }
+    }
+}
+
+#[test]
+fn every_crate_forbids_unsafe_code() {
+    for lib in ["src/lib.rs", "crypto/src/lib.rs", "protocol/src/lib.rs", "node/src/lib.rs", "coordinator/src/lib.rs"] {
+        let text = std::fs::read_to_string(root().join(lib)).unwrap();
+        assert!(text.contains("#![forbid(unsafe_code)]"), "{lib}");
+    }
+    let ws = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
+    assert!(ws.contains("unsafe_code = \"forbid\""));
+}
+
+#[test]
+fn secrets_never_print() {
+    use fedcrm_crypto::keys::RoundSecret;
+    use fedcrm_crypto::prg::MaskSeed;
+    use fedcrm_protocol::pki::{PrivateKeyPem, SigningKey, new_key_and_csr};
+    let (key, _) = new_key_and_csr(&fedcrm_protocol::pki::Identity {
+        name: "n".into(),
+        organisation: "o".into(),
+        role: fedcrm_protocol::pki::Role::Analyst,
+    })
+    .unwrap();
+    let signing = SigningKey::from_pem(&key).unwrap();
+    let printed = [
+        format!("{:?}", RoundSecret::from_bytes([7; 32])),
+        format!("{:?}", MaskSeed::from_bytes([7; 32])),
+        format!("{key:?}"),
+        format!("{signing:?}"),
+        format!("{:?}", PrivateKeyPem::new("-----BEGIN PRIVATE KEY-----".into())),
+    ];
+    for p in printed {
+        assert!(p.ends_with("(..)") && !p.contains("BEGIN") && !p.contains("7, 7"), "{p}");
+    }
+}
+
+#[test]
+fn no_secret_type_is_serializable() {
+    for (file, ty) in [
+        ("crypto/src/keys.rs", "RoundSecret"),
+        ("crypto/src/keys.rs", "SharedSecret"),
+        ("crypto/src/prg.rs", "MaskSeed"),
+        ("crypto/src/kdf.rs", "DerivedKey"),
+        ("crypto/src/shamir.rs", "Share"),
+        ("protocol/src/pki.rs", "PrivateKeyPem"),
+        ("protocol/src/pki.rs", "SigningKey"),
+    ] {
+        let text = std::fs::read_to_string(root().join(file)).unwrap();
+        let at = text.find(&format!("pub struct {ty}")).unwrap_or_else(|| panic!("{ty} not in {file}"));
+        let before = &text[..at];
+        let attrs = &before[before.rfind("\n\n").unwrap_or(0)..];
+        for derive in attrs.lines().filter(|l| l.trim_start().starts_with("#[derive(")) {
+            assert!(
+                !derive.contains("Serialize") && !derive.contains("Debug"),
+                "{ty} derives Debug or Serialize: {derive}"
+            );
+        }
+    }
+}

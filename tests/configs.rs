@@ -1,0 +1,44 @@
+//! Every file in configs/ parses (style rule 21), and unknown keys are rejected.
+
+use std::path::PathBuf;
+
+fn configs() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs")
+}
+
+#[test]
+fn every_example_config_parses() {
+    let mut seen = 0;
+    for e in std::fs::read_dir(configs()).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        match name.as_str() {
+            "node.toml" => {
+                let c = fedcrm_node::config::NodeConfig::load(&p).unwrap();
+                assert_eq!(c.policy.min_participants, 3);
+            }
+            "coordinator.toml" => {
+                let c = fedcrm_coordinator::config::CoordinatorConfig::load(&p).unwrap();
+                assert!(!c.enrolled.is_empty());
+            }
+            "hq.toml" => {
+                fedcrm::hq::HqConfig::load(&p).unwrap();
+            }
+            other => panic!("configs/{other} has no parser in this test; add one"),
+        }
+        seen += 1;
+    }
+    assert_eq!(seen, 3);
+}
+
+#[test]
+fn unknown_keys_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(configs().join("node.toml"))
+        .unwrap()
+        .replace("min_participants = 3", "min_participant = 3");
+    let p = dir.path().join("node.toml");
+    std::fs::write(&p, text).unwrap();
+    let err = fedcrm_node::config::NodeConfig::load(&p).unwrap_err().to_string();
+    assert!(err.contains("min_participant"), "{err}");
+}
