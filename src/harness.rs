@@ -79,6 +79,8 @@ pub struct NodeSpec {
     pub data: String,
     pub faults: Faults,
     pub policy: Policy,
+    /// Customer keys on this node's consent-withdrawal list.
+    pub withdrawn: Vec<String>,
 }
 
 impl NodeSpec {
@@ -90,6 +92,7 @@ impl NodeSpec {
             data,
             faults: Faults::default(),
             policy: Policy::default(),
+            withdrawn: vec![],
         }
     }
 }
@@ -206,6 +209,10 @@ impl Cluster {
         std::fs::create_dir_all(&ndir)?;
         let data = ndir.join("purchases.txt");
         std::fs::write(&data, &spec.data)?;
+        let withdrawals = (!spec.withdrawn.is_empty()).then(|| ndir.join("withdrawn.txt"));
+        if let Some(w) = &withdrawals {
+            std::fs::write(w, format!("# customers who withdrew consent\n{}\n", spec.withdrawn.join("\n")))?;
+        }
         Ok(NodeConfig {
             name: spec.name.clone(),
             coordinator: CoordinatorEndpoint {
@@ -217,7 +224,7 @@ impl Cluster {
             data: DataConfig {
                 format: Format::Cdnow,
                 path: data,
-                consent_withdrawals: None,
+                consent_withdrawals: withdrawals,
                 on_bad_row: OnBadRow::Fail,
             },
             policy: spec.policy.clone(),

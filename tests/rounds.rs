@@ -253,3 +253,17 @@ async fn small_cells_of_the_global_result_are_suppressed() {
     assert!(out.release.counts.iter().any(Option::is_none) && out.release.counts.iter().any(Option::is_some));
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_node_is_dropped_at_the_phase_deadline() {
+    // node-1 keeps its connection open but never sends its shares.
+    let mut nodes = cdnow_nodes(&[1; 5], true);
+    nodes[1].faults.stall_at = Some(DropAt::AfterKeys);
+    let opts = ClusterOptions { phase_timeout_seconds: 2, ..exact() };
+    let (cluster, out) = histogram_round(nodes, opts, Hooks::default()).await;
+    let out = out.unwrap();
+    assert_eq!(out.release.contributors, vec!["node-0", "node-2", "node-3", "node-4"]);
+    assert_eq!(counts(&out), expected_sum(&cluster, &out.release.contributors));
+    assert_eq!(out.exits["node-1"], "timed out during share keys");
+    cluster.stop().await;
+}

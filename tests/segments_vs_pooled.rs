@@ -35,3 +35,48 @@ async fn node_dropping_before_unmask_restarts_analysis_on_survivors() {
     let v = check(nodes, ClusterOptions { phase_timeout_seconds: 10, ..Default::default() }, 4).await;
     assert!(v.dropped.iter().any(|d| d.starts_with("node-4")), "{:?}", v.dropped);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn withdrawn_customers_take_part_in_nothing() {
+    let mut nodes = cdnow_nodes(&[1; 5], true);
+    // node-0 withdraws its first 500 customers' consent.
+    let withdrawn: Vec<String> = {
+        let mut ids: Vec<String> =
+            nodes[0].data.lines().skip(1).filter_map(|l| l.split_whitespace().next().map(str::to_string)).collect();
+        ids.dedup();
+        ids.truncate(500);
+        ids
+    };
+    nodes[0].withdrawn = withdrawn.clone();
+    let federated = nodes.clone();
+    // The pooled reference sees node-0's data without those customers.
+    nodes[0].data = nodes[0]
+        .data
+        .lines()
+        .filter(|l| !l.split_whitespace().next().is_some_and(|c| withdrawn.iter().any(|w| w == c)))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let expected = common::pooled_over(&nodes, &common::node_names(5));
+    let v = check_against(federated, nodes).await;
+    assert_eq!(v.customers, 23_570 - 500);
+    assert_eq!(v.customers, expected.customers);
+}
+
+/// Run federated on `federated`, compare with pooled over `reference`.
+async fn check_against(
+    federated: Vec<fedcrm::harness::NodeSpec>,
+    reference: Vec<fedcrm::harness::NodeSpec>,
+) -> fedcrm::hq::SegmentsView {
+    use fedcrm::harness::Cluster;
+    let cluster =
+        Cluster::start(ClusterOptions { nodes: federated, ..Default::default() }, Default::default()).await.unwrap();
+    let v = fedcrm::hq::SegmentsView::from(&cluster.segments(common::REFERENCE, "consent test").await.unwrap());
+    let p = common::pooled_over(&reference, &v.participants);
+    assert_eq!(
+        (v.recency_cuts.clone(), v.frequency_cuts.clone(), v.monetary_cuts_cents.clone()),
+        (p.recency.to_vec(), p.frequency.to_vec(), p.monetary.to_vec())
+    );
+    assert_eq!(v.segments.iter().map(|s| s.customers.unwrap()).collect::<Vec<_>>(), p.counts.to_vec());
+    cluster.stop().await;
+    v
+}

@@ -28,6 +28,8 @@ use crate::policy::Policy;
 pub struct Faults {
     /// Close the session at this point of the first round it joins.
     pub drop_at: Option<DropAt>,
+    /// Like `drop_at`, but keep the connection open and go silent (a hung node).
+    pub stall_at: Option<DropAt>,
     /// Send a masked vector one word too long.
     pub wrong_length: bool,
     /// Send a malformed chunk (index beyond count).
@@ -220,6 +222,9 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
                 egress.send(&FromNode::Keys { round, enc: keys.enc, mask: keys.mask, signature }).await?;
                 tracing::info!(node = %ctx.name, %round, analysis = start.analysis.kind.name(), purpose = %start.analysis.purpose, "joined round");
                 active = Some(Active { start, input, phase: Phase::Advertised(client) });
+                if ctx.faults.stall_at == Some(DropAt::AfterKeys) {
+                    return stall(shutdown).await;
+                }
                 if ctx.faults.drop_at == Some(DropAt::AfterKeys) {
                     return Ok(SessionEnd::Dropped);
                 }
@@ -239,6 +244,9 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
                         let shares = sealed.into_iter().map(|(peer, ciphertext)| Sealed { peer, ciphertext }).collect();
                         egress.send(&FromNode::Shares { round, shares }).await?;
                         a.phase = Phase::Shared(next);
+                        if ctx.faults.stall_at == Some(DropAt::AfterShares) {
+                            return stall(shutdown).await;
+                        }
                         if ctx.faults.drop_at == Some(DropAt::AfterShares) {
                             return Ok(SessionEnd::Dropped);
                         }
@@ -272,6 +280,9 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
             }
             ToNode::Unmask { round, survivors, dropped } => {
                 let Some(a) = active.as_mut().filter(|a| a.start.round == round) else { continue };
+                if ctx.faults.stall_at == Some(DropAt::AfterMasked) {
+                    return stall(shutdown).await;
+                }
                 if ctx.faults.drop_at == Some(DropAt::AfterMasked) {
                     // The masked input is known to have arrived (the coordinator asks to unmask).
                     return Ok(SessionEnd::Dropped);
@@ -310,6 +321,12 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
             }
         }
     }
+}
+
+/// Fault injection: hold the session open and answer nothing until shutdown.
+async fn stall(mut shutdown: watch::Receiver<bool>) -> Result<SessionEnd, SessionError> {
+    let _ = shutdown.changed().await;
+    Ok(SessionEnd::Dropped)
 }
 
 async fn refuse(egress: &mut Egress, round: RoundId, reason: &str) -> Result<(), SessionError> {
