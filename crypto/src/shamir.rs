@@ -112,19 +112,27 @@ pub fn combine(shares: &[Share], t: usize) -> Result<[u8; 32], CryptoError> {
             return Err(CryptoError::DuplicateShare { x: a.x });
         }
     }
-    let mut acc = [Scalar::ZERO; 2];
-    for (i, si) in used.iter().enumerate() {
-        let xi = Scalar::from(si.x);
+    // Lagrange basis at 0: l_i = Π_{j≠i} x_j / (x_j − x_i). The t denominators are
+    // inverted together (one field inversion instead of t).
+    let xs: Vec<Scalar> = used.iter().map(|s| Scalar::from(s.x)).collect();
+    let mut nums = Vec::with_capacity(t);
+    let mut dens = Vec::with_capacity(t);
+    for (i, xi) in xs.iter().enumerate() {
         let mut num = Scalar::ONE;
         let mut den = Scalar::ONE;
-        for (j, sj) in used.iter().enumerate() {
+        for (j, xj) in xs.iter().enumerate() {
             if i != j {
-                let xj = Scalar::from(sj.x);
                 num *= xj;
                 den *= xj - xi;
             }
         }
-        let l = num * den.invert();
+        nums.push(num);
+        dens.push(den);
+    }
+    Scalar::invert_batch_alloc(&mut dens);
+    let mut acc = [Scalar::ZERO; 2];
+    for ((si, num), inv) in used.iter().zip(&nums).zip(&dens) {
+        let l = num * inv;
         acc[0] += l * si.y[0];
         acc[1] += l * si.y[1];
     }
