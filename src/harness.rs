@@ -166,7 +166,6 @@ impl Cluster {
             rounds: RoundSettings {
                 phase_timeout_seconds: opts.phase_timeout_seconds,
                 chunk_elements: opts.chunk_elements,
-                max_restarts: 3,
             },
         };
         let coordinator = Coordinator::new(config, hooks);

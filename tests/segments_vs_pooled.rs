@@ -29,11 +29,30 @@ async fn node_dropping_after_sharing_keys_is_excluded_and_result_is_exact() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn node_dropping_before_unmask_restarts_analysis_on_survivors() {
+async fn node_leaving_between_rounds_stops_the_analysis_and_a_rerun_is_refused() {
+    use fedcrm::harness::Cluster;
+    // node-4's masked input is in the first round's sum (it vanishes when asked to
+    // unmask), so it is a contributor of pass 1 but gone for pass 2.
     let mut nodes = cdnow_nodes(&[1; 5], true);
     nodes[4].faults.drop_at = Some(DropAt::AfterMasked);
-    let v = check(nodes, ClusterOptions { phase_timeout_seconds: 10, ..Default::default() }, 4).await;
-    assert!(v.dropped.iter().any(|d| d.starts_with("node-4")), "{:?}", v.dropped);
+    let cluster =
+        Cluster::start(ClusterOptions { nodes, phase_timeout_seconds: 10, ..Default::default() }, Default::default())
+            .await
+            .unwrap();
+    let err = cluster.segments(common::REFERENCE, "first try").await.unwrap_err();
+    assert!(err.message().contains("left between rounds") && err.message().contains("node-4"), "{}", err.message());
+    // Re-running the same query over the four that remain would let the coordinator
+    // subtract node-4's histograms: the nodes refuse to unmask it.
+    let err = cluster.segments(common::REFERENCE, "second try").await.unwrap_err();
+    assert!(err.message().contains("fewer than"), "{}", err.message());
+    for cfg in cluster.node_configs.iter().take(4) {
+        let log = fedcrm_node::egress::read_log(&cfg.egress_log).unwrap();
+        assert!(log.iter().any(|r| r.kind == "refusal"), "{} did not refuse the differencing round", cfg.name);
+    }
+    // A different query (another reference date) over the same four is fine.
+    let v = fedcrm::hq::SegmentsView::from(&cluster.segments("1997-10-31", "other date").await.unwrap());
+    assert_eq!(v.participants.len(), 4);
+    cluster.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

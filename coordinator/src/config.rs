@@ -74,9 +74,6 @@ pub struct RoundSettings {
     /// Words per masked-vector chunk. Default 65536 (512 KiB).
     #[serde(default = "default_chunk")]
     pub chunk_elements: u32,
-    /// How many times an analysis restarts when a node drops between its rounds. Default 3.
-    #[serde(default = "default_restarts")]
-    pub max_restarts: u32,
 }
 
 fn default_timeout() -> u64 {
@@ -85,17 +82,10 @@ fn default_timeout() -> u64 {
 fn default_chunk() -> u32 {
     fedcrm_protocol::DEFAULT_CHUNK_ELEMENTS
 }
-fn default_restarts() -> u32 {
-    3
-}
 
 impl Default for RoundSettings {
     fn default() -> Self {
-        Self {
-            phase_timeout_seconds: default_timeout(),
-            chunk_elements: default_chunk(),
-            max_restarts: default_restarts(),
-        }
+        Self { phase_timeout_seconds: default_timeout(), chunk_elements: default_chunk() }
     }
 }
 

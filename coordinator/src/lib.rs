@@ -31,7 +31,7 @@ use crate::round::{Hooks, Runner};
 pub struct Coordinator {
     pub config: CoordinatorConfig,
     pub registry: Registry,
-    events: Mutex<mpsc::UnboundedReceiver<Event>>,
+    events: Mutex<mpsc::Receiver<Event>>,
     hooks: Hooks,
 }
 
@@ -41,7 +41,10 @@ impl Coordinator {
         Arc::new(Self { config, registry, events: Mutex::new(events), hooks })
     }
 
-    pub(crate) fn runner<'a>(&'a self, events: &'a mut mpsc::UnboundedReceiver<Event>) -> Runner<'a> {
+    /// A round runner for one analysis. Events queued while no analysis ran (stale
+    /// disconnects, messages of finished rounds) are discarded first.
+    pub(crate) fn runner<'a>(&'a self, events: &'a mut mpsc::Receiver<Event>) -> Runner<'a> {
+        while events.try_recv().is_ok() {}
         Runner { registry: &self.registry, events, settings: self.config.rounds, hooks: &self.hooks }
     }
 }

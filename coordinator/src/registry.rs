@@ -12,6 +12,10 @@ use tonic::Status;
 
 pub(crate) type Outbound = mpsc::Sender<Result<pb::CoordinatorMessage, Status>>;
 
+/// Messages queued per node before it counts as not reading. A round sends a node
+/// at most six messages, so a full queue means the node has hung.
+pub const OUTBOUND_QUEUE: usize = 256;
+
 /// A connected node.
 #[derive(Debug, Clone)]
 pub struct Participant {
@@ -19,6 +23,8 @@ pub struct Participant {
     pub organisation: String,
     /// DER of its client certificate, relayed to peers so they can verify its keys.
     pub certificate: Vec<u8>,
+    /// The session this snapshot belongs to; events of other sessions are ignored.
+    pub session: u64,
 }
 
 #[derive(Debug)]
@@ -47,22 +53,27 @@ pub struct Event {
 pub struct Registry {
     sessions: Mutex<BTreeMap<String, Session>>,
     next_id: std::sync::atomic::AtomicU64,
-    events: mpsc::UnboundedSender<Event>,
+    events: mpsc::Sender<Event>,
 }
 
+/// Events queued before readers wait (back-pressure reaches the nodes' streams).
+pub const EVENT_QUEUE: usize = 4096;
+
 impl Registry {
-    pub fn new() -> (Self, mpsc::UnboundedReceiver<Event>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    pub fn new() -> (Self, mpsc::Receiver<Event>) {
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         (Self { sessions: Mutex::new(BTreeMap::new()), next_id: 1.into(), events: tx }, rx)
     }
 
     /// Register a session; a previous session of the same node is replaced (closed).
-    pub(crate) fn register(&self, participant: Participant, tx: Outbound) -> u64 {
+    pub(crate) fn register(&self, mut participant: Participant, tx: Outbound) -> u64 {
         let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        participant.session = id;
         let name = participant.name.clone();
         let old = self.lock().insert(name.clone(), Session { participant, id, tx });
         if let Some(old) = old {
-            let _ = self.events.send(Event { node: name, session: old.id, body: EventBody::Closed });
+            // Best effort: rounds also ignore events whose session is not the one invited.
+            let _ = self.events.try_send(Event { node: name, session: old.id, body: EventBody::Closed });
         }
         id
     }
@@ -74,8 +85,9 @@ impl Registry {
         }
     }
 
-    pub(crate) fn event(&self, e: Event) {
-        let _ = self.events.send(e);
+    /// Queue an event; waits when the queue is full, which slows the sending node.
+    pub(crate) async fn event(&self, e: Event) {
+        let _ = self.events.send(e).await;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Session>> {
@@ -89,11 +101,13 @@ impl Registry {
         self.lock().values().map(|s| s.participant.clone()).collect()
     }
 
-    /// Send to a node; false if it is not connected or its stream is gone.
+    /// Send to a node; false if it is not connected, its stream is gone, or it has
+    /// stopped reading (its queue of [`OUTBOUND_QUEUE`] messages is full). Never
+    /// waits, so one hung node cannot stall a round for the others.
     pub async fn send(&self, node: &str, msg: &ToNode) -> bool {
         let tx = self.lock().get(node).map(|s| s.tx.clone());
         match tx {
-            Some(tx) => tx.send(Ok(msg.into())).await.is_ok(),
+            Some(tx) => tx.try_send(Ok(msg.into())).is_ok(),
             None => false,
         }
     }

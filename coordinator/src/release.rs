@@ -67,6 +67,19 @@ pub struct SegmentRelease {
     pub contributors: Vec<String>,
 }
 
+/// Primary suppression (every cell below `min_cohort`) plus complementary
+/// suppression: if exactly one cell is hidden, the smallest visible cell is hidden
+/// too, so that no hidden cell follows from the others and a known total.
+pub fn suppress(cells: &[u64], min_cohort: u64) -> Vec<Option<u64>> {
+    let mut shown: Vec<Option<u64>> = cells.iter().map(|&v| (v >= min_cohort).then_some(v)).collect();
+    if shown.iter().filter(|c| c.is_none()).count() == 1 {
+        if let Some(i) = (0..shown.len()).filter(|&i| shown[i].is_some()).min_by_key(|&i| cells[i]) {
+            shown[i] = None;
+        }
+    }
+    shown
+}
+
 /// Segment counts with small cells suppressed.
 pub fn segments(out: &RoundOutput, rules: &ReleaseRules, cuts: Cuts) -> Result<SegmentRelease, ReleaseError> {
     gate(out, rules)?;
@@ -77,16 +90,13 @@ pub fn segments(out: &RoundOutput, rules: &ReleaseRules, cuts: Cuts) -> Result<S
             expected: Segment::ALL.len(),
         });
     }
-    let keep = |v: u64| (v >= rules.min_cohort).then_some(v);
-    let cells = Segment::ALL.iter().zip(&out.sum).map(|(&segment, &v)| Cell { segment, customers: keep(v) }).collect();
-    let total: u64 = out.sum.iter().sum();
-    Ok(SegmentRelease {
-        cuts,
-        cells,
-        customers: keep(total),
-        min_cohort: rules.min_cohort,
-        contributors: out.contributors.clone(),
-    })
+    let shown = suppress(&out.sum, rules.min_cohort);
+    let cells = Segment::ALL.iter().zip(&shown).map(|(&segment, &customers)| Cell { segment, customers }).collect();
+    // The total would give away a suppressed cell (total − visible cells), so it is
+    // shown only when every cell is.
+    let total = out.sum.iter().fold(0u64, |a, &v| a.saturating_add(v));
+    let customers = if shown.iter().all(Option::is_some) { Some(total) } else { None };
+    Ok(SegmentRelease { cuts, cells, customers, min_cohort: rules.min_cohort, contributors: out.contributors.clone() })
 }
 
 /// A released histogram: counts per bin, small cells suppressed.
@@ -106,9 +116,21 @@ pub fn histogram(out: &RoundOutput, rules: &ReleaseRules, expected: usize) -> Re
         return Err(ReleaseError::Shape { round: out.round.to_hex(), got: out.sum.len(), expected });
     }
     Ok(HistogramRelease {
-        counts: out.sum.iter().map(|&v| (v >= rules.min_cohort).then_some(v)).collect(),
+        counts: suppress(&out.sum, rules.min_cohort),
         min_cohort: rules.min_cohort,
         contributors: out.contributors.clone(),
         organisations: out.organisations.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::suppress;
+
+    #[test]
+    fn one_hidden_cell_hides_the_smallest_visible_one_too() {
+        assert_eq!(suppress(&[500, 300, 3, 700], 10), vec![Some(500), None, None, Some(700)]);
+        assert_eq!(suppress(&[500, 300, 700], 10), vec![Some(500), Some(300), Some(700)]);
+        assert_eq!(suppress(&[5, 300, 3, 700], 10), vec![None, Some(300), None, Some(700)]);
+    }
 }

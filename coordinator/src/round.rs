@@ -92,7 +92,7 @@ pub struct RoundOutput {
 
 pub(crate) struct Runner<'a> {
     pub registry: &'a Registry,
-    pub events: &'a mut mpsc::UnboundedReceiver<Event>,
+    pub events: &'a mut mpsc::Receiver<Event>,
     pub settings: RoundSettings,
     pub hooks: &'a Hooks,
 }
@@ -118,6 +118,7 @@ impl Runner<'_> {
         let timeout = Duration::from_secs(self.settings.phase_timeout_seconds.max(1));
         let params = RoundParams { round, t, d };
         let by_name: BTreeMap<&str, &Participant> = invited.iter().map(|p| (p.name.as_str(), p)).collect();
+        let sessions: BTreeMap<String, u64> = invited.iter().map(|p| (p.name.clone(), p.session)).collect();
         let mut exits: BTreeMap<String, Exit> = BTreeMap::new();
         let start = RoundStart {
             round,
@@ -140,8 +141,10 @@ impl Runner<'_> {
         // Phase 1: advertise keys.
         let mut keys: BTreeMap<String, SignedKeys> = BTreeMap::new();
         let deadline = Instant::now() + timeout;
-        while keys.len() < live.len() {
-            let Some((node, msg)) = self.next(round, deadline, &mut live, &mut exits, "advertise keys").await else {
+        while live.iter().any(|n| !keys.contains_key(n)) {
+            let Some((node, msg)) =
+                self.next(round, &sessions, deadline, &mut live, &mut exits, "advertise keys").await
+            else {
                 break;
             };
             match msg {
@@ -180,8 +183,9 @@ impl Runner<'_> {
         let mut sealed: BTreeMap<String, Vec<Sealed>> = BTreeMap::new();
         let deadline = Instant::now() + timeout;
         let u1_names: BTreeSet<String> = u1.iter().map(|k| k.node.clone()).collect();
-        while sealed.len() < live.len() {
-            let Some((node, msg)) = self.next(round, deadline, &mut live, &mut exits, "share keys").await else {
+        while live.iter().any(|n| !sealed.contains_key(n)) {
+            let Some((node, msg)) = self.next(round, &sessions, deadline, &mut live, &mut exits, "share keys").await
+            else {
                 break;
             };
             match msg {
@@ -235,12 +239,16 @@ impl Runner<'_> {
         let mut assembling: BTreeMap<String, Assembly> = BTreeMap::new();
         let mut complete: BTreeSet<String> = BTreeSet::new();
         let deadline = Instant::now() + timeout;
-        while complete.len() < live.len() {
-            let Some((node, msg)) = self.next(round, deadline, &mut live, &mut exits, "masked input").await else {
+        while live.iter().any(|n| !complete.contains(n)) {
+            let Some((node, msg)) = self.next(round, &sessions, deadline, &mut live, &mut exits, "masked input").await
+            else {
                 break;
             };
             match msg {
-                FromNode::Masked(c) if !complete.contains(&node) => {
+                FromNode::Masked(_) if complete.contains(&node) => {
+                    tracing::warn!(%round, %node, "extra chunk after a complete masked vector; ignored");
+                }
+                FromNode::Masked(c) => {
                     let a = assembling
                         .entry(node.clone())
                         .or_insert_with(|| Assembly { buf: Vec::with_capacity(d), next: 0 });
@@ -280,7 +288,7 @@ impl Runner<'_> {
         }
         drop(assembling);
         self.expire(&live, &complete, "masked input", &mut exits);
-        let mut unmasking = agg.close();
+        let unmasking = agg.close();
         let survivors = unmasking.survivors();
         let dropped = unmasking.dropped();
         live = survivors.iter().cloned().collect();
@@ -301,9 +309,24 @@ impl Runner<'_> {
         let mut responses: BTreeMap<String, Vec<Revealed>> = BTreeMap::new();
         let deadline = Instant::now() + timeout;
         let u1_sorted: Vec<String> = u1_names.iter().cloned().collect();
-        while responses.len() < live.len() {
-            let Some((node, msg)) = self.next(round, deadline, &mut live, &mut exits, "unmask").await else { break };
+        while live.iter().any(|n| !responses.contains_key(n)) {
+            let Some((node, msg)) = self.next(round, &sessions, deadline, &mut live, &mut exits, "unmask").await else {
+                break;
+            };
             match msg {
+                FromNode::Unmask { shares, .. }
+                    if !responses.contains_key(&node) && !unmask_ok(&shares, &u2, &survivors) =>
+                {
+                    self.reject(
+                        round,
+                        &node,
+                        "sent an unmask answer that does not hold exactly one share of the right kind per node of U2"
+                            .into(),
+                        &mut live,
+                        &mut exits,
+                    )
+                    .await;
+                }
                 FromNode::Unmask { shares, .. } if !responses.contains_key(&node) && live.contains(&node) => {
                     // Unwrap safety: live ⊆ U1.
                     let x = u1_sorted.binary_search(&node).unwrap() as u32 + 1;
@@ -326,13 +349,8 @@ impl Runner<'_> {
                     }
                 }
                 FromNode::Masked(_) => {
-                    // A late input: refused, the node stays counted as dropped.
-                    if let Err(e) = unmasking.add_masked(&node, &[]) {
-                        let _ = self
-                            .registry
-                            .send(&node, &ToNode::RoundEnd { round, released: false, message: e.to_string() })
-                            .await;
-                    }
+                    // Inputs are closed: a late or repeated chunk changes nothing.
+                    tracing::warn!(%round, %node, "masked chunk after inputs closed; ignored");
                 }
                 other => self.unexpected(round, &node, &other, &mut live, &mut exits).await,
             }
@@ -365,6 +383,7 @@ impl Runner<'_> {
     async fn next(
         &mut self,
         round: RoundId,
+        sessions: &BTreeMap<String, u64>,
         deadline: Instant,
         live: &mut BTreeSet<String>,
         exits: &mut BTreeMap<String, Exit>,
@@ -378,7 +397,9 @@ impl Runner<'_> {
                 e = self.events.recv() => e?,
                 _ = tokio::time::sleep_until(deadline) => return None,
             };
-            if !live.contains(&ev.node) {
+            // Only the invited session of a live node counts: events of an earlier
+            // session (a node that has since reconnected) are stale.
+            if !live.contains(&ev.node) || sessions.get(&ev.node) != Some(&ev.session) {
                 continue;
             }
             match ev.body {
@@ -465,6 +486,15 @@ impl Runner<'_> {
                 self.registry.send(&p.name, &ToNode::RoundEnd { round, released, message: message.to_string() }).await;
         }
     }
+}
+
+/// An unmask answer must name every node of U2 exactly once, with the self-mask
+/// share for survivors and the mask-key share for dropped nodes.
+fn unmask_ok(shares: &[fedcrm_protocol::wire::RevealedShare], u2: &[String], survivors: &[String]) -> bool {
+    let named: BTreeSet<&str> = shares.iter().map(|s| s.of.as_str()).collect();
+    named.len() == shares.len()
+        && shares.len() == u2.len()
+        && shares.iter().all(|s| u2.contains(&s.of) && s.self_mask == survivors.contains(&s.of))
 }
 
 /// `a: disconnected, b: refused: …`.

@@ -3,8 +3,9 @@
 //! one round of segment counts under those cuts. Definitions: `fedcrm_protocol::rfm`.
 //!
 //! Every round of one analysis must have the same contributors, or the cuts would
-//! mix different populations; if a node drops between rounds the analysis restarts
-//! with the nodes that remain (up to `rounds.max_restarts` times).
+//! mix different populations. If a node drops *between* rounds the analysis stops
+//! without a result: re-running the same histograms over the remaining nodes would
+//! hand the coordinator two sums whose difference is the dropped node's histogram.
 
 use std::collections::BTreeMap;
 
@@ -25,8 +26,11 @@ pub enum AnalysisError {
     Release(#[from] release::ReleaseError),
     #[error("quantile search: {0}")]
     Quantile(#[from] fedcrm_protocol::rfm::QuantileError),
-    #[error("gave up after {0} restarts: nodes kept dropping between rounds")]
-    Unstable(u32),
+    #[error(
+        "a node left between rounds of the analysis ({exits}); it stops without a result, because re-running it \
+         over the remaining nodes would let the coordinator subtract one node's data; run it again later"
+    )]
+    ContributorsChanged { exits: String },
     #[error("another analysis is running; try again when it finishes")]
     Busy,
 }
@@ -84,77 +88,66 @@ impl Coordinator {
         let rules = self.config.release;
         let mut exits: BTreeMap<String, String> = BTreeMap::new();
         let mut rounds = 0u32;
-        let mut pool: Option<Vec<String>> = None;
-        'attempt: for _attempt in 0..=self.config.rounds.max_restarts {
-            let invited: Vec<Participant> = self
-                .registry
-                .connected()
-                .into_iter()
-                .filter(|p| pool.as_ref().is_none_or(|names| names.contains(&p.name)))
-                .collect();
-            if invited.len() < rules.min_participants {
-                return Err(RoundError::NotEnoughNodes { have: invited.len(), need: rules.min_participants }.into());
-            }
-            let t = fedcrm_crypto::secagg::default_threshold(invited.len()).max(rules.min_participants);
-            let mut run = async |kind: AnalysisKind, invited: &[Participant]| {
-                rounds += 1;
-                let analysis = Analysis { reference_date, purpose: purpose.to_string(), kind };
-                let out = runner.run(&analysis, invited, t).await;
-                if let Ok(o) = &out {
-                    for (n, e) in &o.exits {
-                        exits.insert(n.clone(), e.to_string());
-                    }
-                }
-                out
-            };
-            // Pass 1: power-of-two histograms of R, F, M.
-            let specs: Vec<HistogramSpec> = Metric::ALL.iter().map(|&m| QuantileSearch::coarse_spec(m)).collect();
-            let out = run(AnalysisKind::RfmHistograms(specs.clone()), &invited).await?;
-            let contributors = out.contributors.clone();
-            let invited: Vec<Participant> = invited.into_iter().filter(|p| contributors.contains(&p.name)).collect();
-            let sums = release::histograms_for_quantiles(&out, &rules, specs.iter().map(HistogramSpec::len).sum())?;
-            let mut searches = Vec::new();
-            let mut base = 0;
-            for s in &specs {
-                searches.push(QuantileSearch::from_coarse(s.metric, &sums[base..base + s.len()])?);
-                base += s.len();
-            }
-            // Refinement passes until every cut is exact.
-            while searches.iter().any(|s| s.finished().is_none()) {
-                let mut plan: Vec<(usize, usize, HistogramSpec)> = Vec::new();
-                for (mi, s) in searches.iter().enumerate() {
-                    for (k, spec) in s.next_specs() {
-                        plan.push((mi, k, spec));
-                    }
-                }
-                let specs: Vec<HistogramSpec> = plan.iter().map(|p| p.2).collect();
-                let out = run(AnalysisKind::RfmHistograms(specs.clone()), &invited).await?;
-                if out.contributors != contributors {
-                    pool = Some(out.contributors.clone());
-                    tracing::warn!(
-                        "contributors changed between rounds ({}); restarting the analysis",
-                        describe(&out.exits)
-                    );
-                    continue 'attempt;
-                }
-                let sums = release::histograms_for_quantiles(&out, &rules, specs.iter().map(HistogramSpec::len).sum())?;
-                let mut base = 0;
-                for (mi, k, spec) in &plan {
-                    searches[*mi].refine(*k, spec, &sums[base..base + spec.len()])?;
-                    base += spec.len();
-                }
-            }
-            // Unwrap safety: the loop above ends only when every search is finished.
-            let fin = |i: usize| searches[i].finished().unwrap();
-            let cuts = Cuts { recency: fin(0), frequency: fin(1), monetary: fin(2) };
-            let out = run(AnalysisKind::RfmSegments(cuts), &invited).await?;
-            if out.contributors != contributors {
-                pool = Some(out.contributors.clone());
-                continue 'attempt;
-            }
-            let release = release::segments(&out, &rules, cuts)?;
-            return Ok(SegmentsOutcome { release, rounds, exits });
+        let invited = self.registry.connected();
+        if invited.len() < rules.min_participants {
+            return Err(RoundError::NotEnoughNodes { have: invited.len(), need: rules.min_participants }.into());
         }
-        Err(AnalysisError::Unstable(self.config.rounds.max_restarts))
+        let t = fedcrm_crypto::secagg::default_threshold(invited.len()).max(rules.min_participants);
+        let mut run = async |kind: AnalysisKind, invited: &[Participant]| {
+            rounds += 1;
+            let analysis = Analysis { reference_date, purpose: purpose.to_string(), kind };
+            let out = runner.run(&analysis, invited, t).await;
+            if let Ok(o) = &out {
+                for (n, e) in &o.exits {
+                    exits.insert(n.clone(), e.to_string());
+                }
+            }
+            out
+        };
+        // Pass 1: power-of-two histograms of R, F, M. Its contributors are the
+        // analysis' population; later rounds invite only them.
+        let specs: Vec<HistogramSpec> = Metric::ALL.iter().map(|&m| QuantileSearch::coarse_spec(m)).collect();
+        let out = run(AnalysisKind::RfmHistograms(specs.clone()), &invited).await?;
+        let contributors = out.contributors.clone();
+        let invited: Vec<Participant> = invited.into_iter().filter(|p| contributors.contains(&p.name)).collect();
+        let sums = release::histograms_for_quantiles(&out, &rules, specs.iter().map(HistogramSpec::len).sum())?;
+        let mut searches = Vec::new();
+        let mut base = 0;
+        for s in &specs {
+            searches.push(QuantileSearch::from_coarse(s.metric, &sums[base..base + s.len()])?);
+            base += s.len();
+        }
+        let same = |out: &crate::round::RoundOutput| -> Result<(), AnalysisError> {
+            if out.contributors == contributors {
+                Ok(())
+            } else {
+                Err(AnalysisError::ContributorsChanged { exits: describe(&out.exits) })
+            }
+        };
+        // Refinement passes until every cut is exact.
+        while searches.iter().any(|s| s.finished().is_none()) {
+            let mut plan: Vec<(usize, usize, HistogramSpec)> = Vec::new();
+            for (mi, s) in searches.iter().enumerate() {
+                for (k, spec) in s.next_specs() {
+                    plan.push((mi, k, spec));
+                }
+            }
+            let specs: Vec<HistogramSpec> = plan.iter().map(|p| p.2).collect();
+            let out = run(AnalysisKind::RfmHistograms(specs.clone()), &invited).await?;
+            same(&out)?;
+            let sums = release::histograms_for_quantiles(&out, &rules, specs.iter().map(HistogramSpec::len).sum())?;
+            let mut base = 0;
+            for (mi, k, spec) in &plan {
+                searches[*mi].refine(*k, spec, &sums[base..base + spec.len()])?;
+                base += spec.len();
+            }
+        }
+        // Unwrap safety: the loop above ends only when every search is finished.
+        let fin = |i: usize| searches[i].finished().unwrap();
+        let cuts = Cuts { recency: fin(0), frequency: fin(1), monetary: fin(2) };
+        let out = run(AnalysisKind::RfmSegments(cuts), &invited).await?;
+        same(&out)?;
+        let release = release::segments(&out, &rules, cuts)?;
+        Ok(SegmentsOutcome { release, rounds, exits })
     }
 }

@@ -82,12 +82,12 @@ impl pb::coordinator_server::Coordinator for NodeService {
             }
             Err(e) => return Err(Status::invalid_argument(format!("malformed hello: {e}"))),
         }
-        let (tx, rx) = mpsc::channel(256);
+        let (tx, rx) = mpsc::channel(crate::registry::OUTBOUND_QUEUE);
         tx.send(Ok((&ToNode::Welcome { coordinator: c.config.name.clone() }).into()))
             .await
             .map_err(|_| Status::cancelled("session closed"))?;
         let participant =
-            Participant { name: id.name.clone(), organisation: id.organisation.clone(), certificate: cert };
+            Participant { name: id.name.clone(), organisation: id.organisation.clone(), certificate: cert, session: 0 };
         let session = c.registry.register(participant, tx);
         tracing::info!(node = %id.name, organisation = %id.organisation, "node connected");
         let coordinator = self.0.clone();
@@ -102,7 +102,7 @@ impl pb::coordinator_server::Coordinator for NodeService {
                     Ok(None) | Err(_) => EventBody::Closed,
                 };
                 let closed = matches!(body, EventBody::Closed);
-                coordinator.registry.event(Event { node: name.clone(), session, body });
+                coordinator.registry.event(Event { node: name.clone(), session, body }).await;
                 if closed {
                     coordinator.registry.unregister(&name, session);
                     tracing::info!(node = %name, "node disconnected");

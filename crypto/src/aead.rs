@@ -7,6 +7,8 @@
 
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 
+use zeroize::Zeroize;
+
 use crate::CryptoError;
 use crate::kdf::DerivedKey;
 
@@ -25,8 +27,11 @@ pub fn open(key: &DerivedKey, context: &[u8], ciphertext: &[u8]) -> Result<Vec<u
     // Unwrap safety: the key is 32 bytes, the length CHACHA20_POLY1305 requires.
     let key = LessSafeKey::new(UnboundKey::new(&aead::CHACHA20_POLY1305, key.bytes()).unwrap());
     let mut buf = ciphertext.to_vec();
-    let plain = key
+    let out = key
         .open_in_place(Nonce::assume_unique_for_key([0u8; 12]), Aad::from(context), &mut buf)
-        .map_err(|_| CryptoError::Decrypt)?;
-    Ok(plain.to_vec())
+        .map(|plain| plain.to_vec())
+        .map_err(|_| CryptoError::Decrypt);
+    // The buffer held the plaintext (Shamir shares): wipe it before freeing.
+    buf.zeroize();
+    out
 }

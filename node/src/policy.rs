@@ -54,3 +54,60 @@ impl Policy {
         Ok(())
     }
 }
+
+/// Refuses to help compute the same query over two sets of contributors that differ
+/// by fewer than `min_participants` nodes: the difference of the two sums would be the
+/// data of those few nodes. Keyed by the query (analysis parameters without the
+/// purpose text); checked when the node is asked to unmask, when the contributors
+/// (U3) are known.
+///
+/// Kept in memory for the node's lifetime; persisting it with the audit log is
+/// future work (docs/threat-model.md).
+#[derive(Debug, Default)]
+pub struct DifferencingGuard {
+    seen: std::sync::Mutex<std::collections::HashMap<Vec<u8>, Vec<std::collections::BTreeSet<String>>>>,
+}
+
+impl DifferencingGuard {
+    /// May this node unmask `query` over `contributors`? Records them if so.
+    pub fn admit(&self, query: &[u8], contributors: &[String], min_participants: usize) -> Result<(), String> {
+        let now: std::collections::BTreeSet<String> = contributors.iter().cloned().collect();
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = seen.entry(query.to_vec()).or_default();
+        for before in previous.iter() {
+            let gone = before.difference(&now).count();
+            let added = now.difference(before).count();
+            if (gone > 0 && gone < min_participants) || (added > 0 && added < min_participants) {
+                return Err(format!(
+                    "policy: this query already ran over a set of nodes that differs from this one by {} node(s); \
+                     the two results together would reveal the data of fewer than min_participants = {min_participants} nodes",
+                    gone.max(added)
+                ));
+            }
+        }
+        if !previous.contains(&now) {
+            previous.push(now);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DifferencingGuard;
+
+    fn v(s: &[&str]) -> Vec<String> {
+        s.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn differencing_by_fewer_than_min_participants_is_refused() {
+        let g = DifferencingGuard::default();
+        g.admit(b"q", &v(&["a", "b", "c", "d", "e"]), 3).unwrap();
+        g.admit(b"q", &v(&["a", "b", "c", "d", "e"]), 3).unwrap();
+        assert!(g.admit(b"q", &v(&["a", "b", "c", "d"]), 3).is_err());
+        assert!(g.admit(b"q", &v(&["a", "b", "c", "d", "e", "f"]), 3).is_err());
+        g.admit(b"q", &v(&["a", "b"]), 3).unwrap(); // differs by 3: an aggregate of 3 nodes
+        g.admit(b"other", &v(&["a", "b", "c", "d"]), 3).unwrap();
+    }
+}

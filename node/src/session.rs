@@ -21,7 +21,7 @@ use crate::analysis::local_vector;
 use crate::data::Dataset;
 use crate::egress::{Egress, EgressError};
 use crate::features;
-use crate::policy::Policy;
+use crate::policy::{DifferencingGuard, Policy};
 
 /// Faults a test (or the demo) can inject, to show that others' rounds survive them.
 #[derive(Debug, Clone, Default)]
@@ -76,6 +76,8 @@ pub struct NodeContext {
     pub policy: Policy,
     pub egress_log: PathBuf,
     pub faults: Faults,
+    /// Queries this node helped unmask, and over which nodes (for the whole process).
+    pub differencing: DifferencingGuard,
 }
 
 impl std::fmt::Debug for NodeContext {
@@ -113,6 +115,7 @@ impl NodeContext {
             policy: config.policy.clone(),
             egress_log: config.egress_log.clone(),
             faults,
+            differencing: DifferencingGuard::default(),
         })
     }
 }
@@ -179,7 +182,15 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
             Ok(m) => m,
             Err(e @ wire::WireError::Version { .. }) => return Err(e.into()),
             Err(e) => {
-                tracing::warn!(node = %ctx.name, error = %e, "malformed message from coordinator; ignored");
+                // Say so: the coordinator drops this node from the round at once instead
+                // of waiting for a deadline.
+                tracing::warn!(node = %ctx.name, error = %e, "malformed message from coordinator");
+                egress
+                    .send(&FromNode::Refusal {
+                        round: None,
+                        reason: format!("malformed message from the coordinator: {e}"),
+                    })
+                    .await?;
                 continue;
             }
         };
@@ -231,6 +242,9 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
             }
             ToNode::Roster { round, keys } => {
                 let Some(a) = active.as_mut().filter(|a| a.start.round == round) else { continue };
+                if !matches!(a.phase, Phase::Advertised(_)) {
+                    continue; // a repeated or out-of-order roster changes nothing
+                }
                 let Phase::Advertised(client) = std::mem::replace(&mut a.phase, Phase::Finished) else { continue };
                 let verified = match verify_roster(ctx, &a.start, &keys) {
                     Ok(v) => v,
@@ -256,6 +270,9 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
             }
             ToNode::Shares { round, delivered, shares } => {
                 let Some(a) = active.as_mut().filter(|a| a.start.round == round) else { continue };
+                if !matches!(a.phase, Phase::Shared(_)) {
+                    continue; // a repeated or out-of-order delivery changes nothing
+                }
                 let Phase::Shared(client) = std::mem::replace(&mut a.phase, Phase::Finished) else { continue };
                 let incoming: Vec<(String, Vec<u8>)> = shares.into_iter().map(|s| (s.peer, s.ciphertext)).collect();
                 let masked = client.receive(&delivered, &incoming).and_then(|ready| ready.mask(&a.input));
@@ -287,10 +304,23 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
                     // The masked input is known to have arrived (the coordinator asks to unmask).
                     return Ok(SessionEnd::Dropped);
                 }
-                let Phase::Masked(client) = std::mem::replace(&mut a.phase, Phase::Finished) else {
-                    refuse(&mut egress, round, "a second unmask request in one round; refusing").await?;
+                if !matches!(a.phase, Phase::Masked(_)) {
+                    let why = if matches!(a.phase, Phase::Finished) {
+                        "a second unmask request in one round; refusing"
+                    } else {
+                        "an unmask request before this node sent its masked input; refusing"
+                    };
+                    refuse(&mut egress, round, why).await?;
                     continue;
-                };
+                }
+                if let Err(why) = ctx.differencing.admit(&query_key(&a.start), &survivors, ctx.policy.min_participants)
+                {
+                    tracing::warn!(node = %ctx.name, %round, %why, "refusing unmask request");
+                    a.phase = Phase::Finished;
+                    refuse(&mut egress, round, &why).await?;
+                    continue;
+                }
+                let Phase::Masked(client) = std::mem::replace(&mut a.phase, Phase::Finished) else { continue };
                 match client.unmask(&survivors, &dropped) {
                     Ok(revealed) => {
                         let shares = revealed
@@ -327,6 +357,13 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
 async fn stall(mut shutdown: watch::Receiver<bool>) -> Result<SessionEnd, SessionError> {
     let _ = shutdown.changed().await;
     Ok(SessionEnd::Dropped)
+}
+
+/// The query a round computes, independent of its purpose text and round id.
+fn query_key(start: &RoundStart) -> Vec<u8> {
+    let mut a = start.analysis.clone();
+    a.purpose.clear();
+    prost::Message::encode_to_vec(&fedcrm_protocol::pb::Analysis::from(&a))
 }
 
 async fn refuse(egress: &mut Egress, round: RoundId, reason: &str) -> Result<(), SessionError> {
