@@ -16,9 +16,10 @@ use fedcrm_protocol::pki::{self, Identity, OrgKind, Role, Validity};
 #[derive(Debug, Parser)]
 #[command(version, propagate_version = true)]
 struct Cli {
-    /// Log filter (e.g. `info`, `fedcrm_coordinator=debug`); also RUST_LOG.
-    #[arg(long, global = true, env = "RUST_LOG", default_value = "warn")]
-    log: String,
+    /// Log filter (e.g. `warn`, `fedcrm_coordinator=debug`); also RUST_LOG.
+    /// Default: `info` for `coordinator run` and `node run`, `warn` otherwise.
+    #[arg(long, global = true, env = "RUST_LOG")]
+    log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -238,6 +239,15 @@ fn init_identity(id: Identity, dir: &PathBuf) -> Result<()> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let serving = matches!(
+        cli.command,
+        Command::Coordinator(CoordinatorCommand::Run { .. }) | Command::Node(NodeCommand::Run { .. })
+    );
+    let filter = cli.log.clone().unwrap_or_else(|| if serving { "info" } else { "warn" }.to_string());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_default())
+        .with_writer(std::io::stderr)
+        .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -256,10 +266,6 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_default())
-        .with_writer(std::io::stderr)
-        .init();
     match cli.command {
         Command::Demo { nodes, no_drop, reference_date, quiet } => {
             fedcrm::demo::run(fedcrm::demo::DemoOptions { nodes, drop_one: !no_drop, reference: reference_date, quiet })

@@ -277,3 +277,40 @@ async fn silent_node_is_dropped_at_the_phase_deadline() {
     assert_eq!(out.exits["node-1"], "timed out during share keys");
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_vectors_travel_in_chunks_below_the_grpc_limit() {
+    use fedcrm_protocol::rfm::Layout;
+    // 2^20 one-cent bins of spend: d = 1,048,576 words = 8 MiB per node, twice
+    // tonic's default 4 MiB message limit, sent as 16 chunks of 512 KiB.
+    let spec = HistogramSpec { metric: Metric::Monetary, layout: Layout::Linear { lo: 0, width: 1, bins: 1 << 20 } };
+    let nodes = cdnow_nodes(&[1; 3], true);
+    let cluster = Cluster::start(ClusterOptions { nodes, ..exact() }, Hooks::default()).await.unwrap();
+    let out = cluster.coordinator.run_histograms(parse_date(REFERENCE).unwrap(), "chunking", vec![spec]).await.unwrap();
+    let analysis = Analysis {
+        reference_date: parse_date(REFERENCE).unwrap(),
+        purpose: "t".into(),
+        kind: AnalysisKind::RfmHistograms(vec![spec]),
+    };
+    let mut expected = vec![0u64; 1 << 20];
+    for cfg in &cluster.node_configs {
+        let ds = cfg.data.load().unwrap();
+        let customers: Vec<_> =
+            fedcrm_node::features::rfm(&ds.purchases, analysis.reference_date).into_iter().map(|(_, r)| r).collect();
+        for (e, v) in expected.iter_mut().zip(local_vector(&analysis, &customers)) {
+            *e += v;
+        }
+    }
+    assert_eq!(out.release.contributors.len(), 3);
+    assert_eq!(counts(&out), expected);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_small_chunks_reassemble_exactly() {
+    let opts = ClusterOptions { chunk_elements: 7, ..exact() };
+    let (cluster, out) = histogram_round(cdnow_nodes(&[1; 4], true), opts, Hooks::default()).await;
+    let out = out.unwrap();
+    assert_eq!(counts(&out), expected_sum(&cluster, &out.release.contributors));
+    cluster.stop().await;
+}
