@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use fedcrm_coordinator::Coordinator;
-use fedcrm_coordinator::config::{CoordinatorConfig, Enrolled, ReleaseRules, RoundSettings, TlsFiles as CTls};
+use fedcrm_coordinator::config::{CoordinatorConfig, Enrolled, ReleaseRules, RoundSettings};
 use fedcrm_coordinator::round::Hooks;
-use fedcrm_node::config::{CoordinatorEndpoint, NodeConfig, TlsFiles as NTls};
+use fedcrm_node::config::{CoordinatorEndpoint, NodeConfig};
 use fedcrm_node::data::{DataConfig, Format, OnBadRow};
 use fedcrm_node::policy::Policy;
 use fedcrm_node::session::{self, Faults, NodeContext, SessionEnd, SessionError};
+use fedcrm_protocol::config::TlsFiles;
 use fedcrm_protocol::pb;
 use fedcrm_protocol::pki::{self, CaMaterial, Identity, OrgKind, PrivateKeyPem, Role, Validity};
 use tokio::sync::watch;
@@ -155,7 +156,7 @@ impl Cluster {
         let config = CoordinatorConfig {
             name: COORDINATOR_NAME.into(),
             listen: addr.to_string(),
-            tls: CTls { ca: pki.ca_path(), cert: coord.cert.clone(), key: coord.key.clone() },
+            tls: TlsFiles { ca: pki.ca_path(), cert: coord.cert.clone(), key: coord.key.clone() },
             enrolled: opts
                 .nodes
                 .iter()
@@ -183,7 +184,7 @@ impl Cluster {
         let analyst = HqConfig {
             url: format!("https://{addr}"),
             server_name: COORDINATOR_NAME.into(),
-            tls: crate::hq::TlsFiles { ca: pki.ca_path(), cert: analyst_files.cert, key: analyst_files.key },
+            tls: TlsFiles { ca: pki.ca_path(), cert: analyst_files.cert, key: analyst_files.key },
         };
         let mut cluster =
             Cluster { dir, pki, coordinator, addr, analyst, node_configs: vec![], nodes: vec![], shutdown, server };
@@ -219,7 +220,7 @@ impl Cluster {
                 server_name: COORDINATOR_NAME.into(),
                 retry_seconds: 1,
             },
-            tls: NTls { ca: self.pki.ca_path(), cert: files.cert, key: files.key },
+            tls: TlsFiles { ca: self.pki.ca_path(), cert: files.cert, key: files.key },
             data: DataConfig {
                 format: Format::Cdnow,
                 path: data,

@@ -1,13 +1,16 @@
 //! The HQ analyst's client: connects to the coordinator's Analyst service over
 //! mutual TLS with an analyst certificate, and renders results as a table, JSON or CSV.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+pub use fedcrm_protocol::config::TlsFiles;
+use fedcrm_protocol::config::load_toml;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use fedcrm_protocol::pb;
 use fedcrm_protocol::pb::analyst_client;
-use fedcrm_protocol::pki::{self, PrivateKeyPem};
+use fedcrm_protocol::pki;
 use serde::{Deserialize, Serialize};
 use tonic::transport::{Channel, Endpoint};
 
@@ -22,27 +25,10 @@ pub struct HqConfig {
     pub tls: TlsFiles,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsFiles {
-    /// Brand CA certificate.
-    pub ca: PathBuf,
-    /// Analyst certificate (role fedcrm-analyst).
-    pub cert: PathBuf,
-    /// Analyst private key (0600).
-    pub key: PathBuf,
-}
-
 impl HqConfig {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let mut c: HqConfig = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut c.tls.ca, &mut c.tls.cert, &mut c.tls.key] {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        }
+        let (mut c, base): (HqConfig, _) = load_toml(path)?;
+        c.tls.resolve(&base);
         Ok(c)
     }
 }
@@ -52,13 +38,8 @@ pub struct AnalystClient(analyst_client::AnalystClient<Channel>);
 
 impl AnalystClient {
     pub async fn connect(c: &HqConfig) -> Result<Self> {
-        let read = |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
-        let tls = pki::client_tls(
-            &read(&c.tls.ca)?,
-            &read(&c.tls.cert)?,
-            &PrivateKeyPem::new(read(&c.tls.key)?),
-            &c.server_name,
-        );
+        let m = c.tls.read()?;
+        let tls = pki::client_tls(&m.ca_pem, &m.cert_pem, &m.key, &c.server_name);
         let ch = Endpoint::from_shared(c.url.clone())?
             .tls_config(tls)?
             .connect_timeout(Duration::from_secs(10))

@@ -1,7 +1,10 @@
 //! The coordinator's TOML configuration (see `configs/coordinator.toml`, every key
 //! commented). Unknown keys are an error.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use fedcrm_protocol::config::load_toml;
+pub use fedcrm_protocol::config::{ConfigError, TlsFiles};
 
 use serde::{Deserialize, Serialize};
 
@@ -20,17 +23,6 @@ pub struct CoordinatorConfig {
     pub release: ReleaseRules,
     #[serde(default)]
     pub rounds: RoundSettings,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsFiles {
-    /// Brand CA certificate (PEM).
-    pub ca: PathBuf,
-    /// Coordinator certificate (PEM).
-    pub cert: PathBuf,
-    /// Coordinator private key (PEM, mode 0600).
-    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,26 +81,11 @@ impl Default for RoundSettings {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("config {path} is invalid: {message}")]
-    Parse { path: PathBuf, message: String },
-}
-
 impl CoordinatorConfig {
     /// Load and resolve relative paths against the config file's directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.into(), source })?;
-        let mut c: CoordinatorConfig =
-            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut c.tls.ca, &mut c.tls.cert, &mut c.tls.key] {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        }
+        let (mut c, base): (CoordinatorConfig, _) = load_toml(path)?;
+        c.tls.resolve(&base);
         Ok(c)
     }
 }

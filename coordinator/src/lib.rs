@@ -18,7 +18,7 @@ use std::sync::Arc;
 use fedcrm_protocol::MAX_MESSAGE_BYTES;
 use fedcrm_protocol::pb::analyst_server::AnalystServer;
 use fedcrm_protocol::pb::coordinator_server::CoordinatorServer;
-use fedcrm_protocol::pki::{self, PrivateKeyPem};
+use fedcrm_protocol::pki;
 use tokio::sync::{Mutex, mpsc};
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -51,8 +51,8 @@ impl Coordinator {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot read {path}: {source}")]
-    Io { path: std::path::PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Files(#[from] fedcrm_protocol::config::ConfigError),
     #[error("TLS setup: {0}")]
     Tls(String),
     #[error("gRPC server: {0}")]
@@ -66,12 +66,8 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let c = &coordinator.config;
-    let read = |p: &std::path::PathBuf| {
-        std::fs::read_to_string(p).map_err(|source| ServeError::Io { path: p.clone(), source })
-    };
-    let ca = read(&c.tls.ca)?;
-    let cert = read(&c.tls.cert)?;
-    let key = PrivateKeyPem::new(read(&c.tls.key)?);
+    let m = c.tls.read()?;
+    let (ca, cert, key) = (m.ca_pem, m.cert_pem, m.key);
     let tls = pki::server_tls(&ca, &cert, &key);
     tracing::info!(name = %c.name, addr = ?listener.local_addr().ok(), enrolled = c.enrolled.len(), "coordinator listening");
     tonic::transport::Server::builder()

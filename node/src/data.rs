@@ -96,6 +96,28 @@ pub struct LoadReport {
 }
 
 impl LoadReport {
+    /// Keep a parsed row, or fail / skip a bad one as configured.
+    fn take(
+        &mut self,
+        parsed: Result<Purchase, String>,
+        out: &mut Vec<Purchase>,
+        on_bad: OnBadRow,
+        path: &Path,
+        line: u64,
+    ) -> Result<(), DataError> {
+        match parsed {
+            Ok(p) => {
+                self.rows += 1;
+                out.push(p);
+            }
+            Err(why) => match on_bad {
+                OnBadRow::Fail => return Err(DataError::BadRow { path: path.into(), line, why }),
+                OnBadRow::Skip => self.skip(line, why),
+            },
+        }
+        Ok(())
+    }
+
     fn skip(&mut self, line: u64, why: String) {
         self.skipped += 1;
         if self.skipped_examples.len() < 10 {
@@ -173,16 +195,7 @@ pub fn read_cdnow(path: &Path, on_bad: OnBadRow) -> Result<(Vec<Purchase>, LoadR
                 phone: None,
             })
         })();
-        match parsed {
-            Ok(p) => {
-                report.rows += 1;
-                out.push(p);
-            }
-            Err(why) => match on_bad {
-                OnBadRow::Fail => return Err(DataError::BadRow { path: path.into(), line: lineno, why }),
-                OnBadRow::Skip => report.skip(lineno, why),
-            },
-        }
+        report.take(parsed, &mut out, on_bad, path, lineno)?;
     }
     Ok((out, report))
 }
@@ -230,16 +243,7 @@ pub fn read_csv(path: &Path, on_bad: OnBadRow) -> Result<(Vec<Purchase>, LoadRep
                 })
             })(),
         };
-        match parsed {
-            Ok(p) => {
-                report.rows += 1;
-                out.push(p);
-            }
-            Err(why) => match on_bad {
-                OnBadRow::Fail => return Err(DataError::BadRow { path: path.into(), line: lineno, why }),
-                OnBadRow::Skip => report.skip(lineno, why),
-            },
-        }
+        report.take(parsed, &mut out, on_bad, path, lineno)?;
     }
     Ok((out, report))
 }

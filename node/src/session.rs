@@ -48,8 +48,8 @@ pub enum DropAt {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
-    #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Files(#[from] fedcrm_protocol::config::ConfigError),
     #[error("certificate or key problem: {0}")]
     Pki(#[from] pki::PkiError),
     #[error("cannot connect to the coordinator at {url}: {why}")]
@@ -93,11 +93,8 @@ impl NodeContext {
         dataset: Arc<Dataset>,
         faults: Faults,
     ) -> Result<Self, SessionError> {
-        let read =
-            |p: &PathBuf| std::fs::read_to_string(p).map_err(|source| SessionError::Io { path: p.clone(), source });
-        let ca_pem = read(&config.tls.ca)?;
-        let cert_pem = read(&config.tls.cert)?;
-        let key = PrivateKeyPem::new(read(&config.tls.key)?);
+        let m = config.tls.read()?;
+        let (ca_pem, cert_pem, key) = (m.ca_pem, m.cert_pem, m.key);
         let signing = SigningKey::from_pem(&key)?;
         let ca_der = pki::pem_to_der_certs(&ca_pem)?.into_iter().next().ok_or_else(|| {
             SessionError::Pki(pki::PkiError::Certificate(format!("{} holds no certificate", config.tls.ca.display())))

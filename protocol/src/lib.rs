@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod pki;
 pub mod rfm;
 pub mod wire;
