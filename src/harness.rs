@@ -106,7 +106,12 @@ pub struct ClusterOptions {
     pub chunk_elements: u32,
     /// Further enrolled (name, organisation) pairs with no running node.
     pub extra_enrolled: Vec<(String, String)>,
+    /// Record the bytes of every message each node's transport takes (tests).
+    pub capture_wire: bool,
 }
+
+/// Per node, the encoded messages its transport took, in order.
+pub type Captures = Arc<std::sync::Mutex<std::collections::BTreeMap<String, Vec<Vec<u8>>>>>;
 
 impl Default for ClusterOptions {
     fn default() -> Self {
@@ -116,6 +121,7 @@ impl Default for ClusterOptions {
             phase_timeout_seconds: 20,
             chunk_elements: fedcrm_protocol::DEFAULT_CHUNK_ELEMENTS,
             extra_enrolled: vec![],
+            capture_wire: false,
         }
     }
 }
@@ -130,6 +136,8 @@ pub struct Cluster {
     pub analyst: HqConfig,
     pub node_configs: Vec<NodeConfig>,
     pub nodes: Vec<(String, JoinHandle<Result<SessionEnd, SessionError>>)>,
+    /// Filled when `ClusterOptions::capture_wire` is set.
+    pub captures: Captures,
     shutdown: watch::Sender<bool>,
     server: JoinHandle<()>,
 }
@@ -168,8 +176,10 @@ impl Cluster {
                 phase_timeout_seconds: opts.phase_timeout_seconds,
                 chunk_elements: opts.chunk_elements,
             },
+            audit_dir: dir.path().join("coordinator-audit"),
+            audit: Default::default(),
         };
-        let coordinator = Coordinator::new(config, hooks);
+        let coordinator = Coordinator::open(config, hooks)?;
         let (shutdown, rx) = watch::channel(false);
         let mut srx = rx.clone();
         let c2 = coordinator.clone();
@@ -186,11 +196,32 @@ impl Cluster {
             server_name: COORDINATOR_NAME.into(),
             tls: TlsFiles { ca: pki.ca_path(), cert: analyst_files.cert, key: analyst_files.key },
         };
-        let mut cluster =
-            Cluster { dir, pki, coordinator, addr, analyst, node_configs: vec![], nodes: vec![], shutdown, server };
+        let mut cluster = Cluster {
+            dir,
+            pki,
+            coordinator,
+            addr,
+            analyst,
+            node_configs: vec![],
+            nodes: vec![],
+            captures: Captures::default(),
+            shutdown,
+            server,
+        };
         for spec in &opts.nodes {
             let cfg = cluster.node_config(spec)?;
-            let ctx = cluster.node_context(&cfg, spec.faults.clone())?;
+            let mut ctx = cluster.node_context(&cfg, spec.faults.clone())?;
+            if opts.capture_wire {
+                let (captures, name) = (cluster.captures.clone(), spec.name.clone());
+                ctx.tap = Some(Arc::new(move |bytes: &[u8]| {
+                    captures
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry(name.clone())
+                        .or_default()
+                        .push(bytes.to_vec());
+                }));
+            }
             let rx = rx.clone();
             cluster.nodes.push((spec.name.clone(), tokio::spawn(async move { session::run_session(&ctx, rx).await })));
             cluster.node_configs.push(cfg);
@@ -228,7 +259,9 @@ impl Cluster {
                 on_bad_row: OnBadRow::Fail,
             },
             policy: spec.policy.clone(),
-            egress_log: ndir.join("egress.jsonl"),
+            audit_dir: ndir.join("audit"),
+            approvals_dir: ndir.join("approvals"),
+            audit: Default::default(),
         })
     }
 
@@ -270,12 +303,15 @@ impl Cluster {
         Ok(h.await?)
     }
 
-    pub async fn stop(self) {
+    /// Stop every party; returns the working directory (PKI, data, audit logs) so a
+    /// caller can still read it — it is deleted when dropped.
+    pub async fn stop(self) -> tempfile::TempDir {
         let _ = self.shutdown.send(true);
         for (_, h) in self.nodes {
             let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
+        self.dir
     }
 }
 

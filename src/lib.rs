@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod auditcli;
 pub mod bench;
 pub mod demo;
 pub mod harness;

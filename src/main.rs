@@ -53,6 +53,9 @@ enum Command {
     /// HQ analyst: run analyses through the coordinator.
     #[command(subcommand)]
     Hq(HqCommand),
+    /// Compliance auditor: verify audit logs and report on them.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Benchmarks (measured against a floor in the same run).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -124,7 +127,7 @@ enum NodeCommand {
         #[arg(long, default_value = "node.toml")]
         config: PathBuf,
     },
-    /// What left this node: one line per message, from the egress log.
+    /// What left this node, per analysis and round, from its audit log.
     Egress {
         #[arg(long, default_value = "node.toml")]
         config: PathBuf,
@@ -133,6 +136,65 @@ enum NodeCommand {
         month: Option<String>,
         #[arg(long)]
         json: bool,
+    },
+    /// Requests waiting for manual approval, with who asked and why.
+    Pending {
+        #[arg(long, default_value = "node.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a waiting request; the running node takes part from its next round.
+    Approve {
+        /// The request id shown by `fedcrm node pending`.
+        id: String,
+        #[arg(long, default_value = "node.toml")]
+        config: PathBuf,
+        /// Who approves (recorded in the audit log).
+        #[arg(long, env = "USER", default_value = "franchisee")]
+        by: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Verify audit logs: hash chains, seals signed by keys the brand CA certified
+    /// for the party each log names, and cross-party receipts between the logs
+    /// given. Reports the first problem precisely and exits non-zero.
+    Verify {
+        /// Log directories (one per party) or log files.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// The brand CA certificate.
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A compliance report for an auditor: analyses, who asked and why, participants,
+    /// egress per node, refusals, thresholds, suppressed cells, certificates.
+    /// Verifies the logs first and refuses to report on logs that fail.
+    Report {
+        /// Log directories (one per party) or log files.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// The brand CA certificate.
+        #[arg(long)]
+        ca: PathBuf,
+        /// First day, YYYY-MM-DD (UTC).
+        #[arg(long)]
+        from: String,
+        /// Last day, YYYY-MM-DD (UTC).
+        #[arg(long)]
+        to: String,
+        /// HTML instead of Markdown.
+        #[arg(long, conflicts_with = "json")]
+        html: bool,
+        #[arg(long)]
+        json: bool,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -201,6 +263,13 @@ enum BenchCommand {
         /// Fraction of nodes dropped in the dropout case.
         #[arg(long, default_value_t = 0.1)]
         drop: f64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Audit-log verification speed for a log of N records vs. hashing its bytes.
+    Audit {
+        #[arg(long, default_value_t = 1_000_000)]
+        records: u64,
         #[arg(long)]
         json: bool,
     },
@@ -299,6 +368,7 @@ async fn run(cli: Cli) -> Result<()> {
             let csr_pem = std::fs::read_to_string(&csr).with_context(|| format!("reading {}", csr.display()))?;
             let (cert, id) = pki::sign_csr(&ca, &csr_pem, Validity::days_from_now(days))?;
             let out = out.unwrap_or_else(|| csr.with_extension("pem"));
+            fedcrm::auditcli::log_issuance(&ca_dir, &ca, &cert, &id)?;
             std::fs::write(&out, cert)?;
             println!(
                 "issued {} for {} ({}, {}), valid {days} days",
@@ -342,8 +412,8 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Node(NodeCommand::Egress { config, month, json }) => {
             let cfg = fedcrm_node::config::NodeConfig::load(&config)?;
-            let recs = fedcrm_node::egress::read_log(&cfg.egress_log)
-                .with_context(|| format!("reading {}", cfg.egress_log.display()))?;
+            let recs = fedcrm_node::egress::read_log(&cfg.audit_dir)
+                .with_context(|| format!("reading the audit log in {}", cfg.audit_dir.display()))?;
             print!("{}", fedcrm::nodecli::egress_text(&recs, month.as_deref(), json)?);
             Ok(())
         }
@@ -356,7 +426,7 @@ async fn run(cli: Cli) -> Result<()> {
                 .await
                 .with_context(|| format!("listening on {}", cfg.listen))?;
             eprintln!("coordinator {} listening on {} ({} nodes enrolled)", cfg.name, cfg.listen, cfg.enrolled.len());
-            let c = fedcrm_coordinator::Coordinator::new(cfg, Default::default());
+            let c = fedcrm_coordinator::Coordinator::open(cfg, Default::default())?;
             fedcrm_coordinator::run(c, listener, async {
                 let _ = tokio::signal::ctrl_c().await;
             })
@@ -405,6 +475,19 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench(BenchCommand::Secagg { n, d, drop, json }) => fedcrm::bench::secagg(n, d, drop, json),
+        Command::Bench(BenchCommand::Audit { records, json }) => fedcrm::auditcli::bench(records, json),
+        Command::Audit(AuditCommand::Verify { paths, ca, json }) => fedcrm::auditcli::verify(&paths, &ca, json),
+        Command::Audit(AuditCommand::Report { paths, ca, from, to, html, json, out }) => {
+            fedcrm::auditcli::report(&paths, &ca, &from, &to, html, json, out.as_deref())
+        }
+        Command::Node(NodeCommand::Pending { config, json }) => {
+            let cfg = fedcrm_node::config::NodeConfig::load(&config)?;
+            fedcrm::auditcli::pending(&cfg, json)
+        }
+        Command::Node(NodeCommand::Approve { id, config, by }) => {
+            let cfg = fedcrm_node::config::NodeConfig::load(&config)?;
+            fedcrm::auditcli::approve(&cfg, &id, &by)
+        }
         Command::Config(ConfigCommand::Default { which }) => {
             print!(
                 "{}",

@@ -45,8 +45,9 @@ fn dependencies_point_one_way() {
     let m = deps();
     assert_eq!(fedcrm_deps(&m, "fedcrm-crypto"), set(&[]));
     assert_eq!(fedcrm_deps(&m, "fedcrm-protocol"), set(&["fedcrm-crypto"]));
-    assert_eq!(fedcrm_deps(&m, "fedcrm-node"), set(&["fedcrm-crypto", "fedcrm-protocol"]));
-    assert_eq!(fedcrm_deps(&m, "fedcrm-coordinator"), set(&["fedcrm-crypto", "fedcrm-protocol"]));
+    assert_eq!(fedcrm_deps(&m, "fedcrm-audit"), set(&["fedcrm-protocol"]));
+    assert_eq!(fedcrm_deps(&m, "fedcrm-node"), set(&["fedcrm-audit", "fedcrm-crypto", "fedcrm-protocol"]));
+    assert_eq!(fedcrm_deps(&m, "fedcrm-coordinator"), set(&["fedcrm-audit", "fedcrm-crypto", "fedcrm-protocol"]));
     for forbidden in ["tokio", "tonic", "prost", "tracing"] {
         assert!(!m["fedcrm-crypto"].contains(forbidden), "crypto must stay a pure leaf; it depends on {forbidden}");
     }
@@ -107,7 +108,14 @@ fn crypto_is_pure() {
 
 #[test]
 fn every_crate_forbids_unsafe_code() {
-    for lib in ["src/lib.rs", "crypto/src/lib.rs", "protocol/src/lib.rs", "node/src/lib.rs", "coordinator/src/lib.rs"] {
+    for lib in [
+        "src/lib.rs",
+        "crypto/src/lib.rs",
+        "protocol/src/lib.rs",
+        "audit/src/lib.rs",
+        "node/src/lib.rs",
+        "coordinator/src/lib.rs",
+    ] {
         let text = std::fs::read_to_string(root().join(lib)).unwrap();
         assert!(text.contains("#![forbid(unsafe_code)]"), "{lib}");
     }

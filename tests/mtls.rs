@@ -55,7 +55,7 @@ async fn node_with_certificate_from_a_foreign_ca_cannot_connect() {
     let files = foreign.issue(&id, Validity::days_from_now(30)).unwrap();
     cfg.tls.cert = files.cert;
     cfg.tls.key = files.key;
-    cfg.egress_log = cluster.dir.path().join("foreign-egress.jsonl");
+    cfg.audit_dir = cluster.dir.path().join("foreign-audit");
     let err = attempt(&cluster, &cfg).await;
     let err = err.to_string();
     // The alert (UnknownCA) races with the connection closing; the hint is always there.
@@ -100,6 +100,7 @@ async fn analyst_certificate_cannot_open_a_node_session() {
     let mut cfg = cluster.node_config(&spec("node-7")).unwrap();
     cfg.tls.cert = cluster.analyst.tls.cert.clone();
     cfg.tls.key = cluster.analyst.tls.key.clone();
+    cfg.name = "analyst.hq".into();
     let err = attempt(&cluster, &cfg).await.to_string();
     assert!(err.contains("not a node certificate"), "{err}");
     cluster.stop().await;
@@ -125,8 +126,10 @@ async fn rogue_coordinator(
             .collect(),
         release: Default::default(),
         rounds: Default::default(),
+        audit_dir: cluster.dir.path().join(format!("rogue-{name}-audit")),
+        audit: Default::default(),
     };
-    let c = fedcrm_coordinator::Coordinator::new(config, Hooks::default());
+    let c = fedcrm_coordinator::Coordinator::open(config, Hooks::default()).unwrap();
     let (tx, mut rx) = tokio::sync::watch::channel(false);
     tokio::spawn(fedcrm_coordinator::run(c, listener, async move {
         let _ = rx.changed().await;
@@ -144,11 +147,11 @@ async fn node_refuses_a_coordinator_with_a_foreign_certificate() {
     let (url, _stop) = rogue_coordinator(&cluster, cluster.pki.ca_path(), files, COORDINATOR_NAME).await;
     let mut cfg = cluster.node_configs[0].clone();
     cfg.coordinator.url = url;
-    cfg.egress_log = cluster.dir.path().join("rogue-egress.jsonl");
+    cfg.audit_dir = cluster.dir.path().join("rogue-audit");
     let ctx = cluster.node_context(&cfg, Faults::default()).unwrap();
     let err = run_session(&ctx, cluster.shutdown_signal()).await.expect_err("must refuse");
     assert!(err.to_string().contains("UnknownIssuer"), "{err}");
-    let sent = fedcrm_node::egress::read_log(&cfg.egress_log).unwrap_or_default();
+    let sent = fedcrm_node::egress::read_log(&cfg.audit_dir).unwrap_or_default();
     assert!(sent.iter().all(|r| r.kind == "hello"), "only a hello may have been queued: {sent:?}");
     cluster.stop().await;
 }
@@ -195,6 +198,7 @@ async fn incompatible_protocol_version_is_rejected_with_a_clear_message() {
             software: "fedcrm 0.0.1".into(),
             node_name: "node-7".into(),
         })),
+        receipt: None,
     };
     let status = client.session(tokio_stream::iter(vec![hello])).await.expect_err("must be rejected");
     assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{}", status.message());

@@ -16,7 +16,7 @@ use fedcrm_node::analysis::local_vector;
 use fedcrm_node::egress::read_log;
 use fedcrm_node::session::DropAt;
 use fedcrm_protocol::rfm::{HistogramSpec, Metric, QuantileSearch};
-use fedcrm_protocol::wire::{Analysis, AnalysisKind, parse_date};
+use fedcrm_protocol::wire::AnalysisKind;
 
 fn specs() -> Vec<HistogramSpec> {
     Metric::ALL.iter().map(|&m| QuantileSearch::coarse_spec(m)).collect()
@@ -24,11 +24,7 @@ fn specs() -> Vec<HistogramSpec> {
 
 /// Σ of the named nodes' local contributions (what the round must return exactly).
 fn expected_sum(cluster: &Cluster, names: &[String]) -> Vec<u64> {
-    let analysis = Analysis {
-        reference_date: parse_date(REFERENCE).unwrap(),
-        purpose: "t".into(),
-        kind: AnalysisKind::RfmHistograms(specs()),
-    };
+    let analysis = common::analysis(AnalysisKind::RfmHistograms(specs()));
     let mut sum = vec![0u64; analysis.kind.vector_len()];
     for cfg in cluster.node_configs.iter().filter(|c| names.contains(&c.name)) {
         let ds = cfg.data.load().unwrap();
@@ -55,7 +51,7 @@ async fn histogram_round(
     hooks: Hooks,
 ) -> (Cluster, Result<HistogramOutcome, AnalysisError>) {
     let cluster = Cluster::start(ClusterOptions { nodes, ..opts }, hooks).await.unwrap();
-    let out = cluster.coordinator.run_histograms(parse_date(REFERENCE).unwrap(), "test round", specs()).await;
+    let out = cluster.coordinator.run_histograms(&common::request("test round"), specs()).await;
     (cluster, out)
 }
 
@@ -166,7 +162,7 @@ async fn unmask_request_for_both_shares_of_a_peer_is_refused() {
     let err = out.unwrap_err().to_string();
     assert!(err.contains("unmask") && err.contains("fewer than"), "{err}");
     for cfg in &cluster.node_configs {
-        let log = read_log(&cfg.egress_log).unwrap();
+        let log = read_log(&cfg.audit_dir).unwrap();
         assert!(!log.iter().any(|r| r.kind == "unmask-shares"), "{} revealed shares", cfg.name);
         assert!(log.iter().any(|r| r.kind == "refusal"), "{} did not refuse", cfg.name);
     }
@@ -286,12 +282,8 @@ async fn large_vectors_travel_in_chunks_below_the_grpc_limit() {
     let spec = HistogramSpec { metric: Metric::Monetary, layout: Layout::Linear { lo: 0, width: 1, bins: 1 << 20 } };
     let nodes = cdnow_nodes(&[1; 3], true);
     let cluster = Cluster::start(ClusterOptions { nodes, ..exact() }, Hooks::default()).await.unwrap();
-    let out = cluster.coordinator.run_histograms(parse_date(REFERENCE).unwrap(), "chunking", vec![spec]).await.unwrap();
-    let analysis = Analysis {
-        reference_date: parse_date(REFERENCE).unwrap(),
-        purpose: "t".into(),
-        kind: AnalysisKind::RfmHistograms(vec![spec]),
-    };
+    let out = cluster.coordinator.run_histograms(&common::request("chunking"), vec![spec]).await.unwrap();
+    let analysis = common::analysis(AnalysisKind::RfmHistograms(vec![spec]));
     let mut expected = vec![0u64; 1 << 20];
     for cfg in &cluster.node_configs {
         let ds = cfg.data.load().unwrap();

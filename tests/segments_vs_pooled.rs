@@ -46,7 +46,7 @@ async fn node_leaving_between_rounds_stops_the_analysis_and_a_rerun_is_refused()
     let err = cluster.segments(common::REFERENCE, "second try").await.unwrap_err();
     assert!(err.message().contains("fewer than"), "{}", err.message());
     for cfg in cluster.node_configs.iter().take(4) {
-        let log = fedcrm_node::egress::read_log(&cfg.egress_log).unwrap();
+        let log = fedcrm_node::egress::read_log(&cfg.audit_dir).unwrap();
         assert!(log.iter().any(|r| r.kind == "refusal"), "{} did not refuse the differencing round", cfg.name);
     }
     // A different query (another reference date) over the same four is fine.

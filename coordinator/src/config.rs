@@ -1,10 +1,12 @@
 //! The coordinator's TOML configuration (see `configs/coordinator.toml`, every key
 //! commented). Unknown keys are an error.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use fedcrm_protocol::config::load_toml;
+pub use fedcrm_audit::log::AuditConfig;
+
 pub use fedcrm_protocol::config::{ConfigError, TlsFiles};
+use fedcrm_protocol::config::{load_toml, resolve};
 
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +25,11 @@ pub struct CoordinatorConfig {
     pub release: ReleaseRules,
     #[serde(default)]
     pub rounds: RoundSettings,
+    /// The coordinator's tamper-evident audit log.
+    pub audit_dir: PathBuf,
+    /// Audit log sealing, rotation and retention.
+    #[serde(default)]
+    pub audit: AuditConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +93,7 @@ impl CoordinatorConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let (mut c, base): (CoordinatorConfig, _) = load_toml(path)?;
         c.tls.resolve(&base);
+        resolve(&base, &mut c.audit_dir);
         Ok(c)
     }
 }

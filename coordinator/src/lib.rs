@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod config;
 pub mod registry;
 pub mod release;
@@ -15,13 +16,15 @@ pub mod service;
 
 use std::sync::Arc;
 
+use fedcrm_audit::log::{AuditLog, LogIdentity, SystemClock};
 use fedcrm_protocol::MAX_MESSAGE_BYTES;
 use fedcrm_protocol::pb::analyst_server::AnalystServer;
 use fedcrm_protocol::pb::coordinator_server::CoordinatorServer;
-use fedcrm_protocol::pki;
+use fedcrm_protocol::pki::{self, SigningKey};
 use tokio::sync::{Mutex, mpsc};
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::audit::SharedLog;
 use crate::config::CoordinatorConfig;
 use crate::registry::{Event, Registry};
 use crate::round::{Hooks, Runner};
@@ -31,21 +34,65 @@ use crate::round::{Hooks, Runner};
 pub struct Coordinator {
     pub config: CoordinatorConfig,
     pub registry: Registry,
+    pub audit: SharedLog,
+    /// The coordinator's certificate (DER), sent in Welcome.
+    pub certificate: Vec<u8>,
+    /// Signs round rosters.
+    signing: SigningKey,
     events: Mutex<mpsc::Receiver<Event>>,
     hooks: Hooks,
 }
 
 impl Coordinator {
-    pub fn new(config: CoordinatorConfig, hooks: Hooks) -> Arc<Self> {
-        let (registry, events) = Registry::new();
-        Arc::new(Self { config, registry, events: Mutex::new(events), hooks })
+    /// Load the coordinator's certificate and key and open its audit log.
+    pub fn open(config: CoordinatorConfig, hooks: Hooks) -> Result<Arc<Self>, ServeError> {
+        let m = config.tls.read()?;
+        let certificate = pki::pem_to_der_certs(&m.cert_pem)
+            .map_err(|e| ServeError::Tls(e.to_string()))?
+            .into_iter()
+            .next()
+            .ok_or_else(|| ServeError::Tls(format!("{} holds no certificate", config.tls.cert.display())))?;
+        let id = pki::identity_from_cert(&certificate).map_err(|e| ServeError::Tls(e.to_string()))?;
+        if id.name != config.name {
+            return Err(ServeError::Tls(format!(
+                "{} is issued to {:?}, but the coordinator is configured as {:?}",
+                config.tls.cert.display(),
+                id.name,
+                config.name
+            )));
+        }
+        let signer = || SigningKey::from_pem(&m.key).map_err(|e| ServeError::Tls(e.to_string()));
+        let identity = LogIdentity {
+            certificate_der: certificate.clone(),
+            role: id.role.as_str().to_string(),
+            organisation: id.organisation.clone(),
+            software: fedcrm_protocol::SOFTWARE.to_string(),
+        };
+        let log =
+            AuditLog::open(&config.audit_dir, &config.name, identity, signer()?, config.audit, Arc::new(SystemClock))?;
+        let audit: SharedLog = Arc::new(std::sync::Mutex::new(log));
+        let (registry, events) = Registry::new(audit.clone());
+        Ok(Arc::new(Self {
+            config,
+            registry,
+            audit,
+            certificate,
+            signing: signer()?,
+            events: Mutex::new(events),
+            hooks,
+        }))
+    }
+
+    /// Sign a round roster.
+    pub(crate) fn sign(&self, payload: &[u8]) -> Result<Vec<u8>, pki::PkiError> {
+        self.signing.sign(payload)
     }
 
     /// A round runner for one analysis. Events queued while no analysis ran (stale
     /// disconnects, messages of finished rounds) are discarded first.
     pub(crate) fn runner<'a>(&'a self, events: &'a mut mpsc::Receiver<Event>) -> Runner<'a> {
         while events.try_recv().is_ok() {}
-        Runner { registry: &self.registry, events, settings: self.config.rounds, hooks: &self.hooks }
+        Runner { coordinator: self, events, settings: self.config.rounds, hooks: &self.hooks }
     }
 }
 
@@ -53,6 +100,8 @@ impl Coordinator {
 pub enum ServeError {
     #[error(transparent)]
     Files(#[from] fedcrm_protocol::config::ConfigError),
+    #[error("audit log: {0}")]
+    Audit(#[from] fedcrm_audit::log::AuditError),
     #[error("TLS setup: {0}")]
     Tls(String),
     #[error("gRPC server: {0}")]

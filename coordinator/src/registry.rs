@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use fedcrm_protocol::pb;
-use fedcrm_protocol::wire::{FromNode, ToNode};
+use fedcrm_protocol::pki::OrgKind;
+use fedcrm_protocol::wire::{self, FromNode, Receipt, ToNode};
+
+use crate::audit::SharedLog;
 use tokio::sync::mpsc;
 use tonic::Status;
 
@@ -25,6 +28,8 @@ pub struct Participant {
     pub certificate: Vec<u8>,
     /// The session this snapshot belongs to; events of other sessions are ignored.
     pub session: u64,
+    /// HQ-owned channel or franchisee, from the certificate.
+    pub kind: OrgKind,
 }
 
 #[derive(Debug)]
@@ -54,15 +59,16 @@ pub struct Registry {
     sessions: Mutex<BTreeMap<String, Session>>,
     next_id: std::sync::atomic::AtomicU64,
     events: mpsc::Sender<Event>,
+    audit: SharedLog,
 }
 
 /// Events queued before readers wait (back-pressure reaches the nodes' streams).
 pub const EVENT_QUEUE: usize = 4096;
 
 impl Registry {
-    pub fn new() -> (Self, mpsc::Receiver<Event>) {
+    pub fn new(audit: SharedLog) -> (Self, mpsc::Receiver<Event>) {
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
-        (Self { sessions: Mutex::new(BTreeMap::new()), next_id: 1.into(), events: tx }, rx)
+        (Self { sessions: Mutex::new(BTreeMap::new()), next_id: 1.into(), events: tx, audit }, rx)
     }
 
     /// Register a session; a previous session of the same node is replaced (closed).
@@ -104,11 +110,27 @@ impl Registry {
     /// Send to a node; false if it is not connected, its stream is gone, or it has
     /// stopped reading (its queue of [`OUTBOUND_QUEUE`] messages is full). Never
     /// waits, so one hung node cannot stall a round for the others.
+    ///
+    /// Every message carries the coordinator's signed audit-log head, which the node
+    /// logs as a receipt.
     pub async fn send(&self, node: &str, msg: &ToNode) -> bool {
         let tx = self.lock().get(node).map(|s| s.tx.clone());
-        match tx {
-            Some(tx) => tx.try_send(Ok(msg.into())).is_ok(),
-            None => false,
+        let Some(tx) = tx else { return false };
+        let Some(m) = self.stamp(msg) else { return false };
+        tx.try_send(Ok(m)).is_ok()
+    }
+
+    /// Encode a message with the coordinator's current signed log head.
+    pub(crate) fn stamp(&self, msg: &ToNode) -> Option<pb::CoordinatorMessage> {
+        match crate::audit::lock(&self.audit).signed_head() {
+            Ok(signed) => {
+                let receipt = Receipt { seq: signed.seq, head: signed.head, signature: signed.signature };
+                Some(wire::coordinator_message(msg, Some(&receipt)))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot sign the audit head; message not sent");
+                None
+            }
         }
     }
 }

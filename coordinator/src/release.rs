@@ -10,6 +10,10 @@ use serde::Serialize;
 
 use fedcrm_protocol::rfm::{Cuts, Segment};
 
+use fedcrm_audit::{Event, Member};
+use fedcrm_protocol::wire;
+
+use crate::audit::{SharedLog, record};
 use crate::config::ReleaseRules;
 use crate::round::RoundOutput;
 
@@ -21,6 +25,41 @@ pub enum ReleaseError {
     TooFewParticipants { round: String, have: usize, need: usize },
     #[error("round {round}: aggregate has {got} elements, expected {expected}")]
     Shape { round: String, got: usize, expected: usize },
+    #[error("audit log: {0}; nothing is released")]
+    Audit(String),
+}
+
+/// Record the release — thresholds applied, cells suppressed — before it leaves.
+fn log_release(
+    out: &RoundOutput,
+    rules: &ReleaseRules,
+    audit: &SharedLog,
+    analysis: &str,
+    kind: &str,
+    rounds: Vec<String>,
+    cells: &[Option<u64>],
+) -> Result<(), ReleaseError> {
+    let contributors = out
+        .contributors
+        .iter()
+        .zip(&out.organisations)
+        .zip(&out.kinds)
+        .map(|((n, o), k)| Member { name: n.clone(), organisation: o.clone(), kind: wire::kind_str(*k).to_string() })
+        .collect();
+    record(
+        audit,
+        Event::Release {
+            analysis: analysis.to_string(),
+            kind: kind.to_string(),
+            rounds,
+            contributors,
+            min_participants: rules.min_participants as u64,
+            min_cohort: rules.min_cohort,
+            cells: cells.len() as u64,
+            suppressed: cells.iter().filter(|c| c.is_none()).count() as u64,
+        },
+    )
+    .map_err(|e| ReleaseError::Audit(e.to_string()))
 }
 
 fn gate(out: &RoundOutput, rules: &ReleaseRules) -> Result<(), ReleaseError> {
@@ -81,7 +120,14 @@ pub fn suppress(cells: &[u64], min_cohort: u64) -> Vec<Option<u64>> {
 }
 
 /// Segment counts with small cells suppressed.
-pub fn segments(out: &RoundOutput, rules: &ReleaseRules, cuts: Cuts) -> Result<SegmentRelease, ReleaseError> {
+pub fn segments(
+    out: &RoundOutput,
+    rules: &ReleaseRules,
+    cuts: Cuts,
+    audit: &SharedLog,
+    analysis: &str,
+    rounds: Vec<String>,
+) -> Result<SegmentRelease, ReleaseError> {
     gate(out, rules)?;
     if out.sum.len() != Segment::ALL.len() {
         return Err(ReleaseError::Shape {
@@ -96,6 +142,7 @@ pub fn segments(out: &RoundOutput, rules: &ReleaseRules, cuts: Cuts) -> Result<S
     // shown only when every cell is.
     let total = out.sum.iter().fold(0u64, |a, &v| a.saturating_add(v));
     let customers = if shown.iter().all(Option::is_some) { Some(total) } else { None };
+    log_release(out, rules, audit, analysis, "rfm-segments", rounds, &shown)?;
     Ok(SegmentRelease { cuts, cells, customers, min_cohort: rules.min_cohort, contributors: out.contributors.clone() })
 }
 
@@ -110,13 +157,22 @@ pub struct HistogramRelease {
 }
 
 /// Global histogram counts with small cells suppressed.
-pub fn histogram(out: &RoundOutput, rules: &ReleaseRules, expected: usize) -> Result<HistogramRelease, ReleaseError> {
+pub fn histogram(
+    out: &RoundOutput,
+    rules: &ReleaseRules,
+    expected: usize,
+    audit: &SharedLog,
+    analysis: &str,
+    rounds: Vec<String>,
+) -> Result<HistogramRelease, ReleaseError> {
     gate(out, rules)?;
     if out.sum.len() != expected {
         return Err(ReleaseError::Shape { round: out.round.to_hex(), got: out.sum.len(), expected });
     }
+    let counts = suppress(&out.sum, rules.min_cohort);
+    log_release(out, rules, audit, analysis, "rfm-histograms", rounds, &counts)?;
     Ok(HistogramRelease {
-        counts: suppress(&out.sum, rules.min_cohort),
+        counts,
         min_cohort: rules.min_cohort,
         contributors: out.contributors.clone(),
         organisations: out.organisations.clone(),

@@ -12,16 +12,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use fedcrm_audit::{Event as AuditEvent, Member};
 use fedcrm_crypto::secagg::{self, Aggregator, PeerKeys, Revealed, RoundParams};
 use fedcrm_crypto::shamir::Share;
 use fedcrm_crypto::{RoundId, SystemRandom};
-use fedcrm_protocol::pki;
-use fedcrm_protocol::wire::{Analysis, FromNode, RoundStart, Sealed, SignedKeys, ToNode};
+use fedcrm_protocol::pki::{self, OrgKind};
+use fedcrm_protocol::wire::{self, Analysis, FromNode, Invitee, RoundStart, Sealed, SignedKeys, ToNode};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::audit::{lock, record};
 use crate::config::RoundSettings;
-use crate::registry::{Event, EventBody, Participant, Registry};
+use crate::registry::{Event, EventBody, Participant};
 
 /// Observer of complete masked vectors (node, vector).
 pub type MaskedObserver = Arc<dyn Fn(&str, &[u64]) + Send + Sync>;
@@ -85,13 +87,15 @@ pub struct RoundOutput {
     pub contributors: Vec<String>,
     /// Organisations of the contributors, same order.
     pub organisations: Vec<String>,
+    /// Organisation kinds of the contributors, same order.
+    pub kinds: Vec<OrgKind>,
     /// Nodes that left the round, and why.
     pub exits: BTreeMap<String, Exit>,
     pub(crate) sum: Vec<u64>,
 }
 
 pub(crate) struct Runner<'a> {
-    pub registry: &'a Registry,
+    pub coordinator: &'a crate::Coordinator,
     pub events: &'a mut mpsc::Receiver<Event>,
     pub settings: RoundSettings,
     pub hooks: &'a Hooks,
@@ -120,18 +124,40 @@ impl Runner<'_> {
         let by_name: BTreeMap<&str, &Participant> = invited.iter().map(|p| (p.name.as_str(), p)).collect();
         let sessions: BTreeMap<String, u64> = invited.iter().map(|p| (p.name.clone(), p.session)).collect();
         let mut exits: BTreeMap<String, Exit> = BTreeMap::new();
+        let invitees: Vec<Invitee> = invited
+            .iter()
+            .map(|p| Invitee { name: p.name.clone(), organisation: p.organisation.clone(), kind: p.kind })
+            .collect();
+        let roster_signature = self
+            .coordinator
+            .sign(&wire::roster_payload(&round, analysis, &invitees))
+            .map_err(|e| RoundError::Failed { round, why: format!("cannot sign the roster: {e}") })?;
+        record(
+            &self.coordinator.audit,
+            AuditEvent::RoundStarted {
+                round: round.to_hex(),
+                analysis: analysis.analysis_id.clone(),
+                kind: analysis.kind.name().to_string(),
+                purpose: analysis.purpose.clone(),
+                threshold: t as u64,
+                length: d as u64,
+                invited: invitees.iter().map(member).collect(),
+            },
+        )
+        .map_err(|e| RoundError::Failed { round, why: format!("audit log: {e}") })?;
         let start = RoundStart {
             round,
             threshold: t,
             length: d,
             analysis: analysis.clone(),
-            invited: invited.iter().map(|p| (p.name.clone(), p.organisation.clone())).collect(),
+            invited: invitees,
             chunk_elements: chunk,
+            roster_signature,
         };
         tracing::info!(%round, analysis = analysis.kind.name(), n = invited.len(), t, d, "round start");
         let mut live: BTreeSet<String> = BTreeSet::new();
         for p in invited {
-            if self.registry.send(&p.name, &ToNode::RoundStart(start.clone())).await {
+            if self.coordinator.registry.send(&p.name, &ToNode::RoundStart(Box::new(start.clone()))).await {
                 live.insert(p.name.clone());
             } else {
                 exits.insert(p.name.clone(), Exit::Disconnected);
@@ -173,7 +199,7 @@ impl Runner<'_> {
         self.ensure(round, "advertise keys", live.len(), t, invited, &exits).await?;
         let roster = ToNode::Roster { round, keys: u1.clone() };
         for n in &live.clone() {
-            if !self.registry.send(n, &roster).await {
+            if !self.coordinator.registry.send(n, &roster).await {
                 live.remove(n);
                 exits.insert(n.clone(), Exit::Disconnected);
             }
@@ -223,7 +249,12 @@ impl Runner<'_> {
                         .map(|s| Sealed { peer: u.clone(), ciphertext: s.ciphertext.clone() })
                 })
                 .collect();
-            if !self.registry.send(v, &ToNode::Shares { round, delivered: u2.clone(), shares: incoming }).await {
+            if !self
+                .coordinator
+                .registry
+                .send(v, &ToNode::Shares { round, delivered: u2.clone(), shares: incoming })
+                .await
+            {
                 live.remove(v);
                 exits.insert(v.clone(), Exit::Disconnected);
             }
@@ -302,7 +333,7 @@ impl Runner<'_> {
         }
         let request = ToNode::Unmask { round, survivors: req_s, dropped: req_d };
         for n in &survivors {
-            if !self.registry.send(n, &request).await {
+            if !self.coordinator.registry.send(n, &request).await {
                 live.remove(n);
             }
         }
@@ -362,6 +393,7 @@ impl Runner<'_> {
                 responses.len(),
                 survivors.len()
             );
+            self.log_exits(round, &exits);
             self.end(invited, round, false, &why).await;
             return Err(RoundError::TooFew { round, phase: "unmask", have: responses.len(), need: t });
         }
@@ -374,8 +406,10 @@ impl Runner<'_> {
         };
         self.end(invited, round, true, "aggregate computed").await;
         let organisations = survivors.iter().map(|n| by_name[n.as_str()].organisation.clone()).collect();
+        let kinds = survivors.iter().map(|n| by_name[n.as_str()].kind).collect();
         tracing::info!(%round, contributors = survivors.len(), "round complete");
-        Ok(RoundOutput { round, contributors: survivors, organisations, exits, sum })
+        self.log_exits(round, &exits);
+        Ok(RoundOutput { round, contributors: survivors, organisations, kinds, exits, sum })
     }
 
     /// Next message of this round from a live node; handles disconnects and
@@ -435,7 +469,7 @@ impl Runner<'_> {
         let msg =
             format!("round {round}: node {node} {why}; it is dropped from this round, which goes on for the others");
         tracing::warn!("{msg}");
-        let _ = self.registry.send(node, &ToNode::RoundEnd { round, released: false, message: msg }).await;
+        let _ = self.coordinator.registry.send(node, &ToNode::RoundEnd { round, released: false, message: msg }).await;
         live.remove(node);
         exits.insert(node.to_string(), Exit::Rejected(why));
     }
@@ -476,16 +510,36 @@ impl Runner<'_> {
             return Ok(());
         }
         let why = format!("{have} nodes remain after {phase}, fewer than t={need}; exits: {}", describe(exits));
+        self.log_exits(round, exits);
         self.end(invited, round, false, &why).await;
         Err(RoundError::TooFew { round, phase, have, need })
     }
 
+    /// Record every node that left the round, with its reason, and seal the log.
+    fn log_exits(&self, round: RoundId, exits: &BTreeMap<String, Exit>) {
+        for (node, e) in exits {
+            let _ = record(
+                &self.coordinator.audit,
+                AuditEvent::NodeExit { round: round.to_hex(), node: node.clone(), reason: e.to_string() },
+            );
+        }
+        let _ = lock(&self.coordinator.audit).seal();
+    }
+
     async fn end(&self, invited: &[Participant], round: RoundId, released: bool, message: &str) {
         for p in invited {
-            let _ =
-                self.registry.send(&p.name, &ToNode::RoundEnd { round, released, message: message.to_string() }).await;
+            let _ = self
+                .coordinator
+                .registry
+                .send(&p.name, &ToNode::RoundEnd { round, released, message: message.to_string() })
+                .await;
         }
     }
+}
+
+/// How a member is recorded in the audit log.
+pub(crate) fn member(i: &Invitee) -> Member {
+    Member { name: i.name.clone(), organisation: i.organisation.clone(), kind: wire::kind_str(i.kind).to_string() }
 }
 
 /// An unmask answer must name every node of U2 exactly once, with the self-mask

@@ -18,8 +18,32 @@ use crate::registry::Participant;
 use crate::release::{self, SegmentRelease};
 use crate::round::{RoundError, describe};
 
+/// What an analyst asked for, and who they are (from their certificate).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnalysisRequest {
+    pub reference_date: time::Date,
+    pub purpose: String,
+    pub requested_by: String,
+    pub requested_by_organisation: String,
+}
+
+impl AnalysisRequest {
+    fn analysis(&self, id: &str, kind: AnalysisKind) -> Analysis {
+        Analysis {
+            reference_date: self.reference_date,
+            purpose: self.purpose.clone(),
+            requested_by: self.requested_by.clone(),
+            requested_by_organisation: self.requested_by_organisation.clone(),
+            analysis_id: id.to_string(),
+            kind,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AnalysisError {
+    #[error("audit log: {0}; nothing was run")]
+    Audit(String),
     #[error(transparent)]
     Round(#[from] RoundError),
     #[error(transparent)]
@@ -57,12 +81,24 @@ impl Coordinator {
     /// suppressed.
     pub async fn run_histograms(
         &self,
-        reference_date: time::Date,
-        purpose: &str,
+        request: &AnalysisRequest,
         specs: Vec<HistogramSpec>,
     ) -> Result<HistogramOutcome, AnalysisError> {
         let mut events = self.events.try_lock().map_err(|_| AnalysisError::Busy)?;
-        let mut runner = self.runner(&mut events);
+        let id = self.requested(request, "rfm-histograms")?;
+        let out = self.histograms_inner(&mut events, request, &id, specs).await;
+        self.concluded(&id, &out);
+        out
+    }
+
+    async fn histograms_inner(
+        &self,
+        events: &mut tokio::sync::mpsc::Receiver<crate::registry::Event>,
+        request: &AnalysisRequest,
+        id: &str,
+        specs: Vec<HistogramSpec>,
+    ) -> Result<HistogramOutcome, AnalysisError> {
+        let mut runner = self.runner(events);
         let rules = self.config.release;
         let invited = self.registry.connected();
         if invited.len() < rules.min_participants {
@@ -70,21 +106,59 @@ impl Coordinator {
         }
         let t = fedcrm_crypto::secagg::default_threshold(invited.len()).max(rules.min_participants);
         let len = specs.iter().map(HistogramSpec::len).sum();
-        let analysis =
-            Analysis { reference_date, purpose: purpose.to_string(), kind: AnalysisKind::RfmHistograms(specs) };
+        let analysis = request.analysis(id, AnalysisKind::RfmHistograms(specs));
         let out = runner.run(&analysis, &invited, t).await?;
         let exits = out.exits.iter().map(|(n, e)| (n.clone(), e.to_string())).collect();
-        Ok(HistogramOutcome { release: release::histogram(&out, &rules, len)?, exits })
+        let rounds = vec![out.round.to_hex()];
+        Ok(HistogramOutcome { release: release::histogram(&out, &rules, len, &self.audit, id, rounds)?, exits })
     }
 
     /// Run the segment analysis over all connected nodes.
-    pub async fn run_segments(
-        &self,
-        reference_date: time::Date,
-        purpose: &str,
-    ) -> Result<SegmentsOutcome, AnalysisError> {
+    pub async fn run_segments(&self, request: &AnalysisRequest) -> Result<SegmentsOutcome, AnalysisError> {
         let mut events = self.events.try_lock().map_err(|_| AnalysisError::Busy)?;
-        let mut runner = self.runner(&mut events);
+        let id = self.requested(request, "rfm-segments")?;
+        let out = self.segments_inner(&mut events, request, &id).await;
+        self.concluded(&id, &out);
+        out
+    }
+
+    /// Record an analyst's request; returns the new analysis id.
+    fn requested(&self, r: &AnalysisRequest, kind: &str) -> Result<String, AnalysisError> {
+        let mut b = [0u8; 8];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+            .map_err(|_| AnalysisError::Audit("system random number generator failed".into()))?;
+        let id: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        crate::audit::record(&self.audit, fedcrm_audit::Event::AnalysisRequested {
+            analysis: id.clone(),
+            kind: kind.to_string(),
+            analyst: r.requested_by.clone(),
+            organisation: r.requested_by_organisation.clone(),
+            purpose: r.purpose.clone(),
+            parameters: serde_json::json!({ "reference_date": fedcrm_protocol::wire::format_date(r.reference_date) }),
+        })
+        .map_err(|e| AnalysisError::Audit(e.to_string()))?;
+        Ok(id)
+    }
+
+    /// Record a failed analysis (a released one was recorded by the release door).
+    fn concluded<T>(&self, id: &str, out: &Result<T, AnalysisError>) {
+        if let Err(e) = out {
+            let _ = crate::audit::record(
+                &self.audit,
+                fedcrm_audit::Event::AnalysisFailed { analysis: id.to_string(), reason: e.to_string() },
+            );
+        }
+        let _ = crate::audit::lock(&self.audit).seal();
+    }
+
+    async fn segments_inner(
+        &self,
+        events: &mut tokio::sync::mpsc::Receiver<crate::registry::Event>,
+        request: &AnalysisRequest,
+        id: &str,
+    ) -> Result<SegmentsOutcome, AnalysisError> {
+        let mut runner = self.runner(events);
+        let mut round_ids: Vec<String> = Vec::new();
         let rules = self.config.release;
         let mut exits: BTreeMap<String, String> = BTreeMap::new();
         let mut rounds = 0u32;
@@ -95,8 +169,11 @@ impl Coordinator {
         let t = fedcrm_crypto::secagg::default_threshold(invited.len()).max(rules.min_participants);
         let mut run = async |kind: AnalysisKind, invited: &[Participant]| {
             rounds += 1;
-            let analysis = Analysis { reference_date, purpose: purpose.to_string(), kind };
+            let analysis = request.analysis(id, kind);
             let out = runner.run(&analysis, invited, t).await;
+            if let Ok(o) = &out {
+                round_ids.push(o.round.to_hex());
+            }
             if let Ok(o) = &out {
                 for (n, e) in &o.exits {
                     exits.insert(n.clone(), e.to_string());
@@ -147,7 +224,7 @@ impl Coordinator {
         let cuts = Cuts { recency: fin(0), frequency: fin(1), monetary: fin(2) };
         let out = run(AnalysisKind::RfmSegments(cuts), &invited).await?;
         same(&out)?;
-        let release = release::segments(&out, &rules, cuts)?;
+        let release = release::segments(&out, &rules, cuts, &self.audit, id, round_ids)?;
         Ok(SegmentsOutcome { release, rounds, exits })
     }
 }

@@ -14,8 +14,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::Coordinator;
+use crate::audit::{hex, record};
 use crate::registry::{Event, EventBody, Participant};
 use crate::segments::AnalysisError;
+use fedcrm_audit::Event as AuditEvent;
+use fedcrm_audit::log::SignedHead;
+use fedcrm_protocol::wire::Receipt;
 
 fn peer_identity<T>(req: &Request<T>) -> Result<(Identity, Vec<u8>), Status> {
     let certs = req
@@ -62,7 +66,21 @@ impl pb::coordinator_server::Coordinator for NodeService {
             .map_err(|_| Status::deadline_exceeded("no hello within 10 seconds"))?
             .map_err(|s| Status::cancelled(format!("session stream failed: {}", s.message())))?
             .ok_or_else(|| Status::cancelled("session closed before hello"))?;
-        match FromNode::try_from(first) {
+        let (hello, receipt) =
+            wire::parse_node_message(first).map_err(|e| Status::invalid_argument(format!("malformed hello: {e}")))?;
+        // An incompatible peer is told so first: it may not speak receipts at all.
+        if let FromNode::Hello { version, software, .. } = &hello {
+            if version != wire::VERSION {
+                return Err(Status::failed_precondition(format!(
+                    "incompatible protocol version {version:?} from {software}; this coordinator speaks {:?} — upgrade the node",
+                    wire::VERSION
+                )));
+            }
+        }
+        let receipt = receipt.ok_or_else(|| Status::invalid_argument("hello carries no signed audit-log head"))?;
+        log_receipt(c, &id.name, &cert, &receipt).map_err(Status::invalid_argument)?;
+        let hello: Result<FromNode, wire::WireError> = Ok(hello);
+        match hello {
             Ok(FromNode::Hello { version, software, node }) => {
                 if version != wire::VERSION {
                     return Err(Status::failed_precondition(format!(
@@ -83,11 +101,30 @@ impl pb::coordinator_server::Coordinator for NodeService {
             Err(e) => return Err(Status::invalid_argument(format!("malformed hello: {e}"))),
         }
         let (tx, rx) = mpsc::channel(crate::registry::OUTBOUND_QUEUE);
-        tx.send(Ok((&ToNode::Welcome { coordinator: c.config.name.clone() }).into()))
-            .await
-            .map_err(|_| Status::cancelled("session closed"))?;
-        let participant =
-            Participant { name: id.name.clone(), organisation: id.organisation.clone(), certificate: cert, session: 0 };
+        let welcome = ToNode::Welcome { coordinator: c.config.name.clone(), certificate: c.certificate.clone() };
+        let welcome =
+            c.registry.stamp(&welcome).ok_or_else(|| Status::internal("the coordinator cannot sign its audit head"))?;
+        tx.send(Ok(welcome)).await.map_err(|_| Status::cancelled("session closed"))?;
+        let kind = match id.role {
+            Role::Node(k) => k,
+            _ => fedcrm_protocol::pki::OrgKind::Franchisee,
+        };
+        record(
+            &c.audit,
+            AuditEvent::SessionOpened {
+                peer: id.name.clone(),
+                organisation: id.organisation.clone(),
+                role: id.role.as_str().into(),
+            },
+        )
+        .map_err(|e| Status::internal(format!("audit log: {e}")))?;
+        let participant = Participant {
+            name: id.name.clone(),
+            organisation: id.organisation.clone(),
+            certificate: cert.clone(),
+            session: 0,
+            kind,
+        };
         let session = c.registry.register(participant, tx);
         tracing::info!(node = %id.name, organisation = %id.organisation, "node connected");
         let coordinator = self.0.clone();
@@ -95,8 +132,12 @@ impl pb::coordinator_server::Coordinator for NodeService {
         tokio::spawn(async move {
             loop {
                 let body = match inbound.message().await {
-                    Ok(Some(m)) => match FromNode::try_from(m) {
-                        Ok(m) => EventBody::Message(m),
+                    Ok(Some(m)) => match wire::parse_node_message(m) {
+                        Ok((m, Some(r))) => match log_receipt(&coordinator, &name, &cert, &r) {
+                            Ok(()) => EventBody::Message(m),
+                            Err(e) => EventBody::Malformed(e),
+                        },
+                        Ok((_, None)) => EventBody::Malformed("message without the node's signed log head".into()),
                         Err(e) => EventBody::Malformed(e.to_string()),
                     },
                     Ok(None) | Err(_) => EventBody::Closed,
@@ -104,6 +145,10 @@ impl pb::coordinator_server::Coordinator for NodeService {
                 let closed = matches!(body, EventBody::Closed);
                 coordinator.registry.event(Event { node: name.clone(), session, body }).await;
                 if closed {
+                    let _ = record(
+                        &coordinator.audit,
+                        AuditEvent::SessionClosed { peer: name.clone(), reason: "stream ended".into() },
+                    );
                     coordinator.registry.unregister(&name, session);
                     tracing::info!(node = %name, "node disconnected");
                     break;
@@ -112,6 +157,22 @@ impl pb::coordinator_server::Coordinator for NodeService {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// Check a node's signed log head and record it as a receipt.
+fn log_receipt(c: &Coordinator, node: &str, cert: &[u8], r: &Receipt) -> Result<(), String> {
+    let signed = SignedHead { party: node.to_string(), seq: r.seq, head: r.head, signature: r.signature.clone() };
+    signed.verify(cert).map_err(|e| format!("the node's signed log head does not verify: {e}"))?;
+    record(
+        &c.audit,
+        AuditEvent::Receipt {
+            peer: node.to_string(),
+            peer_seq: r.seq,
+            peer_head: hex(&r.head),
+            signature_hex: hex(&r.signature),
+        },
+    )
+    .map_err(|e| format!("audit log: {e}"))
 }
 
 /// `Analyst` service implementation.
@@ -142,7 +203,13 @@ impl pb::analyst_server::Analyst for AnalystService {
             ));
         }
         tracing::info!(analyst = %who.name, organisation = %who.organisation, purpose = %r.purpose, "segments requested");
-        let out = self.0.run_segments(date, &r.purpose).await.map_err(|e| match e {
+        let request = crate::segments::AnalysisRequest {
+            reference_date: date,
+            purpose: r.purpose.clone(),
+            requested_by: who.name.clone(),
+            requested_by_organisation: who.organisation.clone(),
+        };
+        let out = self.0.run_segments(&request).await.map_err(|e| match e {
             AnalysisError::Busy => Status::unavailable(e.to_string()),
             AnalysisError::Round(crate::round::RoundError::NotEnoughNodes { .. }) | AnalysisError::Release(_) => {
                 Status::failed_precondition(e.to_string())

@@ -8,6 +8,8 @@ use fedcrm_protocol::config::{load_toml, resolve};
 
 use serde::{Deserialize, Serialize};
 
+pub use fedcrm_audit::log::AuditConfig;
+
 use crate::data::DataConfig;
 use crate::policy::Policy;
 
@@ -21,8 +23,18 @@ pub struct NodeConfig {
     pub data: DataConfig,
     #[serde(default)]
     pub policy: Policy,
-    /// Where the egress log (one JSON line per message sent) is written.
-    pub egress_log: PathBuf,
+    /// The node's tamper-evident audit log (every egress, decision and receipt).
+    pub audit_dir: PathBuf,
+    /// Where manual-approval requests wait (`fedcrm node pending` / `approve`).
+    #[serde(default = "default_approvals_dir")]
+    pub approvals_dir: PathBuf,
+    /// Audit log sealing, rotation and retention.
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+fn default_approvals_dir() -> PathBuf {
+    PathBuf::from("approvals")
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,7 +59,8 @@ impl NodeConfig {
         let (mut c, base): (NodeConfig, _) = load_toml(path)?;
         c.tls.resolve(&base);
         resolve(&base, &mut c.data.path);
-        resolve(&base, &mut c.egress_log);
+        resolve(&base, &mut c.audit_dir);
+        resolve(&base, &mut c.approvals_dir);
         if let Some(p) = c.data.consent_withdrawals.as_mut() {
             resolve(&base, p);
         }

@@ -1,73 +1,98 @@
 //! The egress door: the only code on the node that sends anything to the
 //! coordinator. Every message is checked against the rounds the policy admitted,
-//! then recorded (time, round, analysis, kind, byte size, SHA-256 of the exact
-//! bytes sent — never content) before it is handed to the transport.
+//! then recorded in the node's audit log (round, analysis, message kind, byte size
+//! and SHA-256 of the encoded message — never its content) and fsynced, and only
+//! then handed to the transport, carrying the node's signed log head as a receipt.
 //!
-//! **Invariant:** no other module holds the outbound channel (tested by
-//! `tests/architecture.rs`).
+//! Size and hash are of the message as encoded *without* its receipt: the receipt
+//! is the signature over the log head that records them.
+//!
+//! **Invariant:** no other module can put a message on the outbound stream (tested
+//! by `tests/architecture.rs`).
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 
+use fedcrm_audit::Event;
+use fedcrm_audit::log::{AuditError, AuditLog};
 use fedcrm_crypto::RoundId;
 use fedcrm_protocol::pb;
-use fedcrm_protocol::wire::FromNode;
+use fedcrm_protocol::wire::{self, FromNode, Receipt};
 use prost::Message;
 use ring::digest;
-use serde::Serialize;
+use std::task::{Context, Poll};
 use tokio::sync::mpsc;
+use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EgressError {
     #[error("egress refused: {0}")]
     Refused(String),
-    #[error("egress log {path}: {source}")]
-    Log { path: PathBuf, source: std::io::Error },
+    #[error("audit log: {0}; nothing was sent")]
+    Audit(#[from] AuditError),
     #[error("the session to the coordinator is closed")]
     Closed,
 }
 
-/// One line of the egress log.
-#[derive(Debug, Serialize, serde::Deserialize, Clone, PartialEq, Eq)]
-pub struct EgressRecord {
-    pub unix_ms: u64,
-    pub round: Option<String>,
-    pub analysis: Option<String>,
-    pub kind: String,
-    pub bytes: u64,
-    pub sha256: String,
+/// Sees the exact encoded bytes of every message as the transport takes it (tests).
+pub type WireTap = Arc<dyn Fn(&[u8]) + Send + Sync>;
+
+/// What the transport drains: the door's queue, seen by the wire tap (if any) as
+/// the transport takes each message.
+pub struct Outbound {
+    inner: ReceiverStream<pb::NodeMessage>,
+    tap: Option<WireTap>,
+}
+
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbound").field("tap", &self.tap.is_some()).finish_non_exhaustive()
+    }
+}
+
+impl Stream for Outbound {
+    type Item = pb::NodeMessage;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let polled = Pin::new(&mut self.inner).poll_next(cx);
+        if let (Poll::Ready(Some(m)), Some(t)) = (&polled, &self.tap) {
+            t(&m.encode_to_vec());
+        }
+        polled
+    }
+}
+
+/// The node's audit log, shared by the session and the egress door.
+pub type SharedLog = Arc<Mutex<AuditLog>>;
+
+/// Lock the audit log; a poisoned lock means a panic mid-append, and the file is
+/// still consistent (appends are whole lines, fsynced), so go on.
+pub fn lock(log: &SharedLog) -> std::sync::MutexGuard<'_, AuditLog> {
+    log.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The only sender.
-#[derive(Debug)]
 pub struct Egress {
     tx: mpsc::Sender<pb::NodeMessage>,
-    log_path: PathBuf,
-    log: std::fs::File,
+    audit: SharedLog,
     /// Rounds the policy admitted, with their analysis name.
     admitted: HashMap<RoundId, String>,
+}
+
+impl std::fmt::Debug for Egress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Egress").field("admitted", &self.admitted.len()).finish_non_exhaustive()
+    }
 }
 
 impl Egress {
     /// The door and the stream the transport drains. Nothing else can put a message
     /// on that stream.
-    pub fn open(log_path: &Path) -> Result<(Self, ReceiverStream<pb::NodeMessage>), EgressError> {
+    pub fn open(audit: SharedLog, tap: Option<WireTap>) -> (Self, Outbound) {
         let (tx, rx) = mpsc::channel(64);
-        Ok((Self::new(tx, log_path)?, ReceiverStream::new(rx)))
-    }
-
-    fn new(tx: mpsc::Sender<pb::NodeMessage>, log_path: &Path) -> Result<Self, EgressError> {
-        if let Some(dir) = log_path.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| EgressError::Log { path: log_path.into(), source })?;
-        }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log_path)
-            .map_err(|source| EgressError::Log { path: log_path.into(), source })?;
-        Ok(Self { tx, log_path: log_path.into(), log, admitted: HashMap::new() })
+        (Self { tx, audit, admitted: HashMap::new() }, Outbound { inner: ReceiverStream::new(rx), tap })
     }
 
     /// Record that the policy admitted `round` for `analysis`.
@@ -80,7 +105,7 @@ impl Egress {
         self.admitted.remove(round);
     }
 
-    /// Check, record, send.
+    /// Check, record (fsync), sign the log head, send.
     pub async fn send(&mut self, msg: &FromNode) -> Result<(), EgressError> {
         let analysis = match (msg, msg.round()) {
             (FromNode::Hello { .. }, _) | (FromNode::Refusal { .. }, _) => None,
@@ -92,38 +117,50 @@ impl Egress {
             ),
             (_, None) => return Err(EgressError::Refused("message without a round".into())),
         };
-        let pbm: pb::NodeMessage = msg.into();
-        let bytes = pbm.encode_to_vec();
-        let rec = EgressRecord {
-            unix_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
+        let bytes = pb::NodeMessage::from(msg).encode_to_vec();
+        let event = Event::Egress {
             round: msg.round().map(|r| r.to_hex()),
             analysis,
-            kind: msg.kind().to_string(),
+            message: msg.kind().to_string(),
             bytes: bytes.len() as u64,
             sha256: hex(digest::digest(&digest::SHA256, &bytes).as_ref()),
         };
-        let mut line =
-            serde_json::to_vec(&rec).map_err(|e| EgressError::Log { path: self.log_path.clone(), source: e.into() })?;
-        line.push(b'\n');
-        self.log.write_all(&line).map_err(|source| EgressError::Log { path: self.log_path.clone(), source })?;
-        self.log.sync_data().map_err(|source| EgressError::Log { path: self.log_path.clone(), source })?;
-        tracing::debug!(kind = rec.kind, bytes = rec.bytes, round = ?rec.round, "egress");
-        self.tx.send(pbm).await.map_err(|_| EgressError::Closed)
+        let signed = {
+            let mut log = lock(&self.audit);
+            log.append(event)?;
+            log.signed_head()?
+        };
+        let receipt = Receipt { seq: signed.seq, head: signed.head, signature: signed.signature };
+        tracing::debug!(kind = msg.kind(), bytes = bytes.len(), seq = receipt.seq, "egress");
+        self.tx.send(wire::node_message(msg, Some(&receipt))).await.map_err(|_| EgressError::Closed)
     }
 }
 
-fn hex(b: &[u8]) -> String {
+pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Read an egress log back (for `fedcrm node egress` and tests).
-pub fn read_log(path: &Path) -> std::io::Result<Vec<EgressRecord>> {
-    let text = std::fs::read_to_string(path)?;
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).map_err(std::io::Error::other))
-        .collect()
+/// One message that left the node, as its audit log records it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EgressRecord {
+    pub unix_ms: u64,
+    pub seq: u64,
+    pub round: Option<String>,
+    pub analysis: Option<String>,
+    pub kind: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// Everything that left this node, from its audit log (for `fedcrm node egress`).
+pub fn read_log(audit_dir: &std::path::Path) -> Result<Vec<EgressRecord>, AuditError> {
+    Ok(fedcrm_audit::log::read_records(audit_dir)?
+        .into_iter()
+        .filter_map(|r| match r.event {
+            Event::Egress { round, analysis, message, bytes, sha256 } => {
+                Some(EgressRecord { unix_ms: r.time_ms, seq: r.seq, round, analysis, kind: message, bytes, sha256 })
+            }
+            _ => None,
+        })
+        .collect())
 }

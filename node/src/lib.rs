@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod analysis;
+pub mod approvals;
 pub mod check;
 pub mod config;
 pub mod data;

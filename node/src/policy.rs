@@ -1,9 +1,11 @@
 //! The franchisee's policy: which analyses it allows and under what conditions.
 //! Checked by the node before anything of a round leaves it ([`crate::egress`]).
 
-use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
 
-use fedcrm_protocol::wire::RoundStart;
+use fedcrm_protocol::pki::OrgKind;
+use fedcrm_protocol::wire::{Invitee, RoundStart};
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -15,6 +17,26 @@ pub struct Policy {
     /// secure-aggregation threshold this node accepts. Default 3.
     #[serde(default = "default_min_participants")]
     pub min_participants: usize,
+    /// Fewest *franchisee organisations other than this node's own* among a round's
+    /// nodes, checked when the round is offered and again before unmasking. Nodes of
+    /// HQ-owned channels never count, so HQ's own stores plus this franchisee can
+    /// never make a round that exposes it. Default 1.
+    #[serde(default = "default_min_other_organisations")]
+    pub min_other_organisations: usize,
+    /// Most rounds per calendar month (UTC) per analysis, e.g. `{ "rfm-segments" = 20 }`.
+    /// Analyses not listed are not capped.
+    #[serde(default)]
+    pub monthly_round_caps: BTreeMap<String, u32>,
+    /// Analyses that wait for a person's approval (`fedcrm node pending`,
+    /// `fedcrm node approve ID`) before this node takes part. Default none.
+    #[serde(default)]
+    pub manual_approval: Vec<String>,
+    /// Seconds a request waits for approval before it expires. Default 259200 (72 h).
+    #[serde(default = "default_approval_expires")]
+    pub approval_expires_seconds: u64,
+    /// Seconds an approval stays valid once granted. Default 86400 (24 h).
+    #[serde(default = "default_approval_valid")]
+    pub approval_valid_seconds: u64,
 }
 
 fn default_allowed() -> Vec<String> {
@@ -25,20 +47,52 @@ fn default_min_participants() -> usize {
     3
 }
 
+fn default_min_other_organisations() -> usize {
+    1
+}
+
+fn default_approval_expires() -> u64 {
+    72 * 3600
+}
+
+fn default_approval_valid() -> u64 {
+    24 * 3600
+}
+
 impl Default for Policy {
     fn default() -> Self {
-        Self { allowed_analyses: default_allowed(), min_participants: default_min_participants() }
+        Self {
+            allowed_analyses: default_allowed(),
+            min_participants: default_min_participants(),
+            min_other_organisations: default_min_other_organisations(),
+            monthly_round_caps: BTreeMap::new(),
+            manual_approval: vec![],
+            approval_expires_seconds: default_approval_expires(),
+            approval_valid_seconds: default_approval_valid(),
+        }
     }
+}
+
+/// Distinct franchisee organisations among `members`, other than `own`.
+pub fn other_organisations<'a>(own: &str, members: impl IntoIterator<Item = &'a Invitee>) -> usize {
+    members
+        .into_iter()
+        .filter(|m| m.kind == OrgKind::Franchisee && m.organisation != own)
+        .map(|m| m.organisation.as_str())
+        .collect::<BTreeSet<_>>()
+        .len()
 }
 
 impl Policy {
     /// May this node join the round? `Err` carries the reason sent to the coordinator.
-    pub fn admit(&self, me: &str, r: &RoundStart) -> Result<(), String> {
+    /// `rounds_this_month` is how many rounds of this analysis it took part in this
+    /// calendar month.
+    pub fn admit(&self, me: &str, own_org: &str, r: &RoundStart, rounds_this_month: u32) -> Result<(), String> {
         let kind = r.analysis.kind.name();
         if !self.allowed_analyses.iter().any(|a| a == kind) {
             return Err(format!("policy: analysis {kind:?} is not in allowed_analyses"));
         }
-        if !r.invited.iter().any(|(n, _)| n == me) {
+        if !r.invited.iter().any(|i| i.name == me) {
             return Err("policy: this node is not in the round's invitation list".into());
         }
         let n = r.invited.len();
@@ -51,7 +105,34 @@ impl Policy {
                 r.threshold, self.min_participants
             ));
         }
+        self.check_organisations(own_org, &r.invited, "invited")?;
+        if let Some(&cap) = self.monthly_round_caps.get(kind) {
+            if rounds_this_month >= cap {
+                return Err(format!(
+                    "policy: the monthly cap of {cap} rounds of {kind:?} is reached; it resets on the 1st (UTC)"
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The participant rule over a set of members (the invited nodes, or the
+    /// survivors about to be unmasked).
+    pub fn check_organisations(&self, own_org: &str, members: &[Invitee], which: &str) -> Result<(), String> {
+        let others = other_organisations(own_org, members);
+        if others < self.min_other_organisations {
+            return Err(format!(
+                "policy: the {which} nodes include {others} franchisee organisation(s) other than this node's own, fewer \
+                 than min_other_organisations = {}; HQ-owned channels do not count",
+                self.min_other_organisations
+            ));
+        }
+        Ok(())
+    }
+
+    /// Does this analysis wait for manual approval?
+    pub fn needs_approval(&self, analysis: &str) -> bool {
+        self.manual_approval.iter().any(|a| a == analysis)
     }
 }
 
@@ -94,7 +175,26 @@ impl DifferencingGuard {
 
 #[cfg(test)]
 mod tests {
-    use super::DifferencingGuard;
+    use super::{DifferencingGuard, Invitee, OrgKind, Policy, other_organisations};
+
+    fn member(name: &str, org: &str, kind: OrgKind) -> Invitee {
+        Invitee { name: name.into(), organisation: org.into(), kind }
+    }
+
+    #[test]
+    fn hq_channels_never_count_as_other_organisations() {
+        let hq = |n: &str| member(n, "Brand HQ", OrgKind::Hq);
+        let me = member("fr-a", "A Ltd", OrgKind::Franchisee);
+        let round = vec![hq("hq-1"), hq("hq-2"), hq("hq-3"), me.clone()];
+        assert_eq!(other_organisations("A Ltd", &round), 0);
+        let p = Policy::default();
+        assert!(p.check_organisations("A Ltd", &round, "invited").is_err());
+        let mut round = round;
+        round.push(member("fr-b", "B Ltd", OrgKind::Franchisee));
+        round.push(member("fr-a2", "A Ltd", OrgKind::Franchisee)); // my own organisation's second store
+        assert_eq!(other_organisations("A Ltd", &round), 1);
+        assert!(p.check_organisations("A Ltd", &round, "invited").is_ok());
+    }
 
     fn v(s: &[&str]) -> Vec<String> {
         s.iter().map(|x| x.to_string()).collect()

@@ -2,8 +2,12 @@
 //! take part in rounds (Bonawitz et al. 2017 client side, via `fedcrm_crypto::secagg`).
 //! All sending goes through [`crate::egress::Egress`].
 
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use fedcrm_audit::log::{AuditLog, LogIdentity, SignedHead, SystemClock};
+use fedcrm_audit::{Event, Member};
 use std::time::Duration;
 
 use fedcrm_crypto::secagg::{self, ClientAdvertised, ClientMasked, ClientShared, PeerKeys, RoundParams};
@@ -11,15 +15,17 @@ use fedcrm_crypto::{RoundId, SystemRandom};
 use fedcrm_protocol::pb::coordinator_client::CoordinatorClient;
 use fedcrm_protocol::pki::{self, PrivateKeyPem, SigningKey, Usage};
 use fedcrm_protocol::rfm::CustomerRfm;
-use fedcrm_protocol::wire::{self, FromNode, RevealedShare, RoundStart, Sealed, ToNode};
+use fedcrm_protocol::wire::{self, FromNode, Invitee, RevealedShare, RoundStart, Sealed, ToNode};
 use fedcrm_protocol::{MAX_MESSAGE_BYTES, SOFTWARE};
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::analysis::local_vector;
+use crate::approvals::{self, Approvals, Decision, Pending};
 use crate::data::Dataset;
 use crate::egress::{Egress, EgressError};
+use crate::egress::{SharedLog, WireTap, lock};
 use crate::features;
 use crate::policy::{DifferencingGuard, Policy};
 
@@ -60,6 +66,8 @@ pub enum SessionError {
     Wire(#[from] wire::WireError),
     #[error(transparent)]
     Egress(#[from] EgressError),
+    #[error("audit log: {0}")]
+    Audit(#[from] fedcrm_audit::log::AuditError),
 }
 
 /// Everything a session needs, loaded once.
@@ -74,10 +82,19 @@ pub struct NodeContext {
     pub signing: SigningKey,
     pub dataset: Arc<Dataset>,
     pub policy: Policy,
-    pub egress_log: PathBuf,
+    /// This node's organisation, from its certificate.
+    pub organisation: String,
+    pub audit: SharedLog,
+    pub approvals: Approvals,
     pub faults: Faults,
+    /// Test hook: the bytes of every message as the transport takes it.
+    pub tap: Option<WireTap>,
     /// Queries this node helped unmask, and over which nodes (for the whole process).
     pub differencing: DifferencingGuard,
+    /// Rounds admitted per analysis in the current month: (YYYY-MM, analysis) → count.
+    monthly: Mutex<HashMap<(String, String), u32>>,
+    /// Approvals already recorded as granted in the audit log.
+    granted: Mutex<HashSet<String>>,
 }
 
 impl std::fmt::Debug for NodeContext {
@@ -96,9 +113,37 @@ impl NodeContext {
         let m = config.tls.read()?;
         let (ca_pem, cert_pem, key) = (m.ca_pem, m.cert_pem, m.key);
         let signing = SigningKey::from_pem(&key)?;
-        let ca_der = pki::pem_to_der_certs(&ca_pem)?.into_iter().next().ok_or_else(|| {
-            SessionError::Pki(pki::PkiError::Certificate(format!("{} holds no certificate", config.tls.ca.display())))
-        })?;
+        let first = |pem: &str, path: &PathBuf| -> Result<Vec<u8>, SessionError> {
+            pki::pem_to_der_certs(pem)?.into_iter().next().ok_or_else(|| {
+                SessionError::Pki(pki::PkiError::Certificate(format!("{} holds no certificate", path.display())))
+            })
+        };
+        let ca_der = first(&ca_pem, &config.tls.ca)?;
+        let cert_der = first(&cert_pem, &config.tls.cert)?;
+        let me = pki::identity_from_cert(&cert_der)?;
+        if me.name != config.name {
+            return Err(SessionError::Pki(pki::PkiError::Certificate(format!(
+                "{} is issued to {:?}, but this node is configured as {:?}; fix `name` or the certificate",
+                config.tls.cert.display(),
+                me.name,
+                config.name
+            ))));
+        }
+        let identity = LogIdentity {
+            certificate_der: cert_der,
+            role: me.role.as_str().to_string(),
+            organisation: me.organisation.clone(),
+            software: SOFTWARE.to_string(),
+        };
+        let log = AuditLog::open(
+            &config.audit_dir,
+            &config.name,
+            identity,
+            SigningKey::from_pem(&key)?,
+            config.audit,
+            Arc::new(SystemClock),
+        )?;
+        let monthly = Mutex::new(count_admitted(&config.audit_dir));
         Ok(Self {
             name: config.name.clone(),
             url: config.coordinator.url.clone(),
@@ -110,9 +155,14 @@ impl NodeContext {
             signing,
             dataset,
             policy: config.policy.clone(),
-            egress_log: config.egress_log.clone(),
+            organisation: me.organisation,
+            audit: Arc::new(Mutex::new(log)),
+            approvals: Approvals::new(&config.approvals_dir),
             faults,
+            tap: None,
             differencing: DifferencingGuard::default(),
+            monthly,
+            granted: Mutex::new(HashSet::new()),
         })
     }
 }
@@ -156,7 +206,7 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
     let mut client = CoordinatorClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let (mut egress, outbound) = Egress::open(&ctx.egress_log)?;
+    let (mut egress, outbound) = Egress::open(ctx.audit.clone(), ctx.tap.clone());
     egress
         .send(&FromNode::Hello { version: wire::VERSION.into(), software: SOFTWARE.into(), node: ctx.name.clone() })
         .await?;
@@ -165,17 +215,57 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
     let rng = SystemRandom::new();
     let mut active: Option<Active> = None;
     let mut customers_cache: Option<(time::Date, Vec<CustomerRfm>)> = None;
+    // The coordinator's certificate, from Welcome, once checked against the brand CA.
+    let mut coordinator: Option<(String, Vec<u8>)> = None;
     loop {
         let msg = tokio::select! {
-            _ = shutdown.changed() => return Ok(SessionEnd::Closed),
+            _ = shutdown.changed() => {
+                end_session(ctx, &coordinator, "node shutting down");
+                return Ok(SessionEnd::Closed);
+            }
             m = inbound.next() => m,
         };
         let msg = match msg {
-            None => return Ok(SessionEnd::Closed),
-            Some(Err(s)) => return Err(SessionError::Rejected(status_text(&s, false))),
+            None => {
+                end_session(ctx, &coordinator, "coordinator closed the session");
+                return Ok(SessionEnd::Closed);
+            }
+            Some(Err(s)) => {
+                end_session(ctx, &coordinator, "session failed");
+                return Err(SessionError::Rejected(status_text(&s, false)));
+            }
             Some(Ok(m)) => m,
         };
-        let msg = match ToNode::try_from(msg) {
+        let parsed = wire::parse_coordinator_message(msg).and_then(|(m, r)| {
+            if let ToNode::Welcome { coordinator: name, certificate } = &m {
+                coordinator = Some(
+                    check_coordinator(ctx, name, certificate)
+                        .map_err(|why| wire::WireError::Field { field: "certificate", why })?,
+                );
+            }
+            Ok((m, r))
+        });
+        let parsed = parsed.and_then(|(m, r)| {
+            // Every coordinator message carries its signed log head; log it as a receipt.
+            let (peer, cert) = coordinator
+                .as_ref()
+                .ok_or(wire::WireError::Field { field: "welcome", why: "no welcome yet".into() })?;
+            let r = r.ok_or(wire::WireError::Field { field: "receipt", why: "missing".into() })?;
+            let signed = SignedHead { party: peer.clone(), seq: r.seq, head: r.head, signature: r.signature.clone() };
+            signed.verify(cert).map_err(|e| wire::WireError::Field { field: "receipt", why: e.to_string() })?;
+            record(
+                ctx,
+                Event::Receipt {
+                    peer: peer.clone(),
+                    peer_seq: r.seq,
+                    peer_head: hex(&r.head),
+                    signature_hex: hex(&r.signature),
+                },
+            )
+            .map_err(|e| wire::WireError::Field { field: "receipt", why: e.to_string() })?;
+            Ok(m)
+        });
+        let msg = match parsed {
             Ok(m) => m,
             Err(e @ wire::WireError::Version { .. }) => return Err(e.into()),
             Err(e) => {
@@ -192,18 +282,64 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
             }
         };
         match msg {
-            ToNode::Welcome { coordinator } => tracing::info!(node = %ctx.name, %coordinator, "session open"),
+            ToNode::Welcome { coordinator: name, .. } => {
+                tracing::info!(node = %ctx.name, coordinator = %name, "session open");
+            }
             ToNode::RoundStart(start) => {
+                let start = *start;
                 let round = start.round;
                 if active.as_ref().is_some_and(|a| !matches!(a.phase, Phase::Finished)) {
                     refuse(&mut egress, round, "node is busy with another round").await?;
                     continue;
                 }
-                if let Err(why) = ctx.policy.admit(&ctx.name, &start) {
+                let kind = start.analysis.kind.name();
+                // The coordinator signs who is in the round and who asked why: check and log it.
+                let signature_ok = coordinator.as_ref().is_some_and(|(_, cert)| {
+                    let payload = wire::roster_payload(&round, &start.analysis, &start.invited);
+                    pki::verify_signature(cert, &payload, &start.roster_signature).is_ok()
+                });
+                record(
+                    ctx,
+                    Event::RosterSigned {
+                        round: round.to_hex(),
+                        members: start.invited.iter().map(member).collect(),
+                        coordinator: coordinator.as_ref().map(|c| c.0.clone()).unwrap_or_default(),
+                        signature_ok,
+                    },
+                )?;
+                record(
+                    ctx,
+                    Event::RoundStarted {
+                        round: round.to_hex(),
+                        analysis: start.analysis.analysis_id.clone(),
+                        kind: kind.to_string(),
+                        purpose: start.analysis.purpose.clone(),
+                        threshold: start.threshold as u64,
+                        length: start.length as u64,
+                        invited: start.invited.iter().map(member).collect(),
+                    },
+                )?;
+                let decision = if signature_ok {
+                    ctx.policy.admit(&ctx.name, &ctx.organisation, &start, ctx.rounds_this_month(kind))
+                } else {
+                    Err("the round's roster is not signed by the coordinator named in this node's configuration".into())
+                }
+                .and_then(|()| approval(ctx, &start));
+                record(
+                    ctx,
+                    Event::PolicyDecision {
+                        round: Some(round.to_hex()),
+                        analysis: kind.to_string(),
+                        admitted: decision.is_ok(),
+                        reason: decision.as_ref().err().cloned().unwrap_or_else(|| "allowed by policy".into()),
+                    },
+                )?;
+                if let Err(why) = decision {
                     tracing::warn!(node = %ctx.name, %round, %why, "refusing round");
                     refuse(&mut egress, round, &why).await?;
                     continue;
                 }
+                ctx.count_round(kind);
                 let reference = start.analysis.reference_date;
                 if customers_cache.as_ref().map(|c| c.0) != Some(reference) {
                     let rfm = features::rfm(&ctx.dataset.purchases, reference).into_iter().map(|(_, r)| r).collect();
@@ -310,8 +446,21 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
                     refuse(&mut egress, round, why).await?;
                     continue;
                 }
-                if let Err(why) = ctx.differencing.admit(&query_key(&a.start), &survivors, ctx.policy.min_participants)
-                {
+                let members: Vec<Invitee> =
+                    a.start.invited.iter().filter(|i| survivors.contains(&i.name)).cloned().collect();
+                let rule = ctx.policy.check_organisations(&ctx.organisation, &members, "surviving").and_then(|()| {
+                    ctx.differencing.admit(&query_key(&a.start), &survivors, ctx.policy.min_participants)
+                });
+                if let Err(why) = rule {
+                    record(
+                        ctx,
+                        Event::PolicyDecision {
+                            round: Some(round.to_hex()),
+                            analysis: a.start.analysis.kind.name().to_string(),
+                            admitted: false,
+                            reason: why.clone(),
+                        },
+                    )?;
                     tracing::warn!(node = %ctx.name, %round, %why, "refusing unmask request");
                     a.phase = Phase::Finished;
                     refuse(&mut egress, round, &why).await?;
@@ -341,6 +490,7 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
             }
             ToNode::RoundEnd { round, released, message } => {
                 tracing::info!(node = %ctx.name, %round, released, %message, "round ended");
+                lock(&ctx.audit).seal().map_err(EgressError::from)?;
                 egress.close_round(&round);
                 if active.as_ref().is_some_and(|a| a.start.round == round) {
                     active = None;
@@ -356,10 +506,131 @@ async fn stall(mut shutdown: watch::Receiver<bool>) -> Result<SessionEnd, Sessio
     Ok(SessionEnd::Dropped)
 }
 
-/// The query a round computes, independent of its purpose text and round id.
+/// Record the end of a session and seal the log.
+fn end_session(ctx: &NodeContext, coordinator: &Option<(String, Vec<u8>)>, why: &str) {
+    if let Some((peer, _)) = coordinator {
+        let _ = record(ctx, Event::SessionClosed { peer: peer.clone(), reason: why.to_string() });
+    }
+    let _ = lock(&ctx.audit).seal();
+}
+
+/// Append to the node's audit log (fsynced before this returns).
+fn record(ctx: &NodeContext, event: Event) -> Result<(), EgressError> {
+    lock(&ctx.audit).append(event)?;
+    Ok(())
+}
+
+fn member(i: &Invitee) -> Member {
+    Member { name: i.name.clone(), organisation: i.organisation.clone(), kind: wire::kind_str(i.kind).to_string() }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Check the coordinator's certificate from Welcome: issued by the brand CA for a
+/// server, and naming the configured coordinator. Logs the session opening.
+fn check_coordinator(ctx: &NodeContext, name: &str, cert: &[u8]) -> Result<(String, Vec<u8>), String> {
+    let id = pki::verify_cert(&ctx.ca_der, cert, unix_now(), Usage::Server).map_err(|e| e.to_string())?;
+    if id.name != ctx.server_name || name != ctx.server_name {
+        return Err(format!(
+            "welcome names {name:?} with a certificate of {:?}; expected {:?}",
+            id.name, ctx.server_name
+        ));
+    }
+    record(
+        ctx,
+        Event::SessionOpened { peer: id.name.clone(), organisation: id.organisation, role: id.role.as_str().into() },
+    )
+    .map_err(|e| e.to_string())?;
+    Ok((id.name, cert.to_vec()))
+}
+
+/// Manual approval, when the policy asks for it. Logged; `Err` is the refusal reason.
+fn approval(ctx: &NodeContext, start: &RoundStart) -> Result<(), String> {
+    let kind = start.analysis.kind.name();
+    if !ctx.policy.needs_approval(kind) {
+        return Ok(());
+    }
+    let now = unix_now() * 1000;
+    let decision =
+        ctx.approvals.check(&start.analysis, now, ctx.policy.approval_expires_seconds).map_err(|e| e.to_string())?;
+    let log = |e: Event| record(ctx, e).map_err(|e| e.to_string());
+    let requested = |p: &Pending| Event::ApprovalRequested {
+        id: p.id.clone(),
+        analysis: p.analysis.clone(),
+        purpose: p.purpose.clone(),
+        requested_by: format!("{} ({})", p.requested_by, p.requested_by_organisation),
+        expires_ms: p.expires_ms,
+    };
+    match decision {
+        Decision::Approved(ok) => {
+            if ctx.granted.lock().unwrap_or_else(|p| p.into_inner()).insert(ok.id.clone()) {
+                log(Event::ApprovalGranted { id: ok.id, by: ok.by })?;
+            }
+            Ok(())
+        }
+        Decision::Waiting { pending, new } => {
+            if new {
+                log(requested(&pending))?;
+            }
+            Err(format!(
+                "policy: {kind} needs manual approval; request {} waits until {} (`fedcrm node approve {}`)",
+                pending.id,
+                approvals::when(pending.expires_ms),
+                pending.id
+            ))
+        }
+        Decision::Expired { expired, renewed } => {
+            log(Event::ApprovalExpired { id: expired.id.clone() })?;
+            log(requested(&renewed))?;
+            Err(format!(
+                "policy: approval request {} expired at {} without approval; a new request waits until {}",
+                expired.id,
+                approvals::when(expired.expires_ms),
+                approvals::when(renewed.expires_ms)
+            ))
+        }
+    }
+}
+
+/// Rounds admitted per (month, analysis), counted from the audit log at start-up.
+fn count_admitted(dir: &std::path::Path) -> HashMap<(String, String), u32> {
+    let mut out = HashMap::new();
+    for r in fedcrm_audit::log::read_records(dir).unwrap_or_default() {
+        if let Event::PolicyDecision { admitted: true, analysis, .. } = &r.event {
+            *out.entry((month_of(r.time_ms), analysis.clone())).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+fn month_of(ms: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp((ms / 1000) as i64)
+        .map(|t| format!("{:04}-{:02}", t.year(), t.month() as u8))
+        .unwrap_or_default()
+}
+
+impl NodeContext {
+    fn rounds_this_month(&self, analysis: &str) -> u32 {
+        let m = self.monthly.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(&(month_of(unix_now() * 1000), analysis.to_string())).copied().unwrap_or(0)
+    }
+
+    fn count_round(&self, analysis: &str) {
+        let mut m = self.monthly.lock().unwrap_or_else(|p| p.into_inner());
+        *m.entry((month_of(unix_now() * 1000), analysis.to_string())).or_insert(0) += 1;
+    }
+}
+
+/// The query a round computes, independent of who asked, why, and the round id.
 fn query_key(start: &RoundStart) -> Vec<u8> {
     let mut a = start.analysis.clone();
+    // Who asked, why and under which id do not change what the sums reveal.
     a.purpose.clear();
+    a.analysis_id.clear();
+    a.requested_by.clear();
+    a.requested_by_organisation.clear();
     prost::Message::encode_to_vec(&fedcrm_protocol::pb::Analysis::from(&a))
 }
 
@@ -376,13 +647,26 @@ fn verify_roster(ctx: &NodeContext, start: &RoundStart, keys: &[wire::SignedKeys
     let now = unix_now();
     let mut out = Vec::with_capacity(keys.len());
     for k in keys {
-        if !start.invited.iter().any(|(n, _)| n == &k.node) {
+        if !start.invited.iter().any(|i| i.name == k.node) {
             return Err(format!("roster names {}, who was not invited", k.node));
         }
         let id = pki::verify_cert(&ctx.ca_der, &k.certificate, now, Usage::Client)
             .map_err(|e| format!("certificate of {} rejected: {e}", k.node))?;
         if id.name != k.node {
             return Err(format!("roster entry {} carries the certificate of {}", k.node, id.name));
+        }
+        let claimed = start.invited.iter().find(|i| i.name == k.node);
+        let kind = match id.role {
+            pki::Role::Node(kind) => kind,
+            other => return Err(format!("roster entry {} holds a {} certificate", k.node, other.as_str())),
+        };
+        if claimed.is_none_or(|c| c.organisation != id.organisation || c.kind != kind) {
+            return Err(format!(
+                "the signed invitation describes {} differently from its certificate ({}, {})",
+                k.node,
+                id.organisation,
+                wire::kind_str(kind)
+            ));
         }
         let payload = secagg::key_signing_payload(&start.round, &k.node, &k.enc, &k.mask);
         pki::verify_signature(&k.certificate, &payload, &k.signature)

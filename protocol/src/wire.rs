@@ -7,6 +7,7 @@ use fedcrm_crypto::keys::RoundPublic;
 use ring::digest;
 
 use crate::pb;
+use crate::pki::OrgKind;
 use crate::rfm::{Cuts, HistogramSpec, Layout, Metric};
 
 /// Protocol version string both sides must send.
@@ -104,6 +105,11 @@ impl AnalysisKind {
 pub struct Analysis {
     pub reference_date: time::Date,
     pub purpose: String,
+    /// The analyst who asked, from their certificate.
+    pub requested_by: String,
+    pub requested_by_organisation: String,
+    /// Identifies the analysis (all its rounds) in audit logs.
+    pub analysis_id: String,
     pub kind: AnalysisKind,
 }
 
@@ -185,7 +191,20 @@ impl TryFrom<&pb::Analysis> for Analysis {
             }),
             None => return Err(field("analysis.kind", "missing")),
         };
-        Ok(Analysis { reference_date, purpose: a.purpose.clone(), kind })
+        let text = |field_name: &'static str, v: &str| -> Result<String, WireError> {
+            if v.len() > 200 || v.chars().any(char::is_control) {
+                return Err(field(field_name, "must be at most 200 characters without control characters"));
+            }
+            Ok(v.to_string())
+        };
+        Ok(Analysis {
+            reference_date,
+            purpose: a.purpose.clone(),
+            requested_by: text("requested_by", &a.requested_by)?,
+            requested_by_organisation: text("requested_by_organisation", &a.requested_by_organisation)?,
+            analysis_id: text("analysis_id", &a.analysis_id)?,
+            kind,
+        })
     }
 }
 
@@ -211,11 +230,26 @@ impl From<&Analysis> for pb::Analysis {
                 monetary: Some(cuts_pb(&c.monetary)),
             }),
         };
-        pb::Analysis { reference_date: format_date(a.reference_date), purpose: a.purpose.clone(), kind: Some(kind) }
+        pb::Analysis {
+            reference_date: format_date(a.reference_date),
+            purpose: a.purpose.clone(),
+            requested_by: a.requested_by.clone(),
+            requested_by_organisation: a.requested_by_organisation.clone(),
+            analysis_id: a.analysis_id.clone(),
+            kind: Some(kind),
+        }
     }
 }
 
 // ---------------------------------------------------------------- coordinator → node
+
+/// One node invited to a round, as the coordinator's signed roster names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invitee {
+    pub name: String,
+    pub organisation: String,
+    pub kind: OrgKind,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoundStart {
@@ -223,9 +257,88 @@ pub struct RoundStart {
     pub threshold: usize,
     pub length: usize,
     pub analysis: Analysis,
-    /// (node, organisation), sorted by node.
-    pub invited: Vec<(String, String)>,
+    /// Sorted by node name.
+    pub invited: Vec<Invitee>,
     pub chunk_elements: usize,
+    /// The coordinator's signature over [`roster_payload`].
+    pub roster_signature: Vec<u8>,
+}
+
+/// What the coordinator signs for a round: round id, the analysis (with who asked
+/// and why) and every invited node with its organisation and kind.
+pub fn roster_payload(round: &RoundId, analysis: &Analysis, invited: &[Invitee]) -> Vec<u8> {
+    let encoded = prost::Message::encode_to_vec(&pb::Analysis::from(analysis));
+    let mut parts: Vec<Vec<u8>> = vec![encoded];
+    for i in invited {
+        parts.push(i.name.as_bytes().to_vec());
+        parts.push(i.organisation.as_bytes().to_vec());
+        parts.push(kind_str(i.kind).as_bytes().to_vec());
+    }
+    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    fedcrm_crypto::kdf::context("roster", round, &refs)
+}
+
+/// `hq` or `franchisee`.
+pub fn kind_str(k: OrgKind) -> &'static str {
+    match k {
+        OrgKind::Hq => "hq",
+        OrgKind::Franchisee => "franchisee",
+    }
+}
+
+fn parse_kind(s: &str) -> Result<OrgKind, WireError> {
+    match s {
+        "hq" => Ok(OrgKind::Hq),
+        "franchisee" => Ok(OrgKind::Franchisee),
+        other => Err(field("invited_kinds", format!("{other:?} is neither \"hq\" nor \"franchisee\""))),
+    }
+}
+
+/// A party's signed audit-log head carried with a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub seq: u64,
+    pub head: [u8; 32],
+    pub signature: Vec<u8>,
+}
+
+fn receipt(r: Option<&pb::Receipt>) -> Result<Option<Receipt>, WireError> {
+    let Some(r) = r else { return Ok(None) };
+    let head: [u8; 32] = r.head.as_slice().try_into().map_err(|_| field("receipt.head", "must be 32 bytes"))?;
+    if r.signature.is_empty() || r.signature.len() > 128 {
+        return Err(field("receipt.signature", "must be 1..=128 bytes"));
+    }
+    Ok(Some(Receipt { seq: r.seq, head, signature: r.signature.clone() }))
+}
+
+fn receipt_pb(r: Option<&Receipt>) -> Option<pb::Receipt> {
+    r.map(|r| pb::Receipt { seq: r.seq, head: r.head.to_vec(), signature: r.signature.clone() })
+}
+
+/// Parse a node message with its receipt.
+pub fn parse_node_message(m: pb::NodeMessage) -> Result<(FromNode, Option<Receipt>), WireError> {
+    let r = receipt(m.receipt.as_ref())?;
+    Ok((FromNode::try_from(m)?, r))
+}
+
+/// Encode a node message with its receipt.
+pub fn node_message(m: &FromNode, r: Option<&Receipt>) -> pb::NodeMessage {
+    let mut out = pb::NodeMessage::from(m);
+    out.receipt = receipt_pb(r);
+    out
+}
+
+/// Parse a coordinator message with its receipt.
+pub fn parse_coordinator_message(m: pb::CoordinatorMessage) -> Result<(ToNode, Option<Receipt>), WireError> {
+    let r = receipt(m.receipt.as_ref())?;
+    Ok((ToNode::try_from(m)?, r))
+}
+
+/// Encode a coordinator message with its receipt.
+pub fn coordinator_message(m: &ToNode, r: Option<&Receipt>) -> pb::CoordinatorMessage {
+    let mut out = pb::CoordinatorMessage::from(m);
+    out.receipt = receipt_pb(r);
+    out
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,8 +358,8 @@ pub struct Sealed {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ToNode {
-    Welcome { coordinator: String },
-    RoundStart(RoundStart),
+    Welcome { coordinator: String, certificate: Vec<u8> },
+    RoundStart(Box<RoundStart>),
     Roster { round: RoundId, keys: Vec<SignedKeys> },
     Shares { round: RoundId, delivered: Vec<String>, shares: Vec<Sealed> },
     Unmask { round: RoundId, survivors: Vec<String>, dropped: Vec<String> },
@@ -280,12 +393,18 @@ impl TryFrom<pb::CoordinatorMessage> for ToNode {
                 if w.protocol_version != VERSION {
                     return Err(WireError::Version { got: w.protocol_version });
                 }
-                ToNode::Welcome { coordinator: w.coordinator_name }
+                if w.certificate.is_empty() || w.certificate.len() > 16 * 1024 {
+                    return Err(field("certificate", "must be 1..=16384 bytes of DER"));
+                }
+                ToNode::Welcome { coordinator: w.coordinator_name, certificate: w.certificate }
             }
             Body::RoundStart(r) => {
                 let invited = names("invited", &r.invited)?;
-                if r.invited_organisations.len() != invited.len() {
-                    return Err(field("invited_organisations", "must name one organisation per invited node"));
+                if r.invited_organisations.len() != invited.len() || r.invited_kinds.len() != invited.len() {
+                    return Err(field("invited_organisations", "must name one organisation and kind per invited node"));
+                }
+                if r.roster_signature.len() > 128 {
+                    return Err(field("roster_signature", "longer than 128 bytes"));
                 }
                 if r.length == 0 || r.length > MAX_LENGTH {
                     return Err(field("length", format!("{} is outside 1..={MAX_LENGTH}", r.length)));
@@ -300,14 +419,20 @@ impl TryFrom<pb::CoordinatorMessage> for ToNode {
                         format!("{} does not match the analysis ({})", r.length, analysis.kind.vector_len()),
                     ));
                 }
-                ToNode::RoundStart(RoundStart {
+                ToNode::RoundStart(Box::new(RoundStart {
                     round: round_id(&r.round_id)?,
                     threshold: r.threshold as usize,
                     length: r.length as usize,
                     analysis,
-                    invited: invited.into_iter().zip(r.invited_organisations).collect(),
+                    invited: invited
+                        .into_iter()
+                        .zip(r.invited_organisations)
+                        .zip(&r.invited_kinds)
+                        .map(|((name, organisation), k)| Ok(Invitee { name, organisation, kind: parse_kind(k)? }))
+                        .collect::<Result<_, WireError>>()?,
                     chunk_elements: r.chunk_elements as usize,
-                })
+                    roster_signature: r.roster_signature,
+                }))
             }
             Body::Roster(r) => {
                 let keys = r
@@ -348,17 +473,21 @@ impl From<&ToNode> for pb::CoordinatorMessage {
     fn from(m: &ToNode) -> Self {
         use pb::coordinator_message::Body;
         let body = match m {
-            ToNode::Welcome { coordinator } => {
-                Body::Welcome(pb::Welcome { protocol_version: VERSION.into(), coordinator_name: coordinator.clone() })
-            }
+            ToNode::Welcome { coordinator, certificate } => Body::Welcome(pb::Welcome {
+                protocol_version: VERSION.into(),
+                coordinator_name: coordinator.clone(),
+                certificate: certificate.clone(),
+            }),
             ToNode::RoundStart(r) => Body::RoundStart(pb::RoundStart {
                 round_id: r.round.0.to_vec(),
                 threshold: r.threshold as u32,
                 length: r.length as u64,
                 analysis: Some((&r.analysis).into()),
-                invited: r.invited.iter().map(|(n, _)| n.clone()).collect(),
-                invited_organisations: r.invited.iter().map(|(_, o)| o.clone()).collect(),
+                invited: r.invited.iter().map(|i| i.name.clone()).collect(),
+                invited_organisations: r.invited.iter().map(|i| i.organisation.clone()).collect(),
+                invited_kinds: r.invited.iter().map(|i| kind_str(i.kind).to_string()).collect(),
                 chunk_elements: r.chunk_elements as u32,
+                roster_signature: r.roster_signature.clone(),
             }),
             ToNode::Roster { round, keys } => Body::Roster(pb::KeyRoster {
                 round_id: round.0.to_vec(),
@@ -389,7 +518,7 @@ impl From<&ToNode> for pb::CoordinatorMessage {
                 message: message.clone(),
             }),
         };
-        pb::CoordinatorMessage { body: Some(body) }
+        pb::CoordinatorMessage { body: Some(body), receipt: None }
     }
 }
 
@@ -550,7 +679,7 @@ impl From<&FromNode> for pb::NodeMessage {
                 reason: reason.clone(),
             }),
         };
-        pb::NodeMessage { body: Some(body) }
+        pb::NodeMessage { body: Some(body), receipt: None }
     }
 }
 
@@ -602,26 +731,32 @@ mod tests {
         let a = Analysis {
             reference_date: parse_date("1997-09-30").unwrap(),
             purpose: "quarterly segments".into(),
+            requested_by: "analyst.li".into(),
+            requested_by_organisation: "HQ".into(),
+            analysis_id: "a1".into(),
             kind: AnalysisKind::RfmSegments(Cuts {
                 recency: [1, 2, 3, 4],
                 frequency: [1, 1, 2, 3],
                 monetary: [5, 6, 7, 8],
             }),
         };
-        let m = ToNode::RoundStart(RoundStart {
+        let m = ToNode::RoundStart(Box::new(RoundStart {
             round: r,
             threshold: 3,
             length: 4,
             analysis: a,
-            invited: vec![("a".into(), "o".into())],
+            invited: vec![Invitee { name: "a".into(), organisation: "o".into(), kind: OrgKind::Franchisee }],
             chunk_elements: 10,
-        });
+            roster_signature: vec![1, 2],
+        }));
         assert_eq!(ToNode::try_from(pb::CoordinatorMessage::from(&m)).unwrap(), m);
         let bad_version = pb::CoordinatorMessage {
             body: Some(pb::coordinator_message::Body::Welcome(pb::Welcome {
                 protocol_version: "fedcrm/v0".into(),
                 coordinator_name: "c".into(),
+                certificate: vec![1],
             })),
+            receipt: None,
         };
         assert!(matches!(ToNode::try_from(bad_version), Err(WireError::Version { .. })));
     }

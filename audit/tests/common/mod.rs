@@ -1,0 +1,229 @@
+//! Shared fixtures: a real brand CA, certified parties, a test clock, and helpers to
+//! read, edit and re-sign log files the way an attacker with write access could.
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use fedcrm_audit::log::{AuditConfig, AuditLog, Clock, LogIdentity};
+use fedcrm_audit::verify::VerifyFailure;
+use fedcrm_audit::{Event, GENESIS, Record, head_payload, line_hash};
+use fedcrm_protocol::pki::{self, CaMaterial, Identity, OrgKind, PrivateKeyPem, Role, SigningKey, Validity};
+
+/// A clock the test moves by hand; starts at the real time (certificates are valid then).
+#[derive(Debug)]
+pub struct TestClock(AtomicU64);
+
+impl TestClock {
+    pub fn new() -> Arc<Self> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+        Arc::new(TestClock(AtomicU64::new(now as u64)))
+    }
+    pub fn advance_ms(&self, ms: u64) {
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+    pub fn advance_days(&self, days: u64) {
+        self.advance_ms(days * 86_400_000);
+    }
+}
+
+impl Clock for TestClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// A brand CA.
+pub struct Brand {
+    pub ca: CaMaterial,
+    pub ca_der: Vec<u8>,
+}
+
+impl Brand {
+    pub fn new() -> Self {
+        let ca = pki::ca_init("brand", 60).unwrap();
+        let ca_der = pki::pem_to_der_certs(&ca.cert_pem).unwrap().remove(0);
+        Brand { ca, ca_der }
+    }
+
+    pub fn party(&self, name: &str, role: Role) -> Party {
+        let id = Identity { name: name.into(), organisation: "Test Org".into(), role };
+        let (key, csr) = pki::new_key_and_csr(&id).unwrap();
+        let (cert_pem, _) = pki::sign_csr(&self.ca, &csr, Validity::days_from_now(30)).unwrap();
+        Party { name: name.into(), role, key, cert_der: pki::pem_to_der_certs(&cert_pem).unwrap().remove(0) }
+    }
+
+    pub fn node(&self, name: &str) -> Party {
+        self.party(name, Role::Node(OrgKind::Franchisee))
+    }
+
+    pub fn coordinator(&self) -> Party {
+        self.party("coordinator.brand", Role::Coordinator)
+    }
+}
+
+/// A certified party.
+pub struct Party {
+    pub name: String,
+    pub role: Role,
+    pub key: PrivateKeyPem,
+    pub cert_der: Vec<u8>,
+}
+
+impl Party {
+    pub fn signer(&self) -> SigningKey {
+        SigningKey::from_pem(&self.key).unwrap()
+    }
+
+    pub fn identity(&self) -> LogIdentity {
+        LogIdentity {
+            certificate_der: self.cert_der.clone(),
+            role: self.role.as_str().into(),
+            organisation: "Test Org".into(),
+            software: "fedcrm test".into(),
+        }
+    }
+
+    pub fn open(&self, dir: &Path, config: AuditConfig, clock: Arc<TestClock>) -> AuditLog {
+        AuditLog::open(dir, &self.name, self.identity(), self.signer(), config, clock).unwrap()
+    }
+}
+
+/// An egress record of realistic size.
+pub fn egress(i: u64) -> Event {
+    Event::Egress {
+        round: Some(format!("r-{i:04}")),
+        analysis: Some("a-0001".into()),
+        message: "masked-chunk".into(),
+        bytes: 65_536 + i,
+        sha256: hex::encode(line_hash(&i.to_be_bytes())),
+    }
+}
+
+/// The log files of a directory, in order.
+pub fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with("audit-"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// A file's lines, each with its newline.
+pub fn read_lines(path: &Path) -> Vec<Vec<u8>> {
+    fs::read(path).unwrap().split_inclusive(|&b| b == b'\n').map(<[u8]>::to_vec).collect()
+}
+
+pub fn write_lines(path: &Path, lines: &[Vec<u8>]) {
+    fs::write(path, lines.concat()).unwrap();
+}
+
+pub fn parse(line: &[u8]) -> Record {
+    serde_json::from_slice(line.strip_suffix(b"\n").unwrap_or(line)).unwrap()
+}
+
+pub fn serialize(record: &Record) -> Vec<u8> {
+    let mut line = serde_json::to_vec(record).unwrap();
+    line.push(b'\n');
+    line
+}
+
+/// Rewrites a single-file log after `edit`: recomputes every `prev` and re-signs every
+/// seal with the party's own key, so the log verifies on its own.
+pub fn resign(path: &Path, signer: &SigningKey, edit: impl FnOnce(&mut Vec<Record>)) {
+    resign_from(path, signer, 0, edit);
+}
+
+/// Like [`resign`], but seals before line index `first` are left as they are (an
+/// attacker without the key keeps the seals it cannot make).
+pub fn resign_from(path: &Path, signer: &SigningKey, first: usize, edit: impl FnOnce(&mut Vec<Record>)) {
+    let mut records: Vec<Record> = read_lines(path).iter().map(|l| parse(l)).collect();
+    edit(&mut records);
+    let first_prev = records[0].prev.clone();
+    let mut head: Option<[u8; 32]> = None;
+    let mut out = Vec::new();
+    for (index, mut record) in records.into_iter().enumerate() {
+        record.prev = match head {
+            None => first_prev.clone(),
+            Some(h) => hex::encode(h),
+        };
+        if let (true, Event::Seal { upto_seq, head: seal_head, signature_hex }) = (index >= first, &mut record.event) {
+            let h = head.unwrap();
+            *upto_seq = record.seq - 1;
+            *seal_head = hex::encode(h);
+            *signature_hex = hex::encode(signer.sign(&head_payload(&record.party, record.seq - 1, &h)).unwrap());
+        }
+        let line = serialize(&record);
+        head = Some(line_hash(&line[..line.len() - 1]));
+        out.push(line);
+    }
+    assert_eq!(GENESIS.len(), 64);
+    write_lines(path, &out);
+}
+
+/// Asserts a failure names `file` and one of `lines`.
+#[track_caller]
+pub fn assert_at(failure: &VerifyFailure, file: &Path, lines: &[u64]) {
+    assert_eq!(failure.file, file, "{failure}");
+    assert!(failure.line.is_some_and(|l| lines.contains(&l)), "expected line {lines:?}: {failure}");
+}
+
+/// Two parties talking: node `store-1.brand` (A) sends `messages` egress records, each
+/// carrying its signed head, which the coordinator (B) logs as a receipt and answers
+/// with its own signed head, which A logs. At the end A seals, and B logs a receipt of
+/// A's final head, so every record of A is covered by B.
+pub struct TwoParty {
+    pub tmp: tempfile::TempDir,
+    pub brand: Brand,
+    pub a: Party,
+    pub b: Party,
+    pub a_dir: PathBuf,
+    pub b_dir: PathBuf,
+    /// The sequence numbers of A's heads that B holds receipts for.
+    pub receipted: Vec<u64>,
+    pub clock: Arc<TestClock>,
+}
+
+impl TwoParty {
+    pub fn new(messages: u64, config: AuditConfig) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let brand = Brand::new();
+        let a = brand.node("store-1.brand");
+        let b = brand.coordinator();
+        let a_dir = tmp.path().join("a");
+        let b_dir = tmp.path().join("b");
+        let clock = TestClock::new();
+        let mut la = a.open(&a_dir, config, clock.clone());
+        let mut lb = b.open(&b_dir, config, clock.clone());
+        let mut receipted = Vec::new();
+        for i in 0..messages {
+            la.append(egress(i)).unwrap();
+            let head = la.signed_head().unwrap();
+            head.verify(&a.cert_der).unwrap();
+            receipted.push(head.seq);
+            lb.append(head.receipt()).unwrap();
+            let ack = lb.signed_head().unwrap();
+            ack.verify(&b.cert_der).unwrap();
+            la.append(ack.receipt()).unwrap();
+            clock.advance_ms(100);
+        }
+        la.seal().unwrap();
+        let head = la.signed_head().unwrap();
+        receipted.push(head.seq);
+        lb.append(head.receipt()).unwrap();
+        lb.seal().unwrap();
+        TwoParty { tmp, brand, a, b, a_dir, b_dir, receipted, clock }
+    }
+
+    pub fn both(&self) -> Vec<PathBuf> {
+        vec![self.a_dir.clone(), self.b_dir.clone()]
+    }
+
+    pub fn a_file(&self) -> PathBuf {
+        files(&self.a_dir).remove(0)
+    }
+}

@@ -1,0 +1,294 @@
+//! The writer: chain continuity across appends, seals, restarts, rotation and
+//! retention; refusals; no key in `Debug`.
+
+mod common;
+
+use std::fs;
+
+use common::{Brand, TestClock, egress, files, read_lines};
+use fedcrm_audit::log::{AuditConfig, AuditError, AuditLog, SignedHead, read_records};
+use fedcrm_audit::verify::{Problem, verify_paths};
+use fedcrm_audit::{Event, GENESIS, head_payload, line_hash};
+
+#[test]
+fn append_seal_reopen_continues_the_chain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let brand = Brand::new();
+    let node = brand.node("store-1.brand");
+    let clock = TestClock::new();
+    let mut log = node.open(tmp.path(), AuditConfig::default(), clock.clone());
+    assert_eq!(log.head().0, 0, "log-opened is record 0");
+    let mut appended = Vec::new();
+    for i in 0..3 {
+        appended.push(log.append(egress(i)).unwrap());
+    }
+    log.seal().unwrap();
+    log.seal().unwrap(); // a seal right after a seal adds nothing
+    let (seq, head) = log.head();
+    drop(log);
+
+    let mut log = node.open(tmp.path(), AuditConfig::default(), clock.clone());
+    assert_eq!(log.head().0, seq + 1);
+    log.append(egress(3)).unwrap();
+    drop(log);
+
+    let file = files(tmp.path()).remove(0);
+    let lines = read_lines(&file);
+    let records = read_records(tmp.path()).unwrap();
+    assert_eq!(records.len(), 7);
+    assert_eq!(records[0].prev, GENESIS);
+    assert!(
+        matches!(&records[0].event, Event::LogOpened { certificate_der_hex, .. } if *certificate_der_hex == hex::encode(&node.cert_der))
+    );
+    for (i, a) in appended.iter().enumerate() {
+        assert_eq!(a.seq, i as u64 + 1);
+        let line = &lines[i + 1];
+        assert_eq!(a.head, line_hash(&line[..line.len() - 1]));
+    }
+    // The seal signs record 3's head with the party's key.
+    match &records[4].event {
+        Event::Seal { upto_seq, head: seal_head, signature_hex } => {
+            assert_eq!(*upto_seq, 3);
+            assert_eq!(*seal_head, hex::encode(appended[2].head));
+            let signature = hex::decode(signature_hex).unwrap();
+            fedcrm_protocol::pki::verify_signature(
+                &node.cert_der,
+                &head_payload("store-1.brand", 3, &appended[2].head),
+                &signature,
+            )
+            .unwrap();
+        }
+        other => panic!("expected a seal, got {other:?}"),
+    }
+    // The restart continues the chain from the seal.
+    assert_eq!(records[5].seq, seq + 1);
+    assert_eq!(records[5].prev, hex::encode(head));
+    assert!(matches!(records[5].event, Event::LogOpened { .. }));
+    assert!(records.iter().all(|r| r.party == "store-1.brand"));
+
+    let report = verify_paths(&[tmp.path().to_path_buf()], &brand.ca_der).unwrap();
+    let summary = &report.logs[0];
+    assert_eq!((summary.records, summary.first_seq, summary.last_seq, summary.seals), (7, 0, 6, 1));
+    assert_eq!(summary.unsealed_tail, 2);
+    assert_eq!(summary.files, 1);
+    // A single file can be verified too.
+    verify_paths(&[file], &brand.ca_der).unwrap();
+}
+
+#[test]
+fn seals_every_n_records_and_every_t_seconds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let brand = Brand::new();
+    let node = brand.node("store-1.brand");
+    let clock = TestClock::new();
+    let config = AuditConfig { seal_every_records: 3, seal_every_seconds: 10, ..AuditConfig::default() };
+    let mut log = node.open(tmp.path(), config, clock.clone());
+    for i in 0..10 {
+        log.append(egress(i)).unwrap();
+    }
+    let records = read_records(tmp.path()).unwrap();
+    let mut run = 0;
+    for r in &records {
+        if matches!(r.event, Event::Seal { .. }) {
+            assert_eq!(run, 3, "a seal after every 3 records");
+            run = 0;
+        } else {
+            run += 1;
+        }
+    }
+
+    let slow = tempfile::tempdir().unwrap();
+    let config = AuditConfig { seal_every_records: 1000, seal_every_seconds: 10, ..AuditConfig::default() };
+    let mut log = node.open(slow.path(), config, clock.clone());
+    log.append(egress(0)).unwrap();
+    clock.advance_ms(9_000);
+    log.append(egress(1)).unwrap();
+    assert!(!read_records(slow.path()).unwrap().iter().any(|r| matches!(r.event, Event::Seal { .. })));
+    clock.advance_ms(1_000);
+    let appended = log.append(egress(2)).unwrap();
+    let records = read_records(slow.path()).unwrap();
+    assert!(matches!(records.last().unwrap().event, Event::Seal { upto_seq, .. } if upto_seq == appended.seq));
+    verify_paths(&[tmp.path().to_path_buf()], &brand.ca_der).unwrap();
+    verify_paths(&[slow.path().to_path_buf()], &brand.ca_der).unwrap();
+}
+
+#[test]
+fn rotation_continues_the_chain_across_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let brand = Brand::new();
+    let node = brand.node("store-1.brand");
+    let config = AuditConfig { rotate_bytes: 4096, seal_every_records: 4, ..AuditConfig::default() };
+    let mut log = node.open(tmp.path(), config, TestClock::new());
+    for i in 0..40 {
+        log.append(egress(i)).unwrap();
+    }
+    log.seal().unwrap();
+    drop(log);
+    let files = files(tmp.path());
+    assert!(files.len() >= 4, "{files:?}");
+    for (i, file) in files.iter().enumerate() {
+        assert_eq!(file.file_name().unwrap().to_str().unwrap(), format!("audit-{:06}.log", i + 1));
+        assert!(fs::metadata(file).unwrap().len() <= 4096);
+        // Each file names the certificate first, so it verifies alone after retention.
+        let first = common::parse(&read_lines(file)[0]);
+        assert!(matches!(first.event, Event::LogOpened { .. }), "{file:?}");
+    }
+    let records = read_records(tmp.path()).unwrap();
+    assert!(records.iter().enumerate().all(|(i, r)| r.seq == i as u64));
+    let report = verify_paths(&[tmp.path().to_path_buf()], &brand.ca_der).unwrap();
+    assert_eq!(report.logs[0].files, files.len());
+    assert_eq!(report.logs[0].records, records.len() as u64);
+    assert_eq!(report.logs[0].unsealed_tail, 0);
+}
+
+#[test]
+fn retention_deletes_old_files_logs_it_and_the_rest_verifies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let brand = Brand::new();
+    let node = brand.node("store-1.brand");
+    let clock = TestClock::new();
+    let config = AuditConfig { rotate_bytes: 4096, retention_days: 1, ..AuditConfig::default() };
+    let mut log = node.open(tmp.path(), config, clock.clone());
+    for i in 0..20 {
+        log.append(egress(i)).unwrap();
+    }
+    // Nothing is old enough yet.
+    assert!(log.apply_retention().unwrap().is_empty());
+    clock.advance_days(2);
+    for i in 100..120 {
+        log.append(egress(i)).unwrap();
+    }
+    let before = files(tmp.path());
+    let saved: Vec<Vec<u8>> = before.iter().map(|f| fs::read(f).unwrap()).collect();
+    let deleted = log.apply_retention().unwrap();
+    log.seal().unwrap();
+    let current = files(tmp.path()).last().unwrap().clone();
+    assert!(!deleted.is_empty());
+    assert!(!deleted.contains(&current), "the current file is never deleted");
+    assert_eq!(deleted, before[..deleted.len()]);
+    assert!(deleted.iter().all(|f| !f.exists()));
+
+    let records = read_records(tmp.path()).unwrap();
+    let (upto_seq, last_head) = records
+        .iter()
+        .find_map(|r| match &r.event {
+            Event::RetentionDeleted { files, upto_seq, last_head, retention_days } => {
+                assert_eq!(*retention_days, 1);
+                assert_eq!(files.len(), deleted.len());
+                Some((*upto_seq, last_head.clone()))
+            }
+            _ => None,
+        })
+        .expect("the deletion is logged");
+    assert_eq!(records[0].seq, upto_seq + 1);
+    assert_eq!(records[0].prev, last_head);
+    let report = verify_paths(&[tmp.path().to_path_buf()], &brand.ca_der).unwrap();
+    assert_eq!(report.logs[0].first_seq, upto_seq + 1);
+
+    // A deletion interrupted midway (the last named file still there) also verifies.
+    let last_deleted = deleted.len() - 1;
+    fs::write(&before[last_deleted], &saved[last_deleted]).unwrap();
+    verify_paths(&[tmp.path().to_path_buf()], &brand.ca_der).unwrap();
+    fs::remove_file(&before[last_deleted]).unwrap();
+
+    // Deleting the oldest remaining file by hand is not retention.
+    let oldest = files(tmp.path()).remove(0);
+    assert_ne!(oldest, current);
+    fs::remove_file(&oldest).unwrap();
+    let failure = verify_paths(&[tmp.path().to_path_buf()], &brand.ca_der).unwrap_err();
+    assert_eq!(failure.problem, Problem::Truncated, "{failure}");
+    assert_eq!(failure.line, Some(1));
+}
+
+#[test]
+fn refusals_are_clear() {
+    let tmp = tempfile::tempdir().unwrap();
+    let brand = Brand::new();
+    let a = brand.node("store-1.brand");
+    let b = brand.node("store-2.brand");
+    let clock = TestClock::new();
+    drop(a.open(tmp.path(), AuditConfig::default(), clock.clone()));
+
+    // Another party's directory.
+    let err = AuditLog::open(tmp.path(), &b.name, b.identity(), b.signer(), AuditConfig::default(), clock.clone())
+        .unwrap_err();
+    assert!(matches!(err, AuditError::PartyMismatch { .. }), "{err}");
+    assert!(err.to_string().contains("holds the audit log of store-1.brand, not of store-2.brand"), "{err}");
+
+    // Retention 0.
+    let other = tempfile::tempdir().unwrap();
+    let config = AuditConfig { retention_days: 0, ..AuditConfig::default() };
+    let err = AuditLog::open(other.path(), &a.name, a.identity(), a.signer(), config, clock.clone()).unwrap_err();
+    assert!(matches!(err, AuditError::Config(_)) && err.to_string().contains("retention_days is 0"), "{err}");
+    let config = AuditConfig { rotate_bytes: 100, ..AuditConfig::default() };
+    assert!(AuditLog::open(other.path(), &a.name, a.identity(), a.signer(), config, clock.clone()).is_err());
+
+    // A key the certificate does not certify, and a certificate of another party.
+    let err = AuditLog::open(other.path(), &a.name, a.identity(), b.signer(), AuditConfig::default(), clock.clone())
+        .unwrap_err();
+    assert!(matches!(err, AuditError::Identity(_)), "{err}");
+    let err = AuditLog::open(other.path(), &a.name, b.identity(), b.signer(), AuditConfig::default(), clock.clone())
+        .unwrap_err();
+    assert!(err.to_string().contains("the certificate is store-2.brand's"), "{err}");
+    assert!(files(other.path()).is_empty(), "nothing written when refused");
+}
+
+#[test]
+fn debug_never_shows_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let brand = Brand::new();
+    let node = brand.node("store-1.brand");
+    let log = node.open(tmp.path(), AuditConfig::default(), TestClock::new());
+    let printed = format!("{log:?}");
+    assert!(printed.contains("store-1.brand") && printed.contains("seq: Some(0)"), "{printed}");
+    assert!(printed.contains(&tmp.path().display().to_string()), "{printed}");
+    let pem = node.key.as_str();
+    assert!(!printed.contains("SigningKey") && !printed.contains("PRIVATE") && !printed.contains(&pem[40..80]));
+    let head = log.signed_head().unwrap();
+    assert!(!format!("{head:?}").contains("PRIVATE"));
+}
+
+#[test]
+fn signed_heads_verify_only_with_the_partys_certificate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let brand = Brand::new();
+    let a = brand.node("store-1.brand");
+    let b = brand.node("store-2.brand");
+    let mut log = a.open(tmp.path(), AuditConfig::default(), TestClock::new());
+    log.append(egress(0)).unwrap();
+    let head = log.signed_head().unwrap();
+    assert_eq!((head.seq, head.head), log.head());
+    head.verify(&a.cert_der).unwrap();
+    assert!(matches!(head.verify(&b.cert_der), Err(AuditError::BadHead { .. })));
+    let later = SignedHead { seq: head.seq + 1, ..head.clone() };
+    assert!(later.verify(&a.cert_der).is_err());
+    let other = SignedHead { party: "store-2.brand".into(), ..head.clone() };
+    assert!(other.verify(&b.cert_der).is_err());
+    assert_eq!(
+        head.receipt(),
+        Event::Receipt {
+            peer: "store-1.brand".into(),
+            peer_seq: head.seq,
+            peer_head: hex::encode(head.head),
+            signature_hex: hex::encode(&head.signature),
+        }
+    );
+}
+
+#[test]
+fn config_defaults_and_unknown_keys() {
+    let config: AuditConfig = serde_json::from_str("{}").unwrap();
+    assert_eq!(config, AuditConfig::default());
+    assert_eq!(
+        (config.seal_every_records, config.seal_every_seconds, config.rotate_bytes, config.retention_days),
+        (64, 10, 64 * 1024 * 1024, 1096)
+    );
+    assert!(serde_json::from_str::<AuditConfig>(r#"{"retention": 5}"#).is_err());
+}
+
+#[test]
+fn the_log_can_be_shared_between_tasks() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<AuditLog>();
+    shareable::<SignedHead>();
+}

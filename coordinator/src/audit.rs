@@ -1,0 +1,26 @@
+//! The coordinator's audit log handle: every session, analysis request, round,
+//! node exit, receipt and release is appended (and fsynced) here.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use fedcrm_audit::Event;
+use fedcrm_audit::log::{AuditError, AuditLog};
+
+/// Shared by the services, the registry (for receipts) and the round runner.
+pub type SharedLog = Arc<Mutex<AuditLog>>;
+
+/// Lock the log; a poisoned lock means a panic mid-append, and the file is still
+/// consistent (appends are whole, fsynced lines), so go on.
+pub fn lock(log: &SharedLog) -> MutexGuard<'_, AuditLog> {
+    log.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Append one record. A failure is logged loudly and returned.
+pub fn record(log: &SharedLog, event: Event) -> Result<(), AuditError> {
+    let kind = event.kind();
+    lock(log).append(event).map(|_| ()).inspect_err(|e| tracing::error!(kind, error = %e, "audit log append failed"))
+}
+
+pub(crate) fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

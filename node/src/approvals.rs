@@ -1,0 +1,247 @@
+//! Manual approval of analyses by the franchisee. When the policy lists an analysis
+//! under `manual_approval`, a request waits — with who asked and why — until a
+//! person runs `fedcrm node approve ID`, or it expires. Nothing of such a round
+//! leaves the node before approval.
+//!
+//! State is plain files the running node and the CLI share: `pending/ID.json`
+//! (written by the node) and `approved/ID.json` (written by `fedcrm node approve`).
+//! The node records every request, approval and expiry in its audit log.
+
+use std::path::{Path, PathBuf};
+
+use fedcrm_protocol::wire::{Analysis, format_date};
+use serde::{Deserialize, Serialize};
+
+/// A request waiting for approval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    pub id: String,
+    pub analysis: String,
+    pub purpose: String,
+    pub requested_by: String,
+    pub requested_by_organisation: String,
+    pub reference_date: String,
+    pub requested_ms: u64,
+    pub expires_ms: u64,
+}
+
+/// A granted approval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    pub id: String,
+    pub by: String,
+    pub approved_ms: u64,
+    pub valid_until_ms: u64,
+}
+
+/// What the node may do with a request now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Approved(Approval),
+    /// Waiting; `new` when this call created the request.
+    Waiting {
+        pending: Pending,
+        new: bool,
+    },
+    /// The request expired before anyone approved it; a fresh one was filed.
+    Expired {
+        expired: Pending,
+        renewed: Pending,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApprovalError {
+    #[error("approvals directory {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("no pending request {0}; `fedcrm node pending` lists them")]
+    Unknown(String),
+    #[error("request {id} expired at {at}; ask HQ to send the analysis again, then approve the new request")]
+    Expired { id: String, at: String },
+}
+
+/// The approvals directory.
+#[derive(Debug, Clone)]
+pub struct Approvals {
+    dir: PathBuf,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ApprovalError + '_ {
+    move |source| ApprovalError::Io { path: path.into(), source }
+}
+
+fn short_hash(text: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    d.as_ref()[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// UTC time of a unix-millisecond instant, for people.
+pub fn when(ms: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp((ms / 1000) as i64)
+        .map(|t| format!("{} {:02}:{:02}:{:02} UTC", t.date(), t.hour(), t.minute(), t.second()))
+        .unwrap_or_else(|_| ms.to_string())
+}
+
+impl Approvals {
+    pub fn new(dir: &Path) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The key of the request an analysis makes: the same analyst asking the same
+    /// thing for the same reference date makes the same request (for every round of
+    /// it). A request's id is this key; a request filed again after the previous one
+    /// expired gets a fresh id, so an approval always names exactly one request.
+    pub fn request_key(a: &Analysis) -> String {
+        let mut text = String::new();
+        for part in [a.purpose.as_str(), &format_date(a.reference_date), &a.requested_by, &a.requested_by_organisation]
+        {
+            text.push_str(&format!("{}:{part};", part.len()));
+        }
+        short_hash(&text)
+    }
+
+    fn path(&self, sub: &str, id: &str) -> PathBuf {
+        self.dir.join(sub).join(format!("{id}.json"))
+    }
+
+    fn read<T: for<'de> Deserialize<'de>>(&self, p: &Path) -> Result<Option<T>, ApprovalError> {
+        match std::fs::read(p) {
+            Ok(b) => Ok(serde_json::from_slice(&b).ok()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(ApprovalError::Io { path: p.into(), source: e }),
+        }
+    }
+
+    fn write<T: Serialize>(&self, p: &Path, v: &T) -> Result<(), ApprovalError> {
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d).map_err(io(d))?;
+        }
+        let tmp = p.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(v).unwrap_or_default()).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, p).map_err(io(p))
+    }
+
+    fn approval(&self, id: &str, now_ms: u64) -> Result<Option<Approval>, ApprovalError> {
+        Ok(self.read::<Approval>(&self.path("approved", id))?.filter(|a| now_ms < a.valid_until_ms))
+    }
+
+    /// Decide on `analysis` at `now_ms`, filing a request if needed.
+    pub fn check(&self, a: &Analysis, now_ms: u64, expires_s: u64) -> Result<Decision, ApprovalError> {
+        let key = Self::request_key(a);
+        let current = self.read::<Pending>(&self.path("pending", &key))?;
+        if let Some(p) = &current {
+            if let Some(ok) = self.approval(&p.id, now_ms)? {
+                return Ok(Decision::Approved(ok));
+            }
+        }
+        let fresh = Pending {
+            id: match &current {
+                None => key.clone(),
+                Some(p) => short_hash(&format!("{key}:{}:{now_ms}", p.id)),
+            },
+            analysis: a.kind.name().into(),
+            purpose: a.purpose.clone(),
+            requested_by: a.requested_by.clone(),
+            requested_by_organisation: a.requested_by_organisation.clone(),
+            reference_date: format_date(a.reference_date),
+            requested_ms: now_ms,
+            expires_ms: now_ms + expires_s * 1000,
+        };
+        match current {
+            Some(p) if now_ms < p.expires_ms => Ok(Decision::Waiting { pending: p, new: false }),
+            Some(expired) => {
+                self.write(&self.path("pending", &key), &fresh)?;
+                Ok(Decision::Expired { expired, renewed: fresh })
+            }
+            None => {
+                self.write(&self.path("pending", &key), &fresh)?;
+                Ok(Decision::Waiting { pending: fresh, new: true })
+            }
+        }
+    }
+
+    /// Every filed request (waiting, approved or expired), one per key.
+    fn all(&self) -> Result<Vec<Pending>, ApprovalError> {
+        let dir = self.dir.join("pending");
+        let mut out = vec![];
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(ApprovalError::Io { path: dir, source: e }),
+        };
+        for e in entries {
+            let p = e.map_err(io(&dir))?.path();
+            if p.extension().is_some_and(|x| x == "json") {
+                if let Some(req) = self.read::<Pending>(&p)? {
+                    out.push(req);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Requests still waiting at `now_ms`.
+    pub fn pending(&self, now_ms: u64) -> Result<Vec<Pending>, ApprovalError> {
+        let mut out = vec![];
+        for req in self.all()? {
+            if now_ms < req.expires_ms && self.approval(&req.id, now_ms)?.is_none() {
+                out.push(req);
+            }
+        }
+        out.sort_by_key(|p| p.requested_ms);
+        Ok(out)
+    }
+
+    /// Approve request `id` (run by a person through `fedcrm node approve`).
+    pub fn approve(&self, id: &str, by: &str, now_ms: u64, valid_s: u64) -> Result<Approval, ApprovalError> {
+        let req = self.all()?.into_iter().find(|p| p.id == id).ok_or_else(|| ApprovalError::Unknown(id.into()))?;
+        if now_ms >= req.expires_ms {
+            return Err(ApprovalError::Expired { id: id.into(), at: when(req.expires_ms) });
+        }
+        let ok =
+            Approval { id: id.into(), by: by.into(), approved_ms: now_ms, valid_until_ms: now_ms + valid_s * 1000 };
+        self.write(&self.path("approved", id), &ok)?;
+        Ok(ok)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fedcrm_protocol::rfm::Cuts;
+    use fedcrm_protocol::wire::{AnalysisKind, parse_date};
+
+    fn analysis() -> Analysis {
+        Analysis {
+            reference_date: parse_date("2026-10-31").unwrap(),
+            purpose: "Q4 win-back".into(),
+            requested_by: "analyst.li".into(),
+            requested_by_organisation: "HQ".into(),
+            analysis_id: "x".into(),
+            kind: AnalysisKind::RfmSegments(Cuts { recency: [1; 4], frequency: [1; 4], monetary: [1; 4] }),
+        }
+    }
+
+    #[test]
+    fn request_waits_then_is_approved_or_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let ap = Approvals::new(dir.path());
+        let a = analysis();
+        let Decision::Waiting { pending, new: true } = ap.check(&a, 1_000, 60).unwrap() else { panic!() };
+        assert!(matches!(ap.check(&a, 2_000, 60).unwrap(), Decision::Waiting { new: false, .. }));
+        assert_eq!(ap.pending(2_000).unwrap(), vec![pending.clone()]);
+        ap.approve(&pending.id, "owner", 3_000, 3600).unwrap();
+        assert!(matches!(ap.check(&a, 4_000, 60).unwrap(), Decision::Approved(_)));
+        assert!(ap.pending(4_000).unwrap().is_empty());
+        // Another request expires unapproved: approving it afterwards is refused.
+        let mut b = analysis();
+        b.purpose = "other".into();
+        let Decision::Waiting { pending, .. } = ap.check(&b, 1_000, 60).unwrap() else { panic!() };
+        assert!(matches!(ap.approve(&pending.id, "owner", 61_001, 3600), Err(ApprovalError::Expired { .. })));
+        let Decision::Expired { expired, renewed } = ap.check(&b, 61_001, 60).unwrap() else { panic!() };
+        assert_ne!(expired.id, renewed.id, "a renewed request is a new request");
+        ap.approve(&renewed.id, "owner", 62_000, 3600).unwrap();
+        assert!(matches!(ap.check(&b, 63_000, 60).unwrap(), Decision::Approved(_)));
+        assert!(matches!(ap.approve("nope", "owner", 0, 1), Err(ApprovalError::Unknown(_))));
+    }
+}
