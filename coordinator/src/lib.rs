@@ -68,8 +68,10 @@ impl Coordinator {
             organisation: id.organisation.clone(),
             software: fedcrm_protocol::SOFTWARE.to_string(),
         };
-        let log =
+        let mut log =
             AuditLog::open(&config.audit_dir, &config.name, identity, signer()?, config.audit, Arc::new(SystemClock))?;
+        // Old files beyond the retention period go (the deletion is itself logged).
+        log.apply_retention()?;
         let audit: SharedLog = Arc::new(std::sync::Mutex::new(log));
         let (registry, events) = Registry::new(audit.clone());
         Ok(Arc::new(Self {
@@ -119,6 +121,28 @@ pub async fn run(
     let (ca, cert, key) = (m.ca_pem, m.cert_pem, m.key);
     let tls = pki::server_tls(&ca, &cert, &key);
     tracing::info!(name = %c.name, addr = ?listener.local_addr().ok(), enrolled = c.enrolled.len(), "coordinator listening");
+    // Seal the audit log when idle, and apply retention daily.
+    let keeper = {
+        let audit = coordinator.audit.clone();
+        let every = std::time::Duration::from_secs(c.audit.seal_every_seconds.max(1));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            let mut last_retention = tokio::time::Instant::now();
+            loop {
+                tick.tick().await;
+                let mut log = crate::audit::lock(&audit);
+                if let Err(e) = log.seal() {
+                    tracing::error!(error = %e, "audit log seal failed");
+                }
+                if last_retention.elapsed() > std::time::Duration::from_secs(86_400) {
+                    last_retention = tokio::time::Instant::now();
+                    if let Err(e) = log.apply_retention() {
+                        tracing::error!(error = %e, "audit log retention failed");
+                    }
+                }
+            }
+        })
+    };
     tonic::transport::Server::builder()
         .tls_config(tls)?
         .add_service(
@@ -129,5 +153,7 @@ pub async fn run(
         .add_service(AnalystServer::new(service::AnalystService(coordinator.clone())))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
+    keeper.abort();
+    let _ = crate::audit::lock(&coordinator.audit).seal();
     Ok(())
 }

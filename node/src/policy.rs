@@ -182,6 +182,37 @@ mod tests {
     }
 
     #[test]
+    fn monthly_caps_refuse_beyond_the_cap() {
+        use fedcrm_protocol::rfm::Cuts;
+        use fedcrm_protocol::wire::{Analysis, AnalysisKind, RoundStart, parse_date};
+        let mut p = Policy::default();
+        p.monthly_round_caps.insert("rfm-segments".into(), 2);
+        let invited: Vec<Invitee> =
+            ["a", "b", "c"].iter().map(|n| member(n, &format!("{n} Ltd"), OrgKind::Franchisee)).collect();
+        let start = RoundStart {
+            round: fedcrm_crypto::RoundId([1; 16]),
+            threshold: 3,
+            length: 4,
+            analysis: Analysis {
+                reference_date: parse_date("2026-10-31").unwrap(),
+                purpose: "p".into(),
+                requested_by: "x".into(),
+                requested_by_organisation: "HQ".into(),
+                analysis_id: "i".into(),
+                kind: AnalysisKind::RfmSegments(Cuts { recency: [1; 4], frequency: [1; 4], monetary: [1; 4] }),
+            },
+            invited,
+            chunk_elements: 10,
+            roster_signature: vec![],
+        };
+        assert!(p.admit("a", "a Ltd", &start, 1).is_ok());
+        let err = p.admit("a", "a Ltd", &start, 2).unwrap_err();
+        assert!(err.contains("monthly cap of 2"), "{err}");
+        p.allowed_analyses = vec!["rfm-histograms".into()];
+        assert!(p.admit("a", "a Ltd", &start, 0).unwrap_err().contains("allowed_analyses"));
+    }
+
+    #[test]
     fn hq_channels_never_count_as_other_organisations() {
         let hq = |n: &str| member(n, "Brand HQ", OrgKind::Hq);
         let me = member("fr-a", "A Ltd", OrgKind::Franchisee);

@@ -95,6 +95,8 @@ pub struct NodeContext {
     monthly: Mutex<HashMap<(String, String), u32>>,
     /// Approvals already recorded as granted in the audit log.
     granted: Mutex<HashSet<String>>,
+    /// How often an idle session seals its audit log.
+    seal_every: Duration,
 }
 
 impl std::fmt::Debug for NodeContext {
@@ -143,6 +145,9 @@ impl NodeContext {
             config.audit,
             Arc::new(SystemClock),
         )?;
+        let mut log = log;
+        // Old files beyond the retention period go (the deletion is itself logged).
+        log.apply_retention()?;
         let monthly = Mutex::new(count_admitted(&config.audit_dir));
         Ok(Self {
             name: config.name.clone(),
@@ -163,6 +168,7 @@ impl NodeContext {
             differencing: DifferencingGuard::default(),
             monthly,
             granted: Mutex::new(HashSet::new()),
+            seal_every: Duration::from_secs(config.audit.seal_every_seconds.max(1)),
         })
     }
 }
@@ -215,10 +221,17 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
     let rng = SystemRandom::new();
     let mut active: Option<Active> = None;
     let mut customers_cache: Option<(time::Date, Vec<CustomerRfm>)> = None;
+    let mut seal_tick = tokio::time::interval(ctx.seal_every);
+    seal_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The coordinator's certificate, from Welcome, once checked against the brand CA.
     let mut coordinator: Option<(String, Vec<u8>)> = None;
     loop {
         let msg = tokio::select! {
+            _ = seal_tick.tick() => {
+                // Seal an idle log so that its head is signed within seal_every_seconds.
+                lock(&ctx.audit).seal().map_err(EgressError::from)?;
+                continue;
+            }
             _ = shutdown.changed() => {
                 end_session(ctx, &coordinator, "node shutting down");
                 return Ok(SessionEnd::Closed);
