@@ -55,7 +55,10 @@ pub fn egress_text(recs: &[EgressRecord], month: Option<&str>, json: bool) -> Re
     let mut per: std::collections::BTreeMap<(String, String), (u64, u64)> = Default::default();
     for r in &sel {
         let e = per
-            .entry((r.analysis.clone().unwrap_or_else(|| "-".into()), r.round.clone().unwrap_or_else(|| "-".into())))
+            .entry((
+                r.analysis_kind.clone().unwrap_or_else(|| "-".into()),
+                r.round.clone().unwrap_or_else(|| "-".into()),
+            ))
             .or_default();
         e.0 += 1;
         e.1 += r.bytes;

@@ -90,6 +90,9 @@ async fn auditors_report_matches_the_bytes_on_the_wire_and_the_policies() {
         assert_eq!(row.messages, wire.len() as u64, "{}: report messages vs wire", cfg.name);
     }
     assert_eq!(r.egress_total.bytes, r.egress.iter().map(|e| e.bytes).sum::<u64>());
+    for e in &r.egress {
+        assert!(e.by_kind.iter().all(|k| k.name != report::UNKNOWN_KIND), "{}: {:?}", e.node, e.by_kind);
+    }
     // node-3 sent only its hello and its refusals.
     let kinds: Vec<String> = read_log(&node_configs[3].audit_dir).unwrap().into_iter().map(|e| e.kind).collect();
     assert!(kinds.iter().all(|k| k == "hello" || k == "refusal"), "{kinds:?}");

@@ -77,7 +77,7 @@ pub fn lock(log: &SharedLog) -> std::sync::MutexGuard<'_, AuditLog> {
 pub struct Egress {
     tx: mpsc::Sender<pb::NodeMessage>,
     audit: SharedLog,
-    /// Rounds the policy admitted, with their analysis name.
+    /// Rounds the policy admitted, with their analysis id.
     admitted: HashMap<RoundId, String>,
 }
 
@@ -95,7 +95,7 @@ impl Egress {
         (Self { tx, audit, admitted: HashMap::new() }, Outbound { inner: ReceiverStream::new(rx), tap })
     }
 
-    /// Record that the policy admitted `round` for `analysis`.
+    /// Record that the policy admitted `round` of analysis `analysis` (its id).
     pub fn admit(&mut self, round: RoundId, analysis: &str) {
         self.admitted.insert(round, analysis.to_string());
     }
@@ -146,7 +146,10 @@ pub struct EgressRecord {
     pub unix_ms: u64,
     pub seq: u64,
     pub round: Option<String>,
+    /// Analysis id.
     pub analysis: Option<String>,
+    /// Analysis kind (`rfm-histograms`, …), from the node's record of the round.
+    pub analysis_kind: Option<String>,
     pub kind: String,
     pub bytes: u64,
     pub sha256: String,
@@ -154,12 +157,27 @@ pub struct EgressRecord {
 
 /// Everything that left this node, from its audit log (for `fedcrm node egress`).
 pub fn read_log(audit_dir: &std::path::Path) -> Result<Vec<EgressRecord>, AuditError> {
-    Ok(fedcrm_audit::log::read_records(audit_dir)?
+    let records = fedcrm_audit::log::read_records(audit_dir)?;
+    let kinds: HashMap<String, String> = records
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::RoundStarted { round, kind, .. } => Some((round.clone(), kind.clone())),
+            _ => None,
+        })
+        .collect();
+    Ok(records
         .into_iter()
         .filter_map(|r| match r.event {
-            Event::Egress { round, analysis, message, bytes, sha256 } => {
-                Some(EgressRecord { unix_ms: r.time_ms, seq: r.seq, round, analysis, kind: message, bytes, sha256 })
-            }
+            Event::Egress { round, analysis, message, bytes, sha256 } => Some(EgressRecord {
+                unix_ms: r.time_ms,
+                seq: r.seq,
+                analysis_kind: round.as_ref().and_then(|x| kinds.get(x).cloned()),
+                round,
+                analysis,
+                kind: message,
+                bytes,
+                sha256,
+            }),
             _ => None,
         })
         .collect())

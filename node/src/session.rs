@@ -375,7 +375,7 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
                 };
                 let payload = secagg::key_signing_payload(&round, &ctx.name, &keys.enc, &keys.mask);
                 let signature = ctx.signing.sign(&payload)?;
-                egress.admit(round, start.analysis.kind.name());
+                egress.admit(round, &start.analysis.analysis_id);
                 egress.send(&FromNode::Keys { round, enc: keys.enc, mask: keys.mask, signature }).await?;
                 tracing::info!(node = %ctx.name, %round, analysis = start.analysis.kind.name(), purpose = %start.analysis.purpose, "joined round");
                 active = Some(Active { start, input, phase: Phase::Advertised(client) });
