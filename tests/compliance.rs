@@ -165,7 +165,8 @@ async fn hq_channels_and_one_franchisee_cannot_form_a_round_that_exposes_it() {
 async fn manual_approval_holds_everything_back_and_expired_requests_are_refused() {
     let mut nodes = cdnow_nodes(&[1; 3], true);
     nodes[0].policy.manual_approval = vec!["rfm-histograms".into(), "rfm-segments".into()];
-    nodes[0].policy.approval_expires_seconds = 2;
+    // Long enough that a loaded CI machine does not expire requests by accident.
+    nodes[0].policy.approval_expires_seconds = 8;
     let cluster = Cluster::start(ClusterOptions { nodes, ..Default::default() }, Hooks::default()).await.unwrap();
     let cfg = cluster.node_configs[0].clone();
     let approvals = Approvals::new(&cfg.approvals_dir);
@@ -181,7 +182,8 @@ async fn manual_approval_holds_everything_back_and_expired_requests_are_refused(
     assert_eq!((pending[0].purpose.as_str(), pending[0].requested_by.as_str()), ("birthday campaign", "analyst.hq"));
 
     // 2. The request expires unapproved: approving it now is refused, and so is the round.
-    tokio::time::sleep(std::time::Duration::from_millis(2_200)).await;
+    let wait = pending[0].expires_ms.saturating_sub(now()) + 200;
+    tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
     let expired = approvals.approve(&pending[0].id, "store owner", now(), 3600).unwrap_err().to_string();
     assert!(expired.contains("expired"), "{expired}");
     assert!(cluster.segments(REFERENCE, "birthday campaign").await.is_err());

@@ -464,6 +464,9 @@ pub struct AuditLog {
     file: File,
     file_number: u64,
     file_bytes: u64,
+    /// Calendar month (UTC, year·12 + month) of the current file: a record in a later
+    /// month starts a new file, so retention can delete whole months.
+    file_month: i64,
     /// Sequence number of the next record.
     next_seq: u64,
     /// Head after the last record (all zeros before the first).
@@ -573,8 +576,13 @@ impl AuditLog {
             }
         };
         let file = open_append(&path, false)?;
-        let file_bytes = file.metadata().map_err(io_error(&path))?.len();
+        let meta = file.metadata().map_err(io_error(&path))?;
+        let file_bytes = meta.len();
         let now = clock.now_ms();
+        let file_month = match meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()) {
+            Some(d) if file_bytes > 0 => month_of(d.as_millis() as u64),
+            _ => month_of(now),
+        };
         let mut log = AuditLog {
             dir: dir.to_path_buf(),
             party: party.to_owned(),
@@ -585,6 +593,7 @@ impl AuditLog {
             file,
             file_number,
             file_bytes,
+            file_month,
             next_seq,
             head,
             last_is_seal: false,
@@ -727,13 +736,14 @@ impl AuditLog {
     }
 
     /// Writes the event built by `make` (for the current head), rotating first if the
-    /// line would take the file past `rotate_bytes`.
+    /// line would take the file past `rotate_bytes` or a new calendar month began.
     fn write_event(&mut self, make: impl Fn(&Self) -> Result<Event, AuditError>) -> Result<Appended, AuditError> {
         if self.poisoned {
             return Err(AuditError::Poisoned { path: self.current_path() });
         }
         let mut line = self.serialize(make(self)?)?;
-        if self.file_bytes > 0 && self.file_bytes + line.len() as u64 > self.config.rotate_bytes {
+        let new_month = self.file_bytes > 0 && month_of(self.clock.now_ms()) != self.file_month;
+        if new_month || (self.file_bytes > 0 && self.file_bytes + line.len() as u64 > self.config.rotate_bytes) {
             self.rotate()?;
             line = self.serialize(make(self)?)?;
         }
@@ -748,6 +758,7 @@ impl AuditLog {
         self.file = file;
         self.file_number = number;
         self.file_bytes = 0;
+        self.file_month = month_of(self.clock.now_ms());
         let line = self.serialize(self.log_opened())?;
         self.write_line(&line)?;
         Ok(())
@@ -802,4 +813,12 @@ pub fn read_records(path: &Path) -> Result<Vec<Record>, AuditError> {
         }
     }
     Ok(records)
+}
+
+/// Calendar month (UTC) of a unix-millisecond instant, as year·12 + month.
+fn month_of(ms: u64) -> i64 {
+    match time::OffsetDateTime::from_unix_timestamp((ms / 1000) as i64) {
+        Ok(t) => i64::from(t.year()) * 12 + i64::from(t.month() as u8),
+        Err(_) => 0,
+    }
 }

@@ -292,3 +292,26 @@ fn the_log_can_be_shared_between_tasks() {
     shareable::<AuditLog>();
     shareable::<SignedHead>();
 }
+
+#[test]
+fn a_new_month_starts_a_new_file_and_the_chain_continues() {
+    let tmp = tempfile::tempdir().unwrap();
+    let brand = Brand::new();
+    let node = brand.node("store-1.brand");
+    let clock = TestClock::new();
+    let mut log = node.open(tmp.path(), AuditConfig::default(), clock.clone());
+    log.append(egress(0)).unwrap();
+    // Just into the next calendar month (certificates stay valid).
+    let today = time::OffsetDateTime::now_utc().date();
+    let mut days = 1;
+    while (today + time::Duration::days(days)).month() == today.month() {
+        days += 1;
+    }
+    clock.advance_days(days as u64);
+    log.append(egress(1)).unwrap();
+    log.seal().unwrap();
+    drop(log);
+    assert_eq!(files(tmp.path()).len(), 2);
+    let report = verify_paths(&[tmp.path().to_path_buf()], &brand.ca_der).unwrap();
+    assert_eq!(report.logs[0].files, 2);
+}
