@@ -307,10 +307,18 @@ impl Cluster {
     /// caller can still read it — it is deleted when dropped.
     pub async fn stop(self) -> tempfile::TempDir {
         let _ = self.shutdown.send(true);
-        for (_, h) in self.nodes {
-            let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
+        // All parties stop together; one that does not within 5 s is aborted.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        for (name, mut h) in self.nodes {
+            if tokio::time::timeout_at(deadline, &mut h).await.is_err() {
+                tracing::warn!(node = %name, "node did not stop within 5 s; aborted");
+                h.abort();
+            }
         }
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
+        let mut server = self.server;
+        if tokio::time::timeout_at(deadline, &mut server).await.is_err() {
+            server.abort();
+        }
         self.dir
     }
 }

@@ -396,7 +396,7 @@ fn scan_tail(path: &Path, recover: bool) -> Result<Tail, AuditError> {
     let corrupt = |reason: String| AuditError::Corrupt { file: path.to_path_buf(), line: None, reason };
     // Ends of the lines in `buf` (index just past each '\n').
     let ends: Vec<usize> = buf.iter().enumerate().filter(|(_, b)| **b == b'\n').map(|(i, _)| i + 1).collect();
-    let mut keep = ends.last().copied().unwrap_or(0);
+    let keep = ends.last().copied().unwrap_or(0);
     if keep < buf.len() && !recover {
         return Err(corrupt("the last line is incomplete, but this is not the newest log file".into()));
     }
@@ -405,14 +405,11 @@ fn scan_tail(path: &Path, recover: bool) -> Result<Tail, AuditError> {
         let begin = if k == 0 { 0 } else { ends[k - 1] };
         &buf[begin..ends[k] - 1]
     };
-    let mut complete = ends.len();
+    let complete = ends.len();
     if complete > 0 && (start == 0 || complete >= 2) {
-        let parsed = serde_json::from_slice::<Record>(line_at(complete - 1));
-        if parsed.is_err() && recover && keep == buf.len() {
-            // A complete but unreadable last line: set it aside like a torn one.
-            complete -= 1;
-            keep = if complete == 0 { 0 } else { ends[complete - 1] };
-        }
+        // A complete (newline-terminated) last line that does not parse is not a crash
+        // (the writer never leaves one): it is not set aside, and opening fails below,
+        // so the evidence stays for `fedcrm audit verify` to report.
     }
     let torn = buf[keep..].to_vec();
     let last = if complete > 0 && (start == 0 || complete >= 2) {

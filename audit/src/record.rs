@@ -109,6 +109,9 @@ pub enum Event {
         round: String,
         analysis: String,
         kind: String,
+        /// The analysis the round belongs to (`rfm-segments` for all its rounds).
+        #[serde(default)]
+        analysis_kind: String,
         purpose: String,
         threshold: u64,
         length: u64,
@@ -120,6 +123,12 @@ pub enum Event {
         members: Vec<Member>,
         coordinator: String,
         signature_ok: bool,
+        /// The coordinator's signature and the SHA-256 of the payload it signs
+        /// (`roster_payload`), so an auditor can re-check it later.
+        #[serde(default)]
+        signature_hex: String,
+        #[serde(default)]
+        payload_sha256: String,
     },
     /// Something left this party (node egress): message kind, exact byte size and
     /// SHA-256 of the bytes — never the content.

@@ -1890,6 +1890,7 @@ mod tests {
             round: round.to_string(),
             analysis: analysis.to_string(),
             kind: kind.to_string(),
+            analysis_kind: String::new(),
             purpose: "p".to_string(),
             threshold: 2,
             length: 40,

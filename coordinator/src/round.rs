@@ -51,18 +51,26 @@ impl std::fmt::Debug for Hooks {
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum RoundError {
-    #[error("round {round}: {have} nodes remain after {phase}, fewer than the threshold t={need}; no result")]
-    TooFew { round: RoundId, phase: &'static str, have: usize, need: usize },
+    #[error(
+        "round {round}: {have} nodes remain after {phase}, fewer than the threshold t={need}; no result (left: {exits})"
+    )]
+    TooFew { round: RoundId, phase: &'static str, have: usize, need: usize, exits: String },
     #[error("round {round}: {why}")]
     Failed { round: RoundId, why: String },
     #[error("only {have} nodes connected; the release rules need at least {need} participants")]
     NotEnoughNodes { have: usize, need: usize },
+    #[error(
+        "round {round}: stopped before any data moved, because {nodes} must first be approved by its franchisee; run the analysis again once approved"
+    )]
+    AwaitingApproval { round: RoundId, nodes: String },
 }
 
 /// Why a node left a round.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Exit {
     Refused(String),
+    /// The node's franchisee has not approved this analysis yet.
+    AwaitingApproval(String),
     Disconnected,
     TimedOut(&'static str),
     Rejected(String),
@@ -72,6 +80,7 @@ impl std::fmt::Display for Exit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Exit::Refused(r) => write!(f, "refused: {r}"),
+            Exit::AwaitingApproval(r) => write!(f, "awaiting approval: {r}"),
             Exit::Disconnected => f.write_str("disconnected"),
             Exit::TimedOut(p) => write!(f, "timed out during {p}"),
             Exit::Rejected(r) => write!(f, "rejected: {r}"),
@@ -130,7 +139,7 @@ impl Runner<'_> {
             .collect();
         let roster_signature = self
             .coordinator
-            .sign(&wire::roster_payload(&round, analysis, &invitees))
+            .sign(&wire::roster_payload(&round, t, d, analysis, &invitees))
             .map_err(|e| RoundError::Failed { round, why: format!("cannot sign the roster: {e}") })?;
         record(
             &self.coordinator.audit,
@@ -138,6 +147,7 @@ impl Runner<'_> {
                 round: round.to_hex(),
                 analysis: analysis.analysis_id.clone(),
                 kind: analysis.kind.name().to_string(),
+                analysis_kind: analysis.analysis_kind.clone(),
                 purpose: analysis.purpose.clone(),
                 threshold: t as u64,
                 length: d as u64,
@@ -194,6 +204,20 @@ impl Runner<'_> {
             }
         }
         self.expire(&live, &keys.keys().cloned().collect(), "advertise keys", &mut exits);
+        // A node waiting for its franchisee's approval stops the round here, before any
+        // share or masked input moves: a result without it now and with it later could
+        // be subtracted.
+        let waiting: Vec<String> = exits
+            .iter()
+            .filter(|(_, e)| matches!(e, Exit::AwaitingApproval(_)))
+            .map(|(n, e)| format!("{n} ({e})"))
+            .collect();
+        if !waiting.is_empty() {
+            let why = format!("waiting for manual approval: {}", waiting.join("; "));
+            self.log_exits(round, &exits);
+            self.end(invited, round, false, &why).await;
+            return Err(RoundError::AwaitingApproval { round, nodes: waiting.join("; ") });
+        }
         let u1: Vec<SignedKeys> = keys.into_values().filter(|k| live.contains(&k.node)).collect();
         live = u1.iter().map(|k| k.node.clone()).collect();
         self.ensure(round, "advertise keys", live.len(), t, invited, &exits).await?;
@@ -395,20 +419,27 @@ impl Runner<'_> {
             );
             self.log_exits(round, &exits);
             self.end(invited, round, false, &why).await;
-            return Err(RoundError::TooFew { round, phase: "unmask", have: responses.len(), need: t });
+            return Err(RoundError::TooFew {
+                round,
+                phase: "unmask",
+                have: responses.len(),
+                need: t,
+                exits: describe(&exits),
+            });
         }
         let sum = match unmasking.finish(&responses) {
             Ok(s) => s,
             Err(e) => {
+                self.log_exits(round, &exits);
                 self.end(invited, round, false, &e.to_string()).await;
                 return Err(RoundError::Failed { round, why: e.to_string() });
             }
         };
+        self.log_exits(round, &exits);
         self.end(invited, round, true, "aggregate computed").await;
         let organisations = survivors.iter().map(|n| by_name[n.as_str()].organisation.clone()).collect();
         let kinds = survivors.iter().map(|n| by_name[n.as_str()].kind).collect();
         tracing::info!(%round, contributors = survivors.len(), "round complete");
-        self.log_exits(round, &exits);
         Ok(RoundOutput { round, contributors: survivors, organisations, kinds, exits, sum })
     }
 
@@ -445,10 +476,13 @@ impl Runner<'_> {
                 EventBody::Malformed(why) => {
                     self.reject(round, &ev.node, format!("malformed message: {why}"), live, exits).await;
                 }
-                EventBody::Message(FromNode::Refusal { round: r, reason }) if r.is_none() || r == Some(round) => {
+                EventBody::Message(FromNode::Refusal { round: r, reason, awaiting_approval })
+                    if r.is_none() || r == Some(round) =>
+                {
                     tracing::warn!(%round, node = %ev.node, %reason, "node refused");
                     live.remove(&ev.node);
-                    exits.insert(ev.node, Exit::Refused(reason));
+                    let e = if awaiting_approval { Exit::AwaitingApproval(reason) } else { Exit::Refused(reason) };
+                    exits.insert(ev.node, e);
                 }
                 EventBody::Message(m) if m.round() == Some(round) => return Some((ev.node, m)),
                 EventBody::Message(m) => {
@@ -512,7 +546,7 @@ impl Runner<'_> {
         let why = format!("{have} nodes remain after {phase}, fewer than t={need}; exits: {}", describe(exits));
         self.log_exits(round, exits);
         self.end(invited, round, false, &why).await;
-        Err(RoundError::TooFew { round, phase, have, need })
+        Err(RoundError::TooFew { round, phase, have, need, exits: describe(exits) })
     }
 
     /// Record every node that left the round, with its reason, and seal the log.

@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::Coordinator;
 use crate::registry::Participant;
 use crate::release::{self, SegmentRelease};
-use crate::round::{RoundError, describe};
+use crate::round::{Exit, RoundError, RoundOutput, describe};
 
 /// What an analyst asked for, and who they are (from their certificate).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,20 +28,36 @@ pub struct AnalysisRequest {
 }
 
 impl AnalysisRequest {
-    fn analysis(&self, id: &str, kind: AnalysisKind) -> Analysis {
+    fn analysis(&self, id: &str, analysis_kind: &str, kind: AnalysisKind) -> Analysis {
         Analysis {
             reference_date: self.reference_date,
             purpose: self.purpose.clone(),
             requested_by: self.requested_by.clone(),
             requested_by_organisation: self.requested_by_organisation.clone(),
             analysis_id: id.to_string(),
+            analysis_kind: analysis_kind.to_string(),
             kind,
         }
     }
 }
 
+/// A node whose franchisee has not approved the analysis stops it: running it now
+/// without that node, and later again with it, would let the two results be
+/// subtracted. The analysis runs once every node has approved.
+fn stop_if_awaiting(out: &RoundOutput) -> Result<(), AnalysisError> {
+    let waiting: Vec<String> = out
+        .exits
+        .iter()
+        .filter(|(_, e)| matches!(e, Exit::AwaitingApproval(_)))
+        .map(|(n, e)| format!("{n} ({e})"))
+        .collect();
+    if waiting.is_empty() { Ok(()) } else { Err(AnalysisError::AwaitingApproval { nodes: waiting.join("; ") }) }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AnalysisError {
+    #[error("the analysis waits for manual approval by {nodes}; it stops without a result and can run once approved")]
+    AwaitingApproval { nodes: String },
     #[error("audit log: {0}; nothing was run")]
     Audit(String),
     #[error(transparent)]
@@ -106,8 +122,9 @@ impl Coordinator {
         }
         let t = fedcrm_crypto::secagg::default_threshold(invited.len()).max(rules.min_participants);
         let len = specs.iter().map(HistogramSpec::len).sum();
-        let analysis = request.analysis(id, AnalysisKind::RfmHistograms(specs));
+        let analysis = request.analysis(id, "rfm-histograms", AnalysisKind::RfmHistograms(specs));
         let out = runner.run(&analysis, &invited, t).await?;
+        stop_if_awaiting(&out)?;
         let exits = out.exits.iter().map(|(n, e)| (n.clone(), e.to_string())).collect();
         let rounds = vec![out.round.to_hex()];
         Ok(HistogramOutcome { release: release::histogram(&out, &rules, len, &self.audit, id, rounds)?, exits })
@@ -169,7 +186,7 @@ impl Coordinator {
         let t = fedcrm_crypto::secagg::default_threshold(invited.len()).max(rules.min_participants);
         let mut run = async |kind: AnalysisKind, invited: &[Participant]| {
             rounds += 1;
-            let analysis = request.analysis(id, kind);
+            let analysis = request.analysis(id, "rfm-segments", kind);
             let out = runner.run(&analysis, invited, t).await;
             if let Ok(o) = &out {
                 round_ids.push(o.round.to_hex());
@@ -185,6 +202,7 @@ impl Coordinator {
         // analysis' population; later rounds invite only them.
         let specs: Vec<HistogramSpec> = Metric::ALL.iter().map(|&m| QuantileSearch::coarse_spec(m)).collect();
         let out = run(AnalysisKind::RfmHistograms(specs.clone()), &invited).await?;
+        stop_if_awaiting(&out)?;
         let contributors = out.contributors.clone();
         let invited: Vec<Participant> = invited.into_iter().filter(|p| contributors.contains(&p.name)).collect();
         let sums = release::histograms_for_quantiles(&out, &rules, specs.iter().map(HistogramSpec::len).sum())?;
@@ -211,6 +229,7 @@ impl Coordinator {
             }
             let specs: Vec<HistogramSpec> = plan.iter().map(|p| p.2).collect();
             let out = run(AnalysisKind::RfmHistograms(specs.clone()), &invited).await?;
+            stop_if_awaiting(&out)?;
             same(&out)?;
             let sums = release::histograms_for_quantiles(&out, &rules, specs.iter().map(HistogramSpec::len).sum())?;
             let mut base = 0;
@@ -223,6 +242,7 @@ impl Coordinator {
         let fin = |i: usize| searches[i].finished().unwrap();
         let cuts = Cuts { recency: fin(0), frequency: fin(1), monetary: fin(2) };
         let out = run(AnalysisKind::RfmSegments(cuts), &invited).await?;
+        stop_if_awaiting(&out)?;
         same(&out)?;
         let release = release::segments(&out, &rules, cuts, &self.audit, id, round_ids)?;
         Ok(SegmentsOutcome { release, rounds, exits })

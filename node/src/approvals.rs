@@ -93,8 +93,13 @@ impl Approvals {
     /// expired gets a fresh id, so an approval always names exactly one request.
     pub fn request_key(a: &Analysis) -> String {
         let mut text = String::new();
-        for part in [a.purpose.as_str(), &format_date(a.reference_date), &a.requested_by, &a.requested_by_organisation]
-        {
+        for part in [
+            a.analysis_kind.as_str(),
+            &a.purpose,
+            &format_date(a.reference_date),
+            &a.requested_by,
+            &a.requested_by_organisation,
+        ] {
             text.push_str(&format!("{}:{part};", part.len()));
         }
         short_hash(&text)
@@ -112,25 +117,54 @@ impl Approvals {
         }
     }
 
+    /// Write owner-only (directories 0700, files 0600): approvals are the
+    /// franchisee's decisions, not for other local users to read or forge.
     fn write<T: Serialize>(&self, p: &Path, v: &T) -> Result<(), ApprovalError> {
         if let Some(d) = p.parent() {
             std::fs::create_dir_all(d).map_err(io(d))?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                for dir in [&self.dir, &d.to_path_buf()] {
+                    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
+                }
+            }
         }
         let tmp = p.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(v).unwrap_or_default()).map_err(io(&tmp))?;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        {
+            use std::io::Write;
+            let mut f = opts.open(&tmp).map_err(io(&tmp))?;
+            f.write_all(&serde_json::to_vec_pretty(v).unwrap_or_default()).map_err(io(&tmp))?;
+            f.sync_all().map_err(io(&tmp))?;
+        }
         std::fs::rename(&tmp, p).map_err(io(p))
     }
 
-    fn approval(&self, id: &str, now_ms: u64) -> Result<Option<Approval>, ApprovalError> {
-        Ok(self.read::<Approval>(&self.path("approved", id))?.filter(|a| now_ms < a.valid_until_ms))
+    /// A granted approval for request `req`, if one is on file and plausible: made
+    /// while the request was waiting, and valid no longer than this node's policy says
+    /// (a hand-edited file cannot extend it).
+    fn approval(&self, req: &Pending, now_ms: u64, valid_s: u64) -> Result<Option<Approval>, ApprovalError> {
+        Ok(self.read::<Approval>(&self.path("approved", &req.id))?.filter(|a| {
+            a.id == req.id
+                && a.approved_ms >= req.requested_ms
+                && a.approved_ms < req.expires_ms
+                && now_ms < a.valid_until_ms.min(a.approved_ms.saturating_add(valid_s * 1000))
+        }))
     }
 
     /// Decide on `analysis` at `now_ms`, filing a request if needed.
-    pub fn check(&self, a: &Analysis, now_ms: u64, expires_s: u64) -> Result<Decision, ApprovalError> {
+    pub fn check(&self, a: &Analysis, now_ms: u64, expires_s: u64, valid_s: u64) -> Result<Decision, ApprovalError> {
         let key = Self::request_key(a);
         let current = self.read::<Pending>(&self.path("pending", &key))?;
         if let Some(p) = &current {
-            if let Some(ok) = self.approval(&p.id, now_ms)? {
+            if let Some(ok) = self.approval(p, now_ms, valid_s)? {
                 return Ok(Decision::Approved(ok));
             }
         }
@@ -139,7 +173,7 @@ impl Approvals {
                 None => key.clone(),
                 Some(p) => short_hash(&format!("{key}:{}:{now_ms}", p.id)),
             },
-            analysis: a.kind.name().into(),
+            analysis: a.analysis_kind.clone(),
             purpose: a.purpose.clone(),
             requested_by: a.requested_by.clone(),
             requested_by_organisation: a.requested_by_organisation.clone(),
@@ -184,7 +218,9 @@ impl Approvals {
     pub fn pending(&self, now_ms: u64) -> Result<Vec<Pending>, ApprovalError> {
         let mut out = vec![];
         for req in self.all()? {
-            if now_ms < req.expires_ms && self.approval(&req.id, now_ms)?.is_none() {
+            let approved =
+                self.read::<Approval>(&self.path("approved", &req.id))?.is_some_and(|a| now_ms < a.valid_until_ms);
+            if now_ms < req.expires_ms && !approved {
                 out.push(req);
             }
         }
@@ -218,6 +254,7 @@ mod tests {
             requested_by: "analyst.li".into(),
             requested_by_organisation: "HQ".into(),
             analysis_id: "x".into(),
+            analysis_kind: "rfm-segments".into(),
             kind: AnalysisKind::RfmSegments(Cuts { recency: [1; 4], frequency: [1; 4], monetary: [1; 4] }),
         }
     }
@@ -227,21 +264,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ap = Approvals::new(dir.path());
         let a = analysis();
-        let Decision::Waiting { pending, new: true } = ap.check(&a, 1_000, 60).unwrap() else { panic!() };
-        assert!(matches!(ap.check(&a, 2_000, 60).unwrap(), Decision::Waiting { new: false, .. }));
+        let Decision::Waiting { pending, new: true } = ap.check(&a, 1_000, 60, 3600).unwrap() else { panic!() };
+        assert!(matches!(ap.check(&a, 2_000, 60, 3600).unwrap(), Decision::Waiting { new: false, .. }));
         assert_eq!(ap.pending(2_000).unwrap(), vec![pending.clone()]);
         ap.approve(&pending.id, "owner", 3_000, 3600).unwrap();
-        assert!(matches!(ap.check(&a, 4_000, 60).unwrap(), Decision::Approved(_)));
+        assert!(matches!(ap.check(&a, 4_000, 60, 3600).unwrap(), Decision::Approved(_)));
         assert!(ap.pending(4_000).unwrap().is_empty());
         // Another request expires unapproved: approving it afterwards is refused.
         let mut b = analysis();
         b.purpose = "other".into();
-        let Decision::Waiting { pending, .. } = ap.check(&b, 1_000, 60).unwrap() else { panic!() };
+        let Decision::Waiting { pending, .. } = ap.check(&b, 1_000, 60, 3600).unwrap() else { panic!() };
         assert!(matches!(ap.approve(&pending.id, "owner", 61_001, 3600), Err(ApprovalError::Expired { .. })));
-        let Decision::Expired { expired, renewed } = ap.check(&b, 61_001, 60).unwrap() else { panic!() };
+        let Decision::Expired { expired, renewed } = ap.check(&b, 61_001, 60, 3600).unwrap() else { panic!() };
         assert_ne!(expired.id, renewed.id, "a renewed request is a new request");
         ap.approve(&renewed.id, "owner", 62_000, 3600).unwrap();
-        assert!(matches!(ap.check(&b, 63_000, 60).unwrap(), Decision::Approved(_)));
+        assert!(matches!(ap.check(&b, 63_000, 60, 3600).unwrap(), Decision::Approved(_)));
         assert!(matches!(ap.approve("nope", "owner", 0, 1), Err(ApprovalError::Unknown(_))));
     }
 }

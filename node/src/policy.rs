@@ -23,10 +23,11 @@ pub struct Policy {
     /// never make a round that exposes it. Default 1.
     #[serde(default = "default_min_other_organisations")]
     pub min_other_organisations: usize,
-    /// Most rounds per calendar month (UTC) per analysis, e.g. `{ "rfm-segments" = 20 }`.
-    /// Analyses not listed are not capped.
+    /// Most analyses per calendar month (UTC) per kind, e.g. `{ "rfm-segments" = 20 }`
+    /// (an analysis counts once, whatever its number of rounds). Kinds not listed are
+    /// not capped.
     #[serde(default)]
-    pub monthly_round_caps: BTreeMap<String, u32>,
+    pub monthly_analysis_caps: BTreeMap<String, u32>,
     /// Analyses that wait for a person's approval (`fedcrm node pending`,
     /// `fedcrm node approve ID`) before this node takes part. Default none.
     #[serde(default)]
@@ -65,12 +66,21 @@ impl Default for Policy {
             allowed_analyses: default_allowed(),
             min_participants: default_min_participants(),
             min_other_organisations: default_min_other_organisations(),
-            monthly_round_caps: BTreeMap::new(),
+            monthly_analysis_caps: BTreeMap::new(),
             manual_approval: vec![],
             approval_expires_seconds: default_approval_expires(),
             approval_valid_seconds: default_approval_valid(),
         }
     }
+}
+
+/// Where this node stands against its monthly cap for an analysis kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CapState {
+    /// Analyses of this kind joined this calendar month.
+    pub analyses_this_month: u32,
+    /// This analysis is one of them (a later round of it).
+    pub already_counted: bool,
 }
 
 /// Distinct franchisee organisations among `members`, other than `own`.
@@ -85,10 +95,10 @@ pub fn other_organisations<'a>(own: &str, members: impl IntoIterator<Item = &'a 
 
 impl Policy {
     /// May this node join the round? `Err` carries the reason sent to the coordinator.
-    /// `rounds_this_month` is how many rounds of this analysis it took part in this
-    /// calendar month.
-    pub fn admit(&self, me: &str, own_org: &str, r: &RoundStart, rounds_this_month: u32) -> Result<(), String> {
-        let kind = r.analysis.kind.name();
+    /// Policies name analyses (`analysis_kind`): every round of an admitted analysis
+    /// is admitted under the same rules.
+    pub fn admit(&self, me: &str, own_org: &str, r: &RoundStart, caps: CapState) -> Result<(), String> {
+        let kind = r.analysis.analysis_kind.as_str();
         if !self.allowed_analyses.iter().any(|a| a == kind) {
             return Err(format!("policy: analysis {kind:?} is not in allowed_analyses"));
         }
@@ -106,10 +116,10 @@ impl Policy {
             ));
         }
         self.check_organisations(own_org, &r.invited, "invited")?;
-        if let Some(&cap) = self.monthly_round_caps.get(kind) {
-            if rounds_this_month >= cap {
+        if let Some(&cap) = self.monthly_analysis_caps.get(kind) {
+            if !caps.already_counted && caps.analyses_this_month >= cap {
                 return Err(format!(
-                    "policy: the monthly cap of {cap} rounds of {kind:?} is reached; it resets on the 1st (UTC)"
+                    "policy: the monthly cap of {cap} {kind:?} analyses is reached; it resets on the 1st (UTC)"
                 ));
             }
         }
@@ -175,7 +185,7 @@ impl DifferencingGuard {
 
 #[cfg(test)]
 mod tests {
-    use super::{DifferencingGuard, Invitee, OrgKind, Policy, other_organisations};
+    use super::{CapState, DifferencingGuard, Invitee, OrgKind, Policy, other_organisations};
 
     fn member(name: &str, org: &str, kind: OrgKind) -> Invitee {
         Invitee { name: name.into(), organisation: org.into(), kind }
@@ -186,7 +196,7 @@ mod tests {
         use fedcrm_protocol::rfm::Cuts;
         use fedcrm_protocol::wire::{Analysis, AnalysisKind, RoundStart, parse_date};
         let mut p = Policy::default();
-        p.monthly_round_caps.insert("rfm-segments".into(), 2);
+        p.monthly_analysis_caps.insert("rfm-segments".into(), 2);
         let invited: Vec<Invitee> =
             ["a", "b", "c"].iter().map(|n| member(n, &format!("{n} Ltd"), OrgKind::Franchisee)).collect();
         let start = RoundStart {
@@ -199,17 +209,21 @@ mod tests {
                 requested_by: "x".into(),
                 requested_by_organisation: "HQ".into(),
                 analysis_id: "i".into(),
+                analysis_kind: "rfm-segments".into(),
                 kind: AnalysisKind::RfmSegments(Cuts { recency: [1; 4], frequency: [1; 4], monetary: [1; 4] }),
             },
             invited,
             chunk_elements: 10,
             roster_signature: vec![],
         };
-        assert!(p.admit("a", "a Ltd", &start, 1).is_ok());
-        let err = p.admit("a", "a Ltd", &start, 2).unwrap_err();
+        let caps = |n, counted| CapState { analyses_this_month: n, already_counted: counted };
+        assert!(p.admit("a", "a Ltd", &start, caps(1, false)).is_ok());
+        let err = p.admit("a", "a Ltd", &start, caps(2, false)).unwrap_err();
         assert!(err.contains("monthly cap of 2"), "{err}");
+        // Later rounds of an analysis already admitted this month are not new analyses.
+        assert!(p.admit("a", "a Ltd", &start, caps(2, true)).is_ok());
         p.allowed_analyses = vec!["rfm-histograms".into()];
-        assert!(p.admit("a", "a Ltd", &start, 0).unwrap_err().contains("allowed_analyses"));
+        assert!(p.admit("a", "a Ltd", &start, caps(0, false)).unwrap_err().contains("allowed_analyses"));
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::data::Dataset;
 use crate::egress::{Egress, EgressError};
 use crate::egress::{SharedLog, WireTap, lock};
 use crate::features;
-use crate::policy::{DifferencingGuard, Policy};
+use crate::policy::{CapState, DifferencingGuard, Policy};
 
 /// Faults a test (or the demo) can inject, to show that others' rounds survive them.
 #[derive(Debug, Clone, Default)]
@@ -91,8 +91,8 @@ pub struct NodeContext {
     pub tap: Option<WireTap>,
     /// Queries this node helped unmask, and over which nodes (for the whole process).
     pub differencing: DifferencingGuard,
-    /// Rounds admitted per analysis in the current month: (YYYY-MM, analysis) → count.
-    monthly: Mutex<HashMap<(String, String), u32>>,
+    /// Analyses joined per (YYYY-MM, analysis kind): their ids.
+    monthly: Mutex<HashMap<(String, String), HashSet<String>>>,
     /// Approvals already recorded as granted in the audit log.
     granted: Mutex<HashSet<String>>,
     /// How often an idle session seals its audit log.
@@ -148,7 +148,9 @@ impl NodeContext {
         let mut log = log;
         // Old files beyond the retention period go (the deletion is itself logged).
         log.apply_retention()?;
-        let monthly = Mutex::new(count_admitted(&config.audit_dir));
+        // Counted from the audit log, so a restart does not reset the monthly caps; an
+        // unreadable log stops the node rather than silently resetting them.
+        let monthly = Mutex::new(count_admitted(&config.audit_dir)?);
         Ok(Self {
             name: config.name.clone(),
             url: config.coordinator.url.clone(),
@@ -193,6 +195,10 @@ struct Active {
     start: RoundStart,
     input: Vec<u64>,
     phase: Phase,
+}
+
+fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 fn unix_now() -> u64 {
@@ -287,6 +293,7 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
                 tracing::warn!(node = %ctx.name, error = %e, "malformed message from coordinator");
                 egress
                     .send(&FromNode::Refusal {
+                        awaiting_approval: false,
                         round: None,
                         reason: format!("malformed message from the coordinator: {e}"),
                     })
@@ -302,15 +309,16 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
                 let start = *start;
                 let round = start.round;
                 if active.as_ref().is_some_and(|a| !matches!(a.phase, Phase::Finished)) {
-                    refuse(&mut egress, round, "node is busy with another round").await?;
+                    refuse(ctx, &mut egress, round, "node is busy with another round").await?;
                     continue;
                 }
                 let kind = start.analysis.kind.name();
                 // The coordinator signs who is in the round and who asked why: check and log it.
-                let signature_ok = coordinator.as_ref().is_some_and(|(_, cert)| {
-                    let payload = wire::roster_payload(&round, &start.analysis, &start.invited);
-                    pki::verify_signature(cert, &payload, &start.roster_signature).is_ok()
-                });
+                let payload =
+                    wire::roster_payload(&round, start.threshold, start.length, &start.analysis, &start.invited);
+                let signature_ok = coordinator
+                    .as_ref()
+                    .is_some_and(|(_, cert)| pki::verify_signature(cert, &payload, &start.roster_signature).is_ok());
                 record(
                     ctx,
                     Event::RosterSigned {
@@ -318,6 +326,8 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
                         members: start.invited.iter().map(member).collect(),
                         coordinator: coordinator.as_ref().map(|c| c.0.clone()).unwrap_or_default(),
                         signature_ok,
+                        signature_hex: hex(&start.roster_signature),
+                        payload_sha256: hex(ring::digest::digest(&ring::digest::SHA256, &payload).as_ref()),
                     },
                 )?;
                 record(
@@ -326,33 +336,38 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
                         round: round.to_hex(),
                         analysis: start.analysis.analysis_id.clone(),
                         kind: kind.to_string(),
+                        analysis_kind: start.analysis.analysis_kind.clone(),
                         purpose: start.analysis.purpose.clone(),
                         threshold: start.threshold as u64,
                         length: start.length as u64,
                         invited: start.invited.iter().map(member).collect(),
                     },
                 )?;
+                let analysis_kind = start.analysis.analysis_kind.clone();
                 let decision = if signature_ok {
-                    ctx.policy.admit(&ctx.name, &ctx.organisation, &start, ctx.rounds_this_month(kind))
+                    ctx.policy.admit(&ctx.name, &ctx.organisation, &start, ctx.cap_state(&start))
                 } else {
                     Err("the round's roster is not signed by the coordinator named in this node's configuration".into())
+                };
+                if let Err(why) = decision {
+                    tracing::warn!(node = %ctx.name, %round, %why, "refusing round");
+                    refuse(ctx, &mut egress, round, &why).await?;
+                    continue;
                 }
-                .and_then(|()| approval(ctx, &start));
+                if let Err(why) = approval(ctx, &start) {
+                    tracing::warn!(node = %ctx.name, %round, %why, "round waits for manual approval");
+                    refuse_as(ctx, &mut egress, round, &why, true).await?;
+                    continue;
+                }
                 record(
                     ctx,
                     Event::PolicyDecision {
                         round: Some(round.to_hex()),
-                        analysis: kind.to_string(),
-                        admitted: decision.is_ok(),
-                        reason: decision.as_ref().err().cloned().unwrap_or_else(|| "allowed by policy".into()),
+                        analysis: analysis_kind.clone(),
+                        admitted: true,
+                        reason: "allowed by policy".into(),
                     },
                 )?;
-                if let Err(why) = decision {
-                    tracing::warn!(node = %ctx.name, %round, %why, "refusing round");
-                    refuse(&mut egress, round, &why).await?;
-                    continue;
-                }
-                ctx.count_round(kind);
                 let reference = start.analysis.reference_date;
                 if customers_cache.as_ref().map(|c| c.0) != Some(reference) {
                     let rfm = features::rfm(&ctx.dataset.purchases, reference).into_iter().map(|(_, r)| r).collect();
@@ -361,7 +376,7 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
                 // Unwrap safety: the cache was filled just above.
                 let customers = &customers_cache.as_ref().unwrap().1;
                 if let Err(e) = fedcrm_crypto::fixed::check_budget(start.invited.len() as u64, customers.len() as u64) {
-                    refuse(&mut egress, round, &e.to_string()).await?;
+                    refuse(ctx, &mut egress, round, &e.to_string()).await?;
                     continue;
                 }
                 let input = local_vector(&start.analysis, customers);
@@ -369,7 +384,7 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
                 let (client, keys) = match ClientAdvertised::new(params, &ctx.name, &rng) {
                     Ok(x) => x,
                     Err(e) => {
-                        refuse(&mut egress, round, &e.to_string()).await?;
+                        refuse(ctx, &mut egress, round, &e.to_string()).await?;
                         continue;
                     }
                 };
@@ -377,6 +392,7 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
                 let signature = ctx.signing.sign(&payload)?;
                 egress.admit(round, &start.analysis.analysis_id);
                 egress.send(&FromNode::Keys { round, enc: keys.enc, mask: keys.mask, signature }).await?;
+                ctx.count_analysis(&start.analysis);
                 tracing::info!(node = %ctx.name, %round, analysis = start.analysis.kind.name(), purpose = %start.analysis.purpose, "joined round");
                 active = Some(Active { start, input, phase: Phase::Advertised(client) });
                 if ctx.faults.stall_at == Some(DropAt::AfterKeys) {
@@ -395,7 +411,7 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
                 let verified = match verify_roster(ctx, &a.start, &keys) {
                     Ok(v) => v,
                     Err(why) => {
-                        refuse(&mut egress, round, &why).await?;
+                        refuse(ctx, &mut egress, round, &why).await?;
                         continue;
                     }
                 };
@@ -411,7 +427,7 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
                             return Ok(SessionEnd::Dropped);
                         }
                     }
-                    Err(e) => refuse(&mut egress, round, &e.to_string()).await?,
+                    Err(e) => refuse(ctx, &mut egress, round, &e.to_string()).await?,
                 }
             }
             ToNode::Shares { round, delivered, shares } => {
@@ -438,7 +454,7 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
                         }
                         a.phase = Phase::Masked(next);
                     }
-                    Err(e) => refuse(&mut egress, round, &e.to_string()).await?,
+                    Err(e) => refuse(ctx, &mut egress, round, &e.to_string()).await?,
                 }
             }
             ToNode::Unmask { round, survivors, dropped } => {
@@ -456,7 +472,7 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
                     } else {
                         "an unmask request before this node sent its masked input; refusing"
                     };
-                    refuse(&mut egress, round, why).await?;
+                    refuse(ctx, &mut egress, round, why).await?;
                     continue;
                 }
                 let members: Vec<Invitee> =
@@ -465,18 +481,9 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
                     ctx.differencing.admit(&query_key(&a.start), &survivors, ctx.policy.min_participants)
                 });
                 if let Err(why) = rule {
-                    record(
-                        ctx,
-                        Event::PolicyDecision {
-                            round: Some(round.to_hex()),
-                            analysis: a.start.analysis.kind.name().to_string(),
-                            admitted: false,
-                            reason: why.clone(),
-                        },
-                    )?;
                     tracing::warn!(node = %ctx.name, %round, %why, "refusing unmask request");
                     a.phase = Phase::Finished;
-                    refuse(&mut egress, round, &why).await?;
+                    refuse(ctx, &mut egress, round, &why).await?;
                     continue;
                 }
                 let Phase::Masked(client) = std::mem::replace(&mut a.phase, Phase::Finished) else { continue };
@@ -497,7 +504,7 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
                     }
                     Err(e) => {
                         tracing::warn!(node = %ctx.name, %round, error = %e, "refusing unmask request");
-                        refuse(&mut egress, round, &e.to_string()).await?;
+                        refuse(ctx, &mut egress, round, &e.to_string()).await?;
                     }
                 }
             }
@@ -561,13 +568,15 @@ fn check_coordinator(ctx: &NodeContext, name: &str, cert: &[u8]) -> Result<(Stri
 
 /// Manual approval, when the policy asks for it. Logged; `Err` is the refusal reason.
 fn approval(ctx: &NodeContext, start: &RoundStart) -> Result<(), String> {
-    let kind = start.analysis.kind.name();
+    let kind = start.analysis.analysis_kind.as_str();
     if !ctx.policy.needs_approval(kind) {
         return Ok(());
     }
-    let now = unix_now() * 1000;
-    let decision =
-        ctx.approvals.check(&start.analysis, now, ctx.policy.approval_expires_seconds).map_err(|e| e.to_string())?;
+    let now = unix_now_ms();
+    let decision = ctx
+        .approvals
+        .check(&start.analysis, now, ctx.policy.approval_expires_seconds, ctx.policy.approval_valid_seconds)
+        .map_err(|e| e.to_string())?;
     let log = |e: Event| record(ctx, e).map_err(|e| e.to_string());
     let requested = |p: &Pending| Event::ApprovalRequested {
         id: p.id.clone(),
@@ -607,15 +616,27 @@ fn approval(ctx: &NodeContext, start: &RoundStart) -> Result<(), String> {
     }
 }
 
-/// Rounds admitted per (month, analysis), counted from the audit log at start-up.
-fn count_admitted(dir: &std::path::Path) -> HashMap<(String, String), u32> {
-    let mut out = HashMap::new();
-    for r in fedcrm_audit::log::read_records(dir).unwrap_or_default() {
-        if let Event::PolicyDecision { admitted: true, analysis, .. } = &r.event {
-            *out.entry((month_of(r.time_ms), analysis.clone())).or_insert(0) += 1;
+/// Analyses this node took part in, per (month, analysis kind), counted from its
+/// audit log at start-up: the ids of analyses whose keys it sent.
+fn count_admitted(dir: &std::path::Path) -> Result<HashMap<(String, String), HashSet<String>>, SessionError> {
+    let records = fedcrm_audit::log::read_records(dir)?;
+    let mut started: HashMap<String, (String, String)> = HashMap::new();
+    for r in &records {
+        if let Event::RoundStarted { round, analysis, analysis_kind, .. } = &r.event {
+            started.insert(round.clone(), (analysis.clone(), analysis_kind.clone()));
         }
     }
-    out
+    let mut out: HashMap<(String, String), HashSet<String>> = HashMap::new();
+    for r in &records {
+        if let Event::Egress { round: Some(round), message, .. } = &r.event {
+            if message == "advertise-keys" {
+                if let Some((id, kind)) = started.get(round) {
+                    out.entry((month_of(r.time_ms), kind.clone())).or_default().insert(id.clone());
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn month_of(ms: u64) -> String {
@@ -625,14 +646,21 @@ fn month_of(ms: u64) -> String {
 }
 
 impl NodeContext {
-    fn rounds_this_month(&self, analysis: &str) -> u32 {
+    /// How many analyses of this kind the node joined this month, and whether this
+    /// analysis is one of them (later rounds of an admitted analysis are not new).
+    fn cap_state(&self, start: &RoundStart) -> CapState {
         let m = self.monthly.lock().unwrap_or_else(|p| p.into_inner());
-        m.get(&(month_of(unix_now() * 1000), analysis.to_string())).copied().unwrap_or(0)
+        let key = (month_of(unix_now_ms()), start.analysis.analysis_kind.clone());
+        let ids = m.get(&key);
+        CapState {
+            analyses_this_month: ids.map_or(0, |s| s.len() as u32),
+            already_counted: ids.is_some_and(|s| s.contains(&start.analysis.analysis_id)),
+        }
     }
 
-    fn count_round(&self, analysis: &str) {
+    fn count_analysis(&self, a: &fedcrm_protocol::wire::Analysis) {
         let mut m = self.monthly.lock().unwrap_or_else(|p| p.into_inner());
-        *m.entry((month_of(unix_now() * 1000), analysis.to_string())).or_insert(0) += 1;
+        m.entry((month_of(unix_now_ms()), a.analysis_kind.clone())).or_default().insert(a.analysis_id.clone());
     }
 }
 
@@ -647,8 +675,29 @@ fn query_key(start: &RoundStart) -> Vec<u8> {
     prost::Message::encode_to_vec(&fedcrm_protocol::pb::Analysis::from(&a))
 }
 
-async fn refuse(egress: &mut Egress, round: RoundId, reason: &str) -> Result<(), SessionError> {
-    egress.send(&FromNode::Refusal { round: Some(round), reason: reason.to_string() }).await?;
+/// Refuse (part of) a round: the decision and its reason go to the audit log, then
+/// the refusal goes to the coordinator.
+async fn refuse(ctx: &NodeContext, egress: &mut Egress, round: RoundId, reason: &str) -> Result<(), SessionError> {
+    refuse_as(ctx, egress, round, reason, false).await
+}
+
+async fn refuse_as(
+    ctx: &NodeContext,
+    egress: &mut Egress,
+    round: RoundId,
+    reason: &str,
+    awaiting_approval: bool,
+) -> Result<(), SessionError> {
+    record(
+        ctx,
+        Event::PolicyDecision {
+            round: Some(round.to_hex()),
+            analysis: String::new(),
+            admitted: false,
+            reason: reason.to_string(),
+        },
+    )?;
+    egress.send(&FromNode::Refusal { round: Some(round), reason: reason.to_string(), awaiting_approval }).await?;
     egress.close_round(&round);
     Ok(())
 }

@@ -110,6 +110,9 @@ pub struct Analysis {
     pub requested_by_organisation: String,
     /// Identifies the analysis (all its rounds) in audit logs.
     pub analysis_id: String,
+    /// The analysis the round belongs to (e.g. `rfm-segments` for all its rounds);
+    /// node policies apply to it.
+    pub analysis_kind: String,
     pub kind: AnalysisKind,
 }
 
@@ -191,6 +194,9 @@ impl TryFrom<&pb::Analysis> for Analysis {
             }),
             None => return Err(field("analysis.kind", "missing")),
         };
+        if a.purpose.chars().any(char::is_control) {
+            return Err(field("purpose", "must not contain control characters (newlines, escapes)"));
+        }
         let text = |field_name: &'static str, v: &str| -> Result<String, WireError> {
             if v.len() > 200 || v.chars().any(char::is_control) {
                 return Err(field(field_name, "must be at most 200 characters without control characters"));
@@ -203,6 +209,11 @@ impl TryFrom<&pb::Analysis> for Analysis {
             requested_by: text("requested_by", &a.requested_by)?,
             requested_by_organisation: text("requested_by_organisation", &a.requested_by_organisation)?,
             analysis_id: text("analysis_id", &a.analysis_id)?,
+            analysis_kind: if a.analysis_kind.is_empty() {
+                kind.name().to_string()
+            } else {
+                text("analysis_kind", &a.analysis_kind)?
+            },
             kind,
         })
     }
@@ -236,6 +247,7 @@ impl From<&Analysis> for pb::Analysis {
             requested_by: a.requested_by.clone(),
             requested_by_organisation: a.requested_by_organisation.clone(),
             analysis_id: a.analysis_id.clone(),
+            analysis_kind: a.analysis_kind.clone(),
             kind: Some(kind),
         }
     }
@@ -264,11 +276,19 @@ pub struct RoundStart {
     pub roster_signature: Vec<u8>,
 }
 
-/// What the coordinator signs for a round: round id, the analysis (with who asked
-/// and why) and every invited node with its organisation and kind.
-pub fn roster_payload(round: &RoundId, analysis: &Analysis, invited: &[Invitee]) -> Vec<u8> {
+/// What the coordinator signs for a round: round id, threshold, vector length, the
+/// analysis (with who asked and why) and every invited node with its organisation
+/// and kind.
+pub fn roster_payload(
+    round: &RoundId,
+    threshold: usize,
+    length: usize,
+    analysis: &Analysis,
+    invited: &[Invitee],
+) -> Vec<u8> {
     let encoded = prost::Message::encode_to_vec(&pb::Analysis::from(analysis));
-    let mut parts: Vec<Vec<u8>> = vec![encoded];
+    let mut parts: Vec<Vec<u8>> =
+        vec![(threshold as u64).to_be_bytes().to_vec(), (length as u64).to_be_bytes().to_vec(), encoded];
     for i in invited {
         parts.push(i.name.as_bytes().to_vec());
         parts.push(i.organisation.as_bytes().to_vec());
@@ -547,7 +567,7 @@ pub enum FromNode {
     Shares { round: RoundId, shares: Vec<Sealed> },
     Masked(MaskedChunk),
     Unmask { round: RoundId, shares: Vec<RevealedShare> },
-    Refusal { round: Option<RoundId>, reason: String },
+    Refusal { round: Option<RoundId>, reason: String, awaiting_approval: bool },
 }
 
 impl FromNode {
@@ -636,6 +656,7 @@ impl TryFrom<pb::NodeMessage> for FromNode {
             Body::Refusal(r) => FromNode::Refusal {
                 round: if r.round_id.is_empty() { None } else { Some(round_id(&r.round_id)?) },
                 reason: r.reason.chars().take(2000).collect(),
+                awaiting_approval: r.awaiting_approval,
             },
         })
     }
@@ -674,9 +695,10 @@ impl From<&FromNode> for pb::NodeMessage {
                     .map(|s| pb::RevealedShare { of: s.of.clone(), self_mask: s.self_mask, y: s.y.clone() })
                     .collect(),
             }),
-            FromNode::Refusal { round, reason } => Body::Refusal(pb::Refusal {
+            FromNode::Refusal { round, reason, awaiting_approval } => Body::Refusal(pb::Refusal {
                 round_id: round.map(|r| r.0.to_vec()).unwrap_or_default(),
                 reason: reason.clone(),
+                awaiting_approval: *awaiting_approval,
             }),
         };
         pb::NodeMessage { body: Some(body), receipt: None }
@@ -734,6 +756,7 @@ mod tests {
             requested_by: "analyst.li".into(),
             requested_by_organisation: "HQ".into(),
             analysis_id: "a1".into(),
+            analysis_kind: "rfm-segments".into(),
             kind: AnalysisKind::RfmSegments(Cuts {
                 recency: [1, 2, 3, 4],
                 frequency: [1, 1, 2, 3],

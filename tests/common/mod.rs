@@ -65,6 +65,14 @@ pub fn analysis(kind: fedcrm_protocol::wire::AnalysisKind) -> fedcrm_protocol::w
         requested_by: "analyst.test".into(),
         requested_by_organisation: "Demo Jewellery HQ".into(),
         analysis_id: "t".into(),
+        analysis_kind: kind.name().into(),
         kind,
+    }
+}
+
+/// Log to stderr when FEDCRM_TEST_LOG is set (e.g. `FEDCRM_TEST_LOG=info`).
+pub fn logs() {
+    if let Ok(filter) = std::env::var("FEDCRM_TEST_LOG") {
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
     }
 }
