@@ -86,6 +86,16 @@ async fn auditors_report_matches_the_bytes_on_the_wire_and_the_policies() {
         hashes.sort();
         logged.sort();
         assert_eq!(hashes, logged, "{}: the log names exactly the messages on the wire", cfg.name);
+        // What the coordinator logged as received from this node is the same set.
+        let mut received: Vec<String> = logs[0]
+            .iter()
+            .filter_map(|rec| match &rec.event {
+                Event::Receipt { peer, sha256, .. } if *peer == cfg.name => Some(sha256.clone()),
+                _ => None,
+            })
+            .collect();
+        received.sort();
+        assert_eq!(received, logged, "{}: coordinator's receipts vs node's egress", cfg.name);
         let row = r.egress.iter().find(|e| e.node == cfg.name).expect("node in report");
         assert_eq!(row.bytes, sizes, "{}: report bytes vs wire", cfg.name);
         assert_eq!(row.messages, wire.len() as u64, "{}: report messages vs wire", cfg.name);

@@ -199,6 +199,9 @@ impl SignedHead {
             peer_seq: self.seq,
             peer_head: hex::encode(self.head),
             signature_hex: hex::encode(&self.signature),
+            message: String::new(),
+            bytes: 0,
+            sha256: String::new(),
         }
     }
 }

@@ -158,6 +158,15 @@ pub enum Event {
         peer_seq: u64,
         peer_head: String,
         signature_hex: String,
+        /// The message the head came with (kind, size and SHA-256 of its bytes
+        /// without the receipt), so what one side says it sent can be compared with
+        /// what the other says it received.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        message: String,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        bytes: u64,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        sha256: String,
     },
     /// A result released (coordinator): thresholds applied and cells suppressed.
     Release {
@@ -231,4 +240,8 @@ impl Event {
             Event::LocalScoring { .. } => "local-scoring",
         }
     }
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }

@@ -211,6 +211,11 @@ struct Retention {
     line: u64,
     upto_seq: u64,
     last_head: String,
+    /// When the deletion was recorded, and the retention period it claims.
+    time_ms: u64,
+    retention_days: u32,
+    /// A later seal covers the retention record itself.
+    sealed: bool,
 }
 
 /// The walk through one log.
@@ -508,7 +513,7 @@ impl Walk<'_> {
                 self.seals += 1;
                 self.last_seal = Some(rec.seq);
             }
-            Event::Receipt { peer, peer_seq, peer_head, signature_hex } => {
+            Event::Receipt { peer, peer_seq, peer_head, signature_hex, .. } => {
                 self.out.receipts.push(PendingReceipt {
                     file: file.clone(),
                     line: line_no,
@@ -563,6 +568,34 @@ impl Walk<'_> {
         let retentions = find_retentions(self.files);
         for r in &retentions {
             if r.upto_seq + 1 == rec.seq {
+                // A deletion counts only if the party signed it and the records it
+                // removed were past their retention period: the first record kept was
+                // written after the newest one deleted, so it must be that old too.
+                if !r.sealed {
+                    return Err(fail(
+                        &r.file,
+                        Some(r.line),
+                        None,
+                        Problem::Truncated,
+                        "the retention-deleted record that accounts for the missing start of this log is not covered by any seal: anyone able to write the log could have added it".into(),
+                    ));
+                }
+                let period_ms = u64::from(r.retention_days) * 86_400_000;
+                if r.time_ms.saturating_sub(rec.time_ms) < period_ms {
+                    return Err(fail(
+                        file,
+                        Some(line_no),
+                        Some(rec.seq),
+                        Problem::Truncated,
+                        format!(
+                            "records 0..={} were deleted on {} although the log continues with a record from {}, less than the stated retention of {} days earlier: records were deleted before their retention period ended",
+                            r.upto_seq,
+                            when(r.time_ms),
+                            when(rec.time_ms),
+                            r.retention_days
+                        ),
+                    ));
+                }
                 if r.last_head == rec.prev {
                     return Ok(());
                 }
@@ -717,14 +750,38 @@ fn find_retentions(files: &[PathBuf]) -> Vec<Retention> {
             if !line.windows(NEEDLE.len()).any(|w| w == NEEDLE) {
                 continue;
             }
-            if let Ok(Record { event: Event::RetentionDeleted { upto_seq, last_head, .. }, .. }) =
-                serde_json::from_slice(line)
+            if let Ok(Record {
+                seq,
+                time_ms,
+                event: Event::RetentionDeleted { upto_seq, last_head, retention_days, .. },
+                ..
+            }) = serde_json::from_slice(line)
             {
-                found.push(Retention { file: file.clone(), line: n as u64 + 1, upto_seq, last_head });
+                found.push(Retention {
+                    file: file.clone(),
+                    line: n as u64 + 1,
+                    upto_seq,
+                    last_head,
+                    time_ms,
+                    retention_days,
+                    sealed: seal_covers(files, seq),
+                });
             }
         }
     }
     found
+}
+
+/// Does a seal in these files sign a head at or after record `seq`?
+fn seal_covers(files: &[PathBuf], seq: u64) -> bool {
+    const NEEDLE: &[u8] = b"\"seal\"";
+    files.iter().any(|file| {
+        let Ok(bytes) = fs::read(file) else { return false };
+        lines(&bytes).any(|(line, _)| {
+            line.windows(NEEDLE.len()).any(|w| w == NEEDLE)
+                && matches!(serde_json::from_slice(line), Ok(Record { event: Event::Seal { upto_seq, .. }, .. }) if upto_seq >= seq)
+        })
+    })
 }
 
 /// A record time for messages: RFC 3339 UTC.

@@ -271,6 +271,9 @@ fn signed_heads_verify_only_with_the_partys_certificate() {
             peer_seq: head.seq,
             peer_head: hex::encode(head.head),
             signature_hex: hex::encode(&head.signature),
+            message: String::new(),
+            bytes: 0,
+            sha256: String::new(),
         }
     );
 }
@@ -314,4 +317,40 @@ fn a_new_month_starts_a_new_file_and_the_chain_continues() {
     assert_eq!(files(tmp.path()).len(), 2);
     let report = verify_paths(&[tmp.path().to_path_buf()], &brand.ca_der).unwrap();
     assert_eq!(report.logs[0].files, 2);
+}
+
+#[test]
+fn a_deletion_before_the_retention_period_or_unsealed_is_caught() {
+    let tmp = tempfile::tempdir().unwrap();
+    let brand = Brand::new();
+    let node = brand.node("store-1.brand");
+    let clock = TestClock::new();
+    // The party claims 1 day of retention, but deletes files that are minutes old.
+    let config = AuditConfig { rotate_bytes: 4096, retention_days: 1, ..AuditConfig::default() };
+    let mut log = node.open(tmp.path(), config, clock.clone());
+    for i in 0..40 {
+        log.append(egress(i)).unwrap();
+    }
+    let files_now = files(tmp.path());
+    assert!(files_now.len() >= 3);
+    let (upto_seq, last_head) = {
+        let records = read_records(&files_now[0]).unwrap();
+        let last = records.last().unwrap();
+        let line = fs::read_to_string(&files_now[0]).unwrap();
+        let last_line = line.lines().last().unwrap().to_string();
+        (last.seq, hex::encode(fedcrm_audit::line_hash(last_line.as_bytes())))
+    };
+    log.append(Event::RetentionDeleted {
+        files: vec!["audit-000001.log".into()],
+        upto_seq,
+        last_head,
+        retention_days: 1,
+    })
+    .unwrap();
+    log.seal().unwrap();
+    drop(log);
+    fs::remove_file(&files_now[0]).unwrap();
+    let err = verify_paths(&[tmp.path().to_path_buf()], &brand.ca_der).unwrap_err();
+    assert_eq!(err.problem, Problem::Truncated, "{err}");
+    assert!(err.message.contains("before their retention period ended"), "{err}");
 }

@@ -66,6 +66,7 @@ impl pb::coordinator_server::Coordinator for NodeService {
             .map_err(|_| Status::deadline_exceeded("no hello within 10 seconds"))?
             .map_err(|s| Status::cancelled(format!("session stream failed: {}", s.message())))?
             .ok_or_else(|| Status::cancelled("session closed before hello"))?;
+        let hello_digest = wire::node_message_digest(&first);
         let (hello, receipt) =
             wire::parse_node_message(first).map_err(|e| Status::invalid_argument(format!("malformed hello: {e}")))?;
         // An incompatible peer is told so first: it may not speak receipts at all.
@@ -78,7 +79,7 @@ impl pb::coordinator_server::Coordinator for NodeService {
             }
         }
         let receipt = receipt.ok_or_else(|| Status::invalid_argument("hello carries no signed audit-log head"))?;
-        log_receipt(c, &id.name, &cert, &receipt).map_err(Status::invalid_argument)?;
+        log_receipt(c, &id.name, &cert, &receipt, hello.kind(), hello_digest).map_err(Status::invalid_argument)?;
         let hello: Result<FromNode, wire::WireError> = Ok(hello);
         match hello {
             Ok(FromNode::Hello { version, software, node }) => {
@@ -132,14 +133,17 @@ impl pb::coordinator_server::Coordinator for NodeService {
         tokio::spawn(async move {
             loop {
                 let body = match inbound.message().await {
-                    Ok(Some(m)) => match wire::parse_node_message(m) {
-                        Ok((m, Some(r))) => match log_receipt(&coordinator, &name, &cert, &r) {
-                            Ok(()) => EventBody::Message(m),
-                            Err(e) => EventBody::Malformed(e),
-                        },
-                        Ok((_, None)) => EventBody::Malformed("message without the node's signed log head".into()),
-                        Err(e) => EventBody::Malformed(e.to_string()),
-                    },
+                    Ok(Some(m)) => {
+                        let digest = wire::node_message_digest(&m);
+                        match wire::parse_node_message(m) {
+                            Ok((m, Some(r))) => match log_receipt(&coordinator, &name, &cert, &r, m.kind(), digest) {
+                                Ok(()) => EventBody::Message(m),
+                                Err(e) => EventBody::Malformed(e),
+                            },
+                            Ok((_, None)) => EventBody::Malformed("message without the node's signed log head".into()),
+                            Err(e) => EventBody::Malformed(e.to_string()),
+                        }
+                    }
                     Ok(None) | Err(_) => EventBody::Closed,
                 };
                 let closed = matches!(body, EventBody::Closed);
@@ -159,8 +163,16 @@ impl pb::coordinator_server::Coordinator for NodeService {
     }
 }
 
-/// Check a node's signed log head and record it as a receipt.
-fn log_receipt(c: &Coordinator, node: &str, cert: &[u8], r: &Receipt) -> Result<(), String> {
+/// Check a node's signed log head and record it as a receipt, with the kind, size
+/// and SHA-256 of the message it came with (as the node's egress record names them).
+fn log_receipt(
+    c: &Coordinator,
+    node: &str,
+    cert: &[u8],
+    r: &Receipt,
+    message: &str,
+    (bytes, sha256): (u64, [u8; 32]),
+) -> Result<(), String> {
     let signed = SignedHead { party: node.to_string(), seq: r.seq, head: r.head, signature: r.signature.clone() };
     signed.verify(cert).map_err(|e| format!("the node's signed log head does not verify: {e}"))?;
     record(
@@ -170,6 +182,9 @@ fn log_receipt(c: &Coordinator, node: &str, cert: &[u8], r: &Receipt) -> Result<
             peer_seq: r.seq,
             peer_head: hex(&r.head),
             signature_hex: hex(&r.signature),
+            message: message.to_string(),
+            bytes,
+            sha256: hex(&sha256),
         },
     )
     .map_err(|e| format!("audit log: {e}"))

@@ -279,6 +279,9 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
                     peer_seq: r.seq,
                     peer_head: hex(&r.head),
                     signature_hex: hex(&r.signature),
+                    message: String::new(),
+                    bytes: 0,
+                    sha256: String::new(),
                 },
             )
             .map_err(|e| wire::WireError::Field { field: "receipt", why: e.to_string() })?;

@@ -335,6 +335,17 @@ fn receipt_pb(r: Option<&Receipt>) -> Option<pb::Receipt> {
     r.map(|r| pb::Receipt { seq: r.seq, head: r.head.to_vec(), signature: r.signature.clone() })
 }
 
+/// Size and SHA-256 of a node message's bytes without its receipt: what the node's
+/// egress record names.
+pub fn node_message_digest(m: &pb::NodeMessage) -> (u64, [u8; 32]) {
+    let mut body = m.clone();
+    body.receipt = None;
+    let bytes = prost::Message::encode_to_vec(&body);
+    let d = digest::digest(&digest::SHA256, &bytes);
+    // Unwrap safety: SHA-256 output is 32 bytes.
+    (bytes.len() as u64, d.as_ref().try_into().unwrap())
+}
+
 /// Parse a node message with its receipt.
 pub fn parse_node_message(m: pb::NodeMessage) -> Result<(FromNode, Option<Receipt>), WireError> {
     let r = receipt(m.receipt.as_ref())?;
