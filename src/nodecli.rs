@@ -30,6 +30,17 @@ pub fn check_text(r: &CheckReport) -> String {
         "\npolicy: allowed analyses {:?}, min participants {}\n",
         r.allowed_analyses, r.min_participants
     ));
+    s.push_str(&format!(
+        "  other franchisee organisations required in every round: {} (HQ-owned channels never count)\n",
+        r.min_other_organisations
+    ));
+    if !r.manual_approval.is_empty() {
+        s.push_str(&format!("  waiting for your approval (fedcrm node pending): {:?}\n", r.manual_approval));
+    }
+    for (k, v) in &r.monthly_analysis_caps {
+        s.push_str(&format!("  at most {v} {k} analyses per month\n"));
+    }
+    s.push_str(&format!("  audit log (every egress, decision and receipt): {}\n", r.audit_dir));
     s.push_str("\nwhat may leave this machine (each logged with size and SHA-256):\n");
     for e in &r.egress {
         s.push_str(&format!("  {:<15} {}\n", e.message, e.content));

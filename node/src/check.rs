@@ -22,6 +22,10 @@ pub struct CheckReport {
     pub channels: Vec<(String, u64)>,
     pub allowed_analyses: Vec<String>,
     pub min_participants: usize,
+    pub min_other_organisations: usize,
+    pub manual_approval: Vec<String>,
+    pub monthly_analysis_caps: Vec<(String, u32)>,
+    pub audit_dir: String,
     pub egress: Vec<EgressLine>,
     pub never_leaves: Vec<&'static str>,
 }
@@ -63,6 +67,10 @@ pub fn check(config: &NodeConfig, ds: &Dataset) -> CheckReport {
         channels: channels.into_iter().collect(),
         allowed_analyses: config.policy.allowed_analyses.clone(),
         min_participants: config.policy.min_participants,
+        min_other_organisations: config.policy.min_other_organisations,
+        manual_approval: config.policy.manual_approval.clone(),
+        monthly_analysis_caps: config.policy.monthly_analysis_caps.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        audit_dir: config.audit_dir.display().to_string(),
         egress,
         never_leaves: vec![
             "purchase rows",
