@@ -174,6 +174,8 @@ struct PendingReceipt {
     peer_seq: u64,
     peer_head: String,
     signature_hex: String,
+    /// SHA-256 of the message the head came with, when the holder recorded it.
+    sha256: String,
 }
 
 /// A log that passed its own checks, with what the cross-party checks need.
@@ -185,6 +187,9 @@ struct Verified {
     /// (seq of the log-opened record, certificate DER), in order.
     certs: Vec<(u64, Arc<[u8]>)>,
     receipts: Vec<PendingReceipt>,
+    /// SHA-256 named by each egress record, and the seal records, by seq.
+    egress: HashMap<u64, String>,
+    seal_seqs: std::collections::HashSet<u64>,
 }
 
 impl Verified {
@@ -287,6 +292,8 @@ fn verify_log(path: &Path, ca_der: &[u8]) -> Result<Verified, VerifyFailure> {
                 hashes: Vec::new(),
                 certs: Vec::new(),
                 receipts: Vec::new(),
+                egress: HashMap::new(),
+                seal_seqs: std::collections::HashSet::new(),
             },
         };
         // `run` consumes the walk, and with it the job sender, whatever the outcome, so
@@ -512,8 +519,9 @@ impl Walk<'_> {
                 let _ = self.seal_jobs.send(job);
                 self.seals += 1;
                 self.last_seal = Some(rec.seq);
+                self.out.seal_seqs.insert(rec.seq);
             }
-            Event::Receipt { peer, peer_seq, peer_head, signature_hex, .. } => {
+            Event::Receipt { peer, peer_seq, peer_head, signature_hex, sha256, .. } => {
                 self.out.receipts.push(PendingReceipt {
                     file: file.clone(),
                     line: line_no,
@@ -522,7 +530,11 @@ impl Walk<'_> {
                     peer_seq: *peer_seq,
                     peer_head: peer_head.clone(),
                     signature_hex: signature_hex.clone(),
+                    sha256: sha256.clone(),
                 });
+            }
+            Event::Egress { sha256, .. } => {
+                self.out.egress.insert(rec.seq, sha256.clone());
             }
             _ => {}
         }
@@ -955,6 +967,33 @@ fn check_receipt(receipt: &PendingReceipt, holder: &str, p: usize, peer: &Verifi
     let actual = peer.hashes[usize::try_from(receipt.peer_seq - s.first_seq).unwrap()];
     if actual != head {
         return Outcome::Mismatch { peer: p, actual };
+    }
+    // The holder also named the message the head came with: the peer's record at that
+    // head (or just before it, when an automatic seal followed) must be the egress
+    // of exactly that message.
+    if !receipt.sha256.is_empty() {
+        let at_seq = |q: u64| peer.egress.get(&q);
+        let named = match at_seq(receipt.peer_seq) {
+            Some(h) => Some(h),
+            None if peer.seal_seqs.contains(&receipt.peer_seq) && receipt.peer_seq > 0 => at_seq(receipt.peer_seq - 1),
+            None => None,
+        };
+        if named != Some(&receipt.sha256) {
+            let (file, line) = peer.position(receipt.peer_seq);
+            return at(
+                Problem::ReceiptMismatch,
+                format!(
+                    "{holder} received a message with SHA-256 {} under {}'s head for record {}, but {}:{} records {}: what {} says it sent differs from what {holder} received",
+                    receipt.sha256,
+                    receipt.peer,
+                    receipt.peer_seq,
+                    file.display(),
+                    line,
+                    named.map(|h| format!("an egress with SHA-256 {h}")).unwrap_or_else(|| "no egress there".into()),
+                    receipt.peer
+                ),
+            );
+        }
     }
     Outcome::Matched
 }

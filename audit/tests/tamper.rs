@@ -415,3 +415,43 @@ fn same_party_twice_is_refused() {
     let failure = verify(&s, &[s.a_dir.clone(), s.a_dir.clone()]).unwrap_err();
     assert_eq!(failure.problem, Problem::WrongParty);
 }
+
+#[test]
+fn a_node_that_logs_a_different_message_than_it_sent_is_caught() {
+    // The node logs egress of message X but the coordinator received message Y under
+    // the same signed head: the two logs disagree about what left the node.
+    let tmp = tempfile::tempdir().unwrap();
+    let brand = common::Brand::new();
+    let a = brand.node("store-1.brand");
+    let b = brand.coordinator();
+    let clock = common::TestClock::new();
+    let config = fedcrm_audit::log::AuditConfig::default();
+    let mut la = a.open(&tmp.path().join("a"), config, clock.clone());
+    let mut lb = b.open(&tmp.path().join("b"), config, clock.clone());
+    for i in 0..3u64 {
+        la.append(common::egress(i)).unwrap();
+        let head = la.signed_head().unwrap();
+        let received = if i == 1 {
+            hex::encode([9u8; 32])
+        } else {
+            match common::egress(i) {
+                Event::Egress { sha256, .. } => sha256,
+                _ => unreachable!(),
+            }
+        };
+        let mut receipt = head.receipt();
+        if let Event::Receipt { message, bytes, sha256, .. } = &mut receipt {
+            *message = "masked-chunk".into();
+            *bytes = 1;
+            *sha256 = received;
+        }
+        lb.append(receipt).unwrap();
+    }
+    la.seal().unwrap();
+    lb.seal().unwrap();
+    drop((la, lb));
+    let paths = vec![tmp.path().join("a"), tmp.path().join("b")];
+    let err = verify_paths(&paths, &brand.ca_der).unwrap_err();
+    assert_eq!(err.problem, Problem::ReceiptMismatch, "{err}");
+    assert!(err.message.contains("differs from what"), "{err}");
+}
