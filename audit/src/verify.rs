@@ -187,9 +187,17 @@ struct Verified {
     /// (seq of the log-opened record, certificate DER), in order.
     certs: Vec<(u64, Arc<[u8]>)>,
     receipts: Vec<PendingReceipt>,
-    /// SHA-256 named by each egress record, and the seal records, by seq.
-    egress: HashMap<u64, String>,
-    seal_seqs: std::collections::HashSet<u64>,
+    /// What each record is, for the receipt's message check, indexed like `hashes`.
+    kinds: Vec<RecordKind>,
+}
+
+/// Just enough of a record to check a receipt's message hash against it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RecordKind {
+    /// An egress record and the SHA-256 it names (all zeros if not valid hex).
+    Egress([u8; 32]),
+    Seal,
+    Other,
 }
 
 impl Verified {
@@ -292,8 +300,7 @@ fn verify_log(path: &Path, ca_der: &[u8]) -> Result<Verified, VerifyFailure> {
                 hashes: Vec::new(),
                 certs: Vec::new(),
                 receipts: Vec::new(),
-                egress: HashMap::new(),
-                seal_seqs: std::collections::HashSet::new(),
+                kinds: Vec::new(),
             },
         };
         // `run` consumes the walk, and with it the job sender, whatever the outcome, so
@@ -519,7 +526,6 @@ impl Walk<'_> {
                 let _ = self.seal_jobs.send(job);
                 self.seals += 1;
                 self.last_seal = Some(rec.seq);
-                self.out.seal_seqs.insert(rec.seq);
             }
             Event::Receipt { peer, peer_seq, peer_head, signature_hex, sha256, .. } => {
                 self.out.receipts.push(PendingReceipt {
@@ -533,9 +539,7 @@ impl Walk<'_> {
                     sha256: sha256.clone(),
                 });
             }
-            Event::Egress { sha256, .. } => {
-                self.out.egress.insert(rec.seq, sha256.clone());
-            }
+
             _ => {}
         }
 
@@ -566,6 +570,15 @@ impl Walk<'_> {
             span.records += 1;
         }
         self.out.hashes.push(hash);
+        self.out.kinds.push(match &rec.event {
+            Event::Egress { sha256, .. } => {
+                let mut h = [0u8; 32];
+                let _ = hex::decode_to_slice(sha256, &mut h);
+                RecordKind::Egress(h)
+            }
+            Event::Seal { .. } => RecordKind::Seal,
+            _ => RecordKind::Other,
+        });
         self.prev_hash = hash;
         self.prev_at = Some((fi, line_no));
         self.expected = Some(rec.seq + 1);
@@ -972,13 +985,19 @@ fn check_receipt(receipt: &PendingReceipt, holder: &str, p: usize, peer: &Verifi
     // head (or just before it, when an automatic seal followed) must be the egress
     // of exactly that message.
     if !receipt.sha256.is_empty() {
-        let at_seq = |q: u64| peer.egress.get(&q);
-        let named = match at_seq(receipt.peer_seq) {
-            Some(h) => Some(h),
-            None if peer.seal_seqs.contains(&receipt.peer_seq) && receipt.peer_seq > 0 => at_seq(receipt.peer_seq - 1),
-            None => None,
+        let kind_at =
+            |q: u64| q.checked_sub(s.first_seq).and_then(|i| peer.kinds.get(usize::try_from(i).ok()?)).copied();
+        let named = match kind_at(receipt.peer_seq) {
+            Some(RecordKind::Egress(h)) => Some(h),
+            Some(RecordKind::Seal) => match receipt.peer_seq.checked_sub(1).and_then(kind_at) {
+                Some(RecordKind::Egress(h)) => Some(h),
+                _ => None,
+            },
+            _ => None,
         };
-        if named != Some(&receipt.sha256) {
+        let mut wanted = [0u8; 32];
+        let wanted_ok = hex::decode_to_slice(&receipt.sha256, &mut wanted).is_ok();
+        if !wanted_ok || named != Some(wanted) {
             let (file, line) = peer.position(receipt.peer_seq);
             return at(
                 Problem::ReceiptMismatch,
@@ -989,7 +1008,9 @@ fn check_receipt(receipt: &PendingReceipt, holder: &str, p: usize, peer: &Verifi
                     receipt.peer_seq,
                     file.display(),
                     line,
-                    named.map(|h| format!("an egress with SHA-256 {h}")).unwrap_or_else(|| "no egress there".into()),
+                    named
+                        .map(|h| format!("an egress with SHA-256 {}", hex::encode(h)))
+                        .unwrap_or_else(|| "no egress there".into()),
                     receipt.peer
                 ),
             );
