@@ -91,6 +91,12 @@ async fn node_with_unenrolled_name_cannot_connect() {
     let cfg = cluster.node_config(&spec("node-9")).unwrap();
     let err = attempt(&cluster, &cfg).await.to_string();
     assert!(err.contains("not enrolled") && err.contains("node-9"), "{err}");
+    // The coordinator's audit log records the refused connection and the enrolment list.
+    let recs = fedcrm_audit::log::read_records(&cluster.coordinator.config.audit_dir).unwrap();
+    assert!(recs.iter().any(|r| matches!(&r.event,
+        fedcrm_audit::Event::SessionRefused { peer, reason, .. } if peer == "node-9" && reason.contains("not enrolled"))));
+    assert!(recs.iter().any(|r| matches!(&r.event,
+        fedcrm_audit::Event::Enrolment { nodes } if nodes.iter().any(|n| n.name == "node-7"))));
     cluster.stop().await;
 }
 

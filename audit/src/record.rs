@@ -85,6 +85,16 @@ pub enum Event {
         not_after: String,
         sha256: String,
     },
+    /// The nodes the coordinator accepts (its `[[enrolled]]` list), recorded at start.
+    Enrolment {
+        nodes: Vec<Member>,
+    },
+    /// A connection the coordinator refused, and why (unenrolled, wrong role, bad hello).
+    SessionRefused {
+        peer: String,
+        organisation: String,
+        reason: String,
+    },
     /// A peer's session opened (coordinator: a node; node: the coordinator).
     SessionOpened {
         peer: String,
@@ -222,6 +232,8 @@ impl Event {
             Event::TornTailRecovered { .. } => "torn-tail-recovered",
             Event::RetentionDeleted { .. } => "retention-deleted",
             Event::CertificateIssued { .. } => "certificate-issued",
+            Event::Enrolment { .. } => "enrolment",
+            Event::SessionRefused { .. } => "session-refused",
             Event::SessionOpened { .. } => "session-opened",
             Event::SessionClosed { .. } => "session-closed",
             Event::AnalysisRequested { .. } => "analysis-requested",

@@ -61,6 +61,10 @@ pub struct Report {
     pub certificates: Vec<CertificateIssuance>,
     /// 9. Authenticated sessions, per log and peer.
     pub sessions: Vec<SessionCounts>,
+    /// 9. The nodes the coordinator accepted (its latest enrolment record in the period).
+    pub enrolment: Vec<Participant>,
+    /// 9. Connections the coordinator refused, and why.
+    pub refused_sessions: Vec<RefusedSession>,
     /// 10. Retention deletions and crash recoveries.
     pub integrity: Vec<IntegrityNote>,
     /// 10. Seals (signed log heads) per party.
@@ -79,6 +83,16 @@ pub struct PartyLog {
     pub records_in_period: u64,
     pub first_record: Option<String>,
     pub last_record: Option<String>,
+}
+
+/// A connection refused by the coordinator.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RefusedSession {
+    pub at: String,
+    pub recorded_by: String,
+    pub peer: String,
+    pub organisation: String,
+    pub reason: String,
 }
 
 /// A (name, organisation) pair taking part in an analysis.
@@ -440,6 +454,36 @@ pub fn build(logs: &[Vec<Record>], from: Date, to: Date, verification: Option<St
             })
             .collect(),
         sessions: sessions(&inp, &dir),
+        enrolment: inp
+            .iter()
+            .rev()
+            .find_map(|r| match &r.event {
+                Event::Enrolment { nodes } => Some(
+                    nodes
+                        .iter()
+                        .map(|m| Participant {
+                            name: m.name.clone(),
+                            organisation: m.organisation.clone(),
+                            kind: m.kind.clone(),
+                        })
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .unwrap_or_default(),
+        refused_sessions: inp
+            .iter()
+            .filter_map(|r| match &r.event {
+                Event::SessionRefused { peer, organisation, reason } => Some(RefusedSession {
+                    at: fmt_time(r.time_ms),
+                    recorded_by: r.party.clone(),
+                    peer: peer.clone(),
+                    organisation: organisation.clone(),
+                    reason: reason.clone(),
+                }),
+                _ => None,
+            })
+            .collect(),
         integrity: integrity(&inp),
         seals,
         parties,
@@ -1630,6 +1674,27 @@ fn section_certificates(r: &Report) -> Section {
             ),
             Block::Sub("Sessions".to_string()),
             table(vec!["Log", "Peer", "Peer's role", "Opened", "Closed", "Reasons for closing"], sessions),
+            Block::Sub("Nodes the coordinator accepts (enrolment)".to_string()),
+            table(
+                vec!["Node", "Organisation"],
+                r.enrolment.iter().map(|p| vec![p.name.clone(), or_unknown(&p.organisation)]).collect(),
+            ),
+            Block::Sub("Connections refused".to_string()),
+            table(
+                vec!["When", "Recorded by", "Who tried", "Organisation", "Why refused"],
+                r.refused_sessions
+                    .iter()
+                    .map(|x| {
+                        vec![
+                            x.at.clone(),
+                            x.recorded_by.clone(),
+                            x.peer.clone(),
+                            or_unknown(&x.organisation),
+                            x.reason.clone(),
+                        ]
+                    })
+                    .collect(),
+            ),
         ],
     }
 }

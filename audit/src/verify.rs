@@ -452,7 +452,7 @@ impl Walk<'_> {
         }
 
         match &rec.event {
-            Event::LogOpened { certificate_der_hex, .. } => {
+            Event::LogOpened { certificate_der_hex, role, organisation, .. } => {
                 let der = hex::decode(certificate_der_hex).map_err(|e| {
                     at(Problem::Uncertified, format!("the log-opened certificate is not valid hex ({e})"))
                 })?;
@@ -479,6 +479,19 @@ impl Walk<'_> {
                     return Err(at(
                         Problem::WrongParty,
                         format!("the log-opened certificate is {}'s, but this log is {}'s", identity.name, rec.party),
+                    ));
+                }
+                // The role and organisation the log states (and the report shows) must
+                // be the certificate's own.
+                let is_ca = rec.party == crate::CA_PARTY;
+                if !is_ca && (role != identity.role.as_str() || *organisation != identity.organisation) {
+                    return Err(at(
+                        Problem::WrongParty,
+                        format!(
+                            "the log-opened record states role {role:?} and organisation {organisation:?}, but the certificate says {:?} and {:?}",
+                            identity.role.as_str(),
+                            identity.organisation
+                        ),
                     ));
                 }
                 let der: Arc<[u8]> = der.into();

@@ -72,6 +72,18 @@ impl Coordinator {
             AuditLog::open(&config.audit_dir, &config.name, identity, signer()?, config.audit, Arc::new(SystemClock))?;
         // Old files beyond the retention period go (the deletion is itself logged).
         log.apply_retention()?;
+        // Which nodes this coordinator accepts, as configured now.
+        log.append(fedcrm_audit::Event::Enrolment {
+            nodes: config
+                .enrolled
+                .iter()
+                .map(|e| fedcrm_audit::Member {
+                    name: e.name.clone(),
+                    organisation: e.organisation.clone(),
+                    kind: String::new(),
+                })
+                .collect(),
+        })?;
         let audit: SharedLog = Arc::new(std::sync::Mutex::new(log));
         let (registry, events) = Registry::new(audit.clone());
         Ok(Arc::new(Self {

@@ -44,6 +44,26 @@ impl pb::coordinator_server::Coordinator for NodeService {
 
     async fn session(&self, req: Request<Streaming<pb::NodeMessage>>) -> Result<Response<SessionStream>, Status> {
         let (id, cert) = peer_identity(&req)?;
+        let (name, organisation) = (id.name.clone(), id.organisation.clone());
+        let opened = self.open_session(req, id, cert).await;
+        if let Err(status) = &opened {
+            // Refused connections are part of the record too.
+            let _ = record(
+                &self.0.audit,
+                AuditEvent::SessionRefused { peer: name, organisation, reason: status.message().to_string() },
+            );
+        }
+        opened
+    }
+}
+
+impl NodeService {
+    async fn open_session(
+        &self,
+        req: Request<Streaming<pb::NodeMessage>>,
+        id: Identity,
+        cert: Vec<u8>,
+    ) -> Result<Response<SessionStream>, Status> {
         if !matches!(id.role, Role::Node(_)) {
             return Err(Status::permission_denied(format!(
                 "{} holds a {} certificate, not a node certificate",
