@@ -104,16 +104,10 @@ enum Kind {
 enum NodeCommand {
     /// Generate this node's key (0600, never leaves) and a CSR to send to HQ.
     Init {
-        /// Node name, e.g. `fr-hangzhou-01` ([a-z0-9.-]).
-        #[arg(long)]
-        name: String,
-        /// Legal name of the organisation that owns the data.
-        #[arg(long)]
-        organisation: String,
+        #[command(flatten)]
+        id: IdentityArgs,
         #[arg(long, value_enum, default_value = "franchisee")]
         kind: Kind,
-        #[arg(long, default_value = ".")]
-        dir: PathBuf,
     },
     /// Show what the data looks like and exactly what would leave this machine.
     Check {
@@ -198,17 +192,28 @@ enum AuditCommand {
     },
 }
 
+/// Who a new key and CSR are for (`node init`, `coordinator init`, `hq init`).
+#[derive(Debug, clap::Args)]
+struct IdentityArgs {
+    /// Party name, [a-z0-9.-]: e.g. `fr-hangzhou-01`; for the coordinator, the DNS
+    /// name nodes will expect in its certificate.
+    #[arg(long)]
+    name: String,
+    /// Legal name of the organisation running this party (for a node: the one that
+    /// owns the data).
+    #[arg(long)]
+    organisation: String,
+    /// Where to write NAME.key (0600) and NAME.csr.
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+}
+
 #[derive(Debug, Subcommand)]
 enum CoordinatorCommand {
     /// Generate the coordinator's key (0600) and CSR.
     Init {
-        /// DNS name nodes will expect in the certificate.
-        #[arg(long)]
-        name: String,
-        #[arg(long)]
-        organisation: String,
-        #[arg(long, default_value = ".")]
-        dir: PathBuf,
+        #[command(flatten)]
+        id: IdentityArgs,
     },
     /// Serve nodes and analysts until Ctrl-C.
     Run {
@@ -221,12 +226,8 @@ enum CoordinatorCommand {
 enum HqCommand {
     /// Generate an analyst key (0600) and CSR.
     Init {
-        #[arg(long)]
-        name: String,
-        #[arg(long)]
-        organisation: String,
-        #[arg(long, default_value = ".")]
-        dir: PathBuf,
+        #[command(flatten)]
+        id: IdentityArgs,
     },
     /// RFM segment counts across all connected nodes.
     Segments {
@@ -291,7 +292,10 @@ enum Which {
     Hq,
 }
 
-fn init_identity(id: Identity, dir: &PathBuf) -> Result<()> {
+fn init_identity(args: IdentityArgs, role: Role) -> Result<()> {
+    let IdentityArgs { name, organisation, dir } = args;
+    let dir = &dir;
+    let id = Identity { name, organisation, role };
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let (key, csr) = pki::new_key_and_csr(&id)?;
     let key_path = dir.join(format!("{}.key", id.name));
@@ -379,12 +383,12 @@ async fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Node(NodeCommand::Init { name, organisation, kind, dir }) => {
+        Command::Node(NodeCommand::Init { id, kind }) => {
             let kind = match kind {
                 Kind::Franchisee => OrgKind::Franchisee,
                 Kind::Hq => OrgKind::Hq,
             };
-            init_identity(Identity { name, organisation, role: Role::Node(kind) }, &dir)
+            init_identity(id, Role::Node(kind))
         }
         Command::Node(NodeCommand::Check { config, json }) => {
             let cfg = fedcrm_node::config::NodeConfig::load(&config)?;
@@ -417,9 +421,7 @@ async fn run(cli: Cli) -> Result<()> {
             print!("{}", fedcrm::nodecli::egress_text(&recs, month.as_deref(), json)?);
             Ok(())
         }
-        Command::Coordinator(CoordinatorCommand::Init { name, organisation, dir }) => {
-            init_identity(Identity { name, organisation, role: Role::Coordinator }, &dir)
-        }
+        Command::Coordinator(CoordinatorCommand::Init { id }) => init_identity(id, Role::Coordinator),
         Command::Coordinator(CoordinatorCommand::Run { config }) => {
             let cfg = fedcrm_coordinator::config::CoordinatorConfig::load(&config)?;
             let listener = tokio::net::TcpListener::bind(&cfg.listen)
@@ -433,9 +435,7 @@ async fn run(cli: Cli) -> Result<()> {
             .await?;
             Ok(())
         }
-        Command::Hq(HqCommand::Init { name, organisation, dir }) => {
-            init_identity(Identity { name, organisation, role: Role::Analyst }, &dir)
-        }
+        Command::Hq(HqCommand::Init { id }) => init_identity(id, Role::Analyst),
         Command::Hq(HqCommand::Segments { config, reference_date, purpose, json, csv }) => {
             let cfg = HqConfig::load(&config)?;
             let mut client = AnalystClient::connect(&cfg).await?;

@@ -7,12 +7,13 @@
 //! a client in `share`/`receive`/`unmask`, or the server in `finish` — never a wrong
 //! sum.
 
-use std::cell::UnsafeCell;
+mod common;
+use common::with_fixed_rng;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::mem::ManuallyDrop;
 
 use fedcrm_crypto::secagg::{self, Aggregator, ClientAdvertised, ClientMasked, PeerKeys, RoundParams};
-use fedcrm_crypto::{CryptoError, RoundId, SecureRandom, SystemRandom};
+use fedcrm_crypto::{CryptoError, RoundId, SystemRandom};
 use proptest::collection::vec;
 use proptest::prelude::*;
 
@@ -434,19 +435,6 @@ proptest! {
 
 // ---------------------------------------------------------------------------------
 // Ciphertexts: tampering, replay across rounds, misrouting.
-
-/// Runs `f` with a generator answering the k-th `fill` with `fills[k]` (ring's
-/// `SecureRandom` is sealed; this is ring's own deterministic test generator).
-#[allow(deprecated)]
-fn with_fixed_rng<R>(fills: &[Vec<u8>], f: impl FnOnce(&dyn SecureRandom) -> R) -> R {
-    let slices: Vec<&[u8]> = fills.iter().map(Vec::as_slice).collect();
-    let mut rng =
-        ManuallyDrop::new(ring::test::rand::FixedSliceSequenceRandom { bytes: &slices, current: UnsafeCell::new(0) });
-    let out = f(&*rng);
-    assert_eq!(*rng.current.get_mut(), fills.len(), "not every fixed random fill was consumed");
-    drop(ManuallyDrop::into_inner(rng));
-    out
-}
 
 fn stream(seed: u64, label: &str, len: usize) -> Vec<u8> {
     let mut out = Vec::new();

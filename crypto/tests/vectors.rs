@@ -14,9 +14,10 @@
 //! ring's own `ring::test::rand::FixedSliceSequenceRandom` (deprecated, test-only):
 //! each JSON `*_rng` list is the exact sequence of `fill` calls, in order.
 
-use std::cell::UnsafeCell;
+mod common;
+use common::with_fixed_rng;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::mem::ManuallyDrop;
 
 use chacha20::ChaCha20;
 use chacha20::cipher::{KeyIvInit, StreamCipher};
@@ -24,7 +25,7 @@ use fedcrm_crypto::keys::{RoundPublic, RoundSecret};
 use fedcrm_crypto::prg::{self, MaskSeed, Sign};
 use fedcrm_crypto::secagg::{Aggregator, ClientAdvertised, RoundParams};
 use fedcrm_crypto::shamir::{self, SHARE_Y_LEN, Share};
-use fedcrm_crypto::{CryptoError, PROTOCOL_VERSION, RoundId, SecureRandom, aead, kdf};
+use fedcrm_crypto::{CryptoError, PROTOCOL_VERSION, RoundId, aead, kdf};
 use ring::{aead as ring_aead, hkdf, hmac};
 use serde::Deserialize;
 
@@ -80,21 +81,6 @@ fn kind(e: &CryptoError) -> &'static str {
         CryptoError::Overflow { .. } => "Overflow",
         CryptoError::Protocol(_) => "Protocol",
     }
-}
-
-/// Runs `f` with a generator that answers the k-th `fill` with `fills[k]` (whose
-/// length must match the request exactly), then checks every fill was used.
-#[allow(deprecated)]
-fn with_fixed_rng<R>(fills: &[Vec<u8>], f: impl FnOnce(&dyn SecureRandom) -> R) -> R {
-    let slices: Vec<&[u8]> = fills.iter().map(Vec::as_slice).collect();
-    // ManuallyDrop: ring's Drop asserts the count, which would abort the test binary
-    // (panic while panicking) if `f` itself panicked. We check the count ourselves.
-    let mut rng =
-        ManuallyDrop::new(ring::test::rand::FixedSliceSequenceRandom { bytes: &slices, current: UnsafeCell::new(0) });
-    let out = f(&*rng);
-    assert_eq!(*rng.current.get_mut(), fills.len(), "not every fixed random fill was consumed");
-    drop(ManuallyDrop::into_inner(rng));
-    out
 }
 
 // ---------------------------------------------------------------------------------
