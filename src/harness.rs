@@ -82,6 +82,9 @@ pub struct NodeSpec {
     pub policy: Policy,
     /// Customer keys on this node's consent-withdrawal list.
     pub withdrawn: Vec<String>,
+    /// Attack tests: this node colludes with HQ (feature `test-util` only).
+    #[cfg(feature = "test-util")]
+    pub round_tap: Option<fedcrm_node::session::RoundTap>,
 }
 
 impl NodeSpec {
@@ -94,7 +97,14 @@ impl NodeSpec {
             faults: Faults::default(),
             policy: Policy::default(),
             withdrawn: vec![],
+            #[cfg(feature = "test-util")]
+            round_tap: None,
         }
+    }
+
+    /// An HQ-owned channel (organisation "Demo Jewellery HQ").
+    pub fn hq(name: &str, data: String) -> Self {
+        Self { organisation: "Demo Jewellery HQ".into(), kind: OrgKind::Hq, ..Self::franchisee(name, data) }
     }
 }
 
@@ -211,6 +221,10 @@ impl Cluster {
         for spec in &opts.nodes {
             let cfg = cluster.node_config(spec)?;
             let mut ctx = cluster.node_context(&cfg, spec.faults.clone())?;
+            #[cfg(feature = "test-util")]
+            {
+                ctx.round_tap = spec.round_tap.clone();
+            }
             if opts.capture_wire {
                 let (captures, name) = (cluster.captures.clone(), spec.name.clone());
                 ctx.tap = Some(Arc::new(move |bytes: &[u8]| {
@@ -263,6 +277,18 @@ impl Cluster {
             approvals_dir: ndir.join("approvals"),
             audit: Default::default(),
         })
+    }
+
+    /// Start a node again from its configuration (same audit log, no faults), e.g.
+    /// after it dropped out; waits until it is connected.
+    pub async fn restart_node(&mut self, name: &str) -> Result<()> {
+        let cfg = self.node_configs.iter().find(|c| c.name == name).context("no such node")?.clone();
+        let ctx = self.node_context(&cfg, Faults::default())?;
+        let rx = self.shutdown_signal();
+        let before = self.coordinator.registry.connected().len();
+        self.nodes.retain(|(n, _)| n != name);
+        self.nodes.push((name.to_string(), tokio::spawn(async move { session::run_session(&ctx, rx).await })));
+        self.wait_connected(before + 1).await
     }
 
     /// Load a node's data and credentials.

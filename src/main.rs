@@ -26,10 +26,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a complete deployment on loopback: CA, coordinator, 5 nodes, RFM segments, one node dropping out.
+    /// Run a complete deployment on loopback: CA, coordinator, 7 nodes (2 HQ-owned, 5 franchisees), RFM segments, one node dropping out.
     Demo {
         /// Number of nodes (3..=8).
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 7)]
         nodes: usize,
         /// Do not make a node drop out mid-round.
         #[arg(long)]

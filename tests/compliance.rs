@@ -139,6 +139,7 @@ async fn hq_channels_and_one_franchisee_cannot_form_a_round_that_exposes_it() {
         s.organisation = "Demo Jewellery HQ".into();
         // HQ's own channels need no protection from HQ.
         s.policy.min_other_organisations = 0;
+        s.policy.assume_colluding_nodes = 0;
         nodes.push(s);
     }
     let mut fr = nodes.pop().unwrap();
@@ -148,29 +149,30 @@ async fn hq_channels_and_one_franchisee_cannot_form_a_round_that_exposes_it() {
     fr.policy.min_other_organisations = 1;
     nodes.push(fr);
     let cluster = Cluster::start(ClusterOptions { nodes, ..Default::default() }, Hooks::default()).await.unwrap();
-    let v = cluster.segments(REFERENCE, "HQ-only quorum").await.unwrap();
-    assert!(!v.participants.contains(&"fr-alone".to_string()), "{:?}", v.participants);
+    // The coordinator evaluates every invitee's announced rules first and says which
+    // fails for whom, before any round starts.
+    let err = cluster.segments(REFERENCE, "HQ-only quorum").await.unwrap_err();
+    let m = err.message().to_string();
+    assert!(m.contains("fr-alone would refuse") && m.contains("HQ-owned channels do not count"), "{m}");
     let fr_cfg = cluster.node_configs.iter().find(|c| c.name == "fr-alone").unwrap().clone();
     let coord_dir = cluster.coordinator.config.audit_dir.clone();
     let _dir = cluster.stop().await;
-    // Nothing but its hello and its refusals left the franchisee.
+    // Nothing but its hello left the franchisee.
     let sent: Vec<String> = read_log(&fr_cfg.audit_dir).unwrap().into_iter().map(|e| e.kind).collect();
-    assert!(sent.iter().all(|k| k == "hello" || k == "refusal"), "{sent:?}");
-    assert!(sent.iter().any(|k| k == "refusal"));
-    // Both logs say why.
-    let why = |recs: Vec<fedcrm_audit::Record>| -> Vec<String> {
-        recs.into_iter()
-            .filter_map(|r| match r.event {
-                Event::PolicyDecision { admitted: false, reason, .. } => Some(reason),
-                Event::NodeExit { node, reason, .. } if node == "fr-alone" => Some(reason),
-                _ => None,
-            })
-            .collect()
-    };
-    let node_side = why(read_records(&fr_cfg.audit_dir).unwrap());
-    let coord_side = why(read_records(&coord_dir).unwrap());
-    assert!(node_side.iter().any(|r| r.contains("min_other_organisations") && r.contains("HQ-owned")), "{node_side:?}");
-    assert!(coord_side.iter().any(|r| r.contains("min_other_organisations")), "{coord_side:?}");
+    assert_eq!(sent, vec!["hello"]);
+    // The coordinator's log says why the analysis did not run.
+    let failed: Vec<String> = read_records(&coord_dir)
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r.event {
+            Event::AnalysisFailed { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        failed.iter().any(|r| r.contains("fr-alone would refuse") && r.contains("min_other_organisations")),
+        "{failed:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

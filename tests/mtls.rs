@@ -203,6 +203,7 @@ async fn incompatible_protocol_version_is_rejected_with_a_clear_message() {
             protocol_version: "fedcrm/v0".into(),
             software: "fedcrm 0.0.1".into(),
             node_name: "node-7".into(),
+            rules: None,
         })),
         receipt: None,
     };

@@ -270,7 +270,7 @@ async fn silent_node_is_dropped_at_the_phase_deadline() {
     let out = out.unwrap();
     assert_eq!(out.release.contributors, vec!["node-0", "node-2", "node-3", "node-4"]);
     assert_eq!(counts(&out), expected_sum(&cluster, &out.release.contributors));
-    assert_eq!(out.exits["node-1"], "timed out during share keys");
+    assert_eq!(out.exits["node-1"], "timed out during round 1 (share keys)");
     cluster.stop().await;
 }
 
@@ -280,7 +280,11 @@ async fn large_vectors_travel_in_chunks_below_the_grpc_limit() {
     // 2^20 one-cent bins of spend: d = 1,048,576 words = 8 MiB per node, twice
     // tonic's default 4 MiB message limit, sent as 16 chunks of 512 KiB.
     let spec = HistogramSpec { metric: Metric::Monetary, layout: Layout::Linear { lo: 0, width: 1, bins: 1 << 20 } };
-    let nodes = cdnow_nodes(&[1; 3], true);
+    let mut nodes = cdnow_nodes(&[1; 3], true);
+    for n in &mut nodes {
+        // Far beyond the default policy's 1,024 bins: these franchisees allow it.
+        n.policy.histograms.max_bins = 1 << 20;
+    }
     let cluster = Cluster::start(ClusterOptions { nodes, ..exact() }, Hooks::default()).await.unwrap();
     let out = cluster.coordinator.run_histograms(&common::request("chunking"), vec![spec]).await.unwrap();
     let analysis = common::analysis(AnalysisKind::RfmHistograms(vec![spec]));

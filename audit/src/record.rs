@@ -189,6 +189,30 @@ pub enum Event {
         cells: u64,
         suppressed: u64,
     },
+    /// A sum this party helped unmask (node: it revealed shares for it) or unmasked
+    /// (coordinator), with what it covers and who contributed (U3). Nodes rebuild
+    /// their differencing guard from these records at start-up.
+    Contributed {
+        round: String,
+        analysis: String,
+        /// Analysis family, e.g. `rfm`.
+        family: String,
+        /// First day of data read, YYYY-MM-DD; empty = from the first record.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        window_from: String,
+        /// Last day of data read, YYYY-MM-DD.
+        window_to: String,
+        contributors: Vec<Member>,
+    },
+    /// The view of a round a node signed (`stage` = "signed") or unmasked under
+    /// (`stage` = "unmasked"): U2 and U3, and the signers whose signatures it verified.
+    RoundView {
+        round: String,
+        stage: String,
+        delivered: Vec<String>,
+        survivors: Vec<String>,
+        signers: Vec<String>,
+    },
     /// An analysis failed or was refused release (coordinator).
     AnalysisFailed {
         analysis: String,
@@ -244,6 +268,8 @@ impl Event {
             Event::NodeExit { .. } => "node-exit",
             Event::Receipt { .. } => "receipt",
             Event::Release { .. } => "release",
+            Event::Contributed { .. } => "contributed",
+            Event::RoundView { .. } => "round-view",
             Event::AnalysisFailed { .. } => "analysis-failed",
             Event::ApprovalRequested { .. } => "approval-requested",
             Event::ApprovalGranted { .. } => "approval-granted",

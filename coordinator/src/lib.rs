@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod config;
+pub mod plan;
 pub mod registry;
 pub mod release;
 pub mod round;
@@ -41,6 +42,45 @@ pub struct Coordinator {
     signing: SigningKey,
     events: Mutex<mpsc::Receiver<Event>>,
     hooks: Hooks,
+    /// Sums this coordinator unmasked (from its audit log, then every round), to plan
+    /// rounds under the nodes' differencing rule.
+    history: std::sync::Mutex<Vec<fedcrm_protocol::rules::Unmasked>>,
+}
+
+/// Unix time in milliseconds.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// The sums recorded as `contributed` in an audit log.
+fn unmasked_from(records: &[fedcrm_audit::Record]) -> Vec<fedcrm_protocol::rules::Unmasked> {
+    use fedcrm_protocol::pki::OrgKind;
+    use fedcrm_protocol::wire;
+    records
+        .iter()
+        .filter_map(|r| match &r.event {
+            fedcrm_audit::Event::Contributed { round, family, window_from, window_to, contributors, .. } => {
+                Some(fedcrm_protocol::rules::Unmasked {
+                    round: round.clone(),
+                    time_ms: r.time_ms,
+                    coverage: fedcrm_protocol::rules::Coverage {
+                        family: family.clone(),
+                        from: wire::parse_date(window_from).ok(),
+                        to: wire::parse_date(window_to).ok()?,
+                    },
+                    contributors: contributors
+                        .iter()
+                        .map(|m| wire::Invitee {
+                            name: m.name.clone(),
+                            organisation: m.organisation.clone(),
+                            kind: if m.kind == "hq" { OrgKind::Hq } else { OrgKind::Franchisee },
+                        })
+                        .collect(),
+                })
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 impl Coordinator {
@@ -84,6 +124,7 @@ impl Coordinator {
                 })
                 .collect(),
         })?;
+        let history = unmasked_from(&fedcrm_audit::log::read_records(&config.audit_dir)?);
         let audit: SharedLog = Arc::new(std::sync::Mutex::new(log));
         let (registry, events) = Registry::new(audit.clone());
         Ok(Arc::new(Self {
@@ -94,12 +135,36 @@ impl Coordinator {
             signing: signer()?,
             events: Mutex::new(events),
             hooks,
+            history: std::sync::Mutex::new(history),
         }))
     }
 
     /// Sign a round roster.
     pub(crate) fn sign(&self, payload: &[u8]) -> Result<Vec<u8>, pki::PkiError> {
         self.signing.sign(payload)
+    }
+
+    /// Remember a sum this coordinator unmasked (its audit record is already written).
+    pub(crate) fn remember(&self, u: fedcrm_protocol::rules::Unmasked) {
+        self.history.lock().unwrap_or_else(|p| p.into_inner()).push(u);
+    }
+
+    /// Plan a round of an analysis covering `coverage` over the connected nodes
+    /// (or, with the `force_threshold` hook, all of them with that threshold).
+    pub(crate) fn plan(
+        &self,
+        coverage: &fedcrm_protocol::rules::Coverage,
+    ) -> Result<plan::Plan, crate::round::RoundError> {
+        let connected = self.registry.connected();
+        let need = self.config.release.min_participants;
+        if connected.len() < need {
+            return Err(crate::round::RoundError::NotEnoughNodes { have: connected.len(), need });
+        }
+        if let Some(t) = self.hooks.force_threshold {
+            return Ok(plan::Plan { invited: connected, t, excluded: Default::default() });
+        }
+        let history = self.history.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        plan::plan(&connected, &history, now_ms(), coverage).map_err(crate::round::RoundError::Unplannable)
     }
 
     /// A round runner for one analysis. Events queued while no analysis ran (stale

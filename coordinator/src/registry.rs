@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use fedcrm_protocol::pb;
 use fedcrm_protocol::pki::OrgKind;
-use fedcrm_protocol::wire::{self, FromNode, Receipt, ToNode};
+use fedcrm_protocol::wire::{self, FromNode, NodeRules, Receipt, ToNode};
 
 use crate::audit::SharedLog;
 use tokio::sync::mpsc;
@@ -30,6 +30,19 @@ pub struct Participant {
     pub session: u64,
     /// HQ-owned channel or franchisee, from the certificate.
     pub kind: OrgKind,
+    /// The rules the node announced in its Hello (it enforces them itself).
+    pub rules: NodeRules,
+}
+
+impl Participant {
+    /// As named in a signed roster.
+    pub fn invitee(&self) -> fedcrm_protocol::wire::Invitee {
+        fedcrm_protocol::wire::Invitee {
+            name: self.name.clone(),
+            organisation: self.organisation.clone(),
+            kind: self.kind,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -43,7 +56,11 @@ struct Session {
 #[derive(Debug)]
 pub enum EventBody {
     Message(FromNode),
+    /// The node's fault: a message that does not parse or whose receipt is bad.
     Malformed(String),
+    /// The coordinator's own fault while handling the node's message (its audit log
+    /// failed): the round stops, and the node is not blamed.
+    LocalFault(String),
     Closed,
 }
 

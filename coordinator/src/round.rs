@@ -1,7 +1,9 @@
-//! One secure-aggregation round, server side (Bonawitz et al. 2017, §4): advertise
-//! keys → share keys → masked input → unmask, each phase with a deadline. A node
-//! that disconnects, refuses, times out or breaks the protocol is dropped from the
-//! round; the round goes on while at least t nodes remain.
+//! One secure-aggregation round, server side (Bonawitz et al. CCS 2017, Fig. 4,
+//! with the consistency check of the actively secure variant): advertise keys →
+//! share keys → masked input → consistency check → unmasking, each phase with a
+//! deadline and its own method below. A node that disconnects, refuses, times out
+//! or breaks the protocol is dropped from the round; the round goes on while at
+//! least t nodes remain.
 //!
 //! **Invariant:** the coordinator never holds an unmasked per-node vector: a masked
 //! vector is buffered only until complete and validated, then added to the running
@@ -13,11 +15,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fedcrm_audit::{Event as AuditEvent, Member};
-use fedcrm_crypto::secagg::{self, Aggregator, PeerKeys, Revealed, RoundParams};
+use fedcrm_crypto::secagg::{self, Aggregator, PeerKeys, Phase, Revealed, RoundParams, Unmasking};
 use fedcrm_crypto::shamir::Share;
 use fedcrm_crypto::{RoundId, SystemRandom};
 use fedcrm_protocol::pki::{self, OrgKind};
-use fedcrm_protocol::wire::{self, Analysis, FromNode, Invitee, RoundStart, Sealed, SignedKeys, ToNode};
+use fedcrm_protocol::wire::{
+    self, Analysis, FromNode, Invitee, RevealedShare, RoundStart, Sealed, SignedKeys, ToNode, ViewSignature,
+};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -29,15 +33,27 @@ use crate::registry::{Event, EventBody, Participant};
 pub type MaskedObserver = Arc<dyn Fn(&str, &[u64]) + Send + Sync>;
 /// Editor of an unmask request (survivors, dropped).
 pub type UnmaskTamper = Arc<dyn Fn(&mut Vec<String>, &mut Vec<String>) + Send + Sync>;
+/// Editor of the view shown to one node in the consistency check (node, survivors, dropped).
+pub type ViewTamper = Arc<dyn Fn(&str, &mut Vec<String>, &mut Vec<String>) + Send + Sync>;
+/// Observer of every unmask answer as received, before validation (node, shares).
+pub type SharesObserver = Arc<dyn Fn(&str, &[RevealedShare]) + Send + Sync>;
 
-/// Test and benchmark hooks; none are set in production.
+/// Hooks that let a test play HQ deviating from the protocol (or observe it). The
+/// coordinator is the adversary the nodes defend against, so these give an attacker
+/// nothing it does not have by running its own build; none are set in production.
 #[derive(Clone, Default)]
 pub struct Hooks {
     /// Called with every complete masked vector before it is added to the sum.
     pub on_masked: Option<MaskedObserver>,
-    /// Lets a test play a coordinator that deviates from the protocol by editing
-    /// the unmask request (survivors, dropped) before it is sent.
+    /// Edits the unmask request (survivors, dropped) before it is sent.
     pub tamper_unmask: Option<UnmaskTamper>,
+    /// Edits the view each node is shown in the consistency check (split views).
+    pub tamper_view: Option<ViewTamper>,
+    /// Sees every unmask answer as received.
+    pub on_unmask_shares: Option<SharesObserver>,
+    /// Forces this threshold and roster of all connected nodes, skipping the
+    /// coordinator's own planning (HQ choosing t).
+    pub force_threshold: Option<usize>,
 }
 
 impl std::fmt::Debug for Hooks {
@@ -45,6 +61,9 @@ impl std::fmt::Debug for Hooks {
         f.debug_struct("Hooks")
             .field("on_masked", &self.on_masked.is_some())
             .field("tamper_unmask", &self.tamper_unmask.is_some())
+            .field("tamper_view", &self.tamper_view.is_some())
+            .field("on_unmask_shares", &self.on_unmask_shares.is_some())
+            .field("force_threshold", &self.force_threshold)
             .finish()
     }
 }
@@ -54,11 +73,16 @@ pub enum RoundError {
     #[error(
         "round {round}: {have} nodes remain after {phase}, fewer than the threshold t={need}; no result (left: {exits})"
     )]
-    TooFew { round: RoundId, phase: &'static str, have: usize, need: usize, exits: String },
+    TooFew { round: RoundId, phase: Phase, have: usize, need: usize, exits: String },
     #[error("round {round}: {why}")]
     Failed { round: RoundId, why: String },
+    /// The coordinator's own failure (its audit log): the round stops; no node is blamed.
+    #[error("round {round}: the coordinator failed locally: {why}; the round stops (no node is at fault)")]
+    Local { round: RoundId, why: String },
     #[error("only {have} nodes connected; the release rules need at least {need} participants")]
     NotEnoughNodes { have: usize, need: usize },
+    #[error("the round cannot run with the connected nodes: {0}")]
+    Unplannable(String),
     #[error(
         "round {round}: stopped before any data moved, because {nodes} must first be approved by its franchisee; run the analysis again once approved"
     )]
@@ -72,7 +96,7 @@ pub enum Exit {
     /// The node's franchisee has not approved this analysis yet.
     AwaitingApproval(String),
     Disconnected,
-    TimedOut(&'static str),
+    TimedOut(Phase),
     Rejected(String),
 }
 
@@ -110,9 +134,42 @@ pub(crate) struct Runner<'a> {
     pub hooks: &'a Hooks,
 }
 
+/// Who is still in the round, and why the others left.
+#[derive(Debug, Default)]
+struct Membership {
+    live: BTreeSet<String>,
+    exits: BTreeMap<String, Exit>,
+}
+
+impl Membership {
+    fn leave(&mut self, node: &str, exit: Exit) {
+        self.live.remove(node);
+        self.exits.insert(node.to_string(), exit);
+    }
+
+    /// Nodes still live that did not answer this phase time out.
+    fn expire(&mut self, done: &BTreeSet<String>, phase: Phase) {
+        for n in self.live.difference(done) {
+            self.exits.entry(n.clone()).or_insert(Exit::TimedOut(phase));
+        }
+        self.live.retain(|n| done.contains(n));
+    }
+}
+
 struct Assembly {
     buf: Vec<u64>,
     next: u32,
+}
+
+/// One round in progress.
+struct Round<'r, 'a> {
+    runner: &'r mut Runner<'a>,
+    id: RoundId,
+    t: usize,
+    d: usize,
+    invited: &'r [Participant],
+    by_name: BTreeMap<String, Participant>,
+    members: Membership,
 }
 
 impl Runner<'_> {
@@ -124,25 +181,75 @@ impl Runner<'_> {
         t: usize,
     ) -> Result<RoundOutput, RoundError> {
         let rng = SystemRandom::new();
-        let round =
+        let id =
             RoundId::random(&rng).map_err(|e| RoundError::Failed { round: RoundId([0; 16]), why: e.to_string() })?;
-        let d = analysis.kind.vector_len();
-        let chunk = self.settings.chunk_elements.max(1) as usize;
-        let timeout = Duration::from_secs(self.settings.phase_timeout_seconds.max(1));
-        let params = RoundParams { round, t, d };
-        let by_name: BTreeMap<&str, &Participant> = invited.iter().map(|p| (p.name.as_str(), p)).collect();
-        let sessions: BTreeMap<String, u64> = invited.iter().map(|p| (p.name.clone(), p.session)).collect();
-        let mut exits: BTreeMap<String, Exit> = BTreeMap::new();
-        let invitees: Vec<Invitee> = invited
-            .iter()
-            .map(|p| Invitee { name: p.name.clone(), organisation: p.organisation.clone(), kind: p.kind })
-            .collect();
-        let roster_signature = self
-            .coordinator
-            .sign(&wire::roster_payload(&round, t, d, analysis, &invitees))
-            .map_err(|e| RoundError::Failed { round, why: format!("cannot sign the roster: {e}") })?;
+        let by_name = invited.iter().map(|p| (p.name.clone(), p.clone())).collect();
+        let mut round = Round {
+            runner: self,
+            id,
+            t,
+            d: analysis.kind.vector_len(),
+            invited,
+            by_name,
+            members: Membership::default(),
+        };
+        let out = round.run(analysis).await;
+        if let Err(e) = &out {
+            let why = e.to_string();
+            round.log_exits();
+            round.end(false, &why).await;
+        }
+        out
+    }
+}
+
+impl Round<'_, '_> {
+    async fn run(&mut self, analysis: &Analysis) -> Result<RoundOutput, RoundError> {
+        self.start(analysis).await?;
+        let u1 = self.advertise_keys().await?;
+        let u2 = self.share_keys(&u1).await?;
+        let unmasking = self.masked_input(&u1, &u2).await?;
+        let (u3, dropped) = (unmasking.survivors(), unmasking.dropped());
+        let signatures = self.consistency_check(&u2, &u3, &dropped).await?;
+        let sum = self.unmasking(unmasking, &u1, &u2, &u3, &dropped, signatures).await?;
+        self.log_exits();
+        let coverage = analysis.coverage();
+        let contributors: Vec<Invitee> = u3.iter().map(|n| self.by_name[n].invitee()).collect();
+        record(&self.runner.coordinator.audit, contributed(self.id, analysis, &coverage, &contributors))
+            .map_err(|e| RoundError::Local { round: self.id, why: format!("audit log: {e}") })?;
+        self.runner.coordinator.remember(fedcrm_protocol::rules::Unmasked {
+            round: self.id.to_hex(),
+            time_ms: crate::now_ms(),
+            coverage,
+            contributors,
+        });
+        self.end(true, "aggregate computed").await;
+        tracing::info!(round = %self.id, contributors = u3.len(), "round complete");
+        Ok(RoundOutput {
+            round: self.id,
+            organisations: u3.iter().map(|n| self.by_name[n].organisation.clone()).collect(),
+            kinds: u3.iter().map(|n| self.by_name[n].kind).collect(),
+            contributors: u3,
+            exits: std::mem::take(&mut self.members.exits),
+            sum,
+        })
+    }
+
+    fn local(&self, e: impl std::fmt::Display) -> RoundError {
+        RoundError::Local { round: self.id, why: format!("audit log: {e}") }
+    }
+
+    /// Sign the roster, log the round, invite.
+    async fn start(&mut self, analysis: &Analysis) -> Result<(), RoundError> {
+        let (round, t, d) = (self.id, self.t, self.d);
+        let invitees: Vec<Invitee> = self.invited.iter().map(Participant::invitee).collect();
+        let roster_signature =
+            self.runner
+                .coordinator
+                .sign(&wire::roster_payload(&round, t, d, analysis, &invitees))
+                .map_err(|e| RoundError::Failed { round, why: format!("cannot sign the roster: {e}") })?;
         record(
-            &self.coordinator.audit,
+            &self.runner.coordinator.audit,
             AuditEvent::RoundStarted {
                 round: round.to_hex(),
                 analysis: analysis.analysis_id.clone(),
@@ -154,114 +261,94 @@ impl Runner<'_> {
                 invited: invitees.iter().map(member).collect(),
             },
         )
-        .map_err(|e| RoundError::Failed { round, why: format!("audit log: {e}") })?;
+        .map_err(|e| self.local(e))?;
         let start = RoundStart {
             round,
             threshold: t,
             length: d,
             analysis: analysis.clone(),
             invited: invitees,
-            chunk_elements: chunk,
+            chunk_elements: self.runner.settings.chunk_elements.max(1) as usize,
             roster_signature,
         };
-        tracing::info!(%round, analysis = analysis.kind.name(), n = invited.len(), t, d, "round start");
-        let mut live: BTreeSet<String> = BTreeSet::new();
-        for p in invited {
-            if self.coordinator.registry.send(&p.name, &ToNode::RoundStart(Box::new(start.clone()))).await {
-                live.insert(p.name.clone());
+        tracing::info!(%round, analysis = analysis.kind.name(), n = self.invited.len(), t, d, "round start");
+        let msg = ToNode::RoundStart(Box::new(start));
+        for p in self.invited {
+            if self.runner.coordinator.registry.send(&p.name, &msg).await {
+                self.members.live.insert(p.name.clone());
             } else {
-                exits.insert(p.name.clone(), Exit::Disconnected);
+                self.members.exits.insert(p.name.clone(), Exit::Disconnected);
             }
         }
+        Ok(())
+    }
 
-        // Phase 1: advertise keys.
+    /// Round 0: collect signed keys; a node awaiting approval stops the round here.
+    async fn advertise_keys(&mut self) -> Result<Vec<SignedKeys>, RoundError> {
         let mut keys: BTreeMap<String, SignedKeys> = BTreeMap::new();
-        let deadline = Instant::now() + timeout;
-        while live.iter().any(|n| !keys.contains_key(n)) {
-            let Some((node, msg)) =
-                self.next(round, &sessions, deadline, &mut live, &mut exits, "advertise keys").await
-            else {
-                break;
-            };
+        let deadline = self.deadline();
+        while self.members.live.iter().any(|n| !keys.contains_key(n)) {
+            let Some((node, msg)) = self.next(deadline).await? else { break };
             match msg {
                 FromNode::Keys { enc, mask, signature, .. } if !keys.contains_key(&node) => {
-                    let cert = &by_name[node.as_str()].certificate;
-                    let payload = secagg::key_signing_payload(&round, &node, &enc, &mask);
+                    let cert = &self.by_name[&node].certificate;
+                    let payload = secagg::key_signing_payload(&self.id, &node, &enc, &mask);
                     match pki::verify_signature(cert, &payload, &signature) {
                         Ok(()) => {
-                            keys.insert(
-                                node.clone(),
-                                SignedKeys { node, enc, mask, signature, certificate: cert.clone() },
-                            );
+                            let certificate = cert.clone();
+                            keys.insert(node.clone(), SignedKeys { node, enc, mask, signature, certificate });
                         }
-                        Err(e) => {
-                            self.reject(round, &node, format!("key signature invalid: {e}"), &mut live, &mut exits)
-                                .await
-                        }
+                        Err(e) => self.reject(&node, format!("key signature invalid: {e}")).await,
                     }
                 }
-                other => self.unexpected(round, &node, &other, &mut live, &mut exits).await,
+                other => self.unexpected(&node, &other).await,
             }
         }
-        self.expire(&live, &keys.keys().cloned().collect(), "advertise keys", &mut exits);
+        self.members.expire(&keys.keys().cloned().collect(), Phase::AdvertiseKeys);
         // A node waiting for its franchisee's approval stops the round here, before any
         // share or masked input moves: a result without it now and with it later could
         // be subtracted.
-        let waiting: Vec<String> = exits
+        let waiting: Vec<String> = self
+            .members
+            .exits
             .iter()
             .filter(|(_, e)| matches!(e, Exit::AwaitingApproval(_)))
             .map(|(n, e)| format!("{n} ({e})"))
             .collect();
         if !waiting.is_empty() {
-            let why = format!("waiting for manual approval: {}", waiting.join("; "));
-            self.log_exits(round, &exits);
-            self.end(invited, round, false, &why).await;
-            return Err(RoundError::AwaitingApproval { round, nodes: waiting.join("; ") });
+            return Err(RoundError::AwaitingApproval { round: self.id, nodes: waiting.join("; ") });
         }
-        let u1: Vec<SignedKeys> = keys.into_values().filter(|k| live.contains(&k.node)).collect();
-        live = u1.iter().map(|k| k.node.clone()).collect();
-        self.ensure(round, "advertise keys", live.len(), t, invited, &exits).await?;
-        let roster = ToNode::Roster { round, keys: u1.clone() };
-        for n in &live.clone() {
-            if !self.coordinator.registry.send(n, &roster).await {
-                live.remove(n);
-                exits.insert(n.clone(), Exit::Disconnected);
-            }
-        }
+        let u1: Vec<SignedKeys> = keys.into_values().filter(|k| self.members.live.contains(&k.node)).collect();
+        self.ensure(Phase::AdvertiseKeys)?;
+        let roster = ToNode::Roster { round: self.id, keys: u1.clone() };
+        self.broadcast(&roster).await;
+        Ok(u1)
+    }
 
-        // Phase 2: share keys.
+    /// Round 1: collect sealed shares, then deliver each node its shares and U2.
+    async fn share_keys(&mut self, u1: &[SignedKeys]) -> Result<Vec<String>, RoundError> {
         let mut sealed: BTreeMap<String, Vec<Sealed>> = BTreeMap::new();
-        let deadline = Instant::now() + timeout;
+        let deadline = self.deadline();
         let u1_names: BTreeSet<String> = u1.iter().map(|k| k.node.clone()).collect();
-        while live.iter().any(|n| !sealed.contains_key(n)) {
-            let Some((node, msg)) = self.next(round, &sessions, deadline, &mut live, &mut exits, "share keys").await
-            else {
-                break;
-            };
+        while self.members.live.iter().any(|n| !sealed.contains_key(n)) {
+            let Some((node, msg)) = self.next(deadline).await? else { break };
             match msg {
                 FromNode::Shares { shares, .. } if !sealed.contains_key(&node) => {
                     let to: BTreeSet<String> = shares.iter().map(|s| s.peer.clone()).collect();
                     let expected: BTreeSet<String> = u1_names.iter().filter(|n| **n != node).cloned().collect();
                     if to != expected || shares.len() != expected.len() {
-                        self.reject(
-                            round,
-                            &node,
-                            "sealed shares must address every other node of the roster exactly once".into(),
-                            &mut live,
-                            &mut exits,
-                        )
-                        .await;
+                        let why = "sealed shares must address every other node of the roster exactly once";
+                        self.reject(&node, why.into()).await;
                     } else {
                         sealed.insert(node, shares);
                     }
                 }
-                other => self.unexpected(round, &node, &other, &mut live, &mut exits).await,
+                other => self.unexpected(&node, &other).await,
             }
         }
-        self.expire(&live, &sealed.keys().cloned().collect(), "share keys", &mut exits);
-        live.retain(|n| sealed.contains_key(n));
-        self.ensure(round, "share keys", live.len(), t, invited, &exits).await?;
-        let u2: Vec<String> = live.iter().cloned().collect();
+        self.members.expire(&sealed.keys().cloned().collect(), Phase::ShareKeys);
+        self.ensure(Phase::ShareKeys)?;
+        let u2: Vec<String> = self.members.live.iter().cloned().collect();
         for v in &u2 {
             let incoming: Vec<Sealed> = u2
                 .iter()
@@ -273,116 +360,171 @@ impl Runner<'_> {
                         .map(|s| Sealed { peer: u.clone(), ciphertext: s.ciphertext.clone() })
                 })
                 .collect();
-            if !self
-                .coordinator
-                .registry
-                .send(v, &ToNode::Shares { round, delivered: u2.clone(), shares: incoming })
-                .await
-            {
-                live.remove(v);
-                exits.insert(v.clone(), Exit::Disconnected);
+            let msg = ToNode::Shares { round: self.id, delivered: u2.clone(), shares: incoming };
+            if !self.runner.coordinator.registry.send(v, &msg).await {
+                self.members.leave(v, Exit::Disconnected);
             }
         }
-        drop(sealed);
+        Ok(u2)
+    }
 
-        // Phase 3: masked input.
+    /// Round 2: assemble and add each masked vector; close inputs.
+    async fn masked_input(&mut self, u1: &[SignedKeys], u2: &[String]) -> Result<Unmasking, RoundError> {
+        let round = self.id;
+        let d = self.d;
+        let chunk = self.runner.settings.chunk_elements.max(1) as usize;
         let peer_keys: Vec<PeerKeys> =
             u1.iter().map(|k| PeerKeys { name: k.node.clone(), enc: k.enc, mask: k.mask }).collect();
-        let mut agg = Aggregator::new(params.clone(), peer_keys, &u2)
-            .map_err(|e| RoundError::Failed { round, why: e.to_string() })?;
+        let params = RoundParams { round, t: self.t, d };
+        let mut agg =
+            Aggregator::new(params, peer_keys, u2).map_err(|e| RoundError::Failed { round, why: e.to_string() })?;
         let chunks = d.div_ceil(chunk) as u32;
         let mut assembling: BTreeMap<String, Assembly> = BTreeMap::new();
         let mut complete: BTreeSet<String> = BTreeSet::new();
-        let deadline = Instant::now() + timeout;
-        while live.iter().any(|n| !complete.contains(n)) {
-            let Some((node, msg)) = self.next(round, &sessions, deadline, &mut live, &mut exits, "masked input").await
-            else {
-                break;
-            };
-            match msg {
+        let deadline = self.deadline();
+        while self.members.live.iter().any(|n| !complete.contains(n)) {
+            let Some((node, msg)) = self.next(deadline).await? else { break };
+            let c = match msg {
                 FromNode::Masked(_) if complete.contains(&node) => {
                     tracing::warn!(%round, %node, "extra chunk after a complete masked vector; ignored");
+                    continue;
                 }
-                FromNode::Masked(c) => {
-                    let a = assembling
-                        .entry(node.clone())
-                        .or_insert_with(|| Assembly { buf: Vec::with_capacity(d), next: 0 });
-                    let want_len = if c.index + 1 == chunks { d - (chunks as usize - 1) * chunk } else { chunk };
-                    let problem = if c.count != chunks {
-                        Some(format!("sent a vector in {} chunks, expected {chunks} for {d} elements", c.count))
-                    } else if c.index != a.next || c.offset != c.index as u64 * chunk as u64 {
-                        Some(format!("sent chunk {} at offset {}, expected chunk {}", c.index, c.offset, a.next))
-                    } else if c.words.len() != want_len {
-                        Some(format!("sent {} elements in chunk {}, expected {want_len}", c.words.len(), c.index))
-                    } else {
-                        None
-                    };
-                    if let Some(p) = problem {
-                        assembling.remove(&node);
-                        self.reject(round, &node, p, &mut live, &mut exits).await;
-                        continue;
-                    }
-                    a.buf.extend_from_slice(&c.words);
-                    a.next += 1;
-                    if a.next == chunks {
-                        // Unwrap safety: the entry was created above in this iteration or earlier.
-                        let a = assembling.remove(&node).unwrap();
-                        if let Some(h) = &self.hooks.on_masked {
-                            h(&node, &a.buf);
-                        }
-                        match agg.add_masked(&node, &a.buf) {
-                            Ok(()) => {
-                                complete.insert(node);
-                            }
-                            Err(e) => self.reject(round, &node, e.to_string(), &mut live, &mut exits).await,
-                        }
-                    }
+                FromNode::Masked(c) => c,
+                other => {
+                    self.unexpected(&node, &other).await;
+                    continue;
                 }
-                other => self.unexpected(round, &node, &other, &mut live, &mut exits).await,
+            };
+            let a = assembling.entry(node.clone()).or_insert_with(|| Assembly { buf: Vec::with_capacity(d), next: 0 });
+            let want_len = if c.index + 1 == chunks { d - (chunks as usize - 1) * chunk } else { chunk };
+            let problem = if c.count != chunks {
+                Some(format!("sent a vector in {} chunks, expected {chunks} for {d} elements", c.count))
+            } else if c.index != a.next || c.offset != c.index as u64 * chunk as u64 {
+                Some(format!("sent chunk {} at offset {}, expected chunk {}", c.index, c.offset, a.next))
+            } else if c.words.len() != want_len {
+                Some(format!("sent {} elements in chunk {}, expected {want_len}", c.words.len(), c.index))
+            } else {
+                None
+            };
+            if let Some(p) = problem {
+                assembling.remove(&node);
+                self.reject(&node, p).await;
+                continue;
+            }
+            a.buf.extend_from_slice(&c.words);
+            a.next += 1;
+            if a.next == chunks {
+                // Unwrap safety: the entry was created above in this iteration or earlier.
+                let a = assembling.remove(&node).unwrap();
+                if let Some(h) = &self.runner.hooks.on_masked {
+                    h(&node, &a.buf);
+                }
+                match agg.add_masked(&node, &a.buf) {
+                    Ok(()) => {
+                        complete.insert(node);
+                    }
+                    Err(e) => self.reject(&node, e.to_string()).await,
+                }
             }
         }
         drop(assembling);
-        self.expire(&live, &complete, "masked input", &mut exits);
+        self.members.expire(&complete, Phase::MaskedInputCollection);
         let unmasking = agg.close();
-        let survivors = unmasking.survivors();
-        let dropped = unmasking.dropped();
-        live = survivors.iter().cloned().collect();
-        self.ensure(round, "masked input", live.len(), t, invited, &exits).await?;
-        tracing::info!(%round, survivors = survivors.len(), dropped = ?dropped, "inputs closed");
+        self.members.live = unmasking.survivors().into_iter().collect();
+        self.ensure(Phase::MaskedInputCollection)?;
+        tracing::info!(%round, survivors = self.members.live.len(), dropped = ?unmasking.dropped(), "inputs closed");
+        Ok(unmasking)
+    }
 
-        // Phase 4: unmask.
-        let (mut req_s, mut req_d) = (survivors.clone(), dropped.clone());
-        if let Some(t) = &self.hooks.tamper_unmask {
-            t(&mut req_s, &mut req_d);
+    /// Round 3: show U3 to every survivor and collect signatures on (round, U2, U3).
+    /// Returns, per signer, its signature and the view it signed.
+    async fn consistency_check(
+        &mut self,
+        u2: &[String],
+        u3: &[String],
+        dropped: &[String],
+    ) -> Result<BTreeMap<String, (Vec<u8>, Vec<String>)>, RoundError> {
+        let mut shown: BTreeMap<String, (Vec<String>, Vec<String>)> = BTreeMap::new();
+        for n in self.members.live.clone() {
+            let (mut s, mut d) = (u3.to_vec(), dropped.to_vec());
+            if let Some(t) = &self.runner.hooks.tamper_view {
+                t(&n, &mut s, &mut d);
+            }
+            let msg = ToNode::Consistency { round: self.id, survivors: s.clone(), dropped: d.clone() };
+            if self.runner.coordinator.registry.send(&n, &msg).await {
+                shown.insert(n, (s, d));
+            } else {
+                self.members.leave(&n, Exit::Disconnected);
+            }
         }
-        let request = ToNode::Unmask { round, survivors: req_s, dropped: req_d };
-        for n in &survivors {
-            if !self.coordinator.registry.send(n, &request).await {
-                live.remove(n);
+        let mut signed: BTreeMap<String, (Vec<u8>, Vec<String>)> = BTreeMap::new();
+        let deadline = self.deadline();
+        while self.members.live.iter().any(|n| !signed.contains_key(n)) {
+            let Some((node, msg)) = self.next(deadline).await? else { break };
+            match msg {
+                FromNode::Consistency { signature, .. } if !signed.contains_key(&node) => {
+                    let Some((s, _)) = shown.get(&node) else { continue };
+                    let payload = secagg::consistency_payload(&self.id, u2, s);
+                    match pki::verify_signature(&self.by_name[&node].certificate, &payload, &signature) {
+                        Ok(()) => {
+                            signed.insert(node, (signature, s.clone()));
+                        }
+                        Err(e) => self.reject(&node, format!("consistency signature invalid: {e}")).await,
+                    }
+                }
+                FromNode::Masked(_) => {
+                    tracing::warn!(round = %self.id, %node, "masked chunk after inputs closed; ignored")
+                }
+                other => self.unexpected(&node, &other).await,
+            }
+        }
+        self.members.expire(&signed.keys().cloned().collect(), Phase::ConsistencyCheck);
+        self.ensure(Phase::ConsistencyCheck)?;
+        Ok(signed)
+    }
+
+    /// Round 4: send each signer the signatures on its view; collect one share per
+    /// node of U2 from each; remove the masks.
+    async fn unmasking(
+        &mut self,
+        unmasking: Unmasking,
+        u1: &[SignedKeys],
+        u2: &[String],
+        u3: &[String],
+        dropped: &[String],
+        signed: BTreeMap<String, (Vec<u8>, Vec<String>)>,
+    ) -> Result<Vec<u64>, RoundError> {
+        for n in self.members.live.clone() {
+            let view = &signed[&n].1;
+            let signatures: Vec<ViewSignature> = signed
+                .iter()
+                .filter(|(_, (_, v))| v == view)
+                .map(|(node, (sig, _))| ViewSignature { node: node.clone(), signature: sig.clone() })
+                .collect();
+            let (mut s, mut d) = (view.clone(), u2.iter().filter(|x| !view.contains(x)).cloned().collect());
+            if let Some(t) = &self.runner.hooks.tamper_unmask {
+                t(&mut s, &mut d);
+            }
+            let msg = ToNode::Unmask { round: self.id, survivors: s, dropped: d, signatures };
+            if !self.runner.coordinator.registry.send(&n, &msg).await {
+                self.members.leave(&n, Exit::Disconnected);
             }
         }
         let mut responses: BTreeMap<String, Vec<Revealed>> = BTreeMap::new();
-        let deadline = Instant::now() + timeout;
-        let u1_sorted: Vec<String> = u1_names.iter().cloned().collect();
-        while live.iter().any(|n| !responses.contains_key(n)) {
-            let Some((node, msg)) = self.next(round, &sessions, deadline, &mut live, &mut exits, "unmask").await else {
-                break;
-            };
+        let deadline = self.deadline();
+        let u1_sorted: Vec<String> = u1.iter().map(|k| k.node.clone()).collect();
+        while self.members.live.iter().any(|n| !responses.contains_key(n)) {
+            let Some((node, msg)) = self.next(deadline).await? else { break };
             match msg {
-                FromNode::Unmask { shares, .. }
-                    if !responses.contains_key(&node) && !unmask_ok(&shares, &u2, &survivors) =>
-                {
-                    self.reject(
-                        round,
-                        &node,
-                        "sent an unmask answer that does not hold exactly one share of the right kind per node of U2"
-                            .into(),
-                        &mut live,
-                        &mut exits,
-                    )
-                    .await;
-                }
-                FromNode::Unmask { shares, .. } if !responses.contains_key(&node) && live.contains(&node) => {
+                FromNode::Unmask { shares, .. } if !responses.contains_key(&node) => {
+                    if let Some(h) = &self.runner.hooks.on_unmask_shares {
+                        h(&node, &shares);
+                    }
+                    if !unmask_ok(&shares, u2, u3) {
+                        let why = "sent an unmask answer that does not hold exactly one share of the right kind per node of U2";
+                        self.reject(&node, why.into()).await;
+                        continue;
+                    }
                     // Unwrap safety: live ⊆ U1.
                     let x = u1_sorted.binary_search(&node).unwrap() as u32 + 1;
                     let parsed: Result<Vec<Revealed>, String> = shares
@@ -400,174 +542,143 @@ impl Runner<'_> {
                         Ok(p) => {
                             responses.insert(node, p);
                         }
-                        Err(e) => self.reject(round, &node, e, &mut live, &mut exits).await,
+                        Err(e) => self.reject(&node, e).await,
                     }
                 }
                 FromNode::Masked(_) => {
                     // Inputs are closed: a late or repeated chunk changes nothing.
-                    tracing::warn!(%round, %node, "masked chunk after inputs closed; ignored");
+                    tracing::warn!(round = %self.id, %node, "masked chunk after inputs closed; ignored");
                 }
-                other => self.unexpected(round, &node, &other, &mut live, &mut exits).await,
+                other => self.unexpected(&node, &other).await,
             }
         }
+        let _ = dropped;
         let responses: Vec<(String, Vec<Revealed>)> = responses.into_iter().collect();
-        if responses.len() < t {
-            let why = format!(
-                "only {} of {} survivors answered the unmask request, fewer than t={t}",
-                responses.len(),
-                survivors.len()
-            );
-            self.log_exits(round, &exits);
-            self.end(invited, round, false, &why).await;
+        if responses.len() < self.t {
             return Err(RoundError::TooFew {
-                round,
-                phase: "unmask",
+                round: self.id,
+                phase: Phase::Unmasking,
                 have: responses.len(),
-                need: t,
-                exits: describe(&exits),
+                need: self.t,
+                exits: describe(&self.members.exits),
             });
         }
-        let sum = match unmasking.finish(&responses) {
-            Ok(s) => s,
-            Err(e) => {
-                self.log_exits(round, &exits);
-                self.end(invited, round, false, &e.to_string()).await;
-                return Err(RoundError::Failed { round, why: e.to_string() });
-            }
-        };
-        self.log_exits(round, &exits);
-        self.end(invited, round, true, "aggregate computed").await;
-        let organisations = survivors.iter().map(|n| by_name[n.as_str()].organisation.clone()).collect();
-        let kinds = survivors.iter().map(|n| by_name[n.as_str()].kind).collect();
-        tracing::info!(%round, contributors = survivors.len(), "round complete");
-        Ok(RoundOutput { round, contributors: survivors, organisations, kinds, exits, sum })
+        unmasking.finish(&responses).map_err(|e| RoundError::Failed { round: self.id, why: e.to_string() })
     }
 
-    /// Next message of this round from a live node; handles disconnects and
-    /// malformed messages (dropping the node). `None` at the deadline.
-    async fn next(
-        &mut self,
-        round: RoundId,
-        sessions: &BTreeMap<String, u64>,
-        deadline: Instant,
-        live: &mut BTreeSet<String>,
-        exits: &mut BTreeMap<String, Exit>,
-        phase: &'static str,
-    ) -> Option<(String, FromNode)> {
+    fn deadline(&self) -> Instant {
+        Instant::now() + Duration::from_secs(self.runner.settings.phase_timeout_seconds.max(1))
+    }
+
+    /// Next message of this round from a live node; handles disconnects, refusals
+    /// and malformed messages (dropping the node). `Ok(None)` at the deadline;
+    /// `Err` when the coordinator itself failed.
+    async fn next(&mut self, deadline: Instant) -> Result<Option<(String, FromNode)>, RoundError> {
         loop {
-            if live.is_empty() {
-                return None;
+            if self.members.live.is_empty() {
+                return Ok(None);
             }
             let ev = tokio::select! {
-                e = self.events.recv() => e?,
-                _ = tokio::time::sleep_until(deadline) => return None,
+                e = self.runner.events.recv() => match e { Some(e) => e, None => return Ok(None) },
+                _ = tokio::time::sleep_until(deadline) => return Ok(None),
             };
             // Only the invited session of a live node counts: events of an earlier
             // session (a node that has since reconnected) are stale.
-            if !live.contains(&ev.node) || sessions.get(&ev.node) != Some(&ev.session) {
+            if !self.members.live.contains(&ev.node)
+                || self.by_name.get(&ev.node).map(|p| p.session) != Some(ev.session)
+            {
                 continue;
             }
             match ev.body {
                 EventBody::Closed => {
-                    tracing::warn!(%round, node = %ev.node, phase, "node disconnected mid-round");
-                    live.remove(&ev.node);
-                    exits.insert(ev.node, Exit::Disconnected);
+                    tracing::warn!(round = %self.id, node = %ev.node, "node disconnected mid-round");
+                    self.members.leave(&ev.node, Exit::Disconnected);
                 }
-                EventBody::Malformed(why) => {
-                    self.reject(round, &ev.node, format!("malformed message: {why}"), live, exits).await;
-                }
+                EventBody::Malformed(why) => self.reject(&ev.node, format!("malformed message: {why}")).await,
+                EventBody::LocalFault(why) => return Err(RoundError::Local { round: self.id, why }),
                 EventBody::Message(FromNode::Refusal { round: r, reason, awaiting_approval })
-                    if r.is_none() || r == Some(round) =>
+                    if r.is_none() || r == Some(self.id) =>
                 {
-                    tracing::warn!(%round, node = %ev.node, %reason, "node refused");
-                    live.remove(&ev.node);
+                    tracing::warn!(round = %self.id, node = %ev.node, %reason, "node refused");
                     let e = if awaiting_approval { Exit::AwaitingApproval(reason) } else { Exit::Refused(reason) };
-                    exits.insert(ev.node, e);
+                    self.members.leave(&ev.node, e);
                 }
-                EventBody::Message(m) if m.round() == Some(round) => return Some((ev.node, m)),
+                EventBody::Message(m) if m.round() == Some(self.id) => return Ok(Some((ev.node, m))),
                 EventBody::Message(m) => {
-                    tracing::debug!(%round, node = %ev.node, kind = m.kind(), "message for another round ignored");
+                    tracing::debug!(round = %self.id, node = %ev.node, kind = m.kind(), "message for another round ignored");
                 }
             }
         }
     }
 
-    async fn reject(
-        &self,
-        round: RoundId,
-        node: &str,
-        why: String,
-        live: &mut BTreeSet<String>,
-        exits: &mut BTreeMap<String, Exit>,
-    ) {
+    async fn broadcast(&mut self, msg: &ToNode) {
+        for n in self.members.live.clone() {
+            if !self.runner.coordinator.registry.send(&n, msg).await {
+                self.members.leave(&n, Exit::Disconnected);
+            }
+        }
+    }
+
+    async fn reject(&mut self, node: &str, why: String) {
+        let round = self.id;
         let msg =
             format!("round {round}: node {node} {why}; it is dropped from this round, which goes on for the others");
         tracing::warn!("{msg}");
-        let _ = self.coordinator.registry.send(node, &ToNode::RoundEnd { round, released: false, message: msg }).await;
-        live.remove(node);
-        exits.insert(node.to_string(), Exit::Rejected(why));
+        let _ = self
+            .runner
+            .coordinator
+            .registry
+            .send(node, &ToNode::RoundEnd { round, released: false, message: msg })
+            .await;
+        self.members.leave(node, Exit::Rejected(why));
     }
 
-    async fn unexpected(
-        &self,
-        round: RoundId,
-        node: &str,
-        m: &FromNode,
-        live: &mut BTreeSet<String>,
-        exits: &mut BTreeMap<String, Exit>,
-    ) {
-        self.reject(round, node, format!("sent an unexpected {} message", m.kind()), live, exits).await;
+    async fn unexpected(&mut self, node: &str, m: &FromNode) {
+        self.reject(node, format!("sent an unexpected {} message", m.kind())).await;
     }
 
-    fn expire(
-        &self,
-        live: &BTreeSet<String>,
-        done: &BTreeSet<String>,
-        phase: &'static str,
-        exits: &mut BTreeMap<String, Exit>,
-    ) {
-        for n in live.difference(done) {
-            exits.entry(n.clone()).or_insert(Exit::TimedOut(phase));
-        }
-    }
-
-    async fn ensure(
-        &self,
-        round: RoundId,
-        phase: &'static str,
-        have: usize,
-        need: usize,
-        invited: &[Participant],
-        exits: &BTreeMap<String, Exit>,
-    ) -> Result<(), RoundError> {
-        if have >= need {
+    fn ensure(&self, phase: Phase) -> Result<(), RoundError> {
+        let have = self.members.live.len();
+        if have >= self.t {
             return Ok(());
         }
-        let why = format!("{have} nodes remain after {phase}, fewer than t={need}; exits: {}", describe(exits));
-        self.log_exits(round, exits);
-        self.end(invited, round, false, &why).await;
-        Err(RoundError::TooFew { round, phase, have, need, exits: describe(exits) })
+        Err(RoundError::TooFew { round: self.id, phase, have, need: self.t, exits: describe(&self.members.exits) })
     }
 
     /// Record every node that left the round, with its reason, and seal the log.
-    fn log_exits(&self, round: RoundId, exits: &BTreeMap<String, Exit>) {
-        for (node, e) in exits {
+    fn log_exits(&self) {
+        let audit = &self.runner.coordinator.audit;
+        for (node, e) in &self.members.exits {
             let _ = record(
-                &self.coordinator.audit,
-                AuditEvent::NodeExit { round: round.to_hex(), node: node.clone(), reason: e.to_string() },
+                audit,
+                AuditEvent::NodeExit { round: self.id.to_hex(), node: node.clone(), reason: e.to_string() },
             );
         }
-        let _ = lock(&self.coordinator.audit).seal();
+        let _ = lock(audit).seal();
     }
 
-    async fn end(&self, invited: &[Participant], round: RoundId, released: bool, message: &str) {
-        for p in invited {
-            let _ = self
-                .coordinator
-                .registry
-                .send(&p.name, &ToNode::RoundEnd { round, released, message: message.to_string() })
-                .await;
+    async fn end(&self, released: bool, message: &str) {
+        for p in self.invited {
+            let msg = ToNode::RoundEnd { round: self.id, released, message: message.to_string() };
+            let _ = self.runner.coordinator.registry.send(&p.name, &msg).await;
         }
+    }
+}
+
+/// The coordinator's record of a sum it unmasked.
+fn contributed(
+    round: RoundId,
+    analysis: &Analysis,
+    coverage: &fedcrm_protocol::rules::Coverage,
+    contributors: &[Invitee],
+) -> AuditEvent {
+    AuditEvent::Contributed {
+        round: round.to_hex(),
+        analysis: analysis.analysis_id.clone(),
+        family: coverage.family.clone(),
+        window_from: coverage.from.map(wire::format_date).unwrap_or_default(),
+        window_to: wire::format_date(coverage.to),
+        contributors: contributors.iter().map(member).collect(),
     }
 }
 
@@ -578,7 +689,7 @@ pub(crate) fn member(i: &Invitee) -> Member {
 
 /// An unmask answer must name every node of U2 exactly once, with the self-mask
 /// share for survivors and the mask-key share for dropped nodes.
-fn unmask_ok(shares: &[fedcrm_protocol::wire::RevealedShare], u2: &[String], survivors: &[String]) -> bool {
+fn unmask_ok(shares: &[RevealedShare], u2: &[String], survivors: &[String]) -> bool {
     let named: BTreeSet<&str> = shares.iter().map(|s| s.of.as_str()).collect();
     named.len() == shares.len()
         && shares.len() == u2.len()

@@ -114,18 +114,15 @@ impl Coordinator {
         id: &str,
         specs: Vec<HistogramSpec>,
     ) -> Result<HistogramOutcome, AnalysisError> {
-        let mut runner = self.runner(events);
         let rules = self.config.release;
-        let invited = self.registry.connected();
-        if invited.len() < rules.min_participants {
-            return Err(RoundError::NotEnoughNodes { have: invited.len(), need: rules.min_participants }.into());
-        }
-        let t = fedcrm_crypto::secagg::default_threshold(invited.len()).max(rules.min_participants);
         let len = specs.iter().map(HistogramSpec::len).sum();
         let analysis = request.analysis(id, "rfm-histograms", AnalysisKind::RfmHistograms(specs));
-        let out = runner.run(&analysis, &invited, t).await?;
+        let plan = self.plan(&analysis.coverage())?;
+        let mut runner = self.runner(events);
+        let out = runner.run(&analysis, &plan.invited, plan.t).await?;
         stop_if_awaiting(&out)?;
-        let exits = out.exits.iter().map(|(n, e)| (n.clone(), e.to_string())).collect();
+        let mut exits: BTreeMap<String, String> = plan.excluded.clone();
+        exits.extend(out.exits.iter().map(|(n, e)| (n.clone(), e.to_string())));
         let rounds = vec![out.round.to_hex()];
         Ok(HistogramOutcome { release: release::histogram(&out, &rules, len, &self.audit, id, rounds)?, exits })
     }
@@ -137,6 +134,19 @@ impl Coordinator {
         let out = self.segments_inner(&mut events, request, &id).await;
         self.concluded(&id, &out);
         out
+    }
+
+    /// Every contributor of the analysis' first round must still be connected for
+    /// the next: otherwise stop now (the nodes would refuse anyway, since the sums
+    /// could be subtracted).
+    fn still_connected(&self, invited: &[Participant]) -> Result<(), AnalysisError> {
+        let connected = self.registry.connected();
+        let gone: Vec<String> = invited
+            .iter()
+            .filter(|p| !connected.iter().any(|c| c.name == p.name && c.session == p.session))
+            .map(|p| format!("{}: disconnected", p.name))
+            .collect();
+        if gone.is_empty() { Ok(()) } else { Err(AnalysisError::ContributorsChanged { exits: gone.join("; ") }) }
     }
 
     /// Record an analyst's request; returns the new analysis id.
@@ -174,16 +184,14 @@ impl Coordinator {
         request: &AnalysisRequest,
         id: &str,
     ) -> Result<SegmentsOutcome, AnalysisError> {
-        let mut runner = self.runner(events);
         let mut round_ids: Vec<String> = Vec::new();
         let rules = self.config.release;
-        let mut exits: BTreeMap<String, String> = BTreeMap::new();
+        let coverage = request.analysis(id, "rfm-segments", AnalysisKind::RfmSegments(Cuts::default())).coverage();
+        let plan = self.plan(&coverage)?;
+        let mut runner = self.runner(events);
+        let mut exits: BTreeMap<String, String> = plan.excluded.clone();
         let mut rounds = 0u32;
-        let invited = self.registry.connected();
-        if invited.len() < rules.min_participants {
-            return Err(RoundError::NotEnoughNodes { have: invited.len(), need: rules.min_participants }.into());
-        }
-        let t = fedcrm_crypto::secagg::default_threshold(invited.len()).max(rules.min_participants);
+        let (invited, t) = (plan.invited, plan.t);
         let mut run = async |kind: AnalysisKind, invited: &[Participant]| {
             rounds += 1;
             let analysis = request.analysis(id, "rfm-segments", kind);
@@ -228,6 +236,7 @@ impl Coordinator {
                 }
             }
             let specs: Vec<HistogramSpec> = plan.iter().map(|p| p.2).collect();
+            self.still_connected(&invited)?;
             let out = run(AnalysisKind::RfmHistograms(specs.clone()), &invited).await?;
             stop_if_awaiting(&out)?;
             same(&out)?;
@@ -241,6 +250,7 @@ impl Coordinator {
         // Unwrap safety: the loop above ends only when every search is finished.
         let fin = |i: usize| searches[i].finished().unwrap();
         let cuts = Cuts { recency: fin(0), frequency: fin(1), monetary: fin(2) };
+        self.still_connected(&invited)?;
         let out = run(AnalysisKind::RfmSegments(cuts), &invited).await?;
         stop_if_awaiting(&out)?;
         same(&out)?;

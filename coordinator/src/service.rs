@@ -99,10 +99,13 @@ impl NodeService {
             }
         }
         let receipt = receipt.ok_or_else(|| Status::invalid_argument("hello carries no signed audit-log head"))?;
-        log_receipt(c, &id.name, &cert, &receipt, hello.kind(), hello_digest).map_err(Status::invalid_argument)?;
+        log_receipt(c, &id.name, &cert, &receipt, hello.kind(), hello_digest).map_err(|e| match e {
+            ReceiptFault::Peer(why) => Status::invalid_argument(why),
+            ReceiptFault::Local(why) => Status::unavailable(why),
+        })?;
         let hello: Result<FromNode, wire::WireError> = Ok(hello);
-        match hello {
-            Ok(FromNode::Hello { version, software, node }) => {
+        let announced = match hello {
+            Ok(FromNode::Hello { version, software, node, rules }) => {
                 if version != wire::VERSION {
                     return Err(Status::failed_precondition(format!(
                         "incompatible protocol version {version:?} from {software}; this coordinator speaks {:?} — upgrade the node",
@@ -115,12 +118,13 @@ impl NodeService {
                         id.name
                     )));
                 }
+                rules
             }
             Ok(other) => {
                 return Err(Status::failed_precondition(format!("first message must be hello, got {}", other.kind())));
             }
             Err(e) => return Err(Status::invalid_argument(format!("malformed hello: {e}"))),
-        }
+        };
         let (tx, rx) = mpsc::channel(crate::registry::OUTBOUND_QUEUE);
         let welcome = ToNode::Welcome { coordinator: c.config.name.clone(), certificate: c.certificate.clone() };
         let welcome =
@@ -145,6 +149,7 @@ impl NodeService {
             certificate: cert.clone(),
             session: 0,
             kind,
+            rules: announced,
         };
         let session = c.registry.register(participant, tx);
         tracing::info!(node = %id.name, organisation = %id.organisation, "node connected");
@@ -158,7 +163,8 @@ impl NodeService {
                         match wire::parse_node_message(m) {
                             Ok((m, Some(r))) => match log_receipt(&coordinator, &name, &cert, &r, m.kind(), digest) {
                                 Ok(()) => EventBody::Message(m),
-                                Err(e) => EventBody::Malformed(e),
+                                Err(ReceiptFault::Peer(e)) => EventBody::Malformed(e),
+                                Err(ReceiptFault::Local(e)) => EventBody::LocalFault(e),
                             },
                             Ok((_, None)) => EventBody::Malformed("message without the node's signed log head".into()),
                             Err(e) => EventBody::Malformed(e.to_string()),
@@ -183,6 +189,12 @@ impl NodeService {
     }
 }
 
+/// Why a receipt was not logged: the node's fault, or the coordinator's own.
+enum ReceiptFault {
+    Peer(String),
+    Local(String),
+}
+
 /// Check a node's signed log head and record it as a receipt, with the kind, size
 /// and SHA-256 of the message it came with (as the node's egress record names them).
 fn log_receipt(
@@ -192,9 +204,9 @@ fn log_receipt(
     r: &Receipt,
     message: &str,
     (bytes, sha256): (u64, [u8; 32]),
-) -> Result<(), String> {
+) -> Result<(), ReceiptFault> {
     let signed = SignedHead { party: node.to_string(), seq: r.seq, head: r.head, signature: r.signature.clone() };
-    signed.verify(cert).map_err(|e| format!("the node's signed log head does not verify: {e}"))?;
+    signed.verify(cert).map_err(|e| ReceiptFault::Peer(format!("the node's signed log head does not verify: {e}")))?;
     record(
         &c.audit,
         AuditEvent::Receipt {
@@ -207,7 +219,7 @@ fn log_receipt(
             sha256: hex(&sha256),
         },
     )
-    .map_err(|e| format!("audit log: {e}"))
+    .map_err(|e| ReceiptFault::Local(format!("the coordinator's audit log failed ({e}); not the node's fault")))
 }
 
 /// `Analyst` service implementation.

@@ -42,6 +42,52 @@ pub fn check_threshold(t: usize, n: usize) -> Result<(), CryptoError> {
     Ok(())
 }
 
+/// The rounds of the protocol, numbered as in Bonawitz et al. CCS 2017, Fig. 4.
+/// Node and coordinator name a round's progress with this one type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Phase {
+    /// Round 0: each node advertises two signed public keys.
+    AdvertiseKeys = 0,
+    /// Round 1: each node sends Shamir shares of its secrets, sealed to each peer.
+    ShareKeys = 1,
+    /// Round 2: each node of U2 sends its masked input.
+    MaskedInputCollection = 2,
+    /// Round 3: each survivor signs (round, U2, U3).
+    ConsistencyCheck = 3,
+    /// Round 4: each survivor holding t signatures on one view reveals one share per peer.
+    Unmasking = 4,
+}
+
+impl Phase {
+    /// `round 2 (masked input)`, for logs and errors.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::AdvertiseKeys => "round 0 (advertise keys)",
+            Phase::ShareKeys => "round 1 (share keys)",
+            Phase::MaskedInputCollection => "round 2 (masked input)",
+            Phase::ConsistencyCheck => "round 3 (consistency check)",
+            Phase::Unmasking => "round 4 (unmasking)",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The bytes a survivor signs in the consistency check (Bonawitz et al. CCS 2017,
+/// Fig. 4, Round 3): round ‖ U2 ‖ U3, so that no signature on one view of who took
+/// part counts for another.
+pub fn consistency_payload(round: &RoundId, delivered: &[String], survivors: &[String]) -> Vec<u8> {
+    let count_u2 = (delivered.len() as u64).to_be_bytes();
+    let mut parts: Vec<&[u8]> = vec![&count_u2];
+    parts.extend(delivered.iter().map(|n| n.as_bytes()));
+    parts.extend(survivors.iter().map(|n| n.as_bytes()));
+    kdf::context("consistency", round, &parts)
+}
+
 /// The bytes a node signs with its certified key to advertise its round keys.
 pub fn key_signing_payload(round: &RoundId, node: &str, enc: &RoundPublic, mask: &RoundPublic) -> Vec<u8> {
     kdf::context("advertise-keys", round, &[node.as_bytes(), &enc.0, &mask.0])
@@ -325,11 +371,10 @@ impl ClientReady {
 }
 
 impl ClientMasked {
-    /// Answer the single unmask request: `survivors` is U3, `dropped` is U2∖U3.
-    /// Refuses (revealing nothing) unless U3 and dropped are disjoint, cover U2
-    /// exactly, U3 contains this node and has at least t members. Consumes the
-    /// state, so no second request in this round can be answered.
-    pub fn unmask(self, survivors: &[String], dropped: &[String]) -> Result<Vec<Revealed>, CryptoError> {
+    /// Check an unmask (or consistency-check) request without answering it: U3 and
+    /// dropped are disjoint, cover U2 exactly, U3 contains this node and has at
+    /// least t members.
+    pub fn check_request(&self, survivors: &[String], dropped: &[String]) -> Result<(), CryptoError> {
         let round = self.params.round;
         let s: BTreeSet<&String> = survivors.iter().collect();
         let d: BTreeSet<&String> = dropped.iter().collect();
@@ -360,6 +405,29 @@ impl ClientMasked {
                 self.params.t
             )));
         }
+        Ok(())
+    }
+
+    /// U2 as this node received it, sorted.
+    pub fn delivered(&self) -> Vec<String> {
+        self.u2.iter().cloned().collect()
+    }
+
+    /// Test hook (feature `test-util`, never in production builds): the shares this
+    /// node holds of every node of U2, (b share, s_sk share) — what a colluding node
+    /// would hand to the coordinator.
+    #[cfg(feature = "test-util")]
+    pub fn test_util_held_shares(&self) -> Vec<(String, Share, Share)> {
+        self.held.iter().map(|(n, (b, s))| (n.clone(), b.clone(), s.clone())).collect()
+    }
+
+    /// Answer the single unmask request: `survivors` is U3, `dropped` is U2∖U3.
+    /// Refuses (revealing nothing) unless [`ClientMasked::check_request`] passes.
+    /// Consumes the state, so no second request in this round can be answered.
+    pub fn unmask(self, survivors: &[String], dropped: &[String]) -> Result<Vec<Revealed>, CryptoError> {
+        self.check_request(survivors, dropped)?;
+        let s: BTreeSet<&String> = survivors.iter().collect();
+        let u2: BTreeSet<&String> = self.u2.iter().collect();
         let mut out = Vec::with_capacity(u2.len());
         for name in &self.u2 {
             let (b_share, s_share) = &self.held[name];

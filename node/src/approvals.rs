@@ -16,7 +16,12 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pending {
     pub id: String,
+    /// The analysis kind, as the node identified it from the computation.
     pub analysis: String,
+    /// The computation in words ("3 customer-count histogram(s) at …"); the request
+    /// and its approval are bound to it.
+    #[serde(default)]
+    pub computation: String,
     pub purpose: String,
     pub requested_by: String,
     pub requested_by_organisation: String,
@@ -87,14 +92,16 @@ impl Approvals {
         Self { dir: dir.into() }
     }
 
-    /// The key of the request an analysis makes: the same analyst asking the same
-    /// thing for the same reference date makes the same request (for every round of
-    /// it). A request's id is this key; a request filed again after the previous one
-    /// expired gets a fresh id, so an approval always names exactly one request.
-    pub fn request_key(a: &Analysis) -> String {
+    /// The key of the request an analysis makes: a hash of (the analysis kind and
+    /// computation as the node identified them, the analyst, the purpose), so an
+    /// approval covers exactly that computation — never another one under the same
+    /// label. A request's id is this key; a request filed again after the previous
+    /// one expired gets a fresh id, so an approval always names exactly one request.
+    pub fn request_key(a: &Analysis, kind: &str, computation: &str) -> String {
         let mut text = String::new();
         for part in [
-            a.analysis_kind.as_str(),
+            kind,
+            computation,
             &a.purpose,
             &format_date(a.reference_date),
             &a.requested_by,
@@ -160,8 +167,16 @@ impl Approvals {
     }
 
     /// Decide on `analysis` at `now_ms`, filing a request if needed.
-    pub fn check(&self, a: &Analysis, now_ms: u64, expires_s: u64, valid_s: u64) -> Result<Decision, ApprovalError> {
-        let key = Self::request_key(a);
+    pub fn check(
+        &self,
+        a: &Analysis,
+        kind: &str,
+        computation: &str,
+        now_ms: u64,
+        expires_s: u64,
+        valid_s: u64,
+    ) -> Result<Decision, ApprovalError> {
+        let key = Self::request_key(a, kind, computation);
         let current = self.read::<Pending>(&self.path("pending", &key))?;
         if let Some(p) = &current {
             if let Some(ok) = self.approval(p, now_ms, valid_s)? {
@@ -173,7 +188,8 @@ impl Approvals {
                 None => key.clone(),
                 Some(p) => short_hash(&format!("{key}:{}:{now_ms}", p.id)),
             },
-            analysis: a.analysis_kind.clone(),
+            analysis: kind.to_string(),
+            computation: computation.to_string(),
             purpose: a.purpose.clone(),
             requested_by: a.requested_by.clone(),
             requested_by_organisation: a.requested_by_organisation.clone(),
@@ -264,21 +280,32 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ap = Approvals::new(dir.path());
         let a = analysis();
-        let Decision::Waiting { pending, new: true } = ap.check(&a, 1_000, 60, 3600).unwrap() else { panic!() };
-        assert!(matches!(ap.check(&a, 2_000, 60, 3600).unwrap(), Decision::Waiting { new: false, .. }));
+        let Decision::Waiting { pending, new: true } = ap.check(&a, "rfm-segments", "c", 1_000, 60, 3600).unwrap()
+        else {
+            panic!()
+        };
+        assert!(matches!(
+            ap.check(&a, "rfm-segments", "c", 2_000, 60, 3600).unwrap(),
+            Decision::Waiting { new: false, .. }
+        ));
         assert_eq!(ap.pending(2_000).unwrap(), vec![pending.clone()]);
         ap.approve(&pending.id, "owner", 3_000, 3600).unwrap();
-        assert!(matches!(ap.check(&a, 4_000, 60, 3600).unwrap(), Decision::Approved(_)));
+        assert!(matches!(ap.check(&a, "rfm-segments", "c", 4_000, 60, 3600).unwrap(), Decision::Approved(_)));
         assert!(ap.pending(4_000).unwrap().is_empty());
         // Another request expires unapproved: approving it afterwards is refused.
         let mut b = analysis();
         b.purpose = "other".into();
-        let Decision::Waiting { pending, .. } = ap.check(&b, 1_000, 60, 3600).unwrap() else { panic!() };
+        let Decision::Waiting { pending, .. } = ap.check(&b, "rfm-segments", "c", 1_000, 60, 3600).unwrap() else {
+            panic!()
+        };
         assert!(matches!(ap.approve(&pending.id, "owner", 61_001, 3600), Err(ApprovalError::Expired { .. })));
-        let Decision::Expired { expired, renewed } = ap.check(&b, 61_001, 60, 3600).unwrap() else { panic!() };
+        let Decision::Expired { expired, renewed } = ap.check(&b, "rfm-segments", "c", 61_001, 60, 3600).unwrap()
+        else {
+            panic!()
+        };
         assert_ne!(expired.id, renewed.id, "a renewed request is a new request");
         ap.approve(&renewed.id, "owner", 62_000, 3600).unwrap();
-        assert!(matches!(ap.check(&b, 63_000, 60, 3600).unwrap(), Decision::Approved(_)));
+        assert!(matches!(ap.check(&b, "rfm-segments", "c", 63_000, 60, 3600).unwrap(), Decision::Approved(_)));
         assert!(matches!(ap.approve("nope", "owner", 0, 1), Err(ApprovalError::Unknown(_))));
     }
 }

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use fedcrm_audit::Event;
 use fedcrm_audit::log::{AuditError, AuditLog};
 use fedcrm_crypto::RoundId;
+use fedcrm_crypto::secagg::Phase;
 use fedcrm_protocol::pb;
 use fedcrm_protocol::wire::{self, FromNode, Receipt};
 use prost::Message;
@@ -77,8 +78,16 @@ pub fn lock(log: &SharedLog) -> std::sync::MutexGuard<'_, AuditLog> {
 pub struct Egress {
     tx: mpsc::Sender<pb::NodeMessage>,
     audit: SharedLog,
-    /// Rounds the policy admitted, with their analysis id.
-    admitted: HashMap<RoundId, String>,
+    /// Rounds the policy admitted: their analysis id and the phases whose checks passed.
+    admitted: HashMap<RoundId, Clearance>,
+}
+
+/// What the node's checks cleared for one round.
+#[derive(Debug, Clone)]
+struct Clearance {
+    analysis: String,
+    /// Phases past round 1 whose rules passed (masked input, consistency signature, unmasking).
+    phases: Vec<Phase>,
 }
 
 impl std::fmt::Debug for Egress {
@@ -95,9 +104,19 @@ impl Egress {
         (Self { tx, audit, admitted: HashMap::new() }, Outbound { inner: ReceiverStream::new(rx), tap })
     }
 
-    /// Record that the policy admitted `round` of analysis `analysis` (its id).
+    /// Record that the policy admitted `round` of analysis `analysis` (its id): its
+    /// keys and sealed shares may leave.
     pub fn admit(&mut self, round: RoundId, analysis: &str) {
-        self.admitted.insert(round, analysis.to_string());
+        self.admitted.insert(round, Clearance { analysis: analysis.to_string(), phases: Vec::new() });
+    }
+
+    /// Record that this node's rules passed for `phase` of `round` (over U2 before the
+    /// masked input, over U3 and the signatures before signing and unmasking). Until
+    /// then the door refuses that phase's messages.
+    pub fn clear(&mut self, round: RoundId, phase: Phase) {
+        if let Some(c) = self.admitted.get_mut(&round) {
+            c.phases.push(phase);
+        }
     }
 
     /// Forget a finished round: nothing more may be sent for it.
@@ -109,12 +128,24 @@ impl Egress {
     pub async fn send(&mut self, msg: &FromNode) -> Result<(), EgressError> {
         let analysis = match (msg, msg.round()) {
             (FromNode::Hello { .. }, _) | (FromNode::Refusal { .. }, _) => None,
-            (_, Some(r)) => Some(
-                self.admitted
+            (_, Some(r)) => {
+                let c = self
+                    .admitted
                     .get(&r)
-                    .cloned()
-                    .ok_or_else(|| EgressError::Refused(format!("round {r} was not admitted by policy")))?,
-            ),
+                    .ok_or_else(|| EgressError::Refused(format!("round {r} was not admitted by policy")))?;
+                let needs = match msg {
+                    FromNode::Masked(_) => Some(Phase::MaskedInputCollection),
+                    FromNode::Consistency { .. } => Some(Phase::ConsistencyCheck),
+                    FromNode::Unmask { .. } => Some(Phase::Unmasking),
+                    _ => None,
+                };
+                if let Some(p) = needs.filter(|p| !c.phases.contains(p)) {
+                    return Err(EgressError::Refused(format!(
+                        "round {r}: {p} was not cleared by this node's rules; nothing sent"
+                    )));
+                }
+                Some(c.analysis.clone())
+            }
             (_, None) => return Err(EgressError::Refused("message without a round".into())),
         };
         let bytes = pb::NodeMessage::from(msg).encode_to_vec();

@@ -12,8 +12,10 @@
 pub mod analysis;
 pub mod approvals;
 pub mod check;
+pub mod computation;
 pub mod config;
 pub mod data;
+pub mod differencing;
 pub mod egress;
 pub mod features;
 pub mod policy;

@@ -1,28 +1,47 @@
 //! The franchisee's policy: which analyses it allows and under what conditions.
 //! Checked by the node before anything of a round leaves it ([`crate::egress`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-use fedcrm_protocol::pki::OrgKind;
-use fedcrm_protocol::wire::{Invitee, RoundStart};
+use fedcrm_protocol::rules;
+use fedcrm_protocol::wire::{Invitee, NodeRules, RoundStart};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
-    /// Analyses this node takes part in. Default: `["rfm-histograms", "rfm-segments"]`.
+    /// Analyses this node takes part in, as the node identifies them from the
+    /// computation asked (never from the coordinator's label). Default:
+    /// `["rfm-histograms", "rfm-segments"]`.
     #[serde(default = "default_allowed")]
     pub allowed_analyses: Vec<String>,
     /// Fewest nodes a round may have (including this one); also the lowest
     /// secure-aggregation threshold this node accepts. Default 3.
     #[serde(default = "default_min_participants")]
     pub min_participants: usize,
-    /// Fewest *franchisee organisations other than this node's own* among a round's
-    /// nodes, checked when the round is offered and again before unmasking. Nodes of
-    /// HQ-owned channels never count, so HQ's own stores plus this franchisee can
-    /// never make a round that exposes it. Default 1.
+    /// Fewest *franchisee organisations other than this node's own* among the nodes
+    /// whose inputs can end up in a sum, on top of `assume_colluding_nodes`: a round
+    /// needs `min_other_organisations + assume_colluding_nodes` of them (default 1 + 1
+    /// = 2). Checked on the invitation, on U1, on U2 before masking and on U3 before
+    /// signing and unmasking. HQ-owned channels never count.
     #[serde(default = "default_min_other_organisations")]
     pub min_other_organisations: usize,
+    /// Franchisee nodes (other than HQ's own channels, which always count as HQ's)
+    /// that may collude with HQ: c. The threshold rule is 2t > n + H + c, with H the
+    /// HQ-owned nodes in the round. Default 1.
+    #[serde(default = "default_assume_colluding_nodes")]
+    pub assume_colluding_nodes: usize,
+    /// Differencing rule: two overlapping sums this node helps unmask within
+    /// `differencing_window_days` must not differ by non-HQ nodes spanning fewer than
+    /// max(this, assume_colluding_nodes + 2) organisations. Default 3.
+    #[serde(default = "default_min_population_difference")]
+    pub min_population_difference: usize,
+    /// Days a sum this node helped unmask counts for the differencing rule. Default 30.
+    #[serde(default = "default_differencing_window_days")]
+    pub differencing_window_days: u32,
+    /// Limits on every histogram this node computes.
+    #[serde(default)]
+    pub histograms: HistogramLimits,
     /// Most analyses per calendar month (UTC) per kind, e.g. `{ "rfm-segments" = 20 }`
     /// (an analysis counts once, whatever its number of rounds). Kinds not listed are
     /// not capped.
@@ -40,6 +59,55 @@ pub struct Policy {
     pub approval_valid_seconds: u64,
 }
 
+/// Resolution limits on histograms. TOML `[policy.histograms]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistogramLimits {
+    /// Most bins in one histogram. Default 1024 (the exact quantile search's refinement passes).
+    #[serde(default = "default_max_bins")]
+    pub max_bins: u32,
+    /// Narrowest bin for recency, in days. Default 1.
+    #[serde(default = "one")]
+    pub min_width_recency_days: u64,
+    /// Narrowest bin for frequency, in purchase days. Default 1.
+    #[serde(default = "one")]
+    pub min_width_frequency: u64,
+    /// Narrowest bin for monetary value, in cents. Default 1.
+    #[serde(default = "one")]
+    pub min_width_monetary_cents: u64,
+}
+
+fn default_max_bins() -> u32 {
+    1024
+}
+fn one() -> u64 {
+    1
+}
+
+impl Default for HistogramLimits {
+    fn default() -> Self {
+        Self {
+            max_bins: default_max_bins(),
+            min_width_recency_days: 1,
+            min_width_frequency: 1,
+            min_width_monetary_cents: 1,
+        }
+    }
+}
+
+impl HistogramLimits {
+    /// The narrowest bin allowed for `metric`.
+    pub fn min_width(&self, metric: fedcrm_protocol::rfm::Metric) -> u64 {
+        use fedcrm_protocol::rfm::Metric;
+        match metric {
+            Metric::Recency => self.min_width_recency_days,
+            Metric::Frequency => self.min_width_frequency,
+            Metric::Monetary => self.min_width_monetary_cents,
+        }
+        .max(1)
+    }
+}
+
 fn default_allowed() -> Vec<String> {
     vec!["rfm-histograms".into(), "rfm-segments".into()]
 }
@@ -50,6 +118,18 @@ fn default_min_participants() -> usize {
 
 fn default_min_other_organisations() -> usize {
     1
+}
+
+fn default_assume_colluding_nodes() -> usize {
+    1
+}
+
+fn default_min_population_difference() -> usize {
+    3
+}
+
+fn default_differencing_window_days() -> u32 {
+    30
 }
 
 fn default_approval_expires() -> u64 {
@@ -66,6 +146,10 @@ impl Default for Policy {
             allowed_analyses: default_allowed(),
             min_participants: default_min_participants(),
             min_other_organisations: default_min_other_organisations(),
+            assume_colluding_nodes: default_assume_colluding_nodes(),
+            min_population_difference: default_min_population_difference(),
+            differencing_window_days: default_differencing_window_days(),
+            histograms: HistogramLimits::default(),
             monthly_analysis_caps: BTreeMap::new(),
             manual_approval: vec![],
             approval_expires_seconds: default_approval_expires(),
@@ -83,24 +167,27 @@ pub struct CapState {
     pub already_counted: bool,
 }
 
-/// Distinct franchisee organisations among `members`, other than `own`.
-pub fn other_organisations<'a>(own: &str, members: impl IntoIterator<Item = &'a Invitee>) -> usize {
-    members
-        .into_iter()
-        .filter(|m| m.kind == OrgKind::Franchisee && m.organisation != own)
-        .map(|m| m.organisation.as_str())
-        .collect::<BTreeSet<_>>()
-        .len()
-}
+pub use fedcrm_protocol::rules::{Stage, other_organisations};
 
 impl Policy {
+    /// The rules this node announces in `Hello`.
+    pub fn rules(&self) -> NodeRules {
+        NodeRules {
+            assume_colluding_nodes: self.assume_colluding_nodes,
+            min_other_organisations: self.min_other_organisations,
+            min_participants: self.min_participants,
+            min_population_difference: self.min_population_difference,
+            differencing_window_days: self.differencing_window_days,
+        }
+    }
+
     /// May this node join the round? `Err` carries the reason sent to the coordinator.
-    /// Policies name analyses (`analysis_kind`): every round of an admitted analysis
-    /// is admitted under the same rules.
-    pub fn admit(&self, me: &str, own_org: &str, r: &RoundStart, caps: CapState) -> Result<(), String> {
-        let kind = r.analysis.analysis_kind.as_str();
+    /// `kind` is the analysis as this node identified it from the computation.
+    pub fn admit(&self, me: &str, own_org: &str, r: &RoundStart, kind: &str, caps: CapState) -> Result<(), String> {
         if !self.allowed_analyses.iter().any(|a| a == kind) {
-            return Err(format!("policy: analysis {kind:?} is not in allowed_analyses"));
+            return Err(format!(
+                "policy: analysis {kind:?} (as this node identifies the computation) is not in allowed_analyses"
+            ));
         }
         if !r.invited.iter().any(|i| i.name == me) {
             return Err("policy: this node is not in the round's invitation list".into());
@@ -109,13 +196,7 @@ impl Policy {
         if n < self.min_participants {
             return Err(format!("policy: {n} nodes invited, fewer than min_participants = {}", self.min_participants));
         }
-        if r.threshold < self.min_participants || 2 * r.threshold <= n || r.threshold > n {
-            return Err(format!(
-                "policy: threshold t = {} for {n} nodes is unsafe (need t > n/2 and t >= min_participants = {})",
-                r.threshold, self.min_participants
-            ));
-        }
-        self.check_organisations(own_org, &r.invited, "invited")?;
+        self.check_set(own_org, &r.invited, r.threshold, Stage::Invited)?;
         if let Some(&cap) = self.monthly_analysis_caps.get(kind) {
             if !caps.already_counted && caps.analyses_this_month >= cap {
                 return Err(format!(
@@ -126,18 +207,10 @@ impl Policy {
         Ok(())
     }
 
-    /// The participant rule over a set of members (the invited nodes, or the
-    /// survivors about to be unmasked).
-    pub fn check_organisations(&self, own_org: &str, members: &[Invitee], which: &str) -> Result<(), String> {
-        let others = other_organisations(own_org, members);
-        if others < self.min_other_organisations {
-            return Err(format!(
-                "policy: the {which} nodes include {others} franchisee organisation(s) other than this node's own, fewer \
-                 than min_other_organisations = {}; HQ-owned channels do not count",
-                self.min_other_organisations
-            ));
-        }
-        Ok(())
+    /// The threshold and organisation rules over one set of a round
+    /// ([`fedcrm_protocol::rules`]).
+    pub fn check_set(&self, own_org: &str, members: &[Invitee], t: usize, stage: Stage) -> Result<(), String> {
+        rules::check_set(&self.rules(), own_org, members, t, stage)
     }
 
     /// Does this analysis wait for manual approval?
@@ -146,46 +219,10 @@ impl Policy {
     }
 }
 
-/// Refuses to help compute the same query over two sets of contributors that differ
-/// by fewer than `min_participants` nodes: the difference of the two sums would be the
-/// data of those few nodes. Keyed by the query (analysis parameters without the
-/// purpose text); checked when the node is asked to unmask, when the contributors
-/// (U3) are known.
-///
-/// Kept in memory for the node's lifetime; persisting it with the audit log is
-/// future work (docs/threat-model.md).
-#[derive(Debug, Default)]
-pub struct DifferencingGuard {
-    seen: std::sync::Mutex<std::collections::HashMap<Vec<u8>, Vec<std::collections::BTreeSet<String>>>>,
-}
-
-impl DifferencingGuard {
-    /// May this node unmask `query` over `contributors`? Records them if so.
-    pub fn admit(&self, query: &[u8], contributors: &[String], min_participants: usize) -> Result<(), String> {
-        let now: std::collections::BTreeSet<String> = contributors.iter().cloned().collect();
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        let previous = seen.entry(query.to_vec()).or_default();
-        for before in previous.iter() {
-            let gone = before.difference(&now).count();
-            let added = now.difference(before).count();
-            if (gone > 0 && gone < min_participants) || (added > 0 && added < min_participants) {
-                return Err(format!(
-                    "policy: this query already ran over a set of nodes that differs from this one by {} node(s); \
-                     the two results together would reveal the data of fewer than min_participants = {min_participants} nodes",
-                    gone.max(added)
-                ));
-            }
-        }
-        if !previous.contains(&now) {
-            previous.push(now);
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{CapState, DifferencingGuard, Invitee, OrgKind, Policy, other_organisations};
+    use super::{CapState, Invitee, Policy};
+    use fedcrm_protocol::pki::OrgKind;
 
     fn member(name: &str, org: &str, kind: OrgKind) -> Invitee {
         Invitee { name: name.into(), organisation: org.into(), kind }
@@ -217,42 +254,43 @@ mod tests {
             roster_signature: vec![],
         };
         let caps = |n, counted| CapState { analyses_this_month: n, already_counted: counted };
-        assert!(p.admit("a", "a Ltd", &start, caps(1, false)).is_ok());
-        let err = p.admit("a", "a Ltd", &start, caps(2, false)).unwrap_err();
+        assert!(p.admit("a", "a Ltd", &start, "rfm-segments", caps(1, false)).is_ok());
+        let err = p.admit("a", "a Ltd", &start, "rfm-segments", caps(2, false)).unwrap_err();
         assert!(err.contains("monthly cap of 2"), "{err}");
         // Later rounds of an analysis already admitted this month are not new analyses.
-        assert!(p.admit("a", "a Ltd", &start, caps(2, true)).is_ok());
+        assert!(p.admit("a", "a Ltd", &start, "rfm-segments", caps(2, true)).is_ok());
         p.allowed_analyses = vec!["rfm-histograms".into()];
-        assert!(p.admit("a", "a Ltd", &start, caps(0, false)).unwrap_err().contains("allowed_analyses"));
+        assert!(
+            p.admit("a", "a Ltd", &start, "rfm-segments", caps(0, false)).unwrap_err().contains("allowed_analyses")
+        );
     }
 
     #[test]
-    fn hq_channels_never_count_as_other_organisations() {
-        let hq = |n: &str| member(n, "Brand HQ", OrgKind::Hq);
-        let me = member("fr-a", "A Ltd", OrgKind::Franchisee);
-        let round = vec![hq("hq-1"), hq("hq-2"), hq("hq-3"), me.clone()];
-        assert_eq!(other_organisations("A Ltd", &round), 0);
+    fn a_round_failing_the_threshold_or_organisation_rule_is_refused_at_the_invitation() {
+        use fedcrm_protocol::rfm::Cuts;
+        use fedcrm_protocol::wire::{Analysis, AnalysisKind, RoundStart, parse_date};
         let p = Policy::default();
-        assert!(p.check_organisations("A Ltd", &round, "invited").is_err());
-        let mut round = round;
-        round.push(member("fr-b", "B Ltd", OrgKind::Franchisee));
-        round.push(member("fr-a2", "A Ltd", OrgKind::Franchisee)); // my own organisation's second store
-        assert_eq!(other_organisations("A Ltd", &round), 1);
-        assert!(p.check_organisations("A Ltd", &round, "invited").is_ok());
-    }
-
-    fn v(s: &[&str]) -> Vec<String> {
-        s.iter().map(|x| x.to_string()).collect()
-    }
-
-    #[test]
-    fn differencing_by_fewer_than_min_participants_is_refused() {
-        let g = DifferencingGuard::default();
-        g.admit(b"q", &v(&["a", "b", "c", "d", "e"]), 3).unwrap();
-        g.admit(b"q", &v(&["a", "b", "c", "d", "e"]), 3).unwrap();
-        assert!(g.admit(b"q", &v(&["a", "b", "c", "d"]), 3).is_err());
-        assert!(g.admit(b"q", &v(&["a", "b", "c", "d", "e", "f"]), 3).is_err());
-        g.admit(b"q", &v(&["a", "b"]), 3).unwrap(); // differs by 3: an aggregate of 3 nodes
-        g.admit(b"other", &v(&["a", "b", "c", "d"]), 3).unwrap();
+        let mut invited: Vec<Invitee> = (1..=5).map(|i| member(&format!("hq-{i}"), "HQ", OrgKind::Hq)).collect();
+        invited.push(member("me", "Me Ltd", OrgKind::Franchisee));
+        invited.push(member("other", "Other Ltd", OrgKind::Franchisee));
+        let start = RoundStart {
+            round: fedcrm_crypto::RoundId([1; 16]),
+            threshold: 5,
+            length: 4,
+            analysis: Analysis {
+                reference_date: parse_date("2026-10-31").unwrap(),
+                purpose: "p".into(),
+                requested_by: "x".into(),
+                requested_by_organisation: "HQ".into(),
+                analysis_id: "i".into(),
+                analysis_kind: "rfm-segments".into(),
+                kind: AnalysisKind::RfmSegments(Cuts { recency: [1; 4], frequency: [1; 4], monetary: [1; 4] }),
+            },
+            invited,
+            chunk_elements: 10,
+            roster_signature: vec![],
+        };
+        let err = p.admit("me", "Me Ltd", &start, "rfm-segments", CapState::default()).unwrap_err();
+        assert!(err.contains("2t > n + H + c"), "{err}");
     }
 }

@@ -11,6 +11,7 @@
 pub mod config;
 pub mod pki;
 pub mod rfm;
+pub mod rules;
 pub mod wire;
 
 /// Generated code. Only the service traits/clients and the two envelope messages

@@ -144,7 +144,7 @@ fn generation(what: &str, e: rcgen::Error) -> PkiError {
 // ---------------------------------------------------------------------------
 
 /// Which organisation runs a node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum OrgKind {
     /// The brand's headquarters (which also holds data of its own stores).
     Hq,

@@ -182,7 +182,7 @@ impl Segment {
 }
 
 /// Global cut points for the three metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Cuts {
     pub recency: [u64; 4],
     pub frequency: [u64; 4],

@@ -116,12 +116,31 @@ pub struct Analysis {
     pub kind: AnalysisKind,
 }
 
+impl Analysis {
+    /// What the analysis reads, for the differencing rule: every RFM analysis reads
+    /// a customer's purchases from the first record to the reference date.
+    pub fn coverage(&self) -> crate::rules::Coverage {
+        match self.kind {
+            AnalysisKind::RfmHistograms(_) | AnalysisKind::RfmSegments(_) => {
+                crate::rules::Coverage { family: "rfm".into(), from: None, to: self.reference_date }
+            }
+        }
+    }
+}
+
 const DATE_FMT: &[time::format_description::BorrowedFormatItem<'static>] =
     time::macros::format_description!("[year]-[month]-[day]");
 
 /// Parse YYYY-MM-DD.
 pub fn parse_date(s: &str) -> Result<time::Date, WireError> {
     time::Date::parse(s, DATE_FMT).map_err(|e| field("reference_date", format!("{s:?} is not YYYY-MM-DD: {e}")))
+}
+
+/// A unix-millisecond instant as `YYYY-MM-DD HH:MM UTC`, for messages to people.
+pub fn format_time_ms(ms: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp((ms / 1000) as i64)
+        .map(|t| format!("{} {:02}:{:02} UTC", format_date(t.date()), t.hour(), t.minute()))
+        .unwrap_or_else(|_| format!("{ms} ms"))
 }
 
 /// Format as YYYY-MM-DD.
@@ -256,7 +275,7 @@ impl From<&Analysis> for pb::Analysis {
 // ---------------------------------------------------------------- coordinator → node
 
 /// One node invited to a round, as the coordinator's signed roster names it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Invitee {
     pub name: String,
     pub organisation: String,
@@ -389,12 +408,63 @@ pub struct Sealed {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ToNode {
-    Welcome { coordinator: String, certificate: Vec<u8> },
+    Welcome {
+        coordinator: String,
+        certificate: Vec<u8>,
+    },
     RoundStart(Box<RoundStart>),
-    Roster { round: RoundId, keys: Vec<SignedKeys> },
-    Shares { round: RoundId, delivered: Vec<String>, shares: Vec<Sealed> },
-    Unmask { round: RoundId, survivors: Vec<String>, dropped: Vec<String> },
-    RoundEnd { round: RoundId, released: bool, message: String },
+    Roster {
+        round: RoundId,
+        keys: Vec<SignedKeys>,
+    },
+    Shares {
+        round: RoundId,
+        delivered: Vec<String>,
+        shares: Vec<Sealed>,
+    },
+    /// Round 3: U3 and U2∖U3, for each survivor to check and sign.
+    Consistency {
+        round: RoundId,
+        survivors: Vec<String>,
+        dropped: Vec<String>,
+    },
+    /// Round 4: U3, U2∖U3 and the signatures of members of U3 on that view.
+    Unmask {
+        round: RoundId,
+        survivors: Vec<String>,
+        dropped: Vec<String>,
+        signatures: Vec<ViewSignature>,
+    },
+    RoundEnd {
+        round: RoundId,
+        released: bool,
+        message: String,
+    },
+}
+
+/// A member of U3's signature on (round, U2, U3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewSignature {
+    pub node: String,
+    pub signature: Vec<u8>,
+}
+
+/// The rules a node's policy applies to every round (sent in `Hello` so the
+/// coordinator can plan rounds every invitee accepts; the node enforces them itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NodeRules {
+    pub assume_colluding_nodes: usize,
+    pub min_other_organisations: usize,
+    pub min_participants: usize,
+    pub min_population_difference: usize,
+    pub differencing_window_days: u32,
+}
+
+fn signature_bytes(name: &'static str, b: &[u8]) -> Result<Vec<u8>, WireError> {
+    if b.is_empty() || b.len() > 128 {
+        return Err(field(name, "must be 1..=128 bytes"));
+    }
+    Ok(b.to_vec())
 }
 
 fn sealed(v: &[pb::Sealed]) -> Result<Vec<Sealed>, WireError> {
@@ -488,11 +558,31 @@ impl TryFrom<pb::CoordinatorMessage> for ToNode {
                 delivered: names("delivered", &s.delivered)?,
                 shares: sealed(&s.shares)?,
             },
-            Body::Unmask(u) => ToNode::Unmask {
-                round: round_id(&u.round_id)?,
-                survivors: names("survivors", &u.survivors)?,
-                dropped: names("dropped", &u.dropped)?,
+            Body::Consistency(c) => ToNode::Consistency {
+                round: round_id(&c.round_id)?,
+                survivors: names("survivors", &c.survivors)?,
+                dropped: names("dropped", &c.dropped)?,
             },
+            Body::Unmask(u) => {
+                let signatures = u
+                    .signatures
+                    .iter()
+                    .map(|v| {
+                        Ok(ViewSignature {
+                            node: node_name("signatures.node", &v.node)?,
+                            signature: signature_bytes("signatures.signature", &v.signature)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, WireError>>()?;
+                let signers: Vec<String> = signatures.iter().map(|s| s.node.clone()).collect();
+                names("signatures", &signers)?;
+                ToNode::Unmask {
+                    round: round_id(&u.round_id)?,
+                    survivors: names("survivors", &u.survivors)?,
+                    dropped: names("dropped", &u.dropped)?,
+                    signatures,
+                }
+            }
             Body::RoundEnd(e) => {
                 ToNode::RoundEnd { round: round_id(&e.round_id)?, released: e.released, message: e.message }
             }
@@ -538,10 +628,19 @@ impl From<&ToNode> for pb::CoordinatorMessage {
                 delivered: delivered.clone(),
                 shares: sealed_pb(shares),
             }),
-            ToNode::Unmask { round, survivors, dropped } => Body::Unmask(pb::UnmaskRequest {
+            ToNode::Consistency { round, survivors, dropped } => Body::Consistency(pb::ConsistencyCheck {
                 round_id: round.0.to_vec(),
                 survivors: survivors.clone(),
                 dropped: dropped.clone(),
+            }),
+            ToNode::Unmask { round, survivors, dropped, signatures } => Body::Unmask(pb::UnmaskRequest {
+                round_id: round.0.to_vec(),
+                survivors: survivors.clone(),
+                dropped: dropped.clone(),
+                signatures: signatures
+                    .iter()
+                    .map(|s| pb::ViewSignature { node: s.node.clone(), signature: s.signature.clone() })
+                    .collect(),
             }),
             ToNode::RoundEnd { round, released, message } => Body::RoundEnd(pb::RoundEnd {
                 round_id: round.0.to_vec(),
@@ -573,12 +672,37 @@ pub struct RevealedShare {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FromNode {
-    Hello { version: String, software: String, node: String },
-    Keys { round: RoundId, enc: RoundPublic, mask: RoundPublic, signature: Vec<u8> },
-    Shares { round: RoundId, shares: Vec<Sealed> },
+    Hello {
+        version: String,
+        software: String,
+        node: String,
+        rules: NodeRules,
+    },
+    Keys {
+        round: RoundId,
+        enc: RoundPublic,
+        mask: RoundPublic,
+        signature: Vec<u8>,
+    },
+    Shares {
+        round: RoundId,
+        shares: Vec<Sealed>,
+    },
     Masked(MaskedChunk),
-    Unmask { round: RoundId, shares: Vec<RevealedShare> },
-    Refusal { round: Option<RoundId>, reason: String, awaiting_approval: bool },
+    Unmask {
+        round: RoundId,
+        shares: Vec<RevealedShare>,
+    },
+    Refusal {
+        round: Option<RoundId>,
+        reason: String,
+        awaiting_approval: bool,
+    },
+    /// Round 3: this node's signature on (round, U2, U3).
+    Consistency {
+        round: RoundId,
+        signature: Vec<u8>,
+    },
 }
 
 impl FromNode {
@@ -586,9 +710,10 @@ impl FromNode {
     pub fn round(&self) -> Option<RoundId> {
         match self {
             FromNode::Hello { .. } => None,
-            FromNode::Keys { round, .. } | FromNode::Shares { round, .. } | FromNode::Unmask { round, .. } => {
-                Some(*round)
-            }
+            FromNode::Keys { round, .. }
+            | FromNode::Shares { round, .. }
+            | FromNode::Unmask { round, .. }
+            | FromNode::Consistency { round, .. } => Some(*round),
             FromNode::Masked(c) => Some(c.round),
             FromNode::Refusal { round, .. } => *round,
         }
@@ -603,6 +728,7 @@ impl FromNode {
             FromNode::Masked(_) => "masked-chunk",
             FromNode::Unmask { .. } => "unmask-shares",
             FromNode::Refusal { .. } => "refusal",
+            FromNode::Consistency { .. } => "consistency-signature",
         }
     }
 }
@@ -612,10 +738,33 @@ impl TryFrom<pb::NodeMessage> for FromNode {
     fn try_from(m: pb::NodeMessage) -> Result<Self, WireError> {
         use pb::node_message::Body;
         Ok(match m.body.ok_or(WireError::Empty)? {
-            Body::Hello(h) => FromNode::Hello {
-                version: h.protocol_version,
-                software: h.software.chars().take(100).collect(),
-                node: node_name("node_name", &h.node_name)?,
+            Body::Hello(h) => {
+                let r = h.rules.unwrap_or_default();
+                let small = |name: &'static str, v: u32| -> Result<usize, WireError> {
+                    if v as usize > MAX_NODES {
+                        return Err(field(name, format!("{v} exceeds {MAX_NODES}")));
+                    }
+                    Ok(v as usize)
+                };
+                FromNode::Hello {
+                    version: h.protocol_version,
+                    software: h.software.chars().take(100).collect(),
+                    node: node_name("node_name", &h.node_name)?,
+                    rules: NodeRules {
+                        assume_colluding_nodes: small("rules.assume_colluding_nodes", r.assume_colluding_nodes)?,
+                        min_other_organisations: small("rules.min_other_organisations", r.min_other_organisations)?,
+                        min_participants: small("rules.min_participants", r.min_participants)?,
+                        min_population_difference: small(
+                            "rules.min_population_difference",
+                            r.min_population_difference,
+                        )?,
+                        differencing_window_days: r.differencing_window_days,
+                    },
+                }
+            }
+            Body::Consistency(c) => FromNode::Consistency {
+                round: round_id(&c.round_id)?,
+                signature: signature_bytes("consistency.signature", &c.signature)?,
             },
             Body::Keys(k) => {
                 if k.signature.is_empty() || k.signature.len() > 256 {
@@ -677,11 +826,21 @@ impl From<&FromNode> for pb::NodeMessage {
     fn from(m: &FromNode) -> Self {
         use pb::node_message::Body;
         let body = match m {
-            FromNode::Hello { version, software, node } => Body::Hello(pb::Hello {
+            FromNode::Hello { version, software, node, rules } => Body::Hello(pb::Hello {
                 protocol_version: version.clone(),
                 software: software.clone(),
                 node_name: node.clone(),
+                rules: Some(pb::NodeRules {
+                    assume_colluding_nodes: rules.assume_colluding_nodes as u32,
+                    min_other_organisations: rules.min_other_organisations as u32,
+                    min_participants: rules.min_participants as u32,
+                    min_population_difference: rules.min_population_difference as u32,
+                    differencing_window_days: rules.differencing_window_days,
+                }),
             }),
+            FromNode::Consistency { round, signature } => {
+                Body::Consistency(pb::ConsistencySignature { round_id: round.0.to_vec(), signature: signature.clone() })
+            }
             FromNode::Keys { round, enc, mask, signature } => Body::Keys(pb::AdvertiseKeys {
                 round_id: round.0.to_vec(),
                 enc_public: enc.0.to_vec(),

@@ -1,0 +1,88 @@
+//! Planning a round every invitee accepts: the coordinator evaluates each node's
+//! announced rules ([`fedcrm_protocol::rules`]) before it starts, so the analyst
+//! learns at once why an analysis cannot run (which rule, which node, which roster)
+//! and, for the differencing rule, when it can. The nodes enforce the same rules
+//! themselves whatever the coordinator decides; this only saves a round that would
+//! be refused.
+//!
+//! The threshold is the smallest t every invitee accepts: t ≥ ⌊(n + H + c_i)/2⌋ + 1
+//! and t ≥ min_participants_i for every invitee i — the largest number of dropouts
+//! the rules allow.
+
+use std::collections::BTreeMap;
+
+use fedcrm_protocol::rules::{self, Coverage, Stage, Unmasked};
+use fedcrm_protocol::wire::Invitee;
+
+use crate::registry::Participant;
+
+/// Who is invited, with which threshold, and who was left out and why.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub invited: Vec<Participant>,
+    pub t: usize,
+    /// Connected nodes not invited, with the reason.
+    pub excluded: BTreeMap<String, String>,
+}
+
+/// The smallest threshold every member accepts, or which node's rule no threshold meets.
+pub fn threshold(members: &[Participant]) -> Result<usize, String> {
+    let roster: Vec<Invitee> = members.iter().map(Participant::invitee).collect();
+    let n = roster.len();
+    let h = rules::hq_nodes(&roster);
+    let mut t = 0;
+    for m in members {
+        let need = rules::threshold_needed(n, h, m.rules.assume_colluding_nodes).max(m.rules.min_participants);
+        if need > n {
+            return Err(format!(
+                "no threshold satisfies {}: with n = {n} nodes of which H = {h} are HQ-owned and c = {} assumed \
+                 colluding, it needs t >= {need} > n; invite more franchisee nodes",
+                m.name, m.rules.assume_colluding_nodes
+            ));
+        }
+        t = t.max(need);
+    }
+    Ok(t)
+}
+
+/// Every member's threshold, organisation and differencing rules over `members`.
+fn check(members: &[Participant], history: &[Unmasked], now_ms: u64, coverage: &Coverage) -> Result<usize, String> {
+    let t = threshold(members)?;
+    let roster: Vec<Invitee> = members.iter().map(Participant::invitee).collect();
+    for m in members {
+        rules::check_set(&m.rules, &m.organisation, &roster, t, Stage::Invited)
+            .map_err(|e| format!("{} would refuse: {e}", m.name))?;
+        let mine: Vec<Unmasked> =
+            history.iter().filter(|u| u.contributors.iter().any(|c| c.name == m.name)).cloned().collect();
+        rules::check_differencing(&m.rules, &mine, now_ms, coverage, &roster)
+            .map_err(|e| format!("{} would refuse: {e}", m.name))?;
+    }
+    Ok(t)
+}
+
+/// Plan a round over the connected nodes: all of them if every one's rules hold;
+/// otherwise the population of the latest overlapping sum (so a node that missed
+/// it waits, and the others get a result), if that holds; otherwise the reason.
+pub fn plan(connected: &[Participant], history: &[Unmasked], now_ms: u64, coverage: &Coverage) -> Result<Plan, String> {
+    let all = check(connected, history, now_ms, coverage);
+    let first_error = match all {
+        Ok(t) => return Ok(Plan { invited: connected.to_vec(), t, excluded: BTreeMap::new() }),
+        Err(e) => e,
+    };
+    // The latest earlier population of this family, restricted to who is connected.
+    if let Some(past) = history.iter().rev().find(|u| u.coverage.overlaps(coverage)) {
+        let same: Vec<Participant> =
+            connected.iter().filter(|p| past.contributors.iter().any(|c| c.name == p.name)).cloned().collect();
+        if same.len() < connected.len() && !same.is_empty() {
+            if let Ok(t) = check(&same, history, now_ms, coverage) {
+                let excluded = connected
+                    .iter()
+                    .filter(|p| !same.iter().any(|s| s.name == p.name))
+                    .map(|p| (p.name.clone(), format!("not invited: {first_error}")))
+                    .collect();
+                return Ok(Plan { invited: same, t, excluded });
+            }
+        }
+    }
+    Err(first_error)
+}

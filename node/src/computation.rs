@@ -1,0 +1,277 @@
+//! What a round asks this node to compute, identified by the node itself from the
+//! computation — never from the label the coordinator chose. Policies (allowed
+//! analyses, monthly caps, manual approval) apply to the analysis as identified here.
+//!
+//! An analysis is a chain of rounds under one id: its first round decides its kind
+//! (the three power-of-two R/F/M histograms or a segment count start an
+//! `rfm-segments` analysis; any other histograms an `rfm-histograms` one). A later
+//! round continues it only if it is a refinement whose every histogram lies inside
+//! one bin of the previous pass's histogram of the same metric, with narrower bins,
+//! or the final segment count. Every histogram respects the policy's `max_bins` and
+//! minimum bin width per metric. An id this node has seen cannot start a new
+//! analysis, so a reused id never dodges a cap or an approval.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+
+use fedcrm_protocol::rfm::{HistogramSpec, Layout, Metric, QuantileSearch};
+use fedcrm_protocol::wire::{Analysis, AnalysisKind, format_date};
+
+use crate::policy::HistogramLimits;
+
+/// An `rfm-segments` analysis (coarse pass, nested refinements, segment counts).
+pub const RFM_SEGMENTS: &str = "rfm-segments";
+/// Any other customer-count histograms.
+pub const RFM_HISTOGRAMS: &str = "rfm-histograms";
+
+/// How a round relates to the analyses this node knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identified {
+    /// The analysis kind policies apply to.
+    pub kind: &'static str,
+    /// The first round of a new analysis (policies, caps and approval apply now);
+    /// `false` for a valid continuation of an analysis already admitted.
+    pub new: bool,
+    /// The computation in words, for people (`node pending`, refusals, the log).
+    pub description: String,
+}
+
+#[derive(Debug, Clone)]
+struct Open {
+    kind: &'static str,
+    reference: time::Date,
+    /// The previous pass's histograms (empty once the segment count ran).
+    last: Vec<HistogramSpec>,
+}
+
+/// The analyses this node is part of.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    open: Mutex<HashMap<String, Open>>,
+    /// Every analysis id this node has admitted (from its audit log and this run).
+    seen: Mutex<BTreeSet<String>>,
+}
+
+impl Tracker {
+    /// A tracker that knows the analysis ids already admitted (from the audit log).
+    pub fn with_seen(seen: BTreeSet<String>) -> Self {
+        Self { open: Mutex::new(HashMap::new()), seen: Mutex::new(seen) }
+    }
+
+    /// Identify the round's computation. `Err` is the refusal reason.
+    pub fn identify(&self, a: &Analysis, limits: &HistogramLimits) -> Result<Identified, String> {
+        if let AnalysisKind::RfmHistograms(specs) = &a.kind {
+            check_limits(specs, limits)?;
+        }
+        let description = describe(a);
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(o) = open.get(&a.analysis_id) {
+            continues(o, a).map_err(|why| {
+                format!("policy: this round ({description}) does not continue analysis {}: {why}", a.analysis_id)
+            })?;
+            return Ok(Identified { kind: o.kind, new: false, description });
+        }
+        if self.seen.lock().unwrap_or_else(|p| p.into_inner()).contains(&a.analysis_id) {
+            return Err(format!(
+                "policy: analysis id {} was already used on this node; a new computation needs a new analysis",
+                a.analysis_id
+            ));
+        }
+        let kind = match &a.kind {
+            AnalysisKind::RfmHistograms(specs) if is_coarse_pass(specs) => RFM_SEGMENTS,
+            AnalysisKind::RfmHistograms(_) => RFM_HISTOGRAMS,
+            AnalysisKind::RfmSegments(_) => RFM_SEGMENTS,
+        };
+        Ok(Identified { kind, new: true, description })
+    }
+
+    /// Record an admitted round: the analysis is open, and its id is used.
+    pub fn admitted(&self, a: &Analysis, id: &Identified) {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(a.analysis_id.clone());
+        let last = match &a.kind {
+            AnalysisKind::RfmHistograms(specs) => specs.clone(),
+            AnalysisKind::RfmSegments(_) => Vec::new(),
+        };
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(a.analysis_id.clone(), Open { kind: id.kind, reference: a.reference_date, last });
+    }
+}
+
+/// The three power-of-two histograms of R, F and M: the first pass of the exact
+/// quantile search.
+fn is_coarse_pass(specs: &[HistogramSpec]) -> bool {
+    specs.len() == Metric::ALL.len()
+        && Metric::ALL.iter().zip(specs).all(|(m, s)| *s == QuantileSearch::coarse_spec(*m))
+}
+
+fn check_limits(specs: &[HistogramSpec], limits: &HistogramLimits) -> Result<(), String> {
+    for s in specs {
+        if s.len() > limits.max_bins as usize {
+            return Err(format!(
+                "policy: a {} histogram of {} bins exceeds max_bins = {}",
+                s.metric.name(),
+                s.len(),
+                limits.max_bins
+            ));
+        }
+        if let Layout::Linear { width, .. } = s.layout {
+            let min = limits.min_width(s.metric);
+            if width < min {
+                return Err(format!(
+                    "policy: a {} histogram with bins {width} {} wide is finer than the minimum of {min}",
+                    s.metric.name(),
+                    unit(s.metric)
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Is round `a` the next step of `o`?
+fn continues(o: &Open, a: &Analysis) -> Result<(), String> {
+    if a.reference_date != o.reference {
+        return Err(format!(
+            "its reference date {} differs from {}",
+            format_date(a.reference_date),
+            format_date(o.reference)
+        ));
+    }
+    if o.last.is_empty() {
+        return Err("the analysis already ended with its segment count".into());
+    }
+    match &a.kind {
+        AnalysisKind::RfmSegments(_) => {
+            if o.kind == RFM_SEGMENTS {
+                Ok(())
+            } else {
+                Err("a segment count does not follow an rfm-histograms analysis".into())
+            }
+        }
+        AnalysisKind::RfmHistograms(specs) => {
+            for s in specs {
+                nests(s, &o.last)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A refinement must be linear, and lie inside one bin of a previous histogram of
+/// the same metric, with bins narrower than that bin.
+fn nests(s: &HistogramSpec, previous: &[HistogramSpec]) -> Result<(), String> {
+    let Layout::Linear { lo, width, bins } = s.layout else {
+        return Err(format!("a {} histogram repeats a power-of-two pass", s.metric.name()));
+    };
+    let (a, b) = (lo as u128, lo as u128 + width as u128 * bins as u128);
+    let inside = previous.iter().filter(|p| p.metric == s.metric).any(|p| {
+        (0..p.len()).any(|i| {
+            let (pa, pb) = p.bin_range(i);
+            pa <= a && b <= pb && (width as u128) < pb - pa
+        })
+    });
+    if inside {
+        Ok(())
+    } else {
+        Err(format!(
+            "its {} bins [{a}, {b}) do not lie inside one bin of the previous pass with narrower bins",
+            s.metric.name()
+        ))
+    }
+}
+
+fn unit(m: Metric) -> &'static str {
+    match m {
+        Metric::Recency => "day(s)",
+        Metric::Frequency => "purchase day(s)",
+        Metric::Monetary => "cent(s)",
+    }
+}
+
+/// The computation in words: "3 histograms at 2026-10-31: recency 65 power-of-two
+/// bins; …" or "4 segment counts at …".
+pub fn describe(a: &Analysis) -> String {
+    let at = format_date(a.reference_date);
+    match &a.kind {
+        AnalysisKind::RfmHistograms(specs) => {
+            let parts: Vec<String> = specs
+                .iter()
+                .map(|s| match s.layout {
+                    Layout::Log2 => format!("{} {} power-of-two bins", s.metric.name(), s.len()),
+                    Layout::Linear { lo, width, bins } => {
+                        format!("{} {bins} bins of {width} {} from {lo}", s.metric.name(), unit(s.metric))
+                    }
+                })
+                .collect();
+            format!("{} customer-count histogram(s) at {at}: {}", specs.len(), parts.join("; "))
+        }
+        AnalysisKind::RfmSegments(c) => format!(
+            "4 segment counts (high-value, potential, dormant, other) at {at} under cut points R {:?}, F {:?}, M {:?}",
+            c.recency, c.frequency, c.monetary
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fedcrm_protocol::rfm::Cuts;
+
+    fn analysis(id: &str, kind: AnalysisKind) -> Analysis {
+        Analysis {
+            reference_date: fedcrm_protocol::wire::parse_date("2026-10-31").unwrap(),
+            purpose: "p".into(),
+            requested_by: "a".into(),
+            requested_by_organisation: "HQ".into(),
+            analysis_id: id.into(),
+            analysis_kind: RFM_SEGMENTS.into(),
+            kind,
+        }
+    }
+
+    fn coarse() -> AnalysisKind {
+        AnalysisKind::RfmHistograms(Metric::ALL.iter().map(|m| QuantileSearch::coarse_spec(*m)).collect())
+    }
+
+    fn linear(metric: Metric, lo: u64, width: u64, bins: u32) -> HistogramSpec {
+        HistogramSpec { metric, layout: Layout::Linear { lo, width, bins } }
+    }
+
+    #[test]
+    fn the_label_does_not_decide_the_kind_and_refinements_must_nest() {
+        let t = Tracker::default();
+        let limits = HistogramLimits::default();
+        // A4: labelled rfm-segments, but a 2^20-bin one-cent spend histogram.
+        let wide = analysis("x", AnalysisKind::RfmHistograms(vec![linear(Metric::Monetary, 0, 1, 1 << 20)]));
+        assert!(t.identify(&wide, &limits).unwrap_err().contains("max_bins"));
+        // A fine histogram under the segments label is an rfm-histograms analysis.
+        let fine = analysis("y", AnalysisKind::RfmHistograms(vec![linear(Metric::Monetary, 0, 1, 1000)]));
+        assert_eq!(t.identify(&fine, &limits).unwrap().kind, RFM_HISTOGRAMS);
+
+        let first = analysis("s", coarse());
+        let id = t.identify(&first, &limits).unwrap();
+        assert_eq!((id.kind, id.new), (RFM_SEGMENTS, true));
+        t.admitted(&first, &id);
+        // Refinement inside the power-of-two bin [1024, 2048): continues the analysis.
+        let refine = analysis("s", AnalysisKind::RfmHistograms(vec![linear(Metric::Monetary, 1024, 1, 1024)]));
+        let id = t.identify(&refine, &limits).unwrap();
+        assert_eq!((id.kind, id.new), (RFM_SEGMENTS, false));
+        t.admitted(&refine, &id);
+        // Not nested in the previous pass: refused, whatever the label says.
+        let stray = analysis("s", AnalysisKind::RfmHistograms(vec![linear(Metric::Monetary, 0, 1, 1024)]));
+        assert!(t.identify(&stray, &limits).unwrap_err().contains("does not continue"));
+        // The same bins again (no narrower): refused.
+        assert!(t.identify(&refine, &limits).is_err());
+        let seg =
+            analysis("s", AnalysisKind::RfmSegments(Cuts { recency: [1; 4], frequency: [1; 4], monetary: [1; 4] }));
+        let id = t.identify(&seg, &limits).unwrap();
+        assert!(!id.new);
+        t.admitted(&seg, &id);
+        // A reused id cannot start a new analysis (it would dodge caps and approvals).
+        assert!(t.identify(&analysis("s", coarse()), &limits).unwrap_err().contains("already"));
+        let strict = HistogramLimits { min_width_monetary_cents: 100, ..limits };
+        assert!(t.identify(&fine, &strict).unwrap_err().contains("finer than the minimum of 100"));
+    }
+}

@@ -1,0 +1,89 @@
+//! The node's differencing guard, by population: it refuses to help unmask a sum
+//! whose contributors differ, by too few organisations, from those of a sum it
+//! already helped unmask over overlapping data (the rule is
+//! [`fedcrm_protocol::rules::check_differencing`]). Keyed on what is computed
+//! (analysis family and data window) and who contributes, never on the exact query
+//! bytes, and persisted: every sum it helps unmask is an [`Event::Contributed`]
+//! record in the node's audit log, from which the guard is rebuilt at start-up.
+//!
+//! A speed bump, not the defence: differences spanning enough organisations, or
+//! sums further apart than the window, are allowed. Differential privacy (a later
+//! analysis layer) is what bounds what any set of releases reveals.
+
+use std::sync::Mutex;
+
+use fedcrm_audit::{Event, Member};
+use fedcrm_protocol::pki::OrgKind;
+use fedcrm_protocol::rules::{self, Coverage, Unmasked};
+use fedcrm_protocol::wire::{self, Invitee, NodeRules};
+
+/// The sums this node helped unmask.
+#[derive(Debug, Default)]
+pub struct DifferencingGuard {
+    history: Mutex<Vec<Unmasked>>,
+}
+
+impl DifferencingGuard {
+    /// Rebuild from the node's audit records (oldest first).
+    pub fn from_records(records: &[fedcrm_audit::Record]) -> Self {
+        let history = records
+            .iter()
+            .filter_map(|r| match &r.event {
+                Event::Contributed { round, family, window_from, window_to, contributors, .. } => Some(Unmasked {
+                    round: round.clone(),
+                    time_ms: r.time_ms,
+                    coverage: Coverage {
+                        family: family.clone(),
+                        from: wire::parse_date(window_from).ok(),
+                        to: wire::parse_date(window_to).ok()?,
+                    },
+                    contributors: contributors.iter().map(invitee).collect(),
+                }),
+                _ => None,
+            })
+            .collect();
+        Self { history: Mutex::new(history) }
+    }
+
+    /// May this node help unmask a sum covering `coverage` over `contributors` now?
+    pub fn check(
+        &self,
+        rules: &NodeRules,
+        now_ms: u64,
+        coverage: &Coverage,
+        contributors: &[Invitee],
+    ) -> Result<(), String> {
+        let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        rules::check_differencing(rules, &history, now_ms, coverage, contributors)
+    }
+
+    /// Remember a sum this node helped unmask (its audit record is written by the caller).
+    pub fn remember(&self, unmasked: Unmasked) {
+        self.history.lock().unwrap_or_else(|p| p.into_inner()).push(unmasked);
+    }
+}
+
+/// The audit record of a sum helped unmask.
+pub fn record(u: &Unmasked, analysis: &str) -> Event {
+    Event::Contributed {
+        round: u.round.clone(),
+        analysis: analysis.to_string(),
+        family: u.coverage.family.clone(),
+        window_from: u.coverage.from.map(wire::format_date).unwrap_or_default(),
+        window_to: wire::format_date(u.coverage.to),
+        contributors: u
+            .contributors
+            .iter()
+            .map(|i| Member {
+                name: i.name.clone(),
+                organisation: i.organisation.clone(),
+                kind: wire::kind_str(i.kind).to_string(),
+            })
+            .collect(),
+    }
+}
+
+fn invitee(m: &Member) -> Invitee {
+    let kind = if m.kind == "hq" { OrgKind::Hq } else { OrgKind::Franchisee };
+    Invitee { name: m.name.clone(), organisation: m.organisation.clone(), kind }
+}

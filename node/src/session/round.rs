@@ -1,0 +1,708 @@
+//! One handler per coordinator message of a round (Bonawitz et al. CCS 2017, Fig. 4,
+//! client side), each checking this node's rules *before* its bytes leave:
+//!
+//! - `RoundStart` (round 0): roster signature, the computation as this node
+//!   identifies it, policy, threshold and organisation rules over the invitation,
+//!   manual approval; then advertise keys.
+//! - `KeyRoster` (round 1): every key's certificate and signature; the rules over U1;
+//!   then share keys.
+//! - `ShareDelivery` (round 2): the rules and the differencing guard over U2 — the
+//!   nodes whose inputs can end up in the sum — *before* masking; then the masked
+//!   input. The local vector is wiped once masked.
+//! - `ConsistencyCheck` (round 3): U3 partitions U2, this node is in it, the rules
+//!   and the differencing guard over U3; then sign (round, U2, U3), once per round.
+//! - `UnmaskRequest` (round 4): the same view as signed, and at least t valid
+//!   signatures on it from members of U3; the sum is recorded (persisted) for the
+//!   differencing guard; then one share per peer of U2.
+
+use std::collections::BTreeSet;
+#[cfg(feature = "test-util")]
+use std::sync::Arc;
+
+use fedcrm_audit::{Event, Member};
+use fedcrm_crypto::secagg::{self, ClientAdvertised, ClientMasked, ClientShared, PeerKeys, Phase, RoundParams};
+use fedcrm_crypto::{RoundId, SystemRandom};
+use fedcrm_protocol::pki::{self, Usage};
+use fedcrm_protocol::rfm::CustomerRfm;
+use fedcrm_protocol::rules::{Stage, Unmasked};
+use fedcrm_protocol::wire::{
+    self, FromNode, Invitee, RevealedShare, RoundStart, Sealed, SignedKeys, ToNode, ViewSignature,
+};
+use tokio::sync::watch;
+use zeroize::Zeroizing;
+
+use super::{DropAt, NodeContext, Peer, SessionEnd, SessionError, hex, record, stall, unix_now, unix_now_ms};
+use crate::analysis::local_vector;
+use crate::approvals::{self, Decision, Pending};
+use crate::computation::Identified;
+use crate::egress::{Egress, lock};
+use crate::features;
+
+/// Test hook (feature `test-util`, never in production builds): a node that
+/// colludes with HQ, as the threat model assumes HQ's own channels may.
+/// Shares a node holds of one peer: (peer, share of its self-mask seed, share of its mask key).
+#[cfg(feature = "test-util")]
+pub type HeldShare = (String, fedcrm_crypto::shamir::Share, fedcrm_crypto::shamir::Share);
+
+/// Sees the shares a colluding node holds, per round.
+#[cfg(feature = "test-util")]
+pub type HeldSharesTap = Arc<dyn Fn(RoundId, Vec<HeldShare>) + Send + Sync>;
+
+#[cfg(feature = "test-util")]
+#[derive(Clone)]
+pub struct RoundTap {
+    /// Called with the shares this node holds of every node of U2, once it holds them.
+    pub on_held_shares: HeldSharesTap,
+    /// Sign every view the coordinator shows, skipping this node's own rules.
+    pub sign_any_view: bool,
+}
+
+#[cfg(feature = "test-util")]
+impl std::fmt::Debug for RoundTap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoundTap").field("sign_any_view", &self.sign_any_view).finish_non_exhaustive()
+    }
+}
+
+/// Without the `test-util` feature there is no tap.
+#[cfg(not(feature = "test-util"))]
+#[derive(Debug, Clone)]
+pub struct RoundTap(());
+
+/// This node's state in a round, by the phase it has completed.
+enum State {
+    /// Round 0 done: keys advertised, waiting for U1.
+    AdvertiseKeys(ClientAdvertised),
+    /// Round 1 done: shares sent, waiting for U2 and the peers' shares.
+    ShareKeys(ClientShared),
+    /// Round 2 done: masked input sent, waiting for the consistency check.
+    MaskedInputCollection(ClientMasked),
+    /// Round 3 done: signed this view, waiting for the unmask request.
+    ConsistencyCheck(ClientMasked, View),
+    /// Answered, refused or ended.
+    Done,
+}
+
+impl State {
+    fn phase(&self) -> Option<Phase> {
+        match self {
+            State::AdvertiseKeys(_) => Some(Phase::AdvertiseKeys),
+            State::ShareKeys(_) => Some(Phase::ShareKeys),
+            State::MaskedInputCollection(_) => Some(Phase::MaskedInputCollection),
+            State::ConsistencyCheck(..) => Some(Phase::ConsistencyCheck),
+            State::Done => None,
+        }
+    }
+}
+
+/// U2 and U3 as this node signed them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct View {
+    delivered: Vec<String>,
+    survivors: Vec<String>,
+    dropped: Vec<String>,
+}
+
+struct Active {
+    start: RoundStart,
+    /// The unmasked local vector: wiped when masked or when the round ends.
+    input: Zeroizing<Vec<u64>>,
+    /// U1 as verified, with certificates (to check consistency signatures).
+    u1: Vec<SignedKeys>,
+    state: State,
+}
+
+impl Active {
+    fn members(&self, names: &[String]) -> Vec<Invitee> {
+        self.start.invited.iter().filter(|i| names.contains(&i.name)).cloned().collect()
+    }
+}
+
+/// The rounds of one session.
+pub(super) struct Rounds<'a> {
+    ctx: &'a NodeContext,
+    egress: Egress,
+    shutdown: watch::Receiver<bool>,
+    rng: SystemRandom,
+    active: Option<Active>,
+    customers: Option<(time::Date, Vec<CustomerRfm>)>,
+}
+
+type Handled = Result<Option<SessionEnd>, SessionError>;
+
+impl<'a> Rounds<'a> {
+    pub(super) fn new(ctx: &'a NodeContext, egress: Egress, shutdown: watch::Receiver<bool>) -> Self {
+        Self { ctx, egress, shutdown, rng: SystemRandom::new(), active: None, customers: None }
+    }
+
+    /// One message from the coordinator. `Some` ends the session (fault injection).
+    pub(super) async fn handle(&mut self, msg: ToNode, coordinator: &Option<Peer>) -> Handled {
+        match msg {
+            ToNode::Welcome { coordinator: name, .. } => {
+                tracing::info!(node = %self.ctx.name, coordinator = %name, "session open");
+                Ok(None)
+            }
+            ToNode::RoundStart(start) => self.on_round_start(*start, coordinator).await,
+            ToNode::Roster { round, keys } => self.on_roster(round, keys).await,
+            ToNode::Shares { round, delivered, shares } => self.on_shares(round, delivered, shares).await,
+            ToNode::Consistency { round, survivors, dropped } => self.on_consistency(round, survivors, dropped).await,
+            ToNode::Unmask { round, survivors, dropped, signatures } => {
+                self.on_unmask(round, survivors, dropped, signatures).await
+            }
+            ToNode::RoundEnd { round, released, message } => self.on_round_end(round, released, &message),
+        }
+    }
+
+    /// The coordinator sent something this node could not parse or check: its fault.
+    pub(super) async fn refuse_malformed(&mut self, e: &wire::WireError) -> Result<(), SessionError> {
+        let round = self.active.as_ref().filter(|a| !matches!(a.state, State::Done)).map(|a| a.start.round);
+        let reason = format!("malformed message from the coordinator: {e}");
+        record(
+            self.ctx,
+            Event::PolicyDecision {
+                round: round.map(|r| r.to_hex()),
+                analysis: String::new(),
+                admitted: false,
+                reason: reason.clone(),
+            },
+        )?;
+        self.egress.send(&FromNode::Refusal { awaiting_approval: false, round: None, reason }).await?;
+        Ok(())
+    }
+
+    /// Round 0: decide, then advertise keys.
+    async fn on_round_start(&mut self, start: RoundStart, coordinator: &Option<Peer>) -> Handled {
+        let ctx = self.ctx;
+        let round = start.round;
+        if self.active.as_ref().is_some_and(|a| !matches!(a.state, State::Done)) {
+            self.refuse(round, "node is busy with another round").await?;
+            return Ok(None);
+        }
+        // The coordinator signs who is in the round and who asked why: check and log it.
+        let payload = wire::roster_payload(&round, start.threshold, start.length, &start.analysis, &start.invited);
+        let signature_ok = coordinator
+            .as_ref()
+            .is_some_and(|c| pki::verify_signature(&c.certificate, &payload, &start.roster_signature).is_ok());
+        record(
+            ctx,
+            Event::RosterSigned {
+                round: round.to_hex(),
+                members: start.invited.iter().map(member).collect(),
+                coordinator: coordinator.as_ref().map(|c| c.name.clone()).unwrap_or_default(),
+                signature_ok,
+                signature_hex: hex(&start.roster_signature),
+                payload_sha256: hex(ring::digest::digest(&ring::digest::SHA256, &payload).as_ref()),
+            },
+        )?;
+        // The analysis as this node identifies it from the computation, not the label.
+        let identified = ctx.analyses.identify(&start.analysis, &ctx.policy.histograms);
+        record(
+            ctx,
+            Event::RoundStarted {
+                round: round.to_hex(),
+                analysis: start.analysis.analysis_id.clone(),
+                kind: start.analysis.kind.name().to_string(),
+                analysis_kind: identified.as_ref().map_or("unidentified", |i| i.kind).to_string(),
+                purpose: start.analysis.purpose.clone(),
+                threshold: start.threshold as u64,
+                length: start.length as u64,
+                invited: start.invited.iter().map(member).collect(),
+            },
+        )?;
+        let decision = if signature_ok {
+            identified.and_then(|id| {
+                let caps = ctx.cap_state(id.kind, &start.analysis.analysis_id);
+                ctx.policy.admit(&ctx.name, &ctx.organisation, &start, id.kind, caps).map(|()| id)
+            })
+        } else {
+            Err("the round's roster is not signed by the coordinator named in this node's configuration".into())
+        };
+        let identified = match decision {
+            Ok(id) => id,
+            Err(why) => {
+                tracing::warn!(node = %ctx.name, %round, %why, "refusing round");
+                self.refuse(round, &why).await?;
+                return Ok(None);
+            }
+        };
+        if identified.new {
+            match approval(ctx, &start, &identified)? {
+                Ok(()) => {}
+                Err(why) => {
+                    tracing::warn!(node = %ctx.name, %round, %why, "round waits for manual approval");
+                    self.refuse_as(round, &why, true).await?;
+                    return Ok(None);
+                }
+            }
+        }
+        record(
+            ctx,
+            Event::PolicyDecision {
+                round: Some(round.to_hex()),
+                analysis: identified.kind.to_string(),
+                admitted: true,
+                reason: format!("allowed by policy: {}", identified.description),
+            },
+        )?;
+        let reference = start.analysis.reference_date;
+        if self.customers.as_ref().map(|c| c.0) != Some(reference) {
+            let rfm = features::rfm(&ctx.dataset.purchases, reference).into_iter().map(|(_, r)| r).collect();
+            self.customers = Some((reference, rfm));
+        }
+        // Unwrap safety: the cache was filled just above.
+        let customers = &self.customers.as_ref().unwrap().1;
+        if let Err(e) = fedcrm_crypto::fixed::check_budget(start.invited.len() as u64, customers.len() as u64) {
+            self.refuse(round, &e.to_string()).await?;
+            return Ok(None);
+        }
+        let input = Zeroizing::new(local_vector(&start.analysis, customers));
+        let params = RoundParams { round, t: start.threshold, d: start.length };
+        let (client, keys) = match ClientAdvertised::new(params, &ctx.name, &self.rng) {
+            Ok(x) => x,
+            Err(e) => {
+                self.refuse(round, &e.to_string()).await?;
+                return Ok(None);
+            }
+        };
+        let payload = secagg::key_signing_payload(&round, &ctx.name, &keys.enc, &keys.mask);
+        let signature = ctx.signing.sign(&payload)?;
+        self.egress.admit(round, &start.analysis.analysis_id);
+        self.egress.send(&FromNode::Keys { round, enc: keys.enc, mask: keys.mask, signature }).await?;
+        ctx.analyses.admitted(&start.analysis, &identified);
+        if identified.new {
+            ctx.count_analysis(identified.kind, &start.analysis.analysis_id);
+        }
+        tracing::info!(node = %ctx.name, %round, analysis = identified.kind, purpose = %start.analysis.purpose, "joined round");
+        self.active = Some(Active { start, input, u1: Vec::new(), state: State::AdvertiseKeys(client) });
+        self.fault_after(DropAt::AfterKeys).await
+    }
+
+    /// Round 1: verify U1, check the rules over it, share keys.
+    async fn on_roster(&mut self, round: RoundId, keys: Vec<SignedKeys>) -> Handled {
+        let ctx = self.ctx;
+        let Some(a) = self.active.as_mut().filter(|a| a.start.round == round) else { return Ok(None) };
+        if !matches!(a.state, State::AdvertiseKeys(_)) {
+            return Ok(None); // a repeated or out-of-order roster changes nothing
+        }
+        let State::AdvertiseKeys(client) = std::mem::replace(&mut a.state, State::Done) else { return Ok(None) };
+        let names: Vec<String> = keys.iter().map(|k| k.node.clone()).collect();
+        let checked = verify_roster(ctx, &a.start, &keys).and_then(|peers| {
+            ctx.policy
+                .check_set(&ctx.organisation, &a.members(&names), a.start.threshold, Stage::KeyRoster)
+                .map(|()| peers)
+        });
+        let verified = match checked {
+            Ok(v) => v,
+            Err(why) => {
+                self.refuse(round, &why).await?;
+                return Ok(None);
+            }
+        };
+        a.u1 = keys;
+        match client.share(verified, &self.rng) {
+            Ok((next, sealed)) => {
+                let shares = sealed.into_iter().map(|(peer, ciphertext)| Sealed { peer, ciphertext }).collect();
+                a.state = State::ShareKeys(next);
+                self.egress.send(&FromNode::Shares { round, shares }).await?;
+                self.fault_after(DropAt::AfterShares).await
+            }
+            Err(e) => {
+                self.refuse(round, &e.to_string()).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Round 2: the rules and the differencing guard over U2, *then* mask.
+    async fn on_shares(&mut self, round: RoundId, delivered: Vec<String>, shares: Vec<Sealed>) -> Handled {
+        let ctx = self.ctx;
+        let Some(a) = self.active.as_mut().filter(|a| a.start.round == round) else { return Ok(None) };
+        if !matches!(a.state, State::ShareKeys(_)) {
+            return Ok(None); // a repeated or out-of-order delivery changes nothing
+        }
+        let State::ShareKeys(client) = std::mem::replace(&mut a.state, State::Done) else { return Ok(None) };
+        let u2 = a.members(&delivered);
+        let rules = ctx.policy.check_set(&ctx.organisation, &u2, a.start.threshold, Stage::Delivered).and_then(|()| {
+            ctx.differencing.check(&ctx.policy.rules(), unix_now_ms(), &a.start.analysis.coverage(), &u2)
+        });
+        if let Err(why) = rules {
+            a.input.iter_mut().for_each(|w| *w = 0);
+            tracing::warn!(node = %ctx.name, %round, %why, "refusing to mask");
+            self.refuse(round, &why).await?;
+            return Ok(None);
+        }
+        let incoming: Vec<(String, Vec<u8>)> = shares.into_iter().map(|s| (s.peer, s.ciphertext)).collect();
+        let masked = client.receive(&delivered, &incoming).and_then(|ready| ready.mask(&a.input));
+        // The unmasked local vector is no longer needed, whatever happened.
+        a.input = Zeroizing::new(Vec::new());
+        match masked {
+            Ok((next, mut y)) => {
+                #[cfg(feature = "test-util")]
+                if let Some(tap) = &ctx.round_tap {
+                    (tap.on_held_shares)(round, next.test_util_held_shares());
+                }
+                if ctx.faults.wrong_length {
+                    y.push(0);
+                }
+                let mut chunks = wire::chunk(round, &y, a.start.chunk_elements);
+                if ctx.faults.malformed_chunk {
+                    if let Some(c) = chunks.first_mut() {
+                        c.index = c.count + 5;
+                    }
+                }
+                a.state = State::MaskedInputCollection(next);
+                self.egress.clear(round, Phase::MaskedInputCollection);
+                for c in chunks {
+                    self.egress.send(&FromNode::Masked(c)).await?;
+                }
+                Ok(None)
+            }
+            Err(e) => {
+                self.refuse(round, &e.to_string()).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Round 3: check U3 and the rules over it, then sign (round, U2, U3) — once.
+    async fn on_consistency(&mut self, round: RoundId, survivors: Vec<String>, dropped: Vec<String>) -> Handled {
+        let ctx = self.ctx;
+        let Some(a) = self.active.as_mut().filter(|a| a.start.round == round) else { return Ok(None) };
+        if let Some(end) = fault_at_unmask(ctx, &self.shutdown).await {
+            return end;
+        }
+        let client = match std::mem::replace(&mut a.state, State::Done) {
+            State::MaskedInputCollection(c) => c,
+            State::ConsistencyCheck(..) => {
+                self.refuse(round, "a second consistency check in one round; a node signs one view per round").await?;
+                return Ok(None);
+            }
+            _ => {
+                self.refuse(round, "a consistency check before this node sent its masked input; refusing").await?;
+                return Ok(None);
+            }
+        };
+        let view = View { delivered: client.delivered(), survivors: survivors.clone(), dropped: dropped.clone() };
+        let u3 = a.members(&survivors);
+        let colluding = colludes(ctx);
+        let rules = client.check_request(&survivors, &dropped).map_err(|e| e.to_string()).and_then(|()| {
+            if colluding {
+                return Ok(());
+            }
+            ctx.policy.check_set(&ctx.organisation, &u3, a.start.threshold, Stage::Survivors).and_then(|()| {
+                ctx.differencing.check(&ctx.policy.rules(), unix_now_ms(), &a.start.analysis.coverage(), &u3)
+            })
+        });
+        if let Err(why) = rules {
+            tracing::warn!(node = %ctx.name, %round, %why, "refusing to sign the round's view");
+            self.refuse(round, &why).await?;
+            return Ok(None);
+        }
+        let payload = secagg::consistency_payload(&round, &view.delivered, &view.survivors);
+        let signature = ctx.signing.sign(&payload)?;
+        record(
+            ctx,
+            Event::RoundView {
+                round: round.to_hex(),
+                stage: "signed".into(),
+                delivered: view.delivered.clone(),
+                survivors: view.survivors.clone(),
+                signers: Vec::new(),
+            },
+        )?;
+        a.state = if colluding { State::MaskedInputCollection(client) } else { State::ConsistencyCheck(client, view) };
+        self.egress.clear(round, Phase::ConsistencyCheck);
+        self.egress.send(&FromNode::Consistency { round, signature }).await?;
+        Ok(None)
+    }
+
+    /// Round 4: the signed view, t signatures on it from U3; record the sum; reveal.
+    async fn on_unmask(
+        &mut self,
+        round: RoundId,
+        survivors: Vec<String>,
+        dropped: Vec<String>,
+        signatures: Vec<ViewSignature>,
+    ) -> Handled {
+        let ctx = self.ctx;
+        let Some(a) = self.active.as_mut().filter(|a| a.start.round == round) else { return Ok(None) };
+        let (client, view) = match std::mem::replace(&mut a.state, State::Done) {
+            State::ConsistencyCheck(c, v) => (c, v),
+            State::MaskedInputCollection(c) if colludes(ctx) => {
+                let v = View { delivered: c.delivered(), survivors: survivors.clone(), dropped: dropped.clone() };
+                (c, v)
+            }
+            State::Done => {
+                self.refuse(round, "a second unmask request in one round; refusing").await?;
+                return Ok(None);
+            }
+            other => {
+                let at = other.phase().map_or("no phase".into(), |p| p.to_string());
+                self.refuse(
+                    round,
+                    &format!(
+                        "an unmask request while this node is at {at}, before it signed the round's view; refusing"
+                    ),
+                )
+                .await?;
+                return Ok(None);
+            }
+        };
+        let checked = if view.survivors != survivors || view.dropped != dropped {
+            Err("the unmask request names a different U3 from the one this node signed; refusing".to_string())
+        } else {
+            verify_view_signatures(a, round, &view, &signatures)
+        };
+        let signers = match checked {
+            Ok(s) => s,
+            Err(why) => {
+                tracing::warn!(node = %ctx.name, %round, %why, "refusing unmask request");
+                self.refuse(round, &why).await?;
+                return Ok(None);
+            }
+        };
+        // Persist the sum for the differencing guard before any share leaves.
+        let unmasked = Unmasked {
+            round: round.to_hex(),
+            time_ms: unix_now_ms(),
+            coverage: a.start.analysis.coverage(),
+            contributors: a.members(&view.survivors),
+        };
+        record(ctx, crate::differencing::record(&unmasked, &a.start.analysis.analysis_id))?;
+        record(
+            ctx,
+            Event::RoundView {
+                round: round.to_hex(),
+                stage: "unmasked".into(),
+                delivered: view.delivered.clone(),
+                survivors: view.survivors.clone(),
+                signers,
+            },
+        )?;
+        ctx.differencing.remember(unmasked);
+        match client.unmask(&survivors, &dropped) {
+            Ok(revealed) => {
+                let shares = revealed
+                    .into_iter()
+                    .map(|r| match r {
+                        secagg::Revealed::SelfMask { of, share } => {
+                            RevealedShare { of, self_mask: true, y: share.y_bytes().to_vec() }
+                        }
+                        secagg::Revealed::MaskKey { of, share } => {
+                            RevealedShare { of, self_mask: false, y: share.y_bytes().to_vec() }
+                        }
+                    })
+                    .collect();
+                self.egress.clear(round, Phase::Unmasking);
+                self.egress.send(&FromNode::Unmask { round, shares }).await?;
+            }
+            Err(e) => {
+                tracing::warn!(node = %ctx.name, %round, error = %e, "refusing unmask request");
+                self.refuse(round, &e.to_string()).await?;
+            }
+        }
+        Ok(None)
+    }
+
+    fn on_round_end(&mut self, round: RoundId, released: bool, message: &str) -> Handled {
+        tracing::info!(node = %self.ctx.name, %round, released, %message, "round ended");
+        lock(&self.ctx.audit).seal()?;
+        self.egress.close_round(&round);
+        if self.active.as_ref().is_some_and(|a| a.start.round == round) {
+            self.active = None; // drops (and wipes) the local vector and the round's secrets
+        }
+        Ok(None)
+    }
+
+    /// Fault injection after a phase of the first round.
+    async fn fault_after(&self, at: DropAt) -> Handled {
+        if self.ctx.faults.stall_at == Some(at) {
+            return stall(self.shutdown.clone()).await.map(Some);
+        }
+        if self.ctx.faults.drop_at == Some(at) {
+            return Ok(Some(SessionEnd::Dropped));
+        }
+        Ok(None)
+    }
+
+    /// Refuse (part of) a round: the decision and its reason go to the audit log,
+    /// then the refusal goes to the coordinator.
+    async fn refuse(&mut self, round: RoundId, reason: &str) -> Result<(), SessionError> {
+        self.refuse_as(round, reason, false).await
+    }
+
+    async fn refuse_as(&mut self, round: RoundId, reason: &str, awaiting_approval: bool) -> Result<(), SessionError> {
+        if let Some(a) = self.active.as_mut().filter(|a| a.start.round == round) {
+            a.state = State::Done;
+            a.input = Zeroizing::new(Vec::new());
+        }
+        record(
+            self.ctx,
+            Event::PolicyDecision {
+                round: Some(round.to_hex()),
+                analysis: String::new(),
+                admitted: false,
+                reason: reason.to_string(),
+            },
+        )?;
+        self.egress
+            .send(&FromNode::Refusal { round: Some(round), reason: reason.to_string(), awaiting_approval })
+            .await?;
+        self.egress.close_round(&round);
+        Ok(())
+    }
+}
+
+/// Fault injection: vanish (or hang) when the coordinator moves on after the masked input.
+async fn fault_at_unmask(ctx: &NodeContext, shutdown: &watch::Receiver<bool>) -> Option<Handled> {
+    if ctx.faults.stall_at == Some(DropAt::AfterMasked) {
+        return Some(stall(shutdown.clone()).await.map(Some));
+    }
+    if ctx.faults.drop_at == Some(DropAt::AfterMasked) {
+        // The masked input is known to have arrived (the coordinator moved on).
+        return Some(Ok(Some(SessionEnd::Dropped)));
+    }
+    None
+}
+
+/// A colluding node (test hook) signs any view and answers any request.
+fn colludes(ctx: &NodeContext) -> bool {
+    #[cfg(feature = "test-util")]
+    {
+        ctx.round_tap.as_ref().is_some_and(|t| t.sign_any_view)
+    }
+    #[cfg(not(feature = "test-util"))]
+    {
+        let _ = ctx;
+        false
+    }
+}
+
+/// At least t valid signatures on (round, U2, U3), from distinct members of U3,
+/// each by the certificate that U1's roster carried for it (Bonawitz et al. CCS
+/// 2017, Fig. 4, Round 4, step 1). Returns the signers.
+fn verify_view_signatures(
+    a: &Active,
+    round: RoundId,
+    view: &View,
+    signatures: &[ViewSignature],
+) -> Result<Vec<String>, String> {
+    let payload = secagg::consistency_payload(&round, &view.delivered, &view.survivors);
+    let mut valid: BTreeSet<String> = BTreeSet::new();
+    for s in signatures {
+        if !view.survivors.contains(&s.node) {
+            continue; // only members of U3 count
+        }
+        let Some(k) = a.u1.iter().find(|k| k.node == s.node) else { continue };
+        if pki::verify_signature(&k.certificate, &payload, &s.signature).is_ok() {
+            valid.insert(s.node.clone());
+        }
+    }
+    if valid.len() < a.start.threshold {
+        return Err(format!(
+            "consistency check: the unmask request carries {} valid signature(s) from members of U3 on this view, \
+             fewer than t = {}; the coordinator may be showing nodes different views; refusing",
+            valid.len(),
+            a.start.threshold
+        ));
+    }
+    Ok(valid.into_iter().collect())
+}
+
+fn member(i: &Invitee) -> Member {
+    Member { name: i.name.clone(), organisation: i.organisation.clone(), kind: wire::kind_str(i.kind).to_string() }
+}
+
+/// Manual approval, when the policy asks for it, bound to the computation, the
+/// analyst and the purpose. Logged. Outer `Err`: a local failure; inner `Err`: the
+/// refusal reason.
+fn approval(ctx: &NodeContext, start: &RoundStart, id: &Identified) -> Result<Result<(), String>, SessionError> {
+    let kind = id.kind;
+    if !ctx.policy.needs_approval(kind) {
+        return Ok(Ok(()));
+    }
+    let now = unix_now_ms();
+    let decision = match ctx.approvals.check(
+        &start.analysis,
+        kind,
+        &id.description,
+        now,
+        ctx.policy.approval_expires_seconds,
+        ctx.policy.approval_valid_seconds,
+    ) {
+        Ok(d) => d,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    let requested = |p: &Pending| Event::ApprovalRequested {
+        id: p.id.clone(),
+        analysis: format!("{}: {}", p.analysis, p.computation),
+        purpose: p.purpose.clone(),
+        requested_by: format!("{} ({})", p.requested_by, p.requested_by_organisation),
+        expires_ms: p.expires_ms,
+    };
+    Ok(match decision {
+        Decision::Approved(ok) => {
+            if ctx.granted.lock().unwrap_or_else(|p| p.into_inner()).insert(ok.id.clone()) {
+                record(ctx, Event::ApprovalGranted { id: ok.id, by: ok.by })?;
+            }
+            Ok(())
+        }
+        Decision::Waiting { pending, new } => {
+            if new {
+                record(ctx, requested(&pending))?;
+            }
+            Err(format!(
+                "policy: {kind} needs manual approval; request {} waits until {} (`fedcrm node approve {}`)",
+                pending.id,
+                approvals::when(pending.expires_ms),
+                pending.id
+            ))
+        }
+        Decision::Expired { expired, renewed } => {
+            record(ctx, Event::ApprovalExpired { id: expired.id.clone() })?;
+            record(ctx, requested(&renewed))?;
+            Err(format!(
+                "policy: approval request {} expired at {} without approval; a new request waits until {}",
+                expired.id,
+                approvals::when(expired.expires_ms),
+                approvals::when(renewed.expires_ms)
+            ))
+        }
+    })
+}
+
+/// Check every advertised key: certificate from the brand CA naming that node,
+/// signature over (version, round, node, keys) by that certificate's key, and the
+/// node was invited. Without this, the coordinator could substitute keys and read shares.
+fn verify_roster(ctx: &NodeContext, start: &RoundStart, keys: &[SignedKeys]) -> Result<Vec<PeerKeys>, String> {
+    let now = unix_now();
+    let mut out = Vec::with_capacity(keys.len());
+    for k in keys {
+        if !start.invited.iter().any(|i| i.name == k.node) {
+            return Err(format!("roster names {}, who was not invited", k.node));
+        }
+        let id = pki::verify_cert(&ctx.ca_der, &k.certificate, now, Usage::Client)
+            .map_err(|e| format!("certificate of {} rejected: {e}", k.node))?;
+        if id.name != k.node {
+            return Err(format!("roster entry {} carries the certificate of {}", k.node, id.name));
+        }
+        let claimed = start.invited.iter().find(|i| i.name == k.node);
+        let kind = match id.role {
+            pki::Role::Node(kind) => kind,
+            other => return Err(format!("roster entry {} holds a {} certificate", k.node, other.as_str())),
+        };
+        if claimed.is_none_or(|c| c.organisation != id.organisation || c.kind != kind) {
+            return Err(format!(
+                "the signed invitation describes {} differently from its certificate ({}, {})",
+                k.node,
+                id.organisation,
+                wire::kind_str(kind)
+            ));
+        }
+        let payload = secagg::key_signing_payload(&start.round, &k.node, &k.enc, &k.mask);
+        pki::verify_signature(&k.certificate, &payload, &k.signature)
+            .map_err(|e| format!("signature on the keys of {} rejected: {e}", k.node))?;
+        out.push(PeerKeys { name: k.node.clone(), enc: k.enc, mask: k.mask });
+    }
+    Ok(out)
+}

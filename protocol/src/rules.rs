@@ -1,0 +1,300 @@
+//! The rules a node applies to every round, as pure functions over the round's
+//! members: the threshold rule, the organisation rule and the differencing rule.
+//! Nodes enforce them on their own data's behalf (`fedcrm_node::policy`); the
+//! coordinator evaluates the same functions with each invitee's announced
+//! [`NodeRules`] to plan rounds every invitee accepts and to tell the analyst why
+//! one cannot run. Pure: no I/O, no clock (callers pass `now_ms`).
+
+use std::collections::BTreeSet;
+
+use crate::pki::OrgKind;
+use crate::wire::{Invitee, NodeRules};
+
+const MS_PER_DAY: u64 = 86_400_000;
+
+/// Which set of a round a rule is checked on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// The signed invitation (RoundStart).
+    Invited,
+    /// U1: nodes whose keys are in the roster (they receive this node's shares).
+    KeyRoster,
+    /// U2: nodes whose shares were delivered (their inputs may enter the sum).
+    Delivered,
+    /// U3: nodes whose masked inputs are in the sum.
+    Survivors,
+}
+
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Invited => "invited",
+            Stage::KeyRoster => "key-roster (U1)",
+            Stage::Delivered => "delivered (U2)",
+            Stage::Survivors => "surviving (U3)",
+        }
+    }
+}
+
+/// Distinct franchisee organisations among `members`, other than `own`.
+pub fn other_organisations<'a>(own: &str, members: impl IntoIterator<Item = &'a Invitee>) -> usize {
+    members
+        .into_iter()
+        .filter(|m| m.kind == OrgKind::Franchisee && m.organisation != own)
+        .map(|m| m.organisation.as_str())
+        .collect::<BTreeSet<_>>()
+        .len()
+}
+
+/// HQ-owned nodes among `members`.
+pub fn hq_nodes(members: &[Invitee]) -> usize {
+    members.iter().filter(|m| m.kind == OrgKind::Hq).count()
+}
+
+/// Smallest t with 2t > n + H + c.
+pub fn threshold_needed(n: usize, h: usize, c: usize) -> usize {
+    (n + h + c) / 2 + 1
+}
+
+/// Threshold rule (Bonawitz et al. CCS 2017, §6.2: against a server that actively
+/// cheats, with H + c corrupt parties): 2t > n + H + c, where n counts `members` and
+/// H the HQ-owned nodes among them. It implies t > H + c — HQ's nodes and c colluding
+/// franchisees never hold t shares of one secret — and any two sets of t signers
+/// share an honest node. Also t ≤ n and t ≥ `min_participants`.
+pub fn check_threshold(rules: &NodeRules, members: &[Invitee], t: usize, stage: Stage) -> Result<(), String> {
+    let n = members.len();
+    let h = hq_nodes(members);
+    let c = rules.assume_colluding_nodes;
+    if t > n && stage != Stage::Invited {
+        return Err(format!("policy: {n} nodes are {}, fewer than the threshold t = {t}; refusing", stage.name()));
+    }
+    if 2 * t <= n + h + c || t > n || t < rules.min_participants {
+        return Err(format!(
+            "policy: threshold t = {t} is unsafe for the {} nodes (n = {n}, of which H = {h} HQ-owned, assuming \
+             c = {c} colluding franchisee nodes): this node needs 2t > n + H + c, i.e. t >= {}, t <= n and \
+             t >= min_participants = {}",
+            stage.name(),
+            threshold_needed(n, h, c),
+            rules.min_participants
+        ));
+    }
+    Ok(())
+}
+
+/// Organisation rule: at least `min_other_organisations + c` franchisee
+/// organisations besides `own_org` among `members`. HQ-owned channels never count.
+pub fn check_organisations(rules: &NodeRules, own_org: &str, members: &[Invitee], stage: Stage) -> Result<(), String> {
+    let others = other_organisations(own_org, members);
+    let need = rules.min_other_organisations + rules.assume_colluding_nodes;
+    if others < need {
+        return Err(format!(
+            "policy: the {} nodes include {others} franchisee organisation(s) other than this node's own, fewer \
+             than min_other_organisations + assume_colluding_nodes = {} + {} = {need}; HQ-owned channels do not count",
+            stage.name(),
+            rules.min_other_organisations,
+            rules.assume_colluding_nodes
+        ));
+    }
+    Ok(())
+}
+
+/// Both rules over one set of a round.
+pub fn check_set(rules: &NodeRules, own_org: &str, members: &[Invitee], t: usize, stage: Stage) -> Result<(), String> {
+    check_threshold(rules, members, t, stage)?;
+    check_organisations(rules, own_org, members, stage)
+}
+
+/// What a sum covers, for the differencing rule: the analysis family and the data
+/// window (first and last day of data it reads; `None` = from the first record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Coverage {
+    pub family: String,
+    pub from: Option<time::Date>,
+    pub to: time::Date,
+}
+
+impl Coverage {
+    /// Do two data windows share a day?
+    pub fn overlaps(&self, other: &Coverage) -> bool {
+        self.family == other.family
+            && self.from.is_none_or(|f| f <= other.to)
+            && other.from.is_none_or(|f| f <= self.to)
+    }
+}
+
+/// A sum a node helped unmask (or the coordinator unmasked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unmasked {
+    pub round: String,
+    pub time_ms: u64,
+    pub coverage: Coverage,
+    /// U3: the nodes whose inputs are in the sum.
+    pub contributors: Vec<Invitee>,
+}
+
+/// Organisations a difference must span: max(`min_population_difference`, c + 2).
+pub fn required_difference(rules: &NodeRules) -> usize {
+    rules.min_population_difference.max(rules.assume_colluding_nodes + 2)
+}
+
+/// Differencing rule, checked by a node over the contributors of a sum it is about
+/// to help unmask: against every sum it helped unmask in the same family with an
+/// overlapping data window within `differencing_window_days`, the non-HQ nodes in
+/// the symmetric difference must be none, or span at least
+/// [`required_difference`] organisations. HQ-owned nodes in the difference never
+/// count as protection: HQ knows its own data. `Err` says which earlier sum, which
+/// nodes, and when the rule stops applying.
+pub fn check_differencing(
+    rules: &NodeRules,
+    history: &[Unmasked],
+    now_ms: u64,
+    coverage: &Coverage,
+    contributors: &[Invitee],
+) -> Result<(), String> {
+    let window_ms = u64::from(rules.differencing_window_days) * MS_PER_DAY;
+    let need = required_difference(rules);
+    let now: BTreeSet<&Invitee> = contributors.iter().collect();
+    let mut worst: Option<(u64, String)> = None;
+    for past in history {
+        if past.time_ms.saturating_add(window_ms) <= now_ms || !past.coverage.overlaps(coverage) {
+            continue;
+        }
+        let before: BTreeSet<&Invitee> = past.contributors.iter().collect();
+        let differ: Vec<&Invitee> =
+            before.symmetric_difference(&now).copied().filter(|m| m.kind != OrgKind::Hq).collect();
+        if differ.is_empty() {
+            continue;
+        }
+        let orgs: BTreeSet<&str> = differ.iter().map(|m| m.organisation.as_str()).collect();
+        if orgs.len() < need {
+            let until = past.time_ms + window_ms;
+            if worst.as_ref().is_none_or(|(u, _)| until > *u) {
+                let names: Vec<&str> = differ.iter().map(|m| m.name.as_str()).collect();
+                worst = Some((
+                    until,
+                    format!(
+                        "policy: differencing: this sum's contributors differ from those of round {} ({}) by {} \
+                         (non-HQ nodes of {} organisation(s), fewer than {need}); the two sums together would reveal \
+                         their data",
+                        past.round,
+                        crate::wire::format_time_ms(past.time_ms),
+                        names.join(", "),
+                        orgs.len()
+                    ),
+                ));
+            }
+        }
+    }
+    match worst {
+        None => Ok(()),
+        Some((until, why)) => Err(format!(
+            "{why}; allowed again from {} (differencing_window_days = {}), or now over the same nodes as before",
+            crate::wire::format_time_ms(until),
+            rules.differencing_window_days
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(name: &str, org: &str, kind: OrgKind) -> Invitee {
+        Invitee { name: name.into(), organisation: org.into(), kind }
+    }
+    fn fr(name: &str) -> Invitee {
+        m(name, &format!("{name} ltd"), OrgKind::Franchisee)
+    }
+    fn hq(name: &str) -> Invitee {
+        m(name, "brand hq", OrgKind::Hq)
+    }
+    fn rules() -> NodeRules {
+        NodeRules {
+            assume_colluding_nodes: 1,
+            min_other_organisations: 1,
+            min_participants: 3,
+            min_population_difference: 3,
+            differencing_window_days: 30,
+        }
+    }
+
+    #[test]
+    fn threshold_rule_counts_hq_nodes_and_colluders() {
+        // A1: 5 HQ channels, the target, one other franchisee; t = 5 passed the old rule.
+        let mut roster: Vec<Invitee> = (1..=5).map(|i| hq(&format!("hq-{i}"))).collect();
+        roster.push(fr("target"));
+        roster.push(fr("other"));
+        let err = check_threshold(&rules(), &roster, 5, Stage::Invited).unwrap_err();
+        assert!(err.contains("2t > n + H + c") && err.contains("t >= 7"), "{err}");
+        // Only t = n = 7 satisfies 2t > 13 (no dropout tolerated; HQ's 5 nodes and one
+        // colluder hold 6 shares, one short) — and the organisation rule still fails.
+        assert!((1..=6).all(|t| check_threshold(&rules(), &roster, t, Stage::Invited).is_err()));
+        check_threshold(&rules(), &roster, 7, Stage::Invited).unwrap();
+        assert!(check_organisations(&rules(), "target ltd", &roster, Stage::Invited).is_err());
+        // Five franchisees of distinct organisations: t = 4 works (tolerates one dropout).
+        let five: Vec<Invitee> = (1..=5).map(|i| fr(&format!("f{i}"))).collect();
+        assert!(check_threshold(&rules(), &five, 3, Stage::Invited).is_err());
+        check_threshold(&rules(), &five, 4, Stage::Invited).unwrap();
+        assert_eq!(threshold_needed(5, 0, 1), 4);
+        // t > H + c follows: with H = 2, c = 1 and n = 6, t must be at least 5.
+        let mut mixed: Vec<Invitee> = (1..=4).map(|i| fr(&format!("f{i}"))).collect();
+        mixed.push(hq("hq-1"));
+        mixed.push(hq("hq-2"));
+        assert_eq!(threshold_needed(6, 2, 1), 5);
+        assert!(check_threshold(&rules(), &mixed, 4, Stage::Invited).is_err());
+        check_threshold(&rules(), &mixed, 5, Stage::Invited).unwrap();
+    }
+
+    #[test]
+    fn organisation_rule_needs_c_more_franchisee_organisations_and_ignores_hq() {
+        let own = fr("a");
+        let set = vec![own.clone(), hq("hq-1"), hq("hq-2"), hq("hq-3"), fr("b")];
+        assert_eq!(other_organisations("a ltd", &set), 1);
+        let err = check_organisations(&rules(), "a ltd", &set, Stage::Survivors).unwrap_err();
+        assert!(err.contains("1 + 1 = 2") && err.contains("HQ-owned"), "{err}");
+        let mut set = set;
+        set.push(m("a2", "a ltd", OrgKind::Franchisee)); // own organisation's second store
+        assert!(check_organisations(&rules(), "a ltd", &set, Stage::Survivors).is_err());
+        set.push(fr("c"));
+        check_organisations(&rules(), "a ltd", &set, Stage::Survivors).unwrap();
+    }
+
+    fn cov(day: u8) -> Coverage {
+        Coverage {
+            family: "rfm".into(),
+            from: None,
+            to: time::Date::from_calendar_date(2026, time::Month::October, day).unwrap(),
+        }
+    }
+
+    #[test]
+    fn differencing_by_population_not_by_query() {
+        let six: Vec<Invitee> = ["a", "b", "c", "d", "e", "f"].iter().map(|n| fr(n)).collect();
+        let day = MS_PER_DAY;
+        let history =
+            vec![Unmasked { round: "r1".into(), time_ms: 100 * day, coverage: cov(1), contributors: six.clone() }];
+        // A3: the next day's reference date, one node left out: refused, with the date it is allowed.
+        let five = &six[..5];
+        let err = check_differencing(&rules(), &history, 100 * day + 1000, &cov(2), five).unwrap_err();
+        assert!(err.contains("by f") && err.contains("allowed again from"), "{err}");
+        // The same population is fine; so is a difference of three organisations.
+        check_differencing(&rules(), &history, 100 * day + 1000, &cov(2), &six).unwrap();
+        check_differencing(&rules(), &history, 100 * day + 1000, &cov(2), &six[..3]).unwrap();
+        // HQ nodes in the difference are no protection, and add none.
+        let mut with_hq = six.clone();
+        with_hq.push(hq("hq-1"));
+        check_differencing(&rules(), &history, 100 * day + 1000, &cov(2), &with_hq).unwrap();
+        let mut five_hq: Vec<Invitee> = five.to_vec();
+        five_hq.push(hq("hq-1"));
+        five_hq.push(hq("hq-2"));
+        five_hq.push(hq("hq-3"));
+        assert!(check_differencing(&rules(), &history, 100 * day + 1000, &cov(2), &five_hq).is_err());
+        // Outside the window, or another family, it no longer applies.
+        check_differencing(&rules(), &history, 130 * day, &cov(2), five).unwrap();
+        let other = Coverage { family: "churn".into(), ..cov(2) };
+        check_differencing(&rules(), &history, 100 * day + 1000, &other, five).unwrap();
+        // Windows that do not overlap do not compare.
+        let later = Coverage { from: Some(cov(5).to), ..cov(9) };
+        check_differencing(&rules(), &history, 100 * day + 1000, &later, five).unwrap();
+    }
+}
