@@ -285,10 +285,18 @@ impl Cluster {
         let cfg = self.node_configs.iter().find(|c| c.name == name).context("no such node")?.clone();
         let ctx = self.node_context(&cfg, Faults::default())?;
         let rx = self.shutdown_signal();
-        let before = self.coordinator.registry.connected().len();
+        let session = |c: &Coordinator| c.registry.connected().into_iter().find(|p| p.name == name).map(|p| p.session);
+        let before = session(&self.coordinator);
         self.nodes.retain(|(n, _)| n != name);
         self.nodes.push((name.to_string(), tokio::spawn(async move { session::run_session(&ctx, rx).await })));
-        self.wait_connected(before + 1).await
+        for _ in 0..200 {
+            let now = session(&self.coordinator);
+            if now.is_some() && now != before {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("node {name} did not reconnect within 10 s")
     }
 
     /// Load a node's data and credentials.

@@ -144,6 +144,11 @@ impl Coordinator {
         self.signing.sign(payload)
     }
 
+    /// The hooks this coordinator runs with (none in production).
+    pub(crate) fn hooks(&self) -> &Hooks {
+        &self.hooks
+    }
+
     /// Remember a sum this coordinator unmasked (its audit record is already written).
     pub(crate) fn remember(&self, u: fedcrm_protocol::rules::Unmasked) {
         self.history.lock().unwrap_or_else(|p| p.into_inner()).push(u);

@@ -51,10 +51,26 @@ pub struct Hooks {
     pub tamper_view: Option<ViewTamper>,
     /// Sees every unmask answer as received.
     pub on_unmask_shares: Option<SharesObserver>,
+    /// Ignores the masked vectors of these nodes, making them look dropped after
+    /// their inputs arrived.
+    pub ignore_masked_from: Vec<String>,
     /// Forces this threshold and roster of all connected nodes, skipping the
     /// coordinator's own planning (HQ choosing t).
     pub force_threshold: Option<usize>,
+    /// Labels every round with this analysis kind, whatever it computes.
+    pub relabel: Option<String>,
+    /// Sends every round under this analysis id (reusing an old one).
+    pub reuse_analysis_id: Option<String>,
+    /// Adds signatures on a view (round, U2, U3 shown) to the unmask request: HQ's
+    /// own nodes signing whatever view HQ likes.
+    pub extra_view_signatures: Option<ViewSigner>,
+    /// While set, the coordinator's audit log "fails" when it records a node's
+    /// receipt (a full disk), to show the fault is not blamed on the node.
+    pub fail_audit: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
+
+/// Signs a view (round, U2, U3) as some nodes: returns their signatures.
+pub type ViewSigner = Arc<dyn Fn(RoundId, &[String], &[String]) -> Vec<ViewSignature> + Send + Sync>;
 
 impl std::fmt::Debug for Hooks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -63,7 +79,12 @@ impl std::fmt::Debug for Hooks {
             .field("tamper_unmask", &self.tamper_unmask.is_some())
             .field("tamper_view", &self.tamper_view.is_some())
             .field("on_unmask_shares", &self.on_unmask_shares.is_some())
+            .field("ignore_masked_from", &self.ignore_masked_from)
             .field("force_threshold", &self.force_threshold)
+            .field("relabel", &self.relabel)
+            .field("reuse_analysis_id", &self.reuse_analysis_id)
+            .field("extra_view_signatures", &self.extra_view_signatures.is_some())
+            .field("fail_audit", &self.fail_audit.is_some())
             .finish()
     }
 }
@@ -183,6 +204,13 @@ impl Runner<'_> {
         let rng = SystemRandom::new();
         let id =
             RoundId::random(&rng).map_err(|e| RoundError::Failed { round: RoundId([0; 16]), why: e.to_string() })?;
+        let mut analysis = analysis.clone();
+        if let Some(label) = &self.hooks.relabel {
+            analysis.analysis_kind = label.clone();
+        }
+        if let Some(id) = &self.hooks.reuse_analysis_id {
+            analysis.analysis_id = id.clone();
+        }
         let by_name = invited.iter().map(|p| (p.name.clone(), p.clone())).collect();
         let mut round = Round {
             runner: self,
@@ -193,7 +221,7 @@ impl Runner<'_> {
             by_name,
             members: Membership::default(),
         };
-        let out = round.run(analysis).await;
+        let out = round.run(&analysis).await;
         if let Err(e) = &out {
             let why = e.to_string();
             round.log_exits();
@@ -419,6 +447,10 @@ impl Round<'_, '_> {
                 if let Some(h) = &self.runner.hooks.on_masked {
                     h(&node, &a.buf);
                 }
+                if self.runner.hooks.ignore_masked_from.contains(&node) {
+                    complete.insert(node);
+                    continue;
+                }
                 match agg.add_masked(&node, &a.buf) {
                     Ok(()) => {
                         complete.insert(node);
@@ -496,11 +528,19 @@ impl Round<'_, '_> {
     ) -> Result<Vec<u64>, RoundError> {
         for n in self.members.live.clone() {
             let view = &signed[&n].1;
-            let signatures: Vec<ViewSignature> = signed
+            let mut signatures: Vec<ViewSignature> = signed
                 .iter()
                 .filter(|(_, (_, v))| v == view)
                 .map(|(node, (sig, _))| ViewSignature { node: node.clone(), signature: sig.clone() })
                 .collect();
+            if let Some(f) = &self.runner.hooks.extra_view_signatures {
+                for extra in f(self.id, u2, view) {
+                    if !signatures.iter().any(|s| s.node == extra.node) {
+                        signatures.push(extra);
+                    }
+                }
+                signatures.sort_by(|a, b| a.node.cmp(&b.node));
+            }
             let (mut s, mut d) = (view.clone(), u2.iter().filter(|x| !view.contains(x)).cloned().collect());
             if let Some(t) = &self.runner.hooks.tamper_unmask {
                 t(&mut s, &mut d);

@@ -207,6 +207,11 @@ fn log_receipt(
 ) -> Result<(), ReceiptFault> {
     let signed = SignedHead { party: node.to_string(), seq: r.seq, head: r.head, signature: r.signature.clone() };
     signed.verify(cert).map_err(|e| ReceiptFault::Peer(format!("the node's signed log head does not verify: {e}")))?;
+    if c.hooks().fail_audit.as_ref().is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst)) {
+        return Err(ReceiptFault::Local(
+            "the coordinator's audit log failed (injected: no space left on device); not the node's fault".into(),
+        ));
+    }
     record(
         &c.audit,
         AuditEvent::Receipt {

@@ -140,6 +140,34 @@ fn self_seed(b: &[u8; 32], round: &RoundId, node: &str) -> MaskSeed {
     MaskSeed(*k.bytes())
 }
 
+/// Test hook (feature `test-util`): what an attacker holding a node's self-mask seed
+/// `b` and mask key `s_sk` computes from its masked vector `y` — the node's input,
+/// with its self mask and its pairwise masks with every other node of `u2` removed.
+/// Attack tests use it to show the shares an attacker can gather do not suffice.
+#[cfg(feature = "test-util")]
+pub fn test_util_strip(
+    round: &RoundId,
+    me: &str,
+    b: &[u8; 32],
+    s_sk: [u8; 32],
+    peers: &[PeerKeys],
+    u2: &[String],
+    y: &[u64],
+) -> Result<Vec<u64>, CryptoError> {
+    let mut x = y.to_vec();
+    prg::expand_into(&self_seed(b, round, me), &mut x, Sign::Sub);
+    let secret = RoundSecret::from_bytes(s_sk);
+    for peer in peers.iter().filter(|p| p.name != me && u2.contains(&p.name)) {
+        let seed = pair_seed(&secret, &peer.mask, round, me, &peer.name)?;
+        let sign = match pair_sign(me, &peer.name) {
+            Sign::Add => Sign::Sub,
+            Sign::Sub => Sign::Add,
+        };
+        prg::expand_into(&seed, &mut x, sign);
+    }
+    Ok(x)
+}
+
 /// The sign with which `u`'s pairwise mask with `v` enters `u`'s masked vector.
 fn pair_sign(u: &str, v: &str) -> Sign {
     if u < v { Sign::Add } else { Sign::Sub }

@@ -352,6 +352,18 @@ fn end_session(ctx: &NodeContext, coordinator: &Option<Peer>, why: &str) {
 /// Append to the node's audit log (fsynced before this returns). A failure is this
 /// node's own.
 pub(crate) fn record(ctx: &NodeContext, event: Event) -> Result<(), SessionError> {
+    #[cfg(feature = "test-util")]
+    if ctx
+        .round_tap
+        .as_ref()
+        .and_then(|t| t.fail_audit.as_ref())
+        .is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst))
+    {
+        return Err(SessionError::Audit(fedcrm_audit::log::AuditError::Io {
+            path: lock(&ctx.audit).dir().to_path_buf(),
+            error: std::io::Error::other("injected: no space left on device"),
+        }));
+    }
     lock(&ctx.audit).append(event)?;
     Ok(())
 }

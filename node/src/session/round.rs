@@ -44,6 +44,10 @@ use crate::features;
 #[cfg(feature = "test-util")]
 pub type HeldShare = (String, fedcrm_crypto::shamir::Share, fedcrm_crypto::shamir::Share);
 
+/// Sees U1's verified keys, per round.
+#[cfg(feature = "test-util")]
+pub type RosterTap = Arc<dyn Fn(RoundId, &[SignedKeys]) + Send + Sync>;
+
 /// Sees the shares a colluding node holds, per round.
 #[cfg(feature = "test-util")]
 pub type HeldSharesTap = Arc<dyn Fn(RoundId, Vec<HeldShare>) + Send + Sync>;
@@ -53,8 +57,12 @@ pub type HeldSharesTap = Arc<dyn Fn(RoundId, Vec<HeldShare>) + Send + Sync>;
 pub struct RoundTap {
     /// Called with the shares this node holds of every node of U2, once it holds them.
     pub on_held_shares: HeldSharesTap,
-    /// Sign every view the coordinator shows, skipping this node's own rules.
+    /// Called with U1's verified keys (what every node of the round sees).
+    pub on_roster: Option<RosterTap>,
+    /// Collude with HQ: skip this node's own rules and sign every view it is shown.
     pub sign_any_view: bool,
+    /// While set, every append to this node's audit log fails (a full disk).
+    pub fail_audit: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 #[cfg(feature = "test-util")]
@@ -209,7 +217,9 @@ impl<'a> Rounds<'a> {
                 invited: start.invited.iter().map(member).collect(),
             },
         )?;
-        let decision = if signature_ok {
+        let decision = if signature_ok && colludes(ctx) {
+            identified
+        } else if signature_ok {
             identified.and_then(|id| {
                 let caps = ctx.cap_state(id.kind, &start.analysis.analysis_id);
                 ctx.policy.admit(&ctx.name, &ctx.organisation, &start, id.kind, caps).map(|()| id)
@@ -298,6 +308,10 @@ impl<'a> Rounds<'a> {
                 return Ok(None);
             }
         };
+        #[cfg(feature = "test-util")]
+        if let Some(f) = ctx.round_tap.as_ref().and_then(|t| t.on_roster.as_ref()) {
+            f(round, &keys);
+        }
         a.u1 = keys;
         match client.share(verified, &self.rng) {
             Ok((next, sealed)) => {
@@ -322,9 +336,13 @@ impl<'a> Rounds<'a> {
         }
         let State::ShareKeys(client) = std::mem::replace(&mut a.state, State::Done) else { return Ok(None) };
         let u2 = a.members(&delivered);
-        let rules = ctx.policy.check_set(&ctx.organisation, &u2, a.start.threshold, Stage::Delivered).and_then(|()| {
-            ctx.differencing.check(&ctx.policy.rules(), unix_now_ms(), &a.start.analysis.coverage(), &u2)
-        });
+        let rules = if colludes(ctx) {
+            Ok(())
+        } else {
+            ctx.policy.check_set(&ctx.organisation, &u2, a.start.threshold, Stage::Delivered).and_then(|()| {
+                ctx.differencing.check(&ctx.policy.rules(), unix_now_ms(), &a.start.analysis.coverage(), &u2)
+            })
+        };
         if let Err(why) = rules {
             a.input.iter_mut().for_each(|w| *w = 0);
             tracing::warn!(node = %ctx.name, %round, %why, "refusing to mask");
@@ -448,7 +466,9 @@ impl<'a> Rounds<'a> {
                 return Ok(None);
             }
         };
-        let checked = if view.survivors != survivors || view.dropped != dropped {
+        let checked = if colludes(ctx) {
+            Ok(signatures.iter().map(|s| s.node.clone()).collect())
+        } else if view.survivors != survivors || view.dropped != dropped {
             Err("the unmask request names a different U3 from the one this node signed; refusing".to_string())
         } else {
             verify_view_signatures(a, round, &view, &signatures)

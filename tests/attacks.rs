@@ -1,0 +1,451 @@
+//! HQ's attacks on a franchisee (issue 6, A1–A4, A6, A7), each run end to end over
+//! real mutual TLS, with the coordinator deviating through its hooks and HQ's own
+//! nodes colluding through theirs (feature `test-util`). Each test shows the
+//! attacker gets nothing — no release, or a refusal logged with its reason on the
+//! node — and, where it can, tries the reconstruction itself with everything HQ
+//! holds, so a regression would be caught.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use fedcrm::harness::{CDNOW, Cluster, ClusterOptions, NodeSpec, split_cdnow};
+use fedcrm_audit::Event;
+use fedcrm_audit::log::read_records;
+use fedcrm_coordinator::config::ReleaseRules;
+use fedcrm_coordinator::round::Hooks;
+use fedcrm_coordinator::segments::AnalysisError;
+use fedcrm_crypto::RoundId;
+use fedcrm_crypto::keys::RoundSecret;
+use fedcrm_crypto::secagg::PeerKeys;
+use fedcrm_crypto::shamir::{self, Share};
+use fedcrm_node::analysis::local_vector;
+use fedcrm_node::egress::read_log;
+use fedcrm_node::session::{HeldShare, RoundTap};
+use fedcrm_protocol::rfm::{HistogramSpec, Layout, Metric, QuantileSearch};
+use fedcrm_protocol::wire::{AnalysisKind, RevealedShare, SignedKeys, ViewSignature};
+
+/// Per-(node, round) records HQ collects.
+type Shared<T> = Arc<Mutex<Vec<T>>>;
+
+/// Everything HQ's colluding nodes and coordinator saw.
+#[derive(Clone, Default)]
+struct Loot {
+    /// (HQ node, round) → the shares it holds of every node of U2.
+    held: Shared<(String, RoundId, Vec<HeldShare>)>,
+    /// U1's keys per round (every node sees them).
+    roster: Arc<Mutex<BTreeMap<RoundId, Vec<SignedKeys>>>>,
+    /// Every masked vector the coordinator received: (node, vector).
+    masked: Shared<(String, Vec<u64>)>,
+    /// Every unmask answer the coordinator received: (node, shares).
+    revealed: Shared<(String, Vec<RevealedShare>)>,
+}
+
+impl Loot {
+    fn hooks(&self) -> Hooks {
+        let (m, r) = (self.masked.clone(), self.revealed.clone());
+        Hooks {
+            on_masked: Some(Arc::new(move |n: &str, v: &[u64]| m.lock().unwrap().push((n.into(), v.to_vec())))),
+            on_unmask_shares: Some(Arc::new(move |n: &str, s: &[RevealedShare]| {
+                r.lock().unwrap().push((n.into(), s.to_vec()))
+            })),
+            ..Hooks::default()
+        }
+    }
+
+    /// An HQ-owned channel that hands HQ everything it holds and signs any view.
+    fn hq_node(&self, name: &str, data: String) -> NodeSpec {
+        let mut s = NodeSpec::hq(name, data);
+        let (held, roster, me) = (self.held.clone(), self.roster.clone(), name.to_string());
+        s.round_tap = Some(RoundTap {
+            on_held_shares: Arc::new(move |round, shares| held.lock().unwrap().push((me.clone(), round, shares))),
+            on_roster: Some(Arc::new(move |round, keys: &[SignedKeys]| {
+                roster.lock().unwrap().insert(round, keys.to_vec());
+            })),
+            sign_any_view: true,
+            fail_audit: None,
+        });
+        s
+    }
+
+    /// HQ's best attempt at `target`'s input in `round`: Shamir-combine every share of
+    /// its self-mask seed and of its mask key that HQ's nodes hold or that reached the
+    /// coordinator, then strip its masked vector. `Err` says what was missing.
+    fn strip(&self, round: RoundId, target: &str, t: usize) -> Result<Vec<u64>, String> {
+        let roster = self.roster.lock().unwrap().get(&round).cloned().ok_or("HQ's nodes saw no roster")?;
+        let u1: Vec<String> = roster.iter().map(|k| k.node.clone()).collect();
+        let mut b: BTreeMap<u32, Share> = BTreeMap::new();
+        let mut s: BTreeMap<u32, Share> = BTreeMap::new();
+        for (_, r, shares) in self.held.lock().unwrap().iter().filter(|(_, r, _)| *r == round) {
+            let _ = r;
+            for (of, bs, ss) in shares.iter().filter(|(of, ..)| of == target) {
+                let _ = of;
+                b.insert(x_of(bs), bs.clone());
+                s.insert(x_of(ss), ss.clone());
+            }
+        }
+        for (node, shares) in self.revealed.lock().unwrap().iter() {
+            let Ok(pos) = u1.binary_search(node) else { continue };
+            for r in shares.iter().filter(|r| r.of == target) {
+                if let Ok(share) = Share::from_parts(pos as u32 + 1, &r.y) {
+                    if r.self_mask {
+                        b.insert(pos as u32 + 1, share)
+                    } else {
+                        s.insert(pos as u32 + 1, share)
+                    };
+                }
+            }
+        }
+        let b: Vec<Share> = b.into_values().collect();
+        let s: Vec<Share> = s.into_values().collect();
+        let seed = shamir::combine(&b, t).map_err(|e| format!("self-mask seed: {} shares: {e}", b.len()))?;
+        let key = shamir::combine(&s, t).map_err(|e| format!("mask key: {} shares: {e}", s.len()))?;
+        let mine = roster.iter().find(|k| k.node == target).ok_or("target not in U1")?;
+        if RoundSecret::from_bytes(key).public() != mine.mask {
+            return Err("the reconstructed mask key is not the target's".into());
+        }
+        let y = self.masked.lock().unwrap().iter().rev().find(|(n, _)| n == target).map(|x| x.1.clone());
+        let y = y.ok_or("no masked vector of the target")?;
+        let peers: Vec<PeerKeys> =
+            roster.iter().map(|k| PeerKeys { name: k.node.clone(), enc: k.enc, mask: k.mask }).collect();
+        let x = fedcrm_crypto::secagg::test_util_strip(&round, target, &seed, key, &peers, &u1, &y)
+            .map_err(|e| e.to_string())?;
+        Ok(x)
+    }
+}
+
+fn x_of(s: &Share) -> u32 {
+    s.x
+}
+
+fn coarse() -> Vec<HistogramSpec> {
+    Metric::ALL.iter().map(|&m| QuantileSearch::coarse_spec(m)).collect()
+}
+
+/// A node's true local histogram vector (what the attack tries to read).
+fn truth(cluster: &Cluster, node: &str, specs: &[HistogramSpec]) -> Vec<u64> {
+    let analysis = common::analysis(AnalysisKind::RfmHistograms(specs.to_vec()));
+    let cfg = cluster.node_configs.iter().find(|c| c.name == node).unwrap();
+    let ds = cfg.data.load().unwrap();
+    let customers: Vec<_> =
+        fedcrm_node::features::rfm(&ds.purchases, analysis.reference_date).into_iter().map(|(_, r)| r).collect();
+    local_vector(&analysis, &customers)
+}
+
+/// The node's refusal reasons, from its own audit log.
+fn refusals(cluster: &Cluster, node: &str) -> Vec<String> {
+    let cfg = cluster.node_configs.iter().find(|c| c.name == node).unwrap();
+    read_records(&cfg.audit_dir)
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r.event {
+            Event::PolicyDecision { admitted: false, reason, .. } => Some(reason),
+            _ => None,
+        })
+        .collect()
+}
+
+fn sent(cluster: &Cluster, node: &str) -> Vec<String> {
+    let cfg = cluster.node_configs.iter().find(|c| c.name == node).unwrap();
+    read_log(&cfg.audit_dir).unwrap().into_iter().map(|e| e.kind).collect()
+}
+
+fn opts(nodes: Vec<NodeSpec>) -> ClusterOptions {
+    ClusterOptions {
+        nodes,
+        release: ReleaseRules { min_participants: 3, min_cohort: 0 },
+        phase_timeout_seconds: 10,
+        ..Default::default()
+    }
+}
+
+/// `hq` HQ-owned colluding channels, then franchisees of distinct organisations.
+fn roster(loot: &Loot, hq: usize, franchisees: &[&str]) -> Vec<NodeSpec> {
+    let data = split_cdnow(CDNOW, &vec![1; hq + franchisees.len()], true);
+    let mut out = Vec::new();
+    for (i, d) in data.into_iter().enumerate() {
+        if i < hq {
+            out.push(loot.hq_node(&format!("hq-{}", i + 1), d));
+        } else {
+            out.push(NodeSpec::franchisee(franchisees[i - hq], d));
+        }
+    }
+    out
+}
+
+/// The round ids of an analysis' rounds, from the coordinator's log.
+fn rounds(cluster: &Cluster) -> Vec<RoundId> {
+    read_records(&cluster.coordinator.config.audit_dir)
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r.event {
+            Event::RoundStarted { round, .. } => {
+                let b: Vec<u8> = (0..16).map(|i| u8::from_str_radix(&round[2 * i..2 * i + 2], 16).unwrap()).collect();
+                Some(RoundId(b.try_into().unwrap()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// A1: five HQ channels, the target and one other franchisee; HQ picks t = 5, which
+/// its five nodes reach on their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a1_hq_nodes_reaching_the_threshold_get_no_share_of_the_target() {
+    common::logs();
+    // An honest coordinator says at once that no threshold works for this roster.
+    let loot = Loot::default();
+    let cluster = Cluster::start(opts(roster(&loot, 5, &["fr-target", "fr-other"])), loot.hooks()).await.unwrap();
+    let err = cluster.coordinator.run_histograms(&common::request("A1 honest"), coarse()).await.unwrap_err();
+    assert!(err.to_string().contains("would refuse"), "{err}");
+    assert_eq!(sent(&cluster, "fr-target"), vec!["hello"]);
+    cluster.stop().await;
+
+    // HQ forces t = 5 anyway.
+    let loot = Loot::default();
+    let hooks = Hooks { force_threshold: Some(5), ..loot.hooks() };
+    let cluster = Cluster::start(opts(roster(&loot, 5, &["fr-target", "fr-other"])), hooks).await.unwrap();
+    let out = cluster.coordinator.run_histograms(&common::request("A1 forced"), coarse()).await;
+    // Whatever HQ computed, the target is not in it.
+    if let Ok(o) = &out {
+        assert!(!o.release.contributors.iter().any(|c| c.starts_with("fr-")), "{:?}", o.release.contributors);
+    }
+    assert_eq!(sent(&cluster, "fr-target"), vec!["hello", "refusal"]);
+    let why = refusals(&cluster, "fr-target");
+    assert!(why.iter().any(|r| r.contains("2t > n + H + c") && r.contains("H = 5")), "{why:?}");
+    assert_eq!(sent(&cluster, "fr-other"), vec!["hello", "refusal"]);
+    // HQ tries: its nodes hold no share of the target's secrets, and it has no masked vector of it.
+    let round = rounds(&cluster)[0];
+    let attempt = loot.strip(round, "fr-target", 5);
+    assert!(attempt.is_err(), "HQ read the target's histograms");
+    assert!(!loot.masked.lock().unwrap().iter().any(|(n, _)| n == "fr-target"));
+    cluster.stop().await;
+}
+
+/// A2: after the target masked its input, HQ declares two other franchisees dropped
+/// to leave only itself and the target (plus one other) to unmask.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a2_franchisees_made_to_look_dropped_expose_no_one() {
+    common::logs();
+    let names = ["fr-target", "fr-b", "fr-c", "fr-d", "fr-e"];
+    // n = 7, H = 2, c = 1: t = 6, one dropout tolerated.
+    let loot = Loot::default();
+    let hide = |gone: &'static [&'static str]| -> fedcrm_coordinator::round::ViewTamper {
+        Arc::new(move |_node: &str, s: &mut Vec<String>, d: &mut Vec<String>| {
+            for g in gone {
+                if let Some(i) = s.iter().position(|x| x == g) {
+                    s.remove(i);
+                    d.push(g.to_string());
+                }
+            }
+            d.sort();
+        })
+    };
+    let hooks = Hooks { tamper_view: Some(hide(&["fr-b", "fr-c"])), ..loot.hooks() };
+    let cluster = Cluster::start(opts(roster(&loot, 2, &names)), hooks).await.unwrap();
+    let err = cluster.coordinator.run_histograms(&common::request("A2"), coarse()).await.unwrap_err();
+    assert!(matches!(err, AnalysisError::Round(_)), "{err}");
+    // The target masked its input, then refused to sign a view with too few survivors.
+    assert!(sent(&cluster, "fr-target").contains(&"masked-chunk".to_string()));
+    assert!(!sent(&cluster, "fr-target").contains(&"unmask-shares".to_string()));
+    assert!(
+        refusals(&cluster, "fr-target").iter().any(|r| r.contains("fewer than t=6")),
+        "{:?}",
+        refusals(&cluster, "fr-target")
+    );
+    // No honest franchisee revealed anything; HQ's own shares are two of six.
+    assert!(loot.revealed.lock().unwrap().iter().all(|(n, _)| n.starts_with("hq-")));
+    let round = rounds(&cluster)[0];
+    let attempt = loot.strip(round, "fr-target", 6);
+    assert!(attempt.as_ref().is_err_and(|e| e.contains("shares")), "{attempt:?}");
+    cluster.stop().await;
+
+    // One franchisee made to look dropped: the sum is released, but it holds three
+    // other franchisees' inputs besides the target's; release − HQ's own data is not
+    // the target's histogram.
+    let loot = Loot::default();
+    let hooks = Hooks { ignore_masked_from: vec!["fr-b".into()], ..loot.hooks() };
+    let cluster = Cluster::start(opts(roster(&loot, 2, &names)), hooks).await.unwrap();
+    let out = cluster.coordinator.run_histograms(&common::request("A2 one dropped"), coarse()).await.unwrap();
+    let released: Vec<u64> = out.release.counts.iter().map(|c| c.unwrap()).collect();
+    let hq: Vec<u64> = {
+        let (a, b) = (truth(&cluster, "hq-1", &coarse()), truth(&cluster, "hq-2", &coarse()));
+        a.iter().zip(&b).map(|(x, y)| x + y).collect()
+    };
+    let residual: Vec<u64> = released.iter().zip(&hq).map(|(r, h)| r - h).collect();
+    let target = truth(&cluster, "fr-target", &coarse());
+    assert_ne!(residual, target, "release minus HQ's data is the target's histogram");
+    let others: Vec<u64> = ["fr-target", "fr-c", "fr-d", "fr-e"]
+        .iter()
+        .map(|n| truth(&cluster, n, &coarse()))
+        .fold(vec![0; target.len()], |acc, v| acc.iter().zip(&v).map(|(a, b)| a + b).collect());
+    assert_eq!(residual, others, "the residual is the target plus three honest franchisees");
+    assert!(loot.strip(rounds(&cluster)[0], "fr-target", 6).is_err());
+    cluster.stop().await;
+}
+
+/// A3: histograms at D over six nodes, then at D+1 with one node left out by its own
+/// monthly cap: A − B would be that node's histograms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a3_differencing_across_analyses_is_refused_by_population_even_after_a_restart() {
+    common::logs();
+    let loot = Loot::default();
+    let mut nodes = common::cdnow_nodes(&[1; 6], true);
+    nodes[5].policy.monthly_analysis_caps.insert("rfm-segments".into(), 1);
+    let mut cluster = Cluster::start(opts(nodes), loot.hooks()).await.unwrap();
+    let a = cluster.coordinator.run_histograms(&common::request("A3 day D"), coarse()).await.unwrap();
+    assert_eq!(a.release.contributors.len(), 6);
+    // node-0 restarts between the analyses: its guard is rebuilt from its audit log.
+    cluster.restart_node("node-0").await.unwrap();
+    let masked_before = loot.masked.lock().unwrap().len();
+    let mut next_day = common::request("A3 day D+1");
+    next_day.reference_date = next_day.reference_date.next_day().unwrap();
+    let err = cluster.coordinator.run_histograms(&next_day, coarse()).await.unwrap_err().to_string();
+    assert!(err.contains("differencing") && err.contains("node-5") && err.contains("allowed again from"), "{err}");
+    // Nothing was masked: every other node refused over U2, before its vector left.
+    assert_eq!(loot.masked.lock().unwrap().len(), masked_before);
+    for n in ["node-0", "node-1", "node-2", "node-3", "node-4"] {
+        let why = refusals(&cluster, n);
+        assert!(why.iter().any(|r| r.contains("differencing") && r.contains("node-5")), "{n}: {why:?}");
+    }
+    assert!(refusals(&cluster, "node-5").iter().any(|r| r.contains("monthly cap")));
+    cluster.stop().await;
+}
+
+/// A4: the policy follows the computation, not the coordinator's label.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a4_a_label_approves_nothing_and_a_reused_id_dodges_no_cap() {
+    common::logs();
+    let with = |f: &dyn Fn(&mut NodeSpec)| {
+        let mut nodes = common::cdnow_nodes(&[1; 5], true);
+        nodes.iter_mut().for_each(f);
+        nodes
+    };
+    // Franchisees allow only segment analyses; HQ labels histograms as one.
+    let segments_only = |n: &mut NodeSpec| n.policy.allowed_analyses = vec!["rfm-segments".into()];
+    let hooks = Hooks { relabel: Some("rfm-segments".into()), ..Hooks::default() };
+    let cluster = Cluster::start(opts(with(&segments_only)), hooks).await.unwrap();
+    let huge = HistogramSpec { metric: Metric::Monetary, layout: Layout::Linear { lo: 0, width: 1, bins: 1 << 20 } };
+    let err = cluster.coordinator.run_histograms(&common::request("A4 huge"), vec![huge]).await.unwrap_err();
+    assert!(err.to_string().contains("max_bins = 1024"), "{err}");
+    let fine = HistogramSpec { metric: Metric::Monetary, layout: Layout::Linear { lo: 0, width: 1, bins: 1000 } };
+    let err = cluster.coordinator.run_histograms(&common::request("A4 fine"), vec![fine]).await.unwrap_err();
+    assert!(err.to_string().contains("\"rfm-histograms\" (as this node identifies the computation)"), "{err}");
+    for n in common::node_names(5) {
+        assert!(sent(&cluster, &n).iter().all(|k| k == "hello" || k == "refusal"), "{n}");
+    }
+    cluster.stop().await;
+
+    // A monthly cap of one segment analysis: a second one under the first's id is refused.
+    let capped = |n: &mut NodeSpec| {
+        n.policy.monthly_analysis_caps.insert("rfm-segments".into(), 1);
+    };
+    let hooks = Hooks { reuse_analysis_id: Some("0123456789abcdef".into()), ..Hooks::default() };
+    let cluster = Cluster::start(opts(with(&capped)), hooks).await.unwrap();
+    cluster.segments(common::REFERENCE, "A4 first").await.unwrap();
+    let err = cluster.segments(common::REFERENCE, "A4 again under the same id").await.unwrap_err();
+    assert!(err.message().contains("already"), "{}", err.message());
+    cluster.stop().await;
+}
+
+/// A6: the coordinator shows two honest franchisees different U3 sets, so one reveals
+/// the target's self-mask share and the other its mask-key share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a6_split_views_cannot_strip_the_targets_masks() {
+    common::logs();
+    let names = ["fr-target", "fr-f1", "fr-f2", "fr-f3"];
+    // With t = H + 1 = 3 the split would work; every honest franchisee refuses that t.
+    let loot = Loot::default();
+    let hooks = Hooks { force_threshold: Some(3), ..loot.hooks() };
+    let cluster = Cluster::start(opts(roster(&loot, 2, &names)), hooks).await.unwrap();
+    let _ = cluster.coordinator.run_histograms(&common::request("A6 t = H + 1"), coarse()).await;
+    for n in names {
+        assert!(refusals(&cluster, n).iter().any(|r| r.contains("2t > n + H + c")), "{n}");
+        assert_eq!(sent(&cluster, n), vec!["hello", "refusal"], "{n}");
+    }
+    cluster.stop().await;
+
+    // With t = 5 (n = 6, H = 2, c = 1), HQ shows fr-f2 a view where the target
+    // dropped, and signs that view with its own nodes' keys.
+    let loot = Loot::default();
+    let keys: Arc<Mutex<Vec<(String, fedcrm_protocol::pki::SigningKey)>>> = Arc::default();
+    let signer_keys = keys.clone();
+    let hooks = Hooks {
+        tamper_view: Some(Arc::new(|node: &str, s: &mut Vec<String>, d: &mut Vec<String>| {
+            if node == "fr-f2" {
+                s.retain(|x| x != "fr-target");
+                d.push("fr-target".into());
+                d.sort();
+            }
+        })),
+        extra_view_signatures: Some(Arc::new(move |round: RoundId, u2: &[String], u3: &[String]| {
+            let payload = fedcrm_crypto::secagg::consistency_payload(&round, u2, u3);
+            signer_keys
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(n, k)| ViewSignature { node: n.clone(), signature: k.sign(&payload).unwrap() })
+                .collect()
+        })),
+        ..loot.hooks()
+    };
+    let cluster = Cluster::start(opts(roster(&loot, 2, &names)), hooks).await.unwrap();
+    for n in ["hq-1", "hq-2"] {
+        let pem = std::fs::read_to_string(cluster.pki.dir.join(format!("{n}.key"))).unwrap();
+        let key = fedcrm_protocol::pki::PrivateKeyPem::new(pem);
+        keys.lock().unwrap().push((n.into(), fedcrm_protocol::pki::SigningKey::from_pem(&key).unwrap()));
+    }
+    let _ = cluster.coordinator.run_histograms(&common::request("A6 split view"), coarse()).await;
+    // fr-f2 signed its view but never got t signatures on it, so revealed nothing.
+    assert!(!sent(&cluster, "fr-f2").contains(&"unmask-shares".to_string()));
+    let why = refusals(&cluster, "fr-f2");
+    assert!(why.iter().any(|r| r.contains("consistency check") && r.contains("fewer than t = 5")), "{why:?}");
+    // HQ tries with everything it holds: enough shares of the target's self-mask
+    // seed, two of its mask key.
+    let round = rounds(&cluster)[0];
+    let attempt = loot.strip(round, "fr-target", 5);
+    assert!(attempt.as_ref().is_err_and(|e| e.contains("mask key")), "{attempt:?}");
+    cluster.stop().await;
+}
+
+/// A7: a local audit-log failure ends the session and is never blamed on the peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a7_local_audit_failures_are_not_blamed_on_the_peer() {
+    common::logs();
+    // The node's disk fails: its session ends (fail closed) with its own error, and
+    // the coordinator sees a disconnect, not a malformed message.
+    let fail = Arc::new(AtomicBool::new(false));
+    let mut nodes = common::cdnow_nodes(&[1; 5], true);
+    nodes[0].round_tap = Some(RoundTap {
+        on_held_shares: Arc::new(|_, _| {}),
+        on_roster: None,
+        sign_any_view: false,
+        fail_audit: Some(fail.clone()),
+    });
+    let mut cluster = Cluster::start(opts(nodes), Hooks::default()).await.unwrap();
+    fail.store(true, Ordering::SeqCst);
+    let out = cluster.coordinator.run_histograms(&common::request("A7 node disk"), coarse()).await.unwrap();
+    assert_eq!(out.exits.get("node-0").map(String::as_str), Some("disconnected"), "{:?}", out.exits);
+    let end = cluster.node_result("node-0").await.unwrap();
+    let e = end.unwrap_err().to_string();
+    assert!(e.contains("this node's audit log failed"), "{e}");
+    assert!(!sent(&cluster, "node-0").contains(&"refusal".to_string()));
+    cluster.stop().await;
+
+    // The coordinator's disk fails mid-round: the round stops as its own fault.
+    let fail = Arc::new(AtomicBool::new(false));
+    let flag = fail.clone();
+    let hooks = Hooks {
+        on_masked: Some(Arc::new(move |_: &str, _: &[u64]| flag.store(true, Ordering::SeqCst))),
+        fail_audit: Some(fail.clone()),
+        ..Hooks::default()
+    };
+    let cluster = Cluster::start(opts(common::cdnow_nodes(&[1; 5], true)), hooks).await.unwrap();
+    let err = cluster.coordinator.run_histograms(&common::request("A7 coordinator disk"), coarse()).await.unwrap_err();
+    let m = err.to_string();
+    assert!(m.contains("the coordinator failed locally") && m.contains("no node is at fault"), "{m}");
+    assert!(!m.contains("malformed"), "{m}");
+    cluster.stop().await;
+}
