@@ -193,7 +193,7 @@ fn log_receipt(
     message: &str,
     (bytes, sha256): (u64, [u8; 32]),
 ) -> Result<(), String> {
-    let signed = SignedHead { party: node.to_string(), seq: r.seq, head: r.head, signature: r.signature.clone() };
+    let signed = SignedHead::from_wire(node, r);
     signed.verify(cert).map_err(|e| format!("the node's signed log head does not verify: {e}"))?;
     record(
         &c.audit,
@@ -201,6 +201,7 @@ fn log_receipt(
             peer: node.to_string(),
             peer_seq: r.seq,
             peer_head: hex(&r.head),
+            peer_time_ms: r.time_ms,
             signature_hex: hex(&r.signature),
             message: message.to_string(),
             bytes,

@@ -270,7 +270,7 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
                 .as_ref()
                 .ok_or(wire::WireError::Field { field: "welcome", why: "no welcome yet".into() })?;
             let r = r.ok_or(wire::WireError::Field { field: "receipt", why: "missing".into() })?;
-            let signed = SignedHead { party: peer.clone(), seq: r.seq, head: r.head, signature: r.signature.clone() };
+            let signed = SignedHead::from_wire(peer.clone(), &r);
             signed.verify(cert).map_err(|e| wire::WireError::Field { field: "receipt", why: e.to_string() })?;
             record(
                 ctx,
@@ -278,6 +278,7 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
                     peer: peer.clone(),
                     peer_seq: r.seq,
                     peer_head: hex(&r.head),
+                    peer_time_ms: r.time_ms,
                     signature_hex: hex(&r.signature),
                     message: String::new(),
                     bytes: 0,
