@@ -4,7 +4,8 @@
 //! - [`log`]: the writer — append-only, hash-chained, fsync before the recorded
 //!   action is acknowledged, batch-signed seals, rotation, retention.
 //! - [`verify`]: the auditor's verifier — chains, signatures (keys certified by the
-//!   brand CA), cross-party receipts; the first problem, precisely.
+//!   brand CA), record times, retention periods, cross-party receipts (heads and
+//!   times), round views; the first problem, precisely.
 //! - [`report`]: the auditor's report (Markdown, HTML, JSON).
 
 #![forbid(unsafe_code)]

@@ -1362,7 +1362,7 @@ fn check_round_views(logs: &[Verified]) -> Result<(), VerifyFailure> {
                 Some(view.seq),
                 Problem::SplitView,
                 format!(
-                    "round {}: {} logged here (at {}) U2 = {} and U3 = {}, but {} logged at {}:{} (at {}) U2 = {} and U3 = {}: the coordinator showed nodes different views of who took part",
+                    "round {}: {} logged here (at stage {}) U2 = {} and U3 = {}, but {} logged at {}:{} (at stage {}) U2 = {} and U3 = {}: the coordinator showed nodes different views of who took part",
                     view.round,
                     log.summary.party,
                     view.stage,
