@@ -42,3 +42,25 @@ fn unknown_keys_are_errors() {
     let err = fedcrm_node::config::NodeConfig::load(&p).unwrap_err().to_string();
     assert!(err.contains("min_participant"), "{err}");
 }
+
+#[test]
+fn audit_retention_under_three_years_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["node.toml", "coordinator.toml"] {
+        let text = std::fs::read_to_string(configs().join(name)).unwrap();
+        assert!(text.contains("retention_days = 1096"), "{name}");
+        let p = dir.path().join(name);
+        std::fs::write(&p, text.replace("retention_days = 1096", "retention_days = 1")).unwrap();
+        let err = match name {
+            "node.toml" => fedcrm_node::config::NodeConfig::load(&p).map(drop),
+            _ => fedcrm_coordinator::config::CoordinatorConfig::load(&p).map(drop),
+        }
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("retention_days is 1, but audit logs must be kept at least 1096 days")
+                && err.contains("set retention_days = 1096 or more"),
+            "{name}: {err}"
+        );
+    }
+}

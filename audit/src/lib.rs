@@ -4,7 +4,8 @@
 //! - [`log`]: the writer — append-only, hash-chained, fsync before the recorded
 //!   action is acknowledged, batch-signed seals, rotation, retention.
 //! - [`verify`]: the auditor's verifier — chains, signatures (keys certified by the
-//!   brand CA), cross-party receipts; the first problem, precisely.
+//!   brand CA), record times, retention periods, cross-party receipts (heads and
+//!   times), round views; the first problem, precisely.
 //! - [`report`]: the auditor's report (Markdown, HTML, JSON).
 
 #![forbid(unsafe_code)]
@@ -20,10 +21,14 @@ pub use record::{Event, FORMAT, GENESIS, Member, Record};
 /// made with the CA key and checked against the CA certificate itself.
 pub const CA_PARTY: &str = "brand-ca";
 
-/// The bytes signed for a log head: format ‖ party ‖ seq ‖ head, length-prefixed.
-pub fn head_payload(party: &str, seq: u64, head: &[u8; 32]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(96);
-    for part in [FORMAT.as_bytes(), b"head", party.as_bytes(), &seq.to_be_bytes(), head] {
+/// The bytes signed for a log head (in seals and cross-party receipts): format ‖
+/// `"head"` ‖ party ‖ seq ‖ time ‖ head, each length-prefixed, where `time_ms` is the
+/// time of record `seq` (ms since the Unix epoch, big-endian). The time is bound so a
+/// receipt alone attests when its signer says it wrote that record, even after the
+/// signer's record was deleted.
+pub fn head_payload(party: &str, seq: u64, time_ms: u64, head: &[u8; 32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(112);
+    for part in [FORMAT.as_bytes(), b"head", party.as_bytes(), &seq.to_be_bytes(), &time_ms.to_be_bytes(), head] {
         out.extend_from_slice(&(part.len() as u32).to_be_bytes());
         out.extend_from_slice(part);
     }

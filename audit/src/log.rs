@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fedcrm_protocol::pki::{self, PkiError, SigningKey};
+use fedcrm_protocol::wire;
 use serde::{Deserialize, Serialize};
 
 use crate::record::{Event, Record};
@@ -37,6 +38,10 @@ pub const DEFAULT_SEAL_EVERY_SECONDS: u64 = 10;
 pub const DEFAULT_ROTATE_BYTES: u64 = 64 * 1024 * 1024;
 /// Default for [`AuditConfig::retention_days`]: three years and a day.
 pub const DEFAULT_RETENTION_DAYS: u32 = 1096;
+/// Smallest [`AuditConfig::retention_days`] any configuration accepts: three years and
+/// a day, so an auditor can always look three years back. Shorter periods exist only in
+/// tests (`AuditLog::open_with_short_retention`, feature `test-util`).
+pub const MIN_RETENTION_DAYS: u32 = 1096;
 /// Smallest accepted [`AuditConfig::rotate_bytes`]. Every file starts with the
 /// party's certificate (about 2.5 KiB), so smaller files would be mostly that.
 pub const MIN_ROTATE_BYTES: u64 = 4096;
@@ -44,26 +49,54 @@ pub const MIN_ROTATE_BYTES: u64 = 4096;
 const MS_PER_DAY: u64 = 86_400_000;
 
 /// How a party's audit log is sealed, rotated and kept. TOML section `[audit]`.
+/// Parsing checks the ranges ([`AuditConfig::validate`]), so a configuration file with
+/// an out-of-range value is refused when it is loaded, with the reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "AuditConfigFields")]
 pub struct AuditConfig {
     /// Sign the chain head after this many records since the last seal (default 64;
     /// at least 1). Rounds ends and shutdowns seal as well.
-    #[serde(default = "default_seal_every_records")]
     pub seal_every_records: u64,
     /// Sign the chain head at the first record written this many seconds or more after
     /// the last seal (default 10; at least 1). Checked when a record is appended: an
     /// idle log is not sealed by a timer.
-    #[serde(default = "default_seal_every_seconds")]
     pub seal_every_seconds: u64,
     /// Start a new file when a record would take the current one past this many bytes
     /// (default 64 MiB; at least 4096). The chain continues in the new file.
-    #[serde(default = "default_rotate_bytes")]
     pub rotate_bytes: u64,
     /// Keep rotated files at least this many days after their newest record (default
-    /// 1096, three years; at least 1). Deletion is logged by [`AuditLog::apply_retention`].
-    #[serde(default = "default_retention_days")]
+    /// and minimum 1096: three years and a day). Deletion is logged by
+    /// [`AuditLog::apply_retention`].
     pub retention_days: u32,
+}
+
+/// [`AuditConfig`] as written, before its ranges are checked.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditConfigFields {
+    #[serde(default = "default_seal_every_records")]
+    seal_every_records: u64,
+    #[serde(default = "default_seal_every_seconds")]
+    seal_every_seconds: u64,
+    #[serde(default = "default_rotate_bytes")]
+    rotate_bytes: u64,
+    #[serde(default = "default_retention_days")]
+    retention_days: u32,
+}
+
+impl TryFrom<AuditConfigFields> for AuditConfig {
+    type Error = AuditError;
+
+    fn try_from(f: AuditConfigFields) -> Result<Self, AuditError> {
+        let config = AuditConfig {
+            seal_every_records: f.seal_every_records,
+            seal_every_seconds: f.seal_every_seconds,
+            rotate_bytes: f.rotate_bytes,
+            retention_days: f.retention_days,
+        };
+        config.validate()?;
+        Ok(config)
+    }
 }
 
 fn default_seal_every_records() -> u64 {
@@ -93,6 +126,10 @@ impl Default for AuditConfig {
 impl AuditConfig {
     /// Checks the ranges documented on each field.
     pub fn validate(&self) -> Result<(), AuditError> {
+        self.validate_with_min_retention(MIN_RETENTION_DAYS)
+    }
+
+    fn validate_with_min_retention(&self, min_retention_days: u32) -> Result<(), AuditError> {
         if self.seal_every_records == 0 {
             return Err(AuditError::Config(
                 "seal_every_records is 0; use 1 or more (1 seals after every record)".into(),
@@ -107,9 +144,10 @@ impl AuditConfig {
                 self.rotate_bytes
             )));
         }
-        if self.retention_days == 0 {
+        if self.retention_days < min_retention_days.max(1) {
             return Err(AuditError::Config(format!(
-                "retention_days is 0, which would delete the audit trail; use at least 1 (default {DEFAULT_RETENTION_DAYS}, three years)"
+                "retention_days is {}, but audit logs must be kept at least {MIN_RETENTION_DAYS} days (three years and a day) so auditors can look three years back; set retention_days = {DEFAULT_RETENTION_DAYS} or more in [audit]",
+                self.retention_days
             )));
         }
         Ok(())
@@ -153,18 +191,22 @@ pub struct LogIdentity {
 pub struct Appended {
     /// The record's sequence number.
     pub seq: u64,
+    /// The record's time (ms since the Unix epoch).
+    pub time_ms: u64,
     /// The head after the record: SHA-256 of its line.
     pub head: [u8; 32],
 }
 
 /// A party's log head signed with its certified key: the cross-party receipt.
-/// The signature is over [`crate::head_payload`]`(party, seq, head)`.
+/// The signature is over [`crate::head_payload`]`(party, seq, time_ms, head)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignedHead {
     /// The party whose log this is (its certificate's CN).
     pub party: String,
     /// The sequence number of the party's last record.
     pub seq: u64,
+    /// The time of that record (ms since the Unix epoch), as the party wrote it.
+    pub time_ms: u64,
     /// The head after that record.
     pub head: [u8; 32],
     /// ECDSA P-256 / SHA-256, ASN.1 DER.
@@ -183,13 +225,17 @@ impl SignedHead {
                 reason: format!("the certificate given is {}'s, not {}'s", identity.name, self.party),
             });
         }
-        pki::verify_signature(cert_der, &head_payload(&self.party, self.seq, &self.head), &self.signature).map_err(
-            |_| AuditError::BadHead {
-                party: self.party.clone(),
-                seq: self.seq,
-                reason: "the signature does not verify with the party's certificate; discard the message".into(),
-            },
-        )
+        let payload = head_payload(&self.party, self.seq, self.time_ms, &self.head);
+        pki::verify_signature(cert_der, &payload, &self.signature).map_err(|_| AuditError::BadHead {
+            party: self.party.clone(),
+            seq: self.seq,
+            reason: "the signature does not verify with the party's certificate; discard the message".into(),
+        })
+    }
+
+    /// The signed head of `party` as a message carried it.
+    pub fn from_wire(party: impl Into<String>, r: &wire::Receipt) -> Self {
+        SignedHead { party: party.into(), seq: r.seq, time_ms: r.time_ms, head: r.head, signature: r.signature.clone() }
     }
 
     /// The [`Event::Receipt`] the receiving party appends to its own log.
@@ -198,11 +244,19 @@ impl SignedHead {
             peer: self.party.clone(),
             peer_seq: self.seq,
             peer_head: hex::encode(self.head),
+            peer_time_ms: self.time_ms,
             signature_hex: hex::encode(&self.signature),
             message: String::new(),
             bytes: 0,
             sha256: String::new(),
         }
+    }
+}
+
+/// The wire form, to attach to a message.
+impl From<SignedHead> for wire::Receipt {
+    fn from(s: SignedHead) -> Self {
+        wire::Receipt { seq: s.seq, time_ms: s.time_ms, head: s.head, signature: s.signature }
     }
 }
 
@@ -471,6 +525,8 @@ pub struct AuditLog {
     next_seq: u64,
     /// Head after the last record (all zeros before the first).
     head: [u8; 32],
+    /// Time of the last record (0 before the first): no record is dated earlier.
+    last_time_ms: u64,
     last_is_seal: bool,
     since_seal: u64,
     last_seal_ms: u64,
@@ -499,6 +555,9 @@ impl AuditLog {
     /// records its length and SHA-256. Then appends [`Event::LogOpened`] with the
     /// certificate. Refuses a directory holding another party's log, a key the
     /// certificate does not certify, and a certificate naming another party.
+    ///
+    /// Refuses a configuration [`AuditConfig::validate`] refuses, in particular a
+    /// retention period under [`MIN_RETENTION_DAYS`].
     pub fn open(
         dir: &Path,
         party: &str,
@@ -508,6 +567,34 @@ impl AuditLog {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, AuditError> {
         config.validate()?;
+        Self::open_validated(dir, party, identity, signer, config, clock)
+    }
+
+    /// [`AuditLog::open`] for tests that need files old enough for retention without
+    /// moving a clock three years: accepts any `retention_days` of 1 or more. Behind
+    /// the `test-util` feature, so no shipped build can keep a log for less than
+    /// [`MIN_RETENTION_DAYS`].
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn open_with_short_retention(
+        dir: &Path,
+        party: &str,
+        identity: LogIdentity,
+        signer: SigningKey,
+        config: AuditConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, AuditError> {
+        config.validate_with_min_retention(1)?;
+        Self::open_validated(dir, party, identity, signer, config, clock)
+    }
+
+    fn open_validated(
+        dir: &Path,
+        party: &str,
+        identity: LogIdentity,
+        signer: SigningKey,
+        config: AuditConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, AuditError> {
         signer.check_matches_cert(&identity.certificate_der).map_err(|e| {
             AuditError::Identity(format!("{e}; the audit log must be signed with the party's certified key"))
         })?;
@@ -533,6 +620,9 @@ impl AuditLog {
 
         let mut next_seq = 0;
         let mut head = [0u8; 32];
+        let mut last_time_ms = 0;
+        // Time of the newest file's last record: the file's month for rotation.
+        let mut current_file_time = None;
         let mut torn = None;
         let (file_number, path) = match files.last() {
             None => {
@@ -543,6 +633,7 @@ impl AuditLog {
             }
             Some((number, path)) => {
                 let tail = scan_tail(path, true)?;
+                current_file_time = tail.last.as_ref().map(|(record, _)| record.time_ms);
                 if !tail.torn.is_empty() {
                     let file = OpenOptions::new().write(true).open(path).map_err(io_error(path))?;
                     file.set_len(tail.keep).map_err(io_error(path))?;
@@ -571,18 +662,17 @@ impl AuditLog {
                     }
                     next_seq = record.seq + 1;
                     head = hash;
+                    last_time_ms = record.time_ms;
                 }
                 (*number, path.clone())
             }
         };
         let file = open_append(&path, false)?;
-        let meta = file.metadata().map_err(io_error(&path))?;
-        let file_bytes = meta.len();
-        let now = clock.now_ms();
-        let file_month = match meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()) {
-            Some(d) if file_bytes > 0 => month_of(d.as_millis() as u64),
-            _ => month_of(now),
-        };
+        let file_bytes = file.metadata().map_err(io_error(&path))?.len();
+        let now = clock.now_ms().max(last_time_ms);
+        // The month of the file's records (not of its modification time, which comes
+        // from another clock than the records').
+        let file_month = month_of(current_file_time.unwrap_or(now));
         let mut log = AuditLog {
             dir: dir.to_path_buf(),
             party: party.to_owned(),
@@ -596,6 +686,7 @@ impl AuditLog {
             file_month,
             next_seq,
             head,
+            last_time_ms,
             last_is_seal: false,
             since_seal: 0,
             last_seal_ms: now,
@@ -616,7 +707,7 @@ impl AuditLog {
     /// sequence number and head (a seal may follow it).
     pub fn append(&mut self, event: Event) -> Result<Appended, AuditError> {
         let appended = self.write_event(|_| Ok(event.clone()))?;
-        let now = self.clock.now_ms();
+        let now = self.now_ms();
         if self.since_seal >= self.config.seal_every_records
             || now.saturating_sub(self.last_seal_ms) >= self.config.seal_every_seconds.saturating_mul(1000)
         {
@@ -626,20 +717,20 @@ impl AuditLog {
     }
 
     /// Appends a [`Event::Seal`] now (round end, shutdown): ECDSA over
-    /// [`crate::head_payload`]`(party, seq, head)` of the record just before it. Does
-    /// nothing if that record is already a seal.
+    /// [`crate::head_payload`]`(party, seq, time, head)` of the record just before it.
+    /// Does nothing if that record is already a seal.
     pub fn seal(&mut self) -> Result<(), AuditError> {
         if self.last_is_seal {
             return Ok(());
         }
         self.write_event(|log| {
             let (upto_seq, head) = log.head();
-            let signature = log.signer.sign(&head_payload(&log.party, upto_seq, &head))?;
+            let signature = log.signer.sign(&head_payload(&log.party, upto_seq, log.last_time_ms, &head))?;
             Ok(Event::Seal { upto_seq, head: hex::encode(head), signature_hex: hex::encode(signature) })
         })?;
         self.last_is_seal = true;
         self.since_seal = 0;
-        self.last_seal_ms = self.clock.now_ms();
+        self.last_seal_ms = self.now_ms();
         Ok(())
     }
 
@@ -649,24 +740,46 @@ impl AuditLog {
         (self.next_seq.saturating_sub(1), self.head)
     }
 
-    /// The current head signed with the party's key, to attach to a message as a
-    /// cross-party receipt.
+    /// The time of the last record (ms since the Unix epoch).
+    pub fn head_time_ms(&self) -> u64 {
+        self.last_time_ms
+    }
+
+    /// The current head and its record's time, signed with the party's key, to attach
+    /// to a message as a cross-party receipt.
     pub fn signed_head(&self) -> Result<SignedHead, AuditError> {
         let (seq, head) = self.head();
-        let signature = self.signer.sign(&head_payload(&self.party, seq, &head))?;
-        Ok(SignedHead { party: self.party.clone(), seq, head, signature })
+        let time_ms = self.last_time_ms;
+        let signature = self.signer.sign(&head_payload(&self.party, seq, time_ms, &head))?;
+        Ok(SignedHead { party: self.party.clone(), seq, time_ms, head, signature })
+    }
+
+    /// The time for the next record: the clock, but never earlier than the last
+    /// record's time.
+    ///
+    /// Why the later of the two rather than refusing to write when the clock went
+    /// back: every egress, receipt and release is logged before it happens, so a
+    /// writer that refused would stop the party whenever NTP steps its clock back a
+    /// little. Taking the later time keeps every log's times in order (which the
+    /// verifier checks, and which makes a record's time a bound for everything before
+    /// it), and a clock that is really wrong still shows: its records run ahead of
+    /// the auditor's clock or of the peers' receipts.
+    fn now_ms(&self) -> u64 {
+        self.clock.now_ms().max(self.last_time_ms)
     }
 
     /// Deletes the oldest rotated files whose newest record is more than
     /// `retention_days` old (never the current file, and only from the start of the
     /// log, so the rest stays one chain). First appends an [`Event::RetentionDeleted`]
-    /// naming them, the last deleted record and its head (so a crash midway leaves a
-    /// log that still verifies), then deletes them. Returns the deleted paths; when
-    /// nothing is old enough, writes nothing.
+    /// naming them, the last deleted record, its head (so a crash midway leaves a log
+    /// that still verifies) and the time of the newest record deleted (which the
+    /// verifier checks against the period), then deletes them. Returns the deleted
+    /// paths; when nothing is old enough, writes nothing.
     pub fn apply_retention(&mut self) -> Result<Vec<PathBuf>, AuditError> {
-        let cutoff = self.clock.now_ms().saturating_sub(u64::from(self.config.retention_days) * MS_PER_DAY);
+        let cutoff = self.now_ms().saturating_sub(u64::from(self.config.retention_days) * MS_PER_DAY);
         let mut doomed = Vec::new();
         let mut last = None;
+        let mut newest_deleted_ms = 0;
         for (number, path) in list_files(&self.dir)? {
             if number >= self.file_number {
                 break;
@@ -674,6 +787,7 @@ impl AuditLog {
             match scan_tail(&path, false)?.last {
                 Some((record, hash)) if record.time_ms < cutoff => {
                     last = Some((record.seq, hash));
+                    newest_deleted_ms = newest_deleted_ms.max(record.time_ms);
                     doomed.push(path);
                 }
                 Some(_) => break,
@@ -690,6 +804,7 @@ impl AuditLog {
             upto_seq,
             last_head: hex::encode(last_head),
             retention_days: self.config.retention_days,
+            newest_deleted_ms,
         };
         self.append(event)?;
         for path in &doomed {
@@ -722,17 +837,14 @@ impl AuditLog {
         self.dir.join(file_name(self.file_number))
     }
 
-    fn serialize(&self, event: Event) -> Result<Vec<u8>, AuditError> {
-        let record = Record {
-            seq: self.next_seq,
-            prev: hex::encode(self.head),
-            time_ms: self.clock.now_ms(),
-            party: self.party.clone(),
-            event,
-        };
+    /// The record's line (with its newline) and its time.
+    fn serialize(&self, event: Event) -> Result<(Vec<u8>, u64), AuditError> {
+        let time_ms = self.now_ms();
+        let record =
+            Record { seq: self.next_seq, prev: hex::encode(self.head), time_ms, party: self.party.clone(), event };
         let mut line = serde_json::to_vec(&record).map_err(|e| AuditError::Serialize(e.to_string()))?;
         line.push(b'\n');
-        Ok(line)
+        Ok((line, time_ms))
     }
 
     /// Writes the event built by `make` (for the current head), rotating first if the
@@ -741,13 +853,13 @@ impl AuditLog {
         if self.poisoned {
             return Err(AuditError::Poisoned { path: self.current_path() });
         }
-        let mut line = self.serialize(make(self)?)?;
-        let new_month = self.file_bytes > 0 && month_of(self.clock.now_ms()) != self.file_month;
+        let (mut line, mut time_ms) = self.serialize(make(self)?)?;
+        let new_month = self.file_bytes > 0 && month_of(time_ms) != self.file_month;
         if new_month || (self.file_bytes > 0 && self.file_bytes + line.len() as u64 > self.config.rotate_bytes) {
             self.rotate()?;
-            line = self.serialize(make(self)?)?;
+            (line, time_ms) = self.serialize(make(self)?)?;
         }
-        self.write_line(&line)
+        self.write_line(&line, time_ms)
     }
 
     fn rotate(&mut self) -> Result<(), AuditError> {
@@ -758,13 +870,13 @@ impl AuditLog {
         self.file = file;
         self.file_number = number;
         self.file_bytes = 0;
-        self.file_month = month_of(self.clock.now_ms());
-        let line = self.serialize(self.log_opened())?;
-        self.write_line(&line)?;
+        let (line, time_ms) = self.serialize(self.log_opened())?;
+        self.file_month = month_of(time_ms);
+        self.write_line(&line, time_ms)?;
         Ok(())
     }
 
-    fn write_line(&mut self, line: &[u8]) -> Result<Appended, AuditError> {
+    fn write_line(&mut self, line: &[u8], time_ms: u64) -> Result<Appended, AuditError> {
         let written =
             self.file.write_all(line).and_then(|()| if self.durable { self.file.sync_data() } else { Ok(()) });
         if let Err(error) = written {
@@ -775,7 +887,8 @@ impl AuditLog {
         }
         self.file_bytes += line.len() as u64;
         self.head = line_hash(&line[..line.len() - 1]);
-        let appended = Appended { seq: self.next_seq, head: self.head };
+        self.last_time_ms = time_ms;
+        let appended = Appended { seq: self.next_seq, time_ms, head: self.head };
         self.next_seq += 1;
         self.last_is_seal = false;
         self.since_seal += 1;

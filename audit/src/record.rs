@@ -10,7 +10,8 @@
 use serde::{Deserialize, Serialize};
 
 /// Format version, bound into every signature.
-pub const FORMAT: &str = "fedcrm-audit/v1";
+/// v2: signed heads bind the head record's time ([`crate::head_payload`]).
+pub const FORMAT: &str = "fedcrm-audit/v2";
 
 /// The `prev` of a party's first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -22,7 +23,8 @@ pub struct Record {
     pub seq: u64,
     /// Lower-case hex SHA-256 of the previous record's line ([`GENESIS`] for seq 0).
     pub prev: String,
-    /// Unix time in milliseconds when the record was written.
+    /// Unix time in milliseconds when the record was written. Never earlier than the
+    /// previous record's (the writer takes the later of its clock and that time).
     pub time_ms: u64,
     /// The party whose log this is (certificate CN).
     pub party: String,
@@ -70,11 +72,16 @@ pub enum Event {
     },
     /// Files older than the retention period were deleted. The chain goes on from
     /// `last_head` (the head of record `upto_seq`, the last one deleted).
+    /// `newest_deleted_ms` is the time of the newest record deleted: the verifier
+    /// checks that this record's own time is at least `retention_days` after it (0,
+    /// in a record that does not state it, never passes that check).
     RetentionDeleted {
         files: Vec<String>,
         upto_seq: u64,
         last_head: String,
         retention_days: u32,
+        #[serde(default)]
+        newest_deleted_ms: u64,
     },
     /// The brand CA issued a certificate (CA log).
     CertificateIssued {
@@ -167,6 +174,10 @@ pub enum Event {
         peer: String,
         peer_seq: u64,
         peer_head: String,
+        /// The time of the peer's record `peer_seq` (its signed head binds it), so an
+        /// auditor can check the peer's clock against this party's.
+        #[serde(default)]
+        peer_time_ms: u64,
         signature_hex: String,
         /// The message the head came with (kind, size and SHA-256 of its bytes
         /// without the receipt), so what one side says it sent can be compared with
@@ -177,6 +188,19 @@ pub enum Event {
         bytes: u64,
         #[serde(default, skip_serializing_if = "String::is_empty")]
         sha256: String,
+    },
+    /// A node's view of a round's participants in the consistency round (Bonawitz et
+    /// al. CCS 2017, Fig. 4, ConsistencyCheck): at stage [`ROUND_VIEW_SIGNED`] when it
+    /// signs (round, U2, U3), at [`ROUND_VIEW_UNMASKED`] when it reveals shares.
+    /// `delivered` is U2 and `survivors` U3, both sorted; `signers` are the nodes whose
+    /// signatures on that view it verified (empty when it signs). `audit verify` flags
+    /// a round for which two records hold different (U2, U3).
+    RoundView {
+        round: String,
+        stage: String,
+        delivered: Vec<String>,
+        survivors: Vec<String>,
+        signers: Vec<String>,
     },
     /// A result released (coordinator): thresholds applied and cells suppressed.
     Release {
@@ -203,15 +227,6 @@ pub enum Event {
         /// Last day of data read, YYYY-MM-DD.
         window_to: String,
         contributors: Vec<Member>,
-    },
-    /// The view of a round a node signed (`stage` = "signed") or unmasked under
-    /// (`stage` = "unmasked"): U2 and U3, and the signers whose signatures it verified.
-    RoundView {
-        round: String,
-        stage: String,
-        delivered: Vec<String>,
-        survivors: Vec<String>,
-        signers: Vec<String>,
     },
     /// An analysis failed or was refused release (coordinator).
     AnalysisFailed {
@@ -267,15 +282,44 @@ impl Event {
             Event::PolicyDecision { .. } => "policy-decision",
             Event::NodeExit { .. } => "node-exit",
             Event::Receipt { .. } => "receipt",
+            Event::RoundView { .. } => "round-view",
             Event::Release { .. } => "release",
             Event::Contributed { .. } => "contributed",
-            Event::RoundView { .. } => "round-view",
             Event::AnalysisFailed { .. } => "analysis-failed",
             Event::ApprovalRequested { .. } => "approval-requested",
             Event::ApprovalGranted { .. } => "approval-granted",
             Event::ApprovalExpired { .. } => "approval-expired",
             Event::ModelPublished { .. } => "model-published",
             Event::LocalScoring { .. } => "local-scoring",
+        }
+    }
+}
+
+/// [`Event::RoundView`] stage: the node signs (round, U2, U3).
+pub const ROUND_VIEW_SIGNED: &str = "signed";
+/// [`Event::RoundView`] stage: the node reveals its shares.
+pub const ROUND_VIEW_UNMASKED: &str = "unmasked";
+
+impl Event {
+    /// An [`Event::RoundView`] with U2, U3 and the signers sorted and deduplicated, as
+    /// the verifier compares them.
+    pub fn round_view(
+        round: impl Into<String>,
+        stage: &str,
+        delivered: impl IntoIterator<Item = String>,
+        survivors: impl IntoIterator<Item = String>,
+        signers: impl IntoIterator<Item = String>,
+    ) -> Event {
+        let sorted = |names: &mut dyn Iterator<Item = String>| {
+            let set: std::collections::BTreeSet<String> = names.collect();
+            set.into_iter().collect::<Vec<_>>()
+        };
+        Event::RoundView {
+            round: round.into(),
+            stage: stage.to_owned(),
+            delivered: sorted(&mut delivered.into_iter()),
+            survivors: sorted(&mut survivors.into_iter()),
+            signers: sorted(&mut signers.into_iter()),
         }
     }
 }

@@ -37,6 +37,8 @@ pub struct Report {
     pub parties: Vec<PartyLog>,
     /// 2. Analyses requested, released or failed in the period.
     pub analyses: Vec<AnalysisRun>,
+    /// 2. Who took part in each round, as each node saw it in the consistency round.
+    pub round_views: Vec<RoundViewNote>,
     /// 3. What left each node, as the node recorded it.
     pub egress: Vec<NodeEgress>,
     /// 3. The sum over all nodes.
@@ -149,6 +151,25 @@ pub struct AnalysisRun {
     pub rounds: u64,
     /// Nodes that refused or left one of its rounds (coordinator log).
     pub declined: Vec<String>,
+}
+
+/// A node's view of who took part in a round (`round-view`): when it signed the list
+/// of participants, or when it revealed its shares.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RoundViewNote {
+    pub at: String,
+    pub node: String,
+    pub organisation: String,
+    pub round: String,
+    pub analysis: Option<String>,
+    /// `signed` or `unmasked`.
+    pub stage: String,
+    /// Nodes whose shares were delivered (U2).
+    pub delivered: Vec<String>,
+    /// Nodes whose masked inputs are in the sum (U3).
+    pub survivors: Vec<String>,
+    /// Nodes whose signatures on this view the node checked.
+    pub signers: Vec<String>,
 }
 
 /// Bytes sent by one node for one analysis kind or message type.
@@ -400,6 +421,23 @@ pub fn build(logs: &[Vec<Record>], from: Date, to: Date, verification: Option<St
         generated_at: all.iter().map(|r| r.time_ms).max().map(fmt_time),
         verification,
         analyses: analyses(&all, &dir, &period),
+        round_views: inp
+            .iter()
+            .filter_map(|r| match &r.event {
+                Event::RoundView { round, stage, delivered, survivors, signers } => Some(RoundViewNote {
+                    at: fmt_time(r.time_ms),
+                    node: r.party.clone(),
+                    organisation: dir.org(&r.party),
+                    round: round.clone(),
+                    analysis: dir.analysis_of(None, Some(round)),
+                    stage: stage.clone(),
+                    delivered: delivered.clone(),
+                    survivors: survivors.clone(),
+                    signers: signers.clone(),
+                }),
+                _ => None,
+            })
+            .collect(),
         egress,
         egress_total,
         refusals: refusals(&inp, &dir),
@@ -1388,6 +1426,42 @@ fn section_analyses(r: &Report) -> Section {
     if blocks.is_empty() {
         blocks.push(Block::Para(NONE.to_string()));
     }
+    if !r.round_views.is_empty() {
+        let rows = r
+            .round_views
+            .iter()
+            .map(|v| {
+                vec![
+                    v.at.clone(),
+                    who(&v.node, &v.organisation),
+                    v.analysis.clone().unwrap_or_else(|| "unknown".to_string()),
+                    v.round.clone(),
+                    match v.stage.as_str() {
+                        crate::record::ROUND_VIEW_SIGNED => "signed the list of participants".to_string(),
+                        crate::record::ROUND_VIEW_UNMASKED => "revealed its shares".to_string(),
+                        other => or_unknown(other),
+                    },
+                    list_or(&v.delivered, "none"),
+                    list_or(&v.survivors, "none"),
+                    list_or(&v.signers, "–"),
+                ]
+            })
+            .collect();
+        blocks.push(Block::Sub("Who took part in each round, as each node saw it".to_string()));
+        blocks.push(table(
+            vec![
+                "When",
+                "Node",
+                "Analysis",
+                "Round",
+                "Step",
+                "Shares delivered (U2)",
+                "Inputs in the sum (U3)",
+                "Signatures checked",
+            ],
+            rows,
+        ));
+    }
     Section {
         title: "2. Analyses run",
         explain: "Each analysis is a question HQ's analysts asked of all stores' data together, with the purpose \
@@ -2085,6 +2159,16 @@ mod tests {
             .at(datetime!(2025-03-03 10:02 UTC), policy(Some("r1"), "a1", true, "allowed"))
             .at(datetime!(2025-03-03 10:03 UTC), egress(Some("r1"), Some("a1"), "masked-input", 234_567))
             .at(datetime!(2025-03-03 10:03 UTC), egress(Some("r1"), Some("a1"), "share", 1_000))
+            .at(
+                datetime!(2025-03-03 10:04 UTC),
+                Event::round_view(
+                    "r1",
+                    crate::record::ROUND_VIEW_UNMASKED,
+                    ["store-sh-01".to_string(), "hq-node".to_string()],
+                    ["store-sh-01".to_string(), "hq-node".to_string()],
+                    ["hq-node".to_string()],
+                ),
+            )
             .at(datetime!(2025-03-03 10:04 UTC), egress(None, None, "hello", 300))
             .at(datetime!(2025-03-05 11:02 UTC), policy(Some("r2"), "a2", false, "purpose not allowed"))
             .at(datetime!(2025-03-05 11:11 UTC), policy(Some("r2b"), "a2", false, "purpose not allowed"))
@@ -2113,6 +2197,7 @@ mod tests {
                     upto_seq: 100,
                     last_head: "aa".repeat(32),
                     retention_days: 1095,
+                    newest_deleted_ms: ms(datetime!(2022-02-02 23:00 UTC)),
                 },
             )
             .at(datetime!(2025-03-03 10:02 UTC), policy(Some("r1"), "a1", true, "allowed"))
@@ -2218,6 +2303,15 @@ mod tests {
         // a3's release is after the period but the analysis is described completely.
         assert_eq!(r.analyses[2].outcome, Outcome::Released);
         assert_eq!(r.analyses[2].outcome_at.as_deref(), Some("2025-04-01 00:00:00"));
+
+        // The consistency round as the node saw it, with the analysis found through the round.
+        let [view] = &r.round_views[..] else { panic!("{:?}", r.round_views) };
+        assert_eq!((view.node.as_str(), view.round.as_str(), view.stage.as_str()), ("store-sh-01", "r1", "unmasked"));
+        assert_eq!(view.analysis.as_deref(), Some("a1"));
+        assert_eq!(view.survivors, ["hq-node", "store-sh-01"], "sorted");
+        let text = markdown(&r);
+        assert!(text.contains("Who took part in each round, as each node saw it"), "{text}");
+        assert!(text.contains("revealed its shares"), "{text}");
     }
 
     #[test]

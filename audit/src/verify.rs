@@ -8,10 +8,16 @@
 //! [`Event::RetentionDeleted`] in the same log accounts for the missing start; every
 //! [`Event::LogOpened`] certificate chains to the brand CA at the record's time and
 //! names the party; every [`Event::Seal`] signs the head just before it with the
-//! certificate in force. Then, between the logs given, every [`Event::Receipt`] about
-//! another given party must match that party's record and verify with its certificate,
-//! which is what exposes a truncated tail or a log rewritten and re-signed with its
-//! own key.
+//! certificate in force; record times never go back, and none is later than the
+//! verifier's clock plus [`DEFAULT_CLOCK_SKEW_MS`]; a retention deletion is sealed,
+//! states at least [`MIN_RETENTION_DAYS`] and was recorded at least that long after the
+//! newest record it deleted. Then, between the logs given, every [`Event::Receipt`]
+//! about another given party must match that party's record (head and time) and verify
+//! with its certificate, which is what exposes a truncated tail or a log rewritten and
+//! re-signed with its own key; and no party's record is dated later than a peer logged
+//! receiving its signed head (plus the skew), which is what exposes a timeline moved
+//! forward to make records look old enough to delete. Last, no two logs hold different
+//! views (U2, U3) of the same round ([`Event::RoundView`]).
 //!
 //! A last line without its newline at the end of the newest file is what a crash
 //! mid-write leaves; if it is a prefix of a record it is reported as a
@@ -34,7 +40,8 @@ use fedcrm_protocol::pki::{self, Usage};
 use serde::Serialize;
 
 use crate::log::{
-    AuditConfig, AuditError, AuditLog, LogIdentity, SystemClock, files_of, io_error, is_crash_tail, lines, list_files,
+    AuditConfig, AuditError, AuditLog, Clock as _, LogIdentity, MIN_RETENTION_DAYS, SystemClock, files_of, io_error,
+    is_crash_tail, lines, list_files,
 };
 use crate::record::{Event, GENESIS, Record};
 use crate::{head_payload, line_hash};
@@ -130,8 +137,19 @@ pub enum Problem {
     WrongParty,
     /// A peer holds a signed head that this log's record does not match (rewritten).
     ReceiptMismatch,
-    /// The log lost records at its start or end.
+    /// The log lost records at its start or end (or a retention deletion came before
+    /// its period ended).
     Truncated,
+    /// A record is dated earlier than the record before it in the same log.
+    TimeReversed,
+    /// A record is dated later than the verifier's clock plus the allowed skew.
+    FutureTime,
+    /// A party's record is dated later than a peer logged receiving its signed head,
+    /// plus the allowed skew: its clock ran ahead, or its timeline was moved forward.
+    AheadOfPeer,
+    /// Two records hold different views (U2, U3) of the same round: the coordinator
+    /// showed nodes different sets of participants.
+    SplitView,
     /// A file could not be read.
     Unreadable,
 }
@@ -140,17 +158,63 @@ fn fail(file: &Path, line: Option<u64>, seq: Option<u64>, problem: Problem, mess
     VerifyFailure { file: file.to_path_buf(), line, seq, problem, message }
 }
 
-/// Verifies one or more logs against the brand CA (`ca_der`). Each path is a party's
+/// How far a record's time may run ahead of the verifier's clock, or of the time a
+/// peer logged receiving its signed head: five minutes, as for certificates
+/// (`pki::CLOCK_SKEW_ALLOWANCE`). Parties whose clocks differ by more fail verification.
+pub const DEFAULT_CLOCK_SKEW_MS: u64 = 300_000;
+
+/// The verifier's clock and limits. [`VerifyOptions::at`] gives the defaults for a
+/// given "now"; [`verify_paths`] uses them with the system clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifyOptions {
+    /// The verifier's "now" (ms since the Unix epoch): no record may be dated later
+    /// than this plus `skew_ms`.
+    pub now_ms: u64,
+    /// Allowed clock difference (default [`DEFAULT_CLOCK_SKEW_MS`]).
+    pub skew_ms: u64,
+    /// Shortest retention period a deletion may state (default
+    /// [`MIN_RETENTION_DAYS`], what every configuration must keep; tests of the
+    /// writer's short-retention hook lower it).
+    pub min_retention_days: u32,
+}
+
+impl VerifyOptions {
+    /// The defaults, with `now_ms` as the verifier's clock.
+    pub fn at(now_ms: u64) -> Self {
+        VerifyOptions { now_ms, skew_ms: DEFAULT_CLOCK_SKEW_MS, min_retention_days: MIN_RETENTION_DAYS }
+    }
+}
+
+/// Verifies one or more logs against the brand CA (`ca_der`) with the system clock as
+/// "now" ([`verify_paths_with`] and [`VerifyOptions::at`]). Each path is a party's
 /// log directory (all `audit-*.log` files in it, in order) or a single log file. With
 /// several parties' logs, every receipt in one log about a party whose log is also
 /// given is checked against that log: the peer's record `peer_seq` must exist with head
-/// `peer_head`, and the receipt's signature must verify with the peer's certificate.
+/// `peer_head` and time `peer_time_ms`, the receipt's signature must verify with the
+/// peer's certificate, and the record must not be dated later than the receipt plus the
+/// skew.
 pub fn verify_paths(paths: &[PathBuf], ca_der: &[u8]) -> Result<VerifyReport, VerifyFailure> {
+    verify_paths_with(paths, ca_der, VerifyOptions::at(SystemClock.now_ms()))
+}
+
+/// [`verify_paths`] with the given clock (`now_ms`, ms since the Unix epoch) and the
+/// default skew and retention minimum.
+pub fn verify_paths_at(paths: &[PathBuf], ca_der: &[u8], now_ms: u64) -> Result<VerifyReport, VerifyFailure> {
+    verify_paths_with(paths, ca_der, VerifyOptions::at(now_ms))
+}
+
+/// [`verify_paths`] with every option given.
+pub fn verify_paths_with(
+    paths: &[PathBuf],
+    ca_der: &[u8],
+    options: VerifyOptions,
+) -> Result<VerifyReport, VerifyFailure> {
     if paths.is_empty() {
         return Err(fail(Path::new(""), None, None, Problem::Unreadable, "no audit log given".into()));
     }
-    let logs = paths.iter().map(|p| verify_log(p, ca_der)).collect::<Result<Vec<_>, _>>()?;
-    let receipts_checked = check_receipts(&logs)?;
+    let logs = paths.iter().map(|p| verify_log(p, ca_der, options)).collect::<Result<Vec<_>, _>>()?;
+    let receipts_checked = check_receipts(&logs, options.skew_ms)?;
+    check_round_views(&logs)?;
     Ok(VerifyReport { logs: logs.into_iter().map(|l| l.summary).collect(), receipts_checked })
 }
 
@@ -170,9 +234,12 @@ struct PendingReceipt {
     file: PathBuf,
     line: u64,
     seq: u64,
+    /// When the holder logged it.
+    time_ms: u64,
     peer: String,
     peer_seq: u64,
     peer_head: String,
+    peer_time_ms: u64,
     signature_hex: String,
     /// SHA-256 of the message the head came with, when the holder recorded it.
     sha256: String,
@@ -189,6 +256,23 @@ struct Verified {
     receipts: Vec<PendingReceipt>,
     /// What each record is, for the receipt's message check, indexed like `hashes`.
     kinds: Vec<RecordKind>,
+    /// Each record's time, indexed like `hashes`.
+    times: Vec<u64>,
+    /// The retention deletion that accounts for the log's missing start, if any.
+    retention: Option<Retention>,
+    /// The round views in the log, in order.
+    round_views: Vec<PendingView>,
+}
+
+/// A [`Event::RoundView`] waiting for the check across logs.
+struct PendingView {
+    file: PathBuf,
+    line: u64,
+    seq: u64,
+    round: String,
+    stage: String,
+    delivered: Vec<String>,
+    survivors: Vec<String>,
 }
 
 /// Just enough of a record to check a receipt's message hash against it.
@@ -219,14 +303,18 @@ impl Verified {
 }
 
 /// A retention-deleted record found ahead of the main pass.
+#[derive(Clone)]
 struct Retention {
     file: PathBuf,
     line: u64,
+    seq: u64,
     upto_seq: u64,
     last_head: String,
-    /// When the deletion was recorded, and the retention period it claims.
+    /// When the deletion was recorded, the retention period it claims, and the time
+    /// of the newest record it deleted.
     time_ms: u64,
     retention_days: u32,
+    newest_deleted_ms: u64,
     /// A later seal covers the retention record itself.
     sealed: bool,
 }
@@ -234,6 +322,7 @@ struct Retention {
 /// The walk through one log.
 struct Walk<'a> {
     ca_der: &'a [u8],
+    options: VerifyOptions,
     files: &'a [PathBuf],
     party: Option<String>,
     /// Sequence number the next record must have (None before the first).
@@ -241,6 +330,8 @@ struct Walk<'a> {
     prev_hash: [u8; 32],
     /// File index and line of the previous record.
     prev_at: Option<(usize, u64)>,
+    /// Time of the previous record.
+    prev_time: Option<u64>,
     /// The current certificate and where it was stated.
     cert: Option<(Arc<[u8]>, usize, u64)>,
     /// Seal signatures, checked on a second thread while this one walks on.
@@ -248,12 +339,13 @@ struct Walk<'a> {
     seals: u64,
     last_seal: Option<u64>,
     records: u64,
-    /// A record whose head a retention-deleted record states: (seq, head, where stated).
-    head_check: Option<(u64, String, PathBuf, u64)>,
+    /// A record whose head (and time) a retention-deleted record states, when a
+    /// deletion was interrupted and the record is still there.
+    head_check: Option<Retention>,
     out: Verified,
 }
 
-fn verify_log(path: &Path, ca_der: &[u8]) -> Result<Verified, VerifyFailure> {
+fn verify_log(path: &Path, ca_der: &[u8], options: VerifyOptions) -> Result<Verified, VerifyFailure> {
     let files = files_of(path).map_err(|e| fail(path, None, None, Problem::Unreadable, e.to_string()))?;
     if files.is_empty() {
         return Err(fail(
@@ -273,11 +365,13 @@ fn verify_log(path: &Path, ca_der: &[u8]) -> Result<Verified, VerifyFailure> {
         let checker = scope.spawn(move || queue.into_iter().find_map(SealJob::check));
         let walk = Walk {
             ca_der,
+            options,
             files: &files,
             party: None,
             expected: None,
             prev_hash: [0; 32],
             prev_at: None,
+            prev_time: None,
             cert: None,
             seal_jobs,
             seals: 0,
@@ -301,6 +395,9 @@ fn verify_log(path: &Path, ca_der: &[u8]) -> Result<Verified, VerifyFailure> {
                 certs: Vec::new(),
                 receipts: Vec::new(),
                 kinds: Vec::new(),
+                times: Vec::new(),
+                retention: None,
+                round_views: Vec::new(),
             },
         };
         // `run` consumes the walk, and with it the job sender, whatever the outcome, so
@@ -450,6 +547,7 @@ impl Walk<'_> {
                 }
             }
         }
+        self.check_time(fi, line_no, &rec)?;
 
         match &rec.event {
             Event::LogOpened { certificate_der_hex, role, organisation, .. } => {
@@ -528,7 +626,7 @@ impl Walk<'_> {
                     .map_err(|e| at(Problem::BadSignature, format!("the seal's signature is not valid hex ({e})")))?;
                 let job = SealJob {
                     cert: cert.clone(),
-                    payload: head_payload(&rec.party, *upto_seq, &self.prev_hash),
+                    payload: head_payload(&rec.party, *upto_seq, self.prev_time.unwrap_or(0), &self.prev_hash),
                     signature,
                     file: file.clone(),
                     line: line_no,
@@ -540,16 +638,35 @@ impl Walk<'_> {
                 self.seals += 1;
                 self.last_seal = Some(rec.seq);
             }
-            Event::Receipt { peer, peer_seq, peer_head, signature_hex, sha256, .. } => {
+            Event::Receipt { peer, peer_seq, peer_head, peer_time_ms, signature_hex, sha256, .. } => {
                 self.out.receipts.push(PendingReceipt {
                     file: file.clone(),
                     line: line_no,
                     seq: rec.seq,
+                    time_ms: rec.time_ms,
                     peer: peer.clone(),
                     peer_seq: *peer_seq,
                     peer_head: peer_head.clone(),
+                    peer_time_ms: *peer_time_ms,
                     signature_hex: signature_hex.clone(),
                     sha256: sha256.clone(),
+                });
+            }
+            Event::RoundView { round, stage, delivered, survivors, .. } => {
+                let sorted = |names: &[String]| {
+                    let mut names = names.to_vec();
+                    names.sort();
+                    names.dedup();
+                    names
+                };
+                self.out.round_views.push(PendingView {
+                    file: file.clone(),
+                    line: line_no,
+                    seq: rec.seq,
+                    round: round.clone(),
+                    stage: stage.clone(),
+                    delivered: sorted(delivered),
+                    survivors: sorted(survivors),
                 });
             }
 
@@ -557,15 +674,29 @@ impl Walk<'_> {
         }
 
         let hash = line_hash(line);
-        if let Some((seq, head, rfile, rline)) = &self.head_check {
-            if *seq == rec.seq {
-                if hex::encode(hash) != *head {
+        if let Some(r) = &self.head_check {
+            if r.upto_seq == rec.seq {
+                if hex::encode(hash) != r.last_head {
                     return Err(at(
                         Problem::BrokenChain,
                         format!(
-                            "this record hashes to {}, but the retention-deleted record at {}:{rline} says its head is {head}",
+                            "this record hashes to {}, but the retention-deleted record at {}:{} says its head is {}",
                             hex::encode(hash),
-                            rfile.display()
+                            r.file.display(),
+                            r.line,
+                            r.last_head
+                        ),
+                    ));
+                }
+                if rec.time_ms != r.newest_deleted_ms {
+                    return Err(at(
+                        Problem::Truncated,
+                        format!(
+                            "this record (the last one the retention-deleted record at {}:{} deletes) is dated {}, but that record says the newest record it deleted was written {}: the deletion misstates the age of what it deleted",
+                            r.file.display(),
+                            r.line,
+                            when(rec.time_ms),
+                            when(r.newest_deleted_ms)
                         ),
                     ));
                 }
@@ -592,10 +723,50 @@ impl Walk<'_> {
             Event::Seal { .. } => RecordKind::Seal,
             _ => RecordKind::Other,
         });
+        self.out.times.push(rec.time_ms);
         self.prev_hash = hash;
         self.prev_at = Some((fi, line_no));
+        self.prev_time = Some(rec.time_ms);
         self.expected = Some(rec.seq + 1);
         self.records += 1;
+        Ok(())
+    }
+
+    /// Record times never go back within a log, and none is in the verifier's future.
+    fn check_time(&self, fi: usize, line_no: u64, rec: &Record) -> Result<(), VerifyFailure> {
+        let file = &self.files[fi];
+        if let (Some(prev_time), Some((pfi, pline))) = (self.prev_time, self.prev_at) {
+            if rec.time_ms < prev_time {
+                return Err(fail(
+                    file,
+                    Some(line_no),
+                    Some(rec.seq),
+                    Problem::TimeReversed,
+                    format!(
+                        "this record is dated {}, earlier than the record before it ({}:{pline}, dated {}): the writer never dates a record before its predecessor, so the log's timeline was edited",
+                        when(rec.time_ms),
+                        self.files[pfi].display(),
+                        when(prev_time)
+                    ),
+                ));
+            }
+        }
+        let VerifyOptions { now_ms, skew_ms, .. } = self.options;
+        if rec.time_ms > now_ms.saturating_add(skew_ms) {
+            return Err(fail(
+                file,
+                Some(line_no),
+                Some(rec.seq),
+                Problem::FutureTime,
+                format!(
+                    "this record is dated {}, later than the verifier's clock ({}) plus {} s: {}'s clock ran ahead, or its timeline was moved forward (for instance to make records look old enough to delete)",
+                    when(rec.time_ms),
+                    when(now_ms),
+                    skew_ms / 1000,
+                    rec.party
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -606,35 +777,26 @@ impl Walk<'_> {
         let retentions = find_retentions(self.files);
         for r in &retentions {
             if r.upto_seq + 1 == rec.seq {
-                // A deletion counts only if the party signed it and the records it
-                // removed were past their retention period: the first record kept was
-                // written after the newest one deleted, so it must be that old too.
-                if !r.sealed {
-                    return Err(fail(
-                        &r.file,
-                        Some(r.line),
-                        None,
-                        Problem::Truncated,
-                        "the retention-deleted record that accounts for the missing start of this log is not covered by any seal: anyone able to write the log could have added it".into(),
-                    ));
-                }
-                let period_ms = u64::from(r.retention_days) * 86_400_000;
-                if r.time_ms.saturating_sub(rec.time_ms) < period_ms {
+                self.check_retention(r)?;
+                // The first record kept was written after the newest one deleted.
+                if rec.time_ms < r.newest_deleted_ms {
                     return Err(fail(
                         file,
                         Some(line_no),
                         Some(rec.seq),
-                        Problem::Truncated,
+                        Problem::TimeReversed,
                         format!(
-                            "records 0..={} were deleted on {} although the log continues with a record from {}, less than the stated retention of {} days earlier: records were deleted before their retention period ended",
-                            r.upto_seq,
-                            when(r.time_ms),
+                            "the log starts here with a record dated {}, but the retention-deleted record at {}:{} says the newest record it deleted (record {}) was written later, {}",
                             when(rec.time_ms),
-                            r.retention_days
+                            r.file.display(),
+                            r.line,
+                            r.upto_seq,
+                            when(r.newest_deleted_ms)
                         ),
                     ));
                 }
                 if r.last_head == rec.prev {
+                    self.out.retention = Some(r.clone());
                     return Ok(());
                 }
                 return Err(fail(
@@ -654,9 +816,11 @@ impl Walk<'_> {
             }
         }
         // A deletion interrupted midway: fewer files gone than the record names. The
-        // chain must then reach the last named record with the stated head.
+        // chain must then reach the last named record with the stated head and time.
         if let Some(r) = retentions.iter().find(|r| r.upto_seq >= rec.seq) {
-            self.head_check = Some((r.upto_seq, r.last_head.clone(), r.file.clone(), r.line));
+            self.check_retention(r)?;
+            self.out.retention = Some(r.clone());
+            self.head_check = Some(r.clone());
             return Ok(());
         }
         Err(fail(
@@ -670,6 +834,42 @@ impl Walk<'_> {
                 rec.seq - 1
             ),
         ))
+    }
+
+    /// A deletion counts only if the party signed it, it states at least the minimum
+    /// period, and it was recorded at least that period after the newest record it
+    /// deleted. (Its own time is checked where it stands: never before its
+    /// predecessor, never in the verifier's future; and against peers' receipts.)
+    fn check_retention(&self, r: &Retention) -> Result<(), VerifyFailure> {
+        let at = |message: String| fail(&r.file, Some(r.line), Some(r.seq), Problem::Truncated, message);
+        if !r.sealed {
+            return Err(at(
+                "the retention-deleted record that accounts for the missing start of this log is not covered by any seal: anyone able to write the log could have added it".into(),
+            ));
+        }
+        let min = self.options.min_retention_days;
+        if r.retention_days < min {
+            return Err(at(format!(
+                "the deletion states a retention period of {} days, but audit logs must be kept at least {min} days: records were deleted before their retention period ended",
+                r.retention_days
+            )));
+        }
+        if r.newest_deleted_ms == 0 {
+            return Err(at(
+                "the retention-deleted record does not state when the newest record it deleted was written (newest_deleted_ms), so its retention period cannot be checked".into(),
+            ));
+        }
+        let period_ms = u64::from(r.retention_days) * 86_400_000;
+        if r.time_ms.saturating_sub(r.newest_deleted_ms) < period_ms {
+            return Err(at(format!(
+                "records 0..={} were deleted on {}, but the newest of them was written on {}, less than the stated retention of {} days earlier: records were deleted before their retention period ended",
+                r.upto_seq,
+                when(r.time_ms),
+                when(r.newest_deleted_ms),
+                r.retention_days
+            )));
+        }
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -791,17 +991,19 @@ fn find_retentions(files: &[PathBuf]) -> Vec<Retention> {
             if let Ok(Record {
                 seq,
                 time_ms,
-                event: Event::RetentionDeleted { upto_seq, last_head, retention_days, .. },
+                event: Event::RetentionDeleted { upto_seq, last_head, retention_days, newest_deleted_ms, .. },
                 ..
             }) = serde_json::from_slice(line)
             {
                 found.push(Retention {
                     file: file.clone(),
                     line: n as u64 + 1,
+                    seq,
                     upto_seq,
                     last_head,
                     time_ms,
                     retention_days,
+                    newest_deleted_ms,
                     sealed: seal_covers(files, seq),
                 });
             }
@@ -850,7 +1052,7 @@ enum Outcome {
     },
 }
 
-fn check_receipts(logs: &[Verified]) -> Result<u64, VerifyFailure> {
+fn check_receipts(logs: &[Verified], skew_ms: u64) -> Result<u64, VerifyFailure> {
     let mut by_party: HashMap<&str, usize> = HashMap::new();
     for (i, log) in logs.iter().enumerate() {
         if let Some(j) = by_party.insert(log.summary.party.as_str(), i) {
@@ -876,14 +1078,23 @@ fn check_receipts(logs: &[Verified]) -> Result<u64, VerifyFailure> {
             if receipt.peer == holder.summary.party {
                 continue;
             }
-            let Some(&p) = by_party.get(receipt.peer.as_str()) else { continue };
+            let holder_name = &holder.summary.party;
+            let Some(&p) = by_party.get(receipt.peer.as_str()) else {
+                // The peer's log is not given: the time in the receipt is all there is.
+                outcomes.push((h, receipt, check_receipt_time(receipt, holder_name, skew_ms)));
+                continue;
+            };
             let peer = &logs[p];
             if receipt.peer_seq < peer.summary.first_seq {
-                // Deleted by the peer's retention: nothing left to compare.
+                // Deleted by the peer's retention: the receipt's signed time is left.
+                if let Some(outcome) = check_deleted_receipt(receipt, holder_name, peer, skew_ms) {
+                    checked += 1;
+                    outcomes.push((h, receipt, outcome));
+                }
                 continue;
             }
             checked += 1;
-            outcomes.push((h, receipt, check_receipt(receipt, &holder.summary.party, p, peer)));
+            outcomes.push((h, receipt, check_receipt(receipt, holder_name, p, peer, skew_ms)));
         }
     }
 
@@ -956,7 +1167,7 @@ fn check_receipts(logs: &[Verified]) -> Result<u64, VerifyFailure> {
     })
 }
 
-fn check_receipt(receipt: &PendingReceipt, holder: &str, p: usize, peer: &Verified) -> Outcome {
+fn check_receipt(receipt: &PendingReceipt, holder: &str, p: usize, peer: &Verified, skew_ms: u64) -> Outcome {
     let at = |problem, message| {
         Outcome::Failed(fail(&receipt.file, Some(receipt.line), Some(receipt.seq), problem, message))
     };
@@ -969,7 +1180,7 @@ fn check_receipt(receipt: &PendingReceipt, holder: &str, p: usize, peer: &Verifi
     let Ok(signature) = hex::decode(&receipt.signature_hex) else {
         return at(Problem::BadSignature, "the receipt's signature is not valid hex".into());
     };
-    let payload = head_payload(&receipt.peer, receipt.peer_seq, &head);
+    let payload = head_payload(&receipt.peer, receipt.peer_seq, receipt.peer_time_ms, &head);
     let s = &peer.summary;
     let signed = if receipt.peer_seq <= s.last_seq {
         peer.cert_at(receipt.peer_seq).is_some_and(|c| pki::verify_signature(c, &payload, &signature).is_ok())
@@ -990,9 +1201,47 @@ fn check_receipt(receipt: &PendingReceipt, holder: &str, p: usize, peer: &Verifi
         return Outcome::Truncated { peer: p };
     }
     // Unwrap safety: first_seq ≤ peer_seq ≤ last_seq, and there is one hash per record.
-    let actual = peer.hashes[usize::try_from(receipt.peer_seq - s.first_seq).unwrap()];
+    let index = usize::try_from(receipt.peer_seq - s.first_seq).unwrap();
+    let actual = peer.hashes[index];
     if actual != head {
         return Outcome::Mismatch { peer: p, actual };
+    }
+    // The head covers the record's time, so this differs only if the peer signed a
+    // time other than its record's.
+    let time = peer.times[index];
+    let held = format!("{}:{}", receipt.file.display(), receipt.line);
+    if receipt.peer_time_ms != time {
+        let (file, line) = peer.position(receipt.peer_seq);
+        return Outcome::Failed(fail(
+            &file,
+            Some(line),
+            Some(receipt.peer_seq),
+            Problem::ReceiptMismatch,
+            format!(
+                "{} signed its head for this record with the time {}, but the record is dated {} ({holder}'s receipt at {held}): {} misstated its own time",
+                receipt.peer,
+                when(receipt.peer_time_ms),
+                when(time),
+                receipt.peer
+            ),
+        ));
+    }
+    if time > receipt.time_ms.saturating_add(skew_ms) {
+        let (file, line) = peer.position(receipt.peer_seq);
+        return Outcome::Failed(fail(
+            &file,
+            Some(line),
+            Some(receipt.peer_seq),
+            Problem::AheadOfPeer,
+            format!(
+                "this record is dated {}, but {holder} logged receiving {}'s signed head for it at {} ({held}), more than {} s earlier: {}'s clock ran ahead of {holder}'s, or its timeline was moved forward",
+                when(time),
+                receipt.peer,
+                when(receipt.time_ms),
+                skew_ms / 1000,
+                receipt.peer
+            ),
+        ));
     }
     // The holder also named the message the head came with: the peer's record at that
     // head (or just before it, when an automatic seal followed) must be the egress
@@ -1030,6 +1279,106 @@ fn check_receipt(receipt: &PendingReceipt, holder: &str, p: usize, peer: &Verifi
         }
     }
     Outcome::Matched
+}
+
+/// A receipt of a party whose log is not given: its signed time must not be later
+/// than the holder's record of receiving it, plus the skew.
+fn check_receipt_time(receipt: &PendingReceipt, holder: &str, skew_ms: u64) -> Outcome {
+    if receipt.peer_time_ms <= receipt.time_ms.saturating_add(skew_ms) {
+        return Outcome::Matched;
+    }
+    Outcome::Failed(fail(
+        &receipt.file,
+        Some(receipt.line),
+        Some(receipt.seq),
+        Problem::AheadOfPeer,
+        format!(
+            "{holder} logged this receipt at {}, but {}'s signed head in it is for a record dated {}, more than {} s later: {}'s clock ran ahead of {holder}'s, or its timeline was moved forward",
+            when(receipt.time_ms),
+            receipt.peer,
+            when(receipt.peer_time_ms),
+            skew_ms / 1000,
+            receipt.peer
+        ),
+    ))
+}
+
+/// A receipt of a record the peer's retention deleted. When the signature verifies
+/// with one of the peer's certificates, its time must not be later than the holder's
+/// receipt (plus the skew), nor later than the time the peer's deletion says its newest
+/// deleted record had (the same time for that very record). `None` when the
+/// signature cannot be attributed (the certificate went with the deleted files).
+fn check_deleted_receipt(receipt: &PendingReceipt, holder: &str, peer: &Verified, skew_ms: u64) -> Option<Outcome> {
+    let head: [u8; 32] = hex::decode(&receipt.peer_head).ok()?.try_into().ok()?;
+    let signature = hex::decode(&receipt.signature_hex).ok()?;
+    let payload = head_payload(&receipt.peer, receipt.peer_seq, receipt.peer_time_ms, &head);
+    if !peer.certs.iter().any(|(_, c)| pki::verify_signature(c, &payload, &signature).is_ok()) {
+        return None;
+    }
+    if let Outcome::Failed(failure) = check_receipt_time(receipt, holder, skew_ms) {
+        return Some(Outcome::Failed(failure));
+    }
+    let Some(r) = peer.retention.as_ref() else { return Some(Outcome::Matched) };
+    let later = receipt.peer_time_ms > r.newest_deleted_ms;
+    let differs = receipt.peer_seq == r.upto_seq && receipt.peer_time_ms != r.newest_deleted_ms;
+    if receipt.peer_seq > r.upto_seq || !(later || differs) {
+        return Some(Outcome::Matched);
+    }
+    Some(Outcome::Failed(fail(
+        &r.file,
+        Some(r.line),
+        Some(r.seq),
+        Problem::Truncated,
+        format!(
+            "this deletion says the newest record it deleted (record {}) was written {}, but {holder} holds {}'s signed head for record {} dated {} ({}:{}): the deletion misstates the age of what it deleted{}",
+            r.upto_seq,
+            when(r.newest_deleted_ms),
+            receipt.peer,
+            receipt.peer_seq,
+            when(receipt.peer_time_ms),
+            receipt.file.display(),
+            receipt.line,
+            if later { ", and records were deleted before their retention period ended" } else { "" }
+        ),
+    )))
+}
+
+/// No two records, in one log or in two, hold different views (U2, U3) of a round.
+fn check_round_views(logs: &[Verified]) -> Result<(), VerifyFailure> {
+    let mut first: HashMap<&str, (&Verified, &PendingView)> = HashMap::new();
+    for log in logs {
+        for view in &log.round_views {
+            let Some((other_log, other)) = first.get(view.round.as_str()) else {
+                first.insert(view.round.as_str(), (log, view));
+                continue;
+            };
+            if other.delivered == view.delivered && other.survivors == view.survivors {
+                continue;
+            }
+            let names = |v: &[String]| format!("[{}]", v.join(", "));
+            return Err(fail(
+                &view.file,
+                Some(view.line),
+                Some(view.seq),
+                Problem::SplitView,
+                format!(
+                    "round {}: {} logged here (at stage {}) U2 = {} and U3 = {}, but {} logged at {}:{} (at stage {}) U2 = {} and U3 = {}: the coordinator showed nodes different views of who took part",
+                    view.round,
+                    log.summary.party,
+                    view.stage,
+                    names(&view.delivered),
+                    names(&view.survivors),
+                    other_log.summary.party,
+                    other.file.display(),
+                    other.line,
+                    other.stage,
+                    names(&other.delivered),
+                    names(&other.survivors)
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------

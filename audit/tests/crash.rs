@@ -5,9 +5,8 @@ mod common;
 
 use std::fs;
 
-use common::{Brand, TestClock, read_lines};
+use common::{Brand, TestClock, read_lines, verify};
 use fedcrm_audit::log::{AuditConfig, read_records};
-use fedcrm_audit::verify::verify_paths;
 use fedcrm_audit::{Event, line_hash};
 
 fn policy(i: u64) -> Event {
@@ -27,7 +26,8 @@ fn every_cut_of_the_last_record_is_a_crash() {
     let tmp = tempfile::tempdir().unwrap();
     let brand = Brand::new();
     let node = brand.node("store-9.brand");
-    let mut log = node.open(tmp.path(), AuditConfig::default(), TestClock::new());
+    let clock = TestClock::new();
+    let mut log = node.open(tmp.path(), AuditConfig::default(), clock.clone());
     for i in 0..3 {
         log.append(policy(i)).unwrap();
     }
@@ -39,7 +39,7 @@ fn every_cut_of_the_last_record_is_a_crash() {
     let keep = whole.len() - last_len;
     for cut in 1..last_len {
         fs::write(&file, &whole[..keep + cut]).unwrap();
-        let report = verify_paths(&[tmp.path().to_path_buf()], &brand.ca_der)
+        let report = verify(&[tmp.path().to_path_buf()], &brand.ca_der, &clock)
             .unwrap_or_else(|f| panic!("cut after {cut} bytes of the last record: {f}"));
         let log = &report.logs[0];
         let torn = log.torn_tail.as_ref().expect("torn tail reported");
@@ -70,14 +70,14 @@ fn torn_tail_is_recovered_on_open_and_the_log_verifies_clean() {
     bytes.extend_from_slice(torn);
     fs::write(&file, &bytes).unwrap();
 
-    let report = verify_paths(&[tmp.path().to_path_buf()], &brand.ca_der).unwrap();
+    let report = verify(&[tmp.path().to_path_buf()], &brand.ca_der, &clock).unwrap();
     let tail = report.logs[0].torn_tail.clone().unwrap();
     assert_eq!((tail.line, tail.bytes), (last_seq + 2, torn.len() as u64));
     assert_eq!(report.logs[0].last_seq, last_seq);
     // read_records skips it too.
     assert_eq!(read_records(tmp.path()).unwrap().len() as u64, last_seq + 1);
 
-    let mut log = node.open(tmp.path(), AuditConfig::default(), clock);
+    let mut log = node.open(tmp.path(), AuditConfig::default(), clock.clone());
     log.append(policy(9)).unwrap();
     log.seal().unwrap();
     drop(log);
@@ -94,7 +94,7 @@ fn torn_tail_is_recovered_on_open_and_the_log_verifies_clean() {
     );
     assert!(matches!(records[last_seq as usize + 2].event, Event::LogOpened { .. }));
     assert!(fs::metadata(&file).unwrap().len() > before);
-    let report = verify_paths(&[tmp.path().to_path_buf()], &brand.ca_der).unwrap();
+    let report = verify(&[tmp.path().to_path_buf()], &brand.ca_der, &clock).unwrap();
     assert!(report.logs[0].torn_tail.is_none());
     assert_eq!(report.logs[0].unsealed_tail, 0);
 }
@@ -113,11 +113,11 @@ fn zero_filled_tail_is_a_crash_and_is_recovered() {
     let mut bytes = fs::read(&file).unwrap();
     bytes.extend_from_slice(&[0u8; 512]);
     fs::write(&file, &bytes).unwrap();
-    let report = verify_paths(&[tmp.path().to_path_buf()], &brand.ca_der).unwrap();
+    let report = verify(&[tmp.path().to_path_buf()], &brand.ca_der, &clock).unwrap();
     assert_eq!(report.logs[0].torn_tail.as_ref().unwrap().bytes, 512);
 
-    drop(node.open(tmp.path(), AuditConfig::default(), clock));
-    let report = verify_paths(&[tmp.path().to_path_buf()], &brand.ca_der).unwrap();
+    drop(node.open(tmp.path(), AuditConfig::default(), clock.clone()));
+    let report = verify(&[tmp.path().to_path_buf()], &brand.ca_der, &clock).unwrap();
     assert!(report.logs[0].torn_tail.is_none());
     assert!(
         read_records(tmp.path())
@@ -134,14 +134,15 @@ fn killed_between_records_verifies_with_an_unsealed_tail() {
     let tmp = tempfile::tempdir().unwrap();
     let brand = Brand::new();
     let node = brand.node("store-9.brand");
-    let mut log = node.open(tmp.path(), AuditConfig::default(), TestClock::new());
+    let clock = TestClock::new();
+    let mut log = node.open(tmp.path(), AuditConfig::default(), clock.clone());
     log.append(policy(0)).unwrap();
     log.seal().unwrap();
     for i in 1..4 {
         log.append(policy(i)).unwrap();
     }
     drop(log); // no seal: as if killed
-    let report = verify_paths(&[tmp.path().to_path_buf()], &brand.ca_der).unwrap();
+    let report = verify(&[tmp.path().to_path_buf()], &brand.ca_der, &clock).unwrap();
     assert_eq!(report.logs[0].unsealed_tail, 3);
     assert_eq!(report.logs[0].seals, 1);
     assert!(report.logs[0].torn_tail.is_none());

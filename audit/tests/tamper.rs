@@ -7,8 +7,8 @@ use std::fs;
 use std::path::PathBuf;
 
 use common::{TwoParty, assert_at, parse, read_lines, resign, serialize, write_lines};
-use fedcrm_audit::log::AuditConfig;
-use fedcrm_audit::verify::{Problem, VerifyFailure, verify_paths};
+use fedcrm_audit::log::{AuditConfig, Clock as _};
+use fedcrm_audit::verify::{Problem, VerifyFailure, verify_paths_at};
 use fedcrm_audit::{Event, line_hash};
 use proptest::prelude::*;
 
@@ -17,7 +17,7 @@ fn config(seal_every_records: u64) -> AuditConfig {
 }
 
 fn verify(s: &TwoParty, paths: &[PathBuf]) -> Result<fedcrm_audit::verify::VerifyReport, VerifyFailure> {
-    verify_paths(paths, &s.brand.ca_der)
+    s.verify(paths)
 }
 
 /// A's log alone.
@@ -61,7 +61,8 @@ fn every_flipped_byte_is_detected_at_its_line() {
                     let mut bytes = original.clone();
                     bytes[offset] ^= 0x01;
                     fs::write(&copied, &bytes).unwrap();
-                    let failure = verify_paths(&[dir.clone(), s.b_dir.clone()], &s.brand.ca_der)
+                    let failure = s
+                        .verify(&[dir.clone(), s.b_dir.clone()])
                         .expect_err(&format!("flipped byte {offset} (line {}) went unnoticed", line_of(offset)));
                     let line = line_of(offset);
                     assert_at(&failure, &copied, &[line, line + 1]);
@@ -85,7 +86,7 @@ fn random_byte_changes_in_rotated_logs_are_detected() {
             let mut bytes = originals[f].clone();
             bytes[offset] ^= mask;
             fs::write(&files[f], &bytes).unwrap();
-            let result = verify_paths(&s.both(), &s.brand.ca_der);
+            let result = s.verify(&s.both());
             fs::write(&files[f], &originals[f]).unwrap();
             let failure = result.expect_err("a changed byte went unnoticed");
             let line = originals[f][..offset].iter().filter(|&&b| b == b'\n').count() as u64 + 1;
@@ -341,7 +342,7 @@ fn removed_middle_file_is_named() {
 fn certificate_from_another_ca_is_uncertified() {
     let s = TwoParty::new(2, config(4));
     let other = common::Brand::new();
-    let failure = verify_paths(std::slice::from_ref(&s.a_dir), &other.ca_der).unwrap_err();
+    let failure = verify_paths_at(std::slice::from_ref(&s.a_dir), &other.ca_der, s.clock.now_ms()).unwrap_err();
     assert_eq!(failure.problem, Problem::Uncertified);
     assert_at(&failure, &s.a_file(), &[1]);
     assert_eq!(failure.seq, Some(0));
@@ -451,7 +452,7 @@ fn a_node_that_logs_a_different_message_than_it_sent_is_caught() {
     lb.seal().unwrap();
     drop((la, lb));
     let paths = vec![tmp.path().join("a"), tmp.path().join("b")];
-    let err = verify_paths(&paths, &brand.ca_der).unwrap_err();
+    let err = common::verify(&paths, &brand.ca_der, &clock).unwrap_err();
     assert_eq!(err.problem, Problem::ReceiptMismatch, "{err}");
     assert!(err.message.contains("differs from what"), "{err}");
 }

@@ -5,9 +5,9 @@ mod common;
 
 use std::fs;
 
-use common::{Brand, TestClock, egress, files, read_lines};
+use common::{Brand, MS_PER_DAY, TestClock, egress, files, read_lines, verify, verify_short_retention};
 use fedcrm_audit::log::{AuditConfig, AuditError, AuditLog, SignedHead, read_records};
-use fedcrm_audit::verify::{Problem, verify_paths};
+use fedcrm_audit::verify::Problem;
 use fedcrm_audit::{Event, GENESIS, head_payload, line_hash};
 
 #[test]
@@ -53,7 +53,7 @@ fn append_seal_reopen_continues_the_chain() {
             let signature = hex::decode(signature_hex).unwrap();
             fedcrm_protocol::pki::verify_signature(
                 &node.cert_der,
-                &head_payload("store-1.brand", 3, &appended[2].head),
+                &head_payload("store-1.brand", 3, records[3].time_ms, &appended[2].head),
                 &signature,
             )
             .unwrap();
@@ -66,13 +66,13 @@ fn append_seal_reopen_continues_the_chain() {
     assert!(matches!(records[5].event, Event::LogOpened { .. }));
     assert!(records.iter().all(|r| r.party == "store-1.brand"));
 
-    let report = verify_paths(&[tmp.path().to_path_buf()], &brand.ca_der).unwrap();
+    let report = verify(&[tmp.path().to_path_buf()], &brand.ca_der, &clock).unwrap();
     let summary = &report.logs[0];
     assert_eq!((summary.records, summary.first_seq, summary.last_seq, summary.seals), (7, 0, 6, 1));
     assert_eq!(summary.unsealed_tail, 2);
     assert_eq!(summary.files, 1);
     // A single file can be verified too.
-    verify_paths(&[file], &brand.ca_der).unwrap();
+    verify(&[file], &brand.ca_der, &clock).unwrap();
 }
 
 #[test]
@@ -108,8 +108,8 @@ fn seals_every_n_records_and_every_t_seconds() {
     let appended = log.append(egress(2)).unwrap();
     let records = read_records(slow.path()).unwrap();
     assert!(matches!(records.last().unwrap().event, Event::Seal { upto_seq, .. } if upto_seq == appended.seq));
-    verify_paths(&[tmp.path().to_path_buf()], &brand.ca_der).unwrap();
-    verify_paths(&[slow.path().to_path_buf()], &brand.ca_der).unwrap();
+    verify(&[tmp.path().to_path_buf()], &brand.ca_der, &clock).unwrap();
+    verify(&[slow.path().to_path_buf()], &brand.ca_der, &clock).unwrap();
 }
 
 #[test]
@@ -118,7 +118,8 @@ fn rotation_continues_the_chain_across_files() {
     let brand = Brand::new();
     let node = brand.node("store-1.brand");
     let config = AuditConfig { rotate_bytes: 4096, seal_every_records: 4, ..AuditConfig::default() };
-    let mut log = node.open(tmp.path(), config, TestClock::new());
+    let clock = TestClock::new();
+    let mut log = node.open(tmp.path(), config, clock.clone());
     for i in 0..40 {
         log.append(egress(i)).unwrap();
     }
@@ -135,12 +136,15 @@ fn rotation_continues_the_chain_across_files() {
     }
     let records = read_records(tmp.path()).unwrap();
     assert!(records.iter().enumerate().all(|(i, r)| r.seq == i as u64));
-    let report = verify_paths(&[tmp.path().to_path_buf()], &brand.ca_der).unwrap();
+    let report = verify(&[tmp.path().to_path_buf()], &brand.ca_der, &clock).unwrap();
     assert_eq!(report.logs[0].files, files.len());
     assert_eq!(report.logs[0].records, records.len() as u64);
     assert_eq!(report.logs[0].unsealed_tail, 0);
 }
 
+/// With a 1-day period (the `test-util` hook) and the clock on the last day of a month:
+/// the kept files start in the next month, younger than the period, which is fine —
+/// the period runs from the newest record deleted.
 #[test]
 fn retention_deletes_old_files_logs_it_and_the_rest_verifies() {
     let tmp = tempfile::tempdir().unwrap();
@@ -148,7 +152,7 @@ fn retention_deletes_old_files_logs_it_and_the_rest_verifies() {
     let node = brand.node("store-1.brand");
     let clock = TestClock::new();
     let config = AuditConfig { rotate_bytes: 4096, retention_days: 1, ..AuditConfig::default() };
-    let mut log = node.open(tmp.path(), config, clock.clone());
+    let mut log = node.open_short_retention(tmp.path(), config, clock.clone());
     for i in 0..20 {
         log.append(egress(i)).unwrap();
     }
@@ -169,33 +173,53 @@ fn retention_deletes_old_files_logs_it_and_the_rest_verifies() {
     assert!(deleted.iter().all(|f| !f.exists()));
 
     let records = read_records(tmp.path()).unwrap();
-    let (upto_seq, last_head) = records
+    let deleted_records: Vec<fedcrm_audit::Record> = saved[..deleted.len()]
+        .iter()
+        .flat_map(|bytes| bytes.split(|&b| b == b'\n'))
+        .filter(|l| !l.is_empty())
+        .map(common::parse)
+        .collect();
+    let (upto_seq, last_head, at) = records
         .iter()
         .find_map(|r| match &r.event {
-            Event::RetentionDeleted { files, upto_seq, last_head, retention_days } => {
+            Event::RetentionDeleted { files, upto_seq, last_head, retention_days, newest_deleted_ms } => {
                 assert_eq!(*retention_days, 1);
                 assert_eq!(files.len(), deleted.len());
-                Some((*upto_seq, last_head.clone()))
+                // The newest record deleted, by its own time.
+                assert_eq!(*newest_deleted_ms, deleted_records.last().unwrap().time_ms);
+                assert_eq!(deleted_records.last().unwrap().seq, *upto_seq);
+                assert!(r.time_ms - newest_deleted_ms >= MS_PER_DAY);
+                Some((*upto_seq, last_head.clone(), r.time_ms))
             }
             _ => None,
         })
         .expect("the deletion is logged");
     assert_eq!(records[0].seq, upto_seq + 1);
     assert_eq!(records[0].prev, last_head);
-    let report = verify_paths(&[tmp.path().to_path_buf()], &brand.ca_der).unwrap();
+    // The first record kept is younger than the period (it is in December, the
+    // deletion on 2 December): the check the verifier used to make, and failed on.
+    assert!(at - records[0].time_ms < MS_PER_DAY, "{} {}", at, records[0].time_ms);
+    let report = verify_short_retention(&[tmp.path().to_path_buf()], &brand.ca_der, &clock).unwrap();
     assert_eq!(report.logs[0].first_seq, upto_seq + 1);
+    // The default verifier holds every log to three years.
+    let failure = verify(&[tmp.path().to_path_buf()], &brand.ca_der, &clock).unwrap_err();
+    assert_eq!(failure.problem, Problem::Truncated, "{failure}");
+    assert!(
+        failure.message.contains("retention period of 1 days, but audit logs must be kept at least 1096 days"),
+        "{failure}"
+    );
 
     // A deletion interrupted midway (the last named file still there) also verifies.
     let last_deleted = deleted.len() - 1;
     fs::write(&before[last_deleted], &saved[last_deleted]).unwrap();
-    verify_paths(&[tmp.path().to_path_buf()], &brand.ca_der).unwrap();
+    verify_short_retention(&[tmp.path().to_path_buf()], &brand.ca_der, &clock).unwrap();
     fs::remove_file(&before[last_deleted]).unwrap();
 
     // Deleting the oldest remaining file by hand is not retention.
     let oldest = files(tmp.path()).remove(0);
     assert_ne!(oldest, current);
     fs::remove_file(&oldest).unwrap();
-    let failure = verify_paths(&[tmp.path().to_path_buf()], &brand.ca_der).unwrap_err();
+    let failure = verify_short_retention(&[tmp.path().to_path_buf()], &brand.ca_der, &clock).unwrap_err();
     assert_eq!(failure.problem, Problem::Truncated, "{failure}");
     assert_eq!(failure.line, Some(1));
 }
@@ -215,11 +239,23 @@ fn refusals_are_clear() {
     assert!(matches!(err, AuditError::PartyMismatch { .. }), "{err}");
     assert!(err.to_string().contains("holds the audit log of store-1.brand, not of store-2.brand"), "{err}");
 
-    // Retention 0.
+    // Retention under three years, through the shipped opener; 0 even through the test hook.
     let other = tempfile::tempdir().unwrap();
+    for days in [0, 1, 1095] {
+        let config = AuditConfig { retention_days: days, ..AuditConfig::default() };
+        let err = AuditLog::open(other.path(), &a.name, a.identity(), a.signer(), config, clock.clone()).unwrap_err();
+        assert!(matches!(err, AuditError::Config(_)), "{err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("retention_days is {days}, but audit logs must be kept at least 1096 days")),
+            "{err}"
+        );
+    }
     let config = AuditConfig { retention_days: 0, ..AuditConfig::default() };
-    let err = AuditLog::open(other.path(), &a.name, a.identity(), a.signer(), config, clock.clone()).unwrap_err();
-    assert!(matches!(err, AuditError::Config(_)) && err.to_string().contains("retention_days is 0"), "{err}");
+    let err =
+        AuditLog::open_with_short_retention(other.path(), &a.name, a.identity(), a.signer(), config, clock.clone())
+            .unwrap_err();
+    assert!(err.to_string().contains("retention_days is 0"), "{err}");
     let config = AuditConfig { rotate_bytes: 100, ..AuditConfig::default() };
     assert!(AuditLog::open(other.path(), &a.name, a.identity(), a.signer(), config, clock.clone()).is_err());
 
@@ -262,6 +298,11 @@ fn signed_heads_verify_only_with_the_partys_certificate() {
     assert!(matches!(head.verify(&b.cert_der), Err(AuditError::BadHead { .. })));
     let later = SignedHead { seq: head.seq + 1, ..head.clone() };
     assert!(later.verify(&a.cert_der).is_err());
+    // The head's time is the record's, and signed.
+    assert_eq!(head.time_ms, read_records(tmp.path()).unwrap().last().unwrap().time_ms);
+    assert_eq!(head.time_ms, log.head_time_ms());
+    let retimed = SignedHead { time_ms: head.time_ms + 1, ..head.clone() };
+    assert!(retimed.verify(&a.cert_der).is_err());
     let other = SignedHead { party: "store-2.brand".into(), ..head.clone() };
     assert!(other.verify(&b.cert_der).is_err());
     assert_eq!(
@@ -270,6 +311,7 @@ fn signed_heads_verify_only_with_the_partys_certificate() {
             peer: "store-1.brand".into(),
             peer_seq: head.seq,
             peer_head: hex::encode(head.head),
+            peer_time_ms: head.time_ms,
             signature_hex: hex::encode(&head.signature),
             message: String::new(),
             bytes: 0,
@@ -304,19 +346,21 @@ fn a_new_month_starts_a_new_file_and_the_chain_continues() {
     let clock = TestClock::new();
     let mut log = node.open(tmp.path(), AuditConfig::default(), clock.clone());
     log.append(egress(0)).unwrap();
-    // Just into the next calendar month (certificates stay valid).
-    let today = time::OffsetDateTime::now_utc().date();
-    let mut days = 1;
-    while (today + time::Duration::days(days)).month() == today.month() {
-        days += 1;
-    }
-    clock.advance_days(days as u64);
+    // The clock starts on 30 November; a day later it is December.
+    clock.advance_days(1);
     log.append(egress(1)).unwrap();
     log.seal().unwrap();
     drop(log);
     assert_eq!(files(tmp.path()).len(), 2);
-    let report = verify_paths(&[tmp.path().to_path_buf()], &brand.ca_der).unwrap();
+    let report = verify(&[tmp.path().to_path_buf()], &brand.ca_der, &clock).unwrap();
     assert_eq!(report.logs[0].files, 2);
+    // Reopened later in December, the log goes on in the December file (the month
+    // comes from the records, not from the file's modification time).
+    clock.advance_days(3);
+    let mut log = node.open(tmp.path(), AuditConfig::default(), clock.clone());
+    log.append(egress(2)).unwrap();
+    drop(log);
+    assert_eq!(files(tmp.path()).len(), 2);
 }
 
 #[test]
@@ -327,30 +371,34 @@ fn a_deletion_before_the_retention_period_or_unsealed_is_caught() {
     let clock = TestClock::new();
     // The party claims 1 day of retention, but deletes files that are minutes old.
     let config = AuditConfig { rotate_bytes: 4096, retention_days: 1, ..AuditConfig::default() };
-    let mut log = node.open(tmp.path(), config, clock.clone());
+    let mut log = node.open_short_retention(tmp.path(), config, clock.clone());
     for i in 0..40 {
         log.append(egress(i)).unwrap();
     }
     let files_now = files(tmp.path());
     assert!(files_now.len() >= 3);
-    let (upto_seq, last_head) = {
+    let (upto_seq, last_head, newest_deleted_ms) = {
         let records = read_records(&files_now[0]).unwrap();
         let last = records.last().unwrap();
         let line = fs::read_to_string(&files_now[0]).unwrap();
         let last_line = line.lines().last().unwrap().to_string();
-        (last.seq, hex::encode(fedcrm_audit::line_hash(last_line.as_bytes())))
+        (last.seq, hex::encode(fedcrm_audit::line_hash(last_line.as_bytes())), last.time_ms)
     };
     log.append(Event::RetentionDeleted {
         files: vec!["audit-000001.log".into()],
         upto_seq,
         last_head,
         retention_days: 1,
+        newest_deleted_ms,
     })
     .unwrap();
     log.seal().unwrap();
     drop(log);
     fs::remove_file(&files_now[0]).unwrap();
-    let err = verify_paths(&[tmp.path().to_path_buf()], &brand.ca_der).unwrap_err();
+    let err = verify_short_retention(&[tmp.path().to_path_buf()], &brand.ca_der, &clock).unwrap_err();
     assert_eq!(err.problem, Problem::Truncated, "{err}");
     assert!(err.message.contains("before their retention period ended"), "{err}");
+    // It names the deletion itself.
+    let named = common::parse(&read_lines(&err.file)[err.line.unwrap() as usize - 1]);
+    assert_eq!(named.event.kind(), "retention-deleted", "{err}");
 }

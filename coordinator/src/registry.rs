@@ -141,7 +141,7 @@ impl Registry {
     pub(crate) fn stamp(&self, msg: &ToNode) -> Option<pb::CoordinatorMessage> {
         match crate::audit::lock(&self.audit).signed_head() {
             Ok(signed) => {
-                let receipt = Receipt { seq: signed.seq, head: signed.head, signature: signed.signature };
+                let receipt = Receipt::from(signed);
                 Some(wire::coordinator_message(msg, Some(&receipt)))
             }
             Err(e) => {

@@ -205,7 +205,7 @@ fn log_receipt(
     message: &str,
     (bytes, sha256): (u64, [u8; 32]),
 ) -> Result<(), ReceiptFault> {
-    let signed = SignedHead { party: node.to_string(), seq: r.seq, head: r.head, signature: r.signature.clone() };
+    let signed = SignedHead::from_wire(node, r);
     signed.verify(cert).map_err(|e| ReceiptFault::Peer(format!("the node's signed log head does not verify: {e}")))?;
     if c.hooks().fail_audit.as_ref().is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst)) {
         return Err(ReceiptFault::Local(
@@ -218,6 +218,7 @@ fn log_receipt(
             peer: node.to_string(),
             peer_seq: r.seq,
             peer_head: hex(&r.head),
+            peer_time_ms: r.time_ms,
             signature_hex: hex(&r.signature),
             message: message.to_string(),
             bytes,

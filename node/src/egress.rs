@@ -161,7 +161,7 @@ impl Egress {
             log.append(event)?;
             log.signed_head()?
         };
-        let receipt = Receipt { seq: signed.seq, head: signed.head, signature: signed.signature };
+        let receipt = Receipt::from(signed);
         tracing::debug!(kind = msg.kind(), bytes = bytes.len(), seq = receipt.seq, "egress");
         self.tx.send(wire::node_message(msg, Some(&receipt))).await.map_err(|_| EgressError::Closed)
     }

@@ -337,6 +337,8 @@ fn parse_kind(s: &str) -> Result<OrgKind, WireError> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receipt {
     pub seq: u64,
+    /// Time of the sender's record `seq` (ms since the Unix epoch); signed with the head.
+    pub time_ms: u64,
     pub head: [u8; 32],
     pub signature: Vec<u8>,
 }
@@ -347,11 +349,11 @@ fn receipt(r: Option<&pb::Receipt>) -> Result<Option<Receipt>, WireError> {
     if r.signature.is_empty() || r.signature.len() > 128 {
         return Err(field("receipt.signature", "must be 1..=128 bytes"));
     }
-    Ok(Some(Receipt { seq: r.seq, head, signature: r.signature.clone() }))
+    Ok(Some(Receipt { seq: r.seq, time_ms: r.time_ms, head, signature: r.signature.clone() }))
 }
 
 fn receipt_pb(r: Option<&Receipt>) -> Option<pb::Receipt> {
-    r.map(|r| pb::Receipt { seq: r.seq, head: r.head.to_vec(), signature: r.signature.clone() })
+    r.map(|r| pb::Receipt { seq: r.seq, head: r.head.to_vec(), signature: r.signature.clone(), time_ms: r.time_ms })
 }
 
 /// Size and SHA-256 of a node message's bytes without its receipt: what the node's
@@ -952,5 +954,15 @@ mod tests {
             receipt: None,
         };
         assert!(matches!(ToNode::try_from(bad_version), Err(WireError::Version { .. })));
+    }
+
+    #[test]
+    fn receipt_round_trips_with_its_time() {
+        let receipt = Receipt { seq: 41, time_ms: 1_796_162_400_123, head: [9; 32], signature: vec![1, 2, 3] };
+        let end = ToNode::RoundEnd { round: RoundId([2; 16]), released: false, message: "test".into() };
+        let m = coordinator_message(&end, Some(&receipt));
+        assert_eq!(m.receipt.as_ref().map(|r| r.time_ms), Some(receipt.time_ms));
+        let (_, parsed) = parse_coordinator_message(m).unwrap();
+        assert_eq!(parsed, Some(receipt));
     }
 }

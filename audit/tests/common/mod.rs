@@ -8,25 +8,57 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use fedcrm_audit::log::{AuditConfig, AuditLog, Clock, LogIdentity};
-use fedcrm_audit::verify::VerifyFailure;
+use fedcrm_audit::verify::{VerifyFailure, VerifyOptions, VerifyReport, verify_paths_with};
 use fedcrm_audit::{Event, GENESIS, Record, head_payload, line_hash};
 use fedcrm_protocol::pki::{self, CaMaterial, Identity, OrgKind, PrivateKeyPem, Role, SigningKey, Validity};
+use time::macros::datetime;
 
-/// A clock the test moves by hand; starts at the real time (certificates are valid then).
+pub const MS_PER_DAY: u64 = 86_400_000;
+
+/// Where every [`TestClock`] starts: late on the last day of a month, so a test that
+/// moves a day or two crosses into the next month (and year-end tests can move to
+/// 31 December). Fixed, so no test depends on the real date.
+pub fn start_ms() -> u64 {
+    (datetime!(2026-11-30 22:00 UTC).unix_timestamp() * 1000) as u64
+}
+
+/// A clock the test moves by hand, starting at [`start_ms`]. Certificates from
+/// [`Brand`] are valid from 30 days before that until 2,000 days after.
 #[derive(Debug)]
 pub struct TestClock(AtomicU64);
 
 impl TestClock {
     pub fn new() -> Arc<Self> {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
-        Arc::new(TestClock(AtomicU64::new(now as u64)))
+        Self::at(start_ms())
+    }
+    pub fn at(ms: u64) -> Arc<Self> {
+        Arc::new(TestClock(AtomicU64::new(ms)))
     }
     pub fn advance_ms(&self, ms: u64) {
         self.0.fetch_add(ms, Ordering::SeqCst);
     }
     pub fn advance_days(&self, days: u64) {
-        self.advance_ms(days * 86_400_000);
+        self.advance_ms(days * MS_PER_DAY);
     }
+    /// Sets the clock (backwards too: a clock stepped back, or an attacker's).
+    pub fn set_ms(&self, ms: u64) {
+        self.0.store(ms, Ordering::SeqCst);
+    }
+}
+
+/// Verifies with `clock`'s time as the verifier's "now".
+pub fn verify(paths: &[PathBuf], ca_der: &[u8], clock: &TestClock) -> Result<VerifyReport, VerifyFailure> {
+    verify_paths_with(paths, ca_der, VerifyOptions::at(clock.now_ms()))
+}
+
+/// [`verify`] for logs written with [`Party::open_short_retention`]: the verifier
+/// accepts the 1-day retention period they state.
+pub fn verify_short_retention(
+    paths: &[PathBuf],
+    ca_der: &[u8],
+    clock: &TestClock,
+) -> Result<VerifyReport, VerifyFailure> {
+    verify_paths_with(paths, ca_der, VerifyOptions { min_retention_days: 1, ..VerifyOptions::at(clock.now_ms()) })
 }
 
 impl Clock for TestClock {
@@ -43,7 +75,9 @@ pub struct Brand {
 
 impl Brand {
     pub fn new() -> Self {
-        let ca = pki::ca_init("brand", 60).unwrap();
+        // The CA outlives every certificate below whatever the real date (its own
+        // validity is not checked: it is the trust anchor).
+        let ca = pki::ca_init("brand", pki::MAX_VALIDITY_DAYS).unwrap();
         let ca_der = pki::pem_to_der_certs(&ca.cert_pem).unwrap().remove(0);
         Brand { ca, ca_der }
     }
@@ -51,7 +85,10 @@ impl Brand {
     pub fn party(&self, name: &str, role: Role) -> Party {
         let id = Identity { name: name.into(), organisation: "Test Org".into(), role };
         let (key, csr) = pki::new_key_and_csr(&id).unwrap();
-        let (cert_pem, _) = pki::sign_csr(&self.ca, &csr, Validity::days_from_now(30)).unwrap();
+        let start = time::OffsetDateTime::from_unix_timestamp((start_ms() / 1000) as i64).unwrap();
+        let validity =
+            Validity { not_before: start - time::Duration::days(30), not_after: start + time::Duration::days(2000) };
+        let (cert_pem, _) = pki::sign_csr(&self.ca, &csr, validity).unwrap();
         Party { name: name.into(), role, key, cert_der: pki::pem_to_der_certs(&cert_pem).unwrap().remove(0) }
     }
 
@@ -88,6 +125,11 @@ impl Party {
 
     pub fn open(&self, dir: &Path, config: AuditConfig, clock: Arc<TestClock>) -> AuditLog {
         AuditLog::open(dir, &self.name, self.identity(), self.signer(), config, clock).unwrap()
+    }
+
+    /// Opens through the `test-util` hook that accepts a retention period under three years.
+    pub fn open_short_retention(&self, dir: &Path, config: AuditConfig, clock: Arc<TestClock>) -> AuditLog {
+        AuditLog::open_with_short_retention(dir, &self.name, self.identity(), self.signer(), config, clock).unwrap()
     }
 }
 
@@ -145,6 +187,7 @@ pub fn resign_from(path: &Path, signer: &SigningKey, first: usize, edit: impl Fn
     edit(&mut records);
     let first_prev = records[0].prev.clone();
     let mut head: Option<[u8; 32]> = None;
+    let mut prev_time = 0;
     let mut out = Vec::new();
     for (index, mut record) in records.into_iter().enumerate() {
         record.prev = match head {
@@ -155,10 +198,12 @@ pub fn resign_from(path: &Path, signer: &SigningKey, first: usize, edit: impl Fn
             let h = head.unwrap();
             *upto_seq = record.seq - 1;
             *seal_head = hex::encode(h);
-            *signature_hex = hex::encode(signer.sign(&head_payload(&record.party, record.seq - 1, &h)).unwrap());
+            let payload = head_payload(&record.party, record.seq - 1, prev_time, &h);
+            *signature_hex = hex::encode(signer.sign(&payload).unwrap());
         }
         let line = serialize(&record);
         head = Some(line_hash(&line[..line.len() - 1]));
+        prev_time = record.time_ms;
         out.push(line);
     }
     assert_eq!(GENESIS.len(), 64);
@@ -221,6 +266,11 @@ impl TwoParty {
 
     pub fn both(&self) -> Vec<PathBuf> {
         vec![self.a_dir.clone(), self.b_dir.clone()]
+    }
+
+    /// Verifies `paths` at the scenario's clock.
+    pub fn verify(&self, paths: &[PathBuf]) -> Result<VerifyReport, VerifyFailure> {
+        verify(paths, &self.brand.ca_der, &self.clock)
     }
 
     pub fn a_file(&self) -> PathBuf {

@@ -316,7 +316,7 @@ fn accept(
     let Some(peer) = coordinator.as_ref() else { return peer_fault("welcome", "no welcome yet".into()) };
     let Some(r) = receipt else { return peer_fault("receipt", "missing".into()) };
     // Every coordinator message carries its signed log head; log it as a receipt.
-    let signed = SignedHead { party: peer.name.clone(), seq: r.seq, head: r.head, signature: r.signature.clone() };
+    let signed = SignedHead::from_wire(peer.name.clone(), &r);
     if let Err(e) = signed.verify(&peer.certificate) {
         return peer_fault("receipt", e.to_string());
     }
@@ -326,6 +326,7 @@ fn accept(
             peer: peer.name.clone(),
             peer_seq: r.seq,
             peer_head: hex(&r.head),
+            peer_time_ms: r.time_ms,
             signature_hex: hex(&r.signature),
             message: String::new(),
             bytes: 0,
