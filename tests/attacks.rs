@@ -407,7 +407,19 @@ async fn a6_split_views_cannot_strip_the_targets_masks() {
     let round = rounds(&cluster)[0];
     let attempt = loot.strip(round, "fr-target", 5);
     assert!(attempt.as_ref().is_err_and(|e| e.contains("mask key")), "{attempt:?}");
-    cluster.stop().await;
+    // The auditor sees it: fr-f1 and fr-f2 logged different views of one round.
+    let dirs: Vec<std::path::PathBuf> = ["fr-f1", "fr-f2"]
+        .iter()
+        .map(|n| cluster.node_configs.iter().find(|c| c.name == *n).unwrap().audit_dir.clone())
+        .collect();
+    let ca = fedcrm_protocol::pki::pem_to_der_certs(&std::fs::read_to_string(cluster.pki.ca_path()).unwrap())
+        .unwrap()
+        .remove(0);
+    let _dir = cluster.stop().await;
+    // The verifier's clock: just after the last record (never the real calendar).
+    let now = dirs.iter().flat_map(|d| read_records(d).unwrap()).map(|r| r.time_ms).max().unwrap() + 60_000;
+    let failure = fedcrm_audit::verify::verify_paths_at(&dirs, &ca, now).unwrap_err();
+    assert_eq!(failure.problem, fedcrm_audit::verify::Problem::SplitView, "{failure}");
 }
 
 /// A7: a local audit-log failure ends the session and is never blamed on the peer.

@@ -100,3 +100,31 @@ async fn check_against(
     cluster.stop().await;
     v
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_back_after_missing_an_analysis_waits_while_the_others_get_a_result() {
+    use fedcrm::harness::Cluster;
+    // node-5 vanishes after advertising its keys: the first analysis runs over five.
+    let mut nodes = cdnow_nodes(&[1; 6], true);
+    nodes[5].faults.drop_at = Some(DropAt::AfterKeys);
+    let mut cluster = Cluster::start(
+        ClusterOptions { nodes: nodes.clone(), phase_timeout_seconds: 10, ..Default::default() },
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let first = fedcrm::hq::SegmentsView::from(&cluster.segments(common::REFERENCE, "first").await.unwrap());
+    assert_eq!(first.participants.len(), 5);
+    // node-5 is back. With it, the next sum would differ from the first by node-5
+    // alone; the coordinator runs the next analysis over the first's five instead,
+    // and says why node-5 waits and until when.
+    cluster.restart_node("node-5").await.unwrap();
+    let next = fedcrm::hq::SegmentsView::from(&cluster.segments(common::REFERENCE, "next").await.unwrap());
+    assert_eq!(next.participants, first.participants);
+    let why = next.dropped.iter().find(|d| d.starts_with("node-5")).expect("node-5 is told why");
+    assert!(why.contains("not invited") && why.contains("differencing") && why.contains("allowed again from"), "{why}");
+    // The result is still exactly the pooled answer over the five.
+    let p = common::pooled_over(&nodes, &next.participants);
+    assert_eq!(next.customers, p.customers);
+    cluster.stop().await;
+}
