@@ -185,6 +185,9 @@ pub fn pending(cfg: &NodeConfig, json: bool) -> Result<()> {
     for p in list {
         println!("request {}", p.id);
         println!("  analysis:       {} (reference date {})", p.analysis, p.reference_date);
+        if !p.computation.is_empty() {
+            println!("  computes:       {}", p.computation);
+        }
         println!("  requested by:   {} ({})", p.requested_by, p.requested_by_organisation);
         println!("  purpose:        {}", p.purpose);
         println!("  asked at:       {}", when(p.requested_ms));

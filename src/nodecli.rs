@@ -31,8 +31,22 @@ pub fn check_text(r: &CheckReport) -> String {
         r.allowed_analyses, r.min_participants
     ));
     s.push_str(&format!(
-        "  other franchisee organisations required in every round: {} (HQ-owned channels never count)\n",
-        r.min_other_organisations
+        "  franchisee organisations besides yours required among those whose data enters a sum: {} + {} assumed colluding = {} (HQ-owned channels never count)\n",
+        r.min_other_organisations,
+        r.assume_colluding_nodes,
+        r.min_other_organisations + r.assume_colluding_nodes
+    ));
+    s.push_str(&format!(
+        "  threshold accepted: 2t > n + H + {} (H = HQ-owned nodes in the round), so HQ's nodes and {} colluding franchisee node(s) never hold t shares\n",
+        r.assume_colluding_nodes, r.assume_colluding_nodes
+    ));
+    s.push_str(&format!(
+        "  differencing: two overlapping sums within {} days must not differ by non-HQ nodes of fewer than {} organisations\n",
+        r.differencing_window_days, r.min_population_difference
+    ));
+    s.push_str(&format!(
+        "  histograms: at most {} bins; bins at least {} day(s) / {} purchase day(s) / {} cent(s) wide\n",
+        r.max_bins, r.min_bin_widths[0], r.min_bin_widths[1], r.min_bin_widths[2]
     ));
     if !r.manual_approval.is_empty() {
         s.push_str(&format!("  waiting for your approval (fedcrm node pending): {:?}\n", r.manual_approval));

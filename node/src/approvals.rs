@@ -276,6 +276,34 @@ mod tests {
     }
 
     #[test]
+    fn an_approval_covers_one_computation_by_one_analyst_for_one_purpose() {
+        let dir = tempfile::tempdir().unwrap();
+        let ap = Approvals::new(dir.path());
+        let a = analysis();
+        let Decision::Waiting { pending, .. } =
+            ap.check(&a, "rfm-segments", "3 histograms: recency 65 power-of-two bins", 1_000, 60, 3600).unwrap()
+        else {
+            panic!()
+        };
+        ap.approve(&pending.id, "owner", 2_000, 3600).unwrap();
+        assert!(matches!(
+            ap.check(&a, "rfm-segments", "3 histograms: recency 65 power-of-two bins", 3_000, 60, 3600).unwrap(),
+            Decision::Approved(_)
+        ));
+        // The same label, analyst and purpose, but another computation: a new request.
+        assert!(matches!(
+            ap.check(&a, "rfm-segments", "1 histogram: monetary 1048576 bins of 1 cent", 3_000, 60, 3600).unwrap(),
+            Decision::Waiting { new: true, .. }
+        ));
+        let mut other = analysis();
+        other.requested_by = "analyst.wang".into();
+        assert!(matches!(
+            ap.check(&other, "rfm-segments", "3 histograms: recency 65 power-of-two bins", 3_000, 60, 3600).unwrap(),
+            Decision::Waiting { new: true, .. }
+        ));
+    }
+
+    #[test]
     fn request_waits_then_is_approved_or_expires() {
         let dir = tempfile::tempdir().unwrap();
         let ap = Approvals::new(dir.path());

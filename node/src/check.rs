@@ -23,6 +23,12 @@ pub struct CheckReport {
     pub allowed_analyses: Vec<String>,
     pub min_participants: usize,
     pub min_other_organisations: usize,
+    pub assume_colluding_nodes: usize,
+    pub min_population_difference: usize,
+    pub differencing_window_days: u32,
+    pub max_bins: u32,
+    /// Narrowest bins: recency (days), frequency (purchase days), monetary (cents).
+    pub min_bin_widths: [u64; 3],
     pub manual_approval: Vec<String>,
     pub monthly_analysis_caps: Vec<(String, u32)>,
     pub audit_dir: String,
@@ -46,10 +52,11 @@ pub fn check(config: &NodeConfig, ds: &Dataset) -> CheckReport {
         *channels.entry(p.channel.clone().unwrap_or_else(|| "(none)".into())).or_default() += 1;
     }
     let egress = vec![
-        EgressLine { message: "hello", content: "protocol version, software version, node name".into() },
+        EgressLine { message: "hello", content: "protocol version, software version, node name, and this policy's round rules (c, organisations, participants, differencing)".into() },
         EgressLine { message: "advertise-keys", content: "two fresh X25519 public keys per round, signed with this node's certificate key".into() },
         EgressLine { message: "sealed-shares", content: "Shamir shares of this round's mask secrets, encrypted to each peer node (HQ cannot open them)".into() },
         EgressLine { message: "masked-chunk", content: "the round's contribution vector (customer counts per histogram bin or per segment) masked with one-time pads; uniformly random to the coordinator".into() },
+        EgressLine { message: "consistency-signature", content: "this node's signature on who took part in the round (U2, U3), given only when its rules pass over them".into() },
         EgressLine { message: "unmask-shares", content: "for each peer exactly one share: of its self-mask if it survived, of its mask key if it dropped, never both".into() },
         EgressLine { message: "refusal", content: "the reason a round was refused".into() },
     ];
@@ -68,6 +75,15 @@ pub fn check(config: &NodeConfig, ds: &Dataset) -> CheckReport {
         allowed_analyses: config.policy.allowed_analyses.clone(),
         min_participants: config.policy.min_participants,
         min_other_organisations: config.policy.min_other_organisations,
+        assume_colluding_nodes: config.policy.assume_colluding_nodes,
+        min_population_difference: config.policy.required_difference(),
+        differencing_window_days: config.policy.differencing_window_days,
+        max_bins: config.policy.histograms.max_bins,
+        min_bin_widths: [
+            config.policy.histograms.min_width_recency_days,
+            config.policy.histograms.min_width_frequency,
+            config.policy.histograms.min_width_monetary_cents,
+        ],
         manual_approval: config.policy.manual_approval.clone(),
         monthly_analysis_caps: config.policy.monthly_analysis_caps.iter().map(|(k, v)| (k.clone(), *v)).collect(),
         audit_dir: config.audit_dir.display().to_string(),

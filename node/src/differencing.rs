@@ -87,3 +87,44 @@ fn invitee(m: &Member) -> Invitee {
     let kind = if m.kind == "hq" { OrgKind::Hq } else { OrgKind::Franchisee };
     Invitee { name: m.name.clone(), organisation: m.organisation.clone(), kind }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fr(n: &str) -> Invitee {
+        Invitee { name: n.into(), organisation: format!("{n} ltd"), kind: OrgKind::Franchisee }
+    }
+
+    #[test]
+    fn the_guard_is_rebuilt_from_the_audit_records() {
+        let day = |d| wire::parse_date(&format!("2026-10-{d:02}")).unwrap();
+        let six: Vec<Invitee> = ["a", "b", "c", "d", "e", "f"].iter().map(|n| fr(n)).collect();
+        let sum = Unmasked {
+            round: "r1".into(),
+            time_ms: 1_000_000,
+            coverage: Coverage { family: "rfm".into(), from: None, to: day(1) },
+            contributors: six.clone(),
+        };
+        let record = fedcrm_audit::Record {
+            seq: 7,
+            prev: fedcrm_audit::GENESIS.into(),
+            time_ms: sum.time_ms,
+            party: "a".into(),
+            event: super::record(&sum, "analysis-1"),
+        };
+        // A restarted node reads its log: the sum over six is remembered.
+        let guard = DifferencingGuard::from_records(&[record]);
+        let rules = NodeRules {
+            assume_colluding_nodes: 1,
+            min_other_organisations: 1,
+            min_participants: 3,
+            min_population_difference: 3,
+            differencing_window_days: 30,
+        };
+        let next = Coverage { family: "rfm".into(), from: None, to: day(2) };
+        let err = guard.check(&rules, 2_000_000, &next, &six[..5]).unwrap_err();
+        assert!(err.contains("round r1") && err.contains("by f"), "{err}");
+        guard.check(&rules, 2_000_000, &next, &six).unwrap();
+    }
+}

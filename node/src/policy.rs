@@ -181,6 +181,11 @@ impl Policy {
         }
     }
 
+    /// Organisations a differencing set must span: max(min_population_difference, c + 2).
+    pub fn required_difference(&self) -> usize {
+        rules::required_difference(&self.rules())
+    }
+
     /// May this node join the round? `Err` carries the reason sent to the coordinator.
     /// `kind` is the analysis as this node identified it from the computation.
     pub fn admit(&self, me: &str, own_org: &str, r: &RoundStart, kind: &str, caps: CapState) -> Result<(), String> {
