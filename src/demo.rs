@@ -40,8 +40,21 @@ const NAMES: [&str; 8] = [
 pub async fn run(o: DemoOptions) -> Result<()> {
     let started = Instant::now();
     let n = o.nodes.clamp(3, NAMES.len());
+    // HQ's own channels count against every franchisee's threshold rule
+    // (2t > n + H + c, c = 1): two HQ channels from 7 nodes, one from 5, none below,
+    // so that one dropout is always tolerated (except with 3 nodes, where t = 3).
+    let hq = match n {
+        7.. => 2,
+        5 | 6 => 1,
+        _ => 0,
+    };
+    let names: Vec<&str> = NAMES[..2][..hq].iter().chain(&NAMES[2..2 + n - hq]).copied().collect();
+    let drop_one = o.drop_one && n > 3;
+    if o.drop_one && !drop_one && !o.quiet {
+        println!("(with 3 nodes every franchisee needs t = 3: no node can drop out, so none does)");
+    }
     let parts = split_cdnow(CDNOW, &vec![1; n], true);
-    let mut specs: Vec<NodeSpec> = NAMES[..n]
+    let mut specs: Vec<NodeSpec> = names
         .iter()
         .zip(parts)
         .map(|(name, data)| {
@@ -54,7 +67,7 @@ pub async fn run(o: DemoOptions) -> Result<()> {
         })
         .collect();
     let dropper = specs.last().map(|s| s.name.clone()).unwrap_or_default();
-    if o.drop_one {
+    if drop_one {
         if let Some(s) = specs.last_mut() {
             s.faults.drop_at = Some(DropAt::AfterShares);
         }
@@ -82,7 +95,7 @@ pub async fn run(o: DemoOptions) -> Result<()> {
         n,
         specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
     ));
-    if o.drop_one {
+    if drop_one {
         spinner.println(format!("  {dropper} will drop out after sharing its keys in the first round"));
     }
     spinner.set_message("running the RFM segment analysis (secure rounds)");
@@ -136,7 +149,7 @@ pub async fn run(o: DemoOptions) -> Result<()> {
     say(&format!(
         "\nFederated cut points and segment counts EQUAL the pooled answer ({} contributing nodes{}) — {:.1} s.",
         view.participants.len(),
-        if o.drop_one { format!(", {dropper} dropped mid-round") } else { String::new() },
+        if drop_one { format!(", {dropper} dropped mid-round") } else { String::new() },
         started.elapsed().as_secs_f64()
     ));
     Ok(())
