@@ -228,22 +228,17 @@ impl Policy {
 mod tests {
     use super::{CapState, Invitee, Policy};
     use fedcrm_protocol::pki::OrgKind;
+    use fedcrm_protocol::rfm::Cuts;
+    use fedcrm_protocol::wire::{Analysis, AnalysisKind, RoundStart, parse_date};
 
     fn member(name: &str, org: &str, kind: OrgKind) -> Invitee {
         Invitee { name: name.into(), organisation: org.into(), kind }
     }
 
-    #[test]
-    fn monthly_caps_refuse_beyond_the_cap() {
-        use fedcrm_protocol::rfm::Cuts;
-        use fedcrm_protocol::wire::{Analysis, AnalysisKind, RoundStart, parse_date};
-        let mut p = Policy::default();
-        p.monthly_analysis_caps.insert("rfm-segments".into(), 2);
-        let invited: Vec<Invitee> =
-            ["a", "b", "c"].iter().map(|n| member(n, &format!("{n} Ltd"), OrgKind::Franchisee)).collect();
-        let start = RoundStart {
+    fn start(invited: Vec<Invitee>, threshold: usize) -> RoundStart {
+        RoundStart {
             round: fedcrm_crypto::RoundId([1; 16]),
-            threshold: 3,
+            threshold,
             length: 4,
             analysis: Analysis {
                 reference_date: parse_date("2026-10-31").unwrap(),
@@ -257,7 +252,16 @@ mod tests {
             invited,
             chunk_elements: 10,
             roster_signature: vec![],
-        };
+        }
+    }
+
+    #[test]
+    fn monthly_caps_refuse_beyond_the_cap() {
+        let mut p = Policy::default();
+        p.monthly_analysis_caps.insert("rfm-segments".into(), 2);
+        let invited: Vec<Invitee> =
+            ["a", "b", "c"].iter().map(|n| member(n, &format!("{n} Ltd"), OrgKind::Franchisee)).collect();
+        let start = start(invited, 3);
         let caps = |n, counted| CapState { analyses_this_month: n, already_counted: counted };
         assert!(p.admit("a", "a Ltd", &start, "rfm-segments", caps(1, false)).is_ok());
         let err = p.admit("a", "a Ltd", &start, "rfm-segments", caps(2, false)).unwrap_err();
@@ -272,30 +276,13 @@ mod tests {
 
     #[test]
     fn a_round_failing_the_threshold_or_organisation_rule_is_refused_at_the_invitation() {
-        use fedcrm_protocol::rfm::Cuts;
-        use fedcrm_protocol::wire::{Analysis, AnalysisKind, RoundStart, parse_date};
         let p = Policy::default();
         let mut invited: Vec<Invitee> = (1..=5).map(|i| member(&format!("hq-{i}"), "HQ", OrgKind::Hq)).collect();
         invited.push(member("me", "Me Ltd", OrgKind::Franchisee));
         invited.push(member("other", "Other Ltd", OrgKind::Franchisee));
-        let start = RoundStart {
-            round: fedcrm_crypto::RoundId([1; 16]),
-            threshold: 5,
-            length: 4,
-            analysis: Analysis {
-                reference_date: parse_date("2026-10-31").unwrap(),
-                purpose: "p".into(),
-                requested_by: "x".into(),
-                requested_by_organisation: "HQ".into(),
-                analysis_id: "i".into(),
-                analysis_kind: "rfm-segments".into(),
-                kind: AnalysisKind::RfmSegments(Cuts { recency: [1; 4], frequency: [1; 4], monetary: [1; 4] }),
-            },
-            invited,
-            chunk_elements: 10,
-            roster_signature: vec![],
-        };
-        let err = p.admit("me", "Me Ltd", &start, "rfm-segments", CapState::default()).unwrap_err();
+        let err = p.admit("me", "Me Ltd", &start(invited.clone(), 5), "rfm-segments", CapState::default()).unwrap_err();
         assert!(err.contains("2t > n + H + c"), "{err}");
+        let err = p.admit("me", "Me Ltd", &start(invited, 7), "rfm-segments", CapState::default()).unwrap_err();
+        assert!(err.contains("HQ-owned channels do not count"), "{err}");
     }
 }
