@@ -57,8 +57,12 @@ impl Loot {
 
     /// An HQ-owned channel that hands HQ everything it holds and signs any view.
     fn hq_node(&self, name: &str, data: String) -> NodeSpec {
-        let mut s = NodeSpec::hq(name, data);
-        let (held, roster, me) = (self.held.clone(), self.roster.clone(), name.to_string());
+        self.collude(NodeSpec::hq(name, data))
+    }
+
+    /// Any node made to collude with HQ: it hands over everything it holds and signs any view.
+    fn collude(&self, mut s: NodeSpec) -> NodeSpec {
+        let (held, roster, me) = (self.held.clone(), self.roster.clone(), s.name.clone());
         s.round_tap = Some(RoundTap {
             on_held_shares: Arc::new(move |round, shares| held.lock().unwrap().push((me.clone(), round, shares))),
             on_roster: Some(Arc::new(move |round, keys: &[SignedKeys]| {
@@ -214,7 +218,7 @@ async fn a1_hq_nodes_reaching_the_threshold_get_no_share_of_the_target() {
     }
     assert_eq!(sent(&cluster, "fr-target"), vec!["hello", "refusal"]);
     let why = refusals(&cluster, "fr-target");
-    assert!(why.iter().any(|r| r.contains("2t > n + H + c") && r.contains("H = 5")), "{why:?}");
+    assert!(why.iter().any(|r| r.contains("2t > n + H + C") && r.contains("H = 5")), "{why:?}");
     assert_eq!(sent(&cluster, "fr-other"), vec!["hello", "refusal"]);
     // HQ tries: its nodes hold no share of the target's secrets, and it has no masked vector of it.
     let round = rounds(&cluster)[0];
@@ -362,7 +366,7 @@ async fn a6_split_views_cannot_strip_the_targets_masks() {
     let cluster = Cluster::start(opts(roster(&loot, 2, &names)), hooks).await.unwrap();
     let _ = cluster.coordinator.run_histograms(&common::request("A6 t = H + 1"), coarse()).await;
     for n in names {
-        assert!(refusals(&cluster, n).iter().any(|r| r.contains("2t > n + H + c")), "{n}");
+        assert!(refusals(&cluster, n).iter().any(|r| r.contains("2t > n + H + C")), "{n}");
         assert_eq!(sent(&cluster, n), vec!["hello", "refusal"], "{n}");
     }
     cluster.stop().await;
@@ -459,5 +463,112 @@ async fn a7_local_audit_failures_are_not_blamed_on_the_peer() {
     let m = err.to_string();
     assert!(m.contains("the coordinator failed locally") && m.contains("no node is at fault"), "{m}");
     assert!(!m.contains("malformed"), "{m}");
+    cluster.stop().await;
+}
+
+/// HQ chooses who is connected: a node it wants out of the next round has its
+/// session cut (the node stays honest; its guard is rebuilt from its log on return).
+async fn disconnect(cluster: &mut Cluster, name: &str) {
+    let i = cluster.nodes.iter().position(|(n, _)| n == name).expect("node running");
+    let (_, h) = cluster.nodes.remove(i);
+    h.abort();
+    let _ = h.await;
+    for _ in 0..200 {
+        if !cluster.coordinator.registry.connected().iter().any(|p| p.name == name) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{name} still connected 10 s after its session was cut");
+}
+
+/// R1 (found in review): three sums, each pair differing by three organisations —
+/// S1 over {T, a, b}, S2 over {T, c, d}, S3 over {a, b, c, d} — give T = (S1 + S2 − S3)/2.
+/// HQ forces t = 3 and the rosters; the nodes refuse S2 and S3 themselves, because
+/// each shares fewer than three organisations with S1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r1_three_sums_that_would_isolate_a_franchisee_are_refused() {
+    common::logs();
+    let names = ["fr-target", "fr-a", "fr-b", "fr-c", "fr-d"];
+    let data = split_cdnow(CDNOW, &[1; 5], true);
+    let nodes: Vec<NodeSpec> = names.iter().zip(data).map(|(n, d)| NodeSpec::franchisee(n, d)).collect();
+    let loot = Loot::default();
+    let hooks = Hooks { force_threshold: Some(3), ..loot.hooks() };
+    let mut cluster = Cluster::start(opts(nodes), hooks).await.unwrap();
+    let c = cluster.coordinator.clone();
+    disconnect(&mut cluster, "fr-c").await;
+    disconnect(&mut cluster, "fr-d").await;
+    let s1 = c.run_histograms(&common::request("R1 sum 1"), coarse()).await.expect("S1 over T, a, b");
+    assert_eq!(s1.release.contributors.len(), 3);
+
+    cluster.restart_node("fr-c").await.unwrap();
+    cluster.restart_node("fr-d").await.unwrap();
+    disconnect(&mut cluster, "fr-a").await;
+    disconnect(&mut cluster, "fr-b").await;
+    let s2 = c.run_histograms(&common::request("R1 sum 2"), coarse()).await;
+    assert!(s2.is_err(), "S2 over T, c, d was released");
+    let why = refusals(&cluster, "fr-target");
+    assert!(why.iter().any(|r| r.contains("shares only fr-target")), "{why:?}");
+    let masked_by_target = loot.masked.lock().unwrap().iter().filter(|(n, _)| n == "fr-target").count();
+    assert_eq!(masked_by_target, 1, "the target masked its input for S2 too");
+
+    cluster.restart_node("fr-a").await.unwrap();
+    cluster.restart_node("fr-b").await.unwrap();
+    disconnect(&mut cluster, "fr-target").await;
+    let s3 = c.run_histograms(&common::request("R1 sum 3"), coarse()).await;
+    assert!(s3.is_err(), "S3 over a, b, c, d was released");
+    for n in ["fr-a", "fr-b"] {
+        assert!(refusals(&cluster, n).iter().any(|r| r.contains("shares only")), "{n}: {:?}", refusals(&cluster, n));
+    }
+    cluster.stop().await;
+}
+
+/// R3 (found in review): one franchisee organisation running five stores sides with
+/// HQ. Counting colluders by node (c = 1), t = 5 passes and Y's five stores hold t
+/// shares of the target's secrets; counted by organisation (all of Y's stores), the
+/// target needs t = 7.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r3_a_colluding_organisation_brings_all_its_stores() {
+    common::logs();
+    let loot = Loot::default();
+    let data = split_cdnow(CDNOW, &[1; 7], true);
+    let mut nodes =
+        vec![NodeSpec::franchisee("fr-target", data[0].clone()), NodeSpec::franchisee("fr-z", data[1].clone())];
+    for (i, d) in data.into_iter().enumerate().skip(2) {
+        let mut s = NodeSpec::franchisee(&format!("y-store-{}", i - 1), d);
+        s.organisation = "Y Holdings Ltd".into();
+        nodes.push(loot.collude(s));
+    }
+    // The coordinator plans t = 7 for this roster (no dropout tolerated).
+    let cluster = Cluster::start(opts(nodes.clone()), loot.hooks()).await.unwrap();
+    cluster.coordinator.run_histograms(&common::request("R3 planned"), coarse()).await.unwrap();
+    let t = read_records(&cluster.coordinator.config.audit_dir)
+        .unwrap()
+        .into_iter()
+        .find_map(|r| match r.event {
+            Event::RoundStarted { threshold, .. } => Some(threshold as usize),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(t, 7);
+    // Y's five stores hold five shares of seven: HQ cannot strip the target's masks.
+    let attempt = loot.strip(rounds(&cluster)[0], "fr-target", 5);
+    assert!(attempt.is_err(), "five shares stripped the target");
+    cluster.stop().await;
+
+    // HQ forces t = 5: the target refuses before anything of it leaves.
+    let loot = Loot::default();
+    let hooks = Hooks { force_threshold: Some(5), ..loot.hooks() };
+    let nodes: Vec<NodeSpec> =
+        nodes.into_iter().map(|s| if s.name.starts_with("y-") { loot.collude(s) } else { s }).collect();
+    let cluster = Cluster::start(opts(nodes), hooks).await.unwrap();
+    let _ = cluster.coordinator.run_histograms(&common::request("R3 forced"), coarse()).await;
+    assert_eq!(sent(&cluster, "fr-target"), vec!["hello", "refusal"]);
+    assert!(
+        refusals(&cluster, "fr-target").iter().any(|r| r.contains("C = 5")),
+        "{:?}",
+        refusals(&cluster, "fr-target")
+    );
+    assert!(loot.strip(rounds(&cluster)[0], "fr-target", 5).is_err());
     cluster.stop().await;
 }

@@ -32,11 +32,13 @@ pub fn threshold(members: &[Participant]) -> Result<usize, String> {
     let h = rules::hq_nodes(&roster);
     let mut t = 0;
     for m in members {
-        let need = rules::threshold_needed(n, h, m.rules.assume_colluding_nodes).max(m.rules.min_participants);
+        let colluders = rules::colluding_nodes(&m.rules, &m.organisation, &roster);
+        let need = rules::threshold_needed(n, h, colluders).max(m.rules.min_participants);
         if need > n {
             return Err(format!(
-                "no threshold satisfies {}: with n = {n} nodes of which H = {h} are HQ-owned and c = {} assumed \
-                 colluding, it needs t >= {need} > n; invite more franchisee nodes",
+                "no threshold satisfies {}: with n = {n} nodes of which H = {h} are HQ-owned and C = {colluders} \
+                 nodes of its c = {} largest other franchisee organisation(s) assumed colluding, it needs t >= {need} > \
+                 n; invite more franchisee organisations",
                 m.name, m.rules.assume_colluding_nodes
             ));
         }
@@ -54,7 +56,7 @@ fn check(members: &[Participant], history: &[Unmasked], now_ms: u64, coverage: &
             .map_err(|e| format!("{} would refuse: {e}", m.name))?;
         let mine: Vec<Unmasked> =
             history.iter().filter(|u| u.contributors.iter().any(|c| c.name == m.name)).cloned().collect();
-        rules::check_differencing(&m.rules, &mine, now_ms, coverage, &roster)
+        rules::check_differencing(&m.rules, &m.name, &mine, now_ms, coverage, &roster)
             .map_err(|e| format!("{} would refuse: {e}", m.name))?;
     }
     Ok(t)

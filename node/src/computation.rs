@@ -24,6 +24,10 @@ pub const RFM_SEGMENTS: &str = "rfm-segments";
 /// Any other customer-count histograms.
 pub const RFM_HISTOGRAMS: &str = "rfm-histograms";
 
+/// Most histograms of one metric in a refinement pass: one per quintile cut point,
+/// as the exact quantile search asks (`fedcrm_protocol::rfm::QuantileSearch::next_specs`).
+pub const MAX_REFINEMENTS_PER_METRIC: usize = 4;
+
 /// How a round relates to the analyses this node knows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identified {
@@ -151,6 +155,15 @@ fn continues(o: &Open, a: &Analysis) -> Result<(), String> {
             }
         }
         AnalysisKind::RfmHistograms(specs) => {
+            for m in Metric::ALL {
+                let n = specs.iter().filter(|s| s.metric == m).count();
+                if n > MAX_REFINEMENTS_PER_METRIC {
+                    return Err(format!(
+                        "a refinement pass holds {n} {} histograms; at most {MAX_REFINEMENTS_PER_METRIC} (one per cut point)",
+                        m.name()
+                    ));
+                }
+            }
             for s in specs {
                 nests(s, &o.last)?;
             }
@@ -271,6 +284,15 @@ mod tests {
         t.admitted(&seg, &id);
         // A reused id cannot start a new analysis (it would dodge caps and approvals).
         assert!(t.identify(&analysis("s", coarse()), &limits).unwrap_err().contains("already"));
+        // R4: one "refinement" of 1,024 one-cent histograms is 2^20 bins: refused.
+        let t = Tracker::default();
+        let first = analysis("r4", coarse());
+        let id = t.identify(&first, &limits).unwrap();
+        t.admitted(&first, &id);
+        let many: Vec<HistogramSpec> =
+            (0..1024u64).map(|i| linear(Metric::Monetary, (1 << 20) + 1024 * i, 1, 1024)).collect();
+        let err = t.identify(&analysis("r4", AnalysisKind::RfmHistograms(many)), &limits).unwrap_err();
+        assert!(err.contains("at most 4"), "{err}");
         let strict = HistogramLimits { min_width_monetary_cents: 100, ..limits };
         assert!(t.identify(&fine, &strict).unwrap_err().contains("finer than the minimum of 100"));
     }

@@ -49,12 +49,13 @@ impl DifferencingGuard {
     pub fn check(
         &self,
         rules: &NodeRules,
+        me: &str,
         now_ms: u64,
         coverage: &Coverage,
         contributors: &[Invitee],
     ) -> Result<(), String> {
         let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
-        rules::check_differencing(rules, &history, now_ms, coverage, contributors)
+        rules::check_differencing(rules, me, &history, now_ms, coverage, contributors)
     }
 
     /// Remember a sum this node helped unmask (its audit record is written by the caller).
@@ -123,8 +124,8 @@ mod tests {
             differencing_window_days: 30,
         };
         let next = Coverage { family: "rfm".into(), from: None, to: day(2) };
-        let err = guard.check(&rules, 2_000_000, &next, &six[..5]).unwrap_err();
+        let err = guard.check(&rules, "a", 2_000_000, &next, &six[..5]).unwrap_err();
         assert!(err.contains("round r1") && err.contains("by f"), "{err}");
-        guard.check(&rules, 2_000_000, &next, &six).unwrap();
+        guard.check(&rules, "a", 2_000_000, &next, &six).unwrap();
     }
 }

@@ -281,7 +281,7 @@ mod tests {
         invited.push(member("me", "Me Ltd", OrgKind::Franchisee));
         invited.push(member("other", "Other Ltd", OrgKind::Franchisee));
         let err = p.admit("me", "Me Ltd", &start(invited.clone(), 5), "rfm-segments", CapState::default()).unwrap_err();
-        assert!(err.contains("2t > n + H + c"), "{err}");
+        assert!(err.contains("2t > n + H + C"), "{err}");
         let err = p.admit("me", "Me Ltd", &start(invited, 7), "rfm-segments", CapState::default()).unwrap_err();
         assert!(err.contains("HQ-owned channels do not count"), "{err}");
     }

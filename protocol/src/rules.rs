@@ -51,30 +51,53 @@ pub fn hq_nodes(members: &[Invitee]) -> usize {
     members.iter().filter(|m| m.kind == OrgKind::Hq).count()
 }
 
-/// Smallest t with 2t > n + H + c.
-pub fn threshold_needed(n: usize, h: usize, c: usize) -> usize {
-    (n + h + c) / 2 + 1
+/// Smallest t with 2t > n + H + C.
+pub fn threshold_needed(n: usize, h: usize, colluders: usize) -> usize {
+    (n + h + colluders) / 2 + 1
+}
+
+/// C: the nodes that may collude with HQ besides its own, as seen by a node of
+/// `own_org` — every node of the c franchisee organisations (other than its own) with
+/// the most nodes in `members`. Organisations collude with all their stores, so this
+/// counts organisations, not nodes (a franchisee running five stores that sides with
+/// HQ brings five shares).
+pub fn colluding_nodes(rules: &NodeRules, own_org: &str, members: &[Invitee]) -> usize {
+    let mut per_org: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for m in members.iter().filter(|m| m.kind == OrgKind::Franchisee && m.organisation != own_org) {
+        *per_org.entry(m.organisation.as_str()).or_default() += 1;
+    }
+    let mut sizes: Vec<usize> = per_org.into_values().collect();
+    sizes.sort_unstable_by(|a, b| b.cmp(a));
+    sizes.into_iter().take(rules.assume_colluding_nodes).sum()
 }
 
 /// Threshold rule (Bonawitz et al. CCS 2017, §6.2: against a server that actively
-/// cheats, with H + c corrupt parties): 2t > n + H + c, where n counts `members` and
-/// H the HQ-owned nodes among them. It implies t > H + c — HQ's nodes and c colluding
-/// franchisees never hold t shares of one secret — and any two sets of t signers
-/// share an honest node. Also t ≤ n and t ≥ `min_participants`.
-pub fn check_threshold(rules: &NodeRules, members: &[Invitee], t: usize, stage: Stage) -> Result<(), String> {
+/// cheats, with H + C corrupt parties): 2t > n + H + C, where n counts `members`, H the
+/// HQ-owned nodes among them and C [`colluding_nodes`] (the nodes of the c largest
+/// other franchisee organisations). It implies t > H + C — HQ's nodes and the
+/// colluders never hold t shares of one secret — and any two sets of t signers share
+/// an honest node. Also t ≤ n and t ≥ `min_participants`.
+pub fn check_threshold(
+    rules: &NodeRules,
+    own_org: &str,
+    members: &[Invitee],
+    t: usize,
+    stage: Stage,
+) -> Result<(), String> {
     let n = members.len();
     let h = hq_nodes(members);
     let c = rules.assume_colluding_nodes;
+    let colluders = colluding_nodes(rules, own_org, members);
     if t > n && stage != Stage::Invited {
         return Err(format!("policy: {n} nodes are {}, fewer than the threshold t = {t}; refusing", stage.name()));
     }
-    if 2 * t <= n + h + c || t > n || t < rules.min_participants {
+    if 2 * t <= n + h + colluders || t > n || t < rules.min_participants {
         return Err(format!(
-            "policy: threshold t = {t} is unsafe for the {} nodes (n = {n}, of which H = {h} HQ-owned, assuming \
-             c = {c} colluding franchisee nodes): this node needs 2t > n + H + c, i.e. t >= {}, t <= n and \
-             t >= min_participants = {}",
+            "policy: threshold t = {t} is unsafe for the {} nodes (n = {n}, of which H = {h} HQ-owned, and \
+             C = {colluders} nodes of the c = {c} largest other franchisee organisation(s) assumed colluding): this \
+             node needs 2t > n + H + C, i.e. t >= {}, t <= n and t >= min_participants = {}",
             stage.name(),
-            threshold_needed(n, h, c),
+            threshold_needed(n, h, colluders),
             rules.min_participants
         ));
     }
@@ -100,7 +123,7 @@ pub fn check_organisations(rules: &NodeRules, own_org: &str, members: &[Invitee]
 
 /// Both rules over one set of a round.
 pub fn check_set(rules: &NodeRules, own_org: &str, members: &[Invitee], t: usize, stage: Stage) -> Result<(), String> {
-    check_threshold(rules, members, t, stage)?;
+    check_threshold(rules, own_org, members, t, stage)?;
     check_organisations(rules, own_org, members, stage)
 }
 
@@ -137,15 +160,25 @@ pub fn required_difference(rules: &NodeRules) -> usize {
     rules.min_population_difference.max(rules.assume_colluding_nodes + 2)
 }
 
-/// Differencing rule, checked by a node over the contributors of a sum it is about
-/// to help unmask: against every sum it helped unmask in the same family with an
-/// overlapping data window within `differencing_window_days`, the non-HQ nodes in
-/// the symmetric difference must be none, or span at least
-/// [`required_difference`] organisations. HQ-owned nodes in the difference never
-/// count as protection: HQ knows its own data. `Err` says which earlier sum, which
-/// nodes, and when the rule stops applying.
+/// Differencing rule, checked by node `me` over the contributors of a sum it is
+/// about to help unmask, against every sum it helped unmask in the same family with
+/// an overlapping data window within `differencing_window_days`:
+///
+/// - *difference*: the non-HQ nodes in the symmetric difference of the two sets must
+///   be none, or span at least [`required_difference`] organisations — otherwise the
+///   difference of the two sums is those few nodes' data;
+/// - *intersection*: when both sums hold `me`, the non-HQ nodes they share must span
+///   at least [`required_difference`] organisations — otherwise two sums that share
+///   little besides `me` (S1 = me + A, S2 = me + B) let a third sum over A ∪ B, which
+///   `me` never sees, isolate it: (S1 + S2 − S3) / 2.
+///
+/// HQ-owned nodes never count as protection: HQ knows its own data. `Err` says which
+/// earlier sum, which nodes, and when the rule stops applying. Sums further apart, and
+/// other combinations of three or more sums, are beyond this guard (differential
+/// privacy is the defence).
 pub fn check_differencing(
     rules: &NodeRules,
+    me: &str,
     history: &[Unmasked],
     now_ms: u64,
     coverage: &Coverage,
@@ -154,6 +187,7 @@ pub fn check_differencing(
     let window_ms = u64::from(rules.differencing_window_days) * MS_PER_DAY;
     let need = required_difference(rules);
     let now: BTreeSet<&Invitee> = contributors.iter().collect();
+    let orgs = |v: &[&Invitee]| v.iter().map(|m| m.organisation.as_str()).collect::<BTreeSet<_>>().len();
     let mut worst: Option<(u64, String)> = None;
     for past in history {
         if past.time_ms.saturating_add(window_ms) <= now_ms || !past.coverage.overlaps(coverage) {
@@ -162,26 +196,35 @@ pub fn check_differencing(
         let before: BTreeSet<&Invitee> = past.contributors.iter().collect();
         let differ: Vec<&Invitee> =
             before.symmetric_difference(&now).copied().filter(|m| m.kind != OrgKind::Hq).collect();
-        if differ.is_empty() {
-            continue;
-        }
-        let orgs: BTreeSet<&str> = differ.iter().map(|m| m.organisation.as_str()).collect();
-        if orgs.len() < need {
+        let both_hold_me = before.iter().any(|m| m.name == me) && now.iter().any(|m| m.name == me);
+        let shared: Vec<&Invitee> = before.intersection(&now).copied().filter(|m| m.kind != OrgKind::Hq).collect();
+        let problem = if !differ.is_empty() && orgs(&differ) < need {
+            let names: Vec<&str> = differ.iter().map(|m| m.name.as_str()).collect();
+            Some(format!(
+                "this sum's contributors differ from those of round {} ({}) by {} (non-HQ nodes of {} organisation(s), \
+                 fewer than {need}); the two sums together would reveal their data",
+                past.round,
+                crate::wire::format_time_ms(past.time_ms),
+                names.join(", "),
+                orgs(&differ)
+            ))
+        } else if both_hold_me && !differ.is_empty() && orgs(&shared) < need {
+            let names: Vec<&str> = shared.iter().map(|m| m.name.as_str()).collect();
+            Some(format!(
+                "this sum shares only {} (non-HQ nodes of {} organisation(s), fewer than {need}) with round {} ({}); \
+                 a third sum over the others could isolate this node's data",
+                names.join(", "),
+                orgs(&shared),
+                past.round,
+                crate::wire::format_time_ms(past.time_ms)
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = problem {
             let until = past.time_ms + window_ms;
             if worst.as_ref().is_none_or(|(u, _)| until > *u) {
-                let names: Vec<&str> = differ.iter().map(|m| m.name.as_str()).collect();
-                worst = Some((
-                    until,
-                    format!(
-                        "policy: differencing: this sum's contributors differ from those of round {} ({}) by {} \
-                         (non-HQ nodes of {} organisation(s), fewer than {need}); the two sums together would reveal \
-                         their data",
-                        past.round,
-                        crate::wire::format_time_ms(past.time_ms),
-                        names.join(", "),
-                        orgs.len()
-                    ),
-                ));
+                worst = Some((until, format!("policy: differencing: {why}")));
             }
         }
     }
@@ -224,25 +267,40 @@ mod tests {
         let mut roster: Vec<Invitee> = (1..=5).map(|i| hq(&format!("hq-{i}"))).collect();
         roster.push(fr("target"));
         roster.push(fr("other"));
-        let err = check_threshold(&rules(), &roster, 5, Stage::Invited).unwrap_err();
-        assert!(err.contains("2t > n + H + c") && err.contains("t >= 7"), "{err}");
+        let err = check_threshold(&rules(), "target ltd", &roster, 5, Stage::Invited).unwrap_err();
+        assert!(err.contains("2t > n + H + C") && err.contains("t >= 7"), "{err}");
         // Only t = n = 7 satisfies 2t > 13 (no dropout tolerated; HQ's 5 nodes and one
         // colluder hold 6 shares, one short) — and the organisation rule still fails.
-        assert!((1..=6).all(|t| check_threshold(&rules(), &roster, t, Stage::Invited).is_err()));
-        check_threshold(&rules(), &roster, 7, Stage::Invited).unwrap();
+        assert!((1..=6).all(|t| check_threshold(&rules(), "target ltd", &roster, t, Stage::Invited).is_err()));
+        check_threshold(&rules(), "target ltd", &roster, 7, Stage::Invited).unwrap();
         assert!(check_organisations(&rules(), "target ltd", &roster, Stage::Invited).is_err());
         // Five franchisees of distinct organisations: t = 4 works (tolerates one dropout).
         let five: Vec<Invitee> = (1..=5).map(|i| fr(&format!("f{i}"))).collect();
-        assert!(check_threshold(&rules(), &five, 3, Stage::Invited).is_err());
-        check_threshold(&rules(), &five, 4, Stage::Invited).unwrap();
+        assert!(check_threshold(&rules(), "f1 ltd", &five, 3, Stage::Invited).is_err());
+        check_threshold(&rules(), "f1 ltd", &five, 4, Stage::Invited).unwrap();
         assert_eq!(threshold_needed(5, 0, 1), 4);
-        // t > H + c follows: with H = 2, c = 1 and n = 6, t must be at least 5.
+        // t > H + C follows: with H = 2, C = 1 and n = 6, t must be at least 5.
         let mut mixed: Vec<Invitee> = (1..=4).map(|i| fr(&format!("f{i}"))).collect();
         mixed.push(hq("hq-1"));
         mixed.push(hq("hq-2"));
         assert_eq!(threshold_needed(6, 2, 1), 5);
-        assert!(check_threshold(&rules(), &mixed, 4, Stage::Invited).is_err());
-        check_threshold(&rules(), &mixed, 5, Stage::Invited).unwrap();
+        assert!(check_threshold(&rules(), "f1 ltd", &mixed, 4, Stage::Invited).is_err());
+        check_threshold(&rules(), "f1 ltd", &mixed, 5, Stage::Invited).unwrap();
+    }
+
+    #[test]
+    fn colluders_are_counted_by_organisation_with_all_their_stores() {
+        // R3: the target, one honest franchisee and five stores of Y Holdings. Counting
+        // c = 1 colluding *node*, t = 5 would pass, and Y's five stores would hold t shares.
+        let mut roster = vec![fr("target"), fr("z")];
+        roster.extend((1..=5).map(|i| m(&format!("y-store-{i}"), "y holdings", OrgKind::Franchisee)));
+        assert_eq!(colluding_nodes(&rules(), "target ltd", &roster), 5);
+        for t in 5..=6 {
+            assert!(check_threshold(&rules(), "target ltd", &roster, t, Stage::Invited).is_err(), "t = {t}");
+        }
+        check_threshold(&rules(), "target ltd", &roster, 7, Stage::Invited).unwrap();
+        // Y's own stores see the largest other organisation: one node.
+        assert_eq!(colluding_nodes(&rules(), "y holdings", &roster), 1);
     }
 
     #[test]
@@ -275,26 +333,48 @@ mod tests {
             vec![Unmasked { round: "r1".into(), time_ms: 100 * day, coverage: cov(1), contributors: six.clone() }];
         // A3: the next day's reference date, one node left out: refused, with the date it is allowed.
         let five = &six[..5];
-        let err = check_differencing(&rules(), &history, 100 * day + 1000, &cov(2), five).unwrap_err();
+        let err = check_differencing(&rules(), "a", &history, 100 * day + 1000, &cov(2), five).unwrap_err();
         assert!(err.contains("by f") && err.contains("allowed again from"), "{err}");
         // The same population is fine; so is a difference of three organisations.
-        check_differencing(&rules(), &history, 100 * day + 1000, &cov(2), &six).unwrap();
-        check_differencing(&rules(), &history, 100 * day + 1000, &cov(2), &six[..3]).unwrap();
+        check_differencing(&rules(), "a", &history, 100 * day + 1000, &cov(2), &six).unwrap();
+        check_differencing(&rules(), "a", &history, 100 * day + 1000, &cov(2), &six[..3]).unwrap();
         // HQ nodes in the difference are no protection, and add none.
         let mut with_hq = six.clone();
         with_hq.push(hq("hq-1"));
-        check_differencing(&rules(), &history, 100 * day + 1000, &cov(2), &with_hq).unwrap();
+        check_differencing(&rules(), "a", &history, 100 * day + 1000, &cov(2), &with_hq).unwrap();
         let mut five_hq: Vec<Invitee> = five.to_vec();
         five_hq.push(hq("hq-1"));
         five_hq.push(hq("hq-2"));
         five_hq.push(hq("hq-3"));
-        assert!(check_differencing(&rules(), &history, 100 * day + 1000, &cov(2), &five_hq).is_err());
+        assert!(check_differencing(&rules(), "a", &history, 100 * day + 1000, &cov(2), &five_hq).is_err());
         // Outside the window, or another family, it no longer applies.
-        check_differencing(&rules(), &history, 130 * day, &cov(2), five).unwrap();
+        check_differencing(&rules(), "a", &history, 130 * day, &cov(2), five).unwrap();
         let other = Coverage { family: "churn".into(), ..cov(2) };
-        check_differencing(&rules(), &history, 100 * day + 1000, &other, five).unwrap();
+        check_differencing(&rules(), "a", &history, 100 * day + 1000, &other, five).unwrap();
+        // R1: S1 = {a, b, c} and S2 = {a, d, e} share only node a; with S3 = {b, c, d, e},
+        // which a never sees, (S1 + S2 − S3) / 2 = a. Node a refuses S2.
+        let s1 = vec![Unmasked {
+            round: "s1".into(),
+            time_ms: 100 * day,
+            coverage: cov(1),
+            contributors: vec![fr("a"), fr("b"), fr("c")],
+        }];
+        let err = check_differencing(&rules(), "a", &s1, 100 * day + 1000, &cov(1), &[fr("a"), fr("d"), fr("e")])
+            .unwrap_err();
+        assert!(err.contains("shares only a"), "{err}");
+        // b and c, not in S2, have nothing to fear from it; a sum sharing three organisations is fine.
+        check_differencing(&rules(), "d", &[], 100 * day + 1000, &cov(1), &[fr("a"), fr("d"), fr("e")]).unwrap();
+        check_differencing(
+            &rules(),
+            "a",
+            &s1,
+            100 * day + 1000,
+            &cov(1),
+            &[fr("a"), fr("b"), fr("c"), fr("d"), fr("e"), fr("f")],
+        )
+        .unwrap();
         // Windows that do not overlap do not compare.
         let later = Coverage { from: Some(cov(5).to), ..cov(9) };
-        check_differencing(&rules(), &history, 100 * day + 1000, &later, five).unwrap();
+        check_differencing(&rules(), "a", &history, 100 * day + 1000, &later, five).unwrap();
     }
 }

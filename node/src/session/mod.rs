@@ -111,6 +111,9 @@ pub struct NodeContext {
     monthly: Mutex<HashMap<(String, String), HashSet<String>>>,
     /// Approvals already recorded as granted in the audit log.
     granted: Mutex<HashSet<String>>,
+    /// Every round id this node was ever invited to (from its audit log): a round id
+    /// comes once, so no signature or share of one round can count in another.
+    rounds_seen: Mutex<HashSet<String>>,
     /// How often an idle session seals its audit log.
     seal_every: Duration,
 }
@@ -190,6 +193,15 @@ impl NodeContext {
             analyses: Tracker::with_seen(seen),
             monthly: Mutex::new(monthly),
             granted: Mutex::new(HashSet::new()),
+            rounds_seen: Mutex::new(
+                records
+                    .iter()
+                    .filter_map(|r| match &r.event {
+                        Event::RoundStarted { round, .. } => Some(round.clone()),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
             seal_every: Duration::from_secs(config.audit.seal_every_seconds.max(1)),
         })
     }
@@ -434,6 +446,11 @@ impl NodeContext {
             analyses_this_month: ids.map_or(0, |s| s.len() as u32),
             already_counted: ids.is_some_and(|s| s.contains(analysis_id)),
         }
+    }
+
+    /// Record a round id; false if this node has seen it before.
+    fn first_sight(&self, round: &fedcrm_crypto::RoundId) -> bool {
+        self.rounds_seen.lock().unwrap_or_else(|p| p.into_inner()).insert(round.to_hex())
     }
 
     fn count_analysis(&self, kind: &str, analysis_id: &str) {

@@ -186,6 +186,10 @@ impl<'a> Rounds<'a> {
             self.refuse(round, "node is busy with another round").await?;
             return Ok(None);
         }
+        if !ctx.first_sight(&round) {
+            self.refuse(round, "this round id was used before; a round is never run twice").await?;
+            return Ok(None);
+        }
         // The coordinator signs who is in the round and who asked why: check and log it.
         let payload = wire::roster_payload(&round, start.threshold, start.length, &start.analysis, &start.invited);
         let signature_ok = coordinator
@@ -340,7 +344,7 @@ impl<'a> Rounds<'a> {
             Ok(())
         } else {
             ctx.policy.check_set(&ctx.organisation, &u2, a.start.threshold, Stage::Delivered).and_then(|()| {
-                ctx.differencing.check(&ctx.policy.rules(), unix_now_ms(), &a.start.analysis.coverage(), &u2)
+                ctx.differencing.check(&ctx.policy.rules(), &ctx.name, unix_now_ms(), &a.start.analysis.coverage(), &u2)
             })
         };
         if let Err(why) = rules {
@@ -408,7 +412,7 @@ impl<'a> Rounds<'a> {
                 return Ok(());
             }
             ctx.policy.check_set(&ctx.organisation, &u3, a.start.threshold, Stage::Survivors).and_then(|()| {
-                ctx.differencing.check(&ctx.policy.rules(), unix_now_ms(), &a.start.analysis.coverage(), &u3)
+                ctx.differencing.check(&ctx.policy.rules(), &ctx.name, unix_now_ms(), &a.start.analysis.coverage(), &u3)
             })
         });
         if let Err(why) = rules {
