@@ -34,8 +34,17 @@ fn todays_report(cluster: &Cluster) -> Report {
     let paths = log_paths(cluster);
     verify_paths(&paths, &ca_der(cluster)).expect("all logs verify");
     let logs: Vec<_> = paths.iter().map(|p| read_records(p).unwrap()).collect();
-    let today = time::OffsetDateTime::now_utc().date();
-    report::build(&logs, today.previous_day().unwrap(), today.next_day().unwrap(), None)
+    let (from, to) = span(&logs);
+    report::build(&logs, from, to, None)
+}
+
+/// The days the logs cover, one either side — taken from the records, never from the
+/// real calendar.
+fn span(logs: &[Vec<fedcrm_audit::Record>]) -> (time::Date, time::Date) {
+    let day = |ms: u64| time::OffsetDateTime::from_unix_timestamp((ms / 1000) as i64).unwrap().date();
+    let times = logs.iter().flatten().map(|r| r.time_ms);
+    let (lo, hi) = (times.clone().min().unwrap(), times.max().unwrap());
+    (day(lo).previous_day().unwrap(), day(hi).next_day().unwrap())
 }
 
 fn hex(b: &[u8]) -> String {
@@ -63,8 +72,8 @@ async fn auditors_report_matches_the_bytes_on_the_wire_and_the_policies() {
     let logs: Vec<_> = paths.iter().map(|p| read_records(p).unwrap()).collect();
     let verified = verify_paths(&paths, &ca).expect("all logs verify");
     assert!(verified.receipts_checked > 50, "receipts checked: {}", verified.receipts_checked);
-    let today = time::OffsetDateTime::now_utc().date();
-    let r = report::build(&logs, today.previous_day().unwrap(), today.next_day().unwrap(), None);
+    let (from, to) = span(&logs);
+    let r = report::build(&logs, from, to, None);
 
     for cfg in &node_configs {
         // What the transport took, with the receipt stripped (the log records the
