@@ -41,7 +41,7 @@ pub async fn run(o: DemoOptions) -> Result<()> {
     let started = Instant::now();
     let n = o.nodes.clamp(3, NAMES.len());
     // HQ's own channels count against every franchisee's threshold rule
-    // (2t > n + H + c, c = 1): two HQ channels from 7 nodes, one from 5, none below,
+    // (2t > n + H + C, C = 1 here): two HQ channels from 7 nodes, one from 5, none below,
     // so that one dropout is always tolerated (except with 3 nodes, where t = 3).
     let hq = match n {
         7.. => 2,

@@ -26,9 +26,10 @@ pub struct Policy {
     /// signing and unmasking. HQ-owned channels never count.
     #[serde(default = "default_min_other_organisations")]
     pub min_other_organisations: usize,
-    /// Franchisee nodes (other than HQ's own channels, which always count as HQ's)
-    /// that may collude with HQ: c. The threshold rule is 2t > n + H + c, with H the
-    /// HQ-owned nodes in the round. Default 1.
+    /// Franchisee organisations (other than HQ's own channels, which always count as
+    /// HQ's) that may collude with HQ, with all their stores: c. The threshold rule is
+    /// 2t > n + H + C, with H the HQ-owned nodes in the round and C the nodes of the c
+    /// largest other franchisee organisations in it. Default 1.
     #[serde(default = "default_assume_colluding_nodes")]
     pub assume_colluding_nodes: usize,
     /// Differencing rule: two overlapping sums this node helps unmask within
