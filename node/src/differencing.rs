@@ -3,8 +3,11 @@
 //! already helped unmask over overlapping data (the rule is
 //! [`fedcrm_protocol::rules::check_differencing`]). Keyed on what is computed
 //! (analysis family and data window) and who contributes, never on the exact query
-//! bytes, and persisted: every sum it helps unmask is an [`Event::Contributed`]
-//! record in the node's audit log, from which the guard is rebuilt at start-up.
+//! bytes, and persisted: every sum its input may be in is an [`Event::Contributed`]
+//! record in the node's audit log — over U2 before it masks, replaced by U3 before it
+//! signs the round's view (the coordinator need not ask it anything after its masked
+//! input, so recording only at unmasking would miss sums) — from which the guard is
+//! rebuilt at start-up.
 //!
 //! A speed bump, not the defence: differences spanning enough organisations, or
 //! sums further apart than the window, are allowed. Differential privacy (a later
@@ -24,9 +27,11 @@ pub struct DifferencingGuard {
 }
 
 impl DifferencingGuard {
-    /// Rebuild from the node's audit records (oldest first).
+    /// Rebuild from the node's audit records (oldest first); the last record of a
+    /// round counts.
     pub fn from_records(records: &[fedcrm_audit::Record]) -> Self {
-        let history = records
+        let guard = Self::default();
+        let all: Vec<Unmasked> = records
             .iter()
             .filter_map(|r| match &r.event {
                 Event::Contributed { round, family, window_from, window_to, contributors, .. } => Some(Unmasked {
@@ -42,25 +47,36 @@ impl DifferencingGuard {
                 _ => None,
             })
             .collect();
-        Self { history: Mutex::new(history) }
+        for u in all {
+            guard.remember(u);
+        }
+        guard
     }
 
-    /// May this node help unmask a sum covering `coverage` over `contributors` now?
+    /// May this node help compute a sum covering `coverage` over `contributors` in
+    /// `round` now? The round's own earlier record (U2, before U3 was known) is not
+    /// compared with itself.
     pub fn check(
         &self,
         rules: &NodeRules,
         me: &str,
+        round: fedcrm_crypto::RoundId,
         now_ms: u64,
         coverage: &Coverage,
         contributors: &[Invitee],
     ) -> Result<(), String> {
+        let round = round.to_hex();
         let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
-        rules::check_differencing(rules, me, &history, now_ms, coverage, contributors)
+        let others: Vec<Unmasked> = history.iter().filter(|u| u.round != round).cloned().collect();
+        rules::check_differencing(rules, me, &others, now_ms, coverage, contributors)
     }
 
-    /// Remember a sum this node helped unmask (its audit record is written by the caller).
+    /// Remember a sum this node's input may be in (its audit record is written by the
+    /// caller); a later record of the same round (U3 once known) replaces the earlier (U2).
     pub fn remember(&self, unmasked: Unmasked) {
-        self.history.lock().unwrap_or_else(|p| p.into_inner()).push(unmasked);
+        let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        history.retain(|u| u.round != unmasked.round);
+        history.push(unmasked);
     }
 }
 
@@ -124,8 +140,8 @@ mod tests {
             differencing_window_days: 30,
         };
         let next = Coverage { family: "rfm".into(), from: None, to: day(2) };
-        let err = guard.check(&rules, "a", 2_000_000, &next, &six[..5]).unwrap_err();
+        let err = guard.check(&rules, "a", fedcrm_crypto::RoundId([9; 16]), 2_000_000, &next, &six[..5]).unwrap_err();
         assert!(err.contains("round r1") && err.contains("by f"), "{err}");
-        guard.check(&rules, "a", 2_000_000, &next, &six).unwrap();
+        guard.check(&rules, "a", fedcrm_crypto::RoundId([9; 16]), 2_000_000, &next, &six).unwrap();
     }
 }

@@ -344,7 +344,14 @@ impl<'a> Rounds<'a> {
             Ok(())
         } else {
             ctx.policy.check_set(&ctx.organisation, &u2, a.start.threshold, Stage::Delivered).and_then(|()| {
-                ctx.differencing.check(&ctx.policy.rules(), &ctx.name, unix_now_ms(), &a.start.analysis.coverage(), &u2)
+                ctx.differencing.check(
+                    &ctx.policy.rules(),
+                    &ctx.name,
+                    round,
+                    unix_now_ms(),
+                    &a.start.analysis.coverage(),
+                    &u2,
+                )
             })
         };
         if let Err(why) = rules {
@@ -353,6 +360,10 @@ impl<'a> Rounds<'a> {
             self.refuse(round, &why).await?;
             return Ok(None);
         }
+        // From here this node's input may end up in a sum over (part of) U2, whether or
+        // not the coordinator asks it anything more: persist that for the
+        // differencing guard before the masked vector leaves.
+        contributed(ctx, a, round, &delivered)?;
         let incoming: Vec<(String, Vec<u8>)> = shares.into_iter().map(|s| (s.peer, s.ciphertext)).collect();
         let masked = client.receive(&delivered, &incoming).and_then(|ready| ready.mask(&a.input));
         // The unmasked local vector is no longer needed, whatever happened.
@@ -412,7 +423,14 @@ impl<'a> Rounds<'a> {
                 return Ok(());
             }
             ctx.policy.check_set(&ctx.organisation, &u3, a.start.threshold, Stage::Survivors).and_then(|()| {
-                ctx.differencing.check(&ctx.policy.rules(), &ctx.name, unix_now_ms(), &a.start.analysis.coverage(), &u3)
+                ctx.differencing.check(
+                    &ctx.policy.rules(),
+                    &ctx.name,
+                    round,
+                    unix_now_ms(),
+                    &a.start.analysis.coverage(),
+                    &u3,
+                )
             })
         });
         if let Err(why) = rules {
@@ -420,6 +438,8 @@ impl<'a> Rounds<'a> {
             self.refuse(round, &why).await?;
             return Ok(None);
         }
+        // The sum will be over U3: that replaces the U2 recorded when masking.
+        contributed(ctx, a, round, &survivors)?;
         let payload = secagg::consistency_payload(&round, &view.delivered, &view.survivors);
         let signature = ctx.signing.sign(&payload)?;
         record(
@@ -485,14 +505,6 @@ impl<'a> Rounds<'a> {
                 return Ok(None);
             }
         };
-        // Persist the sum for the differencing guard before any share leaves.
-        let unmasked = Unmasked {
-            round: round.to_hex(),
-            time_ms: unix_now_ms(),
-            coverage: a.start.analysis.coverage(),
-            contributors: a.members(&view.survivors),
-        };
-        record(ctx, crate::differencing::record(&unmasked, &a.start.analysis.analysis_id))?;
         record(
             ctx,
             Event::RoundView {
@@ -503,7 +515,6 @@ impl<'a> Rounds<'a> {
                 signers,
             },
         )?;
-        ctx.differencing.remember(unmasked);
         match client.unmask(&survivors, &dropped) {
             Ok(revealed) => {
                 let shares = revealed
@@ -587,6 +598,20 @@ async fn fault_at_unmask(ctx: &NodeContext, shutdown: &watch::Receiver<bool>) ->
         return Some(Ok(Some(SessionEnd::Dropped)));
     }
     None
+}
+
+/// Record (fsynced) and remember that this node's input may be in a sum over
+/// `contributors` in `round`: the differencing guard's history.
+fn contributed(ctx: &NodeContext, a: &Active, round: RoundId, contributors: &[String]) -> Result<(), SessionError> {
+    let unmasked = Unmasked {
+        round: round.to_hex(),
+        time_ms: unix_now_ms(),
+        coverage: a.start.analysis.coverage(),
+        contributors: a.members(contributors),
+    };
+    record(ctx, crate::differencing::record(&unmasked, &a.start.analysis.analysis_id))?;
+    ctx.differencing.remember(unmasked);
+    Ok(())
 }
 
 /// A colluding node (test hook) signs any view and answers any request.
