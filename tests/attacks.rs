@@ -580,3 +580,98 @@ async fn r3_a_colluding_organisation_brings_all_its_stores() {
     assert!(loot.strip(rounds(&cluster)[0], "fr-target", 5).is_err());
     cluster.stop().await;
 }
+
+/// R5 (found in review): {a,b,c}, {d,e,f} and {T,a,…,f} — every pair passes every
+/// node's rules (T is in one sum only; a sees S1 and S3, which differ and share by
+/// at least three organisations), yet T = S3 − S1 − S2. No node sees all three; the
+/// coordinator does, and refuses the sum that would complete the combination. (A
+/// coordinator that deviates skips its own check: differential privacy is the
+/// defence against that — docs/threat-model.md.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r5_the_coordinator_refuses_a_sum_that_completes_an_isolating_combination() {
+    common::logs();
+    let names = ["fr-target", "fr-a", "fr-b", "fr-c", "fr-d", "fr-e", "fr-f"];
+    let data = split_cdnow(CDNOW, &[1; 7], true);
+    let nodes: Vec<NodeSpec> = names.iter().zip(data).map(|(n, d)| NodeSpec::franchisee(n, d)).collect();
+    let mut cluster = Cluster::start(opts(nodes), Hooks::default()).await.unwrap();
+    let c = cluster.coordinator.clone();
+    for n in ["fr-target", "fr-d", "fr-e", "fr-f"] {
+        disconnect(&mut cluster, n).await;
+    }
+    c.run_histograms(&common::request("R5 sum 1"), coarse()).await.expect("S1 over a, b, c");
+    for n in ["fr-d", "fr-e", "fr-f"] {
+        cluster.restart_node(n).await.unwrap();
+    }
+    for n in ["fr-a", "fr-b", "fr-c"] {
+        disconnect(&mut cluster, n).await;
+    }
+    c.run_histograms(&common::request("R5 sum 2"), coarse()).await.expect("S2 over d, e, f");
+    for n in ["fr-target", "fr-a", "fr-b", "fr-c"] {
+        cluster.restart_node(n).await.unwrap();
+    }
+    // The coordinator will not run S3; it falls back to the latest population (S2's),
+    // which reveals nothing new, and says why the others were left out.
+    let out = c.run_histograms(&common::request("R5 sum 3"), coarse()).await.unwrap();
+    assert_eq!(out.release.contributors, vec!["fr-d", "fr-e", "fr-f"]);
+    let why = &out.exits["fr-target"];
+    assert!(why.contains("combination of sums reveal the data of fr-target "), "{why}");
+    // Nothing of the target left its machine but its hello.
+    assert!(sent(&cluster, "fr-target").iter().all(|k| k == "hello"));
+    cluster.stop().await;
+}
+
+/// R6 (found in review): a node kept out of the last phases must still remember the
+/// sum its input is in. HQ shows the target a slightly different U3 in round 3, so it
+/// refuses to sign; the others unmask a sum holding its input. Then S2 over
+/// {T, d, e, f, hq} and S3 over {a, …, f} would give 2T = S1 + S2 − S3 − 2·hq. The
+/// target recorded S1 (over U2) before its masked vector left, so it refuses S2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r6_a_target_kept_out_of_unmasking_still_remembers_the_sum() {
+    common::logs();
+    let names = ["fr-target", "fr-a", "fr-b", "fr-c", "fr-d", "fr-e", "fr-f"];
+    let data = split_cdnow(CDNOW, &[1; 8], true);
+    let loot = Loot::default();
+    let mut nodes: Vec<NodeSpec> = names.iter().zip(data.clone()).map(|(n, d)| NodeSpec::franchisee(n, d)).collect();
+    nodes.push(loot.collude(NodeSpec::hq("hq-shop", data[7].clone())));
+    let tamper: fedcrm_coordinator::round::ViewTamper =
+        Arc::new(|node: &str, survivors: &mut Vec<String>, dropped: &mut Vec<String>| {
+            if node == "fr-target" && survivors.iter().any(|s| s == "hq-shop") {
+                survivors.retain(|s| s != "hq-shop");
+                dropped.push("hq-shop".into());
+                dropped.sort();
+            }
+        });
+    let hooks = Hooks { force_threshold: Some(4), tamper_view: Some(tamper), ..loot.hooks() };
+    let mut cluster = Cluster::start(opts(nodes), hooks).await.unwrap();
+    let c = cluster.coordinator.clone();
+    for n in ["fr-d", "fr-e", "fr-f"] {
+        disconnect(&mut cluster, n).await;
+    }
+    let s1 = c.run_histograms(&common::request("R6 sum 1"), coarse()).await.expect("S1 released");
+    assert!(s1.release.contributors.contains(&"fr-target".to_string()));
+    // The target never signed S1's view, but its log holds the sum it may be in.
+    let cfg = cluster.node_configs.iter().find(|c| c.name == "fr-target").unwrap().clone();
+    let remembered: Vec<Vec<String>> = read_records(&cfg.audit_dir)
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r.event {
+            Event::Contributed { contributors, .. } => Some(contributors.into_iter().map(|m| m.name).collect()),
+            _ => None,
+        })
+        .collect();
+    // Over U2 before masking, then over the U3 it was shown (HQ's node aside, the same).
+    assert!(remembered.last().is_some_and(|m| m.contains(&"fr-target".to_string()) && m.len() >= 4), "{remembered:?}");
+    for n in ["fr-d", "fr-e", "fr-f"] {
+        cluster.restart_node(n).await.unwrap();
+    }
+    for n in ["fr-a", "fr-b", "fr-c"] {
+        disconnect(&mut cluster, n).await;
+    }
+    let masked_before = loot.masked.lock().unwrap().iter().filter(|(n, _)| n == "fr-target").count();
+    let _ = c.run_histograms(&common::request("R6 sum 2"), coarse()).await;
+    let why = refusals(&cluster, "fr-target");
+    assert!(why.iter().any(|r| r.contains("shares only fr-target")), "{why:?}");
+    let masked_after = loot.masked.lock().unwrap().iter().filter(|(n, _)| n == "fr-target").count();
+    assert_eq!(masked_before, masked_after, "the target masked its input for S2");
+    cluster.stop().await;
+}

@@ -59,6 +59,11 @@ fn check(members: &[Participant], history: &[Unmasked], now_ms: u64, coverage: &
         rules::check_differencing(&m.rules, &m.name, &mine, now_ms, coverage, &roster)
             .map_err(|e| format!("{} would refuse: {e}", m.name))?;
     }
+    // What no node can see: combinations of every sum this coordinator unmasked.
+    let window = members.iter().map(|m| m.rules.differencing_window_days).max().unwrap_or(0);
+    let need = members.iter().map(|m| rules::required_difference(&m.rules)).max().unwrap_or(0);
+    rules::check_combinations(history, now_ms, window, coverage, &roster, need)
+        .map_err(|e| format!("the coordinator refuses: {e}"))?;
     Ok(t)
 }
 

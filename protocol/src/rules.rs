@@ -238,6 +238,116 @@ pub fn check_differencing(
     }
 }
 
+/// The coordinator's combination check, over every sum it unmasked: would the sums
+/// in the same family, with overlapping data windows, within `window_days`, together
+/// with a new sum over `candidate`, let some linear combination of them isolate the
+/// data of non-HQ nodes spanning fewer than `need` organisations? (HQ-owned nodes are
+/// left out: HQ knows their data.) Nodes check pairs of sums they took part in
+/// ([`check_differencing`]); only the coordinator sees every sum, so only it can see
+/// that {a,b,c}, {d,e,f} and {T,a,…,f} give T. This protects against an honest
+/// analyst's sequence of requests; a coordinator that deviates skips it, and
+/// differential privacy is the defence against that.
+///
+/// A vector supported on a set G of nodes lies in the row space R of the sums' node
+/// indicator vectors iff deleting G's columns lowers the rank of R. Ranks are taken
+/// modulo the prime 2^61 − 1, equal to the rational ranks for matrices of this size
+/// except with negligible probability.
+pub fn check_combinations(
+    history: &[Unmasked],
+    now_ms: u64,
+    window_days: u32,
+    coverage: &Coverage,
+    candidate: &[Invitee],
+    need: usize,
+) -> Result<(), String> {
+    let window_ms = u64::from(window_days) * MS_PER_DAY;
+    let non_hq = |v: &[Invitee]| -> BTreeSet<(String, String)> {
+        v.iter().filter(|m| m.kind != OrgKind::Hq).map(|m| (m.name.clone(), m.organisation.clone())).collect()
+    };
+    let mut sums: Vec<BTreeSet<(String, String)>> = history
+        .iter()
+        .filter(|u| u.time_ms.saturating_add(window_ms) > now_ms && u.coverage.overlaps(coverage))
+        .map(|u| non_hq(&u.contributors))
+        .collect();
+    sums.push(non_hq(candidate));
+    sums.sort();
+    sums.dedup();
+    sums.retain(|s| !s.is_empty());
+    let nodes: Vec<(String, String)> = sums.iter().flatten().cloned().collect::<BTreeSet<_>>().into_iter().collect();
+    let rows: Vec<Vec<u64>> = sums.iter().map(|s| nodes.iter().map(|n| u64::from(s.contains(n))).collect()).collect();
+    let full = rank_mod_p(&rows, &[]);
+    let orgs: Vec<&str> = nodes.iter().map(|n| n.1.as_str()).collect::<BTreeSet<_>>().into_iter().collect();
+    // Every set of fewer than `need` organisations (k-subsets, k = 1..need-1).
+    let mut groups: Vec<Vec<&str>> = vec![vec![]];
+    for _ in 1..need {
+        let mut next = Vec::new();
+        for g in &groups {
+            let from = g.last().map_or(0, |last| orgs.iter().position(|o| o == last).map_or(0, |i| i + 1));
+            for o in &orgs[from..] {
+                let mut h = g.clone();
+                h.push(o);
+                next.push(h);
+            }
+        }
+        for g in &next {
+            let cols: Vec<usize> = (0..nodes.len()).filter(|&i| g.contains(&nodes[i].1.as_str())).collect();
+            if rank_mod_p(&rows, &cols) < full {
+                let names: Vec<&str> = cols.iter().map(|&i| nodes[i].0.as_str()).collect();
+                return Err(format!(
+                    "differencing across several sums: together with the {} earlier sum(s) over overlapping data in the \
+                     last {window_days} days, this sum would let a combination of sums reveal the data of {} \
+                     ({} organisation(s), fewer than {need})",
+                    sums.len() - 1,
+                    names.join(", "),
+                    g.len()
+                ));
+            }
+        }
+        groups = next;
+    }
+    Ok(())
+}
+
+/// Rank modulo 2^61 − 1 of `rows` without the columns in `drop`.
+fn rank_mod_p(rows: &[Vec<u64>], drop: &[usize]) -> usize {
+    const P: u64 = (1 << 61) - 1;
+    let mul = |a: u64, b: u64| ((u128::from(a) * u128::from(b)) % u128::from(P)) as u64;
+    let pow = |mut b: u64, mut e: u64| {
+        let mut r = 1u64;
+        while e > 0 {
+            if e & 1 == 1 {
+                r = mul(r, b);
+            }
+            b = mul(b, b);
+            e >>= 1;
+        }
+        r
+    };
+    let mut m: Vec<Vec<u64>> = rows
+        .iter()
+        .map(|r| r.iter().enumerate().filter(|(i, _)| !drop.contains(i)).map(|(_, &v)| v % P).collect())
+        .collect();
+    let width = m.first().map_or(0, Vec::len);
+    let mut rank = 0;
+    for col in 0..width {
+        let Some(pivot) = (rank..m.len()).find(|&i| m[i][col] != 0) else { continue };
+        m.swap(rank, pivot);
+        let inv = pow(m[rank][col], P - 2);
+        let pivot_row: Vec<u64> = m[rank].iter().map(|&x| mul(x, inv)).collect();
+        for (i, row) in m.iter_mut().enumerate() {
+            if i != rank && row[col] != 0 {
+                let f = row[col];
+                for (x, &y) in row.iter_mut().zip(&pivot_row) {
+                    *x = (*x + P - mul(f, y)) % P;
+                }
+            }
+        }
+        m[rank] = pivot_row;
+        rank += 1;
+    }
+    rank
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,6 +411,41 @@ mod tests {
         check_threshold(&rules(), "target ltd", &roster, 7, Stage::Invited).unwrap();
         // Y's own stores see the largest other organisation: one node.
         assert_eq!(colluding_nodes(&rules(), "y holdings", &roster), 1);
+    }
+
+    #[test]
+    fn the_coordinator_sees_combinations_no_node_sees() {
+        // R5: {a,b,c}, {d,e,f}, {T,a,…,f}: every pair passes every node's rules, yet
+        // S3 − S1 − S2 = T.
+        let day = MS_PER_DAY;
+        let sum = |r: &str, names: &[&str]| Unmasked {
+            round: r.into(),
+            time_ms: 100 * day,
+            coverage: cov(1),
+            contributors: names.iter().map(|n| fr(n)).collect(),
+        };
+        let history = vec![sum("s1", &["a", "b", "c"]), sum("s2", &["d", "e", "f"])];
+        let all: Vec<Invitee> = ["t", "a", "b", "c", "d", "e", "f"].iter().map(|n| fr(n)).collect();
+        for me in ["a", "d", "t"] {
+            let mine: Vec<Unmasked> =
+                history.iter().filter(|u| u.contributors.iter().any(|m| m.name == me)).cloned().collect();
+            check_differencing(&rules(), me, &mine, 100 * day + 1, &cov(1), &all).unwrap();
+        }
+        let err = check_combinations(&history, 100 * day + 1, 30, &cov(1), &all, 3).unwrap_err();
+        assert!(err.contains("reveal the data of t "), "{err}");
+        // Pairs of organisations are caught too: {T, U} from {a,b,c} and {T,U,a,b,c}.
+        let history = vec![sum("s1", &["a", "b", "c"])];
+        let five: Vec<Invitee> = ["t", "u", "a", "b", "c"].iter().map(|n| fr(n)).collect();
+        let err = check_combinations(&history, 100 * day + 1, 30, &cov(1), &five, 3).unwrap_err();
+        assert!(err.contains("t, u") && err.contains("2 organisation(s)"), "{err}");
+        // The same population again, or a disjoint one, is fine; so is a sum outside the window.
+        check_combinations(&history, 100 * day + 1, 30, &cov(1), &[fr("a"), fr("b"), fr("c")], 3).unwrap();
+        check_combinations(&history, 100 * day + 1, 30, &cov(1), &[fr("d"), fr("e"), fr("f")], 3).unwrap();
+        check_combinations(&history, 131 * day, 30, &cov(1), &five, 3).unwrap();
+        // HQ's nodes neither protect nor count.
+        let mut with_hq = vec![fr("a"), fr("b"), fr("c")];
+        with_hq.push(hq("hq-1"));
+        check_combinations(&history, 100 * day + 1, 30, &cov(1), &with_hq, 3).unwrap();
     }
 
     #[test]
