@@ -78,7 +78,8 @@ fn files_containing(dir: &str, needle: &str) -> BTreeSet<String> {
 fn node_egress_is_the_only_sender() {
     // Only egress.rs can build or queue a message for the coordinator.
     assert_eq!(files_containing("node/src", "NodeMessage"), set(&["egress.rs"]));
-    assert_eq!(files_containing("node/src", "Egress::open"), set(&["mod.rs"]));
+    // The session opens the door; egress.rs's own tests open one too.
+    assert_eq!(files_containing("node/src", "Egress::open"), set(&["egress.rs", "mod.rs"]));
 }
 
 #[test]

@@ -310,3 +310,28 @@ async fn many_small_chunks_reassemble_exactly() {
     assert_eq!(counts(&out), expected_sum(&cluster, &out.release.contributors));
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contributor_refusing_to_sign_stops_the_round_so_its_data_is_not_released() {
+    // node-0 wants four other organisations beside its own in every sum: U2 has them,
+    // but node-4's masked input is lost (here: the coordinator ignores it), so U3 has
+    // three. node-0's masked input is already in the sum; it refuses to sign, and the
+    // round stops rather than unmask the others (which would release node-0's data
+    // against its refusal).
+    let mut nodes = cdnow_nodes(&[1; 5], true);
+    nodes[0].policy.min_other_organisations = 3;
+    let hooks = Hooks { ignore_masked_from: vec!["node-4".into()], ..Hooks::default() };
+    let (cluster, out) = histogram_round(nodes, exact(), hooks).await;
+    let err = out.unwrap_err().to_string();
+    assert!(err.contains("node-0 refused after its masked input was in the sum"), "{err}");
+    let node0 = read_log(&cluster.node_configs[0].audit_dir).unwrap();
+    assert!(node0.iter().any(|r| r.kind == "masked-chunk"));
+    assert!(!node0.iter().any(|r| r.kind == "consistency-signature" || r.kind == "unmask-shares"));
+    let released = fedcrm_audit::log::read_records(&cluster.coordinator.config.audit_dir)
+        .unwrap()
+        .into_iter()
+        .filter(|r| matches!(r.event, fedcrm_audit::Event::Release { .. }))
+        .count();
+    assert_eq!(released, 0);
+    cluster.stop().await;
+}

@@ -227,6 +227,11 @@ pub enum Event {
         /// Last day of data read, YYYY-MM-DD.
         window_to: String,
         contributors: Vec<Member>,
+        /// When it was recorded: `masked` (over U2, before the masked vector left),
+        /// `shown` (a U3 shown in the consistency check), `unmasked` (the U3 that t
+        /// signatures confirmed; replaces the round's earlier records).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        stage: String,
     },
     /// An analysis failed or was refused release (coordinator).
     AnalysisFailed {
@@ -260,6 +265,48 @@ pub enum Event {
         version: String,
         customers: u64,
     },
+}
+
+impl Record {
+    /// A `contributed` record as the sum it names, and whether it replaces the earlier
+    /// records of its round (stage `unmasked`). `Err` when such a record does not
+    /// parse: callers rebuilding a differencing guard fail closed on it.
+    pub fn contributed_sum(&self) -> Option<Result<(fedcrm_protocol::rules::Unmasked, bool), String>> {
+        use fedcrm_protocol::wire;
+        let Event::Contributed { round, family, window_from, window_to, contributors, stage, .. } = &self.event else {
+            return None;
+        };
+        let parse = || -> Result<(fedcrm_protocol::rules::Unmasked, bool), String> {
+            let bad = |what: &str, e: wire::WireError| format!("record {} of {}: {what}: {e}", self.seq, self.party);
+            let from = if window_from.is_empty() {
+                None
+            } else {
+                Some(wire::parse_date(window_from).map_err(|e| bad("window_from", e))?)
+            };
+            let contributors = contributors
+                .iter()
+                .map(|m| {
+                    Ok(wire::Invitee {
+                        name: m.name.clone(),
+                        organisation: m.organisation.clone(),
+                        kind: wire::parse_kind(&m.kind).map_err(|e| bad("contributor kind", e))?,
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            let sum = fedcrm_protocol::rules::Unmasked {
+                round: round.clone(),
+                time_ms: self.time_ms,
+                coverage: fedcrm_protocol::rules::Coverage {
+                    family: family.clone(),
+                    from,
+                    to: wire::parse_date(window_to).map_err(|e| bad("window_to", e))?,
+                },
+                contributors,
+            };
+            Ok((sum, stage == "unmasked"))
+        };
+        Some(parse())
+    }
 }
 
 impl Event {

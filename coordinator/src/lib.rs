@@ -52,35 +52,20 @@ pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// The sums recorded as `contributed` in an audit log.
-fn unmasked_from(records: &[fedcrm_audit::Record]) -> Vec<fedcrm_protocol::rules::Unmasked> {
-    use fedcrm_protocol::pki::OrgKind;
-    use fedcrm_protocol::wire;
-    records
-        .iter()
-        .filter_map(|r| match &r.event {
-            fedcrm_audit::Event::Contributed { round, family, window_from, window_to, contributors, .. } => {
-                Some(fedcrm_protocol::rules::Unmasked {
-                    round: round.clone(),
-                    time_ms: r.time_ms,
-                    coverage: fedcrm_protocol::rules::Coverage {
-                        family: family.clone(),
-                        from: wire::parse_date(window_from).ok(),
-                        to: wire::parse_date(window_to).ok()?,
-                    },
-                    contributors: contributors
-                        .iter()
-                        .map(|m| wire::Invitee {
-                            name: m.name.clone(),
-                            organisation: m.organisation.clone(),
-                            kind: if m.kind == "hq" { OrgKind::Hq } else { OrgKind::Franchisee },
-                        })
-                        .collect(),
-                })
+/// The sums recorded as `contributed` in an audit log (an unmasked U3 replaces its
+/// round's U2). A record that does not parse stops the coordinator.
+fn unmasked_from(records: &[fedcrm_audit::Record]) -> Result<Vec<fedcrm_protocol::rules::Unmasked>, ServeError> {
+    let mut out: Vec<fedcrm_protocol::rules::Unmasked> = Vec::new();
+    for r in records {
+        if let Some(sum) = r.contributed_sum() {
+            let (sum, replaces) = sum.map_err(ServeError::History)?;
+            if replaces {
+                out.retain(|h| h.round != sum.round);
             }
-            _ => None,
-        })
-        .collect()
+            out.push(sum);
+        }
+    }
+    Ok(out)
 }
 
 impl Coordinator {
@@ -124,7 +109,7 @@ impl Coordinator {
                 })
                 .collect(),
         })?;
-        let history = unmasked_from(&fedcrm_audit::log::read_records(&config.audit_dir)?);
+        let history = unmasked_from(&fedcrm_audit::log::read_records(&config.audit_dir)?)?;
         let audit: SharedLog = Arc::new(std::sync::Mutex::new(log));
         let (registry, events) = Registry::new(audit.clone());
         Ok(Arc::new(Self {
@@ -149,9 +134,14 @@ impl Coordinator {
         &self.hooks
     }
 
-    /// Remember a sum this coordinator unmasked (its audit record is already written).
-    pub(crate) fn remember(&self, u: fedcrm_protocol::rules::Unmasked) {
-        self.history.lock().unwrap_or_else(|p| p.into_inner()).push(u);
+    /// Remember a sum the nodes' inputs may be in (its audit record is already
+    /// written); an unmasked U3 replaces the round's earlier U2.
+    pub(crate) fn remember(&self, u: fedcrm_protocol::rules::Unmasked, unmasked: bool) {
+        let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        if unmasked {
+            history.retain(|h| h.round != u.round);
+        }
+        history.push(u);
     }
 
     /// Plan a round of an analysis covering `coverage` over the connected nodes
@@ -188,6 +178,8 @@ pub enum ServeError {
     Audit(#[from] fedcrm_audit::log::AuditError),
     #[error("TLS setup: {0}")]
     Tls(String),
+    #[error("audit log: a record of the sums unmasked cannot be read ({0}); run `fedcrm audit verify` on the log")]
+    History(String),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
 }

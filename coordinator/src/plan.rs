@@ -5,8 +5,9 @@
 //! themselves whatever the coordinator decides; this only saves a round that would
 //! be refused.
 //!
-//! The threshold is the smallest t every invitee accepts: t ≥ ⌊(n + H + c_i)/2⌋ + 1
-//! and t ≥ min_participants_i for every invitee i — the largest number of dropouts
+//! The threshold is the smallest t every invitee accepts: t ≥ ⌊(n + H + C_i)/2⌋ + 1
+//! (C_i: the nodes of the c_i largest franchisee organisations other than i's) and
+//! t ≥ min_participants_i for every invitee i — the largest number of dropouts
 //! the rules allow.
 
 use std::collections::BTreeMap;

@@ -191,6 +191,8 @@ struct Round<'r, 'a> {
     invited: &'r [Participant],
     by_name: BTreeMap<String, Participant>,
     members: Membership,
+    /// The phase in progress.
+    phase: Phase,
 }
 
 impl Runner<'_> {
@@ -203,7 +205,7 @@ impl Runner<'_> {
     ) -> Result<RoundOutput, RoundError> {
         let rng = SystemRandom::new();
         let id =
-            RoundId::random(&rng).map_err(|e| RoundError::Failed { round: RoundId([0; 16]), why: e.to_string() })?;
+            RoundId::random(&rng).map_err(|e| RoundError::Local { round: RoundId([0; 16]), why: e.to_string() })?;
         let mut analysis = analysis.clone();
         if let Some(label) = &self.hooks.relabel {
             analysis.analysis_kind = label.clone();
@@ -220,6 +222,7 @@ impl Runner<'_> {
             invited,
             by_name,
             members: Membership::default(),
+            phase: Phase::AdvertiseKeys,
         };
         let out = round.run(&analysis).await;
         if let Err(e) = &out {
@@ -236,21 +239,14 @@ impl Round<'_, '_> {
         self.start(analysis).await?;
         let u1 = self.advertise_keys().await?;
         let u2 = self.share_keys(&u1).await?;
+        // The nodes record the sum over U2 before they mask; so does the planner.
+        self.contributed(analysis, &u2, false)?;
         let unmasking = self.masked_input(&u1, &u2).await?;
         let (u3, dropped) = (unmasking.survivors(), unmasking.dropped());
         let signatures = self.consistency_check(&u2, &u3, &dropped).await?;
         let sum = self.unmasking(unmasking, &u1, &u2, &u3, &dropped, signatures).await?;
         self.log_exits();
-        let coverage = analysis.coverage();
-        let contributors: Vec<Invitee> = u3.iter().map(|n| self.by_name[n].invitee()).collect();
-        record(&self.runner.coordinator.audit, contributed(self.id, analysis, &coverage, &contributors))
-            .map_err(|e| RoundError::Local { round: self.id, why: format!("audit log: {e}") })?;
-        self.runner.coordinator.remember(fedcrm_protocol::rules::Unmasked {
-            round: self.id.to_hex(),
-            time_ms: crate::now_ms(),
-            coverage,
-            contributors,
-        });
+        self.contributed(analysis, &u3, true)?;
         self.end(true, "aggregate computed").await;
         tracing::info!(round = %self.id, contributors = u3.len(), "round complete");
         Ok(RoundOutput {
@@ -263,6 +259,25 @@ impl Round<'_, '_> {
         })
     }
 
+    /// Record (and remember for planning) that the nodes' inputs may be in a sum over
+    /// `names`: over U2 once shares are delivered, replaced by U3 once unmasked — as
+    /// the nodes record it for their differencing guards.
+    fn contributed(&self, analysis: &Analysis, names: &[String], unmasked: bool) -> Result<(), RoundError> {
+        let coverage = analysis.coverage();
+        let contributors: Vec<Invitee> = names.iter().map(|n| self.by_name[n].invitee()).collect();
+        let stage = if unmasked { "unmasked" } else { "masked" };
+        record(&self.runner.coordinator.audit, contributed(self.id, analysis, &coverage, &contributors, stage))
+            .map_err(|e| self.local(e))?;
+        let sum = fedcrm_protocol::rules::Unmasked {
+            round: self.id.to_hex(),
+            time_ms: crate::now_ms(),
+            coverage,
+            contributors,
+        };
+        self.runner.coordinator.remember(sum, unmasked);
+        Ok(())
+    }
+
     fn local(&self, e: impl std::fmt::Display) -> RoundError {
         RoundError::Local { round: self.id, why: format!("audit log: {e}") }
     }
@@ -271,11 +286,11 @@ impl Round<'_, '_> {
     async fn start(&mut self, analysis: &Analysis) -> Result<(), RoundError> {
         let (round, t, d) = (self.id, self.t, self.d);
         let invitees: Vec<Invitee> = self.invited.iter().map(Participant::invitee).collect();
-        let roster_signature =
-            self.runner
-                .coordinator
-                .sign(&wire::roster_payload(&round, t, d, analysis, &invitees))
-                .map_err(|e| RoundError::Failed { round, why: format!("cannot sign the roster: {e}") })?;
+        let roster_signature = self
+            .runner
+            .coordinator
+            .sign(&wire::roster_payload(&round, t, d, analysis, &invitees))
+            .map_err(|e| RoundError::Local { round, why: format!("cannot sign the roster: {e}") })?;
         record(
             &self.runner.coordinator.audit,
             AuditEvent::RoundStarted {
@@ -313,6 +328,7 @@ impl Round<'_, '_> {
 
     /// Round 0: collect signed keys; a node awaiting approval stops the round here.
     async fn advertise_keys(&mut self) -> Result<Vec<SignedKeys>, RoundError> {
+        self.phase = Phase::AdvertiseKeys;
         let mut keys: BTreeMap<String, SignedKeys> = BTreeMap::new();
         let deadline = self.deadline();
         while self.members.live.iter().any(|n| !keys.contains_key(n)) {
@@ -355,6 +371,7 @@ impl Round<'_, '_> {
 
     /// Round 1: collect sealed shares, then deliver each node its shares and U2.
     async fn share_keys(&mut self, u1: &[SignedKeys]) -> Result<Vec<String>, RoundError> {
+        self.phase = Phase::ShareKeys;
         let mut sealed: BTreeMap<String, Vec<Sealed>> = BTreeMap::new();
         let deadline = self.deadline();
         let u1_names: BTreeSet<String> = u1.iter().map(|k| k.node.clone()).collect();
@@ -398,6 +415,7 @@ impl Round<'_, '_> {
 
     /// Round 2: assemble and add each masked vector; close inputs.
     async fn masked_input(&mut self, u1: &[SignedKeys], u2: &[String]) -> Result<Unmasking, RoundError> {
+        self.phase = Phase::MaskedInputCollection;
         let round = self.id;
         let d = self.d;
         let chunk = self.runner.settings.chunk_elements.max(1) as usize;
@@ -476,6 +494,7 @@ impl Round<'_, '_> {
         u3: &[String],
         dropped: &[String],
     ) -> Result<BTreeMap<String, (Vec<u8>, Vec<String>)>, RoundError> {
+        self.phase = Phase::ConsistencyCheck;
         let mut shown: BTreeMap<String, (Vec<String>, Vec<String>)> = BTreeMap::new();
         for n in self.members.live.clone() {
             let (mut s, mut d) = (u3.to_vec(), dropped.to_vec());
@@ -526,7 +545,9 @@ impl Round<'_, '_> {
         dropped: &[String],
         signed: BTreeMap<String, (Vec<u8>, Vec<String>)>,
     ) -> Result<Vec<u64>, RoundError> {
+        self.phase = Phase::Unmasking;
         for n in self.members.live.clone() {
+            // Unwrap safety: after the consistency check every live node has signed.
             let view = &signed[&n].1;
             let mut signatures: Vec<ViewSignature> = signed
                 .iter()
@@ -636,6 +657,23 @@ impl Round<'_, '_> {
                 }
                 EventBody::Malformed(why) => self.reject(&ev.node, format!("malformed message: {why}")).await,
                 EventBody::LocalFault(why) => return Err(RoundError::Local { round: self.id, why }),
+                EventBody::Message(FromNode::Refusal { round: r, reason, .. })
+                    if (r.is_none() || r == Some(self.id)) && self.phase == Phase::ConsistencyCheck =>
+                {
+                    // A member of U3 refused to sign: its masked input is in the sum, so
+                    // unmasking the rest would release its data against its refusal.
+                    // The round stops.
+                    tracing::warn!(round = %self.id, node = %ev.node, %reason, "a contributor refused; round stops");
+                    self.members.leave(&ev.node, Exit::Refused(reason.clone()));
+                    return Err(RoundError::Failed {
+                        round: self.id,
+                        why: format!(
+                            "{} refused after its masked input was in the sum ({reason}); the round stops without a \
+                             result, since unmasking the others would release its data",
+                            ev.node
+                        ),
+                    });
+                }
                 EventBody::Message(FromNode::Refusal { round: r, reason, awaiting_approval })
                     if r.is_none() || r == Some(self.id) =>
                 {
@@ -711,8 +749,10 @@ fn contributed(
     analysis: &Analysis,
     coverage: &fedcrm_protocol::rules::Coverage,
     contributors: &[Invitee],
+    stage: &str,
 ) -> AuditEvent {
     AuditEvent::Contributed {
+        stage: stage.to_string(),
         round: round.to_hex(),
         analysis: analysis.analysis_id.clone(),
         family: coverage.family.clone(),

@@ -24,7 +24,7 @@ pub const RFM_SEGMENTS: &str = "rfm-segments";
 /// Any other customer-count histograms.
 pub const RFM_HISTOGRAMS: &str = "rfm-histograms";
 
-/// Most histograms of one metric in a refinement pass: one per quintile cut point,
+/// Most histograms of one metric in a round: one per quintile cut point,
 /// as the exact quantile search asks (`fedcrm_protocol::rfm::QuantileSearch::next_specs`).
 pub const MAX_REFINEMENTS_PER_METRIC: usize = 4;
 
@@ -110,7 +110,20 @@ fn is_coarse_pass(specs: &[HistogramSpec]) -> bool {
         && Metric::ALL.iter().zip(specs).all(|(m, s)| *s == QuantileSearch::coarse_spec(*m))
 }
 
+/// Every round, new analysis or refinement: at most `max_bins` bins per histogram, no
+/// bin narrower than the metric's minimum, and at most
+/// [`MAX_REFINEMENTS_PER_METRIC`] histograms per metric — so adjacent histograms
+/// cannot add up to one finer than `max_bins` allows.
 fn check_limits(specs: &[HistogramSpec], limits: &HistogramLimits) -> Result<(), String> {
+    for m in Metric::ALL {
+        let n = specs.iter().filter(|s| s.metric == m).count();
+        if n > MAX_REFINEMENTS_PER_METRIC {
+            return Err(format!(
+                "policy: {n} {} histograms in one round; at most {MAX_REFINEMENTS_PER_METRIC} per metric (one per cut point)",
+                m.name()
+            ));
+        }
+    }
     for s in specs {
         if s.len() > limits.max_bins as usize {
             return Err(format!(
@@ -155,15 +168,6 @@ fn continues(o: &Open, a: &Analysis) -> Result<(), String> {
             }
         }
         AnalysisKind::RfmHistograms(specs) => {
-            for m in Metric::ALL {
-                let n = specs.iter().filter(|s| s.metric == m).count();
-                if n > MAX_REFINEMENTS_PER_METRIC {
-                    return Err(format!(
-                        "a refinement pass holds {n} {} histograms; at most {MAX_REFINEMENTS_PER_METRIC} (one per cut point)",
-                        m.name()
-                    ));
-                }
-            }
             for s in specs {
                 nests(s, &o.last)?;
             }
@@ -261,6 +265,11 @@ mod tests {
         assert!(t.identify(&wide, &limits).unwrap_err().contains("max_bins"));
         // A fine histogram under the segments label is an rfm-histograms analysis.
         let fine = analysis("y", AnalysisKind::RfmHistograms(vec![linear(Metric::Monetary, 0, 1, 1000)]));
+        // Split into adjacent pieces, a new analysis is refused too.
+        let pieces: Vec<HistogramSpec> = (0..64u64).map(|i| linear(Metric::Monetary, 1024 * i, 1, 1024)).collect();
+        assert!(
+            t.identify(&analysis("z", AnalysisKind::RfmHistograms(pieces)), &limits).unwrap_err().contains("at most 4")
+        );
         assert_eq!(t.identify(&fine, &limits).unwrap().kind, RFM_HISTOGRAMS);
 
         let first = analysis("s", coarse());

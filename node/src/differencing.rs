@@ -16,41 +16,50 @@
 use std::sync::Mutex;
 
 use fedcrm_audit::{Event, Member};
-use fedcrm_protocol::pki::OrgKind;
 use fedcrm_protocol::rules::{self, Coverage, Unmasked};
 use fedcrm_protocol::wire::{self, Invitee, NodeRules};
 
-/// The sums this node helped unmask.
+/// When a sum was recorded, which decides how a record replaces earlier ones of its round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// Over U2, before the masked vector left: the sum is over some part of it.
+    Masked,
+    /// Over a U3 this node was shown in the consistency check (kept beside U2: the
+    /// coordinator might show other nodes another view).
+    Shown,
+    /// Over the U3 that t signatures confirmed: replaces every earlier set of the round.
+    Unmasked,
+}
+
+impl Recorded {
+    fn as_str(self) -> &'static str {
+        match self {
+            Recorded::Masked => "masked",
+            Recorded::Shown => "shown",
+            Recorded::Unmasked => "unmasked",
+        }
+    }
+}
+
+/// The sums this node's input may be in.
 #[derive(Debug, Default)]
 pub struct DifferencingGuard {
     history: Mutex<Vec<Unmasked>>,
 }
 
 impl DifferencingGuard {
-    /// Rebuild from the node's audit records (oldest first); the last record of a
-    /// round counts.
-    pub fn from_records(records: &[fedcrm_audit::Record]) -> Self {
+    /// Rebuild from the node's audit records (oldest first): a confirmed U3 replaces
+    /// its round's earlier sets. `Err` for a record that does not parse — the node
+    /// does not start with a guard it cannot trust.
+    pub fn from_records(records: &[fedcrm_audit::Record]) -> Result<Self, String> {
         let guard = Self::default();
-        let all: Vec<Unmasked> = records
-            .iter()
-            .filter_map(|r| match &r.event {
-                Event::Contributed { round, family, window_from, window_to, contributors, .. } => Some(Unmasked {
-                    round: round.clone(),
-                    time_ms: r.time_ms,
-                    coverage: Coverage {
-                        family: family.clone(),
-                        from: wire::parse_date(window_from).ok(),
-                        to: wire::parse_date(window_to).ok()?,
-                    },
-                    contributors: contributors.iter().map(invitee).collect(),
-                }),
-                _ => None,
-            })
-            .collect();
-        for u in all {
-            guard.remember(u);
+        for r in records {
+            if let Some(sum) = r.contributed_sum() {
+                let (sum, replaces) = sum?;
+                guard.remember(sum, if replaces { Recorded::Unmasked } else { Recorded::Masked });
+            }
         }
-        guard
+        Ok(guard)
     }
 
     /// May this node help compute a sum covering `coverage` over `contributors` in
@@ -72,17 +81,20 @@ impl DifferencingGuard {
     }
 
     /// Remember a sum this node's input may be in (its audit record is written by the
-    /// caller); a later record of the same round (U3 once known) replaces the earlier (U2).
-    pub fn remember(&self, unmasked: Unmasked) {
+    /// caller). A confirmed U3 replaces every earlier set of its round; the others add.
+    pub fn remember(&self, unmasked: Unmasked, stage: Recorded) {
         let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
-        history.retain(|u| u.round != unmasked.round);
+        if stage == Recorded::Unmasked {
+            history.retain(|u| u.round != unmasked.round);
+        }
         history.push(unmasked);
     }
 }
 
-/// The audit record of a sum helped unmask.
-pub fn record(u: &Unmasked, analysis: &str) -> Event {
+/// The audit record of a sum this node's input may be in.
+pub fn record(u: &Unmasked, analysis: &str, stage: Recorded) -> Event {
     Event::Contributed {
+        stage: stage.as_str().to_string(),
         round: u.round.clone(),
         analysis: analysis.to_string(),
         family: u.coverage.family.clone(),
@@ -100,14 +112,10 @@ pub fn record(u: &Unmasked, analysis: &str) -> Event {
     }
 }
 
-fn invitee(m: &Member) -> Invitee {
-    let kind = if m.kind == "hq" { OrgKind::Hq } else { OrgKind::Franchisee };
-    Invitee { name: m.name.clone(), organisation: m.organisation.clone(), kind }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fedcrm_protocol::pki::OrgKind;
 
     fn fr(n: &str) -> Invitee {
         Invitee { name: n.into(), organisation: format!("{n} ltd"), kind: OrgKind::Franchisee }
@@ -128,10 +136,10 @@ mod tests {
             prev: fedcrm_audit::GENESIS.into(),
             time_ms: sum.time_ms,
             party: "a".into(),
-            event: super::record(&sum, "analysis-1"),
+            event: super::record(&sum, "analysis-1", Recorded::Unmasked),
         };
         // A restarted node reads its log: the sum over six is remembered.
-        let guard = DifferencingGuard::from_records(&[record]);
+        let guard = DifferencingGuard::from_records(&[record]).unwrap();
         let rules = NodeRules {
             assume_colluding_nodes: 1,
             min_other_organisations: 1,

@@ -179,7 +179,8 @@ pub struct EgressRecord {
     pub round: Option<String>,
     /// Analysis id.
     pub analysis: Option<String>,
-    /// Analysis kind (`rfm-histograms`, …), from the node's record of the round.
+    /// Analysis kind (`rfm-histograms`, …) as the node identified it from the
+    /// computation, from its record of the round.
     pub analysis_kind: Option<String>,
     pub kind: String,
     pub bytes: u64,
@@ -192,7 +193,7 @@ pub fn read_log(audit_dir: &std::path::Path) -> Result<Vec<EgressRecord>, AuditE
     let kinds: HashMap<String, String> = records
         .iter()
         .filter_map(|r| match &r.event {
-            Event::RoundStarted { round, kind, .. } => Some((round.clone(), kind.clone())),
+            Event::RoundStarted { round, analysis_kind, .. } => Some((round.clone(), analysis_kind.clone())),
             _ => None,
         })
         .collect();
@@ -212,4 +213,50 @@ pub fn read_log(audit_dir: &std::path::Path) -> Result<Vec<EgressRecord>, AuditE
             _ => None,
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fedcrm_audit::log::{AuditConfig, LogIdentity, SystemClock};
+
+    #[tokio::test]
+    async fn a_phase_not_cleared_by_the_rules_cannot_leave() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = fedcrm_protocol::pki::Identity {
+            name: "node-1".into(),
+            organisation: "n1 ltd".into(),
+            role: fedcrm_protocol::pki::Role::Node(fedcrm_protocol::pki::OrgKind::Franchisee),
+        };
+        let ca = fedcrm_protocol::pki::ca_init("brand", 30).unwrap();
+        let (key, csr) = fedcrm_protocol::pki::new_key_and_csr(&id).unwrap();
+        let (cert, _) =
+            fedcrm_protocol::pki::sign_csr(&ca, &csr, fedcrm_protocol::pki::Validity::days_from_now(30)).unwrap();
+        let cert_der = fedcrm_protocol::pki::pem_to_der_certs(&cert).unwrap().remove(0);
+        let identity = LogIdentity {
+            certificate_der: cert_der,
+            role: "fedcrm-node-franchisee".into(),
+            organisation: "n1 ltd".into(),
+            software: "t".into(),
+        };
+        let signer = fedcrm_protocol::pki::SigningKey::from_pem(&key).unwrap();
+        let log = AuditLog::open(dir.path(), "node-1", identity, signer, AuditConfig::default(), Arc::new(SystemClock))
+            .unwrap();
+        let (mut egress, _outbound) = Egress::open(Arc::new(Mutex::new(log)), None);
+        let round = RoundId([7; 16]);
+        let chunk = FromNode::Masked(wire::MaskedChunk { round, index: 0, count: 1, offset: 0, words: vec![1, 2, 3] });
+        let unmask = FromNode::Unmask { round, shares: vec![] };
+        let sign = FromNode::Consistency { round, signature: vec![1] };
+        // Not admitted at all.
+        assert!(matches!(egress.send(&chunk).await, Err(EgressError::Refused(_))));
+        // Admitted (keys and shares may leave), but no later phase cleared.
+        egress.admit(round, "analysis-1");
+        for m in [&chunk, &sign, &unmask] {
+            let err = egress.send(m).await.unwrap_err();
+            assert!(err.to_string().contains("was not cleared by this node's rules"), "{err}");
+        }
+        egress.clear(round, Phase::MaskedInputCollection);
+        egress.send(&chunk).await.unwrap();
+        assert!(egress.send(&unmask).await.is_err());
+    }
 }

@@ -17,6 +17,10 @@ pub const VERSION: &str = fedcrm_crypto::PROTOCOL_VERSION;
 pub const MAX_LENGTH: u64 = 1 << 26;
 /// Largest number of invited nodes in one round.
 pub const MAX_NODES: usize = 1000;
+/// Largest value of a count a node announces in `Hello.rules` (colluding
+/// organisations, organisations, participants, population difference): larger ones
+/// are refused, so the coordinator's planning stays bounded.
+pub const MAX_RULE: u32 = 16;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum WireError {
@@ -325,7 +329,8 @@ pub fn kind_str(k: OrgKind) -> &'static str {
     }
 }
 
-fn parse_kind(s: &str) -> Result<OrgKind, WireError> {
+/// `hq` or `franchisee`, as [`kind_str`] writes it.
+pub fn parse_kind(s: &str) -> Result<OrgKind, WireError> {
     match s {
         "hq" => Ok(OrgKind::Hq),
         "franchisee" => Ok(OrgKind::Franchisee),
@@ -743,8 +748,8 @@ impl TryFrom<pb::NodeMessage> for FromNode {
             Body::Hello(h) => {
                 let r = h.rules.unwrap_or_default();
                 let small = |name: &'static str, v: u32| -> Result<usize, WireError> {
-                    if v as usize > MAX_NODES {
-                        return Err(field(name, format!("{v} exceeds {MAX_NODES}")));
+                    if v > MAX_RULE {
+                        return Err(field(name, format!("{v} exceeds {MAX_RULE}")));
                     }
                     Ok(v as usize)
                 };

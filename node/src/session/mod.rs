@@ -76,6 +76,10 @@ pub enum SessionError {
     Wire(#[from] wire::WireError),
     #[error(transparent)]
     Egress(#[from] EgressError),
+    /// A record of the sums this node helped compute cannot be read: it does not
+    /// start with a differencing guard it cannot trust.
+    #[error("audit log: {0}; run `fedcrm audit verify` on this node's log")]
+    Guard(String),
     /// This node's own audit log failed: the session ends (fail closed). Not the
     /// coordinator's fault.
     #[error("this node's audit log failed, so the session stops (fix the disk, then restart): {0}")]
@@ -189,7 +193,7 @@ impl NodeContext {
             faults,
             tap: None,
             round_tap: None,
-            differencing: DifferencingGuard::from_records(&records),
+            differencing: DifferencingGuard::from_records(&records).map_err(SessionError::Guard)?,
             analyses: Tracker::with_seen(seen),
             monthly: Mutex::new(monthly),
             granted: Mutex::new(HashSet::new()),

@@ -35,6 +35,7 @@ use super::{DropAt, NodeContext, Peer, SessionEnd, SessionError, hex, record, st
 use crate::analysis::local_vector;
 use crate::approvals::{self, Decision, Pending};
 use crate::computation::Identified;
+use crate::differencing::Recorded;
 use crate::egress::{Egress, lock};
 use crate::features;
 
@@ -165,6 +166,10 @@ impl<'a> Rounds<'a> {
     pub(super) async fn refuse_malformed(&mut self, e: &wire::WireError) -> Result<(), SessionError> {
         let round = self.active.as_ref().filter(|a| !matches!(a.state, State::Done)).map(|a| a.start.round);
         let reason = format!("malformed message from the coordinator: {e}");
+        if let Some(r) = round {
+            // The coordinator drops this node from its round: leave it too.
+            return self.refuse(r, &reason).await;
+        }
         record(
             self.ctx,
             Event::PolicyDecision {
@@ -182,12 +187,22 @@ impl<'a> Rounds<'a> {
     async fn on_round_start(&mut self, start: RoundStart, coordinator: &Option<Peer>) -> Handled {
         let ctx = self.ctx;
         let round = start.round;
-        if self.active.as_ref().is_some_and(|a| !matches!(a.state, State::Done)) {
-            self.refuse(round, "node is busy with another round").await?;
+        if !ctx.first_sight(&round) {
+            // A round is never run twice: ignore it, leaving any round in progress alone.
+            tracing::warn!(node = %ctx.name, %round, "a round id used before; ignored");
+            record(
+                ctx,
+                Event::PolicyDecision {
+                    round: Some(round.to_hex()),
+                    analysis: String::new(),
+                    admitted: false,
+                    reason: "this round id was used before; a round is never run twice".into(),
+                },
+            )?;
             return Ok(None);
         }
-        if !ctx.first_sight(&round) {
-            self.refuse(round, "this round id was used before; a round is never run twice").await?;
+        if self.active.as_ref().is_some_and(|a| !matches!(a.state, State::Done)) {
+            self.refuse(round, "node is busy with another round").await?;
             return Ok(None);
         }
         // The coordinator signs who is in the round and who asked why: check and log it.
@@ -339,6 +354,16 @@ impl<'a> Rounds<'a> {
             return Ok(None); // a repeated or out-of-order delivery changes nothing
         }
         let State::ShareKeys(client) = std::mem::replace(&mut a.state, State::Done) else { return Ok(None) };
+        // First the protocol's own checks on U2 (⊆ U1, holds this node, ≥ t members,
+        // every share opens), so the rules below see a valid U2.
+        let incoming: Vec<(String, Vec<u8>)> = shares.into_iter().map(|s| (s.peer, s.ciphertext)).collect();
+        let ready = match client.receive(&delivered, &incoming) {
+            Ok(r) => r,
+            Err(e) => {
+                self.refuse(round, &e.to_string()).await?;
+                return Ok(None);
+            }
+        };
         let u2 = a.members(&delivered);
         let rules = if colludes(ctx) {
             Ok(())
@@ -355,7 +380,6 @@ impl<'a> Rounds<'a> {
             })
         };
         if let Err(why) = rules {
-            a.input.iter_mut().for_each(|w| *w = 0);
             tracing::warn!(node = %ctx.name, %round, %why, "refusing to mask");
             self.refuse(round, &why).await?;
             return Ok(None);
@@ -363,9 +387,8 @@ impl<'a> Rounds<'a> {
         // From here this node's input may end up in a sum over (part of) U2, whether or
         // not the coordinator asks it anything more: persist that for the
         // differencing guard before the masked vector leaves.
-        contributed(ctx, a, round, &delivered)?;
-        let incoming: Vec<(String, Vec<u8>)> = shares.into_iter().map(|s| (s.peer, s.ciphertext)).collect();
-        let masked = client.receive(&delivered, &incoming).and_then(|ready| ready.mask(&a.input));
+        contributed(ctx, a, round, &delivered, Recorded::Masked)?;
+        let masked = ready.mask(&a.input);
         // The unmasked local vector is no longer needed, whatever happened.
         a.input = Zeroizing::new(Vec::new());
         match masked {
@@ -410,6 +433,10 @@ impl<'a> Rounds<'a> {
                 self.refuse(round, "a second consistency check in one round; a node signs one view per round").await?;
                 return Ok(None);
             }
+            State::Done => {
+                self.refuse(round, "a consistency check for a round this node already left or answered").await?;
+                return Ok(None);
+            }
             _ => {
                 self.refuse(round, "a consistency check before this node sent its masked input; refusing").await?;
                 return Ok(None);
@@ -417,6 +444,11 @@ impl<'a> Rounds<'a> {
         };
         let view = View { delivered: client.delivered(), survivors: survivors.clone(), dropped: dropped.clone() };
         let u3 = a.members(&survivors);
+        if client.check_request(&survivors, &dropped).is_ok() && !colludes(ctx) {
+            // This view may be the sum, whether this node signs it or not: remember it
+            // beside U2 until the unmask request confirms one view.
+            contributed(ctx, a, round, &survivors, Recorded::Shown)?;
+        }
         let colluding = colludes(ctx);
         let rules = client.check_request(&survivors, &dropped).map_err(|e| e.to_string()).and_then(|()| {
             if colluding {
@@ -438,8 +470,6 @@ impl<'a> Rounds<'a> {
             self.refuse(round, &why).await?;
             return Ok(None);
         }
-        // The sum will be over U3: that replaces the U2 recorded when masking.
-        contributed(ctx, a, round, &survivors)?;
         let payload = secagg::consistency_payload(&round, &view.delivered, &view.survivors);
         let signature = ctx.signing.sign(&payload)?;
         record(
@@ -475,7 +505,8 @@ impl<'a> Rounds<'a> {
                 (c, v)
             }
             State::Done => {
-                self.refuse(round, "a second unmask request in one round; refusing").await?;
+                self.refuse(round, "an unmask request for a round this node already left or answered; refusing")
+                    .await?;
                 return Ok(None);
             }
             other => {
@@ -505,6 +536,9 @@ impl<'a> Rounds<'a> {
                 return Ok(None);
             }
         };
+        // t signatures confirm the view: the sum is over this U3, which replaces the
+        // sets remembered for this round.
+        contributed(ctx, a, round, &view.survivors, Recorded::Unmasked)?;
         record(
             ctx,
             Event::RoundView {
@@ -602,15 +636,21 @@ async fn fault_at_unmask(ctx: &NodeContext, shutdown: &watch::Receiver<bool>) ->
 
 /// Record (fsynced) and remember that this node's input may be in a sum over
 /// `contributors` in `round`: the differencing guard's history.
-fn contributed(ctx: &NodeContext, a: &Active, round: RoundId, contributors: &[String]) -> Result<(), SessionError> {
+fn contributed(
+    ctx: &NodeContext,
+    a: &Active,
+    round: RoundId,
+    contributors: &[String],
+    stage: Recorded,
+) -> Result<(), SessionError> {
     let unmasked = Unmasked {
         round: round.to_hex(),
         time_ms: unix_now_ms(),
         coverage: a.start.analysis.coverage(),
         contributors: a.members(contributors),
     };
-    record(ctx, crate::differencing::record(&unmasked, &a.start.analysis.analysis_id))?;
-    ctx.differencing.remember(unmasked);
+    record(ctx, crate::differencing::record(&unmasked, &a.start.analysis.analysis_id, stage))?;
+    ctx.differencing.remember(unmasked, stage);
     Ok(())
 }
 
