@@ -244,11 +244,14 @@ impl Round<'_, '_> {
         let unmasking = self.masked_input(&u1, &u2).await?;
         let (u3, dropped) = (unmasking.survivors(), unmasking.dropped());
         let signatures = self.consistency_check(&u2, &u3, &dropped).await?;
-        let sum = self.unmasking(unmasking, &u1, &u2, &u3, &dropped, signatures).await?;
+        let sum = self.unmasking(unmasking, &u1, &u2, &u3, signatures).await?;
         self.log_exits();
         self.contributed(analysis, &u3, true)?;
         self.end(true, "aggregate computed").await;
         tracing::info!(round = %self.id, contributors = u3.len(), "round complete");
+        // Unwrap safety (indexing `by_name` here and below): every name in U1, U2 and U3,
+        // and every node an event is accepted from, is an invitee, and `by_name` holds
+        // every invitee.
         Ok(RoundOutput {
             round: self.id,
             organisations: u3.iter().map(|n| self.by_name[n].organisation.clone()).collect(),
@@ -399,6 +402,7 @@ impl Round<'_, '_> {
                 .iter()
                 .filter(|u| *u != v)
                 .filter_map(|u| {
+                    // Unwrap safety: U2 is the nodes whose sealed shares arrived.
                     sealed[u]
                         .iter()
                         .find(|s| &s.peer == v)
@@ -542,7 +546,6 @@ impl Round<'_, '_> {
         u1: &[SignedKeys],
         u2: &[String],
         u3: &[String],
-        dropped: &[String],
         signed: BTreeMap<String, (Vec<u8>, Vec<String>)>,
     ) -> Result<Vec<u64>, RoundError> {
         self.phase = Phase::Unmasking;
@@ -613,7 +616,6 @@ impl Round<'_, '_> {
                 other => self.unexpected(&node, &other).await,
             }
         }
-        let _ = dropped;
         let responses: Vec<(String, Vec<Revealed>)> = responses.into_iter().collect();
         if responses.len() < self.t {
             return Err(RoundError::TooFew {
