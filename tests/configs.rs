@@ -44,6 +44,27 @@ fn unknown_keys_are_errors() {
 }
 
 #[test]
+fn misspelt_or_unsafe_policy_values_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = std::fs::read_to_string(configs().join("node.toml")).unwrap();
+    let p = dir.path().join("node.toml");
+    for (from, to, expect) in [
+        ("rfm-segments = 50", "rfm-segmnts = 50", "\"rfm-segmnts\", which is not an analysis"),
+        (
+            "allowed_analyses = [\"rfm-histograms\", \"rfm-segments\"]",
+            "allowed_analyses = [\"rfm-segment\"]",
+            "policy.allowed_analyses names \"rfm-segment\"",
+        ),
+        ("min_participants = 3", "min_participants = 1", "min_participants = 1 is unsafe"),
+    ] {
+        assert!(original.contains(from), "{from}");
+        std::fs::write(&p, original.replace(from, to)).unwrap();
+        let err = fedcrm_node::config::NodeConfig::load(&p).unwrap_err().to_string();
+        assert!(err.contains(expect), "{err}");
+    }
+}
+
+#[test]
 fn audit_retention_under_three_years_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     for name in ["node.toml", "coordinator.toml"] {

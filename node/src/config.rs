@@ -64,6 +64,7 @@ impl NodeConfig {
         if let Some(p) = c.data.consent_withdrawals.as_mut() {
             resolve(&base, p);
         }
+        c.policy.validate().map_err(|message| ConfigError::Parse { path: path.to_path_buf(), message })?;
         Ok(c)
     }
 }

@@ -170,7 +170,57 @@ pub struct CapState {
 
 pub use fedcrm_protocol::rules::{Stage, other_organisations};
 
+/// Analysis kinds a policy may name (as the node identifies them from the computation).
+pub const KNOWN_ANALYSES: [&str; 2] = [crate::computation::RFM_HISTOGRAMS, crate::computation::RFM_SEGMENTS];
+
 impl Policy {
+    /// Refuse values that would silently weaken the policy: an analysis name that is
+    /// not one (a typo would drop a cap or an approval), fewer than 3 participants,
+    /// and counts beyond what a node may announce.
+    pub fn validate(&self) -> Result<(), String> {
+        let known = |list: &str, name: &str| -> Result<(), String> {
+            if KNOWN_ANALYSES.contains(&name) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "policy.{list} names {name:?}, which is not an analysis; use one of {}",
+                    KNOWN_ANALYSES.map(|a| format!("{a:?}")).join(", ")
+                ))
+            }
+        };
+        for a in &self.allowed_analyses {
+            known("allowed_analyses", a)?;
+        }
+        for a in &self.manual_approval {
+            known("manual_approval", a)?;
+        }
+        for a in self.monthly_analysis_caps.keys() {
+            known("monthly_analysis_caps", a)?;
+        }
+        if self.min_participants < 3 {
+            return Err(format!(
+                "policy.min_participants = {} is unsafe: with fewer than 3 nodes a sum is one other node's data away \
+                 from yours; use 3 or more",
+                self.min_participants
+            ));
+        }
+        let max = fedcrm_protocol::wire::MAX_RULE as usize;
+        for (name, v) in [
+            ("assume_colluding_nodes", self.assume_colluding_nodes),
+            ("min_other_organisations", self.min_other_organisations),
+            ("min_participants", self.min_participants),
+            ("min_population_difference", self.min_population_difference),
+        ] {
+            if v > max {
+                return Err(format!("policy.{name} = {v} is larger than {max}, the most a node may announce"));
+            }
+        }
+        if self.histograms.max_bins == 0 {
+            return Err("policy.histograms.max_bins is 0; use 1 or more (default 1024)".into());
+        }
+        Ok(())
+    }
+
     /// The rules this node announces in `Hello`.
     pub fn rules(&self) -> NodeRules {
         NodeRules {
