@@ -67,10 +67,8 @@ pub async fn run(o: DemoOptions) -> Result<()> {
         })
         .collect();
     let dropper = specs.last().map(|s| s.name.clone()).unwrap_or_default();
-    if drop_one {
-        if let Some(s) = specs.last_mut() {
-            s.faults.drop_at = Some(DropAt::AfterShares);
-        }
+    if drop_one && let Some(s) = specs.last_mut() {
+        s.faults.drop_at = Some(DropAt::AfterShares);
     }
     let say = |s: &str| {
         if !o.quiet {

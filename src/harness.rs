@@ -283,6 +283,12 @@ impl Cluster {
     /// after it dropped out; waits until it is connected.
     pub async fn restart_node(&mut self, name: &str) -> Result<()> {
         let cfg = self.node_configs.iter().find(|c| c.name == name).context("no such node")?.clone();
+        // One process (here: one task) per audit log: the old session ends first.
+        if let Some(i) = self.nodes.iter().position(|(n, _)| n == name) {
+            let (_, old) = self.nodes.remove(i);
+            old.abort();
+            let _ = old.await;
+        }
         let ctx = self.node_context(&cfg, Faults::default())?;
         let rx = self.shutdown_signal();
         let session = |c: &Coordinator| c.registry.connected().into_iter().find(|p| p.name == name).map(|p| p.session);

@@ -174,10 +174,24 @@ async fn node_refuses_a_coordinator_with_the_wrong_name() {
     let (url, _stop) = rogue_coordinator(&cluster, cluster.pki.ca_path(), files, "other.fedcrm.test").await;
     let mut cfg = cluster.node_configs[0].clone();
     cfg.coordinator.url = url;
+    // One process per audit log: node-0 is running on the cluster's.
+    cfg.audit_dir = cluster.dir.path().join("rogue-audit");
     let ctx = cluster.node_context(&cfg, Faults::default()).unwrap();
     let err = run_session(&ctx, cluster.shutdown_signal()).await.expect_err("must refuse");
     assert!(matches!(err, SessionError::Connect { .. }), "{err}");
     assert!(err.to_string().contains("not valid for name \"coordinator.fedcrm.test\""), "{err}");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_on_one_audit_directory_is_refused() {
+    // A copied node.toml started twice: the second instance must not append to the
+    // first one's log (the interleaved records would read as tampering).
+    let cluster = cluster().await;
+    let cfg = cluster.node_configs[0].clone();
+    let err = cluster.node_context(&cfg, Faults::default()).unwrap_err().to_string();
+    assert!(err.contains("is in use by another process") && err.contains("pid "), "{err}");
+    assert!(!err.contains("fix the disk"), "{err}");
     cluster.stop().await;
 }
 

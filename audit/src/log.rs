@@ -264,6 +264,18 @@ impl From<SignedHead> for wire::Receipt {
 /// lower-case, say what to do, and never contain key material.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
+    /// Another process holds this log directory: two writers would interleave
+    /// records and the log would read as tampered.
+    #[error(
+        "audit log {dir} is in use by another process{}; run one process per audit directory (stop the other, or give this one its own `audit_dir`)",
+        holder.as_ref().map(|h| format!(" ({h})")).unwrap_or_default()
+    )]
+    InUse {
+        /// The log directory.
+        dir: PathBuf,
+        /// What the lock file says about its holder, e.g. `pid 4242`.
+        holder: Option<String>,
+    },
     /// The configuration is out of range.
     #[error("audit config: {0}")]
     Config(String),
@@ -339,6 +351,32 @@ pub(crate) fn io_error(path: &Path) -> impl FnOnce(io::Error) -> AuditError + '_
 // ---------------------------------------------------------------------------
 // Files
 // ---------------------------------------------------------------------------
+
+/// The lock file that makes a log directory one process's: an exclusive OS lock
+/// (released by the OS when the process ends, however it ends), and the holder's pid
+/// written inside for the error another process reports.
+pub(crate) const LOCK_FILE: &str = ".lock";
+
+fn lock_dir(dir: &Path) -> Result<File, AuditError> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join(LOCK_FILE);
+    let mut file =
+        OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io_error(&path))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            let holder = text.lines().next().map(str::trim).filter(|t| !t.is_empty()).map(str::to_string);
+            return Err(AuditError::InUse { dir: dir.to_path_buf(), holder });
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(io_error(&path)(e)),
+    }
+    file.set_len(0).map_err(io_error(&path))?;
+    file.rewind().map_err(io_error(&path))?;
+    writeln!(file, "pid {}", std::process::id()).map_err(io_error(&path))?;
+    Ok(file)
+}
 
 /// The name of log file number `n`.
 pub(crate) fn file_name(n: u64) -> String {
@@ -533,6 +571,8 @@ pub struct AuditLog {
     /// `fsync` every record (always, except in [`crate::verify::bench`]).
     pub(crate) durable: bool,
     poisoned: bool,
+    /// The exclusive OS lock on the directory's `.lock` file, held while the log is open.
+    _lock: File,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -616,6 +656,7 @@ impl AuditLog {
             )));
         }
         fs::create_dir_all(dir).map_err(io_error(dir))?;
+        let lock = lock_dir(dir)?;
         let files = list_files(dir)?;
 
         let mut next_seq = 0;
@@ -692,6 +733,7 @@ impl AuditLog {
             last_seal_ms: now,
             durable: true,
             poisoned: false,
+            _lock: lock,
         };
         if let Some(event) = torn {
             log.write_event(|_| Ok(event.clone()))?;

@@ -767,10 +767,10 @@ fn analyses(all: &[&Record], dir: &Directory, period: &Period) -> Vec<AnalysisRu
         if invited.is_empty() {
             // No coordinator round in the logs read: fall back to what the nodes were offered.
             for r in all {
-                if let Event::RoundStarted { analysis, invited: inv, .. } = &r.event {
-                    if analysis == id {
-                        invited.extend(inv);
-                    }
+                if let Event::RoundStarted { analysis, invited: inv, .. } = &r.event
+                    && analysis == id
+                {
+                    invited.extend(inv);
                 }
             }
         }
@@ -925,10 +925,10 @@ fn refusals(inp: &[&Record], dir: &Directory) -> Vec<Refusal> {
         g.count += 1;
         g.first_at = g.first_at.clone().min(t.clone());
         g.last_at = g.last_at.clone().max(t);
-        if let Some(round) = round {
-            if !g.rounds.contains(&round) {
-                g.rounds.push(round);
-            }
+        if let Some(round) = round
+            && !g.rounds.contains(&round)
+        {
+            g.rounds.push(round);
         }
         let o = order.entry(key).or_insert(r.time_ms);
         *o = (*o).min(r.time_ms);
@@ -1211,7 +1211,7 @@ fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

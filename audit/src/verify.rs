@@ -674,34 +674,34 @@ impl Walk<'_> {
         }
 
         let hash = line_hash(line);
-        if let Some(r) = &self.head_check {
-            if r.upto_seq == rec.seq {
-                if hex::encode(hash) != r.last_head {
-                    return Err(at(
-                        Problem::BrokenChain,
-                        format!(
-                            "this record hashes to {}, but the retention-deleted record at {}:{} says its head is {}",
-                            hex::encode(hash),
-                            r.file.display(),
-                            r.line,
-                            r.last_head
-                        ),
-                    ));
-                }
-                if rec.time_ms != r.newest_deleted_ms {
-                    return Err(at(
-                        Problem::Truncated,
-                        format!(
-                            "this record (the last one the retention-deleted record at {}:{} deletes) is dated {}, but that record says the newest record it deleted was written {}: the deletion misstates the age of what it deleted",
-                            r.file.display(),
-                            r.line,
-                            when(rec.time_ms),
-                            when(r.newest_deleted_ms)
-                        ),
-                    ));
-                }
-                self.head_check = None;
+        if let Some(r) = &self.head_check
+            && r.upto_seq == rec.seq
+        {
+            if hex::encode(hash) != r.last_head {
+                return Err(at(
+                    Problem::BrokenChain,
+                    format!(
+                        "this record hashes to {}, but the retention-deleted record at {}:{} says its head is {}",
+                        hex::encode(hash),
+                        r.file.display(),
+                        r.line,
+                        r.last_head
+                    ),
+                ));
             }
+            if rec.time_ms != r.newest_deleted_ms {
+                return Err(at(
+                    Problem::Truncated,
+                    format!(
+                        "this record (the last one the retention-deleted record at {}:{} deletes) is dated {}, but that record says the newest record it deleted was written {}: the deletion misstates the age of what it deleted",
+                        r.file.display(),
+                        r.line,
+                        when(rec.time_ms),
+                        when(r.newest_deleted_ms)
+                    ),
+                ));
+            }
+            self.head_check = None;
         }
         if self.expected.is_none() {
             self.out.summary.first_seq = rec.seq;
@@ -735,21 +735,21 @@ impl Walk<'_> {
     /// Record times never go back within a log, and none is in the verifier's future.
     fn check_time(&self, fi: usize, line_no: u64, rec: &Record) -> Result<(), VerifyFailure> {
         let file = &self.files[fi];
-        if let (Some(prev_time), Some((pfi, pline))) = (self.prev_time, self.prev_at) {
-            if rec.time_ms < prev_time {
-                return Err(fail(
-                    file,
-                    Some(line_no),
-                    Some(rec.seq),
-                    Problem::TimeReversed,
-                    format!(
-                        "this record is dated {}, earlier than the record before it ({}:{pline}, dated {}): the writer never dates a record before its predecessor, so the log's timeline was edited",
-                        when(rec.time_ms),
-                        self.files[pfi].display(),
-                        when(prev_time)
-                    ),
-                ));
-            }
+        if let (Some(prev_time), Some((pfi, pline))) = (self.prev_time, self.prev_at)
+            && rec.time_ms < prev_time
+        {
+            return Err(fail(
+                file,
+                Some(line_no),
+                Some(rec.seq),
+                Problem::TimeReversed,
+                format!(
+                    "this record is dated {}, earlier than the record before it ({}:{pline}, dated {}): the writer never dates a record before its predecessor, so the log's timeline was edited",
+                    when(rec.time_ms),
+                    self.files[pfi].display(),
+                    when(prev_time)
+                ),
+            ));
         }
         let VerifyOptions { now_ms, skew_ms, .. } = self.options;
         if rec.time_ms > now_ms.saturating_add(skew_ms) {

@@ -225,6 +225,32 @@ fn retention_deletes_old_files_logs_it_and_the_rest_verifies() {
 }
 
 #[test]
+fn one_process_per_log_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let brand = Brand::new();
+    let node = brand.node("store-1.brand");
+    let clock = TestClock::new();
+    let mut first = node.open(tmp.path(), AuditConfig::default(), clock.clone());
+    first.append(egress(1)).unwrap();
+    // A second writer (another process, or a copied config) is refused, naming the holder.
+    let second =
+        AuditLog::open(tmp.path(), &node.name, node.identity(), node.signer(), AuditConfig::default(), clock.clone());
+    match second {
+        Err(AuditError::InUse { holder, .. }) => {
+            assert_eq!(holder, Some(format!("pid {}", std::process::id())))
+        }
+        other => panic!("a second writer was not refused: {:?}", other.map(|_| ())),
+    }
+    // Once the first is closed, the log opens again and verifies.
+    drop(first);
+    let mut again = node.open(tmp.path(), AuditConfig::default(), clock.clone());
+    again.append(egress(2)).unwrap();
+    again.seal().unwrap();
+    drop(again);
+    verify(&[tmp.path().to_path_buf()], &brand.ca_der, &clock).unwrap();
+}
+
+#[test]
 fn refusals_are_clear() {
     let tmp = tempfile::tempdir().unwrap();
     let brand = Brand::new();

@@ -81,15 +81,16 @@ pub fn plan(connected: &[Participant], history: &[Unmasked], now_ms: u64, covera
     if let Some(past) = history.iter().rev().find(|u| u.coverage.overlaps(coverage)) {
         let same: Vec<Participant> =
             connected.iter().filter(|p| past.contributors.iter().any(|c| c.name == p.name)).cloned().collect();
-        if same.len() < connected.len() && !same.is_empty() {
-            if let Ok(t) = check(&same, history, now_ms, coverage) {
-                let excluded = connected
-                    .iter()
-                    .filter(|p| !same.iter().any(|s| s.name == p.name))
-                    .map(|p| (p.name.clone(), format!("not invited: {first_error}")))
-                    .collect();
-                return Ok(Plan { invited: same, t, excluded });
-            }
+        if same.len() < connected.len()
+            && !same.is_empty()
+            && let Ok(t) = check(&same, history, now_ms, coverage)
+        {
+            let excluded = connected
+                .iter()
+                .filter(|p| !same.iter().any(|s| s.name == p.name))
+                .map(|p| (p.name.clone(), format!("not invited: {first_error}")))
+                .collect();
+            return Ok(Plan { invited: same, t, excluded });
         }
     }
     Err(first_error)

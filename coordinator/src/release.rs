@@ -111,10 +111,10 @@ pub struct SegmentRelease {
 /// too, so that no hidden cell follows from the others and a known total.
 pub fn suppress(cells: &[u64], min_cohort: u64) -> Vec<Option<u64>> {
     let mut shown: Vec<Option<u64>> = cells.iter().map(|&v| (v >= min_cohort).then_some(v)).collect();
-    if shown.iter().filter(|c| c.is_none()).count() == 1 {
-        if let Some(i) = (0..shown.len()).filter(|&i| shown[i].is_some()).min_by_key(|&i| cells[i]) {
-            shown[i] = None;
-        }
+    if shown.iter().filter(|c| c.is_none()).count() == 1
+        && let Some(i) = (0..shown.len()).filter(|&i| shown[i].is_some()).min_by_key(|&i| cells[i])
+    {
+        shown[i] = None;
     }
     shown
 }

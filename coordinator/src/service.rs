@@ -90,13 +90,13 @@ impl NodeService {
         let (hello, receipt) =
             wire::parse_node_message(first).map_err(|e| Status::invalid_argument(format!("malformed hello: {e}")))?;
         // An incompatible peer is told so first: it may not speak receipts at all.
-        if let FromNode::Hello { version, software, .. } = &hello {
-            if version != wire::VERSION {
-                return Err(Status::failed_precondition(format!(
-                    "incompatible protocol version {version:?} from {software}; this coordinator speaks {:?} — upgrade the node",
-                    wire::VERSION
-                )));
-            }
+        if let FromNode::Hello { version, software, .. } = &hello
+            && version != wire::VERSION
+        {
+            return Err(Status::failed_precondition(format!(
+                "incompatible protocol version {version:?} from {software}; this coordinator speaks {:?} — upgrade the node",
+                wire::VERSION
+            )));
         }
         let receipt = receipt.ok_or_else(|| Status::invalid_argument("hello carries no signed audit-log head"))?;
         log_receipt(c, &id.name, &cert, &receipt, hello.kind(), hello_digest).map_err(|e| match e {

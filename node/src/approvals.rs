@@ -178,10 +178,10 @@ impl Approvals {
     ) -> Result<Decision, ApprovalError> {
         let key = Self::request_key(a, kind, computation);
         let current = self.read::<Pending>(&self.path("pending", &key))?;
-        if let Some(p) = &current {
-            if let Some(ok) = self.approval(p, now_ms, valid_s)? {
-                return Ok(Decision::Approved(ok));
-            }
+        if let Some(p) = &current
+            && let Some(ok) = self.approval(p, now_ms, valid_s)?
+        {
+            return Ok(Decision::Approved(ok));
         }
         let fresh = Pending {
             id: match &current {
@@ -221,10 +221,10 @@ impl Approvals {
         };
         for e in entries {
             let p = e.map_err(io(&dir))?.path();
-            if p.extension().is_some_and(|x| x == "json") {
-                if let Some(req) = self.read::<Pending>(&p)? {
-                    out.push(req);
-                }
+            if p.extension().is_some_and(|x| x == "json")
+                && let Some(req) = self.read::<Pending>(&p)?
+            {
+                out.push(req);
             }
         }
         Ok(out)

@@ -253,12 +253,13 @@ impl Policy {
             return Err(format!("policy: {n} nodes invited, fewer than min_participants = {}", self.min_participants));
         }
         self.check_set(own_org, &r.invited, r.threshold, Stage::Invited)?;
-        if let Some(&cap) = self.monthly_analysis_caps.get(kind) {
-            if !caps.already_counted && caps.analyses_this_month >= cap {
-                return Err(format!(
-                    "policy: the monthly cap of {cap} {kind:?} analyses is reached; it resets on the 1st (UTC)"
-                ));
-            }
+        if let Some(&cap) = self.monthly_analysis_caps.get(kind)
+            && !caps.already_counted
+            && caps.analyses_this_month >= cap
+        {
+            return Err(format!(
+                "policy: the monthly cap of {cap} {kind:?} analyses is reached; it resets on the 1st (UTC)"
+            ));
         }
         Ok(())
     }

@@ -80,6 +80,9 @@ pub enum SessionError {
     /// start with a differencing guard it cannot trust.
     #[error("audit log: {0}; run `fedcrm audit verify` on this node's log")]
     Guard(String),
+    /// This node's audit log cannot be opened or read at start-up.
+    #[error("cannot open this node's audit log: {0}")]
+    OpenLog(fedcrm_audit::log::AuditError),
     /// This node's own audit log failed: the session ends (fail closed). Not the
     /// coordinator's fault.
     #[error("this node's audit log failed, so the session stops (fix the disk, then restart): {0}")]
@@ -168,13 +171,14 @@ impl NodeContext {
             SigningKey::from_pem(&key)?,
             config.audit,
             Arc::new(SystemClock),
-        )?;
+        )
+        .map_err(SessionError::OpenLog)?;
         // Old files beyond the retention period go (the deletion is itself logged).
-        log.apply_retention()?;
+        log.apply_retention().map_err(SessionError::OpenLog)?;
         // Caps, used analysis ids and the differencing guard are counted from the
         // audit log, so a restart resets none of them; an unreadable log stops the
         // node rather than silently resetting them.
-        let records = fedcrm_audit::log::read_records(&config.audit_dir)?;
+        let records = fedcrm_audit::log::read_records(&config.audit_dir).map_err(SessionError::OpenLog)?;
         let (monthly, seen) = count_admitted(&records);
         Ok(Self {
             name: config.name.clone(),
@@ -422,13 +426,12 @@ fn count_admitted(records: &[fedcrm_audit::Record]) -> (Monthly, BTreeSet<String
     let mut out: Monthly = HashMap::new();
     let mut seen = BTreeSet::new();
     for r in records {
-        if let Event::Egress { round: Some(round), message, .. } = &r.event {
-            if message == "advertise-keys" {
-                if let Some((id, kind)) = started.get(round) {
-                    out.entry((month_of(r.time_ms), kind.clone())).or_default().insert(id.clone());
-                    seen.insert(id.clone());
-                }
-            }
+        if let Event::Egress { round: Some(round), message, .. } = &r.event
+            && message == "advertise-keys"
+            && let Some((id, kind)) = started.get(round)
+        {
+            out.entry((month_of(r.time_ms), kind.clone())).or_default().insert(id.clone());
+            seen.insert(id.clone());
         }
     }
     (out, seen)

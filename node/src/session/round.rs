@@ -401,10 +401,10 @@ impl<'a> Rounds<'a> {
                     y.push(0);
                 }
                 let mut chunks = wire::chunk(round, &y, a.start.chunk_elements);
-                if ctx.faults.malformed_chunk {
-                    if let Some(c) = chunks.first_mut() {
-                        c.index = c.count + 5;
-                    }
+                if ctx.faults.malformed_chunk
+                    && let Some(c) = chunks.first_mut()
+                {
+                    c.index = c.count + 5;
                 }
                 a.state = State::MaskedInputCollection(next);
                 self.egress.clear(round, Phase::MaskedInputCollection);
