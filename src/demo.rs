@@ -125,7 +125,7 @@ pub async fn run(o: DemoOptions) -> Result<()> {
     let equal = view.recency_cuts == p.recency
         && view.frequency_cuts == p.frequency
         && view.monetary_cuts_cents == p.monetary
-        && view.customers == p.customers
+        && view.customers == Some(p.customers)
         && fed_counts.iter().zip(p.counts).all(|(f, c)| f.is_none_or(|f| f == c));
     // Every party's audit log, verified together as an auditor would.
     let mut logs = vec![cluster.coordinator.config.audit_dir.clone()];

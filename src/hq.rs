@@ -65,7 +65,8 @@ impl AnalystClient {
 /// Plain serialisable view of a segments reply.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct SegmentsView {
-    pub customers: u64,
+    /// Total customers; `None` (JSON `null`) when withheld because a cell was suppressed.
+    pub customers: Option<u64>,
     pub recency_cuts: Vec<u64>,
     pub frequency_cuts: Vec<u64>,
     pub monetary_cuts_cents: Vec<u64>,
@@ -87,7 +88,7 @@ impl From<&pb::SegmentsReply> for SegmentsView {
     fn from(r: &pb::SegmentsReply) -> Self {
         let cuts = |c: &Option<pb::CutPoints>| c.as_ref().map(|c| c.cuts.clone()).unwrap_or_default();
         Self {
-            customers: r.customers,
+            customers: (!r.customers_withheld).then_some(r.customers),
             recency_cuts: cuts(&r.recency),
             frequency_cuts: cuts(&r.frequency),
             monetary_cuts_cents: cuts(&r.monetary),
@@ -116,15 +117,20 @@ pub fn segments_table(v: &SegmentsView) -> String {
     s.push_str(&format!("  {:<12} {:>10} {:>8}\n", "segment", "customers", "share"));
     s.push_str(&format!("  {:<12} {:>10} {:>8}\n", "-------", "---------", "-----"));
     for r in &v.segments {
-        match r.customers {
-            Some(c) => {
-                let pct = if v.customers > 0 { 100.0 * c as f64 / v.customers as f64 } else { 0.0 };
-                s.push_str(&format!("  {:<12} {:>10} {:>7.1}%\n", r.segment, c, pct))
+        match (r.customers, v.customers) {
+            (Some(c), Some(total)) if total > 0 => {
+                s.push_str(&format!("  {:<12} {:>10} {:>7.1}%\n", r.segment, c, 100.0 * c as f64 / total as f64))
             }
-            None => s.push_str(&format!("  {:<12} {:>10} {:>8}\n", r.segment, format!("<{}", v.min_cohort), "suppr.")),
+            (Some(c), _) => s.push_str(&format!("  {:<12} {:>10}\n", r.segment, c)),
+            (None, _) => s.push_str(&format!("  {:<12} {:>10}\n", r.segment, withheld(v.min_cohort))),
         }
     }
-    s.push_str(&format!("  {:<12} {:>10}\n", "total", v.customers));
+    match v.customers {
+        Some(total) => s.push_str(&format!("  {:<12} {:>10}\n", "total", total)),
+        None => {
+            s.push_str(&format!("  {:<12} {:>10} (a cell is withheld, so the total is too)\n", "total", "withheld"))
+        }
+    }
     s.push_str(&format!("\n  participants: {}\n", v.participants.join(", ")));
     if !v.dropped.is_empty() {
         s.push_str(&format!("  left a round: {}\n", v.dropped.join("; ")));
@@ -132,16 +138,46 @@ pub fn segments_table(v: &SegmentsView) -> String {
     s
 }
 
-/// CSV: segment,customers (empty when suppressed).
+/// How a withheld cell reads: never `0`, which would read as "no customers".
+fn withheld(min_cohort: u32) -> String {
+    format!("withheld (< {min_cohort})")
+}
+
+/// CSV: segment,customers,withheld — customers empty when withheld; a final `total` row.
 pub fn segments_csv(v: &SegmentsView) -> String {
-    let mut s = String::from("segment,customers,suppressed\n");
+    let mut s = String::from("segment,customers,withheld\n");
+    let row = |s: &mut String, name: &str, c: Option<u64>| {
+        s.push_str(&format!("{},{},{}\n", name, c.map(|c| c.to_string()).unwrap_or_default(), c.is_none()));
+    };
     for r in &v.segments {
-        s.push_str(&format!(
-            "{},{},{}\n",
-            r.segment,
-            r.customers.map(|c| c.to_string()).unwrap_or_default(),
-            r.customers.is_none()
-        ));
+        row(&mut s, &r.segment, r.customers);
     }
+    row(&mut s, "total", v.customers);
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn withheld_cells_and_totals_never_read_as_zero() {
+        let reply = pb::SegmentsReply {
+            segments: vec![
+                pb::SegmentCount { segment: "high-value".into(), customers: 0, suppressed: true },
+                pb::SegmentCount { segment: "dormant".into(), customers: 40, suppressed: false },
+            ],
+            customers: 0,
+            customers_withheld: true,
+            min_cohort: 10,
+            ..Default::default()
+        };
+        let v = SegmentsView::from(&reply);
+        let json = serde_json::to_value(&v).unwrap();
+        assert!(json["customers"].is_null() && json["segments"][0]["customers"].is_null(), "{json}");
+        assert_eq!(json["segments"][1]["customers"], 40);
+        let table = segments_table(&v);
+        assert!(table.contains("withheld (< 10)") && table.contains("total") && !table.contains(" 0\n"), "{table}");
+        assert_eq!(segments_csv(&v), "segment,customers,withheld\nhigh-value,,true\ndormant,40,false\ntotal,,true\n");
+    }
 }

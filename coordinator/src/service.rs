@@ -284,6 +284,7 @@ impl pb::analyst_server::Analyst for AnalystService {
                 })
                 .collect(),
             customers: rel.customers.unwrap_or(0),
+            customers_withheld: rel.customers.is_none(),
             participants: rel.contributors.clone(),
             dropped: out.exits.iter().map(|(n, e)| format!("{n}: {e}")).collect(),
             rounds: out.rounds,
