@@ -33,8 +33,34 @@ impl HqConfig {
     }
 }
 
+/// How long `hq status` waits for an answer.
+pub const STATUS_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long an analysis may run before `hq` gives up waiting (the coordinator's
+/// phase deadlines end a stuck round well before this).
+pub const ANALYSIS_TIMEOUT: Duration = Duration::from_secs(3600);
+
 #[derive(Debug)]
-pub struct AnalystClient(analyst_client::AnalystClient<Channel>);
+pub struct AnalystClient {
+    inner: analyst_client::AnalystClient<Channel>,
+    url: String,
+}
+
+/// Wait at most `limit` for a call; say so plainly when the coordinator does not answer.
+async fn within<T>(
+    limit: Duration,
+    url: &str,
+    what: &str,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(r) => Ok(r?.into_inner()),
+        Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+            "the coordinator at {url} did not answer {what} within {} s; check that it is running and not stuck \
+             (its log says what it is doing)",
+            limit.as_secs()
+        ))),
+    }
+}
 
 impl AnalystClient {
     pub async fn connect(c: &HqConfig) -> Result<Self> {
@@ -46,19 +72,16 @@ impl AnalystClient {
             .connect()
             .await
             .with_context(|| format!("connecting to the coordinator at {}", c.url))?;
-        Ok(Self(analyst_client::AnalystClient::new(ch)))
+        Ok(Self { inner: analyst_client::AnalystClient::new(ch), url: c.url.clone() })
     }
 
     pub async fn segments(&mut self, reference: &str, purpose: &str) -> Result<pb::SegmentsReply, tonic::Status> {
-        Ok(self
-            .0
-            .run_segments(pb::SegmentsRequest { reference_date: reference.into(), purpose: purpose.into() })
-            .await?
-            .into_inner())
+        let request = pb::SegmentsRequest { reference_date: reference.into(), purpose: purpose.into() };
+        within(ANALYSIS_TIMEOUT, &self.url, "the segment analysis", self.inner.run_segments(request)).await
     }
 
     pub async fn status(&mut self) -> Result<pb::StatusReply, tonic::Status> {
-        Ok(self.0.status(pb::StatusRequest {}).await?.into_inner())
+        within(STATUS_TIMEOUT, &self.url, "a status request", self.inner.status(pb::StatusRequest {})).await
     }
 }
 
@@ -159,6 +182,15 @@ pub fn segments_csv(v: &SegmentsView) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_coordinator_that_never_answers_gets_a_clear_timeout() {
+        // A call that never completes (a stuck coordinator) ends at the limit, saying so.
+        let never = std::future::pending::<Result<tonic::Response<pb::StatusReply>, tonic::Status>>();
+        let err = within(Duration::from_millis(50), "https://hq:7443", "a status request", never).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
+        assert!(err.message().contains("https://hq:7443 did not answer a status request"), "{}", err.message());
+    }
 
     #[test]
     fn withheld_cells_and_totals_never_read_as_zero() {

@@ -73,8 +73,8 @@ enum CaCommand {
         brand: String,
         #[arg(long, default_value = "ca")]
         dir: PathBuf,
-        /// Validity in days.
-        #[arg(long, default_value_t = 3650)]
+        /// Validity in days (at least 1: a certificate valid for 0 days is expired when issued).
+        #[arg(long, default_value_t = 3650, value_parser = clap::value_parser!(u32).range(1..))]
         days: u32,
     },
     /// Sign a certificate signing request; prints or writes only the certificate.
@@ -86,8 +86,8 @@ enum CaCommand {
         /// Where to write the certificate (default: next to the CSR, .pem).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Validity in days.
-        #[arg(long, default_value_t = 397)]
+        /// Validity in days (at least 1: a certificate valid for 0 days is expired when issued).
+        #[arg(long, default_value_t = 397, value_parser = clap::value_parser!(u32).range(1..))]
         days: u32,
     },
 }

@@ -85,3 +85,15 @@ fn audit_retention_under_three_years_is_refused() {
         );
     }
 }
+
+#[test]
+fn ca_sign_refuses_a_validity_of_zero_days() {
+    // An already-expired certificate would only fail later, at the node's first handshake.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fedcrm"))
+        .args(["ca", "sign", "node.csr", "--days", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--days") && err.contains("0 is not in 1.."), "{err}");
+}
