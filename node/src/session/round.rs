@@ -365,20 +365,7 @@ impl<'a> Rounds<'a> {
             }
         };
         let u2 = a.members(&delivered);
-        let rules = if colludes(ctx) {
-            Ok(())
-        } else {
-            ctx.policy.check_set(&ctx.organisation, &u2, a.start.threshold, Stage::Delivered).and_then(|()| {
-                ctx.differencing.check(
-                    &ctx.policy.rules(),
-                    &ctx.name,
-                    round,
-                    unix_now_ms(),
-                    &a.start.analysis.coverage(),
-                    &u2,
-                )
-            })
-        };
+        let rules = rules_over(ctx, a, round, &u2, Stage::Delivered);
         if let Err(why) = rules {
             tracing::warn!(node = %ctx.name, %round, %why, "refusing to mask");
             self.refuse(round, &why).await?;
@@ -450,21 +437,10 @@ impl<'a> Rounds<'a> {
             contributed(ctx, a, round, &survivors, Recorded::Shown)?;
         }
         let colluding = colludes(ctx);
-        let rules = client.check_request(&survivors, &dropped).map_err(|e| e.to_string()).and_then(|()| {
-            if colluding {
-                return Ok(());
-            }
-            ctx.policy.check_set(&ctx.organisation, &u3, a.start.threshold, Stage::Survivors).and_then(|()| {
-                ctx.differencing.check(
-                    &ctx.policy.rules(),
-                    &ctx.name,
-                    round,
-                    unix_now_ms(),
-                    &a.start.analysis.coverage(),
-                    &u3,
-                )
-            })
-        });
+        let rules = client
+            .check_request(&survivors, &dropped)
+            .map_err(|e| e.to_string())
+            .and_then(|()| rules_over(ctx, a, round, &u3, Stage::Survivors));
         if let Err(why) = rules {
             tracing::warn!(node = %ctx.name, %round, %why, "refusing to sign the round's view");
             self.refuse(round, &why).await?;
@@ -632,6 +608,16 @@ async fn fault_at_unmask(ctx: &NodeContext, shutdown: &watch::Receiver<bool>) ->
         return Some(Ok(Some(SessionEnd::Dropped)));
     }
     None
+}
+
+/// The threshold, organisation and differencing rules over one set of the round (U2
+/// before masking, U3 before signing). A colluding node (test hook) skips them.
+fn rules_over(ctx: &NodeContext, a: &Active, round: RoundId, members: &[Invitee], stage: Stage) -> Result<(), String> {
+    if colludes(ctx) {
+        return Ok(());
+    }
+    ctx.policy.check_set(&ctx.organisation, members, a.start.threshold, stage)?;
+    ctx.differencing.check(&ctx.policy.rules(), &ctx.name, round, unix_now_ms(), &a.start.analysis.coverage(), members)
 }
 
 /// Record (fsynced) and remember that this node's input may be in a sum over
