@@ -23,6 +23,8 @@ pub struct DemoOptions {
     pub drop_one: bool,
     pub reference: String,
     pub quiet: bool,
+    /// Leave the CA, configurations, data splits and audit logs here.
+    pub keep: Option<std::path::PathBuf>,
 }
 
 const NAMES: [&str; 8] = [
@@ -103,7 +105,7 @@ pub async fn run(o: DemoOptions) -> Result<()> {
         Ok(r) => r,
         Err(s) => bail!("segment analysis failed: {}", s.message()),
     };
-    let view = SegmentsView::from(&reply);
+    let view = SegmentsView::new(&reply, &o.reference);
     say(&format!("\nFederated result (what HQ sees):\n{}", segments_table(&view)));
 
     // The pooled answer over exactly the contributors' data.
@@ -132,7 +134,10 @@ pub async fn run(o: DemoOptions) -> Result<()> {
     logs.extend(cluster.node_configs.iter().map(|c| c.audit_dir.clone()));
     let ca_pem = std::fs::read_to_string(cluster.pki.ca_path())?;
     let ca_der = fedcrm_protocol::pki::pem_to_der_certs(&ca_pem)?.remove(0);
-    let _dir = cluster.stop().await;
+    if o.keep.is_some() {
+        cluster.write_configs()?;
+    }
+    let dir = cluster.stop().await;
     let verified = fedcrm_audit::verify::verify_paths(&logs, &ca_der)
         .map_err(|f| anyhow::anyhow!("audit logs do not verify: {f}"))?;
     say(&format!(
@@ -141,6 +146,18 @@ pub async fn run(o: DemoOptions) -> Result<()> {
         verified.receipts_checked,
         verified.logs.iter().map(|l| l.records).sum::<u64>()
     ));
+    if o.keep.is_some() {
+        let root = dir.keep();
+        let r = root.display();
+        let today = time::OffsetDateTime::now_utc().date();
+        println!("\nEverything is kept in {r}: the brand CA (pki/), coordinator.toml, hq.toml,");
+        println!("nodes/<name>/ (node.toml, the data split, its audit log) and coordinator-audit/.");
+        println!("(The configurations name the demo's loopback port, which is closed now.) Check the logs:");
+        println!("  fedcrm audit verify {r}/coordinator-audit {r}/nodes/*/audit --ca {r}/pki/ca.pem");
+        println!(
+            "  fedcrm audit report {r}/coordinator-audit {r}/nodes/*/audit --ca {r}/pki/ca.pem --from {today} --to {today}"
+        );
+    }
     if !equal {
         bail!("federated result differs from the pooled answer");
     }

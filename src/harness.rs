@@ -118,6 +118,10 @@ pub struct ClusterOptions {
     pub extra_enrolled: Vec<(String, String)>,
     /// Record the bytes of every message each node's transport takes (tests).
     pub capture_wire: bool,
+    /// Work in this directory (which must not exist yet) instead of a temporary one.
+    /// It is still deleted when the cluster's `dir` is dropped, unless the caller
+    /// calls `TempDir::keep` on it (`fedcrm demo --keep`).
+    pub root: Option<PathBuf>,
 }
 
 /// Per node, the encoded messages its transport took, in order.
@@ -132,6 +136,7 @@ impl Default for ClusterOptions {
             chunk_elements: fedcrm_protocol::DEFAULT_CHUNK_ELEMENTS,
             extra_enrolled: vec![],
             capture_wire: false,
+            root: None,
         }
     }
 }
@@ -155,7 +160,20 @@ pub struct Cluster {
 impl Cluster {
     /// Create PKI, start the coordinator and every node, and wait until all are connected.
     pub async fn start(opts: ClusterOptions, hooks: Hooks) -> Result<Self> {
-        let dir = tempfile::tempdir()?;
+        let dir = match &opts.root {
+            None => tempfile::tempdir()?,
+            Some(root) => {
+                let parent = root.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                let name = root.file_name().with_context(|| format!("{} names no directory", root.display()))?;
+                std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+                // Exactly `root`, created here: an existing directory is refused, never reused.
+                tempfile::Builder::new()
+                    .prefix(name)
+                    .rand_bytes(0)
+                    .tempdir_in(parent)
+                    .with_context(|| format!("creating {} (it must not exist yet)", root.display()))?
+            }
+        };
         let pki = BrandPki::create(&dir.path().join("pki"), "Demo Jewellery")?;
         let coord = pki.issue(
             &Identity {
@@ -264,6 +282,7 @@ impl Cluster {
                 url: format!("https://{}", self.addr),
                 server_name: COORDINATOR_NAME.into(),
                 retry_seconds: 1,
+                retry_max_seconds: 4,
             },
             tls: TlsFiles { ca: self.pki.ca_path(), cert: files.cert, key: files.key },
             data: DataConfig {
@@ -341,6 +360,24 @@ impl Cluster {
         let i = self.nodes.iter().position(|(n, _)| n == name).context("no such node")?;
         let (_, h) = self.nodes.remove(i);
         Ok(h.await?)
+    }
+
+    /// Write every party's configuration as the TOML file it would run from:
+    /// `coordinator.toml`, `hq.toml` and `nodes/<name>/node.toml`. Returns the paths.
+    pub fn write_configs(&self) -> Result<Vec<PathBuf>> {
+        let root = self.dir.path();
+        let mut written = vec![];
+        let mut put = |path: PathBuf, text: String| -> Result<()> {
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            written.push(path);
+            Ok(())
+        };
+        put(root.join("coordinator.toml"), toml::to_string_pretty(&self.coordinator.config)?)?;
+        put(root.join("hq.toml"), toml::to_string_pretty(&self.analyst)?)?;
+        for c in &self.node_configs {
+            put(root.join("nodes").join(&c.name).join("node.toml"), toml::to_string_pretty(c)?)?;
+        }
+        Ok(written)
     }
 
     /// Stop every party; returns the working directory (PKI, data, audit logs) so a

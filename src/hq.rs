@@ -88,6 +88,8 @@ impl AnalystClient {
 /// Plain serialisable view of a segments reply.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct SegmentsView {
+    /// The reference date the analyst asked for (YYYY-MM-DD).
+    pub reference_date: String,
     /// Total customers; `None` (JSON `null`) when withheld because a cell was suppressed.
     pub customers: Option<u64>,
     pub recency_cuts: Vec<u64>,
@@ -107,10 +109,12 @@ pub struct SegmentRow {
     pub customers: Option<u64>,
 }
 
-impl From<&pb::SegmentsReply> for SegmentsView {
-    fn from(r: &pb::SegmentsReply) -> Self {
+impl SegmentsView {
+    /// The view of a reply to a request for `reference_date`.
+    pub fn new(r: &pb::SegmentsReply, reference_date: &str) -> Self {
         let cuts = |c: &Option<pb::CutPoints>| c.as_ref().map(|c| c.cuts.clone()).unwrap_or_default();
         Self {
+            reference_date: reference_date.to_string(),
             customers: (!r.customers_withheld).then_some(r.customers),
             recency_cuts: cuts(&r.recency),
             frequency_cuts: cuts(&r.frequency),
@@ -133,7 +137,12 @@ pub fn segments_table(v: &SegmentsView) -> String {
     let mut s = String::new();
     let cents = |c: &[u64]| c.iter().map(|x| format!("{}.{:02}", x / 100, x % 100)).collect::<Vec<_>>().join(" / ");
     let join = |c: &[u64]| c.iter().map(u64::to_string).collect::<Vec<_>>().join(" / ");
-    s.push_str(&format!("RFM segments across {} node(s), {} secure rounds\n", v.participants.len(), v.rounds));
+    s.push_str(&format!(
+        "RFM segments at {} across {} node(s), {} secure rounds\n",
+        v.reference_date,
+        v.participants.len(),
+        v.rounds
+    ));
     s.push_str(&format!("  recency cut points (days):      {}\n", join(&v.recency_cuts)));
     s.push_str(&format!("  frequency cut points (days):    {}\n", join(&v.frequency_cuts)));
     s.push_str(&format!("  monetary cut points (currency): {}\n\n", cents(&v.monetary_cuts_cents)));
@@ -166,17 +175,44 @@ fn withheld(min_cohort: u32) -> String {
     format!("withheld (< {min_cohort})")
 }
 
-/// CSV: segment,customers,withheld — customers empty when withheld; a final `total` row.
+/// CSV, one fact per row: `reference_date,record,name,value,withheld`. Records are
+/// `segment` (customers per segment), `total`, the cut points (`recency_cut_days`,
+/// `frequency_cut_days`, `monetary_cut` in the currency's main unit), `min_cohort`
+/// and `participant`. A withheld count has an empty value and `withheld` = true.
 pub fn segments_csv(v: &SegmentsView) -> String {
-    let mut s = String::from("segment,customers,withheld\n");
-    let row = |s: &mut String, name: &str, c: Option<u64>| {
-        s.push_str(&format!("{},{},{}\n", name, c.map(|c| c.to_string()).unwrap_or_default(), c.is_none()));
+    let mut s = String::from("reference_date,record,name,value,withheld\n");
+    let mut row = |record: &str, name: &str, value: Option<String>| {
+        s.push_str(&format!(
+            "{},{record},{},{},{}\n",
+            v.reference_date,
+            csv_field(name),
+            value.as_deref().unwrap_or(""),
+            value.is_none()
+        ));
     };
     for r in &v.segments {
-        row(&mut s, &r.segment, r.customers);
+        row("segment", &r.segment, r.customers.map(|c| c.to_string()));
     }
-    row(&mut s, "total", v.customers);
+    row("total", "customers", v.customers.map(|c| c.to_string()));
+    for (i, c) in v.recency_cuts.iter().enumerate() {
+        row("recency_cut_days", &(i + 1).to_string(), Some(c.to_string()));
+    }
+    for (i, c) in v.frequency_cuts.iter().enumerate() {
+        row("frequency_cut_days", &(i + 1).to_string(), Some(c.to_string()));
+    }
+    for (i, c) in v.monetary_cuts_cents.iter().enumerate() {
+        row("monetary_cut", &(i + 1).to_string(), Some(format!("{}.{:02}", c / 100, c % 100)));
+    }
+    row("min_cohort", "customers", Some(v.min_cohort.to_string()));
+    for p in &v.participants {
+        row("participant", p, Some(String::new()));
+    }
     s
+}
+
+/// A CSV field, quoted when it holds a comma, quote or line break.
+fn csv_field(x: &str) -> String {
+    if x.contains([',', '"', '\n', '\r']) { format!("\"{}\"", x.replace('"', "\"\"")) } else { x.to_string() }
 }
 
 #[cfg(test)]
@@ -193,6 +229,33 @@ mod tests {
     }
 
     #[test]
+    fn csv_carries_the_reference_date_cut_points_and_totals() {
+        let reply = pb::SegmentsReply {
+            recency: Some(pb::CutPoints { cuts: vec![30, 90] }),
+            frequency: Some(pb::CutPoints { cuts: vec![1] }),
+            monetary: Some(pb::CutPoints { cuts: vec![12_345] }),
+            segments: vec![pb::SegmentCount { segment: "champions".into(), customers: 12, suppressed: false }],
+            customers: 12,
+            participants: vec!["node-0".into(), "node,1".into()],
+            min_cohort: 10,
+            ..Default::default()
+        };
+        let csv = segments_csv(&SegmentsView::new(&reply, "2026-11-30"));
+        let rows: Vec<&str> = csv.lines().collect();
+        assert!(rows.iter().skip(1).all(|r| r.starts_with("2026-11-30,")), "{csv}");
+        for want in [
+            "2026-11-30,segment,champions,12,false",
+            "2026-11-30,total,customers,12,false",
+            "2026-11-30,recency_cut_days,2,90,false",
+            "2026-11-30,frequency_cut_days,1,1,false",
+            "2026-11-30,monetary_cut,1,123.45,false",
+            "2026-11-30,participant,\"node,1\",,false",
+        ] {
+            assert!(rows.contains(&want), "{want} missing from\n{csv}");
+        }
+    }
+
+    #[test]
     fn withheld_cells_and_totals_never_read_as_zero() {
         let reply = pb::SegmentsReply {
             segments: vec![
@@ -204,12 +267,23 @@ mod tests {
             min_cohort: 10,
             ..Default::default()
         };
-        let v = SegmentsView::from(&reply);
+        let v = SegmentsView::new(&reply, "1997-09-30");
         let json = serde_json::to_value(&v).unwrap();
         assert!(json["customers"].is_null() && json["segments"][0]["customers"].is_null(), "{json}");
         assert_eq!(json["segments"][1]["customers"], 40);
         let table = segments_table(&v);
-        assert!(table.contains("withheld (< 10)") && table.contains("total") && !table.contains(" 0\n"), "{table}");
-        assert_eq!(segments_csv(&v), "segment,customers,withheld\nhigh-value,,true\ndormant,40,false\ntotal,,true\n");
+        assert!(
+            table.contains("at 1997-09-30")
+                && table.contains("withheld (< 10)")
+                && table.contains("total")
+                && !table.contains(" 0\n"),
+            "{table}"
+        );
+        assert_eq!(
+            segments_csv(&v),
+            "reference_date,record,name,value,withheld\n1997-09-30,segment,high-value,,true\n\
+             1997-09-30,segment,dormant,40,false\n1997-09-30,total,customers,,true\n\
+             1997-09-30,min_cohort,customers,10,false\n"
+        );
     }
 }

@@ -12,3 +12,4 @@ pub mod harness;
 pub mod hq;
 pub mod nodecli;
 pub mod pooled;
+pub mod service;

@@ -20,8 +20,18 @@ struct Cli {
     /// Default: `info` for `coordinator run` and `node run`, `warn` otherwise.
     #[arg(long, global = true, env = "RUST_LOG")]
     log: Option<String>,
+    /// Log line format on standard error: `text` (colours only on a terminal) or
+    /// `json` (one object per line, for log shippers).
+    #[arg(long, global = true, value_enum, default_value = "text", env = "FEDCRM_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -40,6 +50,11 @@ enum Command {
         /// Print nothing; exit status tells whether federated equals pooled.
         #[arg(long)]
         quiet: bool,
+        /// Keep the brand CA, every configuration, the data splits and every party's
+        /// audit log in DIR (which must not exist yet), and print the `audit verify`
+        /// and `audit report` commands to run on them.
+        #[arg(long, value_name = "DIR")]
+        keep: Option<PathBuf>,
     },
     /// The brand certificate authority (run by HQ).
     #[command(subcommand)]
@@ -317,10 +332,14 @@ fn main() -> std::process::ExitCode {
         Command::Coordinator(CoordinatorCommand::Run { .. }) | Command::Node(NodeCommand::Run { .. })
     );
     let filter = cli.log.clone().unwrap_or_else(|| if serving { "info" } else { "warn" }.to_string());
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_default())
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_default();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => logs.json().init(),
+        // Colour codes only for a person at a terminal, never into a file or journald.
+        LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+    }
+    let json = cli.command.wants_json();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -331,18 +350,47 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // `{:#}` prints the context chain on one line, without a backtrace.
-            eprintln!("error: {e:#}");
+            let causes = fedcrm::service::causes(&e);
+            if json {
+                // A script that asked for JSON gets JSON, on standard output, for errors too.
+                println!("{}", serde_json::json!({ "error": causes.join(": "), "causes": causes }));
+            } else {
+                eprintln!("error: {}", causes.join(": "));
+            }
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+impl Command {
+    /// Whether the command was asked for JSON output (its errors are then JSON too).
+    fn wants_json(&self) -> bool {
+        match self {
+            Command::Node(NodeCommand::Check { json, .. })
+            | Command::Node(NodeCommand::Egress { json, .. })
+            | Command::Node(NodeCommand::Pending { json, .. })
+            | Command::Audit(AuditCommand::Verify { json, .. })
+            | Command::Audit(AuditCommand::Report { json, .. })
+            | Command::Hq(HqCommand::Segments { json, .. })
+            | Command::Hq(HqCommand::Status { json, .. })
+            | Command::Bench(BenchCommand::Secagg { json, .. })
+            | Command::Bench(BenchCommand::Audit { json, .. }) => *json,
+            _ => false,
         }
     }
 }
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Demo { nodes, no_drop, reference_date, quiet } => {
-            fedcrm::demo::run(fedcrm::demo::DemoOptions { nodes, drop_one: !no_drop, reference: reference_date, quiet })
-                .await
+        Command::Demo { nodes, no_drop, reference_date, quiet, keep } => {
+            fedcrm::demo::run(fedcrm::demo::DemoOptions {
+                nodes,
+                drop_one: !no_drop,
+                reference: reference_date,
+                quiet,
+                keep,
+            })
+            .await
         }
         Command::Ca(CaCommand::Init { brand, dir, days }) => {
             std::fs::create_dir_all(&dir)?;
@@ -403,15 +451,40 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Node(NodeCommand::Run { config }) => {
             let cfg = fedcrm_node::config::NodeConfig::load(&config)?;
+            let stop = fedcrm::service::StopSignal::install()?;
             let ds = Arc::new(cfg.data.load()?);
             let ctx = fedcrm_node::session::NodeContext::load(&cfg, ds, Default::default())?;
+            tracing::info!(
+                node = %cfg.name,
+                organisation = %ctx.organisation,
+                coordinator = %cfg.coordinator.url,
+                rows = ctx.dataset.purchases.len(),
+                audit_dir = %cfg.audit_dir.display(),
+                software = fedcrm_protocol::SOFTWARE,
+                "node starting"
+            );
             let (tx, rx) = tokio::sync::watch::channel(false);
-            tokio::spawn(async move {
-                let _ = tokio::signal::ctrl_c().await;
+            let signal = tokio::spawn(async move {
+                let name = stop.first().await;
                 let _ = tx.send(true);
+                name
             });
-            eprintln!("node {} connecting to {}", cfg.name, cfg.coordinator.url);
-            fedcrm_node::session::run(ctx, std::time::Duration::from_secs(cfg.coordinator.retry_seconds), rx).await?;
+            let audit = ctx.audit.clone();
+            let out = fedcrm_node::session::run(ctx, cfg.coordinator.backoff(), rx).await;
+            let sealed = {
+                let mut log = fedcrm_node::egress::lock(&audit);
+                log.seal().map(|_| log.head().0)
+            };
+            let why = if signal.is_finished() { signal.await.unwrap_or("a signal") } else { "an error" };
+            match sealed {
+                Ok(seq) => {
+                    tracing::info!(node = %cfg.name, "node stopped after {why}; audit log sealed at record {seq}")
+                }
+                Err(e) => {
+                    tracing::error!(node = %cfg.name, error = %e, "node stopped after {why}; the audit log could not be sealed")
+                }
+            }
+            out?;
             Ok(())
         }
         Command::Node(NodeCommand::Egress { config, month, json }) => {
@@ -424,13 +497,14 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Coordinator(CoordinatorCommand::Init { id }) => init_identity(id, Role::Coordinator),
         Command::Coordinator(CoordinatorCommand::Run { config }) => {
             let cfg = fedcrm_coordinator::config::CoordinatorConfig::load(&config)?;
+            let stop = fedcrm::service::StopSignal::install()?;
             let listener = tokio::net::TcpListener::bind(&cfg.listen)
                 .await
                 .with_context(|| format!("listening on {}", cfg.listen))?;
-            eprintln!("coordinator {} listening on {} ({} nodes enrolled)", cfg.name, cfg.listen, cfg.enrolled.len());
             let c = fedcrm_coordinator::Coordinator::open(cfg, Default::default())?;
-            fedcrm_coordinator::run(c, listener, async {
-                let _ = tokio::signal::ctrl_c().await;
+            fedcrm_coordinator::run(c, listener, async move {
+                let name = stop.first().await;
+                tracing::info!("{name} received: stopping");
             })
             .await?;
             Ok(())
@@ -445,7 +519,7 @@ async fn run(cli: Cli) -> Result<()> {
             let reply = client.segments(&reference_date, &purpose).await;
             spinner.finish_and_clear();
             let reply = reply.map_err(|s| anyhow::anyhow!("coordinator: {}", s.message()))?;
-            let view = SegmentsView::from(&reply);
+            let view = SegmentsView::new(&reply, &reference_date);
             if json {
                 println!("{}", serde_json::to_string_pretty(&view)?);
             } else if csv {

@@ -51,7 +51,10 @@ async fn node_leaving_between_rounds_stops_the_analysis_and_a_rerun_is_refused()
     }
     // node-4 is back: the population is the first sum's again, and the analysis runs.
     cluster.restart_node("node-4").await.unwrap();
-    let v = fedcrm::hq::SegmentsView::from(&cluster.segments(common::REFERENCE, "all five again").await.unwrap());
+    let v = fedcrm::hq::SegmentsView::new(
+        &cluster.segments(common::REFERENCE, "all five again").await.unwrap(),
+        common::REFERENCE,
+    );
     assert_eq!(v.participants.len(), 5);
     cluster.stop().await;
 }
@@ -90,7 +93,10 @@ async fn check_against(
     use fedcrm::harness::Cluster;
     let cluster =
         Cluster::start(ClusterOptions { nodes: federated, ..Default::default() }, Default::default()).await.unwrap();
-    let v = fedcrm::hq::SegmentsView::from(&cluster.segments(common::REFERENCE, "consent test").await.unwrap());
+    let v = fedcrm::hq::SegmentsView::new(
+        &cluster.segments(common::REFERENCE, "consent test").await.unwrap(),
+        common::REFERENCE,
+    );
     let p = common::pooled_over(&reference, &v.participants);
     assert_eq!(
         (v.recency_cuts.clone(), v.frequency_cuts.clone(), v.monetary_cuts_cents.clone()),
@@ -113,13 +119,15 @@ async fn a_node_back_after_missing_an_analysis_waits_while_the_others_get_a_resu
     )
     .await
     .unwrap();
-    let first = fedcrm::hq::SegmentsView::from(&cluster.segments(common::REFERENCE, "first").await.unwrap());
+    let first =
+        fedcrm::hq::SegmentsView::new(&cluster.segments(common::REFERENCE, "first").await.unwrap(), common::REFERENCE);
     assert_eq!(first.participants.len(), 5);
     // node-5 is back. With it, the next sum would differ from the first by node-5
     // alone; the coordinator runs the next analysis over the first's five instead,
     // and says why node-5 waits and until when.
     cluster.restart_node("node-5").await.unwrap();
-    let next = fedcrm::hq::SegmentsView::from(&cluster.segments(common::REFERENCE, "next").await.unwrap());
+    let next =
+        fedcrm::hq::SegmentsView::new(&cluster.segments(common::REFERENCE, "next").await.unwrap(), common::REFERENCE);
     assert_eq!(next.participants, first.participants);
     let why = next.dropped.iter().find(|d| d.starts_with("node-5")).expect("node-5 is told why");
     assert!(why.contains("not invited") && why.contains("differencing") && why.contains("allowed again from"), "{why}");

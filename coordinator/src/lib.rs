@@ -45,6 +45,8 @@ pub struct Coordinator {
     /// Sums this coordinator unmasked (from its audit log, then every round), to plan
     /// rounds under the nodes' differencing rule.
     history: std::sync::Mutex<Vec<fedcrm_protocol::rules::Unmasked>>,
+    /// Set once on SIGINT/SIGTERM: running rounds end unreleased, new ones refuse.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 /// Unix time in milliseconds.
@@ -121,7 +123,18 @@ impl Coordinator {
             events: Mutex::new(events),
             hooks,
             history: std::sync::Mutex::new(history),
+            stopping: tokio::sync::watch::Sender::new(false),
         }))
+    }
+
+    /// Stop: a running round ends without a release at its next step, and no new
+    /// analysis starts.
+    pub fn stop(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    pub(crate) fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stopping.subscribe()
     }
 
     /// Sign a round roster.
@@ -150,6 +163,9 @@ impl Coordinator {
         &self,
         coverage: &fedcrm_protocol::rules::Coverage,
     ) -> Result<plan::Plan, crate::round::RoundError> {
+        if *self.stopping.borrow() {
+            return Err(crate::round::RoundError::ShuttingDown);
+        }
         let connected = self.registry.connected();
         let need = self.config.release.min_participants;
         if connected.len() < need {
@@ -184,7 +200,14 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serve until `shutdown` resolves.
+/// How long a stopping coordinator waits for the running round to end and for nodes
+/// and analysts to close their connections; then it exits regardless.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serve until `shutdown` resolves, then stop within [`SHUTDOWN_GRACE`] (twice, at
+/// most: once for the running round, once for the connections): stop accepting, end
+/// a running round without releasing it (logged), close every node session, seal the
+/// audit log and log a shutdown line.
 pub async fn run(
     coordinator: Arc<Coordinator>,
     listener: tokio::net::TcpListener,
@@ -194,7 +217,20 @@ pub async fn run(
     let m = c.tls.read()?;
     let (ca, cert, key) = (m.ca_pem, m.cert_pem, m.key);
     let tls = pki::server_tls(&ca, &cert, &key);
-    tracing::info!(name = %c.name, addr = ?listener.local_addr().ok(), enrolled = c.enrolled.len(), "coordinator listening");
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| c.listen.clone());
+    {
+        let log = crate::audit::lock(&coordinator.audit);
+        tracing::info!(
+            name = %c.name,
+            %addr,
+            enrolled = c.enrolled.len(),
+            min_participants = c.release.min_participants,
+            audit_dir = %c.audit_dir.display(),
+            audit_records = log.head().0,
+            software = fedcrm_protocol::SOFTWARE,
+            "coordinator listening"
+        );
+    }
     // Seal the audit log when idle, and apply retention daily.
     let keeper = {
         let audit = coordinator.audit.clone();
@@ -217,7 +253,8 @@ pub async fn run(
             }
         })
     };
-    tonic::transport::Server::builder()
+    let (close, closed) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
         .tls_config(tls)?
         .add_service(
             CoordinatorServer::new(service::NodeService(coordinator.clone()))
@@ -225,9 +262,42 @@ pub async fn run(
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(AnalystServer::new(service::AnalystService(coordinator.clone())))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = closed.await;
+        });
+    tokio::pin!(server);
+    let served = tokio::select! {
+        r = &mut server => r,
+        _ = shutdown => {
+            tracing::info!("shutting down: no new analyses; a running round ends without a release");
+            coordinator.stop();
+            // The running analysis holds the event queue until it has logged its end.
+            let round_ended = tokio::time::timeout(SHUTDOWN_GRACE, coordinator.events.lock()).await.is_ok();
+            if !round_ended {
+                tracing::warn!("the running analysis did not end within {} s; stopping anyway", SHUTDOWN_GRACE.as_secs());
+            }
+            let sessions = coordinator.registry.close_all();
+            let _ = close.send(());
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!("connections still open after {} s; closing them", SHUTDOWN_GRACE.as_secs());
+                    Ok(())
+                }
+            }
+            .inspect(|_| tracing::info!(sessions, "node sessions closed"))
+        }
+    };
     keeper.abort();
-    let _ = crate::audit::lock(&coordinator.audit).seal();
+    let sealed = {
+        let mut log = crate::audit::lock(&coordinator.audit);
+        log.seal().map(|_| log.head().0)
+    };
+    match &sealed {
+        Ok(seq) => tracing::info!(name = %c.name, "coordinator stopped; audit log sealed at record {seq}"),
+        Err(e) => tracing::error!(name = %c.name, error = %e, "coordinator stopped; the audit log could not be sealed"),
+    }
+    served?;
+    sealed?;
     Ok(())
 }

@@ -108,6 +108,17 @@ impl Registry {
         }
     }
 
+    /// End every session (the coordinator is stopping): each node's stream ends, so
+    /// the node sees the coordinator go away and reconnects later. Returns how many
+    /// sessions there were.
+    pub fn close_all(&self) -> usize {
+        let sessions = std::mem::take(&mut *self.lock());
+        for name in sessions.keys() {
+            tracing::info!(node = %name, "closing the session: the coordinator is stopping");
+        }
+        sessions.len()
+    }
+
     /// Queue an event; waits when the queue is full, which slows the sending node.
     pub(crate) async fn event(&self, e: Event) {
         let _ = self.events.send(e).await;

@@ -108,6 +108,9 @@ pub enum RoundError {
         "round {round}: stopped before any data moved, because {nodes} must first be approved by its franchisee; run the analysis again once approved"
     )]
     AwaitingApproval { round: RoundId, nodes: String },
+    /// SIGINT/SIGTERM: the round ends where it is, without a release.
+    #[error("the coordinator is shutting down; the analysis ended without releasing anything (run it again later)")]
+    ShuttingDown,
 }
 
 /// Why a node left a round.
@@ -641,9 +644,11 @@ impl Round<'_, '_> {
             if self.members.live.is_empty() {
                 return Ok(None);
             }
+            let mut stopping = self.runner.coordinator.stopping();
             let ev = tokio::select! {
                 e = self.runner.events.recv() => match e { Some(e) => e, None => return Ok(None) },
                 _ = tokio::time::sleep_until(deadline) => return Ok(None),
+                _ = stopping.wait_for(|s| *s) => return Err(RoundError::ShuttingDown),
             };
             // Only the invited session of a live node counts: events of an earlier
             // session (a node that has since reconnected) are stale.

@@ -44,13 +44,29 @@ pub struct CoordinatorEndpoint {
     pub url: String,
     /// The name the coordinator's certificate must carry (its SAN).
     pub server_name: String,
-    /// Seconds between reconnection attempts when the coordinator is unreachable.
+    /// Seconds to wait before the first reconnection attempt; each further failure
+    /// doubles the wait (with jitter) up to `retry_max_seconds`.
     #[serde(default = "default_retry")]
     pub retry_seconds: u64,
+    /// The longest wait between reconnection attempts.
+    #[serde(default = "default_retry_max")]
+    pub retry_max_seconds: u64,
 }
 
 fn default_retry() -> u64 {
-    5
+    1
+}
+
+fn default_retry_max() -> u64 {
+    60
+}
+
+impl CoordinatorEndpoint {
+    /// The reconnect schedule these settings give.
+    pub fn backoff(&self) -> crate::session::Backoff {
+        let first = std::time::Duration::from_secs(self.retry_seconds.max(1));
+        crate::session::Backoff { first, cap: std::time::Duration::from_secs(self.retry_max_seconds).max(first) }
+    }
 }
 
 impl NodeConfig {

@@ -34,7 +34,7 @@ pub fn pooled_over(specs: &[NodeSpec], names: &[String]) -> pooled::PooledSegmen
 pub async fn check(nodes: Vec<NodeSpec>, opts: ClusterOptions, expected_contributors: usize) -> SegmentsView {
     let cluster = Cluster::start(ClusterOptions { nodes: nodes.clone(), ..opts }, Hooks::default()).await.unwrap();
     let reply = cluster.segments(REFERENCE, "test: segments equal pooled").await.expect("segments");
-    let view = SegmentsView::from(&reply);
+    let view = SegmentsView::new(&reply, REFERENCE);
     assert_eq!(view.participants.len(), expected_contributors, "contributors: {:?}", view.participants);
     let p = pooled_over(&nodes, &view.participants);
     assert_eq!(view.customers, Some(p.customers), "customers");

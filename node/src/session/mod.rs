@@ -13,6 +13,7 @@ mod round;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -69,8 +70,9 @@ pub enum SessionError {
     Pki(#[from] pki::PkiError),
     #[error("cannot connect to the coordinator at {url}: {why}")]
     Connect { url: String, why: String },
-    #[error("coordinator closed the session: {0}")]
-    Rejected(String),
+    /// The coordinator ended the session with a gRPC status.
+    #[error("coordinator closed the session: {text}")]
+    Rejected { code: tonic::Code, text: String },
     /// The coordinator broke the protocol in a way that ends the session.
     #[error("coordinator sent a malformed message: {0}")]
     Wire(#[from] wire::WireError),
@@ -87,6 +89,34 @@ pub enum SessionError {
     /// coordinator's fault.
     #[error("this node's audit log failed, so the session stops (fix the disk, then restart): {0}")]
     Audit(#[from] fedcrm_audit::log::AuditError),
+}
+
+impl SessionError {
+    /// Whether retrying cannot help: this node's configuration, identity, software
+    /// version or audit log must be fixed first. Everything else (the coordinator
+    /// restarting, a lost network, a TLS connection closed without notify, the
+    /// coordinator's own transient faults) passes, and the node reconnects.
+    pub fn is_permanent(&self) -> bool {
+        use tonic::Code;
+        match self {
+            SessionError::Files(_)
+            | SessionError::Pki(_)
+            | SessionError::Guard(_)
+            | SessionError::OpenLog(_)
+            | SessionError::Audit(_)
+            | SessionError::Egress(EgressError::Audit(_)) => true,
+            SessionError::Egress(_) | SessionError::Connect { .. } => false,
+            SessionError::Wire(e) => matches!(e, wire::WireError::Version { .. }),
+            SessionError::Rejected { code, .. } => matches!(
+                code,
+                Code::PermissionDenied
+                    | Code::Unauthenticated
+                    | Code::FailedPrecondition
+                    | Code::AlreadyExists
+                    | Code::InvalidArgument
+            ),
+        }
+    }
 }
 
 /// Everything a session needs, loaded once.
@@ -123,6 +153,9 @@ pub struct NodeContext {
     rounds_seen: Mutex<HashSet<String>>,
     /// How often an idle session seals its audit log.
     seal_every: Duration,
+    /// Sessions the coordinator welcomed so far (the reconnect loop resets its backoff
+    /// after one).
+    welcomed: AtomicU64,
 }
 
 impl std::fmt::Debug for NodeContext {
@@ -211,6 +244,7 @@ impl NodeContext {
                     .collect(),
             ),
             seal_every: Duration::from_secs(config.audit.seal_every_seconds.max(1)),
+            welcomed: AtomicU64::new(0),
         })
     }
 }
@@ -261,8 +295,7 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
             rules: ctx.policy.rules(),
         })
         .await?;
-    let mut inbound =
-        client.session(outbound).await.map_err(|s| SessionError::Rejected(status_text(&s, true)))?.into_inner();
+    let mut inbound = client.session(outbound).await.map_err(|s| rejected(&s, true))?.into_inner();
     let mut rounds = round::Rounds::new(ctx, egress, shutdown.clone());
     let mut seal_tick = tokio::time::interval(ctx.seal_every);
     seal_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -287,7 +320,7 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
             }
             Some(Err(s)) => {
                 end_session(ctx, &coordinator, "session failed");
-                return Err(SessionError::Rejected(status_text(&s, false)));
+                return Err(rejected(&s, false));
             }
             Some(Ok(m)) => m,
         };
@@ -329,6 +362,7 @@ fn accept(
                     Event::SessionOpened { peer: peer.name.clone(), organisation: peer.organisation, role: peer.role },
                 )?;
                 *coordinator = Some(Peer { name: peer.name, certificate: certificate.clone() });
+                ctx.welcomed.fetch_add(1, Ordering::SeqCst);
             }
             Err(why) => return peer_fault("certificate", why),
         }
@@ -466,6 +500,10 @@ impl NodeContext {
     }
 }
 
+fn rejected(s: &tonic::Status, opening: bool) -> SessionError {
+    SessionError::Rejected { code: s.code(), text: status_text(s, opening) }
+}
+
 /// A status with its cause chain, plus a hint when the TLS handshake failed on the
 /// coordinator's side (it does not say why, by design: the node must check its certificate).
 fn status_text(s: &tonic::Status, opening: bool) -> String {
@@ -496,24 +534,105 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Run until shutdown: reconnect after a lost session.
-pub async fn run(ctx: NodeContext, retry: Duration, shutdown: watch::Receiver<bool>) -> Result<(), SessionError> {
+/// How long a node waits before reconnecting: capped exponential backoff with jitter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// The wait after the first failure.
+    pub first: Duration,
+    /// The longest wait.
+    pub cap: Duration,
+}
+
+impl Backoff {
+    /// The wait after `failures` consecutive failed attempts (1 = the first): the base
+    /// doubles from `first` up to `cap`, and the wait is drawn from [base/2, base]
+    /// ("equal jitter") by the uniform random word `jitter`, so the nodes that lost one
+    /// coordinator do not all come back in the same instant.
+    pub fn delay(&self, failures: u32, jitter: u64) -> Duration {
+        let doublings = failures.saturating_sub(1).min(20);
+        let base = self.first.saturating_mul(1 << doublings).min(self.cap).max(Duration::from_millis(1));
+        let half = base / 2;
+        let span = (base - half).as_millis() as u64;
+        half + Duration::from_millis(jitter % (span + 1))
+    }
+}
+
+fn random_word() -> u64 {
+    let mut b = [0u8; 8];
+    // A failing OS RNG only loses the jitter, never the retry.
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    u64::from_le_bytes(b)
+}
+
+/// Run until shutdown, reconnecting with [`Backoff`] whenever a session ends for a
+/// reason that can pass (the coordinator restarting, the network lost, a TLS
+/// connection closed without notify). Returns an error only for what retrying
+/// cannot fix ([`SessionError::is_permanent`]): configuration, identity, software
+/// version or this node's own audit log.
+pub async fn run(ctx: NodeContext, backoff: Backoff, shutdown: watch::Receiver<bool>) -> Result<(), SessionError> {
+    let mut failures = 0u32;
     loop {
-        match run_session(&ctx, shutdown.clone()).await {
-            Ok(SessionEnd::Dropped) => return Ok(()),
-            Ok(SessionEnd::Closed) if *shutdown.borrow() => return Ok(()),
-            Ok(SessionEnd::Closed) => {
-                tracing::warn!(node = %ctx.name, "session closed by the coordinator; reconnecting")
-            }
-            Err(e @ SessionError::Rejected(_)) | Err(e @ SessionError::Pki(_)) | Err(e @ SessionError::Wire(_)) => {
-                return Err(e);
-            }
-            Err(e) => tracing::warn!(node = %ctx.name, error = %e, "session failed; retrying"),
+        let welcomed = ctx.welcomed.load(Ordering::SeqCst);
+        let outcome = run_session(&ctx, shutdown.clone()).await;
+        if ctx.welcomed.load(Ordering::SeqCst) != welcomed {
+            // A session was established: the next wait starts short again.
+            failures = 0;
         }
+        match outcome {
+            Ok(SessionEnd::Dropped) => return Ok(()),
+            Err(e) if e.is_permanent() => return Err(e),
+            _ if *shutdown.borrow() => return Ok(()),
+            Ok(SessionEnd::Closed) => {
+                tracing::warn!(node = %ctx.name, "the coordinator ended the session (restarting or shutting down?)")
+            }
+            Err(e) => tracing::warn!(node = %ctx.name, error = %e, "session failed"),
+        }
+        failures = failures.saturating_add(1);
+        let wait = backoff.delay(failures, random_word());
+        tracing::info!(node = %ctx.name, attempt = failures, "reconnecting in {:.1} s", wait.as_secs_f64());
         let mut s = shutdown.clone();
         tokio::select! {
-            _ = tokio::time::sleep(retry) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = s.changed() => return Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_with_jitter_in_the_upper_half() {
+        let b = Backoff { first: Duration::from_secs(1), cap: Duration::from_secs(60) };
+        let lo = |n| b.delay(n, 0);
+        let hi = |n| b.delay(n, u64::MAX - 1);
+        assert_eq!(lo(1), Duration::from_millis(500));
+        assert!(hi(1) <= Duration::from_secs(1) && hi(1) > Duration::from_millis(500), "{:?}", hi(1));
+        assert_eq!(lo(2), Duration::from_secs(1));
+        assert_eq!(lo(3), Duration::from_secs(2));
+        assert_eq!(lo(7), Duration::from_secs(30));
+        // Capped: never longer than the cap, however many failures.
+        for n in [8, 20, 1000, u32::MAX] {
+            assert_eq!(lo(n), Duration::from_secs(30));
+            assert!(hi(n) <= Duration::from_secs(60));
+        }
+        // Jitter spreads the waits: 64 random draws are not all equal.
+        let draws: std::collections::BTreeSet<_> = (0..64).map(|_| b.delay(5, random_word())).collect();
+        assert!(draws.len() > 1);
+    }
+
+    #[test]
+    fn only_what_retrying_cannot_fix_is_permanent() {
+        let rejected = |code| SessionError::Rejected { code, text: String::new() };
+        for c in [tonic::Code::Unavailable, tonic::Code::Unknown, tonic::Code::Cancelled, tonic::Code::Internal] {
+            assert!(!rejected(c).is_permanent(), "{c:?}");
+        }
+        for c in [tonic::Code::PermissionDenied, tonic::Code::FailedPrecondition, tonic::Code::AlreadyExists] {
+            assert!(rejected(c).is_permanent(), "{c:?}");
+        }
+        assert!(!SessionError::Connect { url: "https://hq".into(), why: "connection refused".into() }.is_permanent());
+        assert!(!SessionError::Egress(EgressError::Closed).is_permanent());
+        assert!(SessionError::Guard("unreadable".into()).is_permanent());
     }
 }
