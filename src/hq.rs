@@ -165,7 +165,10 @@ pub fn segments_table(v: &SegmentsView) -> String {
     }
     s.push_str(&format!("\n  participants: {}\n", v.participants.join(", ")));
     if !v.dropped.is_empty() {
-        s.push_str(&format!("  left a round: {}\n", v.dropped.join("; ")));
+        s.push_str("  left a round (details in the audit logs):\n");
+        for d in &v.dropped {
+            s.push_str(&format!("    {d}\n"));
+        }
     }
     s
 }

@@ -464,10 +464,13 @@ async fn run(cli: Cli) -> Result<()> {
                 "node starting"
             );
             let (tx, rx) = tokio::sync::watch::channel(false);
-            let signal = tokio::spawn(async move {
-                let name = stop.first().await;
-                let _ = tx.send(true);
-                name
+            let received = Arc::new(std::sync::OnceLock::new());
+            tokio::spawn({
+                let received = received.clone();
+                async move {
+                    let _ = received.set(stop.first().await);
+                    let _ = tx.send(true);
+                }
             });
             let audit = ctx.audit.clone();
             let out = fedcrm_node::session::run(ctx, cfg.coordinator.backoff(), rx).await;
@@ -475,7 +478,7 @@ async fn run(cli: Cli) -> Result<()> {
                 let mut log = fedcrm_node::egress::lock(&audit);
                 log.seal().map(|_| log.head().0)
             };
-            let why = if signal.is_finished() { signal.await.unwrap_or("a signal") } else { "an error" };
+            let why = received.get().copied().unwrap_or("an error");
             match sealed {
                 Ok(seq) => {
                     tracing::info!(node = %cfg.name, "node stopped after {why}; audit log sealed at record {seq}")

@@ -250,3 +250,73 @@ async fn nodes_reconnect_after_the_coordinator_is_killed_mid_round_and_sigterm_e
     assert_eq!(verified.logs.len(), NODES + 1);
     assert!(verified.receipts_checked > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_analysis_and_restarted_gets_a_result_or_one_short_line_per_refusal() {
+    let d = deploy();
+    let hq = HqConfig::load(&d.root().join("hq.toml")).unwrap();
+    let mut coordinator = start_coordinator(&d);
+    let mut nodes: Vec<Child> = d.nodes.iter().map(|n| start_node(&d, n)).collect();
+    until(Duration::from_secs(60), "all nodes to connect", async || connected(&hq).await == NODES).await;
+
+    // A franchisee's server dies once the node has sent its masked input.
+    let victim = NODES - 1;
+    let analysis = tokio::spawn({
+        let hq = hq.clone();
+        async move {
+            let mut client = AnalystClient::connect(&hq).await.unwrap();
+            client.segments(REFERENCE, "test: a node dies mid-analysis").await
+        }
+    });
+    let victim_audit = d.node_dir(&d.nodes[victim]).join("audit");
+    until(Duration::from_secs(60), "the victim to send its masked input", async || {
+        fedcrm_audit::log::read_records(&victim_audit).is_ok_and(|r| {
+            r.iter().any(|r| matches!(&r.event, Event::Egress { message, .. } if message == "masked-chunk"))
+        })
+    })
+    .await;
+    signal(&nodes[victim], "-KILL");
+    nodes[victim].wait().unwrap();
+    let _ = analysis.await.unwrap();
+
+    // Restarted; the next analysis runs, or every refusal is one short line.
+    nodes[victim] = start_node(&d, &d.nodes[victim]);
+    until(Duration::from_secs(60), "the restarted node to connect", async || connected(&hq).await == NODES).await;
+    let mut client = AnalystClient::connect(&hq).await.unwrap();
+    match client.segments(REFERENCE, "test: after the node's restart").await {
+        Ok(reply) => {
+            let view = SegmentsView::new(&reply, REFERENCE);
+            let text: String = d
+                .nodes
+                .iter()
+                .zip(&d.data)
+                .filter(|(n, _)| view.participants.contains(n))
+                .map(|(_, t)| t.as_str())
+                .collect();
+            let p = fedcrm::pooled::segments(
+                &fedcrm::pooled::parse_cdnow(&text),
+                REFERENCE.replace('-', "").parse().unwrap(),
+            );
+            assert_eq!(view.customers, Some(p.customers));
+            for d in &view.dropped {
+                assert!(d.chars().count() <= 240, "one short line per node: {d}");
+            }
+        }
+        Err(status) => {
+            let lines: Vec<&str> = status.message().lines().collect();
+            assert!(lines.len() > 1, "one line per refusing node: {}", status.message());
+            for l in &lines[1..] {
+                assert!(l.chars().count() <= 240, "one short line per node, not {} characters: {l}", l.len());
+            }
+        }
+    }
+    signal(&coordinator, "-TERM");
+    for child in &nodes {
+        signal(child, "-TERM");
+    }
+    let limit = fedcrm_coordinator::SHUTDOWN_GRACE * 2;
+    assert!(wait_within(&mut coordinator, limit, "the coordinator").success());
+    for (n, child) in d.nodes.iter().zip(nodes.iter_mut()) {
+        assert!(wait_within(child, limit, n).success(), "{n}");
+    }
+}

@@ -52,13 +52,20 @@ pub fn threshold(members: &[Participant]) -> Result<usize, String> {
 fn check(members: &[Participant], history: &[Unmasked], now_ms: u64, coverage: &Coverage) -> Result<usize, String> {
     let t = threshold(members)?;
     let roster: Vec<Invitee> = members.iter().map(Participant::invitee).collect();
+    // One line per node that would refuse, saying why and from when (the analyst
+    // gets them shortened by `round::brief_lines`).
+    let mut refusing = String::new();
     for m in members {
-        rules::check_set(&m.rules, &m.organisation, &roster, t, Stage::Invited)
-            .map_err(|e| format!("{} would refuse: {e}", m.name))?;
         let mine: Vec<Unmasked> =
             history.iter().filter(|u| u.contributors.iter().any(|c| c.name == m.name)).cloned().collect();
-        rules::check_differencing(&m.rules, &m.name, &mine, now_ms, coverage, &roster)
-            .map_err(|e| format!("{} would refuse: {e}", m.name))?;
+        let verdict = rules::check_set(&m.rules, &m.organisation, &roster, t, Stage::Invited)
+            .and_then(|()| rules::check_differencing(&m.rules, &m.name, &mine, now_ms, coverage, &roster));
+        if let Err(e) = verdict {
+            refusing.push_str(&format!("\n  {} would refuse: {e}", m.name));
+        }
+    }
+    if !refusing.is_empty() {
+        return Err(refusing);
     }
     // What no node can see: combinations of every sum this coordinator unmasked.
     let window = members.iter().map(|m| m.rules.differencing_window_days).max().unwrap_or(0);
@@ -88,7 +95,12 @@ pub fn plan(connected: &[Participant], history: &[Unmasked], now_ms: u64, covera
             let excluded = connected
                 .iter()
                 .filter(|p| !same.iter().any(|s| s.name == p.name))
-                .map(|p| (p.name.clone(), format!("not invited: {first_error}")))
+                .map(|p| {
+                    // Its own line of the refusals, or all of them when it had none.
+                    let own = first_error.lines().map(str::trim).find(|l| l.starts_with(&format!("{} ", p.name)));
+                    let why = own.unwrap_or(first_error.trim()).replace('\n', ";");
+                    (p.name.clone(), format!("not invited: {why}"))
+                })
                 .collect();
             return Ok(Plan { invited: same, t, excluded });
         }

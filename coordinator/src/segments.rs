@@ -67,8 +67,8 @@ pub enum AnalysisError {
     #[error("quantile search: {0}")]
     Quantile(#[from] fedcrm_protocol::rfm::QuantileError),
     #[error(
-        "a node left between rounds of the analysis ({exits}); it stops without a result, because re-running it \
-         over the remaining nodes would let the coordinator subtract one node's data; run it again later"
+        "a node left between rounds of the analysis, so it stops without a result (re-running it over the \
+         remaining nodes would let the coordinator subtract one node's data); run it again later. Left:{exits}"
     )]
     ContributorsChanged { exits: String },
     #[error("another analysis is running; try again when it finishes")]
@@ -144,9 +144,9 @@ impl Coordinator {
         let gone: Vec<String> = invited
             .iter()
             .filter(|p| !connected.iter().any(|c| c.name == p.name && c.session == p.session))
-            .map(|p| format!("{}: disconnected", p.name))
+            .map(|p| format!("\n  {}: disconnected", p.name))
             .collect();
-        if gone.is_empty() { Ok(()) } else { Err(AnalysisError::ContributorsChanged { exits: gone.join("; ") }) }
+        if gone.is_empty() { Ok(()) } else { Err(AnalysisError::ContributorsChanged { exits: gone.concat() }) }
     }
 
     /// Record an analyst's request; returns the new analysis id.

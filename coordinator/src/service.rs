@@ -264,10 +264,11 @@ impl pb::analyst_server::Analyst for AnalystService {
         };
         let out = self.0.run_segments(&request).await.map_err(|e| match e {
             AnalysisError::Busy => Status::unavailable(e.to_string()),
+            // One short line per node for the analyst; the full reasons are in the logs.
             AnalysisError::Round(crate::round::RoundError::NotEnoughNodes { .. }) | AnalysisError::Release(_) => {
-                Status::failed_precondition(e.to_string())
+                Status::failed_precondition(crate::round::brief_lines(&e.to_string()))
             }
-            other => Status::aborted(other.to_string()),
+            other => Status::aborted(crate::round::brief_lines(&other.to_string())),
         })?;
         let rel = &out.release;
         Ok(Response::new(pb::SegmentsReply {
@@ -286,7 +287,7 @@ impl pb::analyst_server::Analyst for AnalystService {
             customers: rel.customers.unwrap_or(0),
             customers_withheld: rel.customers.is_none(),
             participants: rel.contributors.clone(),
-            dropped: out.exits.iter().map(|(n, e)| format!("{n}: {e}")).collect(),
+            dropped: out.exits.iter().map(|(n, e)| format!("{n}: {}", crate::round::brief(e))).collect(),
             rounds: out.rounds,
             min_cohort: rel.min_cohort as u32,
         }))
