@@ -163,17 +163,43 @@ fn wait_within(child: &mut Child, limit: Duration, who: &str) -> std::process::E
     }
 }
 
+/// Deploy, start the coordinator and every node, and wait until all are connected.
+async fn start_all() -> (Deployment, HqConfig, Child, Vec<Child>) {
+    let d = deploy();
+    let hq = HqConfig::load(&d.root().join("hq.toml")).unwrap();
+    let coordinator = start_coordinator(&d);
+    let nodes: Vec<Child> = d.nodes.iter().map(|n| start_node(&d, n)).collect();
+    until(Duration::from_secs(60), "all nodes to connect", async || connected(&hq).await == NODES).await;
+    (d, hq, coordinator, nodes)
+}
+
+/// The pooled answer over the data of the nodes in `participants`.
+fn pooled_over(d: &Deployment, participants: &[String]) -> fedcrm::pooled::PooledSegments {
+    let text: String =
+        d.nodes.iter().zip(&d.data).filter(|(n, _)| participants.contains(n)).map(|(_, t)| t.as_str()).collect();
+    fedcrm::pooled::segments(&fedcrm::pooled::parse_cdnow(&text), REFERENCE.replace('-', "").parse().unwrap())
+}
+
+/// SIGTERM to every process; each must exit with status 0 within the stated time.
+fn terminate_all(d: &Deployment, coordinator: &mut Child, nodes: &mut [Child]) {
+    let limit = fedcrm_coordinator::SHUTDOWN_GRACE * 2;
+    signal(coordinator, "-TERM");
+    for child in nodes.iter() {
+        signal(child, "-TERM");
+    }
+    assert!(wait_within(coordinator, limit, "the coordinator").success());
+    for (n, child) in d.nodes.iter().zip(nodes.iter_mut()) {
+        assert!(wait_within(child, limit, n).success(), "{n}");
+    }
+}
+
 fn log_text(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_reconnect_after_the_coordinator_is_killed_mid_round_and_sigterm_ends_all_cleanly() {
-    let d = deploy();
-    let hq = HqConfig::load(&d.root().join("hq.toml")).unwrap();
-    let mut coordinator = start_coordinator(&d);
-    let mut nodes: Vec<Child> = d.nodes.iter().map(|n| start_node(&d, n)).collect();
-    until(Duration::from_secs(60), "all nodes to connect", async || connected(&hq).await == NODES).await;
+    let (d, hq, mut coordinator, mut nodes) = start_all().await;
 
     // An analysis starts; once its first round has begun, HQ's machine dies.
     let analysis = tokio::spawn({
@@ -209,9 +235,7 @@ async fn nodes_reconnect_after_the_coordinator_is_killed_mid_round_and_sigterm_e
     let reply = client.segments(REFERENCE, "test: after the restart").await.expect("analysis after the restart");
     let view = SegmentsView::new(&reply, REFERENCE);
     assert_eq!(view.participants.len(), NODES, "every node contributes: {:?}", view.dropped);
-    let text: String =
-        d.nodes.iter().zip(&d.data).filter(|(n, _)| view.participants.contains(n)).map(|(_, t)| t.as_str()).collect();
-    let p = fedcrm::pooled::segments(&fedcrm::pooled::parse_cdnow(&text), REFERENCE.replace('-', "").parse().unwrap());
+    let p = pooled_over(&d, &view.participants);
     assert_eq!(view.customers, Some(p.customers));
     assert_eq!(view.recency_cuts, p.recency, "recency cut points");
     assert_eq!(view.frequency_cuts, p.frequency, "frequency cut points");
@@ -220,14 +244,8 @@ async fn nodes_reconnect_after_the_coordinator_is_killed_mid_round_and_sigterm_e
     assert_eq!(counts, p.counts.to_vec());
 
     // SIGTERM ends every process within the stated time, with exit status 0.
-    let limit = fedcrm_coordinator::SHUTDOWN_GRACE * 2;
-    signal(&coordinator, "-TERM");
-    for child in &nodes {
-        signal(child, "-TERM");
-    }
-    assert!(wait_within(&mut coordinator, limit, "the coordinator").success());
-    for (n, child) in d.nodes.iter().zip(nodes.iter_mut()) {
-        assert!(wait_within(child, limit, n).success(), "{n}");
+    terminate_all(&d, &mut coordinator, &mut nodes);
+    for n in &d.nodes {
         let text = log_text(&d.node_dir(n).join("stderr.log"));
         assert!(text.contains("node stopped after SIGTERM; audit log sealed"), "{n}:\n{text}");
     }
@@ -253,11 +271,7 @@ async fn nodes_reconnect_after_the_coordinator_is_killed_mid_round_and_sigterm_e
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_mid_analysis_and_restarted_gets_a_result_or_one_short_line_per_refusal() {
-    let d = deploy();
-    let hq = HqConfig::load(&d.root().join("hq.toml")).unwrap();
-    let mut coordinator = start_coordinator(&d);
-    let mut nodes: Vec<Child> = d.nodes.iter().map(|n| start_node(&d, n)).collect();
-    until(Duration::from_secs(60), "all nodes to connect", async || connected(&hq).await == NODES).await;
+    let (d, hq, mut coordinator, mut nodes) = start_all().await;
 
     // A franchisee's server dies once the node has sent its masked input.
     let victim = NODES - 1;
@@ -286,17 +300,8 @@ async fn a_node_killed_mid_analysis_and_restarted_gets_a_result_or_one_short_lin
     match client.segments(REFERENCE, "test: after the node's restart").await {
         Ok(reply) => {
             let view = SegmentsView::new(&reply, REFERENCE);
-            let text: String = d
-                .nodes
-                .iter()
-                .zip(&d.data)
-                .filter(|(n, _)| view.participants.contains(n))
-                .map(|(_, t)| t.as_str())
-                .collect();
-            let p = fedcrm::pooled::segments(
-                &fedcrm::pooled::parse_cdnow(&text),
-                REFERENCE.replace('-', "").parse().unwrap(),
-            );
+            let p = pooled_over(&d, &view.participants);
+
             assert_eq!(view.customers, Some(p.customers));
             for d in &view.dropped {
                 assert!(d.chars().count() <= 240, "one short line per node: {d}");
@@ -310,13 +315,5 @@ async fn a_node_killed_mid_analysis_and_restarted_gets_a_result_or_one_short_lin
             }
         }
     }
-    signal(&coordinator, "-TERM");
-    for child in &nodes {
-        signal(child, "-TERM");
-    }
-    let limit = fedcrm_coordinator::SHUTDOWN_GRACE * 2;
-    assert!(wait_within(&mut coordinator, limit, "the coordinator").success());
-    for (n, child) in d.nodes.iter().zip(nodes.iter_mut()) {
-        assert!(wait_within(child, limit, n).success(), "{n}");
-    }
+    terminate_all(&d, &mut coordinator, &mut nodes);
 }
