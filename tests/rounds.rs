@@ -335,3 +335,46 @@ async fn a_contributor_refusing_to_sign_stops_the_round_so_its_data_is_not_relea
     assert_eq!(released, 0);
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_stopping_mid_round_ends_it_without_a_release() {
+    // node-1 stalls, so the round would wait a minute for its shares.
+    let mut nodes = cdnow_nodes(&[1; 5], true);
+    nodes[1].faults.stall_at = Some(DropAt::AfterKeys);
+    let cluster = Cluster::start(ClusterOptions { nodes, phase_timeout_seconds: 600, ..exact() }, Hooks::default())
+        .await
+        .unwrap();
+    let coordinator = cluster.coordinator.clone();
+    let analysis =
+        tokio::spawn(async move { coordinator.run_histograms(&common::request("stopped midway"), specs()).await });
+    let audit = cluster.coordinator.config.audit_dir.clone();
+    let started = || {
+        fedcrm_audit::log::read_records(&audit)
+            .unwrap()
+            .iter()
+            .any(|r| matches!(r.event, fedcrm_audit::Event::RoundStarted { .. }))
+    };
+    for _ in 0..3000 {
+        if started() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(started(), "the round never started");
+    // SIGTERM reaches the coordinator mid-round.
+    cluster.coordinator.stop();
+    let err = analysis.await.unwrap().expect_err("a stopping coordinator releases nothing");
+    assert!(
+        matches!(err, AnalysisError::Round(fedcrm_coordinator::round::RoundError::ShuttingDown)),
+        "ended by the shutdown, not by the phase deadline: {err}"
+    );
+    // No new analysis starts either.
+    let again = cluster.coordinator.run_histograms(&common::request("after stop"), specs()).await.unwrap_err();
+    assert!(again.to_string().contains("shutting down"), "{again}");
+    let records = fedcrm_audit::log::read_records(&audit).unwrap();
+    assert!(!records.iter().any(|r| matches!(r.event, fedcrm_audit::Event::Release { .. })));
+    assert!(records.iter().any(
+        |r| matches!(&r.event, fedcrm_audit::Event::AnalysisFailed { reason, .. } if reason.contains("shutting down"))
+    ));
+    cluster.stop().await;
+}
