@@ -45,9 +45,10 @@ pub fn check_text(r: &CheckReport) -> String {
             s.push_str(&format!("    comment or blank lines: {}\n", c.comment_or_blank_lines));
             if c.junk_lines > 0 {
                 s.push_str(&format!(
-                    "    NOT USED: {} lines hold more than one key (spaces, commas) on lines {}; write one key per line\n",
+                    "    {} lines are not one key (spaces, commas, semicolons) on lines {}; {} customers they name were excluded as a precaution; write one key per line\n",
                     c.junk_lines,
-                    lines(&c.junk_examples, c.junk_lines)
+                    lines(&c.junk_examples, c.junk_lines),
+                    c.junk_matched
                 ));
             }
         }

@@ -303,7 +303,7 @@ impl DataConfig {
         let customers = purchases.iter().map(|p| p.customer.as_str()).collect::<HashSet<_>>().len() as u64;
         Ok(Dataset {
             withdrawn_rows: (before - purchases.len()) as u64,
-            withdrawn_customers: withdrawn.report.matched,
+            withdrawn_customers: withdrawn.report.matched + withdrawn.report.junk_matched,
             customers,
             consent: withdrawn.report,
             purchases,
@@ -356,6 +356,7 @@ impl Dataset {
             withdrawals_matched: self.consent.matched,
             withdrawals_unmatched: self.consent.unmatched,
             withdrawal_junk_lines: self.consent.junk_lines,
+            withdrawal_junk_matched: self.consent.junk_matched,
             encoding: self.report.encoding,
         }
     }
@@ -373,9 +374,12 @@ pub struct LoadSummary {
     pub customers: u64,
     /// Distinct keys in the consent-withdrawal file.
     pub withdrawal_entries: u64,
+    /// Keys that match a customer.
     pub withdrawals_matched: u64,
     pub withdrawals_unmatched: u64,
+    /// Lines that are not one key, and the customers they name (excluded as a precaution).
     pub withdrawal_junk_lines: u64,
+    pub withdrawal_junk_matched: u64,
     pub encoding: Option<EncodingUsed>,
 }
 
@@ -392,7 +396,11 @@ impl std::fmt::Display for LoadSummary {
             self.rows_withdrawn
         )?;
         if self.withdrawal_junk_lines > 0 {
-            write!(f, ", {} unreadable withdrawal lines (see fedcrm node check)", self.withdrawal_junk_lines)?;
+            write!(
+                f,
+                "; {} withdrawal lines are not one key each, {} more customers named on them excluded (see fedcrm node check)",
+                self.withdrawal_junk_lines, self.withdrawal_junk_matched
+            )?;
         }
         if let Some(e) = self.encoding {
             write!(f, "; read as {e}")?;

@@ -40,6 +40,8 @@ pub struct Withdrawals {
     keys: HashSet<String>,
     /// For each distinct key, the line it first appears on.
     first_line: Vec<(u64, String)>,
+    /// Lines that are not one key: the whole line and its fields.
+    junk: Vec<String>,
     pub report: ConsentReport,
 }
 
@@ -59,9 +61,13 @@ pub struct ConsentReport {
     /// Line numbers of the first few unmatched keys (never the keys).
     pub unmatched_lines: Vec<u64>,
     /// Lines that are neither blank, a comment, nor one key: e.g. two fields
-    /// (`c1,2024-01-01`) or several keys on one line. Not used as keys.
+    /// (`c1,2024-01-01`) or several keys on one line.
     pub junk_lines: u64,
     pub junk_examples: Vec<u64>,
+    /// Customers excluded as a precaution because such a line, or one of its fields
+    /// (split at spaces, commas, semicolons), is their key: a withdrawal written
+    /// badly is still a withdrawal.
+    pub junk_matched: u64,
     /// Blank and comment-only lines.
     pub comment_or_blank_lines: u64,
 }
@@ -69,7 +75,7 @@ pub struct ConsentReport {
 impl Withdrawals {
     /// Nobody withdrew (no file configured).
     pub fn none() -> Self {
-        Withdrawals { keys: HashSet::new(), first_line: Vec::new(), report: ConsentReport::default() }
+        Withdrawals { keys: HashSet::new(), first_line: Vec::new(), junk: Vec::new(), report: ConsentReport::default() }
     }
 
     /// Read a consent file in the configured encoding (`auto`: per this file's bytes).
@@ -100,6 +106,7 @@ impl Withdrawals {
                 if w.report.junk_examples.len() < EXAMPLES {
                     w.report.junk_examples.push(line);
                 }
+                w.junk.push(key.to_owned());
             } else {
                 w.report.entries += 1;
                 if w.keys.insert(key.to_owned()) {
@@ -119,8 +126,21 @@ impl Withdrawals {
         self.keys.is_empty()
     }
 
-    /// Count which keys match a customer of the data (`is_customer`).
+    /// Count which keys match a customer of the data (`is_customer`), and withdraw
+    /// the customers that lines which are not one key name (see
+    /// [`ConsentReport::junk_matched`]).
     pub fn matched_against(&mut self, is_customer: impl Fn(&str) -> bool) {
+        let mut extra = HashSet::new();
+        for line in &self.junk {
+            let fields = line.split(|c: char| c.is_whitespace() || matches!(c, ',' | ';')).map(str::trim);
+            for k in std::iter::once(line.as_str()).chain(fields) {
+                if !k.is_empty() && !self.keys.contains(k) && is_customer(k) {
+                    extra.insert(k.to_owned());
+                }
+            }
+        }
+        self.report.junk_matched = extra.len() as u64;
+        self.keys.extend(extra);
         let (mut matched, mut unmatched, mut lines) = (0, 0, Vec::new());
         for (line, key) in &self.first_line {
             if is_customer(key) {
@@ -152,10 +172,21 @@ mod tests {
         let w = parse(text.as_bytes(), TextEncoding::Auto).unwrap();
         assert!(w.contains("c1"), "the first key survives the byte-order mark");
         assert!(w.contains("c2") && w.contains("会员7"));
-        assert!(!w.contains("c3") && !w.contains("c4") && !w.contains("c3,2024-01-02"));
+        assert!(!w.contains("c3") && !w.contains("c4"), "not keys until matched against the data");
         let r = &w.report;
         assert_eq!((r.entries, r.distinct, r.junk_lines, r.comment_or_blank_lines), (4, 3, 2, 2));
         assert_eq!(r.junk_examples, vec![5, 6]);
+    }
+
+    #[test]
+    fn customers_named_on_a_badly_written_line_are_withdrawn_too() {
+        let mut w = parse(b"c1\nc3,2024-01-02\nc4 c5\nVIP 7\nzz;yy\n", TextEncoding::Utf8).unwrap();
+        w.matched_against(|k| ["c1", "c3", "c4", "c5", "VIP 7"].contains(&k));
+        for k in ["c1", "c3", "c4", "c5", "VIP 7"] {
+            assert!(w.contains(k), "{k}");
+        }
+        assert!(!w.contains("zz") && !w.contains("2024-01-02"));
+        assert_eq!((w.report.matched, w.report.junk_lines, w.report.junk_matched), (1, 4, 4));
     }
 
     #[test]

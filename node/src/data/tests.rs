@@ -155,7 +155,7 @@ fn consent_is_applied_counted_and_a_missing_file_refused() {
         format!("{HEADER}c1,,,2024-01-02,1.00,\nc2,,,2024-01-02,1.00,\nc1,,,2024-01-03,1.00,\nc3,,,2024-01-02,1.00,\n")
             .as_bytes(),
     ));
-    cfg.consent_withdrawals = Some(write(&dir, "w.txt", "\u{FEFF}c1\n# note\n\nnobody\nc2 c3\n".as_bytes()));
+    cfg.consent_withdrawals = Some(write(&dir, "w.txt", "\u{FEFF}c1\n# note\n\nnobody\nc8 c9\n".as_bytes()));
     let ds = cfg.load().unwrap();
     assert!(ds.purchases.iter().all(|p| p.customer != "c1"), "the first key after the BOM is honoured");
     assert_eq!((ds.withdrawn_rows, ds.withdrawn_customers, ds.customers), (2, 1, 2));
@@ -164,7 +164,7 @@ fn consent_is_applied_counted_and_a_missing_file_refused() {
     assert_eq!((c.unmatched_lines.clone(), c.junk_examples.clone()), (vec![4], vec![5]));
     assert_eq!(
         ds.summary().to_string(),
-        "loaded 2 rows (0 skipped) for 2 customers; 2 withdrawals (1 matched, 2 rows excluded), 1 unreadable withdrawal lines (see fedcrm node check); read as UTF-8 (auto: every byte is valid UTF-8)"
+        "loaded 2 rows (0 skipped) for 2 customers; 2 withdrawals (1 matched, 2 rows excluded); 1 withdrawal lines are not one key each, 0 more customers named on them excluded (see fedcrm node check); read as UTF-8 (auto: every byte is valid UTF-8)"
     );
     cfg.consent_withdrawals = Some(dir.path().join("absent.txt"));
     let err = cfg.load().unwrap_err().to_string();
