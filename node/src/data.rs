@@ -88,6 +88,9 @@ pub enum OnBadRow {
 
 /// What to tell someone whose file holds bytes that are not valid in `used`.
 fn encoding_advice(used: EncodingUsed) -> &'static str {
+    if let Detection::MostlyUtf8 { .. } = used.detection {
+        return "the rest of the file is UTF-8, so these rows were damaged on the way: fix them in the export, or set data.on_bad_row = \"skip\"";
+    }
     match used.charset {
         Charset::Utf8 => {
             "the file is probably not UTF-8 (Chinese POS systems and Excel often write GB18030/GBK): set data.encoding = \"gb18030\" (or \"auto\") in node.toml, or save the export as UTF-8"

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 /// `data.encoding` in node.toml.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum TextEncoding {
-    /// A byte-order mark decides; otherwise UTF-8 when the bytes are valid UTF-8,
+    /// A byte-order mark decides; otherwise UTF-8 when the bytes are valid UTF-8
+    /// (or when most lines with non-ASCII text are: a damaged row in a UTF-8 export),
     /// else GB18030.
     #[default]
     #[serde(rename = "auto")]
@@ -88,6 +89,11 @@ pub enum Detection {
     ValidUtf8,
     /// `auto`, no byte-order mark, and the bytes are not UTF-8 from this line on.
     NotUtf8 { first_line: u64 },
+    /// `auto`, no byte-order mark, and more lines with non-ASCII text are valid UTF-8
+    /// (`utf8_lines`) than not (`other_lines`, the first at `first_line`): a UTF-8
+    /// file with damaged rows, which are marked undecodable rather than the whole file
+    /// read as GB18030 (which would garble every Chinese name in it).
+    MostlyUtf8 { utf8_lines: u64, other_lines: u64, first_line: u64 },
 }
 
 /// The encoding used for one file and why; `node check` and the start-up summary show it.
@@ -107,6 +113,11 @@ impl std::fmt::Display for EncodingUsed {
             Detection::NotUtf8 { first_line } => {
                 write!(f, "{} (auto: not UTF-8 from line {first_line} on, so read as GB18030)", self.charset)
             }
+            Detection::MostlyUtf8 { utf8_lines, other_lines, first_line } => write!(
+                f,
+                "{} (auto: {utf8_lines} lines with non-ASCII text are UTF-8; {other_lines}, the first on line {first_line}, are not)",
+                self.charset
+            ),
         }
     }
 }
@@ -155,7 +166,12 @@ pub fn decode(bytes: &[u8], setting: TextEncoding) -> Result<Decoded, DecodeErro
             Ok(_) => (Charset::Utf8, Detection::ValidUtf8, bytes),
             Err(e) => {
                 let first_line = 1 + bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() as u64;
-                (Charset::Gb18030, Detection::NotUtf8 { first_line }, bytes)
+                let (utf8_lines, other_lines) = utf8_lines(bytes);
+                if utf8_lines > other_lines {
+                    (Charset::Utf8, Detection::MostlyUtf8 { utf8_lines, other_lines, first_line }, bytes)
+                } else {
+                    (Charset::Gb18030, Detection::NotUtf8 { first_line }, bytes)
+                }
             }
         },
     };
@@ -167,6 +183,21 @@ pub fn decode(bytes: &[u8], setting: TextEncoding) -> Result<Decoded, DecodeErro
     }
     let (text, malformed_lines) = decode_marking(charset.encoding(), body);
     Ok(Decoded { text, used, malformed_lines })
+}
+
+/// Lines holding non-ASCII bytes: (valid UTF-8, not valid UTF-8). GB18030 text with
+/// Chinese characters is almost never valid UTF-8 (its trail bytes rarely follow
+/// UTF-8's lead-byte rules), so a majority of valid lines means a UTF-8 file.
+fn utf8_lines(bytes: &[u8]) -> (u64, u64) {
+    let (mut valid, mut invalid) = (0, 0);
+    for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_ascii()) {
+        if std::str::from_utf8(line).is_ok() {
+            valid += 1;
+        } else {
+            invalid += 1;
+        }
+    }
+    (valid, invalid)
 }
 
 /// Decode without BOM handling, replacing each malformed sequence by U+FFFD and
@@ -224,6 +255,17 @@ mod tests {
         assert_eq!(d.used.detection, Detection::NotUtf8 { first_line: 1 });
         assert!(d.malformed_lines.is_empty());
         assert_eq!(decode(&gb, TextEncoding::Gb18030).unwrap().text, text);
+    }
+
+    #[test]
+    fn a_utf8_file_with_a_damaged_row_stays_utf8() {
+        let mut bytes = "h\n门店\n天猫\n黄金\n".as_bytes().to_vec();
+        bytes[9] = 0xFF; // inside 天猫, line 3
+        let d = decode(&bytes, TextEncoding::Auto).unwrap();
+        assert_eq!(d.used.charset, Charset::Utf8);
+        assert_eq!(d.used.detection, Detection::MostlyUtf8 { utf8_lines: 2, other_lines: 1, first_line: 3 });
+        assert_eq!(d.malformed_lines, vec![3]);
+        assert!(d.text.starts_with("h\n门店\n") && d.text.ends_with("\n黄金\n"), "the other rows read right");
     }
 
     #[test]

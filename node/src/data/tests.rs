@@ -129,6 +129,25 @@ fn a_gb18030_export_read_as_utf8_names_the_line_and_the_encoding() {
 }
 
 #[test]
+fn a_damaged_row_in_a_utf8_export_is_named_and_the_rest_reads_right() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = HEADER.to_string();
+    for i in 0..150 {
+        text.push_str(&format!("c{i},,门店,2024-01-02,1.00,黄金\n"));
+    }
+    let mut bytes = text.into_bytes();
+    let at = bytes.len() - 6; // inside 黄金 of the last row, line 151
+    bytes[at] = 0xC0;
+    let mut cfg = csv_config(write(&dir, "x.csv", &bytes));
+    let err = cfg.load().unwrap_err().to_string();
+    assert!(err.contains("x.csv:151: bytes that are not valid UTF-8; the rest of the file is UTF-8"), "{err}");
+    cfg.on_bad_row = OnBadRow::Skip;
+    let ds = cfg.load().unwrap();
+    assert_eq!((ds.report.rows, ds.report.skipped), (149, 1));
+    assert!(ds.purchases.iter().all(|p| p.channel.as_deref() == Some("门店")), "not read as GB18030");
+}
+
+#[test]
 fn skipping_within_the_limit_is_allowed_and_above_it_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut text = HEADER.to_string();
