@@ -88,12 +88,12 @@ pub enum Detection {
     /// `auto`, no byte-order mark, and every byte is valid UTF-8.
     ValidUtf8,
     /// `auto`, no byte-order mark, and the bytes are not UTF-8 from this line on.
-    NotUtf8 { first_line: u64 },
+    NotUtf8 { first_line: u32 },
     /// `auto`, no byte-order mark, and more lines with non-ASCII text are valid UTF-8
     /// (`utf8_lines`) than not (`other_lines`, the first at `first_line`): a UTF-8
     /// file with damaged rows, which are marked undecodable rather than the whole file
     /// read as GB18030 (which would garble every Chinese name in it).
-    MostlyUtf8 { utf8_lines: u64, other_lines: u64, first_line: u64 },
+    MostlyUtf8 { utf8_lines: u32, other_lines: u32, first_line: u32 },
 }
 
 /// The encoding used for one file and why; `node check` and the start-up summary show it.
@@ -165,7 +165,7 @@ pub fn decode(bytes: &[u8], setting: TextEncoding) -> Result<Decoded, DecodeErro
         (TextEncoding::Auto, None) => match std::str::from_utf8(bytes) {
             Ok(_) => (Charset::Utf8, Detection::ValidUtf8, bytes),
             Err(e) => {
-                let first_line = 1 + bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() as u64;
+                let first_line = saturate(1 + bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count());
                 let (utf8_lines, other_lines) = utf8_lines(bytes);
                 if utf8_lines > other_lines {
                     (Charset::Utf8, Detection::MostlyUtf8 { utf8_lines, other_lines, first_line }, bytes)
@@ -188,8 +188,8 @@ pub fn decode(bytes: &[u8], setting: TextEncoding) -> Result<Decoded, DecodeErro
 /// Lines holding non-ASCII bytes: (valid UTF-8, not valid UTF-8). GB18030 text with
 /// Chinese characters is almost never valid UTF-8 (its trail bytes rarely follow
 /// UTF-8's lead-byte rules), so a majority of valid lines means a UTF-8 file.
-fn utf8_lines(bytes: &[u8]) -> (u64, u64) {
-    let (mut valid, mut invalid) = (0, 0);
+fn utf8_lines(bytes: &[u8]) -> (u32, u32) {
+    let (mut valid, mut invalid) = (0usize, 0usize);
     for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_ascii()) {
         if std::str::from_utf8(line).is_ok() {
             valid += 1;
@@ -197,7 +197,13 @@ fn utf8_lines(bytes: &[u8]) -> (u64, u64) {
             invalid += 1;
         }
     }
-    (valid, invalid)
+    (saturate(valid), saturate(invalid))
+}
+
+/// Line counts in a [`Detection`] are `u32` (kept small: it travels in every error);
+/// a file of more than 4 billion lines shows `u32::MAX`.
+fn saturate(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// Decode without BOM handling, replacing each malformed sequence by U+FFFD and
