@@ -1,3 +1,5 @@
+//! Loading purchase files end to end: settings, line numbers, encodings, skipping limits, consent.
+
 use super::*;
 
 const HEADER: &str = "customer_key,phone,channel,timestamp,amount,category\n";
