@@ -113,8 +113,8 @@ pub enum DataError {
     BadRow { path: PathBuf, line: u64, why: String },
     #[error("{path}:{line}: bytes that are not valid {}; {}", used.charset, encoding_advice(*used))]
     Undecodable { path: PathBuf, line: u64, used: EncodingUsed },
-    #[error("{path}: cannot read the header row: {why}")]
-    BadHeader { path: PathBuf, why: String },
+    #[error("{path}: cannot read as CSV: {why}")]
+    Csv { path: PathBuf, why: String },
     #[error(
         "{path}: no column {name:?} (data.columns.{key}); the header row has {found:?}, read as {used}. Name the export's column in node.toml, e.g. [data.columns] {key} = \"{}\"{}",
         found.first().map(String::as_str).unwrap_or("..."),

@@ -149,7 +149,7 @@ pub(super) fn csv(
         None => ::csv::StringRecord::new(),
         Some(Ok(h)) => h,
         Some(Err(e)) => {
-            return Err(DataError::BadHeader { path: path.into(), why: e.to_string() });
+            return Err(DataError::Csv { path: path.into(), why: e.to_string() });
         }
     };
     let header_end = 1 + newlines(&header);
@@ -188,7 +188,7 @@ pub(super) fn csv(
         let r = match rec {
             Ok(r) => r,
             // The reader reads a `&str`: no UTF-8 errors; only a broken reader could fail.
-            Err(e) => return Err(DataError::BadHeader { path: path.into(), why: e.to_string() }),
+            Err(e) => return Err(DataError::Csv { path: path.into(), why: e.to_string() }),
         };
         let first = lines.record_start(r.position().map_or(0, |p| p.byte()));
         if r.iter().all(|f| f.trim().is_empty()) {
@@ -202,7 +202,10 @@ pub(super) fn csv(
                 let opt = |i: Option<usize>| Some(get(i)).filter(|s| !s.is_empty()).map(str::to_string);
                 let customer = get(Some(ck));
                 if customer.is_empty() {
-                    return Err(format!("{} ({}) is empty", columns.customer_key.trim(), "customer_key"));
+                    return Err(match columns.customer_key.trim() {
+                        "customer_key" => "customer_key is empty".to_string(),
+                        name => format!("{name} (customer_key) is empty"),
+                    });
                 }
                 Ok(Purchase {
                     customer: customer.to_string(),
