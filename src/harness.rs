@@ -13,7 +13,7 @@ use fedcrm_coordinator::Coordinator;
 use fedcrm_coordinator::config::{CoordinatorConfig, Enrolled, ReleaseRules, RoundSettings};
 use fedcrm_coordinator::round::Hooks;
 use fedcrm_node::config::{CoordinatorEndpoint, NodeConfig};
-use fedcrm_node::data::{DataConfig, Format, OnBadRow};
+use fedcrm_node::data::{DataConfig, Format};
 use fedcrm_node::policy::Policy;
 use fedcrm_node::session::{self, Faults, NodeContext, SessionEnd, SessionError};
 use fedcrm_protocol::config::TlsFiles;
@@ -285,12 +285,7 @@ impl Cluster {
                 retry_max_seconds: 4,
             },
             tls: TlsFiles { ca: self.pki.ca_path(), cert: files.cert, key: files.key },
-            data: DataConfig {
-                format: Format::Cdnow,
-                path: data,
-                consent_withdrawals: withdrawals,
-                on_bad_row: OnBadRow::Fail,
-            },
+            data: DataConfig { consent_withdrawals: withdrawals, ..DataConfig::new(Format::Cdnow, data) },
             policy: spec.policy.clone(),
             audit_dir: ndir.join("audit"),
             approvals_dir: ndir.join("approvals"),

@@ -440,19 +440,21 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Node(NodeCommand::Check { config, json }) => {
             let cfg = fedcrm_node::config::NodeConfig::load(&config)?;
-            let ds = cfg.data.load()?;
+            let ds = cfg.data.read()?;
             let report = fedcrm_node::check::check(&cfg, &ds);
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", fedcrm::nodecli::check_text(&report));
             }
+            cfg.data.admit(&ds)?; // what `node run` would refuse: a non-zero exit, after the report
             Ok(())
         }
         Command::Node(NodeCommand::Run { config }) => {
             let cfg = fedcrm_node::config::NodeConfig::load(&config)?;
             let stop = fedcrm::service::StopSignal::install()?;
             let ds = Arc::new(cfg.data.load()?);
+            tracing::info!(node = %cfg.name, "{}", ds.summary());
             let ctx = fedcrm_node::session::NodeContext::load(&cfg, ds, Default::default())?;
             tracing::info!(
                 node = %cfg.name,

@@ -8,10 +8,50 @@ use fedcrm_node::egress::EgressRecord;
 pub fn check_text(r: &CheckReport) -> String {
     let mut s = String::new();
     s.push_str(&format!("node {}\n\ndata: {}\n", r.node, r.data_path));
+    if let Some(e) = &r.encoding {
+        s.push_str(&format!("  encoding:             {e}\n"));
+    }
+    s.push_str(&format!("  rows read:            {}\n", r.rows_read));
     s.push_str(&format!("  rows loaded:          {}\n", r.rows_loaded));
-    s.push_str(&format!("  rows skipped:         {}\n", r.rows_skipped));
+    s.push_str(&format!("  rows skipped:         {}", r.rows_skipped));
+    if r.rows_undecodable > 0 {
+        s.push_str(&format!(" ({} with undecodable bytes)", r.rows_undecodable));
+    }
+    s.push('\n');
     for (line, why) in &r.skipped_examples {
         s.push_str(&format!("    line {line}: {why}\n"));
+    }
+    if let Some(why) = &r.refused {
+        s.push_str(&format!("  REFUSED: node run would not start: {why}\n"));
+    }
+    match &r.consent {
+        None => s.push_str("  consent withdrawals:  no file configured (data.consent_withdrawals)\n"),
+        Some(c) => {
+            s.push_str(&format!("  consent withdrawals:  {}", c.path));
+            if let Some(e) = &c.encoding {
+                s.push_str(&format!(", read as {e}"));
+            }
+            s.push('\n');
+            s.push_str(&format!(
+                "    {} entries ({} distinct): {} match a customer in the data, {} match none\n",
+                c.entries, c.distinct, c.matched, c.unmatched
+            ));
+            if !c.unmatched_lines.is_empty() {
+                s.push_str(&format!(
+                    "    keys matching no customer (a typo, or another store's customer) on lines {}\n",
+                    lines(&c.unmatched_lines, c.unmatched)
+                ));
+            }
+            s.push_str(&format!("    comment or blank lines: {}\n", c.comment_or_blank_lines));
+            if c.junk_lines > 0 {
+                s.push_str(&format!(
+                    "    {} lines are not one key (spaces, commas, semicolons) on lines {}; {} customers they name were excluded as a precaution; write one key per line\n",
+                    c.junk_lines,
+                    lines(&c.junk_examples, c.junk_lines),
+                    c.junk_matched
+                ));
+            }
+        }
     }
     s.push_str(&format!(
         "  consent withdrawn:    {} customers ({} rows excluded from everything)\n",
@@ -64,6 +104,13 @@ pub fn check_text(r: &CheckReport) -> String {
         s.push_str(&format!("  - {n}\n"));
     }
     s
+}
+
+/// Line numbers, with "…" when there are more than shown.
+fn lines(shown: &[u64], total: u64) -> String {
+    let list: Vec<String> = shown.iter().map(u64::to_string).collect();
+    let more = if total > shown.len() as u64 { ", …" } else { "" };
+    format!("{}{more}", list.join(", "))
 }
 
 /// `fedcrm node egress` as text or JSON, optionally limited to one month (YYYY-MM, UTC).

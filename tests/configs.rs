@@ -44,6 +44,23 @@ fn unknown_keys_are_errors() {
 }
 
 #[test]
+fn misspelt_data_columns_and_encodings_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = std::fs::read_to_string(configs().join("node.toml")).unwrap();
+    let p = dir.path().join("node.toml");
+    for (from, to, expect) in [
+        ("customer_key = \"customer_key\"", "customer_id = \"会员编号\"", "unknown field `customer_id`"),
+        ("encoding = \"auto\"", "encoding = \"big5\"", "big5"),
+        ("max_skipped_fraction = 0.01", "max_skipped_fraction = 1.5", "max_skipped_fraction = 1.5 is not a fraction"),
+    ] {
+        assert!(original.contains(from), "{from}");
+        std::fs::write(&p, original.replacen(from, to, 1)).unwrap();
+        let err = fedcrm_node::config::NodeConfig::load(&p).unwrap_err().to_string();
+        assert!(err.contains(expect), "{err}");
+    }
+}
+
+#[test]
 fn misspelt_or_unsafe_policy_values_are_errors() {
     let dir = tempfile::tempdir().unwrap();
     let original = std::fs::read_to_string(configs().join("node.toml")).unwrap();

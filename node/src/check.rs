@@ -4,16 +4,27 @@
 use serde::Serialize;
 
 use crate::config::NodeConfig;
-use crate::data::Dataset;
+use crate::data::{ConsentReport, Dataset, EncodingUsed};
 use crate::features;
 
 #[derive(Debug, Serialize)]
 pub struct CheckReport {
     pub node: String,
     pub data_path: String,
+    /// The encoding the purchase file was read in, and why.
+    pub encoding: Option<EncodingUsed>,
+    /// Data rows in the file (header and empty lines not counted).
+    pub rows_read: u64,
     pub rows_loaded: u64,
     pub rows_skipped: u64,
+    /// Skipped rows holding bytes not valid in `encoding`.
+    pub rows_undecodable: u64,
+    /// The first skipped rows: (line, reason).
     pub skipped_examples: Vec<(u64, String)>,
+    /// Why `node run` would refuse this data (too many rows skipped), if it would.
+    pub refused: Option<String>,
+    /// The consent-withdrawal file, when one is configured.
+    pub consent: Option<ConsentReport>,
     pub withdrawn_customers: u64,
     pub withdrawn_rows: u64,
     pub customers: u64,
@@ -42,7 +53,8 @@ pub struct EgressLine {
     pub content: String,
 }
 
-/// Build the report from a loaded dataset.
+/// Build the report from a dataset read by [`crate::data::DataConfig::read`]; says
+/// whether [`crate::data::DataConfig::load`] (what `node run` uses) would refuse it.
 pub fn check(config: &NodeConfig, ds: &Dataset) -> CheckReport {
     let first = ds.purchases.iter().map(|p| p.day).min();
     let last = ds.purchases.iter().map(|p| p.day).max();
@@ -63,9 +75,14 @@ pub fn check(config: &NodeConfig, ds: &Dataset) -> CheckReport {
     CheckReport {
         node: config.name.clone(),
         data_path: config.data.path.display().to_string(),
+        encoding: ds.report.encoding,
+        rows_read: ds.report.read(),
         rows_loaded: ds.report.rows,
         rows_skipped: ds.report.skipped,
+        rows_undecodable: ds.report.undecodable,
         skipped_examples: ds.report.skipped_examples.clone(),
+        refused: config.data.admit(ds).err().map(|e| e.to_string()),
+        consent: config.data.consent_withdrawals.is_some().then(|| ds.consent.clone()),
         withdrawn_customers: ds.withdrawn_customers,
         withdrawn_rows: ds.withdrawn_rows,
         customers,

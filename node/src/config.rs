@@ -81,6 +81,7 @@ impl NodeConfig {
             resolve(&base, p);
         }
         c.policy.validate().map_err(|message| ConfigError::Parse { path: path.to_path_buf(), message })?;
+        c.data.validate().map_err(|message| ConfigError::Parse { path: path.to_path_buf(), message })?;
         Ok(c)
     }
 }

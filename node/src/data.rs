@@ -2,7 +2,7 @@
 //! format, plus the consent-withdrawal list. Rows never leave this module's callers
 //! except as the local features of [`crate::features`].
 //!
-//! CSV format (UTF-8, header row required, columns in any order):
+//! CSV format (header row required, columns in any order, renamed by `[data.columns]`):
 //! `customer_key,phone,channel,timestamp,amount,category` where `timestamp` is
 //! `YYYY-MM-DD` or `YYYY-MM-DDTHH:MM:SS` (anything after the date is ignored),
 //! `amount` is a decimal in the currency's main unit with at most two decimals
@@ -10,13 +10,25 @@
 //!
 //! CDNOW format: whitespace-separated `customer_id YYYYMMDD quantity amount`, an
 //! optional header line.
+//!
+//! Files are UTF-8 (a byte-order mark is stripped) or GB18030, see [`decode`]. A load
+//! that had to skip more than `max_skipped_fraction` of the rows is refused: a node
+//! must not take part in analyses over a fraction of its data without anyone noticing.
+
+pub mod consent;
+pub mod decode;
+mod rows;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use time::{Date, Month};
+use time::Date;
 use zeroize::Zeroize;
+
+pub use consent::{ConsentError, ConsentReport, Withdrawals};
+pub use decode::{Charset, Detection, EncodingUsed, TextEncoding};
+pub use rows::{Columns, parse_cents};
 
 /// One purchase row.
 #[derive(Clone)]
@@ -69,8 +81,25 @@ pub enum OnBadRow {
     /// Stop and report (default): nothing is silently lost.
     #[default]
     Fail,
-    /// Skip the row, count it, and show it in `fedcrm node check`.
+    /// Skip the row, count it, and show it in `fedcrm node check`; refused above
+    /// `max_skipped_fraction`.
     Skip,
+}
+
+/// What to tell someone whose file holds bytes that are not valid in `used`.
+fn encoding_advice(used: EncodingUsed) -> &'static str {
+    if let Detection::MostlyUtf8 { .. } = used.detection {
+        return "the rest of the file is UTF-8, so these rows were damaged on the way: fix them in the export, or set data.on_bad_row = \"skip\"";
+    }
+    match used.charset {
+        Charset::Utf8 => {
+            "the file is probably not UTF-8 (Chinese POS systems and Excel often write GB18030/GBK): set data.encoding = \"gb18030\" (or \"auto\") in node.toml, or save the export as UTF-8"
+        }
+        Charset::Gb18030 => {
+            "the file is not valid GB18030 either: save the export as UTF-8 (Excel: Save As, \"CSV UTF-8\") and set data.encoding = \"auto\""
+        }
+        Charset::Utf16Le | Charset::Utf16Be => "save the export as UTF-8 (Excel: Save As, \"CSV UTF-8\")",
+    }
 }
 
 /// Errors loading data. Messages name the file and line, never row content beyond the bad field.
@@ -78,184 +107,113 @@ pub enum OnBadRow {
 pub enum DataError {
     #[error("cannot read {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Decode { path: PathBuf, source: decode::DecodeError },
     #[error("{path}:{line}: {why} (fix the export, or set data.on_bad_row = \"skip\" to skip such rows)")]
     BadRow { path: PathBuf, line: u64, why: String },
+    #[error("{path}:{line}: bytes that are not valid {}; {}", used.charset, encoding_advice(*used))]
+    Undecodable { path: PathBuf, line: u64, used: EncodingUsed },
+    #[error("{path}: cannot read as CSV: {why}")]
+    Csv { path: PathBuf, why: String },
     #[error(
-        "{path}: missing CSV column {column:?}; expected columns customer_key,phone,channel,timestamp,amount,category"
+        "{path}: no column {name:?} (data.columns.{key}); the header row has {found:?}, read as {used}. Name the export's column in node.toml, e.g. [data.columns] {key} = \"{}\"{}",
+        found.first().map(String::as_str).unwrap_or("..."),
+        if found.iter().any(|h| h.contains(char::REPLACEMENT_CHARACTER) || !h.is_ascii()) { "; if these headers look garbled, set data.encoding to the file's encoding" } else { "" }
     )]
-    MissingColumn { path: PathBuf, column: &'static str },
+    MissingColumn { path: PathBuf, key: &'static str, name: String, found: Vec<String>, used: EncodingUsed },
+    #[error(
+        "{path}: {skipped} of {read} rows could not be read ({:.1} %), more than data.max_skipped_fraction = {max} allows, so the node does not start; the first is line {}: {}{}",
+        100.0 * *skipped as f64 / (*read).max(1) as f64,
+        first.0, first.1,
+        if *undecodable > 0 { format!("; {} of them hold undecodable bytes: {}", undecodable, encoding_advice(*used)) } else { String::new() }
+    )]
+    TooManySkipped {
+        path: PathBuf,
+        skipped: u64,
+        read: u64,
+        max: f64,
+        first: (u64, String),
+        undecodable: u64,
+        used: EncodingUsed,
+    },
+    #[error(transparent)]
+    Consent(#[from] ConsentError),
+    #[error("{0}")]
+    Setting(String),
 }
 
-/// What a load saw.
+/// Why a row could not be used.
+#[derive(Debug)]
+enum Problem {
+    /// A field does not parse: what is wrong with it.
+    Field(String),
+    /// The row holds bytes that are not valid in the file's encoding.
+    Undecodable,
+}
+
+/// Skipped rows kept as examples for `node check`.
+const EXAMPLES: usize = 10;
+
+/// What reading the purchase file saw.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct LoadReport {
+    /// Rows loaded.
     pub rows: u64,
     pub skipped: u64,
+    /// Skipped rows that hold bytes not valid in the file's encoding.
+    pub undecodable: u64,
     /// First few skipped rows: (line, reason).
     pub skipped_examples: Vec<(u64, String)>,
+    pub encoding: Option<EncodingUsed>,
 }
 
 impl LoadReport {
+    /// Data rows read: loaded plus skipped (header and empty lines are not rows).
+    pub fn read(&self) -> u64 {
+        self.rows + self.skipped
+    }
+
     /// Keep a parsed row, or fail / skip a bad one as configured.
     fn take(
         &mut self,
-        parsed: Result<Purchase, String>,
+        parsed: Result<Purchase, Problem>,
         out: &mut Vec<Purchase>,
         on_bad: OnBadRow,
         path: &Path,
         line: u64,
+        used: EncodingUsed,
     ) -> Result<(), DataError> {
-        match parsed {
-            Ok(p) => {
+        match (parsed, on_bad) {
+            (Ok(p), _) => {
                 self.rows += 1;
                 out.push(p);
             }
-            Err(why) => match on_bad {
-                OnBadRow::Fail => return Err(DataError::BadRow { path: path.into(), line, why }),
-                OnBadRow::Skip => self.skip(line, why),
-            },
+            (Err(Problem::Field(why)), OnBadRow::Fail) => {
+                return Err(DataError::BadRow { path: path.into(), line, why });
+            }
+            (Err(Problem::Undecodable), OnBadRow::Fail) => {
+                return Err(DataError::Undecodable { path: path.into(), line, used });
+            }
+            (Err(problem), OnBadRow::Skip) => {
+                self.skipped += 1;
+                let why = match problem {
+                    Problem::Field(why) => why,
+                    Problem::Undecodable => {
+                        self.undecodable += 1;
+                        format!("bytes that are not valid {}", used.charset)
+                    }
+                };
+                if self.skipped_examples.len() < EXAMPLES {
+                    self.skipped_examples.push((line, why));
+                }
+            }
         }
         Ok(())
     }
-
-    fn skip(&mut self, line: u64, why: String) {
-        self.skipped += 1;
-        if self.skipped_examples.len() < 10 {
-            self.skipped_examples.push((line, why));
-        }
-    }
 }
 
-/// Parse a decimal amount with at most two decimals into cents, exactly.
-pub fn parse_cents(s: &str) -> Result<i64, String> {
-    let s = s.trim();
-    let (neg, body) = match s.strip_prefix('-') {
-        Some(b) => (true, b),
-        None => (false, s),
-    };
-    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
-    let ok = !int.is_empty()
-        && int.bytes().all(|b| b.is_ascii_digit())
-        && frac.len() <= 2
-        && frac.bytes().all(|b| b.is_ascii_digit());
-    if !ok || int.len() > 15 {
-        return Err(format!("amount {s:?} is not a decimal with at most two decimals"));
-    }
-    let int: i64 = int.parse().map_err(|_| format!("amount {s:?} is out of range"))?;
-    let frac: i64 =
-        if frac.is_empty() { 0 } else { format!("{frac:0<2}").parse().map_err(|_| format!("amount {s:?}"))? };
-    let v = int * 100 + frac;
-    Ok(if neg { -v } else { v })
-}
-
-fn parse_ymd(s: &str) -> Result<Date, String> {
-    let digits: String = s.chars().filter(|c| c.is_ascii_digit()).take(8).collect();
-    let compact = s.len() == 8 && s.bytes().all(|b| b.is_ascii_digit());
-    let dashed = s.len() >= 10 && s.as_bytes()[4] == b'-' && s.as_bytes()[7] == b'-';
-    if digits.len() != 8 || !(compact || dashed) {
-        return Err(format!("date {s:?} is not YYYYMMDD or YYYY-MM-DD"));
-    }
-    let y: i32 = digits[..4].parse().map_err(|_| format!("date {s:?}"))?;
-    let m: u8 = digits[4..6].parse().map_err(|_| format!("date {s:?}"))?;
-    let d: u8 = digits[6..8].parse().map_err(|_| format!("date {s:?}"))?;
-    let month = Month::try_from(m).map_err(|_| format!("date {s:?} has month {m}"))?;
-    Date::from_calendar_date(y, month, d).map_err(|_| format!("date {s:?} does not exist"))
-}
-
-fn read(path: &Path) -> Result<String, DataError> {
-    std::fs::read_to_string(path).map_err(|source| DataError::Io { path: path.into(), source })
-}
-
-/// Load a CDNOW-format file.
-pub fn read_cdnow(path: &Path, on_bad: OnBadRow) -> Result<(Vec<Purchase>, LoadReport), DataError> {
-    let text = read(path)?;
-    let mut out = Vec::new();
-    let mut report = LoadReport::default();
-    for (i, line) in text.lines().enumerate() {
-        let lineno = i as u64 + 1;
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        if cols.is_empty() {
-            continue;
-        }
-        if lineno == 1 && !cols[0].bytes().all(|b| b.is_ascii_digit()) {
-            continue; // header
-        }
-        let parsed = (|| -> Result<Purchase, String> {
-            if cols.len() != 4 {
-                return Err(format!("expected 4 columns, found {}", cols.len()));
-            }
-            let quantity: u32 = cols[2].parse().map_err(|_| format!("quantity {:?} is not a whole number", cols[2]))?;
-            Ok(Purchase {
-                customer: cols[0].to_string(),
-                day: parse_ymd(cols[1])?,
-                amount_cents: parse_cents(cols[3])?,
-                quantity,
-                channel: None,
-                category: None,
-                phone: None,
-            })
-        })();
-        report.take(parsed, &mut out, on_bad, path, lineno)?;
-    }
-    Ok((out, report))
-}
-
-/// Load a CSV export in the documented format.
-pub fn read_csv(path: &Path, on_bad: OnBadRow) -> Result<(Vec<Purchase>, LoadReport), DataError> {
-    let mut rdr = csv::ReaderBuilder::new()
-        .flexible(true)
-        .trim(csv::Trim::All)
-        .from_path(path)
-        .map_err(|e| DataError::Io { path: path.into(), source: std::io::Error::other(e.to_string()) })?;
-    let headers = rdr
-        .headers()
-        .map_err(|e| DataError::Io { path: path.into(), source: std::io::Error::other(e.to_string()) })?
-        .clone();
-    let col = |name: &'static str| -> Result<usize, DataError> {
-        headers
-            .iter()
-            .position(|h| h.eq_ignore_ascii_case(name))
-            .ok_or(DataError::MissingColumn { path: path.into(), column: name })
-    };
-    let (ck, ph, chn, ts, am, cat) =
-        (col("customer_key")?, col("phone")?, col("channel")?, col("timestamp")?, col("amount")?, col("category")?);
-    let mut out = Vec::new();
-    let mut report = LoadReport::default();
-    for (i, rec) in rdr.records().enumerate() {
-        let lineno = i as u64 + 2;
-        let parsed = match rec {
-            Err(e) => Err(format!("unreadable CSV record: {e}")),
-            Ok(r) => (|| -> Result<Purchase, String> {
-                let get = |i: usize| r.get(i).unwrap_or("");
-                let customer = get(ck);
-                if customer.is_empty() {
-                    return Err("customer_key is empty".into());
-                }
-                let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
-                Ok(Purchase {
-                    customer: customer.to_string(),
-                    day: parse_ymd(get(ts))?,
-                    amount_cents: parse_cents(get(am))?,
-                    quantity: 1,
-                    channel: opt(get(chn)),
-                    category: opt(get(cat)),
-                    phone: opt(get(ph)).map(Phone),
-                })
-            })(),
-        };
-        report.take(parsed, &mut out, on_bad, path, lineno)?;
-    }
-    Ok((out, report))
-}
-
-/// Load a consent-withdrawal list: one customer key per line; `#` comments and blank lines ignored.
-pub fn read_withdrawals(path: &Path) -> Result<HashSet<String>, DataError> {
-    Ok(read(path)?
-        .lines()
-        .map(|l| l.split('#').next().unwrap_or("").trim())
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect())
+fn default_max_skipped_fraction() -> f64 {
+    0.01
 }
 
 /// A data source as configured.
@@ -267,12 +225,112 @@ pub struct DataConfig {
     pub format: Format,
     /// The purchase file.
     pub path: PathBuf,
-    /// Customers who withdrew consent; excluded from every analysis.
+    /// `auto` (default), `utf-8` or `gb18030`; for the purchase file and the consent file.
+    #[serde(default)]
+    pub encoding: TextEncoding,
+    /// The CSV export's header for each column (default: the documented names).
+    #[serde(default)]
+    pub columns: Columns,
+    /// Customers who withdrew consent; excluded from every analysis. A file named
+    /// here must exist.
     #[serde(default)]
     pub consent_withdrawals: Option<PathBuf>,
     /// `fail` (default) or `skip`.
     #[serde(default)]
     pub on_bad_row: OnBadRow,
+    /// With `on_bad_row = "skip"`: the largest fraction of rows that may be skipped
+    /// before the load is refused (default 0.01).
+    #[serde(default = "default_max_skipped_fraction")]
+    pub max_skipped_fraction: f64,
+}
+
+impl DataConfig {
+    /// A source with every optional setting at its default.
+    pub fn new(format: Format, path: PathBuf) -> Self {
+        DataConfig {
+            format,
+            path,
+            encoding: TextEncoding::Auto,
+            columns: Columns::default(),
+            consent_withdrawals: None,
+            on_bad_row: OnBadRow::Fail,
+            max_skipped_fraction: default_max_skipped_fraction(),
+        }
+    }
+
+    /// Settings that parse but cannot be right.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.max_skipped_fraction) {
+            return Err(format!(
+                "data.max_skipped_fraction = {} is not a fraction between 0 and 1 (0.01 = 1 % of rows)",
+                self.max_skipped_fraction
+            ));
+        }
+        if self.format == Format::Cdnow && self.columns != Columns::default() {
+            return Err("[data.columns] applies to format = \"csv\" only; remove it for format = \"cdnow\"".into());
+        }
+        self.columns.validate()
+    }
+
+    /// Load the source, refuse it if too many rows were skipped, and drop every row
+    /// of a customer who withdrew consent. What `node run` uses.
+    pub fn load(&self) -> Result<Dataset, DataError> {
+        let ds = self.read()?;
+        self.admit(&ds)?;
+        Ok(ds)
+    }
+
+    /// Like [`load`](Self::load) without the skipped-rows limit, so `node check`
+    /// can show what was read before saying why the node would not start.
+    pub fn read(&self) -> Result<Dataset, DataError> {
+        self.validate().map_err(DataError::Setting)?;
+        let bytes = std::fs::read(&self.path).map_err(|source| DataError::Io { path: self.path.clone(), source })?;
+        let decoded = decode::decode(&bytes, self.encoding)
+            .map_err(|source| DataError::Decode { path: self.path.clone(), source })?;
+        drop(bytes);
+        let mut report = LoadReport { encoding: Some(decoded.used), ..Default::default() };
+        let rows = match self.format {
+            Format::Cdnow => rows::cdnow(&self.path, &decoded, self.on_bad_row, &mut report)?,
+            Format::Csv => rows::csv(&self.path, &decoded, &self.columns, self.on_bad_row, &mut report)?,
+        };
+        drop(decoded);
+        let mut withdrawn = match &self.consent_withdrawals {
+            Some(p) => Withdrawals::read(p, self.encoding)?,
+            None => Withdrawals::none(),
+        };
+        let customers: HashSet<&str> = rows.iter().map(|p| p.customer.as_str()).collect();
+        withdrawn.matched_against(|k| customers.contains(k));
+        drop(customers);
+        let before = rows.len();
+        let purchases: Vec<Purchase> = rows.into_iter().filter(|p| !withdrawn.contains(&p.customer)).collect();
+        let customers = purchases.iter().map(|p| p.customer.as_str()).collect::<HashSet<_>>().len() as u64;
+        Ok(Dataset {
+            withdrawn_rows: (before - purchases.len()) as u64,
+            withdrawn_customers: withdrawn.report.matched + withdrawn.report.junk_matched,
+            customers,
+            consent: withdrawn.report,
+            purchases,
+            report,
+        })
+    }
+
+    /// Refuse a dataset that lost more than `max_skipped_fraction` of its rows.
+    pub fn admit(&self, ds: &Dataset) -> Result<(), DataError> {
+        let r = &ds.report;
+        if r.skipped as f64 <= self.max_skipped_fraction * r.read() as f64 {
+            return Ok(());
+        }
+        Err(DataError::TooManySkipped {
+            path: self.path.clone(),
+            skipped: r.skipped,
+            read: r.read(),
+            max: self.max_skipped_fraction,
+            first: r.skipped_examples.first().cloned().unwrap_or_default(),
+            undecodable: r.undecodable,
+            // Unwrap safety: `read` always records the encoding.
+            used: r.encoding.unwrap(),
+        })
+    }
 }
 
 /// Loaded, consent-filtered data.
@@ -280,79 +338,79 @@ pub struct DataConfig {
 pub struct Dataset {
     pub purchases: Vec<Purchase>,
     pub report: LoadReport,
+    /// Distinct customers left after consent filtering.
+    pub customers: u64,
     /// Rows dropped because their customer withdrew consent.
     pub withdrawn_rows: u64,
     pub withdrawn_customers: u64,
+    pub consent: ConsentReport,
 }
 
-impl DataConfig {
-    /// Load the source and drop every row of a customer who withdrew consent.
-    pub fn load(&self) -> Result<Dataset, DataError> {
-        let (rows, report) = match self.format {
-            Format::Cdnow => read_cdnow(&self.path, self.on_bad_row)?,
-            Format::Csv => read_csv(&self.path, self.on_bad_row)?,
-        };
-        let withdrawn = match &self.consent_withdrawals {
-            Some(p) => read_withdrawals(p)?,
-            None => HashSet::new(),
-        };
-        let before = rows.len();
-        let mut seen = HashSet::new();
-        let purchases: Vec<Purchase> = rows
-            .into_iter()
-            .filter(|p| {
-                let out = withdrawn.contains(&p.customer);
-                if out {
-                    seen.insert(p.customer.clone());
-                }
-                !out
-            })
-            .collect();
-        Ok(Dataset {
-            withdrawn_rows: (before - purchases.len()) as u64,
-            withdrawn_customers: seen.len() as u64,
-            purchases,
-            report,
-        })
+impl Dataset {
+    /// What the node logs at start-up.
+    pub fn summary(&self) -> LoadSummary {
+        LoadSummary {
+            rows_read: self.report.read(),
+            rows_loaded: self.report.rows,
+            rows_skipped: self.report.skipped,
+            rows_withdrawn: self.withdrawn_rows,
+            customers: self.customers,
+            withdrawal_entries: self.consent.distinct,
+            withdrawals_matched: self.consent.matched,
+            withdrawals_unmatched: self.consent.unmatched,
+            withdrawal_junk_lines: self.consent.junk_lines,
+            withdrawal_junk_matched: self.consent.junk_matched,
+            encoding: self.report.encoding,
+        }
+    }
+}
+
+/// A load in one line: `node run` logs it at start-up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LoadSummary {
+    pub rows_read: u64,
+    pub rows_loaded: u64,
+    pub rows_skipped: u64,
+    /// Loaded rows of customers who withdrew consent, excluded from everything.
+    pub rows_withdrawn: u64,
+    /// Customers left after consent filtering.
+    pub customers: u64,
+    /// Distinct keys in the consent-withdrawal file.
+    pub withdrawal_entries: u64,
+    /// Keys that match a customer.
+    pub withdrawals_matched: u64,
+    pub withdrawals_unmatched: u64,
+    /// Lines that are not one key, and the customers they name (excluded as a precaution).
+    pub withdrawal_junk_lines: u64,
+    pub withdrawal_junk_matched: u64,
+    pub encoding: Option<EncodingUsed>,
+}
+
+impl std::fmt::Display for LoadSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "loaded {} rows ({} skipped) for {} customers; {} withdrawals ({} matched, {} rows excluded)",
+            self.rows_loaded - self.rows_withdrawn,
+            self.rows_skipped,
+            self.customers,
+            self.withdrawal_entries,
+            self.withdrawals_matched,
+            self.rows_withdrawn
+        )?;
+        if self.withdrawal_junk_lines > 0 {
+            write!(
+                f,
+                "; {} withdrawal lines are not one key each, {} more customers named on them excluded (see fedcrm node check)",
+                self.withdrawal_junk_lines, self.withdrawal_junk_matched
+            )?;
+        }
+        if let Some(e) = self.encoding {
+            write!(f, "; read as {e}")?;
+        }
+        Ok(())
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cents_are_exact() {
-        assert_eq!(parse_cents("11.77"), Ok(1177));
-        assert_eq!(parse_cents("12"), Ok(1200));
-        assert_eq!(parse_cents("0.5"), Ok(50));
-        assert_eq!(parse_cents("-3.05"), Ok(-305));
-        assert!(parse_cents("1.234").is_err());
-        assert!(parse_cents("12,5").is_err());
-        assert!(parse_cents("").is_err());
-        assert!(parse_cents("abc").is_err());
-    }
-
-    #[test]
-    fn dates() {
-        assert_eq!(parse_ymd("19970101").unwrap(), Date::from_calendar_date(1997, Month::January, 1).unwrap());
-        assert_eq!(
-            parse_ymd("2024-02-29T10:00:00Z").unwrap(),
-            Date::from_calendar_date(2024, Month::February, 29).unwrap()
-        );
-        assert!(parse_ymd("2023-02-29").is_err());
-        assert!(parse_ymd("1997011").is_err());
-    }
-
-    #[test]
-    fn csv_bad_row_is_reported_with_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("x.csv");
-        std::fs::write(&p, "customer_key,phone,channel,timestamp,amount,category\nc1,13800000000,store,2024-01-02,100.00,ring\nc2,,online,2024-13-01,5,\n").unwrap();
-        let err = read_csv(&p, OnBadRow::Fail).unwrap_err().to_string();
-        assert!(err.contains(":3:") && err.contains("2024-13-01"), "{err}");
-        let (rows, rep) = read_csv(&p, OnBadRow::Skip).unwrap();
-        assert_eq!((rows.len(), rep.skipped), (1, 1));
-        assert!(!format!("{:?}", rows[0]).contains("138000"));
-    }
-}
+mod tests;

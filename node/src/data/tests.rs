@@ -1,0 +1,218 @@
+//! Loading purchase files end to end: settings, line numbers, encodings, skipping limits, consent.
+
+use super::*;
+
+const HEADER: &str = "customer_key,phone,channel,timestamp,amount,category\n";
+
+fn write(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.path().join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+fn csv_config(path: PathBuf) -> DataConfig {
+    DataConfig::new(Format::Csv, path)
+}
+
+#[test]
+fn csv_bad_row_is_reported_with_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        &dir,
+        "x.csv",
+        format!("{HEADER}c1,13800000000,store,2024-01-02,100.00,ring\nc2,,online,2024-13-01,5,\n").as_bytes(),
+    );
+    let mut cfg = csv_config(p);
+    let err = cfg.load().unwrap_err().to_string();
+    assert!(err.contains(":3:") && err.contains("2024-13-01"), "{err}");
+    cfg.on_bad_row = OnBadRow::Skip;
+    cfg.max_skipped_fraction = 0.5;
+    let ds = cfg.load().unwrap();
+    assert_eq!((ds.purchases.len(), ds.report.skipped), (1, 1));
+    assert!(!format!("{:?}", ds.purchases[0]).contains("138000"));
+}
+
+#[test]
+fn one_line_number_counts_the_file_lines() {
+    // A quoted field spanning two lines, an empty line and a row of empty cells: the
+    // bad row is on line 7 of the file, and every message says 7.
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{HEADER}c1,,\"shop\nfloor 2\",2024-01-02,1.00,\n\nc2,,web,2024-01-03,2.00,\n,,,,,\nc3,,web,2024-02-30,3.00,\n"
+    );
+    let mut cfg = csv_config(write(&dir, "x.csv", text.as_bytes()));
+    let err = cfg.load().unwrap_err().to_string();
+    assert!(err.contains("x.csv:7: date \"2024-02-30\" does not exist"), "{err}");
+    cfg.on_bad_row = OnBadRow::Skip;
+    let ds = cfg.read().unwrap();
+    assert_eq!(ds.report.skipped_examples, vec![(7, "date \"2024-02-30\" does not exist".to_string())]);
+    assert_eq!((ds.report.rows, ds.report.read()), (2, 3));
+    let err = cfg.admit(&ds).unwrap_err().to_string();
+    assert!(err.contains("the first is line 7: date"), "{err}");
+}
+
+#[test]
+fn mapped_columns_are_found_and_a_missing_one_lists_the_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(&dir, "pos.csv", "会员编号,销售日期,金额,门店\nV001,2024-01-02,88.00,西湖店\n".as_bytes());
+    let mut cfg = csv_config(p);
+    cfg.columns = Columns {
+        customer_key: "会员编号".into(),
+        timestamp: "销售日期".into(),
+        amount: "金额".into(),
+        phone: String::new(),
+        channel: "门店".into(),
+        category: String::new(),
+    };
+    let ds = cfg.load().unwrap();
+    assert_eq!(ds.purchases.len(), 1);
+    assert_eq!((ds.purchases[0].customer.as_str(), ds.purchases[0].amount_cents), ("V001", 8800));
+    assert_eq!(ds.purchases[0].channel.as_deref(), Some("西湖店"));
+    cfg.columns.amount = "实付金额".into();
+    let err = cfg.load().unwrap_err().to_string();
+    assert!(
+        err.contains("no column \"实付金额\" (data.columns.amount)")
+            && err.contains("[\"会员编号\", \"销售日期\", \"金额\", \"门店\"]"),
+        "{err}"
+    );
+    cfg.columns.amount = " ".into();
+    assert!(cfg.load().unwrap_err().to_string().contains("data.columns.amount is empty"));
+}
+
+#[test]
+fn unknown_column_keys_and_bad_fractions_are_refused() {
+    let err =
+        toml::from_str::<DataConfig>("path = \"x.csv\"\n[columns]\ncustomer = \"会员编号\"\n").unwrap_err().to_string();
+    assert!(err.contains("unknown field `customer`"), "{err}");
+    let cfg: DataConfig = toml::from_str("path = \"x.csv\"\nmax_skipped_fraction = 5.0\n").unwrap();
+    assert!(cfg.validate().unwrap_err().contains("max_skipped_fraction = 5 is not a fraction"));
+    let cfg: DataConfig = toml::from_str("path = \"x\"\nformat = \"cdnow\"\n[columns]\namount = \"金额\"\n").unwrap();
+    assert!(cfg.validate().unwrap_err().contains("format = \"csv\" only"));
+    let cfg: DataConfig = toml::from_str("path = \"x\"\nencoding = \"gbk\"\n").unwrap();
+    assert_eq!(cfg.encoding, TextEncoding::Gb18030);
+    assert!(toml::from_str::<DataConfig>("path = \"x\"\nencoding = \"latin1\"\n").is_err());
+}
+
+fn gb18030_export() -> Vec<u8> {
+    // 1 of 4 rows is ASCII only; three carry Chinese channel names.
+    let text = format!(
+        "{HEADER}c1,,门店,2024-01-02,1.00,黄金\nc2,,web,2024-01-03,2.00,\nc3,,天猫,2024-01-04,3.00,\nc4,,门店,2024-01-05,4.00,\n"
+    );
+    encoding_rs::GB18030.encode(&text).0.into_owned()
+}
+
+#[test]
+fn a_gb18030_export_read_as_utf8_names_the_line_and_the_encoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = csv_config(write(&dir, "pos.csv", &gb18030_export()));
+    cfg.encoding = TextEncoding::Utf8;
+    let err = cfg.load().unwrap_err().to_string();
+    assert!(err.contains("pos.csv:2: bytes that are not valid UTF-8"), "{err}");
+    assert!(err.contains("data.encoding = \"gb18030\"") && err.contains("save the export as UTF-8"), "{err}");
+
+    cfg.on_bad_row = OnBadRow::Skip;
+    let ds = cfg.read().unwrap();
+    assert_eq!((ds.report.rows, ds.report.skipped, ds.report.undecodable), (1, 3, 3));
+    let err = cfg.load().unwrap_err().to_string();
+    assert!(err.contains("3 of 4 rows could not be read (75.0 %)"), "{err}");
+    assert!(err.contains("the first is line 2: bytes that are not valid UTF-8"), "{err}");
+    assert!(err.contains("set data.encoding = \"gb18030\""), "{err}");
+
+    for enc in [TextEncoding::Auto, TextEncoding::Gb18030] {
+        cfg.encoding = enc;
+        let ds = cfg.load().unwrap();
+        assert_eq!((ds.report.rows, ds.report.skipped), (4, 0));
+        assert_eq!(ds.purchases[2].channel.as_deref(), Some("天猫"));
+    }
+    assert_eq!(cfg.read().unwrap().report.encoding.unwrap().detection, Detection::Configured);
+    cfg.encoding = TextEncoding::Auto;
+    let used = cfg.read().unwrap().report.encoding.unwrap();
+    assert_eq!(used.to_string(), "GB18030 (auto: not UTF-8 from line 2 on, so read as GB18030)");
+}
+
+#[test]
+fn a_damaged_row_in_a_utf8_export_is_named_and_the_rest_reads_right() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = HEADER.to_string();
+    for i in 0..150 {
+        text.push_str(&format!("c{i},,门店,2024-01-02,1.00,黄金\n"));
+    }
+    let mut bytes = text.into_bytes();
+    let at = bytes.len() - 6; // inside 黄金 of the last row, line 151
+    bytes[at] = 0xC0;
+    let mut cfg = csv_config(write(&dir, "x.csv", &bytes));
+    let err = cfg.load().unwrap_err().to_string();
+    assert!(err.contains("x.csv:151: bytes that are not valid UTF-8; the rest of the file is UTF-8"), "{err}");
+    cfg.on_bad_row = OnBadRow::Skip;
+    let ds = cfg.load().unwrap();
+    assert_eq!((ds.report.rows, ds.report.skipped), (149, 1));
+    assert!(ds.purchases.iter().all(|p| p.channel.as_deref() == Some("门店")), "not read as GB18030");
+}
+
+#[test]
+fn skipping_within_the_limit_is_allowed_and_above_it_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = HEADER.to_string();
+    for i in 0..199 {
+        text.push_str(&format!("c{i},,web,2024-01-02,1.00,\n"));
+    }
+    text.push_str("c199,,web,someday,1.00,\n");
+    let mut cfg = csv_config(write(&dir, "x.csv", text.as_bytes()));
+    cfg.on_bad_row = OnBadRow::Skip;
+    // 1 of 200 = 0.5 %: under the 1 % default.
+    assert_eq!(cfg.load().unwrap().report.skipped, 1);
+    cfg.max_skipped_fraction = 0.0;
+    let err = cfg.load().unwrap_err().to_string();
+    assert!(err.contains("1 of 200 rows") && err.contains("line 201: date \"someday\""), "{err}");
+    assert!(!err.contains("encoding"), "a field error is not blamed on the encoding: {err}");
+}
+
+#[test]
+fn consent_is_applied_counted_and_a_missing_file_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = csv_config(write(
+        &dir,
+        "x.csv",
+        format!("{HEADER}c1,,,2024-01-02,1.00,\nc2,,,2024-01-02,1.00,\nc1,,,2024-01-03,1.00,\nc3,,,2024-01-02,1.00,\n")
+            .as_bytes(),
+    ));
+    cfg.consent_withdrawals = Some(write(&dir, "w.txt", "\u{FEFF}c1\n# note\n\nnobody\nc8 c9\n".as_bytes()));
+    let ds = cfg.load().unwrap();
+    assert!(ds.purchases.iter().all(|p| p.customer != "c1"), "the first key after the BOM is honoured");
+    assert_eq!((ds.withdrawn_rows, ds.withdrawn_customers, ds.customers), (2, 1, 2));
+    let c = &ds.consent;
+    assert_eq!((c.entries, c.matched, c.unmatched, c.junk_lines), (2, 1, 1, 1));
+    assert_eq!((c.unmatched_lines.clone(), c.junk_examples.clone()), (vec![4], vec![5]));
+    assert_eq!(
+        ds.summary().to_string(),
+        "loaded 2 rows (0 skipped) for 2 customers; 2 withdrawals (1 matched, 2 rows excluded); 1 withdrawal lines are not one key each, 0 more customers named on them excluded (see fedcrm node check); read as UTF-8 (auto: every byte is valid UTF-8)"
+    );
+    cfg.consent_withdrawals = Some(dir.path().join("absent.txt"));
+    let err = cfg.load().unwrap_err().to_string();
+    assert!(err.contains("absent.txt") && err.contains("does not exist"), "{err}");
+}
+
+#[test]
+fn cdnow_undecodable_lines_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = DataConfig::new(Format::Cdnow, write(&dir, "c.txt", b"1 19970101 1 11.77\n2 1997\xFF0102 1 1.00\n"));
+    cfg.encoding = TextEncoding::Utf8;
+    let err = cfg.load().unwrap_err().to_string();
+    assert!(err.contains("c.txt:2: bytes that are not valid UTF-8"), "{err}");
+}
+
+proptest::proptest! {
+    #[test]
+    fn readers_never_panic_on_arbitrary_bytes(bytes: Vec<u8>, skip: bool) {
+        let on_bad = if skip { OnBadRow::Skip } else { OnBadRow::Fail };
+        let path = Path::new("x");
+        for enc in [TextEncoding::Auto, TextEncoding::Utf8, TextEncoding::Gb18030] {
+            let Ok(decoded) = decode::decode(&bytes, enc) else { continue };
+            let mut report = LoadReport::default();
+            let _ = rows::csv(path, &decoded, &Columns::default(), on_bad, &mut report);
+            let mut report = LoadReport::default();
+            let _ = rows::cdnow(path, &decoded, on_bad, &mut report);
+            let _ = Withdrawals::parse(path, &decoded);
+        }
+    }
+}
