@@ -9,6 +9,7 @@
 //! fault; a failure of this node's own audit log ends the session and fails closed,
 //! and is never reported as the coordinator's.
 
+mod connect;
 mod round;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -69,6 +70,10 @@ pub enum SessionError {
     Pki(#[from] pki::PkiError),
     #[error("cannot connect to the coordinator at {url}: {why}")]
     Connect { url: String, why: String },
+    /// This node refused the coordinator's certificate. Whether retrying can help
+    /// depends on the reason: see [`SessionError::is_permanent`].
+    #[error("the coordinator at {url} presented a certificate this node refuses: {refusal} ({detail}); {advice}")]
+    CoordinatorRefused { url: String, refusal: pki::tls::Refusal, detail: String, advice: String },
     #[error("coordinator closed the session: {0}")]
     Rejected(String),
     /// The coordinator broke the protocol in a way that ends the session.
@@ -89,6 +94,26 @@ pub enum SessionError {
     Audit(#[from] fedcrm_audit::log::AuditError),
 }
 
+impl SessionError {
+    /// Whether this node's own configuration or identity is at fault, so that
+    /// reconnecting cannot help and the node should stop, saying so: unreadable
+    /// files, a bad certificate or key, an audit log that cannot be opened, or a
+    /// coordinator certificate from another CA than this node's `tls.ca`, for
+    /// another name than `coordinator.server_name`, or judged by a CRL of another
+    /// CA. An expired or revoked coordinator certificate is HQ's to renew, so
+    /// retrying (and logging each failure) goes on.
+    pub fn is_permanent(&self) -> bool {
+        use pki::tls::Refusal;
+        match self {
+            SessionError::Files(_) | SessionError::Pki(_) | SessionError::OpenLog(_) | SessionError::Guard(_) => true,
+            SessionError::CoordinatorRefused { refusal, .. } => {
+                matches!(refusal, Refusal::UnknownIssuer | Refusal::WrongName | Refusal::UnknownRevocationStatus)
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Everything a session needs, loaded once.
 pub struct NodeContext {
     pub name: String,
@@ -96,6 +121,10 @@ pub struct NodeContext {
     pub server_name: String,
     pub ca_pem: String,
     pub ca_der: Vec<u8>,
+    /// Where `ca_pem` came from (named in errors).
+    pub ca_path: PathBuf,
+    /// The brand CA's revocation list (`tls.crl`), checked against the coordinator.
+    pub crls: Vec<rustls_pki_types::CertificateRevocationListDer<'static>>,
     pub cert_pem: String,
     pub key: PrivateKeyPem,
     pub signing: SigningKey,
@@ -148,6 +177,14 @@ impl NodeContext {
             })
         };
         let ca_der = first(&ca_pem, &config.tls.ca)?;
+        let crls = match (&m.crl_pem, &config.tls.crl) {
+            (Some(pem), Some(path)) => {
+                let (der, _) = pki::crl::load(&ca_der, pem)
+                    .map_err(|e| SessionError::Pki(pki::PkiError::Revocation(format!("{}: {e}", path.display()))))?;
+                vec![der]
+            }
+            _ => vec![],
+        };
         let cert_der = first(&cert_pem, &config.tls.cert)?;
         let me = pki::identity_from_cert(&cert_der)?;
         if me.name != config.name {
@@ -186,6 +223,8 @@ impl NodeContext {
             server_name: config.coordinator.server_name.clone(),
             ca_pem,
             ca_der,
+            ca_path: config.tls.ca.clone(),
+            crls,
             cert_pem,
             key,
             signing,
@@ -241,14 +280,7 @@ pub(crate) struct Peer {
 
 /// Connect and serve one session until the coordinator closes it or `shutdown` fires.
 pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>) -> Result<SessionEnd, SessionError> {
-    let tls = pki::client_tls(&ctx.ca_pem, &ctx.cert_pem, &ctx.key, &ctx.server_name);
-    let endpoint = Endpoint::from_shared(ctx.url.clone())
-        .map_err(|e| SessionError::Connect { url: ctx.url.clone(), why: e.to_string() })?
-        .tls_config(tls)
-        .map_err(|e| SessionError::Connect { url: ctx.url.clone(), why: e.to_string() })?
-        .connect_timeout(Duration::from_secs(10));
-    let channel: Channel =
-        endpoint.connect().await.map_err(|e| SessionError::Connect { url: ctx.url.clone(), why: error_chain(&e) })?;
+    let channel = connect(ctx).await?;
     let mut client = CoordinatorClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -479,10 +511,51 @@ fn status_text(s: &tonic::Status, opening: bool) -> String {
     if opening && matches!(s.code(), tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::Unavailable) {
         text.push_str(
             " (the coordinator ended the TLS handshake: check that this node's certificate was issued by the brand CA, \
-             has not expired, and matches its key)",
+             has not expired or been revoked, and matches its key; HQ's log names the reason)",
         );
     }
     text
+}
+
+/// Dial the coordinator over mutual TLS ([`connect::Connector`]); a certificate
+/// this node refuses comes back as [`SessionError::CoordinatorRefused`].
+async fn connect(ctx: &NodeContext) -> Result<Channel, SessionError> {
+    let refused: connect::LastRefusal = Arc::default();
+    let hook: pki::tls::RefusalHook = {
+        let refused = refused.clone();
+        Arc::new(move |_, e| {
+            *refused.lock().unwrap_or_else(|p| p.into_inner()) = Some((pki::tls::Refusal::classify(e), e.to_string()));
+        })
+    };
+    let config = pki::tls::client_config(&ctx.ca_pem, &ctx.cert_pem, &ctx.key, ctx.crls.clone(), hook)?;
+    let server_name = rustls_pki_types::ServerName::try_from(ctx.server_name.clone()).map_err(|e| {
+        SessionError::Connect { url: ctx.url.clone(), why: format!("coordinator.server_name is not a dns name: {e}") }
+    })?;
+    let connector = connect::Connector { config: Arc::new(config), server_name };
+    // The connector always speaks TLS; tonic must not try to add its own.
+    let plain = ctx.url.replacen("https://", "http://", 1);
+    let endpoint = Endpoint::from_shared(plain)
+        .map_err(|e| SessionError::Connect { url: ctx.url.clone(), why: e.to_string() })?
+        .connect_timeout(Duration::from_secs(10));
+    endpoint.connect_with_connector(connector).await.map_err(|e| {
+        match refused.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some((refusal, detail)) => {
+                let advice = match &refusal {
+                    pki::tls::Refusal::UnknownIssuer => format!(
+                        "it was not issued by the CA in this node's tls.ca ({}); check that tls.ca is HQ's ca.pem — retrying cannot fix this",
+                        ctx.ca_path.display()
+                    ),
+                    pki::tls::Refusal::WrongName => format!(
+                        "this node expects {:?} (coordinator.server_name); check it against the coordinator's name — retrying cannot fix this",
+                        ctx.server_name
+                    ),
+                    other => other.advice().to_string(),
+                };
+                SessionError::CoordinatorRefused { url: ctx.url.clone(), refusal, detail, advice }
+            }
+            None => SessionError::Connect { url: ctx.url.clone(), why: error_chain(&e) },
+        }
+    })
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
