@@ -156,17 +156,20 @@ impl Expiry {
     }
 }
 
-/// This analyst's own certificate's `notAfter` (unix seconds), read from `tls.cert`.
-pub fn own_not_after(c: &HqConfig) -> i64 {
-    std::fs::read_to_string(&c.tls.cert)
+/// This analyst's own certificate, read from `tls.cert`: its name and `notAfter`
+/// (unix seconds; 0 when the file does not parse, which `connect` already reported).
+pub fn own_certificate(c: &HqConfig) -> (String, i64) {
+    let der = std::fs::read_to_string(&c.tls.cert)
         .ok()
         .and_then(|pem| pki::pem_to_der_certs(&pem).ok())
-        .and_then(|ders| ders.first().and_then(|d| pki::not_after_unix(d).ok()))
-        .unwrap_or(0)
+        .and_then(|mut ders| (!ders.is_empty()).then(|| ders.remove(0)));
+    let Some(der) = der else { return (c.tls.cert.display().to_string(), 0) };
+    let name = pki::identity_from_cert(&der).map(|id| id.name).unwrap_or_else(|_| c.tls.cert.display().to_string());
+    (name, pki::not_after_unix(&der).unwrap_or(0))
 }
 
 /// Builds the view of a status reply at `now` (unix seconds).
-pub fn status_view(r: &pb::StatusReply, analyst_not_after: i64, now: i64) -> StatusView {
+pub fn status_view(r: &pb::StatusReply, (analyst, analyst_not_after): (String, i64), now: i64) -> StatusView {
     StatusView {
         coordinator: r.coordinator.clone(),
         certificates: vec![
@@ -175,11 +178,7 @@ pub fn status_view(r: &pb::StatusReply, analyst_not_after: i64, now: i64) -> Sta
                 role: "coordinator".into(),
                 expiry: Expiry::at(r.coordinator_not_after, now),
             },
-            CertificateRow {
-                name: "this analyst".into(),
-                role: "analyst".into(),
-                expiry: Expiry::at(analyst_not_after, now),
-            },
+            CertificateRow { name: analyst, role: "analyst".into(), expiry: Expiry::at(analyst_not_after, now) },
         ],
         nodes: r
             .nodes
@@ -385,7 +384,7 @@ mod tests {
                 },
             ],
         };
-        let v = status_view(&reply, now - day, now);
+        let v = status_view(&reply, ("analyst.hq".into(), now - day), now);
         let json = serde_json::to_value(&v).unwrap();
         let node = |i: usize| &json["nodes"][i];
         assert_eq!(node(0)["days_left"], 29);
@@ -399,7 +398,7 @@ mod tests {
         assert!(json["certificates"][1]["warning"].as_str().unwrap().starts_with("expired"), "{json}");
         let table = status_table(&v);
         assert!(table.contains("warning: node n-soon: expires in 29 day(s)"), "{table}");
-        assert!(table.contains("warning: analyst this analyst: expired"), "{table}");
+        assert!(table.contains("warning: analyst analyst.hq: expired"), "{table}");
         assert!(!table.contains("node n-fine:"), "{table}");
     }
 

@@ -497,7 +497,7 @@ async fn run(cli: Cli) -> Result<()> {
             let mut client = AnalystClient::connect(&cfg).await?;
             let s = client.status().await.map_err(|s| anyhow::anyhow!("coordinator: {}", s.message()))?;
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
-            let view = fedcrm::hq::status_view(&s, fedcrm::hq::own_not_after(&cfg), now);
+            let view = fedcrm::hq::status_view(&s, fedcrm::hq::own_certificate(&cfg), now);
             if json {
                 println!("{}", serde_json::to_string_pretty(&view)?);
             } else {

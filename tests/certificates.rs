@@ -207,3 +207,67 @@ async fn a_node_with_the_wrong_ca_file_is_told_to_check_tls_ca_and_stops() {
     assert!(err.is_permanent(), "{text}");
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_the_crl_refuses_a_revoked_coordinator_certificate_and_keeps_trying() {
+    let cluster = cluster().await;
+    // A second certificate for the coordinator's name, from the brand CA, then revoked.
+    let id = Identity {
+        name: fedcrm::harness::COORDINATOR_NAME.into(),
+        organisation: "Demo Jewellery HQ".into(),
+        role: Role::Coordinator,
+    };
+    let dir = cluster.dir.path().join("stolen");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (key, csr) = pki::new_key_and_csr(&id).unwrap();
+    let (cert, _) = pki::sign_csr(&cluster.pki.ca, &csr, Validity::days_from_now(30)).unwrap();
+    let files = fedcrm::harness::IdentityFiles { cert: dir.join("coordinator.pem"), key: dir.join("coordinator.key") };
+    std::fs::write(&files.cert, cert).unwrap();
+    fedcrm::harness::write_key(&files.key, &key).unwrap();
+    fedcrm::auditcli::revoke(&cluster.pki.dir, &files.cert, Reason::KeyCompromise).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut config = cluster.coordinator.config.clone();
+    config.tls.cert = files.cert;
+    config.tls.key = files.key;
+    config.audit_dir = cluster.dir.path().join("stolen-audit");
+    let rogue = fedcrm_coordinator::Coordinator::open(config, Hooks::default()).unwrap();
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(fedcrm_coordinator::run(rogue, listener, async move {
+        let _ = stopped.changed().await;
+    }));
+
+    let mut cfg = cluster.node_configs[0].clone();
+    cfg.coordinator.url = format!("https://{addr}");
+    cfg.audit_dir = cluster.dir.path().join("stolen-node-audit");
+    cfg.tls.crl = Some(cluster.pki.dir.join("crl.pem"));
+    let err = refused(&cluster, &cfg).await;
+    assert!(
+        matches!(&err, SessionError::CoordinatorRefused { refusal, .. } if refusal.to_string() == "revoked"),
+        "{err}"
+    );
+    // HQ renews a revoked coordinator certificate; the node need not be touched.
+    assert!(!err.is_permanent(), "{err}");
+    let _ = stop.send(true);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rereads_the_config_file_and_a_broken_one_changes_nothing() {
+    let cluster = cluster().await;
+    let path = cluster.dir.path().join("coordinator.toml");
+    let mut config = cluster.coordinator.config.clone();
+    config.enrolled.retain(|e| e.name != "node-8");
+    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+    cluster.coordinator.reload_from(&path);
+    assert!(!cluster.coordinator.enrolment.contains("node-8", "node-8 franchise ltd"));
+    assert!(cluster.coordinator.enrolment.contains("node-7", "node-7 franchise ltd"));
+
+    // A file that does not parse (a typo while editing) leaves everything as it was.
+    std::fs::write(&path, "[[enrolled]]\nname = \"node-9\"\n").unwrap();
+    cluster.coordinator.reload_from(&path);
+    assert!(cluster.coordinator.enrolment.contains("node-7", "node-7 franchise ltd"));
+    assert!(!cluster.coordinator.enrolment.contains("node-9", "node-9 franchise ltd"));
+    assert_eq!(cluster.coordinator.registry.connected().len(), 3);
+    cluster.stop().await;
+}
