@@ -23,23 +23,8 @@ fn first_der(pem: &str, what: &str) -> Result<Vec<u8>> {
 /// `fedcrm ca sign` records every issuance in the CA's own audit log (`CA_DIR/audit`),
 /// sealed with the CA key, before the certificate is handed out.
 pub fn log_issuance(ca_dir: &Path, ca: &CaMaterial, cert_pem: &str, id: &Identity) -> Result<()> {
-    let ca_der = first_der(&ca.cert_pem, "ca.pem")?;
     let x509 = first_der(cert_pem, "the issued certificate")?;
-    let identity = LogIdentity {
-        certificate_der: ca_der,
-        role: fedcrm_audit::CA_PARTY.into(),
-        organisation: brand_of(&ca.cert_pem),
-        software: fedcrm_protocol::SOFTWARE.into(),
-    };
-    let mut log = AuditLog::open(
-        &ca_dir.join("audit"),
-        fedcrm_audit::CA_PARTY,
-        identity,
-        SigningKey::from_pem(&ca.key)?,
-        Default::default(),
-        Arc::new(SystemClock),
-    )
-    .with_context(|| format!("opening the CA's audit log in {}", ca_dir.join("audit").display()))?;
+    let mut log = ca_log(ca_dir, ca)?;
     let digest = ring::digest::digest(&ring::digest::SHA256, &x509);
     let (serial, not_after) = cert_facts(&x509);
     log.append(Event::CertificateIssued {
@@ -52,6 +37,70 @@ pub fn log_issuance(ca_dir: &Path, ca: &CaMaterial, cert_pem: &str, id: &Identit
     })?;
     log.seal()?;
     Ok(())
+}
+
+/// The CA's material in `ca_dir` (`ca.pem`, `ca.key`).
+pub fn read_ca(ca_dir: &Path) -> Result<CaMaterial> {
+    Ok(CaMaterial {
+        cert_pem: std::fs::read_to_string(ca_dir.join("ca.pem"))
+            .with_context(|| format!("reading {}/ca.pem", ca_dir.display()))?,
+        key: pki::PrivateKeyPem::new(
+            std::fs::read_to_string(ca_dir.join("ca.key"))
+                .with_context(|| format!("reading {}/ca.key", ca_dir.display()))?,
+        ),
+    })
+}
+
+/// `fedcrm ca revoke`: adds `cert_path`'s serial to the CA's revocation list and
+/// writes `CA_DIR/crl.pem` (signed by the CA key, every earlier entry kept), after
+/// recording the revocation in the CA's audit log. The file is replaced whole
+/// (written beside it, then renamed), so a coordinator reloading it never reads
+/// half a list.
+pub fn revoke(ca_dir: &Path, cert_path: &Path, reason: pki::crl::Reason) -> Result<pki::crl::Issued> {
+    let ca = read_ca(ca_dir)?;
+    let crl_path = ca_dir.join("crl.pem");
+    let current = match std::fs::read_to_string(&crl_path) {
+        Ok(pem) => Some(pem),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", crl_path.display())),
+    };
+    let cert_pem = std::fs::read_to_string(cert_path).with_context(|| format!("reading {}", cert_path.display()))?;
+    let issued = pki::crl::revoke(&ca, current.as_deref(), &cert_pem, reason, time::OffsetDateTime::now_utc())
+        .with_context(|| format!("revoking {}", cert_path.display()))?;
+    let mut log = ca_log(ca_dir, &ca)?;
+    log.append(Event::CertificateRevoked {
+        name: issued.identity.name.clone(),
+        organisation: issued.identity.organisation.clone(),
+        serial_hex: issued.revoked.serial_hex.clone(),
+        reason: issued.revoked.reason.to_string(),
+        crl_number: issued.crl_number,
+    })?;
+    log.seal()?;
+    let tmp = ca_dir.join("crl.pem.new");
+    std::fs::write(&tmp, &issued.crl_pem).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &crl_path).with_context(|| format!("replacing {}", crl_path.display()))?;
+    Ok(issued)
+}
+
+/// The CA's own audit log (`CA_DIR/audit`), sealed with the CA key.
+fn ca_log(ca_dir: &Path, ca: &CaMaterial) -> Result<AuditLog> {
+    let ca_der = first_der(&ca.cert_pem, "ca.pem")?;
+    let identity = LogIdentity {
+        certificate_der: ca_der,
+        role: fedcrm_audit::CA_PARTY.into(),
+        organisation: brand_of(&ca.cert_pem),
+        software: fedcrm_protocol::SOFTWARE.into(),
+    };
+    let log = AuditLog::open(
+        &ca_dir.join("audit"),
+        fedcrm_audit::CA_PARTY,
+        identity,
+        SigningKey::from_pem(&ca.key)?,
+        Default::default(),
+        Arc::new(SystemClock),
+    )
+    .with_context(|| format!("opening the CA's audit log in {}", ca_dir.join("audit").display()))?;
+    Ok(log)
 }
 
 /// The brand (subject O) of the CA certificate.

@@ -192,7 +192,7 @@ impl Cluster {
         let config = CoordinatorConfig {
             name: COORDINATOR_NAME.into(),
             listen: addr.to_string(),
-            tls: TlsFiles { ca: pki.ca_path(), cert: coord.cert.clone(), key: coord.key.clone() },
+            tls: TlsFiles { ca: pki.ca_path(), cert: coord.cert.clone(), key: coord.key.clone(), crl: None },
             enrolled: opts
                 .nodes
                 .iter()
@@ -222,7 +222,7 @@ impl Cluster {
         let analyst = HqConfig {
             url: format!("https://{addr}"),
             server_name: COORDINATOR_NAME.into(),
-            tls: TlsFiles { ca: pki.ca_path(), cert: analyst_files.cert, key: analyst_files.key },
+            tls: TlsFiles { ca: pki.ca_path(), cert: analyst_files.cert, key: analyst_files.key, crl: None },
         };
         let mut cluster = Cluster {
             dir,
@@ -284,7 +284,7 @@ impl Cluster {
                 retry_seconds: 1,
                 retry_max_seconds: 4,
             },
-            tls: TlsFiles { ca: self.pki.ca_path(), cert: files.cert, key: files.key },
+            tls: TlsFiles { ca: self.pki.ca_path(), cert: files.cert, key: files.key, crl: None },
             data: DataConfig { consent_withdrawals: withdrawals, ..DataConfig::new(Format::Cdnow, data) },
             policy: spec.policy.clone(),
             audit_dir: ndir.join("audit"),

@@ -85,6 +85,164 @@ impl AnalystClient {
     }
 }
 
+/// How many days ahead `hq status` warns that a certificate expires.
+pub const EXPIRY_WARNING_DAYS: i64 = 30;
+
+/// `hq status`: the enrolled nodes, and the expiry of every certificate in play.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct StatusView {
+    pub coordinator: String,
+    /// The coordinator's and this analyst's own certificates.
+    pub certificates: Vec<CertificateRow>,
+    pub nodes: Vec<NodeRow>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CertificateRow {
+    pub name: String,
+    pub role: String,
+    #[serde(flatten)]
+    pub expiry: Expiry,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct NodeRow {
+    pub name: String,
+    pub organisation: String,
+    pub connected: bool,
+    /// When its session was last open (RFC 3339); `None` if not since the coordinator started.
+    pub last_seen: Option<String>,
+    /// Of the certificate it presented in its current or last session.
+    #[serde(flatten)]
+    pub expiry: Expiry,
+}
+
+/// When a certificate expires, and a warning from [`EXPIRY_WARNING_DAYS`] ahead.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Expiry {
+    /// `notAfter`, RFC 3339; `None` when unknown (a node not seen since the coordinator started).
+    pub not_after: Option<String>,
+    /// Whole days left (negative once expired).
+    pub days_left: Option<i64>,
+    /// Set when the certificate has expired or expires within 30 days.
+    pub warning: Option<String>,
+}
+
+fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| unix.to_string())
+}
+
+impl Expiry {
+    /// `not_after` in unix seconds, 0 for unknown; `now` in unix seconds.
+    pub fn at(not_after: i64, now: i64) -> Self {
+        if not_after == 0 {
+            return Self { not_after: None, days_left: None, warning: None };
+        }
+        let days_left = (not_after - now).div_euclid(86_400);
+        let warning = if not_after <= now {
+            Some("expired: it can no longer connect; issue a new certificate (`fedcrm ca sign`) and install it".into())
+        } else if days_left < EXPIRY_WARNING_DAYS {
+            Some(format!(
+                "expires in {days_left} day(s): issue a new certificate (`fedcrm ca sign`) and install it before {}",
+                rfc3339(not_after)
+            ))
+        } else {
+            None
+        };
+        Self { not_after: Some(rfc3339(not_after)), days_left: Some(days_left), warning }
+    }
+}
+
+/// This analyst's own certificate, read from `tls.cert`: its name and `notAfter`
+/// (unix seconds; 0 when the file does not parse, which `connect` already reported).
+pub fn own_certificate(c: &HqConfig) -> (String, i64) {
+    let der = std::fs::read_to_string(&c.tls.cert)
+        .ok()
+        .and_then(|pem| pki::pem_to_der_certs(&pem).ok())
+        .and_then(|mut ders| (!ders.is_empty()).then(|| ders.remove(0)));
+    let Some(der) = der else { return (c.tls.cert.display().to_string(), 0) };
+    let name = pki::identity_from_cert(&der).map(|id| id.name).unwrap_or_else(|_| c.tls.cert.display().to_string());
+    (name, pki::not_after_unix(&der).unwrap_or(0))
+}
+
+/// Builds the view of a status reply at `now` (unix seconds).
+pub fn status_view(r: &pb::StatusReply, (analyst, analyst_not_after): (String, i64), now: i64) -> StatusView {
+    StatusView {
+        coordinator: r.coordinator.clone(),
+        certificates: vec![
+            CertificateRow {
+                name: r.coordinator.clone(),
+                role: "coordinator".into(),
+                expiry: Expiry::at(r.coordinator_not_after, now),
+            },
+            CertificateRow { name: analyst, role: "analyst".into(), expiry: Expiry::at(analyst_not_after, now) },
+        ],
+        nodes: r
+            .nodes
+            .iter()
+            .map(|n| NodeRow {
+                name: n.name.clone(),
+                organisation: n.organisation.clone(),
+                connected: n.connected,
+                last_seen: (n.last_seen > 0).then(|| rfc3339(n.last_seen as i64)),
+                expiry: Expiry::at(n.not_after, now),
+            })
+            .collect(),
+    }
+}
+
+/// `hq status` as a table; warnings are listed under it.
+pub fn status_table(v: &StatusView) -> String {
+    let mut s = format!(
+        "coordinator {}
+",
+        v.coordinator
+    );
+    let date =
+        |e: &Expiry| e.not_after.as_deref().map(|d| d[..10.min(d.len())].to_string()).unwrap_or("unknown".into());
+    s.push_str(&format!(
+        "  {:<24} {:<32} {:<9} {:<20} {:<12}
+",
+        "node", "organisation", "connected", "last seen", "cert expires"
+    ));
+    for n in &v.nodes {
+        s.push_str(&format!(
+            "  {:<24} {:<32} {:<9} {:<20} {:<12}
+",
+            n.name,
+            n.organisation,
+            if n.connected { "yes" } else { "no" },
+            n.last_seen.as_deref().unwrap_or("not seen"),
+            date(&n.expiry)
+        ));
+    }
+    for c in &v.certificates {
+        s.push_str(&format!(
+            "  {} certificate ({}) expires {}
+",
+            c.role,
+            c.name,
+            date(&c.expiry)
+        ));
+    }
+    let warnings: Vec<String> = v
+        .certificates
+        .iter()
+        .filter_map(|c| c.expiry.warning.as_ref().map(|w| format!("{} {}: {w}", c.role, c.name)))
+        .chain(v.nodes.iter().filter_map(|n| n.expiry.warning.as_ref().map(|w| format!("node {}: {w}", n.name))))
+        .collect();
+    for w in warnings {
+        s.push_str(&format!(
+            "  warning: {w}
+"
+        ));
+    }
+    s
+}
+
 /// Plain serialisable view of a segments reply.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct SegmentsView {
@@ -256,6 +414,58 @@ mod tests {
         ] {
             assert!(rows.contains(&want), "{want} missing from\n{csv}");
         }
+    }
+
+    #[test]
+    fn status_shows_expiry_and_warns_thirty_days_ahead() {
+        let now = 1_800_000_000;
+        let day = 86_400;
+        let reply = pb::StatusReply {
+            coordinator: "hq.brand".into(),
+            coordinator_not_after: now + 400 * day,
+            nodes: vec![
+                pb::NodeStatus {
+                    name: "n-soon".into(),
+                    organisation: "A".into(),
+                    role: "node".into(),
+                    connected: true,
+                    not_after: now + 29 * day,
+                    last_seen: now as u64,
+                },
+                pb::NodeStatus {
+                    name: "n-fine".into(),
+                    organisation: "B".into(),
+                    role: "node".into(),
+                    connected: false,
+                    not_after: now + 31 * day,
+                    last_seen: (now - 3600) as u64,
+                },
+                pb::NodeStatus {
+                    name: "n-never".into(),
+                    organisation: "C".into(),
+                    role: "node".into(),
+                    connected: false,
+                    not_after: 0,
+                    last_seen: 0,
+                },
+            ],
+        };
+        let v = status_view(&reply, ("analyst.hq".into(), now - day), now);
+        let json = serde_json::to_value(&v).unwrap();
+        let node = |i: usize| &json["nodes"][i];
+        assert_eq!(node(0)["days_left"], 29);
+        assert!(node(0)["warning"].as_str().unwrap().contains("expires in 29 day(s)"), "{json}");
+        assert_eq!(node(1)["days_left"], 31);
+        assert!(node(1)["warning"].is_null(), "{json}");
+        assert!(node(1)["not_after"].as_str().unwrap().starts_with("2027-"), "{json}");
+        assert!(node(2)["not_after"].is_null() && node(2)["last_seen"].is_null(), "{json}");
+        // The coordinator's certificate is fine; the analyst's expired yesterday.
+        assert!(json["certificates"][0]["warning"].is_null(), "{json}");
+        assert!(json["certificates"][1]["warning"].as_str().unwrap().starts_with("expired"), "{json}");
+        let table = status_table(&v);
+        assert!(table.contains("warning: node n-soon: expires in 29 day(s)"), "{table}");
+        assert!(table.contains("warning: analyst analyst.hq: expired"), "{table}");
+        assert!(!table.contains("node n-fine:"), "{table}");
     }
 
     #[test]

@@ -105,6 +105,17 @@ enum CaCommand {
         #[arg(long, default_value_t = 397, value_parser = clap::value_parser!(u32).range(1..))]
         days: u32,
     },
+    /// Revoke a certificate: add it to DIR/crl.pem (signed by the CA key), which the
+    /// coordinator and nodes check when their `tls.crl` names it (reloaded on SIGHUP).
+    Revoke {
+        /// The certificate to revoke (PEM).
+        cert: PathBuf,
+        #[arg(long, default_value = "ca")]
+        ca_dir: PathBuf,
+        /// keyCompromise, superseded, affiliationChanged, cessationOfOperation or unspecified.
+        #[arg(long, default_value = "unspecified")]
+        reason: pki::crl::Reason,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -431,6 +442,21 @@ async fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Ca(CaCommand::Revoke { cert, ca_dir, reason }) => {
+            let issued = fedcrm::auditcli::revoke(&ca_dir, &cert, reason)?;
+            println!(
+                "revoked {} ({}, serial {}, {}); {} now lists {} certificate(s), crl number {}",
+                issued.identity.name,
+                issued.identity.organisation,
+                issued.revoked.serial_hex,
+                issued.revoked.reason,
+                ca_dir.join("crl.pem").display(),
+                issued.entries,
+                issued.crl_number
+            );
+            println!("copy it to the coordinator and the nodes, then `kill -HUP` the coordinator");
+            Ok(())
+        }
         Command::Node(NodeCommand::Init { id, kind }) => {
             let kind = match kind {
                 Kind::Franchisee => OrgKind::Franchisee,
@@ -507,6 +533,16 @@ async fn run(cli: Cli) -> Result<()> {
                 .await
                 .with_context(|| format!("listening on {}", cfg.listen))?;
             let c = fedcrm_coordinator::Coordinator::open(cfg, Default::default())?;
+            {
+                let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                    .context("installing the SIGHUP handler")?;
+                let c = c.clone();
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        c.reload_from(&config);
+                    }
+                });
+            }
             fedcrm_coordinator::run(c, listener, async move {
                 let name = stop.first().await;
                 tracing::info!("{name} received: stopping");
@@ -538,18 +574,12 @@ async fn run(cli: Cli) -> Result<()> {
             let cfg = HqConfig::load(&config)?;
             let mut client = AnalystClient::connect(&cfg).await?;
             let s = client.status().await.map_err(|s| anyhow::anyhow!("coordinator: {}", s.message()))?;
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let view = fedcrm::hq::status_view(&s, fedcrm::hq::own_certificate(&cfg), now);
             if json {
-                let nodes: Vec<serde_json::Value> = s.nodes.iter().map(|n| serde_json::json!({"name": n.name, "organisation": n.organisation, "connected": n.connected})).collect();
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({"coordinator": s.coordinator, "nodes": nodes}))?
-                );
+                println!("{}", serde_json::to_string_pretty(&view)?);
             } else {
-                println!("coordinator {}", s.coordinator);
-                println!("  {:<24} {:<32} connected", "node", "organisation");
-                for n in &s.nodes {
-                    println!("  {:<24} {:<32} {}", n.name, n.organisation, if n.connected { "yes" } else { "no" });
-                }
+                print!("{}", fedcrm::hq::status_table(&view));
             }
             Ok(())
         }

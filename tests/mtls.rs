@@ -124,7 +124,7 @@ async fn rogue_coordinator(
     let config = CoordinatorConfig {
         name: name.into(),
         listen: addr.to_string(),
-        tls: TlsFiles { ca, cert: files.cert, key: files.key },
+        tls: TlsFiles { ca, cert: files.cert, key: files.key, crl: None },
         enrolled: cluster
             .node_configs
             .iter()
@@ -156,7 +156,8 @@ async fn node_refuses_a_coordinator_with_a_foreign_certificate() {
     cfg.audit_dir = cluster.dir.path().join("rogue-audit");
     let ctx = cluster.node_context(&cfg, Faults::default()).unwrap();
     let err = run_session(&ctx, cluster.shutdown_signal()).await.expect_err("must refuse");
-    assert!(err.to_string().contains("UnknownIssuer"), "{err}");
+    assert!(err.to_string().contains("UnknownIssuer") && err.to_string().contains("tls.ca"), "{err}");
+    assert!(err.is_permanent(), "{err}");
     let sent = fedcrm_node::egress::read_log(&cfg.audit_dir).unwrap_or_default();
     assert!(sent.iter().all(|r| r.kind == "hello"), "only a hello may have been queued: {sent:?}");
     cluster.stop().await;
@@ -178,8 +179,9 @@ async fn node_refuses_a_coordinator_with_the_wrong_name() {
     cfg.audit_dir = cluster.dir.path().join("rogue-audit");
     let ctx = cluster.node_context(&cfg, Faults::default()).unwrap();
     let err = run_session(&ctx, cluster.shutdown_signal()).await.expect_err("must refuse");
-    assert!(matches!(err, SessionError::Connect { .. }), "{err}");
+    assert!(matches!(err, SessionError::CoordinatorRefused { .. }), "{err}");
     assert!(err.to_string().contains("not valid for name \"coordinator.fedcrm.test\""), "{err}");
+    assert!(err.is_permanent(), "a wrong coordinator.server_name is this node's to fix: {err}");
     cluster.stop().await;
 }
 

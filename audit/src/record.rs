@@ -92,7 +92,17 @@ pub enum Event {
         not_after: String,
         sha256: String,
     },
-    /// The nodes the coordinator accepts (its `[[enrolled]]` list), recorded at start.
+    /// The brand CA revoked a certificate and re-issued its CRL (CA log).
+    CertificateRevoked {
+        name: String,
+        organisation: String,
+        serial_hex: String,
+        /// RFC 5280 reason, e.g. `keyCompromise`.
+        reason: String,
+        crl_number: u64,
+    },
+    /// The nodes the coordinator accepts (its `[[enrolled]]` list), recorded at
+    /// start and at every reload (SIGHUP).
     Enrolment {
         nodes: Vec<Member>,
     },
@@ -318,6 +328,7 @@ impl Event {
             Event::TornTailRecovered { .. } => "torn-tail-recovered",
             Event::RetentionDeleted { .. } => "retention-deleted",
             Event::CertificateIssued { .. } => "certificate-issued",
+            Event::CertificateRevoked { .. } => "certificate-revoked",
             Event::Enrolment { .. } => "enrolment",
             Event::SessionRefused { .. } => "session-refused",
             Event::SessionOpened { .. } => "session-opened",

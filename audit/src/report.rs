@@ -61,6 +61,8 @@ pub struct Report {
     pub scoring: Vec<ScoringRun>,
     /// 9. Certificates issued by the brand CA.
     pub certificates: Vec<CertificateIssuance>,
+    /// 9. Certificates revoked by the brand CA.
+    pub revocations: Vec<CertificateRevocation>,
     /// 9. Authenticated sessions, per log and peer.
     pub sessions: Vec<SessionCounts>,
     /// 9. The nodes the coordinator accepted (its latest enrolment record in the period).
@@ -347,6 +349,17 @@ pub struct CertificateIssuance {
     pub sha256: String,
 }
 
+/// A certificate revoked by the brand CA.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CertificateRevocation {
+    pub revoked_at: String,
+    pub name: String,
+    pub organisation: String,
+    pub serial_hex: String,
+    pub reason: String,
+    pub crl_number: u64,
+}
+
 /// Sessions with one peer, as one party's log recorded them.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct SessionCounts {
@@ -486,6 +499,22 @@ pub fn build(logs: &[Vec<Record>], from: Date, to: Date, verification: Option<St
                         serial_hex: serial_hex.clone(),
                         not_after: not_after.clone(),
                         sha256: sha256.clone(),
+                    })
+                }
+                _ => None,
+            })
+            .collect(),
+        revocations: inp
+            .iter()
+            .filter_map(|r| match &r.event {
+                Event::CertificateRevoked { name, organisation, serial_hex, reason, crl_number } => {
+                    Some(CertificateRevocation {
+                        revoked_at: fmt_time(r.time_ms),
+                        name: name.clone(),
+                        organisation: organisation.clone(),
+                        serial_hex: serial_hex.clone(),
+                        reason: reason.clone(),
+                        crl_number: *crl_number,
                     })
                 }
                 _ => None,
@@ -1745,6 +1774,23 @@ fn section_certificates(r: &Report) -> Section {
             table(
                 vec!["Issued", "Name", "Organisation", "Role", "Serial", "Valid until", "Fingerprint (SHA-256)"],
                 certs,
+            ),
+            Block::Sub("Certificates revoked".to_string()),
+            table(
+                vec!["Revoked", "Name", "Organisation", "Serial", "Reason", "CRL number"],
+                r.revocations
+                    .iter()
+                    .map(|x| {
+                        vec![
+                            x.revoked_at.clone(),
+                            x.name.clone(),
+                            or_unknown(&x.organisation),
+                            x.serial_hex.clone(),
+                            x.reason.clone(),
+                            x.crl_number.to_string(),
+                        ]
+                    })
+                    .collect(),
             ),
             Block::Sub("Sessions".to_string()),
             table(vec!["Log", "Peer", "Peer's role", "Opened", "Closed", "Reasons for closing"], sessions),

@@ -8,12 +8,14 @@
 
 pub mod audit;
 pub mod config;
+pub mod enrolment;
 pub mod plan;
 pub mod registry;
 pub mod release;
 pub mod round;
 pub mod segments;
 pub mod service;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -23,17 +25,22 @@ use fedcrm_protocol::pb::analyst_server::AnalystServer;
 use fedcrm_protocol::pb::coordinator_server::CoordinatorServer;
 use fedcrm_protocol::pki::{self, SigningKey};
 use tokio::sync::{Mutex, mpsc};
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::audit::SharedLog;
-use crate::config::CoordinatorConfig;
+use crate::config::{CoordinatorConfig, Enrolled};
 use crate::registry::{Event, Registry};
 use crate::round::{Hooks, Runner};
 
 /// Shared coordinator state.
 #[derive(Debug)]
 pub struct Coordinator {
+    /// The configuration read at start. `enrolled` here is the start-up list; the
+    /// current one is [`Coordinator::enrolment`] (reloaded on SIGHUP).
     pub config: CoordinatorConfig,
+    /// The nodes enrolled now, and what was seen of their certificates.
+    pub enrolment: enrolment::Enrolment,
+    /// The TLS front door (certificate, CRL, refusal log).
+    pub tls: tls::Acceptor,
     pub registry: Registry,
     pub audit: SharedLog,
     /// The coordinator's certificate (DER), sent in Welcome.
@@ -111,10 +118,16 @@ impl Coordinator {
                 })
                 .collect(),
         })?;
+        let (tls, revoked) = tls::Acceptor::new(&config.tls)?;
+        if let Some(crl) = &config.tls.crl {
+            tracing::info!(crl = %crl.display(), revoked = revoked.len(), "revocation list loaded");
+        }
         let history = unmasked_from(&fedcrm_audit::log::read_records(&config.audit_dir)?)?;
         let audit: SharedLog = Arc::new(std::sync::Mutex::new(log));
         let (registry, events) = Registry::new(audit.clone());
         Ok(Arc::new(Self {
+            enrolment: enrolment::Enrolment::new(config.enrolled.clone()),
+            tls,
             config,
             registry,
             audit,
@@ -135,6 +148,106 @@ impl Coordinator {
 
     pub(crate) fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
         self.stopping.subscribe()
+    }
+
+    /// Replace the enrolled nodes (SIGHUP): the new list is checked (an invalid one
+    /// changes nothing), recorded in the audit log, and the session of every
+    /// connected node it no longer names ends at once (the node is told why, and
+    /// the end is logged). Returns the nodes whose sessions ended.
+    pub fn reload_enrolment(&self, new: Vec<Enrolled>) -> Result<Vec<String>, ServeError> {
+        enrolment::check(&new).map_err(ServeError::Enrolment)?;
+        crate::audit::record(
+            &self.audit,
+            fedcrm_audit::Event::Enrolment {
+                nodes: new
+                    .iter()
+                    .map(|e| fedcrm_audit::Member {
+                        name: e.name.clone(),
+                        organisation: e.organisation.clone(),
+                        kind: String::new(),
+                    })
+                    .collect(),
+            },
+        )?;
+        self.enrolment.replace(new);
+        let mut ended = Vec::new();
+        for p in self.registry.connected() {
+            if !self.enrolment.contains(&p.name, &p.organisation) {
+                self.end_unenrolled(&p.name, &p.organisation);
+                ended.push(p.name);
+            }
+        }
+        tracing::info!(enrolled = self.enrolment.list().len(), ended = ?ended, "enrolment reloaded");
+        Ok(ended)
+    }
+
+    /// End the session of a node that is no longer enrolled, and log it.
+    pub(crate) fn end_unenrolled(&self, name: &str, organisation: &str) {
+        let why = format!(
+            "node {name} of organisation {organisation:?} was removed from [[enrolled]] at this coordinator; ask HQ if this is a mistake"
+        );
+        if self.registry.end(name, tonic::Status::permission_denied(why)) {
+            tracing::warn!(node = %name, organisation = %organisation, "session ended: no longer enrolled");
+            let _ = crate::audit::record(
+                &self.audit,
+                fedcrm_audit::Event::SessionClosed {
+                    peer: name.to_string(),
+                    reason: "removed from [[enrolled]]".into(),
+                },
+            );
+        }
+    }
+
+    /// Re-read the coordinator's certificate, key and revocation list (SIGHUP); on
+    /// error the old ones stay. New handshakes are checked against the new list at
+    /// once, and the session of a connected node whose certificate it lists ends
+    /// (logged). Returns the nodes whose sessions ended.
+    pub fn reload_tls(&self, files: &fedcrm_protocol::config::TlsFiles) -> Result<Vec<String>, ServeError> {
+        let revoked = self.tls.reload(files)?;
+        tracing::info!(revoked = revoked.len(), "tls configuration reloaded");
+        let mut ended = Vec::new();
+        for p in self.registry.connected() {
+            let serial = pki::serial_hex(&p.certificate).unwrap_or_default();
+            if revoked.contains(&serial) {
+                let why = format!(
+                    "the certificate of node {} (serial {serial}) is revoked; ask HQ for a new certificate",
+                    p.name
+                );
+                if self.registry.end(&p.name, tonic::Status::permission_denied(why)) {
+                    tracing::warn!(node = %p.name, %serial, "session ended: certificate revoked");
+                    let _ = crate::audit::record(
+                        &self.audit,
+                        fedcrm_audit::Event::SessionClosed {
+                            peer: p.name.clone(),
+                            reason: format!("certificate revoked (serial {serial})"),
+                        },
+                    );
+                    ended.push(p.name);
+                }
+            }
+        }
+        Ok(ended)
+    }
+
+    /// SIGHUP: re-read the config file at `path` and apply its `[[enrolled]]` list
+    /// ([`Coordinator::reload_enrolment`]) and its certificate files and CRL
+    /// ([`Coordinator::reload_tls`]). A config that does not load or check is
+    /// logged, and everything stays as it was; other settings need a restart.
+    pub fn reload_from(&self, path: &std::path::Path) {
+        tracing::info!(config = %path.display(), "SIGHUP: reloading enrolment and certificates");
+        let new = match CoordinatorConfig::load(path) {
+            Ok(new) => new,
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused: the config does not load; enrolment and certificates unchanged");
+                return;
+            }
+        };
+        if let Err(e) = self.reload_tls(&new.tls) {
+            tracing::error!(error = %e, "reload refused: certificates unchanged; fix the [tls] files and send SIGHUP again");
+        }
+        if let Err(e) = self.reload_enrolment(new.enrolled) {
+            tracing::error!(error = %e, "reload refused: enrolment unchanged; fix [[enrolled]] and send SIGHUP again");
+        }
     }
 
     /// Sign a round roster.
@@ -196,6 +309,8 @@ pub enum ServeError {
     Tls(String),
     #[error("audit log: a record of the sums unmasked cannot be read ({0}); run `fedcrm audit verify` on the log")]
     History(String),
+    #[error("enrolment not changed: {0}")]
+    Enrolment(String),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -214,9 +329,6 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let c = &coordinator.config;
-    let m = c.tls.read()?;
-    let (ca, cert, key) = (m.ca_pem, m.cert_pem, m.key);
-    let tls = pki::server_tls(&ca, &cert, &key);
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| c.listen.clone());
     {
         let log = crate::audit::lock(&coordinator.audit);
@@ -254,15 +366,17 @@ pub async fn run(
         })
     };
     let (close, closed) = tokio::sync::oneshot::channel::<()>();
+    // TLS is done by `tls::incoming`, which logs refused handshakes; tonic gets
+    // finished mutual-TLS streams (and reads the peer certificates from them).
+    let incoming = tls::incoming(coordinator.clone(), listener);
     let server = tonic::transport::Server::builder()
-        .tls_config(tls)?
         .add_service(
             CoordinatorServer::new(service::NodeService(coordinator.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(AnalystServer::new(service::AnalystService(coordinator.clone())))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        .serve_with_incoming_shutdown(incoming, async {
             let _ = closed.await;
         });
     tokio::pin!(server);

@@ -101,6 +101,15 @@ impl Registry {
         id
     }
 
+    /// End a node's session: it is told `why` and its stream closes; rounds see it
+    /// leave. False if it was not connected.
+    pub(crate) fn end(&self, name: &str, why: Status) -> bool {
+        let Some(old) = self.lock().remove(name) else { return false };
+        let _ = old.tx.try_send(Err(why));
+        let _ = self.events.try_send(Event { node: name.to_string(), session: old.id, body: EventBody::Closed });
+        true
+    }
+
     pub(crate) fn unregister(&self, name: &str, session: u64) {
         let mut s = self.lock();
         if s.get(name).is_some_and(|x| x.id == session) {

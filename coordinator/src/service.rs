@@ -72,8 +72,7 @@ impl NodeService {
             )));
         }
         let c = &self.0;
-        let enrolled = c.config.enrolled.iter().any(|e| e.name == id.name && e.organisation == id.organisation);
-        if !enrolled {
+        if !c.enrolment.contains(&id.name, &id.organisation) {
             tracing::warn!(node = %id.name, organisation = %id.organisation, "unenrolled node refused");
             return Err(Status::permission_denied(format!(
                 "node {} of organisation {:?} is not enrolled at this coordinator; ask HQ to add it to [[enrolled]]",
@@ -152,7 +151,12 @@ impl NodeService {
             rules: announced,
         };
         let session = c.registry.register(participant, tx);
+        c.enrolment.saw(&id.name, &cert, crate::now_ms() / 1000);
         tracing::info!(node = %id.name, organisation = %id.organisation, "node connected");
+        // Enrolment may have been reloaded while this session opened.
+        if !c.enrolment.contains(&id.name, &id.organisation) {
+            c.end_unenrolled(&id.name, &id.organisation);
+        }
         let coordinator = self.0.clone();
         let name = id.name;
         tokio::spawn(async move {
@@ -180,6 +184,7 @@ impl NodeService {
                         AuditEvent::SessionClosed { peer: name.clone(), reason: "stream ended".into() },
                     );
                     coordinator.registry.unregister(&name, session);
+                    coordinator.enrolment.left(&name, crate::now_ms() / 1000);
                     tracing::info!(node = %name, "node disconnected");
                     break;
                 }
@@ -295,19 +300,30 @@ impl pb::analyst_server::Analyst for AnalystService {
 
     async fn status(&self, req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
         require_analyst(&req)?;
-        let connected = self.0.registry.connected();
-        let nodes = self
-            .0
-            .config
-            .enrolled
-            .iter()
-            .map(|e| pb::NodeStatus {
-                name: e.name.clone(),
-                organisation: e.organisation.clone(),
-                role: "node".into(),
-                connected: connected.iter().any(|p| p.name == e.name),
+        let c = &self.0;
+        let connected = c.registry.connected();
+        let now = crate::now_ms() / 1000;
+        let nodes = c
+            .enrolment
+            .list()
+            .into_iter()
+            .map(|e| {
+                let connected = connected.iter().any(|p| p.name == e.name);
+                let seen = c.enrolment.seen(&e.name);
+                pb::NodeStatus {
+                    connected,
+                    not_after: seen.map_or(0, |s| s.not_after),
+                    last_seen: if connected { now } else { seen.map_or(0, |s| s.last_seen) },
+                    name: e.name,
+                    organisation: e.organisation,
+                    role: "node".into(),
+                }
             })
             .collect();
-        Ok(Response::new(pb::StatusReply { coordinator: self.0.config.name.clone(), nodes }))
+        Ok(Response::new(pb::StatusReply {
+            coordinator: c.config.name.clone(),
+            nodes,
+            coordinator_not_after: pki::not_after_unix(&c.certificate).unwrap_or(0),
+        }))
     }
 }

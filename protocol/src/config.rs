@@ -18,6 +18,11 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// This party's private key (PEM, PKCS#8), made by `fedcrm … init` on this machine.
     pub key: PathBuf,
+    /// The brand CA's revocation list (`ca/crl.pem`, written by `fedcrm ca revoke`).
+    /// When set, a peer whose certificate it lists is refused at the TLS handshake.
+    /// Default: none (no certificate is revoked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl: Option<PathBuf>,
 }
 
 /// The three files' contents.
@@ -26,6 +31,8 @@ pub struct TlsMaterial {
     pub ca_pem: String,
     pub cert_pem: String,
     pub key: PrivateKeyPem,
+    /// The CRL's PEM, when `tls.crl` is set.
+    pub crl_pem: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,12 +46,12 @@ pub enum ConfigError {
 impl TlsFiles {
     /// Make relative paths relative to `base`.
     pub fn resolve(&mut self, base: &Path) {
-        for p in [&mut self.ca, &mut self.cert, &mut self.key] {
+        for p in [&mut self.ca, &mut self.cert, &mut self.key].into_iter().chain(self.crl.as_mut()) {
             resolve(base, p);
         }
     }
 
-    /// Read the three files.
+    /// Read the files.
     pub fn read(&self) -> Result<TlsMaterial, ConfigError> {
         let read =
             |p: &PathBuf| std::fs::read_to_string(p).map_err(|source| ConfigError::Io { path: p.clone(), source });
@@ -52,6 +59,7 @@ impl TlsFiles {
             ca_pem: read(&self.ca)?,
             cert_pem: read(&self.cert)?,
             key: PrivateKeyPem::new(read(&self.key)?),
+            crl_pem: self.crl.as_ref().map(read).transpose()?,
         })
     }
 }

@@ -61,6 +61,9 @@ use x509_parser::prelude::{FromDer as _, X509Certificate, X509Name};
 use x509_parser::x509::SubjectPublicKeyInfo;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
+pub mod crl;
+pub mod tls;
+
 /// Longest allowed party name (it is also a DNS name and the certificate's CN).
 pub const MAX_NAME_CHARS: usize = 64;
 /// Longest allowed organisation name.
@@ -112,6 +115,9 @@ pub enum PkiError {
     /// A certificate failed chain validation against the brand CA.
     #[error("certificate rejected: {0}")]
     Verification(String),
+    /// A revocation or certificate revocation list problem.
+    #[error("certificate revocation: {0}")]
+    Revocation(String),
     /// A message signature did not verify.
     #[error(
         "signature does not verify with the certificate's key; the message was altered or signed by someone else, so discard it"
@@ -651,6 +657,16 @@ pub fn identity_from_cert(der: &[u8]) -> Result<Identity, PkiError> {
         .map_err(|why| PkiError::Certificate(format!("its subject {why}; it was not issued by a fedcrm brand ca")))?;
     identity.validate()?;
     Ok(identity)
+}
+
+/// A DER certificate's `notAfter`, in unix seconds (for expiry warnings).
+pub fn not_after_unix(der: &[u8]) -> Result<i64, PkiError> {
+    Ok(parse_cert(der)?.validity().not_after.timestamp())
+}
+
+/// A DER certificate's serial number, lower-case hex (as CRL entries name it).
+pub fn serial_hex(der: &[u8]) -> Result<String, PkiError> {
+    Ok(parse_cert(der)?.raw_serial().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Splits a PEM bundle into DER certificates, in order. Errors if a block is

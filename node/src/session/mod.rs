@@ -9,6 +9,7 @@
 //! fault; a failure of this node's own audit log ends the session and fails closed,
 //! and is never reported as the coordinator's.
 
+mod connect;
 mod round;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -70,6 +71,10 @@ pub enum SessionError {
     Pki(#[from] pki::PkiError),
     #[error("cannot connect to the coordinator at {url}: {why}")]
     Connect { url: String, why: String },
+    /// This node refused the coordinator's certificate. Whether retrying can help
+    /// depends on the reason: see [`SessionError::is_permanent`].
+    #[error("the coordinator at {url} presented a certificate this node refuses: {refusal} ({detail}); {advice}")]
+    CoordinatorRefused { url: String, refusal: pki::tls::Refusal, detail: String, advice: String },
     /// The coordinator ended the session with a gRPC status.
     #[error("coordinator closed the session: {text}")]
     Rejected { code: tonic::Code, text: String },
@@ -92,11 +97,18 @@ pub enum SessionError {
 }
 
 impl SessionError {
-    /// Whether retrying cannot help: this node's configuration, identity, software
-    /// version or audit log must be fixed first. Everything else (the coordinator
-    /// restarting, a lost network, a TLS connection closed without notify, the
-    /// coordinator's own transient faults) passes, and the node reconnects.
+    /// Whether retrying cannot help, so the node stops and says so: this node's
+    /// configuration, identity, software version or audit log must be fixed first
+    /// (unreadable files, a bad certificate or key, an audit log that cannot be
+    /// opened; a coordinator certificate from another CA than this node's `tls.ca`,
+    /// for another name than `coordinator.server_name`, or judged by a CRL of another
+    /// CA; a refusal by the coordinator that names this node's identity or version).
+    /// Everything else passes, and the node reconnects: the coordinator restarting, a
+    /// lost network, a TLS connection closed without notify, the coordinator's own
+    /// transient faults, and an expired or revoked coordinator certificate (HQ's to
+    /// renew; each failure is logged).
     pub fn is_permanent(&self) -> bool {
+        use pki::tls::Refusal;
         use tonic::Code;
         match self {
             SessionError::Files(_)
@@ -106,6 +118,9 @@ impl SessionError {
             | SessionError::Audit(_)
             | SessionError::Egress(EgressError::Audit(_)) => true,
             SessionError::Egress(_) | SessionError::Connect { .. } => false,
+            SessionError::CoordinatorRefused { refusal, .. } => {
+                matches!(refusal, Refusal::UnknownIssuer | Refusal::WrongName | Refusal::UnknownRevocationStatus)
+            }
             SessionError::Wire(e) => matches!(e, wire::WireError::Version { .. }),
             SessionError::Rejected { code, .. } => matches!(
                 code,
@@ -126,6 +141,10 @@ pub struct NodeContext {
     pub server_name: String,
     pub ca_pem: String,
     pub ca_der: Vec<u8>,
+    /// Where `ca_pem` came from (named in errors).
+    pub ca_path: PathBuf,
+    /// The brand CA's revocation list (`tls.crl`), checked against the coordinator.
+    pub crls: Vec<rustls_pki_types::CertificateRevocationListDer<'static>>,
     pub cert_pem: String,
     pub key: PrivateKeyPem,
     pub signing: SigningKey,
@@ -181,6 +200,14 @@ impl NodeContext {
             })
         };
         let ca_der = first(&ca_pem, &config.tls.ca)?;
+        let crls = match (&m.crl_pem, &config.tls.crl) {
+            (Some(pem), Some(path)) => {
+                let (der, _) = pki::crl::load(&ca_der, pem)
+                    .map_err(|e| SessionError::Pki(pki::PkiError::Revocation(format!("{}: {e}", path.display()))))?;
+                vec![der]
+            }
+            _ => vec![],
+        };
         let cert_der = first(&cert_pem, &config.tls.cert)?;
         let me = pki::identity_from_cert(&cert_der)?;
         if me.name != config.name {
@@ -219,6 +246,8 @@ impl NodeContext {
             server_name: config.coordinator.server_name.clone(),
             ca_pem,
             ca_der,
+            ca_path: config.tls.ca.clone(),
+            crls,
             cert_pem,
             key,
             signing,
@@ -275,14 +304,7 @@ pub(crate) struct Peer {
 
 /// Connect and serve one session until the coordinator closes it or `shutdown` fires.
 pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>) -> Result<SessionEnd, SessionError> {
-    let tls = pki::client_tls(&ctx.ca_pem, &ctx.cert_pem, &ctx.key, &ctx.server_name);
-    let endpoint = Endpoint::from_shared(ctx.url.clone())
-        .map_err(|e| SessionError::Connect { url: ctx.url.clone(), why: e.to_string() })?
-        .tls_config(tls)
-        .map_err(|e| SessionError::Connect { url: ctx.url.clone(), why: e.to_string() })?
-        .connect_timeout(Duration::from_secs(10));
-    let channel: Channel =
-        endpoint.connect().await.map_err(|e| SessionError::Connect { url: ctx.url.clone(), why: error_chain(&e) })?;
+    let channel = connect(ctx).await?;
     let mut client = CoordinatorClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -517,10 +539,51 @@ fn status_text(s: &tonic::Status, opening: bool) -> String {
     if opening && matches!(s.code(), tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::Unavailable) {
         text.push_str(
             " (the coordinator ended the TLS handshake: check that this node's certificate was issued by the brand CA, \
-             has not expired, and matches its key)",
+             has not expired or been revoked, and matches its key; HQ's log names the reason)",
         );
     }
     text
+}
+
+/// Dial the coordinator over mutual TLS ([`connect::Connector`]); a certificate
+/// this node refuses comes back as [`SessionError::CoordinatorRefused`].
+async fn connect(ctx: &NodeContext) -> Result<Channel, SessionError> {
+    let refused: connect::LastRefusal = Arc::default();
+    let hook: pki::tls::RefusalHook = {
+        let refused = refused.clone();
+        Arc::new(move |_, e| {
+            *refused.lock().unwrap_or_else(|p| p.into_inner()) = Some((pki::tls::Refusal::classify(e), e.to_string()));
+        })
+    };
+    let config = pki::tls::client_config(&ctx.ca_pem, &ctx.cert_pem, &ctx.key, ctx.crls.clone(), hook)?;
+    let server_name = rustls_pki_types::ServerName::try_from(ctx.server_name.clone()).map_err(|e| {
+        SessionError::Connect { url: ctx.url.clone(), why: format!("coordinator.server_name is not a dns name: {e}") }
+    })?;
+    let connector = connect::Connector { config: Arc::new(config), server_name };
+    // The connector always speaks TLS; tonic must not try to add its own.
+    let plain = ctx.url.replacen("https://", "http://", 1);
+    let endpoint = Endpoint::from_shared(plain)
+        .map_err(|e| SessionError::Connect { url: ctx.url.clone(), why: e.to_string() })?
+        .connect_timeout(Duration::from_secs(10));
+    endpoint.connect_with_connector(connector).await.map_err(|e| {
+        match refused.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some((refusal, detail)) => {
+                let advice = match &refusal {
+                    pki::tls::Refusal::UnknownIssuer => format!(
+                        "it was not issued by the CA in this node's tls.ca ({}); check that tls.ca is HQ's ca.pem — retrying cannot fix this",
+                        ctx.ca_path.display()
+                    ),
+                    pki::tls::Refusal::WrongName => format!(
+                        "this node expects {:?} (coordinator.server_name); check it against the coordinator's name — retrying cannot fix this",
+                        ctx.server_name
+                    ),
+                    other => other.advice().to_string(),
+                };
+                SessionError::CoordinatorRefused { url: ctx.url.clone(), refusal, detail, advice }
+            }
+            None => SessionError::Connect { url: ctx.url.clone(), why: error_chain(&e) },
+        }
+    })
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
