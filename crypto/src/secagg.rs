@@ -9,7 +9,7 @@
 //!    t-of-|U1| and seals each peer's shares to that peer (HKDF over X25519 →
 //!    ChaCha20-Poly1305, context = version ‖ round ‖ sender ‖ receiver); the caller
 //!    signs each ciphertext with [`share_signing_payload`];
-//! 1½. each node opens the shares delivered to it ([`ClientShared::open`]) and names
+//!    each node opens the shares delivered to it ([`ClientShared::open`]) and names
 //!    the senders whose shares do not open; the server removes them and sends the
 //!    final U2 ([`ClientOpened::finish`]) before anyone masks;
 //! 2. over U2 (those whose shares were delivered) each node sends
