@@ -149,7 +149,8 @@ fn a_share_that_does_not_open_names_its_sender_and_the_round_goes_on_without_it(
     assert!(d.is_empty());
     let responses: Vec<_> = masked.into_iter().map(|(n, m)| (n, m.unmask(&s, &d).unwrap())).collect();
     let sum = unmasking.finish(&responses).unwrap();
-    assert_eq!(sum, vec![1 + 3 + 4, 0 + 20 + 30, 21]);
+    // Inputs of node-0, node-2 and node-3: [1, 0, 7] + [3, 20, 7] + [4, 30, 7].
+    assert_eq!(sum, vec![8, 50, 21]);
 }
 
 #[test]
