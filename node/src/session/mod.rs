@@ -49,6 +49,10 @@ pub struct Faults {
     pub wrong_length: bool,
     /// Send a malformed chunk (index beyond count).
     pub malformed_chunk: bool,
+    /// Seal a share to this peer that does not open, and sign it as sent (a node
+    /// sending garbage its receiver must report). Test builds only.
+    #[cfg(feature = "test-util")]
+    pub corrupt_share_to: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
