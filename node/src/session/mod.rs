@@ -59,7 +59,8 @@ pub struct Faults {
 pub enum DropAt {
     /// After advertising keys, before sharing them.
     AfterKeys,
-    /// After sending its sealed shares, before the masked input.
+    /// After sending its sealed shares and receiving the final U2, before the masked
+    /// input: it is in U2, so the others recover its mask key.
     AfterShares,
     /// After the masked input has arrived, vanishing when asked to unmask.
     AfterMasked,

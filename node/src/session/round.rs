@@ -358,7 +358,7 @@ impl<'a> Rounds<'a> {
                 }
                 a.state = State::ShareKeys(next);
                 self.egress.send(&FromNode::Shares { round, shares }).await?;
-                self.fault_after(DropAt::AfterShares).await
+                Ok(None)
             }
             Err(e) => {
                 self.refuse(round, &e.to_string()).await?;
@@ -409,10 +409,15 @@ impl<'a> Rounds<'a> {
     /// Round 2: the final U2; the rules and the differencing guard over it, *then* mask.
     async fn on_masked_input(&mut self, round: RoundId, delivered: Vec<String>, excluded: Vec<Exclusion>) -> Handled {
         let ctx = self.ctx;
-        let Some(a) = self.active.as_mut().filter(|a| a.start.round == round) else { return Ok(None) };
-        if !matches!(a.state, State::SharesOpened(_)) {
+        if !self.active.as_ref().is_some_and(|a| a.start.round == round && matches!(a.state, State::SharesOpened(_))) {
             return Ok(None); // a repeated or out-of-order request changes nothing
         }
+        // Fault injection: vanish once in the final U2, so the others must recover this
+        // node's mask key (a dropout between shares and masked input).
+        if let Some(end) = self.fault_after(DropAt::AfterShares).await? {
+            return Ok(Some(end));
+        }
+        let Some(a) = self.active.as_mut().filter(|a| a.start.round == round) else { return Ok(None) };
         let State::SharesOpened(opened) = std::mem::replace(&mut a.state, State::Done) else { return Ok(None) };
         for x in &excluded {
             tracing::info!(node = %ctx.name, %round, excluded = %x.node, reason = %x.reason, "left out of the final U2");
