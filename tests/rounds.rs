@@ -18,7 +18,7 @@ use fedcrm_crypto::RoundId;
 use fedcrm_crypto::secagg;
 use fedcrm_node::analysis::local_vector;
 use fedcrm_node::egress::read_log;
-use fedcrm_node::session::DropAt;
+use fedcrm_node::session::{DropAt, FalseReport};
 use fedcrm_protocol::pki;
 use fedcrm_protocol::rfm::{HistogramSpec, Metric, QuantileSearch};
 use fedcrm_protocol::wire::AnalysisKind;
@@ -283,6 +283,42 @@ async fn a_share_altered_in_relay_is_blamed_on_the_coordinator_not_its_sender() 
     assert!(!out.exits.contains_key("node-1"), "{:?}", out.exits);
     let records = read_records(&cluster.coordinator.config.audit_dir).unwrap();
     assert!(!records.iter().any(|r| matches!(&r.event, Event::ShareReported { .. })));
+    cluster.stop().await;
+}
+
+/// The policy on false reports (docs/threat-model.md): the coordinator cannot open a
+/// share, so a report carrying the share exactly as relayed, with its sender's valid
+/// signature, removes the accused sender — and names the accuser in the exit and the
+/// log — while the round completes over the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_false_report_removes_only_the_accused_and_names_the_accuser() {
+    let mut nodes = cdnow_nodes(&[1; 5], true);
+    nodes[4].faults.false_report = Some(FalseReport { sender: "node-2".into(), forge_evidence: false });
+    let (cluster, out) = histogram_round(nodes, exact(), Hooks::default()).await;
+    let out = out.unwrap();
+    assert_eq!(out.release.contributors, vec!["node-0", "node-1", "node-3", "node-4"]);
+    assert_eq!(counts(&out), expected_sum(&cluster, &out.release.contributors));
+    let why = &out.exits["node-2"];
+    assert!(why.starts_with("excluded: node-2 sent a share to node-4 that fails to open"), "{why}");
+    let records = read_records(&cluster.coordinator.config.audit_dir).unwrap();
+    assert!(records.iter().any(|r| matches!(&r.event,
+        Event::ShareReported { sender, receiver, .. } if sender == "node-2" && receiver == "node-4")));
+    cluster.stop().await;
+}
+
+/// A report whose evidence is not the share the accused signed and the coordinator
+/// relayed drops the reporter, never the accused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_with_evidence_the_sender_never_signed_drops_the_reporter() {
+    let mut nodes = cdnow_nodes(&[1; 5], true);
+    nodes[4].faults.false_report = Some(FalseReport { sender: "node-2".into(), forge_evidence: true });
+    let (cluster, out) = histogram_round(nodes, exact(), Hooks::default()).await;
+    let out = out.unwrap();
+    assert_eq!(out.release.contributors, vec!["node-0", "node-1", "node-2", "node-3"]);
+    assert_eq!(counts(&out), expected_sum(&cluster, &out.release.contributors));
+    let why = &out.exits["node-4"];
+    assert!(why.starts_with("rejected: reported a share from node-2 that is not one node-2 signed"), "{why}");
+    assert!(!out.exits.contains_key("node-2"), "{:?}", out.exits);
     cluster.stop().await;
 }
 

@@ -53,6 +53,19 @@ pub struct Faults {
     /// sending garbage its receiver must report). Test builds only.
     #[cfg(feature = "test-util")]
     pub corrupt_share_to: Option<String>,
+    /// Report a peer's share that opened as one that does not (a false accusation).
+    /// Test builds only.
+    #[cfg(feature = "test-util")]
+    pub false_report: Option<FalseReport>,
+}
+
+/// A false accusation a test node makes against `sender` (feature `test-util`).
+#[cfg(feature = "test-util")]
+#[derive(Debug, Clone)]
+pub struct FalseReport {
+    pub sender: String,
+    /// Alter the share's bytes in the report: evidence the sender never signed.
+    pub forge_evidence: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
