@@ -485,7 +485,8 @@ impl Round<'_, '_> {
         for (sender, reports) in &accused {
             let by: Vec<String> = reports.iter().map(|(r, _)| r.clone()).collect();
             let why = format!(
-                "{sender} sent a share to {} that fails to open ({}); the report carries {sender}'s signature on                  that share",
+                "{sender} sent a share to {} that fails to open ({}); the report carries {sender}'s signature on \
+                 that share",
                 by.join(" and "),
                 reports.iter().map(|(_, why)| why.as_str()).collect::<Vec<_>>().join("; ")
             );

@@ -396,7 +396,7 @@ impl<'a> Rounds<'a> {
         for f in failed {
             // Unwrap safety: `open` names only senders of shares in `shares`.
             let share = shares.iter().find(|s| s.peer == f.sender).unwrap().clone();
-            let reason = format!("the share {} sent to {} does not open: {}", f.sender, ctx.name, f.error);
+            let reason = f.error.to_string();
             tracing::warn!(node = %ctx.name, %round, sender = %f.sender, %reason, "reporting a share that does not open");
             record(ctx, share_reported(round, &ctx.name, &share, &reason, "reported to the coordinator"))?;
             unopened.push(UnopenedShare { share, reason });
@@ -879,7 +879,7 @@ fn verify_share_signatures(u1: &[SignedKeys], round: RoundId, me: &str, shares: 
 }
 
 /// The audit record of a share that is signed but does not open.
-pub(crate) fn share_reported(round: RoundId, receiver: &str, share: &Sealed, reason: &str, outcome: &str) -> Event {
+fn share_reported(round: RoundId, receiver: &str, share: &Sealed, reason: &str, outcome: &str) -> Event {
     Event::ShareReported {
         round: round.to_hex(),
         sender: share.peer.clone(),
