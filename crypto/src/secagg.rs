@@ -372,7 +372,7 @@ impl std::fmt::Debug for ClientOpened {
 /// A share that arrived but did not open: the sender's fault when the sender signed
 /// it (the caller checks that signature before calling [`ClientShared::open`]).
 #[derive(Debug, PartialEq, Eq)]
-pub struct UnopenedShare {
+pub struct OpenFailure {
     /// Who sent it.
     pub sender: String,
     /// Why it did not open (authenticated decryption failed, or a malformed plaintext).
@@ -391,7 +391,7 @@ impl ClientShared {
         self,
         u2: &[String],
         incoming: &[(String, Vec<u8>)],
-    ) -> Result<(ClientOpened, Vec<UnopenedShare>), CryptoError> {
+    ) -> Result<(ClientOpened, Vec<OpenFailure>), CryptoError> {
         let round = self.params.round;
         let delivered: BTreeSet<String> = u2.iter().cloned().collect();
         self.check_u2(&delivered)?;
@@ -414,7 +414,7 @@ impl ClientShared {
                 Ok(pair) => {
                     held.insert(name.clone(), pair);
                 }
-                Err(error) => unopened.push(UnopenedShare { sender: name.clone(), error }),
+                Err(error) => unopened.push(OpenFailure { sender: name.clone(), error }),
             }
         }
         let ClientShared { params, me, mask, b, u1, .. } = self;
