@@ -286,6 +286,36 @@ async fn a_share_altered_in_relay_is_blamed_on_the_coordinator_not_its_sender() 
     cluster.stop().await;
 }
 
+/// A coordinator that keeps a reported sender in the final U2 gets no masked input
+/// from the reporter: it refuses, naming the coordinator, before it masks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_u2_that_keeps_a_reported_sender_is_refused_by_the_reporter() {
+    let mut nodes = cdnow_nodes(&[1; 5], true);
+    nodes[1].faults.corrupt_share_to = Some("node-3".into());
+    let hooks = Hooks {
+        tamper_final_u2: Some(Arc::new(|u2: &mut Vec<String>| u2.push("node-1".into()))),
+        ..Default::default()
+    };
+    let (cluster, out) = histogram_round(nodes, exact(), hooks).await;
+    assert!(out.is_err(), "no result: node-1 never masks and node-3 refuses, leaving 3 < t = 4");
+    let node3 = cluster.node_configs.iter().find(|c| c.name == "node-3").unwrap();
+    let refusals: Vec<String> = read_records(&node3.audit_dir)
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r.event {
+            Event::PolicyDecision { admitted: false, reason, .. } => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        refusals.iter().any(|r| r.starts_with("the coordinator's final U2 is wrong") && r.contains("keeps node-1")),
+        "{refusals:?}"
+    );
+    // node-3 sent no masked input.
+    assert!(!read_log(&node3.audit_dir).unwrap().iter().any(|e| e.kind == "masked-chunk"));
+    cluster.stop().await;
+}
+
 /// The policy on false reports (docs/threat-model.md): the coordinator cannot open a
 /// share, so a report carrying the share exactly as relayed, with its sender's valid
 /// signature, removes the accused sender — and names the accuser in the exit and the

@@ -42,6 +42,8 @@ pub type ViewTamper = Arc<dyn Fn(&str, &mut Vec<String>, &mut Vec<String>) + Sen
 pub type SharesObserver = Arc<dyn Fn(&str, &[RevealedShare]) + Send + Sync>;
 /// Editor of a sealed share as relayed (sender, receiver, ciphertext).
 pub type ShareTamper = Arc<dyn Fn(&str, &str, &mut Vec<u8>) + Send + Sync>;
+/// Editor of the final U2 sent before masking.
+pub type FinalU2Tamper = Arc<dyn Fn(&mut Vec<String>) + Send + Sync>;
 
 /// Hooks that let a test play HQ deviating from the protocol (or observe it). The
 /// coordinator is the adversary the nodes defend against, so these give an attacker
@@ -59,6 +61,8 @@ pub struct Hooks {
     /// Edits sealed shares as they are relayed, after their signatures were checked
     /// (a relay altering a share).
     pub tamper_share: Option<ShareTamper>,
+    /// Edits the final U2 (e.g. keeps a reported sender in it).
+    pub tamper_final_u2: Option<FinalU2Tamper>,
     /// Ignores the masked vectors of these nodes, making them look dropped after
     /// their inputs arrived.
     pub ignore_masked_from: Vec<String>,
@@ -88,6 +92,7 @@ impl std::fmt::Debug for Hooks {
             .field("tamper_view", &self.tamper_view.is_some())
             .field("on_unmask_shares", &self.on_unmask_shares.is_some())
             .field("tamper_share", &self.tamper_share.is_some())
+            .field("tamper_final_u2", &self.tamper_final_u2.is_some())
             .field("ignore_masked_from", &self.ignore_masked_from)
             .field("force_threshold", &self.force_threshold)
             .field("relabel", &self.relabel)
@@ -493,10 +498,15 @@ impl Round<'_, '_> {
             self.exclude(sender, why).await;
         }
         self.ensure(Phase::ShareKeys)?;
-        let u2: Vec<String> = self.members.live.iter().cloned().collect();
+        let mut u2: Vec<String> = self.members.live.iter().cloned().collect();
+        if let Some(t) = &self.runner.hooks.tamper_final_u2 {
+            t(&mut u2);
+            u2.sort();
+            u2.dedup();
+        }
         let excluded: Vec<Exclusion> = delivered
             .iter()
-            .filter(|n| !self.members.live.contains(*n))
+            .filter(|n| !u2.contains(*n))
             .map(|n| Exclusion {
                 node: n.clone(),
                 reason: self.members.exits.get(n).map_or_else(|| "left".to_string(), Exit::to_string),
