@@ -9,12 +9,17 @@ use std::sync::{Arc, Mutex};
 
 use common::{REFERENCE, cdnow_nodes};
 use fedcrm::harness::{Cluster, ClusterOptions, NodeSpec};
+use fedcrm_audit::Event;
+use fedcrm_audit::log::read_records;
 use fedcrm_coordinator::config::ReleaseRules;
 use fedcrm_coordinator::round::Hooks;
 use fedcrm_coordinator::segments::{AnalysisError, HistogramOutcome};
+use fedcrm_crypto::RoundId;
+use fedcrm_crypto::secagg;
 use fedcrm_node::analysis::local_vector;
 use fedcrm_node::egress::read_log;
-use fedcrm_node::session::DropAt;
+use fedcrm_node::session::{DropAt, FalseReport};
+use fedcrm_protocol::pki;
 use fedcrm_protocol::rfm::{HistogramSpec, Metric, QuantileSearch};
 use fedcrm_protocol::wire::AnalysisKind;
 
@@ -191,6 +196,159 @@ async fn malformed_chunk_is_rejected_and_round_completes_for_others() {
     assert_eq!(out.release.contributors.len(), 4);
     assert_eq!(counts(&out), expected_sum(&cluster, &out.release.contributors));
     assert!(out.exits["node-0"].contains("malformed message"), "{}", out.exits["node-0"]);
+    cluster.stop().await;
+}
+
+/// Hex to bytes (audit records store evidence as hex).
+fn unhex(h: &str) -> Vec<u8> {
+    (0..h.len() / 2).map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap()).collect()
+}
+
+/// The certificate a party's own audit log opened with.
+fn certificate_of(cluster: &Cluster, node: &str) -> Vec<u8> {
+    let cfg = cluster.node_configs.iter().find(|c| c.name == node).unwrap();
+    read_records(&cfg.audit_dir)
+        .unwrap()
+        .into_iter()
+        .find_map(|r| match r.event {
+            Event::LogOpened { certificate_der_hex, .. } => Some(unhex(&certificate_der_hex)),
+            _ => None,
+        })
+        .unwrap()
+}
+
+/// Issue 7, point 11: node-1 seals node-3 a share that does not open and signs it.
+/// node-3 reports it with node-1's signature; the coordinator leaves node-1 out of
+/// the final U2 before anyone masks, and the round completes over the other four.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_share_names_its_sender_and_the_round_completes_over_the_others() {
+    let mut nodes = cdnow_nodes(&[1; 5], true);
+    nodes[1].faults.corrupt_share_to = Some("node-3".into());
+    let (cluster, out) = histogram_round(nodes, exact(), Hooks::default()).await;
+    let out = out.expect("the round goes on without the sender");
+    assert_eq!(out.release.contributors, vec!["node-0", "node-2", "node-3", "node-4"]);
+    assert_eq!(counts(&out), expected_sum(&cluster, &out.release.contributors));
+    // The analyst's exits name the sender, and only the sender.
+    let why = &out.exits["node-1"];
+    assert!(why.starts_with("excluded: node-1 sent a share to node-3 that fails to open"), "{why}");
+    assert_eq!(out.exits.keys().collect::<Vec<_>>(), vec!["node-1"], "{:?}", out.exits);
+
+    // The coordinator's log holds the evidence and the exit; an auditor can check
+    // that node-1 signed exactly the bytes node-3 could not open.
+    let records = read_records(&cluster.coordinator.config.audit_dir).unwrap();
+    let (round, ct, sig) = records
+        .iter()
+        .find_map(|r| match &r.event {
+            Event::ShareReported { round, sender, receiver, ciphertext_hex, signature_hex, outcome, .. } => {
+                assert_eq!((sender.as_str(), receiver.as_str()), ("node-1", "node-3"));
+                assert!(outcome.contains("node-1 excluded"), "{outcome}");
+                Some((round.clone(), unhex(ciphertext_hex), unhex(signature_hex)))
+            }
+            _ => None,
+        })
+        .expect("a share-reported record in the coordinator's log");
+    let round = RoundId(unhex(&round).try_into().unwrap());
+    let payload = secagg::share_signing_payload(&round, "node-1", "node-3", &ct);
+    pki::verify_signature(&certificate_of(&cluster, "node-1"), &payload, &sig).expect("node-1 signed it");
+    assert!(records.iter().any(|r| matches!(&r.event,
+        Event::NodeExit { node, reason, .. } if node == "node-1" && reason.contains("fails to open"))));
+    // node-3 reported, it did not refuse; and it logged what it reported.
+    let node3 = cluster.node_configs.iter().find(|c| c.name == "node-3").unwrap();
+    let node3_log = read_records(&node3.audit_dir).unwrap();
+    assert!(node3_log.iter().any(|r| matches!(&r.event, Event::ShareReported { sender, .. } if sender == "node-1")));
+    assert!(!node3_log.iter().any(|r| matches!(&r.event, Event::PolicyDecision { admitted: false, .. })));
+    cluster.stop().await;
+}
+
+/// The coordinator alters a share it relays (after checking its signature): the
+/// signature no longer verifies, so the receiver refuses the round naming the
+/// coordinator, and the sender, who signed what it sent, is not blamed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_share_altered_in_relay_is_blamed_on_the_coordinator_not_its_sender() {
+    let hooks = Hooks {
+        tamper_share: Some(Arc::new(|from: &str, to: &str, ct: &mut Vec<u8>| {
+            if (from, to) == ("node-1", "node-3") {
+                ct[0] ^= 0x01;
+            }
+        })),
+        ..Default::default()
+    };
+    let (cluster, out) = histogram_round(cdnow_nodes(&[1; 5], true), exact(), hooks).await;
+    let out = out.expect("the round goes on without the refusing receiver");
+    assert_eq!(out.release.contributors, vec!["node-0", "node-1", "node-2", "node-4"]);
+    assert_eq!(counts(&out), expected_sum(&cluster, &out.release.contributors));
+    let why = &out.exits["node-3"];
+    assert!(why.starts_with("refused: the coordinator relayed a share from node-1"), "{why}");
+    assert!(why.contains("the coordinator (the relay) is at fault, not node-1"), "{why}");
+    assert!(!out.exits.contains_key("node-1"), "{:?}", out.exits);
+    let records = read_records(&cluster.coordinator.config.audit_dir).unwrap();
+    assert!(!records.iter().any(|r| matches!(&r.event, Event::ShareReported { .. })));
+    cluster.stop().await;
+}
+
+/// A coordinator that keeps a reported sender in the final U2 gets no masked input
+/// from the reporter: it refuses, naming the coordinator, before it masks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_u2_that_keeps_a_reported_sender_is_refused_by_the_reporter() {
+    let mut nodes = cdnow_nodes(&[1; 5], true);
+    nodes[1].faults.corrupt_share_to = Some("node-3".into());
+    let hooks = Hooks {
+        tamper_final_u2: Some(Arc::new(|u2: &mut Vec<String>| u2.push("node-1".into()))),
+        ..Default::default()
+    };
+    let (cluster, out) = histogram_round(nodes, exact(), hooks).await;
+    assert!(out.is_err(), "no result: node-1 never masks and node-3 refuses, leaving 3 < t = 4");
+    let node3 = cluster.node_configs.iter().find(|c| c.name == "node-3").unwrap();
+    let refusals: Vec<String> = read_records(&node3.audit_dir)
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r.event {
+            Event::PolicyDecision { admitted: false, reason, .. } => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        refusals.iter().any(|r| r.starts_with("the coordinator's final U2 is wrong") && r.contains("keeps node-1")),
+        "{refusals:?}"
+    );
+    // node-3 sent no masked input.
+    assert!(!read_log(&node3.audit_dir).unwrap().iter().any(|e| e.kind == "masked-chunk"));
+    cluster.stop().await;
+}
+
+/// The policy on false reports (docs/threat-model.md): the coordinator cannot open a
+/// share, so a report carrying the share exactly as relayed, with its sender's valid
+/// signature, removes the accused sender — and names the accuser in the exit and the
+/// log — while the round completes over the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_false_report_removes_only_the_accused_and_names_the_accuser() {
+    let mut nodes = cdnow_nodes(&[1; 5], true);
+    nodes[4].faults.false_report = Some(FalseReport { sender: "node-2".into(), forge_evidence: false });
+    let (cluster, out) = histogram_round(nodes, exact(), Hooks::default()).await;
+    let out = out.unwrap();
+    assert_eq!(out.release.contributors, vec!["node-0", "node-1", "node-3", "node-4"]);
+    assert_eq!(counts(&out), expected_sum(&cluster, &out.release.contributors));
+    let why = &out.exits["node-2"];
+    assert!(why.starts_with("excluded: node-2 sent a share to node-4 that fails to open"), "{why}");
+    let records = read_records(&cluster.coordinator.config.audit_dir).unwrap();
+    assert!(records.iter().any(|r| matches!(&r.event,
+        Event::ShareReported { sender, receiver, .. } if sender == "node-2" && receiver == "node-4")));
+    cluster.stop().await;
+}
+
+/// A report whose evidence is not the share the accused signed and the coordinator
+/// relayed drops the reporter, never the accused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_with_evidence_the_sender_never_signed_drops_the_reporter() {
+    let mut nodes = cdnow_nodes(&[1; 5], true);
+    nodes[4].faults.false_report = Some(FalseReport { sender: "node-2".into(), forge_evidence: true });
+    let (cluster, out) = histogram_round(nodes, exact(), Hooks::default()).await;
+    let out = out.unwrap();
+    assert_eq!(out.release.contributors, vec!["node-0", "node-1", "node-2", "node-3"]);
+    assert_eq!(counts(&out), expected_sum(&cluster, &out.release.contributors));
+    let why = &out.exits["node-4"];
+    assert!(why.starts_with("rejected: reported a share from node-2 that is not one node-2 signed"), "{why}");
+    assert!(!out.exits.contains_key("node-2"), "{:?}", out.exits);
     cluster.stop().await;
 }
 

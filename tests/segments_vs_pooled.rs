@@ -28,6 +28,22 @@ async fn node_dropping_after_sharing_keys_is_excluded_and_result_is_exact() {
     assert!(!v.participants.contains(&"node-2".to_string()));
 }
 
+/// Issue 7, point 11, through the analyst's door: a node whose sealed share does not
+/// open is left out before anyone masks, the analysis equals the pooled answer over
+/// the other four, and the analyst's exits name the sender.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_sending_a_share_that_does_not_open_is_named_and_the_result_is_exact() {
+    let mut nodes = cdnow_nodes(&[1; 5], true);
+    nodes[2].faults.corrupt_share_to = Some("node-0".into());
+    let v = check(nodes, ClusterOptions { phase_timeout_seconds: 10, ..Default::default() }, 4).await;
+    assert!(!v.participants.contains(&"node-2".to_string()));
+    assert!(
+        v.dropped.iter().any(|d| d.starts_with("node-2: excluded: node-2 sent a share to node-0 that fails to open")),
+        "{:?}",
+        v.dropped
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_leaving_between_rounds_stops_the_analysis_and_a_rerun_is_refused() {
     use fedcrm::harness::Cluster;

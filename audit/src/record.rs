@@ -179,6 +179,19 @@ pub enum Event {
         node: String,
         reason: String,
     },
+    /// A node reported a share delivered to it that carries its sender's signature
+    /// but does not open (coordinator log): the share as relayed, with the sender's
+    /// signature over (round, sender, receiver, ciphertext), so an auditor can check
+    /// the sender signed it; and what the coordinator did (`outcome`).
+    ShareReported {
+        round: String,
+        sender: String,
+        receiver: String,
+        reason: String,
+        ciphertext_hex: String,
+        signature_hex: String,
+        outcome: String,
+    },
     /// A peer's signed log head, received with one of its messages.
     Receipt {
         peer: String,
@@ -339,6 +352,7 @@ impl Event {
             Event::Egress { .. } => "egress",
             Event::PolicyDecision { .. } => "policy-decision",
             Event::NodeExit { .. } => "node-exit",
+            Event::ShareReported { .. } => "share-reported",
             Event::Receipt { .. } => "receipt",
             Event::RoundView { .. } => "round-view",
             Event::Release { .. } => "release",

@@ -672,6 +672,7 @@ impl Directory {
                     | Event::Release { .. }
                     | Event::AnalysisFailed { .. }
                     | Event::NodeExit { .. }
+                    | Event::ShareReported { .. }
             );
             if coordinator_event || d.roles.get(&r.party).is_some_and(|role| role.contains("coordinator")) {
                 d.coordinators.insert(r.party.clone());

@@ -1,6 +1,8 @@
 //! One secure-aggregation round, server side (Bonawitz et al. CCS 2017, Fig. 4,
 //! with the consistency check of the actively secure variant): advertise keys →
-//! share keys → masked input → consistency check → unmasking, each phase with a
+//! share keys (each sealed share signed by its sender; the receivers report the
+//! signed shares that do not open, and their senders leave the final U2) → masked
+//! input → consistency check → unmasking, each phase with a
 //! deadline and its own method below. A node that disconnects, refuses, times out
 //! or breaks the protocol is dropped from the round; the round goes on while at
 //! least t nodes remain.
@@ -20,7 +22,8 @@ use fedcrm_crypto::shamir::Share;
 use fedcrm_crypto::{RoundId, SystemRandom};
 use fedcrm_protocol::pki::{self, OrgKind};
 use fedcrm_protocol::wire::{
-    self, Analysis, FromNode, Invitee, RevealedShare, RoundStart, Sealed, SignedKeys, ToNode, ViewSignature,
+    self, Analysis, Exclusion, FromNode, Invitee, RevealedShare, RoundStart, Sealed, SignedKeys, ToNode, UnopenedShare,
+    ViewSignature,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -37,6 +40,10 @@ pub type UnmaskTamper = Arc<dyn Fn(&mut Vec<String>, &mut Vec<String>) + Send + 
 pub type ViewTamper = Arc<dyn Fn(&str, &mut Vec<String>, &mut Vec<String>) + Send + Sync>;
 /// Observer of every unmask answer as received, before validation (node, shares).
 pub type SharesObserver = Arc<dyn Fn(&str, &[RevealedShare]) + Send + Sync>;
+/// Editor of a sealed share as relayed (sender, receiver, ciphertext).
+pub type ShareTamper = Arc<dyn Fn(&str, &str, &mut Vec<u8>) + Send + Sync>;
+/// Editor of the final U2 sent before masking.
+pub type FinalU2Tamper = Arc<dyn Fn(&mut Vec<String>) + Send + Sync>;
 
 /// Hooks that let a test play HQ deviating from the protocol (or observe it). The
 /// coordinator is the adversary the nodes defend against, so these give an attacker
@@ -51,6 +58,11 @@ pub struct Hooks {
     pub tamper_view: Option<ViewTamper>,
     /// Sees every unmask answer as received.
     pub on_unmask_shares: Option<SharesObserver>,
+    /// Edits sealed shares as they are relayed, after their signatures were checked
+    /// (a relay altering a share).
+    pub tamper_share: Option<ShareTamper>,
+    /// Edits the final U2 (e.g. keeps a reported sender in it).
+    pub tamper_final_u2: Option<FinalU2Tamper>,
     /// Ignores the masked vectors of these nodes, making them look dropped after
     /// their inputs arrived.
     pub ignore_masked_from: Vec<String>,
@@ -79,6 +91,8 @@ impl std::fmt::Debug for Hooks {
             .field("tamper_unmask", &self.tamper_unmask.is_some())
             .field("tamper_view", &self.tamper_view.is_some())
             .field("on_unmask_shares", &self.on_unmask_shares.is_some())
+            .field("tamper_share", &self.tamper_share.is_some())
+            .field("tamper_final_u2", &self.tamper_final_u2.is_some())
             .field("ignore_masked_from", &self.ignore_masked_from)
             .field("force_threshold", &self.force_threshold)
             .field("relabel", &self.relabel)
@@ -122,6 +136,9 @@ pub enum Exit {
     Disconnected,
     TimedOut(Phase),
     Rejected(String),
+    /// Left out of the final U2 before anyone masked: a share it signed did not open
+    /// at its receiver (who reported it with the signed share as evidence).
+    Excluded(String),
 }
 
 impl std::fmt::Display for Exit {
@@ -132,6 +149,7 @@ impl std::fmt::Display for Exit {
             Exit::Disconnected => f.write_str("disconnected"),
             Exit::TimedOut(p) => write!(f, "timed out during {p}"),
             Exit::Rejected(r) => write!(f, "rejected: {r}"),
+            Exit::Excluded(r) => write!(f, "excluded: {r}"),
         }
     }
 }
@@ -241,7 +259,8 @@ impl Round<'_, '_> {
     async fn run(&mut self, analysis: &Analysis) -> Result<RoundOutput, RoundError> {
         self.start(analysis).await?;
         let u1 = self.advertise_keys().await?;
-        let u2 = self.share_keys(&u1).await?;
+        let sealed = self.share_keys(&u1).await?;
+        let u2 = self.share_reports(&sealed).await?;
         // The nodes record the sum over U2 before they mask; so does the planner.
         self.contributed(analysis, &u2, false)?;
         let unmasking = self.masked_input(&u1, &u2).await?;
@@ -375,8 +394,10 @@ impl Round<'_, '_> {
         Ok(u1)
     }
 
-    /// Round 1: collect sealed shares, then deliver each node its shares and U2.
-    async fn share_keys(&mut self, u1: &[SignedKeys]) -> Result<Vec<String>, RoundError> {
+    /// Round 1: collect sealed shares (each signed by its sender), then deliver each
+    /// node its shares and U2 as delivered. Returns the shares, by sender, of every
+    /// node of that U2.
+    async fn share_keys(&mut self, u1: &[SignedKeys]) -> Result<BTreeMap<String, Vec<Sealed>>, RoundError> {
         self.phase = Phase::ShareKeys;
         let mut sealed: BTreeMap<String, Vec<Sealed>> = BTreeMap::new();
         let deadline = self.deadline();
@@ -390,6 +411,11 @@ impl Round<'_, '_> {
                     if to != expected || shares.len() != expected.len() {
                         let why = "sealed shares must address every other node of the roster exactly once";
                         self.reject(&node, why.into()).await;
+                    } else if let Some(bad) = shares.iter().find(|s| !self.share_signed(&node, s)) {
+                        // It came straight from the node over its own session: its fault.
+                        let why =
+                            format!("signed its sealed share to {} with a signature that does not verify", bad.peer);
+                        self.reject(&node, why).await;
                     } else {
                         sealed.insert(node, shares);
                     }
@@ -406,10 +432,13 @@ impl Round<'_, '_> {
                 .filter(|u| *u != v)
                 .filter_map(|u| {
                     // Unwrap safety: U2 is the nodes whose sealed shares arrived.
-                    sealed[u]
-                        .iter()
-                        .find(|s| &s.peer == v)
-                        .map(|s| Sealed { peer: u.clone(), ciphertext: s.ciphertext.clone() })
+                    sealed[u].iter().find(|s| &s.peer == v).map(|s| {
+                        let mut ciphertext = s.ciphertext.clone();
+                        if let Some(t) = &self.runner.hooks.tamper_share {
+                            t(u, v, &mut ciphertext);
+                        }
+                        Sealed { peer: u.clone(), ciphertext, signature: s.signature.clone() }
+                    })
                 })
                 .collect();
             let msg = ToNode::Shares { round: self.id, delivered: u2.clone(), shares: incoming };
@@ -417,7 +446,107 @@ impl Round<'_, '_> {
                 self.members.leave(v, Exit::Disconnected);
             }
         }
+        sealed.retain(|n, _| u2.contains(n));
+        Ok(sealed)
+    }
+
+    /// Whether `share`, which `sender` addressed to `share.peer`, carries `sender`'s
+    /// signature over (round, sender, receiver, ciphertext).
+    fn share_signed(&self, sender: &str, share: &Sealed) -> bool {
+        let payload = secagg::share_signing_payload(&self.id, sender, &share.peer, &share.ciphertext);
+        pki::verify_signature(&self.by_name[sender].certificate, &payload, &share.signature).is_ok()
+    }
+
+    /// Round 2, first half: every node of U2 as delivered reports the shares that are
+    /// signed but do not open. Each report is checked against what was relayed (the
+    /// coordinator cannot open a share, only see that its sender signed these exact
+    /// bytes); each reported sender is excluded, the report logged as evidence. The
+    /// final U2 — the delivered U2 less the excluded and the nodes that left — goes
+    /// to every remaining node before anyone masks. Returns the final U2.
+    async fn share_reports(&mut self, sealed: &BTreeMap<String, Vec<Sealed>>) -> Result<Vec<String>, RoundError> {
+        let delivered: Vec<String> = sealed.keys().cloned().collect();
+        let mut reported: BTreeSet<String> = BTreeSet::new();
+        // Sender → (receiver, reason) for each report against it.
+        let mut accused: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+        let deadline = self.deadline();
+        while self.members.live.iter().any(|n| !reported.contains(n)) {
+            let Some((node, msg)) = self.next(deadline).await? else { break };
+            match msg {
+                FromNode::ShareReport { unopened, .. } if !reported.contains(&node) => {
+                    match self.check_report(&node, &unopened, sealed) {
+                        Ok(()) => {
+                            for u in &unopened {
+                                let outcome = format!("{} excluded from the final U2", u.share.peer);
+                                let event = share_reported(self.id, &node, u, &outcome);
+                                record(&self.runner.coordinator.audit, event).map_err(|e| self.local(e))?;
+                                accused.entry(u.share.peer.clone()).or_default().push((node.clone(), u.reason.clone()));
+                            }
+                            reported.insert(node);
+                        }
+                        Err(why) => self.reject(&node, why).await,
+                    }
+                }
+                other => self.unexpected(&node, &other).await,
+            }
+        }
+        self.members.expire(&reported, Phase::ShareKeys);
+        for (sender, reports) in &accused {
+            let by: Vec<String> = reports.iter().map(|(r, _)| r.clone()).collect();
+            let why = format!(
+                "{sender} sent a share to {} that fails to open ({}); the report carries {sender}'s signature on \
+                 that share",
+                by.join(" and "),
+                reports.iter().map(|(_, why)| why.as_str()).collect::<Vec<_>>().join("; ")
+            );
+            self.exclude(sender, why).await;
+        }
+        self.ensure(Phase::ShareKeys)?;
+        let mut u2: Vec<String> = self.members.live.iter().cloned().collect();
+        if let Some(t) = &self.runner.hooks.tamper_final_u2 {
+            t(&mut u2);
+            u2.sort();
+            u2.dedup();
+        }
+        let excluded: Vec<Exclusion> = delivered
+            .iter()
+            .filter(|n| !u2.contains(*n))
+            .map(|n| Exclusion {
+                node: n.clone(),
+                reason: self.members.exits.get(n).map_or_else(|| "left".to_string(), Exit::to_string),
+            })
+            .collect();
+        let msg = ToNode::MaskedInputRequest { round: self.id, delivered: u2.clone(), excluded };
+        self.broadcast(&msg).await;
         Ok(u2)
+    }
+
+    /// A report's evidence: each share names another node of the delivered U2 as
+    /// sender and is exactly what the coordinator relayed from it to the reporter,
+    /// signed by it. `Err` (the reporter's fault) otherwise: a node cannot accuse a
+    /// peer with bytes that peer did not sign.
+    fn check_report(
+        &self,
+        reporter: &str,
+        unopened: &[UnopenedShare],
+        sealed: &BTreeMap<String, Vec<Sealed>>,
+    ) -> Result<(), String> {
+        let mut senders = BTreeSet::new();
+        for u in unopened {
+            let sender = &u.share.peer;
+            if !senders.insert(sender) {
+                return Err(format!("reported the share of {sender} twice"));
+            }
+            let relayed = sealed.get(sender).and_then(|v| v.iter().find(|s| s.peer == reporter));
+            let as_relayed = relayed.is_some_and(|r| {
+                r.ciphertext == u.share.ciphertext && r.signature == u.share.signature && self.share_signed(sender, r)
+            });
+            if sender == reporter || !as_relayed {
+                return Err(format!(
+                    "reported a share from {sender} that is not one {sender} signed and the coordinator relayed to it"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Round 2: assemble and add each masked vector; close inputs.
@@ -718,6 +847,20 @@ impl Round<'_, '_> {
         self.members.leave(node, Exit::Rejected(why));
     }
 
+    /// Leave `node` out of the final U2 (before anyone masks), telling it why.
+    async fn exclude(&mut self, node: &str, why: String) {
+        let round = self.id;
+        let msg = format!("round {round}: {why}; it is left out of this round, which goes on for the others");
+        tracing::warn!("{msg}");
+        let _ = self
+            .runner
+            .coordinator
+            .registry
+            .send(node, &ToNode::RoundEnd { round, released: false, message: msg })
+            .await;
+        self.members.leave(node, Exit::Excluded(why));
+    }
+
     async fn unexpected(&mut self, node: &str, m: &FromNode) {
         self.reject(node, format!("sent an unexpected {} message", m.kind())).await;
     }
@@ -766,6 +909,20 @@ fn contributed(
         window_from: coverage.from.map(wire::format_date).unwrap_or_default(),
         window_to: wire::format_date(coverage.to),
         contributors: contributors.iter().map(member).collect(),
+    }
+}
+
+/// The coordinator's record of a reported share: the evidence as relayed.
+fn share_reported(round: RoundId, receiver: &str, u: &UnopenedShare, outcome: &str) -> AuditEvent {
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    AuditEvent::ShareReported {
+        round: round.to_hex(),
+        sender: u.share.peer.clone(),
+        receiver: receiver.to_string(),
+        reason: u.reason.clone(),
+        ciphertext_hex: hex(&u.share.ciphertext),
+        signature_hex: hex(&u.share.signature),
+        outcome: outcome.to_string(),
     }
 }
 

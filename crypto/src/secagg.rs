@@ -7,7 +7,11 @@
 //!    caller's: it owns that key);
 //! 1. each node Shamir-shares its self-mask seed `b` and its mask secret `s_sk`
 //!    t-of-|U1| and seals each peer's shares to that peer (HKDF over X25519 →
-//!    ChaCha20-Poly1305, context = version ‖ round ‖ sender ‖ receiver);
+//!    ChaCha20-Poly1305, context = version ‖ round ‖ sender ‖ receiver); the caller
+//!    signs each ciphertext with [`share_signing_payload`];
+//!    each node opens the shares delivered to it ([`ClientShared::open`]) and names
+//!    the senders whose shares do not open; the server removes them and sends the
+//!    final U2 ([`ClientOpened::finish`]) before anyone masks;
 //! 2. over U2 (those whose shares were delivered) each node sends
 //!    `y = x + PRG(b) + Σ_{v>u} PRG(s_uv) − Σ_{v<u} PRG(s_uv)` in Z_2^64;
 //! 3. the server names U3 (whose `y` arrived) and the dropped set U2∖U3; each node
@@ -91,6 +95,14 @@ pub fn consistency_payload(round: &RoundId, delivered: &[String], survivors: &[S
 /// The bytes a node signs with its certified key to advertise its round keys.
 pub fn key_signing_payload(round: &RoundId, node: &str, enc: &RoundPublic, mask: &RoundPublic) -> Vec<u8> {
     kdf::context("advertise-keys", round, &[node.as_bytes(), &enc.0, &mask.0])
+}
+
+/// The bytes a node signs with its certified key for each sealed share it sends:
+/// round ‖ sender ‖ receiver ‖ ciphertext, under their own label, so the receiver can
+/// tell a share the sender signed (and got wrong: the sender's fault) from one the
+/// relay altered (the relay's fault), and show the coordinator and an auditor which.
+pub fn share_signing_payload(round: &RoundId, sender: &str, receiver: &str, ciphertext: &[u8]) -> Vec<u8> {
+    kdf::context("sealed-share", round, &[sender.as_bytes(), receiver.as_bytes(), ciphertext])
 }
 
 /// A node's advertised public keys (after the caller has verified its signature).
@@ -330,13 +342,98 @@ impl ClientAdvertised {
     }
 }
 
+/// Client state 1½: the delivered shares are opened; waits for the final U2
+/// (Bonawitz et al. CCS 2017, Fig. 4, Round 2, with the senders of shares that did
+/// not open removed by the coordinator).
+pub struct ClientOpened {
+    params: RoundParams,
+    me: String,
+    mask: RoundSecret,
+    b: SelfSeed,
+    u1: Vec<PeerKeys>,
+    /// U2 as first delivered (before any sender was removed).
+    delivered: BTreeSet<String>,
+    /// Shares held for each member of `delivered` whose share opened, and this node's own.
+    held: BTreeMap<String, (Share, Share)>,
+    /// Members of `delivered` whose share did not open.
+    unopened: BTreeSet<String>,
+}
+
+impl std::fmt::Debug for ClientOpened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOpened")
+            .field("params", &self.params)
+            .field("me", &self.me)
+            .field("unopened", &self.unopened)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A share that arrived but did not open: the sender's fault when the sender signed
+/// it (the caller checks that signature before calling [`ClientShared::open`]).
+#[derive(Debug, PartialEq, Eq)]
+pub struct OpenFailure {
+    /// Who sent it.
+    pub sender: String,
+    /// Why it did not open (authenticated decryption failed, or a malformed plaintext).
+    pub error: CryptoError,
+}
+
 impl ClientShared {
-    /// Receive the ciphertexts addressed to this node and U2 (the nodes whose shares
-    /// were delivered). U2 must contain this node, be a subset of U1, have at least t
-    /// members, and every other member must have sent a share that opens.
-    pub fn receive(self, u2: &[String], incoming: &[(String, Vec<u8>)]) -> Result<ClientReady, CryptoError> {
+    /// Open the ciphertexts addressed to this node, one per other member of `u2` (the
+    /// nodes whose shares were delivered). `Err` when the delivery itself is wrong —
+    /// the relay's fault: U2 lacks this node, names a node outside U1, has fewer than
+    /// t members, or a member's share is missing. A share that arrives but does not
+    /// open (AEAD failure, which covers a wrong round, sender or receiver, since all
+    /// three are bound into its key and associated data; or a malformed plaintext) is
+    /// returned in the list, naming its sender, for the caller to report.
+    pub fn open(
+        self,
+        u2: &[String],
+        incoming: &[(String, Vec<u8>)],
+    ) -> Result<(ClientOpened, Vec<OpenFailure>), CryptoError> {
         let round = self.params.round;
-        let u2: BTreeSet<String> = u2.iter().cloned().collect();
+        let delivered: BTreeSet<String> = u2.iter().cloned().collect();
+        self.check_u2(&delivered)?;
+        let names: Vec<String> = self.u1.iter().map(|p| p.name.clone()).collect();
+        let my_x = position(&names, &self.me).map(|p| p as u32 + 1).unwrap_or(0);
+        let mut held = BTreeMap::new();
+        held.insert(self.me.clone(), self.own.clone());
+        let mut unopened = Vec::new();
+        for name in &delivered {
+            if name == &self.me {
+                continue;
+            }
+            let pos = position(&names, name)
+                .ok_or_else(|| CryptoError::Protocol(format!("round {round}: U2 names {name}, who is not in U1")))?;
+            let ct =
+                incoming.iter().find(|(from, _)| from == name).map(|(_, c)| c).ok_or_else(|| {
+                    CryptoError::Protocol(format!("round {round}: no share from {name}, who is in U2"))
+                })?;
+            match self.open_one(name, &self.u1[pos], my_x, ct) {
+                Ok(pair) => {
+                    held.insert(name.clone(), pair);
+                }
+                Err(error) => unopened.push(OpenFailure { sender: name.clone(), error }),
+            }
+        }
+        let ClientShared { params, me, mask, b, u1, .. } = self;
+        let bad = unopened.iter().map(|u| u.sender.clone()).collect();
+        Ok((ClientOpened { params, me, mask, b, u1, delivered, held, unopened: bad }, unopened))
+    }
+
+    /// Receive the ciphertexts addressed to this node and U2 when nothing is to be
+    /// reported: [`ClientShared::open`], failing on the first share that does not open.
+    pub fn receive(self, u2: &[String], incoming: &[(String, Vec<u8>)]) -> Result<ClientReady, CryptoError> {
+        let (opened, unopened) = self.open(u2, incoming)?;
+        if let Some(u) = unopened.into_iter().next() {
+            return Err(u.error);
+        }
+        opened.finish(u2)
+    }
+
+    fn check_u2(&self, u2: &BTreeSet<String>) -> Result<(), CryptoError> {
+        let round = self.params.round;
         if u2.len() < self.params.t {
             return Err(CryptoError::Protocol(format!(
                 "round {round}: only {} nodes shared keys, fewer than t={}; refusing",
@@ -347,33 +444,60 @@ impl ClientShared {
         if !u2.contains(&self.me) {
             return Err(CryptoError::Protocol(format!("round {round}: this node is missing from U2")));
         }
-        let names: Vec<String> = self.u1.iter().map(|p| p.name.clone()).collect();
-        let my_x = position(&names, &self.me).map(|p| p as u32 + 1).unwrap_or(0);
-        let mut held = BTreeMap::new();
-        held.insert(self.me.clone(), self.own.clone());
-        for name in &u2 {
-            if name == &self.me {
-                continue;
-            }
-            let pos = position(&names, name)
-                .ok_or_else(|| CryptoError::Protocol(format!("round {round}: U2 names {name}, who is not in U1")))?;
-            let ct =
-                incoming.iter().find(|(from, _)| from == name).map(|(_, c)| c).ok_or_else(|| {
-                    CryptoError::Protocol(format!("round {round}: no share from {name}, who is in U2"))
-                })?;
-            let ctx = share_context(&round, name, &self.me);
-            let key: DerivedKey = kdf::derive(self.enc.agree(&self.u1[pos].enc)?.bytes(), &ctx);
-            let mut plain = aead::open(&key, &ctx, ct)?;
-            if plain.len() != 2 * SHARE_Y_LEN {
-                plain.zeroize();
-                return Err(CryptoError::MalformedShare("share plaintext must be 128 bytes"));
-            }
-            let pair =
-                (Share::from_parts(my_x, &plain[..SHARE_Y_LEN])?, Share::from_parts(my_x, &plain[SHARE_Y_LEN..])?);
+        Ok(())
+    }
+
+    fn open_one(&self, from: &str, peer: &PeerKeys, my_x: u32, ct: &[u8]) -> Result<(Share, Share), CryptoError> {
+        let ctx = share_context(&self.params.round, from, &self.me);
+        let key: DerivedKey = kdf::derive(self.enc.agree(&peer.enc)?.bytes(), &ctx);
+        let mut plain = aead::open(&key, &ctx, ct)?;
+        if plain.len() != 2 * SHARE_Y_LEN {
             plain.zeroize();
-            held.insert(name.clone(), pair);
+            return Err(CryptoError::MalformedShare("share plaintext must be 128 bytes"));
         }
-        let ClientShared { params, me, mask, b, u1, .. } = self;
+        let pair = Share::from_parts(my_x, &plain[..SHARE_Y_LEN])
+            .and_then(|b| Ok((b, Share::from_parts(my_x, &plain[SHARE_Y_LEN..])?)));
+        plain.zeroize();
+        pair
+    }
+}
+
+impl ClientOpened {
+    /// The senders whose shares did not open, sorted.
+    pub fn unopened(&self) -> Vec<String> {
+        self.unopened.iter().cloned().collect()
+    }
+
+    /// Take the final U2 (Bonawitz et al. CCS 2017, Fig. 4, Round 2): the delivered
+    /// U2 less the nodes the coordinator removed. It must be a subset of the delivered
+    /// U2, contain this node, have at least t members, and hold no node whose share
+    /// did not open here (this node could neither mask with it safely nor help
+    /// unmask it).
+    pub fn finish(self, u2: &[String]) -> Result<ClientReady, CryptoError> {
+        let round = self.params.round;
+        let u2: BTreeSet<String> = u2.iter().cloned().collect();
+        if let Some(x) = u2.difference(&self.delivered).next() {
+            return Err(CryptoError::Protocol(format!(
+                "round {round}: the final U2 names {x}, whose share was never delivered to this node"
+            )));
+        }
+        if let Some(x) = u2.intersection(&self.unopened).next() {
+            return Err(CryptoError::Protocol(format!(
+                "round {round}: the final U2 keeps {x}, whose share to this node does not open and was reported"
+            )));
+        }
+        if !u2.contains(&self.me) {
+            return Err(CryptoError::Protocol(format!("round {round}: this node is missing from the final U2")));
+        }
+        if u2.len() < self.params.t {
+            return Err(CryptoError::Protocol(format!(
+                "round {round}: only {} nodes remain in the final U2, fewer than t={}; refusing",
+                u2.len(),
+                self.params.t
+            )));
+        }
+        let ClientOpened { params, me, mask, b, u1, mut held, .. } = self;
+        held.retain(|n, _| u2.contains(n));
         Ok(ClientReady { params, me, mask, b, u1, u2, held })
     }
 }

@@ -66,7 +66,8 @@ pub fn check(config: &NodeConfig, ds: &Dataset) -> CheckReport {
     let egress = vec![
         EgressLine { message: "hello", content: "protocol version, software version, node name, and this policy's round rules (c, organisations, participants, differencing)".into() },
         EgressLine { message: "advertise-keys", content: "two fresh X25519 public keys per round, signed with this node's certificate key".into() },
-        EgressLine { message: "sealed-shares", content: "Shamir shares of this round's mask secrets, encrypted to each peer node (HQ cannot open them)".into() },
+        EgressLine { message: "sealed-shares", content: "Shamir shares of this round's mask secrets, encrypted to each peer node (HQ cannot open them), each signed with this node's certificate key".into() },
+        EgressLine { message: "share-report", content: "the peers' shares that are signed but do not open, exactly as delivered (encrypted; evidence of who sent them), or nothing when all open".into() },
         EgressLine { message: "masked-chunk", content: "the round's contribution vector (customer counts per histogram bin or per segment) masked with one-time pads; uniformly random to the coordinator".into() },
         EgressLine { message: "consistency-signature", content: "this node's signature on who took part in the round (U2, U3), given only when its rules pass over them".into() },
         EgressLine { message: "unmask-shares", content: "for each peer exactly one share: of its self-mask if it survived, of its mask key if it dropped, never both".into() },

@@ -10,8 +10,12 @@ use crate::pb;
 use crate::pki::OrgKind;
 use crate::rfm::{Cuts, HistogramSpec, Layout, Metric};
 
-/// Protocol version string both sides must send.
-pub const VERSION: &str = fedcrm_crypto::PROTOCOL_VERSION;
+/// Protocol version string both sides must send: the wire contract's own version.
+/// v2 (issue 7) signs every sealed share and adds the share report and the final U2
+/// before masking, which a v1 peer cannot follow, so it is told to upgrade. The
+/// derivations still bind [`fedcrm_crypto::PROTOCOL_VERSION`] (`fedcrm/v1`): their
+/// bytes did not change (`crypto/test_vectors/v1`).
+pub const VERSION: &str = "fedcrm/v2";
 
 /// Largest vector a round may use (words); 64 Mi words = 512 MiB.
 pub const MAX_LENGTH: u64 = 1 << 26;
@@ -407,10 +411,29 @@ pub struct SignedKeys {
     pub certificate: Vec<u8>,
 }
 
+/// A sealed share: `peer` is its receiver (node → coordinator) or its sender
+/// (coordinator → node); `signature` is the sender's over
+/// [`fedcrm_crypto::secagg::share_signing_payload`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sealed {
     pub peer: String,
     pub ciphertext: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+/// A delivered share that carries its sender's valid signature but does not open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnopenedShare {
+    /// As delivered: `peer` is the sender.
+    pub share: Sealed,
+    pub reason: String,
+}
+
+/// A member of the delivered U2 left out of the final U2, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exclusion {
+    pub node: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -428,6 +451,13 @@ pub enum ToNode {
         round: RoundId,
         delivered: Vec<String>,
         shares: Vec<Sealed>,
+    },
+    /// Round 2: the final U2 (the delivered U2 less the nodes that left and the
+    /// senders of reported shares); mask over exactly it.
+    MaskedInputRequest {
+        round: RoundId,
+        delivered: Vec<String>,
+        excluded: Vec<Exclusion>,
     },
     /// Round 3: U3 and U2∖U3, for each survivor to check and sign.
     Consistency {
@@ -483,13 +513,28 @@ fn sealed(v: &[pb::Sealed]) -> Result<Vec<Sealed>, WireError> {
             if s.ciphertext.len() > 1024 {
                 return Err(field("shares.ciphertext", "longer than 1024 bytes"));
             }
-            Ok(Sealed { peer: node_name("shares.peer", &s.peer)?, ciphertext: s.ciphertext.clone() })
+            Ok(Sealed {
+                peer: node_name("shares.peer", &s.peer)?,
+                ciphertext: s.ciphertext.clone(),
+                signature: signature_bytes("shares.signature", &s.signature)?,
+            })
         })
         .collect()
 }
 
 fn sealed_pb(v: &[Sealed]) -> Vec<pb::Sealed> {
-    v.iter().map(|s| pb::Sealed { peer: s.peer.clone(), ciphertext: s.ciphertext.clone() }).collect()
+    v.iter().map(one_sealed_pb).collect()
+}
+
+fn one_sealed_pb(s: &Sealed) -> pb::Sealed {
+    pb::Sealed { peer: s.peer.clone(), ciphertext: s.ciphertext.clone(), signature: s.signature.clone() }
+}
+
+fn reason(name: &'static str, r: &str) -> Result<String, WireError> {
+    if r.len() > 2000 || r.chars().any(char::is_control) {
+        return Err(field(name, "must be at most 2000 characters without control characters"));
+    }
+    Ok(r.to_string())
 }
 
 impl TryFrom<pb::CoordinatorMessage> for ToNode {
@@ -565,6 +610,25 @@ impl TryFrom<pb::CoordinatorMessage> for ToNode {
                 delivered: names("delivered", &s.delivered)?,
                 shares: sealed(&s.shares)?,
             },
+            Body::MaskedInput(m) => {
+                if m.excluded.len() > MAX_NODES {
+                    return Err(field("excluded", "too many"));
+                }
+                ToNode::MaskedInputRequest {
+                    round: round_id(&m.round_id)?,
+                    delivered: names("delivered", &m.delivered)?,
+                    excluded: m
+                        .excluded
+                        .iter()
+                        .map(|x| {
+                            Ok(Exclusion {
+                                node: node_name("excluded.node", &x.node)?,
+                                reason: reason("excluded.reason", &x.reason)?,
+                            })
+                        })
+                        .collect::<Result<_, WireError>>()?,
+                }
+            }
             Body::Consistency(c) => ToNode::Consistency {
                 round: round_id(&c.round_id)?,
                 survivors: names("survivors", &c.survivors)?,
@@ -635,6 +699,14 @@ impl From<&ToNode> for pb::CoordinatorMessage {
                 delivered: delivered.clone(),
                 shares: sealed_pb(shares),
             }),
+            ToNode::MaskedInputRequest { round, delivered, excluded } => Body::MaskedInput(pb::MaskedInputRequest {
+                round_id: round.0.to_vec(),
+                delivered: delivered.clone(),
+                excluded: excluded
+                    .iter()
+                    .map(|x| pb::Exclusion { node: x.node.clone(), reason: x.reason.clone() })
+                    .collect(),
+            }),
             ToNode::Consistency { round, survivors, dropped } => Body::Consistency(pb::ConsistencyCheck {
                 round_id: round.0.to_vec(),
                 survivors: survivors.clone(),
@@ -695,6 +767,11 @@ pub enum FromNode {
         round: RoundId,
         shares: Vec<Sealed>,
     },
+    /// Round 2, before masking: the delivered shares that are signed but do not open.
+    ShareReport {
+        round: RoundId,
+        unopened: Vec<UnopenedShare>,
+    },
     Masked(MaskedChunk),
     Unmask {
         round: RoundId,
@@ -719,6 +796,7 @@ impl FromNode {
             FromNode::Hello { .. } => None,
             FromNode::Keys { round, .. }
             | FromNode::Shares { round, .. }
+            | FromNode::ShareReport { round, .. }
             | FromNode::Unmask { round, .. }
             | FromNode::Consistency { round, .. } => Some(*round),
             FromNode::Masked(c) => Some(c.round),
@@ -732,6 +810,7 @@ impl FromNode {
             FromNode::Hello { .. } => "hello",
             FromNode::Keys { .. } => "advertise-keys",
             FromNode::Shares { .. } => "sealed-shares",
+            FromNode::ShareReport { .. } => "share-report",
             FromNode::Masked(_) => "masked-chunk",
             FromNode::Unmask { .. } => "unmask-shares",
             FromNode::Refusal { .. } => "refusal",
@@ -785,6 +864,24 @@ impl TryFrom<pb::NodeMessage> for FromNode {
                 }
             }
             Body::Shares(s) => FromNode::Shares { round: round_id(&s.round_id)?, shares: sealed(&s.shares)? },
+            Body::ShareReport(r) => {
+                if r.unopened.len() > MAX_NODES {
+                    return Err(field("unopened", "too many"));
+                }
+                let shares: Vec<pb::Sealed> = r
+                    .unopened
+                    .iter()
+                    .map(|u| u.share.clone().ok_or_else(|| field("unopened.share", "missing")))
+                    .collect::<Result<_, _>>()?;
+                FromNode::ShareReport {
+                    round: round_id(&r.round_id)?,
+                    unopened: sealed(&shares)?
+                        .into_iter()
+                        .zip(&r.unopened)
+                        .map(|(share, u)| Ok(UnopenedShare { share, reason: reason("unopened.reason", &u.reason)? }))
+                        .collect::<Result<_, WireError>>()?,
+                }
+            }
             Body::MaskedChunk(c) => {
                 if c.count == 0 || c.index >= c.count {
                     return Err(field("masked_chunk.index", format!("index {} of {} chunks", c.index, c.count)));
@@ -857,6 +954,13 @@ impl From<&FromNode> for pb::NodeMessage {
             FromNode::Shares { round, shares } => {
                 Body::Shares(pb::SealedShares { round_id: round.0.to_vec(), shares: sealed_pb(shares) })
             }
+            FromNode::ShareReport { round, unopened } => Body::ShareReport(pb::ShareReport {
+                round_id: round.0.to_vec(),
+                unopened: unopened
+                    .iter()
+                    .map(|u| pb::UnopenedShare { share: Some(one_sealed_pb(&u.share)), reason: u.reason.clone() })
+                    .collect(),
+            }),
             FromNode::Masked(c) => Body::MaskedChunk(pb::MaskedChunk {
                 round_id: c.round.0.to_vec(),
                 index: c.index,
@@ -959,6 +1063,31 @@ mod tests {
             receipt: None,
         };
         assert!(matches!(ToNode::try_from(bad_version), Err(WireError::Version { .. })));
+    }
+
+    #[test]
+    fn signed_shares_reports_and_the_final_u2_round_trip() {
+        let round = RoundId([3; 16]);
+        let share = Sealed { peer: "node-1".into(), ciphertext: vec![7; 176], signature: vec![9; 70] };
+        let report = FromNode::ShareReport {
+            round,
+            unopened: vec![UnopenedShare { share: share.clone(), reason: "authenticated decryption failed".into() }],
+        };
+        assert_eq!(FromNode::try_from(pb::NodeMessage::from(&report)).unwrap(), report);
+        let sent = FromNode::Shares { round, shares: vec![share.clone()] };
+        assert_eq!(FromNode::try_from(pb::NodeMessage::from(&sent)).unwrap(), sent);
+        let request = ToNode::MaskedInputRequest {
+            round,
+            delivered: vec!["node-0".into(), "node-2".into()],
+            excluded: vec![Exclusion { node: "node-1".into(), reason: "its share to node-2 does not open".into() }],
+        };
+        assert_eq!(ToNode::try_from(pb::CoordinatorMessage::from(&request)).unwrap(), request);
+        // An unsigned share (what a v1 peer would send) is refused, naming the field.
+        let unsigned = FromNode::Shares { round, shares: vec![Sealed { signature: Vec::new(), ..share }] };
+        assert!(matches!(
+            FromNode::try_from(pb::NodeMessage::from(&unsigned)),
+            Err(WireError::Field { field: "shares.signature", .. })
+        ));
     }
 
     #[test]

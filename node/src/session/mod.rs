@@ -51,13 +51,31 @@ pub struct Faults {
     pub wrong_length: bool,
     /// Send a malformed chunk (index beyond count).
     pub malformed_chunk: bool,
+    /// Seal a share to this peer that does not open, and sign it as sent (a node
+    /// sending garbage its receiver must report). Test builds only.
+    #[cfg(feature = "test-util")]
+    pub corrupt_share_to: Option<String>,
+    /// Report a peer's share that opened as one that does not (a false accusation).
+    /// Test builds only.
+    #[cfg(feature = "test-util")]
+    pub false_report: Option<FalseReport>,
+}
+
+/// A false accusation a test node makes against `sender` (feature `test-util`).
+#[cfg(feature = "test-util")]
+#[derive(Debug, Clone)]
+pub struct FalseReport {
+    pub sender: String,
+    /// Alter the share's bytes in the report: evidence the sender never signed.
+    pub forge_evidence: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropAt {
     /// After advertising keys, before sharing them.
     AfterKeys,
-    /// After sending its sealed shares, before the masked input.
+    /// After sending its sealed shares and receiving the final U2, before the masked
+    /// input: it is in U2, so the others recover its mask key.
     AfterShares,
     /// After the masked input has arrived, vanishing when asked to unmask.
     AfterMasked,

@@ -6,9 +6,14 @@
 //!   manual approval; then advertise keys.
 //! - `KeyRoster` (round 1): every key's certificate and signature; the rules over U1;
 //!   then share keys.
-//! - `ShareDelivery` (round 2): the rules and the differencing guard over U2 — the
-//!   nodes whose inputs can end up in the sum — *before* masking; then the masked
-//!   input. The local vector is wiped once masked.
+//! - `ShareDelivery` (round 2, first half): every share's signature by its sender
+//!   (one that does not verify was altered in relay: the coordinator's fault, the
+//!   round is refused); then open each share, and report the signed shares that do
+//!   not open — their senders' fault — with the shares as evidence (`ShareReport`).
+//! - `MaskedInputRequest` (round 2): the final U2, less the reported senders; the
+//!   rules and the differencing guard over it — the nodes whose inputs can end up
+//!   in the sum — *before* masking; then the masked input. The local vector is
+//!   wiped once masked.
 //! - `ConsistencyCheck` (round 3): U3 partitions U2, this node is in it, the rules
 //!   and the differencing guard over U3; then sign (round, U2, U3), once per round.
 //! - `UnmaskRequest` (round 4): the same view as signed, and at least t valid
@@ -20,13 +25,16 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use fedcrm_audit::{Event, Member};
-use fedcrm_crypto::secagg::{self, ClientAdvertised, ClientMasked, ClientShared, PeerKeys, Phase, RoundParams};
+use fedcrm_crypto::secagg::{
+    self, ClientAdvertised, ClientMasked, ClientOpened, ClientShared, PeerKeys, Phase, RoundParams,
+};
 use fedcrm_crypto::{RoundId, SystemRandom};
 use fedcrm_protocol::pki::{self, Usage};
 use fedcrm_protocol::rfm::CustomerRfm;
 use fedcrm_protocol::rules::{Stage, Unmasked};
 use fedcrm_protocol::wire::{
-    self, FromNode, Invitee, RevealedShare, RoundStart, Sealed, SignedKeys, ToNode, ViewSignature,
+    self, Exclusion, FromNode, Invitee, RevealedShare, RoundStart, Sealed, SignedKeys, ToNode, UnopenedShare,
+    ViewSignature,
 };
 use tokio::sync::watch;
 use zeroize::Zeroizing;
@@ -84,6 +92,8 @@ enum State {
     AdvertiseKeys(ClientAdvertised),
     /// Round 1 done: shares sent, waiting for U2 and the peers' shares.
     ShareKeys(ClientShared),
+    /// The peers' shares opened (or reported): waiting for the final U2.
+    SharesOpened(ClientOpened),
     /// Round 2 done: masked input sent, waiting for the consistency check.
     MaskedInputCollection(ClientMasked),
     /// Round 3 done: signed this view, waiting for the unmask request.
@@ -96,7 +106,7 @@ impl State {
     fn phase(&self) -> Option<Phase> {
         match self {
             State::AdvertiseKeys(_) => Some(Phase::AdvertiseKeys),
-            State::ShareKeys(_) => Some(Phase::ShareKeys),
+            State::ShareKeys(_) | State::SharesOpened(_) => Some(Phase::ShareKeys),
             State::MaskedInputCollection(_) => Some(Phase::MaskedInputCollection),
             State::ConsistencyCheck(..) => Some(Phase::ConsistencyCheck),
             State::Done => None,
@@ -154,6 +164,9 @@ impl<'a> Rounds<'a> {
             ToNode::RoundStart(start) => self.on_round_start(*start, coordinator).await,
             ToNode::Roster { round, keys } => self.on_roster(round, keys).await,
             ToNode::Shares { round, delivered, shares } => self.on_shares(round, delivered, shares).await,
+            ToNode::MaskedInputRequest { round, delivered, excluded } => {
+                self.on_masked_input(round, delivered, excluded).await
+            }
             ToNode::Consistency { round, survivors, dropped } => self.on_consistency(round, survivors, dropped).await,
             ToNode::Unmask { round, survivors, dropped, signatures } => {
                 self.on_unmask(round, survivors, dropped, signatures).await
@@ -334,10 +347,18 @@ impl<'a> Rounds<'a> {
         a.u1 = keys;
         match client.share(verified, &self.rng) {
             Ok((next, sealed)) => {
-                let shares = sealed.into_iter().map(|(peer, ciphertext)| Sealed { peer, ciphertext }).collect();
+                let mut shares = Vec::with_capacity(sealed.len());
+                for (peer, ciphertext) in sealed {
+                    #[cfg(feature = "test-util")]
+                    let ciphertext = corrupt(ctx, &peer, ciphertext);
+                    // Signed, so a receiver can tell this node's bytes from a relay's.
+                    let payload = secagg::share_signing_payload(&round, &ctx.name, &peer, &ciphertext);
+                    let signature = ctx.signing.sign(&payload)?;
+                    shares.push(Sealed { peer, ciphertext, signature });
+                }
                 a.state = State::ShareKeys(next);
                 self.egress.send(&FromNode::Shares { round, shares }).await?;
-                self.fault_after(DropAt::AfterShares).await
+                Ok(None)
             }
             Err(e) => {
                 self.refuse(round, &e.to_string()).await?;
@@ -346,7 +367,9 @@ impl<'a> Rounds<'a> {
         }
     }
 
-    /// Round 2: the rules and the differencing guard over U2, *then* mask.
+    /// Round 2, first half: check each share's signature (the relay's fault when it
+    /// fails), open the shares, report those that are signed but do not open (their
+    /// senders' fault).
     async fn on_shares(&mut self, round: RoundId, delivered: Vec<String>, shares: Vec<Sealed>) -> Handled {
         let ctx = self.ctx;
         let Some(a) = self.active.as_mut().filter(|a| a.start.round == round) else { return Ok(None) };
@@ -354,13 +377,65 @@ impl<'a> Rounds<'a> {
             return Ok(None); // a repeated or out-of-order delivery changes nothing
         }
         let State::ShareKeys(client) = std::mem::replace(&mut a.state, State::Done) else { return Ok(None) };
-        // First the protocol's own checks on U2 (⊆ U1, holds this node, ≥ t members,
-        // every share opens), so the rules below see a valid U2.
-        let incoming: Vec<(String, Vec<u8>)> = shares.into_iter().map(|s| (s.peer, s.ciphertext)).collect();
-        let ready = match client.receive(&delivered, &incoming) {
+        if let Err(why) = verify_share_signatures(&a.u1, round, &ctx.name, &shares) {
+            tracing::warn!(node = %ctx.name, %round, %why, "refusing round");
+            self.refuse(round, &why).await?;
+            return Ok(None);
+        }
+        // The protocol's own checks on U2 (⊆ U1, holds this node, ≥ t members, a share
+        // from every other member): a wrong delivery is the coordinator's fault.
+        let incoming: Vec<(String, Vec<u8>)> = shares.iter().map(|s| (s.peer.clone(), s.ciphertext.clone())).collect();
+        let (opened, failed) = match client.open(&delivered, &incoming) {
+            Ok(x) => x,
+            Err(e) => {
+                self.refuse(round, &format!("the coordinator's share delivery is wrong: {e}")).await?;
+                return Ok(None);
+            }
+        };
+        let mut unopened = Vec::with_capacity(failed.len());
+        for f in failed {
+            // Unwrap safety: `open` names only senders of shares in `shares`.
+            let share = shares.iter().find(|s| s.peer == f.sender).unwrap().clone();
+            let reason = f.error.to_string();
+            tracing::warn!(node = %ctx.name, %round, sender = %f.sender, %reason, "reporting a share that does not open");
+            record(ctx, share_reported(round, &ctx.name, &share, &reason, "reported to the coordinator"))?;
+            unopened.push(UnopenedShare { share, reason });
+        }
+        #[cfg(feature = "test-util")]
+        if let Some(f) = &ctx.faults.false_report
+            && let Some(s) = shares.iter().find(|s| s.peer == f.sender)
+        {
+            let mut share = s.clone();
+            if f.forge_evidence {
+                share.ciphertext[0] ^= 0x01;
+            }
+            unopened.push(UnopenedShare { share, reason: "a false report (test fault)".into() });
+        }
+        a.state = State::SharesOpened(opened);
+        self.egress.send(&FromNode::ShareReport { round, unopened }).await?;
+        Ok(None)
+    }
+
+    /// Round 2: the final U2; the rules and the differencing guard over it, *then* mask.
+    async fn on_masked_input(&mut self, round: RoundId, delivered: Vec<String>, excluded: Vec<Exclusion>) -> Handled {
+        let ctx = self.ctx;
+        if !self.active.as_ref().is_some_and(|a| a.start.round == round && matches!(a.state, State::SharesOpened(_))) {
+            return Ok(None); // a repeated or out-of-order request changes nothing
+        }
+        // Fault injection: vanish once in the final U2, so the others must recover this
+        // node's mask key (a dropout between shares and masked input).
+        if let Some(end) = self.fault_after(DropAt::AfterShares).await? {
+            return Ok(Some(end));
+        }
+        let Some(a) = self.active.as_mut().filter(|a| a.start.round == round) else { return Ok(None) };
+        let State::SharesOpened(opened) = std::mem::replace(&mut a.state, State::Done) else { return Ok(None) };
+        for x in &excluded {
+            tracing::info!(node = %ctx.name, %round, excluded = %x.node, reason = %x.reason, "left out of the final U2");
+        }
+        let ready = match opened.finish(&delivered) {
             Ok(r) => r,
             Err(e) => {
-                self.refuse(round, &e.to_string()).await?;
+                self.refuse(round, &format!("the coordinator's final U2 is wrong: {e}")).await?;
                 return Ok(None);
             }
         };
@@ -780,4 +855,50 @@ fn verify_roster(ctx: &NodeContext, start: &RoundStart, keys: &[SignedKeys]) -> 
         out.push(PeerKeys { name: k.node.clone(), enc: k.enc, mask: k.mask });
     }
     Ok(out)
+}
+
+/// Every delivered share carries its sender's signature over (round, sender, this
+/// node, ciphertext), by the certificate U1's roster carried for the sender. The
+/// coordinator checked each on arrival and relays them unchanged, so one that does
+/// not verify was altered in relay: the coordinator's fault, not the sender's.
+fn verify_share_signatures(u1: &[SignedKeys], round: RoundId, me: &str, shares: &[Sealed]) -> Result<(), String> {
+    for s in shares {
+        let Some(k) = u1.iter().find(|k| k.node == s.peer) else {
+            return Err(format!("the coordinator delivered a share from {}, who is not in U1; refusing", s.peer));
+        };
+        let payload = secagg::share_signing_payload(&round, &s.peer, me, &s.ciphertext);
+        if let Err(e) = pki::verify_signature(&k.certificate, &payload, &s.signature) {
+            return Err(format!(
+                "the coordinator relayed a share from {} whose signature by {} does not verify ({e}): it was \
+                 altered after {} signed it, so the coordinator (the relay) is at fault, not {}; refusing",
+                s.peer, s.peer, s.peer, s.peer
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The audit record of a share that is signed but does not open.
+fn share_reported(round: RoundId, receiver: &str, share: &Sealed, reason: &str, outcome: &str) -> Event {
+    Event::ShareReported {
+        round: round.to_hex(),
+        sender: share.peer.clone(),
+        receiver: receiver.to_string(),
+        reason: reason.to_string(),
+        ciphertext_hex: hex(&share.ciphertext),
+        signature_hex: hex(&share.signature),
+        outcome: outcome.to_string(),
+    }
+}
+
+/// Fault injection (test builds): a share to `faults.corrupt_share_to` that does not
+/// open (one bit of its tag flipped); the caller signs it as sent.
+#[cfg(feature = "test-util")]
+fn corrupt(ctx: &NodeContext, peer: &str, mut ciphertext: Vec<u8>) -> Vec<u8> {
+    if ctx.faults.corrupt_share_to.as_deref() == Some(peer)
+        && let Some(last) = ciphertext.last_mut()
+    {
+        *last ^= 0x01;
+    }
+    ciphertext
 }
