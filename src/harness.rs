@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use fedcrm_coordinator::Coordinator;
-use fedcrm_coordinator::config::{CoordinatorConfig, Enrolled, ReleaseRules, RoundSettings};
+use fedcrm_coordinator::config::{CoordinatorConfig, Enrolled, ReleaseRules, RoundSettings, SessionSettings};
 use fedcrm_coordinator::round::Hooks;
 use fedcrm_node::config::{CoordinatorEndpoint, NodeConfig};
 use fedcrm_node::data::{DataConfig, Format, OnBadRow};
@@ -118,6 +118,8 @@ pub struct ClusterOptions {
     pub extra_enrolled: Vec<(String, String)>,
     /// Record the bytes of every message each node's transport takes (tests).
     pub capture_wire: bool,
+    /// The coordinator's HTTP/2 keepalive (`[sessions] keepalive_seconds`).
+    pub keepalive_seconds: u64,
 }
 
 /// Per node, the encoded messages its transport took, in order.
@@ -132,6 +134,7 @@ impl Default for ClusterOptions {
             chunk_elements: fedcrm_protocol::DEFAULT_CHUNK_ELEMENTS,
             extra_enrolled: vec![],
             capture_wire: false,
+            keepalive_seconds: SessionSettings::default().keepalive_seconds,
         }
     }
 }
@@ -186,6 +189,7 @@ impl Cluster {
                 phase_timeout_seconds: opts.phase_timeout_seconds,
                 chunk_elements: opts.chunk_elements,
             },
+            sessions: SessionSettings { keepalive_seconds: opts.keepalive_seconds },
             audit_dir: dir.path().join("coordinator-audit"),
             audit: Default::default(),
         };

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::Coordinator;
 use crate::audit::{hex, record};
-use crate::registry::{Event, EventBody, Participant};
+use crate::registry::{Admission, Event, EventBody, Participant, Quota, StillConnected};
 use crate::segments::AnalysisError;
 use fedcrm_audit::Event as AuditEvent;
 use fedcrm_audit::log::SignedHead;
@@ -80,6 +80,16 @@ impl NodeService {
                 id.name, id.organisation
             )));
         }
+        let addr = req.remote_addr();
+        let from = addr.map_or_else(|| "an unknown address".to_string(), |a| a.to_string());
+        // One attempt per name at a time: a node cannot hold many half-opened streams.
+        let Some(opening) = c.registry.begin_opening(&id.name) else {
+            return Err(Status::already_exists(format!(
+                "another session for node {} is being opened right now; this one (from {from}) is refused — if two \
+                 processes run with this node's certificate, stop one",
+                id.name
+            )));
+        };
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
             .await
@@ -103,15 +113,8 @@ impl NodeService {
             ReceiptFault::Peer(why) => Status::invalid_argument(why),
             ReceiptFault::Local(why) => Status::unavailable(why),
         })?;
-        let hello: Result<FromNode, wire::WireError> = Ok(hello);
         let announced = match hello {
-            Ok(FromNode::Hello { version, software, node, rules }) => {
-                if version != wire::VERSION {
-                    return Err(Status::failed_precondition(format!(
-                        "incompatible protocol version {version:?} from {software}; this coordinator speaks {:?} — upgrade the node",
-                        wire::VERSION
-                    )));
-                }
+            FromNode::Hello { node, rules, .. } => {
                 if node != id.name {
                     return Err(Status::permission_denied(format!(
                         "hello names {node:?} but the certificate names {:?}",
@@ -120,11 +123,11 @@ impl NodeService {
                 }
                 rules
             }
-            Ok(other) => {
+            other => {
                 return Err(Status::failed_precondition(format!("first message must be hello, got {}", other.kind())));
             }
-            Err(e) => return Err(Status::invalid_argument(format!("malformed hello: {e}"))),
         };
+        self.make_room(&id.name, &from).await?;
         let (tx, rx) = mpsc::channel(crate::registry::OUTBOUND_QUEUE);
         let welcome = ToNode::Welcome { coordinator: c.config.name.clone(), certificate: c.certificate.clone() };
         let welcome =
@@ -151,41 +154,171 @@ impl NodeService {
             kind,
             rules: announced,
         };
-        let session = c.registry.register(participant, tx);
-        tracing::info!(node = %id.name, organisation = %id.organisation, "node connected");
-        let coordinator = self.0.clone();
-        let name = id.name;
-        tokio::spawn(async move {
-            loop {
-                let body = match inbound.message().await {
-                    Ok(Some(m)) => {
-                        let digest = wire::node_message_digest(&m);
-                        match wire::parse_node_message(m) {
-                            Ok((m, Some(r))) => match log_receipt(&coordinator, &name, &cert, &r, m.kind(), digest) {
-                                Ok(()) => EventBody::Message(m),
-                                Err(ReceiptFault::Peer(e)) => EventBody::Malformed(e),
-                                Err(ReceiptFault::Local(e)) => EventBody::LocalFault(e),
-                            },
-                            Ok((_, None)) => EventBody::Malformed("message without the node's signed log head".into()),
-                            Err(e) => EventBody::Malformed(e.to_string()),
-                        }
-                    }
-                    Ok(None) | Err(_) => EventBody::Closed,
-                };
-                let closed = matches!(body, EventBody::Closed);
-                coordinator.registry.event(Event { node: name.clone(), session, body }).await;
-                if closed {
-                    let _ = record(
-                        &coordinator.audit,
-                        AuditEvent::SessionClosed { peer: name.clone(), reason: "stream ended".into() },
-                    );
-                    coordinator.registry.unregister(&name, session);
-                    tracing::info!(node = %name, "node disconnected");
-                    break;
-                }
-            }
-        });
+        let registered = c.registry.register(participant, tx.clone(), addr);
+        drop(opening);
+        tracing::info!(node = %id.name, organisation = %id.organisation, from = %from, "node connected");
+        let reader = Reader { coordinator: self.0.clone(), name: id.name, cert, session: registered.session, tx };
+        tokio::spawn(reader.run(inbound, registered));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    /// One session per name. A second session waits for the first to end for up to
+    /// twice the keepalive: the HTTP/2 keepalive closes a connection that stopped
+    /// answering (a half-open one after network loss), and then the new session
+    /// replaces it; if the first is still there, it answered, and the new one is
+    /// refused. Both sides are told, and the coordinator's audit log records either.
+    async fn make_room(&self, name: &str, from: &str) -> Result<(), Status> {
+        let c = &self.0;
+        let wait = c.config.sessions.duplicate_wait();
+        match c.registry.make_room(name, wait).await {
+            Ok(None) => Ok(()),
+            Ok(Some(old)) => {
+                let reason = format!(
+                    "replaced a session that stopped answering: the session from {old} was closed (no HTTP/2 \
+                     keepalive answer within {} s), and the new session from {from} takes its place",
+                    c.config.sessions.keepalive().as_secs()
+                );
+                tracing::warn!(node = %name, "{reason}");
+                record(&c.audit, AuditEvent::SessionClosed { peer: name.to_string(), reason })
+                    .map_err(|e| Status::unavailable(format!("the coordinator's audit log failed: {e}")))?;
+                Ok(())
+            }
+            Err(StillConnected(old)) => {
+                let notice = format!(
+                    "a second session for node {name} from {from} was refused, because this session (from {old}) \
+                     answers; if that was another process with this node's certificate, stop it"
+                );
+                let _ = c.registry.send(name, &ToNode::Notice { text: notice }).await;
+                tracing::warn!(node = %name, from = %from, existing = %old, "duplicate session refused");
+                Err(Status::already_exists(format!(
+                    "node {name} is already connected from {old}, and that session answers; stop the other process \
+                     (two processes with one node.toml knock each other off), or, if it is gone, start this one \
+                     again after {} s",
+                    wait.as_secs()
+                )))
+            }
+        }
+    }
+}
+
+/// Reads one node session: drops what belongs to no round the node is in (counted
+/// once per burst), charges the rest to the session's quota, receipts and queues it.
+struct Reader {
+    coordinator: Arc<Coordinator>,
+    name: String,
+    cert: Vec<u8>,
+    session: u64,
+    /// The session's outbound stream: closed when the connection is gone.
+    tx: crate::registry::Outbound,
+}
+
+/// Messages dropped since the last report.
+#[derive(Debug, Default)]
+struct Dropped {
+    messages: u64,
+    bytes: u64,
+    /// Why the first of them was dropped.
+    reason: String,
+    /// When the burst is reported at the latest.
+    due: Option<tokio::time::Instant>,
+}
+
+/// A burst of dropped messages is reported at the latest this long after it began
+/// (earlier when the node next sends a message that counts, or its session ends).
+const DROP_REPORT_AFTER: Duration = Duration::from_secs(60);
+
+impl Reader {
+    async fn run(self, mut inbound: Streaming<pb::NodeMessage>, registered: crate::registry::Registered) {
+        let quota = Quota::new();
+        let mut dropped = Dropped::default();
+        let why = loop {
+            let due = dropped.due;
+            let m = tokio::select! {
+                m = inbound.message() => m,
+                _ = async { tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)).await }, if due.is_some() => {
+                    self.report(&mut dropped);
+                    continue;
+                }
+            };
+            let m = match m {
+                Ok(Some(m)) => m,
+                Ok(None) => break "stream ended".to_string(),
+                Err(s) => break format!("stream failed: {}", s.message()),
+            };
+            let envelope = wire::node_message_envelope(&m);
+            let (body, size) = match self.coordinator.registry.admit(&self.name, self.session, &envelope) {
+                Admission::Drop(reason) => {
+                    if dropped.messages == 0 {
+                        dropped.reason = reason;
+                        dropped.due = Some(tokio::time::Instant::now() + DROP_REPORT_AFTER);
+                    }
+                    dropped.messages += 1;
+                    dropped.bytes += envelope.bytes as u64;
+                    continue;
+                }
+                Admission::Oversize { round, elements, chunk } => {
+                    drop(m);
+                    let why = format!(
+                        "sent a masked chunk of {elements} elements, longer than round {round}'s chunk size of {chunk}"
+                    );
+                    (EventBody::Malformed(why), 0)
+                }
+                Admission::Accept => {
+                    self.report(&mut dropped);
+                    (self.parse_and_receipt(m), envelope.bytes)
+                }
+            };
+            let charge = tokio::select! {
+                c = quota.charge(size) => c,
+                _ = self.tx.closed() => break "connection closed".to_string(),
+            };
+            let event = Event { node: self.name.clone(), session: self.session, body, charge: Some(charge) };
+            self.coordinator.registry.event(event);
+        };
+        self.report(&mut dropped);
+        let c = &self.coordinator;
+        c.registry.event(Event {
+            node: self.name.clone(),
+            session: self.session,
+            body: EventBody::Closed,
+            charge: None,
+        });
+        let _ = record(&c.audit, AuditEvent::SessionClosed { peer: self.name.clone(), reason: why.clone() });
+        c.registry.unregister(&self.name, self.session);
+        tracing::info!(node = %self.name, reason = %why, "node disconnected");
+        // Anyone waiting for this session to end (a new session of the name) may go on.
+        drop(registered);
+    }
+
+    /// Check the node's signed head on a message for the round and log the receipt.
+    fn parse_and_receipt(&self, m: pb::NodeMessage) -> EventBody {
+        let digest = wire::node_message_digest(&m);
+        match wire::parse_node_message(m) {
+            Ok((m, Some(r))) => match log_receipt(&self.coordinator, &self.name, &self.cert, &r, m.kind(), digest) {
+                Ok(()) => EventBody::Message(m),
+                Err(ReceiptFault::Peer(e)) => EventBody::Malformed(e),
+                Err(ReceiptFault::Local(e)) => EventBody::LocalFault(e),
+            },
+            Ok((_, None)) => EventBody::Malformed("message without the node's signed log head".into()),
+            Err(e) => EventBody::Malformed(e.to_string()),
+        }
+    }
+
+    /// One line and one audit record for a burst of dropped messages.
+    fn report(&self, d: &mut Dropped) {
+        if d.messages == 0 {
+            return;
+        }
+        let Dropped { messages, bytes, reason, .. } = std::mem::take(d);
+        tracing::warn!(
+            node = %self.name,
+            "node {} sent {messages} messages ({bytes} bytes) for no round it takes part in ({reason}); dropped unread",
+            self.name
+        );
+        let _ = record(
+            &self.coordinator.audit,
+            AuditEvent::MessagesDropped { peer: self.name.clone(), messages, bytes, reason },
+        );
     }
 }
 

@@ -71,6 +71,13 @@ pub enum SessionError {
     Connect { url: String, why: String },
     #[error("coordinator closed the session: {0}")]
     Rejected(String),
+    /// Another process is connected with this node's certificate, and it answers:
+    /// retrying cannot help until that process stops.
+    #[error(
+        "another process is already connected as this node: {0}; stop it (or this one) — two processes with one \
+         node.toml would knock each other off"
+    )]
+    Duplicate(String),
     /// The coordinator broke the protocol in a way that ends the session.
     #[error("coordinator sent a malformed message: {0}")]
     Wire(#[from] wire::WireError),
@@ -87,6 +94,23 @@ pub enum SessionError {
     /// coordinator's fault.
     #[error("this node's audit log failed, so the session stops (fix the disk, then restart): {0}")]
     Audit(#[from] fedcrm_audit::log::AuditError),
+}
+
+impl SessionError {
+    /// True when retrying cannot fix it: configuration, identity, an incompatible
+    /// coordinator, or another live process with this node's certificate. The
+    /// process should exit with the message instead of reconnecting.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            SessionError::Files(_)
+                | SessionError::Pki(_)
+                | SessionError::Duplicate(_)
+                | SessionError::Guard(_)
+                | SessionError::OpenLog(_)
+                | SessionError::Wire(wire::WireError::Version { .. })
+        )
+    }
 }
 
 /// Everything a session needs, loaded once.
@@ -261,8 +285,14 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
             rules: ctx.policy.rules(),
         })
         .await?;
-    let mut inbound =
-        client.session(outbound).await.map_err(|s| SessionError::Rejected(status_text(&s, true)))?.into_inner();
+    let mut inbound = client
+        .session(outbound)
+        .await
+        .map_err(|s| match s.code() {
+            tonic::Code::AlreadyExists => SessionError::Duplicate(s.message().to_string()),
+            _ => SessionError::Rejected(status_text(&s, true)),
+        })?
+        .into_inner();
     let mut rounds = round::Rounds::new(ctx, egress, shutdown.clone());
     let mut seal_tick = tokio::time::interval(ctx.seal_every);
     seal_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -508,6 +538,7 @@ pub async fn run(ctx: NodeContext, retry: Duration, shutdown: watch::Receiver<bo
             Err(e @ SessionError::Rejected(_)) | Err(e @ SessionError::Pki(_)) | Err(e @ SessionError::Wire(_)) => {
                 return Err(e);
             }
+            Err(e) if e.is_permanent() => return Err(e),
             Err(e) => tracing::warn!(node = %ctx.name, error = %e, "session failed; retrying"),
         }
         let mut s = shutdown.clone();
