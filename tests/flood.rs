@@ -47,12 +47,13 @@ fn rss() -> usize {
     kb * 1024
 }
 
-/// The largest masked chunk the server decodes, for `round`.
-fn max_chunk(round: RoundId) -> pb::NodeMessage {
+/// The largest masked chunk the server decodes, for `round`, with the flooder's
+/// signed log head (a valid signature: it reaches the receipt check).
+fn max_chunk(round: RoundId, receipt: &wire::Receipt) -> pb::NodeMessage {
     // Room for the envelope (ids, hashes, the receipt) under MAX_MESSAGE_BYTES.
     let words = (MAX_MESSAGE_BYTES - 4096) / 8;
     let c = MaskedChunk { round, index: 0, count: 1, offset: 0, words: (0..words as u64).collect() };
-    let m = wire::node_message(&FromNode::Masked(c), None);
+    let m = wire::node_message(&FromNode::Masked(c), Some(receipt));
     assert!(prost::Message::encoded_len(&m) < MAX_MESSAGE_BYTES);
     m
 }
@@ -117,7 +118,7 @@ async fn a_flooding_node_cannot_grow_the_coordinator_or_its_log_and_the_others_r
     let baseline = rss();
     let peak = Arc::new(AtomicU64::new(0));
     let send_all = async |round: RoundId, n: u64| {
-        let m = max_chunk(round);
+        let m = max_chunk(round, &receipt);
         for i in 0..n {
             flood.send(m.clone()).await.expect("the coordinator keeps the flooder's stream open");
             let grown = rss().saturating_sub(baseline);

@@ -232,6 +232,23 @@ impl Running<'_> {
     }
 }
 
+/// A message belongs to the running round if its session is still in the round and
+/// it names that round (or is a refusal of no particular round).
+fn admit(round: Option<&ActiveRound>, node: &str, session: u64, e: &Envelope) -> Admission {
+    let Some(a) = round else { return Admission::Drop("no round is running".into()) };
+    if a.live.get(node) != Some(&session) {
+        return Admission::Drop(format!("it is not in the running round {}", a.id));
+    }
+    let refusal_of_no_round = e.roundless && e.kind == "refusal";
+    if e.round != Some(a.id) && !refusal_of_no_round {
+        return Admission::Drop(format!("the running round is {}", a.id));
+    }
+    if e.elements > a.chunk_elements {
+        return Admission::Oversize { round: a.id, elements: e.elements, chunk: a.chunk_elements };
+    }
+    Admission::Accept
+}
+
 impl Registry {
     /// The queue is unbounded in count, but every event in it is charged to its
     /// session's [`Quota`] (a disconnect, one per session, excepted).
@@ -315,19 +332,7 @@ impl Registry {
 
     /// Whether a message from `node`'s session `session` belongs to the running round.
     pub(crate) fn admit(&self, node: &str, session: u64, e: &Envelope) -> Admission {
-        let r = self.round.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(a) = r.as_ref() else { return Admission::Drop("no round is running".into()) };
-        if a.live.get(node) != Some(&session) {
-            return Admission::Drop(format!("it is not in the running round {}", a.id));
-        }
-        let refusal_of_no_round = e.roundless && e.kind == "refusal";
-        if e.round != Some(a.id) && !refusal_of_no_round {
-            return Admission::Drop(format!("the running round is {}", a.id));
-        }
-        if e.elements > a.chunk_elements {
-            return Admission::Oversize { round: a.id, elements: e.elements, chunk: a.chunk_elements };
-        }
-        Admission::Accept
+        admit(self.round.lock().unwrap_or_else(|p| p.into_inner()).as_ref(), node, session, e)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Session>> {
@@ -376,4 +381,60 @@ pub(crate) struct Registered {
     /// Held, never read: dropping it tells [`Registry::make_room`] the session ended.
     #[allow(dead_code)]
     pub alive: watch::Sender<()>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(kind: &'static str, round: Option<RoundId>, elements: usize) -> Envelope {
+        Envelope { kind, round, roundless: round.is_none() && kind != "masked-chunk", elements, bytes: 100 }
+    }
+
+    #[test]
+    fn only_messages_of_the_running_round_from_its_live_sessions_are_admitted() {
+        let (r, other) = (RoundId([1; 16]), RoundId([2; 16]));
+        let round = ActiveRound { id: r, chunk_elements: 10, live: [("a".to_string(), 7)].into() };
+        let chunk = envelope("masked-chunk", Some(r), 10);
+        assert_eq!(admit(Some(&round), "a", 7, &chunk), Admission::Accept);
+        assert_eq!(admit(Some(&round), "a", 7, &envelope("refusal", None, 0)), Admission::Accept);
+        let dropped = |a: Admission| matches!(a, Admission::Drop(_));
+        assert!(dropped(admit(None, "a", 7, &chunk)), "no round running");
+        assert!(dropped(admit(Some(&round), "a", 8, &chunk)), "an earlier session of the node");
+        assert!(dropped(admit(Some(&round), "b", 7, &chunk)), "a node not in the round");
+        assert!(dropped(admit(Some(&round), "a", 7, &envelope("masked-chunk", Some(other), 1))), "another round");
+        assert!(dropped(admit(Some(&round), "a", 7, &envelope("hello", None, 0))), "a second hello");
+        assert!(dropped(admit(Some(&round), "a", 7, &envelope("masked-chunk", None, 1))), "a malformed round id");
+        assert_eq!(
+            admit(Some(&round), "a", 7, &envelope("masked-chunk", Some(r), 11)),
+            Admission::Oversize { round: r, elements: 11, chunk: 10 }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_session_over_its_quota_waits() {
+        let quota = Quota::new();
+        // Small events are charged a unit each: the count is bounded.
+        let mut held: Vec<Charge> = Vec::new();
+        for _ in 0..INBOUND_MESSAGES {
+            held.push(quota.charge(10).await);
+        }
+        let waits = async |q: &Quota, bytes: usize| {
+            tokio::select! {
+                biased;
+                _ = q.charge(bytes) => false,
+                _ = std::future::ready(()) => true,
+            }
+        };
+        assert!(waits(&quota, 1).await, "event {} waits", INBOUND_MESSAGES + 1);
+        held.pop();
+        assert!(!waits(&quota, 1).await, "one handled event makes room for one");
+        // Large events are charged their size: the bytes are bounded.
+        drop(held);
+        let big = quota.charge(fedcrm_protocol::MAX_MESSAGE_BYTES).await;
+        let _second = quota.charge(fedcrm_protocol::MAX_MESSAGE_BYTES).await;
+        assert!(waits(&quota, 1).await, "two of the largest messages fill the quota");
+        drop(big);
+        assert!(!waits(&quota, fedcrm_protocol::MAX_MESSAGE_BYTES).await);
+    }
 }
