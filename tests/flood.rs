@@ -174,8 +174,15 @@ async fn a_flooding_node_cannot_grow_the_coordinator_or_its_log_and_the_others_r
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let dir = cluster.coordinator.config.audit_dir.clone();
+    // The flooder's own log is no evidence (it never logged its flood as egress).
+    let mut logs = vec![dir.clone()];
+    logs.extend(cluster.node_configs.iter().map(|c| c.audit_dir.clone()));
+    let ca = pki::pem_to_der_certs(&ctx.ca_pem).unwrap().remove(0);
     let grown = peak.load(Ordering::SeqCst) as usize;
     let _kept = cluster.stop().await;
+    // Messages dropped without a receipt leave the logs verifying, receipts included.
+    let verified = fedcrm_audit::verify::verify_paths(&logs, &ca).expect("every log verifies");
+    assert!(verified.receipts_checked > 0);
     let records = fedcrm_audit::log::read_records(&dir).unwrap();
     let receipts =
         records.iter().filter(|r| matches!(&r.event, Event::Receipt { peer, .. } if peer == FLOODER)).count();
