@@ -83,11 +83,14 @@ impl NodeService {
         let addr = req.remote_addr();
         let from = addr.map_or_else(|| "an unknown address".to_string(), |a| a.to_string());
         // One attempt per name at a time: a node cannot hold many half-opened streams.
+        // Unavailable, not AlreadyExists: the other attempt may be this node's own
+        // earlier one, waiting for a half-open session to be replaced.
         let Some(opening) = c.registry.begin_opening(&id.name) else {
-            return Err(Status::already_exists(format!(
-                "another session for node {} is being opened right now; this one (from {from}) is refused — if two \
-                 processes run with this node's certificate, stop one",
-                id.name
+            return Err(Status::unavailable(format!(
+                "another session for node {} is being opened right now; this one (from {from}) is refused — retry in \
+                 {} s; if two processes run with this node's certificate, stop one",
+                id.name,
+                c.config.sessions.duplicate_wait().as_secs()
             )));
         };
         let mut inbound = req.into_inner();
