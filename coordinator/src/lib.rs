@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod config;
+mod inbound;
 pub mod plan;
 pub mod registry;
 pub mod release;

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::Coordinator;
 use crate::audit::{hex, record};
-use crate::registry::{Admission, Event, EventBody, Participant, Quota, StillConnected};
+use crate::registry::{Participant, StillConnected};
 use crate::segments::AnalysisError;
 use fedcrm_audit::Event as AuditEvent;
 use fedcrm_audit::log::SignedHead;
@@ -160,7 +160,13 @@ impl NodeService {
         let registered = c.registry.register(participant, tx.clone(), addr);
         drop(opening);
         tracing::info!(node = %id.name, organisation = %id.organisation, from = %from, "node connected");
-        let reader = Reader { coordinator: self.0.clone(), name: id.name, cert, session: registered.session, tx };
+        let reader = crate::inbound::Reader {
+            coordinator: self.0.clone(),
+            name: id.name,
+            cert,
+            session: registered.session,
+            tx,
+        };
         tokio::spawn(reader.run(inbound, registered));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -204,136 +210,15 @@ impl NodeService {
     }
 }
 
-/// Reads one node session: drops what belongs to no round the node is in (counted
-/// once per burst), charges the rest to the session's quota, receipts and queues it.
-struct Reader {
-    coordinator: Arc<Coordinator>,
-    name: String,
-    cert: Vec<u8>,
-    session: u64,
-    /// The session's outbound stream: closed when the connection is gone.
-    tx: crate::registry::Outbound,
-}
-
-/// Messages dropped since the last report.
-#[derive(Debug, Default)]
-struct Dropped {
-    messages: u64,
-    bytes: u64,
-    /// Why the first of them was dropped.
-    reason: String,
-    /// When the burst is reported at the latest.
-    due: Option<tokio::time::Instant>,
-}
-
-/// A burst of dropped messages is reported at the latest this long after it began
-/// (earlier when the node next sends a message that counts, or its session ends).
-const DROP_REPORT_AFTER: Duration = Duration::from_secs(60);
-
-impl Reader {
-    async fn run(self, mut inbound: Streaming<pb::NodeMessage>, registered: crate::registry::Registered) {
-        let quota = Quota::new();
-        let mut dropped = Dropped::default();
-        let why = loop {
-            let due = dropped.due;
-            let m = tokio::select! {
-                m = inbound.message() => m,
-                _ = async { tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)).await }, if due.is_some() => {
-                    self.report(&mut dropped);
-                    continue;
-                }
-            };
-            let m = match m {
-                Ok(Some(m)) => m,
-                Ok(None) => break "stream ended".to_string(),
-                Err(s) => break format!("stream failed: {}", s.message()),
-            };
-            let envelope = wire::node_message_envelope(&m);
-            let (body, size) = match self.coordinator.registry.admit(&self.name, self.session, &envelope) {
-                Admission::Drop(reason) => {
-                    if dropped.messages == 0 {
-                        dropped.reason = reason;
-                        dropped.due = Some(tokio::time::Instant::now() + DROP_REPORT_AFTER);
-                    }
-                    dropped.messages += 1;
-                    dropped.bytes += envelope.bytes as u64;
-                    continue;
-                }
-                Admission::Oversize { round, elements, chunk } => {
-                    drop(m);
-                    let why = format!(
-                        "sent a masked chunk of {elements} elements, longer than round {round}'s chunk size of {chunk}"
-                    );
-                    (EventBody::Malformed(why), 0)
-                }
-                Admission::Accept => {
-                    self.report(&mut dropped);
-                    (self.parse_and_receipt(m), envelope.bytes)
-                }
-            };
-            let charge = tokio::select! {
-                c = quota.charge(size) => c,
-                _ = self.tx.closed() => break "connection closed".to_string(),
-            };
-            let event = Event { node: self.name.clone(), session: self.session, body, charge: Some(charge) };
-            self.coordinator.registry.event(event);
-        };
-        self.report(&mut dropped);
-        let c = &self.coordinator;
-        c.registry.event(Event {
-            node: self.name.clone(),
-            session: self.session,
-            body: EventBody::Closed,
-            charge: None,
-        });
-        let _ = record(&c.audit, AuditEvent::SessionClosed { peer: self.name.clone(), reason: why.clone() });
-        c.registry.unregister(&self.name, self.session);
-        tracing::info!(node = %self.name, reason = %why, "node disconnected");
-        // Anyone waiting for this session to end (a new session of the name) may go on.
-        drop(registered);
-    }
-
-    /// Check the node's signed head on a message for the round and log the receipt.
-    fn parse_and_receipt(&self, m: pb::NodeMessage) -> EventBody {
-        let digest = wire::node_message_digest(&m);
-        match wire::parse_node_message(m) {
-            Ok((m, Some(r))) => match log_receipt(&self.coordinator, &self.name, &self.cert, &r, m.kind(), digest) {
-                Ok(()) => EventBody::Message(m),
-                Err(ReceiptFault::Peer(e)) => EventBody::Malformed(e),
-                Err(ReceiptFault::Local(e)) => EventBody::LocalFault(e),
-            },
-            Ok((_, None)) => EventBody::Malformed("message without the node's signed log head".into()),
-            Err(e) => EventBody::Malformed(e.to_string()),
-        }
-    }
-
-    /// One line and one audit record for a burst of dropped messages.
-    fn report(&self, d: &mut Dropped) {
-        if d.messages == 0 {
-            return;
-        }
-        let Dropped { messages, bytes, reason, .. } = std::mem::take(d);
-        tracing::warn!(
-            node = %self.name,
-            "node {} sent {messages} messages ({bytes} bytes) for no round it takes part in ({reason}); dropped unread",
-            self.name
-        );
-        let _ = record(
-            &self.coordinator.audit,
-            AuditEvent::MessagesDropped { peer: self.name.clone(), messages, bytes, reason },
-        );
-    }
-}
-
 /// Why a receipt was not logged: the node's fault, or the coordinator's own.
-enum ReceiptFault {
+pub(crate) enum ReceiptFault {
     Peer(String),
     Local(String),
 }
 
 /// Check a node's signed log head and record it as a receipt, with the kind, size
 /// and SHA-256 of the message it came with (as the node's egress record names them).
-fn log_receipt(
+pub(crate) fn log_receipt(
     c: &Coordinator,
     node: &str,
     cert: &[u8],
