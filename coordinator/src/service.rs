@@ -200,9 +200,9 @@ impl NodeService {
                 let _ = c.registry.send(name, &ToNode::Notice { text: notice }).await;
                 tracing::warn!(node = %name, from = %from, existing = %old, "duplicate session refused");
                 Err(Status::already_exists(format!(
-                    "node {name} is already connected from {old}, and that session answers; stop the other process \
-                     (two processes with one node.toml knock each other off), or, if it is gone, start this one \
-                     again after {} s",
+                    "node {name} is already connected from {old}, and that session answers (it was told of this \
+                     attempt); stop the other process (two processes with one node.toml knock each other off), \
+                     or, if it is gone, start this one again after {} s",
                     wait.as_secs()
                 )))
             }
