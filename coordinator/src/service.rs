@@ -182,9 +182,12 @@ impl NodeService {
         match c.registry.make_room(name, wait).await {
             Ok(None) => Ok(()),
             Ok(Some(old)) => {
+                // Why it closed is the transport's to say (its own `session-closed`
+                // record); a session that answers the keepalive does not close.
                 let reason = format!(
-                    "replaced a session that stopped answering: the session from {old} was closed (no HTTP/2 \
-                     keepalive answer within {} s), and the new session from {from} takes its place",
+                    "replaced a session that stopped answering: the session from {old} closed while a new one from \
+                     {from} waited (the HTTP/2 keepalive closes a connection with no answer within {} s); the new \
+                     session takes its place",
                     c.config.sessions.keepalive().as_secs()
                 );
                 tracing::warn!(node = %name, "{reason}");
