@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use fedcrm_coordinator::Coordinator;
-use fedcrm_coordinator::config::{CoordinatorConfig, Enrolled, ReleaseRules, RoundSettings};
+use fedcrm_coordinator::config::{CoordinatorConfig, Enrolled, ReleaseRules, RoundSettings, SessionSettings};
 use fedcrm_coordinator::round::Hooks;
 use fedcrm_node::config::{CoordinatorEndpoint, NodeConfig};
 use fedcrm_node::data::{DataConfig, Format};
@@ -122,6 +122,8 @@ pub struct ClusterOptions {
     /// It is still deleted when the cluster's `dir` is dropped, unless the caller
     /// calls `TempDir::keep` on it (`fedcrm demo --keep`).
     pub root: Option<PathBuf>,
+    /// The coordinator's HTTP/2 keepalive (`[sessions] keepalive_seconds`).
+    pub keepalive_seconds: u64,
 }
 
 /// Per node, the encoded messages its transport took, in order.
@@ -137,6 +139,7 @@ impl Default for ClusterOptions {
             extra_enrolled: vec![],
             capture_wire: false,
             root: None,
+            keepalive_seconds: SessionSettings::default().keepalive_seconds,
         }
     }
 }
@@ -204,6 +207,7 @@ impl Cluster {
                 phase_timeout_seconds: opts.phase_timeout_seconds,
                 chunk_elements: opts.chunk_elements,
             },
+            sessions: SessionSettings { keepalive_seconds: opts.keepalive_seconds },
             audit_dir: dir.path().join("coordinator-audit"),
             audit: Default::default(),
         };

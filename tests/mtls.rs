@@ -132,6 +132,7 @@ async fn rogue_coordinator(
             .collect(),
         release: Default::default(),
         rounds: Default::default(),
+        sessions: Default::default(),
         audit_dir: cluster.dir.path().join(format!("rogue-{name}-audit")),
         audit: Default::default(),
     };

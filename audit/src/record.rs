@@ -192,6 +192,15 @@ pub enum Event {
         signature_hex: String,
         outcome: String,
     },
+    /// Messages a node sent for no round it takes part in (coordinator log), dropped
+    /// unread and without a receipt: one record per node per burst, not one per
+    /// message, so a flooding node cannot fill the log.
+    MessagesDropped {
+        peer: String,
+        messages: u64,
+        bytes: u64,
+        reason: String,
+    },
     /// A peer's signed log head, received with one of its messages.
     Receipt {
         peer: String,
@@ -353,6 +362,7 @@ impl Event {
             Event::PolicyDecision { .. } => "policy-decision",
             Event::NodeExit { .. } => "node-exit",
             Event::ShareReported { .. } => "share-reported",
+            Event::MessagesDropped { .. } => "messages-dropped",
             Event::Receipt { .. } => "receipt",
             Event::RoundView { .. } => "round-view",
             Event::Release { .. } => "release",

@@ -24,3 +24,20 @@ pub fn record(log: &SharedLog, event: Event) -> Result<(), AuditError> {
 pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+/// A Unix time in milliseconds as `2026-11-29T19:45:20Z` (UTC, whole seconds).
+pub(crate) fn format_ms(ms: u64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp((ms / 1000) as i64).ok();
+    t.map(|t| {
+        format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            t.year(),
+            t.month() as u8,
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        )
+    })
+    .unwrap_or_else(|| format!("{ms} ms after the Unix epoch"))
+}

@@ -25,6 +25,8 @@ pub struct CoordinatorConfig {
     pub release: ReleaseRules,
     #[serde(default)]
     pub rounds: RoundSettings,
+    #[serde(default)]
+    pub sessions: SessionSettings,
     /// The coordinator's tamper-evident audit log.
     pub audit_dir: PathBuf,
     /// Audit log sealing, rotation and retention.
@@ -85,6 +87,41 @@ fn default_chunk() -> u32 {
 impl Default for RoundSettings {
     fn default() -> Self {
         Self { phase_timeout_seconds: default_timeout(), chunk_elements: default_chunk() }
+    }
+}
+
+/// Node sessions: how a dead connection is told from a live one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionSettings {
+    /// The coordinator sends an HTTP/2 PING after this many seconds without a frame
+    /// from a node and closes the connection when the answer does not come within as
+    /// many seconds again. A second session for a connected node's name waits up to
+    /// twice this (plus 2 s) for the first to end: if it answered, the second is
+    /// refused; if it was closed, the second replaces it. Default 10.
+    #[serde(default = "default_keepalive")]
+    pub keepalive_seconds: u64,
+}
+
+fn default_keepalive() -> u64 {
+    10
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        Self { keepalive_seconds: default_keepalive() }
+    }
+}
+
+impl SessionSettings {
+    /// The HTTP/2 keepalive interval, and the time an answer may take.
+    pub fn keepalive(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.keepalive_seconds.max(1))
+    }
+
+    /// How long a second session for one name waits for the first to end.
+    pub fn duplicate_wait(&self) -> std::time::Duration {
+        2 * self.keepalive() + std::time::Duration::from_secs(2)
     }
 }
 

@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod config;
 pub mod enrolment;
+mod inbound;
 pub mod plan;
 pub mod registry;
 pub mod release;
@@ -47,7 +48,7 @@ pub struct Coordinator {
     pub certificate: Vec<u8>,
     /// Signs round rosters.
     signing: SigningKey,
-    events: Mutex<mpsc::Receiver<Event>>,
+    events: Mutex<mpsc::UnboundedReceiver<Event>>,
     hooks: Hooks,
     /// Sums this coordinator unmasked (from its audit log, then every round), to plan
     /// rounds under the nodes' differencing rule.
@@ -293,7 +294,7 @@ impl Coordinator {
 
     /// A round runner for one analysis. Events queued while no analysis ran (stale
     /// disconnects, messages of finished rounds) are discarded first.
-    pub(crate) fn runner<'a>(&'a self, events: &'a mut mpsc::Receiver<Event>) -> Runner<'a> {
+    pub(crate) fn runner<'a>(&'a self, events: &'a mut mpsc::UnboundedReceiver<Event>) -> Runner<'a> {
         while events.try_recv().is_ok() {}
         Runner { coordinator: self, events, settings: self.config.rounds, hooks: &self.hooks }
     }
@@ -314,6 +315,9 @@ pub enum ServeError {
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
+
+/// Concurrent HTTP/2 streams one connection may open.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 8;
 
 /// How long a stopping coordinator waits for the running round to end and for nodes
 /// and analysts to close their connections; then it exits regardless.
@@ -369,7 +373,18 @@ pub async fn run(
     // TLS is done by `tls::incoming`, which logs refused handshakes; tonic gets
     // finished mutual-TLS streams (and reads the peer certificates from them).
     let incoming = tls::incoming(coordinator.clone(), listener);
+    let keepalive = c.sessions.keepalive();
     let server = tonic::transport::Server::builder()
+        // Dead connections are found by HTTP/2 PING (a half-open one after network
+        // loss would otherwise hold its node's name); see `registry::make_room`.
+        .http2_keepalive_interval(Some(keepalive))
+        .http2_keepalive_timeout(Some(keepalive))
+        // What one connection may have in flight before flow control holds it back
+        // (the bound in `registry::IN_FLIGHT_BYTES`). A node needs one stream; an
+        // analyst a few unary calls.
+        .initial_stream_window_size(registry::STREAM_WINDOW)
+        .initial_connection_window_size(registry::CONNECTION_WINDOW)
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .add_service(
             CoordinatorServer::new(service::NodeService(coordinator.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)

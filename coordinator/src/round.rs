@@ -171,7 +171,7 @@ pub struct RoundOutput {
 
 pub(crate) struct Runner<'a> {
     pub coordinator: &'a crate::Coordinator,
-    pub events: &'a mut mpsc::Receiver<Event>,
+    pub events: &'a mut mpsc::UnboundedReceiver<Event>,
     pub settings: RoundSettings,
     pub hooks: &'a Hooks,
 }
@@ -214,6 +214,9 @@ struct Round<'r, 'a> {
     members: Membership,
     /// The phase in progress.
     phase: Phase,
+    /// This round as the sessions' readers see it: they drop messages of nodes that
+    /// are not (or no longer) live before they are receipted or queued.
+    running: crate::registry::Running<'a>,
 }
 
 impl Runner<'_> {
@@ -235,6 +238,8 @@ impl Runner<'_> {
             analysis.analysis_id = id.clone();
         }
         let by_name = invited.iter().map(|p| (p.name.clone(), p.clone())).collect();
+        let chunk = self.settings.chunk_elements.max(1) as usize;
+        let running = self.coordinator.registry.round_started(id, chunk, invited);
         let mut round = Round {
             runner: self,
             id,
@@ -244,6 +249,7 @@ impl Runner<'_> {
             by_name,
             members: Membership::default(),
             phase: Phase::AdvertiseKeys,
+            running,
         };
         let out = round.run(&analysis).await;
         if let Err(e) = &out {
@@ -770,6 +776,7 @@ impl Round<'_, '_> {
     /// `Err` when the coordinator itself failed.
     async fn next(&mut self, deadline: Instant) -> Result<Option<(String, FromNode)>, RoundError> {
         loop {
+            self.running.retain(&self.members.live);
             if self.members.live.is_empty() {
                 return Ok(None);
             }

@@ -109,7 +109,7 @@ impl Coordinator {
 
     async fn histograms_inner(
         &self,
-        events: &mut tokio::sync::mpsc::Receiver<crate::registry::Event>,
+        events: &mut tokio::sync::mpsc::UnboundedReceiver<crate::registry::Event>,
         request: &AnalysisRequest,
         id: &str,
         specs: Vec<HistogramSpec>,
@@ -180,7 +180,7 @@ impl Coordinator {
 
     async fn segments_inner(
         &self,
-        events: &mut tokio::sync::mpsc::Receiver<crate::registry::Event>,
+        events: &mut tokio::sync::mpsc::UnboundedReceiver<crate::registry::Event>,
         request: &AnalysisRequest,
         id: &str,
     ) -> Result<SegmentsOutcome, AnalysisError> {

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::Coordinator;
 use crate::audit::{hex, record};
-use crate::registry::{Event, EventBody, Participant};
+use crate::registry::{Participant, StillConnected};
 use crate::segments::AnalysisError;
 use fedcrm_audit::Event as AuditEvent;
 use fedcrm_audit::log::SignedHead;
@@ -79,6 +79,19 @@ impl NodeService {
                 id.name, id.organisation
             )));
         }
+        let addr = req.remote_addr();
+        let from = addr.map_or_else(|| "an unknown address".to_string(), |a| a.to_string());
+        // One attempt per name at a time: a node cannot hold many half-opened streams.
+        // Unavailable, not AlreadyExists: the other attempt may be this node's own
+        // earlier one, waiting for a half-open session to be replaced.
+        let Some(opening) = c.registry.begin_opening(&id.name) else {
+            return Err(Status::unavailable(format!(
+                "another session for node {} is being opened right now; this one (from {from}) is refused — retry in \
+                 {} s; if two processes run with this node's certificate, stop one",
+                id.name,
+                c.config.sessions.duplicate_wait().as_secs()
+            )));
+        };
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
             .await
@@ -102,15 +115,8 @@ impl NodeService {
             ReceiptFault::Peer(why) => Status::invalid_argument(why),
             ReceiptFault::Local(why) => Status::unavailable(why),
         })?;
-        let hello: Result<FromNode, wire::WireError> = Ok(hello);
         let announced = match hello {
-            Ok(FromNode::Hello { version, software, node, rules }) => {
-                if version != wire::VERSION {
-                    return Err(Status::failed_precondition(format!(
-                        "incompatible protocol version {version:?} from {software}; this coordinator speaks {:?} — upgrade the node",
-                        wire::VERSION
-                    )));
-                }
+            FromNode::Hello { node, rules, .. } => {
                 if node != id.name {
                     return Err(Status::permission_denied(format!(
                         "hello names {node:?} but the certificate names {:?}",
@@ -119,11 +125,11 @@ impl NodeService {
                 }
                 rules
             }
-            Ok(other) => {
+            other => {
                 return Err(Status::failed_precondition(format!("first message must be hello, got {}", other.kind())));
             }
-            Err(e) => return Err(Status::invalid_argument(format!("malformed hello: {e}"))),
         };
+        self.make_room(&id.name, &from).await?;
         let (tx, rx) = mpsc::channel(crate::registry::OUTBOUND_QUEUE);
         let welcome = ToNode::Welcome { coordinator: c.config.name.clone(), certificate: c.certificate.clone() };
         let welcome =
@@ -150,59 +156,76 @@ impl NodeService {
             kind,
             rules: announced,
         };
-        let session = c.registry.register(participant, tx);
+        let registered = c.registry.register(participant, tx.clone(), addr);
+        drop(opening);
         c.enrolment.saw(&id.name, &cert, crate::now_ms() / 1000);
-        tracing::info!(node = %id.name, organisation = %id.organisation, "node connected");
+        tracing::info!(node = %id.name, organisation = %id.organisation, from = %from, "node connected");
         // Enrolment may have been reloaded while this session opened.
         if !c.enrolment.contains(&id.name, &id.organisation) {
             c.end_unenrolled(&id.name, &id.organisation);
         }
-        let coordinator = self.0.clone();
-        let name = id.name;
-        tokio::spawn(async move {
-            loop {
-                let body = match inbound.message().await {
-                    Ok(Some(m)) => {
-                        let digest = wire::node_message_digest(&m);
-                        match wire::parse_node_message(m) {
-                            Ok((m, Some(r))) => match log_receipt(&coordinator, &name, &cert, &r, m.kind(), digest) {
-                                Ok(()) => EventBody::Message(m),
-                                Err(ReceiptFault::Peer(e)) => EventBody::Malformed(e),
-                                Err(ReceiptFault::Local(e)) => EventBody::LocalFault(e),
-                            },
-                            Ok((_, None)) => EventBody::Malformed("message without the node's signed log head".into()),
-                            Err(e) => EventBody::Malformed(e.to_string()),
-                        }
-                    }
-                    Ok(None) | Err(_) => EventBody::Closed,
-                };
-                let closed = matches!(body, EventBody::Closed);
-                coordinator.registry.event(Event { node: name.clone(), session, body }).await;
-                if closed {
-                    let _ = record(
-                        &coordinator.audit,
-                        AuditEvent::SessionClosed { peer: name.clone(), reason: "stream ended".into() },
-                    );
-                    coordinator.registry.unregister(&name, session);
-                    coordinator.enrolment.left(&name, crate::now_ms() / 1000);
-                    tracing::info!(node = %name, "node disconnected");
-                    break;
-                }
-            }
-        });
+        let reader = crate::inbound::Reader {
+            coordinator: self.0.clone(),
+            name: id.name,
+            cert,
+            session: registered.session,
+            tx,
+        };
+        tokio::spawn(reader.run(inbound, registered));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    /// One session per name. A second session waits for the first to end for up to
+    /// twice the keepalive: the HTTP/2 keepalive closes a connection that stopped
+    /// answering (a half-open one after network loss), and then the new session
+    /// replaces it; if the first is still there, it answered, and the new one is
+    /// refused. Both sides are told, and the coordinator's audit log records either.
+    async fn make_room(&self, name: &str, from: &str) -> Result<(), Status> {
+        let c = &self.0;
+        let wait = c.config.sessions.duplicate_wait();
+        match c.registry.make_room(name, wait).await {
+            Ok(None) => Ok(()),
+            Ok(Some(old)) => {
+                // Why it closed is the transport's to say (its own `session-closed`
+                // record); a session that answers the keepalive does not close.
+                let reason = format!(
+                    "replaced a session that stopped answering: the session from {old} closed while a new one from \
+                     {from} waited (the HTTP/2 keepalive closes a connection with no answer within {} s); the new \
+                     session takes its place",
+                    c.config.sessions.keepalive().as_secs()
+                );
+                tracing::warn!(node = %name, "{reason}");
+                record(&c.audit, AuditEvent::SessionClosed { peer: name.to_string(), reason })
+                    .map_err(|e| Status::unavailable(format!("the coordinator's audit log failed: {e}")))?;
+                Ok(())
+            }
+            Err(StillConnected(old)) => {
+                let notice = format!(
+                    "a second session for node {name} from {from} was refused, because this session (from {old}) \
+                     answers; if that was another process with this node's certificate, stop it"
+                );
+                let _ = c.registry.send(name, &ToNode::Notice { text: notice }).await;
+                tracing::warn!(node = %name, from = %from, existing = %old, "duplicate session refused");
+                Err(Status::already_exists(format!(
+                    "node {name} is already connected from {old}, and that session answers (it was told of this \
+                     attempt); stop the other process (two processes with one node.toml knock each other off), \
+                     or, if it is gone, start this one again after {} s",
+                    wait.as_secs()
+                )))
+            }
+        }
     }
 }
 
 /// Why a receipt was not logged: the node's fault, or the coordinator's own.
-enum ReceiptFault {
+pub(crate) enum ReceiptFault {
     Peer(String),
     Local(String),
 }
 
 /// Check a node's signed log head and record it as a receipt, with the kind, size
 /// and SHA-256 of the message it came with (as the node's egress record names them).
-fn log_receipt(
+pub(crate) fn log_receipt(
     c: &Coordinator,
     node: &str,
     cert: &[u8],

@@ -376,6 +376,42 @@ pub fn node_message_digest(m: &pb::NodeMessage) -> (u64, [u8; 32]) {
     (bytes.len() as u64, d.as_ref().try_into().unwrap())
 }
 
+/// What a node message claims to be, read without copying or hashing it: the
+/// coordinator decides from this whether a message belongs to a round that is
+/// running before it spends a hash, a signature check or a receipt on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Envelope {
+    /// As in [`FromNode::kind`]; `empty` for a message without a body.
+    pub kind: &'static str,
+    /// The round it names; `None` for a hello, a refusal of no particular round, or a
+    /// round id that is not 16 bytes (which no running round has).
+    pub round: Option<RoundId>,
+    /// True for a hello or a refusal that names no round.
+    pub roundless: bool,
+    /// Words in a masked chunk (0 for other messages).
+    pub elements: usize,
+    /// Encoded size in bytes, receipt included.
+    pub bytes: usize,
+}
+
+/// Read a node message's [`Envelope`].
+pub fn node_message_envelope(m: &pb::NodeMessage) -> Envelope {
+    use pb::node_message::Body;
+    let id = |b: &[u8]| round_id(b).ok();
+    let (kind, round, roundless, elements) = match &m.body {
+        None => ("empty", None, false, 0),
+        Some(Body::Hello(_)) => ("hello", None, true, 0),
+        Some(Body::Keys(k)) => ("advertise-keys", id(&k.round_id), false, 0),
+        Some(Body::Shares(s)) => ("sealed-shares", id(&s.round_id), false, 0),
+        Some(Body::MaskedChunk(c)) => ("masked-chunk", id(&c.round_id), false, c.words.len()),
+        Some(Body::Unmask(u)) => ("unmask-shares", id(&u.round_id), false, 0),
+        Some(Body::Refusal(r)) => ("refusal", id(&r.round_id), r.round_id.is_empty(), 0),
+        Some(Body::Consistency(c)) => ("consistency-signature", id(&c.round_id), false, 0),
+        Some(Body::ShareReport(r)) => ("share-report", id(&r.round_id), false, 0),
+    };
+    Envelope { kind, round, roundless, elements, bytes: prost::Message::encoded_len(m) }
+}
+
 /// Parse a node message with its receipt.
 pub fn parse_node_message(m: pb::NodeMessage) -> Result<(FromNode, Option<Receipt>), WireError> {
     let r = receipt(m.receipt.as_ref())?;
@@ -476,6 +512,10 @@ pub enum ToNode {
         round: RoundId,
         released: bool,
         message: String,
+    },
+    /// About the session, for the node's operator (e.g. a duplicate session refused).
+    Notice {
+        text: String,
     },
 }
 
@@ -657,6 +697,7 @@ impl TryFrom<pb::CoordinatorMessage> for ToNode {
             Body::RoundEnd(e) => {
                 ToNode::RoundEnd { round: round_id(&e.round_id)?, released: e.released, message: e.message }
             }
+            Body::Notice(n) => ToNode::Notice { text: n.text.chars().take(2000).collect() },
         })
     }
 }
@@ -726,6 +767,7 @@ impl From<&ToNode> for pb::CoordinatorMessage {
                 released: *released,
                 message: message.clone(),
             }),
+            ToNode::Notice { text } => Body::Notice(pb::Notice { text: text.clone() }),
         };
         pb::CoordinatorMessage { body: Some(body), receipt: None }
     }
@@ -1015,6 +1057,27 @@ mod tests {
                 let _ = ToNode::try_from(m);
             }
         }
+    }
+
+    #[test]
+    fn envelope_names_round_size_and_kind_without_parsing() {
+        let r = RoundId([7; 16]);
+        let c = chunk(r, &[1, 2, 3], 2);
+        let m = node_message(&FromNode::Masked(c[0].clone()), None);
+        let e = node_message_envelope(&m);
+        assert_eq!((e.kind, e.round, e.roundless, e.elements), ("masked-chunk", Some(r), false, 2));
+        assert_eq!(e.bytes, m.encode_to_vec().len());
+        let refusal = |round| FromNode::Refusal { round, reason: "no".into(), awaiting_approval: false };
+        let e = node_message_envelope(&node_message(&refusal(None), None));
+        assert_eq!((e.kind, e.round, e.roundless), ("refusal", None, true));
+        let e = node_message_envelope(&node_message(&refusal(Some(r)), None));
+        assert_eq!((e.round, e.roundless), (Some(r), false));
+        let mut bad = node_message(&FromNode::Masked(c[0].clone()), None);
+        if let Some(pb::node_message::Body::MaskedChunk(ref mut x)) = bad.body {
+            x.round_id = vec![1; 3];
+        }
+        assert_eq!(node_message_envelope(&bad).round, None, "a malformed round id names no round");
+        assert_eq!(node_message_envelope(&pb::NodeMessage::default()).kind, "empty");
     }
 
     #[test]

@@ -96,6 +96,13 @@ pub enum SessionError {
     /// The coordinator ended the session with a gRPC status.
     #[error("coordinator closed the session: {text}")]
     Rejected { code: tonic::Code, text: String },
+    /// Another process is connected with this node's certificate, and it answers:
+    /// retrying cannot help until that process stops.
+    #[error(
+        "another process is already connected as this node: {0}; stop it (or this one) — two processes with one \
+         node.toml would knock each other off"
+    )]
+    Duplicate(String),
     /// The coordinator broke the protocol in a way that ends the session.
     #[error("coordinator sent a malformed message: {0}")]
     Wire(#[from] wire::WireError),
@@ -131,6 +138,7 @@ impl SessionError {
         match self {
             SessionError::Files(_)
             | SessionError::Pki(_)
+            | SessionError::Duplicate(_)
             | SessionError::Guard(_)
             | SessionError::OpenLog(_)
             | SessionError::Audit(_)
@@ -335,7 +343,14 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
             rules: ctx.policy.rules(),
         })
         .await?;
-    let mut inbound = client.session(outbound).await.map_err(|s| rejected(&s, true))?.into_inner();
+    let mut inbound = client
+        .session(outbound)
+        .await
+        .map_err(|s| match s.code() {
+            tonic::Code::AlreadyExists => SessionError::Duplicate(s.message().to_string()),
+            _ => rejected(&s, true),
+        })?
+        .into_inner();
     let mut rounds = round::Rounds::new(ctx, egress, shutdown.clone());
     let mut seal_tick = tokio::time::interval(ctx.seal_every);
     seal_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -172,6 +172,10 @@ impl<'a> Rounds<'a> {
                 self.on_unmask(round, survivors, dropped, signatures).await
             }
             ToNode::RoundEnd { round, released, message } => self.on_round_end(round, released, &message),
+            ToNode::Notice { text } => {
+                tracing::warn!(node = %self.ctx.name, "the coordinator says: {text}");
+                Ok(None)
+            }
         }
     }
 
