@@ -458,8 +458,10 @@ fn a_demo_run_makes_only_system_calls_the_units_allow() {
     let trace = std::fs::read_to_string(&trace).unwrap();
     let mut made = BTreeSet::new();
     for line in trace.lines() {
-        // MemoryDenyWriteExecute=yes refuses memory both writable and executable.
+        // MemoryDenyWriteExecute=yes refuses a mapping both writable and executable,
+        // and making any existing mapping executable (systemd.exec(5)).
         assert!(!(line.contains("PROT_WRITE") && line.contains("PROT_EXEC")), "writable and executable: {line}");
+        assert!(!(line.contains("mprotect(") && line.contains("PROT_EXEC")), "made executable: {line}");
         // RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX.
         if let Some(args) = line.split_once("socket(").map(|(_, a)| a) {
             let family = args.split(',').next().unwrap_or_default();
