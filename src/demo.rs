@@ -86,7 +86,7 @@ pub async fn run(o: DemoOptions) -> Result<()> {
     spinner.enable_steady_tick(Duration::from_millis(100));
     spinner.set_message("issuing certificates from CSRs, starting coordinator and nodes");
     let cluster = Cluster::start(
-        ClusterOptions { nodes: specs.clone(), phase_timeout_seconds: 10, ..Default::default() },
+        ClusterOptions { nodes: specs.clone(), phase_timeout_seconds: 10, root: o.keep.clone(), ..Default::default() },
         Hooks::default(),
     )
     .await?;

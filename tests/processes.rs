@@ -317,3 +317,45 @@ async fn a_node_killed_mid_analysis_and_restarted_gets_a_result_or_one_short_lin
     }
     terminate_all(&d, &mut coordinator, &mut nodes);
 }
+
+#[test]
+fn demo_keep_leaves_a_deployment_whose_logs_verify_with_the_printed_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let kept = dir.path().join("demo");
+    let out = Command::new(env!("CARGO_BIN_EXE_fedcrm"))
+        .args(["demo", "--nodes", "5", "--keep", kept.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    for f in ["pki/ca.pem", "coordinator.toml", "hq.toml", "coordinator-audit"] {
+        assert!(kept.join(f).exists(), "{f} is kept");
+    }
+    let nodes: Vec<PathBuf> = std::fs::read_dir(kept.join("nodes")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(nodes.len(), 5);
+    for n in &nodes {
+        for f in ["node.toml", "purchases.txt", "audit"] {
+            assert!(n.join(f).exists(), "{} holds {f}", n.display());
+        }
+    }
+    // The printed `audit verify` command, with its glob expanded as a shell would.
+    let line = text.lines().find(|l| l.trim_start().starts_with("fedcrm audit verify")).expect("printed command");
+    let mut args: Vec<String> = vec![];
+    for word in line.split_whitespace().skip(1) {
+        match word.strip_suffix("/nodes/*/audit") {
+            Some(root) => args.extend(
+                nodes.iter().map(|n| format!("{root}/nodes/{}/audit", n.file_name().unwrap().to_str().unwrap())),
+            ),
+            None => args.push(word.to_string()),
+        }
+    }
+    let verify = Command::new(env!("CARGO_BIN_EXE_fedcrm")).args(&args).output().unwrap();
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    // A kept directory is never reused.
+    let again = Command::new(env!("CARGO_BIN_EXE_fedcrm"))
+        .args(["demo", "--quiet", "--keep", kept.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("must not exist yet"));
+}
