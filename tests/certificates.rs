@@ -271,3 +271,41 @@ async fn sighup_rereads_the_config_file_and_a_broken_one_changes_nothing() {
     assert_eq!(cluster.coordinator.registry.connected().len(), 3);
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_analyst_is_cut_off_on_a_connection_opened_before_the_revocation() {
+    let cluster = cluster().await;
+    // The analyst connects, then HQ revokes its certificate and reloads.
+    let mut hq = fedcrm::hq::AnalystClient::connect(&cluster.analyst).await.unwrap();
+    hq.status().await.expect("allowed before the revocation");
+    fedcrm::auditcli::revoke(&cluster.pki.dir, &cluster.analyst.tls.cert, Reason::KeyCompromise).unwrap();
+    let mut files = cluster.coordinator.config.tls.clone();
+    files.crl = Some(cluster.pki.dir.join("crl.pem"));
+    cluster.coordinator.reload_tls(&files).unwrap();
+    // The same HTTP/2 connection, still open: every further call is refused.
+    let err = hq.status().await.expect_err("a revoked certificate must not outlive its connection");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    assert!(err.message().contains("revoked"), "{}", err.message());
+    let err = hq.segments("1997-09-30", "after revocation").await.expect_err("no analysis either");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_refuses_a_new_coordinator_certificate_and_changes_nothing() {
+    let cluster = cluster().await;
+    // Another certificate for the coordinator's name: rotating it takes a restart.
+    let id = Identity {
+        name: cluster.coordinator.config.name.clone(),
+        organisation: "Demo Jewellery HQ".into(),
+        role: Role::Coordinator,
+    };
+    let other = cluster.pki.issue(&id, Validity::days_from_now(30)).unwrap();
+    let mut files = cluster.coordinator.config.tls.clone();
+    files.cert = other.cert;
+    files.key = other.key;
+    let err = cluster.coordinator.reload_tls(&files).unwrap_err().to_string();
+    assert!(err.contains("restart the coordinator"), "{err}");
+    assert_eq!(cluster.coordinator.registry.connected().len(), 3, "no session ended");
+    cluster.stop().await;
+}

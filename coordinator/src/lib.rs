@@ -204,6 +204,17 @@ impl Coordinator {
     /// once, and the session of a connected node whose certificate it lists ends
     /// (logged). Returns the nodes whose sessions ended.
     pub fn reload_tls(&self, files: &fedcrm_protocol::config::TlsFiles) -> Result<Vec<String>, ServeError> {
+        // Welcome, roster signatures and the audit log's seals use the coordinator's
+        // own certificate and key too: rotating them takes a restart, not a reload.
+        let pem = files.read()?.cert_pem;
+        let der = pki::pem_to_der_certs(&pem).map_err(|e| ServeError::Tls(e.to_string()))?;
+        if der.first() != Some(&self.certificate) {
+            return Err(ServeError::Tls(format!(
+                "{} is not the certificate this coordinator started with; restart the coordinator to rotate its \
+                 own certificate (a reload changes only [[enrolled]] and the CRL)",
+                files.cert.display()
+            )));
+        }
         let revoked = self.tls.reload(files)?;
         tracing::info!(revoked = revoked.len(), "tls configuration reloaded");
         let mut ended = Vec::new();
@@ -244,7 +255,8 @@ impl Coordinator {
             }
         };
         if let Err(e) = self.reload_tls(&new.tls) {
-            tracing::error!(error = %e, "reload refused: certificates unchanged; fix the [tls] files and send SIGHUP again");
+            tracing::error!(error = %e, "reload refused: certificates and enrolment unchanged; fix the [tls] files and send SIGHUP again");
+            return;
         }
         if let Err(e) = self.reload_enrolment(new.enrolled) {
             tracing::error!(error = %e, "reload refused: enrolment unchanged; fix [[enrolled]] and send SIGHUP again");

@@ -332,8 +332,12 @@ impl Registry {
     /// sessions there were.
     pub fn close_all(&self) -> usize {
         let sessions = std::mem::take(&mut *self.lock());
-        for name in sessions.keys() {
+        for (name, session) in &sessions {
             tracing::info!(node = %name, "closing the session: the coordinator is stopping");
+            // The status ends the node's stream now (its reader still holds a sender).
+            let _ = session.tx.try_send(Err(Status::unavailable(
+                "the coordinator is stopping; this node reconnects by itself once it is back",
+            )));
         }
         sessions.len()
     }

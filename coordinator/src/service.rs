@@ -21,7 +21,9 @@ use fedcrm_audit::Event as AuditEvent;
 use fedcrm_audit::log::SignedHead;
 use fedcrm_protocol::wire::Receipt;
 
-fn peer_identity<T>(req: &Request<T>) -> Result<(Identity, Vec<u8>), Status> {
+/// The caller's identity from its client certificate, checked against the current
+/// CRL on every call: a connection opened before a revocation does not outlive it.
+fn peer_identity<T>(c: &Coordinator, req: &Request<T>) -> Result<(Identity, Vec<u8>), Status> {
     let certs = req
         .peer_certs()
         .ok_or_else(|| Status::unauthenticated("a client certificate from the brand CA is required"))?;
@@ -29,6 +31,13 @@ fn peer_identity<T>(req: &Request<T>) -> Result<(Identity, Vec<u8>), Status> {
         certs.first().ok_or_else(|| Status::unauthenticated("a client certificate from the brand CA is required"))?;
     let id = pki::identity_from_cert(cert.as_ref())
         .map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))?;
+    let serial = pki::serial_hex(cert.as_ref()).unwrap_or_default();
+    if c.tls.is_revoked(&serial) {
+        return Err(Status::permission_denied(format!(
+            "the certificate of {} (serial {serial}) is revoked; ask HQ for a new certificate",
+            id.name
+        )));
+    }
     Ok((id, cert.as_ref().to_vec()))
 }
 
@@ -43,7 +52,7 @@ impl pb::coordinator_server::Coordinator for NodeService {
     type SessionStream = SessionStream;
 
     async fn session(&self, req: Request<Streaming<pb::NodeMessage>>) -> Result<Response<SessionStream>, Status> {
-        let (id, cert) = peer_identity(&req)?;
+        let (id, cert) = peer_identity(&self.0, &req)?;
         let (name, organisation) = (id.name.clone(), id.organisation.clone());
         let opened = self.open_session(req, id, cert).await;
         if let Err(status) = &opened {
@@ -260,8 +269,8 @@ pub(crate) fn log_receipt(
 #[derive(Debug, Clone)]
 pub struct AnalystService(pub Arc<Coordinator>);
 
-fn require_analyst<T>(req: &Request<T>) -> Result<Identity, Status> {
-    let (id, _) = peer_identity(req)?;
+fn require_analyst<T>(c: &Coordinator, req: &Request<T>) -> Result<Identity, Status> {
+    let (id, _) = peer_identity(c, req)?;
     if id.role != Role::Analyst {
         return Err(Status::permission_denied(format!(
             "{} holds a {} certificate; analyst calls need an analyst certificate",
@@ -275,7 +284,7 @@ fn require_analyst<T>(req: &Request<T>) -> Result<Identity, Status> {
 #[tonic::async_trait]
 impl pb::analyst_server::Analyst for AnalystService {
     async fn run_segments(&self, req: Request<pb::SegmentsRequest>) -> Result<Response<pb::SegmentsReply>, Status> {
-        let who = require_analyst(&req)?;
+        let who = require_analyst(&self.0, &req)?;
         let r = req.into_inner();
         let date = wire::parse_date(&r.reference_date).map_err(|e| Status::invalid_argument(e.to_string()))?;
         if r.purpose.trim().is_empty() {
@@ -322,7 +331,7 @@ impl pb::analyst_server::Analyst for AnalystService {
     }
 
     async fn status(&self, req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
-        require_analyst(&req)?;
+        require_analyst(&self.0, &req)?;
         let c = &self.0;
         let connected = c.registry.connected();
         let now = crate::now_ms() / 1000;

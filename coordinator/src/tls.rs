@@ -31,6 +31,46 @@ pub const REFUSAL_KEYS: usize = 1024;
 /// Handshakes in progress at once; further connections are closed at once (a
 /// handshake holds a task and a few KiB until [`TLS_HANDSHAKE_TIMEOUT`]).
 pub const MAX_HANDSHAKES: usize = 256;
+/// Handshakes in progress at once from one IP address, so that one source cannot take
+/// every slot (nodes and analysts each need one at a time).
+pub const MAX_HANDSHAKES_PER_IP: usize = 8;
+
+/// Handshakes in progress per source address: (count, warned this burst).
+type PerIp = Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (usize, bool)>>>;
+
+/// A handshake slot of one source address, given back when dropped.
+struct IpSlot {
+    table: PerIp,
+    ip: std::net::IpAddr,
+}
+
+impl IpSlot {
+    /// Take a slot for `ip`, or `Err(first)` when it already holds
+    /// [`MAX_HANDSHAKES_PER_IP`] (`first`: the first refusal of this burst).
+    fn take(table: &PerIp, ip: std::net::IpAddr) -> Result<Self, bool> {
+        let mut t = table.lock().unwrap_or_else(|p| p.into_inner());
+        let e = t.entry(ip).or_insert((0, false));
+        if e.0 >= MAX_HANDSHAKES_PER_IP {
+            let first = !e.1;
+            e.1 = true;
+            return Err(first);
+        }
+        e.0 += 1;
+        Ok(Self { table: table.clone(), ip })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = t.get_mut(&self.ip) {
+            e.0 -= 1;
+            if e.0 == 0 {
+                t.remove(&self.ip);
+            }
+        }
+    }
+}
 
 tokio::task_local! {
     /// The certificate the verifier refused during this task's handshake, if any.
@@ -42,13 +82,21 @@ tokio::task_local! {
 pub struct Acceptor {
     config: RwLock<Arc<ServerConfig>>,
     limiter: Mutex<RefusalLimiter>,
+    /// Serials (hex) the current CRL lists: a connection opened before a reload is
+    /// checked against them on every call, not only at its handshake.
+    revoked: RwLock<Vec<String>>,
 }
 
 impl Acceptor {
     /// Build from the coordinator's certificate files (and CRL, when configured).
     pub fn new(files: &TlsFiles) -> Result<(Self, Vec<String>), ServeError> {
         let (config, revoked) = build(files)?;
-        Ok((Self { config: RwLock::new(Arc::new(config)), limiter: Mutex::new(RefusalLimiter::default()) }, revoked))
+        let acceptor = Self {
+            config: RwLock::new(Arc::new(config)),
+            limiter: Mutex::new(RefusalLimiter::default()),
+            revoked: RwLock::new(revoked.clone()),
+        };
+        Ok((acceptor, revoked))
     }
 
     /// Re-read certificate, key and CRL; on error the old configuration stays.
@@ -56,7 +104,13 @@ impl Acceptor {
     pub fn reload(&self, files: &TlsFiles) -> Result<Vec<String>, ServeError> {
         let (config, revoked) = build(files)?;
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+        self.revoked.write().unwrap_or_else(|p| p.into_inner()).clone_from(&revoked);
         Ok(revoked)
+    }
+
+    /// Whether the current CRL lists the certificate with this serial (hex).
+    pub fn is_revoked(&self, serial_hex: &str) -> bool {
+        self.revoked.read().unwrap_or_else(|p| p.into_inner()).iter().any(|s| s == serial_hex)
     }
 
     fn current(&self) -> Arc<ServerConfig> {
@@ -134,6 +188,7 @@ pub(crate) fn incoming(
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        let per_ip: PerIp = Arc::default();
         loop {
             let (tcp, addr) = tokio::select! {
                 _ = tx.closed() => break,
@@ -147,13 +202,26 @@ pub(crate) fn incoming(
                     }
                 },
             };
+            let slot = match IpSlot::take(&per_ip, addr.ip()) {
+                Ok(slot) => slot,
+                Err(first) => {
+                    if first {
+                        tracing::warn!(
+                            ip = %addr.ip(),
+                            "{MAX_HANDSHAKES_PER_IP} TLS handshakes from one address in progress; closing its further \
+                             connections until they finish"
+                        );
+                    }
+                    continue;
+                }
+            };
             let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-                tracing::debug!(%addr, "too many handshakes in progress; connection closed");
+                tracing::warn!(%addr, "{MAX_HANDSHAKES} TLS handshakes in progress; connection closed");
                 continue;
             };
             let (c, tx) = (coordinator.clone(), tx.clone());
             tokio::spawn(async move {
-                let _permit = permit;
+                let (_permit, _slot) = (permit, slot);
                 let acceptor = TlsAcceptor::from(c.tls.current());
                 let (result, presented) = PRESENTED
                     .scope(RefCell::new(None), async {
@@ -203,6 +271,19 @@ fn refused(c: &crate::Coordinator, addr: SocketAddr, presented: Option<(Vec<u8>,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_address_cannot_take_every_handshake_slot() {
+        let table: PerIp = Arc::default();
+        let a: std::net::IpAddr = [10, 0, 0, 1].into();
+        let b: std::net::IpAddr = [10, 0, 0, 2].into();
+        let held: Vec<IpSlot> = (0..MAX_HANDSHAKES_PER_IP).map(|_| IpSlot::take(&table, a).ok().unwrap()).collect();
+        assert_eq!(IpSlot::take(&table, a).err(), Some(true), "the first refusal of a burst is reported");
+        assert_eq!(IpSlot::take(&table, a).err(), Some(false), "and only the first");
+        assert!(IpSlot::take(&table, b).is_ok(), "another address still gets a slot");
+        drop(held);
+        assert!(IpSlot::take(&table, a).is_ok(), "slots come back when handshakes finish");
+    }
 
     #[test]
     fn one_record_per_peer_and_reason_per_window_counting_the_rest() {

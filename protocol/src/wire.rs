@@ -961,7 +961,8 @@ impl TryFrom<pb::NodeMessage> for FromNode {
             },
             Body::Refusal(r) => FromNode::Refusal {
                 round: if r.round_id.is_empty() { None } else { Some(round_id(&r.round_id)?) },
-                reason: r.reason.chars().take(2000).collect(),
+                // No control characters: the reason is shown one line per node.
+                reason: reason("refusal.reason", &r.reason)?,
                 awaiting_approval: r.awaiting_approval,
             },
         })
@@ -1042,6 +1043,27 @@ pub fn chunk(round: RoundId, words: &[u64], per: usize) -> Vec<MaskedChunk> {
 mod tests {
     use super::*;
     use prost::Message;
+
+    #[test]
+    fn a_refusal_cannot_forge_lines_in_the_analysts_output() {
+        // A node's reason is shown as one line per node: a line break in it would let a
+        // malicious node print a fake line blaming an honest one.
+        let forged = "x\n  fr-b: excluded: fr-b sent a share to fr-c that fails to open";
+        let m = pb::NodeMessage {
+            body: Some(pb::node_message::Body::Refusal(pb::Refusal {
+                round_id: vec![],
+                reason: forged.into(),
+                awaiting_approval: false,
+            })),
+            receipt: None,
+        };
+        assert!(FromNode::try_from(m.clone()).is_err());
+        let mut ok = m;
+        if let Some(pb::node_message::Body::Refusal(r)) = ok.body.as_mut() {
+            r.reason = "policy: not allowed".into();
+        }
+        assert!(FromNode::try_from(ok).is_ok());
+    }
 
     proptest::proptest! {
         #[test]

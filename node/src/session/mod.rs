@@ -122,6 +122,11 @@ pub enum SessionError {
 }
 
 impl SessionError {
+    /// This node refused the certificate the coordinator's address presented.
+    pub fn is_refused_certificate(&self) -> bool {
+        matches!(self, SessionError::CoordinatorRefused { .. })
+    }
+
     /// Whether retrying cannot help, so the node stops and says so: this node's
     /// configuration, identity, software version or audit log must be fixed first
     /// (unreadable files, a bad certificate or key, an audit log that cannot be
@@ -343,9 +348,13 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
             rules: ctx.policy.rules(),
         })
         .await?;
-    let mut inbound = client
-        .session(outbound)
-        .await
+    // The coordinator may hold the call open (while it checks an older session of this
+    // node); a stop request must not wait for it.
+    let opened = tokio::select! {
+        r = client.session(outbound) => r,
+        _ = shutdown.changed() => return Ok(SessionEnd::Closed),
+    };
+    let mut inbound = opened
         .map_err(|s| match s.code() {
             tonic::Code::AlreadyExists => SessionError::Duplicate(s.message().to_string()),
             _ => rejected(&s, true),
@@ -676,7 +685,12 @@ pub async fn run(ctx: NodeContext, backoff: Backoff, shutdown: watch::Receiver<b
         }
         match outcome {
             Ok(SessionEnd::Dropped) => return Ok(()),
-            Err(e) if e.is_permanent() => return Err(e),
+            // A refused coordinator certificate stops the node only before it ever met
+            // the real coordinator (a wrong tls.ca); afterwards it may be an impostor on
+            // the network, which must not be able to take the node offline for good.
+            Err(e) if e.is_permanent() && !(ctx.welcomed.load(Ordering::SeqCst) > 0 && e.is_refused_certificate()) => {
+                return Err(e);
+            }
             _ if *shutdown.borrow() => return Ok(()),
             Ok(SessionEnd::Closed) => {
                 tracing::warn!(node = %ctx.name, "the coordinator ended the session (restarting or shutting down?)")
