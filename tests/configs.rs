@@ -114,3 +114,27 @@ fn ca_sign_refuses_a_validity_of_zero_days() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--days") && err.contains("0 is not in 1.."), "{err}");
 }
+
+#[test]
+fn an_error_under_json_is_json_and_each_cause_prints_once() {
+    // A script that asked for JSON must be able to parse the failure too.
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("hq.toml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fedcrm"))
+        .args(["hq", "status", "--json", "--config", missing.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    let error = v["error"].as_str().unwrap();
+    assert!(error.contains("hq.toml"), "{v}");
+    assert!(v["causes"].as_array().is_some_and(|c| !c.is_empty()), "{v}");
+    // Without --json: plain text on standard error, the OS error once.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fedcrm"))
+        .args(["hq", "status", "--config", missing.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("error: ") && out.stdout.is_empty(), "{err}");
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
+}
