@@ -323,7 +323,7 @@ async fn a_final_u2_that_keeps_a_reported_sender_is_refused_by_the_reporter() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_false_report_removes_only_the_accused_and_names_the_accuser() {
     let mut nodes = cdnow_nodes(&[1; 5], true);
-    nodes[4].faults.false_report = Some(FalseReport { sender: "node-2".into(), forge_evidence: false });
+    nodes[4].faults.false_report = Some(FalseReport { sender: "node-2".into(), more: vec![], forge_evidence: false });
     let (cluster, out) = histogram_round(nodes, exact(), Hooks::default()).await;
     let out = out.unwrap();
     assert_eq!(out.release.contributors, vec!["node-0", "node-1", "node-3", "node-4"]);
@@ -336,12 +336,29 @@ async fn a_false_report_removes_only_the_accused_and_names_the_accuser() {
     cluster.stop().await;
 }
 
+/// A node accusing several peers at once is dropped itself; none of the accused is:
+/// one malicious node cannot empty a round by accusing everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_accusing_several_peers_at_once_is_dropped_instead_of_them() {
+    let mut nodes = cdnow_nodes(&[1; 5], true);
+    let more = vec!["node-1".to_string(), "node-3".to_string()];
+    nodes[4].faults.false_report = Some(FalseReport { sender: "node-2".into(), more, forge_evidence: false });
+    let (cluster, out) = histogram_round(nodes, exact(), Hooks::default()).await;
+    let out = out.unwrap();
+    assert_eq!(out.release.contributors, vec!["node-0", "node-1", "node-2", "node-3"]);
+    assert_eq!(counts(&out), expected_sum(&cluster, &out.release.contributors));
+    let why = &out.exits["node-4"];
+    assert!(why.starts_with("rejected: accused 3 peers in one round"), "{why}");
+    assert_eq!(out.exits.len(), 1, "{:?}", out.exits);
+    cluster.stop().await;
+}
+
 /// A report whose evidence is not the share the accused signed and the coordinator
 /// relayed drops the reporter, never the accused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_report_with_evidence_the_sender_never_signed_drops_the_reporter() {
     let mut nodes = cdnow_nodes(&[1; 5], true);
-    nodes[4].faults.false_report = Some(FalseReport { sender: "node-2".into(), forge_evidence: true });
+    nodes[4].faults.false_report = Some(FalseReport { sender: "node-2".into(), more: vec![], forge_evidence: true });
     let (cluster, out) = histogram_round(nodes, exact(), Hooks::default()).await;
     let out = out.unwrap();
     assert_eq!(out.release.contributors, vec!["node-0", "node-1", "node-2", "node-3"]);

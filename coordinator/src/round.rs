@@ -536,6 +536,17 @@ impl Round<'_, '_> {
         unopened: &[UnopenedShare],
         sealed: &BTreeMap<String, Vec<Sealed>>,
     ) -> Result<(), String> {
+        // The coordinator cannot open a share, so it cannot tell a true report from a
+        // false one. One accusation per reporter and round is believed (the accused
+        // leaves); a node that accuses several peers at once is dropped instead, so one
+        // malicious node cannot empty a round by accusing everyone.
+        if unopened.len() > MAX_ACCUSATIONS {
+            return Err(format!(
+                "accused {} peers in one round; at most {MAX_ACCUSATIONS} accusation per node and round is \
+                 believed, so this node leaves the round instead of the accused",
+                unopened.len()
+            ));
+        }
         let mut senders = BTreeSet::new();
         for u in unopened {
             let sender = &u.share.peer;
@@ -954,6 +965,9 @@ pub fn describe(exits: &BTreeMap<String, Exit>) -> String {
     }
     exits.iter().map(|(n, e)| format!("\n  {n}: {e}")).collect()
 }
+
+/// Accusations one node may make in one round's share report (see `check_report`).
+pub const MAX_ACCUSATIONS: usize = 1;
 
 /// The longest reason shown to the analyst for one node (the full text stays in the
 /// audit logs: the coordinator's `node-exit` record and the node's own decision).

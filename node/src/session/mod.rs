@@ -66,6 +66,8 @@ pub struct Faults {
 #[derive(Debug, Clone)]
 pub struct FalseReport {
     pub sender: String,
+    /// Further peers accused in the same report.
+    pub more: Vec<String>,
     /// Alter the share's bytes in the report: evidence the sender never signed.
     pub forge_evidence: bool,
 }

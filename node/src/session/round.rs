@@ -406,14 +406,14 @@ impl<'a> Rounds<'a> {
             unopened.push(UnopenedShare { share, reason });
         }
         #[cfg(feature = "test-util")]
-        if let Some(f) = &ctx.faults.false_report
-            && let Some(s) = shares.iter().find(|s| s.peer == f.sender)
-        {
-            let mut share = s.clone();
-            if f.forge_evidence {
-                share.ciphertext[0] ^= 0x01;
+        if let Some(f) = &ctx.faults.false_report {
+            for s in shares.iter().filter(|s| s.peer == f.sender || f.more.contains(&s.peer)) {
+                let mut share = s.clone();
+                if f.forge_evidence {
+                    share.ciphertext[0] ^= 0x01;
+                }
+                unopened.push(UnopenedShare { share, reason: "a false report (test fault)".into() });
             }
-            unopened.push(UnopenedShare { share, reason: "a false report (test fault)".into() });
         }
         a.state = State::SharesOpened(opened);
         self.egress.send(&FromNode::ShareReport { round, unopened }).await?;
