@@ -247,6 +247,13 @@ pub(crate) fn incoming(
 fn refused(c: &crate::Coordinator, addr: SocketAddr, presented: Option<(Vec<u8>, Refusal)>, io: Refusal, now_ms: u64) {
     let (peer, organisation, refusal, certificate) = match presented {
         Some((der, refusal)) => match pki::identity_from_cert(&der) {
+            // The name is a claim only: whoever connected lacked its key.
+            Ok(id) if refusal == Refusal::NotKeyHolder => (
+                format!("unverified: {}'s certificate without its key, from {}", id.name, addr.ip()),
+                id.organisation,
+                refusal,
+                true,
+            ),
             Ok(id) => (id.name, id.organisation, refusal, true),
             Err(_) => (format!("unreadable certificate from {}", addr.ip()), String::new(), refusal, true),
         },

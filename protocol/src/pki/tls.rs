@@ -42,10 +42,21 @@ pub enum Refusal {
     NoCertificate,
     /// A CRL is configured but does not cover the certificate's issuer.
     UnknownRevocationStatus,
+    /// The handshake signature does not verify: whoever connected presented this
+    /// certificate (anyone may have a copy: rosters relay them) without its key. The
+    /// name in it is not the party's.
+    NotKeyHolder,
     /// The handshake did not finish in time.
     Timeout,
     /// Anything else (not TLS at all, no common cipher suite, …), as rustls says it.
     Other(String),
+}
+
+/// What the verifiers report when a handshake signature fails (see [`Refusal::NotKeyHolder`]).
+const NOT_KEY_HOLDER: &str = "the handshake signature does not verify with the presented certificate's key";
+
+fn not_key_holder() -> rustls::Error {
+    rustls::Error::General(NOT_KEY_HOLDER.into())
 }
 
 impl Refusal {
@@ -64,6 +75,7 @@ impl Refusal {
                 other => Refusal::Other(format!("{other:?}")),
             },
             rustls::Error::NoCertificatesPresented => Refusal::NoCertificate,
+            rustls::Error::General(m) if m == NOT_KEY_HOLDER => Refusal::NotKeyHolder,
             rustls::Error::AlertReceived(rustls::AlertDescription::UnknownCA) => Refusal::UnknownIssuer,
             rustls::Error::AlertReceived(rustls::AlertDescription::CertificateExpired) => Refusal::Expired,
             rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRevoked) => Refusal::Revoked,
@@ -94,6 +106,9 @@ impl Refusal {
             Refusal::WrongName => "check `coordinator.server_name` against the name in the coordinator's certificate",
             Refusal::NoCertificate => "configure a client certificate (`tls.cert`, `tls.key`)",
             Refusal::UnknownRevocationStatus => "`tls.crl` is not the brand CA's list; use ca/crl.pem from HQ",
+            Refusal::NotKeyHolder => {
+                "someone presented this certificate without its private key; the named party did not connect"
+            }
             Refusal::Timeout => "the peer did not finish the handshake; check the network",
             Refusal::Other(_) => "check that the peer speaks fedcrm's mutual TLS",
         }
@@ -111,6 +126,7 @@ impl fmt::Display for Refusal {
             Refusal::WrongName => f.write_str("wrong name"),
             Refusal::NoCertificate => f.write_str("no certificate"),
             Refusal::UnknownRevocationStatus => f.write_str("unknown revocation status"),
+            Refusal::NotKeyHolder => f.write_str("not the key holder"),
             Refusal::Timeout => f.write_str("timeout"),
             Refusal::Other(why) => write!(f, "handshake failed ({why})"),
         }
@@ -245,7 +261,9 @@ impl ClientCertVerifier for RecordingClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss).inspect_err(|e| (self.on_refused)(cert, e))
+        self.inner
+            .verify_tls12_signature(message, cert, dss)
+            .inspect_err(|_| (self.on_refused)(cert, &not_key_holder()))
     }
 
     fn verify_tls13_signature(
@@ -254,7 +272,9 @@ impl ClientCertVerifier for RecordingClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss).inspect_err(|e| (self.on_refused)(cert, e))
+        self.inner
+            .verify_tls13_signature(message, cert, dss)
+            .inspect_err(|_| (self.on_refused)(cert, &not_key_holder()))
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -294,7 +314,9 @@ impl ServerCertVerifier for RecordingServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss).inspect_err(|e| (self.on_refused)(cert, e))
+        self.inner
+            .verify_tls12_signature(message, cert, dss)
+            .inspect_err(|_| (self.on_refused)(cert, &not_key_holder()))
     }
 
     fn verify_tls13_signature(
@@ -303,7 +325,9 @@ impl ServerCertVerifier for RecordingServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss).inspect_err(|e| (self.on_refused)(cert, e))
+        self.inner
+            .verify_tls13_signature(message, cert, dss)
+            .inspect_err(|_| (self.on_refused)(cert, &not_key_holder()))
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -314,6 +338,17 @@ impl ServerCertVerifier for RecordingServerVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_handshake_signature_is_not_blamed_on_the_certificates_owner() {
+        // A peer's certificate is no secret (rosters relay them): presenting one without
+        // its key must not read as that peer's refusal for "unknown issuer".
+        assert_eq!(Refusal::classify(&not_key_holder()), Refusal::NotKeyHolder);
+        assert_eq!(Refusal::NotKeyHolder.to_string(), "not the key holder");
+        assert!(Refusal::NotKeyHolder.advice().contains("did not connect"));
+        let other = rustls::Error::General("something else".into());
+        assert_eq!(Refusal::classify(&other), Refusal::Other(other.to_string()));
+    }
 
     #[test]
     fn refusals_are_sorted_for_the_operator() {
