@@ -309,3 +309,55 @@ async fn a_reload_refuses_a_new_coordinator_certificate_and_changes_nothing() {
     assert_eq!(cluster.coordinator.registry.connected().len(), 3, "no session ended");
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_node_reads_the_crl_again_before_it_reconnects() {
+    let cluster = cluster().await;
+    // A coordinator certificate that is fine today, on a server the node will dial.
+    let id = Identity {
+        name: fedcrm::harness::COORDINATOR_NAME.into(),
+        organisation: "Demo Jewellery HQ".into(),
+        role: Role::Coordinator,
+    };
+    let dir = cluster.dir.path().join("later-revoked");
+    std::fs::create_dir_all(&dir).unwrap();
+    let files = cluster.pki.issue(&id, Validity::days_from_now(30)).unwrap();
+    // The CRL the node starts with lists another certificate only.
+    let other = Identity {
+        name: "node-8".into(),
+        organisation: "node-8 franchise ltd".into(),
+        role: Role::Node(OrgKind::Franchisee),
+    };
+    let other_files = cluster.pki.issue(&other, Validity::days_from_now(30)).unwrap();
+    fedcrm::auditcli::revoke(&cluster.pki.dir, &other_files.cert, Reason::KeyCompromise).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut config = cluster.coordinator.config.clone();
+    config.tls.cert = files.cert.clone();
+    config.tls.key = files.key;
+    config.audit_dir = dir.join("audit");
+    // It does not enroll node-0: a session that gets past TLS is refused by name.
+    config.enrolled.retain(|e| e.name != "node-0");
+    let second = fedcrm_coordinator::Coordinator::open(config, Hooks::default()).unwrap();
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(fedcrm_coordinator::run(second, listener, async move {
+        let _ = stopped.changed().await;
+    }));
+    let mut cfg = cluster.node_configs[0].clone();
+    cfg.coordinator.url = format!("https://{addr}");
+    cfg.audit_dir = dir.join("node-audit");
+    cfg.tls.crl = Some(cluster.pki.dir.join("crl.pem"));
+    let ctx = cluster.node_context(&cfg, Faults::default()).unwrap();
+    let first = run_session(&ctx, cluster.shutdown_signal()).await.expect_err("not enrolled there");
+    assert!(matches!(first, SessionError::Rejected { .. }), "TLS passed, the name was refused: {first}");
+    // HQ revokes that certificate and ships the new list; the same running node
+    // refuses it at its next attempt, without a restart.
+    fedcrm::auditcli::revoke(&cluster.pki.dir, &files.cert, Reason::KeyCompromise).unwrap();
+    let next = run_session(&ctx, cluster.shutdown_signal()).await.expect_err("revoked now");
+    assert!(
+        matches!(&next, SessionError::CoordinatorRefused { refusal, .. } if refusal.to_string() == "revoked"),
+        "{next}"
+    );
+    let _ = stop.send(true);
+    cluster.stop().await;
+}

@@ -177,7 +177,10 @@ pub struct NodeContext {
     /// Where `ca_pem` came from (named in errors).
     pub ca_path: PathBuf,
     /// The brand CA's revocation list (`tls.crl`), checked against the coordinator.
-    pub crls: Vec<rustls_pki_types::CertificateRevocationListDer<'static>>,
+    pub crls: Mutex<Vec<rustls_pki_types::CertificateRevocationListDer<'static>>>,
+    /// Where the CRL is read from again before every connection attempt, so a list HQ
+    /// updated reaches a running node without a restart.
+    pub crl_path: Option<PathBuf>,
     pub cert_pem: String,
     pub key: PrivateKeyPem,
     pub signing: SigningKey,
@@ -280,7 +283,8 @@ impl NodeContext {
             ca_pem,
             ca_der,
             ca_path: config.tls.ca.clone(),
-            crls,
+            crls: Mutex::new(crls),
+            crl_path: config.tls.crl.clone(),
             cert_pem,
             key,
             signing,
@@ -544,6 +548,22 @@ fn month_of(ms: u64) -> String {
 }
 
 impl NodeContext {
+    /// Read `tls.crl` again (HQ may have revoked more certificates since start-up).
+    /// A file that no longer reads or is not the brand CA's list keeps the one in use,
+    /// with a warning: a broken download must not switch revocation checks off.
+    fn refresh_crl(&self) {
+        let Some(path) = &self.crl_path else { return };
+        let loaded = std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|pem| pki::crl::load(&self.ca_der, &pem).map_err(|e| e.to_string()));
+        match loaded {
+            Ok((der, _)) => *self.crls.lock().unwrap_or_else(|p| p.into_inner()) = vec![der],
+            Err(e) => {
+                tracing::warn!(node = %self.name, crl = %path.display(), error = %e, "keeping the revocation list in use")
+            }
+        }
+    }
+
     /// How many analyses of `kind` the node joined this month, and whether this
     /// analysis is one of them.
     fn cap_state(&self, kind: &str, analysis_id: &str) -> crate::policy::CapState {
@@ -599,7 +619,9 @@ async fn connect(ctx: &NodeContext) -> Result<Channel, SessionError> {
             *refused.lock().unwrap_or_else(|p| p.into_inner()) = Some((pki::tls::Refusal::classify(e), e.to_string()));
         })
     };
-    let config = pki::tls::client_config(&ctx.ca_pem, &ctx.cert_pem, &ctx.key, ctx.crls.clone(), hook)?;
+    ctx.refresh_crl();
+    let crls = ctx.crls.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let config = pki::tls::client_config(&ctx.ca_pem, &ctx.cert_pem, &ctx.key, crls, hook)?;
     let server_name = rustls_pki_types::ServerName::try_from(ctx.server_name.clone()).map_err(|e| {
         SessionError::Connect { url: ctx.url.clone(), why: format!("coordinator.server_name is not a dns name: {e}") }
     })?;
