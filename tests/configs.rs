@@ -138,3 +138,25 @@ fn an_error_under_json_is_json_and_each_cause_prints_once() {
     assert!(err.starts_with("error: ") && out.stdout.is_empty(), "{err}");
     assert_eq!(err.matches("os error 2").count(), 1, "{err}");
 }
+
+#[test]
+fn a_chunk_size_beyond_the_message_limit_is_an_error_at_load() {
+    // A chunk that cannot fit in one gRPC message would fail every round at its first
+    // masked input; say so when the coordinator starts instead.
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(configs().join("coordinator.toml")).unwrap();
+    assert!(text.contains("chunk_elements = 65536"));
+    for bad in ["0", "2000000"] {
+        let p = dir.path().join(format!("coordinator-{bad}.toml"));
+        std::fs::write(&p, text.replace("chunk_elements = 65536", &format!("chunk_elements = {bad}"))).unwrap();
+        let err = fedcrm_coordinator::config::CoordinatorConfig::load(&p).unwrap_err().to_string();
+        assert!(err.contains("chunk_elements") && err.contains("message limit"), "{bad}: {err}");
+    }
+    let largest = fedcrm_protocol::MAX_CHUNK_ELEMENTS;
+    let p = dir.path().join("coordinator-max.toml");
+    std::fs::write(&p, text.replace("chunk_elements = 65536", &format!("chunk_elements = {largest}"))).unwrap();
+    fedcrm_coordinator::config::CoordinatorConfig::load(&p).expect("the largest chunk that fits is accepted");
+    // The largest chunk's encoded message does fit.
+    let chunk = fedcrm_protocol::pb::MaskedChunk { words: vec![u64::MAX; largest as usize], ..Default::default() };
+    assert!(prost::Message::encoded_len(&chunk) < fedcrm_protocol::MAX_MESSAGE_BYTES);
+}

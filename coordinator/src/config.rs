@@ -131,6 +131,19 @@ impl CoordinatorConfig {
         let (mut c, base): (CoordinatorConfig, _) = load_toml(path)?;
         c.tls.resolve(&base);
         resolve(&base, &mut c.audit_dir);
+        let chunk = c.rounds.chunk_elements;
+        if chunk == 0 || chunk > fedcrm_protocol::MAX_CHUNK_ELEMENTS {
+            return Err(ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: format!(
+                    "[rounds] chunk_elements = {chunk}: a chunk must hold 1 to {} words to stay under the {} MiB \
+                     message limit; the default is {}",
+                    fedcrm_protocol::MAX_CHUNK_ELEMENTS,
+                    fedcrm_protocol::MAX_MESSAGE_BYTES >> 20,
+                    fedcrm_protocol::DEFAULT_CHUNK_ELEMENTS
+                ),
+            });
+        }
         Ok(c)
     }
 }

@@ -30,3 +30,7 @@ pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
 /// Elements per masked-vector chunk: 64 Ki words = 512 KiB of payload.
 pub const DEFAULT_CHUNK_ELEMENTS: u32 = 65_536;
+
+/// The most elements a chunk may carry: 8-byte words (`fixed64`) with 64 KiB to spare
+/// for the rest of the message and its receipt stay under [`MAX_MESSAGE_BYTES`].
+pub const MAX_CHUNK_ELEMENTS: u32 = ((MAX_MESSAGE_BYTES - 64 * 1024) / 8) as u32;
