@@ -64,7 +64,9 @@ pub fn check_text(r: &CheckReport) -> String {
         r.last_purchase.as_deref().unwrap_or("-")
     ));
     for (ch, n) in &r.channels {
-        s.push_str(&format!("  channel {ch:<16} {n} rows\n"));
+        // Padded by display width: a Chinese channel name takes two columns a character.
+        let pad = " ".repeat(16usize.saturating_sub(unicode_width::UnicodeWidthStr::width(ch.as_str())));
+        s.push_str(&format!("  channel {ch}{pad} {n} rows\n"));
     }
     s.push_str(&format!(
         "\npolicy: allowed analyses {:?}, min participants {}\n",

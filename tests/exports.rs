@@ -219,6 +219,17 @@ fn node_check_shows_the_encoding_and_consent_counts_of_a_gb18030_export() {
     assert!(text.contains("on lines 4\n"), "the unmatched key's line, never the key: {text}");
     assert!(!text.contains("nobody"), "{text}");
     assert!(text.contains("1 lines are not one key") && text.contains("on lines 5;"), "{text}");
+    // Chinese channel names line up with the rest: the counts start in one column.
+    let columns: std::collections::BTreeSet<usize> = text
+        .lines()
+        .filter(|l| l.starts_with("  channel "))
+        .map(|l| {
+            unicode_width::UnicodeWidthStr::width(&l[..l.rfind(' ').unwrap()])
+                - l.split(' ').rev().nth(1).unwrap().len()
+        })
+        .collect();
+    assert!(text.lines().any(|l| l.starts_with("  channel ") && !l.is_ascii()), "{text}");
+    assert_eq!(columns.len(), 1, "{text}");
 }
 
 #[test]
