@@ -200,6 +200,15 @@ async fn a_flooding_node_cannot_grow_the_coordinator_or_its_log_and_the_others_r
     // not dropped: at most one quota's worth.
     assert!(dropped <= sent && dropped + 64 >= sent, "{dropped} of {sent} flood messages counted as dropped");
     assert!(drops.len() * 10 < dropped as usize, "one record per burst, not per message: {drops:?}");
+    // The auditor's report lists the drops beside the refused connections.
+    let day =
+        time::OffsetDateTime::from_unix_timestamp((records.last().unwrap().time_ms / 1000) as i64).unwrap().date();
+    let report = fedcrm_audit::report::build(std::slice::from_ref(&records), day, day, None);
+    assert!(
+        report.refused_sessions.iter().any(|x| x.peer == FLOODER && x.reason.contains("dropped unread")),
+        "{:?}",
+        report.refused_sessions
+    );
     println!(
         "flood: {sent} messages of {} MiB; coordinator process grew by at most {} MiB (bound {} MiB); {} drop records",
         MAX_MESSAGE_BYTES >> 20,

@@ -89,7 +89,7 @@ pub struct PartyLog {
     pub last_record: Option<String>,
 }
 
-/// A connection refused by the coordinator.
+/// A connection refused by the coordinator, or a burst of a node's messages it dropped unread.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct RefusedSession {
     pub at: String,
@@ -547,6 +547,14 @@ pub fn build(logs: &[Vec<Record>], from: Date, to: Date, verification: Option<St
                     peer: peer.clone(),
                     organisation: organisation.clone(),
                     reason: reason.clone(),
+                }),
+                // A connected node's messages for no round it was in, dropped unread.
+                Event::MessagesDropped { peer, messages, bytes, reason } => Some(RefusedSession {
+                    at: fmt_time(r.time_ms),
+                    recorded_by: r.party.clone(),
+                    peer: peer.clone(),
+                    organisation: String::new(),
+                    reason: format!("{messages} message(s), {bytes} bytes dropped unread: {reason}"),
                 }),
                 _ => None,
             })
@@ -1800,7 +1808,7 @@ fn section_certificates(r: &Report) -> Section {
                 vec!["Node", "Organisation"],
                 r.enrolment.iter().map(|p| vec![p.name.clone(), or_unknown(&p.organisation)]).collect(),
             ),
-            Block::Sub("Connections refused".to_string()),
+            Block::Sub("Connections refused, and messages dropped unread".to_string()),
             table(
                 vec!["When", "Recorded by", "Who tried", "Organisation", "Why refused"],
                 r.refused_sessions
