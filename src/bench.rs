@@ -18,7 +18,7 @@
 //!
 //! Peak memory is the growth of the process's peak resident set (Linux VmHWM), not a
 //! heap count: counting heap bytes needs a `GlobalAlloc`, i.e. an `unsafe impl`,
-//! which the workspace forbids (`unsafe_code = "forbid"`). See [`PeakRss`] for what
+//! which the workspace forbids (`unsafe_code = "forbid"`). See `PeakRss` for what
 //! is counted.
 //!
 //! The clients' own work (generating the masked vectors, answering the unmask

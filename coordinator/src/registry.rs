@@ -3,13 +3,13 @@
 //! events (messages, malformed messages, disconnects) that rounds consume.
 //!
 //! **Bounded per node.** A node's message is queued only if it belongs to the running
-//! round and the node is still in it ([`Registry::admit`]); anything else is dropped
+//! round and the node is still in it (`Registry::admit`); anything else is dropped
 //! before it is hashed, receipted or queued. What is queued is charged to the sending
 //! session's inbound quota — at most [`INBOUND_MESSAGES`] events and
 //! [`INBOUND_BYTES`] bytes — and released when the round has handled it; a session
 //! over its quota stops reading its stream, so HTTP/2 flow control holds the node back
 //! and no one else. There is one session per enrolled name (a second one is refused
-//! or replaces the first, [`Registry::make_room`]).
+//! or replaces the first, `Registry::make_room`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -251,7 +251,7 @@ fn admit(round: Option<&ActiveRound>, node: &str, session: u64, e: &Envelope) ->
 
 impl Registry {
     /// The queue is unbounded in count, but every event in it is charged to its
-    /// session's [`Quota`] (a disconnect, one per session, excepted).
+    /// session's `Quota` (a disconnect, one per session, excepted).
     pub fn new(audit: SharedLog) -> (Self, mpsc::UnboundedReceiver<Event>) {
         let (tx, rx) = mpsc::unbounded_channel();
         (

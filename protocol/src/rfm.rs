@@ -284,7 +284,7 @@ impl QuantileSearch {
             .collect()
     }
 
-    /// Apply the summed refinement histogram for cut `k` (as given by [`next_specs`]).
+    /// Apply the summed refinement histogram for cut `k` (as given by [`Self::next_specs`]).
     pub fn refine(&mut self, k: usize, spec: &HistogramSpec, hist: &[u64]) -> Result<(), QuantileError> {
         if hist.len() != spec.len() {
             return Err(QuantileError::Shape { got: hist.len(), expected: spec.len() });
