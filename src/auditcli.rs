@@ -33,7 +33,7 @@ pub fn log_issuance(ca_dir: &Path, ca: &CaMaterial, cert_pem: &str, id: &Identit
         role: id.role.as_str().into(),
         serial_hex: serial,
         not_after,
-        sha256: hex(digest.as_ref()),
+        sha256: hex::encode(digest.as_ref()),
     })?;
     log.seal()?;
     Ok(())
@@ -116,13 +116,9 @@ fn brand_of(ca_pem: &str) -> String {
 fn cert_facts(der: &[u8]) -> (String, String) {
     use x509_parser::prelude::FromDer;
     match x509_parser::certificate::X509Certificate::from_der(der) {
-        Ok((_, c)) => (hex(c.raw_serial()), c.validity().not_after.to_string()),
+        Ok((_, c)) => (hex::encode(c.raw_serial()), c.validity().not_after.to_string()),
         Err(_) => (String::new(), String::new()),
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn ca_der(ca: &Path) -> Result<Vec<u8>> {

@@ -21,10 +21,6 @@ pub fn record(log: &SharedLog, event: Event) -> Result<(), AuditError> {
     lock(log).append(event).map(|_| ()).inspect_err(|e| tracing::error!(kind, error = %e, "audit log append failed"))
 }
 
-pub(crate) fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// A Unix time in milliseconds as `2026-11-29T19:45:20Z` (UTC, whole seconds).
 pub(crate) fn format_ms(ms: u64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp((ms / 1000) as i64).ok();

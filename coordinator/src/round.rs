@@ -932,14 +932,13 @@ fn contributed(
 
 /// The coordinator's record of a reported share: the evidence as relayed.
 fn share_reported(round: RoundId, receiver: &str, u: &UnopenedShare, outcome: &str) -> AuditEvent {
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     AuditEvent::ShareReported {
         round: round.to_hex(),
         sender: u.share.peer.clone(),
         receiver: receiver.to_string(),
         reason: u.reason.clone(),
-        ciphertext_hex: hex(&u.share.ciphertext),
-        signature_hex: hex(&u.share.signature),
+        ciphertext_hex: hex::encode(&u.share.ciphertext),
+        signature_hex: hex::encode(&u.share.signature),
         outcome: outcome.to_string(),
     }
 }

@@ -154,7 +154,7 @@ impl Coordinator {
         let mut b = [0u8; 8];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
             .map_err(|_| AnalysisError::Audit("system random number generator failed".into()))?;
-        let id: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        let id = hex::encode(b);
         crate::audit::record(&self.audit, fedcrm_audit::Event::AnalysisRequested {
             analysis: id.clone(),
             kind: kind.to_string(),

@@ -14,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::Coordinator;
-use crate::audit::{hex, record};
+use crate::audit::record;
 use crate::registry::{Participant, StillConnected};
 use crate::segments::AnalysisError;
 use fedcrm_audit::Event as AuditEvent;
@@ -254,12 +254,12 @@ pub(crate) fn log_receipt(
         AuditEvent::Receipt {
             peer: node.to_string(),
             peer_seq: r.seq,
-            peer_head: hex(&r.head),
+            peer_head: hex::encode(r.head),
             peer_time_ms: r.time_ms,
-            signature_hex: hex(&r.signature),
+            signature_hex: hex::encode(&r.signature),
             message: message.to_string(),
             bytes,
-            sha256: hex(&sha256),
+            sha256: hex::encode(sha256),
         },
     )
     .map_err(|e| ReceiptFault::Local(format!("the coordinator's audit log failed ({e}); not the node's fault")))

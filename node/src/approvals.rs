@@ -77,7 +77,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ApprovalError + '_ {
 
 fn short_hash(text: &str) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
-    d.as_ref()[..6].iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(&d.as_ref()[..6])
 }
 
 /// UTC time of a unix-millisecond instant, for people.

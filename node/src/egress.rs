@@ -154,7 +154,7 @@ impl Egress {
             analysis,
             message: msg.kind().to_string(),
             bytes: bytes.len() as u64,
-            sha256: hex(digest::digest(&digest::SHA256, &bytes).as_ref()),
+            sha256: hex::encode(digest::digest(&digest::SHA256, &bytes).as_ref()),
         };
         let signed = {
             let mut log = lock(&self.audit);
@@ -165,10 +165,6 @@ impl Egress {
         tracing::debug!(kind = msg.kind(), bytes = bytes.len(), seq = receipt.seq, "egress");
         self.tx.send(wire::node_message(msg, Some(&receipt))).await.map_err(|_| EgressError::Closed)
     }
-}
-
-pub(crate) fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// One message that left the node, as its audit log records it.

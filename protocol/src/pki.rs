@@ -666,7 +666,7 @@ pub fn not_after_unix(der: &[u8]) -> Result<i64, PkiError> {
 
 /// A DER certificate's serial number, lower-case hex (as CRL entries name it).
 pub fn serial_hex(der: &[u8]) -> Result<String, PkiError> {
-    Ok(parse_cert(der)?.raw_serial().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex::encode(parse_cert(der)?.raw_serial()))
 }
 
 /// Splits a PEM bundle into DER certificates, in order. Errors if a block is

@@ -449,9 +449,9 @@ fn accept(
         Event::Receipt {
             peer: peer.name.clone(),
             peer_seq: r.seq,
-            peer_head: hex(&r.head),
+            peer_head: hex::encode(r.head),
             peer_time_ms: r.time_ms,
-            signature_hex: hex(&r.signature),
+            signature_hex: hex::encode(&r.signature),
             message: String::new(),
             bytes: 0,
             sha256: String::new(),
@@ -491,10 +491,6 @@ pub(crate) fn record(ctx: &NodeContext, event: Event) -> Result<(), SessionError
     }
     lock(&ctx.audit).append(event)?;
     Ok(())
-}
-
-pub(crate) fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 struct CheckedPeer {

@@ -39,7 +39,7 @@ use fedcrm_protocol::wire::{
 use tokio::sync::watch;
 use zeroize::Zeroizing;
 
-use super::{DropAt, NodeContext, Peer, SessionEnd, SessionError, hex, record, stall, unix_now, unix_now_ms};
+use super::{DropAt, NodeContext, Peer, SessionEnd, SessionError, record, stall, unix_now, unix_now_ms};
 use crate::analysis::local_vector;
 use crate::approvals::{self, Decision, Pending};
 use crate::computation::Identified;
@@ -234,8 +234,8 @@ impl<'a> Rounds<'a> {
                 members: start.invited.iter().map(member).collect(),
                 coordinator: coordinator.as_ref().map(|c| c.name.clone()).unwrap_or_default(),
                 signature_ok,
-                signature_hex: hex(&start.roster_signature),
-                payload_sha256: hex(ring::digest::digest(&ring::digest::SHA256, &payload).as_ref()),
+                signature_hex: hex::encode(&start.roster_signature),
+                payload_sha256: hex::encode(ring::digest::digest(&ring::digest::SHA256, &payload).as_ref()),
             },
         )?;
         // The analysis as this node identifies it from the computation, not the label.
@@ -889,8 +889,8 @@ fn share_reported(round: RoundId, receiver: &str, share: &Sealed, reason: &str, 
         sender: share.peer.clone(),
         receiver: receiver.to_string(),
         reason: reason.to_string(),
-        ciphertext_hex: hex(&share.ciphertext),
-        signature_hex: hex(&share.signature),
+        ciphertext_hex: hex::encode(&share.ciphertext),
+        signature_hex: hex::encode(&share.signature),
         outcome: outcome.to_string(),
     }
 }

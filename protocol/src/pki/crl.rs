@@ -116,17 +116,6 @@ pub struct Issued {
     pub entries: usize,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    s.len()
-        .is_multiple_of(2)
-        .then(|| (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect())
-        .flatten()
-}
-
 /// The CA certificate's DER and its public point, checking that `ca` is usable.
 fn ca_key_point(ca_der: &[u8]) -> Result<(Vec<u8>, Vec<u8>), PkiError> {
     let (_, ca_cert) = X509Certificate::from_der(ca_der)
@@ -169,7 +158,7 @@ pub fn load(ca_der: &[u8], crl_pem: &str) -> Result<(CertificateRevocationListDe
         }
         crl.iter_revoked_certificates()
             .map(|r| Revoked {
-                serial_hex: hex(r.raw_serial()),
+                serial_hex: hex::encode(r.raw_serial()),
                 revoked_at: OffsetDateTime::from_unix_timestamp(r.revocation_date.timestamp())
                     .unwrap_or(OffsetDateTime::UNIX_EPOCH),
                 reason: r.reason_code().map(|(_, c)| Reason::from_code(c.0)).unwrap_or(Reason::Unspecified),
@@ -219,7 +208,7 @@ pub fn revoke(
         }
         cert.raw_serial().to_vec()
     };
-    let serial_hex = hex(&serial);
+    let serial_hex = hex::encode(&serial);
 
     let (mut entries, number) = match current_crl_pem {
         Some(pem) => {
@@ -250,7 +239,7 @@ pub fn revoke(
             .iter()
             .map(|e| {
                 Ok(RevokedCertParams {
-                    serial_number: SerialNumber::from_slice(&unhex(&e.serial_hex).ok_or_else(|| {
+                    serial_number: SerialNumber::from_slice(&hex::decode(&e.serial_hex).map_err(|_| {
                         PkiError::Revocation("a serial in crl.pem is not hex; restore it from backup".into())
                     })?),
                     revocation_time: e.revoked_at,
