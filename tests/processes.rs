@@ -3,7 +3,7 @@
 //! files. The coordinator is killed with SIGKILL in the middle of a round and started
 //! again; every node must reconnect by itself, and the next analysis must equal the
 //! pooled answer. Then SIGTERM ends every process within the stated time
-//! (`fedcrm_coordinator::SHUTDOWN_GRACE` twice for the coordinator), each leaving a
+//! (`fedcrm_coordinator::SHUTDOWN_TIME`), each leaving a
 //! sealed audit log that verifies together with the others.
 
 use std::path::{Path, PathBuf};
@@ -182,7 +182,7 @@ fn pooled_over(d: &Deployment, participants: &[String]) -> fedcrm::pooled::Poole
 
 /// SIGTERM to every process; each must exit with status 0 within the stated time.
 fn terminate_all(d: &Deployment, coordinator: &mut Child, nodes: &mut [Child]) {
-    let limit = fedcrm_coordinator::SHUTDOWN_GRACE * 2;
+    let limit = fedcrm_coordinator::SHUTDOWN_TIME;
     signal(coordinator, "-TERM");
     for child in nodes.iter() {
         signal(child, "-TERM");

@@ -335,10 +335,14 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 8;
 /// and analysts to close their connections; then it exits regardless.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Serve until `shutdown` resolves, then stop within [`SHUTDOWN_GRACE`] (twice, at
-/// most: once for the running round, once for the connections): stop accepting, end
-/// a running round without releasing it (logged), close every node session, seal the
-/// audit log and log a shutdown line.
+/// The longest a stopping coordinator takes: three waits of [`SHUTDOWN_GRACE`] (the
+/// running analysis, the connections, the session readers). Usually well under a second.
+pub const SHUTDOWN_TIME: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Serve until `shutdown` resolves, then stop within [`SHUTDOWN_TIME`]: stop
+/// accepting, end a running round without releasing it (logged), close every node
+/// session, let each session's reader record its end, seal the audit log and log a
+/// shutdown line. Each of the three waits is bounded by [`SHUTDOWN_GRACE`].
 pub async fn run(
     coordinator: Arc<Coordinator>,
     listener: tokio::net::TcpListener,
@@ -429,6 +433,10 @@ pub async fn run(
             .inspect(|_| tracing::info!(sessions, "node sessions closed"))
         }
     };
+    // Each session's reader records its end; the seal comes after them.
+    if tokio::time::timeout(SHUTDOWN_GRACE, coordinator.registry.readers_done()).await.is_err() {
+        tracing::warn!("session readers still running after {} s; sealing anyway", SHUTDOWN_GRACE.as_secs());
+    }
     keeper.abort();
     let sealed = {
         let mut log = crate::audit::lock(&coordinator.audit);

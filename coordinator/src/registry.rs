@@ -191,6 +191,8 @@ pub struct Registry {
     next_id: std::sync::atomic::AtomicU64,
     events: mpsc::UnboundedSender<Event>,
     audit: SharedLog,
+    /// Session readers still running (each records its session's end before it stops).
+    readers: std::sync::Arc<watch::Sender<usize>>,
 }
 
 /// Marks a name as being opened until dropped.
@@ -262,6 +264,7 @@ impl Registry {
                 next_id: 1.into(),
                 events: tx,
                 audit,
+                readers: std::sync::Arc::new(watch::Sender::new(0)),
             },
             rx,
         )
@@ -307,7 +310,8 @@ impl Registry {
             // Rounds also ignore events whose session is not the one invited.
             let _ = self.events.send(Event { node: name, session: old.id, body: EventBody::Closed, charge: None });
         }
-        Registered { session: id, alive }
+        self.readers.send_modify(|n| *n += 1);
+        Registered { session: id, alive, readers: self.readers.clone() }
     }
 
     /// End a node's session: it is told `why` and its stream closes; rounds see it
@@ -406,6 +410,22 @@ pub(crate) struct Registered {
     /// Held, never read: dropping it tells [`Registry::make_room`] the session ended.
     #[allow(dead_code)]
     pub alive: watch::Sender<()>,
+    readers: std::sync::Arc<watch::Sender<usize>>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.readers.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+impl Registry {
+    /// Wait until every session reader has recorded its session's end (a stopping
+    /// coordinator seals its log only after them).
+    pub async fn readers_done(&self) {
+        let mut rx = self.readers.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
 }
 
 #[cfg(test)]
