@@ -21,7 +21,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use fedcrm_protocol::pki::{self, PkiError, SigningKey};
 use fedcrm_protocol::wire;
@@ -976,4 +976,14 @@ fn month_of(ms: u64) -> i64 {
         Ok(t) => i64::from(t.year()) * 12 + i64::from(t.month() as u8),
         Err(_) => 0,
     }
+}
+
+/// One party's log shared by its tasks (a node's session and egress door; the
+/// coordinator's services, registry and rounds).
+pub type SharedLog = Arc<Mutex<AuditLog>>;
+
+/// Lock a shared log; a poisoned lock means a panic mid-append, and the file is still
+/// consistent (appends are whole, fsynced lines), so go on.
+pub fn lock(log: &SharedLog) -> MutexGuard<'_, AuditLog> {
+    log.lock().unwrap_or_else(|p| p.into_inner())
 }

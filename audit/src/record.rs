@@ -43,6 +43,17 @@ pub struct Member {
     pub kind: String,
 }
 
+impl From<&fedcrm_protocol::wire::Invitee> for Member {
+    /// A round's invitee as the audit log records it.
+    fn from(i: &fedcrm_protocol::wire::Invitee) -> Self {
+        Member {
+            name: i.name.clone(),
+            organisation: i.organisation.clone(),
+            kind: fedcrm_protocol::wire::kind_str(i.kind).to_string(),
+        }
+    }
+}
+
 /// What happened: `event` in the JSON. (Unknown fields are not rejected when
 /// parsing — a changed byte already breaks the hash chain.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,19 +1,11 @@
 //! The coordinator's audit log handle: every session, analysis request, round,
 //! node exit, receipt and release is appended (and fsynced) here.
 
-use std::sync::{Arc, Mutex, MutexGuard};
-
 use fedcrm_audit::Event;
-use fedcrm_audit::log::{AuditError, AuditLog};
+use fedcrm_audit::log::AuditError;
 
 /// Shared by the services, the registry (for receipts) and the round runner.
-pub type SharedLog = Arc<Mutex<AuditLog>>;
-
-/// Lock the log; a poisoned lock means a panic mid-append, and the file is still
-/// consistent (appends are whole, fsynced lines), so go on.
-pub fn lock(log: &SharedLog) -> MutexGuard<'_, AuditLog> {
-    log.lock().unwrap_or_else(|p| p.into_inner())
-}
+pub use fedcrm_audit::log::{SharedLog, lock};
 
 /// Append one record. A failure is logged loudly and returned.
 pub fn record(log: &SharedLog, event: Event) -> Result<(), AuditError> {

@@ -332,7 +332,7 @@ impl Round<'_, '_> {
                 purpose: analysis.purpose.clone(),
                 threshold: t as u64,
                 length: d as u64,
-                invited: invitees.iter().map(member).collect(),
+                invited: invitees.iter().map(Member::from).collect(),
             },
         )
         .map_err(|e| self.local(e))?;
@@ -926,7 +926,7 @@ fn contributed(
         family: coverage.family.clone(),
         window_from: coverage.from.map(wire::format_date).unwrap_or_default(),
         window_to: wire::format_date(coverage.to),
-        contributors: contributors.iter().map(member).collect(),
+        contributors: contributors.iter().map(Member::from).collect(),
     }
 }
 
@@ -941,11 +941,6 @@ fn share_reported(round: RoundId, receiver: &str, u: &UnopenedShare, outcome: &s
         signature_hex: hex::encode(&u.share.signature),
         outcome: outcome.to_string(),
     }
-}
-
-/// How a member is recorded in the audit log.
-pub(crate) fn member(i: &Invitee) -> Member {
-    Member { name: i.name.clone(), organisation: i.organisation.clone(), kind: wire::kind_str(i.kind).to_string() }
 }
 
 /// An unmask answer must name every node of U2 exactly once, with the self-mask

@@ -12,10 +12,10 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use fedcrm_audit::Event;
-use fedcrm_audit::log::{AuditError, AuditLog};
+use fedcrm_audit::log::AuditError;
 use fedcrm_crypto::RoundId;
 use fedcrm_crypto::secagg::Phase;
 use fedcrm_protocol::pb;
@@ -66,13 +66,7 @@ impl Stream for Outbound {
 }
 
 /// The node's audit log, shared by the session and the egress door.
-pub type SharedLog = Arc<Mutex<AuditLog>>;
-
-/// Lock the audit log; a poisoned lock means a panic mid-append, and the file is
-/// still consistent (appends are whole lines, fsynced), so go on.
-pub fn lock(log: &SharedLog) -> std::sync::MutexGuard<'_, AuditLog> {
-    log.lock().unwrap_or_else(|p| p.into_inner())
-}
+pub use fedcrm_audit::log::{SharedLog, lock};
 
 /// The only sender.
 pub struct Egress {
@@ -214,7 +208,8 @@ pub fn read_log(audit_dir: &std::path::Path) -> Result<Vec<EgressRecord>, AuditE
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fedcrm_audit::log::{AuditConfig, LogIdentity, SystemClock};
+    use fedcrm_audit::log::{AuditConfig, AuditLog, LogIdentity, SystemClock};
+    use std::sync::Mutex;
 
     #[tokio::test]
     async fn a_phase_not_cleared_by_the_rules_cannot_leave() {

@@ -231,7 +231,7 @@ impl<'a> Rounds<'a> {
             ctx,
             Event::RosterSigned {
                 round: round.to_hex(),
-                members: start.invited.iter().map(member).collect(),
+                members: start.invited.iter().map(Member::from).collect(),
                 coordinator: coordinator.as_ref().map(|c| c.name.clone()).unwrap_or_default(),
                 signature_ok,
                 signature_hex: hex::encode(&start.roster_signature),
@@ -250,7 +250,7 @@ impl<'a> Rounds<'a> {
                 purpose: start.analysis.purpose.clone(),
                 threshold: start.threshold as u64,
                 length: start.length as u64,
-                invited: start.invited.iter().map(member).collect(),
+                invited: start.invited.iter().map(Member::from).collect(),
             },
         )?;
         let decision = if signature_ok && colludes(ctx) {
@@ -761,10 +761,6 @@ fn verify_view_signatures(
         ));
     }
     Ok(valid.into_iter().collect())
-}
-
-fn member(i: &Invitee) -> Member {
-    Member { name: i.name.clone(), organisation: i.organisation.clone(), kind: wire::kind_str(i.kind).to_string() }
 }
 
 /// Manual approval, when the policy asks for it, bound to the computation, the
