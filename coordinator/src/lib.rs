@@ -57,6 +57,20 @@ pub struct Coordinator {
     stopping: tokio::sync::watch::Sender<bool>,
 }
 
+/// The audit record of the nodes a coordinator accepts.
+fn enrolment_event(list: &[Enrolled]) -> fedcrm_audit::Event {
+    fedcrm_audit::Event::Enrolment {
+        nodes: list
+            .iter()
+            .map(|e| fedcrm_audit::Member {
+                name: e.name.clone(),
+                organisation: e.organisation.clone(),
+                kind: String::new(),
+            })
+            .collect(),
+    }
+}
+
 /// Unix time in milliseconds.
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -108,17 +122,7 @@ impl Coordinator {
         // Old files beyond the retention period go (the deletion is itself logged).
         log.apply_retention()?;
         // Which nodes this coordinator accepts, as configured now.
-        log.append(fedcrm_audit::Event::Enrolment {
-            nodes: config
-                .enrolled
-                .iter()
-                .map(|e| fedcrm_audit::Member {
-                    name: e.name.clone(),
-                    organisation: e.organisation.clone(),
-                    kind: String::new(),
-                })
-                .collect(),
-        })?;
+        log.append(enrolment_event(&config.enrolled))?;
         let (tls, revoked) = tls::Acceptor::new(&config.tls)?;
         if let Some(crl) = &config.tls.crl {
             tracing::info!(crl = %crl.display(), revoked = revoked.len(), "revocation list loaded");
@@ -157,19 +161,7 @@ impl Coordinator {
     /// the end is logged). Returns the nodes whose sessions ended.
     pub fn reload_enrolment(&self, new: Vec<Enrolled>) -> Result<Vec<String>, ServeError> {
         enrolment::check(&new).map_err(ServeError::Enrolment)?;
-        crate::audit::record(
-            &self.audit,
-            fedcrm_audit::Event::Enrolment {
-                nodes: new
-                    .iter()
-                    .map(|e| fedcrm_audit::Member {
-                        name: e.name.clone(),
-                        organisation: e.organisation.clone(),
-                        kind: String::new(),
-                    })
-                    .collect(),
-            },
-        )?;
+        crate::audit::record(&self.audit, enrolment_event(&new))?;
         self.enrolment.replace(new);
         let mut ended = Vec::new();
         for p in self.registry.connected() {
@@ -187,16 +179,19 @@ impl Coordinator {
         let why = format!(
             "node {name} of organisation {organisation:?} was removed from [[enrolled]] at this coordinator; ask HQ if this is a mistake"
         );
-        if self.registry.end(name, tonic::Status::permission_denied(why)) {
-            tracing::warn!(node = %name, organisation = %organisation, "session ended: no longer enrolled");
-            let _ = crate::audit::record(
-                &self.audit,
-                fedcrm_audit::Event::SessionClosed {
-                    peer: name.to_string(),
-                    reason: "removed from [[enrolled]]".into(),
-                },
-            );
+        self.end_session(name, why, "removed from [[enrolled]]".into());
+    }
+
+    /// End a node's session with `why` (the node is told) and record `reason` in the
+    /// audit log; false if it was not connected.
+    fn end_session(&self, name: &str, why: String, reason: String) -> bool {
+        if !self.registry.end(name, tonic::Status::permission_denied(why)) {
+            return false;
         }
+        tracing::warn!(node = %name, %reason, "session ended");
+        let _ =
+            crate::audit::record(&self.audit, fedcrm_audit::Event::SessionClosed { peer: name.to_string(), reason });
+        true
     }
 
     /// Re-read the coordinator's certificate, key and revocation list (SIGHUP); on
@@ -225,15 +220,7 @@ impl Coordinator {
                     "the certificate of node {} (serial {serial}) is revoked; ask HQ for a new certificate",
                     p.name
                 );
-                if self.registry.end(&p.name, tonic::Status::permission_denied(why)) {
-                    tracing::warn!(node = %p.name, %serial, "session ended: certificate revoked");
-                    let _ = crate::audit::record(
-                        &self.audit,
-                        fedcrm_audit::Event::SessionClosed {
-                            peer: p.name.clone(),
-                            reason: format!("certificate revoked (serial {serial})"),
-                        },
-                    );
+                if self.end_session(&p.name, why, format!("certificate revoked (serial {serial})")) {
                     ended.push(p.name);
                 }
             }

@@ -852,31 +852,25 @@ impl Round<'_, '_> {
     }
 
     async fn reject(&mut self, node: &str, why: String) {
-        let round = self.id;
-        let msg =
-            format!("round {round}: node {node} {why}; it is dropped from this round, which goes on for the others");
-        tracing::warn!("{msg}");
-        let _ = self
-            .runner
-            .coordinator
-            .registry
-            .send(node, &ToNode::RoundEnd { round, released: false, message: msg })
-            .await;
-        self.members.leave(node, Exit::Rejected(why));
+        let msg = format!(
+            "round {}: node {node} {why}; it is dropped from this round, which goes on for the others",
+            self.id
+        );
+        self.dismiss(node, msg, Exit::Rejected(why)).await;
     }
 
     /// Leave `node` out of the final U2 (before anyone masks), telling it why.
     async fn exclude(&mut self, node: &str, why: String) {
-        let round = self.id;
-        let msg = format!("round {round}: {why}; it is left out of this round, which goes on for the others");
+        let msg = format!("round {}: {why}; it is left out of this round, which goes on for the others", self.id);
+        self.dismiss(node, msg, Exit::Excluded(why)).await;
+    }
+
+    /// Tell `node` the round ended for it (`msg`) and record how it left.
+    async fn dismiss(&mut self, node: &str, msg: String, exit: Exit) {
         tracing::warn!("{msg}");
-        let _ = self
-            .runner
-            .coordinator
-            .registry
-            .send(node, &ToNode::RoundEnd { round, released: false, message: msg })
-            .await;
-        self.members.leave(node, Exit::Excluded(why));
+        let end = ToNode::RoundEnd { round: self.id, released: false, message: msg };
+        let _ = self.runner.coordinator.registry.send(node, &end).await;
+        self.members.leave(node, exit);
     }
 
     async fn unexpected(&mut self, node: &str, m: &FromNode) {
