@@ -555,3 +555,45 @@ fn formatting_helpers() {
     assert_eq!(fmt_time(ms(datetime!(2025-03-31 23:59:59.999 UTC))), "2025-03-31 23:59:59");
     assert_eq!(esc("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
 }
+
+/// The whole report on the scenario above, JSON and Markdown, against the files in
+/// `snapshots/`: a change to what auditors read shows up in review as a diff of
+/// those files. The scenario is fixed records (no clock, no keys, no paths), so the
+/// output is the same on every run and machine.
+#[test]
+fn report_matches_its_snapshots() {
+    let report = march();
+    let json = serde_json::to_string_pretty(&report).unwrap() + "\n";
+    check_snapshot("report.json", &json);
+    check_snapshot("report.md", &markdown(&report));
+}
+
+/// Compares `actual` with `snapshots/{name}`, or rewrites the file when
+/// `UPDATE_SNAPSHOTS` is set.
+#[track_caller]
+fn check_snapshot(name: &str, actual: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/report/snapshots").join(name);
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_default();
+    if expected == actual {
+        return;
+    }
+    let line = expected
+        .lines()
+        .zip(actual.lines())
+        .position(|(e, a)| e != a)
+        .unwrap_or(expected.lines().count().min(actual.lines().count()));
+    panic!(
+        "the report differs from {} from line {}:\n  expected: {:?}\n  actual:   {:?}\n\
+         If the change is intended, update the snapshot with\n  \
+         UPDATE_SNAPSHOTS=1 cargo test -p fedcrm-audit --lib report::tests::report_matches_its_snapshots\n\
+         and review the diff of the file.",
+        path.display(),
+        line + 1,
+        expected.lines().nth(line).unwrap_or("(end of file)"),
+        actual.lines().nth(line).unwrap_or("(end of output)"),
+    );
+}
