@@ -75,7 +75,10 @@ fn every_flipped_byte_is_detected_at_its_line() {
 /// Random byte changes (any value) in a rotated, multi-file log.
 #[test]
 fn random_byte_changes_in_rotated_logs_are_detected() {
-    let s = TwoParty::new(12, AuditConfig { seal_every_records: 5, rotate_bytes: 4096, ..AuditConfig::default() });
+    let s = TwoParty::new(
+        12,
+        AuditConfig { seal_every_records: 5, rotate_bytes: common::ROTATE_BYTES, ..AuditConfig::default() },
+    );
     let files = common::files(&s.a_dir);
     assert!(files.len() >= 3, "{files:?}");
     let originals: Vec<Vec<u8>> = files.iter().map(|f| fs::read(f).unwrap()).collect();
@@ -328,7 +331,7 @@ fn cut_start_is_truncated() {
 
 #[test]
 fn removed_middle_file_is_named() {
-    let s = TwoParty::new(10, AuditConfig { rotate_bytes: 4096, ..AuditConfig::default() });
+    let s = TwoParty::new(10, AuditConfig { rotate_bytes: common::ROTATE_BYTES, ..AuditConfig::default() });
     let files = common::files(&s.a_dir);
     assert!(files.len() >= 3);
     fs::remove_file(&files[1]).unwrap();
@@ -363,6 +366,33 @@ fn log_of_another_party_under_the_same_name_is_refused() {
     let failure = verify_a(&s).unwrap_err();
     assert_eq!(failure.problem, Problem::WrongParty);
     assert_at(&failure, &file, &[1]);
+}
+
+/// Claim 21: a franchisee's log-opened record rewritten (and re-signed with its own
+/// key) to state the organisation unit of an HQ-owned channel, or another
+/// organisation, is refused at that record, naming what the certificate says.
+#[test]
+fn a_log_opened_record_naming_the_wrong_organisation_unit_is_refused() {
+    for (role, organisation, states) in [
+        ("fedcrm-node-hq", "Test Org", r#"role "fedcrm-node-hq" and organisation "Test Org""#),
+        ("fedcrm-node-franchisee", "HQ", r#"role "fedcrm-node-franchisee" and organisation "HQ""#),
+    ] {
+        let s = TwoParty::new(2, config(4));
+        let file = s.a_file();
+        resign(&file, &s.a.signer(), |records| match &mut records[0].event {
+            Event::LogOpened { role: r, organisation: o, .. } => (*r, *o) = (role.into(), organisation.into()),
+            other => panic!("expected log-opened, got {other:?}"),
+        });
+        let failure = verify_a(&s).unwrap_err();
+        assert_eq!(failure.problem, Problem::WrongParty, "{failure}");
+        assert_at(&failure, &file, &[1]);
+        assert!(
+            failure.message.contains(&format!(
+                "the log-opened record states {states}, but the certificate says \"fedcrm-node-franchisee\" and \"Test Org\""
+            )),
+            "{failure}"
+        );
+    }
 }
 
 #[test]

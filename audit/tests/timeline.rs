@@ -12,7 +12,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use common::{Brand, MS_PER_DAY, Party, TestClock, egress, files, parse, read_lines, resign, start_ms, verify};
+use common::{
+    Brand, MS_PER_DAY, Party, ROTATE_BYTES, RotatingLog, TestClock, egress, files, parse, read_lines, resign, start_ms,
+    verify,
+};
 use fedcrm_audit::log::{AuditConfig, AuditLog, Clock as _, read_records};
 use fedcrm_audit::record::{ROUND_VIEW_SIGNED, ROUND_VIEW_UNMASKED};
 use fedcrm_audit::verify::{Problem, VerifyFailure, VerifyOptions, VerifyReport, verify_paths_with};
@@ -61,13 +64,8 @@ fn retention_under_three_years_in_a_toml_config_is_refused() {
 /// month, three years and a day later, 2028 being a leap year).
 #[test]
 fn a_legitimate_deletion_on_the_last_day_of_a_month_verifies() {
-    let tmp = tempfile::tempdir().unwrap();
-    let brand = Brand::new();
-    let node = brand.node("store-1.brand");
-    let clock = TestClock::new();
-    let config = AuditConfig { rotate_bytes: 4096, ..AuditConfig::default() };
-    assert_eq!(config.retention_days, 1096);
-    let mut log = node.open(tmp.path(), config, clock.clone());
+    let RotatingLog { tmp, brand, clock, mut log, .. } = RotatingLog::new(AuditConfig::default(), 0..0);
+    assert_eq!(AuditConfig::default().retention_days, 1096);
     for i in 0..20 {
         log.append(egress(i)).unwrap();
         clock.advance_ms(1000);
@@ -205,7 +203,7 @@ impl Timeline {
         let coord = brand.coordinator();
         let (node_dir, coord_dir) = (tmp.path().join("node"), tmp.path().join("coordinator"));
         let (node_clock, coord_clock) = (TestClock::new(), TestClock::new());
-        let config = AuditConfig { rotate_bytes: 4096, ..AuditConfig::default() };
+        let config = AuditConfig { rotate_bytes: ROTATE_BYTES, ..AuditConfig::default() };
         let node_log = node.open(&node_dir, config, node_clock.clone());
         let coord_log = coord.open(&coord_dir, AuditConfig::default(), coord_clock.clone());
         let mut t = Timeline {

@@ -5,7 +5,9 @@ mod common;
 
 use std::fs;
 
-use common::{Brand, MS_PER_DAY, TestClock, egress, files, read_lines, verify, verify_short_retention};
+use common::{
+    Brand, MS_PER_DAY, ROTATE_BYTES, RotatingLog, TestClock, egress, files, read_lines, verify, verify_short_retention,
+};
 use fedcrm_audit::log::{AuditConfig, AuditError, AuditLog, SignedHead, read_records};
 use fedcrm_audit::verify::Problem;
 use fedcrm_audit::{Event, GENESIS, head_payload, line_hash};
@@ -114,22 +116,15 @@ fn seals_every_n_records_and_every_t_seconds() {
 
 #[test]
 fn rotation_continues_the_chain_across_files() {
-    let tmp = tempfile::tempdir().unwrap();
-    let brand = Brand::new();
-    let node = brand.node("store-1.brand");
-    let config = AuditConfig { rotate_bytes: 4096, seal_every_records: 4, ..AuditConfig::default() };
-    let clock = TestClock::new();
-    let mut log = node.open(tmp.path(), config, clock.clone());
-    for i in 0..40 {
-        log.append(egress(i)).unwrap();
-    }
+    let RotatingLog { tmp, brand, clock, mut log, .. } =
+        RotatingLog::new(AuditConfig { seal_every_records: 4, ..AuditConfig::default() }, 0..40);
     log.seal().unwrap();
     drop(log);
     let files = files(tmp.path());
     assert!(files.len() >= 4, "{files:?}");
     for (i, file) in files.iter().enumerate() {
         assert_eq!(file.file_name().unwrap().to_str().unwrap(), format!("audit-{:06}.log", i + 1));
-        assert!(fs::metadata(file).unwrap().len() <= 4096);
+        assert!(fs::metadata(file).unwrap().len() <= ROTATE_BYTES);
         // Each file names the certificate first, so it verifies alone after retention.
         let first = common::parse(&read_lines(file)[0]);
         assert!(matches!(first.event, Event::LogOpened { .. }), "{file:?}");
@@ -147,15 +142,8 @@ fn rotation_continues_the_chain_across_files() {
 /// the period runs from the newest record deleted.
 #[test]
 fn retention_deletes_old_files_logs_it_and_the_rest_verifies() {
-    let tmp = tempfile::tempdir().unwrap();
-    let brand = Brand::new();
-    let node = brand.node("store-1.brand");
-    let clock = TestClock::new();
-    let config = AuditConfig { rotate_bytes: 4096, retention_days: 1, ..AuditConfig::default() };
-    let mut log = node.open_short_retention(tmp.path(), config, clock.clone());
-    for i in 0..20 {
-        log.append(egress(i)).unwrap();
-    }
+    let RotatingLog { tmp, brand, clock, mut log, .. } =
+        RotatingLog::short_retention(AuditConfig { retention_days: 1, ..AuditConfig::default() }, 0..20);
     // Nothing is old enough yet.
     assert!(log.apply_retention().unwrap().is_empty());
     clock.advance_days(2);
@@ -391,16 +379,9 @@ fn a_new_month_starts_a_new_file_and_the_chain_continues() {
 
 #[test]
 fn a_deletion_before_the_retention_period_or_unsealed_is_caught() {
-    let tmp = tempfile::tempdir().unwrap();
-    let brand = Brand::new();
-    let node = brand.node("store-1.brand");
-    let clock = TestClock::new();
     // The party claims 1 day of retention, but deletes files that are minutes old.
-    let config = AuditConfig { rotate_bytes: 4096, retention_days: 1, ..AuditConfig::default() };
-    let mut log = node.open_short_retention(tmp.path(), config, clock.clone());
-    for i in 0..40 {
-        log.append(egress(i)).unwrap();
-    }
+    let RotatingLog { tmp, brand, clock, mut log, .. } =
+        RotatingLog::short_retention(AuditConfig { retention_days: 1, ..AuditConfig::default() }, 0..40);
     let files_now = files(tmp.path());
     assert!(files_now.len() >= 3);
     let (upto_seq, last_head, newest_deleted_ms) = {

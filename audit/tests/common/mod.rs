@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::fs;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -141,6 +142,48 @@ pub fn egress(i: u64) -> Event {
         message: "masked-chunk".into(),
         bytes: 65_536 + i,
         sha256: hex::encode(line_hash(&i.to_be_bytes())),
+    }
+}
+
+/// The rotation and retention tests' log: node `store-1.brand` writing to a temporary
+/// directory with `config`, files rotated every [`ROTATE_BYTES`], the records of
+/// [`egress`] over `records` appended.
+pub struct RotatingLog {
+    pub tmp: tempfile::TempDir,
+    pub brand: Brand,
+    pub node: Party,
+    pub clock: Arc<TestClock>,
+    pub log: AuditLog,
+}
+
+/// Small files, so a few dozen records rotate several times.
+pub const ROTATE_BYTES: u64 = 4096;
+
+impl RotatingLog {
+    pub fn new(config: AuditConfig, records: Range<u64>) -> Self {
+        Self::with(config, records, Party::open)
+    }
+
+    /// A log opened through [`Party::open_short_retention`] (`config` may state a period
+    /// under three years).
+    pub fn short_retention(config: AuditConfig, records: Range<u64>) -> Self {
+        Self::with(config, records, Party::open_short_retention)
+    }
+
+    fn with(
+        config: AuditConfig,
+        records: Range<u64>,
+        open: fn(&Party, &Path, AuditConfig, Arc<TestClock>) -> AuditLog,
+    ) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let brand = Brand::new();
+        let node = brand.node("store-1.brand");
+        let clock = TestClock::new();
+        let mut log = open(&node, tmp.path(), AuditConfig { rotate_bytes: ROTATE_BYTES, ..config }, clock.clone());
+        for i in records {
+            log.append(egress(i)).unwrap();
+        }
+        RotatingLog { tmp, brand, node, clock, log }
     }
 }
 
