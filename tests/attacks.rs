@@ -1,4 +1,4 @@
-//! HQ's attacks on a franchisee (issue 6, A1–A4, A6, A7), each run end to end over
+//! HQ's attacks on a franchisee (issue 6, A1–A4, A6, A7; threat-model claim 5), each run end to end over
 //! real mutual TLS, with the coordinator deviating through its hooks and HQ's own
 //! nodes colluding through theirs (feature `test-util`). Each test shows the
 //! attacker gets nothing — no release, or a refusal logged with its reason on the
@@ -17,15 +17,15 @@ use fedcrm_audit::log::read_records;
 use fedcrm_coordinator::config::ReleaseRules;
 use fedcrm_coordinator::round::Hooks;
 use fedcrm_coordinator::segments::AnalysisError;
-use fedcrm_crypto::RoundId;
 use fedcrm_crypto::keys::RoundSecret;
-use fedcrm_crypto::secagg::PeerKeys;
+use fedcrm_crypto::secagg::{ClientAdvertised, PeerKeys, RoundParams};
 use fedcrm_crypto::shamir::{self, Share};
+use fedcrm_crypto::{RoundId, SystemRandom};
 use fedcrm_node::analysis::local_vector;
 use fedcrm_node::egress::read_log;
 use fedcrm_node::session::{HeldShare, RoundTap};
 use fedcrm_protocol::rfm::{HistogramSpec, Layout, Metric, QuantileSearch};
-use fedcrm_protocol::wire::{AnalysisKind, RevealedShare, SignedKeys, ViewSignature};
+use fedcrm_protocol::wire::{AnalysisKind, RevealedShare, Sealed, SignedKeys, ViewSignature};
 
 /// Per-(node, round) records HQ collects.
 type Shared<T> = Arc<Mutex<Vec<T>>>;
@@ -674,5 +674,91 @@ async fn r6_a_target_kept_out_of_unmasking_still_remembers_the_sum() {
     assert!(why.iter().any(|r| r.contains("shares only fr-target")), "{why:?}");
     let masked_after = loot.masked.lock().unwrap().iter().filter(|(n, _)| n == "fr-target").count();
     assert_eq!(masked_before, masked_after, "the target masked its input for S2");
+    cluster.stop().await;
+}
+
+/// Claim 5: the coordinator substitutes the target's round keys with keys it made, so
+/// that the other nodes seal the target's shares to HQ — keeping the target's
+/// signature, stripping it, or replacing it with HQ's own node's certificate and
+/// signature — or strips its own signature from the round's roster. Every honest node
+/// refuses before any sealed share leaves it, and HQ, holding the secret of the keys
+/// it substituted, has nothing to open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_substituting_round_keys_or_stripping_the_roster_signature_gets_no_share() {
+    common::logs();
+    type Substitution = fn(&mut SignedKeys, &SignedKeys);
+    /// HQ's keys for the target, with their secrets, and U1 as shown to the nodes.
+    type HqKeys = (ClientAdvertised, Vec<PeerKeys>);
+    let keep: Substitution = |_, _| {};
+    let strip: Substitution = |target, _| target.signature.clear();
+    let hq_signs: Substitution = |target, hq| {
+        target.certificate = hq.certificate.clone();
+        target.signature = hq.signature.clone();
+    };
+    let names = ["fr-target", "fr-b", "fr-c", "fr-d", "fr-e"];
+    let key_refusal = "signature on the keys of fr-target rejected";
+    for (substitution, refusal) in [
+        (keep, key_refusal),
+        (strip, key_refusal),
+        (hq_signs, "roster entry fr-target carries the certificate of hq-1"),
+    ] {
+        let loot = Loot::default();
+        // HQ's own keys for the target, made in the round (they are bound to its id).
+        let hq_target: Arc<Mutex<Option<HqKeys>>> = Arc::default();
+        // Every sealed share the coordinator receives for the target.
+        let to_target: Shared<(String, Vec<u8>)> = Arc::default();
+        let (made, seen) = (hq_target.clone(), to_target.clone());
+        let hooks = Hooks {
+            tamper_roster: Some(Arc::new(move |round, keys: &mut Vec<SignedKeys>| {
+                let params = RoundParams { round, t: keys.len(), d: 1 };
+                let (client, mine) = ClientAdvertised::new(params, "fr-target", &SystemRandom::new()).unwrap();
+                let hq = keys.iter().find(|k| k.node == "hq-1").unwrap().clone();
+                let target = keys.iter_mut().find(|k| k.node == "fr-target").unwrap();
+                (target.enc, target.mask) = (mine.enc, mine.mask);
+                substitution(target, &hq);
+                let shown = keys.iter().map(|k| PeerKeys { name: k.node.clone(), enc: k.enc, mask: k.mask }).collect();
+                *made.lock().unwrap() = Some((client, shown));
+            })),
+            on_sealed_shares: Some(Arc::new(move |from: &str, shares: &[Sealed]| {
+                for s in shares.iter().filter(|s| s.peer == "fr-target") {
+                    seen.lock().unwrap().push((from.into(), s.ciphertext.clone()));
+                }
+            })),
+            ..loot.hooks()
+        };
+        let cluster = Cluster::start(opts(roster(&loot, 2, &names)), hooks).await.unwrap();
+        let out = cluster.coordinator.run_histograms(&common::request("claim 5"), coarse()).await;
+        // HQ tries: it opens the shares sealed to the target with the secret of the
+        // keys it substituted. Nothing was sealed to them.
+        let (client, shown) = hq_target.lock().unwrap().take().expect("the roster was substituted");
+        let u1: Vec<String> = shown.iter().map(|k| k.name.clone()).collect();
+        let incoming = to_target.lock().unwrap().clone();
+        let (hq_shared, _) = client.share(shown, &SystemRandom::new()).unwrap();
+        let opened = hq_shared.open(&u1, &incoming).map(|(opened, _)| opened.unopened());
+        assert!(opened.is_err() && incoming.is_empty(), "HQ opened shares sealed to its keys: {opened:?}");
+        assert!(out.is_err(), "a round over substituted keys released a result");
+        for node in &names[1..] {
+            assert_eq!(sent(&cluster, node), vec!["hello", "advertise-keys", "refusal"], "{node}");
+            let why = refusals(&cluster, node);
+            assert!(why.iter().any(|r| r.contains(refusal)), "{node}: {why:?}");
+        }
+        assert!(loot.strip(rounds(&cluster)[0], "fr-target", 6).is_err(), "HQ read the target's histograms");
+        cluster.stop().await;
+    }
+
+    // The coordinator strips its signature from the round's roster: no node joins.
+    let loot = Loot::default();
+    let hooks =
+        Hooks { tamper_roster_signature: Some(Arc::new(|signature: &mut Vec<u8>| signature.clear())), ..loot.hooks() };
+    let cluster = Cluster::start(opts(roster(&loot, 2, &names)), hooks).await.unwrap();
+    assert!(cluster.coordinator.run_histograms(&common::request("claim 5 unsigned"), coarse()).await.is_err());
+    for node in names {
+        assert_eq!(sent(&cluster, node), vec!["hello", "refusal"], "{node}");
+        let why = refusals(&cluster, node);
+        assert!(
+            why.iter().any(|r| r.contains("the round's roster is not signed by the coordinator")),
+            "{node}: {why:?}"
+        );
+    }
     cluster.stop().await;
 }

@@ -44,6 +44,12 @@ pub type SharesObserver = Arc<dyn Fn(&str, &[RevealedShare]) + Send + Sync>;
 pub type ShareTamper = Arc<dyn Fn(&str, &str, &mut Vec<u8>) + Send + Sync>;
 /// Editor of the final U2 sent before masking.
 pub type FinalU2Tamper = Arc<dyn Fn(&mut Vec<String>) + Send + Sync>;
+/// Observer of a node's sealed shares as received, before they are checked (sender, shares).
+pub type SealedObserver = Arc<dyn Fn(&str, &[Sealed]) + Send + Sync>;
+/// Editor of U1's signed keys as broadcast in the key roster (round, keys).
+pub type RosterTamper = Arc<dyn Fn(RoundId, &mut Vec<SignedKeys>) + Send + Sync>;
+/// Editor of the coordinator's signature on a round's roster, as sent in `RoundStart`.
+pub type RosterSignatureTamper = Arc<dyn Fn(&mut Vec<u8>) + Send + Sync>;
 
 /// Hooks that let a test play HQ deviating from the protocol (or observe it). The
 /// coordinator is the adversary the nodes defend against, so these give an attacker
@@ -58,11 +64,18 @@ pub struct Hooks {
     pub tamper_view: Option<ViewTamper>,
     /// Sees every unmask answer as received.
     pub on_unmask_shares: Option<SharesObserver>,
+    /// Sees every node's sealed shares as received.
+    pub on_sealed_shares: Option<SealedObserver>,
     /// Edits sealed shares as they are relayed, after their signatures were checked
     /// (a relay altering a share).
     pub tamper_share: Option<ShareTamper>,
     /// Edits the final U2 (e.g. keeps a reported sender in it).
     pub tamper_final_u2: Option<FinalU2Tamper>,
+    /// Edits U1's signed keys before they are broadcast (a node's keys substituted,
+    /// a signature stripped or replaced).
+    pub tamper_roster: Option<RosterTamper>,
+    /// Edits the coordinator's signature on the round's roster before it is sent.
+    pub tamper_roster_signature: Option<RosterSignatureTamper>,
     /// Ignores the masked vectors of these nodes, making them look dropped after
     /// their inputs arrived.
     pub ignore_masked_from: Vec<String>,
@@ -91,8 +104,11 @@ impl std::fmt::Debug for Hooks {
             .field("tamper_unmask", &self.tamper_unmask.is_some())
             .field("tamper_view", &self.tamper_view.is_some())
             .field("on_unmask_shares", &self.on_unmask_shares.is_some())
+            .field("on_sealed_shares", &self.on_sealed_shares.is_some())
             .field("tamper_share", &self.tamper_share.is_some())
             .field("tamper_final_u2", &self.tamper_final_u2.is_some())
+            .field("tamper_roster", &self.tamper_roster.is_some())
+            .field("tamper_roster_signature", &self.tamper_roster_signature.is_some())
             .field("ignore_masked_from", &self.ignore_masked_from)
             .field("force_threshold", &self.force_threshold)
             .field("relabel", &self.relabel)
@@ -317,11 +333,14 @@ impl Round<'_, '_> {
     async fn start(&mut self, analysis: &Analysis) -> Result<(), RoundError> {
         let (round, t, d) = (self.id, self.t, self.d);
         let invitees: Vec<Invitee> = self.invited.iter().map(Participant::invitee).collect();
-        let roster_signature = self
+        let mut roster_signature = self
             .runner
             .coordinator
             .sign(&wire::roster_payload(&round, t, d, analysis, &invitees))
             .map_err(|e| RoundError::Local { round, why: format!("cannot sign the roster: {e}") })?;
+        if let Some(t) = &self.runner.hooks.tamper_roster_signature {
+            t(&mut roster_signature);
+        }
         record(
             &self.runner.coordinator.audit,
             AuditEvent::RoundStarted {
@@ -395,8 +414,11 @@ impl Round<'_, '_> {
         }
         let u1: Vec<SignedKeys> = keys.into_values().filter(|k| self.members.live.contains(&k.node)).collect();
         self.ensure(Phase::AdvertiseKeys)?;
-        let roster = ToNode::Roster { round: self.id, keys: u1.clone() };
-        self.broadcast(&roster).await;
+        let mut keys = u1.clone();
+        if let Some(t) = &self.runner.hooks.tamper_roster {
+            t(self.id, &mut keys);
+        }
+        self.broadcast(&ToNode::Roster { round: self.id, keys }).await;
         Ok(u1)
     }
 
@@ -412,6 +434,9 @@ impl Round<'_, '_> {
             let Some((node, msg)) = self.next(deadline).await? else { break };
             match msg {
                 FromNode::Shares { shares, .. } if !sealed.contains_key(&node) => {
+                    if let Some(h) = &self.runner.hooks.on_sealed_shares {
+                        h(&node, &shares);
+                    }
                     let to: BTreeSet<String> = shares.iter().map(|s| s.peer.clone()).collect();
                     let expected: BTreeSet<String> = u1_names.iter().filter(|n| **n != node).cloned().collect();
                     if to != expected || shares.len() != expected.len() {
