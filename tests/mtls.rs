@@ -9,6 +9,7 @@ use fedcrm::harness::{BrandPki, COORDINATOR_NAME, Cluster, ClusterOptions, NodeS
 use fedcrm_coordinator::config::{CoordinatorConfig, Enrolled, TlsFiles};
 use fedcrm_coordinator::round::Hooks;
 use fedcrm_node::session::{Faults, SessionError, run_session};
+use fedcrm_protocol::pki::tls::Refusal;
 use fedcrm_protocol::pki::{Identity, OrgKind, Role, Validity};
 use time::OffsetDateTime;
 
@@ -157,7 +158,8 @@ async fn node_refuses_a_coordinator_with_a_foreign_certificate() {
     cfg.audit_dir = cluster.dir.path().join("rogue-audit");
     let ctx = cluster.node_context(&cfg, Faults::default()).unwrap();
     let err = run_session(&ctx, cluster.shutdown_signal()).await.expect_err("must refuse");
-    assert!(err.to_string().contains("UnknownIssuer") && err.to_string().contains("tls.ca"), "{err}");
+    assert!(matches!(err, SessionError::CoordinatorRefused { refusal: Refusal::UnknownIssuer, .. }), "{err}");
+    assert!(err.to_string().contains("tls.ca"), "the node is told which file to check: {err}");
     assert!(err.is_permanent(), "{err}");
     let sent = fedcrm_node::egress::read_log(&cfg.audit_dir).unwrap_or_default();
     assert!(sent.iter().all(|r| r.kind == "hello"), "only a hello may have been queued: {sent:?}");
@@ -180,7 +182,7 @@ async fn node_refuses_a_coordinator_with_the_wrong_name() {
     cfg.audit_dir = cluster.dir.path().join("rogue-audit");
     let ctx = cluster.node_context(&cfg, Faults::default()).unwrap();
     let err = run_session(&ctx, cluster.shutdown_signal()).await.expect_err("must refuse");
-    assert!(matches!(err, SessionError::CoordinatorRefused { .. }), "{err}");
+    assert!(matches!(err, SessionError::CoordinatorRefused { refusal: Refusal::WrongName, .. }), "{err}");
     assert!(err.to_string().contains("not valid for name \"coordinator.fedcrm.test\""), "{err}");
     assert!(err.is_permanent(), "a wrong coordinator.server_name is this node's to fix: {err}");
     cluster.stop().await;
