@@ -7,8 +7,6 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use fedcrm_coordinator::round::Hooks;
-use fedcrm_node::session::DropAt;
 use fedcrm_protocol::pki::OrgKind;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -70,7 +68,7 @@ pub async fn run(o: DemoOptions) -> Result<()> {
         .collect();
     let dropper = specs.last().map(|s| s.name.clone()).unwrap_or_default();
     if drop_one && let Some(s) = specs.last_mut() {
-        s.faults.drop_at = Some(DropAt::AfterShares);
+        s.leaves_after_shares = true;
     }
     let say = |s: &str| {
         if !o.quiet {
@@ -85,10 +83,12 @@ pub async fn run(o: DemoOptions) -> Result<()> {
     );
     spinner.enable_steady_tick(Duration::from_millis(100));
     spinner.set_message("issuing certificates from CSRs, starting coordinator and nodes");
-    let cluster = Cluster::start(
-        ClusterOptions { nodes: specs.clone(), phase_timeout_seconds: 10, root: o.keep.clone(), ..Default::default() },
-        Hooks::default(),
-    )
+    let cluster = Cluster::start(ClusterOptions {
+        nodes: specs.clone(),
+        phase_timeout_seconds: 10,
+        root: o.keep.clone(),
+        ..Default::default()
+    })
     .await?;
     spinner.println(format!(
         "  {} nodes connected: {}",

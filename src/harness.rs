@@ -11,11 +11,12 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use fedcrm_coordinator::Coordinator;
 use fedcrm_coordinator::config::{CoordinatorConfig, Enrolled, ReleaseRules, RoundSettings, SessionSettings};
+#[cfg(feature = "test-util")]
 use fedcrm_coordinator::round::Hooks;
 use fedcrm_node::config::{CoordinatorEndpoint, NodeConfig};
 use fedcrm_node::data::{DataConfig, Format};
 use fedcrm_node::policy::Policy;
-use fedcrm_node::session::{self, Faults, NodeContext, SessionEnd, SessionError};
+use fedcrm_node::session::{self, NodeContext, SessionEnd, SessionError};
 use fedcrm_protocol::config::TlsFiles;
 use fedcrm_protocol::pb;
 use fedcrm_protocol::pki::{self, CaMaterial, Identity, OrgKind, PrivateKeyPem, Role, Validity};
@@ -78,10 +79,17 @@ pub struct NodeSpec {
     pub kind: OrgKind,
     /// CDNOW-format purchase text.
     pub data: String,
-    pub faults: Faults,
     pub policy: Policy,
     /// Customer keys on this node's consent-withdrawal list.
     pub withdrawn: Vec<String>,
+    /// The demo's dropout: the harness ends this node's task (as if its process were
+    /// killed) the first time the node wakes after its share report of the first
+    /// round is in its audit log — its shares went out, its masked input never does.
+    /// Nothing in the node takes part: the coordinator sees the connection end.
+    pub leaves_after_shares: bool,
+    /// Tests: faults this node injects (feature `test-util` only).
+    #[cfg(feature = "test-util")]
+    pub faults: fedcrm_node::session::Faults,
     /// Attack tests: this node colludes with HQ (feature `test-util` only).
     #[cfg(feature = "test-util")]
     pub round_tap: Option<fedcrm_node::session::RoundTap>,
@@ -94,9 +102,11 @@ impl NodeSpec {
             organisation: format!("{name} franchise ltd"),
             kind: OrgKind::Franchisee,
             data,
-            faults: Faults::default(),
             policy: Policy::default(),
             withdrawn: vec![],
+            leaves_after_shares: false,
+            #[cfg(feature = "test-util")]
+            faults: Default::default(),
             #[cfg(feature = "test-util")]
             round_tap: None,
         }
@@ -117,6 +127,7 @@ pub struct ClusterOptions {
     /// Further enrolled (name, organisation) pairs with no running node.
     pub extra_enrolled: Vec<(String, String)>,
     /// Record the bytes of every message each node's transport takes (tests).
+    #[cfg(feature = "test-util")]
     pub capture_wire: bool,
     /// Work in this directory (which must not exist yet) instead of a temporary one.
     /// It is still deleted when the cluster's `dir` is dropped, unless the caller
@@ -126,7 +137,8 @@ pub struct ClusterOptions {
     pub keepalive_seconds: u64,
 }
 
-/// Per node, the encoded messages its transport took, in order.
+/// Per node, the encoded messages its transport took, in order (tests).
+#[cfg(feature = "test-util")]
 pub type Captures = Arc<std::sync::Mutex<std::collections::BTreeMap<String, Vec<Vec<u8>>>>>;
 
 impl Default for ClusterOptions {
@@ -137,6 +149,7 @@ impl Default for ClusterOptions {
             phase_timeout_seconds: 20,
             chunk_elements: fedcrm_protocol::DEFAULT_CHUNK_ELEMENTS,
             extra_enrolled: vec![],
+            #[cfg(feature = "test-util")]
             capture_wire: false,
             root: None,
             keepalive_seconds: SessionSettings::default().keepalive_seconds,
@@ -155,6 +168,7 @@ pub struct Cluster {
     pub node_configs: Vec<NodeConfig>,
     pub nodes: Vec<(String, JoinHandle<Result<SessionEnd, SessionError>>)>,
     /// Filled when `ClusterOptions::capture_wire` is set.
+    #[cfg(feature = "test-util")]
     pub captures: Captures,
     shutdown: watch::Sender<bool>,
     server: JoinHandle<()>,
@@ -162,7 +176,20 @@ pub struct Cluster {
 
 impl Cluster {
     /// Create PKI, start the coordinator and every node, and wait until all are connected.
-    pub async fn start(opts: ClusterOptions, hooks: Hooks) -> Result<Self> {
+    pub async fn start(opts: ClusterOptions) -> Result<Self> {
+        Self::launch(opts, Coordinator::open).await
+    }
+
+    /// [`Cluster::start`] with a coordinator deviating from the protocol through `hooks`.
+    #[cfg(feature = "test-util")]
+    pub async fn start_with_hooks(opts: ClusterOptions, hooks: Hooks) -> Result<Self> {
+        Self::launch(opts, move |config| Coordinator::open_with_hooks(config, hooks)).await
+    }
+
+    async fn launch(
+        opts: ClusterOptions,
+        open: impl FnOnce(CoordinatorConfig) -> Result<Arc<Coordinator>, fedcrm_coordinator::ServeError>,
+    ) -> Result<Self> {
         let dir = match &opts.root {
             None => tempfile::tempdir()?,
             Some(root) => {
@@ -211,7 +238,7 @@ impl Cluster {
             audit_dir: dir.path().join("coordinator-audit"),
             audit: Default::default(),
         };
-        let coordinator = Coordinator::open(config, hooks)?;
+        let coordinator = open(config)?;
         let (shutdown, rx) = watch::channel(false);
         let mut srx = rx.clone();
         let c2 = coordinator.clone();
@@ -236,34 +263,44 @@ impl Cluster {
             analyst,
             node_configs: vec![],
             nodes: vec![],
+            #[cfg(feature = "test-util")]
             captures: Captures::default(),
             shutdown,
             server,
         };
         for spec in &opts.nodes {
             let cfg = cluster.node_config(spec)?;
-            let mut ctx = cluster.node_context(&cfg, spec.faults.clone())?;
+            let ctx = cluster.node_context(&cfg)?;
             #[cfg(feature = "test-util")]
-            {
-                ctx.round_tap = spec.round_tap.clone();
-            }
-            if opts.capture_wire {
-                let (captures, name) = (cluster.captures.clone(), spec.name.clone());
-                ctx.tap = Some(Arc::new(move |bytes: &[u8]| {
-                    captures
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .entry(name.clone())
-                        .or_default()
-                        .push(bytes.to_vec());
-                }));
-            }
-            let rx = rx.clone();
-            cluster.nodes.push((spec.name.clone(), tokio::spawn(async move { session::run_session(&ctx, rx).await })));
+            let ctx = cluster.with_test_hooks(ctx, spec, opts.capture_wire);
+            let (rx, leaves) = (rx.clone(), spec.leaves_after_shares);
+            let task = tokio::spawn(async move {
+                if leaves { leave_after_shares(&ctx, rx).await } else { session::run_session(&ctx, rx).await }
+            });
+            cluster.nodes.push((spec.name.clone(), task));
             cluster.node_configs.push(cfg);
         }
         cluster.wait_connected(opts.nodes.len()).await?;
         Ok(cluster)
+    }
+
+    /// A node's context with the test hooks `spec` asks for, and the wire tap.
+    #[cfg(feature = "test-util")]
+    fn with_test_hooks(&self, mut ctx: NodeContext, spec: &NodeSpec, capture_wire: bool) -> NodeContext {
+        ctx.faults = spec.faults.clone();
+        ctx.round_tap = spec.round_tap.clone();
+        if capture_wire {
+            let (captures, name) = (self.captures.clone(), spec.name.clone());
+            ctx.tap = Some(Arc::new(move |bytes: &[u8]| {
+                captures
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(name.clone())
+                    .or_default()
+                    .push(bytes.to_vec());
+            }));
+        }
+        ctx
     }
 
     /// Issue a certificate for `spec`, write its data and config; returns the config.
@@ -307,7 +344,7 @@ impl Cluster {
             old.abort();
             let _ = old.await;
         }
-        let ctx = self.node_context(&cfg, Faults::default())?;
+        let ctx = self.node_context(&cfg)?;
         let rx = self.shutdown_signal();
         let session = |c: &Coordinator| c.registry.connected().into_iter().find(|p| p.name == name).map(|p| p.session);
         let before = session(&self.coordinator);
@@ -324,9 +361,9 @@ impl Cluster {
     }
 
     /// Load a node's data and credentials.
-    pub fn node_context(&self, cfg: &NodeConfig, faults: Faults) -> Result<NodeContext> {
+    pub fn node_context(&self, cfg: &NodeConfig) -> Result<NodeContext> {
         let ds = Arc::new(cfg.data.load()?);
-        Ok(NodeContext::load(cfg, ds, faults)?)
+        Ok(NodeContext::load(cfg, ds)?)
     }
 
     /// A receiver that fires when the cluster shuts down.
@@ -397,6 +434,33 @@ impl Cluster {
         }
         self.dir
     }
+}
+
+/// Serve a node's session until the node wakes after its share report of the first
+/// round is in its audit log; then end its task there, before it reads the next
+/// message (the final U2), as if its process were killed ([`NodeSpec::leaves_after_shares`]).
+async fn leave_after_shares(ctx: &NodeContext, shutdown: watch::Receiver<bool>) -> Result<SessionEnd, SessionError> {
+    let mut session = std::pin::pin!(session::run_session(ctx, shutdown));
+    let (mut seen, mut reported) = (0, false);
+    std::future::poll_fn(|cx| {
+        if reported {
+            return std::task::Poll::Ready(Ok(SessionEnd::Dropped));
+        }
+        let polled = session.as_mut().poll(cx);
+        // The log is read again only when it grew (the node appends between polls).
+        let (seq, _) = fedcrm_audit::log::lock(&ctx.audit).head();
+        if seq != seen {
+            seen = seq;
+            let dir = fedcrm_audit::log::lock(&ctx.audit).dir().to_path_buf();
+            reported = fedcrm_audit::log::read_records(&dir).is_ok_and(|records| {
+                records.iter().any(
+                    |r| matches!(&r.event, fedcrm_audit::Event::Egress { message, .. } if message == "share-report"),
+                )
+            });
+        }
+        polled
+    })
+    .await
 }
 
 /// Split CDNOW text by customer into `weights.len()` parts. `interleave`: customer i

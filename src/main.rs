@@ -481,7 +481,7 @@ async fn run(cli: Cli) -> Result<()> {
             let stop = fedcrm::service::StopSignal::install()?;
             let ds = Arc::new(cfg.data.load()?);
             tracing::info!(node = %cfg.name, "{}", ds.summary());
-            let ctx = fedcrm_node::session::NodeContext::load(&cfg, ds, Default::default())?;
+            let ctx = fedcrm_node::session::NodeContext::load(&cfg, ds)?;
             tracing::info!(
                 node = %cfg.name,
                 organisation = %ctx.organisation,
@@ -532,7 +532,7 @@ async fn run(cli: Cli) -> Result<()> {
             let listener = tokio::net::TcpListener::bind(&cfg.listen)
                 .await
                 .with_context(|| format!("listening on {}", cfg.listen))?;
-            let c = fedcrm_coordinator::Coordinator::open(cfg, Default::default())?;
+            let c = fedcrm_coordinator::Coordinator::open(cfg)?;
             {
                 let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
                     .context("installing the SIGHUP handler")?;

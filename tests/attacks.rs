@@ -201,7 +201,8 @@ async fn a1_hq_nodes_reaching_the_threshold_get_no_share_of_the_target() {
     common::logs();
     // An honest coordinator says at once that no threshold works for this roster.
     let loot = Loot::default();
-    let cluster = Cluster::start(opts(roster(&loot, 5, &["fr-target", "fr-other"])), loot.hooks()).await.unwrap();
+    let cluster =
+        Cluster::start_with_hooks(opts(roster(&loot, 5, &["fr-target", "fr-other"])), loot.hooks()).await.unwrap();
     let err = cluster.coordinator.run_histograms(&common::request("A1 honest"), coarse()).await.unwrap_err();
     assert!(err.to_string().contains("would refuse"), "{err}");
     assert_eq!(sent(&cluster, "fr-target"), vec!["hello"]);
@@ -210,7 +211,7 @@ async fn a1_hq_nodes_reaching_the_threshold_get_no_share_of_the_target() {
     // HQ forces t = 5 anyway.
     let loot = Loot::default();
     let hooks = Hooks { force_threshold: Some(5), ..loot.hooks() };
-    let cluster = Cluster::start(opts(roster(&loot, 5, &["fr-target", "fr-other"])), hooks).await.unwrap();
+    let cluster = Cluster::start_with_hooks(opts(roster(&loot, 5, &["fr-target", "fr-other"])), hooks).await.unwrap();
     let out = cluster.coordinator.run_histograms(&common::request("A1 forced"), coarse()).await;
     // Whatever HQ computed, the target is not in it.
     if let Ok(o) = &out {
@@ -248,7 +249,7 @@ async fn a2_franchisees_made_to_look_dropped_expose_no_one() {
         })
     };
     let hooks = Hooks { tamper_view: Some(hide(&["fr-b", "fr-c"])), ..loot.hooks() };
-    let cluster = Cluster::start(opts(roster(&loot, 2, &names)), hooks).await.unwrap();
+    let cluster = Cluster::start_with_hooks(opts(roster(&loot, 2, &names)), hooks).await.unwrap();
     let err = cluster.coordinator.run_histograms(&common::request("A2"), coarse()).await.unwrap_err();
     assert!(matches!(err, AnalysisError::Round(_)), "{err}");
     // The target masked its input, then refused to sign a view with too few survivors.
@@ -271,7 +272,7 @@ async fn a2_franchisees_made_to_look_dropped_expose_no_one() {
     // the target's histogram.
     let loot = Loot::default();
     let hooks = Hooks { ignore_masked_from: vec!["fr-b".into()], ..loot.hooks() };
-    let cluster = Cluster::start(opts(roster(&loot, 2, &names)), hooks).await.unwrap();
+    let cluster = Cluster::start_with_hooks(opts(roster(&loot, 2, &names)), hooks).await.unwrap();
     let out = cluster.coordinator.run_histograms(&common::request("A2 one dropped"), coarse()).await.unwrap();
     let released: Vec<u64> = out.release.counts.iter().map(|c| c.unwrap()).collect();
     let hq: Vec<u64> = {
@@ -299,7 +300,7 @@ async fn a3_differencing_across_analyses_is_refused_by_population_even_after_a_r
     let loot = Loot::default();
     // HQ forces the roster (all connected nodes) and t, skipping its own planner.
     let hooks = Hooks { force_threshold: Some(4), ..loot.hooks() };
-    let mut cluster = Cluster::start(opts(common::cdnow_nodes(&[1; 6], true)), hooks).await.unwrap();
+    let mut cluster = Cluster::start_with_hooks(opts(common::cdnow_nodes(&[1; 6], true)), hooks).await.unwrap();
     let a = cluster.coordinator.run_histograms(&common::request("A3 day D"), coarse()).await.unwrap();
     assert_eq!(a.release.contributors.len(), 6);
     // node-0 restarts between the analyses: its guard is rebuilt from its audit log.
@@ -338,7 +339,7 @@ async fn a4_a_label_approves_nothing_and_a_reused_id_dodges_no_cap() {
     // Franchisees allow only segment analyses; HQ labels histograms as one.
     let segments_only = |n: &mut NodeSpec| n.policy.allowed_analyses = vec!["rfm-segments".into()];
     let hooks = Hooks { relabel: Some("rfm-segments".into()), ..Hooks::default() };
-    let cluster = Cluster::start(opts(with(&segments_only)), hooks).await.unwrap();
+    let cluster = Cluster::start_with_hooks(opts(with(&segments_only)), hooks).await.unwrap();
     let huge = HistogramSpec { metric: Metric::Monetary, layout: Layout::Linear { lo: 0, width: 1, bins: 1 << 20 } };
     let err = cluster.coordinator.run_histograms(&common::request("A4 huge"), vec![huge]).await.unwrap_err();
     assert!(err.to_string().contains("max_bins = 1024"), "{err}");
@@ -355,7 +356,7 @@ async fn a4_a_label_approves_nothing_and_a_reused_id_dodges_no_cap() {
         n.policy.monthly_analysis_caps.insert("rfm-segments".into(), 1);
     };
     let hooks = Hooks { reuse_analysis_id: Some("0123456789abcdef".into()), ..Hooks::default() };
-    let cluster = Cluster::start(opts(with(&capped)), hooks).await.unwrap();
+    let cluster = Cluster::start_with_hooks(opts(with(&capped)), hooks).await.unwrap();
     cluster.segments(common::REFERENCE, "A4 first").await.unwrap();
     let err = cluster.segments(common::REFERENCE, "A4 again under the same id").await.unwrap_err();
     assert!(err.message().contains("already"), "{}", err.message());
@@ -371,7 +372,7 @@ async fn a6_split_views_cannot_strip_the_targets_masks() {
     // With t = H + 1 = 3 the split would work; every honest franchisee refuses that t.
     let loot = Loot::default();
     let hooks = Hooks { force_threshold: Some(3), ..loot.hooks() };
-    let cluster = Cluster::start(opts(roster(&loot, 2, &names)), hooks).await.unwrap();
+    let cluster = Cluster::start_with_hooks(opts(roster(&loot, 2, &names)), hooks).await.unwrap();
     let _ = cluster.coordinator.run_histograms(&common::request("A6 t = H + 1"), coarse()).await;
     for n in names {
         assert!(refusals(&cluster, n).iter().any(|r| r.contains("2t > n + H + C")), "{n}");
@@ -403,7 +404,7 @@ async fn a6_split_views_cannot_strip_the_targets_masks() {
         })),
         ..loot.hooks()
     };
-    let cluster = Cluster::start(opts(roster(&loot, 2, &names)), hooks).await.unwrap();
+    let cluster = Cluster::start_with_hooks(opts(roster(&loot, 2, &names)), hooks).await.unwrap();
     for n in ["hq-1", "hq-2"] {
         let pem = std::fs::read_to_string(cluster.pki.dir.join(format!("{n}.key"))).unwrap();
         let key = fedcrm_protocol::pki::PrivateKeyPem::new(pem);
@@ -448,7 +449,7 @@ async fn a7_local_audit_failures_are_not_blamed_on_the_peer() {
         sign_any_view: false,
         fail_audit: Some(fail.clone()),
     });
-    let mut cluster = Cluster::start(opts(nodes), Hooks::default()).await.unwrap();
+    let mut cluster = Cluster::start(opts(nodes)).await.unwrap();
     fail.store(true, Ordering::SeqCst);
     let out = cluster.coordinator.run_histograms(&common::request("A7 node disk"), coarse()).await.unwrap();
     assert_eq!(out.exits.get("node-0").map(String::as_str), Some("disconnected"), "{:?}", out.exits);
@@ -466,7 +467,7 @@ async fn a7_local_audit_failures_are_not_blamed_on_the_peer() {
         fail_audit: Some(fail.clone()),
         ..Hooks::default()
     };
-    let cluster = Cluster::start(opts(common::cdnow_nodes(&[1; 5], true)), hooks).await.unwrap();
+    let cluster = Cluster::start_with_hooks(opts(common::cdnow_nodes(&[1; 5], true)), hooks).await.unwrap();
     let err = cluster.coordinator.run_histograms(&common::request("A7 coordinator disk"), coarse()).await.unwrap_err();
     let m = err.to_string();
     assert!(m.contains("the coordinator failed locally") && m.contains("no node is at fault"), "{m}");
@@ -502,7 +503,7 @@ async fn r1_three_sums_that_would_isolate_a_franchisee_are_refused() {
     let nodes: Vec<NodeSpec> = names.iter().zip(data).map(|(n, d)| NodeSpec::franchisee(n, d)).collect();
     let loot = Loot::default();
     let hooks = Hooks { force_threshold: Some(3), ..loot.hooks() };
-    let mut cluster = Cluster::start(opts(nodes), hooks).await.unwrap();
+    let mut cluster = Cluster::start_with_hooks(opts(nodes), hooks).await.unwrap();
     let c = cluster.coordinator.clone();
     disconnect(&mut cluster, "fr-c").await;
     disconnect(&mut cluster, "fr-d").await;
@@ -548,7 +549,7 @@ async fn r3_a_colluding_organisation_brings_all_its_stores() {
         nodes.push(loot.collude(s));
     }
     // The coordinator plans t = 7 for this roster (no dropout tolerated).
-    let cluster = Cluster::start(opts(nodes.clone()), loot.hooks()).await.unwrap();
+    let cluster = Cluster::start_with_hooks(opts(nodes.clone()), loot.hooks()).await.unwrap();
     cluster.coordinator.run_histograms(&common::request("R3 planned"), coarse()).await.unwrap();
     let t = read_records(&cluster.coordinator.config.audit_dir)
         .unwrap()
@@ -569,7 +570,7 @@ async fn r3_a_colluding_organisation_brings_all_its_stores() {
     let hooks = Hooks { force_threshold: Some(5), ..loot.hooks() };
     let nodes: Vec<NodeSpec> =
         nodes.into_iter().map(|s| if s.name.starts_with("y-") { loot.collude(s) } else { s }).collect();
-    let cluster = Cluster::start(opts(nodes), hooks).await.unwrap();
+    let cluster = Cluster::start_with_hooks(opts(nodes), hooks).await.unwrap();
     let _ = cluster.coordinator.run_histograms(&common::request("R3 forced"), coarse()).await;
     assert_eq!(sent(&cluster, "fr-target"), vec!["hello", "refusal"]);
     assert!(
@@ -593,7 +594,7 @@ async fn r5_the_coordinator_refuses_a_sum_that_completes_an_isolating_combinatio
     let names = ["fr-target", "fr-a", "fr-b", "fr-c", "fr-d", "fr-e", "fr-f"];
     let data = split_cdnow(CDNOW, &[1; 7], true);
     let nodes: Vec<NodeSpec> = names.iter().zip(data).map(|(n, d)| NodeSpec::franchisee(n, d)).collect();
-    let mut cluster = Cluster::start(opts(nodes), Hooks::default()).await.unwrap();
+    let mut cluster = Cluster::start(opts(nodes)).await.unwrap();
     let c = cluster.coordinator.clone();
     for n in ["fr-target", "fr-d", "fr-e", "fr-f"] {
         disconnect(&mut cluster, n).await;
@@ -643,7 +644,7 @@ async fn r6_a_target_kept_out_of_unmasking_still_remembers_the_sum() {
             }
         });
     let hooks = Hooks { force_threshold: Some(4), tamper_view: Some(tamper), ..loot.hooks() };
-    let mut cluster = Cluster::start(opts(nodes), hooks).await.unwrap();
+    let mut cluster = Cluster::start_with_hooks(opts(nodes), hooks).await.unwrap();
     let c = cluster.coordinator.clone();
     for n in ["fr-d", "fr-e", "fr-f"] {
         disconnect(&mut cluster, n).await;
@@ -726,7 +727,7 @@ async fn a_coordinator_substituting_round_keys_or_stripping_the_roster_signature
             })),
             ..loot.hooks()
         };
-        let cluster = Cluster::start(opts(roster(&loot, 2, &names)), hooks).await.unwrap();
+        let cluster = Cluster::start_with_hooks(opts(roster(&loot, 2, &names)), hooks).await.unwrap();
         let out = cluster.coordinator.run_histograms(&common::request("claim 5"), coarse()).await;
         // HQ tries: it opens the shares sealed to the target with the secret of the
         // keys it substituted. Nothing was sealed to them.
@@ -750,7 +751,7 @@ async fn a_coordinator_substituting_round_keys_or_stripping_the_roster_signature
     let loot = Loot::default();
     let hooks =
         Hooks { tamper_roster_signature: Some(Arc::new(|signature: &mut Vec<u8>| signature.clear())), ..loot.hooks() };
-    let cluster = Cluster::start(opts(roster(&loot, 2, &names)), hooks).await.unwrap();
+    let cluster = Cluster::start_with_hooks(opts(roster(&loot, 2, &names)), hooks).await.unwrap();
     assert!(cluster.coordinator.run_histograms(&common::request("claim 5 unsigned"), coarse()).await.is_err());
     for node in names {
         assert_eq!(sent(&cluster, node), vec!["hello", "refusal"], "{node}");

@@ -11,8 +11,7 @@ use common::cdnow_nodes;
 use fedcrm::harness::{BrandPki, Cluster, ClusterOptions, NodeSpec};
 use fedcrm_audit::Event;
 use fedcrm_coordinator::config::Enrolled;
-use fedcrm_coordinator::round::Hooks;
-use fedcrm_node::session::{Faults, SessionError, run_session};
+use fedcrm_node::session::{SessionError, run_session};
 use fedcrm_protocol::pki::crl::Reason;
 use fedcrm_protocol::pki::tls::Refusal;
 use fedcrm_protocol::pki::{self, Identity, OrgKind, Role, Validity};
@@ -21,12 +20,9 @@ use time::OffsetDateTime;
 async fn cluster() -> Cluster {
     // node-7 and node-8 are enrolled but not running: the tests connect as them.
     let extra = ["node-7", "node-8"].map(|n| (n.to_string(), format!("{n} franchise ltd"))).to_vec();
-    Cluster::start(
-        ClusterOptions { nodes: cdnow_nodes(&[1; 3], true), extra_enrolled: extra, ..Default::default() },
-        Hooks::default(),
-    )
-    .await
-    .unwrap()
+    Cluster::start(ClusterOptions { nodes: cdnow_nodes(&[1; 3], true), extra_enrolled: extra, ..Default::default() })
+        .await
+        .unwrap()
 }
 
 fn spec(name: &str) -> NodeSpec {
@@ -39,7 +35,7 @@ fn node_id(name: &str) -> Identity {
 
 /// One session attempt that must fail (bounded, so a regression cannot hang the suite).
 async fn refused(cluster: &Cluster, cfg: &fedcrm_node::config::NodeConfig) -> SessionError {
-    let ctx = cluster.node_context(cfg, Faults::default()).unwrap();
+    let ctx = cluster.node_context(cfg).unwrap();
     tokio::time::timeout(Duration::from_secs(20), run_session(&ctx, cluster.shutdown_signal()))
         .await
         .expect("a refused session must end")
@@ -138,7 +134,7 @@ async fn a_revoked_node_is_cut_off_and_refused_while_others_connect() {
     let connected: Vec<String> = cluster.coordinator.registry.connected().into_iter().map(|p| p.name).collect();
     assert_eq!(connected, ["node-0", "node-2"]);
     let fresh = cluster.node_config(&spec("node-7")).unwrap();
-    let ctx = cluster.node_context(&fresh, Faults::default()).unwrap();
+    let ctx = cluster.node_context(&fresh).unwrap();
     let rx = cluster.shutdown_signal();
     cluster.nodes.push(("node-7".into(), tokio::spawn(async move { run_session(&ctx, rx).await })));
     cluster.wait_connected(3).await.unwrap();
@@ -237,7 +233,7 @@ async fn a_node_with_the_crl_refuses_a_revoked_coordinator_certificate_and_keeps
     config.tls.cert = files.cert;
     config.tls.key = files.key;
     config.audit_dir = cluster.dir.path().join("stolen-audit");
-    let rogue = fedcrm_coordinator::Coordinator::open(config, Hooks::default()).unwrap();
+    let rogue = fedcrm_coordinator::Coordinator::open(config).unwrap();
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(fedcrm_coordinator::run(rogue, listener, async move {
         let _ = stopped.changed().await;
@@ -341,7 +337,7 @@ async fn a_running_node_reads_the_crl_again_before_it_reconnects() {
     config.audit_dir = dir.join("audit");
     // It does not enroll node-0: a session that gets past TLS is refused by name.
     config.enrolled.retain(|e| e.name != "node-0");
-    let second = fedcrm_coordinator::Coordinator::open(config, Hooks::default()).unwrap();
+    let second = fedcrm_coordinator::Coordinator::open(config).unwrap();
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(fedcrm_coordinator::run(second, listener, async move {
         let _ = stopped.changed().await;
@@ -350,7 +346,7 @@ async fn a_running_node_reads_the_crl_again_before_it_reconnects() {
     cfg.coordinator.url = format!("https://{addr}");
     cfg.audit_dir = dir.join("node-audit");
     cfg.tls.crl = Some(cluster.pki.dir.join("crl.pem"));
-    let ctx = cluster.node_context(&cfg, Faults::default()).unwrap();
+    let ctx = cluster.node_context(&cfg).unwrap();
     let first = run_session(&ctx, cluster.shutdown_signal()).await.expect_err("not enrolled there");
     assert!(matches!(first, SessionError::Rejected { .. }), "TLS passed, the name was refused: {first}");
     // HQ revokes that certificate and ships the new list; the same running node

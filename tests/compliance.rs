@@ -12,7 +12,6 @@ use fedcrm::harness::{Cluster, ClusterOptions, NodeSpec};
 use fedcrm_audit::report::{self, Report};
 use fedcrm_audit::verify::{Problem, verify_paths};
 use fedcrm_audit::{Event, log::read_records};
-use fedcrm_coordinator::round::Hooks;
 use fedcrm_node::approvals::Approvals;
 use fedcrm_node::egress::read_log;
 use fedcrm_protocol::pb;
@@ -58,7 +57,7 @@ async fn auditors_report_matches_the_bytes_on_the_wire_and_the_policies() {
     // round of a segment analysis.
     nodes[3].policy.allowed_analyses = vec!["rfm-histograms".into()];
     let opts = ClusterOptions { nodes, capture_wire: true, ..Default::default() };
-    let cluster = Cluster::start(opts, Hooks::default()).await.unwrap();
+    let cluster = Cluster::start(opts).await.unwrap();
     let a = cluster.segments(REFERENCE, "Q3 CRM review").await.unwrap();
     let b = cluster.segments("1997-12-31", "year-end win-back planning").await.unwrap();
     assert_eq!(a.participants, vec!["node-0", "node-1", "node-2"]);
@@ -157,7 +156,7 @@ async fn hq_channels_and_one_franchisee_cannot_form_a_round_that_exposes_it() {
     fr.organisation = "Alone Franchise Ltd".into();
     fr.policy.min_other_organisations = 1;
     nodes.push(fr);
-    let cluster = Cluster::start(ClusterOptions { nodes, ..Default::default() }, Hooks::default()).await.unwrap();
+    let cluster = Cluster::start(ClusterOptions { nodes, ..Default::default() }).await.unwrap();
     // The coordinator evaluates every invitee's announced rules first and says which
     // fails for whom, before any round starts.
     let err = cluster.segments(REFERENCE, "HQ-only quorum").await.unwrap_err();
@@ -194,7 +193,7 @@ async fn manual_approval_holds_everything_back_and_expired_requests_are_refused(
     // Long enough that a loaded CI machine never expires a request by accident; the
     // test makes one expire by moving its deadline into the past (below).
     nodes[0].policy.approval_expires_seconds = 3600;
-    let cluster = Cluster::start(ClusterOptions { nodes, ..Default::default() }, Hooks::default()).await.unwrap();
+    let cluster = Cluster::start(ClusterOptions { nodes, ..Default::default() }).await.unwrap();
     let cfg = cluster.node_configs[0].clone();
     let approvals = Approvals::new(&cfg.approvals_dir);
     let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
@@ -246,9 +245,7 @@ async fn manual_approval_holds_everything_back_and_expired_requests_are_refused(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_log_cut_short_is_caught_by_the_coordinators_receipts() {
     let cluster =
-        Cluster::start(ClusterOptions { nodes: cdnow_nodes(&[1; 3], true), ..Default::default() }, Hooks::default())
-            .await
-            .unwrap();
+        Cluster::start(ClusterOptions { nodes: cdnow_nodes(&[1; 3], true), ..Default::default() }).await.unwrap();
     cluster.segments(REFERENCE, "receipts").await.unwrap();
     let ca = ca_der(&cluster);
     let paths = log_paths(&cluster);

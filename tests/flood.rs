@@ -14,9 +14,7 @@ use fedcrm::harness::{COORDINATOR_NAME, Cluster, ClusterOptions, NodeSpec};
 use fedcrm::hq::SegmentsView;
 use fedcrm_audit::Event;
 use fedcrm_coordinator::registry::{IN_FLIGHT_BYTES, INBOUND_BYTES};
-use fedcrm_coordinator::round::Hooks;
 use fedcrm_crypto::RoundId;
-use fedcrm_node::session::Faults;
 use fedcrm_protocol::pb;
 use fedcrm_protocol::wire::{self, FromNode, MaskedChunk, ToNode};
 use fedcrm_protocol::{MAX_MESSAGE_BYTES, pki};
@@ -63,22 +61,19 @@ async fn a_flooding_node_cannot_grow_the_coordinator_or_its_log_and_the_others_r
     common::logs();
     let honest = cdnow_nodes(&[1; 4], true);
     let flooder_org = format!("{FLOODER} franchise ltd");
-    let cluster = Cluster::start(
-        ClusterOptions {
-            nodes: honest.clone(),
-            extra_enrolled: vec![(FLOODER.into(), flooder_org)],
-            phase_timeout_seconds: 20,
-            ..Default::default()
-        },
-        Hooks::default(),
-    )
+    let cluster = Cluster::start(ClusterOptions {
+        nodes: honest.clone(),
+        extra_enrolled: vec![(FLOODER.into(), flooder_org)],
+        phase_timeout_seconds: 20,
+        ..Default::default()
+    })
     .await
     .unwrap();
 
     // The flooder holds a real node certificate and signs its hello's log head.
     let one_row = " customer_id  date number_of_cds  dollar_value\n 00001 19970101  1   11.77\n";
     let cfg = cluster.node_config(&NodeSpec::franchisee(FLOODER, one_row.into())).unwrap();
-    let ctx = cluster.node_context(&cfg, Faults::default()).unwrap();
+    let ctx = cluster.node_context(&cfg).unwrap();
     let receipt = wire::Receipt::from(ctx.audit.lock().unwrap().signed_head().unwrap());
     let hello = FromNode::Hello {
         version: wire::VERSION.into(),

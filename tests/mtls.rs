@@ -7,8 +7,7 @@ use std::time::Duration;
 use common::cdnow_nodes;
 use fedcrm::harness::{BrandPki, COORDINATOR_NAME, Cluster, ClusterOptions, NodeSpec};
 use fedcrm_coordinator::config::{CoordinatorConfig, Enrolled, TlsFiles};
-use fedcrm_coordinator::round::Hooks;
-use fedcrm_node::session::{Faults, SessionError, run_session};
+use fedcrm_node::session::{SessionError, run_session};
 use fedcrm_protocol::pki::tls::Refusal;
 use fedcrm_protocol::pki::{Identity, OrgKind, Role, Validity};
 use time::OffsetDateTime;
@@ -16,12 +15,9 @@ use time::OffsetDateTime;
 async fn cluster() -> Cluster {
     // node-7 and node-8 are enrolled but not running: the tests try to connect as them.
     let extra = ["node-7", "node-8"].map(|n| (n.to_string(), format!("{n} franchise ltd"))).to_vec();
-    Cluster::start(
-        ClusterOptions { nodes: cdnow_nodes(&[1; 3], true), extra_enrolled: extra, ..Default::default() },
-        Hooks::default(),
-    )
-    .await
-    .unwrap()
+    Cluster::start(ClusterOptions { nodes: cdnow_nodes(&[1; 3], true), extra_enrolled: extra, ..Default::default() })
+        .await
+        .unwrap()
 }
 
 fn spec(name: &str) -> NodeSpec {
@@ -29,7 +25,7 @@ fn spec(name: &str) -> NodeSpec {
 }
 
 async fn attempt(cluster: &Cluster, cfg: &fedcrm_node::config::NodeConfig) -> SessionError {
-    let ctx = cluster.node_context(cfg, Faults::default()).unwrap();
+    let ctx = cluster.node_context(cfg).unwrap();
     let r = tokio::time::timeout(Duration::from_secs(15), run_session(&ctx, cluster.shutdown_signal()))
         .await
         .expect("no hang");
@@ -137,7 +133,7 @@ async fn rogue_coordinator(
         audit_dir: cluster.dir.path().join(format!("rogue-{name}-audit")),
         audit: Default::default(),
     };
-    let c = fedcrm_coordinator::Coordinator::open(config, Hooks::default()).unwrap();
+    let c = fedcrm_coordinator::Coordinator::open(config).unwrap();
     let (tx, mut rx) = tokio::sync::watch::channel(false);
     tokio::spawn(fedcrm_coordinator::run(c, listener, async move {
         let _ = rx.changed().await;
@@ -156,7 +152,7 @@ async fn node_refuses_a_coordinator_with_a_foreign_certificate() {
     let mut cfg = cluster.node_configs[0].clone();
     cfg.coordinator.url = url;
     cfg.audit_dir = cluster.dir.path().join("rogue-audit");
-    let ctx = cluster.node_context(&cfg, Faults::default()).unwrap();
+    let ctx = cluster.node_context(&cfg).unwrap();
     let err = run_session(&ctx, cluster.shutdown_signal()).await.expect_err("must refuse");
     assert!(matches!(err, SessionError::CoordinatorRefused { refusal: Refusal::UnknownIssuer, .. }), "{err}");
     assert!(err.to_string().contains("tls.ca"), "the node is told which file to check: {err}");
@@ -180,7 +176,7 @@ async fn node_refuses_a_coordinator_with_the_wrong_name() {
     cfg.coordinator.url = url;
     // One process per audit log: node-0 is running on the cluster's.
     cfg.audit_dir = cluster.dir.path().join("rogue-audit");
-    let ctx = cluster.node_context(&cfg, Faults::default()).unwrap();
+    let ctx = cluster.node_context(&cfg).unwrap();
     let err = run_session(&ctx, cluster.shutdown_signal()).await.expect_err("must refuse");
     assert!(matches!(err, SessionError::CoordinatorRefused { refusal: Refusal::WrongName, .. }), "{err}");
     assert!(err.to_string().contains("not valid for name \"coordinator.fedcrm.test\""), "{err}");
@@ -194,7 +190,7 @@ async fn a_second_process_on_one_audit_directory_is_refused() {
     // first one's log (the interleaved records would read as tampering).
     let cluster = cluster().await;
     let cfg = cluster.node_configs[0].clone();
-    let err = cluster.node_context(&cfg, Faults::default()).unwrap_err().to_string();
+    let err = cluster.node_context(&cfg).unwrap_err().to_string();
     assert!(err.contains("is in use by another process") && err.contains("pid "), "{err}");
     assert!(!err.contains("fix the disk"), "{err}");
     cluster.stop().await;

@@ -55,7 +55,7 @@ async fn histogram_round(
     opts: ClusterOptions,
     hooks: Hooks,
 ) -> (Cluster, Result<HistogramOutcome, AnalysisError>) {
-    let cluster = Cluster::start(ClusterOptions { nodes, ..opts }, hooks).await.unwrap();
+    let cluster = Cluster::start_with_hooks(ClusterOptions { nodes, ..opts }, hooks).await.unwrap();
     let out = cluster.coordinator.run_histograms(&common::request("test round"), specs()).await;
     (cluster, out)
 }
@@ -136,7 +136,7 @@ async fn every_masked_vector_passes_uniformity_test() {
         ..Default::default()
     };
     let nodes = cdnow_nodes(&[1; 5], true);
-    let cluster = Cluster::start(ClusterOptions { nodes, ..Default::default() }, hooks).await.unwrap();
+    let cluster = Cluster::start_with_hooks(ClusterOptions { nodes, ..Default::default() }, hooks).await.unwrap();
     cluster.segments(REFERENCE, "uniformity test").await.unwrap();
     let seen = seen.lock().unwrap().clone();
     assert!(seen.len() >= 15, "expected several rounds × 5 nodes, saw {}", seen.len());
@@ -375,15 +375,12 @@ async fn too_few_participants_means_no_release_and_a_clear_message() {
     let mut nodes = cdnow_nodes(&[1; 5], true);
     nodes[0].faults.drop_at = Some(DropAt::AfterKeys);
     nodes[1].faults.drop_at = Some(DropAt::AfterShares);
-    let cluster = Cluster::start(
-        ClusterOptions {
-            nodes,
-            release: ReleaseRules { min_participants: 4, min_cohort: 0 },
-            phase_timeout_seconds: 10,
-            ..Default::default()
-        },
-        Hooks::default(),
-    )
+    let cluster = Cluster::start(ClusterOptions {
+        nodes,
+        release: ReleaseRules { min_participants: 4, min_cohort: 0 },
+        phase_timeout_seconds: 10,
+        ..Default::default()
+    })
     .await
     .unwrap();
     let err = cluster.segments(REFERENCE, "too few").await.unwrap_err();
@@ -396,10 +393,11 @@ async fn too_few_participants_means_no_release_and_a_clear_message() {
 
     // Release rule alone: 3 nodes connected but the release minimum is 4.
     let nodes = cdnow_nodes(&[1; 3], true);
-    let cluster = Cluster::start(
-        ClusterOptions { nodes, release: ReleaseRules { min_participants: 4, min_cohort: 0 }, ..Default::default() },
-        Hooks::default(),
-    )
+    let cluster = Cluster::start(ClusterOptions {
+        nodes,
+        release: ReleaseRules { min_participants: 4, min_cohort: 0 },
+        ..Default::default()
+    })
     .await
     .unwrap();
     let err = cluster.segments(REFERENCE, "too few").await.unwrap_err();
@@ -460,7 +458,7 @@ async fn large_vectors_travel_in_chunks_below_the_grpc_limit() {
         // Far beyond the default policy's 1,024 bins: these franchisees allow it.
         n.policy.histograms.max_bins = 1 << 20;
     }
-    let cluster = Cluster::start(ClusterOptions { nodes, ..exact() }, Hooks::default()).await.unwrap();
+    let cluster = Cluster::start(ClusterOptions { nodes, ..exact() }).await.unwrap();
     let out = cluster.coordinator.run_histograms(&common::request("chunking"), vec![spec]).await.unwrap();
     let analysis = common::analysis(AnalysisKind::RfmHistograms(vec![spec]));
     let mut expected = vec![0u64; 1 << 20];
@@ -516,9 +514,7 @@ async fn a_coordinator_stopping_mid_round_ends_it_without_a_release() {
     // node-1 stalls, so the round would wait a minute for its shares.
     let mut nodes = cdnow_nodes(&[1; 5], true);
     nodes[1].faults.stall_at = Some(DropAt::AfterKeys);
-    let cluster = Cluster::start(ClusterOptions { nodes, phase_timeout_seconds: 600, ..exact() }, Hooks::default())
-        .await
-        .unwrap();
+    let cluster = Cluster::start(ClusterOptions { nodes, phase_timeout_seconds: 600, ..exact() }).await.unwrap();
     let coordinator = cluster.coordinator.clone();
     let analysis =
         tokio::spawn(async move { coordinator.run_histograms(&common::request("stopped midway"), specs()).await });

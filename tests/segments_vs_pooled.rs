@@ -51,10 +51,12 @@ async fn node_leaving_between_rounds_stops_the_analysis_and_a_rerun_is_refused()
     // consistency check), so it is a contributor of pass 1 but gone for pass 2.
     let mut nodes = cdnow_nodes(&[1; 5], true);
     nodes[4].faults.drop_at = Some(DropAt::AfterMasked);
-    let mut cluster =
-        Cluster::start(ClusterOptions { nodes, phase_timeout_seconds: 10, ..Default::default() }, Default::default())
-            .await
-            .unwrap();
+    let mut cluster = Cluster::start_with_hooks(
+        ClusterOptions { nodes, phase_timeout_seconds: 10, ..Default::default() },
+        Default::default(),
+    )
+    .await
+    .unwrap();
     let err = cluster.segments(common::REFERENCE, "first try").await.unwrap_err();
     assert!(err.message().contains("left between rounds") && err.message().contains("node-4"), "{}", err.message());
     // Any RFM analysis over the four that remain — this reference date or another —
@@ -108,7 +110,9 @@ async fn check_against(
 ) -> fedcrm::hq::SegmentsView {
     use fedcrm::harness::Cluster;
     let cluster =
-        Cluster::start(ClusterOptions { nodes: federated, ..Default::default() }, Default::default()).await.unwrap();
+        Cluster::start_with_hooks(ClusterOptions { nodes: federated, ..Default::default() }, Default::default())
+            .await
+            .unwrap();
     let v = fedcrm::hq::SegmentsView::new(
         &cluster.segments(common::REFERENCE, "consent test").await.unwrap(),
         common::REFERENCE,
@@ -129,7 +133,7 @@ async fn a_node_back_after_missing_an_analysis_waits_while_the_others_get_a_resu
     // node-5 vanishes after advertising its keys: the first analysis runs over five.
     let mut nodes = cdnow_nodes(&[1; 6], true);
     nodes[5].faults.drop_at = Some(DropAt::AfterKeys);
-    let mut cluster = Cluster::start(
+    let mut cluster = Cluster::start_with_hooks(
         ClusterOptions { nodes: nodes.clone(), phase_timeout_seconds: 10, ..Default::default() },
         Default::default(),
     )

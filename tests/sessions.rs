@@ -14,8 +14,7 @@ use common::{REFERENCE, cdnow_nodes, pooled_over};
 use fedcrm::harness::{Cluster, ClusterOptions, NodeSpec};
 use fedcrm::hq::SegmentsView;
 use fedcrm_audit::Event;
-use fedcrm_coordinator::round::Hooks;
-use fedcrm_node::session::{Faults, SessionError, run_session};
+use fedcrm_node::session::{SessionError, run_session};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -80,13 +79,13 @@ fn coordinator_records(cluster: &Cluster) -> Vec<fedcrm_audit::Record> {
 async fn a_second_session_for_a_connected_node_is_refused_and_both_are_told() {
     let logs = warnings();
     let nodes = cdnow_nodes(&[1; 3], true);
-    let cluster = Cluster::start(options(nodes.clone()), Hooks::default()).await.unwrap();
+    let cluster = Cluster::start(options(nodes.clone())).await.unwrap();
     let first = session_of(&cluster, "node-0").expect("node-0 connected");
 
     // The same node.toml started again (its own audit directory: one process per log).
     let mut cfg = cluster.node_configs[0].clone();
     cfg.audit_dir = cluster.dir.path().join("second-node-0-audit");
-    let ctx = cluster.node_context(&cfg, Faults::default()).unwrap();
+    let ctx = cluster.node_context(&cfg).unwrap();
     let err = tokio::time::timeout(Duration::from_secs(60), run_session(&ctx, cluster.shutdown_signal()))
         .await
         .expect("the second session is answered")
@@ -125,20 +124,17 @@ async fn a_second_session_for_a_connected_node_is_refused_and_both_are_told() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_that_stopped_answering_is_replaced_and_that_is_logged() {
     warnings();
-    let cluster = Cluster::start(
-        ClusterOptions {
-            extra_enrolled: vec![("node-3".into(), "node-3 franchise ltd".into())],
-            ..options(cdnow_nodes(&[1; 3], true))
-        },
-        Hooks::default(),
-    )
+    let cluster = Cluster::start(ClusterOptions {
+        extra_enrolled: vec![("node-3".into(), "node-3 franchise ltd".into())],
+        ..options(cdnow_nodes(&[1; 3], true))
+    })
     .await
     .unwrap();
     let one_row = " customer_id  date number_of_cds  dollar_value\n 00001 19970101  1   11.77\n";
     let proxy = FreezingProxy::start(cluster.addr).await;
     let mut cfg = cluster.node_config(&NodeSpec::franchisee("node-3", one_row.into())).unwrap();
     cfg.coordinator.url = format!("https://{}", proxy.addr);
-    let ctx = cluster.node_context(&cfg, Faults::default()).unwrap();
+    let ctx = cluster.node_context(&cfg).unwrap();
     let shutdown = cluster.shutdown_signal();
     let _old = tokio::spawn(async move { run_session(&ctx, shutdown).await });
     cluster.wait_connected(4).await.unwrap();
@@ -149,7 +145,7 @@ async fn a_session_that_stopped_answering_is_replaced_and_that_is_logged() {
     let mut cfg = cfg.clone();
     cfg.coordinator.url = format!("https://{}", cluster.addr);
     cfg.audit_dir = cluster.dir.path().join("node-3-after-network-loss");
-    let ctx = cluster.node_context(&cfg, Faults::default()).unwrap();
+    let ctx = cluster.node_context(&cfg).unwrap();
     let shutdown = cluster.shutdown_signal();
     let new = tokio::spawn(async move { run_session(&ctx, shutdown).await });
     let mut replaced = None;

@@ -30,7 +30,9 @@ use tokio::sync::{Mutex, mpsc};
 use crate::audit::SharedLog;
 use crate::config::{CoordinatorConfig, Enrolled};
 use crate::registry::{Event, Registry};
-use crate::round::{Hooks, Runner};
+#[cfg(feature = "test-util")]
+use crate::round::Hooks;
+use crate::round::Runner;
 
 /// Shared coordinator state.
 #[derive(Debug)]
@@ -49,6 +51,8 @@ pub struct Coordinator {
     /// Signs round rosters.
     signing: SigningKey,
     events: Mutex<mpsc::UnboundedReceiver<Event>>,
+    /// HQ deviating from the protocol, for tests.
+    #[cfg(feature = "test-util")]
     hooks: Hooks,
     /// Sums this coordinator unmasked (from its audit log, then every round), to plan
     /// rounds under the nodes' differencing rule.
@@ -94,7 +98,17 @@ fn unmasked_from(records: &[fedcrm_audit::Record]) -> Result<Vec<fedcrm_protocol
 
 impl Coordinator {
     /// Load the coordinator's certificate and key and open its audit log.
-    pub fn open(config: CoordinatorConfig, hooks: Hooks) -> Result<Arc<Self>, ServeError> {
+    pub fn open(config: CoordinatorConfig) -> Result<Arc<Self>, ServeError> {
+        Self::load(config).map(Arc::new)
+    }
+
+    /// [`Coordinator::open`], deviating from the protocol through `hooks` (tests).
+    #[cfg(feature = "test-util")]
+    pub fn open_with_hooks(config: CoordinatorConfig, hooks: Hooks) -> Result<Arc<Self>, ServeError> {
+        Ok(Arc::new(Self { hooks, ..Self::load(config)? }))
+    }
+
+    fn load(config: CoordinatorConfig) -> Result<Self, ServeError> {
         let m = config.tls.read()?;
         let certificate = pki::pem_to_der_certs(&m.cert_pem)
             .map_err(|e| ServeError::Tls(e.to_string()))?
@@ -130,7 +144,7 @@ impl Coordinator {
         let history = unmasked_from(&fedcrm_audit::log::read_records(&config.audit_dir)?)?;
         let audit: SharedLog = Arc::new(std::sync::Mutex::new(log));
         let (registry, events) = Registry::new(audit.clone());
-        Ok(Arc::new(Self {
+        Ok(Self {
             enrolment: enrolment::Enrolment::new(config.enrolled.clone()),
             tls,
             config,
@@ -139,10 +153,11 @@ impl Coordinator {
             certificate,
             signing: signer()?,
             events: Mutex::new(events),
-            hooks,
+            #[cfg(feature = "test-util")]
+            hooks: Hooks::default(),
             history: std::sync::Mutex::new(history),
             stopping: tokio::sync::watch::Sender::new(false),
-        }))
+        })
     }
 
     /// Stop: a running round ends without a release at its next step, and no new
@@ -255,7 +270,8 @@ impl Coordinator {
         self.signing.sign(payload)
     }
 
-    /// The hooks this coordinator runs with (none in production).
+    /// The hooks this coordinator runs with.
+    #[cfg(feature = "test-util")]
     pub(crate) fn hooks(&self) -> &Hooks {
         &self.hooks
     }
@@ -271,7 +287,7 @@ impl Coordinator {
     }
 
     /// Plan a round of an analysis covering `coverage` over the connected nodes
-    /// (or, with the `force_threshold` hook, all of them with that threshold).
+    /// (or, in tests with the `force_threshold` hook, all of them with that threshold).
     pub(crate) fn plan(
         &self,
         coverage: &fedcrm_protocol::rules::Coverage,
@@ -284,6 +300,7 @@ impl Coordinator {
         if connected.len() < need {
             return Err(crate::round::RoundError::NotEnoughNodes { have: connected.len(), need });
         }
+        #[cfg(feature = "test-util")]
         if let Some(t) = self.hooks.force_threshold {
             return Ok(plan::Plan { invited: connected, t, excluded: Default::default() });
         }
@@ -295,7 +312,7 @@ impl Coordinator {
     /// disconnects, messages of finished rounds) are discarded first.
     pub(crate) fn runner<'a>(&'a self, events: &'a mut mpsc::UnboundedReceiver<Event>) -> Runner<'a> {
         while events.try_recv().is_ok() {}
-        Runner { coordinator: self, events, settings: self.config.rounds, hooks: &self.hooks }
+        Runner { coordinator: self, events, settings: self.config.rounds }
     }
 }
 

@@ -13,6 +13,7 @@
 //! only through [`crate::release`].
 
 use std::collections::{BTreeMap, BTreeSet};
+#[cfg(feature = "test-util")]
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,27 +34,38 @@ use crate::config::RoundSettings;
 use crate::registry::{Event, EventBody, Participant};
 
 /// Observer of complete masked vectors (node, vector).
+#[cfg(feature = "test-util")]
 pub type MaskedObserver = Arc<dyn Fn(&str, &[u64]) + Send + Sync>;
 /// Editor of an unmask request (survivors, dropped).
+#[cfg(feature = "test-util")]
 pub type UnmaskTamper = Arc<dyn Fn(&mut Vec<String>, &mut Vec<String>) + Send + Sync>;
 /// Editor of the view shown to one node in the consistency check (node, survivors, dropped).
+#[cfg(feature = "test-util")]
 pub type ViewTamper = Arc<dyn Fn(&str, &mut Vec<String>, &mut Vec<String>) + Send + Sync>;
 /// Observer of every unmask answer as received, before validation (node, shares).
+#[cfg(feature = "test-util")]
 pub type SharesObserver = Arc<dyn Fn(&str, &[RevealedShare]) + Send + Sync>;
 /// Editor of a sealed share as relayed (sender, receiver, ciphertext).
+#[cfg(feature = "test-util")]
 pub type ShareTamper = Arc<dyn Fn(&str, &str, &mut Vec<u8>) + Send + Sync>;
 /// Editor of the final U2 sent before masking.
+#[cfg(feature = "test-util")]
 pub type FinalU2Tamper = Arc<dyn Fn(&mut Vec<String>) + Send + Sync>;
 /// Observer of a node's sealed shares as received, before they are checked (sender, shares).
+#[cfg(feature = "test-util")]
 pub type SealedObserver = Arc<dyn Fn(&str, &[Sealed]) + Send + Sync>;
 /// Editor of U1's signed keys as broadcast in the key roster (round, keys).
+#[cfg(feature = "test-util")]
 pub type RosterTamper = Arc<dyn Fn(RoundId, &mut Vec<SignedKeys>) + Send + Sync>;
 /// Editor of the coordinator's signature on a round's roster, as sent in `RoundStart`.
+#[cfg(feature = "test-util")]
 pub type RosterSignatureTamper = Arc<dyn Fn(&mut Vec<u8>) + Send + Sync>;
 
 /// Hooks that let a test play HQ deviating from the protocol (or observe it). The
 /// coordinator is the adversary the nodes defend against, so these give an attacker
-/// nothing it does not have by running its own build; none are set in production.
+/// nothing it does not have by running its own build; still, they exist only with the
+/// `test-util` feature (style rule 32), so no shipped build has them.
+#[cfg(feature = "test-util")]
 #[derive(Clone, Default)]
 pub struct Hooks {
     /// Called with every complete masked vector before it is added to the sum.
@@ -95,8 +107,10 @@ pub struct Hooks {
 }
 
 /// Signs a view (round, U2, U3) as some nodes: returns their signatures.
+#[cfg(feature = "test-util")]
 pub type ViewSigner = Arc<dyn Fn(RoundId, &[String], &[String]) -> Vec<ViewSignature> + Send + Sync>;
 
+#[cfg(feature = "test-util")]
 impl std::fmt::Debug for Hooks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hooks")
@@ -116,6 +130,90 @@ impl std::fmt::Debug for Hooks {
             .field("extra_view_signatures", &self.extra_view_signatures.is_some())
             .field("fail_audit", &self.fail_audit.is_some())
             .finish()
+    }
+}
+
+#[cfg(feature = "test-util")]
+impl Hooks {
+    /// The analysis as sent: relabelled or under a reused id, if asked.
+    fn analysis(&self, analysis: &Analysis) -> Analysis {
+        let mut analysis = analysis.clone();
+        if let Some(label) = &self.relabel {
+            analysis.analysis_kind = label.clone();
+        }
+        if let Some(id) = &self.reuse_analysis_id {
+            analysis.analysis_id = id.clone();
+        }
+        analysis
+    }
+
+    /// The coordinator's signature on the roster as sent.
+    fn roster_signature(&self, mut signature: Vec<u8>) -> Vec<u8> {
+        if let Some(t) = &self.tamper_roster_signature {
+            t(&mut signature);
+        }
+        signature
+    }
+
+    /// U1's signed keys as broadcast in the key roster.
+    fn roster(&self, round: RoundId, mut keys: Vec<SignedKeys>) -> Vec<SignedKeys> {
+        if let Some(t) = &self.tamper_roster {
+            t(round, &mut keys);
+        }
+        keys
+    }
+
+    /// A sealed share from `sender` to `receiver` as relayed.
+    fn share(&self, sender: &str, receiver: &str, mut ciphertext: Vec<u8>) -> Vec<u8> {
+        if let Some(t) = &self.tamper_share {
+            t(sender, receiver, &mut ciphertext);
+        }
+        ciphertext
+    }
+
+    /// The final U2 as sent.
+    fn final_u2(&self, mut u2: Vec<String>) -> Vec<String> {
+        if let Some(t) = &self.tamper_final_u2 {
+            t(&mut u2);
+            u2.sort();
+            u2.dedup();
+        }
+        u2
+    }
+
+    /// The view (survivors, dropped) shown to `node` in the consistency check.
+    fn view(&self, node: &str, mut s: Vec<String>, mut d: Vec<String>) -> (Vec<String>, Vec<String>) {
+        if let Some(t) = &self.tamper_view {
+            t(node, &mut s, &mut d);
+        }
+        (s, d)
+    }
+
+    /// The signatures sent with an unmask request, with HQ's extra ones.
+    fn signatures(
+        &self,
+        round: RoundId,
+        u2: &[String],
+        view: &[String],
+        mut signatures: Vec<ViewSignature>,
+    ) -> Vec<ViewSignature> {
+        if let Some(f) = &self.extra_view_signatures {
+            for extra in f(round, u2, view) {
+                if !signatures.iter().any(|s| s.node == extra.node) {
+                    signatures.push(extra);
+                }
+            }
+            signatures.sort_by(|a, b| a.node.cmp(&b.node));
+        }
+        signatures
+    }
+
+    /// The unmask request (survivors, dropped) as sent.
+    fn unmask(&self, mut s: Vec<String>, mut d: Vec<String>) -> (Vec<String>, Vec<String>) {
+        if let Some(t) = &self.tamper_unmask {
+            t(&mut s, &mut d);
+        }
+        (s, d)
     }
 }
 
@@ -189,7 +287,6 @@ pub(crate) struct Runner<'a> {
     pub coordinator: &'a crate::Coordinator,
     pub events: &'a mut mpsc::UnboundedReceiver<Event>,
     pub settings: RoundSettings,
-    pub hooks: &'a Hooks,
 }
 
 /// Who is still in the round, and why the others left.
@@ -246,13 +343,8 @@ impl Runner<'_> {
         let rng = SystemRandom::new();
         let id =
             RoundId::random(&rng).map_err(|e| RoundError::Local { round: RoundId([0; 16]), why: e.to_string() })?;
-        let mut analysis = analysis.clone();
-        if let Some(label) = &self.hooks.relabel {
-            analysis.analysis_kind = label.clone();
-        }
-        if let Some(id) = &self.hooks.reuse_analysis_id {
-            analysis.analysis_id = id.clone();
-        }
+        #[cfg(feature = "test-util")]
+        let analysis = &self.coordinator.hooks().analysis(analysis);
         let by_name = invited.iter().map(|p| (p.name.clone(), p.clone())).collect();
         let chunk = self.settings.chunk_elements.max(1) as usize;
         let running = self.coordinator.registry.round_started(id, chunk, invited);
@@ -267,7 +359,7 @@ impl Runner<'_> {
             phase: Phase::AdvertiseKeys,
             running,
         };
-        let out = round.run(&analysis).await;
+        let out = round.run(analysis).await;
         if let Err(e) = &out {
             let why = e.to_string();
             round.log_exits();
@@ -333,14 +425,13 @@ impl Round<'_, '_> {
     async fn start(&mut self, analysis: &Analysis) -> Result<(), RoundError> {
         let (round, t, d) = (self.id, self.t, self.d);
         let invitees: Vec<Invitee> = self.invited.iter().map(Participant::invitee).collect();
-        let mut roster_signature = self
+        let roster_signature = self
             .runner
             .coordinator
             .sign(&wire::roster_payload(&round, t, d, analysis, &invitees))
             .map_err(|e| RoundError::Local { round, why: format!("cannot sign the roster: {e}") })?;
-        if let Some(t) = &self.runner.hooks.tamper_roster_signature {
-            t(&mut roster_signature);
-        }
+        #[cfg(feature = "test-util")]
+        let roster_signature = self.runner.coordinator.hooks().roster_signature(roster_signature);
         record(
             &self.runner.coordinator.audit,
             AuditEvent::RoundStarted {
@@ -414,10 +505,9 @@ impl Round<'_, '_> {
         }
         let u1: Vec<SignedKeys> = keys.into_values().filter(|k| self.members.live.contains(&k.node)).collect();
         self.ensure(Phase::AdvertiseKeys)?;
-        let mut keys = u1.clone();
-        if let Some(t) = &self.runner.hooks.tamper_roster {
-            t(self.id, &mut keys);
-        }
+        let keys = u1.clone();
+        #[cfg(feature = "test-util")]
+        let keys = self.runner.coordinator.hooks().roster(self.id, keys);
         self.broadcast(&ToNode::Roster { round: self.id, keys }).await;
         Ok(u1)
     }
@@ -434,7 +524,8 @@ impl Round<'_, '_> {
             let Some((node, msg)) = self.next(deadline).await? else { break };
             match msg {
                 FromNode::Shares { shares, .. } if !sealed.contains_key(&node) => {
-                    if let Some(h) = &self.runner.hooks.on_sealed_shares {
+                    #[cfg(feature = "test-util")]
+                    if let Some(h) = &self.runner.coordinator.hooks().on_sealed_shares {
                         h(&node, &shares);
                     }
                     let to: BTreeSet<String> = shares.iter().map(|s| s.peer.clone()).collect();
@@ -464,10 +555,9 @@ impl Round<'_, '_> {
                 .filter_map(|u| {
                     // Unwrap safety: U2 is the nodes whose sealed shares arrived.
                     sealed[u].iter().find(|s| &s.peer == v).map(|s| {
-                        let mut ciphertext = s.ciphertext.clone();
-                        if let Some(t) = &self.runner.hooks.tamper_share {
-                            t(u, v, &mut ciphertext);
-                        }
+                        let ciphertext = s.ciphertext.clone();
+                        #[cfg(feature = "test-util")]
+                        let ciphertext = self.runner.coordinator.hooks().share(u, v, ciphertext);
                         Sealed { peer: u.clone(), ciphertext, signature: s.signature.clone() }
                     })
                 })
@@ -532,12 +622,9 @@ impl Round<'_, '_> {
             self.exclude(sender, why).await;
         }
         self.ensure(Phase::ShareKeys)?;
-        let mut u2: Vec<String> = self.members.live.iter().cloned().collect();
-        if let Some(t) = &self.runner.hooks.tamper_final_u2 {
-            t(&mut u2);
-            u2.sort();
-            u2.dedup();
-        }
+        let u2: Vec<String> = self.members.live.iter().cloned().collect();
+        #[cfg(feature = "test-util")]
+        let u2 = self.runner.coordinator.hooks().final_u2(u2);
         let excluded: Vec<Exclusion> = delivered
             .iter()
             .filter(|n| !u2.contains(*n))
@@ -640,10 +727,12 @@ impl Round<'_, '_> {
             if a.next == chunks {
                 // Unwrap safety: the entry was created above in this iteration or earlier.
                 let a = assembling.remove(&node).unwrap();
-                if let Some(h) = &self.runner.hooks.on_masked {
+                #[cfg(feature = "test-util")]
+                if let Some(h) = &self.runner.coordinator.hooks().on_masked {
                     h(&node, &a.buf);
                 }
-                if self.runner.hooks.ignore_masked_from.contains(&node) {
+                #[cfg(feature = "test-util")]
+                if self.runner.coordinator.hooks().ignore_masked_from.contains(&node) {
                     complete.insert(node);
                     continue;
                 }
@@ -675,10 +764,9 @@ impl Round<'_, '_> {
         self.phase = Phase::ConsistencyCheck;
         let mut shown: BTreeMap<String, (Vec<String>, Vec<String>)> = BTreeMap::new();
         for n in self.members.live.clone() {
-            let (mut s, mut d) = (u3.to_vec(), dropped.to_vec());
-            if let Some(t) = &self.runner.hooks.tamper_view {
-                t(&n, &mut s, &mut d);
-            }
+            let (s, d) = (u3.to_vec(), dropped.to_vec());
+            #[cfg(feature = "test-util")]
+            let (s, d) = self.runner.coordinator.hooks().view(&n, s, d);
             let msg = ToNode::Consistency { round: self.id, survivors: s.clone(), dropped: d.clone() };
             if self.runner.coordinator.registry.send(&n, &msg).await {
                 shown.insert(n, (s, d));
@@ -726,23 +814,16 @@ impl Round<'_, '_> {
         for n in self.members.live.clone() {
             // Unwrap safety: after the consistency check every live node has signed.
             let view = &signed[&n].1;
-            let mut signatures: Vec<ViewSignature> = signed
+            let signatures: Vec<ViewSignature> = signed
                 .iter()
                 .filter(|(_, (_, v))| v == view)
                 .map(|(node, (sig, _))| ViewSignature { node: node.clone(), signature: sig.clone() })
                 .collect();
-            if let Some(f) = &self.runner.hooks.extra_view_signatures {
-                for extra in f(self.id, u2, view) {
-                    if !signatures.iter().any(|s| s.node == extra.node) {
-                        signatures.push(extra);
-                    }
-                }
-                signatures.sort_by(|a, b| a.node.cmp(&b.node));
-            }
-            let (mut s, mut d) = (view.clone(), u2.iter().filter(|x| !view.contains(x)).cloned().collect());
-            if let Some(t) = &self.runner.hooks.tamper_unmask {
-                t(&mut s, &mut d);
-            }
+            #[cfg(feature = "test-util")]
+            let signatures = self.runner.coordinator.hooks().signatures(self.id, u2, view, signatures);
+            let (s, d) = (view.clone(), u2.iter().filter(|x| !view.contains(x)).cloned().collect());
+            #[cfg(feature = "test-util")]
+            let (s, d) = self.runner.coordinator.hooks().unmask(s, d);
             let msg = ToNode::Unmask { round: self.id, survivors: s, dropped: d, signatures };
             if !self.runner.coordinator.registry.send(&n, &msg).await {
                 self.members.leave(&n, Exit::Disconnected);
@@ -755,7 +836,8 @@ impl Round<'_, '_> {
             let Some((node, msg)) = self.next(deadline).await? else { break };
             match msg {
                 FromNode::Unmask { shares, .. } if !responses.contains_key(&node) => {
-                    if let Some(h) = &self.runner.hooks.on_unmask_shares {
+                    #[cfg(feature = "test-util")]
+                    if let Some(h) = &self.runner.coordinator.hooks().on_unmask_shares {
                         h(&node, &shares);
                     }
                     if !unmask_ok(&shares, u2, u3) {

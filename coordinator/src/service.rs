@@ -244,6 +244,7 @@ pub(crate) fn log_receipt(
 ) -> Result<(), ReceiptFault> {
     let signed = SignedHead::from_wire(node, r);
     signed.verify(cert).map_err(|e| ReceiptFault::Peer(format!("the node's signed log head does not verify: {e}")))?;
+    #[cfg(feature = "test-util")]
     if c.hooks().fail_audit.as_ref().is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst)) {
         return Err(ReceiptFault::Local(
             "the coordinator's audit log failed (injected: no space left on device); not the node's fault".into(),

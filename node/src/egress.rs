@@ -12,7 +12,6 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
 
 use fedcrm_audit::Event;
 use fedcrm_audit::log::AuditError;
@@ -37,19 +36,30 @@ pub enum EgressError {
     Closed,
 }
 
-/// Sees the exact encoded bytes of every message as the transport takes it (tests).
-pub type WireTap = Arc<dyn Fn(&[u8]) + Send + Sync>;
+/// Test hook (feature `test-util`): sees the exact encoded bytes of every message as
+/// the transport takes it.
+#[cfg(feature = "test-util")]
+pub type WireTap = std::sync::Arc<dyn Fn(&[u8]) + Send + Sync>;
 
-/// What the transport drains: the door's queue, seen by the wire tap (if any) as
-/// the transport takes each message.
+/// What the transport drains: the door's queue (in tests, seen by the wire tap as the
+/// transport takes each message).
 pub struct Outbound {
     inner: ReceiverStream<pb::NodeMessage>,
+    #[cfg(feature = "test-util")]
     tap: Option<WireTap>,
 }
 
 impl std::fmt::Debug for Outbound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Outbound").field("tap", &self.tap.is_some()).finish_non_exhaustive()
+        f.debug_struct("Outbound").finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "test-util")]
+impl Outbound {
+    /// The same stream, seen by `tap`.
+    pub fn tapped(self, tap: Option<WireTap>) -> Self {
+        Self { tap, ..self }
     }
 }
 
@@ -58,6 +68,7 @@ impl Stream for Outbound {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let polled = Pin::new(&mut self.inner).poll_next(cx);
+        #[cfg(feature = "test-util")]
         if let (Poll::Ready(Some(m)), Some(t)) = (&polled, &self.tap) {
             t(&m.encode_to_vec());
         }
@@ -93,9 +104,14 @@ impl std::fmt::Debug for Egress {
 impl Egress {
     /// The door and the stream the transport drains. Nothing else can put a message
     /// on that stream.
-    pub fn open(audit: SharedLog, tap: Option<WireTap>) -> (Self, Outbound) {
+    pub fn open(audit: SharedLog) -> (Self, Outbound) {
         let (tx, rx) = mpsc::channel(64);
-        (Self { tx, audit, admitted: HashMap::new() }, Outbound { inner: ReceiverStream::new(rx), tap })
+        let outbound = Outbound {
+            inner: ReceiverStream::new(rx),
+            #[cfg(feature = "test-util")]
+            tap: None,
+        };
+        (Self { tx, audit, admitted: HashMap::new() }, outbound)
     }
 
     /// Record that the policy admitted `round` of analysis `analysis` (its id): its
@@ -209,7 +225,7 @@ pub fn read_log(audit_dir: &std::path::Path) -> Result<Vec<EgressRecord>, AuditE
 mod tests {
     use super::*;
     use fedcrm_audit::log::{AuditConfig, AuditLog, LogIdentity, SystemClock};
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     #[tokio::test]
     async fn a_phase_not_cleared_by_the_rules_cannot_leave() {
@@ -233,7 +249,7 @@ mod tests {
         let signer = fedcrm_protocol::pki::SigningKey::from_pem(&key).unwrap();
         let log = AuditLog::open(dir.path(), "node-1", identity, signer, AuditConfig::default(), Arc::new(SystemClock))
             .unwrap();
-        let (mut egress, _outbound) = Egress::open(Arc::new(Mutex::new(log)), None);
+        let (mut egress, _outbound) = Egress::open(Arc::new(Mutex::new(log)));
         let round = RoundId([7; 16]);
         let chunk = FromNode::Masked(wire::MaskedChunk { round, index: 0, count: 1, offset: 0, words: vec![1, 2, 3] });
         let unmask = FromNode::Unmask { round, shares: vec![] };

@@ -4,7 +4,6 @@
 use fedcrm::harness::{CDNOW, Cluster, ClusterOptions, NodeSpec, split_cdnow};
 use fedcrm::hq::SegmentsView;
 use fedcrm::pooled;
-use fedcrm_coordinator::round::Hooks;
 
 /// The CDNOW reference date used by the tests (README: RFM definitions).
 pub const REFERENCE: &str = "1997-09-30";
@@ -32,7 +31,7 @@ pub fn pooled_over(specs: &[NodeSpec], names: &[String]) -> pooled::PooledSegmen
 /// answer over the contributors' data: every cut point and every segment count.
 /// Returns the federated view.
 pub async fn check(nodes: Vec<NodeSpec>, opts: ClusterOptions, expected_contributors: usize) -> SegmentsView {
-    let cluster = Cluster::start(ClusterOptions { nodes: nodes.clone(), ..opts }, Hooks::default()).await.unwrap();
+    let cluster = Cluster::start(ClusterOptions { nodes: nodes.clone(), ..opts }).await.unwrap();
     let reply = cluster.segments(REFERENCE, "test: segments equal pooled").await.expect("segments");
     let view = SegmentsView::new(&reply, REFERENCE);
     assert_eq!(view.participants.len(), expected_contributors, "contributors: {:?}", view.participants);

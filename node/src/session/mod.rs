@@ -10,6 +10,8 @@
 //! and is never reported as the coordinator's.
 
 mod connect;
+#[cfg(feature = "test-util")]
+mod faults;
 mod round;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -33,55 +35,13 @@ use crate::computation::Tracker;
 use crate::data::Dataset;
 use crate::differencing::DifferencingGuard;
 use crate::egress::{Egress, EgressError};
-use crate::egress::{SharedLog, WireTap, lock};
+use crate::egress::{SharedLog, lock};
 use crate::policy::Policy;
 
-pub use round::RoundTap;
 #[cfg(feature = "test-util")]
-pub use round::{HeldShare, HeldSharesTap};
-
-/// Faults a test (or the demo) can inject, to show that others' rounds survive them.
-#[derive(Debug, Clone, Default)]
-pub struct Faults {
-    /// Close the session at this point of the first round it joins.
-    pub drop_at: Option<DropAt>,
-    /// Like `drop_at`, but keep the connection open and go silent (a hung node).
-    pub stall_at: Option<DropAt>,
-    /// Send a masked vector one word too long.
-    pub wrong_length: bool,
-    /// Send a malformed chunk (index beyond count).
-    pub malformed_chunk: bool,
-    /// Seal a share to this peer that does not open, and sign it as sent (a node
-    /// sending garbage its receiver must report). Test builds only.
-    #[cfg(feature = "test-util")]
-    pub corrupt_share_to: Option<String>,
-    /// Report a peer's share that opened as one that does not (a false accusation).
-    /// Test builds only.
-    #[cfg(feature = "test-util")]
-    pub false_report: Option<FalseReport>,
-}
-
-/// A false accusation a test node makes against `sender` (feature `test-util`).
+pub use faults::{DropAt, FalseReport, Faults};
 #[cfg(feature = "test-util")]
-#[derive(Debug, Clone)]
-pub struct FalseReport {
-    pub sender: String,
-    /// Further peers accused in the same report.
-    pub more: Vec<String>,
-    /// Alter the share's bytes in the report: evidence the sender never signed.
-    pub forge_evidence: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DropAt {
-    /// After advertising keys, before sharing them.
-    AfterKeys,
-    /// After sending its sealed shares and receiving the final U2, before the masked
-    /// input: it is in U2, so the others recover its mask key.
-    AfterShares,
-    /// After the masked input has arrived, vanishing when asked to unmask.
-    AfterMasked,
-}
+pub use round::{HeldShare, HeldSharesTap, RoundTap};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -190,10 +150,14 @@ pub struct NodeContext {
     pub organisation: String,
     pub audit: SharedLog,
     pub approvals: Approvals,
+    /// Test hook: faults to inject.
+    #[cfg(feature = "test-util")]
     pub faults: Faults,
     /// Test hook: the bytes of every message as the transport takes it.
-    pub tap: Option<WireTap>,
+    #[cfg(feature = "test-util")]
+    pub tap: Option<crate::egress::WireTap>,
     /// Test hook: a colluding node's view of each round (what HQ's own nodes hold).
+    #[cfg(feature = "test-util")]
     pub round_tap: Option<RoundTap>,
     /// Sums this node helped unmask, persisted in its audit log.
     pub differencing: DifferencingGuard,
@@ -222,11 +186,7 @@ impl std::fmt::Debug for NodeContext {
 impl NodeContext {
     /// Load certificates and key from files; open the audit log and rebuild, from
     /// it, the monthly caps, the analysis ids used and the differencing guard.
-    pub fn load(
-        config: &crate::config::NodeConfig,
-        dataset: Arc<Dataset>,
-        faults: Faults,
-    ) -> Result<Self, SessionError> {
+    pub fn load(config: &crate::config::NodeConfig, dataset: Arc<Dataset>) -> Result<Self, SessionError> {
         let m = config.tls.read()?;
         let (ca_pem, cert_pem, key) = (m.ca_pem, m.cert_pem, m.key);
         let signing = SigningKey::from_pem(&key)?;
@@ -293,8 +253,11 @@ impl NodeContext {
             organisation: me.organisation,
             audit: Arc::new(Mutex::new(log)),
             approvals: Approvals::new(&config.approvals_dir),
-            faults,
+            #[cfg(feature = "test-util")]
+            faults: Faults::default(),
+            #[cfg(feature = "test-util")]
             tap: None,
+            #[cfg(feature = "test-util")]
             round_tap: None,
             differencing: DifferencingGuard::from_records(&records).map_err(SessionError::Guard)?,
             analyses: Tracker::with_seen(seen),
@@ -320,7 +283,8 @@ impl NodeContext {
 pub enum SessionEnd {
     /// The coordinator closed the stream (or shutdown was requested).
     Closed,
-    /// A fault injection dropped the session on purpose.
+    /// The session was ended on purpose before the coordinator closed it (a test's
+    /// fault injection, or the demo's dropout).
     Dropped,
 }
 
@@ -345,7 +309,9 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
     let mut client = CoordinatorClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let (mut egress, outbound) = Egress::open(ctx.audit.clone(), ctx.tap.clone());
+    let (mut egress, outbound) = Egress::open(ctx.audit.clone());
+    #[cfg(feature = "test-util")]
+    let outbound = outbound.tapped(ctx.tap.clone());
     egress
         .send(&FromNode::Hello {
             version: wire::VERSION.into(),
@@ -366,6 +332,9 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
             _ => rejected(&s, true),
         })?
         .into_inner();
+    #[cfg(not(feature = "test-util"))]
+    let mut rounds = round::Rounds::new(ctx, egress);
+    #[cfg(feature = "test-util")]
     let mut rounds = round::Rounds::new(ctx, egress, shutdown.clone());
     let mut seal_tick = tokio::time::interval(ctx.seal_every);
     seal_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -458,12 +427,6 @@ fn accept(
         },
     )?;
     Ok(Ok(m))
-}
-
-/// Fault injection: hold the session open and answer nothing until shutdown.
-async fn stall(mut shutdown: watch::Receiver<bool>) -> Result<SessionEnd, SessionError> {
-    let _ = shutdown.changed().await;
-    Ok(SessionEnd::Dropped)
 }
 
 /// Record the end of a session and seal the log (best effort: the session is ending).

@@ -36,10 +36,13 @@ use fedcrm_protocol::wire::{
     self, Exclusion, FromNode, Invitee, RevealedShare, RoundStart, Sealed, SignedKeys, ToNode, UnopenedShare,
     ViewSignature,
 };
+#[cfg(feature = "test-util")]
 use tokio::sync::watch;
 use zeroize::Zeroizing;
 
-use super::{DropAt, NodeContext, Peer, SessionEnd, SessionError, record, stall, unix_now, unix_now_ms};
+#[cfg(feature = "test-util")]
+use super::faults::{self, DropAt};
+use super::{NodeContext, Peer, SessionEnd, SessionError, record, unix_now, unix_now_ms};
 use crate::analysis::local_vector;
 use crate::approvals::{self, Decision, Pending};
 use crate::computation::Identified;
@@ -80,11 +83,6 @@ impl std::fmt::Debug for RoundTap {
         f.debug_struct("RoundTap").field("sign_any_view", &self.sign_any_view).finish_non_exhaustive()
     }
 }
-
-/// Without the `test-util` feature there is no tap.
-#[cfg(not(feature = "test-util"))]
-#[derive(Debug, Clone)]
-pub struct RoundTap(());
 
 /// This node's state in a round, by the phase it has completed.
 enum State {
@@ -141,6 +139,8 @@ impl Active {
 pub(super) struct Rounds<'a> {
     ctx: &'a NodeContext,
     egress: Egress,
+    /// A stalled node (fault injection) hangs until this fires.
+    #[cfg(feature = "test-util")]
     shutdown: watch::Receiver<bool>,
     rng: SystemRandom,
     active: Option<Active>,
@@ -150,8 +150,20 @@ pub(super) struct Rounds<'a> {
 type Handled = Result<Option<SessionEnd>, SessionError>;
 
 impl<'a> Rounds<'a> {
-    pub(super) fn new(ctx: &'a NodeContext, egress: Egress, shutdown: watch::Receiver<bool>) -> Self {
-        Self { ctx, egress, shutdown, rng: SystemRandom::new(), active: None, customers: None }
+    pub(super) fn new(
+        ctx: &'a NodeContext,
+        egress: Egress,
+        #[cfg(feature = "test-util")] shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            ctx,
+            egress,
+            #[cfg(feature = "test-util")]
+            shutdown,
+            rng: SystemRandom::new(),
+            active: None,
+            customers: None,
+        }
     }
 
     /// One message from the coordinator. `Some` ends the session (fault injection).
@@ -320,7 +332,11 @@ impl<'a> Rounds<'a> {
         }
         tracing::info!(node = %ctx.name, %round, analysis = identified.kind, purpose = %start.analysis.purpose, "joined round");
         self.active = Some(Active { start, input, u1: Vec::new(), state: State::AdvertiseKeys(client) });
-        self.fault_after(DropAt::AfterKeys).await
+        #[cfg(feature = "test-util")]
+        if let Some(end) = faults::at(ctx, DropAt::AfterKeys, &self.shutdown).await {
+            return Ok(Some(end));
+        }
+        Ok(None)
     }
 
     /// Round 1: verify U1, check the rules over it, share keys.
@@ -354,7 +370,7 @@ impl<'a> Rounds<'a> {
                 let mut shares = Vec::with_capacity(sealed.len());
                 for (peer, ciphertext) in sealed {
                     #[cfg(feature = "test-util")]
-                    let ciphertext = corrupt(ctx, &peer, ciphertext);
+                    let ciphertext = faults::corrupt(ctx, &peer, ciphertext);
                     // Signed, so a receiver can tell this node's bytes from a relay's.
                     let payload = secagg::share_signing_payload(&round, &ctx.name, &peer, &ciphertext);
                     let signature = ctx.signing.sign(&payload)?;
@@ -406,15 +422,7 @@ impl<'a> Rounds<'a> {
             unopened.push(UnopenedShare { share, reason });
         }
         #[cfg(feature = "test-util")]
-        if let Some(f) = &ctx.faults.false_report {
-            for s in shares.iter().filter(|s| s.peer == f.sender || f.more.contains(&s.peer)) {
-                let mut share = s.clone();
-                if f.forge_evidence {
-                    share.ciphertext[0] ^= 0x01;
-                }
-                unopened.push(UnopenedShare { share, reason: "a false report (test fault)".into() });
-            }
-        }
+        unopened.extend(faults::false_reports(ctx, &shares));
         a.state = State::SharesOpened(opened);
         self.egress.send(&FromNode::ShareReport { round, unopened }).await?;
         Ok(None)
@@ -428,7 +436,8 @@ impl<'a> Rounds<'a> {
         }
         // Fault injection: vanish once in the final U2, so the others must recover this
         // node's mask key (a dropout between shares and masked input).
-        if let Some(end) = self.fault_after(DropAt::AfterShares).await? {
+        #[cfg(feature = "test-util")]
+        if let Some(end) = faults::at(ctx, DropAt::AfterShares, &self.shutdown).await {
             return Ok(Some(end));
         }
         let Some(a) = self.active.as_mut().filter(|a| a.start.round == round) else { return Ok(None) };
@@ -458,20 +467,16 @@ impl<'a> Rounds<'a> {
         // The unmasked local vector is no longer needed, whatever happened.
         a.input = Zeroizing::new(Vec::new());
         match masked {
-            Ok((next, mut y)) => {
+            Ok((next, y)) => {
                 #[cfg(feature = "test-util")]
                 if let Some(tap) = &ctx.round_tap {
                     (tap.on_held_shares)(round, next.test_util_held_shares());
                 }
-                if ctx.faults.wrong_length {
-                    y.push(0);
-                }
-                let mut chunks = wire::chunk(round, &y, a.start.chunk_elements);
-                if ctx.faults.malformed_chunk
-                    && let Some(c) = chunks.first_mut()
-                {
-                    c.index = c.count + 5;
-                }
+                #[cfg(feature = "test-util")]
+                let y = faults::wrong_length(ctx, y);
+                let chunks = wire::chunk(round, &y, a.start.chunk_elements);
+                #[cfg(feature = "test-util")]
+                let chunks = faults::malformed(ctx, chunks);
                 a.state = State::MaskedInputCollection(next);
                 self.egress.clear(round, Phase::MaskedInputCollection);
                 for c in chunks {
@@ -490,8 +495,11 @@ impl<'a> Rounds<'a> {
     async fn on_consistency(&mut self, round: RoundId, survivors: Vec<String>, dropped: Vec<String>) -> Handled {
         let ctx = self.ctx;
         let Some(a) = self.active.as_mut().filter(|a| a.start.round == round) else { return Ok(None) };
-        if let Some(end) = fault_at_unmask(ctx, &self.shutdown).await {
-            return end;
+        // Fault injection: vanish (or hang) when the coordinator moves on after the
+        // masked input (it is known to have arrived).
+        #[cfg(feature = "test-util")]
+        if let Some(end) = faults::at(ctx, DropAt::AfterMasked, &self.shutdown).await {
+            return Ok(Some(end));
         }
         let client = match std::mem::replace(&mut a.state, State::Done) {
             State::MaskedInputCollection(c) => c,
@@ -638,17 +646,6 @@ impl<'a> Rounds<'a> {
         Ok(None)
     }
 
-    /// Fault injection after a phase of the first round.
-    async fn fault_after(&self, at: DropAt) -> Handled {
-        if self.ctx.faults.stall_at == Some(at) {
-            return stall(self.shutdown.clone()).await.map(Some);
-        }
-        if self.ctx.faults.drop_at == Some(at) {
-            return Ok(Some(SessionEnd::Dropped));
-        }
-        Ok(None)
-    }
-
     /// Refuse (part of) a round: the decision and its reason go to the audit log,
     /// then the refusal goes to the coordinator.
     async fn refuse(&mut self, round: RoundId, reason: &str) -> Result<(), SessionError> {
@@ -675,18 +672,6 @@ impl<'a> Rounds<'a> {
         self.egress.close_round(&round);
         Ok(())
     }
-}
-
-/// Fault injection: vanish (or hang) when the coordinator moves on after the masked input.
-async fn fault_at_unmask(ctx: &NodeContext, shutdown: &watch::Receiver<bool>) -> Option<Handled> {
-    if ctx.faults.stall_at == Some(DropAt::AfterMasked) {
-        return Some(stall(shutdown.clone()).await.map(Some));
-    }
-    if ctx.faults.drop_at == Some(DropAt::AfterMasked) {
-        // The masked input is known to have arrived (the coordinator moved on).
-        return Some(Ok(Some(SessionEnd::Dropped)));
-    }
-    None
 }
 
 /// The threshold, organisation and differencing rules over one set of the round (U2
@@ -889,16 +874,4 @@ fn share_reported(round: RoundId, receiver: &str, share: &Sealed, reason: &str, 
         signature_hex: hex::encode(&share.signature),
         outcome: outcome.to_string(),
     }
-}
-
-/// Fault injection (test builds): a share to `faults.corrupt_share_to` that does not
-/// open (one bit of its tag flipped); the caller signs it as sent.
-#[cfg(feature = "test-util")]
-fn corrupt(ctx: &NodeContext, peer: &str, mut ciphertext: Vec<u8>) -> Vec<u8> {
-    if ctx.faults.corrupt_share_to.as_deref() == Some(peer)
-        && let Some(last) = ciphertext.last_mut()
-    {
-        *last ^= 0x01;
-    }
-    ciphertext
 }
