@@ -34,6 +34,7 @@ use tokio::time::Instant;
 use crate::audit::{lock, record};
 use crate::config::RoundSettings;
 use crate::registry::{Event, EventBody, Participant};
+use crate::release::UnreleasedSum;
 
 pub use brief::{BRIEF_CHARS, brief, brief_lines, describe};
 pub use hooks::{
@@ -91,7 +92,7 @@ impl std::fmt::Display for Exit {
     }
 }
 
-/// A finished round. The sum is readable only by [`crate::release`].
+/// A finished round. Its sum is readable only by [`crate::release`].
 #[derive(Debug)]
 pub struct RoundOutput {
     pub round: RoundId,
@@ -103,7 +104,7 @@ pub struct RoundOutput {
     pub kinds: Vec<OrgKind>,
     /// Nodes that left the round, and why.
     pub exits: BTreeMap<String, Exit>,
-    pub(crate) sum: Vec<u64>,
+    pub(crate) sum: UnreleasedSum,
 }
 
 pub(crate) struct Runner<'a> {
@@ -633,7 +634,7 @@ impl Round<'_, '_> {
         u2: &[String],
         u3: &[String],
         signed: BTreeMap<String, (Vec<u8>, Vec<String>)>,
-    ) -> Result<Vec<u64>, RoundError> {
+    ) -> Result<UnreleasedSum, RoundError> {
         self.phase = Phase::Unmasking;
         for n in self.members.live.clone() {
             // Unwrap safety: after the consistency check every live node has signed.
@@ -712,7 +713,8 @@ impl Round<'_, '_> {
                 exits: describe(&self.members.exits),
             });
         }
-        unmasking.finish(&responses).map_err(|e| RoundError::Failed { round: self.id, why: e.to_string() })
+        UnreleasedSum::unmask(unmasking, &responses)
+            .map_err(|e| RoundError::Failed { round: self.id, why: e.to_string() })
     }
 
     fn deadline(&self) -> Instant {
