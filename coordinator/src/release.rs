@@ -4,18 +4,76 @@
 //! suppressed) — and is where differential-privacy noise and audit records will be
 //! added.
 //!
-//! **Invariant:** `RoundOutput::sum` is read only here (tested by `tests/architecture.rs`).
+//! **Invariant:** a round's sum is read only here: it travels as an [`UnreleasedSum`],
+//! whose words no other module can read (checked by the compiler; see its doctests).
 
 use serde::Serialize;
 
 use fedcrm_protocol::rfm::{Cuts, Segment};
 
 use fedcrm_audit::{Event, Member};
+use fedcrm_crypto::CryptoError;
+use fedcrm_crypto::secagg::{Revealed, Unmasking};
 use fedcrm_protocol::wire;
 
 use crate::audit::{SharedLog, record};
 use crate::config::ReleaseRules;
 use crate::round::RoundOutput;
+
+/// A round's sum, not yet released. Its words are private to this module: every other
+/// module, the round that made it included, can hold it and pass it on but not read it,
+/// so the only way from a sum to anything shown is a function below that applies the
+/// release rules. It is made only by unmasking a secure-aggregation round.
+///
+/// Code outside this module can hold a sum and print it (the words stay hidden):
+///
+/// ```
+/// use fedcrm_coordinator::release::UnreleasedSum;
+///
+/// fn hold(sum: &UnreleasedSum) -> String {
+///     format!("{sum:?}")
+/// }
+/// ```
+///
+/// but not read it — the same code reading the words does not compile, because the
+/// field is private:
+///
+/// ```compile_fail
+/// use fedcrm_coordinator::release::UnreleasedSum;
+///
+/// fn peek(sum: &UnreleasedSum) -> Vec<u64> {
+///     sum.words.clone()
+/// }
+/// ```
+///
+/// nor make one from words of its choosing — the constructor is private to the crate:
+///
+/// ```compile_fail
+/// use fedcrm_coordinator::release::UnreleasedSum;
+/// use fedcrm_crypto::secagg::Unmasking;
+///
+/// fn forge(unmasking: Unmasking) -> UnreleasedSum {
+///     UnreleasedSum::unmask(unmasking, &[]).unwrap()
+/// }
+/// ```
+pub struct UnreleasedSum {
+    words: Vec<u64>,
+}
+
+impl UnreleasedSum {
+    /// Remove the masks (Bonawitz et al. CCS 2017, Fig. 4, Round 4 (Unmasking), server
+    /// side): the only way to make an `UnreleasedSum`.
+    pub(crate) fn unmask(unmasking: Unmasking, responses: &[(String, Vec<Revealed>)]) -> Result<Self, CryptoError> {
+        Ok(Self { words: unmasking.finish(responses)? })
+    }
+}
+
+/// The length only: the words are what this module releases, or does not.
+impl std::fmt::Debug for UnreleasedSum {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnreleasedSum").field("len", &self.words.len()).finish_non_exhaustive()
+    }
+}
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum ReleaseError {
@@ -62,7 +120,9 @@ fn log_release(
     .map_err(|e| ReleaseError::Audit(e.to_string()))
 }
 
-fn gate(out: &RoundOutput, rules: &ReleaseRules) -> Result<(), ReleaseError> {
+/// The one reader of a round's sum: its words, once the minimum-participants rule
+/// passed and only if there are `expected` of them.
+fn words<'o>(out: &'o RoundOutput, rules: &ReleaseRules, expected: usize) -> Result<&'o [u64], ReleaseError> {
     if out.contributors.len() < rules.min_participants {
         return Err(ReleaseError::TooFewParticipants {
             round: out.round.to_hex(),
@@ -70,7 +130,11 @@ fn gate(out: &RoundOutput, rules: &ReleaseRules) -> Result<(), ReleaseError> {
             need: rules.min_participants,
         });
     }
-    Ok(())
+    let words = &out.sum.words;
+    if words.len() != expected {
+        return Err(ReleaseError::Shape { round: out.round.to_hex(), got: words.len(), expected });
+    }
+    Ok(words)
 }
 
 /// Histogram counts, released to the coordinator's own quantile search only (they
@@ -80,11 +144,7 @@ pub fn histograms_for_quantiles(
     rules: &ReleaseRules,
     expected: usize,
 ) -> Result<Vec<u64>, ReleaseError> {
-    gate(out, rules)?;
-    if out.sum.len() != expected {
-        return Err(ReleaseError::Shape { round: out.round.to_hex(), got: out.sum.len(), expected });
-    }
-    Ok(out.sum.clone())
+    Ok(words(out, rules, expected)?.to_vec())
 }
 
 /// One released cell.
@@ -128,19 +188,12 @@ pub fn segments(
     analysis: &str,
     rounds: Vec<String>,
 ) -> Result<SegmentRelease, ReleaseError> {
-    gate(out, rules)?;
-    if out.sum.len() != Segment::ALL.len() {
-        return Err(ReleaseError::Shape {
-            round: out.round.to_hex(),
-            got: out.sum.len(),
-            expected: Segment::ALL.len(),
-        });
-    }
-    let shown = suppress(&out.sum, rules.min_cohort);
+    let sum = words(out, rules, Segment::ALL.len())?;
+    let shown = suppress(sum, rules.min_cohort);
     let cells = Segment::ALL.iter().zip(&shown).map(|(&segment, &customers)| Cell { segment, customers }).collect();
     // The total would give away a suppressed cell (total − visible cells), so it is
     // shown only when every cell is.
-    let total = out.sum.iter().fold(0u64, |a, &v| a.saturating_add(v));
+    let total = sum.iter().fold(0u64, |a, &v| a.saturating_add(v));
     let customers = if shown.iter().all(Option::is_some) { Some(total) } else { None };
     log_release(out, rules, audit, analysis, "rfm-segments", rounds, &shown)?;
     Ok(SegmentRelease { cuts, cells, customers, min_cohort: rules.min_cohort, contributors: out.contributors.clone() })
@@ -165,11 +218,7 @@ pub fn histogram(
     analysis: &str,
     rounds: Vec<String>,
 ) -> Result<HistogramRelease, ReleaseError> {
-    gate(out, rules)?;
-    if out.sum.len() != expected {
-        return Err(ReleaseError::Shape { round: out.round.to_hex(), got: out.sum.len(), expected });
-    }
-    let counts = suppress(&out.sum, rules.min_cohort);
+    let counts = suppress(words(out, rules, expected)?, rules.min_cohort);
     log_release(out, rules, audit, analysis, "rfm-histograms", rounds, &counts)?;
     Ok(HistogramRelease {
         counts,
@@ -181,7 +230,13 @@ pub fn histogram(
 
 #[cfg(test)]
 mod tests {
-    use super::suppress;
+    use super::{UnreleasedSum, suppress};
+
+    #[test]
+    fn an_unreleased_sum_prints_its_length_not_its_words() {
+        let sum = UnreleasedSum { words: vec![4242, 1717] };
+        assert_eq!(format!("{sum:?}"), "UnreleasedSum { len: 2, .. }");
+    }
 
     #[test]
     fn one_hidden_cell_hides_the_smallest_visible_one_too() {

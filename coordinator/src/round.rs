@@ -5,16 +5,19 @@
 //! input → consistency check → unmasking, each phase with a
 //! deadline and its own method below. A node that disconnects, refuses, times out
 //! or breaks the protocol is dropped from the round; the round goes on while at
-//! least t nodes remain.
+//! least t nodes remain. The test hooks on a round are in `hooks.rs`; what the analyst
+//! is told about the nodes that left, in `brief.rs`.
 //!
 //! **Invariant:** the coordinator never holds an unmasked per-node vector: a masked
 //! vector is buffered only until complete and validated, then added to the running
 //! sum (`fedcrm_crypto::secagg::Aggregator`) and freed. The result leaves this module
 //! only through [`crate::release`].
 
-use std::collections::{BTreeMap, BTreeSet};
+mod brief;
 #[cfg(feature = "test-util")]
-use std::sync::Arc;
+mod hooks;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use fedcrm_audit::{Event as AuditEvent, Member};
@@ -32,190 +35,14 @@ use tokio::time::Instant;
 use crate::audit::{lock, record};
 use crate::config::RoundSettings;
 use crate::registry::{Event, EventBody, Participant};
+use crate::release::UnreleasedSum;
 
-/// Observer of complete masked vectors (node, vector).
+pub use brief::{BRIEF_CHARS, brief, brief_lines, describe};
 #[cfg(feature = "test-util")]
-pub type MaskedObserver = Arc<dyn Fn(&str, &[u64]) + Send + Sync>;
-/// Editor of an unmask request (survivors, dropped).
-#[cfg(feature = "test-util")]
-pub type UnmaskTamper = Arc<dyn Fn(&mut Vec<String>, &mut Vec<String>) + Send + Sync>;
-/// Editor of the view shown to one node in the consistency check (node, survivors, dropped).
-#[cfg(feature = "test-util")]
-pub type ViewTamper = Arc<dyn Fn(&str, &mut Vec<String>, &mut Vec<String>) + Send + Sync>;
-/// Observer of every unmask answer as received, before validation (node, shares).
-#[cfg(feature = "test-util")]
-pub type SharesObserver = Arc<dyn Fn(&str, &[RevealedShare]) + Send + Sync>;
-/// Editor of a sealed share as relayed (sender, receiver, ciphertext).
-#[cfg(feature = "test-util")]
-pub type ShareTamper = Arc<dyn Fn(&str, &str, &mut Vec<u8>) + Send + Sync>;
-/// Editor of the final U2 sent before masking.
-#[cfg(feature = "test-util")]
-pub type FinalU2Tamper = Arc<dyn Fn(&mut Vec<String>) + Send + Sync>;
-/// Observer of a node's sealed shares as received, before they are checked (sender, shares).
-#[cfg(feature = "test-util")]
-pub type SealedObserver = Arc<dyn Fn(&str, &[Sealed]) + Send + Sync>;
-/// Editor of U1's signed keys as broadcast in the key roster (round, keys).
-#[cfg(feature = "test-util")]
-pub type RosterTamper = Arc<dyn Fn(RoundId, &mut Vec<SignedKeys>) + Send + Sync>;
-/// Editor of the coordinator's signature on a round's roster, as sent in `RoundStart`.
-#[cfg(feature = "test-util")]
-pub type RosterSignatureTamper = Arc<dyn Fn(&mut Vec<u8>) + Send + Sync>;
-
-/// Hooks that let a test play HQ deviating from the protocol (or observe it). The
-/// coordinator is the adversary the nodes defend against, so these give an attacker
-/// nothing it does not have by running its own build; still, they exist only with the
-/// `test-util` feature (style rule 32), so no shipped build has them.
-#[cfg(feature = "test-util")]
-#[derive(Clone, Default)]
-pub struct Hooks {
-    /// Called with every complete masked vector before it is added to the sum.
-    pub on_masked: Option<MaskedObserver>,
-    /// Edits the unmask request (survivors, dropped) before it is sent.
-    pub tamper_unmask: Option<UnmaskTamper>,
-    /// Edits the view each node is shown in the consistency check (split views).
-    pub tamper_view: Option<ViewTamper>,
-    /// Sees every unmask answer as received.
-    pub on_unmask_shares: Option<SharesObserver>,
-    /// Sees every node's sealed shares as received.
-    pub on_sealed_shares: Option<SealedObserver>,
-    /// Edits sealed shares as they are relayed, after their signatures were checked
-    /// (a relay altering a share).
-    pub tamper_share: Option<ShareTamper>,
-    /// Edits the final U2 (e.g. keeps a reported sender in it).
-    pub tamper_final_u2: Option<FinalU2Tamper>,
-    /// Edits U1's signed keys before they are broadcast (a node's keys substituted,
-    /// a signature stripped or replaced).
-    pub tamper_roster: Option<RosterTamper>,
-    /// Edits the coordinator's signature on the round's roster before it is sent.
-    pub tamper_roster_signature: Option<RosterSignatureTamper>,
-    /// Ignores the masked vectors of these nodes, making them look dropped after
-    /// their inputs arrived.
-    pub ignore_masked_from: Vec<String>,
-    /// Forces this threshold and roster of all connected nodes, skipping the
-    /// coordinator's own planning (HQ choosing t).
-    pub force_threshold: Option<usize>,
-    /// Labels every round with this analysis kind, whatever it computes.
-    pub relabel: Option<String>,
-    /// Sends every round under this analysis id (reusing an old one).
-    pub reuse_analysis_id: Option<String>,
-    /// Adds signatures on a view (round, U2, U3 shown) to the unmask request: HQ's
-    /// own nodes signing whatever view HQ likes.
-    pub extra_view_signatures: Option<ViewSigner>,
-    /// While set, the coordinator's audit log "fails" when it records a node's
-    /// receipt (a full disk), to show the fault is not blamed on the node.
-    pub fail_audit: Option<Arc<std::sync::atomic::AtomicBool>>,
-}
-
-/// Signs a view (round, U2, U3) as some nodes: returns their signatures.
-#[cfg(feature = "test-util")]
-pub type ViewSigner = Arc<dyn Fn(RoundId, &[String], &[String]) -> Vec<ViewSignature> + Send + Sync>;
-
-#[cfg(feature = "test-util")]
-impl std::fmt::Debug for Hooks {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hooks")
-            .field("on_masked", &self.on_masked.is_some())
-            .field("tamper_unmask", &self.tamper_unmask.is_some())
-            .field("tamper_view", &self.tamper_view.is_some())
-            .field("on_unmask_shares", &self.on_unmask_shares.is_some())
-            .field("on_sealed_shares", &self.on_sealed_shares.is_some())
-            .field("tamper_share", &self.tamper_share.is_some())
-            .field("tamper_final_u2", &self.tamper_final_u2.is_some())
-            .field("tamper_roster", &self.tamper_roster.is_some())
-            .field("tamper_roster_signature", &self.tamper_roster_signature.is_some())
-            .field("ignore_masked_from", &self.ignore_masked_from)
-            .field("force_threshold", &self.force_threshold)
-            .field("relabel", &self.relabel)
-            .field("reuse_analysis_id", &self.reuse_analysis_id)
-            .field("extra_view_signatures", &self.extra_view_signatures.is_some())
-            .field("fail_audit", &self.fail_audit.is_some())
-            .finish()
-    }
-}
-
-#[cfg(feature = "test-util")]
-impl Hooks {
-    /// The analysis as sent: relabelled or under a reused id, if asked.
-    fn analysis(&self, analysis: &Analysis) -> Analysis {
-        let mut analysis = analysis.clone();
-        if let Some(label) = &self.relabel {
-            analysis.analysis_kind = label.clone();
-        }
-        if let Some(id) = &self.reuse_analysis_id {
-            analysis.analysis_id = id.clone();
-        }
-        analysis
-    }
-
-    /// The coordinator's signature on the roster as sent.
-    fn roster_signature(&self, mut signature: Vec<u8>) -> Vec<u8> {
-        if let Some(t) = &self.tamper_roster_signature {
-            t(&mut signature);
-        }
-        signature
-    }
-
-    /// U1's signed keys as broadcast in the key roster.
-    fn roster(&self, round: RoundId, mut keys: Vec<SignedKeys>) -> Vec<SignedKeys> {
-        if let Some(t) = &self.tamper_roster {
-            t(round, &mut keys);
-        }
-        keys
-    }
-
-    /// A sealed share from `sender` to `receiver` as relayed.
-    fn share(&self, sender: &str, receiver: &str, mut ciphertext: Vec<u8>) -> Vec<u8> {
-        if let Some(t) = &self.tamper_share {
-            t(sender, receiver, &mut ciphertext);
-        }
-        ciphertext
-    }
-
-    /// The final U2 as sent.
-    fn final_u2(&self, mut u2: Vec<String>) -> Vec<String> {
-        if let Some(t) = &self.tamper_final_u2 {
-            t(&mut u2);
-            u2.sort();
-            u2.dedup();
-        }
-        u2
-    }
-
-    /// The view (survivors, dropped) shown to `node` in the consistency check.
-    fn view(&self, node: &str, mut s: Vec<String>, mut d: Vec<String>) -> (Vec<String>, Vec<String>) {
-        if let Some(t) = &self.tamper_view {
-            t(node, &mut s, &mut d);
-        }
-        (s, d)
-    }
-
-    /// The signatures sent with an unmask request, with HQ's extra ones.
-    fn signatures(
-        &self,
-        round: RoundId,
-        u2: &[String],
-        view: &[String],
-        mut signatures: Vec<ViewSignature>,
-    ) -> Vec<ViewSignature> {
-        if let Some(f) = &self.extra_view_signatures {
-            for extra in f(round, u2, view) {
-                if !signatures.iter().any(|s| s.node == extra.node) {
-                    signatures.push(extra);
-                }
-            }
-            signatures.sort_by(|a, b| a.node.cmp(&b.node));
-        }
-        signatures
-    }
-
-    /// The unmask request (survivors, dropped) as sent.
-    fn unmask(&self, mut s: Vec<String>, mut d: Vec<String>) -> (Vec<String>, Vec<String>) {
-        if let Some(t) = &self.tamper_unmask {
-            t(&mut s, &mut d);
-        }
-        (s, d)
-    }
-}
+pub use hooks::{
+    FinalU2Tamper, Hooks, MaskedObserver, RosterSignatureTamper, RosterTamper, SealedObserver, ShareTamper,
+    SharesObserver, UnmaskTamper, ViewSigner, ViewTamper,
+};
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum RoundError {
@@ -268,7 +95,7 @@ impl std::fmt::Display for Exit {
     }
 }
 
-/// A finished round. The sum is readable only by [`crate::release`].
+/// A finished round. Its sum is readable only by [`crate::release`].
 #[derive(Debug)]
 pub struct RoundOutput {
     pub round: RoundId,
@@ -280,7 +107,7 @@ pub struct RoundOutput {
     pub kinds: Vec<OrgKind>,
     /// Nodes that left the round, and why.
     pub exits: BTreeMap<String, Exit>,
-    pub(crate) sum: Vec<u64>,
+    pub(crate) sum: UnreleasedSum,
 }
 
 pub(crate) struct Runner<'a> {
@@ -809,7 +636,7 @@ impl Round<'_, '_> {
         u2: &[String],
         u3: &[String],
         signed: BTreeMap<String, (Vec<u8>, Vec<String>)>,
-    ) -> Result<Vec<u64>, RoundError> {
+    ) -> Result<UnreleasedSum, RoundError> {
         self.phase = Phase::Unmasking;
         for n in self.members.live.clone() {
             // Unwrap safety: after the consistency check every live node has signed.
@@ -882,7 +709,8 @@ impl Round<'_, '_> {
                 exits: describe(&self.members.exits),
             });
         }
-        unmasking.finish(&responses).map_err(|e| RoundError::Failed { round: self.id, why: e.to_string() })
+        UnreleasedSum::unmask(unmasking, &responses)
+            .map_err(|e| RoundError::Failed { round: self.id, why: e.to_string() })
     }
 
     fn deadline(&self) -> Instant {
@@ -1053,123 +881,5 @@ fn unmask_ok(shares: &[RevealedShare], u2: &[String], survivors: &[String]) -> b
         && shares.iter().all(|s| u2.contains(&s.of) && s.self_mask == survivors.contains(&s.of))
 }
 
-/// `a: disconnected, b: refused: …`.
-pub fn describe(exits: &BTreeMap<String, Exit>) -> String {
-    if exits.is_empty() {
-        return "none".into();
-    }
-    exits.iter().map(|(n, e)| format!("\n  {n}: {e}")).collect()
-}
-
 /// Accusations one node may make in one round's share report (see `check_report`).
 pub const MAX_ACCUSATIONS: usize = 1;
-
-/// The longest reason shown to the analyst for one node (the full text stays in the
-/// audit logs: the coordinator's `node-exit` record and the node's own decision).
-pub const BRIEF_CHARS: usize = 180;
-
-/// One short line for why a node left: its first clause without parenthesised
-/// detail, cut at a word within [`BRIEF_CHARS`], plus from when it will be allowed
-/// when the node said so.
-pub fn brief(reason: &str) -> String {
-    let reason = reason.replace("policy: ", "");
-    let allowed = reason.find("allowed again from ").map(|i| {
-        let rest = &reason[i..];
-        match rest.find(" UTC") {
-            Some(j) => rest[..j + 4].to_string(),
-            None => rest.split([';', '(']).next().unwrap_or(rest).trim_end().to_string(),
-        }
-    });
-    let bare = without_parentheses(&reason);
-    let head = bare.split("; ").next().unwrap_or(&bare);
-    // Round ids by their first 8 hex digits.
-    let mut head = head
-        .split_whitespace()
-        .map(|w| {
-            if w.len() == 32 && w.bytes().all(|b| b.is_ascii_hexdigit()) { format!("{}…", &w[..8]) } else { w.into() }
-        })
-        .collect::<Vec<_>>()
-        .join(" ");
-    let room = BRIEF_CHARS.saturating_sub(allowed.as_ref().map_or(0, |a| a.len() + 2));
-    if head.chars().count() > room {
-        let cut: String = head.chars().take(room.saturating_sub(1)).collect();
-        let at = cut.rfind(' ').unwrap_or(cut.len());
-        head = format!("{}…", &cut[..at]);
-    }
-    match allowed {
-        Some(a) if !head.contains(&a) => format!("{head}; {a}"),
-        _ => head,
-    }
-}
-
-/// `text` without its balanced parenthesised groups (an unbalanced `(`, as in a
-/// half-open interval `[0, 1)`, stays as it is).
-fn without_parentheses(text: &str) -> String {
-    let mut out = String::new();
-    let mut rest = text;
-    while let Some(open) = rest.find('(') {
-        out.push_str(&rest[..open]);
-        let mut depth = 0usize;
-        let close = rest[open..].char_indices().find_map(|(i, c)| {
-            match c {
-                '(' => depth += 1,
-                ')' => depth -= 1,
-                _ => {}
-            }
-            (depth == 0).then_some(open + i)
-        });
-        match close {
-            Some(close) => rest = &rest[close + 1..],
-            None => {
-                out.push_str(&rest[open..]);
-                return out;
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-/// An error for the analyst: its first line as it is, then each `  node: reason`
-/// line with the reason made [`brief`].
-pub fn brief_lines(message: &str) -> String {
-    let mut lines = message.lines();
-    let mut out = lines.next().unwrap_or_default().to_string();
-    for l in lines {
-        out.push('\n');
-        match l.strip_prefix("  ").and_then(|l| l.split_once(": ")) {
-            Some((who, why)) => out.push_str(&format!("  {who}: {}", brief(why))),
-            None => out.push_str(l),
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_analyst_gets_one_short_line_per_node_saying_from_when() {
-        // As seen after a node was killed mid-analysis: one ~1,000-character line.
-        let long = "policy: differencing: this sum's contributors differ from those of round \
-                    5f0c3a9e1b2d4c6e8f0a1b2c3d4e5f60 (2026-11-29 19:02 UTC) by fr-wuhan-03 (non-HQ nodes of 1 \
-                    organisation(s), fewer than 3); the two sums together would reveal their data; allowed again \
-                    from 2026-12-29 19:02 UTC (differencing_window_days = 30), or now over the same nodes as before";
-        let exits: BTreeMap<String, Exit> = [
-            ("fr-chengdu-02".to_string(), Exit::Refused(long.repeat(3))),
-            ("fr-wuhan-03".to_string(), Exit::Disconnected),
-        ]
-        .into();
-        let text = brief_lines(&format!("round 1: 0 nodes remain; no result. Left the round:{}", describe(&exits)));
-        let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
-        assert_eq!(lines.len(), 3, "{text}");
-        assert!(lines.iter().all(|l| l.chars().count() <= BRIEF_CHARS + 40), "{text}");
-        assert!(lines[1].contains("fr-chengdu-02: refused: differencing:"), "{text}");
-        assert!(lines[1].contains("by fr-wuhan-03"), "the node it differs by is named: {text}");
-        assert!(lines[1].ends_with("allowed again from 2026-12-29 19:02 UTC"), "{text}");
-        assert_eq!(lines[2].trim(), "fr-wuhan-03: disconnected");
-        // A short reason is left as it is.
-        assert_eq!(brief("not enrolled"), "not enrolled");
-    }
-}

@@ -7,8 +7,11 @@
 //! Size and hash are of the message as encoded *without* its receipt: the receipt
 //! is the signature over the log head that records them.
 //!
-//! **Invariant:** no other module can put a message on the outbound stream (tested
-//! by `tests/architecture.rs`).
+//! **Invariant:** no other module can put a message on the outbound stream. The
+//! compiler enforces it: the stream ([`Outbound`]) is made only with its [`Egress`],
+//! only `Egress::send` can queue on it, and the session call to the coordinator is
+//! opened only by [`Outbound::open_session`], with that stream as all the node sends
+//! (see their doctests).
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -17,7 +20,9 @@ use fedcrm_audit::Event;
 use fedcrm_audit::log::AuditError;
 use fedcrm_crypto::RoundId;
 use fedcrm_crypto::secagg::Phase;
+use fedcrm_protocol::MAX_MESSAGE_BYTES;
 use fedcrm_protocol::pb;
+use fedcrm_protocol::pb::coordinator_client::CoordinatorClient;
 use fedcrm_protocol::wire::{self, FromNode, Receipt};
 use prost::Message;
 use ring::digest;
@@ -25,6 +30,7 @@ use std::task::{Context, Poll};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EgressError {
@@ -42,11 +48,59 @@ pub enum EgressError {
 pub type WireTap = std::sync::Arc<dyn Fn(&[u8]) + Send + Sync>;
 
 /// What the transport drains: the door's queue (in tests, seen by the wire tap as the
-/// transport takes each message).
+/// transport takes each message). It is made only by [`Egress::open`], together
+/// with the one door that fills it:
+///
+/// ```
+/// use fedcrm_node::egress::{Egress, Outbound, SharedLog};
+///
+/// fn door(audit: SharedLog) -> (Egress, Outbound) {
+///     Egress::open(audit)
+/// }
+/// ```
+///
+/// Code outside this module cannot make one from a stream of its own (the fields are
+/// private):
+///
+/// ```compile_fail
+/// use fedcrm_node::egress::Outbound;
+/// use fedcrm_protocol::pb::NodeMessage;
+/// use tokio_stream::wrappers::ReceiverStream;
+///
+/// fn forge(queue: tokio::sync::mpsc::Receiver<NodeMessage>) -> Outbound {
+///     Outbound { inner: ReceiverStream::new(queue) }
+/// }
+/// ```
+///
+/// nor queue a message on the door's stream without passing through [`Egress::send`]:
+///
+/// ```compile_fail
+/// use fedcrm_node::egress::Egress;
+/// use fedcrm_protocol::pb::NodeMessage;
+///
+/// async fn bypass(egress: &Egress, message: NodeMessage) {
+///     let _ = egress.tx.send(message).await;
+/// }
+/// ```
 pub struct Outbound {
     inner: ReceiverStream<pb::NodeMessage>,
     #[cfg(feature = "test-util")]
     tap: Option<WireTap>,
+}
+
+impl Outbound {
+    /// Open the session call to the coordinator over `channel`, with this stream as
+    /// everything the node sends on it: the only way the node opens one. Returns the
+    /// coordinator's side of the session.
+    pub async fn open_session(
+        self,
+        channel: Channel,
+    ) -> Result<tonic::Streaming<pb::CoordinatorMessage>, tonic::Status> {
+        let mut client = CoordinatorClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        Ok(client.session(self).await?.into_inner())
+    }
 }
 
 impl std::fmt::Debug for Outbound {

@@ -22,10 +22,9 @@ use std::time::Duration;
 
 use fedcrm_audit::Event;
 use fedcrm_audit::log::{AuditLog, LogIdentity, SignedHead, SystemClock};
-use fedcrm_protocol::pb::coordinator_client::CoordinatorClient;
+use fedcrm_protocol::SOFTWARE;
 use fedcrm_protocol::pki::{self, PrivateKeyPem, SigningKey, Usage};
 use fedcrm_protocol::wire::{self, FromNode, ToNode};
-use fedcrm_protocol::{MAX_MESSAGE_BYTES, SOFTWARE};
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
@@ -306,9 +305,6 @@ pub(crate) struct Peer {
 /// Connect and serve one session until the coordinator closes it or `shutdown` fires.
 pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>) -> Result<SessionEnd, SessionError> {
     let channel = connect(ctx).await?;
-    let mut client = CoordinatorClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let (mut egress, outbound) = Egress::open(ctx.audit.clone());
     #[cfg(feature = "test-util")]
     let outbound = outbound.tapped(ctx.tap.clone());
@@ -323,15 +319,13 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
     // The coordinator may hold the call open (while it checks an older session of this
     // node); a stop request must not wait for it.
     let opened = tokio::select! {
-        r = client.session(outbound) => r,
+        r = outbound.open_session(channel) => r,
         _ = shutdown.changed() => return Ok(SessionEnd::Closed),
     };
-    let mut inbound = opened
-        .map_err(|s| match s.code() {
-            tonic::Code::AlreadyExists => SessionError::Duplicate(s.message().to_string()),
-            _ => rejected(&s, true),
-        })?
-        .into_inner();
+    let mut inbound = opened.map_err(|s| match s.code() {
+        tonic::Code::AlreadyExists => SessionError::Duplicate(s.message().to_string()),
+        _ => rejected(&s, true),
+    })?;
     #[cfg(not(feature = "test-util"))]
     let mut rounds = round::Rounds::new(ctx, egress);
     #[cfg(feature = "test-util")]

@@ -1,0 +1,179 @@
+//! Test hooks on the round (feature `test-util`): let a test play HQ deviating from
+//! the protocol (split views, tampered shares or keys, forced thresholds) or observe it.
+//! No shipped build has them (`.ci/run` checks the release binary).
+
+use std::sync::Arc;
+
+use fedcrm_crypto::RoundId;
+use fedcrm_protocol::wire::{Analysis, RevealedShare, Sealed, SignedKeys, ViewSignature};
+
+/// Observer of complete masked vectors (node, vector).
+pub type MaskedObserver = Arc<dyn Fn(&str, &[u64]) + Send + Sync>;
+/// Editor of an unmask request (survivors, dropped).
+pub type UnmaskTamper = Arc<dyn Fn(&mut Vec<String>, &mut Vec<String>) + Send + Sync>;
+/// Editor of the view shown to one node in the consistency check (node, survivors, dropped).
+pub type ViewTamper = Arc<dyn Fn(&str, &mut Vec<String>, &mut Vec<String>) + Send + Sync>;
+/// Observer of every unmask answer as received, before validation (node, shares).
+pub type SharesObserver = Arc<dyn Fn(&str, &[RevealedShare]) + Send + Sync>;
+/// Editor of a sealed share as relayed (sender, receiver, ciphertext).
+pub type ShareTamper = Arc<dyn Fn(&str, &str, &mut Vec<u8>) + Send + Sync>;
+/// Editor of the final U2 sent before masking.
+pub type FinalU2Tamper = Arc<dyn Fn(&mut Vec<String>) + Send + Sync>;
+/// Observer of a node's sealed shares as received, before they are checked (sender, shares).
+pub type SealedObserver = Arc<dyn Fn(&str, &[Sealed]) + Send + Sync>;
+/// Editor of U1's signed keys as broadcast in the key roster (round, keys).
+pub type RosterTamper = Arc<dyn Fn(RoundId, &mut Vec<SignedKeys>) + Send + Sync>;
+/// Editor of the coordinator's signature on a round's roster, as sent in `RoundStart`.
+pub type RosterSignatureTamper = Arc<dyn Fn(&mut Vec<u8>) + Send + Sync>;
+
+/// Hooks that let a test play HQ deviating from the protocol (or observe it). The
+/// coordinator is the adversary the nodes defend against, so these give an attacker
+/// nothing it does not have by running its own build; still, they exist only with the
+/// `test-util` feature (style rule 32), so no shipped build has them.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Called with every complete masked vector before it is added to the sum.
+    pub on_masked: Option<MaskedObserver>,
+    /// Edits the unmask request (survivors, dropped) before it is sent.
+    pub tamper_unmask: Option<UnmaskTamper>,
+    /// Edits the view each node is shown in the consistency check (split views).
+    pub tamper_view: Option<ViewTamper>,
+    /// Sees every unmask answer as received.
+    pub on_unmask_shares: Option<SharesObserver>,
+    /// Sees every node's sealed shares as received.
+    pub on_sealed_shares: Option<SealedObserver>,
+    /// Edits sealed shares as they are relayed, after their signatures were checked
+    /// (a relay altering a share).
+    pub tamper_share: Option<ShareTamper>,
+    /// Edits the final U2 (e.g. keeps a reported sender in it).
+    pub tamper_final_u2: Option<FinalU2Tamper>,
+    /// Edits U1's signed keys before they are broadcast (a node's keys substituted,
+    /// a signature stripped or replaced).
+    pub tamper_roster: Option<RosterTamper>,
+    /// Edits the coordinator's signature on the round's roster before it is sent.
+    pub tamper_roster_signature: Option<RosterSignatureTamper>,
+    /// Ignores the masked vectors of these nodes, making them look dropped after
+    /// their inputs arrived.
+    pub ignore_masked_from: Vec<String>,
+    /// Forces this threshold and roster of all connected nodes, skipping the
+    /// coordinator's own planning (HQ choosing t).
+    pub force_threshold: Option<usize>,
+    /// Labels every round with this analysis kind, whatever it computes.
+    pub relabel: Option<String>,
+    /// Sends every round under this analysis id (reusing an old one).
+    pub reuse_analysis_id: Option<String>,
+    /// Adds signatures on a view (round, U2, U3 shown) to the unmask request: HQ's
+    /// own nodes signing whatever view HQ likes.
+    pub extra_view_signatures: Option<ViewSigner>,
+    /// While set, the coordinator's audit log "fails" when it records a node's
+    /// receipt (a full disk), to show the fault is not blamed on the node.
+    pub fail_audit: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+/// Signs a view (round, U2, U3) as some nodes: returns their signatures.
+pub type ViewSigner = Arc<dyn Fn(RoundId, &[String], &[String]) -> Vec<ViewSignature> + Send + Sync>;
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooks")
+            .field("on_masked", &self.on_masked.is_some())
+            .field("tamper_unmask", &self.tamper_unmask.is_some())
+            .field("tamper_view", &self.tamper_view.is_some())
+            .field("on_unmask_shares", &self.on_unmask_shares.is_some())
+            .field("on_sealed_shares", &self.on_sealed_shares.is_some())
+            .field("tamper_share", &self.tamper_share.is_some())
+            .field("tamper_final_u2", &self.tamper_final_u2.is_some())
+            .field("tamper_roster", &self.tamper_roster.is_some())
+            .field("tamper_roster_signature", &self.tamper_roster_signature.is_some())
+            .field("ignore_masked_from", &self.ignore_masked_from)
+            .field("force_threshold", &self.force_threshold)
+            .field("relabel", &self.relabel)
+            .field("reuse_analysis_id", &self.reuse_analysis_id)
+            .field("extra_view_signatures", &self.extra_view_signatures.is_some())
+            .field("fail_audit", &self.fail_audit.is_some())
+            .finish()
+    }
+}
+
+impl Hooks {
+    /// The analysis as sent: relabelled or under a reused id, if asked.
+    pub(super) fn analysis(&self, analysis: &Analysis) -> Analysis {
+        let mut analysis = analysis.clone();
+        if let Some(label) = &self.relabel {
+            analysis.analysis_kind = label.clone();
+        }
+        if let Some(id) = &self.reuse_analysis_id {
+            analysis.analysis_id = id.clone();
+        }
+        analysis
+    }
+
+    /// The coordinator's signature on the roster as sent.
+    pub(super) fn roster_signature(&self, mut signature: Vec<u8>) -> Vec<u8> {
+        if let Some(t) = &self.tamper_roster_signature {
+            t(&mut signature);
+        }
+        signature
+    }
+
+    /// U1's signed keys as broadcast in the key roster.
+    pub(super) fn roster(&self, round: RoundId, mut keys: Vec<SignedKeys>) -> Vec<SignedKeys> {
+        if let Some(t) = &self.tamper_roster {
+            t(round, &mut keys);
+        }
+        keys
+    }
+
+    /// A sealed share from `sender` to `receiver` as relayed.
+    pub(super) fn share(&self, sender: &str, receiver: &str, mut ciphertext: Vec<u8>) -> Vec<u8> {
+        if let Some(t) = &self.tamper_share {
+            t(sender, receiver, &mut ciphertext);
+        }
+        ciphertext
+    }
+
+    /// The final U2 as sent.
+    pub(super) fn final_u2(&self, mut u2: Vec<String>) -> Vec<String> {
+        if let Some(t) = &self.tamper_final_u2 {
+            t(&mut u2);
+            u2.sort();
+            u2.dedup();
+        }
+        u2
+    }
+
+    /// The view (survivors, dropped) shown to `node` in the consistency check.
+    pub(super) fn view(&self, node: &str, mut s: Vec<String>, mut d: Vec<String>) -> (Vec<String>, Vec<String>) {
+        if let Some(t) = &self.tamper_view {
+            t(node, &mut s, &mut d);
+        }
+        (s, d)
+    }
+
+    /// The signatures sent with an unmask request, with HQ's extra ones.
+    pub(super) fn signatures(
+        &self,
+        round: RoundId,
+        u2: &[String],
+        view: &[String],
+        mut signatures: Vec<ViewSignature>,
+    ) -> Vec<ViewSignature> {
+        if let Some(f) = &self.extra_view_signatures {
+            for extra in f(round, u2, view) {
+                if !signatures.iter().any(|s| s.node == extra.node) {
+                    signatures.push(extra);
+                }
+            }
+            signatures.sort_by(|a, b| a.node.cmp(&b.node));
+        }
+        signatures
+    }
+
+    /// The unmask request (survivors, dropped) as sent.
+    pub(super) fn unmask(&self, mut s: Vec<String>, mut d: Vec<String>) -> (Vec<String>, Vec<String>) {
+        if let Some(t) = &self.tamper_unmask {
+            t(&mut s, &mut d);
+        }
+        (s, d)
+    }
+}
