@@ -44,10 +44,17 @@ fn set(v: &[&str]) -> BTreeSet<String> {
 fn dependencies_point_one_way() {
     let m = deps();
     assert_eq!(fedcrm_deps(&m, "fedcrm-crypto"), set(&[]));
-    assert_eq!(fedcrm_deps(&m, "fedcrm-protocol"), set(&["fedcrm-crypto"]));
-    assert_eq!(fedcrm_deps(&m, "fedcrm-audit"), set(&["fedcrm-protocol"]));
-    assert_eq!(fedcrm_deps(&m, "fedcrm-node"), set(&["fedcrm-audit", "fedcrm-crypto", "fedcrm-protocol"]));
-    assert_eq!(fedcrm_deps(&m, "fedcrm-coordinator"), set(&["fedcrm-audit", "fedcrm-crypto", "fedcrm-protocol"]));
+    assert_eq!(fedcrm_deps(&m, "fedcrm-pki"), set(&[]));
+    assert_eq!(fedcrm_deps(&m, "fedcrm-protocol"), set(&["fedcrm-crypto", "fedcrm-pki"]));
+    assert_eq!(fedcrm_deps(&m, "fedcrm-audit"), set(&["fedcrm-pki", "fedcrm-protocol"]));
+    assert_eq!(
+        fedcrm_deps(&m, "fedcrm-node"),
+        set(&["fedcrm-audit", "fedcrm-crypto", "fedcrm-pki", "fedcrm-protocol"])
+    );
+    assert_eq!(
+        fedcrm_deps(&m, "fedcrm-coordinator"),
+        set(&["fedcrm-audit", "fedcrm-crypto", "fedcrm-pki", "fedcrm-protocol"])
+    );
     for forbidden in ["tokio", "tonic", "prost", "tracing"] {
         assert!(!m["fedcrm-crypto"].contains(forbidden), "crypto must stay a pure leaf; it depends on {forbidden}");
     }
@@ -112,6 +119,7 @@ fn every_crate_forbids_unsafe_code() {
     for lib in [
         "src/lib.rs",
         "crypto/src/lib.rs",
+        "pki/src/lib.rs",
         "protocol/src/lib.rs",
         "audit/src/lib.rs",
         "node/src/lib.rs",
@@ -128,11 +136,11 @@ fn every_crate_forbids_unsafe_code() {
 fn secrets_never_print() {
     use fedcrm_crypto::keys::RoundSecret;
     use fedcrm_crypto::prg::MaskSeed;
-    use fedcrm_protocol::pki::{PrivateKeyPem, SigningKey, new_key_and_csr};
-    let (key, _) = new_key_and_csr(&fedcrm_protocol::pki::Identity {
+    use fedcrm_pki::{PrivateKeyPem, SigningKey, new_key_and_csr};
+    let (key, _) = new_key_and_csr(&fedcrm_pki::Identity {
         name: "n".into(),
         organisation: "o".into(),
-        role: fedcrm_protocol::pki::Role::Analyst,
+        role: fedcrm_pki::Role::Analyst,
     })
     .unwrap();
     let signing = SigningKey::from_pem(&key).unwrap();
@@ -156,8 +164,8 @@ fn no_secret_type_is_serializable() {
         ("crypto/src/prg.rs", "MaskSeed"),
         ("crypto/src/kdf.rs", "DerivedKey"),
         ("crypto/src/shamir.rs", "Share"),
-        ("protocol/src/pki.rs", "PrivateKeyPem"),
-        ("protocol/src/pki.rs", "SigningKey"),
+        ("pki/src/lib.rs", "PrivateKeyPem"),
+        ("pki/src/lib.rs", "SigningKey"),
     ] {
         let text = std::fs::read_to_string(root().join(file)).unwrap();
         let at = text.find(&format!("pub struct {ty}")).unwrap_or_else(|| panic!("{ty} not in {file}"));

@@ -382,7 +382,7 @@ async fn a6_split_views_cannot_strip_the_targets_masks() {
     // With t = 5 (n = 6, H = 2, c = 1), HQ shows fr-f2 a view where the target
     // dropped, and signs that view with its own nodes' keys.
     let loot = Loot::default();
-    let keys: Arc<Mutex<Vec<(String, fedcrm_protocol::pki::SigningKey)>>> = Arc::default();
+    let keys: Arc<Mutex<Vec<(String, fedcrm_pki::SigningKey)>>> = Arc::default();
     let signer_keys = keys.clone();
     let hooks = Hooks {
         tamper_view: Some(Arc::new(|node: &str, s: &mut Vec<String>, d: &mut Vec<String>| {
@@ -406,8 +406,8 @@ async fn a6_split_views_cannot_strip_the_targets_masks() {
     let cluster = Cluster::start(opts(roster(&loot, 2, &names)), hooks).await.unwrap();
     for n in ["hq-1", "hq-2"] {
         let pem = std::fs::read_to_string(cluster.pki.dir.join(format!("{n}.key"))).unwrap();
-        let key = fedcrm_protocol::pki::PrivateKeyPem::new(pem);
-        keys.lock().unwrap().push((n.into(), fedcrm_protocol::pki::SigningKey::from_pem(&key).unwrap()));
+        let key = fedcrm_pki::PrivateKeyPem::new(pem);
+        keys.lock().unwrap().push((n.into(), fedcrm_pki::SigningKey::from_pem(&key).unwrap()));
     }
     let _ = cluster.coordinator.run_histograms(&common::request("A6 split view"), coarse()).await;
     // fr-f2 signed its view but never got t signatures on it, so revealed nothing.
@@ -424,9 +424,7 @@ async fn a6_split_views_cannot_strip_the_targets_masks() {
         .iter()
         .map(|n| cluster.node_configs.iter().find(|c| c.name == *n).unwrap().audit_dir.clone())
         .collect();
-    let ca = fedcrm_protocol::pki::pem_to_der_certs(&std::fs::read_to_string(cluster.pki.ca_path()).unwrap())
-        .unwrap()
-        .remove(0);
+    let ca = fedcrm_pki::pem_to_der_certs(&std::fs::read_to_string(cluster.pki.ca_path()).unwrap()).unwrap().remove(0);
     let _dir = cluster.stop().await;
     // The verifier's clock: just after the last record (never the real calendar).
     let now = dirs.iter().flat_map(|d| read_records(d).unwrap()).map(|r| r.time_ms).max().unwrap() + 60_000;

@@ -13,8 +13,8 @@ use fedcrm_audit::Event;
 use fedcrm_coordinator::config::Enrolled;
 use fedcrm_coordinator::round::Hooks;
 use fedcrm_node::session::{Faults, SessionError, run_session};
-use fedcrm_protocol::pki::crl::Reason;
-use fedcrm_protocol::pki::{self, Identity, OrgKind, Role, Validity};
+use fedcrm_pki::crl::Reason;
+use fedcrm_pki::{self as pki, Identity, OrgKind, Role, Validity};
 use time::OffsetDateTime;
 
 async fn cluster() -> Cluster {

@@ -17,9 +17,10 @@ use fedcrm_coordinator::registry::{IN_FLIGHT_BYTES, INBOUND_BYTES};
 use fedcrm_coordinator::round::Hooks;
 use fedcrm_crypto::RoundId;
 use fedcrm_node::session::Faults;
+use fedcrm_pki as pki;
+use fedcrm_protocol::MAX_MESSAGE_BYTES;
 use fedcrm_protocol::pb;
 use fedcrm_protocol::wire::{self, FromNode, MaskedChunk, ToNode};
-use fedcrm_protocol::{MAX_MESSAGE_BYTES, pki};
 use tokio::sync::{mpsc, watch};
 
 const FLOODER: &str = "node-flood";
@@ -86,7 +87,7 @@ async fn a_flooding_node_cannot_grow_the_coordinator_or_its_log_and_the_others_r
         node: FLOODER.into(),
         rules: ctx.policy.rules(),
     };
-    let tls = pki::client_tls(&ctx.ca_pem, &ctx.cert_pem, &ctx.key, COORDINATOR_NAME);
+    let tls = fedcrm_protocol::tls::client_tls(&ctx.ca_pem, &ctx.cert_pem, &ctx.key, COORDINATOR_NAME);
     let channel = tonic::transport::Endpoint::from_shared(cfg.coordinator.url.clone())
         .unwrap()
         .tls_config(tls)

@@ -19,7 +19,7 @@ use fedcrm_crypto::secagg;
 use fedcrm_node::analysis::local_vector;
 use fedcrm_node::egress::read_log;
 use fedcrm_node::session::{DropAt, FalseReport};
-use fedcrm_protocol::pki;
+use fedcrm_pki as pki;
 use fedcrm_protocol::rfm::{HistogramSpec, Metric, QuantileSearch};
 use fedcrm_protocol::wire::AnalysisKind;
 

@@ -23,7 +23,7 @@ use std::io::{self, Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use fedcrm_protocol::pki::{self, PkiError, SigningKey};
+use fedcrm_pki::{self as pki, PkiError, SigningKey};
 use fedcrm_protocol::wire;
 use serde::{Deserialize, Serialize};
 

@@ -21,10 +21,10 @@ pub mod tls;
 use std::sync::Arc;
 
 use fedcrm_audit::log::{AuditLog, LogIdentity, SystemClock};
+use fedcrm_pki::{self as pki, SigningKey};
 use fedcrm_protocol::MAX_MESSAGE_BYTES;
 use fedcrm_protocol::pb::analyst_server::AnalystServer;
 use fedcrm_protocol::pb::coordinator_server::CoordinatorServer;
-use fedcrm_protocol::pki::{self, SigningKey};
 use tokio::sync::{Mutex, mpsc};
 
 use crate::audit::SharedLog;

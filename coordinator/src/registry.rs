@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fedcrm_crypto::RoundId;
+use fedcrm_pki::OrgKind;
 use fedcrm_protocol::pb;
-use fedcrm_protocol::pki::OrgKind;
 use fedcrm_protocol::wire::{self, Envelope, FromNode, NodeRules, Receipt, ToNode};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tonic::Status;

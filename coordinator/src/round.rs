@@ -20,7 +20,7 @@ use fedcrm_audit::{Event as AuditEvent, Member};
 use fedcrm_crypto::secagg::{self, Aggregator, PeerKeys, Phase, Revealed, RoundParams, Unmasking};
 use fedcrm_crypto::shamir::Share;
 use fedcrm_crypto::{RoundId, SystemRandom};
-use fedcrm_protocol::pki::{self, OrgKind};
+use fedcrm_pki::{self as pki, OrgKind};
 use fedcrm_protocol::wire::{
     self, Analysis, Exclusion, FromNode, Invitee, RevealedShare, RoundStart, Sealed, SignedKeys, ToNode, UnopenedShare,
     ViewSignature,

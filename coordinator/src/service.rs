@@ -5,8 +5,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fedcrm_pki::{self as pki, Identity, Role};
 use fedcrm_protocol::pb;
-use fedcrm_protocol::pki::{self, Identity, Role};
 use fedcrm_protocol::wire::{self, FromNode, ToNode};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -146,7 +146,7 @@ impl NodeService {
         tx.send(Ok(welcome)).await.map_err(|_| Status::cancelled("session closed"))?;
         let kind = match id.role {
             Role::Node(k) => k,
-            _ => fedcrm_protocol::pki::OrgKind::Franchisee,
+            _ => fedcrm_pki::OrgKind::Franchisee,
         };
         record(
             &c.audit,

@@ -115,7 +115,7 @@ pub fn record(u: &Unmasked, analysis: &str, stage: Recorded) -> Event {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fedcrm_protocol::pki::OrgKind;
+    use fedcrm_pki::OrgKind;
 
     fn fr(n: &str) -> Invitee {
         Invitee { name: n.into(), organisation: format!("{n} ltd"), kind: OrgKind::Franchisee }

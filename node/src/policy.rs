@@ -279,7 +279,7 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::{CapState, Invitee, Policy};
-    use fedcrm_protocol::pki::OrgKind;
+    use fedcrm_pki::OrgKind;
     use fedcrm_protocol::rfm::Cuts;
     use fedcrm_protocol::wire::{Analysis, AnalysisKind, RoundStart, parse_date};
 

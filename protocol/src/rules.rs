@@ -7,8 +7,8 @@
 
 use std::collections::BTreeSet;
 
-use crate::pki::OrgKind;
 use crate::wire::{Invitee, NodeRules};
+use fedcrm_pki::OrgKind;
 
 const MS_PER_DAY: u64 = 86_400_000;
 

@@ -7,8 +7,8 @@ use fedcrm_crypto::keys::RoundPublic;
 use ring::digest;
 
 use crate::pb;
-use crate::pki::OrgKind;
 use crate::rfm::{Cuts, HistogramSpec, Layout, Metric};
+use fedcrm_pki::OrgKind;
 
 /// Protocol version string both sides must send: the wire contract's own version.
 /// v2 (issue 7) signs every sealed share and adds the share report and the final U2

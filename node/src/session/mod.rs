@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use fedcrm_audit::Event;
 use fedcrm_audit::log::{AuditLog, LogIdentity, SignedHead, SystemClock};
+use fedcrm_pki::{self as pki, PrivateKeyPem, SigningKey, Usage};
 use fedcrm_protocol::pb::coordinator_client::CoordinatorClient;
-use fedcrm_protocol::pki::{self, PrivateKeyPem, SigningKey, Usage};
 use fedcrm_protocol::wire::{self, FromNode, ToNode};
 use fedcrm_protocol::{MAX_MESSAGE_BYTES, SOFTWARE};
 use tokio::sync::watch;

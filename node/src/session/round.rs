@@ -29,7 +29,7 @@ use fedcrm_crypto::secagg::{
     self, ClientAdvertised, ClientMasked, ClientOpened, ClientShared, PeerKeys, Phase, RoundParams,
 };
 use fedcrm_crypto::{RoundId, SystemRandom};
-use fedcrm_protocol::pki::{self, Usage};
+use fedcrm_pki::{self as pki, Usage};
 use fedcrm_protocol::rfm::CustomerRfm;
 use fedcrm_protocol::rules::{Stage, Unmasked};
 use fedcrm_protocol::wire::{
