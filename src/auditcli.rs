@@ -173,7 +173,7 @@ pub fn verify(paths: &[PathBuf], ca: &Path, json: bool) -> Result<()> {
 }
 
 fn parse_day(s: &str) -> Result<time::Date> {
-    fedcrm_protocol::wire::parse_date(s).map_err(|e| anyhow::anyhow!("{e}"))
+    fedcrm_analysis::date::parse_date(s).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// `fedcrm audit report`.

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use fedcrm::harness::{CDNOW, Cluster, ClusterOptions, NodeSpec, split_cdnow};
+use fedcrm_analysis::rfm::{HistogramSpec, Layout, Metric, QuantileSearch};
 use fedcrm_audit::Event;
 use fedcrm_audit::log::read_records;
 use fedcrm_coordinator::config::ReleaseRules;
@@ -24,7 +25,6 @@ use fedcrm_crypto::shamir::{self, Share};
 use fedcrm_node::analysis::local_vector;
 use fedcrm_node::egress::read_log;
 use fedcrm_node::session::{HeldShare, RoundTap};
-use fedcrm_protocol::rfm::{HistogramSpec, Layout, Metric, QuantileSearch};
 use fedcrm_protocol::wire::{AnalysisKind, RevealedShare, SignedKeys, ViewSignature};
 
 /// Per-(node, round) records HQ collects.

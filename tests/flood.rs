@@ -50,7 +50,7 @@ fn rss() -> usize {
 
 /// The largest masked chunk the server decodes, for `round`, with the flooder's
 /// signed log head (a valid signature: it reaches the receipt check).
-fn max_chunk(round: RoundId, receipt: &wire::Receipt) -> pb::NodeMessage {
+fn max_chunk(round: RoundId, receipt: &fedcrm_pki::Receipt) -> pb::NodeMessage {
     // Room for the envelope (ids, hashes, the receipt) under MAX_MESSAGE_BYTES.
     let words = (MAX_MESSAGE_BYTES - 4096) / 8;
     let c = MaskedChunk { round, index: 0, count: 1, offset: 0, words: (0..words as u64).collect() };
@@ -80,7 +80,7 @@ async fn a_flooding_node_cannot_grow_the_coordinator_or_its_log_and_the_others_r
     let one_row = " customer_id  date number_of_cds  dollar_value\n 00001 19970101  1   11.77\n";
     let cfg = cluster.node_config(&NodeSpec::franchisee(FLOODER, one_row.into())).unwrap();
     let ctx = cluster.node_context(&cfg, Faults::default()).unwrap();
-    let receipt = wire::Receipt::from(ctx.audit.lock().unwrap().signed_head().unwrap());
+    let receipt = fedcrm_pki::Receipt::from(ctx.audit.lock().unwrap().signed_head().unwrap());
     let hello = FromNode::Hello {
         version: wire::VERSION.into(),
         software: "flood test".into(),

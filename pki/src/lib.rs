@@ -161,6 +161,21 @@ pub enum OrgKind {
     Franchisee,
 }
 
+impl OrgKind {
+    /// `hq` or `franchisee`: the kind as rosters and audit records write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrgKind::Hq => "hq",
+            OrgKind::Franchisee => "franchisee",
+        }
+    }
+
+    /// Parses [`OrgKind::as_str`]'s form; `None` for anything else.
+    pub fn parse(s: &str) -> Option<OrgKind> {
+        [OrgKind::Hq, OrgKind::Franchisee].into_iter().find(|k| k.as_str() == s)
+    }
+}
+
 /// What a party is allowed to do in the federation. Encoded as the certificate's
 /// `OU`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -824,6 +839,17 @@ impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("SigningKey(..)")
     }
+}
+
+/// A party's audit-log head signed with its certified key, as a message carries it:
+/// `fedcrm_audit`'s `SignedHead` without the party, who is the message's sender.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub seq: u64,
+    /// Time of the sender's record `seq` (ms since the Unix epoch); signed with the head.
+    pub time_ms: u64,
+    pub head: [u8; 32],
+    pub signature: Vec<u8>,
 }
 
 /// Verifies an ECDSA P-256 / SHA-256 ASN.1 signature `sig` over `msg` with the

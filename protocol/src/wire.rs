@@ -2,13 +2,15 @@
 //! Parse, don't validate: a `TryFrom<pb::…>` either yields a well-formed value or
 //! a [`WireError`] that says which field is wrong; nothing downstream re-checks.
 
+use fedcrm_analysis::date::{format_date, parse_date};
+use fedcrm_analysis::rfm::{Cuts, HistogramSpec, Layout, Metric};
+use fedcrm_analysis::rules::{Coverage, Invitee, NodeRules};
 use fedcrm_crypto::RoundId;
 use fedcrm_crypto::keys::RoundPublic;
+use fedcrm_pki::{OrgKind, Receipt};
 use ring::digest;
 
 use crate::pb;
-use crate::rfm::{Cuts, HistogramSpec, Layout, Metric};
-use fedcrm_pki::OrgKind;
 
 /// Protocol version string both sides must send: the wire contract's own version.
 /// v2 (issue 7) signs every sealed share and adds the share report and the final U2
@@ -127,34 +129,18 @@ pub struct Analysis {
 impl Analysis {
     /// What the analysis reads, for the differencing rule: every RFM analysis reads
     /// a customer's purchases from the first record to the reference date.
-    pub fn coverage(&self) -> crate::rules::Coverage {
+    pub fn coverage(&self) -> Coverage {
         match self.kind {
             AnalysisKind::RfmHistograms(_) | AnalysisKind::RfmSegments(_) => {
-                crate::rules::Coverage { family: "rfm".into(), from: None, to: self.reference_date }
+                Coverage { family: "rfm".into(), from: None, to: self.reference_date }
             }
         }
     }
 }
 
-const DATE_FMT: &[time::format_description::BorrowedFormatItem<'static>] =
-    time::macros::format_description!("[year]-[month]-[day]");
-
-/// Parse YYYY-MM-DD.
-pub fn parse_date(s: &str) -> Result<time::Date, WireError> {
-    time::Date::parse(s, DATE_FMT).map_err(|e| field("reference_date", format!("{s:?} is not YYYY-MM-DD: {e}")))
-}
-
-/// A unix-millisecond instant as `YYYY-MM-DD HH:MM UTC`, for messages to people.
-pub fn format_time_ms(ms: u64) -> String {
-    time::OffsetDateTime::from_unix_timestamp((ms / 1000) as i64)
-        .map(|t| format!("{} {:02}:{:02} UTC", format_date(t.date()), t.hour(), t.minute()))
-        .unwrap_or_else(|_| format!("{ms} ms"))
-}
-
-/// Format as YYYY-MM-DD.
-pub fn format_date(d: time::Date) -> String {
-    // Unwrap safety: formatting a valid Date with a static description cannot fail.
-    d.format(DATE_FMT).unwrap()
+/// Parse an analysis's reference date (YYYY-MM-DD).
+pub fn parse_reference_date(s: &str) -> Result<time::Date, WireError> {
+    parse_date(s).map_err(|e| field("reference_date", e.to_string()))
 }
 
 fn metric(m: i32) -> Result<Metric, WireError> {
@@ -190,7 +176,7 @@ pub fn cuts_pb(c: &[u64; 4]) -> pb::CutPoints {
 impl TryFrom<&pb::Analysis> for Analysis {
     type Error = WireError;
     fn try_from(a: &pb::Analysis) -> Result<Self, WireError> {
-        let reference_date = parse_date(&a.reference_date)?;
+        let reference_date = parse_reference_date(&a.reference_date)?;
         if a.purpose.trim().is_empty() || a.purpose.len() > 1000 {
             return Err(field("purpose", "HQ must state a purpose (1..=1000 characters)"));
         }
@@ -282,14 +268,6 @@ impl From<&Analysis> for pb::Analysis {
 
 // ---------------------------------------------------------------- coordinator → node
 
-/// One node invited to a round, as the coordinator's signed roster names it.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Invitee {
-    pub name: String,
-    pub organisation: String,
-    pub kind: OrgKind,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoundStart {
     pub round: RoundId,
@@ -319,37 +297,15 @@ pub fn roster_payload(
     for i in invited {
         parts.push(i.name.as_bytes().to_vec());
         parts.push(i.organisation.as_bytes().to_vec());
-        parts.push(kind_str(i.kind).as_bytes().to_vec());
+        parts.push(i.kind.as_str().as_bytes().to_vec());
     }
     let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
     fedcrm_crypto::kdf::context("roster", round, &refs)
 }
 
-/// `hq` or `franchisee`.
-pub fn kind_str(k: OrgKind) -> &'static str {
-    match k {
-        OrgKind::Hq => "hq",
-        OrgKind::Franchisee => "franchisee",
-    }
-}
-
-/// `hq` or `franchisee`, as [`kind_str`] writes it.
-pub fn parse_kind(s: &str) -> Result<OrgKind, WireError> {
-    match s {
-        "hq" => Ok(OrgKind::Hq),
-        "franchisee" => Ok(OrgKind::Franchisee),
-        other => Err(field("invited_kinds", format!("{other:?} is neither \"hq\" nor \"franchisee\""))),
-    }
-}
-
-/// A party's signed audit-log head carried with a message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Receipt {
-    pub seq: u64,
-    /// Time of the sender's record `seq` (ms since the Unix epoch); signed with the head.
-    pub time_ms: u64,
-    pub head: [u8; 32],
-    pub signature: Vec<u8>,
+/// An invitee's kind as the roster carries it (`hq` or `franchisee`).
+fn parse_kind(s: &str) -> Result<OrgKind, WireError> {
+    OrgKind::parse(s).ok_or_else(|| field("invited_kinds", format!("{s:?} is neither \"hq\" nor \"franchisee\"")))
 }
 
 fn receipt(r: Option<&pb::Receipt>) -> Result<Option<Receipt>, WireError> {
@@ -524,17 +480,6 @@ pub enum ToNode {
 pub struct ViewSignature {
     pub node: String,
     pub signature: Vec<u8>,
-}
-
-/// The rules a node's policy applies to every round (sent in `Hello` so the
-/// coordinator can plan rounds every invitee accepts; the node enforces them itself).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct NodeRules {
-    pub assume_colluding_nodes: usize,
-    pub min_other_organisations: usize,
-    pub min_participants: usize,
-    pub min_population_difference: usize,
-    pub differencing_window_days: u32,
 }
 
 fn signature_bytes(name: &'static str, b: &[u8]) -> Result<Vec<u8>, WireError> {
@@ -718,7 +663,7 @@ impl From<&ToNode> for pb::CoordinatorMessage {
                 analysis: Some((&r.analysis).into()),
                 invited: r.invited.iter().map(|i| i.name.clone()).collect(),
                 invited_organisations: r.invited.iter().map(|i| i.organisation.clone()).collect(),
-                invited_kinds: r.invited.iter().map(|i| kind_str(i.kind).to_string()).collect(),
+                invited_kinds: r.invited.iter().map(|i| i.kind.as_str().to_string()).collect(),
                 chunk_elements: r.chunk_elements as u32,
                 roster_signature: r.roster_signature.clone(),
             }),
