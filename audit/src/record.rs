@@ -328,9 +328,7 @@ impl Record {
             let contributors = contributors
                 .iter()
                 .map(|m| {
-                    let kind = OrgKind::parse(&m.kind).ok_or_else(|| {
-                        bad("contributor kind", &format_args!("{:?} is neither \"hq\" nor \"franchisee\"", m.kind))
-                    })?;
+                    let kind: OrgKind = m.kind.parse().map_err(|e| bad("contributor kind", &e))?;
                     Ok(Invitee { name: m.name.clone(), organisation: m.organisation.clone(), kind })
                 })
                 .collect::<Result<Vec<_>, String>>()?;

@@ -169,12 +169,21 @@ impl OrgKind {
             OrgKind::Franchisee => "franchisee",
         }
     }
+}
 
-    /// Parses [`OrgKind::as_str`]'s form; `None` for anything else.
-    pub fn parse(s: &str) -> Option<OrgKind> {
-        [OrgKind::Hq, OrgKind::Franchisee].into_iter().find(|k| k.as_str() == s)
+impl std::str::FromStr for OrgKind {
+    type Err = UnknownOrgKind;
+
+    /// Parses [`OrgKind::as_str`]'s form.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [OrgKind::Hq, OrgKind::Franchisee].into_iter().find(|k| k.as_str() == s).ok_or_else(|| UnknownOrgKind(s.into()))
     }
 }
+
+/// A text that is not an [`OrgKind`]'s string form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is neither \"hq\" nor \"franchisee\"")]
+pub struct UnknownOrgKind(String);
 
 /// What a party is allowed to do in the federation. Encoded as the certificate's
 /// `OU`.

@@ -43,7 +43,7 @@ pub fn roster_payload(
 
 /// An invitee's kind as the roster carries it (`hq` or `franchisee`).
 fn parse_kind(s: &str) -> Result<OrgKind, WireError> {
-    OrgKind::parse(s).ok_or_else(|| field("invited_kinds", format!("{s:?} is neither \"hq\" nor \"franchisee\"")))
+    s.parse::<OrgKind>().map_err(|e| field("invited_kinds", e.to_string()))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
