@@ -10,7 +10,7 @@ use fedcrm_audit::log::{AuditLog, LogIdentity, SystemClock, read_records};
 use fedcrm_audit::{report, verify};
 use fedcrm_node::approvals::{Approvals, when};
 use fedcrm_node::config::NodeConfig;
-use fedcrm_protocol::pki::{self, CaMaterial, Identity, SigningKey};
+use fedcrm_pki::{self as pki, CaMaterial, Identity, SigningKey};
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -173,7 +173,7 @@ pub fn verify(paths: &[PathBuf], ca: &Path, json: bool) -> Result<()> {
 }
 
 fn parse_day(s: &str) -> Result<time::Date> {
-    fedcrm_protocol::wire::parse_date(s).map_err(|e| anyhow::anyhow!("{e}"))
+    fedcrm_analysis::date::parse_date(s).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// `fedcrm audit report`.

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use fedcrm_protocol::pki::OrgKind;
+use fedcrm_pki::OrgKind;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::harness::{CDNOW, Cluster, ClusterOptions, NodeSpec, split_cdnow};
@@ -133,7 +133,7 @@ pub async fn run(o: DemoOptions) -> Result<()> {
     let mut logs = vec![cluster.coordinator.config.audit_dir.clone()];
     logs.extend(cluster.node_configs.iter().map(|c| c.audit_dir.clone()));
     let ca_pem = std::fs::read_to_string(cluster.pki.ca_path())?;
-    let ca_der = fedcrm_protocol::pki::pem_to_der_certs(&ca_pem)?.remove(0);
+    let ca_der = fedcrm_pki::pem_to_der_certs(&ca_pem)?.remove(0);
     if o.keep.is_some() {
         cluster.write_configs()?;
     }

@@ -17,9 +17,9 @@ use fedcrm_node::config::{CoordinatorEndpoint, NodeConfig};
 use fedcrm_node::data::{DataConfig, Format};
 use fedcrm_node::policy::Policy;
 use fedcrm_node::session::{self, NodeContext, SessionEnd, SessionError};
+use fedcrm_pki::{self as pki, CaMaterial, Identity, OrgKind, PrivateKeyPem, Role, Validity};
 use fedcrm_protocol::config::TlsFiles;
 use fedcrm_protocol::pb;
-use fedcrm_protocol::pki::{self, CaMaterial, Identity, OrgKind, PrivateKeyPem, Role, Validity};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 

@@ -8,9 +8,9 @@ use fedcrm_protocol::config::load_toml;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use fedcrm_pki as pki;
 use fedcrm_protocol::pb;
 use fedcrm_protocol::pb::analyst_client;
-use fedcrm_protocol::pki;
 use serde::{Deserialize, Serialize};
 use tonic::transport::{Channel, Endpoint};
 
@@ -65,7 +65,7 @@ async fn within<T>(
 impl AnalystClient {
     pub async fn connect(c: &HqConfig) -> Result<Self> {
         let m = c.tls.read()?;
-        let tls = pki::client_tls(&m.ca_pem, &m.cert_pem, &m.key, &c.server_name);
+        let tls = fedcrm_protocol::tls::client_tls(&m.ca_pem, &m.cert_pem, &m.key, &c.server_name);
         let ch = Endpoint::from_shared(c.url.clone())?
             .tls_config(tls)?
             .connect_timeout(Duration::from_secs(10))

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use fedcrm::hq::{AnalystClient, HqConfig, SegmentsView, segments_csv, segments_table};
-use fedcrm_protocol::pki::{self, Identity, OrgKind, Role, Validity};
+use fedcrm_pki::{self as pki, Identity, OrgKind, Role, Validity};
 
 /// fedcrm — privacy-preserving federated customer analytics.
 ///

@@ -44,12 +44,35 @@ fn set(v: &[&str]) -> BTreeSet<String> {
 fn dependencies_point_one_way() {
     let m = deps();
     assert_eq!(fedcrm_deps(&m, "fedcrm-crypto"), set(&[]));
-    assert_eq!(fedcrm_deps(&m, "fedcrm-protocol"), set(&["fedcrm-crypto"]));
-    assert_eq!(fedcrm_deps(&m, "fedcrm-audit"), set(&["fedcrm-protocol"]));
-    assert_eq!(fedcrm_deps(&m, "fedcrm-node"), set(&["fedcrm-audit", "fedcrm-crypto", "fedcrm-protocol"]));
-    assert_eq!(fedcrm_deps(&m, "fedcrm-coordinator"), set(&["fedcrm-audit", "fedcrm-crypto", "fedcrm-protocol"]));
+    assert_eq!(fedcrm_deps(&m, "fedcrm-pki"), set(&[]));
+    assert_eq!(fedcrm_deps(&m, "fedcrm-analysis"), set(&["fedcrm-pki"]));
+    assert_eq!(fedcrm_deps(&m, "fedcrm-audit"), set(&["fedcrm-analysis", "fedcrm-pki"]));
+    assert_eq!(fedcrm_deps(&m, "fedcrm-protocol"), set(&["fedcrm-analysis", "fedcrm-crypto", "fedcrm-pki"]));
+    let above = set(&["fedcrm-analysis", "fedcrm-audit", "fedcrm-crypto", "fedcrm-pki", "fedcrm-protocol"]);
+    assert_eq!(fedcrm_deps(&m, "fedcrm-node"), above);
+    assert_eq!(fedcrm_deps(&m, "fedcrm-coordinator"), above);
     for forbidden in ["tokio", "tonic", "prost", "tracing"] {
         assert!(!m["fedcrm-crypto"].contains(forbidden), "crypto must stay a pure leaf; it depends on {forbidden}");
+    }
+}
+
+/// The auditor's tool builds without gRPC: nothing in `fedcrm-audit`'s whole tree of
+/// normal dependencies is tonic, prost or protoc (they come with `fedcrm-protocol`).
+#[test]
+fn audit_builds_without_grpc() {
+    let out = std::process::Command::new(env!("CARGO"))
+        .args(["tree", "-p", "fedcrm-audit", "-e", "normal", "--prefix", "none", "--offline"])
+        .current_dir(root())
+        .output()
+        .expect("cargo tree runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tree = String::from_utf8(out.stdout).unwrap();
+    assert!(tree.contains("fedcrm-pki"), "cargo tree printed no fedcrm-pki:\n{tree}");
+    for line in tree.lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        for forbidden in ["tonic", "prost", "protoc"] {
+            assert!(!name.starts_with(forbidden), "fedcrm-audit depends on {name} (a gRPC crate)");
+        }
     }
 }
 
@@ -130,6 +153,8 @@ fn every_crate_forbids_unsafe_code() {
     for lib in [
         "src/lib.rs",
         "crypto/src/lib.rs",
+        "pki/src/lib.rs",
+        "analysis/src/lib.rs",
         "protocol/src/lib.rs",
         "audit/src/lib.rs",
         "node/src/lib.rs",
@@ -146,11 +171,11 @@ fn every_crate_forbids_unsafe_code() {
 fn secrets_never_print() {
     use fedcrm_crypto::keys::RoundSecret;
     use fedcrm_crypto::prg::MaskSeed;
-    use fedcrm_protocol::pki::{PrivateKeyPem, SigningKey, new_key_and_csr};
-    let (key, _) = new_key_and_csr(&fedcrm_protocol::pki::Identity {
+    use fedcrm_pki::{PrivateKeyPem, SigningKey, new_key_and_csr};
+    let (key, _) = new_key_and_csr(&fedcrm_pki::Identity {
         name: "n".into(),
         organisation: "o".into(),
-        role: fedcrm_protocol::pki::Role::Analyst,
+        role: fedcrm_pki::Role::Analyst,
     })
     .unwrap();
     let signing = SigningKey::from_pem(&key).unwrap();
@@ -174,8 +199,8 @@ fn no_secret_type_is_serializable() {
         ("crypto/src/prg.rs", "MaskSeed"),
         ("crypto/src/kdf.rs", "DerivedKey"),
         ("crypto/src/shamir.rs", "Share"),
-        ("protocol/src/pki.rs", "PrivateKeyPem"),
-        ("protocol/src/pki.rs", "SigningKey"),
+        ("pki/src/lib.rs", "PrivateKeyPem"),
+        ("pki/src/lib.rs", "SigningKey"),
     ] {
         let text = std::fs::read_to_string(root().join(file)).unwrap();
         let at = text.find(&format!("pub struct {ty}")).unwrap_or_else(|| panic!("{ty} not in {file}"));

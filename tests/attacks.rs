@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use fedcrm::harness::{CDNOW, Cluster, ClusterOptions, NodeSpec, split_cdnow};
+use fedcrm_analysis::rfm::{HistogramSpec, Layout, Metric, QuantileSearch};
 use fedcrm_audit::Event;
 use fedcrm_audit::log::read_records;
 use fedcrm_coordinator::config::ReleaseRules;
@@ -24,7 +25,6 @@ use fedcrm_crypto::{RoundId, SystemRandom};
 use fedcrm_node::analysis::local_vector;
 use fedcrm_node::egress::read_log;
 use fedcrm_node::session::{HeldShare, RoundTap};
-use fedcrm_protocol::rfm::{HistogramSpec, Layout, Metric, QuantileSearch};
 use fedcrm_protocol::wire::{AnalysisKind, RevealedShare, Sealed, SignedKeys, ViewSignature};
 
 /// Per-(node, round) records HQ collects.
@@ -383,7 +383,7 @@ async fn a6_split_views_cannot_strip_the_targets_masks() {
     // With t = 5 (n = 6, H = 2, c = 1), HQ shows fr-f2 a view where the target
     // dropped, and signs that view with its own nodes' keys.
     let loot = Loot::default();
-    let keys: Arc<Mutex<Vec<(String, fedcrm_protocol::pki::SigningKey)>>> = Arc::default();
+    let keys: Arc<Mutex<Vec<(String, fedcrm_pki::SigningKey)>>> = Arc::default();
     let signer_keys = keys.clone();
     let hooks = Hooks {
         tamper_view: Some(Arc::new(|node: &str, s: &mut Vec<String>, d: &mut Vec<String>| {
@@ -407,8 +407,8 @@ async fn a6_split_views_cannot_strip_the_targets_masks() {
     let cluster = Cluster::start_with_hooks(opts(roster(&loot, 2, &names)), hooks).await.unwrap();
     for n in ["hq-1", "hq-2"] {
         let pem = std::fs::read_to_string(cluster.pki.dir.join(format!("{n}.key"))).unwrap();
-        let key = fedcrm_protocol::pki::PrivateKeyPem::new(pem);
-        keys.lock().unwrap().push((n.into(), fedcrm_protocol::pki::SigningKey::from_pem(&key).unwrap()));
+        let key = fedcrm_pki::PrivateKeyPem::new(pem);
+        keys.lock().unwrap().push((n.into(), fedcrm_pki::SigningKey::from_pem(&key).unwrap()));
     }
     let _ = cluster.coordinator.run_histograms(&common::request("A6 split view"), coarse()).await;
     // fr-f2 signed its view but never got t signatures on it, so revealed nothing.
@@ -425,9 +425,7 @@ async fn a6_split_views_cannot_strip_the_targets_masks() {
         .iter()
         .map(|n| cluster.node_configs.iter().find(|c| c.name == *n).unwrap().audit_dir.clone())
         .collect();
-    let ca = fedcrm_protocol::pki::pem_to_der_certs(&std::fs::read_to_string(cluster.pki.ca_path()).unwrap())
-        .unwrap()
-        .remove(0);
+    let ca = fedcrm_pki::pem_to_der_certs(&std::fs::read_to_string(cluster.pki.ca_path()).unwrap()).unwrap().remove(0);
     let _dir = cluster.stop().await;
     // The verifier's clock: just after the last record (never the real calendar).
     let now = dirs.iter().flat_map(|d| read_records(d).unwrap()).map(|r| r.time_ms).max().unwrap() + 60_000;

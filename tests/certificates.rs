@@ -12,9 +12,9 @@ use fedcrm::harness::{BrandPki, Cluster, ClusterOptions, NodeSpec};
 use fedcrm_audit::Event;
 use fedcrm_coordinator::config::Enrolled;
 use fedcrm_node::session::{SessionError, run_session};
-use fedcrm_protocol::pki::crl::Reason;
-use fedcrm_protocol::pki::tls::Refusal;
-use fedcrm_protocol::pki::{self, Identity, OrgKind, Role, Validity};
+use fedcrm_pki::crl::Reason;
+use fedcrm_pki::tls::Refusal;
+use fedcrm_pki::{self as pki, Identity, OrgKind, Role, Validity};
 use time::OffsetDateTime;
 
 async fn cluster() -> Cluster {

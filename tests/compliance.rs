@@ -14,13 +14,13 @@ use fedcrm_audit::verify::{Problem, verify_paths};
 use fedcrm_audit::{Event, log::read_records};
 use fedcrm_node::approvals::Approvals;
 use fedcrm_node::egress::read_log;
+use fedcrm_pki::OrgKind;
 use fedcrm_protocol::pb;
-use fedcrm_protocol::pki::OrgKind;
 use prost::Message;
 
 fn ca_der(cluster: &Cluster) -> Vec<u8> {
     let pem = std::fs::read_to_string(cluster.pki.ca_path()).unwrap();
-    fedcrm_protocol::pki::pem_to_der_certs(&pem).unwrap().remove(0)
+    fedcrm_pki::pem_to_der_certs(&pem).unwrap().remove(0)
 }
 
 fn log_paths(cluster: &Cluster) -> Vec<PathBuf> {

@@ -15,9 +15,10 @@ use fedcrm::hq::SegmentsView;
 use fedcrm_audit::Event;
 use fedcrm_coordinator::registry::{IN_FLIGHT_BYTES, INBOUND_BYTES};
 use fedcrm_crypto::RoundId;
+use fedcrm_pki as pki;
+use fedcrm_protocol::MAX_MESSAGE_BYTES;
 use fedcrm_protocol::pb;
 use fedcrm_protocol::wire::{self, FromNode, MaskedChunk, ToNode};
-use fedcrm_protocol::{MAX_MESSAGE_BYTES, pki};
 use tokio::sync::{mpsc, watch};
 
 const FLOODER: &str = "node-flood";
@@ -47,7 +48,7 @@ fn rss() -> usize {
 
 /// The largest masked chunk the server decodes, for `round`, with the flooder's
 /// signed log head (a valid signature: it reaches the receipt check).
-fn max_chunk(round: RoundId, receipt: &wire::Receipt) -> pb::NodeMessage {
+fn max_chunk(round: RoundId, receipt: &fedcrm_pki::Receipt) -> pb::NodeMessage {
     // Room for the envelope (ids, hashes, the receipt) under MAX_MESSAGE_BYTES.
     let words = (MAX_MESSAGE_BYTES - 4096) / 8;
     let c = MaskedChunk { round, index: 0, count: 1, offset: 0, words: (0..words as u64).collect() };
@@ -74,14 +75,14 @@ async fn a_flooding_node_cannot_grow_the_coordinator_or_its_log_and_the_others_r
     let one_row = " customer_id  date number_of_cds  dollar_value\n 00001 19970101  1   11.77\n";
     let cfg = cluster.node_config(&NodeSpec::franchisee(FLOODER, one_row.into())).unwrap();
     let ctx = cluster.node_context(&cfg).unwrap();
-    let receipt = wire::Receipt::from(ctx.audit.lock().unwrap().signed_head().unwrap());
+    let receipt = fedcrm_pki::Receipt::from(ctx.audit.lock().unwrap().signed_head().unwrap());
     let hello = FromNode::Hello {
         version: wire::VERSION.into(),
         software: "flood test".into(),
         node: FLOODER.into(),
         rules: ctx.policy.rules(),
     };
-    let tls = pki::client_tls(&ctx.ca_pem, &ctx.cert_pem, &ctx.key, COORDINATOR_NAME);
+    let tls = fedcrm_protocol::tls::client_tls(&ctx.ca_pem, &ctx.cert_pem, &ctx.key, COORDINATOR_NAME);
     let channel = tonic::transport::Endpoint::from_shared(cfg.coordinator.url.clone())
         .unwrap()
         .tls_config(tls)

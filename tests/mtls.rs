@@ -8,8 +8,8 @@ use common::cdnow_nodes;
 use fedcrm::harness::{BrandPki, COORDINATOR_NAME, Cluster, ClusterOptions, NodeSpec};
 use fedcrm_coordinator::config::{CoordinatorConfig, Enrolled, TlsFiles};
 use fedcrm_node::session::{SessionError, run_session};
-use fedcrm_protocol::pki::tls::Refusal;
-use fedcrm_protocol::pki::{Identity, OrgKind, Role, Validity};
+use fedcrm_pki::tls::Refusal;
+use fedcrm_pki::{Identity, OrgKind, Role, Validity};
 use time::OffsetDateTime;
 
 async fn cluster() -> Cluster {
@@ -198,8 +198,9 @@ async fn a_second_process_on_one_audit_directory_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incompatible_protocol_version_is_rejected_with_a_clear_message() {
+    use fedcrm_pki::PrivateKeyPem;
     use fedcrm_protocol::pb;
-    use fedcrm_protocol::pki::{PrivateKeyPem, client_tls};
+    use fedcrm_protocol::tls::client_tls;
     let cluster = cluster().await;
     let cfg = cluster.node_config(&spec("node-7")).unwrap();
     let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap();

@@ -13,7 +13,7 @@ use std::time::Duration;
 use fedcrm::harness::{BrandPki, CDNOW, split_cdnow};
 use fedcrm::hq::{AnalystClient, HqConfig, SegmentsView};
 use fedcrm_audit::Event;
-use fedcrm_protocol::pki::{Identity, OrgKind, Role, Validity};
+use fedcrm_pki::{Identity, OrgKind, Role, Validity};
 
 const REFERENCE: &str = "1997-09-30";
 const COORDINATOR: &str = "coordinator.fedcrm.test";
@@ -263,7 +263,7 @@ async fn nodes_reconnect_after_the_coordinator_is_killed_mid_round_and_sigterm_e
         assert!(matches!(last.event, Event::Seal { .. }), "{} ends with {:?}, not a seal", l.display(), last.event);
     }
     let ca = std::fs::read_to_string(d.root().join("ca/ca.pem")).unwrap();
-    let ca = fedcrm_protocol::pki::pem_to_der_certs(&ca).unwrap().remove(0);
+    let ca = fedcrm_pki::pem_to_der_certs(&ca).unwrap().remove(0);
     let verified = fedcrm_audit::verify::verify_paths(&logs, &ca).expect("the logs verify");
     assert_eq!(verified.logs.len(), NODES + 1);
     assert!(verified.receipts_checked > 0);

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use common::{REFERENCE, cdnow_nodes};
 use fedcrm::harness::{Cluster, ClusterOptions, NodeSpec};
+use fedcrm_analysis::rfm::{HistogramSpec, Metric, QuantileSearch};
 use fedcrm_audit::Event;
 use fedcrm_audit::log::read_records;
 use fedcrm_coordinator::config::ReleaseRules;
@@ -19,8 +20,7 @@ use fedcrm_crypto::secagg;
 use fedcrm_node::analysis::local_vector;
 use fedcrm_node::egress::read_log;
 use fedcrm_node::session::{DropAt, FalseReport};
-use fedcrm_protocol::pki;
-use fedcrm_protocol::rfm::{HistogramSpec, Metric, QuantileSearch};
+use fedcrm_pki as pki;
 use fedcrm_protocol::wire::AnalysisKind;
 
 fn specs() -> Vec<HistogramSpec> {
@@ -449,7 +449,7 @@ async fn silent_node_is_dropped_at_the_phase_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_vectors_travel_in_chunks_below_the_grpc_limit() {
-    use fedcrm_protocol::rfm::Layout;
+    use fedcrm_analysis::rfm::Layout;
     // 2^20 one-cent bins of spend: d = 1,048,576 words = 8 MiB per node, twice
     // tonic's default 4 MiB message limit, sent as 16 chunks of 512 KiB.
     let spec = HistogramSpec { metric: Metric::Monetary, layout: Layout::Linear { lo: 0, width: 1, bins: 1 << 20 } };

@@ -23,8 +23,7 @@ use std::io::{self, Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use fedcrm_protocol::pki::{self, PkiError, SigningKey};
-use fedcrm_protocol::wire;
+use fedcrm_pki::{self as pki, PkiError, Receipt, SigningKey};
 use serde::{Deserialize, Serialize};
 
 use crate::record::{Event, Record};
@@ -234,7 +233,7 @@ impl SignedHead {
     }
 
     /// The signed head of `party` as a message carried it.
-    pub fn from_wire(party: impl Into<String>, r: &wire::Receipt) -> Self {
+    pub fn from_wire(party: impl Into<String>, r: &Receipt) -> Self {
         SignedHead { party: party.into(), seq: r.seq, time_ms: r.time_ms, head: r.head, signature: r.signature.clone() }
     }
 
@@ -254,9 +253,9 @@ impl SignedHead {
 }
 
 /// The wire form, to attach to a message.
-impl From<SignedHead> for wire::Receipt {
+impl From<SignedHead> for Receipt {
     fn from(s: SignedHead) -> Self {
-        wire::Receipt { seq: s.seq, time_ms: s.time_ms, head: s.head, signature: s.signature }
+        Receipt { seq: s.seq, time_ms: s.time_ms, head: s.head, signature: s.signature }
     }
 }
 

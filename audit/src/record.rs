@@ -7,6 +7,9 @@
 //! Records hold sizes, hashes, names, parameters and reasons — never customer data,
 //! message content or secrets.
 
+use fedcrm_analysis::date::parse_date;
+use fedcrm_analysis::rules::{Coverage, Invitee, Unmasked};
+use fedcrm_pki::OrgKind;
 use serde::{Deserialize, Serialize};
 
 /// Format version, bound into every signature.
@@ -43,14 +46,10 @@ pub struct Member {
     pub kind: String,
 }
 
-impl From<&fedcrm_protocol::wire::Invitee> for Member {
+impl From<&Invitee> for Member {
     /// A round's invitee as the audit log records it.
-    fn from(i: &fedcrm_protocol::wire::Invitee) -> Self {
-        Member {
-            name: i.name.clone(),
-            organisation: i.organisation.clone(),
-            kind: fedcrm_protocol::wire::kind_str(i.kind).to_string(),
-        }
+    fn from(i: &Invitee) -> Self {
+        Member { name: i.name.clone(), organisation: i.organisation.clone(), kind: i.kind.as_str().to_string() }
     }
 }
 
@@ -314,35 +313,32 @@ impl Record {
     /// A `contributed` record as the sum it names, and whether it replaces the earlier
     /// records of its round (stage `unmasked`). `Err` when such a record does not
     /// parse: callers rebuilding a differencing guard fail closed on it.
-    pub fn contributed_sum(&self) -> Option<Result<(fedcrm_protocol::rules::Unmasked, bool), String>> {
-        use fedcrm_protocol::wire;
+    pub fn contributed_sum(&self) -> Option<Result<(Unmasked, bool), String>> {
         let Event::Contributed { round, family, window_from, window_to, contributors, stage, .. } = &self.event else {
             return None;
         };
-        let parse = || -> Result<(fedcrm_protocol::rules::Unmasked, bool), String> {
-            let bad = |what: &str, e: wire::WireError| format!("record {} of {}: {what}: {e}", self.seq, self.party);
+        let parse = || -> Result<(Unmasked, bool), String> {
+            let bad =
+                |what: &str, e: &dyn std::fmt::Display| format!("record {} of {}: {what}: {e}", self.seq, self.party);
             let from = if window_from.is_empty() {
                 None
             } else {
-                Some(wire::parse_date(window_from).map_err(|e| bad("window_from", e))?)
+                Some(parse_date(window_from).map_err(|e| bad("window_from", &e))?)
             };
             let contributors = contributors
                 .iter()
                 .map(|m| {
-                    Ok(wire::Invitee {
-                        name: m.name.clone(),
-                        organisation: m.organisation.clone(),
-                        kind: wire::parse_kind(&m.kind).map_err(|e| bad("contributor kind", e))?,
-                    })
+                    let kind: OrgKind = m.kind.parse().map_err(|e| bad("contributor kind", &e))?;
+                    Ok(Invitee { name: m.name.clone(), organisation: m.organisation.clone(), kind })
                 })
                 .collect::<Result<Vec<_>, String>>()?;
-            let sum = fedcrm_protocol::rules::Unmasked {
+            let sum = Unmasked {
                 round: round.clone(),
                 time_ms: self.time_ms,
-                coverage: fedcrm_protocol::rules::Coverage {
+                coverage: Coverage {
                     family: family.clone(),
                     from,
-                    to: wire::parse_date(window_to).map_err(|e| bad("window_to", e))?,
+                    to: parse_date(window_to).map_err(|e| bad("window_to", &e))?,
                 },
                 contributors,
             };

@@ -53,7 +53,7 @@ fn append_seal_reopen_continues_the_chain() {
             assert_eq!(*upto_seq, 3);
             assert_eq!(*seal_head, hex::encode(appended[2].head));
             let signature = hex::decode(signature_hex).unwrap();
-            fedcrm_protocol::pki::verify_signature(
+            fedcrm_pki::verify_signature(
                 &node.cert_der,
                 &head_payload("store-1.brand", 3, records[3].time_ms, &appended[2].head),
                 &signature,

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, RwLock};
 
-use fedcrm_protocol::pki::{self, Identity, OrgKind, Role};
+use fedcrm_pki::{self as pki, Identity, OrgKind, Role};
 
 use crate::config::Enrolled;
 

@@ -21,10 +21,10 @@ pub mod tls;
 use std::sync::Arc;
 
 use fedcrm_audit::log::{AuditLog, LogIdentity, SystemClock};
+use fedcrm_pki::{self as pki, SigningKey};
 use fedcrm_protocol::MAX_MESSAGE_BYTES;
 use fedcrm_protocol::pb::analyst_server::AnalystServer;
 use fedcrm_protocol::pb::coordinator_server::CoordinatorServer;
-use fedcrm_protocol::pki::{self, SigningKey};
 use tokio::sync::{Mutex, mpsc};
 
 use crate::audit::SharedLog;
@@ -56,7 +56,7 @@ pub struct Coordinator {
     hooks: Hooks,
     /// Sums this coordinator unmasked (from its audit log, then every round), to plan
     /// rounds under the nodes' differencing rule.
-    history: std::sync::Mutex<Vec<fedcrm_protocol::rules::Unmasked>>,
+    history: std::sync::Mutex<Vec<fedcrm_analysis::rules::Unmasked>>,
     /// Set once on SIGINT/SIGTERM: running rounds end unreleased, new ones refuse.
     stopping: tokio::sync::watch::Sender<bool>,
 }
@@ -82,8 +82,8 @@ pub(crate) fn now_ms() -> u64 {
 
 /// The sums recorded as `contributed` in an audit log (an unmasked U3 replaces its
 /// round's U2). A record that does not parse stops the coordinator.
-fn unmasked_from(records: &[fedcrm_audit::Record]) -> Result<Vec<fedcrm_protocol::rules::Unmasked>, ServeError> {
-    let mut out: Vec<fedcrm_protocol::rules::Unmasked> = Vec::new();
+fn unmasked_from(records: &[fedcrm_audit::Record]) -> Result<Vec<fedcrm_analysis::rules::Unmasked>, ServeError> {
+    let mut out: Vec<fedcrm_analysis::rules::Unmasked> = Vec::new();
     for r in records {
         if let Some(sum) = r.contributed_sum() {
             let (sum, replaces) = sum.map_err(ServeError::History)?;
@@ -278,7 +278,7 @@ impl Coordinator {
 
     /// Remember a sum the nodes' inputs may be in (its audit record is already
     /// written); an unmasked U3 replaces the round's earlier U2.
-    pub(crate) fn remember(&self, u: fedcrm_protocol::rules::Unmasked, unmasked: bool) {
+    pub(crate) fn remember(&self, u: fedcrm_analysis::rules::Unmasked, unmasked: bool) {
         let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
         if unmasked {
             history.retain(|h| h.round != u.round);
@@ -290,7 +290,7 @@ impl Coordinator {
     /// (or, in tests with the `force_threshold` hook, all of them with that threshold).
     pub(crate) fn plan(
         &self,
-        coverage: &fedcrm_protocol::rules::Coverage,
+        coverage: &fedcrm_analysis::rules::Coverage,
     ) -> Result<plan::Plan, crate::round::RoundError> {
         if *self.stopping.borrow() {
             return Err(crate::round::RoundError::ShuttingDown);

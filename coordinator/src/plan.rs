@@ -1,5 +1,5 @@
 //! Planning a round every invitee accepts: the coordinator evaluates each node's
-//! announced rules ([`fedcrm_protocol::rules`]) before it starts, so the analyst
+//! announced rules ([`fedcrm_analysis::rules`]) before it starts, so the analyst
 //! learns at once why an analysis cannot run (which rule, which node, which roster)
 //! and, for the differencing rule, when it can. The nodes enforce the same rules
 //! themselves whatever the coordinator decides; this only saves a round that would
@@ -12,8 +12,8 @@
 
 use std::collections::BTreeMap;
 
-use fedcrm_protocol::rules::{self, Coverage, Stage, Unmasked};
-use fedcrm_protocol::wire::Invitee;
+use fedcrm_analysis::rules::Invitee;
+use fedcrm_analysis::rules::{self, Coverage, Stage, Unmasked};
 
 use crate::registry::Participant;
 

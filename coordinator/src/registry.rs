@@ -16,10 +16,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use fedcrm_analysis::rules::NodeRules;
 use fedcrm_crypto::RoundId;
+use fedcrm_pki::OrgKind;
+use fedcrm_pki::Receipt;
 use fedcrm_protocol::pb;
-use fedcrm_protocol::pki::OrgKind;
-use fedcrm_protocol::wire::{self, Envelope, FromNode, NodeRules, Receipt, ToNode};
+use fedcrm_protocol::wire::{self, Envelope, FromNode, ToNode};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tonic::Status;
 
@@ -75,8 +77,8 @@ pub struct Participant {
 
 impl Participant {
     /// As named in a signed roster.
-    pub fn invitee(&self) -> fedcrm_protocol::wire::Invitee {
-        fedcrm_protocol::wire::Invitee {
+    pub fn invitee(&self) -> fedcrm_analysis::rules::Invitee {
+        fedcrm_analysis::rules::Invitee {
             name: self.name.clone(),
             organisation: self.organisation.clone(),
             kind: self.kind,

@@ -9,12 +9,11 @@
 
 use serde::Serialize;
 
-use fedcrm_protocol::rfm::{Cuts, Segment};
+use fedcrm_analysis::rfm::{Cuts, Segment};
 
 use fedcrm_audit::{Event, Member};
 use fedcrm_crypto::CryptoError;
 use fedcrm_crypto::secagg::{Revealed, Unmasking};
-use fedcrm_protocol::wire;
 
 use crate::audit::{SharedLog, record};
 use crate::config::ReleaseRules;
@@ -102,7 +101,7 @@ fn log_release(
         .iter()
         .zip(&out.organisations)
         .zip(&out.kinds)
-        .map(|((n, o), k)| Member { name: n.clone(), organisation: o.clone(), kind: wire::kind_str(*k).to_string() })
+        .map(|((n, o), k)| Member { name: n.clone(), organisation: o.clone(), kind: k.as_str().to_string() })
         .collect();
     record(
         audit,

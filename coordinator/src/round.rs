@@ -20,13 +20,14 @@ mod hooks;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use fedcrm_analysis::rules::Invitee;
 use fedcrm_audit::{Event as AuditEvent, Member};
 use fedcrm_crypto::secagg::{self, Aggregator, PeerKeys, Phase, Revealed, RoundParams, Unmasking};
 use fedcrm_crypto::shamir::Share;
 use fedcrm_crypto::{RoundId, SystemRandom};
-use fedcrm_protocol::pki::{self, OrgKind};
+use fedcrm_pki::{self as pki, OrgKind};
 use fedcrm_protocol::wire::{
-    self, Analysis, Exclusion, FromNode, Invitee, RevealedShare, RoundStart, Sealed, SignedKeys, ToNode, UnopenedShare,
+    self, Analysis, Exclusion, FromNode, RevealedShare, RoundStart, Sealed, SignedKeys, ToNode, UnopenedShare,
     ViewSignature,
 };
 use tokio::sync::mpsc;
@@ -234,7 +235,7 @@ impl Round<'_, '_> {
         let stage = if unmasked { "unmasked" } else { "masked" };
         record(&self.runner.coordinator.audit, contributed(self.id, analysis, &coverage, &contributors, stage))
             .map_err(|e| self.local(e))?;
-        let sum = fedcrm_protocol::rules::Unmasked {
+        let sum = fedcrm_analysis::rules::Unmasked {
             round: self.id.to_hex(),
             time_ms: crate::now_ms(),
             coverage,
@@ -844,7 +845,7 @@ impl Round<'_, '_> {
 fn contributed(
     round: RoundId,
     analysis: &Analysis,
-    coverage: &fedcrm_protocol::rules::Coverage,
+    coverage: &fedcrm_analysis::rules::Coverage,
     contributors: &[Invitee],
     stage: &str,
 ) -> AuditEvent {
@@ -853,8 +854,8 @@ fn contributed(
         round: round.to_hex(),
         analysis: analysis.analysis_id.clone(),
         family: coverage.family.clone(),
-        window_from: coverage.from.map(wire::format_date).unwrap_or_default(),
-        window_to: wire::format_date(coverage.to),
+        window_from: coverage.from.map(fedcrm_analysis::date::format_date).unwrap_or_default(),
+        window_to: fedcrm_analysis::date::format_date(coverage.to),
         contributors: contributors.iter().map(Member::from).collect(),
     }
 }

@@ -1,6 +1,6 @@
 //! The RFM segment analysis across all nodes: global exact quintile cut points from
 //! secure-aggregated histograms (one power-of-two pass, then refinement passes), then
-//! one round of segment counts under those cuts. Definitions: `fedcrm_protocol::rfm`.
+//! one round of segment counts under those cuts. Definitions: `fedcrm_analysis::rfm`.
 //!
 //! Every round of one analysis must have the same contributors, or the cuts would
 //! mix different populations. If a node drops *between* rounds the analysis stops
@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use fedcrm_protocol::rfm::{Cuts, HistogramSpec, Metric, QuantileSearch};
+use fedcrm_analysis::rfm::{Cuts, HistogramSpec, Metric, QuantileSearch};
 use fedcrm_protocol::wire::{Analysis, AnalysisKind};
 use serde::Serialize;
 
@@ -65,7 +65,7 @@ pub enum AnalysisError {
     #[error(transparent)]
     Release(#[from] release::ReleaseError),
     #[error("quantile search: {0}")]
-    Quantile(#[from] fedcrm_protocol::rfm::QuantileError),
+    Quantile(#[from] fedcrm_analysis::rfm::QuantileError),
     #[error(
         "a node left between rounds of the analysis, so it stops without a result (re-running it over the \
          remaining nodes would let the coordinator subtract one node's data); run it again later. Left:{exits}"
@@ -161,7 +161,7 @@ impl Coordinator {
             analyst: r.requested_by.clone(),
             organisation: r.requested_by_organisation.clone(),
             purpose: r.purpose.clone(),
-            parameters: serde_json::json!({ "reference_date": fedcrm_protocol::wire::format_date(r.reference_date) }),
+            parameters: serde_json::json!({ "reference_date": fedcrm_analysis::date::format_date(r.reference_date) }),
         })
         .map_err(|e| AnalysisError::Audit(e.to_string()))?;
         Ok(id)

@@ -5,8 +5,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fedcrm_pki::{self as pki, Identity, Role};
 use fedcrm_protocol::pb;
-use fedcrm_protocol::pki::{self, Identity, Role};
 use fedcrm_protocol::wire::{self, FromNode, ToNode};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -19,7 +19,7 @@ use crate::registry::{Participant, StillConnected};
 use crate::segments::AnalysisError;
 use fedcrm_audit::Event as AuditEvent;
 use fedcrm_audit::log::SignedHead;
-use fedcrm_protocol::wire::Receipt;
+use fedcrm_pki::Receipt;
 
 /// The caller's identity from its client certificate, checked against the current
 /// CRL on every call: a connection opened before a revocation does not outlive it.
@@ -146,7 +146,7 @@ impl NodeService {
         tx.send(Ok(welcome)).await.map_err(|_| Status::cancelled("session closed"))?;
         let kind = match id.role {
             Role::Node(k) => k,
-            _ => fedcrm_protocol::pki::OrgKind::Franchisee,
+            _ => fedcrm_pki::OrgKind::Franchisee,
         };
         record(
             &c.audit,
@@ -287,7 +287,8 @@ impl pb::analyst_server::Analyst for AnalystService {
     async fn run_segments(&self, req: Request<pb::SegmentsRequest>) -> Result<Response<pb::SegmentsReply>, Status> {
         let who = require_analyst(&self.0, &req)?;
         let r = req.into_inner();
-        let date = wire::parse_date(&r.reference_date).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let date =
+            wire::parse_reference_date(&r.reference_date).map_err(|e| Status::invalid_argument(e.to_string()))?;
         if r.purpose.trim().is_empty() {
             return Err(Status::invalid_argument(
                 "state the purpose of the analysis (--purpose); nodes see and log it",

@@ -1,5 +1,5 @@
 //! The coordinator's TLS front door: it drives each handshake itself (tokio-rustls,
-//! with [`fedcrm_protocol::pki::tls::server_config`]: brand CA, `clientAuth`, the
+//! with [`fedcrm_pki::tls::server_config`]: brand CA, `clientAuth`, the
 //! CRL) and hands only finished mutual-TLS streams to tonic. A refused handshake
 //! is logged — one tracing warning and one `SessionRefused` audit record naming the
 //! presented certificate's holder and the reason — at most once per (peer, reason)
@@ -11,9 +11,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 
+use fedcrm_pki::tls::{Refusal, RefusalHook, server_config};
+use fedcrm_pki::{self as pki, TLS_HANDSHAKE_TIMEOUT};
 use fedcrm_protocol::config::TlsFiles;
-use fedcrm_protocol::pki::tls::{Refusal, RefusalHook, server_config};
-use fedcrm_protocol::pki::{self, TLS_HANDSHAKE_TIMEOUT};
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};

@@ -1,7 +1,7 @@
 //! What the node computes for a round: its local contribution vector, from its own
 //! features. The vector never leaves unmasked; see [`crate::session`].
 
-use fedcrm_protocol::rfm::{self, CustomerRfm};
+use fedcrm_analysis::rfm::{self, CustomerRfm};
 use fedcrm_protocol::wire::{Analysis, AnalysisKind};
 
 /// The local (unmasked) contribution for `analysis`.

@@ -9,7 +9,8 @@
 
 use std::path::{Path, PathBuf};
 
-use fedcrm_protocol::wire::{Analysis, format_date};
+use fedcrm_analysis::date::format_date;
+use fedcrm_protocol::wire::Analysis;
 use serde::{Deserialize, Serialize};
 
 /// A request waiting for approval.
@@ -260,8 +261,9 @@ impl Approvals {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fedcrm_protocol::rfm::Cuts;
-    use fedcrm_protocol::wire::{AnalysisKind, parse_date};
+    use fedcrm_analysis::date::parse_date;
+    use fedcrm_analysis::rfm::Cuts;
+    use fedcrm_protocol::wire::AnalysisKind;
 
     fn analysis() -> Analysis {
         Analysis {

@@ -14,8 +14,9 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
-use fedcrm_protocol::rfm::{HistogramSpec, Layout, Metric, QuantileSearch};
-use fedcrm_protocol::wire::{Analysis, AnalysisKind, format_date};
+use fedcrm_analysis::date::format_date;
+use fedcrm_analysis::rfm::{HistogramSpec, Layout, Metric, QuantileSearch};
+use fedcrm_protocol::wire::{Analysis, AnalysisKind};
 
 use crate::policy::HistogramLimits;
 
@@ -25,7 +26,7 @@ pub const RFM_SEGMENTS: &str = "rfm-segments";
 pub const RFM_HISTOGRAMS: &str = "rfm-histograms";
 
 /// Most histograms of one metric in a round: one per quintile cut point,
-/// as the exact quantile search asks (`fedcrm_protocol::rfm::QuantileSearch::next_specs`).
+/// as the exact quantile search asks (`fedcrm_analysis::rfm::QuantileSearch::next_specs`).
 pub const MAX_REFINEMENTS_PER_METRIC: usize = 4;
 
 /// How a round relates to the analyses this node knows.
@@ -234,11 +235,11 @@ pub fn describe(a: &Analysis) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fedcrm_protocol::rfm::Cuts;
+    use fedcrm_analysis::rfm::Cuts;
 
     fn analysis(id: &str, kind: AnalysisKind) -> Analysis {
         Analysis {
-            reference_date: fedcrm_protocol::wire::parse_date("2026-10-31").unwrap(),
+            reference_date: fedcrm_analysis::date::parse_date("2026-10-31").unwrap(),
             purpose: "p".into(),
             requested_by: "a".into(),
             requested_by_organisation: "HQ".into(),

@@ -1,7 +1,7 @@
 //! The node's differencing guard, by population: it refuses to help unmask a sum
 //! whose contributors differ, by too few organisations, from those of a sum it
 //! already helped unmask over overlapping data (the rule is
-//! [`fedcrm_protocol::rules::check_differencing`]). Keyed on what is computed
+//! [`fedcrm_analysis::rules::check_differencing`]). Keyed on what is computed
 //! (analysis family and data window) and who contributes, never on the exact query
 //! bytes, and persisted: every sum its input may be in is an [`Event::Contributed`]
 //! record in the node's audit log — over U2 before it masks, replaced by U3 before it
@@ -15,9 +15,9 @@
 
 use std::sync::Mutex;
 
+use fedcrm_analysis::rules::{self, Coverage, Unmasked};
+use fedcrm_analysis::rules::{Invitee, NodeRules};
 use fedcrm_audit::{Event, Member};
-use fedcrm_protocol::rules::{self, Coverage, Unmasked};
-use fedcrm_protocol::wire::{self, Invitee, NodeRules};
 
 /// When a sum was recorded, which decides how a record replaces earlier ones of its round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,15 +98,15 @@ pub fn record(u: &Unmasked, analysis: &str, stage: Recorded) -> Event {
         round: u.round.clone(),
         analysis: analysis.to_string(),
         family: u.coverage.family.clone(),
-        window_from: u.coverage.from.map(wire::format_date).unwrap_or_default(),
-        window_to: wire::format_date(u.coverage.to),
+        window_from: u.coverage.from.map(fedcrm_analysis::date::format_date).unwrap_or_default(),
+        window_to: fedcrm_analysis::date::format_date(u.coverage.to),
         contributors: u
             .contributors
             .iter()
             .map(|i| Member {
                 name: i.name.clone(),
                 organisation: i.organisation.clone(),
-                kind: wire::kind_str(i.kind).to_string(),
+                kind: i.kind.as_str().to_string(),
             })
             .collect(),
     }
@@ -115,7 +115,7 @@ pub fn record(u: &Unmasked, analysis: &str, stage: Recorded) -> Event {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fedcrm_protocol::pki::OrgKind;
+    use fedcrm_pki::OrgKind;
 
     fn fr(n: &str) -> Invitee {
         Invitee { name: n.into(), organisation: format!("{n} ltd"), kind: OrgKind::Franchisee }
@@ -123,7 +123,7 @@ mod tests {
 
     #[test]
     fn the_guard_is_rebuilt_from_the_audit_records() {
-        let day = |d| wire::parse_date(&format!("2026-10-{d:02}")).unwrap();
+        let day = |d| fedcrm_analysis::date::parse_date(&format!("2026-10-{d:02}")).unwrap();
         let six: Vec<Invitee> = ["a", "b", "c", "d", "e", "f"].iter().map(|n| fr(n)).collect();
         let sum = Unmasked {
             round: "r1".into(),

@@ -20,10 +20,11 @@ use fedcrm_audit::Event;
 use fedcrm_audit::log::AuditError;
 use fedcrm_crypto::RoundId;
 use fedcrm_crypto::secagg::Phase;
+use fedcrm_pki::Receipt;
 use fedcrm_protocol::MAX_MESSAGE_BYTES;
 use fedcrm_protocol::pb;
 use fedcrm_protocol::pb::coordinator_client::CoordinatorClient;
-use fedcrm_protocol::wire::{self, FromNode, Receipt};
+use fedcrm_protocol::wire::{self, FromNode};
 use prost::Message;
 use ring::digest;
 use std::task::{Context, Poll};
@@ -284,23 +285,22 @@ mod tests {
     #[tokio::test]
     async fn a_phase_not_cleared_by_the_rules_cannot_leave() {
         let dir = tempfile::tempdir().unwrap();
-        let id = fedcrm_protocol::pki::Identity {
+        let id = fedcrm_pki::Identity {
             name: "node-1".into(),
             organisation: "n1 ltd".into(),
-            role: fedcrm_protocol::pki::Role::Node(fedcrm_protocol::pki::OrgKind::Franchisee),
+            role: fedcrm_pki::Role::Node(fedcrm_pki::OrgKind::Franchisee),
         };
-        let ca = fedcrm_protocol::pki::ca_init("brand", 30).unwrap();
-        let (key, csr) = fedcrm_protocol::pki::new_key_and_csr(&id).unwrap();
-        let (cert, _) =
-            fedcrm_protocol::pki::sign_csr(&ca, &csr, fedcrm_protocol::pki::Validity::days_from_now(30)).unwrap();
-        let cert_der = fedcrm_protocol::pki::pem_to_der_certs(&cert).unwrap().remove(0);
+        let ca = fedcrm_pki::ca_init("brand", 30).unwrap();
+        let (key, csr) = fedcrm_pki::new_key_and_csr(&id).unwrap();
+        let (cert, _) = fedcrm_pki::sign_csr(&ca, &csr, fedcrm_pki::Validity::days_from_now(30)).unwrap();
+        let cert_der = fedcrm_pki::pem_to_der_certs(&cert).unwrap().remove(0);
         let identity = LogIdentity {
             certificate_der: cert_der,
             role: "fedcrm-node-franchisee".into(),
             organisation: "n1 ltd".into(),
             software: "t".into(),
         };
-        let signer = fedcrm_protocol::pki::SigningKey::from_pem(&key).unwrap();
+        let signer = fedcrm_pki::SigningKey::from_pem(&key).unwrap();
         let log = AuditLog::open(dir.path(), "node-1", identity, signer, AuditConfig::default(), Arc::new(SystemClock))
             .unwrap();
         let (mut egress, _outbound) = Egress::open(Arc::new(Mutex::new(log)));

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use fedcrm_protocol::rfm::CustomerRfm;
+use fedcrm_analysis::rfm::CustomerRfm;
 use time::Date;
 
 use crate::data::Purchase;

@@ -3,8 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use fedcrm_protocol::rules;
-use fedcrm_protocol::wire::{Invitee, NodeRules, RoundStart};
+use fedcrm_analysis::rules;
+use fedcrm_analysis::rules::{Invitee, NodeRules};
+use fedcrm_protocol::wire::RoundStart;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,8 +99,8 @@ impl Default for HistogramLimits {
 
 impl HistogramLimits {
     /// The narrowest bin allowed for `metric`.
-    pub fn min_width(&self, metric: fedcrm_protocol::rfm::Metric) -> u64 {
-        use fedcrm_protocol::rfm::Metric;
+    pub fn min_width(&self, metric: fedcrm_analysis::rfm::Metric) -> u64 {
+        use fedcrm_analysis::rfm::Metric;
         match metric {
             Metric::Recency => self.min_width_recency_days,
             Metric::Frequency => self.min_width_frequency,
@@ -168,7 +169,7 @@ pub struct CapState {
     pub already_counted: bool,
 }
 
-pub use fedcrm_protocol::rules::{Stage, other_organisations};
+pub use fedcrm_analysis::rules::{Stage, other_organisations};
 
 /// Analysis kinds a policy may name (as the node identifies them from the computation).
 pub const KNOWN_ANALYSES: [&str; 2] = [crate::computation::RFM_HISTOGRAMS, crate::computation::RFM_SEGMENTS];
@@ -265,7 +266,7 @@ impl Policy {
     }
 
     /// The threshold and organisation rules over one set of a round
-    /// ([`fedcrm_protocol::rules`]).
+    /// ([`fedcrm_analysis::rules`]).
     pub fn check_set(&self, own_org: &str, members: &[Invitee], t: usize, stage: Stage) -> Result<(), String> {
         rules::check_set(&self.rules(), own_org, members, t, stage)
     }
@@ -279,9 +280,10 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::{CapState, Invitee, Policy};
-    use fedcrm_protocol::pki::OrgKind;
-    use fedcrm_protocol::rfm::Cuts;
-    use fedcrm_protocol::wire::{Analysis, AnalysisKind, RoundStart, parse_date};
+    use fedcrm_analysis::date::parse_date;
+    use fedcrm_analysis::rfm::Cuts;
+    use fedcrm_pki::OrgKind;
+    use fedcrm_protocol::wire::{Analysis, AnalysisKind, RoundStart};
 
     fn member(name: &str, org: &str, kind: OrgKind) -> Invitee {
         Invitee { name: name.into(), organisation: org.into(), kind }

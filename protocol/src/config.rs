@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::pki::PrivateKeyPem;
+use fedcrm_pki::PrivateKeyPem;
 
 /// A party's certificate files. The key file must be readable only by its owner (0600).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

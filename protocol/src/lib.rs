@@ -1,7 +1,8 @@
 //! The wire contract of fedcrm: the `fedcrm.v1` gRPC services (generated from
 //! `proto/fedcrm/v1/fedcrm.proto` at build time with a vendored protoc), the parsed
-//! domain types everyone else uses ([`wire`]), the brand PKI ([`pki`]) and the
-//! analyses' shared definitions ([`rfm`]).
+//! domain types everyone else uses ([`wire`]; the plain types they share with the
+//! audit log are in `fedcrm-analysis` and `fedcrm-pki`), tonic's TLS configurations
+//! for the brand PKI ([`tls`]) and TOML loading ([`config`]).
 //!
 //! prost types stay in here: `node` and `coordinator` convert at the edge with
 //! `TryFrom`, so malformed messages are rejected before any logic sees them.
@@ -9,9 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
-pub mod pki;
-pub mod rfm;
-pub mod rules;
+pub mod tls;
 pub mod wire;
 
 /// Generated code. Only the service traits/clients and the two envelope messages

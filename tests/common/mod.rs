@@ -49,7 +49,7 @@ pub async fn check(nodes: Vec<NodeSpec>, opts: ClusterOptions, expected_contribu
 /// A test analyst's request for the reference date.
 pub fn request(purpose: &str) -> fedcrm_coordinator::segments::AnalysisRequest {
     fedcrm_coordinator::segments::AnalysisRequest {
-        reference_date: fedcrm_protocol::wire::parse_date(REFERENCE).unwrap(),
+        reference_date: fedcrm_analysis::date::parse_date(REFERENCE).unwrap(),
         purpose: purpose.into(),
         requested_by: "analyst.test".into(),
         requested_by_organisation: "Demo Jewellery HQ".into(),
@@ -59,7 +59,7 @@ pub fn request(purpose: &str) -> fedcrm_coordinator::segments::AnalysisRequest {
 /// The analysis a node sees for `kind` at the reference date.
 pub fn analysis(kind: fedcrm_protocol::wire::AnalysisKind) -> fedcrm_protocol::wire::Analysis {
     fedcrm_protocol::wire::Analysis {
-        reference_date: fedcrm_protocol::wire::parse_date(REFERENCE).unwrap(),
+        reference_date: fedcrm_analysis::date::parse_date(REFERENCE).unwrap(),
         purpose: "t".into(),
         requested_by: "analyst.test".into(),
         requested_by_organisation: "Demo Jewellery HQ".into(),

@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::time::Instant;
 
-use fedcrm_protocol::pki::{self, Usage};
+use fedcrm_pki::{self as pki, Usage};
 use serde::Serialize;
 
 use crate::log::{

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use fedcrm_audit::log::{AuditConfig, AuditLog, Clock, LogIdentity};
 use fedcrm_audit::verify::{VerifyFailure, VerifyOptions, VerifyReport, verify_paths_with};
 use fedcrm_audit::{Event, GENESIS, Record, head_payload, line_hash};
-use fedcrm_protocol::pki::{self, CaMaterial, Identity, OrgKind, PrivateKeyPem, Role, SigningKey, Validity};
+use fedcrm_pki::{self as pki, CaMaterial, Identity, OrgKind, PrivateKeyPem, Role, SigningKey, Validity};
 use time::macros::datetime;
 
 pub const MS_PER_DAY: u64 = 86_400_000;

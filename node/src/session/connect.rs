@@ -1,5 +1,5 @@
 //! Dialling the coordinator: TCP, then mutual TLS driven here with tokio-rustls and
-//! [`fedcrm_protocol::pki::tls::client_config`] (brand CA only, `serverAuth`, the
+//! [`fedcrm_pki::tls::client_config`] (brand CA only, `serverAuth`, the
 //! configured name, the CRL when `tls.crl` is set), so a refused coordinator
 //! certificate comes back with its reason instead of as a transport error. tonic
 //! gets the finished stream. Never sends a byte before the coordinator verified.
@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use fedcrm_protocol::pki::tls::Refusal;
+use fedcrm_pki::tls::Refusal;
 use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;

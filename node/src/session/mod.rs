@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use fedcrm_audit::Event;
 use fedcrm_audit::log::{AuditLog, LogIdentity, SignedHead, SystemClock};
+use fedcrm_pki::{self as pki, PrivateKeyPem, SigningKey, Usage};
 use fedcrm_protocol::SOFTWARE;
-use fedcrm_protocol::pki::{self, PrivateKeyPem, SigningKey, Usage};
 use fedcrm_protocol::wire::{self, FromNode, ToNode};
 use tokio::sync::watch;
 use tokio_stream::StreamExt;

@@ -24,17 +24,16 @@ use std::collections::BTreeSet;
 #[cfg(feature = "test-util")]
 use std::sync::Arc;
 
+use fedcrm_analysis::rfm::CustomerRfm;
+use fedcrm_analysis::rules::{Invitee, Stage, Unmasked};
 use fedcrm_audit::{Event, Member};
 use fedcrm_crypto::secagg::{
     self, ClientAdvertised, ClientMasked, ClientOpened, ClientShared, PeerKeys, Phase, RoundParams,
 };
 use fedcrm_crypto::{RoundId, SystemRandom};
-use fedcrm_protocol::pki::{self, Usage};
-use fedcrm_protocol::rfm::CustomerRfm;
-use fedcrm_protocol::rules::{Stage, Unmasked};
+use fedcrm_pki::{self as pki, Usage};
 use fedcrm_protocol::wire::{
-    self, Exclusion, FromNode, Invitee, RevealedShare, RoundStart, Sealed, SignedKeys, ToNode, UnopenedShare,
-    ViewSignature,
+    self, Exclusion, FromNode, RevealedShare, RoundStart, Sealed, SignedKeys, ToNode, UnopenedShare, ViewSignature,
 };
 #[cfg(feature = "test-util")]
 use tokio::sync::watch;
@@ -831,7 +830,7 @@ fn verify_roster(ctx: &NodeContext, start: &RoundStart, keys: &[SignedKeys]) -> 
                 "the signed invitation describes {} differently from its certificate ({}, {})",
                 k.node,
                 id.organisation,
-                wire::kind_str(kind)
+                kind.as_str()
             ));
         }
         let payload = secagg::key_signing_payload(&start.round, &k.node, &k.enc, &k.mask);

@@ -13,7 +13,8 @@
 //!   claims and decides the certificate's extensions itself (never trusting the
 //!   CSR's requested extensions beyond its DNS names).
 //! * At run time both sides of every gRPC connection use mutual TLS that trusts only
-//!   the brand CA ([`server_tls`], [`client_tls`]); the application reads the peer's
+//!   the brand CA ([`tls::server_config`], [`tls::client_config`]; tonic's configs
+//!   for the analyst's client are in `fedcrm-protocol`); the application reads the peer's
 //!   [`Identity`] from its certificate ([`identity_from_cert`], or
 //!   [`verify_cert`] when the chain has not already been checked by TLS).
 //! * Long-term signatures over protocol messages (e.g. key announcements) are made
@@ -38,6 +39,8 @@
 //! printed by `Debug`. No error message in this module ever contains key material.
 //! Copies made by libraries outside this crate (tonic's `Identity`, *ring*'s parsed
 //! key) are beyond our control and are not zeroised.
+
+#![forbid(unsafe_code)]
 
 use std::fmt;
 use std::io::Write as _;
@@ -77,7 +80,7 @@ pub const MAX_VALIDITY_DAYS: u32 = 36_500;
 /// [`ca_init`], to tolerate modest clock skew between machines.
 pub const CLOCK_SKEW_ALLOWANCE: time::Duration = time::Duration::minutes(5);
 
-/// TLS handshake timeout applied by [`server_tls`].
+/// TLS handshake timeout: the coordinator's acceptor and tonic's server config apply it.
 pub const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// DER of the `id-kp-serverAuth` OID (1.3.6.1.5.5.7.3.1), without tag and length.
@@ -157,6 +160,30 @@ pub enum OrgKind {
     /// An independent franchisee.
     Franchisee,
 }
+
+impl OrgKind {
+    /// `hq` or `franchisee`: the kind as rosters and audit records write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrgKind::Hq => "hq",
+            OrgKind::Franchisee => "franchisee",
+        }
+    }
+}
+
+impl std::str::FromStr for OrgKind {
+    type Err = UnknownOrgKind;
+
+    /// Parses [`OrgKind::as_str`]'s form.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [OrgKind::Hq, OrgKind::Franchisee].into_iter().find(|k| k.as_str() == s).ok_or_else(|| UnknownOrgKind(s.into()))
+    }
+}
+
+/// A text that is not an [`OrgKind`]'s string form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is neither \"hq\" nor \"franchisee\"")]
+pub struct UnknownOrgKind(String);
 
 /// What a party is allowed to do in the federation. Encoded as the certificate's
 /// `OU`.
@@ -823,6 +850,17 @@ impl fmt::Debug for SigningKey {
     }
 }
 
+/// A party's audit-log head signed with its certified key, as a message carries it:
+/// `fedcrm_audit`'s `SignedHead` without the party, who is the message's sender.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub seq: u64,
+    /// Time of the sender's record `seq` (ms since the Unix epoch); signed with the head.
+    pub time_ms: u64,
+    pub head: [u8; 32],
+    pub signature: Vec<u8>,
+}
+
 /// Verifies an ECDSA P-256 / SHA-256 ASN.1 signature `sig` over `msg` with the
 /// public key in `cert_der`. This checks only the signature: verify the
 /// certificate itself first (mutual TLS or [`verify_cert`]).
@@ -862,38 +900,4 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> Result<(), PkiError> 
     file.write_all(contents).map_err(io)?;
     file.sync_all().map_err(io)?;
     Ok(())
-}
-
-// ---------------------------------------------------------------------------
-// TLS
-// ---------------------------------------------------------------------------
-
-/// tonic server TLS: presents `cert_pem`/`key`, **requires** a client certificate
-/// chaining to the brand CA (with `clientAuth`), and times out handshakes after
-/// [`TLS_HANDSHAKE_TIMEOUT`]. Authorisation by role is up to the service: read the
-/// peer's identity with [`identity_from_cert`] on `request.peer_certs()`.
-/// Malformed PEM surfaces as an error from `Server::builder().tls_config(..)`.
-pub fn server_tls(ca_cert_pem: &str, cert_pem: &str, key: &PrivateKeyPem) -> tonic::transport::ServerTlsConfig {
-    tonic::transport::ServerTlsConfig::new()
-        .identity(tonic::transport::Identity::from_pem(cert_pem, key.as_str()))
-        .client_ca_root(tonic::transport::Certificate::from_pem(ca_cert_pem))
-        .client_auth_optional(false)
-        .timeout(TLS_HANDSHAKE_TIMEOUT)
-}
-
-/// tonic client TLS: trusts **only** the brand CA (no system roots), presents
-/// `cert_pem`/`key` as the client certificate, and checks that the server's
-/// certificate is valid for `server_name` (the coordinator's [`Identity::name`]),
-/// whatever address is dialled. Malformed PEM surfaces as an error from
-/// `Endpoint::tls_config(..)`.
-pub fn client_tls(
-    ca_cert_pem: &str,
-    cert_pem: &str,
-    key: &PrivateKeyPem,
-    server_name: &str,
-) -> tonic::transport::ClientTlsConfig {
-    tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(ca_cert_pem))
-        .identity(tonic::transport::Identity::from_pem(cert_pem, key.as_str()))
-        .domain_name(server_name)
 }

@@ -261,7 +261,7 @@ pub fn revoke(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pki::{OrgKind, Role, Validity, ca_init, new_key_and_csr, sign_csr};
+    use crate::{OrgKind, Role, Validity, ca_init, new_key_and_csr, sign_csr};
 
     fn cert(ca: &CaMaterial, name: &str) -> String {
         let id = Identity { name: name.into(), organisation: "Org".into(), role: Role::Node(OrgKind::Franchisee) };

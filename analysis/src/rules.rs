@@ -7,8 +7,26 @@
 
 use std::collections::BTreeSet;
 
-use crate::pki::OrgKind;
-use crate::wire::{Invitee, NodeRules};
+use fedcrm_pki::OrgKind;
+
+/// One node invited to a round, as the coordinator's signed roster names it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Invitee {
+    pub name: String,
+    pub organisation: String,
+    pub kind: OrgKind,
+}
+
+/// The rules a node's policy applies to every round (sent in `Hello` so the
+/// coordinator can plan rounds every invitee accepts; the node enforces them itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NodeRules {
+    pub assume_colluding_nodes: usize,
+    pub min_other_organisations: usize,
+    pub min_participants: usize,
+    pub min_population_difference: usize,
+    pub differencing_window_days: u32,
+}
 
 const MS_PER_DAY: u64 = 86_400_000;
 
@@ -204,7 +222,7 @@ pub fn check_differencing(
                 "this sum's contributors differ from those of round {} ({}) by {} (non-HQ nodes of {} organisation(s), \
                  fewer than {need}); the two sums together would reveal their data",
                 past.round,
-                crate::wire::format_time_ms(past.time_ms),
+                crate::date::format_time_ms(past.time_ms),
                 names.join(", "),
                 orgs(&differ)
             ))
@@ -216,7 +234,7 @@ pub fn check_differencing(
                 names.join(", "),
                 orgs(&shared),
                 past.round,
-                crate::wire::format_time_ms(past.time_ms)
+                crate::date::format_time_ms(past.time_ms)
             ))
         } else {
             None
@@ -232,7 +250,7 @@ pub fn check_differencing(
         None => Ok(()),
         Some((until, why)) => Err(format!(
             "{why}; allowed again from {} (differencing_window_days = {}), or now over the same nodes as before",
-            crate::wire::format_time_ms(until),
+            crate::date::format_time_ms(until),
             rules.differencing_window_days
         )),
     }

@@ -1,0 +1,270 @@
+//! Node → coordinator: [`FromNode`] and what it carries (masked chunks, revealed
+//! shares), and chunking a masked vector.
+
+use fedcrm_analysis::rules::NodeRules;
+
+use super::*;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaskedChunk {
+    pub round: RoundId,
+    pub index: u32,
+    pub count: u32,
+    pub offset: u64,
+    pub words: Vec<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevealedShare {
+    pub of: String,
+    pub self_mask: bool,
+    pub y: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FromNode {
+    Hello {
+        version: String,
+        software: String,
+        node: String,
+        rules: NodeRules,
+    },
+    Keys {
+        round: RoundId,
+        enc: RoundPublic,
+        mask: RoundPublic,
+        signature: Vec<u8>,
+    },
+    Shares {
+        round: RoundId,
+        shares: Vec<Sealed>,
+    },
+    /// Round 2, before masking: the delivered shares that are signed but do not open.
+    ShareReport {
+        round: RoundId,
+        unopened: Vec<UnopenedShare>,
+    },
+    Masked(MaskedChunk),
+    Unmask {
+        round: RoundId,
+        shares: Vec<RevealedShare>,
+    },
+    Refusal {
+        round: Option<RoundId>,
+        reason: String,
+        awaiting_approval: bool,
+    },
+    /// Round 3: this node's signature on (round, U2, U3).
+    Consistency {
+        round: RoundId,
+        signature: Vec<u8>,
+    },
+}
+
+impl FromNode {
+    /// The round a message belongs to, if any.
+    pub fn round(&self) -> Option<RoundId> {
+        match self {
+            FromNode::Hello { .. } => None,
+            FromNode::Keys { round, .. }
+            | FromNode::Shares { round, .. }
+            | FromNode::ShareReport { round, .. }
+            | FromNode::Unmask { round, .. }
+            | FromNode::Consistency { round, .. } => Some(*round),
+            FromNode::Masked(c) => Some(c.round),
+            FromNode::Refusal { round, .. } => *round,
+        }
+    }
+
+    /// Message kind for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FromNode::Hello { .. } => "hello",
+            FromNode::Keys { .. } => "advertise-keys",
+            FromNode::Shares { .. } => "sealed-shares",
+            FromNode::ShareReport { .. } => "share-report",
+            FromNode::Masked(_) => "masked-chunk",
+            FromNode::Unmask { .. } => "unmask-shares",
+            FromNode::Refusal { .. } => "refusal",
+            FromNode::Consistency { .. } => "consistency-signature",
+        }
+    }
+}
+
+impl TryFrom<pb::NodeMessage> for FromNode {
+    type Error = WireError;
+    fn try_from(m: pb::NodeMessage) -> Result<Self, WireError> {
+        use pb::node_message::Body;
+        Ok(match m.body.ok_or(WireError::Empty)? {
+            Body::Hello(h) => {
+                let r = h.rules.unwrap_or_default();
+                let small = |name: &'static str, v: u32| -> Result<usize, WireError> {
+                    if v > MAX_RULE {
+                        return Err(field(name, format!("{v} exceeds {MAX_RULE}")));
+                    }
+                    Ok(v as usize)
+                };
+                FromNode::Hello {
+                    version: h.protocol_version,
+                    software: h.software.chars().take(100).collect(),
+                    node: node_name("node_name", &h.node_name)?,
+                    rules: NodeRules {
+                        assume_colluding_nodes: small("rules.assume_colluding_nodes", r.assume_colluding_nodes)?,
+                        min_other_organisations: small("rules.min_other_organisations", r.min_other_organisations)?,
+                        min_participants: small("rules.min_participants", r.min_participants)?,
+                        min_population_difference: small(
+                            "rules.min_population_difference",
+                            r.min_population_difference,
+                        )?,
+                        differencing_window_days: r.differencing_window_days,
+                    },
+                }
+            }
+            Body::Consistency(c) => FromNode::Consistency {
+                round: round_id(&c.round_id)?,
+                signature: signature_bytes("consistency.signature", &c.signature)?,
+            },
+            Body::Keys(k) => {
+                if k.signature.is_empty() || k.signature.len() > 256 {
+                    return Err(field("signature", "must be 1..=256 bytes"));
+                }
+                FromNode::Keys {
+                    round: round_id(&k.round_id)?,
+                    enc: public("enc_public", &k.enc_public)?,
+                    mask: public("mask_public", &k.mask_public)?,
+                    signature: k.signature,
+                }
+            }
+            Body::Shares(s) => FromNode::Shares { round: round_id(&s.round_id)?, shares: sealed(&s.shares)? },
+            Body::ShareReport(r) => {
+                if r.unopened.len() > MAX_NODES {
+                    return Err(field("unopened", "too many"));
+                }
+                let shares: Vec<pb::Sealed> = r
+                    .unopened
+                    .iter()
+                    .map(|u| u.share.clone().ok_or_else(|| field("unopened.share", "missing")))
+                    .collect::<Result<_, _>>()?;
+                FromNode::ShareReport {
+                    round: round_id(&r.round_id)?,
+                    unopened: sealed(&shares)?
+                        .into_iter()
+                        .zip(&r.unopened)
+                        .map(|(share, u)| Ok(UnopenedShare { share, reason: reason("unopened.reason", &u.reason)? }))
+                        .collect::<Result<_, WireError>>()?,
+                }
+            }
+            Body::MaskedChunk(c) => {
+                if c.count == 0 || c.index >= c.count {
+                    return Err(field("masked_chunk.index", format!("index {} of {} chunks", c.index, c.count)));
+                }
+                if c.words.is_empty() {
+                    return Err(field("masked_chunk.words", "empty chunk"));
+                }
+                let got = words_sha256(&c.words);
+                if c.sha256.as_slice() != got {
+                    return Err(field(
+                        "masked_chunk.sha256",
+                        format!("chunk {} does not match its hash (corrupted in transit?)", c.index),
+                    ));
+                }
+                FromNode::Masked(MaskedChunk {
+                    round: round_id(&c.round_id)?,
+                    index: c.index,
+                    count: c.count,
+                    offset: c.offset,
+                    words: c.words,
+                })
+            }
+            Body::Unmask(u) => FromNode::Unmask {
+                round: round_id(&u.round_id)?,
+                shares: u
+                    .shares
+                    .into_iter()
+                    .map(|s| {
+                        if s.y.len() != fedcrm_crypto::shamir::SHARE_Y_LEN {
+                            return Err(field("unmask.y", format!("must be 64 bytes, got {}", s.y.len())));
+                        }
+                        Ok(RevealedShare { of: node_name("unmask.of", &s.of)?, self_mask: s.self_mask, y: s.y })
+                    })
+                    .collect::<Result<_, WireError>>()?,
+            },
+            Body::Refusal(r) => FromNode::Refusal {
+                round: if r.round_id.is_empty() { None } else { Some(round_id(&r.round_id)?) },
+                // No control characters: the reason is shown one line per node.
+                reason: reason("refusal.reason", &r.reason)?,
+                awaiting_approval: r.awaiting_approval,
+            },
+        })
+    }
+}
+
+impl From<&FromNode> for pb::NodeMessage {
+    fn from(m: &FromNode) -> Self {
+        use pb::node_message::Body;
+        let body = match m {
+            FromNode::Hello { version, software, node, rules } => Body::Hello(pb::Hello {
+                protocol_version: version.clone(),
+                software: software.clone(),
+                node_name: node.clone(),
+                rules: Some(pb::NodeRules {
+                    assume_colluding_nodes: rules.assume_colluding_nodes as u32,
+                    min_other_organisations: rules.min_other_organisations as u32,
+                    min_participants: rules.min_participants as u32,
+                    min_population_difference: rules.min_population_difference as u32,
+                    differencing_window_days: rules.differencing_window_days,
+                }),
+            }),
+            FromNode::Consistency { round, signature } => {
+                Body::Consistency(pb::ConsistencySignature { round_id: round.0.to_vec(), signature: signature.clone() })
+            }
+            FromNode::Keys { round, enc, mask, signature } => Body::Keys(pb::AdvertiseKeys {
+                round_id: round.0.to_vec(),
+                enc_public: enc.0.to_vec(),
+                mask_public: mask.0.to_vec(),
+                signature: signature.clone(),
+            }),
+            FromNode::Shares { round, shares } => {
+                Body::Shares(pb::SealedShares { round_id: round.0.to_vec(), shares: sealed_pb(shares) })
+            }
+            FromNode::ShareReport { round, unopened } => Body::ShareReport(pb::ShareReport {
+                round_id: round.0.to_vec(),
+                unopened: unopened
+                    .iter()
+                    .map(|u| pb::UnopenedShare { share: Some(one_sealed_pb(&u.share)), reason: u.reason.clone() })
+                    .collect(),
+            }),
+            FromNode::Masked(c) => Body::MaskedChunk(pb::MaskedChunk {
+                round_id: c.round.0.to_vec(),
+                index: c.index,
+                count: c.count,
+                offset: c.offset,
+                sha256: words_sha256(&c.words).to_vec(),
+                words: c.words.clone(),
+            }),
+            FromNode::Unmask { round, shares } => Body::Unmask(pb::UnmaskShares {
+                round_id: round.0.to_vec(),
+                shares: shares
+                    .iter()
+                    .map(|s| pb::RevealedShare { of: s.of.clone(), self_mask: s.self_mask, y: s.y.clone() })
+                    .collect(),
+            }),
+            FromNode::Refusal { round, reason, awaiting_approval } => Body::Refusal(pb::Refusal {
+                round_id: round.map(|r| r.0.to_vec()).unwrap_or_default(),
+                reason: reason.clone(),
+                awaiting_approval: *awaiting_approval,
+            }),
+        };
+        pb::NodeMessage { body: Some(body), receipt: None }
+    }
+}
+
+/// Split a masked vector into chunks of `per` words.
+pub fn chunk(round: RoundId, words: &[u64], per: usize) -> Vec<MaskedChunk> {
+    let count = words.len().div_ceil(per) as u32;
+    words
+        .chunks(per)
+        .enumerate()
+        .map(|(i, c)| MaskedChunk { round, index: i as u32, count, offset: (i * per) as u64, words: c.to_vec() })
+        .collect()
+}

@@ -1,0 +1,132 @@
+//! Parsed domain types for every `fedcrm.v1` message, and their conversions.
+//! Parse, don't validate: a `TryFrom<pb::…>` either yields a well-formed value or
+//! a [`WireError`] that says which field is wrong; nothing downstream re-checks.
+
+use fedcrm_crypto::RoundId;
+use fedcrm_crypto::keys::RoundPublic;
+use ring::digest;
+
+use crate::pb;
+
+/// Protocol version string both sides must send: the wire contract's own version.
+/// v2 (issue 7) signs every sealed share and adds the share report and the final U2
+/// before masking, which a v1 peer cannot follow, so it is told to upgrade. The
+/// derivations still bind [`fedcrm_crypto::PROTOCOL_VERSION`] (`fedcrm/v1`): their
+/// bytes did not change (`crypto/test_vectors/v1`).
+pub const VERSION: &str = "fedcrm/v2";
+
+/// Largest vector a round may use (words); 64 Mi words = 512 MiB.
+pub const MAX_LENGTH: u64 = 1 << 26;
+/// Largest number of invited nodes in one round.
+pub const MAX_NODES: usize = 1000;
+/// Largest value of a count a node announces in `Hello.rules` (colluding
+/// organisations, organisations, participants, population difference): larger ones
+/// are refused, so the coordinator's planning stays bounded.
+pub const MAX_RULE: u32 = 16;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("message has no body")]
+    Empty,
+    #[error("field {field}: {why}")]
+    Field { field: &'static str, why: String },
+    #[error("incompatible protocol version {got:?}; this build speaks {VERSION:?} — upgrade the older side")]
+    Version { got: String },
+}
+
+fn field(field: &'static str, why: impl Into<String>) -> WireError {
+    WireError::Field { field, why: why.into() }
+}
+
+fn round_id(b: &[u8]) -> Result<RoundId, WireError> {
+    let a: [u8; 16] = b.try_into().map_err(|_| field("round_id", format!("must be 16 bytes, got {}", b.len())))?;
+    Ok(RoundId(a))
+}
+
+fn public(name: &'static str, b: &[u8]) -> Result<RoundPublic, WireError> {
+    RoundPublic::from_slice(b).map_err(|e| field(name, e.to_string()))
+}
+
+fn node_name(name: &'static str, s: &str) -> Result<String, WireError> {
+    if s.is_empty()
+        || s.len() > 64
+        || !s.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.')
+    {
+        return Err(field(name, format!("{s:?} is not a node name ([a-z0-9.-], 1..=64)")));
+    }
+    Ok(s.to_string())
+}
+
+fn names(name: &'static str, v: &[String]) -> Result<Vec<String>, WireError> {
+    if v.len() > MAX_NODES {
+        return Err(field(name, format!("{} names exceed the limit {MAX_NODES}", v.len())));
+    }
+    let out = v.iter().map(|s| node_name(name, s)).collect::<Result<Vec<_>, _>>()?;
+    if out.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(field(name, "must be sorted and without duplicates"));
+    }
+    Ok(out)
+}
+
+/// SHA-256 of words as little-endian bytes (the chunk hash).
+pub fn words_sha256(words: &[u64]) -> [u8; 32] {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    for w in words {
+        ctx.update(&w.to_le_bytes());
+    }
+    // Unwrap safety: SHA-256 output is 32 bytes.
+    ctx.finish().as_ref().try_into().unwrap()
+}
+
+fn signature_bytes(name: &'static str, b: &[u8]) -> Result<Vec<u8>, WireError> {
+    if b.is_empty() || b.len() > 128 {
+        return Err(field(name, "must be 1..=128 bytes"));
+    }
+    Ok(b.to_vec())
+}
+
+fn sealed(v: &[pb::Sealed]) -> Result<Vec<Sealed>, WireError> {
+    if v.len() > MAX_NODES {
+        return Err(field("shares", "too many"));
+    }
+    v.iter()
+        .map(|s| {
+            if s.ciphertext.len() > 1024 {
+                return Err(field("shares.ciphertext", "longer than 1024 bytes"));
+            }
+            Ok(Sealed {
+                peer: node_name("shares.peer", &s.peer)?,
+                ciphertext: s.ciphertext.clone(),
+                signature: signature_bytes("shares.signature", &s.signature)?,
+            })
+        })
+        .collect()
+}
+
+fn sealed_pb(v: &[Sealed]) -> Vec<pb::Sealed> {
+    v.iter().map(one_sealed_pb).collect()
+}
+
+fn one_sealed_pb(s: &Sealed) -> pb::Sealed {
+    pb::Sealed { peer: s.peer.clone(), ciphertext: s.ciphertext.clone(), signature: s.signature.clone() }
+}
+
+fn reason(name: &'static str, r: &str) -> Result<String, WireError> {
+    if r.len() > 2000 || r.chars().any(char::is_control) {
+        return Err(field(name, "must be at most 2000 characters without control characters"));
+    }
+    Ok(r.to_string())
+}
+
+mod analyses;
+mod envelope;
+mod from_node;
+mod to_node;
+
+pub use analyses::*;
+pub use envelope::*;
+pub use from_node::*;
+pub use to_node::*;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,150 @@
+//! The wire's decoders: round trips, refusals, and never a panic on arbitrary bytes.
+
+use fedcrm_analysis::date::parse_date;
+use fedcrm_analysis::rfm::Cuts;
+use fedcrm_analysis::rules::Invitee;
+use fedcrm_pki::{OrgKind, Receipt};
+
+use super::*;
+use prost::Message;
+
+#[test]
+fn a_refusal_cannot_forge_lines_in_the_analysts_output() {
+    // A node's reason is shown as one line per node: a line break in it would let a
+    // malicious node print a fake line blaming an honest one.
+    let forged = "x\n  fr-b: excluded: fr-b sent a share to fr-c that fails to open";
+    let m = pb::NodeMessage {
+        body: Some(pb::node_message::Body::Refusal(pb::Refusal {
+            round_id: vec![],
+            reason: forged.into(),
+            awaiting_approval: false,
+        })),
+        receipt: None,
+    };
+    assert!(FromNode::try_from(m.clone()).is_err());
+    let mut ok = m;
+    if let Some(pb::node_message::Body::Refusal(r)) = ok.body.as_mut() {
+        r.reason = "policy: not allowed".into();
+    }
+    assert!(FromNode::try_from(ok).is_ok());
+}
+
+proptest::proptest! {
+    #[test]
+    fn node_message_decoder_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+        if let Ok(m) = pb::NodeMessage::decode(bytes.as_slice()) {
+            let _ = FromNode::try_from(m);
+        }
+    }
+
+    #[test]
+    fn coordinator_message_decoder_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+        if let Ok(m) = pb::CoordinatorMessage::decode(bytes.as_slice()) {
+            let _ = ToNode::try_from(m);
+        }
+    }
+}
+
+#[test]
+fn envelope_names_round_size_and_kind_without_parsing() {
+    let r = RoundId([7; 16]);
+    let c = chunk(r, &[1, 2, 3], 2);
+    let m = node_message(&FromNode::Masked(c[0].clone()), None);
+    let e = node_message_envelope(&m);
+    assert_eq!((e.kind, e.round, e.roundless, e.elements), ("masked-chunk", Some(r), false, 2));
+    assert_eq!(e.bytes, m.encode_to_vec().len());
+    let refusal = |round| FromNode::Refusal { round, reason: "no".into(), awaiting_approval: false };
+    let e = node_message_envelope(&node_message(&refusal(None), None));
+    assert_eq!((e.kind, e.round, e.roundless), ("refusal", None, true));
+    let e = node_message_envelope(&node_message(&refusal(Some(r)), None));
+    assert_eq!((e.round, e.roundless), (Some(r), false));
+    let mut bad = node_message(&FromNode::Masked(c[0].clone()), None);
+    if let Some(pb::node_message::Body::MaskedChunk(ref mut x)) = bad.body {
+        x.round_id = vec![1; 3];
+    }
+    assert_eq!(node_message_envelope(&bad).round, None, "a malformed round id names no round");
+    assert_eq!(node_message_envelope(&pb::NodeMessage::default()).kind, "empty");
+}
+
+#[test]
+fn chunk_hash_mismatch_is_rejected() {
+    let r = RoundId([7; 16]);
+    let c = chunk(r, &[1, 2, 3], 2);
+    let mut m: pb::NodeMessage = (&FromNode::Masked(c[0].clone())).into();
+    if let Some(pb::node_message::Body::MaskedChunk(ref mut x)) = m.body {
+        x.words[0] ^= 1;
+    }
+    assert!(matches!(FromNode::try_from(m), Err(WireError::Field { field: "masked_chunk.sha256", .. })));
+}
+
+#[test]
+fn round_trips() {
+    let r = RoundId([1; 16]);
+    let a = Analysis {
+        reference_date: parse_date("1997-09-30").unwrap(),
+        purpose: "quarterly segments".into(),
+        requested_by: "analyst.li".into(),
+        requested_by_organisation: "HQ".into(),
+        analysis_id: "a1".into(),
+        analysis_kind: "rfm-segments".into(),
+        kind: AnalysisKind::RfmSegments(Cuts {
+            recency: [1, 2, 3, 4],
+            frequency: [1, 1, 2, 3],
+            monetary: [5, 6, 7, 8],
+        }),
+    };
+    let m = ToNode::RoundStart(Box::new(RoundStart {
+        round: r,
+        threshold: 3,
+        length: 4,
+        analysis: a,
+        invited: vec![Invitee { name: "a".into(), organisation: "o".into(), kind: OrgKind::Franchisee }],
+        chunk_elements: 10,
+        roster_signature: vec![1, 2],
+    }));
+    assert_eq!(ToNode::try_from(pb::CoordinatorMessage::from(&m)).unwrap(), m);
+    let bad_version = pb::CoordinatorMessage {
+        body: Some(pb::coordinator_message::Body::Welcome(pb::Welcome {
+            protocol_version: "fedcrm/v0".into(),
+            coordinator_name: "c".into(),
+            certificate: vec![1],
+        })),
+        receipt: None,
+    };
+    assert!(matches!(ToNode::try_from(bad_version), Err(WireError::Version { .. })));
+}
+
+#[test]
+fn signed_shares_reports_and_the_final_u2_round_trip() {
+    let round = RoundId([3; 16]);
+    let share = Sealed { peer: "node-1".into(), ciphertext: vec![7; 176], signature: vec![9; 70] };
+    let report = FromNode::ShareReport {
+        round,
+        unopened: vec![UnopenedShare { share: share.clone(), reason: "authenticated decryption failed".into() }],
+    };
+    assert_eq!(FromNode::try_from(pb::NodeMessage::from(&report)).unwrap(), report);
+    let sent = FromNode::Shares { round, shares: vec![share.clone()] };
+    assert_eq!(FromNode::try_from(pb::NodeMessage::from(&sent)).unwrap(), sent);
+    let request = ToNode::MaskedInputRequest {
+        round,
+        delivered: vec!["node-0".into(), "node-2".into()],
+        excluded: vec![Exclusion { node: "node-1".into(), reason: "its share to node-2 does not open".into() }],
+    };
+    assert_eq!(ToNode::try_from(pb::CoordinatorMessage::from(&request)).unwrap(), request);
+    // An unsigned share (what a v1 peer would send) is refused, naming the field.
+    let unsigned = FromNode::Shares { round, shares: vec![Sealed { signature: Vec::new(), ..share }] };
+    assert!(matches!(
+        FromNode::try_from(pb::NodeMessage::from(&unsigned)),
+        Err(WireError::Field { field: "shares.signature", .. })
+    ));
+}
+
+#[test]
+fn receipt_round_trips_with_its_time() {
+    let receipt = Receipt { seq: 41, time_ms: 1_796_162_400_123, head: [9; 32], signature: vec![1, 2, 3] };
+    let end = ToNode::RoundEnd { round: RoundId([2; 16]), released: false, message: "test".into() };
+    let m = coordinator_message(&end, Some(&receipt));
+    assert_eq!(m.receipt.as_ref().map(|r| r.time_ms), Some(receipt.time_ms));
+    let (_, parsed) = parse_coordinator_message(m).unwrap();
+    assert_eq!(parsed, Some(receipt));
+}

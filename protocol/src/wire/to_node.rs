@@ -1,0 +1,331 @@
+//! Coordinator → node: [`ToNode`] and what it carries (the round start and its signed
+//! roster, sealed shares, views).
+
+use fedcrm_analysis::rules::Invitee;
+use fedcrm_pki::OrgKind;
+
+use super::*;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoundStart {
+    pub round: RoundId,
+    pub threshold: usize,
+    pub length: usize,
+    pub analysis: Analysis,
+    /// Sorted by node name.
+    pub invited: Vec<Invitee>,
+    pub chunk_elements: usize,
+    /// The coordinator's signature over [`roster_payload`].
+    pub roster_signature: Vec<u8>,
+}
+
+/// What the coordinator signs for a round: round id, threshold, vector length, the
+/// analysis (with who asked and why) and every invited node with its organisation
+/// and kind.
+pub fn roster_payload(
+    round: &RoundId,
+    threshold: usize,
+    length: usize,
+    analysis: &Analysis,
+    invited: &[Invitee],
+) -> Vec<u8> {
+    let encoded = prost::Message::encode_to_vec(&pb::Analysis::from(analysis));
+    let mut parts: Vec<Vec<u8>> =
+        vec![(threshold as u64).to_be_bytes().to_vec(), (length as u64).to_be_bytes().to_vec(), encoded];
+    for i in invited {
+        parts.push(i.name.as_bytes().to_vec());
+        parts.push(i.organisation.as_bytes().to_vec());
+        parts.push(i.kind.as_str().as_bytes().to_vec());
+    }
+    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    fedcrm_crypto::kdf::context("roster", round, &refs)
+}
+
+/// An invitee's kind as the roster carries it (`hq` or `franchisee`).
+fn parse_kind(s: &str) -> Result<OrgKind, WireError> {
+    s.parse::<OrgKind>().map_err(|e| field("invited_kinds", e.to_string()))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedKeys {
+    pub node: String,
+    pub enc: RoundPublic,
+    pub mask: RoundPublic,
+    pub signature: Vec<u8>,
+    pub certificate: Vec<u8>,
+}
+
+/// A sealed share: `peer` is its receiver (node → coordinator) or its sender
+/// (coordinator → node); `signature` is the sender's over
+/// [`fedcrm_crypto::secagg::share_signing_payload`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    pub peer: String,
+    pub ciphertext: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+/// A delivered share that carries its sender's valid signature but does not open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnopenedShare {
+    /// As delivered: `peer` is the sender.
+    pub share: Sealed,
+    pub reason: String,
+}
+
+/// A member of the delivered U2 left out of the final U2, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exclusion {
+    pub node: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToNode {
+    Welcome {
+        coordinator: String,
+        certificate: Vec<u8>,
+    },
+    RoundStart(Box<RoundStart>),
+    Roster {
+        round: RoundId,
+        keys: Vec<SignedKeys>,
+    },
+    Shares {
+        round: RoundId,
+        delivered: Vec<String>,
+        shares: Vec<Sealed>,
+    },
+    /// Round 2: the final U2 (the delivered U2 less the nodes that left and the
+    /// senders of reported shares); mask over exactly it.
+    MaskedInputRequest {
+        round: RoundId,
+        delivered: Vec<String>,
+        excluded: Vec<Exclusion>,
+    },
+    /// Round 3: U3 and U2∖U3, for each survivor to check and sign.
+    Consistency {
+        round: RoundId,
+        survivors: Vec<String>,
+        dropped: Vec<String>,
+    },
+    /// Round 4: U3, U2∖U3 and the signatures of members of U3 on that view.
+    Unmask {
+        round: RoundId,
+        survivors: Vec<String>,
+        dropped: Vec<String>,
+        signatures: Vec<ViewSignature>,
+    },
+    RoundEnd {
+        round: RoundId,
+        released: bool,
+        message: String,
+    },
+    /// About the session, for the node's operator (e.g. a duplicate session refused).
+    Notice {
+        text: String,
+    },
+}
+
+/// A member of U3's signature on (round, U2, U3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewSignature {
+    pub node: String,
+    pub signature: Vec<u8>,
+}
+
+impl TryFrom<pb::CoordinatorMessage> for ToNode {
+    type Error = WireError;
+    fn try_from(m: pb::CoordinatorMessage) -> Result<Self, WireError> {
+        use pb::coordinator_message::Body;
+        Ok(match m.body.ok_or(WireError::Empty)? {
+            Body::Welcome(w) => {
+                if w.protocol_version != VERSION {
+                    return Err(WireError::Version { got: w.protocol_version });
+                }
+                if w.certificate.is_empty() || w.certificate.len() > 16 * 1024 {
+                    return Err(field("certificate", "must be 1..=16384 bytes of DER"));
+                }
+                ToNode::Welcome { coordinator: w.coordinator_name, certificate: w.certificate }
+            }
+            Body::RoundStart(r) => {
+                let invited = names("invited", &r.invited)?;
+                if r.invited_organisations.len() != invited.len() || r.invited_kinds.len() != invited.len() {
+                    return Err(field("invited_organisations", "must name one organisation and kind per invited node"));
+                }
+                if r.roster_signature.len() > 128 {
+                    return Err(field("roster_signature", "longer than 128 bytes"));
+                }
+                if r.length == 0 || r.length > MAX_LENGTH {
+                    return Err(field("length", format!("{} is outside 1..={MAX_LENGTH}", r.length)));
+                }
+                if r.chunk_elements == 0 || r.chunk_elements as usize * 8 > crate::MAX_MESSAGE_BYTES / 2 {
+                    return Err(field("chunk_elements", "out of range"));
+                }
+                let analysis = Analysis::try_from(r.analysis.as_ref().ok_or_else(|| field("analysis", "missing"))?)?;
+                if analysis.kind.vector_len() as u64 != r.length {
+                    return Err(field(
+                        "length",
+                        format!("{} does not match the analysis ({})", r.length, analysis.kind.vector_len()),
+                    ));
+                }
+                ToNode::RoundStart(Box::new(RoundStart {
+                    round: round_id(&r.round_id)?,
+                    threshold: r.threshold as usize,
+                    length: r.length as usize,
+                    analysis,
+                    invited: invited
+                        .into_iter()
+                        .zip(r.invited_organisations)
+                        .zip(&r.invited_kinds)
+                        .map(|((name, organisation), k)| Ok(Invitee { name, organisation, kind: parse_kind(k)? }))
+                        .collect::<Result<_, WireError>>()?,
+                    chunk_elements: r.chunk_elements as usize,
+                    roster_signature: r.roster_signature,
+                }))
+            }
+            Body::Roster(r) => {
+                let keys = r
+                    .keys
+                    .into_iter()
+                    .map(|k| {
+                        Ok(SignedKeys {
+                            node: node_name("keys.node", &k.node)?,
+                            enc: public("keys.enc_public", &k.enc_public)?,
+                            mask: public("keys.mask_public", &k.mask_public)?,
+                            signature: k.signature,
+                            certificate: k.certificate,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, WireError>>()?;
+                let n: Vec<String> = keys.iter().map(|k| k.node.clone()).collect();
+                names("keys", &n)?;
+                ToNode::Roster { round: round_id(&r.round_id)?, keys }
+            }
+            Body::Shares(s) => ToNode::Shares {
+                round: round_id(&s.round_id)?,
+                delivered: names("delivered", &s.delivered)?,
+                shares: sealed(&s.shares)?,
+            },
+            Body::MaskedInput(m) => {
+                if m.excluded.len() > MAX_NODES {
+                    return Err(field("excluded", "too many"));
+                }
+                ToNode::MaskedInputRequest {
+                    round: round_id(&m.round_id)?,
+                    delivered: names("delivered", &m.delivered)?,
+                    excluded: m
+                        .excluded
+                        .iter()
+                        .map(|x| {
+                            Ok(Exclusion {
+                                node: node_name("excluded.node", &x.node)?,
+                                reason: reason("excluded.reason", &x.reason)?,
+                            })
+                        })
+                        .collect::<Result<_, WireError>>()?,
+                }
+            }
+            Body::Consistency(c) => ToNode::Consistency {
+                round: round_id(&c.round_id)?,
+                survivors: names("survivors", &c.survivors)?,
+                dropped: names("dropped", &c.dropped)?,
+            },
+            Body::Unmask(u) => {
+                let signatures = u
+                    .signatures
+                    .iter()
+                    .map(|v| {
+                        Ok(ViewSignature {
+                            node: node_name("signatures.node", &v.node)?,
+                            signature: signature_bytes("signatures.signature", &v.signature)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, WireError>>()?;
+                let signers: Vec<String> = signatures.iter().map(|s| s.node.clone()).collect();
+                names("signatures", &signers)?;
+                ToNode::Unmask {
+                    round: round_id(&u.round_id)?,
+                    survivors: names("survivors", &u.survivors)?,
+                    dropped: names("dropped", &u.dropped)?,
+                    signatures,
+                }
+            }
+            Body::RoundEnd(e) => {
+                ToNode::RoundEnd { round: round_id(&e.round_id)?, released: e.released, message: e.message }
+            }
+            Body::Notice(n) => ToNode::Notice { text: n.text.chars().take(2000).collect() },
+        })
+    }
+}
+
+impl From<&ToNode> for pb::CoordinatorMessage {
+    fn from(m: &ToNode) -> Self {
+        use pb::coordinator_message::Body;
+        let body = match m {
+            ToNode::Welcome { coordinator, certificate } => Body::Welcome(pb::Welcome {
+                protocol_version: VERSION.into(),
+                coordinator_name: coordinator.clone(),
+                certificate: certificate.clone(),
+            }),
+            ToNode::RoundStart(r) => Body::RoundStart(pb::RoundStart {
+                round_id: r.round.0.to_vec(),
+                threshold: r.threshold as u32,
+                length: r.length as u64,
+                analysis: Some((&r.analysis).into()),
+                invited: r.invited.iter().map(|i| i.name.clone()).collect(),
+                invited_organisations: r.invited.iter().map(|i| i.organisation.clone()).collect(),
+                invited_kinds: r.invited.iter().map(|i| i.kind.as_str().to_string()).collect(),
+                chunk_elements: r.chunk_elements as u32,
+                roster_signature: r.roster_signature.clone(),
+            }),
+            ToNode::Roster { round, keys } => Body::Roster(pb::KeyRoster {
+                round_id: round.0.to_vec(),
+                keys: keys
+                    .iter()
+                    .map(|k| pb::SignedKeys {
+                        node: k.node.clone(),
+                        enc_public: k.enc.0.to_vec(),
+                        mask_public: k.mask.0.to_vec(),
+                        signature: k.signature.clone(),
+                        certificate: k.certificate.clone(),
+                    })
+                    .collect(),
+            }),
+            ToNode::Shares { round, delivered, shares } => Body::Shares(pb::ShareDelivery {
+                round_id: round.0.to_vec(),
+                delivered: delivered.clone(),
+                shares: sealed_pb(shares),
+            }),
+            ToNode::MaskedInputRequest { round, delivered, excluded } => Body::MaskedInput(pb::MaskedInputRequest {
+                round_id: round.0.to_vec(),
+                delivered: delivered.clone(),
+                excluded: excluded
+                    .iter()
+                    .map(|x| pb::Exclusion { node: x.node.clone(), reason: x.reason.clone() })
+                    .collect(),
+            }),
+            ToNode::Consistency { round, survivors, dropped } => Body::Consistency(pb::ConsistencyCheck {
+                round_id: round.0.to_vec(),
+                survivors: survivors.clone(),
+                dropped: dropped.clone(),
+            }),
+            ToNode::Unmask { round, survivors, dropped, signatures } => Body::Unmask(pb::UnmaskRequest {
+                round_id: round.0.to_vec(),
+                survivors: survivors.clone(),
+                dropped: dropped.clone(),
+                signatures: signatures
+                    .iter()
+                    .map(|s| pb::ViewSignature { node: s.node.clone(), signature: s.signature.clone() })
+                    .collect(),
+            }),
+            ToNode::RoundEnd { round, released, message } => Body::RoundEnd(pb::RoundEnd {
+                round_id: round.0.to_vec(),
+                released: *released,
+                message: message.clone(),
+            }),
+            ToNode::Notice { text } => Body::Notice(pb::Notice { text: text.clone() }),
+        };
+        pb::CoordinatorMessage { body: Some(body), receipt: None }
+    }
+}
