@@ -231,9 +231,9 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "String::is_empty")]
         sha256: String,
     },
-    /// A node's view of a round's participants in the consistency round (Bonawitz et
-    /// al. CCS 2017, Fig. 4, ConsistencyCheck): at stage [`ROUND_VIEW_SIGNED`] when it
-    /// signs (round, U2, U3), at [`ROUND_VIEW_UNMASKED`] when it reveals shares.
+    /// A node's view of a round's participants (Bonawitz et al. CCS 2017, Fig. 4,
+    /// Round 3 (ConsistencyCheck)): at stage [`ROUND_VIEW_SIGNED`] when it signs
+    /// (round, U2, U3), at [`ROUND_VIEW_UNMASKED`] when it reveals shares (Round 4).
     /// `delivered` is U2 and `survivors` U3, both sorted; `signers` are the nodes whose
     /// signatures on that view it verified (empty when it signs). `audit verify` flags
     /// a round for which two records hold different (U2, U3).

@@ -13,6 +13,9 @@ use crate::CryptoError;
 use crate::kdf::DerivedKey;
 
 /// Seal `plaintext` under `key` with `context` as associated data.
+///
+/// RFC 8439, §2.8 (AEAD_CHACHA20_POLY1305).
+/// Bonawitz et al. CCS 2017, Fig. 4, Round 1 (ShareKeys), user: AE.enc.
 pub fn seal(key: &DerivedKey, context: &[u8], plaintext: &[u8]) -> Vec<u8> {
     // Unwrap safety: the key is 32 bytes, the length CHACHA20_POLY1305 requires.
     let key = LessSafeKey::new(UnboundKey::new(&aead::CHACHA20_POLY1305, key.bytes()).unwrap());
@@ -23,6 +26,9 @@ pub fn seal(key: &DerivedKey, context: &[u8], plaintext: &[u8]) -> Vec<u8> {
 }
 
 /// Open a ciphertext made by [`seal`] with the same key and context.
+///
+/// RFC 8439, §2.8 (AEAD_CHACHA20_POLY1305).
+/// Bonawitz et al. CCS 2017, Fig. 4, Round 4 (Unmasking), user: AE.dec (called in Round 2 here).
 pub fn open(key: &DerivedKey, context: &[u8], ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
     // Unwrap safety: the key is 32 bytes, the length CHACHA20_POLY1305 requires.
     let key = LessSafeKey::new(UnboundKey::new(&aead::CHACHA20_POLY1305, key.bytes()).unwrap());

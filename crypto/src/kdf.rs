@@ -47,6 +47,9 @@ impl hkdf::KeyType for Len32 {
 }
 
 /// HKDF-SHA256(salt = version, ikm, info) → 32 bytes.
+///
+/// RFC 5869, §2.2 (Extract) and §2.3 (Expand).
+/// Bonawitz et al. CCS 2017, Fig. 4, Rounds 1, 2 and 4: over an X25519 output, the hash in KA.agree.
 pub fn derive(ikm: &[u8], info: &[u8]) -> DerivedKey {
     let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, PROTOCOL_VERSION.as_bytes());
     let prk = salt.extract(ikm);

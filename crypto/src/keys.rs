@@ -52,7 +52,10 @@ impl std::fmt::Debug for SharedSecret {
 }
 
 impl RoundSecret {
-    /// A fresh secret from the given generator.
+    /// A fresh secret from the given generator: 32 random bytes, clamped when used.
+    ///
+    /// RFC 7748, §5 (decodeScalar25519 clamps).
+    /// Bonawitz et al. CCS 2017, Fig. 4, Round 0 (AdvertiseKeys), user: KA.gen.
     pub fn generate(rng: &dyn SecureRandom) -> Result<Self, CryptoError> {
         let mut b = [0u8; 32];
         rng.fill(&mut b).map_err(|_| CryptoError::Random)?;
@@ -69,11 +72,15 @@ impl RoundSecret {
         &self.0
     }
 
+    /// The public key: X25519(k, 9) (RFC 7748, §6.1).
     pub fn public(&self) -> RoundPublic {
         RoundPublic(MontgomeryPoint::mul_base_clamped(self.0).to_bytes())
     }
 
     /// X25519(self, peer). Rejects an all-zero result (a low-order peer key).
+    ///
+    /// RFC 7748, §6.1 (with its all-zero check).
+    /// Bonawitz et al. CCS 2017, Fig. 4, Rounds 1, 2 and 4: KA.agree (hashed by [`crate::kdf::derive`]).
     pub fn agree(&self, peer: &RoundPublic) -> Result<SharedSecret, CryptoError> {
         let s = MontgomeryPoint(peer.0).mul_clamped(self.0).to_bytes();
         if s == [0u8; 32] {

@@ -39,6 +39,10 @@ pub enum Sign {
 const BLOCK_BYTES: usize = 4096;
 
 /// `acc[i] ±= PRG(seed)[i]` (wrapping, little-endian 64-bit words).
+///
+/// RFC 8439, §2.4 (the ChaCha20 keystream).
+/// Bonawitz et al. CCS 2017, Fig. 4, Round 2 (MaskedInputCollection), user, and Round 4 (Unmasking),
+/// server: PRG.
 pub fn expand_into(seed: &MaskSeed, acc: &mut [u64], sign: Sign) {
     let mut cipher = ChaCha20::new(&seed.0.into(), &[0u8; 12].into());
     let mut buf = [0u8; BLOCK_BYTES];

@@ -1,5 +1,7 @@
-//! Secure aggregation with dropout recovery, semi-honest setting (Bonawitz et al.
-//! 2017, §4 "Practical Secure Aggregation", rounds 0–4). Pure: no I/O, no clock.
+//! Secure aggregation with dropout recovery (Bonawitz et al. CCS 2017, "Practical
+//! Secure Aggregation for Privacy-Preserving Machine Learning", Fig. 4, Rounds 0–4;
+//! the signatures of its active-adversary version are the caller's, over the payloads
+//! built here). Pure: no I/O, no clock. Each function cites the step it implements.
 //!
 //! A round over a roster U1 (sorted node names; position i has Shamir x = i+1):
 //! 0. every node makes two X25519 pairs (share encryption `c`, masks `s`) and signs
@@ -81,9 +83,10 @@ impl std::fmt::Display for Phase {
     }
 }
 
-/// The bytes a survivor signs in the consistency check (Bonawitz et al. CCS 2017,
-/// Fig. 4, Round 3): round ‖ U2 ‖ U3, so that no signature on one view of who took
-/// part counts for another.
+/// The bytes a survivor signs in the consistency check: round ‖ U2 ‖ U3 (Fig. 4 signs
+/// U3 alone), so that no signature on one view of who took part counts for another.
+///
+/// Bonawitz et al. CCS 2017, Fig. 4, Round 3 (ConsistencyCheck), user: σ'_u ← SIG.sign(d_u^SK, U3).
 pub fn consistency_payload(round: &RoundId, delivered: &[String], survivors: &[String]) -> Vec<u8> {
     let count_u2 = (delivered.len() as u64).to_be_bytes();
     let mut parts: Vec<&[u8]> = vec![&count_u2];
@@ -93,6 +96,9 @@ pub fn consistency_payload(round: &RoundId, delivered: &[String], survivors: &[S
 }
 
 /// The bytes a node signs with its certified key to advertise its round keys.
+///
+/// Bonawitz et al. CCS 2017, Fig. 4, Round 0 (AdvertiseKeys), user:
+/// σ_u ← SIG.sign(d_u^SK, c_u^PK ‖ s_u^PK).
 pub fn key_signing_payload(round: &RoundId, node: &str, enc: &RoundPublic, mask: &RoundPublic) -> Vec<u8> {
     kdf::context("advertise-keys", round, &[node.as_bytes(), &enc.0, &mask.0])
 }
@@ -101,11 +107,14 @@ pub fn key_signing_payload(round: &RoundId, node: &str, enc: &RoundPublic, mask:
 /// round ‖ sender ‖ receiver ‖ ciphertext, under their own label, so the receiver can
 /// tell a share the sender signed (and got wrong: the sender's fault) from one the
 /// relay altered (the relay's fault), and show the coordinator and an auditor which.
+///
+/// An addition to Bonawitz et al. CCS 2017, Fig. 4, Round 1 (ShareKeys), which does not sign e_u,v.
 pub fn share_signing_payload(round: &RoundId, sender: &str, receiver: &str, ciphertext: &[u8]) -> Vec<u8> {
     kdf::context("sealed-share", round, &[sender.as_bytes(), receiver.as_bytes(), ciphertext])
 }
 
-/// A node's advertised public keys (after the caller has verified its signature).
+/// A node's advertised public keys (after the caller has verified its signature): c_u^PK (`enc`)
+/// and s_u^PK (`mask`) of Bonawitz et al. CCS 2017, Fig. 4, Round 0 (AdvertiseKeys).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerKeys {
     pub name: String,
@@ -113,7 +122,7 @@ pub struct PeerKeys {
     pub mask: RoundPublic,
 }
 
-/// One revealed share during unmasking.
+/// One revealed share during unmasking (Bonawitz et al. CCS 2017, Fig. 4, Round 4 (Unmasking)).
 #[derive(Debug, Clone)]
 pub enum Revealed {
     /// Share of a surviving peer's self-mask seed `b`.
@@ -130,10 +139,16 @@ impl Revealed {
     }
 }
 
+/// Bonawitz et al. CCS 2017, Fig. 4, Round 1 (ShareKeys):
+/// binds u ‖ v to e_u,v as key context and associated data (Fig. 4 puts u ‖ v in the plaintext and
+/// checks it on decryption).
 fn share_context(round: &RoundId, from: &str, to: &str) -> Vec<u8> {
     kdf::context("share", round, &[from.as_bytes(), to.as_bytes()])
 }
 
+/// Bonawitz et al. CCS 2017, Fig. 4, Round 2 (MaskedInputCollection):
+/// s_u,v ← KA.agree(s_u^SK, s_v^PK), with the agreement hashed by HKDF (RFC 5869) bound to the
+/// round and the pair; the server repeats it with a reconstructed s_u^SK in Round 4 (Unmasking).
 fn pair_seed(
     secret: &RoundSecret,
     peer: &RoundPublic,
@@ -147,6 +162,8 @@ fn pair_seed(
     Ok(MaskSeed(*k.bytes()))
 }
 
+/// Bonawitz et al. CCS 2017, Fig. 4, Round 2 (MaskedInputCollection):
+/// the seed of p_u = PRG(b_u), an HKDF (RFC 5869) output of b_u bound to the round and node.
 fn self_seed(b: &[u8; 32], round: &RoundId, node: &str) -> MaskSeed {
     let k = kdf::derive(b, &kdf::context("self-mask", round, &[node.as_bytes()]));
     MaskSeed(*k.bytes())
@@ -180,7 +197,8 @@ pub fn test_util_strip(
     Ok(x)
 }
 
-/// The sign with which `u`'s pairwise mask with `v` enters `u`'s masked vector.
+/// The sign with which `u`'s pairwise mask with `v` enters `u`'s masked vector: Δ_u,v of
+/// p_u,v = Δ_u,v · PRG(s_u,v) (Bonawitz et al. CCS 2017, Fig. 4, Round 2 (MaskedInputCollection)).
 fn pair_sign(u: &str, v: &str) -> Sign {
     if u < v { Sign::Add } else { Sign::Sub }
 }
@@ -280,6 +298,9 @@ impl std::fmt::Debug for ClientMasked {
 
 impl ClientAdvertised {
     /// Make this round's key pairs and self-mask seed. Returns the public keys to sign.
+    ///
+    /// Bonawitz et al. CCS 2017, Fig. 4, Round 0 (AdvertiseKeys), user:
+    /// (c_u^PK, c_u^SK), (s_u^PK, s_u^SK) ← KA.gen; b_u is drawn here (Fig. 4: in Round 1).
     pub fn new(params: RoundParams, me: &str, rng: &dyn SecureRandom) -> Result<(Self, PeerKeys), CryptoError> {
         let enc = RoundSecret::generate(rng)?;
         let mask = RoundSecret::generate(rng)?;
@@ -292,6 +313,10 @@ impl ClientAdvertised {
     /// Given U1's verified keys (sorted by name, must contain this node's own keys
     /// unaltered and at least t nodes), split `b` and `s_sk` and seal each peer's
     /// shares. Returns (peer name, ciphertext) for every other node of U1.
+    ///
+    /// Bonawitz et al. CCS 2017, Fig. 4, Round 1 (ShareKeys), user:
+    /// SS.share(s_u^SK, t, U1) and SS.share(b_u, t, U1), e_u,v ← AE.enc(KA.agree(c_u^SK, c_v^PK),
+    /// s_u,v^SK ‖ b_u,v) for each v ∈ U1∖{u}.
     #[allow(clippy::type_complexity)] // (state, [(recipient, sealed shares)]): a named type would add API surface
     pub fn share(
         self,
@@ -342,9 +367,10 @@ impl ClientAdvertised {
     }
 }
 
-/// Client state 1½: the delivered shares are opened; waits for the final U2
-/// (Bonawitz et al. CCS 2017, Fig. 4, Round 2, with the senders of shares that did
-/// not open removed by the coordinator).
+/// Client state 1½: the delivered shares are opened; waits for the final U2 (the delivered
+/// U2 less the senders of shares that did not open, removed by the coordinator).
+///
+/// Bonawitz et al. CCS 2017, Fig. 4, Round 2 (MaskedInputCollection), user: before masking.
 pub struct ClientOpened {
     params: RoundParams,
     me: String,
@@ -387,6 +413,10 @@ impl ClientShared {
     /// open (AEAD failure, which covers a wrong round, sender or receiver, since all
     /// three are bound into its key and associated data; or a malformed plaintext) is
     /// returned in the list, naming its sender, for the caller to report.
+    ///
+    /// Bonawitz et al. CCS 2017, Fig. 4, Round 2 (MaskedInputCollection), user:
+    /// receive the e_v,u and infer U2, assert |U2| ≥ t. They are decrypted here, not in Round 4,
+    /// so a bad one is reported before this node masks.
     pub fn open(
         self,
         u2: &[String],
@@ -432,6 +462,8 @@ impl ClientShared {
         opened.finish(u2)
     }
 
+    /// Bonawitz et al. CCS 2017, Fig. 4, Round 2 (MaskedInputCollection), user:
+    /// assert |U2| ≥ t (and u ∈ U2).
     fn check_u2(&self, u2: &BTreeSet<String>) -> Result<(), CryptoError> {
         let round = self.params.round;
         if u2.len() < self.params.t {
@@ -447,6 +479,9 @@ impl ClientShared {
         Ok(())
     }
 
+    /// Bonawitz et al. CCS 2017, Fig. 4, Round 4 (Unmasking), user:
+    /// decrypt e_v,u with KA.agree(c_u^SK, c_v^PK) (done in Round 2 here; u ‖ v are checked through
+    /// the key context and AAD).
     fn open_one(&self, from: &str, peer: &PeerKeys, my_x: u32, ct: &[u8]) -> Result<(Share, Share), CryptoError> {
         let ctx = share_context(&self.params.round, from, &self.me);
         let key: DerivedKey = kdf::derive(self.enc.agree(&peer.enc)?.bytes(), &ctx);
@@ -468,11 +503,12 @@ impl ClientOpened {
         self.unopened.iter().cloned().collect()
     }
 
-    /// Take the final U2 (Bonawitz et al. CCS 2017, Fig. 4, Round 2): the delivered
-    /// U2 less the nodes the coordinator removed. It must be a subset of the delivered
-    /// U2, contain this node, have at least t members, and hold no node whose share
-    /// did not open here (this node could neither mask with it safely nor help
-    /// unmask it).
+    /// Take the final U2: the delivered U2 less the nodes the coordinator removed. It
+    /// must be a subset of the delivered U2, contain this node, have at least t
+    /// members, and hold no node whose share did not open here (this node could
+    /// neither mask with it safely nor help unmask it).
+    ///
+    /// Bonawitz et al. CCS 2017, Fig. 4, Round 2 (MaskedInputCollection), user: assert |U2| ≥ t.
     pub fn finish(self, u2: &[String]) -> Result<ClientReady, CryptoError> {
         let round = self.params.round;
         let u2: BTreeSet<String> = u2.iter().cloned().collect();
@@ -504,6 +540,9 @@ impl ClientOpened {
 
 impl ClientReady {
     /// Mask `input` (length d, already encoded in Z_2^64) for the nodes of U2.
+    ///
+    /// Bonawitz et al. CCS 2017, Fig. 4, Round 2 (MaskedInputCollection), user:
+    /// y_u ← x_u + p_u + Σ_{v∈U2} p_u,v.
     pub fn mask(self, input: &[u64]) -> Result<(ClientMasked, Vec<u64>), CryptoError> {
         if input.len() != self.params.d {
             return Err(CryptoError::Length { got: input.len(), expected: self.params.d });
@@ -526,6 +565,9 @@ impl ClientMasked {
     /// Check an unmask (or consistency-check) request without answering it: U3 and
     /// dropped are disjoint, cover U2 exactly, U3 contains this node and has at
     /// least t members.
+    ///
+    /// Bonawitz et al. CCS 2017, Fig. 4, Round 3 (ConsistencyCheck), user:
+    /// assert U3 ⊆ U2 and |U3| ≥ t.
     pub fn check_request(&self, survivors: &[String], dropped: &[String]) -> Result<(), CryptoError> {
         let round = self.params.round;
         let s: BTreeSet<&String> = survivors.iter().collect();
@@ -576,6 +618,9 @@ impl ClientMasked {
     /// Answer the single unmask request: `survivors` is U3, `dropped` is U2∖U3.
     /// Refuses (revealing nothing) unless [`ClientMasked::check_request`] passes.
     /// Consumes the state, so no second request in this round can be answered.
+    ///
+    /// Bonawitz et al. CCS 2017, Fig. 4, Round 4 (Unmasking), user:
+    /// send s_v,u^SK for v ∈ U2∖U3 and b_v,u for v ∈ U3.
     pub fn unmask(self, survivors: &[String], dropped: &[String]) -> Result<Vec<Revealed>, CryptoError> {
         self.check_request(survivors, dropped)?;
         let s: BTreeSet<&String> = survivors.iter().collect();
@@ -631,6 +676,9 @@ impl Aggregator {
     }
 
     /// Add a complete, validated masked vector.
+    ///
+    /// Bonawitz et al. CCS 2017, Fig. 4, Round 2 (MaskedInputCollection), server:
+    /// collect y_u from u ∈ U2.
     pub fn add_masked(&mut self, from: &str, y: &[u64]) -> Result<(), CryptoError> {
         if !self.u2.contains(from) {
             return Err(CryptoError::Protocol(format!("{from} sent a masked input but is not in U2")));
@@ -649,6 +697,9 @@ impl Aggregator {
     }
 
     /// Close inputs: whoever has not sent a complete vector is dropped.
+    ///
+    /// Bonawitz et al. CCS 2017, Fig. 4, Round 2 (MaskedInputCollection), server:
+    /// U3 = the nodes whose y_u arrived.
     pub fn close(self) -> Unmasking {
         let Aggregator { params, u1, u2, sum, included } = self;
         Unmasking { params, u1, u2, sum, survivors: included }
@@ -678,6 +729,10 @@ impl Unmasking {
 
     /// Remove all masks using the revealed shares of at least t responders (each a
     /// survivor). Returns Σ_{u∈U3} x_u exactly.
+    ///
+    /// Bonawitz et al. CCS 2017, Fig. 4, Round 4 (Unmasking), server:
+    /// reconstruct s_u^SK for dropped u and b_u for survivors;
+    /// z = Σ_{u∈U3} y_u − Σ_{u∈U3} p_u + Σ_{u∈U2∖U3, v∈U3} p_u,v.
     pub fn finish(self, responses: &[(String, Vec<Revealed>)]) -> Result<Vec<u64>, CryptoError> {
         let round = self.params.round;
         let t = self.params.t;
@@ -734,12 +789,14 @@ impl Unmasking {
             )));
         }
         let mut sum = self.sum;
+        // Round 4, server: b_u ← SS.recon for u ∈ U3; subtract p_u = PRG(b_u).
         for u in &self.survivors {
             let shares = self_shares.get(u.as_str()).map(Vec::as_slice).unwrap_or(&[]);
             let mut b = shamir::combine(shares, t)?;
             prg::expand_into(&self_seed(&b, &round, u), &mut sum, Sign::Sub);
             b.zeroize();
         }
+        // Round 4, server: s_v^SK ← SS.recon for v ∈ U2∖U3; undo p_u,v for u ∈ U3.
         for v in self.u2.difference(&self.survivors) {
             let shares = key_shares.get(v.as_str()).map(Vec::as_slice).unwrap_or(&[]);
             let sk = RoundSecret::from_bytes(shamir::combine(shares, t)?);

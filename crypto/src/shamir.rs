@@ -73,6 +73,9 @@ fn halves(secret: &[u8; 32]) -> [Scalar; 2] {
 }
 
 /// Split `secret` into `n` shares with `x = 1..=n`, any `t` of which reconstruct it.
+///
+/// Shamir 1979: a random polynomial of degree t−1 per half, evaluated at x = 1..=n.
+/// Bonawitz et al. CCS 2017, Fig. 4, Round 1 (ShareKeys), user: SS.share.
 pub fn split(secret: &[u8; 32], t: usize, n: usize, rng: &dyn SecureRandom) -> Result<Vec<Share>, CryptoError> {
     if t < 1 || t > n || n > u32::MAX as usize {
         return Err(CryptoError::Threshold { t, n });
@@ -102,6 +105,9 @@ pub fn split(secret: &[u8; 32], t: usize, n: usize, rng: &dyn SecureRandom) -> R
 
 /// Reconstruct from at least `t` shares with distinct `x` (Lagrange at 0). With more
 /// than `t` shares, the first `t` are used.
+///
+/// Shamir 1979: Lagrange interpolation at 0.
+/// Bonawitz et al. CCS 2017, Fig. 4, Round 4 (Unmasking), server: SS.recon.
 pub fn combine(shares: &[Share], t: usize) -> Result<[u8; 32], CryptoError> {
     if shares.len() < t || t == 0 {
         return Err(CryptoError::TooFewShares { t, got: shares.len() });

@@ -3,20 +3,66 @@
 
 use super::*;
 
-pub(super) fn parties(all: &[&Record], inp: &[&Record], dir: &Directory) -> Vec<PartyLog> {
-    let mut names = BTreeSet::new();
-    for r in all {
-        names.insert(r.party.as_str());
+/// A row with the time it is listed by (ties broken by its own fields).
+struct Dated<T> {
+    time_ms: u64,
+    row: T,
+}
+
+/// Messages and bytes sent, for one node or one part of its egress.
+#[derive(Default)]
+struct Sent {
+    messages: u64,
+    bytes: u64,
+}
+
+impl Sent {
+    fn add(&mut self, bytes: u64) {
+        self.messages += 1;
+        self.bytes = self.bytes.saturating_add(bytes);
     }
-    let mut out: Vec<PartyLog> = names
+}
+
+/// One node's egress in the period: in total, per analysis kind and per message type.
+#[derive(Default)]
+struct NodeSent {
+    total: Sent,
+    by_kind: BTreeMap<String, Sent>,
+    by_message: BTreeMap<String, Sent>,
+}
+
+/// What identifies a group of refusals: who recorded them, about which node, for
+/// which analysis and why. The field order is the groups' order before sorting.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct RefusalKey {
+    recorded_by: String,
+    source: RefusalSource,
+    node: String,
+    analysis: Option<String>,
+    reason: String,
+}
+
+/// The records of one approval request at one node.
+#[derive(Default)]
+struct ApprovalRecords<'a> {
+    request: Option<&'a Record>,
+    /// The grant or expiry (the first one logged).
+    decision: Option<&'a Record>,
+    /// Whether any of its records is in the period.
+    in_period: bool,
+}
+
+pub(super) fn parties(all: &[&Record], in_period: &[&Record], names: &NameIndex) -> Vec<PartyLog> {
+    let parties: BTreeSet<&str> = all.iter().map(|r| r.party.as_str()).collect();
+    let mut out: Vec<PartyLog> = parties
         .into_iter()
         .map(|party| {
-            let times: Vec<u64> = inp.iter().filter(|r| r.party == party).map(|r| r.time_ms).collect();
+            let times: Vec<u64> = in_period.iter().filter(|r| r.party == party).map(|r| r.time_ms).collect();
             PartyLog {
                 party: party.to_string(),
-                role: dir.role(party),
-                organisation: dir.org(party),
-                software: dir.software.get(party).cloned().unwrap_or_default(),
+                role: names.role(party),
+                organisation: names.org(party),
+                software: names.software.get(party).cloned().unwrap_or_default(),
                 records_in_period: times.len() as u64,
                 first_record: times.iter().min().copied().map(fmt_time),
                 last_record: times.iter().max().copied().map(fmt_time),
@@ -27,12 +73,12 @@ pub(super) fn parties(all: &[&Record], inp: &[&Record], dir: &Directory) -> Vec<
     out
 }
 
-pub(super) fn member(m: &Member, dir: &Directory) -> Participant {
-    let organisation = if m.organisation.is_empty() { dir.org(&m.name) } else { m.organisation.clone() };
+pub(super) fn member(m: &Member, names: &NameIndex) -> Participant {
+    let organisation = if m.organisation.is_empty() { names.org(&m.name) } else { m.organisation.clone() };
     Participant { name: m.name.clone(), organisation, kind: m.kind.clone() }
 }
 
-pub(super) fn analyses(all: &[&Record], dir: &Directory, period: &Period) -> Vec<AnalysisRun> {
+pub(super) fn analyses(all: &[&Record], names: &NameIndex, period: &Period) -> Vec<AnalysisRun> {
     // The analyses with a request, release or failure in the period, with their first such time.
     let mut ids: BTreeMap<&str, u64> = BTreeMap::new();
     for r in all.iter().filter(|r| period.contains(r.time_ms)) {
@@ -44,12 +90,14 @@ pub(super) fn analyses(all: &[&Record], dir: &Directory, period: &Period) -> Vec
             *t = (*t).min(r.time_ms);
         }
     }
-    let coordinator_records: Vec<&Record> = all.iter().copied().filter(|r| dir.is_coordinator(&r.party)).collect();
-    let mut out: Vec<(u64, AnalysisRun)> = Vec::new();
+    let coordinator_records: Vec<&Record> = all.iter().copied().filter(|r| names.is_coordinator(&r.party)).collect();
+    let mut out: Vec<Dated<AnalysisRun>> = Vec::new();
     for (id, first_in_period) in ids {
         let mut request = None;
         let mut release = None;
-        let mut failures: Vec<(u64, &str)> = Vec::new();
+        let mut last_failure_ms = None;
+        // Every distinct failure reason, in the order first recorded.
+        let mut failure_reasons: Vec<String> = Vec::new();
         let mut rounds = BTreeSet::new();
         let mut invited: Vec<&Member> = Vec::new();
         for r in &coordinator_records {
@@ -62,7 +110,12 @@ pub(super) fn analyses(all: &[&Record], dir: &Directory, period: &Period) -> Vec
                     // Normally already started; counts rounds whose start was deleted by retention.
                     rounds.extend(released.iter().map(String::as_str));
                 }
-                Event::AnalysisFailed { analysis, reason } if analysis == id => failures.push((r.time_ms, reason)),
+                Event::AnalysisFailed { analysis, reason } if analysis == id => {
+                    last_failure_ms = Some(r.time_ms);
+                    if !failure_reasons.contains(reason) {
+                        failure_reasons.push(reason.clone());
+                    }
+                }
                 Event::RoundStarted { round, analysis, invited: inv, .. } if analysis == id => {
                     rounds.insert(round.as_str());
                     invited.extend(inv);
@@ -86,25 +139,19 @@ pub(super) fn analyses(all: &[&Record], dir: &Directory, period: &Period) -> Vec
             }
             _ => (String::new(), String::new(), String::new(), serde_json::Value::Null, None),
         };
-        let kind = requested_kind.or_else(|| dir.kind(id)).unwrap_or_default();
-        let mut failure_reasons: Vec<String> = Vec::new();
-        for (_, reason) in &failures {
-            if !failure_reasons.iter().any(|f| f == reason) {
-                failure_reasons.push(reason.to_string());
-            }
-        }
-        let (outcome, outcome_at) = match (release, failures.last()) {
+        let kind = requested_kind.or_else(|| names.kind(id)).unwrap_or_default();
+        let (outcome, outcome_at) = match (release, last_failure_ms) {
             (Some(r), _) => (Outcome::Released, Some(fmt_time(r.time_ms))),
-            (None, Some((t, _))) => (Outcome::Failed, Some(fmt_time(*t))),
+            (None, Some(t)) => (Outcome::Failed, Some(fmt_time(t))),
             (None, None) => (Outcome::NoOutcomeRecorded, None),
         };
         let (participants, participants_from) = match release.map(|r| &r.event) {
             Some(Event::Release { contributors, .. }) => {
-                (contributors.iter().map(|m| member(m, dir)).collect(), ParticipantSource::Contributors)
+                (contributors.iter().map(|m| member(m, names)).collect(), ParticipantSource::Contributors)
             }
             _ if !invited.is_empty() => {
                 let mut seen = BTreeSet::new();
-                let list = invited.iter().filter(|m| seen.insert(m.name.as_str())).map(|m| member(m, dir)).collect();
+                let list = invited.iter().filter(|m| seen.insert(m.name.as_str())).map(|m| member(m, names)).collect();
                 (list, ParticipantSource::Invited)
             }
             _ => (Vec::new(), ParticipantSource::Unknown),
@@ -112,16 +159,15 @@ pub(super) fn analyses(all: &[&Record], dir: &Directory, period: &Period) -> Vec
         let mut declined: Vec<String> = Vec::new();
         for r in &coordinator_records {
             if let Event::NodeExit { round, node, .. } = &r.event {
-                let ours = rounds.contains(round.as_str()) || dir.round_analysis.get(round).is_some_and(|a| a == id);
+                let ours = rounds.contains(round.as_str()) || names.round_analysis.get(round).is_some_and(|a| a == id);
                 if ours && !declined.contains(node) {
                     declined.push(node.clone());
                 }
             }
         }
-        let sort_time = request.map_or(first_in_period, |r| r.time_ms);
-        out.push((
-            sort_time,
-            AnalysisRun {
+        out.push(Dated {
+            time_ms: request.map_or(first_in_period, |r| r.time_ms),
+            row: AnalysisRun {
                 analysis: id.to_string(),
                 kind,
                 requested_at: request.map(|r| fmt_time(r.time_ms)),
@@ -137,56 +183,48 @@ pub(super) fn analyses(all: &[&Record], dir: &Directory, period: &Period) -> Vec
                 rounds: rounds.len() as u64,
                 declined,
             },
-        ));
+        });
     }
-    out.sort_by(|a, b| (a.0, &a.1.analysis).cmp(&(b.0, &b.1.analysis)));
-    out.into_iter().map(|(_, a)| a).collect()
+    out.sort_by(|a, b| (a.time_ms, &a.row.analysis).cmp(&(b.time_ms, &b.row.analysis)));
+    out.into_iter().map(|a| a.row).collect()
 }
 
-pub(super) fn add_part(parts: &mut BTreeMap<String, (u64, u64)>, name: String, bytes: u64) {
-    let e = parts.entry(name).or_default();
-    e.0 += 1;
-    e.1 = e.1.saturating_add(bytes);
+fn parts(map: BTreeMap<String, Sent>) -> Vec<EgressPart> {
+    map.into_iter().map(|(name, Sent { messages, bytes })| EgressPart { name, messages, bytes }).collect()
 }
 
-pub(super) fn parts(map: BTreeMap<String, (u64, u64)>) -> Vec<EgressPart> {
-    map.into_iter().map(|(name, (messages, bytes))| EgressPart { name, messages, bytes }).collect()
-}
-
-pub(super) fn egress(all: &[&Record], inp: &[&Record], dir: &Directory) -> (Vec<NodeEgress>, EgressTotal) {
-    type Acc = (u64, u64, BTreeMap<String, (u64, u64)>, BTreeMap<String, (u64, u64)>);
-    let mut nodes: BTreeMap<String, Acc> = BTreeMap::new();
+pub(super) fn egress(all: &[&Record], in_period: &[&Record], names: &NameIndex) -> (Vec<NodeEgress>, EgressTotal) {
+    let mut nodes: BTreeMap<String, NodeSent> = BTreeMap::new();
     // Every node whose log was read appears, even with nothing sent.
     for r in all {
-        if dir.is_node(&r.party) {
+        if names.is_node(&r.party) {
             nodes.entry(r.party.clone()).or_default();
         }
     }
-    for r in inp {
+    for r in in_period {
         if let Event::Egress { round, analysis, message, bytes, .. } = &r.event {
-            let acc = nodes.entry(r.party.clone()).or_default();
-            acc.0 += 1;
-            acc.1 = acc.1.saturating_add(*bytes);
-            let kind = match dir.analysis_of(analysis.as_ref(), round.as_ref()) {
-                Some(a) => dir.kind(&a).unwrap_or_else(|| UNKNOWN_KIND.to_string()),
+            let sent = nodes.entry(r.party.clone()).or_default();
+            sent.total.add(*bytes);
+            let kind = match names.analysis_of(analysis.as_ref(), round.as_ref()) {
+                Some(a) => names.kind(&a).unwrap_or_else(|| UNKNOWN_KIND.to_string()),
                 None => NOT_AN_ANALYSIS.to_string(),
             };
-            add_part(&mut acc.2, kind, *bytes);
-            add_part(&mut acc.3, message.clone(), *bytes);
+            sent.by_kind.entry(kind).or_default().add(*bytes);
+            sent.by_message.entry(message.clone()).or_default().add(*bytes);
         }
     }
     let mut total = EgressTotal { nodes: 0, messages: 0, bytes: 0 };
     let out = nodes
         .into_iter()
-        .map(|(node, (messages, bytes, by_kind, by_message))| {
+        .map(|(node, NodeSent { total: sent, by_kind, by_message })| {
             total.nodes += 1;
-            total.messages += messages;
-            total.bytes = total.bytes.saturating_add(bytes);
+            total.messages += sent.messages;
+            total.bytes = total.bytes.saturating_add(sent.bytes);
             NodeEgress {
-                organisation: dir.org(&node),
+                organisation: names.org(&node),
                 node,
-                messages,
-                bytes,
+                messages: sent.messages,
+                bytes: sent.bytes,
                 by_kind: parts(by_kind),
                 by_message: parts(by_message),
             }
@@ -195,11 +233,10 @@ pub(super) fn egress(all: &[&Record], inp: &[&Record], dir: &Directory) -> (Vec<
     (out, total)
 }
 
-pub(super) fn refusals(inp: &[&Record], dir: &Directory) -> Vec<Refusal> {
-    type Key = (String, RefusalSource, String, Option<String>, String);
-    let mut groups: BTreeMap<Key, Refusal> = BTreeMap::new();
-    let mut order: BTreeMap<Key, u64> = BTreeMap::new();
-    for r in inp {
+pub(super) fn refusals(in_period: &[&Record], names: &NameIndex) -> Vec<Refusal> {
+    // Each group with the time of its first refusal, by which the groups are listed.
+    let mut groups: BTreeMap<RefusalKey, Dated<Refusal>> = BTreeMap::new();
+    for r in in_period {
         let (node, source, analysis, round, reason) = match &r.event {
             Event::PolicyDecision { round, analysis, admitted: false, reason } => {
                 (r.party.clone(), RefusalSource::Node, Some(analysis.clone()), round.clone(), reason.clone())
@@ -207,27 +244,38 @@ pub(super) fn refusals(inp: &[&Record], dir: &Directory) -> Vec<Refusal> {
             Event::NodeExit { round, node, reason } => (
                 node.clone(),
                 RefusalSource::Coordinator,
-                dir.analysis_of(None, Some(round)),
+                names.analysis_of(None, Some(round)),
                 Some(round.clone()),
                 reason.clone(),
             ),
             _ => continue,
         };
-        let key: Key = (r.party.clone(), source, node.clone(), analysis.clone(), reason.clone());
-        let t = fmt_time(r.time_ms);
-        let g = groups.entry(key.clone()).or_insert_with(|| Refusal {
-            organisation: dir.org(&node),
-            node,
-            source,
+        let key = RefusalKey {
             recorded_by: r.party.clone(),
-            kind: analysis.as_deref().and_then(|a| dir.kind(a)),
-            analysis,
-            rounds: Vec::new(),
-            reason,
-            count: 0,
-            first_at: t.clone(),
-            last_at: t.clone(),
+            source,
+            node: node.clone(),
+            analysis: analysis.clone(),
+            reason: reason.clone(),
+        };
+        let t = fmt_time(r.time_ms);
+        let group = groups.entry(key).or_insert_with(|| Dated {
+            time_ms: r.time_ms,
+            row: Refusal {
+                organisation: names.org(&node),
+                node,
+                source,
+                recorded_by: r.party.clone(),
+                kind: analysis.as_deref().and_then(|a| names.kind(a)),
+                analysis,
+                rounds: Vec::new(),
+                reason,
+                count: 0,
+                first_at: t.clone(),
+                last_at: t.clone(),
+            },
         });
+        group.time_ms = group.time_ms.min(r.time_ms);
+        let g = &mut group.row;
         g.count += 1;
         g.first_at = g.first_at.clone().min(t.clone());
         g.last_at = g.last_at.clone().max(t);
@@ -236,16 +284,18 @@ pub(super) fn refusals(inp: &[&Record], dir: &Directory) -> Vec<Refusal> {
         {
             g.rounds.push(round);
         }
-        let o = order.entry(key).or_insert(r.time_ms);
-        *o = (*o).min(r.time_ms);
     }
-    let mut out: Vec<(u64, Refusal)> = groups.into_iter().map(|(k, g)| (order[&k], g)).collect();
-    out.sort_by(|a, b| (a.0, &a.1.node, a.1.source, &a.1.reason).cmp(&(b.0, &b.1.node, b.1.source, &b.1.reason)));
-    out.into_iter().map(|(_, g)| g).collect()
+    let mut out: Vec<Dated<Refusal>> = groups.into_values().collect();
+    out.sort_by(|a, b| {
+        let (x, y) = (&a.row, &b.row);
+        (a.time_ms, &x.node, x.source, &x.reason).cmp(&(b.time_ms, &y.node, y.source, &y.reason))
+    });
+    out.into_iter().map(|g| g.row).collect()
 }
 
-pub(super) fn thresholds(inp: &[&Record]) -> Vec<ReleaseThresholds> {
-    inp.iter()
+pub(super) fn thresholds(in_period: &[&Record]) -> Vec<ReleaseThresholds> {
+    in_period
+        .iter()
         .filter_map(|r| match &r.event {
             Event::Release {
                 analysis,
@@ -273,39 +323,36 @@ pub(super) fn thresholds(inp: &[&Record]) -> Vec<ReleaseThresholds> {
         .collect()
 }
 
-pub(super) fn policy_decisions(inp: &[&Record], dir: &Directory) -> Vec<PolicyCounts> {
-    let mut counts: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
-    for r in inp {
+pub(super) fn policy_decisions(in_period: &[&Record], names: &NameIndex) -> Vec<PolicyCounts> {
+    let mut counts: BTreeMap<&str, PolicyCounts> = BTreeMap::new();
+    for r in in_period {
         if let Event::PolicyDecision { admitted, .. } = &r.event {
-            let c = counts.entry(&r.party).or_default();
+            let c = counts.entry(&r.party).or_insert_with(|| PolicyCounts {
+                node: r.party.clone(),
+                organisation: names.org(&r.party),
+                admitted: 0,
+                refused: 0,
+            });
             if *admitted {
-                c.0 += 1;
+                c.admitted += 1;
             } else {
-                c.1 += 1;
+                c.refused += 1;
             }
         }
     }
-    counts
-        .into_iter()
-        .map(|(node, (admitted, refused))| PolicyCounts {
-            node: node.to_string(),
-            organisation: dir.org(node),
-            admitted,
-            refused,
-        })
-        .collect()
+    counts.into_values().collect()
 }
 
-pub(super) fn suppressed(inp: &[&Record], dir: &Directory) -> SuppressedCells {
+pub(super) fn suppressed(in_period: &[&Record], names: &NameIndex) -> SuppressedCells {
     let mut per: BTreeMap<&str, AnalysisSuppressed> = BTreeMap::new();
     let (mut total_cells, mut total_suppressed) = (0u64, 0u64);
-    for r in inp {
+    for r in in_period {
         if let Event::Release { analysis, kind, cells, suppressed, .. } = &r.event {
             total_cells = total_cells.saturating_add(*cells);
             total_suppressed = total_suppressed.saturating_add(*suppressed);
             let e = per.entry(analysis).or_insert_with(|| AnalysisSuppressed {
                 analysis: analysis.clone(),
-                kind: if kind.is_empty() { dir.kind(analysis).unwrap_or_default() } else { kind.clone() },
+                kind: if kind.is_empty() { names.kind(analysis).unwrap_or_default() } else { kind.clone() },
                 releases: 0,
                 cells: 0,
                 suppressed: 0,
@@ -320,13 +367,12 @@ pub(super) fn suppressed(inp: &[&Record], dir: &Directory) -> SuppressedCells {
 
 pub(super) fn approvals(
     all: &[&Record],
-    inp: &[&Record],
-    dir: &Directory,
+    in_period: &[&Record],
+    names: &NameIndex,
     period: &Period,
 ) -> (Vec<Approval>, Vec<ApprovalCounts>) {
-    // (node, id) → (requested record, decision record, touched in period)
-    type Entry<'a> = (Option<&'a Record>, Option<&'a Record>, bool);
-    let mut map: BTreeMap<(&str, &str), Entry> = BTreeMap::new();
+    // (node, request id) → its records.
+    let mut map: BTreeMap<(&str, &str), ApprovalRecords> = BTreeMap::new();
     for r in all {
         let (id, is_request) = match &r.event {
             Event::ApprovalRequested { id, .. } => (id.as_str(), true),
@@ -335,15 +381,15 @@ pub(super) fn approvals(
         };
         let e = map.entry((r.party.as_str(), id)).or_default();
         if is_request {
-            e.0 = e.0.or(Some(*r));
-        } else if e.1.is_none() {
-            e.1 = Some(*r);
+            e.request = e.request.or(Some(*r));
+        } else if e.decision.is_none() {
+            e.decision = Some(*r);
         }
-        e.2 |= period.contains(r.time_ms);
+        e.in_period |= period.contains(r.time_ms);
     }
-    let mut rows: Vec<(u64, Approval)> = Vec::new();
-    for ((node, id), (request, decision, in_period)) in map {
-        if !in_period {
+    let mut rows: Vec<Dated<Approval>> = Vec::new();
+    for ((node, id), ApprovalRecords { request, decision, in_period: touched }) in map {
+        if !touched {
             continue;
         }
         let (analysis, purpose, requested_by, expires_at) = match request.map(|r| &r.event) {
@@ -357,12 +403,11 @@ pub(super) fn approvals(
             Some(_) => (ApprovalOutcome::Expired, None),
             None => (ApprovalOutcome::Pending, None),
         };
-        let sort = request.or(decision).map_or(0, |r| r.time_ms);
-        rows.push((
-            sort,
-            Approval {
+        rows.push(Dated {
+            time_ms: request.or(decision).map_or(0, |r| r.time_ms),
+            row: Approval {
                 node: node.to_string(),
-                organisation: dir.org(node),
+                organisation: names.org(node),
                 id: id.to_string(),
                 analysis,
                 purpose,
@@ -373,39 +418,35 @@ pub(super) fn approvals(
                 decided_by,
                 decided_at: decision.map(|r| fmt_time(r.time_ms)),
             },
-        ));
+        });
     }
-    rows.sort_by(|a, b| (a.0, &a.1.node, &a.1.id).cmp(&(b.0, &b.1.node, &b.1.id)));
-    let mut counts: BTreeMap<&str, (u64, u64, u64)> = BTreeMap::new();
-    for r in inp {
+    rows.sort_by(|a, b| (a.time_ms, &a.row.node, &a.row.id).cmp(&(b.time_ms, &b.row.node, &b.row.id)));
+    let mut counts: BTreeMap<&str, ApprovalCounts> = BTreeMap::new();
+    for r in in_period {
         let c = match &r.event {
             Event::ApprovalRequested { .. } | Event::ApprovalGranted { .. } | Event::ApprovalExpired { .. } => {
-                counts.entry(&r.party).or_default()
+                counts.entry(&r.party).or_insert_with(|| ApprovalCounts {
+                    node: r.party.clone(),
+                    organisation: names.org(&r.party),
+                    requested: 0,
+                    granted: 0,
+                    expired: 0,
+                })
             }
             _ => continue,
         };
         match &r.event {
-            Event::ApprovalRequested { .. } => c.0 += 1,
-            Event::ApprovalGranted { .. } => c.1 += 1,
-            _ => c.2 += 1,
+            Event::ApprovalRequested { .. } => c.requested += 1,
+            Event::ApprovalGranted { .. } => c.granted += 1,
+            _ => c.expired += 1,
         }
     }
-    let counts = counts
-        .into_iter()
-        .map(|(node, (requested, granted, expired))| ApprovalCounts {
-            node: node.to_string(),
-            organisation: dir.org(node),
-            requested,
-            granted,
-            expired,
-        })
-        .collect();
-    (rows.into_iter().map(|(_, a)| a).collect(), counts)
+    (rows.into_iter().map(|a| a.row).collect(), counts.into_values().collect())
 }
 
-pub(super) fn sessions(inp: &[&Record], dir: &Directory) -> Vec<SessionCounts> {
+pub(super) fn sessions(in_period: &[&Record], names: &NameIndex) -> Vec<SessionCounts> {
     let mut map: BTreeMap<(&str, &str), SessionCounts> = BTreeMap::new();
-    for r in inp {
+    for r in in_period {
         let peer = match &r.event {
             Event::SessionOpened { peer, .. } | Event::SessionClosed { peer, .. } => peer,
             _ => continue,
@@ -413,8 +454,8 @@ pub(super) fn sessions(inp: &[&Record], dir: &Directory) -> Vec<SessionCounts> {
         let s = map.entry((&r.party, peer)).or_insert_with(|| SessionCounts {
             recorded_by: r.party.clone(),
             peer: peer.clone(),
-            organisation: dir.org(peer),
-            role: dir.role(peer),
+            organisation: names.org(peer),
+            role: names.role(peer),
             opened: 0,
             closed: 0,
             close_reasons: Vec::new(),
@@ -441,8 +482,9 @@ pub(super) fn sessions(inp: &[&Record], dir: &Directory) -> Vec<SessionCounts> {
     map.into_values().collect()
 }
 
-pub(super) fn integrity(inp: &[&Record]) -> Vec<IntegrityNote> {
-    inp.iter()
+pub(super) fn integrity(in_period: &[&Record]) -> Vec<IntegrityNote> {
+    in_period
+        .iter()
         .filter_map(|r| {
             let note = |kind, files| IntegrityNote {
                 at: fmt_time(r.time_ms),
@@ -471,11 +513,11 @@ pub(super) fn integrity(inp: &[&Record]) -> Vec<IntegrityNote> {
         .collect()
 }
 
-pub(super) fn seals(parties: &[PartyLog], inp: &[&Record]) -> Vec<SealCount> {
+pub(super) fn seals(parties: &[PartyLog], in_period: &[&Record]) -> Vec<SealCount> {
     parties
         .iter()
         .map(|p| {
-            let ups: Vec<u64> = inp
+            let ups: Vec<u64> = in_period
                 .iter()
                 .filter(|r| r.party == p.party)
                 .filter_map(|r| match r.event {

@@ -1,5 +1,5 @@
-//! What the whole logs say about names, roles and analyses (the name index, `Directory`),
-//! and the report period in Unix milliseconds.
+//! What the whole logs say about names, roles and analyses (`NameIndex`), and the
+//! report period in Unix milliseconds.
 
 use super::*;
 
@@ -23,9 +23,10 @@ impl Period {
     }
 }
 
-/// What the whole logs say about names, roles and analyses (independent of the period).
+/// The name index: what the whole logs say about each party's organisation, role and
+/// software, each analysis's kind and each round's analysis (independent of the period).
 #[derive(Default)]
-pub(super) struct Directory {
+pub(super) struct NameIndex {
     /// Party or member name → organisation (`log-opened` first, then certificates,
     /// sessions, round members).
     pub(super) orgs: BTreeMap<String, String>,
@@ -51,9 +52,9 @@ pub(super) fn put_new(map: &mut BTreeMap<String, String>, key: &str, value: &str
     }
 }
 
-impl Directory {
+impl NameIndex {
     pub(super) fn new(all: &[&Record]) -> Self {
-        let mut d = Directory::default();
+        let mut index = NameIndex::default();
         // Organisations, lowest priority first: later passes overwrite.
         for r in all {
             let members: &[Member] = match &r.event {
@@ -63,49 +64,49 @@ impl Directory {
                 _ => &[],
             };
             for m in members {
-                put(&mut d.orgs, &m.name, &m.organisation);
+                put(&mut index.orgs, &m.name, &m.organisation);
             }
         }
         for r in all {
             if let Event::SessionOpened { peer, organisation, role } = &r.event {
-                put(&mut d.orgs, peer, organisation);
-                put(&mut d.roles, peer, role);
+                put(&mut index.orgs, peer, organisation);
+                put(&mut index.roles, peer, role);
             }
         }
         for r in all {
             if let Event::CertificateIssued { name, organisation, role, .. } = &r.event {
-                put(&mut d.orgs, name, organisation);
-                put(&mut d.roles, name, role);
+                put(&mut index.orgs, name, organisation);
+                put(&mut index.roles, name, role);
             }
         }
         for r in all {
             if let Event::LogOpened { role, organisation, software, .. } = &r.event {
-                put(&mut d.orgs, &r.party, organisation);
-                put(&mut d.roles, &r.party, role);
-                put(&mut d.software, &r.party, software);
+                put(&mut index.orgs, &r.party, organisation);
+                put(&mut index.roles, &r.party, role);
+                put(&mut index.software, &r.party, software);
             }
         }
         // Analyses and rounds: the request names the kind authoritatively.
         for r in all {
             if let Event::AnalysisRequested { analysis, kind, .. } = &r.event {
-                put_new(&mut d.kinds, analysis, kind);
+                put_new(&mut index.kinds, analysis, kind);
             }
         }
         for r in all {
             match &r.event {
                 Event::Release { analysis, kind, rounds, .. } => {
-                    put_new(&mut d.kinds, analysis, kind);
+                    put_new(&mut index.kinds, analysis, kind);
                     for round in rounds {
-                        put_new(&mut d.round_analysis, round, analysis);
+                        put_new(&mut index.round_analysis, round, analysis);
                     }
                 }
                 Event::RoundStarted { round, analysis, kind, .. } => {
-                    put_new(&mut d.kinds, analysis, kind);
-                    put_new(&mut d.round_analysis, round, analysis);
+                    put_new(&mut index.kinds, analysis, kind);
+                    put_new(&mut index.round_analysis, round, analysis);
                 }
                 Event::Egress { round: Some(round), analysis: Some(analysis), .. }
                 | Event::PolicyDecision { round: Some(round), analysis, .. } => {
-                    put_new(&mut d.round_analysis, round, analysis);
+                    put_new(&mut index.round_analysis, round, analysis);
                 }
                 _ => {}
             }
@@ -120,11 +121,11 @@ impl Directory {
                     | Event::NodeExit { .. }
                     | Event::ShareReported { .. }
             );
-            if coordinator_event || d.roles.get(&r.party).is_some_and(|role| role.contains("coordinator")) {
-                d.coordinators.insert(r.party.clone());
+            if coordinator_event || index.roles.get(&r.party).is_some_and(|role| role.contains("coordinator")) {
+                index.coordinators.insert(r.party.clone());
             }
         }
-        d
+        index
     }
 
     pub(super) fn org(&self, name: &str) -> String {

@@ -440,31 +440,31 @@ pub struct SealCount {
 pub fn build(logs: &[Vec<Record>], from: Date, to: Date, verification: Option<String>) -> Report {
     let period = Period::new(from, to);
     let all: Vec<&Record> = logs.iter().flatten().collect();
-    let dir = Directory::new(&all);
-    let mut inp: Vec<&Record> = all.iter().copied().filter(|r| period.contains(r.time_ms)).collect();
+    let names = NameIndex::new(&all);
+    let mut in_period: Vec<&Record> = all.iter().copied().filter(|r| period.contains(r.time_ms)).collect();
     // Lists read in time order across logs (stable: a log's own order breaks ties).
-    inp.sort_by_key(|r| r.time_ms);
-    let parties = parties(&all, &inp, &dir);
-    let seals = seals(&parties, &inp);
-    let thresholds = thresholds(&inp);
-    let suppressed = suppressed(&inp, &dir);
-    let (egress, egress_total) = egress(&all, &inp, &dir);
-    let (approvals, approval_counts) = approvals(&all, &inp, &dir, &period);
+    in_period.sort_by_key(|r| r.time_ms);
+    let parties = parties(&all, &in_period, &names);
+    let seals = seals(&parties, &in_period);
+    let thresholds = thresholds(&in_period);
+    let suppressed = suppressed(&in_period, &names);
+    let (egress, egress_total) = egress(&all, &in_period, &names);
+    let (approvals, approval_counts) = approvals(&all, &in_period, &names, &period);
     Report {
         from: fmt_date(from),
         to: fmt_date(to),
         generated_at: all.iter().map(|r| r.time_ms).max().map(fmt_time),
         verification,
-        analyses: analyses(&all, &dir, &period),
-        round_views: inp
+        analyses: analyses(&all, &names, &period),
+        round_views: in_period
             .iter()
             .filter_map(|r| match &r.event {
                 Event::RoundView { round, stage, delivered, survivors, signers } => Some(RoundViewNote {
                     at: fmt_time(r.time_ms),
                     node: r.party.clone(),
-                    organisation: dir.org(&r.party),
+                    organisation: names.org(&r.party),
                     round: round.clone(),
-                    analysis: dir.analysis_of(None, Some(round)),
+                    analysis: names.analysis_of(None, Some(round)),
                     stage: stage.clone(),
                     delivered: delivered.clone(),
                     survivors: survivors.clone(),
@@ -475,13 +475,13 @@ pub fn build(logs: &[Vec<Record>], from: Date, to: Date, verification: Option<St
             .collect(),
         egress,
         egress_total,
-        refusals: refusals(&inp, &dir),
+        refusals: refusals(&in_period, &names),
         thresholds,
-        policy_decisions: policy_decisions(&inp, &dir),
+        policy_decisions: policy_decisions(&in_period, &names),
         suppressed,
         approvals,
         approval_counts,
-        models: inp
+        models: in_period
             .iter()
             .filter_map(|r| match &r.event {
                 Event::ModelPublished { model, version, sha256 } => Some(ModelPublication {
@@ -494,13 +494,13 @@ pub fn build(logs: &[Vec<Record>], from: Date, to: Date, verification: Option<St
                 _ => None,
             })
             .collect(),
-        scoring: inp
+        scoring: in_period
             .iter()
             .filter_map(|r| match &r.event {
                 Event::LocalScoring { model, version, customers } => Some(ScoringRun {
                     at: fmt_time(r.time_ms),
                     node: r.party.clone(),
-                    organisation: dir.org(&r.party),
+                    organisation: names.org(&r.party),
                     model: model.clone(),
                     version: version.clone(),
                     customers: *customers,
@@ -508,7 +508,7 @@ pub fn build(logs: &[Vec<Record>], from: Date, to: Date, verification: Option<St
                 _ => None,
             })
             .collect(),
-        certificates: inp
+        certificates: in_period
             .iter()
             .filter_map(|r| match &r.event {
                 Event::CertificateIssued { name, organisation, role, serial_hex, not_after, sha256 } => {
@@ -526,7 +526,7 @@ pub fn build(logs: &[Vec<Record>], from: Date, to: Date, verification: Option<St
                 _ => None,
             })
             .collect(),
-        revocations: inp
+        revocations: in_period
             .iter()
             .filter_map(|r| match &r.event {
                 Event::CertificateRevoked { name, organisation, serial_hex, reason, crl_number } => {
@@ -542,8 +542,8 @@ pub fn build(logs: &[Vec<Record>], from: Date, to: Date, verification: Option<St
                 _ => None,
             })
             .collect(),
-        sessions: sessions(&inp, &dir),
-        enrolment: inp
+        sessions: sessions(&in_period, &names),
+        enrolment: in_period
             .iter()
             .rev()
             .find_map(|r| match &r.event {
@@ -560,7 +560,7 @@ pub fn build(logs: &[Vec<Record>], from: Date, to: Date, verification: Option<St
                 _ => None,
             })
             .unwrap_or_default(),
-        refused_sessions: inp
+        refused_sessions: in_period
             .iter()
             .filter_map(|r| match &r.event {
                 Event::SessionRefused { peer, organisation, reason } => Some(RefusedSession {
@@ -581,7 +581,7 @@ pub fn build(logs: &[Vec<Record>], from: Date, to: Date, verification: Option<St
                 _ => None,
             })
             .collect(),
-        integrity: integrity(&inp),
+        integrity: integrity(&in_period),
         seals,
         parties,
     }

@@ -11,15 +11,25 @@ fn ms(t: OffsetDateTime) -> u64 {
     (t.unix_timestamp_nanos() / 1_000_000) as u64
 }
 
-struct Log(Vec<Record>, &'static str);
+/// One party's log, built record by record.
+struct Log {
+    records: Vec<Record>,
+    party: &'static str,
+}
 
 impl Log {
     fn new(party: &'static str) -> Self {
-        Log(Vec::new(), party)
+        Log { records: Vec::new(), party }
     }
     fn at(&mut self, t: OffsetDateTime, event: Event) -> &mut Self {
-        let seq = self.0.len() as u64;
-        self.0.push(Record { seq, prev: GENESIS.to_string(), time_ms: ms(t), party: self.1.to_string(), event });
+        let seq = self.records.len() as u64;
+        self.records.push(Record {
+            seq,
+            prev: GENESIS.to_string(),
+            time_ms: ms(t),
+            party: self.party.to_string(),
+            event,
+        });
         self
     }
 }
@@ -267,7 +277,7 @@ fn logs() -> Vec<Vec<Record>> {
             },
         );
 
-    vec![c.0, n.0, h.0, ca.0]
+    vec![c.records, n.records, h.records, ca.records]
 }
 
 fn march() -> Report {

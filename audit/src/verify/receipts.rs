@@ -3,19 +3,25 @@
 
 use super::*;
 
-/// How one receipt came out.
-pub(super) enum Outcome {
+/// What checking one receipt against the peer's log found. `Truncated` and `Mismatch`
+/// carry the data to phrase the failure once every receipt is known.
+pub(super) enum ReceiptCheck {
     /// The peer's record matches.
     Matched,
-    /// The failure, or the data to phrase it once every receipt is known.
+    /// The failure, phrased.
     Failed(VerifyFailure),
-    Truncated {
-        peer: usize,
-    },
-    Mismatch {
-        peer: usize,
-        actual: [u8; 32],
-    },
+    /// The receipt names a record past the end of the peer's log (`peer` indexes the logs).
+    Truncated { peer: usize },
+    /// The peer's record hashes to `actual`, not to the head in the receipt.
+    Mismatch { peer: usize, actual: [u8; 32] },
+}
+
+/// One receipt, the log holding it, and what checking it found.
+struct Checked<'a> {
+    /// Index of the holder's log.
+    holder: usize,
+    receipt: &'a PendingReceipt,
+    check: ReceiptCheck,
 }
 
 pub(super) fn check_receipts(logs: &[Verified], skew_ms: u64) -> Result<u64, VerifyFailure> {
@@ -37,8 +43,8 @@ pub(super) fn check_receipts(logs: &[Verified], skew_ms: u64) -> Result<u64, Ver
     }
 
     let mut checked = 0;
-    // (holder, receipt, outcome), in file order.
-    let mut outcomes = Vec::new();
+    // In file order.
+    let mut checks = Vec::new();
     for (h, holder) in logs.iter().enumerate() {
         for receipt in &holder.receipts {
             if receipt.peer == holder.summary.party {
@@ -47,33 +53,33 @@ pub(super) fn check_receipts(logs: &[Verified], skew_ms: u64) -> Result<u64, Ver
             let holder_name = &holder.summary.party;
             let Some(&p) = by_party.get(receipt.peer.as_str()) else {
                 // The peer's log is not given: the time in the receipt is all there is.
-                outcomes.push((h, receipt, check_receipt_time(receipt, holder_name, skew_ms)));
+                checks.push(Checked { holder: h, receipt, check: check_receipt_time(receipt, holder_name, skew_ms) });
                 continue;
             };
             let peer = &logs[p];
             if receipt.peer_seq < peer.summary.first_seq {
                 // Deleted by the peer's retention: the receipt's signed time is left.
-                if let Some(outcome) = check_deleted_receipt(receipt, holder_name, peer, skew_ms) {
+                if let Some(check) = check_deleted_receipt(receipt, holder_name, peer, skew_ms) {
                     checked += 1;
-                    outcomes.push((h, receipt, outcome));
+                    checks.push(Checked { holder: h, receipt, check });
                 }
                 continue;
             }
             checked += 1;
-            outcomes.push((h, receipt, check_receipt(receipt, holder_name, p, peer, skew_ms)));
+            checks.push(Checked { holder: h, receipt, check: check_receipt(receipt, holder_name, p, peer, skew_ms) });
         }
     }
 
-    let first_failure = outcomes.iter().find(|(_, _, o)| !matches!(o, Outcome::Matched));
-    let Some((h, receipt, outcome)) = first_failure else {
+    let first_failure = checks.iter().find(|c| !matches!(c.check, ReceiptCheck::Matched));
+    let Some(Checked { holder: h, receipt, check }) = first_failure else {
         return Ok(checked);
     };
     let holder = &logs[*h].summary.party;
     let held = format!("{}:{}", receipt.file.display(), receipt.line);
-    Err(match outcome {
-        Outcome::Matched => unreachable!("filtered above"),
-        Outcome::Failed(failure) => failure.clone(),
-        Outcome::Truncated { peer } => {
+    Err(match check {
+        ReceiptCheck::Matched => unreachable!("filtered above"),
+        ReceiptCheck::Failed(failure) => failure.clone(),
+        ReceiptCheck::Truncated { peer } => {
             let peer_log = &logs[*peer];
             let s = &peer_log.summary;
             let (file, line) = match &s.torn_tail {
@@ -96,17 +102,19 @@ pub(super) fn check_receipts(logs: &[Verified], skew_ms: u64) -> Result<u64, Ver
                 ),
             )
         }
-        Outcome::Mismatch { peer, actual } => {
+        ReceiptCheck::Mismatch { peer, actual } => {
             let peer_log = &logs[*peer];
             // The latest receipt below this one that still matches bounds the rewrite.
-            let bound = outcomes
+            let bound = checks
                 .iter()
-                .filter(|(_, r, o)| {
-                    matches!(o, Outcome::Matched) && r.peer == receipt.peer && r.peer_seq < receipt.peer_seq
+                .filter(|c| {
+                    matches!(c.check, ReceiptCheck::Matched)
+                        && c.receipt.peer == receipt.peer
+                        && c.receipt.peer_seq < receipt.peer_seq
                 })
-                .max_by_key(|(_, r, _)| r.peer_seq);
+                .max_by_key(|c| c.receipt.peer_seq);
             let after = match bound {
-                Some((bh, r, _)) => format!(
+                Some(Checked { holder: bh, receipt: r, .. }) => format!(
                     ", after record {} (which {}'s receipt at {}:{} still matches)",
                     r.peer_seq,
                     logs[*bh].summary.party,
@@ -139,9 +147,9 @@ pub(super) fn check_receipt(
     p: usize,
     peer: &Verified,
     skew_ms: u64,
-) -> Outcome {
+) -> ReceiptCheck {
     let at = |problem, message| {
-        Outcome::Failed(fail(&receipt.file, Some(receipt.line), Some(receipt.seq), problem, message))
+        ReceiptCheck::Failed(fail(&receipt.file, Some(receipt.line), Some(receipt.seq), problem, message))
     };
     let head: [u8; 32] = match hex::decode(&receipt.peer_head).ok().and_then(|h| h.try_into().ok()) {
         Some(h) => h,
@@ -170,13 +178,13 @@ pub(super) fn check_receipt(
         );
     }
     if receipt.peer_seq > s.last_seq {
-        return Outcome::Truncated { peer: p };
+        return ReceiptCheck::Truncated { peer: p };
     }
     // Unwrap safety: first_seq ≤ peer_seq ≤ last_seq, and there is one hash per record.
     let index = usize::try_from(receipt.peer_seq - s.first_seq).unwrap();
     let actual = peer.hashes[index];
     if actual != head {
-        return Outcome::Mismatch { peer: p, actual };
+        return ReceiptCheck::Mismatch { peer: p, actual };
     }
     // The head covers the record's time, so this differs only if the peer signed a
     // time other than its record's.
@@ -184,7 +192,7 @@ pub(super) fn check_receipt(
     let held = format!("{}:{}", receipt.file.display(), receipt.line);
     if receipt.peer_time_ms != time {
         let (file, line) = peer.position(receipt.peer_seq);
-        return Outcome::Failed(fail(
+        return ReceiptCheck::Failed(fail(
             &file,
             Some(line),
             Some(receipt.peer_seq),
@@ -200,7 +208,7 @@ pub(super) fn check_receipt(
     }
     if time > receipt.time_ms.saturating_add(skew_ms) {
         let (file, line) = peer.position(receipt.peer_seq);
-        return Outcome::Failed(fail(
+        return ReceiptCheck::Failed(fail(
             &file,
             Some(line),
             Some(receipt.peer_seq),
@@ -250,16 +258,16 @@ pub(super) fn check_receipt(
             );
         }
     }
-    Outcome::Matched
+    ReceiptCheck::Matched
 }
 
 /// A receipt of a party whose log is not given: its signed time must not be later
 /// than the holder's record of receiving it, plus the skew.
-pub(super) fn check_receipt_time(receipt: &PendingReceipt, holder: &str, skew_ms: u64) -> Outcome {
+pub(super) fn check_receipt_time(receipt: &PendingReceipt, holder: &str, skew_ms: u64) -> ReceiptCheck {
     if receipt.peer_time_ms <= receipt.time_ms.saturating_add(skew_ms) {
-        return Outcome::Matched;
+        return ReceiptCheck::Matched;
     }
-    Outcome::Failed(fail(
+    ReceiptCheck::Failed(fail(
         &receipt.file,
         Some(receipt.line),
         Some(receipt.seq),
@@ -285,23 +293,23 @@ pub(super) fn check_deleted_receipt(
     holder: &str,
     peer: &Verified,
     skew_ms: u64,
-) -> Option<Outcome> {
+) -> Option<ReceiptCheck> {
     let head: [u8; 32] = hex::decode(&receipt.peer_head).ok()?.try_into().ok()?;
     let signature = hex::decode(&receipt.signature_hex).ok()?;
     let payload = head_payload(&receipt.peer, receipt.peer_seq, receipt.peer_time_ms, &head);
     if !peer.certs.iter().any(|(_, c)| pki::verify_signature(c, &payload, &signature).is_ok()) {
         return None;
     }
-    if let Outcome::Failed(failure) = check_receipt_time(receipt, holder, skew_ms) {
-        return Some(Outcome::Failed(failure));
+    if let ReceiptCheck::Failed(failure) = check_receipt_time(receipt, holder, skew_ms) {
+        return Some(ReceiptCheck::Failed(failure));
     }
-    let Some(r) = peer.retention.as_ref() else { return Some(Outcome::Matched) };
+    let Some(r) = peer.retention.as_ref() else { return Some(ReceiptCheck::Matched) };
     let later = receipt.peer_time_ms > r.newest_deleted_ms;
     let differs = receipt.peer_seq == r.upto_seq && receipt.peer_time_ms != r.newest_deleted_ms;
     if receipt.peer_seq > r.upto_seq || !(later || differs) {
-        return Some(Outcome::Matched);
+        return Some(ReceiptCheck::Matched);
     }
-    Some(Outcome::Failed(fail(
+    Some(ReceiptCheck::Failed(fail(
         &r.file,
         Some(r.line),
         Some(r.seq),
