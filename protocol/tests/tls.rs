@@ -1,6 +1,7 @@
 //! Real mutual-TLS handshakes through tonic with the brand PKI's configs from
 //! [`server_tls`] / [`client_tls`]. Public API only.
 
+use fedcrm_pki::tls::Refusal;
 use fedcrm_pki::{CaMaterial, Identity, OrgKind, PrivateKeyPem, Role, Validity, ca_init, new_key_and_csr, sign_csr};
 use fedcrm_protocol::tls::{client_tls, server_tls};
 use std::convert::Infallible;
@@ -71,16 +72,46 @@ fn serve(ca: &CaMaterial, server: &Party) -> SocketAddr {
     addr
 }
 
-async fn call(addr: SocketAddr, tls: ClientTlsConfig) -> Result<(), String> {
+/// Why an attempt failed: the TLS refusal found in the error's chain of causes (the
+/// typed rustls error, as the coordinator and node sort it), else the error's text.
+#[derive(Debug, PartialEq, Eq)]
+enum Failed {
+    Tls(Refusal),
+    /// The peer refused and said so with a TLS alert (RFC 8446 §6), which reaches
+    /// this side only as its description, e.g. `DecryptError`.
+    Alert(String),
+    Other(String),
+}
+
+fn failed(e: &(dyn std::error::Error + 'static)) -> Failed {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        let tls = e.downcast_ref::<rustls::Error>().or_else(|| {
+            e.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|i| i.downcast_ref::<rustls::Error>())
+        });
+        if let Some(tls) = tls {
+            return Failed::Tls(Refusal::classify(tls));
+        }
+        if let Some(alert) = e.to_string().strip_prefix("received fatal alert: ") {
+            return Failed::Alert(alert.to_string());
+        }
+        cause = e.source();
+    }
+    Failed::Other(format!("{e:?}"))
+}
+
+async fn call(addr: SocketAddr, tls: ClientTlsConfig) -> Result<(), Failed> {
     let attempt = async {
         let mut channel = Endpoint::from_shared(format!("https://{addr}"))
-            .map_err(|e| e.to_string())?
+            .map_err(|e| failed(&e))?
             .tls_config(tls)
-            .map_err(|e| e.to_string())?
+            .map_err(|e| failed(&e))?
             .connect()
             .await
-            .map_err(|e| format!("connect: {e:?}"))?;
-        std::future::poll_fn(|cx| channel.poll_ready(cx)).await.map_err(|e| format!("ready: {e:?}"))?;
+            .map_err(|e| failed(&e))?;
+        std::future::poll_fn(|cx| channel.poll_ready(cx)).await.map_err(|e| failed(&e))?;
         let req = http::Request::builder()
             .method("POST")
             .uri(format!("https://{addr}/fedcrm.test.Ping/Ping"))
@@ -88,10 +119,12 @@ async fn call(addr: SocketAddr, tls: ClientTlsConfig) -> Result<(), String> {
             .header("te", "trailers")
             .body(Body::default())
             .unwrap();
-        let resp = channel.call(req).await.map_err(|e| format!("call: {e:?}"))?;
-        if resp.status() == 200 { Ok(()) } else { Err(format!("http status {}", resp.status())) }
+        let resp = channel.call(req).await.map_err(|e| failed(&e))?;
+        if resp.status() == 200 { Ok(()) } else { Err(Failed::Other(format!("http status {}", resp.status()))) }
     };
-    tokio::time::timeout(std::time::Duration::from_secs(20), attempt).await.map_err(|_| "timed out".to_string())?
+    tokio::time::timeout(std::time::Duration::from_secs(20), attempt)
+        .await
+        .map_err(|_| Failed::Other("timed out".into()))?
 }
 
 #[tokio::test]
@@ -107,18 +140,20 @@ async fn mutual_tls_accepts_brand_parties_only() {
     call(addr, good("coordinator.brand")).await.unwrap();
 
     // The server name is checked, whatever address is dialled.
-    assert!(call(addr, good("other.brand")).await.is_err());
+    assert_eq!(call(addr, good("other.brand")).await, Err(Failed::Tls(Refusal::WrongName)));
     // A client certificate from another CA is refused by the server.
     let foreign = client_tls(&ca.cert_pem, &intruder.cert_pem, &intruder.key, "coordinator.brand");
-    assert!(call(addr, foreign).await.is_err());
+    // (The other CA has the same name, so its signature fails to verify: rustls' alert
+    // for a bad signature is DecryptError.)
+    assert_eq!(call(addr, foreign).await, Err(Failed::Alert("DecryptError".into())));
     // A client that trusts another CA refuses the coordinator.
     let distrusting = client_tls(&other_ca.cert_pem, &intruder.cert_pem, &intruder.key, "coordinator.brand");
-    assert!(call(addr, distrusting).await.is_err());
+    assert_eq!(call(addr, distrusting).await, Err(Failed::Tls(Refusal::UnknownIssuer)));
     // No client certificate at all is refused.
     let anonymous = ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(&ca.cert_pem))
         .domain_name("coordinator.brand");
-    assert!(call(addr, anonymous).await.is_err());
+    assert_eq!(call(addr, anonymous).await, Err(Failed::Alert("CertificateRequired".into())));
 }
 
 #[tokio::test]
@@ -130,6 +165,5 @@ async fn node_cert_cannot_serve_tls() {
     // A node pretending to be a server: its certificate lacks serverAuth.
     let addr = serve(&ca, &node);
     let tls = client_tls(&ca.cert_pem, &analyst.cert_pem, &analyst.key, "n1.brand");
-    let err = call(addr, tls).await.unwrap_err();
-    assert!(!err.is_empty());
+    assert_eq!(call(addr, tls).await, Err(Failed::Tls(Refusal::BadUsage)));
 }
