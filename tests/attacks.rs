@@ -620,7 +620,7 @@ async fn r5_the_coordinator_refuses_a_sum_that_completes_an_isolating_combinatio
 }
 
 /// R6 (found in review): a node kept out of the last phases must still remember the
-/// sum its input is in. HQ shows the target a slightly different U3 in round 3: it
+/// sum its input is in. HQ shows the target a slightly different U3 in Round 3 (ConsistencyCheck): it
 /// signs that view, then refuses to unmask for want of t signatures on it; the others
 /// unmask a sum holding its input. Then S2 over
 /// {T, d, e, f, hq} and S3 over {a, …, f} would give 2T = S1 + S2 − S3 − 2·hq. The

@@ -52,7 +52,7 @@ fn max_chunk(round: RoundId, receipt: &fedcrm_pki::Receipt) -> pb::NodeMessage {
     // Room for the envelope (ids, hashes, the receipt) under MAX_MESSAGE_BYTES.
     let words = (MAX_MESSAGE_BYTES - 4096) / 8;
     let c = MaskedChunk { round, index: 0, count: 1, offset: 0, words: (0..words as u64).collect() };
-    let m = wire::node_message(&FromNode::Masked(c), Some(receipt));
+    let m = wire::node_message(&FromNode::MaskedChunk(c), Some(receipt));
     assert!(prost::Message::encoded_len(&m) < MAX_MESSAGE_BYTES);
     m
 }

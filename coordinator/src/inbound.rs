@@ -9,14 +9,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fedcrm_audit::Event as AuditEvent;
+use fedcrm_audit::Event;
 use fedcrm_protocol::pb;
 use fedcrm_protocol::wire;
 use tonic::Streaming;
 
 use crate::Coordinator;
 use crate::audit::record;
-use crate::registry::{Admission, Event, EventBody, Quota, Registered};
+use crate::registry::{Admission, Quota, Registered, SessionEvent, SessionEventBody};
 use crate::service::{ReceiptFault, log_receipt};
 
 /// Reads one node session: drops what belongs to no round the node is in (counted
@@ -79,7 +79,7 @@ impl Reader {
                     let why = format!(
                         "sent a masked chunk of {elements} elements, longer than round {round}'s chunk size of {chunk}"
                     );
-                    (EventBody::Malformed(why), 0)
+                    (SessionEventBody::Malformed(why), 0)
                 }
                 Admission::Accept => {
                     self.report(&mut dropped);
@@ -90,18 +90,18 @@ impl Reader {
                 c = quota.charge(size) => c,
                 _ = self.tx.closed() => break "connection closed".to_string(),
             };
-            let event = Event { node: self.name.clone(), session: self.session, body, charge: Some(charge) };
+            let event = SessionEvent { node: self.name.clone(), session: self.session, body, charge: Some(charge) };
             self.coordinator.registry.event(event);
         };
         self.report(&mut dropped);
         let c = &self.coordinator;
-        c.registry.event(Event {
+        c.registry.event(SessionEvent {
             node: self.name.clone(),
             session: self.session,
-            body: EventBody::Closed,
+            body: SessionEventBody::Closed,
             charge: None,
         });
-        let _ = record(&c.audit, AuditEvent::SessionClosed { peer: self.name.clone(), reason: why.clone() });
+        let _ = record(&c.audit, Event::SessionClosed { peer: self.name.clone(), reason: why.clone() });
         c.registry.unregister(&self.name, self.session);
         c.enrolment.left(&self.name, crate::now_ms() / 1000);
         tracing::info!(node = %self.name, reason = %why, "node disconnected");
@@ -110,16 +110,16 @@ impl Reader {
     }
 
     /// Check the node's signed head on a message for the round and log the receipt.
-    fn parse_and_receipt(&self, m: pb::NodeMessage) -> EventBody {
+    fn parse_and_receipt(&self, m: pb::NodeMessage) -> SessionEventBody {
         let digest = wire::node_message_digest(&m);
         match wire::parse_node_message(m) {
             Ok((m, Some(r))) => match log_receipt(&self.coordinator, &self.name, &self.cert, &r, m.kind(), digest) {
-                Ok(()) => EventBody::Message(m),
-                Err(ReceiptFault::Peer(e)) => EventBody::Malformed(e),
-                Err(ReceiptFault::Local(e)) => EventBody::LocalFault(e),
+                Ok(()) => SessionEventBody::Message(m),
+                Err(ReceiptFault::Peer(e)) => SessionEventBody::Malformed(e),
+                Err(ReceiptFault::Local(e)) => SessionEventBody::LocalFault(e),
             },
-            Ok((_, None)) => EventBody::Malformed("message without the node's signed log head".into()),
-            Err(e) => EventBody::Malformed(e.to_string()),
+            Ok((_, None)) => SessionEventBody::Malformed("message without the node's signed log head".into()),
+            Err(e) => SessionEventBody::Malformed(e.to_string()),
         }
     }
 
@@ -136,7 +136,7 @@ impl Reader {
         );
         let _ = record(
             &self.coordinator.audit,
-            AuditEvent::MessagesDropped { peer: self.name.clone(), messages, bytes, reason },
+            Event::MessagesDropped { peer: self.name.clone(), messages, bytes, reason },
         );
     }
 }

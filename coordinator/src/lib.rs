@@ -29,7 +29,7 @@ use tokio::sync::{Mutex, mpsc};
 
 use crate::audit::SharedLog;
 use crate::config::{CoordinatorConfig, Enrolled};
-use crate::registry::{Event, Registry};
+use crate::registry::{Registry, SessionEvent};
 #[cfg(feature = "test-util")]
 use crate::round::Hooks;
 use crate::round::Runner;
@@ -50,7 +50,7 @@ pub struct Coordinator {
     pub certificate: Vec<u8>,
     /// Signs round rosters.
     signing: SigningKey,
-    events: Mutex<mpsc::UnboundedReceiver<Event>>,
+    events: Mutex<mpsc::UnboundedReceiver<SessionEvent>>,
     /// HQ deviating from the protocol, for tests.
     #[cfg(feature = "test-util")]
     hooks: Hooks,
@@ -310,7 +310,7 @@ impl Coordinator {
 
     /// A round runner for one analysis. Events queued while no analysis ran (stale
     /// disconnects, messages of finished rounds) are discarded first.
-    pub(crate) fn runner<'a>(&'a self, events: &'a mut mpsc::UnboundedReceiver<Event>) -> Runner<'a> {
+    pub(crate) fn runner<'a>(&'a self, events: &'a mut mpsc::UnboundedReceiver<SessionEvent>) -> Runner<'a> {
         while events.try_recv().is_ok() {}
         Runner { coordinator: self, events, settings: self.config.rounds }
     }

@@ -15,20 +15,20 @@ use std::collections::BTreeMap;
 use fedcrm_analysis::rules::Invitee;
 use fedcrm_analysis::rules::{self, Coverage, Stage, Unmasked};
 
-use crate::registry::Participant;
+use crate::registry::ConnectedNode;
 
 /// Who is invited, with which threshold, and who was left out and why.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    pub invited: Vec<Participant>,
+    pub invited: Vec<ConnectedNode>,
     pub t: usize,
     /// Connected nodes not invited, with the reason.
     pub excluded: BTreeMap<String, String>,
 }
 
 /// The smallest threshold every member accepts, or which node's rule no threshold meets.
-pub fn threshold(members: &[Participant]) -> Result<usize, String> {
-    let roster: Vec<Invitee> = members.iter().map(Participant::invitee).collect();
+pub fn threshold(members: &[ConnectedNode]) -> Result<usize, String> {
+    let roster: Vec<Invitee> = members.iter().map(ConnectedNode::invitee).collect();
     let n = roster.len();
     let h = rules::hq_nodes(&roster);
     let mut t = 0;
@@ -49,9 +49,9 @@ pub fn threshold(members: &[Participant]) -> Result<usize, String> {
 }
 
 /// Every member's threshold, organisation and differencing rules over `members`.
-fn check(members: &[Participant], history: &[Unmasked], now_ms: u64, coverage: &Coverage) -> Result<usize, String> {
+fn check(members: &[ConnectedNode], history: &[Unmasked], now_ms: u64, coverage: &Coverage) -> Result<usize, String> {
     let t = threshold(members)?;
-    let roster: Vec<Invitee> = members.iter().map(Participant::invitee).collect();
+    let roster: Vec<Invitee> = members.iter().map(ConnectedNode::invitee).collect();
     // One line per node that would refuse, saying why and from when (the analyst
     // gets them shortened by `round::brief_lines`).
     let mut refusing = String::new();
@@ -78,7 +78,12 @@ fn check(members: &[Participant], history: &[Unmasked], now_ms: u64, coverage: &
 /// Plan a round over the connected nodes: all of them if every one's rules hold;
 /// otherwise the population of the latest overlapping sum (so a node that missed
 /// it waits, and the others get a result), if that holds; otherwise the reason.
-pub fn plan(connected: &[Participant], history: &[Unmasked], now_ms: u64, coverage: &Coverage) -> Result<Plan, String> {
+pub fn plan(
+    connected: &[ConnectedNode],
+    history: &[Unmasked],
+    now_ms: u64,
+    coverage: &Coverage,
+) -> Result<Plan, String> {
     let all = check(connected, history, now_ms, coverage);
     let first_error = match all {
         Ok(t) => return Ok(Plan { invited: connected.to_vec(), t, excluded: BTreeMap::new() }),
@@ -86,7 +91,7 @@ pub fn plan(connected: &[Participant], history: &[Unmasked], now_ms: u64, covera
     };
     // The latest earlier population of this family, restricted to who is connected.
     if let Some(past) = history.iter().rev().find(|u| u.coverage.overlaps(coverage)) {
-        let same: Vec<Participant> =
+        let same: Vec<ConnectedNode> =
             connected.iter().filter(|p| past.contributors.iter().any(|c| c.name == p.name)).cloned().collect();
         if same.len() < connected.len()
             && !same.is_empty()

@@ -60,9 +60,9 @@ pub const CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
 
 const INBOUND_UNIT: usize = INBOUND_BYTES / INBOUND_MESSAGES;
 
-/// A connected node.
+/// A connected, enrolled node: what a round can invite.
 #[derive(Debug, Clone)]
-pub struct Participant {
+pub struct ConnectedNode {
     pub name: String,
     pub organisation: String,
     /// DER of its client certificate, relayed to peers so they can verify its keys.
@@ -75,7 +75,7 @@ pub struct Participant {
     pub rules: NodeRules,
 }
 
-impl Participant {
+impl ConnectedNode {
     /// As named in a signed roster.
     pub fn invitee(&self) -> fedcrm_analysis::rules::Invitee {
         fedcrm_analysis::rules::Invitee {
@@ -105,7 +105,7 @@ impl std::fmt::Display for Origin {
 
 #[derive(Debug)]
 struct Session {
-    participant: Participant,
+    node: ConnectedNode,
     id: u64,
     tx: Outbound,
     origin: Origin,
@@ -115,7 +115,7 @@ struct Session {
 
 /// What a node's session produced.
 #[derive(Debug)]
-pub enum EventBody {
+pub enum SessionEventBody {
     Message(FromNode),
     /// The node's fault: a message that does not parse or whose receipt is bad.
     Malformed(String),
@@ -125,11 +125,12 @@ pub enum EventBody {
     Closed,
 }
 
+/// A session's event, queued for the running round.
 #[derive(Debug)]
-pub struct Event {
+pub struct SessionEvent {
     pub node: String,
     pub session: u64,
-    pub body: EventBody,
+    pub body: SessionEventBody,
     /// The share of the session's inbound quota this event holds, given back when the
     /// event is dropped (handled, ignored or discarded). Held, never read.
     #[allow(dead_code)]
@@ -191,7 +192,7 @@ pub struct Registry {
     opening: Mutex<BTreeSet<String>>,
     round: Mutex<Option<ActiveRound>>,
     next_id: std::sync::atomic::AtomicU64,
-    events: mpsc::UnboundedSender<Event>,
+    events: mpsc::UnboundedSender<SessionEvent>,
     audit: SharedLog,
     /// Session readers still running (each records its session's end before it stops).
     readers: std::sync::Arc<watch::Sender<usize>>,
@@ -256,7 +257,7 @@ fn admit(round: Option<&ActiveRound>, node: &str, session: u64, e: &Envelope) ->
 impl Registry {
     /// The queue is unbounded in count, but every event in it is charged to its
     /// session's `Quota` (a disconnect, one per session, excepted).
-    pub fn new(audit: SharedLog) -> (Self, mpsc::UnboundedReceiver<Event>) {
+    pub fn new(audit: SharedLog) -> (Self, mpsc::UnboundedReceiver<SessionEvent>) {
         let (tx, rx) = mpsc::unbounded_channel();
         (
             Self {
@@ -301,16 +302,21 @@ impl Registry {
 
     /// Register a session. A previous session of the same node (one that ended but
     /// has not unregistered yet) is replaced.
-    pub(crate) fn register(&self, mut participant: Participant, tx: Outbound, addr: Option<SocketAddr>) -> Registered {
+    pub(crate) fn register(&self, mut node: ConnectedNode, tx: Outbound, addr: Option<SocketAddr>) -> Registered {
         let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        participant.session = id;
-        let name = participant.name.clone();
+        node.session = id;
+        let name = node.name.clone();
         let (alive, ended) = watch::channel(());
         let origin = Origin { addr, opened_ms: crate::now_ms() };
-        let old = self.lock().insert(name.clone(), Session { participant, id, tx, origin, ended });
+        let old = self.lock().insert(name.clone(), Session { node, id, tx, origin, ended });
         if let Some(old) = old {
             // Rounds also ignore events whose session is not the one invited.
-            let _ = self.events.send(Event { node: name, session: old.id, body: EventBody::Closed, charge: None });
+            let _ = self.events.send(SessionEvent {
+                node: name,
+                session: old.id,
+                body: SessionEventBody::Closed,
+                charge: None,
+            });
         }
         self.readers.send_modify(|n| *n += 1);
         Registered { session: id, alive, readers: self.readers.clone() }
@@ -321,8 +327,12 @@ impl Registry {
     pub(crate) fn end(&self, name: &str, why: Status) -> bool {
         let Some(old) = self.lock().remove(name) else { return false };
         let _ = old.tx.try_send(Err(why));
-        let _ =
-            self.events.send(Event { node: name.to_string(), session: old.id, body: EventBody::Closed, charge: None });
+        let _ = self.events.send(SessionEvent {
+            node: name.to_string(),
+            session: old.id,
+            body: SessionEventBody::Closed,
+            charge: None,
+        });
         true
     }
 
@@ -349,13 +359,13 @@ impl Registry {
     }
 
     /// Queue an event (its charge was taken by the caller).
-    pub(crate) fn event(&self, e: Event) {
+    pub(crate) fn event(&self, e: SessionEvent) {
         let _ = self.events.send(e);
     }
 
     /// Publish the round about to start to the sessions' readers; it stays running
     /// until the returned guard is dropped.
-    pub(crate) fn round_started(&self, id: RoundId, chunk_elements: usize, invited: &[Participant]) -> Running<'_> {
+    pub(crate) fn round_started(&self, id: RoundId, chunk_elements: usize, invited: &[ConnectedNode]) -> Running<'_> {
         let live = invited.iter().map(|p| (p.name.clone(), p.session)).collect();
         *self.round.lock().unwrap_or_else(|p| p.into_inner()) = Some(ActiveRound { id, chunk_elements, live });
         Running { registry: self, id }
@@ -373,8 +383,8 @@ impl Registry {
     }
 
     /// Connected nodes, sorted by name.
-    pub fn connected(&self) -> Vec<Participant> {
-        self.lock().values().filter(|s| !s.tx.is_closed()).map(|s| s.participant.clone()).collect()
+    pub fn connected(&self) -> Vec<ConnectedNode> {
+        self.lock().values().filter(|s| !s.tx.is_closed()).map(|s| s.node.clone()).collect()
     }
 
     /// Send to a node; false if it is not connected, its stream is gone, or it has

@@ -60,8 +60,9 @@ pub struct UnreleasedSum {
 }
 
 impl UnreleasedSum {
-    /// Remove the masks (Bonawitz et al. CCS 2017, Fig. 4, Round 4 (Unmasking), server
-    /// side): the only way to make an `UnreleasedSum`.
+    /// Remove the masks: the only way to make an `UnreleasedSum`.
+    ///
+    /// Bonawitz et al. CCS 2017, Fig. 4, Round 4 (Unmasking), server: z = Σ_{u∈U3} x_u.
     pub(crate) fn unmask(unmasking: Unmasking, responses: &[(String, Vec<Revealed>)]) -> Result<Self, CryptoError> {
         Ok(Self { words: unmasking.finish(responses)? })
     }

@@ -1,9 +1,10 @@
-//! One secure-aggregation round, server side (Bonawitz et al. CCS 2017, Fig. 4,
-//! with the consistency check of the actively secure variant): advertise keys →
-//! share keys (each sealed share signed by its sender; the receivers report the
-//! signed shares that do not open, and their senders leave the final U2) → masked
-//! input → consistency check → unmasking, each phase with a
-//! deadline and its own method below. A node that disconnects, refuses, times out
+//! One secure-aggregation round, server side (Bonawitz et al. CCS 2017, Fig. 4, the
+//! actively secure variant, phases numbered as in the paper and `secagg::Phase`):
+//! Round 0 (AdvertiseKeys) → Round 1 (ShareKeys; each sealed share signed by its
+//! sender) → Round 2 (MaskedInputCollection; first the receivers report the signed
+//! shares that do not open, and their senders leave the final U2) → Round 3
+//! (ConsistencyCheck) → Round 4 (Unmasking), each phase with a deadline and its own
+//! method below. A node that disconnects, refuses, times out
 //! or breaks the protocol is dropped from the round; the round goes on while at
 //! least t nodes remain. The test hooks on a round are in `hooks.rs`; what the analyst
 //! is told about the nodes that left, in `brief.rs`.
@@ -21,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use fedcrm_analysis::rules::Invitee;
-use fedcrm_audit::{Event as AuditEvent, Member};
+use fedcrm_audit::{Event, Member};
 use fedcrm_crypto::secagg::{self, Aggregator, PeerKeys, Phase, Revealed, RoundParams, Unmasking};
 use fedcrm_crypto::shamir::Share;
 use fedcrm_crypto::{RoundId, SystemRandom};
@@ -35,7 +36,7 @@ use tokio::time::Instant;
 
 use crate::audit::{lock, record};
 use crate::config::RoundSettings;
-use crate::registry::{Event, EventBody, Participant};
+use crate::registry::{ConnectedNode, SessionEvent, SessionEventBody};
 use crate::release::UnreleasedSum;
 
 pub use brief::{BRIEF_CHARS, brief, brief_lines, describe};
@@ -113,7 +114,7 @@ pub struct RoundOutput {
 
 pub(crate) struct Runner<'a> {
     pub coordinator: &'a crate::Coordinator,
-    pub events: &'a mut mpsc::UnboundedReceiver<Event>,
+    pub events: &'a mut mpsc::UnboundedReceiver<SessionEvent>,
     pub settings: RoundSettings,
 }
 
@@ -150,8 +151,8 @@ struct Round<'r, 'a> {
     id: RoundId,
     t: usize,
     d: usize,
-    invited: &'r [Participant],
-    by_name: BTreeMap<String, Participant>,
+    invited: &'r [ConnectedNode],
+    by_name: BTreeMap<String, ConnectedNode>,
     members: Membership,
     /// The phase in progress.
     phase: Phase,
@@ -165,7 +166,7 @@ impl Runner<'_> {
     pub async fn run(
         &mut self,
         analysis: &Analysis,
-        invited: &[Participant],
+        invited: &[ConnectedNode],
         t: usize,
     ) -> Result<RoundOutput, RoundError> {
         let rng = SystemRandom::new();
@@ -252,7 +253,7 @@ impl Round<'_, '_> {
     /// Sign the roster, log the round, invite.
     async fn start(&mut self, analysis: &Analysis) -> Result<(), RoundError> {
         let (round, t, d) = (self.id, self.t, self.d);
-        let invitees: Vec<Invitee> = self.invited.iter().map(Participant::invitee).collect();
+        let invitees: Vec<Invitee> = self.invited.iter().map(ConnectedNode::invitee).collect();
         let roster_signature = self
             .runner
             .coordinator
@@ -262,7 +263,7 @@ impl Round<'_, '_> {
         let roster_signature = self.runner.coordinator.hooks().roster_signature(roster_signature);
         record(
             &self.runner.coordinator.audit,
-            AuditEvent::RoundStarted {
+            Event::RoundStarted {
                 round: round.to_hex(),
                 analysis: analysis.analysis_id.clone(),
                 kind: analysis.kind.name().to_string(),
@@ -295,7 +296,9 @@ impl Round<'_, '_> {
         Ok(())
     }
 
-    /// Round 0: collect signed keys; a node awaiting approval stops the round here.
+    /// Collect signed keys; a node awaiting approval stops the round here.
+    ///
+    /// Bonawitz et al. CCS 2017, Fig. 4, Round 0 (AdvertiseKeys), server: collect signed (c_u^PK, s_u^PK) (U1), broadcast.
     async fn advertise_keys(&mut self) -> Result<Vec<SignedKeys>, RoundError> {
         self.phase = Phase::AdvertiseKeys;
         let mut keys: BTreeMap<String, SignedKeys> = BTreeMap::new();
@@ -303,7 +306,7 @@ impl Round<'_, '_> {
         while self.members.live.iter().any(|n| !keys.contains_key(n)) {
             let Some((node, msg)) = self.next(deadline).await? else { break };
             match msg {
-                FromNode::Keys { enc, mask, signature, .. } if !keys.contains_key(&node) => {
+                FromNode::AdvertiseKeys { enc, mask, signature, .. } if !keys.contains_key(&node) => {
                     let cert = &self.by_name[&node].certificate;
                     let payload = secagg::key_signing_payload(&self.id, &node, &enc, &mask);
                     match pki::verify_signature(cert, &payload, &signature) {
@@ -336,13 +339,14 @@ impl Round<'_, '_> {
         let keys = u1.clone();
         #[cfg(feature = "test-util")]
         let keys = self.runner.coordinator.hooks().roster(self.id, keys);
-        self.broadcast(&ToNode::Roster { round: self.id, keys }).await;
+        self.broadcast(&ToNode::KeyRoster { round: self.id, keys }).await;
         Ok(u1)
     }
 
-    /// Round 1: collect sealed shares (each signed by its sender), then deliver each
-    /// node its shares and U2 as delivered. Returns the shares, by sender, of every
-    /// node of that U2.
+    /// Collect sealed shares (each signed by its sender), then deliver each node its
+    /// shares and U2 as delivered. Returns the shares, by sender, of every node of that U2.
+    ///
+    /// Bonawitz et al. CCS 2017, Fig. 4, Round 1 (ShareKeys), server: collect the e_u,v (U2), send each v its e_u,v.
     async fn share_keys(&mut self, u1: &[SignedKeys]) -> Result<BTreeMap<String, Vec<Sealed>>, RoundError> {
         self.phase = Phase::ShareKeys;
         let mut sealed: BTreeMap<String, Vec<Sealed>> = BTreeMap::new();
@@ -351,7 +355,7 @@ impl Round<'_, '_> {
         while self.members.live.iter().any(|n| !sealed.contains_key(n)) {
             let Some((node, msg)) = self.next(deadline).await? else { break };
             match msg {
-                FromNode::Shares { shares, .. } if !sealed.contains_key(&node) => {
+                FromNode::SealedShares { shares, .. } if !sealed.contains_key(&node) => {
                     #[cfg(feature = "test-util")]
                     if let Some(h) = &self.runner.coordinator.hooks().on_sealed_shares {
                         h(&node, &shares);
@@ -390,7 +394,7 @@ impl Round<'_, '_> {
                     })
                 })
                 .collect();
-            let msg = ToNode::Shares { round: self.id, delivered: u2.clone(), shares: incoming };
+            let msg = ToNode::ShareDelivery { round: self.id, delivered: u2.clone(), shares: incoming };
             if !self.runner.coordinator.registry.send(v, &msg).await {
                 self.members.leave(v, Exit::Disconnected);
             }
@@ -401,18 +405,23 @@ impl Round<'_, '_> {
 
     /// Whether `share`, which `sender` addressed to `share.peer`, carries `sender`'s
     /// signature over (round, sender, receiver, ciphertext).
+    ///
+    /// An addition to Bonawitz et al. CCS 2017, Fig. 4, Round 1 (ShareKeys), which does not sign e_u,v.
     fn share_signed(&self, sender: &str, share: &Sealed) -> bool {
         let payload = secagg::share_signing_payload(&self.id, sender, &share.peer, &share.ciphertext);
         pki::verify_signature(&self.by_name[sender].certificate, &payload, &share.signature).is_ok()
     }
 
-    /// Round 2, first half: every node of U2 as delivered reports the shares that are
+    /// Every node of U2 as delivered reports the shares that are
     /// signed but do not open. Each report is checked against what was relayed (the
     /// coordinator cannot open a share, only see that its sender signed these exact
     /// bytes); each reported sender is excluded, the report logged as evidence. The
     /// final U2 — the delivered U2 less the excluded and the nodes that left — goes
     /// to every remaining node before anyone masks. Returns the final U2.
+    ///
+    /// An addition to Bonawitz et al. CCS 2017, Fig. 4, Round 2 (MaskedInputCollection), before the users mask.
     async fn share_reports(&mut self, sealed: &BTreeMap<String, Vec<Sealed>>) -> Result<Vec<String>, RoundError> {
+        self.phase = Phase::MaskedInputCollection;
         let delivered: Vec<String> = sealed.keys().cloned().collect();
         let mut reported: BTreeSet<String> = BTreeSet::new();
         // Sender → (receiver, reason) for each report against it.
@@ -438,7 +447,7 @@ impl Round<'_, '_> {
                 other => self.unexpected(&node, &other).await,
             }
         }
-        self.members.expire(&reported, Phase::ShareKeys);
+        self.members.expire(&reported, Phase::MaskedInputCollection);
         for (sender, reports) in &accused {
             let by: Vec<String> = reports.iter().map(|(r, _)| r.clone()).collect();
             let why = format!(
@@ -449,7 +458,7 @@ impl Round<'_, '_> {
             );
             self.exclude(sender, why).await;
         }
-        self.ensure(Phase::ShareKeys)?;
+        self.ensure(Phase::MaskedInputCollection)?;
         let u2: Vec<String> = self.members.live.iter().cloned().collect();
         #[cfg(feature = "test-util")]
         let u2 = self.runner.coordinator.hooks().final_u2(u2);
@@ -506,7 +515,9 @@ impl Round<'_, '_> {
         Ok(())
     }
 
-    /// Round 2: assemble and add each masked vector; close inputs.
+    /// Assemble and add each masked vector; close inputs.
+    ///
+    /// Bonawitz et al. CCS 2017, Fig. 4, Round 2 (MaskedInputCollection), server: collect y_u (U3), send U3.
     async fn masked_input(&mut self, u1: &[SignedKeys], u2: &[String]) -> Result<Unmasking, RoundError> {
         self.phase = Phase::MaskedInputCollection;
         let round = self.id;
@@ -524,11 +535,11 @@ impl Round<'_, '_> {
         while self.members.live.iter().any(|n| !complete.contains(n)) {
             let Some((node, msg)) = self.next(deadline).await? else { break };
             let c = match msg {
-                FromNode::Masked(_) if complete.contains(&node) => {
+                FromNode::MaskedChunk(_) if complete.contains(&node) => {
                     tracing::warn!(%round, %node, "extra chunk after a complete masked vector; ignored");
                     continue;
                 }
-                FromNode::Masked(c) => c,
+                FromNode::MaskedChunk(c) => c,
                 other => {
                     self.unexpected(&node, &other).await;
                     continue;
@@ -581,8 +592,10 @@ impl Round<'_, '_> {
         Ok(unmasking)
     }
 
-    /// Round 3: show U3 to every survivor and collect signatures on (round, U2, U3).
+    /// Show U3 to every survivor and collect signatures on (round, U2, U3).
     /// Returns, per signer, its signature and the view it signed.
+    ///
+    /// Bonawitz et al. CCS 2017, Fig. 4, Round 3 (ConsistencyCheck), server: collect σ'_u (U4), send each {v, σ'_v}.
     async fn consistency_check(
         &mut self,
         u2: &[String],
@@ -595,7 +608,7 @@ impl Round<'_, '_> {
             let (s, d) = (u3.to_vec(), dropped.to_vec());
             #[cfg(feature = "test-util")]
             let (s, d) = self.runner.coordinator.hooks().view(&n, s, d);
-            let msg = ToNode::Consistency { round: self.id, survivors: s.clone(), dropped: d.clone() };
+            let msg = ToNode::ConsistencyCheck { round: self.id, survivors: s.clone(), dropped: d.clone() };
             if self.runner.coordinator.registry.send(&n, &msg).await {
                 shown.insert(n, (s, d));
             } else {
@@ -607,7 +620,7 @@ impl Round<'_, '_> {
         while self.members.live.iter().any(|n| !signed.contains_key(n)) {
             let Some((node, msg)) = self.next(deadline).await? else { break };
             match msg {
-                FromNode::Consistency { signature, .. } if !signed.contains_key(&node) => {
+                FromNode::ConsistencySignature { signature, .. } if !signed.contains_key(&node) => {
                     let Some((s, _)) = shown.get(&node) else { continue };
                     let payload = secagg::consistency_payload(&self.id, u2, s);
                     match pki::verify_signature(&self.by_name[&node].certificate, &payload, &signature) {
@@ -617,7 +630,7 @@ impl Round<'_, '_> {
                         Err(e) => self.reject(&node, format!("consistency signature invalid: {e}")).await,
                     }
                 }
-                FromNode::Masked(_) => {
+                FromNode::MaskedChunk(_) => {
                     tracing::warn!(round = %self.id, %node, "masked chunk after inputs closed; ignored")
                 }
                 other => self.unexpected(&node, &other).await,
@@ -628,8 +641,10 @@ impl Round<'_, '_> {
         Ok(signed)
     }
 
-    /// Round 4: send each signer the signatures on its view; collect one share per
-    /// node of U2 from each; remove the masks.
+    /// Send each signer the signatures on its view; collect one share per node of U2
+    /// from each; remove the masks.
+    ///
+    /// Bonawitz et al. CCS 2017, Fig. 4, Round 4 (Unmasking), server: collect the shares (U5), reconstruct, compute z.
     async fn unmasking(
         &mut self,
         unmasking: Unmasking,
@@ -652,7 +667,7 @@ impl Round<'_, '_> {
             let (s, d) = (view.clone(), u2.iter().filter(|x| !view.contains(x)).cloned().collect());
             #[cfg(feature = "test-util")]
             let (s, d) = self.runner.coordinator.hooks().unmask(s, d);
-            let msg = ToNode::Unmask { round: self.id, survivors: s, dropped: d, signatures };
+            let msg = ToNode::UnmaskRequest { round: self.id, survivors: s, dropped: d, signatures };
             if !self.runner.coordinator.registry.send(&n, &msg).await {
                 self.members.leave(&n, Exit::Disconnected);
             }
@@ -663,7 +678,7 @@ impl Round<'_, '_> {
         while self.members.live.iter().any(|n| !responses.contains_key(n)) {
             let Some((node, msg)) = self.next(deadline).await? else { break };
             match msg {
-                FromNode::Unmask { shares, .. } if !responses.contains_key(&node) => {
+                FromNode::UnmaskShares { shares, .. } if !responses.contains_key(&node) => {
                     #[cfg(feature = "test-util")]
                     if let Some(h) = &self.runner.coordinator.hooks().on_unmask_shares {
                         h(&node, &shares);
@@ -693,7 +708,7 @@ impl Round<'_, '_> {
                         Err(e) => self.reject(&node, e).await,
                     }
                 }
-                FromNode::Masked(_) => {
+                FromNode::MaskedChunk(_) => {
                     // Inputs are closed: a late or repeated chunk changes nothing.
                     tracing::warn!(round = %self.id, %node, "masked chunk after inputs closed; ignored");
                 }
@@ -741,13 +756,13 @@ impl Round<'_, '_> {
                 continue;
             }
             match ev.body {
-                EventBody::Closed => {
+                SessionEventBody::Closed => {
                     tracing::warn!(round = %self.id, node = %ev.node, "node disconnected mid-round");
                     self.members.leave(&ev.node, Exit::Disconnected);
                 }
-                EventBody::Malformed(why) => self.reject(&ev.node, format!("malformed message: {why}")).await,
-                EventBody::LocalFault(why) => return Err(RoundError::Local { round: self.id, why }),
-                EventBody::Message(FromNode::Refusal { round: r, reason, .. })
+                SessionEventBody::Malformed(why) => self.reject(&ev.node, format!("malformed message: {why}")).await,
+                SessionEventBody::LocalFault(why) => return Err(RoundError::Local { round: self.id, why }),
+                SessionEventBody::Message(FromNode::Refusal { round: r, reason, .. })
                     if (r.is_none() || r == Some(self.id)) && self.phase == Phase::ConsistencyCheck =>
                 {
                     // A member of U3 refused to sign: its masked input is in the sum, so
@@ -764,15 +779,15 @@ impl Round<'_, '_> {
                         ),
                     });
                 }
-                EventBody::Message(FromNode::Refusal { round: r, reason, awaiting_approval })
+                SessionEventBody::Message(FromNode::Refusal { round: r, reason, awaiting_approval })
                     if r.is_none() || r == Some(self.id) =>
                 {
                     tracing::warn!(round = %self.id, node = %ev.node, %reason, "node refused");
                     let e = if awaiting_approval { Exit::AwaitingApproval(reason) } else { Exit::Refused(reason) };
                     self.members.leave(&ev.node, e);
                 }
-                EventBody::Message(m) if m.round() == Some(self.id) => return Ok(Some((ev.node, m))),
-                EventBody::Message(m) => {
+                SessionEventBody::Message(m) if m.round() == Some(self.id) => return Ok(Some((ev.node, m))),
+                SessionEventBody::Message(m) => {
                     tracing::debug!(round = %self.id, node = %ev.node, kind = m.kind(), "message for another round ignored");
                 }
             }
@@ -825,10 +840,8 @@ impl Round<'_, '_> {
     fn log_exits(&self) {
         let audit = &self.runner.coordinator.audit;
         for (node, e) in &self.members.exits {
-            let _ = record(
-                audit,
-                AuditEvent::NodeExit { round: self.id.to_hex(), node: node.clone(), reason: e.to_string() },
-            );
+            let _ =
+                record(audit, Event::NodeExit { round: self.id.to_hex(), node: node.clone(), reason: e.to_string() });
         }
         let _ = lock(audit).seal();
     }
@@ -848,8 +861,8 @@ fn contributed(
     coverage: &fedcrm_analysis::rules::Coverage,
     contributors: &[Invitee],
     stage: &str,
-) -> AuditEvent {
-    AuditEvent::Contributed {
+) -> Event {
+    Event::Contributed {
         stage: stage.to_string(),
         round: round.to_hex(),
         analysis: analysis.analysis_id.clone(),
@@ -861,8 +874,8 @@ fn contributed(
 }
 
 /// The coordinator's record of a reported share: the evidence as relayed.
-fn share_reported(round: RoundId, receiver: &str, u: &UnopenedShare, outcome: &str) -> AuditEvent {
-    AuditEvent::ShareReported {
+fn share_reported(round: RoundId, receiver: &str, u: &UnopenedShare, outcome: &str) -> Event {
+    Event::ShareReported {
         round: round.to_hex(),
         sender: u.share.peer.clone(),
         receiver: receiver.to_string(),
@@ -875,6 +888,8 @@ fn share_reported(round: RoundId, receiver: &str, u: &UnopenedShare, outcome: &s
 
 /// An unmask answer must name every node of U2 exactly once, with the self-mask
 /// share for survivors and the mask-key share for dropped nodes.
+///
+/// Bonawitz et al. CCS 2017, Fig. 4, Round 4 (Unmasking), server: b_v,u for v ∈ U3, s_v,u^SK for v ∈ U2∖U3.
 fn unmask_ok(shares: &[RevealedShare], u2: &[String], survivors: &[String]) -> bool {
     let named: BTreeSet<&str> = shares.iter().map(|s| s.of.as_str()).collect();
     named.len() == shares.len()

@@ -14,7 +14,7 @@ use fedcrm_protocol::wire::{Analysis, AnalysisKind};
 use serde::Serialize;
 
 use crate::Coordinator;
-use crate::registry::Participant;
+use crate::registry::ConnectedNode;
 use crate::release::{self, SegmentRelease};
 use crate::round::{Exit, RoundError, RoundOutput, describe};
 
@@ -109,7 +109,7 @@ impl Coordinator {
 
     async fn histograms_inner(
         &self,
-        events: &mut tokio::sync::mpsc::UnboundedReceiver<crate::registry::Event>,
+        events: &mut tokio::sync::mpsc::UnboundedReceiver<crate::registry::SessionEvent>,
         request: &AnalysisRequest,
         id: &str,
         specs: Vec<HistogramSpec>,
@@ -139,7 +139,7 @@ impl Coordinator {
     /// Every contributor of the analysis' first round must still be connected for
     /// the next: otherwise stop now (the nodes would refuse anyway, since the sums
     /// could be subtracted).
-    fn still_connected(&self, invited: &[Participant]) -> Result<(), AnalysisError> {
+    fn still_connected(&self, invited: &[ConnectedNode]) -> Result<(), AnalysisError> {
         let connected = self.registry.connected();
         let gone: Vec<String> = invited
             .iter()
@@ -180,7 +180,7 @@ impl Coordinator {
 
     async fn segments_inner(
         &self,
-        events: &mut tokio::sync::mpsc::UnboundedReceiver<crate::registry::Event>,
+        events: &mut tokio::sync::mpsc::UnboundedReceiver<crate::registry::SessionEvent>,
         request: &AnalysisRequest,
         id: &str,
     ) -> Result<SegmentsOutcome, AnalysisError> {
@@ -192,7 +192,7 @@ impl Coordinator {
         let mut exits: BTreeMap<String, String> = plan.excluded.clone();
         let mut rounds = 0u32;
         let (invited, t) = (plan.invited, plan.t);
-        let mut run = async |kind: AnalysisKind, invited: &[Participant]| {
+        let mut run = async |kind: AnalysisKind, invited: &[ConnectedNode]| {
             rounds += 1;
             let analysis = request.analysis(id, "rfm-segments", kind);
             let out = runner.run(&analysis, invited, t).await;
@@ -212,7 +212,7 @@ impl Coordinator {
         let out = run(AnalysisKind::RfmHistograms(specs.clone()), &invited).await?;
         stop_if_awaiting(&out)?;
         let contributors = out.contributors.clone();
-        let invited: Vec<Participant> = invited.into_iter().filter(|p| contributors.contains(&p.name)).collect();
+        let invited: Vec<ConnectedNode> = invited.into_iter().filter(|p| contributors.contains(&p.name)).collect();
         let sums = release::histograms_for_quantiles(&out, &rules, specs.iter().map(HistogramSpec::len).sum())?;
         let mut searches = Vec::new();
         let mut base = 0;

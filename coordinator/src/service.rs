@@ -15,9 +15,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::Coordinator;
 use crate::audit::record;
-use crate::registry::{Participant, StillConnected};
+use crate::registry::{ConnectedNode, StillConnected};
 use crate::segments::AnalysisError;
-use fedcrm_audit::Event as AuditEvent;
+use fedcrm_audit::Event;
 use fedcrm_audit::log::SignedHead;
 use fedcrm_pki::Receipt;
 
@@ -59,7 +59,7 @@ impl pb::coordinator_server::Coordinator for NodeService {
             // Refused connections are part of the record too.
             let _ = record(
                 &self.0.audit,
-                AuditEvent::SessionRefused { peer: name, organisation, reason: status.message().to_string() },
+                Event::SessionRefused { peer: name, organisation, reason: status.message().to_string() },
             );
         }
         opened
@@ -150,14 +150,14 @@ impl NodeService {
         };
         record(
             &c.audit,
-            AuditEvent::SessionOpened {
+            Event::SessionOpened {
                 peer: id.name.clone(),
                 organisation: id.organisation.clone(),
                 role: id.role.as_str().into(),
             },
         )
         .map_err(|e| Status::internal(format!("audit log: {e}")))?;
-        let participant = Participant {
+        let node = ConnectedNode {
             name: id.name.clone(),
             organisation: id.organisation.clone(),
             certificate: cert.clone(),
@@ -165,7 +165,7 @@ impl NodeService {
             kind,
             rules: announced,
         };
-        let registered = c.registry.register(participant, tx.clone(), addr);
+        let registered = c.registry.register(node, tx.clone(), addr);
         drop(opening);
         c.enrolment.saw(&id.name, &cert, crate::now_ms() / 1000);
         tracing::info!(node = %id.name, organisation = %id.organisation, from = %from, "node connected");
@@ -204,7 +204,7 @@ impl NodeService {
                     c.config.sessions.keepalive().as_secs()
                 );
                 tracing::warn!(node = %name, "{reason}");
-                record(&c.audit, AuditEvent::SessionClosed { peer: name.to_string(), reason })
+                record(&c.audit, Event::SessionClosed { peer: name.to_string(), reason })
                     .map_err(|e| Status::unavailable(format!("the coordinator's audit log failed: {e}")))?;
                 Ok(())
             }
@@ -252,7 +252,7 @@ pub(crate) fn log_receipt(
     }
     record(
         &c.audit,
-        AuditEvent::Receipt {
+        Event::Receipt {
             peer: node.to_string(),
             peer_seq: r.seq,
             peer_head: hex::encode(r.head),

@@ -146,7 +146,8 @@ pub struct Egress {
 #[derive(Debug, Clone)]
 struct Clearance {
     analysis: String,
-    /// Phases past round 1 whose rules passed (masked input, consistency signature, unmasking).
+    /// Phases past Round 1 (ShareKeys) whose rules passed: Rounds 2 (masked input), 3 (consistency
+    /// signature) and 4 (unmasking).
     phases: Vec<Phase>,
 }
 
@@ -199,9 +200,9 @@ impl Egress {
                     .get(&r)
                     .ok_or_else(|| EgressError::Refused(format!("round {r} was not admitted by policy")))?;
                 let needs = match msg {
-                    FromNode::Masked(_) => Some(Phase::MaskedInputCollection),
-                    FromNode::Consistency { .. } => Some(Phase::ConsistencyCheck),
-                    FromNode::Unmask { .. } => Some(Phase::Unmasking),
+                    FromNode::MaskedChunk(_) => Some(Phase::MaskedInputCollection),
+                    FromNode::ConsistencySignature { .. } => Some(Phase::ConsistencyCheck),
+                    FromNode::UnmaskShares { .. } => Some(Phase::Unmasking),
                     _ => None,
                 };
                 if let Some(p) = needs.filter(|p| !c.phases.contains(p)) {
@@ -305,9 +306,10 @@ mod tests {
             .unwrap();
         let (mut egress, _outbound) = Egress::open(Arc::new(Mutex::new(log)));
         let round = RoundId([7; 16]);
-        let chunk = FromNode::Masked(wire::MaskedChunk { round, index: 0, count: 1, offset: 0, words: vec![1, 2, 3] });
-        let unmask = FromNode::Unmask { round, shares: vec![] };
-        let sign = FromNode::Consistency { round, signature: vec![1] };
+        let chunk =
+            FromNode::MaskedChunk(wire::MaskedChunk { round, index: 0, count: 1, offset: 0, words: vec![1, 2, 3] });
+        let unmask = FromNode::UnmaskShares { round, shares: vec![] };
+        let sign = FromNode::ConsistencySignature { round, signature: vec![1] };
         // Not admitted at all.
         assert!(matches!(egress.send(&chunk).await, Err(EgressError::Refused(_))));
         // Admitted (keys and shares may leave), but no later phase cleared.

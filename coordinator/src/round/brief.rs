@@ -110,7 +110,14 @@ mod tests {
             ("fr-wuhan-03".to_string(), Exit::Disconnected),
         ]
         .into();
-        let text = brief_lines(&format!("round 1: 0 nodes remain; no result. Left the round:{}", describe(&exits)));
+        let too_few = crate::round::RoundError::TooFew {
+            round: fedcrm_crypto::RoundId([0x5f; 16]),
+            phase: fedcrm_crypto::secagg::Phase::MaskedInputCollection,
+            have: 0,
+            need: 3,
+            exits: describe(&exits),
+        };
+        let text = brief_lines(&too_few.to_string());
         let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
         assert_eq!(lines.len(), 3, "{text}");
         assert!(lines.iter().all(|l| l.chars().count() <= BRIEF_CHARS + 40), "{text}");

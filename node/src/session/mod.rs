@@ -1,6 +1,6 @@
 //! A node's session with the coordinator: dial out over mutual TLS, say hello, then
-//! take part in rounds (Bonawitz et al. CCS 2017, Fig. 4, client side, via
-//! `fedcrm_crypto::secagg`). The loop below only reads, checks the coordinator's
+//! take part in rounds (Bonawitz et al. CCS 2017, Fig. 4, user side, Rounds 0–4 as
+//! numbered in the paper and `fedcrm_crypto::secagg::Phase`). The loop below only reads, checks the coordinator's
 //! receipt and hands each message to its handler in `round`; all sending goes
 //! through [`crate::egress::Egress`].
 //!

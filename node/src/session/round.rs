@@ -1,22 +1,23 @@
 //! One handler per coordinator message of a round (Bonawitz et al. CCS 2017, Fig. 4,
-//! client side), each checking this node's rules *before* its bytes leave:
+//! user side, phases numbered as in the paper and `secagg::Phase`), each checking this
+//! node's rules *before* its bytes leave:
 //!
-//! - `RoundStart` (round 0): roster signature, the computation as this node
+//! - `RoundStart` (Round 0 (AdvertiseKeys)): roster signature, the computation as this node
 //!   identifies it, policy, threshold and organisation rules over the invitation,
 //!   manual approval; then advertise keys.
-//! - `KeyRoster` (round 1): every key's certificate and signature; the rules over U1;
+//! - `KeyRoster` (Round 1 (ShareKeys)): every key's certificate and signature; the rules over U1;
 //!   then share keys.
-//! - `ShareDelivery` (round 2, first half): every share's signature by its sender
+//! - `ShareDelivery` (Round 2 (MaskedInputCollection), before masking): every share's signature by its sender
 //!   (one that does not verify was altered in relay: the coordinator's fault, the
 //!   round is refused); then open each share, and report the signed shares that do
 //!   not open — their senders' fault — with the shares as evidence (`ShareReport`).
-//! - `MaskedInputRequest` (round 2): the final U2, less the reported senders; the
+//! - `MaskedInputRequest` (Round 2 (MaskedInputCollection)): the final U2, less the reported senders; the
 //!   rules and the differencing guard over it — the nodes whose inputs can end up
 //!   in the sum — *before* masking; then the masked input. The local vector is
 //!   wiped once masked.
-//! - `ConsistencyCheck` (round 3): U3 partitions U2, this node is in it, the rules
+//! - `ConsistencyCheck` (Round 3 (ConsistencyCheck)): U3 partitions U2, this node is in it, the rules
 //!   and the differencing guard over U3; then sign (round, U2, U3), once per round.
-//! - `UnmaskRequest` (round 4): the same view as signed, and at least t valid
+//! - `UnmaskRequest` (Round 4 (Unmasking)): the same view as signed, and at least t valid
 //!   signatures on it from members of U3; the sum is recorded (persisted) for the
 //!   differencing guard; then one share per peer of U2.
 
@@ -85,15 +86,16 @@ impl std::fmt::Debug for RoundTap {
 
 /// This node's state in a round, by the phase it has completed.
 enum State {
-    /// Round 0 done: keys advertised, waiting for U1.
+    /// Round 0 (AdvertiseKeys) done: keys advertised, waiting for U1.
     AdvertiseKeys(ClientAdvertised),
-    /// Round 1 done: shares sent, waiting for U2 and the peers' shares.
+    /// Round 1 (ShareKeys) done: shares sent, waiting for U2 and the peers' shares.
     ShareKeys(ClientShared),
-    /// The peers' shares opened (or reported): waiting for the final U2.
+    /// In Round 2 (MaskedInputCollection), before masking: the peers' shares opened (or
+    /// reported), waiting for the final U2.
     SharesOpened(ClientOpened),
-    /// Round 2 done: masked input sent, waiting for the consistency check.
+    /// Round 2 (MaskedInputCollection) done: masked input sent, waiting for the consistency check.
     MaskedInputCollection(ClientMasked),
-    /// Round 3 done: signed this view, waiting for the unmask request.
+    /// Round 3 (ConsistencyCheck) done: signed this view, waiting for the unmask request.
     ConsistencyCheck(ClientMasked, View),
     /// Answered, refused or ended.
     Done,
@@ -173,14 +175,18 @@ impl<'a> Rounds<'a> {
                 Ok(None)
             }
             ToNode::RoundStart(start) => self.on_round_start(*start, coordinator).await,
-            ToNode::Roster { round, keys } => self.on_roster(round, keys).await,
-            ToNode::Shares { round, delivered, shares } => self.on_shares(round, delivered, shares).await,
-            ToNode::MaskedInputRequest { round, delivered, excluded } => {
-                self.on_masked_input(round, delivered, excluded).await
+            ToNode::KeyRoster { round, keys } => self.on_key_roster(round, keys).await,
+            ToNode::ShareDelivery { round, delivered, shares } => {
+                self.on_share_delivery(round, delivered, shares).await
             }
-            ToNode::Consistency { round, survivors, dropped } => self.on_consistency(round, survivors, dropped).await,
-            ToNode::Unmask { round, survivors, dropped, signatures } => {
-                self.on_unmask(round, survivors, dropped, signatures).await
+            ToNode::MaskedInputRequest { round, delivered, excluded } => {
+                self.on_masked_input_request(round, delivered, excluded).await
+            }
+            ToNode::ConsistencyCheck { round, survivors, dropped } => {
+                self.on_consistency_check(round, survivors, dropped).await
+            }
+            ToNode::UnmaskRequest { round, survivors, dropped, signatures } => {
+                self.on_unmask_request(round, survivors, dropped, signatures).await
             }
             ToNode::RoundEnd { round, released, message } => self.on_round_end(round, released, &message),
             ToNode::Notice { text } => {
@@ -211,7 +217,9 @@ impl<'a> Rounds<'a> {
         Ok(())
     }
 
-    /// Round 0: decide, then advertise keys.
+    /// Decide, then advertise keys.
+    ///
+    /// Bonawitz et al. CCS 2017, Fig. 4, Round 0 (AdvertiseKeys), user: generate and sign (c_u^PK, s_u^PK), send.
     async fn on_round_start(&mut self, start: RoundStart, coordinator: &Option<Peer>) -> Handled {
         let ctx = self.ctx;
         let round = start.round;
@@ -324,7 +332,7 @@ impl<'a> Rounds<'a> {
         let payload = secagg::key_signing_payload(&round, &ctx.name, &keys.enc, &keys.mask);
         let signature = ctx.signing.sign(&payload)?;
         self.egress.admit(round, &start.analysis.analysis_id);
-        self.egress.send(&FromNode::Keys { round, enc: keys.enc, mask: keys.mask, signature }).await?;
+        self.egress.send(&FromNode::AdvertiseKeys { round, enc: keys.enc, mask: keys.mask, signature }).await?;
         ctx.analyses.admitted(&start.analysis, &identified);
         if identified.new {
             ctx.count_analysis(identified.kind, &start.analysis.analysis_id);
@@ -338,8 +346,10 @@ impl<'a> Rounds<'a> {
         Ok(None)
     }
 
-    /// Round 1: verify U1, check the rules over it, share keys.
-    async fn on_roster(&mut self, round: RoundId, keys: Vec<SignedKeys>) -> Handled {
+    /// Verify U1, check the rules over it, share keys.
+    ///
+    /// Bonawitz et al. CCS 2017, Fig. 4, Round 1 (ShareKeys), user: receive U1, assert |U1| ≥ t, verify each σ_v; send e_u,v.
+    async fn on_key_roster(&mut self, round: RoundId, keys: Vec<SignedKeys>) -> Handled {
         let ctx = self.ctx;
         let Some(a) = self.active.as_mut().filter(|a| a.start.round == round) else { return Ok(None) };
         if !matches!(a.state, State::AdvertiseKeys(_)) {
@@ -376,7 +386,7 @@ impl<'a> Rounds<'a> {
                     shares.push(Sealed { peer, ciphertext, signature });
                 }
                 a.state = State::ShareKeys(next);
-                self.egress.send(&FromNode::Shares { round, shares }).await?;
+                self.egress.send(&FromNode::SealedShares { round, shares }).await?;
                 Ok(None)
             }
             Err(e) => {
@@ -386,10 +396,11 @@ impl<'a> Rounds<'a> {
         }
     }
 
-    /// Round 2, first half: check each share's signature (the relay's fault when it
-    /// fails), open the shares, report those that are signed but do not open (their
-    /// senders' fault).
-    async fn on_shares(&mut self, round: RoundId, delivered: Vec<String>, shares: Vec<Sealed>) -> Handled {
+    /// Check each share's signature (the relay's fault when it fails), open the
+    /// shares, report those that are signed but do not open (their senders' fault).
+    ///
+    /// Bonawitz et al. CCS 2017, Fig. 4, Round 2 (MaskedInputCollection), user: receive the e_v,u, infer U2, assert |U2| ≥ t.
+    async fn on_share_delivery(&mut self, round: RoundId, delivered: Vec<String>, shares: Vec<Sealed>) -> Handled {
         let ctx = self.ctx;
         let Some(a) = self.active.as_mut().filter(|a| a.start.round == round) else { return Ok(None) };
         if !matches!(a.state, State::ShareKeys(_)) {
@@ -427,8 +438,15 @@ impl<'a> Rounds<'a> {
         Ok(None)
     }
 
-    /// Round 2: the final U2; the rules and the differencing guard over it, *then* mask.
-    async fn on_masked_input(&mut self, round: RoundId, delivered: Vec<String>, excluded: Vec<Exclusion>) -> Handled {
+    /// The final U2; the rules and the differencing guard over it, *then* mask.
+    ///
+    /// Bonawitz et al. CCS 2017, Fig. 4, Round 2 (MaskedInputCollection), user: compute y_u over U2, send it.
+    async fn on_masked_input_request(
+        &mut self,
+        round: RoundId,
+        delivered: Vec<String>,
+        excluded: Vec<Exclusion>,
+    ) -> Handled {
         let ctx = self.ctx;
         if !self.active.as_ref().is_some_and(|a| a.start.round == round && matches!(a.state, State::SharesOpened(_))) {
             return Ok(None); // a repeated or out-of-order request changes nothing
@@ -479,7 +497,7 @@ impl<'a> Rounds<'a> {
                 a.state = State::MaskedInputCollection(next);
                 self.egress.clear(round, Phase::MaskedInputCollection);
                 for c in chunks {
-                    self.egress.send(&FromNode::Masked(c)).await?;
+                    self.egress.send(&FromNode::MaskedChunk(c)).await?;
                 }
                 Ok(None)
             }
@@ -490,8 +508,10 @@ impl<'a> Rounds<'a> {
         }
     }
 
-    /// Round 3: check U3 and the rules over it, then sign (round, U2, U3) — once.
-    async fn on_consistency(&mut self, round: RoundId, survivors: Vec<String>, dropped: Vec<String>) -> Handled {
+    /// Check U3 and the rules over it, then sign (round, U2, U3) — once.
+    ///
+    /// Bonawitz et al. CCS 2017, Fig. 4, Round 3 (ConsistencyCheck), user: receive U3, assert U3 ⊆ U2 and |U3| ≥ t; send σ'_u.
+    async fn on_consistency_check(&mut self, round: RoundId, survivors: Vec<String>, dropped: Vec<String>) -> Handled {
         let ctx = self.ctx;
         let Some(a) = self.active.as_mut().filter(|a| a.start.round == round) else { return Ok(None) };
         // Fault injection: vanish (or hang) when the coordinator moves on after the
@@ -546,12 +566,14 @@ impl<'a> Rounds<'a> {
         )?;
         a.state = if colluding { State::MaskedInputCollection(client) } else { State::ConsistencyCheck(client, view) };
         self.egress.clear(round, Phase::ConsistencyCheck);
-        self.egress.send(&FromNode::Consistency { round, signature }).await?;
+        self.egress.send(&FromNode::ConsistencySignature { round, signature }).await?;
         Ok(None)
     }
 
-    /// Round 4: the signed view, t signatures on it from U3; record the sum; reveal.
-    async fn on_unmask(
+    /// The signed view, t signatures on it from U3; record the sum; reveal.
+    ///
+    /// Bonawitz et al. CCS 2017, Fig. 4, Round 4 (Unmasking), user: verify the σ'_v; send b_v,u or s_v,u^SK per v ∈ U2.
+    async fn on_unmask_request(
         &mut self,
         round: RoundId,
         survivors: Vec<String>,
@@ -625,7 +647,7 @@ impl<'a> Rounds<'a> {
                     })
                     .collect();
                 self.egress.clear(round, Phase::Unmasking);
-                self.egress.send(&FromNode::Unmask { round, shares }).await?;
+                self.egress.send(&FromNode::UnmaskShares { round, shares }).await?;
             }
             Err(e) => {
                 tracing::warn!(node = %ctx.name, %round, error = %e, "refusing unmask request");
@@ -717,8 +739,9 @@ fn colludes(ctx: &NodeContext) -> bool {
 }
 
 /// At least t valid signatures on (round, U2, U3), from distinct members of U3,
-/// each by the certificate that U1's roster carried for it (Bonawitz et al. CCS
-/// 2017, Fig. 4, Round 4, step 1). Returns the signers.
+/// each by the certificate that U1's roster carried for it. Returns the signers.
+///
+/// Bonawitz et al. CCS 2017, Fig. 4, Round 4 (Unmasking), user: verify each σ'_v, assert |U4| ≥ t.
 fn verify_view_signatures(
     a: &Active,
     round: RoundId,

@@ -29,23 +29,27 @@ pub enum FromNode {
         node: String,
         rules: NodeRules,
     },
-    Keys {
+    /// Round 0 (AdvertiseKeys): this round's two public keys, signed.
+    AdvertiseKeys {
         round: RoundId,
         enc: RoundPublic,
         mask: RoundPublic,
         signature: Vec<u8>,
     },
-    Shares {
+    /// Round 1 (ShareKeys): one sealed share per other node of U1, each signed.
+    SealedShares {
         round: RoundId,
         shares: Vec<Sealed>,
     },
-    /// Round 2, before masking: the delivered shares that are signed but do not open.
+    /// Round 2 (MaskedInputCollection), before masking: the delivered shares that are signed but do not open.
     ShareReport {
         round: RoundId,
         unopened: Vec<UnopenedShare>,
     },
-    Masked(MaskedChunk),
-    Unmask {
+    /// Round 2 (MaskedInputCollection): one chunk of the masked input.
+    MaskedChunk(MaskedChunk),
+    /// Round 4 (Unmasking): one share per node of U2.
+    UnmaskShares {
         round: RoundId,
         shares: Vec<RevealedShare>,
     },
@@ -54,8 +58,8 @@ pub enum FromNode {
         reason: String,
         awaiting_approval: bool,
     },
-    /// Round 3: this node's signature on (round, U2, U3).
-    Consistency {
+    /// Round 3 (ConsistencyCheck): this node's signature on (round, U2, U3).
+    ConsistencySignature {
         round: RoundId,
         signature: Vec<u8>,
     },
@@ -66,12 +70,12 @@ impl FromNode {
     pub fn round(&self) -> Option<RoundId> {
         match self {
             FromNode::Hello { .. } => None,
-            FromNode::Keys { round, .. }
-            | FromNode::Shares { round, .. }
+            FromNode::AdvertiseKeys { round, .. }
+            | FromNode::SealedShares { round, .. }
             | FromNode::ShareReport { round, .. }
-            | FromNode::Unmask { round, .. }
-            | FromNode::Consistency { round, .. } => Some(*round),
-            FromNode::Masked(c) => Some(c.round),
+            | FromNode::UnmaskShares { round, .. }
+            | FromNode::ConsistencySignature { round, .. } => Some(*round),
+            FromNode::MaskedChunk(c) => Some(c.round),
             FromNode::Refusal { round, .. } => *round,
         }
     }
@@ -80,13 +84,13 @@ impl FromNode {
     pub fn kind(&self) -> &'static str {
         match self {
             FromNode::Hello { .. } => "hello",
-            FromNode::Keys { .. } => "advertise-keys",
-            FromNode::Shares { .. } => "sealed-shares",
+            FromNode::AdvertiseKeys { .. } => "advertise-keys",
+            FromNode::SealedShares { .. } => "sealed-shares",
             FromNode::ShareReport { .. } => "share-report",
-            FromNode::Masked(_) => "masked-chunk",
-            FromNode::Unmask { .. } => "unmask-shares",
+            FromNode::MaskedChunk(_) => "masked-chunk",
+            FromNode::UnmaskShares { .. } => "unmask-shares",
             FromNode::Refusal { .. } => "refusal",
-            FromNode::Consistency { .. } => "consistency-signature",
+            FromNode::ConsistencySignature { .. } => "consistency-signature",
         }
     }
 }
@@ -120,7 +124,7 @@ impl TryFrom<pb::NodeMessage> for FromNode {
                     },
                 }
             }
-            Body::Consistency(c) => FromNode::Consistency {
+            Body::Consistency(c) => FromNode::ConsistencySignature {
                 round: round_id(&c.round_id)?,
                 signature: signature_bytes("consistency.signature", &c.signature)?,
             },
@@ -128,14 +132,14 @@ impl TryFrom<pb::NodeMessage> for FromNode {
                 if k.signature.is_empty() || k.signature.len() > 256 {
                     return Err(field("signature", "must be 1..=256 bytes"));
                 }
-                FromNode::Keys {
+                FromNode::AdvertiseKeys {
                     round: round_id(&k.round_id)?,
                     enc: public("enc_public", &k.enc_public)?,
                     mask: public("mask_public", &k.mask_public)?,
                     signature: k.signature,
                 }
             }
-            Body::Shares(s) => FromNode::Shares { round: round_id(&s.round_id)?, shares: sealed(&s.shares)? },
+            Body::Shares(s) => FromNode::SealedShares { round: round_id(&s.round_id)?, shares: sealed(&s.shares)? },
             Body::ShareReport(r) => {
                 if r.unopened.len() > MAX_NODES {
                     return Err(field("unopened", "too many"));
@@ -168,7 +172,7 @@ impl TryFrom<pb::NodeMessage> for FromNode {
                         format!("chunk {} does not match its hash (corrupted in transit?)", c.index),
                     ));
                 }
-                FromNode::Masked(MaskedChunk {
+                FromNode::MaskedChunk(MaskedChunk {
                     round: round_id(&c.round_id)?,
                     index: c.index,
                     count: c.count,
@@ -176,7 +180,7 @@ impl TryFrom<pb::NodeMessage> for FromNode {
                     words: c.words,
                 })
             }
-            Body::Unmask(u) => FromNode::Unmask {
+            Body::Unmask(u) => FromNode::UnmaskShares {
                 round: round_id(&u.round_id)?,
                 shares: u
                     .shares
@@ -215,16 +219,16 @@ impl From<&FromNode> for pb::NodeMessage {
                     differencing_window_days: rules.differencing_window_days,
                 }),
             }),
-            FromNode::Consistency { round, signature } => {
+            FromNode::ConsistencySignature { round, signature } => {
                 Body::Consistency(pb::ConsistencySignature { round_id: round.0.to_vec(), signature: signature.clone() })
             }
-            FromNode::Keys { round, enc, mask, signature } => Body::Keys(pb::AdvertiseKeys {
+            FromNode::AdvertiseKeys { round, enc, mask, signature } => Body::Keys(pb::AdvertiseKeys {
                 round_id: round.0.to_vec(),
                 enc_public: enc.0.to_vec(),
                 mask_public: mask.0.to_vec(),
                 signature: signature.clone(),
             }),
-            FromNode::Shares { round, shares } => {
+            FromNode::SealedShares { round, shares } => {
                 Body::Shares(pb::SealedShares { round_id: round.0.to_vec(), shares: sealed_pb(shares) })
             }
             FromNode::ShareReport { round, unopened } => Body::ShareReport(pb::ShareReport {
@@ -234,7 +238,7 @@ impl From<&FromNode> for pb::NodeMessage {
                     .map(|u| pb::UnopenedShare { share: Some(one_sealed_pb(&u.share)), reason: u.reason.clone() })
                     .collect(),
             }),
-            FromNode::Masked(c) => Body::MaskedChunk(pb::MaskedChunk {
+            FromNode::MaskedChunk(c) => Body::MaskedChunk(pb::MaskedChunk {
                 round_id: c.round.0.to_vec(),
                 index: c.index,
                 count: c.count,
@@ -242,7 +246,7 @@ impl From<&FromNode> for pb::NodeMessage {
                 sha256: words_sha256(&c.words).to_vec(),
                 words: c.words.clone(),
             }),
-            FromNode::Unmask { round, shares } => Body::Unmask(pb::UnmaskShares {
+            FromNode::UnmaskShares { round, shares } => Body::Unmask(pb::UnmaskShares {
                 round_id: round.0.to_vec(),
                 shares: shares
                     .iter()

@@ -49,7 +49,7 @@ proptest::proptest! {
 fn envelope_names_round_size_and_kind_without_parsing() {
     let r = RoundId([7; 16]);
     let c = chunk(r, &[1, 2, 3], 2);
-    let m = node_message(&FromNode::Masked(c[0].clone()), None);
+    let m = node_message(&FromNode::MaskedChunk(c[0].clone()), None);
     let e = node_message_envelope(&m);
     assert_eq!((e.kind, e.round, e.roundless, e.elements), ("masked-chunk", Some(r), false, 2));
     assert_eq!(e.bytes, m.encode_to_vec().len());
@@ -58,7 +58,7 @@ fn envelope_names_round_size_and_kind_without_parsing() {
     assert_eq!((e.kind, e.round, e.roundless), ("refusal", None, true));
     let e = node_message_envelope(&node_message(&refusal(Some(r)), None));
     assert_eq!((e.round, e.roundless), (Some(r), false));
-    let mut bad = node_message(&FromNode::Masked(c[0].clone()), None);
+    let mut bad = node_message(&FromNode::MaskedChunk(c[0].clone()), None);
     if let Some(pb::node_message::Body::MaskedChunk(ref mut x)) = bad.body {
         x.round_id = vec![1; 3];
     }
@@ -70,7 +70,7 @@ fn envelope_names_round_size_and_kind_without_parsing() {
 fn chunk_hash_mismatch_is_rejected() {
     let r = RoundId([7; 16]);
     let c = chunk(r, &[1, 2, 3], 2);
-    let mut m: pb::NodeMessage = (&FromNode::Masked(c[0].clone())).into();
+    let mut m: pb::NodeMessage = (&FromNode::MaskedChunk(c[0].clone())).into();
     if let Some(pb::node_message::Body::MaskedChunk(ref mut x)) = m.body {
         x.words[0] ^= 1;
     }
@@ -123,7 +123,7 @@ fn signed_shares_reports_and_the_final_u2_round_trip() {
         unopened: vec![UnopenedShare { share: share.clone(), reason: "authenticated decryption failed".into() }],
     };
     assert_eq!(FromNode::try_from(pb::NodeMessage::from(&report)).unwrap(), report);
-    let sent = FromNode::Shares { round, shares: vec![share.clone()] };
+    let sent = FromNode::SealedShares { round, shares: vec![share.clone()] };
     assert_eq!(FromNode::try_from(pb::NodeMessage::from(&sent)).unwrap(), sent);
     let request = ToNode::MaskedInputRequest {
         round,
@@ -132,7 +132,7 @@ fn signed_shares_reports_and_the_final_u2_round_trip() {
     };
     assert_eq!(ToNode::try_from(pb::CoordinatorMessage::from(&request)).unwrap(), request);
     // An unsigned share (what a v1 peer would send) is refused, naming the field.
-    let unsigned = FromNode::Shares { round, shares: vec![Sealed { signature: Vec::new(), ..share }] };
+    let unsigned = FromNode::SealedShares { round, shares: vec![Sealed { signature: Vec::new(), ..share }] };
     assert!(matches!(
         FromNode::try_from(pb::NodeMessage::from(&unsigned)),
         Err(WireError::Field { field: "shares.signature", .. })

@@ -86,31 +86,34 @@ pub enum ToNode {
         coordinator: String,
         certificate: Vec<u8>,
     },
+    /// Round 0 (AdvertiseKeys): the signed invitation.
     RoundStart(Box<RoundStart>),
-    Roster {
+    /// Round 1 (ShareKeys): U1's signed keys.
+    KeyRoster {
         round: RoundId,
         keys: Vec<SignedKeys>,
     },
-    Shares {
+    /// Round 2 (MaskedInputCollection): U2 as delivered and the shares sealed to this node.
+    ShareDelivery {
         round: RoundId,
         delivered: Vec<String>,
         shares: Vec<Sealed>,
     },
-    /// Round 2: the final U2 (the delivered U2 less the nodes that left and the
+    /// Round 2 (MaskedInputCollection): the final U2 (the delivered U2 less the nodes that left and the
     /// senders of reported shares); mask over exactly it.
     MaskedInputRequest {
         round: RoundId,
         delivered: Vec<String>,
         excluded: Vec<Exclusion>,
     },
-    /// Round 3: U3 and U2∖U3, for each survivor to check and sign.
-    Consistency {
+    /// Round 3 (ConsistencyCheck): U3 and U2∖U3, for each survivor to check and sign.
+    ConsistencyCheck {
         round: RoundId,
         survivors: Vec<String>,
         dropped: Vec<String>,
     },
-    /// Round 4: U3, U2∖U3 and the signatures of members of U3 on that view.
-    Unmask {
+    /// Round 4 (Unmasking): U3, U2∖U3 and the signatures of members of U3 on that view.
+    UnmaskRequest {
         round: RoundId,
         survivors: Vec<String>,
         dropped: Vec<String>,
@@ -200,9 +203,9 @@ impl TryFrom<pb::CoordinatorMessage> for ToNode {
                     .collect::<Result<Vec<_>, WireError>>()?;
                 let n: Vec<String> = keys.iter().map(|k| k.node.clone()).collect();
                 names("keys", &n)?;
-                ToNode::Roster { round: round_id(&r.round_id)?, keys }
+                ToNode::KeyRoster { round: round_id(&r.round_id)?, keys }
             }
-            Body::Shares(s) => ToNode::Shares {
+            Body::Shares(s) => ToNode::ShareDelivery {
                 round: round_id(&s.round_id)?,
                 delivered: names("delivered", &s.delivered)?,
                 shares: sealed(&s.shares)?,
@@ -226,7 +229,7 @@ impl TryFrom<pb::CoordinatorMessage> for ToNode {
                         .collect::<Result<_, WireError>>()?,
                 }
             }
-            Body::Consistency(c) => ToNode::Consistency {
+            Body::Consistency(c) => ToNode::ConsistencyCheck {
                 round: round_id(&c.round_id)?,
                 survivors: names("survivors", &c.survivors)?,
                 dropped: names("dropped", &c.dropped)?,
@@ -244,7 +247,7 @@ impl TryFrom<pb::CoordinatorMessage> for ToNode {
                     .collect::<Result<Vec<_>, WireError>>()?;
                 let signers: Vec<String> = signatures.iter().map(|s| s.node.clone()).collect();
                 names("signatures", &signers)?;
-                ToNode::Unmask {
+                ToNode::UnmaskRequest {
                     round: round_id(&u.round_id)?,
                     survivors: names("survivors", &u.survivors)?,
                     dropped: names("dropped", &u.dropped)?,
@@ -279,7 +282,7 @@ impl From<&ToNode> for pb::CoordinatorMessage {
                 chunk_elements: r.chunk_elements as u32,
                 roster_signature: r.roster_signature.clone(),
             }),
-            ToNode::Roster { round, keys } => Body::Roster(pb::KeyRoster {
+            ToNode::KeyRoster { round, keys } => Body::Roster(pb::KeyRoster {
                 round_id: round.0.to_vec(),
                 keys: keys
                     .iter()
@@ -292,7 +295,7 @@ impl From<&ToNode> for pb::CoordinatorMessage {
                     })
                     .collect(),
             }),
-            ToNode::Shares { round, delivered, shares } => Body::Shares(pb::ShareDelivery {
+            ToNode::ShareDelivery { round, delivered, shares } => Body::Shares(pb::ShareDelivery {
                 round_id: round.0.to_vec(),
                 delivered: delivered.clone(),
                 shares: sealed_pb(shares),
@@ -305,12 +308,12 @@ impl From<&ToNode> for pb::CoordinatorMessage {
                     .map(|x| pb::Exclusion { node: x.node.clone(), reason: x.reason.clone() })
                     .collect(),
             }),
-            ToNode::Consistency { round, survivors, dropped } => Body::Consistency(pb::ConsistencyCheck {
+            ToNode::ConsistencyCheck { round, survivors, dropped } => Body::Consistency(pb::ConsistencyCheck {
                 round_id: round.0.to_vec(),
                 survivors: survivors.clone(),
                 dropped: dropped.clone(),
             }),
-            ToNode::Unmask { round, survivors, dropped, signatures } => Body::Unmask(pb::UnmaskRequest {
+            ToNode::UnmaskRequest { round, survivors, dropped, signatures } => Body::Unmask(pb::UnmaskRequest {
                 round_id: round.0.to_vec(),
                 survivors: survivors.clone(),
                 dropped: dropped.clone(),
