@@ -117,7 +117,8 @@ fn node_egress_is_the_only_sender() {
 /// make one. A doctest compiles outside the crate, so it cannot tell a private field or
 /// function from a `pub(crate)` one, nor see a trait impl that hands the words out; this
 /// checks those: the field has no visibility, the constructor is the type's only
-/// visible function, and `Debug` (which prints the length) its only trait.
+/// visible function, and `Debug` (which prints the length) its only trait; and that no
+/// other coordinator file unmasks a sum with the crypto crate's public `finish`.
 #[test]
 fn coordinator_release_is_the_only_reader_of_round_sums() {
     let text = std::fs::read_to_string(root().join("coordinator/src/release.rs")).unwrap();
@@ -136,6 +137,16 @@ fn coordinator_release_is_the_only_reader_of_round_sums() {
     );
     assert_eq!(text.matches("for UnreleasedSum").count(), 1, "UnreleasedSum implements only Debug");
     assert!(text.contains("impl std::fmt::Debug for UnreleasedSum"));
+    // The crypto crate's `Unmasking::finish(responses)` returns the sum's words, and it
+    // is public (the crate is a library): only release.rs may call it, inside the
+    // constructor above. (`.finish()` without arguments is a `Debug` builder.)
+    for f in rust_files(&root().join("coordinator/src")) {
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        let other = std::fs::read_to_string(&f).unwrap();
+        let calls = other.matches(".finish(").count() - other.matches(".finish()").count();
+        let expected = usize::from(name == "release.rs");
+        assert_eq!(calls + other.matches("Unmasking::finish").count(), expected, "{name} unmasks a sum itself");
+    }
 }
 
 /// The code map in ARCHITECTURE.md names every source file (by its name; `lib.rs`,
