@@ -2,7 +2,7 @@
 //!
 //! Runs secure-aggregation rounds (`fedcrm_crypto::secagg`) in memory for n nodes and
 //! vectors of d words, and prints each cost beside its floor, measured in the same
-//! run with the same PRG (ChaCha20 via `prg::expand_into`), the same word width
+//! run with the same PRG (AES-128-CTR via `prg::expand_into`), the same word width
 //! (u64, wrapping) and the same single thread:
 //!
 //! - masking, one node: `ClientReady::mask` (its X25519 agreements, HKDF, the copy
@@ -38,7 +38,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 /// What both the measured code and the floors use.
-const PRG: &str = "ChaCha20 (RFC 8439), 64-bit words over Z_2^64, 1 thread";
+const PRG: &str = "AES-128-CTR (HKDF-keyed per seed), 64-bit words over Z_2^64, 1 thread";
 /// The goal for every ratio (printed, never asserted).
 const GOAL_RATIO: f64 = 1.5;
 /// How many times the masking floor is measured (interleaved with the nodes' masking).

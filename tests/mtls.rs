@@ -214,17 +214,24 @@ async fn incompatible_protocol_version_is_rejected_with_a_clear_message() {
         .await
         .unwrap();
     let mut client = pb::coordinator_client::CoordinatorClient::new(ch);
-    let hello = pb::NodeMessage {
-        body: Some(pb::node_message::Body::Hello(pb::Hello {
-            protocol_version: "fedcrm/v0".into(),
-            software: "fedcrm 0.0.1".into(),
-            node_name: "node-7".into(),
-            rules: None,
-        })),
-        receipt: None,
-    };
-    let status = client.session(tokio_stream::iter(vec![hello])).await.expect_err("must be rejected");
-    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{}", status.message());
-    assert!(status.message().contains("incompatible protocol version \"fedcrm/v0\""), "{}", status.message());
+    // "fedcrm/v2" is the last version before the AES-128-CTR PRG: its masks would not
+    // cancel with ours, so it must be refused before any round, not fail inside one.
+    for old in ["fedcrm/v0", "fedcrm/v2"] {
+        let hello = pb::NodeMessage {
+            body: Some(pb::node_message::Body::Hello(pb::Hello {
+                protocol_version: old.into(),
+                software: "fedcrm 0.0.1".into(),
+                node_name: "node-7".into(),
+                rules: None,
+            })),
+            receipt: None,
+        };
+        let status = client.session(tokio_stream::iter(vec![hello])).await.expect_err("must be rejected");
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{}", status.message());
+        let m = status.message();
+        assert!(m.contains(&format!("incompatible protocol version \"{old}\"")), "{m}");
+        assert!(m.contains("this coordinator speaks \"fedcrm/v3\""), "{m}");
+        assert!(m.contains("upgrade the node"), "{m}");
+    }
     cluster.stop().await;
 }

@@ -1,14 +1,20 @@
-//! Known-answer tests: every file under `crypto/test_vectors/v1/` is loaded here and
+//! Known-answer tests: every file under `crypto/test_vectors/v2/` is loaded here and
 //! recomputed with the crate's public API.
 //!
-//! The files pin the exact bytes of protocol version `fedcrm/v1`: any change to a KDF
-//! context, a PRG, the share encoding or the round flow shows up here as a mismatch
-//! and needs a new `v2` vector set, never an edit of `v1`.
+//! Vector sets are numbered on their own. `v2` pins the exact bytes of wire version
+//! `fedcrm/v3`: the AES-128-CTR PRG, and the KDF contexts, share encoding and round
+//! flow unchanged since `fedcrm/v1` (the KDF salt is still `fedcrm/v1`). Any change
+//! to a KDF context, a PRG, the share encoding or the round flow shows up here as a
+//! mismatch and needs a new `v3` vector set, never an edit of `v2`. Set `v1` (the
+//! ChaCha20 PRG of `fedcrm/v1` and `v2`) no longer matches the code and was removed
+//! with it; git history keeps it.
 //!
-//! `rfc7748_x25519.json`, the `rfc_keystreams` of `prg_chacha20.json` and the
-//! `rfc5869` cases of `kdf_hkdf.json` are published values copied from the RFCs; the
-//! rest was produced once by this crate and is cross-checked here against independent
-//! implementations (the `chacha20` crate, ring's HMAC and AEAD) where one exists.
+//! `rfc7748_x25519.json`, the `sp800_38a` case of `prg_aes128ctr.json` and the
+//! `rfc5869` cases of `kdf_hkdf.json` are published values copied from the standards.
+//! `prg_aes128ctr.json` was computed without this crate (`gen_prg_aes128ctr.py`,
+//! OpenSSL through Python's `cryptography`). The rest was produced once by this crate
+//! and is cross-checked here against independent implementations (the `aes` and `ctr`
+//! crates, ring's HMAC and AEAD) where one exists.
 //!
 //! ring's `SecureRandom` trait is sealed, so deterministic randomness comes from
 //! ring's own `ring::test::rand::FixedSliceSequenceRandom` (deprecated, test-only):
@@ -19,8 +25,7 @@ use common::with_fixed_rng;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chacha20::ChaCha20;
-use chacha20::cipher::{KeyIvInit, StreamCipher};
+use ctr::cipher::{KeyIvInit, StreamCipher};
 use fedcrm_crypto::keys::{RoundPublic, RoundSecret};
 use fedcrm_crypto::prg::{self, MaskSeed, Sign};
 use fedcrm_crypto::secagg::{Aggregator, ClientAdvertised, RoundParams};
@@ -29,11 +34,11 @@ use fedcrm_crypto::{CryptoError, PROTOCOL_VERSION, RoundId, aead, kdf};
 use ring::{aead as ring_aead, hkdf, hmac};
 use serde::Deserialize;
 
-const X25519_JSON: &str = include_str!("../test_vectors/v1/rfc7748_x25519.json");
-const PRG_JSON: &str = include_str!("../test_vectors/v1/prg_chacha20.json");
-const KDF_JSON: &str = include_str!("../test_vectors/v1/kdf_hkdf.json");
-const SHAMIR_JSON: &str = include_str!("../test_vectors/v1/shamir.json");
-const SECAGG_JSON: &str = include_str!("../test_vectors/v1/secagg_round.json");
+const X25519_JSON: &str = include_str!("../test_vectors/v2/rfc7748_x25519.json");
+const PRG_JSON: &str = include_str!("../test_vectors/v2/prg_aes128ctr.json");
+const KDF_JSON: &str = include_str!("../test_vectors/v2/kdf_hkdf.json");
+const SHAMIR_JSON: &str = include_str!("../test_vectors/v2/shamir.json");
+const SECAGG_JSON: &str = include_str!("../test_vectors/v2/secagg_round.json");
 
 // ---------------------------------------------------------------------------------
 // helpers
@@ -173,76 +178,136 @@ fn x25519_public_key_parsing() {
 }
 
 // ---------------------------------------------------------------------------------
-// PRG: ChaCha20 keystream (key = seed, 96-bit zero nonce, block counter from 0) read
-// as little-endian u64 words.
+// PRG: AES-128-CTR (key = HKDF-SHA256(salt = version, seed, PRG_LABEL), zero initial
+// counter block, 128-bit big-endian increment) read as little-endian u64 words. The
+// file was computed by `gen_prg_aes128ctr.py` with OpenSSL; here it is also
+// recomputed step by step with ring's HKDF and the `aes` and `ctr` crates directly.
 
 #[derive(Debug, Deserialize)]
 struct PrgFile {
-    length: usize,
-    rfc_keystreams: Vec<Keystream>,
+    sp800_38a: Sp80038a,
     vectors: Vec<PrgVector>,
+    bad: Vec<BadPrg>,
 }
 
 #[derive(Debug, Deserialize)]
-struct Keystream {
-    source: String,
-    seed: String,
-    keystream: String,
+struct Sp80038a {
+    key: String,
+    counter: String,
+    plaintext: String,
+    ciphertext: String,
 }
 
 #[derive(Debug, Deserialize)]
 struct PrgVector {
     seed: String,
+    length: usize,
+    sign: String,
+    aes_key: String,
     first8: Vec<String>,
     wrapping_sum: String,
     last: String,
 }
 
-fn chacha20_words(seed: [u8; 32], len: usize) -> Vec<u64> {
-    let mut c = ChaCha20::new(&seed.into(), &[0u8; 12].into());
-    let mut buf = vec![0u8; len * 8];
-    c.apply_keystream(&mut buf);
-    le_words(&buf)
+#[derive(Debug, Deserialize)]
+struct BadPrg {
+    name: String,
+    seed: String,
+    first8: Vec<String>,
+}
+
+type Aes128Ctr = ctr::Ctr128BE<aes::Aes128>;
+
+fn aes128_ctr(key: [u8; 16], counter: [u8; 16], data: &mut [u8]) {
+    Aes128Ctr::new(&key.into(), &counter.into()).apply_keystream(data);
+}
+
+/// The PRG's key, through ring's `hkdf` module directly.
+fn prg_key(seed: [u8; 32]) -> [u8; 16] {
+    struct L;
+    impl hkdf::KeyType for L {
+        fn len(&self) -> usize {
+            16
+        }
+    }
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, PROTOCOL_VERSION.as_bytes()).extract(&seed);
+    let infos = [prg::PRG_LABEL.as_bytes()];
+    let mut out = [0u8; 16];
+    prk.expand(&infos, L).unwrap().fill(&mut out).unwrap();
+    out
+}
+
+fn sign_of(s: &str) -> Sign {
+    match s {
+        "add" => Sign::Add,
+        "sub" => Sign::Sub,
+        other => panic!("unknown sign {other:?}"),
+    }
 }
 
 #[test]
-fn prg_matches_rfc8439_keystream() {
+fn prg_aes_ctr_matches_sp800_38a() {
     let f: PrgFile = serde_json::from_str(PRG_JSON).unwrap();
-    assert!(!f.rfc_keystreams.is_empty());
-    for k in &f.rfc_keystreams {
-        let bytes = h(&k.keystream);
-        let expected = le_words(&bytes);
-        let got = prg::expand(&MaskSeed::from_bytes(h32(&k.seed)), expected.len());
-        assert_eq!(got, expected, "{}", k.source);
-    }
+    let v = &f.sp800_38a;
+    let mut data = h(&v.plaintext);
+    aes128_ctr(h16(&v.key), h16(&v.counter), &mut data);
+    assert_eq!(hex::encode(data), v.ciphertext);
 }
 
 #[test]
 fn prg_known_answers() {
     let f: PrgFile = serde_json::from_str(PRG_JSON).unwrap();
-    assert!(f.length > 512, "the long vector must cross the PRG's 4096-byte block boundary");
+    assert_eq!(prg::PRG_LABEL, "fedcrm/v3/prg-aes128", "a new PRG label is a new protocol version");
+    assert!(f.vectors.iter().any(|v| v.length > 512), "a vector must cross the PRG's 4096-byte block boundary");
+    assert!(f.vectors.iter().any(|v| v.length % 2 == 1), "a vector must end inside an AES block");
+    assert!(f.vectors.iter().any(|v| v.sign == "sub"));
     for v in &f.vectors {
-        let seed = h32(&v.seed);
-        let out = prg::expand(&MaskSeed::from_bytes(seed), f.length);
-        assert_eq!(out[..8], words(&v.first8)[..], "seed {}", v.seed);
-        assert_eq!(wrapping_sum(&out), v.wrapping_sum.parse::<u64>().unwrap(), "seed {}", v.seed);
-        assert_eq!(out[f.length - 1], v.last.parse::<u64>().unwrap(), "seed {}", v.seed);
-        // Independent computation with the chacha20 crate directly.
-        assert_eq!(out, chacha20_words(seed, f.length), "seed {}", v.seed);
+        let (seed, n, sign) = (h32(&v.seed), v.length, sign_of(&v.sign));
+        let at = format!("seed {} length {n} {}", v.seed, v.sign);
+        let mut out = vec![0u64; n];
+        prg::expand_into(&MaskSeed::from_bytes(seed), &mut out, sign);
+        assert_eq!(out[..n.min(8)], words(&v.first8)[..], "{at}");
+        assert_eq!(out[n - 1], v.last.parse::<u64>().unwrap(), "{at}");
+        assert_eq!(wrapping_sum(&out), v.wrapping_sum.parse::<u64>().unwrap(), "{at}");
+        // Independent computation: ring's HKDF, then the `ctr` and `aes` crates.
+        let key = prg_key(seed);
+        assert_eq!(hex::encode(key), v.aes_key, "{at}");
+        let mut bytes = vec![0u8; n * 8];
+        aes128_ctr(key, [0u8; 16], &mut bytes);
+        let stream = le_words(&bytes);
+        let expected: Vec<u64> = match sign {
+            Sign::Add => stream.clone(),
+            Sign::Sub => stream.iter().map(|w| w.wrapping_neg()).collect(),
+        };
+        assert_eq!(out, expected, "{at}");
         // Every prefix is the same stream (the chunking inside expand_into is invisible).
-        for len in [0, 1, 7, 511, 512, 513] {
-            assert_eq!(prg::expand(&MaskSeed::from_bytes(seed), len), out[..len]);
+        for len in [0, 1, 2, 7, 511, 512, 513].into_iter().filter(|&l| l <= n) {
+            assert_eq!(prg::expand(&MaskSeed::from_bytes(seed), len), stream[..len], "{at}");
         }
-        // Add then Sub restores the accumulator; Sub alone is the negation.
-        let base: Vec<u64> = (0..f.length as u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).collect();
+        // Add then Sub restores the accumulator.
+        let base: Vec<u64> = (0..n as u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).collect();
         let mut acc = base.clone();
         prg::expand_into(&MaskSeed::from_bytes(seed), &mut acc, Sign::Add);
-        assert!(acc.iter().zip(&base).zip(&out).all(|((a, b), o)| *a == b.wrapping_add(*o)));
+        assert!(acc.iter().zip(&base).zip(&stream).all(|((a, b), o)| *a == b.wrapping_add(*o)));
         prg::expand_into(&MaskSeed::from_bytes(seed), &mut acc, Sign::Sub);
         assert_eq!(acc, base);
-        let mut neg = vec![0u64; f.length];
-        prg::expand_into(&MaskSeed::from_bytes(seed), &mut neg, Sign::Sub);
-        assert!(neg.iter().zip(&out).all(|(n, o)| n.wrapping_add(*o) == 0));
+    }
+}
+
+#[test]
+fn prg_differs_from_wrong_constructions() {
+    let f: PrgFile = serde_json::from_str(PRG_JSON).unwrap();
+    let names: BTreeSet<&str> = f.bad.iter().map(|b| b.name.as_str()).collect();
+    for required in ["bad_chacha20_v2", "bad_seed_as_key", "bad_other_label", "bad_counter_one", "bad_big_endian_words"]
+    {
+        assert!(names.contains(required), "missing {required}");
+    }
+    for b in &f.bad {
+        assert!(b.name.starts_with("bad_"));
+        let bad = words(&b.first8);
+        assert_eq!(bad.len(), 8, "{}", b.name);
+        let got = prg::expand(&MaskSeed::from_bytes(h32(&b.seed)), 8);
+        assert!(got.iter().zip(&bad).all(|(g, w)| g != w), "{}: shares a word with the PRG's output", b.name);
     }
 }
 

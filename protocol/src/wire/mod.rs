@@ -10,10 +10,13 @@ use crate::pb;
 
 /// Protocol version string both sides must send: the wire contract's own version.
 /// v2 (issue 7) signs every sealed share and adds the share report and the final U2
-/// before masking, which a v1 peer cannot follow, so it is told to upgrade. The
-/// derivations still bind [`fedcrm_crypto::PROTOCOL_VERSION`] (`fedcrm/v1`): their
-/// bytes did not change (`crypto/test_vectors/v1`).
-pub const VERSION: &str = "fedcrm/v2";
+/// before masking, which a v1 peer cannot follow. v3 (issue 9) expands masks with
+/// AES-128-CTR instead of ChaCha20 (`fedcrm_crypto::prg`): a v2 peer's masks would not
+/// cancel, so the sum would be garbage rather than an error. An older peer is refused
+/// at hello with both versions named and told to upgrade. The KDFs still bind
+/// [`fedcrm_crypto::PROTOCOL_VERSION`] (`fedcrm/v1`): their bytes did not change
+/// (`crypto/test_vectors/v2`).
+pub const VERSION: &str = "fedcrm/v3";
 
 /// Largest vector a round may use (words); 64 Mi words = 512 MiB.
 pub const MAX_LENGTH: u64 = 1 << 26;

@@ -103,15 +103,22 @@ fn round_trips() {
         roster_signature: vec![1, 2],
     }));
     assert_eq!(ToNode::try_from(pb::CoordinatorMessage::from(&m)).unwrap(), m);
-    let bad_version = pb::CoordinatorMessage {
+    let welcome = |version: &str| pb::CoordinatorMessage {
         body: Some(pb::coordinator_message::Body::Welcome(pb::Welcome {
-            protocol_version: "fedcrm/v0".into(),
+            protocol_version: version.into(),
             coordinator_name: "c".into(),
             certificate: vec![1],
         })),
         receipt: None,
     };
-    assert!(matches!(ToNode::try_from(bad_version), Err(WireError::Version { .. })));
+    assert!(matches!(ToNode::try_from(welcome("fedcrm/v0")), Err(WireError::Version { .. })));
+    // A v2 coordinator (ChaCha20 masks) is refused by name, with what to do.
+    let e = ToNode::try_from(welcome("fedcrm/v2")).unwrap_err();
+    assert_eq!(e, WireError::Version { got: "fedcrm/v2".into() });
+    assert_eq!(
+        e.to_string(),
+        "incompatible protocol version \"fedcrm/v2\"; this build speaks \"fedcrm/v3\" — upgrade the older side"
+    );
 }
 
 #[test]
