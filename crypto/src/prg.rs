@@ -149,11 +149,12 @@ fn apply_keystream(cipher: &mut Aes128Ctr, acc: &mut [u64], sign: Sign) {
 const WORDS_PER_AES_BLOCK: usize = 2;
 
 /// Below this many words of work (seeds × words), [`expand_many_into`] stays on the
-/// calling thread, where spawning threads (tens of microseconds each) would be a visible
-/// share of the work: 2^18 words is about 2 MiB of keystream, roughly 0.2 ms on one core
-/// at the bench's masking rate (~10^9 words/s with AES-NI). An estimate, not yet a
-/// measured crossover.
-const PARALLEL_MIN_WORDS: usize = 1 << 18;
+/// calling thread. Measured on the 2-core EPYC (AES-NI + VAES), one thread against two,
+/// seeds × words: 1 × 2^12: 10 µs vs 246 µs (starting the scoped threads costs ~0.2 ms
+/// there); 1 × 2^18: 446–554 vs 642–996 µs; 50 × 2^13: 808–831 vs 886–1063 µs;
+/// 50 × 2^14: 1646–1705 vs 1232–1349 µs; 1 × 2^20: 1796–2275 vs 1547–1841 µs. Two
+/// threads win from about 2^19.5 words; below 2^20 the gain is at most a few hundred µs.
+const PARALLEL_MIN_WORDS: usize = 1 << 20;
 
 /// `acc[i] ±= PRG(seed)[i]` for every `(seed, sign)`, on all the machine's cores
 /// ([`std::thread::available_parallelism`]); the result is bit-identical to calling

@@ -33,13 +33,14 @@ fn parallel(seeds: &[(&MaskSeed, Sign)], len: usize, threads: usize) -> Vec<u64>
 }
 
 /// Lengths around the 4 KiB block (512 words), the AES block (2 words), odd and tiny,
-/// and one large enough (with many seeds) to pass the parallel threshold.
+/// and one large enough (9 seeds × 200,003 words > 2^20) that `expand_many_into` itself
+/// goes parallel on a multi-core machine.
 #[test]
 fn parallel_equals_sequential() {
     let owned: Vec<MaskSeed> = (0..9).map(seed).collect();
     let seeds: Vec<(&MaskSeed, Sign)> =
         owned.iter().enumerate().map(|(i, s)| (s, if i % 3 == 1 { Sign::Sub } else { Sign::Add })).collect();
-    for len in [0, 1, 2, 3, 5, 511, 512, 513, 1023, 1025, 4097, 40_001, 100_003] {
+    for len in [0, 1, 2, 3, 5, 511, 512, 513, 1023, 1025, 4097, 40_001, 100_003, 200_003] {
         let want = sequential(&seeds, len);
         for threads in [1, 2, 3, 4, 7, 16] {
             assert_eq!(parallel(&seeds, len, threads), want, "len {len}, {threads} threads");
