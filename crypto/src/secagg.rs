@@ -547,15 +547,18 @@ impl ClientReady {
         if input.len() != self.params.d {
             return Err(CryptoError::Length { got: input.len(), expected: self.params.d });
         }
-        let mut y = input.to_vec();
-        prg::expand_into(&self_seed(&self.b.0, &self.params.round, &self.me), &mut y, Sign::Add);
+        // Derive every seed first, then expand them all at once on every core.
+        let mut seeds = vec![(self_seed(&self.b.0, &self.params.round, &self.me), Sign::Add)];
         for peer in &self.u1 {
             if peer.name == self.me || !self.u2.contains(&peer.name) {
                 continue;
             }
             let seed = pair_seed(&self.mask, &peer.mask, &self.params.round, &self.me, &peer.name)?;
-            prg::expand_into(&seed, &mut y, pair_sign(&self.me, &peer.name));
+            seeds.push((seed, pair_sign(&self.me, &peer.name)));
         }
+        let mut y = input.to_vec();
+        let refs: Vec<(&MaskSeed, Sign)> = seeds.iter().map(|(s, sign)| (s, *sign)).collect();
+        prg::expand_many_into(&refs, &mut y);
         let ClientReady { params, me, u2, held, .. } = self;
         Ok((ClientMasked { params, me, u2, held }, y))
     }
@@ -788,12 +791,13 @@ impl Unmasking {
                 responders.len()
             )));
         }
-        let mut sum = self.sum;
+        // Collect every seed to undo, then expand them all at once on every core.
+        let mut seeds: Vec<(MaskSeed, Sign)> = Vec::new();
         // Round 4, server: b_u ← SS.recon for u ∈ U3; subtract p_u = PRG(b_u).
         for u in &self.survivors {
             let shares = self_shares.get(u.as_str()).map(Vec::as_slice).unwrap_or(&[]);
             let mut b = shamir::combine(shares, t)?;
-            prg::expand_into(&self_seed(&b, &round, u), &mut sum, Sign::Sub);
+            seeds.push((self_seed(&b, &round, u), Sign::Sub));
             b.zeroize();
         }
         // Round 4, server: s_v^SK ← SS.recon for v ∈ U2∖U3; undo p_u,v for u ∈ U3.
@@ -816,9 +820,12 @@ impl Unmasking {
                     Sign::Add => Sign::Sub,
                     Sign::Sub => Sign::Add,
                 };
-                prg::expand_into(&seed, &mut sum, undo);
+                seeds.push((seed, undo));
             }
         }
+        let mut sum = self.sum;
+        let refs: Vec<(&MaskSeed, Sign)> = seeds.iter().map(|(s, sign)| (s, *sign)).collect();
+        prg::expand_many_into(&refs, &mut sum);
         Ok(sum)
     }
 }
