@@ -16,8 +16,8 @@
 //!   SecAgg's 2t > n + H + C (`rules::check_threshold`) on u's neighbourhood: HQ's
 //!   neighbours and the colluders never hold t of u's shares, and a coordinator that
 //!   shows different neighbours different views of who dropped cannot collect both u's
-//!   self-mask share and its mask-key share from t of them (Bell et al. 2020, Section 5,
-//!   semi-malicious server). H counts every neighbour in the graph, not only those
+//!   self-mask share and its mask-key share from t of them (Bell et al. 2020, their
+//!   semi-malicious variant). H counts every neighbour in the graph, not only those
 //!   still present: a neighbour that left still holds u's shares.
 //! - **Organisation rule on u's component** ([`check_component_organisations`]): the
 //!   pairwise masks of nodes with no edge between them never cancel each other, so
@@ -69,7 +69,7 @@ pub enum NeighbourhoodError {
 /// its neighbours in the graph it computed (whatever their stage): the degree is `k`,
 /// 2t > k + H + C and t ≤ k (t: the round's per-neighbourhood threshold t_k).
 ///
-/// Bell et al. CCS 2020, Section 5 (semi-malicious server: 2t > k + corrupt
+/// Bell et al. CCS 2020, semi-malicious variant (2t > k + corrupt
 /// neighbours); with H and C as in [`rules::check_threshold`].
 pub fn check_neighbourhood(
     rules: &NodeRules,

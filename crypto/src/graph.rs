@@ -6,6 +6,12 @@
 //! part every node recomputes for itself, so that no label from the coordinator is
 //! trusted.
 //!
+//! Citations name the paper's constructions (the random Harary graph; the
+//! semi-malicious variant, where the server may lie about who dropped) rather than its
+//! section numbers: the paper's text was not reachable where this was written, and the
+//! numbers were not checked. The formulas are checked against the authors' reference
+//! implementation instead (below).
+//!
 //! # Who chooses the graph: commit, then reveal
 //!
 //! HQ runs the coordinator, the CA and several nodes, so the coordinator must not
@@ -44,7 +50,8 @@
 //! N ≤ 2^h · Σ_{j≤d} C(n − h, j), and aborting and restarting the round (a new round id,
 //! new nonces) adds one graph per restart. Its chance that an event of probability ε
 //! per random graph happens is then at most N·ε (union bound). With σ = 40 below, a
-//! coordinator trying 2^20 sets keeps at least 2^-20; dropping any 2 of 1,000 nodes is
+//! coordinator trying 2^20 sets still meets a bad graph with probability below 2^-20
+//! (N · 2^-40); dropping any 2 of 1,000 nodes is
 //! already about 2^19 sets, so the random-graph guarantee alone does not survive a
 //! coordinator that drops freely. That is why every node also checks, deterministically
 //! and on the graph it computed itself, the rules that matter against HQ's *known* nodes
@@ -54,13 +61,20 @@
 //! bounded by N·2^-σ, and liveness (a round that fails), which dropping nodes already
 //! buys. Every restart and every left-out reveal is in the nodes' audit logs.
 //!
+//! **Equivocation.** A coordinator that relays different signed rosters or different
+//! sets of reveals to different nodes gives them different seeds, so different graphs;
+//! each node's checks then hold on its own graph only. The wiring must bind the seed
+//! into what the survivors sign at the consistency check (Bonawitz et al. 2017, Fig. 4,
+//! Round 3), so that two views of the graph are caught before anyone unmasks, as two
+//! views of U3 are today.
+//!
 //! # The graph
 //!
 //! [`Graph::harary`]: a uniformly random permutation of the sorted roster (Fisher–Yates,
 //! each index drawn by rejection sampling from the AES-128-CTR expansion of
 //! [`crate::prg`] keyed by the seed), and the node at position i is adjacent to the
 //! positions i ± 1, …, i ± k/2 (mod n): a k-regular, k-connected circulant graph (Bell
-//! et al. 2020, the random Harary graph of their Section 4). For k ≥ n − 1 it is the
+//! et al. 2020's random Harary graph). For k ≥ n − 1 it is the
 //! complete graph (full SecAgg).
 //!
 //! # The parameters
@@ -76,16 +90,17 @@
 //!    (⌊γn⌋+⌊δn⌋)_k / (n)_k (falling factorials), so the bound is their product;
 //! 2. every node has at most t₁ corrupt neighbours, where t₁ is the smallest value with
 //!    Pr[X > t₁] < 2^-(σ+1)/n for X ~ Hypergeometric(n, ⌊γn⌋, k) (a union bound over the
-//!    n nodes), and t is the smallest with 2t > k + t₁: against a server that sends
-//!    different nodes different views of who dropped, a node's neighbours can be made
-//!    to reveal its self-mask share to one request and its mask-key share to another,
-//!    so the corrupt neighbours plus what one view can gather must stay below 2t;
+//!    n nodes), and t is the smallest with 2t > k + t₁. A server that shows different
+//!    neighbours different views of who dropped can ask some of a node's honest
+//!    neighbours for its self-mask share and the others for its mask-key share; each
+//!    honest neighbour reveals one of the two, the C corrupt ones both, so the server
+//!    holds t of each only if 2t ≤ C + k (t shares of each from C + (k − C) holders);
 //! 3. every node keeps at least t surviving neighbours, except with probability below
 //!    2^-η/n for each: Pr[S ≤ t − 1] < 2^-η/n for S ~ Hypergeometric(n, ⌈(1 − δ)n⌉, k).
 //!
 //! Conditions 1–2 are security (σ, split evenly between the two events), 3 correctness
 //! (η). These are Bell et al. 2020's conditions for their semi-malicious variant
-//! (Section 5: the server may lie about dropouts), computed exactly as the authors'
+//! (the server may lie about dropouts), computed exactly as the authors'
 //! reference implementation does (google-parfait/federated-compute,
 //! `fcp/secagg/server/graph_parameter_finder.cc`, σ = 40, η = 20): the paper's own
 //! table was not reachable from where this was written, so `crypto/tests/graph.rs`
@@ -290,7 +305,7 @@ impl Graph {
     /// node at position i of [`permutation`] is adjacent to positions i ± 1, …, i ± k/2
     /// (mod n). k must be even and at least 2; k ≥ n − 1 gives the complete graph.
     ///
-    /// Bell et al. CCS 2020, Section 4 (random Harary graph); Harary, "The maximum
+    /// Bell et al. CCS 2020, the random Harary graph; Harary, "The maximum
     /// connectivity of a graph", PNAS 1962 (H(n, k) is k-connected).
     pub fn harary(roster: &[String], k: usize, seed: &GraphSeed) -> Result<Graph, GraphError> {
         let order = permutation(roster, seed)?;
@@ -442,7 +457,7 @@ const FRACTION_SLACK: f64 = 1e-14;
 /// module doc for `n` nodes, corrupt fraction γ, dropout fraction δ, security σ and
 /// correctness η; `None` if no such k exists (use full SecAgg).
 ///
-/// Bell et al. CCS 2020, Sections 4–5 (random Harary graph; semi-malicious server);
+/// Bell et al. CCS 2020 (random Harary graph; semi-malicious server);
 /// as in the authors' `fcp/secagg/server/graph_parameter_finder.cc`.
 pub fn parameters(
     n: usize,
