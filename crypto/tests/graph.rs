@@ -6,12 +6,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use fedcrm_crypto::RoundId;
+use ctr::cipher::{KeyIvInit, StreamCipher};
 use fedcrm_crypto::graph::{
     self, Graph, GraphConfig, GraphError, GraphSeed, Mode, check_nonce, check_reveals, graph_seed, nonce_commitment,
 };
 use fedcrm_crypto::prg::{self, MaskSeed};
+use fedcrm_crypto::{PROTOCOL_VERSION, RoundId};
 use proptest::prelude::*;
+use ring::{digest, hkdf};
 
 fn roster(n: usize) -> Vec<String> {
     let mut r: Vec<String> = (0..n).map(|i| format!("node-{i:05}")).collect();
@@ -314,4 +316,86 @@ fn the_defaults_are_the_documented_ones() {
     for (n, k, t) in [(100, 32, 22), (200, 56, 39), (500, 82, 57), (1_000, 96, 67), (10_000, 122, 85)] {
         assert_eq!(graph::choose(n, &config).unwrap(), Mode::Plus { k, t }, "n = {n}");
     }
+}
+
+/// Length-prefixed (u32 big-endian) concatenation: `kdf::context`'s layout, rebuilt here
+/// from its documentation.
+fn context(label: &str, round: &RoundId, parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = vec![];
+    for b in [PROTOCOL_VERSION.as_bytes(), label.as_bytes(), &round.0].into_iter().chain(parts.iter().copied()) {
+        out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+        out.extend_from_slice(b);
+    }
+    out
+}
+
+/// HKDF-SHA256(salt = version, ikm, info) → `len` bytes, straight from ring.
+fn hkdf_bytes(ikm: &[u8], info: &[u8], len: usize) -> Vec<u8> {
+    struct Len(usize);
+    impl hkdf::KeyType for Len {
+        fn len(&self) -> usize {
+            self.0
+        }
+    }
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, PROTOCOL_VERSION.as_bytes()).extract(ikm);
+    let infos = [info];
+    let okm = prk.expand(&infos, Len(len)).unwrap();
+    let mut out = vec![0u8; len];
+    okm.fill(&mut out).unwrap();
+    out
+}
+
+/// Known answers, recomputed here from the module doc's description with ring's SHA-256
+/// and HKDF and the `aes`/`ctr` crates, not through the module: any change to a label,
+/// a layout or the sampling shows up as a mismatch (and changes which graph every node
+/// computes, so it is a wire change).
+#[test]
+fn commitment_seed_and_permutation_known_answers() {
+    let round = RoundId([0x42; 16]);
+    // Commitment: SHA-256(context("graph-nonce-commitment", round, [node, nonce])).
+    let c = nonce_commitment(&round, "store-7", &[0x11; 32]);
+    let independent =
+        digest::digest(&digest::SHA256, &context("graph-nonce-commitment", &round, &[b"store-7", &[0x11; 32]]));
+    assert_eq!(c.as_slice(), independent.as_ref());
+    assert_eq!(hex::encode(c), "7fb87c78e6cb50b3f4b6c764fd624ab000bb24ae6fb3bc5145de5737ba2e1cec");
+
+    // Seed: HKDF(ikm = u64-length-prefixed roster ‖ count ‖ (name, nonce)…, info = context("graph-seed", round)).
+    let reveals = vec![("a".to_string(), [1u8; 32]), ("b".to_string(), [2u8; 32])];
+    let s = graph_seed(&round, b"signed roster payload", &reveals);
+    let mut ikm = vec![];
+    let mut push = |b: &[u8]| {
+        ikm.extend_from_slice(&(b.len() as u64).to_be_bytes());
+        ikm.extend_from_slice(b);
+    };
+    push(b"signed roster payload");
+    push(&2u64.to_be_bytes());
+    for (name, nonce) in &reveals {
+        push(name.as_bytes());
+        push(nonce);
+    }
+    assert_eq!(s.bytes().as_slice(), hkdf_bytes(&ikm, &context("graph-seed", &round, &[]), 32));
+    assert_eq!(hex::encode(s.bytes()), "ef6ce87a59af8c065bdf53b4c2c79652f2a8d1e556f5364bde8201c9c1c2d0b1");
+
+    // Permutation: PRG seed = HKDF(seed, context("graph-permutation", round)); AES-128 key
+    // = HKDF(that, PRG_LABEL); CTR from a zero counter; little-endian u64 words;
+    // Fisher–Yates from the last index down, j uniform in [0, i] by rejection.
+    let prg_seed = hkdf_bytes(s.bytes(), &context("graph-permutation", &round, &[]), 32);
+    let key: [u8; 16] = hkdf_bytes(&prg_seed, prg::PRG_LABEL.as_bytes(), 16).try_into().unwrap();
+    let mut stream = vec![0u8; 8 * 64];
+    ctr::Ctr128BE::<aes::Aes128>::new(&key.into(), &[0u8; 16].into()).apply_keystream(&mut stream);
+    let mut words = stream.chunks_exact(8).map(|w| u64::from_le_bytes(w.try_into().unwrap()));
+    let mut order: Vec<String> = (0..10).map(|i| format!("n{i}")).collect();
+    let r = order.clone();
+    for i in (1..order.len()).rev() {
+        let m = i as u128 + 1;
+        let j = loop {
+            let w = u128::from(words.next().unwrap());
+            if w < (1u128 << 64) / m * m {
+                break (w % m) as usize;
+            }
+        };
+        order.swap(i, j);
+    }
+    assert_eq!(graph::permutation(&r, &s).unwrap(), order);
+    assert_eq!(order, ["n5", "n0", "n4", "n9", "n3", "n8", "n1", "n7", "n6", "n2"]);
 }
