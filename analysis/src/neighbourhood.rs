@@ -19,11 +19,13 @@
 //!   self-mask share and its mask-key share from t of them (Bell et al. 2020, their
 //!   semi-malicious variant). H counts every neighbour in the graph, not only those
 //!   still present: a neighbour that left still holds u's shares.
-//! - **Organisation rule on u's component** ([`check_component_organisations`]): the
-//!   pairwise masks of nodes with no edge between them never cancel each other, so
-//!   over a graph that falls apart the coordinator learns the sum of each connected
-//!   piece. HQ's nodes are removed first (HQ knows their masks), so what u's data is
-//!   summed with, as far as HQ can tell, is u's connected component of non-HQ nodes;
+//! - **Organisation rule on u's component** ([`check_component_organisations`]): a
+//!   node's pairwise masks are with its neighbours only, so the masked inputs of a set
+//!   of nodes with no edge to the other honest survivors add up to their inputs plus
+//!   masks the coordinator can remove (self masks, masks shared with HQ's nodes, masks
+//!   of nodes that dropped): over a graph that falls apart, it learns each piece's sum.
+//!   HQ's nodes are removed first (HQ knows their masks), so what u's data is summed
+//!   with, as far as HQ can tell, is u's connected component of non-HQ nodes;
 //!   the organisation rule ([`rules::check_organisations`]: at least
 //!   `min_other_organisations + c` other franchisee organisations) applies to that
 //!   component, within U2 and then within U3.

@@ -89,14 +89,14 @@
 //!    given positions all fall in a random set of ⌊γn⌋ + ⌊δn⌋ with probability
 //!    (⌊γn⌋+⌊δn⌋)_k / (n)_k (falling factorials), so the bound is their product;
 //! 2. every node has at most t₁ corrupt neighbours, where t₁ is the smallest value with
-//!    Pr[X > t₁] < 2^-(σ+1)/n for X ~ Hypergeometric(n, ⌊γn⌋, k) (a union bound over the
+//!    Pr(X > t₁) < 2^-(σ+1)/n for X ~ Hypergeometric(n, ⌊γn⌋, k) (a union bound over the
 //!    n nodes), and t is the smallest with 2t > k + t₁. A server that shows different
 //!    neighbours different views of who dropped can ask some of a node's honest
 //!    neighbours for its self-mask share and the others for its mask-key share; each
 //!    honest neighbour reveals one of the two, the C corrupt ones both, so the server
 //!    holds t of each only if 2t ≤ C + k (t shares of each from C + (k − C) holders);
 //! 3. every node keeps at least t surviving neighbours, except with probability below
-//!    2^-η/n for each: Pr[S ≤ t − 1] < 2^-η/n for S ~ Hypergeometric(n, ⌈(1 − δ)n⌉, k).
+//!    2^-η/n for each: Pr(S ≤ t − 1) < 2^-η/n for S ~ Hypergeometric(n, ⌈(1 − δ)n⌉, k).
 //!
 //! Conditions 1–2 are security (σ, split evenly between the two events), 3 correctness
 //! (η). These are Bell et al. 2020's conditions for their semi-malicious variant
@@ -540,7 +540,7 @@ impl Hypergeometric {
         self.lo + self.pmf.len() - 1
     }
 
-    /// The smallest a with Pr[X > a] < q (0 < q ≤ 1).
+    /// The smallest a with Pr(X > a) < q (0 < q ≤ 1).
     fn upper_quantile(&self, q: f64) -> usize {
         let mut tail = 0.0; // Pr[X > a], summed from the top (smallest terms first)
         let mut a = self.hi();
@@ -555,7 +555,7 @@ impl Hypergeometric {
         self.lo
     }
 
-    /// Pr[X ≤ y], summed from the bottom.
+    /// Pr(X ≤ y), summed from the bottom.
     fn cdf(&self, y: usize) -> f64 {
         if y < self.lo {
             return 0.0;
