@@ -134,6 +134,10 @@ pub enum GraphError {
     #[error("round {round}: reveal by {node} is not in the signed roster of commitments, or out of roster order")]
     RevealNotCommitted { round: RoundId, node: String },
     #[error(
+        "graph: node {node} has {got} distinct neighbours, expected {expected}, or a loop, or an edge with no edge back"
+    )]
+    Irregular { node: String, got: usize, expected: usize },
+    #[error(
         "graph parameters: corrupt fraction {corrupt} and dropout fraction {dropout} must lie in [0, 1) with \
          corrupt + 2 x dropout < 1"
     )]
@@ -374,13 +378,12 @@ impl Graph {
 
     /// Checks what every node relies on: each node has exactly [`Graph::degree`]
     /// distinct neighbours, never itself, and adjacency is symmetric.
-    pub fn check_regular(&self) -> Result<(), String> {
+    pub fn check_regular(&self) -> Result<(), GraphError> {
         for (node, near) in &self.adjacency {
-            if near.len() != self.degree || near.windows(2).any(|w| w[0] >= w[1]) {
-                return Err(format!("graph: node {node} has {} neighbours, expected {}", near.len(), self.degree));
-            }
-            if let Some(back) = near.iter().find(|v| *v == node || !self.is_neighbour(v, node)) {
-                return Err(format!("graph: {node} → {back} has no edge back (or is a loop)"));
+            let distinct = near.windows(2).all(|w| w[0] < w[1]);
+            let symmetric = near.iter().all(|v| v != node && self.is_neighbour(v, node));
+            if near.len() != self.degree || !distinct || !symmetric {
+                return Err(GraphError::Irregular { node: node.clone(), got: near.len(), expected: self.degree });
             }
         }
         Ok(())
