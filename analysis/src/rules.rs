@@ -54,6 +54,12 @@ impl Stage {
     }
 }
 
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Distinct franchisee organisations among `members`, other than `own`.
 pub fn other_organisations<'a>(own: &str, members: impl IntoIterator<Item = &'a Invitee>) -> usize {
     members

@@ -9,11 +9,14 @@
 //! [`kdf`] and [`aead`] derive and use per-pair keys, [`keys`] holds the per-round
 //! X25519 key pairs, [`fixed`] encodes values into Z_2^64 with an overflow budget,
 //! and [`secagg`] puts them together into the client and server sides of a round.
+//! [`graph`] is SecAgg+'s sparse communication graph (Bell et al. CCS 2020): the
+//! committed nonces its seed comes from, the random Harary graph and its parameters.
 
 #![forbid(unsafe_code)]
 
 pub mod aead;
 pub mod fixed;
+pub mod graph;
 pub mod kdf;
 pub mod keys;
 pub mod prg;

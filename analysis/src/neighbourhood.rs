@@ -1,0 +1,290 @@
+//! The round rules on SecAgg+'s sparse graph (Bell, Bonawitz, Gascón, Lepoint, Raykova,
+//! CCS 2020, "Secure Single-Server Aggregation with (Poly)Logarithmic Overhead"), as
+//! pure functions over plain inputs: a node's neighbours, a stage's members and the
+//! graph as adjacency lists. The graph itself (`fedcrm_crypto::graph`) is recomputed
+//! by every node from the round's seed; nothing here trusts a label from the
+//! coordinator, and this crate does not depend on the crypto crate (both sit below the
+//! protocol). Pure: no I/O, no clock. Not on the wire yet.
+//!
+//! In SecAgg+ a node u shares its self-mask seed and its mask key t-of-k among its k
+//! neighbours only, and masks only with them. Two rules replace full SecAgg's
+//! ([`crate::rules`]):
+//!
+//! - **Neighbourhood threshold** ([`check_neighbourhood`]): 2t > k + H + C, where H
+//!   counts u's HQ-owned neighbours and C the neighbours of the c largest other
+//!   franchisee organisations among them ([`rules::colluding_nodes`]). It is full
+//!   SecAgg's 2t > n + H + C (`rules::check_threshold`) on u's neighbourhood: HQ's
+//!   neighbours and the colluders never hold t of u's shares, and a coordinator that
+//!   shows different neighbours different views of who dropped cannot collect both u's
+//!   self-mask share and its mask-key share from t of them (Bell et al. 2020, their
+//!   semi-malicious variant). H counts every neighbour in the graph, not only those
+//!   still present: a neighbour that left still holds u's shares.
+//! - **Organisation rule on u's component** ([`check_component_organisations`]): a
+//!   node's pairwise masks are with its neighbours only, so the masked inputs of a set
+//!   of nodes with no edge to the other honest survivors add up to their inputs plus
+//!   masks the coordinator can remove (self masks, masks shared with HQ's nodes, masks
+//!   of nodes that dropped): over a graph that falls apart, it learns each piece's sum.
+//!   HQ's nodes are removed first (HQ knows their masks), so what u's data is summed
+//!   with, as far as HQ can tell, is u's connected component of non-HQ nodes;
+//!   the organisation rule ([`rules::check_organisations`]: at least
+//!   `min_other_organisations + c` other franchisee organisations) applies to that
+//!   component, within U2 and then within U3.
+//!
+//! A colluding franchisee's nodes are counted (C, and the + c of the organisation
+//! rule) but not removed from the component: that they do not cut it is what the
+//! random graph gives with probability 1 − 2^-σ for the corrupt fraction γ the
+//! parameters were chosen for (`fedcrm_crypto::graph`, condition 1).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use fedcrm_pki::OrgKind;
+
+use crate::rules::{self, Invitee, NodeRules, Stage};
+
+/// Why a node refuses a SecAgg+ round: the rule, and the numbers it was checked on.
+/// Messages read like [`crate::rules`]'s (`policy: …`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NeighbourhoodError {
+    #[error("policy: the graph gives this node {got} neighbours, but the round's degree is k = {k}")]
+    Degree { got: usize, k: usize },
+    #[error(
+        "policy: neighbourhood threshold t_k = {t} is unsafe for this node's k = {k} neighbours (H = {hq} HQ-owned, \
+         and C = {colluders} nodes of the c = {c} largest other franchisee organisation(s) assumed colluding): this \
+         node needs 2t_k > k + H + C, i.e. t_k >= {need}, and t_k <= k"
+    )]
+    Threshold { k: usize, t: usize, hq: usize, colluders: usize, c: usize, need: usize },
+    #[error(
+        "policy: only {present} of this node's k = {k} neighbours are {stage}, fewer than the neighbourhood threshold \
+         t_k = {t}; refusing"
+    )]
+    TooFewNeighbours { stage: Stage, present: usize, k: usize, t: usize },
+    #[error(
+        "policy: this node's connected component of non-HQ {stage} nodes ({size} node(s)) includes {others} \
+         franchisee organisation(s) other than this node's own, fewer than min_other_organisations + \
+         assume_colluding_nodes = {min} + {c} = {need}; HQ-owned channels do not count, and the coordinator could \
+         learn this component's sum"
+    )]
+    Organisations { stage: Stage, size: usize, others: usize, min: usize, c: usize, need: usize },
+}
+
+/// Neighbourhood threshold rule, checked by a node of `own_org` over `neighbours`, all
+/// its neighbours in the graph it computed (whatever their stage): the degree is `k`,
+/// 2t > k + H + C and t ≤ k (t: the round's per-neighbourhood threshold t_k).
+///
+/// Bell et al. CCS 2020, semi-malicious variant (2t > k + corrupt
+/// neighbours); with H and C as in [`rules::check_threshold`].
+pub fn check_neighbourhood(
+    rules: &NodeRules,
+    own_org: &str,
+    neighbours: &[Invitee],
+    k: usize,
+    t: usize,
+) -> Result<(), NeighbourhoodError> {
+    if neighbours.len() != k {
+        return Err(NeighbourhoodError::Degree { got: neighbours.len(), k });
+    }
+    let hq = rules::hq_nodes(neighbours);
+    let colluders = rules::colluding_nodes(rules, own_org, neighbours);
+    if 2 * t <= k + hq + colluders || t > k {
+        return Err(NeighbourhoodError::Threshold {
+            k,
+            t,
+            hq,
+            colluders,
+            c: rules.assume_colluding_nodes,
+            need: rules::threshold_needed(k, hq, colluders),
+        });
+    }
+    Ok(())
+}
+
+/// At least t of the node's `neighbours` are among `present` (the names of a stage's
+/// set: U1, U2 or U3): fewer could not reconstruct its secrets, so the round could not
+/// finish with this node's input in it.
+pub fn check_neighbours_present(
+    neighbours: &[Invitee],
+    present: &[String],
+    t: usize,
+    stage: Stage,
+) -> Result<(), NeighbourhoodError> {
+    let present_set: BTreeSet<&str> = present.iter().map(String::as_str).collect();
+    let count = neighbours.iter().filter(|m| present_set.contains(m.name.as_str())).count();
+    if count < t {
+        return Err(NeighbourhoodError::TooFewNeighbours { stage, present: count, k: neighbours.len(), t });
+    }
+    Ok(())
+}
+
+/// `me`'s connected component among the non-HQ `members` of a stage, over the graph
+/// given as sorted adjacency lists by name (`fedcrm_crypto::graph::Graph::adjacency`),
+/// sorted by name; empty if `me` is not a non-HQ member. Edges to nodes outside
+/// `members`, or to HQ's nodes, are not followed.
+pub fn component(me: &str, members: &[Invitee], adjacency: &BTreeMap<String, Vec<String>>) -> Vec<Invitee> {
+    let by_name: BTreeMap<&str, &Invitee> =
+        members.iter().filter(|m| m.kind != OrgKind::Hq).map(|m| (m.name.as_str(), m)).collect();
+    if !by_name.contains_key(me) {
+        return vec![];
+    }
+    let mut seen: BTreeSet<&str> = BTreeSet::from([me]);
+    let mut queue = VecDeque::from([me]);
+    while let Some(u) = queue.pop_front() {
+        for v in adjacency.get(u).into_iter().flatten() {
+            if let Some((name, _)) = by_name.get_key_value(v.as_str())
+                && seen.insert(name)
+            {
+                queue.push_back(name);
+            }
+        }
+    }
+    seen.into_iter().map(|n| by_name[n].clone()).collect()
+}
+
+/// Organisation rule on `me`'s connected component of non-HQ `members` (a stage's set:
+/// U2, then U3) in the graph `adjacency`: at least `min_other_organisations + c`
+/// franchisee organisations other than `own_org`, as [`rules::check_organisations`]
+/// asks of the whole round under full SecAgg.
+pub fn check_component_organisations(
+    rules: &NodeRules,
+    me: &str,
+    own_org: &str,
+    members: &[Invitee],
+    adjacency: &BTreeMap<String, Vec<String>>,
+    stage: Stage,
+) -> Result<(), NeighbourhoodError> {
+    let piece = component(me, members, adjacency);
+    let others = rules::other_organisations(own_org, &piece);
+    let need = rules.min_other_organisations + rules.assume_colluding_nodes;
+    if others < need {
+        return Err(NeighbourhoodError::Organisations {
+            stage,
+            size: piece.len(),
+            others,
+            min: rules.min_other_organisations,
+            c: rules.assume_colluding_nodes,
+            need,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(name: &str, org: &str, kind: OrgKind) -> Invitee {
+        Invitee { name: name.into(), organisation: org.into(), kind }
+    }
+    fn fr(name: &str) -> Invitee {
+        m(name, &format!("{name} ltd"), OrgKind::Franchisee)
+    }
+    fn hq(name: &str) -> Invitee {
+        m(name, "brand hq", OrgKind::Hq)
+    }
+    fn rules() -> NodeRules {
+        NodeRules {
+            assume_colluding_nodes: 1,
+            min_other_organisations: 2,
+            min_participants: 3,
+            min_population_difference: 3,
+            differencing_window_days: 30,
+        }
+    }
+
+    /// A ring (each node adjacent to the next and previous: H(n, 2)) over `names` in order.
+    fn ring(names: &[&str]) -> BTreeMap<String, Vec<String>> {
+        let n = names.len();
+        (0..n)
+            .map(|i| {
+                let mut near = vec![names[(i + 1) % n].to_string(), names[(i + n - 1) % n].to_string()];
+                near.sort();
+                (names[i].to_string(), near)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_neighbourhood_threshold_refuses_exactly_at_2t_equal_to_k_plus_h_plus_c() {
+        // k = 10 neighbours: 2 HQ-owned, 2 stores of Y (the largest other organisation:
+        // C = 2 for c = 1), 6 franchisees of their own. k + H + C = 14.
+        let mut near: Vec<Invitee> = vec![hq("hq-1"), hq("hq-2")];
+        near.extend((1..=2).map(|i| m(&format!("y-{i}"), "y holdings", OrgKind::Franchisee)));
+        near.extend((1..=6).map(|i| fr(&format!("f{i}"))));
+        let err = check_neighbourhood(&rules(), "me ltd", &near, 10, 7).unwrap_err();
+        assert_eq!(err, NeighbourhoodError::Threshold { k: 10, t: 7, hq: 2, colluders: 2, c: 1, need: 8 });
+        let text = err.to_string();
+        assert!(text.contains("2t_k > k + H + C") && text.contains("t_k >= 8") && text.contains("H = 2"), "{text}");
+        check_neighbourhood(&rules(), "me ltd", &near, 10, 8).unwrap();
+        // t_k above k, or a neighbour list that is not of the round's degree: refused.
+        assert!(check_neighbourhood(&rules(), "me ltd", &near, 10, 11).is_err());
+        assert_eq!(
+            check_neighbourhood(&rules(), "me ltd", &near[..9], 10, 8),
+            Err(NeighbourhoodError::Degree { got: 9, k: 10 })
+        );
+        // A store of Y with the same neighbours does not fear Y: its C is one node (the
+        // largest *other* organisation), k + H + C = 13, and t_k = 7 suffices.
+        assert_eq!(rules::colluding_nodes(&rules(), "y holdings", &near), 1);
+        check_neighbourhood(&rules(), "y holdings", &near, 10, 7).unwrap();
+        // With c = 0 and no HQ neighbour, t_k = k/2 + 1 is the least: 2t > k.
+        let plain: Vec<Invitee> = (1..=10).map(|i| fr(&format!("f{i}"))).collect();
+        let none = NodeRules { assume_colluding_nodes: 0, ..rules() };
+        assert!(check_neighbourhood(&none, "me ltd", &plain, 10, 5).is_err());
+        check_neighbourhood(&none, "me ltd", &plain, 10, 6).unwrap();
+    }
+
+    #[test]
+    fn too_few_neighbours_present_is_refused_at_t_minus_one() {
+        let near: Vec<Invitee> = (1..=6).map(|i| fr(&format!("f{i}"))).collect();
+        let present: Vec<String> = ["f1", "f2", "f3", "f4", "other"].iter().map(|s| s.to_string()).collect();
+        check_neighbours_present(&near, &present, 4, Stage::Delivered).unwrap();
+        let err = check_neighbours_present(&near, &present, 5, Stage::Survivors).unwrap_err();
+        assert_eq!(err, NeighbourhoodError::TooFewNeighbours { stage: Stage::Survivors, present: 4, k: 6, t: 5 });
+        assert!(err.to_string().contains("surviving (U3)"), "{err}");
+    }
+
+    #[test]
+    fn the_organisation_rule_applies_to_the_component_hq_nodes_cut() {
+        // Ring: me – a – b – HQ1 – c – d – e – HQ2 – (back to me). The whole U2 has five
+        // other franchisee organisations, but HQ's two nodes cut the ring: me's component
+        // is {me, a, b}, two others, fewer than 2 + c = 3.
+        let names = ["me", "a", "b", "hq-1", "c", "d", "e", "hq-2"];
+        let adjacency = ring(&names);
+        let u2: Vec<Invitee> = names.iter().map(|n| if n.starts_with("hq") { hq(n) } else { fr(n) }).collect();
+        rules::check_organisations(&rules(), "me ltd", &u2, Stage::Delivered).unwrap();
+        let piece: Vec<String> = component("me", &u2, &adjacency).into_iter().map(|m| m.name).collect();
+        assert_eq!(piece, vec!["a", "b", "me"]);
+        let err =
+            check_component_organisations(&rules(), "me", "me ltd", &u2, &adjacency, Stage::Delivered).unwrap_err();
+        assert_eq!(
+            err,
+            NeighbourhoodError::Organisations { stage: Stage::Delivered, size: 3, others: 2, min: 2, c: 1, need: 3 }
+        );
+        assert!(err.to_string().contains("delivered (U2)") && err.to_string().contains("2 + 1 = 3"), "{err}");
+        // c, on the other side, sees {c, d, e}: also two others.
+        let theirs: Vec<String> = component("c", &u2, &adjacency).into_iter().map(|m| m.name).collect();
+        assert_eq!(theirs, vec!["c", "d", "e"]);
+
+        // Franchisees x and y in HQ's places: one component in U2 (seven others), but if
+        // both drop, U3 falls apart into {me, a, b} and {c, d, e}: passed at U2, refused at U3.
+        let names = ["me", "a", "b", "x", "c", "d", "e", "y"];
+        let adjacency = ring(&names);
+        let u2: Vec<Invitee> = names.iter().map(|n| fr(n)).collect();
+        assert_eq!(component("me", &u2, &adjacency).len(), 8);
+        check_component_organisations(&rules(), "me", "me ltd", &u2, &adjacency, Stage::Delivered).unwrap();
+        let u3: Vec<Invitee> = u2.iter().filter(|m| m.name != "x" && m.name != "y").cloned().collect();
+        rules::check_organisations(&rules(), "me ltd", &u3, Stage::Survivors).unwrap();
+        let err =
+            check_component_organisations(&rules(), "me", "me ltd", &u3, &adjacency, Stage::Survivors).unwrap_err();
+        assert_eq!(
+            err,
+            NeighbourhoodError::Organisations { stage: Stage::Survivors, size: 3, others: 2, min: 2, c: 1, need: 3 }
+        );
+        // Only x drops: the ring is a path through y, one piece of seven.
+        let u3: Vec<Invitee> = u2.iter().filter(|m| m.name != "x").cloned().collect();
+        assert_eq!(component("me", &u3, &adjacency).len(), 7);
+        check_component_organisations(&rules(), "me", "me ltd", &u3, &adjacency, Stage::Survivors).unwrap();
+        // A node that is not a non-HQ member has no component.
+        let with_hq = vec![hq("x"), fr("me")];
+        assert!(component("x", &with_hq, &adjacency).is_empty());
+        assert!(component("nobody", &u2, &adjacency).is_empty());
+    }
+}
