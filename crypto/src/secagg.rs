@@ -215,6 +215,63 @@ pub fn check_roster(roster: &[String]) -> Result<(), CryptoError> {
     Ok(())
 }
 
+/// Who masks with whom, and so who holds whose shares.
+///
+/// Full SecAgg (Bonawitz et al. CCS 2017) is the complete graph: every node shares its
+/// secrets with, and masks against, every other node of U1. SecAgg+ (Bell et al. CCS
+/// 2020, Fig. 2) restricts both to a node's neighbours in a sparse graph G; the round's
+/// threshold t is then a *neighbourhood* threshold: a node's secrets are split among
+/// its holders — itself and its neighbours, each at x = its roster position + 1 — and
+/// any t of them reconstruct the secrets. With the complete graph the two coincide.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Topology {
+    /// Full SecAgg: every pair of nodes is adjacent.
+    #[default]
+    Complete,
+    /// SecAgg+: a symmetric adjacency, node → its neighbours (never itself). A node
+    /// absent from the map has no neighbours.
+    Graph(BTreeMap<String, BTreeSet<String>>),
+}
+
+impl Topology {
+    /// A graph over `roster` (sorted names): refuses a self-loop, an edge to a node
+    /// outside the roster, or an edge one way only — every party must derive the same
+    /// symmetric graph, or masks would not cancel.
+    pub fn graph(roster: &[String], adjacency: BTreeMap<String, BTreeSet<String>>) -> Result<Self, CryptoError> {
+        check_roster(roster)?;
+        for (u, ns) in &adjacency {
+            if position(roster, u).is_none() {
+                return Err(CryptoError::Protocol(format!("the graph names {u}, who is not in the roster")));
+            }
+            for v in ns {
+                if v == u {
+                    return Err(CryptoError::Protocol(format!("the graph makes {u} its own neighbour")));
+                }
+                if !adjacency.get(v).is_some_and(|back| back.contains(u)) {
+                    return Err(CryptoError::Protocol(format!(
+                        "the graph has an edge {u} → {v} but not {v} → {u}; it must be symmetric"
+                    )));
+                }
+            }
+        }
+        Ok(Topology::Graph(adjacency))
+    }
+
+    /// Whether `u` and `v` (distinct) mask against each other and hold each other's shares.
+    pub fn adjacent(&self, u: &str, v: &str) -> bool {
+        u != v
+            && match self {
+                Topology::Complete => true,
+                Topology::Graph(g) => g.get(u).is_some_and(|ns| ns.contains(v)),
+            }
+    }
+
+    /// The members of `among` that hold `u`'s shares: `u` itself (if among them) and its neighbours.
+    fn holders<'a>(&self, u: &str, among: impl IntoIterator<Item = &'a String>) -> Vec<&'a String> {
+        among.into_iter().filter(|v| v.as_str() == u || self.adjacent(u, v)).collect()
+    }
+}
+
 /// Round parameters every party agrees on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoundParams {
@@ -255,6 +312,7 @@ pub struct ClientShared {
     mask: RoundSecret,
     b: SelfSeed,
     u1: Vec<PeerKeys>,
+    topology: Topology,
     own: (Share, Share),
 }
 
@@ -271,6 +329,7 @@ pub struct ClientReady {
     mask: RoundSecret,
     b: SelfSeed,
     u1: Vec<PeerKeys>,
+    topology: Topology,
     u2: BTreeSet<String>,
     /// Shares held for each node of U2 (including this node's own): (b share, s_sk share).
     held: BTreeMap<String, (Share, Share)>,
@@ -286,7 +345,9 @@ impl std::fmt::Debug for ClientReady {
 pub struct ClientMasked {
     params: RoundParams,
     me: String,
+    topology: Topology,
     u2: BTreeSet<String>,
+    /// Shares held for this node and its neighbours in U2: (b share, s_sk share).
     held: BTreeMap<String, (Share, Share)>,
 }
 
@@ -323,6 +384,22 @@ impl ClientAdvertised {
         u1: Vec<PeerKeys>,
         rng: &dyn SecureRandom,
     ) -> Result<(ClientShared, Vec<(String, Vec<u8>)>), CryptoError> {
+        self.share_with(u1, Topology::Complete, rng)
+    }
+
+    /// [`ClientAdvertised::share`] over `topology`: with a graph (SecAgg+), `b` and
+    /// `s_sk` are split among this node and its neighbours only, t-of-(1 + |N(u)|), at
+    /// their roster positions, and sealed to the neighbours only.
+    ///
+    /// Bell et al. CCS 2020, Fig. 2 (SecAgg+), Round 1 (ShareKeys): shares of s_i^SK and b_i
+    /// for j ∈ N_G(i) only.
+    #[allow(clippy::type_complexity)] // as `share`
+    pub fn share_with(
+        self,
+        u1: Vec<PeerKeys>,
+        topology: Topology,
+        rng: &dyn SecureRandom,
+    ) -> Result<(ClientShared, Vec<(String, Vec<u8>)>), CryptoError> {
         let names: Vec<String> = u1.iter().map(|p| p.name.clone()).collect();
         check_roster(&names)?;
         let n = u1.len();
@@ -332,10 +409,20 @@ impl ClientAdvertised {
                 self.params.round, self.params.t
             )));
         }
-        check_threshold(self.params.t, n)?;
         let my_pos = position(&names, &self.me).ok_or_else(|| {
             CryptoError::Protocol(format!("round {}: this node is not in the roster", self.params.round))
         })?;
+        let holders: Vec<usize> = (0..n).filter(|&i| i == my_pos || topology.adjacent(&self.me, &names[i])).collect();
+        if holders.len() < self.params.t {
+            return Err(CryptoError::Protocol(format!(
+                "round {}: this node has {} neighbours, so {} holders of its shares, fewer than the threshold t={}; refusing",
+                self.params.round,
+                holders.len() - 1,
+                holders.len(),
+                self.params.t
+            )));
+        }
+        check_threshold(self.params.t, holders.len())?;
         let mine = &u1[my_pos];
         if mine.enc != self.enc.public() || mine.mask != self.mask.public() {
             return Err(CryptoError::Protocol(format!(
@@ -343,27 +430,30 @@ impl ClientAdvertised {
                 self.params.round
             )));
         }
-        let b_shares = shamir::split(&self.b.0, self.params.t, n, rng)?;
-        let s_shares = shamir::split(self.mask.bytes(), self.params.t, n, rng)?;
-        let mut out = Vec::with_capacity(n - 1);
+        // Roster positions fit u32: a roster longer than 2^32 − 1 could not have been sent.
+        let xs: Vec<u32> = holders.iter().map(|&i| i as u32 + 1).collect();
+        let b_shares = shamir::split_at(&self.b.0, self.params.t, &xs, rng)?;
+        let s_shares = shamir::split_at(self.mask.bytes(), self.params.t, &xs, rng)?;
+        let mut out = Vec::with_capacity(holders.len() - 1);
         let mut own = None;
-        for (i, peer) in u1.iter().enumerate() {
+        for ((&i, b_share), s_share) in holders.iter().zip(&b_shares).zip(&s_shares) {
             if i == my_pos {
-                own = Some((b_shares[i].clone(), s_shares[i].clone()));
+                own = Some((b_share.clone(), s_share.clone()));
                 continue;
             }
+            let peer = &u1[i];
             let ctx = share_context(&self.params.round, &self.me, &peer.name);
             let key = kdf::derive(self.enc.agree(&peer.enc)?.bytes(), &ctx);
             let mut plain = Vec::with_capacity(2 * SHARE_Y_LEN);
-            plain.extend_from_slice(&b_shares[i].y_bytes());
-            plain.extend_from_slice(&s_shares[i].y_bytes());
+            plain.extend_from_slice(&b_share.y_bytes());
+            plain.extend_from_slice(&s_share.y_bytes());
             out.push((peer.name.clone(), aead::seal(&key, &ctx, &plain)));
             plain.zeroize();
         }
-        // Unwrap safety: my_pos indexes u1, so the loop set `own`.
+        // Unwrap safety: holders contains my_pos, so the loop set `own`.
         let own = own.unwrap();
         let ClientAdvertised { params, me, enc, mask, b } = self;
-        Ok((ClientShared { params, me, enc, mask, b, u1, own }, out))
+        Ok((ClientShared { params, me, enc, mask, b, u1, topology, own }, out))
     }
 }
 
@@ -377,6 +467,7 @@ pub struct ClientOpened {
     mask: RoundSecret,
     b: SelfSeed,
     u1: Vec<PeerKeys>,
+    topology: Topology,
     /// U2 as first delivered (before any sender was removed).
     delivered: BTreeSet<String>,
     /// Shares held for each member of `delivered` whose share opened, and this node's own.
@@ -431,11 +522,12 @@ impl ClientShared {
         held.insert(self.me.clone(), self.own.clone());
         let mut unopened = Vec::new();
         for name in &delivered {
-            if name == &self.me {
-                continue;
-            }
             let pos = position(&names, name)
                 .ok_or_else(|| CryptoError::Protocol(format!("round {round}: U2 names {name}, who is not in U1")))?;
+            if !self.topology.adjacent(&self.me, name) {
+                // This node itself, or (SecAgg+) a node that is not its neighbour: no share.
+                continue;
+            }
             let ct =
                 incoming.iter().find(|(from, _)| from == name).map(|(_, c)| c).ok_or_else(|| {
                     CryptoError::Protocol(format!("round {round}: no share from {name}, who is in U2"))
@@ -447,9 +539,9 @@ impl ClientShared {
                 Err(error) => unopened.push(OpenFailure { sender: name.clone(), error }),
             }
         }
-        let ClientShared { params, me, mask, b, u1, .. } = self;
+        let ClientShared { params, me, mask, b, u1, topology, .. } = self;
         let bad = unopened.iter().map(|u| u.sender.clone()).collect();
-        Ok((ClientOpened { params, me, mask, b, u1, delivered, held, unopened: bad }, unopened))
+        Ok((ClientOpened { params, me, mask, b, u1, topology, delivered, held, unopened: bad }, unopened))
     }
 
     /// Receive the ciphertexts addressed to this node and U2 when nothing is to be
@@ -463,13 +555,15 @@ impl ClientShared {
     }
 
     /// Bonawitz et al. CCS 2017, Fig. 4, Round 2 (MaskedInputCollection), user:
-    /// assert |U2| ≥ t (and u ∈ U2).
+    /// assert |U2| ≥ t (and u ∈ U2); with a graph, Bell et al. CCS 2020, Fig. 2, Round 2:
+    /// assert |N_G(u) ∩ U2| + 1 ≥ t (this node's holders in U2).
     fn check_u2(&self, u2: &BTreeSet<String>) -> Result<(), CryptoError> {
         let round = self.params.round;
-        if u2.len() < self.params.t {
+        let holders = self.topology.holders(&self.me, u2).len();
+        if holders < self.params.t {
             return Err(CryptoError::Protocol(format!(
-                "round {round}: only {} nodes shared keys, fewer than t={}; refusing",
-                u2.len(),
+                "round {round}: only {holders} holders of this node's shares (itself and its neighbours) shared keys, \
+                 fewer than t={}; refusing",
                 self.params.t
             )));
         }
@@ -525,16 +619,17 @@ impl ClientOpened {
         if !u2.contains(&self.me) {
             return Err(CryptoError::Protocol(format!("round {round}: this node is missing from the final U2")));
         }
-        if u2.len() < self.params.t {
+        let holders = self.topology.holders(&self.me, &u2).len();
+        if holders < self.params.t {
             return Err(CryptoError::Protocol(format!(
-                "round {round}: only {} nodes remain in the final U2, fewer than t={}; refusing",
-                u2.len(),
+                "round {round}: only {holders} holders of this node's shares (itself and its neighbours) remain in \
+                 the final U2, fewer than t={}; refusing",
                 self.params.t
             )));
         }
-        let ClientOpened { params, me, mask, b, u1, mut held, .. } = self;
+        let ClientOpened { params, me, mask, b, u1, topology, mut held, .. } = self;
         held.retain(|n, _| u2.contains(n));
-        Ok(ClientReady { params, me, mask, b, u1, u2, held })
+        Ok(ClientReady { params, me, mask, b, u1, topology, u2, held })
     }
 }
 
@@ -550,7 +645,7 @@ impl ClientReady {
         // Derive every seed first, then expand them all at once on every core.
         let mut seeds = vec![(self_seed(&self.b.0, &self.params.round, &self.me), Sign::Add)];
         for peer in &self.u1 {
-            if peer.name == self.me || !self.u2.contains(&peer.name) {
+            if !self.topology.adjacent(&self.me, &peer.name) || !self.u2.contains(&peer.name) {
                 continue;
             }
             let seed = pair_seed(&self.mask, &peer.mask, &self.params.round, &self.me, &peer.name)?;
@@ -559,8 +654,8 @@ impl ClientReady {
         let mut y = input.to_vec();
         let refs: Vec<(&MaskSeed, Sign)> = seeds.iter().map(|(s, sign)| (s, *sign)).collect();
         prg::expand_many_into(&refs, &mut y);
-        let ClientReady { params, me, u2, held, .. } = self;
-        Ok((ClientMasked { params, me, u2, held }, y))
+        let ClientReady { params, me, topology, u2, held, .. } = self;
+        Ok((ClientMasked { params, me, topology, u2, held }, y))
     }
 }
 
@@ -595,10 +690,11 @@ impl ClientMasked {
                 "round {round}: unmask request says this node dropped; refusing"
             )));
         }
-        if s.len() < self.params.t {
+        let holders = self.topology.holders(&self.me, s.iter().copied()).len();
+        if holders < self.params.t {
             return Err(CryptoError::Protocol(format!(
-                "round {round}: only {} survivors, fewer than t={}; refusing to unmask",
-                s.len(),
+                "round {round}: only {holders} survivors hold this node's shares (itself and its neighbours), \
+                 fewer than t={}; refusing to unmask",
                 self.params.t
             )));
         }
@@ -627,10 +723,9 @@ impl ClientMasked {
     pub fn unmask(self, survivors: &[String], dropped: &[String]) -> Result<Vec<Revealed>, CryptoError> {
         self.check_request(survivors, dropped)?;
         let s: BTreeSet<&String> = survivors.iter().collect();
-        let u2: BTreeSet<&String> = self.u2.iter().collect();
-        let mut out = Vec::with_capacity(u2.len());
-        for name in &self.u2 {
-            let (b_share, s_share) = &self.held[name];
+        let mut out = Vec::with_capacity(self.held.len());
+        // `held` is this node and its neighbours in U2 (all of U2 in full SecAgg).
+        for (name, (b_share, s_share)) in &self.held {
             if s.contains(name) {
                 out.push(Revealed::SelfMask { of: name.clone(), share: b_share.clone() });
             } else {
@@ -646,6 +741,7 @@ impl ClientMasked {
 pub struct Aggregator {
     params: RoundParams,
     u1: Vec<PeerKeys>,
+    topology: Topology,
     u2: BTreeSet<String>,
     sum: Vec<u64>,
     included: BTreeSet<String>,
@@ -656,6 +752,7 @@ pub struct Aggregator {
 pub struct Unmasking {
     params: RoundParams,
     u1: Vec<PeerKeys>,
+    topology: Topology,
     u2: BTreeSet<String>,
     sum: Vec<u64>,
     survivors: BTreeSet<String>,
@@ -664,6 +761,16 @@ pub struct Unmasking {
 impl Aggregator {
     /// `u1`: verified keys of every node that advertised; `u2`: nodes whose shares were delivered.
     pub fn new(params: RoundParams, u1: Vec<PeerKeys>, u2: &[String]) -> Result<Self, CryptoError> {
+        Self::with_topology(params, u1, u2, Topology::Complete)
+    }
+
+    /// [`Aggregator::new`] over `topology` (SecAgg+: the graph every party derived).
+    pub fn with_topology(
+        params: RoundParams,
+        u1: Vec<PeerKeys>,
+        u2: &[String],
+        topology: Topology,
+    ) -> Result<Self, CryptoError> {
         let names: Vec<String> = u1.iter().map(|p| p.name.clone()).collect();
         check_roster(&names)?;
         let u2: BTreeSet<String> = u2.iter().cloned().collect();
@@ -671,7 +778,7 @@ impl Aggregator {
             return Err(CryptoError::Protocol(format!("{x} is in U2 but not in U1")));
         }
         let sum = vec![0u64; params.d];
-        Ok(Self { params, u1, u2, sum, included: BTreeSet::new() })
+        Ok(Self { params, u1, topology, u2, sum, included: BTreeSet::new() })
     }
 
     pub fn params(&self) -> &RoundParams {
@@ -704,8 +811,8 @@ impl Aggregator {
     /// Bonawitz et al. CCS 2017, Fig. 4, Round 2 (MaskedInputCollection), server:
     /// U3 = the nodes whose y_u arrived.
     pub fn close(self) -> Unmasking {
-        let Aggregator { params, u1, u2, sum, included } = self;
-        Unmasking { params, u1, u2, sum, survivors: included }
+        let Aggregator { params, u1, topology, u2, sum, included } = self;
+        Unmasking { params, u1, topology, u2, sum, survivors: included }
     }
 }
 
@@ -764,6 +871,12 @@ impl Unmasking {
                 let share = match r {
                     Revealed::SelfMask { share, .. } | Revealed::MaskKey { share, .. } => share,
                 };
+                if r.of() != from && !self.topology.adjacent(from, r.of()) {
+                    return Err(CryptoError::Protocol(format!(
+                        "round {round}: {from} revealed a share of {}, who is not its neighbour",
+                        r.of()
+                    )));
+                }
                 if share.x != x {
                     return Err(CryptoError::Protocol(format!(
                         "round {round}: {from} revealed a share with the wrong index"
@@ -796,6 +909,7 @@ impl Unmasking {
         // Round 4, server: b_u ← SS.recon for u ∈ U3; subtract p_u = PRG(b_u).
         for u in &self.survivors {
             let shares = self_shares.get(u.as_str()).map(Vec::as_slice).unwrap_or(&[]);
+            enough(round, u, "self-mask seed", shares, t)?;
             let mut b = shamir::combine(shares, t)?;
             seeds.push((self_seed(&b, &round, u), Sign::Sub));
             b.zeroize();
@@ -803,6 +917,7 @@ impl Unmasking {
         // Round 4, server: s_v^SK ← SS.recon for v ∈ U2∖U3; undo p_u,v for u ∈ U3.
         for v in self.u2.difference(&self.survivors) {
             let shares = key_shares.get(v.as_str()).map(Vec::as_slice).unwrap_or(&[]);
+            enough(round, v, "mask key", shares, t)?;
             let sk = RoundSecret::from_bytes(shamir::combine(shares, t)?);
             // Unwrap safety: v ∈ U2 ⊆ U1 = names.
             let vk = &self.u1[position(&names, v).unwrap()];
@@ -811,7 +926,7 @@ impl Unmasking {
                     "round {round}: reconstructed mask key of {v} does not match its advertised key"
                 )));
             }
-            for u in &self.survivors {
+            for u in self.survivors.iter().filter(|u| self.topology.adjacent(u, v)) {
                 // Unwrap safety: u ∈ U3 ⊆ U1 = names.
                 let uk = &self.u1[position(&names, u).unwrap()];
                 let seed = pair_seed(&sk, &uk.mask, &round, v, u)?;
@@ -828,4 +943,16 @@ impl Unmasking {
         prg::expand_many_into(&refs, &mut sum);
         Ok(sum)
     }
+}
+
+/// At least t shares of `whose` secret arrived, or the error names whose and how many.
+fn enough(round: RoundId, whose: &str, what: &str, shares: &[Share], t: usize) -> Result<(), CryptoError> {
+    if shares.len() < t {
+        return Err(CryptoError::Protocol(format!(
+            "round {round}: only {} holders revealed a share of {whose}'s {what}, fewer than t={t}; the round cannot \
+             be unmasked",
+            shares.len()
+        )));
+    }
+    Ok(())
 }

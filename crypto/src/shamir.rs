@@ -77,8 +77,31 @@ fn halves(secret: &[u8; 32]) -> [Scalar; 2] {
 /// Shamir 1979: a random polynomial of degree t−1 per half, evaluated at x = 1..=n.
 /// Bonawitz et al. CCS 2017, Fig. 4, Round 1 (ShareKeys), user: SS.share.
 pub fn split(secret: &[u8; 32], t: usize, n: usize, rng: &dyn SecureRandom) -> Result<Vec<Share>, CryptoError> {
-    if t < 1 || t > n || n > u32::MAX as usize {
+    if n > u32::MAX as usize {
         return Err(CryptoError::Threshold { t, n });
+    }
+    let xs: Vec<u32> = (1..=n as u32).collect();
+    split_at(secret, t, &xs, rng)
+}
+
+/// Split `secret` into one share per `x` in `xs` (distinct and non-zero), any `t` of
+/// which reconstruct it: the holders need not be numbered 1..=n. SecAgg+ gives shares
+/// only to a node's neighbours, each at its own roster position.
+///
+/// Shamir 1979, as [`split`]; Bell et al. CCS 2020, Fig. 2 (SecAgg+), Round 1: shares to
+/// the neighbours N_G(i) only.
+pub fn split_at(secret: &[u8; 32], t: usize, xs: &[u32], rng: &dyn SecureRandom) -> Result<Vec<Share>, CryptoError> {
+    let n = xs.len();
+    if t < 1 || t > n {
+        return Err(CryptoError::Threshold { t, n });
+    }
+    for (i, x) in xs.iter().enumerate() {
+        if *x == 0 {
+            return Err(CryptoError::Protocol("a Shamir share at x = 0 would be the secret itself".into()));
+        }
+        if xs[..i].contains(x) {
+            return Err(CryptoError::DuplicateShare { x: *x });
+        }
     }
     let constant = halves(secret);
     // coeffs[h][k]: coefficient of x^k of the polynomial for half h.
@@ -87,8 +110,9 @@ pub fn split(secret: &[u8; 32], t: usize, n: usize, rng: &dyn SecureRandom) -> R
     for _ in 1..t {
         coeffs.push([random_scalar(rng)?, random_scalar(rng)?]);
     }
-    let shares = (1..=n as u32)
-        .map(|x| {
+    let shares = xs
+        .iter()
+        .map(|&x| {
             let xs = Scalar::from(x);
             let mut y = [Scalar::ZERO; 2];
             // Horner's rule from the highest coefficient down.
