@@ -120,6 +120,7 @@ use ring::digest;
 use crate::RoundId;
 use crate::kdf;
 use crate::prg::{self, MaskSeed};
+use crate::secagg::Topology;
 
 /// Errors of the graph: a bad roster or degree (our bug or a peer's), or a reveal that
 /// does not open its commitment (the revealing node's fault, or the relay's).
@@ -374,6 +375,17 @@ impl Graph {
     /// take (`fedcrm_analysis::neighbourhood`).
     pub fn adjacency(&self) -> &BTreeMap<String, Vec<String>> {
         &self.adjacency
+    }
+
+    /// The graph as a secure-aggregation round's [`Topology`]: the complete graph is
+    /// full SecAgg, any other is SecAgg+ over these neighbourhoods.
+    pub fn topology(&self) -> Topology {
+        if self.is_complete() {
+            return Topology::Complete;
+        }
+        let adjacency = self.adjacency.iter().map(|(u, ns)| (u.clone(), ns.iter().cloned().collect())).collect();
+        // Symmetric and loop-free by construction (`Graph::harary`).
+        Topology::Graph(adjacency)
     }
 
     /// Checks what every node relies on: each node has exactly [`Graph::degree`]

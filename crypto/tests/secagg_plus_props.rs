@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use fedcrm_crypto::graph;
 use fedcrm_crypto::secagg::{self, Aggregator, ClientAdvertised, PeerKeys, RoundParams, Topology};
 use fedcrm_crypto::{RoundId, SystemRandom};
 use proptest::collection::vec;
@@ -22,20 +23,13 @@ fn name(i: usize) -> String {
     format!("node-{i:02}")
 }
 
-/// A Harary graph H(n, k) over a permutation of 0..n: position p is adjacent to
-/// positions p ± 1..=k/2 (mod n) — the graph SecAgg+ uses.
-fn harary(n: usize, k: usize, perm: &[usize]) -> BTreeMap<String, BTreeSet<String>> {
-    let mut g: BTreeMap<String, BTreeSet<String>> = (0..n).map(|i| (name(i), BTreeSet::new())).collect();
-    for p in 0..n {
-        for j in 1..=k / 2 {
-            let (a, b) = (perm[p], perm[(p + j) % n]);
-            if a != b {
-                g.get_mut(&name(a)).unwrap().insert(name(b));
-                g.get_mut(&name(b)).unwrap().insert(name(a));
-            }
-        }
-    }
-    g
+/// SecAgg+'s random Harary graph H(n, k) over node-00.., from a seed ([`graph::Graph::harary`]).
+fn harary(n: usize, k: usize, seed: [u8; 32]) -> BTreeMap<String, BTreeSet<String>> {
+    let roster: Vec<String> = (0..n).map(name).collect();
+    let round = RoundId([7; 16]);
+    let seed = graph::graph_seed(&round, b"signed roster", &[(name(0), seed)]);
+    let g = graph::Graph::harary(&roster, k, &seed).unwrap();
+    g.adjacency().iter().map(|(u, ns)| (u.clone(), ns.iter().cloned().collect())).collect()
 }
 
 /// A random symmetric graph from a list of coin flips, one per pair.
@@ -185,16 +179,14 @@ proptest! {
     #[test]
     fn harary_rounds_sum_exactly_or_refuse(
         (n, k, t) in harary_shape(),
-        perm_keys in vec(any::<u64>(), 14),
+        graph_seed in any::<[u8; 32]>(),
         fates in vec(fate(), 14),
         d in 1usize..=16,
         seed in any::<u64>(),
     ) {
-        let mut perm: Vec<usize> = (0..n).collect();
-        perm.sort_by_key(|&i| perm_keys[i]);
         let inputs: Vec<Vec<u64>> =
             (0..n).map(|i| (0..d).map(|j| seed.wrapping_mul(2 * i as u64 + 1).rotate_left(j as u32)).collect()).collect();
-        simulate(harary(n, k, &perm), t, &fates[..n], &inputs);
+        simulate(harary(n, k, graph_seed), t, &fates[..n], &inputs);
     }
 
     /// Arbitrary symmetric graphs (some nodes with too few neighbours, who refuse):
@@ -217,9 +209,8 @@ proptest! {
 fn harary_round_without_dropouts_releases_the_sum() {
     for (n, k) in [(8, 4), (11, 6), (20, 6)] {
         let t = k / 2 + 1;
-        let perm: Vec<usize> = (0..n).rev().collect();
         let inputs: Vec<Vec<u64>> = (0..n).map(|i| vec![i as u64, u64::MAX - i as u64, 7]).collect();
-        assert!(simulate(harary(n, k, &perm), t, &vec![Fate::Complete; n], &inputs), "n = {n}, k = {k}");
+        assert!(simulate(harary(n, k, [n as u8; 32]), t, &vec![Fate::Complete; n], &inputs), "n = {n}, k = {k}");
     }
 }
 
