@@ -377,15 +377,17 @@ impl Graph {
         &self.adjacency
     }
 
-    /// The graph as a secure-aggregation round's [`Topology`]: the complete graph is
-    /// full SecAgg, any other is SecAgg+ over these neighbourhoods.
+    /// The graph as a SecAgg+ round's [`Topology`]: always the graph, even when it is
+    /// complete (k = n − 1), so that each node's secrets go to its neighbours only and
+    /// its own rule 2t > k + H + C (`fedcrm_analysis::neighbourhood`) is the one the
+    /// shares obey. (Full SecAgg's [`Topology::Complete`] also gives a node a share of
+    /// its own; its rule counts n, the node included.)
     pub fn topology(&self) -> Topology {
-        if self.is_complete() {
-            return Topology::Complete;
-        }
         let adjacency = self.adjacency.iter().map(|(u, ns)| (u.clone(), ns.iter().cloned().collect())).collect();
-        // Symmetric and loop-free by construction (`Graph::harary`).
-        Topology::Graph(adjacency)
+        // Unwrap safety: symmetric, loop-free and over `order` by construction (`Graph::harary`).
+        let mut roster = self.order.clone();
+        roster.sort();
+        Topology::graph(&roster, adjacency).expect("a Harary graph is symmetric and loop-free")
     }
 
     /// Checks what every node relies on: each node has exactly [`Graph::degree`]

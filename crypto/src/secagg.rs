@@ -221,17 +221,25 @@ pub fn check_roster(roster: &[String]) -> Result<(), CryptoError> {
 /// secrets with, and masks against, every other node of U1. SecAgg+ (Bell et al. CCS
 /// 2020, Fig. 2) restricts both to a node's neighbours in a sparse graph G; the round's
 /// threshold t is then a *neighbourhood* threshold: a node's secrets are split among
-/// its holders — itself and its neighbours, each at x = its roster position + 1 — and
-/// any t of them reconstruct the secrets. With the complete graph the two coincide.
+/// its k neighbours only (each at x = its roster position + 1), t of k, as in the
+/// paper, so that a node's own rule 2t > k + H + C (`fedcrm_analysis::neighbourhood`)
+/// is exactly what keeps the server from holding t shares of both its secrets. In full
+/// SecAgg a node also keeps a share of its own (t of |U1|, rule 2t > n + H + C).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Topology {
     /// Full SecAgg: every pair of nodes is adjacent.
     #[default]
     Complete,
-    /// SecAgg+: a symmetric adjacency, node → its neighbours (never itself). A node
-    /// absent from the map has no neighbours.
-    Graph(BTreeMap<String, BTreeSet<String>>),
+    /// SecAgg+: a symmetric adjacency, node → its neighbours (never itself), made only
+    /// by [`Topology::graph`] (or `graph::Graph::topology`), which check it.
+    Graph(Adjacency),
 }
+
+/// A checked SecAgg+ graph: symmetric, loop-free, over the roster. Its field is
+/// private so that no caller can hand a round an unchecked one (a one-way edge would
+/// make masks that do not cancel, and a wrong sum).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adjacency(BTreeMap<String, BTreeSet<String>>);
 
 impl Topology {
     /// A graph over `roster` (sorted names): refuses a self-loop, an edge to a node
@@ -254,7 +262,7 @@ impl Topology {
                 }
             }
         }
-        Ok(Topology::Graph(adjacency))
+        Ok(Topology::Graph(Adjacency(adjacency)))
     }
 
     /// Whether `u` and `v` (distinct) mask against each other and hold each other's shares.
@@ -262,13 +270,22 @@ impl Topology {
         u != v
             && match self {
                 Topology::Complete => true,
-                Topology::Graph(g) => g.get(u).is_some_and(|ns| ns.contains(v)),
+                Topology::Graph(g) => g.0.get(u).is_some_and(|ns| ns.contains(v)),
             }
     }
 
-    /// The members of `among` that hold `u`'s shares: `u` itself (if among them) and its neighbours.
+    /// Whether `holder` holds a share of `of`'s secrets: in full SecAgg every node of
+    /// U1 does, `of` itself included; in SecAgg+ exactly `of`'s neighbours do.
+    pub fn holds(&self, holder: &str, of: &str) -> bool {
+        match self {
+            Topology::Complete => true,
+            Topology::Graph(_) => self.adjacent(holder, of),
+        }
+    }
+
+    /// The members of `among` that hold `u`'s shares.
     fn holders<'a>(&self, u: &str, among: impl IntoIterator<Item = &'a String>) -> Vec<&'a String> {
-        among.into_iter().filter(|v| v.as_str() == u || self.adjacent(u, v)).collect()
+        among.into_iter().filter(|v| self.holds(v, u)).collect()
     }
 }
 
@@ -313,7 +330,8 @@ pub struct ClientShared {
     b: SelfSeed,
     u1: Vec<PeerKeys>,
     topology: Topology,
-    own: (Share, Share),
+    /// This node's own share of each secret (full SecAgg only).
+    own: Option<(Share, Share)>,
 }
 
 impl std::fmt::Debug for ClientShared {
@@ -331,7 +349,8 @@ pub struct ClientReady {
     u1: Vec<PeerKeys>,
     topology: Topology,
     u2: BTreeSet<String>,
-    /// Shares held for each node of U2 (including this node's own): (b share, s_sk share).
+    /// Shares held for each node of U2 this node holds shares of (in full SecAgg all of U2,
+    /// itself included; in SecAgg+ its neighbours): (b share, s_sk share).
     held: BTreeMap<String, (Share, Share)>,
 }
 
@@ -412,12 +431,11 @@ impl ClientAdvertised {
         let my_pos = position(&names, &self.me).ok_or_else(|| {
             CryptoError::Protocol(format!("round {}: this node is not in the roster", self.params.round))
         })?;
-        let holders: Vec<usize> = (0..n).filter(|&i| i == my_pos || topology.adjacent(&self.me, &names[i])).collect();
+        let holders: Vec<usize> = (0..n).filter(|&i| topology.holds(&names[i], &self.me)).collect();
         if holders.len() < self.params.t {
             return Err(CryptoError::Protocol(format!(
-                "round {}: this node has {} neighbours, so {} holders of its shares, fewer than the threshold t={}; refusing",
+                "round {}: {} nodes would hold this node's shares, fewer than the threshold t={}; refusing",
                 self.params.round,
-                holders.len() - 1,
                 holders.len(),
                 self.params.t
             )));
@@ -434,7 +452,7 @@ impl ClientAdvertised {
         let xs: Vec<u32> = holders.iter().map(|&i| i as u32 + 1).collect();
         let b_shares = shamir::split_at(&self.b.0, self.params.t, &xs, rng)?;
         let s_shares = shamir::split_at(self.mask.bytes(), self.params.t, &xs, rng)?;
-        let mut out = Vec::with_capacity(holders.len() - 1);
+        let mut out = Vec::with_capacity(holders.len());
         let mut own = None;
         for ((&i, b_share), s_share) in holders.iter().zip(&b_shares).zip(&s_shares) {
             if i == my_pos {
@@ -450,8 +468,6 @@ impl ClientAdvertised {
             out.push((peer.name.clone(), aead::seal(&key, &ctx, &plain)));
             plain.zeroize();
         }
-        // Unwrap safety: holders contains my_pos, so the loop set `own`.
-        let own = own.unwrap();
         let ClientAdvertised { params, me, enc, mask, b } = self;
         Ok((ClientShared { params, me, enc, mask, b, u1, topology, own }, out))
     }
@@ -470,7 +486,8 @@ pub struct ClientOpened {
     topology: Topology,
     /// U2 as first delivered (before any sender was removed).
     delivered: BTreeSet<String>,
-    /// Shares held for each member of `delivered` whose share opened, and this node's own.
+    /// Shares held for each member of `delivered` whose share opened (and, in full SecAgg,
+    /// this node's own).
     held: BTreeMap<String, (Share, Share)>,
     /// Members of `delivered` whose share did not open.
     unopened: BTreeSet<String>,
@@ -519,7 +536,9 @@ impl ClientShared {
         let names: Vec<String> = self.u1.iter().map(|p| p.name.clone()).collect();
         let my_x = position(&names, &self.me).map(|p| p as u32 + 1).unwrap_or(0);
         let mut held = BTreeMap::new();
-        held.insert(self.me.clone(), self.own.clone());
+        if let Some(own) = &self.own {
+            held.insert(self.me.clone(), own.clone());
+        }
         let mut unopened = Vec::new();
         for name in &delivered {
             let pos = position(&names, name)
@@ -556,14 +575,13 @@ impl ClientShared {
 
     /// Bonawitz et al. CCS 2017, Fig. 4, Round 2 (MaskedInputCollection), user:
     /// assert |U2| ≥ t (and u ∈ U2); with a graph, Bell et al. CCS 2020, Fig. 2, Round 2:
-    /// assert |N_G(u) ∩ U2| + 1 ≥ t (this node's holders in U2).
+    /// assert |N_G(u) ∩ U2| ≥ t (this node's holders in U2).
     fn check_u2(&self, u2: &BTreeSet<String>) -> Result<(), CryptoError> {
         let round = self.params.round;
         let holders = self.topology.holders(&self.me, u2).len();
         if holders < self.params.t {
             return Err(CryptoError::Protocol(format!(
-                "round {round}: only {holders} holders of this node's shares (itself and its neighbours) shared keys, \
-                 fewer than t={}; refusing",
+                "round {round}: only {holders} holders of this node's shares shared keys, fewer than t={}; refusing",
                 self.params.t
             )));
         }
@@ -622,8 +640,8 @@ impl ClientOpened {
         let holders = self.topology.holders(&self.me, &u2).len();
         if holders < self.params.t {
             return Err(CryptoError::Protocol(format!(
-                "round {round}: only {holders} holders of this node's shares (itself and its neighbours) remain in \
-                 the final U2, fewer than t={}; refusing",
+                "round {round}: only {holders} holders of this node's shares remain in the final U2, fewer than \
+                 t={}; refusing",
                 self.params.t
             )));
         }
@@ -693,8 +711,8 @@ impl ClientMasked {
         let holders = self.topology.holders(&self.me, s.iter().copied()).len();
         if holders < self.params.t {
             return Err(CryptoError::Protocol(format!(
-                "round {round}: only {holders} survivors hold this node's shares (itself and its neighbours), \
-                 fewer than t={}; refusing to unmask",
+                "round {round}: only {holders} survivors hold this node's shares, fewer than t={}; refusing to \
+                 unmask",
                 self.params.t
             )));
         }
@@ -867,11 +885,18 @@ impl Unmasking {
             }
             // Unwrap safety: survivors ⊆ U2 ⊆ U1 = names, checked at construction.
             let x = position(&names, from).unwrap() as u32 + 1;
+            let mut revealed_of = BTreeSet::new();
             for r in reveals {
                 let share = match r {
                     Revealed::SelfMask { share, .. } | Revealed::MaskKey { share, .. } => share,
                 };
-                if r.of() != from && !self.topology.adjacent(from, r.of()) {
+                if !revealed_of.insert(r.of()) {
+                    return Err(CryptoError::Protocol(format!(
+                        "round {round}: {from} revealed two shares of {}; only one is allowed",
+                        r.of()
+                    )));
+                }
+                if !self.topology.holds(from, r.of()) {
                     return Err(CryptoError::Protocol(format!(
                         "round {round}: {from} revealed a share of {}, who is not its neighbour",
                         r.of()

@@ -72,7 +72,7 @@ fn simulate(graph: BTreeMap<String, BTreeSet<String>>, t: usize, fates: &[Fate],
     let params = RoundParams { round: RoundId::random(&rng).unwrap(), t, d };
     let roster: Vec<String> = (0..n).map(name).collect();
     let topology = Topology::graph(&roster, graph).unwrap();
-    let holds = |holder: &str, of: &str| holder == of || topology.adjacent(holder, of);
+    let holds = |holder: &str, of: &str| topology.holds(holder, of);
 
     let (clients, u1): (Vec<_>, Vec<PeerKeys>) =
         (0..n).map(|i| ClientAdvertised::new(params.clone(), &name(i), &rng).unwrap()).unzip();
@@ -95,6 +95,7 @@ fn simulate(graph: BTreeMap<String, BTreeSet<String>>, t: usize, fates: &[Fate],
                 let neighbours: BTreeSet<String> =
                     roster.iter().filter(|v| topology.adjacent(&name(i), v)).cloned().collect();
                 assert_eq!(to, neighbours, "one ciphertext per neighbour, none to anyone else");
+                assert!(!to.contains(&name(i)));
                 for (to, ct) in out {
                     inbox.entry(to).or_default().push((name(i), ct));
                 }
@@ -164,11 +165,11 @@ fn simulate(graph: BTreeMap<String, BTreeSet<String>>, t: usize, fates: &[Fate],
     false
 }
 
-/// (n, k even, t) with 2t > k + 1 and t ≤ k + 1: a neighbourhood threshold every node can meet.
+/// (n, k even, t) with 2t > k and t ≤ k: a neighbourhood threshold every node can meet.
 fn harary_shape() -> impl Strategy<Value = (usize, usize, usize)> {
     (5usize..=14).prop_flat_map(|n| {
         (Just(n), (1usize..=(n - 1) / 2).prop_map(|h| 2 * h))
-            .prop_flat_map(|(n, k)| (Just(n), Just(k), (k / 2 + 1).max(2)..=k + 1))
+            .prop_flat_map(|(n, k)| (Just(n), Just(k), (k / 2 + 1).max(2)..=k))
     })
 }
 
@@ -214,15 +215,20 @@ fn harary_round_without_dropouts_releases_the_sum() {
     }
 }
 
-/// The complete graph given as a graph behaves as full SecAgg.
+/// The complete graph given as a graph is SecAgg+ with k = n − 1: no node keeps a
+/// share of its own, so t counts neighbours only.
 #[test]
-fn the_complete_graph_as_a_graph_is_full_secagg() {
+fn the_complete_graph_as_a_graph_counts_neighbours_only() {
     let n = 6;
     let all: BTreeMap<String, BTreeSet<String>> =
         (0..n).map(|i| (name(i), (0..n).filter(|&j| j != i).map(name).collect())).collect();
     let inputs: Vec<Vec<u64>> = (0..n).map(|i| vec![i as u64 + 1]).collect();
     let fates = [Fate::Complete, Fate::DropAfterShare, Fate::Complete, Fate::Complete, Fate::Complete, Fate::Complete];
-    assert!(simulate(all, secagg::default_threshold(n), &fates, &inputs));
+    // t = 4 of 5 neighbours: every survivor keeps 4 surviving neighbours.
+    assert!(simulate(all.clone(), 4, &fates, &inputs));
+    // t = 5 of 5: node-01 dropped, so no survivor keeps 5 holders; the round refuses.
+    assert!(!simulate(all, 5, &fates, &inputs));
+    assert_eq!(secagg::default_threshold(n), 5);
 }
 
 /// A graph that is not symmetric, loops on a node or names a stranger is refused.
