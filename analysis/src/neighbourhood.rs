@@ -30,10 +30,13 @@
 //!   `min_other_organisations + c` other franchisee organisations) applies to that
 //!   component, within U2 and then within U3.
 //!
-//! A colluding franchisee's nodes are counted (C, and the + c of the organisation
-//! rule) but not removed from the component: that they do not cut it is what the
-//! random graph gives with probability 1 − 2^-σ for the corrupt fraction γ the
-//! parameters were chosen for (`fedcrm_crypto::graph`, condition 1).
+//! Colluders can cut a component as HQ's nodes do, and which c organisations collude
+//! is not known; the random graph makes a cut unlikely (`fedcrm_crypto::graph`,
+//! condition 1), but a coordinator that grinds graphs by dropping nodes weakens that.
+//! So the organisation rule is checked for the worst case: for every choice of c other
+//! franchisee organisations in u's component, u's component without their nodes (and
+//! HQ's) must still hold `min_other_organisations` other organisations. Choices that
+//! would take more than [`MAX_COLLUDER_SETS`] searches are refused, not guessed.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -65,7 +68,24 @@ pub enum NeighbourhoodError {
          learn this component's sum"
     )]
     Organisations { stage: Stage, size: usize, others: usize, min: usize, c: usize, need: usize },
+    #[error(
+        "policy: if {colluders} colluded, this node's connected component of non-HQ {stage} nodes without their nodes \
+         ({size} node(s)) would include {others} franchisee organisation(s) other than this node's own, fewer than \
+         min_other_organisations = {min}: their stores cut it off, and the coordinator could learn that piece's sum"
+    )]
+    CutByColluders { stage: Stage, colluders: String, size: usize, others: usize, min: usize },
+    #[error(
+        "policy: checking every choice of c = {c} colluding organisation(s) among the {orgs} in this node's component \
+         would take {sets} searches, more than the {max} this node allows; lower assume_colluding_nodes, or ask HQ to \
+         run the round as full SecAgg (secagg.full_below)"
+    )]
+    TooManyColluderSets { c: usize, orgs: usize, sets: u128, max: u128 },
 }
+
+/// The most choices of colluding organisations [`check_component_organisations`]
+/// searches (one graph search each) before it refuses: with c = 1 that is any round of
+/// up to 20,000 organisations; with c = 2, up to 200 organisations in the component.
+pub const MAX_COLLUDER_SETS: u128 = 20_000;
 
 /// Neighbourhood threshold rule, checked by a node of `own_org` over `neighbours`, all
 /// its neighbours in the graph it computed (whatever their stage): the degree is `k`,
@@ -120,8 +140,21 @@ pub fn check_neighbours_present(
 /// sorted by name; empty if `me` is not a non-HQ member. Edges to nodes outside
 /// `members`, or to HQ's nodes, are not followed.
 pub fn component(me: &str, members: &[Invitee], adjacency: &BTreeMap<String, Vec<String>>) -> Vec<Invitee> {
-    let by_name: BTreeMap<&str, &Invitee> =
-        members.iter().filter(|m| m.kind != OrgKind::Hq).map(|m| (m.name.as_str(), m)).collect();
+    component_without(me, members, adjacency, &BTreeSet::new())
+}
+
+/// [`component`] with the nodes of the organisations `removed` left out too.
+fn component_without(
+    me: &str,
+    members: &[Invitee],
+    adjacency: &BTreeMap<String, Vec<String>>,
+    removed: &BTreeSet<&str>,
+) -> Vec<Invitee> {
+    let by_name: BTreeMap<&str, &Invitee> = members
+        .iter()
+        .filter(|m| m.kind != OrgKind::Hq && !removed.contains(m.organisation.as_str()))
+        .map(|m| (m.name.as_str(), m))
+        .collect();
     if !by_name.contains_key(me) {
         return vec![];
     }
@@ -164,7 +197,57 @@ pub fn check_component_organisations(
             need,
         });
     }
-    Ok(())
+    // The worst case over which c other organisations collude (their nodes leave the
+    // component, as HQ's do). Organisations outside the piece cannot cut it.
+    let c = rules.assume_colluding_nodes;
+    let orgs: Vec<&str> = piece
+        .iter()
+        .filter(|m| m.kind == OrgKind::Franchisee && m.organisation != own_org)
+        .map(|m| m.organisation.as_str())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let sets = binomial(orgs.len(), c);
+    if sets > MAX_COLLUDER_SETS {
+        return Err(NeighbourhoodError::TooManyColluderSets { c, orgs: orgs.len(), sets, max: MAX_COLLUDER_SETS });
+    }
+    let mut pick: Vec<usize> = (0..c).collect();
+    if c == 0 {
+        return Ok(());
+    }
+    loop {
+        let removed: BTreeSet<&str> = pick.iter().map(|&i| orgs[i]).collect();
+        let rest = component_without(me, members, adjacency, &removed);
+        let others = rules::other_organisations(own_org, &rest);
+        if others < rules.min_other_organisations {
+            return Err(NeighbourhoodError::CutByColluders {
+                stage,
+                colluders: removed.into_iter().collect::<Vec<_>>().join(", "),
+                size: rest.len(),
+                others,
+                min: rules.min_other_organisations,
+            });
+        }
+        // The next c-subset of 0..orgs.len() in lexicographic order.
+        let Some(i) = (0..c).rev().find(|&i| pick[i] < orgs.len() - c + i) else { return Ok(()) };
+        pick[i] += 1;
+        for j in i + 1..c {
+            pick[j] = pick[j - 1] + 1;
+        }
+    }
+}
+
+/// C(n, k), saturating (only compared with a small bound).
+fn binomial(n: usize, k: usize) -> u128 {
+    if k > n {
+        return 0;
+    }
+    let k = k.min(n - k);
+    let mut r: u128 = 1;
+    for i in 0..k {
+        r = r.saturating_mul((n - i) as u128) / (i as u128 + 1);
+    }
+    r
 }
 
 #[cfg(test)]
@@ -286,5 +369,58 @@ mod tests {
         let with_hq = vec![hq("x"), fr("me")];
         assert!(component("x", &with_hq, &adjacency).is_empty());
         assert!(component("nobody", &u2, &adjacency).is_empty());
+    }
+
+    #[test]
+    fn the_organisation_rule_holds_for_the_worst_choice_of_colluders() {
+        // Ring: me – a – x1 – b – c – d – x2 – e – (back to me), x1 and x2 two stores of
+        // one organisation. Six other organisations in one piece: the plain rule passes
+        // (6 ≥ min 3 + c 1). But if x's organisation colludes, its two stores cut the
+        // ring: me's piece is {e, me, a}, two others, fewer than 3.
+        let rules = NodeRules { min_other_organisations: 3, ..rules() };
+        let names = ["me", "a", "x1", "b", "c", "d", "x2", "e"];
+        let adjacency = ring(&names);
+        let u2: Vec<Invitee> = names
+            .iter()
+            .map(|n| if n.starts_with('x') { m(n, "x holdings", OrgKind::Franchisee) } else { fr(n) })
+            .collect();
+        rules::check_organisations(&rules, "me ltd", &u2, Stage::Delivered).unwrap();
+        let err = check_component_organisations(&rules, "me", "me ltd", &u2, &adjacency, Stage::Delivered).unwrap_err();
+        assert_eq!(
+            err,
+            NeighbourhoodError::CutByColluders {
+                stage: Stage::Delivered,
+                colluders: "x holdings".into(),
+                size: 3,
+                others: 2,
+                min: 3
+            }
+        );
+        assert!(err.to_string().contains("if x holdings colluded"), "{err}");
+        // With c = 0 nobody is assumed to collude, and the piece of eight passes.
+        let trusting = NodeRules { assume_colluding_nodes: 0, ..rules };
+        check_component_organisations(&trusting, "me", "me ltd", &u2, &adjacency, Stage::Delivered).unwrap();
+        // The stores of x in one place (me – a – x1 – x2 – b – …): removing them leaves a
+        // path through the rest, one piece with five others; it passes.
+        let names = ["me", "a", "x1", "x2", "b", "c", "d", "e"];
+        let adjacency = ring(&names);
+        check_component_organisations(&rules, "me", "me ltd", &u2, &adjacency, Stage::Delivered).unwrap();
+        // c = 2 of 6 organisations: 15 choices, searched in order; on a ring any two
+        // organisations cut it, and the first choice that leaves me fewer than two
+        // others is a's and d's: me's piece is {me, e}.
+        let two = NodeRules { assume_colluding_nodes: 2, min_other_organisations: 2, ..rules };
+        assert_eq!(
+            check_component_organisations(&two, "me", "me ltd", &u2, &adjacency, Stage::Delivered),
+            Err(NeighbourhoodError::CutByColluders {
+                stage: Stage::Delivered,
+                colluders: "a ltd, d ltd".into(),
+                size: 2,
+                others: 1,
+                min: 2
+            })
+        );
+        assert_eq!(binomial(6, 2), 15);
+        assert_eq!(binomial(200, 2), 19_900);
+        assert!(binomial(201, 2) > MAX_COLLUDER_SETS);
     }
 }
