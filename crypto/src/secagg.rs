@@ -463,8 +463,11 @@ impl ClientAdvertised {
             let ctx = share_context(&self.params.round, &self.me, &peer.name);
             let key = kdf::derive(self.enc.agree(&peer.enc)?.bytes(), &ctx);
             let mut plain = Vec::with_capacity(2 * SHARE_Y_LEN);
-            plain.extend_from_slice(&b_share.y_bytes());
-            plain.extend_from_slice(&s_share.y_bytes());
+            for share in [b_share, s_share] {
+                let mut y = share.y_bytes();
+                plain.extend_from_slice(&y);
+                y.zeroize();
+            }
             out.push((peer.name.clone(), aead::seal(&key, &ctx, &plain)));
             plain.zeroize();
         }
