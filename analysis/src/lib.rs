@@ -1,5 +1,6 @@
 //! What fedcrm computes, apart from how it travels: the RFM definitions and the
-//! exact-quantile search ([`rfm`]), the rules a node applies to a round ([`rules`])
+//! exact-quantile search ([`rfm`]), the rules a node applies to a round ([`rules`]),
+//! the word width a round's sum needs ([`width`])
 //! and the plain domain types both the wire contract (`fedcrm-protocol`) and the audit
 //! log (`fedcrm-audit`) use: a round's [`rules::Invitee`], what a sum covers
 //! ([`rules::Coverage`], [`rules::Unmasked`]) and dates ([`date`]).
@@ -10,3 +11,4 @@
 pub mod date;
 pub mod rfm;
 pub mod rules;
+pub mod width;

@@ -2,6 +2,7 @@
 //! that drops out, hangs, sends a wrong or malformed vector, corrupts a share or
 //! accuses a peer falsely, to show that the others' rounds survive it (style rule 17).
 
+use fedcrm_crypto::word::Words;
 use fedcrm_protocol::wire::{self, Sealed, UnopenedShare};
 use tokio::sync::watch;
 
@@ -83,9 +84,11 @@ pub(super) fn false_reports(ctx: &NodeContext, shares: &[Sealed]) -> Vec<Unopene
 }
 
 /// A masked vector one word too long, if asked for.
-pub(super) fn wrong_length(ctx: &NodeContext, mut y: Vec<u64>) -> Vec<u64> {
+pub(super) fn wrong_length(ctx: &NodeContext, mut y: Words) -> Words {
     if ctx.faults.wrong_length {
-        y.push(0);
+        let one = Words::zeros(y.width(), 1);
+        // Unwrap safety: `one` has y's width.
+        y.extend(&one).unwrap();
     }
     y
 }
