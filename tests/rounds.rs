@@ -198,6 +198,38 @@ async fn wrong_length_vector_is_rejected_and_round_completes_for_others() {
     cluster.stop().await;
 }
 
+/// Issue 9: a node that sends 64-bit words in a round of 32-bit words is refused by
+/// name, and the round completes for the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_of_the_wrong_width_names_its_node_and_the_round_completes_for_others() {
+    let mut nodes = cdnow_nodes(&[1; 5], true);
+    nodes[3].faults.wrong_width = true;
+    let (cluster, out) = histogram_round(nodes, exact(), Hooks::default()).await;
+    let out = out.unwrap();
+    assert_eq!(out.release.contributors, vec!["node-0", "node-1", "node-2", "node-4"]);
+    assert_eq!(counts(&out), expected_sum(&cluster, &out.release.contributors));
+    let why = &out.exits["node-3"];
+    assert!(why.contains("sent a masked chunk of 64-bit words") && why.contains("uses 32-bit words"), "{why}");
+    cluster.stop().await;
+}
+
+/// Issue 9: a node holding more customers than the signed per-node bound refuses the
+/// round before any key leaves, and its reason says what HQ must change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_above_the_signed_customer_bound_refuses_and_names_the_setting() {
+    let nodes = cdnow_nodes(&[1; 5], true);
+    let opts = ClusterOptions { max_customers_per_node: 3, ..exact() };
+    let (cluster, out) = histogram_round(nodes, opts, Hooks::default()).await;
+    let err = out.unwrap_err().to_string();
+    assert!(err.contains("raise [rounds] max_customers_per_node"), "{err}");
+    assert!(err.contains("above the round's max_customers_per_node = 3"), "{err}");
+    for cfg in &cluster.node_configs {
+        let log = read_log(&cfg.audit_dir).unwrap();
+        assert!(!log.iter().any(|r| r.kind == "advertise-keys"), "{} advertised keys", cfg.name);
+    }
+    cluster.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_chunk_is_rejected_and_round_completes_for_others() {
     let mut nodes = cdnow_nodes(&[1; 5], true);

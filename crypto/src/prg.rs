@@ -1,18 +1,35 @@
-//! Mask expansion: a 32-byte seed → a vector over Z_2^64, added to or subtracted
-//! from an accumulator in place. Pure: no I/O. Follows NIST SP 800-38A §6.5 (CTR
-//! mode) over FIPS 197 AES-128, keyed by RFC 5869 HKDF-SHA256.
+//! Mask expansion: a 32-byte seed → a vector over Z_2^32 or Z_2^64 (the round's
+//! [`WordWidth`]), added to or subtracted from an accumulator in place. Pure: no I/O.
+//! Follows NIST SP 800-38A §6.5 (CTR mode) over FIPS 197 AES-128, keyed by RFC 5869
+//! HKDF-SHA256.
 //!
 //! PRG choice: AES-128 in counter mode (RustCrypto `aes` + `ctr`), since protocol
 //! version `fedcrm/v3`; `fedcrm/v1` and `v2` used ChaCha20, whose masks do not cancel
 //! with these, so the wire version changed with it.
+//!
+//! **Word width** (issue 9, `fedcrm/v4`). A round masks in the narrowest words its sum
+//! fits: 32 bits when n × the largest per-node contribution (doubled for signed values,
+//! plus any DP noise tail) stays below 2^32, else 64 (`fedcrm_analysis::width`). Counts
+//! of a node's customers fit 32 bits for up to 1,023 nodes at the default bound of
+//! 2^22 customers per node. Narrow words halve everything the masks cost: keystream
+//! bytes (AES blocks) per mask, bytes on the wire, the coordinator's running sum and the
+//! memory traffic of adding. They are exactly as secure: a mask is a uniform element
+//! of Z_2^w either way, and the sum is exact as long as it fits, which the range
+//! guarantees. The width is in the HKDF `info` ([`WordWidth::prg_info`]:
+//! `fedcrm/v4/prg-aes128/w32` or `/w64`), so the two widths never share a key and a
+//! 32-bit mask is never the prefix of a 64-bit one read another way; it is also in the
+//! signed round start, so all parties agree on it. The kernel is generic over
+//! [`Word`] (u32, u64): the keystream is read as consecutive little-endian words of the
+//! width.
 //!
 //! - **Speed.** Masking is the node's hot loop and the coordinator's unmasking cost
 //!   (one expansion per seed, d words each). The `aes` crate picks AES-NI, or VAES
 //!   (256- or 512-bit) where present, at run time through `cpufeatures` (ARMv8's AES
 //!   instructions likewise). On the 2-core AMD EPYC (AES-NI + VAES) where we measured,
 //!   one node's masking for n = 50, d = 10^6 went from 247 ms with ChaCha20 to 96–117
-//!   ms (`fedcrm bench secagg`; figures in ARCHITECTURE.md), and to 52–56 ms on both
-//!   cores with [`expand_many_into`].
+//!   ms (`fedcrm bench secagg`; figures in ARCHITECTURE.md), to 52–56 ms on both
+//!   cores with [`expand_many_into`], and further with 32-bit words and the fused
+//!   kernel (ARCHITECTURE.md, "Measured").
 //! - **Timing.** Without AES instructions the crate falls back to a constant-time
 //!   fixsliced (bitsliced) software AES: no table lookups and no secret-dependent
 //!   branches, so timing shows only the vector's length and the number of seeds, both
@@ -28,23 +45,26 @@
 //!   stream (the PRP/PRF switching term, about q²/2^129 for q blocks) is then below
 //!   2^-78.
 //! - **Key and counter.** key = HKDF-SHA256(salt = [`crate::PROTOCOL_VERSION`],
-//!   ikm = seed, info = [`PRG_LABEL`]), 16 bytes; the initial counter block is zero
+//!   ikm = seed, info = [`PRG_LABEL`] ‖ `/w32` or `/w64`), 16 bytes; the initial counter block is zero
 //!   and the whole 128-bit block counts up big-endian (SP 800-38A's standard
 //!   incrementing function). A fixed counter start is safe: a key never masks two
 //!   different vectors. Each seed is bound by [`crate::kdf`] to one round and one
 //!   pair of nodes (or one node), so its keystream is one mask; the other side of the
 //!   pair, or the coordinator removing it, recomputes the same mask on purpose.
 //!
-//! The keystream is read as consecutive little-endian u64 words and added (wrapping)
-//! into the accumulator one L1-sized block at a time, so the keystream never travels
-//! through memory as a second d-word vector.
+//! The keystream is read as consecutive little-endian words and added (wrapping) into
+//! the accumulator one L1-sized tile at a time, so the keystream never travels through
+//! memory as a second d-word vector.
 //!
-//! **All cores.** [`expand_many_into`] adds many masks into one accumulator on every
-//! core: it splits the *vector* into one contiguous range per thread (each a whole
-//! number of 16-byte AES blocks) and each thread seeks every seed's CTR stream to its
-//! range's offset. No thread holds a d-word buffer of its own, and the result is
-//! bit-identical to the sequential one: each word receives the same keystream words,
-//! and wrapping addition is commutative.
+//! **All cores, fused.** [`expand_many_into`] adds many masks into one accumulator on
+//! every core: it splits the *vector* into one contiguous range per thread (each a
+//! whole number of 16-byte AES blocks). Each thread keys every seed's cipher once,
+//! seeks it to its range's offset, then walks its range in 4 KiB tiles, applying every
+//! cipher's next keystream to a tile before moving to the next: the tile stays in L1
+//! across all seeds instead of the whole vector streaming through memory once per
+//! seed. No thread holds a d-word buffer of its own, and the result is bit-identical
+//! to the sequential one: each word receives the same keystream words, and wrapping
+//! addition is commutative.
 
 use aes::Aes128;
 use ctr::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
@@ -155,12 +175,16 @@ fn apply_keystream<W: Word>(cipher: &mut Aes128Ctr, tile: &mut [W], sign: Sign, 
 const AES_BLOCK_BYTES: usize = 16;
 
 /// Below this many words of work (seeds × words), [`expand_many_into`] stays on the
-/// calling thread. Measured on the 2-core EPYC (AES-NI + VAES) for the per-seed
-/// kernel before the fused one, one thread against two, seeds × words: 1 × 2^12: 10 µs
-/// vs 246 µs (starting the scoped threads costs ~0.2 ms there); 1 × 2^18: 446–554 vs
-/// 642–996 µs; 50 × 2^13: 808–831 vs 886–1063 µs; 50 × 2^14: 1646–1705 vs 1232–1349 µs;
-/// 1 × 2^20: 1796–2275 vs 1547–1841 µs. Two threads won from about 2^19.5 words.
-const PARALLEL_MIN_WORDS: usize = 1 << 20;
+/// calling thread. Re-measured for the fused kernel on the 2-core EPYC (AES-NI + VAES,
+/// shared with other builds, load average ~5), one thread against two, best–median of
+/// 5, 32-bit / 64-bit words: 1 × 2^12: 10 / 13 µs vs 79–113 / 78–90 µs (starting the
+/// scoped threads costs ~0.1 ms); 1 × 2^15: 68 / 94 vs 101–118 / 138–266 µs; 1 × 2^16:
+/// 135 / 187–211 vs 151–211 / 185–235 µs (a tie); 50 × 2^11: 243 / 324 vs 229–258 /
+/// 329–374 µs (a tie); 1 × 2^17: 268–394 / 374–655 vs 200–239 / 234–319 µs; 50 × 2^12:
+/// 457–493 / 649–652 vs 255–324 / 338–469 µs. Two threads win from about 2^17 words
+/// of work, lower than the 2^20 the per-seed kernel needed (keying each cipher once per
+/// thread, and the tile staying in L1, make each thread's share cheaper to start).
+const PARALLEL_MIN_WORDS: usize = 1 << 17;
 
 /// `acc[i] ±= PRG(seed)[i]` for every `(seed, sign)`, on all the machine's cores
 /// ([`std::thread::available_parallelism`]); the result is bit-identical to calling

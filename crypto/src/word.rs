@@ -140,9 +140,16 @@ pub enum Words {
 }
 
 /// Below this many words, [`Words::add_assign`] stays on the calling thread. Adding is
-/// memory-bound (two loads and a store per word); see the doc comment of
-/// [`Words::add_assign`] for the measurement.
-const ADD_PARALLEL_MIN_WORDS: usize = 1 << 18;
+/// memory-bound (two loads and a store per word), and on the 2-core EPYC where we
+/// measured (shared with other builds, load average ~5; ms per addition, best–worst of
+/// 3 × 50, one thread vs two, 32-bit / 64-bit words) two threads never won: 2^16:
+/// 0.011–0.023 / 0.020–0.025 vs 0.16–0.47 / 0.11–1.1; 2^18: 0.039–0.083 / 0.13–0.23 vs
+/// 0.36–1.3 / 0.36–0.80; 10^6: 0.56–0.69 / 1.1–1.7 vs 0.70–1.9 / 1.7–2.0; 2^22:
+/// 2.4–3.0 / 4.5–5.2 vs 3.1–3.4 / 4.8–5.2; 2^24: 9.1–11.5 / 17.6–25.3 vs 10.1–11.6 /
+/// 19.5–21.8 (a tie). One core already takes the memory bandwidth this machine gives
+/// it, so the split starts only at 2^24 words (a vector of 64 or 128 MiB), where it
+/// ties here and a machine with more memory channels per core gains.
+const ADD_PARALLEL_MIN_WORDS: usize = 1 << 24;
 
 impl Words {
     /// d zero words of `width`.
@@ -233,9 +240,9 @@ impl Words {
 
     /// `self[i] += other[i]` (wrapping) for every i; both must have the same width and
     /// length. Split over the machine's cores (`std::thread::scope`, one contiguous range
-    /// per thread, so the result does not depend on the split) from
-    /// `ADD_PARALLEL_MIN_WORDS` = 2^18 words (below it starting threads costs more than
-    /// the memory-bound loop saves; the measured figures are in ARCHITECTURE.md).
+    /// per thread; wrapping addition is exact, so the result does not depend on the
+    /// split) from `ADD_PARALLEL_MIN_WORDS` = 2^24 words, the measured crossover (see
+    /// there); below it, one thread.
     pub fn add_assign(&mut self, other: &Words) -> Result<(), CryptoError> {
         if self.len() != other.len() {
             return Err(CryptoError::Length { got: other.len(), expected: self.len() });
@@ -268,4 +275,43 @@ fn add_on<W: Word>(a: &mut [W], b: &[W], threads: usize) {
             scope.spawn(move || add(x, y));
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The split add is the single-threaded add, whatever the thread count and length.
+    #[test]
+    fn split_add_equals_one_thread() {
+        for len in [0usize, 1, 2, 3, 7, 1000, 4097] {
+            let a32: Vec<u32> = (0..len as u32).map(|i| i.wrapping_mul(0x9E37_79B9)).collect();
+            let b32: Vec<u32> = (0..len as u32).map(|i| u32::MAX - i).collect();
+            let a64: Vec<u64> = (0..len as u64).map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15)).collect();
+            let b64: Vec<u64> = (0..len as u64).map(|i| u64::MAX - i).collect();
+            let (mut one32, mut one64) = (a32.clone(), a64.clone());
+            add_on(&mut one32, &b32, 1);
+            add_on(&mut one64, &b64, 1);
+            for threads in [2, 3, 8] {
+                let (mut x32, mut x64) = (a32.clone(), a64.clone());
+                add_on(&mut x32, &b32, threads);
+                add_on(&mut x64, &b64, threads);
+                assert_eq!((x32, x64), (one32.clone(), one64.clone()), "len {len}, {threads} threads");
+            }
+        }
+    }
+
+    #[test]
+    fn words_refuse_the_other_width_and_length() {
+        let mut s = Words::zeros(WordWidth::W32, 3);
+        assert_eq!(s.add_assign(&Words::zeros(WordWidth::W64, 3)), Err(CryptoError::Width { got: 64, expected: 32 }));
+        assert_eq!(s.add_assign(&Words::zeros(WordWidth::W32, 2)), Err(CryptoError::Length { got: 2, expected: 3 }));
+        s.add_assign(&Words::W32(vec![u32::MAX, 1, 2])).unwrap();
+        s.add_assign(&Words::W32(vec![2, 1, 0])).unwrap();
+        assert_eq!(s.into_u64(), vec![1, 2, 2]);
+        assert_eq!(
+            Words::from_plain(WordWidth::W32, &[0, u32::MAX as u64 + 1]),
+            Err(CryptoError::WordTooNarrow { index: 1, value: 1 << 32, bits: 32 })
+        );
+    }
 }

@@ -17,6 +17,8 @@ pub struct Faults {
     pub stall_at: Option<DropAt>,
     /// Send a masked vector one word too long.
     pub wrong_length: bool,
+    /// Send the masked vector in the other word width (32 ↔ 64 bits).
+    pub wrong_width: bool,
     /// Send a malformed chunk (index beyond count).
     pub malformed_chunk: bool,
     /// Seal a share to this peer that does not open, and sign it as sent (a node
@@ -91,6 +93,17 @@ pub(super) fn wrong_length(ctx: &NodeContext, mut y: Words) -> Words {
         y.extend(&one).unwrap();
     }
     y
+}
+
+/// The masked vector in the other word width, if asked for.
+pub(super) fn wrong_width(ctx: &NodeContext, y: Words) -> Words {
+    if !ctx.faults.wrong_width {
+        return y;
+    }
+    match y {
+        Words::W32(v) => Words::W64(v.into_iter().map(u64::from).collect()),
+        Words::W64(v) => Words::W32(v.into_iter().map(|w| w as u32).collect()),
+    }
 }
 
 /// A first chunk whose index is beyond the count, if asked for.

@@ -505,7 +505,7 @@ impl<'a> Rounds<'a> {
                     (tap.on_held_shares)(round, next.test_util_held_shares());
                 }
                 #[cfg(feature = "test-util")]
-                let y = faults::wrong_length(ctx, y);
+                let y = faults::wrong_width(ctx, faults::wrong_length(ctx, y));
                 let chunks = wire::chunk(round, &y, a.start.chunk_elements);
                 #[cfg(feature = "test-util")]
                 let chunks = faults::malformed(ctx, chunks);
