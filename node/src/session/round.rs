@@ -352,7 +352,7 @@ impl<'a> Rounds<'a> {
         if identified.new {
             ctx.count_analysis(identified.kind, &start.analysis.analysis_id);
         }
-        tracing::info!(node = %ctx.name, %round, analysis = identified.kind, purpose = %start.analysis.purpose, "joined round");
+        tracing::info!(node = %ctx.name, %round, analysis = identified.kind, purpose = %start.analysis.purpose, width = start.width.bits(), "joined round");
         self.active = Some(Active { start, input, u1: Vec::new(), state: State::AdvertiseKeys(client) });
         #[cfg(feature = "test-util")]
         if let Some(end) = faults::at(ctx, DropAt::AfterKeys, &self.shutdown).await {
