@@ -3,7 +3,8 @@
 //! Runs secure-aggregation rounds (`fedcrm_crypto::secagg`) in memory for n nodes and
 //! vectors of d words, and prints each cost beside its floor, measured in the same
 //! run with the same PRG (AES-128-CTR via `prg::expand_many_into`), the same word
-//! width (u64, wrapping) and the same cores: the measured code and the floor both
+//! width (`--width`: by default the one a round of RFM counts over n nodes gets,
+//! 32 bits for n ≤ 1,023) and the same cores: the measured code and the floor both
 //! expand their masks on N threads, N = `prg::parallelism()` (the machine's available
 //! parallelism), splitting the vector between them:
 //!
@@ -33,14 +34,17 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use fedcrm_analysis::width::{DEFAULT_MAX_CUSTOMERS_PER_NODE, SumRange, pick_width};
 use fedcrm_crypto::prg::{self, MaskSeed, Sign};
-use fedcrm_crypto::secagg::{self, Aggregator, ClientAdvertised, ClientReady, PeerKeys, Revealed, RoundParams};
+use fedcrm_crypto::secagg::{
+    self, Aggregator, ClientAdvertised, ClientReady, PeerKeys, Revealed, RoundParams, WordWidth, Words,
+};
 use fedcrm_crypto::{RoundId, SecureRandom, SystemRandom};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-/// What both the measured code and the floors use.
-const PRG: &str = "AES-128-CTR (HKDF-keyed per seed), 64-bit words over Z_2^64";
+/// What both the measured code and the floors use (then the width).
+const PRG: &str = "AES-128-CTR (HKDF-keyed per seed)";
 /// The issue's goal for every ratio (printed, never asserted).
 const GOAL_RATIO: f64 = 1.5;
 /// How many times the masking floor is measured (interleaved with the nodes' masking).
@@ -74,6 +78,8 @@ pub struct Report {
     pub d: usize,
     pub t: usize,
     pub dropped: usize,
+    /// Word width in bits (32 or 64), for the measured code and its floor alike.
+    pub width: u32,
     pub prg: String,
     pub threads: usize,
     pub memory_measure: &'static str,
@@ -83,9 +89,39 @@ pub struct Report {
     pub sums_verified: bool,
 }
 
+/// `--width`: 32, 64 or auto.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchWidth {
+    Auto,
+    Fixed(WordWidth),
+}
+
+impl std::str::FromStr for BenchWidth {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(BenchWidth::Auto),
+            "32" => Ok(BenchWidth::Fixed(WordWidth::W32)),
+            "64" => Ok(BenchWidth::Fixed(WordWidth::W64)),
+            other => Err(format!("{other:?} is not a word width: use 32, 64 or auto")),
+        }
+    }
+}
+
+impl BenchWidth {
+    /// Auto: the width a round of RFM counts over `n` nodes gets with the default
+    /// `max_customers_per_node` (`fedcrm_analysis::width::pick_width`).
+    pub fn resolve(self, n: usize) -> Result<WordWidth> {
+        match self {
+            BenchWidth::Fixed(w) => Ok(w),
+            BenchWidth::Auto => Ok(pick_width(n, &SumRange::counts(DEFAULT_MAX_CUSTOMERS_PER_NODE))?),
+        }
+    }
+}
+
 /// `fedcrm bench secagg`: run the benchmark and print the table (or JSON).
-pub fn secagg(n: usize, d: usize, drop: f64, json: bool) -> Result<()> {
-    let report = run(n, d, drop)?;
+pub fn secagg(n: usize, d: usize, drop: f64, width: BenchWidth, json: bool) -> Result<()> {
+    let report = run(n, d, drop, width.resolve(n)?)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -100,8 +136,8 @@ pub fn dropped_count(n: usize, drop: f64) -> usize {
     ((drop * n as f64) - 1e-9).ceil().max(0.0) as usize
 }
 
-/// Run the benchmark and return the figures.
-pub fn run(n: usize, d: usize, drop: f64) -> Result<Report> {
+/// Run the benchmark at `width` and return the figures.
+pub fn run(n: usize, d: usize, drop: f64, width: WordWidth) -> Result<Report> {
     ensure!((0.0..1.0).contains(&drop), "--drop must be in [0, 1), got {drop}");
     let t = secagg::default_threshold(n);
     secagg::check_threshold(t, n).with_context(|| format!("n = {n} nodes cannot run a round"))?;
@@ -116,8 +152,8 @@ pub fn run(n: usize, d: usize, drop: f64) -> Result<Report> {
 
     // Setup, not timed: rounds 0 and 1 for both scenarios.
     let setup = bar(2 * 3 * n as u64, "setup: advertising keys and sharing them (X25519, Shamir, AEAD)");
-    let plain = setup_round(n, t, d, &BTreeSet::new(), &rng, &setup)?;
-    let with_drops = setup_round(n, t, d, &dropped, &rng, &setup)?;
+    let plain = setup_round(n, t, d, width, &BTreeSet::new(), &rng, &setup)?;
+    let with_drops = setup_round(n, t, d, width, &dropped, &rng, &setup)?;
     setup.finish_and_clear();
 
     // Buffers the bench itself needs, allocated and touched before any measurement so
@@ -125,8 +161,8 @@ pub fn run(n: usize, d: usize, drop: f64) -> Result<Report> {
     let mut bufs = Buffers {
         input: vec![1u64; d],
         expected: vec![1u64; d],
-        floor_sum: vec![1u64; d],
-        floor_mask: vec![1u64; d],
+        floor_sum: Words::from_plain(width, &vec![1u64; d])?,
+        floor_mask: Words::from_plain(width, &vec![1u64; d])?,
         seeds: (0..n.max(1))
             .map(|_| {
                 let mut b = [0u8; 32];
@@ -179,7 +215,7 @@ pub fn run(n: usize, d: usize, drop: f64) -> Result<Report> {
             fig.finish_floor,
         ));
     }
-    let floor_bytes = 2 * 8 * d as u64;
+    let floor_bytes = 2 * width.bytes() as u64 * d as u64;
     let memory = vec![
         MemRow::new("coordinator, no dropouts".to_string(), a.peak_rss, floor_bytes),
         MemRow::new(format!("coordinator, {k} of {n} dropped"), b.peak_rss, floor_bytes),
@@ -189,11 +225,16 @@ pub fn run(n: usize, d: usize, drop: f64) -> Result<Report> {
         d,
         t,
         dropped: k,
-        prg: format!("{PRG}, {threads} threads (prg::expand_many_into)"),
+        width: width.bits(),
+        prg: format!(
+            "{PRG}, {}-bit words over Z_2^{}, {threads} threads (prg::expand_many_into)",
+            width.bits(),
+            width.bits()
+        ),
         threads,
         memory_measure: "resident set, not a heap count: peak RSS during the phase (VmHWM, reset through \
                          /proc/self/clear_refs just before Aggregator::new, read after finish) minus RSS after setup; \
-                         counts the one masked vector in flight; floor = running sum + one vector in flight = 2·8·d bytes",
+                         counts the one masked vector in flight; floor = running sum + one vector in flight = 2·(width/8)·d bytes",
         times,
         memory,
         sums_verified: true,
@@ -220,11 +261,12 @@ fn setup_round(
     n: usize,
     t: usize,
     d: usize,
+    width: WordWidth,
     dropped: &BTreeSet<usize>,
     rng: &dyn SecureRandom,
     pb: &ProgressBar,
 ) -> Result<Round> {
-    let params = RoundParams { round: RoundId::random(rng)?, t, d };
+    let params = RoundParams { round: RoundId::random(rng)?, t, d, width };
     let names: Vec<String> = (0..n).map(|i| node_name(i, n)).collect();
     let mut advertised = Vec::with_capacity(n);
     let mut u1 = Vec::with_capacity(n);
@@ -262,32 +304,43 @@ struct Buffers {
     /// Σ x_u over the survivors, to check the unmasked sum.
     expected: Vec<u64>,
     /// The floor's running sum.
-    floor_sum: Vec<u64>,
+    floor_sum: Words,
     /// The masking floor's output.
-    floor_mask: Vec<u64>,
+    floor_mask: Words,
     seeds: Vec<MaskSeed>,
 }
 
-/// Node i's input: full-range words, different for every node and position.
-fn fill_input(i: usize, x: &mut [u64]) {
+/// Node i's input: full-range words of `width`, different for every node and position.
+fn fill_input(i: usize, x: &mut [u64], width: WordWidth) {
     let a = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     for (j, w) in x.iter_mut().enumerate() {
-        *w = a ^ (j as u64).wrapping_mul(0xD1B5_4A32_D192_ED03).rotate_left(17);
+        *w = (a ^ (j as u64).wrapping_mul(0xD1B5_4A32_D192_ED03).rotate_left(17)) & width.max_word();
     }
 }
 
-/// The floor's addition: the same wrapping loop `Aggregator::add_masked` runs.
+/// The expected sum's addition (plain, 64-bit; reduced to the width at the end).
 fn add_into(acc: &mut [u64], v: &[u64]) {
     for (a, b) in acc.iter_mut().zip(v) {
         *a = a.wrapping_add(*b);
     }
 }
 
+/// The floor's copy of the input into a vector of the round's width.
+fn copy_plain(dst: &mut Words, src: &[u64]) {
+    match dst {
+        Words::W32(v) => v.iter_mut().zip(src).for_each(|(a, b)| *a = *b as u32),
+        Words::W64(v) => v.copy_from_slice(src),
+    }
+}
+
 /// `count` expansions of `acc.len()` words into `acc`, cycling through the seeds, in
 /// one call of the same parallel expansion the measured code makes (same threads).
-fn expand_n(seeds: &[MaskSeed], count: usize, acc: &mut [u64], sign: Sign) {
+fn expand_n(seeds: &[MaskSeed], count: usize, acc: &mut Words, sign: Sign) {
     let refs: Vec<(&MaskSeed, Sign)> = seeds.iter().cycle().take(count).map(|s| (s, sign)).collect();
-    prg::expand_many_into(&refs, acc);
+    match acc {
+        Words::W32(v) => prg::expand_many_into(&refs, v),
+        Words::W64(v) => prg::expand_many_into(&refs, v),
+    }
     black_box(acc);
 }
 
@@ -320,6 +373,7 @@ struct RoundFigures {
 
 fn run_round(round: Round, bufs: &mut Buffers, rss: &PeakRss, pb: &ProgressBar) -> Result<RoundFigures> {
     let Round { params, u1, u2, ready } = round;
+    let width = params.width;
     let n = u1.len();
     let survivors = ready.len();
     let dropped = u2.len() - survivors;
@@ -339,15 +393,18 @@ fn run_round(round: Round, bufs: &mut Buffers, rss: &PeakRss, pb: &ProgressBar) 
     // The floor's running sum is zeroed in place (already resident); the cost of a
     // fresh sum's first-touch page faults, which the coordinator pays, is measured
     // after the memory window closes and added to the floor below.
-    bufs.floor_sum.fill(0);
+    match &mut bufs.floor_sum {
+        Words::W32(v) => v.fill(0),
+        Words::W64(v) => v.fill(0),
+    }
     for (k, (i, state)) in ready.into_iter().enumerate() {
         let name = node_name(i, n);
         // Client side (not in the coordinator's figures): make the input, mask it.
-        fill_input(i, &mut bufs.input);
+        fill_input(i, &mut bufs.input, width);
         add_into(&mut bufs.expected, &bufs.input);
         if k % floor_every == 0 && mask_floor.len() < MASK_FLOOR_REPS {
             let ((), f) = timed(|| {
-                bufs.floor_mask.copy_from_slice(&bufs.input);
+                copy_plain(&mut bufs.floor_mask, &bufs.input);
                 expand_n(&bufs.seeds, mask_expansions, &mut bufs.floor_mask, Sign::Add);
             });
             mask_floor.push(f);
@@ -358,14 +415,19 @@ fn run_round(round: Round, bufs: &mut Buffers, rss: &PeakRss, pb: &ProgressBar) 
         // Coordinator side, beside its floor (same vector into another sum); the order
         // alternates so neither side always finds y warm in cache.
         let coord = |agg: &mut Aggregator| timed(|| agg.add_masked(&name, &y));
-        let floor = |sum: &mut [u64]| timed(|| add_into(sum, &y)).1;
+        // The floor adds with the same `Words::add_assign` (same threads), without the
+        // coordinator's checks.
+        let floor = |sum: &mut Words| {
+            let (r, f) = timed(|| sum.add_assign(&y));
+            r.map(|()| f)
+        };
         if k % 2 == 0 {
             let (r, c) = coord(&mut agg);
             r?;
             add += c;
-            add_floor += floor(&mut bufs.floor_sum);
+            add_floor += floor(&mut bufs.floor_sum)?;
         } else {
-            add_floor += floor(&mut bufs.floor_sum);
+            add_floor += floor(&mut bufs.floor_sum)?;
             let (r, c) = coord(&mut agg);
             r?;
             add += c;
@@ -390,9 +452,10 @@ fn run_round(round: Round, bufs: &mut Buffers, rss: &PeakRss, pb: &ProgressBar) 
     // Floor of a fresh running sum: allocate d zeroed words and touch every page once,
     // as Aggregator::new and the first add_masked do.
     let ((), zero) = timed(|| {
-        let mut fresh = vec![0u64; bufs.floor_sum.len()];
-        for w in fresh.iter_mut().step_by(512) {
-            *w = 1;
+        let mut fresh = Words::zeros(width, bufs.floor_sum.len());
+        match &mut fresh {
+            Words::W32(v) => v.iter_mut().step_by(1024).for_each(|w| *w = 1),
+            Words::W64(v) => v.iter_mut().step_by(512).for_each(|w| *w = 1),
         }
         black_box(&fresh);
     });
@@ -400,6 +463,7 @@ fn run_round(round: Round, bufs: &mut Buffers, rss: &PeakRss, pb: &ProgressBar) 
     pb.inc(1);
 
     ensure!(gone.len() == dropped, "the coordinator counted {} dropped, expected {dropped}", gone.len());
+    bufs.expected.iter_mut().for_each(|w| *w &= width.max_word());
     if sum != bufs.expected {
         bail!(
             "secure aggregation returned a wrong sum ({survivors} survivors, {dropped} dropped): masks did not cancel"
@@ -527,7 +591,7 @@ pub fn table(r: &Report) -> String {
         "  n = {} nodes, d = {} words ({:.1} MiB per vector), t = {}, dropout case: {} of {} dropped after sharing keys",
         r.n,
         r.d,
-        mib(8 * r.d as u64),
+        mib(r.width as u64 / 8 * r.d as u64),
         r.t,
         r.dropped,
         r.n
@@ -588,13 +652,27 @@ mod tests {
 
     #[test]
     fn small_bench_completes_and_checks_its_sums() {
-        secagg(5, 1000, 0.2, true).unwrap();
+        secagg(5, 1000, 0.2, BenchWidth::Auto, true).unwrap();
+        secagg(5, 1001, 0.2, BenchWidth::Fixed(WordWidth::W64), true).unwrap();
+    }
+
+    #[test]
+    fn auto_width_is_what_a_count_round_gets() {
+        assert_eq!(BenchWidth::Auto.resolve(50).unwrap(), WordWidth::W32);
+        assert_eq!(BenchWidth::Auto.resolve(1023).unwrap(), WordWidth::W32);
+        assert_eq!(BenchWidth::Auto.resolve(1024).unwrap(), WordWidth::W64);
+        assert_eq!("64".parse::<BenchWidth>().unwrap().resolve(50).unwrap(), WordWidth::W64);
+        assert_eq!("32".parse::<BenchWidth>().unwrap(), BenchWidth::Fixed(WordWidth::W32));
+        assert!("16".parse::<BenchWidth>().unwrap_err().contains("32, 64 or auto"));
     }
 
     #[test]
     fn report_has_every_row() {
-        let r = run(10, 300, 0.2).unwrap();
-        assert_eq!((r.n, r.d, r.t, r.dropped), (10, 300, 7, 2));
+        let r = run(10, 300, 0.2, WordWidth::W32).unwrap();
+        assert_eq!((r.n, r.d, r.t, r.dropped, r.width), (10, 300, 7, 2, 32));
+        assert!(r.prg.contains("32-bit words"), "{}", r.prg);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["width"], 32);
         assert_eq!(r.times.len(), 7);
         assert_eq!(r.memory.len(), 2);
         assert!(r.sums_verified);
@@ -612,7 +690,7 @@ mod tests {
 
     #[test]
     fn refuses_more_drops_than_the_threshold_allows() {
-        assert!(run(6, 10, 0.5).is_err());
-        assert!(run(5, 10, 1.0).is_err());
+        assert!(run(6, 10, 0.5, WordWidth::W64).is_err());
+        assert!(run(5, 10, 1.0, WordWidth::W32).is_err());
     }
 }

@@ -124,6 +124,8 @@ pub struct ClusterOptions {
     pub release: ReleaseRules,
     pub phase_timeout_seconds: u64,
     pub chunk_elements: u32,
+    /// `[rounds] max_customers_per_node`: the per-node bound that picks the word width.
+    pub max_customers_per_node: u64,
     /// Further enrolled (name, organisation) pairs with no running node.
     pub extra_enrolled: Vec<(String, String)>,
     /// Record the bytes of every message each node's transport takes (tests).
@@ -148,6 +150,7 @@ impl Default for ClusterOptions {
             release: ReleaseRules::default(),
             phase_timeout_seconds: 20,
             chunk_elements: fedcrm_protocol::DEFAULT_CHUNK_ELEMENTS,
+            max_customers_per_node: RoundSettings::default().max_customers_per_node,
             extra_enrolled: vec![],
             #[cfg(feature = "test-util")]
             capture_wire: false,
@@ -233,6 +236,7 @@ impl Cluster {
             rounds: RoundSettings {
                 phase_timeout_seconds: opts.phase_timeout_seconds,
                 chunk_elements: opts.chunk_elements,
+                max_customers_per_node: opts.max_customers_per_node,
             },
             sessions: SessionSettings { keepalive_seconds: opts.keepalive_seconds },
             audit_dir: dir.path().join("coordinator-audit"),

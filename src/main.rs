@@ -290,6 +290,10 @@ enum BenchCommand {
         /// Fraction of nodes dropped in the dropout case.
         #[arg(long, default_value_t = 0.1)]
         drop: f64,
+        /// Word width: 32, 64, or auto (what a round of RFM counts over n nodes gets
+        /// with the default `max_customers_per_node`: 32 bits up to 1,023 nodes).
+        #[arg(long, default_value = "auto")]
+        width: fedcrm::bench::BenchWidth,
         #[arg(long)]
         json: bool,
     },
@@ -583,7 +587,9 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench(BenchCommand::Secagg { n, d, drop, json }) => fedcrm::bench::secagg(n, d, drop, json),
+        Command::Bench(BenchCommand::Secagg { n, d, drop, width, json }) => {
+            fedcrm::bench::secagg(n, d, drop, width, json)
+        }
         Command::Bench(BenchCommand::Audit { records, json }) => fedcrm::auditcli::bench(records, json),
         Command::Audit(AuditCommand::Verify { paths, ca, json }) => fedcrm::auditcli::verify(&paths, &ca, json),
         Command::Audit(AuditCommand::Report { paths, ca, from, to, html, json, out }) => {

@@ -19,7 +19,7 @@ use fedcrm_coordinator::config::ReleaseRules;
 use fedcrm_coordinator::round::Hooks;
 use fedcrm_coordinator::segments::AnalysisError;
 use fedcrm_crypto::keys::RoundSecret;
-use fedcrm_crypto::secagg::{ClientAdvertised, PeerKeys, RoundParams};
+use fedcrm_crypto::secagg::{ClientAdvertised, PeerKeys, RoundParams, WordWidth, Words};
 use fedcrm_crypto::shamir::{self, Share};
 use fedcrm_crypto::{RoundId, SystemRandom};
 use fedcrm_node::analysis::local_vector;
@@ -38,7 +38,7 @@ struct Loot {
     /// U1's keys per round (every node sees them).
     roster: Arc<Mutex<BTreeMap<RoundId, Vec<SignedKeys>>>>,
     /// Every masked vector the coordinator received: (node, vector).
-    masked: Shared<(String, Vec<u64>)>,
+    masked: Shared<(String, Words)>,
     /// Every unmask answer the coordinator received: (node, shares).
     revealed: Shared<(String, Vec<RevealedShare>)>,
 }
@@ -47,7 +47,7 @@ impl Loot {
     fn hooks(&self) -> Hooks {
         let (m, r) = (self.masked.clone(), self.revealed.clone());
         Hooks {
-            on_masked: Some(Arc::new(move |n: &str, v: &[u64]| m.lock().unwrap().push((n.into(), v.to_vec())))),
+            on_masked: Some(Arc::new(move |n: &str, v: &Words| m.lock().unwrap().push((n.into(), v.clone())))),
             on_unmask_shares: Some(Arc::new(move |n: &str, s: &[RevealedShare]| {
                 r.lock().unwrap().push((n.into(), s.to_vec()))
             })),
@@ -461,7 +461,7 @@ async fn a7_local_audit_failures_are_not_blamed_on_the_peer() {
     let fail = Arc::new(AtomicBool::new(false));
     let flag = fail.clone();
     let hooks = Hooks {
-        on_masked: Some(Arc::new(move |_: &str, _: &[u64]| flag.store(true, Ordering::SeqCst))),
+        on_masked: Some(Arc::new(move |_: &str, _: &Words| flag.store(true, Ordering::SeqCst))),
         fail_audit: Some(fail.clone()),
         ..Hooks::default()
     };
@@ -709,7 +709,7 @@ async fn a_coordinator_substituting_round_keys_or_stripping_the_roster_signature
         let (made, seen) = (hq_target.clone(), to_target.clone());
         let hooks = Hooks {
             tamper_roster: Some(Arc::new(move |round, keys: &mut Vec<SignedKeys>| {
-                let params = RoundParams { round, t: keys.len(), d: 1 };
+                let params = RoundParams { round, t: keys.len(), d: 1, width: WordWidth::W32 };
                 let (client, mine) = ClientAdvertised::new(params, "fr-target", &SystemRandom::new()).unwrap();
                 let hq = keys.iter().find(|k| k.node == "hq-1").unwrap().clone();
                 let target = keys.iter_mut().find(|k| k.node == "fr-target").unwrap();

@@ -15,6 +15,7 @@ use fedcrm::hq::SegmentsView;
 use fedcrm_audit::Event;
 use fedcrm_coordinator::registry::{IN_FLIGHT_BYTES, INBOUND_BYTES};
 use fedcrm_crypto::RoundId;
+use fedcrm_crypto::word::Words;
 use fedcrm_pki as pki;
 use fedcrm_protocol::MAX_MESSAGE_BYTES;
 use fedcrm_protocol::pb;
@@ -51,7 +52,7 @@ fn rss() -> usize {
 fn max_chunk(round: RoundId, receipt: &fedcrm_pki::Receipt) -> pb::NodeMessage {
     // Room for the envelope (ids, hashes, the receipt) under MAX_MESSAGE_BYTES.
     let words = (MAX_MESSAGE_BYTES - 4096) / 8;
-    let c = MaskedChunk { round, index: 0, count: 1, offset: 0, words: (0..words as u64).collect() };
+    let c = MaskedChunk { round, index: 0, count: 1, offset: 0, words: Words::W64((0..words as u64).collect()) };
     let m = wire::node_message(&FromNode::MaskedChunk(c), Some(receipt));
     assert!(prost::Message::encoded_len(&m) < MAX_MESSAGE_BYTES);
     m

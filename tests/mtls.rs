@@ -214,9 +214,10 @@ async fn incompatible_protocol_version_is_rejected_with_a_clear_message() {
         .await
         .unwrap();
     let mut client = pb::coordinator_client::CoordinatorClient::new(ch);
-    // "fedcrm/v2" is the last version before the AES-128-CTR PRG: its masks would not
-    // cancel with ours, so it must be refused before any round, not fail inside one.
-    for old in ["fedcrm/v0", "fedcrm/v2"] {
+    // "fedcrm/v2" is the last version before the AES-128-CTR PRG, "fedcrm/v3" the last
+    // before word widths (its masks are keyed without the width): neither's masks would
+    // cancel with ours, so each must be refused before any round, not fail inside one.
+    for old in ["fedcrm/v0", "fedcrm/v2", "fedcrm/v3"] {
         let hello = pb::NodeMessage {
             body: Some(pb::node_message::Body::Hello(pb::Hello {
                 protocol_version: old.into(),
@@ -230,7 +231,7 @@ async fn incompatible_protocol_version_is_rejected_with_a_clear_message() {
         assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{}", status.message());
         let m = status.message();
         assert!(m.contains(&format!("incompatible protocol version \"{old}\"")), "{m}");
-        assert!(m.contains("this coordinator speaks \"fedcrm/v3\""), "{m}");
+        assert!(m.contains("this coordinator speaks \"fedcrm/v4\""), "{m}");
         assert!(m.contains("upgrade the node"), "{m}");
     }
     cluster.stop().await;

@@ -16,7 +16,7 @@ use fedcrm_coordinator::config::ReleaseRules;
 use fedcrm_coordinator::round::Hooks;
 use fedcrm_coordinator::segments::{AnalysisError, HistogramOutcome};
 use fedcrm_crypto::RoundId;
-use fedcrm_crypto::secagg;
+use fedcrm_crypto::secagg::{self, WordWidth, Words};
 use fedcrm_node::analysis::local_vector;
 use fedcrm_node::egress::read_log;
 use fedcrm_node::session::{DropAt, FalseReport};
@@ -101,8 +101,8 @@ async fn drop_after_advertising_keys_gives_exact_sum_of_survivors() {
 
 /// χ² statistic of the bytes of `v`, with 2^k bins on the top k bits of each byte,
 /// k chosen so that every bin expects at least 5 observations.
-fn chi_square(v: &[u64]) -> (f64, usize) {
-    let bytes: Vec<u8> = v.iter().flat_map(|w| w.to_le_bytes()).collect();
+fn chi_square(v: &Words) -> (f64, usize) {
+    let bytes: Vec<u8> = v.to_le_bytes();
     let mut k = 8;
     while k > 1 && bytes.len() < 5 << k {
         k -= 1;
@@ -125,22 +125,33 @@ fn chi_critical(dof: usize) -> f64 {
 }
 
 /// (node, masked vector) as the coordinator received it.
-type Seen = (String, Vec<u64>);
+type Seen = (String, Words);
 
+/// Every masked vector the coordinator receives passes the χ² test, in 32-bit words
+/// (the default bound: 5 nodes × 2^22 customers < 2^32) and in 64-bit words (a bound
+/// of 2^40 customers per node makes the round pick them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_masked_vector_passes_uniformity_test() {
+    for (max_customers_per_node, width) in [(1u64 << 22, WordWidth::W32), (1 << 40, WordWidth::W64)] {
+        every_masked_vector_passes_uniformity_test_at(max_customers_per_node, width).await;
+    }
+}
+
+async fn every_masked_vector_passes_uniformity_test_at(max_customers_per_node: u64, width: WordWidth) {
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let s2 = seen.clone();
     let hooks = Hooks {
-        on_masked: Some(Arc::new(move |n: &str, v: &[u64]| s2.lock().unwrap().push((n.to_string(), v.to_vec())))),
+        on_masked: Some(Arc::new(move |n: &str, v: &Words| s2.lock().unwrap().push((n.to_string(), v.clone())))),
         ..Default::default()
     };
     let nodes = cdnow_nodes(&[1; 5], true);
-    let cluster = Cluster::start_with_hooks(ClusterOptions { nodes, ..Default::default() }, hooks).await.unwrap();
+    let opts = ClusterOptions { nodes, max_customers_per_node, ..Default::default() };
+    let cluster = Cluster::start_with_hooks(opts, hooks).await.unwrap();
     cluster.segments(REFERENCE, "uniformity test").await.unwrap();
     let seen = seen.lock().unwrap().clone();
     assert!(seen.len() >= 15, "expected several rounds × 5 nodes, saw {}", seen.len());
     for (node, v) in &seen {
+        assert_eq!(v.width(), width, "masked vector from {node}");
         let (chi, dof) = chi_square(v);
         assert!(
             chi < chi_critical(dof),
@@ -150,7 +161,7 @@ async fn every_masked_vector_passes_uniformity_test() {
     }
     // The test can fail: a node's unmasked contribution is far from uniform.
     let plain = expected_sum(&cluster, &["node-0".to_string()]);
-    let (chi, dof) = chi_square(&plain);
+    let (chi, dof) = chi_square(&Words::W64(plain));
     assert!(chi > chi_critical(dof), "unmasked counts should fail the test (χ² {chi:.1})");
     cluster.stop().await;
 }
@@ -184,6 +195,38 @@ async fn wrong_length_vector_is_rejected_and_round_completes_for_others() {
     assert_eq!(counts(&out), expected_sum(&cluster, &out.release.contributors));
     let why = &out.exits["node-2"];
     assert!(why.contains("196 elements in chunk 0, expected 195"), "{why}");
+    cluster.stop().await;
+}
+
+/// Issue 9: a node that sends 64-bit words in a round of 32-bit words is refused by
+/// name, and the round completes for the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_of_the_wrong_width_names_its_node_and_the_round_completes_for_others() {
+    let mut nodes = cdnow_nodes(&[1; 5], true);
+    nodes[3].faults.wrong_width = true;
+    let (cluster, out) = histogram_round(nodes, exact(), Hooks::default()).await;
+    let out = out.unwrap();
+    assert_eq!(out.release.contributors, vec!["node-0", "node-1", "node-2", "node-4"]);
+    assert_eq!(counts(&out), expected_sum(&cluster, &out.release.contributors));
+    let why = &out.exits["node-3"];
+    assert!(why.contains("sent a masked chunk of 64-bit words") && why.contains("uses 32-bit words"), "{why}");
+    cluster.stop().await;
+}
+
+/// Issue 9: a node holding more customers than the signed per-node bound refuses the
+/// round before any key leaves, and its reason says what HQ must change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_above_the_signed_customer_bound_refuses_and_names_the_setting() {
+    let nodes = cdnow_nodes(&[1; 5], true);
+    let opts = ClusterOptions { max_customers_per_node: 3, ..exact() };
+    let (cluster, out) = histogram_round(nodes, opts, Hooks::default()).await;
+    let err = out.unwrap_err().to_string();
+    assert!(err.contains("raise [rounds] max_customers_per_node"), "{err}");
+    assert!(err.contains("above the round's max_customers_per_node = 3"), "{err}");
+    for cfg in &cluster.node_configs {
+        let log = read_log(&cfg.audit_dir).unwrap();
+        assert!(!log.iter().any(|r| r.kind == "advertise-keys"), "{} advertised keys", cfg.name);
+    }
     cluster.stop().await;
 }
 

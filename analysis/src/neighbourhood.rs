@@ -3,8 +3,8 @@
 //! pure functions over plain inputs: a node's neighbours, a stage's members and the
 //! graph as adjacency lists. The graph itself (`fedcrm_crypto::graph`) is recomputed
 //! by every node from the round's seed; nothing here trusts a label from the
-//! coordinator, and this crate does not depend on the crypto crate (both sit below the
-//! protocol). Pure: no I/O, no clock. Not on the wire yet.
+//! coordinator, and the rules take the graph as plain adjacency lists, so they can be
+//! tested on hand-made graphs. Pure: no I/O, no clock. Not on the wire yet.
 //!
 //! In SecAgg+ a node u shares its self-mask seed and its mask key t-of-k among its k
 //! neighbours only, and masks only with them. Two rules replace full SecAgg's

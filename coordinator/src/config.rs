@@ -75,6 +75,14 @@ pub struct RoundSettings {
     /// Words per masked-vector chunk. Default 65536 (512 KiB).
     #[serde(default = "default_chunk")]
     pub chunk_elements: u32,
+    /// The most customers one node may hold: the per-node bound on every word of a
+    /// count analysis (RFM histograms, segment counts), signed in each round start.
+    /// Rounds use 32-bit words while invited nodes × this bound < 2^32, else 64-bit
+    /// words (`fedcrm_analysis::width::pick_width`); a node holding more customers
+    /// refuses the round and says to raise it. Default 4,194,304 (2^22): 32-bit words
+    /// for up to 1,023 nodes.
+    #[serde(default = "default_max_customers")]
+    pub max_customers_per_node: u64,
 }
 
 fn default_timeout() -> u64 {
@@ -83,10 +91,17 @@ fn default_timeout() -> u64 {
 fn default_chunk() -> u32 {
     fedcrm_protocol::DEFAULT_CHUNK_ELEMENTS
 }
+fn default_max_customers() -> u64 {
+    fedcrm_analysis::width::DEFAULT_MAX_CUSTOMERS_PER_NODE
+}
 
 impl Default for RoundSettings {
     fn default() -> Self {
-        Self { phase_timeout_seconds: default_timeout(), chunk_elements: default_chunk() }
+        Self {
+            phase_timeout_seconds: default_timeout(),
+            chunk_elements: default_chunk(),
+            max_customers_per_node: default_max_customers(),
+        }
     }
 }
 
@@ -141,6 +156,15 @@ impl CoordinatorConfig {
                     fedcrm_protocol::MAX_CHUNK_ELEMENTS,
                     fedcrm_protocol::MAX_MESSAGE_BYTES >> 20,
                     fedcrm_protocol::DEFAULT_CHUNK_ELEMENTS
+                ),
+            });
+        }
+        if c.rounds.max_customers_per_node == 0 {
+            return Err(ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: format!(
+                    "[rounds] max_customers_per_node = 0: every node holds at least one customer; the default is {}",
+                    default_max_customers()
                 ),
             });
         }

@@ -22,8 +22,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use fedcrm_analysis::rules::Invitee;
+use fedcrm_analysis::width::pick_width;
 use fedcrm_audit::{Event, Member};
-use fedcrm_crypto::secagg::{self, Aggregator, PeerKeys, Phase, Revealed, RoundParams, Unmasking};
+use fedcrm_crypto::secagg::{self, Aggregator, PeerKeys, Phase, Revealed, RoundParams, Unmasking, WordWidth, Words};
 use fedcrm_crypto::shamir::Share;
 use fedcrm_crypto::{RoundId, SystemRandom};
 use fedcrm_pki::{self as pki, OrgKind};
@@ -141,7 +142,7 @@ impl Membership {
 }
 
 struct Assembly {
-    buf: Vec<u64>,
+    buf: Words,
     next: u32,
 }
 
@@ -151,6 +152,10 @@ struct Round<'r, 'a> {
     id: RoundId,
     t: usize,
     d: usize,
+    /// The round's word width, from the analysis's range over the invited nodes.
+    width: WordWidth,
+    /// The per-node bound the width was picked for (`max_customers_per_node`).
+    max_per_node: u64,
     invited: &'r [ConnectedNode],
     by_name: BTreeMap<String, ConnectedNode>,
     members: Membership,
@@ -174,6 +179,11 @@ impl Runner<'_> {
             RoundId::random(&rng).map_err(|e| RoundError::Local { round: RoundId([0; 16]), why: e.to_string() })?;
         #[cfg(feature = "test-util")]
         let analysis = &self.coordinator.hooks().analysis(analysis);
+        // Issue 9: the narrowest word the sum fits, from the range the analysis states
+        // for the nodes invited; signed in the round start, recomputed by each node.
+        let max_per_node = self.settings.max_customers_per_node;
+        let width = pick_width(invited.len(), &analysis.kind.range(max_per_node))
+            .map_err(|e| RoundError::Unplannable(format!("{e} ([rounds] max_customers_per_node = {max_per_node})")))?;
         let by_name = invited.iter().map(|p| (p.name.clone(), p.clone())).collect();
         let chunk = self.settings.chunk_elements.max(1) as usize;
         let running = self.coordinator.registry.round_started(id, chunk, invited);
@@ -182,6 +192,8 @@ impl Runner<'_> {
             id,
             t,
             d: analysis.kind.vector_len(),
+            width,
+            max_per_node,
             invited,
             by_name,
             members: Membership::default(),
@@ -252,12 +264,12 @@ impl Round<'_, '_> {
 
     /// Sign the roster, log the round, invite.
     async fn start(&mut self, analysis: &Analysis) -> Result<(), RoundError> {
-        let (round, t, d) = (self.id, self.t, self.d);
+        let (round, t, d, width, max_per_node) = (self.id, self.t, self.d, self.width, self.max_per_node);
         let invitees: Vec<Invitee> = self.invited.iter().map(ConnectedNode::invitee).collect();
         let roster_signature = self
             .runner
             .coordinator
-            .sign(&wire::roster_payload(&round, t, d, analysis, &invitees))
+            .sign(&wire::roster_payload(&round, t, d, width, max_per_node, analysis, &invitees))
             .map_err(|e| RoundError::Local { round, why: format!("cannot sign the roster: {e}") })?;
         #[cfg(feature = "test-util")]
         let roster_signature = self.runner.coordinator.hooks().roster_signature(roster_signature);
@@ -279,12 +291,23 @@ impl Round<'_, '_> {
             round,
             threshold: t,
             length: d,
+            width,
+            max_per_node,
             analysis: analysis.clone(),
             invited: invitees,
             chunk_elements: self.runner.settings.chunk_elements.max(1) as usize,
             roster_signature,
         };
-        tracing::info!(%round, analysis = analysis.kind.name(), n = self.invited.len(), t, d, "round start");
+        tracing::info!(
+            %round,
+            analysis = analysis.kind.name(),
+            n = self.invited.len(),
+            t,
+            d,
+            width = width.bits(),
+            max_per_node,
+            "round start"
+        );
         let msg = ToNode::RoundStart(Box::new(start));
         for p in self.invited {
             if self.runner.coordinator.registry.send(&p.name, &msg).await {
@@ -525,7 +548,8 @@ impl Round<'_, '_> {
         let chunk = self.runner.settings.chunk_elements.max(1) as usize;
         let peer_keys: Vec<PeerKeys> =
             u1.iter().map(|k| PeerKeys { name: k.node.clone(), enc: k.enc, mask: k.mask }).collect();
-        let params = RoundParams { round, t: self.t, d };
+        let width = self.width;
+        let params = RoundParams { round, t: self.t, d, width };
         let mut agg =
             Aggregator::new(params, peer_keys, u2).map_err(|e| RoundError::Failed { round, why: e.to_string() })?;
         let chunks = d.div_ceil(chunk) as u32;
@@ -545,9 +569,15 @@ impl Round<'_, '_> {
                     continue;
                 }
             };
-            let a = assembling.entry(node.clone()).or_insert_with(|| Assembly { buf: Vec::with_capacity(d), next: 0 });
+            let a = assembling.entry(node.clone()).or_insert_with(|| Assembly { buf: Words::zeros(width, 0), next: 0 });
             let want_len = if c.index + 1 == chunks { d - (chunks as usize - 1) * chunk } else { chunk };
-            let problem = if c.count != chunks {
+            let problem = if c.words.width() != width {
+                Some(format!(
+                    "sent a masked chunk of {}, but round {round} uses {} (signed in its round start)",
+                    c.words.width(),
+                    width
+                ))
+            } else if c.count != chunks {
                 Some(format!("sent a vector in {} chunks, expected {chunks} for {d} elements", c.count))
             } else if c.index != a.next || c.offset != c.index as u64 * chunk as u64 {
                 Some(format!("sent chunk {} at offset {}, expected chunk {}", c.index, c.offset, a.next))
@@ -561,7 +591,12 @@ impl Round<'_, '_> {
                 self.reject(&node, p).await;
                 continue;
             }
-            a.buf.extend_from_slice(&c.words);
+            // The width was checked above, so this cannot fail.
+            if let Err(e) = a.buf.extend(&c.words) {
+                assembling.remove(&node);
+                self.reject(&node, e.to_string()).await;
+                continue;
+            }
             a.next += 1;
             if a.next == chunks {
                 // Unwrap safety: the entry was created above in this iteration or earlier.

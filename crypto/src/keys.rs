@@ -100,11 +100,11 @@ impl SharedSecret {
 mod tests {
     //! RFC 7748 known answers for the raw X25519 output. `SharedSecret` never exposes
     //! its bytes outside the crate, so these checks live here rather than in
-    //! `tests/vectors.rs`; both load `test_vectors/v2/rfc7748_x25519.json`.
+    //! `tests/vectors.rs`; both load `test_vectors/v3/rfc7748_x25519.json`.
 
     use super::*;
 
-    const VECTORS: &str = include_str!("../test_vectors/v2/rfc7748_x25519.json");
+    const VECTORS: &str = include_str!("../test_vectors/v3/rfc7748_x25519.json");
 
     fn h32(v: &serde_json::Value) -> [u8; 32] {
         hex::decode(v.as_str().unwrap()).unwrap().try_into().unwrap()

@@ -8,9 +8,10 @@
 //! Layout: [`prg`] expands seeds into masks, [`shamir`] splits secrets t-of-n,
 //! [`kdf`] and [`aead`] derive and use per-pair keys, [`keys`] holds the per-round
 //! X25519 key pairs, [`fixed`] encodes values into Z_2^64 with an overflow budget,
-//! and [`secagg`] puts them together into the client and server sides of a round.
-//! [`graph`] is SecAgg+'s sparse communication graph (Bell et al. CCS 2020): the
-//! committed nonces its seed comes from, the random Harary graph and its parameters.
+//! [`word`] names a round's word width (Z_2^32 or Z_2^64), and [`secagg`] puts them
+//! together into the client and server sides of a round. [`graph`] is SecAgg+'s sparse
+//! communication graph (Bell et al. CCS 2020): the committed nonces its seed comes
+//! from, the random Harary graph and its parameters.
 
 #![forbid(unsafe_code)]
 
@@ -22,6 +23,7 @@ pub mod keys;
 pub mod prg;
 pub mod secagg;
 pub mod shamir;
+pub mod word;
 
 pub use ring::rand::{SecureRandom, SystemRandom};
 
@@ -80,6 +82,12 @@ pub enum CryptoError {
     Length { got: usize, expected: usize },
     #[error("overflow budget exceeded: {n} contributions of magnitude up to {max} do not fit in 63 bits")]
     Overflow { n: u64, max: u64 },
+    #[error(
+        "value {value} at index {index} does not fit the round's {bits}-bit words; the round's range is wrong (the coordinator must pick wider words)"
+    )]
+    WordTooNarrow { index: usize, value: u64, bits: u32 },
+    #[error("masked vector of {got}-bit words, but the round uses {expected}-bit words")]
+    Width { got: u32, expected: u32 },
     #[error("{0}")]
     Protocol(String),
 }

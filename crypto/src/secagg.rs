@@ -15,7 +15,8 @@
 //!    the senders whose shares do not open; the server removes them and sends the
 //!    final U2 ([`ClientOpened::finish`]) before anyone masks;
 //! 2. over U2 (those whose shares were delivered) each node sends
-//!    `y = x + PRG(b) + Σ_{v>u} PRG(s_uv) − Σ_{v<u} PRG(s_uv)` in Z_2^64;
+//!    `y = x + PRG(b) + Σ_{v>u} PRG(s_uv) − Σ_{v<u} PRG(s_uv)` in Z_2^32 or Z_2^64,
+//!    as the round's [`WordWidth`] says (the narrowest its sum fits);
 //! 3. the server names U3 (whose `y` arrived) and the dropped set U2∖U3; each node
 //!    reveals, for each peer, the `b` share if it survived or the `s_sk` share if it
 //!    dropped — never both — and refuses if fewer than t survivors remain;
@@ -32,6 +33,7 @@ use crate::kdf::{self, DerivedKey};
 use crate::keys::{RoundPublic, RoundSecret};
 use crate::prg::{self, MaskSeed, Sign};
 use crate::shamir::{self, SHARE_Y_LEN, Share};
+pub use crate::word::{WordWidth, Words};
 use crate::{CryptoError, RoundId, SecureRandom, aead};
 
 /// Default threshold for n participants: ⌊2n/3⌋ + 1 (always > n/2).
@@ -181,10 +183,9 @@ pub fn test_util_strip(
     s_sk: [u8; 32],
     peers: &[PeerKeys],
     u2: &[String],
-    y: &[u64],
+    y: &Words,
 ) -> Result<Vec<u64>, CryptoError> {
-    let mut x = y.to_vec();
-    prg::expand_into(&self_seed(b, round, me), &mut x, Sign::Sub);
+    let mut seeds = vec![(self_seed(b, round, me), Sign::Sub)];
     let secret = RoundSecret::from_bytes(s_sk);
     for peer in peers.iter().filter(|p| p.name != me && u2.contains(&p.name)) {
         let seed = pair_seed(&secret, &peer.mask, round, me, &peer.name)?;
@@ -192,9 +193,20 @@ pub fn test_util_strip(
             Sign::Add => Sign::Sub,
             Sign::Sub => Sign::Add,
         };
-        prg::expand_into(&seed, &mut x, sign);
+        seeds.push((seed, sign));
     }
-    Ok(x)
+    let refs: Vec<(&MaskSeed, Sign)> = seeds.iter().map(|(s, sign)| (s, *sign)).collect();
+    let mut x = y.clone();
+    expand_words(&refs, &mut x);
+    Ok(x.to_u64())
+}
+
+/// [`prg::expand_many_into`] at the vector's own width.
+fn expand_words(seeds: &[(&MaskSeed, Sign)], acc: &mut Words) {
+    match acc {
+        Words::W32(v) => prg::expand_many_into(seeds, v),
+        Words::W64(v) => prg::expand_many_into(seeds, v),
+    }
 }
 
 /// The sign with which `u`'s pairwise mask with `v` enters `u`'s masked vector: Δ_u,v of
@@ -297,6 +309,9 @@ pub struct RoundParams {
     pub t: usize,
     /// Vector length.
     pub d: usize,
+    /// The words the round masks and sums in: the narrowest its sum fits, picked by the
+    /// coordinator from the analysis's range and signed in the round start.
+    pub width: WordWidth,
 }
 
 struct SelfSeed([u8; 32]);
@@ -655,14 +670,17 @@ impl ClientOpened {
 }
 
 impl ClientReady {
-    /// Mask `input` (length d, already encoded in Z_2^64) for the nodes of U2.
+    /// Mask `input` (length d, plain values) for the nodes of U2, in the round's word
+    /// width. Refuses, naming the value, its index and the width, a value that does
+    /// not fit a word of that width (it would wrap, and the sum would be wrong).
     ///
     /// Bonawitz et al. CCS 2017, Fig. 4, Round 2 (MaskedInputCollection), user:
     /// y_u ← x_u + p_u + Σ_{v∈U2} p_u,v.
-    pub fn mask(self, input: &[u64]) -> Result<(ClientMasked, Vec<u64>), CryptoError> {
+    pub fn mask(self, input: &[u64]) -> Result<(ClientMasked, Words), CryptoError> {
         if input.len() != self.params.d {
             return Err(CryptoError::Length { got: input.len(), expected: self.params.d });
         }
+        let mut y = Words::from_plain(self.params.width, input)?;
         // Derive every seed first, then expand them all at once on every core.
         let mut seeds = vec![(self_seed(&self.b.0, &self.params.round, &self.me), Sign::Add)];
         for peer in &self.u1 {
@@ -672,9 +690,8 @@ impl ClientReady {
             let seed = pair_seed(&self.mask, &peer.mask, &self.params.round, &self.me, &peer.name)?;
             seeds.push((seed, pair_sign(&self.me, &peer.name)));
         }
-        let mut y = input.to_vec();
         let refs: Vec<(&MaskSeed, Sign)> = seeds.iter().map(|(s, sign)| (s, *sign)).collect();
-        prg::expand_many_into(&refs, &mut y);
+        expand_words(&refs, &mut y);
         let ClientReady { params, me, topology, u2, held, .. } = self;
         Ok((ClientMasked { params, me, topology, u2, held }, y))
     }
@@ -764,7 +781,7 @@ pub struct Aggregator {
     u1: Vec<PeerKeys>,
     topology: Topology,
     u2: BTreeSet<String>,
-    sum: Vec<u64>,
+    sum: Words,
     included: BTreeSet<String>,
 }
 
@@ -775,7 +792,7 @@ pub struct Unmasking {
     u1: Vec<PeerKeys>,
     topology: Topology,
     u2: BTreeSet<String>,
-    sum: Vec<u64>,
+    sum: Words,
     survivors: BTreeSet<String>,
 }
 
@@ -798,7 +815,7 @@ impl Aggregator {
         if let Some(x) = u2.iter().find(|n| position(&names, n).is_none()) {
             return Err(CryptoError::Protocol(format!("{x} is in U2 but not in U1")));
         }
-        let sum = vec![0u64; params.d];
+        let sum = Words::zeros(params.width, params.d);
         Ok(Self { params, u1, topology, u2, sum, included: BTreeSet::new() })
     }
 
@@ -806,11 +823,12 @@ impl Aggregator {
         &self.params
     }
 
-    /// Add a complete, validated masked vector.
+    /// Add a complete, validated masked vector of the round's width (on every core
+    /// for long vectors: [`Words::add_assign`]).
     ///
     /// Bonawitz et al. CCS 2017, Fig. 4, Round 2 (MaskedInputCollection), server:
     /// collect y_u from u ∈ U2.
-    pub fn add_masked(&mut self, from: &str, y: &[u64]) -> Result<(), CryptoError> {
+    pub fn add_masked(&mut self, from: &str, y: &Words) -> Result<(), CryptoError> {
         if !self.u2.contains(from) {
             return Err(CryptoError::Protocol(format!("{from} sent a masked input but is not in U2")));
         }
@@ -820,9 +838,10 @@ impl Aggregator {
         if y.len() != self.params.d {
             return Err(CryptoError::Length { got: y.len(), expected: self.params.d });
         }
-        for (s, v) in self.sum.iter_mut().zip(y) {
-            *s = s.wrapping_add(*v);
+        if y.width() != self.params.width {
+            return Err(CryptoError::Width { got: y.width().bits(), expected: self.params.width.bits() });
         }
+        self.sum.add_assign(y)?;
         self.included.insert(from.to_string());
         Ok(())
     }
@@ -851,7 +870,7 @@ impl Unmasking {
     }
 
     /// A late masked input: always refused once inputs are closed.
-    pub fn add_masked(&mut self, from: &str, _y: &[u64]) -> Result<(), CryptoError> {
+    pub fn add_masked(&mut self, from: &str, _y: &Words) -> Result<(), CryptoError> {
         Err(CryptoError::Protocol(format!(
             "round {}: masked input from {from} arrived after inputs closed; {from} is counted as dropped",
             self.params.round
@@ -859,7 +878,8 @@ impl Unmasking {
     }
 
     /// Remove all masks using the revealed shares of at least t responders (each a
-    /// survivor). Returns Σ_{u∈U3} x_u exactly.
+    /// survivor). Returns Σ_{u∈U3} x_u exactly, modulo 2^width, each word zero-extended
+    /// to 64 bits.
     ///
     /// Bonawitz et al. CCS 2017, Fig. 4, Round 4 (Unmasking), server:
     /// reconstruct s_u^SK for dropped u and b_u for survivors;
@@ -968,8 +988,8 @@ impl Unmasking {
         }
         let mut sum = self.sum;
         let refs: Vec<(&MaskSeed, Sign)> = seeds.iter().map(|(s, sign)| (s, *sign)).collect();
-        prg::expand_many_into(&refs, &mut sum);
-        Ok(sum)
+        expand_words(&refs, &mut sum);
+        Ok(sum.into_u64())
     }
 }
 

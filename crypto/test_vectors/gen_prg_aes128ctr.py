@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
-"""Writes v2/prg_aes128ctr.json: known answers for fedcrm_crypto::prg, computed
+"""Writes v3/prg_aes128ctr.json: known answers for fedcrm_crypto::prg, computed
 without the crate (Python's `cryptography` package, i.e. OpenSSL).
 
     python3 -m venv /tmp/venv && /tmp/venv/bin/pip install cryptography
     /tmp/venv/bin/python crypto/test_vectors/gen_prg_aes128ctr.py
 
-The PRG (crypto/src/prg.rs, protocol fedcrm/v3): key = HKDF-SHA256(salt =
-PROTOCOL_VERSION, ikm = seed, info = PRG_LABEL), 16 bytes; keystream = AES-128-CTR
-(NIST SP 800-38A, initial counter block zero, 128-bit big-endian increment) over
-zero bytes; words = consecutive little-endian u64; Add adds them to a zero
-accumulator, Sub subtracts them (mod 2^64). The output is deterministic: running the
+The PRG (crypto/src/prg.rs, protocol fedcrm/v4): key = HKDF-SHA256(salt =
+PROTOCOL_VERSION, ikm = seed, info = PRG_LABEL + "/w32" or "/w64"), 16 bytes;
+keystream = AES-128-CTR (NIST SP 800-38A, initial counter block zero, 128-bit
+big-endian increment) over zero bytes; words = consecutive little-endian u32 or u64
+(the round's word width); Add adds them to a zero accumulator, Sub subtracts them
+(mod 2^32 or 2^64). The output is deterministic: running the
 script again must leave the file unchanged.
 """
 
@@ -22,8 +23,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 PROTOCOL_VERSION = b"fedcrm/v1"  # crypto/src/lib.rs: the KDFs' salt (unchanged)
-PRG_LABEL = b"fedcrm/v3/prg-aes128"  # crypto/src/prg.rs
-MASK = (1 << 64) - 1
+PRG_LABEL = b"fedcrm/v4/prg-aes128"  # crypto/src/prg.rs; the info appends /w32 or /w64
+WIDTHS = (32, 64)
 
 # NIST SP 800-38A, Appendix F.5.1 (CTR-AES128.Encrypt): checks the AES-CTR below.
 SP800_38A = {
@@ -45,24 +46,30 @@ def aes128_ctr(key, counter, data):
     return enc.update(data) + enc.finalize()
 
 
-def le_words(b):
-    return [struct.unpack("<Q", b[i : i + 8])[0] for i in range(0, len(b) - len(b) % 8, 8)]
+def le_words(b, width=64):
+    n, fmt = width // 8, "<Q" if width == 64 else "<I"
+    return [struct.unpack(fmt, b[i : i + n])[0] for i in range(0, len(b) - len(b) % n, n)]
 
 
-def prg_key(seed):
-    return hkdf(PROTOCOL_VERSION, seed, PRG_LABEL, 16)
+def info(width):
+    return PRG_LABEL + b"/w%d" % width
 
 
-def expand(seed, length, sign):
-    words = le_words(aes128_ctr(prg_key(seed), bytes(16), bytes(8 * length)))
-    return words if sign == "add" else [(-w) & MASK for w in words]
+def prg_key(seed, width):
+    return hkdf(PROTOCOL_VERSION, seed, info(width), 16)
 
 
-def summary(out):
+def expand(seed, length, sign, width):
+    mask = (1 << width) - 1
+    words = le_words(aes128_ctr(prg_key(seed, width), bytes(16), bytes(width // 8 * length)), width)
+    return words if sign == "add" else [(-w) & mask for w in words]
+
+
+def summary(out, width):
     return {
         "first8": [str(w) for w in out[:8]],
         "last": str(out[-1]),
-        "wrapping_sum": str(sum(out) & MASK),
+        "wrapping_sum": str(sum(out) & ((1 << width) - 1)),
     }
 
 
@@ -86,41 +93,78 @@ def main():
         bytes.fromhex("a96e0b3287ffb0a5151907e37ce3307f26dc9b554c05ec295de13cadb35e9004"),
         bytes.fromhex("c97f7dbb06b75a72295b290949a6bae371a5aea4d8ff4116f1137f2607df2c4a"),
     ]
-    # 1 word: half an AES block; 7 and 513: odd, so the last AES block is cut in half;
-    # 513 and 1000 cross the PRG's 4096-byte (512-word) inner block.
+    # 64-bit words: 1 word is half an AES block; 7 and 513 are odd, so the last AES
+    # block is cut in half; 513 and 1000 cross the PRG's 4096-byte (512-word) tile.
+    # 32-bit words: 1, 3 and 7 end inside an AES block (4 words); 1025 and 2000 cross
+    # the 4096-byte (1024-word) tile.
     cases = [
-        (seeds[0], 1, "add"),
-        (seeds[0], 1000, "add"),
-        (seeds[1], 7, "add"),
-        (seeds[1], 1000, "sub"),
-        (seeds[2], 513, "add"),
-        (seeds[3], 1000, "add"),
-        (seeds[3], 513, "sub"),
-        (seeds[4], 1000, "add"),
+        (seeds[0], 1, "add", 64),
+        (seeds[0], 1000, "add", 64),
+        (seeds[1], 7, "add", 64),
+        (seeds[1], 1000, "sub", 64),
+        (seeds[2], 513, "add", 64),
+        (seeds[3], 1000, "add", 64),
+        (seeds[3], 513, "sub", 64),
+        (seeds[4], 1000, "add", 64),
+        (seeds[0], 1, "add", 32),
+        (seeds[0], 2000, "add", 32),
+        (seeds[1], 7, "add", 32),
+        (seeds[1], 2000, "sub", 32),
+        (seeds[2], 1025, "add", 32),
+        (seeds[3], 3, "sub", 32),
+        (seeds[3], 1025, "sub", 32),
+        (seeds[4], 2000, "add", 32),
     ]
     vectors = []
-    for seed, length, sign in cases:
-        v = {"seed": seed.hex(), "length": length, "sign": sign, "aes_key": prg_key(seed).hex()}
-        v.update(summary(expand(seed, length, sign)))
+    for seed, length, sign, width in cases:
+        v = {"seed": seed.hex(), "width": width, "length": length, "sign": sign, "aes_key": prg_key(seed, width).hex()}
+        v.update(summary(expand(seed, length, sign, width), width))
         vectors.append(v)
 
     s = seeds[1]
-    ks = aes128_ctr(prg_key(s), bytes(16), bytes(64))
+    ks = aes128_ctr(prg_key(s, 64), bytes(16), bytes(64))
     bad = [
         {
+            "name": "bad_other_width",
+            "why": "the 32-bit key's keystream read as 64-bit words: a mask of one width must not be one of the other",
+            "width": 64,
+            "seed": s.hex(),
+            "first8": [str(w) for w in le_words(aes128_ctr(prg_key(s, 32), bytes(16), bytes(64)))],
+        },
+        {
+            "name": "bad_other_width_32",
+            "why": "the 64-bit key's keystream read as 32-bit words",
+            "width": 32,
+            "seed": s.hex(),
+            "first8": [str(w) for w in le_words(aes128_ctr(prg_key(s, 64), bytes(16), bytes(32)), 32)],
+        },
+        {
+            "name": "bad_v3_label",
+            "why": "the fedcrm/v3 PRG (HKDF info fedcrm/v3/prg-aes128, no width): a v3 peer's mask, which must not cancel",
+            "width": 64,
+            "seed": s.hex(),
+            "first8": [
+                str(w)
+                for w in le_words(aes128_ctr(hkdf(PROTOCOL_VERSION, s, b"fedcrm/v3/prg-aes128", 16), bytes(16), bytes(64)))
+            ],
+        },
+        {
             "name": "bad_chacha20_v2",
+            "width": 64,
             "why": "the fedcrm/v1-v2 PRG (ChaCha20, key = seed): an old peer's mask, which must not cancel",
             "seed": s.hex(),
             "first8": [str(w) for w in chacha20_v2(s, 8)],
         },
         {
             "name": "bad_seed_as_key",
+            "width": 64,
             "why": "AES-128-CTR keyed with the seed's first 16 bytes, skipping HKDF",
             "seed": s.hex(),
             "first8": [str(w) for w in le_words(aes128_ctr(s[:16], bytes(16), bytes(64)))],
         },
         {
             "name": "bad_other_label",
+            "width": 64,
             "why": "HKDF info fedcrm/v1/prg-aes128: a key not bound to this PRG's version",
             "seed": s.hex(),
             "first8": [
@@ -130,12 +174,14 @@ def main():
         },
         {
             "name": "bad_counter_one",
+            "width": 64,
             "why": "the same key with the counter starting at 1 (the keystream shifted by one block)",
             "seed": s.hex(),
-            "first8": [str(w) for w in le_words(aes128_ctr(prg_key(s), (1).to_bytes(16, "big"), bytes(64)))],
+            "first8": [str(w) for w in le_words(aes128_ctr(prg_key(s, 64), (1).to_bytes(16, "big"), bytes(64)))],
         },
         {
             "name": "bad_big_endian_words",
+            "width": 64,
             "why": "the right keystream read as big-endian words",
             "seed": s.hex(),
             "first8": [str(struct.unpack(">Q", ks[i : i + 8])[0]) for i in range(0, 64, 8)],
@@ -144,21 +190,22 @@ def main():
 
     out = {
         "description": (
-            "prg::expand_into(seed, acc = zeros(length), sign), protocol fedcrm/v3: key = HKDF-SHA256(salt = "
-            "\"fedcrm/v1\" (PROTOCOL_VERSION), ikm = seed, info = \"fedcrm/v3/prg-aes128\" (PRG_LABEL)), 16 bytes "
-            "(aes_key); keystream = AES-128-CTR (NIST SP 800-38A, initial counter block 0, 128-bit big-endian "
-            "increment) over zero bytes, read as consecutive little-endian u64 words, added (sign add) or "
-            "subtracted (sign sub) mod 2^64. Each vector: words 0..8 of the output (fewer if length < 8), the last "
-            "word and the wrapping sum of all `length` words. sp800_38a: the published CTR-AES128 example, which "
-            "checks the test's own AES-CTR. bad: outputs a wrong PRG would give for `seed` (first 8 words, "
-            "length 8); prg::expand must differ from each. Generated by gen_prg_aes128ctr.py with Python's "
-            "`cryptography` (OpenSSL), independently of the crate. u64 values are decimal strings."
+            "prg::expand_into(seed, acc = zeros(length), sign) with words of `width` bits, protocol fedcrm/v4: "
+            "key = HKDF-SHA256(salt = \"fedcrm/v1\" (PROTOCOL_VERSION), ikm = seed, info = "
+            "\"fedcrm/v4/prg-aes128/w32\" or \"/w64\" (WordWidth::prg_info)), 16 bytes (aes_key); keystream = "
+            "AES-128-CTR (NIST SP 800-38A, initial counter block 0, 128-bit big-endian increment) over zero bytes, "
+            "read as consecutive little-endian words of `width` bits, added (sign add) or subtracted (sign sub) "
+            "mod 2^width. Each vector: words 0..8 of the output (fewer if length < 8), the last word and the "
+            "wrapping sum of all `length` words. sp800_38a: the published CTR-AES128 example, which checks the "
+            "test's own AES-CTR. bad: outputs a wrong PRG would give for `seed` (first 8 words of `width` bits); "
+            "prg::expand at that width must differ from each. Generated by gen_prg_aes128ctr.py with Python's "
+            "`cryptography` (OpenSSL), independently of the crate. Word values are decimal strings."
         ),
         "sp800_38a": SP800_38A,
         "vectors": vectors,
         "bad": bad,
     }
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "v2", "prg_aes128ctr.json")
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "v3", "prg_aes128ctr.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         json.dump(out, f, indent=2)

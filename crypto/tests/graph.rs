@@ -377,10 +377,11 @@ fn commitment_seed_and_permutation_known_answers() {
     assert_eq!(hex::encode(s.bytes()), "ef6ce87a59af8c065bdf53b4c2c79652f2a8d1e556f5364bde8201c9c1c2d0b1");
 
     // Permutation: PRG seed = HKDF(seed, context("graph-permutation", round)); AES-128 key
-    // = HKDF(that, PRG_LABEL); CTR from a zero counter; little-endian u64 words;
+    // = HKDF(that, PRG_LABEL ‖ "/w64"); CTR from a zero counter; little-endian u64 words;
     // Fisher–Yates from the last index down, j uniform in [0, i] by rejection.
     let prg_seed = hkdf_bytes(s.bytes(), &context("graph-permutation", &round, &[]), 32);
-    let key: [u8; 16] = hkdf_bytes(&prg_seed, prg::PRG_LABEL.as_bytes(), 16).try_into().unwrap();
+    let key: [u8; 16] =
+        hkdf_bytes(&prg_seed, fedcrm_crypto::word::WordWidth::W64.prg_info().as_bytes(), 16).try_into().unwrap();
     let mut stream = vec![0u8; 8 * 64];
     ctr::Ctr128BE::<aes::Aes128>::new(&key.into(), &[0u8; 16].into()).apply_keystream(&mut stream);
     let mut words = stream.chunks_exact(8).map(|w| u64::from_le_bytes(w.try_into().unwrap()));
@@ -397,5 +398,5 @@ fn commitment_seed_and_permutation_known_answers() {
         order.swap(i, j);
     }
     assert_eq!(graph::permutation(&r, &s).unwrap(), order);
-    assert_eq!(order, ["n5", "n0", "n4", "n9", "n3", "n8", "n1", "n7", "n6", "n2"]);
+    assert_eq!(order, ["n6", "n4", "n9", "n8", "n7", "n0", "n3", "n5", "n1", "n2"]);
 }

@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use fedcrm_crypto::graph::{self, Graph};
 use fedcrm_crypto::secagg::{self, ClientAdvertised, ClientMasked, PeerKeys, Revealed, RoundParams, Topology};
 use fedcrm_crypto::shamir::{self, Share};
+use fedcrm_crypto::word::{WordWidth, Words};
 use fedcrm_crypto::{RoundId, SystemRandom};
 
 fn name(i: usize) -> String {
@@ -27,13 +28,13 @@ struct Round {
     u1: Vec<PeerKeys>,
     topology: Topology,
     masked: BTreeMap<String, ClientMasked>,
-    ys: BTreeMap<String, Vec<u64>>,
+    ys: BTreeMap<String, Words>,
 }
 
 /// A SecAgg+ round over H(n, k) in which every node masks its input.
 fn masked_round(n: usize, k: usize, t: usize, inputs: &[Vec<u64>]) -> Round {
     let rng = SystemRandom::new();
-    let params = RoundParams { round: RoundId::random(&rng).unwrap(), t, d: inputs[0].len() };
+    let params = RoundParams { round: RoundId::random(&rng).unwrap(), t, d: inputs[0].len(), width: WordWidth::W64 };
     let roster: Vec<String> = (0..n).map(name).collect();
     let seed = graph::graph_seed(&params.round, b"signed roster", &[(name(0), [3; 32])]);
     let topology = Graph::harary(&roster, k, &seed).unwrap().topology();

@@ -7,12 +7,13 @@
 //! and no two disjoint sets of them, can reconstruct its secrets), the server's result is `Ok` exactly when at least
 //! t survivors answered and every secret the server needs — each survivor's self-mask
 //! seed, each dropped node's mask key — has at least t holders among the responders;
-//! and an `Ok` result is exactly Σ_{u∈U3} x_u.
+//! and an `Ok` result is exactly Σ_{u∈U3} x_u (modulo 2^32 or 2^64: both word widths).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use fedcrm_crypto::graph;
 use fedcrm_crypto::secagg::{self, Aggregator, ClientAdvertised, PeerKeys, RoundParams, Topology};
+use fedcrm_crypto::word::WordWidth;
 use fedcrm_crypto::{RoundId, SystemRandom};
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -64,12 +65,19 @@ fn fate() -> impl Strategy<Value = Fate> + Clone {
     ]
 }
 
-/// Runs one round over `graph` and checks the oracle. Returns whether it released.
-fn simulate(graph: BTreeMap<String, BTreeSet<String>>, t: usize, fates: &[Fate], inputs: &[Vec<u64>]) -> bool {
+/// Runs one round over `graph` at `width` and checks the oracle. Returns whether it released.
+fn simulate(
+    graph: BTreeMap<String, BTreeSet<String>>,
+    t: usize,
+    width: WordWidth,
+    fates: &[Fate],
+    inputs: &[Vec<u64>],
+) -> bool {
+    let inputs: Vec<Vec<u64>> = inputs.iter().map(|x| x.iter().map(|w| w & width.max_word()).collect()).collect();
     let n = fates.len();
     let d = inputs[0].len();
     let rng = SystemRandom::new();
-    let params = RoundParams { round: RoundId::random(&rng).unwrap(), t, d };
+    let params = RoundParams { round: RoundId::random(&rng).unwrap(), t, d, width };
     let roster: Vec<String> = (0..n).map(name).collect();
     let topology = Topology::graph(&roster, graph).unwrap();
     let holds = |holder: &str, of: &str| topology.holds(holder, of);
@@ -157,7 +165,7 @@ fn simulate(graph: BTreeMap<String, BTreeSet<String>>, t: usize, fates: &[Fate],
         let mut want = vec![0u64; d];
         for s in &survivors {
             let i: usize = s["node-".len()..].parse().unwrap();
-            want.iter_mut().zip(&inputs[i]).for_each(|(a, b)| *a = a.wrapping_add(*b));
+            want.iter_mut().zip(&inputs[i]).for_each(|(a, b)| *a = a.wrapping_add(*b) & width.max_word());
         }
         assert_eq!(sum, want, "the result must be exactly the survivors' sum");
         return true;
@@ -181,13 +189,14 @@ proptest! {
     fn harary_rounds_sum_exactly_or_refuse(
         (n, k, t) in harary_shape(),
         graph_seed in any::<[u8; 32]>(),
+        width in prop_oneof![Just(WordWidth::W32), Just(WordWidth::W64)],
         fates in vec(fate(), 14),
         d in 1usize..=16,
         seed in any::<u64>(),
     ) {
         let inputs: Vec<Vec<u64>> =
             (0..n).map(|i| (0..d).map(|j| seed.wrapping_mul(2 * i as u64 + 1).rotate_left(j as u32)).collect()).collect();
-        simulate(harary(n, k, graph_seed), t, &fates[..n], &inputs);
+        simulate(harary(n, k, graph_seed), t, width, &fates[..n], &inputs);
     }
 
     /// Arbitrary symmetric graphs (some nodes with too few neighbours, who refuse):
@@ -197,11 +206,12 @@ proptest! {
         n in 3usize..=9,
         t in 2usize..=4,
         coins in vec(any::<bool>(), 36),
+        width in prop_oneof![Just(WordWidth::W32), Just(WordWidth::W64)],
         fates in vec(fate(), 9),
         seed in any::<u64>(),
     ) {
         let inputs: Vec<Vec<u64>> = (0..n).map(|i| vec![seed ^ i as u64, !seed, i as u64]).collect();
-        simulate(random_graph(n, &coins), t, &fates[..n], &inputs);
+        simulate(random_graph(n, &coins), t, width, &fates[..n], &inputs);
     }
 }
 
@@ -211,7 +221,12 @@ fn harary_round_without_dropouts_releases_the_sum() {
     for (n, k) in [(8, 4), (11, 6), (20, 6)] {
         let t = k / 2 + 1;
         let inputs: Vec<Vec<u64>> = (0..n).map(|i| vec![i as u64, u64::MAX - i as u64, 7]).collect();
-        assert!(simulate(harary(n, k, [n as u8; 32]), t, &vec![Fate::Complete; n], &inputs), "n = {n}, k = {k}");
+        for width in [WordWidth::W32, WordWidth::W64] {
+            assert!(
+                simulate(harary(n, k, [n as u8; 32]), t, width, &vec![Fate::Complete; n], &inputs),
+                "n = {n}, k = {k}"
+            );
+        }
     }
 }
 
@@ -225,9 +240,9 @@ fn the_complete_graph_as_a_graph_counts_neighbours_only() {
     let inputs: Vec<Vec<u64>> = (0..n).map(|i| vec![i as u64 + 1]).collect();
     let fates = [Fate::Complete, Fate::DropAfterShare, Fate::Complete, Fate::Complete, Fate::Complete, Fate::Complete];
     // t = 4 of 5 neighbours: every survivor keeps 4 surviving neighbours.
-    assert!(simulate(all.clone(), 4, &fates, &inputs));
+    assert!(simulate(all.clone(), 4, WordWidth::W32, &fates, &inputs));
     // t = 5 of 5: node-01 dropped, so no survivor keeps 5 holders; the round refuses.
-    assert!(!simulate(all, 5, &fates, &inputs));
+    assert!(!simulate(all, 5, WordWidth::W64, &fates, &inputs));
     assert_eq!(secagg::default_threshold(n), 5);
 }
 

@@ -2,17 +2,21 @@
 //! phase, driven by a small in-memory simulation: the "coordinator" here only routes
 //! each sealed share to its recipient and hands out U1/U2/U3, as the real one does.
 //!
-//! The core property: the server's result is exactly Σ_{u∈U3} x_u (wrapping) when at
-//! least t survivors answer the unmask request, and otherwise some party refuses —
-//! a client in `share`/`receive`/`unmask`, or the server in `finish` — never a wrong
-//! sum.
+//! The core property: the server's result is exactly Σ_{u∈U3} x_u (wrapping, in the
+//! round's word width: 32 or 64 bits, both tested) when at least t survivors answer
+//! the unmask request, and otherwise some party refuses — a client in
+//! `share`/`receive`/`unmask`, or the server in `finish` — never a wrong sum. Masked
+//! vectors of both widths pass a uniformity test, and a value that does not fit the
+//! round's width is refused before anything is masked.
 
 mod common;
 use common::with_fixed_rng;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use fedcrm_crypto::secagg::{self, Aggregator, ClientAdvertised, ClientMasked, PeerKeys, RoundParams};
+use fedcrm_crypto::secagg::{
+    self, Aggregator, ClientAdvertised, ClientMasked, PeerKeys, RoundParams, WordWidth, Words,
+};
 use fedcrm_crypto::{CryptoError, RoundId, SystemRandom};
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -27,12 +31,22 @@ fn names(ix: impl IntoIterator<Item = usize>) -> Vec<String> {
     ix.into_iter().map(name).collect()
 }
 
-fn plain_sum(inputs: &[Vec<u64>], who: impl IntoIterator<Item = usize>, d: usize) -> Vec<u64> {
+/// Σ inputs, wrapping modulo 2^width (the unmasked sum zero-extends its words).
+fn plain_sum(inputs: &[Vec<u64>], who: impl IntoIterator<Item = usize>, d: usize, width: WordWidth) -> Vec<u64> {
     let mut s = vec![0u64; d];
     for i in who {
-        s.iter_mut().zip(&inputs[i]).for_each(|(a, b)| *a = a.wrapping_add(*b));
+        s.iter_mut().zip(&inputs[i]).for_each(|(a, b)| *a = a.wrapping_add(*b) & width.max_word());
     }
     s
+}
+
+fn width() -> impl Strategy<Value = WordWidth> + Clone {
+    prop_oneof![Just(WordWidth::W32), Just(WordWidth::W64)]
+}
+
+/// Plain values of the round's width from arbitrary u64s.
+fn fit(v: Vec<Vec<u64>>, width: WordWidth) -> Vec<Vec<u64>> {
+    v.into_iter().map(|x| x.into_iter().map(|w| w & width.max_word()).collect()).collect()
 }
 
 fn is_protocol(e: &CryptoError) -> bool {
@@ -69,6 +83,7 @@ struct Setup {
     n: usize,
     t: usize,
     d: usize,
+    width: WordWidth,
     fates: Vec<Fate>,
     inputs: Vec<Vec<u64>>,
 }
@@ -79,23 +94,24 @@ fn shape(max_n: usize, max_d: usize) -> impl Strategy<Value = (usize, usize, usi
 }
 
 fn setup_with(fates: impl Strategy<Value = Fate> + Clone + 'static) -> impl Strategy<Value = Setup> {
-    shape(10, 64).prop_flat_map(move |(n, t, d)| {
+    (shape(10, 64), width()).prop_flat_map(move |((n, t, d), width)| {
         (vec(fates.clone(), n), vec(vec(any::<u64>(), d), n)).prop_map(move |(fates, inputs)| Setup {
             n,
             t,
             d,
+            width,
             fates,
-            inputs,
+            inputs: fit(inputs, width),
         })
     })
 }
 
 /// Runs one round and checks every phase. Returns the server's result.
 fn simulate(s: &Setup) -> Result<Vec<u64>, CryptoError> {
-    let Setup { n, t, d, ref fates, ref inputs } = *s;
+    let Setup { n, t, d, width, ref fates, ref inputs } = *s;
     secagg::check_threshold(t, n).expect("the strategy only produces valid thresholds");
     let rng = SystemRandom::new();
-    let params = RoundParams { round: RoundId::random(&rng).unwrap(), t, d };
+    let params = RoundParams { round: RoundId::random(&rng).unwrap(), t, d, width };
 
     // Round 0: every node makes keys; the coordinator collects those that advertise.
     let mut advertised = BTreeMap::new();
@@ -154,7 +170,7 @@ fn simulate(s: &Setup) -> Result<Vec<u64>, CryptoError> {
     let mut waiting: BTreeMap<usize, ClientMasked> = BTreeMap::new();
     for (i, r) in ready {
         let (m, y) = r.mask(&inputs[i]).unwrap();
-        assert_eq!(y.len(), d);
+        assert_eq!((y.len(), y.width()), (d, width));
         agg.add_masked(&name(i), &y).unwrap();
         waiting.insert(i, m);
     }
@@ -167,7 +183,7 @@ fn simulate(s: &Setup) -> Result<Vec<u64>, CryptoError> {
     assert_eq!(dropped, u2.iter().filter(|x| !u3_set.contains(x)).cloned().collect::<Vec<_>>());
     // Inputs are closed: a late masked vector is refused whoever sends it.
     for i in 0..n {
-        assert!(is_protocol(&unmasking.add_masked(&name(i), &vec![0u64; d]).unwrap_err()));
+        assert!(is_protocol(&unmasking.add_masked(&name(i), &Words::zeros(width, d)).unwrap_err()));
     }
 
     // Round 3: survivors that are still up answer the unmask request.
@@ -196,7 +212,7 @@ fn simulate(s: &Setup) -> Result<Vec<u64>, CryptoError> {
         Ok(sum) => {
             assert!(responses.len() >= t, "finish succeeded with {} responders < t={t}", responses.len());
             let u3_ix = (0..n).filter(|i| u3_set.contains(&name(*i)));
-            assert_eq!(sum, &plain_sum(inputs, u3_ix, d), "the result must be exactly the survivors' sum");
+            assert_eq!(sum, &plain_sum(inputs, u3_ix, d, width), "the result must be exactly the survivors' sum");
         }
         Err(e) => assert!(responses.len() < t, "finish refused with {} responders ≥ t={t}: {e}", responses.len()),
     }
@@ -217,7 +233,7 @@ proptest! {
     #[test]
     fn round_without_dropouts_sums_everything(s in setup_with(Just(Fate::Complete))) {
         let sum = simulate(&s).unwrap();
-        prop_assert_eq!(sum, plain_sum(&s.inputs, 0..s.n, s.d));
+        prop_assert_eq!(sum, plain_sum(&s.inputs, 0..s.n, s.d, s.width));
     }
 }
 
@@ -228,13 +244,18 @@ fn every_dropout_pattern_small_rounds() {
     use Fate::*;
     let all = [NeverAdvertise, DropAfterAdvertise, DropAfterShare, DropAfterMask, Complete];
     let (mut ok, mut refused) = (0, 0);
-    for (n, t) in [(3usize, 2usize), (4, 3)] {
+    for (n, t, width) in
+        [(3usize, 2usize, WordWidth::W64), (4, 3, WordWidth::W64), (3, 2, WordWidth::W32), (4, 3, WordWidth::W32)]
+    {
         for code in 0..all.len().pow(n as u32) {
             let fates: Vec<Fate> = (0..n).map(|i| all[(code / all.len().pow(i as u32)) % all.len()]).collect();
             let d = 3;
-            let inputs: Vec<Vec<u64>> =
-                (0..n).map(|i| (0..d).map(|j| (i * 10 + j) as u64 ^ (u64::MAX * (j as u64 & 1))).collect()).collect();
-            match simulate(&Setup { n, t, d, fates, inputs }) {
+            let inputs: Vec<Vec<u64>> = (0..n)
+                .map(|i| {
+                    (0..d).map(|j| ((i * 10 + j) as u64 ^ (u64::MAX * (j as u64 & 1))) & width.max_word()).collect()
+                })
+                .collect();
+            match simulate(&Setup { n, t, d, width, fates, inputs }) {
                 Ok(_) => ok += 1,
                 Err(_) => refused += 1,
             }
@@ -265,13 +286,13 @@ struct Masked {
     u1: Vec<PeerKeys>,
     u2: Vec<String>,
     clients: Vec<ClientMasked>,
-    ys: Vec<Vec<u64>>,
+    ys: Vec<Words>,
 }
 
-fn all_masked(n: usize, t: usize, inputs: &[Vec<u64>]) -> Masked {
+fn all_masked(n: usize, t: usize, inputs: &[Vec<u64>], width: WordWidth) -> Masked {
     let rng = SystemRandom::new();
     let d = inputs[0].len();
-    let params = RoundParams { round: RoundId::random(&rng).unwrap(), t, d };
+    let params = RoundParams { round: RoundId::random(&rng).unwrap(), t, d, width };
     let (adv, u1): (Vec<_>, Vec<_>) =
         (0..n).map(|i| ClientAdvertised::new(params.clone(), &name(i), &rng).unwrap()).unzip();
     let mut inbox: BTreeMap<String, Vec<(String, Vec<u8>)>> = BTreeMap::new();
@@ -361,9 +382,11 @@ proptest! {
         picks in vec(any::<usize>(), 7),
         victims in 1usize..=3,
         seed in any::<u64>(),
+        width in width(),
     ) {
         let inputs: Vec<Vec<u64>> = (0..n).map(|i| (0..d).map(|j| seed.wrapping_mul(i as u64 + 1) ^ j as u64).collect()).collect();
-        let Masked { params, u1, u2, clients, ys } = all_masked(n, t, &inputs);
+        let inputs = fit(inputs, width);
+        let Masked { params, u1, u2, clients, ys } = all_masked(n, t, &inputs, width);
         let mut agg = Aggregator::new(params, u1, &u2).unwrap();
         for (i, y) in ys.iter().enumerate() {
             agg.add_masked(&name(i), y).unwrap();
@@ -385,34 +408,41 @@ proptest! {
         }
         let result = unmasking.finish(&responses);
         if responses.len() >= t {
-            prop_assert_eq!(result.unwrap(), plain_sum(&inputs, 0..n, d));
+            prop_assert_eq!(result.unwrap(), plain_sum(&inputs, 0..n, d, width));
         } else {
             prop_assert!(result.is_err());
         }
     }
 
-    /// `Aggregator::add_masked` refuses wrong lengths, duplicates and strangers, and a
-    /// refused input leaves the running sum untouched; `Unmasking::add_masked`
-    /// refuses everything.
+    /// `Aggregator::add_masked` refuses wrong lengths, the other word width,
+    /// duplicates and strangers, and a refused input leaves the running sum untouched;
+    /// `Unmasking::add_masked` refuses everything.
     #[test]
     fn aggregator_validates_inputs(
         (n, t, d) in shape(6, 16),
         extra in 1usize..5,
         bad_first in any::<bool>(),
         junk in vec(any::<u64>(), 0..40),
+        width in width(),
     ) {
         let inputs: Vec<Vec<u64>> = (0..n).map(|i| (0..d).map(|j| (i * 1000 + j) as u64).collect()).collect();
-        let Masked { params, u1, u2, clients, ys } = all_masked(n, t, &inputs);
+        let Masked { params, u1, u2, clients, ys } = all_masked(n, t, &inputs, width);
+        let junk = Words::from_plain(width, &fit(vec![junk], width)[0]).unwrap();
+        let other = if width == WordWidth::W32 { WordWidth::W64 } else { WordWidth::W32 };
         let mut agg = Aggregator::new(params, u1, &u2).unwrap();
         for (i, y) in ys.iter().enumerate() {
             let me = name(i);
             if bad_first {
-                // Wrong lengths before the real vector: refused, not counted.
-                prop_assert_eq!(agg.add_masked(&me, &vec![0u64; d + extra]).unwrap_err(), CryptoError::Length { got: d + extra, expected: d });
+                // Wrong lengths and the other width before the real vector: refused, not counted.
+                prop_assert_eq!(agg.add_masked(&me, &Words::zeros(width, d + extra)).unwrap_err(), CryptoError::Length { got: d + extra, expected: d });
                 if d > 0 {
                     let short = d.saturating_sub(extra);
-                    prop_assert_eq!(agg.add_masked(&me, &y[..short]).unwrap_err(), CryptoError::Length { got: short, expected: d });
+                    prop_assert_eq!(agg.add_masked(&me, &y.slice(0..short)).unwrap_err(), CryptoError::Length { got: short, expected: d });
                 }
+                prop_assert_eq!(
+                    agg.add_masked(&me, &Words::zeros(other, d)).unwrap_err(),
+                    CryptoError::Width { got: other.bits(), expected: width.bits() }
+                );
             }
             agg.add_masked(&me, y).unwrap();
             // Duplicates: same vector, another vector, a wrong-length vector.
@@ -429,8 +459,41 @@ proptest! {
         }
         let (s, dr) = (unmasking.survivors(), unmasking.dropped());
         let responses: Vec<_> = clients.into_iter().enumerate().map(|(i, c)| (name(i), c.unmask(&s, &dr).unwrap())).collect();
-        prop_assert_eq!(unmasking.finish(&responses).unwrap(), plain_sum(&inputs, 0..n, d));
+        prop_assert_eq!(unmasking.finish(&responses).unwrap(), plain_sum(&inputs, 0..n, d, width));
     }
+}
+
+/// A value that does not fit the round's 32-bit words is refused by `mask`, naming
+/// the value, its index and the width; 64-bit rounds take any u64.
+#[test]
+fn values_that_do_not_fit_32_bit_words_are_refused() {
+    for (width, ok) in [(WordWidth::W32, false), (WordWidth::W64, true)] {
+        let inputs = vec![vec![1, 2, 1 << 32, 3]; 3];
+        let rng = SystemRandom::new();
+        let params = RoundParams { round: RoundId::random(&rng).unwrap(), t: 2, d: 4, width };
+        let (adv, u1): (Vec<_>, Vec<_>) =
+            (0..3).map(|i| ClientAdvertised::new(params.clone(), &name(i), &rng).unwrap()).unzip();
+        let mut inbox: BTreeMap<String, Vec<(String, Vec<u8>)>> = BTreeMap::new();
+        let mut shared = Vec::new();
+        for (i, c) in adv.into_iter().enumerate() {
+            let (s, out) = c.share(u1.clone(), &rng).unwrap();
+            for (to, ct) in out {
+                inbox.entry(to).or_default().push((name(i), ct));
+            }
+            shared.push(s);
+        }
+        let ready = shared.remove(0).receive(&names(0..3), &inbox[&name(0)]).unwrap();
+        match ready.mask(&inputs[0]) {
+            Ok((_, y)) => assert!(ok && y.width() == width),
+            Err(e) => {
+                assert!(!ok);
+                assert_eq!(e, CryptoError::WordTooNarrow { index: 2, value: 1 << 32, bits: 32 });
+                let m = e.to_string();
+                assert!(m.contains("4294967296") && m.contains("index 2") && m.contains("32-bit"), "{m}");
+            }
+        }
+    }
+    assert_eq!(Words::from_plain(WordWidth::W32, &[u32::MAX as u64]).unwrap(), Words::W32(vec![u32::MAX]));
 }
 
 // ---------------------------------------------------------------------------------
@@ -456,8 +519,18 @@ type Sealed = BTreeMap<(String, String), Vec<u8>>;
 /// from `seed` only, so two calls with the same seed and different rounds give
 /// nodes with identical keys and shares.
 fn shared_round(seed: u64, round: RoundId) -> (Vec<Option<secagg::ClientShared>>, Sealed, Vec<PeerKeys>) {
+    shared_round_with(seed, round, 4, WordWidth::W64)
+}
+
+/// [`shared_round`] with vectors of `d` words of `width`.
+fn shared_round_with(
+    seed: u64,
+    round: RoundId,
+    d: usize,
+    width: WordWidth,
+) -> (Vec<Option<secagg::ClientShared>>, Sealed, Vec<PeerKeys>) {
     let (n, t) = (3, 2);
-    let params = RoundParams { round, t, d: 4 };
+    let params = RoundParams { round, t, d, width };
     let mut adv = Vec::new();
     let mut u1 = Vec::new();
     for i in 0..n {
@@ -587,4 +660,54 @@ fn a_missing_share_from_a_member_of_u2_is_refused() {
     inc.retain(|(f, _)| *f != name(1));
     let e = shared[0].take().unwrap().receive(&u2, &inc).unwrap_err();
     assert!(is_protocol(&e), "{e}");
+}
+
+// ---------------------------------------------------------------------------------
+// Uniformity of masked vectors, both widths.
+
+/// Pearson's χ² of the byte values of `bytes` against the uniform distribution on
+/// 256 values (255 degrees of freedom).
+fn chi_square_bytes(bytes: &[u8]) -> f64 {
+    let mut h = [0f64; 256];
+    for b in bytes {
+        h[*b as usize] += 1.0;
+    }
+    let e = bytes.len() as f64 / 256.0;
+    h.iter().map(|o| (o - e) * (o - e) / e).sum()
+}
+
+/// The upper critical value of χ² with 255 degrees of freedom at p ≈ 2.9e-7
+/// (Wilson–Hilferty, z = 5): about 384.5. A uniform vector exceeds it with
+/// probability below 1e-6, so each of the six fixed-seed checks below had at most
+/// that chance of a false failure when the seed was chosen.
+fn chi_critical_255() -> f64 {
+    let k = 255.0f64;
+    let z = 5.0;
+    k * (1.0 - 2.0 / (9.0 * k) + z * (2.0 / (9.0 * k)).sqrt()).powi(3)
+}
+
+/// Each node's masked vector, of 32-bit and of 64-bit words, is indistinguishable
+/// from uniform by a χ² test over its bytes, although every input is the same tiny
+/// count (whose bytes fail the test). All randomness is fixed (seed 2017), so the
+/// test is deterministic; d = 8192 words gives 32 KiB (or 64 KiB) per vector, an
+/// expected 128 (256) per byte value.
+#[test]
+fn masked_vectors_of_both_widths_pass_a_uniformity_test() {
+    let critical = chi_critical_255();
+    assert!((384.0..385.0).contains(&critical), "{critical}");
+    let d = 8192;
+    let inputs = vec![3u64; d];
+    for width in [WordWidth::W32, WordWidth::W64] {
+        let plain = Words::from_plain(width, &inputs).unwrap().to_le_bytes();
+        assert!(chi_square_bytes(&plain) > critical, "the test must be able to fail");
+        let (shared, sealed, _) = shared_round_with(2017, RoundId([9; 16]), d, width);
+        let u2 = names(0..3);
+        for (me, s) in shared.into_iter().enumerate() {
+            let ready = s.unwrap().receive(&u2, &incoming_for(&sealed, me)).unwrap();
+            let (_, y) = ready.mask(&inputs).unwrap();
+            assert_eq!(y.width(), width);
+            let chi = chi_square_bytes(&y.to_le_bytes());
+            assert!(chi < critical, "{width}: node {me}'s masked vector fails χ²: {chi:.1} ≥ {critical:.1}");
+        }
+    }
 }

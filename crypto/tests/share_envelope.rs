@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use fedcrm_crypto::secagg::{self, Aggregator, ClientAdvertised, ClientShared, PeerKeys, RoundParams};
+use fedcrm_crypto::secagg::{self, Aggregator, ClientAdvertised, ClientShared, PeerKeys, RoundParams, WordWidth};
 use fedcrm_crypto::{CryptoError, RoundId, SystemRandom};
 use ring::signature::{self, EcdsaKeyPair, KeyPair};
 
@@ -59,7 +59,10 @@ fn the_envelope_is_domain_separated_from_the_other_signed_payloads() {
     // A signature on a share can never be replayed as a key advertisement or a
     // consistency signature: each payload carries its own label after the version.
     let round = RoundId([9; 16]);
-    let keys = ClientAdvertised::new(RoundParams { round, t: 2, d: 1 }, "node-1", &SystemRandom::new()).unwrap().1;
+    let keys =
+        ClientAdvertised::new(RoundParams { round, t: 2, d: 1, width: WordWidth::W64 }, "node-1", &SystemRandom::new())
+            .unwrap()
+            .1;
     let mut ct = keys.enc.0.to_vec();
     ct.extend_from_slice(&keys.mask.0);
     let share = secagg::share_signing_payload(&round, "node-1", "node-2", &ct);
@@ -80,7 +83,7 @@ fn name(i: usize) -> String {
 type Sealed = BTreeMap<(String, String), Vec<u8>>;
 fn shared(round: RoundId) -> (Vec<ClientShared>, Sealed, Vec<PeerKeys>) {
     let rng = SystemRandom::new();
-    let params = RoundParams { round, t: 3, d: 3 };
+    let params = RoundParams { round, t: 3, d: 3, width: WordWidth::W32 };
     let (adv, u1): (Vec<_>, Vec<_>) =
         (0..4).map(|i| ClientAdvertised::new(params.clone(), &name(i), &rng).unwrap()).unzip();
     let mut sealed = Sealed::new();
@@ -133,7 +136,7 @@ fn a_share_that_does_not_open_names_its_sender_and_the_round_goes_on_without_it(
     // over the final U2 and the sum is exactly theirs.
     let u2: Vec<String> = [0, 2, 3].map(name).to_vec();
     let inputs: BTreeMap<String, Vec<u64>> = (0..4).map(|i| (name(i), vec![i as u64 + 1, 10 * i as u64, 7])).collect();
-    let params = RoundParams { round, t: 3, d: 3 };
+    let params = RoundParams { round, t: 3, d: 3, width: WordWidth::W32 };
     let mut agg = Aggregator::new(params, u1, &u2).unwrap();
     let mut masked = Vec::new();
     for n in &u2 {

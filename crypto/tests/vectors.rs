@@ -1,13 +1,15 @@
-//! Known-answer tests: every file under `crypto/test_vectors/v2/` is loaded here and
+//! Known-answer tests: every file under `crypto/test_vectors/v3/` is loaded here and
 //! recomputed with the crate's public API.
 //!
-//! Vector sets are numbered on their own. `v2` pins the exact bytes of wire version
-//! `fedcrm/v3`: the AES-128-CTR PRG, and the KDF contexts, share encoding and round
-//! flow unchanged since `fedcrm/v1` (the KDF salt is still `fedcrm/v1`). Any change
-//! to a KDF context, a PRG, the share encoding or the round flow shows up here as a
-//! mismatch and needs a new `v3` vector set, never an edit of `v2`. Set `v1` (the
-//! ChaCha20 PRG of `fedcrm/v1` and `v2`) no longer matches the code and was removed
-//! with it; git history keeps it.
+//! Vector sets are numbered on their own. `v3` pins the exact bytes of wire version
+//! `fedcrm/v4`: the AES-128-CTR PRG keyed per word width (HKDF info
+//! `fedcrm/v4/prg-aes128/w32` or `/w64`), and the KDF contexts, share encoding and
+//! round flow unchanged since `fedcrm/v1` (the KDF salt is still `fedcrm/v1`). Any
+//! change to a KDF context, a PRG, the share encoding or the round flow shows up here
+//! as a mismatch and needs a new `v4` vector set, never an edit of `v3`. Sets `v1`
+//! (the ChaCha20 PRG of `fedcrm/v1` and `v2`) and `v2` (the width-less AES PRG of
+//! `fedcrm/v3`) no longer match the code and were removed with them; git history
+//! keeps them. `secagg_round.json` runs its round in 64-bit words.
 //!
 //! `rfc7748_x25519.json`, the `sp800_38a` case of `prg_aes128ctr.json` and the
 //! `rfc5869` cases of `kdf_hkdf.json` are published values copied from the standards.
@@ -28,17 +30,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use ctr::cipher::{KeyIvInit, StreamCipher};
 use fedcrm_crypto::keys::{RoundPublic, RoundSecret};
 use fedcrm_crypto::prg::{self, MaskSeed, Sign};
-use fedcrm_crypto::secagg::{Aggregator, ClientAdvertised, RoundParams};
+use fedcrm_crypto::secagg::{Aggregator, ClientAdvertised, RoundParams, WordWidth};
 use fedcrm_crypto::shamir::{self, SHARE_Y_LEN, Share};
 use fedcrm_crypto::{CryptoError, PROTOCOL_VERSION, RoundId, aead, kdf};
 use ring::{aead as ring_aead, hkdf, hmac};
 use serde::Deserialize;
 
-const X25519_JSON: &str = include_str!("../test_vectors/v2/rfc7748_x25519.json");
-const PRG_JSON: &str = include_str!("../test_vectors/v2/prg_aes128ctr.json");
-const KDF_JSON: &str = include_str!("../test_vectors/v2/kdf_hkdf.json");
-const SHAMIR_JSON: &str = include_str!("../test_vectors/v2/shamir.json");
-const SECAGG_JSON: &str = include_str!("../test_vectors/v2/secagg_round.json");
+const X25519_JSON: &str = include_str!("../test_vectors/v3/rfc7748_x25519.json");
+const PRG_JSON: &str = include_str!("../test_vectors/v3/prg_aes128ctr.json");
+const KDF_JSON: &str = include_str!("../test_vectors/v3/kdf_hkdf.json");
+const SHAMIR_JSON: &str = include_str!("../test_vectors/v3/shamir.json");
+const SECAGG_JSON: &str = include_str!("../test_vectors/v3/secagg_round.json");
 
 // ---------------------------------------------------------------------------------
 // helpers
@@ -65,14 +67,6 @@ fn words(v: &[String]) -> Vec<u64> {
     v.iter().map(|s| s.parse().unwrap_or_else(|e| panic!("bad u64 {s:?}: {e}"))).collect()
 }
 
-fn le_words(bytes: &[u8]) -> Vec<u64> {
-    bytes.chunks_exact(8).map(|w| u64::from_le_bytes(w.try_into().unwrap())).collect()
-}
-
-fn wrapping_sum(v: &[u64]) -> u64 {
-    v.iter().fold(0u64, |a, &b| a.wrapping_add(b))
-}
-
 fn kind(e: &CryptoError) -> &'static str {
     match e {
         CryptoError::Random => "Random",
@@ -84,6 +78,8 @@ fn kind(e: &CryptoError) -> &'static str {
         CryptoError::MalformedKey(_) => "MalformedKey",
         CryptoError::Length { .. } => "Length",
         CryptoError::Overflow { .. } => "Overflow",
+        CryptoError::WordTooNarrow { .. } => "WordTooNarrow",
+        CryptoError::Width { .. } => "Width",
         CryptoError::Protocol(_) => "Protocol",
     }
 }
@@ -178,8 +174,9 @@ fn x25519_public_key_parsing() {
 }
 
 // ---------------------------------------------------------------------------------
-// PRG: AES-128-CTR (key = HKDF-SHA256(salt = version, seed, PRG_LABEL), zero initial
-// counter block, 128-bit big-endian increment) read as little-endian u64 words. The
+// PRG: AES-128-CTR (key = HKDF-SHA256(salt = version, seed, PRG_LABEL ‖ "/w32" or
+// "/w64"), zero initial counter block, 128-bit big-endian increment) read as
+// little-endian words of the round's width. The
 // file was computed by `gen_prg_aes128ctr.py` with OpenSSL; here it is also
 // recomputed step by step with ring's HKDF and the `aes` and `ctr` crates directly.
 
@@ -201,6 +198,7 @@ struct Sp80038a {
 #[derive(Debug, Deserialize)]
 struct PrgVector {
     seed: String,
+    width: u32,
     length: usize,
     sign: String,
     aes_key: String,
@@ -212,6 +210,7 @@ struct PrgVector {
 #[derive(Debug, Deserialize)]
 struct BadPrg {
     name: String,
+    width: u32,
     seed: String,
     first8: Vec<String>,
 }
@@ -223,7 +222,7 @@ fn aes128_ctr(key: [u8; 16], counter: [u8; 16], data: &mut [u8]) {
 }
 
 /// The PRG's key, through ring's `hkdf` module directly.
-fn prg_key(seed: [u8; 32]) -> [u8; 16] {
+fn prg_key(seed: [u8; 32], width: WordWidth) -> [u8; 16] {
     struct L;
     impl hkdf::KeyType for L {
         fn len(&self) -> usize {
@@ -231,7 +230,9 @@ fn prg_key(seed: [u8; 32]) -> [u8; 16] {
         }
     }
     let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, PROTOCOL_VERSION.as_bytes()).extract(&seed);
-    let infos = [prg::PRG_LABEL.as_bytes()];
+    let info = format!("{}/w{}", prg::PRG_LABEL, width.bits());
+    assert_eq!(info, width.prg_info());
+    let infos = [info.as_bytes()];
     let mut out = [0u8; 16];
     prk.expand(&infos, L).unwrap().fill(&mut out).unwrap();
     out
@@ -257,56 +258,96 @@ fn prg_aes_ctr_matches_sp800_38a() {
 #[test]
 fn prg_known_answers() {
     let f: PrgFile = serde_json::from_str(PRG_JSON).unwrap();
-    assert_eq!(prg::PRG_LABEL, "fedcrm/v3/prg-aes128", "a new PRG label is a new protocol version");
-    assert!(f.vectors.iter().any(|v| v.length > 512), "a vector must cross the PRG's 4096-byte block boundary");
-    assert!(f.vectors.iter().any(|v| v.length % 2 == 1), "a vector must end inside an AES block");
-    assert!(f.vectors.iter().any(|v| v.sign == "sub"));
-    for v in &f.vectors {
-        let (seed, n, sign) = (h32(&v.seed), v.length, sign_of(&v.sign));
-        let at = format!("seed {} length {n} {}", v.seed, v.sign);
-        let mut out = vec![0u64; n];
-        prg::expand_into(&MaskSeed::from_bytes(seed), &mut out, sign);
-        assert_eq!(out[..n.min(8)], words(&v.first8)[..], "{at}");
-        assert_eq!(out[n - 1], v.last.parse::<u64>().unwrap(), "{at}");
-        assert_eq!(wrapping_sum(&out), v.wrapping_sum.parse::<u64>().unwrap(), "{at}");
-        // Independent computation: ring's HKDF, then the `ctr` and `aes` crates.
-        let key = prg_key(seed);
-        assert_eq!(hex::encode(key), v.aes_key, "{at}");
-        let mut bytes = vec![0u8; n * 8];
-        aes128_ctr(key, [0u8; 16], &mut bytes);
-        let stream = le_words(&bytes);
-        let expected: Vec<u64> = match sign {
-            Sign::Add => stream.clone(),
-            Sign::Sub => stream.iter().map(|w| w.wrapping_neg()).collect(),
-        };
-        assert_eq!(out, expected, "{at}");
-        // Every prefix is the same stream (the chunking inside expand_into is invisible).
-        for len in [0, 1, 2, 7, 511, 512, 513].into_iter().filter(|&l| l <= n) {
-            assert_eq!(prg::expand(&MaskSeed::from_bytes(seed), len), stream[..len], "{at}");
-        }
-        // Add then Sub restores the accumulator.
-        let base: Vec<u64> = (0..n as u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).collect();
-        let mut acc = base.clone();
-        prg::expand_into(&MaskSeed::from_bytes(seed), &mut acc, Sign::Add);
-        assert!(acc.iter().zip(&base).zip(&stream).all(|((a, b), o)| *a == b.wrapping_add(*o)));
-        prg::expand_into(&MaskSeed::from_bytes(seed), &mut acc, Sign::Sub);
-        assert_eq!(acc, base);
+    assert_eq!(prg::PRG_LABEL, "fedcrm/v4/prg-aes128", "a new PRG label is a new protocol version");
+    assert_eq!(WordWidth::W32.prg_info(), "fedcrm/v4/prg-aes128/w32");
+    assert_eq!(WordWidth::W64.prg_info(), "fedcrm/v4/prg-aes128/w64");
+    for width in [32, 64] {
+        let of = |v: &&PrgVector| v.width == width;
+        let tile = 4096 / (width as usize / 8);
+        assert!(f.vectors.iter().filter(of).any(|v| v.length > tile), "a vector must cross the 4096-byte tile");
+        assert!(
+            f.vectors.iter().filter(of).any(|v| v.length % (128 / width as usize) != 0),
+            "one must end inside an AES block"
+        );
+        assert!(f.vectors.iter().filter(of).any(|v| v.sign == "sub"));
     }
+    for v in &f.vectors {
+        match v.width {
+            32 => prg_known_answer::<u32>(v, |b| u32::from_le_bytes(b.try_into().unwrap()), u32::wrapping_neg),
+            64 => prg_known_answer::<u64>(v, |b| u64::from_le_bytes(b.try_into().unwrap()), u64::wrapping_neg),
+            w => panic!("width {w}"),
+        }
+    }
+}
+
+fn prg_known_answer<W: prg::Word + std::str::FromStr>(v: &PrgVector, le: fn(&[u8]) -> W, neg: fn(W) -> W)
+where
+    W::Err: std::fmt::Debug,
+{
+    let parse = |s: &String| s.parse::<W>().unwrap();
+    let (seed, n, sign) = (h32(&v.seed), v.length, sign_of(&v.sign));
+    let at = format!("seed {} width {} length {n} {}", v.seed, v.width, v.sign);
+    let mut out = vec![W::default(); n];
+    prg::expand_into(&MaskSeed::from_bytes(seed), &mut out, sign);
+    let first8: Vec<W> = v.first8.iter().map(parse).collect();
+    assert_eq!(out[..n.min(8)], first8[..], "{at}");
+    assert_eq!(out[n - 1], parse(&v.last), "{at}");
+    assert_eq!(out.iter().fold(W::default(), |a, b| a.wrapping_add(*b)), parse(&v.wrapping_sum), "{at}");
+    // Independent computation: ring's HKDF, then the `ctr` and `aes` crates.
+    let key = prg_key(seed, W::WIDTH);
+    assert_eq!(hex::encode(key), v.aes_key, "{at}");
+    let mut bytes = vec![0u8; n * W::BYTES];
+    aes128_ctr(key, [0u8; 16], &mut bytes);
+    let stream: Vec<W> = bytes.chunks_exact(W::BYTES).map(le).collect();
+    let expected: Vec<W> = match sign {
+        Sign::Add => stream.clone(),
+        Sign::Sub => stream.iter().map(|w| neg(*w)).collect(),
+    };
+    assert_eq!(out, expected, "{at}");
+    // Every prefix is the same stream (the tiling inside expand_into is invisible).
+    for len in [0, 1, 2, 3, 7, 511, 512, 513, 1023, 1024, 1025].into_iter().filter(|&l| l <= n) {
+        assert_eq!(prg::expand::<W>(&MaskSeed::from_bytes(seed), len), stream[..len], "{at}");
+    }
+    // The fused kernel on one and on several threads gives the same stream.
+    for threads in [1, 2, 3] {
+        let mut acc = vec![W::default(); n];
+        prg::expand_many_on(&[(&MaskSeed::from_bytes(seed), sign)], &mut acc, threads);
+        assert_eq!(acc, expected, "{at}, {threads} threads");
+    }
+    // Add then Sub restores the accumulator.
+    let base: Vec<W> = (0..n as u64).map(|i| W::from_u64(i.wrapping_mul(0x9e37_79b9) & 0xffff_ffff).unwrap()).collect();
+    let mut acc = base.clone();
+    prg::expand_into(&MaskSeed::from_bytes(seed), &mut acc, Sign::Add);
+    assert!(acc.iter().zip(&base).zip(&stream).all(|((a, b), o)| *a == b.wrapping_add(*o)));
+    prg::expand_into(&MaskSeed::from_bytes(seed), &mut acc, Sign::Sub);
+    assert_eq!(acc, base);
 }
 
 #[test]
 fn prg_differs_from_wrong_constructions() {
     let f: PrgFile = serde_json::from_str(PRG_JSON).unwrap();
     let names: BTreeSet<&str> = f.bad.iter().map(|b| b.name.as_str()).collect();
-    for required in ["bad_chacha20_v2", "bad_seed_as_key", "bad_other_label", "bad_counter_one", "bad_big_endian_words"]
-    {
+    for required in [
+        "bad_chacha20_v2",
+        "bad_seed_as_key",
+        "bad_other_label",
+        "bad_counter_one",
+        "bad_big_endian_words",
+        "bad_v3_label",
+        "bad_other_width",
+        "bad_other_width_32",
+    ] {
         assert!(names.contains(required), "missing {required}");
     }
     for b in &f.bad {
         assert!(b.name.starts_with("bad_"));
         let bad = words(&b.first8);
         assert_eq!(bad.len(), 8, "{}", b.name);
-        let got = prg::expand(&MaskSeed::from_bytes(h32(&b.seed)), 8);
+        let seed = MaskSeed::from_bytes(h32(&b.seed));
+        let got: Vec<u64> = match b.width {
+            32 => prg::expand::<u32>(&seed, 8).into_iter().map(u64::from).collect(),
+            _ => prg::expand::<u64>(&seed, 8),
+        };
         assert!(got.iter().zip(&bad).all(|(g, w)| g != w), "{}: shares a word with the PRG's output", b.name);
     }
 }
@@ -689,7 +730,7 @@ type Cts = BTreeMap<(String, String), Vec<u8>>;
 struct RoundRun {
     publics: BTreeMap<String, (RoundPublic, RoundPublic)>,
     ciphertexts: Cts,
-    masked: BTreeMap<String, Vec<u64>>,
+    masked: BTreeMap<String, fedcrm_crypto::secagg::Words>,
     outcome: Result<Vec<u64>, (&'static str, CryptoError)>,
 }
 
@@ -698,7 +739,7 @@ struct RoundRun {
 /// mask and send; the `responders` answer the unmask request; the server finishes.
 fn run_round(f: &SecaggFile, sc: &Scenario, deliver: Option<&Cts>) -> RoundRun {
     let round = RoundId(h16(sc.round.as_deref().unwrap_or(&f.round)));
-    let params = RoundParams { round, t: f.t, d: f.d };
+    let params = RoundParams { round, t: f.t, d: f.d, width: WordWidth::W64 };
     let node = |name: &str| f.nodes.iter().find(|n| n.name == name).unwrap();
     let mut publics = BTreeMap::new();
     let mut ciphertexts = Cts::new();
@@ -790,7 +831,7 @@ fn secagg_round_known_answers() {
             }
         }
         for (name, y) in &sc.masked {
-            assert_eq!(run.masked[name], words(y), "{}: masked input of {name}", sc.name);
+            assert_eq!(run.masked[name].to_u64(), words(y), "{}: masked input of {name}", sc.name);
         }
         match (&sc.sum, &sc.error) {
             (Some(sum), None) => {

@@ -306,8 +306,13 @@ mod tests {
             .unwrap();
         let (mut egress, _outbound) = Egress::open(Arc::new(Mutex::new(log)));
         let round = RoundId([7; 16]);
-        let chunk =
-            FromNode::MaskedChunk(wire::MaskedChunk { round, index: 0, count: 1, offset: 0, words: vec![1, 2, 3] });
+        let chunk = FromNode::MaskedChunk(wire::MaskedChunk {
+            round,
+            index: 0,
+            count: 1,
+            offset: 0,
+            words: fedcrm_crypto::word::Words::W32(vec![1, 2, 3]),
+        });
         let unmask = FromNode::UnmaskShares { round, shares: vec![] };
         let sign = FromNode::ConsistencySignature { round, signature: vec![1] };
         // Not admitted at all.

@@ -294,6 +294,8 @@ mod tests {
             round: fedcrm_crypto::RoundId([1; 16]),
             threshold,
             length: 4,
+            width: fedcrm_crypto::word::WordWidth::W32,
+            max_per_node: 1 << 22,
             analysis: Analysis {
                 reference_date: parse_date("2026-10-31").unwrap(),
                 purpose: "p".into(),

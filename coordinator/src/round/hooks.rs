@@ -5,10 +5,11 @@
 use std::sync::Arc;
 
 use fedcrm_crypto::RoundId;
+use fedcrm_crypto::word::Words;
 use fedcrm_protocol::wire::{Analysis, RevealedShare, Sealed, SignedKeys, ViewSignature};
 
 /// Observer of complete masked vectors (node, vector).
-pub type MaskedObserver = Arc<dyn Fn(&str, &[u64]) + Send + Sync>;
+pub type MaskedObserver = Arc<dyn Fn(&str, &Words) + Send + Sync>;
 /// Editor of an unmask request (survivors, dropped).
 pub type UnmaskTamper = Arc<dyn Fn(&mut Vec<String>, &mut Vec<String>) + Send + Sync>;
 /// Editor of the view shown to one node in the consistency check (node, survivors, dropped).

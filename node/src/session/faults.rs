@@ -2,6 +2,7 @@
 //! that drops out, hangs, sends a wrong or malformed vector, corrupts a share or
 //! accuses a peer falsely, to show that the others' rounds survive it (style rule 17).
 
+use fedcrm_crypto::word::Words;
 use fedcrm_protocol::wire::{self, Sealed, UnopenedShare};
 use tokio::sync::watch;
 
@@ -16,6 +17,8 @@ pub struct Faults {
     pub stall_at: Option<DropAt>,
     /// Send a masked vector one word too long.
     pub wrong_length: bool,
+    /// Send the masked vector in the other word width (32 ↔ 64 bits).
+    pub wrong_width: bool,
     /// Send a malformed chunk (index beyond count).
     pub malformed_chunk: bool,
     /// Seal a share to this peer that does not open, and sign it as sent (a node
@@ -83,11 +86,24 @@ pub(super) fn false_reports(ctx: &NodeContext, shares: &[Sealed]) -> Vec<Unopene
 }
 
 /// A masked vector one word too long, if asked for.
-pub(super) fn wrong_length(ctx: &NodeContext, mut y: Vec<u64>) -> Vec<u64> {
+pub(super) fn wrong_length(ctx: &NodeContext, mut y: Words) -> Words {
     if ctx.faults.wrong_length {
-        y.push(0);
+        let one = Words::zeros(y.width(), 1);
+        // Unwrap safety: `one` has y's width.
+        y.extend(&one).unwrap();
     }
     y
+}
+
+/// The masked vector in the other word width, if asked for.
+pub(super) fn wrong_width(ctx: &NodeContext, y: Words) -> Words {
+    if !ctx.faults.wrong_width {
+        return y;
+    }
+    match y {
+        Words::W32(v) => Words::W64(v.into_iter().map(u64::from).collect()),
+        Words::W64(v) => Words::W32(v.into_iter().map(|w| w as u32).collect()),
+    }
 }
 
 /// A first chunk whose index is beyond the count, if asked for.

@@ -43,7 +43,7 @@ use zeroize::Zeroizing;
 #[cfg(feature = "test-util")]
 use super::faults::{self, DropAt};
 use super::{NodeContext, Peer, SessionEnd, SessionError, record, unix_now, unix_now_ms};
-use crate::analysis::local_vector;
+use crate::analysis::{check_width, local_vector};
 use crate::approvals::{self, Decision, Pending};
 use crate::computation::Identified;
 use crate::differencing::Recorded;
@@ -242,7 +242,15 @@ impl<'a> Rounds<'a> {
             return Ok(None);
         }
         // The coordinator signs who is in the round and who asked why: check and log it.
-        let payload = wire::roster_payload(&round, start.threshold, start.length, &start.analysis, &start.invited);
+        let payload = wire::roster_payload(
+            &round,
+            start.threshold,
+            start.length,
+            start.width,
+            start.max_per_node,
+            &start.analysis,
+            &start.invited,
+        );
         let signature_ok = coordinator
             .as_ref()
             .is_some_and(|c| pki::verify_signature(&c.certificate, &payload, &start.roster_signature).is_ok());
@@ -321,7 +329,14 @@ impl<'a> Rounds<'a> {
             return Ok(None);
         }
         let input = Zeroizing::new(local_vector(&start.analysis, customers));
-        let params = RoundParams { round, t: start.threshold, d: start.length };
+        // Issue 9: the width is recomputed from the signed range, never taken on trust,
+        // and this node's contribution must be within the bound it was picked for.
+        if let Err(why) = check_width(&start, customers.len(), &input) {
+            tracing::warn!(node = %ctx.name, %round, %why, "refusing round");
+            self.refuse(round, &why).await?;
+            return Ok(None);
+        }
+        let params = RoundParams { round, t: start.threshold, d: start.length, width: start.width };
         let (client, keys) = match ClientAdvertised::new(params, &ctx.name, &self.rng) {
             Ok(x) => x,
             Err(e) => {
@@ -337,7 +352,7 @@ impl<'a> Rounds<'a> {
         if identified.new {
             ctx.count_analysis(identified.kind, &start.analysis.analysis_id);
         }
-        tracing::info!(node = %ctx.name, %round, analysis = identified.kind, purpose = %start.analysis.purpose, "joined round");
+        tracing::info!(node = %ctx.name, %round, analysis = identified.kind, purpose = %start.analysis.purpose, width = start.width.bits(), "joined round");
         self.active = Some(Active { start, input, u1: Vec::new(), state: State::AdvertiseKeys(client) });
         #[cfg(feature = "test-util")]
         if let Some(end) = faults::at(ctx, DropAt::AfterKeys, &self.shutdown).await {
@@ -490,7 +505,7 @@ impl<'a> Rounds<'a> {
                     (tap.on_held_shares)(round, next.test_util_held_shares());
                 }
                 #[cfg(feature = "test-util")]
-                let y = faults::wrong_length(ctx, y);
+                let y = faults::wrong_width(ctx, faults::wrong_length(ctx, y));
                 let chunks = wire::chunk(round, &y, a.start.chunk_elements);
                 #[cfg(feature = "test-util")]
                 let chunks = faults::malformed(ctx, chunks);

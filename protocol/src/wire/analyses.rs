@@ -4,6 +4,7 @@
 use fedcrm_analysis::date::{format_date, parse_date};
 use fedcrm_analysis::rfm::{Cuts, HistogramSpec, Layout, Metric};
 use fedcrm_analysis::rules::Coverage;
+use fedcrm_analysis::width::SumRange;
 
 use super::*;
 
@@ -22,6 +23,16 @@ impl AnalysisKind {
         match self {
             AnalysisKind::RfmHistograms(_) => "rfm-histograms",
             AnalysisKind::RfmSegments(_) => "rfm-segments",
+        }
+    }
+
+    /// What the analysis states about its sum, per word, given the coordinator's
+    /// per-node bound on customers: both RFM analyses count a node's customers (a
+    /// customer adds 1 to one bin per histogram, or to one segment), unsigned, without
+    /// noise, so each word is at most the node's number of customers.
+    pub fn range(&self, max_customers_per_node: u64) -> SumRange {
+        match self {
+            AnalysisKind::RfmHistograms(_) | AnalysisKind::RfmSegments(_) => SumRange::counts(max_customers_per_node),
         }
     }
 

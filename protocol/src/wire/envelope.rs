@@ -57,7 +57,7 @@ pub fn node_message_envelope(m: &pb::NodeMessage) -> Envelope {
         Some(Body::Hello(_)) => ("hello", None, true, 0),
         Some(Body::Keys(k)) => ("advertise-keys", id(&k.round_id), false, 0),
         Some(Body::Shares(s)) => ("sealed-shares", id(&s.round_id), false, 0),
-        Some(Body::MaskedChunk(c)) => ("masked-chunk", id(&c.round_id), false, c.words.len()),
+        Some(Body::MaskedChunk(c)) => ("masked-chunk", id(&c.round_id), false, c.words.len() + c.words32.len()),
         Some(Body::Unmask(u)) => ("unmask-shares", id(&u.round_id), false, 0),
         Some(Body::Refusal(r)) => ("refusal", id(&r.round_id), r.round_id.is_empty(), 0),
         Some(Body::Consistency(c)) => ("consistency-signature", id(&c.round_id), false, 0),

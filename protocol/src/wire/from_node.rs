@@ -11,7 +11,9 @@ pub struct MaskedChunk {
     pub index: u32,
     pub count: u32,
     pub offset: u64,
-    pub words: Vec<u64>,
+    /// Of the round's width: the coordinator refuses a chunk of the other width,
+    /// naming the node.
+    pub words: Words,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,10 +164,18 @@ impl TryFrom<pb::NodeMessage> for FromNode {
                 if c.count == 0 || c.index >= c.count {
                     return Err(field("masked_chunk.index", format!("index {} of {} chunks", c.index, c.count)));
                 }
-                if c.words.is_empty() {
-                    return Err(field("masked_chunk.words", "empty chunk"));
-                }
-                let got = words_sha256(&c.words);
+                let words = match (c.words.is_empty(), c.words32.is_empty()) {
+                    (false, true) => Words::W64(c.words),
+                    (true, false) => Words::W32(c.words32),
+                    (true, true) => return Err(field("masked_chunk.words", "empty chunk")),
+                    (false, false) => {
+                        return Err(field(
+                            "masked_chunk.words32",
+                            "both words and words32 are set; exactly one must be",
+                        ));
+                    }
+                };
+                let got = words_sha256(&words);
                 if c.sha256.as_slice() != got {
                     return Err(field(
                         "masked_chunk.sha256",
@@ -177,7 +187,7 @@ impl TryFrom<pb::NodeMessage> for FromNode {
                     index: c.index,
                     count: c.count,
                     offset: c.offset,
-                    words: c.words,
+                    words,
                 })
             }
             Body::Unmask(u) => FromNode::UnmaskShares {
@@ -244,7 +254,14 @@ impl From<&FromNode> for pb::NodeMessage {
                 count: c.count,
                 offset: c.offset,
                 sha256: words_sha256(&c.words).to_vec(),
-                words: c.words.clone(),
+                words: match &c.words {
+                    Words::W64(w) => w.clone(),
+                    Words::W32(_) => Vec::new(),
+                },
+                words32: match &c.words {
+                    Words::W32(w) => w.clone(),
+                    Words::W64(_) => Vec::new(),
+                },
             }),
             FromNode::UnmaskShares { round, shares } => Body::Unmask(pb::UnmaskShares {
                 round_id: round.0.to_vec(),
@@ -263,12 +280,13 @@ impl From<&FromNode> for pb::NodeMessage {
     }
 }
 
-/// Split a masked vector into chunks of `per` words.
-pub fn chunk(round: RoundId, words: &[u64], per: usize) -> Vec<MaskedChunk> {
+/// Split a masked vector into chunks of `per` words (of its width).
+pub fn chunk(round: RoundId, words: &Words, per: usize) -> Vec<MaskedChunk> {
     let count = words.len().div_ceil(per) as u32;
-    words
-        .chunks(per)
-        .enumerate()
-        .map(|(i, c)| MaskedChunk { round, index: i as u32, count, offset: (i * per) as u64, words: c.to_vec() })
+    (0..count as usize)
+        .map(|i| {
+            let range = i * per..((i + 1) * per).min(words.len());
+            MaskedChunk { round, index: i as u32, count, offset: (i * per) as u64, words: words.slice(range) }
+        })
         .collect()
 }

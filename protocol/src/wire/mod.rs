@@ -4,6 +4,7 @@
 
 use fedcrm_crypto::RoundId;
 use fedcrm_crypto::keys::RoundPublic;
+use fedcrm_crypto::word::{WordWidth, Words};
 use ring::digest;
 
 use crate::pb;
@@ -13,12 +14,16 @@ use crate::pb;
 /// before masking, which a v1 peer cannot follow. v3 (issue 9) expands masks with
 /// AES-128-CTR instead of ChaCha20 (`fedcrm_crypto::prg`): a v2 peer's masks would not
 /// cancel, so the sum would be garbage rather than an error. An older peer is refused
-/// at hello with both versions named and told to upgrade. The KDFs still bind
-/// [`fedcrm_crypto::PROTOCOL_VERSION`] (`fedcrm/v1`): their bytes did not change
-/// (`crypto/test_vectors/v2`).
-pub const VERSION: &str = "fedcrm/v3";
+/// at hello with both versions named and told to upgrade. v4 (issue 9, word width)
+/// masks in 32- or 64-bit words as the signed round start says, with the width in the
+/// PRG's HKDF info (`fedcrm/v4/prg-aes128/w32`, `/w64`), and carries 32-bit chunks in
+/// `MaskedChunk.words32`: a v3 peer's masks would not cancel either. The KDFs still
+/// bind [`fedcrm_crypto::PROTOCOL_VERSION`] (`fedcrm/v1`): their bytes did not change
+/// (`crypto/test_vectors/v3`).
+pub const VERSION: &str = "fedcrm/v4";
 
-/// Largest vector a round may use (words); 64 Mi words = 512 MiB.
+/// Largest vector a round may use (words, of either width); 64 Mi words = 512 MiB of
+/// 64-bit words.
 pub const MAX_LENGTH: u64 = 1 << 26;
 /// Largest number of invited nodes in one round.
 pub const MAX_NODES: usize = 1000;
@@ -71,11 +76,12 @@ fn names(name: &'static str, v: &[String]) -> Result<Vec<String>, WireError> {
     Ok(out)
 }
 
-/// SHA-256 of words as little-endian bytes (the chunk hash).
-pub fn words_sha256(words: &[u64]) -> [u8; 32] {
+/// SHA-256 of words as little-endian bytes of their width (the chunk hash).
+pub fn words_sha256(words: &Words) -> [u8; 32] {
     let mut ctx = digest::Context::new(&digest::SHA256);
-    for w in words {
-        ctx.update(&w.to_le_bytes());
+    match words {
+        Words::W32(v) => v.iter().for_each(|w| ctx.update(&w.to_le_bytes())),
+        Words::W64(v) => v.iter().for_each(|w| ctx.update(&w.to_le_bytes())),
     }
     // Unwrap safety: SHA-256 output is 32 bytes.
     ctx.finish().as_ref().try_into().unwrap()

@@ -48,7 +48,7 @@ proptest::proptest! {
 #[test]
 fn envelope_names_round_size_and_kind_without_parsing() {
     let r = RoundId([7; 16]);
-    let c = chunk(r, &[1, 2, 3], 2);
+    let c = chunk(r, &Words::W64(vec![1, 2, 3]), 2);
     let m = node_message(&FromNode::MaskedChunk(c[0].clone()), None);
     let e = node_message_envelope(&m);
     assert_eq!((e.kind, e.round, e.roundless, e.elements), ("masked-chunk", Some(r), false, 2));
@@ -69,12 +69,50 @@ fn envelope_names_round_size_and_kind_without_parsing() {
 #[test]
 fn chunk_hash_mismatch_is_rejected() {
     let r = RoundId([7; 16]);
-    let c = chunk(r, &[1, 2, 3], 2);
+    let c = chunk(r, &Words::W64(vec![1, 2, 3]), 2);
     let mut m: pb::NodeMessage = (&FromNode::MaskedChunk(c[0].clone())).into();
     if let Some(pb::node_message::Body::MaskedChunk(ref mut x)) = m.body {
         x.words[0] ^= 1;
     }
     assert!(matches!(FromNode::try_from(m), Err(WireError::Field { field: "masked_chunk.sha256", .. })));
+    let c = chunk(r, &Words::W32(vec![1, 2, 3]), 2);
+    let mut m: pb::NodeMessage = (&FromNode::MaskedChunk(c[1].clone())).into();
+    if let Some(pb::node_message::Body::MaskedChunk(ref mut x)) = m.body {
+        x.words32[0] ^= 1;
+    }
+    assert!(matches!(FromNode::try_from(m), Err(WireError::Field { field: "masked_chunk.sha256", .. })));
+}
+
+/// 32-bit chunks travel in `words32`, hashed over 4-byte little-endian words; 64-bit
+/// ones in `words`; a chunk with both or neither is refused.
+#[test]
+fn chunks_of_both_widths_round_trip_and_carry_exactly_one_field() {
+    let r = RoundId([7; 16]);
+    for words in [Words::W32(vec![1, u32::MAX, 3, 4, 5]), Words::W64(vec![1, u64::MAX, 3, 4, 5])] {
+        let chunks = chunk(r, &words, 2);
+        assert_eq!(chunks.len(), 3);
+        let mut joined = chunks[0].words.clone();
+        for c in &chunks {
+            let m: pb::NodeMessage = (&FromNode::MaskedChunk(c.clone())).into();
+            let Some(pb::node_message::Body::MaskedChunk(x)) = &m.body else { panic!() };
+            assert_eq!(x.sha256, ring::digest::digest(&ring::digest::SHA256, &c.words.to_le_bytes()).as_ref());
+            assert_eq!(
+                (x.words.is_empty(), x.words32.is_empty()),
+                (words.width() == WordWidth::W32, words.width() == WordWidth::W64)
+            );
+            assert_eq!(FromNode::try_from(m).unwrap(), FromNode::MaskedChunk(c.clone()));
+            if c.index > 0 {
+                joined.extend(&c.words).unwrap();
+            }
+        }
+        assert_eq!(joined, words);
+    }
+    let c = chunk(r, &Words::W32(vec![1, 2]), 2);
+    let mut m: pb::NodeMessage = (&FromNode::MaskedChunk(c[0].clone())).into();
+    if let Some(pb::node_message::Body::MaskedChunk(ref mut x)) = m.body {
+        x.words = vec![1];
+    }
+    assert!(matches!(FromNode::try_from(m), Err(WireError::Field { field: "masked_chunk.words32", .. })));
 }
 
 #[test]
@@ -97,12 +135,26 @@ fn round_trips() {
         round: r,
         threshold: 3,
         length: 4,
+        width: WordWidth::W32,
+        max_per_node: 1 << 22,
         analysis: a,
         invited: vec![Invitee { name: "a".into(), organisation: "o".into(), kind: OrgKind::Franchisee }],
         chunk_elements: 10,
         roster_signature: vec![1, 2],
     }));
     assert_eq!(ToNode::try_from(pb::CoordinatorMessage::from(&m)).unwrap(), m);
+    // A width other than 32 or 64, or no per-node bound, is refused.
+    for (bits, bound, field_name) in [(16, 1, "word_bits"), (0, 1, "word_bits"), (32, 0, "max_per_node")] {
+        let mut bad = pb::CoordinatorMessage::from(&m);
+        if let Some(pb::coordinator_message::Body::RoundStart(ref mut x)) = bad.body {
+            x.word_bits = bits;
+            x.max_per_node = bound;
+        }
+        assert!(
+            matches!(ToNode::try_from(bad), Err(WireError::Field { field, .. }) if field == field_name),
+            "{bits} bits, bound {bound}"
+        );
+    }
     let welcome = |version: &str| pb::CoordinatorMessage {
         body: Some(pb::coordinator_message::Body::Welcome(pb::Welcome {
             protocol_version: version.into(),
@@ -112,12 +164,13 @@ fn round_trips() {
         receipt: None,
     };
     assert!(matches!(ToNode::try_from(welcome("fedcrm/v0")), Err(WireError::Version { .. })));
-    // A v2 coordinator (ChaCha20 masks) is refused by name, with what to do.
-    let e = ToNode::try_from(welcome("fedcrm/v2")).unwrap_err();
-    assert_eq!(e, WireError::Version { got: "fedcrm/v2".into() });
+    // A v3 coordinator (64-bit masks keyed without the width) is refused by name,
+    // with what to do.
+    let e = ToNode::try_from(welcome("fedcrm/v3")).unwrap_err();
+    assert_eq!(e, WireError::Version { got: "fedcrm/v3".into() });
     assert_eq!(
         e.to_string(),
-        "incompatible protocol version \"fedcrm/v2\"; this build speaks \"fedcrm/v3\" — upgrade the older side"
+        "incompatible protocol version \"fedcrm/v3\"; this build speaks \"fedcrm/v4\" — upgrade the older side"
     );
 }
 

@@ -11,6 +11,12 @@ pub struct RoundStart {
     pub round: RoundId,
     pub threshold: usize,
     pub length: usize,
+    /// The round's word width, picked by the coordinator from the analysis's range
+    /// ([`AnalysisKind::range`]) over the invited nodes; nodes recompute it.
+    pub width: WordWidth,
+    /// The per-node bound on each word the width was picked for (for counts, the
+    /// coordinator's `max_customers_per_node`).
+    pub max_per_node: u64,
     pub analysis: Analysis,
     /// Sorted by node name.
     pub invited: Vec<Invitee>,
@@ -19,19 +25,26 @@ pub struct RoundStart {
     pub roster_signature: Vec<u8>,
 }
 
-/// What the coordinator signs for a round: round id, threshold, vector length, the
-/// analysis (with who asked and why) and every invited node with its organisation
-/// and kind.
+/// What the coordinator signs for a round: round id, threshold, vector length, word
+/// width and the per-node bound it was picked for, the analysis (with who asked and
+/// why) and every invited node with its organisation and kind.
 pub fn roster_payload(
     round: &RoundId,
     threshold: usize,
     length: usize,
+    width: WordWidth,
+    max_per_node: u64,
     analysis: &Analysis,
     invited: &[Invitee],
 ) -> Vec<u8> {
     let encoded = prost::Message::encode_to_vec(&pb::Analysis::from(analysis));
-    let mut parts: Vec<Vec<u8>> =
-        vec![(threshold as u64).to_be_bytes().to_vec(), (length as u64).to_be_bytes().to_vec(), encoded];
+    let mut parts: Vec<Vec<u8>> = vec![
+        (threshold as u64).to_be_bytes().to_vec(),
+        (length as u64).to_be_bytes().to_vec(),
+        width.bits().to_be_bytes().to_vec(),
+        max_per_node.to_be_bytes().to_vec(),
+        encoded,
+    ];
     for i in invited {
         parts.push(i.name.as_bytes().to_vec());
         parts.push(i.organisation.as_bytes().to_vec());
@@ -166,6 +179,11 @@ impl TryFrom<pb::CoordinatorMessage> for ToNode {
                     return Err(field("chunk_elements", "out of range"));
                 }
                 let analysis = Analysis::try_from(r.analysis.as_ref().ok_or_else(|| field("analysis", "missing"))?)?;
+                let width = WordWidth::from_bits(r.word_bits)
+                    .ok_or_else(|| field("word_bits", format!("{} is not a word width (32 or 64)", r.word_bits)))?;
+                if r.max_per_node == 0 {
+                    return Err(field("max_per_node", "must be at least 1"));
+                }
                 if analysis.kind.vector_len() as u64 != r.length {
                     return Err(field(
                         "length",
@@ -176,6 +194,8 @@ impl TryFrom<pb::CoordinatorMessage> for ToNode {
                     round: round_id(&r.round_id)?,
                     threshold: r.threshold as usize,
                     length: r.length as usize,
+                    width,
+                    max_per_node: r.max_per_node,
                     analysis,
                     invited: invited
                         .into_iter()
@@ -281,6 +301,8 @@ impl From<&ToNode> for pb::CoordinatorMessage {
                 invited_kinds: r.invited.iter().map(|i| i.kind.as_str().to_string()).collect(),
                 chunk_elements: r.chunk_elements as u32,
                 roster_signature: r.roster_signature.clone(),
+                word_bits: r.width.bits(),
+                max_per_node: r.max_per_node,
             }),
             ToNode::KeyRoster { round, keys } => Body::Roster(pb::KeyRoster {
                 round_id: round.0.to_vec(),
