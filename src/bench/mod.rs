@@ -1,22 +1,44 @@
 //! `fedcrm bench secagg`: measured, never asserted.
 //!
-//! Runs secure-aggregation rounds (`fedcrm_crypto::secagg`) in memory for n nodes and
-//! vectors of d words, and prints each cost beside its floor, measured in the same
-//! run with the same PRG (AES-128-CTR via `prg::expand_many_into`), the same word
-//! width (u64, wrapping) and the same cores: the measured code and the floor both
-//! expand their masks on N threads, N = `prg::parallelism()` (the machine's available
-//! parallelism), splitting the vector between them:
+//! Runs secure-aggregation rounds (`fedcrm_crypto::secagg`, 64-bit words) in memory
+//! for n nodes and vectors of d words, and prints each cost beside an **honest floor**
+//! (issue 9): the same amount of work done the fastest safe way we know on this
+//! machine, independent of our PRG code, timed in the same run ([`floor`]):
 //!
-//! - masking, one node: `ClientReady::mask` (its X25519 agreements, HKDF, the copy
-//!   of the input and |U2| expansions) against copying the input into a buffer and
-//!   making |U2| expansions of d words into it;
+//! - masking, one node: `ClientReady::mask` (its X25519 agreements, HKDF, the copy of
+//!   the input and 1 + |neighbours| mask expansions) against one fused pass on all
+//!   cores that copies the input and adds 1 + |neighbours| AES-128-CTR keystreams of d
+//!   words (random keys, `aes`/`ctr` directly), plus |neighbours| X25519 agreements;
 //! - the coordinator's unmasking, once with no dropouts and once with ⌈drop·n⌉ nodes
 //!   that shared their keys but never sent a masked input (in U2, not in U3):
 //!   `Aggregator::new`, `add_masked` for every survivor, `close` and `finish` against
-//!   zeroing a sum, adding the same vectors into it and making the expansions that
-//!   `finish` must make (|U3| self masks, plus |U3| pairwise masks per dropped node);
+//!   allocating a fresh sum, adding the same vectors into it (all cores), and the
+//!   fused expansion of every stream `finish` must remove (|U3| self masks plus each
+//!   dropped node's pairwise masks with its surviving neighbours), with the X25519
+//!   agreements and Shamir reconstructions those need;
 //! - the coordinator's peak memory during that phase, against the two vectors of d
 //!   words it cannot do without (the running sum and the one masked vector in flight).
+//!
+//! The operation counts come from the protocol ([`floor::counts`]) and are printed in
+//! the table's detail column and in `--json`.
+//!
+//! **AES instructions.** The table says whether the CPU has AES-NI and VAES and whether
+//! this build's `aes` crate uses them (it picks them at run time). To get the figures
+//! without them, build separately with the `aes` crate's software backend (constant-time
+//! fixsliced AES; `aes` 0.9 spells the flag `aes_backend="soft"`, 0.8 spelled it
+//! `aes_force_soft`), into its own target directory so the normal build is not
+//! rebuilt:
+//!
+//! ```sh
+//! RUSTFLAGS='--cfg aes_backend="soft"' CARGO_TARGET_DIR=target/soft-aes \
+//!     cargo run --release -- bench secagg --n 50 --d 1000000
+//! ```
+//!
+//! The flag changes both the measured code and the floor (one `aes` crate).
+//!
+//! **Flower.** With `--flower` the bench then runs Flower's SecAgg and SecAgg+ for the
+//! same n and d through `../shared/bench/flower_secaggplus.py` ([`flower`]) and prints
+//! our speed-up on every row.
 //!
 //! Peak memory is the growth of the process's peak resident set (Linux VmHWM), not a
 //! heap count: counting heap bytes needs a `GlobalAlloc`, i.e. an `unsafe impl`,
@@ -28,23 +50,46 @@
 //! times. Every run checks that the unmasked sum equals the plain sum of the
 //! survivors' inputs and fails otherwise, so the bench is also a correctness check.
 
+pub mod floor;
+pub mod flower;
+mod table;
+
 use std::collections::BTreeSet;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use fedcrm_crypto::prg::{self, MaskSeed, Sign};
 use fedcrm_crypto::secagg::{self, Aggregator, ClientAdvertised, ClientReady, PeerKeys, Revealed, RoundParams};
 use fedcrm_crypto::{RoundId, SecureRandom, SystemRandom};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-/// What both the measured code and the floors use.
-const PRG: &str = "AES-128-CTR (HKDF-keyed per seed), 64-bit words over Z_2^64";
+use floor::{Counts, Floor, FloorTimes, PhaseCounts, Shape, Word};
+pub use table::table;
+
+/// The word the measured protocol masks, and so the width of the floor: the one place
+/// the width is chosen (`fedcrm_crypto::secagg` works over Z_2^64 today).
+pub type ProtocolWord = u64;
+
+/// What the measured code uses.
+const PRG: &str = "AES-128-CTR (HKDF-keyed per seed) via prg::expand_many_into";
 /// The issue's goal for every ratio (printed, never asserted).
 const GOAL_RATIO: f64 = 1.5;
 /// How many times the masking floor is measured (interleaved with the nodes' masking).
 const MASK_FLOOR_REPS: usize = 5;
+
+/// The floor's time by kind of work, in ms.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct FloorParts {
+    /// Fused keystream expansion and addition (with the masking floor's copy).
+    pub streams_ms: f64,
+    pub x25519_ms: f64,
+    pub shamir_ms: f64,
+    /// Adding the masked vectors into the running sum.
+    pub adds_ms: f64,
+    /// Allocating and touching a fresh running sum.
+    pub fresh_sum_ms: f64,
+}
 
 /// One timed phase beside its floor.
 #[derive(Debug, Clone, Serialize)]
@@ -55,6 +100,9 @@ pub struct TimeRow {
     pub floor_ms: f64,
     /// time / floor; `null` in JSON when the floor is zero.
     pub ratio: Option<f64>,
+    /// The operations the floor did, counted from the protocol.
+    pub counts: Counts,
+    pub floor_parts: FloorParts,
 }
 
 /// The coordinator's peak memory during one unmasking phase beside its floor.
@@ -67,6 +115,20 @@ pub struct MemRow {
     pub ratio: Option<f64>,
 }
 
+/// The CPU's AES instructions and whether this build uses them.
+#[derive(Debug, Clone, Serialize)]
+pub struct AesInfo {
+    pub cpu_aes_ni: bool,
+    pub cpu_vaes: bool,
+    pub cpu_avx512f: bool,
+    /// `aes::hardware_accelerated()`: false on a CPU without AES instructions or in a
+    /// build with `--cfg aes_backend="soft"`.
+    pub hardware: bool,
+    /// What the `aes` crate runs: `AES-NI`, `VAES-256`, `VAES-512`, `ARMv8 AES` or the
+    /// software fallback.
+    pub backend: String,
+}
+
 /// Everything the bench prints.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -75,17 +137,33 @@ pub struct Report {
     pub t: usize,
     pub dropped: usize,
     pub prg: String,
+    pub word_bits: usize,
     pub threads: usize,
+    pub aes: AesInfo,
+    /// How the floor is made.
+    pub floor: String,
+    /// The protocol's operation counts per phase (what the floor does).
+    pub counts: PhaseCounts,
     pub memory_measure: &'static str,
     pub times: Vec<TimeRow>,
     pub memory: Vec<MemRow>,
     /// The unmasked sums equalled the plain sums (the bench fails otherwise).
     pub sums_verified: bool,
+    /// Flower's figures from the same run (`--flower`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flower: Option<flower::Report>,
 }
 
-/// `fedcrm bench secagg`: run the benchmark and print the table (or JSON).
-pub fn secagg(n: usize, d: usize, drop: f64, json: bool) -> Result<()> {
-    let report = run(n, d, drop)?;
+/// `fedcrm bench secagg`: run the benchmark, then Flower's if asked, and print the
+/// table (or JSON).
+pub fn secagg(n: usize, d: usize, drop: f64, json: bool, flower: Option<flower::Options>) -> Result<()> {
+    let mut report = run(n, d, drop)?;
+    if let Some(opts) = flower {
+        let (parsed, command, took) = flower::run(&opts, n, d)?;
+        let by_phase = |i: usize| (report.times[i].phase.clone(), report.times[i].time_ms);
+        let ours = [by_phase(0), by_phase(1), by_phase(4)];
+        report.flower = Some(flower::compare(parsed, command, took, n, d, report.dropped, ours));
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -110,93 +188,107 @@ pub fn run(n: usize, d: usize, drop: f64) -> Result<Report> {
         bail!("{k} of {n} dropped leaves {} survivors, fewer than the threshold t = {t}: no round could unmask", n - k);
     }
     let rng = SystemRandom::new();
-    let threads = prg::parallelism();
+    // SecAgg: every node is every other node's neighbour.
+    let counts = floor::counts(Shape { n, t, neighbours: n - 1, dropped: k });
     // Dropped nodes are spread over the roster (their position only decides signs).
     let dropped: BTreeSet<usize> = (0..k).map(|j| j * n / k.max(1)).collect();
 
-    // Setup, not timed: rounds 0 and 1 for both scenarios.
+    // Setup, not timed: rounds 0 and 1 for both scenarios, and the floor's buffers,
+    // keys, peers and shares.
     let setup = bar(2 * 3 * n as u64, "setup: advertising keys and sharing them (X25519, Shamir, AEAD)");
     let plain = setup_round(n, t, d, &BTreeSet::new(), &rng, &setup)?;
     let with_drops = setup_round(n, t, d, &dropped, &rng, &setup)?;
+    let mut floor = Floor::<ProtocolWord>::new(d, Shape { n, t, neighbours: n - 1, dropped: k }, &rng)?;
     setup.finish_and_clear();
 
     // Buffers the bench itself needs, allocated and touched before any measurement so
     // that they never count in the coordinator's peak.
-    let mut bufs = Buffers {
-        input: vec![1u64; d],
-        expected: vec![1u64; d],
-        floor_sum: vec![1u64; d],
-        floor_mask: vec![1u64; d],
-        seeds: (0..n.max(1))
-            .map(|_| {
-                let mut b = [0u8; 32];
-                rng.fill(&mut b).map_err(|_| anyhow::anyhow!("system random number generator failed"))?;
-                Ok(MaskSeed::from_bytes(b))
-            })
-            .collect::<Result<_>>()?,
-    };
+    let mut bufs = Buffers { input: vec![1; d], expected: vec![1; d] };
 
     // One baseline for both phases: the resident set with the bench's buffers and every
     // client's setup state in place, before any masked vector exists.
     let rss = PeakRss::baseline();
     let measure = bar((2 * n - k + 2) as u64, "measuring: nodes mask, the coordinator adds and unmasks");
-    let a = run_round(plain, &mut bufs, &rss, &measure)?;
-    let b = run_round(with_drops, &mut bufs, &rss, &measure)?;
+    let a = run_round(plain, &mut bufs, &mut floor, &counts.masking, &counts.coordinator_no_dropouts, &rss, &measure)?;
+    let b = run_round(with_drops, &mut bufs, &mut floor, &counts.masking, &counts.coordinator_dropped, &rss, &measure)?;
     measure.finish_and_clear();
 
-    let u3 = n - k;
+    let mask_floor = median_times(&a.mask_floor);
     let mut times = vec![TimeRow::new(
         "masking, one node",
-        format!("median of {n} nodes; {n} expansions of d words; floor: median of {} reps", a.mask_floor.len()),
+        format!(
+            "median of {} nodes; floor (median of {} reps): {}",
+            a.mask.len(),
+            a.mask_floor.len(),
+            counts.masking.describe()
+        ),
         median(&a.mask),
-        median(&a.mask_floor),
+        counts.masking,
+        FloorParts::of(mask_floor, Duration::ZERO, Duration::ZERO),
     )];
-    for (fig, label, survivors) in
-        [(&a, "coordinator, no dropouts".to_string(), n), (&b, format!("coordinator, {k} of {n} dropped"), u3)]
-    {
-        let pairwise = fig.dropped * survivors;
+    for (fig, label, c) in [
+        (&a, "coordinator, no dropouts".to_string(), counts.coordinator_no_dropouts),
+        (&b, format!("coordinator, {k} of {n} dropped"), counts.coordinator_dropped),
+    ] {
+        let survivors = c.vectors_added;
         times.push(TimeRow::new(
             &label,
-            format!("total: new + add + close + finish ({} expansions)", survivors + pairwise),
+            format!("new + add + close + finish; floor: {}", c.describe()),
             fig.new + fig.add + fig.finish,
-            fig.zero + fig.add_floor + fig.finish_floor,
+            c,
+            FloorParts::of(fig.finish_floor, fig.add_floor, fig.zero),
         ));
+        let adds = Counts { vectors_added: survivors, ..Counts::default() };
         times.push(TimeRow::new(
             &format!("  adding {survivors} masked vectors"),
-            "Aggregator::new + add_masked; floor: allocate and touch a zeroed sum, add the same vectors".to_string(),
+            format!("Aggregator::new + add_masked; floor: a fresh sum, {}", adds.describe()),
             fig.new + fig.add,
-            fig.zero + fig.add_floor,
+            adds,
+            FloorParts::of(FloorTimes::default(), fig.add_floor, fig.zero),
         ));
+        let finish = Counts { vectors_added: 0, ..c };
         let what = if fig.dropped == 0 {
             format!("{survivors} self masks")
         } else {
-            format!("{survivors} self + {}×{survivors} pairwise masks", fig.dropped)
+            format!("{survivors} self + {} pairwise masks", c.x25519)
         };
         times.push(TimeRow::new(
             &format!("  close + finish: {what}"),
-            "Shamir reconstruction, key agreement, expansions; floor: the expansions".to_string(),
+            format!("Shamir, X25519, HKDF, expansions; floor: {}", finish.describe()),
             fig.finish,
-            fig.finish_floor,
+            finish,
+            FloorParts::of(fig.finish_floor, Duration::ZERO, Duration::ZERO),
         ));
     }
-    let floor_bytes = 2 * 8 * d as u64;
+    let floor_bytes = 2 * std::mem::size_of::<ProtocolWord>() as u64 * d as u64;
     let memory = vec![
         MemRow::new("coordinator, no dropouts".to_string(), a.peak_rss, floor_bytes),
         MemRow::new(format!("coordinator, {k} of {n} dropped"), b.peak_rss, floor_bytes),
     ];
+    let threads = floor.threads();
     Ok(Report {
         n,
         d,
         t,
         dropped: k,
-        prg: format!("{PRG}, {threads} threads (prg::expand_many_into)"),
+        prg: PRG.to_string(),
+        word_bits: ProtocolWord::WIDTH.bits(),
         threads,
+        aes: aes_info(),
+        floor: format!(
+            "fused AES-128-CTR (aes/ctr crates, random 128-bit keys, no HKDF) + wrapping add of {}-bit words on \
+             {threads} threads, {} KiB tiles; X25519 and Shamir (t = {t}) on one thread; same run",
+            ProtocolWord::WIDTH.bits(),
+            floor::TILE_BYTES / 1024
+        ),
+        counts,
         memory_measure: "resident set, not a heap count: peak RSS during the phase (VmHWM, reset through \
                          /proc/self/clear_refs just before Aggregator::new, read after finish) minus RSS after setup; \
                          counts the one masked vector in flight; floor = running sum + one vector in flight = 2·8·d bytes",
         times,
         memory,
         sums_verified: true,
+        flower: None,
     })
 }
 
@@ -261,11 +353,6 @@ struct Buffers {
     input: Vec<u64>,
     /// Σ x_u over the survivors, to check the unmasked sum.
     expected: Vec<u64>,
-    /// The floor's running sum.
-    floor_sum: Vec<u64>,
-    /// The masking floor's output.
-    floor_mask: Vec<u64>,
-    seeds: Vec<MaskSeed>,
 }
 
 /// Node i's input: full-range words, different for every node and position.
@@ -276,19 +363,11 @@ fn fill_input(i: usize, x: &mut [u64]) {
     }
 }
 
-/// The floor's addition: the same wrapping loop `Aggregator::add_masked` runs.
+/// The plain sum of the inputs, to check the unmasked one (not timed).
 fn add_into(acc: &mut [u64], v: &[u64]) {
     for (a, b) in acc.iter_mut().zip(v) {
         *a = a.wrapping_add(*b);
     }
-}
-
-/// `count` expansions of `acc.len()` words into `acc`, cycling through the seeds, in
-/// one call of the same parallel expansion the measured code makes (same threads).
-fn expand_n(seeds: &[MaskSeed], count: usize, acc: &mut [u64], sign: Sign) {
-    let refs: Vec<(&MaskSeed, Sign)> = seeds.iter().cycle().take(count).map(|s| (s, sign)).collect();
-    prg::expand_many_into(&refs, acc);
-    black_box(acc);
 }
 
 fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
@@ -302,29 +381,35 @@ struct RoundFigures {
     dropped: usize,
     /// Each survivor's `ClientReady::mask`.
     mask: Vec<Duration>,
-    mask_floor: Vec<Duration>,
+    mask_floor: Vec<FloorTimes>,
     /// `Aggregator::new`.
     new: Duration,
     /// Σ `add_masked`.
     add: Duration,
     /// `close` + `survivors`/`dropped` + `finish`.
     finish: Duration,
-    /// Floor: zeroing a d-word sum.
+    /// Floor: allocating and touching a fresh d-word sum.
     zero: Duration,
-    /// Floor: Σ adding the same vectors into it.
+    /// Floor: Σ adding the same vectors into a sum.
     add_floor: Duration,
-    /// Floor: the expansions `finish` makes (mean of one run before and one after).
-    finish_floor: Duration,
+    /// Floor: what `finish` must do (mean of one run before and one after).
+    finish_floor: FloorTimes,
     peak_rss: Option<u64>,
 }
 
-fn run_round(round: Round, bufs: &mut Buffers, rss: &PeakRss, pb: &ProgressBar) -> Result<RoundFigures> {
+fn run_round(
+    round: Round,
+    bufs: &mut Buffers,
+    floor: &mut Floor<ProtocolWord>,
+    mask_counts: &Counts,
+    coordinator_counts: &Counts,
+    rss: &PeakRss,
+    pb: &ProgressBar,
+) -> Result<RoundFigures> {
     let Round { params, u1, u2, ready } = round;
     let n = u1.len();
     let survivors = ready.len();
     let dropped = u2.len() - survivors;
-    let mask_expansions = u2.len(); // 1 self mask + (|U2| − 1) pairwise masks
-    let finish_expansions = survivors + dropped * survivors;
     let floor_every = survivors.div_ceil(MASK_FLOOR_REPS).max(1);
     let mut mask = Vec::with_capacity(survivors);
     let mut mask_floor = Vec::with_capacity(MASK_FLOOR_REPS);
@@ -336,36 +421,27 @@ fn run_round(round: Round, bufs: &mut Buffers, rss: &PeakRss, pb: &ProgressBar) 
     let reset = rss.reset_peak();
     let (agg, new) = timed(|| Aggregator::new(params.clone(), u1_for_coordinator, &u2));
     let mut agg = agg?;
-    // The floor's running sum is zeroed in place (already resident); the cost of a
-    // fresh sum's first-touch page faults, which the coordinator pays, is measured
-    // after the memory window closes and added to the floor below.
-    bufs.floor_sum.fill(0);
     for (k, (i, state)) in ready.into_iter().enumerate() {
         let name = node_name(i, n);
         // Client side (not in the coordinator's figures): make the input, mask it.
         fill_input(i, &mut bufs.input);
         add_into(&mut bufs.expected, &bufs.input);
         if k % floor_every == 0 && mask_floor.len() < MASK_FLOOR_REPS {
-            let ((), f) = timed(|| {
-                bufs.floor_mask.copy_from_slice(&bufs.input);
-                expand_n(&bufs.seeds, mask_expansions, &mut bufs.floor_mask, Sign::Add);
-            });
-            mask_floor.push(f);
+            mask_floor.push(floor.masking(mask_counts));
         }
         let (out, m) = timed(|| state.mask(&bufs.input));
         let (client, y) = out?;
         mask.push(m);
-        // Coordinator side, beside its floor (same vector into another sum); the order
-        // alternates so neither side always finds y warm in cache.
+        // Coordinator side, beside its floor (the same vector into the floor's sum);
+        // the order alternates so neither side always finds y warm in cache.
         let coord = |agg: &mut Aggregator| timed(|| agg.add_masked(&name, &y));
-        let floor = |sum: &mut [u64]| timed(|| add_into(sum, &y)).1;
         if k % 2 == 0 {
             let (r, c) = coord(&mut agg);
             r?;
             add += c;
-            add_floor += floor(&mut bufs.floor_sum);
+            add_floor += floor.add(&y);
         } else {
-            add_floor += floor(&mut bufs.floor_sum);
+            add_floor += floor.add(&y);
             let (r, c) = coord(&mut agg);
             r?;
             add += c;
@@ -373,9 +449,8 @@ fn run_round(round: Round, bufs: &mut Buffers, rss: &PeakRss, pb: &ProgressBar) 
         masked.push((name, client));
         pb.inc(1);
     }
-    black_box(&bufs.floor_sum);
 
-    let ((), floor_before) = timed(|| expand_n(&bufs.seeds, finish_expansions, &mut bufs.floor_sum, Sign::Sub));
+    let floor_before = floor.unmasking(coordinator_counts);
     let ((unmasking, u3, gone), close) = timed(|| {
         let u = agg.close();
         let (s, d) = (u.survivors(), u.dropped());
@@ -387,16 +462,10 @@ fn run_round(round: Round, bufs: &mut Buffers, rss: &PeakRss, pb: &ProgressBar) 
     let (sum, fin) = timed(|| unmasking.finish(&responses));
     let sum = sum?;
     let peak_rss = if reset { rss.peak_growth() } else { None };
-    // Floor of a fresh running sum: allocate d zeroed words and touch every page once,
-    // as Aggregator::new and the first add_masked do.
-    let ((), zero) = timed(|| {
-        let mut fresh = vec![0u64; bufs.floor_sum.len()];
-        for w in fresh.iter_mut().step_by(512) {
-            *w = 1;
-        }
-        black_box(&fresh);
-    });
-    let ((), floor_after) = timed(|| expand_n(&bufs.seeds, finish_expansions, &mut bufs.floor_sum, Sign::Sub));
+    // Measured after the memory window closes: a fresh sum's allocation and first-touch
+    // page faults, which the coordinator pays in Aggregator::new and its first add.
+    let zero = floor.fresh_sum();
+    let floor_after = floor.unmasking(coordinator_counts);
     pb.inc(1);
 
     ensure!(gone.len() == dropped, "the coordinator counted {} dropped, expected {dropped}", gone.len());
@@ -405,6 +474,7 @@ fn run_round(round: Round, bufs: &mut Buffers, rss: &PeakRss, pb: &ProgressBar) 
             "secure aggregation returned a wrong sum ({survivors} survivors, {dropped} dropped): masks did not cancel"
         );
     }
+    black_box(&sum);
     Ok(RoundFigures {
         dropped,
         mask,
@@ -414,7 +484,7 @@ fn run_round(round: Round, bufs: &mut Buffers, rss: &PeakRss, pb: &ProgressBar) 
         finish: close + fin,
         zero,
         add_floor,
-        finish_floor: (floor_before + floor_after) / 2,
+        finish_floor: FloorTimes::mean(floor_before, floor_after),
         peak_rss,
     })
 }
@@ -478,10 +548,41 @@ fn median(xs: &[Duration]) -> Duration {
     }
 }
 
+/// The median of each part of the floor's repeated masking, by total.
+fn median_times(xs: &[FloorTimes]) -> FloorTimes {
+    let mut v = xs.to_vec();
+    v.sort_by_key(FloorTimes::total);
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+impl FloorParts {
+    fn of(f: FloorTimes, adds: Duration, fresh_sum: Duration) -> Self {
+        Self {
+            streams_ms: ms(f.streams),
+            x25519_ms: ms(f.x25519),
+            shamir_ms: ms(f.shamir),
+            adds_ms: ms(adds),
+            fresh_sum_ms: ms(fresh_sum),
+        }
+    }
+
+    fn total_ms(&self) -> f64 {
+        self.streams_ms + self.x25519_ms + self.shamir_ms + self.adds_ms + self.fresh_sum_ms
+    }
+}
+
 impl TimeRow {
-    fn new(phase: &str, detail: String, time: Duration, floor: Duration) -> Self {
-        let (time_ms, floor_ms) = (ms(time), ms(floor));
-        Self { phase: phase.to_string(), detail, time_ms, floor_ms, ratio: ratio(time_ms, floor_ms) }
+    fn new(phase: &str, detail: String, time: Duration, counts: Counts, floor_parts: FloorParts) -> Self {
+        let (time_ms, floor_ms) = (ms(time), floor_parts.total_ms());
+        Self {
+            phase: phase.to_string(),
+            detail,
+            time_ms,
+            floor_ms,
+            ratio: ratio(time_ms, floor_ms),
+            counts,
+            floor_parts,
+        }
     }
 }
 
@@ -503,83 +604,25 @@ fn bar(len: u64, msg: &'static str) -> ProgressBar {
     pb
 }
 
-/// Milliseconds with three significant digits or more.
-fn fmt_ms(x: f64) -> String {
-    match x {
-        x if x < 10.0 => format!("{x:.3}"),
-        x if x < 100.0 => format!("{x:.2}"),
-        x => format!("{x:.1}"),
-    }
-}
-
-fn fmt_ratio(r: Option<f64>) -> String {
-    r.map(|r| format!("{r:.2}×")).unwrap_or_else(|| "-".into())
-}
-
-/// The human-readable report.
-pub fn table(r: &Report) -> String {
-    use std::fmt::Write;
-    let mut s = String::new();
-    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-    let _ = writeln!(s, "fedcrm bench secagg — measured, never asserted");
-    let _ = writeln!(
-        s,
-        "  n = {} nodes, d = {} words ({:.1} MiB per vector), t = {}, dropout case: {} of {} dropped after sharing keys",
-        r.n,
-        r.d,
-        mib(8 * r.d as u64),
-        r.t,
-        r.dropped,
-        r.n
+/// The CPU's AES instructions (std's run-time detection) and the `aes` crate's choice.
+fn aes_info() -> AesInfo {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    let (cpu_aes_ni, cpu_vaes, cpu_avx512f) = (
+        std::arch::is_x86_feature_detected!("aes"),
+        std::arch::is_x86_feature_detected!("vaes"),
+        std::arch::is_x86_feature_detected!("avx512f"),
     );
-    let _ = writeln!(s, "  PRG: {}, for the measured code and its floor alike", r.prg);
-    let _ = writeln!(
-        s,
-        "  floor: the same number of PRG bytes expanded with prg::expand_many_into (same threads) and the same vectors added, same run"
-    );
-    let _ = writeln!(s, "  coordinator times exclude the clients' work (masking, answering the unmask request)");
-    let _ = writeln!(s);
-    let _ = writeln!(s, "{:<52} {:>10} {:>10} {:>8}", "phase", "time ms", "floor ms", "ratio");
-    for row in &r.times {
-        let (t, f, q) = (fmt_ms(row.time_ms), fmt_ms(row.floor_ms), fmt_ratio(row.ratio));
-        let _ = writeln!(s, "{:<52} {t:>10} {f:>10} {q:>8}", row.phase);
-    }
-    let _ = writeln!(s);
-    let _ = writeln!(
-        s,
-        "{:<52} {:>10} {:>10} {:>8}",
-        "coordinator's peak memory (RSS growth)", "peak MiB", "floor MiB", "ratio"
-    );
-    for row in &r.memory {
-        let peak = row.peak_bytes.map(|b| format!("{:.1}", mib(b))).unwrap_or_else(|| "n/a".into());
-        let _ =
-            writeln!(s, "{:<52} {:>10} {:>10.1} {:>8}", row.phase, peak, mib(row.floor_bytes), fmt_ratio(row.ratio));
-    }
-    let mut line = String::from("  memory:");
-    for word in r.memory_measure.split_whitespace() {
-        if line.len() + 1 + word.len() > 100 {
-            let _ = writeln!(s, "{line}");
-            line = String::from("   ");
-        }
-        line.push(' ');
-        line.push_str(word);
-    }
-    let _ = writeln!(s, "{line}");
-    let _ = writeln!(s);
-    let over: Vec<&str> = r
-        .times
-        .iter()
-        .filter(|x| x.ratio.is_some_and(|q| q >= GOAL_RATIO))
-        .map(|x| x.phase.trim())
-        .chain(r.memory.iter().filter(|x| x.ratio.is_some_and(|q| q >= GOAL_RATIO)).map(|x| x.phase.trim()))
-        .collect();
-    if over.is_empty() {
-        let _ = writeln!(s, "goal (every ratio under {GOAL_RATIO}×): met");
-    } else {
-        let _ = writeln!(s, "goal (every ratio under {GOAL_RATIO}×): not met for {}", over.join("; "));
-    }
-    let _ = writeln!(s, "unmasked sums equal the plain sums of the survivors' inputs: {}", r.sums_verified);
-    s
+    #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+    let (cpu_aes_ni, cpu_vaes, cpu_avx512f) = (false, false, false);
+    let hardware = aes::hardware_accelerated();
+    let backend = match (hardware, cfg!(target_arch = "aarch64")) {
+        (false, _) => "software (constant-time fixsliced AES)",
+        (true, true) => "ARMv8 AES",
+        (true, false) if cpu_vaes && cpu_avx512f => "VAES-512",
+        (true, false) if cpu_vaes => "VAES-256",
+        (true, false) => "AES-NI",
+    };
+    AesInfo { cpu_aes_ni, cpu_vaes, cpu_avx512f, hardware, backend: backend.to_string() }
 }
 
 #[cfg(test)]
@@ -588,7 +631,7 @@ mod tests {
 
     #[test]
     fn small_bench_completes_and_checks_its_sums() {
-        secagg(5, 1000, 0.2, true).unwrap();
+        secagg(5, 1000, 0.2, true, None).unwrap();
     }
 
     #[test]
@@ -598,8 +641,23 @@ mod tests {
         assert_eq!(r.times.len(), 7);
         assert_eq!(r.memory.len(), 2);
         assert!(r.sums_verified);
+        // The phases keep their names (scripts read the JSON by them).
+        let phases: Vec<&str> = r.times.iter().map(|x| x.phase.as_str()).collect();
+        assert_eq!(
+            [phases[0], phases[1], phases[4]],
+            ["masking, one node", "coordinator, no dropouts", "coordinator, 2 of 10 dropped"]
+        );
+        // Counts from the protocol: 10 streams per node; 8 self + 2 × 8 pairwise.
+        assert_eq!((r.times[0].counts.streams, r.times[0].counts.x25519), (10, 9));
+        assert_eq!((r.times[4].counts.streams, r.times[4].counts.reconstructions), (24, 10));
+        let json = serde_json::to_value(&r).unwrap();
+        for key in ["time_ms", "floor_ms", "ratio", "counts", "floor_parts"] {
+            assert!(json["times"][0].get(key).is_some(), "{key}");
+        }
+        assert!(json.get("flower").is_none());
         let text = table(&r);
         assert!(text.contains("masking, one node") && text.contains("2 of 10 dropped"), "{text}");
+        assert!(text.contains("10 streams, 1 copy, 9 X25519"), "{text}");
     }
 
     #[test]
