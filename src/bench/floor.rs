@@ -15,7 +15,9 @@
 //!   itself, on the calling thread (a few milliseconds per phase).
 //! - **Shamir reconstruction**: `fedcrm_crypto::shamir::combine` on t shares — the
 //!   primitive itself, on the calling thread.
-//! - **Vector additions** (the coordinator's running sum) on all cores, same split.
+//! - **Vector additions** (the coordinator's running sum): the faster of one thread and
+//!   all cores (same split), measured both ways in the same run; adding is memory-bound
+//!   and starting threads per vector costs, so neither wins everywhere.
 //!
 //! How much of each is [`counts`]' business: one documented function of the round's
 //! shape, so SecAgg+ (k neighbours instead of n − 1) reuses it.
@@ -322,11 +324,15 @@ impl<W: Word> Floor<W> {
         FloorTimes { streams, x25519, shamir }
     }
 
-    /// One masked vector added into the running sum, on every core.
-    pub fn add(&mut self, v: &[W]) -> Duration {
-        let ((), t) = timed(|| add_parallel(&mut self.sum, v, self.threads));
+    /// One masked vector added into the running sum on the calling thread, then again on
+    /// every core: (one thread, all cores). Memory-bound, so which is faster depends on
+    /// the machine and its load; the bench keeps the faster total of the phase.
+    pub fn add(&mut self, v: &[W]) -> (Duration, Duration) {
+        let ((), one) = timed(|| W::add(&mut self.sum, v));
         black_box(&self.sum);
-        t
+        let ((), all) = timed(|| add_parallel(&mut self.sum, v, self.threads));
+        black_box(&self.sum);
+        (one, all)
     }
 
     /// A fresh running sum: d zeroed words allocated and every page touched once, as

@@ -241,7 +241,11 @@ pub fn run(n: usize, d: usize, drop: f64) -> Result<Report> {
         let adds = Counts { vectors_added: survivors, ..Counts::default() };
         times.push(TimeRow::new(
             &format!("  adding {survivors} masked vectors"),
-            format!("Aggregator::new + add_masked; floor: a fresh sum, {}", adds.describe()),
+            format!(
+                "Aggregator::new + add_masked; floor: a fresh sum, {} (faster on {} thread(s))",
+                adds.describe(),
+                fig.add_floor_threads
+            ),
             fig.new + fig.add,
             adds,
             FloorParts::of(FloorTimes::default(), fig.add_floor, fig.zero),
@@ -277,7 +281,8 @@ pub fn run(n: usize, d: usize, drop: f64) -> Result<Report> {
         aes: aes_info(),
         floor: format!(
             "fused AES-128-CTR (aes/ctr crates, random 128-bit keys, no HKDF) + wrapping add of {}-bit words on \
-             {threads} threads, {} KiB tiles; X25519 and Shamir (t = {t}) on one thread; same run",
+             {threads} threads, {} KiB tiles; X25519 and Shamir (t = {t}) on one thread; adds of the masked vectors \
+             on one thread or all, whichever was faster; same run",
             ProtocolWord::WIDTH.bits(),
             floor::TILE_BYTES / 1024
         ),
@@ -390,8 +395,10 @@ struct RoundFigures {
     finish: Duration,
     /// Floor: allocating and touching a fresh d-word sum.
     zero: Duration,
-    /// Floor: Σ adding the same vectors into a sum.
+    /// Floor: Σ adding the same vectors into a sum, the faster of one thread and all cores.
     add_floor: Duration,
+    /// Which of the two that was.
+    add_floor_threads: usize,
     /// Floor: what `finish` must do (mean of one run before and one after).
     finish_floor: FloorTimes,
     peak_rss: Option<u64>,
@@ -414,7 +421,9 @@ fn run_round(
     let mut mask = Vec::with_capacity(survivors);
     let mut mask_floor = Vec::with_capacity(MASK_FLOOR_REPS);
     let mut masked = Vec::with_capacity(survivors);
-    let (mut add, mut add_floor) = (Duration::ZERO, Duration::ZERO);
+    let mut add = Duration::ZERO;
+    // The floor's adds: Σ on one thread, Σ on all cores.
+    let mut add_floor = [Duration::ZERO; 2];
     bufs.expected.fill(0);
     let u1_for_coordinator = u1.clone();
 
@@ -435,13 +444,18 @@ fn run_round(
         // Coordinator side, beside its floor (the same vector into the floor's sum);
         // the order alternates so neither side always finds y warm in cache.
         let coord = |agg: &mut Aggregator| timed(|| agg.add_masked(&name, &y));
+        let mut add_floor_both = |floor: &mut Floor<ProtocolWord>| {
+            let (one, all) = floor.add(&y);
+            add_floor[0] += one;
+            add_floor[1] += all;
+        };
         if k % 2 == 0 {
             let (r, c) = coord(&mut agg);
             r?;
             add += c;
-            add_floor += floor.add(&y);
+            add_floor_both(floor);
         } else {
-            add_floor += floor.add(&y);
+            add_floor_both(floor);
             let (r, c) = coord(&mut agg);
             r?;
             add += c;
@@ -483,7 +497,8 @@ fn run_round(
         add,
         finish: close + fin,
         zero,
-        add_floor,
+        add_floor: add_floor[0].min(add_floor[1]),
+        add_floor_threads: if add_floor[0] <= add_floor[1] { 1 } else { floor.threads() },
         finish_floor: FloorTimes::mean(floor_before, floor_after),
         peak_rss,
     })
