@@ -157,6 +157,9 @@ pub struct Report {
 /// `fedcrm bench secagg`: run the benchmark, then Flower's if asked, and print the
 /// table (or JSON).
 pub fn secagg(n: usize, d: usize, drop: f64, json: bool, flower: Option<flower::Options>) -> Result<()> {
+    if let Some(opts) = &flower {
+        flower::preflight(opts)?;
+    }
     let mut report = run(n, d, drop)?;
     if let Some(opts) = flower {
         let (parsed, command, took) = flower::run(&opts, n, d)?;

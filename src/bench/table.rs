@@ -123,9 +123,12 @@ fn flower_table(s: &mut String, f: &flower::Report) {
         "speed-up"
     );
     for c in &f.comparison {
+        let sign = |g: f64| if g > 1.0 { "≥" } else { ">" };
         let goal = format!(
-            "≥{}× / >{}×: {}",
+            "{}{}× / {}{}×: {}",
+            sign(c.goal_vs_secagg),
             c.goal_vs_secagg,
+            sign(c.goal_vs_secagg_plus),
             c.goal_vs_secagg_plus,
             if c.goal_met() { "met" } else { "not met" }
         );
