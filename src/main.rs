@@ -281,10 +281,17 @@ enum HqCommand {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
-    /// Secure aggregation: node masking and coordinator unmasking vs. raw PRG floor.
+    /// Secure aggregation: node masking, coordinator unmasking and peak memory, each beside
+    /// an honest floor (fused AES-128-CTR on all cores, X25519, Shamir, in the protocol's
+    /// counts) measured in the same run; optionally Flower's SecAgg and SecAgg+ too.
+    ///
+    /// Without AES-NI: build separately with
+    /// RUSTFLAGS='--cfg aes_backend="soft"' CARGO_TARGET_DIR=target/soft-aes.
     Secagg {
+        /// Nodes in the round.
         #[arg(long, default_value_t = 50)]
         n: usize,
+        /// Words per vector.
         #[arg(long, default_value_t = 1_000_000)]
         d: usize,
         /// Fraction of nodes dropped in the dropout case.
@@ -294,8 +301,27 @@ enum BenchCommand {
         /// with the default `max_customers_per_node`: 32 bits up to 1,023 nodes).
         #[arg(long, default_value = "auto")]
         width: fedcrm::bench::BenchWidth,
+        /// Secure aggregation: full (every pair of nodes), plus (SecAgg+: a random
+        /// Harary graph, Bell et al.'s k and t), or auto (full below 100 nodes).
+        #[arg(long, default_value = "auto")]
+        secagg: fedcrm::bench::BenchMode,
+        /// Print the report as JSON (Flower's figures under `flower`).
         #[arg(long)]
         json: bool,
+        /// Then run Flower's SecAgg and SecAgg+ for the same n and d (needs Python with
+        /// `pip install flwr==1.41.0`) and print our speed-up per row.
+        #[arg(long)]
+        flower: bool,
+        /// Flower's benchmark script [default: ../shared/bench/flower_secaggplus.py beside
+        /// the repository].
+        #[arg(long, value_name = "PATH", requires = "flower")]
+        flower_script: Option<PathBuf>,
+        /// The Python interpreter that can import flwr.
+        #[arg(long, value_name = "PYTHON", default_value = "python3", requires = "flower")]
+        python: PathBuf,
+        /// Flower's server repetitions (its --reps; medians of them).
+        #[arg(long, value_name = "N", default_value_t = 1, requires = "flower")]
+        flower_reps: usize,
     },
     /// Audit-log verification speed for a log of N records vs. hashing its bytes.
     Audit {
@@ -587,8 +613,24 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench(BenchCommand::Secagg { n, d, drop, width, json }) => {
-            fedcrm::bench::secagg(n, d, drop, width, json)
+        Command::Bench(BenchCommand::Secagg {
+            n,
+            d,
+            drop,
+            width,
+            secagg,
+            json,
+            flower,
+            flower_script,
+            python,
+            flower_reps,
+        }) => {
+            let flower = flower.then(|| fedcrm::bench::flower::Options {
+                script: flower_script.unwrap_or_else(fedcrm::bench::flower::default_script),
+                python,
+                reps: flower_reps,
+            });
+            fedcrm::bench::secagg(n, d, drop, width, secagg, json, flower)
         }
         Command::Bench(BenchCommand::Audit { records, json }) => fedcrm::auditcli::bench(records, json),
         Command::Audit(AuditCommand::Verify { paths, ca, json }) => fedcrm::auditcli::verify(&paths, &ca, json),
