@@ -376,10 +376,13 @@ fn run_at<W: Word>(n: usize, d: usize, drop: f64, width: WordWidth, mode: Mode) 
             FloorParts::of(fig.finish_floor, Duration::ZERO, Duration::ZERO),
         ));
     }
-    let floor_bytes = 2 * std::mem::size_of::<W>() as u64 * d as u64;
+    // What the coordinator cannot do without: the running sum, the one masked vector in
+    // flight, and t shares (two 32-byte scalars each) of every secret it must rebuild.
+    let vectors = 2 * std::mem::size_of::<W>() as u64 * d as u64;
+    let shares = |secrets: usize| (secrets * t * fedcrm_crypto::shamir::SHARE_Y_LEN) as u64;
     let memory = vec![
-        MemRow::new("coordinator, no dropouts".to_string(), a.peak_rss, floor_bytes),
-        MemRow::new(format!("coordinator, {k} of {n} dropped"), b.peak_rss, floor_bytes),
+        MemRow::new("coordinator, no dropouts".to_string(), a.peak_rss, vectors + shares(n)),
+        MemRow::new(format!("coordinator, {k} of {n} dropped"), b.peak_rss, vectors + shares(n)),
     ];
     let threads = floor.threads();
     Ok(Report {
@@ -403,7 +406,8 @@ fn run_at<W: Word>(n: usize, d: usize, drop: f64, width: WordWidth, mode: Mode) 
         counts,
         memory_measure: "resident set, not a heap count: peak RSS during the phase (VmHWM, reset through \
                          /proc/self/clear_refs just before Aggregator::new, read after finish) minus RSS after setup; \
-                         counts the one masked vector in flight; floor = running sum + one vector in flight = 2·(width/8)·d bytes",
+                         counts the one masked vector in flight and the unmask responses; floor = running sum + one vector in flight \
+                         = 2·(width/8)·d bytes, plus t shares of 64 bytes for each secret rebuilt (|U3| + K)",
         times,
         memory,
         sums_verified: true,
