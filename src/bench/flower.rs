@@ -281,15 +281,28 @@ fn parse_row(l: &str) -> Result<Row> {
 /// Our three phases beside the script's rows for the same n and d.
 ///
 /// `ours`: (masking, one node; coordinator, no dropouts; coordinator, K dropped) in ms.
+/// What our run was, for the notes beside Flower's figures.
+#[derive(Debug, Clone)]
+pub struct Ours {
+    pub word_bits: usize,
+    /// Full SecAgg or SecAgg+ (with its k and t).
+    pub secagg: String,
+    /// Each node's neighbours.
+    pub neighbours: usize,
+    /// Nodes dropped in the dropout case.
+    pub dropped: usize,
+}
+
 pub fn compare(
     parsed: Parsed,
     command: String,
     took: Duration,
     n: usize,
     d: usize,
-    k: usize,
     ours: [(String, f64); 3],
+    ours_setup: &Ours,
 ) -> Report {
+    let k = ours_setup.dropped;
     let find = |scheme: &str| parsed.rows.iter().find(|r| r.scheme == scheme && r.n == n && r.d == d).cloned();
     let (sa, sp) = (find("secagg"), find("secagg+"));
     let pick = |r: &Option<Row>, i: usize| {
@@ -319,15 +332,18 @@ pub fn compare(
         .collect();
     let dropped = sa.as_ref().or(sp.as_ref()).map(|r| r.dropped);
     let mut notes = vec![
-        "Flower's vectors are float32 quantized into Z_2^32 (its defaults); ours are 64-bit words; d is the same".into(),
+        format!(
+            "Flower's vectors are float32 quantized into Z_2^32 (its defaults); ours are {}-bit words; d is the same",
+            ours_setup.word_bits
+        ),
         "Flower's client time includes quantizing and decrypting the shares it holds; its server times exclude the clients' replies, as ours do".into(),
         "Flower's keys are SECP384R1 ECDH; its PRG is NumPy's; no network in either".into(),
     ];
     if let Some(sp) = &sp {
         notes.push(format!(
-            "ours is SecAgg over the complete graph ({n} streams per node, {k} × {} pairwise at the coordinator); \
-             Flower SecAgg+ masks with k = {} neighbours ({} streams per node), so less work on every row",
-            n - k,
+            "ours is {} ({} streams per node); Flower SecAgg+ masks with k = {} neighbours ({} streams per node)",
+            ours_setup.secagg,
+            ours_setup.neighbours + 1,
             sp.k,
             sp.k + 1
         ));
@@ -386,8 +402,11 @@ mod tests {
         let p = parse(SAMPLE, "s.py").unwrap();
         let sa = p.rows.iter().find(|r| r.scheme == "secagg").unwrap().clone();
         let ours = [("masking, one node".to_string(), 10.0), ("no".into(), sa.server_ms / 200.0), ("k".into(), 1e9)];
-        let r = compare(p, "cmd".into(), Duration::from_secs(1), 50, 1_000_000, 5, ours);
+        let setup = Ours { word_bits: 32, secagg: "full SecAgg".into(), neighbours: 49, dropped: 5 };
+        let r = compare(p, "cmd".into(), Duration::from_secs(1), 50, 1_000_000, ours, &setup);
         assert_eq!(r.secagg_plus_k, Some(6));
+        assert!(r.notes.iter().any(|n| n.contains("ours are 32-bit words")), "{:?}", r.notes);
+        assert!(r.notes.iter().any(|n| n.contains("ours is full SecAgg (50 streams per node)")), "{:?}", r.notes);
         assert!((r.comparison[1].secagg_speedup.unwrap() - 200.0).abs() < 1e-9);
         assert!(!r.comparison[2].goal_met());
         assert!(r.notes.iter().all(|n| !n.contains("dropped 5 of 50 clients, we")));

@@ -242,7 +242,13 @@ pub fn secagg(
         let (parsed, command, took) = flower::run(&opts, n, d)?;
         let by_phase = |i: usize| (report.times[i].phase.clone(), report.times[i].time_ms);
         let ours = [by_phase(0), by_phase(1), by_phase(4)];
-        report.flower = Some(flower::compare(parsed, command, took, n, d, report.dropped, ours));
+        let setup = flower::Ours {
+            word_bits: report.word_bits,
+            secagg: report.secagg.clone(),
+            neighbours: report.neighbours,
+            dropped: report.dropped,
+        };
+        report.flower = Some(flower::compare(parsed, command, took, n, d, ours, &setup));
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
