@@ -12,7 +12,7 @@ mod common;
 
 use std::time::Instant;
 
-use common::{cdnow_nodes, pooled_over};
+use common::cdnow_nodes;
 use fedcrm::harness::{Cluster, ClusterOptions};
 use fedcrm::hq::SegmentsView;
 use fedcrm_node::session::DropAt;
@@ -55,12 +55,6 @@ async fn segments_over_many_nodes_with_five_percent_dropping_equal_pooled() {
         peak_mib().map_or("unknown".into(), |m| format!("{m:.0}")),
     );
     assert_eq!(view.participants.len(), n - dropping, "contributors: every node but the dropping ones");
-    let p = pooled_over(&nodes, &view.participants);
-    assert_eq!(view.customers, Some(p.customers), "customers");
-    assert_eq!(view.recency_cuts, p.recency, "recency cut points");
-    assert_eq!(view.frequency_cuts, p.frequency, "frequency cut points");
-    assert_eq!(view.monetary_cuts_cents, p.monetary, "monetary cut points");
-    let counts: Vec<u64> = view.segments.iter().map(|s| s.customers.expect("no cell suppressed")).collect();
-    assert_eq!(counts, p.counts.to_vec(), "segment counts");
+    common::assert_equals_pooled(&view, &nodes);
     cluster.stop().await;
 }

@@ -35,15 +35,21 @@ pub async fn check(nodes: Vec<NodeSpec>, opts: ClusterOptions, expected_contribu
     let reply = cluster.segments(REFERENCE, "test: segments equal pooled").await.expect("segments");
     let view = SegmentsView::new(&reply, REFERENCE);
     assert_eq!(view.participants.len(), expected_contributors, "contributors: {:?}", view.participants);
-    let p = pooled_over(&nodes, &view.participants);
+    assert_equals_pooled(&view, &nodes);
+    cluster.stop().await;
+    view
+}
+
+/// The federated view equals the pooled answer over its contributors' data: every cut
+/// point and every segment count.
+pub fn assert_equals_pooled(view: &SegmentsView, nodes: &[NodeSpec]) {
+    let p = pooled_over(nodes, &view.participants);
     assert_eq!(view.customers, Some(p.customers), "customers");
     assert_eq!(view.recency_cuts, p.recency, "recency cut points");
     assert_eq!(view.frequency_cuts, p.frequency, "frequency cut points");
     assert_eq!(view.monetary_cuts_cents, p.monetary, "monetary cut points");
     let counts: Vec<u64> = view.segments.iter().map(|s| s.customers.expect("no cell suppressed")).collect();
     assert_eq!(counts, p.counts.to_vec(), "segment counts (high-value, potential, dormant, other)");
-    cluster.stop().await;
-    view
 }
 
 /// A test analyst's request for the reference date.
