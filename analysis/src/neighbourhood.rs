@@ -253,16 +253,8 @@ fn binomial(n: usize, k: usize) -> u128 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::fixtures::{fr, hq, m};
 
-    fn m(name: &str, org: &str, kind: OrgKind) -> Invitee {
-        Invitee { name: name.into(), organisation: org.into(), kind }
-    }
-    fn fr(name: &str) -> Invitee {
-        m(name, &format!("{name} ltd"), OrgKind::Franchisee)
-    }
-    fn hq(name: &str) -> Invitee {
-        m(name, "brand hq", OrgKind::Hq)
-    }
     fn rules() -> NodeRules {
         NodeRules {
             assume_colluding_nodes: 1,

@@ -373,19 +373,27 @@ fn rank_mod_p(rows: &[Vec<u64>], drop: &[usize]) -> usize {
     rank
 }
 
+/// Invitees for the round rules' tests (here and in `neighbourhood`).
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixtures {
     use super::*;
 
-    fn m(name: &str, org: &str, kind: OrgKind) -> Invitee {
+    pub(crate) fn m(name: &str, org: &str, kind: OrgKind) -> Invitee {
         Invitee { name: name.into(), organisation: org.into(), kind }
     }
-    fn fr(name: &str) -> Invitee {
+    pub(crate) fn fr(name: &str) -> Invitee {
         m(name, &format!("{name} ltd"), OrgKind::Franchisee)
     }
-    fn hq(name: &str) -> Invitee {
+    pub(crate) fn hq(name: &str) -> Invitee {
         m(name, "brand hq", OrgKind::Hq)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{fr, hq, m};
+    use super::*;
+
     fn rules() -> NodeRules {
         NodeRules {
             assume_colluding_nodes: 1,
