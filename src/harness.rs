@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use fedcrm_coordinator::Coordinator;
-use fedcrm_coordinator::config::{CoordinatorConfig, Enrolled, ReleaseRules, RoundSettings, SessionSettings};
+use fedcrm_coordinator::config::{
+    CoordinatorConfig, Enrolled, ReleaseRules, RoundSettings, SecaggSettings, SessionSettings,
+};
 #[cfg(feature = "test-util")]
 use fedcrm_coordinator::round::Hooks;
 use fedcrm_node::config::{CoordinatorEndpoint, NodeConfig};
@@ -137,6 +139,8 @@ pub struct ClusterOptions {
     pub root: Option<PathBuf>,
     /// The coordinator's HTTP/2 keepalive (`[sessions] keepalive_seconds`).
     pub keepalive_seconds: u64,
+    /// `[secagg]`: full SecAgg or SecAgg+, and SecAgg+'s threat parameters.
+    pub secagg: SecaggSettings,
 }
 
 /// Per node, the encoded messages its transport took, in order (tests).
@@ -156,6 +160,7 @@ impl Default for ClusterOptions {
             capture_wire: false,
             root: None,
             keepalive_seconds: SessionSettings::default().keepalive_seconds,
+            secagg: SecaggSettings::default(),
         }
     }
 }
@@ -239,6 +244,7 @@ impl Cluster {
                 max_customers_per_node: opts.max_customers_per_node,
             },
             sessions: SessionSettings { keepalive_seconds: opts.keepalive_seconds },
+            secagg: opts.secagg,
             audit_dir: dir.path().join("coordinator-audit"),
             audit: Default::default(),
         };

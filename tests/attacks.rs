@@ -138,19 +138,6 @@ fn truth(cluster: &Cluster, node: &str, specs: &[HistogramSpec]) -> Vec<u64> {
     local_vector(&analysis, &customers)
 }
 
-/// The node's refusal reasons, from its own audit log.
-fn refusals(cluster: &Cluster, node: &str) -> Vec<String> {
-    let cfg = cluster.node_configs.iter().find(|c| c.name == node).unwrap();
-    read_records(&cfg.audit_dir)
-        .unwrap()
-        .into_iter()
-        .filter_map(|r| match r.event {
-            Event::PolicyDecision { admitted: false, reason, .. } => Some(reason),
-            _ => None,
-        })
-        .collect()
-}
-
 fn sent(cluster: &Cluster, node: &str) -> Vec<String> {
     let cfg = cluster.node_configs.iter().find(|c| c.name == node).unwrap();
     read_log(&cfg.audit_dir).unwrap().into_iter().map(|e| e.kind).collect()
@@ -218,7 +205,7 @@ async fn a1_hq_nodes_reaching_the_threshold_get_no_share_of_the_target() {
         assert!(!o.release.contributors.iter().any(|c| c.starts_with("fr-")), "{:?}", o.release.contributors);
     }
     assert_eq!(sent(&cluster, "fr-target"), vec!["hello", "refusal"]);
-    let why = refusals(&cluster, "fr-target");
+    let why = common::refusals(&cluster, "fr-target");
     assert!(why.iter().any(|r| r.contains("2t > n + H + C") && r.contains("H = 5")), "{why:?}");
     assert_eq!(sent(&cluster, "fr-other"), vec!["hello", "refusal"]);
     // HQ tries: its nodes hold no share of the target's secrets, and it has no masked vector of it.
@@ -256,9 +243,9 @@ async fn a2_franchisees_made_to_look_dropped_expose_no_one() {
     assert!(sent(&cluster, "fr-target").contains(&"masked-chunk".to_string()));
     assert!(!sent(&cluster, "fr-target").contains(&"unmask-shares".to_string()));
     assert!(
-        refusals(&cluster, "fr-target").iter().any(|r| r.contains("fewer than t=6")),
+        common::refusals(&cluster, "fr-target").iter().any(|r| r.contains("fewer than t=6")),
         "{:?}",
-        refusals(&cluster, "fr-target")
+        common::refusals(&cluster, "fr-target")
     );
     // No honest franchisee revealed anything; HQ's own shares are two of six.
     assert!(loot.revealed.lock().unwrap().iter().all(|(n, _)| n.starts_with("hq-")));
@@ -314,7 +301,7 @@ async fn a3_differencing_across_analyses_is_refused_by_population_even_after_a_r
     // Nothing was masked: every node refused over U2, before its vector left.
     assert_eq!(loot.masked.lock().unwrap().len(), masked_before);
     for n in ["node-0", "node-1", "node-2", "node-3", "node-4"] {
-        let why = refusals(&cluster, n);
+        let why = common::refusals(&cluster, n);
         assert!(why.iter().any(|r| r.contains("differencing") && r.contains("node-5")), "{n}: {why:?}");
     }
     // HQ holds one release; B, to subtract from A, does not exist.
@@ -375,7 +362,7 @@ async fn a6_split_views_cannot_strip_the_targets_masks() {
     let cluster = Cluster::start_with_hooks(opts(roster(&loot, 2, &names)), hooks).await.unwrap();
     let _ = cluster.coordinator.run_histograms(&common::request("A6 t = H + 1"), coarse()).await;
     for n in names {
-        assert!(refusals(&cluster, n).iter().any(|r| r.contains("2t > n + H + C")), "{n}");
+        assert!(common::refusals(&cluster, n).iter().any(|r| r.contains("2t > n + H + C")), "{n}");
         assert_eq!(sent(&cluster, n), vec!["hello", "refusal"], "{n}");
     }
     cluster.stop().await;
@@ -394,12 +381,16 @@ async fn a6_split_views_cannot_strip_the_targets_masks() {
             }
         })),
         extra_view_signatures: Some(Arc::new(move |round: RoundId, u2: &[String], u3: &[String]| {
-            let payload = fedcrm_crypto::secagg::consistency_payload(&round, u2, u3);
+            let payload = fedcrm_crypto::secagg::consistency_payload(&round, None, u2, u3);
             signer_keys
                 .lock()
                 .unwrap()
                 .iter()
-                .map(|(n, k)| ViewSignature { node: n.clone(), signature: k.sign(&payload).unwrap() })
+                .map(|(n, k)| ViewSignature {
+                    node: n.clone(),
+                    signature: k.sign(&payload).unwrap(),
+                    certificate: Vec::new(),
+                })
                 .collect()
         })),
         ..loot.hooks()
@@ -413,7 +404,7 @@ async fn a6_split_views_cannot_strip_the_targets_masks() {
     let _ = cluster.coordinator.run_histograms(&common::request("A6 split view"), coarse()).await;
     // fr-f2 signed its view but never got t signatures on it, so revealed nothing.
     assert!(!sent(&cluster, "fr-f2").contains(&"unmask-shares".to_string()));
-    let why = refusals(&cluster, "fr-f2");
+    let why = common::refusals(&cluster, "fr-f2");
     assert!(why.iter().any(|r| r.contains("consistency check") && r.contains("fewer than t = 5")), "{why:?}");
     // HQ tries with everything it holds: enough shares of the target's self-mask
     // seed, two of its mask key.
@@ -514,7 +505,7 @@ async fn r1_three_sums_that_would_isolate_a_franchisee_are_refused() {
     disconnect(&mut cluster, "fr-b").await;
     let s2 = c.run_histograms(&common::request("R1 sum 2"), coarse()).await;
     assert!(s2.is_err(), "S2 over T, c, d was released");
-    let why = refusals(&cluster, "fr-target");
+    let why = common::refusals(&cluster, "fr-target");
     assert!(why.iter().any(|r| r.contains("shares only fr-target")), "{why:?}");
     let masked_by_target = loot.masked.lock().unwrap().iter().filter(|(n, _)| n == "fr-target").count();
     assert_eq!(masked_by_target, 1, "the target masked its input for S2 too");
@@ -525,7 +516,11 @@ async fn r1_three_sums_that_would_isolate_a_franchisee_are_refused() {
     let s3 = c.run_histograms(&common::request("R1 sum 3"), coarse()).await;
     assert!(s3.is_err(), "S3 over a, b, c, d was released");
     for n in ["fr-a", "fr-b"] {
-        assert!(refusals(&cluster, n).iter().any(|r| r.contains("shares only")), "{n}: {:?}", refusals(&cluster, n));
+        assert!(
+            common::refusals(&cluster, n).iter().any(|r| r.contains("shares only")),
+            "{n}: {:?}",
+            common::refusals(&cluster, n)
+        );
     }
     cluster.stop().await;
 }
@@ -572,9 +567,9 @@ async fn r3_a_colluding_organisation_brings_all_its_stores() {
     let _ = cluster.coordinator.run_histograms(&common::request("R3 forced"), coarse()).await;
     assert_eq!(sent(&cluster, "fr-target"), vec!["hello", "refusal"]);
     assert!(
-        refusals(&cluster, "fr-target").iter().any(|r| r.contains("C = 5")),
+        common::refusals(&cluster, "fr-target").iter().any(|r| r.contains("C = 5")),
         "{:?}",
-        refusals(&cluster, "fr-target")
+        common::refusals(&cluster, "fr-target")
     );
     assert!(loot.strip(rounds(&cluster)[0], "fr-target", 5).is_err());
     cluster.stop().await;
@@ -669,7 +664,7 @@ async fn r6_a_target_kept_out_of_unmasking_still_remembers_the_sum() {
     }
     let masked_before = loot.masked.lock().unwrap().iter().filter(|(n, _)| n == "fr-target").count();
     let _ = c.run_histograms(&common::request("R6 sum 2"), coarse()).await;
-    let why = refusals(&cluster, "fr-target");
+    let why = common::refusals(&cluster, "fr-target");
     assert!(why.iter().any(|r| r.contains("shares only fr-target")), "{why:?}");
     let masked_after = loot.masked.lock().unwrap().iter().filter(|(n, _)| n == "fr-target").count();
     assert_eq!(masked_before, masked_after, "the target masked its input for S2");
@@ -738,7 +733,7 @@ async fn a_coordinator_substituting_round_keys_or_stripping_the_roster_signature
         assert!(out.is_err(), "a round over substituted keys released a result");
         for node in &names[1..] {
             assert_eq!(sent(&cluster, node), vec!["hello", "advertise-keys", "refusal"], "{node}");
-            let why = refusals(&cluster, node);
+            let why = common::refusals(&cluster, node);
             assert!(why.iter().any(|r| r.contains(refusal)), "{node}: {why:?}");
         }
         assert!(loot.strip(rounds(&cluster)[0], "fr-target", 6).is_err(), "HQ read the target's histograms");
@@ -753,7 +748,7 @@ async fn a_coordinator_substituting_round_keys_or_stripping_the_roster_signature
     assert!(cluster.coordinator.run_histograms(&common::request("claim 5 unsigned"), coarse()).await.is_err());
     for node in names {
         assert_eq!(sent(&cluster, node), vec!["hello", "refusal"], "{node}");
-        let why = refusals(&cluster, node);
+        let why = common::refusals(&cluster, node);
         assert!(
             why.iter().any(|r| r.contains("the round's roster is not signed by the coordinator")),
             "{node}: {why:?}"

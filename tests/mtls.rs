@@ -130,6 +130,7 @@ async fn rogue_coordinator(
         release: Default::default(),
         rounds: Default::default(),
         sessions: Default::default(),
+        secagg: Default::default(),
         audit_dir: cluster.dir.path().join(format!("rogue-{name}-audit")),
         audit: Default::default(),
     };
@@ -215,9 +216,11 @@ async fn incompatible_protocol_version_is_rejected_with_a_clear_message() {
         .unwrap();
     let mut client = pb::coordinator_client::CoordinatorClient::new(ch);
     // "fedcrm/v2" is the last version before the AES-128-CTR PRG, "fedcrm/v3" the last
-    // before word widths (its masks are keyed without the width): neither's masks would
-    // cancel with ours, so each must be refused before any round, not fail inside one.
-    for old in ["fedcrm/v0", "fedcrm/v2", "fedcrm/v3"] {
+    // before word widths (its masks are keyed without the width), "fedcrm/v4" the last
+    // before SecAgg+ (its keys are signed without a nonce commitment, its views without
+    // the graph): none can take part in our rounds, so each must be refused before any
+    // round, not fail inside one.
+    for old in ["fedcrm/v0", "fedcrm/v2", "fedcrm/v3", "fedcrm/v4"] {
         let hello = pb::NodeMessage {
             body: Some(pb::node_message::Body::Hello(pb::Hello {
                 protocol_version: old.into(),
@@ -231,7 +234,7 @@ async fn incompatible_protocol_version_is_rejected_with_a_clear_message() {
         assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{}", status.message());
         let m = status.message();
         assert!(m.contains(&format!("incompatible protocol version \"{old}\"")), "{m}");
-        assert!(m.contains("this coordinator speaks \"fedcrm/v4\""), "{m}");
+        assert!(m.contains("this coordinator speaks \"fedcrm/v5\""), "{m}");
         assert!(m.contains("upgrade the node"), "{m}");
     }
     cluster.stop().await;

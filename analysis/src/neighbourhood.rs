@@ -4,7 +4,8 @@
 //! graph as adjacency lists. The graph itself (`fedcrm_crypto::graph`) is recomputed
 //! by every node from the round's seed; nothing here trusts a label from the
 //! coordinator, and the rules take the graph as plain adjacency lists, so they can be
-//! tested on hand-made graphs. Pure: no I/O, no clock. Not on the wire yet.
+//! tested on hand-made graphs. Pure: no I/O, no clock. Nodes apply them through
+//! [`check_invitation`] (before the graph exists) and [`check_stage`] (over U1, U2, U3).
 //!
 //! In SecAgg+ a node u shares its self-mask seed and its mask key t-of-k among its k
 //! neighbours only, and masks only with them. Two rules replace full SecAgg's
@@ -248,6 +249,62 @@ fn binomial(n: usize, k: usize) -> u128 {
         r = r.saturating_mul((n - i) as u128) / (i as u128 + 1);
     }
     r
+}
+
+/// A SecAgg+ invitation as a node checks it before it advertises keys, when the graph
+/// is not drawn yet: at least `min_participants` invited, the organisation rule over
+/// all of them (a component can only hold fewer), and a degree and threshold that
+/// can be safe at all — k even, 2 ≤ k < n − 1 (k ≥ n − 1 is full SecAgg, which the
+/// coordinator must run as such), k/2 < t ≤ k.
+pub fn check_invitation(
+    rules: &NodeRules,
+    own_org: &str,
+    invited: &[Invitee],
+    k: usize,
+    t: usize,
+) -> Result<(), String> {
+    let n = invited.len();
+    if n < rules.min_participants {
+        return Err(format!("policy: {n} nodes invited, fewer than min_participants = {}", rules.min_participants));
+    }
+    if k < 2 || !k.is_multiple_of(2) || k + 1 >= n || 2 * t <= k || t > k {
+        return Err(format!(
+            "policy: the invitation's SecAgg+ graph degree k = {k} and neighbourhood threshold t_k = {t} cannot be \
+             safe for n = {n} nodes: k must be even with 2 <= k < n - 1, and k/2 < t_k <= k"
+        ));
+    }
+    rules::check_organisations(rules, own_org, invited, Stage::Invited)
+}
+
+/// The rules of a SecAgg+ round over one stage's set (U1, U2, U3), as a node checks
+/// them on the graph it computed itself before its bytes leave: the neighbourhood
+/// threshold over all its `neighbours` ([`check_neighbourhood`]), at least t of them
+/// among `members` ([`check_neighbours_present`]), the organisation rule on its
+/// component of non-HQ `members` ([`check_component_organisations`]), and at least
+/// `min_participants` members.
+#[allow(clippy::too_many_arguments)] // the rule's inputs, each plain data
+pub fn check_stage(
+    rules: &NodeRules,
+    me: &str,
+    own_org: &str,
+    members: &[Invitee],
+    neighbours: &[Invitee],
+    adjacency: &BTreeMap<String, Vec<String>>,
+    (k, t): (usize, usize),
+    stage: Stage,
+) -> Result<(), String> {
+    if members.len() < rules.min_participants {
+        return Err(format!(
+            "policy: {} nodes are {}, fewer than min_participants = {}; refusing",
+            members.len(),
+            stage.name(),
+            rules.min_participants
+        ));
+    }
+    check_neighbourhood(rules, own_org, neighbours, k, t).map_err(|e| e.to_string())?;
+    let names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
+    check_neighbours_present(neighbours, &names, t, stage).map_err(|e| e.to_string())?;
+    check_component_organisations(rules, me, own_org, members, adjacency, stage).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

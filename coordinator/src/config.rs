@@ -27,6 +27,8 @@ pub struct CoordinatorConfig {
     pub rounds: RoundSettings,
     #[serde(default)]
     pub sessions: SessionSettings,
+    #[serde(default)]
+    pub secagg: SecaggSettings,
     /// The coordinator's tamper-evident audit log.
     pub audit_dir: PathBuf,
     /// Audit log sealing, rotation and retention.
@@ -101,6 +103,57 @@ impl Default for RoundSettings {
             phase_timeout_seconds: default_timeout(),
             chunk_elements: default_chunk(),
             max_customers_per_node: default_max_customers(),
+        }
+    }
+}
+
+/// Full SecAgg (Bonawitz et al. 2017: every node shares with every other) or SecAgg+
+/// (Bell et al. 2020: each node shares with its k neighbours in a random graph), and
+/// the threat SecAgg+'s graph parameters are chosen for (`fedcrm_crypto::graph`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecaggSettings {
+    /// "auto" (default): full SecAgg below `full_below` invited nodes, SecAgg+ from
+    /// there; "full" or "plus" to force one (SecAgg+ still falls back to full SecAgg
+    /// when no graph sparser than the complete one meets the bounds).
+    #[serde(default)]
+    pub mode: SecaggMode,
+    /// Default 100.
+    #[serde(default = "default_full_below")]
+    pub full_below: usize,
+    /// γ: the fraction of nodes that may be corrupt, HQ's own and colluding together.
+    /// The coordinator uses at least HQ's share of the invited nodes plus the largest
+    /// colluding set any invitee assumes. Default 0.10.
+    #[serde(default = "default_fraction")]
+    pub corrupt_fraction: f64,
+    /// δ: the fraction of nodes that may drop out of a round. Default 0.10.
+    #[serde(default = "default_fraction")]
+    pub dropout_fraction: f64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecaggMode {
+    #[default]
+    Auto,
+    Full,
+    Plus,
+}
+
+fn default_full_below() -> usize {
+    fedcrm_crypto::graph::GraphConfig::default().full_below
+}
+fn default_fraction() -> f64 {
+    0.10
+}
+
+impl Default for SecaggSettings {
+    fn default() -> Self {
+        Self {
+            mode: SecaggMode::Auto,
+            full_below: default_full_below(),
+            corrupt_fraction: default_fraction(),
+            dropout_fraction: default_fraction(),
         }
     }
 }

@@ -302,10 +302,15 @@ impl Coordinator {
         }
         #[cfg(feature = "test-util")]
         if let Some(t) = self.hooks.force_threshold {
-            return Ok(plan::Plan { invited: connected, t, excluded: Default::default() });
+            return Ok(plan::Plan { invited: connected, t, degree: 0, excluded: Default::default() });
+        }
+        #[cfg(feature = "test-util")]
+        if let Some((k, t)) = self.hooks.force_graph {
+            return Ok(plan::Plan { invited: connected, t, degree: k, excluded: Default::default() });
         }
         let history = self.history.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        plan::plan(&connected, &history, now_ms(), coverage).map_err(crate::round::RoundError::Unplannable)
+        plan::plan(&connected, &history, now_ms(), coverage, &self.config.secagg)
+            .map_err(crate::round::RoundError::Unplannable)
     }
 
     /// A round runner for one analysis. Events queued while no analysis ran (stale

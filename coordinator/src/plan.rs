@@ -9,19 +9,33 @@
 //! (C_i: the nodes of the c_i largest franchisee organisations other than i's) and
 //! t ≥ min_participants_i for every invitee i — the largest number of dropouts
 //! the rules allow.
+//!
+//! From `[secagg] full_below` invited nodes (default 100) the round runs SecAgg+
+//! (Bell et al. CCS 2020): each node shares with its k neighbours in a random graph,
+//! t_k of k, with (k, t_k) from `fedcrm_crypto::graph::parameters` for the corrupt
+//! fraction γ = max(`corrupt_fraction`, (H + the largest C_i)/n) and the dropout
+//! fraction δ. The neighbourhood rules need the graph, which is drawn from nonces the
+//! nodes commit to after the invitation: the nodes check them; the planner checks
+//! what it can before (the organisation rule over all invitees, min_participants).
 
 use std::collections::BTreeMap;
 
+use fedcrm_analysis::neighbourhood;
 use fedcrm_analysis::rules::Invitee;
 use fedcrm_analysis::rules::{self, Coverage, Stage, Unmasked};
+use fedcrm_crypto::graph::{self, GraphConfig, Mode};
 
+use crate::config::{SecaggMode, SecaggSettings};
 use crate::registry::ConnectedNode;
 
 /// Who is invited, with which threshold, and who was left out and why.
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub invited: Vec<ConnectedNode>,
+    /// Full SecAgg: the threshold over all of U1. SecAgg+: the per-neighbourhood t_k.
     pub t: usize,
+    /// SecAgg+: the graph's degree k; 0: full SecAgg.
+    pub degree: usize,
     /// Connected nodes not invited, with the reason.
     pub excluded: BTreeMap<String, String>,
 }
@@ -48,9 +62,49 @@ pub fn threshold(members: &[ConnectedNode]) -> Result<usize, String> {
     Ok(t)
 }
 
+/// Full SecAgg or SecAgg+ for `members`: `(t, 0)` or `(t_k, k)`.
+pub fn shape(members: &[ConnectedNode], secagg: &SecaggSettings) -> Result<(usize, usize), String> {
+    let n = members.len();
+    let plus = match secagg.mode {
+        SecaggMode::Full => false,
+        SecaggMode::Plus => true,
+        SecaggMode::Auto => n >= secagg.full_below,
+    };
+    if plus {
+        let roster: Vec<Invitee> = members.iter().map(ConnectedNode::invitee).collect();
+        let known = rules::hq_nodes(&roster)
+            + members.iter().map(|m| rules::colluding_nodes(&m.rules, &m.organisation, &roster)).max().unwrap_or(0);
+        let gamma = secagg.corrupt_fraction.max(known as f64 / n.max(1) as f64);
+        let config = GraphConfig {
+            full_below: 0,
+            corrupt_fraction: gamma,
+            dropout_fraction: secagg.dropout_fraction,
+            ..GraphConfig::default()
+        };
+        match graph::choose(n, &config) {
+            Ok(Mode::Plus { k, t }) => return Ok((t, k)),
+            Ok(Mode::Full) => {}
+            Err(e) => {
+                return Err(format!(
+                    "SecAgg+ parameters for {n} nodes with corrupt fraction {gamma:.3} (HQ's and the colluding nodes \
+                     at least) and dropout fraction {}: {e}; lower [secagg] dropout_fraction or use mode = \"full\"",
+                    secagg.dropout_fraction
+                ));
+            }
+        }
+    }
+    Ok((threshold(members)?, 0))
+}
+
 /// Every member's threshold, organisation and differencing rules over `members`.
-fn check(members: &[ConnectedNode], history: &[Unmasked], now_ms: u64, coverage: &Coverage) -> Result<usize, String> {
-    let t = threshold(members)?;
+fn check(
+    members: &[ConnectedNode],
+    history: &[Unmasked],
+    now_ms: u64,
+    coverage: &Coverage,
+    secagg: &SecaggSettings,
+) -> Result<(usize, usize), String> {
+    let (t, degree) = shape(members, secagg)?;
     let roster: Vec<Invitee> = members.iter().map(ConnectedNode::invitee).collect();
     // One line per node that would refuse, saying why and from when (the analyst
     // gets them shortened by `round::brief_lines`).
@@ -58,8 +112,13 @@ fn check(members: &[ConnectedNode], history: &[Unmasked], now_ms: u64, coverage:
     for m in members {
         let mine: Vec<Unmasked> =
             history.iter().filter(|u| u.contributors.iter().any(|c| c.name == m.name)).cloned().collect();
-        let verdict = rules::check_set(&m.rules, &m.organisation, &roster, t, Stage::Invited)
-            .and_then(|()| rules::check_differencing(&m.rules, &m.name, &mine, now_ms, coverage, &roster));
+        let shape = if degree == 0 {
+            rules::check_set(&m.rules, &m.organisation, &roster, t, Stage::Invited)
+        } else {
+            neighbourhood::check_invitation(&m.rules, &m.organisation, &roster, degree, t)
+        };
+        let verdict =
+            shape.and_then(|()| rules::check_differencing(&m.rules, &m.name, &mine, now_ms, coverage, &roster));
         if let Err(e) = verdict {
             refusing.push_str(&format!("\n  {} would refuse: {e}", m.name));
         }
@@ -72,7 +131,7 @@ fn check(members: &[ConnectedNode], history: &[Unmasked], now_ms: u64, coverage:
     let need = members.iter().map(|m| rules::required_difference(&m.rules)).max().unwrap_or(0);
     rules::check_combinations(history, now_ms, window, coverage, &roster, need)
         .map_err(|e| format!("the coordinator refuses: {e}"))?;
-    Ok(t)
+    Ok((t, degree))
 }
 
 /// Plan a round over the connected nodes: all of them if every one's rules hold;
@@ -83,10 +142,11 @@ pub fn plan(
     history: &[Unmasked],
     now_ms: u64,
     coverage: &Coverage,
+    secagg: &SecaggSettings,
 ) -> Result<Plan, String> {
-    let all = check(connected, history, now_ms, coverage);
+    let all = check(connected, history, now_ms, coverage, secagg);
     let first_error = match all {
-        Ok(t) => return Ok(Plan { invited: connected.to_vec(), t, excluded: BTreeMap::new() }),
+        Ok((t, degree)) => return Ok(Plan { invited: connected.to_vec(), t, degree, excluded: BTreeMap::new() }),
         Err(e) => e,
     };
     // The latest earlier population of this family, restricted to who is connected.
@@ -95,7 +155,7 @@ pub fn plan(
             connected.iter().filter(|p| past.contributors.iter().any(|c| c.name == p.name)).cloned().collect();
         if same.len() < connected.len()
             && !same.is_empty()
-            && let Ok(t) = check(&same, history, now_ms, coverage)
+            && let Ok((t, degree)) = check(&same, history, now_ms, coverage, secagg)
         {
             let excluded = connected
                 .iter()
@@ -107,7 +167,7 @@ pub fn plan(
                     (p.name.clone(), format!("not invited: {why}"))
                 })
                 .collect();
-            return Ok(Plan { invited: same, t, excluded });
+            return Ok(Plan { invited: same, t, degree, excluded });
         }
     }
     Err(first_error)

@@ -24,7 +24,10 @@ use std::time::Duration;
 use fedcrm_analysis::rules::Invitee;
 use fedcrm_analysis::width::pick_width;
 use fedcrm_audit::{Event, Member};
-use fedcrm_crypto::secagg::{self, Aggregator, PeerKeys, Phase, Revealed, RoundParams, Unmasking, WordWidth, Words};
+use fedcrm_crypto::graph::{self, Graph, GraphSeed};
+use fedcrm_crypto::secagg::{
+    self, Aggregator, PeerKeys, Phase, Revealed, RoundParams, Topology, Unmasking, WordWidth, Words,
+};
 use fedcrm_crypto::shamir::Share;
 use fedcrm_crypto::{RoundId, SystemRandom};
 use fedcrm_pki::{self as pki, OrgKind};
@@ -43,8 +46,8 @@ use crate::release::UnreleasedSum;
 pub use brief::{BRIEF_CHARS, brief, brief_lines, describe};
 #[cfg(feature = "test-util")]
 pub use hooks::{
-    FinalU2Tamper, Hooks, MaskedObserver, RosterSignatureTamper, RosterTamper, SealedObserver, ShareTamper,
-    SharesObserver, UnmaskTamper, ViewSigner, ViewTamper,
+    FinalU2Tamper, Hooks, MaskedObserver, NoncesTamper, RosterSignatureTamper, RosterTamper, SealedObserver,
+    ShareTamper, SharesObserver, UnmaskTamper, ViewSigner, ViewTamper,
 };
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -156,6 +159,12 @@ struct Round<'r, 'a> {
     width: WordWidth,
     /// The per-node bound the width was picked for (`max_customers_per_node`).
     max_per_node: u64,
+    /// SecAgg+: the graph's degree k (`t` is then per neighbourhood); 0: full SecAgg.
+    degree: usize,
+    /// The signed roster payload (the graph seed hashes it).
+    roster_payload: Vec<u8>,
+    /// SecAgg+: the round's graph over U1 and its seed, once the nonces are revealed.
+    graph: Option<(Graph, GraphSeed)>,
     invited: &'r [ConnectedNode],
     by_name: BTreeMap<String, ConnectedNode>,
     members: Membership,
@@ -167,12 +176,15 @@ struct Round<'r, 'a> {
 }
 
 impl Runner<'_> {
-    /// Run one round of `analysis` over `invited` with threshold `t`.
+    /// Run one round of `analysis` over `invited` with threshold `t`: full SecAgg when
+    /// `degree` is 0, else SecAgg+ over a random graph of that degree with the
+    /// per-neighbourhood threshold `t`.
     pub async fn run(
         &mut self,
         analysis: &Analysis,
         invited: &[ConnectedNode],
         t: usize,
+        degree: usize,
     ) -> Result<RoundOutput, RoundError> {
         let rng = SystemRandom::new();
         let id =
@@ -194,6 +206,9 @@ impl Runner<'_> {
             d: analysis.kind.vector_len(),
             width,
             max_per_node,
+            degree,
+            roster_payload: Vec::new(),
+            graph: None,
             invited,
             by_name,
             members: Membership::default(),
@@ -213,7 +228,9 @@ impl Runner<'_> {
 impl Round<'_, '_> {
     async fn run(&mut self, analysis: &Analysis) -> Result<RoundOutput, RoundError> {
         self.start(analysis).await?;
-        let u1 = self.advertise_keys().await?;
+        let (u1, commitments) = self.advertise_keys().await?;
+        let nonces = if self.degree > 0 { self.draw_graph(&commitments).await? } else { Vec::new() };
+        self.key_roster(&u1, &nonces).await?;
         let sealed = self.share_keys(&u1).await?;
         let u2 = self.share_reports(&sealed).await?;
         // The nodes record the sum over U2 before they mask; so does the planner.
@@ -266,13 +283,27 @@ impl Round<'_, '_> {
     async fn start(&mut self, analysis: &Analysis) -> Result<(), RoundError> {
         let (round, t, d, width, max_per_node) = (self.id, self.t, self.d, self.width, self.max_per_node);
         let invitees: Vec<Invitee> = self.invited.iter().map(ConnectedNode::invitee).collect();
+        let mut start = RoundStart {
+            round,
+            threshold: t,
+            length: d,
+            width,
+            max_per_node,
+            degree: self.degree,
+            analysis: analysis.clone(),
+            invited: invitees.clone(),
+            chunk_elements: self.runner.settings.chunk_elements.max(1) as usize,
+            roster_signature: Vec::new(),
+        };
+        self.roster_payload = wire::roster_payload(&start);
         let roster_signature = self
             .runner
             .coordinator
-            .sign(&wire::roster_payload(&round, t, d, width, max_per_node, analysis, &invitees))
+            .sign(&self.roster_payload)
             .map_err(|e| RoundError::Local { round, why: format!("cannot sign the roster: {e}") })?;
         #[cfg(feature = "test-util")]
         let roster_signature = self.runner.coordinator.hooks().roster_signature(roster_signature);
+        start.roster_signature = roster_signature;
         record(
             &self.runner.coordinator.audit,
             Event::RoundStarted {
@@ -287,17 +318,6 @@ impl Round<'_, '_> {
             },
         )
         .map_err(|e| self.local(e))?;
-        let start = RoundStart {
-            round,
-            threshold: t,
-            length: d,
-            width,
-            max_per_node,
-            analysis: analysis.clone(),
-            invited: invitees,
-            chunk_elements: self.runner.settings.chunk_elements.max(1) as usize,
-            roster_signature,
-        };
         tracing::info!(
             %round,
             analysis = analysis.kind.name(),
@@ -306,6 +326,7 @@ impl Round<'_, '_> {
             d,
             width = width.bits(),
             max_per_node,
+            degree = self.degree,
             "round start"
         );
         let msg = ToNode::RoundStart(Box::new(start));
@@ -319,22 +340,37 @@ impl Round<'_, '_> {
         Ok(())
     }
 
-    /// Collect signed keys; a node awaiting approval stops the round here.
+    /// Collect signed keys (and, in SecAgg+, nonce commitments); a node awaiting
+    /// approval stops the round here. Returns U1's keys and commitments.
     ///
-    /// Bonawitz et al. CCS 2017, Fig. 4, Round 0 (AdvertiseKeys), server: collect signed (c_u^PK, s_u^PK) (U1), broadcast.
-    async fn advertise_keys(&mut self) -> Result<Vec<SignedKeys>, RoundError> {
+    /// Bonawitz et al. CCS 2017, Fig. 4, Round 0 (AdvertiseKeys), server: collect signed (c_u^PK, s_u^PK) (U1).
+    #[allow(clippy::type_complexity)] // (U1's keys, U1's commitments), both sorted by node
+    async fn advertise_keys(&mut self) -> Result<(Vec<SignedKeys>, Vec<(String, [u8; 32])>), RoundError> {
         self.phase = Phase::AdvertiseKeys;
         let mut keys: BTreeMap<String, SignedKeys> = BTreeMap::new();
+        let mut commitments: BTreeMap<String, [u8; 32]> = BTreeMap::new();
         let deadline = self.deadline();
         while self.members.live.iter().any(|n| !keys.contains_key(n)) {
             let Some((node, msg)) = self.next(deadline).await? else { break };
             match msg {
-                FromNode::AdvertiseKeys { enc, mask, signature, .. } if !keys.contains_key(&node) => {
+                FromNode::AdvertiseKeys { enc, mask, signature, commitment, .. } if !keys.contains_key(&node) => {
+                    if commitment.is_some() != (self.degree > 0) {
+                        let why = if self.degree > 0 {
+                            "advertised keys without a nonce commitment in a SecAgg+ round"
+                        } else {
+                            "advertised a nonce commitment in a full SecAgg round"
+                        };
+                        self.reject(&node, why.into()).await;
+                        continue;
+                    }
                     let cert = &self.by_name[&node].certificate;
-                    let payload = secagg::key_signing_payload(&self.id, &node, &enc, &mask);
+                    let payload = secagg::key_signing_payload(&self.id, &node, &enc, &mask, commitment.as_ref());
                     match pki::verify_signature(cert, &payload, &signature) {
                         Ok(()) => {
                             let certificate = cert.clone();
+                            if let Some(c) = commitment {
+                                commitments.insert(node.clone(), c);
+                            }
                             keys.insert(node.clone(), SignedKeys { node, enc, mask, signature, certificate });
                         }
                         Err(e) => self.reject(&node, format!("key signature invalid: {e}")).await,
@@ -358,12 +394,103 @@ impl Round<'_, '_> {
             return Err(RoundError::AwaitingApproval { round: self.id, nodes: waiting.join("; ") });
         }
         let u1: Vec<SignedKeys> = keys.into_values().filter(|k| self.members.live.contains(&k.node)).collect();
+        commitments.retain(|n, _| self.members.live.contains(n));
         self.ensure(Phase::AdvertiseKeys)?;
-        let keys = u1.clone();
-        #[cfg(feature = "test-util")]
-        let keys = self.runner.coordinator.hooks().roster(self.id, keys);
-        self.broadcast(&ToNode::KeyRoster { round: self.id, keys }).await;
-        Ok(u1)
+        Ok((u1, commitments.into_iter().collect()))
+    }
+
+    /// SecAgg+: sign and send U1's nonce commitments, collect every reveal, draw the
+    /// graph. Any node of U1 that does not reveal stops the round: the graph is over
+    /// all of U1, so that the coordinator cannot choose among graphs by choosing whose
+    /// reveals to count (`fedcrm_crypto::graph`, "what the coordinator can still bias").
+    /// Returns U1's nonces.
+    ///
+    /// Bell et al. CCS 2020 (SecAgg+): the random graph, here drawn from committed nonces.
+    async fn draw_graph(&mut self, commitments: &[(String, [u8; 32])]) -> Result<Vec<(String, [u8; 32])>, RoundError> {
+        let round = self.id;
+        let payload = wire::commitments_payload(&round, commitments);
+        let signature = self
+            .runner
+            .coordinator
+            .sign(&payload)
+            .map_err(|e| RoundError::Local { round, why: format!("cannot sign the nonce commitments: {e}") })?;
+        let msg = ToNode::CommitmentRoster { round, commitments: commitments.to_vec(), signature };
+        self.broadcast(&msg).await;
+        let committed: BTreeMap<&str, &[u8; 32]> = commitments.iter().map(|(n, c)| (n.as_str(), c)).collect();
+        let mut nonces: BTreeMap<String, [u8; 32]> = BTreeMap::new();
+        let deadline = self.deadline();
+        while self.members.live.iter().any(|n| !nonces.contains_key(n)) {
+            let Some((node, msg)) = self.next(deadline).await? else { break };
+            match msg {
+                FromNode::RevealNonce { nonce, .. } if !nonces.contains_key(&node) => {
+                    let opens = committed
+                        .get(node.as_str())
+                        .is_some_and(|c| graph::check_nonce(&round, &node, &nonce, c).is_ok());
+                    if opens {
+                        nonces.insert(node, nonce);
+                    } else {
+                        self.reject(&node, "revealed a nonce that does not open its signed commitment".into()).await;
+                    }
+                }
+                other => self.unexpected(&node, &other).await,
+            }
+        }
+        self.members.expire(&nonces.keys().cloned().collect(), Phase::AdvertiseKeys);
+        let missing: Vec<&str> = committed.keys().copied().filter(|n| !nonces.contains_key(*n)).collect();
+        if !missing.is_empty() {
+            return Err(RoundError::Failed {
+                round,
+                why: format!(
+                    "{} did not reveal a graph nonce it committed to; the SecAgg+ graph is drawn over every node that \
+                     committed, so the round stops without any data moved (run the analysis again). Left the round:{}",
+                    missing.join(", "),
+                    describe(&self.members.exits)
+                ),
+            });
+        }
+        let nonces: Vec<(String, [u8; 32])> = nonces.into_iter().collect();
+        let mut signed = self.roster_payload.clone();
+        signed.extend_from_slice(&payload);
+        let seed = graph::graph_seed(&round, &signed, &nonces);
+        let names: Vec<String> = nonces.iter().map(|(n, _)| n.clone()).collect();
+        let g = Graph::harary(&names, self.degree, &seed)
+            .map_err(|e| RoundError::Failed { round, why: format!("the SecAgg+ graph cannot be drawn: {e}") })?;
+        tracing::info!(%round, n = names.len(), k = self.degree, "SecAgg+ graph drawn");
+        self.graph = Some((g, seed));
+        Ok(nonces)
+    }
+
+    /// The round's topology: complete, or the SecAgg+ graph.
+    fn topology(&self) -> Topology {
+        self.graph.as_ref().map_or(Topology::Complete, |(g, _)| g.topology())
+    }
+
+    /// Whether `u` and `v` share keys and masks in this round.
+    fn adjacent(&self, u: &str, v: &str) -> bool {
+        u != v && self.graph.as_ref().is_none_or(|(g, _)| g.is_neighbour(u, v))
+    }
+
+    /// Send U1's keys: to each node, in full SecAgg all of them; in SecAgg+ its own and
+    /// its neighbours', with every node's nonce (so it can draw the graph itself).
+    ///
+    /// Bonawitz et al. CCS 2017, Fig. 4, Round 0 (AdvertiseKeys), server: broadcast U1's keys;
+    /// Bell et al. CCS 2020 (SecAgg+): to each node its neighbours' only.
+    async fn key_roster(&mut self, u1: &[SignedKeys], nonces: &[(String, [u8; 32])]) -> Result<(), RoundError> {
+        self.phase = Phase::AdvertiseKeys;
+        for n in self.members.live.clone() {
+            let keys: Vec<SignedKeys> =
+                u1.iter().filter(|k| k.node == n || self.adjacent(&n, &k.node)).cloned().collect();
+            #[cfg(feature = "test-util")]
+            let keys = self.runner.coordinator.hooks().roster(self.id, keys);
+            let nonces = nonces.to_vec();
+            #[cfg(feature = "test-util")]
+            let nonces = self.runner.coordinator.hooks().nonces(&n, nonces);
+            let msg = ToNode::KeyRoster { round: self.id, keys, nonces };
+            if !self.runner.coordinator.registry.send(&n, &msg).await {
+                self.members.leave(&n, Exit::Disconnected);
+            }
+        }
+        self.ensure(Phase::AdvertiseKeys)
     }
 
     /// Collect sealed shares (each signed by its sender), then deliver each node its
@@ -384,9 +511,14 @@ impl Round<'_, '_> {
                         h(&node, &shares);
                     }
                     let to: BTreeSet<String> = shares.iter().map(|s| s.peer.clone()).collect();
-                    let expected: BTreeSet<String> = u1_names.iter().filter(|n| **n != node).cloned().collect();
+                    let expected: BTreeSet<String> =
+                        u1_names.iter().filter(|n| self.adjacent(&node, n)).cloned().collect();
                     if to != expected || shares.len() != expected.len() {
-                        let why = "sealed shares must address every other node of the roster exactly once";
+                        let why = if self.degree > 0 {
+                            "sealed shares must address each of its neighbours in the round's graph exactly once"
+                        } else {
+                            "sealed shares must address every other node of the roster exactly once"
+                        };
                         self.reject(&node, why.into()).await;
                     } else if let Some(bad) = shares.iter().find(|s| !self.share_signed(&node, s)) {
                         // It came straight from the node over its own session: its fault.
@@ -550,8 +682,8 @@ impl Round<'_, '_> {
             u1.iter().map(|k| PeerKeys { name: k.node.clone(), enc: k.enc, mask: k.mask }).collect();
         let width = self.width;
         let params = RoundParams { round, t: self.t, d, width };
-        let mut agg =
-            Aggregator::new(params, peer_keys, u2).map_err(|e| RoundError::Failed { round, why: e.to_string() })?;
+        let mut agg = Aggregator::with_topology(params, peer_keys, u2, self.topology())
+            .map_err(|e| RoundError::Failed { round, why: e.to_string() })?;
         let chunks = d.div_ceil(chunk) as u32;
         let mut assembling: BTreeMap<String, Assembly> = BTreeMap::new();
         let mut complete: BTreeSet<String> = BTreeSet::new();
@@ -657,7 +789,8 @@ impl Round<'_, '_> {
             match msg {
                 FromNode::ConsistencySignature { signature, .. } if !signed.contains_key(&node) => {
                     let Some((s, _)) = shown.get(&node) else { continue };
-                    let payload = secagg::consistency_payload(&self.id, u2, s);
+                    let seed = self.graph.as_ref().map(|(_, seed)| seed);
+                    let payload = secagg::consistency_payload(&self.id, seed, u2, s);
                     match pki::verify_signature(&self.by_name[&node].certificate, &payload, &signature) {
                         Ok(()) => {
                             signed.insert(node, (signature, s.clone()));
@@ -692,11 +825,30 @@ impl Round<'_, '_> {
         for n in self.members.live.clone() {
             // Unwrap safety: after the consistency check every live node has signed.
             let view = &signed[&n].1;
-            let signatures: Vec<ViewSignature> = signed
+            let mut signatures: Vec<ViewSignature> = signed
                 .iter()
                 .filter(|(_, (_, v))| v == view)
-                .map(|(node, (sig, _))| ViewSignature { node: node.clone(), signature: sig.clone() })
+                .map(|(node, (sig, _))| ViewSignature {
+                    node: node.clone(),
+                    signature: sig.clone(),
+                    // SecAgg+: the node holds only its own and its neighbours' certificates.
+                    certificate: if self.degree > 0 && node != &n && !self.adjacent(&n, node) {
+                        self.by_name[node].certificate.clone()
+                    } else {
+                        Vec::new()
+                    },
+                })
                 .collect();
+            if self.degree > 0 {
+                // SecAgg+: the node needs signatures from more than (|U1| + H + C)/2 of U1
+                // (its rules as announced): send that many, those it can check with
+                // the certificates it holds first, rather than all of U3's with
+                // certificates (about 1 MB per node at n = 1,000).
+                let need = self.majority_for(&n, u1);
+                signatures.sort_by_key(|s| (!s.certificate.is_empty(), s.node.clone()));
+                signatures.truncate(need);
+                signatures.sort_by(|a, b| a.node.cmp(&b.node));
+            }
             #[cfg(feature = "test-util")]
             let signatures = self.runner.coordinator.hooks().signatures(self.id, u2, view, signatures);
             let (s, d) = (view.clone(), u2.iter().filter(|x| !view.contains(x)).cloned().collect());
@@ -718,8 +870,10 @@ impl Round<'_, '_> {
                     if let Some(h) = &self.runner.coordinator.hooks().on_unmask_shares {
                         h(&node, &shares);
                     }
-                    if !unmask_ok(&shares, u2, u3) {
-                        let why = "sent an unmask answer that does not hold exactly one share of the right kind per node of U2";
+                    let held: Vec<String> = u2.iter().filter(|v| self.topology().holds(&node, v)).cloned().collect();
+                    if !unmask_ok(&shares, &held, u3) {
+                        let why = "sent an unmask answer that does not hold exactly one share of the right kind per node \
+                                   of U2 whose shares it holds";
                         self.reject(&node, why.into()).await;
                         continue;
                     }
@@ -762,6 +916,16 @@ impl Round<'_, '_> {
         }
         UnreleasedSum::unmask(unmasking, &responses)
             .map_err(|e| RoundError::Failed { round: self.id, why: e.to_string() })
+    }
+
+    /// SecAgg+: how many view signatures `node` needs before it reveals, by the rules
+    /// it announced: more than (|U1| + H + C)/2 (as `node/src/session/round.rs`
+    /// `verify_view_signatures` checks with its own policy).
+    fn majority_for(&self, node: &str, u1: &[SignedKeys]) -> usize {
+        let members: Vec<Invitee> = u1.iter().map(|k| self.by_name[&k.node].invitee()).collect();
+        let me = &self.by_name[node];
+        let colluders = fedcrm_analysis::rules::colluding_nodes(&me.rules, &me.organisation, &members);
+        (members.len() + fedcrm_analysis::rules::hq_nodes(&members) + colluders) / 2 + 1
     }
 
     fn deadline(&self) -> Instant {
@@ -921,15 +1085,16 @@ fn share_reported(round: RoundId, receiver: &str, u: &UnopenedShare, outcome: &s
     }
 }
 
-/// An unmask answer must name every node of U2 exactly once, with the self-mask
-/// share for survivors and the mask-key share for dropped nodes.
+/// An unmask answer must name every node of U2 whose shares the node holds (`held`:
+/// all of U2 in full SecAgg, its neighbours in U2 in SecAgg+) exactly once, with the
+/// self-mask share for survivors and the mask-key share for dropped nodes.
 ///
 /// Bonawitz et al. CCS 2017, Fig. 4, Round 4 (Unmasking), server: b_v,u for v ∈ U3, s_v,u^SK for v ∈ U2∖U3.
-fn unmask_ok(shares: &[RevealedShare], u2: &[String], survivors: &[String]) -> bool {
+fn unmask_ok(shares: &[RevealedShare], held: &[String], survivors: &[String]) -> bool {
     let named: BTreeSet<&str> = shares.iter().map(|s| s.of.as_str()).collect();
     named.len() == shares.len()
-        && shares.len() == u2.len()
-        && shares.iter().all(|s| u2.contains(&s.of) && s.self_mask == survivors.contains(&s.of))
+        && shares.len() == held.len()
+        && shares.iter().all(|s| held.contains(&s.of) && s.self_mask == survivors.contains(&s.of))
 }
 
 /// Accusations one node may make in one round's share report (see `check_report`).

@@ -119,7 +119,7 @@ impl Coordinator {
         let analysis = request.analysis(id, "rfm-histograms", AnalysisKind::RfmHistograms(specs));
         let plan = self.plan(&analysis.coverage())?;
         let mut runner = self.runner(events);
-        let out = runner.run(&analysis, &plan.invited, plan.t).await?;
+        let out = runner.run(&analysis, &plan.invited, plan.t, plan.degree).await?;
         stop_if_awaiting(&out)?;
         let mut exits: BTreeMap<String, String> = plan.excluded.clone();
         exits.extend(out.exits.iter().map(|(n, e)| (n.clone(), e.to_string())));
@@ -191,11 +191,11 @@ impl Coordinator {
         let mut runner = self.runner(events);
         let mut exits: BTreeMap<String, String> = plan.excluded.clone();
         let mut rounds = 0u32;
-        let (invited, t) = (plan.invited, plan.t);
+        let (invited, t, degree) = (plan.invited, plan.t, plan.degree);
         let mut run = async |kind: AnalysisKind, invited: &[ConnectedNode]| {
             rounds += 1;
             let analysis = request.analysis(id, "rfm-segments", kind);
-            let out = runner.run(&analysis, invited, t).await;
+            let out = runner.run(&analysis, invited, t, degree).await;
             if let Ok(o) = &out {
                 round_ids.push(o.round.to_hex());
             }

@@ -2,9 +2,9 @@
 //! "Secure Single-Server Aggregation with (Poly)Logarithmic Overhead", ePrint 2020/704):
 //! each node shares keys and masks only with its neighbours in a random Harary graph
 //! H(n, k) of degree k = O(log n), instead of with every node as in full SecAgg
-//! (Bonawitz et al. CCS 2017). Pure: no I/O, no clock. Not on the wire yet: this is the
-//! part every node recomputes for itself, so that no label from the coordinator is
-//! trusted.
+//! (Bonawitz et al. CCS 2017). Pure: no I/O, no clock. This is the part every node
+//! recomputes for itself, so that no label from the coordinator is trusted; the wire
+//! messages that carry its inputs are in `docs/protocol.md` (SecAgg+).
 //!
 //! Citations name the paper's constructions (the random Harary graph; the
 //! semi-malicious variant, where the server may lie about who dropped) rather than its
@@ -25,10 +25,13 @@
 //!    signed roster payload, bytes the caller builds and signs).
 //! 3. Only after it has checked that signed roster, and found its own commitment in it
 //!    unchanged, does a node reveal its nonce. The coordinator relays the reveals; each
-//!    node checks every reveal against the roster ([`check_reveals`]).
-//! 4. seed = HKDF-SHA256 over (the signed roster payload ‖ every revealed node's
-//!    (name, nonce) in roster order) ([`graph_seed`]); the graph is [`Graph::harary`]
-//!    over the revealed nodes, with the k of [`choose`].
+//!    node checks every reveal against the roster ([`check_reveals`]) and that every
+//!    committed node revealed: a missing reveal stops the round (the coordinator
+//!    stops it; a node shown fewer reveals refuses).
+//! 4. seed = HKDF-SHA256 over (the signed round roster ‖ the signed commitments ‖
+//!    every node's (name, nonce) in roster order) ([`graph_seed`]); the graph is
+//!    [`Graph::harary`] over every committed node, with the k of [`choose`] signed in
+//!    the round start.
 //!
 //! **Why an honest node's nonce is fixed before anyone else's is revealed, and others'
 //! before its own.** The node reveals only after it holds the coordinator's signature
@@ -40,20 +43,17 @@
 //! random to everyone who fixed anything before that moment (in the random-oracle model
 //! for SHA-256 and HKDF): one honest node suffices.
 //!
-//! **What the coordinator can still bias.** After the reveals it knows every nonce, and
-//! it decides whose reveal it relays: it can leave out any node whose reveal it
-//! dislikes (that node simply drops from the round, and the seed and graph are
-//! computed without it), and its own nodes can withhold their reveals. Each distinct
-//! set of revealed nodes gives an independent seed, so the coordinator can pick the
-//! best of N graphs, where N is the number of sets it is willing to produce: with h
-//! nodes of its own and at most d honest nodes it is willing to drop from n,
-//! N ≤ 2^h · Σ_{j≤d} C(n − h, j), and aborting and restarting the round (a new round id,
-//! new nonces) adds one graph per restart. Its chance that an event of probability ε
-//! per random graph happens is then at most N·ε (union bound). With σ = 40 below, a
-//! coordinator trying 2^20 sets still meets a bad graph with probability below 2^-20
-//! (N · 2^-40); dropping any 2 of 1,000 nodes is
-//! already about 2^19 sets, so the random-graph guarantee alone does not survive a
-//! coordinator that drops freely. That is why every node also checks, deterministically
+//! **What the coordinator can still bias.** After the reveals it knows every nonce. It
+//! cannot choose whose reveals count — the graph is over every committed node, and a
+//! missing reveal stops the round — so its only lever is to stop the round (its own
+//! nodes can withhold their reveals, or it can drop a node) and start a new one, with a
+//! new round id and new nonces: one fresh graph per restart, each restart a stopped
+//! round in every node's audit log. Its chance that an event of probability ε per
+//! random graph happens after N restarts is at most N·ε (union bound): with σ = 40
+//! below, a coordinator that restarts 2^20 times still meets a bad graph with
+//! probability below 2^-20. (Had the graph been drawn over the revealed nodes only,
+//! dropping any 2 of 1,000 nodes would already give about 2^19 graphs to choose from
+//! in one round.) Every node also checks, deterministically
 //! and on the graph it computed itself, the rules that matter against HQ's *known* nodes
 //! and the c colluding organisations it assumes (`fedcrm_analysis::neighbourhood`):
 //! grinding can only find graphs that pass those checks. What grinding can still buy

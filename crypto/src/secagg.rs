@@ -29,6 +29,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use zeroize::Zeroize;
 
+use crate::graph::GraphSeed;
 use crate::kdf::{self, DerivedKey};
 use crate::keys::{RoundPublic, RoundSecret};
 use crate::prg::{self, MaskSeed, Sign};
@@ -89,20 +90,47 @@ impl std::fmt::Display for Phase {
 /// U3 alone), so that no signature on one view of who took part counts for another.
 ///
 /// Bonawitz et al. CCS 2017, Fig. 4, Round 3 (ConsistencyCheck), user: σ'_u ← SIG.sign(d_u^SK, U3).
-pub fn consistency_payload(round: &RoundId, delivered: &[String], survivors: &[String]) -> Vec<u8> {
+///
+/// In SecAgg+ the view also binds the round's graph seed (Bell et al. CCS 2020): a
+/// coordinator that showed two nodes different rosters of commitments or different
+/// nonces gave them different graphs, and their signatures then count for neither.
+pub fn consistency_payload(
+    round: &RoundId,
+    graph: Option<&GraphSeed>,
+    delivered: &[String],
+    survivors: &[String],
+) -> Vec<u8> {
     let count_u2 = (delivered.len() as u64).to_be_bytes();
     let mut parts: Vec<&[u8]> = vec![&count_u2];
     parts.extend(delivered.iter().map(|n| n.as_bytes()));
     parts.extend(survivors.iter().map(|n| n.as_bytes()));
-    kdf::context("consistency", round, &parts)
+    match graph {
+        None => kdf::context("consistency", round, &parts),
+        Some(seed) => {
+            parts.push(seed.bytes());
+            kdf::context("consistency-graph", round, &parts)
+        }
+    }
 }
 
 /// The bytes a node signs with its certified key to advertise its round keys.
 ///
 /// Bonawitz et al. CCS 2017, Fig. 4, Round 0 (AdvertiseKeys), user:
 /// σ_u ← SIG.sign(d_u^SK, c_u^PK ‖ s_u^PK).
-pub fn key_signing_payload(round: &RoundId, node: &str, enc: &RoundPublic, mask: &RoundPublic) -> Vec<u8> {
-    kdf::context("advertise-keys", round, &[node.as_bytes(), &enc.0, &mask.0])
+///
+/// In SecAgg+ the node's commitment to its graph nonce (`graph::nonce_commitment`) is
+/// signed with its keys, so that nobody but the node can commit in its name.
+pub fn key_signing_payload(
+    round: &RoundId,
+    node: &str,
+    enc: &RoundPublic,
+    mask: &RoundPublic,
+    commitment: Option<&[u8; 32]>,
+) -> Vec<u8> {
+    match commitment {
+        None => kdf::context("advertise-keys", round, &[node.as_bytes(), &enc.0, &mask.0]),
+        Some(c) => kdf::context("advertise-keys-committed", round, &[node.as_bytes(), &enc.0, &mask.0, c]),
+    }
 }
 
 /// The bytes a node signs with its certified key for each sealed share it sends:
@@ -343,7 +371,11 @@ pub struct ClientShared {
     enc: RoundSecret,
     mask: RoundSecret,
     b: SelfSeed,
-    u1: Vec<PeerKeys>,
+    /// U1's names, sorted: a node's Shamir x is its position here + 1.
+    roster: Vec<String>,
+    /// The verified keys this node knows, sorted by name: its own and every neighbour's
+    /// (all of U1 in full SecAgg).
+    keys: Vec<PeerKeys>,
     topology: Topology,
     /// This node's own share of each secret (full SecAgg only).
     own: Option<(Share, Share)>,
@@ -361,7 +393,7 @@ pub struct ClientReady {
     me: String,
     mask: RoundSecret,
     b: SelfSeed,
-    u1: Vec<PeerKeys>,
+    keys: Vec<PeerKeys>,
     topology: Topology,
     u2: BTreeSet<String>,
     /// Shares held for each node of U2 this node holds shares of (in full SecAgg all of U2,
@@ -422,8 +454,8 @@ impl ClientAdvertised {
     }
 
     /// [`ClientAdvertised::share`] over `topology`: with a graph (SecAgg+), `b` and
-    /// `s_sk` are split among this node and its neighbours only, t-of-(1 + |N(u)|), at
-    /// their roster positions, and sealed to the neighbours only.
+    /// `s_sk` are split among this node's neighbours only, t-of-k, at their roster
+    /// positions, and sealed to the neighbours only.
     ///
     /// Bell et al. CCS 2020, Fig. 2 (SecAgg+), Round 1 (ShareKeys): shares of s_i^SK and b_i
     /// for j ∈ N_G(i) only.
@@ -434,33 +466,54 @@ impl ClientAdvertised {
         topology: Topology,
         rng: &dyn SecureRandom,
     ) -> Result<(ClientShared, Vec<(String, Vec<u8>)>), CryptoError> {
-        let names: Vec<String> = u1.iter().map(|p| p.name.clone()).collect();
-        check_roster(&names)?;
-        let n = u1.len();
+        let roster: Vec<String> = u1.iter().map(|p| p.name.clone()).collect();
+        self.share_among(roster, u1, topology, rng)
+    }
+
+    /// [`ClientAdvertised::share_with`] when this node knows only some of U1's keys, as
+    /// in SecAgg+ on the wire, where a node receives only its neighbours' signed keys:
+    /// `roster` is all of U1 (sorted names: it fixes every node's Shamir x), `keys` the
+    /// verified keys of this node and of every node that holds its shares (sorted by
+    /// name; others may be present and are ignored).
+    #[allow(clippy::type_complexity)] // as `share`
+    pub fn share_among(
+        self,
+        roster: Vec<String>,
+        keys: Vec<PeerKeys>,
+        topology: Topology,
+        rng: &dyn SecureRandom,
+    ) -> Result<(ClientShared, Vec<(String, Vec<u8>)>), CryptoError> {
+        let round = self.params.round;
+        check_roster(&roster)?;
+        let key_names: Vec<String> = keys.iter().map(|p| p.name.clone()).collect();
+        check_roster(&key_names)?;
+        if let Some(k) = key_names.iter().find(|k| position(&roster, k).is_none()) {
+            return Err(CryptoError::Protocol(format!("round {round}: keys of {k}, who is not in U1")));
+        }
+        let n = roster.len();
         if n < self.params.t {
             return Err(CryptoError::Protocol(format!(
-                "round {}: offered {n} participants, fewer than the threshold t={}; refusing",
-                self.params.round, self.params.t
+                "round {round}: offered {n} participants, fewer than the threshold t={}; refusing",
+                self.params.t
             )));
         }
-        let my_pos = position(&names, &self.me).ok_or_else(|| {
-            CryptoError::Protocol(format!("round {}: this node is not in the roster", self.params.round))
-        })?;
-        let holders: Vec<usize> = (0..n).filter(|&i| topology.holds(&names[i], &self.me)).collect();
+        let my_pos = position(&roster, &self.me)
+            .ok_or_else(|| CryptoError::Protocol(format!("round {round}: this node is not in the roster")))?;
+        let holders: Vec<usize> = (0..n).filter(|&i| topology.holds(&roster[i], &self.me)).collect();
         if holders.len() < self.params.t {
             return Err(CryptoError::Protocol(format!(
-                "round {}: {} nodes would hold this node's shares, fewer than the threshold t={}; refusing",
-                self.params.round,
+                "round {round}: {} nodes would hold this node's shares, fewer than the threshold t={}; refusing",
                 holders.len(),
                 self.params.t
             )));
         }
         check_threshold(self.params.t, holders.len())?;
-        let mine = &u1[my_pos];
+        let key_of = |name: &str| position(&key_names, name).map(|i| &keys[i]);
+        let mine = key_of(&self.me)
+            .ok_or_else(|| CryptoError::Protocol(format!("round {round}: the roster carries no keys for this node")))?;
         if mine.enc != self.enc.public() || mine.mask != self.mask.public() {
             return Err(CryptoError::Protocol(format!(
-                "round {}: the roster carries keys for this node that it did not advertise",
-                self.params.round
+                "round {round}: the roster carries keys for this node that it did not advertise"
             )));
         }
         // Roster positions fit u32: a roster longer than 2^32 − 1 could not have been sent.
@@ -474,8 +527,13 @@ impl ClientAdvertised {
                 own = Some((b_share.clone(), s_share.clone()));
                 continue;
             }
-            let peer = &u1[i];
-            let ctx = share_context(&self.params.round, &self.me, &peer.name);
+            let peer = key_of(&roster[i]).ok_or_else(|| {
+                CryptoError::Protocol(format!(
+                    "round {round}: no keys for {}, who would hold this node's shares",
+                    roster[i]
+                ))
+            })?;
+            let ctx = share_context(&round, &self.me, &peer.name);
             let key = kdf::derive(self.enc.agree(&peer.enc)?.bytes(), &ctx);
             let mut plain = Vec::with_capacity(2 * SHARE_Y_LEN);
             for share in [b_share, s_share] {
@@ -487,7 +545,7 @@ impl ClientAdvertised {
             plain.zeroize();
         }
         let ClientAdvertised { params, me, enc, mask, b } = self;
-        Ok((ClientShared { params, me, enc, mask, b, u1, topology, own }, out))
+        Ok((ClientShared { params, me, enc, mask, b, roster, keys, topology, own }, out))
     }
 }
 
@@ -500,7 +558,7 @@ pub struct ClientOpened {
     me: String,
     mask: RoundSecret,
     b: SelfSeed,
-    u1: Vec<PeerKeys>,
+    keys: Vec<PeerKeys>,
     topology: Topology,
     /// U2 as first delivered (before any sender was removed).
     delivered: BTreeSet<String>,
@@ -551,16 +609,17 @@ impl ClientShared {
         let round = self.params.round;
         let delivered: BTreeSet<String> = u2.iter().cloned().collect();
         self.check_u2(&delivered)?;
-        let names: Vec<String> = self.u1.iter().map(|p| p.name.clone()).collect();
-        let my_x = position(&names, &self.me).map(|p| p as u32 + 1).unwrap_or(0);
+        let names = &self.roster;
+        let my_x = position(names, &self.me).map(|p| p as u32 + 1).unwrap_or(0);
         let mut held = BTreeMap::new();
         if let Some(own) = &self.own {
             held.insert(self.me.clone(), own.clone());
         }
         let mut unopened = Vec::new();
         for name in &delivered {
-            let pos = position(&names, name)
-                .ok_or_else(|| CryptoError::Protocol(format!("round {round}: U2 names {name}, who is not in U1")))?;
+            if position(names, name).is_none() {
+                return Err(CryptoError::Protocol(format!("round {round}: U2 names {name}, who is not in U1")));
+            }
             if !self.topology.adjacent(&self.me, name) {
                 // This node itself, or (SecAgg+) a node that is not its neighbour: no share.
                 continue;
@@ -569,16 +628,20 @@ impl ClientShared {
                 incoming.iter().find(|(from, _)| from == name).map(|(_, c)| c).ok_or_else(|| {
                     CryptoError::Protocol(format!("round {round}: no share from {name}, who is in U2"))
                 })?;
-            match self.open_one(name, &self.u1[pos], my_x, ct) {
+            // share_among checked it holds the keys of every node adjacent to this one.
+            let Some(peer) = self.keys.iter().find(|p| &p.name == name) else {
+                return Err(CryptoError::Protocol(format!("round {round}: no keys for {name}, a neighbour in U2")));
+            };
+            match self.open_one(name, peer, my_x, ct) {
                 Ok(pair) => {
                     held.insert(name.clone(), pair);
                 }
                 Err(error) => unopened.push(OpenFailure { sender: name.clone(), error }),
             }
         }
-        let ClientShared { params, me, mask, b, u1, topology, .. } = self;
+        let ClientShared { params, me, mask, b, keys, topology, .. } = self;
         let bad = unopened.iter().map(|u| u.sender.clone()).collect();
-        Ok((ClientOpened { params, me, mask, b, u1, topology, delivered, held, unopened: bad }, unopened))
+        Ok((ClientOpened { params, me, mask, b, keys, topology, delivered, held, unopened: bad }, unopened))
     }
 
     /// Receive the ciphertexts addressed to this node and U2 when nothing is to be
@@ -663,9 +726,9 @@ impl ClientOpened {
                 self.params.t
             )));
         }
-        let ClientOpened { params, me, mask, b, u1, topology, mut held, .. } = self;
+        let ClientOpened { params, me, mask, b, keys, topology, mut held, .. } = self;
         held.retain(|n, _| u2.contains(n));
-        Ok(ClientReady { params, me, mask, b, u1, topology, u2, held })
+        Ok(ClientReady { params, me, mask, b, keys, topology, u2, held })
     }
 }
 
@@ -683,7 +746,7 @@ impl ClientReady {
         let mut y = Words::from_plain(self.params.width, input)?;
         // Derive every seed first, then expand them all at once on every core.
         let mut seeds = vec![(self_seed(&self.b.0, &self.params.round, &self.me), Sign::Add)];
-        for peer in &self.u1 {
+        for peer in &self.keys {
             if !self.topology.adjacent(&self.me, &peer.name) || !self.u2.contains(&peer.name) {
                 continue;
             }

@@ -66,8 +66,8 @@ fn the_envelope_is_domain_separated_from_the_other_signed_payloads() {
     let mut ct = keys.enc.0.to_vec();
     ct.extend_from_slice(&keys.mask.0);
     let share = secagg::share_signing_payload(&round, "node-1", "node-2", &ct);
-    assert_ne!(share, secagg::key_signing_payload(&round, "node-1", &keys.enc, &keys.mask));
-    assert_ne!(share, secagg::consistency_payload(&round, &["node-1".into()], &["node-2".into()]));
+    assert_ne!(share, secagg::key_signing_payload(&round, "node-1", &keys.enc, &keys.mask, None));
+    assert_ne!(share, secagg::consistency_payload(&round, None, &["node-1".into()], &["node-2".into()]));
     let label = b"sealed-share";
     let at = 4 + fedcrm_crypto::PROTOCOL_VERSION.len();
     assert_eq!(&share[at..at + 4], &(label.len() as u32).to_be_bytes());

@@ -75,6 +75,7 @@ mod tests {
             length: 4,
             width,
             max_per_node,
+            degree: 0,
             analysis: Analysis {
                 reference_date: parse_date("1997-09-30").unwrap(),
                 purpose: "p".into(),

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use fedcrm_analysis::rules;
 use fedcrm_analysis::rules::{Invitee, NodeRules};
+use fedcrm_analysis::{neighbourhood, rules};
 use fedcrm_protocol::wire::RoundStart;
 use serde::{Deserialize, Serialize};
 
@@ -253,7 +253,11 @@ impl Policy {
         if n < self.min_participants {
             return Err(format!("policy: {n} nodes invited, fewer than min_participants = {}", self.min_participants));
         }
-        self.check_set(own_org, &r.invited, r.threshold, Stage::Invited)?;
+        if r.degree == 0 {
+            self.check_set(own_org, &r.invited, r.threshold, Stage::Invited)?;
+        } else {
+            neighbourhood::check_invitation(&self.rules(), own_org, &r.invited, r.degree, r.threshold)?;
+        }
         if let Some(&cap) = self.monthly_analysis_caps.get(kind)
             && !caps.already_counted
             && caps.analyses_this_month >= cap
@@ -296,6 +300,7 @@ mod tests {
             length: 4,
             width: fedcrm_crypto::word::WordWidth::W32,
             max_per_node: 1 << 22,
+            degree: 0,
             analysis: Analysis {
                 reference_date: parse_date("2026-10-31").unwrap(),
                 purpose: "p".into(),

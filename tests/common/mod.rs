@@ -81,3 +81,16 @@ pub fn logs() {
         let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
     }
 }
+
+/// The node's refusal reasons, from its own audit log.
+pub fn refusals(cluster: &Cluster, node: &str) -> Vec<String> {
+    let cfg = cluster.node_configs.iter().find(|c| c.name == node).unwrap();
+    fedcrm_audit::log::read_records(&cfg.audit_dir)
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r.event {
+            fedcrm_audit::Event::PolicyDecision { admitted: false, reason, .. } => Some(reason),
+            _ => None,
+        })
+        .collect()
+}

@@ -24,6 +24,8 @@ pub type FinalU2Tamper = Arc<dyn Fn(&mut Vec<String>) + Send + Sync>;
 pub type SealedObserver = Arc<dyn Fn(&str, &[Sealed]) + Send + Sync>;
 /// Editor of U1's signed keys as broadcast in the key roster (round, keys).
 pub type RosterTamper = Arc<dyn Fn(RoundId, &mut Vec<SignedKeys>) + Send + Sync>;
+/// Editor of the nonces sent to one node in a SecAgg+ key roster (receiver, nonces).
+pub type NoncesTamper = Arc<dyn Fn(&str, &mut Vec<(String, [u8; 32])>) + Send + Sync>;
 /// Editor of the coordinator's signature on a round's roster, as sent in `RoundStart`.
 pub type RosterSignatureTamper = Arc<dyn Fn(&mut Vec<u8>) + Send + Sync>;
 
@@ -59,6 +61,13 @@ pub struct Hooks {
     /// Forces this threshold and roster of all connected nodes, skipping the
     /// coordinator's own planning (HQ choosing t).
     pub force_threshold: Option<usize>,
+    /// Forces SecAgg+ with this (degree k, neighbourhood threshold t_k) over all
+    /// connected nodes, skipping the coordinator's own planning: graphs too small for
+    /// `graph::parameters` to choose SecAgg+, so tests can run it with a dozen nodes.
+    pub force_graph: Option<(usize, usize)>,
+    /// Edits the nonces each node is sent in a SecAgg+ key roster (a reveal left out
+    /// or altered for some nodes: a coordinator grinding graphs, or equivocating).
+    pub tamper_nonces: Option<NoncesTamper>,
     /// Labels every round with this analysis kind, whatever it computes.
     pub relabel: Option<String>,
     /// Sends every round under this analysis id (reusing an old one).
@@ -88,6 +97,8 @@ impl std::fmt::Debug for Hooks {
             .field("tamper_roster_signature", &self.tamper_roster_signature.is_some())
             .field("ignore_masked_from", &self.ignore_masked_from)
             .field("force_threshold", &self.force_threshold)
+            .field("force_graph", &self.force_graph)
+            .field("tamper_nonces", &self.tamper_nonces.is_some())
             .field("relabel", &self.relabel)
             .field("reuse_analysis_id", &self.reuse_analysis_id)
             .field("extra_view_signatures", &self.extra_view_signatures.is_some())
@@ -123,6 +134,14 @@ impl Hooks {
             t(round, &mut keys);
         }
         keys
+    }
+
+    /// The nonces sent to `node` in a SecAgg+ key roster.
+    pub(super) fn nonces(&self, node: &str, mut nonces: Vec<(String, [u8; 32])>) -> Vec<(String, [u8; 32])> {
+        if let Some(t) = &self.tamper_nonces {
+            t(node, &mut nonces);
+        }
+        nonces
     }
 
     /// A sealed share from `sender` to `receiver` as relayed.

@@ -25,13 +25,15 @@ use std::collections::BTreeSet;
 #[cfg(feature = "test-util")]
 use std::sync::Arc;
 
+use fedcrm_analysis::neighbourhood;
 use fedcrm_analysis::rfm::CustomerRfm;
-use fedcrm_analysis::rules::{Invitee, Stage, Unmasked};
+use fedcrm_analysis::rules::{self, Invitee, Stage, Unmasked};
 use fedcrm_audit::{Event, Member};
+use fedcrm_crypto::graph::{self, Graph, GraphSeed};
 use fedcrm_crypto::secagg::{
     self, ClientAdvertised, ClientMasked, ClientOpened, ClientShared, PeerKeys, Phase, RoundParams,
 };
-use fedcrm_crypto::{RoundId, SystemRandom};
+use fedcrm_crypto::{RoundId, SecureRandom, SystemRandom};
 use fedcrm_pki::{self as pki, Usage};
 use fedcrm_protocol::wire::{
     self, Exclusion, FromNode, RevealedShare, RoundStart, Sealed, SignedKeys, ToNode, UnopenedShare, ViewSignature,
@@ -86,8 +88,11 @@ impl std::fmt::Debug for RoundTap {
 
 /// This node's state in a round, by the phase it has completed.
 enum State {
-    /// Round 0 (AdvertiseKeys) done: keys advertised, waiting for U1.
+    /// Round 0 (AdvertiseKeys) done: keys advertised, waiting for U1 (SecAgg+: for the
+    /// signed roster of nonce commitments).
     AdvertiseKeys(ClientAdvertised),
+    /// SecAgg+: the commitments checked and this node's nonce revealed; waiting for U1.
+    NonceRevealed(ClientAdvertised),
     /// Round 1 (ShareKeys) done: shares sent, waiting for U2 and the peers' shares.
     ShareKeys(ClientShared),
     /// In Round 2 (MaskedInputCollection), before masking: the peers' shares opened (or
@@ -104,7 +109,7 @@ enum State {
 impl State {
     fn phase(&self) -> Option<Phase> {
         match self {
-            State::AdvertiseKeys(_) => Some(Phase::AdvertiseKeys),
+            State::AdvertiseKeys(_) | State::NonceRevealed(_) => Some(Phase::AdvertiseKeys),
             State::ShareKeys(_) | State::SharesOpened(_) => Some(Phase::ShareKeys),
             State::MaskedInputCollection(_) => Some(Phase::MaskedInputCollection),
             State::ConsistencyCheck(..) => Some(Phase::ConsistencyCheck),
@@ -125,14 +130,39 @@ struct Active {
     start: RoundStart,
     /// The unmasked local vector: wiped when masked or when the round ends.
     input: Zeroizing<Vec<u64>>,
-    /// U1 as verified, with certificates (to check consistency signatures).
+    /// U1's keys as verified, with certificates (to check consistency signatures):
+    /// all of U1 in full SecAgg, this node's and its neighbours' in SecAgg+.
     u1: Vec<SignedKeys>,
+    /// SecAgg+ only: the graph's inputs and the graph itself, once drawn.
+    plus: Option<Plus>,
     state: State,
+}
+
+/// A SecAgg+ round as this node sees it (Bell et al. CCS 2020).
+struct Plus {
+    /// This node's nonce: secret until revealed (after the signed commitments).
+    nonce: [u8; 32],
+    /// U1's commitments as the coordinator signed them, and the signed payload.
+    commitments: Vec<(String, [u8; 32])>,
+    commitments_payload: Vec<u8>,
+    /// The graph over U1, drawn by this node from the revealed nonces, and its seed.
+    graph: Option<(Graph, GraphSeed)>,
+}
+
+impl Plus {
+    fn seed(&self) -> Option<&GraphSeed> {
+        self.graph.as_ref().map(|(_, s)| s)
+    }
 }
 
 impl Active {
     fn members(&self, names: &[String]) -> Vec<Invitee> {
         self.start.invited.iter().filter(|i| names.contains(&i.name)).cloned().collect()
+    }
+
+    /// The graph seed the views of this round bind (SecAgg+), or none (full SecAgg).
+    fn seed(&self) -> Option<&GraphSeed> {
+        self.plus.as_ref().and_then(Plus::seed)
     }
 }
 
@@ -175,7 +205,10 @@ impl<'a> Rounds<'a> {
                 Ok(None)
             }
             ToNode::RoundStart(start) => self.on_round_start(*start, coordinator).await,
-            ToNode::KeyRoster { round, keys } => self.on_key_roster(round, keys).await,
+            ToNode::CommitmentRoster { round, commitments, signature } => {
+                self.on_commitment_roster(round, commitments, signature, coordinator).await
+            }
+            ToNode::KeyRoster { round, keys, nonces } => self.on_key_roster(round, keys, nonces).await,
             ToNode::ShareDelivery { round, delivered, shares } => {
                 self.on_share_delivery(round, delivered, shares).await
             }
@@ -242,15 +275,7 @@ impl<'a> Rounds<'a> {
             return Ok(None);
         }
         // The coordinator signs who is in the round and who asked why: check and log it.
-        let payload = wire::roster_payload(
-            &round,
-            start.threshold,
-            start.length,
-            start.width,
-            start.max_per_node,
-            &start.analysis,
-            &start.invited,
-        );
+        let payload = wire::roster_payload(&start);
         let signature_ok = coordinator
             .as_ref()
             .is_some_and(|c| pki::verify_signature(&c.certificate, &payload, &start.roster_signature).is_ok());
@@ -344,16 +369,30 @@ impl<'a> Rounds<'a> {
                 return Ok(None);
             }
         };
-        let payload = secagg::key_signing_payload(&round, &ctx.name, &keys.enc, &keys.mask);
+        // SecAgg+: commit to a fresh nonce now; it is revealed only once the coordinator
+        // has signed every node's commitment (crypto/src/graph.rs).
+        let plus = if start.degree > 0 {
+            let mut nonce = [0u8; 32];
+            if self.rng.fill(&mut nonce).is_err() {
+                self.refuse(round, "the system random number generator failed").await?;
+                return Ok(None);
+            }
+            Some(Plus { nonce, commitments: Vec::new(), commitments_payload: Vec::new(), graph: None })
+        } else {
+            None
+        };
+        let commitment = plus.as_ref().map(|p| graph::nonce_commitment(&round, &ctx.name, &p.nonce));
+        let payload = secagg::key_signing_payload(&round, &ctx.name, &keys.enc, &keys.mask, commitment.as_ref());
         let signature = ctx.signing.sign(&payload)?;
         self.egress.admit(round, &start.analysis.analysis_id);
-        self.egress.send(&FromNode::AdvertiseKeys { round, enc: keys.enc, mask: keys.mask, signature }).await?;
+        let advertise = FromNode::AdvertiseKeys { round, enc: keys.enc, mask: keys.mask, signature, commitment };
+        self.egress.send(&advertise).await?;
         ctx.analyses.admitted(&start.analysis, &identified);
         if identified.new {
             ctx.count_analysis(identified.kind, &start.analysis.analysis_id);
         }
         tracing::info!(node = %ctx.name, %round, analysis = identified.kind, purpose = %start.analysis.purpose, width = start.width.bits(), "joined round");
-        self.active = Some(Active { start, input, u1: Vec::new(), state: State::AdvertiseKeys(client) });
+        self.active = Some(Active { start, input, u1: Vec::new(), plus, state: State::AdvertiseKeys(client) });
         #[cfg(feature = "test-util")]
         if let Some(end) = faults::at(ctx, DropAt::AfterKeys, &self.shutdown).await {
             return Ok(Some(end));
@@ -361,21 +400,102 @@ impl<'a> Rounds<'a> {
         Ok(None)
     }
 
-    /// Verify U1, check the rules over it, share keys.
+    /// SecAgg+: check the coordinator's signature over U1's commitments and that this
+    /// node's own is among them unaltered; then reveal this node's nonce.
     ///
-    /// Bonawitz et al. CCS 2017, Fig. 4, Round 1 (ShareKeys), user: receive U1, assert |U1| ≥ t, verify each σ_v; send e_u,v.
-    async fn on_key_roster(&mut self, round: RoundId, keys: Vec<SignedKeys>) -> Handled {
+    /// Bell et al. CCS 2020 (SecAgg+): the graph's randomness, committed before revealed.
+    async fn on_commitment_roster(
+        &mut self,
+        round: RoundId,
+        commitments: Vec<(String, [u8; 32])>,
+        signature: Vec<u8>,
+        coordinator: &Option<Peer>,
+    ) -> Handled {
         let ctx = self.ctx;
         let Some(a) = self.active.as_mut().filter(|a| a.start.round == round) else { return Ok(None) };
         if !matches!(a.state, State::AdvertiseKeys(_)) {
             return Ok(None); // a repeated or out-of-order roster changes nothing
         }
+        let payload = wire::commitments_payload(&round, &commitments);
+        let checked = match a.plus.as_ref() {
+            None => Err("the coordinator sent nonce commitments in a full SecAgg round; refusing".to_string()),
+            Some(p) => {
+                let mine = graph::nonce_commitment(&round, &ctx.name, &p.nonce);
+                if coordinator
+                    .as_ref()
+                    .is_none_or(|c| pki::verify_signature(&c.certificate, &payload, &signature).is_err())
+                {
+                    Err("the roster of nonce commitments is not signed by this node's coordinator; refusing".into())
+                } else if !commitments.iter().any(|(n, c)| *n == ctx.name && *c == mine) {
+                    Err("the roster of nonce commitments lacks this node's commitment, or alters it; refusing".into())
+                } else if let Some((n, _)) =
+                    commitments.iter().find(|(n, _)| !a.start.invited.iter().any(|i| &i.name == n))
+                {
+                    Err(format!("the roster of nonce commitments names {n}, who was not invited; refusing"))
+                } else {
+                    Ok(p.nonce)
+                }
+            }
+        };
+        let nonce = match checked {
+            Ok(n) => n,
+            Err(why) => {
+                tracing::warn!(node = %ctx.name, %round, %why, "refusing round");
+                self.refuse(round, &why).await?;
+                return Ok(None);
+            }
+        };
         let State::AdvertiseKeys(client) = std::mem::replace(&mut a.state, State::Done) else { return Ok(None) };
-        let names: Vec<String> = keys.iter().map(|k| k.node.clone()).collect();
-        let checked = verify_roster(ctx, &a.start, &keys).and_then(|peers| {
-            ctx.policy
-                .check_set(&ctx.organisation, &a.members(&names), a.start.threshold, Stage::KeyRoster)
-                .map(|()| peers)
+        if let Some(p) = a.plus.as_mut() {
+            p.commitments = commitments;
+            p.commitments_payload = payload;
+        }
+        a.state = State::NonceRevealed(client);
+        self.egress.send(&FromNode::RevealNonce { round, nonce }).await?;
+        Ok(None)
+    }
+
+    /// Verify U1, check the rules over it, share keys. In SecAgg+, first check every
+    /// nonce against its signed commitment and draw the graph over all of U1.
+    ///
+    /// Bonawitz et al. CCS 2017, Fig. 4, Round 1 (ShareKeys), user: receive U1, assert |U1| ≥ t, verify each σ_v; send e_u,v.
+    async fn on_key_roster(
+        &mut self,
+        round: RoundId,
+        keys: Vec<SignedKeys>,
+        nonces: Vec<(String, [u8; 32])>,
+    ) -> Handled {
+        let ctx = self.ctx;
+        let Some(a) = self.active.as_mut().filter(|a| a.start.round == round) else { return Ok(None) };
+        let ready = matches!((&a.state, &a.plus), (State::AdvertiseKeys(_), None) | (State::NonceRevealed(_), Some(_)));
+        if !ready {
+            return Ok(None); // a repeated or out-of-order roster changes nothing
+        }
+        let (State::AdvertiseKeys(client) | State::NonceRevealed(client)) =
+            std::mem::replace(&mut a.state, State::Done)
+        else {
+            return Ok(None);
+        };
+        // U1: all of the keys (full SecAgg), or every committed node (SecAgg+).
+        let drawn = match a.plus.as_mut() {
+            None => Ok(keys.iter().map(|k| k.node.clone()).collect::<Vec<String>>()),
+            Some(p) => draw_graph(&a.start, p, &nonces).map(|drawn| {
+                p.graph = Some(drawn);
+                p.commitments.iter().map(|(n, _)| n.clone()).collect()
+            }),
+        };
+        let names: Vec<String> = match drawn {
+            Ok(n) => n,
+            Err(why) => {
+                tracing::warn!(node = %ctx.name, %round, %why, "refusing round");
+                self.refuse(round, &why).await?;
+                return Ok(None);
+            }
+        };
+        let commitments = a.plus.as_ref().map(|p| p.commitments.as_slice()).unwrap_or(&[]);
+        let checked = verify_roster(ctx, &a.start, &keys, commitments).and_then(|peers| {
+            check_key_names(a, &ctx.name, &keys)?;
+            rules_for_stage(ctx, a, &a.members(&names), Stage::KeyRoster).map(|()| peers)
         });
         let verified = match checked {
             Ok(v) => v,
@@ -389,7 +509,9 @@ impl<'a> Rounds<'a> {
             f(round, &keys);
         }
         a.u1 = keys;
-        match client.share(verified, &self.rng) {
+        let topology =
+            a.plus.as_ref().and_then(|p| p.graph.as_ref()).map_or(secagg::Topology::Complete, |(g, _)| g.topology());
+        match client.share_among(names, verified, topology, &self.rng) {
             Ok((next, sealed)) => {
                 let mut shares = Vec::with_capacity(sealed.len());
                 for (peer, ciphertext) in sealed {
@@ -567,7 +689,7 @@ impl<'a> Rounds<'a> {
             self.refuse(round, &why).await?;
             return Ok(None);
         }
-        let payload = secagg::consistency_payload(&round, &view.delivered, &view.survivors);
+        let payload = secagg::consistency_payload(&round, a.seed(), &view.delivered, &view.survivors);
         let signature = ctx.signing.sign(&payload)?;
         record(
             ctx,
@@ -625,7 +747,7 @@ impl<'a> Rounds<'a> {
         } else if view.survivors != survivors || view.dropped != dropped {
             Err("the unmask request names a different U3 from the one this node signed; refusing".to_string())
         } else {
-            verify_view_signatures(a, round, &view, &signatures)
+            verify_view_signatures(ctx, a, round, &view, &signatures)
         };
         let signers = match checked {
             Ok(s) => s,
@@ -716,8 +838,78 @@ fn rules_over(ctx: &NodeContext, a: &Active, round: RoundId, members: &[Invitee]
     if colludes(ctx) {
         return Ok(());
     }
-    ctx.policy.check_set(&ctx.organisation, members, a.start.threshold, stage)?;
+    rules_for_stage(ctx, a, members, stage)?;
     ctx.differencing.check(&ctx.policy.rules(), &ctx.name, round, unix_now_ms(), &a.start.analysis.coverage(), members)
+}
+
+/// The threshold and organisation rules over one set of the round: over the whole set
+/// in full SecAgg; in SecAgg+ on the graph this node drew, over its neighbourhood and
+/// its component (`fedcrm_analysis::neighbourhood::check_stage`).
+fn rules_for_stage(ctx: &NodeContext, a: &Active, members: &[Invitee], stage: Stage) -> Result<(), String> {
+    match a.plus.as_ref().and_then(|p| p.graph.as_ref()) {
+        None => ctx.policy.check_set(&ctx.organisation, members, a.start.threshold, stage),
+        Some((g, _)) => {
+            let neighbours = a.members(g.neighbours(&ctx.name).unwrap_or(&[]));
+            neighbourhood::check_stage(
+                &ctx.policy.rules(),
+                &ctx.name,
+                &ctx.organisation,
+                members,
+                &neighbours,
+                g.adjacency(),
+                (a.start.degree, a.start.threshold),
+                stage,
+            )
+        }
+    }
+}
+
+/// The bytes a SecAgg+ graph seed hashes besides the nonces: the signed roster and
+/// the signed commitments, so every node's graph depends on exactly what it was shown.
+fn signed_inputs(start: &RoundStart, p: &Plus) -> Vec<u8> {
+    let mut signed = wire::roster_payload(start);
+    signed.extend_from_slice(&p.commitments_payload);
+    signed
+}
+
+/// SecAgg+: every node of the signed commitments, and no other, revealed a nonce that
+/// opens its commitment; the graph over all of them, from the seed of what this node
+/// was shown. A missing reveal is refused: a graph over a subset would let the
+/// coordinator choose among graphs by choosing whose reveals to count.
+///
+/// Bell et al. CCS 2020 (SecAgg+): the random Harary graph, drawn by every node itself.
+fn draw_graph(start: &RoundStart, p: &Plus, nonces: &[(String, [u8; 32])]) -> Result<(Graph, GraphSeed), String> {
+    let committed: Vec<&String> = p.commitments.iter().map(|(n, _)| n).collect();
+    let revealed: Vec<&String> = nonces.iter().map(|(n, _)| n).collect();
+    if committed != revealed {
+        return Err("the key roster's nonces are not exactly those of the signed commitments; the SecAgg+ graph is \
+                    drawn over every node that committed; refusing"
+            .into());
+    }
+    graph::check_reveals(&start.round, &p.commitments, nonces).map_err(|e| format!("{e}; refusing"))?;
+    let seed = graph::graph_seed(&start.round, &signed_inputs(start, p), nonces);
+    let names: Vec<String> = p.commitments.iter().map(|(n, _)| n.clone()).collect();
+    let g = Graph::harary(&names, start.degree, &seed).map_err(|e| format!("{e}; refusing"))?;
+    Ok((g, seed))
+}
+
+/// The key roster holds this node's keys and, in SecAgg+, exactly its neighbours'.
+fn check_key_names(a: &Active, me: &str, keys: &[SignedKeys]) -> Result<(), String> {
+    let names: Vec<&str> = keys.iter().map(|k| k.node.as_str()).collect();
+    if !names.contains(&me) {
+        return Err("the key roster lacks this node's keys; refusing".into());
+    }
+    if let Some((g, _)) = a.plus.as_ref().and_then(|p| p.graph.as_ref()) {
+        let mut want: Vec<&str> = g.neighbours(me).unwrap_or(&[]).iter().map(String::as_str).collect();
+        want.push(me);
+        want.sort_unstable();
+        if names != want {
+            return Err("the key roster does not hold exactly this node's and its neighbours' keys in the graph \
+                        this node drew; refusing"
+                .into());
+        }
+    }
+    Ok(())
 }
 
 /// Record (fsynced) and remember that this node's input may be in a sum over
@@ -753,33 +945,66 @@ fn colludes(ctx: &NodeContext) -> bool {
     }
 }
 
-/// At least t valid signatures on (round, U2, U3), from distinct members of U3,
-/// each by the certificate that U1's roster carried for it. Returns the signers.
+/// Enough valid signatures on (round, U2, U3), from distinct members of U3, each by
+/// that member's certificate: in full SecAgg at least t, by the certificates U1's roster
+/// carried. In SecAgg+, whose t is per neighbourhood (HQ's nodes alone may reach it),
+/// more than (|U1| + H + C)/2 (H: HQ's nodes in U1, C: the colluding nodes this node
+/// assumes), so that two views cannot both be signed that often while honest nodes sign
+/// one view each; a non-neighbour's certificate comes with its signature and is checked
+/// against the brand CA. Returns the signers.
 ///
 /// Bonawitz et al. CCS 2017, Fig. 4, Round 4 (Unmasking), user: verify each σ'_v, assert |U4| ≥ t.
 fn verify_view_signatures(
+    ctx: &NodeContext,
     a: &Active,
     round: RoundId,
     view: &View,
     signatures: &[ViewSignature],
 ) -> Result<Vec<String>, String> {
-    let payload = secagg::consistency_payload(&round, &view.delivered, &view.survivors);
+    let payload = secagg::consistency_payload(&round, a.seed(), &view.delivered, &view.survivors);
+    let need = match a.plus.as_ref() {
+        None => a.start.threshold,
+        Some(p) => {
+            let names: Vec<String> = p.commitments.iter().map(|(n, _)| n.clone()).collect();
+            let u1 = a.members(&names);
+            let (h, c) = (rules::hq_nodes(&u1), rules::colluding_nodes(&ctx.policy.rules(), &ctx.organisation, &u1));
+            (u1.len() + h + c) / 2 + 1
+        }
+    };
+    let now = unix_now();
     let mut valid: BTreeSet<String> = BTreeSet::new();
     for s in signatures {
+        if valid.len() >= need {
+            break; // enough: the rest need not be checked
+        }
         if !view.survivors.contains(&s.node) {
             continue; // only members of U3 count
         }
-        let Some(k) = a.u1.iter().find(|k| k.node == s.node) else { continue };
-        if pki::verify_signature(&k.certificate, &payload, &s.signature).is_ok() {
+        let certificate = match a.u1.iter().find(|k| k.node == s.node) {
+            Some(k) => &k.certificate,
+            None if a.plus.is_some() => {
+                let named = pki::verify_cert(&ctx.ca_der, &s.certificate, now, Usage::Client)
+                    .is_ok_and(|id| id.name == s.node && matches!(id.role, pki::Role::Node(_)));
+                if !named {
+                    continue;
+                }
+                &s.certificate
+            }
+            None => continue,
+        };
+        if pki::verify_signature(certificate, &payload, &s.signature).is_ok() {
             valid.insert(s.node.clone());
         }
     }
-    if valid.len() < a.start.threshold {
+    if valid.len() < need {
+        let rule = match a.plus {
+            None => format!("t = {need}"),
+            Some(_) => format!("the {need} this node needs in SecAgg+ (more than (|U1| + H + C)/2 of U1)"),
+        };
         return Err(format!(
             "consistency check: the unmask request carries {} valid signature(s) from members of U3 on this view, \
-             fewer than t = {}; the coordinator may be showing nodes different views; refusing",
+             fewer than {rule}; the coordinator may be showing nodes different views; refusing",
             valid.len(),
-            a.start.threshold
         ));
     }
     Ok(valid.into_iter().collect())
@@ -846,7 +1071,12 @@ fn approval(ctx: &NodeContext, start: &RoundStart, id: &Identified) -> Result<Re
 /// Check every advertised key: certificate from the brand CA naming that node,
 /// signature over (version, round, node, keys) by that certificate's key, and the
 /// node was invited. Without this, the coordinator could substitute keys and read shares.
-fn verify_roster(ctx: &NodeContext, start: &RoundStart, keys: &[SignedKeys]) -> Result<Vec<PeerKeys>, String> {
+fn verify_roster(
+    ctx: &NodeContext,
+    start: &RoundStart,
+    keys: &[SignedKeys],
+    commitments: &[(String, [u8; 32])],
+) -> Result<Vec<PeerKeys>, String> {
     let now = unix_now();
     let mut out = Vec::with_capacity(keys.len());
     for k in keys {
@@ -871,7 +1101,11 @@ fn verify_roster(ctx: &NodeContext, start: &RoundStart, keys: &[SignedKeys]) -> 
                 kind.as_str()
             ));
         }
-        let payload = secagg::key_signing_payload(&start.round, &k.node, &k.enc, &k.mask);
+        let commitment = commitments.iter().find(|(n, _)| *n == k.node).map(|(_, c)| c);
+        if start.degree > 0 && commitment.is_none() {
+            return Err(format!("the key roster carries keys of {}, who has no signed nonce commitment", k.node));
+        }
+        let payload = secagg::key_signing_payload(&start.round, &k.node, &k.enc, &k.mask, commitment);
         pki::verify_signature(&k.certificate, &payload, &k.signature)
             .map_err(|e| format!("signature on the keys of {} rejected: {e}", k.node))?;
         out.push(PeerKeys { name: k.node.clone(), enc: k.enc, mask: k.mask });

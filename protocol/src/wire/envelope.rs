@@ -62,6 +62,7 @@ pub fn node_message_envelope(m: &pb::NodeMessage) -> Envelope {
         Some(Body::Refusal(r)) => ("refusal", id(&r.round_id), r.round_id.is_empty(), 0),
         Some(Body::Consistency(c)) => ("consistency-signature", id(&c.round_id), false, 0),
         Some(Body::ShareReport(r)) => ("share-report", id(&r.round_id), false, 0),
+        Some(Body::RevealNonce(r)) => ("reveal-nonce", id(&r.round_id), false, 0),
     };
     Envelope { kind, round, roundless, elements, bytes: prost::Message::encoded_len(m) }
 }

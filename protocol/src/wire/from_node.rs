@@ -37,6 +37,13 @@ pub enum FromNode {
         enc: RoundPublic,
         mask: RoundPublic,
         signature: Vec<u8>,
+        /// SecAgg+: the commitment to this node's graph nonce (signed with the keys).
+        commitment: Option<[u8; 32]>,
+    },
+    /// SecAgg+: this node's graph nonce, once it holds the signed commitment roster.
+    RevealNonce {
+        round: RoundId,
+        nonce: [u8; 32],
     },
     /// Round 1 (ShareKeys): one sealed share per other node of U1, each signed.
     SealedShares {
@@ -76,7 +83,8 @@ impl FromNode {
             | FromNode::SealedShares { round, .. }
             | FromNode::ShareReport { round, .. }
             | FromNode::UnmaskShares { round, .. }
-            | FromNode::ConsistencySignature { round, .. } => Some(*round),
+            | FromNode::ConsistencySignature { round, .. }
+            | FromNode::RevealNonce { round, .. } => Some(*round),
             FromNode::MaskedChunk(c) => Some(c.round),
             FromNode::Refusal { round, .. } => *round,
         }
@@ -93,6 +101,7 @@ impl FromNode {
             FromNode::UnmaskShares { .. } => "unmask-shares",
             FromNode::Refusal { .. } => "refusal",
             FromNode::ConsistencySignature { .. } => "consistency-signature",
+            FromNode::RevealNonce { .. } => "reveal-nonce",
         }
     }
 }
@@ -139,7 +148,15 @@ impl TryFrom<pb::NodeMessage> for FromNode {
                     enc: public("enc_public", &k.enc_public)?,
                     mask: public("mask_public", &k.mask_public)?,
                     signature: k.signature,
+                    commitment: if k.nonce_commitment.is_empty() {
+                        None
+                    } else {
+                        Some(bytes32("nonce_commitment", &k.nonce_commitment)?)
+                    },
                 }
+            }
+            Body::RevealNonce(r) => {
+                FromNode::RevealNonce { round: round_id(&r.round_id)?, nonce: bytes32("nonce", &r.nonce)? }
             }
             Body::Shares(s) => FromNode::SealedShares { round: round_id(&s.round_id)?, shares: sealed(&s.shares)? },
             Body::ShareReport(r) => {
@@ -232,12 +249,16 @@ impl From<&FromNode> for pb::NodeMessage {
             FromNode::ConsistencySignature { round, signature } => {
                 Body::Consistency(pb::ConsistencySignature { round_id: round.0.to_vec(), signature: signature.clone() })
             }
-            FromNode::AdvertiseKeys { round, enc, mask, signature } => Body::Keys(pb::AdvertiseKeys {
+            FromNode::AdvertiseKeys { round, enc, mask, signature, commitment } => Body::Keys(pb::AdvertiseKeys {
                 round_id: round.0.to_vec(),
                 enc_public: enc.0.to_vec(),
                 mask_public: mask.0.to_vec(),
                 signature: signature.clone(),
+                nonce_commitment: commitment.map(|c| c.to_vec()).unwrap_or_default(),
             }),
+            FromNode::RevealNonce { round, nonce } => {
+                Body::RevealNonce(pb::RevealNonce { round_id: round.0.to_vec(), nonce: nonce.to_vec() })
+            }
             FromNode::SealedShares { round, shares } => {
                 Body::Shares(pb::SealedShares { round_id: round.0.to_vec(), shares: sealed_pb(shares) })
             }

@@ -20,7 +20,7 @@ use crate::pb;
 /// `MaskedChunk.words32`: a v3 peer's masks would not cancel either. The KDFs still
 /// bind [`fedcrm_crypto::PROTOCOL_VERSION`] (`fedcrm/v1`): their bytes did not change
 /// (`crypto/test_vectors/v3`).
-pub const VERSION: &str = "fedcrm/v4";
+pub const VERSION: &str = "fedcrm/v5";
 
 /// Largest vector a round may use (words, of either width); 64 Mi words = 512 MiB of
 /// 64-bit words.
@@ -85,6 +85,22 @@ pub fn words_sha256(words: &Words) -> [u8; 32] {
     }
     // Unwrap safety: SHA-256 output is 32 bytes.
     ctx.finish().as_ref().try_into().unwrap()
+}
+
+/// A graph nonce or its commitment: exactly 32 bytes.
+fn bytes32(name: &'static str, b: &[u8]) -> Result<[u8; 32], WireError> {
+    b.try_into().map_err(|_| field(name, format!("must be 32 bytes, got {}", b.len())))
+}
+
+/// Sorted (node, 32 bytes) pairs: a roster of nonce commitments or of nonces.
+fn node_values(name: &'static str, v: &[pb::NodeNonce]) -> Result<Vec<(String, [u8; 32])>, WireError> {
+    let nodes: Vec<String> = v.iter().map(|x| x.node.clone()).collect();
+    names(name, &nodes)?;
+    v.iter().map(|x| Ok((x.node.clone(), bytes32(name, &x.value)?))).collect()
+}
+
+fn node_values_pb(v: &[(String, [u8; 32])]) -> Vec<pb::NodeNonce> {
+    v.iter().map(|(node, value)| pb::NodeNonce { node: node.clone(), value: value.to_vec() }).collect()
 }
 
 fn signature_bytes(name: &'static str, b: &[u8]) -> Result<Vec<u8>, WireError> {

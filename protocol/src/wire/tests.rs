@@ -137,12 +137,26 @@ fn round_trips() {
         length: 4,
         width: WordWidth::W32,
         max_per_node: 1 << 22,
+        degree: 6,
         analysis: a,
         invited: vec![Invitee { name: "a".into(), organisation: "o".into(), kind: OrgKind::Franchisee }],
         chunk_elements: 10,
         roster_signature: vec![1, 2],
     }));
     assert_eq!(ToNode::try_from(pb::CoordinatorMessage::from(&m)).unwrap(), m);
+    // SecAgg+'s messages round-trip; a nonce or commitment that is not 32 bytes is refused.
+    let commitments = vec![("a".to_string(), [7u8; 32]), ("b".to_string(), [8u8; 32])];
+    let c = ToNode::CommitmentRoster { round: r, commitments: commitments.clone(), signature: vec![3; 64] };
+    assert_eq!(ToNode::try_from(pb::CoordinatorMessage::from(&c)).unwrap(), c);
+    let k = ToNode::KeyRoster { round: r, keys: vec![], nonces: commitments };
+    assert_eq!(ToNode::try_from(pb::CoordinatorMessage::from(&k)).unwrap(), k);
+    let mut short = pb::CoordinatorMessage::from(&c);
+    if let Some(pb::coordinator_message::Body::Commitments(ref mut x)) = short.body {
+        x.commitments[1].value.pop();
+    }
+    assert!(matches!(ToNode::try_from(short), Err(WireError::Field { field: "commitments", .. })));
+    let reveal = FromNode::RevealNonce { round: r, nonce: [9; 32] };
+    assert_eq!(FromNode::try_from(crate::wire::node_message(&reveal, None)).unwrap(), reveal);
     // A width other than 32 or 64, or no per-node bound, is refused.
     for (bits, bound, field_name) in [(16, 1, "word_bits"), (0, 1, "word_bits"), (32, 0, "max_per_node")] {
         let mut bad = pb::CoordinatorMessage::from(&m);
@@ -170,7 +184,7 @@ fn round_trips() {
     assert_eq!(e, WireError::Version { got: "fedcrm/v3".into() });
     assert_eq!(
         e.to_string(),
-        "incompatible protocol version \"fedcrm/v3\"; this build speaks \"fedcrm/v4\" — upgrade the older side"
+        "incompatible protocol version \"fedcrm/v3\"; this build speaks \"fedcrm/v5\" — upgrade the older side"
     );
 }
 

@@ -17,6 +17,9 @@ pub struct RoundStart {
     /// The per-node bound on each word the width was picked for (for counts, the
     /// coordinator's `max_customers_per_node`).
     pub max_per_node: u64,
+    /// SecAgg+: the degree k of the round's graph (`threshold` is then t_k, per
+    /// neighbourhood); 0: full SecAgg.
+    pub degree: usize,
     pub analysis: Analysis,
     /// Sorted by node name.
     pub invited: Vec<Invitee>,
@@ -26,32 +29,38 @@ pub struct RoundStart {
 }
 
 /// What the coordinator signs for a round: round id, threshold, vector length, word
-/// width and the per-node bound it was picked for, the analysis (with who asked and
-/// why) and every invited node with its organisation and kind.
-pub fn roster_payload(
-    round: &RoundId,
-    threshold: usize,
-    length: usize,
-    width: WordWidth,
-    max_per_node: u64,
-    analysis: &Analysis,
-    invited: &[Invitee],
-) -> Vec<u8> {
-    let encoded = prost::Message::encode_to_vec(&pb::Analysis::from(analysis));
+/// width and the per-node bound it was picked for, the graph degree (0: full SecAgg),
+/// the analysis (with who asked and why) and every invited node with its organisation
+/// and kind.
+pub fn roster_payload(start: &RoundStart) -> Vec<u8> {
+    let encoded = prost::Message::encode_to_vec(&pb::Analysis::from(&start.analysis));
     let mut parts: Vec<Vec<u8>> = vec![
-        (threshold as u64).to_be_bytes().to_vec(),
-        (length as u64).to_be_bytes().to_vec(),
-        width.bits().to_be_bytes().to_vec(),
-        max_per_node.to_be_bytes().to_vec(),
+        (start.threshold as u64).to_be_bytes().to_vec(),
+        (start.length as u64).to_be_bytes().to_vec(),
+        start.width.bits().to_be_bytes().to_vec(),
+        start.max_per_node.to_be_bytes().to_vec(),
+        (start.degree as u64).to_be_bytes().to_vec(),
         encoded,
     ];
-    for i in invited {
+    for i in &start.invited {
         parts.push(i.name.as_bytes().to_vec());
         parts.push(i.organisation.as_bytes().to_vec());
         parts.push(i.kind.as_str().as_bytes().to_vec());
     }
     let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
-    fedcrm_crypto::kdf::context("roster", round, &refs)
+    fedcrm_crypto::kdf::context("roster", &start.round, &refs)
+}
+
+/// What the coordinator signs over a SecAgg+ round's nonce commitments (sorted by
+/// node). The graph seed hashes it with the signed roster and the nonces, so that
+/// every node's graph depends on exactly what it was shown.
+pub fn commitments_payload(round: &RoundId, commitments: &[(String, [u8; 32])]) -> Vec<u8> {
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(2 * commitments.len());
+    for (node, c) in commitments {
+        parts.push(node.as_bytes());
+        parts.push(c);
+    }
+    fedcrm_crypto::kdf::context("nonce-commitments", round, &parts)
 }
 
 /// An invitee's kind as the roster carries it (`hq` or `franchisee`).
@@ -101,10 +110,19 @@ pub enum ToNode {
     },
     /// Round 0 (AdvertiseKeys): the signed invitation.
     RoundStart(Box<RoundStart>),
-    /// Round 1 (ShareKeys): U1's signed keys.
+    /// SecAgg+, after Round 0 (AdvertiseKeys): U1's nonce commitments, signed by the
+    /// coordinator over [`commitments_payload`].
+    CommitmentRoster {
+        round: RoundId,
+        commitments: Vec<(String, [u8; 32])>,
+        signature: Vec<u8>,
+    },
+    /// Round 1 (ShareKeys): U1's signed keys (SecAgg+: this node's and its
+    /// neighbours' only, with every node's revealed nonce).
     KeyRoster {
         round: RoundId,
         keys: Vec<SignedKeys>,
+        nonces: Vec<(String, [u8; 32])>,
     },
     /// Round 2 (MaskedInputCollection): U2 as delivered and the shares sealed to this node.
     ShareDelivery {
@@ -148,6 +166,9 @@ pub enum ToNode {
 pub struct ViewSignature {
     pub node: String,
     pub signature: Vec<u8>,
+    /// SecAgg+: the signer's certificate (DER); empty in full SecAgg, where the key
+    /// roster carried it.
+    pub certificate: Vec<u8>,
 }
 
 impl TryFrom<pb::CoordinatorMessage> for ToNode {
@@ -196,6 +217,7 @@ impl TryFrom<pb::CoordinatorMessage> for ToNode {
                     length: r.length as usize,
                     width,
                     max_per_node: r.max_per_node,
+                    degree: r.graph_degree as usize,
                     analysis,
                     invited: invited
                         .into_iter()
@@ -223,8 +245,13 @@ impl TryFrom<pb::CoordinatorMessage> for ToNode {
                     .collect::<Result<Vec<_>, WireError>>()?;
                 let n: Vec<String> = keys.iter().map(|k| k.node.clone()).collect();
                 names("keys", &n)?;
-                ToNode::KeyRoster { round: round_id(&r.round_id)?, keys }
+                ToNode::KeyRoster { round: round_id(&r.round_id)?, keys, nonces: node_values("nonces", &r.nonces)? }
             }
+            Body::Commitments(c) => ToNode::CommitmentRoster {
+                round: round_id(&c.round_id)?,
+                commitments: node_values("commitments", &c.commitments)?,
+                signature: signature_bytes("signature", &c.signature)?,
+            },
             Body::Shares(s) => ToNode::ShareDelivery {
                 round: round_id(&s.round_id)?,
                 delivered: names("delivered", &s.delivered)?,
@@ -262,6 +289,11 @@ impl TryFrom<pb::CoordinatorMessage> for ToNode {
                         Ok(ViewSignature {
                             node: node_name("signatures.node", &v.node)?,
                             signature: signature_bytes("signatures.signature", &v.signature)?,
+                            certificate: if v.certificate.len() > 16 * 1024 {
+                                return Err(field("signatures.certificate", "longer than 16384 bytes"));
+                            } else {
+                                v.certificate.clone()
+                            },
                         })
                     })
                     .collect::<Result<Vec<_>, WireError>>()?;
@@ -303,8 +335,14 @@ impl From<&ToNode> for pb::CoordinatorMessage {
                 roster_signature: r.roster_signature.clone(),
                 word_bits: r.width.bits(),
                 max_per_node: r.max_per_node,
+                graph_degree: r.degree as u32,
             }),
-            ToNode::KeyRoster { round, keys } => Body::Roster(pb::KeyRoster {
+            ToNode::CommitmentRoster { round, commitments, signature } => Body::Commitments(pb::CommitmentRoster {
+                round_id: round.0.to_vec(),
+                commitments: node_values_pb(commitments),
+                signature: signature.clone(),
+            }),
+            ToNode::KeyRoster { round, keys, nonces } => Body::Roster(pb::KeyRoster {
                 round_id: round.0.to_vec(),
                 keys: keys
                     .iter()
@@ -316,6 +354,7 @@ impl From<&ToNode> for pb::CoordinatorMessage {
                         certificate: k.certificate.clone(),
                     })
                     .collect(),
+                nonces: node_values_pb(nonces),
             }),
             ToNode::ShareDelivery { round, delivered, shares } => Body::Shares(pb::ShareDelivery {
                 round_id: round.0.to_vec(),
@@ -341,7 +380,11 @@ impl From<&ToNode> for pb::CoordinatorMessage {
                 dropped: dropped.clone(),
                 signatures: signatures
                     .iter()
-                    .map(|s| pb::ViewSignature { node: s.node.clone(), signature: s.signature.clone() })
+                    .map(|s| pb::ViewSignature {
+                        node: s.node.clone(),
+                        signature: s.signature.clone(),
+                        certificate: s.certificate.clone(),
+                    })
                     .collect(),
             }),
             ToNode::RoundEnd { round, released, message } => Body::RoundEnd(pb::RoundEnd {
