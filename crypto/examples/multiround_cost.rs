@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use fedcrm_crypto::multiround::{Member, RoundAggregator, Setup};
+use fedcrm_crypto::multiround::{Analysis, Member, Setup};
 use fedcrm_crypto::secagg::{self, Aggregator, ClientAdvertised, PeerKeys, RoundParams, Topology, WordWidth};
 use fedcrm_crypto::{RoundId, SystemRandom};
 
@@ -37,7 +37,7 @@ fn answer<M, R>(clock: &mut Duration, masked: Vec<(String, M)>, unmask: impl Fn(
 /// clients' time, the server's unmasking time).
 fn multiround_round(
     members: &mut BTreeMap<String, Member>,
-    keys: &[PeerKeys],
+    analysis: &mut Analysis,
     contributors: &[String],
     drop: &str,
     params: &RoundParams,
@@ -53,8 +53,7 @@ fn multiround_round(
         out.into_iter().for_each(|(to, ct)| inbox.entry(to).or_default().push((me.clone(), ct)));
         shared.insert(me.clone(), s);
     }
-    let ks = keys.iter().filter(|k| contributors.contains(&k.name)).cloned().collect();
-    let mut agg = RoundAggregator::new(params.clone(), ks, contributors, Topology::Complete).unwrap();
+    let mut agg = analysis.round(params.clone(), contributors, contributors).unwrap();
     for (me, s) in shared.into_iter().filter(|(me, _)| me != drop) {
         let (m, y) = timed(&mut client, || s.receive(contributors, &inbox[&me]).unwrap().mask(input).unwrap());
         agg.add_masked(&me, &y).unwrap();
@@ -121,6 +120,7 @@ fn main() {
         .zip(setups)
         .map(|(v, s)| (v.clone(), s.join(keys.clone(), Topology::Complete).unwrap()))
         .collect();
+    let mut server = Analysis::new(setup, keys, Topology::Complete).unwrap();
     let setup_time = start.elapsed();
 
     println!("n = {n}, d = {d}, full SecAgg, t = {t}, 32-bit words; one node drops before masking each round");
@@ -129,7 +129,7 @@ fn main() {
     let mut contributors = roster.clone();
     for r in 1..=3 {
         let drop = name(r);
-        let (c, s) = multiround_round(&mut members, &keys, &contributors, &drop, &params(), &input);
+        let (c, s) = multiround_round(&mut members, &mut server, &contributors, &drop, &params(), &input);
         println!("multiround round {r}: clients {:.1} | server {:.1}", ms(c), ms(s));
         contributors.retain(|v| *v != drop);
     }

@@ -86,7 +86,7 @@ use crate::word::Words;
 use crate::{CryptoError, RoundId, SecureRandom, aead, kdf};
 
 mod server;
-pub use server::{RoundAggregator, RoundUnmasking};
+pub use server::{Analysis, RoundAggregator, RoundUnmasking};
 
 /// A round's pair seed `s_uv,r` of two neighbours, as revealed for a dropped one.
 /// Zeroized on drop; `Debug` prints `PairSeed(..)`.

@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use fedcrm_crypto::graph::{self, Graph};
-use fedcrm_crypto::multiround::{self, Member, PairSeed, Reveal, RoundAggregator, RoundUnmasking, Setup};
+use fedcrm_crypto::multiround::{self, Analysis, Member, PairSeed, Reveal, RoundUnmasking, Setup};
 use fedcrm_crypto::secagg::{PeerKeys, RoundParams, Topology};
 use fedcrm_crypto::shamir;
 use fedcrm_crypto::word::{WordWidth, Words};
@@ -31,16 +31,22 @@ fn index(node: &str) -> usize {
     node["node-".len()..].parse().unwrap()
 }
 
-/// One analysis: every node's [`Member`], the roster's keys and the coordinator's
-/// ledger of the nodes declared dropped.
-struct Analysis {
+/// One analysis: every node's [`Member`] and the server's [`Analysis`], which keeps
+/// the coordinator's ledger of the nodes declared dropped.
+struct Sim {
     members: BTreeMap<String, Member>,
-    keys: Vec<PeerKeys>,
+    server: Analysis,
     topology: Topology,
-    gone: BTreeSet<String>,
 }
 
-fn analysis(n: usize, topology: Topology) -> Analysis {
+impl Sim {
+    /// The nodes the server has declared dropped.
+    fn gone(&self) -> BTreeSet<String> {
+        self.server.dropped().into_iter().map(|(v, _)| v).collect()
+    }
+}
+
+fn analysis(n: usize, topology: Topology) -> Sim {
     let rng = SystemRandom::new();
     let setup = RoundId::random(&rng).unwrap();
     let (setups, keys): (Vec<Setup>, Vec<PeerKeys>) =
@@ -50,7 +56,7 @@ fn analysis(n: usize, topology: Topology) -> Analysis {
         .enumerate()
         .map(|(i, s)| (name(i), s.join(keys.clone(), topology.clone()).unwrap()))
         .collect();
-    Analysis { members, keys, topology, gone: BTreeSet::new() }
+    Sim { members, server: Analysis::new(setup, keys, topology.clone()).unwrap(), topology }
 }
 
 /// SecAgg+'s random Harary graph H(n, k) over node-00.. ([`Graph::harary`]).
@@ -97,11 +103,12 @@ struct Played {
 
 /// Plays one round at `width`; `inputs[i]` is node i's input. Checks every member's
 /// refusals against its holders. `None` when no contributor shared.
-fn play(a: &mut Analysis, t: usize, width: WordWidth, fates: &[Fate], inputs: &[Vec<u64>]) -> Option<Played> {
+fn play(a: &mut Sim, t: usize, width: WordWidth, fates: &[Fate], inputs: &[Vec<u64>]) -> Option<Played> {
     let rng = SystemRandom::new();
     let params = RoundParams { round: RoundId::random(&rng).unwrap(), t, d: inputs[0].len(), width };
+    let gone = a.gone();
     let contributors: Vec<String> =
-        (0..fates.len()).map(name).filter(|v| !a.gone.contains(v) && fates[index(v)] != Fate::Absent).collect();
+        (0..fates.len()).map(name).filter(|v| !gone.contains(v) && fates[index(v)] != Fate::Absent).collect();
     let topology = a.topology.clone();
     let holders = |of: &str, among: &[String]| among.iter().filter(|h| topology.holds(h, of)).count();
 
@@ -126,8 +133,7 @@ fn play(a: &mut Analysis, t: usize, width: WordWidth, fates: &[Fate], inputs: &[
     if u2.is_empty() {
         return None;
     }
-    let keys = a.keys.iter().filter(|k| contributors.contains(&k.name)).cloned().collect();
-    let mut agg = RoundAggregator::new(params.clone(), keys, &u2, topology.clone()).unwrap();
+    let mut agg = a.server.round(params.clone(), &contributors, &u2).unwrap();
 
     // Round 2: receive and mask.
     let mut masked = BTreeMap::new();
@@ -150,7 +156,6 @@ fn play(a: &mut Analysis, t: usize, width: WordWidth, fates: &[Fate], inputs: &[
     }
     let unmasking = agg.close();
     let (survivors, dropped) = (unmasking.survivors(), unmasking.dropped());
-    a.gone.extend(dropped.iter().cloned());
 
     // Round 3: survivors answer; an honest answer reveals b shares of survivors and
     // pair seeds of dropped neighbours only — there is nothing else it could reveal.
@@ -196,7 +201,7 @@ fn plain_sum<'a>(inputs: &[Vec<u64>], who: impl IntoIterator<Item = &'a String>,
 }
 
 /// Plays a round and checks the oracle. Returns whether it released.
-fn round(a: &mut Analysis, t: usize, width: WordWidth, fates: &[Fate], inputs: &[Vec<u64>]) -> bool {
+fn round(a: &mut Sim, t: usize, width: WordWidth, fates: &[Fate], inputs: &[Vec<u64>]) -> bool {
     let Some(Played { unmasking, responses, .. }) = play(a, t, width, fates, inputs) else {
         return false;
     };
@@ -227,12 +232,13 @@ fn width() -> impl Strategy<Value = WordWidth> + Clone {
 
 /// Checks that every member that saw a node declared dropped refuses a later round
 /// whose contributors name it.
-fn gone_are_refused(a: &mut Analysis, t: usize) {
+fn gone_are_refused(a: &mut Sim, t: usize) {
     let rng = SystemRandom::new();
     let all: Vec<String> = a.members.keys().cloned().collect();
+    let gone = a.gone();
     for (me, m) in a.members.iter_mut() {
         let Some((v, r)) = m.dropped().into_iter().next() else { continue };
-        assert!(a.gone.contains(&v), "{me} saw {v} declared dropped");
+        assert!(gone.contains(&v), "{me} saw {v} declared dropped");
         let params = RoundParams { round: RoundId::random(&rng).unwrap(), t, d: 1, width: WordWidth::W32 };
         let e = m.round(params, &all, &rng).unwrap_err().to_string();
         assert!(e.contains(&format!("{v}, declared dropped in round {r}")), "{me}: {e}");
@@ -312,14 +318,14 @@ fn rounds_with_dropouts_release_the_survivors_sums() {
         for (r, fates) in plan.iter().enumerate() {
             assert!(round(&mut a, 4, width, fates, &inputs(n, 64, r, 77, width)), "round {r}");
         }
-        assert_eq!(a.gone, [name(3), name(9)].into());
+        assert_eq!(a.gone(), [name(3), name(9)].into());
         gone_are_refused(&mut a, 4);
     }
 }
 
-/// A node declared dropped in round r is refused by every member in a later round,
-/// however the caller tries to bring it back: in the contributors, in U2, or by the
-/// node itself once told that it dropped.
+/// A node declared dropped in round r is refused in a later round by every member and
+/// by the server's ledger, however the caller tries to bring it back: in the
+/// contributors, in U2, or by the node itself once told that it dropped.
 #[test]
 fn a_dropped_node_takes_no_further_part() {
     use Fate::*;
@@ -337,8 +343,17 @@ fn a_dropped_node_takes_no_further_part() {
     let e = m0.round(params(4), &all, &rng).unwrap_err().to_string();
     assert!(e.contains("node-02, declared dropped in round"), "{e}");
 
-    // In U2 but not in the contributors: refused at open.
+    // The server's ledger refuses it too, and a repeated round id.
+    let p = params(4);
+    let e = a.server.round(p.clone(), &all, &all).unwrap_err().to_string();
+    assert!(e.contains("node-02 was declared dropped in round"), "{e}");
     let others: Vec<String> = all.iter().filter(|v| *v != &name(2)).cloned().collect();
+    drop(a.server.round(p.clone(), &others, &others).unwrap());
+    let e = a.server.round(p, &others, &others).unwrap_err().to_string();
+    assert!(e.contains("already used"), "{e}");
+    let m0 = a.members.get_mut(&name(0)).unwrap();
+
+    // In U2 but not in the contributors: refused at open.
     let (state, _) = m0.round(params(4), &others, &rng).unwrap();
     let e = state.open(&all, &[]).unwrap_err().to_string();
     assert!(e.contains("U2 names node-02, who is not a contributor"), "{e}");
@@ -494,7 +509,7 @@ fn one_rounds_pair_seeds_do_not_strip_another_rounds_vector() {
 
 /// A round in which `dropped` drop after sharing; everyone else answers. Returns the
 /// server state and the honest answers, for a test to tamper with.
-fn answered(a: &mut Analysis, t: usize, dropped: &[usize]) -> (RoundUnmasking, Responses) {
+fn answered(a: &mut Sim, t: usize, dropped: &[usize]) -> (RoundUnmasking, Responses) {
     let n = a.members.len();
     let mut fates = vec![Fate::Complete; n];
     for &i in dropped {

@@ -10,14 +10,84 @@ use zeroize::Zeroize;
 
 use super::{Reveal, undo};
 use crate::prg::{MaskSeed, Sign};
-use crate::secagg::{self, PeerKeys, RoundParams, Topology, enough, expand_words, pair_sign, position, self_seed};
+use crate::secagg::{
+    self, PeerKeys, RoundParams, Topology, check_roster, enough, expand_words, pair_sign, position, self_seed,
+};
 use crate::shamir::{self, Share};
 use crate::word::Words;
 use crate::{CryptoError, RoundId};
 
+/// The server's side of one analysis: the roster of setup keys and the graph, fixed
+/// at setup, every round id used and every node declared dropped — so that no round
+/// of the analysis reuses a round id or takes a dropped node back, whatever the
+/// caller passes.
+#[derive(Debug)]
+pub struct Analysis {
+    setup: RoundId,
+    keys: Vec<PeerKeys>,
+    topology: Topology,
+    used: BTreeSet<RoundId>,
+    dropped: BTreeMap<String, RoundId>,
+}
+
+impl Analysis {
+    /// An analysis over `keys` (the verified setup keys, sorted by name, each signed
+    /// under the setup round id `setup`) and `topology` (a graph over that roster, or
+    /// complete).
+    pub fn new(setup: RoundId, keys: Vec<PeerKeys>, topology: Topology) -> Result<Self, CryptoError> {
+        let names: Vec<String> = keys.iter().map(|k| k.name.clone()).collect();
+        check_roster(&names)?;
+        if let Topology::Graph(g) = &topology
+            && let Some(u) = g.0.keys().find(|u| position(&names, u).is_none())
+        {
+            return Err(CryptoError::Protocol(format!("setup {setup}: the graph names {u}, who is not in the roster")));
+        }
+        Ok(Self { setup, keys, topology, used: BTreeSet::new(), dropped: BTreeMap::new() })
+    }
+
+    /// The nodes declared dropped so far, each with its round.
+    pub fn dropped(&self) -> Vec<(String, RoundId)> {
+        self.dropped.iter().map(|(n, r)| (n.clone(), *r)).collect()
+    }
+
+    /// Start round `params.round` over `contributors` (this round's U1: sorted, from the
+    /// roster) with `u2` (those whose shares were delivered). Refuses a round id already
+    /// used (or the setup's), a contributor outside the roster, and one declared dropped
+    /// in an earlier round: the same rules every [`super::Member`] applies.
+    pub fn round(
+        &mut self,
+        params: RoundParams,
+        contributors: &[String],
+        u2: &[String],
+    ) -> Result<RoundAggregator<'_>, CryptoError> {
+        let round = params.round;
+        let at = |what: String| CryptoError::Protocol(format!("round {round}: {what}"));
+        if round == self.setup || self.used.contains(&round) {
+            return Err(at("the round id was already used in this analysis".into()));
+        }
+        check_roster(contributors)?;
+        let mut keys = Vec::with_capacity(contributors.len());
+        for v in contributors {
+            if let Some(r) = self.dropped.get(v) {
+                return Err(at(format!("{v} was declared dropped in round {r} and takes no further part")));
+            }
+            let i = position_of(&self.keys, v).ok_or_else(|| at(format!("{v} is not in the analysis's roster")))?;
+            keys.push(self.keys[i].clone());
+        }
+        let inner = secagg::Aggregator::with_topology(params, keys, u2, self.topology.clone())?;
+        self.used.insert(round);
+        Ok(RoundAggregator { analysis: self, inner })
+    }
+}
+
+fn position_of(keys: &[PeerKeys], name: &str) -> Option<usize> {
+    keys.binary_search_by(|k| k.name.as_str().cmp(name)).ok()
+}
+
 /// Server side of a round while masked inputs arrive: holds only the running sum.
 #[derive(Debug)]
-pub struct RoundAggregator {
+pub struct RoundAggregator<'a> {
+    analysis: &'a mut Analysis,
     inner: secagg::Aggregator,
 }
 
@@ -27,19 +97,7 @@ pub struct RoundUnmasking {
     inner: secagg::Unmasking,
 }
 
-impl RoundAggregator {
-    /// A round over `contributors` (the verified setup keys of this round's U1; only
-    /// their names are used: sorted, they number the Shamir shares), `u2` (those whose
-    /// shares were delivered) and the analysis's `topology`.
-    pub fn new(
-        params: RoundParams,
-        contributors: Vec<PeerKeys>,
-        u2: &[String],
-        topology: Topology,
-    ) -> Result<Self, CryptoError> {
-        Ok(Self { inner: secagg::Aggregator::with_topology(params, contributors, u2, topology)? })
-    }
-
+impl RoundAggregator<'_> {
     pub fn params(&self) -> &RoundParams {
         self.inner.params()
     }
@@ -51,11 +109,17 @@ impl RoundAggregator {
         self.inner.add_masked(from, y)
     }
 
-    /// Close inputs: whoever has not sent a complete vector is dropped.
+    /// Close inputs: whoever has not sent a complete vector is dropped, and the
+    /// analysis records it (no later round takes it back).
     ///
     /// Bonawitz et al. CCS 2017, Fig. 4, Round 2 (MaskedInputCollection), server: U3.
     pub fn close(self) -> RoundUnmasking {
-        RoundUnmasking { inner: self.inner.close() }
+        let inner = self.inner.close();
+        let round = inner.params.round;
+        for v in inner.dropped() {
+            self.analysis.dropped.entry(v).or_insert(round);
+        }
+        RoundUnmasking { inner }
     }
 }
 
