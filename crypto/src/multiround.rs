@@ -40,7 +40,7 @@
 //! (`tests/multiround_props.rs` checks that the seeds of one round do not strip
 //! another's vector). The round id is fresh per round for the same reason: a repeated
 //! id would repeat the pair seeds (and the share-sealing keys, whose nonce is fixed),
-//! so [`Member::round`] refuses one it has already used.
+//! so [`Member::round`] refuses one it has already used (as does [`Analysis::round`]).
 //!
 //! **Why a split view does not unmask a survivor.** An honest node reveals, per peer
 //! and round, either its `b_r` share or its pair seed, never both. To strip a survivor
@@ -69,7 +69,14 @@
 //! **A node declared dropped takes no further part in the analysis.** Its
 //! neighbours have revealed their pair seeds with it for that round; the [`Member`]
 //! remembers every node an unmask request declared dropped and refuses a later round
-//! whose contributors name it (and a node told that it dropped takes no further part).
+//! whose contributors name it, a node told that it dropped takes no further part, and
+//! the server's [`Analysis`] refuses to start a round that names one. (This is the
+//! issue's rule rather than a condition of the argument above: each round's seeds are
+//! its own, so a returning node would not expose an earlier round.)
+//!
+//! The graph is fixed for the analysis (the agreements are made with its
+//! neighbours only), where SecAgg+ draws one per round; each node's neighbourhood rule
+//! is checked once, at setup, by the caller.
 
 use std::collections::{BTreeMap, BTreeSet};
 
