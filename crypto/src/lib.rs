@@ -11,7 +11,10 @@
 //! [`word`] names a round's word width (Z_2^32 or Z_2^64), and [`secagg`] puts them
 //! together into the client and server sides of a round. [`graph`] is SecAgg+'s sparse
 //! communication graph (Bell et al. CCS 2020): the committed nonces its seed comes
-//! from, the random Harary graph and its parameters.
+//! from, the random Harary graph and its parameters. [`multiround`] runs the many
+//! rounds of one analysis on one X25519 agreement per pair of neighbours, made once at
+//! the analysis's setup (each round derives its pair seeds from it and shares only a
+//! fresh self-mask seed; cf. Flamingo, Ma et al. IEEE S&P 2023).
 
 #![forbid(unsafe_code)]
 
@@ -20,6 +23,7 @@ pub mod fixed;
 pub mod graph;
 pub mod kdf;
 pub mod keys;
+pub mod multiround;
 pub mod prg;
 pub mod secagg;
 pub mod shamir;

@@ -194,7 +194,7 @@ fn pair_seed(
 
 /// Bonawitz et al. CCS 2017, Fig. 4, Round 2 (MaskedInputCollection):
 /// the seed of p_u = PRG(b_u), an HKDF (RFC 5869) output of b_u bound to the round and node.
-fn self_seed(b: &[u8; 32], round: &RoundId, node: &str) -> MaskSeed {
+pub(crate) fn self_seed(b: &[u8; 32], round: &RoundId, node: &str) -> MaskSeed {
     let k = kdf::derive(b, &kdf::context("self-mask", round, &[node.as_bytes()]));
     MaskSeed(*k.bytes())
 }
@@ -230,7 +230,7 @@ pub fn test_util_strip(
 }
 
 /// [`prg::expand_many_into`] at the vector's own width.
-fn expand_words(seeds: &[(&MaskSeed, Sign)], acc: &mut Words) {
+pub(crate) fn expand_words(seeds: &[(&MaskSeed, Sign)], acc: &mut Words) {
     match acc {
         Words::W32(v) => prg::expand_many_into(seeds, v),
         Words::W64(v) => prg::expand_many_into(seeds, v),
@@ -239,11 +239,11 @@ fn expand_words(seeds: &[(&MaskSeed, Sign)], acc: &mut Words) {
 
 /// The sign with which `u`'s pairwise mask with `v` enters `u`'s masked vector: Δ_u,v of
 /// p_u,v = Δ_u,v · PRG(s_u,v) (Bonawitz et al. CCS 2017, Fig. 4, Round 2 (MaskedInputCollection)).
-fn pair_sign(u: &str, v: &str) -> Sign {
+pub(crate) fn pair_sign(u: &str, v: &str) -> Sign {
     if u < v { Sign::Add } else { Sign::Sub }
 }
 
-fn position(roster: &[String], name: &str) -> Option<usize> {
+pub(crate) fn position(roster: &[String], name: &str) -> Option<usize> {
     roster.binary_search_by(|n| n.as_str().cmp(name)).ok()
 }
 
@@ -279,7 +279,7 @@ pub enum Topology {
 /// private so that no caller can hand a round an unchecked one (a one-way edge would
 /// make masks that do not cancel, and a wrong sum).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Adjacency(BTreeMap<String, BTreeSet<String>>);
+pub struct Adjacency(pub(crate) BTreeMap<String, BTreeSet<String>>);
 
 impl Topology {
     /// A graph over `roster` (sorted names): refuses a self-loop, an edge to a node
@@ -324,7 +324,7 @@ impl Topology {
     }
 
     /// The members of `among` that hold `u`'s shares.
-    fn holders<'a>(&self, u: &str, among: impl IntoIterator<Item = &'a String>) -> Vec<&'a String> {
+    pub(crate) fn holders<'a>(&self, u: &str, among: impl IntoIterator<Item = &'a String>) -> Vec<&'a String> {
         among.into_iter().filter(|v| self.holds(v, u)).collect()
     }
 }
@@ -342,7 +342,7 @@ pub struct RoundParams {
     pub width: WordWidth,
 }
 
-struct SelfSeed([u8; 32]);
+pub(crate) struct SelfSeed(pub(crate) [u8; 32]);
 impl Drop for SelfSeed {
     fn drop(&mut self) {
         self.0.zeroize();
@@ -851,12 +851,12 @@ pub struct Aggregator {
 /// Server side after inputs close: U3 is fixed; late inputs are rejected.
 #[derive(Debug)]
 pub struct Unmasking {
-    params: RoundParams,
-    u1: Vec<PeerKeys>,
-    topology: Topology,
-    u2: BTreeSet<String>,
-    sum: Words,
-    survivors: BTreeSet<String>,
+    pub(crate) params: RoundParams,
+    pub(crate) u1: Vec<PeerKeys>,
+    pub(crate) topology: Topology,
+    pub(crate) u2: BTreeSet<String>,
+    pub(crate) sum: Words,
+    pub(crate) survivors: BTreeSet<String>,
 }
 
 impl Aggregator {
@@ -1064,7 +1064,7 @@ impl Unmasking {
 }
 
 /// At least t shares of `whose` secret arrived, or the error names whose and how many.
-fn enough(round: RoundId, whose: &str, what: &str, shares: &[Share], t: usize) -> Result<(), CryptoError> {
+pub(crate) fn enough(round: RoundId, whose: &str, what: &str, shares: &[Share], t: usize) -> Result<(), CryptoError> {
     if shares.len() < t {
         return Err(CryptoError::Protocol(format!(
             "round {round}: only {} holders revealed a share of {whose}'s {what}, fewer than t={t}; the round cannot \
