@@ -1,7 +1,9 @@
 //! A whole fedcrm deployment on loopback — brand CA, coordinator, analyst, nodes —
 //! with real mutual TLS, real certificates issued from CSRs, and real files. The
 //! demo runs on it, and so do the end-to-end tests. This is where `node` and
-//! `coordinator` meet; neither library depends on the other.
+//! `coordinator` meet; neither library depends on the other. The nodes run as tasks in
+//! this process; the coordinator too, or as the real binary in a child process
+//! ([`process`], for the scale run's memory figure).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -26,6 +28,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::hq::{AnalystClient, HqConfig};
+
+pub mod process;
+use process::CoordinatorProcess;
 
 /// Name in the coordinator's certificate.
 pub const COORDINATOR_NAME: &str = "coordinator.fedcrm.test";
@@ -166,11 +171,16 @@ impl Default for ClusterOptions {
 }
 
 /// A running cluster. Dropping it stops everything.
+///
+/// The coordinator runs in this process (`C` = `Arc<Coordinator>`, [`Cluster::start`]:
+/// tests reach into its state) or is the real binary in a child process
+/// (`C` = [`CoordinatorProcess`], [`Cluster::start_process`]: its memory is its own).
+/// The nodes always run in this process, as tasks, with their test hooks.
 #[derive(Debug)]
-pub struct Cluster {
+pub struct Cluster<C = Arc<Coordinator>> {
     pub dir: tempfile::TempDir,
     pub pki: BrandPki,
-    pub coordinator: Arc<Coordinator>,
+    pub coordinator: C,
     pub addr: SocketAddr,
     pub analyst: HqConfig,
     pub node_configs: Vec<NodeConfig>,
@@ -179,25 +189,21 @@ pub struct Cluster {
     #[cfg(feature = "test-util")]
     pub captures: Captures,
     shutdown: watch::Sender<bool>,
-    server: JoinHandle<()>,
+    /// The in-process coordinator's server task.
+    server: Option<JoinHandle<()>>,
 }
 
-impl Cluster {
-    /// Create PKI, start the coordinator and every node, and wait until all are connected.
-    pub async fn start(opts: ClusterOptions) -> Result<Self> {
-        Self::launch(opts, Coordinator::open).await
-    }
+/// The files a cluster starts from: its working directory, the brand CA, the
+/// coordinator's configuration (listening on the given address) and the analyst's.
+struct Layout {
+    dir: tempfile::TempDir,
+    pki: BrandPki,
+    config: CoordinatorConfig,
+    analyst: HqConfig,
+}
 
-    /// [`Cluster::start`] with a coordinator deviating from the protocol through `hooks`.
-    #[cfg(feature = "test-util")]
-    pub async fn start_with_hooks(opts: ClusterOptions, hooks: Hooks) -> Result<Self> {
-        Self::launch(opts, move |config| Coordinator::open_with_hooks(config, hooks)).await
-    }
-
-    async fn launch(
-        opts: ClusterOptions,
-        open: impl FnOnce(CoordinatorConfig) -> Result<Arc<Coordinator>, fedcrm_coordinator::ServeError>,
-    ) -> Result<Self> {
+impl Layout {
+    fn create(opts: &ClusterOptions, addr: SocketAddr) -> Result<Self> {
         let dir = match &opts.root {
             None => tempfile::tempdir()?,
             Some(root) => {
@@ -225,8 +231,6 @@ impl Cluster {
             &Identity { name: "analyst.hq".into(), organisation: "Demo Jewellery HQ".into(), role: Role::Analyst },
             Validity::days_from_now(30),
         )?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
         let config = CoordinatorConfig {
             name: COORDINATOR_NAME.into(),
             listen: addr.to_string(),
@@ -248,9 +252,36 @@ impl Cluster {
             audit_dir: dir.path().join("coordinator-audit"),
             audit: Default::default(),
         };
+        let analyst = HqConfig {
+            url: format!("https://{addr}"),
+            server_name: COORDINATOR_NAME.into(),
+            tls: TlsFiles { ca: pki.ca_path(), cert: analyst_files.cert, key: analyst_files.key, crl: None },
+        };
+        Ok(Self { dir, pki, config, analyst })
+    }
+}
+
+impl Cluster {
+    /// Create PKI, start the coordinator and every node, and wait until all are connected.
+    pub async fn start(opts: ClusterOptions) -> Result<Self> {
+        Self::launch(opts, Coordinator::open).await
+    }
+
+    /// [`Cluster::start`] with a coordinator deviating from the protocol through `hooks`.
+    #[cfg(feature = "test-util")]
+    pub async fn start_with_hooks(opts: ClusterOptions, hooks: Hooks) -> Result<Self> {
+        Self::launch(opts, move |config| Coordinator::open_with_hooks(config, hooks)).await
+    }
+
+    async fn launch(
+        opts: ClusterOptions,
+        open: impl FnOnce(CoordinatorConfig) -> Result<Arc<Coordinator>, fedcrm_coordinator::ServeError>,
+    ) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let Layout { dir, pki, config, analyst } = Layout::create(&opts, addr)?;
         let coordinator = open(config)?;
-        let (shutdown, rx) = watch::channel(false);
-        let mut srx = rx.clone();
+        let (shutdown, mut srx) = watch::channel(false);
         let c2 = coordinator.clone();
         let server = tokio::spawn(async move {
             let stop = async move {
@@ -260,12 +291,182 @@ impl Cluster {
                 tracing::error!(error = %e, "coordinator stopped");
             }
         });
-        let analyst = HqConfig {
-            url: format!("https://{addr}"),
-            server_name: COORDINATOR_NAME.into(),
-            tls: TlsFiles { ca: pki.ca_path(), cert: analyst_files.cert, key: analyst_files.key, crl: None },
+        let mut cluster = Cluster::assemble(dir, pki, coordinator, addr, analyst, shutdown, Some(server));
+        for spec in &opts.nodes {
+            let ctx = cluster.prepare_node(spec, &opts)?;
+            cluster.spawn_node(spec, ctx);
+        }
+        cluster.wait_connected(opts.nodes.len()).await?;
+        Ok(cluster)
+    }
+
+    /// Start a node again from its configuration (same audit log, no faults), e.g.
+    /// after it dropped out; waits until it is connected.
+    pub async fn restart_node(&mut self, name: &str) -> Result<()> {
+        let cfg = self.node_configs.iter().find(|c| c.name == name).context("no such node")?.clone();
+        // One process (here: one task) per audit log: the old session ends first.
+        if let Some(i) = self.nodes.iter().position(|(n, _)| n == name) {
+            let (_, old) = self.nodes.remove(i);
+            old.abort();
+            let _ = old.await;
+        }
+        let ctx = self.node_context(&cfg)?;
+        let rx = self.shutdown_signal();
+        let session = |c: &Coordinator| c.registry.connected().into_iter().find(|p| p.name == name).map(|p| p.session);
+        let before = session(&self.coordinator);
+        self.nodes.retain(|(n, _)| n != name);
+        self.nodes.push((name.to_string(), tokio::spawn(async move { session::run_session(&ctx, rx).await })));
+        for _ in 0..200 {
+            let now = session(&self.coordinator);
+            if now.is_some() && now != before {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("node {name} did not reconnect within 10 s")
+    }
+
+    pub async fn wait_connected(&self, n: usize) -> Result<()> {
+        for _ in 0..200 {
+            if self.coordinator.registry.connected().len() >= n {
+                return Ok(());
+            }
+            if let Some((name, _)) = self.nodes.iter().find(|(_, h)| h.is_finished()) {
+                bail!("node {name} stopped before connecting");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("only {} of {n} nodes connected within 10 s", self.coordinator.registry.connected().len())
+    }
+
+    /// Write every party's configuration as the TOML file it would run from:
+    /// `coordinator.toml`, `hq.toml` and `nodes/<name>/node.toml`. Returns the paths.
+    pub fn write_configs(&self) -> Result<Vec<PathBuf>> {
+        let root = self.dir.path();
+        let mut written = vec![];
+        let mut put = |path: PathBuf, text: String| -> Result<()> {
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            written.push(path);
+            Ok(())
         };
-        let mut cluster = Cluster {
+        put(root.join("coordinator.toml"), toml::to_string_pretty(&self.coordinator.config)?)?;
+        put(root.join("hq.toml"), toml::to_string_pretty(&self.analyst)?)?;
+        for c in &self.node_configs {
+            put(root.join("nodes").join(&c.name).join("node.toml"), toml::to_string_pretty(c)?)?;
+        }
+        Ok(written)
+    }
+
+    /// Stop every party; returns the working directory (PKI, data, audit logs) so a
+    /// caller can still read it — it is deleted when dropped.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        let _ = self.shutdown.send(true);
+        // All parties stop together; one that does not within 5 s is aborted.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        self.stop_nodes(deadline).await;
+        if let Some(mut server) = self.server.take()
+            && tokio::time::timeout_at(deadline, &mut server).await.is_err()
+        {
+            server.abort();
+        }
+        self.dir
+    }
+}
+
+/// How long starting a cluster with a coordinator process waits for the next node to
+/// connect (or the coordinator to answer) before it gives up.
+pub const PROCESS_STALL_LIMIT: Duration = Duration::from_secs(30);
+
+impl Cluster<CoordinatorProcess> {
+    /// [`Cluster::start`] with the coordinator as a separate OS process: `binary` (the
+    /// `fedcrm` executable; `env!("CARGO_BIN_EXE_fedcrm")` in an integration test) runs
+    /// `coordinator run --config <dir>/coordinator.toml`, its standard error in
+    /// `<dir>/coordinator.log`. The nodes run in this process; all are prepared
+    /// (certificates, data, audit logs) first, then started with at most
+    /// `MAX_HANDSHAKES_PER_IP - 1` of them not yet connected: they all dial from
+    /// 127.0.0.1, and the coordinator closes at once a connection from an address
+    /// with that many handshakes in progress (one slot stays free for the analyst).
+    /// Coordinator hooks (`Cluster::start_with_hooks`) have no process form; the
+    /// nodes' options (faults, taps, `capture_wire`) work as in [`Cluster::start`].
+    pub async fn start_process(opts: ClusterOptions, binary: &Path) -> Result<Self> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], process::free_port()?));
+        let Layout { dir, pki, config, analyst } = Layout::create(&opts, addr)?;
+        let path = dir.path().join("coordinator.toml");
+        std::fs::write(&path, toml::to_string_pretty(&config)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        let log = dir.path().join("coordinator.log");
+        let coordinator = CoordinatorProcess::start(binary, &path, &log, analyst.clone(), PROCESS_STALL_LIMIT).await?;
+        let shutdown = watch::Sender::new(false);
+        let mut cluster = Cluster::assemble(dir, pki, coordinator, addr, analyst, shutdown, None);
+        let ready = opts.nodes.iter().map(|spec| cluster.prepare_node(spec, &opts)).collect::<Result<Vec<_>>>()?;
+        let window = fedcrm_coordinator::tls::MAX_HANDSHAKES_PER_IP - 1;
+        let mut connected = 0;
+        for (spec, ctx) in opts.nodes.iter().zip(ready) {
+            if cluster.nodes.len() >= connected + window {
+                connected = cluster.connected_at_least(cluster.nodes.len() + 1 - window).await?;
+            }
+            cluster.spawn_node(spec, ctx);
+        }
+        cluster.wait_connected(opts.nodes.len()).await?;
+        Ok(cluster)
+    }
+
+    /// Wait until `n` nodes are connected; fails when a node's task or the coordinator
+    /// ends first, or no node connects for [`PROCESS_STALL_LIMIT`].
+    pub async fn wait_connected(&mut self, n: usize) -> Result<()> {
+        let mut connected = 0;
+        while connected < n {
+            connected = self.connected_at_least(connected + 1).await?;
+        }
+        Ok(())
+    }
+
+    /// Wait until at least `n` nodes are connected; how many are.
+    async fn connected_at_least(&mut self, n: usize) -> Result<usize> {
+        let deadline = tokio::time::Instant::now() + PROCESS_STALL_LIMIT;
+        loop {
+            let connected = self.coordinator.connected().await.unwrap_or(0);
+            if connected >= n {
+                return Ok(connected);
+            }
+            if let Some((name, _)) = self.nodes.iter().find(|(_, h)| h.is_finished()) {
+                bail!("node {name} stopped before connecting");
+            }
+            if let Some(status) = self.coordinator.exited()? {
+                bail!("the coordinator exited ({status}); its log is {}", self.coordinator.log.display());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("only {connected} of {n} nodes connected, none for {} s", PROCESS_STALL_LIMIT.as_secs());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stop every node, then the coordinator (SIGTERM; it must exit with status 0
+    /// within [`fedcrm_coordinator::SHUTDOWN_TIME`]); returns the working directory.
+    pub async fn stop(mut self) -> Result<tempfile::TempDir> {
+        let _ = self.shutdown.send(true);
+        self.stop_nodes(tokio::time::Instant::now() + Duration::from_secs(5)).await;
+        match self.coordinator.terminate()? {
+            Some(status) if !status.success() => {
+                bail!("the coordinator exited with {status}; its log is {}", self.coordinator.log.display())
+            }
+            _ => Ok(self.dir),
+        }
+    }
+}
+
+impl<C> Cluster<C> {
+    fn assemble(
+        dir: tempfile::TempDir,
+        pki: BrandPki,
+        coordinator: C,
+        addr: SocketAddr,
+        analyst: HqConfig,
+        shutdown: watch::Sender<bool>,
+        server: Option<JoinHandle<()>>,
+    ) -> Self {
+        Cluster {
             dir,
             pki,
             coordinator,
@@ -277,21 +478,40 @@ impl Cluster {
             captures: Captures::default(),
             shutdown,
             server,
-        };
-        for spec in &opts.nodes {
-            let cfg = cluster.node_config(spec)?;
-            let ctx = cluster.node_context(&cfg)?;
-            #[cfg(feature = "test-util")]
-            let ctx = cluster.with_test_hooks(ctx, spec, opts.capture_wire);
-            let (rx, leaves) = (rx.clone(), spec.leaves_after_shares);
-            let task = tokio::spawn(async move {
-                if leaves { leave_after_shares(&ctx, rx).await } else { session::run_session(&ctx, rx).await }
-            });
-            cluster.nodes.push((spec.name.clone(), task));
-            cluster.node_configs.push(cfg);
         }
-        cluster.wait_connected(opts.nodes.len()).await?;
-        Ok(cluster)
+    }
+
+    /// Write a node's certificate, data and config (kept in `node_configs`); its
+    /// context, with the test hooks it asks for.
+    fn prepare_node(&mut self, spec: &NodeSpec, opts: &ClusterOptions) -> Result<NodeContext> {
+        let cfg = self.node_config(spec)?;
+        let ctx = self.node_context(&cfg)?;
+        #[cfg(feature = "test-util")]
+        let ctx = self.with_test_hooks(ctx, spec, opts.capture_wire);
+        #[cfg(not(feature = "test-util"))]
+        let _ = opts;
+        self.node_configs.push(cfg);
+        Ok(ctx)
+    }
+
+    /// Run a node's session as a task until the cluster stops.
+    fn spawn_node(&mut self, spec: &NodeSpec, ctx: NodeContext) {
+        let (rx, leaves) = (self.shutdown_signal(), spec.leaves_after_shares);
+        let task = tokio::spawn(async move {
+            if leaves { leave_after_shares(&ctx, rx).await } else { session::run_session(&ctx, rx).await }
+        });
+        self.nodes.push((spec.name.clone(), task));
+    }
+
+    /// Wait for every node's task to end (the shutdown signal was sent); one still
+    /// running at `deadline` is aborted.
+    async fn stop_nodes(&mut self, deadline: tokio::time::Instant) {
+        for (name, mut h) in std::mem::take(&mut self.nodes) {
+            if tokio::time::timeout_at(deadline, &mut h).await.is_err() {
+                tracing::warn!(node = %name, "node did not stop within 5 s; aborted");
+                h.abort();
+            }
+        }
     }
 
     /// A node's context with the test hooks `spec` asks for, and the wire tap.
@@ -344,32 +564,6 @@ impl Cluster {
         })
     }
 
-    /// Start a node again from its configuration (same audit log, no faults), e.g.
-    /// after it dropped out; waits until it is connected.
-    pub async fn restart_node(&mut self, name: &str) -> Result<()> {
-        let cfg = self.node_configs.iter().find(|c| c.name == name).context("no such node")?.clone();
-        // One process (here: one task) per audit log: the old session ends first.
-        if let Some(i) = self.nodes.iter().position(|(n, _)| n == name) {
-            let (_, old) = self.nodes.remove(i);
-            old.abort();
-            let _ = old.await;
-        }
-        let ctx = self.node_context(&cfg)?;
-        let rx = self.shutdown_signal();
-        let session = |c: &Coordinator| c.registry.connected().into_iter().find(|p| p.name == name).map(|p| p.session);
-        let before = session(&self.coordinator);
-        self.nodes.retain(|(n, _)| n != name);
-        self.nodes.push((name.to_string(), tokio::spawn(async move { session::run_session(&ctx, rx).await })));
-        for _ in 0..200 {
-            let now = session(&self.coordinator);
-            if now.is_some() && now != before {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        bail!("node {name} did not reconnect within 10 s")
-    }
-
     /// Load a node's data and credentials.
     pub fn node_context(&self, cfg: &NodeConfig) -> Result<NodeContext> {
         let ds = Arc::new(cfg.data.load()?);
@@ -379,19 +573,6 @@ impl Cluster {
     /// A receiver that fires when the cluster shuts down.
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
-    }
-
-    pub async fn wait_connected(&self, n: usize) -> Result<()> {
-        for _ in 0..200 {
-            if self.coordinator.registry.connected().len() >= n {
-                return Ok(());
-            }
-            if let Some((name, _)) = self.nodes.iter().find(|(_, h)| h.is_finished()) {
-                bail!("node {name} stopped before connecting");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        bail!("only {} of {n} nodes connected within 10 s", self.coordinator.registry.connected().len())
     }
 
     /// Run the segment analysis as the HQ analyst, over mTLS.
@@ -406,43 +587,6 @@ impl Cluster {
         let i = self.nodes.iter().position(|(n, _)| n == name).context("no such node")?;
         let (_, h) = self.nodes.remove(i);
         Ok(h.await?)
-    }
-
-    /// Write every party's configuration as the TOML file it would run from:
-    /// `coordinator.toml`, `hq.toml` and `nodes/<name>/node.toml`. Returns the paths.
-    pub fn write_configs(&self) -> Result<Vec<PathBuf>> {
-        let root = self.dir.path();
-        let mut written = vec![];
-        let mut put = |path: PathBuf, text: String| -> Result<()> {
-            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-            written.push(path);
-            Ok(())
-        };
-        put(root.join("coordinator.toml"), toml::to_string_pretty(&self.coordinator.config)?)?;
-        put(root.join("hq.toml"), toml::to_string_pretty(&self.analyst)?)?;
-        for c in &self.node_configs {
-            put(root.join("nodes").join(&c.name).join("node.toml"), toml::to_string_pretty(c)?)?;
-        }
-        Ok(written)
-    }
-
-    /// Stop every party; returns the working directory (PKI, data, audit logs) so a
-    /// caller can still read it — it is deleted when dropped.
-    pub async fn stop(self) -> tempfile::TempDir {
-        let _ = self.shutdown.send(true);
-        // All parties stop together; one that does not within 5 s is aborted.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        for (name, mut h) in self.nodes {
-            if tokio::time::timeout_at(deadline, &mut h).await.is_err() {
-                tracing::warn!(node = %name, "node did not stop within 5 s; aborted");
-                h.abort();
-            }
-        }
-        let mut server = self.server;
-        if tokio::time::timeout_at(deadline, &mut server).await.is_err() {
-            server.abort();
-        }
-        self.dir
     }
 }
 

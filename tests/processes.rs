@@ -7,9 +7,10 @@
 //! sealed audit log that verifies together with the others.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
+use fedcrm::harness::process::{free_port, wait_within};
 use fedcrm::harness::{BrandPki, CDNOW, split_cdnow};
 use fedcrm::hq::{AnalystClient, HqConfig, SegmentsView};
 use fedcrm_audit::Event;
@@ -39,10 +40,6 @@ impl Deployment {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// A brand CA, certificates, TOML configurations and data splits, as files.
 fn deploy() -> Deployment {
     let dir = tempfile::tempdir().unwrap();
@@ -53,7 +50,7 @@ fn deploy() -> Deployment {
         pki.issue(&Identity { name: name.into(), organisation: organisation.into(), role }, Validity::days_from_now(30))
             .unwrap()
     };
-    let port = free_port();
+    let port = free_port().unwrap();
     let ca = pki.ca_path();
     let nodes: Vec<String> = (0..NODES).map(|i| format!("fr-store-{i:02}")).collect();
     let data = split_cdnow(CDNOW, &[1; NODES], true);
@@ -107,15 +104,7 @@ fn deploy() -> Deployment {
 
 /// Start `fedcrm` with its standard error in `log` (plain text: not a terminal).
 fn spawn(args: &[&str], log: &Path) -> Child {
-    let err = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_fedcrm"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(err)
-        .spawn()
-        .unwrap()
+    fedcrm::harness::process::spawn(Path::new(env!("CARGO_BIN_EXE_fedcrm")), args, log).unwrap()
 }
 
 fn start_coordinator(d: &Deployment) -> Child {
@@ -129,8 +118,7 @@ fn start_node(d: &Deployment, name: &str) -> Child {
 }
 
 fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success();
-    assert!(ok, "kill {sig} {}", child.id());
+    fedcrm::harness::process::signal(child.id(), sig).unwrap();
 }
 
 /// Poll until `f` holds; panics with `what` after `limit` (a process that never gets
@@ -146,21 +134,6 @@ async fn until(limit: Duration, what: &str, mut f: impl AsyncFnMut() -> bool) {
 async fn connected(hq: &HqConfig) -> usize {
     let Ok(mut client) = AnalystClient::connect(hq).await else { return 0 };
     client.status().await.map(|s| s.nodes.iter().filter(|n| n.connected).count()).unwrap_or(0)
-}
-
-/// Wait for a child to exit within `limit`; its exit status.
-fn wait_within(child: &mut Child, limit: Duration, who: &str) -> std::process::ExitStatus {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{who} did not stop within {} s of SIGTERM", limit.as_secs());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Deploy, start the coordinator and every node, and wait until all are connected.
@@ -187,9 +160,9 @@ fn terminate_all(d: &Deployment, coordinator: &mut Child, nodes: &mut [Child]) {
     for child in nodes.iter() {
         signal(child, "-TERM");
     }
-    assert!(wait_within(coordinator, limit, "the coordinator").success());
+    assert!(wait_within(coordinator, limit, "the coordinator").unwrap().success());
     for (n, child) in d.nodes.iter().zip(nodes.iter_mut()) {
-        assert!(wait_within(child, limit, n).success(), "{n}");
+        assert!(wait_within(child, limit, n).unwrap().success(), "{n}");
     }
 }
 
