@@ -498,7 +498,11 @@ impl<C> Cluster<C> {
     fn spawn_node(&mut self, spec: &NodeSpec, ctx: NodeContext) {
         let (rx, leaves) = (self.shutdown_signal(), spec.leaves_after_shares);
         let task = tokio::spawn(async move {
-            if leaves { leave_after_shares(&ctx, rx).await } else { session::run_session(&ctx, rx).await }
+            let end = if leaves { leave_after_shares(&ctx, rx).await } else { session::run_session(&ctx, rx).await };
+            if let Err(e) = &end {
+                tracing::warn!(node = %ctx.name, error = %e, "node session ended with an error");
+            }
+            end
         });
         self.nodes.push((spec.name.clone(), task));
     }

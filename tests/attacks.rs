@@ -242,11 +242,8 @@ async fn a2_franchisees_made_to_look_dropped_expose_no_one() {
     // The target masked its input, then refused to sign a view with too few survivors.
     assert!(sent(&cluster, "fr-target").contains(&"masked-chunk".to_string()));
     assert!(!sent(&cluster, "fr-target").contains(&"unmask-shares".to_string()));
-    assert!(
-        common::refusals(&cluster, "fr-target").iter().any(|r| r.contains("fewer than t=6")),
-        "{:?}",
-        common::refusals(&cluster, "fr-target")
-    );
+    let why = common::refusals_when(&cluster, "fr-target", |r| r.contains("fewer than t=6")).await;
+    assert!(why.iter().any(|r| r.contains("fewer than t=6")), "{why:?}");
     // No honest franchisee revealed anything; HQ's own shares are two of six.
     assert!(loot.revealed.lock().unwrap().iter().all(|(n, _)| n.starts_with("hq-")));
     let round = rounds(&cluster)[0];

@@ -96,9 +96,9 @@ async fn a_reveal_left_out_or_altered_by_the_coordinator_is_refused_before_any_s
         assert!(!view.participants.contains(&deceived.to_string()), "{deceived} in {:?}", view.participants);
         assert!(!sealed_by.lock().unwrap().contains_key(deceived), "{deceived} sealed shares");
     }
-    let r0 = common::refusals(&cluster, "node-0");
+    let r0 = common::refusals_when(&cluster, "node-0", |r| r.contains("not exactly those")).await;
     assert!(r0.iter().any(|r| r.contains("not exactly those of the signed commitments")), "{r0:?}");
-    let r1 = common::refusals(&cluster, "node-1");
+    let r1 = common::refusals_when(&cluster, "node-1", |r| r.contains("does not open")).await;
     assert!(r1.iter().any(|r| r.contains("node-2 revealed a nonce that does not open its commitment")), "{r1:?}");
     assert_eq!(view.participants.len(), 10, "{:?}", view.participants);
     common::assert_equals_pooled(&view, &nodes);
@@ -134,11 +134,29 @@ async fn a_split_view_signed_by_t_k_nodes_but_not_a_majority_is_refused() {
     let cluster = Cluster::start_with_hooks(options(nodes), hooks).await.unwrap();
     // Whatever the analysis ends with, node-0 must not have revealed on the split view.
     let _ = cluster.segments(REFERENCE, "test: split view").await;
-    let r0 = common::refusals(&cluster, "node-0");
+    let r0 = common::refusals_when(&cluster, "node-0", |r| r.contains("valid signature(s)")).await;
     assert!(
         r0.iter()
             .any(|r| r.contains("5 valid signature(s)") && r.contains("fewer than the 7 this node needs in SecAgg+")),
         "{r0:?}"
     );
+    cluster.stop().await;
+}
+
+/// The view quorum is one signed value for the whole round. A coordinator that signs
+/// q = t_k (which HQ's own nodes can reach in a large round) with the commitments is
+/// refused by every node before it reveals its nonce: each needs 2q > |U1| + H + C.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_view_quorum_below_a_majority_of_u1_is_refused_before_any_nonce_is_revealed() {
+    common::logs();
+    let nodes = cdnow_nodes(&[1; 12], true);
+    let hooks = Hooks { force_graph: Some(GRAPH), force_quorum: Some(GRAPH.1), ..Hooks::default() };
+    let cluster = Cluster::start_with_hooks(options(nodes), hooks).await.unwrap();
+    let err = cluster.segments(REFERENCE, "test: weak quorum").await.unwrap_err();
+    assert!(err.message().contains("did not reveal"), "{}", err.message());
+    for node in ["node-0", "node-5", "node-11"] {
+        let why = common::refusals_when(&cluster, node, |r| r.contains("quorum")).await;
+        assert!(why.iter().any(|r| r.contains("quorum q = 4 is unsafe") && r.contains("q >= 7")), "{node}: {why:?}");
+    }
     cluster.stop().await;
 }

@@ -244,6 +244,21 @@ pub enum Event {
         survivors: Vec<String>,
         signers: Vec<String>,
     },
+    /// A node's SecAgg+ graph (Bell et al. CCS 2020), as it drew it: the SHA-256 of the
+    /// coordinator-signed commitment roster (with the view quorum q) and that
+    /// signature, the graph seed, the degree and this node's neighbours. Two nodes of
+    /// one round with different seeds were shown different commitments or nonces;
+    /// rounds the coordinator stopped after the reveals show up as graphs without a
+    /// later view.
+    GraphDrawn {
+        round: String,
+        commitments_sha256: String,
+        commitments_signature_hex: String,
+        quorum: u64,
+        seed: String,
+        degree: u64,
+        neighbours: Vec<String>,
+    },
     /// A result released (coordinator): thresholds applied and cells suppressed.
     Release {
         analysis: String,
@@ -372,6 +387,7 @@ impl Event {
             Event::MessagesDropped { .. } => "messages-dropped",
             Event::Receipt { .. } => "receipt",
             Event::RoundView { .. } => "round-view",
+            Event::GraphDrawn { .. } => "graph-drawn",
             Event::Release { .. } => "release",
             Event::Contributed { .. } => "contributed",
             Event::AnalysisFailed { .. } => "analysis-failed",

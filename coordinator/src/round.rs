@@ -165,6 +165,9 @@ struct Round<'r, 'a> {
     roster_payload: Vec<u8>,
     /// SecAgg+: the round's graph over U1 and its seed, once the nonces are revealed.
     graph: Option<(Graph, GraphSeed)>,
+    /// SecAgg+: the view signatures every node needs before it reveals (signed with
+    /// the commitments).
+    quorum: usize,
     invited: &'r [ConnectedNode],
     by_name: BTreeMap<String, ConnectedNode>,
     members: Membership,
@@ -209,6 +212,7 @@ impl Runner<'_> {
             degree,
             roster_payload: Vec::new(),
             graph: None,
+            quorum: 0,
             invited,
             by_name,
             members: Membership::default(),
@@ -229,7 +233,7 @@ impl Round<'_, '_> {
     async fn run(&mut self, analysis: &Analysis) -> Result<RoundOutput, RoundError> {
         self.start(analysis).await?;
         let (u1, commitments) = self.advertise_keys().await?;
-        let nonces = if self.degree > 0 { self.draw_graph(&commitments).await? } else { Vec::new() };
+        let nonces = if self.degree > 0 { self.draw_graph(&u1, &commitments).await? } else { Vec::new() };
         self.key_roster(&u1, &nonces).await?;
         let sealed = self.share_keys(&u1).await?;
         let u2 = self.share_reports(&sealed).await?;
@@ -406,15 +410,26 @@ impl Round<'_, '_> {
     /// Returns U1's nonces.
     ///
     /// Bell et al. CCS 2020 (SecAgg+): the random graph, here drawn from committed nonces.
-    async fn draw_graph(&mut self, commitments: &[(String, [u8; 32])]) -> Result<Vec<(String, [u8; 32])>, RoundError> {
+    async fn draw_graph(
+        &mut self,
+        u1: &[SignedKeys],
+        commitments: &[(String, [u8; 32])],
+    ) -> Result<Vec<(String, [u8; 32])>, RoundError> {
         let round = self.id;
-        let payload = wire::commitments_payload(&round, commitments);
+        // One quorum for the round, the largest any member's announced rules need: so
+        // every honest node's own check (2q > |U1| + H + C) holds for the same q, and
+        // no two views can both reach it.
+        let quorum = u1.iter().map(|k| self.majority_for(&k.node, u1)).max().unwrap_or(0).min(u1.len());
+        #[cfg(feature = "test-util")]
+        let quorum = self.runner.coordinator.hooks().force_quorum.unwrap_or(quorum);
+        self.quorum = quorum;
+        let payload = wire::commitments_payload(&round, quorum, commitments);
         let signature = self
             .runner
             .coordinator
             .sign(&payload)
             .map_err(|e| RoundError::Local { round, why: format!("cannot sign the nonce commitments: {e}") })?;
-        let msg = ToNode::CommitmentRoster { round, commitments: commitments.to_vec(), signature };
+        let msg = ToNode::CommitmentRoster { round, commitments: commitments.to_vec(), quorum, signature };
         self.broadcast(&msg).await;
         let committed: BTreeMap<&str, &[u8; 32]> = commitments.iter().map(|(n, c)| (n.as_str(), c)).collect();
         let mut nonces: BTreeMap<String, [u8; 32]> = BTreeMap::new();
@@ -840,13 +855,11 @@ impl Round<'_, '_> {
                 })
                 .collect();
             if self.degree > 0 {
-                // SecAgg+: the node needs signatures from more than (|U1| + H + C)/2 of U1
-                // (its rules as announced): send that many, those it can check with
-                // the certificates it holds first, rather than all of U3's with
-                // certificates (about 1 MB per node at n = 1,000).
-                let need = self.majority_for(&n, u1);
+                // SecAgg+: the node needs the round's quorum of signatures: send that
+                // many, those it can check with the certificates it holds first, rather
+                // than all of U3's with certificates (about 1 MB per node at n = 1,000).
                 signatures.sort_by_key(|s| (!s.certificate.is_empty(), s.node.clone()));
-                signatures.truncate(need);
+                signatures.truncate(self.quorum);
                 signatures.sort_by(|a, b| a.node.cmp(&b.node));
             }
             #[cfg(feature = "test-util")]
@@ -918,9 +931,9 @@ impl Round<'_, '_> {
             .map_err(|e| RoundError::Failed { round: self.id, why: e.to_string() })
     }
 
-    /// SecAgg+: how many view signatures `node` needs before it reveals, by the rules
-    /// it announced: more than (|U1| + H + C)/2 (as `node/src/session/round.rs`
-    /// `verify_view_signatures` checks with its own policy).
+    /// SecAgg+: the quorum `node`'s announced rules accept: more than (|U1| + H + C)/2
+    /// (as `node/src/session/round.rs` `on_commitment_roster` checks with its own
+    /// policy).
     fn majority_for(&self, node: &str, u1: &[SignedKeys]) -> usize {
         let members: Vec<Invitee> = u1.iter().map(|k| self.by_name[&k.node].invitee()).collect();
         let me = &self.by_name[node];

@@ -94,3 +94,17 @@ pub fn refusals(cluster: &Cluster, node: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// [`refusals`] once one matches `what`, or after 10 s: a node records its refusal just
+/// after it decides, and an analysis can end (another node refused first) before it
+/// has, so a test that reads at once would race the node.
+pub async fn refusals_when(cluster: &Cluster, node: &str, what: impl Fn(&str) -> bool) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let found = refusals(cluster, node);
+        if found.iter().any(|r| what(r)) || std::time::Instant::now() > deadline {
+            return found;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -65,6 +65,9 @@ pub struct Hooks {
     /// connected nodes, skipping the coordinator's own planning: graphs too small for
     /// `graph::parameters` to choose SecAgg+, so tests can run it with a dozen nodes.
     pub force_graph: Option<(usize, usize)>,
+    /// Signs this view-signature quorum with a SecAgg+ round's commitments instead of
+    /// the majority the members' rules need.
+    pub force_quorum: Option<usize>,
     /// Edits the nonces each node is sent in a SecAgg+ key roster (a reveal left out
     /// or altered for some nodes: a coordinator grinding graphs, or equivocating).
     pub tamper_nonces: Option<NoncesTamper>,
@@ -98,6 +101,7 @@ impl std::fmt::Debug for Hooks {
             .field("ignore_masked_from", &self.ignore_masked_from)
             .field("force_threshold", &self.force_threshold)
             .field("force_graph", &self.force_graph)
+            .field("force_quorum", &self.force_quorum)
             .field("tamper_nonces", &self.tamper_nonces.is_some())
             .field("relabel", &self.relabel)
             .field("reuse_analysis_id", &self.reuse_analysis_id)

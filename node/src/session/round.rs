@@ -145,6 +145,11 @@ struct Plus {
     /// U1's commitments as the coordinator signed them, and the signed payload.
     commitments: Vec<(String, [u8; 32])>,
     commitments_payload: Vec<u8>,
+    /// The coordinator's signature over `commitments_payload`, for the audit log.
+    commitments_signature: Vec<u8>,
+    /// The view signatures this node needs before it reveals shares: signed for the
+    /// whole round with the commitments, checked against this node's own rules.
+    quorum: usize,
     /// The graph over U1, drawn by this node from the revealed nonces, and its seed.
     graph: Option<(Graph, GraphSeed)>,
 }
@@ -205,8 +210,8 @@ impl<'a> Rounds<'a> {
                 Ok(None)
             }
             ToNode::RoundStart(start) => self.on_round_start(*start, coordinator).await,
-            ToNode::CommitmentRoster { round, commitments, signature } => {
-                self.on_commitment_roster(round, commitments, signature, coordinator).await
+            ToNode::CommitmentRoster { round, commitments, quorum, signature } => {
+                self.on_commitment_roster(round, commitments, quorum, signature, coordinator).await
             }
             ToNode::KeyRoster { round, keys, nonces } => self.on_key_roster(round, keys, nonces).await,
             ToNode::ShareDelivery { round, delivered, shares } => {
@@ -377,7 +382,14 @@ impl<'a> Rounds<'a> {
                 self.refuse(round, "the system random number generator failed").await?;
                 return Ok(None);
             }
-            Some(Plus { nonce, commitments: Vec::new(), commitments_payload: Vec::new(), graph: None })
+            Some(Plus {
+                nonce,
+                commitments: Vec::new(),
+                commitments_payload: Vec::new(),
+                commitments_signature: Vec::new(),
+                quorum: 0,
+                graph: None,
+            })
         } else {
             None
         };
@@ -408,6 +420,7 @@ impl<'a> Rounds<'a> {
         &mut self,
         round: RoundId,
         commitments: Vec<(String, [u8; 32])>,
+        quorum: usize,
         signature: Vec<u8>,
         coordinator: &Option<Peer>,
     ) -> Handled {
@@ -416,7 +429,9 @@ impl<'a> Rounds<'a> {
         if !matches!(a.state, State::AdvertiseKeys(_)) {
             return Ok(None); // a repeated or out-of-order roster changes nothing
         }
-        let payload = wire::commitments_payload(&round, &commitments);
+        let payload = wire::commitments_payload(&round, quorum, &commitments);
+        let names: Vec<String> = commitments.iter().map(|(n, _)| n.clone()).collect();
+        let need = majority(ctx, &a.members(&names));
         let checked = match a.plus.as_ref() {
             None => Err("the coordinator sent nonce commitments in a full SecAgg round; refusing".to_string()),
             Some(p) => {
@@ -432,6 +447,12 @@ impl<'a> Rounds<'a> {
                     commitments.iter().find(|(n, _)| !a.start.invited.iter().any(|i| &i.name == n))
                 {
                     Err(format!("the roster of nonce commitments names {n}, who was not invited; refusing"))
+                } else if quorum < need || quorum > commitments.len() {
+                    Err(format!(
+                        "the round's view-signature quorum q = {quorum} is unsafe for this node: with {} nodes in U1 \
+                         it needs q > (|U1| + H + C)/2, i.e. q >= {need}, and q <= |U1|; refusing",
+                        commitments.len()
+                    ))
                 } else {
                     Ok(p.nonce)
                 }
@@ -449,6 +470,8 @@ impl<'a> Rounds<'a> {
         if let Some(p) = a.plus.as_mut() {
             p.commitments = commitments;
             p.commitments_payload = payload;
+            p.commitments_signature = signature;
+            p.quorum = quorum;
         }
         a.state = State::NonceRevealed(client);
         self.egress.send(&FromNode::RevealNonce { round, nonce }).await?;
@@ -484,6 +507,22 @@ impl<'a> Rounds<'a> {
                 p.commitments.iter().map(|(n, _)| n.clone()).collect()
             }),
         };
+        if let Some((p, (g, seed))) = a.plus.as_ref().and_then(|p| p.graph.as_ref().map(|g| (p, g))) {
+            record(
+                ctx,
+                Event::GraphDrawn {
+                    round: round.to_hex(),
+                    commitments_sha256: hex::encode(
+                        ring::digest::digest(&ring::digest::SHA256, &p.commitments_payload).as_ref(),
+                    ),
+                    commitments_signature_hex: hex::encode(&p.commitments_signature),
+                    quorum: p.quorum as u64,
+                    seed: hex::encode(seed.bytes()),
+                    degree: g.degree() as u64,
+                    neighbours: g.neighbours(&ctx.name).unwrap_or(&[]).to_vec(),
+                },
+            )?;
+        }
         let names: Vec<String> = match drawn {
             Ok(n) => n,
             Err(why) => {
@@ -864,6 +903,15 @@ fn rules_for_stage(ctx: &NodeContext, a: &Active, members: &[Invitee], stage: St
     }
 }
 
+/// SecAgg+: the view signatures this node needs from U1's `members`, by its own rules:
+/// more than (|U1| + H + C)/2, so that two views cannot both be signed that often while
+/// each honest node signs one.
+fn majority(ctx: &NodeContext, members: &[Invitee]) -> usize {
+    let h = rules::hq_nodes(members);
+    let c = rules::colluding_nodes(&ctx.policy.rules(), &ctx.organisation, members);
+    (members.len() + h + c) / 2 + 1
+}
+
 /// The bytes a SecAgg+ graph seed hashes besides the nonces: the signed roster and
 /// the signed commitments, so every node's graph depends on exactly what it was shown.
 fn signed_inputs(start: &RoundStart, p: &Plus) -> Vec<u8> {
@@ -962,15 +1010,7 @@ fn verify_view_signatures(
     signatures: &[ViewSignature],
 ) -> Result<Vec<String>, String> {
     let payload = secagg::consistency_payload(&round, a.seed(), &view.delivered, &view.survivors);
-    let need = match a.plus.as_ref() {
-        None => a.start.threshold,
-        Some(p) => {
-            let names: Vec<String> = p.commitments.iter().map(|(n, _)| n.clone()).collect();
-            let u1 = a.members(&names);
-            let (h, c) = (rules::hq_nodes(&u1), rules::colluding_nodes(&ctx.policy.rules(), &ctx.organisation, &u1));
-            (u1.len() + h + c) / 2 + 1
-        }
-    };
+    let need = a.plus.as_ref().map_or(a.start.threshold, |p| p.quorum);
     let now = unix_now();
     let mut valid: BTreeSet<String> = BTreeSet::new();
     for s in signatures {
@@ -983,10 +1023,22 @@ fn verify_view_signatures(
         let certificate = match a.u1.iter().find(|k| k.node == s.node) {
             Some(k) => &k.certificate,
             None if a.plus.is_some() => {
-                let named = pki::verify_cert(&ctx.ca_der, &s.certificate, now, Usage::Client)
-                    .is_ok_and(|id| id.name == s.node && matches!(id.role, pki::Role::Node(_)));
-                if !named {
+                let Ok(id) = pki::verify_cert(&ctx.ca_der, &s.certificate, now, Usage::Client) else { continue };
+                let pki::Role::Node(kind) = id.role else { continue };
+                if id.name != s.node {
                     continue;
+                }
+                // The signed invitation labelled this node; its certificate must agree,
+                // or the coordinator's own signature shows it lied about who is who.
+                let label = a.start.invited.iter().find(|i| i.name == s.node);
+                if label.is_none_or(|l| l.organisation != id.organisation || l.kind != kind) {
+                    return Err(format!(
+                        "the signed invitation describes {} differently from the certificate that came with its view \
+                         signature ({}, {}); refusing",
+                        s.node,
+                        id.organisation,
+                        kind.as_str()
+                    ));
                 }
                 &s.certificate
             }

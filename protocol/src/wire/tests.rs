@@ -146,7 +146,7 @@ fn round_trips() {
     assert_eq!(ToNode::try_from(pb::CoordinatorMessage::from(&m)).unwrap(), m);
     // SecAgg+'s messages round-trip; a nonce or commitment that is not 32 bytes is refused.
     let commitments = vec![("a".to_string(), [7u8; 32]), ("b".to_string(), [8u8; 32])];
-    let c = ToNode::CommitmentRoster { round: r, commitments: commitments.clone(), signature: vec![3; 64] };
+    let c = ToNode::CommitmentRoster { round: r, commitments: commitments.clone(), quorum: 2, signature: vec![3; 64] };
     assert_eq!(ToNode::try_from(pb::CoordinatorMessage::from(&c)).unwrap(), c);
     let k = ToNode::KeyRoster { round: r, keys: vec![], nonces: commitments };
     assert_eq!(ToNode::try_from(pb::CoordinatorMessage::from(&k)).unwrap(), k);

@@ -52,10 +52,13 @@ pub fn roster_payload(start: &RoundStart) -> Vec<u8> {
 }
 
 /// What the coordinator signs over a SecAgg+ round's nonce commitments (sorted by
-/// node). The graph seed hashes it with the signed roster and the nonces, so that
-/// every node's graph depends on exactly what it was shown.
-pub fn commitments_payload(round: &RoundId, commitments: &[(String, [u8; 32])]) -> Vec<u8> {
-    let mut parts: Vec<&[u8]> = Vec::with_capacity(2 * commitments.len());
+/// node) and the round's view-signature quorum. The graph seed hashes it with the
+/// signed roster and the nonces, so that every node's graph depends on exactly what it
+/// was shown.
+pub fn commitments_payload(round: &RoundId, quorum: usize, commitments: &[(String, [u8; 32])]) -> Vec<u8> {
+    let q = (quorum as u64).to_be_bytes();
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(2 * commitments.len() + 1);
+    parts.push(&q);
     for (node, c) in commitments {
         parts.push(node.as_bytes());
         parts.push(c);
@@ -115,6 +118,9 @@ pub enum ToNode {
     CommitmentRoster {
         round: RoundId,
         commitments: Vec<(String, [u8; 32])>,
+        /// The view signatures every node needs before it reveals shares: one value
+        /// for the whole round, so that two views cannot both reach it.
+        quorum: usize,
         signature: Vec<u8>,
     },
     /// Round 1 (ShareKeys): U1's signed keys (SecAgg+: this node's and its
@@ -250,6 +256,7 @@ impl TryFrom<pb::CoordinatorMessage> for ToNode {
             Body::Commitments(c) => ToNode::CommitmentRoster {
                 round: round_id(&c.round_id)?,
                 commitments: node_values("commitments", &c.commitments)?,
+                quorum: c.quorum as usize,
                 signature: signature_bytes("signature", &c.signature)?,
             },
             Body::Shares(s) => ToNode::ShareDelivery {
@@ -337,11 +344,14 @@ impl From<&ToNode> for pb::CoordinatorMessage {
                 max_per_node: r.max_per_node,
                 graph_degree: r.degree as u32,
             }),
-            ToNode::CommitmentRoster { round, commitments, signature } => Body::Commitments(pb::CommitmentRoster {
-                round_id: round.0.to_vec(),
-                commitments: node_values_pb(commitments),
-                signature: signature.clone(),
-            }),
+            ToNode::CommitmentRoster { round, commitments, quorum, signature } => {
+                Body::Commitments(pb::CommitmentRoster {
+                    round_id: round.0.to_vec(),
+                    commitments: node_values_pb(commitments),
+                    signature: signature.clone(),
+                    quorum: *quorum as u32,
+                })
+            }
             ToNode::KeyRoster { round, keys, nonces } => Body::Roster(pb::KeyRoster {
                 round_id: round.0.to_vec(),
                 keys: keys
