@@ -883,7 +883,10 @@ impl Round<'_, '_> {
                     if let Some(h) = &self.runner.coordinator.hooks().on_unmask_shares {
                         h(&node, &shares);
                     }
-                    let held: Vec<String> = u2.iter().filter(|v| self.topology().holds(&node, v)).cloned().collect();
+                    // Full SecAgg: every node holds a share of every node, itself included;
+                    // SecAgg+: of its neighbours only.
+                    let held: Vec<String> =
+                        u2.iter().filter(|v| self.degree == 0 || self.adjacent(&node, v)).cloned().collect();
                     if !unmask_ok(&shares, &held, u3) {
                         let why = "sent an unmask answer that does not hold exactly one share of the right kind per node \
                                    of U2 whose shares it holds";
