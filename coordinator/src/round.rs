@@ -553,7 +553,7 @@ impl Round<'_, '_> {
         for v in &u2 {
             let incoming: Vec<Sealed> = u2
                 .iter()
-                .filter(|u| *u != v)
+                .filter(|u| self.adjacent(u, v))
                 .filter_map(|u| {
                     // Unwrap safety: U2 is the nodes whose sealed shares arrived.
                     sealed[u].iter().find(|s| &s.peer == v).map(|s| {

@@ -161,8 +161,11 @@ impl Plus {
 }
 
 impl Active {
+    /// The invitees named in `names` (any order), in the invitation's order; by set, as
+    /// rounds of a thousand nodes call it several times per node.
     fn members(&self, names: &[String]) -> Vec<Invitee> {
-        self.start.invited.iter().filter(|i| names.contains(&i.name)).cloned().collect()
+        let names: BTreeSet<&str> = names.iter().map(String::as_str).collect();
+        self.start.invited.iter().filter(|i| names.contains(i.name.as_str())).cloned().collect()
     }
 
     /// The graph seed the views of this round bind (SecAgg+), or none (full SecAgg).
@@ -1013,11 +1016,12 @@ fn verify_view_signatures(
     let need = a.plus.as_ref().map_or(a.start.threshold, |p| p.quorum);
     let now = unix_now();
     let mut valid: BTreeSet<String> = BTreeSet::new();
+    let survivors: BTreeSet<&str> = view.survivors.iter().map(String::as_str).collect();
     for s in signatures {
         if valid.len() >= need {
             break; // enough: the rest need not be checked
         }
-        if !view.survivors.contains(&s.node) {
+        if !survivors.contains(s.node.as_str()) {
             continue; // only members of U3 count
         }
         let certificate = match a.u1.iter().find(|k| k.node == s.node) {
@@ -1030,7 +1034,13 @@ fn verify_view_signatures(
                 }
                 // The signed invitation labelled this node; its certificate must agree,
                 // or the coordinator's own signature shows it lied about who is who.
-                let label = a.start.invited.iter().find(|i| i.name == s.node);
+                // Invitations are sorted by name.
+                let label = a
+                    .start
+                    .invited
+                    .binary_search_by(|i| i.name.as_str().cmp(&s.node))
+                    .ok()
+                    .map(|i| &a.start.invited[i]);
                 if label.is_none_or(|l| l.organisation != id.organisation || l.kind != kind) {
                     return Err(format!(
                         "the signed invitation describes {} differently from the certificate that came with its view \
