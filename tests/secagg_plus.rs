@@ -160,3 +160,40 @@ async fn a_view_quorum_below_a_majority_of_u1_is_refused_before_any_nonce_is_rev
     }
     cluster.stop().await;
 }
+
+/// A node that commits and then vanishes before revealing its nonce stops only that
+/// attempt: the coordinator starts the round again without it (nothing but keys,
+/// commitments and nonces had moved), and the analysis equals the pooled answer over
+/// the others.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_that_commits_and_vanishes_before_revealing_costs_one_restart() {
+    common::logs();
+    let mut nodes = cdnow_nodes(&[1; 12], true);
+    nodes[3].faults.drop_at = Some(DropAt::BeforeReveal);
+    let hooks = Hooks { force_graph: Some(GRAPH), ..Hooks::default() };
+    let cluster = Cluster::start_with_hooks(options(nodes.clone()), hooks).await.unwrap();
+    let reply = cluster.segments(REFERENCE, "test: a missing reveal").await.expect("segments");
+    let view = SegmentsView::new(&reply, REFERENCE);
+    assert_eq!(view.participants.len(), 11, "{:?}", view.participants);
+    assert!(!view.participants.contains(&"node-3".to_string()));
+    common::assert_equals_pooled(&view, &nodes);
+    cluster.stop().await;
+}
+
+/// A coordinator that keeps stopping rounds once every nonce is in (each stop gives it
+/// another random graph to choose from) gets MAX_ABANDONED_GRAPHS graphs per analysis:
+/// then every node refuses the analysis' further rounds.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_coordinator_stopping_rounds_after_the_reveals_is_refused_after_three() {
+    common::logs();
+    let nodes = cdnow_nodes(&[1; 12], true);
+    let hooks = Hooks { force_graph: Some(GRAPH), stop_graphs: 5, ..Hooks::default() };
+    let cluster = Cluster::start_with_hooks(options(nodes), hooks).await.unwrap();
+    assert!(cluster.segments(REFERENCE, "test: grinding").await.is_err());
+    let max = fedcrm_node::session::MAX_ABANDONED_GRAPHS;
+    for node in ["node-0", "node-7"] {
+        let why = common::refusals_when(&cluster, node, |r| r.contains("after this node revealed")).await;
+        assert!(why.iter().any(|r| r.contains(&format!("stopped {max} SecAgg+ rounds"))), "{node}: {why:?}");
+    }
+    cluster.stop().await;
+}

@@ -69,6 +69,15 @@ pub enum RoundError {
         "round {round}: stopped before any data moved, because {nodes} must first be approved by its franchisee; run the analysis again once approved"
     )]
     AwaitingApproval { round: RoundId, nodes: String },
+    /// SecAgg+: nodes of U1 did not reveal the graph nonce they committed to; nothing
+    /// but keys, commitments and nonces moved. [`Runner::run`] starts the round again
+    /// without them (a bounded number of times).
+    #[error(
+        "round {round}: {} did not reveal a graph nonce it committed to; the SecAgg+ graph is drawn over every node \
+         that committed, so the round stops without any data moved. Left the round:{exits}",
+        missing.join(", ")
+    )]
+    Unrevealed { round: RoundId, missing: Vec<String>, exits: String },
     /// SIGINT/SIGTERM: the round ends where it is, without a release.
     #[error("the coordinator is shutting down; the analysis ended without releasing anything (run it again later)")]
     ShuttingDown,
@@ -168,6 +177,9 @@ struct Round<'r, 'a> {
     /// SecAgg+: the view signatures every node needs before it reveals (signed with
     /// the commitments).
     quorum: usize,
+    /// How many times this round was started again (test hook `stop_graphs`).
+    #[cfg(feature = "test-util")]
+    restart: usize,
     invited: &'r [ConnectedNode],
     by_name: BTreeMap<String, ConnectedNode>,
     members: Membership,
@@ -182,6 +194,12 @@ impl Runner<'_> {
     /// Run one round of `analysis` over `invited` with threshold `t`: full SecAgg when
     /// `degree` is 0, else SecAgg+ over a random graph of that degree with the
     /// per-neighbourhood threshold `t`.
+    ///
+    /// A SecAgg+ round whose graph cannot be drawn because nodes did not reveal their
+    /// nonces starts again without them, at most [`MAX_GRAPH_RESTARTS`] times: one node
+    /// (or a network fault) between commit and reveal does not take the analysis down.
+    /// Each restart is a fresh graph, which is what a coordinator grinding graphs would
+    /// want, so nodes count them too and refuse beyond their own limit.
     pub async fn run(
         &mut self,
         analysis: &Analysis,
@@ -189,6 +207,50 @@ impl Runner<'_> {
         t: usize,
         degree: usize,
     ) -> Result<RoundOutput, RoundError> {
+        let mut invited = invited.to_vec();
+        let mut left: BTreeMap<String, Exit> = BTreeMap::new();
+        let mut restarts = 0;
+        #[cfg(not(feature = "test-util"))]
+        let most = MAX_GRAPH_RESTARTS;
+        #[cfg(feature = "test-util")]
+        let most = MAX_GRAPH_RESTARTS.max(self.coordinator.hooks().stop_graphs);
+        loop {
+            match self.run_once(analysis, &invited, t, degree, restarts).await {
+                // Restart only when a graph can still be drawn over those who remain.
+                Err(RoundError::Unrevealed { round, missing, .. })
+                    if restarts < most && invited.len().saturating_sub(missing.len()) > (degree + 1).max(t) =>
+                {
+                    restarts += 1;
+                    tracing::warn!(%round, ?missing, restarts, "SecAgg+ round restarts without the nodes that did not reveal");
+                    for m in &missing {
+                        left.insert(
+                            m.clone(),
+                            Exit::Refused(format!("did not reveal its graph nonce in round {round}")),
+                        );
+                    }
+                    invited.retain(|p| !missing.contains(&p.name));
+                }
+                Ok(mut out) => {
+                    for (n, e) in left {
+                        out.exits.entry(n).or_insert(e);
+                    }
+                    return Ok(out);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn run_once(
+        &mut self,
+        analysis: &Analysis,
+        invited: &[ConnectedNode],
+        t: usize,
+        degree: usize,
+        restart: usize,
+    ) -> Result<RoundOutput, RoundError> {
+        #[cfg(not(feature = "test-util"))]
+        let _ = restart;
         let rng = SystemRandom::new();
         let id =
             RoundId::random(&rng).map_err(|e| RoundError::Local { round: RoundId([0; 16]), why: e.to_string() })?;
@@ -213,6 +275,8 @@ impl Runner<'_> {
             roster_payload: Vec::new(),
             graph: None,
             quorum: 0,
+            #[cfg(feature = "test-util")]
+            restart,
             invited,
             by_name,
             members: Membership::default(),
@@ -452,15 +516,15 @@ impl Round<'_, '_> {
         }
         self.members.expire(&nonces.keys().cloned().collect(), Phase::AdvertiseKeys);
         let missing: Vec<&str> = committed.keys().copied().filter(|n| !nonces.contains_key(*n)).collect();
-        if !missing.is_empty() {
-            return Err(RoundError::Failed {
+        #[cfg(feature = "test-util")]
+        let stop = self.restart < self.runner.coordinator.hooks().stop_graphs;
+        #[cfg(not(feature = "test-util"))]
+        let stop = false;
+        if !missing.is_empty() || stop {
+            return Err(RoundError::Unrevealed {
                 round,
-                why: format!(
-                    "{} did not reveal a graph nonce it committed to; the SecAgg+ graph is drawn over every node that \
-                     committed, so the round stops without any data moved (run the analysis again). Left the round:{}",
-                    missing.join(", "),
-                    describe(&self.members.exits)
-                ),
+                missing: missing.into_iter().map(str::to_string).collect(),
+                exits: describe(&self.members.exits),
             });
         }
         let nonces: Vec<(String, [u8; 32])> = nonces.into_iter().collect();
@@ -1112,6 +1176,10 @@ fn unmask_ok(shares: &[RevealedShare], held: &[String], survivors: &[String]) ->
         && shares.len() == held.len()
         && shares.iter().all(|s| held.contains(&s.of) && s.self_mask == survivors.contains(&s.of))
 }
+
+/// How often [`Runner::run`] restarts a SecAgg+ round without the nodes that did not
+/// reveal their graph nonces (nodes allow `MAX_ABANDONED_GRAPHS` per analysis).
+pub const MAX_GRAPH_RESTARTS: usize = 2;
 
 /// Accusations one node may make in one round's share report (see `check_report`).
 pub const MAX_ACCUSATIONS: usize = 1;

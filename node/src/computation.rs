@@ -90,9 +90,34 @@ impl Tracker {
         Ok(Identified { kind, new: true, description })
     }
 
-    /// Record an admitted round: the analysis is open, and its id is used.
-    pub fn admitted(&self, a: &Analysis, id: &Identified) {
-        self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(a.analysis_id.clone());
+    /// Record an admitted round: the analysis is open, and its id is used. Returns what
+    /// [`Tracker::withdraw`] needs to forget the round again.
+    pub fn admitted(&self, a: &Analysis, id: &Identified) -> Admission {
+        let newly_seen = self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(a.analysis_id.clone());
+        let previous = self.open.lock().unwrap_or_else(|p| p.into_inner()).get(&a.analysis_id).cloned();
+        self.record_open(a, id);
+        Admission { analysis: a.analysis_id.clone(), previous, newly_seen }
+    }
+
+    /// Forget an admitted round that ended before any of this node's data left it (no
+    /// masked input sent): the coordinator stopped it, e.g. to restart a SecAgg+ round
+    /// without a node that did not reveal its nonce, and the same pass may run again.
+    pub fn withdraw(&self, admission: Admission) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        match admission.previous {
+            Some(p) => {
+                open.insert(admission.analysis, p);
+            }
+            None => {
+                open.remove(&admission.analysis);
+                if admission.newly_seen {
+                    self.seen.lock().unwrap_or_else(|p| p.into_inner()).remove(&admission.analysis);
+                }
+            }
+        }
+    }
+
+    fn record_open(&self, a: &Analysis, id: &Identified) {
         let last = match &a.kind {
             AnalysisKind::RfmHistograms(specs) => specs.clone(),
             AnalysisKind::RfmSegments(_) => Vec::new(),
@@ -102,6 +127,14 @@ impl Tracker {
             .unwrap_or_else(|p| p.into_inner())
             .insert(a.analysis_id.clone(), Open { kind: id.kind, reference: a.reference_date, last });
     }
+}
+
+/// What [`Tracker::admitted`] changed, to undo it ([`Tracker::withdraw`]).
+#[derive(Debug)]
+pub struct Admission {
+    analysis: String,
+    previous: Option<Open>,
+    newly_seen: bool,
 }
 
 /// The three power-of-two histograms of R, F and M: the first pass of the exact

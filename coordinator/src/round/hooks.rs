@@ -68,6 +68,10 @@ pub struct Hooks {
     /// Signs this view-signature quorum with a SecAgg+ round's commitments instead of
     /// the majority the members' rules need.
     pub force_quorum: Option<usize>,
+    /// Stops the first this-many SecAgg+ graph draws of every round once all nonces
+    /// are in, as if a node had not revealed, and restarts the round as often (a
+    /// coordinator grinding graphs past its own restart limit).
+    pub stop_graphs: usize,
     /// Edits the nonces each node is sent in a SecAgg+ key roster (a reveal left out
     /// or altered for some nodes: a coordinator grinding graphs, or equivocating).
     pub tamper_nonces: Option<NoncesTamper>,
@@ -102,6 +106,7 @@ impl std::fmt::Debug for Hooks {
             .field("force_threshold", &self.force_threshold)
             .field("force_graph", &self.force_graph)
             .field("force_quorum", &self.force_quorum)
+            .field("stop_graphs", &self.stop_graphs)
             .field("tamper_nonces", &self.tamper_nonces.is_some())
             .field("relabel", &self.relabel)
             .field("reuse_analysis_id", &self.reuse_analysis_id)

@@ -42,6 +42,9 @@ pub struct FalseReport {
 pub enum DropAt {
     /// After advertising keys, before sharing them.
     AfterKeys,
+    /// SecAgg+: after committing to its graph nonce and receiving the signed
+    /// commitments, before revealing the nonce.
+    BeforeReveal,
     /// After sending its sealed shares and receiving the final U2, before the masked
     /// input: it is in U2, so the others recover its mask key.
     AfterShares,

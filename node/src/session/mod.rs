@@ -39,6 +39,7 @@ use crate::policy::Policy;
 
 #[cfg(feature = "test-util")]
 pub use faults::{DropAt, FalseReport, Faults};
+pub use round::MAX_ABANDONED_GRAPHS;
 #[cfg(feature = "test-util")]
 pub use round::{HeldShare, HeldSharesTap, RoundTap};
 

@@ -135,6 +135,9 @@ struct Active {
     u1: Vec<SignedKeys>,
     /// SecAgg+ only: the graph's inputs and the graph itself, once drawn.
     plus: Option<Plus>,
+    /// This round's admission to its analysis, withdrawn if the round ends before this
+    /// node's masked input left it; taken once it has.
+    admission: Option<crate::computation::Admission>,
     state: State,
 }
 
@@ -184,7 +187,17 @@ pub(super) struct Rounds<'a> {
     rng: SystemRandom,
     active: Option<Active>,
     customers: Option<(time::Date, Vec<CustomerRfm>)>,
+    /// SecAgg+ rounds that ended after this node revealed its graph nonce and before
+    /// its key roster, per analysis id: each is a fresh graph the coordinator saw
+    /// before choosing to stop (this session only).
+    abandoned: std::collections::BTreeMap<String, usize>,
 }
+
+/// SecAgg+ rounds of one analysis a node lets the coordinator stop after its nonce
+/// was revealed before it refuses the analysis' further rounds: a coordinator restarts
+/// (`coordinator::round::MAX_GRAPH_RESTARTS`) when nodes do not reveal, and every
+/// restart is another random graph to choose from.
+pub const MAX_ABANDONED_GRAPHS: usize = 3;
 
 type Handled = Result<Option<SessionEnd>, SessionError>;
 
@@ -202,6 +215,7 @@ impl<'a> Rounds<'a> {
             rng: SystemRandom::new(),
             active: None,
             customers: None,
+            abandoned: Default::default(),
         }
     }
 
@@ -313,8 +327,16 @@ impl<'a> Rounds<'a> {
                 invited: start.invited.iter().map(Member::from).collect(),
             },
         )?;
+        let abandoned = self.abandoned.get(&start.analysis.analysis_id).copied().unwrap_or(0);
         let decision = if signature_ok && colludes(ctx) {
             identified
+        } else if abandoned >= MAX_ABANDONED_GRAPHS {
+            Err(format!(
+                "the coordinator stopped {abandoned} SecAgg+ rounds of analysis {} after this node revealed its graph \
+                 nonce; each stop gives it another graph to choose from, so this node takes no further part in the \
+                 analysis (at most {MAX_ABANDONED_GRAPHS})",
+                start.analysis.analysis_id
+            ))
         } else if signature_ok {
             identified.and_then(|id| {
                 let caps = ctx.cap_state(id.kind, &start.analysis.analysis_id);
@@ -402,12 +424,19 @@ impl<'a> Rounds<'a> {
         self.egress.admit(round, &start.analysis.analysis_id);
         let advertise = FromNode::AdvertiseKeys { round, enc: keys.enc, mask: keys.mask, signature, commitment };
         self.egress.send(&advertise).await?;
-        ctx.analyses.admitted(&start.analysis, &identified);
+        let admission = ctx.analyses.admitted(&start.analysis, &identified);
         if identified.new {
             ctx.count_analysis(identified.kind, &start.analysis.analysis_id);
         }
         tracing::info!(node = %ctx.name, %round, analysis = identified.kind, purpose = %start.analysis.purpose, width = start.width.bits(), "joined round");
-        self.active = Some(Active { start, input, u1: Vec::new(), plus, state: State::AdvertiseKeys(client) });
+        self.active = Some(Active {
+            start,
+            input,
+            u1: Vec::new(),
+            plus,
+            admission: Some(admission),
+            state: State::AdvertiseKeys(client),
+        });
         #[cfg(feature = "test-util")]
         if let Some(end) = faults::at(ctx, DropAt::AfterKeys, &self.shutdown).await {
             return Ok(Some(end));
@@ -432,6 +461,13 @@ impl<'a> Rounds<'a> {
         if !matches!(a.state, State::AdvertiseKeys(_)) {
             return Ok(None); // a repeated or out-of-order roster changes nothing
         }
+        // Fault injection: vanish between committing and revealing (the coordinator
+        // must start the round again without this node).
+        #[cfg(feature = "test-util")]
+        if let Some(end) = faults::at(ctx, DropAt::BeforeReveal, &self.shutdown).await {
+            return Ok(Some(end));
+        }
+        let Some(a) = self.active.as_mut().filter(|a| a.start.round == round) else { return Ok(None) };
         let payload = wire::commitments_payload(&round, quorum, &commitments);
         let names: Vec<String> = commitments.iter().map(|(n, _)| n.clone()).collect();
         let need = majority(ctx, &a.members(&names));
@@ -659,6 +695,8 @@ impl<'a> Rounds<'a> {
         // not the coordinator asks it anything more: persist that for the
         // differencing guard before the masked vector leaves.
         contributed(ctx, a, round, &delivered, Recorded::Masked)?;
+        // The masked input leaves now: this round counts as a pass of its analysis.
+        a.admission = None;
         let masked = ready.mask(&a.input);
         // The unmasked local vector is no longer needed, whatever happened.
         a.input = Zeroizing::new(Vec::new());
@@ -840,7 +878,15 @@ impl<'a> Rounds<'a> {
         tracing::info!(node = %self.ctx.name, %round, released, %message, "round ended");
         lock(&self.ctx.audit).seal()?;
         self.egress.close_round(&round);
-        if self.active.as_ref().is_some_and(|a| a.start.round == round) {
+        if let Some(a) = self.active.as_mut().filter(|a| a.start.round == round) {
+            if !released && matches!(a.state, State::NonceRevealed(_)) {
+                *self.abandoned.entry(a.start.analysis.analysis_id.clone()).or_default() += 1;
+            }
+            // Stopped before this node's masked input left (that takes the admission):
+            // the pass did not happen, and may run again.
+            if let Some(admission) = a.admission.take().filter(|_| !released) {
+                self.ctx.analyses.withdraw(admission);
+            }
             self.active = None; // drops (and wipes) the local vector and the round's secrets
         }
         Ok(None)
