@@ -70,7 +70,7 @@ pub enum RoundError {
     )]
     AwaitingApproval { round: RoundId, nodes: String },
     /// SecAgg+: nodes of U1 did not reveal the graph nonce they committed to; nothing
-    /// but keys, commitments and nonces moved. [`Runner::run`] starts the round again
+    /// but keys, commitments and nonces moved. `Runner::run` starts the round again
     /// without them (a bounded number of times).
     #[error(
         "round {round}: {} did not reveal a graph nonce it committed to; the SecAgg+ graph is drawn over every node \
@@ -1177,7 +1177,7 @@ fn unmask_ok(shares: &[RevealedShare], held: &[String], survivors: &[String]) ->
         && shares.iter().all(|s| held.contains(&s.of) && s.self_mask == survivors.contains(&s.of))
 }
 
-/// How often [`Runner::run`] restarts a SecAgg+ round without the nodes that did not
+/// How often `Runner::run` restarts a SecAgg+ round without the nodes that did not
 /// reveal their graph nonces (nodes allow `MAX_ABANDONED_GRAPHS` per analysis).
 pub const MAX_GRAPH_RESTARTS: usize = 2;
 
