@@ -29,8 +29,18 @@ fn timed<T>(clock: &mut Duration, f: impl FnOnce() -> T) -> T {
 }
 
 /// Each survivor answers the unmask request (client work, timed).
-fn answer<M, R>(clock: &mut Duration, masked: Vec<(String, M)>, unmask: impl Fn(M) -> R) -> Vec<(String, R)> {
-    masked.into_iter().map(|(me, m)| (me, timed(clock, || unmask(m)))).collect()
+fn answer<M, R>(
+    clock: &mut Duration,
+    masked: Vec<(String, M)>,
+    mut unmask: impl FnMut(&str, M) -> R,
+) -> Vec<(String, R)> {
+    masked
+        .into_iter()
+        .map(|(me, m)| {
+            let r = timed(clock, || unmask(&me, m));
+            (me, r)
+        })
+        .collect()
 }
 
 /// One `multiround` round in which `drop` shares and then drops. Returns (all
@@ -55,13 +65,16 @@ fn multiround_round(
     }
     let mut agg = analysis.round(params.clone(), contributors, contributors).unwrap();
     for (me, s) in shared.into_iter().filter(|(me, _)| me != drop) {
-        let (m, y) = timed(&mut client, || s.receive(contributors, &inbox[&me]).unwrap().mask(input).unwrap());
+        let member = &members[&me];
+        let (m, y) =
+            timed(&mut client, || s.receive(member, contributors, &inbox[&me]).unwrap().mask(member, input).unwrap());
         agg.add_masked(&me, &y).unwrap();
         masked.push((me, m));
     }
-    let unmasking = agg.close();
+    let unmasking = agg.close(analysis).unwrap();
     let (survivors, dropped) = (unmasking.survivors(), unmasking.dropped());
-    let responses = answer(&mut client, masked, |m| m.unmask(&survivors, &dropped).unwrap());
+    let responses =
+        answer(&mut client, masked, |me, m| m.unmask(members.get_mut(me).unwrap(), &survivors, &dropped).unwrap());
     timed(&mut server, || unmasking.finish_words(&responses).unwrap());
     (client, server)
 }
@@ -92,7 +105,7 @@ fn secagg_round(contributors: &[String], drop: &str, params: &RoundParams, input
         .collect();
     let unmasking = agg.close();
     let (survivors, dropped) = (unmasking.survivors(), unmasking.dropped());
-    let responses = answer(&mut client, masked, |m| m.unmask(&survivors, &dropped).unwrap());
+    let responses = answer(&mut client, masked, |_, m| m.unmask(&survivors, &dropped).unwrap());
     timed(&mut server, || unmasking.finish_words(&responses).unwrap());
     (client, server)
 }

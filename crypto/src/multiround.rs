@@ -14,7 +14,9 @@
 //! neighbours, once. The secret scalars are dropped (and zeroized) there: only the
 //! agreements are kept, in the [`Member`].
 //!
-//! **Each round r** (a fresh random round id; the [`Member`] refuses one it has seen):
+//! **Each round r** (a fresh random round id — on the wire the first round of an
+//! analysis carries the setup's, which has seeded nothing yet; the [`Member`] refuses
+//! one it has seen):
 //! 1. each contributor draws a fresh self-mask seed `b_r` and Shamir-shares **only
 //!    `b_r`** t-of-holders ([`Topology::holds`]), each share sealed under
 //!    HKDF(c_uv, version ‖ "share" ‖ r ‖ analysis ‖ from ‖ to) with ChaCha20-Poly1305;
@@ -73,6 +75,10 @@
 //! the server's [`Analysis`] refuses to start a round that names one. (This is the
 //! issue's rule rather than a condition of the argument above: each round's seeds are
 //! its own, so a returning node would not expose an earlier round.)
+//!
+//! Round states do not borrow the [`Member`]: the node keeps it beside the round in
+//! progress, and each step takes it again ([`RoundShared::open`], …) and checks that it
+//! is the member that started the round.
 //!
 //! The graph is fixed for the analysis (the agreements are made with its
 //! neighbours only), where SecAgg+ draws one per round; each node's neighbourhood rule
@@ -278,7 +284,8 @@ pub struct Member {
     roster: Vec<String>,
     topology: Topology,
     agreed: BTreeMap<String, Agreed>,
-    /// Every round id this node has shared in (and the setup's): never used again.
+    /// Every round id this node has shared in: never used again. (The setup's id may
+    /// serve once, as the analysis's first round: it has seeded nothing.)
     used: BTreeSet<RoundId>,
     /// Each node an unmask request declared dropped, with that round.
     dropped: BTreeMap<String, RoundId>,
@@ -302,6 +309,11 @@ impl std::fmt::Debug for Member {
 impl Member {
     pub fn name(&self) -> &str {
         &self.me
+    }
+
+    /// The round that set up this analysis's keys.
+    pub fn setup(&self) -> RoundId {
+        self.setup
     }
 
     pub fn analysis(&self) -> &str {
@@ -337,13 +349,13 @@ impl Member {
         params: RoundParams,
         contributors: &[String],
         rng: &dyn SecureRandom,
-    ) -> Result<(RoundShared<'_>, Vec<(String, Vec<u8>)>), CryptoError> {
+    ) -> Result<(RoundShared, Vec<(String, Vec<u8>)>), CryptoError> {
         let (round, t) = (params.round, params.t);
         let at = |what: String| CryptoError::Protocol(format!("analysis {}, round {round}: {what}", self.analysis));
         if let Some(r) = self.declared_dropped {
             return Err(at(format!("this node was declared dropped in round {r} and takes no further part")));
         }
-        if round == self.setup || self.used.contains(&round) {
+        if self.used.contains(&round) {
             return Err(at("the round id was already used in this analysis; a repeated id would repeat its pair \
                            seeds and sealing keys, refusing"
                 .into()));
@@ -391,8 +403,8 @@ impl Member {
             y.zeroize();
         }
         self.used.insert(round);
-        let ctx = InRound { member: self, params };
-        let state = RoundShared { ctx, contributors: contributors.to_vec(), b, own };
+        let tag = Tag { setup: self.setup, params };
+        let state = RoundShared { tag, contributors: contributors.to_vec(), b, own };
         Ok((state, out))
     }
 
@@ -424,10 +436,32 @@ pub fn test_util_strip(
     x.to_u64()
 }
 
-/// What every round state holds: the member, borrowed for the round (its unmasking
-/// records the dropped nodes there), and the round's parameters.
+/// What every round state keeps: its analysis's setup and the round's parameters.
+/// Each step takes the [`Member`] again (the node keeps it for the whole analysis,
+/// beside the round in progress) and binds it with [`Tag::bind`].
+#[derive(Debug, Clone)]
+struct Tag {
+    setup: RoundId,
+    params: RoundParams,
+}
+
+impl Tag {
+    /// The member this round was started by: same setup, and the round is one it
+    /// started (a step given another analysis's member is refused).
+    fn bind<'m>(&self, member: &'m Member) -> Result<InRound<'m>, CryptoError> {
+        if member.setup != self.setup || !member.used.contains(&self.params.round) {
+            return Err(CryptoError::Protocol(format!(
+                "round {}: a step of this round was given the member of another analysis",
+                self.params.round
+            )));
+        }
+        Ok(InRound { member, params: self.params.clone() })
+    }
+}
+
+/// A round state bound to its member for one step.
 struct InRound<'m> {
-    member: &'m mut Member,
+    member: &'m Member,
     params: RoundParams,
 }
 
@@ -458,8 +492,8 @@ impl InRound<'_> {
 }
 
 /// Round state 1: this node's shares are sent; waits for the peers' shares and U2.
-pub struct RoundShared<'m> {
-    ctx: InRound<'m>,
+pub struct RoundShared {
+    tag: Tag,
     contributors: Vec<String>,
     b: SelfSeed,
     /// This node's own share of `b` (full SecAgg only).
@@ -467,8 +501,8 @@ pub struct RoundShared<'m> {
 }
 
 /// Round state 1½: the delivered shares are opened; waits for the final U2.
-pub struct RoundOpened<'m> {
-    ctx: InRound<'m>,
+pub struct RoundOpened {
+    tag: Tag,
     b: SelfSeed,
     delivered: BTreeSet<String>,
     /// The `b` share held for each member of `delivered` whose share opened.
@@ -477,27 +511,27 @@ pub struct RoundOpened<'m> {
 }
 
 /// Round state 2: ready to mask.
-pub struct RoundReady<'m> {
-    ctx: InRound<'m>,
+pub struct RoundReady {
+    tag: Tag,
     b: SelfSeed,
     u2: BTreeSet<String>,
     held: BTreeMap<String, Share>,
 }
 
 /// Round state 3: masked input sent; waits for exactly one unmask request.
-pub struct RoundMasked<'m> {
-    ctx: InRound<'m>,
+pub struct RoundMasked {
+    tag: Tag,
     u2: BTreeSet<String>,
     held: BTreeMap<String, Share>,
 }
 
 macro_rules! debug_round_state {
     ($($t:ident),*) => {$(
-        impl std::fmt::Debug for $t<'_> {
+        impl std::fmt::Debug for $t {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.debug_struct(stringify!($t))
-                    .field("params", &self.ctx.params)
-                    .field("me", &self.ctx.member.me)
+                    .field("setup", &self.tag.setup)
+                    .field("params", &self.tag.params)
                     .finish_non_exhaustive()
             }
         }
@@ -505,7 +539,7 @@ macro_rules! debug_round_state {
 }
 debug_round_state!(RoundShared, RoundOpened, RoundReady, RoundMasked);
 
-impl<'m> RoundShared<'m> {
+impl RoundShared {
     /// Open the sealed shares addressed to this node, one per neighbour in `u2` (the
     /// contributors whose shares were delivered). `Err` when the delivery itself is
     /// wrong (the relay's fault): U2 names a non-contributor, lacks this node, keeps
@@ -516,27 +550,29 @@ impl<'m> RoundShared<'m> {
     /// e_v,u, infer U2, assert |U2| ≥ t (decrypted here, not in Round 4, as in `secagg`).
     pub fn open(
         self,
+        member: &Member,
         u2: &[String],
         incoming: &[(String, Vec<u8>)],
-    ) -> Result<(RoundOpened<'m>, Vec<OpenFailure>), CryptoError> {
+    ) -> Result<(RoundOpened, Vec<OpenFailure>), CryptoError> {
+        let ctx = self.tag.bind(member)?;
         let delivered: BTreeSet<String> = u2.iter().cloned().collect();
         if let Some(x) = delivered.iter().find(|v| position(&self.contributors, v).is_none()) {
-            return Err(self.ctx.at(&format!("U2 names {x}, who is not a contributor of this round")));
+            return Err(ctx.at(&format!("U2 names {x}, who is not a contributor of this round")));
         }
-        self.ctx.check_holders(&delivered, "U2")?;
+        ctx.check_holders(&delivered, "U2")?;
         // Unwrap safety: `round` checked this node is a contributor.
-        let me = &self.ctx.member.me;
+        let me = &member.me;
         let my_x = position(&self.contributors, me).expect("a contributor") as u32 + 1;
         let mut held = BTreeMap::new();
         if let Some(own) = &self.own {
             held.insert(me.clone(), own.clone());
         }
         let mut failures = Vec::new();
-        for from in delivered.iter().filter(|v| self.ctx.member.topology.adjacent(me, v)) {
+        for from in delivered.iter().filter(|v| member.topology.adjacent(me, v)) {
             let Some((_, ct)) = incoming.iter().find(|(f, _)| f == from) else {
-                return Err(self.ctx.at(&format!("no share from {from}, who is in U2")));
+                return Err(ctx.at(&format!("no share from {from}, who is in U2")));
             };
-            match self.open_one(from, my_x, ct) {
+            match open_one(&ctx, from, my_x, ct) {
                 Ok(share) => {
                     held.insert(from.clone(), share);
                 }
@@ -544,39 +580,44 @@ impl<'m> RoundShared<'m> {
             }
         }
         let unopened = failures.iter().map(|f| f.sender.clone()).collect();
-        let RoundShared { ctx, b, .. } = self;
-        Ok((RoundOpened { ctx, b, delivered, held, unopened }, failures))
+        let RoundShared { tag, b, .. } = self;
+        Ok((RoundOpened { tag, b, delivered, held, unopened }, failures))
     }
 
     /// [`RoundShared::open`] then [`RoundOpened::finish`] with the same U2, failing on
     /// the first share that does not open: for when nothing is to be reported.
-    pub fn receive(self, u2: &[String], incoming: &[(String, Vec<u8>)]) -> Result<RoundReady<'m>, CryptoError> {
-        let (opened, failures) = self.open(u2, incoming)?;
+    pub fn receive(
+        self,
+        member: &Member,
+        u2: &[String],
+        incoming: &[(String, Vec<u8>)],
+    ) -> Result<RoundReady, CryptoError> {
+        let (opened, failures) = self.open(member, u2, incoming)?;
         if let Some(f) = failures.into_iter().next() {
             return Err(f.error);
         }
-        opened.finish(u2)
-    }
-
-    /// Bonawitz et al. CCS 2017, Fig. 4, Round 4 (Unmasking), user: AE.dec of e_v,u under the
-    /// agreement made at setup (done in Round 2 here, as in `secagg`).
-    fn open_one(&self, from: &str, my_x: u32, ct: &[u8]) -> Result<Share, CryptoError> {
-        // Unwrap safety: `from` is a neighbour in the roster, with whom join agreed.
-        let m = &self.ctx.member;
-        let agreed = m.agreed.get(from).expect("an agreement with every neighbour");
-        let aad = sealing_context(&m.analysis, &self.ctx.params.round, from, &m.me);
-        let mut plain = aead::open(&kdf::derive(agreed.enc.bytes(), &aad), &aad, ct)?;
-        let share = if plain.len() == SHARE_Y_LEN {
-            Share::from_parts(my_x, &plain)
-        } else {
-            Err(CryptoError::MalformedShare("share plaintext must be 64 bytes"))
-        };
-        plain.zeroize();
-        share
+        opened.finish(member, u2)
     }
 }
 
-impl<'m> RoundOpened<'m> {
+/// Bonawitz et al. CCS 2017, Fig. 4, Round 4 (Unmasking), user: AE.dec of e_v,u under the
+/// agreement made at setup (done in Round 2 here, as in `secagg`).
+fn open_one(ctx: &InRound<'_>, from: &str, my_x: u32, ct: &[u8]) -> Result<Share, CryptoError> {
+    // Unwrap safety: `from` is a neighbour in the roster, with whom join agreed.
+    let m = ctx.member;
+    let agreed = m.agreed.get(from).expect("an agreement with every neighbour");
+    let aad = sealing_context(&m.analysis, &ctx.params.round, from, &m.me);
+    let mut plain = aead::open(&kdf::derive(agreed.enc.bytes(), &aad), &aad, ct)?;
+    let share = if plain.len() == SHARE_Y_LEN {
+        Share::from_parts(my_x, &plain)
+    } else {
+        Err(CryptoError::MalformedShare("share plaintext must be 64 bytes"))
+    };
+    plain.zeroize();
+    share
+}
+
+impl RoundOpened {
     /// The senders whose shares did not open, sorted.
     pub fn unopened(&self) -> Vec<String> {
         self.unopened.iter().cloned().collect()
@@ -586,34 +627,36 @@ impl<'m> RoundOpened<'m> {
     /// holders of its shares, and no sender whose share did not open here.
     ///
     /// Bonawitz et al. CCS 2017, Fig. 4, Round 2 (MaskedInputCollection), user: assert |U2| ≥ t.
-    pub fn finish(self, u2: &[String]) -> Result<RoundReady<'m>, CryptoError> {
+    pub fn finish(self, member: &Member, u2: &[String]) -> Result<RoundReady, CryptoError> {
+        let ctx = self.tag.bind(member)?;
         let u2: BTreeSet<String> = u2.iter().cloned().collect();
         let bad = u2.difference(&self.delivered).next().map(|x| format!("names {x}, whose share was never delivered"));
         let bad = bad.or_else(|| {
             u2.intersection(&self.unopened).next().map(|x| format!("keeps {x}, whose share does not open here"))
         });
         if let Some(why) = bad {
-            return Err(self.ctx.at(&format!("the final U2 {why}")));
+            return Err(ctx.at(&format!("the final U2 {why}")));
         }
-        self.ctx.check_holders(&u2, "the final U2")?;
-        let RoundOpened { ctx, b, mut held, .. } = self;
+        ctx.check_holders(&u2, "the final U2")?;
+        let RoundOpened { tag, b, mut held, .. } = self;
         held.retain(|n, _| u2.contains(n));
-        Ok(RoundReady { ctx, b, u2, held })
+        Ok(RoundReady { tag, b, u2, held })
     }
 }
 
-impl<'m> RoundReady<'m> {
+impl RoundReady {
     /// Mask `input` (length d, plain values of the round's width) for the neighbours
     /// in U2, with the round's pair seeds derived from the setup's agreements.
     ///
     /// Bonawitz et al. CCS 2017, Fig. 4, Round 2 (MaskedInputCollection), user:
     /// y_u ← x_u + p_u + Σ_{v∈U2} p_u,v, with s_u,v,r from the agreement made once (Flamingo).
-    pub fn mask(self, input: &[u64]) -> Result<(RoundMasked<'m>, Words), CryptoError> {
-        if input.len() != self.ctx.params.d {
-            return Err(CryptoError::Length { got: input.len(), expected: self.ctx.params.d });
+    pub fn mask(self, member: &Member, input: &[u64]) -> Result<(RoundMasked, Words), CryptoError> {
+        let ctx = self.tag.bind(member)?;
+        if input.len() != ctx.params.d {
+            return Err(CryptoError::Length { got: input.len(), expected: ctx.params.d });
         }
-        let mut y = Words::from_plain(self.ctx.params.width, input)?;
-        let (m, round) = (&*self.ctx.member, &self.ctx.params.round);
+        let mut y = Words::from_plain(ctx.params.width, input)?;
+        let (m, round) = (member, &ctx.params.round);
         let mut seeds = vec![(self_seed(&self.b.0, round, &m.me), Sign::Add)];
         for v in self.u2.iter().filter(|v| m.topology.adjacent(&m.me, v)) {
             // Unwrap safety: an adjacent member of U2 is a neighbour in the roster.
@@ -623,12 +666,12 @@ impl<'m> RoundReady<'m> {
         }
         let refs: Vec<(&MaskSeed, Sign)> = seeds.iter().map(|(s, sign)| (s, *sign)).collect();
         expand_words(&refs, &mut y);
-        let RoundReady { ctx, u2, held, .. } = self;
-        Ok((RoundMasked { ctx, u2, held }, y))
+        let RoundReady { tag, u2, held, .. } = self;
+        Ok((RoundMasked { tag, u2, held }, y))
     }
 }
 
-impl RoundMasked<'_> {
+impl RoundMasked {
     /// U2 as this node received it, sorted.
     pub fn delivered(&self) -> Vec<String> {
         self.u2.iter().cloned().collect()
@@ -640,8 +683,9 @@ impl RoundMasked<'_> {
     /// seed.
     ///
     /// Bonawitz et al. CCS 2017, Fig. 4, Round 3 (ConsistencyCheck), user: assert U3 ⊆ U2, |U3| ≥ t.
-    pub fn check_request(&self, survivors: &[String], dropped: &[String]) -> Result<(), CryptoError> {
-        let at = |what: &str| self.ctx.at(&format!("the unmask request {what}; refusing"));
+    pub fn check_request(&self, member: &Member, survivors: &[String], dropped: &[String]) -> Result<(), CryptoError> {
+        let ctx = self.tag.bind(member)?;
+        let at = |what: &str| ctx.at(&format!("the unmask request {what}; refusing"));
         let s: BTreeSet<String> = survivors.iter().cloned().collect();
         let mut all = s.clone();
         all.extend(dropped.iter().cloned());
@@ -651,14 +695,14 @@ impl RoundMasked<'_> {
         if all != self.u2 {
             return Err(at("does not partition U2"));
         }
-        if dropped.contains(&self.ctx.member.me) {
+        if dropped.contains(&member.me) {
             return Err(at("says this node dropped"));
         }
-        self.ctx.check_holders(&s, "U3")?;
+        ctx.check_holders(&s, "U3")?;
         // Revealing pair seeds, a node counts only the holders other than itself (full
         // SecAgg gives it a share of its own): otherwise a split view would need one
         // honest holder fewer than SecAgg's (module doc, "split view").
-        let (m, t) = (&self.ctx.member, self.ctx.params.t);
+        let (m, t) = (member, ctx.params.t);
         if m.topology.holds(&m.me, &m.me) && dropped.iter().any(|v| m.topology.adjacent(&m.me, v)) {
             let others = m.topology.holders(&m.me, s.iter().filter(|v| **v != m.me)).len();
             if others < t {
@@ -680,15 +724,20 @@ impl RoundMasked<'_> {
     ///
     /// Bonawitz et al. CCS 2017, Fig. 4, Round 4 (Unmasking), user: b_v,u for v ∈ U3, and for
     /// v ∈ U2∖U3 the round pair seed s_u,v,r instead of s_v,u^SK.
-    pub fn unmask(self, survivors: &[String], dropped: &[String]) -> Result<Vec<Reveal>, CryptoError> {
-        let round = self.ctx.params.round;
-        if let Err(e) = self.check_request(survivors, dropped) {
-            if dropped.contains(&self.ctx.member.me) {
-                self.ctx.member.declared_dropped = Some(round);
+    pub fn unmask(
+        self,
+        member: &mut Member,
+        survivors: &[String],
+        dropped: &[String],
+    ) -> Result<Vec<Reveal>, CryptoError> {
+        let round = self.tag.params.round;
+        if let Err(e) = self.check_request(member, survivors, dropped) {
+            if dropped.contains(&member.me) && self.tag.bind(member).is_ok() {
+                member.declared_dropped = Some(round);
             }
             return Err(e);
         }
-        let m = self.ctx.member;
+        let m = member;
         for v in dropped {
             m.dropped.entry(v.clone()).or_insert(round);
         }
@@ -705,5 +754,20 @@ impl RoundMasked<'_> {
             out.push(Reveal::PairSeed { of: v.clone(), seed });
         }
         Ok(out)
+    }
+    /// Test hook (feature `test-util`, never in production builds): what this node
+    /// holds for the round once masked — its share of each member of U2's `b_r`, and
+    /// its pair seed with each neighbour in U2 — as a node colluding with the server
+    /// would hand it over.
+    #[cfg(feature = "test-util")]
+    #[allow(clippy::type_complexity)] // (shares by peer, pair seeds by peer)
+    pub fn test_util_held(&self, member: &Member) -> (Vec<(String, Share)>, Vec<(String, PairSeed)>) {
+        let shares = self.held.iter().map(|(of, s)| (of.clone(), s.clone())).collect();
+        let seeds = self
+            .u2
+            .iter()
+            .filter_map(|v| Some((v.clone(), member.test_util_pair_seed(v, &self.tag.params.round)?)))
+            .collect();
+        (shares, seeds)
     }
 }

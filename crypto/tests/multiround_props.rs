@@ -143,10 +143,11 @@ fn play(a: &mut Sim, t: usize, width: WordWidth, fates: &[Fate], inputs: &[Vec<u
             continue;
         }
         let h = holders(&me, &u2);
-        match state.receive(&u2, &inbox.remove(&me).unwrap_or_default()) {
+        let member = &a.members[&me];
+        match state.receive(member, &u2, &inbox.remove(&me).unwrap_or_default()) {
             Ok(ready) => {
                 assert!(h >= t, "{me} masked with {h} holders in U2 < t = {t}");
-                let (m, y) = ready.mask(&inputs[index(&me)]).unwrap();
+                let (m, y) = ready.mask(member, &inputs[index(&me)]).unwrap();
                 agg.add_masked(&me, &y).unwrap();
                 ys.insert(me.clone(), y);
                 masked.insert(me, m);
@@ -154,7 +155,7 @@ fn play(a: &mut Sim, t: usize, width: WordWidth, fates: &[Fate], inputs: &[Vec<u
             Err(e) => assert!(h < t, "{me} refused to mask with {h} holders in U2 ≥ t = {t}: {e}"),
         }
     }
-    let unmasking = agg.close();
+    let unmasking = agg.close(&mut a.server).unwrap();
     let (survivors, dropped) = (unmasking.survivors(), unmasking.dropped());
 
     // Round 3: survivors answer; an honest answer reveals b shares of survivors and
@@ -168,7 +169,7 @@ fn play(a: &mut Sim, t: usize, width: WordWidth, fates: &[Fate], inputs: &[Vec<u
         let seeds_due = dropped.iter().any(|v| topology.adjacent(&me, v));
         let besides: Vec<String> = survivors.iter().filter(|v| !seeds_due || **v != me).cloned().collect();
         let h = holders(&me, &besides);
-        match m.unmask(&survivors, &dropped) {
+        match m.unmask(a.members.get_mut(&me).unwrap(), &survivors, &dropped) {
             Ok(reveals) => {
                 assert!(h >= t, "{me} answered with {h} holders in U3 < t = {t}");
                 for r in &reveals {
@@ -355,7 +356,7 @@ fn a_dropped_node_takes_no_further_part() {
 
     // In U2 but not in the contributors: refused at open.
     let (state, _) = m0.round(params(4), &others, &rng).unwrap();
-    let e = state.open(&all, &[]).unwrap_err().to_string();
+    let e = state.open(&a.members[&name(0)], &all, &[]).unwrap_err().to_string();
     assert!(e.contains("U2 names node-02, who is not a contributor"), "{e}");
 
     // A request that declares node-03 dropped ends node-03's part in the analysis.
@@ -371,16 +372,18 @@ fn a_dropped_node_takes_no_further_part() {
     }
     let s3 = states.remove(&name(3)).unwrap();
     drop(states);
-    let (m3, _) = s3.receive(&others, &inbox[&name(3)]).unwrap().mask(&[5]).unwrap();
+    let member3 = a.members.get_mut(&name(3)).unwrap();
+    let (m3, _) = s3.receive(member3, &others, &inbox[&name(3)]).unwrap().mask(member3, &[5]).unwrap();
     let survivors: Vec<String> = others.iter().filter(|v| *v != &name(3)).cloned().collect();
-    let e = m3.unmask(&survivors, &[name(3)]).unwrap_err().to_string();
+    let e = m3.unmask(member3, &survivors, &[name(3)]).unwrap_err().to_string();
     assert!(e.contains("says this node dropped"), "{e}");
     let e = a.members.get_mut(&name(3)).unwrap().round(params(1), &others, &rng).unwrap_err().to_string();
     assert!(e.contains("this node was declared dropped in round") && e.contains("no further part"), "{e}");
 }
 
-/// A round id is used once per analysis: a repeat (or the setup's id) would repeat the
-/// round's pair seeds and sealing keys, and is refused.
+/// A round id is used once per analysis: a repeat would repeat the round's pair seeds
+/// and sealing keys, and is refused. The setup's id may serve once, as the analysis's
+/// first round (as on the wire).
 #[test]
 fn a_round_id_is_never_reused() {
     let rng = SystemRandom::new();
@@ -392,11 +395,13 @@ fn a_round_id_is_never_reused() {
     let mut m = s0.join(keys.clone(), Topology::Complete).unwrap();
     let _ = (s1, s2);
     let all: Vec<String> = (0..3).map(name).collect();
-    let params = RoundParams { round: RoundId::random(&rng).unwrap(), t: 2, d: 1, width: WordWidth::W32 };
-    drop(m.round(params.clone(), &all, &rng).unwrap());
-    let e = m.round(params.clone(), &all, &rng).unwrap_err().to_string();
+    let first = RoundParams { round: setup, t: 2, d: 1, width: WordWidth::W32 };
+    drop(m.round(first.clone(), &all, &rng).unwrap());
+    let e = m.round(first.clone(), &all, &rng).unwrap_err().to_string();
     assert!(e.contains("already used"), "{e}");
-    let e = m.round(RoundParams { round: setup, ..params }, &all, &rng).unwrap_err().to_string();
+    let params = RoundParams { round: RoundId::random(&rng).unwrap(), ..first };
+    drop(m.round(params.clone(), &all, &rng).unwrap());
+    let e = m.round(params, &all, &rng).unwrap_err().to_string();
     assert!(e.contains("already used"), "{e}");
 }
 
@@ -648,7 +653,8 @@ fn split_view(n: usize, top: Topology, t: usize, corrupt: usize, shown_alive: us
     let mut masked = BTreeMap::new();
     let mut y_v = None;
     for (me, s) in shared {
-        let (m, y) = s.receive(&all, &inbox[&me]).unwrap().mask(&x[index(&me)]).unwrap();
+        let member = &a.members[&me];
+        let (m, y) = s.receive(member, &all, &inbox[&me]).unwrap().mask(member, &x[index(&me)]).unwrap();
         if me == v {
             y_v = Some(y);
         }
@@ -665,7 +671,7 @@ fn split_view(n: usize, top: Topology, t: usize, corrupt: usize, shown_alive: us
             (all.clone(), vec![])
         };
         // An honest node answers any request its own checks accept.
-        let Ok(reveals) = m.unmask(&request.0, &request.1) else { continue };
+        let Ok(reveals) = m.unmask(a.members.get_mut(&u).unwrap(), &request.0, &request.1) else { continue };
         for r in reveals {
             match r {
                 Reveal::SelfMask { of, share } if of == v => b_shares.push(share),

@@ -59,10 +59,10 @@ impl Analysis {
         params: RoundParams,
         contributors: &[String],
         u2: &[String],
-    ) -> Result<RoundAggregator<'_>, CryptoError> {
+    ) -> Result<RoundAggregator, CryptoError> {
         let round = params.round;
         let at = |what: String| CryptoError::Protocol(format!("round {round}: {what}"));
-        if round == self.setup || self.used.contains(&round) {
+        if self.used.contains(&round) {
             return Err(at("the round id was already used in this analysis".into()));
         }
         check_roster(contributors)?;
@@ -76,7 +76,7 @@ impl Analysis {
         }
         let inner = secagg::Aggregator::with_topology(params, keys, u2, self.topology.clone())?;
         self.used.insert(round);
-        Ok(RoundAggregator { analysis: self, inner })
+        Ok(RoundAggregator { setup: self.setup, inner })
     }
 }
 
@@ -86,8 +86,9 @@ fn position_of(keys: &[PeerKeys], name: &str) -> Option<usize> {
 
 /// Server side of a round while masked inputs arrive: holds only the running sum.
 #[derive(Debug)]
-pub struct RoundAggregator<'a> {
-    analysis: &'a mut Analysis,
+pub struct RoundAggregator {
+    /// The setup of the analysis that started this round.
+    setup: RoundId,
     inner: secagg::Aggregator,
 }
 
@@ -97,7 +98,7 @@ pub struct RoundUnmasking {
     inner: secagg::Unmasking,
 }
 
-impl RoundAggregator<'_> {
+impl RoundAggregator {
     pub fn params(&self) -> &RoundParams {
         self.inner.params()
     }
@@ -109,17 +110,23 @@ impl RoundAggregator<'_> {
         self.inner.add_masked(from, y)
     }
 
-    /// Close inputs: whoever has not sent a complete vector is dropped, and the
-    /// analysis records it (no later round takes it back).
+    /// Close inputs: whoever has not sent a complete vector is dropped, and
+    /// `analysis` (the one that started this round) records it: no later round takes
+    /// it back. Another analysis is refused.
     ///
     /// Bonawitz et al. CCS 2017, Fig. 4, Round 2 (MaskedInputCollection), server: U3.
-    pub fn close(self) -> RoundUnmasking {
-        let inner = self.inner.close();
-        let round = inner.params.round;
-        for v in inner.dropped() {
-            self.analysis.dropped.entry(v).or_insert(round);
+    pub fn close(self, analysis: &mut Analysis) -> Result<RoundUnmasking, CryptoError> {
+        let round = self.inner.params().round;
+        if analysis.setup != self.setup || !analysis.used.contains(&round) {
+            return Err(CryptoError::Protocol(format!(
+                "round {round}: closed against an analysis that did not start it"
+            )));
         }
-        RoundUnmasking { inner }
+        let inner = self.inner.close();
+        for v in inner.dropped() {
+            analysis.dropped.entry(v).or_insert(round);
+        }
+        Ok(RoundUnmasking { inner })
     }
 }
 
