@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -18,13 +18,13 @@ use fedcrm_audit::log::read_records;
 use fedcrm_coordinator::config::ReleaseRules;
 use fedcrm_coordinator::round::Hooks;
 use fedcrm_coordinator::segments::AnalysisError;
-use fedcrm_crypto::keys::RoundSecret;
+use fedcrm_crypto::multiround::{self, PairSeed};
 use fedcrm_crypto::secagg::{ClientAdvertised, PeerKeys, RoundParams, WordWidth, Words};
 use fedcrm_crypto::shamir::{self, Share};
 use fedcrm_crypto::{RoundId, SystemRandom};
 use fedcrm_node::analysis::local_vector;
 use fedcrm_node::egress::read_log;
-use fedcrm_node::session::{HeldShare, RoundTap};
+use fedcrm_node::session::{HeldSecrets, RoundTap};
 use fedcrm_protocol::wire::{AnalysisKind, RevealedShare, Sealed, SignedKeys, ViewSignature};
 
 /// Per-(node, round) records HQ collects.
@@ -33,14 +33,15 @@ type Shared<T> = Arc<Mutex<Vec<T>>>;
 /// Everything HQ's colluding nodes and coordinator saw.
 #[derive(Clone, Default)]
 struct Loot {
-    /// (HQ node, round) → the shares it holds of every node of U2.
-    held: Shared<(String, RoundId, Vec<HeldShare>)>,
+    /// (HQ node, round) → what it holds once masked: its share of each U2 member's
+    /// round self-mask seed, and its round pair seed with each neighbour in U2.
+    held: Shared<(String, RoundId, HeldSecrets)>,
     /// U1's keys per round (every node sees them).
     roster: Arc<Mutex<BTreeMap<RoundId, Vec<SignedKeys>>>>,
     /// Every masked vector the coordinator received: (node, vector).
     masked: Shared<(String, Words)>,
-    /// Every unmask answer the coordinator received: (node, shares).
-    revealed: Shared<(String, Vec<RevealedShare>)>,
+    /// Every unmask answer the coordinator received: (round, node, reveals).
+    revealed: Shared<(RoundId, String, Vec<RevealedShare>)>,
 }
 
 impl Loot {
@@ -48,8 +49,8 @@ impl Loot {
         let (m, r) = (self.masked.clone(), self.revealed.clone());
         Hooks {
             on_masked: Some(Arc::new(move |n: &str, v: &Words| m.lock().unwrap().push((n.into(), v.clone())))),
-            on_unmask_shares: Some(Arc::new(move |n: &str, s: &[RevealedShare]| {
-                r.lock().unwrap().push((n.into(), s.to_vec()))
+            on_unmask_shares: Some(Arc::new(move |round, n: &str, s: &[RevealedShare]| {
+                r.lock().unwrap().push((round, n.into(), s.to_vec()))
             })),
             ..Hooks::default()
         }
@@ -64,7 +65,7 @@ impl Loot {
     fn collude(&self, mut s: NodeSpec) -> NodeSpec {
         let (held, roster, me) = (self.held.clone(), self.roster.clone(), s.name.clone());
         s.round_tap = Some(RoundTap {
-            on_held_shares: Arc::new(move |round, shares| held.lock().unwrap().push((me.clone(), round, shares))),
+            on_held_shares: Arc::new(move |round, secrets| held.lock().unwrap().push((me.clone(), round, secrets))),
             on_roster: Some(Arc::new(move |round, keys: &[SignedKeys]| {
                 roster.lock().unwrap().insert(round, keys.to_vec());
             })),
@@ -74,54 +75,52 @@ impl Loot {
         s
     }
 
-    /// HQ's best attempt at `target`'s input in `round`: Shamir-combine every share of
-    /// its self-mask seed and of its mask key that HQ's nodes hold or that reached the
-    /// coordinator, then strip its masked vector. `Err` says what was missing.
+    /// HQ's best attempt at `target`'s input in `round` (full SecAgg): Shamir-combine
+    /// every share of its round self-mask seed that HQ's nodes hold or that reached the
+    /// coordinator, gather its round pair seed with every other node of U2 (held by a
+    /// colluding peer, or revealed to the coordinator as if the target had dropped),
+    /// then strip its masked vector. `Err` says what was missing. (Keys serve a whole
+    /// analysis and no share of one exists: there is no key to reconstruct.)
     fn strip(&self, round: RoundId, target: &str, t: usize) -> Result<Vec<u64>, String> {
         let roster = self.roster.lock().unwrap().get(&round).cloned().ok_or("HQ's nodes saw no roster")?;
         let u1: Vec<String> = roster.iter().map(|k| k.node.clone()).collect();
         let mut b: BTreeMap<u32, Share> = BTreeMap::new();
-        let mut s: BTreeMap<u32, Share> = BTreeMap::new();
-        for (_, r, shares) in self.held.lock().unwrap().iter().filter(|(_, r, _)| *r == round) {
-            let _ = r;
-            for (of, bs, ss) in shares.iter().filter(|(of, ..)| of == target) {
-                let _ = of;
-                b.insert(x_of(bs), bs.clone());
-                s.insert(x_of(ss), ss.clone());
+        let mut seeds: BTreeMap<String, PairSeed> = BTreeMap::new();
+        let mut u2: BTreeSet<String> = BTreeSet::new();
+        for (me, _, (shares, pair)) in self.held.lock().unwrap().iter().filter(|(_, r, _)| *r == round) {
+            for (of, share) in shares {
+                u2.insert(of.clone());
+                if of == target {
+                    b.insert(share.x, share.clone());
+                }
+            }
+            if let Some((_, seed)) = pair.iter().find(|(p, _)| p == target) {
+                seeds.insert(me.clone(), seed.clone());
             }
         }
-        for (node, shares) in self.revealed.lock().unwrap().iter() {
+        for (_, node, reveals) in self.revealed.lock().unwrap().iter().filter(|(r, ..)| *r == round) {
             let Ok(pos) = u1.binary_search(node) else { continue };
-            for r in shares.iter().filter(|r| r.of == target) {
-                if let Ok(share) = Share::from_parts(pos as u32 + 1, &r.y) {
-                    if r.self_mask {
-                        b.insert(pos as u32 + 1, share)
-                    } else {
-                        s.insert(pos as u32 + 1, share)
-                    };
+            for r in reveals.iter().filter(|r| r.of == target) {
+                if r.self_mask {
+                    if let Ok(share) = Share::from_parts(pos as u32 + 1, &r.y) {
+                        b.insert(share.x, share);
+                    }
+                } else if let Ok(seed) = <[u8; 32]>::try_from(r.y.as_slice()) {
+                    seeds.insert(node.clone(), PairSeed::from_bytes(seed));
                 }
             }
         }
         let b: Vec<Share> = b.into_values().collect();
-        let s: Vec<Share> = s.into_values().collect();
         let seed = shamir::combine(&b, t).map_err(|e| format!("self-mask seed: {} shares: {e}", b.len()))?;
-        let key = shamir::combine(&s, t).map_err(|e| format!("mask key: {} shares: {e}", s.len()))?;
-        let mine = roster.iter().find(|k| k.node == target).ok_or("target not in U1")?;
-        if RoundSecret::from_bytes(key).public() != mine.mask {
-            return Err("the reconstructed mask key is not the target's".into());
+        let missing: Vec<&String> = u2.iter().filter(|v| *v != target && !seeds.contains_key(*v)).collect();
+        if !missing.is_empty() {
+            return Err(format!("pair seeds: none with {missing:?}"));
         }
         let y = self.masked.lock().unwrap().iter().rev().find(|(n, _)| n == target).map(|x| x.1.clone());
         let y = y.ok_or("no masked vector of the target")?;
-        let peers: Vec<PeerKeys> =
-            roster.iter().map(|k| PeerKeys { name: k.node.clone(), enc: k.enc, mask: k.mask }).collect();
-        let x = fedcrm_crypto::secagg::test_util_strip(&round, target, &seed, key, &peers, &u1, &y)
-            .map_err(|e| e.to_string())?;
-        Ok(x)
+        let pairs: Vec<(String, PairSeed)> = seeds.into_iter().filter(|(v, _)| u2.contains(v)).collect();
+        Ok(multiround::test_util_strip(&round, target, &seed, &pairs, &y))
     }
-}
-
-fn x_of(s: &Share) -> u32 {
-    s.x
 }
 
 fn coarse() -> Vec<HistogramSpec> {
@@ -245,7 +244,7 @@ async fn a2_franchisees_made_to_look_dropped_expose_no_one() {
     let why = common::refusals_when(&cluster, "fr-target", |r| r.contains("fewer than t=6")).await;
     assert!(why.iter().any(|r| r.contains("fewer than t=6")), "{why:?}");
     // No honest franchisee revealed anything; HQ's own shares are two of six.
-    assert!(loot.revealed.lock().unwrap().iter().all(|(n, _)| n.starts_with("hq-")));
+    assert!(loot.revealed.lock().unwrap().iter().all(|(_, n, _)| n.starts_with("hq-")));
     let round = rounds(&cluster)[0];
     let attempt = loot.strip(round, "fr-target", 6);
     assert!(attempt.as_ref().is_err_and(|e| e.contains("shares")), "{attempt:?}");
@@ -407,7 +406,7 @@ async fn a6_split_views_cannot_strip_the_targets_masks() {
     // seed, two of its mask key.
     let round = rounds(&cluster)[0];
     let attempt = loot.strip(round, "fr-target", 5);
-    assert!(attempt.as_ref().is_err_and(|e| e.contains("mask key")), "{attempt:?}");
+    assert!(attempt.as_ref().is_err_and(|e| e.contains("pair seed")), "{attempt:?}");
     // The auditor sees it: fr-f1 and fr-f2 logged different views of one round.
     let dirs: Vec<std::path::PathBuf> = ["fr-f1", "fr-f2"]
         .iter()

@@ -317,7 +317,7 @@ impl Coordinator {
     /// disconnects, messages of finished rounds) are discarded first.
     pub(crate) fn runner<'a>(&'a self, events: &'a mut mpsc::UnboundedReceiver<SessionEvent>) -> Runner<'a> {
         while events.try_recv().is_ok() {}
-        Runner { coordinator: self, events, settings: self.config.rounds }
+        Runner { coordinator: self, events, settings: self.config.rounds, keyed: None }
     }
 }
 

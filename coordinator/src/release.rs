@@ -13,7 +13,7 @@ use fedcrm_analysis::rfm::{Cuts, Segment};
 
 use fedcrm_audit::{Event, Member};
 use fedcrm_crypto::CryptoError;
-use fedcrm_crypto::secagg::{Revealed, Unmasking};
+use fedcrm_crypto::multiround::{Reveal, RoundUnmasking};
 
 use crate::audit::{SharedLog, record};
 use crate::config::ReleaseRules;
@@ -49,9 +49,9 @@ use crate::round::RoundOutput;
 ///
 /// ```compile_fail
 /// use fedcrm_coordinator::release::UnreleasedSum;
-/// use fedcrm_crypto::secagg::Unmasking;
+/// use fedcrm_crypto::multiround::RoundUnmasking;
 ///
-/// fn forge(unmasking: Unmasking) -> UnreleasedSum {
+/// fn forge(unmasking: RoundUnmasking) -> UnreleasedSum {
 ///     UnreleasedSum::unmask(unmasking, &[]).unwrap()
 /// }
 /// ```
@@ -63,7 +63,7 @@ impl UnreleasedSum {
     /// Remove the masks: the only way to make an `UnreleasedSum`.
     ///
     /// Bonawitz et al. CCS 2017, Fig. 4, Round 4 (Unmasking), server: z = Σ_{u∈U3} x_u.
-    pub(crate) fn unmask(unmasking: Unmasking, responses: &[(String, Vec<Revealed>)]) -> Result<Self, CryptoError> {
+    pub(crate) fn unmask(unmasking: RoundUnmasking, responses: &[(String, Vec<Reveal>)]) -> Result<Self, CryptoError> {
         Ok(Self { words: unmasking.finish(responses)? })
     }
 }

@@ -25,9 +25,8 @@ use fedcrm_analysis::rules::Invitee;
 use fedcrm_analysis::width::pick_width;
 use fedcrm_audit::{Event, Member};
 use fedcrm_crypto::graph::{self, Graph, GraphSeed};
-use fedcrm_crypto::secagg::{
-    self, Aggregator, PeerKeys, Phase, Revealed, RoundParams, Topology, Unmasking, WordWidth, Words,
-};
+use fedcrm_crypto::multiround::{self, PairSeed, Reveal, RoundUnmasking};
+use fedcrm_crypto::secagg::{self, PeerKeys, Phase, RoundParams, Topology, WordWidth, Words};
 use fedcrm_crypto::shamir::Share;
 use fedcrm_crypto::{RoundId, SystemRandom};
 use fedcrm_pki::{self as pki, OrgKind};
@@ -129,6 +128,24 @@ pub(crate) struct Runner<'a> {
     pub coordinator: &'a crate::Coordinator,
     pub events: &'a mut mpsc::UnboundedReceiver<SessionEvent>,
     pub settings: RoundSettings,
+    /// The keys of the analysis this runner runs, from its first round.
+    pub keyed: Option<Keyed>,
+}
+
+/// An analysis's keys, set up in its first round (keys once per analysis,
+/// `fedcrm_crypto::multiround`): later rounds of the analysis skip AdvertiseKeys and the
+/// key roster, and reuse the setup's graph and view-signature quorum.
+pub(crate) struct Keyed {
+    analysis: String,
+    setup: RoundId,
+    t: usize,
+    degree: usize,
+    /// The setup's U1, with certificates, sorted.
+    u1: Vec<SignedKeys>,
+    graph: Option<(Graph, GraphSeed)>,
+    quorum: usize,
+    /// Every round id used and every node declared dropped in the analysis.
+    state: multiround::Analysis,
 }
 
 /// Who is still in the round, and why the others left.
@@ -170,6 +187,9 @@ struct Round<'r, 'a> {
     max_per_node: u64,
     /// SecAgg+: the graph's degree k (`t` is then per neighbourhood); 0: full SecAgg.
     degree: usize,
+    /// A later round of an analysis: the round that set up its keys (in the runner's
+    /// `keyed`). `None`: this round sets them up.
+    setup: Option<RoundId>,
     /// The signed roster payload (the graph seed hashes it).
     roster_payload: Vec<u8>,
     /// SecAgg+: the round's graph over U1 and its seed, once the nonces are revealed.
@@ -208,6 +228,28 @@ impl Runner<'_> {
         degree: usize,
     ) -> Result<RoundOutput, RoundError> {
         let mut invited = invited.to_vec();
+        // Keys once per analysis: a later round of the analysis whose keys this runner
+        // holds reuses them; any other round sets up afresh.
+        self.keyed.take_if(|k| k.analysis != analysis.analysis_id);
+        if let Some(k) = &self.keyed {
+            let roster: BTreeSet<&str> = k.u1.iter().map(|x| x.node.as_str()).collect();
+            let dropped: BTreeSet<String> = k.state.dropped().into_iter().map(|(n, _)| n).collect();
+            let stranger = invited.iter().find(|p| !roster.contains(p.name.as_str()) || dropped.contains(&p.name));
+            if let Some(p) = stranger {
+                return Err(RoundError::Unplannable(format!(
+                    "{} was not in the first round of analysis {}, or was declared dropped in it: a later round \
+                     takes only the analysis's remaining contributors",
+                    p.name, analysis.analysis_id
+                )));
+            }
+            if (k.t, k.degree) != (t, degree) {
+                return Err(RoundError::Unplannable(format!(
+                    "a later round of analysis {} must keep its setup's threshold and degree (t = {}, k = {})",
+                    analysis.analysis_id, k.t, k.degree
+                )));
+            }
+            return self.run_once(analysis, &invited, t, degree, 0).await;
+        }
         let mut left: BTreeMap<String, Exit> = BTreeMap::new();
         let mut restarts = 0;
         #[cfg(not(feature = "test-util"))]
@@ -263,6 +305,7 @@ impl Runner<'_> {
             .map_err(|e| RoundError::Unplannable(format!("{e} ([rounds] max_customers_per_node = {max_per_node})")))?;
         let by_name = invited.iter().map(|p| (p.name.clone(), p.clone())).collect();
         let chunk = self.settings.chunk_elements.max(1) as usize;
+        let setup = self.keyed.as_ref().map(|k| k.setup);
         let running = self.coordinator.registry.round_started(id, chunk, invited);
         let mut round = Round {
             runner: self,
@@ -272,6 +315,7 @@ impl Runner<'_> {
             width,
             max_per_node,
             degree,
+            setup,
             roster_payload: Vec::new(),
             graph: None,
             quorum: 0,
@@ -296,9 +340,16 @@ impl Runner<'_> {
 impl Round<'_, '_> {
     async fn run(&mut self, analysis: &Analysis) -> Result<RoundOutput, RoundError> {
         self.start(analysis).await?;
-        let (u1, commitments) = self.advertise_keys().await?;
-        let nonces = if self.degree > 0 { self.draw_graph(&u1, &commitments).await? } else { Vec::new() };
-        self.key_roster(&u1, &nonces).await?;
+        let u1 = match self.setup {
+            None => self.set_up(analysis).await?,
+            Some(_) => {
+                // Unwrap safety: `run_once` takes `setup` from the runner's keys.
+                let k = self.runner.keyed.as_ref().expect("the analysis's keys");
+                self.graph = k.graph.clone();
+                self.quorum = k.quorum;
+                k.u1.iter().filter(|x| self.by_name.contains_key(&x.node)).cloned().collect()
+            }
+        };
         let sealed = self.share_keys(&u1).await?;
         let u2 = self.share_reports(&sealed).await?;
         // The nodes record the sum over U2 before they mask; so does the planner.
@@ -322,6 +373,32 @@ impl Round<'_, '_> {
             exits: std::mem::take(&mut self.members.exits),
             sum,
         })
+    }
+
+    /// The first round of an analysis: keys (and in SecAgg+ the graph) for all its
+    /// rounds. Returns U1's keys.
+    ///
+    /// Bonawitz et al. CCS 2017, Fig. 4, Round 0 (AdvertiseKeys), server — once per analysis
+    /// (`fedcrm_crypto::multiround`).
+    async fn set_up(&mut self, analysis: &Analysis) -> Result<Vec<SignedKeys>, RoundError> {
+        let (u1, commitments) = self.advertise_keys().await?;
+        let nonces = if self.degree > 0 { self.draw_graph(&u1, &commitments).await? } else { Vec::new() };
+        self.key_roster(&u1, &nonces).await?;
+        let keys: Vec<PeerKeys> =
+            u1.iter().map(|k| PeerKeys { name: k.node.clone(), enc: k.enc, mask: k.mask }).collect();
+        let state = multiround::Analysis::new(self.id, keys, self.topology())
+            .map_err(|e| RoundError::Failed { round: self.id, why: e.to_string() })?;
+        self.runner.keyed = Some(Keyed {
+            analysis: analysis.analysis_id.clone(),
+            setup: self.id,
+            t: self.t,
+            degree: self.degree,
+            u1: u1.clone(),
+            graph: self.graph.clone(),
+            quorum: self.quorum,
+            state,
+        });
+        Ok(u1)
     }
 
     /// Record (and remember for planning) that the nodes' inputs may be in a sum over
@@ -358,6 +435,7 @@ impl Round<'_, '_> {
             width,
             max_per_node,
             degree: self.degree,
+            setup: self.setup,
             analysis: analysis.clone(),
             invited: invitees.clone(),
             chunk_elements: self.runner.settings.chunk_elements.max(1) as usize,
@@ -752,17 +830,18 @@ impl Round<'_, '_> {
     /// Assemble and add each masked vector; close inputs.
     ///
     /// Bonawitz et al. CCS 2017, Fig. 4, Round 2 (MaskedInputCollection), server: collect y_u (U3), send U3.
-    async fn masked_input(&mut self, u1: &[SignedKeys], u2: &[String]) -> Result<Unmasking, RoundError> {
+    async fn masked_input(&mut self, u1: &[SignedKeys], u2: &[String]) -> Result<RoundUnmasking, RoundError> {
         self.phase = Phase::MaskedInputCollection;
         let round = self.id;
         let d = self.d;
         let chunk = self.runner.settings.chunk_elements.max(1) as usize;
-        let peer_keys: Vec<PeerKeys> =
-            u1.iter().map(|k| PeerKeys { name: k.node.clone(), enc: k.enc, mask: k.mask }).collect();
+        let contributors: Vec<String> = u1.iter().map(|k| k.node.clone()).collect();
         let width = self.width;
         let params = RoundParams { round, t: self.t, d, width };
-        let mut agg = Aggregator::with_topology(params, peer_keys, u2, self.topology())
-            .map_err(|e| RoundError::Failed { round, why: e.to_string() })?;
+        let failed = |e: fedcrm_crypto::CryptoError| RoundError::Failed { round, why: e.to_string() };
+        // Unwrap safety: `run` sets the analysis's keys before any round reaches its masked input.
+        let keyed = self.runner.keyed.as_mut().expect("the analysis's keys");
+        let mut agg = keyed.state.round(params, &contributors, u2).map_err(failed)?;
         let chunks = d.div_ceil(chunk) as u32;
         let mut assembling: BTreeMap<String, Assembly> = BTreeMap::new();
         let mut complete: BTreeSet<String> = BTreeSet::new();
@@ -831,7 +910,9 @@ impl Round<'_, '_> {
         }
         drop(assembling);
         self.members.expire(&complete, Phase::MaskedInputCollection);
-        let unmasking = agg.close();
+        // Unwrap safety: as above; nothing in between takes the keys.
+        let unmasking =
+            agg.close(&mut self.runner.keyed.as_mut().expect("the analysis's keys").state).map_err(failed)?;
         self.members.live = unmasking.survivors().into_iter().collect();
         self.ensure(Phase::MaskedInputCollection)?;
         tracing::info!(%round, survivors = self.members.live.len(), dropped = ?unmasking.dropped(), "inputs closed");
@@ -894,7 +975,7 @@ impl Round<'_, '_> {
     /// Bonawitz et al. CCS 2017, Fig. 4, Round 4 (Unmasking), server: collect the shares (U5), reconstruct, compute z.
     async fn unmasking(
         &mut self,
-        unmasking: Unmasking,
+        unmasking: RoundUnmasking,
         u1: &[SignedKeys],
         u2: &[String],
         u3: &[String],
@@ -936,7 +1017,7 @@ impl Round<'_, '_> {
                 self.members.leave(&n, Exit::Disconnected);
             }
         }
-        let mut responses: BTreeMap<String, Vec<Revealed>> = BTreeMap::new();
+        let mut responses: BTreeMap<String, Vec<Reveal>> = BTreeMap::new();
         let deadline = self.deadline();
         let u1_sorted: Vec<String> = u1.iter().map(|k| k.node.clone()).collect();
         while self.members.live.iter().any(|n| !responses.contains_key(n)) {
@@ -945,7 +1026,7 @@ impl Round<'_, '_> {
                 FromNode::UnmaskShares { shares, .. } if !responses.contains_key(&node) => {
                     #[cfg(feature = "test-util")]
                     if let Some(h) = &self.runner.coordinator.hooks().on_unmask_shares {
-                        h(&node, &shares);
+                        h(self.id, &node, &shares);
                     }
                     // Full SecAgg: every node holds a share of every node, itself included;
                     // SecAgg+: of its neighbours only.
@@ -959,14 +1040,19 @@ impl Round<'_, '_> {
                     }
                     // Unwrap safety: live ⊆ U1.
                     let x = u1_sorted.binary_search(&node).unwrap() as u32 + 1;
-                    let parsed: Result<Vec<Revealed>, String> = shares
+                    // A share of a survivor's round self-mask seed, or the round pair seed
+                    // with a dropped neighbour (32 bytes): never a share of a key.
+                    let parsed: Result<Vec<Reveal>, String> = shares
                         .into_iter()
                         .map(|s| {
-                            let share = Share::from_parts(x, &s.y).map_err(|e| e.to_string())?;
                             Ok(if s.self_mask {
-                                Revealed::SelfMask { of: s.of, share }
+                                let share = Share::from_parts(x, &s.y).map_err(|e| e.to_string())?;
+                                Reveal::SelfMask { of: s.of, share }
                             } else {
-                                Revealed::MaskKey { of: s.of, share }
+                                let seed: [u8; 32] = s.y.as_slice().try_into().map_err(|_| {
+                                    format!("revealed a pair seed with {} of {} bytes, not 32", s.of, s.y.len())
+                                })?;
+                                Reveal::PairSeed { of: s.of, seed: PairSeed::from_bytes(seed) }
                             })
                         })
                         .collect();
@@ -984,7 +1070,7 @@ impl Round<'_, '_> {
                 other => self.unexpected(&node, &other).await,
             }
         }
-        let responses: Vec<(String, Vec<Revealed>)> = responses.into_iter().collect();
+        let responses: Vec<(String, Vec<Reveal>)> = responses.into_iter().collect();
         if responses.len() < self.t {
             return Err(RoundError::TooFew {
                 round: self.id,
@@ -1167,9 +1253,10 @@ fn share_reported(round: RoundId, receiver: &str, u: &UnopenedShare, outcome: &s
 
 /// An unmask answer must name every node of U2 whose shares the node holds (`held`:
 /// all of U2 in full SecAgg, its neighbours in U2 in SecAgg+) exactly once, with the
-/// self-mask share for survivors and the mask-key share for dropped nodes.
+/// self-mask share for survivors and the round pair seed for dropped neighbours.
 ///
-/// Bonawitz et al. CCS 2017, Fig. 4, Round 4 (Unmasking), server: b_v,u for v ∈ U3, s_v,u^SK for v ∈ U2∖U3.
+/// Bonawitz et al. CCS 2017, Fig. 4, Round 4 (Unmasking), server: b_v,u for v ∈ U3, and for v ∈ U2∖U3 the
+/// round pair seed s_u,v,r in place of s_v,u^SK (`fedcrm_crypto::multiround`).
 fn unmask_ok(shares: &[RevealedShare], held: &[String], survivors: &[String]) -> bool {
     let named: BTreeSet<&str> = shares.iter().map(|s| s.of.as_str()).collect();
     named.len() == shares.len()

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use fedcrm_crypto::multiround::{Analysis, Member, Setup};
+use fedcrm_crypto::multiround::{Analysis, Member, Setup, ViewCheck};
 use fedcrm_crypto::secagg::{self, Aggregator, ClientAdvertised, PeerKeys, RoundParams, Topology, WordWidth};
 use fedcrm_crypto::{RoundId, SystemRandom};
 
@@ -73,8 +73,9 @@ fn multiround_round(
     }
     let unmasking = agg.close(analysis).unwrap();
     let (survivors, dropped) = (unmasking.survivors(), unmasking.dropped());
-    let responses =
-        answer(&mut client, masked, |me, m| m.unmask(members.get_mut(me).unwrap(), &survivors, &dropped).unwrap());
+    let responses = answer(&mut client, masked, |me, m| {
+        m.unmask(members.get_mut(me).unwrap(), &survivors, &dropped, ViewCheck::Confirmed).unwrap()
+    });
     timed(&mut server, || unmasking.finish_words(&responses).unwrap());
     (client, server)
 }

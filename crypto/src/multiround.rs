@@ -63,6 +63,20 @@
 //! itself among its holders, full SecAgg would fall one holder short of SecAgg's
 //! bound.) The consistency check (the caller's) is what shows every honest node one view.
 //!
+//! In full SecAgg that rule costs a dropout: with t = n − 1, one dropped node leaves
+//! each survivor t − 1 holders besides itself. So v also answers when the holders its
+//! view drops are too few to matter: the honest holders that can give the server a
+//! share of `b_v,r` are exactly those shown "v survived", and v revealed pair seeds
+//! with them only if its own view drops them; with at most `corrupt` corrupt holders
+//! (the caller's bound: HQ's nodes and its assumed colluders), `dropped + corrupt + 1
+//! < t` shares (its own included) cannot rebuild `b_v,r`, whatever the views.
+//!
+//! Both guards are for a view nobody confirmed. On the wire a node answers only a view
+//! signed by more than (|U2| + H + C)/2 members of U3 (t in full SecAgg, the quorum in
+//! SecAgg+): two views cannot both be signed that often while honest nodes sign one
+//! each, so all honest answers are to one view and there is no split to exploit
+//! ([`ViewCheck::Confirmed`]); a dropout then costs what it costs in SecAgg.
+//!
 //! **Liveness cost.** A dropped node's masks come out only with the pair seed of
 //! *every* surviving neighbour, so one surviving neighbour that does not answer blocks
 //! the round's release ([`RoundUnmasking::finish_words`] says which), where Bonawitz et
@@ -126,6 +140,24 @@ impl PairSeed {
     fn mask_seed(&self) -> MaskSeed {
         MaskSeed::from_bytes(self.0)
     }
+}
+
+/// What a node knows of the view (U2, U3) an unmask request carries, when it decides
+/// whether to answer ([`RoundMasked::check_request`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ViewCheck {
+    /// The caller holds valid signatures on this view from more than (|U2| + K)/2
+    /// members of U3, K bounding the corrupt ones (t in full SecAgg under the threshold
+    /// rule 2t > n + H + C; SecAgg+'s quorum q): honest nodes sign one view each, so no
+    /// other view can be signed that often, and every honest node that answers saw this
+    /// one. No split view exists to guard against.
+    Confirmed,
+    /// Not confirmed: at most `corrupt` holders of this node's shares side with the
+    /// server. A request that reveals pair seeds must then leave t holders of this
+    /// node's shares besides itself in U3 — or, in full SecAgg, drop so few holders
+    /// that with every corrupt one and its own share they cannot make t (module doc,
+    /// "split view").
+    Unconfirmed { corrupt: usize },
 }
 
 /// One reveal during unmasking. There is no variant for a share of a mask secret:
@@ -231,10 +263,29 @@ impl Setup {
     /// Bonawitz et al. CCS 2017, Fig. 4, Rounds 1 and 2, user: KA.agree(c_u^SK, c_v^PK) and
     /// KA.agree(s_u^SK, s_v^PK), for each neighbour v — once per analysis.
     pub fn join(self, u1: Vec<PeerKeys>, topology: Topology) -> Result<Member, CryptoError> {
-        let setup = self.setup;
         let roster: Vec<String> = u1.iter().map(|p| p.name.clone()).collect();
+        self.join_among(roster, u1, topology)
+    }
+
+    /// [`Setup::join`] when this node holds only some of the roster's keys (SecAgg+ on
+    /// the wire: its own and its neighbours'): `roster` is the analysis's whole U1,
+    /// sorted; `keys` (sorted by name) are from it, with this node's own unaltered and
+    /// every neighbour's.
+    pub fn join_among(
+        self,
+        roster: Vec<String>,
+        keys: Vec<PeerKeys>,
+        topology: Topology,
+    ) -> Result<Member, CryptoError> {
+        let setup = self.setup;
         check_roster(&roster)?;
-        let mine = position(&roster, &self.me)
+        let names: Vec<String> = keys.iter().map(|p| p.name.clone()).collect();
+        check_roster(&names)?;
+        if let Some(v) = names.iter().find(|v| position(&roster, v).is_none()) {
+            return Err(CryptoError::Protocol(format!("setup {setup}: keys of {v}, who is not in the roster")));
+        }
+        let u1 = keys;
+        let mine = position(&names, &self.me)
             .map(|i| &u1[i])
             .ok_or_else(|| CryptoError::Protocol(format!("setup {setup}: this node is not in the roster")))?;
         if mine.enc != self.enc.public() || mine.mask != self.mask.public() {
@@ -244,9 +295,9 @@ impl Setup {
         }
         if let Topology::Graph(g) = &topology {
             let near = g.0.get(&self.me).into_iter().flatten();
-            if let Some(v) = near.into_iter().find(|v| position(&roster, v).is_none()) {
+            if let Some(v) = near.into_iter().find(|v| position(&names, v).is_none()) {
                 return Err(CryptoError::Protocol(format!(
-                    "setup {setup}: the graph makes {v} a neighbour of this node, but {v} is not in the roster"
+                    "setup {setup}: the graph makes {v} a neighbour of this node, but the roster has no keys of {v}"
                 )));
             }
         }
@@ -683,7 +734,16 @@ impl RoundMasked {
     /// seed.
     ///
     /// Bonawitz et al. CCS 2017, Fig. 4, Round 3 (ConsistencyCheck), user: assert U3 ⊆ U2, |U3| ≥ t.
-    pub fn check_request(&self, member: &Member, survivors: &[String], dropped: &[String]) -> Result<(), CryptoError> {
+    ///
+    /// `view` says what the caller knows of the request's view ([`ViewCheck`]): the
+    /// guard against a split view (module doc) applies only to one not confirmed.
+    pub fn check_request(
+        &self,
+        member: &Member,
+        survivors: &[String],
+        dropped: &[String],
+        view: ViewCheck,
+    ) -> Result<(), CryptoError> {
         let ctx = self.tag.bind(member)?;
         let at = |what: &str| ctx.at(&format!("the unmask request {what}; refusing"));
         let s: BTreeSet<String> = survivors.iter().cloned().collect();
@@ -703,12 +763,15 @@ impl RoundMasked {
         // SecAgg gives it a share of its own): otherwise a split view would need one
         // honest holder fewer than SecAgg's (module doc, "split view").
         let (m, t) = (member, ctx.params.t);
+        let ViewCheck::Unconfirmed { corrupt } = view else { return Ok(()) };
         if m.topology.holds(&m.me, &m.me) && dropped.iter().any(|v| m.topology.adjacent(&m.me, v)) {
             let others = m.topology.holders(&m.me, s.iter().filter(|v| **v != m.me)).len();
-            if others < t {
+            let gone = m.topology.holders(&m.me, dropped.iter()).len();
+            if others < t && gone + corrupt + 1 >= t {
                 return Err(at(&format!(
                     "asks for pair seeds but leaves {others} holders of this node's shares besides itself in U3, \
-                     fewer than t={t}"
+                     fewer than t={t}, and drops {gone}, which with {corrupt} that may be corrupt and its own share \
+                     could make t"
                 )));
             }
         }
@@ -729,9 +792,10 @@ impl RoundMasked {
         member: &mut Member,
         survivors: &[String],
         dropped: &[String],
+        view: ViewCheck,
     ) -> Result<Vec<Reveal>, CryptoError> {
         let round = self.tag.params.round;
-        if let Err(e) = self.check_request(member, survivors, dropped) {
+        if let Err(e) = self.check_request(member, survivors, dropped, view) {
             if dropped.contains(&member.me) && self.tag.bind(member).is_ok() {
                 member.declared_dropped = Some(round);
             }

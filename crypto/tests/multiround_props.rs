@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use fedcrm_crypto::graph::{self, Graph};
-use fedcrm_crypto::multiround::{self, Analysis, Member, PairSeed, Reveal, RoundUnmasking, Setup};
+use fedcrm_crypto::multiround::{self, Analysis, Member, PairSeed, Reveal, RoundUnmasking, Setup, ViewCheck};
 use fedcrm_crypto::secagg::{PeerKeys, RoundParams, Topology};
 use fedcrm_crypto::shamir;
 use fedcrm_crypto::word::{WordWidth, Words};
@@ -37,6 +37,9 @@ struct Sim {
     members: BTreeMap<String, Member>,
     server: Analysis,
     topology: Topology,
+    /// The corrupt holders every member assumes when it answers an unmask request;
+    /// `None`: t (so the full-SecAgg fallback of `check_request` never applies).
+    corrupt: Option<usize>,
 }
 
 impl Sim {
@@ -56,7 +59,7 @@ fn analysis(n: usize, topology: Topology) -> Sim {
         .enumerate()
         .map(|(i, s)| (name(i), s.join(keys.clone(), topology.clone()).unwrap()))
         .collect();
-    Sim { members, server: Analysis::new(setup, keys, topology.clone()).unwrap(), topology }
+    Sim { members, server: Analysis::new(setup, keys, topology.clone()).unwrap(), topology, corrupt: None }
 }
 
 /// SecAgg+'s random Harary graph H(n, k) over node-00.. ([`Graph::harary`]).
@@ -169,9 +172,15 @@ fn play(a: &mut Sim, t: usize, width: WordWidth, fates: &[Fate], inputs: &[Vec<u
         let seeds_due = dropped.iter().any(|v| topology.adjacent(&me, v));
         let besides: Vec<String> = survivors.iter().filter(|v| !seeds_due || **v != me).cloned().collect();
         let h = holders(&me, &besides);
-        match m.unmask(a.members.get_mut(&me).unwrap(), &survivors, &dropped) {
+        // Full SecAgg: fewer than t besides itself is answered when the dropped holders,
+        // the corrupt ones and its own share cannot make t.
+        let corrupt = a.corrupt.unwrap_or(t);
+        let gone = dropped.iter().filter(|v| topology.holds(v, &me)).count();
+        let fallback =
+            topology.holds(&me, &me) && gone + corrupt + 1 < t && holders(&me, &survivors) >= t && h + 1 >= t;
+        match m.unmask(a.members.get_mut(&me).unwrap(), &survivors, &dropped, ViewCheck::Unconfirmed { corrupt }) {
             Ok(reveals) => {
-                assert!(h >= t, "{me} answered with {h} holders in U3 < t = {t}");
+                assert!(h >= t || fallback, "{me} answered with {h} holders in U3 < t = {t}");
                 for r in &reveals {
                     match r {
                         Reveal::SelfMask { of, .. } => {
@@ -186,7 +195,7 @@ fn play(a: &mut Sim, t: usize, width: WordWidth, fates: &[Fate], inputs: &[Vec<u
                 assert_eq!(seeds, dropped.iter().filter(|v| topology.adjacent(&me, v)).count());
                 responses.push((me, reveals));
             }
-            Err(e) => assert!(h < t, "{me} refused to unmask with {h} holders in U3 ≥ t = {t}: {e}"),
+            Err(e) => assert!(h < t && !fallback, "{me} refused to unmask with {h} holders in U3 ≥ t = {t}: {e}"),
         }
     }
     Some(Played { params, unmasking, responses, ys })
@@ -324,6 +333,26 @@ fn rounds_with_dropouts_release_the_survivors_sums() {
     }
 }
 
+/// In full SecAgg with t = n − 1, one dropout leaves each survivor t − 1 holders
+/// besides itself. It still answers when the dropped holders, the corrupt ones it
+/// assumes and its own share cannot make t — so one dropout costs no more than in
+/// SecAgg — and the round releases the survivors' exact sum; assuming one more corrupt
+/// holder, each survivor refuses and nothing is released.
+#[test]
+fn one_dropout_in_full_secagg_is_answered_when_the_dropped_cannot_make_t() {
+    use Fate::*;
+    let (n, t) = (5, 4);
+    let mut fates = vec![Complete; n];
+    fates[2] = DropAfterShare;
+    let x = inputs(n, 4, 0, 3, WordWidth::W32);
+    let mut a = analysis(n, Topology::Complete);
+    a.corrupt = Some(1);
+    assert!(round(&mut a, t, WordWidth::W32, &fates, &x), "1 dropped + 1 corrupt + own share < t = 4");
+    let mut a = analysis(n, Topology::Complete);
+    a.corrupt = Some(2);
+    assert!(!round(&mut a, t, WordWidth::W32, &fates, &x), "1 dropped + 2 corrupt + own share = t");
+}
+
 /// A node declared dropped in round r is refused in a later round by every member and
 /// by the server's ledger, however the caller tries to bring it back: in the
 /// contributors, in U2, or by the node itself once told that it dropped.
@@ -375,7 +404,7 @@ fn a_dropped_node_takes_no_further_part() {
     let member3 = a.members.get_mut(&name(3)).unwrap();
     let (m3, _) = s3.receive(member3, &others, &inbox[&name(3)]).unwrap().mask(member3, &[5]).unwrap();
     let survivors: Vec<String> = others.iter().filter(|v| *v != &name(3)).cloned().collect();
-    let e = m3.unmask(member3, &survivors, &[name(3)]).unwrap_err().to_string();
+    let e = m3.unmask(member3, &survivors, &[name(3)], ViewCheck::Confirmed).unwrap_err().to_string();
     assert!(e.contains("says this node dropped"), "{e}");
     let e = a.members.get_mut(&name(3)).unwrap().round(params(1), &others, &rng).unwrap_err().to_string();
     assert!(e.contains("this node was declared dropped in round") && e.contains("no further part"), "{e}");
@@ -424,7 +453,7 @@ fn setup_checks_the_roster() {
         (0..4).map(|i| (name(i), [name((i + 1) % 4), name((i + 3) % 4)].into())).collect();
     let top = Topology::graph(&four, ring).unwrap();
     let e = s0.join(vec![k0, k1, k2], top).unwrap_err().to_string();
-    assert!(e.contains("node-03 a neighbour of this node, but node-03 is not in the roster"), "{e}");
+    assert!(e.contains("node-03 a neighbour of this node, but the roster has no keys of node-03"), "{e}");
 }
 
 /// No reveal is, or can be, a share of a mask secret: the only kinds are a share of a
@@ -671,7 +700,11 @@ fn split_view(n: usize, top: Topology, t: usize, corrupt: usize, shown_alive: us
             (all.clone(), vec![])
         };
         // An honest node answers any request its own checks accept.
-        let Ok(reveals) = m.unmask(a.members.get_mut(&u).unwrap(), &request.0, &request.1) else { continue };
+        let Ok(reveals) =
+            m.unmask(a.members.get_mut(&u).unwrap(), &request.0, &request.1, ViewCheck::Unconfirmed { corrupt })
+        else {
+            continue;
+        };
         for r in reveals {
             match r {
                 Reveal::SelfMask { of, share } if of == v => b_shares.push(share),

@@ -76,6 +76,7 @@ mod tests {
             width,
             max_per_node,
             degree: 0,
+            setup: None,
             analysis: Analysis {
                 reference_date: parse_date("1997-09-30").unwrap(),
                 purpose: "p".into(),

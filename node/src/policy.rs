@@ -301,6 +301,7 @@ mod tests {
             width: fedcrm_crypto::word::WordWidth::W32,
             max_per_node: 1 << 22,
             degree: 0,
+            setup: None,
             analysis: Analysis {
                 reference_date: parse_date("2026-10-31").unwrap(),
                 purpose: "p".into(),

@@ -14,8 +14,8 @@ pub type MaskedObserver = Arc<dyn Fn(&str, &Words) + Send + Sync>;
 pub type UnmaskTamper = Arc<dyn Fn(&mut Vec<String>, &mut Vec<String>) + Send + Sync>;
 /// Editor of the view shown to one node in the consistency check (node, survivors, dropped).
 pub type ViewTamper = Arc<dyn Fn(&str, &mut Vec<String>, &mut Vec<String>) + Send + Sync>;
-/// Observer of every unmask answer as received, before validation (node, shares).
-pub type SharesObserver = Arc<dyn Fn(&str, &[RevealedShare]) + Send + Sync>;
+/// Observer of every unmask answer as received, before validation (round, node, shares).
+pub type SharesObserver = Arc<dyn Fn(RoundId, &str, &[RevealedShare]) + Send + Sync>;
 /// Editor of a sealed share as relayed (sender, receiver, ciphertext).
 pub type ShareTamper = Arc<dyn Fn(&str, &str, &mut Vec<u8>) + Send + Sync>;
 /// Editor of the final U2 sent before masking.

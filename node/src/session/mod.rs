@@ -41,7 +41,7 @@ use crate::policy::Policy;
 pub use faults::{DropAt, FalseReport, Faults};
 pub use round::MAX_ABANDONED_GRAPHS;
 #[cfg(feature = "test-util")]
-pub use round::{HeldShare, HeldSharesTap, RoundTap};
+pub use round::{HeldSecrets, HeldSharesTap, RoundTap};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {

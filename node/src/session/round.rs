@@ -30,9 +30,8 @@ use fedcrm_analysis::rfm::CustomerRfm;
 use fedcrm_analysis::rules::{self, Invitee, Stage, Unmasked};
 use fedcrm_audit::{Event, Member};
 use fedcrm_crypto::graph::{self, Graph, GraphSeed};
-use fedcrm_crypto::secagg::{
-    self, ClientAdvertised, ClientMasked, ClientOpened, ClientShared, PeerKeys, Phase, RoundParams,
-};
+use fedcrm_crypto::multiround::{self, Reveal, RoundMasked, RoundOpened, RoundShared, Setup, ViewCheck};
+use fedcrm_crypto::secagg::{self, PeerKeys, Phase, RoundParams};
 use fedcrm_crypto::{RoundId, SecureRandom, SystemRandom};
 use fedcrm_pki::{self as pki, Usage};
 use fedcrm_protocol::wire::{
@@ -54,9 +53,10 @@ use crate::features;
 
 /// Test hook (feature `test-util`, never in production builds): a node that
 /// colludes with HQ, as the threat model assumes HQ's own channels may.
-/// Shares a node holds of one peer: (peer, share of its self-mask seed, share of its mask key).
+/// What it holds of one round once masked: its share of each member of U2's round
+/// self-mask seed, and its round pair seed with each neighbour in U2.
 #[cfg(feature = "test-util")]
-pub type HeldShare = (String, fedcrm_crypto::shamir::Share, fedcrm_crypto::shamir::Share);
+pub type HeldSecrets = (Vec<(String, fedcrm_crypto::shamir::Share)>, Vec<(String, multiround::PairSeed)>);
 
 /// Sees U1's verified keys, per round.
 #[cfg(feature = "test-util")]
@@ -64,12 +64,12 @@ pub type RosterTap = Arc<dyn Fn(RoundId, &[SignedKeys]) + Send + Sync>;
 
 /// Sees the shares a colluding node holds, per round.
 #[cfg(feature = "test-util")]
-pub type HeldSharesTap = Arc<dyn Fn(RoundId, Vec<HeldShare>) + Send + Sync>;
+pub type HeldSharesTap = Arc<dyn Fn(RoundId, HeldSecrets) + Send + Sync>;
 
 #[cfg(feature = "test-util")]
 #[derive(Clone)]
 pub struct RoundTap {
-    /// Called with the shares this node holds of every node of U2, once it holds them.
+    /// Called with what this node holds of the round once masked ([`HeldSecrets`]).
     pub on_held_shares: HeldSharesTap,
     /// Called with U1's verified keys (what every node of the round sees).
     pub on_roster: Option<RosterTap>,
@@ -87,21 +87,25 @@ impl std::fmt::Debug for RoundTap {
 }
 
 /// This node's state in a round, by the phase it has completed.
+///
+/// The first round of an analysis sets up its keys (Round 0, and in SecAgg+ the graph)
+/// and is also its first pass; a later round starts at Round 1 with the keys of the
+/// first (`fedcrm_crypto::multiround`, kept in [`Keyed`]).
 enum State {
     /// Round 0 (AdvertiseKeys) done: keys advertised, waiting for U1 (SecAgg+: for the
     /// signed roster of nonce commitments).
-    AdvertiseKeys(ClientAdvertised),
+    AdvertiseKeys(Setup),
     /// SecAgg+: the commitments checked and this node's nonce revealed; waiting for U1.
-    NonceRevealed(ClientAdvertised),
+    NonceRevealed(Setup),
     /// Round 1 (ShareKeys) done: shares sent, waiting for U2 and the peers' shares.
-    ShareKeys(ClientShared),
+    ShareKeys(RoundShared),
     /// In Round 2 (MaskedInputCollection), before masking: the peers' shares opened (or
     /// reported), waiting for the final U2.
-    SharesOpened(ClientOpened),
+    SharesOpened(RoundOpened),
     /// Round 2 (MaskedInputCollection) done: masked input sent, waiting for the consistency check.
-    MaskedInputCollection(ClientMasked),
+    MaskedInputCollection(RoundMasked),
     /// Round 3 (ConsistencyCheck) done: signed this view, waiting for the unmask request.
-    ConsistencyCheck(ClientMasked, View),
+    ConsistencyCheck(RoundMasked, View),
     /// Answered, refused or ended.
     Done,
 }
@@ -142,6 +146,7 @@ struct Active {
 }
 
 /// A SecAgg+ round as this node sees it (Bell et al. CCS 2020).
+#[derive(Clone)]
 struct Plus {
     /// This node's nonce: secret until revealed (after the signed commitments).
     nonce: [u8; 32],
@@ -155,6 +160,10 @@ struct Plus {
     quorum: usize,
     /// The graph over U1, drawn by this node from the revealed nonces, and its seed.
     graph: Option<(Graph, GraphSeed)>,
+    /// This node's neighbours in the graph as the setup's invitation labels them: the
+    /// neighbourhood rule is over all k of them in every round of the analysis, present
+    /// or not.
+    neighbours: Vec<Invitee>,
 }
 
 impl Plus {
@@ -177,6 +186,21 @@ impl Active {
     }
 }
 
+/// An analysis's keys, set up in its first round and kept, for this session, for its
+/// later rounds: the agreements with this node's neighbours, the keys and certificates
+/// of U1 as verified (its neighbours' in SecAgg+), the graph in SecAgg+, and the
+/// parameters later rounds must repeat. Replaced by the next analysis's setup; dropped
+/// when a round of the analysis ends without a release (the analysis stops there).
+struct Keyed {
+    analysis: String,
+    setup: RoundId,
+    threshold: usize,
+    degree: usize,
+    u1: Vec<SignedKeys>,
+    plus: Option<Plus>,
+    member: multiround::Member,
+}
+
 /// The rounds of one session.
 pub(super) struct Rounds<'a> {
     ctx: &'a NodeContext,
@@ -186,6 +210,8 @@ pub(super) struct Rounds<'a> {
     shutdown: watch::Receiver<bool>,
     rng: SystemRandom,
     active: Option<Active>,
+    /// The keys of the analysis in progress, from its first round.
+    keyed: Option<Keyed>,
     customers: Option<(time::Date, Vec<CustomerRfm>)>,
     /// SecAgg+ rounds that ended after this node revealed its graph nonce and before
     /// its key roster, per analysis id: each is a fresh graph the coordinator saw
@@ -214,6 +240,7 @@ impl<'a> Rounds<'a> {
             shutdown,
             rng: SystemRandom::new(),
             active: None,
+            keyed: None,
             customers: None,
             abandoned: Default::default(),
         }
@@ -392,51 +419,28 @@ impl<'a> Rounds<'a> {
             return Ok(None);
         }
         let params = RoundParams { round, t: start.threshold, d: start.length, width: start.width };
-        let (client, keys) = match ClientAdvertised::new(params, &ctx.name, &self.rng) {
-            Ok(x) => x,
-            Err(e) => {
-                self.refuse(round, &e.to_string()).await?;
+        let mut a = Active { start, input, u1: Vec::new(), plus: None, admission: None, state: State::Done };
+        // The first round of an analysis sets up its keys; a later one uses them.
+        let opening = match a.start.setup {
+            None => advertise(ctx, &self.rng, &mut a)?,
+            Some(setup) => share_again(ctx, &self.rng, &mut a, self.keyed.as_mut(), setup, params)?,
+        };
+        let msg = match opening {
+            Ok(m) => m,
+            Err(why) => {
+                tracing::warn!(node = %ctx.name, %round, %why, "refusing round");
+                self.refuse(round, &why).await?;
                 return Ok(None);
             }
         };
-        // SecAgg+: commit to a fresh nonce now; it is revealed only once the coordinator
-        // has signed every node's commitment (crypto/src/graph.rs).
-        let plus = if start.degree > 0 {
-            let mut nonce = [0u8; 32];
-            if self.rng.fill(&mut nonce).is_err() {
-                self.refuse(round, "the system random number generator failed").await?;
-                return Ok(None);
-            }
-            Some(Plus {
-                nonce,
-                commitments: Vec::new(),
-                commitments_payload: Vec::new(),
-                commitments_signature: Vec::new(),
-                quorum: 0,
-                graph: None,
-            })
-        } else {
-            None
-        };
-        let commitment = plus.as_ref().map(|p| graph::nonce_commitment(&round, &ctx.name, &p.nonce));
-        let payload = secagg::key_signing_payload(&round, &ctx.name, &keys.enc, &keys.mask, commitment.as_ref());
-        let signature = ctx.signing.sign(&payload)?;
-        self.egress.admit(round, &start.analysis.analysis_id);
-        let advertise = FromNode::AdvertiseKeys { round, enc: keys.enc, mask: keys.mask, signature, commitment };
-        self.egress.send(&advertise).await?;
-        let admission = ctx.analyses.admitted(&start.analysis, &identified);
+        self.egress.admit(round, &a.start.analysis.analysis_id);
+        self.egress.send(&msg).await?;
+        a.admission = Some(ctx.analyses.admitted(&a.start.analysis, &identified));
         if identified.new {
-            ctx.count_analysis(identified.kind, &start.analysis.analysis_id);
+            ctx.count_analysis(identified.kind, &a.start.analysis.analysis_id);
         }
-        tracing::info!(node = %ctx.name, %round, analysis = identified.kind, purpose = %start.analysis.purpose, width = start.width.bits(), "joined round");
-        self.active = Some(Active {
-            start,
-            input,
-            u1: Vec::new(),
-            plus,
-            admission: Some(admission),
-            state: State::AdvertiseKeys(client),
-        });
+        tracing::info!(node = %ctx.name, %round, analysis = identified.kind, purpose = %a.start.analysis.purpose, width = a.start.width.bits(), setup = ?a.start.setup, "joined round");
+        self.active = Some(a);
         #[cfg(feature = "test-util")]
         if let Some(end) = faults::at(ctx, DropAt::AfterKeys, &self.shutdown).await {
             return Ok(Some(end));
@@ -533,8 +537,7 @@ impl<'a> Rounds<'a> {
         if !ready {
             return Ok(None); // a repeated or out-of-order roster changes nothing
         }
-        let (State::AdvertiseKeys(client) | State::NonceRevealed(client)) =
-            std::mem::replace(&mut a.state, State::Done)
+        let (State::AdvertiseKeys(setup) | State::NonceRevealed(setup)) = std::mem::replace(&mut a.state, State::Done)
         else {
             return Ok(None);
         };
@@ -542,6 +545,9 @@ impl<'a> Rounds<'a> {
         let drawn = match a.plus.as_mut() {
             None => Ok(keys.iter().map(|k| k.node.clone()).collect::<Vec<String>>()),
             Some(p) => draw_graph(&a.start, p, &nonces).map(|drawn| {
+                let near: BTreeSet<&str> =
+                    drawn.0.neighbours(&ctx.name).unwrap_or(&[]).iter().map(String::as_str).collect();
+                p.neighbours = a.start.invited.iter().filter(|i| near.contains(i.name.as_str())).cloned().collect();
                 p.graph = Some(drawn);
                 p.commitments.iter().map(|(n, _)| n.clone()).collect()
             }),
@@ -589,17 +595,25 @@ impl<'a> Rounds<'a> {
         a.u1 = keys;
         let topology =
             a.plus.as_ref().and_then(|p| p.graph.as_ref()).map_or(secagg::Topology::Complete, |(g, _)| g.topology());
-        match client.share_among(names, verified, topology, &self.rng) {
-            Ok((next, sealed)) => {
-                let mut shares = Vec::with_capacity(sealed.len());
-                for (peer, ciphertext) in sealed {
-                    #[cfg(feature = "test-util")]
-                    let ciphertext = faults::corrupt(ctx, &peer, ciphertext);
-                    // Signed, so a receiver can tell this node's bytes from a relay's.
-                    let payload = secagg::share_signing_payload(&round, &ctx.name, &peer, &ciphertext);
-                    let signature = ctx.signing.sign(&payload)?;
-                    shares.push(Sealed { peer, ciphertext, signature });
-                }
+        // Agree keys with the neighbours once for the whole analysis; this round is its
+        // first pass.
+        let params = RoundParams { round, t: a.start.threshold, d: a.start.length, width: a.start.width };
+        let joined = setup.join_among(names.clone(), verified, topology).and_then(|mut member| {
+            let (state, sealed) = member.round(params, &names, &self.rng)?;
+            Ok((member, state, sealed))
+        });
+        match joined {
+            Ok((member, next, sealed)) => {
+                let shares = sign_shares(ctx, round, sealed)?;
+                self.keyed = Some(Keyed {
+                    analysis: a.start.analysis.analysis_id.clone(),
+                    setup: round,
+                    threshold: a.start.threshold,
+                    degree: a.start.degree,
+                    u1: a.u1.clone(),
+                    plus: a.plus.clone(),
+                    member,
+                });
                 a.state = State::ShareKeys(next);
                 self.egress.send(&FromNode::SealedShares { round, shares }).await?;
                 Ok(None)
@@ -622,6 +636,7 @@ impl<'a> Rounds<'a> {
             return Ok(None); // a repeated or out-of-order delivery changes nothing
         }
         let State::ShareKeys(client) = std::mem::replace(&mut a.state, State::Done) else { return Ok(None) };
+        let Some(k) = self.keyed.as_ref() else { return Ok(None) };
         if let Err(why) = verify_share_signatures(&a.u1, round, &ctx.name, &shares) {
             tracing::warn!(node = %ctx.name, %round, %why, "refusing round");
             self.refuse(round, &why).await?;
@@ -630,7 +645,7 @@ impl<'a> Rounds<'a> {
         // The protocol's own checks on U2 (⊆ U1, holds this node, ≥ t members, a share
         // from every other member): a wrong delivery is the coordinator's fault.
         let incoming: Vec<(String, Vec<u8>)> = shares.iter().map(|s| (s.peer.clone(), s.ciphertext.clone())).collect();
-        let (opened, failed) = match client.open(&delivered, &incoming) {
+        let (opened, failed) = match client.open(&k.member, &delivered, &incoming) {
             Ok(x) => x,
             Err(e) => {
                 self.refuse(round, &format!("the coordinator's share delivery is wrong: {e}")).await?;
@@ -674,10 +689,11 @@ impl<'a> Rounds<'a> {
         }
         let Some(a) = self.active.as_mut().filter(|a| a.start.round == round) else { return Ok(None) };
         let State::SharesOpened(opened) = std::mem::replace(&mut a.state, State::Done) else { return Ok(None) };
+        let Some(k) = self.keyed.as_ref() else { return Ok(None) };
         for x in &excluded {
             tracing::info!(node = %ctx.name, %round, excluded = %x.node, reason = %x.reason, "left out of the final U2");
         }
-        let ready = match opened.finish(&delivered) {
+        let ready = match opened.finish(&k.member, &delivered) {
             Ok(r) => r,
             Err(e) => {
                 self.refuse(round, &format!("the coordinator's final U2 is wrong: {e}")).await?;
@@ -697,14 +713,14 @@ impl<'a> Rounds<'a> {
         contributed(ctx, a, round, &delivered, Recorded::Masked)?;
         // The masked input leaves now: this round counts as a pass of its analysis.
         a.admission = None;
-        let masked = ready.mask(&a.input);
+        let masked = ready.mask(&k.member, &a.input);
         // The unmasked local vector is no longer needed, whatever happened.
         a.input = Zeroizing::new(Vec::new());
         match masked {
             Ok((next, y)) => {
                 #[cfg(feature = "test-util")]
                 if let Some(tap) = &ctx.round_tap {
-                    (tap.on_held_shares)(round, next.test_util_held_shares());
+                    (tap.on_held_shares)(round, next.test_util_held(&k.member));
                 }
                 #[cfg(feature = "test-util")]
                 let y = faults::wrong_width(ctx, faults::wrong_length(ctx, y));
@@ -752,16 +768,20 @@ impl<'a> Rounds<'a> {
                 return Ok(None);
             }
         };
+        let Some(k) = self.keyed.as_ref() else { return Ok(None) };
         let view = View { delivered: client.delivered(), survivors: survivors.clone(), dropped: dropped.clone() };
         let u3 = a.members(&survivors);
-        if client.check_request(&survivors, &dropped).is_ok() && !colludes(ctx) {
+        // Signing reveals nothing: the answer waits for enough signatures on this view
+        // that no other can have them (`verify_view_signatures`), so no split view is
+        // left to guard against here or then (`multiround::ViewCheck::Confirmed`).
+        if client.check_request(&k.member, &survivors, &dropped, ViewCheck::Confirmed).is_ok() && !colludes(ctx) {
             // This view may be the sum, whether this node signs it or not: remember it
             // beside U2 until the unmask request confirms one view.
             contributed(ctx, a, round, &survivors, Recorded::Shown)?;
         }
         let colluding = colludes(ctx);
         let rules = client
-            .check_request(&survivors, &dropped)
+            .check_request(&k.member, &survivors, &dropped, ViewCheck::Confirmed)
             .map_err(|e| e.to_string())
             .and_then(|()| rules_over(ctx, a, round, &u3, Stage::Survivors));
         if let Err(why) = rules {
@@ -850,16 +870,20 @@ impl<'a> Rounds<'a> {
                 signers,
             },
         )?;
-        match client.unmask(&survivors, &dropped) {
+        let Some(k) = self.keyed.as_mut() else { return Ok(None) };
+        // The view carries enough valid signatures (checked above) that no other view can.
+        match client.unmask(&mut k.member, &survivors, &dropped, ViewCheck::Confirmed) {
             Ok(revealed) => {
+                // A share of each surviving peer's round self-mask seed, and the round
+                // pair seed with each dropped neighbour: never a key (multiround).
                 let shares = revealed
                     .into_iter()
                     .map(|r| match r {
-                        secagg::Revealed::SelfMask { of, share } => {
+                        Reveal::SelfMask { of, share } => {
                             RevealedShare { of, self_mask: true, y: share.y_bytes().to_vec() }
                         }
-                        secagg::Revealed::MaskKey { of, share } => {
-                            RevealedShare { of, self_mask: false, y: share.y_bytes().to_vec() }
+                        Reveal::PairSeed { of, seed } => {
+                            RevealedShare { of, self_mask: false, y: seed.to_bytes().to_vec() }
                         }
                     })
                     .collect();
@@ -886,6 +910,10 @@ impl<'a> Rounds<'a> {
             // the pass did not happen, and may run again.
             if let Some(admission) = a.admission.take().filter(|_| !released) {
                 self.ctx.analyses.withdraw(admission);
+            }
+            // A round that ends without a release stops its analysis: its keys go too.
+            if !released && self.keyed.as_ref().is_some_and(|k| k.analysis == a.start.analysis.analysis_id) {
+                self.keyed = None;
             }
             self.active = None; // drops (and wipes) the local vector and the round's secrets
         }
@@ -920,6 +948,99 @@ impl<'a> Rounds<'a> {
     }
 }
 
+/// Round 0 of an analysis's first round: this analysis's key pairs, signed (in
+/// SecAgg+ with a commitment to a fresh graph nonce, revealed only once the coordinator
+/// has signed every node's commitment, crypto/src/graph.rs). Inner `Err`: why this node
+/// refuses.
+///
+/// Bonawitz et al. CCS 2017, Fig. 4, Round 0 (AdvertiseKeys), user: generate and sign (c_u^PK, s_u^PK), send —
+/// once per analysis (`fedcrm_crypto::multiround::Setup`).
+fn advertise(ctx: &NodeContext, rng: &SystemRandom, a: &mut Active) -> Result<Result<FromNode, String>, SessionError> {
+    let round = a.start.round;
+    let (setup, keys) = match Setup::new(round, &a.start.analysis.analysis_id, &ctx.name, rng) {
+        Ok(x) => x,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    if a.start.degree > 0 {
+        let mut nonce = [0u8; 32];
+        if rng.fill(&mut nonce).is_err() {
+            return Ok(Err("the system random number generator failed".into()));
+        }
+        a.plus = Some(Plus {
+            nonce,
+            commitments: Vec::new(),
+            commitments_payload: Vec::new(),
+            commitments_signature: Vec::new(),
+            quorum: 0,
+            graph: None,
+            neighbours: Vec::new(),
+        });
+    }
+    let commitment = a.plus.as_ref().map(|p| graph::nonce_commitment(&round, &ctx.name, &p.nonce));
+    let payload = secagg::key_signing_payload(&round, &ctx.name, &keys.enc, &keys.mask, commitment.as_ref());
+    let signature = ctx.signing.sign(&payload)?;
+    a.state = State::AdvertiseKeys(setup);
+    Ok(Ok(FromNode::AdvertiseKeys { round, enc: keys.enc, mask: keys.mask, signature, commitment }))
+}
+
+/// Round 1 of a later round of an analysis, with the keys of its first round (`keyed`):
+/// U1 is the invitation, which must be of the setup's roster and name no node declared
+/// dropped (`multiround::Member::round` refuses otherwise); the rules over it, then a
+/// fresh self-mask seed shared with this node's neighbours. Inner `Err`: why this node
+/// refuses.
+///
+/// Bonawitz et al. CCS 2017, Fig. 4, Round 1 (ShareKeys), user — with the agreements made once per
+/// analysis and a fresh b_r only (Flamingo, Ma et al. S&P 2023).
+fn share_again(
+    ctx: &NodeContext,
+    rng: &SystemRandom,
+    a: &mut Active,
+    keyed: Option<&mut Keyed>,
+    setup: RoundId,
+    params: RoundParams,
+) -> Result<Result<FromNode, String>, SessionError> {
+    let (round, analysis) = (a.start.round, &a.start.analysis.analysis_id);
+    let Some(k) = keyed.filter(|k| k.setup == setup && &k.analysis == analysis) else {
+        return Ok(Err(format!(
+            "round {round} continues analysis {analysis} with the keys set up in round {setup}, which this node does \
+             not hold (it keeps the keys of the analysis in progress for this session only); refusing"
+        )));
+    };
+    if (k.degree, k.threshold) != (a.start.degree, a.start.threshold) {
+        return Ok(Err(format!(
+            "a later round of analysis {analysis} must keep its setup's graph degree and threshold (k = {}, t = {}), \
+             but round {round} has k = {}, t = {}; refusing",
+            k.degree, k.threshold, a.start.degree, a.start.threshold
+        )));
+    }
+    a.u1 = k.u1.clone();
+    a.plus = k.plus.clone();
+    let names: Vec<String> = a.start.invited.iter().map(|i| i.name.clone()).collect();
+    if let Err(why) = rules_for_stage(ctx, a, &a.members(&names), Stage::KeyRoster) {
+        return Ok(Err(why));
+    }
+    let (state, sealed) = match k.member.round(params, &names, rng) {
+        Ok(x) => x,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    let shares = sign_shares(ctx, round, sealed)?;
+    a.state = State::ShareKeys(state);
+    Ok(Ok(FromNode::SealedShares { round, shares }))
+}
+
+/// Sign each sealed share, so a receiver can tell this node's bytes from a relay's.
+fn sign_shares(ctx: &NodeContext, round: RoundId, sealed: Vec<(String, Vec<u8>)>) -> Result<Vec<Sealed>, SessionError> {
+    let mut shares = Vec::with_capacity(sealed.len());
+    for (peer, ciphertext) in sealed {
+        #[cfg(feature = "test-util")]
+        let ciphertext = faults::corrupt(ctx, &peer, ciphertext);
+        let payload = secagg::share_signing_payload(&round, &ctx.name, &peer, &ciphertext);
+        let signature = ctx.signing.sign(&payload)?;
+        shares.push(Sealed { peer, ciphertext, signature });
+    }
+    Ok(shares)
+}
+
 /// The threshold, organisation and differencing rules over one set of the round (U2
 /// before masking, U3 before signing). A colluding node (test hook) skips them.
 fn rules_over(ctx: &NodeContext, a: &Active, round: RoundId, members: &[Invitee], stage: Stage) -> Result<(), String> {
@@ -934,21 +1055,18 @@ fn rules_over(ctx: &NodeContext, a: &Active, round: RoundId, members: &[Invitee]
 /// in full SecAgg; in SecAgg+ on the graph this node drew, over its neighbourhood and
 /// its component (`fedcrm_analysis::neighbourhood::check_stage`).
 fn rules_for_stage(ctx: &NodeContext, a: &Active, members: &[Invitee], stage: Stage) -> Result<(), String> {
-    match a.plus.as_ref().and_then(|p| p.graph.as_ref()) {
+    match a.plus.as_ref().and_then(|p| p.graph.as_ref().map(|g| (p, g))) {
         None => ctx.policy.check_set(&ctx.organisation, members, a.start.threshold, stage),
-        Some((g, _)) => {
-            let neighbours = a.members(g.neighbours(&ctx.name).unwrap_or(&[]));
-            neighbourhood::check_stage(
-                &ctx.policy.rules(),
-                &ctx.name,
-                &ctx.organisation,
-                members,
-                &neighbours,
-                g.adjacency(),
-                (a.start.degree, a.start.threshold),
-                stage,
-            )
-        }
+        Some((p, (g, _))) => neighbourhood::check_stage(
+            &ctx.policy.rules(),
+            &ctx.name,
+            &ctx.organisation,
+            members,
+            &p.neighbours,
+            g.adjacency(),
+            (a.start.degree, a.start.threshold),
+            stage,
+        ),
     }
 }
 

@@ -19,6 +19,8 @@ pub struct MaskedChunk {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RevealedShare {
     pub of: String,
+    /// `true`: a Shamir share (64 bytes) of `of`'s round self-mask seed; `false`: the
+    /// sender's round pair seed (32 bytes) with `of`, a dropped neighbour.
     pub self_mask: bool,
     pub y: Vec<u8>,
 }
@@ -213,8 +215,11 @@ impl TryFrom<pb::NodeMessage> for FromNode {
                     .shares
                     .into_iter()
                     .map(|s| {
-                        if s.y.len() != fedcrm_crypto::shamir::SHARE_Y_LEN {
-                            return Err(field("unmask.y", format!("must be 64 bytes, got {}", s.y.len())));
+                        // A self-mask share is 64 bytes; a round pair seed, 32.
+                        let want = if s.self_mask { fedcrm_crypto::shamir::SHARE_Y_LEN } else { 32 };
+                        if s.y.len() != want {
+                            let what = if s.self_mask { "a self-mask share" } else { "a pair seed" };
+                            return Err(field("unmask.y", format!("{what} must be {want} bytes, got {}", s.y.len())));
                         }
                         Ok(RevealedShare { of: node_name("unmask.of", &s.of)?, self_mask: s.self_mask, y: s.y })
                     })

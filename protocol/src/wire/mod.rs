@@ -19,8 +19,12 @@ use crate::pb;
 /// PRG's HKDF info (`fedcrm/v4/prg-aes128/w32`, `/w64`), and carries 32-bit chunks in
 /// `MaskedChunk.words32`: a v3 peer's masks would not cancel either. The KDFs still
 /// bind [`fedcrm_crypto::PROTOCOL_VERSION`] (`fedcrm/v1`): their bytes did not change
-/// (`crypto/test_vectors/v3`).
-pub const VERSION: &str = "fedcrm/v5";
+/// (`crypto/test_vectors/v3`). v5 (issue 9) adds SecAgg+: the graph degree, nonce
+/// commitments and reveals, neighbour-only key rosters. v6 (issue 9) sets keys up once
+/// per analysis (`RoundStart.setup_round_id`): later rounds skip key advertisement,
+/// and an unmask answer reveals round pair seeds for dropped neighbours where v5
+/// revealed shares of their mask keys — a v5 peer could not follow either.
+pub const VERSION: &str = "fedcrm/v6";
 
 /// Largest vector a round may use (words, of either width); 64 Mi words = 512 MiB of
 /// 64-bit words.

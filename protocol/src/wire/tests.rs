@@ -138,12 +138,19 @@ fn round_trips() {
         width: WordWidth::W32,
         max_per_node: 1 << 22,
         degree: 6,
+        setup: None,
         analysis: a,
         invited: vec![Invitee { name: "a".into(), organisation: "o".into(), kind: OrgKind::Franchisee }],
         chunk_elements: 10,
         roster_signature: vec![1, 2],
     }));
     assert_eq!(ToNode::try_from(pb::CoordinatorMessage::from(&m)).unwrap(), m);
+    // A later round of the analysis names its setup round; the signed roster binds it.
+    let ToNode::RoundStart(first) = &m else { unreachable!() };
+    let later = RoundStart { setup: Some(RoundId([9; 16])), ..(**first).clone() };
+    assert_ne!(roster_payload(&later), roster_payload(first));
+    let later = ToNode::RoundStart(Box::new(later));
+    assert_eq!(ToNode::try_from(pb::CoordinatorMessage::from(&later)).unwrap(), later);
     // SecAgg+'s messages round-trip; a nonce or commitment that is not 32 bytes is refused.
     let commitments = vec![("a".to_string(), [7u8; 32]), ("b".to_string(), [8u8; 32])];
     let c = ToNode::CommitmentRoster { round: r, commitments: commitments.clone(), quorum: 2, signature: vec![3; 64] };
@@ -184,7 +191,7 @@ fn round_trips() {
     assert_eq!(e, WireError::Version { got: "fedcrm/v3".into() });
     assert_eq!(
         e.to_string(),
-        "incompatible protocol version \"fedcrm/v3\"; this build speaks \"fedcrm/v5\" — upgrade the older side"
+        "incompatible protocol version \"fedcrm/v3\"; this build speaks \"fedcrm/v6\" — upgrade the older side"
     );
 }
 

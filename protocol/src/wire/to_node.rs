@@ -20,6 +20,10 @@ pub struct RoundStart {
     /// SecAgg+: the degree k of the round's graph (`threshold` is then t_k, per
     /// neighbourhood); 0: full SecAgg.
     pub degree: usize,
+    /// Keys once per analysis: `None` in the analysis's first round, which sets up
+    /// its keys (and graph); in a later round, that first round's id, whose keys and
+    /// graph the round reuses (`fedcrm_crypto::multiround`).
+    pub setup: Option<RoundId>,
     pub analysis: Analysis,
     /// Sorted by node name.
     pub invited: Vec<Invitee>,
@@ -30,7 +34,7 @@ pub struct RoundStart {
 
 /// What the coordinator signs for a round: round id, threshold, vector length, word
 /// width and the per-node bound it was picked for, the graph degree (0: full SecAgg),
-/// the analysis (with who asked and why) and every invited node with its organisation
+/// the setup round whose keys it reuses (empty: this round sets them up), the analysis (with who asked and why) and every invited node with its organisation
 /// and kind.
 pub fn roster_payload(start: &RoundStart) -> Vec<u8> {
     let encoded = prost::Message::encode_to_vec(&pb::Analysis::from(&start.analysis));
@@ -40,6 +44,7 @@ pub fn roster_payload(start: &RoundStart) -> Vec<u8> {
         start.width.bits().to_be_bytes().to_vec(),
         start.max_per_node.to_be_bytes().to_vec(),
         (start.degree as u64).to_be_bytes().to_vec(),
+        start.setup.map_or_else(Vec::new, |s| s.0.to_vec()),
         encoded,
     ];
     for i in &start.invited {
@@ -224,6 +229,7 @@ impl TryFrom<pb::CoordinatorMessage> for ToNode {
                     width,
                     max_per_node: r.max_per_node,
                     degree: r.graph_degree as usize,
+                    setup: if r.setup_round_id.is_empty() { None } else { Some(round_id(&r.setup_round_id)?) },
                     analysis,
                     invited: invited
                         .into_iter()
@@ -343,6 +349,7 @@ impl From<&ToNode> for pb::CoordinatorMessage {
                 word_bits: r.width.bits(),
                 max_per_node: r.max_per_node,
                 graph_degree: r.degree as u32,
+                setup_round_id: r.setup.map_or_else(Vec::new, |s| s.0.to_vec()),
             }),
             ToNode::CommitmentRoster { round, commitments, quorum, signature } => {
                 Body::Commitments(pb::CommitmentRoster {
