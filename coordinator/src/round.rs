@@ -231,6 +231,17 @@ impl Runner<'_> {
         // Keys once per analysis: a later round of the analysis whose keys this runner
         // holds reuses them; any other round sets up afresh.
         self.keyed.take_if(|k| k.analysis != analysis.analysis_id);
+        #[cfg(feature = "test-util")]
+        if let Some(k) = self.keyed.as_ref().filter(|_| self.coordinator.hooks().reinvite_dropped) {
+            let dropped: Vec<String> = k.state.dropped().into_iter().map(|(n, _)| n).collect();
+            for p in self.coordinator.registry.connected() {
+                if dropped.contains(&p.name) && !invited.iter().any(|i| i.name == p.name) {
+                    invited.push(p);
+                }
+            }
+            invited.sort_by(|a, b| a.name.cmp(&b.name));
+            return self.run_once(analysis, &invited, t, degree, 0).await;
+        }
         if let Some(k) = &self.keyed {
             let roster: BTreeSet<&str> = k.u1.iter().map(|x| x.node.as_str()).collect();
             let dropped: BTreeSet<String> = k.state.dropped().into_iter().map(|(n, _)| n).collect();
@@ -428,6 +439,10 @@ impl Round<'_, '_> {
     async fn start(&mut self, analysis: &Analysis) -> Result<(), RoundError> {
         let (round, t, d, width, max_per_node) = (self.id, self.t, self.d, self.width, self.max_per_node);
         let invitees: Vec<Invitee> = self.invited.iter().map(ConnectedNode::invitee).collect();
+        #[cfg(feature = "test-util")]
+        if self.setup.is_some() && self.runner.coordinator.hooks().stale_setup {
+            self.setup = Some(RoundId([0x5e; 16]));
+        }
         let mut start = RoundStart {
             round,
             threshold: t,

@@ -75,6 +75,13 @@ pub struct Hooks {
     /// Edits the nonces each node is sent in a SecAgg+ key roster (a reveal left out
     /// or altered for some nodes: a coordinator grinding graphs, or equivocating).
     pub tamper_nonces: Option<NoncesTamper>,
+    /// Later rounds of an analysis name a setup round that never was, instead of the
+    /// analysis's first (keys once per analysis: nodes hold no such keys).
+    pub stale_setup: bool,
+    /// Later rounds of an analysis invite back its nodes declared dropped (that are
+    /// still connected), skipping the coordinator's own check: HQ bringing a node back
+    /// whose neighbours revealed their pair seeds with it.
+    pub reinvite_dropped: bool,
     /// Labels every round with this analysis kind, whatever it computes.
     pub relabel: Option<String>,
     /// Sends every round under this analysis id (reusing an old one).
@@ -108,6 +115,8 @@ impl std::fmt::Debug for Hooks {
             .field("force_quorum", &self.force_quorum)
             .field("stop_graphs", &self.stop_graphs)
             .field("tamper_nonces", &self.tamper_nonces.is_some())
+            .field("stale_setup", &self.stale_setup)
+            .field("reinvite_dropped", &self.reinvite_dropped)
             .field("relabel", &self.relabel)
             .field("reuse_analysis_id", &self.reuse_analysis_id)
             .field("extra_view_signatures", &self.extra_view_signatures.is_some())

@@ -1,0 +1,101 @@
+//! Keys once per analysis (issue 9; `fedcrm_crypto::multiround`) end to end over real
+//! mutual TLS on loopback: an analysis's first round sets up its keys and every later
+//! round reuses them — no node advertises keys twice — and the result still equals the
+//! pooled answer; a node declared dropped takes no further part (a coordinator that
+//! invites it back is refused by every node that saw it dropped); a round naming keys
+//! a node does not hold is refused before anything leaves.
+
+mod common;
+
+use common::{REFERENCE, cdnow_nodes};
+use fedcrm::harness::{Cluster, ClusterOptions, NodeSpec};
+use fedcrm::hq::SegmentsView;
+use fedcrm_coordinator::config::ReleaseRules;
+use fedcrm_coordinator::round::Hooks;
+use fedcrm_node::egress::read_log;
+
+fn options(nodes: Vec<NodeSpec>) -> ClusterOptions {
+    ClusterOptions {
+        nodes,
+        release: ReleaseRules { min_participants: 3, min_cohort: 0 },
+        phase_timeout_seconds: 10,
+        ..Default::default()
+    }
+}
+
+/// The kinds of message `node` sent, in order (its egress log).
+fn sent(cluster: &Cluster, node: &str) -> Vec<String> {
+    let cfg = cluster.node_configs.iter().find(|c| c.name == node).unwrap();
+    read_log(&cfg.audit_dir).unwrap().into_iter().map(|e| e.kind).collect()
+}
+
+fn count(kinds: &[String], kind: &str) -> usize {
+    kinds.iter().filter(|k| *k == kind).count()
+}
+
+/// Full SecAgg over six nodes, the segment analysis (a histogram pass, refinement
+/// passes, the segment counts): each node advertises keys once, in the first round,
+/// and seals fresh shares in every round; the segments equal the pooled answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_analysis_advertises_keys_once_and_still_equals_pooled() {
+    common::logs();
+    let nodes = cdnow_nodes(&[1; 6], true);
+    let cluster = Cluster::start(options(nodes.clone())).await.unwrap();
+    let reply = cluster.segments(REFERENCE, "test: keys once per analysis").await.expect("segments");
+    let view = SegmentsView::new(&reply, REFERENCE);
+    assert_eq!(view.participants.len(), 6);
+    common::assert_equals_pooled(&view, &nodes);
+    assert!(reply.rounds >= 3, "a segment analysis takes several rounds: {}", reply.rounds);
+    for n in &view.participants {
+        let kinds = sent(&cluster, n);
+        assert_eq!(count(&kinds, "advertise-keys"), 1, "{n}: {kinds:?}");
+        assert_eq!(count(&kinds, "sealed-shares"), reply.rounds as usize, "{n}: {kinds:?}");
+        assert_eq!(count(&kinds, "unmask-shares"), reply.rounds as usize, "{n}: {kinds:?}");
+    }
+    cluster.stop().await;
+}
+
+/// The coordinator ignores node-2's masked vector in the first round, so node-2 is
+/// declared dropped and its neighbours reveal their round pair seeds with it; the round
+/// releases the others' sum. Then HQ invites node-2 back into the next round: every
+/// node that saw it dropped refuses before sealing a share, naming it, and the
+/// analysis stops without a result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_declared_dropped_is_refused_when_invited_back() {
+    common::logs();
+    let nodes = cdnow_nodes(&[1; 6], true);
+    let hooks = Hooks { ignore_masked_from: vec!["node-2".into()], reinvite_dropped: true, ..Hooks::default() };
+    let cluster = Cluster::start_with_hooks(options(nodes), hooks).await.unwrap();
+    let out = cluster.segments(REFERENCE, "test: a dropped node comes back").await;
+    assert!(out.is_err(), "the analysis stops: {out:?}");
+    for n in ["node-0", "node-1", "node-3", "node-4", "node-5"] {
+        let why = common::refusals_when(&cluster, n, |r| r.contains("declared dropped")).await;
+        assert!(
+            why.iter().any(|r| r.contains("the contributors name node-2, declared dropped in round")),
+            "{n}: {why:?}"
+        );
+        // The first round's shares and answer, and nothing of the second round.
+        let kinds = sent(&cluster, n);
+        assert_eq!(count(&kinds, "sealed-shares"), 1, "{n}: {kinds:?}");
+        assert_eq!(count(&kinds, "unmask-shares"), 1, "{n}: {kinds:?}");
+    }
+    cluster.stop().await;
+}
+
+/// Later rounds name a setup round that never was: no node holds its keys, so every
+/// node refuses the round before anything of it leaves, and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_naming_keys_a_node_does_not_hold_is_refused() {
+    common::logs();
+    let nodes = cdnow_nodes(&[1; 5], true);
+    let hooks = Hooks { stale_setup: true, ..Hooks::default() };
+    let cluster = Cluster::start_with_hooks(options(nodes), hooks).await.unwrap();
+    let out = cluster.segments(REFERENCE, "test: a stale setup").await;
+    assert!(out.is_err(), "the analysis stops: {out:?}");
+    for n in common::node_names(5) {
+        let why = common::refusals_when(&cluster, &n, |r| r.contains("which this node does not hold")).await;
+        assert!(why.iter().any(|r| r.contains("with the keys set up in round 5e5e5e5e")), "{n}: {why:?}");
+        assert_eq!(count(&sent(&cluster, &n), "sealed-shares"), 1, "{n}");
+    }
+    cluster.stop().await;
+}
