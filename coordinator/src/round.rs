@@ -242,6 +242,11 @@ impl Runner<'_> {
             invited.sort_by(|a, b| a.name.cmp(&b.name));
             return self.run_once(analysis, &invited, t, degree, 0).await;
         }
+        #[cfg(feature = "test-util")]
+        if self.keyed.is_some() {
+            let out = &self.coordinator.hooks().exclude_later;
+            invited.retain(|p| !out.contains(&p.name));
+        }
         if let Some(k) = &self.keyed {
             let roster: BTreeSet<&str> = k.u1.iter().map(|x| x.node.as_str()).collect();
             let dropped: BTreeSet<String> = k.state.dropped().into_iter().map(|(n, _)| n).collect();
@@ -438,7 +443,16 @@ impl Round<'_, '_> {
     /// Sign the roster, log the round, invite.
     async fn start(&mut self, analysis: &Analysis) -> Result<(), RoundError> {
         let (round, t, d, width, max_per_node) = (self.id, self.t, self.d, self.width, self.max_per_node);
-        let invitees: Vec<Invitee> = self.invited.iter().map(ConnectedNode::invitee).collect();
+        #[cfg_attr(not(feature = "test-util"), allow(unused_mut))]
+        let mut invitees: Vec<Invitee> = self.invited.iter().map(ConnectedNode::invitee).collect();
+        #[cfg(feature = "test-util")]
+        if self.setup.is_some() {
+            for i in invitees.iter_mut() {
+                if let Some(l) = self.runner.coordinator.hooks().relabel_later.iter().find(|l| l.name == i.name) {
+                    *i = l.clone();
+                }
+            }
+        }
         #[cfg(feature = "test-util")]
         if self.setup.is_some() && self.runner.coordinator.hooks().stale_setup {
             self.setup = Some(RoundId([0x5e; 16]));

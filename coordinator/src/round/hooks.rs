@@ -82,6 +82,14 @@ pub struct Hooks {
     /// still connected), skipping the coordinator's own check: HQ bringing a node back
     /// whose neighbours revealed their pair seeds with it.
     pub reinvite_dropped: bool,
+    /// Later rounds of an analysis describe these nodes with this (organisation, kind)
+    /// in their signed invitation instead of what their certificates say (review i9:
+    /// HQ relabelling its own nodes as franchisees once the setup's key roster, the
+    /// only place the labels were checked against certificates, is behind it).
+    pub relabel_later: Vec<fedcrm_analysis::rules::Invitee>,
+    /// Later rounds of an analysis leave out these nodes (review i9: HQ dropping one
+    /// franchisee between two sums).
+    pub exclude_later: Vec<String>,
     /// Labels every round with this analysis kind, whatever it computes.
     pub relabel: Option<String>,
     /// Sends every round under this analysis id (reusing an old one).
@@ -117,6 +125,8 @@ impl std::fmt::Debug for Hooks {
             .field("tamper_nonces", &self.tamper_nonces.is_some())
             .field("stale_setup", &self.stale_setup)
             .field("reinvite_dropped", &self.reinvite_dropped)
+            .field("relabel_later", &self.relabel_later)
+            .field("exclude_later", &self.exclude_later)
             .field("relabel", &self.relabel)
             .field("reuse_analysis_id", &self.reuse_analysis_id)
             .field("extra_view_signatures", &self.extra_view_signatures.is_some())
