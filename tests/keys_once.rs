@@ -3,16 +3,23 @@
 //! round reuses them — no node advertises keys twice — and the result still equals the
 //! pooled answer; a node declared dropped takes no further part (a coordinator that
 //! invites it back is refused by every node that saw it dropped); a round naming keys
-//! a node does not hold is refused before anything leaves.
+//! a node does not hold is refused before anything leaves; and a later round must label
+//! every node as the first round did, where the certificates were checked (found in
+//! review: HQ relabelling its own nodes as franchisees to pass the differencing guard).
 
 mod common;
+
+use std::sync::Arc;
 
 use common::{REFERENCE, cdnow_nodes};
 use fedcrm::harness::{Cluster, ClusterOptions, NodeSpec};
 use fedcrm::hq::SegmentsView;
+use fedcrm_analysis::rules::Invitee;
 use fedcrm_coordinator::config::ReleaseRules;
 use fedcrm_coordinator::round::Hooks;
 use fedcrm_node::egress::read_log;
+use fedcrm_node::session::RoundTap;
+use fedcrm_pki::OrgKind;
 
 fn options(nodes: Vec<NodeSpec>) -> ClusterOptions {
     ClusterOptions {
@@ -96,6 +103,80 @@ async fn a_round_naming_keys_a_node_does_not_hold_is_refused() {
         let why = common::refusals_when(&cluster, &n, |r| r.contains("which this node does not hold")).await;
         assert!(why.iter().any(|r| r.contains("with the keys set up in round 5e5e5e5e")), "{n}: {why:?}");
         assert_eq!(count(&sent(&cluster, &n), "sealed-shares"), 1, "{n}");
+    }
+    cluster.stop().await;
+}
+
+const HONEST: [&str; 3] = ["node-0", "node-2", "node-3"];
+
+/// node-0..node-3 franchisees of four organisations; node-4..node-6 HQ's own channels,
+/// colluding (they skip their rules and sign any view).
+fn with_hq_channels() -> Vec<NodeSpec> {
+    cdnow_nodes(&[1; 7], true)
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            if i < 4 {
+                return s;
+            }
+            // HQ's own channels: they skip their rules and sign any view.
+            let mut h = NodeSpec::hq(&s.name, s.data.clone());
+            h.round_tap = Some(RoundTap {
+                on_held_shares: Arc::new(|_, _| {}),
+                on_roster: None,
+                sign_any_view: true,
+                fail_audit: None,
+            });
+            h
+        })
+        .collect()
+}
+
+/// Control: HQ leaves node-1 out of the later rounds, labels true. Every honest node's
+/// differencing guard refuses before its masked input of a later round leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_leaving_one_franchisee_out_is_refused_by_the_differencing_guard() {
+    common::logs();
+    let hooks = Hooks { exclude_later: vec!["node-1".into()], ..Hooks::default() };
+    let cluster = Cluster::start_with_hooks(options(with_hq_channels()), hooks).await.unwrap();
+    let out = cluster.segments(REFERENCE, "review i9: one franchisee left out").await;
+    assert!(out.is_err(), "the analysis stops: {out:?}");
+    for n in HONEST {
+        let why = common::refusals_when(&cluster, n, |r| r.contains("differencing")).await;
+        assert!(why.iter().any(|r| r.contains("differencing") && r.contains("node-1")), "{n}: {why:?}");
+        let kinds = sent(&cluster, n);
+        assert_eq!(count(&kinds, "unmask-shares"), 1, "{n}: only the first round is answered: {kinds:?}");
+    }
+    cluster.stop().await;
+}
+
+/// The attack: as the control, but the later rounds' signed invitation describes HQ's
+/// three nodes as three franchisee organisations, so that the two sums would differ by
+/// four "organisations" and pass the differencing guard. Every honest node refuses the
+/// later round before sealing a share, naming the relabelled node and the label its
+/// certificate gave it in the first round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_round_relabelling_hq_nodes_as_franchisees_is_refused() {
+    common::logs();
+    let relabel = (4..7)
+        .map(|i| Invitee {
+            name: format!("node-{i}"),
+            organisation: format!("node-{i} franchise ltd"),
+            kind: OrgKind::Franchisee,
+        })
+        .collect();
+    let hooks = Hooks { exclude_later: vec!["node-1".into()], relabel_later: relabel, ..Hooks::default() };
+    let cluster = Cluster::start_with_hooks(options(with_hq_channels()), hooks).await.unwrap();
+    let out = cluster.segments(REFERENCE, "review i9: relabelled HQ nodes").await;
+    assert!(out.is_err(), "the analysis stops: {out:?}");
+    for n in HONEST {
+        let why = common::refusals_when(&cluster, n, |r| r.contains("as its certificate was checked then")).await;
+        assert!(
+            why.iter().any(|r| r.contains("describes node-4 as (node-4 franchise ltd, franchisee)")),
+            "{n}: {why:?}"
+        );
+        let kinds = sent(&cluster, n);
+        assert_eq!(count(&kinds, "sealed-shares"), 1, "{n}: nothing of a later round leaves: {kinds:?}");
     }
     cluster.stop().await;
 }

@@ -46,36 +46,38 @@
 //!
 //! **Why a split view does not unmask a survivor.** An honest node reveals, per peer
 //! and round, either its `b_r` share or its pair seed, never both. To strip a survivor
-//! v, the server needs `b_v,r` — t shares, from corrupt holders and from honest ones
-//! shown "v survived" — *and* `s_uv,r` for every neighbour u that v masked with. An
-//! honest u shown "v survived" does not reveal `s_uv,r`, but v itself does if shown
-//! "u dropped": so the server can show v's honest neighbours "v survived" and v "they
-//! dropped". v answers only a request that leaves t holders of its shares besides
-//! itself among the survivors ([`RoundMasked::check_request`]), so, with C of v's k
-//! neighbours corrupt, the honest ones shown "v survived" (≥ t − C of them, or t − 1 − C
-//! in full SecAgg, where v's own share counts) and those kept alive in v's view (≥ t − C)
-//! must both fit in the k − C honest neighbours: the attack needs 2t ≤ k + C (full
-//! SecAgg: 2t ≤ n + C, with n = k + 1), which the threshold rule 2t > k + C
-//! (`fedcrm_analysis::neighbourhood`; 2t > n + C in full SecAgg) forbids. That is
-//! exactly SecAgg's bound — not the weaker t > C one might expect from "each honest
-//! node reveals one thing per peer", since v's own answer is one of the things — and
-//! `tests/multiround_props.rs` runs the attack on both sides of it. (Had v counted
-//! itself among its holders, full SecAgg would fall one holder short of SecAgg's
-//! bound.) The consistency check (the caller's) is what shows every honest node one view.
+//! v, the server needs `b_v,r` — t shares, from corrupt holders, from v itself (full
+//! SecAgg) and from honest holders shown "v survived" — *and* `s_uv,r` for every
+//! neighbour u that v masked with (v's U2). An honest u shown "v survived" does not
+//! reveal `s_uv,r`, but v itself does if shown "u dropped"; and an honest holder the
+//! server left out of v's U2 (v's share was delivered to it, its own to v was not) gives
+//! a share of `b_v,r` without any pair seed being needed for it. So every honest holder
+//! that gives the server a share of `b_v,r` is outside U3 in v's view.
 //!
-//! In full SecAgg that rule costs a dropout: with t = n − 1, one dropped node leaves
-//! each survivor t − 1 holders besides itself. So v also answers when the holders its
-//! view drops are too few to matter: the honest holders that can give the server a
-//! share of `b_v,r` are exactly those shown "v survived", and v revealed pair seeds
-//! with them only if its own view drops them; with at most `corrupt` corrupt holders
-//! (the caller's bound: HQ's nodes and its assumed colluders), `dropped + corrupt + 1
-//! < t` shares (its own included) cannot rebuild `b_v,r`, whatever the views.
+//! **A confirmed view** ([`ViewCheck::Confirmed`]) — on the wire, one signed by t
+//! members of U3 (full SecAgg, where every node checked 2t > n + H + C over the
+//! invitation) or by the quorum q > (|U1| + H + C)/2 (SecAgg+): honest nodes sign one
+//! view each, so two views cannot both gather that many signatures, and every honest
+//! node that answers saw the same view. If that view says v survived, an honest
+//! neighbour it keeps in U3 keeps its pair seed with v and v keeps its own (no strip
+//! unless none is kept, and then only the ≤ H + C < t corrupt holders give shares of
+//! `b_v,r`); if it says v dropped, no honest holder gives a share of `b_v,r`. There is
+//! no split to exploit, and a dropout costs what it costs in SecAgg.
 //!
-//! Both guards are for a view nobody confirmed. On the wire a node answers only a view
-//! signed by more than (|U2| + H + C)/2 members of U3 (t in full SecAgg, the quorum in
-//! SecAgg+): two views cannot both be signed that often while honest nodes sign one
-//! each, so all honest answers are to one view and there is no split to exploit
-//! ([`ViewCheck::Confirmed`]); a dropout then costs what it costs in SecAgg.
+//! **A view nobody confirmed** ([`ViewCheck::Unconfirmed`], the crypto core on its own):
+//! v answers only when its own view leaves t holders of its shares besides itself in
+//! U3, or — full SecAgg — when its holders outside U3 are so few that with every
+//! corrupt holder (`corrupt`, the caller's bound) and its own share they cannot make t
+//! (`outside + corrupt + 1 < t`). In the first case the honest holders kept in v's U3
+//! (≥ t − C, all shown "v dropped" so that their pair seeds come out) and the honest
+//! holders outside it (≥ t − C, or t − 1 − C in full SecAgg, where v's share counts)
+//! must both fit in the honest holders: the attack needs 2t ≤ k + C (full SecAgg:
+//! 2t ≤ n + C, with n = k + 1), which the threshold rule 2t > k + C
+//! (`fedcrm_analysis::neighbourhood`; 2t > n + C in full SecAgg) forbids. In the second
+//! the shares are too few outright. In full SecAgg both are checked whether or not v
+//! reveals a pair seed: a split of U2 strips v without it (`tests/multiround_props.rs`
+//! runs the attacks on both sides of the bound, and `crypto/tests/split_u2.rs` the split
+//! of U2).
 //!
 //! **Liveness cost.** A dropped node's masks come out only with the pair seed of
 //! *every* surviving neighbour, so one surviving neighbour that does not answer blocks
@@ -554,6 +556,7 @@ pub struct RoundShared {
 /// Round state 1½: the delivered shares are opened; waits for the final U2.
 pub struct RoundOpened {
     tag: Tag,
+    contributors: Vec<String>,
     b: SelfSeed,
     delivered: BTreeSet<String>,
     /// The `b` share held for each member of `delivered` whose share opened.
@@ -564,6 +567,7 @@ pub struct RoundOpened {
 /// Round state 2: ready to mask.
 pub struct RoundReady {
     tag: Tag,
+    contributors: Vec<String>,
     b: SelfSeed,
     u2: BTreeSet<String>,
     held: BTreeMap<String, Share>,
@@ -572,6 +576,8 @@ pub struct RoundReady {
 /// Round state 3: masked input sent; waits for exactly one unmask request.
 pub struct RoundMasked {
     tag: Tag,
+    /// This round's U1 (every holder of this node's shares is among them).
+    contributors: Vec<String>,
     u2: BTreeSet<String>,
     held: BTreeMap<String, Share>,
 }
@@ -631,8 +637,8 @@ impl RoundShared {
             }
         }
         let unopened = failures.iter().map(|f| f.sender.clone()).collect();
-        let RoundShared { tag, b, .. } = self;
-        Ok((RoundOpened { tag, b, delivered, held, unopened }, failures))
+        let RoundShared { tag, contributors, b, .. } = self;
+        Ok((RoundOpened { tag, contributors, b, delivered, held, unopened }, failures))
     }
 
     /// [`RoundShared::open`] then [`RoundOpened::finish`] with the same U2, failing on
@@ -689,9 +695,9 @@ impl RoundOpened {
             return Err(ctx.at(&format!("the final U2 {why}")));
         }
         ctx.check_holders(&u2, "the final U2")?;
-        let RoundOpened { tag, b, mut held, .. } = self;
+        let RoundOpened { tag, contributors, b, mut held, .. } = self;
         held.retain(|n, _| u2.contains(n));
-        Ok(RoundReady { tag, b, u2, held })
+        Ok(RoundReady { tag, contributors, b, u2, held })
     }
 }
 
@@ -717,8 +723,8 @@ impl RoundReady {
         }
         let refs: Vec<(&MaskSeed, Sign)> = seeds.iter().map(|(s, sign)| (s, *sign)).collect();
         expand_words(&refs, &mut y);
-        let RoundReady { tag, u2, held, .. } = self;
-        Ok((RoundMasked { tag, u2, held }, y))
+        let RoundReady { tag, contributors, u2, held, .. } = self;
+        Ok((RoundMasked { tag, contributors, u2, held }, y))
     }
 }
 
@@ -764,14 +770,16 @@ impl RoundMasked {
         // honest holder fewer than SecAgg's (module doc, "split view").
         let (m, t) = (member, ctx.params.t);
         let ViewCheck::Unconfirmed { corrupt } = view else { return Ok(()) };
-        if m.topology.holds(&m.me, &m.me) && dropped.iter().any(|v| m.topology.adjacent(&m.me, v)) {
+        // Full SecAgg: this node's own share of b_r counts towards the server's t, and
+        // every contributor holds one, in this node's U2 or not (module doc, "split
+        // view"): whether or not it reveals a pair seed.
+        if m.topology.holds(&m.me, &m.me) {
             let others = m.topology.holders(&m.me, s.iter().filter(|v| **v != m.me)).len();
-            let gone = m.topology.holders(&m.me, dropped.iter()).len();
+            let gone = m.topology.holders(&m.me, self.contributors.iter().filter(|v| !s.contains(*v))).len();
             if others < t && gone + corrupt + 1 >= t {
                 return Err(at(&format!(
-                    "asks for pair seeds but leaves {others} holders of this node's shares besides itself in U3, \
-                     fewer than t={t}, and drops {gone}, which with {corrupt} that may be corrupt and its own share \
-                     could make t"
+                    "leaves {others} holders of this node's shares besides itself in U3, fewer than t={t}, and {gone} \
+                     holders outside U3, which with {corrupt} that may be corrupt and its own share could make t"
                 )));
             }
         }

@@ -38,7 +38,7 @@ struct Sim {
     server: Analysis,
     topology: Topology,
     /// The corrupt holders every member assumes when it answers an unmask request;
-    /// `None`: t (so the full-SecAgg fallback of `check_request` never applies).
+    /// `None`: none.
     corrupt: Option<usize>,
 }
 
@@ -168,16 +168,15 @@ fn play(a: &mut Sim, t: usize, width: WordWidth, fates: &[Fate], inputs: &[Vec<u
         if fates[index(&me)] == Fate::DropAfterMask {
             continue;
         }
-        // A node to reveal a pair seed counts its holders besides itself.
-        let seeds_due = dropped.iter().any(|v| topology.adjacent(&me, v));
-        let besides: Vec<String> = survivors.iter().filter(|v| !seeds_due || **v != me).cloned().collect();
+        // Full SecAgg (a share of its own): t holders besides itself in U3, or so few
+        // holders outside U3 that with the corrupt ones and its own share they cannot
+        // make t. SecAgg+: t holders in U3.
+        let own = topology.holds(&me, &me);
+        let besides: Vec<String> = survivors.iter().filter(|v| !own || **v != me).cloned().collect();
         let h = holders(&me, &besides);
-        // Full SecAgg: fewer than t besides itself is answered when the dropped holders,
-        // the corrupt ones and its own share cannot make t.
-        let corrupt = a.corrupt.unwrap_or(t);
-        let gone = dropped.iter().filter(|v| topology.holds(v, &me)).count();
-        let fallback =
-            topology.holds(&me, &me) && gone + corrupt + 1 < t && holders(&me, &survivors) >= t && h + 1 >= t;
+        let corrupt = a.corrupt.unwrap_or(0);
+        let outside: Vec<String> = contributors.iter().filter(|v| !survivors.contains(*v)).cloned().collect();
+        let fallback = own && holders(&me, &outside) + corrupt + 1 < t && holders(&me, &survivors) >= t;
         match m.unmask(a.members.get_mut(&me).unwrap(), &survivors, &dropped, ViewCheck::Unconfirmed { corrupt }) {
             Ok(reveals) => {
                 assert!(h >= t || fallback, "{me} answered with {h} holders in U3 < t = {t}");

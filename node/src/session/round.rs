@@ -197,6 +197,11 @@ struct Keyed {
     threshold: usize,
     degree: usize,
     u1: Vec<SignedKeys>,
+    /// U1 as the setup's signed invitation labelled it (organisation, kind), sorted by
+    /// name: checked against the certificates at the setup's key roster (in SecAgg+,
+    /// this node's neighbours'). A later round must label every node the same, or HQ
+    /// could relabel its own nodes as franchisees once no key roster checks them.
+    labels: Vec<Invitee>,
     plus: Option<Plus>,
     member: multiround::Member,
 }
@@ -611,6 +616,7 @@ impl<'a> Rounds<'a> {
                     threshold: a.start.threshold,
                     degree: a.start.degree,
                     u1: a.u1.clone(),
+                    labels: a.members(&names),
                     plus: a.plus.clone(),
                     member,
                 });
@@ -787,6 +793,10 @@ impl<'a> Rounds<'a> {
         if let Err(why) = rules {
             tracing::warn!(node = %ctx.name, %round, %why, "refusing to sign the round's view");
             self.refuse(round, &why).await?;
+            if dropped.contains(&ctx.name) {
+                // Declared dropped: no further part in the analysis (its keys go).
+                self.keyed = None;
+            }
             return Ok(None);
         }
         let payload = secagg::consistency_payload(&round, a.seed(), &view.delivered, &view.survivors);
@@ -1012,6 +1022,22 @@ fn share_again(
              but round {round} has k = {}, t = {}; refusing",
             k.degree, k.threshold, a.start.degree, a.start.threshold
         )));
+    }
+    // Labels are checked against certificates only at the setup's key roster: a later
+    // round must repeat them exactly.
+    for i in &a.start.invited {
+        let setup_label = k.labels.binary_search_by(|l| l.name.as_str().cmp(&i.name)).ok().map(|x| &k.labels[x]);
+        if let Some(l) = setup_label.filter(|l| *l != i) {
+            return Ok(Err(format!(
+                "round {round} of analysis {analysis} describes {} as ({}, {}), but the analysis's first round \
+                 described it as ({}, {}), as its certificate was checked then; refusing",
+                i.name,
+                i.organisation,
+                i.kind.as_str(),
+                l.organisation,
+                l.kind.as_str()
+            )));
+        }
     }
     a.u1 = k.u1.clone();
     a.plus = k.plus.clone();

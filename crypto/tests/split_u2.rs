@@ -1,23 +1,14 @@
-//! Review of issue 9: the crypto core's split-view argument for a view nobody confirmed
-//! (`ViewCheck::Unconfirmed`) counts, as the honest holders that can give the server a
-//! share of the target's b_r, only neighbours *in the target's U2* — those it masked
-//! with. In full SecAgg every contributor holds a share of b_r, and the server chooses
-//! each node's U2: it can deliver the target v's sealed share to honest nodes W while
-//! leaving W out of v's U2. W then give b_v shares (shown "everyone survived") and v
-//! never masked with them, so their pair seeds are not needed; v's U2 neighbours A are
+//! A split of U2 against a view nobody confirmed (`ViewCheck::Unconfirmed`), found in
+//! review: in full SecAgg every contributor holds a share of the target v's b_r, and
+//! the server chooses each node's U2. It delivers v's sealed share to honest nodes W
+//! but leaves W out of v's U2, so v never masks with them: W give shares of b_v (shown
+//! "everyone survived") and no pair seed with them is needed; v's U2 neighbours A are
 //! shown "v dropped" and reveal their pair seeds with v; v itself is shown "nobody
-//! dropped" and gives its own share of b_v. No guard applies to v (it reveals no pair
-//! seed), A's guard passes (t holders besides itself survive in its view).
-//!
-//! The attack needs t ≤ |W| + C + 1 and t ≤ |U2_v| = |A| + C + 1, i.e. 2t ≤ n + C + 1 —
-//! one more than the module doc's "the attack needs 2t ≤ n + C", so at 2t = n + C + 1
-//! the threshold rule 2t > n + C holds and the target is stripped anyway. E.g. n = 8,
-//! t = 5, one corrupt node: a case `multiround_props.rs::the_split_view_attack_fails_when_the_threshold_rule_holds`
-//! lists as safe. (On the wire `ViewCheck::Confirmed` is used and v's view carries at
-//! most C + 1 signatures, so the wire is not affected; the crypto core's documented
-//! fallback is.)
-//!
-//! This test asserts the documented property and FAILS on `a3cb366`.
+//! dropped" and gives its own share of b_v. That needs only 2t ≤ n + C + 1, one more
+//! than the threshold rule allows — so v counts its holders *outside U3*, in its U2 or
+//! not, and checks them whether or not it reveals a pair seed
+//! (`multiround::RoundMasked::check_request`). On the wire views are confirmed by
+//! signatures and no split is possible (`multiround` module doc).
 
 use std::collections::BTreeMap;
 
@@ -71,7 +62,11 @@ fn split_u2(n: usize, t: usize, corrupt: usize, a_count: usize) -> (Option<Vec<u
         let u2 = if me == v { u2_v.clone() } else { all.clone() };
         let incoming: Vec<(String, Vec<u8>)> =
             inbox[&me].iter().filter(|(from, _)| u2.contains(from)).cloned().collect();
-        let (m, y) = s.receive(member, &u2, &incoming).unwrap().mask(member, &x[all.iter().position(|u| *u == me).unwrap()]).unwrap();
+        let (m, y) = s
+            .receive(member, &u2, &incoming)
+            .unwrap()
+            .mask(member, &x[all.iter().position(|u| *u == me).unwrap()])
+            .unwrap();
         if me == v {
             y_v = Some(y);
         }
@@ -107,10 +102,10 @@ fn split_u2(n: usize, t: usize, corrupt: usize, a_count: usize) -> (Option<Vec<u
     (Some(multiround::test_util_strip(&params.round, &v, &b, &seeds, &y_v.unwrap())), x[n - 1].clone())
 }
 
-/// n = 8, t = 5, one corrupt node: 2t = 10 > n + C = 9, the threshold rule holds (and
-/// `multiround_props.rs` lists (8, 5, 1) as safe). |A| = |W| = 3.
+/// n = 8, t = 5, one corrupt node (2t = 10 > n + C = 9) and n = 9, t = 6, two corrupt:
+/// the threshold rule holds, and the split of U2 (|A| = |W| = 3) gets nothing.
 #[test]
-fn a_split_of_u2_strips_the_target_although_the_threshold_rule_holds() {
+fn a_split_of_u2_does_not_strip_the_target_when_the_threshold_rule_holds() {
     let (got, x) = split_u2(8, 5, 1, 3);
     assert_ne!(got, Some(x), "n = 8, t = 5, 1 corrupt (2t > n + C): HQ stripped v's masked vector to its input");
     let (got, x) = split_u2(9, 6, 2, 3);
