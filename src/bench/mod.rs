@@ -748,7 +748,7 @@ fn run_round<W: Word>(
 ///
 /// What is counted: the pages the process held at its peak during the phase beyond
 /// those it held at the baseline — the coordinator's running sum and bookkeeping,
-/// but also the client's masked vector in flight (made by `ClientReady::mask`
+/// but also the client's masked vector in flight (made by `RoundReady::mask`
 /// between two `add_masked` calls) and the unmask responses. One baseline serves
 /// both phases because the allocator keeps the pages the first phase freed and the
 /// second reuses them: a baseline taken between the phases would hide them and
