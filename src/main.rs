@@ -281,9 +281,11 @@ enum HqCommand {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
-    /// Secure aggregation: node masking, coordinator unmasking and peak memory, each beside
-    /// an honest floor (fused AES-128-CTR on all cores, X25519, Shamir, in the protocol's
-    /// counts) measured in the same run; optionally Flower's SecAgg and SecAgg+ too.
+    /// Secure aggregation as it runs on the wire (keys once per analysis): per-round node
+    /// masking, coordinator unmasking and peak memory, and the once-per-analysis key setup
+    /// of one node, each beside an honest floor (fused AES-128-CTR on all cores, X25519,
+    /// Shamir, in the protocol's counts) measured in the same run; optionally Flower's
+    /// SecAgg and SecAgg+ too.
     ///
     /// Without AES-NI: build separately with
     /// RUSTFLAGS='--cfg aes_backend="soft"' CARGO_TARGET_DIR=target/soft-aes.

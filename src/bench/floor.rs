@@ -12,9 +12,12 @@
 //!   stream's keystream to a tile while it sits in L1. So the accumulator crosses the
 //!   memory bus once per phase instead of once per stream.
 //! - **Key agreement**: X25519 (RFC 7748) through `fedcrm_crypto::keys` — the primitive
-//!   itself, on the calling thread (a few milliseconds per phase).
-//! - **Shamir reconstruction**: `fedcrm_crypto::shamir::combine` on t shares — the
-//!   primitive itself, on the calling thread.
+//!   itself, on the calling thread. Only the once-per-analysis key setup does any: a
+//!   round of `fedcrm_crypto::multiround` derives its pair seeds from the setup's
+//!   agreements (HKDF), so no per-round phase counts an X25519 agreement.
+//! - **Shamir**: `fedcrm_crypto::shamir::split` of one 32-byte seed t-of-holders (a
+//!   node's round self-mask seed) and `shamir::combine` on t shares — the primitives
+//!   themselves, on the calling thread.
 //! - **Vector additions** (the coordinator's running sum): the faster of one thread and
 //!   all cores (same split), measured both ways in the same run; adding is memory-bound
 //!   and starting threads per vector costs, so neither wins everywhere.
@@ -32,9 +35,9 @@ use std::time::{Duration, Instant};
 use aes::Aes128;
 use anyhow::{Result, anyhow};
 use ctr::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
-use fedcrm_crypto::SecureRandom;
 use fedcrm_crypto::keys::{RoundPublic, RoundSecret};
 use fedcrm_crypto::shamir::{self, Share};
+use fedcrm_crypto::{SecureRandom, SystemRandom};
 use serde::Serialize;
 
 type Aes128Ctr = ctr::Ctr128BE<Aes128>;
@@ -136,9 +139,11 @@ pub struct Counts {
     pub streams: usize,
     /// X25519 agreements (variable base).
     pub x25519: usize,
-    /// X25519 fixed-base multiplications: the coordinator checks each reconstructed
-    /// mask key against the public key its owner advertised.
-    pub key_checks: usize,
+    /// X25519 key pairs made (one fixed-base multiplication each): a node's two at
+    /// key setup.
+    pub key_pairs: usize,
+    /// Shamir splits of a 32-byte seed t-of-holders (a node's round self-mask seed).
+    pub splits: usize,
     /// Shamir reconstructions from t shares.
     pub reconstructions: usize,
     /// d-word vectors added into the running sum.
@@ -150,12 +155,13 @@ pub struct Counts {
 impl Counts {
     /// The counts for the table's detail column.
     pub fn describe(&self) -> String {
-        let mut parts = vec![format!("{} streams", self.streams)];
+        let mut parts = if self.streams > 0 { vec![format!("{} streams", self.streams)] } else { Vec::new() };
         for (k, what) in [
             (self.copies, "copy"),
             (self.vectors_added, "adds"),
             (self.x25519, "X25519"),
-            (self.key_checks, "key checks"),
+            (self.key_pairs, "key pairs"),
+            (self.splits, "Shamir split"),
             (self.reconstructions, "Shamir recons"),
         ] {
             if k > 0 {
@@ -166,46 +172,53 @@ impl Counts {
     }
 }
 
-/// The counts of the three measured phases.
+/// The counts of the measured phases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct PhaseCounts {
+    /// Once per analysis, not per round.
+    pub key_setup: Counts,
     pub masking: Counts,
     pub coordinator_no_dropouts: Counts,
     pub coordinator_dropped: Counts,
 }
 
-/// The operations each phase of a round must do, from its shape (Bonawitz et al. CCS
-/// 2017, Fig. 4):
+/// The operations each phase must do in `fedcrm_crypto::multiround` (key agreement
+/// once per analysis; the steps of Bonawitz et al. CCS 2017, Fig. 4, changed as its
+/// module doc says):
 ///
-/// - **masking, one node** (Round 2, user): 1 self mask + one pairwise mask per
-///   neighbour = 1 + neighbours streams; one X25519 agreement per neighbour; one copy of
-///   the input into the output.
-/// - **coordinator, no dropouts** (Rounds 2 and 4, server): |U3| = n masked vectors
-///   added; |U3| self-mask seeds reconstructed and their |U3| streams removed.
+/// - **key setup, one node** (once per analysis, not per round): two X25519 key pairs
+///   (`Setup::new`) and, with each neighbour, two agreements (`Setup::join`: `c_uv`
+///   for sealing shares, `s_uv` for masks) = 2 · neighbours X25519.
+/// - **masking, one node** (every round): one Shamir split of the fresh self-mask seed
+///   b_r (`Member::round`); the copy of the input into the output and 1 self mask + one
+///   pairwise mask per neighbour = 1 + neighbours streams (`RoundReady::mask`), the
+///   round's pair seeds HKDF-derived from the setup's agreements: **no X25519**.
+/// - **coordinator, no dropouts**: |U3| = n masked vectors added; |U3| self-mask seeds
+///   b_r reconstructed and their |U3| streams removed.
 /// - **coordinator, K dropped**: |U3| = n − K vectors added; |U3| self masks plus, for
-///   every dropped node, one pairwise stream per surviving neighbour, each needing an
-///   X25519 agreement between the dropped node's reconstructed key and that neighbour's
-///   public key; |U3| + K reconstructions; K key checks.
+///   every dropped node, one pairwise stream per surviving neighbour, expanded from the
+///   round pair seed that neighbour revealed (no X25519, no key reconstructed); |U3|
+///   reconstructions (the survivors' b_r only).
 ///
 /// Surviving neighbours of a dropped node: n − K on the complete graph (its other K − 1
 /// neighbours dropped too); with k < n − 1 neighbours (SecAgg+), min(k, n − K), i.e. the
 /// dropped nodes are taken to be spread out so that no two are neighbours, as the bench
-/// (and Flower's script) spreads them.
+/// (and Flower's script) spreads them. (The bench replaces this with the count on its
+/// graph.)
 pub fn counts(shape: Shape) -> PhaseCounts {
     let Shape { n, neighbours, dropped: k, .. } = shape;
     let u3 = n - k;
     let surviving_neighbours = if neighbours + 1 >= n { u3 } else { neighbours.min(u3) };
     let pairwise = k * surviving_neighbours;
     PhaseCounts {
-        masking: Counts { streams: 1 + neighbours, x25519: neighbours, copies: 1, ..Counts::default() },
+        key_setup: Counts { x25519: 2 * neighbours, key_pairs: 2, ..Counts::default() },
+        masking: Counts { streams: 1 + neighbours, splits: 1, copies: 1, ..Counts::default() },
         coordinator_no_dropouts: Counts { streams: n, reconstructions: n, vectors_added: n, ..Counts::default() },
         coordinator_dropped: Counts {
             streams: u3 + pairwise,
-            x25519: pairwise,
-            key_checks: k,
-            reconstructions: u3 + k,
+            reconstructions: u3,
             vectors_added: u3,
-            copies: 0,
+            ..Counts::default()
         },
     }
 }
@@ -215,9 +228,9 @@ pub fn counts(shape: Shape) -> PhaseCounts {
 pub struct FloorTimes {
     /// Fused keystream expansion and addition (with the masking floor's copy of the input).
     pub streams: Duration,
-    /// X25519 agreements and key checks.
+    /// X25519 agreements and key pairs.
     pub x25519: Duration,
-    /// Shamir reconstructions.
+    /// Shamir splits and reconstructions.
     pub shamir: Duration,
 }
 
@@ -241,6 +254,12 @@ impl FloorTimes {
 pub struct Floor<W: Word> {
     threads: usize,
     t: usize,
+    /// How many hold shares of one node's seed: n in full SecAgg (itself included), its
+    /// k neighbours in SecAgg+.
+    holders: usize,
+    rng: SystemRandom,
+    /// The seed the masking floor splits.
+    seed: [u8; 32],
     /// A node's input (masking floor).
     input: Vec<W>,
     /// The masking floor's output.
@@ -272,7 +291,7 @@ impl<W: Word> Floor<W> {
     /// A floor for vectors of `d` words and rounds of `shape`, on every core.
     pub fn new(d: usize, shape: Shape, rng: &dyn SecureRandom) -> Result<Self> {
         let c = counts(shape);
-        let all = [c.masking, c.coordinator_no_dropouts, c.coordinator_dropped];
+        let all = [c.key_setup, c.masking, c.coordinator_no_dropouts, c.coordinator_dropped];
         let most = |f: fn(&Counts) -> usize| all.iter().map(f).max().unwrap_or(0).max(1);
         let fill = |b: &mut [u8]| rng.fill(b).map_err(|_| anyhow!("system random number generator failed"));
         let mut keys = vec![[0u8; 16]; most(|c| c.streams)];
@@ -289,9 +308,15 @@ impl<W: Word> Floor<W> {
             })
             .collect::<Result<_>>()?;
         let input = (0..d).map(W::from_index).collect();
+        let mut seed = [0u8; 32];
+        fill(&mut seed)?;
+        let holders = if shape.neighbours + 1 >= shape.n { shape.n } else { shape.neighbours };
         Ok(Self {
             threads: threads(),
             t: shape.t,
+            holders,
+            rng: SystemRandom::new(),
+            seed,
             input,
             out: vec![W::from_index(1); d],
             sum: vec![W::from_index(2); d],
@@ -306,18 +331,32 @@ impl<W: Word> Floor<W> {
         self.threads
     }
 
-    /// One node's masking: the input copied into the output and every stream added to
-    /// it in one fused pass, plus the agreements.
-    pub fn masking(&mut self, c: &Counts) -> FloorTimes {
+    /// One node's key setup (once per analysis): its key pairs and agreements.
+    pub fn key_setup(&self, c: &Counts) -> FloorTimes {
+        FloorTimes { x25519: self.agreements(c), ..FloorTimes::default() }
+    }
+
+    /// One node's round: the split of its self-mask seed, then the input copied into
+    /// the output and every stream added to it in one fused pass (plus any agreements
+    /// the counts name: none in `multiround`).
+    pub fn masking(&mut self, c: &Counts) -> Result<FloorTimes> {
+        let (split, shamir) = timed(|| {
+            (0..c.splits).try_for_each(|_| {
+                black_box(shamir::split(&self.seed, self.t, self.holders, &self.rng)?);
+                Ok::<_, fedcrm_crypto::CryptoError>(())
+            })
+        });
+        split?;
         let keys = pool(&self.keys, c.streams);
         let src = (c.copies > 0).then_some(self.input.as_slice());
         let ((), streams) = timed(|| fused(&keys, src, &mut self.out, self.threads));
         black_box(&self.out);
-        FloorTimes { streams, x25519: self.agreements(c), shamir: Duration::ZERO }
+        Ok(FloorTimes { streams, x25519: self.agreements(c), shamir })
     }
 
-    /// The coordinator's unmasking after the adds: reconstructions, agreements and key
-    /// checks, and every stream removed from the running sum in one fused pass.
+    /// The coordinator's unmasking after the adds: reconstructions (and any agreements
+    /// the counts name: none in `multiround`), and every stream removed from the running
+    /// sum in one fused pass.
     pub fn unmasking(&mut self, c: &Counts) -> FloorTimes {
         let sets = pool(&self.shares, c.reconstructions);
         let ((), shamir) = timed(|| {
@@ -360,13 +399,17 @@ impl<W: Word> Floor<W> {
     }
 
     fn agreements(&self, c: &Counts) -> Duration {
+        if c.x25519 == 0 && c.key_pairs == 0 {
+            // No work: a round of `multiround` makes no agreement.
+            return Duration::ZERO;
+        }
         let peers = pool(&self.peers, c.x25519);
         let ((), t) = timed(|| {
             for peer in &peers {
                 // X25519 of random keys is never the zero point; either way it is timed.
                 let _ = black_box(self.secret.agree(peer));
             }
-            for _ in 0..c.key_checks {
+            for _ in 0..c.key_pairs {
                 black_box(self.secret.public());
             }
         });
@@ -460,7 +503,6 @@ pub fn add_parallel<W: Word>(acc: &mut [W], v: &[W], threads: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fedcrm_crypto::SystemRandom;
 
     /// The reference: each stream's whole keystream, one after the other, from offset 0.
     fn sequential<W: Word>(keys: &[[u8; 16]], src: &[W]) -> Vec<W> {
@@ -507,17 +549,22 @@ mod tests {
 
     #[test]
     fn counts_follow_the_protocol() {
-        // SecAgg, n = 50, 5 dropped: 45 self masks + 5 × 45 pairwise.
+        // SecAgg, n = 50, 5 dropped: 45 self masks + 5 × 45 pairwise, from revealed pair
+        // seeds: no X25519 and no key reconstructed in any round.
         let c = counts(Shape { n: 50, t: 34, neighbours: 49, dropped: 5 });
-        assert_eq!((c.masking.streams, c.masking.x25519, c.masking.copies), (50, 49, 1));
+        assert_eq!((c.key_setup.x25519, c.key_setup.key_pairs, c.key_setup.streams), (98, 2, 0));
+        let m = c.masking;
+        assert_eq!((m.streams, m.x25519, m.splits, m.copies, m.reconstructions), (50, 0, 1, 1, 0));
         let none = c.coordinator_no_dropouts;
         assert_eq!((none.streams, none.reconstructions, none.vectors_added, none.x25519), (50, 50, 50, 0));
         let k = c.coordinator_dropped;
-        assert_eq!((k.streams, k.x25519, k.reconstructions, k.vectors_added, k.key_checks), (270, 225, 50, 45, 5));
+        assert_eq!((k.streams, k.x25519, k.reconstructions, k.vectors_added, k.key_pairs), (270, 0, 45, 45, 0));
         // SecAgg+, k = 6 neighbours, dropped nodes spread out: 45 + 5 × 6 streams.
         let c = counts(Shape { n: 50, t: 5, neighbours: 6, dropped: 5 });
-        assert_eq!((c.masking.streams, c.masking.x25519), (7, 6));
-        assert_eq!((c.coordinator_dropped.streams, c.coordinator_dropped.x25519), (75, 30));
+        assert_eq!((c.key_setup.x25519, c.masking.streams, c.masking.x25519), (12, 7, 0));
+        assert_eq!((c.coordinator_dropped.streams, c.coordinator_dropped.x25519), (75, 0));
+        assert_eq!(c.masking.describe(), "7 streams, 1 copy, 1 Shamir split");
+        assert_eq!(c.key_setup.describe(), "12 X25519, 2 key pairs");
     }
 
     #[test]
@@ -526,7 +573,8 @@ mod tests {
         let shape = Shape { n: 6, t: 4, neighbours: 5, dropped: 1 };
         let c = counts(shape);
         let mut f = Floor::<u32>::new(100, shape, &rng).unwrap();
-        f.masking(&c.masking);
+        f.masking(&c.masking).unwrap();
+        assert_eq!(f.key_setup(&c.key_setup).streams, Duration::ZERO);
         f.unmasking(&c.coordinator_dropped);
         let mut g = Floor::<u64>::new(100, shape, &rng).unwrap();
         g.add(&[7u64; 100]);

@@ -1,23 +1,39 @@
 //! `fedcrm bench secagg`: measured, never asserted.
 //!
-//! Runs secure-aggregation rounds (`fedcrm_crypto::secagg`, 64-bit words) in memory
-//! for n nodes and vectors of d words, and prints each cost beside an **honest floor**
-//! (issue 9): the same amount of work done the fastest safe way we know on this
-//! machine, independent of our PRG code, timed in the same run ([`floor`]):
+//! Runs the secure aggregation that runs on the wire (`fedcrm/v6`, issue 9: keys once
+//! per analysis, `fedcrm_crypto::multiround`) in memory for n nodes and vectors of d
+//! words, and prints each cost beside an **honest floor**: the same amount of work done
+//! the fastest safe way we know on this machine, independent of our PRG code, timed in
+//! the same run ([`floor`]). One analysis is set up (every node's `Setup::new` and
+//! `Setup::join`, the coordinator's `multiround::Analysis::new`), then two rounds run
+//! in it, one with no dropouts and one in which ⌈drop·n⌉ nodes share and then vanish:
 //!
-//! - masking, one node: `ClientReady::mask` (its X25519 agreements, HKDF, the copy of
-//!   the input and 1 + |neighbours| mask expansions) against one fused pass on all
-//!   cores that copies the input and adds 1 + |neighbours| AES-128-CTR keystreams of d
-//!   words (random keys, `aes`/`ctr` directly), plus |neighbours| X25519 agreements;
-//! - the coordinator's unmasking, once with no dropouts and once with ⌈drop·n⌉ nodes
-//!   that shared their keys but never sent a masked input (in U2, not in U3):
-//!   `Aggregator::new`, `add_masked` for every survivor, `close` and `finish` against
-//!   allocating a fresh sum, adding the same vectors into it (all cores), and the
-//!   fused expansion of every stream `finish` must remove (|U3| self masks plus each
-//!   dropped node's pairwise masks with its surviving neighbours), with the X25519
-//!   agreements and Shamir reconstructions those need;
+//! - key setup, one node — **once per analysis, not per round**: `Setup::new` (two
+//!   X25519 key pairs) + `Setup::join` with its neighbours (2 · |neighbours| X25519
+//!   agreements) against the same key pairs and raw X25519 agreements. Signing and
+//!   verifying the advertised keys (Ed25519, the caller's) are not in it.
+//! - masking, one node (every round): `Member::round` (a fresh self-mask seed b_r,
+//!   Shamir-split t-of-holders, each share sealed) + `RoundReady::mask` (the copy of
+//!   the input, 1 + |neighbours| mask expansions, the round's pair seeds HKDF-derived
+//!   from the setup's agreements: **no X25519**) against one Shamir split and one fused
+//!   pass on all cores that copies the input and adds 1 + |neighbours| AES-128-CTR
+//!   keystreams of d words (random keys, `aes`/`ctr` directly). Opening the neighbours'
+//!   sealed shares (`RoundShared::receive`) is not timed; the floor omits the share
+//!   seals (one HKDF and one 64-byte ChaCha20-Poly1305 seal per neighbour).
+//! - the coordinator's unmasking, once with no dropouts and once with the K dropped
+//!   nodes (in U2, not in U3): `Analysis::round`, `add_masked` for every survivor,
+//!   `close` and `finish_words` against allocating a fresh sum, adding the same vectors
+//!   into it (all cores), and the fused expansion of every stream `finish_words` must
+//!   remove (|U3| self masks plus each dropped node's pairwise masks with its surviving
+//!   neighbours, from the round pair seeds those neighbours revealed), with the |U3|
+//!   Shamir reconstructions of the survivors' b_r. A dropout costs no X25519 and no
+//!   reconstruction of a key: its surviving neighbours reveal their round pair seeds
+//!   with it (`Reveal::PairSeed`);
 //! - the coordinator's peak memory during that phase, against the two vectors of d
 //!   words it cannot do without (the running sum and the one masked vector in flight).
+//!
+//! The rounds run in one analysis in order (the round with dropouts last: a node
+//! declared dropped takes no further part).
 //!
 //! The operation counts come from the protocol ([`floor::counts`]) and are printed in
 //! the table's detail column and in `--json`.
@@ -45,8 +61,7 @@
 //! which the workspace forbids (`unsafe_code = "forbid"`). See `PeakRss` for what
 //! is counted.
 //!
-//! The clients' own work (generating the masked vectors, answering the unmask
-//! request) runs between the coordinator's calls and is not in the coordinator's
+//! The clients' own work (sharing, masking, answering the unmask request) runs between the coordinator's calls and is not in the coordinator's
 //! times. Every run checks that the unmasked sum equals the plain sum of the
 //! survivors' inputs and fails otherwise, so the bench is also a correctness check.
 
@@ -61,9 +76,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use fedcrm_analysis::width::{DEFAULT_MAX_CUSTOMERS_PER_NODE, SumRange, pick_width};
 use fedcrm_crypto::graph::{self, Graph, GraphConfig, Mode};
-use fedcrm_crypto::secagg::{
-    self, Aggregator, ClientAdvertised, ClientReady, PeerKeys, Revealed, RoundParams, Topology,
-};
+use fedcrm_crypto::multiround::{self, Member, Reveal, RoundReady, Setup, ViewCheck};
+use fedcrm_crypto::secagg::{self, PeerKeys, RoundParams, Topology};
 use fedcrm_crypto::word::WordWidth;
 use fedcrm_crypto::{RoundId, SecureRandom, SystemRandom};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -137,11 +151,15 @@ impl BenchMode {
 }
 
 /// What the measured code uses.
-const PRG: &str = "AES-128-CTR (HKDF-keyed per seed) via prg::expand_many_into";
+const PRG: &str =
+    "multiround (keys once per analysis, fedcrm/v6); AES-128-CTR (HKDF-keyed per seed) via prg::expand_many_into";
 /// The issue's goal for every ratio (printed, never asserted).
 const GOAL_RATIO: f64 = 1.5;
-/// How many times the masking floor is measured (interleaved with the nodes' masking).
+/// How many times the masking floor is measured (interleaved with the nodes' masking),
+/// and the key-setup floor (interleaved with the nodes' joins).
 const MASK_FLOOR_REPS: usize = 5;
+/// The phase name of the key-setup row.
+pub const KEY_SETUP_PHASE: &str = "key setup, one node (once per analysis)";
 
 /// The floor's time by kind of work, in ms.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -284,7 +302,8 @@ fn run_at<W: Word>(n: usize, d: usize, drop: f64, width: WordWidth, mode: Mode) 
             (t, n - 1, Topology::Complete, "full SecAgg (every pair of nodes)".to_string())
         }
         Mode::Plus { k, t } => {
-            // A random Harary graph, as the nodes would derive it from their revealed nonces.
+            // A random Harary graph, as the nodes would derive it from their revealed nonces
+            // at the analysis's key setup; fixed for the analysis (both rounds).
             let mut nonce = [0u8; 32];
             rng.fill(&mut nonce).map_err(|_| anyhow::anyhow!("system random number generator failed"))?;
             let seed = graph::graph_seed(&RoundId::random(&rng)?, b"bench", &[("bench".into(), nonce)]);
@@ -306,17 +325,22 @@ fn run_at<W: Word>(n: usize, d: usize, drop: f64, width: WordWidth, mode: Mode) 
         .map(|&v| (0..n).filter(|u| !dropped.contains(u) && topology.adjacent(&names[*u], &names[v])).count())
         .sum();
     counts.coordinator_dropped.streams = n - k + pairwise;
-    counts.coordinator_dropped.x25519 = pairwise;
+    let mut floor = Floor::<W>::new(d, Shape { n, t, neighbours, dropped: k }, &rng)?;
 
-    // Setup, not timed: rounds 0 and 1 for both scenarios, and the floor's buffers,
-    // keys, peers and shares.
-    let setup = bar(2 * 3 * n as u64, "setup: advertising keys and sharing them (X25519, Shamir, AEAD)");
+    // The analysis's key setup, once: every node's Setup::new and Setup::join timed,
+    // with the key-setup floor interleaved; then the coordinator's Analysis.
+    let setup = bar(4 * n as u64, "setup: the analysis's keys (X25519), then two rounds' shares (Shamir, AEAD)");
+    let (mut members, key_setup, key_floor) =
+        setup_analysis(&names, &topology, &floor, &counts.key_setup, &rng, &setup)?;
+    let mut analysis = multiround::Analysis::new(key_setup.setup, key_setup.keys, topology.clone())?;
+
+    // Each round's sharing (Member::round, timed per node) and the survivors' opening
+    // of their shares (not timed), before any measurement of the coordinator.
     let params = |rng: &dyn SecureRandom| -> Result<RoundParams> {
         Ok(RoundParams { round: RoundId::random(rng)?, t, d, width })
     };
-    let plain = setup_round(params(&rng)?, &names, &topology, &BTreeSet::new(), &rng, &setup)?;
-    let with_drops = setup_round(params(&rng)?, &names, &topology, &dropped, &rng, &setup)?;
-    let mut floor = Floor::<W>::new(d, Shape { n, t, neighbours, dropped: k }, &rng)?;
+    let plain = setup_round(params(&rng)?, &names, &mut members, &BTreeSet::new(), &rng, &setup)?;
+    let with_drops = setup_round(params(&rng)?, &names, &mut members, &dropped, &rng, &setup)?;
     setup.finish_and_clear();
 
     // Buffers the bench itself needs, allocated and touched before any measurement so
@@ -324,18 +348,20 @@ fn run_at<W: Word>(n: usize, d: usize, drop: f64, width: WordWidth, mode: Mode) 
     let mut bufs = Buffers { input: vec![1; d], expected: vec![1; d] };
 
     // One baseline for both phases: the resident set with the bench's buffers and every
-    // client's setup state in place, before any masked vector exists.
+    // node's round state in place, before any masked vector exists.
     let rss = PeakRss::baseline();
     let measure = bar((2 * n - k + 2) as u64, "measuring: nodes mask, the coordinator adds and unmasks");
-    let a = run_round(plain, &mut bufs, &mut floor, &counts.masking, &counts.coordinator_no_dropouts, &rss, &measure)?;
-    let b = run_round(with_drops, &mut bufs, &mut floor, &counts.masking, &counts.coordinator_dropped, &rss, &measure)?;
+    let mut ctx = RoundCtx { members: &mut members, analysis: &mut analysis, bufs: &mut bufs, floor: &mut floor };
+    let a = run_round(plain, &mut ctx, &counts.masking, &counts.coordinator_no_dropouts, &rss, &measure)?;
+    let b = run_round(with_drops, &mut ctx, &counts.masking, &counts.coordinator_dropped, &rss, &measure)?;
     measure.finish_and_clear();
 
     let mask_floor = median_times(&a.mask_floor);
     let mut times = vec![TimeRow::new(
         "masking, one node",
         format!(
-            "median of {} nodes; floor (median of {} reps): {}",
+            "every round: Member::round (share b_r) + RoundReady::mask, median of {} nodes; floor (median of {} \
+             reps): {}",
             a.mask.len(),
             a.mask_floor.len(),
             counts.masking.describe()
@@ -351,7 +377,7 @@ fn run_at<W: Word>(n: usize, d: usize, drop: f64, width: WordWidth, mode: Mode) 
         let survivors = c.vectors_added;
         times.push(TimeRow::new(
             &label,
-            format!("new + add + close + finish; floor: {}", c.describe()),
+            format!("every round: Analysis::round + add_masked + close + finish_words; floor: {}", c.describe()),
             fig.new + fig.add + fig.finish,
             c,
             FloorParts::of(fig.finish_floor, fig.add_floor, fig.zero),
@@ -360,7 +386,7 @@ fn run_at<W: Word>(n: usize, d: usize, drop: f64, width: WordWidth, mode: Mode) 
         times.push(TimeRow::new(
             &format!("  adding {survivors} masked vectors"),
             format!(
-                "Aggregator::new + add_masked; floor: a fresh sum, {} (faster on {} thread(s))",
+                "Analysis::round + add_masked; floor: a fresh sum, {} (faster on {} thread(s))",
                 adds.describe(),
                 fig.add_floor_threads
             ),
@@ -372,23 +398,43 @@ fn run_at<W: Word>(n: usize, d: usize, drop: f64, width: WordWidth, mode: Mode) 
         let what = if fig.dropped == 0 {
             format!("{survivors} self masks")
         } else {
-            format!("{survivors} self + {} pairwise masks", c.x25519)
+            format!("{survivors} self + {} pairwise masks", c.streams - survivors)
         };
         times.push(TimeRow::new(
             &format!("  close + finish: {what}"),
-            format!("Shamir, X25519, HKDF, expansions; floor: {}", finish.describe()),
+            format!(
+                "Shamir (b_r only), expansions of self seeds and revealed pair seeds; floor: {}",
+                finish.describe()
+            ),
             fig.finish,
             finish,
             FloorParts::of(fig.finish_floor, Duration::ZERO, Duration::ZERO),
         ));
     }
+    times.push(TimeRow::new(
+        KEY_SETUP_PHASE,
+        format!(
+            "paid once per analysis, not per round: Setup::new + Setup::join, median of {n} nodes; floor (median of \
+             {} reps): {}",
+            key_floor.len(),
+            counts.key_setup.describe()
+        ),
+        median(&key_setup.times),
+        counts.key_setup,
+        FloorParts::of(median_times(&key_floor), Duration::ZERO, Duration::ZERO),
+    ));
     // What the coordinator cannot do without: the running sum, the one masked vector in
-    // flight, and t shares (two 32-byte scalars each) of every secret it must rebuild.
+    // flight, t shares (two 32-byte scalars each) of every self-mask seed it rebuilds
+    // (|U3|) and the revealed pair seeds (32 bytes each).
     let vectors = 2 * std::mem::size_of::<W>() as u64 * d as u64;
     let shares = |secrets: usize| (secrets * t * fedcrm_crypto::shamir::SHARE_Y_LEN) as u64;
     let memory = vec![
         MemRow::new("coordinator, no dropouts".to_string(), a.peak_rss, vectors + shares(n)),
-        MemRow::new(format!("coordinator, {k} of {n} dropped"), b.peak_rss, vectors + shares(n)),
+        MemRow::new(
+            format!("coordinator, {k} of {n} dropped"),
+            b.peak_rss,
+            vectors + shares(n - k) + 32 * pairwise as u64,
+        ),
     ];
     let threads = floor.threads();
     Ok(Report {
@@ -404,16 +450,17 @@ fn run_at<W: Word>(n: usize, d: usize, drop: f64, width: WordWidth, mode: Mode) 
         aes: aes_info(),
         floor: format!(
             "fused AES-128-CTR (aes/ctr crates, random 128-bit keys, no HKDF) + wrapping add of {}-bit words on \
-             {threads} threads, {} KiB tiles; X25519 and Shamir (t = {t}) on one thread; adds of the masked vectors \
-             on one thread or all, whichever was faster; same run",
+             {threads} threads, {} KiB tiles; X25519 (key setup only, once per analysis) and Shamir (t = {t}) on one \
+             thread; adds of the masked vectors on one thread or all, whichever was faster; same run",
             W::WIDTH.bits(),
             floor::TILE_BYTES / 1024
         ),
         counts,
         memory_measure: "resident set, not a heap count: peak RSS during the phase (VmHWM, reset through \
-                         /proc/self/clear_refs just before Aggregator::new, read after finish) minus RSS after setup; \
-                         counts the one masked vector in flight and the unmask responses; floor = running sum + one vector in flight \
-                         = 2·(width/8)·d bytes, plus t shares of 64 bytes for each secret rebuilt (|U3| + K)",
+                         /proc/self/clear_refs just before Analysis::round, read after finish_words) minus RSS after \
+                         setup; counts the one masked vector in flight and the unmask responses; floor = running sum + \
+                         one vector in flight = 2·(width/8)·d bytes, plus t shares of 64 bytes for each self-mask seed \
+                         rebuilt (|U3|) and 32 bytes for each revealed pair seed",
         times,
         memory,
         sums_verified: true,
@@ -421,16 +468,67 @@ fn run_at<W: Word>(n: usize, d: usize, drop: f64, width: WordWidth, mode: Mode) 
     })
 }
 
-/// One round after rounds 0 and 1: every node of U1 shared (U2 = U1); the survivors
-/// received their shares and are ready to mask; the dropped nodes vanished after
-/// sharing.
+/// The analysis's key setup as the nodes did it.
+struct KeySetup {
+    setup: RoundId,
+    /// U1 of the analysis: every node's advertised keys, sorted by name.
+    keys: Vec<PeerKeys>,
+    /// Each node's Setup::new + Setup::join.
+    times: Vec<Duration>,
+}
+
+/// Every node's key setup, once per analysis (`Setup::new`, then `Setup::join` on the
+/// whole roster), timed per node, with the floor's `key_setup` measured
+/// [`MASK_FLOOR_REPS`] times in between. Returns the members (in roster order), the
+/// setup and the floor's times.
+fn setup_analysis<W: Word>(
+    names: &[String],
+    topology: &Topology,
+    floor: &Floor<W>,
+    key_counts: &Counts,
+    rng: &dyn SecureRandom,
+    pb: &ProgressBar,
+) -> Result<(Vec<Member>, KeySetup, Vec<FloorTimes>)> {
+    let n = names.len();
+    let setup = RoundId::random(rng)?;
+    let mut setups = Vec::with_capacity(n);
+    let mut keys = Vec::with_capacity(n);
+    let mut times = Vec::with_capacity(n);
+    for name in names {
+        let (s, took) = timed(|| Setup::new(setup, "bench", name, rng));
+        let (s, k) = s?;
+        setups.push(s);
+        keys.push(k);
+        times.push(took);
+        pb.inc(1);
+    }
+    let floor_every = n.div_ceil(MASK_FLOOR_REPS).max(1);
+    let mut key_floor = Vec::with_capacity(MASK_FLOOR_REPS);
+    let mut members = Vec::with_capacity(n);
+    for (i, s) in setups.into_iter().enumerate() {
+        if i % floor_every == 0 && key_floor.len() < MASK_FLOOR_REPS {
+            key_floor.push(floor.key_setup(key_counts));
+        }
+        // The roster and graph are the node's inputs, copied outside the timed call.
+        let (u1, graph) = (keys.clone(), topology.clone());
+        let (m, took) = timed(|| s.join(u1, graph));
+        members.push(m?);
+        times[i] += took;
+        pb.inc(1);
+    }
+    Ok((members, KeySetup { setup, keys, times }, key_floor))
+}
+
+/// One round after its sharing: every node of the roster shared (U2 = U1); the
+/// survivors opened their shares and are ready to mask; the dropped nodes vanished
+/// after sharing.
 struct Round {
     params: RoundParams,
-    u1: Vec<PeerKeys>,
     u2: Vec<String>,
-    topology: Topology,
+    /// Each node's `Member::round` (its share of b_r), by roster position.
+    share: Vec<Duration>,
     /// (roster position, state) of each survivor, in roster order.
-    ready: Vec<(usize, ClientReady)>,
+    ready: Vec<(usize, RoundReady)>,
 }
 
 fn node_name(i: usize, n: usize) -> String {
@@ -441,40 +539,34 @@ fn node_name(i: usize, n: usize) -> String {
 fn setup_round(
     params: RoundParams,
     names: &[String],
-    topology: &Topology,
+    members: &mut [Member],
     dropped: &BTreeSet<usize>,
     rng: &dyn SecureRandom,
     pb: &ProgressBar,
 ) -> Result<Round> {
     let n = names.len();
-    let mut advertised = Vec::with_capacity(n);
-    let mut u1 = Vec::with_capacity(n);
-    for name in names {
-        let (c, keys) = ClientAdvertised::new(params.clone(), name, rng)?;
-        advertised.push(c);
-        u1.push(keys);
-        pb.inc(1);
-    }
     let mut inbox: Vec<Vec<(String, Vec<u8>)>> = vec![Vec::new(); n];
     let mut shared = Vec::with_capacity(n);
-    for (i, c) in advertised.into_iter().enumerate() {
-        let (state, out) = c.share_with(u1.clone(), topology.clone(), rng)?;
+    let mut share = Vec::with_capacity(n);
+    for (i, member) in members.iter_mut().enumerate() {
+        let (out, took) = timed(|| member.round(params.clone(), names, rng));
+        let (state, out) = out?;
+        share.push(took);
         for (to, ct) in out {
             let j = names.binary_search(&to).map_err(|_| anyhow::anyhow!("share addressed to unknown {to}"))?;
             inbox[j].push((names[i].clone(), ct));
         }
         shared.push(state);
-        pb.inc(1);
     }
     let u2 = names.to_vec();
     let mut ready = Vec::with_capacity(n - dropped.len());
     for (i, state) in shared.into_iter().enumerate() {
         if !dropped.contains(&i) {
-            ready.push((i, state.receive(&u2, &inbox[i])?));
+            ready.push((i, state.receive(&members[i], &u2, &inbox[i])?));
         }
         pb.inc(1);
     }
-    Ok(Round { params, u1, u2, topology: topology.clone(), ready })
+    Ok(Round { params, u2, share, ready })
 }
 
 struct Buffers {
@@ -508,14 +600,14 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
 /// Figures of one round.
 struct RoundFigures {
     dropped: usize,
-    /// Each survivor's `ClientReady::mask`.
+    /// Each survivor's `Member::round` + `RoundReady::mask`.
     mask: Vec<Duration>,
     mask_floor: Vec<FloorTimes>,
-    /// `Aggregator::new`.
+    /// `Analysis::round`.
     new: Duration,
     /// Σ `add_masked`.
     add: Duration,
-    /// `close` + `survivors`/`dropped` + `finish`.
+    /// `close` + `survivors`/`dropped` + `finish_words`.
     finish: Duration,
     /// Floor: allocating and touching a fresh d-word sum.
     zero: Duration,
@@ -523,23 +615,33 @@ struct RoundFigures {
     add_floor: Duration,
     /// Which of the two that was.
     add_floor_threads: usize,
-    /// Floor: what `finish` must do (mean of one run before and one after).
+    /// Floor: what `finish_words` must do (mean of one run before and one after).
     finish_floor: FloorTimes,
     peak_rss: Option<u64>,
 }
 
+/// What every round of the analysis works on.
+struct RoundCtx<'a, W: Word> {
+    /// Every node's analysis state, in roster order.
+    members: &'a mut [Member],
+    /// The coordinator's.
+    analysis: &'a mut multiround::Analysis,
+    bufs: &'a mut Buffers,
+    floor: &'a mut Floor<W>,
+}
+
 fn run_round<W: Word>(
     round: Round,
-    bufs: &mut Buffers,
-    floor: &mut Floor<W>,
+    ctx: &mut RoundCtx<'_, W>,
     mask_counts: &Counts,
     coordinator_counts: &Counts,
     rss: &PeakRss,
     pb: &ProgressBar,
 ) -> Result<RoundFigures> {
-    let Round { params, u1, u2, topology, ready } = round;
+    let Round { params, u2, share, ready } = round;
+    let RoundCtx { members, analysis, bufs, floor } = ctx;
     let width = params.width;
-    let n = u1.len();
+    let n = u2.len();
     let survivors = ready.len();
     let dropped = u2.len() - survivors;
     let floor_every = survivors.div_ceil(MASK_FLOOR_REPS).max(1);
@@ -550,10 +652,10 @@ fn run_round<W: Word>(
     // The floor's adds: Σ on one thread, Σ on all cores.
     let mut add_floor = [Duration::ZERO; 2];
     bufs.expected.fill(0);
-    let u1_for_coordinator = u1.clone();
 
     let reset = rss.reset_peak();
-    let (agg, new) = timed(|| Aggregator::with_topology(params.clone(), u1_for_coordinator, &u2, topology));
+    // Every node shared, so this round's contributors are its U2.
+    let (agg, new) = timed(|| analysis.round(params.clone(), &u2, &u2));
     let mut agg = agg?;
     for (k, (i, state)) in ready.into_iter().enumerate() {
         let name = node_name(i, n);
@@ -561,14 +663,15 @@ fn run_round<W: Word>(
         fill_input(i, &mut bufs.input, width);
         add_into(&mut bufs.expected, &bufs.input);
         if k % floor_every == 0 && mask_floor.len() < MASK_FLOOR_REPS {
-            mask_floor.push(floor.masking(mask_counts));
+            mask_floor.push(floor.masking(mask_counts)?);
         }
-        let (out, m) = timed(|| state.mask(&bufs.input));
+        let member = &members[i];
+        let (out, m) = timed(|| state.mask(member, &bufs.input));
         let (client, y) = out?;
-        mask.push(m);
+        mask.push(share[i] + m);
         // Coordinator side, beside its floor (the same vector into the floor's sum);
         // the order alternates so neither side always finds y warm in cache.
-        let coord = |agg: &mut Aggregator| timed(|| agg.add_masked(&name, &y));
+        let coord = |agg: &mut multiround::RoundAggregator| timed(|| agg.add_masked(&name, &y));
         let y_words = W::of(&y).context("the masked vector has another width than the round's")?;
         let mut add_floor_both = |floor: &mut Floor<W>| {
             let (one, all) = floor.add(y_words);
@@ -586,26 +689,30 @@ fn run_round<W: Word>(
             r?;
             add += c;
         }
-        masked.push((name, client));
+        masked.push((i, name, client));
         pb.inc(1);
     }
 
     let floor_before = floor.unmasking(coordinator_counts);
-    let ((unmasking, u3, gone), close) = timed(|| {
-        let u = agg.close();
+    let (closed, close) = timed(|| -> Result<_> {
+        let u = agg.close(analysis)?;
         let (s, d) = (u.survivors(), u.dropped());
-        (u, s, d)
+        Ok((u, s, d))
     });
-    // Client side: each survivor answers the unmask request (not timed).
-    let responses: Vec<(String, Vec<Revealed>)> =
-        masked.into_iter().map(|(name, c)| Ok((name, c.unmask(&u3, &gone)?))).collect::<Result<_>>()?;
+    let (unmasking, u3, gone) = closed?;
+    // Client side: each survivor answers the unmask request (not timed); the dropped
+    // nodes' neighbours reveal their round pair seeds with them.
+    let responses: Vec<(String, Vec<Reveal>)> = masked
+        .into_iter()
+        .map(|(i, name, c)| Ok((name, c.unmask(&mut members[i], &u3, &gone, ViewCheck::Confirmed)?)))
+        .collect::<Result<_>>()?;
     // The unmasking itself, in the round's words (widening to u64 is the release door's).
     let (sum, fin) = timed(|| unmasking.finish_words(&responses));
     let sum = sum?;
     let peak_rss = if reset { rss.peak_growth() } else { None };
     let sum = sum.into_u64();
     // Measured after the memory window closes: a fresh sum's allocation and first-touch
-    // page faults, which the coordinator pays in Aggregator::new and its first add.
+    // page faults, which the coordinator pays in Analysis::round and its first add.
     let zero = floor.fresh_sum();
     let floor_after = floor.unmasking(coordinator_counts);
     pb.inc(1);
@@ -641,7 +748,7 @@ fn run_round<W: Word>(
 ///
 /// What is counted: the pages the process held at its peak during the phase beyond
 /// those it held at the baseline — the coordinator's running sum and bookkeeping,
-/// but also the client's masked vector in flight (made by `ClientReady::mask`
+/// but also the client's masked vector in flight (made by `RoundReady::mask`
 /// between two `add_masked` calls) and the unmask responses. One baseline serves
 /// both phases because the allocator keeps the pages the first phase freed and the
 /// second reuses them: a baseline taken between the phases would hide them and
@@ -783,7 +890,7 @@ mod tests {
     fn report_has_every_row() {
         let r = run(10, 300, 0.2, WordWidth::W32, Mode::Full).unwrap();
         assert_eq!((r.n, r.d, r.t, r.dropped), (10, 300, 7, 2));
-        assert_eq!(r.times.len(), 7);
+        assert_eq!(r.times.len(), 8);
         assert_eq!(r.memory.len(), 2);
         assert!(r.sums_verified);
         // The phases keep their names (scripts read the JSON by them).
@@ -792,9 +899,22 @@ mod tests {
             [phases[0], phases[1], phases[4]],
             ["masking, one node", "coordinator, no dropouts", "coordinator, 2 of 10 dropped"]
         );
-        // Counts from the protocol: 10 streams per node; 8 self + 2 × 8 pairwise.
-        assert_eq!((r.times[0].counts.streams, r.times[0].counts.x25519), (10, 9));
-        assert_eq!((r.times[4].counts.streams, r.times[4].counts.reconstructions), (24, 10));
+        assert_eq!(phases[7], KEY_SETUP_PHASE);
+        // Counts from the protocol (multiround): 10 streams per node and round, no X25519;
+        // 8 self + 2 × 8 pairwise from revealed pair seeds, only the 8 survivors' b_r
+        // rebuilt; the X25519 is all in the key setup, 2 × 9 per node, once.
+        assert_eq!((r.times[0].counts.streams, r.times[0].counts.x25519, r.times[0].counts.splits), (10, 0, 1));
+        let dropped = r.times[4].counts;
+        assert_eq!((dropped.streams, dropped.reconstructions, dropped.x25519), (24, 8, 0));
+        assert_eq!((r.times[1].counts.streams, r.times[1].counts.reconstructions), (10, 10));
+        assert_eq!((r.times[7].counts.x25519, r.times[7].counts.key_pairs, r.times[7].counts.streams), (18, 2, 0));
+        assert_eq!(r.counts.key_setup, r.times[7].counts);
+        // Every row was timed and has a floor (the key setup's is X25519 only).
+        for row in &r.times {
+            assert!(row.time_ms > 0.0 && row.floor_ms > 0.0, "{row:?}");
+        }
+        assert!(r.times[7].floor_parts.x25519_ms > 0.0 && r.times[7].floor_parts.streams_ms <= 0.0);
+        assert!(r.times[0].floor_parts.x25519_ms <= 0.0, "no X25519 in a round");
         let json = serde_json::to_value(&r).unwrap();
         for key in ["time_ms", "floor_ms", "ratio", "counts", "floor_parts"] {
             assert!(json["times"][0].get(key).is_some(), "{key}");
@@ -802,7 +922,12 @@ mod tests {
         assert!(json.get("flower").is_none());
         let text = table(&r);
         assert!(text.contains("masking, one node") && text.contains("2 of 10 dropped"), "{text}");
-        assert!(text.contains("10 streams, 1 copy, 9 X25519"), "{text}");
+        assert!(text.contains("10 streams, 1 copy, 1 Shamir split"), "{text}");
+        assert!(
+            text.contains("key setup, one node (once per analysis)") && text.contains("18 X25519, 2 key pairs"),
+            "{text}"
+        );
+        assert!(!text.contains("9 X25519"), "{text}");
     }
 
     #[test]
@@ -825,10 +950,14 @@ mod tests {
         let r = run(200, 64, 0.1, WordWidth::W32, Mode::Plus { k, t }).unwrap();
         assert!(r.sums_verified && r.secagg.contains("SecAgg+"), "{}", r.secagg);
         assert_eq!((r.neighbours, r.t), (k, t));
-        // One node masks with 1 + k streams; the coordinator removes each dropped node's
-        // masks with its surviving neighbours only (at most k each).
-        assert_eq!(r.counts.masking.streams, 1 + k);
-        assert!(r.counts.coordinator_dropped.x25519 <= 20 * k);
+        // One node masks with 1 + k streams and no X25519; its key setup agrees twice with
+        // each of its k neighbours; the coordinator removes each dropped node's masks with
+        // its surviving neighbours only (at most k each, at least one), with no X25519.
+        assert_eq!((r.counts.masking.streams, r.counts.masking.x25519), (1 + k, 0));
+        assert_eq!(r.counts.key_setup.x25519, 2 * k);
+        let c = r.counts.coordinator_dropped;
+        assert_eq!((r.dropped, c.vectors_added, c.reconstructions, c.x25519), (20, 180, 180, 0));
+        assert!(c.streams > 180 && c.streams <= 180 + 20 * k, "{c:?}");
         assert_eq!(BenchMode::Auto.resolve(50).unwrap(), Mode::Full);
         assert!("half".parse::<BenchMode>().unwrap_err().contains("full, plus or auto"));
     }

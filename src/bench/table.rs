@@ -42,7 +42,7 @@ pub fn table(r: &Report) -> String {
     let _ = writeln!(s, "fedcrm bench secagg — measured, never asserted");
     let _ = writeln!(
         s,
-        "  n = {} nodes, d = {} words of {} bits ({:.1} MiB per vector), t = {}, dropout case: {} of {} dropped after sharing keys",
+        "  n = {} nodes, d = {} words of {} bits ({:.1} MiB per vector), t = {}, dropout case: {} of {} dropped after sharing, before masking",
         r.n,
         r.d,
         r.word_bits,
@@ -64,7 +64,12 @@ pub fn table(r: &Report) -> String {
         if a.hardware { "" } else { " (measured code and floor alike)" }
     );
     wrapped(&mut s, "  floor:", &r.floor);
-    let _ = writeln!(s, "  coordinator times exclude the clients' work (masking, answering the unmask request)");
+    let _ =
+        writeln!(s, "  coordinator times exclude the clients' work (sharing, masking, answering the unmask request)");
+    let _ = writeln!(
+        s,
+        "  every row is per round except the key setup, paid once per analysis (its rounds then need no X25519)"
+    );
     let _ = writeln!(s);
     let _ = writeln!(
         s,
