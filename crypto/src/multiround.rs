@@ -556,7 +556,7 @@ pub struct RoundShared {
 /// Round state 1½: the delivered shares are opened; waits for the final U2.
 pub struct RoundOpened {
     tag: Tag,
-    contributors: Vec<String>,
+    holders: usize,
     b: SelfSeed,
     delivered: BTreeSet<String>,
     /// The `b` share held for each member of `delivered` whose share opened.
@@ -567,7 +567,7 @@ pub struct RoundOpened {
 /// Round state 2: ready to mask.
 pub struct RoundReady {
     tag: Tag,
-    contributors: Vec<String>,
+    holders: usize,
     b: SelfSeed,
     u2: BTreeSet<String>,
     held: BTreeMap<String, Share>,
@@ -576,8 +576,9 @@ pub struct RoundReady {
 /// Round state 3: masked input sent; waits for exactly one unmask request.
 pub struct RoundMasked {
     tag: Tag,
-    /// This round's U1 (every holder of this node's shares is among them).
-    contributors: Vec<String>,
+    /// How many of this round's U1 hold this node's shares (itself included in full
+    /// SecAgg): those not in U3 are counted against an unconfirmed view.
+    holders: usize,
     u2: BTreeSet<String>,
     held: BTreeMap<String, Share>,
 }
@@ -637,8 +638,9 @@ impl RoundShared {
             }
         }
         let unopened = failures.iter().map(|f| f.sender.clone()).collect();
-        let RoundShared { tag, contributors, b, .. } = self;
-        Ok((RoundOpened { tag, contributors, b, delivered, held, unopened }, failures))
+        let holders = member.topology.holders(me, &self.contributors).len();
+        let RoundShared { tag, b, .. } = self;
+        Ok((RoundOpened { tag, holders, b, delivered, held, unopened }, failures))
     }
 
     /// [`RoundShared::open`] then [`RoundOpened::finish`] with the same U2, failing on
@@ -695,9 +697,9 @@ impl RoundOpened {
             return Err(ctx.at(&format!("the final U2 {why}")));
         }
         ctx.check_holders(&u2, "the final U2")?;
-        let RoundOpened { tag, contributors, b, mut held, .. } = self;
+        let RoundOpened { tag, holders, b, mut held, .. } = self;
         held.retain(|n, _| u2.contains(n));
-        Ok(RoundReady { tag, contributors, b, u2, held })
+        Ok(RoundReady { tag, holders, b, u2, held })
     }
 }
 
@@ -723,8 +725,8 @@ impl RoundReady {
         }
         let refs: Vec<(&MaskSeed, Sign)> = seeds.iter().map(|(s, sign)| (s, *sign)).collect();
         expand_words(&refs, &mut y);
-        let RoundReady { tag, contributors, u2, held, .. } = self;
-        Ok((RoundMasked { tag, contributors, u2, held }, y))
+        let RoundReady { tag, holders, u2, held, .. } = self;
+        Ok((RoundMasked { tag, holders, u2, held }, y))
     }
 }
 
@@ -775,7 +777,8 @@ impl RoundMasked {
         // view"): whether or not it reveals a pair seed.
         if m.topology.holds(&m.me, &m.me) {
             let others = m.topology.holders(&m.me, s.iter().filter(|v| **v != m.me)).len();
-            let gone = m.topology.holders(&m.me, self.contributors.iter().filter(|v| !s.contains(*v))).len();
+            // U3 ⊆ U2 ⊆ U1: the holders not in U3 are the rest of U1's.
+            let gone = self.holders - m.topology.holders(&m.me, &s).len();
             if others < t && gone + corrupt + 1 >= t {
                 return Err(at(&format!(
                     "leaves {others} holders of this node's shares besides itself in U3, fewer than t={t}, and {gone} \

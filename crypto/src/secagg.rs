@@ -277,9 +277,10 @@ pub enum Topology {
 
 /// A checked SecAgg+ graph: symmetric, loop-free, over the roster. Its field is
 /// private so that no caller can hand a round an unchecked one (a one-way edge would
-/// make masks that do not cancel, and a wrong sum).
+/// make masks that do not cancel, and a wrong sum). Shared (`Arc`): every round of an
+/// analysis and every state of a round clone it, at a thousand nodes a few MB each.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Adjacency(pub(crate) BTreeMap<String, BTreeSet<String>>);
+pub struct Adjacency(pub(crate) std::sync::Arc<BTreeMap<String, BTreeSet<String>>>);
 
 impl Topology {
     /// A graph over `roster` (sorted names): refuses a self-loop, an edge to a node
@@ -302,7 +303,7 @@ impl Topology {
                 }
             }
         }
-        Ok(Topology::Graph(Adjacency(adjacency)))
+        Ok(Topology::Graph(Adjacency(std::sync::Arc::new(adjacency))))
     }
 
     /// Whether `u` and `v` (distinct) mask against each other and hold each other's shares.
