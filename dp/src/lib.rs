@@ -5,11 +5,13 @@
 //! - [`accounting`]: what a noised release costs in zero-concentrated DP, with the τ
 //!   term of the distributed discrete Gaussian (Kairouz, Liu & Steinke 2021), composed
 //!   over passes and analyses and converted to (ε, δ).
+//! - [`budget`]: a node's monthly budget and the ledger of what it spent.
 //!
 //! Noise is added **on the nodes**, before masking: neither HQ nor anyone else ever
 //! sees an un-noised sum.
 
 pub mod accounting;
+pub mod budget;
 pub mod sampler;
 
 /// What can go wrong while sampling or accounting.
