@@ -210,20 +210,29 @@ pub fn check_differencing(
 ) -> Result<(), String> {
     let window_ms = u64::from(rules.differencing_window_days) * MS_PER_DAY;
     let need = required_difference(rules);
-    let now: BTreeSet<&Invitee> = contributors.iter().collect();
-    let orgs = |v: &[&Invitee]| v.iter().map(|m| m.organisation.as_str()).collect::<BTreeSet<_>>().len();
+    // Nodes are matched by name, and each counts under the most conservative label any
+    // sum gave it: a node labelled HQ-owned anywhere, or with two organisations, counts
+    // for no organisation. (A coordinator relabelling a node between two sums must not
+    // make it look like a different node, or like an independent franchisee.)
+    let mut labels: std::collections::BTreeMap<&str, Option<&str>> = std::collections::BTreeMap::new();
+    for m in contributors.iter().chain(history.iter().flat_map(|p| p.contributors.iter())) {
+        let label = (m.kind != OrgKind::Hq).then_some(m.organisation.as_str());
+        labels.entry(m.name.as_str()).and_modify(|l| *l = if *l == label { *l } else { None }).or_insert(label);
+    }
+    let counted = |m: &&str| labels.get(m).copied().flatten().is_some();
+    let now: BTreeSet<&str> = contributors.iter().map(|m| m.name.as_str()).collect();
+    let orgs = |v: &[&str]| v.iter().filter_map(|m| labels.get(m).copied().flatten()).collect::<BTreeSet<_>>().len();
     let mut worst: Option<(u64, String)> = None;
     for past in history {
         if past.time_ms.saturating_add(window_ms) <= now_ms || !past.coverage.overlaps(coverage) {
             continue;
         }
-        let before: BTreeSet<&Invitee> = past.contributors.iter().collect();
-        let differ: Vec<&Invitee> =
-            before.symmetric_difference(&now).copied().filter(|m| m.kind != OrgKind::Hq).collect();
-        let both_hold_me = before.iter().any(|m| m.name == me) && now.iter().any(|m| m.name == me);
-        let shared: Vec<&Invitee> = before.intersection(&now).copied().filter(|m| m.kind != OrgKind::Hq).collect();
+        let before: BTreeSet<&str> = past.contributors.iter().map(|m| m.name.as_str()).collect();
+        let differ: Vec<&str> = before.symmetric_difference(&now).copied().filter(counted).collect();
+        let both_hold_me = before.contains(me) && now.contains(me);
+        let shared: Vec<&str> = before.intersection(&now).copied().filter(counted).collect();
         let problem = if !differ.is_empty() && orgs(&differ) < need {
-            let names: Vec<&str> = differ.iter().map(|m| m.name.as_str()).collect();
+            let names = &differ;
             Some(format!(
                 "this sum's contributors differ from those of round {} ({}) by {} (non-HQ nodes of {} organisation(s), \
                  fewer than {need}); the two sums together would reveal their data",
@@ -233,7 +242,7 @@ pub fn check_differencing(
                 orgs(&differ)
             ))
         } else if both_hold_me && !differ.is_empty() && orgs(&shared) < need {
-            let names: Vec<&str> = shared.iter().map(|m| m.name.as_str()).collect();
+            let names = &shared;
             Some(format!(
                 "this sum shares only {} (non-HQ nodes of {} organisation(s), fewer than {need}) with round {} ({}); \
                  a third sum over the others could isolate this node's data",
@@ -501,6 +510,27 @@ mod tests {
             from: None,
             to: time::Date::from_calendar_date(2026, time::Month::October, day).unwrap(),
         }
+    }
+
+    /// Nodes are matched by name with their most conservative label: HQ's nodes
+    /// relabelled as franchisees between two sums (review of issue 9) neither become
+    /// "different" nodes nor count as organisations, so one franchisee left out is
+    /// still refused.
+    #[test]
+    fn differencing_matches_nodes_by_name_and_their_most_conservative_label() {
+        let day = MS_PER_DAY;
+        let mut first: Vec<Invitee> = ["a", "b", "c", "d"].iter().map(|n| fr(n)).collect();
+        first.extend(["h1", "h2", "h3"].iter().map(|n| hq(n)));
+        let history = vec![Unmasked { round: "r1".into(), time_ms: 100 * day, coverage: cov(1), contributors: first }];
+        let mut later: Vec<Invitee> = ["a", "c", "d"].iter().map(|n| fr(n)).collect();
+        later.extend(["h1", "h2", "h3"].iter().map(|n| m(n, &format!("{n} franchise ltd"), OrgKind::Franchisee)));
+        let err = check_differencing(&rules(), "a", &history, 100 * day + 1000, &cov(1), &later).unwrap_err();
+        assert!(err.contains("by b (non-HQ nodes of 1 organisation"), "{err}");
+        // A node given two organisations counts for none.
+        let mut moved: Vec<Invitee> = ["a", "c", "d"].iter().map(|n| fr(n)).collect();
+        moved.push(m("b", "another ltd", OrgKind::Franchisee));
+        moved.extend(["h1", "h2", "h3"].iter().map(|n| hq(n)));
+        check_differencing(&rules(), "a", &history, 100 * day + 1000, &cov(1), &moved).unwrap();
     }
 
     #[test]

@@ -63,6 +63,16 @@ pub fn tau(k: usize, local_variance: f64) -> f64 {
     10.0 * (1..k).map(|j| (-2.0 * pi2 * local_variance * j as f64 / (j as f64 + 1.0)).exp()).sum::<f64>()
 }
 
+/// The magnitude the sum of `nodes` independent N_Z(0, σ²) (σ² = `local_variance`)
+/// exceeds with probability at most 2^−40, per word: what a round's word width must
+/// leave room for (`fedcrm_analysis::width::SumRange::noise_tail`). The discrete
+/// Gaussian is σ²-subgaussian (Canonne, Kamath & Steinke 2020, Corollary 9), so the sum
+/// is nσ²-subgaussian and P(|X| ≥ x) ≤ 2·exp(−x²/(2nσ²)) ≤ 2^−40 for
+/// x = √(2nσ²·41·ln 2), rounded up.
+pub fn noise_tail(nodes: usize, local_variance: f64) -> u64 {
+    (2.0 * nodes as f64 * local_variance * 41.0 * std::f64::consts::LN_2).sqrt().ceil() as u64
+}
+
 /// A privacy charge: (ξ, ρ)-approximate zCDP — D_α ≤ ξ + ρ·α for every α > 1.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Charge {
@@ -122,6 +132,37 @@ mod tests {
         let t = tau(50, 4.0);
         assert!(t > 0.0 && t < 49.0 * 10.0 * (-4.0 * std::f64::consts::PI.powi(2)).exp(), "{t}");
         assert!(t * 10_000.0 < 1e-6);
+    }
+
+    /// The exact mass of the sum of `nodes` discrete Gaussians beyond `noise_tail` is at
+    /// most 2^−40 (convolving the exact mass functions), and one less would not always do.
+    #[test]
+    fn the_noise_tail_bounds_the_sum_at_two_to_the_minus_forty() {
+        for (nodes, var) in [(1usize, 1.0f64), (1, 100.0), (5, 4.0), (12, 0.25)] {
+            let reach = (60.0 * (nodes as f64 * var).sqrt()) as i64 + 40;
+            let single: Vec<f64> = {
+                let w: Vec<f64> = (-reach..=reach).map(|x| (-((x * x) as f64) / (2.0 * var)).exp()).collect();
+                let z: f64 = w.iter().sum();
+                w.into_iter().map(|p| p / z).collect()
+            };
+            let mut sum = vec![1.0f64];
+            for _ in 0..nodes {
+                let mut next = vec![0.0; sum.len() + single.len() - 1];
+                for (i, a) in sum.iter().enumerate() {
+                    for (j, b) in single.iter().enumerate() {
+                        next[i + j] += a * b;
+                    }
+                }
+                sum = next;
+            }
+            let centre = (sum.len() / 2) as i64;
+            let tail = |x: u64| -> f64 {
+                sum.iter().enumerate().filter(|(i, _)| (*i as i64 - centre).unsigned_abs() > x).map(|(_, p)| p).sum()
+            };
+            let x = noise_tail(nodes, var);
+            assert!(tail(x) <= 2f64.powi(-40), "{nodes} × σ² = {var}: P(|X| > {x}) = {:e}", tail(x));
+            assert!(tail(x / 2) > 2f64.powi(-40), "{nodes} × σ² = {var}: the bound is not loose by half");
+        }
     }
 
     #[test]
