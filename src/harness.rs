@@ -146,6 +146,8 @@ pub struct ClusterOptions {
     pub keepalive_seconds: u64,
     /// `[secagg]`: full SecAgg or SecAgg+, and SecAgg+'s threat parameters.
     pub secagg: SecaggSettings,
+    /// `[rounds] noise_variance`: σ² per node as `[num, den]`; `None`: exact rounds.
+    pub noise_variance: Option<[u64; 2]>,
 }
 
 /// Per node, the encoded messages its transport took, in order (tests).
@@ -166,6 +168,7 @@ impl Default for ClusterOptions {
             root: None,
             keepalive_seconds: SessionSettings::default().keepalive_seconds,
             secagg: SecaggSettings::default(),
+            noise_variance: None,
         }
     }
 }
@@ -246,6 +249,7 @@ impl Layout {
                 phase_timeout_seconds: opts.phase_timeout_seconds,
                 chunk_elements: opts.chunk_elements,
                 max_customers_per_node: opts.max_customers_per_node,
+                noise_variance: opts.noise_variance,
             },
             sessions: SessionSettings { keepalive_seconds: opts.keepalive_seconds },
             secagg: opts.secagg,

@@ -47,8 +47,14 @@ fn dependencies_point_one_way() {
     assert_eq!(fedcrm_deps(&m, "fedcrm-pki"), set(&[]));
     assert_eq!(fedcrm_deps(&m, "fedcrm-analysis"), set(&["fedcrm-crypto", "fedcrm-pki"]));
     assert_eq!(fedcrm_deps(&m, "fedcrm-audit"), set(&["fedcrm-analysis", "fedcrm-pki"]));
-    assert_eq!(fedcrm_deps(&m, "fedcrm-protocol"), set(&["fedcrm-analysis", "fedcrm-crypto", "fedcrm-pki"]));
-    let above = set(&["fedcrm-analysis", "fedcrm-audit", "fedcrm-crypto", "fedcrm-pki", "fedcrm-protocol"]);
+    // Issue 10: the DP crate is a pure leaf; the wire names its noise (σ² and k).
+    assert_eq!(fedcrm_deps(&m, "fedcrm-dp"), set(&[]));
+    assert_eq!(
+        fedcrm_deps(&m, "fedcrm-protocol"),
+        set(&["fedcrm-analysis", "fedcrm-crypto", "fedcrm-dp", "fedcrm-pki"])
+    );
+    let above =
+        set(&["fedcrm-analysis", "fedcrm-audit", "fedcrm-crypto", "fedcrm-dp", "fedcrm-pki", "fedcrm-protocol"]);
     assert_eq!(fedcrm_deps(&m, "fedcrm-node"), above);
     assert_eq!(fedcrm_deps(&m, "fedcrm-coordinator"), above);
     for forbidden in ["tokio", "tonic", "prost", "tracing"] {

@@ -592,3 +592,58 @@ async fn a_coordinator_stopping_mid_round_ends_it_without_a_release() {
     ));
     cluster.stop().await;
 }
+
+/// Var(N_Z(0, σ²)) and its fourth moment, from the probability mass (|x| ≤ 200 holds
+/// all of it to f64 precision for σ² ≤ 100).
+fn discrete_gaussian_moments(variance: f64) -> (f64, f64) {
+    let w: Vec<(f64, f64)> =
+        (-200i32..=200).map(|x| (x as f64, (-(x as f64).powi(2) / (2.0 * variance)).exp())).collect();
+    let z: f64 = w.iter().map(|(_, p)| p).sum();
+    let m2 = w.iter().map(|(x, p)| x * x * p).sum::<f64>() / z;
+    let m4 = w.iter().map(|(x, p)| x.powi(4) * p).sum::<f64>() / z;
+    (m2, m4)
+}
+
+/// Issue 10, slice 1: with `[rounds] noise_variance = [4, 1]` every node adds
+/// N_Z(0, 4) to each word before masking; over repeated single-round histogram
+/// analyses, release − exact sum has mean 0 and variance n·Var(N_Z(0, 4)) (n = 5
+/// contributors), each within 5 standard errors computed from the exact moments of
+/// the discrete Gaussian. Only cells whose exact sum is at least 40 are used (chosen
+/// from the exact sums, so independent of the noise): the release door clamps
+/// negative noisy counts to 0, which at 40 ≈ 9σ of the summed noise never happens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn noised_rounds_release_the_sum_plus_noise_of_the_stated_variance() {
+    let nodes = cdnow_nodes(&[1; 5], true);
+    let opts = ClusterOptions { nodes, noise_variance: Some([4, 1]), ..exact() };
+    let cluster = Cluster::start(opts).await.unwrap();
+    let mut diffs: Vec<f64> = Vec::new();
+    let mut differs = 0usize;
+    for run in 0..10 {
+        let out = cluster.coordinator.run_histograms(&common::request(&format!("noise run {run}")), specs()).await;
+        let out = out.unwrap_or_else(|e| panic!("run {run}: {e}"));
+        assert_eq!(out.release.contributors.len(), 5, "run {run}: every node's noise is in the sum");
+        let exact = expected_sum(&cluster, &out.release.contributors);
+        for (c, s) in counts(&out).iter().zip(&exact) {
+            differs += usize::from(c != s);
+            if *s >= 40 {
+                diffs.push(*c as f64 - *s as f64);
+            }
+        }
+    }
+    assert!(differs > 0, "noise was added: some released cell differs from the exact sum");
+    let n = 5.0;
+    let (v, m4) = discrete_gaussian_moments(4.0);
+    let (var_sum, m4_sum) = (n * v, n * m4 + 3.0 * n * (n - 1.0) * v * v);
+    let k = diffs.len() as f64;
+    assert!(k >= 200.0, "enough cells: {k}");
+    let mean = diffs.iter().sum::<f64>() / k;
+    // The mean of k independent sums: standard error √(nσ²/k).
+    let mean_se = (var_sum / k).sqrt();
+    assert!(mean.abs() < 5.0 * mean_se, "mean {mean} vs 0 ± 5 × {mean_se}");
+    // The mean square (the mean is known to be 0): standard error √(Var(S²)/k), with
+    // Var(S²) = E[S⁴] − (E[S²])² and E[S⁴] = n·m4 + 3n(n − 1)·v² for n iid zero-mean terms.
+    let ms = diffs.iter().map(|d| d * d).sum::<f64>() / k;
+    let ms_se = ((m4_sum - var_sum * var_sum) / k).sqrt();
+    assert!((ms - var_sum).abs() < 5.0 * ms_se, "variance {ms} vs {var_sum} ± 5 × {ms_se} over {k} cells");
+    cluster.stop().await;
+}

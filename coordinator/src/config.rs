@@ -85,6 +85,20 @@ pub struct RoundSettings {
     /// for up to 1,023 nodes.
     #[serde(default = "default_max_customers")]
     pub max_customers_per_node: u64,
+    /// Issue 10: σ² of the distributed discrete Gaussian noise each node adds before
+    /// masking, as an exact fraction `[num, den]` (σ² = num/den; no floats), e.g.
+    /// `[4, 1]`. Rounds then carry the noise and the number k of honest nodes it is
+    /// calibrated for (t − H − the largest C among the invitees) in their signed
+    /// start, and their sums are signed. Default: none (exact rounds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise_variance: Option<[u64; 2]>,
+}
+
+impl RoundSettings {
+    /// The configured per-node noise variance, if any (checked at load).
+    pub fn noise_variance(&self) -> Option<fedcrm_dp::sampler::Variance> {
+        self.noise_variance.and_then(|[num, den]| fedcrm_dp::sampler::Variance::new(num, den).ok())
+    }
 }
 
 fn default_timeout() -> u64 {
@@ -103,6 +117,7 @@ impl Default for RoundSettings {
             phase_timeout_seconds: default_timeout(),
             chunk_elements: default_chunk(),
             max_customers_per_node: default_max_customers(),
+            noise_variance: None,
         }
     }
 }
@@ -218,6 +233,17 @@ impl CoordinatorConfig {
                 message: format!(
                     "[rounds] max_customers_per_node = 0: every node holds at least one customer; the default is {}",
                     default_max_customers()
+                ),
+            });
+        }
+        if let Some([num, den]) = c.rounds.noise_variance
+            && (num == 0 || den == 0)
+        {
+            return Err(ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: format!(
+                    "[rounds] noise_variance = [{num}, {den}]: σ² = num/den needs both parts positive; leave the key \
+                     out for exact rounds"
                 ),
             });
         }

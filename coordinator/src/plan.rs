@@ -62,6 +62,25 @@ pub fn threshold(members: &[ConnectedNode]) -> Result<usize, String> {
     Ok(t)
 }
 
+/// Issue 10: k, the invitees whose noise alone must give a noised round's guarantee:
+/// t − H − the largest C_i any invitee assumes ([`rules::colluding_nodes`]), so that
+/// every invitee's own check (`fedcrm_node::analysis::check_noise`) accepts it. HQ's
+/// nodes and the colluders can subtract their own noise; the survivors number at
+/// least t. An error when no honest node is left.
+pub fn honest(members: &[ConnectedNode], t: usize) -> Result<usize, String> {
+    let roster: Vec<Invitee> = members.iter().map(ConnectedNode::invitee).collect();
+    let h = rules::hq_nodes(&roster);
+    let c = members.iter().map(|m| rules::colluding_nodes(&m.rules, &m.organisation, &roster)).max().unwrap_or(0);
+    match t.checked_sub(h + c) {
+        Some(k) if k >= 1 => Ok(k),
+        _ => Err(format!(
+            "no noise calibration: with threshold t = {t}, H = {h} HQ-owned invitees and the largest colluding set \
+             C = {c}, no node's noise is certain to be in the sum (t − H − C < 1); invite more franchisee \
+             organisations"
+        )),
+    }
+}
+
 /// Full SecAgg or SecAgg+ for `members`: `(t, 0)` or `(t_k, k)`.
 pub fn shape(members: &[ConnectedNode], secagg: &SecaggSettings) -> Result<(usize, usize), String> {
     let n = members.len();

@@ -1,8 +1,9 @@
 //! The release door: the only path from a round's aggregate to anything shown to an
 //! analyst or sent to nodes. Applies the release rules — minimum contributing
 //! nodes, minimum cohort per released cell (smaller cells of the *global* result are
-//! suppressed) — and is where differential-privacy noise and audit records will be
-//! added.
+//! suppressed) — and decodes the sums of noised rounds (issue 10: the nodes added
+//! distributed discrete Gaussian noise before masking) as two's-complement signed
+//! values before applying those rules.
 //!
 //! **Invariant:** a round's sum is read only here: it travels as an [`UnreleasedSum`],
 //! whose words no other module can read (checked by the compiler; see its doctests).
@@ -14,6 +15,7 @@ use fedcrm_analysis::rfm::{Cuts, Segment};
 use fedcrm_audit::{Event, Member};
 use fedcrm_crypto::CryptoError;
 use fedcrm_crypto::multiround::{Reveal, RoundUnmasking};
+use fedcrm_crypto::word::WordWidth;
 
 use crate::audit::{SharedLog, record};
 use crate::config::ReleaseRules;
@@ -52,19 +54,53 @@ use crate::round::RoundOutput;
 /// use fedcrm_crypto::multiround::RoundUnmasking;
 ///
 /// fn forge(unmasking: RoundUnmasking) -> UnreleasedSum {
-///     UnreleasedSum::unmask(unmasking, &[]).unwrap()
+///     UnreleasedSum::unmask(unmasking, &[], None).unwrap()
 /// }
 /// ```
 pub struct UnreleasedSum {
     words: Vec<u64>,
+    /// Issue 10: `Some(width)` when the nodes added noise: the words are then
+    /// two's-complement signed in that width.
+    noised: Option<WordWidth>,
 }
 
 impl UnreleasedSum {
-    /// Remove the masks: the only way to make an `UnreleasedSum`.
+    /// Remove the masks: the only way to make an `UnreleasedSum`. `noised`: the round's
+    /// width when its nodes added noise (the sum is then signed), `None` when exact.
     ///
     /// Bonawitz et al. CCS 2017, Fig. 4, Round 4 (Unmasking), server: z = Σ_{u∈U3} x_u.
-    pub(crate) fn unmask(unmasking: RoundUnmasking, responses: &[(String, Vec<Reveal>)]) -> Result<Self, CryptoError> {
-        Ok(Self { words: unmasking.finish(responses)? })
+    pub(crate) fn unmask(
+        unmasking: RoundUnmasking,
+        responses: &[(String, Vec<Reveal>)],
+        noised: Option<WordWidth>,
+    ) -> Result<Self, CryptoError> {
+        Ok(Self { words: unmasking.finish(responses)?, noised })
+    }
+
+    /// The sum as counts the release rules apply to. An exact round's words as they
+    /// are. A noised round's words decoded as two's-complement signed values of its
+    /// width (w ≥ 2^(b−1) is w − 2^b), then negative values clamped to 0: a count
+    /// is never negative, and clamping is post-processing of a noised value (it costs
+    /// no privacy). Every release rule and the quantile search see the clamped counts;
+    /// so a negative noisy cell is below any minimum cohort ≥ 1 and suppressed, and
+    /// only a minimum cohort of 0 shows it, as 0 (biased upwards, near 0 only).
+    fn counts(&self) -> Vec<u64> {
+        match self.noised {
+            None => self.words.clone(),
+            Some(width) => self.words.iter().map(|&w| signed(w, width).max(0) as u64).collect(),
+        }
+    }
+}
+
+/// A word of `width` read as two's complement: w ≥ 2^(b−1) stands for w − 2^b.
+fn signed(w: u64, width: WordWidth) -> i64 {
+    let bits = width.bits();
+    if bits >= 64 {
+        w as i64
+    } else if w >= 1 << (bits - 1) {
+        (w as i128 - (1i128 << bits)) as i64
+    } else {
+        w as i64
     }
 }
 
@@ -120,9 +156,10 @@ fn log_release(
     .map_err(|e| ReleaseError::Audit(e.to_string()))
 }
 
-/// The one reader of a round's sum: its words, once the minimum-participants rule
-/// passed and only if there are `expected` of them.
-fn words<'o>(out: &'o RoundOutput, rules: &ReleaseRules, expected: usize) -> Result<&'o [u64], ReleaseError> {
+/// The one reader of a round's sum: its counts ([`UnreleasedSum::counts`]: a noised
+/// round's decoded as signed, negatives clamped to 0), once the minimum-participants
+/// rule passed and only if there are `expected` of them.
+fn words(out: &RoundOutput, rules: &ReleaseRules, expected: usize) -> Result<Vec<u64>, ReleaseError> {
     if out.contributors.len() < rules.min_participants {
         return Err(ReleaseError::TooFewParticipants {
             round: out.round.to_hex(),
@@ -130,7 +167,7 @@ fn words<'o>(out: &'o RoundOutput, rules: &ReleaseRules, expected: usize) -> Res
             need: rules.min_participants,
         });
     }
-    let words = &out.sum.words;
+    let words = out.sum.counts();
     if words.len() != expected {
         return Err(ReleaseError::Shape { round: out.round.to_hex(), got: words.len(), expected });
     }
@@ -138,13 +175,15 @@ fn words<'o>(out: &'o RoundOutput, rules: &ReleaseRules, expected: usize) -> Res
 }
 
 /// Histogram counts, released to the coordinator's own quantile search only (they
-/// never leave the coordinator; only the cut points derived from them do).
+/// never leave the coordinator; only the cut points derived from them do). In a
+/// noised round a negative noisy count is clamped to 0 here: the quantile search
+/// walks cumulative counts, which a negative bin would make decrease.
 pub fn histograms_for_quantiles(
     out: &RoundOutput,
     rules: &ReleaseRules,
     expected: usize,
 ) -> Result<Vec<u64>, ReleaseError> {
-    Ok(words(out, rules, expected)?.to_vec())
+    words(out, rules, expected)
 }
 
 /// One released cell.
@@ -189,7 +228,7 @@ pub fn segments(
     rounds: Vec<String>,
 ) -> Result<SegmentRelease, ReleaseError> {
     let sum = words(out, rules, Segment::ALL.len())?;
-    let shown = suppress(sum, rules.min_cohort);
+    let shown = suppress(&sum, rules.min_cohort);
     let cells = Segment::ALL.iter().zip(&shown).map(|(&segment, &customers)| Cell { segment, customers }).collect();
     // The total would give away a suppressed cell (total − visible cells), so it is
     // shown only when every cell is.
@@ -218,7 +257,7 @@ pub fn histogram(
     analysis: &str,
     rounds: Vec<String>,
 ) -> Result<HistogramRelease, ReleaseError> {
-    let counts = suppress(words(out, rules, expected)?, rules.min_cohort);
+    let counts = suppress(&words(out, rules, expected)?, rules.min_cohort);
     log_release(out, rules, audit, analysis, "rfm-histograms", rounds, &counts)?;
     Ok(HistogramRelease {
         counts,
@@ -230,11 +269,25 @@ pub fn histogram(
 
 #[cfg(test)]
 mod tests {
-    use super::{UnreleasedSum, suppress};
+    use super::{UnreleasedSum, WordWidth, suppress};
+
+    #[test]
+    fn a_noised_sum_is_decoded_as_signed_and_clamped_an_exact_one_is_not() {
+        let words = vec![0, 5, (1 << 31) - 1, 1 << 31, u32::MAX as u64, (1u64 << 32) - 7];
+        let exact = UnreleasedSum { words: words.clone(), noised: None };
+        assert_eq!(exact.counts(), words);
+        let noised = UnreleasedSum { words, noised: Some(WordWidth::W32) };
+        assert_eq!(noised.counts(), vec![0, 5, (1 << 31) - 1, 0, 0, 0]);
+        let wide = UnreleasedSum { words: vec![7, (-3i64) as u64, 1 << 40], noised: Some(WordWidth::W64) };
+        assert_eq!(wide.counts(), vec![7, 0, 1 << 40]);
+        assert_eq!(super::signed((1u64 << 32) - 7, WordWidth::W32), -7);
+        assert_eq!(super::signed(1 << 31, WordWidth::W32), -(1 << 31));
+        assert_eq!(super::signed(u64::MAX, WordWidth::W64), -1);
+    }
 
     #[test]
     fn an_unreleased_sum_prints_its_length_not_its_words() {
-        let sum = UnreleasedSum { words: vec![4242, 1717] };
+        let sum = UnreleasedSum { words: vec![4242, 1717], noised: None };
         assert_eq!(format!("{sum:?}"), "UnreleasedSum { len: 2, .. }");
     }
 

@@ -31,7 +31,7 @@ use fedcrm_crypto::shamir::Share;
 use fedcrm_crypto::{RoundId, SystemRandom};
 use fedcrm_pki::{self as pki, OrgKind};
 use fedcrm_protocol::wire::{
-    self, Analysis, Exclusion, FromNode, RevealedShare, RoundStart, Sealed, SignedKeys, ToNode, UnopenedShare,
+    self, Analysis, Exclusion, FromNode, Noise, RevealedShare, RoundStart, Sealed, SignedKeys, ToNode, UnopenedShare,
     ViewSignature,
 };
 use tokio::sync::mpsc;
@@ -185,6 +185,8 @@ struct Round<'r, 'a> {
     width: WordWidth,
     /// The per-node bound the width was picked for (`max_customers_per_node`).
     max_per_node: u64,
+    /// Issue 10: the noise every node adds (`[rounds] noise_variance`); `None`: exact.
+    noise: Option<Noise>,
     /// SecAgg+: the graph's degree k (`t` is then per neighbourhood); 0: full SecAgg.
     degree: usize,
     /// A later round of an analysis: the round that set up its keys (in the runner's
@@ -317,7 +319,17 @@ impl Runner<'_> {
         // Issue 9: the narrowest word the sum fits, from the range the analysis states
         // for the nodes invited; signed in the round start, recomputed by each node.
         let max_per_node = self.settings.max_customers_per_node;
-        let width = pick_width(invited.len(), &analysis.kind.range(max_per_node))
+        // Issue 10: with noise, k = t − H − the largest C among the invitees, signed in
+        // the round start (each node checks it against its own rules).
+        let noise = match self.settings.noise_variance() {
+            None => None,
+            Some(variance) => {
+                let honest = crate::plan::honest(invited, t).map_err(RoundError::Unplannable)?;
+                Some(Noise { variance, honest })
+            }
+        };
+        let range = analysis.kind.range_with(max_per_node, noise.as_ref(), invited.len());
+        let width = pick_width(invited.len(), &range)
             .map_err(|e| RoundError::Unplannable(format!("{e} ([rounds] max_customers_per_node = {max_per_node})")))?;
         let by_name = invited.iter().map(|p| (p.name.clone(), p.clone())).collect();
         let chunk = self.settings.chunk_elements.max(1) as usize;
@@ -330,6 +342,7 @@ impl Runner<'_> {
             d: analysis.kind.vector_len(),
             width,
             max_per_node,
+            noise,
             degree,
             setup,
             roster_payload: Vec::new(),
@@ -469,6 +482,7 @@ impl Round<'_, '_> {
             invited: invitees.clone(),
             chunk_elements: self.runner.settings.chunk_elements.max(1) as usize,
             roster_signature: Vec::new(),
+            noise: self.noise.clone(),
         };
         self.roster_payload = wire::roster_payload(&start);
         let roster_signature = self
@@ -502,6 +516,7 @@ impl Round<'_, '_> {
             width = width.bits(),
             max_per_node,
             degree = self.degree,
+            noise = ?self.noise.as_ref().map(|n| format!("σ² = {} per node, k = {}", n.variance, n.honest)),
             "round start"
         );
         let msg = ToNode::RoundStart(Box::new(start));
@@ -1109,7 +1124,7 @@ impl Round<'_, '_> {
                 exits: describe(&self.members.exits),
             });
         }
-        UnreleasedSum::unmask(unmasking, &responses)
+        UnreleasedSum::unmask(unmasking, &responses, self.noise.as_ref().map(|_| self.width))
             .map_err(|e| RoundError::Failed { round: self.id, why: e.to_string() })
     }
 

@@ -1,10 +1,15 @@
 //! What the node computes for a round: its local contribution vector, from its own
-//! features, and the check that it fits the round's word width. The vector never
-//! leaves unmasked; see [`crate::session`].
+//! features, the check that it fits the round's word width, and (issue 10) the
+//! distributed discrete Gaussian noise it adds before masking. The vector never
+//! leaves unmasked or un-noised; see [`crate::session`].
 
 use fedcrm_analysis::rfm::{self, CustomerRfm};
+use fedcrm_analysis::rules::{self, NodeRules};
 use fedcrm_analysis::width::pick_width;
-use fedcrm_protocol::wire::{Analysis, AnalysisKind, RoundStart};
+use fedcrm_dp::OsEntropy;
+use fedcrm_dp::sampler::DiscreteGaussian;
+use fedcrm_protocol::wire::{Analysis, AnalysisKind, Noise, RoundStart};
+use zeroize::Zeroizing;
 
 /// The local (unmasked) contribution for `analysis`.
 pub fn local_vector(analysis: &Analysis, customers: &[CustomerRfm]) -> Vec<u64> {
@@ -29,11 +34,14 @@ pub fn local_vector(analysis: &Analysis, customers: &[CustomerRfm]) -> Vec<u64> 
 /// invited nodes, recomputed here from the signed round start (a label proves
 /// nothing); and every word of this node's contribution must be within the per-node
 /// bound the width was picked for, or the sum could wrap. Errors are the refusal's
-/// reason: who is at fault and what HQ must change.
+/// reason: who is at fault and what HQ must change. With noise (issue 10) the range is
+/// signed and leaves room for the noise ([`AnalysisKind::range_with`], the function
+/// the coordinator picked the width with); the bound applies to the un-noised
+/// contribution.
 pub fn check_width(start: &RoundStart, customers: usize, input: &[u64]) -> Result<(), String> {
     let n = start.invited.len();
     let bound = start.max_per_node;
-    let expected = pick_width(n, &start.analysis.kind.range(bound)).map_err(|e| {
+    let expected = pick_width(n, &start.analysis.kind.range_with(bound, start.noise.as_ref(), n)).map_err(|e| {
         format!("the coordinator's round cannot be summed exactly: {e}; the coordinator should not have started it")
     })?;
     if expected != start.width {
@@ -54,6 +62,44 @@ pub fn check_width(start: &RoundStart, customers: usize, input: &[u64]) -> Resul
             start.analysis.kind.name(),
             start.width
         ));
+    }
+    Ok(())
+}
+
+/// Issue 10: a noised round's k (the nodes whose noise alone must give the guarantee)
+/// must be at least 1 and at most t − H − C_own over the invitation, with H the
+/// HQ-owned invitees and C_own the colluding nodes this node's own rules assume
+/// ([`rules::colluding_nodes`]): colluders and HQ's nodes can subtract their own
+/// noise, so only the noise of t − H − C_own survivors is certain to be in a released
+/// sum. A larger k would calibrate the noise for more honest nodes than this node can
+/// count on. In SecAgg+ `t` is the neighbourhood threshold t_k, which only makes the
+/// bound smaller (stricter).
+pub fn check_noise(start: &RoundStart, own_rules: &NodeRules, own_organisation: &str) -> Result<(), String> {
+    let Some(noise) = &start.noise else { return Ok(()) };
+    let h = rules::hq_nodes(&start.invited);
+    let c = rules::colluding_nodes(own_rules, own_organisation, &start.invited);
+    let allowed = start.threshold.saturating_sub(h + c);
+    if noise.honest == 0 || noise.honest > allowed {
+        return Err(format!(
+            "the round's noise (σ² = {} per node) is calibrated for k = {} honest nodes, but with threshold t = {},              H = {h} HQ-owned invitees and C = {c} nodes this node's policy assumes colluding              (assume_colluding_nodes = {}), only t − H − C = {allowed} are certain (rule: 1 ≤ k ≤ t − H − C);              refusing (the coordinator must calibrate for fewer honest nodes)",
+            noise.variance, noise.honest, start.threshold, own_rules.assume_colluding_nodes
+        ));
+    }
+    Ok(())
+}
+
+/// Issue 10: add N_Z(0, σ²) noise, sampled exactly from the OS CSPRNG, to every word
+/// of `input` modulo 2^width (two's complement: the sum is decoded as signed). Call it
+/// after [`check_width`] checked the un-noised contribution. The noise is zeroized.
+pub fn add_noise(input: &mut [u64], noise: &Noise, bits: u32) -> Result<(), String> {
+    let samples = Zeroizing::new(
+        DiscreteGaussian::new(noise.variance.clone())
+            .samples(input.len(), &mut OsEntropy::new())
+            .map_err(|e| format!("cannot sample the round's noise: {e}"))?,
+    );
+    let modulus = 1i128 << bits;
+    for (x, e) in input.iter_mut().zip(samples.iter()) {
+        *x = (*x as i128 + *e as i128).rem_euclid(modulus) as u64;
     }
     Ok(())
 }
@@ -91,6 +137,7 @@ mod tests {
                 .collect(),
             chunk_elements: 10,
             roster_signature: vec![],
+            noise: None,
         }
     }
 
@@ -114,5 +161,65 @@ mod tests {
         let e = check_width(&s, 150, &[1, 101, 48, 0]).unwrap_err();
         assert!(e.contains("holds 150 customers") && e.contains("element 1") && e.contains("counts 101"), "{e}");
         assert!(e.contains("raise [rounds] max_customers_per_node") && e.contains("at least 150"), "{e}");
+    }
+
+    fn noised(mut s: RoundStart, num: u64, honest: usize) -> RoundStart {
+        s.noise = Some(Noise { variance: fedcrm_dp::sampler::Variance::integer(num).unwrap(), honest });
+        s
+    }
+
+    #[test]
+    fn a_noised_round_is_signed_and_leaves_room_for_the_noise() {
+        // 1,000 nodes × 2^22 fits 32 unsigned bits (exact), but not 31 (signed, noised).
+        assert_eq!(check_width(&start(1000, WordWidth::W32, 1 << 22), 10, &[1, 2, 3, 4]), Ok(()));
+        let s = noised(start(1000, WordWidth::W64, 1 << 22), 4, 10);
+        assert_eq!(check_width(&s, 10, &[1, 2, 3, 4]), Ok(()));
+        let e = check_width(&noised(start(1000, WordWidth::W32, 1 << 22), 4, 10), 10, &[1, 2, 3, 4]).unwrap_err();
+        assert!(e.contains("needs 64-bit words"), "{e}");
+        // The noise tail counts too: 2^31 − 1 − tail fits signed 32 bits, one more does not.
+        let tail = fedcrm_dp::accounting::noise_tail(1, 4.0);
+        let edge = |bound| noised(start(1, WordWidth::W32, bound), 4, 1);
+        assert_eq!(check_width(&edge((1 << 31) - 1 - tail), 10, &[1, 2, 3, 4]), Ok(()));
+        assert!(check_width(&edge((1 << 31) - tail), 10, &[1, 2, 3, 4]).unwrap_err().contains("needs 64-bit words"));
+        // Small bounds still fit 32 signed bits.
+        assert_eq!(check_width(&noised(start(5, WordWidth::W32, 1000), 4, 1), 10, &[1, 2, 3, 4]), Ok(()));
+    }
+
+    #[test]
+    fn a_node_refuses_noise_calibrated_for_more_honest_nodes_than_its_rules_allow() {
+        // 5 franchisees of 5 organisations and one HQ node, t = 5; this node (org "o0")
+        // assumes 1 colluding organisation: t − H − C = 5 − 1 − 1 = 3.
+        let mut s = start(6, WordWidth::W32, 1000);
+        s.threshold = 5;
+        for (i, m) in s.invited.iter_mut().enumerate() {
+            m.organisation = format!("o{i}");
+        }
+        s.invited[5].kind = OrgKind::Hq;
+        let rules = NodeRules { assume_colluding_nodes: 1, ..NodeRules::default() };
+        assert_eq!(check_noise(&s, &rules, "o0"), Ok(()));
+        assert_eq!(check_noise(&noised(s.clone(), 4, 3), &rules, "o0"), Ok(()));
+        assert_eq!(check_noise(&noised(s.clone(), 4, 1), &rules, "o0"), Ok(()));
+        let e = check_noise(&noised(s.clone(), 4, 4), &rules, "o0").unwrap_err();
+        assert!(e.contains("k = 4") && e.contains("t − H − C = 3") && e.contains("assume_colluding_nodes = 1"), "{e}");
+        assert!(check_noise(&noised(s.clone(), 4, 0), &rules, "o0").unwrap_err().contains("1 ≤ k"));
+        // A node assuming two colluding organisations allows only k ≤ 2.
+        let wary = NodeRules { assume_colluding_nodes: 2, ..NodeRules::default() };
+        assert!(check_noise(&noised(s, 4, 3), &wary, "o0").unwrap_err().contains("t − H − C = 2"));
+    }
+
+    #[test]
+    fn noise_wraps_in_twos_complement_of_the_width() {
+        let noise = Noise { variance: fedcrm_dp::sampler::Variance::integer(100).unwrap(), honest: 1 };
+        let mut v = vec![0u64; 2000];
+        add_noise(&mut v, &noise, 32).unwrap();
+        let signed: Vec<i64> = v.iter().map(|&w| if w >= 1 << 31 { w as i64 - (1 << 32) } else { w as i64 }).collect();
+        assert!(v.iter().all(|&w| w < 1 << 32));
+        assert!(signed.iter().any(|&x| x < 0) && signed.iter().any(|&x| x > 0));
+        // σ = 10: every one of 2,000 samples within 10σ.
+        assert!(signed.iter().all(|&x| x.abs() <= 100), "{signed:?}");
+        // In 64 bits, −6 plus noise decodes as a small signed value again.
+        let mut w = vec![(-6i64) as u64; 100];
+        add_noise(&mut w, &noise, 64).unwrap();
+        assert!(w.iter().all(|&x| (x as i64 + 6).abs() <= 100));
     }
 }

@@ -314,6 +314,7 @@ mod tests {
             invited,
             chunk_elements: 10,
             roster_signature: vec![],
+            noise: None,
         }
     }
 

@@ -44,7 +44,7 @@ use zeroize::Zeroizing;
 #[cfg(feature = "test-util")]
 use super::faults::{self, DropAt};
 use super::{NodeContext, Peer, SessionEnd, SessionError, record, unix_now, unix_now_ms};
-use crate::analysis::{check_width, local_vector};
+use crate::analysis::{add_noise, check_noise, check_width, local_vector};
 use crate::approvals::{self, Decision, Pending};
 use crate::computation::Identified;
 use crate::differencing::Recorded;
@@ -415,11 +415,26 @@ impl<'a> Rounds<'a> {
             self.refuse(round, &e.to_string()).await?;
             return Ok(None);
         }
-        let input = Zeroizing::new(local_vector(&start.analysis, customers));
+        // Issue 10: noise calibrated for more honest nodes than this node's own rules
+        // allow would protect less than it claims.
+        if let Err(why) = check_noise(&start, &ctx.policy.rules(), &ctx.organisation) {
+            tracing::warn!(node = %ctx.name, %round, %why, "refusing round");
+            self.refuse(round, &why).await?;
+            return Ok(None);
+        }
+        let mut input = Zeroizing::new(local_vector(&start.analysis, customers));
         // Issue 9: the width is recomputed from the signed range, never taken on trust,
         // and this node's contribution must be within the bound it was picked for.
         if let Err(why) = check_width(&start, customers.len(), &input) {
             tracing::warn!(node = %ctx.name, %round, %why, "refusing round");
+            self.refuse(round, &why).await?;
+            return Ok(None);
+        }
+        // Issue 10: the noise goes in now, once the un-noised contribution is checked;
+        // from here the node holds only the noised vector (zeroized when dropped).
+        if let Some(noise) = &start.noise
+            && let Err(why) = add_noise(&mut input, noise, start.width.bits())
+        {
             self.refuse(round, &why).await?;
             return Ok(None);
         }

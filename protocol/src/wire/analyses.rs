@@ -36,6 +36,23 @@ impl AnalysisKind {
         }
     }
 
+    /// The range of a round's sum over `invited` nodes: [`AnalysisKind::range`], and
+    /// with noise (issue 10) signed, leaving room for the sum of every invitee's noise
+    /// ([`fedcrm_dp::accounting::noise_tail`]). The coordinator picks the width from it
+    /// and each node recomputes it from the signed round start: one function, so both
+    /// agree.
+    pub fn range_with(&self, max_customers_per_node: u64, noise: Option<&Noise>, invited: usize) -> SumRange {
+        let exact = self.range(max_customers_per_node);
+        match noise {
+            None => exact,
+            Some(n) => SumRange {
+                signed: true,
+                noise_tail: fedcrm_dp::accounting::noise_tail(invited, n.variance.as_f64()),
+                ..exact
+            },
+        }
+    }
+
     /// Length of the round vector.
     pub fn vector_len(&self) -> usize {
         match self {

@@ -23,8 +23,11 @@ use crate::pb;
 /// commitments and reveals, neighbour-only key rosters. v6 (issue 9) sets keys up once
 /// per analysis (`RoundStart.setup_round_id`): later rounds skip key advertisement,
 /// and an unmask answer reveals round pair seeds for dropped neighbours where v5
-/// revealed shares of their mask keys — a v5 peer could not follow either.
-pub const VERSION: &str = "fedcrm/v6";
+/// revealed shares of their mask keys — a v5 peer could not follow either. v7 (issue
+/// 10) adds distributed discrete Gaussian noise to the signed round start
+/// (`RoundStart.noise`): with it, nodes add noise before masking and the sum is signed;
+/// a v6 node would ignore the fields and send an exact contribution.
+pub const VERSION: &str = "fedcrm/v7";
 
 /// Largest vector a round may use (words, of either width); 64 Mi words = 512 MiB of
 /// 64-bit words.

@@ -3,6 +3,7 @@
 use fedcrm_analysis::date::parse_date;
 use fedcrm_analysis::rfm::Cuts;
 use fedcrm_analysis::rules::Invitee;
+use fedcrm_dp::sampler::Variance;
 use fedcrm_pki::{OrgKind, Receipt};
 
 use super::*;
@@ -143,6 +144,7 @@ fn round_trips() {
         invited: vec![Invitee { name: "a".into(), organisation: "o".into(), kind: OrgKind::Franchisee }],
         chunk_elements: 10,
         roster_signature: vec![1, 2],
+        noise: None,
     }));
     assert_eq!(ToNode::try_from(pb::CoordinatorMessage::from(&m)).unwrap(), m);
     // A later round of the analysis names its setup round; the signed roster binds it.
@@ -151,6 +153,40 @@ fn round_trips() {
     assert_ne!(roster_payload(&later), roster_payload(first));
     let later = ToNode::RoundStart(Box::new(later));
     assert_eq!(ToNode::try_from(pb::CoordinatorMessage::from(&later)).unwrap(), later);
+    // Issue 10: a noised round start round-trips; the signed roster binds σ² and k.
+    let noise = |num, den, honest| Some(Noise { variance: Variance::new(num, den).unwrap(), honest });
+    let noised = RoundStart { noise: noise(9, 4, 2), ..(**first).clone() };
+    let payloads = [
+        roster_payload(first),
+        roster_payload(&noised),
+        roster_payload(&RoundStart { noise: noise(9, 2, 2), ..noised.clone() }),
+        roster_payload(&RoundStart { noise: noise(9, 4, 3), ..noised.clone() }),
+    ];
+    for (i, a) in payloads.iter().enumerate() {
+        assert!(payloads[i + 1..].iter().all(|b| a != b), "payload {i} is not unique");
+    }
+    let noised = ToNode::RoundStart(Box::new(noised));
+    let encoded = pb::CoordinatorMessage::from(&noised);
+    let Some(pb::coordinator_message::Body::RoundStart(ref x)) = encoded.body else { unreachable!() };
+    assert_eq!((x.noise_variance_num, x.noise_variance_den, x.noise_honest), (9, 4, 2));
+    assert_eq!(ToNode::try_from(encoded.clone()).unwrap(), noised);
+    // No noise is all zero; noise without a denominator or without k is refused.
+    let Some(pb::coordinator_message::Body::RoundStart(ref x)) = pb::CoordinatorMessage::from(&m).body else {
+        unreachable!()
+    };
+    assert_eq!((x.noise_variance_num, x.noise_variance_den, x.noise_honest), (0, 0, 0));
+    for (num, den, k, field_name) in
+        [(9, 0, 2, "noise_variance_den"), (9, 4, 0, "noise_honest"), (0, 4, 2, "noise_variance_num")]
+    {
+        let mut bad = encoded.clone();
+        if let Some(pb::coordinator_message::Body::RoundStart(ref mut x)) = bad.body {
+            (x.noise_variance_num, x.noise_variance_den, x.noise_honest) = (num, den, k);
+        }
+        assert!(
+            matches!(ToNode::try_from(bad), Err(WireError::Field { field, .. }) if field == field_name),
+            "{num}/{den}, k = {k}"
+        );
+    }
     // SecAgg+'s messages round-trip; a nonce or commitment that is not 32 bytes is refused.
     let commitments = vec![("a".to_string(), [7u8; 32]), ("b".to_string(), [8u8; 32])];
     let c = ToNode::CommitmentRoster { round: r, commitments: commitments.clone(), quorum: 2, signature: vec![3; 64] };
@@ -191,7 +227,7 @@ fn round_trips() {
     assert_eq!(e, WireError::Version { got: "fedcrm/v3".into() });
     assert_eq!(
         e.to_string(),
-        "incompatible protocol version \"fedcrm/v3\"; this build speaks \"fedcrm/v6\" — upgrade the older side"
+        "incompatible protocol version \"fedcrm/v3\"; this build speaks \"fedcrm/v7\" — upgrade the older side"
     );
 }
 

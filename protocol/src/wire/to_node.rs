@@ -2,6 +2,7 @@
 //! roster, sealed shares, views).
 
 use fedcrm_analysis::rules::Invitee;
+use fedcrm_dp::sampler::Variance;
 use fedcrm_pki::OrgKind;
 
 use super::*;
@@ -30,12 +31,27 @@ pub struct RoundStart {
     pub chunk_elements: usize,
     /// The coordinator's signature over [`roster_payload`].
     pub roster_signature: Vec<u8>,
+    /// Issue 10: the distributed discrete Gaussian noise every node adds before
+    /// masking; `None`: an exact round.
+    pub noise: Option<Noise>,
+}
+
+/// The noise of a round (Kairouz, Liu & Steinke 2021, the distributed discrete
+/// Gaussian): each node adds N_Z(0, `variance`) to every word of its contribution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Noise {
+    /// σ² per node, an exact fraction.
+    pub variance: Variance,
+    /// k: the nodes whose noise alone must give the guarantee, t − H − the largest C
+    /// among the invitees (colluders can subtract their own noise). At least 1.
+    pub honest: usize,
 }
 
 /// What the coordinator signs for a round: round id, threshold, vector length, word
 /// width and the per-node bound it was picked for, the graph degree (0: full SecAgg),
-/// the setup round whose keys it reuses (empty: this round sets them up), the analysis (with who asked and why) and every invited node with its organisation
-/// and kind.
+/// the setup round whose keys it reuses (empty: this round sets them up), the analysis
+/// (with who asked and why), every invited node with its organisation and kind, and
+/// the noise (σ² as num, den and k; empty for an exact round).
 pub fn roster_payload(start: &RoundStart) -> Vec<u8> {
     let encoded = prost::Message::encode_to_vec(&pb::Analysis::from(&start.analysis));
     let mut parts: Vec<Vec<u8>> = vec![
@@ -52,6 +68,9 @@ pub fn roster_payload(start: &RoundStart) -> Vec<u8> {
         parts.push(i.organisation.as_bytes().to_vec());
         parts.push(i.kind.as_str().as_bytes().to_vec());
     }
+    parts.push(start.noise.as_ref().map_or_else(Vec::new, |n| {
+        [n.variance.num().to_be_bytes(), n.variance.den().to_be_bytes(), (n.honest as u64).to_be_bytes()].concat()
+    }));
     let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
     fedcrm_crypto::kdf::context("roster", &start.round, &refs)
 }
@@ -222,6 +241,16 @@ impl TryFrom<pb::CoordinatorMessage> for ToNode {
                         format!("{} does not match the analysis ({})", r.length, analysis.kind.vector_len()),
                     ));
                 }
+                let noise = match (r.noise_variance_num, r.noise_variance_den, r.noise_honest) {
+                    (0, 0, 0) => None,
+                    (0, _, _) => return Err(field("noise_variance_num", "0 (no noise) with a denominator or k set")),
+                    (_, 0, _) => return Err(field("noise_variance_den", "must be at least 1 when there is noise")),
+                    (_, _, 0) => return Err(field("noise_honest", "must be at least 1 when there is noise")),
+                    (num, den, k) => Some(Noise {
+                        variance: Variance::new(num, den).map_err(|e| field("noise_variance_num", e.to_string()))?,
+                        honest: k as usize,
+                    }),
+                };
                 ToNode::RoundStart(Box::new(RoundStart {
                     round: round_id(&r.round_id)?,
                     threshold: r.threshold as usize,
@@ -239,6 +268,7 @@ impl TryFrom<pb::CoordinatorMessage> for ToNode {
                         .collect::<Result<_, WireError>>()?,
                     chunk_elements: r.chunk_elements as usize,
                     roster_signature: r.roster_signature,
+                    noise,
                 }))
             }
             Body::Roster(r) => {
@@ -350,6 +380,9 @@ impl From<&ToNode> for pb::CoordinatorMessage {
                 max_per_node: r.max_per_node,
                 graph_degree: r.degree as u32,
                 setup_round_id: r.setup.map_or_else(Vec::new, |s| s.0.to_vec()),
+                noise_variance_num: r.noise.as_ref().map_or(0, |n| n.variance.num()),
+                noise_variance_den: r.noise.as_ref().map_or(0, |n| n.variance.den()),
+                noise_honest: r.noise.as_ref().map_or(0, |n| n.honest as u32),
             }),
             ToNode::CommitmentRoster { round, commitments, quorum, signature } => {
                 Body::Commitments(pb::CommitmentRoster {
