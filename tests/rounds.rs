@@ -647,3 +647,23 @@ async fn noised_rounds_release_the_sum_plus_noise_of_the_stated_variance() {
     assert!((ms - var_sum).abs() < 5.0 * ms_se, "variance {ms} vs {var_sum} ± 5 × {ms_se} over {k} cells");
     cluster.stop().await;
 }
+
+/// Issue 10: HQ signing noise calibrated for more honest nodes than the invitees' rules
+/// allow (k = 4 where 5 franchisees of 5 organisations, t = 4 and one assumed
+/// colluding organisation leave t − H − C = 3) is refused by every node, naming the
+/// rule, before anything is masked: no analysis result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_refuse_noise_calibrated_for_more_honest_nodes_than_their_rules_allow() {
+    let noise = fedcrm_protocol::wire::Noise { variance: fedcrm_dp::sampler::Variance::integer(4).unwrap(), honest: 4 };
+    let hooks = Hooks { force_noise: Some(noise), ..Hooks::default() };
+    let (cluster, out) = histogram_round(cdnow_nodes(&[1; 5], true), exact(), hooks).await;
+    assert!(out.is_err(), "a round every node refuses releases nothing");
+    for node in common::node_names(5) {
+        let why = common::refusals_when(&cluster, &node, |r| r.contains("t − H − C")).await;
+        assert!(
+            why.iter().any(|r| r.contains("k = 4") && r.contains("t − H − C = 3") && r.contains("1 ≤ k ≤ t − H − C")),
+            "{node}: {why:?}"
+        );
+    }
+    cluster.stop().await;
+}

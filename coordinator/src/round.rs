@@ -328,6 +328,8 @@ impl Runner<'_> {
                 Some(Noise { variance, honest })
             }
         };
+        #[cfg(feature = "test-util")]
+        let noise = self.coordinator.hooks().force_noise.clone().or(noise);
         let range = analysis.kind.range_with(max_per_node, noise.as_ref(), invited.len());
         let width = pick_width(invited.len(), &range)
             .map_err(|e| RoundError::Unplannable(format!("{e} ([rounds] max_customers_per_node = {max_per_node})")))?;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use fedcrm_crypto::RoundId;
 use fedcrm_crypto::word::Words;
-use fedcrm_protocol::wire::{Analysis, RevealedShare, Sealed, SignedKeys, ViewSignature};
+use fedcrm_protocol::wire::{Analysis, Noise, RevealedShare, Sealed, SignedKeys, ViewSignature};
 
 /// Observer of complete masked vectors (node, vector).
 pub type MaskedObserver = Arc<dyn Fn(&str, &Words) + Send + Sync>;
@@ -100,6 +100,10 @@ pub struct Hooks {
     /// While set, the coordinator's audit log "fails" when it records a node's
     /// receipt (a full disk), to show the fault is not blamed on the node.
     pub fail_audit: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Issue 10: signs this noise (σ² and k) into every round start instead of what
+    /// `[rounds] noise_variance` and the planner give (HQ claiming more honest nodes
+    /// than the invitees' rules allow, so that less noise seems to suffice).
+    pub force_noise: Option<Noise>,
 }
 
 /// Signs a view (round, U2, U3) as some nodes: returns their signatures.
@@ -131,6 +135,7 @@ impl std::fmt::Debug for Hooks {
             .field("reuse_analysis_id", &self.reuse_analysis_id)
             .field("extra_view_signatures", &self.extra_view_signatures.is_some())
             .field("fail_audit", &self.fail_audit.is_some())
+            .field("force_noise", &self.force_noise)
             .finish()
     }
 }
