@@ -109,7 +109,9 @@ impl NodeSpec {
             organisation: format!("{name} franchise ltd"),
             kind: OrgKind::Franchisee,
             data,
-            policy: Policy::default(),
+            // Test and demo nodes also take part in exact rounds (`--dp off`); a
+            // franchisee's default is `required`.
+            policy: Policy { privacy: fedcrm_node::privacy::Privacy::optional(), ..Policy::default() },
             withdrawn: vec![],
             leaves_after_shares: false,
             #[cfg(feature = "test-util")]
@@ -146,8 +148,13 @@ pub struct ClusterOptions {
     pub keepalive_seconds: u64,
     /// `[secagg]`: full SecAgg or SecAgg+, and SecAgg+'s threat parameters.
     pub secagg: SecaggSettings,
-    /// `[rounds] noise_variance`: σ² per node as `[num, den]`; `None`: exact rounds.
+    /// `[rounds] noise_variance`: σ² per node as `[num, den]` in analyses run with
+    /// differential privacy; `None`: the default.
     pub noise_variance: Option<[u64; 2]>,
+    /// Tests: the clock the coordinator and every node read budget months from (a
+    /// fixed date, so no outcome depends on the real calendar).
+    #[cfg(feature = "test-util")]
+    pub clock: Option<Arc<dyn fedcrm_audit::log::Clock>>,
 }
 
 /// Per node, the encoded messages its transport took, in order (tests).
@@ -169,6 +176,8 @@ impl Default for ClusterOptions {
             keepalive_seconds: SessionSettings::default().keepalive_seconds,
             secagg: SecaggSettings::default(),
             noise_variance: None,
+            #[cfg(feature = "test-util")]
+            clock: None,
         }
     }
 }
@@ -191,6 +200,9 @@ pub struct Cluster<C = Arc<Coordinator>> {
     /// Filled when `ClusterOptions::capture_wire` is set.
     #[cfg(feature = "test-util")]
     pub captures: Captures,
+    /// Tests: the clock nodes read budget months from ([`ClusterOptions::clock`]).
+    #[cfg(feature = "test-util")]
+    pub clock: Option<Arc<dyn fedcrm_audit::log::Clock>>,
     shutdown: watch::Sender<bool>,
     /// The in-process coordinator's server task.
     server: Option<JoinHandle<()>>,
@@ -268,12 +280,17 @@ impl Layout {
 impl Cluster {
     /// Create PKI, start the coordinator and every node, and wait until all are connected.
     pub async fn start(opts: ClusterOptions) -> Result<Self> {
+        #[cfg(feature = "test-util")]
+        if opts.clock.is_some() {
+            return Self::start_with_hooks(opts, Hooks::default()).await;
+        }
         Self::launch(opts, Coordinator::open).await
     }
 
     /// [`Cluster::start`] with a coordinator deviating from the protocol through `hooks`.
     #[cfg(feature = "test-util")]
     pub async fn start_with_hooks(opts: ClusterOptions, hooks: Hooks) -> Result<Self> {
+        let hooks = Hooks { clock: hooks.clock.or_else(|| opts.clock.clone()), ..hooks };
         Self::launch(opts, move |config| Coordinator::open_with_hooks(config, hooks)).await
     }
 
@@ -296,6 +313,10 @@ impl Cluster {
             }
         });
         let mut cluster = Cluster::assemble(dir, pki, coordinator, addr, analyst, shutdown, Some(server));
+        #[cfg(feature = "test-util")]
+        {
+            cluster.clock = opts.clock.clone();
+        }
         for spec in &opts.nodes {
             let ctx = cluster.prepare_node(spec, &opts)?;
             cluster.spawn_node(spec, ctx);
@@ -315,6 +336,8 @@ impl Cluster {
             let _ = old.await;
         }
         let ctx = self.node_context(&cfg)?;
+        #[cfg(feature = "test-util")]
+        let ctx = self.with_clock(ctx);
         let rx = self.shutdown_signal();
         let session = |c: &Coordinator| c.registry.connected().into_iter().find(|p| p.name == name).map(|p| p.session);
         let before = session(&self.coordinator);
@@ -480,6 +503,8 @@ impl<C> Cluster<C> {
             nodes: vec![],
             #[cfg(feature = "test-util")]
             captures: Captures::default(),
+            #[cfg(feature = "test-util")]
+            clock: None,
             shutdown,
             server,
         }
@@ -492,6 +517,8 @@ impl<C> Cluster<C> {
         let ctx = self.node_context(&cfg)?;
         #[cfg(feature = "test-util")]
         let ctx = self.with_test_hooks(ctx, spec, opts.capture_wire);
+        #[cfg(feature = "test-util")]
+        let ctx = self.with_clock(ctx);
         #[cfg(not(feature = "test-util"))]
         let _ = opts;
         self.node_configs.push(cfg);
@@ -520,6 +547,15 @@ impl<C> Cluster<C> {
                 h.abort();
             }
         }
+    }
+
+    /// A node's context reading the cluster's clock, if it has one.
+    #[cfg(feature = "test-util")]
+    fn with_clock(&self, mut ctx: NodeContext) -> NodeContext {
+        if let Some(c) = &self.clock {
+            ctx.clock = c.clone();
+        }
+        ctx
     }
 
     /// A node's context with the test hooks `spec` asks for, and the wire tap.
@@ -583,11 +619,22 @@ impl<C> Cluster<C> {
         self.shutdown.subscribe()
     }
 
-    /// Run the segment analysis as the HQ analyst, over mTLS.
+    /// Run the segment analysis as the HQ analyst, over mTLS, exact (`--dp off`: the
+    /// harness's nodes are `dp = "optional"` unless a test says otherwise).
     pub async fn segments(&self, reference: &str, purpose: &str) -> Result<pb::SegmentsReply, tonic::Status> {
+        self.segments_with(reference, purpose, false).await
+    }
+
+    /// [`Cluster::segments`] with differential privacy on (`dp`) or off.
+    pub async fn segments_with(
+        &self,
+        reference: &str,
+        purpose: &str,
+        dp: bool,
+    ) -> Result<pb::SegmentsReply, tonic::Status> {
         let mut client =
             AnalystClient::connect(&self.analyst).await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        client.segments(reference, purpose).await
+        client.segments(reference, purpose, dp).await
     }
 
     /// Wait for a node's task to end and return how it ended.

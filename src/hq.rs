@@ -75,8 +75,14 @@ impl AnalystClient {
         Ok(Self { inner: analyst_client::AnalystClient::new(ch), url: c.url.clone() })
     }
 
-    pub async fn segments(&mut self, reference: &str, purpose: &str) -> Result<pb::SegmentsReply, tonic::Status> {
-        let request = pb::SegmentsRequest { reference_date: reference.into(), purpose: purpose.into() };
+    /// The RFM segment analysis; `dp`: with differential privacy (`--dp on`).
+    pub async fn segments(
+        &mut self,
+        reference: &str,
+        purpose: &str,
+        dp: bool,
+    ) -> Result<pb::SegmentsReply, tonic::Status> {
+        let request = pb::SegmentsRequest { reference_date: reference.into(), purpose: purpose.into(), dp_off: !dp };
         within(ANALYSIS_TIMEOUT, &self.url, "the segment analysis", self.inner.run_segments(request)).await
     }
 

@@ -248,6 +248,13 @@ enum CoordinatorCommand {
     },
 }
 
+/// `--dp on|off` of the analyses HQ runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Dp {
+    On,
+    Off,
+}
+
 #[derive(Debug, Subcommand)]
 enum HqCommand {
     /// Generate an analyst key (0600) and CSR.
@@ -265,6 +272,11 @@ enum HqCommand {
         /// Why you ask; every node logs it.
         #[arg(long)]
         purpose: String,
+        /// Differential privacy: `on` adds noise on every node before masking and
+        /// charges each node's budget; `off` runs exact, and is refused unless every
+        /// participant's policy is dp = "optional".
+        #[arg(long, value_enum, default_value_t = Dp::On)]
+        dp: Dp,
         #[arg(long, conflicts_with = "csv")]
         json: bool,
         #[arg(long)]
@@ -583,13 +595,13 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Hq(HqCommand::Init { id }) => init_identity(id, Role::Analyst),
-        Command::Hq(HqCommand::Segments { config, reference_date, purpose, json, csv }) => {
+        Command::Hq(HqCommand::Segments { config, reference_date, purpose, dp, json, csv }) => {
             let cfg = HqConfig::load(&config)?;
             let mut client = AnalystClient::connect(&cfg).await?;
             let spinner = indicatif::ProgressBar::new_spinner();
             spinner.set_message("running secure rounds across nodes");
             spinner.enable_steady_tick(std::time::Duration::from_millis(100));
-            let reply = client.segments(&reference_date, &purpose).await;
+            let reply = client.segments(&reference_date, &purpose, dp == Dp::On).await;
             spinner.finish_and_clear();
             let reply = reply.map_err(|s| anyhow::anyhow!("coordinator: {}", s.message()))?;
             let view = SegmentsView::new(&reply, &reference_date);

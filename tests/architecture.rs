@@ -165,9 +165,17 @@ fn the_code_map_names_every_source_file() {
     let start = map.find("## Code map").expect("ARCHITECTURE.md has a code map");
     let map = &map[start..];
     let mut unnamed = vec![];
-    for dir in
-        ["src", "crypto/src", "pki/src", "analysis/src", "protocol/src", "audit/src", "node/src", "coordinator/src"]
-    {
+    for dir in [
+        "src",
+        "crypto/src",
+        "pki/src",
+        "analysis/src",
+        "protocol/src",
+        "audit/src",
+        "node/src",
+        "coordinator/src",
+        "dp/src",
+    ] {
         for f in rust_files(&root().join(dir)) {
             let name = f.file_name().unwrap().to_string_lossy().into_owned();
             if ["lib.rs", "mod.rs", "main.rs", "tests.rs"].contains(&name.as_str()) {

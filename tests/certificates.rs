@@ -285,7 +285,7 @@ async fn a_revoked_analyst_is_cut_off_on_a_connection_opened_before_the_revocati
     let err = hq.status().await.expect_err("a revoked certificate must not outlive its connection");
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
     assert!(err.message().contains("revoked"), "{}", err.message());
-    let err = hq.segments("1997-09-30", "after revocation").await.expect_err("no analysis either");
+    let err = hq.segments("1997-09-30", "after revocation", false).await.expect_err("no analysis either");
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
     cluster.stop().await;
 }

@@ -162,21 +162,22 @@ fn a_chunk_size_beyond_the_message_limit_is_an_error_at_load() {
 }
 
 #[test]
-fn noise_variance_is_off_by_default_exact_when_set_and_refused_when_zero() {
+fn noise_variance_defaults_to_16_is_exact_when_set_and_refused_when_zero() {
     // Issue 10: `[rounds] noise_variance = [num, den]`, σ² per node as an exact fraction.
     let dir = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(configs().join("coordinator.toml")).unwrap();
-    assert!(text.contains("# noise_variance = [4, 1]"));
+    assert!(text.contains("# noise_variance = [16, 1]"));
     let p = dir.path().join("coordinator-exact.toml");
     std::fs::write(&p, &text).unwrap();
     let c = fedcrm_coordinator::config::CoordinatorConfig::load(&p).unwrap();
-    assert_eq!(c.rounds.noise_variance(), None, "the example runs exact rounds");
+    let v = c.rounds.noise_variance();
+    assert_eq!((v.num(), v.den()), (16, 1), "the default: σ = 4 per node");
     let set = |value: &str| {
         let p = dir.path().join(format!("coordinator-{}.toml", value.replace([' ', ',', '[', ']'], "_")));
-        std::fs::write(&p, text.replace("# noise_variance = [4, 1]", &format!("noise_variance = {value}"))).unwrap();
+        std::fs::write(&p, text.replace("# noise_variance = [16, 1]", &format!("noise_variance = {value}"))).unwrap();
         fedcrm_coordinator::config::CoordinatorConfig::load(&p)
     };
-    let v = set("[18, 8]").unwrap().rounds.noise_variance().unwrap();
+    let v = set("[18, 8]").unwrap().rounds.noise_variance();
     assert_eq!((v.num(), v.den()), (9, 4));
     for bad in ["[0, 1]", "[4, 0]"] {
         let err = set(bad).unwrap_err().to_string();

@@ -82,6 +82,7 @@ async fn a_flooding_node_cannot_grow_the_coordinator_or_its_log_and_the_others_r
         software: "flood test".into(),
         node: FLOODER.into(),
         rules: ctx.policy.rules(),
+        privacy: Some(ctx.privacy_status().unwrap()),
     };
     let tls = fedcrm_protocol::tls::client_tls(&ctx.ca_pem, &ctx.cert_pem, &ctx.key, COORDINATOR_NAME);
     let channel = tonic::transport::Endpoint::from_shared(cfg.coordinator.url.clone())
@@ -138,7 +139,7 @@ async fn a_flooding_node_cannot_grow_the_coordinator_or_its_log_and_the_others_r
         let analyst = cluster.analyst.clone();
         tokio::spawn(async move {
             let mut client = fedcrm::hq::AnalystClient::connect(&analyst).await.unwrap();
-            client.segments(REFERENCE, "test: a flood does not stop the others").await
+            client.segments(REFERENCE, "test: a flood does not stop the others", false).await
         })
     };
     let round = *round_rx.wait_for(Option::is_some).await.unwrap();

@@ -218,15 +218,17 @@ async fn incompatible_protocol_version_is_rejected_with_a_clear_message() {
     // "fedcrm/v2" is the last version before the AES-128-CTR PRG, "fedcrm/v3" the last
     // before word widths (its masks are keyed without the width), "fedcrm/v4" the last
     // before SecAgg+ (its keys are signed without a nonce commitment, its views without
-    // the graph): none can take part in our rounds, so each must be refused before any
-    // round, not fail inside one.
-    for old in ["fedcrm/v0", "fedcrm/v2", "fedcrm/v3", "fedcrm/v4"] {
+    // the graph), "fedcrm/v6" the last before noise (its nodes would ignore the signed
+    // noise and send exact contributions): none can take part in our rounds, so each
+    // must be refused before any round, not fail inside one.
+    for old in ["fedcrm/v0", "fedcrm/v2", "fedcrm/v3", "fedcrm/v4", "fedcrm/v6"] {
         let hello = pb::NodeMessage {
             body: Some(pb::node_message::Body::Hello(pb::Hello {
                 protocol_version: old.into(),
                 software: "fedcrm 0.0.1".into(),
                 node_name: "node-7".into(),
                 rules: None,
+                privacy: None,
             })),
             receipt: None,
         };

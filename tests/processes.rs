@@ -93,6 +93,7 @@ fn deploy() -> Deployment {
                  retry_seconds = 1\nretry_max_seconds = 2\n\n\
                  [tls]\nca = {ca:?}\ncert = {:?}\nkey = {:?}\n\n\
                  [data]\nformat = \"cdnow\"\npath = \"purchases.txt\"\n\n\
+                 [policy.privacy]\ndp = \"optional\"\n\n\
                  [audit]\nseal_every_seconds = 2\n",
                 f.cert, f.key
             ),
@@ -179,7 +180,7 @@ async fn nodes_reconnect_after_the_coordinator_is_killed_mid_round_and_sigterm_e
         let hq = hq.clone();
         async move {
             let mut client = AnalystClient::connect(&hq).await.unwrap();
-            client.segments(REFERENCE, "test: interrupted by a coordinator crash").await
+            client.segments(REFERENCE, "test: interrupted by a coordinator crash", false).await
         }
     });
     let audit = d.coordinator_audit();
@@ -205,7 +206,7 @@ async fn nodes_reconnect_after_the_coordinator_is_killed_mid_round_and_sigterm_e
 
     // The next analysis equals the pooled answer over its contributors' data.
     let mut client = AnalystClient::connect(&hq).await.unwrap();
-    let reply = client.segments(REFERENCE, "test: after the restart").await.expect("analysis after the restart");
+    let reply = client.segments(REFERENCE, "test: after the restart", false).await.expect("analysis after the restart");
     let view = SegmentsView::new(&reply, REFERENCE);
     assert_eq!(view.participants.len(), NODES, "every node contributes: {:?}", view.dropped);
     let p = pooled_over(&d, &view.participants);
@@ -252,7 +253,7 @@ async fn a_node_killed_mid_analysis_and_restarted_gets_a_result_or_one_short_lin
         let hq = hq.clone();
         async move {
             let mut client = AnalystClient::connect(&hq).await.unwrap();
-            client.segments(REFERENCE, "test: a node dies mid-analysis").await
+            client.segments(REFERENCE, "test: a node dies mid-analysis", false).await
         }
     });
     let victim_audit = d.node_dir(&d.nodes[victim]).join("audit");
@@ -270,7 +271,7 @@ async fn a_node_killed_mid_analysis_and_restarted_gets_a_result_or_one_short_lin
     nodes[victim] = start_node(&d, &d.nodes[victim]);
     until(Duration::from_secs(60), "the restarted node to connect", async || connected(&hq).await == NODES).await;
     let mut client = AnalystClient::connect(&hq).await.unwrap();
-    match client.segments(REFERENCE, "test: after the node's restart").await {
+    match client.segments(REFERENCE, "test: after the node's restart", false).await {
         Ok(reply) => {
             let view = SegmentsView::new(&reply, REFERENCE);
             let p = pooled_over(&d, &view.participants);

@@ -604,7 +604,7 @@ fn discrete_gaussian_moments(variance: f64) -> (f64, f64) {
     (m2, m4)
 }
 
-/// Issue 10, slice 1: with `[rounds] noise_variance = [4, 1]` every node adds
+/// Issue 10: run with DP and `[rounds] noise_variance = [4, 1]`, every node adds
 /// N_Z(0, 4) to each word before masking; over repeated single-round histogram
 /// analyses, release − exact sum has mean 0 and variance n·Var(N_Z(0, 4)) (n = 5
 /// contributors), each within 5 standard errors computed from the exact moments of
@@ -613,13 +613,20 @@ fn discrete_gaussian_moments(variance: f64) -> (f64, f64) {
 /// negative noisy counts to 0, which at 40 ≈ 9σ of the summed noise never happens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn noised_rounds_release_the_sum_plus_noise_of_the_stated_variance() {
-    let nodes = cdnow_nodes(&[1; 5], true);
+    let mut nodes = cdnow_nodes(&[1; 5], true);
+    // Ten noised analyses at σ² = 4: a budget that holds them (this test is about the
+    // noise, tests/privacy.rs about budgets).
+    for n in &mut nodes {
+        n.policy.privacy.monthly_rho = Some(100.0);
+    }
     let opts = ClusterOptions { nodes, noise_variance: Some([4, 1]), ..exact() };
     let cluster = Cluster::start(opts).await.unwrap();
     let mut diffs: Vec<f64> = Vec::new();
     let mut differs = 0usize;
     for run in 0..10 {
-        let out = cluster.coordinator.run_histograms(&common::request(&format!("noise run {run}")), specs()).await;
+        let request =
+            fedcrm_coordinator::segments::AnalysisRequest { dp: true, ..common::request(&format!("noise run {run}")) };
+        let out = cluster.coordinator.run_histograms(&request, specs()).await;
         let out = out.unwrap_or_else(|e| panic!("run {run}: {e}"));
         assert_eq!(out.release.contributors.len(), 5, "run {run}: every node's noise is in the sum");
         let exact = expected_sum(&cluster, &out.release.contributors);

@@ -20,7 +20,7 @@ pub const FORMAT: &str = "fedcrm-audit/v2";
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// One line of an audit log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     /// 0, 1, 2, … per party, continuing across files and restarts.
     pub seq: u64,
@@ -55,7 +55,7 @@ impl From<&Invitee> for Member {
 
 /// What happened: `event` in the JSON. (Unknown fields are not rejected when
 /// parsing — a changed byte already breaks the hash chain.)
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Event {
     /// A process opened the log. Carries the certificate whose key signs the seals
@@ -290,6 +290,37 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "String::is_empty")]
         stage: String,
     },
+    /// Issue 10: a differential-privacy charge. On a node: its own budget was charged,
+    /// recorded (fsynced) just before its noised, masked vector left — whatever happens
+    /// to the round afterwards, so a retried round costs again; the node rebuilds its
+    /// budget ledger from these records. On the coordinator: the charge it computed for
+    /// `node` when that node's masked vector arrived (`audit report` compares the two).
+    PrivacyCharged {
+        round: String,
+        analysis: String,
+        /// Coordinator: the node charged; empty in a node's own log.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        node: String,
+        /// The charge's calendar month (UTC), YYYY-MM, and time (ms since the epoch, by
+        /// the clock budgets are kept with).
+        month: String,
+        charged_ms: u64,
+        /// zCDP: D_α ≤ xi + rho·α.
+        rho: f64,
+        xi: f64,
+        /// The per-node noise variance σ² (num/den) and k, the nodes whose noise alone
+        /// gives the guarantee, as signed in the round start.
+        noise_variance: String,
+        honest: u64,
+        /// Node: its monthly budget in words, and how much of it the month's charges
+        /// use after this one (in the budget's own unit: ε or ρ), against the limit.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        budget: String,
+        #[serde(default)]
+        used: f64,
+        #[serde(default)]
+        limit: f64,
+    },
     /// An analysis failed or was refused release (coordinator).
     AnalysisFailed {
         analysis: String,
@@ -390,6 +421,7 @@ impl Event {
             Event::GraphDrawn { .. } => "graph-drawn",
             Event::Release { .. } => "release",
             Event::Contributed { .. } => "contributed",
+            Event::PrivacyCharged { .. } => "privacy-charged",
             Event::AnalysisFailed { .. } => "analysis-failed",
             Event::ApprovalRequested { .. } => "approval-requested",
             Event::ApprovalGranted { .. } => "approval-granted",

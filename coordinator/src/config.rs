@@ -86,20 +86,29 @@ pub struct RoundSettings {
     #[serde(default = "default_max_customers")]
     pub max_customers_per_node: u64,
     /// Issue 10: σ² of the distributed discrete Gaussian noise each node adds before
-    /// masking, as an exact fraction `[num, den]` (σ² = num/den; no floats), e.g.
-    /// `[4, 1]`. Rounds then carry the noise and the number k of honest nodes it is
-    /// calibrated for (t − H − the largest C among the invitees) in their signed
-    /// start, and their sums are signed. Default: none (exact rounds).
+    /// masking in analyses run with differential privacy (`--dp on`, the default), as
+    /// an exact fraction `[num, den]` (σ² = num/den; no floats), e.g. `[16, 1]`. Rounds
+    /// carry it (raised to the largest `min_noise_variance` an invitee announced) and
+    /// the number k of honest nodes it is calibrated for (t − H − the largest C among the
+    /// invitees) in their signed start, and their sums are signed. Default [16, 1]
+    /// (σ = 4 per node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub noise_variance: Option<[u64; 2]>,
 }
 
 impl RoundSettings {
-    /// The configured per-node noise variance, if any (checked at load).
-    pub fn noise_variance(&self) -> Option<fedcrm_dp::sampler::Variance> {
-        self.noise_variance.and_then(|[num, den]| fedcrm_dp::sampler::Variance::new(num, den).ok())
+    /// The per-node noise variance of analyses run with differential privacy: as
+    /// configured (checked at load) or [`DEFAULT_NOISE_VARIANCE`].
+    pub fn noise_variance(&self) -> fedcrm_dp::sampler::Variance {
+        let [num, den] = self.noise_variance.unwrap_or(DEFAULT_NOISE_VARIANCE);
+        fedcrm_dp::sampler::Variance::new(num, den)
+            .or_else(|_| fedcrm_dp::sampler::Variance::new(DEFAULT_NOISE_VARIANCE[0], DEFAULT_NOISE_VARIANCE[1]))
+            .expect("the default noise variance is positive")
     }
 }
+
+/// The default per-node noise variance: σ² = 16 (σ = 4).
+pub const DEFAULT_NOISE_VARIANCE: [u64; 2] = [16, 1];
 
 fn default_timeout() -> u64 {
     30
@@ -243,7 +252,7 @@ impl CoordinatorConfig {
                 path: path.to_path_buf(),
                 message: format!(
                     "[rounds] noise_variance = [{num}, {den}]: σ² = num/den needs both parts positive; leave the key \
-                     out for exact rounds"
+                     out for the default [16, 1]"
                 ),
             });
         }

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod budgets;
 pub mod config;
 pub mod enrolment;
 mod inbound;
@@ -59,6 +60,11 @@ pub struct Coordinator {
     history: std::sync::Mutex<Vec<fedcrm_analysis::rules::Unmasked>>,
     /// Set once on SIGINT/SIGTERM: running rounds end unreleased, new ones refuse.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// Issue 10: every node's privacy budget as announced and charged since.
+    pub budgets: budgets::Budgets,
+    /// The clock budget months are read from (tests inject a fixed one through
+    /// [`Hooks`]).
+    clock: Arc<dyn fedcrm_audit::log::Clock>,
 }
 
 /// The audit record of the nodes a coordinator accepts.
@@ -105,7 +111,9 @@ impl Coordinator {
     /// [`Coordinator::open`], deviating from the protocol through `hooks` (tests).
     #[cfg(feature = "test-util")]
     pub fn open_with_hooks(config: CoordinatorConfig, hooks: Hooks) -> Result<Arc<Self>, ServeError> {
-        Ok(Arc::new(Self { hooks, ..Self::load(config)? }))
+        let clock = hooks.clock.clone();
+        let loaded = Self::load(config)?;
+        Ok(Arc::new(Self { clock: clock.unwrap_or(loaded.clock.clone()), hooks, ..loaded }))
     }
 
     fn load(config: CoordinatorConfig) -> Result<Self, ServeError> {
@@ -157,7 +165,15 @@ impl Coordinator {
             hooks: Hooks::default(),
             history: std::sync::Mutex::new(history),
             stopping: tokio::sync::watch::Sender::new(false),
+            budgets: budgets::Budgets::default(),
+            clock: Arc::new(SystemClock),
         })
+    }
+
+    /// Now, by the coordinator's clock (ms since the epoch): what budget months are read
+    /// from.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
     }
 
     /// Stop: a running round ends without a release at its next step, and no new
@@ -313,11 +329,62 @@ impl Coordinator {
             .map_err(crate::round::RoundError::Unplannable)
     }
 
-    /// A round runner for one analysis. Events queued while no analysis ran (stale
-    /// disconnects, messages of finished rounds) are discarded first.
-    pub(crate) fn runner<'a>(&'a self, events: &'a mut mpsc::UnboundedReceiver<SessionEvent>) -> Runner<'a> {
+    /// A round runner for one analysis (with differential privacy when `dp`). Events
+    /// queued while no analysis ran (stale disconnects, messages of finished rounds)
+    /// are discarded first.
+    pub(crate) fn runner<'a>(&'a self, events: &'a mut mpsc::UnboundedReceiver<SessionEvent>, dp: bool) -> Runner<'a> {
         while events.try_recv().is_ok() {}
-        Runner { coordinator: self, events, settings: self.config.rounds, keyed: None }
+        Runner { coordinator: self, events, settings: self.config.rounds, keyed: None, dp }
+    }
+
+    /// Issue 10: the noise of a round over `invited` with threshold `t`: σ² per node as
+    /// configured, raised to the largest floor an invitee announced, and k =
+    /// t − H − the largest C ([`plan::honest`]).
+    pub(crate) fn noise_for(
+        &self,
+        invited: &[registry::ConnectedNode],
+        t: usize,
+        settings: &config::RoundSettings,
+    ) -> Result<fedcrm_protocol::wire::Noise, String> {
+        let honest = plan::honest(invited, t)?;
+        let variance = invited
+            .iter()
+            .filter_map(|m| self.budgets.announced(&m.name))
+            .map(|p| p.min_noise)
+            .fold(settings.noise_variance(), std::cmp::Ord::max);
+        Ok(fedcrm_protocol::wire::Noise { variance, honest })
+    }
+
+    /// Issue 10: `charge` more this month stays within every invitee's budget as
+    /// announced; `Err` names every node it would not.
+    pub(crate) fn within_budgets(
+        &self,
+        invited: &[registry::ConnectedNode],
+        charge: &fedcrm_dp::accounting::Charge,
+    ) -> Result<(), String> {
+        let now = self.now_ms();
+        let over: Vec<String> =
+            invited.iter().filter_map(|m| self.budgets.check(&m.name, now, *charge).err()).collect();
+        if over.is_empty() { Ok(()) } else { Err(over.join("; ")) }
+    }
+
+    /// Issue 10: an exact analysis (`--dp off`) runs only if no invitee's policy
+    /// requires differential privacy; `Err` names those that do.
+    pub(crate) fn exact_allowed(&self, invited: &[registry::ConnectedNode]) -> Result<(), String> {
+        let required: Vec<&str> = invited
+            .iter()
+            .filter(|m| self.budgets.announced(&m.name).is_none_or(|p| p.dp_required))
+            .map(|m| m.name.as_str())
+            .collect();
+        if required.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "--dp off is refused: the policy of {} requires differential privacy ([policy.privacy] dp = \
+                 \"required\"); run with --dp on, or ask the franchisee to set dp = \"optional\"",
+                required.join(", ")
+            ))
+        }
     }
 }
 

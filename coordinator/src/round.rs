@@ -77,6 +77,13 @@ pub enum RoundError {
         missing.join(", ")
     )]
     Unrevealed { round: RoundId, missing: Vec<String>, exits: String },
+    /// Issue 10: a round's noised contribution would exceed a node's privacy budget as
+    /// the node announced it; refused before anything started.
+    #[error(
+        "refused before it started: {0} (each node enforces its budget itself and would refuse; `fedcrm hq budget` \
+         lists what every node has left)"
+    )]
+    OverBudget(String),
     /// SIGINT/SIGTERM: the round ends where it is, without a release.
     #[error("the coordinator is shutting down; the analysis ended without releasing anything (run it again later)")]
     ShuttingDown,
@@ -130,6 +137,8 @@ pub(crate) struct Runner<'a> {
     pub settings: RoundSettings,
     /// The keys of the analysis this runner runs, from its first round.
     pub keyed: Option<Keyed>,
+    /// Issue 10: the analysis runs with differential privacy: every round carries noise.
+    pub dp: bool,
 }
 
 /// An analysis's keys, set up in its first round (keys once per analysis,
@@ -187,6 +196,9 @@ struct Round<'r, 'a> {
     max_per_node: u64,
     /// Issue 10: the noise every node adds (`[rounds] noise_variance`); `None`: exact.
     noise: Option<Noise>,
+    /// Issue 10: what the round costs each contributor, and the analysis charged.
+    charge: Option<fedcrm_dp::accounting::Charge>,
+    analysis_id: String,
     /// SecAgg+: the graph's degree k (`t` is then per neighbourhood); 0: full SecAgg.
     degree: usize,
     /// A later round of an analysis: the round that set up its keys (in the runner's
@@ -319,15 +331,22 @@ impl Runner<'_> {
         // Issue 9: the narrowest word the sum fits, from the range the analysis states
         // for the nodes invited; signed in the round start, recomputed by each node.
         let max_per_node = self.settings.max_customers_per_node;
-        // Issue 10: with noise, k = t − H − the largest C among the invitees, signed in
-        // the round start (each node checks it against its own rules).
-        let noise = match self.settings.noise_variance() {
-            None => None,
-            Some(variance) => {
-                let honest = crate::plan::honest(invited, t).map_err(RoundError::Unplannable)?;
-                Some(Noise { variance, honest })
-            }
+        // Issue 10: with differential privacy, k = t − H − the largest C among the
+        // invitees, and σ² per node at least every invitee's announced floor, signed in
+        // the round start (each node checks both against its own policy).
+        let noise = match self.dp {
+            false => None,
+            true => Some(self.coordinator.noise_for(invited, t, &self.settings).map_err(RoundError::Unplannable)?),
         };
+        #[cfg(feature = "test-util")]
+        let checks_budgets = !self.coordinator.hooks().ignore_budgets;
+        #[cfg(not(feature = "test-util"))]
+        let checks_budgets = true;
+        if let Some(n) = &noise
+            && checks_budgets
+        {
+            self.coordinator.within_budgets(invited, &analysis.kind.charge(n)).map_err(RoundError::OverBudget)?;
+        }
         #[cfg(feature = "test-util")]
         let noise = self.coordinator.hooks().force_noise.clone().or(noise);
         let range = analysis.kind.range_with(max_per_node, noise.as_ref(), invited.len());
@@ -344,6 +363,8 @@ impl Runner<'_> {
             d: analysis.kind.vector_len(),
             width,
             max_per_node,
+            charge: noise.as_ref().map(|n| analysis.kind.charge(n)),
+            analysis_id: analysis.analysis_id.clone(),
             noise,
             degree,
             setup,
@@ -663,6 +684,32 @@ impl Round<'_, '_> {
         Ok(nonces)
     }
 
+    /// Issue 10: `node`'s noised masked vector is arriving: it charged its budget the
+    /// round's charge ([`fedcrm_protocol::wire::AnalysisKind::charge`]). Recorded in the
+    /// coordinator's audit log (for `audit report` to compare with the node's) and in
+    /// its view of the node's budget. Nothing for an exact round.
+    fn charged(&self, node: &str) -> Result<(), RoundError> {
+        let (Some(noise), Some(charge)) = (&self.noise, self.charge) else { return Ok(()) };
+        let c = self.runner.coordinator;
+        let now = c.now_ms();
+        c.budgets.observe(node, now, charge);
+        let event = Event::PrivacyCharged {
+            round: self.id.to_hex(),
+            analysis: self.analysis_id.clone(),
+            node: node.to_string(),
+            month: fedcrm_dp::budget::Month::of(now).to_string(),
+            charged_ms: now,
+            rho: charge.rho,
+            xi: charge.xi,
+            noise_variance: noise.variance.to_string(),
+            honest: noise.honest as u64,
+            budget: String::new(),
+            used: 0.0,
+            limit: 0.0,
+        };
+        record(&c.audit, event).map_err(|e| self.local(e))
+    }
+
     /// The round's topology: complete, or the SecAgg+ graph.
     fn topology(&self) -> Topology {
         self.graph.as_ref().map_or(Topology::Complete, |(g, _)| g.topology())
@@ -891,6 +938,7 @@ impl Round<'_, '_> {
         let chunks = d.div_ceil(chunk) as u32;
         let mut assembling: BTreeMap<String, Assembly> = BTreeMap::new();
         let mut complete: BTreeSet<String> = BTreeSet::new();
+        let mut charged: BTreeSet<String> = BTreeSet::new();
         let deadline = self.deadline();
         while self.members.live.iter().any(|n| !complete.contains(n)) {
             let Some((node, msg)) = self.next(deadline).await? else { break };
@@ -905,6 +953,11 @@ impl Round<'_, '_> {
                     continue;
                 }
             };
+            // Issue 10: a node charges its budget just before its noised vector leaves
+            // it; its first chunk here is when the coordinator knows it did.
+            if charged.insert(node.clone()) {
+                self.charged(&node)?;
+            }
             let a = assembling.entry(node.clone()).or_insert_with(|| Assembly { buf: Words::zeros(width, 0), next: 0 });
             let want_len = if c.index + 1 == chunks { d - (chunks as usize - 1) * chunk } else { chunk };
             let problem = if c.words.width() != width {

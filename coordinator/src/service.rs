@@ -125,13 +125,19 @@ impl NodeService {
             ReceiptFault::Local(why) => Status::unavailable(why),
         })?;
         let announced = match hello {
-            FromNode::Hello { node, rules, .. } => {
+            FromNode::Hello { node, rules, privacy, .. } => {
                 if node != id.name {
                     return Err(Status::permission_denied(format!(
                         "hello names {node:?} but the certificate names {:?}",
                         id.name
                     )));
                 }
+                // Issue 10: what the node announces of its privacy budget (it enforces
+                // the budget itself; this lets HQ refuse up front).
+                let privacy = privacy.ok_or_else(|| {
+                    Status::invalid_argument("hello carries no privacy status (required since fedcrm/v7)")
+                })?;
+                c.budgets.announce(&id.name, privacy);
                 rules
             }
             other => {
@@ -300,13 +306,15 @@ impl pb::analyst_server::Analyst for AnalystService {
             purpose: r.purpose.clone(),
             requested_by: who.name.clone(),
             requested_by_organisation: who.organisation.clone(),
+            dp: !r.dp_off,
         };
         let out = self.0.run_segments(&request).await.map_err(|e| match e {
             AnalysisError::Busy => Status::unavailable(e.to_string()),
             // One short line per node for the analyst; the full reasons are in the logs.
-            AnalysisError::Round(crate::round::RoundError::NotEnoughNodes { .. }) | AnalysisError::Release(_) => {
-                Status::failed_precondition(crate::round::brief_lines(&e.to_string()))
-            }
+            AnalysisError::Round(crate::round::RoundError::NotEnoughNodes { .. })
+            | AnalysisError::Round(crate::round::RoundError::OverBudget(_))
+            | AnalysisError::Privacy(_)
+            | AnalysisError::Release(_) => Status::failed_precondition(crate::round::brief_lines(&e.to_string())),
             other => Status::aborted(crate::round::brief_lines(&other.to_string())),
         })?;
         let rel = &out.release;

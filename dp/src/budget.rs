@@ -21,6 +21,22 @@ pub enum Budget {
 }
 
 impl Budget {
+    /// A budget from its policy or wire fields: ε > 0 at 0 < δ < 1, or ρ > 0 with ξ ≥ 0;
+    /// every number finite. `Err` says which is wrong.
+    pub fn checked(self) -> Result<Self, String> {
+        let ok = match self {
+            Budget::Epsilon { epsilon, delta } => {
+                epsilon.is_finite() && epsilon > 0.0 && delta.is_finite() && delta > 0.0 && delta < 1.0
+            }
+            Budget::Rho { rho, xi } => rho.is_finite() && rho > 0.0 && xi.is_finite() && xi >= 0.0,
+        };
+        if ok {
+            Ok(self)
+        } else {
+            Err(format!("invalid privacy budget {self:?}: need ε > 0 at 0 < δ < 1, or ρ > 0 with ξ ≥ 0"))
+        }
+    }
+
     /// Whether `spent` is within the budget.
     pub fn allows(&self, spent: Charge) -> bool {
         match *self {
@@ -67,6 +83,20 @@ impl Month {
         let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
         let year = (yoe + era * 400 + i64::from(month <= 2)) as i32;
         Self { year, month }
+    }
+}
+
+impl std::str::FromStr for Month {
+    type Err = String;
+    /// "YYYY-MM", as [`Month`] displays.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a month (YYYY-MM)");
+        let (y, m) = s.split_once('-').ok_or_else(bad)?;
+        let (year, month): (i32, u8) = (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+        if y.len() != 4 || m.len() != 2 || !(1..=12).contains(&month) {
+            return Err(bad());
+        }
+        Ok(Self { year, month })
     }
 }
 
@@ -172,6 +202,10 @@ mod tests {
         assert_eq!(Month::of(1_709_208_000_000), Month { year: 2024, month: 2 });
         assert_eq!(Month::of(4_107_542_400_000), Month { year: 2100, month: 3 });
         assert_eq!(Month::of(NOV_END).to_string(), "2026-11");
+        assert_eq!("2026-11".parse::<Month>(), Ok(Month { year: 2026, month: 11 }));
+        for bad in ["2026-13", "2026-1", "26-11", "2026/11", ""] {
+            assert!(bad.parse::<Month>().is_err(), "{bad}");
+        }
     }
 
     fn spent(time_ms: u64, rho: f64) -> Spent {

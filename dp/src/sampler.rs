@@ -37,6 +37,19 @@ pub struct Variance {
     den: u64,
 }
 
+/// Exact order of fractions (num/den in lowest terms, cross-multiplied in 128 bits).
+impl Ord for Variance {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (u128::from(self.num) * u128::from(other.den)).cmp(&(u128::from(other.num) * u128::from(self.den)))
+    }
+}
+
+impl PartialOrd for Variance {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 impl Variance {
     /// σ² = num/den; both positive.
     pub fn new(num: u64, den: u64) -> Result<Self, DpError> {
@@ -197,6 +210,15 @@ impl DiscreteGaussian {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn variances_order_exactly() {
+        let v = |n, d| Variance::new(n, d).unwrap();
+        assert!(v(4, 1) > v(39, 10) && v(4, 1) < v(41, 10));
+        assert_eq!(v(8, 2).cmp(&v(4, 1)), std::cmp::Ordering::Equal);
+        assert!(v(u64::MAX, u64::MAX - 1) > v(1, 1));
+        assert_eq!(v(9, 4).max(v(2, 1)), v(9, 4));
+    }
 
     /// Bytes from a fixed list, then an error (to see how many a draw takes).
     struct Script(Vec<u8>);

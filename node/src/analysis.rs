@@ -81,7 +81,10 @@ pub fn check_noise(start: &RoundStart, own_rules: &NodeRules, own_organisation: 
     let allowed = start.threshold.saturating_sub(h + c);
     if noise.honest == 0 || noise.honest > allowed {
         return Err(format!(
-            "the round's noise (σ² = {} per node) is calibrated for k = {} honest nodes, but with threshold t = {},              H = {h} HQ-owned invitees and C = {c} nodes this node's policy assumes colluding              (assume_colluding_nodes = {}), only t − H − C = {allowed} are certain (rule: 1 ≤ k ≤ t − H − C);              refusing (the coordinator must calibrate for fewer honest nodes)",
+            "the round's noise (σ² = {} per node) is calibrated for k = {} honest nodes, but with threshold t = {}, \
+             H = {h} HQ-owned invitees and C = {c} nodes this node's policy assumes colluding \
+             (assume_colluding_nodes = {}), only t − H − C = {allowed} are certain (rule: 1 ≤ k ≤ t − H − C); \
+             refusing (the coordinator must calibrate for fewer honest nodes)",
             noise.variance, noise.honest, start.threshold, own_rules.assume_colluding_nodes
         ));
     }

@@ -1,6 +1,7 @@
 //! The fedcrm node: runs inside a franchisee's infrastructure next to its raw
 //! customer data. Loads data ([`data`]), computes local features ([`features`]) and
-//! round contributions ([`analysis`]), enforces the franchisee's [`policy`], and
+//! round contributions ([`analysis`]), enforces the franchisee's [`policy`] and its
+//! differential-privacy budget ([`privacy`]), and
 //! takes part in secure-aggregation rounds ([`session`]). Everything it sends goes
 //! through one door, [`egress`], which checks and records it first.
 //!
@@ -19,4 +20,5 @@ pub mod differencing;
 pub mod egress;
 pub mod features;
 pub mod policy;
+pub mod privacy;
 pub mod session;

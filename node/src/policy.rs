@@ -8,7 +8,7 @@ use fedcrm_analysis::{neighbourhood, rules};
 use fedcrm_protocol::wire::RoundStart;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
     /// Analyses this node takes part in, as the node identifies them from the
@@ -59,6 +59,10 @@ pub struct Policy {
     /// Seconds an approval stays valid once granted. Default 86400 (24 h).
     #[serde(default = "default_approval_valid")]
     pub approval_valid_seconds: u64,
+    /// Issue 10: differential privacy — required or optional, the monthly budget, the
+    /// noise this node accepts. TOML `[policy.privacy]`.
+    #[serde(default)]
+    pub privacy: crate::privacy::Privacy,
 }
 
 /// Resolution limits on histograms. TOML `[policy.histograms]`.
@@ -156,6 +160,7 @@ impl Default for Policy {
             manual_approval: vec![],
             approval_expires_seconds: default_approval_expires(),
             approval_valid_seconds: default_approval_valid(),
+            privacy: crate::privacy::Privacy::default(),
         }
     }
 }
@@ -219,7 +224,7 @@ impl Policy {
         if self.histograms.max_bins == 0 {
             return Err("policy.histograms.max_bins is 0; use 1 or more (default 1024)".into());
         }
-        Ok(())
+        self.privacy.validate()
     }
 
     /// The rules this node announces in `Hello`.

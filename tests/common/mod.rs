@@ -59,6 +59,7 @@ pub fn request(purpose: &str) -> fedcrm_coordinator::segments::AnalysisRequest {
         purpose: purpose.into(),
         requested_by: "analyst.test".into(),
         requested_by_organisation: "Demo Jewellery HQ".into(),
+        dp: false,
     }
 }
 

@@ -104,6 +104,11 @@ pub struct Hooks {
     /// `[rounds] noise_variance` and the planner give (HQ claiming more honest nodes
     /// than the invitees' rules allow, so that less noise seems to suffice).
     pub force_noise: Option<Noise>,
+    /// Issue 10: start rounds without checking the nodes' announced budgets (a
+    /// coordinator that does not care: the nodes must refuse themselves).
+    pub ignore_budgets: bool,
+    /// Issue 10: the clock budget months are read from (a fixed date in tests).
+    pub clock: Option<Arc<dyn fedcrm_audit::log::Clock>>,
 }
 
 /// Signs a view (round, U2, U3) as some nodes: returns their signatures.
@@ -136,6 +141,8 @@ impl std::fmt::Debug for Hooks {
             .field("extra_view_signatures", &self.extra_view_signatures.is_some())
             .field("fail_audit", &self.fail_audit.is_some())
             .field("force_noise", &self.force_noise)
+            .field("ignore_budgets", &self.ignore_budgets)
+            .field("clock", &self.clock)
             .finish()
     }
 }

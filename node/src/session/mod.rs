@@ -74,6 +74,9 @@ pub enum SessionError {
     /// start with a differencing guard it cannot trust.
     #[error("audit log: {0}; run `fedcrm audit verify` on this node's log")]
     Guard(String),
+    /// This node's policy cannot be announced (checked at load; fix node.toml).
+    #[error("this node's policy is invalid: {0}; fix node.toml")]
+    Policy(String),
     /// This node's audit log cannot be opened or read at start-up.
     #[error("cannot open this node's audit log: {0}")]
     OpenLog(fedcrm_audit::log::AuditError),
@@ -107,6 +110,7 @@ impl SessionError {
             | SessionError::Pki(_)
             | SessionError::Duplicate(_)
             | SessionError::Guard(_)
+            | SessionError::Policy(_)
             | SessionError::OpenLog(_)
             | SessionError::Audit(_)
             | SessionError::Egress(EgressError::Audit(_)) => true,
@@ -163,6 +167,10 @@ pub struct NodeContext {
     pub differencing: DifferencingGuard,
     /// The analyses this node is part of, identified from their computations.
     pub analyses: Tracker,
+    /// Issue 10: this node's differential-privacy charges, rebuilt from its audit log.
+    pub(crate) ledger: Mutex<fedcrm_dp::budget::Ledger>,
+    /// The clock budget months are read from (tests inject a fixed one).
+    pub clock: Arc<dyn fedcrm_audit::log::Clock>,
     /// Analyses joined per (YYYY-MM, analysis kind): their ids.
     monthly: Mutex<HashMap<(String, String), HashSet<String>>>,
     /// Approvals already recorded as granted in the audit log.
@@ -261,6 +269,8 @@ impl NodeContext {
             round_tap: None,
             differencing: DifferencingGuard::from_records(&records).map_err(SessionError::Guard)?,
             analyses: Tracker::with_seen(seen),
+            ledger: Mutex::new(crate::privacy::ledger_from(&records)),
+            clock: Arc::new(SystemClock),
             monthly: Mutex::new(monthly),
             granted: Mutex::new(HashSet::new()),
             rounds_seen: Mutex::new(
@@ -315,6 +325,7 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
             software: SOFTWARE.into(),
             node: ctx.name.clone(),
             rules: ctx.policy.rules(),
+            privacy: Some(ctx.privacy_status().map_err(SessionError::Policy)?),
         })
         .await?;
     // The coordinator may hold the call open (while it checks an older session of this
@@ -527,6 +538,69 @@ impl NodeContext {
             analyses_this_month: ids.map_or(0, |s| s.len() as u32),
             already_counted: ids.is_some_and(|s| s.contains(analysis_id)),
         }
+    }
+
+    /// Issue 10: this node's privacy policy and this month's spending, for its Hello.
+    pub fn privacy_status(&self) -> Result<fedcrm_protocol::wire::PrivacyStatus, String> {
+        let ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        crate::privacy::status(&self.policy.privacy, &ledger, self.clock.now_ms())
+    }
+
+    /// Issue 10: `charge` (if any) if it stays within this month's budget; `Err` is the
+    /// refusal's reason.
+    pub(crate) fn within_budget(
+        &self,
+        charge: Option<fedcrm_dp::accounting::Charge>,
+    ) -> Result<Option<fedcrm_dp::accounting::Charge>, String> {
+        let Some(c) = charge else { return Ok(None) };
+        let ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        ledger.check(&self.policy.privacy.budget(), self.clock.now_ms(), c).map_err(|e| format!("policy: {e}"))?;
+        Ok(Some(c))
+    }
+
+    /// Issue 10: charge this node's budget for `start`'s noised contribution, which is
+    /// about to leave: checked again (another analysis may have spent since the round
+    /// started), then recorded in the audit log (fsynced) and the ledger. `Ok(Err)`: over
+    /// budget, nothing recorded, the contribution must not leave.
+    pub(crate) fn charge(
+        &self,
+        start: &wire::RoundStart,
+        charge: fedcrm_dp::accounting::Charge,
+    ) -> Result<Result<(), String>, SessionError> {
+        let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        let budget = self.policy.privacy.budget();
+        let now = self.clock.now_ms();
+        if let Err(e) = ledger.check(&budget, now, charge) {
+            return Ok(Err(format!("policy: {e}")));
+        }
+        let month = fedcrm_dp::budget::Month::of(now);
+        let (used, limit) = budget.used(ledger.month(month).0.compose(charge));
+        let noise = start.noise.as_ref();
+        record(
+            self,
+            Event::PrivacyCharged {
+                round: start.round.to_hex(),
+                analysis: start.analysis.analysis_id.clone(),
+                node: String::new(),
+                month: month.to_string(),
+                charged_ms: now,
+                rho: charge.rho,
+                xi: charge.xi,
+                noise_variance: noise.map_or_else(String::new, |n| n.variance.to_string()),
+                honest: noise.map_or(0, |n| n.honest as u64),
+                budget: budget.describe(),
+                used,
+                limit,
+            },
+        )?;
+        ledger.record(fedcrm_dp::budget::Spent {
+            time_ms: now,
+            analysis: start.analysis.analysis_id.clone(),
+            round: start.round.to_hex(),
+            charge,
+        });
+        tracing::info!(node = %self.name, round = %start.round, rho = charge.rho, used, limit, "privacy budget charged");
+        Ok(Ok(()))
     }
 
     /// Record a round id; false if this node has seen it before.

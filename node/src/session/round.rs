@@ -33,6 +33,7 @@ use fedcrm_crypto::graph::{self, Graph, GraphSeed};
 use fedcrm_crypto::multiround::{self, Reveal, RoundMasked, RoundOpened, RoundShared, Setup, ViewCheck};
 use fedcrm_crypto::secagg::{self, PeerKeys, Phase, RoundParams};
 use fedcrm_crypto::{RoundId, SecureRandom, SystemRandom};
+use fedcrm_dp::accounting::Charge;
 use fedcrm_pki::{self as pki, Usage};
 use fedcrm_protocol::wire::{
     self, Exclusion, FromNode, RevealedShare, RoundStart, Sealed, SignedKeys, ToNode, UnopenedShare, ViewSignature,
@@ -142,6 +143,9 @@ struct Active {
     /// This round's admission to its analysis, withdrawn if the round ends before this
     /// node's masked input left it; taken once it has.
     admission: Option<crate::computation::Admission>,
+    /// Issue 10: what this round costs this node's privacy budget (`None`: an exact
+    /// round), charged just before the masked vector leaves.
+    charge: Option<Charge>,
     state: State,
 }
 
@@ -422,6 +426,16 @@ impl<'a> Rounds<'a> {
             self.refuse(round, &why).await?;
             return Ok(None);
         }
+        // Issue 10: the node's own privacy policy and budget decide, from the computation
+        // and the signed noise, before anything of the round leaves it.
+        let charge = match ctx.policy.privacy.charge_of(&start).and_then(|c| ctx.within_budget(c)) {
+            Ok(c) => c,
+            Err(why) => {
+                tracing::warn!(node = %ctx.name, %round, %why, "refusing round");
+                self.refuse(round, &why).await?;
+                return Ok(None);
+            }
+        };
         let mut input = Zeroizing::new(local_vector(&start.analysis, customers));
         // Issue 9: the width is recomputed from the signed range, never taken on trust,
         // and this node's contribution must be within the bound it was picked for.
@@ -439,7 +453,7 @@ impl<'a> Rounds<'a> {
             return Ok(None);
         }
         let params = RoundParams { round, t: start.threshold, d: start.length, width: start.width };
-        let mut a = Active { start, input, u1: Vec::new(), plus: None, admission: None, state: State::Done };
+        let mut a = Active { start, input, u1: Vec::new(), plus: None, admission: None, charge, state: State::Done };
         // The first round of an analysis sets up its keys; a later one uses them.
         let opening = match a.start.setup {
             None => advertise(ctx, &self.rng, &mut a)?,
@@ -732,6 +746,16 @@ impl<'a> Rounds<'a> {
         // not the coordinator asks it anything more: persist that for the
         // differencing guard before the masked vector leaves.
         contributed(ctx, a, round, &delivered, Recorded::Masked)?;
+        // Issue 10: the noised vector leaves now: charge the budget (fsynced) first,
+        // whatever happens to the round afterwards — a retried round costs again.
+        if let Some(charge) = a.charge.take()
+            && let Err(why) = ctx.charge(&a.start, charge)?
+        {
+            tracing::warn!(node = %ctx.name, %round, %why, "refusing to mask");
+            a.input = Zeroizing::new(Vec::new());
+            self.refuse(round, &why).await?;
+            return Ok(None);
+        }
         // The masked input leaves now: this round counts as a pass of its analysis.
         a.admission = None;
         let masked = ready.mask(&k.member, &a.input);

@@ -53,6 +53,30 @@ impl AnalysisKind {
         }
     }
 
+    /// Issue 10: how far one customer of one node can move this analysis's vector. A
+    /// customer is counted in at most one bin of each histogram (`rfm::accumulate`),
+    /// or in exactly one segment: adding or removing it changes one word by one per
+    /// histogram. The unit of privacy is one customer of one node.
+    pub fn sensitivity(&self) -> fedcrm_dp::accounting::Sensitivity {
+        match self {
+            AnalysisKind::RfmHistograms(specs) => fedcrm_dp::accounting::Sensitivity::counts(specs.len()),
+            AnalysisKind::RfmSegments(_) => fedcrm_dp::accounting::Sensitivity::counts(1),
+        }
+    }
+
+    /// Issue 10: what one noised round of this analysis costs each contributor, from the
+    /// computation itself and the signed noise: ρ = Δ₂²/(2kσ²), ξ = τ·d (Kairouz, Liu &
+    /// Steinke 2021, Proposition 14). Node and coordinator compute it with this one
+    /// function.
+    pub fn charge(&self, noise: &Noise) -> fedcrm_dp::accounting::Charge {
+        fedcrm_dp::accounting::Charge::distributed(
+            self.sensitivity(),
+            self.vector_len(),
+            noise.honest,
+            noise.variance.as_f64(),
+        )
+    }
+
     /// Length of the round vector.
     pub fn vector_len(&self) -> usize {
         match self {

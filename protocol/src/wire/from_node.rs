@@ -2,6 +2,9 @@
 //! shares), and chunking a masked vector.
 
 use fedcrm_analysis::rules::NodeRules;
+use fedcrm_dp::accounting::Charge;
+use fedcrm_dp::budget::{Budget, Month};
+use fedcrm_dp::sampler::Variance;
 
 use super::*;
 
@@ -25,13 +28,33 @@ pub struct RevealedShare {
     pub y: Vec<u8>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Issue 10: a node's differential-privacy policy and what it has spent of this month's
+/// budget, as it announces them in its Hello. The node enforces its budget itself; the
+/// coordinator uses this to refuse up front an analysis that would exceed it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrivacyStatus {
+    /// Policy `dp = "required"`: only noised rounds.
+    pub dp_required: bool,
+    pub budget: Budget,
+    /// The smallest per-node noise variance the node accepts.
+    pub min_noise: Variance,
+    /// The month of `spent`.
+    pub month: Month,
+    /// This month's charges, composed, and their number.
+    pub spent: Charge,
+    pub charges: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub enum FromNode {
     Hello {
         version: String,
         software: String,
         node: String,
         rules: NodeRules,
+        /// Issue 10 (v7): `None` only from an older node, which the coordinator refuses
+        /// for its version first.
+        privacy: Option<PrivacyStatus>,
     },
     /// Round 0 (AdvertiseKeys): this round's two public keys, signed.
     AdvertiseKeys {
@@ -135,6 +158,7 @@ impl TryFrom<pb::NodeMessage> for FromNode {
                         )?,
                         differencing_window_days: r.differencing_window_days,
                     },
+                    privacy: h.privacy.map(privacy_status).transpose()?,
                 }
             }
             Body::Consistency(c) => FromNode::ConsistencySignature {
@@ -239,7 +263,7 @@ impl From<&FromNode> for pb::NodeMessage {
     fn from(m: &FromNode) -> Self {
         use pb::node_message::Body;
         let body = match m {
-            FromNode::Hello { version, software, node, rules } => Body::Hello(pb::Hello {
+            FromNode::Hello { version, software, node, rules, privacy } => Body::Hello(pb::Hello {
                 protocol_version: version.clone(),
                 software: software.clone(),
                 node_name: node.clone(),
@@ -250,6 +274,7 @@ impl From<&FromNode> for pb::NodeMessage {
                     min_population_difference: rules.min_population_difference as u32,
                     differencing_window_days: rules.differencing_window_days,
                 }),
+                privacy: privacy.as_ref().map(pb::PrivacyStatus::from),
             }),
             FromNode::ConsistencySignature { round, signature } => {
                 Body::Consistency(pb::ConsistencySignature { round_id: round.0.to_vec(), signature: signature.clone() })
@@ -315,4 +340,50 @@ pub fn chunk(round: RoundId, words: &Words, per: usize) -> Vec<MaskedChunk> {
             MaskedChunk { round, index: i as u32, count, offset: (i * per) as u64, words: words.slice(range) }
         })
         .collect()
+}
+
+/// A Hello's privacy status, checked: one budget (ε at δ, or ρ with ξ), finite
+/// non-negative spending, a positive noise floor and a month.
+fn privacy_status(p: pb::PrivacyStatus) -> Result<PrivacyStatus, WireError> {
+    let budget = match (p.epsilon > 0.0, p.rho > 0.0) {
+        (true, false) => Budget::Epsilon { epsilon: p.epsilon, delta: p.delta },
+        (false, true) => Budget::Rho { rho: p.rho, xi: p.xi },
+        _ => return Err(field("privacy.epsilon", "exactly one of epsilon and rho must be positive")),
+    }
+    .checked()
+    .map_err(|e| field("privacy.epsilon", e))?;
+    if !(p.spent_rho.is_finite() && p.spent_rho >= 0.0 && p.spent_xi.is_finite() && p.spent_xi >= 0.0) {
+        return Err(field("privacy.spent_rho", "must be finite and not negative"));
+    }
+    Ok(PrivacyStatus {
+        dp_required: p.dp_required,
+        budget,
+        min_noise: Variance::new(p.min_noise_num, p.min_noise_den)
+            .map_err(|e| field("privacy.min_noise_num", e.to_string()))?,
+        month: p.month.parse().map_err(|e: String| field("privacy.month", e))?,
+        spent: Charge { rho: p.spent_rho, xi: p.spent_xi },
+        charges: p.charges as usize,
+    })
+}
+
+impl From<&PrivacyStatus> for pb::PrivacyStatus {
+    fn from(p: &PrivacyStatus) -> Self {
+        let (epsilon, delta, rho, xi) = match p.budget {
+            Budget::Epsilon { epsilon, delta } => (epsilon, delta, 0.0, 0.0),
+            Budget::Rho { rho, xi } => (0.0, 0.0, rho, xi),
+        };
+        pb::PrivacyStatus {
+            dp_required: p.dp_required,
+            epsilon,
+            delta,
+            rho,
+            xi,
+            min_noise_num: p.min_noise.num(),
+            min_noise_den: p.min_noise.den(),
+            month: p.month.to_string(),
+            spent_rho: p.spent.rho,
+            spent_xi: p.spent.xi,
+            charges: p.charges as u32,
+        }
+    }
 }

@@ -1,0 +1,218 @@
+//! Issue 10: privacy budgets each node enforces itself, over mTLS. A node charges its
+//! monthly budget just before its noised, masked vector leaves it (an fsynced
+//! `privacy-charged` audit record), refuses a round its remaining budget does not
+//! allow before anything of it leaves, and announces what it has spent in its Hello,
+//! so the coordinator refuses such an analysis up front, naming the node. A round
+//! aborted after the noised vectors left costs again when retried. Budget months are
+//! read from a fixed clock (no outcome depends on the real calendar).
+
+mod common;
+
+use std::sync::Arc;
+
+use fedcrm::harness::{Cluster, ClusterOptions, NodeSpec};
+use fedcrm_analysis::rfm::{HistogramSpec, Metric, QuantileSearch};
+use fedcrm_audit::{Event, Record};
+use fedcrm_coordinator::config::ReleaseRules;
+use fedcrm_coordinator::round::{Hooks, RoundError};
+use fedcrm_coordinator::segments::{AnalysisError, AnalysisRequest};
+use fedcrm_node::privacy::{DpMode, Privacy};
+use fedcrm_node::session::DropAt;
+
+/// 2026-11-15T12:00:00Z: the middle of a month, by the injected clock.
+const MID_NOVEMBER_MS: u64 = 1_794_744_000_000;
+
+#[derive(Debug)]
+struct Fixed(u64);
+
+impl fedcrm_audit::log::Clock for Fixed {
+    fn now_ms(&self) -> u64 {
+        self.0
+    }
+}
+
+fn specs() -> Vec<HistogramSpec> {
+    Metric::ALL.iter().map(|&m| QuantileSearch::coarse_spec(m)).collect()
+}
+
+/// With differential privacy, the analyst's default.
+fn dp_request(purpose: &str) -> AnalysisRequest {
+    AnalysisRequest { dp: true, ..common::request(purpose) }
+}
+
+/// Five franchisees of five organisations, all `dp = "required"`: t = 4, H = 0, C = 1,
+/// so k = 3 and, at the default σ² = 16 per node, one round of the three coarse
+/// histograms (Δ₂² = 3) costs ρ = 3 / (2 · 3 · 16) = 1/32. node-1's budget (ρ = 0.07)
+/// holds two such rounds, not three.
+fn nodes() -> Vec<NodeSpec> {
+    let mut nodes = common::cdnow_nodes(&[1; 5], true);
+    for n in &mut nodes {
+        n.policy.privacy = Privacy { dp: DpMode::Required, monthly_rho: Some(10.0), ..Privacy::default() };
+    }
+    nodes[1].policy.privacy.monthly_rho = Some(0.07);
+    nodes
+}
+
+fn options(nodes: Vec<NodeSpec>) -> ClusterOptions {
+    ClusterOptions {
+        nodes,
+        release: ReleaseRules { min_participants: 3, min_cohort: 0 },
+        phase_timeout_seconds: 10,
+        clock: Some(Arc::new(Fixed(MID_NOVEMBER_MS))),
+        ..Default::default()
+    }
+}
+
+fn records(dir: &std::path::Path) -> Vec<Record> {
+    fedcrm_audit::log::read_records(dir).unwrap()
+}
+
+fn node_records(cluster: &Cluster, node: &str) -> Vec<Record> {
+    records(&cluster.node_configs.iter().find(|c| c.name == node).unwrap().audit_dir)
+}
+
+/// (round, ρ) of every charge in a node's own log.
+fn own_charges(cluster: &Cluster, node: &str) -> Vec<(String, f64)> {
+    node_records(cluster, node)
+        .into_iter()
+        .filter_map(|r| match r.event {
+            Event::PrivacyCharged { round, rho, node, .. } if node.is_empty() => Some((round, rho)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The rounds the coordinator's log records `node` as charged for.
+fn coordinator_charges(cluster: &Cluster, node: &str) -> Vec<String> {
+    records(&cluster.coordinator.config.audit_dir)
+        .into_iter()
+        .filter_map(|r| match r.event {
+            Event::PrivacyCharged { round, node: n, .. } if n == node => Some(round),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every message `node` sent in `round`, by its own log.
+fn egress_in(cluster: &Cluster, node: &str, round: &str) -> Vec<String> {
+    node_records(cluster, node)
+        .into_iter()
+        .filter_map(|r| match r.event {
+            Event::Egress { round: Some(x), message, .. } if x == round => Some(message),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_over_its_budget_refuses_before_anything_leaves_and_hq_refuses_up_front() {
+    common::logs();
+    let cluster = Cluster::start(options(nodes())).await.unwrap();
+    let charge = 1.0 / 32.0;
+    for i in 0..2 {
+        let out = cluster.coordinator.run_histograms(&dp_request(&format!("spend {i}")), specs()).await;
+        let out = out.unwrap_or_else(|e| panic!("analysis {i}: {e}"));
+        assert_eq!(out.release.contributors.len(), 5, "analysis {i}: all five within budget");
+    }
+    // Each node charged itself once per analysis, as the coordinator recorded it.
+    for node in common::node_names(5) {
+        let own = own_charges(&cluster, &node);
+        assert_eq!(own.len(), 2, "{node}: {own:?}");
+        assert!(own.iter().all(|(_, rho)| (rho - charge).abs() < 1e-12), "{node}: {own:?}");
+        let rounds: Vec<String> = own.into_iter().map(|(r, _)| r).collect();
+        assert_eq!(coordinator_charges(&cluster, &node), rounds, "{node}: both logs record the same charges");
+    }
+    // HQ's view of node-1: 2 charges, 0.0625 of 0.07 used.
+    let row = cluster.coordinator.budgets.table(MID_NOVEMBER_MS).into_iter().find(|r| r.node == "node-1").unwrap();
+    assert_eq!((row.charges, row.unit, row.month.as_str()), (2, "rho", "2026-11"));
+    assert!((row.used - 2.0 * charge).abs() < 1e-12 && (row.remaining - (0.07 - 2.0 * charge)).abs() < 1e-12);
+
+    // A third analysis: the coordinator refuses it up front, naming node-1; no round starts.
+    let started = |c: &Cluster| {
+        records(&c.coordinator.config.audit_dir)
+            .iter()
+            .filter(|r| matches!(r.event, Event::RoundStarted { .. }))
+            .count()
+    };
+    let before = started(&cluster);
+    let err = cluster.coordinator.run_histograms(&dp_request("one too many"), specs()).await.unwrap_err();
+    let AnalysisError::Round(RoundError::OverBudget(why)) = &err else { panic!("{err}") };
+    assert!(why.starts_with("node-1: its privacy budget") && !why.contains("node-0"), "{why}");
+    assert!(err.to_string().contains("refused before it started"), "{err}");
+    assert_eq!(started(&cluster), before, "no round started");
+    cluster.stop().await;
+}
+
+/// The same budgets under a coordinator that does not check them (HQ starting the round
+/// anyway): node-1 refuses itself at the round start, naming its budget; nothing of the
+/// round but its refusal leaves it; its log and the coordinator's both say why, and its
+/// ledger is unchanged. (The others then refuse too, before masking: a sum without
+/// node-1 would differ from the earlier ones by node-1 alone — the differencing guard.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refuses_itself_when_hq_ignores_its_budget() {
+    common::logs();
+    let hooks = Hooks { ignore_budgets: true, ..Hooks::default() };
+    let cluster = Cluster::start_with_hooks(options(nodes()), hooks).await.unwrap();
+    for i in 0..2 {
+        cluster.coordinator.run_histograms(&dp_request(&format!("spend {i}")), specs()).await.unwrap();
+    }
+    let err = cluster.coordinator.run_histograms(&dp_request("over node-1's budget"), specs()).await.unwrap_err();
+    let exit = err.to_string();
+    assert!(exit.contains("node-1: refused: policy: privacy budget") && exit.contains("renews on the 1st"), "{exit}");
+    let round = node_records(&cluster, "node-1")
+        .into_iter()
+        .rev()
+        .find_map(|r| match r.event {
+            Event::RoundStarted { round, .. } => Some(round),
+            _ => None,
+        })
+        .unwrap();
+    let why = common::refusals_when(&cluster, "node-1", |r| r.contains("privacy budget")).await;
+    assert!(why.iter().any(|r| r.contains("2 charge(s) of 2026-11") && r.contains("of the 0.07 allowed")), "{why:?}");
+    assert_eq!(egress_in(&cluster, "node-1", &round), vec!["refusal"], "only the refusal left node-1");
+    assert_eq!(own_charges(&cluster, "node-1").len(), 2, "the refused round cost nothing");
+    assert_eq!(own_charges(&cluster, "node-0").len(), 2, "node-0 refused before masking: no charge either");
+    let coordinator_says = records(&cluster.coordinator.config.audit_dir).into_iter().any(|r| {
+        matches!(&r.event, Event::NodeExit { round: x, node, reason }
+            if *x == round && node == "node-1" && reason.contains("privacy budget"))
+    });
+    assert!(coordinator_says, "the coordinator's log records node-1's reason");
+    cluster.stop().await;
+}
+
+/// A round aborted after the noised vectors left (two nodes vanish when asked to
+/// unmask, leaving 3 < t = 4) releases nothing, but every node whose vector left was
+/// charged; the analysis run again charges them again: a retried round costs twice
+/// (otherwise averaging retries would remove the noise).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_round_is_charged_twice() {
+    common::logs();
+    let mut nodes = nodes();
+    nodes[3].faults.drop_at = Some(DropAt::AfterMasked);
+    nodes[4].faults.drop_at = Some(DropAt::AfterMasked);
+    let mut cluster = Cluster::start(options(nodes)).await.unwrap();
+    let err = cluster.coordinator.run_histograms(&dp_request("aborted"), specs()).await.unwrap_err();
+    assert!(err.to_string().contains("fewer than the threshold"), "{err}");
+    for node in common::node_names(5) {
+        assert_eq!(own_charges(&cluster, &node).len(), 1, "{node}: its noised vector left, so it paid");
+    }
+    for node in ["node-3", "node-4"] {
+        cluster.restart_node(node).await.unwrap();
+        // Its ledger survived the restart (rebuilt from its audit log): its Hello says so.
+        let announced = cluster.coordinator.budgets.announced(node).unwrap();
+        assert_eq!((announced.charges, announced.month.to_string().as_str()), (1, "2026-11"), "{node}");
+        assert!((announced.spent.rho - 1.0 / 32.0).abs() < 1e-12, "{node}: {announced:?}");
+    }
+    let out = cluster.coordinator.run_histograms(&dp_request("retried"), specs()).await.unwrap();
+    assert_eq!(out.release.contributors.len(), 5);
+    for node in common::node_names(5) {
+        let own = own_charges(&cluster, &node);
+        assert_eq!(own.len(), 2, "{node}: charged for the aborted round and again for the retry: {own:?}");
+        assert_ne!(own[0].0, own[1].0);
+    }
+    // node-1 (ρ = 0.07) has room for no third round: HQ knows it from the restarted
+    // nodes' Hellos and its own records.
+    let err = cluster.coordinator.run_histograms(&dp_request("third"), specs()).await.unwrap_err();
+    assert!(err.to_string().contains("node-1: its privacy budget"), "{err}");
+    cluster.stop().await;
+}
