@@ -250,7 +250,7 @@ pub fn status_table(v: &StatusView) -> String {
 }
 
 /// Plain serialisable view of a segments reply.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct SegmentsView {
     /// The reference date the analyst asked for (YYYY-MM-DD).
     pub reference_date: String,
@@ -264,6 +264,26 @@ pub struct SegmentsView {
     pub dropped: Vec<String>,
     pub rounds: u32,
     pub min_cohort: u32,
+    /// Issue 10: the noise and its cost; `None` (JSON `null`) for an exact analysis.
+    pub privacy: Option<PrivacyView>,
+}
+
+/// How a release was noised (issue 10), as `--json` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PrivacyView {
+    /// σ² each node added per count (exact fraction).
+    pub per_node_variance: String,
+    /// k: the nodes whose noise alone gives the guarantee.
+    pub honest_nodes: u32,
+    /// Standard deviation of the noise in each count, and the 95 % half-width.
+    pub noise_sd: f64,
+    pub ci95: f64,
+    /// Noised rounds, and their composed cost per node.
+    pub rounds: u32,
+    pub rho: f64,
+    pub xi: f64,
+    pub epsilon: f64,
+    pub delta: f64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -292,6 +312,17 @@ impl SegmentsView {
             dropped: r.dropped.clone(),
             rounds: r.rounds,
             min_cohort: r.min_cohort,
+            privacy: r.privacy.as_ref().map(|p| PrivacyView {
+                per_node_variance: p.per_node_variance.clone(),
+                honest_nodes: p.honest_nodes,
+                noise_sd: p.noise_sd,
+                ci95: p.ci95,
+                rounds: p.rounds,
+                rho: p.rho,
+                xi: p.xi,
+                epsilon: p.epsilon,
+                delta: p.delta,
+            }),
         }
     }
 }
@@ -326,6 +357,15 @@ pub fn segments_table(v: &SegmentsView) -> String {
         None => {
             s.push_str(&format!("  {:<12} {:>10} (a cell is withheld, so the total is too)\n", "total", "withheld"))
         }
+    }
+    match &v.privacy {
+        Some(p) => s.push_str(&format!(
+            "\n  differential privacy: every node added discrete Gaussian noise (σ² = {} per count, calibrated for \
+             k = {} honest nodes)\n  each count is off by ±{:.1} (1 sd; 95 %: ±{:.1}); this analysis cost each node \
+             ρ = {:.4}, ε = {:.3} at δ = {:e} over {} noised rounds\n",
+            p.per_node_variance, p.honest_nodes, p.noise_sd, p.ci95, p.rho, p.epsilon, p.delta, p.rounds
+        )),
+        None => s.push_str("\n  exact (--dp off): no noise added, no privacy budget charged\n"),
     }
     s.push_str(&format!("\n  participants: {}\n", v.participants.join(", ")));
     if !v.dropped.is_empty() {
@@ -371,6 +411,17 @@ pub fn segments_csv(v: &SegmentsView) -> String {
         row("monetary_cut", &(i + 1).to_string(), Some(format!("{}.{:02}", c / 100, c % 100)));
     }
     row("min_cohort", "customers", Some(v.min_cohort.to_string()));
+    if let Some(p) = &v.privacy {
+        row("privacy", "per_node_variance", Some(csv_field(&p.per_node_variance)));
+        row("privacy", "honest_nodes", Some(p.honest_nodes.to_string()));
+        row("privacy", "noise_sd", Some(p.noise_sd.to_string()));
+        row("privacy", "ci95", Some(p.ci95.to_string()));
+        row("privacy", "rounds", Some(p.rounds.to_string()));
+        row("privacy", "rho", Some(p.rho.to_string()));
+        row("privacy", "xi", Some(p.xi.to_string()));
+        row("privacy", "epsilon", Some(p.epsilon.to_string()));
+        row("privacy", "delta", Some(p.delta.to_string()));
+    }
     for p in &v.participants {
         row("participant", p, Some(String::new()));
     }

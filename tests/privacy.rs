@@ -216,3 +216,100 @@ async fn a_retried_round_is_charged_twice() {
     assert!(err.to_string().contains("node-1: its privacy budget"), "{err}");
     cluster.stop().await;
 }
+
+/// Attack review of issue 10: HQ shows node-0 a round start with far more noise than
+/// the others add (σ² = 400 against 16), so that node-0 would charge its budget for
+/// noise that is not in the sum. Each share is signed over the round start its sender
+/// was shown, so the shares between node-0 and the others do not verify: node-0
+/// refuses before masking, naming the coordinator, charges nothing and sends no masked
+/// input; nothing is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_shown_other_noise_than_the_others_refuses_before_masking() {
+    common::logs();
+    let noise =
+        fedcrm_protocol::wire::Noise { variance: fedcrm_dp::sampler::Variance::integer(400).unwrap(), honest: 3 };
+    let hooks = Hooks { noise_for_node: Some(("node-0".into(), noise)), ..Hooks::default() };
+    let cluster = Cluster::start_with_hooks(options(nodes()), hooks).await.unwrap();
+    let err = cluster.coordinator.run_histograms(&dp_request("split noise"), specs()).await.unwrap_err();
+    assert!(!matches!(err, AnalysisError::Round(RoundError::OverBudget(_))), "{err}");
+    let why = common::refusals_when(&cluster, "node-0", |r| r.contains("another round start")).await;
+    assert!(why.iter().any(|r| r.contains("the coordinator is at fault")), "{why:?}");
+    let round = node_records(&cluster, "node-0")
+        .into_iter()
+        .rev()
+        .find_map(|r| match r.event {
+            Event::RoundStarted { round, .. } => Some(round),
+            _ => None,
+        })
+        .unwrap();
+    let sent = egress_in(&cluster, "node-0", &round);
+    assert!(!sent.iter().any(|m| m.contains("masked")), "node-0 sent no masked input: {sent:?}");
+    for node in common::node_names(5) {
+        assert!(own_charges(&cluster, &node).is_empty(), "{node} charged nothing: nobody masked");
+    }
+    cluster.stop().await;
+}
+
+/// Issue 10: the RFM segment analysis under differential privacy, through the analyst
+/// API over mTLS. It runs the fixed pass plan (coarse, at most two refinements, the
+/// segment count); the release states its noise and cost, and the cost equals the
+/// charges every node recorded, within the plan's up-front bound. Every segment count
+/// is within 5 standard deviations of the noise of the exact count under the released
+/// cut points, and every cut point splits the pooled customers near its quintile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfm_segments_under_dp_state_their_noise_and_cost_and_stay_within_it() {
+    common::logs();
+    let mut nodes = nodes();
+    nodes[1].policy.privacy.monthly_rho = Some(10.0);
+    let cluster = Cluster::start(options(nodes)).await.unwrap();
+    let reply = cluster.segments_with(common::REFERENCE, "segments under DP", true).await.unwrap();
+    let p = reply.privacy.clone().expect("a noised release states its noise");
+    assert_eq!((p.per_node_variance.as_str(), p.honest_nodes), ("16", 3));
+    assert!((p.noise_sd - (5.0f64 * 16.0).sqrt()).abs() < 1e-9, "{p:?}");
+    assert!((2..=4).contains(&p.rounds) && p.rounds == reply.rounds, "{p:?} vs {} rounds", reply.rounds);
+    // The stated cost is what each node charged itself, and within the plan's bound.
+    for node in common::node_names(5) {
+        let own: f64 = own_charges(&cluster, &node).iter().map(|(_, rho)| rho).sum();
+        assert!((own - p.rho).abs() < 1e-9 * p.rho, "{node}: charged {own}, release says {}", p.rho);
+    }
+    let noise =
+        fedcrm_protocol::wire::Noise { variance: fedcrm_dp::sampler::Variance::integer(16).unwrap(), honest: 3 };
+    assert!(p.rho <= fedcrm_coordinator::segments::dp_plan_charge(&noise).rho + 1e-12);
+    assert!(p.epsilon > 0.0 && (p.delta - 1e-6).abs() < 1e-18);
+
+    // The exact counts under the released cuts, from every node's data.
+    let view = fedcrm::hq::SegmentsView::new(&reply, common::REFERENCE);
+    let cut = |v: &[u64]| -> [u64; 4] { v.try_into().unwrap() };
+    let cuts = fedcrm_analysis::rfm::Cuts {
+        recency: cut(&view.recency_cuts),
+        frequency: cut(&view.frequency_cuts),
+        monetary: cut(&view.monetary_cuts_cents),
+    };
+    let reference = fedcrm_analysis::date::parse_date(common::REFERENCE).unwrap();
+    let mut customers = Vec::new();
+    for cfg in &cluster.node_configs {
+        let ds = cfg.data.load().unwrap();
+        customers.extend(fedcrm_node::features::rfm(&ds.purchases, reference).into_iter().map(|(_, r)| r));
+    }
+    let mut exact = [0u64; 4];
+    for c in &customers {
+        exact[cuts.segment_of(c).index()] += 1;
+    }
+    for (row, e) in view.segments.iter().zip(exact) {
+        let got = row.customers.expect("min_cohort 0: nothing withheld") as f64;
+        assert!((got - e as f64).abs() <= 5.0 * p.noise_sd, "{}: {got} vs exact {e} (sd {})", row.segment, p.noise_sd);
+    }
+    // Each cut point sits near its quintile of the pooled customers: at most 2 % of
+    // them off (ties aside: customers strictly below ≤ k/5 + 2 %, at or below ≥ k/5 − 2 %).
+    for m in fedcrm_analysis::rfm::Metric::ALL {
+        let values: Vec<u64> = customers.iter().map(|c| c.value(m)).collect();
+        let n = values.len() as f64;
+        for (k, &c) in cuts.of(m).iter().enumerate() {
+            let q = (k + 1) as f64 / 5.0;
+            let below = values.iter().filter(|&&v| v < c).count() as f64 / n;
+            let at_or_below = values.iter().filter(|&&v| v <= c).count() as f64 / n;
+            assert!(below <= q + 0.02 && at_or_below >= q - 0.02, "{m:?} cut {k} = {c}: {below}..{at_or_below} vs {q}");
+        }
+    }
+    cluster.stop().await;
+}

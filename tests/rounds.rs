@@ -222,7 +222,7 @@ async fn a_node_above_the_signed_customer_bound_refuses_and_names_the_setting() 
     let (cluster, out) = histogram_round(nodes, opts, Hooks::default()).await;
     let err = out.unwrap_err().to_string();
     assert!(err.contains("raise [rounds] max_customers_per_node"), "{err}");
-    assert!(err.contains("above the round's max_customers_per_node = 3"), "{err}");
+    assert!(err.contains("holds more customers than the round's max_customers_per_node = 3"), "{err}");
     for cfg in &cluster.node_configs {
         let log = read_log(&cfg.audit_dir).unwrap();
         assert!(!log.iter().any(|r| r.kind == "advertise-keys"), "{} advertised keys", cfg.name);
@@ -290,8 +290,20 @@ async fn a_corrupted_share_names_its_sender_and_the_round_completes_over_the_oth
             _ => None,
         })
         .expect("a share-reported record in the coordinator's log");
+    // The round start node-3 was shown (its log keeps the digest of the signed payload).
+    let node3_cfg = cluster.node_configs.iter().find(|c| c.name == "node-3").unwrap();
+    let roster: [u8; 32] = read_records(&node3_cfg.audit_dir)
+        .unwrap()
+        .into_iter()
+        .find_map(|r| match r.event {
+            Event::RosterSigned { round: x, payload_sha256, .. } if x == round => Some(unhex(&payload_sha256)),
+            _ => None,
+        })
+        .expect("node-3 logged the round start it was shown")
+        .try_into()
+        .unwrap();
     let round = RoundId(unhex(&round).try_into().unwrap());
-    let payload = secagg::share_signing_payload(&round, "node-1", "node-3", &ct);
+    let payload = secagg::share_signing_payload(&round, "node-1", "node-3", &roster, &ct);
     pki::verify_signature(&certificate_of(&cluster, "node-1"), &payload, &sig).expect("node-1 signed it");
     assert!(records.iter().any(|r| matches!(&r.event,
         Event::NodeExit { node, reason, .. } if node == "node-1" && reason.contains("fails to open"))));

@@ -116,6 +116,54 @@ impl HistogramSpec {
     }
 }
 
+/// The most histograms of `specs` one customer can be counted in: per metric, the
+/// largest number of histograms whose ranges share a value (a power-of-two histogram
+/// covers every value), summed over the metrics. Adding or removing one customer
+/// changes exactly that many counts by one at most: the round's ℓ1 sensitivity, and
+/// the square of its ℓ2 sensitivity (differential privacy, issue 10).
+pub fn max_counted(specs: &[HistogramSpec]) -> usize {
+    Metric::ALL
+        .iter()
+        .map(|&m| {
+            // Sweep the [start, end) ranges of this metric's histograms.
+            let mut events: Vec<(u128, i64)> = Vec::new();
+            for s in specs.iter().filter(|s| s.metric == m && !s.is_empty()) {
+                let (lo, _) = s.bin_range(0);
+                let (_, hi) = s.bin_range(s.len() - 1);
+                events.push((lo, 1));
+                events.push((hi, -1));
+            }
+            // At equal positions ends come first: [a, b) and [b, c) do not overlap.
+            events.sort_unstable();
+            let (mut open, mut most) = (0i64, 0i64);
+            for (_, d) in events {
+                open += d;
+                most = most.max(open);
+            }
+            most as usize
+        })
+        .sum()
+}
+
+/// Issue 10: a histogram of noisy signed counts as non-negative counts whose cumulative
+/// sums are the running maximum of the noisy cumulative sums (never below 0). Unlike
+/// clamping each bin at 0, this adds no positive bias per empty bin: the cumulative
+/// count stays within the noise of the true one, plus the running maximum's excess
+/// (about σ·√(2b/π) over b empty bins). Post-processing of noised values.
+pub fn monotone_counts(signed: &[i64]) -> Vec<u64> {
+    let (mut cum, mut top) = (0i128, 0i128);
+    signed
+        .iter()
+        .map(|&c| {
+            cum += c as i128;
+            let next = top.max(cum);
+            let out = (next - top) as u64;
+            top = next;
+            out
+        })
+        .collect()
+}
+
 /// Add one customer's values to a concatenation of histograms (the round vector).
 pub fn accumulate(specs: &[HistogramSpec], c: &CustomerRfm, out: &mut [u64]) {
     let mut base = 0;
@@ -263,13 +311,19 @@ impl QuantileSearch {
 
     /// The refinement histograms still needed (one per unresolved cut), in cut order.
     pub fn next_specs(&self) -> Vec<(usize, HistogramSpec)> {
+        self.next_specs_with(REFINE_BINS)
+    }
+
+    /// [`Self::next_specs`] with at most `bins` bins per histogram (fewer bins under
+    /// differential privacy: the noise of the cumulative count grows with √bins).
+    pub fn next_specs_with(&self, max_bins: u64) -> Vec<(usize, HistogramSpec)> {
         self.cuts
             .iter()
             .enumerate()
             .filter_map(|(k, c)| match *c {
                 CutState::Searching { lo, hi, .. } => {
                     let span = hi - lo;
-                    let bins = span.min(REFINE_BINS as u128) as u64;
+                    let bins = span.min(max_bins.max(1) as u128) as u64;
                     let width = span.div_ceil(bins as u128) as u64;
                     Some((
                         k,
@@ -299,6 +353,21 @@ impl QuantileSearch {
             }
         }
         Ok(())
+    }
+
+    /// Issue 10: the four cuts as far as the passes so far located them — a found cut,
+    /// or for one still being searched the lowest value of its range. Under
+    /// differential privacy the number of passes is fixed up front, so the search may
+    /// stop before every cut is exact; this is post-processing of noisy counts.
+    pub fn estimate(&self) -> [u64; 4] {
+        let mut out = [0u64; 4];
+        for (o, c) in out.iter_mut().zip(&self.cuts) {
+            *o = match *c {
+                CutState::Found(v) => v,
+                CutState::Searching { lo, .. } => lo.min(u64::MAX as u128) as u64,
+            };
+        }
+        out
     }
 
     /// All four cuts, once every pass is done.
@@ -334,6 +403,36 @@ fn locate(spec: &HistogramSpec, hist: &[u64], below: u64, total: u64, k: u64) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn monotone_counts_follow_the_running_maximum_of_the_noisy_cumulative() {
+        assert_eq!(monotone_counts(&[3, -1, 2, 0, -5, 4]), vec![3, 0, 1, 0, 0, 0]);
+        assert_eq!(monotone_counts(&[-2, 1, 3]), vec![0, 0, 2]);
+        assert_eq!(monotone_counts(&[5, 6, 7]), vec![5, 6, 7], "exact counts are unchanged");
+        // The total is the running maximum of the cumulative, never below 0.
+        let noisy = [10i64, -3, -3, 8, -1];
+        assert_eq!(monotone_counts(&noisy).iter().sum::<u64>(), 12);
+    }
+
+    #[test]
+    fn max_counted_is_the_largest_overlap_per_metric_summed() {
+        let lin = |metric, lo, width, bins| HistogramSpec { metric, layout: Layout::Linear { lo, width, bins } };
+        let coarse: Vec<HistogramSpec> = Metric::ALL.iter().map(|&m| QuantileSearch::coarse_spec(m)).collect();
+        assert_eq!(max_counted(&coarse), 3);
+        // Two refinements of the same bin (two cuts in it) count a customer twice;
+        // adjacent or disjoint windows once.
+        let same = [lin(Metric::Monetary, 64, 1, 64), lin(Metric::Monetary, 64, 1, 64)];
+        assert_eq!(max_counted(&same), 2);
+        let adjacent =
+            [lin(Metric::Monetary, 64, 1, 64), lin(Metric::Monetary, 128, 2, 64), lin(Metric::Recency, 0, 1, 8)];
+        assert_eq!(max_counted(&adjacent), 2);
+        // Brute force over every value agrees.
+        let specs =
+            [lin(Metric::Frequency, 0, 3, 10), lin(Metric::Frequency, 20, 1, 40), lin(Metric::Frequency, 25, 5, 2)];
+        let most = (0..100u64).map(|v| specs.iter().filter(|s| s.bin_of(v).is_some()).count()).max().unwrap();
+        assert_eq!(max_counted(&specs), most);
+        assert_eq!(most, 2);
+    }
 
     fn pooled_cuts(mut v: Vec<u64>) -> [u64; 4] {
         v.sort_unstable();

@@ -90,6 +90,21 @@ impl UnreleasedSum {
             Some(width) => self.words.iter().map(|&w| signed(w, width).max(0) as u64).collect(),
         }
     }
+
+    /// The sum for the quantile search: an exact round's counts as they are; a noised
+    /// round's made monotone without clamping each bin
+    /// ([`fedcrm_analysis::rfm::monotone_counts`]: the running maximum of the noisy
+    /// cumulative counts). Clamping every bin at 0 would add the positive part of the
+    /// noise of every empty bin to the cumulative count — hundreds of customers over a
+    /// wide histogram — and move the cut points.
+    fn quantile_counts(&self) -> Vec<u64> {
+        match self.noised {
+            None => self.words.clone(),
+            Some(width) => {
+                fedcrm_analysis::rfm::monotone_counts(&self.words.iter().map(|&w| signed(w, width)).collect::<Vec<_>>())
+            }
+        }
+    }
 }
 
 /// A word of `width` read as two's complement: w ≥ 2^(b−1) stands for w − 2^b.
@@ -176,14 +191,15 @@ fn words(out: &RoundOutput, rules: &ReleaseRules, expected: usize) -> Result<Vec
 
 /// Histogram counts, released to the coordinator's own quantile search only (they
 /// never leave the coordinator; only the cut points derived from them do). In a
-/// noised round a negative noisy count is clamped to 0 here: the quantile search
-/// walks cumulative counts, which a negative bin would make decrease.
+/// noised round they are made monotone ([`UnreleasedSum::quantile_counts`]): the
+/// quantile search walks cumulative counts, which a negative bin would make decrease.
 pub fn histograms_for_quantiles(
     out: &RoundOutput,
     rules: &ReleaseRules,
     expected: usize,
 ) -> Result<Vec<u64>, ReleaseError> {
-    words(out, rules, expected)
+    words(out, rules, expected)?;
+    Ok(out.sum.quantile_counts())
 }
 
 /// One released cell.
@@ -195,7 +211,7 @@ pub struct Cell {
 }
 
 /// The released segment table.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SegmentRelease {
     pub cuts: Cuts,
     pub cells: Vec<Cell>,
@@ -203,6 +219,58 @@ pub struct SegmentRelease {
     pub customers: Option<u64>,
     pub min_cohort: u64,
     pub contributors: Vec<String>,
+    /// Issue 10: how the counts were noised and what the analysis cost (`None`: exact).
+    pub privacy: Option<NoiseReport>,
+}
+
+/// δ at which releases state their ε (each node's own budget states its own δ).
+pub const REPORT_DELTA: f64 = 1e-6;
+
+/// Issue 10: how a noised release was noised, what it cost each contributor, and the
+/// error each released count carries.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NoiseReport {
+    /// σ² each contributor added to every count of the released round (exact fraction).
+    pub per_node_variance: String,
+    /// k: the contributors whose noise alone gives the guarantee (t − H − C); HQ's own
+    /// nodes and assumed colluders could subtract theirs.
+    pub honest_nodes: usize,
+    /// Standard deviation of the noise in each released count: √(|U3|·σ²) — every
+    /// contributor's noise is in the sum.
+    pub noise_sd: f64,
+    /// Half-width of a 95 % interval around each released count for the exact count:
+    /// 1.96 × `noise_sd` (a sum of independent discrete Gaussians is close to normal).
+    /// A count clamped at 0, or withheld as below the minimum cohort, is biased upwards.
+    pub ci95: f64,
+    /// Noised rounds of the analysis behind this release.
+    pub rounds: usize,
+    /// What the analysis (all its rounds) cost each contributor: zCDP ρ and the additive
+    /// ξ of the distributed noise, and ε at δ = [`REPORT_DELTA`].
+    pub rho: f64,
+    pub xi: f64,
+    pub epsilon: f64,
+    pub delta: f64,
+}
+
+impl NoiseReport {
+    /// The report of a release from `out` (its noise) after `charges`, one per noised
+    /// round of the analysis; `None` for an exact round.
+    pub fn of(out: &RoundOutput, charges: &[fedcrm_dp::accounting::Charge]) -> Option<Self> {
+        let noise = out.noise.as_ref()?;
+        let total = charges.iter().fold(fedcrm_dp::accounting::Charge::default(), |a, c| a.compose(*c));
+        let sd = (out.contributors.len() as f64 * noise.variance.as_f64()).sqrt();
+        Some(Self {
+            per_node_variance: noise.variance.to_string(),
+            honest_nodes: noise.honest,
+            noise_sd: sd,
+            ci95: 1.96 * sd,
+            rounds: charges.len(),
+            rho: total.rho,
+            xi: total.xi,
+            epsilon: total.epsilon(REPORT_DELTA).0,
+            delta: REPORT_DELTA,
+        })
+    }
 }
 
 /// Primary suppression (every cell below `min_cohort`) plus complementary
@@ -226,6 +294,7 @@ pub fn segments(
     audit: &SharedLog,
     analysis: &str,
     rounds: Vec<String>,
+    privacy: Option<NoiseReport>,
 ) -> Result<SegmentRelease, ReleaseError> {
     let sum = words(out, rules, Segment::ALL.len())?;
     let shown = suppress(&sum, rules.min_cohort);
@@ -235,17 +304,26 @@ pub fn segments(
     let total = sum.iter().fold(0u64, |a, &v| a.saturating_add(v));
     let customers = if shown.iter().all(Option::is_some) { Some(total) } else { None };
     log_release(out, rules, audit, analysis, "rfm-segments", rounds, &shown)?;
-    Ok(SegmentRelease { cuts, cells, customers, min_cohort: rules.min_cohort, contributors: out.contributors.clone() })
+    Ok(SegmentRelease {
+        cuts,
+        cells,
+        customers,
+        min_cohort: rules.min_cohort,
+        contributors: out.contributors.clone(),
+        privacy,
+    })
 }
 
 /// A released histogram: counts per bin, small cells suppressed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HistogramRelease {
     /// `None` where the bin holds fewer than the minimum cohort.
     pub counts: Vec<Option<u64>>,
     pub min_cohort: u64,
     pub contributors: Vec<String>,
     pub organisations: Vec<String>,
+    /// Issue 10: how the counts were noised and what the round cost (`None`: exact).
+    pub privacy: Option<NoiseReport>,
 }
 
 /// Global histogram counts with small cells suppressed.
@@ -264,6 +342,7 @@ pub fn histogram(
         min_cohort: rules.min_cohort,
         contributors: out.contributors.clone(),
         organisations: out.organisations.clone(),
+        privacy: NoiseReport::of(out, &out.charge.into_iter().collect::<Vec<_>>()),
     })
 }
 

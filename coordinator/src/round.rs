@@ -129,6 +129,10 @@ pub struct RoundOutput {
     /// Nodes that left the round, and why.
     pub exits: BTreeMap<String, Exit>,
     pub(crate) sum: UnreleasedSum,
+    /// Issue 10: the noise every contributor added (`None`: an exact round), and what
+    /// the round cost each of them.
+    pub noise: Option<Noise>,
+    pub charge: Option<fedcrm_dp::accounting::Charge>,
 }
 
 pub(crate) struct Runner<'a> {
@@ -424,6 +428,8 @@ impl Round<'_, '_> {
             contributors: u3,
             exits: std::mem::take(&mut self.members.exits),
             sum,
+            noise: self.noise.clone(),
+            charge: self.charge,
         })
     }
 
@@ -542,9 +548,30 @@ impl Round<'_, '_> {
             noise = ?self.noise.as_ref().map(|n| format!("σ² = {} per node, k = {}", n.variance, n.honest)),
             "round start"
         );
+        // Test hook: one node is shown another round start (other noise), signed.
+        #[cfg(feature = "test-util")]
+        let other = match &self.runner.coordinator.hooks().noise_for_node {
+            Some((node, noise)) => {
+                let mut s = RoundStart { noise: Some(noise.clone()), ..start.clone() };
+                s.roster_signature = self
+                    .runner
+                    .coordinator
+                    .sign(&wire::roster_payload(&s))
+                    .map_err(|e| RoundError::Local { round, why: e.to_string() })?;
+                Some((node.clone(), ToNode::RoundStart(Box::new(s))))
+            }
+            None => None,
+        };
         let msg = ToNode::RoundStart(Box::new(start));
         for p in self.invited {
-            if self.runner.coordinator.registry.send(&p.name, &msg).await {
+            #[cfg(feature = "test-util")]
+            let msg = match &other {
+                Some((node, m)) if *node == p.name => m,
+                _ => &msg,
+            };
+            #[cfg(not(feature = "test-util"))]
+            let msg = &msg;
+            if self.runner.coordinator.registry.send(&p.name, msg).await {
                 self.members.live.insert(p.name.clone());
             } else {
                 self.members.exits.insert(p.name.clone(), Exit::Disconnected);
@@ -813,7 +840,14 @@ impl Round<'_, '_> {
     ///
     /// An addition to Bonawitz et al. CCS 2017, Fig. 4, Round 1 (ShareKeys), which does not sign e_u,v.
     fn share_signed(&self, sender: &str, share: &Sealed) -> bool {
-        let payload = secagg::share_signing_payload(&self.id, sender, &share.peer, &share.ciphertext);
+        // Test hook: a coordinator showing one node another round start relays its
+        // shares unchecked (the nodes must catch it themselves).
+        #[cfg(feature = "test-util")]
+        if self.runner.coordinator.hooks().noise_for_node.is_some() {
+            return true;
+        }
+        let roster = secagg::roster_digest(&self.roster_payload);
+        let payload = secagg::share_signing_payload(&self.id, sender, &share.peer, &roster, &share.ciphertext);
         pki::verify_signature(&self.by_name[sender].certificate, &payload, &share.signature).is_ok()
     }
 

@@ -18,6 +18,36 @@ use crate::registry::ConnectedNode;
 use crate::release::{self, SegmentRelease};
 use crate::round::{Exit, RoundError, RoundOutput, describe};
 
+/// Issue 10: refinement passes of the RFM segment analysis under differential privacy.
+/// The pass plan is fixed up front — the coarse pass, at most this many refinement
+/// passes, the segment count — so its total charge is known before it starts. Two
+/// passes of [`DP_REFINE_BINS`] bins below a power-of-two bin resolve every cut of
+/// values below 2^13 to one unit (days, purchase days, cents up to ¥81.92) and wider
+/// values to 1/4,096 of their power-of-two range (e.g. ¥1.28 between ¥5,242.88 and
+/// ¥10,485.76).
+pub const DP_REFINEMENT_PASSES: usize = 2;
+
+/// Issue 10: bins per refinement histogram under DP. The noise of a cumulative count
+/// grows with √bins, and a quintile cut needs ranks, not fine bins: 64 bins keep the
+/// cumulative noise within √64 = 8 bins' noise.
+pub const DP_REFINE_BINS: u64 = 64;
+
+/// The most the RFM segment analysis under DP costs each node with `noise` in every
+/// round: the coarse pass (3 histograms, ℓ2² = 3), [`DP_REFINEMENT_PASSES`] refinements
+/// (one histogram per metric and distinct bin: ℓ2² ≤ 3, at most 4 × [`DP_REFINE_BINS`]
+/// bins per metric) and the segment count (ℓ2² = 1). The budget is split across the passes in
+/// proportion to their sensitivity (one noise level for every round): 3 : 3 : 3 : 1.
+pub fn dp_plan_charge(noise: &fedcrm_protocol::wire::Noise) -> fedcrm_dp::accounting::Charge {
+    use fedcrm_dp::accounting::{Charge, Sensitivity};
+    let coarse: Vec<HistogramSpec> = Metric::ALL.iter().map(|&m| QuantileSearch::coarse_spec(m)).collect();
+    let v = noise.variance.as_f64();
+    let refinement = Charge::distributed(Sensitivity::counts(3), 3 * 4 * DP_REFINE_BINS as usize, noise.honest, v);
+    AnalysisKind::RfmHistograms(coarse)
+        .charge(noise)
+        .compose(refinement.times(DP_REFINEMENT_PASSES))
+        .compose(AnalysisKind::RfmSegments(Cuts::default()).charge(noise))
+}
+
 /// What an analyst asked for, and who they are (from their certificate).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AnalysisRequest {
@@ -199,19 +229,26 @@ impl Coordinator {
         let rules = self.config.release;
         let coverage = request.analysis(id, "rfm-segments", AnalysisKind::RfmSegments(Cuts::default())).coverage();
         let plan = self.plan(&coverage)?;
-        if !request.dp {
-            self.exact_allowed(&plan.invited).map_err(AnalysisError::Privacy)?;
+        if request.dp {
+            // Issue 10: the whole pass plan's cost, checked against every invitee's
+            // announced budget before anything starts (each round checks again).
+            let noise = self.noise_for(&plan.invited, plan.t, &self.config.rounds).map_err(AnalysisError::Privacy)?;
+            let planned = dp_plan_charge(&noise);
+            self.within_budgets(&plan.invited, &planned).map_err(|e| {
+                AnalysisError::Privacy(format!(
+                    "refused before it started: the RFM segment analysis under differential privacy ({} rounds at \
+                     most, ρ = {:.4} per node) would exceed a budget: {e}",
+                    DP_REFINEMENT_PASSES + 2,
+                    planned.rho
+                ))
+            })?;
         } else {
-            return Err(AnalysisError::Privacy(
-                "RFM segments under differential privacy are not available yet (issue 10 is in progress: the fixed \
-                 pass plan); run them exact with --dp off, which every participant's policy must allow \
-                 (dp = \"optional\")"
-                    .into(),
-            ));
+            self.exact_allowed(&plan.invited).map_err(AnalysisError::Privacy)?;
         }
         let mut runner = self.runner(events, request.dp);
         let mut exits: BTreeMap<String, String> = plan.excluded.clone();
         let mut rounds = 0u32;
+        let mut charges: Vec<fedcrm_dp::accounting::Charge> = Vec::new();
         let (invited, t, degree) = (plan.invited, plan.t, plan.degree);
         let mut run = async |kind: AnalysisKind, invited: &[ConnectedNode]| {
             rounds += 1;
@@ -219,6 +256,7 @@ impl Coordinator {
             let out = runner.run(&analysis, invited, t, degree).await;
             if let Ok(o) = &out {
                 round_ids.push(o.round.to_hex());
+                charges.extend(o.charge);
             }
             if let Ok(o) = &out {
                 for (n, e) in &o.exits {
@@ -248,12 +286,21 @@ impl Coordinator {
                 Err(AnalysisError::ContributorsChanged { exits: describe(&out.exits) })
             }
         };
-        // Refinement passes until every cut is exact.
-        while searches.iter().any(|s| s.finished().is_none()) {
-            let mut plan: Vec<(usize, usize, HistogramSpec)> = Vec::new();
+        // Refinement passes until every cut is exact; under differential privacy at most
+        // DP_REFINEMENT_PASSES (the plan is fixed up front), then the cuts as located.
+        // Two cuts in the same bin share one histogram, so a customer is counted once
+        // per metric and pass (sensitivity: `fedcrm_analysis::rfm::max_counted`).
+        let mut passes = 0;
+        while searches.iter().any(|s| s.finished().is_none()) && !(request.dp && passes == DP_REFINEMENT_PASSES) {
+            passes += 1;
+            let mut plan: Vec<(usize, Vec<usize>, HistogramSpec)> = Vec::new();
             for (mi, s) in searches.iter().enumerate() {
-                for (k, spec) in s.next_specs() {
-                    plan.push((mi, k, spec));
+                let bins = if request.dp { DP_REFINE_BINS } else { fedcrm_analysis::rfm::REFINE_BINS };
+                for (k, spec) in s.next_specs_with(bins) {
+                    match plan.iter_mut().find(|p| p.0 == mi && p.2 == spec) {
+                        Some(p) => p.1.push(k),
+                        None => plan.push((mi, vec![k], spec)),
+                    }
                 }
             }
             let specs: Vec<HistogramSpec> = plan.iter().map(|p| p.2).collect();
@@ -263,19 +310,23 @@ impl Coordinator {
             same(&out)?;
             let sums = release::histograms_for_quantiles(&out, &rules, specs.iter().map(HistogramSpec::len).sum())?;
             let mut base = 0;
-            for (mi, k, spec) in &plan {
-                searches[*mi].refine(*k, spec, &sums[base..base + spec.len()])?;
+            for (mi, ks, spec) in &plan {
+                for k in ks {
+                    searches[*mi].refine(*k, spec, &sums[base..base + spec.len()])?;
+                }
                 base += spec.len();
             }
         }
-        // Unwrap safety: the loop above ends only when every search is finished.
-        let fin = |i: usize| searches[i].finished().unwrap();
+        // Exact: the loop above ends only when every search is finished, so the
+        // estimate is the exact cut; under DP, the cuts as the fixed passes located them.
+        let fin = |i: usize| searches[i].finished().unwrap_or_else(|| searches[i].estimate());
         let cuts = Cuts { recency: fin(0), frequency: fin(1), monetary: fin(2) };
         self.still_connected(&invited)?;
         let out = run(AnalysisKind::RfmSegments(cuts), &invited).await?;
         stop_if_awaiting(&out)?;
         same(&out)?;
-        let release = release::segments(&out, &rules, cuts, &self.audit, id, round_ids)?;
+        let privacy = release::NoiseReport::of(&out, &charges);
+        let release = release::segments(&out, &rules, cuts, &self.audit, id, round_ids, privacy)?;
         Ok(SegmentsOutcome { release, rounds, exits })
     }
 }

@@ -337,6 +337,17 @@ impl pb::analyst_server::Analyst for AnalystService {
             dropped: out.exits.iter().map(|(n, e)| format!("{n}: {}", crate::round::brief(e))).collect(),
             rounds: out.rounds,
             min_cohort: rel.min_cohort as u32,
+            privacy: rel.privacy.as_ref().map(|p| pb::ReleasePrivacy {
+                per_node_variance: p.per_node_variance.clone(),
+                honest_nodes: p.honest_nodes as u32,
+                noise_sd: p.noise_sd,
+                ci95: p.ci95,
+                rounds: p.rounds as u32,
+                rho: p.rho,
+                xi: p.xi,
+                epsilon: p.epsilon,
+                delta: p.delta,
+            }),
         }))
     }
 

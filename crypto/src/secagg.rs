@@ -134,13 +134,35 @@ pub fn key_signing_payload(
 }
 
 /// The bytes a node signs with its certified key for each sealed share it sends:
-/// round ‖ sender ‖ receiver ‖ ciphertext, under their own label, so the receiver can
+/// round ‖ sender ‖ receiver ‖ the digest of the signed round start the sender was
+/// shown ([`roster_digest`]) ‖ ciphertext, under their own label, so the receiver can
 /// tell a share the sender signed (and got wrong: the sender's fault) from one the
 /// relay altered (the relay's fault), and show the coordinator and an auditor which.
 ///
+/// The roster digest binds every node of a round to one round start: a coordinator
+/// that shows one node another start than the others (say, other noise, so that the
+/// node charges its privacy budget for less than the release reveals — attack review
+/// of issue 10) makes every share between them fail to verify, before anyone masks.
+/// Every round, the first of an analysis and the later ones, has shares.
+///
 /// An addition to Bonawitz et al. CCS 2017, Fig. 4, Round 1 (ShareKeys), which does not sign e_u,v.
-pub fn share_signing_payload(round: &RoundId, sender: &str, receiver: &str, ciphertext: &[u8]) -> Vec<u8> {
-    kdf::context("sealed-share", round, &[sender.as_bytes(), receiver.as_bytes(), ciphertext])
+pub fn share_signing_payload(
+    round: &RoundId,
+    sender: &str,
+    receiver: &str,
+    roster: &[u8; 32],
+    ciphertext: &[u8],
+) -> Vec<u8> {
+    kdf::context("sealed-share", round, &[sender.as_bytes(), receiver.as_bytes(), roster, ciphertext])
+}
+
+/// SHA-256 of a round's signed roster payload (the round start as the coordinator
+/// signed it), as [`share_signing_payload`] binds it.
+pub fn roster_digest(roster_payload: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, roster_payload);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
 }
 
 /// A node's advertised public keys (after the caller has verified its signature): c_u^PK (`enc`)

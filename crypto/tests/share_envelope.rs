@@ -26,25 +26,29 @@ fn verifies(key: &EcdsaKeyPair, payload: &[u8], sig: &[u8]) -> bool {
 }
 
 #[test]
-fn a_signed_share_verifies_and_any_change_to_round_sender_receiver_or_bytes_breaks_it() {
+fn a_signed_share_verifies_and_any_change_to_round_sender_receiver_roster_or_bytes_breaks_it() {
     let rng = SystemRandom::new();
     let key = key_pair(&rng);
     let (round, other_round) = (RoundId([3; 16]), RoundId([4; 16]));
     let ct = vec![0xa5u8; 176];
-    let payload = secagg::share_signing_payload(&round, "node-1", "node-3", &ct);
+    let roster = secagg::roster_digest(b"the round start node-1 was shown");
+    let other_roster = secagg::roster_digest(b"another round start");
+    let payload = secagg::share_signing_payload(&round, "node-1", "node-3", &roster, &ct);
     let sig = key.sign(&rng, &payload).unwrap();
     assert!(verifies(&key, &payload, sig.as_ref()));
 
     let mut flipped = ct.clone();
     flipped[100] ^= 0x01;
     let altered = [
-        ("another round", secagg::share_signing_payload(&other_round, "node-1", "node-3", &ct)),
-        ("another sender", secagg::share_signing_payload(&round, "node-2", "node-3", &ct)),
-        ("another receiver", secagg::share_signing_payload(&round, "node-1", "node-2", &ct)),
-        ("a flipped bit", secagg::share_signing_payload(&round, "node-1", "node-3", &flipped)),
-        ("a truncated ciphertext", secagg::share_signing_payload(&round, "node-1", "node-3", &ct[..175])),
+        ("another round", secagg::share_signing_payload(&other_round, "node-1", "node-3", &roster, &ct)),
+        ("another sender", secagg::share_signing_payload(&round, "node-2", "node-3", &roster, &ct)),
+        ("another receiver", secagg::share_signing_payload(&round, "node-1", "node-2", &roster, &ct)),
+        // Issue 10: a receiver shown another round start (e.g. other noise) cannot verify.
+        ("another round start", secagg::share_signing_payload(&round, "node-1", "node-3", &other_roster, &ct)),
+        ("a flipped bit", secagg::share_signing_payload(&round, "node-1", "node-3", &roster, &flipped)),
+        ("a truncated ciphertext", secagg::share_signing_payload(&round, "node-1", "node-3", &roster, &ct[..175])),
         // Length prefixes: moving a byte between sender and receiver changes the payload.
-        ("shifted names", secagg::share_signing_payload(&round, "node-1n", "ode-3", &ct)),
+        ("shifted names", secagg::share_signing_payload(&round, "node-1n", "ode-3", &roster, &ct)),
     ];
     for (what, p) in altered {
         assert_ne!(p, payload, "{what}");
@@ -65,7 +69,7 @@ fn the_envelope_is_domain_separated_from_the_other_signed_payloads() {
             .1;
     let mut ct = keys.enc.0.to_vec();
     ct.extend_from_slice(&keys.mask.0);
-    let share = secagg::share_signing_payload(&round, "node-1", "node-2", &ct);
+    let share = secagg::share_signing_payload(&round, "node-1", "node-2", &[0; 32], &ct);
     assert_ne!(share, secagg::key_signing_payload(&round, "node-1", &keys.enc, &keys.mask, None));
     assert_ne!(share, secagg::consistency_payload(&round, None, &["node-1".into()], &["node-2".into()]));
     let label = b"sealed-share";

@@ -48,8 +48,11 @@ pub struct Sensitivity {
 }
 
 impl Sensitivity {
-    /// A customer counted in one bin of each of `histograms` histograms (moving or
-    /// removing it changes one count by one per histogram): ℓ1 = h, ℓ2 = √h.
+    /// A customer counted in one bin of each of `histograms` histograms: adding or
+    /// removing it changes one count by one per histogram, ℓ1 = h, ℓ2 = √h. This is the
+    /// add/remove neighbouring relation (one customer present or absent), which fedcrm
+    /// states as its unit; *replacing* one customer by another can move two counts per
+    /// histogram (ℓ2 = √(2h)), a guarantee twice as weak in ρ (docs/threat-model.md).
     pub fn counts(histograms: usize) -> Self {
         let h = histograms as f64;
         Self { l1: h, l2: h.sqrt() }

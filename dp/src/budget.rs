@@ -179,6 +179,12 @@ impl Ledger {
         })
     }
 
+    /// The time of the latest charge recorded, if any. A node whose clock reads earlier
+    /// refuses to charge (a clock stepped back could reopen a spent month).
+    pub fn latest(&self) -> Option<u64> {
+        self.spent.iter().map(|s| s.time_ms).max()
+    }
+
     /// Record a charge (when the noised vector leaves).
     pub fn record(&mut self, spent: Spent) {
         self.spent.push(spent);

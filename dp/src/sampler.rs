@@ -19,10 +19,12 @@
 //! the node's sampling of one value learns something about |x|, not its sign; timing a
 //! whole vector (d values, sampled before masking, in one batch) shows roughly the sum
 //! of their magnitudes — at most a few bits about the noise, which is independent of
-//! the data. The coordinator sees only when the masked vector arrives, after the node
-//! also read its data, computed its contribution and masked it; the time those take
-//! depends on d and the data size, both public. fedcrm accepts this (the issue asks for
-//! exactness, not constant time) and says so in docs/threat-model.md.
+//! the data. A node samples its noise when a round starts, before it advertises keys
+//! (or, in a later round of an analysis, shares them), so the coordinator can time
+//! round start → first reply: that time holds the sampling (roughly Σ|noise|) and the
+//! node's own computation (which depends on d and its data size). A few bits about the
+//! noise's magnitude, not its signs; fedcrm accepts this (the issue asks for exactness,
+//! not constant time) and says so in docs/threat-model.md.
 
 use num_bigint::BigUint;
 use num_integer::Integer;

@@ -29,16 +29,28 @@ pub fn local_vector(analysis: &Analysis, customers: &[CustomerRfm]) -> Vec<u64> 
     v
 }
 
-/// Issue 9: check a round's word width before taking part. The width the round start
-/// names must be the one [`pick_width`] gives for this analysis's range over the
-/// invited nodes, recomputed here from the signed round start (a label proves
-/// nothing); and every word of this node's contribution must be within the per-node
-/// bound the width was picked for, or the sum could wrap. Errors are the refusal's
-/// reason: who is at fault and what HQ must change. With noise (issue 10) the range is
-/// signed and leaves room for the noise ([`AnalysisKind::range_with`], the function
-/// the coordinator picked the width with); the bound applies to the un-noised
-/// contribution.
-pub fn check_width(start: &RoundStart, customers: usize, input: &[u64]) -> Result<(), String> {
+/// Issue 9: check a round's word width before taking part, and keep this node's
+/// contribution within the per-node bound the width was picked for, or the sum could
+/// wrap. The width the round start names must be the one [`pick_width`] gives for this
+/// analysis's range over the invited nodes, recomputed here from the signed round start
+/// (a label proves nothing). With noise (issue 10) the range is signed and leaves room
+/// for the noise ([`AnalysisKind::range_with`], the function the coordinator picked the
+/// width with); the bound applies to the un-noised contribution.
+///
+/// What a refusal says, and whether the node refuses at all, must not depend on its
+/// data beyond what the round is allowed to learn (attack review of issue 10: a
+/// refusal naming the count of a one-bin histogram would hand HQ an exact count,
+/// un-noised and uncharged). So:
+/// - in a **noised** round every word is clamped to the bound (changing a customer
+///   still moves a clamped word by at most one: the sensitivity is unchanged), never
+///   refused; the number of clamped words is returned for the node's own log;
+/// - in an **exact** round (only for `dp = "optional"` nodes) the node refuses when it
+///   holds more customers than the bound — every word counts at most all of its
+///   customers, so no word can then exceed it — and the refusal names the setting, not
+///   the count (that one bit about the node's size is what an exact round can reveal).
+///
+/// Errors are the refusal's reason: who is at fault and what HQ must change.
+pub fn check_width(start: &RoundStart, customers: usize, input: &mut [u64]) -> Result<usize, String> {
     let n = start.invited.len();
     let bound = start.max_per_node;
     let expected = pick_width(n, &start.analysis.kind.range_with(bound, start.noise.as_ref(), n)).map_err(|e| {
@@ -53,17 +65,25 @@ pub fn check_width(start: &RoundStart, customers: usize, input: &[u64]) -> Resul
             expected
         ));
     }
-    if let Some((index, value)) = input.iter().copied().enumerate().find(|&(_, v)| v > bound) {
+    if start.noise.is_some() {
+        let mut clamped = 0;
+        for w in input.iter_mut().filter(|w| **w > bound) {
+            *w = bound;
+            clamped += 1;
+        }
+        return Ok(clamped);
+    }
+    if customers as u64 > bound || input.iter().any(|&v| v > bound) {
         return Err(format!(
-            "this node holds {customers} customers: element {index} of its {} contribution counts {value} customers, \
-             above the round's max_customers_per_node = {bound}, so the sum in {} could wrap; HQ must raise \
-             [rounds] max_customers_per_node in the coordinator's configuration to at least {customers} \
-             (rounds then use 64-bit words from fewer nodes on)",
+            "this node holds more customers than the round's max_customers_per_node = {bound}, so a count of its \
+             {} contribution could exceed it and the sum in {} could wrap; HQ must raise [rounds] \
+             max_customers_per_node in the coordinator's configuration (rounds then use 64-bit words from fewer \
+             nodes on; the franchisee's `node check` shows how many customers this node holds)",
             start.analysis.kind.name(),
             start.width
         ));
     }
-    Ok(())
+    Ok(0)
 }
 
 /// Issue 10: a noised round's k (the nodes whose noise alone must give the guarantee)
@@ -146,24 +166,41 @@ mod tests {
 
     #[test]
     fn the_width_is_recomputed_not_trusted() {
-        assert_eq!(check_width(&start(50, WordWidth::W32, 1 << 22), 10, &[1, 2, 3, 4]), Ok(()));
-        let e = check_width(&start(50, WordWidth::W64, 1 << 22), 10, &[1, 2, 3, 4]).unwrap_err();
+        assert_eq!(check_width(&start(50, WordWidth::W32, 1 << 22), 10, &mut [1, 2, 3, 4]), Ok(0));
+        let e = check_width(&start(50, WordWidth::W64, 1 << 22), 10, &mut [1, 2, 3, 4]).unwrap_err();
         assert!(
             e.contains("names 64-bit words") && e.contains("needs 32-bit words") && e.contains("coordinator"),
             "{e}"
         );
-        assert_eq!(check_width(&start(1024, WordWidth::W64, 1 << 22), 10, &[1, 2, 3, 4]), Ok(()));
-        let e = check_width(&start(1024, WordWidth::W32, 1 << 22), 10, &[1, 2, 3, 4]).unwrap_err();
+        assert_eq!(check_width(&start(1024, WordWidth::W64, 1 << 22), 10, &mut [1, 2, 3, 4]), Ok(0));
+        let e = check_width(&start(1024, WordWidth::W32, 1 << 22), 10, &mut [1, 2, 3, 4]).unwrap_err();
         assert!(e.contains("needs 64-bit words"), "{e}");
     }
 
     #[test]
-    fn a_contribution_above_the_bound_is_refused_naming_the_setting() {
+    fn an_exact_contribution_above_the_bound_is_refused_naming_the_setting_not_the_data() {
         let s = start(3, WordWidth::W32, 100);
-        assert_eq!(check_width(&s, 100, &[100, 0, 0, 0]), Ok(()));
-        let e = check_width(&s, 150, &[1, 101, 48, 0]).unwrap_err();
-        assert!(e.contains("holds 150 customers") && e.contains("element 1") && e.contains("counts 101"), "{e}");
-        assert!(e.contains("raise [rounds] max_customers_per_node") && e.contains("at least 150"), "{e}");
+        assert_eq!(check_width(&s, 100, &mut [100, 0, 0, 0]), Ok(0));
+        // More customers than the bound: refused, whatever the bins hold.
+        for input in [[1u64, 101, 48, 0], [1, 2, 3, 4]] {
+            let e = check_width(&s, 150, &mut input.clone()).unwrap_err();
+            assert!(e.contains("raise [rounds] max_customers_per_node") && e.contains("= 100"), "{e}");
+            // Nothing derived from the data: neither the count of customers nor of a bin.
+            assert!(!e.contains("150") && !e.contains("101") && !e.contains("element"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_noised_contribution_is_clamped_to_the_bound_never_refused() {
+        // Attack review: a refusal depending on a crafted one-bin histogram's count
+        // would leak the count. Noised rounds clamp instead, whatever the data.
+        let s = noised(start(3, WordWidth::W32, 100), 4, 1);
+        let mut input = [1u64, 101, 48, 250];
+        assert_eq!(check_width(&s, 300, &mut input), Ok(2));
+        assert_eq!(input, [1, 100, 48, 100]);
+        let mut small = [1u64, 2, 3, 4];
+        assert_eq!(check_width(&s, 5, &mut small), Ok(0));
+        assert_eq!(small, [1, 2, 3, 4]);
     }
 
     fn noised(mut s: RoundStart, num: u64, honest: usize) -> RoundStart {
@@ -174,18 +211,20 @@ mod tests {
     #[test]
     fn a_noised_round_is_signed_and_leaves_room_for_the_noise() {
         // 1,000 nodes × 2^22 fits 32 unsigned bits (exact), but not 31 (signed, noised).
-        assert_eq!(check_width(&start(1000, WordWidth::W32, 1 << 22), 10, &[1, 2, 3, 4]), Ok(()));
+        assert_eq!(check_width(&start(1000, WordWidth::W32, 1 << 22), 10, &mut [1, 2, 3, 4]), Ok(0));
         let s = noised(start(1000, WordWidth::W64, 1 << 22), 4, 10);
-        assert_eq!(check_width(&s, 10, &[1, 2, 3, 4]), Ok(()));
-        let e = check_width(&noised(start(1000, WordWidth::W32, 1 << 22), 4, 10), 10, &[1, 2, 3, 4]).unwrap_err();
+        assert_eq!(check_width(&s, 10, &mut [1, 2, 3, 4]), Ok(0));
+        let e = check_width(&noised(start(1000, WordWidth::W32, 1 << 22), 4, 10), 10, &mut [1, 2, 3, 4]).unwrap_err();
         assert!(e.contains("needs 64-bit words"), "{e}");
         // The noise tail counts too: 2^31 − 1 − tail fits signed 32 bits, one more does not.
         let tail = fedcrm_dp::accounting::noise_tail(1, 4.0);
         let edge = |bound| noised(start(1, WordWidth::W32, bound), 4, 1);
-        assert_eq!(check_width(&edge((1 << 31) - 1 - tail), 10, &[1, 2, 3, 4]), Ok(()));
-        assert!(check_width(&edge((1 << 31) - tail), 10, &[1, 2, 3, 4]).unwrap_err().contains("needs 64-bit words"));
+        assert_eq!(check_width(&edge((1 << 31) - 1 - tail), 10, &mut [1, 2, 3, 4]), Ok(0));
+        assert!(
+            check_width(&edge((1 << 31) - tail), 10, &mut [1, 2, 3, 4]).unwrap_err().contains("needs 64-bit words")
+        );
         // Small bounds still fit 32 signed bits.
-        assert_eq!(check_width(&noised(start(5, WordWidth::W32, 1000), 4, 1), 10, &[1, 2, 3, 4]), Ok(()));
+        assert_eq!(check_width(&noised(start(5, WordWidth::W32, 1000), 4, 1), 10, &mut [1, 2, 3, 4]), Ok(0));
     }
 
     #[test]

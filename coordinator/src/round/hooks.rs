@@ -104,6 +104,11 @@ pub struct Hooks {
     /// `[rounds] noise_variance` and the planner give (HQ claiming more honest nodes
     /// than the invitees' rules allow, so that less noise seems to suffice).
     pub force_noise: Option<Noise>,
+    /// Issue 10 (attack review): show this node a round start with this noise instead
+    /// (signed), and every other invitee the planned one — so that the node charges
+    /// itself for noise the others do not add. The coordinator then also relays shares
+    /// without checking their signatures (it would otherwise reject the node itself).
+    pub noise_for_node: Option<(String, Noise)>,
     /// Issue 10: start rounds without checking the nodes' announced budgets (a
     /// coordinator that does not care: the nodes must refuse themselves).
     pub ignore_budgets: bool,
@@ -141,6 +146,7 @@ impl std::fmt::Debug for Hooks {
             .field("extra_view_signatures", &self.extra_view_signatures.is_some())
             .field("fail_audit", &self.fail_audit.is_some())
             .field("force_noise", &self.force_noise)
+            .field("noise_for_node", &self.noise_for_node)
             .field("ignore_budgets", &self.ignore_budgets)
             .field("clock", &self.clock)
             .finish()

@@ -506,6 +506,19 @@ fn count_admitted(records: &[fedcrm_audit::Record]) -> (Monthly, BTreeSet<String
     (out, seen)
 }
 
+/// Issue 10: a clock reading earlier than the latest privacy charge could reopen a
+/// month already spent; the node refuses to charge until it is fixed.
+fn clock_not_behind(ledger: &fedcrm_dp::budget::Ledger, now: u64) -> Result<(), String> {
+    match ledger.latest() {
+        Some(last) if now < last => Err(format!(
+            "this node's clock reads {} ms earlier than its latest privacy charge; refusing until the system \
+             clock is right (a clock stepped back could reopen a month's spent budget)",
+            last - now
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn month_of(ms: u64) -> String {
     time::OffsetDateTime::from_unix_timestamp((ms / 1000) as i64)
         .map(|t| format!("{:04}-{:02}", t.year(), t.month() as u8))
@@ -554,7 +567,9 @@ impl NodeContext {
     ) -> Result<Option<fedcrm_dp::accounting::Charge>, String> {
         let Some(c) = charge else { return Ok(None) };
         let ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
-        ledger.check(&self.policy.privacy.budget(), self.clock.now_ms(), c).map_err(|e| format!("policy: {e}"))?;
+        let now = self.clock.now_ms();
+        clock_not_behind(&ledger, now)?;
+        ledger.check(&self.policy.privacy.budget(), now, c).map_err(|e| format!("policy: {e}"))?;
         Ok(Some(c))
     }
 
@@ -570,6 +585,9 @@ impl NodeContext {
         let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
         let budget = self.policy.privacy.budget();
         let now = self.clock.now_ms();
+        if let Err(e) = clock_not_behind(&ledger, now) {
+            return Ok(Err(e));
+        }
         if let Err(e) = ledger.check(&budget, now, charge) {
             return Ok(Err(format!("policy: {e}")));
         }

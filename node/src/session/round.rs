@@ -415,7 +415,9 @@ impl<'a> Rounds<'a> {
         }
         // Unwrap safety: the cache was filled just above.
         let customers = &self.customers.as_ref().unwrap().1;
-        if let Err(e) = fedcrm_crypto::fixed::check_budget(start.invited.len() as u64, customers.len() as u64) {
+        // The sum's range from the signed bound, not from this node's data (a refusal
+        // must not depend on the data: attack review of issue 10).
+        if let Err(e) = fedcrm_crypto::fixed::check_budget(start.invited.len() as u64, start.max_per_node) {
             self.refuse(round, &e.to_string()).await?;
             return Ok(None);
         }
@@ -439,10 +441,18 @@ impl<'a> Rounds<'a> {
         let mut input = Zeroizing::new(local_vector(&start.analysis, customers));
         // Issue 9: the width is recomputed from the signed range, never taken on trust,
         // and this node's contribution must be within the bound it was picked for.
-        if let Err(why) = check_width(&start, customers.len(), &input) {
-            tracing::warn!(node = %ctx.name, %round, %why, "refusing round");
-            self.refuse(round, &why).await?;
-            return Ok(None);
+        match check_width(&start, customers.len(), &mut input) {
+            Ok(0) => {}
+            // Only this node's own log says so (a noised round never refuses on data).
+            Ok(clamped) => tracing::warn!(
+                node = %ctx.name, %round, clamped, bound = start.max_per_node,
+                "counts above the round's per-node bound were clamped to it before noise"
+            ),
+            Err(why) => {
+                tracing::warn!(node = %ctx.name, %round, %why, "refusing round");
+                self.refuse(round, &why).await?;
+                return Ok(None);
+            }
         }
         // Issue 10: the noise goes in now, once the un-noised contribution is checked;
         // from here the node holds only the noised vector (zeroized when dropped).
@@ -638,7 +648,7 @@ impl<'a> Rounds<'a> {
         });
         match joined {
             Ok((member, next, sealed)) => {
-                let shares = sign_shares(ctx, round, sealed)?;
+                let shares = sign_shares(ctx, &a.start, sealed)?;
                 self.keyed = Some(Keyed {
                     analysis: a.start.analysis.analysis_id.clone(),
                     setup: round,
@@ -672,7 +682,7 @@ impl<'a> Rounds<'a> {
         }
         let State::ShareKeys(client) = std::mem::replace(&mut a.state, State::Done) else { return Ok(None) };
         let Some(k) = self.keyed.as_ref() else { return Ok(None) };
-        if let Err(why) = verify_share_signatures(&a.u1, round, &ctx.name, &shares) {
+        if let Err(why) = verify_share_signatures(&a.u1, &a.start, &ctx.name, &shares) {
             tracing::warn!(node = %ctx.name, %round, %why, "refusing round");
             self.refuse(round, &why).await?;
             return Ok(None);
@@ -1088,18 +1098,25 @@ fn share_again(
         Ok(x) => x,
         Err(e) => return Ok(Err(e.to_string())),
     };
-    let shares = sign_shares(ctx, round, sealed)?;
+    let shares = sign_shares(ctx, &a.start, sealed)?;
     a.state = State::ShareKeys(state);
     Ok(Ok(FromNode::SealedShares { round, shares }))
 }
 
-/// Sign each sealed share, so a receiver can tell this node's bytes from a relay's.
-fn sign_shares(ctx: &NodeContext, round: RoundId, sealed: Vec<(String, Vec<u8>)>) -> Result<Vec<Sealed>, SessionError> {
+/// Sign each sealed share, so a receiver can tell this node's bytes from a relay's,
+/// and that it was shown the same round start ([`secagg::share_signing_payload`]).
+fn sign_shares(
+    ctx: &NodeContext,
+    start: &RoundStart,
+    sealed: Vec<(String, Vec<u8>)>,
+) -> Result<Vec<Sealed>, SessionError> {
+    let round = start.round;
+    let roster = secagg::roster_digest(&wire::roster_payload(start));
     let mut shares = Vec::with_capacity(sealed.len());
     for (peer, ciphertext) in sealed {
         #[cfg(feature = "test-util")]
         let ciphertext = faults::corrupt(ctx, &peer, ciphertext);
-        let payload = secagg::share_signing_payload(&round, &ctx.name, &peer, &ciphertext);
+        let payload = secagg::share_signing_payload(&round, &ctx.name, &peer, &roster, &ciphertext);
         let signature = ctx.signing.sign(&payload)?;
         shares.push(Sealed { peer, ciphertext, signature });
     }
@@ -1408,17 +1425,21 @@ fn verify_roster(
 /// node, ciphertext), by the certificate U1's roster carried for the sender. The
 /// coordinator checked each on arrival and relays them unchanged, so one that does
 /// not verify was altered in relay: the coordinator's fault, not the sender's.
-fn verify_share_signatures(u1: &[SignedKeys], round: RoundId, me: &str, shares: &[Sealed]) -> Result<(), String> {
+fn verify_share_signatures(u1: &[SignedKeys], start: &RoundStart, me: &str, shares: &[Sealed]) -> Result<(), String> {
+    let round = start.round;
+    let roster = secagg::roster_digest(&wire::roster_payload(start));
     for s in shares {
         let Some(k) = u1.iter().find(|k| k.node == s.peer) else {
             return Err(format!("the coordinator delivered a share from {}, who is not in U1; refusing", s.peer));
         };
-        let payload = secagg::share_signing_payload(&round, &s.peer, me, &s.ciphertext);
+        let payload = secagg::share_signing_payload(&round, &s.peer, me, &roster, &s.ciphertext);
         if let Err(e) = pki::verify_signature(&k.certificate, &payload, &s.signature) {
             return Err(format!(
-                "the coordinator relayed a share from {} whose signature by {} does not verify ({e}): it was \
-                 altered after {} signed it, so the coordinator (the relay) is at fault, not {}; refusing",
-                s.peer, s.peer, s.peer, s.peer
+                "the coordinator relayed a share from {} whose signature by {} does not verify ({e}) over this \
+                 round's start as this node was shown it: either the share was altered after {} signed it, or \
+                 the coordinator showed {} another round start (other noise, threshold or invitees) than this \
+                 node — either way the coordinator is at fault, not {}; refusing",
+                s.peer, s.peer, s.peer, s.peer, s.peer
             ));
         }
     }

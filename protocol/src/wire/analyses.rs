@@ -53,13 +53,17 @@ impl AnalysisKind {
         }
     }
 
-    /// Issue 10: how far one customer of one node can move this analysis's vector. A
-    /// customer is counted in at most one bin of each histogram (`rfm::accumulate`),
-    /// or in exactly one segment: adding or removing it changes one word by one per
-    /// histogram. The unit of privacy is one customer of one node.
+    /// Issue 10: how far one customer of one node can move this analysis's vector, from
+    /// the computation itself. A customer is counted in at most one bin of each
+    /// histogram whose range holds its value (`rfm::accumulate`), so adding or removing
+    /// it changes at most [`fedcrm_analysis::rfm::max_counted`] words by one (per
+    /// metric, the most histograms sharing a value); or exactly one segment count. The
+    /// unit of privacy is one customer of one node.
     pub fn sensitivity(&self) -> fedcrm_dp::accounting::Sensitivity {
         match self {
-            AnalysisKind::RfmHistograms(specs) => fedcrm_dp::accounting::Sensitivity::counts(specs.len()),
+            AnalysisKind::RfmHistograms(specs) => {
+                fedcrm_dp::accounting::Sensitivity::counts(fedcrm_analysis::rfm::max_counted(specs))
+            }
             AnalysisKind::RfmSegments(_) => fedcrm_dp::accounting::Sensitivity::counts(1),
         }
     }
