@@ -89,6 +89,11 @@ impl AnalystClient {
     pub async fn status(&mut self) -> Result<pb::StatusReply, tonic::Status> {
         within(STATUS_TIMEOUT, &self.url, "a status request", self.inner.status(pb::StatusRequest {})).await
     }
+
+    /// Every node's privacy budget this month, as the coordinator knows it (`hq budget`).
+    pub async fn budgets(&mut self) -> Result<pb::BudgetsReply, tonic::Status> {
+        within(STATUS_TIMEOUT, &self.url, "a budget request", self.inner.budgets(pb::BudgetsRequest {})).await
+    }
 }
 
 /// How many days ahead `hq status` warns that a certificate expires.
@@ -244,6 +249,186 @@ pub fn status_table(v: &StatusView) -> String {
         s.push_str(&format!(
             "  warning: {w}
 "
+        ));
+    }
+    s
+}
+
+/// What `hq budget` says of a node that has not connected since the coordinator started.
+pub const BUDGET_UNKNOWN: &str = "not connected since the coordinator started: budget unknown";
+
+/// `hq budget`: every node's privacy budget this month as the coordinator knows it —
+/// what each node announced in its last Hello plus the charges the coordinator saw
+/// since. The nodes enforce their budgets themselves. `--json` prints this; the field
+/// names are stable.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetView {
+    pub coordinator: String,
+    /// The calendar month (UTC) of every figure, YYYY-MM, by the coordinator's clock.
+    pub month: String,
+    /// Every enrolled node in enrolment order, then any node no longer enrolled whose
+    /// budget the coordinator still knows.
+    pub nodes: Vec<NodeBudgetRow>,
+}
+
+/// One node's budget. Every field after `known` is `None` (JSON `null`, an empty CSV
+/// field) when `known` is false: unknown, never 0.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeBudgetRow {
+    pub node: String,
+    /// `false`: the node has not connected since the coordinator started.
+    pub known: bool,
+    /// "required" (noised rounds only) or "optional".
+    pub dp: Option<String>,
+    /// The budget in words, e.g. "ρ = 0.5 (ξ ≤ 1e-6) per calendar month (UTC)".
+    pub budget: Option<String>,
+    /// Charges this month.
+    pub charges: Option<u32>,
+    /// Their composition: zCDP ρ and its additive ξ.
+    pub spent_rho: Option<f64>,
+    pub spent_xi: Option<f64>,
+    /// "epsilon" or "rho": the unit of `used`, `limit` and `remaining`.
+    pub unit: Option<String>,
+    pub used: Option<f64>,
+    pub limit: Option<f64>,
+    /// `limit` − `used`, never below 0.
+    pub remaining: Option<f64>,
+    /// The node's noise floor: the smallest per-node noise variance it accepts, e.g. "4".
+    pub min_noise_variance: Option<String>,
+}
+
+impl BudgetView {
+    pub fn new(r: &pb::BudgetsReply) -> Self {
+        let nodes = r
+            .nodes
+            .iter()
+            .map(|n| {
+                let known = |x| n.known.then_some(x);
+                NodeBudgetRow {
+                    node: n.node.clone(),
+                    known: n.known,
+                    dp: known(n.dp.clone()),
+                    budget: known(n.budget.clone()),
+                    charges: n.known.then_some(n.charges),
+                    spent_rho: n.known.then_some(n.spent_rho),
+                    spent_xi: n.known.then_some(n.spent_xi),
+                    unit: known(n.unit.clone()),
+                    used: n.known.then_some(n.used),
+                    limit: n.known.then_some(n.limit),
+                    remaining: n.known.then_some(n.remaining),
+                    min_noise_variance: known(n.min_noise_variance.clone()),
+                }
+            })
+            .collect();
+        Self { coordinator: r.coordinator.clone(), month: r.month.clone(), nodes }
+    }
+}
+
+/// A budget's unit as its symbol: "epsilon" → ε, "rho" → ρ.
+fn unit_symbol(unit: &str) -> &str {
+    match unit {
+        "epsilon" => "ε",
+        "rho" => "ρ",
+        other => other,
+    }
+}
+
+/// A figure for reading: up to six decimals without trailing zeros; tiny ones in
+/// scientific notation (the CSV and JSON carry every digit).
+fn figure(x: f64) -> String {
+    if x != 0.0 && x.abs() < 1e-4 {
+        return format!("{x:.2e}");
+    }
+    let s = format!("{x:.6}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" { "0".into() } else { s.to_string() }
+}
+
+/// `hq budget` as a table, one line per node, columns aligned; a node whose budget is
+/// unknown says so instead of showing figures.
+pub fn budget_table(v: &BudgetView) -> String {
+    let header: Vec<String> =
+        ["node", "dp", "charges", "spent ρ", "spent ξ", "used", "remaining", "noise floor σ²", "budget"]
+            .map(String::from)
+            .to_vec();
+    let cells = |r: &NodeBudgetRow| -> Option<Vec<String>> {
+        let unit = unit_symbol(r.unit.as_deref()?);
+        Some(vec![
+            r.node.clone(),
+            r.dp.clone()?,
+            r.charges?.to_string(),
+            figure(r.spent_rho?),
+            figure(r.spent_xi?),
+            format!("{unit} {}", figure(r.used?)),
+            format!("{unit} {} of {}", figure(r.remaining?), figure(r.limit?)),
+            r.min_noise_variance.clone()?,
+            r.budget.clone()?,
+        ])
+    };
+    let rows: Vec<(String, Option<Vec<String>>)> =
+        v.nodes.iter().map(|r| (r.node.clone(), if r.known { cells(r) } else { None })).collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for (node, cells) in &rows {
+        widths[0] = widths[0].max(node.chars().count());
+        for (w, c) in widths.iter_mut().zip(cells.iter().flatten()) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    // The last column (the budget in words) is not padded.
+    let line = |cells: &[String]| {
+        let mut l = String::from(" ");
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(&format!(" {c}"));
+            } else {
+                l.push_str(&format!(" {c:<w$}"));
+            }
+        }
+        l.push('\n');
+        l
+    };
+    let mut s = format!(
+        "privacy budgets in {} (UTC) as coordinator {} knows them; each node enforces its own\n",
+        v.month, v.coordinator
+    );
+    s.push_str(&line(&header));
+    for (node, cells) in &rows {
+        match cells {
+            Some(c) => s.push_str(&line(c)),
+            None => s.push_str(&line(&[node.clone(), BUDGET_UNKNOWN.to_string()])),
+        }
+    }
+    s
+}
+
+/// `hq budget --csv`: a header row, then one row per node; an unknown budget has
+/// `known` = false and empty figures. Figures carry every digit (`0.0625`, `4.0`, `5e-66`).
+pub fn budget_csv(v: &BudgetView) -> String {
+    let mut s = String::from(
+        "month,node,known,dp,budget,charges,spent_rho,spent_xi,unit,used,limit,remaining,min_noise_variance\n",
+    );
+    // `{:?}`: every digit, and an exponent for very small or large figures (ξ is often
+    // ~1e-66, which `{}` would spell out in 66 decimals).
+    let num = |x: Option<f64>| x.map(|x| format!("{x:?}")).unwrap_or_default();
+    let text = |x: &Option<String>| csv_field(x.as_deref().unwrap_or(""));
+    for r in &v.nodes {
+        s.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            csv_field(&v.month),
+            csv_field(&r.node),
+            r.known,
+            text(&r.dp),
+            text(&r.budget),
+            r.charges.map(|c| c.to_string()).unwrap_or_default(),
+            num(r.spent_rho),
+            num(r.spent_xi),
+            text(&r.unit),
+            num(r.used),
+            num(r.limit),
+            num(r.remaining),
+            text(&r.min_noise_variance),
         ));
     }
     s
@@ -523,6 +708,67 @@ mod tests {
         assert!(table.contains("warning: node n-soon: expires in 29 day(s)"), "{table}");
         assert!(table.contains("warning: analyst analyst.hq: expired"), "{table}");
         assert!(!table.contains("node n-fine:"), "{table}");
+    }
+
+    fn budgets_reply() -> pb::BudgetsReply {
+        pb::BudgetsReply {
+            coordinator: "coordinator.hq".into(),
+            month: "2026-11".into(),
+            nodes: vec![
+                pb::NodeBudget {
+                    node: "node-0".into(),
+                    known: true,
+                    dp: "required".into(),
+                    budget: "ε = 4 at δ = 1e-6 per calendar month (UTC)".into(),
+                    charges: 2,
+                    spent_rho: 0.0625,
+                    spent_xi: 5e-66,
+                    unit: "epsilon".into(),
+                    used: 2.75,
+                    limit: 4.0,
+                    remaining: 1.25,
+                    min_noise_variance: "4".into(),
+                },
+                pb::NodeBudget { node: "node-with-a-long,name".into(), known: false, ..Default::default() },
+            ],
+        }
+    }
+
+    #[test]
+    fn budget_table_names_the_unit_and_never_invents_an_unknown_budget() {
+        let v = BudgetView::new(&budgets_reply());
+        let unknown = &v.nodes[1];
+        assert!(!unknown.known && unknown.used.is_none() && unknown.charges.is_none(), "{unknown:?}");
+        let table = budget_table(&v);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].contains("2026-11") && lines[0].contains("coordinator.hq"), "{table}");
+        assert!(lines[2].contains("ε 1.25 of 4") && lines[2].contains("ε 2.75"), "{table}");
+        assert!(lines[3].contains("node-with-a-long,name") && lines[3].ends_with(BUDGET_UNKNOWN), "{table}");
+        // Aligned: every column starts where its header does (in characters: ε, ρ, σ²).
+        let at = |line: &str, word: &str| line.find(word).map(|b| line[..b].chars().count());
+        assert_eq!(at(lines[1], "dp"), at(lines[2], "required"), "{table}");
+        assert_eq!(at(lines[1], "dp"), at(lines[3], "not connected"), "{table}");
+        assert_eq!(at(lines[1], "remaining"), at(lines[2], "ε 1.25"), "{table}");
+        assert_eq!(at(lines[1], "budget"), at(lines[2], "ε = 4"), "{table}");
+    }
+
+    #[test]
+    fn budget_csv_quotes_fields_and_leaves_unknown_figures_empty() {
+        let csv = budget_csv(&BudgetView::new(&budgets_reply()));
+        assert_eq!(
+            csv,
+            "month,node,known,dp,budget,charges,spent_rho,spent_xi,unit,used,limit,remaining,min_noise_variance\n\
+             2026-11,node-0,true,required,ε = 4 at δ = 1e-6 per calendar month (UTC),2,0.0625,5e-66,epsilon,2.75,4.0,1.25,4\n\
+             2026-11,\"node-with-a-long,name\",false,,,,,,,,,,\n"
+        );
+    }
+
+    #[test]
+    fn figures_read_plainly() {
+        assert_eq!(figure(0.0), "0");
+        assert_eq!(figure(0.07 - 0.0625), "0.0075");
+        assert_eq!(figure(10.0), "10");
+        assert_eq!(figure(2e-7), "2.00e-7");
     }
 
     #[test]

@@ -289,6 +289,26 @@ enum HqCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Every node's privacy budget for this calendar month (UTC), as the coordinator
+    /// knows it.
+    ///
+    /// Per node: its dp policy, its budget, this month's charges (ρ and ξ spent), how
+    /// much is used and remains in the budget's unit (ε or ρ), and its noise floor. It is
+    /// HQ's view: what each node announced in its last Hello plus the charges the
+    /// coordinator saw since; the nodes enforce their budgets themselves. An enrolled
+    /// node that has not connected since the coordinator started is listed with its
+    /// budget unknown.
+    Budget {
+        /// The analyst's configuration: coordinator URL and analyst certificate.
+        #[arg(long, default_value = "hq.toml")]
+        config: PathBuf,
+        /// Print JSON (stable field names; unknown figures are null).
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        /// Print CSV: a header row, then one row per node.
+        #[arg(long)]
+        csv: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -428,6 +448,7 @@ impl Command {
             | Command::Audit(AuditCommand::Report { json, .. })
             | Command::Hq(HqCommand::Segments { json, .. })
             | Command::Hq(HqCommand::Status { json, .. })
+            | Command::Hq(HqCommand::Budget { json, .. })
             | Command::Bench(BenchCommand::Secagg { json, .. })
             | Command::Bench(BenchCommand::Audit { json, .. }) => *json,
             _ => false,
@@ -624,6 +645,20 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&view)?);
             } else {
                 print!("{}", fedcrm::hq::status_table(&view));
+            }
+            Ok(())
+        }
+        Command::Hq(HqCommand::Budget { config, json, csv }) => {
+            let cfg = HqConfig::load(&config)?;
+            let mut client = AnalystClient::connect(&cfg).await?;
+            let reply = client.budgets().await.map_err(|s| anyhow::anyhow!("coordinator: {}", s.message()))?;
+            let view = fedcrm::hq::BudgetView::new(&reply);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else if csv {
+                print!("{}", fedcrm::hq::budget_csv(&view));
+            } else {
+                print!("{}", fedcrm::hq::budget_table(&view));
             }
             Ok(())
         }

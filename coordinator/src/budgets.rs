@@ -128,6 +128,18 @@ impl Budgets {
             })
             .collect()
     }
+
+    /// `hq budget`: every name in `enrolled`, in that order, with its row for the month
+    /// of `now_ms` (`None`: it has not connected since the coordinator started, so its
+    /// budget is unknown), then the rows of nodes no longer enrolled.
+    pub fn for_enrolled(&self, now_ms: u64, enrolled: &[String]) -> Vec<(String, Option<BudgetRow>)> {
+        let mut rows: BTreeMap<String, BudgetRow> =
+            self.table(now_ms).into_iter().map(|r| (r.node.clone(), r)).collect();
+        let mut out: Vec<(String, Option<BudgetRow>)> =
+            enrolled.iter().map(|name| (name.clone(), rows.remove(name))).collect();
+        out.extend(rows.into_iter().map(|(name, row)| (name, Some(row))));
+        out
+    }
 }
 
 #[cfg(test)]
@@ -168,5 +180,20 @@ mod tests {
         assert_eq!(b.check("a", NOV_END, Charge { rho: 0.45, xi: 0.0 }), Ok(()));
         // An unknown node is the node's own business (it refuses if it must).
         assert_eq!(b.check("zz", NOV_END, Charge { rho: 9.0, xi: 0.0 }), Ok(()));
+    }
+
+    #[test]
+    fn enrolled_nodes_come_first_and_unknown_ones_have_no_row() {
+        let b = Budgets::default();
+        b.announce("a", status("2026-11", 0.3));
+        b.announce("gone", status("2026-11", 0.1));
+        let enrolled = ["never".to_string(), "a".to_string()];
+        let rows = b.for_enrolled(NOV_END, &enrolled);
+        let names: Vec<&str> = rows.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["never", "a", "gone"]);
+        assert!(rows[0].1.is_none(), "never connected: unknown, not zero");
+        let table = b.table(NOV_END);
+        assert_eq!(rows[1].1.as_ref(), table.iter().find(|r| r.node == "a"));
+        assert_eq!(rows[2].1.as_ref(), table.iter().find(|r| r.node == "gone"));
     }
 }

@@ -379,4 +379,40 @@ impl pb::analyst_server::Analyst for AnalystService {
             coordinator_not_after: pki::not_after_unix(&c.certificate).unwrap_or(0),
         }))
     }
+
+    /// Issue 10: every node's privacy budget this month, as the coordinator knows it
+    /// (like `status`, a read of the coordinator's state: no audit record).
+    async fn budgets(&self, req: Request<pb::BudgetsRequest>) -> Result<Response<pb::BudgetsReply>, Status> {
+        require_analyst(&self.0, &req)?;
+        let c = &self.0;
+        let now = c.now_ms();
+        let enrolled: Vec<String> = c.enrolment.list().into_iter().map(|e| e.name).collect();
+        let nodes = c
+            .budgets
+            .for_enrolled(now, &enrolled)
+            .into_iter()
+            .map(|(node, row)| match row {
+                None => pb::NodeBudget { node, known: false, ..Default::default() },
+                Some(r) => pb::NodeBudget {
+                    node,
+                    known: true,
+                    dp: r.dp.into(),
+                    budget: r.budget,
+                    charges: u32::try_from(r.charges).unwrap_or(u32::MAX),
+                    spent_rho: r.rho,
+                    spent_xi: r.xi,
+                    unit: r.unit.into(),
+                    used: r.used,
+                    limit: r.limit,
+                    remaining: r.remaining,
+                    min_noise_variance: r.min_noise_variance,
+                },
+            })
+            .collect();
+        Ok(Response::new(pb::BudgetsReply {
+            coordinator: c.config.name.clone(),
+            month: fedcrm_dp::budget::Month::of(now).to_string(),
+            nodes,
+        }))
+    }
 }
