@@ -104,6 +104,17 @@ fn egress_in(cluster: &Cluster, node: &str, round: &str) -> Vec<String> {
         .collect()
 }
 
+/// The auditor's report on the coordinator's and every node's log, over the days the
+/// records cover (taken from the records, not the real calendar).
+fn audit_report(cluster: &Cluster) -> fedcrm_audit::report::Report {
+    let mut logs = vec![records(&cluster.coordinator.config.audit_dir)];
+    logs.extend(cluster.node_configs.iter().map(|c| records(&c.audit_dir)));
+    let day = |ms: u64| time::OffsetDateTime::from_unix_timestamp((ms / 1000) as i64).unwrap().date();
+    let times = logs.iter().flatten().map(|r| r.time_ms);
+    let (from, to) = (day(times.clone().min().unwrap()), day(times.max().unwrap()));
+    fedcrm_audit::report::build(&logs, from, to, None)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_over_its_budget_refuses_before_anything_leaves_and_hq_refuses_up_front() {
     common::logs();
@@ -140,6 +151,27 @@ async fn a_node_over_its_budget_refuses_before_anything_leaves_and_hq_refuses_up
     assert!(why.starts_with("node-1: its privacy budget") && !why.contains("node-0"), "{why}");
     assert!(err.to_string().contains("refused before it started"), "{err}");
     assert_eq!(started(&cluster), before, "no round started");
+
+    // The auditor's report: per node, the month's two charges in both logs, none
+    // flagged, and node-1's spending as node-1 itself recorded it.
+    let report = audit_report(&cluster);
+    let privacy = &report.privacy;
+    assert!(privacy.coordinator_log_read);
+    assert!(privacy.mismatches.is_empty(), "{:?}", privacy.mismatches);
+    let nodes: Vec<&str> = privacy.months.iter().map(|m| m.node.as_str()).collect();
+    assert_eq!(nodes, common::node_names(5));
+    for m in &privacy.months {
+        let (own, seen) = (m.node_log.as_ref().unwrap(), m.coordinator_log.as_ref().unwrap());
+        assert_eq!((m.month.as_str(), own.charges, seen.charges), ("2026-11", 2, 2), "{}", m.node);
+        assert!((own.rho - 2.0 * charge).abs() < 1e-12 && (seen.rho - own.rho).abs() < 1e-12, "{m:?}");
+        assert_eq!(m.per_analysis.len(), 2, "{}: one charge per analysis", m.node);
+        assert!(m.per_analysis.iter().all(|a| a.node_log.as_ref().unwrap().charges == 1), "{m:?}");
+    }
+    let node1 = privacy.months.iter().find(|m| m.node == "node-1").unwrap().node_log.clone().unwrap();
+    assert!(node1.budget.starts_with("ρ = 0.07"), "{}", node1.budget);
+    assert!((node1.used.unwrap() - 2.0 * charge).abs() < 1e-12 && node1.limit == Some(0.07), "{node1:?}");
+    let md = fedcrm_audit::report::markdown(&report);
+    assert!(md.contains("## 7. Privacy budget") && md.contains("0.0625 of 0.07 (ρ)"), "{md}");
     cluster.stop().await;
 }
 
@@ -210,6 +242,10 @@ async fn a_retried_round_is_charged_twice() {
         assert_eq!(own.len(), 2, "{node}: charged for the aborted round and again for the retry: {own:?}");
         assert_ne!(own[0].0, own[1].0);
     }
+    // Every vector that left arrived: the auditor's report finds both logs agree.
+    let privacy = audit_report(&cluster).privacy;
+    assert!(privacy.mismatches.is_empty(), "{:?}", privacy.mismatches);
+    assert!(privacy.months.iter().all(|m| m.coordinator_log.as_ref().unwrap().charges == 2), "{:?}", privacy.months);
     // node-1 (ρ = 0.07) has room for no third round: HQ knows it from the restarted
     // nodes' Hellos and its own records.
     let err = cluster.coordinator.run_histograms(&dp_request("third"), specs()).await.unwrap_err();

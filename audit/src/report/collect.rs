@@ -529,3 +529,177 @@ pub(super) fn seals(parties: &[PartyLog], in_period: &[&Record]) -> Vec<SealCoun
         })
         .collect()
 }
+
+/// One `privacy-charged` record: the node charged and what it says.
+struct ChargeRecord<'a> {
+    record: &'a Record,
+    /// The coordinator's record of a node's charge (else the node's own).
+    by_coordinator: bool,
+    node: &'a str,
+    round: &'a str,
+    analysis: &'a str,
+    month: &'a str,
+    rho: f64,
+    xi: f64,
+    budget: &'a str,
+    used: f64,
+    limit: f64,
+}
+
+impl<'a> ChargeRecord<'a> {
+    fn of(record: &'a Record) -> Option<Self> {
+        let Event::PrivacyCharged { round, analysis, node, month, rho, xi, budget, used, limit, .. } = &record.event
+        else {
+            return None;
+        };
+        // A node's own record leaves `node` empty: the node is the log's owner.
+        let by_coordinator = !node.is_empty();
+        Some(ChargeRecord {
+            record,
+            by_coordinator,
+            node: if by_coordinator { node } else { &record.party },
+            round,
+            analysis,
+            month,
+            rho: *rho,
+            xi: *xi,
+            budget,
+            used: *used,
+            limit: *limit,
+        })
+    }
+}
+
+impl ChargeTotals {
+    fn add(&mut self, c: &ChargeRecord) {
+        self.charges += 1;
+        self.rho += c.rho;
+        self.xi += c.xi;
+    }
+}
+
+/// One node's charges in one month, as each log records them.
+#[derive(Default)]
+struct MonthCharges<'a> {
+    own: ChargeTotals,
+    /// The node's last charge of the month (in the period): its budget, used and limit.
+    last_own: Option<ChargeRecord<'a>>,
+    seen: ChargeTotals,
+    /// Per analysis, in the order first charged: (analysis, node's log, coordinator's log).
+    per_analysis: Vec<(&'a str, ChargeTotals, ChargeTotals)>,
+}
+
+/// Whether two logs' ρ for one charge differ by more than [`RHO_TOLERANCE`] (relative;
+/// a value that is not a number always differs).
+fn rho_differs(a: f64, b: f64) -> bool {
+    let within = (a - b).abs() <= RHO_TOLERANCE * a.abs().max(b.abs());
+    !within
+}
+
+pub(super) fn privacy(all: &[&Record], in_period: &[&Record], names: &NameIndex, period: &Period) -> PrivacyBudget {
+    // Logs read: every party with a record; the coordinator's is one of them or not.
+    let read: BTreeSet<&str> = all.iter().map(|r| r.party.as_str()).collect();
+    let coordinator_log_read = all.iter().any(|r| names.is_coordinator(&r.party));
+
+    let mut months: BTreeMap<(&str, &str), MonthCharges> = BTreeMap::new();
+    for c in in_period.iter().filter_map(|r| ChargeRecord::of(r)) {
+        let m = months.entry((c.node, c.month)).or_default();
+        let i = match m.per_analysis.iter().position(|(a, ..)| *a == c.analysis) {
+            Some(i) => i,
+            None => {
+                m.per_analysis.push((c.analysis, ChargeTotals::default(), ChargeTotals::default()));
+                m.per_analysis.len() - 1
+            }
+        };
+        if c.by_coordinator {
+            m.seen.add(&c);
+            m.per_analysis[i].2.add(&c);
+        } else {
+            m.own.add(&c);
+            m.per_analysis[i].1.add(&c);
+            m.last_own = Some(c);
+        }
+    }
+    let months = months
+        .into_iter()
+        .map(|((node, month), m)| {
+            let node_log_read = read.contains(node);
+            NodeMonthCharges {
+                node: node.to_string(),
+                organisation: names.org(node),
+                month: month.to_string(),
+                node_log: node_log_read.then(|| OwnCharges {
+                    charges: m.own.charges,
+                    rho: m.own.rho,
+                    xi: m.own.xi,
+                    budget: m.last_own.as_ref().map(|c| c.budget.to_string()).unwrap_or_default(),
+                    used: m.last_own.as_ref().map(|c| c.used),
+                    limit: m.last_own.as_ref().map(|c| c.limit),
+                    last_charge_at: m.last_own.as_ref().map(|c| fmt_time(c.record.time_ms)),
+                }),
+                coordinator_log: coordinator_log_read.then_some(m.seen),
+                per_analysis: m
+                    .per_analysis
+                    .into_iter()
+                    .map(|(analysis, own, seen)| AnalysisCharges {
+                        analysis: analysis.to_string(),
+                        kind: names.kind(analysis).unwrap_or_default(),
+                        node_log: node_log_read.then_some(own),
+                        coordinator_log: coordinator_log_read.then_some(seen),
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+
+    // Compared over the whole logs, so that a charge recorded just inside the period by
+    // one side and just outside it by the other is not a mismatch; listed when the
+    // charge (either side's record of it) is in the period.
+    let mut mismatches: Vec<Dated<ChargeMismatch>> = Vec::new();
+    if coordinator_log_read {
+        // (node, round) → (the node's records, the coordinator's), for nodes whose log was read.
+        type Sides<'a> = (Vec<ChargeRecord<'a>>, Vec<ChargeRecord<'a>>);
+        let mut charges: BTreeMap<(&str, &str), Sides> = BTreeMap::new();
+        for c in all.iter().filter_map(|r| ChargeRecord::of(r)) {
+            if !read.contains(c.node) {
+                continue;
+            }
+            let sides = charges.entry((c.node, c.round)).or_default();
+            if c.by_coordinator { sides.1.push(c) } else { sides.0.push(c) }
+        }
+        for ((node, round), (own, seen)) in charges {
+            // A round is charged once per node; a repeat on one side is paired in order.
+            for i in 0..own.len().max(seen.len()) {
+                let (o, s) = (own.get(i), seen.get(i));
+                let kind = match (o, s) {
+                    (Some(o), Some(s)) if rho_differs(o.rho, s.rho) => MismatchKind::RhoDiffers,
+                    (Some(_), Some(_)) | (None, None) => continue,
+                    (Some(_), None) => MismatchKind::MissingFromCoordinatorLog,
+                    (None, Some(_)) => MismatchKind::MissingFromNodeLog,
+                };
+                if ![o, s].into_iter().flatten().any(|c| period.contains(c.record.time_ms)) {
+                    continue;
+                }
+                let Some(first) = o.or(s) else { continue };
+                mismatches.push(Dated {
+                    time_ms: first.record.time_ms,
+                    row: ChargeMismatch {
+                        kind,
+                        node: node.to_string(),
+                        organisation: names.org(node),
+                        round: round.to_string(),
+                        analysis: first.analysis.to_string(),
+                        at: fmt_time(first.record.time_ms),
+                        node_rho: o.map(|c| c.rho),
+                        coordinator_rho: s.map(|c| c.rho),
+                    },
+                });
+            }
+        }
+    }
+    mismatches.sort_by(|a, b| {
+        let (x, y) = (&a.row, &b.row);
+        (a.time_ms, &x.node, &x.round, x.kind).cmp(&(b.time_ms, &y.node, &y.round, y.kind))
+    });
+    PrivacyBudget { coordinator_log_read, months, mismatches: mismatches.into_iter().map(|m| m.row).collect() }
+}

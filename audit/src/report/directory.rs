@@ -111,7 +111,8 @@ impl NameIndex {
                 _ => {}
             }
         }
-        // Coordinators: by certificate role, or by recording coordinator-only events.
+        // Coordinators: by certificate role, or by recording coordinator-only events (a
+        // charge naming the node charged is the coordinator's record of it).
         for r in all {
             let coordinator_event = matches!(
                 r.event,
@@ -120,7 +121,7 @@ impl NameIndex {
                     | Event::AnalysisFailed { .. }
                     | Event::NodeExit { .. }
                     | Event::ShareReported { .. }
-            );
+            ) || matches!(&r.event, Event::PrivacyCharged { node, .. } if !node.is_empty());
             if coordinator_event || index.roles.get(&r.party).is_some_and(|role| role.contains("coordinator")) {
                 index.coordinators.insert(r.party.clone());
             }

@@ -52,6 +52,15 @@ pub(super) fn doc(r: &Report) -> Doc {
             thousands(r.suppressed.total_suppressed),
             thousands(r.suppressed.total_cells)
         ),
+        format!(
+            "{} of a node's privacy budget in the nodes' logs; {} between a node's log and the coordinator's.",
+            count(
+                r.privacy.months.iter().filter_map(|m| m.node_log.as_ref()).map(|o| o.charges).sum(),
+                "charge",
+                "charges"
+            ),
+            count(r.privacy.mismatches.len() as u64, "mismatch", "mismatches")
+        ),
         format!("{} issued.", count(r.certificates.len() as u64, "certificate", "certificates")),
     ];
     let meta = vec![
@@ -78,6 +87,7 @@ pub(super) fn doc(r: &Report) -> Doc {
         section_refusals(r),
         section_thresholds(r),
         section_suppressed(r),
+        section_privacy(r),
         section_approvals(r),
         section_models(r),
         section_certificates(r),

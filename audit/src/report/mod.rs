@@ -73,27 +73,29 @@ pub struct Report {
     pub policy_decisions: Vec<PolicyCounts>,
     /// 6. Cells withheld from released results.
     pub suppressed: SuppressedCells,
-    /// 7. Manual approvals, one per request.
+    /// 7. Privacy-budget charges per node, month and analysis; where the logs disagree.
+    pub privacy: PrivacyBudget,
+    /// 8. Manual approvals, one per request.
     pub approvals: Vec<Approval>,
-    /// 7. Manual approval events per node.
+    /// 8. Manual approval events per node.
     pub approval_counts: Vec<ApprovalCounts>,
-    /// 8. Models published.
+    /// 9. Models published.
     pub models: Vec<ModelPublication>,
-    /// 8. Models applied locally at a node.
+    /// 9. Models applied locally at a node.
     pub scoring: Vec<ScoringRun>,
-    /// 9. Certificates issued by the brand CA.
+    /// 10. Certificates issued by the brand CA.
     pub certificates: Vec<CertificateIssuance>,
-    /// 9. Certificates revoked by the brand CA.
+    /// 10. Certificates revoked by the brand CA.
     pub revocations: Vec<CertificateRevocation>,
-    /// 9. Authenticated sessions, per log and peer.
+    /// 10. Authenticated sessions, per log and peer.
     pub sessions: Vec<SessionCounts>,
-    /// 9. The nodes the coordinator accepted (its latest enrolment record in the period).
+    /// 10. The nodes the coordinator accepted (its latest enrolment record in the period).
     pub enrolment: Vec<Participant>,
-    /// 9. Connections the coordinator refused, and why.
+    /// 10. Connections the coordinator refused, and why.
     pub refused_sessions: Vec<RefusedSession>,
-    /// 10. Retention deletions and crash recoveries.
+    /// 11. Retention deletions and crash recoveries.
     pub integrity: Vec<IntegrityNote>,
-    /// 10. Seals (signed log heads) per party.
+    /// 11. Seals (signed log heads) per party.
     pub seals: Vec<SealCount>,
 }
 
@@ -300,6 +302,103 @@ pub struct SuppressedCells {
     pub per_analysis: Vec<AnalysisSuppressed>,
 }
 
+/// Privacy-budget charges (`privacy-charged` records) in the period. A node records
+/// each charge in its own log just before its noised contribution leaves; the
+/// coordinator records the same charge, naming the node, when it arrives.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PrivacyBudget {
+    /// Whether a coordinator's log was read. Charges are compared only for nodes whose
+    /// own log was read too.
+    pub coordinator_log_read: bool,
+    /// One row per node and calendar month (UTC) with a charge in the period in either log.
+    pub months: Vec<NodeMonthCharges>,
+    /// Charges one log records and the other does not, or records with a different ρ.
+    pub mismatches: Vec<ChargeMismatch>,
+}
+
+/// Charges counted and summed.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ChargeTotals {
+    pub charges: u64,
+    /// Σρ (zCDP).
+    pub rho: f64,
+    /// Σξ (zCDP).
+    pub xi: f64,
+}
+
+/// A node's charges in one month, from its own log.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct OwnCharges {
+    pub charges: u64,
+    pub rho: f64,
+    pub xi: f64,
+    /// The node's monthly budget in words, as of its last charge in the month (in the period).
+    pub budget: String,
+    /// How much of the month's budget the node's charges used after that last charge,
+    /// as the node composed it, in the budget's own unit (ε or ρ); `None` without a charge.
+    pub used: Option<f64>,
+    /// The month's limit in the same unit, as of that charge.
+    pub limit: Option<f64>,
+    pub last_charge_at: Option<String>,
+}
+
+/// One node's charges in one calendar month.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct NodeMonthCharges {
+    pub node: String,
+    pub organisation: String,
+    /// `YYYY-MM` (UTC), as the charges record it.
+    pub month: String,
+    /// From the node's own log; `None` when its log was not read.
+    pub node_log: Option<OwnCharges>,
+    /// The coordinator's records of this node's charges; `None` when its log was not read.
+    pub coordinator_log: Option<ChargeTotals>,
+    /// The same charges per analysis.
+    pub per_analysis: Vec<AnalysisCharges>,
+}
+
+/// One node's charges for one analysis in one month.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AnalysisCharges {
+    pub analysis: String,
+    pub kind: String,
+    /// `None` when the node's log was not read.
+    pub node_log: Option<ChargeTotals>,
+    /// `None` when the coordinator's log was not read.
+    pub coordinator_log: Option<ChargeTotals>,
+}
+
+/// How a node's log and the coordinator's disagree on a charge.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum MismatchKind {
+    /// The node's log records the charge; the coordinator's log does not.
+    MissingFromCoordinatorLog,
+    /// The coordinator's log records a charge for the node; the node's log does not.
+    MissingFromNodeLog,
+    /// Both record it, with ρ differing by more than [`RHO_TOLERANCE`] (relative).
+    RhoDiffers,
+}
+
+/// Largest relative difference between the two logs' ρ for one charge.
+pub const RHO_TOLERANCE: f64 = 1e-9;
+
+/// A charge the node's log and the coordinator's disagree on.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ChargeMismatch {
+    pub kind: MismatchKind,
+    pub node: String,
+    pub organisation: String,
+    pub round: String,
+    pub analysis: String,
+    /// When the node recorded the charge, or, missing from its log, when the coordinator did.
+    pub at: String,
+    /// ρ in the node's log (`None`: not there).
+    pub node_rho: Option<f64>,
+    /// ρ in the coordinator's log (`None`: not there).
+    pub coordinator_rho: Option<f64>,
+}
+
 /// How a manual approval request ended.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
@@ -450,6 +549,7 @@ pub fn build(logs: &[Vec<Record>], from: Date, to: Date, verification: Option<St
     let suppressed = suppressed(&in_period, &names);
     let (egress, egress_total) = egress(&all, &in_period, &names);
     let (approvals, approval_counts) = approvals(&all, &in_period, &names, &period);
+    let privacy = privacy(&all, &in_period, &names, &period);
     Report {
         from: fmt_date(from),
         to: fmt_date(to),
@@ -479,6 +579,7 @@ pub fn build(logs: &[Vec<Record>], from: Date, to: Date, verification: Option<St
         thresholds,
         policy_decisions: policy_decisions(&in_period, &names),
         suppressed,
+        privacy,
         approvals,
         approval_counts,
         models: in_period

@@ -266,6 +266,192 @@ pub(super) fn section_suppressed(r: &Report) -> Section {
     }
 }
 
+/// The unit of a node's budget (`ε` or `ρ`), from its budget in words.
+fn budget_unit(budget: &str) -> &'static str {
+    if budget.starts_with('ε') {
+        " (ε)"
+    } else if budget.starts_with('ρ') {
+        " (ρ)"
+    } else {
+        ""
+    }
+}
+
+/// Charges and Σρ as one cell, or "not read" when that log was not read.
+fn charges_cell(t: Option<&ChargeTotals>) -> String {
+    match t {
+        Some(t) => format!("{} (Σρ {})", count(t.charges, "charge", "charges"), real(t.rho)),
+        None => "log not read".to_string(),
+    }
+}
+
+pub(super) fn section_privacy(r: &Report) -> Section {
+    let p = &r.privacy;
+    let mut blocks = Vec::new();
+    if p.months.is_empty() {
+        blocks.push(Block::Para(NONE.to_string()));
+    }
+    let mut coordinator_only: Vec<String> = Vec::new();
+    let rows: Vec<Vec<String>> = p
+        .months
+        .iter()
+        .map(|m| {
+            let node = who(&m.node, &m.organisation);
+            let coordinator = charges_cell(m.coordinator_log.as_ref());
+            match (&m.node_log, &m.coordinator_log) {
+                (Some(o), _) => vec![
+                    node,
+                    m.month.clone(),
+                    thousands(o.charges),
+                    real(o.rho),
+                    real(o.xi),
+                    o.last_charge_at.clone().unwrap_or_else(|| "–".to_string()),
+                    match (o.used, o.limit) {
+                        (Some(used), Some(limit)) => {
+                            format!("{} of {}{}", real(used), real(limit), budget_unit(&o.budget))
+                        }
+                        _ => "–".to_string(),
+                    },
+                    if o.budget.is_empty() { "–".to_string() } else { o.budget.clone() },
+                    coordinator,
+                ],
+                (None, seen) => {
+                    if !coordinator_only.contains(&m.node) {
+                        coordinator_only.push(m.node.clone());
+                    }
+                    let seen = seen.clone().unwrap_or_default();
+                    vec![
+                        node,
+                        m.month.clone(),
+                        format!("{} (coordinator's log; the node's own log was not read)", thousands(seen.charges)),
+                        real(seen.rho),
+                        real(seen.xi),
+                        "–".to_string(),
+                        "not known without the node's own log".to_string(),
+                        "not known without the node's own log".to_string(),
+                        coordinator,
+                    ]
+                }
+            }
+        })
+        .collect();
+    if !rows.is_empty() {
+        blocks.push(table(
+            vec![
+                "Node",
+                "Month (UTC)",
+                "Charges",
+                "Σρ",
+                "Σξ",
+                "Last charge",
+                "Spent of the month's limit after it",
+                "Monthly budget",
+                "Coordinator's log",
+            ],
+            rows,
+        ));
+        blocks.push(Block::Para(
+            "Charges, Σρ and Σξ count the charges in this period, from the node's own log. \"Spent of the month's \
+             limit\" is the whole month's spending as the node itself computed it after its last charge in this \
+             period (it includes any charges earlier in the month), in the unit of its budget."
+                .to_string(),
+        ));
+        if !coordinator_only.is_empty() {
+            blocks.push(Block::Para(format!(
+                "The own logs of {} were not read: their rows show the coordinator's records of their charges, \
+                 which could not be checked against the nodes' own.",
+                coordinator_only.join(", ")
+            )));
+        }
+        let per_analysis = p
+            .months
+            .iter()
+            .flat_map(|m| {
+                m.per_analysis.iter().map(|a| {
+                    vec![
+                        m.node.clone(),
+                        m.month.clone(),
+                        a.analysis.clone(),
+                        or_unknown(&a.kind),
+                        charges_cell(a.node_log.as_ref()),
+                        charges_cell(a.coordinator_log.as_ref()),
+                    ]
+                })
+            })
+            .collect();
+        blocks.push(Block::Sub("Charges per analysis".to_string()));
+        blocks.push(table(
+            vec!["Node", "Month (UTC)", "Analysis", "Kind", "Node's own log", "Coordinator's log"],
+            per_analysis,
+        ));
+        blocks.push(Block::Sub("Charges the node's log and the coordinator's disagree on".to_string()));
+        if !p.coordinator_log_read {
+            blocks.push(Block::Para("Not compared: the coordinator's log was not read.".to_string()));
+        } else if p.mismatches.is_empty() {
+            blocks.push(Block::Para(
+                "None: every charge in the nodes' logs read is also in the coordinator's log with the same ρ, and \
+                 the reverse."
+                    .to_string(),
+            ));
+        } else {
+            blocks.push(Block::Para(
+                "A charge in a node's log that the coordinator's log does not have means the node charged its budget \
+                 but its contribution never arrived — for example the node crashed, or the network failed, between \
+                 the charge and the send. The node lost budget without anything being released, which is safe for \
+                 privacy. A charge in the coordinator's log that the node's log does not have should never happen \
+                 with an honest node: it points to a node log that was cut short or to an error at the coordinator, \
+                 and should be investigated. A different ρ means the two sides computed the same charge differently. \
+                 Logs copied at different times can also differ on the latest charges: compare each log's last \
+                 record in section 1."
+                    .to_string(),
+            ));
+            let rows = p
+                .mismatches
+                .iter()
+                .map(|x| {
+                    let rho = |v: Option<f64>| v.map_or_else(|| "–".to_string(), real);
+                    vec![
+                        x.at.clone(),
+                        who(&x.node, &x.organisation),
+                        x.analysis.clone(),
+                        x.round.clone(),
+                        match x.kind {
+                            MismatchKind::MissingFromCoordinatorLog => format!(
+                                "MISSING FROM THE COORDINATOR'S LOG: the node charged ρ = {} but the coordinator \
+                                 did not record its contribution arriving",
+                                rho(x.node_rho)
+                            ),
+                            MismatchKind::MissingFromNodeLog => format!(
+                                "MISSING FROM THE NODE'S LOG: the coordinator recorded a charge of ρ = {} that the \
+                                 node's own log does not have",
+                                rho(x.coordinator_rho)
+                            ),
+                            MismatchKind::RhoDiffers => format!(
+                                "DIFFERENT ρ: {} in the node's log, {} in the coordinator's log",
+                                rho(x.node_rho),
+                                rho(x.coordinator_rho)
+                            ),
+                        },
+                    ]
+                })
+                .collect();
+            blocks.push(table(vec!["When", "Node", "Analysis", "Round", "What the logs show"], rows));
+        }
+    }
+    Section {
+        title: "7. Privacy budget",
+        explain: "Differential privacy adds random noise to what each franchisee's node sends, so that no result can \
+                  reveal whether any one customer is in the data. ε (epsilon) — and ρ (rho), the finer unit each \
+                  charge is computed in — measure how much results may reveal about one customer: the smaller, the \
+                  more private. Each analysis a node takes part in is charged against that node's limit for the \
+                  calendar month (UTC). Each franchisee's node enforces its own budget: it records the charge in its \
+                  own log just before its noised contribution leaves, and refuses to take part once the month's \
+                  limit would be exceeded. The coordinator records the same charge when the contribution arrives, so \
+                  the two logs can be checked against each other.",
+        blocks,
+    }
+}
+
 pub(super) fn section_approvals(r: &Report) -> Section {
     let counts = r
         .approval_counts
@@ -307,7 +493,7 @@ pub(super) fn section_approvals(r: &Report) -> Section {
         blocks.push(table(vec!["Requested", "Node", "Request", "Analysis", "Purpose", "Asked by", "Outcome"], rows));
     }
     Section {
-        title: "7. Manual approvals",
+        title: "8. Manual approvals",
         explain: "Some franchisees require a person to approve each request before their data takes part. A request \
                   not approved in time expires and the node does not take part.",
         blocks,
@@ -336,7 +522,7 @@ pub(super) fn section_models(r: &Report) -> Section {
         })
         .collect();
     Section {
-        title: "8. Models",
+        title: "9. Models",
         explain: "Trained models published for use, and each time a model was applied inside a node to that store's \
                   own customers (the customer data stays there).",
         blocks: vec![
@@ -379,7 +565,7 @@ pub(super) fn section_certificates(r: &Report) -> Section {
         })
         .collect();
     Section {
-        title: "9. Certificates and connections",
+        title: "10. Certificates and connections",
         explain: "The brand's certificate authority gives every party a digital identity (a certificate). Parties \
                   connect only over sessions authenticated with these identities.",
         blocks: vec![
@@ -466,7 +652,7 @@ pub(super) fn section_integrity(r: &Report) -> Section {
         })
         .collect();
     Section {
-        title: "10. Log integrity notes",
+        title: "11. Log integrity notes",
         explain: "Events affecting the logs themselves: old files deleted at the end of the retention period, and \
                   recovery from an incomplete line after a crash. Seals are regular digital signatures over a log \
                   that make any later change detectable.",

@@ -113,6 +113,46 @@ fn seal(upto_seq: u64) -> Event {
 
 const PURPOSE: &str = "Spring campaign <script>alert('x')</script> & more";
 
+/// store-sh-01's monthly budget, in ε; hq-node's, in ρ.
+const EPSILON_BUDGET: &str = "ε = 4 at δ = 1e-6 per calendar month (UTC)";
+const RHO_BUDGET: &str = "ρ = 0.07 (ξ ≤ 0e0) per calendar month (UTC)";
+
+/// A node's own record of a privacy charge: `used` of `limit` after it, as the node composed them.
+fn own_charge(round: &str, analysis: &str, month: &str, rho: f64, budget: &str, used: f64, limit: f64) -> Event {
+    Event::PrivacyCharged {
+        round: round.to_string(),
+        analysis: analysis.to_string(),
+        node: String::new(),
+        month: month.to_string(),
+        charged_ms: 0,
+        rho,
+        xi: 0.0,
+        noise_variance: "16".to_string(),
+        honest: 1,
+        budget: budget.to_string(),
+        used,
+        limit,
+    }
+}
+
+/// The coordinator's record of `node`'s charge.
+fn seen_charge(round: &str, analysis: &str, node: &str, month: &str, rho: f64) -> Event {
+    Event::PrivacyCharged {
+        round: round.to_string(),
+        analysis: analysis.to_string(),
+        node: node.to_string(),
+        month: month.to_string(),
+        charged_ms: 0,
+        rho,
+        xi: 0.0,
+        noise_variance: "16".to_string(),
+        honest: 1,
+        budget: String::new(),
+        used: 0.0,
+        limit: 0.0,
+    }
+}
+
 /// A coordinator, a franchisee node, HQ's node and the brand CA, covering every
 /// section, with records just outside March 2025 on both sides.
 fn logs() -> Vec<Vec<Record>> {
@@ -121,6 +161,7 @@ fn logs() -> Vec<Vec<Record>> {
         // February: outside the period.
         .at(datetime!(2025-02-10 09:00 UTC), requested("a0", "rfm-segments", "February review"))
         .at(datetime!(2025-02-10 09:01 UTC), round("r0", "a0", "rfm-segments"))
+        .at(datetime!(2025-02-10 09:03 UTC), seen_charge("r0", "a0", "store-sh-01", "2025-02", 0.03125))
         .at(datetime!(2025-02-10 09:05 UTC), release("a0", "rfm-segments", &["r0"], 4, 1))
         .at(
             datetime!(2025-03-02 08:00 UTC),
@@ -140,6 +181,9 @@ fn logs() -> Vec<Vec<Record>> {
         )
         .at(datetime!(2025-03-03 10:00 UTC), requested("a1", "rfm-histograms", PURPOSE))
         .at(datetime!(2025-03-03 10:01 UTC), round("r1", "a1", "rfm-histograms"))
+        // Issue 10: each node's charge as the coordinator saw its contribution arrive.
+        .at(datetime!(2025-03-03 10:03:10 UTC), seen_charge("r1", "a1", "store-sh-01", "2025-03", 0.03125))
+        .at(datetime!(2025-03-03 10:03:20 UTC), seen_charge("r1", "a1", "hq-node", "2025-03", 0.015625))
         .at(datetime!(2025-03-03 10:05 UTC), release("a1", "rfm-histograms", &["r1"], 40, 3))
         .at(datetime!(2025-03-05 11:00 UTC), requested("a2", "rfm-segments", "Churn review"))
         .at(datetime!(2025-03-05 11:01 UTC), round("r2", "a2", "rfm-segments"))
@@ -151,7 +195,11 @@ fn logs() -> Vec<Vec<Record>> {
                 reason: "refused: purpose not allowed".to_string(),
             },
         )
+        // A ρ other than the one hq-node charged itself.
+        .at(datetime!(2025-03-05 11:04:10 UTC), seen_charge("r2", "a2", "hq-node", "2025-03", 0.0234375))
         .at(datetime!(2025-03-05 11:10 UTC), round("r2b", "a2", "rfm-segments"))
+        // A charge for a node that refused the round: its own log has none.
+        .at(datetime!(2025-03-05 11:13 UTC), seen_charge("r2b", "a2", "store-sh-01", "2025-03", 0.03125))
         .at(
             datetime!(2025-03-05 11:20 UTC),
             Event::AnalysisFailed { analysis: "a2".to_string(), reason: "too few participants: 1 < 2".to_string() },
@@ -171,6 +219,7 @@ fn logs() -> Vec<Vec<Record>> {
 
     let mut n = Log::new("store-sh-01");
     n.at(datetime!(2025-02-01 08:00 UTC), opened("fedcrm-node-franchisee", FRANCHISEE))
+        .at(datetime!(2025-02-10 09:02 UTC), own_charge("r0", "a0", "2025-02", 0.03125, EPSILON_BUDGET, 1.34541, 4.0))
         .at(datetime!(2025-02-28 23:59:59.999 UTC), egress(None, None, "hello", 5_000_000))
         .at(
             datetime!(2025-03-02 08:00 UTC),
@@ -195,6 +244,10 @@ fn logs() -> Vec<Vec<Record>> {
             Event::ApprovalGranted { id: "ap1".to_string(), by: "manager.zhang".to_string() },
         )
         .at(datetime!(2025-03-03 10:02 UTC), policy(Some("r1"), "a1", true, "allowed"))
+        .at(
+            datetime!(2025-03-03 10:02:30 UTC),
+            own_charge("r1", "a1", "2025-03", 0.03125, EPSILON_BUDGET, 1.34541, 4.0),
+        )
         .at(datetime!(2025-03-03 10:03 UTC), egress(Some("r1"), Some("a1"), "masked-input", 234_567))
         .at(datetime!(2025-03-03 10:03 UTC), egress(Some("r1"), Some("a1"), "share", 1_000))
         .at(
@@ -235,6 +288,7 @@ fn logs() -> Vec<Vec<Record>> {
             },
         )
         .at(datetime!(2025-03-03 10:02 UTC), policy(Some("r1"), "a1", true, "allowed"))
+        .at(datetime!(2025-03-03 10:02:40 UTC), own_charge("r1", "a1", "2025-03", 0.015625, RHO_BUDGET, 0.015625, 0.07))
         // Round only: the report finds the analysis through the round.
         .at(datetime!(2025-03-03 10:03 UTC), egress(Some("r1"), None, "masked-input", 2_000_000))
         .at(
@@ -249,7 +303,10 @@ fn logs() -> Vec<Vec<Record>> {
         )
         .at(datetime!(2025-03-05 12:01 UTC), Event::ApprovalExpired { id: "ap9".to_string() })
         .at(datetime!(2025-03-05 11:03 UTC), policy(Some("r2"), "a2", true, "allowed"))
+        .at(datetime!(2025-03-05 11:03:30 UTC), own_charge("r2", "a2", "2025-03", 0.015625, RHO_BUDGET, 0.03125, 0.07))
         .at(datetime!(2025-03-05 11:04 UTC), egress(Some("r2"), Some("a2"), "masked-input", 500))
+        // Charged, but its contribution never reached the coordinator.
+        .at(datetime!(2025-03-05 11:12 UTC), own_charge("r2b", "a2", "2025-03", 0.015625, RHO_BUDGET, 0.046875, 0.07))
         .at(datetime!(2025-04-01 00:00 UTC), egress(None, None, "hello", 7));
 
     let mut ca = Log::new("brand-ca");
@@ -468,7 +525,9 @@ fn a_period_without_records_says_none() {
     assert_eq!(r.egress_total.bytes, 0);
     assert!(r.egress.iter().all(|e| e.messages == 0), "nodes are listed with nothing sent");
     let md = markdown(&r);
-    assert!(md.matches(NONE).count() >= 10, "{md}");
+    assert!(md.matches(NONE).count() >= 11, "{md}");
+    assert_eq!(r.privacy.months, [], "no charges in the period");
+    assert!(r.privacy.mismatches.is_empty(), "the February charge matches");
     assert!(md.contains("without a verification result"));
     let empty = build(&[], date!(2024 - 06 - 01), date!(2024 - 06 - 30), None);
     assert_eq!(empty.generated_at, None);
@@ -524,7 +583,9 @@ fn html_is_self_contained_and_escaped() {
     for needle in ["230.3 KiB (235,877 bytes)", "Golden Phoenix Jewellery Ltd", "purpose not allowed", "7f3a"] {
         assert!(page.contains(needle), "missing {needle:?}");
     }
-    assert_eq!(page.matches("<section>").count(), 10);
+    assert_eq!(page.matches("<section>").count(), 11);
+    assert!(page.contains("<h2>7. Privacy budget</h2>"));
+    assert!(page.contains("DIFFERENT ρ: 0.015625 in the node&#39;s log, 0.0234375 in the coordinator&#39;s log"));
 }
 
 #[test]
@@ -538,6 +599,7 @@ fn json_has_every_section() {
         "refusals",
         "thresholds",
         "suppressed",
+        "privacy",
         "approvals",
         "models",
         "certificates",
@@ -550,6 +612,237 @@ fn json_has_every_section() {
     assert_eq!(v["analyses"][0]["outcome"], "released");
     assert_eq!(v["refusals"][1]["source"], "coordinator");
     assert_eq!(v["egress_total"]["bytes"], 2_236_377);
+    assert_eq!(v["privacy"]["mismatches"][0]["kind"], "rho-differs");
+    assert_eq!(v["privacy"]["months"][0]["node_log"]["used"], 0.046875);
+}
+
+/// (node, month, own charges, own Σρ, own used, own limit, coordinator's charges, coordinator's Σρ).
+type MonthRow<'a> = (&'a str, &'a str, Option<(u64, f64, Option<f64>, Option<f64>)>, Option<(u64, f64)>);
+
+fn month_rows(p: &PrivacyBudget) -> Vec<MonthRow<'_>> {
+    p.months
+        .iter()
+        .map(|m| {
+            (
+                m.node.as_str(),
+                m.month.as_str(),
+                m.node_log.as_ref().map(|o| (o.charges, o.rho, o.used, o.limit)),
+                m.coordinator_log.as_ref().map(|c| (c.charges, c.rho)),
+            )
+        })
+        .collect()
+}
+
+/// (node, analysis, the node's charges, the coordinator's charges) per analysis.
+fn analysis_rows(p: &PrivacyBudget) -> Vec<(&str, &str, Option<u64>, Option<u64>)> {
+    p.months
+        .iter()
+        .flat_map(|m| {
+            m.per_analysis.iter().map(|a| {
+                (
+                    m.node.as_str(),
+                    a.analysis.as_str(),
+                    a.node_log.as_ref().map(|t| t.charges),
+                    a.coordinator_log.as_ref().map(|t| t.charges),
+                )
+            })
+        })
+        .collect()
+}
+
+/// (kind, node, round, analysis, at, node's ρ, coordinator's ρ) per mismatch.
+type MismatchRow<'a> = (MismatchKind, &'a str, &'a str, &'a str, &'a str, Option<f64>, Option<f64>);
+
+fn mismatch_rows(p: &PrivacyBudget) -> Vec<MismatchRow<'_>> {
+    p.mismatches
+        .iter()
+        .map(|x| {
+            (
+                x.kind,
+                x.node.as_str(),
+                x.round.as_str(),
+                x.analysis.as_str(),
+                x.at.as_str(),
+                x.node_rho,
+                x.coordinator_rho,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn privacy_budget_per_node_month_and_analysis() {
+    let r = march();
+    let p = &r.privacy;
+    assert!(p.coordinator_log_read);
+    // February's charge (r0) is outside the period. `used` is the node's own figure
+    // after its last charge in the month (store-sh-01's in ε, not its Σρ).
+    assert_eq!(
+        month_rows(p),
+        [
+            ("hq-node", "2025-03", Some((3, 0.046875, Some(0.046875), Some(0.07))), Some((2, 0.0390625))),
+            ("store-sh-01", "2025-03", Some((1, 0.03125, Some(1.34541), Some(4.0))), Some((2, 0.0625))),
+        ]
+    );
+    let hq = &p.months[0];
+    assert_eq!((hq.organisation.as_str(), hq.node_log.as_ref().unwrap().budget.as_str()), (HQ, RHO_BUDGET));
+    assert_eq!(hq.node_log.as_ref().unwrap().last_charge_at.as_deref(), Some("2025-03-05 11:12:00"));
+    assert_eq!(p.months[1].node_log.as_ref().unwrap().budget, EPSILON_BUDGET);
+    assert_eq!(
+        analysis_rows(p),
+        [
+            ("hq-node", "a1", Some(1), Some(1)),
+            ("hq-node", "a2", Some(2), Some(1)),
+            ("store-sh-01", "a1", Some(1), Some(1)),
+            ("store-sh-01", "a2", Some(0), Some(1)),
+        ]
+    );
+    assert_eq!(hq.per_analysis[1].kind, "rfm-segments");
+
+    // Two months: February's charge is in both logs, so it is no mismatch.
+    let r = build(&logs(), date!(2025 - 02 - 01), date!(2025 - 03 - 31), None);
+    let months: Vec<(&str, &str)> = r.privacy.months.iter().map(|m| (m.node.as_str(), m.month.as_str())).collect();
+    assert_eq!(months, [("hq-node", "2025-03"), ("store-sh-01", "2025-02"), ("store-sh-01", "2025-03")]);
+    assert_eq!(r.privacy.mismatches.len(), 3);
+
+    // From 4 March: hq-node's r1 charge (3 March) is outside the period, but the month's
+    // spending the node recorded still includes it.
+    let r = build(&logs(), date!(2025 - 03 - 04), date!(2025 - 03 - 31), None);
+    assert_eq!(
+        month_rows(&r.privacy)[0],
+        ("hq-node", "2025-03", Some((2, 0.03125, Some(0.046875), Some(0.07))), Some((1, 0.0234375)))
+    );
+
+    let md = markdown(&march());
+    for needle in [
+        "## 7. Privacy budget",
+        "## 11. Log integrity notes",
+        "ε (epsilon)",
+        "calendar month (UTC)",
+        "Each franchisee's node enforces its own budget",
+        "| hq-node (Brand HQ) | 2025-03 | 3 | 0.046875 | 0 | 2025-03-05 11:12:00 | 0.046875 of 0.07 (ρ) | ρ = 0.07 (ξ ≤ 0e0) per \
+         calendar month (UTC) | 2 charges (Σρ 0.0390625) |",
+        "| store-sh-01 (Golden Phoenix Jewellery Ltd) | 2025-03 | 1 | 0.03125 | 0 | 2025-03-03 10:02:30 | 1.34541 of 4 (ε) \
+         |",
+        "| store-sh-01 | 2025-03 | a2 | rfm-segments | 0 charges (Σρ 0) | 1 charge (Σρ 0.03125) |",
+        "4 charges of a node's privacy budget in the nodes' logs; 3 mismatches between a node's log and the coordinator's.",
+    ] {
+        assert!(md.contains(needle), "missing {needle:?} in\n{md}");
+    }
+}
+
+#[test]
+fn privacy_charges_the_logs_disagree_on_are_flagged() {
+    let r = march();
+    assert_eq!(
+        mismatch_rows(&r.privacy),
+        [
+            (MismatchKind::RhoDiffers, "hq-node", "r2", "a2", "2025-03-05 11:03:30", Some(0.015625), Some(0.0234375)),
+            (
+                MismatchKind::MissingFromCoordinatorLog,
+                "hq-node",
+                "r2b",
+                "a2",
+                "2025-03-05 11:12:00",
+                Some(0.015625),
+                None
+            ),
+            (MismatchKind::MissingFromNodeLog, "store-sh-01", "r2b", "a2", "2025-03-05 11:13:00", None, Some(0.03125)),
+        ]
+    );
+    assert_eq!(r.privacy.mismatches[2].organisation, FRANCHISEE);
+    let md = markdown(&r);
+    for needle in [
+        "| 2025-03-05 11:03:30 | hq-node (Brand HQ) | a2 | r2 | DIFFERENT ρ: 0.015625 in the node's log, 0.0234375 in \
+         the coordinator's log |",
+        "| 2025-03-05 11:12:00 | hq-node (Brand HQ) | a2 | r2b | MISSING FROM THE COORDINATOR'S LOG: the node charged ρ \
+         = 0.015625 but the coordinator did not record its contribution arriving |",
+        "| 2025-03-05 11:13:00 | store-sh-01 (Golden Phoenix Jewellery Ltd) | a2 | r2b | MISSING FROM THE NODE'S LOG: \
+         the coordinator recorded a charge of ρ = 0.03125 that the node's own log does not have |",
+        "its contribution never arrived",
+        "should never happen with an honest node",
+    ] {
+        assert!(md.contains(needle), "missing {needle:?} in\n{md}");
+    }
+
+    // Within 1e-9 relative the two ρ agree; a charge recorded just before the period's
+    // end by the node and just after it by the coordinator is no mismatch either.
+    let mut logs = logs();
+    let push = |log: &mut Vec<Record>, t: OffsetDateTime, event: Event| {
+        let seq = log.len() as u64;
+        let party = log[0].party.clone();
+        log.push(Record { seq, prev: GENESIS.to_string(), time_ms: ms(t), party, event });
+    };
+    let rho = 0.015625;
+    push(
+        &mut logs[2],
+        datetime!(2025-03-31 23:59:59.900 UTC),
+        own_charge("r5", "a5", "2025-03", rho, RHO_BUDGET, 0.0625, 0.07),
+    );
+    push(
+        &mut logs[0],
+        datetime!(2025-04-01 00:00:00.100 UTC),
+        seen_charge("r5", "a5", "hq-node", "2025-03", rho * (1.0 + 1e-12)),
+    );
+    let r = build(&logs, date!(2025 - 03 - 01), date!(2025 - 03 - 31), None);
+    assert_eq!(r.privacy.mismatches.len(), 3, "{:?}", r.privacy.mismatches);
+    // Beyond 1e-9 relative they do not.
+    logs[0].pop();
+    push(
+        &mut logs[0],
+        datetime!(2025-04-01 00:00:00.100 UTC),
+        seen_charge("r5", "a5", "hq-node", "2025-03", rho * (1.0 + 1e-8)),
+    );
+    let r = build(&logs, date!(2025 - 03 - 01), date!(2025 - 03 - 31), None);
+    let last = r.privacy.mismatches.last().unwrap();
+    assert_eq!(
+        (last.kind, last.round.as_str(), last.at.as_str()),
+        (MismatchKind::RhoDiffers, "r5", "2025-03-31 23:59:59")
+    );
+}
+
+#[test]
+fn privacy_budget_from_the_coordinators_log_alone_when_a_node_log_is_absent() {
+    // Without hq-node's log: its row is the coordinator's records, and nothing of it is compared.
+    let mut logs = logs();
+    logs.remove(2);
+    let r = build(&logs, date!(2025 - 03 - 01), date!(2025 - 03 - 31), None);
+    assert_eq!(
+        month_rows(&r.privacy),
+        [
+            ("hq-node", "2025-03", None, Some((2, 0.0390625))),
+            ("store-sh-01", "2025-03", Some((1, 0.03125, Some(1.34541), Some(4.0))), Some((2, 0.0625))),
+        ]
+    );
+    assert_eq!(analysis_rows(&r.privacy)[..2], [("hq-node", "a1", None, Some(1)), ("hq-node", "a2", None, Some(1))]);
+    assert_eq!(
+        mismatch_rows(&r.privacy),
+        [(MismatchKind::MissingFromNodeLog, "store-sh-01", "r2b", "a2", "2025-03-05 11:13:00", None, Some(0.03125))]
+    );
+    let md = markdown(&r);
+    for needle in [
+        "| hq-node (Brand HQ) | 2025-03 | 2 (coordinator's log; the node's own log was not read) | 0.0390625 | 0 | – | \
+         not known without the node's own log |",
+        "The own logs of hq-node were not read",
+        "| hq-node | 2025-03 | a1 | rfm-histograms | log not read | 1 charge (Σρ 0.015625) |",
+    ] {
+        assert!(md.contains(needle), "missing {needle:?} in\n{md}");
+    }
+
+    // Without the coordinator's log: the nodes' own figures, and no comparison.
+    let mut logs = self::logs();
+    logs.remove(0);
+    let r = build(&logs, date!(2025 - 03 - 01), date!(2025 - 03 - 31), None);
+    assert!(!r.privacy.coordinator_log_read);
+    assert_eq!(
+        month_rows(&r.privacy),
+        [
+            ("hq-node", "2025-03", Some((3, 0.046875, Some(0.046875), Some(0.07))), None),
+            ("store-sh-01", "2025-03", Some((1, 0.03125, Some(1.34541), Some(4.0))), None),
+        ]
+    );
+    assert!(r.privacy.mismatches.is_empty());
+    assert!(markdown(&r).contains("Not compared: the coordinator's log was not read."));
 }
 
 #[test]
@@ -564,6 +857,13 @@ fn formatting_helpers() {
     assert_eq!(thousands(1_000_000), "1,000,000");
     assert_eq!(fmt_time(ms(datetime!(2025-03-31 23:59:59.999 UTC))), "2025-03-31 23:59:59");
     assert_eq!(esc("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+    assert_eq!(real(0.0), "0");
+    assert_eq!(real(0.03125), "0.03125");
+    assert_eq!(real(4.0), "4");
+    assert_eq!(real(1.345_414_9), "1.34541");
+    assert_eq!(real(0.1 + 0.2), "0.3");
+    assert_eq!(real(1e-7), "1e-7");
+    assert_eq!(real(-2.5e7), "-2.5e7");
 }
 
 /// The whole report on the scenario above, JSON and Markdown, against the files in

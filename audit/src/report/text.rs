@@ -88,3 +88,28 @@ pub(super) fn who(name: &str, organisation: &str) -> String {
 pub(super) fn list_or(items: &[String], empty: &str) -> String {
     if items.is_empty() { empty.to_string() } else { items.join(", ") }
 }
+
+/// A real number to six significant digits, without trailing zeros: `0.03125`,
+/// `1.34541`, `4`, `1e-7`.
+pub(super) fn real(x: f64) -> String {
+    if x == 0.0 {
+        return "0".to_string();
+    }
+    if !x.is_finite() {
+        return x.to_string();
+    }
+    let trim = |s: String| -> String {
+        if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s }
+    };
+    let magnitude = x.abs().log10().floor();
+    if (-4.0..6.0).contains(&magnitude) {
+        let decimals = (5.0 - magnitude).max(0.0) as usize;
+        trim(format!("{x:.decimals$}"))
+    } else {
+        let s = format!("{x:.5e}");
+        match s.split_once('e') {
+            Some((mantissa, exponent)) => format!("{}e{exponent}", trim(mantissa.to_string())),
+            None => s,
+        }
+    }
+}
