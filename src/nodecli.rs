@@ -96,6 +96,25 @@ pub fn check_text(r: &CheckReport) -> String {
     for (k, v) in &r.monthly_analysis_caps {
         s.push_str(&format!("  at most {v} {k} analyses per month\n"));
     }
+    let pr = &r.privacy;
+    s.push_str(&format!(
+        "  differential privacy: {} (σ² ≥ {} per count); budget {}\n",
+        pr.dp, pr.min_noise_variance, pr.budget
+    ));
+    match &pr.unreadable {
+        None => s.push_str(&format!(
+            "  {}: {} charge(s), {:.4} of {} used, {:.4} left\n",
+            pr.month,
+            pr.charges,
+            pr.used,
+            pr.limit,
+            (pr.limit - pr.used).max(0.0)
+        )),
+        Some(e) => s.push_str(&format!(
+            "  {}: the audit log cannot be read, so this month's charges are unknown: {e}\n",
+            pr.month
+        )),
+    }
     s.push_str(&format!("  audit log (every egress, decision and receipt): {}\n", r.audit_dir));
     s.push_str("\nwhat may leave this machine (each logged with size and SHA-256):\n");
     for e in &r.egress {

@@ -193,6 +193,9 @@ fn the_default_node_config_passes_node_check_on_first_run() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("rows read:            1155") && text.contains("rows skipped:         0"), "{text}");
     assert!(text.contains("consent withdrawals:  no file configured"), "{text}");
+    // Issue 10: the privacy policy and this month's charges (none on a fresh node).
+    assert!(text.contains("differential privacy: required (σ² ≥ 4 per count); budget ε = 4 at δ = 1e-6"), "{text}");
+    assert!(text.contains(": 0 charge(s), 0.0000 of 4 used, 4.0000 left"), "{text}");
 
     // Configuring a consent file that is not there stops the node, and says what to do.
     let p = default_node_toml(dir.path(), &[("# consent_withdrawals = ", "consent_withdrawals = ")]);

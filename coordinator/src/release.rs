@@ -191,7 +191,7 @@ fn words(out: &RoundOutput, rules: &ReleaseRules, expected: usize) -> Result<Vec
 
 /// Histogram counts, released to the coordinator's own quantile search only (they
 /// never leave the coordinator; only the cut points derived from them do). In a
-/// noised round they are made monotone ([`UnreleasedSum::quantile_counts`]): the
+/// noised round they are made monotone (`UnreleasedSum::quantile_counts`): the
 /// quantile search walks cumulative counts, which a negative bin would make decrease.
 pub fn histograms_for_quantiles(
     out: &RoundOutput,

@@ -42,15 +42,68 @@ pub struct CheckReport {
     pub min_bin_widths: [u64; 3],
     pub manual_approval: Vec<String>,
     pub monthly_analysis_caps: Vec<(String, u32)>,
+    /// Issue 10: the differential-privacy policy and this month's budget.
+    pub privacy: PrivacyCheck,
     pub audit_dir: String,
     pub egress: Vec<EgressLine>,
     pub never_leaves: Vec<&'static str>,
+}
+
+/// Issue 10: `[policy.privacy]` and what the audit log says of this month's charges.
+#[derive(Debug, Serialize)]
+pub struct PrivacyCheck {
+    /// "required" or "optional".
+    pub dp: &'static str,
+    /// The monthly budget in words.
+    pub budget: String,
+    /// The least noise variance per count this node adds.
+    pub min_noise_variance: String,
+    /// The calendar month (UTC) of the figures below, YYYY-MM.
+    pub month: String,
+    /// Charges recorded this month, and how much of the budget they use (in its unit).
+    pub charges: usize,
+    pub used: f64,
+    pub limit: f64,
+    /// Why the charges could not be read (no audit log yet reads as none).
+    pub unreadable: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct EgressLine {
     pub message: &'static str,
     pub content: String,
+}
+
+/// This month's privacy budget as the audit log in `config.audit_dir` records it, at
+/// `now_ms` (the caller's clock).
+pub fn privacy_check(config: &NodeConfig, now_ms: u64) -> PrivacyCheck {
+    let p = &config.policy.privacy;
+    let (records, unreadable) = if config.audit_dir.exists() {
+        match fedcrm_audit::log::read_records(&config.audit_dir) {
+            Ok(r) => (r, None),
+            Err(e) => (Vec::new(), Some(e.to_string())),
+        }
+    } else {
+        (Vec::new(), None)
+    };
+    let ledger = crate::privacy::ledger_from(&records);
+    let month = fedcrm_dp::budget::Month::of(now_ms);
+    let (spent, charges) = ledger.month(month);
+    let budget = p.budget();
+    let (used, limit) = budget.used(spent);
+    PrivacyCheck {
+        dp: match p.dp {
+            crate::privacy::DpMode::Required => "required",
+            crate::privacy::DpMode::Optional => "optional",
+        },
+        budget: budget.describe(),
+        min_noise_variance: p.min_noise().map(|v| v.to_string()).unwrap_or_else(|e| e),
+        month: month.to_string(),
+        charges,
+        used,
+        limit,
+        unreadable,
+    }
 }
 
 /// Build the report from a dataset read by [`crate::data::DataConfig::read`]; says
@@ -64,13 +117,13 @@ pub fn check(config: &NodeConfig, ds: &Dataset) -> CheckReport {
         *channels.entry(p.channel.clone().unwrap_or_else(|| "(none)".into())).or_default() += 1;
     }
     let egress = vec![
-        EgressLine { message: "hello", content: "protocol version, software version, node name, and this policy's round rules (c, organisations, participants, differencing)".into() },
+        EgressLine { message: "hello", content: "protocol version, software version, node name, this policy's round rules (c, organisations, participants, differencing) and its privacy budget with this month's spending".into() },
         EgressLine { message: "advertise-keys", content: "two fresh X25519 public keys per round, signed with this node's certificate key".into() },
         EgressLine { message: "sealed-shares", content: "Shamir shares of this round's mask secrets, encrypted to each peer node (HQ cannot open them), each signed with this node's certificate key".into() },
         EgressLine { message: "share-report", content: "the peers' shares that are signed but do not open, exactly as delivered (encrypted; evidence of who sent them), or nothing when all open".into() },
-        EgressLine { message: "masked-chunk", content: "the round's contribution vector (customer counts per histogram bin or per segment) masked with one-time pads; uniformly random to the coordinator".into() },
+        EgressLine { message: "masked-chunk", content: "the round's contribution vector (customer counts per histogram bin or per segment), with discrete Gaussian noise added first in analyses run with differential privacy, masked with one-time pads; uniformly random to the coordinator".into() },
         EgressLine { message: "consistency-signature", content: "this node's signature on who took part in the round (U2, U3), given only when its rules pass over them".into() },
-        EgressLine { message: "unmask-shares", content: "for each peer exactly one share: of its self-mask if it survived, of its mask key if it dropped, never both".into() },
+        EgressLine { message: "unmask-shares", content: "for each peer exactly one thing: a share of its round self-mask seed if it survived, this node's round pair seed with it if it dropped, never both".into() },
         EgressLine { message: "refusal", content: "the reason a round was refused".into() },
     ];
     CheckReport {
@@ -104,13 +157,14 @@ pub fn check(config: &NodeConfig, ds: &Dataset) -> CheckReport {
         ],
         manual_approval: config.policy.manual_approval.clone(),
         monthly_analysis_caps: config.policy.monthly_analysis_caps.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        privacy: privacy_check(config, crate::session::unix_now_ms()),
         audit_dir: config.audit_dir.display().to_string(),
         egress,
         never_leaves: vec![
             "purchase rows",
             "customer identifiers, phone numbers or their hashes",
             "per-customer RFM values, scores or segments",
-            "this node's unmasked counts",
+            "this node's unmasked counts, and in analyses run with differential privacy its un-noised counts",
             "customers on the consent-withdrawal list (excluded from every computation)",
         ],
     }
