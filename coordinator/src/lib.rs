@@ -329,30 +329,41 @@ impl Coordinator {
             .map_err(crate::round::RoundError::Unplannable)
     }
 
-    /// A round runner for one analysis (with differential privacy when `dp`). Events
-    /// queued while no analysis ran (stale disconnects, messages of finished rounds)
-    /// are discarded first.
-    pub(crate) fn runner<'a>(&'a self, events: &'a mut mpsc::UnboundedReceiver<SessionEvent>, dp: bool) -> Runner<'a> {
+    /// A round runner for one analysis (with differential privacy at σ² = `variance` per
+    /// node in every round, or exact). Events queued while no analysis ran (stale
+    /// disconnects, messages of finished rounds) are discarded first.
+    pub(crate) fn runner<'a>(
+        &'a self,
+        events: &'a mut mpsc::UnboundedReceiver<SessionEvent>,
+        variance: Option<fedcrm_dp::sampler::Variance>,
+    ) -> Runner<'a> {
         while events.try_recv().is_ok() {}
-        Runner { coordinator: self, events, settings: self.config.rounds, keyed: None, dp }
+        Runner { coordinator: self, events, settings: self.config.rounds, keyed: None, variance }
     }
 
-    /// Issue 10: the noise of a round over `invited` with threshold `t`: σ² per node as
-    /// configured, raised to the largest floor an invitee announced, and k =
-    /// t − H − the largest C ([`plan::honest`]).
+    /// Issue 10: σ² per node for an analysis over `invited`: as configured, raised to the
+    /// largest floor an invitee announced. Fixed for the whole analysis (its later rounds
+    /// invite a subset, whose floors it still meets), so its pass plan's charge bounds
+    /// what every round costs.
+    pub(crate) fn analysis_variance(&self, invited: &[registry::ConnectedNode]) -> fedcrm_dp::sampler::Variance {
+        invited
+            .iter()
+            .filter_map(|m| self.budgets.announced(&m.name))
+            .map(|p| p.min_noise)
+            .fold(self.config.rounds.noise_variance(), std::cmp::Ord::max)
+    }
+
+    /// Issue 10: the noise of a round over `invited` with threshold `t`:
+    /// [`Coordinator::analysis_variance`] and k = t − H − the largest C ([`plan::honest`]).
     pub(crate) fn noise_for(
         &self,
         invited: &[registry::ConnectedNode],
         t: usize,
-        settings: &config::RoundSettings,
     ) -> Result<fedcrm_protocol::wire::Noise, String> {
-        let honest = plan::honest(invited, t)?;
-        let variance = invited
-            .iter()
-            .filter_map(|m| self.budgets.announced(&m.name))
-            .map(|p| p.min_noise)
-            .fold(settings.noise_variance(), std::cmp::Ord::max);
-        Ok(fedcrm_protocol::wire::Noise { variance, honest })
+        Ok(fedcrm_protocol::wire::Noise {
+            variance: self.analysis_variance(invited),
+            honest: plan::honest(invited, t)?,
+        })
     }
 
     /// Issue 10: `charge` more this month stays within every invitee's budget as

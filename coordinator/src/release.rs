@@ -97,11 +97,21 @@ impl UnreleasedSum {
     /// cumulative counts). Clamping every bin at 0 would add the positive part of the
     /// noise of every empty bin to the cumulative count — hundreds of customers over a
     /// wide histogram — and move the cut points.
-    fn quantile_counts(&self) -> Vec<u64> {
+    /// `lens`: the lengths of the histograms the vector concatenates; each is made
+    /// monotone on its own (a running maximum must not carry from one histogram into
+    /// the next).
+    fn quantile_counts(&self, lens: &[usize]) -> Vec<u64> {
         match self.noised {
             None => self.words.clone(),
             Some(width) => {
-                fedcrm_analysis::rfm::monotone_counts(&self.words.iter().map(|&w| signed(w, width)).collect::<Vec<_>>())
+                let signed: Vec<i64> = self.words.iter().map(|&w| signed(w, width)).collect();
+                let mut out = Vec::with_capacity(signed.len());
+                let mut base = 0;
+                for &len in lens {
+                    out.extend(fedcrm_analysis::rfm::monotone_counts(&signed[base..base + len]));
+                    base += len;
+                }
+                out
             }
         }
     }
@@ -196,10 +206,10 @@ fn words(out: &RoundOutput, rules: &ReleaseRules, expected: usize) -> Result<Vec
 pub fn histograms_for_quantiles(
     out: &RoundOutput,
     rules: &ReleaseRules,
-    expected: usize,
+    lens: &[usize],
 ) -> Result<Vec<u64>, ReleaseError> {
-    words(out, rules, expected)?;
-    Ok(out.sum.quantile_counts())
+    words(out, rules, lens.iter().sum())?;
+    Ok(out.sum.quantile_counts(lens))
 }
 
 /// One released cell.
@@ -349,6 +359,18 @@ pub fn histogram(
 #[cfg(test)]
 mod tests {
     use super::{UnreleasedSum, WordWidth, suppress};
+
+    #[test]
+    fn noisy_quantile_counts_are_monotone_per_histogram_not_across_them() {
+        // Two histograms of 3 bins, noised in 32-bit words: [5, −2, 1] and [−3, 4, 0].
+        let w = |v: i64| (v as u64) & 0xffff_ffff;
+        let sum = UnreleasedSum { words: [5, -2, 1, -3, 4, 0].map(w).to_vec(), noised: Some(WordWidth::W32) };
+        assert_eq!(sum.quantile_counts(&[3, 3]), vec![5, 0, 0, 0, 1, 0]);
+        // Across both at once, the first histogram's dip would eat into the second.
+        assert_eq!(sum.quantile_counts(&[6]), vec![5, 0, 0, 0, 0, 0]);
+        let exact = UnreleasedSum { words: vec![1, 2, 3], noised: None };
+        assert_eq!(exact.quantile_counts(&[3]), vec![1, 2, 3]);
+    }
 
     #[test]
     fn a_noised_sum_is_decoded_as_signed_and_clamped_an_exact_one_is_not() {

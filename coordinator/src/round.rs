@@ -141,8 +141,9 @@ pub(crate) struct Runner<'a> {
     pub settings: RoundSettings,
     /// The keys of the analysis this runner runs, from its first round.
     pub keyed: Option<Keyed>,
-    /// Issue 10: the analysis runs with differential privacy: every round carries noise.
-    pub dp: bool,
+    /// Issue 10: σ² per node in every round of the analysis (differential privacy), or
+    /// `None` for an exact analysis.
+    pub variance: Option<fedcrm_dp::sampler::Variance>,
 }
 
 /// An analysis's keys, set up in its first round (keys once per analysis,
@@ -338,9 +339,12 @@ impl Runner<'_> {
         // Issue 10: with differential privacy, k = t − H − the largest C among the
         // invitees, and σ² per node at least every invitee's announced floor, signed in
         // the round start (each node checks both against its own policy).
-        let noise = match self.dp {
-            false => None,
-            true => Some(self.coordinator.noise_for(invited, t, &self.settings).map_err(RoundError::Unplannable)?),
+        let noise = match &self.variance {
+            None => None,
+            Some(variance) => Some(Noise {
+                variance: variance.clone(),
+                honest: crate::plan::honest(invited, t).map_err(RoundError::Unplannable)?,
+            }),
         };
         #[cfg(feature = "test-util")]
         let checks_budgets = !self.coordinator.hooks().ignore_budgets;

@@ -159,7 +159,8 @@ impl Coordinator {
         if !request.dp {
             self.exact_allowed(&plan.invited).map_err(AnalysisError::Privacy)?;
         }
-        let mut runner = self.runner(events, request.dp);
+        let variance = request.dp.then(|| self.analysis_variance(&plan.invited));
+        let mut runner = self.runner(events, variance);
         let out = runner.run(&analysis, &plan.invited, plan.t, plan.degree).await?;
         stop_if_awaiting(&out)?;
         let mut exits: BTreeMap<String, String> = plan.excluded.clone();
@@ -232,7 +233,7 @@ impl Coordinator {
         if request.dp {
             // Issue 10: the whole pass plan's cost, checked against every invitee's
             // announced budget before anything starts (each round checks again).
-            let noise = self.noise_for(&plan.invited, plan.t, &self.config.rounds).map_err(AnalysisError::Privacy)?;
+            let noise = self.noise_for(&plan.invited, plan.t).map_err(AnalysisError::Privacy)?;
             let planned = dp_plan_charge(&noise);
             self.within_budgets(&plan.invited, &planned).map_err(|e| {
                 AnalysisError::Privacy(format!(
@@ -245,7 +246,8 @@ impl Coordinator {
         } else {
             self.exact_allowed(&plan.invited).map_err(AnalysisError::Privacy)?;
         }
-        let mut runner = self.runner(events, request.dp);
+        let variance = request.dp.then(|| self.analysis_variance(&plan.invited));
+        let mut runner = self.runner(events, variance);
         let mut exits: BTreeMap<String, String> = plan.excluded.clone();
         let mut rounds = 0u32;
         let mut charges: Vec<fedcrm_dp::accounting::Charge> = Vec::new();
@@ -272,7 +274,8 @@ impl Coordinator {
         stop_if_awaiting(&out)?;
         let contributors = out.contributors.clone();
         let invited: Vec<ConnectedNode> = invited.into_iter().filter(|p| contributors.contains(&p.name)).collect();
-        let sums = release::histograms_for_quantiles(&out, &rules, specs.iter().map(HistogramSpec::len).sum())?;
+        let sums =
+            release::histograms_for_quantiles(&out, &rules, &specs.iter().map(HistogramSpec::len).collect::<Vec<_>>())?;
         let mut searches = Vec::new();
         let mut base = 0;
         for s in &specs {
@@ -308,7 +311,11 @@ impl Coordinator {
             let out = run(AnalysisKind::RfmHistograms(specs.clone()), &invited).await?;
             stop_if_awaiting(&out)?;
             same(&out)?;
-            let sums = release::histograms_for_quantiles(&out, &rules, specs.iter().map(HistogramSpec::len).sum())?;
+            let sums = release::histograms_for_quantiles(
+                &out,
+                &rules,
+                &specs.iter().map(HistogramSpec::len).collect::<Vec<_>>(),
+            )?;
             let mut base = 0;
             for (mi, ks, spec) in &plan {
                 for k in ks {

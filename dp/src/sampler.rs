@@ -19,10 +19,10 @@
 //! the node's sampling of one value learns something about |x|, not its sign; timing a
 //! whole vector (d values, sampled before masking, in one batch) shows roughly the sum
 //! of their magnitudes — at most a few bits about the noise, which is independent of
-//! the data. A node samples its noise when a round starts, before it advertises keys
-//! (or, in a later round of an analysis, shares them), so the coordinator can time
-//! round start → first reply: that time holds the sampling (roughly Σ|noise|) and the
-//! node's own computation (which depends on d and its data size). A few bits about the
+//! the data. A node samples its noise just before it masks, after its privacy charge is
+//! recorded, so the coordinator can time the final U2 → masked input: that time holds
+//! the sampling (roughly Σ|noise|) and the node's own computation (which depends on d
+//! and its data size), in a round already paid for. A few bits about the
 //! noise's magnitude, not its signs; fedcrm accepts this (the issue asks for exactness,
 //! not constant time) and says so in docs/threat-model.md.
 

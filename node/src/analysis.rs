@@ -51,6 +51,14 @@ pub fn local_vector(analysis: &Analysis, customers: &[CustomerRfm]) -> Vec<u64> 
 ///
 /// Errors are the refusal's reason: who is at fault and what HQ must change.
 pub fn check_width(start: &RoundStart, customers: usize, input: &mut [u64]) -> Result<usize, String> {
+    check_round_width(start)?;
+    fit_to_bound(start, customers, input)
+}
+
+/// The public half of [`check_width`]: the width the round start names is the one the
+/// signed range gives. Depends on the round start only, so a node runs it before it
+/// touches its data.
+pub fn check_round_width(start: &RoundStart) -> Result<(), String> {
     let n = start.invited.len();
     let bound = start.max_per_node;
     let expected = pick_width(n, &start.analysis.kind.range_with(bound, start.noise.as_ref(), n)).map_err(|e| {
@@ -65,6 +73,14 @@ pub fn check_width(start: &RoundStart, customers: usize, input: &mut [u64]) -> R
             expected
         ));
     }
+    Ok(())
+}
+
+/// The data half of [`check_width`]: clamp a noised round's counts to the bound (the
+/// number clamped is returned), or refuse an exact round when this node holds more
+/// customers than the bound.
+pub fn fit_to_bound(start: &RoundStart, customers: usize, input: &mut [u64]) -> Result<usize, String> {
+    let bound = start.max_per_node;
     if start.noise.is_some() {
         let mut clamped = 0;
         for w in input.iter_mut().filter(|w| **w > bound) {

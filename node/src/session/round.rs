@@ -45,7 +45,7 @@ use zeroize::Zeroizing;
 #[cfg(feature = "test-util")]
 use super::faults::{self, DropAt};
 use super::{NodeContext, Peer, SessionEnd, SessionError, record, unix_now, unix_now_ms};
-use crate::analysis::{add_noise, check_noise, check_width, local_vector};
+use crate::analysis::{add_noise, check_noise, check_round_width, fit_to_bound, local_vector};
 use crate::approvals::{self, Decision, Pending};
 use crate::computation::Identified;
 use crate::differencing::Recorded;
@@ -408,15 +408,10 @@ impl<'a> Rounds<'a> {
                 reason: format!("allowed by policy: {}", identified.description),
             },
         )?;
-        let reference = start.analysis.reference_date;
-        if self.customers.as_ref().map(|c| c.0) != Some(reference) {
-            let rfm = features::rfm(&ctx.dataset.purchases, reference).into_iter().map(|(_, r)| r).collect();
-            self.customers = Some((reference, rfm));
-        }
-        // Unwrap safety: the cache was filled just above.
-        let customers = &self.customers.as_ref().unwrap().1;
-        // The sum's range from the signed bound, not from this node's data (a refusal
-        // must not depend on the data: attack review of issue 10).
+        // Every check that depends only on the signed round start runs before this node
+        // touches its data, so neither a refusal nor its timing says anything about the
+        // data (attack review of issue 10).
+        // The sum's range from the signed bound, not from this node's data.
         if let Err(e) = fedcrm_crypto::fixed::check_budget(start.invited.len() as u64, start.max_per_node) {
             self.refuse(round, &e.to_string()).await?;
             return Ok(None);
@@ -438,30 +433,28 @@ impl<'a> Rounds<'a> {
                 return Ok(None);
             }
         };
-        let mut input = Zeroizing::new(local_vector(&start.analysis, customers));
-        // Issue 9: the width is recomputed from the signed range, never taken on trust,
-        // and this node's contribution must be within the bound it was picked for.
-        match check_width(&start, customers.len(), &mut input) {
-            Ok(0) => {}
-            // Only this node's own log says so (a noised round never refuses on data).
-            Ok(clamped) => tracing::warn!(
-                node = %ctx.name, %round, clamped, bound = start.max_per_node,
-                "counts above the round's per-node bound were clamped to it before noise"
-            ),
-            Err(why) => {
+        // Issue 9: the width is recomputed from the signed range, never taken on trust.
+        if let Err(why) = check_round_width(&start) {
+            tracing::warn!(node = %ctx.name, %round, %why, "refusing round");
+            self.refuse(round, &why).await?;
+            return Ok(None);
+        }
+        // An exact round (only for `dp = "optional"` nodes) computes its contribution now
+        // and refuses if this node holds more customers than the bound. A noised round
+        // computes, clamps and noises it just before masking, once its charge is recorded
+        // (`on_masked_input_request`): until then nothing this node does depends on its data.
+        let input = if start.noise.is_none() {
+            let customers = customers_at(&mut self.customers, ctx, start.analysis.reference_date);
+            let mut input = Zeroizing::new(local_vector(&start.analysis, customers));
+            if let Err(why) = fit_to_bound(&start, customers.len(), &mut input) {
                 tracing::warn!(node = %ctx.name, %round, %why, "refusing round");
                 self.refuse(round, &why).await?;
                 return Ok(None);
             }
-        }
-        // Issue 10: the noise goes in now, once the un-noised contribution is checked;
-        // from here the node holds only the noised vector (zeroized when dropped).
-        if let Some(noise) = &start.noise
-            && let Err(why) = add_noise(&mut input, noise, start.width.bits())
-        {
-            self.refuse(round, &why).await?;
-            return Ok(None);
-        }
+            input
+        } else {
+            Zeroizing::new(Vec::new())
+        };
         let params = RoundParams { round, t: start.threshold, d: start.length, width: start.width };
         let mut a = Active { start, input, u1: Vec::new(), plus: None, admission: None, charge, state: State::Done };
         // The first round of an analysis sets up its keys; a later one uses them.
@@ -765,6 +758,25 @@ impl<'a> Rounds<'a> {
             a.input = Zeroizing::new(Vec::new());
             self.refuse(round, &why).await?;
             return Ok(None);
+        }
+        // Issue 10: a noised round's contribution is computed only now, after its
+        // charge: clamped to the signed bound, then noised; from here the node holds
+        // only the noised vector (zeroized when dropped).
+        if let Some(noise) = a.start.noise.clone() {
+            let customers = customers_at(&mut self.customers, ctx, a.start.analysis.reference_date);
+            let mut input = Zeroizing::new(local_vector(&a.start.analysis, customers));
+            if let Ok(clamped @ 1..) = fit_to_bound(&a.start, customers.len(), &mut input) {
+                // Only this node's own log says so (a noised round never refuses on data).
+                tracing::warn!(
+                    node = %ctx.name, %round, clamped, bound = a.start.max_per_node,
+                    "counts above the round's per-node bound were clamped to it before noise"
+                );
+            }
+            if let Err(why) = add_noise(&mut input, &noise, a.start.width.bits()) {
+                self.refuse(round, &why).await?;
+                return Ok(None);
+            }
+            a.input = input;
         }
         // The masked input leaves now: this round counts as a pass of its analysis.
         a.admission = None;
@@ -1101,6 +1113,20 @@ fn share_again(
     let shares = sign_shares(ctx, &a.start, sealed)?;
     a.state = State::ShareKeys(state);
     Ok(Ok(FromNode::SealedShares { round, shares }))
+}
+
+/// This node's customers' RFM values at `reference`, computed once per reference date.
+fn customers_at<'c>(
+    cache: &'c mut Option<(time::Date, Vec<CustomerRfm>)>,
+    ctx: &NodeContext,
+    reference: time::Date,
+) -> &'c [CustomerRfm] {
+    if cache.as_ref().map(|c| c.0) != Some(reference) {
+        let rfm = features::rfm(&ctx.dataset.purchases, reference).into_iter().map(|(_, r)| r).collect();
+        *cache = Some((reference, rfm));
+    }
+    // Unwrap safety: the cache was filled just above.
+    &cache.as_ref().unwrap().1
 }
 
 /// Sign each sealed share, so a receiver can tell this node's bytes from a relay's,
