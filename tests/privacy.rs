@@ -349,3 +349,32 @@ async fn rfm_segments_under_dp_state_their_noise_and_cost_and_stay_within_it() {
     }
     cluster.stop().await;
 }
+
+/// The split-noise attack on a later round of an analysis (keys set up once, reused):
+/// the RFM segment analysis under DP runs its first round with the same start for all,
+/// then shows node-0 other noise in the second. Its later-round shares are signed over
+/// that round's own start, so node-0 refuses before masking again: every node paid for
+/// the first round only, and nothing is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_round_showing_one_node_other_noise_is_refused_before_masking() {
+    common::logs();
+    let noise =
+        fedcrm_protocol::wire::Noise { variance: fedcrm_dp::sampler::Variance::integer(400).unwrap(), honest: 3 };
+    let hooks = Hooks {
+        noise_for_node: Some(("node-0".into(), noise)),
+        noise_for_node_in_later_rounds_only: true,
+        ..Hooks::default()
+    };
+    let mut nodes = nodes();
+    nodes[1].policy.privacy.monthly_rho = Some(10.0);
+    let cluster = Cluster::start_with_hooks(options(nodes), hooks).await.unwrap();
+    let request = AnalysisRequest { dp: true, ..common::request("split noise in a later round") };
+    let err = cluster.coordinator.run_segments(&request).await.unwrap_err();
+    assert!(!matches!(err, AnalysisError::Privacy(_)), "{err}");
+    let why = common::refusals_when(&cluster, "node-0", |r| r.contains("another round start")).await;
+    assert!(why.iter().any(|r| r.contains("the coordinator is at fault")), "{why:?}");
+    for node in common::node_names(5) {
+        assert_eq!(own_charges(&cluster, &node).len(), 1, "{node} paid for the first round only");
+    }
+    cluster.stop().await;
+}

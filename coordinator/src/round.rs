@@ -554,8 +554,9 @@ impl Round<'_, '_> {
         );
         // Test hook: one node is shown another round start (other noise), signed.
         #[cfg(feature = "test-util")]
-        let other = match &self.runner.coordinator.hooks().noise_for_node {
-            Some((node, noise)) => {
+        let hooks = self.runner.coordinator.hooks();
+        let other = match &hooks.noise_for_node {
+            Some((node, noise)) if self.setup.is_some() || !hooks.noise_for_node_in_later_rounds_only => {
                 let mut s = RoundStart { noise: Some(noise.clone()), ..start.clone() };
                 s.roster_signature = self
                     .runner
@@ -564,7 +565,7 @@ impl Round<'_, '_> {
                     .map_err(|e| RoundError::Local { round, why: e.to_string() })?;
                 Some((node.clone(), ToNode::RoundStart(Box::new(s))))
             }
-            None => None,
+            _ => None,
         };
         let msg = ToNode::RoundStart(Box::new(start));
         for p in self.invited {

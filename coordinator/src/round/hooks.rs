@@ -109,6 +109,8 @@ pub struct Hooks {
     /// itself for noise the others do not add. The coordinator then also relays shares
     /// without checking their signatures (it would otherwise reject the node itself).
     pub noise_for_node: Option<(String, Noise)>,
+    /// With `noise_for_node`: only in the later rounds of an analysis (keys reused).
+    pub noise_for_node_in_later_rounds_only: bool,
     /// Issue 10: start rounds without checking the nodes' announced budgets (a
     /// coordinator that does not care: the nodes must refuse themselves).
     pub ignore_budgets: bool,
@@ -147,6 +149,7 @@ impl std::fmt::Debug for Hooks {
             .field("fail_audit", &self.fail_audit.is_some())
             .field("force_noise", &self.force_noise)
             .field("noise_for_node", &self.noise_for_node)
+            .field("noise_for_node_in_later_rounds_only", &self.noise_for_node_in_later_rounds_only)
             .field("ignore_budgets", &self.ignore_budgets)
             .field("clock", &self.clock)
             .finish()
