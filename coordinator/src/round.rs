@@ -555,6 +555,7 @@ impl Round<'_, '_> {
         // Test hook: one node is shown another round start (other noise), signed.
         #[cfg(feature = "test-util")]
         let hooks = self.runner.coordinator.hooks();
+        #[cfg(feature = "test-util")]
         let other = match &hooks.noise_for_node {
             Some((node, noise)) if self.setup.is_some() || !hooks.noise_for_node_in_later_rounds_only => {
                 let mut s = RoundStart { noise: Some(noise.clone()), ..start.clone() };
