@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use fedcrm::harness::{Cluster, ClusterOptions, NodeSpec};
 use fedcrm::hq::{AnalystClient, BUDGET_UNKNOWN, BudgetView, HqConfig, budget_csv, budget_table};
-use fedcrm_analysis::rfm::{HistogramSpec, Metric, QuantileSearch};
 use fedcrm_coordinator::config::ReleaseRules;
 use fedcrm_coordinator::segments::AnalysisRequest;
 use fedcrm_node::privacy::{DpMode, Privacy};
@@ -21,18 +20,7 @@ const FIXED_MS: u64 = 1_794_744_000_000;
 /// Enrolled, never started.
 const ABSENT: &str = "node-9";
 
-#[derive(Debug)]
-struct Fixed(u64);
-
-impl fedcrm_audit::log::Clock for Fixed {
-    fn now_ms(&self) -> u64 {
-        self.0
-    }
-}
-
-fn specs() -> Vec<HistogramSpec> {
-    Metric::ALL.iter().map(|&m| QuantileSearch::coarse_spec(m)).collect()
-}
+use common::{Fixed, coarse_specs as specs};
 
 /// Five franchisees, all `dp = "required"` with a ρ budget, except node-4 with an ε
 /// budget (the default ε = 4 at δ = 1e-6) and node-3 with a higher noise floor. As in

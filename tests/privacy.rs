@@ -11,7 +11,6 @@ mod common;
 use std::sync::Arc;
 
 use fedcrm::harness::{Cluster, ClusterOptions, NodeSpec};
-use fedcrm_analysis::rfm::{HistogramSpec, Metric, QuantileSearch};
 use fedcrm_audit::{Event, Record};
 use fedcrm_coordinator::config::ReleaseRules;
 use fedcrm_coordinator::round::{Hooks, RoundError};
@@ -22,18 +21,7 @@ use fedcrm_node::session::DropAt;
 /// 2026-11-15T12:00:00Z: the middle of a month, by the injected clock.
 const MID_NOVEMBER_MS: u64 = 1_794_744_000_000;
 
-#[derive(Debug)]
-struct Fixed(u64);
-
-impl fedcrm_audit::log::Clock for Fixed {
-    fn now_ms(&self) -> u64 {
-        self.0
-    }
-}
-
-fn specs() -> Vec<HistogramSpec> {
-    Metric::ALL.iter().map(|&m| QuantileSearch::coarse_spec(m)).collect()
-}
+use common::{Fixed, coarse_specs as specs};
 
 /// With differential privacy, the analyst's default.
 fn dp_request(purpose: &str) -> AnalysisRequest {
@@ -91,6 +79,18 @@ fn coordinator_charges(cluster: &Cluster, node: &str) -> Vec<String> {
             _ => None,
         })
         .collect()
+}
+
+/// The latest round `node` was invited to, by its own log.
+fn last_round(cluster: &Cluster, node: &str) -> String {
+    node_records(cluster, node)
+        .into_iter()
+        .rev()
+        .find_map(|r| match r.event {
+            Event::RoundStarted { round, .. } => Some(round),
+            _ => None,
+        })
+        .expect("the node logged a round start")
 }
 
 /// Every message `node` sent in `round`, by its own log.
@@ -191,14 +191,7 @@ async fn a_node_refuses_itself_when_hq_ignores_its_budget() {
     let err = cluster.coordinator.run_histograms(&dp_request("over node-1's budget"), specs()).await.unwrap_err();
     let exit = err.to_string();
     assert!(exit.contains("node-1: refused: policy: privacy budget") && exit.contains("renews on the 1st"), "{exit}");
-    let round = node_records(&cluster, "node-1")
-        .into_iter()
-        .rev()
-        .find_map(|r| match r.event {
-            Event::RoundStarted { round, .. } => Some(round),
-            _ => None,
-        })
-        .unwrap();
+    let round = last_round(&cluster, "node-1");
     let why = common::refusals_when(&cluster, "node-1", |r| r.contains("privacy budget")).await;
     assert!(why.iter().any(|r| r.contains("2 charge(s) of 2026-11") && r.contains("of the 0.07 allowed")), "{why:?}");
     assert_eq!(egress_in(&cluster, "node-1", &round), vec!["refusal"], "only the refusal left node-1");
@@ -270,14 +263,7 @@ async fn a_node_shown_other_noise_than_the_others_refuses_before_masking() {
     assert!(!matches!(err, AnalysisError::Round(RoundError::OverBudget(_))), "{err}");
     let why = common::refusals_when(&cluster, "node-0", |r| r.contains("another round start")).await;
     assert!(why.iter().any(|r| r.contains("the coordinator is at fault")), "{why:?}");
-    let round = node_records(&cluster, "node-0")
-        .into_iter()
-        .rev()
-        .find_map(|r| match r.event {
-            Event::RoundStarted { round, .. } => Some(round),
-            _ => None,
-        })
-        .unwrap();
+    let round = last_round(&cluster, "node-0");
     let sent = egress_in(&cluster, "node-0", &round);
     assert!(!sent.iter().any(|m| m.contains("masked")), "node-0 sent no masked input: {sent:?}");
     for node in common::node_names(5) {

@@ -109,3 +109,19 @@ pub async fn refusals_when(cluster: &Cluster, node: &str, what: impl Fn(&str) ->
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// A clock fixed at one instant (ms since the epoch), so that no test outcome depends on
+/// the real calendar (budget months, issue 10).
+#[derive(Debug)]
+pub struct Fixed(pub u64);
+
+impl fedcrm_audit::log::Clock for Fixed {
+    fn now_ms(&self) -> u64 {
+        self.0
+    }
+}
+
+/// The three power-of-two R/F/M histograms (the coarse pass).
+pub fn coarse_specs() -> Vec<fedcrm_analysis::rfm::HistogramSpec> {
+    fedcrm_analysis::rfm::Metric::ALL.iter().map(|&m| fedcrm_analysis::rfm::QuantileSearch::coarse_spec(m)).collect()
+}
