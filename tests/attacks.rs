@@ -15,14 +15,14 @@ use fedcrm::harness::{CDNOW, Cluster, ClusterOptions, NodeSpec, split_cdnow};
 use fedcrm_analysis::rfm::{HistogramSpec, Layout, Metric, QuantileSearch};
 use fedcrm_audit::Event;
 use fedcrm_audit::log::read_records;
+use fedcrm_coordinator::analyses::AnalysisError;
 use fedcrm_coordinator::config::ReleaseRules;
 use fedcrm_coordinator::round::Hooks;
-use fedcrm_coordinator::segments::AnalysisError;
 use fedcrm_crypto::multiround::{self, PairSeed};
 use fedcrm_crypto::secagg::{ClientAdvertised, PeerKeys, RoundParams, WordWidth, Words};
 use fedcrm_crypto::shamir::{self, Share};
 use fedcrm_crypto::{RoundId, SystemRandom};
-use fedcrm_node::analysis::local_vector;
+use fedcrm_node::analyses::{Cache, LocalData, contribute};
 use fedcrm_node::egress::read_log;
 use fedcrm_node::session::{HeldSecrets, RoundTap};
 use fedcrm_protocol::wire::{AnalysisKind, RevealedShare, Sealed, SignedKeys, ViewSignature};
@@ -132,9 +132,7 @@ fn truth(cluster: &Cluster, node: &str, specs: &[HistogramSpec]) -> Vec<u64> {
     let analysis = common::analysis(AnalysisKind::RfmHistograms(specs.to_vec()));
     let cfg = cluster.node_configs.iter().find(|c| c.name == node).unwrap();
     let ds = cfg.data.load().unwrap();
-    let customers: Vec<_> =
-        fedcrm_node::features::rfm(&ds.purchases, analysis.reference_date).into_iter().map(|(_, r)| r).collect();
-    local_vector(&analysis, &customers)
+    contribute(&analysis, &mut LocalData::new(&ds, &mut Cache::default())).vector.to_vec()
 }
 
 fn sent(cluster: &Cluster, node: &str) -> Vec<String> {

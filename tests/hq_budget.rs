@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use fedcrm::harness::{Cluster, ClusterOptions, NodeSpec};
 use fedcrm::hq::{AnalystClient, BUDGET_UNKNOWN, BudgetView, HqConfig, budget_csv, budget_table};
+use fedcrm_coordinator::analyses::AnalysisRequest;
 use fedcrm_coordinator::config::ReleaseRules;
-use fedcrm_coordinator::segments::AnalysisRequest;
 use fedcrm_node::privacy::{DpMode, Privacy};
 
 /// 2026-11-15T12:00:00Z: the middle of a month, by the injected clock.

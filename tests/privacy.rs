@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 use fedcrm::harness::{Cluster, ClusterOptions, NodeSpec};
 use fedcrm_audit::{Event, Record};
+use fedcrm_coordinator::analyses::{AnalysisError, AnalysisRequest};
 use fedcrm_coordinator::config::ReleaseRules;
 use fedcrm_coordinator::round::{Hooks, RoundError};
-use fedcrm_coordinator::segments::{AnalysisError, AnalysisRequest};
 use fedcrm_node::privacy::{DpMode, Privacy};
 use fedcrm_node::session::DropAt;
 
@@ -296,7 +296,7 @@ async fn rfm_segments_under_dp_state_their_noise_and_cost_and_stay_within_it() {
     }
     let noise =
         fedcrm_protocol::wire::Noise { variance: fedcrm_dp::sampler::Variance::integer(16).unwrap(), honest: 3 };
-    assert!(p.rho <= fedcrm_coordinator::segments::dp_plan_charge(&noise).rho + 1e-12);
+    assert!(p.rho <= fedcrm_coordinator::analyses::rfm::dp_plan_charge(&noise).rho + 1e-12);
     assert!(p.epsilon > 0.0 && (p.delta - 1e-6).abs() < 1e-18);
 
     // The exact counts under the released cuts, from every node's data.

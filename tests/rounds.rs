@@ -12,12 +12,12 @@ use fedcrm::harness::{Cluster, ClusterOptions, NodeSpec};
 use fedcrm_analysis::rfm::{HistogramSpec, Metric, QuantileSearch};
 use fedcrm_audit::Event;
 use fedcrm_audit::log::read_records;
+use fedcrm_coordinator::analyses::{AnalysisError, rfm::HistogramOutcome};
 use fedcrm_coordinator::config::ReleaseRules;
 use fedcrm_coordinator::round::Hooks;
-use fedcrm_coordinator::segments::{AnalysisError, HistogramOutcome};
 use fedcrm_crypto::RoundId;
 use fedcrm_crypto::secagg::{self, WordWidth, Words};
-use fedcrm_node::analysis::local_vector;
+use fedcrm_node::analyses::{Cache, LocalData, contribute};
 use fedcrm_node::egress::read_log;
 use fedcrm_node::session::{DropAt, FalseReport};
 use fedcrm_pki as pki;
@@ -33,9 +33,8 @@ fn expected_sum(cluster: &Cluster, names: &[String]) -> Vec<u64> {
     let mut sum = vec![0u64; analysis.kind.vector_len()];
     for cfg in cluster.node_configs.iter().filter(|c| names.contains(&c.name)) {
         let ds = cfg.data.load().unwrap();
-        let customers: Vec<_> =
-            fedcrm_node::features::rfm(&ds.purchases, analysis.reference_date).into_iter().map(|(_, r)| r).collect();
-        for (s, v) in sum.iter_mut().zip(local_vector(&analysis, &customers)) {
+        let local = contribute(&analysis, &mut LocalData::new(&ds, &mut Cache::default()));
+        for (s, v) in sum.iter_mut().zip(local.vector.iter()) {
             *s += v;
         }
     }
@@ -519,9 +518,8 @@ async fn large_vectors_travel_in_chunks_below_the_grpc_limit() {
     let mut expected = vec![0u64; 1 << 20];
     for cfg in &cluster.node_configs {
         let ds = cfg.data.load().unwrap();
-        let customers: Vec<_> =
-            fedcrm_node::features::rfm(&ds.purchases, analysis.reference_date).into_iter().map(|(_, r)| r).collect();
-        for (e, v) in expected.iter_mut().zip(local_vector(&analysis, &customers)) {
+        let local = contribute(&analysis, &mut LocalData::new(&ds, &mut Cache::default()));
+        for (e, v) in expected.iter_mut().zip(local.vector.iter()) {
             *e += v;
         }
     }
@@ -637,7 +635,7 @@ async fn noised_rounds_release_the_sum_plus_noise_of_the_stated_variance() {
     let mut differs = 0usize;
     for run in 0..10 {
         let request =
-            fedcrm_coordinator::segments::AnalysisRequest { dp: true, ..common::request(&format!("noise run {run}")) };
+            fedcrm_coordinator::analyses::AnalysisRequest { dp: true, ..common::request(&format!("noise run {run}")) };
         let out = cluster.coordinator.run_histograms(&request, specs()).await;
         let out = out.unwrap_or_else(|e| panic!("run {run}: {e}"));
         assert_eq!(out.release.contributors.len(), 5, "run {run}: every node's noise is in the sum");

@@ -1,11 +1,12 @@
 //! The fedcrm coordinator, run by brand HQ: accepts node sessions over mutual TLS,
 //! orchestrates secure-aggregation rounds ([`round`]), runs analyses such as the RFM
-//! segments ([`segments`]) and releases results only through [`release`].
+//! segments ([`analyses`], one driver per analysis) and releases results only through [`release`].
 //!
 //! Never depends on `fedcrm-node`; never sees a node's unmasked contribution.
 
 #![forbid(unsafe_code)]
 
+pub mod analyses;
 pub mod audit;
 pub mod budgets;
 pub mod config;
@@ -15,7 +16,6 @@ pub mod plan;
 pub mod registry;
 pub mod release;
 pub mod round;
-pub mod segments;
 pub mod service;
 pub mod tls;
 

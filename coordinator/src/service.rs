@@ -14,9 +14,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::Coordinator;
+use crate::analyses::AnalysisError;
 use crate::audit::record;
 use crate::registry::{ConnectedNode, StillConnected};
-use crate::segments::AnalysisError;
 use fedcrm_audit::Event;
 use fedcrm_audit::log::SignedHead;
 use fedcrm_pki::Receipt;
@@ -301,7 +301,7 @@ impl pb::analyst_server::Analyst for AnalystService {
             ));
         }
         tracing::info!(analyst = %who.name, organisation = %who.organisation, purpose = %r.purpose, "segments requested");
-        let request = crate::segments::AnalysisRequest {
+        let request = crate::analyses::AnalysisRequest {
             reference_date: date,
             purpose: r.purpose.clone(),
             requested_by: who.name.clone(),

@@ -1,40 +1,21 @@
-//! What the node computes for a round: its local contribution vector, from its own
-//! features, the check that it fits the round's word width, and (issue 10) the
+//! The generic checks of what the node contributes to a round (its contribution
+//! itself is the analysis's, [`crate::analyses`]): the check that it fits the round's word width, and (issue 10) the
 //! distributed discrete Gaussian noise it adds before masking. The vector never
 //! leaves unmasked or un-noised; see [`crate::session`].
 
-use fedcrm_analysis::rfm::{self, CustomerRfm};
 use fedcrm_analysis::rules::{self, NodeRules};
 use fedcrm_analysis::width::pick_width;
 use fedcrm_dp::OsEntropy;
 use fedcrm_dp::sampler::DiscreteGaussian;
-use fedcrm_protocol::wire::{Analysis, AnalysisKind, Noise, RoundStart};
+use fedcrm_protocol::wire::{Noise, RoundStart};
 use zeroize::Zeroizing;
-
-/// The local (unmasked) contribution for `analysis`.
-pub fn local_vector(analysis: &Analysis, customers: &[CustomerRfm]) -> Vec<u64> {
-    let mut v = vec![0u64; analysis.kind.vector_len()];
-    match &analysis.kind {
-        AnalysisKind::RfmHistograms(specs) => {
-            for c in customers {
-                rfm::accumulate(specs, c, &mut v);
-            }
-        }
-        AnalysisKind::RfmSegments(cuts) => {
-            for c in customers {
-                v[cuts.segment_of(c).index()] += 1;
-            }
-        }
-    }
-    v
-}
 
 /// Issue 9: check a round's word width before taking part, and keep this node's
 /// contribution within the per-node bound the width was picked for, or the sum could
 /// wrap. The width the round start names must be the one [`pick_width`] gives for this
 /// analysis's range over the invited nodes, recomputed here from the signed round start
 /// (a label proves nothing). With noise (issue 10) the range is signed and leaves room
-/// for the noise ([`AnalysisKind::range_with`], the function the coordinator picked the
+/// for the noise ([`fedcrm_protocol::wire::AnalysisKind::range_with`], the function the coordinator picked the
 /// width with); the bound applies to the un-noised contribution.
 ///
 /// What a refusal says, and whether the node refuses at all, must not depend on its
@@ -152,6 +133,7 @@ mod tests {
     use fedcrm_crypto::RoundId;
     use fedcrm_crypto::word::WordWidth;
     use fedcrm_pki::OrgKind;
+    use fedcrm_protocol::wire::{Analysis, AnalysisKind};
 
     fn start(n: usize, width: WordWidth, max_per_node: u64) -> RoundStart {
         RoundStart {

@@ -3,31 +3,21 @@
 //! analyses, monthly caps, manual approval) apply to the analysis as identified here.
 //!
 //! An analysis is a chain of rounds under one id: its first round decides its kind
-//! (the three power-of-two R/F/M histograms or a segment count start an
-//! `rfm-segments` analysis; any other histograms an `rfm-histograms` one). A later
-//! round continues it only if it is a refinement whose every histogram lies inside
-//! one bin of the previous pass's histogram of the same metric, with narrower bins,
-//! or the final segment count. Every histogram respects the policy's `max_bins` and
-//! minimum bin width per metric. An id this node has seen cannot start a new
-//! analysis, so a reused id never dodges a cap or an approval.
+//! ([`crate::analyses::NodeQuery::starts`]); a later round continues it only if the
+//! analysis's own rule admits it as the next step after the previous round's
+//! computation ([`crate::analyses::NodeQuery::continues`]), at the same reference
+//! date. Every round respects the policy's limits for its computation
+//! ([`crate::analyses::NodeQuery::check_limits`]). An id this node has seen cannot
+//! start a new analysis, so a reused id never dodges a cap or an approval.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use fedcrm_analysis::date::format_date;
-use fedcrm_analysis::rfm::{HistogramSpec, Layout, Metric, QuantileSearch};
 use fedcrm_protocol::wire::{Analysis, AnalysisKind};
 
-use crate::policy::HistogramLimits;
-
-/// An `rfm-segments` analysis (coarse pass, nested refinements, segment counts).
-pub const RFM_SEGMENTS: &str = "rfm-segments";
-/// Any other customer-count histograms.
-pub const RFM_HISTOGRAMS: &str = "rfm-histograms";
-
-/// Most histograms of one metric in a round: one per quintile cut point,
-/// as the exact quantile search asks (`fedcrm_analysis::rfm::QuantileSearch::next_specs`).
-pub const MAX_REFINEMENTS_PER_METRIC: usize = 4;
+use crate::analyses::node_query;
+use crate::policy::Policy;
 
 /// How a round relates to the analyses this node knows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,8 +35,8 @@ pub struct Identified {
 struct Open {
     kind: &'static str,
     reference: time::Date,
-    /// The previous pass's histograms (empty once the segment count ran).
-    last: Vec<HistogramSpec>,
+    /// The previous round's computation.
+    last: AnalysisKind,
 }
 
 /// The analyses this node is part of.
@@ -64,10 +54,9 @@ impl Tracker {
     }
 
     /// Identify the round's computation. `Err` is the refusal reason.
-    pub fn identify(&self, a: &Analysis, limits: &HistogramLimits) -> Result<Identified, String> {
-        if let AnalysisKind::RfmHistograms(specs) = &a.kind {
-            check_limits(specs, limits)?;
-        }
+    pub fn identify(&self, a: &Analysis, policy: &Policy) -> Result<Identified, String> {
+        let query = node_query(&a.kind);
+        query.check_limits(policy)?;
         let description = describe(a);
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(o) = open.get(&a.analysis_id) {
@@ -82,12 +71,7 @@ impl Tracker {
                 a.analysis_id
             ));
         }
-        let kind = match &a.kind {
-            AnalysisKind::RfmHistograms(specs) if is_coarse_pass(specs) => RFM_SEGMENTS,
-            AnalysisKind::RfmHistograms(_) => RFM_HISTOGRAMS,
-            AnalysisKind::RfmSegments(_) => RFM_SEGMENTS,
-        };
-        Ok(Identified { kind, new: true, description })
+        Ok(Identified { kind: query.starts(), new: true, description })
     }
 
     /// Record an admitted round: the analysis is open, and its id is used. Returns what
@@ -118,14 +102,10 @@ impl Tracker {
     }
 
     fn record_open(&self, a: &Analysis, id: &Identified) {
-        let last = match &a.kind {
-            AnalysisKind::RfmHistograms(specs) => specs.clone(),
-            AnalysisKind::RfmSegments(_) => Vec::new(),
-        };
         self.open
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(a.analysis_id.clone(), Open { kind: id.kind, reference: a.reference_date, last });
+            .insert(a.analysis_id.clone(), Open { kind: id.kind, reference: a.reference_date, last: a.kind.clone() });
     }
 }
 
@@ -137,50 +117,6 @@ pub struct Admission {
     newly_seen: bool,
 }
 
-/// The three power-of-two histograms of R, F and M: the first pass of the exact
-/// quantile search.
-fn is_coarse_pass(specs: &[HistogramSpec]) -> bool {
-    specs.len() == Metric::ALL.len()
-        && Metric::ALL.iter().zip(specs).all(|(m, s)| *s == QuantileSearch::coarse_spec(*m))
-}
-
-/// Every round, new analysis or refinement: at most `max_bins` bins per histogram, no
-/// bin narrower than the metric's minimum, and at most
-/// [`MAX_REFINEMENTS_PER_METRIC`] histograms per metric — so adjacent histograms
-/// cannot add up to one finer than `max_bins` allows.
-fn check_limits(specs: &[HistogramSpec], limits: &HistogramLimits) -> Result<(), String> {
-    for m in Metric::ALL {
-        let n = specs.iter().filter(|s| s.metric == m).count();
-        if n > MAX_REFINEMENTS_PER_METRIC {
-            return Err(format!(
-                "policy: {n} {} histograms in one round; at most {MAX_REFINEMENTS_PER_METRIC} per metric (one per cut point)",
-                m.name()
-            ));
-        }
-    }
-    for s in specs {
-        if s.len() > limits.max_bins as usize {
-            return Err(format!(
-                "policy: a {} histogram of {} bins exceeds max_bins = {}",
-                s.metric.name(),
-                s.len(),
-                limits.max_bins
-            ));
-        }
-        if let Layout::Linear { width, .. } = s.layout {
-            let min = limits.min_width(s.metric);
-            if width < min {
-                return Err(format!(
-                    "policy: a {} histogram with bins {width} {} wide is finer than the minimum of {min}",
-                    s.metric.name(),
-                    unit(s.metric)
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Is round `a` the next step of `o`?
 fn continues(o: &Open, a: &Analysis) -> Result<(), String> {
     if a.reference_date != o.reference {
@@ -190,85 +126,21 @@ fn continues(o: &Open, a: &Analysis) -> Result<(), String> {
             format_date(o.reference)
         ));
     }
-    if o.last.is_empty() {
-        return Err("the analysis already ended with its segment count".into());
-    }
-    match &a.kind {
-        AnalysisKind::RfmSegments(_) => {
-            if o.kind == RFM_SEGMENTS {
-                Ok(())
-            } else {
-                Err("a segment count does not follow an rfm-histograms analysis".into())
-            }
-        }
-        AnalysisKind::RfmHistograms(specs) => {
-            for s in specs {
-                nests(s, &o.last)?;
-            }
-            Ok(())
-        }
-    }
-}
-
-/// A refinement must be linear, and lie inside one bin of a previous histogram of
-/// the same metric, with bins narrower than that bin.
-fn nests(s: &HistogramSpec, previous: &[HistogramSpec]) -> Result<(), String> {
-    let Layout::Linear { lo, width, bins } = s.layout else {
-        return Err(format!("a {} histogram repeats a power-of-two pass", s.metric.name()));
-    };
-    let (a, b) = (lo as u128, lo as u128 + width as u128 * bins as u128);
-    let inside = previous.iter().filter(|p| p.metric == s.metric).any(|p| {
-        (0..p.len()).any(|i| {
-            let (pa, pb) = p.bin_range(i);
-            pa <= a && b <= pb && (width as u128) < pb - pa
-        })
-    });
-    if inside {
-        Ok(())
-    } else {
-        Err(format!(
-            "its {} bins [{a}, {b}) do not lie inside one bin of the previous pass with narrower bins",
-            s.metric.name()
-        ))
-    }
-}
-
-fn unit(m: Metric) -> &'static str {
-    match m {
-        Metric::Recency => "day(s)",
-        Metric::Frequency => "purchase day(s)",
-        Metric::Monetary => "cent(s)",
-    }
+    node_query(&a.kind).continues(o.kind, &o.last)
 }
 
 /// The computation in words: "3 histograms at 2026-10-31: recency 65 power-of-two
-/// bins; …" or "4 segment counts at …".
+/// bins; …" or "4 segment counts at …" ([`crate::analyses::NodeQuery::describe`]).
 pub fn describe(a: &Analysis) -> String {
-    let at = format_date(a.reference_date);
-    match &a.kind {
-        AnalysisKind::RfmHistograms(specs) => {
-            let parts: Vec<String> = specs
-                .iter()
-                .map(|s| match s.layout {
-                    Layout::Log2 => format!("{} {} power-of-two bins", s.metric.name(), s.len()),
-                    Layout::Linear { lo, width, bins } => {
-                        format!("{} {bins} bins of {width} {} from {lo}", s.metric.name(), unit(s.metric))
-                    }
-                })
-                .collect();
-            format!("{} customer-count histogram(s) at {at}: {}", specs.len(), parts.join("; "))
-        }
-        AnalysisKind::RfmSegments(c) => format!(
-            "4 segment counts (high-value, potential, dormant, other) at {at} under cut points R {:?}, F {:?}, M {:?}",
-            c.recency, c.frequency, c.monetary
-        ),
-    }
+    node_query(&a.kind).describe(&format_date(a.reference_date))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fedcrm_analysis::rfm::Cuts;
+    use crate::analyses::rfm::{RFM_HISTOGRAMS, RFM_SEGMENTS};
+    use crate::policy::HistogramLimits;
+    use fedcrm_analysis::rfm::{Cuts, HistogramSpec, Layout, Metric, QuantileSearch};
 
     fn analysis(id: &str, kind: AnalysisKind) -> Analysis {
         Analysis {
@@ -293,7 +165,7 @@ mod tests {
     #[test]
     fn the_label_does_not_decide_the_kind_and_refinements_must_nest() {
         let t = Tracker::default();
-        let limits = HistogramLimits::default();
+        let limits = Policy::default();
         // A4: labelled rfm-segments, but a 2^20-bin one-cent spend histogram.
         let wide = analysis("x", AnalysisKind::RfmHistograms(vec![linear(Metric::Monetary, 0, 1, 1 << 20)]));
         assert!(t.identify(&wide, &limits).unwrap_err().contains("max_bins"));
@@ -336,7 +208,10 @@ mod tests {
             (0..1024u64).map(|i| linear(Metric::Monetary, (1 << 20) + 1024 * i, 1, 1024)).collect();
         let err = t.identify(&analysis("r4", AnalysisKind::RfmHistograms(many)), &limits).unwrap_err();
         assert!(err.contains("at most 4"), "{err}");
-        let strict = HistogramLimits { min_width_monetary_cents: 100, ..limits };
+        let strict = Policy {
+            histograms: HistogramLimits { min_width_monetary_cents: 100, ..limits.histograms },
+            ..Policy::default()
+        };
         assert!(t.identify(&fine, &strict).unwrap_err().contains("finer than the minimum of 100"));
     }
 }

@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod analyses;
 pub mod analysis;
 pub mod approvals;
 pub mod check;

@@ -177,7 +177,7 @@ pub struct CapState {
 pub use fedcrm_analysis::rules::{Stage, other_organisations};
 
 /// Analysis kinds a policy may name (as the node identifies them from the computation).
-pub const KNOWN_ANALYSES: [&str; 2] = [crate::computation::RFM_HISTOGRAMS, crate::computation::RFM_SEGMENTS];
+pub const KNOWN_ANALYSES: [&str; 2] = [crate::analyses::rfm::RFM_HISTOGRAMS, crate::analyses::rfm::RFM_SEGMENTS];
 
 impl Policy {
     /// Refuse values that would silently weaken the policy: an analysis name that is

@@ -53,8 +53,8 @@ pub fn assert_equals_pooled(view: &SegmentsView, nodes: &[NodeSpec]) {
 }
 
 /// A test analyst's request for the reference date.
-pub fn request(purpose: &str) -> fedcrm_coordinator::segments::AnalysisRequest {
-    fedcrm_coordinator::segments::AnalysisRequest {
+pub fn request(purpose: &str) -> fedcrm_coordinator::analyses::AnalysisRequest {
+    fedcrm_coordinator::analyses::AnalysisRequest {
         reference_date: fedcrm_analysis::date::parse_date(REFERENCE).unwrap(),
         purpose: purpose.into(),
         requested_by: "analyst.test".into(),

@@ -26,7 +26,6 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use fedcrm_analysis::neighbourhood;
-use fedcrm_analysis::rfm::CustomerRfm;
 use fedcrm_analysis::rules::{self, Invitee, Stage, Unmasked};
 use fedcrm_audit::{Event, Member};
 use fedcrm_crypto::graph::{self, Graph, GraphSeed};
@@ -45,12 +44,12 @@ use zeroize::Zeroizing;
 #[cfg(feature = "test-util")]
 use super::faults::{self, DropAt};
 use super::{NodeContext, Peer, SessionEnd, SessionError, record, unix_now, unix_now_ms};
-use crate::analysis::{add_noise, check_noise, check_round_width, fit_to_bound, local_vector};
+use crate::analyses::{self, LocalData};
+use crate::analysis::{add_noise, check_noise, check_round_width, fit_to_bound};
 use crate::approvals::{self, Decision, Pending};
 use crate::computation::Identified;
 use crate::differencing::Recorded;
 use crate::egress::{Egress, lock};
-use crate::features;
 
 /// Test hook (feature `test-util`, never in production builds): a node that
 /// colludes with HQ, as the threat model assumes HQ's own channels may.
@@ -221,7 +220,8 @@ pub(super) struct Rounds<'a> {
     active: Option<Active>,
     /// The keys of the analysis in progress, from its first round.
     keyed: Option<Keyed>,
-    customers: Option<(time::Date, Vec<CustomerRfm>)>,
+    /// Local features computed once per reference date (never leave the node).
+    local: analyses::Cache,
     /// SecAgg+ rounds that ended after this node revealed its graph nonce and before
     /// its key roster, per analysis id: each is a fresh graph the coordinator saw
     /// before choosing to stop (this session only).
@@ -250,7 +250,7 @@ impl<'a> Rounds<'a> {
             rng: SystemRandom::new(),
             active: None,
             keyed: None,
-            customers: None,
+            local: Default::default(),
             abandoned: Default::default(),
         }
     }
@@ -349,7 +349,7 @@ impl<'a> Rounds<'a> {
             },
         )?;
         // The analysis as this node identifies it from the computation, not the label.
-        let identified = ctx.analyses.identify(&start.analysis, &ctx.policy.histograms);
+        let identified = ctx.analyses.identify(&start.analysis, &ctx.policy);
         record(
             ctx,
             Event::RoundStarted {
@@ -444,9 +444,9 @@ impl<'a> Rounds<'a> {
         // computes, clamps and noises it just before masking, once its charge is recorded
         // (`on_masked_input_request`): until then nothing this node does depends on its data.
         let input = if start.noise.is_none() {
-            let customers = customers_at(&mut self.customers, ctx, start.analysis.reference_date);
-            let mut input = Zeroizing::new(local_vector(&start.analysis, customers));
-            if let Err(why) = fit_to_bound(&start, customers.len(), &mut input) {
+            let c = analyses::contribute(&start.analysis, &mut LocalData::new(&ctx.dataset, &mut self.local));
+            let mut input = c.vector;
+            if let Err(why) = fit_to_bound(&start, c.customers, &mut input) {
                 tracing::warn!(node = %ctx.name, %round, %why, "refusing round");
                 self.refuse(round, &why).await?;
                 return Ok(None);
@@ -763,9 +763,9 @@ impl<'a> Rounds<'a> {
         // charge: clamped to the signed bound, then noised; from here the node holds
         // only the noised vector (zeroized when dropped).
         if let Some(noise) = a.start.noise.clone() {
-            let customers = customers_at(&mut self.customers, ctx, a.start.analysis.reference_date);
-            let mut input = Zeroizing::new(local_vector(&a.start.analysis, customers));
-            if let Ok(clamped @ 1..) = fit_to_bound(&a.start, customers.len(), &mut input) {
+            let c = analyses::contribute(&a.start.analysis, &mut LocalData::new(&ctx.dataset, &mut self.local));
+            let mut input = c.vector;
+            if let Ok(clamped @ 1..) = fit_to_bound(&a.start, c.customers, &mut input) {
                 // Only this node's own log says so (a noised round never refuses on data).
                 tracing::warn!(
                     node = %ctx.name, %round, clamped, bound = a.start.max_per_node,
@@ -1113,20 +1113,6 @@ fn share_again(
     let shares = sign_shares(ctx, &a.start, sealed)?;
     a.state = State::ShareKeys(state);
     Ok(Ok(FromNode::SealedShares { round, shares }))
-}
-
-/// This node's customers' RFM values at `reference`, computed once per reference date.
-fn customers_at<'c>(
-    cache: &'c mut Option<(time::Date, Vec<CustomerRfm>)>,
-    ctx: &NodeContext,
-    reference: time::Date,
-) -> &'c [CustomerRfm] {
-    if cache.as_ref().map(|c| c.0) != Some(reference) {
-        let rfm = features::rfm(&ctx.dataset.purchases, reference).into_iter().map(|(_, r)| r).collect();
-        *cache = Some((reference, rfm));
-    }
-    // Unwrap safety: the cache was filled just above.
-    &cache.as_ref().unwrap().1
 }
 
 /// Sign each sealed share, so a receiver can tell this node's bytes from a relay's,

@@ -1,0 +1,278 @@
+//! The coordinator's face of each analysis (issue 11's seam): a [`Driver`] — a state
+//! machine that emits one round's query at a time and consumes the released sum of
+//! each — run by one generic loop ([`Coordinator::run_analysis`]) over **one fixed
+//! contributor set**, with the analysis's release rules applied by the driver to its
+//! last round. The loop owns everything analyses share: the request in the audit
+//! log, the plan of whom to invite, the privacy checks before anything starts (the
+//! driver's charge for its whole plan against every invitee's budget), one noise
+//! level for all rounds, the population fixed by the first round, and the record of
+//! how the analysis ended.
+//!
+//! Every round of one analysis must have the same contributors, or its results would
+//! mix different populations. If a node drops *between* rounds the analysis stops
+//! without a result: re-running the same query over the remaining nodes would hand
+//! the coordinator two sums whose difference is the dropped node's contribution.
+//!
+//! One module per analysis: [`rfm`]. Adding an analysis: ARCHITECTURE.md, "Adding an
+//! analysis".
+
+pub mod rfm;
+
+use std::collections::BTreeMap;
+
+use fedcrm_dp::accounting::Charge;
+use fedcrm_protocol::wire::{Analysis, AnalysisKind, Noise};
+use serde::Serialize;
+
+use crate::Coordinator;
+use crate::audit::SharedLog;
+use crate::config::ReleaseRules;
+use crate::registry::{ConnectedNode, SessionEvent};
+use crate::release;
+use crate::round::{Exit, RoundError, RoundOutput, describe};
+
+/// What a driver does after a round.
+#[derive(Debug)]
+pub enum Step<T> {
+    /// Run another round with this query, over the analysis's population.
+    Round(AnalysisKind),
+    /// The analysis is finished with this released result.
+    Done(T),
+}
+
+/// What a driver may use to release its result: the analysis's identity, its rounds
+/// and what they cost (issue 10), and the release door's rules and log.
+#[derive(Debug)]
+pub struct Context<'a> {
+    pub rules: ReleaseRules,
+    pub audit: &'a SharedLog,
+    pub analysis: &'a str,
+    /// Round ids so far, in order (the last is the round just consumed).
+    pub rounds: &'a [String],
+    /// What each noised round so far cost each contributor.
+    pub charges: &'a [Charge],
+    /// Whether the analysis runs with differential privacy.
+    pub dp: bool,
+}
+
+/// The coordinator-side driver of one analysis.
+pub trait Driver {
+    /// What the analysis releases.
+    type Outcome;
+
+    /// The analysis kind nodes' policies apply to (e.g. `rfm-segments`), as logged.
+    fn kind(&self) -> &'static str;
+
+    /// The first round's query (it also names the data the analysis reads, for the
+    /// plan and the differencing rule).
+    fn first(&mut self) -> AnalysisKind;
+
+    /// Under differential privacy: the most the whole analysis can cost each node at
+    /// this noise level, and its most rounds — checked against every invitee's budget
+    /// before the first round. `None` for a single-round analysis, which the round
+    /// itself checks.
+    fn plan_charge(&self, noise: &Noise) -> Option<(Charge, usize)>;
+
+    /// Consume the round just run (over the analysis's population) and say what comes
+    /// next. The driver releases only through the release door ([`crate::release`]).
+    fn next(&mut self, out: &RoundOutput, cx: &Context<'_>) -> Result<Step<Self::Outcome>, AnalysisError>;
+}
+
+/// What an analyst asked for, and who they are (from their certificate).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnalysisRequest {
+    pub reference_date: time::Date,
+    pub purpose: String,
+    pub requested_by: String,
+    pub requested_by_organisation: String,
+    /// Issue 10: with differential privacy (`--dp on`, the default for analysts); an
+    /// exact analysis is refused unless every participant's policy is optional.
+    pub dp: bool,
+}
+
+impl AnalysisRequest {
+    /// One round's [`Analysis`]: this request, the analysis id and kind, the query.
+    pub fn analysis(&self, id: &str, analysis_kind: &str, kind: AnalysisKind) -> Analysis {
+        Analysis {
+            reference_date: self.reference_date,
+            purpose: self.purpose.clone(),
+            requested_by: self.requested_by.clone(),
+            requested_by_organisation: self.requested_by_organisation.clone(),
+            analysis_id: id.to_string(),
+            analysis_kind: analysis_kind.to_string(),
+            kind,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AnalysisError {
+    #[error("the analysis waits for manual approval by {nodes}; it stops without a result and can run once approved")]
+    AwaitingApproval { nodes: String },
+    #[error("audit log: {0}; nothing was run")]
+    Audit(String),
+    #[error(transparent)]
+    Round(#[from] RoundError),
+    #[error(transparent)]
+    Release(#[from] release::ReleaseError),
+    #[error("quantile search: {0}")]
+    Quantile(#[from] fedcrm_analysis::rfm::QuantileError),
+    #[error(
+        "a node left between rounds of the analysis, so it stops without a result (re-running it over the \
+         remaining nodes would let the coordinator subtract one node's data); run it again later. Left:{exits}"
+    )]
+    ContributorsChanged { exits: String },
+    #[error("another analysis is running; try again when it finishes")]
+    Busy,
+    /// Issue 10: refused up front by the participants' privacy policies.
+    #[error("{0}")]
+    Privacy(String),
+}
+
+/// A finished analysis: the driver's release, and how it ran.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finished<T> {
+    pub release: T,
+    pub rounds: u32,
+    /// Nodes that left or were not invited, and why (across all rounds).
+    pub exits: BTreeMap<String, String>,
+}
+
+/// A node whose franchisee has not approved the analysis stops it: running it now
+/// without that node, and later again with it, would let the two results be
+/// subtracted. The analysis runs once every node has approved.
+fn stop_if_awaiting(out: &RoundOutput) -> Result<(), AnalysisError> {
+    let waiting: Vec<String> = out
+        .exits
+        .iter()
+        .filter(|(_, e)| matches!(e, Exit::AwaitingApproval(_)))
+        .map(|(n, e)| format!("{n} ({e})"))
+        .collect();
+    if waiting.is_empty() { Ok(()) } else { Err(AnalysisError::AwaitingApproval { nodes: waiting.join("; ") }) }
+}
+
+impl Coordinator {
+    /// Run one analysis over all connected nodes, driven by `driver`.
+    pub async fn run_analysis<D: Driver>(
+        &self,
+        request: &AnalysisRequest,
+        driver: D,
+    ) -> Result<Finished<D::Outcome>, AnalysisError> {
+        let mut events = self.events.try_lock().map_err(|_| AnalysisError::Busy)?;
+        let id = self.requested(request, driver.kind())?;
+        let out = self.drive(&mut events, request, &id, driver).await;
+        self.concluded(&id, &out);
+        out
+    }
+
+    async fn drive<D: Driver>(
+        &self,
+        events: &mut tokio::sync::mpsc::UnboundedReceiver<SessionEvent>,
+        request: &AnalysisRequest,
+        id: &str,
+        mut driver: D,
+    ) -> Result<Finished<D::Outcome>, AnalysisError> {
+        let kind = driver.kind();
+        let mut query = driver.first();
+        let plan = self.plan(&request.analysis(id, kind, query.clone()).coverage())?;
+        if request.dp {
+            // Issue 10: the whole plan's cost, checked against every invitee's announced
+            // budget before anything starts (each round checks again).
+            let noise = self.noise_for(&plan.invited, plan.t).map_err(AnalysisError::Privacy)?;
+            if let Some((planned, rounds)) = driver.plan_charge(&noise) {
+                self.within_budgets(&plan.invited, &planned).map_err(|e| {
+                    AnalysisError::Privacy(format!(
+                        "refused before it started: the {kind} analysis under differential privacy ({rounds} rounds \
+                         at most, ρ = {:.4} per node) would exceed a budget: {e}",
+                        planned.rho
+                    ))
+                })?;
+            }
+        } else {
+            self.exact_allowed(&plan.invited).map_err(AnalysisError::Privacy)?;
+        }
+        let variance = request.dp.then(|| self.analysis_variance(&plan.invited));
+        let mut runner = self.runner(events, variance);
+        let mut exits: BTreeMap<String, String> = plan.excluded.clone();
+        let (mut invited, t, degree) = (plan.invited, plan.t, plan.degree);
+        let mut population: Option<Vec<String>> = None;
+        let (mut rounds, mut round_ids, mut charges) = (0u32, Vec::new(), Vec::new());
+        loop {
+            if population.is_some() {
+                self.still_connected(&invited)?;
+            }
+            rounds += 1;
+            let out = runner.run(&request.analysis(id, kind, query), &invited, t, degree).await?;
+            round_ids.push(out.round.to_hex());
+            charges.extend(out.charge);
+            exits.extend(out.exits.iter().map(|(n, e)| (n.clone(), e.to_string())));
+            stop_if_awaiting(&out)?;
+            match &population {
+                // The first round's contributors are the analysis's population; later
+                // rounds invite only them and must have exactly them.
+                None => {
+                    invited.retain(|p| out.contributors.contains(&p.name));
+                    population = Some(out.contributors.clone());
+                }
+                Some(p) if *p != out.contributors => {
+                    return Err(AnalysisError::ContributorsChanged { exits: describe(&out.exits) });
+                }
+                Some(_) => {}
+            }
+            let cx = Context {
+                rules: self.config.release,
+                audit: &self.audit,
+                analysis: id,
+                rounds: &round_ids,
+                charges: &charges,
+                dp: request.dp,
+            };
+            match driver.next(&out, &cx)? {
+                Step::Round(next) => query = next,
+                Step::Done(release) => return Ok(Finished { release, rounds, exits }),
+            }
+        }
+    }
+
+    /// Every contributor of the analysis' first round must still be connected for
+    /// the next: otherwise stop now (the nodes would refuse anyway, since the sums
+    /// could be subtracted).
+    fn still_connected(&self, invited: &[ConnectedNode]) -> Result<(), AnalysisError> {
+        let connected = self.registry.connected();
+        let gone: Vec<String> = invited
+            .iter()
+            .filter(|p| !connected.iter().any(|c| c.name == p.name && c.session == p.session))
+            .map(|p| format!("\n  {}: disconnected", p.name))
+            .collect();
+        if gone.is_empty() { Ok(()) } else { Err(AnalysisError::ContributorsChanged { exits: gone.concat() }) }
+    }
+
+    /// Record an analyst's request; returns the new analysis id.
+    fn requested(&self, r: &AnalysisRequest, kind: &str) -> Result<String, AnalysisError> {
+        let mut b = [0u8; 8];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+            .map_err(|_| AnalysisError::Audit("system random number generator failed".into()))?;
+        let id = hex::encode(b);
+        crate::audit::record(&self.audit, fedcrm_audit::Event::AnalysisRequested {
+            analysis: id.clone(),
+            kind: kind.to_string(),
+            analyst: r.requested_by.clone(),
+            organisation: r.requested_by_organisation.clone(),
+            purpose: r.purpose.clone(),
+            parameters: serde_json::json!({ "reference_date": fedcrm_analysis::date::format_date(r.reference_date) }),
+        })
+        .map_err(|e| AnalysisError::Audit(e.to_string()))?;
+        Ok(id)
+    }
+
+    /// Record a failed analysis (a released one was recorded by the release door).
+    fn concluded<T>(&self, id: &str, out: &Result<T, AnalysisError>) {
+        if let Err(e) = out {
+            let _ = crate::audit::record(
+                &self.audit,
+                fedcrm_audit::Event::AnalysisFailed { analysis: id.to_string(), reason: e.to_string() },
+            );
+        }
+        let _ = crate::audit::lock(&self.audit).seal();
+    }
+}

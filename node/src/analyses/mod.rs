@@ -1,0 +1,96 @@
+//! The node's faces of each analysis (issue 11's seam): how the node's policy
+//! classifies a round by its computation ([`NodeQuery::starts`],
+//! [`NodeQuery::continues`], [`NodeQuery::check_limits`]), and the node's contribution
+//! — query plus local data to the vector it masks ([`NodeQuery::contribute`]). The
+//! query itself (vector length, range, sensitivity, coverage) is the wire's
+//! [`fedcrm_protocol::wire::Query`]; the generic per-round checks (width, bound,
+//! noise) are in [`crate::analysis`], the bookkeeping of open analyses in
+//! [`crate::computation`].
+//!
+//! One module per analysis: [`rfm`]. Adding an analysis: see ARCHITECTURE.md,
+//! "Adding an analysis".
+
+pub mod rfm;
+
+use fedcrm_analysis::rfm::CustomerRfm;
+use fedcrm_protocol::wire::{Analysis, AnalysisKind, Query};
+use time::Date;
+use zeroize::Zeroizing;
+
+use crate::data::Dataset;
+use crate::policy::Policy;
+
+/// The node's face of one round's query.
+pub trait NodeQuery: Query {
+    /// The analysis (policy kind) a first round with this computation starts.
+    fn starts(&self) -> &'static str;
+
+    /// Limits of the node's policy every round of this computation must respect,
+    /// whether it starts an analysis or continues one. `Err` is the refusal reason.
+    fn check_limits(&self, policy: &Policy) -> Result<(), String>;
+
+    /// Whether this round is the next step of an open analysis of kind `kind` whose
+    /// previous round computed `previous` (same reference date, already checked).
+    /// `Err` says why not.
+    fn continues(&self, kind: &'static str, previous: &AnalysisKind) -> Result<(), String>;
+
+    /// The computation in words at reference date `at`, for people (`node pending`,
+    /// refusals, the log).
+    fn describe(&self, at: &str) -> String;
+
+    /// This node's contribution: the un-noised, unmasked local vector of
+    /// [`Query::vector_len`] words, and how many of the node's customers it covers
+    /// (for the per-node bound, [`crate::analysis::fit_to_bound`]).
+    fn contribute(&self, data: &mut LocalData<'_>, reference: Date) -> Contribution;
+}
+
+/// The node face of a wire query.
+pub fn node_query(kind: &AnalysisKind) -> &dyn NodeQuery {
+    match kind {
+        AnalysisKind::RfmHistograms(specs) => specs,
+        AnalysisKind::RfmSegments(cuts) => cuts,
+    }
+}
+
+/// A node's contribution to one round, before the per-node bound and noise.
+#[derive(Debug)]
+pub struct Contribution {
+    /// Zeroized when dropped: it is this node's un-noised data.
+    pub vector: Zeroizing<Vec<u64>>,
+    /// The node's customers the vector covers.
+    pub customers: usize,
+}
+
+/// The node's own data as the analyses read it, with what is computed once per
+/// reference date kept between rounds of a session.
+#[derive(Debug)]
+pub struct LocalData<'a> {
+    dataset: &'a Dataset,
+    cache: &'a mut Cache,
+}
+
+/// Per-session cache of local features (never leaves the node).
+#[derive(Debug, Default)]
+pub struct Cache {
+    rfm: Option<(Date, Vec<CustomerRfm>)>,
+}
+
+impl<'a> LocalData<'a> {
+    pub fn new(dataset: &'a Dataset, cache: &'a mut Cache) -> Self {
+        Self { dataset, cache }
+    }
+
+    /// This node's customers' RFM values at `reference`, computed once per date.
+    pub fn rfm_at(&mut self, reference: Date) -> &[CustomerRfm] {
+        if self.cache.rfm.as_ref().is_none_or(|c| c.0 != reference) {
+            let rfm = crate::features::rfm(&self.dataset.purchases, reference).into_iter().map(|(_, r)| r).collect();
+            self.cache.rfm = Some((reference, rfm));
+        }
+        self.cache.rfm.as_ref().map_or(&[], |c| &c.1)
+    }
+}
+
+/// The local contribution for `analysis` ([`NodeQuery::contribute`]).
+pub fn contribute(analysis: &Analysis, data: &mut LocalData<'_>) -> Contribution {
+    node_query(&analysis.kind).contribute(data, analysis.reference_date)
+}
