@@ -2,8 +2,11 @@
 //! does to a real vector (a gradient, a model delta) before it masks it, and what the
 //! coordinator does to the unmasked sum. Follows Kairouz, Liu & Steinke, "The
 //! Distributed Discrete Gaussian Mechanism for Federated Learning with Secure
-//! Aggregation" (ICML 2021, arXiv 2102.06387; "KLS21" below), Algorithm 1 (client) and
-//! Algorithm 2 (server), with the privacy of Theorem 1. Pure: no I/O, no clock; the
+//! Aggregation" (ICML 2021, arXiv 2102.06387; "KLS21" below): the client procedure of
+//! Algorithm 1 and the server's decoding that follows it, with the privacy of Theorem 1.
+//! Where the paper's text was not at hand, the formulas were checked against the
+//! authors' code (google-research/federated `distributed_dp/compression_utils.py` and
+//! `accounting_utils.py`, which cite the same numbers). Pure: no I/O, no clock; the
 //! only randomness is an [`Entropy`] (the OS CSPRNG on a node).
 //!
 //! # The algorithm, step by step
@@ -13,7 +16,7 @@
 //!
 //! 1. **Clip** to ℓ2 norm c: x ← min(1, c/‖x‖₂)·x. Every later bound rests on this.
 //! 2. **Pad** with zeros to d' = the next power of two ≥ d.
-//! 3. **Rotate** (KLS21 §4.1, "flattening"): x ← (1/√d')·H·D·x, H the d'×d' Walsh–Hadamard
+//! 3. **Rotate** (KLS21's "flattening"): x ← (1/√d')·H·D·x, H the d'×d' Walsh–Hadamard
 //!    matrix (entries ±1, applied by the fast transform in d'·log₂d' additions), D a
 //!    diagonal of random signs drawn from the round's public seed ([`Rotation`]). The
 //!    rotation is orthonormal, so ‖x‖₂ is unchanged, but the mass of any one
@@ -249,8 +252,8 @@ impl Params {
     /// - **γ**: the coarsest grid whose inflation Δ₂²/s² − 1 stays at most
     ///   `target.inflation`, with s = c/γ. With β > 0 the first term of Δ₂² gives the
     ///   inflation d'/(4s²) + b·(1/s + √d'/(2s²)), b = √(2 ln(1/β)): a quadratic in 1/s,
-    ///   solved exactly. KLS21 (§4.4) pick γ instead from the bits a word has
-    ///   (`heuristic_scale_factor` in their code), because their words are 16–20 bits;
+    ///   solved exactly. KLS21 pick γ instead from the bits a word has (their §4.4 and
+    ///   `heuristic_scale_factor` in their code), because their words are 16–20 bits;
     ///   ours are 64, so the word never binds and the grid is chosen to cost (almost)
     ///   no privacy. Its accuracy cost, rounding variance ≤ γ²/4 per node and
     ///   coordinate against the noise's γ²σ², is then 1/(4σ²) of the noise, negligible
