@@ -86,6 +86,19 @@
 //! in the c-ball, the two rounded vectors can differ by up to 2·Δ₂
 //! ([`Neighbours::Replacement`]: four times ρ). The caller says which holds.
 //!
+//! **The seed.** The rotation is public and may even be chosen by the coordinator:
+//! privacy does not rest on it (the norm bound is enforced on the integer vector after
+//! the rotation, and the noise is exact whatever the rotation), and neither does the
+//! word range (n·⌊Δ₂⌋ bounds a coordinate whatever the rotation). A bad rotation can
+//! only cost accuracy; a fresh seed per round, unknown when the data were fixed, makes
+//! it spread the vector as intended.
+//!
+//! **Timing.** How many rounding tries a vector takes depends on its data (a vector at
+//! the clip bound with fractions near ½ retries most), at most 1/(1 − β) ≈ 2.5 on
+//! average at β = e^{−1/2}. Someone timing the node's encoding learns about that
+//! number, a few bits about how close to the bound the vector was, in a round already
+//! charged; like the sampler's timing (module [`crate::sampler`]), fedcrm accepts it.
+//!
 //! **Floating point.** Clipping, rotation and the rounding probabilities use f64; the
 //! privacy guarantee does not depend on them: it needs only that the rounded integer
 //! vector satisfies ‖x̃‖₂² ≤ Δ₂², which is checked exactly in integers, and that the
@@ -108,8 +121,9 @@ pub const MAX_BETA: f64 = 0.9;
 /// Rounding tries before [`encode`] gives up (a bug or a bad β, never expected).
 pub const MAX_ROUNDING_TRIES: usize = 1_000;
 
-/// The largest padded dimension: 2^30 words.
-pub const MAX_PADDED_DIMENSION: usize = 1 << 30;
+/// The largest padded dimension: 2^26 words, the wire's longest vector
+/// (`fedcrm_protocol`'s `MAX_LENGTH`).
+pub const MAX_PADDED_DIMENSION: usize = 1 << 26;
 
 /// The HMAC label of the rotation's sign stream, version and purpose bound in.
 const ROTATION_LABEL: &[u8] = b"fedcrm/dp/v1/ddg-rotation-signs";
@@ -219,7 +233,7 @@ impl Params {
     ) -> Result<Self, VectorError> {
         let bad = |what: String| Err(VectorError::Parameter(what));
         if dimension == 0 || dimension > MAX_PADDED_DIMENSION {
-            return bad(format!("dimension {dimension}: need 1 ≤ d ≤ 2^30"));
+            return bad(format!("dimension {dimension}: need 1 ≤ d ≤ 2^26"));
         }
         if !(clip.is_finite() && clip > 0.0) {
             return bad(format!("clip bound c = {clip}: need a finite c > 0"));
@@ -275,7 +289,7 @@ impl Params {
             return bad(format!("{} honest nodes of {nodes}: need 1 ≤ k ≤ n", target.honest));
         }
         if dimension == 0 || dimension > MAX_PADDED_DIMENSION {
-            return bad(format!("dimension {dimension}: need 1 ≤ d ≤ 2^30"));
+            return bad(format!("dimension {dimension}: need 1 ≤ d ≤ 2^26"));
         }
         let beta = DEFAULT_BETA;
         let dp = dimension.next_power_of_two() as f64;
@@ -429,7 +443,7 @@ impl Rotation {
     /// The rotation of length `padded` (a power of two) for `seed`.
     pub fn new(seed: &RotationSeed, padded: usize) -> Result<Self, VectorError> {
         if !padded.is_power_of_two() || padded > MAX_PADDED_DIMENSION {
-            return Err(VectorError::Parameter(format!("rotation length {padded}: need a power of two ≤ 2^30")));
+            return Err(VectorError::Parameter(format!("rotation length {padded}: need a power of two ≤ 2^26")));
         }
         let key = hmac::Key::new(hmac::HMAC_SHA256, &seed.0);
         let mut negative = Vec::with_capacity(padded);
@@ -646,6 +660,16 @@ mod tests {
         let p = Params::noiseless_for_testing(4, 1.0, 1.0, 0.0, 1).unwrap();
         // Δ₂ = 1 + 2 = 3; range 3; 2·3 = 6 < 2^3.
         assert_eq!((p.word_range(), p.required_bits()), (3, 3));
+    }
+
+    /// Known answer, computed independently with Python's `hmac` (key 0^32, message
+    /// label ‖ be64(16) ‖ be64(0), tag 2a7cc169…): the signs of d' = 16, bit i of the tag
+    /// least significant first, 1 meaning −1. Nodes and coordinators of any build agree.
+    #[test]
+    fn the_rotation_signs_match_an_independent_hmac() {
+        let r = Rotation::new(&RotationSeed([0; 32]), 16).unwrap();
+        let got: String = r.negative.iter().map(|&n| if n { '-' } else { '+' }).collect();
+        assert_eq!(got, "+-+-+-++++-----+");
     }
 
     #[test]
