@@ -49,11 +49,11 @@
 //!
 //! - **Noise**: the n nodes' noise, variance n·σ²·γ² (rotation keeps it isotropic), of
 //!   which only the honest k's count for privacy.
-//! - **Rounding**: each node's rounding error is below γ per coordinate (variance at
-//!   most γ²/4 for unconditional rounding), so the decoded sum is within γ·n·√d' of
-//!   Σᵢ clip(xᵢ) in ℓ2 norm without noise, always (each coordinate of each node's
-//!   error in (−1, 1) on the grid, and the rotation keeps norms). Smaller γ, smaller
-//!   error, more bits.
+//! - **Rounding**: rounding moves each grid coordinate of a node's vector by less than
+//!   1 (variance at most 1/4 unconditioned), so without noise the decoded sum is within
+//!   γ·n·√d' of Σᵢ clip(xᵢ) in ℓ2 norm, always (the rotation keeps norms), and typically
+//!   within about γ·√(n·d'/6); per decoded coordinate that is a variance of at most
+//!   about n·γ²/4. Smaller γ, smaller error, more bits.
 //! - **Clipping**: vectors longer than c are shortened: bias, which a larger c avoids at
 //!   the price of more noise for the same privacy (ρ grows as c²).
 //! - **Privacy** (KLS21 Thm 1 with Prop. 14): one release is (ξ, ρ)-approximate zCDP with
@@ -67,16 +67,17 @@
 //!   first is what the conditional rounding adds, and is the smaller one unless β is
 //!   tiny (its s-coefficient √(2 ln(1/β)) against the second's 2√d'): at β = e^{−1/2}
 //!   (√(2 ln(1/β)) = 1) it always is, and it gives s² + d'/4 + s + √d'/2 against
-//!   s² + 2s√d' + d'. At β = 0 (no conditioning) only the second applies. The inflation Δ₂²/s² − 1 is the
-//!   privacy price of the grid: about d'/(4s²) + √(2 ln(1/β))/s, so a fine grid
-//!   (small γ, large s) makes it negligible ([`Params::calibrate`] keeps it ≤ 1 %).
+//!   s² + 2s√d' + d'. At β = 0 (no conditioning) only the second applies. The
+//!   inflation Δ₂²/s² − 1 is the privacy price of the grid: about
+//!   d'/(4s²) + √(2 ln(1/β))/s, so a fine grid (small γ, large s) makes it negligible
+//!   ([`Params::calibrate`] keeps it ≤ 1 %).
 //!   The ℓ1 bound, for accountants that want it, is Δ₁ = Δ₂·min(√d', Δ₂) (an integer
 //!   vector's ℓ1 is at most its ℓ2 squared; as google-research/federated
 //!   `distributed_dp/accounting_utils.py`, `rounded_l1_norm_bound`).
 //! - **T rounds** compose: ρ·T and ξ·T ([`Params::charge`]); a node computes the charge
 //!   of the maximum number of rounds before the first one and refuses if its budget
 //!   cannot cover it.
-//! - **Bits**: the sum's words stay below n·⌊Δ₂⌋ + the noise tail of n nodes
+//! - **Bits**: the sum's words are at most n·⌊Δ₂⌋ + the noise tail of n nodes
 //!   ([`crate::accounting::noise_tail`], exceeded with probability ≤ 2^−40) in
 //!   magnitude; [`Params::new`] refuses parameters whose range does not fit i64.
 //!
@@ -276,7 +277,9 @@ impl Params {
     ///   [`Neighbours::Replacement`]), rounded up to a whole number (or to a multiple of
     ///   2^−20 below 1), so the charge never exceeds the target.
     ///
-    /// β is [`DEFAULT_BETA`].
+    /// β is [`DEFAULT_BETA`]. Calibrate once (on the coordinator) and send γ as its f64
+    /// bits with σ² as its fraction: `ln` is not bit-identical across platforms, so a
+    /// node should check the charge of the parameters it is given, not recompute γ.
     pub fn calibrate(dimension: usize, clip: f64, nodes: usize, target: Target) -> Result<Self, VectorError> {
         let bad = |what: String| Err(VectorError::Parameter(what));
         if !(target.rho.is_finite() && target.rho > 0.0) {
