@@ -6,6 +6,10 @@
 //!   term of the distributed discrete Gaussian (Kairouz, Liu & Steinke 2021), composed
 //!   over passes and analyses and converted to (ε, δ).
 //! - [`budget`]: a node's monthly budget and the ledger of what it spent.
+//! - [`vector`]: the distributed discrete Gaussian mechanism for real vectors (Kairouz,
+//!   Liu & Steinke 2021, Algorithm 1): clip, random rotation, scale, conditional
+//!   randomized rounding and noise on the node; decoding of the sum on the coordinator;
+//!   the inflated sensitivity of their Theorem 1 and its charge over many rounds.
 //!
 //! Noise is added **on the nodes**, before masking: neither HQ nor anyone else ever
 //! sees an un-noised sum.
@@ -13,6 +17,7 @@
 pub mod accounting;
 pub mod budget;
 pub mod sampler;
+pub mod vector;
 
 /// What can go wrong while sampling or accounting.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
