@@ -27,13 +27,15 @@ use fedcrm_protocol::pb;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::hq::{AnalystClient, HqConfig};
+use crate::hq::{AnalystClient, HqConfig, PublisherFiles};
 
 pub mod process;
 use process::CoordinatorProcess;
 
 /// Name in the coordinator's certificate.
 pub const COORDINATOR_NAME: &str = "coordinator.fedcrm.test";
+/// The model publisher every test deployment issues (issue 11).
+pub const PUBLISHER_NAME: &str = "models.fedcrm.test";
 
 /// A brand CA living in a directory.
 #[derive(Debug)]
@@ -266,12 +268,19 @@ impl Layout {
             sessions: SessionSettings { keepalive_seconds: opts.keepalive_seconds },
             secagg: opts.secagg,
             audit_dir: dir.path().join("coordinator-audit"),
+            models_dir: dir.path().join("coordinator-models"),
             audit: Default::default(),
         };
+        // Issue 11: HQ's model publisher, whose name the nodes' [scoring] publisher names.
+        let publisher_files = pki.issue(
+            &Identity { name: PUBLISHER_NAME.into(), organisation: "Demo Jewellery HQ".into(), role: Role::Publisher },
+            Validity::days_from_now(30),
+        )?;
         let analyst = HqConfig {
             url: format!("https://{addr}"),
             server_name: COORDINATOR_NAME.into(),
             tls: TlsFiles { ca: pki.ca_path(), cert: analyst_files.cert, key: analyst_files.key, crl: None },
+            publisher: Some(PublisherFiles { key: publisher_files.key, cert: publisher_files.cert }),
         };
         Ok(Self { dir, pki, config, analyst })
     }
@@ -605,6 +614,7 @@ impl<C> Cluster<C> {
             audit_dir: ndir.join("audit"),
             approvals_dir: ndir.join("approvals"),
             audit: Default::default(),
+            scoring: Some(fedcrm_node::models::Scoring { publisher: PUBLISHER_NAME.into() }),
         })
     }
 

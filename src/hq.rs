@@ -23,12 +23,31 @@ pub struct HqConfig {
     /// Name in the coordinator's certificate.
     pub server_name: String,
     pub tls: TlsFiles,
+    /// Issue 11: the model publisher's key and certificate, on the machine of whoever
+    /// may publish models (`fedcrm hq publish`); absent elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publisher: Option<PublisherFiles>,
+}
+
+/// `[publisher]` in hq.toml: made by `fedcrm hq init-publisher`, the certificate
+/// issued by the brand CA.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublisherFiles {
+    /// The publisher's private key (mode 0600).
+    pub key: std::path::PathBuf,
+    /// Its certificate (role fedcrm-model-publisher).
+    pub cert: std::path::PathBuf,
 }
 
 impl HqConfig {
     pub fn load(path: &Path) -> Result<Self> {
         let (mut c, base): (HqConfig, _) = load_toml(path)?;
         c.tls.resolve(&base);
+        if let Some(p) = &mut c.publisher {
+            fedcrm_protocol::config::resolve(&base, &mut p.key);
+            fedcrm_protocol::config::resolve(&base, &mut p.cert);
+        }
         Ok(c)
     }
 }
@@ -93,6 +112,50 @@ impl AnalystClient {
     /// Every node's privacy budget this month, as the coordinator knows it (`hq budget`).
     pub async fn budgets(&mut self) -> Result<pb::BudgetsReply, tonic::Status> {
         within(STATUS_TIMEOUT, &self.url, "a budget request", self.inner.budgets(pb::BudgetsRequest {})).await
+    }
+
+    /// Issue 11: the model registry (`hq models`).
+    pub async fn models(&mut self) -> Result<pb::ModelsReply, tonic::Status> {
+        within(STATUS_TIMEOUT, &self.url, "a model list request", self.inner.list_models(pb::ModelsRequest {})).await
+    }
+
+    /// Issue 11: sign model `id`'s exact bytes with the publisher's key and publish it
+    /// (`hq publish ID`).
+    pub async fn publish(&mut self, id: &str, publisher: &PublisherFiles) -> Result<pb::PublishReply> {
+        let key_pem = pki::PrivateKeyPem::new(
+            std::fs::read_to_string(&publisher.key)
+                .with_context(|| format!("reading the publisher key {}", publisher.key.display()))?,
+        );
+        let key = pki::SigningKey::from_pem(&key_pem)
+            .with_context(|| format!("the publisher key {}", publisher.key.display()))?;
+        let cert_pem = std::fs::read_to_string(&publisher.cert)
+            .with_context(|| format!("reading the publisher certificate {}", publisher.cert.display()))?;
+        let model = within(
+            STATUS_TIMEOUT,
+            &self.url,
+            "a model request",
+            self.inner.get_model(pb::ModelRequest { id: id.into() }),
+        )
+        .await
+        .map_err(|s| anyhow::anyhow!("coordinator: {}", s.message()))?;
+        let signed = fedcrm_protocol::model::SignedModel::sign_artifact(model.artifact, &key, &cert_pem)
+            .with_context(|| format!("signing model {id}"))?;
+        self.publish_signed(id, signed.publisher_cert_pem, signed.signature).await
+    }
+
+    /// The artifact's bytes as the registry holds them (`GetModel`).
+    pub async fn model_artifact(&mut self, id: &str) -> Result<pb::ModelArtifact, tonic::Status> {
+        within(STATUS_TIMEOUT, &self.url, "a model request", self.inner.get_model(pb::ModelRequest { id: id.into() }))
+            .await
+    }
+
+    /// Hand the coordinator a publisher's certificate and signature for model `id`;
+    /// it checks them against the brand CA before anything is published.
+    pub async fn publish_signed(&mut self, id: &str, cert_pem: String, signature: String) -> Result<pb::PublishReply> {
+        let request = pb::PublishRequest { id: id.into(), publisher_cert_pem: cert_pem, signature };
+        within(STATUS_TIMEOUT, &self.url, "the publication", self.inner.publish_model(request))
+            .await
+            .map_err(|s| anyhow::anyhow!("coordinator: {}", s.message()))
     }
 }
 
@@ -614,7 +677,7 @@ pub fn segments_csv(v: &SegmentsView) -> String {
 }
 
 /// A CSV field, quoted when it holds a comma, quote or line break.
-fn csv_field(x: &str) -> String {
+pub(crate) fn csv_field(x: &str) -> String {
     if x.contains([',', '"', '\n', '\r']) { format!("\"{}\"", x.replace('"', "\"\"")) } else { x.to_string() }
 }
 

@@ -10,6 +10,7 @@ pub mod bench;
 pub mod demo;
 pub mod harness;
 pub mod hq;
+pub mod models;
 pub mod nodecli;
 pub mod pooled;
 pub mod service;

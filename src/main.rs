@@ -262,6 +262,13 @@ enum HqCommand {
         #[command(flatten)]
         id: IdentityArgs,
     },
+    /// Generate a model-publisher key (0600) and CSR: the key that signs the models
+    /// HQ publishes; nodes accept a model only from the publisher their node.toml names.
+    /// Keep it off the coordinator's machine if you can: whoever holds it can publish.
+    InitPublisher {
+        #[command(flatten)]
+        id: IdentityArgs,
+    },
     /// RFM segment counts across all connected nodes.
     Segments {
         #[arg(long, default_value = "hq.toml")]
@@ -308,6 +315,31 @@ enum HqCommand {
         /// Print CSV: a header row, then one row per node.
         #[arg(long)]
         csv: bool,
+    },
+    /// The model registry: every trained model version, whether it is published and
+    /// by whom, the SHA-256 of its artifact and its headline figures.
+    Models {
+        #[arg(long, default_value = "hq.toml")]
+        config: PathBuf,
+        /// Print JSON (`models`: id, kind, created, published, publisher, sha256, metrics).
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        /// Print CSV: a header row, then one row per model version.
+        #[arg(long)]
+        csv: bool,
+    },
+    /// Publish a trained model: sign its exact bytes with the model-publisher key
+    /// named in hq.toml's [publisher] and make it available to the nodes. Nodes verify
+    /// the signature against the brand CA and the publisher their node.toml names
+    /// before scoring with it.
+    Publish {
+        #[arg(long, default_value = "hq.toml")]
+        config: PathBuf,
+        /// The model version, as `fedcrm hq models` lists it (e.g. churn-v3).
+        id: String,
+        /// Print JSON (`id`, `sha256`, `publisher`).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -382,6 +414,24 @@ enum Which {
     Hq,
 }
 
+/// Print a view as pretty JSON, CSV or the table.
+fn print_view<T: serde::Serialize>(
+    view: &T,
+    json: bool,
+    csv: bool,
+    to_csv: fn(&T) -> String,
+    to_table: fn(&T) -> String,
+) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(view)?);
+    } else if csv {
+        print!("{}", to_csv(view));
+    } else {
+        print!("{}", to_table(view));
+    }
+    Ok(())
+}
+
 fn init_identity(args: IdentityArgs, role: Role) -> Result<()> {
     let IdentityArgs { name, organisation, dir } = args;
     let dir = &dir;
@@ -449,6 +499,8 @@ impl Command {
             | Command::Hq(HqCommand::Segments { json, .. })
             | Command::Hq(HqCommand::Status { json, .. })
             | Command::Hq(HqCommand::Budget { json, .. })
+            | Command::Hq(HqCommand::Models { json, .. })
+            | Command::Hq(HqCommand::Publish { json, .. })
             | Command::Bench(BenchCommand::Secagg { json, .. })
             | Command::Bench(BenchCommand::Audit { json, .. }) => *json,
             _ => false,
@@ -616,6 +668,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Hq(HqCommand::Init { id }) => init_identity(id, Role::Analyst),
+        Command::Hq(HqCommand::InitPublisher { id }) => init_identity(id, Role::Publisher),
         Command::Hq(HqCommand::Segments { config, reference_date, purpose, dp, json, csv }) => {
             let cfg = HqConfig::load(&config)?;
             let mut client = AnalystClient::connect(&cfg).await?;
@@ -648,19 +701,38 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Hq(HqCommand::Models { config, json, csv }) => {
+            let cfg = HqConfig::load(&config)?;
+            let mut client = AnalystClient::connect(&cfg).await?;
+            let reply = client.models().await.map_err(|s| anyhow::anyhow!("coordinator: {}", s.message()))?;
+            let view = fedcrm::models::ModelsView::new(&reply);
+            print_view(&view, json, csv, fedcrm::models::models_csv, fedcrm::models::models_table)
+        }
+        Command::Hq(HqCommand::Publish { config, id, json }) => {
+            let cfg = HqConfig::load(&config)?;
+            let Some(publisher) = cfg.publisher.clone() else {
+                bail!(
+                    "{} has no [publisher] section: publishing needs the model-publisher key (`fedcrm hq \
+                     init-publisher`, its certificate issued by the brand CA) on this machine",
+                    config.display()
+                );
+            };
+            let mut client = AnalystClient::connect(&cfg).await?;
+            let reply = client.publish(&id, &publisher).await?;
+            if json {
+                println!("{}", serde_json::json!({ "id": id, "sha256": reply.sha256, "publisher": reply.publisher }));
+            } else {
+                println!("published {id} (sha256 {}), signed by {}", reply.sha256, reply.publisher);
+                println!("nodes whose node.toml names publisher {} can now score with it", reply.publisher);
+            }
+            Ok(())
+        }
         Command::Hq(HqCommand::Budget { config, json, csv }) => {
             let cfg = HqConfig::load(&config)?;
             let mut client = AnalystClient::connect(&cfg).await?;
             let reply = client.budgets().await.map_err(|s| anyhow::anyhow!("coordinator: {}", s.message()))?;
             let view = fedcrm::hq::BudgetView::new(&reply);
-            if json {
-                println!("{}", serde_json::to_string_pretty(&view)?);
-            } else if csv {
-                print!("{}", fedcrm::hq::budget_csv(&view));
-            } else {
-                print!("{}", fedcrm::hq::budget_table(&view));
-            }
-            Ok(())
+            print_view(&view, json, csv, fedcrm::hq::budget_csv, fedcrm::hq::budget_table)
         }
         Command::Bench(BenchCommand::Secagg {
             n,

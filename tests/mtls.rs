@@ -132,6 +132,7 @@ async fn rogue_coordinator(
         sessions: Default::default(),
         secagg: Default::default(),
         audit_dir: cluster.dir.path().join(format!("rogue-{name}-audit")),
+        models_dir: cluster.dir.path().join(format!("rogue-{name}-models")),
         audit: Default::default(),
     };
     let c = fedcrm_coordinator::Coordinator::open(config).unwrap();

@@ -31,6 +31,10 @@ pub struct CoordinatorConfig {
     pub secagg: SecaggSettings,
     /// The coordinator's tamper-evident audit log.
     pub audit_dir: PathBuf,
+    /// Issue 11: the model registry (trained models, and their signatures once
+    /// published). Default `models` beside the configuration file.
+    #[serde(default = "default_models_dir")]
+    pub models_dir: PathBuf,
     /// Audit log sealing, rotation and retention.
     #[serde(default)]
     pub audit: AuditConfig,
@@ -53,6 +57,10 @@ pub struct ReleaseRules {
     /// Smallest count a released cell may show; smaller cells are suppressed. Default 10.
     #[serde(default = "default_min_cohort")]
     pub min_cohort: u64,
+}
+
+fn default_models_dir() -> PathBuf {
+    PathBuf::from("models")
 }
 
 fn default_min_participants() -> usize {
@@ -223,6 +231,7 @@ impl CoordinatorConfig {
         let (mut c, base): (CoordinatorConfig, _) = load_toml(path)?;
         c.tls.resolve(&base);
         resolve(&base, &mut c.audit_dir);
+        resolve(&base, &mut c.models_dir);
         let chunk = c.rounds.chunk_elements;
         if chunk == 0 || chunk > fedcrm_protocol::MAX_CHUNK_ELEMENTS {
             return Err(ConfigError::Parse {

@@ -12,6 +12,7 @@ pub mod budgets;
 pub mod config;
 pub mod enrolment;
 mod inbound;
+pub mod models;
 pub mod plan;
 pub mod registry;
 pub mod release;
@@ -62,6 +63,8 @@ pub struct Coordinator {
     stopping: tokio::sync::watch::Sender<bool>,
     /// Issue 10: every node's privacy budget as announced and charged since.
     pub budgets: budgets::Budgets,
+    /// Issue 11: trained models and their publication.
+    pub models: models::Registry,
     /// The clock budget months are read from (tests inject a fixed one through
     /// [`Hooks`]).
     clock: Arc<dyn fedcrm_audit::log::Clock>,
@@ -152,6 +155,7 @@ impl Coordinator {
         let history = unmasked_from(&fedcrm_audit::log::read_records(&config.audit_dir)?)?;
         let audit: SharedLog = Arc::new(std::sync::Mutex::new(log));
         let (registry, events) = Registry::new(audit.clone());
+        let models = models::Registry::new(&config.models_dir);
         Ok(Self {
             enrolment: enrolment::Enrolment::new(config.enrolled.clone()),
             tls,
@@ -166,6 +170,7 @@ impl Coordinator {
             history: std::sync::Mutex::new(history),
             stopping: tokio::sync::watch::Sender::new(false),
             budgets: budgets::Budgets::default(),
+            models,
             clock: Arc::new(SystemClock),
         })
     }

@@ -64,6 +64,37 @@ impl pb::coordinator_server::Coordinator for NodeService {
         }
         opened
     }
+
+    /// Issue 11: a published model for an enrolled node (its certificate checked by
+    /// mutual TLS and against the CRL); the node verifies the signature itself.
+    async fn fetch_model(&self, req: Request<pb::ModelRequest>) -> Result<Response<pb::ModelArtifact>, Status> {
+        let (id, _) = peer_identity(&self.0, &req)?;
+        if !matches!(id.role, Role::Node(_)) || !self.0.enrolment.contains(&id.name, &id.organisation) {
+            return Err(Status::permission_denied(format!(
+                "{} is not an enrolled node; models are served to enrolled nodes only",
+                id.name
+            )));
+        }
+        let model = req.into_inner().id;
+        let signed = self.0.models.for_node(&model).map_err(registry_status)?;
+        tracing::info!(node = %id.name, %model, "model fetched");
+        Ok(Response::new(pb::ModelArtifact {
+            id: model,
+            artifact: signed.artifact,
+            publisher_cert_pem: signed.publisher_cert_pem,
+            signature: signed.signature,
+        }))
+    }
+}
+
+fn registry_status(e: crate::models::RegistryError) -> Status {
+    use crate::models::RegistryError as E;
+    match e {
+        E::Unknown(_) | E::Unpublished(_) => Status::not_found(e.to_string()),
+        E::BadId(_) => Status::invalid_argument(e.to_string()),
+        E::Refused { .. } | E::Revoked { .. } | E::AlreadyPublished(_) => Status::failed_precondition(e.to_string()),
+        E::Io { .. } | E::Audit(_) | E::Corrupt { .. } => Status::internal(e.to_string()),
+    }
 }
 
 impl NodeService {
@@ -378,6 +409,67 @@ impl pb::analyst_server::Analyst for AnalystService {
             nodes,
             coordinator_not_after: pki::not_after_unix(&c.certificate).unwrap_or(0),
         }))
+    }
+
+    /// Issue 11: the model registry, every version.
+    async fn list_models(&self, req: Request<pb::ModelsRequest>) -> Result<Response<pb::ModelsReply>, Status> {
+        require_analyst(&self.0, &req)?;
+        let models = self
+            .0
+            .models
+            .list()
+            .map_err(registry_status)?
+            .into_iter()
+            .map(|m| pb::ModelSummary {
+                id: m.id,
+                kind: m.kind,
+                created_ms: m.created_ms,
+                published: m.published,
+                publisher: m.publisher.unwrap_or_default(),
+                sha256: m.sha256,
+                metrics_json: m.metrics.to_string(),
+            })
+            .collect();
+        Ok(Response::new(pb::ModelsReply { models }))
+    }
+
+    /// Issue 11: one model's artifact (and signature once published), for review.
+    async fn get_model(&self, req: Request<pb::ModelRequest>) -> Result<Response<pb::ModelArtifact>, Status> {
+        require_analyst(&self.0, &req)?;
+        let id = req.into_inner().id;
+        let artifact = self.0.models.artifact(&id).map_err(registry_status)?;
+        let signed = self.0.models.signed(&id).map_err(registry_status)?;
+        let (publisher_cert_pem, signature) = signed.map(|s| (s.publisher_cert_pem, s.signature)).unwrap_or_default();
+        Ok(Response::new(pb::ModelArtifact { id, artifact, publisher_cert_pem, signature }))
+    }
+
+    /// Issue 11: publish a model with its publisher's signature, checked here against
+    /// the brand CA and the CRL (and again by every node).
+    async fn publish_model(&self, req: Request<pb::PublishRequest>) -> Result<Response<pb::PublishReply>, Status> {
+        let who = require_analyst(&self.0, &req)?;
+        let r = req.into_inner();
+        let c = &self.0;
+        let files = c.config.tls.read().map_err(|e| Status::internal(format!("the coordinator's tls files: {e}")))?;
+        let ca_der = pki::pem_to_der_certs(&files.ca_pem)
+            .ok()
+            .and_then(|mut d| (!d.is_empty()).then(|| d.remove(0)))
+            .ok_or_else(|| Status::internal("the coordinator's brand CA file holds no certificate"))?;
+        let (sha256, publisher) = c
+            .models
+            .publish(
+                &r.id,
+                &r.publisher_cert_pem,
+                &r.signature,
+                &crate::models::Trust {
+                    ca_der: &ca_der,
+                    now_unix: c.now_ms() / 1000,
+                    revoked: &|s| c.tls.is_revoked(s),
+                },
+                &c.audit,
+            )
+            .map_err(registry_status)?;
+        tracing::info!(analyst = %who.name, model = %r.id, %publisher, "model published");
+        Ok(Response::new(pb::PublishReply { sha256, publisher }))
     }
 
     /// Issue 10: every node's privacy budget this month, as the coordinator knows it

@@ -31,6 +31,9 @@ pub struct NodeConfig {
     /// Audit log sealing, rotation and retention.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Issue 11: which model publisher this node trusts (`fedcrm node score`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scoring: Option<crate::models::Scoring>,
 }
 
 fn default_approvals_dir() -> PathBuf {

@@ -277,6 +277,15 @@ pub fn read_log(audit_dir: &std::path::Path) -> Result<Vec<EgressRecord>, AuditE
         .collect())
 }
 
+/// Issue 11: the one request a node makes outside its session — `fedcrm node score`
+/// asking for a published model by its id. It carries the model id and nothing of the
+/// node's data; the scoring run records in the node's audit log which model it applied
+/// (`local-scoring`). The answer is checked by [`crate::models::verify`] before use.
+pub async fn fetch_model(channel: Channel, id: &str) -> Result<pb::ModelArtifact, tonic::Status> {
+    let mut client = CoordinatorClient::new(channel);
+    client.fetch_model(pb::ModelRequest { id: id.to_string() }).await.map(tonic::Response::into_inner)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -195,12 +195,15 @@ pub enum Role {
     Analyst,
     /// A data-holding node run by HQ or a franchisee.
     Node(OrgKind),
+    /// Issue 11: signs the models HQ publishes; nodes check a model's signature against
+    /// the brand CA and the publisher named in their node.toml before they score with it.
+    Publisher,
 }
 
 impl Role {
     /// Every role, in a fixed order.
-    pub const ALL: [Role; 4] =
-        [Role::Coordinator, Role::Analyst, Role::Node(OrgKind::Hq), Role::Node(OrgKind::Franchisee)];
+    pub const ALL: [Role; 5] =
+        [Role::Coordinator, Role::Analyst, Role::Node(OrgKind::Hq), Role::Node(OrgKind::Franchisee), Role::Publisher];
 
     /// The `OU` string for this role.
     pub fn as_str(self) -> &'static str {
@@ -209,6 +212,7 @@ impl Role {
             Role::Analyst => "fedcrm-analyst",
             Role::Node(OrgKind::Hq) => "fedcrm-node-hq",
             Role::Node(OrgKind::Franchisee) => "fedcrm-node-franchisee",
+            Role::Publisher => "fedcrm-model-publisher",
         }
     }
 
@@ -244,7 +248,8 @@ fn role_list() -> String {
 
 /// Who a certificate belongs to. Encoded in the certificate subject:
 /// `CN` = name, `O` = organisation, `OU` = role string (`"fedcrm-coordinator"`,
-/// `"fedcrm-analyst"`, `"fedcrm-node-hq"`, `"fedcrm-node-franchisee"`).
+/// `"fedcrm-analyst"`, `"fedcrm-node-hq"`, `"fedcrm-node-franchisee"`,
+/// `"fedcrm-model-publisher"`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Identity {
     /// Unique party name; a DNS name of 1..=64 characters from `[a-z0-9.-]`.

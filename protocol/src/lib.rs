@@ -2,7 +2,8 @@
 //! `proto/fedcrm/v1/fedcrm.proto` at build time with a vendored protoc), the parsed
 //! domain types everyone else uses ([`wire`]; the plain types they share with the
 //! audit log are in `fedcrm-analysis` and `fedcrm-pki`), tonic's TLS configurations
-//! for the brand PKI ([`tls`]) and TOML loading ([`config`]).
+//! for the brand PKI ([`tls`]), TOML loading ([`config`]) and signed model artifacts
+//! ([`model`]).
 //!
 //! prost types stay in here: `node` and `coordinator` convert at the edge with
 //! `TryFrom`, so malformed messages are rejected before any logic sees them.
@@ -10,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod model;
 pub mod tls;
 pub mod wire;
 

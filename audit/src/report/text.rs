@@ -64,6 +64,7 @@ pub(super) fn role_label(role: &str) -> String {
         "fedcrm-analyst" => "analyst",
         "fedcrm-node-hq" => "HQ data node",
         "fedcrm-node-franchisee" => "franchisee data node",
+        "fedcrm-model-publisher" => "model publisher",
         "" => return "unknown".to_string(),
         r if is_ca_role(r) => "brand certificate authority",
         r => return r.to_string(),

@@ -658,44 +658,78 @@ fn status_text(s: &tonic::Status, opening: bool) -> String {
 /// Dial the coordinator over mutual TLS ([`connect::Connector`]); a certificate
 /// this node refuses comes back as [`SessionError::CoordinatorRefused`].
 async fn connect(ctx: &NodeContext) -> Result<Channel, SessionError> {
-    let refused: connect::LastRefusal = Arc::default();
-    let hook: pki::tls::RefusalHook = {
-        let refused = refused.clone();
-        Arc::new(move |_, e| {
-            *refused.lock().unwrap_or_else(|p| p.into_inner()) = Some((pki::tls::Refusal::classify(e), e.to_string()));
-        })
-    };
     ctx.refresh_crl();
     let crls = ctx.crls.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let config = pki::tls::client_config(&ctx.ca_pem, &ctx.cert_pem, &ctx.key, crls, hook)?;
-    let server_name = rustls_pki_types::ServerName::try_from(ctx.server_name.clone()).map_err(|e| {
-        SessionError::Connect { url: ctx.url.clone(), why: format!("coordinator.server_name is not a dns name: {e}") }
-    })?;
-    let connector = connect::Connector { config: Arc::new(config), server_name };
-    // The connector always speaks TLS; tonic must not try to add its own.
-    let plain = ctx.url.replacen("https://", "http://", 1);
-    let endpoint = Endpoint::from_shared(plain)
-        .map_err(|e| SessionError::Connect { url: ctx.url.clone(), why: e.to_string() })?
-        .connect_timeout(Duration::from_secs(10));
-    endpoint.connect_with_connector(connector).await.map_err(|e| {
-        match refused.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            Some((refusal, detail)) => {
-                let advice = match &refusal {
-                    pki::tls::Refusal::UnknownIssuer => format!(
-                        "it was not issued by the CA in this node's tls.ca ({}); check that tls.ca is HQ's ca.pem — retrying cannot fix this",
-                        ctx.ca_path.display()
-                    ),
-                    pki::tls::Refusal::WrongName => format!(
-                        "this node expects {:?} (coordinator.server_name); check it against the coordinator's name — retrying cannot fix this",
-                        ctx.server_name
-                    ),
-                    other => other.advice().to_string(),
-                };
-                SessionError::CoordinatorRefused { url: ctx.url.clone(), refusal, detail, advice }
+    Dial {
+        url: &ctx.url,
+        server_name: &ctx.server_name,
+        ca_pem: &ctx.ca_pem,
+        ca_path: &ctx.ca_path,
+        cert_pem: &ctx.cert_pem,
+        key: &ctx.key,
+        crls,
+    }
+    .connect()
+    .await
+}
+
+/// What dialling the coordinator needs: the session's [`NodeContext`] has it, and so
+/// does a command that talks to the coordinator once (`fedcrm node score`).
+#[derive(Debug)]
+pub struct Dial<'a> {
+    pub url: &'a str,
+    pub server_name: &'a str,
+    pub ca_pem: &'a str,
+    pub ca_path: &'a std::path::Path,
+    pub cert_pem: &'a str,
+    pub key: &'a PrivateKeyPem,
+    pub crls: Vec<rustls_pki_types::CertificateRevocationListDer<'static>>,
+}
+
+impl Dial<'_> {
+    /// Connect over mutual TLS: the brand CA only, the configured name, the CRL.
+    pub async fn connect(self) -> Result<Channel, SessionError> {
+        let ctx = &self;
+        let refused: connect::LastRefusal = Arc::default();
+        let hook: pki::tls::RefusalHook = {
+            let refused = refused.clone();
+            Arc::new(move |_, e| {
+                *refused.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((pki::tls::Refusal::classify(e), e.to_string()));
+            })
+        };
+        let config = pki::tls::client_config(ctx.ca_pem, ctx.cert_pem, ctx.key, ctx.crls.clone(), hook)?;
+        let server_name =
+            rustls_pki_types::ServerName::try_from(ctx.server_name.to_string()).map_err(|e| SessionError::Connect {
+                url: ctx.url.to_string(),
+                why: format!("coordinator.server_name is not a dns name: {e}"),
+            })?;
+        let connector = connect::Connector { config: Arc::new(config), server_name };
+        // The connector always speaks TLS; tonic must not try to add its own.
+        let plain = ctx.url.replacen("https://", "http://", 1);
+        let endpoint = Endpoint::from_shared(plain)
+            .map_err(|e| SessionError::Connect { url: ctx.url.to_string(), why: e.to_string() })?
+            .connect_timeout(Duration::from_secs(10));
+        endpoint.connect_with_connector(connector).await.map_err(|e| {
+            match refused.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                Some((refusal, detail)) => {
+                    let advice = match &refusal {
+                        pki::tls::Refusal::UnknownIssuer => format!(
+                            "it was not issued by the CA in this node's tls.ca ({}); check that tls.ca is HQ's ca.pem — retrying cannot fix this",
+                            ctx.ca_path.display()
+                        ),
+                        pki::tls::Refusal::WrongName => format!(
+                            "this node expects {:?} (coordinator.server_name); check it against the coordinator's name — retrying cannot fix this",
+                            ctx.server_name
+                        ),
+                        other => other.advice().to_string(),
+                    };
+                    SessionError::CoordinatorRefused { url: ctx.url.to_string(), refusal, detail, advice }
+                }
+                None => SessionError::Connect { url: ctx.url.to_string(), why: error_chain(&e) },
             }
-            None => SessionError::Connect { url: ctx.url.clone(), why: error_chain(&e) },
-        }
-    })
+        })
+    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
