@@ -283,7 +283,7 @@ mod tests {
         let mut i = 0;
         while i < v.len() {
             let mut j = i;
-            while j < v.len() && v[j].0 == v[i].0 {
+            while j < v.len() && v[j].0.total_cmp(&v[i].0).is_eq() {
                 j += 1;
             }
             let rank = (i + j + 1) as f64 / 2.0; // ranks i+1 … j, averaged

@@ -376,10 +376,10 @@ pub fn days_to_next(date: Date, reference: Date) -> i64 {
             .or_else(|_| Date::from_calendar_date(year, Month::February, 28))
     };
     for year in [reference.year(), reference.year() + 1] {
-        if let Ok(d) = on(year) {
-            if d >= reference {
-                return (d - reference).whole_days();
-            }
+        if let Ok(d) = on(year)
+            && d >= reference
+        {
+            return (d - reference).whole_days();
         }
     }
     // Only past the calendar's last year (9999-12-31) is there no next recurrence.

@@ -173,6 +173,8 @@ impl<'a> Sections<'a> {
 }
 
 #[cfg(test)]
+// Exact comparisons on purpose: the values are dyadic and must decode exactly.
+#[allow(clippy::float_cmp)]
 mod tests {
     use super::*;
 

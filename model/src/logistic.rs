@@ -307,10 +307,10 @@ impl Stopping {
         if step.gradient_norm <= self.gradient_tol {
             return Some(StopReason::GradientSmall);
         }
-        if let Some(prev) = previous_objective {
-            if (step.objective - prev).abs() <= self.relative_loss_tol * step.objective.abs() {
-                return Some(StopReason::LossSettled);
-            }
+        if let Some(prev) = previous_objective
+            && (step.objective - prev).abs() <= self.relative_loss_tol * step.objective.abs()
+        {
+            return Some(StopReason::LossSettled);
         }
         (rounds >= self.max_rounds).then_some(StopReason::MaxRounds)
     }

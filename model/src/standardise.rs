@@ -193,7 +193,7 @@ mod tests {
             assert!((s.sd[j] - sd).abs() < 1e-6, "feature {j}: sd {} vs {sd}", s.sd[j]);
         }
         assert!(s.is_constant(3) && s.is_constant(5) && !s.is_constant(0));
-        assert_eq!(s.apply(&rows[7])[3], 0.0);
+        assert_eq!(s.apply(&rows[7])[3].to_bits(), 0f64.to_bits());
         assert!(decode_moments(&spec, &[0; 3]).is_err());
     }
 }
