@@ -27,10 +27,12 @@
 //! exactly one step of gradient descent on the pooled objective, for any split. The
 //! only difference is rounding: each node's word is off by at most `2^−33`, so the
 //! averaged update is off by at most `K·2^−33/N` per coordinate for `K` nodes and `N`
-//! examples. Gradient descent with `η ≤ 1/L` (`L` the smoothness constant, `≤ λ + ‖X‖²/(4N)`)
-//! is non-expansive on a convex objective, so errors do not grow: after `T` rounds
+//! examples (`√(d+1)` times that in the Euclidean norm). A gradient step with `η ≤ 2/L`
+//! (`L ≤ λ + λ_max(XᵀX)/(4N)` the smoothness constant, `X` with its intercept column)
+//! is non-expansive on this convex objective (its Jacobian `I − η∇²F` has norm ≤ 1), so
+//! earlier errors do not grow: after `T` rounds
 //! `‖w_fed − w_central‖_∞ ≤ √(d+1) · T · K · 2^−33 / N` (`model/tests/fedavg.rs` checks
-//! 10^−6, far above it).
+//! it and 10^−6, far above it).
 
 use ndarray::Array1;
 use serde::{Deserialize, Serialize};

@@ -164,6 +164,21 @@ impl Standardiser {
     }
 }
 
+/// The spec and standardiser without the features that are constant over all nodes'
+/// data (category shares and key dates in a source that has none, such as CDNOW). Nodes
+/// extract with the returned spec from then on; the standardiser's constants for the
+/// remaining features are unchanged.
+pub fn without_constant(spec: &FeatureSpec, standardiser: &Standardiser) -> (FeatureSpec, Standardiser) {
+    let (constant, keep): (Vec<usize>, Vec<usize>) = (0..spec.dim()).partition(|j| standardiser.is_constant(*j));
+    let names: Vec<String> = constant.iter().map(|j| spec.features[*j].name()).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let kept = Standardiser {
+        mean: keep.iter().map(|j| standardiser.mean[*j]).collect(),
+        sd: keep.iter().map(|j| standardiser.sd[*j]).collect(),
+    };
+    (spec.without(&names), kept)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,5 +210,8 @@ mod tests {
         assert!(s.is_constant(3) && s.is_constant(5) && !s.is_constant(0));
         assert_eq!(s.apply(&rows[7])[3].to_bits(), 0f64.to_bits());
         assert!(decode_moments(&spec, &[0; 3]).is_err());
+        let (kept, st) = without_constant(&spec, &s);
+        assert_eq!(kept.names(), ["log1p_recency_days", "log1p_frequency", "log1p_monetary_total", "tenure_days"]);
+        assert_eq!((st.mean[3].to_bits(), st.sd.len()), (s.mean[4].to_bits(), 4));
     }
 }

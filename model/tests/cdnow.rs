@@ -293,6 +293,25 @@ fn check(spec: &FeatureSpec, rows: &[Row], split: Split, expected: &Pooled) {
     assert_eq!(fed.sums.n as usize, rows.iter().filter(|r| r.test).count());
 }
 
+/// The full spec on CDNOW (no categories, no key dates): the summed moments show the
+/// category shares and key-date features constant zero over all nodes, and dropping
+/// them leaves exactly the reduced spec.
+#[test]
+fn the_full_spec_on_cdnow_drops_to_the_reduced_one() {
+    let full = FeatureSpec::full();
+    let rows = rows(&full);
+    let words: Vec<Vec<u64>> = (0..NODES)
+        .map(|k| {
+            let raw: Vec<Vec<f64>> = rows.iter().skip(k).step_by(NODES).map(|r| r.raw.clone()).collect();
+            standardise::moments_contribution(&full, &raw).unwrap()
+        })
+        .collect();
+    let m = standardise::decode_moments(&full, &wrapping_sum(&words).unwrap()).unwrap();
+    let (kept, st) = standardise::without_constant(&full, &Standardiser::from_moments(&m).unwrap());
+    assert_eq!(kept, FeatureSpec::reduced());
+    assert_eq!(st.mean.len(), 6);
+}
+
 #[test]
 fn federated_newton_on_cdnow_equals_pooled_irls() {
     let started = Instant::now();

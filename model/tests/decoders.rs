@@ -45,11 +45,11 @@ proptest! {
     #[test]
     fn moments(w in words(20)) {
         let spec = FeatureSpec::reduced();
-        if let Ok(m) = standardise::decode_moments(&spec, &w) {
-            if let Ok(s) = Standardiser::from_moments(&m) {
-                let z = s.apply(&[1.0; 6]);
-                prop_assert!(z.iter().all(|v| v.is_finite() && v.abs() <= standardise::Z_CLIP));
-            }
+        if let Ok(m) = standardise::decode_moments(&spec, &w)
+            && let Ok(s) = Standardiser::from_moments(&m)
+        {
+            let z = s.apply(&[1.0; 6]);
+            prop_assert!(z.iter().all(|v| v.is_finite() && v.abs() <= standardise::Z_CLIP));
         }
     }
 }

@@ -47,7 +47,7 @@ fn synthetic(seed: u64) -> Examples {
 fn centralized(ex: &Examples, steps: u64) -> Vec<f64> {
     let mut w = vec![0.0; D + 1];
     for _ in 0..steps {
-        let mut g = vec![0.0; D + 1];
+        let mut g = [0.0; D + 1];
         for i in 0..N {
             let eta = w[0] + (0..D).map(|j| w[j + 1] * ex.z[[i, j]]).sum::<f64>();
             let r = 1.0 / (1.0 + (-eta).exp()) - ex.y[i];
