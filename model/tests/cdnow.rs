@@ -15,7 +15,7 @@ use std::time::Instant;
 use fedcrm_model::eval::{self, EvalLayout};
 use fedcrm_model::features::{Customer, FeatureSpec, Window, example};
 use fedcrm_model::fixed::wrapping_sum;
-use fedcrm_model::logistic::{self, Examples, Logistic, Model, Stopping};
+use fedcrm_model::logistic::{self, Examples, Logistic, Model, NewtonNext, NewtonTraining, Stopping};
 use fedcrm_model::split::HoldoutSplit;
 use fedcrm_model::standardise::{self, Standardiser, Z_CLIP};
 use ndarray::{Array1, Array2};
@@ -111,24 +111,22 @@ fn federated(spec: &FeatureSpec, rows: &[Row], split: Split) -> Federated {
     };
     let train: Vec<Examples> = (0..NODES).map(|k| examples(k, false)).collect();
 
-    // Newton rounds.
-    let d = spec.dim();
-    let stop = Stopping::default();
-    let mut w = Logistic::zeros(d).weights;
-    let mut previous = None;
-    let mut rounds = 0;
-    loop {
-        rounds += 1;
-        let words: Vec<Vec<u64>> = train.iter().map(|ex| logistic::newton_contribution(&w, ex).unwrap()).collect();
-        let sums = logistic::decode_newton(d, &wrapping_sum(&words).unwrap()).unwrap();
-        let step = logistic::newton_step(&w, &sums, LAMBDA).unwrap();
-        println!("  {split:?} round {rounds}: objective {:.10}, ‖∇F‖∞ {:.3e}", step.objective, step.gradient_norm);
-        w = step.weights.clone();
-        if stop.check(rounds, &step, previous).is_some() {
-            break;
+    // Newton rounds: each node's sums at the round's weights, added as words.
+    let mut training = NewtonTraining::new(spec.dim(), LAMBDA, Stopping::default());
+    let trained = loop {
+        let words: Vec<Vec<u64>> =
+            train.iter().map(|ex| logistic::newton_contribution(training.weights(), ex).unwrap()).collect();
+        match training.consume(&wrapping_sum(&words).unwrap()).unwrap() {
+            NewtonNext::Round(next) => training = next,
+            NewtonNext::Done(trained) => break trained,
         }
-        previous = Some(step.objective);
+    };
+    for r in &trained.history {
+        println!("  {split:?} round {}: objective {:.10}, ‖∇F‖∞ {:.3e}", r.round, r.objective, r.gradient_norm);
     }
+    println!("  {split:?} stopped: {:?}", trained.reason);
+    let w = trained.model.weights.clone();
+    let rounds = trained.history.len() as u32;
 
     // Evaluation on each node's held-out customers.
     let model = Logistic { weights: w.clone() };
