@@ -49,6 +49,8 @@ fn dependencies_point_one_way() {
     assert_eq!(fedcrm_deps(&m, "fedcrm-audit"), set(&["fedcrm-analysis", "fedcrm-pki"]));
     // Issue 10: the DP crate is a pure leaf; the wire names its noise (σ² and k).
     assert_eq!(fedcrm_deps(&m, "fedcrm-dp"), set(&[]));
+    // Issue 11: the churn model's mathematics is a pure leaf too.
+    assert_eq!(fedcrm_deps(&m, "fedcrm-model"), set(&[]));
     assert_eq!(
         fedcrm_deps(&m, "fedcrm-protocol"),
         set(&["fedcrm-analysis", "fedcrm-crypto", "fedcrm-dp", "fedcrm-pki"])
@@ -59,6 +61,7 @@ fn dependencies_point_one_way() {
     assert_eq!(fedcrm_deps(&m, "fedcrm-coordinator"), above);
     for forbidden in ["tokio", "tonic", "prost", "tracing"] {
         assert!(!m["fedcrm-crypto"].contains(forbidden), "crypto must stay a pure leaf; it depends on {forbidden}");
+        assert!(!m["fedcrm-model"].contains(forbidden), "model must stay a pure leaf; it depends on {forbidden}");
     }
 }
 
@@ -175,6 +178,7 @@ fn the_code_map_names_every_source_file() {
         "node/src",
         "coordinator/src",
         "dp/src",
+        "model/src",
     ] {
         for f in rust_files(&root().join(dir)) {
             let name = f.file_name().unwrap().to_string_lossy().into_owned();
@@ -199,6 +203,28 @@ fn crypto_is_pure() {
     }
 }
 
+/// The churn model's mathematics (issue 11) does no I/O, reads no clock and prints
+/// nothing: the node and the coordinator call it with data and dates.
+#[test]
+fn model_is_pure() {
+    for f in rust_files(&root().join("model/src")) {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for io in [
+            "std::fs",
+            "std::net",
+            "std::io",
+            "SystemTime",
+            "Instant::now",
+            "OffsetDateTime::now",
+            "tokio",
+            "tracing",
+            "println!",
+        ] {
+            assert!(!text.contains(io), "{} uses {io}", f.display());
+        }
+    }
+}
+
 #[test]
 fn every_crate_forbids_unsafe_code() {
     for lib in [
@@ -210,6 +236,7 @@ fn every_crate_forbids_unsafe_code() {
         "audit/src/lib.rs",
         "node/src/lib.rs",
         "coordinator/src/lib.rs",
+        "model/src/lib.rs",
     ] {
         let text = std::fs::read_to_string(root().join(lib)).unwrap();
         assert!(text.contains("#![forbid(unsafe_code)]"), "{lib}");
