@@ -95,7 +95,8 @@ use serde::Serialize;
 use time::Date;
 use time::format_description::well_known::Rfc3339;
 
-pub use brand::{ChannelType, HQ, Kind, NODES};
+pub use brand::{ChannelType, HQ, NODES};
+pub use fedcrm_pki::OrgKind;
 use model::{Period, Population};
 
 /// Named in the manifest: a change to the model or the format changes this.
@@ -149,7 +150,9 @@ pub struct Overlap {
 pub struct NodeEntry {
     pub name: String,
     pub organisation: String,
-    pub kind: Kind,
+    /// `hq` or `franchisee`.
+    #[serde(serialize_with = "org_kind")]
+    pub kind: OrgKind,
     pub channel_type: ChannelType,
     /// Values of the `channel` column.
     pub channels: Vec<String>,
@@ -162,6 +165,10 @@ pub struct NodeEntry {
     /// Customers whose record holds a birthday / an anniversary.
     pub with_birthday: u64,
     pub with_anniversary: u64,
+}
+
+fn org_kind<S: serde::Serializer>(k: &OrgKind, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(k.as_str())
 }
 
 /// `manifest.json`.
@@ -272,10 +279,8 @@ struct Counts {
 fn purchases_csv(pop: &Population, node: usize) -> Result<(Vec<u8>, Counts)> {
     let def = &NODES[node];
     let mut rows: Vec<_> = pop.rows.iter().filter(|r| pop.people[r.person].members[r.member].node == node).collect();
-    rows.sort_by(|a, b| {
-        let key = |r: &model::Row| (r.at, pop.people[r.person].members[r.member].key.clone());
-        key(a).cmp(&key(b))
-    });
+    let key = |r: &model::Row| (r.at, pop.people[r.person].members[r.member].key.as_str());
+    rows.sort_by(|a, b| key(a).cmp(&key(b)));
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record(HEADER)?;
     let mut seen = BTreeSet::new();
@@ -378,7 +383,7 @@ pub fn summary_table(m: &Manifest) -> String {
             "{}  {}  {}  {}  {:>7}  {:>9}  {:>9}\n",
             pad(&n.name, 15),
             pad(&n.organisation, 22),
-            pad(if n.kind == Kind::Hq { "hq" } else { "franchisee" }, 10),
+            pad(n.kind.as_str(), 10),
             pad(n.channel_type.label(), 15),
             n.rows,
             n.customers,

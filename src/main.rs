@@ -56,10 +56,14 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         keep: Option<PathBuf>,
     },
-    /// Write a synthetic jewellery dataset: per node (HQ's own stores, marketplace shop and
-    /// WeChat mini-program; five franchisees) DIR/NODE/purchases.csv and
-    /// DIR/NODE/consent-withdrawals.csv, and DIR/manifest.json. The same seed and options
-    /// give the same bytes. The model (what drives churn) is documented in src/demodata.rs.
+    /// Write a seeded synthetic jewellery dataset: purchases and consent withdrawals per node.
+    ///
+    /// A brand with its own stores, a marketplace shop and a WeChat mini-program (HQ's
+    /// nodes) and five franchisee companies' stores. Per node, DIR/NODE/purchases.csv (the
+    /// CSV format with birthday and anniversary) and DIR/NODE/consent-withdrawals.csv;
+    /// DIR/manifest.json lists the nodes, their files and counts. The same seed and options
+    /// give the same bytes. How customers buy and what makes them churn is documented in
+    /// src/demodata.rs.
     DemoData {
         /// Seed of the generator (ChaCha20).
         #[arg(long)]

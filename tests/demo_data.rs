@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use fedcrm::demodata::{self, HQ, Kind, Manifest, Options};
+use fedcrm::demodata::{self, HQ, Manifest, Options, OrgKind};
 use fedcrm_node::data::{DataConfig, Dataset, Format};
 use time::macros::date;
 
@@ -98,9 +98,9 @@ fn every_node_loads_with_the_node_loader_without_a_skipped_row() {
 fn the_brand_has_hq_channels_and_at_least_four_franchisee_organisations() {
     let m = manifest();
     let orgs: BTreeSet<&str> =
-        m.nodes.iter().filter(|n| n.kind == Kind::Franchisee).map(|n| n.organisation.as_str()).collect();
+        m.nodes.iter().filter(|n| n.kind == OrgKind::Franchisee).map(|n| n.organisation.as_str()).collect();
     assert!(orgs.len() >= 4 && !orgs.contains(HQ), "{orgs:?}");
-    let hq: BTreeSet<&str> = m.nodes.iter().filter(|n| n.kind == Kind::Hq).map(|n| n.channel_type.label()).collect();
+    let hq: BTreeSet<&str> = m.nodes.iter().filter(|n| n.kind == OrgKind::Hq).map(|n| n.channel_type.label()).collect();
     assert_eq!(hq, BTreeSet::from(["marketplace", "mini-program", "own-store"]));
     assert!(m.nodes.iter().all(|n| n.name.is_ascii() && n.rows > 0));
 }

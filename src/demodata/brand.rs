@@ -1,18 +1,9 @@
 //! The synthetic brand: its channels and their nodes, and the calendar its customers
 //! buy by (Chinese festivals, Singles' Day). Fixed data, no randomness.
 
+use fedcrm_pki::OrgKind;
 use serde::Serialize;
 use time::{Date, Month};
-
-/// Who runs a node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    /// A channel the brand runs itself.
-    Hq,
-    /// An independent franchisee, which owns its customers' data.
-    Franchisee,
-}
 
 /// What a node sells through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -47,7 +38,9 @@ pub struct NodeDef {
     /// ASCII slug: the node's name and its directory.
     pub name: &'static str,
     pub organisation: &'static str,
-    pub kind: Kind,
+    /// Who runs it: HQ (the brand's own channels) or an independent franchisee, which
+    /// owns its customers' data.
+    pub kind: OrgKind,
     pub channel_type: ChannelType,
     /// The `channel` column's values: store names, or the shop's name.
     pub channels: &'static [&'static str],
@@ -68,7 +61,7 @@ pub const NODES: &[NodeDef] = &[
     NodeDef {
         name: "hq-stores",
         organisation: HQ,
-        kind: Kind::Hq,
+        kind: OrgKind::Hq,
         channel_type: ChannelType::OwnStore,
         channels: &["上海南京路旗舰店", "北京王府井店"],
         key_prefix: "JY",
@@ -78,7 +71,7 @@ pub const NODES: &[NodeDef] = &[
     NodeDef {
         name: "hq-tmall",
         organisation: HQ,
-        kind: Kind::Hq,
+        kind: OrgKind::Hq,
         channel_type: ChannelType::Marketplace,
         channels: &["天猫旗舰店"],
         key_prefix: "tb",
@@ -88,7 +81,7 @@ pub const NODES: &[NodeDef] = &[
     NodeDef {
         name: "hq-miniprogram",
         organisation: HQ,
-        kind: Kind::Hq,
+        kind: OrgKind::Hq,
         channel_type: ChannelType::MiniProgram,
         channels: &["微信小程序"],
         key_prefix: "wx",
@@ -98,7 +91,7 @@ pub const NODES: &[NodeDef] = &[
     NodeDef {
         name: "fr-hangzhou",
         organisation: "杭州金悦珠宝有限公司",
-        kind: Kind::Franchisee,
+        kind: OrgKind::Franchisee,
         channel_type: ChannelType::FranchiseStore,
         channels: &["杭州西湖店", "杭州滨江店"],
         key_prefix: "HZ",
@@ -108,7 +101,7 @@ pub const NODES: &[NodeDef] = &[
     NodeDef {
         name: "fr-suzhou",
         organisation: "苏州瑞福珠宝有限公司",
-        kind: Kind::Franchisee,
+        kind: OrgKind::Franchisee,
         channel_type: ChannelType::FranchiseStore,
         channels: &["苏州观前街店"],
         key_prefix: "SZ",
@@ -118,7 +111,7 @@ pub const NODES: &[NodeDef] = &[
     NodeDef {
         name: "fr-chengdu",
         organisation: "成都锦华珠宝有限公司",
-        kind: Kind::Franchisee,
+        kind: OrgKind::Franchisee,
         channel_type: ChannelType::FranchiseStore,
         channels: &["成都春熙路店", "成都太古里店"],
         key_prefix: "CD",
@@ -128,7 +121,7 @@ pub const NODES: &[NodeDef] = &[
     NodeDef {
         name: "fr-wuhan",
         organisation: "武汉楚韵珠宝有限公司",
-        kind: Kind::Franchisee,
+        kind: OrgKind::Franchisee,
         channel_type: ChannelType::FranchiseStore,
         channels: &["武汉江汉路店"],
         key_prefix: "WH",
@@ -138,7 +131,7 @@ pub const NODES: &[NodeDef] = &[
     NodeDef {
         name: "fr-shenzhen",
         organisation: "深圳鹏金珠宝有限公司",
-        kind: Kind::Franchisee,
+        kind: OrgKind::Franchisee,
         channel_type: ChannelType::FranchiseStore,
         channels: &["深圳华强北店", "深圳万象城店"],
         key_prefix: "SZN",

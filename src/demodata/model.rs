@@ -9,6 +9,7 @@ use rand::distr::Distribution;
 use rand::distr::weighted::WeightedIndex;
 use rand_chacha::ChaCha20Rng;
 use rand_distr::{Exp, Gamma, LogNormal};
+use time::macros::{date, offset};
 use time::{Date, Duration, Month, OffsetDateTime, Time, UtcOffset};
 
 use super::brand::{ChannelType, NODES, season, weeks_before_yearly};
@@ -78,10 +79,7 @@ pub struct Population {
 }
 
 /// Asia/Shanghai has had no daylight-saving time since 1991: a fixed +08:00.
-const SHANGHAI: UtcOffset = match UtcOffset::from_hms(8, 0, 0) {
-    Ok(o) => o,
-    Err(_) => panic!("+08:00 is a valid offset"),
-};
+const SHANGHAI: UtcOffset = offset!(+8);
 
 /// Mainland mobile prefixes (China Mobile, Unicom, Telecom).
 const MOBILE_PREFIXES: [u16; 24] = [
@@ -119,10 +117,11 @@ fn member_key(node: usize, n: u64) -> String {
     let def = &NODES[node];
     match def.channel_type {
         ChannelType::OwnStore | ChannelType::FranchiseStore => format!("{}{:07}", def.key_prefix, n + 1),
-        // Multiplying by an odd constant is a bijection modulo a power of two: unique, scattered.
+        // Multiplying by a constant coprime to the modulus is a bijection: unique, scattered.
         ChannelType::Marketplace => {
             format!("{}_{:010}", def.key_prefix, 1_000_000_000 + (n * 2_654_435_761) % 8_000_000_000)
         }
+        // An odd multiplier modulo 2⁴⁸, likewise (an openid-like key).
         ChannelType::MiniProgram => {
             format!("o{}{:012x}", def.key_prefix, n.wrapping_mul(0x9E37_79B9_7F4A_7C15) & 0xFFFF_FFFF_FFFF)
         }
@@ -273,7 +272,7 @@ pub fn simulate(rng: &mut ChaCha20Rng, customers: usize, period: Period) -> Popu
                 break n.to_string();
             }
         };
-        let born = random_day(rng, Date::from_calendar_date(1962, Month::January, 1).unwrap_or(period.start), 40 * 365);
+        let born = random_day(rng, date!(1962 - 01 - 01), 40 * 365);
         let shares_birthday = rng.random_bool(0.85);
         let married = rng.random_bool(if born.year() < 1995 { 0.55 } else { 0.2 });
         let wedding = married.then(|| {
@@ -294,7 +293,6 @@ pub fn simulate(rng: &mut ChaCha20Rng, customers: usize, period: Period) -> Popu
         if also_offline {
             nodes.push(offline[pick_offline.sample(rng)]);
         }
-        nodes.dedup();
         nodes.sort_by_key(|&n| (n != home, n));
         nodes.dedup();
         let members: Vec<Membership> = nodes
