@@ -138,7 +138,8 @@ fn rows_look_like_jewellery_sales_in_shanghai_time() {
 fn normalise(phone: &str) -> Option<String> {
     let digits: String = phone.chars().filter(char::is_ascii_digit).collect();
     let d = digits.strip_prefix("86").filter(|d| d.len() == 11).unwrap_or(&digits);
-    (d.len() == 11 && d.starts_with('1')).then(|| d.to_string())
+    let b = d.as_bytes();
+    (b.len() == 11 && b[0] == b'1' && (b'3'..=b'9').contains(&b[1])).then(|| d.to_string())
 }
 
 #[test]
@@ -155,6 +156,7 @@ fn online_offline_overlap_is_under_a_fifth_by_the_manifest_and_by_phone() {
         for r in rdr.records() {
             let r = r.unwrap();
             styles.insert(r[1].chars().map(|c| if c.is_ascii_digit() { '9' } else { c }).collect::<String>());
+            assert!(r[1].is_empty() || normalise(&r[1]).is_some(), "{}: not a mainland mobile number", n.name);
             if let Some(p) = normalise(&r[1]) {
                 if n.channel_type.online() { &mut online } else { &mut offline }.insert(p);
             }
@@ -210,4 +212,12 @@ fn churn_is_learnable_low_frequency_customers_leave_more() {
     assert!(once - often >= 0.2, "one-time buyers churn {once:.3}, frequent ones {often:.3}");
     let (without, with) = (rate(by_anniversary[&false]), rate(by_anniversary[&true]));
     assert!(without - with >= 0.03, "anniversary on record: {with:.3} vs {without:.3}");
+}
+
+#[test]
+fn a_period_that_ends_before_it_starts_is_refused() {
+    let opts = Options { start: date!(2025 - 01 - 01), end: date!(2024 - 12 - 31), ..sample_options() };
+    let err = demodata::generate(&opts).unwrap_err().to_string();
+    assert!(err.contains("--end 2024-12-31 is not after --start 2025-01-01"), "{err}");
+    assert!(demodata::parse_day("2024-02-30").is_err() && demodata::parse_day("2024-2-3").is_err());
 }

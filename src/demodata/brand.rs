@@ -211,3 +211,53 @@ pub fn weeks_before_yearly(day: Date, date: Date) -> bool {
     };
     [day.year(), day.year() + 1].into_iter().flat_map(on).any(|t| days_before(day, t, 21).is_some())
 }
+
+#[cfg(test)]
+mod tests {
+    use time::macros::date;
+
+    use super::*;
+
+    /// The factor on `day` in `channel` is `want` (products of the constants, so exact to rounding).
+    fn at(day: Date, channel: ChannelType, want: f64) {
+        let got = season(day, channel);
+        assert!((got - want).abs() < 1e-12, "{day} {channel:?}: {got}, expected {want}");
+    }
+
+    #[test]
+    fn festivals_raise_purchases_mildly_on_their_days_only() {
+        let store = ChannelType::FranchiseStore;
+        at(date!(2024 - 03 - 12), store, 1.0);
+        // Spring Festival 2024 was 10 February; 2025's was 29 January (so December 2024 counts).
+        at(date!(2024 - 02 - 01), store, 1.6);
+        at(date!(2024 - 02 - 11), store, 1.0);
+        at(date!(2025 - 01 - 10), store, 1.6);
+        at(date!(2024 - 05 - 20), store, 1.8);
+        at(date!(2025 - 08 - 29), store, 1.6); // Qixi 2025
+        at(date!(2024 - 10 - 03), store, 1.3);
+        at(date!(2024 - 10 - 03), ChannelType::Marketplace, 1.0);
+        at(date!(2024 - 11 - 11), ChannelType::Marketplace, 2.5);
+        at(date!(2024 - 11 - 11), store, 1.0);
+        // Outside the lunar table only the solar-calendar days remain.
+        at(date!(2035 - 05 - 19), store, 1.8);
+    }
+
+    #[test]
+    fn the_weeks_before_a_yearly_date_cross_new_year_and_leap_days() {
+        let born = date!(1990 - 01 - 05);
+        assert!(weeks_before_yearly(date!(2024 - 12 - 20), born));
+        assert!(weeks_before_yearly(date!(2025 - 01 - 05), born));
+        assert!(!weeks_before_yearly(date!(2025 - 01 - 06), born));
+        let leap = date!(1992 - 02 - 29);
+        assert!(weeks_before_yearly(date!(2023 - 02 - 20), leap));
+        assert!(!weeks_before_yearly(date!(2023 - 03 - 01), leap));
+    }
+
+    #[test]
+    fn nodes_have_unique_ascii_names_and_key_prefixes() {
+        let names: std::collections::BTreeSet<_> = NODES.iter().map(|n| n.name).collect();
+        let prefixes: std::collections::BTreeSet<_> = NODES.iter().map(|n| n.key_prefix).collect();
+        assert_eq!((names.len(), prefixes.len()), (NODES.len(), NODES.len()));
+        assert!(NODES.iter().all(|n| n.name.is_ascii() && !n.channels.is_empty()));
+    }
+}
