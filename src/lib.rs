@@ -8,6 +8,7 @@
 pub mod auditcli;
 pub mod bench;
 pub mod demo;
+pub mod demodata;
 pub mod harness;
 pub mod hq;
 pub mod models;

@@ -56,6 +56,34 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         keep: Option<PathBuf>,
     },
+    /// Write a seeded synthetic jewellery dataset: purchases and consent withdrawals per node.
+    ///
+    /// A brand with its own stores, a marketplace shop and a WeChat mini-program (HQ's
+    /// nodes) and five franchisee companies' stores. Per node, DIR/NODE/purchases.csv (the
+    /// CSV format with birthday and anniversary) and DIR/NODE/consent-withdrawals.csv;
+    /// DIR/manifest.json lists the nodes, their files and counts. The same seed and options
+    /// give the same bytes. How customers buy and what makes them churn is documented in
+    /// src/demodata.rs.
+    DemoData {
+        /// Seed of the generator (ChaCha20).
+        #[arg(long)]
+        seed: u64,
+        /// Output directory; created if missing, files of the same names are replaced.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// People in the population (those who buy nothing in the period appear nowhere).
+        #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u32).range(1..))]
+        customers: u32,
+        /// First day of the period (YYYY-MM-DD).
+        #[arg(long, default_value = "2023-01-01", value_parser = fedcrm::demodata::parse_day)]
+        start: time::Date,
+        /// Last day of the period (YYYY-MM-DD).
+        #[arg(long, default_value = "2025-12-31", value_parser = fedcrm::demodata::parse_day)]
+        end: time::Date,
+        /// Print the manifest as JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// The brand certificate authority (run by HQ).
     #[command(subcommand)]
     Ca(CaCommand),
@@ -519,6 +547,17 @@ async fn run(cli: Cli) -> Result<()> {
                 keep,
             })
             .await
+        }
+        Command::DemoData { seed, out, customers, start, end, json } => {
+            let opts = fedcrm::demodata::Options { seed, customers: customers as usize, start, end };
+            let g = fedcrm::demodata::write(&opts, &out)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&g.manifest)?);
+            } else {
+                print!("{}", fedcrm::demodata::summary_table(&g.manifest));
+                println!("written to {}", out.display());
+            }
+            Ok(())
         }
         Command::Ca(CaCommand::Init { brand, dir, days }) => {
             std::fs::create_dir_all(&dir)?;

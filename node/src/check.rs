@@ -162,7 +162,7 @@ pub fn check(config: &NodeConfig, ds: &Dataset) -> CheckReport {
         egress,
         never_leaves: vec![
             "purchase rows",
-            "customer identifiers, phone numbers or their hashes",
+            "customer identifiers, phone numbers or their hashes, birthdays and wedding anniversaries",
             "per-customer RFM values, scores or segments",
             "this node's unmasked counts, and in analyses run with differential privacy its un-noised counts",
             "customers on the consent-withdrawal list (excluded from every computation)",

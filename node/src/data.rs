@@ -3,10 +3,15 @@
 //! except as the local features of [`crate::features`].
 //!
 //! CSV format (header row required, columns in any order, renamed by `[data.columns]`):
-//! `customer_key,phone,channel,timestamp,amount,category` where `timestamp` is
-//! `YYYY-MM-DD` or `YYYY-MM-DDTHH:MM:SS` (anything after the date is ignored),
+//! `customer_key,phone,channel,timestamp,amount,category[,birthday][,anniversary]` where
+//! `timestamp` is `YYYY-MM-DD` or `YYYY-MM-DDTHH:MM:SS` (anything after the date is
+//! ignored; the synthetic data writes `2024-05-20T14:03:00+08:00`, Asia/Shanghai),
 //! `amount` is a decimal in the currency's main unit with at most two decimals
-//! (`1299.50`), and `phone`, `channel`, `category` may be empty.
+//! (`1299.50`), and `phone`, `channel`, `category` may be empty. The optional
+//! `birthday` and `anniversary` (wedding) columns hold `YYYY-MM-DD` or nothing; a file
+//! without them is read as before, and a date that does not parse is a bad row like any
+//! other (`file:line: birthday: date "1990-02-30" does not exist`). Both are personal
+//! data: kept on the node, never printed.
 //!
 //! CDNOW format: whitespace-separated `customer_id YYYYMMDD quantity amount`, an
 //! optional header line.
@@ -28,7 +33,7 @@ use zeroize::Zeroize;
 
 pub use consent::{ConsentError, ConsentReport, Withdrawals};
 pub use decode::{Charset, Detection, EncodingUsed, TextEncoding};
-pub use rows::{Columns, parse_cents};
+pub use rows::{ANNIVERSARY, BIRTHDAY, Columns, parse_cents};
 
 /// One purchase row.
 #[derive(Clone)]
@@ -41,6 +46,10 @@ pub struct Purchase {
     pub category: Option<String>,
     /// Kept only on the node, for private set intersection; zeroized on drop.
     pub phone: Option<Phone>,
+    /// The customer's birthday (personal data: never printed), as the row states it.
+    pub birthday: Option<Date>,
+    /// The customer's wedding anniversary (personal data: never printed).
+    pub anniversary: Option<Date>,
 }
 
 impl std::fmt::Debug for Purchase {

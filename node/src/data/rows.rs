@@ -14,6 +14,10 @@ use super::{DataError, LoadReport, OnBadRow, Phone, Problem, Purchase};
 /// from the documented ones (e.g. `customer_key = "会员编号"`). Matched after trimming,
 /// ASCII letters case-insensitively. `phone`, `channel` and `category` may be `""`
 /// when the export has no such column.
+///
+/// `birthday` and `anniversary` came later, so most exports lack them: unset (the
+/// default), the columns named `birthday` and `anniversary` are read when the header has
+/// them and ignored when it has not; set, the named column must exist (`""` ignores it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Columns {
@@ -23,7 +27,16 @@ pub struct Columns {
     pub phone: String,
     pub channel: String,
     pub category: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub birthday: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anniversary: Option<String>,
 }
+
+/// The column read for `birthday` when `[data.columns]` does not name one (if present).
+pub const BIRTHDAY: &str = "birthday";
+/// The column read for `anniversary` when `[data.columns]` does not name one (if present).
+pub const ANNIVERSARY: &str = "anniversary";
 
 impl Default for Columns {
     fn default() -> Self {
@@ -34,6 +47,8 @@ impl Default for Columns {
             phone: "phone".into(),
             channel: "channel".into(),
             category: "category".into(),
+            birthday: None,
+            anniversary: None,
         }
     }
 }
@@ -90,6 +105,19 @@ pub(super) fn parse_ymd(s: &str) -> Result<Date, String> {
     Date::from_calendar_date(y, month, d).map_err(|_| format!("date {s:?} does not exist"))
 }
 
+/// A date that is exactly `YYYY-MM-DD` (birthdays and anniversaries: no time part).
+fn parse_iso_date(s: &str) -> Result<Date, String> {
+    let b = s.as_bytes();
+    let shape = b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b.iter().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
+    if !shape {
+        return Err(format!("date {s:?} is not YYYY-MM-DD"));
+    }
+    parse_ymd(s)
+}
+
 /// Rows of a CDNOW-format text.
 pub(super) fn cdnow(
     path: &Path,
@@ -124,6 +152,8 @@ pub(super) fn cdnow(
                     channel: None,
                     category: None,
                     phone: None,
+                    birthday: None,
+                    anniversary: None,
                 })
             })()
             .map_err(Problem::Field)
@@ -182,6 +212,13 @@ pub(super) fn csv(
     let ph = col("phone", &columns.phone)?;
     let chn = col("channel", &columns.channel)?;
     let cat = col("category", &columns.category)?;
+    // Unset: the documented name, if the header has it (exports older than the column).
+    let dated = |key: &'static str, configured: &Option<String>, default: &str| match configured {
+        Some(name) => col(key, name),
+        None => Ok(found.iter().position(|h| h.eq_ignore_ascii_case(default))),
+    };
+    let bd = dated("birthday", &columns.birthday, BIRTHDAY)?;
+    let an = dated("anniversary", &columns.anniversary, ANNIVERSARY)?;
     let mut out = Vec::new();
     let mut lines = LineCounter { text: decoded.text.as_bytes(), at: 0, line: 1 };
     for rec in records {
@@ -207,6 +244,17 @@ pub(super) fn csv(
                         name => format!("{name} (customer_key) is empty"),
                     });
                 }
+                // A personal date is a whole `YYYY-MM-DD`, named by its column (the
+                // header as configured) so the message says which of the two is wrong.
+                let personal = |key: &str, i: Option<usize>| -> Result<Option<Date>, String> {
+                    let v = get(i);
+                    if v.is_empty() {
+                        return Ok(None);
+                    }
+                    let name = i.and_then(|i| found.get(i)).map_or(key, String::as_str);
+                    let what = if name == key { key.to_string() } else { format!("{name} ({key})") };
+                    parse_iso_date(v).map(Some).map_err(|why| format!("{what}: {why}"))
+                };
                 Ok(Purchase {
                     customer: customer.to_string(),
                     day: parse_ymd(get(Some(ts)))?,
@@ -215,6 +263,8 @@ pub(super) fn csv(
                     channel: opt(chn),
                     category: opt(cat),
                     phone: opt(ph).map(Phone),
+                    birthday: personal("birthday", bd)?,
+                    anniversary: personal("anniversary", an)?,
                 })
             })()
             .map_err(Problem::Field)

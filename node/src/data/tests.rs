@@ -63,6 +63,8 @@ fn mapped_columns_are_found_and_a_missing_one_lists_the_headers() {
         phone: String::new(),
         channel: "门店".into(),
         category: String::new(),
+        birthday: None,
+        anniversary: None,
     };
     let ds = cfg.load().unwrap();
     assert_eq!(ds.purchases.len(), 1);
@@ -91,6 +93,90 @@ fn unknown_column_keys_and_bad_fractions_are_refused() {
     let cfg: DataConfig = toml::from_str("path = \"x\"\nencoding = \"gbk\"\n").unwrap();
     assert_eq!(cfg.encoding, TextEncoding::Gb18030);
     assert!(toml::from_str::<DataConfig>("path = \"x\"\nencoding = \"latin1\"\n").is_err());
+}
+
+const DATED: &str = "customer_key,phone,channel,timestamp,amount,category,birthday,anniversary\n";
+
+#[test]
+fn birthdays_and_anniversaries_are_read_when_present_and_never_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{DATED}c1,,store,2024-01-02T10:00:00+08:00,100.00,gold,1988-05-20,2015-10-01\nc2,,store,2024-01-03,5.00,jade,,\nc3,,web,2024-01-04,6.00,gold,1990-02-28,\n"
+    );
+    let ds = csv_config(write(&dir, "x.csv", text.as_bytes())).load().unwrap();
+    let day = |y, m, d| Some(Date::from_calendar_date(y, time::Month::try_from(m).unwrap(), d).unwrap());
+    let got: Vec<_> = ds.purchases.iter().map(|p| (p.birthday, p.anniversary)).collect();
+    assert_eq!(got, vec![(day(1988, 5, 20), day(2015, 10, 1)), (None, None), (day(1990, 2, 28), None)]);
+    let debug = format!("{:?}", ds.purchases[0]);
+    assert!(!debug.contains("1988") && !debug.contains("2015"), "{debug}");
+
+    // An export without the columns reads as before: no dates.
+    let ds = csv_config(write(&dir, "old.csv", format!("{HEADER}c1,,store,2024-01-02,1.00,gold\n").as_bytes()))
+        .load()
+        .unwrap();
+    assert_eq!((ds.purchases[0].birthday, ds.purchases[0].anniversary), (None, None));
+}
+
+#[test]
+fn a_malformed_birthday_is_a_bad_row_naming_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{DATED}c1,,store,2024-01-02,1.00,gold,1988-05-20,\nc2,,store,2024-01-02,1.00,gold,1990-02-30,\nc3,,store,2024-01-02,1.00,gold,,20/05/2015\n"
+    );
+    let mut cfg = csv_config(write(&dir, "x.csv", text.as_bytes()));
+    let err = cfg.load().unwrap_err().to_string();
+    assert!(err.contains("x.csv:3: birthday: date \"1990-02-30\" does not exist"), "{err}");
+    cfg.on_bad_row = OnBadRow::Skip;
+    let ds = cfg.read().unwrap();
+    assert_eq!(
+        ds.report.skipped_examples,
+        vec![
+            (3, "birthday: date \"1990-02-30\" does not exist".to_string()),
+            (4, "anniversary: date \"20/05/2015\" is not YYYY-MM-DD".to_string())
+        ]
+    );
+    assert_eq!(ds.report.rows, 1);
+}
+
+#[test]
+fn renamed_date_columns_must_exist_and_are_named_in_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        &dir,
+        "pos.csv",
+        "会员编号,销售日期,金额,生日,结婚纪念日\nV1,2024-01-02,88.00,1990-01-02,\nV2,2024-01-03,9.00,1990-13-02,\n"
+            .as_bytes(),
+    );
+    let mut cfg = csv_config(p);
+    cfg.columns = Columns {
+        customer_key: "会员编号".into(),
+        timestamp: "销售日期".into(),
+        amount: "金额".into(),
+        phone: String::new(),
+        channel: String::new(),
+        category: String::new(),
+        birthday: Some("生日".into()),
+        anniversary: Some("结婚纪念日".into()),
+    };
+    let err = cfg.load().unwrap_err().to_string();
+    assert!(err.contains("pos.csv:3: 生日 (birthday): date \"1990-13-02\" has month 13"), "{err}");
+    cfg.on_bad_row = OnBadRow::Skip;
+    cfg.max_skipped_fraction = 0.5;
+    let ds = cfg.load().unwrap();
+    assert_eq!(ds.purchases[0].birthday, Some(Date::from_calendar_date(1990, time::Month::January, 2).unwrap()));
+
+    // Configured but absent: an error like any named column; "" ignores the column.
+    cfg.columns.anniversary = Some("纪念日".into());
+    let err = cfg.load().unwrap_err().to_string();
+    assert!(err.contains("no column \"纪念日\" (data.columns.anniversary)"), "{err}");
+    cfg.columns.anniversary = Some(String::new());
+    cfg.columns.birthday = Some(String::new());
+    let ds = cfg.load().unwrap();
+    assert_eq!((ds.report.rows, ds.purchases[1].birthday), (2, None), "an ignored column is not parsed");
+
+    // In node.toml.
+    let cfg: DataConfig = toml::from_str("path = \"x\"\n[columns]\nbirthday = \"生日\"\n").unwrap();
+    assert_eq!((cfg.columns.birthday.as_deref(), cfg.columns.anniversary), (Some("生日"), None));
 }
 
 fn gb18030_export() -> Vec<u8> {
