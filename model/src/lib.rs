@@ -19,6 +19,7 @@
 //! - [`eval`]: log-loss, accuracy, ROC AUC from score histograms (with its binning error
 //!   bound), the calibration table and churn per RFM segment, all from sums.
 //! - [`split`]: the keyed-hash holdout split of customers.
+//! - [`artifact`]: the churn model as published, and scoring one customer with it.
 //!
 //! The sums federate exactly: the decoded sum over nodes equals the pooled sum up to
 //! the rounding error [`fixed`] states, so the federated model equals the pooled one
@@ -26,6 +27,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod artifact;
 pub mod eval;
 pub mod features;
 pub mod fedavg;
