@@ -53,10 +53,17 @@ fn dependencies_point_one_way() {
     assert_eq!(fedcrm_deps(&m, "fedcrm-model"), set(&[]));
     assert_eq!(
         fedcrm_deps(&m, "fedcrm-protocol"),
-        set(&["fedcrm-analysis", "fedcrm-crypto", "fedcrm-dp", "fedcrm-pki"])
+        set(&["fedcrm-analysis", "fedcrm-crypto", "fedcrm-dp", "fedcrm-model", "fedcrm-pki"])
     );
-    let above =
-        set(&["fedcrm-analysis", "fedcrm-audit", "fedcrm-crypto", "fedcrm-dp", "fedcrm-pki", "fedcrm-protocol"]);
+    let above = set(&[
+        "fedcrm-analysis",
+        "fedcrm-audit",
+        "fedcrm-crypto",
+        "fedcrm-dp",
+        "fedcrm-model",
+        "fedcrm-pki",
+        "fedcrm-protocol",
+    ]);
     assert_eq!(fedcrm_deps(&m, "fedcrm-node"), above);
     assert_eq!(fedcrm_deps(&m, "fedcrm-coordinator"), above);
     for forbidden in ["tokio", "tonic", "prost", "tracing"] {

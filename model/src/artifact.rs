@@ -124,5 +124,4 @@ impl ChurnModel {
         let reasons = top_reasons(&self.model, z.view(), &self.spec.names(), REASONS);
         Some(Scored { probability, reasons })
     }
-
 }
