@@ -199,6 +199,35 @@ fn words(out: &RoundOutput, rules: &ReleaseRules, expected: usize) -> Result<Vec
     Ok(words)
 }
 
+/// Issue 11: a model round's summed fixed-point words, released to the coordinator's
+/// own optimizer only (they never leave it; only the trained model and its federated
+/// metrics do, through [`model`]). Exact rounds only: the words are two's-complement
+/// reals, decoded by `fedcrm_model`.
+pub fn model_sums(out: &RoundOutput, rules: &ReleaseRules, expected: usize) -> Result<Vec<u64>, ReleaseError> {
+    words(out, rules, expected)
+}
+
+/// Issue 11: record the release of a trained model (its weights and federated metrics
+/// go to the registry), after the minimum-participants rule; `cells` is the number of
+/// published figures (weights and metrics), none suppressed.
+pub fn model(
+    out: &RoundOutput,
+    rules: &ReleaseRules,
+    audit: &SharedLog,
+    analysis: &str,
+    rounds: Vec<String>,
+    figures: usize,
+) -> Result<(), ReleaseError> {
+    if out.contributors.len() < rules.min_participants {
+        return Err(ReleaseError::TooFewParticipants {
+            round: out.round.to_hex(),
+            have: out.contributors.len(),
+            need: rules.min_participants,
+        });
+    }
+    log_release(out, rules, audit, analysis, "churn-model", rounds, &vec![Some(0); figures])
+}
+
 /// Histogram counts, released to the coordinator's own quantile search only (they
 /// never leave the coordinator; only the cut points derived from them do). In a
 /// noised round they are made monotone (`UnreleasedSum::quantile_counts`): the

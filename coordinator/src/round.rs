@@ -335,7 +335,7 @@ impl Runner<'_> {
         let analysis = &self.coordinator.hooks().analysis(analysis);
         // Issue 9: the narrowest word the sum fits, from the range the analysis states
         // for the nodes invited; signed in the round start, recomputed by each node.
-        let max_per_node = self.settings.max_customers_per_node;
+        let max_per_node = analysis.kind.query().per_node_bound(self.settings.max_customers_per_node, invited.len());
         // Issue 10: with differential privacy, k = t − H − the largest C among the
         // invitees, and σ² per node at least every invitee's announced floor, signed in
         // the round start (each node checks both against its own policy).

@@ -246,6 +246,14 @@ impl FeatureSpec {
         Ok(())
     }
 
+    /// Whether this spec is `previous` with some features dropped (in order, none
+    /// repeated), of the same version: every spec a node accepts narrows
+    /// [`FeatureSpec::full`], so its features, transforms and bounds are this version's.
+    pub fn narrows(&self, previous: &FeatureSpec) -> bool {
+        let mut rest = previous.features.iter();
+        self.version == previous.version && self.features.iter().all(|f| rest.any(|p| p == f))
+    }
+
     /// The number of features `d` (the model has `d + 1` parameters with the intercept).
     pub fn dim(&self) -> usize {
         self.features.len()

@@ -42,6 +42,16 @@ pub fn check_width(start: &RoundStart, customers: usize, input: &mut [u64]) -> R
 pub fn check_round_width(start: &RoundStart) -> Result<(), String> {
     let n = start.invited.len();
     let bound = start.max_per_node;
+    // A query that pins its per-node bound (model rounds) must carry exactly that one:
+    // a bound chosen per round would turn the node's refusal into a count oracle.
+    let pinned = start.analysis.kind.query().per_node_bound(bound, n);
+    if pinned != bound {
+        return Err(format!(
+            "the round start names max_customers_per_node = {bound}, but {} over {n} invited nodes uses {pinned}; \
+             refusing (the coordinator's fault: its round start is inconsistent)",
+            start.analysis.kind.name()
+        ));
+    }
     let expected = pick_width(n, &start.analysis.kind.range_with(bound, start.noise.as_ref(), n)).map_err(|e| {
         format!("the coordinator's round cannot be summed exactly: {e}; the coordinator should not have started it")
     })?;
@@ -62,6 +72,9 @@ pub fn check_round_width(start: &RoundStart) -> Result<(), String> {
 /// customers than the bound.
 pub fn fit_to_bound(start: &RoundStart, customers: usize, input: &mut [u64]) -> Result<usize, String> {
     let bound = start.max_per_node;
+    // Counts (an unsigned range) are compared word by word; fixed-point reals (a signed
+    // range, issue 11) are bounded through the number of examples they sum.
+    let counts = !start.analysis.kind.range(bound).signed;
     if start.noise.is_some() {
         let mut clamped = 0;
         for w in input.iter_mut().filter(|w| **w > bound) {
@@ -70,7 +83,7 @@ pub fn fit_to_bound(start: &RoundStart, customers: usize, input: &mut [u64]) -> 
         }
         return Ok(clamped);
     }
-    if customers as u64 > bound || input.iter().any(|&v| v > bound) {
+    if customers as u64 > bound || (counts && input.iter().any(|&v| v > bound)) {
         return Err(format!(
             "this node holds more customers than the round's max_customers_per_node = {bound}, so a count of its \
              {} contribution could exceed it and the sum in {} could wrap; HQ must raise [rounds] \
@@ -93,6 +106,12 @@ pub fn fit_to_bound(start: &RoundStart, customers: usize, input: &mut [u64]) -> 
 /// bound smaller (stricter).
 pub fn check_noise(start: &RoundStart, own_rules: &NodeRules, own_organisation: &str) -> Result<(), String> {
     let Some(noise) = &start.noise else { return Ok(()) };
+    if !start.analysis.kind.query().noise_supported() {
+        return Err(format!(
+            "the round asks for noise on {}, whose words are not counts; differential privacy for it is not              available in this version, so this node does not take part (run it with --dp off where every node's              policy allows exact rounds)",
+            start.analysis.kind.name()
+        ));
+    }
     let h = rules::hq_nodes(&start.invited);
     let c = rules::colluding_nodes(own_rules, own_organisation, &start.invited);
     let allowed = start.threshold.saturating_sub(h + c);
@@ -159,6 +178,32 @@ mod tests {
             chunk_elements: 10,
             roster_signature: vec![],
             noise: None,
+        }
+    }
+
+    /// Attack review of issue 11: a model round's per-node bound is the query's own; a
+    /// bound HQ picks per round (to make the node's refusal answer "more than B
+    /// examples?") is refused before the node touches its data.
+    #[test]
+    fn a_model_round_with_another_per_node_bound_is_refused() {
+        use fedcrm_protocol::wire::churn::{ChurnRound, ChurnSetup, ChurnStep};
+        let mut s = start(5, WordWidth::W64, 0);
+        s.analysis.kind = AnalysisKind::Churn(Box::new(ChurnRound {
+            setup: ChurnSetup {
+                spec: fedcrm_model::features::FeatureSpec::reduced(),
+                horizon_days: 273,
+                holdout_key: [1; 32],
+                test_fraction_bp: 3000,
+            },
+            step: ChurnStep::Moments,
+        }));
+        let pinned = s.analysis.kind.query().per_node_bound(0, 5);
+        s.max_per_node = pinned;
+        assert_eq!(check_round_width(&s), Ok(()));
+        for probe in [pinned - 1, 1000, 1 << 22] {
+            s.max_per_node = probe;
+            let e = check_round_width(&s).unwrap_err();
+            assert!(e.contains(&format!("uses {pinned}")), "{e}");
         }
     }
 

@@ -37,6 +37,8 @@ struct Open {
     reference: time::Date,
     /// The previous round's computation.
     last: AnalysisKind,
+    /// Rounds admitted so far.
+    rounds: u32,
 }
 
 /// The analyses this node is part of.
@@ -60,7 +62,7 @@ impl Tracker {
         let description = describe(a);
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(o) = open.get(&a.analysis_id) {
-            continues(o, a).map_err(|why| {
+            continues(o, a, policy).map_err(|why| {
                 format!("policy: this round ({description}) does not continue analysis {}: {why}", a.analysis_id)
             })?;
             return Ok(Identified { kind: o.kind, new: false, description });
@@ -71,6 +73,9 @@ impl Tracker {
                 a.analysis_id
             ));
         }
+        query
+            .first_round()
+            .map_err(|why| format!("policy: this round ({description}) cannot start an analysis: {why}"))?;
         Ok(Identified { kind: query.starts(), new: true, description })
     }
 
@@ -102,10 +107,12 @@ impl Tracker {
     }
 
     fn record_open(&self, a: &Analysis, id: &Identified) {
-        self.open
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(a.analysis_id.clone(), Open { kind: id.kind, reference: a.reference_date, last: a.kind.clone() });
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let rounds = open.get(&a.analysis_id).map_or(0, |o| o.rounds) + 1;
+        open.insert(
+            a.analysis_id.clone(),
+            Open { kind: id.kind, reference: a.reference_date, last: a.kind.clone(), rounds },
+        );
     }
 }
 
@@ -118,7 +125,7 @@ pub struct Admission {
 }
 
 /// Is round `a` the next step of `o`?
-fn continues(o: &Open, a: &Analysis) -> Result<(), String> {
+fn continues(o: &Open, a: &Analysis, policy: &Policy) -> Result<(), String> {
     if a.reference_date != o.reference {
         return Err(format!(
             "its reference date {} differs from {}",
@@ -126,7 +133,7 @@ fn continues(o: &Open, a: &Analysis) -> Result<(), String> {
             format_date(o.reference)
         ));
     }
-    node_query(&a.kind).continues(o.kind, &o.last)
+    node_query(&a.kind).continues(o.kind, &o.last, o.rounds, policy)
 }
 
 /// The computation in words: "3 histograms at 2026-10-31: recency 65 power-of-two

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 pub struct Policy {
     /// Analyses this node takes part in, as the node identifies them from the
     /// computation asked (never from the coordinator's label). Default:
-    /// `["rfm-histograms", "rfm-segments"]`.
+    /// `["rfm-histograms", "rfm-segments", "churn-model"]`.
     #[serde(default = "default_allowed")]
     pub allowed_analyses: Vec<String>,
     /// Fewest nodes a round may have (including this one); also the lowest
@@ -46,8 +46,9 @@ pub struct Policy {
     pub histograms: HistogramLimits,
     /// Most analyses per calendar month (UTC) per kind, e.g. `{ "rfm-segments" = 20 }`
     /// (an analysis counts once, whatever its number of rounds). Kinds not listed are
-    /// not capped.
-    #[serde(default)]
+    /// not capped. Default `{ "churn-model" = 4 }`: each churn training is up to
+    /// `[policy.churn] max_rounds` sums over this node's customers.
+    #[serde(default = "default_caps")]
     pub monthly_analysis_caps: BTreeMap<String, u32>,
     /// Analyses that wait for a person's approval (`fedcrm node pending`,
     /// `fedcrm node approve ID`) before this node takes part. Default none.
@@ -63,6 +64,9 @@ pub struct Policy {
     /// noise this node accepts. TOML `[policy.privacy]`.
     #[serde(default)]
     pub privacy: crate::privacy::Privacy,
+    /// Issue 11: churn-model training. TOML `[policy.churn]`.
+    #[serde(default)]
+    pub churn: crate::analyses::churn::ChurnLimits,
 }
 
 /// Resolution limits on histograms. TOML `[policy.histograms]`.
@@ -115,7 +119,7 @@ impl HistogramLimits {
 }
 
 fn default_allowed() -> Vec<String> {
-    vec!["rfm-histograms".into(), "rfm-segments".into()]
+    vec!["rfm-histograms".into(), "rfm-segments".into(), "churn-model".into()]
 }
 
 fn default_min_participants() -> usize {
@@ -138,6 +142,10 @@ fn default_differencing_window_days() -> u32 {
     30
 }
 
+fn default_caps() -> BTreeMap<String, u32> {
+    BTreeMap::from([(crate::analyses::churn::CHURN_MODEL.to_string(), 4)])
+}
+
 fn default_approval_expires() -> u64 {
     72 * 3600
 }
@@ -156,11 +164,12 @@ impl Default for Policy {
             min_population_difference: default_min_population_difference(),
             differencing_window_days: default_differencing_window_days(),
             histograms: HistogramLimits::default(),
-            monthly_analysis_caps: BTreeMap::new(),
+            monthly_analysis_caps: default_caps(),
             manual_approval: vec![],
             approval_expires_seconds: default_approval_expires(),
             approval_valid_seconds: default_approval_valid(),
             privacy: crate::privacy::Privacy::default(),
+            churn: Default::default(),
         }
     }
 }
@@ -177,7 +186,8 @@ pub struct CapState {
 pub use fedcrm_analysis::rules::{Stage, other_organisations};
 
 /// Analysis kinds a policy may name (as the node identifies them from the computation).
-pub const KNOWN_ANALYSES: [&str; 2] = [crate::analyses::rfm::RFM_HISTOGRAMS, crate::analyses::rfm::RFM_SEGMENTS];
+pub const KNOWN_ANALYSES: [&str; 3] =
+    [crate::analyses::rfm::RFM_HISTOGRAMS, crate::analyses::rfm::RFM_SEGMENTS, crate::analyses::churn::CHURN_MODEL];
 
 impl Policy {
     /// Refuse values that would silently weaken the policy: an analysis name that is

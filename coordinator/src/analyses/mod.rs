@@ -13,9 +13,10 @@
 //! without a result: re-running the same query over the remaining nodes would hand
 //! the coordinator two sums whose difference is the dropped node's contribution.
 //!
-//! One module per analysis: [`rfm`]. Adding an analysis: ARCHITECTURE.md, "Adding an
+//! One module per analysis: [`rfm`], [`churn`]. Adding an analysis: ARCHITECTURE.md, "Adding an
 //! analysis".
 
+pub mod churn;
 pub mod rfm;
 
 use std::collections::BTreeMap;
@@ -73,6 +74,12 @@ pub trait Driver {
     /// itself checks.
     fn plan_charge(&self, noise: &Noise) -> Option<(Charge, usize)>;
 
+    /// Whether the analysis can run with differential privacy; one that cannot is
+    /// refused up front when the analyst asks for it.
+    fn supports_dp(&self) -> bool {
+        true
+    }
+
     /// Consume the round just run (over the analysis's population) and say what comes
     /// next. The driver releases only through the release door ([`crate::release`]).
     fn next(&mut self, out: &RoundOutput, cx: &Context<'_>) -> Result<Step<Self::Outcome>, AnalysisError>;
@@ -127,6 +134,9 @@ pub enum AnalysisError {
     /// Issue 10: refused up front by the participants' privacy policies.
     #[error("{0}")]
     Privacy(String),
+    /// Issue 11: the model's mathematics failed on the released sums (or the registry).
+    #[error("model: {0}")]
+    Model(String),
 }
 
 /// A finished analysis: the driver's release, and how it ran.
@@ -175,6 +185,12 @@ impl Coordinator {
         let kind = driver.kind();
         let mut query = driver.first();
         let plan = self.plan(&request.analysis(id, kind, query.clone()).coverage())?;
+        if request.dp && !driver.supports_dp() {
+            return Err(AnalysisError::Privacy(format!(
+                "differential privacy for the {kind} analysis is not available in this version; run it with --dp off \
+                 (every participating node's policy must then allow exact rounds: [policy.privacy] dp = \"optional\")"
+            )));
+        }
         if request.dp {
             // Issue 10: the whole plan's cost, checked against every invitee's announced
             // budget before anything starts (each round checks again).

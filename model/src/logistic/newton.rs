@@ -249,6 +249,11 @@ impl NewtonTraining {
         &self.weights
     }
 
+    /// The rounds so far, oldest first.
+    pub fn history(&self) -> &[RoundReport] {
+        &self.history
+    }
+
     /// The number of words the next round's sum must have.
     pub fn sum_len(&self) -> usize {
         newton_len(self.d)

@@ -7,9 +7,10 @@
 //! noise) are in [`crate::analysis`], the bookkeeping of open analyses in
 //! [`crate::computation`].
 //!
-//! One module per analysis: [`rfm`]. Adding an analysis: see ARCHITECTURE.md,
+//! One module per analysis: [`rfm`], [`churn`]. Adding an analysis: see ARCHITECTURE.md,
 //! "Adding an analysis".
 
+pub mod churn;
 pub mod rfm;
 
 use fedcrm_analysis::rfm::CustomerRfm;
@@ -29,10 +30,22 @@ pub trait NodeQuery: Query {
     /// whether it starts an analysis or continues one. `Err` is the refusal reason.
     fn check_limits(&self, policy: &Policy) -> Result<(), String>;
 
+    /// Whether this computation may open an analysis (its first round). `Err` says
+    /// why not.
+    fn first_round(&self) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Whether this round is the next step of an open analysis of kind `kind` whose
-    /// previous round computed `previous` (same reference date, already checked).
-    /// `Err` says why not.
-    fn continues(&self, kind: &'static str, previous: &AnalysisKind) -> Result<(), String>;
+    /// previous round computed `previous`, after `rounds` admitted rounds (same
+    /// reference date, already checked). `Err` says why not.
+    fn continues(
+        &self,
+        kind: &'static str,
+        previous: &AnalysisKind,
+        rounds: u32,
+        policy: &Policy,
+    ) -> Result<(), String>;
 
     /// The computation in words at reference date `at`, for people (`node pending`,
     /// refusals, the log).
@@ -40,8 +53,14 @@ pub trait NodeQuery: Query {
 
     /// This node's contribution: the un-noised, unmasked local vector of
     /// [`Query::vector_len`] words, and how many of the node's customers it covers
-    /// (for the per-node bound, [`crate::analysis::fit_to_bound`]).
-    fn contribute(&self, data: &mut LocalData<'_>, reference: Date) -> Contribution;
+    /// (for the per-node bound, [`crate::analysis::fit_to_bound`]). `Err` is a refusal.
+    fn contribute(&self, data: &mut LocalData<'_>, reference: Date) -> Result<Contribution, String>;
+
+    /// Rules of the node's policy on the contribution itself (e.g. the fewest examples
+    /// a model round needs); `Err` is a refusal, before anything leaves.
+    fn check_contribution(&self, _c: &Contribution, _policy: &Policy) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// The node face of a wire query.
@@ -49,6 +68,7 @@ pub fn node_query(kind: &AnalysisKind) -> &dyn NodeQuery {
     match kind {
         AnalysisKind::RfmHistograms(specs) => specs,
         AnalysisKind::RfmSegments(cuts) => cuts,
+        AnalysisKind::Churn(c) => c.as_ref(),
     }
 }
 
@@ -59,6 +79,9 @@ pub struct Contribution {
     pub vector: Zeroizing<Vec<u64>>,
     /// The node's customers the vector covers.
     pub customers: usize,
+    /// The node's customers the analysis could read at its reference date (for the
+    /// policy's minimums; for RFM the same as `customers`).
+    pub eligible: usize,
 }
 
 /// The node's own data as the analyses read it, with what is computed once per
@@ -73,6 +96,7 @@ pub struct LocalData<'a> {
 #[derive(Debug, Default)]
 pub struct Cache {
     rfm: Option<(Date, Vec<CustomerRfm>)>,
+    histories: Option<Vec<crate::features::History>>,
 }
 
 impl<'a> LocalData<'a> {
@@ -88,9 +112,21 @@ impl<'a> LocalData<'a> {
         }
         self.cache.rfm.as_ref().map_or(&[], |c| &c.1)
     }
+
+    /// Every customer's purchase history (for the model analyses), computed once.
+    pub fn histories(&mut self) -> &[crate::features::History] {
+        if self.cache.histories.is_none() {
+            self.cache.histories = Some(crate::features::histories(&self.dataset.purchases));
+        }
+        self.cache.histories.as_deref().unwrap_or(&[])
+    }
 }
 
-/// The local contribution for `analysis` ([`NodeQuery::contribute`]).
-pub fn contribute(analysis: &Analysis, data: &mut LocalData<'_>) -> Contribution {
-    node_query(&analysis.kind).contribute(data, analysis.reference_date)
+/// The local contribution for `analysis` ([`NodeQuery::contribute`]), checked against
+/// the policy ([`NodeQuery::check_contribution`]). `Err` is a refusal.
+pub fn contribute(analysis: &Analysis, data: &mut LocalData<'_>, policy: &Policy) -> Result<Contribution, String> {
+    let q = node_query(&analysis.kind);
+    let c = q.contribute(data, analysis.reference_date)?;
+    q.check_contribution(&c, policy)?;
+    Ok(c)
 }

@@ -67,10 +67,11 @@ impl NodeQuery for Vec<HistogramSpec> {
         Ok(())
     }
 
-    fn continues(&self, _kind: &'static str, previous: &AnalysisKind) -> Result<(), String> {
+    fn continues(&self, _kind: &'static str, previous: &AnalysisKind, _: u32, _: &Policy) -> Result<(), String> {
         let previous = match previous {
             AnalysisKind::RfmHistograms(p) => p,
             AnalysisKind::RfmSegments(_) => return Err(ended()),
+            AnalysisKind::Churn(_) => return Err("histograms do not follow a churn round".into()),
         };
         for s in self {
             nests(s, previous)?;
@@ -92,13 +93,13 @@ impl NodeQuery for Vec<HistogramSpec> {
         format!("{} customer-count histogram(s) at {at}: {}", self.len(), parts.join("; "))
     }
 
-    fn contribute(&self, data: &mut LocalData<'_>, reference: Date) -> Contribution {
+    fn contribute(&self, data: &mut LocalData<'_>, reference: Date) -> Result<Contribution, String> {
         let customers = data.rfm_at(reference);
         let mut v = Zeroizing::new(vec![0u64; self.iter().map(HistogramSpec::len).sum()]);
         for c in customers {
             rfm::accumulate(self, c, &mut v);
         }
-        Contribution { vector: v, customers: customers.len() }
+        Ok(Contribution { vector: v, customers: customers.len(), eligible: customers.len() })
     }
 }
 
@@ -111,9 +112,11 @@ impl NodeQuery for Cuts {
         Ok(())
     }
 
-    fn continues(&self, kind: &'static str, previous: &AnalysisKind) -> Result<(), String> {
-        if matches!(previous, AnalysisKind::RfmSegments(_)) {
-            return Err(ended());
+    fn continues(&self, kind: &'static str, previous: &AnalysisKind, _: u32, _: &Policy) -> Result<(), String> {
+        match previous {
+            AnalysisKind::RfmSegments(_) => return Err(ended()),
+            AnalysisKind::Churn(_) => return Err("a segment count does not follow a churn round".into()),
+            AnalysisKind::RfmHistograms(_) => {}
         }
         if kind == RFM_SEGMENTS {
             Ok(())
@@ -129,13 +132,13 @@ impl NodeQuery for Cuts {
         )
     }
 
-    fn contribute(&self, data: &mut LocalData<'_>, reference: Date) -> Contribution {
+    fn contribute(&self, data: &mut LocalData<'_>, reference: Date) -> Result<Contribution, String> {
         let customers = data.rfm_at(reference);
         let mut v = Zeroizing::new(vec![0u64; 4]);
         for c in customers {
             v[self.segment_of(c).index()] += 1;
         }
-        Contribution { vector: v, customers: customers.len() }
+        Ok(Contribution { vector: v, customers: customers.len(), eligible: customers.len() })
     }
 }
 

@@ -444,9 +444,16 @@ impl<'a> Rounds<'a> {
         // computes, clamps and noises it just before masking, once its charge is recorded
         // (`on_masked_input_request`): until then nothing this node does depends on its data.
         let input = if start.noise.is_none() {
-            let c = analyses::contribute(&start.analysis, &mut LocalData::new(&ctx.dataset, &mut self.local));
-            let mut input = c.vector;
-            if let Err(why) = fit_to_bound(&start, c.customers, &mut input) {
+            let local = &mut LocalData::new(&ctx.dataset, &mut self.local);
+            let (input, fitted) = match analyses::contribute(&start.analysis, local, &ctx.policy) {
+                Ok(c) => {
+                    let mut input = c.vector;
+                    let fitted = fit_to_bound(&start, c.customers, &mut input);
+                    (input, fitted)
+                }
+                Err(why) => (Zeroizing::new(Vec::new()), Err(why)),
+            };
+            if let Err(why) = fitted {
                 tracing::warn!(node = %ctx.name, %round, %why, "refusing round");
                 self.refuse(round, &why).await?;
                 return Ok(None);
@@ -763,7 +770,19 @@ impl<'a> Rounds<'a> {
         // charge: clamped to the signed bound, then noised; from here the node holds
         // only the noised vector (zeroized when dropped).
         if let Some(noise) = a.start.noise.clone() {
-            let c = analyses::contribute(&a.start.analysis, &mut LocalData::new(&ctx.dataset, &mut self.local));
+            // Only count queries take noise (`Query::noise_supported`, checked at round
+            // start); their contribution never fails.
+            let c = match analyses::contribute(
+                &a.start.analysis,
+                &mut LocalData::new(&ctx.dataset, &mut self.local),
+                &ctx.policy,
+            ) {
+                Ok(c) => c,
+                Err(why) => {
+                    self.refuse(round, &why).await?;
+                    return Ok(None);
+                }
+            };
             let mut input = c.vector;
             if let Ok(clamped @ 1..) = fit_to_bound(&a.start, c.customers, &mut input) {
                 // Only this node's own log says so (a noised round never refuses on data).

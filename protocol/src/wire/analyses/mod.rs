@@ -9,6 +9,7 @@ use fedcrm_analysis::width::SumRange;
 
 use super::*;
 
+pub mod churn;
 pub mod rfm;
 
 pub use rfm::cuts_pb;
@@ -23,6 +24,8 @@ pub enum AnalysisKind {
     RfmHistograms(Vec<HistogramSpec>),
     /// Customers per segment under the given global cut points.
     RfmSegments(Cuts),
+    /// Issue 11: one round of churn-model training or evaluation.
+    Churn(Box<churn::ChurnRound>),
 }
 
 /// The query face of an analysis: what one round computes, described by the
@@ -40,6 +43,19 @@ pub trait Query {
     fn sensitivity(&self) -> fedcrm_dp::accounting::Sensitivity;
     /// What the query reads of a node's data at `reference`, for the differencing rule.
     fn coverage(&self, reference: time::Date) -> Coverage;
+    /// The per-node bound on customers a round of this query uses, given the
+    /// coordinator's configured one and the number of invited nodes (signed in the
+    /// round start; the width is picked from it, and each node checks the signed bound
+    /// is this one).
+    fn per_node_bound(&self, configured: u64, _invited: usize) -> u64 {
+        configured
+    }
+    /// Whether a round of this query may carry distributed discrete Gaussian noise on
+    /// its words (counts); a query whose words are not counts says no, and a node
+    /// refuses such a round with noise.
+    fn noise_supported(&self) -> bool {
+        true
+    }
 }
 
 impl AnalysisKind {
@@ -48,6 +64,7 @@ impl AnalysisKind {
         match self {
             AnalysisKind::RfmHistograms(specs) => specs,
             AnalysisKind::RfmSegments(cuts) => cuts,
+            AnalysisKind::Churn(c) => c.as_ref(),
         }
     }
 
@@ -139,6 +156,7 @@ impl TryFrom<&pb::Analysis> for Analysis {
         let kind = match &a.kind {
             Some(pb::analysis::Kind::RfmHistograms(h)) => AnalysisKind::RfmHistograms(rfm::histograms_from_pb(h)?),
             Some(pb::analysis::Kind::RfmSegments(s)) => AnalysisKind::RfmSegments(rfm::cuts_from_pb(s)?),
+            Some(pb::analysis::Kind::Churn(c)) => AnalysisKind::Churn(Box::new(churn::churn_from_pb(c)?)),
             None => return Err(field("analysis.kind", "missing")),
         };
         if a.purpose.chars().any(char::is_control) {
@@ -171,6 +189,7 @@ impl From<&Analysis> for pb::Analysis {
         let kind = match &a.kind {
             AnalysisKind::RfmHistograms(h) => pb::analysis::Kind::RfmHistograms(rfm::histograms_pb(h)),
             AnalysisKind::RfmSegments(c) => pb::analysis::Kind::RfmSegments(rfm::cuts_pb_all(c)),
+            AnalysisKind::Churn(c) => pb::analysis::Kind::Churn(churn::churn_pb(c)),
         };
         pb::Analysis {
             reference_date: format_date(a.reference_date),

@@ -1,0 +1,197 @@
+//! The node's face of the churn model (issue 11): every round of a `churn-model`
+//! analysis computes, from this node's own purchase histories, one of the model's
+//! sums (`fedcrm_model`) — the training examples' moments, Newton's gradient and
+//! Hessian sums, a FedAvg update, or the held-out customers' evaluation sums. The
+//! examples: every customer with a purchase up to the reference date; the label: no
+//! purchase in the horizon after it; train or held out by the keyed split.
+//!
+//! Classification: a moments round starts a `churn-model` analysis; any later churn
+//! round continues it only with the same setup (spec, horizon, split), at most
+//! `[policy.churn] max_rounds` rounds in all, and nothing follows the evaluation.
+
+use fedcrm_model::eval::eval_contribution;
+use fedcrm_model::features::{Example, Window, example};
+use fedcrm_model::fedavg::{Batching, local_update};
+use fedcrm_model::logistic::{Examples, Logistic, Model, newton_contribution};
+use fedcrm_model::split::HoldoutSplit;
+use fedcrm_model::standardise::moments_contribution;
+use fedcrm_protocol::wire::AnalysisKind;
+use fedcrm_protocol::wire::churn::{ChurnRound, ChurnStep};
+use serde::{Deserialize, Serialize};
+use time::Date;
+use zeroize::Zeroizing;
+
+use super::{Contribution, LocalData, NodeQuery};
+use crate::policy::Policy;
+
+/// A churn-model analysis: moments, training rounds, evaluation.
+pub const CHURN_MODEL: &str = "churn-model";
+
+/// `[policy.churn]`: what this node accepts of churn-model training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChurnLimits {
+    /// A node with fewer training examples does not take part (its refusal says
+    /// so, and so reveals that it holds fewer). Default 50.
+    pub min_examples: u64,
+    /// Most rounds of one churn analysis (moments, training, evaluation): every round
+    /// is another sum over this node's customers. Default 40.
+    pub max_rounds: u32,
+}
+
+impl Default for ChurnLimits {
+    fn default() -> Self {
+        Self { min_examples: 50, max_rounds: 40 }
+    }
+}
+
+impl NodeQuery for ChurnRound {
+    fn starts(&self) -> &'static str {
+        CHURN_MODEL
+    }
+
+    /// Every round: an evaluation's score histograms within `[policy.histograms]
+    /// max_bins`; FedAvg mini-batches of at least `[policy.churn] min_examples` (a
+    /// batch of one would make an update one customer's features).
+    fn check_limits(&self, policy: &Policy) -> Result<(), String> {
+        match &self.step {
+            ChurnStep::Evaluate { bins, .. } if *bins > policy.histograms.max_bins => Err(format!(
+                "policy: an evaluation with {bins} score bins exceeds [policy.histograms] max_bins = {}",
+                policy.histograms.max_bins
+            )),
+            ChurnStep::FedAvg { local, .. } => match local.batching {
+                Batching::MiniBatch { size, .. } if (size as u64) < policy.churn.min_examples => Err(format!(
+                    "policy: FedAvg mini-batches of {size} are smaller than [policy.churn] min_examples = {}",
+                    policy.churn.min_examples
+                )),
+                _ => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
+
+    fn first_round(&self) -> Result<(), String> {
+        match self.step {
+            ChurnStep::Moments => Ok(()),
+            _ => Err("a churn analysis starts with its moments round".into()),
+        }
+    }
+
+    fn continues(
+        &self,
+        kind: &'static str,
+        previous: &AnalysisKind,
+        rounds: u32,
+        policy: &Policy,
+    ) -> Result<(), String> {
+        let AnalysisKind::Churn(prev) = previous else {
+            return Err(format!("a churn round does not follow an {kind} analysis"));
+        };
+        let (a, b) = (&prev.setup, &self.setup);
+        if a.horizon_days != b.horizon_days
+            || a.holdout_key != b.holdout_key
+            || a.test_fraction_bp != b.test_fraction_bp
+        {
+            return Err("its horizon or holdout split differs from the analysis's first round".into());
+        }
+        if !b.spec.narrows(&a.spec) {
+            return Err(
+                "its feature spec is not the previous round's (features constant over all nodes may only be dropped)"
+                    .into(),
+            );
+        }
+        if matches!(prev.step, ChurnStep::Evaluate { .. }) {
+            return Err("the analysis already ended with its evaluation".into());
+        }
+        if matches!(self.step, ChurnStep::Moments) {
+            return Err("the moments round runs once, first".into());
+        }
+        let max = policy.churn.max_rounds;
+        if rounds >= max {
+            return Err(format!(
+                "this node takes part in at most {max} rounds of one churn analysis ([policy.churn] max_rounds)"
+            ));
+        }
+        Ok(())
+    }
+
+    fn describe(&self, at: &str) -> String {
+        let d = self.setup.spec.dim();
+        let what = match &self.step {
+            ChurnStep::Moments => format!("per-feature counts, sums and sums of squares of {d} features"),
+            ChurnStep::Newton { .. } => format!("logistic-regression gradient and Hessian sums over {d} features"),
+            ChurnStep::Evaluate { bins, .. } => {
+                format!("held-out log-loss, accuracy, calibration and {bins}-bin score histograms")
+            }
+            ChurnStep::FedAvg { local, .. } => {
+                format!("a local model update ({} epoch(s)) over {d} features", local.epochs)
+            }
+        };
+        format!(
+            "churn model: {what} of customers with purchases up to {at}, churned = none in the next {} days",
+            self.setup.horizon_days
+        )
+    }
+
+    fn contribute(&self, data: &mut LocalData<'_>, reference: Date) -> Result<Contribution, String> {
+        let window = Window { reference, horizon_days: self.setup.horizon_days };
+        let split = HoldoutSplit::new(&self.setup.holdout_key, self.setup.test_fraction())
+            .map_err(|e| format!("holdout split: {e}"))?;
+        let held_out = matches!(self.step, ChurnStep::Evaluate { .. });
+        // Every customer with a purchase by the reference date is an example, train or
+        // held out; the policy's minimum applies to them all, whatever the split.
+        let all: Vec<(bool, Example)> = data
+            .histories()
+            .iter()
+            .filter_map(|h| {
+                example(&self.setup.spec, &h.customer(), &window).map(|e| (split.is_test(h.customer.as_bytes()), e))
+            })
+            .collect();
+        let eligible = all.len();
+        let examples: Vec<Example> = all.into_iter().filter(|(t, _)| *t == held_out).map(|(_, e)| e).collect();
+        // A failure names no value of this node's data (attack review of issue 11: an
+        // error naming an example's index was an oracle).
+        let failed = |_| {
+            "the churn computation failed on this node's data (a value out of the model's range); refusing".to_string()
+        };
+        let n = examples.len();
+        let vector = match &self.step {
+            ChurnStep::Moments => {
+                let rows: Vec<Vec<f64>> = examples.iter().map(|e| e.features.clone()).collect();
+                moments_contribution(&self.setup.spec, &rows).map_err(|e| failed(e.to_string()))?
+            }
+            ChurnStep::Newton { standardiser, weights } => {
+                newton_contribution(weights, &Examples::standardised(standardiser, &examples))
+                    .map_err(|e| failed(e.to_string()))?
+            }
+            ChurnStep::FedAvg { standardiser, weights, local, round } => {
+                local_update(weights, &Examples::standardised(standardiser, &examples), local, *round)
+                    .map_err(|e| failed(e.to_string()))?
+            }
+            ChurnStep::Evaluate { standardiser, weights, bins } => {
+                let model = Logistic { weights: weights.clone() };
+                let ex = Examples::standardised(standardiser, &examples);
+                let scores: Vec<f64> = ex.z.rows().into_iter().map(|z| model.predict(z)).collect();
+                let churned: Vec<bool> = examples.iter().map(|e| e.churned).collect();
+                eval_contribution(ChurnRound::eval_layout(*bins), &scores, &churned, &[])
+                    .map_err(|e| failed(e.to_string()))?
+            }
+        };
+        Ok(Contribution { vector: Zeroizing::new(vector), customers: n, eligible })
+    }
+
+    /// Fewer customers with a purchase by the reference date than `[policy.churn]
+    /// min_examples`: this node does not take part. Counted over all of them, train and
+    /// held out, so the answer depends on the reference date only — never on the split
+    /// key or fraction HQ chooses (attack review of issue 11).
+    fn check_contribution(&self, c: &Contribution, policy: &Policy) -> Result<(), String> {
+        let min = policy.churn.min_examples;
+        if (c.eligible as u64) < min {
+            return Err(format!(
+                "policy: this node has fewer customers than [policy.churn] min_examples = {min}, so it does not take \
+                 part in churn-model training"
+            ));
+        }
+        Ok(())
+    }
+}
