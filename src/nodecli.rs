@@ -198,7 +198,7 @@ pub fn score_text(s: &fedcrm_node::score::ScoreSummary) -> String {
         s.as_of.clone()
     };
     let mut t = format!(
-        "model:              {} (signed by {}; trained at {}, churn = no purchase within {} days)\n",
+        "model:              {} (signed by {}; trained as of {}: churn = no purchase in the next {} days)\n",
         s.model_id, s.publisher, s.reference_date, s.horizon_days
     );
     t.push_str(&format!("as of:              {as_of}\n"));

@@ -82,13 +82,21 @@ fn header(id: &str, model: &ChurnModel) -> ModelHeader {
     }
 }
 
+/// Customers of node-1 who withdrew consent: never scored.
+fn withdrawn(nodes: &[fedcrm::harness::NodeSpec]) -> Vec<String> {
+    let mut keys: Vec<String> =
+        nodes[1].data.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect();
+    keys.dedup();
+    keys.truncate(2);
+    keys
+}
+
 async fn cluster() -> Cluster {
     common::logs();
-    let opts = ClusterOptions {
-        nodes: common::cdnow_nodes(&[1; 4], true),
-        release: ReleaseRules { min_participants: 3, min_cohort: 0 },
-        ..Default::default()
-    };
+    let mut nodes = common::cdnow_nodes(&[1; 4], true);
+    nodes[1].withdrawn = withdrawn(&nodes);
+    let opts =
+        ClusterOptions { nodes, release: ReleaseRules { min_participants: 3, min_cohort: 0 }, ..Default::default() };
     Cluster::start(opts).await.unwrap()
 }
 
@@ -168,6 +176,25 @@ fn tokens(dir: &Path) -> BTreeSet<String> {
     out
 }
 
+/// Run `fedcrm` with `args` (off the async workers: the coordinator runs on them).
+async fn fedcrm(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_fedcrm")).args(&args).output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// `node score` arguments for `node`'s node.toml as `write_configs` wrote it.
+fn score_args(cluster: &Cluster, node: &str, id: &str, out: &Path, extra: &[&str]) -> Vec<String> {
+    let written = cluster.write_configs().unwrap();
+    let toml = written.iter().find(|p| p.ends_with(Path::new(node).join("node.toml"))).unwrap();
+    let mut args: Vec<String> = ["node", "score", "--config"].map(String::from).to_vec();
+    args.extend([toml.display().to_string(), "--model".into(), id.into(), "--out".into(), out.display().to_string()]);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
@@ -194,6 +221,10 @@ async fn a_node_scores_its_own_customers_ranks_them_and_logs_only_the_count() {
     assert_eq!(summary.customers, expected.len() as u64);
     let keys: BTreeSet<&str> = rows.iter().map(|r| r[1].as_str()).collect();
     assert_eq!(keys, expected.keys().map(String::as_str).collect());
+    // Customers who withdrew consent are not scored.
+    let gone = withdrawn(&common::cdnow_nodes(&[1; 4], true));
+    assert_eq!(gone.len(), 2);
+    assert!(gone.iter().all(|k| !keys.contains(k.as_str())), "{gone:?}");
     let probability = |r: &Vec<String>| r[2].parse::<f64>().unwrap();
     for (i, pair) in rows.windows(2).enumerate() {
         assert_eq!(pair[0][0], (i + 1).to_string());
@@ -227,27 +258,8 @@ async fn a_node_scores_its_own_customers_ranks_them_and_logs_only_the_count() {
 
     // The CLI, as a franchisee runs it: the default as-of is the latest purchase
     // (the end of CDNOW), `--top` limits the rows, `--json` the summary.
-    let written = cluster.write_configs().unwrap();
-    let toml = written.iter().find(|p| p.ends_with(Path::new(&node.name).join("node.toml"))).unwrap().clone();
     let top_out = out.with_file_name("top.csv");
-    let args: Vec<String> = vec![
-        "node".into(),
-        "score".into(),
-        "--config".into(),
-        toml.display().to_string(),
-        "--model".into(),
-        id.clone(),
-        "--out".into(),
-        top_out.display().to_string(),
-        "--top".into(),
-        "5".into(),
-        "--json".into(),
-    ];
-    let run = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_fedcrm")).args(&args).output().unwrap()
-    })
-    .await
-    .unwrap();
+    let run = fedcrm(score_args(&cluster, &node.name, &id, &top_out, &["--top", "5", "--json"])).await;
     let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
     assert!(run.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
     let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
@@ -259,10 +271,32 @@ async fn a_node_scores_its_own_customers_ranks_them_and_logs_only_the_count() {
     assert_eq!(json["out"], top_out.display().to_string());
     assert_eq!(read_csv(&top_out), rows[..5].to_vec());
     assert_eq!(mode(&top_out), 0o600);
-    assert_eq!(local_scorings(&node.audit_dir).len(), 2);
-    // Nothing of the list on standard output or error.
-    for r in &rows[..5] {
-        assert!(!stdout.contains(&r[1]) && !String::from_utf8_lossy(&run.stderr).contains(&r[1]));
+    // As text, as of the model's reference date: a summary, nothing of the list.
+    let early = out.with_file_name("early.csv");
+    let text = fedcrm(score_args(&cluster, &node.name, &id, &early, &["--as-of", "1997-09-30"])).await;
+    let text_out = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(text.status.success(), "{text_out}\n{}", String::from_utf8_lossy(&text.stderr));
+    let early_rows = read_csv(&early);
+    // The CDNOW cohort all bought first in early 1997, so everyone is scored; only
+    // purchases up to the as-of date count.
+    assert_eq!(early_rows.len(), rows.len());
+    assert!(early_rows.iter().all(|r| r[6].as_str() <= "1997-09-30"));
+    assert_ne!(early_rows, rows);
+    for want in [
+        "as of:              1997-09-30\n".to_string(),
+        format!("customers scored:   {}\n", early_rows.len()),
+        format!("signed by {PUBLISHER_NAME}"),
+        "the list stays on this machine".to_string(),
+    ] {
+        assert!(text_out.contains(&want), "{want:?} not in\n{text_out}");
+    }
+    assert_eq!(local_scorings(&node.audit_dir).len(), 3);
+    // Nothing of the lists on standard output or error.
+    for r in rows[..5].iter().chain(&early_rows[..5]) {
+        for o in [&run, &text] {
+            let shown = [&o.stdout, &o.stderr].map(|b| String::from_utf8_lossy(b).into_owned());
+            assert!(shown.iter().all(|t| !t.contains(&format!(",{},", r[1])) && !t.contains(&r[2])), "{shown:?}");
+        }
     }
 
     // No customer key anywhere in the node's or the coordinator's audit log.
@@ -292,6 +326,12 @@ async fn a_changed_weight_is_refused_and_no_list_is_written() {
     let err = score::run(node, &request(&id, &out, now)).await.unwrap_err();
     assert!(matches!(err, ScoreError::Fetch(_)), "{err}");
     assert!(err.to_string().contains("changed after signing"), "{err}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "a file was written");
+    // The command fails the same way, with the reason.
+    let run = fedcrm(score_args(&cluster, &node.name, &id, &out, &[])).await;
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(stderr.contains("refused model churn-v1") && stderr.contains("changed after signing"), "{stderr}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "a file was written");
     assert!(local_scorings(&node.audit_dir).is_empty());
     assert!(!spool::dir(&node.audit_dir).exists());
