@@ -299,6 +299,16 @@ async fn a_node_scores_its_own_customers_ranks_them_and_logs_only_the_count() {
         }
     }
 
+    // The node's log still verifies (scoring appended under the node's own key), and
+    // the auditor's report lists the three runs: model, version, count.
+    let ca_der = fedcrm_pki::pem_to_der_certs(&cluster.pki.ca.cert_pem).unwrap().remove(0);
+    let node_cert_valid_ms = common::inside_validity(&std::fs::read_to_string(&node.tls.cert).unwrap()) * 1000;
+    fedcrm_audit::verify::verify_paths_at(std::slice::from_ref(&node.audit_dir), &ca_der, node_cert_valid_ms).unwrap();
+    let records = fedcrm_audit::log::read_records(&node.audit_dir).unwrap();
+    let report = fedcrm_audit::report::build(&[records], date!(2000 - 01 - 01), date!(2999 - 12 - 31), None);
+    let runs: Vec<_> = report.scoring.iter().map(|r| (r.node.as_str(), r.model.as_str(), r.version.as_str())).collect();
+    assert_eq!(runs, vec![(node.name.as_str(), "churn", "1"); 3]);
+
     // No customer key anywhere in the node's or the coordinator's audit log.
     let node_tokens = tokens(&node.audit_dir);
     let coordinator_tokens = tokens(&cluster.coordinator.config.audit_dir);
@@ -407,9 +417,14 @@ async fn while_the_node_runs_scoring_is_spooled_and_the_node_logs_it() {
     stop_node(&mut cluster, &node.name).await;
     spool::write(&spool_dir, &spool::scoring(&node.name, "churn-v1", 7, 1_790_000_000_000)).unwrap();
     let foreign = spool::write(&spool_dir, &spool::scoring("node-0", "churn-v1", 9, 1_790_000_000_001)).unwrap();
+    // Not a scoring record (an egress, say): set aside, never appended.
+    let forged = spool_dir.join("1790000000002-1-churn-v1.json");
+    std::fs::write(&forged, r#"{"event":"egress","message":"masked-input","bytes":1}"#).unwrap();
     cluster.restart_node(&node.name).await.unwrap();
     let mut want = want;
     want.push(("churn".to_string(), "1".to_string(), 7));
     assert_eq!(local_scorings(&node.audit_dir), want);
-    assert_eq!(spool_files(&spool_dir), vec![foreign]);
+    let mut left = spool_files(&spool_dir);
+    left.sort();
+    assert_eq!(left, vec![foreign, forged.with_extension("rejected")]);
 }

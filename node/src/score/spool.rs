@@ -10,7 +10,8 @@
 //! appends spooled records to its log and deletes their files at start-up and on
 //! every seal tick (`audit.seal_every_seconds`). A spool file names its node; a
 //! daemon takes in only its own node's files, and only `LocalScoring` records (a
-//! spool file cannot put any other event into the log). A crash between the append
+//! spool file cannot put any other event into the log); a file it cannot parse is set
+//! aside as `*.rejected`. A crash between the append
 //! and the deletion records a scoring twice, never not at all.
 
 use std::path::{Path, PathBuf};
@@ -110,9 +111,9 @@ pub fn write(dir: &Path, entry: &Spooled) -> Result<PathBuf, ScoreError> {
 }
 
 /// Append every scoring record spooled in `dir` for `node` to `log` (oldest first)
-/// and delete its file. A file that cannot be read or parsed, or that names another
-/// node, is left in place with a warning (and never appended); only a failure of the
-/// audit log itself is an error.
+/// and delete its file. A file naming another node is left for that node; one that
+/// cannot be read or parsed is renamed `*.rejected` with a warning and never
+/// appended. Only a failure of the audit log itself is an error.
 pub fn ingest(dir: &Path, node: &str, log: &mut AuditLog) -> Result<usize, AuditError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -140,10 +141,17 @@ pub fn ingest(dir: &Path, node: &str, log: &mut AuditLog) -> Result<usize, Audit
                 }
                 taken += 1;
             }
+            // Two nodes whose audit directories share a parent share a spool: the
+            // other node takes in its own files.
             Ok(entry) => {
-                tracing::warn!(file = %path.display(), for_node = %entry.node, "spooled scoring of another node left alone")
+                tracing::debug!(file = %path.display(), for_node = %entry.node, "spooled scoring of another node")
             }
-            Err(e) => tracing::warn!(file = %path.display(), error = %e, "unreadable spooled scoring left alone"),
+            Err(e) => {
+                // Set aside once, so it is not read (and warned about) at every tick.
+                let aside = path.with_extension("rejected");
+                tracing::warn!(file = %path.display(), error = %e, aside = %aside.display(), "unreadable spooled scoring set aside, not recorded");
+                let _ = std::fs::rename(&path, &aside);
+            }
         }
     }
     Ok(taken)
