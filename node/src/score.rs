@@ -172,7 +172,10 @@ pub fn write_list(path: &Path, rows: &[ScoredCustomer]) -> Result<(), ScoreError
     let bytes = csv_bytes(rows).map_err(failed)?;
     let name = path.file_name().ok_or_else(|| failed("the path names no file".into()))?;
     let tmp = path.with_file_name(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
-    fedcrm_pki::write_private_file(&tmp, &bytes).map_err(|e| failed(e.to_string()))?;
+    fedcrm_pki::write_private_file(&tmp, &bytes).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        failed(e.to_string())
+    })?;
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         failed(e.to_string())

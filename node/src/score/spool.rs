@@ -8,7 +8,9 @@
 //! the directory `scoring-spool` beside the audit directory
 //! (`<audit_dir>/../scoring-spool/<millis>-<pid>-<model id>.json`, mode 0600), and the daemon
 //! appends spooled records to its log and deletes their files at start-up and on
-//! every seal tick (`audit.seal_every_seconds`). A spool file names its node; a
+//! every seal tick of a session (`audit.seal_every_seconds`, and as each session
+//! with the coordinator opens; a node that cannot reach HQ takes them in once it does,
+//! or at its next start). A spool file names its node; a
 //! daemon takes in only its own node's files, and only `LocalScoring` records (a
 //! spool file cannot put any other event into the log); a file it cannot parse is set
 //! aside as `*.rejected`. A crash between the append
