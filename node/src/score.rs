@@ -261,3 +261,54 @@ pub async fn run(cfg: &NodeConfig, req: &ScoreRequest) -> Result<ScoreSummary, S
         audit,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use time::macros::date;
+
+    use super::*;
+
+    fn row(customer: &str, probability: f64, reasons: &[(&str, f64)], spend: i64) -> ScoredCustomer {
+        ScoredCustomer {
+            customer: customer.into(),
+            probability,
+            reasons: reasons.iter().map(|(n, c)| (n.to_string(), *c)).collect(),
+            last_purchase: date!(2026 - 05 - 20),
+            purchase_days: 3,
+            total_spend_cents: spend,
+        }
+    }
+
+    #[test]
+    fn the_list_is_plain_csv_with_signed_reasons_and_money_in_main_units() {
+        let rows = [
+            row("C-1", 0.93125, &[("recency_days", 0.8449), ("frequency", 0.125)], 129_950),
+            row("Wang, Li", 0.5, &[], -1_205),
+        ];
+        let text = String::from_utf8(csv_bytes(&rows).unwrap()).unwrap();
+        assert_eq!(
+            text,
+            "rank,customer_key,churn_probability,reason_1,reason_2,reason_3,last_purchase,purchase_days,total_spend\n\
+             1,C-1,0.9313,recency_days (+0.84),frequency (+0.12),,2026-05-20,3,1299.50\n\
+             2,\"Wang, Li\",0.5000,,,,2026-05-20,3,-12.05\n"
+        );
+        assert_eq!(format!("{:?}", rows[1]), "ScoredCustomer { probability: 0.5, .. }");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_list_is_written_whole_and_readable_only_by_its_owner() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("at-risk.csv");
+        std::fs::write(&path, "an older list").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_list(&path, &[row("C-1", 0.75, &[], 100)]).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(std::fs::read_to_string(&path).unwrap().ends_with("1,C-1,0.7500,,,,2026-05-20,3,1.00\n"));
+        // Nothing else is left beside it.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        let err = write_list(&dir.path().join("missing").join("x.csv"), &[]).unwrap_err();
+        assert!(err.to_string().contains("cannot write the at-risk list"), "{err}");
+    }
+}
