@@ -227,8 +227,8 @@ impl NodeContext {
         let mut log = open_log(config, cert_der, &key).map_err(SessionError::OpenLog)?;
         // Old files beyond the retention period go (the deletion is itself logged).
         log.apply_retention().map_err(SessionError::OpenLog)?;
-        // Scorings recorded while no node ran hold the log: `fedcrm node score` spooled
-        // them (crate::score::spool).
+        // Scorings `fedcrm node score` spooled while an earlier run of this node held
+        // the log and did not take them in (crate::score::spool).
         let scoring_spool = crate::score::spool::dir(&config.audit_dir);
         crate::score::spool::ingest(&scoring_spool, &config.name, &mut log).map_err(SessionError::OpenLog)?;
         // Caps, used analysis ids and the differencing guard are counted from the
