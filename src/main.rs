@@ -192,6 +192,37 @@ enum NodeCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Score this node's own customers with a churn model HQ published, on this
+    /// machine, and write the ranked at-risk list (win-back list) to a CSV file.
+    ///
+    /// Fetches the model from the coordinator and refuses it unless the brand CA
+    /// certifies its signer as the publisher node.toml's `[scoring] publisher` names
+    /// and the signature covers every byte. The CSV (mode 0600) holds one row per
+    /// customer with a purchase on or before the as-of date, highest churn
+    /// probability first: rank, customer_key, churn_probability, the three largest
+    /// reasons, last_purchase, purchase_days, total_spend. The list never leaves this
+    /// machine and is never printed; the node's audit log records only that scoring
+    /// ran, with which model and over how many customers.
+    Score {
+        #[arg(long, default_value = "node.toml")]
+        config: PathBuf,
+        /// The published model's id, as `fedcrm hq models` lists it (e.g. churn-v3).
+        #[arg(long)]
+        model: String,
+        /// Where to write the at-risk list (CSV; replaced if it exists).
+        #[arg(long)]
+        out: PathBuf,
+        /// Score as of this day, YYYY-MM-DD (purchases after it are ignored); default:
+        /// the latest purchase day in this node's data.
+        #[arg(long)]
+        as_of: Option<String>,
+        /// Write only the N customers most at risk (all are scored and counted).
+        #[arg(long)]
+        top: Option<usize>,
+        /// Print the summary as JSON (model_id, customers, above_half, out, …).
+        #[arg(long)]
+        json: bool,
+    },
     /// Approve a waiting request; the running node takes part from its next round.
     Approve {
         /// The request id shown by `fedcrm node pending`.
@@ -522,6 +553,7 @@ impl Command {
             Command::Node(NodeCommand::Check { json, .. })
             | Command::Node(NodeCommand::Egress { json, .. })
             | Command::Node(NodeCommand::Pending { json, .. })
+            | Command::Node(NodeCommand::Score { json, .. })
             | Command::Audit(AuditCommand::Verify { json, .. })
             | Command::Audit(AuditCommand::Report { json, .. })
             | Command::Hq(HqCommand::Segments { json, .. })
@@ -800,6 +832,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Node(NodeCommand::Pending { config, json }) => {
             let cfg = fedcrm_node::config::NodeConfig::load(&config)?;
             fedcrm::auditcli::pending(&cfg, json)
+        }
+        Command::Node(NodeCommand::Score { config, model, out, as_of, top, json }) => {
+            let cfg = fedcrm_node::config::NodeConfig::load(&config)?;
+            fedcrm::nodecli::score(&cfg, model, out, as_of.as_deref(), top, json).await
         }
         Command::Node(NodeCommand::Approve { id, config, by }) => {
             let cfg = fedcrm_node::config::NodeConfig::load(&config)?;

@@ -1,4 +1,5 @@
-//! Text renderings of the node's own reports (`fedcrm node check`, `fedcrm node egress`).
+//! Text renderings of the node's own reports (`fedcrm node check`, `fedcrm node egress`)
+//! and `fedcrm node score`'s summary (never the list itself).
 
 use anyhow::Result;
 use fedcrm_node::check::CheckReport;
@@ -162,4 +163,59 @@ pub fn egress_text(recs: &[EgressRecord], month: Option<&str>, json: bool) -> Re
     }
     s.push_str(&format!("{} messages, {} bytes in total\n", sel.len(), sel.iter().map(|r| r.bytes).sum::<u64>()));
     Ok(s)
+}
+
+/// `fedcrm node score`: score with the published model at the real time (the
+/// publisher's certificate must be valid now) and print the summary — never a
+/// customer key or score.
+pub async fn score(
+    cfg: &fedcrm_node::config::NodeConfig,
+    model_id: String,
+    out: std::path::PathBuf,
+    as_of: Option<&str>,
+    top: Option<usize>,
+    json: bool,
+) -> Result<()> {
+    let as_of =
+        as_of.map(|d| fedcrm_analysis::date::parse_date(d).map_err(|e| anyhow::anyhow!("--as-of: {e}"))).transpose()?;
+    let now_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let req = fedcrm_node::score::ScoreRequest { model_id, out, as_of, top, now_unix };
+    let summary = fedcrm_node::score::run(cfg, &req).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print!("{}", score_text(&summary));
+    }
+    Ok(())
+}
+
+/// `fedcrm node score`'s summary as text.
+pub fn score_text(s: &fedcrm_node::score::ScoreSummary) -> String {
+    use fedcrm_node::score::spool::Recorded;
+    let as_of = if s.as_of_default {
+        format!("{} (the latest purchase in this node's data; --as-of to choose)", s.as_of)
+    } else {
+        s.as_of.clone()
+    };
+    let mut t = format!(
+        "model:              {} (signed by {}; trained as of {}: churn = no purchase in the next {} days)\n",
+        s.model_id, s.publisher, s.reference_date, s.horizon_days
+    );
+    t.push_str(&format!("as of:              {as_of}\n"));
+    t.push_str(&format!("customers scored:   {}\n", s.customers));
+    t.push_str(&format!("churn risk > 0.5:   {}\n", s.above_half));
+    t.push_str(&format!(
+        "at-risk list:       {} ({} rows, most at risk first; readable only by you)\n",
+        s.out.display(),
+        s.rows
+    ));
+    match &s.audit {
+        Recorded::Appended { seq } => t.push_str(&format!("audit log:          recorded (record {seq})\n")),
+        Recorded::Spooled { path } => t.push_str(&format!(
+            "audit log:          the running node records it at its next seal ({})\n",
+            path.display()
+        )),
+    }
+    t.push_str("the list stays on this machine: nothing of it was sent, and the audit log holds only the model and the count\n");
+    t
 }

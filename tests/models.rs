@@ -14,14 +14,6 @@ use fedcrm_audit::Event;
 use fedcrm_coordinator::config::ReleaseRules;
 use fedcrm_node::models::{FetchError, fetch};
 use fedcrm_protocol::model::{FORMAT, ModelError, ModelHeader, SIGNING_CONTEXT};
-use x509_parser::prelude::FromDer as _;
-
-/// A second inside the publisher certificate's validity: its `notBefore` plus a day.
-fn inside_validity(cert_pem: &str) -> u64 {
-    let der = fedcrm_pki::pem_to_der_certs(cert_pem).unwrap().remove(0);
-    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der).unwrap();
-    cert.validity().not_before.timestamp() as u64 + 86_400
-}
 
 fn header(id: &str) -> ModelHeader {
     ModelHeader {
@@ -57,7 +49,7 @@ async fn a_model_reaches_nodes_only_signed_by_their_publisher_and_unchanged() {
 
     let publisher = cluster.analyst.publisher.clone().unwrap();
     let cert_pem = std::fs::read_to_string(&publisher.cert).unwrap();
-    let now = inside_validity(&cert_pem);
+    let now = common::inside_validity(&cert_pem);
     let node = &cluster.node_configs[0];
 
     // Listed, not published; a node is not served an unpublished model.

@@ -73,13 +73,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(digest::digest(&digest::SHA256, bytes))
 }
 
-/// `churn-v3` → (`churn`, 3).
-pub fn split_id(id: &str) -> Option<(&str, u32)> {
-    let (name, v) = id.rsplit_once("-v")?;
-    let ok_name = !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    let version = v.parse::<u32>().ok().filter(|n| *n > 0 && v == n.to_string())?;
-    ok_name.then_some((name, version))
-}
+pub use fedcrm_protocol::model::split_id;
 
 impl Registry {
     pub fn new(dir: &Path) -> Self {

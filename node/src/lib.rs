@@ -23,4 +23,5 @@ pub mod features;
 pub mod models;
 pub mod policy;
 pub mod privacy;
+pub mod score;
 pub mod session;

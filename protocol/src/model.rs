@@ -21,6 +21,15 @@ pub const SIGNING_CONTEXT: &[u8] = b"fedcrm model artifact v1\0";
 /// The artifact format this build reads and writes.
 pub const FORMAT: &str = "fedcrm-model/1";
 
+/// A registry id as (name, version): `churn-v3` → (`churn`, 3). The coordinator's
+/// registry names models so; a node's audit log records scoring by name and version.
+pub fn split_id(id: &str) -> Option<(&str, u32)> {
+    let (name, v) = id.rsplit_once("-v")?;
+    let ok_name = !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    let version = v.parse::<u32>().ok().filter(|n| *n > 0 && v == n.to_string())?;
+    ok_name.then_some((name, version))
+}
+
 /// The header every artifact starts with; the model's own fields follow in `body`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

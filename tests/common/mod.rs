@@ -125,3 +125,12 @@ impl fedcrm_audit::log::Clock for Fixed {
 pub fn coarse_specs() -> Vec<fedcrm_analysis::rfm::HistogramSpec> {
     fedcrm_analysis::rfm::Metric::ALL.iter().map(|&m| fedcrm_analysis::rfm::QuantileSearch::coarse_spec(m)).collect()
 }
+
+/// A second inside a certificate's validity (e.g. the model publisher's): its
+/// `notBefore` plus a day, so no outcome depends on the real clock.
+pub fn inside_validity(cert_pem: &str) -> u64 {
+    use x509_parser::prelude::FromDer as _;
+    let der = fedcrm_pki::pem_to_der_certs(cert_pem).unwrap().remove(0);
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der).unwrap();
+    cert.validity().not_before.timestamp() as u64 + 86_400
+}

@@ -178,8 +178,10 @@ pub struct NodeContext {
     /// Every round id this node was ever invited to (from its audit log): a round id
     /// comes once, so no signature or share of one round can count in another.
     rounds_seen: Mutex<HashSet<String>>,
-    /// How often an idle session seals its audit log.
+    /// How often an idle session seals its audit log (and takes in spooled scorings).
     seal_every: Duration,
+    /// Where `fedcrm node score` leaves its audit records while this node runs.
+    scoring_spool: PathBuf,
     /// Sessions the coordinator welcomed so far (the reconnect loop resets its backoff
     /// after one).
     welcomed: AtomicU64,
@@ -222,23 +224,13 @@ impl NodeContext {
                 config.name
             ))));
         }
-        let identity = LogIdentity {
-            certificate_der: cert_der,
-            role: me.role.as_str().to_string(),
-            organisation: me.organisation.clone(),
-            software: SOFTWARE.to_string(),
-        };
-        let mut log = AuditLog::open(
-            &config.audit_dir,
-            &config.name,
-            identity,
-            SigningKey::from_pem(&key)?,
-            config.audit,
-            Arc::new(SystemClock),
-        )
-        .map_err(SessionError::OpenLog)?;
+        let mut log = open_log(config, cert_der, &key).map_err(SessionError::OpenLog)?;
         // Old files beyond the retention period go (the deletion is itself logged).
         log.apply_retention().map_err(SessionError::OpenLog)?;
+        // Scorings `fedcrm node score` spooled while an earlier run of this node held
+        // the log and did not take them in (crate::score::spool).
+        let scoring_spool = crate::score::spool::dir(&config.audit_dir);
+        crate::score::spool::ingest(&scoring_spool, &config.name, &mut log).map_err(SessionError::OpenLog)?;
         // Caps, used analysis ids and the differencing guard are counted from the
         // audit log, so a restart resets none of them; an unreadable log stops the
         // node rather than silently resetting them.
@@ -283,9 +275,34 @@ impl NodeContext {
                     .collect(),
             ),
             seal_every: Duration::from_secs(config.audit.seal_every_seconds.max(1)),
+            scoring_spool,
             welcomed: AtomicU64::new(0),
         })
     }
+}
+
+/// Open this node's audit log (taking its directory lock) under the identity its
+/// certificate names; the node's certified key signs the seals.
+pub(crate) fn open_log(
+    config: &crate::config::NodeConfig,
+    cert_der: Vec<u8>,
+    key: &PrivateKeyPem,
+) -> Result<AuditLog, fedcrm_audit::log::AuditError> {
+    let me = pki::identity_from_cert(&cert_der)?;
+    let identity = LogIdentity {
+        certificate_der: cert_der,
+        role: me.role.as_str().to_string(),
+        organisation: me.organisation,
+        software: SOFTWARE.to_string(),
+    };
+    AuditLog::open(
+        &config.audit_dir,
+        &config.name,
+        identity,
+        SigningKey::from_pem(key)?,
+        config.audit,
+        Arc::new(SystemClock),
+    )
 }
 
 /// How a session ended.
@@ -348,8 +365,11 @@ pub async fn run_session(ctx: &NodeContext, mut shutdown: watch::Receiver<bool>)
     loop {
         let msg = tokio::select! {
             _ = seal_tick.tick() => {
-                // Seal an idle log so that its head is signed within seal_every_seconds.
-                lock(&ctx.audit).seal()?;
+                // Seal an idle log so that its head is signed within seal_every_seconds,
+                // after taking in the scorings `node score` spooled meanwhile.
+                let mut log = lock(&ctx.audit);
+                crate::score::spool::ingest(&ctx.scoring_spool, &ctx.name, &mut log)?;
+                log.seal()?;
                 continue;
             }
             _ = shutdown.changed() => {
