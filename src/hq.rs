@@ -114,6 +114,33 @@ impl AnalystClient {
         within(STATUS_TIMEOUT, &self.url, "a budget request", self.inner.budgets(pb::BudgetsRequest {})).await
     }
 
+    /// Issue 11: train the churn model (`hq train churn`); `on_round` sees each
+    /// round's progress as it arrives.
+    pub async fn train_churn(
+        &mut self,
+        request: pb::TrainChurnRequest,
+        mut on_round: impl FnMut(&pb::ChurnRoundProgress),
+    ) -> Result<(pb::ChurnTrained, Vec<pb::ChurnRoundProgress>)> {
+        let coordinator = |s: tonic::Status| anyhow::anyhow!("coordinator: {}", s.message());
+        let mut stream = within(STATUS_TIMEOUT, &self.url, "the training request", self.inner.train_churn(request))
+            .await
+            .map_err(coordinator)?;
+        let mut rounds = Vec::new();
+        loop {
+            let next = tokio::time::timeout(ANALYSIS_TIMEOUT, stream.message()).await.map_err(|_| {
+                anyhow::anyhow!("the coordinator at {} sent nothing for {} s", self.url, ANALYSIS_TIMEOUT.as_secs())
+            })?;
+            match next.map_err(coordinator)?.and_then(|e| e.event) {
+                Some(pb::train_churn_event::Event::Progress(p)) => {
+                    on_round(&p);
+                    rounds.push(p);
+                }
+                Some(pb::train_churn_event::Event::Trained(t)) => return Ok((t, rounds)),
+                None => anyhow::bail!("the coordinator ended the training without a result; its log says why"),
+            }
+        }
+    }
+
     /// Issue 11: the model registry (`hq models`).
     pub async fn models(&mut self) -> Result<pb::ModelsReply, tonic::Status> {
         within(STATUS_TIMEOUT, &self.url, "a model list request", self.inner.list_models(pb::ModelsRequest {})).await

@@ -1,5 +1,5 @@
-//! Issue 11: the HQ analyst's view of the model registry (`fedcrm hq models`, as a
-//! table, `--json` or `--csv`).
+//! Issue 11: the HQ analyst's views of churn training (`fedcrm hq train churn`) and of
+//! the model registry (`fedcrm hq models`, as a table, `--json` or `--csv`).
 
 use fedcrm_protocol::pb;
 use serde::Serialize;
@@ -123,5 +123,112 @@ pub fn models_csv(v: &ModelsView) -> String {
             csv_field(&m.metrics.to_string()),
         ));
     }
+    s
+}
+
+/// One training round as `hq train churn` reports it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RoundRow {
+    pub round: u32,
+    pub phase: String,
+    pub examples: u64,
+    pub objective: Option<f64>,
+    pub gradient_norm: Option<f64>,
+}
+
+impl RoundRow {
+    pub fn new(p: &pb::ChurnRoundProgress) -> Self {
+        let finite = |x: f64| x.is_finite().then_some(x);
+        Self {
+            round: p.round,
+            phase: p.phase.clone(),
+            examples: p.examples,
+            objective: finite(p.objective),
+            gradient_norm: finite(p.gradient_norm),
+        }
+    }
+
+    /// `round 3 newton: 16,503 examples, objective 0.494064, max |gradient| 3.2e-3`.
+    pub fn line(&self) -> String {
+        let mut s = format!("round {} {}: {} examples", self.round, self.phase, self.examples);
+        if let Some(o) = self.objective {
+            s.push_str(&format!(", objective {o:.6}"));
+        }
+        if let Some(g) = self.gradient_norm {
+            s.push_str(&format!(", max |gradient| {g:.1e}"));
+        }
+        s
+    }
+}
+
+/// A finished churn training (`hq train churn --json`: stable field names).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TrainView {
+    pub model_id: String,
+    pub sha256: String,
+    /// Federated ROC AUC on the held-out customers, and its binning error bound.
+    pub test_auc: f64,
+    pub test_auc_bound: f64,
+    pub test_log_loss: f64,
+    pub test_accuracy: f64,
+    pub train_examples: u64,
+    pub test_examples: u64,
+    pub rounds: u32,
+    pub nodes: Vec<String>,
+    pub exits: Vec<String>,
+    pub history: Vec<RoundRow>,
+    /// The model as registered (feature spec, standardisation, weights, metrics, provenance).
+    pub model: serde_json::Value,
+}
+
+impl TrainView {
+    pub fn new(t: &pb::ChurnTrained, rounds: &[pb::ChurnRoundProgress]) -> Self {
+        Self {
+            model_id: t.model_id.clone(),
+            sha256: t.sha256.clone(),
+            test_auc: t.test_auc,
+            test_auc_bound: t.test_auc_bound,
+            test_log_loss: t.test_log_loss,
+            test_accuracy: t.test_accuracy,
+            train_examples: t.train_examples,
+            test_examples: t.test_examples,
+            rounds: t.rounds,
+            nodes: t.nodes.clone(),
+            exits: t.exits.clone(),
+            history: rounds.iter().map(RoundRow::new).collect(),
+            model: serde_json::from_str(&t.model_json).unwrap_or(serde_json::Value::Null),
+        }
+    }
+}
+
+/// The training's summary for people: the figures, then the coefficients.
+pub fn train_text(v: &TrainView) -> String {
+    let mut s = format!(
+        "trained {} over {} nodes in {} secure rounds (registered, not published)\n",
+        v.model_id,
+        v.nodes.len(),
+        v.rounds
+    );
+    s.push_str(&format!(
+        "  held-out customers: {}  ROC AUC {:.4} (± {:.4} from binning)  log-loss {:.4}  accuracy {:.1}%\n",
+        v.test_examples,
+        v.test_auc,
+        v.test_auc_bound,
+        v.test_log_loss,
+        v.test_accuracy * 100.0
+    ));
+    s.push_str(&format!("  training customers: {}\n", v.train_examples));
+    if let Ok(m) = serde_json::from_value::<fedcrm_model::artifact::ChurnModel>(v.model.clone()) {
+        s.push_str("  coefficients (standardised features; positive = more likely to churn):\n");
+        let names = m.spec.names();
+        for (i, w) in m.model.weights.iter().enumerate() {
+            let name = if i == 0 { "intercept" } else { names[i - 1].as_str() };
+            s.push_str(&format!("    {name:<28} {w:>10.4}\n"));
+        }
+    }
+    for e in &v.exits {
+        s.push_str(&format!("  left: {e}\n"));
+    }
+    s.push_str(&format!("publish it for the nodes with: fedcrm hq publish {}\n", v.model_id));
     s
 }

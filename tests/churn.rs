@@ -224,3 +224,52 @@ async fn federated_newton_on_cdnow_equals_the_pooled_solver_for_even_and_skewed_
         assert!(m.history.len() <= 10, "{label}: {} Newton rounds", m.history.len());
     }
 }
+
+/// `fedcrm hq train churn` over the analyst's mTLS API: a progress event per round
+/// (moments, Newton rounds, evaluation), then the registered model with the federated
+/// test AUC in the JSON view; under `--dp on` it is refused up front, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hq_train_churn_streams_its_rounds_and_registers_the_model() {
+    common::logs();
+    let nodes: Vec<NodeSpec> = split_cdnow(CDNOW, &[1; 4], true)
+        .into_iter()
+        .enumerate()
+        .map(|(i, data)| NodeSpec::franchisee(&format!("node-{i}"), data))
+        .collect();
+    let opts = ClusterOptions {
+        nodes,
+        release: ReleaseRules { min_participants: 3, min_cohort: 0 },
+        phase_timeout_seconds: 30,
+        ..Default::default()
+    };
+    let cluster = Cluster::start(opts).await.unwrap();
+    let mut hq = fedcrm::hq::AnalystClient::connect(&cluster.analyst).await.unwrap();
+    let request = |dp_off: bool| fedcrm_protocol::pb::TrainChurnRequest {
+        reference_date: "1997-09-30".into(),
+        horizon_days: HORIZON,
+        purpose: "win-back planning".into(),
+        dp_off,
+        mode: "newton".into(),
+        max_rounds: 0,
+    };
+    let err = hq.train_churn(request(false), |_| {}).await.unwrap_err().to_string();
+    assert!(err.contains("not available in this version") && err.contains("--dp off"), "{err}");
+
+    let mut seen = Vec::new();
+    let (trained, rounds) = hq.train_churn(request(true), |p| seen.push(p.phase.clone())).await.unwrap();
+    let view = fedcrm::models::TrainView::new(&trained, &rounds);
+    assert_eq!(seen.first().map(String::as_str), Some("moments"));
+    assert_eq!(seen.last().map(String::as_str), Some("evaluate"));
+    assert!(seen[1..seen.len() - 1].iter().all(|p| p == "newton") && seen.len() >= 4, "{seen:?}");
+    assert_eq!(view.rounds as usize, seen.len());
+    let json = serde_json::to_value(&view).unwrap();
+    assert_eq!(json["model_id"], "churn-v1");
+    let auc = json["test_auc"].as_f64().unwrap();
+    assert!(auc > 0.7 && auc < 0.85, "{auc}");
+    assert_eq!(view.nodes.len(), 4);
+    let text = fedcrm::models::train_text(&view);
+    assert!(text.contains("log1p_recency_days") && text.contains("fedcrm hq publish churn-v1"), "{text}");
+    let listed = fedcrm::models::ModelsView::new(&hq.models().await.unwrap());
+    assert_eq!(listed.models.len(), 1);
+    assert_eq!(listed.models[0].metrics["test_auc"].as_f64(), Some(auc));
+}

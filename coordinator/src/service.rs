@@ -303,6 +303,21 @@ pub(crate) fn log_receipt(
     .map_err(|e| ReceiptFault::Local(format!("the coordinator's audit log failed ({e}); not the node's fault")))
 }
 
+/// An analysis that ended without a result, as the analyst's status: one short line
+/// per node (the full reasons are in the logs).
+fn analysis_status(e: AnalysisError) -> Status {
+    match e {
+        AnalysisError::Busy => Status::unavailable(e.to_string()),
+        AnalysisError::Round(crate::round::RoundError::NotEnoughNodes { .. })
+        | AnalysisError::Round(crate::round::RoundError::OverBudget(_))
+        | AnalysisError::Privacy(_)
+        | AnalysisError::Release(_) => Status::failed_precondition(crate::round::brief_lines(&e.to_string())),
+        other => Status::aborted(crate::round::brief_lines(&other.to_string())),
+    }
+}
+
+type TrainStream = Pin<Box<dyn Stream<Item = Result<pb::TrainChurnEvent, Status>> + Send>>;
+
 /// `Analyst` service implementation.
 #[derive(Debug, Clone)]
 pub struct AnalystService(pub Arc<Coordinator>);
@@ -339,15 +354,7 @@ impl pb::analyst_server::Analyst for AnalystService {
             requested_by_organisation: who.organisation.clone(),
             dp: !r.dp_off,
         };
-        let out = self.0.run_segments(&request).await.map_err(|e| match e {
-            AnalysisError::Busy => Status::unavailable(e.to_string()),
-            // One short line per node for the analyst; the full reasons are in the logs.
-            AnalysisError::Round(crate::round::RoundError::NotEnoughNodes { .. })
-            | AnalysisError::Round(crate::round::RoundError::OverBudget(_))
-            | AnalysisError::Privacy(_)
-            | AnalysisError::Release(_) => Status::failed_precondition(crate::round::brief_lines(&e.to_string())),
-            other => Status::aborted(crate::round::brief_lines(&other.to_string())),
-        })?;
+        let out = self.0.run_segments(&request).await.map_err(analysis_status)?;
         let rel = &out.release;
         Ok(Response::new(pb::SegmentsReply {
             recency: Some(wire::cuts_pb(&rel.cuts.recency)),
@@ -409,6 +416,109 @@ impl pb::analyst_server::Analyst for AnalystService {
             nodes,
             coordinator_not_after: pki::not_after_unix(&c.certificate).unwrap_or(0),
         }))
+    }
+
+    type TrainChurnStream = TrainStream;
+
+    /// Issue 11: train the churn model; a progress event per round, then the model.
+    async fn train_churn(&self, req: Request<pb::TrainChurnRequest>) -> Result<Response<TrainStream>, Status> {
+        use crate::analyses::churn::{ChurnRequest, Training};
+        let who = require_analyst(&self.0, &req)?;
+        let r = req.into_inner();
+        let date =
+            wire::parse_reference_date(&r.reference_date).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if r.purpose.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "state the purpose of the training (--purpose); nodes see and log it",
+            ));
+        }
+        if r.horizon_days == 0 || r.horizon_days > 3660 {
+            return Err(Status::invalid_argument("--horizon-days must be 1 to 3660"));
+        }
+        let mut churn = ChurnRequest::newton(r.horizon_days);
+        match r.mode.as_str() {
+            "" | "newton" => {
+                if let Training::Newton { stopping, .. } = &mut churn.training
+                    && r.max_rounds > 0
+                {
+                    stopping.max_rounds = r.max_rounds;
+                }
+            }
+            "fedavg" => {
+                churn.training = Training::FedAvg {
+                    local: fedcrm_model::fedavg::LocalTraining {
+                        learning_rate: 0.5,
+                        epochs: 2,
+                        batching: fedcrm_model::fedavg::Batching::MiniBatch { size: 256, seed: 1 },
+                        lambda: 1e-4,
+                        max_update: 8.0,
+                    },
+                    rounds: if r.max_rounds > 0 { r.max_rounds } else { 30 },
+                    optimizer: fedcrm_model::fedavg::ServerOptimizer::Adam {
+                        lr: 0.1,
+                        beta1: 0.9,
+                        beta2: 0.99,
+                        tau: 1e-3,
+                    },
+                }
+            }
+            other => return Err(Status::invalid_argument(format!("--mode {other:?}: use newton or fedavg"))),
+        }
+        tracing::info!(analyst = %who.name, purpose = %r.purpose, "churn training requested");
+        let request = crate::analyses::AnalysisRequest {
+            reference_date: date,
+            purpose: r.purpose.clone(),
+            requested_by: who.name.clone(),
+            requested_by_organisation: who.organisation.clone(),
+            dp: !r.dp_off,
+        };
+        let (tx, rx) = mpsc::channel::<Result<pb::TrainChurnEvent, Status>>(64);
+        let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel();
+        let coordinator = self.0.clone();
+        let forward = tx.clone();
+        let forwarding = tokio::spawn(async move {
+            while let Some(p) = progress_rx.recv().await {
+                let p: crate::analyses::churn::Progress = p;
+                let event = pb::TrainChurnEvent {
+                    event: Some(pb::train_churn_event::Event::Progress(pb::ChurnRoundProgress {
+                        round: p.round,
+                        phase: p.phase.into(),
+                        examples: p.examples,
+                        objective: p.objective.unwrap_or(f64::NAN),
+                        gradient_norm: p.gradient_norm.unwrap_or(f64::NAN),
+                    })),
+                };
+                if forward.send(Ok(event)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            let out = coordinator.run_churn(&request, churn, Some(progress_tx)).await;
+            // Every round's progress goes out before the result.
+            let _ = forwarding.await;
+            let event = out.map_err(analysis_status).and_then(|done| {
+                let m = &done.release.model;
+                Ok(pb::TrainChurnEvent {
+                    event: Some(pb::train_churn_event::Event::Trained(pb::ChurnTrained {
+                        model_id: done.release.model_id.clone(),
+                        sha256: done.release.sha256.clone(),
+                        test_auc: m.metrics.test_auc,
+                        test_auc_bound: m.metrics.test_auc_bound,
+                        test_log_loss: m.metrics.test_log_loss,
+                        test_accuracy: m.metrics.test_accuracy,
+                        train_examples: m.metrics.train_examples,
+                        test_examples: m.metrics.test_examples,
+                        rounds: done.rounds,
+                        nodes: m.provenance.nodes.clone(),
+                        model_json: serde_json::to_string(m).map_err(|e| Status::internal(e.to_string()))?,
+                        exits: done.exits.iter().map(|(n, why)| format!("{n}: {why}")).collect(),
+                    })),
+                })
+            });
+            let _ = tx.send(event).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     /// Issue 11: the model registry, every version.

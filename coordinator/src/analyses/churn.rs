@@ -107,7 +107,7 @@ pub struct ChurnDriver {
     phase: Phase,
     train_examples: u64,
     /// Called after every round with its figures.
-    progress: Option<std::sync::mpsc::Sender<Progress>>,
+    progress: Option<tokio::sync::mpsc::UnboundedSender<Progress>>,
 }
 
 impl ChurnDriver {
@@ -122,7 +122,7 @@ impl ChurnDriver {
     }
 
     /// Report each round's figures on `tx` (the CLI's progress bar).
-    pub fn with_progress(mut self, tx: std::sync::mpsc::Sender<Progress>) -> Self {
+    pub fn with_progress(mut self, tx: tokio::sync::mpsc::UnboundedSender<Progress>) -> Self {
         self.progress = Some(tx);
         self
     }
@@ -134,6 +134,18 @@ impl ChurnDriver {
     fn report(&self, p: Progress) {
         if let Some(tx) = &self.progress {
             let _ = tx.send(p);
+        }
+    }
+
+    fn report_newton(&self, round: u32, r: Option<&RoundReport>) {
+        if let Some(r) = r {
+            self.report(Progress {
+                round,
+                phase: "newton",
+                examples: r.examples,
+                objective: Some(r.objective),
+                gradient_norm: Some(r.gradient_norm),
+            });
         }
     }
 
@@ -219,30 +231,13 @@ impl Driver for ChurnDriver {
                 let words = self.sums(out, cx, &query)?;
                 match training.consume(&words).map_err(Self::bad)? {
                     NewtonNext::Round(next) => {
-                        let last = next.history().last().copied();
-                        if let Some(r) = last {
-                            self.report(Progress {
-                                round,
-                                phase: "newton",
-                                examples: r.examples,
-                                objective: Some(r.objective),
-                                gradient_norm: Some(r.gradient_norm),
-                            });
-                        }
+                        self.report_newton(round, next.history().last());
                         let step = self.round(self.training_step(next.weights(), round + 1));
                         self.phase = Phase::Newton(next);
                         Ok(Step::Round(step))
                     }
                     NewtonNext::Done(trained) => {
-                        if let Some(r) = trained.history.last() {
-                            self.report(Progress {
-                                round,
-                                phase: "newton",
-                                examples: r.examples,
-                                objective: Some(r.objective),
-                                gradient_norm: Some(r.gradient_norm),
-                            });
-                        }
+                        self.report_newton(round, trained.history.last());
                         let step = self.evaluate(&trained.model);
                         self.phase = Phase::Evaluating {
                             model: trained.model,
@@ -351,7 +346,7 @@ impl Coordinator {
         &self,
         analysis: &AnalysisRequest,
         request: ChurnRequest,
-        progress: Option<std::sync::mpsc::Sender<Progress>>,
+        progress: Option<tokio::sync::mpsc::UnboundedSender<Progress>>,
     ) -> Result<Finished<ChurnRelease>, AnalysisError> {
         let most = request.most_rounds();
         let mut driver = ChurnDriver::new(request, analysis.clone());
