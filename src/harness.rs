@@ -86,8 +86,10 @@ pub struct NodeSpec {
     pub name: String,
     pub organisation: String,
     pub kind: OrgKind,
-    /// CDNOW-format purchase text.
+    /// Purchase text in `format` (CDNOW unless said otherwise).
     pub data: String,
+    /// Issue 11: the data's format (the synthetic jewellery data is CSV).
+    pub format: Format,
     pub policy: Policy,
     /// Customer keys on this node's consent-withdrawal list.
     pub withdrawn: Vec<String>,
@@ -111,6 +113,7 @@ impl NodeSpec {
             organisation: format!("{name} franchise ltd"),
             kind: OrgKind::Franchisee,
             data,
+            format: Format::Cdnow,
             // Test and demo nodes also take part in exact rounds (`--dp off`); a
             // franchisee's default is `required`.
             policy: Policy { privacy: fedcrm_node::privacy::Privacy::optional(), ..Policy::default() },
@@ -609,7 +612,7 @@ impl<C> Cluster<C> {
                 retry_max_seconds: 4,
             },
             tls: TlsFiles { ca: self.pki.ca_path(), cert: files.cert, key: files.key, crl: None },
-            data: DataConfig { consent_withdrawals: withdrawals, ..DataConfig::new(Format::Cdnow, data) },
+            data: DataConfig { consent_withdrawals: withdrawals, ..DataConfig::new(spec.format, data) },
             policy: spec.policy.clone(),
             audit_dir: ndir.join("audit"),
             approvals_dir: ndir.join("approvals"),

@@ -182,12 +182,26 @@ pub struct RateRow {
     pub mean_predicted: Option<f64>,
     /// Observed churn rate (`None` for an empty row).
     pub observed_rate: Option<f64>,
+    /// Withheld by the release rules (fewer customers than the smallest cohort shown):
+    /// every figure of the row is then 0 or `None`.
+    #[serde(default)]
+    pub withheld: bool,
 }
 
 impl RateRow {
     fn new(count: u64, sum_predicted: f64, churned: u64) -> Self {
         let of = |x: f64| (count > 0).then(|| x / count as f64);
-        Self { count, churned, mean_predicted: of(sum_predicted), observed_rate: of(churned as f64) }
+        Self { count, churned, mean_predicted: of(sum_predicted), observed_rate: of(churned as f64), withheld: false }
+    }
+
+    /// The row as released: withheld when it counts between 1 and `min_cohort − 1`
+    /// customers.
+    pub fn released(self, min_cohort: u64) -> Self {
+        if self.count > 0 && self.count < min_cohort {
+            Self { count: 0, churned: 0, mean_predicted: None, observed_rate: None, withheld: true }
+        } else {
+            self
+        }
     }
 }
 
@@ -273,6 +287,16 @@ impl EvalSums {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_rate_rows_are_withheld_when_released() {
+        let small = RateRow::new(3, 1.5, 2).released(10);
+        assert!(small.withheld && small.count == 0 && small.mean_predicted.is_none() && small.observed_rate.is_none());
+        let empty = RateRow::new(0, 0.0, 0).released(10);
+        assert!(!empty.withheld);
+        let shown = RateRow::new(10, 4.0, 5).released(10);
+        assert_eq!((shown.count, shown.observed_rate, shown.withheld), (10, Some(0.5), false));
+    }
     use crate::fixed::wrapping_sum;
 
     /// Exact AUC by Mann–Whitney: sort, rank with ties averaged.

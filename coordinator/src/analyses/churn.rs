@@ -291,7 +291,8 @@ impl Driver for ChurnDriver {
                     train_examples: self.train_examples,
                     test_examples: eval.n,
                     test_churn_rate: positives as f64 / eval.n.max(1) as f64,
-                    calibration: eval.calibration,
+                    // Small calibration rows are withheld, as small cells of any release.
+                    calibration: eval.calibration.into_iter().map(|r| r.released(cx.rules.min_cohort)).collect(),
                 };
                 self.report(Progress {
                     round,
