@@ -47,12 +47,15 @@ pub struct Tracker {
     open: Mutex<HashMap<String, Open>>,
     /// Every analysis id this node has admitted (from its audit log and this run).
     seen: Mutex<BTreeSet<String>>,
+    /// Issue 11: each analysis's population — the contributors (U3) of its first
+    /// unmasked round; every later round must have exactly them.
+    populations: Mutex<HashMap<String, Vec<String>>>,
 }
 
 impl Tracker {
     /// A tracker that knows the analysis ids already admitted (from the audit log).
     pub fn with_seen(seen: BTreeSet<String>) -> Self {
-        Self { open: Mutex::new(HashMap::new()), seen: Mutex::new(seen) }
+        Self { open: Mutex::new(HashMap::new()), seen: Mutex::new(seen), populations: Mutex::new(HashMap::new()) }
     }
 
     /// Identify the round's computation. `Err` is the refusal reason.
@@ -86,6 +89,37 @@ impl Tracker {
         let previous = self.open.lock().unwrap_or_else(|p| p.into_inner()).get(&a.analysis_id).cloned();
         self.record_open(a, id);
         Admission { analysis: a.analysis_id.clone(), previous, newly_seen }
+    }
+
+    /// Issue 11: a round of `analysis` over `survivors` (U3) — before this node signs
+    /// the view that lets it be unmasked — must have exactly the analysis's population,
+    /// once one round of it was unmasked. A sum over any other set (a node dropped after
+    /// its masked vector left, or one added) could be subtracted from the others; such a
+    /// round is not unmasked, and the coordinator retries it over the population.
+    pub fn same_population(&self, analysis: &str, survivors: &[String]) -> Result<(), String> {
+        let populations = self.populations.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(population) = populations.get(analysis) else { return Ok(()) };
+        let mut u3 = survivors.to_vec();
+        u3.sort();
+        if u3 == *population {
+            return Ok(());
+        }
+        let missing: Vec<&str> = population.iter().filter(|p| !u3.contains(p)).map(String::as_str).collect();
+        let added: Vec<&str> = u3.iter().filter(|n| !population.contains(n)).map(String::as_str).collect();
+        Err(format!(
+            "policy: a later round of analysis {analysis} must sum exactly its population (the contributors of its \
+             first round); this one {}{}{} — refusing to sign it (it must not be unmasked; retry it over the population)",
+            if missing.is_empty() { String::new() } else { format!("lacks {}", missing.join(", ")) },
+            if !missing.is_empty() && !added.is_empty() { " and " } else { "" },
+            if added.is_empty() { String::new() } else { format!("adds {}", added.join(", ")) },
+        ))
+    }
+
+    /// Issue 11: record the population of `analysis` from its first unmasked round.
+    pub fn unmasked(&self, analysis: &str, survivors: &[String]) {
+        let mut u3 = survivors.to_vec();
+        u3.sort();
+        self.populations.lock().unwrap_or_else(|p| p.into_inner()).entry(analysis.to_string()).or_insert(u3);
     }
 
     /// Forget an admitted round that ended before any of this node's data left it (no
@@ -167,6 +201,24 @@ mod tests {
 
     fn linear(metric: Metric, lo: u64, width: u64, bins: u32) -> HistogramSpec {
         HistogramSpec { metric, layout: Layout::Linear { lo, width, bins } }
+    }
+
+    /// Issue 11: once a round of an analysis was unmasked, a later round must sum
+    /// exactly its population — neither a node fewer (one that dropped after its masked
+    /// vector left) nor one more; the order of the names does not matter.
+    #[test]
+    fn a_later_round_must_sum_exactly_the_population() {
+        let t = Tracker::default();
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(t.same_population("a", &names(&["x", "y"])).is_ok(), "no population before the first unmask");
+        t.unmasked("a", &names(&["c", "a", "b"]));
+        t.unmasked("a", &names(&["a", "b"]));
+        assert!(t.same_population("a", &names(&["b", "c", "a"])).is_ok());
+        let e = t.same_population("a", &names(&["a", "b"])).unwrap_err();
+        assert!(e.contains("lacks c") && e.contains("must not be unmasked"), "{e}");
+        let e = t.same_population("a", &names(&["a", "b", "c", "d"])).unwrap_err();
+        assert!(e.contains("adds d"), "{e}");
+        assert!(t.same_population("other", &names(&["a"])).is_ok(), "per analysis");
     }
 
     #[test]

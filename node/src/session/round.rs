@@ -869,7 +869,8 @@ impl<'a> Rounds<'a> {
         let rules = client
             .check_request(&k.member, &survivors, &dropped, ViewCheck::Confirmed)
             .map_err(|e| e.to_string())
-            .and_then(|()| rules_over(ctx, a, round, &u3, Stage::Survivors));
+            .and_then(|()| rules_over(ctx, a, round, &u3, Stage::Survivors))
+            .and_then(|()| ctx.analyses.same_population(&a.start.analysis.analysis_id, &survivors));
         if let Err(why) = rules {
             tracing::warn!(node = %ctx.name, %round, %why, "refusing to sign the round's view");
             self.refuse(round, &why).await?;
@@ -950,6 +951,7 @@ impl<'a> Rounds<'a> {
         // t signatures confirm the view: the sum is over this U3, which replaces the
         // sets remembered for this round.
         contributed(ctx, a, round, &view.survivors, Recorded::Unmasked)?;
+        ctx.analyses.unmasked(&a.start.analysis.analysis_id, &view.survivors);
         record(
             ctx,
             Event::RoundView {
