@@ -137,6 +137,9 @@ pub struct ClusterOptions {
     pub nodes: Vec<NodeSpec>,
     pub release: ReleaseRules,
     pub phase_timeout_seconds: u64,
+    /// `[rounds] retry_wait_seconds`: how long an analysis waits for a node of its
+    /// population to come back.
+    pub retry_wait_seconds: u64,
     pub chunk_elements: u32,
     /// `[rounds] max_customers_per_node`: the per-node bound that picks the word width.
     pub max_customers_per_node: u64,
@@ -172,6 +175,7 @@ impl Default for ClusterOptions {
             nodes: vec![],
             release: ReleaseRules::default(),
             phase_timeout_seconds: 20,
+            retry_wait_seconds: 10,
             chunk_elements: fedcrm_protocol::DEFAULT_CHUNK_ELEMENTS,
             max_customers_per_node: RoundSettings::default().max_customers_per_node,
             extra_enrolled: vec![],
@@ -267,6 +271,7 @@ impl Layout {
                 chunk_elements: opts.chunk_elements,
                 max_customers_per_node: opts.max_customers_per_node,
                 noise_variance: opts.noise_variance,
+                retry_wait_seconds: opts.retry_wait_seconds,
             },
             sessions: SessionSettings { keepalive_seconds: opts.keepalive_seconds },
             secagg: opts.secagg,
@@ -541,7 +546,22 @@ impl<C> Cluster<C> {
     fn spawn_node(&mut self, spec: &NodeSpec, ctx: NodeContext) {
         let (rx, leaves) = (self.shutdown_signal(), spec.leaves_after_shares);
         let task = tokio::spawn(async move {
-            let end = if leaves { leave_after_shares(&ctx, rx).await } else { session::run_session(&ctx, rx).await };
+            let end = if leaves {
+                leave_after_shares(&ctx, rx.clone()).await
+            } else {
+                session::run_session(&ctx, rx.clone()).await
+            };
+            // A test's lost connection: the node (same process state) reconnects.
+            #[cfg(feature = "test-util")]
+            let end = {
+                let mut end = end;
+                while matches!(end, Ok(SessionEnd::Lost)) && !*rx.borrow() {
+                    tracing::info!(node = %ctx.name, "connection lost (test fault); reconnecting");
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    end = session::run_session(&ctx, rx.clone()).await;
+                }
+                end
+            };
             if let Err(e) = &end {
                 tracing::warn!(node = %ctx.name, error = %e, "node session ended with an error");
             }

@@ -6,16 +6,27 @@
 //! grow with the number of customers — the same training over every node's data twice
 //! over (each customer duplicated under a new key) sends exactly as many messages of
 //! exactly the same sizes.
+//!
+//! And the fault the issue names: a node loses its connection in round 3 after its
+//! masked vector left it (before it arrived), and comes back; round 3 is not unmasked
+//! but retried over the whole population with fresh keys, the training completes with
+//! exactly the no-drop run's model, which HQ publishes and the node then applies to its
+//! own customers, writing the ranked list on the node.
 
 mod common;
 
 use std::collections::BTreeMap;
 
+use std::sync::atomic::Ordering;
+
 use fedcrm::harness::{Cluster, ClusterOptions, NodeSpec};
+use fedcrm::hq::AnalystClient;
 use fedcrm_coordinator::analyses::AnalysisRequest;
 use fedcrm_coordinator::analyses::churn::ChurnRequest;
 use fedcrm_coordinator::config::ReleaseRules;
 use fedcrm_node::data::Format;
+use fedcrm_node::score::{self, ScoreRequest};
+use fedcrm_node::session::{DropAt, Faults};
 use fedcrm_protocol::pb;
 use prost::Message;
 use time::macros::date;
@@ -154,4 +165,68 @@ async fn no_key_phone_or_score_leaves_a_node_and_sizes_do_not_grow_with_customer
         let tolerance = |x: usize, y: usize| x.abs_diff(y) <= 16;
         assert!(a.iter().zip(&b).all(|(x, y)| tolerance(*x, *y)), "{node}: sizes {a:?} vs {b:?}");
     }
+}
+
+/// Issue 11: fr-suzhou loses its connection in the third round it joins, after its
+/// masked vector left it and before it arrived (its pass counted on the node), and
+/// reconnects. The coordinator does not unmask that round (the honest nodes would not
+/// sign its view either: `node::computation::Tracker::same_population`), waits for the
+/// node and runs the round again over the whole population with fresh keys and seeds;
+/// the model is exactly the no-drop run's. HQ publishes it and the node scores its own
+/// customers, the ranked list written on the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_lost_after_masking_in_round_3_comes_back_and_the_retried_round_gives_the_same_model() {
+    common::logs();
+    let request = AnalysisRequest { reference_date: date!(2025 - 03 - 31), ..common::request("churn retry") };
+    let opts = |nodes| ClusterOptions {
+        nodes,
+        release: ReleaseRules { min_participants: 3, min_cohort: 0 },
+        phase_timeout_seconds: 30,
+        retry_wait_seconds: 30,
+        ..Default::default()
+    };
+    let cluster = Cluster::start(opts(nodes(false))).await.unwrap();
+    let plain = cluster.coordinator.run_churn(&request, ChurnRequest::newton(275), None).await.unwrap();
+    let _dir = cluster.stop().await;
+
+    let mut specs = nodes(false);
+    let faults = Faults { lose_connection: Some((3, DropAt::MaskedLost)), ..Default::default() };
+    let joined = faults.joined.clone();
+    specs[1].faults = faults;
+    let cluster = Cluster::start(opts(specs)).await.unwrap();
+    let retried = cluster.coordinator.run_churn(&request, ChurnRequest::newton(275), None).await.unwrap();
+    assert!(joined.load(Ordering::SeqCst) >= 1_000_000, "the fault never fired");
+    println!(
+        "no drop: {} rounds; fr-suzhou lost in round 3: {} rounds (one retried); test AUC {:.6} and {:.6}",
+        plain.rounds, retried.rounds, plain.release.model.metrics.test_auc, retried.release.model.metrics.test_auc
+    );
+    assert_eq!(retried.rounds, plain.rounds + 1, "exactly one round retried");
+    let (a, b) = (&plain.release.model, &retried.release.model);
+    assert_eq!(b.provenance.nodes, a.provenance.nodes);
+    assert_eq!(b.provenance.rounds.len(), a.provenance.rounds.len(), "the stopped round is no round of the model");
+    assert_eq!(b.model.weights, a.model.weights, "the retried training's weights");
+    assert_eq!((&b.standardiser, &b.history), (&a.standardiser, &a.history));
+    assert_eq!(serde_json::to_value(&b.metrics).unwrap(), serde_json::to_value(&a.metrics).unwrap());
+
+    // Published, then applied on the node that was lost (its daemon running: the
+    // scoring record goes through its spool).
+    let id = retried.release.model_id.clone();
+    let publisher = cluster.analyst.publisher.clone().unwrap();
+    let mut hq = AnalystClient::connect(&cluster.analyst).await.unwrap();
+    hq.publish(&id, &publisher).await.unwrap();
+    let now = common::inside_validity(&std::fs::read_to_string(&publisher.cert).unwrap());
+    let node = cluster.node_configs.iter().find(|c| c.name == "fr-suzhou").unwrap().clone();
+    let out = cluster.dir.path().join("nodes").join("fr-suzhou").join("win-back.csv");
+    let score = ScoreRequest { model_id: id, out: out.clone(), as_of: None, top: None, now_unix: now };
+    let summary = score::run(&node, &score).await.unwrap();
+    let rows = std::fs::read_to_string(&out).unwrap().lines().count() - 1;
+    println!(
+        "fr-suzhou scored {} customers locally ({} above 0.5): {}",
+        summary.customers,
+        summary.above_half,
+        out.display()
+    );
+    assert_eq!(rows as u64, summary.customers);
+    assert!(summary.customers > 100 && 0 < summary.above_half && summary.above_half < summary.customers, "{summary:?}");
+    let _dir = cluster.stop().await;
 }

@@ -102,6 +102,11 @@ pub struct RoundSettings {
     /// (σ = 4 per node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub noise_variance: Option<[u64; 2]>,
+    /// Issue 11: seconds a multi-round analysis waits for a member of its population
+    /// (the contributors of its first round) that left to come back, before a later
+    /// round is retried over the whole population or the analysis stops. Default 60.
+    #[serde(default = "default_retry_wait")]
+    pub retry_wait_seconds: u64,
 }
 
 impl RoundSettings {
@@ -121,6 +126,9 @@ pub const DEFAULT_NOISE_VARIANCE: [u64; 2] = [16, 1];
 fn default_timeout() -> u64 {
     30
 }
+fn default_retry_wait() -> u64 {
+    60
+}
 fn default_chunk() -> u32 {
     fedcrm_protocol::DEFAULT_CHUNK_ELEMENTS
 }
@@ -135,6 +143,7 @@ impl Default for RoundSettings {
             chunk_elements: default_chunk(),
             max_customers_per_node: default_max_customers(),
             noise_variance: None,
+            retry_wait_seconds: default_retry_wait(),
         }
     }
 }

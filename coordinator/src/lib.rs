@@ -343,7 +343,15 @@ impl Coordinator {
         variance: Option<fedcrm_dp::sampler::Variance>,
     ) -> Runner<'a> {
         while events.try_recv().is_ok() {}
-        Runner { coordinator: self, events, settings: self.config.rounds, keyed: None, variance }
+        Runner {
+            coordinator: self,
+            events,
+            settings: self.config.rounds,
+            keyed: None,
+            variance,
+            population: None,
+            stopped_charges: Vec::new(),
+        }
     }
 
     /// Issue 10: σ² per node for an analysis over `invited`: as configured, raised to the

@@ -84,6 +84,18 @@ pub enum RoundError {
          lists what every node has left)"
     )]
     OverBudget(String),
+    /// Issue 11: a later round of an analysis lost a member of the analysis's
+    /// population (the contributors of its first round) before its masked vector
+    /// arrived: the round stops without being unmasked (a sum over fewer nodes could be
+    /// subtracted from the others), and the analysis retries it once the population is
+    /// back ([`crate::analyses`]). What it cost the nodes that masked is in
+    /// [`Runner::stopped_charges`].
+    #[error(
+        "round {round}: {} of the analysis's population did not contribute; the round stops without being \
+         unmasked. Left the round:{exits}",
+        missing.join(", ")
+    )]
+    NotPopulation { round: RoundId, missing: Vec<String>, exits: String },
     /// SIGINT/SIGTERM: the round ends where it is, without a release.
     #[error("the coordinator is shutting down; the analysis ended without releasing anything (run it again later)")]
     ShuttingDown,
@@ -144,6 +156,13 @@ pub(crate) struct Runner<'a> {
     /// Issue 10: σ² per node in every round of the analysis (differential privacy), or
     /// `None` for an exact analysis.
     pub variance: Option<fedcrm_dp::sampler::Variance>,
+    /// Issue 11: the analysis's population (sorted names) once its first round fixed
+    /// it; a round whose U2 or U3 is any other set stops before it is unmasked
+    /// ([`RoundError::NotPopulation`]).
+    pub population: Option<Vec<String>>,
+    /// Issue 11: what each round stopped after masking ([`RoundError::NotPopulation`])
+    /// cost every node that masked: a retried round is charged again.
+    pub stopped_charges: Vec<fedcrm_dp::accounting::Charge>,
 }
 
 /// An analysis's keys, set up in its first round (keys once per analysis,
@@ -412,10 +431,16 @@ impl Round<'_, '_> {
         };
         let sealed = self.share_keys(&u1).await?;
         let u2 = self.share_reports(&sealed).await?;
+        // Issue 11: a member of the population gone before masking: stop now, before
+        // any node's masked vector (or its charge) leaves it.
+        self.whole_population(&u2, false)?;
         // The nodes record the sum over U2 before they mask; so does the planner.
         self.contributed(analysis, &u2, false)?;
         let unmasking = self.masked_input(&u1, &u2).await?;
         let (u3, dropped) = (unmasking.survivors(), unmasking.dropped());
+        // ... or whose masked vector did not arrive: never unmasked (the honest nodes
+        // would refuse to sign the view anyway, `node::computation::Tracker::same_population`).
+        self.whole_population(&u3, true)?;
         let signatures = self.consistency_check(&u2, &u3, &dropped).await?;
         let sum = self.unmasking(unmasking, &u1, &u2, &u3, signatures).await?;
         self.log_exits();
@@ -435,6 +460,26 @@ impl Round<'_, '_> {
             noise: self.noise.clone(),
             charge: self.charge,
         })
+    }
+
+    /// Issue 11: `members` (U2 or U3, sorted) must be the analysis's whole population,
+    /// once its first round fixed it. `masked`: the nodes have masked (and paid for) it.
+    fn whole_population(&mut self, members: &[String], masked: bool) -> Result<(), RoundError> {
+        let Some(population) = &self.runner.population else { return Ok(()) };
+        // The deviating coordinator of the attack tests, which leaves nodes out of later
+        // rounds on purpose, skips this check: the nodes' own rules must stop it.
+        #[cfg(feature = "test-util")]
+        if !self.runner.coordinator.hooks().exclude_later.is_empty() {
+            return Ok(());
+        }
+        let missing: Vec<String> = population.iter().filter(|p| !members.contains(p)).cloned().collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if masked && let Some(charge) = self.charge {
+            self.runner.stopped_charges.push(charge);
+        }
+        Err(RoundError::NotPopulation { round: self.id, missing, exits: describe(&self.members.exits) })
     }
 
     /// The first round of an analysis: keys (and in SecAgg+ the graph) for all its

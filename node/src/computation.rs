@@ -39,7 +39,19 @@ struct Open {
     last: AnalysisKind,
     /// Rounds admitted so far.
     rounds: u32,
+    /// Whether this node saw the previous round unmasked (it revealed its shares).
+    unmasked: bool,
+    /// Rounds of this analysis that repeated the previous one's computation because it
+    /// was not unmasked ([`MAX_RETRIES`]).
+    retries: usize,
 }
+
+/// Issue 11: how many times one analysis may repeat a round that was not unmasked
+/// (a node of its population left before its masked vector arrived, and the
+/// coordinator retries the round over the whole population once it is back). Each
+/// retry is a fresh key setup, i.e. a fresh SecAgg+ graph the coordinator saw the
+/// previous one of: bounded like abandoned graphs (`session::MAX_ABANDONED_GRAPHS`).
+pub const MAX_RETRIES: usize = 3;
 
 /// The analyses this node is part of.
 #[derive(Debug, Default)]
@@ -65,7 +77,7 @@ impl Tracker {
         let description = describe(a);
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(o) = open.get(&a.analysis_id) {
-            continues(o, a, policy).map_err(|why| {
+            retries_or_continues(o, a, policy).map_err(|why| {
                 format!("policy: this round ({description}) does not continue analysis {}: {why}", a.analysis_id)
             })?;
             return Ok(Identified { kind: o.kind, new: false, description });
@@ -117,6 +129,9 @@ impl Tracker {
 
     /// Issue 11: record the population of `analysis` from its first unmasked round.
     pub fn unmasked(&self, analysis: &str, survivors: &[String]) {
+        if let Some(o) = self.open.lock().unwrap_or_else(|p| p.into_inner()).get_mut(analysis) {
+            o.unmasked = true;
+        }
         let mut u3 = survivors.to_vec();
         u3.sort();
         self.populations.lock().unwrap_or_else(|p| p.into_inner()).entry(analysis.to_string()).or_insert(u3);
@@ -142,10 +157,12 @@ impl Tracker {
 
     fn record_open(&self, a: &Analysis, id: &Identified) {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let rounds = open.get(&a.analysis_id).map_or(0, |o| o.rounds) + 1;
+        let previous = open.get(&a.analysis_id);
+        let rounds = previous.map_or(0, |o| o.rounds) + 1;
+        let retries = previous.map_or(0, |o| o.retries + usize::from(is_retry(o, a)));
         open.insert(
             a.analysis_id.clone(),
-            Open { kind: id.kind, reference: a.reference_date, last: a.kind.clone(), rounds },
+            Open { kind: id.kind, reference: a.reference_date, last: a.kind.clone(), rounds, unmasked: false, retries },
         );
     }
 }
@@ -156,6 +173,34 @@ pub struct Admission {
     analysis: String,
     previous: Option<Open>,
     newly_seen: bool,
+}
+
+/// Issue 11: round `a` repeats the computation of `o`'s previous round, which this
+/// node never saw unmasked (its masked vector may have left, but no sum over it was
+/// released with this node's shares).
+fn is_retry(o: &Open, a: &Analysis) -> bool {
+    !o.unmasked && o.last == a.kind
+}
+
+/// Is round `a` a retry of `o`'s previous round ([`is_retry`], at most [`MAX_RETRIES`]
+/// times), or its next step ([`continues`])? A retry computes exactly what the
+/// previous round did over the same population (`Tracker::same_population`), so its
+/// sum, if released, is the one the previous round would have released; under
+/// differential privacy it is charged again.
+fn retries_or_continues(o: &Open, a: &Analysis, policy: &Policy) -> Result<(), String> {
+    if !is_retry(o, a) {
+        return continues(o, a, policy);
+    }
+    if a.reference_date != o.reference {
+        return Err(format!("its reference date differs from {}", format_date(o.reference)));
+    }
+    if o.retries >= MAX_RETRIES {
+        return Err(format!(
+            "it would be retry {} of a round that was not unmasked; this node allows {MAX_RETRIES}",
+            o.retries + 1
+        ));
+    }
+    Ok(())
 }
 
 /// Is round `a` the next step of `o`?
@@ -221,6 +266,36 @@ mod tests {
         assert!(t.same_population("other", &names(&["a"])).is_ok(), "per analysis");
     }
 
+    /// Issue 11: a round that was not unmasked may be repeated (the coordinator's retry
+    /// over the population), the same computation only and at most `MAX_RETRIES` times;
+    /// once a round was unmasked, repeating it is no retry.
+    #[test]
+    fn a_round_not_unmasked_may_be_retried_a_bounded_number_of_times() {
+        let t = Tracker::default();
+        let limits = Policy::default();
+        let first = analysis("r", coarse());
+        let id = t.identify(&first, &limits).unwrap();
+        t.admitted(&first, &id);
+        t.unmasked("r", &["a".to_string()]);
+        let refine = analysis("r", AnalysisKind::RfmHistograms(vec![linear(Metric::Monetary, 1024, 1, 1024)]));
+        let id = t.identify(&refine, &limits).unwrap();
+        t.admitted(&refine, &id);
+        // Not unmasked: the same computation again is a retry, MAX_RETRIES times.
+        for _ in 0..MAX_RETRIES {
+            let id = t.identify(&refine, &limits).unwrap();
+            assert!(!id.new);
+            t.admitted(&refine, &id);
+        }
+        let e = t.identify(&refine, &limits).unwrap_err();
+        assert!(e.contains("retry 4") && e.contains("allows 3"), "{e}");
+        // A different computation is never a retry: the analysis's own rule applies.
+        let stray = analysis("r", AnalysisKind::RfmHistograms(vec![linear(Metric::Monetary, 0, 1, 1024)]));
+        assert!(t.identify(&stray, &limits).unwrap_err().contains("does not continue"));
+        // Once unmasked, the same computation again is refused by the rule (no narrower).
+        t.unmasked("r", &["a".to_string()]);
+        assert!(t.identify(&refine, &limits).is_err());
+    }
+
     #[test]
     fn the_label_does_not_decide_the_kind_and_refinements_must_nest() {
         let t = Tracker::default();
@@ -249,7 +324,8 @@ mod tests {
         // Not nested in the previous pass: refused, whatever the label says.
         let stray = analysis("s", AnalysisKind::RfmHistograms(vec![linear(Metric::Monetary, 0, 1, 1024)]));
         assert!(t.identify(&stray, &limits).unwrap_err().contains("does not continue"));
-        // The same bins again (no narrower): refused.
+        // The same bins again (no narrower), once the pass was unmasked: refused.
+        t.unmasked("s", &["a".to_string()]);
         assert!(t.identify(&refine, &limits).is_err());
         let seg =
             analysis("s", AnalysisKind::RfmSegments(Cuts { recency: [1; 4], frequency: [1; 4], monetary: [1; 4] }));

@@ -9,9 +9,14 @@
 //! how the analysis ended.
 //!
 //! Every round of one analysis must have the same contributors, or its results would
-//! mix different populations. If a node drops *between* rounds the analysis stops
-//! without a result: re-running the same query over the remaining nodes would hand
-//! the coordinator two sums whose difference is the dropped node's contribution.
+//! mix different populations. Re-running a query over the remaining nodes would hand
+//! the coordinator two sums whose difference is a dropped node's contribution, so a
+//! later round is never run, nor unmasked, over fewer: if a node of the population
+//! leaves between rounds, or before its masked vector arrived (the round then stops
+//! without unmasking), the analysis waits `[rounds] retry_wait_seconds` for it to come
+//! back and runs (retries) the round over the whole population with fresh keys and
+//! seeds, or stops without a result. Each node enforces the same rule itself
+//! (`fedcrm_node::computation::Tracker::same_population`).
 //!
 //! One module per analysis: [`rfm`], [`churn`]. Adding an analysis: ARCHITECTURE.md, "Adding an
 //! analysis".
@@ -30,7 +35,12 @@ use crate::audit::SharedLog;
 use crate::config::ReleaseRules;
 use crate::registry::{ConnectedNode, SessionEvent};
 use crate::release;
-use crate::round::{Exit, RoundError, RoundOutput, describe};
+use crate::round::{Exit, RoundError, RoundOutput};
+
+/// How many times one analysis retries a round that lost a member of its population
+/// before its masked vector arrived ([`RoundError::NotPopulation`]); each node limits
+/// it too (`fedcrm_node::computation::MAX_RETRIES`).
+pub const MAX_ROUND_RETRIES: usize = 3;
 
 /// What a driver does after a round.
 #[derive(Debug)]
@@ -211,29 +221,46 @@ impl Coordinator {
         let mut runner = self.runner(events, variance);
         let mut exits: BTreeMap<String, String> = plan.excluded.clone();
         let (mut invited, t, degree) = (plan.invited, plan.t, plan.degree);
-        let mut population: Option<Vec<String>> = None;
-        let (mut rounds, mut round_ids, mut charges) = (0u32, Vec::new(), Vec::new());
+        let (mut rounds, mut retries, mut round_ids, mut charges) = (0u32, 0usize, Vec::new(), Vec::new());
         loop {
-            if population.is_some() {
-                self.still_connected(&invited)?;
+            if let Some(population) = runner.population.clone() {
+                invited = self.await_population(&population, &invited, &mut runner).await?;
             }
             rounds += 1;
-            let out = runner.run(&request.analysis(id, kind, query), &invited, t, degree).await?;
+            let out = match runner.run(&request.analysis(id, kind, query.clone()), &invited, t, degree).await {
+                Ok(out) => out,
+                // Issue 11: a member of the population left before its masked vector
+                // arrived; the round was not unmasked. Retry the same query over the
+                // whole population, with fresh keys and seeds, once it is back.
+                Err(RoundError::NotPopulation { round, missing, .. }) if retries < MAX_ROUND_RETRIES => {
+                    retries += 1;
+                    charges.append(&mut runner.stopped_charges);
+                    tracing::warn!(analysis = %id, %round, ?missing, retries, "round not unmasked: retrying it over the analysis's population");
+                    runner.keyed = None;
+                    continue;
+                }
+                Err(RoundError::NotPopulation { round, missing, exits: left }) => {
+                    return Err(AnalysisError::ContributorsChanged {
+                        exits: format!(
+                            "{left}\n  (round {round} lacked {}; {MAX_ROUND_RETRIES} retries of a round are the most)",
+                            missing.join(", ")
+                        ),
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            };
             round_ids.push(out.round.to_hex());
             charges.extend(out.charge);
             exits.extend(out.exits.iter().map(|(n, e)| (n.clone(), e.to_string())));
             stop_if_awaiting(&out)?;
-            match &population {
+            if runner.population.is_none() {
                 // The first round's contributors are the analysis's population; later
-                // rounds invite only them and must have exactly them.
-                None => {
-                    invited.retain(|p| out.contributors.contains(&p.name));
-                    population = Some(out.contributors.clone());
-                }
-                Some(p) if *p != out.contributors => {
-                    return Err(AnalysisError::ContributorsChanged { exits: describe(&out.exits) });
-                }
-                Some(_) => {}
+                // rounds invite only them and must have exactly them (the round stops
+                // before unmasking otherwise: `RoundError::NotPopulation`).
+                invited.retain(|p| out.contributors.contains(&p.name));
+                let mut population = out.contributors.clone();
+                population.sort();
+                runner.population = Some(population);
             }
             let cx = Context {
                 rules: self.config.release,
@@ -250,17 +277,58 @@ impl Coordinator {
         }
     }
 
-    /// Every contributor of the analysis' first round must still be connected for
-    /// the next: otherwise stop now (the nodes would refuse anyway, since the sums
-    /// could be subtracted).
-    fn still_connected(&self, invited: &[ConnectedNode]) -> Result<(), AnalysisError> {
-        let connected = self.registry.connected();
-        let gone: Vec<String> = invited
-            .iter()
-            .filter(|p| !connected.iter().any(|c| c.name == p.name && c.session == p.session))
-            .map(|p| format!("\n  {}: disconnected", p.name))
-            .collect();
-        if gone.is_empty() { Ok(()) } else { Err(AnalysisError::ContributorsChanged { exits: gone.concat() }) }
+    /// Issue 11: before a later round, every member of the analysis's population must
+    /// be connected. One that left may come back within `[rounds] retry_wait_seconds`
+    /// (a new session: the analysis's keys are then set up afresh, since that node's
+    /// went with its old session); otherwise the analysis stops (re-running it over the
+    /// remaining nodes would let the coordinator subtract one node's data). Returns the
+    /// population's current sessions.
+    async fn await_population(
+        &self,
+        population: &[String],
+        invited: &[ConnectedNode],
+        runner: &mut crate::round::Runner<'_>,
+    ) -> Result<Vec<ConnectedNode>, AnalysisError> {
+        let wait = std::time::Duration::from_secs(self.config.rounds.retry_wait_seconds);
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut waited = false;
+        loop {
+            let connected = self.registry.connected();
+            let current: Vec<ConnectedNode> =
+                population.iter().filter_map(|n| connected.iter().find(|c| &c.name == n).cloned()).collect();
+            if current.len() == population.len() {
+                if current.iter().any(|c| !invited.iter().any(|i| i.name == c.name && i.session == c.session)) {
+                    tracing::info!(
+                        ?population,
+                        "a node of the population reconnected: the next round sets up fresh keys"
+                    );
+                    runner.keyed = None;
+                }
+                return Ok(current);
+            }
+            if !waited {
+                tracing::warn!(
+                    ?population,
+                    seconds = wait.as_secs(),
+                    "waiting for the analysis's population to reconnect"
+                );
+                waited = true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let gone: String = population
+                    .iter()
+                    .filter(|n| !current.iter().any(|c| &c.name == *n))
+                    .map(|n| {
+                        format!(
+                            "\n  {n}: disconnected, and not back within {} s ([rounds] retry_wait_seconds)",
+                            wait.as_secs()
+                        )
+                    })
+                    .collect();
+                return Err(AnalysisError::ContributorsChanged { exits: gone });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
     }
 
     /// Record an analyst's request; returns the new analysis id.

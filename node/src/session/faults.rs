@@ -15,6 +15,12 @@ pub struct Faults {
     pub drop_at: Option<DropAt>,
     /// Like `drop_at`, but keep the connection open and go silent (a hung node).
     pub stall_at: Option<DropAt>,
+    /// Issue 11: lose the connection at this point of the n-th round (1-based) the
+    /// node joins, once; the node process, its analyses and its policy state stay, and
+    /// it reconnects ([`SessionEnd::Lost`]).
+    pub lose_connection: Option<(usize, DropAt)>,
+    /// Rounds this node joined so far (for `lose_connection`), across its sessions.
+    pub joined: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Send a masked vector one word too long.
     pub wrong_length: bool,
     /// Send the masked vector in the other word width (32 ↔ 64 bits).
@@ -50,6 +56,9 @@ pub enum DropAt {
     AfterShares,
     /// After the masked input has arrived, vanishing when asked to unmask.
     AfterMasked,
+    /// Issue 11: the masked input has left the node (its pass counted, any charge
+    /// recorded) but the connection fails before it arrives.
+    MaskedLost,
 }
 
 /// Vanish, or hang until shutdown, at `at` if the test asked for it.
@@ -58,7 +67,20 @@ pub(super) async fn at(ctx: &NodeContext, at: DropAt, shutdown: &watch::Receiver
         let _ = shutdown.clone().changed().await;
         return Some(SessionEnd::Dropped);
     }
+    if let Some((n, lose)) = ctx.faults.lose_connection
+        && lose == at
+        && ctx.faults.joined.load(std::sync::atomic::Ordering::SeqCst) == n
+    {
+        // Once: the count moves on, so the same round after reconnecting passes.
+        ctx.faults.joined.fetch_add(1_000_000, std::sync::atomic::Ordering::SeqCst);
+        return Some(SessionEnd::Lost);
+    }
     (ctx.faults.drop_at == Some(at)).then_some(SessionEnd::Dropped)
+}
+
+/// Count a round this node joined (for `lose_connection`).
+pub(super) fn joined(ctx: &NodeContext) {
+    ctx.faults.joined.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
 }
 
 /// A share to `corrupt_share_to` that does not open (one bit of its tag flipped);

@@ -313,6 +313,10 @@ pub enum SessionEnd {
     /// The session was ended on purpose before the coordinator closed it (a test's
     /// fault injection, or the demo's dropout).
     Dropped,
+    /// A test's fault injection: the connection was lost; the node reconnects with
+    /// its state (analyses, budget) intact.
+    #[cfg(feature = "test-util")]
+    Lost,
 }
 
 pub(crate) fn unix_now_ms() -> u64 {
@@ -819,6 +823,8 @@ pub async fn run(ctx: NodeContext, backoff: Backoff, shutdown: watch::Receiver<b
             Ok(SessionEnd::Closed) => {
                 tracing::warn!(node = %ctx.name, "the coordinator ended the session (restarting or shutting down?)")
             }
+            #[cfg(feature = "test-util")]
+            Ok(SessionEnd::Lost) => tracing::warn!(node = %ctx.name, "connection lost (test fault)"),
             Err(e) => tracing::warn!(node = %ctx.name, error = %e, "session failed"),
         }
         failures = failures.saturating_add(1);

@@ -486,6 +486,8 @@ impl<'a> Rounds<'a> {
         tracing::info!(node = %ctx.name, %round, analysis = identified.kind, purpose = %a.start.analysis.purpose, width = a.start.width.bits(), setup = ?a.start.setup, "joined round");
         self.active = Some(a);
         #[cfg(feature = "test-util")]
+        faults::joined(ctx);
+        #[cfg(feature = "test-util")]
         if let Some(end) = faults::at(ctx, DropAt::AfterKeys, &self.shutdown).await {
             return Ok(Some(end));
         }
@@ -813,6 +815,10 @@ impl<'a> Rounds<'a> {
                 let chunks = wire::chunk(round, &y, a.start.chunk_elements);
                 #[cfg(feature = "test-util")]
                 let chunks = faults::malformed(ctx, chunks);
+                #[cfg(feature = "test-util")]
+                if let Some(end) = faults::at(ctx, DropAt::MaskedLost, &self.shutdown).await {
+                    return Ok(Some(end));
+                }
                 a.state = State::MaskedInputCollection(next);
                 self.egress.clear(round, Phase::MaskedInputCollection);
                 for c in chunks {
