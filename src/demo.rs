@@ -1,20 +1,31 @@
-//! `fedcrm demo`: a complete deployment on loopback in one command. A throwaway
-//! brand CA issues certificates from CSRs; a coordinator and five nodes (the CDNOW
-//! customers split across them) connect over mutual TLS; the HQ analyst runs the
-//! RFM segment analysis while one node drops out mid-round, exact (every demo node's
-//! policy is `dp = "optional"`); the result is printed beside the pooled (centralized)
-//! answer over the same data, and must equal it. Then the same analysis runs under
-//! differential privacy (`--dp on`): noise added on every node, its scale, cost and the
-//! error against the pooled answer printed.
+//! `fedcrm demo`: a complete deployment on loopback in one command, on the synthetic
+//! jewellery data (`fedcrm demo-data`, generated in memory from a seed): HQ's own
+//! stores, its Tmall-style shop and its WeChat mini-program, and five franchisee
+//! companies' stores. A throwaway brand CA issues certificates from CSRs; a coordinator
+//! and the nodes connect over mutual TLS; the HQ analyst runs
+//!
+//! 1. the RFM segment analysis while one node drops out mid-round, exact (every demo
+//!    node's policy is `dp = "optional"`), printed beside the pooled (centralized)
+//!    answer over the same data, which it must equal;
+//! 2. the same analysis under differential privacy (`--dp on`): its error against the
+//!    pooled answer;
+//! 3. the churn model: trained across the nodes (federated Newton, one line per secure
+//!    round), registered, published with the model-publisher key, and applied by one
+//!    franchisee to its own customers on its own machine — the ranked win-back list is
+//!    written there and never leaves it;
+//!
+//! and every party's audit log is verified as an auditor would.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
+use fedcrm_node::data::Format;
 use fedcrm_pki::OrgKind;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::harness::{CDNOW, Cluster, ClusterOptions, NodeSpec, split_cdnow};
-use crate::hq::{SegmentsView, segments_table};
+use crate::harness::{Cluster, ClusterOptions, NodeSpec};
+use crate::hq::{AnalystClient, SegmentsView, segments_table};
 use crate::pooled;
 
 /// Options of the demo.
@@ -22,53 +33,72 @@ use crate::pooled;
 pub struct DemoOptions {
     pub nodes: usize,
     pub drop_one: bool,
+    /// The RFM analysis's reference date (`YYYY-MM-DD`).
     pub reference: String,
+    /// The synthetic data's seed and population.
+    pub seed: u64,
+    pub customers: usize,
     pub quiet: bool,
-    /// Leave the CA, configurations, data splits and audit logs here.
+    /// Leave the CA, configurations, data and audit logs here.
     pub keep: Option<std::path::PathBuf>,
 }
 
-const NAMES: [&str; 8] = [
-    "hq-online-shop",
-    "hq-flagship-sh",
-    "fr-hangzhou-01",
-    "fr-chengdu-02",
-    "fr-wuhan-03",
-    "fr-xian-04",
-    "fr-nanjing-05",
-    "fr-suzhou-06",
-];
+/// The churn model's reference date and horizon: trained on purchases up to
+/// 2025-03-31, churned = no purchase in the 275 days to the data's last day.
+const CHURN_REFERENCE: &str = "2025-03-31";
+const CHURN_HORIZON_DAYS: u32 = 275;
+
+/// The demo's nodes: the first `n` of HQ's channels and franchisees as the generator
+/// names them, with each node's purchases and consent withdrawals.
+fn nodes(o: &DemoOptions) -> Result<Vec<NodeSpec>> {
+    let n = o.nodes.clamp(3, crate::demodata::NODES.len());
+    let data = crate::demodata::generate(&crate::demodata::Options {
+        customers: o.customers,
+        ..crate::demodata::Options::new(o.seed)
+    })?;
+    // HQ's own channels count against every franchisee's threshold rule
+    // (2t > n + H + C, C = 1 here): three HQ channels of 8 nodes, two of 7, one of 5 or
+    // 6, none below, so that one dropout is always tolerated (except with 3 nodes,
+    // where t = 3).
+    let hq = match n {
+        8.. => 3,
+        7 => 2,
+        5 | 6 => 1,
+        _ => 0,
+    };
+    let file = |node: &str, name: &str| -> Result<String> {
+        let path = std::path::Path::new(node).join(name);
+        let (_, bytes) = data.files.iter().find(|(p, _)| *p == path).context("generated file")?;
+        Ok(String::from_utf8(bytes.clone())?)
+    };
+    let own = data.manifest.nodes.iter().filter(|e| e.kind == OrgKind::Hq).take(hq);
+    let franchised = data.manifest.nodes.iter().filter(|e| e.kind != OrgKind::Hq).take(n - hq);
+    own.chain(franchised)
+        .map(|e| {
+            let mut s = NodeSpec::franchisee(&e.name, file(&e.name, "purchases.csv")?);
+            s.kind = e.kind;
+            s.organisation = e.organisation.clone();
+            s.format = Format::Csv;
+            s.withdrawn = file(&e.name, "consent-withdrawals.csv")?
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string)
+                .collect();
+            Ok(s)
+        })
+        .collect()
+}
 
 /// Run the demo; returns an error (non-zero exit) if federated ≠ pooled.
 pub async fn run(o: DemoOptions) -> Result<()> {
     let started = Instant::now();
-    let n = o.nodes.clamp(3, NAMES.len());
-    // HQ's own channels count against every franchisee's threshold rule
-    // (2t > n + H + C, C = 1 here): two HQ channels from 7 nodes, one from 5, none below,
-    // so that one dropout is always tolerated (except with 3 nodes, where t = 3).
-    let hq = match n {
-        7.. => 2,
-        5 | 6 => 1,
-        _ => 0,
-    };
-    let names: Vec<&str> = NAMES[..2][..hq].iter().chain(&NAMES[2..2 + n - hq]).copied().collect();
+    let mut specs = nodes(&o)?;
+    let n = specs.len();
     let drop_one = o.drop_one && n > 3;
     if o.drop_one && !drop_one && !o.quiet {
         println!("(with 3 nodes every franchisee needs t = 3: no node can drop out, so none does)");
     }
-    let parts = split_cdnow(CDNOW, &vec![1; n], true);
-    let mut specs: Vec<NodeSpec> = names
-        .iter()
-        .zip(parts)
-        .map(|(name, data)| {
-            let mut s = NodeSpec::franchisee(name, data);
-            if name.starts_with("hq-") {
-                s.kind = OrgKind::Hq;
-                s.organisation = "Demo Jewellery HQ".into();
-            }
-            s
-        })
-        .collect();
     let dropper = specs.last().map(|s| s.name.clone()).unwrap_or_default();
     if drop_one && let Some(s) = specs.last_mut() {
         s.leaves_after_shares = true;
@@ -78,7 +108,11 @@ pub async fn run(o: DemoOptions) -> Result<()> {
             println!("{s}");
         }
     };
-    say("fedcrm demo: brand CA, coordinator and nodes on loopback over mutual TLS");
+    say(&format!(
+        "fedcrm demo: brand CA, coordinator and {n} nodes on loopback over mutual TLS; synthetic jewellery data \
+         (seed {}, {} people)",
+        o.seed, o.customers
+    ));
     let spinner = if o.quiet { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
     spinner.set_style(
         ProgressStyle::with_template("  {spinner} {msg} [{elapsed}]")
@@ -93,11 +127,9 @@ pub async fn run(o: DemoOptions) -> Result<()> {
         ..Default::default()
     })
     .await?;
-    spinner.println(format!(
-        "  {} nodes connected: {}",
-        n,
-        specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
-    ));
+    for s in &specs {
+        spinner.println(format!("  connected: {:<16} {} ({})", s.name, s.organisation, s.kind.as_str()));
+    }
     if drop_one {
         spinner.println(format!("  {dropper} will drop out after sharing its keys in the first round"));
     }
@@ -113,15 +145,14 @@ pub async fn run(o: DemoOptions) -> Result<()> {
     let view = SegmentsView::new(&reply, &o.reference);
     say(&format!("\nFederated result (what HQ sees):\n{}", segments_table(&view)));
 
-    // The pooled answer over exactly the contributors' data.
-    let mut text = String::new();
-    for (spec, _) in specs.iter().zip(0..) {
-        if view.participants.contains(&spec.name) {
-            text.push_str(&spec.data);
-        }
+    // The pooled answer over exactly the contributors' data (consent withdrawals out),
+    // parsed by the reference's own code.
+    let mut rows = Vec::new();
+    for spec in specs.iter().filter(|s| view.participants.contains(&s.name)) {
+        rows.extend(pooled::parse_csv(&spec.data, &spec.withdrawn.iter().cloned().collect::<BTreeSet<_>>()));
     }
     let reference: u32 = o.reference.replace('-', "").parse()?;
-    let p = pooled::segments(&pooled::parse_cdnow(&text), reference);
+    let p = pooled::segments(&rows, reference);
     let fed_counts: Vec<Option<u64>> = view.segments.iter().map(|s| s.customers).collect();
     say("Pooled answer over the same customers (what pooling the raw data would give):");
     say(&format!("  recency cuts {:?}, frequency cuts {:?}, monetary cuts {:?}", p.recency, p.frequency, p.monetary));
@@ -141,6 +172,10 @@ pub async fn run(o: DemoOptions) -> Result<()> {
     };
     say(&format!("\nUnder differential privacy (--dp on, what HQ sees):\n{}", segments_table(&noised)));
     say(&dp_error(&noised, &p));
+
+    let scored = churn(&cluster, &o, &view.participants).await?;
+    say(&scored);
+
     // Every party's audit log, verified together as an auditor would.
     let mut logs = vec![cluster.coordinator.config.audit_dir.clone()];
     logs.extend(cluster.node_configs.iter().map(|c| c.audit_dir.clone()));
@@ -163,7 +198,7 @@ pub async fn run(o: DemoOptions) -> Result<()> {
         let r = root.display();
         let today = time::OffsetDateTime::now_utc().date();
         println!("\nEverything is kept in {r}: the brand CA (pki/), coordinator.toml, hq.toml,");
-        println!("nodes/<name>/ (node.toml, the data split, its audit log) and coordinator-audit/.");
+        println!("nodes/<name>/ (node.toml, its data, its audit log, the win-back list) and coordinator-audit/.");
         println!("(The configurations name the demo's loopback port, which is closed now.) Check the logs:");
         println!("  fedcrm audit verify {r}/coordinator-audit {r}/nodes/*/audit --ca {r}/pki/ca.pem");
         println!(
@@ -181,6 +216,77 @@ pub async fn run(o: DemoOptions) -> Result<()> {
         started.elapsed().as_secs_f64()
     ));
     Ok(())
+}
+
+/// Train the churn model over the analyst API as `fedcrm hq train churn` does (one
+/// line per secure round), publish it as `fedcrm hq publish` does, and score the first
+/// franchisee's customers on that node as `fedcrm node score` does. Returns what to
+/// print.
+async fn churn(cluster: &Cluster, o: &DemoOptions, participants: &[String]) -> Result<String> {
+    let mut out = String::from("\nChurn model: trained across the nodes, applied on each node\n");
+    let mut hq = AnalystClient::connect(&cluster.analyst).await?;
+    let request = fedcrm_protocol::pb::TrainChurnRequest {
+        reference_date: CHURN_REFERENCE.into(),
+        horizon_days: CHURN_HORIZON_DAYS,
+        purpose: "demo: churn model for the win-back campaign".into(),
+        dp_off: true,
+        mode: "newton".into(),
+        max_rounds: 0,
+    };
+    let bar = if o.quiet { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar.set_message("fedcrm hq train churn: moments round (global means and variances)");
+    let trained = hq
+        .train_churn(request, |p| {
+            bar.println(format!("  {}", crate::models::RoundRow::new(p).line()));
+        })
+        .await;
+    bar.finish_and_clear();
+    let (trained, rounds) = trained?;
+    let view = crate::models::TrainView::new(&trained, &rounds);
+    for line in crate::models::train_text(&view).lines() {
+        out.push_str(&format!("  {line}\n"));
+    }
+    let publisher = cluster.analyst.publisher.clone().context("the demo's publisher key")?;
+    let published = hq.publish(&view.model_id, &publisher).await?;
+    out.push_str(&format!(
+        "  fedcrm hq publish {}: signed by {} (sha256 {}…)\n",
+        view.model_id,
+        published.publisher,
+        &published.sha256[..16]
+    ));
+    // The first franchisee that took part scores its own customers, on its machine.
+    let node = cluster
+        .node_configs
+        .iter()
+        .find(|c| participants.contains(&c.name) && c.name.starts_with("fr-"))
+        .or_else(|| cluster.node_configs.iter().find(|c| participants.contains(&c.name)))
+        .context("a participating node")?
+        .clone();
+    let list = node.audit_dir.parent().unwrap_or(&node.audit_dir).join("win-back.csv");
+    let now_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let request = fedcrm_node::score::ScoreRequest {
+        model_id: view.model_id.clone(),
+        out: list.clone(),
+        as_of: None,
+        top: None,
+        now_unix,
+    };
+    let summary = fedcrm_node::score::run(&node, &request).await?;
+    out.push_str(&format!(
+        "  fedcrm node score on {} (on its own machine): {} customers scored as of {}, {} above 0.5;\n  \
+         the ranked list is {} (mode 0600, never sent). Its first rows:\n",
+        node.name,
+        summary.customers,
+        summary.as_of,
+        summary.above_half,
+        list.display()
+    ));
+    let text = std::fs::read_to_string(&list)?;
+    for line in text.lines().take(4) {
+        out.push_str(&format!("    {line}\n"));
+    }
+    Ok(out)
 }
 
 /// The DP run against the pooled answer: per segment, the noised count, the pooled

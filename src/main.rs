@@ -36,17 +36,23 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a complete deployment on loopback: CA, coordinator, 7 nodes (2 HQ-owned, 5 franchisees), RFM segments, one node dropping out.
+    /// Run a complete deployment on loopback: CA, coordinator, 8 nodes (3 HQ-owned, 5 franchisees) on synthetic jewellery data; RFM segments with one node dropping out, exact and under DP; the churn model trained, published and scored on a node.
     Demo {
-        /// Number of nodes (3..=8).
-        #[arg(long, default_value_t = 7)]
+        /// Number of nodes (3..=8): HQ's own channels and franchisees, as `demo-data` names them.
+        #[arg(long, default_value_t = 8)]
         nodes: usize,
         /// Do not make a node drop out mid-round.
         #[arg(long)]
         no_drop: bool,
         /// Reference date for RFM.
-        #[arg(long, default_value = "1997-09-30")]
+        #[arg(long, default_value = "2025-12-31")]
         reference_date: String,
+        /// Seed of the synthetic jewellery data (as `demo-data --seed`).
+        #[arg(long, default_value_t = 11)]
+        seed: u64,
+        /// People in the synthetic population.
+        #[arg(long, default_value_t = 12_000, value_parser = clap::value_parser!(u32).range(100..))]
+        customers: u32,
         /// Print nothing; exit status tells whether federated equals pooled.
         #[arg(long)]
         quiet: bool,
@@ -615,11 +621,13 @@ impl Command {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Demo { nodes, no_drop, reference_date, quiet, keep } => {
+        Command::Demo { nodes, no_drop, reference_date, seed, customers, quiet, keep } => {
             fedcrm::demo::run(fedcrm::demo::DemoOptions {
                 nodes,
                 drop_one: !no_drop,
                 reference: reference_date,
+                seed,
+                customers: customers as usize,
                 quiet,
                 keep,
             })

@@ -31,6 +31,32 @@ pub fn parse_cdnow(text: &str) -> Vec<Row> {
         .collect()
 }
 
+/// Parse the CSV format (header line naming `customer_key`, `timestamp`, `amount`), as
+/// the synthetic jewellery data writes it: the day is the timestamp's local date (its
+/// first ten characters, `YYYY-MM-DD`), `amount` in yuan with two decimals. Rows of
+/// customers in `withdrawn` are left out (they withdrew consent: no node uses them).
+pub fn parse_csv(text: &str, withdrawn: &BTreeSet<String>) -> Vec<Row> {
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name);
+    let (Some(k), Some(t), Some(a)) = (col("customer_key"), col("timestamp"), col("amount")) else {
+        return Vec::new();
+    };
+    lines
+        .filter_map(|l| {
+            let c: Vec<&str> = l.split(',').collect();
+            let customer = c.get(k)?.to_string();
+            if withdrawn.contains(&customer) {
+                return None;
+            }
+            let ymd = c.get(t)?.get(..10)?.replace('-', "").parse().ok()?;
+            let (y, f) = c.get(a)?.split_once('.').unwrap_or((c[a], "0"));
+            let cents = y.parse::<i64>().ok()? * 100 + format!("{f:0<2}").parse::<i64>().ok()?;
+            Some(Row { customer, ymd, cents })
+        })
+        .collect()
+}
+
 /// Days since 0000-03-01 (proleptic Gregorian), for differences of dates.
 fn day_number(ymd: u32) -> i64 {
     let (y, m, d) = ((ymd / 10000) as i64, ((ymd / 100) % 100) as i64, (ymd % 100) as i64);

@@ -307,6 +307,15 @@ fn demo_keep_leaves_a_deployment_whose_logs_verify_with_the_printed_command() {
     }
     let nodes: Vec<PathBuf> = std::fs::read_dir(kept.join("nodes")).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(nodes.len(), 5);
+    // The churn model was trained, published and applied on one node: its ranked
+    // win-back list is there, readable by the node's user only.
+    assert!(text.contains("fedcrm hq publish churn-v1: signed by"), "{text}");
+    let lists: Vec<PathBuf> = nodes.iter().map(|n| n.join("win-back.csv")).filter(|p| p.exists()).collect();
+    assert_eq!(lists.len(), 1, "one node scored its customers");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&lists[0]).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let rows = std::fs::read_to_string(&lists[0]).unwrap();
+    assert!(rows.starts_with("rank,customer_key,churn_probability") && rows.lines().count() > 100, "{rows:.300}");
     for n in &nodes {
         for f in ["node.toml", "purchases.txt", "audit"] {
             assert!(n.join(f).exists(), "{} holds {f}", n.display());
