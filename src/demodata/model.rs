@@ -12,31 +12,15 @@ use rand_distr::{Exp, Gamma, LogNormal};
 use time::macros::{date, offset};
 use time::{Date, Duration, Month, OffsetDateTime, Time, UtcOffset};
 
+use fedcrm_model::features::Category;
+
 use super::brand::{ChannelType, NODES, season, weeks_before_yearly};
 
-/// A jewellery category, as written in the `category` column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Category {
-    Gold,
-    Diamond,
-    Jade,
-    Platinum,
-}
-
-impl Category {
-    pub const ALL: [Category; 4] = [Category::Gold, Category::Diamond, Category::Jade, Category::Platinum];
-    /// How often each is a customer's main category (gold leads in China's market).
-    const WEIGHTS: [f64; 4] = [0.45, 0.22, 0.18, 0.15];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Category::Gold => "gold",
-            Category::Diamond => "diamond",
-            Category::Jade => "jade",
-            Category::Platinum => "platinum",
-        }
-    }
-}
+/// The categories the brand sells (the model's, as written in the `category` column;
+/// the generator never writes `other`), and how often each is a customer's main
+/// category (gold leads in China's market).
+const CATEGORIES: [Category; 4] = [Category::Gold, Category::Diamond, Category::Jade, Category::Platinum];
+const CATEGORY_WEIGHTS: [f64; 4] = [0.45, 0.22, 0.18, 0.15];
 
 /// One person's membership in one node's channel: the node's own member record.
 #[derive(Debug)]
@@ -185,7 +169,7 @@ impl Draws {
             jade: LogNormal::new(4_000f64.ln(), 1.1).unwrap(),
             platinum: LogNormal::new(3_500f64.ln(), 0.5).unwrap(),
             home: WeightedIndex::new(NODES.iter().map(|n| n.home_weight)).unwrap(),
-            category: WeightedIndex::new(Category::WEIGHTS).unwrap(),
+            category: WeightedIndex::new(CATEGORY_WEIGHTS).unwrap(),
             // Malls open 10:00–22:00, busiest in the evening and at weekends' afternoons.
             offline_hour: WeightedIndex::new([3.0, 5.0, 6.0, 6.0, 7.0, 8.0, 8.0, 7.0, 8.0, 10.0, 10.0, 6.0]).unwrap(),
             // Online shops never close; few buy at night.
@@ -319,7 +303,7 @@ pub fn simulate(rng: &mut ChaCha20Rng, customers: usize, period: Period) -> Popu
         // How much, and for how long.
         let rate = d.rate.sample(rng);
         let spend = d.spend.sample(rng);
-        let primary = Category::ALL[d.category.sample(rng)];
+        let primary = CATEGORIES[d.category.sample(rng)];
         let single = rng.random_bool(0.4);
         let marketplace_only = members.iter().all(|m| NODES[m.node].channel_type == ChannelType::Marketplace);
         let h = hazard(
@@ -378,13 +362,14 @@ pub fn simulate(rng: &mut ChaCha20Rng, customers: usize, period: Period) -> Popu
             } else if single || rng.random_bool(0.55) {
                 primary
             } else {
-                Category::ALL[d.category.sample(rng)]
+                CATEGORIES[d.category.sample(rng)]
             };
             let list = match category {
                 Category::Gold => d.gold_grams.sample(rng) * (gold_price_per_gram(day) + rng.random_range(15.0..30.0)),
                 Category::Diamond => d.diamond.sample(rng),
                 Category::Jade => d.jade.sample(rng),
-                Category::Platinum => d.platinum.sample(rng),
+                // Never drawn (not in `CATEGORIES`); priced like platinum if it were.
+                Category::Platinum | Category::Other => d.platinum.sample(rng),
             };
             let to_dropout = (dropout - day).whole_days() as f64;
             // Spend falls over the months before a customer leaves.
