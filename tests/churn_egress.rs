@@ -25,6 +25,7 @@ use fedcrm_coordinator::analyses::AnalysisRequest;
 use fedcrm_coordinator::analyses::churn::ChurnRequest;
 use fedcrm_coordinator::config::ReleaseRules;
 use fedcrm_node::data::Format;
+use fedcrm_node::egress::read_log;
 use fedcrm_node::score::{self, ScoreRequest};
 use fedcrm_node::session::{DropAt, Faults};
 use fedcrm_protocol::pb;
@@ -207,6 +208,20 @@ async fn a_node_lost_after_masking_in_round_3_comes_back_and_the_retried_round_g
     assert_eq!(b.model.weights, a.model.weights, "the retried training's weights");
     assert_eq!((&b.standardiser, &b.history), (&a.standardiser, &a.history));
     assert_eq!(serde_json::to_value(&b.metrics).unwrap(), serde_json::to_value(&a.metrics).unwrap());
+    // What each node sent: keys twice (the first round, and the retry after the lost
+    // node came back), a masked vector in every round (the lost node's third never
+    // arrived), and a view signature and unmask shares only for the rounds the model
+    // used — the stopped round was never signed, so never unmasked.
+    let used = plain.rounds as usize;
+    for (node, _) in NODES {
+        let cfg = cluster.node_configs.iter().find(|c| c.name == node).unwrap();
+        let kinds: Vec<String> = read_log(&cfg.audit_dir).unwrap().into_iter().map(|e| e.kind).collect();
+        let count = |kind: &str| kinds.iter().filter(|k| *k == kind).count();
+        let masked_rounds = if node == "fr-suzhou" { used } else { used + 1 };
+        assert_eq!(count("advertise-keys"), 2, "{node}: {kinds:?}");
+        assert_eq!(count("masked-chunk"), masked_rounds, "{node}: {kinds:?}");
+        assert_eq!((count("consistency-signature"), count("unmask-shares")), (used, used), "{node}: {kinds:?}");
+    }
 
     // Published, then applied on the node that was lost (its daemon running: the
     // scoring record goes through its spool).

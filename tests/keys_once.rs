@@ -180,3 +180,31 @@ async fn a_later_round_relabelling_hq_nodes_as_franchisees_is_refused() {
     }
     cluster.stop().await;
 }
+
+/// Issue 11, the population pin: HQ's coordinator leaves three franchisees of three
+/// organisations out of the later rounds. The differencing guard allows that pair of
+/// sums (they differ by three organisations and share four), but every node that
+/// signed the first round's view holds the analysis to that round's contributors and
+/// refuses the later round over the final U2 — before its masked vector, or any charge,
+/// leaves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_round_without_part_of_the_population_is_refused_by_the_pin() {
+    common::logs();
+    // Eight franchisees of eight organisations (t = 5); the later rounds invite five.
+    let left_out: Vec<String> = (5..8).map(|i| format!("node-{i}")).collect();
+    let hooks = Hooks { exclude_later: left_out, ..Hooks::default() };
+    let cluster = Cluster::start_with_hooks(options(cdnow_nodes(&[1; 8], true)), hooks).await.unwrap();
+    let out = cluster.segments(REFERENCE, "issue 11: three franchisees left out of later rounds").await;
+    assert!(out.is_err(), "the analysis stops: {out:?}");
+    for n in ["node-0", "node-1", "node-2", "node-3", "node-4"] {
+        let why = common::refusals_when(&cluster, n, |r| r.contains("must sum exactly its population")).await;
+        assert!(
+            why.iter().any(|r| r.contains("lacks node-5, node-6, node-7") && !r.contains("differencing")),
+            "{n}: {why:?}"
+        );
+        let kinds = sent(&cluster, n);
+        assert_eq!(count(&kinds, "masked-chunk"), 1, "{n}: only the first round's vector left: {kinds:?}");
+        assert_eq!(count(&kinds, "unmask-shares"), 1, "{n}: {kinds:?}");
+    }
+    cluster.stop().await;
+}

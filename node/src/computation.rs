@@ -39,19 +39,35 @@ struct Open {
     last: AnalysisKind,
     /// Rounds admitted so far.
     rounds: u32,
-    /// Whether this node saw the previous round unmasked (it revealed its shares).
-    unmasked: bool,
+    /// Whether this node signed the previous round's view (after which it may have been
+    /// unmasked, whether or not this node is asked to reveal).
+    signed: bool,
     /// Rounds of this analysis that repeated the previous one's computation because it
     /// was not unmasked ([`MAX_RETRIES`]).
     retries: usize,
 }
 
-/// Issue 11: how many times one analysis may repeat a round that was not unmasked
-/// (a node of its population left before its masked vector arrived, and the
-/// coordinator retries the round over the whole population once it is back). Each
-/// retry is a fresh key setup, i.e. a fresh SecAgg+ graph the coordinator saw the
-/// previous one of: bounded like abandoned graphs (`session::MAX_ABANDONED_GRAPHS`).
+/// Issue 11: how many times one analysis may repeat a round whose view this node did
+/// not sign (a node of its population left before its masked vector arrived, and the
+/// coordinator retries the round over the whole population once it is back).
 pub const MAX_RETRIES: usize = 3;
+
+/// Issue 11: the most key setups (AdvertiseKeys with no earlier setup named) one
+/// analysis may have on this node, however each ended: its first, SecAgg+ restarts
+/// without nodes that did not reveal their nonce
+/// (`coordinator::round::MAX_GRAPH_RESTARTS` = 3), and a setup after a member of the
+/// population reconnected or before a retry. Each is a fresh SecAgg+ graph the
+/// coordinator could choose among; every one of them must keep the first's threshold
+/// and degree.
+pub const MAX_SETUPS: u32 = 8;
+
+/// An analysis's key setups on this node.
+#[derive(Debug, Clone, Copy)]
+struct Setups {
+    t: usize,
+    degree: usize,
+    count: u32,
+}
 
 /// The analyses this node is part of.
 #[derive(Debug, Default)]
@@ -59,15 +75,18 @@ pub struct Tracker {
     open: Mutex<HashMap<String, Open>>,
     /// Every analysis id this node has admitted (from its audit log and this run).
     seen: Mutex<BTreeSet<String>>,
-    /// Issue 11: each analysis's population — the contributors (U3) of its first
-    /// unmasked round; every later round must have exactly them.
+    /// Issue 11: each analysis's population — the contributors (U3) of the first round
+    /// whose view this node signed; every later round must have exactly them.
     populations: Mutex<HashMap<String, Vec<String>>>,
+    /// Issue 11: each analysis's key setups (never undone: a setup that ended is one
+    /// graph more the coordinator saw).
+    setups: Mutex<HashMap<String, Setups>>,
 }
 
 impl Tracker {
     /// A tracker that knows the analysis ids already admitted (from the audit log).
     pub fn with_seen(seen: BTreeSet<String>) -> Self {
-        Self { open: Mutex::new(HashMap::new()), seen: Mutex::new(seen), populations: Mutex::new(HashMap::new()) }
+        Self { seen: Mutex::new(seen), ..Self::default() }
     }
 
     /// Identify the round's computation. `Err` is the refusal reason.
@@ -77,6 +96,14 @@ impl Tracker {
         let description = describe(a);
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(o) = open.get(&a.analysis_id) {
+            let pinned = self.populations.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&a.analysis_id);
+            if !pinned {
+                return Err(format!(
+                    "policy: this round ({description}) continues analysis {}, but this node signed no view of its \
+                     first round, so it holds no population to keep later rounds to; it takes no further part",
+                    a.analysis_id
+                ));
+            }
             retries_or_continues(o, a, policy).map_err(|why| {
                 format!("policy: this round ({description}) does not continue analysis {}: {why}", a.analysis_id)
             })?;
@@ -103,11 +130,12 @@ impl Tracker {
         Admission { analysis: a.analysis_id.clone(), previous, newly_seen }
     }
 
-    /// Issue 11: a round of `analysis` over `survivors` (U3) — before this node signs
-    /// the view that lets it be unmasked — must have exactly the analysis's population,
-    /// once one round of it was unmasked. A sum over any other set (a node dropped after
-    /// its masked vector left, or one added) could be subtracted from the others; such a
-    /// round is not unmasked, and the coordinator retries it over the population.
+    /// Issue 11: a round of `analysis` over `members` — U2 before this node masks, U3
+    /// before it signs the view that lets the sum be unmasked — must have exactly the
+    /// analysis's population, once this node signed a view of it. A sum over any other
+    /// set (a node dropped after its masked vector left, or one added) could be
+    /// subtracted from the others; such a round is not unmasked, and the coordinator
+    /// retries it over the population.
     pub fn same_population(&self, analysis: &str, survivors: &[String]) -> Result<(), String> {
         let populations = self.populations.lock().unwrap_or_else(|p| p.into_inner());
         let Some(population) = populations.get(analysis) else { return Ok(()) };
@@ -127,14 +155,41 @@ impl Tracker {
         ))
     }
 
-    /// Issue 11: record the population of `analysis` from its first unmasked round.
-    pub fn unmasked(&self, analysis: &str, survivors: &[String]) {
+    /// Issue 11: this node signs the view (U3 = `survivors`) of the current round of
+    /// `analysis`: from now on the round may be unmasked, so it is no longer retried;
+    /// the first signed view's U3 is the analysis's population. Called before the
+    /// signature leaves.
+    pub fn signed(&self, analysis: &str, survivors: &[String]) {
         if let Some(o) = self.open.lock().unwrap_or_else(|p| p.into_inner()).get_mut(analysis) {
-            o.unmasked = true;
+            o.signed = true;
         }
         let mut u3 = survivors.to_vec();
         u3.sort();
         self.populations.lock().unwrap_or_else(|p| p.into_inner()).entry(analysis.to_string()).or_insert(u3);
+    }
+
+    /// Issue 11: a key setup for `analysis` with threshold `t` and SecAgg+ degree
+    /// `degree` (0: full SecAgg). The first fixes both; later ones (after a member of
+    /// the population reconnected, or for a retry) must repeat them, at most
+    /// [`MAX_SETUPS`] in all. `Err` is the refusal's reason.
+    pub fn setup(&self, analysis: &str, t: usize, degree: usize) -> Result<(), String> {
+        let mut setups = self.setups.lock().unwrap_or_else(|p| p.into_inner());
+        let s = setups.entry(analysis.to_string()).or_insert(Setups { t, degree, count: 0 });
+        if (s.t, s.degree) != (t, degree) {
+            return Err(format!(
+                "policy: a new key setup of analysis {analysis} must keep its first setup's threshold and degree \
+                 (t = {}, k = {}), not t = {t}, k = {degree}",
+                s.t, s.degree
+            ));
+        }
+        if s.count >= MAX_SETUPS {
+            return Err(format!(
+                "policy: analysis {analysis} already had {MAX_SETUPS} key setups on this node (each a fresh graph \
+                 the coordinator saw); it takes no further part"
+            ));
+        }
+        s.count += 1;
+        Ok(())
     }
 
     /// Forget an admitted round that ended before any of this node's data left it (no
@@ -162,7 +217,7 @@ impl Tracker {
         let retries = previous.map_or(0, |o| o.retries + usize::from(is_retry(o, a)));
         open.insert(
             a.analysis_id.clone(),
-            Open { kind: id.kind, reference: a.reference_date, last: a.kind.clone(), rounds, unmasked: false, retries },
+            Open { kind: id.kind, reference: a.reference_date, last: a.kind.clone(), rounds, signed: false, retries },
         );
     }
 }
@@ -175,11 +230,12 @@ pub struct Admission {
     newly_seen: bool,
 }
 
-/// Issue 11: round `a` repeats the computation of `o`'s previous round, which this
-/// node never saw unmasked (its masked vector may have left, but no sum over it was
-/// released with this node's shares).
+/// Issue 11: round `a` repeats the computation of `o`'s previous round, whose view
+/// this node did not sign (its masked vector may have left, but this node never agreed
+/// to a sum over it). Only a later round is ever retried: the caller checks that the
+/// analysis has a population.
 fn is_retry(o: &Open, a: &Analysis) -> bool {
-    !o.unmasked && o.last == a.kind
+    !o.signed && o.last == a.kind
 }
 
 /// Is round `a` a retry of `o`'s previous round ([`is_retry`], at most [`MAX_RETRIES`]
@@ -256,8 +312,8 @@ mod tests {
         let t = Tracker::default();
         let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert!(t.same_population("a", &names(&["x", "y"])).is_ok(), "no population before the first unmask");
-        t.unmasked("a", &names(&["c", "a", "b"]));
-        t.unmasked("a", &names(&["a", "b"]));
+        t.signed("a", &names(&["c", "a", "b"]));
+        t.signed("a", &names(&["a", "b"]));
         assert!(t.same_population("a", &names(&["b", "c", "a"])).is_ok());
         let e = t.same_population("a", &names(&["a", "b"])).unwrap_err();
         assert!(e.contains("lacks c") && e.contains("must not be unmasked"), "{e}");
@@ -276,7 +332,7 @@ mod tests {
         let first = analysis("r", coarse());
         let id = t.identify(&first, &limits).unwrap();
         t.admitted(&first, &id);
-        t.unmasked("r", &["a".to_string()]);
+        t.signed("r", &["a".to_string()]);
         let refine = analysis("r", AnalysisKind::RfmHistograms(vec![linear(Metric::Monetary, 1024, 1, 1024)]));
         let id = t.identify(&refine, &limits).unwrap();
         t.admitted(&refine, &id);
@@ -291,9 +347,24 @@ mod tests {
         // A different computation is never a retry: the analysis's own rule applies.
         let stray = analysis("r", AnalysisKind::RfmHistograms(vec![linear(Metric::Monetary, 0, 1, 1024)]));
         assert!(t.identify(&stray, &limits).unwrap_err().contains("does not continue"));
-        // Once unmasked, the same computation again is refused by the rule (no narrower).
-        t.unmasked("r", &["a".to_string()]);
+        // Once signed, the same computation again is refused by the rule (no narrower).
+        t.signed("r", &["a".to_string()]);
         assert!(t.identify(&refine, &limits).is_err());
+    }
+
+    /// Issue 11: every key setup of one analysis keeps the first's threshold and degree,
+    /// and there are at most `MAX_SETUPS` of them (each a fresh graph HQ saw).
+    #[test]
+    fn key_setups_of_one_analysis_keep_t_and_k_and_are_bounded() {
+        let t = Tracker::default();
+        t.setup("x", 5, 0).unwrap();
+        assert!(t.setup("x", 4, 0).unwrap_err().contains("t = 5, k = 0"));
+        assert!(t.setup("x", 5, 3).is_err());
+        for _ in 1..MAX_SETUPS {
+            t.setup("x", 5, 0).unwrap();
+        }
+        assert!(t.setup("x", 5, 0).unwrap_err().contains("already had 8 key setups"));
+        t.setup("y", 4, 0).unwrap();
     }
 
     #[test]
@@ -316,6 +387,10 @@ mod tests {
         let id = t.identify(&first, &limits).unwrap();
         assert_eq!((id.kind, id.new), (RFM_SEGMENTS, true));
         t.admitted(&first, &id);
+        // Without a signed view of the first round there is no population: refused.
+        let refine = analysis("s", AnalysisKind::RfmHistograms(vec![linear(Metric::Monetary, 1024, 1, 1024)]));
+        assert!(t.identify(&refine, &limits).unwrap_err().contains("signed no view"));
+        t.signed("s", &["a".to_string()]);
         // Refinement inside the power-of-two bin [1024, 2048): continues the analysis.
         let refine = analysis("s", AnalysisKind::RfmHistograms(vec![linear(Metric::Monetary, 1024, 1, 1024)]));
         let id = t.identify(&refine, &limits).unwrap();
@@ -324,8 +399,8 @@ mod tests {
         // Not nested in the previous pass: refused, whatever the label says.
         let stray = analysis("s", AnalysisKind::RfmHistograms(vec![linear(Metric::Monetary, 0, 1, 1024)]));
         assert!(t.identify(&stray, &limits).unwrap_err().contains("does not continue"));
-        // The same bins again (no narrower), once the pass was unmasked: refused.
-        t.unmasked("s", &["a".to_string()]);
+        // The same bins again (no narrower), once this node signed the pass: refused.
+        t.signed("s", &["a".to_string()]);
         assert!(t.identify(&refine, &limits).is_err());
         let seg =
             analysis("s", AnalysisKind::RfmSegments(Cuts { recency: [1; 4], frequency: [1; 4], monetary: [1; 4] }));
@@ -339,6 +414,7 @@ mod tests {
         let first = analysis("r4", coarse());
         let id = t.identify(&first, &limits).unwrap();
         t.admitted(&first, &id);
+        t.signed("r4", &["a".to_string()]);
         let many: Vec<HistogramSpec> =
             (0..1024u64).map(|i| linear(Metric::Monetary, (1 << 20) + 1024 * i, 1, 1024)).collect();
         let err = t.identify(&analysis("r4", AnalysisKind::RfmHistograms(many)), &limits).unwrap_err();

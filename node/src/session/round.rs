@@ -466,7 +466,10 @@ impl<'a> Rounds<'a> {
         let mut a = Active { start, input, u1: Vec::new(), plus: None, admission: None, charge, state: State::Done };
         // The first round of an analysis sets up its keys; a later one uses them.
         let opening = match a.start.setup {
-            None => advertise(ctx, &self.rng, &mut a)?,
+            None => match ctx.analyses.setup(&a.start.analysis.analysis_id, a.start.threshold, a.start.degree) {
+                Ok(()) => advertise(ctx, &self.rng, &mut a)?,
+                Err(why) => Err(why),
+            },
             Some(setup) => share_again(ctx, &self.rng, &mut a, self.keyed.as_mut(), setup, params)?,
         };
         let msg = match opening {
@@ -748,7 +751,10 @@ impl<'a> Rounds<'a> {
             }
         };
         let u2 = a.members(&delivered);
-        let rules = rules_over(ctx, a, round, &u2, Stage::Delivered);
+        // Issue 11: a later round over any other set than the analysis's population is
+        // refused before anything of it (or its charge) leaves this node.
+        let rules = rules_over(ctx, a, round, &u2, Stage::Delivered)
+            .and_then(|()| ctx.analyses.same_population(&a.start.analysis.analysis_id, &delivered));
         if let Err(why) = rules {
             tracing::warn!(node = %ctx.name, %round, %why, "refusing to mask");
             self.refuse(round, &why).await?;
@@ -886,6 +892,9 @@ impl<'a> Rounds<'a> {
             }
             return Ok(None);
         }
+        // Issue 11: from this signature on the round may be unmasked: the first signed
+        // view's U3 becomes the analysis's population, and the round is no retry's.
+        ctx.analyses.signed(&a.start.analysis.analysis_id, &view.survivors);
         let payload = secagg::consistency_payload(&round, a.seed(), &view.delivered, &view.survivors);
         let signature = ctx.signing.sign(&payload)?;
         record(
@@ -957,7 +966,6 @@ impl<'a> Rounds<'a> {
         // t signatures confirm the view: the sum is over this U3, which replaces the
         // sets remembered for this round.
         contributed(ctx, a, round, &view.survivors, Recorded::Unmasked)?;
-        ctx.analyses.unmasked(&a.start.analysis.analysis_id, &view.survivors);
         record(
             ctx,
             Event::RoundView {
