@@ -24,6 +24,8 @@ async fn tiny_bench_counts_the_training_and_checks_its_sums() {
     assert!(n.weights >= 2 && n.weights <= 15, "{}", n.weights);
     assert!(n.bytes_per_node_round > 0 && n.train_examples > 0, "{n:?}");
     assert!(n.rounds_per_s > 0.0 && n.floor_newton_ms > 0.0 && n.ratio.is_some(), "{n:?}");
+    // Every Newton round writes audit records (egress at least), each fsynced.
+    assert!(n.audit_records >= (3 * n.newton_rounds) as u64 && n.fsync_ms > 0.0, "{n:?}");
 
     let f = r.fedavg.as_ref().expect("a FedAvg row");
     assert_eq!((f.rounds, f.words, f.word_bits), (2, 42, 64));

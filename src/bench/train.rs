@@ -94,6 +94,13 @@ pub struct NewtonRow {
     pub floor: String,
     /// The floor reached the same weights, bit for bit, in the same number of rounds.
     pub floor_weights_equal: bool,
+    /// Audit records the coordinator and the nodes wrote during the Newton rounds (by
+    /// their time stamps, to the millisecond); each is fsynced before the action it
+    /// records goes on.
+    pub audit_records: u64,
+    /// One 256-byte append + `fdatasync` in the temporary directory the parties' logs
+    /// are in, median of [`FSYNC_PROBES`], same run.
+    pub fsync_ms: f64,
     pub includes: String,
 }
 
@@ -250,7 +257,7 @@ async fn newton(opts: &Options) -> Result<NewtonRow> {
         let mut events = Vec::new();
         while let Some(p) = rx.recv().await {
             pb2.set_message(format!("Newton: round {} ({}) done", p.round, p.phase));
-            events.push((Instant::now(), p));
+            events.push((Instant::now(), unix_ms(), p));
         }
         events
     });
@@ -263,9 +270,9 @@ async fn newton(opts: &Options) -> Result<NewtonRow> {
     let model = &trained.release.model;
     ensure!(model.provenance.nodes.len() == n, "only {} of {n} nodes took part", model.provenance.nodes.len());
 
-    let moments_at = events.iter().find(|(_, p)| p.phase == "moments").map(|(t, _)| *t);
-    let newton_events: Vec<&(Instant, Progress)> = events.iter().filter(|(_, p)| p.phase == "newton").collect();
-    let (Some(from), Some((to, _))) = (moments_at, newton_events.last()) else {
+    let moments_at = events.iter().find(|(_, _, p)| p.phase == "moments").map(|(t, ms, _)| (*t, *ms));
+    let newton_events: Vec<&(Instant, u64, Progress)> = events.iter().filter(|(_, _, p)| p.phase == "newton").collect();
+    let (Some((from, from_ms)), Some((to, to_ms, _))) = (moments_at, newton_events.last()) else {
         bail!("the training reported no moments or no Newton round");
     };
     let newton_time = to.duration_since(from);
@@ -279,8 +286,14 @@ async fn newton(opts: &Options) -> Result<NewtonRow> {
     // Egress per node per Newton round, from the nodes' audit logs.
     let newton_ids: std::collections::BTreeSet<&String> = model.provenance.rounds[1..=newton_rounds].iter().collect();
     let mut per_round: BTreeMap<(String, String), u64> = BTreeMap::new();
+    // Every party's audit records written during the Newton rounds (each is fsynced).
+    let in_window = |r: &fedcrm_audit::Record| r.time_ms >= from_ms && r.time_ms <= *to_ms;
+    let mut records =
+        fedcrm_audit::log::read_records(&cluster.coordinator.config.audit_dir)?.iter().filter(|r| in_window(r)).count();
     for cfg in &cluster.node_configs {
-        for r in fedcrm_audit::log::read_records(&cfg.audit_dir)? {
+        let log = fedcrm_audit::log::read_records(&cfg.audit_dir)?;
+        records += log.iter().filter(|r| in_window(r)).count();
+        for r in log {
             if let fedcrm_audit::Event::Egress { round: Some(round), bytes, .. } = r.event
                 && newton_ids.contains(&round)
             {
@@ -296,6 +309,7 @@ async fn newton(opts: &Options) -> Result<NewtonRow> {
     let _dir = cluster.stop().await;
     let pb = spinner("Newton floor: the same contributions and solver, no masks, no network".into());
     let floor = newton_floor(datasets, lambda, stopping)?;
+    let fsync = fsync_probe()?;
     pb.finish_and_clear();
     let weights_equal = floor.weights.len() == model.model.weights.len()
         && floor.weights.iter().zip(&model.model.weights).all(|(a, b)| a.to_bits() == b.to_bits());
@@ -333,12 +347,40 @@ async fn newton(opts: &Options) -> Result<NewtonRow> {
             fedavg::threads()
         ),
         floor_weights_equal: weights_equal,
+        audit_records: records as u64,
+        fsync_ms: ms(fsync),
         includes: "per Newton round: the coordinator's round start, every node's policy check, contribution, \
                    masking, audit records and egress over gRPC/mTLS, the secure sum's unmasking, the release door \
                    and the Newton step (moments and evaluation rounds excluded from rounds/s, included in the wall \
                    time)"
             .into(),
     })
+}
+
+/// How many appends the fsync probe times.
+pub const FSYNC_PROBES: usize = 32;
+
+/// Unix time in ms (the audit records' clock).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The median time of one 256-byte append + `fdatasync` in a new file of the system's
+/// temporary directory (where the harness puts the parties' audit logs).
+fn fsync_probe() -> Result<Duration> {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir()?;
+    let mut file = std::fs::File::create(dir.path().join("probe.log"))?;
+    let line = [b'x'; 256];
+    let mut times = Vec::with_capacity(FSYNC_PROBES);
+    for _ in 0..FSYNC_PROBES {
+        let started = Instant::now();
+        file.write_all(&line)?;
+        file.sync_data()?;
+        times.push(started.elapsed());
+    }
+    times.sort();
+    Ok(times[FSYNC_PROBES / 2])
 }
 
 /// The Newton floor's result.
@@ -590,6 +632,15 @@ pub fn table(r: &Report) -> String {
         let _ = writeln!(s, "  measured: {}", n.includes);
         let _ = writeln!(s, "  floor: {}", n.floor);
         let _ = writeln!(s, "  bytes/node/rnd: each node's egress per Newton round as its audit log records it");
+        let _ = writeln!(
+            s,
+            "  audit: {} records written during the Newton rounds by the coordinator and the nodes ({:.0} per \
+             round), each fsynced before what it records goes on; one 256-byte append + fdatasync here takes {:.2} \
+             ms (median of {FSYNC_PROBES}, same run); the floor writes none",
+            n.audit_records,
+            n.audit_records as f64 / n.newton_rounds.max(1) as f64,
+            n.fsync_ms
+        );
     }
     if let Some(f) = &r.fedavg {
         let _ = writeln!(
