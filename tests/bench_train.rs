@@ -41,7 +41,7 @@ async fn tiny_bench_counts_the_training_and_checks_its_sums() {
     for key in ["rounds_per_s", "ratio", "floor_round_ms", "includes", "excludes"] {
         assert!(json["fedavg"].get(key).is_some(), "{key}");
     }
-    assert!(json.get("flower").is_none());
+    assert!(json.get("flower").is_none() && r.flower.is_empty());
 }
 
 /// The secure rounds' final weights are what plain FedAvg (local epochs, plain sum,

@@ -154,8 +154,9 @@ pub struct Report {
     pub newton: Option<NewtonRow>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fedavg: Option<FedAvgRow>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub flower: Option<FlowerRow>,
+    /// Flower's SecAgg and SecAgg+ rows (`--flower`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub flower: Vec<FlowerRow>,
     /// Why Flower's figure is missing, when `--flower` was asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flower_skipped: Option<String>,
@@ -166,7 +167,7 @@ pub async fn train(opts: Options, json: bool, flower_opts: Option<flower::Option
     let mut report = run(&opts).await?;
     if let Some(f) = flower_opts {
         match peer(&f, opts.fedavg.nodes, opts.fedavg.d) {
-            Ok(row) => report.flower = Some(row),
+            Ok(rows) => report.flower = rows,
             Err(e) => {
                 let why = format!("Flower skipped: {e:#}");
                 eprintln!("{why}");
@@ -191,7 +192,7 @@ pub async fn run(opts: &Options) -> Result<Report> {
     } else {
         None
     };
-    Ok(Report { threads: fedavg::threads(), newton, fedavg, flower: None, flower_skipped: None })
+    Ok(Report { threads: fedavg::threads(), newton, fedavg, flower: vec![], flower_skipped: None })
 }
 
 /// n franchisee nodes of synthetic jewellery data: the generator's franchisees (each
@@ -528,30 +529,29 @@ fn fedavg_row(s: &fedavg::Settings) -> Result<FedAvgRow> {
     })
 }
 
-/// Flower's SecAgg+ (or SecAgg, if the script ran no SecAgg+ row) for n and d.
-fn peer(opts: &flower::Options, n: usize, d: usize) -> Result<FlowerRow> {
+/// Flower's SecAgg (every pair of clients, as our FedAvg row) and SecAgg+ for n and d.
+fn peer(opts: &flower::Options, n: usize, d: usize) -> Result<Vec<FlowerRow>> {
     if let Err(e) = flower::preflight(opts) {
         bail!("{e:#}");
     }
     let (parsed, command, _) = flower::run(opts, n, d)?;
-    let row = parsed
+    ensure!(!parsed.rows.is_empty(), "Flower's script printed no row");
+    Ok(parsed
         .rows
         .iter()
-        .find(|r| r.scheme == "secagg+")
-        .or_else(|| parsed.rows.first())
-        .context("Flower's script printed no row")?;
-    Ok(FlowerRow {
-        command,
-        versions: parsed.versions.clone(),
-        scheme: row.scheme.clone(),
-        k: row.k,
-        client_ms: row.client_ms,
-        server_ms: row.server_ms,
-        round_ms: row.client_ms + row.server_ms,
-        what: "one client's quantize + mask plus the server's sum and unmask, no dropouts, in one process: secure \
-               aggregation only — no local training, no network, no TLS"
-            .into(),
-    })
+        .map(|row| FlowerRow {
+            command: command.clone(),
+            versions: parsed.versions.clone(),
+            scheme: row.scheme.clone(),
+            k: row.k,
+            client_ms: row.client_ms,
+            server_ms: row.server_ms,
+            round_ms: row.client_ms + row.server_ms,
+            what: "one client's quantize + mask plus the server's sum and unmask, no dropouts, in one process: \
+                   secure aggregation only — no local training, no network, no TLS"
+                .into(),
+        })
+        .collect())
 }
 
 fn ratio(a: f64, b: f64) -> Option<f64> {
@@ -603,11 +603,11 @@ pub fn table(r: &Report) -> String {
             f.wire_bytes_per_node_round
         );
     }
-    if let Some(p) = &r.flower {
+    for p in &r.flower {
         let _ = writeln!(
             s,
             "  {:<34} {:>10.2} {:>12.1} {:>12} {:>10} {:>14}",
-            format!("Flower {} (k = {}), same n, d", p.scheme, p.k),
+            format!("Flower {} (k = {}), aggr. only", p.scheme, p.k),
             1e3 / p.round_ms,
             p.round_ms,
             "-",
@@ -666,13 +666,16 @@ pub fn table(r: &Report) -> String {
         let _ = writeln!(s, "  not measured: {}", f.excludes);
         let _ = writeln!(s, "  floor: {}", f.floor);
     }
-    if let Some(p) = &r.flower {
-        let _ = writeln!(
-            s,
-            "\nFlower ({}): {:.1} ms client + {:.1} ms server = {:.1} ms per round — {}",
-            p.versions, p.client_ms, p.server_ms, p.round_ms, p.what
-        );
-        let _ = writeln!(s, "  command: {}", p.command);
+    if let Some(first) = r.flower.first() {
+        let _ = writeln!(s, "\nFlower ({}), same n and d as the FedAvg row: {}", first.versions, first.what);
+        for p in &r.flower {
+            let _ = writeln!(
+                s,
+                "  {} (k = {}): {:.1} ms client + {:.1} ms server = {:.1} ms per round",
+                p.scheme, p.k, p.client_ms, p.server_ms, p.round_ms
+            );
+        }
+        let _ = writeln!(s, "  command: {}", first.command);
     }
     if let Some(why) = &r.flower_skipped {
         let _ = writeln!(s, "\n{why}");
