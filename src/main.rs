@@ -497,7 +497,7 @@ enum BenchCommand {
     /// federated Newton (15 weights, the real model closest to d = 16) trained end to end over
     /// loopback mTLS on synthetic jewellery data, and FedAvg at d = 100,000 in real secure
     /// rounds over mTLS (a bench-only driver; `fedcrm::bench::train::fedavg` says what it
-    /// includes); optionally Flower's SecAgg+ for the same n and d.
+    /// includes); optionally Flower's SecAgg and SecAgg+ for the same n and d.
     Train {
         /// Nodes (each holds one synthetic franchisee's data in the Newton row).
         #[arg(long, default_value_t = 10)]
@@ -529,8 +529,9 @@ enum BenchCommand {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
-        /// Then time Flower's SecAgg+ for the FedAvg row's n and d (needs Python with
-        /// `pip install flwr==1.41.0`; skipped with a message when missing).
+        /// Then time Flower's SecAgg and SecAgg+ for the FedAvg row's n and d (aggregation
+        /// only; needs Python with `pip install flwr==1.41.0`; skipped with a message when
+        /// missing).
         #[arg(long)]
         flower: bool,
         /// Flower's benchmark script [default: ../shared/bench/flower_secaggplus.py beside

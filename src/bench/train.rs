@@ -8,7 +8,7 @@
 //! directory); `Coordinator::run_churn` runs the moments round, the federated Newton
 //! rounds and the evaluation round, each a secure-aggregation round over gRPC. The model
 //! has **15 weights** (the 14 features of `FeatureSpec::full` and the intercept): the
-//! real model closest to d = 16; no real spec has 15 features. Rounds per second are
+//! real model closest to d = 16 (no feature spec has 15 features, i.e. 16 weights). Rounds per second are
 //! over the Newton rounds: from the moments round's progress event to the last Newton
 //! round's (the coordinator reports each round when its sum is released). The bytes
 //! per node and Newton round are what the nodes' audit logs record of their egress
@@ -25,7 +25,7 @@
 //! **FedAvg (d = 100,000).** See [`fedavg`]: a bench-only driver of real secure
 //! rounds over mTLS, not the gRPC service, and exactly what it includes and excludes.
 //!
-//! **Flower** (`--flower`): Flower's SecAgg+ for the same n and d from
+//! **Flower** (`--flower`): Flower's SecAgg and SecAgg+ for the same n and d from
 //! `../shared/bench/flower_secaggplus.py` ([`super::flower`]): one client's masking plus
 //! the server's sum and unmasking, in one process — secure aggregation only, no local
 //! training, no network. Skipped with a message when Python or Flower is missing.
