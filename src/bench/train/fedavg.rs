@@ -55,6 +55,9 @@ use crate::harness::{BrandPki, COORDINATOR_NAME};
 
 /// The FedAvg words: 64 bits (a model word carries 2^38 per example).
 pub const WIDTH: WordWidth = WordWidth::W64;
+/// How long either side waits for the other's next message before the bench fails
+/// (a node that failed must not leave the rest waiting forever).
+pub const PHASE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What the FedAvg row trains.
 #[derive(Debug, Clone)]
@@ -281,6 +284,7 @@ pub fn run(s: &Settings, mut progress: impl FnMut(u32)) -> Result<Figures> {
         handles.push(std::thread::spawn(move || -> Result<()> {
             let sock = TcpStream::connect(addr)?;
             sock.set_nodelay(true)?;
+            sock.set_read_timeout(Some(PHASE_TIMEOUT))?;
             let name = ServerName::try_from(COORDINATOR_NAME)?;
             let conn = rustls::ClientConnection::new(config, name)?;
             let mut stream = rustls::StreamOwned::new(conn, Counted { inner: sock, bytes });
@@ -296,6 +300,7 @@ pub fn run(s: &Settings, mut progress: impl FnMut(u32)) -> Result<Figures> {
     for _ in 0..n {
         let (sock, _) = listener.accept()?;
         sock.set_nodelay(true)?;
+        sock.set_read_timeout(Some(PHASE_TIMEOUT))?;
         let conn = rustls::ServerConnection::new(server_config.clone())?;
         let mut stream = rustls::StreamOwned::new(conn, Counted { inner: sock, bytes: Arc::new(AtomicU64::new(0)) });
         let mut who = [0u8; 4];
@@ -358,8 +363,9 @@ pub fn run(s: &Settings, mut progress: impl FnMut(u32)) -> Result<Figures> {
         }
         Ok(())
     })();
-    // The nodes end when their channel closes.
+    // The nodes end when their channel and connection close.
     drop(to_nodes);
+    drop(streams);
     for h in handles {
         match h.join() {
             Ok(Ok(())) => {}
@@ -391,7 +397,7 @@ fn secure_round(
     d: usize,
 ) -> Result<(Vec<u64>, Duration, Vec<f64>)> {
     let n = names.len();
-    let lost = || anyhow!("a FedAvg bench node stopped mid-round");
+    let lost = || anyhow!("a FedAvg bench node stopped mid-round or did not answer within {PHASE_TIMEOUT:?}");
     let mut agg = analysis.round(params.clone(), names, names)?;
     for tx in to_nodes {
         tx.send(ToNode::Round { params: params.clone(), round: u64::from(round) }).map_err(|_| lost())?;
@@ -406,7 +412,7 @@ fn secure_round(
     let mut inbox: Vec<Vec<(String, Vec<u8>)>> = vec![Vec::new(); n];
     let mut local = Duration::ZERO;
     for _ in 0..n {
-        let FromNode::Shares { from, out, local: l } = up.recv().map_err(|_| lost())? else {
+        let FromNode::Shares { from, out, local: l } = up.recv_timeout(PHASE_TIMEOUT).map_err(|_| lost())? else {
             bail!("a node answered out of turn");
         };
         local = local.max(l);
@@ -434,7 +440,7 @@ fn secure_round(
     }
     let mut responses = Vec::with_capacity(n);
     for _ in 0..n {
-        let FromNode::Reveals { from, reveals } = up.recv().map_err(|_| lost())? else {
+        let FromNode::Reveals { from, reveals } = up.recv_timeout(PHASE_TIMEOUT).map_err(|_| lost())? else {
             bail!("a node answered out of turn");
         };
         responses.push((names[from].clone(), reveals));
