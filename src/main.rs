@@ -498,6 +498,56 @@ enum BenchCommand {
         #[arg(long, value_name = "N", default_value_t = 1, requires = "flower")]
         flower_reps: usize,
     },
+    /// Churn-model training rounds per second, each beside an honest floor (the same local
+    /// computation and a plain sum, no masks, no TLS, no network) measured in the same run:
+    /// federated Newton (15 weights, the real model closest to d = 16) trained end to end over
+    /// loopback mTLS on synthetic jewellery data, and FedAvg at d = 100,000 in real secure
+    /// rounds over mTLS (a bench-only driver; `fedcrm::bench::train::fedavg` says what it
+    /// includes); optionally Flower's SecAgg and SecAgg+ for the same n and d.
+    Train {
+        /// Nodes (each holds one synthetic franchisee's data in the Newton row).
+        #[arg(long, default_value_t = 10)]
+        nodes: usize,
+        /// People in each generated synthetic population (five franchisee nodes per population).
+        #[arg(long, default_value_t = 30_000)]
+        customers: usize,
+        /// The synthetic data's seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// FedAvg: features of the model.
+        #[arg(long, default_value_t = 100_000)]
+        d: usize,
+        /// FedAvg: examples per node.
+        #[arg(long, default_value_t = 32)]
+        examples: usize,
+        /// FedAvg: non-zero features per example.
+        #[arg(long, default_value_t = 64)]
+        nonzeros: usize,
+        /// FedAvg: rounds.
+        #[arg(long, default_value_t = 10)]
+        rounds: u32,
+        /// FedAvg: local full-batch epochs per round.
+        #[arg(long, default_value_t = 2)]
+        epochs: u32,
+        /// Run only one row: newton or fedavg.
+        #[arg(long, value_parser = ["newton", "fedavg"])]
+        only: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Then time Flower's SecAgg and SecAgg+ for the FedAvg row's n and d (aggregation
+        /// only; needs Python with `pip install flwr==1.41.0`; skipped with a message when
+        /// missing).
+        #[arg(long)]
+        flower: bool,
+        /// Flower's benchmark script [default: ../shared/bench/flower_secaggplus.py beside
+        /// the repository].
+        #[arg(long, value_name = "PATH", requires = "flower")]
+        flower_script: Option<PathBuf>,
+        /// The Python interpreter that can import flwr.
+        #[arg(long, value_name = "PYTHON", default_value = "python3", requires = "flower")]
+        python: PathBuf,
+    },
     /// Audit-log verification speed for a log of N records vs. hashing its bytes.
     Audit {
         #[arg(long, default_value_t = 1_000_000)]
@@ -613,6 +663,7 @@ impl Command {
             | Command::Hq(HqCommand::Train { model: TrainCommand::Churn { json, .. } })
             | Command::Hq(HqCommand::Publish { json, .. })
             | Command::Bench(BenchCommand::Secagg { json, .. })
+            | Command::Bench(BenchCommand::Train { json, .. })
             | Command::Bench(BenchCommand::Audit { json, .. }) => *json,
             _ => false,
         }
@@ -912,6 +963,36 @@ async fn run(cli: Cli) -> Result<()> {
                 reps: flower_reps,
             });
             fedcrm::bench::secagg(n, d, drop, width, secagg, json, flower)
+        }
+        Command::Bench(BenchCommand::Train {
+            nodes,
+            customers,
+            seed,
+            d,
+            examples,
+            nonzeros,
+            rounds,
+            epochs,
+            only,
+            json,
+            flower,
+            flower_script,
+            python,
+        }) => {
+            let flower = flower.then(|| fedcrm::bench::flower::Options {
+                script: flower_script.unwrap_or_else(fedcrm::bench::flower::default_script),
+                python,
+                reps: 1,
+            });
+            let opts = fedcrm::bench::train::Options {
+                nodes,
+                customers,
+                seed,
+                fedavg: fedcrm::bench::train::fedavg::Settings { nodes, d, examples, nonzeros, rounds, epochs },
+                newton: only.as_deref() != Some("fedavg"),
+                fedavg_row: only.as_deref() != Some("newton"),
+            };
+            fedcrm::bench::train::train(opts, json, flower).await
         }
         Command::Bench(BenchCommand::Audit { records, json }) => fedcrm::auditcli::bench(records, json),
         Command::Audit(AuditCommand::Verify { paths, ca, json }) => fedcrm::auditcli::verify(&paths, &ca, json),

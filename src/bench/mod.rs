@@ -68,6 +68,7 @@
 pub mod floor;
 pub mod flower;
 mod table;
+pub mod train;
 
 use std::collections::BTreeSet;
 use std::hint::black_box;
