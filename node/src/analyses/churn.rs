@@ -9,14 +9,17 @@
 //! round continues it only with the same setup (spec, horizon, split), at most
 //! `[policy.churn] max_rounds` rounds in all, and nothing follows the evaluation.
 
+use fedcrm_dp::OsEntropy;
+use fedcrm_dp::accounting::Charge;
 use fedcrm_model::eval::eval_contribution;
 use fedcrm_model::features::{Example, Window, example};
 use fedcrm_model::fedavg::{Batching, local_update};
 use fedcrm_model::logistic::{Examples, Logistic, Model, newton_contribution};
 use fedcrm_model::split::HoldoutSplit;
 use fedcrm_model::standardise::moments_contribution;
+use fedcrm_model::terms::{eval_terms, moment_scales, moment_terms, newton_terms};
 use fedcrm_protocol::wire::AnalysisKind;
-use fedcrm_protocol::wire::churn::{ChurnRound, ChurnStep};
+use fedcrm_protocol::wire::churn::{ChurnDp, ChurnRound, ChurnStep};
 use serde::{Deserialize, Serialize};
 use time::Date;
 use zeroize::Zeroizing;
@@ -42,6 +45,51 @@ pub struct ChurnLimits {
 impl Default for ChurnLimits {
     fn default() -> Self {
         Self { min_examples: 50, max_rounds: 40 }
+    }
+}
+
+/// Issue 11 under DP: each customer's term of the round (`fedcrm_model::terms`), clipped,
+/// summed, projected, rotated, scaled and rounded (`fedcrm_dp::vector::CustomerSum`); the
+/// round's noise is added to these words afterwards, like every noised round's.
+trait Noised {
+    fn contribute_noised(&self, dp: &ChurnDp, examples: &[Example], eligible: usize) -> Result<Contribution, String>;
+}
+
+impl Noised for ChurnRound {
+    fn contribute_noised(&self, dp: &ChurnDp, examples: &[Example], eligible: usize) -> Result<Contribution, String> {
+        let failed = |_| {
+            "the churn computation failed on this node's data (a value out of the model's range); refusing".to_string()
+        };
+        let mechanism = dp.mechanism(self.term_len()).map_err(|e| failed(e.to_string()))?;
+        let terms: Zeroizing<Vec<Vec<f64>>> = Zeroizing::new(match &self.step {
+            ChurnStep::Moments => {
+                let scales = moment_scales(&self.setup.spec);
+                examples.iter().map(|e| moment_terms(&scales, &e.features)).collect()
+            }
+            ChurnStep::Newton { standardiser, weights } => {
+                let ex = Examples::standardised(standardiser, examples);
+                ex.z.rows().into_iter().zip(ex.y.iter()).map(|(z, y)| newton_terms(weights, z, *y)).collect()
+            }
+            ChurnStep::Evaluate { standardiser, weights, bins } => {
+                let model = Logistic { weights: weights.clone() };
+                let ex = Examples::standardised(standardiser, examples);
+                let layout = ChurnRound::eval_layout(*bins);
+                ex.z.rows()
+                    .into_iter()
+                    .zip(examples)
+                    .map(|(z, e)| eval_terms(layout, model.predict(z), e.churned))
+                    .collect()
+            }
+            ChurnStep::FedAvg { .. } => {
+                return Err("FedAvg rounds are not noised in this version; train with Newton under DP".into());
+            }
+        });
+        let rounded = Zeroizing::new(
+            mechanism.quantize(&dp.seed(), &terms, &mut OsEntropy::new()).map_err(|e| failed(e.to_string()))?,
+        );
+        // Two's complement: the secure sum adds the words mod 2^64.
+        let vector = rounded.iter().map(|&v| v as u64).collect();
+        Ok(Contribution { vector: Zeroizing::new(vector), customers: examples.len(), eligible })
     }
 }
 
@@ -106,6 +154,21 @@ impl NodeQuery for ChurnRound {
         if matches!(self.step, ChurnStep::Moments) {
             return Err("the moments round runs once, first".into());
         }
+        // Under DP the plan signed in the first round holds for every round: the same
+        // cap per round and the same number of rounds, which bounds what this analysis
+        // can charge in all (checked against the budget before the first round).
+        match (&prev.dp, &self.dp) {
+            (None, None) => {}
+            (Some(a), Some(b)) if a.same_plan(b) => {
+                if rounds >= a.max_rounds {
+                    return Err(format!(
+                        "its differential-privacy plan allows {} charged rounds (retries included), all taken",
+                        a.max_rounds
+                    ));
+                }
+            }
+            _ => return Err("its differential-privacy plan differs from the analysis's first round".into()),
+        }
         let max = policy.churn.max_rounds;
         if rounds >= max {
             return Err(format!(
@@ -155,6 +218,9 @@ impl NodeQuery for ChurnRound {
             "the churn computation failed on this node's data (a value out of the model's range); refusing".to_string()
         };
         let n = examples.len();
+        if let Some(dp) = &self.dp {
+            return self.contribute_noised(dp, &examples, eligible);
+        }
         let vector = match &self.step {
             ChurnStep::Moments => {
                 let rows: Vec<Vec<f64>> = examples.iter().map(|e| e.features.clone()).collect();
@@ -178,6 +244,27 @@ impl NodeQuery for ChurnRound {
             }
         };
         Ok(Contribution { vector: Zeroizing::new(vector), customers: n, eligible })
+    }
+
+    /// Under DP the whole plan (every round at the signed cap) must fit the budget before
+    /// the first round.
+    fn plan_charge(&self) -> Option<Charge> {
+        self.dp.as_ref().map(|dp| dp.plan_charge())
+    }
+
+    /// Under DP, what the round costs must stay within the plan's per-round cap.
+    fn check_charge(&self, charge: &Charge) -> Result<(), String> {
+        let Some(dp) = &self.dp else { return Ok(()) };
+        // A relative hair of slack: the coordinator's ρ and the node's are computed by
+        // the same function from the same signed numbers, but on different machines.
+        if charge.rho > dp.round_rho * (1.0 + 1e-9) || charge.xi > dp.round_xi * (1.0 + 1e-9) + 1e-300 {
+            return Err(format!(
+                "the round costs ρ = {:.6} (ξ = {:.3e}), more than its plan's per-round cap ρ = {:.6} (ξ = {:.3e}); \
+                 refusing (the coordinator's fault: its round is inconsistent with its plan)",
+                charge.rho, charge.xi, dp.round_rho, dp.round_xi
+            ));
+        }
+        Ok(())
     }
 
     /// Fewer customers with a purchase by the reference date than `[policy.churn]
