@@ -232,6 +232,8 @@ impl ChurnDriver {
             };
             let gamma =
                 CustomerSum::grid_for(len, clip, plan.variance, plan.honest, plan.round_rho).map_err(Self::bad)?;
+            // The nodes build the same mechanism from the signed numbers; it must build here.
+            CustomerSum::new(len, clip, gamma, MAX_CUSTOMERS).map_err(Self::bad)?;
             let mut seed = [0u8; 32];
             ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
                 .map_err(|_| Self::bad("the system random number generator failed"))?;
@@ -321,8 +323,9 @@ impl Driver for ChurnDriver {
     }
 
     fn first(&mut self) -> AnalysisKind {
-        // Unwrap safety: a moments round's grid is calibrated in `noise_variance`, which
-        // refuses the analysis when it cannot be; an exact one needs none.
+        // Not an unwrap, but the same reason: every round type's grid was checked to build
+        // in `noise_variance` (which refuses the analysis otherwise); an exact round needs
+        // none. The fallback is never taken.
         self.round(ChurnStep::Moments).unwrap_or_else(|_| {
             AnalysisKind::Churn(Box::new(ChurnRound { setup: self.setup.clone(), step: ChurnStep::Moments, dp: None }))
         })
@@ -356,6 +359,17 @@ impl Driver for ChurnDriver {
         // ξ = τ·d' per round, τ for up to 10,000 nodes' noise counted (τ grows with k, and
         // a later round over fewer invitees can count on more of them); 0 at this σ².
         let round_xi = tau(10_000, v) * self.longest_padded() as f64;
+        // Every round type's grid must build (so `first` and `next` cannot fail on it).
+        let d = self.setup.spec.dim();
+        for (len, clip) in [
+            (1 + 2 * d, moments_clip(d)),
+            (fedcrm_model::logistic::newton_len(d), newton_clip(d)),
+            (ChurnRound::eval_layout(self.request.bins).len(), eval_clip()),
+        ] {
+            CustomerSum::grid_for(len, clip, v, k, round_rho)
+                .and_then(|gamma| CustomerSum::new(len, clip, gamma, MAX_CUSTOMERS))
+                .map_err(|e| format!("ε = {} over {rounds} rounds: {e}", target.epsilon))?;
+        }
         self.dp = Some(DpPlan { target, rounds, round_rho, round_xi, variance: v, honest: k });
         Ok(variance)
     }

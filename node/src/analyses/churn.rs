@@ -282,3 +282,102 @@ impl NodeQuery for ChurnRound {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fedcrm_analysis::date::parse_date;
+    use fedcrm_model::features::FeatureSpec;
+    use fedcrm_model::standardise::Standardiser;
+    use fedcrm_protocol::wire::Analysis;
+    use fedcrm_protocol::wire::churn::ChurnSetup;
+
+    use crate::analyses::check_plan;
+
+    fn dp(max_rounds: u32) -> ChurnDp {
+        ChurnDp {
+            clip: 5.5,
+            gamma: 0.01,
+            rotation_seed: [1; 32],
+            max_rounds,
+            max_customers: 1 << 20,
+            round_rho: 0.01,
+            round_xi: 0.0,
+        }
+    }
+
+    fn round(step: ChurnStep, dp: Option<ChurnDp>) -> ChurnRound {
+        ChurnRound {
+            setup: ChurnSetup {
+                spec: FeatureSpec::reduced(),
+                horizon_days: 273,
+                holdout_key: [2; 32],
+                test_fraction_bp: 3000,
+            },
+            step,
+            dp,
+        }
+    }
+
+    fn newton() -> ChurnStep {
+        ChurnStep::Newton {
+            standardiser: Standardiser { mean: vec![4.0, 0.7, 3.5, 3.0, 20.0, 0.9], sd: vec![1.0; 6] },
+            weights: vec![0.0; 7],
+        }
+    }
+
+    fn analysis(r: &ChurnRound) -> Analysis {
+        Analysis {
+            reference_date: parse_date("1997-09-30").unwrap(),
+            purpose: "p".into(),
+            requested_by: "a".into(),
+            requested_by_organisation: "HQ".into(),
+            analysis_id: "id".into(),
+            analysis_kind: CHURN_MODEL.into(),
+            kind: AnalysisKind::Churn(Box::new(r.clone())),
+        }
+    }
+
+    /// Under DP every round must carry the first round's plan, and a node takes part in
+    /// at most its T rounds (retries included): what bounds the analysis's whole charge.
+    #[test]
+    fn a_dp_round_must_keep_the_plan_and_stay_within_its_rounds() {
+        let policy = Policy::default();
+        let first = AnalysisKind::Churn(Box::new(round(ChurnStep::Moments, Some(dp(4)))));
+        assert_eq!(round(newton(), Some(dp(4))).continues(CHURN_MODEL, &first, 3, &policy), Ok(()));
+        let e = round(newton(), Some(dp(4))).continues(CHURN_MODEL, &first, 4, &policy).unwrap_err();
+        assert!(e.contains("allows 4 charged rounds"), "{e}");
+        let e = round(newton(), Some(dp(5))).continues(CHURN_MODEL, &first, 1, &policy).unwrap_err();
+        assert!(e.contains("plan differs"), "{e}");
+        let e = round(newton(), None).continues(CHURN_MODEL, &first, 1, &policy).unwrap_err();
+        assert!(e.contains("plan differs"), "{e}");
+        // A fresh seed and another grid per round are the plan's own.
+        let other = ChurnDp { rotation_seed: [9; 32], gamma: 0.02, ..dp(4) };
+        assert_eq!(round(newton(), Some(other)).continues(CHURN_MODEL, &first, 1, &policy), Ok(()));
+    }
+
+    /// The first round checks T × the cap against the budget before anything leaves;
+    /// every round's charge must stay within the cap.
+    #[test]
+    fn the_whole_plan_is_checked_at_the_first_round_and_each_charge_against_the_cap() {
+        let r = round(ChurnStep::Moments, Some(dp(9)));
+        let a = analysis(&r);
+        let within = Charge { rho: 0.0099, xi: 0.0 };
+        let asked = std::cell::Cell::new(None);
+        let ok = check_plan(&a, Some(within), true, |plan| {
+            asked.set(Some(plan));
+            Ok(())
+        });
+        assert_eq!(ok, Ok(Some(within)));
+        let plan = asked.get().unwrap();
+        assert!((plan.rho - 0.09).abs() < 1e-12, "{plan:?}");
+        let e = check_plan(&a, Some(within), true, |_| Err("policy: privacy budget: over".into())).unwrap_err();
+        assert!(e.contains("may charge ρ = 0.090000") && e.contains("refuses before the analysis starts"), "{e}");
+        // A later round is not checked against the whole plan again.
+        assert_eq!(check_plan(&a, Some(within), false, |_| Err("no".into())), Ok(Some(within)));
+        let e = check_plan(&a, Some(Charge { rho: 0.02, xi: 0.0 }), false, |_| Ok(())).unwrap_err();
+        assert!(e.contains("more than its plan's per-round cap"), "{e}");
+        // Exact rounds (no charge) have no plan.
+        assert_eq!(check_plan(&a, None, true, |_| Err("no".into())), Ok(None));
+    }
+}
