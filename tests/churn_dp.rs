@@ -14,6 +14,8 @@
 //!   one node's monthly budget; that node refuses at the first round, naming the plan's
 //!   charge and its remaining budget, sends nothing but the refusal, and is charged
 //!   nothing; the others train without it.
+//! - `hq_train_churn_under_dp_streams_its_rounds_and_records_the_charge`: the analyst's
+//!   command (`--dp on --epsilon 8`, nodes requiring DP) end to end.
 //!
 //! Budget months are read from a fixed clock. `cargo test --test churn_dp -- --nocapture`
 //! prints the table.
@@ -232,5 +234,37 @@ async fn a_node_whose_budget_cannot_cover_the_plan_refuses_before_any_vector_lea
         })
         .collect();
     assert!(!sent.is_empty() && sent.iter().all(|m| m == "refusal"), "{sent:?}");
+    cluster.stop().await;
+}
+
+/// `fedcrm hq train churn --dp on --epsilon 8` over the analyst's mTLS API, nodes whose
+/// policy requires DP (the default): the rounds stream as usual (moments, 5 Newton,
+/// evaluation), and the registered model's provenance states the charge, within ε.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hq_train_churn_under_dp_streams_its_rounds_and_records_the_charge() {
+    common::logs();
+    let cluster = Cluster::start(options(nodes(DpMode::Required, 10.0))).await.unwrap();
+    let mut hq = fedcrm::hq::AnalystClient::connect(&cluster.analyst).await.unwrap();
+    let request = fedcrm_protocol::pb::TrainChurnRequest {
+        reference_date: "1997-09-30".into(),
+        horizon_days: HORIZON,
+        purpose: "win-back planning under DP".into(),
+        dp_off: false,
+        mode: "newton".into(),
+        max_rounds: 0,
+        epsilon: 8.0,
+    };
+    let mut seen = Vec::new();
+    let (trained, rounds) = hq.train_churn(request, |p| seen.push(p.phase.clone())).await.unwrap();
+    assert_eq!(seen, ["moments", "newton", "newton", "newton", "newton", "newton", "evaluate"]);
+    let view = fedcrm::models::TrainView::new(&trained, &rounds);
+    let json = serde_json::to_value(&view).unwrap();
+    let dp = &json["model"]["provenance"]["dp"];
+    let epsilon = dp["epsilon"].as_f64().unwrap();
+    assert!(epsilon > 4.0 && epsilon <= 8.0, "{dp}");
+    assert_eq!(dp["delta"].as_f64(), Some(1e-6));
+    println!("hq train churn --dp on --epsilon 8 (all 14 features): federated test AUC {:.4}", view.test_auc);
+    assert!(view.test_auc > 0.6, "{}", view.test_auc);
+    assert_eq!(view.nodes.len(), 5);
     cluster.stop().await;
 }

@@ -69,7 +69,7 @@ pub const DP_SD_FLOOR: f64 = 1.0 / 32.0;
 
 /// The moments from the noised real sum over all nodes: n rounded (at least 2), the
 /// sums rescaled, the mean clamped to ±S_j and the variance to
-/// `(S_j·`[`DP_SD_FLOOR`]`)²..=S_j²`. The variance is a difference of two noised
+/// (S_j·[`DP_SD_FLOOR`])² ..= S_j². The variance is a difference of two noised
 /// figures, so noise can make it tiny or negative; a standard deviation far below the
 /// feature's spread would standardise it into values clipped at ±16 whose Newton terms
 /// are then clipped too. A floor at S_j/32 costs nothing of the model's expressiveness

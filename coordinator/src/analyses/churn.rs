@@ -331,7 +331,8 @@ impl Driver for ChurnDriver {
         })
     }
 
-    /// Every round at its share of ρ, T = [`ChurnDriver::dp_rounds`] rounds.
+    /// Every round at its share of ρ, T rounds: moments, training, evaluation and
+    /// [`DP_RETRIES`] retries.
     fn plan_charge(&self, _noise: &Noise) -> Option<(Charge, usize)> {
         self.dp.map(|p| (Charge { rho: p.round_rho, xi: p.round_xi }.times(p.rounds as usize), p.rounds as usize))
     }
