@@ -232,6 +232,7 @@ async fn churn(cluster: &Cluster, o: &DemoOptions, participants: &[String]) -> R
         dp_off: true,
         mode: "newton".into(),
         max_rounds: 0,
+        epsilon: 0.0,
     };
     let bar = if o.quiet { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
     bar.enable_steady_tick(Duration::from_millis(100));

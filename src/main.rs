@@ -339,15 +339,24 @@ enum TrainCommand {
         /// Why you ask; every node logs it.
         #[arg(long)]
         purpose: String,
-        /// Differential privacy: not yet available for model training in this version,
-        /// so `off` is required (every node's policy must allow exact rounds).
-        #[arg(long, value_enum, default_value = "off")]
+        /// Differential privacy: `on` noises every round on every node (Newton only:
+        /// moments, Newton and evaluation rounds under the distributed discrete Gaussian,
+        /// each customer's term clipped) and charges each node's budget — the whole
+        /// training's charge is checked before it starts; `off` runs exact rounds, which
+        /// every node's policy must allow (dp = "optional"). Default `on`, as a
+        /// franchisee's policy requires by default.
+        #[arg(long, value_enum, default_value = "on")]
         dp: Dp,
+        /// With `--dp on`: ε for the whole training, per node, at δ = 1e-6 (default 4,
+        /// a node's default monthly budget). Fewer Newton rounds leave each more of it.
+        #[arg(long, default_value_t = 4.0)]
+        epsilon: f64,
         /// `newton` (a few rounds for a few dozen features) or `fedavg` (local epochs,
         /// FedAdam on the server).
         #[arg(long, default_value = "newton")]
         mode: String,
-        /// Most training rounds (default 20 for Newton, 30 for FedAvg).
+        /// Most training rounds (default 20 for Newton, 30 for FedAvg; 5 Newton rounds
+        /// under --dp on).
         #[arg(long, default_value_t = 0)]
         max_rounds: u32,
         /// Print JSON: model_id, sha256, test_auc, test_auc_bound, test_log_loss,
@@ -877,7 +886,8 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Hq(HqCommand::Train {
-            model: TrainCommand::Churn { config, reference_date, horizon_days, purpose, dp, mode, max_rounds, json },
+            model:
+                TrainCommand::Churn { config, reference_date, horizon_days, purpose, dp, epsilon, mode, max_rounds, json },
         }) => {
             let cfg = HqConfig::load(&config)?;
             let mut client = AnalystClient::connect(&cfg).await?;
@@ -891,6 +901,7 @@ async fn run(cli: Cli) -> Result<()> {
                 dp_off: dp == Dp::Off,
                 mode,
                 max_rounds,
+                epsilon,
             };
             let done = client
                 .train_churn(request, |p| {

@@ -227,7 +227,7 @@ async fn federated_newton_on_cdnow_equals_the_pooled_solver_for_even_and_skewed_
 
 /// `fedcrm hq train churn` over the analyst's mTLS API: a progress event per round
 /// (moments, Newton rounds, evaluation), then the registered model with the federated
-/// test AUC in the JSON view; under `--dp on` it is refused up front, saying why.
+/// test AUC in the JSON view; FedAvg under `--dp on` is refused up front, saying why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hq_train_churn_streams_its_rounds_and_registers_the_model() {
     common::logs();
@@ -251,9 +251,12 @@ async fn hq_train_churn_streams_its_rounds_and_registers_the_model() {
         dp_off,
         mode: "newton".into(),
         max_rounds: 0,
+        epsilon: 0.0,
     };
-    let err = hq.train_churn(request(false), |_| {}).await.unwrap_err().to_string();
-    assert!(err.contains("not available in this version") && err.contains("--dp off"), "{err}");
+    // FedAvg under DP is refused up front, saying to train with Newton.
+    let fedavg = fedcrm_protocol::pb::TrainChurnRequest { mode: "fedavg".into(), ..request(false) };
+    let err = hq.train_churn(fedavg, |_| {}).await.unwrap_err().to_string();
+    assert!(err.contains("not available in this version") && err.contains("--mode newton"), "{err}");
 
     let mut seen = Vec::new();
     let (trained, rounds) = hq.train_churn(request(true), |p| seen.push(p.phase.clone())).await.unwrap();

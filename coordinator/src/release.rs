@@ -91,6 +91,16 @@ impl UnreleasedSum {
         }
     }
 
+    /// Issue 11: a model round's words as 64-bit two's complement — signed reals, never
+    /// clamped (a noised round's sign-extended from its width); decoded by the model's
+    /// own encoding or, under DP, its mechanism.
+    fn model_words(&self) -> Vec<u64> {
+        match self.noised {
+            None => self.words.clone(),
+            Some(width) => self.words.iter().map(|&w| signed(w, width) as u64).collect(),
+        }
+    }
+
     /// The sum for the quantile search: an exact round's counts as they are; a noised
     /// round's made monotone without clamping each bin
     /// ([`fedcrm_analysis::rfm::monotone_counts`]: the running maximum of the noisy
@@ -201,10 +211,12 @@ fn words(out: &RoundOutput, rules: &ReleaseRules, expected: usize) -> Result<Vec
 
 /// Issue 11: a model round's summed fixed-point words, released to the coordinator's
 /// own optimizer only (they never leave it; only the trained model and its federated
-/// metrics do, through [`model`]). Exact rounds only: the words are two's-complement
-/// reals, decoded by `fedcrm_model`.
+/// metrics do, through [`model`]). The words are two's-complement reals, decoded by
+/// `fedcrm_model` (exact rounds) or `fedcrm_dp::vector::CustomerSum` (noised rounds,
+/// whose words are not counts: never clamped at 0).
 pub fn model_sums(out: &RoundOutput, rules: &ReleaseRules, expected: usize) -> Result<Vec<u64>, ReleaseError> {
-    words(out, rules, expected)
+    words(out, rules, expected)?;
+    Ok(out.sum.model_words())
 }
 
 /// Issue 11: record the release of a trained model (its weights and federated metrics

@@ -89,7 +89,7 @@ pub enum RoundError {
     /// arrived: the round stops without being unmasked (a sum over fewer nodes could be
     /// subtracted from the others), and the analysis retries it once the population is
     /// back ([`crate::analyses`]). What it cost the nodes that masked is in
-    /// [`Runner::stopped_charges`].
+    /// `Runner::stopped_charges`.
     #[error(
         "round {round}: {} of the analysis's population did not contribute; the round stops without being \
          unmasked. Left the round:{exits}",

@@ -435,7 +435,16 @@ impl pb::analyst_server::Analyst for AnalystService {
         if r.horizon_days == 0 || r.horizon_days > 3660 {
             return Err(Status::invalid_argument("--horizon-days must be 1 to 3660"));
         }
-        let mut churn = ChurnRequest::newton(r.horizon_days);
+        let mut churn = if r.dp_off {
+            ChurnRequest::newton(r.horizon_days)
+        } else {
+            let epsilon =
+                if r.epsilon == 0.0 { crate::analyses::churn::DpTarget::default().epsilon } else { r.epsilon };
+            if !(epsilon.is_finite() && epsilon > 0.0) {
+                return Err(Status::invalid_argument("--epsilon must be a finite number above 0"));
+            }
+            ChurnRequest::newton_dp(r.horizon_days, epsilon)
+        };
         match r.mode.as_str() {
             "" | "newton" => {
                 if let Training::Newton { stopping, .. } = &mut churn.training

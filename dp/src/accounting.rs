@@ -125,8 +125,45 @@ impl Charge {
     }
 }
 
+/// The largest ρ (with ξ = 0) whose (ε, δ) conversion ([`Charge::epsilon`]) stays at
+/// or below `epsilon`: how an analyst's target ε for a whole analysis becomes the ρ its
+/// rounds share. Bisection over ρ (the conversion is increasing in ρ), to a relative
+/// 10⁻¹², always from below.
+pub fn rho_for_epsilon(epsilon: f64, delta: f64) -> Option<f64> {
+    if !(epsilon.is_finite() && epsilon > 0.0 && delta > 0.0 && delta < 1.0) {
+        return None;
+    }
+    let eps = |rho: f64| Charge { rho, xi: 0.0 }.epsilon(delta).0;
+    let (mut lo, mut hi) = (0.0f64, epsilon.max(1.0));
+    while eps(hi) <= epsilon {
+        hi *= 2.0;
+    }
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if eps(mid) <= epsilon {
+            lo = mid
+        } else {
+            hi = mid
+        }
+        if hi - lo <= 1e-12 * hi {
+            break;
+        }
+    }
+    (lo > 0.0).then_some(lo)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rho_for_epsilon_inverts_the_conversion_from_below() {
+        for (eps, delta) in [(1.0, 1e-6), (4.0, 1e-6), (16.0, 1e-8), (0.1, 1e-5)] {
+            let rho = rho_for_epsilon(eps, delta).unwrap();
+            let back = Charge { rho, xi: 0.0 }.epsilon(delta).0;
+            assert!(back <= eps && back > eps * (1.0 - 1e-6), "ε = {eps}: ρ = {rho} gives {back}");
+        }
+        assert_eq!(rho_for_epsilon(-1.0, 1e-6), None);
+    }
+
     use super::*;
 
     #[test]

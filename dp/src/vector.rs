@@ -87,6 +87,37 @@
 //! in the c-ball, the two rounded vectors can differ by up to 2·Δ₂
 //! ([`Neighbours::Replacement`]: four times ρ). The caller says which holds.
 //!
+//! **One customer inside a node's sum** ([`CustomerSum`], issue 11's model rounds).
+//! fedcrm's unit of privacy is one customer of one node (add/remove), and a node's
+//! vector is a sum over its customers, so neither relation above is the right one:
+//! one customer moves a node's *real* sum by at most its own clipped term, but the
+//! conditional rounding of the whole vector (step 5) bounds the rounded vector's norm,
+//! not the difference between the roundings of two neighbouring sums. So the
+//! customer-level mode clips **each customer's term** to ℓ2 ≤ c, sums over the node's
+//! customers, projects the sum onto the ball of radius N·c (N the signed most customers
+//! per node), rotates, scales and rounds every coordinate independently (unbiased, no
+//! conditioning). The sensitivity is KLS21 Thm 1's second branch, Δ₂ = s + √d':
+//!
+//! - neighbouring datasets D and D ∪ {u} give real sums S and S + clip(x_u), at
+//!   distance ≤ c; the projection onto a ball is 1-Lipschitz and the rotation is an
+//!   isometry, so the scaled vectors y, y' are at distance ≤ s = c/γ;
+//! - randomized rounding has the law of ⌊y_j + U_j⌋ with U_j uniform on [0, 1). The
+//!   output (rounded vector plus noise) is a mixture over U of the same mechanism at
+//!   fixed roundings, with the same mixture weights for D and D'; Rényi divergence is
+//!   jointly quasi-convex (van Erven & Harremoës 2014, Thm. 13), so it is at most its
+//!   value for the worst U. For a fixed U, ⌊y_j + U_j⌋ − ⌊y'_j + U_j⌋ is ⌊y_j − y'_j⌋ or
+//!   ⌈y_j − y'_j⌉, less than |y_j − y'_j| + 1 in magnitude; so the two integer vectors
+//!   differ by at most ‖y − y'‖₂ + ‖(1, …, 1)‖₂ ≤ s + √d' (triangle inequality);
+//! - the noise of the k honest nodes then gives KLS21 Prop. 14's bound with that Δ₂
+//!   ([`CustomerSum::sensitivity`]). Clipping, projection and rounding happen on the
+//!   node, so the bound holds whatever the coordinator chose.
+//!
+//! The projection replaces a refusal: a node with more than N customers shrinks its sum
+//! instead of refusing, because in a noised round a refusal after the charge would
+//! depend on its data. Each rounded coordinate is then at most ⌈N·s⌉ in magnitude
+//! ([`CustomerSum::word_bound`]), the per-node bound the round's word width is picked
+//! from (checked by every node, like every signed range).
+//!
 //! **The seed.** The rotation is public and may even be chosen by the coordinator:
 //! privacy does not rest on it (the norm bound is enforced on the integer vector after
 //! the rotation, and the noise is exact whatever the rotation), and neither does the
@@ -589,6 +620,146 @@ pub fn round_conditionally(y: &[f64], bound: u128, entropy: &mut dyn Entropy) ->
     Err(VectorError::Rounding(MAX_ROUNDING_TRIES))
 }
 
+/// The customer-level mechanism of one round (module doc, "One customer inside a
+/// node's sum"): each customer's term clipped to ℓ2 ≤ c, summed, the sum projected onto
+/// the ball of radius N·c, rotated, scaled by 1/γ and rounded without conditioning. The
+/// node adds N_ℤ(0, σ²) to every word afterwards (the round's noise); the charge of a
+/// round is `Charge::distributed(self.sensitivity(), d', k, σ²)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CustomerSum {
+    dimension: usize,
+    padded: usize,
+    clip: f64,
+    gamma: f64,
+    max_customers: u64,
+}
+
+/// The most customers per node a [`CustomerSum`] accepts: 2^24, as the exact moments
+/// round (`fedcrm_model::standardise::LOG2_MAX_EXAMPLES`).
+pub const MAX_CUSTOMERS: u64 = 1 << 24;
+
+impl CustomerSum {
+    /// Terms of `dimension` values, each customer's clipped to ℓ2 norm `clip`, on the grid
+    /// γ·ℤ, at most `max_customers` customers per node. Refused when a number is out of
+    /// range or one node's word bound ⌈N·c/γ⌉ reaches 2^62.
+    pub fn new(dimension: usize, clip: f64, gamma: f64, max_customers: u64) -> Result<Self, VectorError> {
+        let bad = |what: String| Err(VectorError::Parameter(what));
+        if dimension == 0 || dimension > MAX_PADDED_DIMENSION {
+            return bad(format!("dimension {dimension}: need 1 ≤ d ≤ 2^26"));
+        }
+        if !(clip.is_finite() && clip > 0.0) {
+            return bad(format!("clip bound c = {clip}: need a finite c > 0"));
+        }
+        if !(gamma.is_finite() && gamma > 0.0) {
+            return bad(format!("grid γ = {gamma}: need a finite γ > 0"));
+        }
+        if max_customers == 0 || max_customers > MAX_CUSTOMERS {
+            return bad(format!("{max_customers} customers per node: need 1 ≤ N ≤ 2^24"));
+        }
+        let s = Self { dimension, padded: dimension.next_power_of_two(), clip, gamma, max_customers };
+        let bound = max_customers as f64 * clip / gamma;
+        if !(bound.is_finite() && bound < 2f64.powi(62)) {
+            return bad(format!("N·c/γ = {bound:e}: the grid is too fine for 64-bit words"));
+        }
+        Ok(s)
+    }
+
+    /// The grid γ that makes one round cost at most `rho` with the noise of `honest`
+    /// nodes of variance `variance` each: Δ₂ = s + √d' = √(2kσ²ρ) (a hair less, so
+    /// floating point never rounds the charge above ρ), γ = c/s. Refused when σ² is too
+    /// small for ρ to leave any room for the data (s ≤ √d').
+    pub fn grid_for(dimension: usize, clip: f64, variance: f64, honest: usize, rho: f64) -> Result<f64, VectorError> {
+        let root_d = (dimension.max(1).next_power_of_two() as f64).sqrt();
+        let delta = (2.0 * honest.max(1) as f64 * variance * rho).sqrt() * (1.0 - 1e-9);
+        let s = delta - root_d;
+        if !(s.is_finite() && s > root_d) {
+            return Err(VectorError::Parameter(format!(
+                "σ² = {variance} per node with k = {honest} gives Δ₂ = {delta:.3} for ρ = {rho}, not above 2√d' = \
+                 {}: more noise is needed",
+                2.0 * root_d
+            )));
+        }
+        Ok(clip / s)
+    }
+
+    /// d, the length of a customer's term.
+    pub fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    /// d', the words a node sends.
+    pub fn padded_dimension(&self) -> usize {
+        self.padded
+    }
+
+    pub fn clip(&self) -> f64 {
+        self.clip
+    }
+
+    pub fn gamma(&self) -> f64 {
+        self.gamma
+    }
+
+    pub fn max_customers(&self) -> u64 {
+        self.max_customers
+    }
+
+    /// s = c/γ.
+    pub fn scaled_clip(&self) -> f64 {
+        self.clip / self.gamma
+    }
+
+    /// One customer's largest move of a node's rounded vector: Δ₂ = s + √d' (KLS21 Thm 1,
+    /// second branch; module doc), Δ₁ = Δ₂·min(√d', Δ₂).
+    pub fn sensitivity(&self) -> Sensitivity {
+        let root_d = (self.padded as f64).sqrt();
+        let l2 = self.scaled_clip() + root_d;
+        Sensitivity { l1: l2 * root_d.min(l2), l2 }
+    }
+
+    /// The largest magnitude of one node's rounded coordinate: ⌈N·s⌉ (the projected sum
+    /// has norm ≤ N·c, a rotated coordinate at most the norm, and rounding moves to the
+    /// next integer at most).
+    pub fn word_bound(&self) -> u64 {
+        (self.max_customers as f64 * self.scaled_clip()).ceil() as u64
+    }
+
+    /// The node's side, before noise: each of `terms` clipped to ℓ2 ≤ c, summed, the sum
+    /// projected onto the ball of radius N·c, padded, rotated, scaled and rounded.
+    pub fn quantize(
+        &self,
+        seed: &RotationSeed,
+        terms: &[Vec<f64>],
+        entropy: &mut dyn Entropy,
+    ) -> Result<Vec<i64>, VectorError> {
+        let mut sum = vec![0.0f64; self.dimension];
+        for term in terms {
+            if term.len() != self.dimension {
+                return Err(VectorError::Dimension { expected: self.dimension, got: term.len() });
+            }
+            if let Some((index, &value)) = term.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                return Err(VectorError::NonFinite { index, value });
+            }
+            for (s, v) in sum.iter_mut().zip(clip_l2(term, self.clip)) {
+                *s += v;
+            }
+        }
+        let mut y = clip_l2(&sum, self.max_customers as f64 * self.clip);
+        y.resize(self.padded, 0.0);
+        Rotation::new(seed, self.padded)?.apply(&mut y);
+        let scale = 1.0 / self.gamma;
+        y.iter_mut().for_each(|v| *v *= scale);
+        // No conditioning: every rounding is accepted (the bound is the second branch).
+        round_conditionally(&y, u128::MAX, entropy)
+    }
+
+    /// The coordinator's side: the wrapping sum of the nodes' noised words → the real
+    /// sum of the clipped terms plus noise and rounding error, of length d.
+    pub fn decode(&self, seed: &RotationSeed, sum: &[u64]) -> Result<Vec<f64>, VectorError> {
+        decode_words(self.dimension, self.padded, self.gamma, seed, sum)
+    }
+}
+
 /// The node's side (steps 1–7): the d' words it masks and sends.
 pub fn encode(
     params: &Params,
@@ -616,13 +787,24 @@ pub fn encode(
 /// The coordinator's side: the unmasked wrapping sum of the nodes' words → the real
 /// vector Σᵢ clip(xᵢ) + noise + rounding error, of length d.
 pub fn decode(params: &Params, seed: &RotationSeed, sum: &[u64]) -> Result<Vec<f64>, VectorError> {
-    if sum.len() != params.padded {
-        return Err(VectorError::Words { expected: params.padded, got: sum.len() });
+    decode_words(params.dimension, params.padded, params.gamma, seed, sum)
+}
+
+/// Words as i64 × γ, the inverse rotation, the padding dropped.
+fn decode_words(
+    dimension: usize,
+    padded: usize,
+    gamma: f64,
+    seed: &RotationSeed,
+    sum: &[u64],
+) -> Result<Vec<f64>, VectorError> {
+    if sum.len() != padded {
+        return Err(VectorError::Words { expected: padded, got: sum.len() });
     }
-    let rotation = Rotation::new(seed, params.padded)?;
-    let mut v: Vec<f64> = sum.iter().map(|&w| (w as i64) as f64 * params.gamma).collect();
+    let rotation = Rotation::new(seed, padded)?;
+    let mut v: Vec<f64> = sum.iter().map(|&w| (w as i64) as f64 * gamma).collect();
     rotation.invert(&mut v);
-    v.truncate(params.dimension);
+    v.truncate(dimension);
     Ok(v)
 }
 
@@ -673,6 +855,81 @@ mod tests {
         let r = Rotation::new(&RotationSeed([0; 32]), 16).unwrap();
         let got: String = r.negative.iter().map(|&n| if n { '-' } else { '+' }).collect();
         assert_eq!(got, "+-+-+-++++-----+");
+    }
+
+    /// Entropy from a counter through SHA-256: deterministic, uniform enough for tests.
+    struct Counter(u64);
+    impl Entropy for Counter {
+        fn fill(&mut self, dest: &mut [u8]) -> Result<(), DpError> {
+            for chunk in dest.chunks_mut(32) {
+                self.0 += 1;
+                let d = ring::digest::digest(&ring::digest::SHA256, &self.0.to_le_bytes());
+                chunk.copy_from_slice(&d.as_ref()[..chunk.len()]);
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_customer_sum_decodes_to_the_sum_of_clipped_terms_and_charges_s_plus_root_d() {
+        let m = CustomerSum::new(5, 2.0, 0.01, 1000).unwrap();
+        assert_eq!(m.padded_dimension(), 8);
+        let s = m.sensitivity();
+        assert!((s.l2 - (200.0 + 8f64.sqrt())).abs() < 1e-9, "{s:?}");
+        assert_eq!(m.word_bound(), 200_000);
+        // One term longer than c (clipped to norm 2), one inside.
+        let terms = vec![vec![3.0, 4.0, 0.0, 0.0, 0.0], vec![0.5, 0.0, -0.5, 1.0, 0.25]];
+        let want = [1.2 + 0.5, 1.6, -0.5, 1.0, 0.25];
+        let seed = RotationSeed([7; 32]);
+        let q = m.quantize(&seed, &terms, &mut Counter(0)).unwrap();
+        assert_eq!(q.len(), 8);
+        assert!(q.iter().all(|v| v.unsigned_abs() <= m.word_bound()));
+        let words: Vec<u64> = q.iter().map(|&v| v as u64).collect();
+        let got = m.decode(&seed, &words).unwrap();
+        for (g, w) in got.iter().zip(want) {
+            // Rounding: < 1 grid step per coordinate, ≤ γ·√d' in norm.
+            assert!((g - w).abs() < 0.01 * 8f64.sqrt(), "{got:?}");
+        }
+    }
+
+    #[test]
+    fn a_node_with_more_customers_than_the_bound_shrinks_its_sum_into_the_ball() {
+        let m = CustomerSum::new(2, 1.0, 0.5, 3).unwrap();
+        let terms = vec![vec![1.0, 0.0]; 10];
+        let q = m.quantize(&RotationSeed([1; 32]), &terms, &mut Counter(9)).unwrap();
+        // ‖sum‖ = 10 > N·c = 3: projected to norm 3, s = 2, so each coordinate ≤ ⌈6⌉.
+        assert!(q.iter().all(|v| v.unsigned_abs() <= 6), "{q:?}");
+        let n = norm_sq(&q) as f64;
+        assert!((n.sqrt() - 6.0).abs() <= 2f64.sqrt() + 1e-9, "{q:?}");
+    }
+
+    /// The sensitivity argument's core, exhaustively on a grid of values: with a shared
+    /// uniform U, ⌊y + U⌋ − ⌊y' + U⌋ is less than |y − y'| + 1 in magnitude.
+    #[test]
+    fn shared_uniform_roundings_of_neighbours_differ_by_less_than_the_gap_plus_one() {
+        for i in -40..40 {
+            for j in -40..40 {
+                let (y, z) = (f64::from(i) * 0.173, f64::from(j) * 0.131);
+                for k in 0..50 {
+                    let u = f64::from(k) / 50.0;
+                    let d = (y + u).floor() - (z + u).floor();
+                    assert!(d.abs() < (y - z).abs() + 1.0, "{y} {z} {u}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_grid_for_a_target_rho_charges_at_most_rho() {
+        let (var, k, rho) = (1e6, 2, 0.01);
+        let gamma = CustomerSum::grid_for(137, 5.0, var, k, rho).unwrap();
+        let m = CustomerSum::new(137, 5.0, gamma, 1 << 20).unwrap();
+        let c = Charge::distributed(m.sensitivity(), m.padded_dimension(), k, var);
+        assert!(c.rho <= rho && c.rho > 0.999 * rho, "{c:?}");
+        let e = CustomerSum::grid_for(137, 5.0, 16.0, 1, 0.01).unwrap_err();
+        assert!(e.to_string().contains("more noise"), "{e}");
+        assert!(CustomerSum::new(4, 1.0, 1e-30, 1 << 24).is_err());
+        assert!(CustomerSum::new(4, 1.0, 1.0, 0).is_err());
     }
 
     #[test]

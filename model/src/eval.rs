@@ -189,7 +189,7 @@ pub struct RateRow {
 }
 
 impl RateRow {
-    fn new(count: u64, sum_predicted: f64, churned: u64) -> Self {
+    pub(crate) fn new(count: u64, sum_predicted: f64, churned: u64) -> Self {
         let of = |x: f64| (count > 0).then(|| x / count as f64);
         Self { count, churned, mean_predicted: of(sum_predicted), observed_rate: of(churned as f64), withheld: false }
     }

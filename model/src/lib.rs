@@ -19,6 +19,8 @@
 //! - [`eval`]: log-loss, accuracy, ROC AUC from score histograms (with its binning error
 //!   bound), the calibration table and churn per RFM segment, all from sums.
 //! - [`split`]: the keyed-hash holdout split of customers.
+//! - [`terms`]: each customer's own term of a round's sum as reals, and decoders of the
+//!   noised real sums (issue 11 under differential privacy).
 //! - [`artifact`]: the churn model as published, and scoring one customer with it.
 //!
 //! The sums federate exactly: the decoded sum over nodes equals the pooled sum up to
@@ -36,3 +38,4 @@ pub mod linalg;
 pub mod logistic;
 pub mod split;
 pub mod standardise;
+pub mod terms;

@@ -76,6 +76,11 @@ pub fn fit_to_bound(start: &RoundStart, customers: usize, input: &mut [u64]) -> 
     // range, issue 11) are bounded through the number of examples they sum.
     let counts = !start.analysis.kind.range(bound).signed;
     if start.noise.is_some() {
+        // Issue 11: a noised churn round's words are bounded by construction (each
+        // customer's term clipped, the node's sum projected into the ball of N·c).
+        if !counts {
+            return Ok(0);
+        }
         let mut clamped = 0;
         for w in input.iter_mut().filter(|w| **w > bound) {
             *w = bound;
@@ -108,7 +113,9 @@ pub fn check_noise(start: &RoundStart, own_rules: &NodeRules, own_organisation: 
     let Some(noise) = &start.noise else { return Ok(()) };
     if !start.analysis.kind.query().noise_supported() {
         return Err(format!(
-            "the round asks for noise on {}, whose words are not counts; differential privacy for it is not              available in this version, so this node does not take part (run it with --dp off where every node's              policy allows exact rounds)",
+            "the round asks for noise on {}, whose words are neither counts nor a model round's per-customer \
+             mechanism (issue 11: its dp parameters); this node does not take part (the coordinator must send the \
+             mechanism, or run it with --dp off where every node's policy allows exact rounds)",
             start.analysis.kind.name()
         ));
     }
@@ -196,6 +203,7 @@ mod tests {
                 test_fraction_bp: 3000,
             },
             step: ChurnStep::Moments,
+            dp: None,
         }));
         let pinned = s.analysis.kind.query().per_node_bound(0, 5);
         s.max_per_node = pinned;

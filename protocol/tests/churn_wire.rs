@@ -8,7 +8,7 @@
 use fedcrm_model::features::FeatureSpec;
 use fedcrm_model::standardise::Standardiser;
 use fedcrm_protocol::pb;
-use fedcrm_protocol::wire::churn::{ChurnRound, ChurnSetup, ChurnStep};
+use fedcrm_protocol::wire::churn::{ChurnDp, ChurnRound, ChurnSetup, ChurnStep};
 use fedcrm_protocol::wire::{Analysis, AnalysisKind};
 
 fn analysis(step: ChurnStep) -> Analysis {
@@ -23,6 +23,7 @@ fn analysis(step: ChurnStep) -> Analysis {
         kind: AnalysisKind::Churn(Box::new(ChurnRound {
             setup: ChurnSetup { spec, horizon_days: 273, holdout_key: [7; 32], test_fraction_bp: 3000 },
             step,
+            dp: None,
         })),
     }
 }
@@ -128,4 +129,56 @@ fn a_model_round_pins_its_per_node_bound_and_fits_64_bit_words() {
     assert!(!range.fits(5, fedcrm_crypto::word::WordWidth::W32));
     // The bound is the most examples that fit: 2^(63 − 38) − 1 over the 5 nodes.
     assert_eq!(bound, ((1u64 << 25) - 1) / 5);
+}
+
+/// Issue 11 under DP: a round's mechanism parameters round-trip, set the padded length,
+/// the pinned per-node bound N, the sensitivity c/γ + √d' and the range ⌈N·c/γ⌉; out of
+/// range, non-finite or FedAvg ones are refused when parsed.
+#[test]
+fn dp_parameters_round_trip_and_nonsense_is_refused_when_parsed() {
+    let mut a = analysis(newton());
+    let AnalysisKind::Churn(c) = &mut a.kind else { unreachable!() };
+    c.dp = Some(ChurnDp {
+        clip: 5.5,
+        gamma: 0.01,
+        rotation_seed: [3; 32],
+        max_rounds: 8,
+        max_customers: 1 << 20,
+        round_rho: 0.01,
+        round_xi: 0.0,
+    });
+    let back = Analysis::try_from(&pb::Analysis::from(&a)).unwrap();
+    assert_eq!(back, a);
+    let q = back.kind.query();
+    // Newton over 6 features: 2 + 7 + 28 = 37 reals → 64 words.
+    assert_eq!(q.vector_len(), 64);
+    assert_eq!(q.per_node_bound(1 << 22, 5), 1 << 20);
+    assert!((q.sensitivity().l2 - (550.0 + 8.0)).abs() < 1e-6);
+    assert_eq!(q.range(1 << 20).max_abs, 550 << 20);
+    assert!(q.noise_supported());
+    let base = churn_pb(&a);
+    let bad = |f: fn(&mut pb::ChurnDp)| parse(&with_churn(base.clone(), |c| f(c.dp.as_mut().unwrap()))).unwrap_err();
+    assert!(bad(|d| d.gamma = f64::NAN).contains("dp.clip"));
+    assert!(bad(|d| d.clip = -1.0).contains("dp.clip"));
+    assert!(bad(|d| d.rotation_seed = vec![1; 31]).contains("32 bytes"));
+    assert!(bad(|d| d.max_rounds = 0).contains("dp.max_rounds"));
+    assert!(bad(|d| d.round_rho = f64::INFINITY).contains("dp.round_rho"));
+    assert!(bad(|d| d.max_customers = 0).contains("customers per node"));
+    assert!(bad(|d| d.gamma = 1e-300).contains("too fine"));
+    let fedavg = with_churn(base, |c| {
+        c.step = Some(pb::churn_round::Step::Fedavg(pb::ChurnFedAvg {
+            standardisation: Some(pb::Standardisation { mean: standardiser().mean, sd: standardiser().sd }),
+            weights: vec![0.0; 7],
+            learning_rate: 0.5,
+            epochs: 1,
+            batch_size: 0,
+            batch_seed: 1,
+            lambda: 1e-3,
+            max_update: 1.0,
+            round: 1,
+        }))
+    });
+    assert!(parse(&fedavg).unwrap_err().contains("train with Newton under DP"));
+    // An exact churn round takes no noise.
+    assert!(!analysis(newton()).kind.query().noise_supported());
 }

@@ -406,8 +406,11 @@ fn newton_floor(
         test_fraction_bp: req.test_fraction_bp,
     };
     let mut nodes: Vec<(Dataset, Cache)> = datasets.into_iter().map(|d| (d, Cache::default())).collect();
-    let moments =
-        plain_sum(&mut nodes, &ChurnRound { setup: setup.clone(), step: ChurnStep::Moments }, fedavg::threads())?;
+    let moments = plain_sum(
+        &mut nodes,
+        &ChurnRound { setup: setup.clone(), step: ChurnStep::Moments, dp: None },
+        fedavg::threads(),
+    )?;
     let moments = decode_moments(&setup.spec, &moments)?;
     let standardiser = Standardiser::from_moments(&moments)?;
     let (spec, standardiser) = without_constant(&setup.spec, &standardiser);
@@ -418,6 +421,7 @@ fn newton_floor(
         let round = ChurnRound {
             setup: setup.clone(),
             step: ChurnStep::Newton { standardiser: standardiser.clone(), weights: training.weights().to_vec() },
+            dp: None,
         };
         // On one thread and on all cores, the faster counted (both must agree).
         let started = Instant::now();

@@ -8,17 +8,33 @@
 //! calibration). The trained model is released through the release door and
 //! registered, unpublished, in the model registry.
 //!
-//! Exact rounds only in this version: the driver refuses differential privacy up front
-//! (and every node refuses noise on model words itself).
+//! Under differential privacy (Newton only; FedAvg is refused up front, saying to use
+//! Newton) every round carries the customer-level distributed discrete Gaussian
+//! (`fedcrm_dp::vector::CustomerSum`): the analyst's ε for the whole training (at δ)
+//! becomes a total ρ ([`fedcrm_dp::accounting::rho_for_epsilon`]), split evenly over the
+//! plan's most rounds T = 1 moments + the most Newton rounds + 1 evaluation +
+//! [`DP_RETRIES`] retries. One noise variance σ² for the analysis, large enough that
+//! every round's grid leaves the rounding a share of at most about 1 % of its
+//! sensitivity (Δ₂ = s + √d' with s ≥ 100·√d'); each round's grid γ = c/s then makes it
+//! cost exactly its share ([`CustomerSum::grid_for`]). Decoding: the sum's words as i64
+//! × γ, the inverse rotation, the padding dropped; noised moments get a floor on the
+//! variance, a noised Hessian has its eigenvalues raised to at least 10⁻²·n
+//! ([`fedcrm_model::terms::positive_definite`]), noised counts are clamped at 0. The
+//! artifact's provenance records what the training cost each node.
 
-use fedcrm_dp::accounting::Charge;
-use fedcrm_model::artifact::{ChurnModel, Metrics, Provenance};
+use fedcrm_dp::accounting::{Charge, rho_for_epsilon, tau};
+use fedcrm_dp::sampler::Variance;
+use fedcrm_dp::vector::{CustomerSum, MAX_CUSTOMERS};
+use fedcrm_model::artifact::{ChurnModel, DpCharge, Metrics, Provenance};
 use fedcrm_model::eval::decode_eval;
 use fedcrm_model::features::FeatureSpec;
 use fedcrm_model::fedavg::{LocalTraining, Server, ServerOptimizer, decode_update};
 use fedcrm_model::logistic::{Logistic, NewtonNext, NewtonTraining, RoundReport, StopReason, Stopping};
 use fedcrm_model::standardise::{Standardiser, decode_moments, without_constant};
-use fedcrm_protocol::wire::churn::{ChurnRound, ChurnSetup, ChurnStep};
+use fedcrm_model::terms::{
+    eval_clip, eval_from_sum, moments_clip, moments_from_sum, newton_clip, newton_from_sum, positive_definite,
+};
+use fedcrm_protocol::wire::churn::{ChurnDp, ChurnRound, ChurnSetup, ChurnStep};
 use fedcrm_protocol::wire::{AnalysisKind, Noise};
 
 use super::{AnalysisError, AnalysisRequest, Context, Driver, Finished, Step};
@@ -47,6 +63,53 @@ pub struct ChurnRequest {
     pub test_fraction_bp: u32,
     /// Score bins of the evaluation's histograms (the AUC's resolution).
     pub bins: u32,
+    /// Under differential privacy: the whole training's target (ε, δ) per node.
+    pub privacy: DpTarget,
+}
+
+/// An analyst's privacy target for a whole training: (ε, δ)-DP per node, one customer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DpTarget {
+    pub epsilon: f64,
+    pub delta: f64,
+}
+
+impl Default for DpTarget {
+    /// ε = 4 at δ = 10⁻⁶, a node's default monthly budget.
+    fn default() -> Self {
+        Self { epsilon: 4.0, delta: 1e-6 }
+    }
+}
+
+/// Retries a DP plan allows beyond its rounds: a retried round is charged again.
+pub const DP_RETRIES: u32 = 2;
+
+/// Newton rounds under DP unless the analyst asks otherwise: noise keeps the gradient
+/// from the exact tolerance, so training runs its rounds, and fewer rounds leave each
+/// more of the budget.
+pub const DP_NEWTON_ROUNDS: u32 = 5;
+
+/// Score bins of a DP evaluation: fewer bins, more customers per noised count.
+pub const DP_BINS: u32 = 20;
+
+/// Under DP the Hessian's eigenvalues are raised to at least this × n: it keeps a noised
+/// step bounded (about 100·‖g‖/n) and acts as a ridge only in directions where H/n is
+/// flatter than this — nearly collinear features, whose weights matter little to a
+/// prediction.
+pub const HESSIAN_FLOOR: f64 = 0.01;
+
+/// The noise level makes each round's clip at least this many times √d' on the grid.
+const GRID_HEADROOM: f64 = 100.0;
+
+/// A DP training's plan, fixed before its first round.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct DpPlan {
+    target: DpTarget,
+    rounds: u32,
+    round_rho: f64,
+    round_xi: f64,
+    variance: f64,
+    honest: usize,
 }
 
 /// The default holdout key: SHA-256 of a fixed label, so the split is the same on every
@@ -68,7 +131,21 @@ impl ChurnRequest {
             holdout_key: default_holdout_key(),
             test_fraction_bp: 3000,
             bins: 1000,
+            privacy: DpTarget::default(),
         }
+    }
+
+    /// Newton under differential privacy at `epsilon` for the whole training (δ = 10⁻⁶):
+    /// [`DP_NEWTON_ROUNDS`] Newton rounds, [`DP_BINS`] score bins.
+    pub fn newton_dp(horizon_days: u32, epsilon: f64) -> Self {
+        let mut r = Self::newton(horizon_days);
+        r.training = Training::Newton {
+            lambda: 1e-4,
+            stopping: Stopping { max_rounds: DP_NEWTON_ROUNDS, ..Stopping::default() },
+        };
+        r.bins = DP_BINS;
+        r.privacy = DpTarget { epsilon, ..DpTarget::default() };
+        r
     }
 
     fn most_rounds(&self) -> u32 {
@@ -106,6 +183,10 @@ pub struct ChurnDriver {
     standardiser: Option<Standardiser>,
     phase: Phase,
     train_examples: u64,
+    /// Under DP: the plan, once the noise level is known.
+    dp: Option<DpPlan>,
+    /// The query of the round in flight (under DP its grid and rotation seed decode it).
+    sent: Option<ChurnRound>,
     /// Called after every round with its figures.
     progress: Option<tokio::sync::mpsc::UnboundedSender<Progress>>,
 }
@@ -118,7 +199,17 @@ impl ChurnDriver {
             holdout_key: request.holdout_key,
             test_fraction_bp: request.test_fraction_bp,
         };
-        Self { request, analysis, setup, standardiser: None, phase: Phase::Moments, train_examples: 0, progress: None }
+        Self {
+            request,
+            analysis,
+            setup,
+            standardiser: None,
+            phase: Phase::Moments,
+            train_examples: 0,
+            dp: None,
+            sent: None,
+            progress: None,
+        }
     }
 
     /// Report each round's figures on `tx` (the CLI's progress bar).
@@ -127,8 +218,48 @@ impl ChurnDriver {
         self
     }
 
-    fn round(&self, step: ChurnStep) -> AnalysisKind {
-        AnalysisKind::Churn(Box::new(ChurnRound { setup: self.setup.clone(), step }))
+    /// The next round's query, remembered to decode its sum. Under DP with its own grid
+    /// (the round's ρ share at the analysis's σ²) and a fresh rotation seed.
+    fn round(&mut self, step: ChurnStep) -> Result<AnalysisKind, AnalysisError> {
+        let mut round = ChurnRound { setup: self.setup.clone(), step, dp: None };
+        if let Some(plan) = self.dp {
+            let d = round.setup.spec.dim();
+            let (len, clip) = match &round.step {
+                ChurnStep::Moments => (round.term_len(), moments_clip(d)),
+                ChurnStep::Newton { .. } => (round.term_len(), newton_clip(d)),
+                ChurnStep::Evaluate { .. } => (round.term_len(), eval_clip()),
+                ChurnStep::FedAvg { .. } => return Err(Self::bad(FEDAVG_DP)),
+            };
+            let gamma =
+                CustomerSum::grid_for(len, clip, plan.variance, plan.honest, plan.round_rho).map_err(Self::bad)?;
+            // The nodes build the same mechanism from the signed numbers; it must build here.
+            CustomerSum::new(len, clip, gamma, MAX_CUSTOMERS).map_err(Self::bad)?;
+            let mut seed = [0u8; 32];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
+                .map_err(|_| Self::bad("the system random number generator failed"))?;
+            round.dp = Some(ChurnDp {
+                clip,
+                gamma,
+                rotation_seed: seed,
+                max_rounds: plan.rounds,
+                max_customers: MAX_CUSTOMERS,
+                round_rho: plan.round_rho,
+                round_xi: plan.round_xi,
+            });
+        }
+        self.sent = Some(round.clone());
+        Ok(AnalysisKind::Churn(Box::new(round)))
+    }
+
+    /// The round just run's sum: exact words, or under DP the decoded reals.
+    fn reals(&self, out: &RoundOutput, cx: &Context<'_>) -> Result<Sum, AnalysisError> {
+        let sent = self.sent.as_ref().ok_or_else(|| Self::bad("no round in flight (our bug)"))?;
+        let query = AnalysisKind::Churn(Box::new(sent.clone()));
+        let words = release::model_sums(out, &cx.rules, query.vector_len())?;
+        match (&sent.dp, sent.mechanism()) {
+            (Some(dp), Some(m)) => Ok(Sum::Noised(m.decode(&dp.seed(), &words).map_err(Self::bad)?)),
+            _ => Ok(Sum::Exact(words)),
+        }
     }
 
     fn report(&self, p: Progress) {
@@ -149,10 +280,6 @@ impl ChurnDriver {
         }
     }
 
-    fn sums(&self, out: &RoundOutput, cx: &Context<'_>, query: &AnalysisKind) -> Result<Vec<u64>, AnalysisError> {
-        Ok(release::model_sums(out, &cx.rules, query.query().vector_len())?)
-    }
-
     fn training_step(&self, weights: &[f64], round: u32) -> ChurnStep {
         let standardiser = self.standardiser.clone().unwrap_or(Standardiser { mean: vec![], sd: vec![] });
         match &self.request.training {
@@ -163,9 +290,24 @@ impl ChurnDriver {
         }
     }
 
-    fn evaluate(&self, model: &Logistic) -> AnalysisKind {
+    fn evaluate(&mut self, model: &Logistic) -> Result<AnalysisKind, AnalysisError> {
         let standardiser = self.standardiser.clone().unwrap_or(Standardiser { mean: vec![], sd: vec![] });
         self.round(ChurnStep::Evaluate { standardiser, weights: model.weights.clone(), bins: self.request.bins })
+    }
+
+    /// The plan's most rounds: moments, training, evaluation, and the retries.
+    fn dp_rounds(&self) -> u32 {
+        self.request.most_rounds() + DP_RETRIES
+    }
+
+    /// The longest padded vector of the training's rounds.
+    fn longest_padded(&self) -> usize {
+        let d = self.setup.spec.dim();
+        [1 + 2 * d, fedcrm_model::logistic::newton_len(d), ChurnRound::eval_layout(self.request.bins).len()]
+            .into_iter()
+            .map(usize::next_power_of_two)
+            .max()
+            .unwrap_or(1)
     }
 
     fn bad(why: impl std::fmt::Display) -> AnalysisError {
@@ -181,24 +323,66 @@ impl Driver for ChurnDriver {
     }
 
     fn first(&mut self) -> AnalysisKind {
-        self.round(ChurnStep::Moments)
+        // Not an unwrap, but the same reason: every round type's grid was checked to build
+        // in `noise_variance` (which refuses the analysis otherwise); an exact round needs
+        // none. The fallback is never taken.
+        self.round(ChurnStep::Moments).unwrap_or_else(|_| {
+            AnalysisKind::Churn(Box::new(ChurnRound { setup: self.setup.clone(), step: ChurnStep::Moments, dp: None }))
+        })
     }
 
+    /// Every round at its share of ρ, T rounds: moments, training, evaluation and
+    /// [`DP_RETRIES`] retries.
     fn plan_charge(&self, _noise: &Noise) -> Option<(Charge, usize)> {
-        None
+        self.dp.map(|p| (Charge { rho: p.round_rho, xi: p.round_xi }.times(p.rounds as usize), p.rounds as usize))
     }
 
-    fn supports_dp(&self) -> bool {
-        false
+    /// The analyst's ε for the whole training → ρ in total, its share per round, and the
+    /// σ² that leaves each round's grid fine (s ≥ 100·√d' for the longest vector).
+    fn noise_variance(&mut self, floor: Variance, honest: usize) -> Result<Variance, String> {
+        if matches!(self.request.training, Training::FedAvg { .. }) {
+            return Err(FEDAVG_DP.into());
+        }
+        let target = self.request.privacy;
+        let total = rho_for_epsilon(target.epsilon, target.delta).ok_or_else(|| {
+            format!("--epsilon {} at δ = {:e}: need a finite ε > 0 and 0 < δ < 1", target.epsilon, target.delta)
+        })?;
+        let rounds = self.dp_rounds();
+        let round_rho = total / f64::from(rounds);
+        let root_d = (self.longest_padded() as f64).sqrt();
+        let k = honest.max(1);
+        let needed = ((GRID_HEADROOM + 1.0) * root_d).powi(2) / (2.0 * k as f64 * round_rho);
+        if !(needed.is_finite() && needed < 2f64.powi(53)) {
+            return Err(format!("ε = {} is too small for {rounds} rounds: the noise would not fit", target.epsilon));
+        }
+        let variance = Variance::integer(needed.ceil() as u64).map_err(|e| e.to_string())?.max(floor);
+        let v = variance.as_f64();
+        // ξ = τ·d' per round, τ for up to 10,000 nodes' noise counted (τ grows with k, and
+        // a later round over fewer invitees can count on more of them); 0 at this σ².
+        let round_xi = tau(10_000, v) * self.longest_padded() as f64;
+        // Every round type's grid must build (so `first` and `next` cannot fail on it).
+        let d = self.setup.spec.dim();
+        for (len, clip) in [
+            (1 + 2 * d, moments_clip(d)),
+            (fedcrm_model::logistic::newton_len(d), newton_clip(d)),
+            (ChurnRound::eval_layout(self.request.bins).len(), eval_clip()),
+        ] {
+            CustomerSum::grid_for(len, clip, v, k, round_rho)
+                .and_then(|gamma| CustomerSum::new(len, clip, gamma, MAX_CUSTOMERS))
+                .map_err(|e| format!("ε = {} over {rounds} rounds: {e}", target.epsilon))?;
+        }
+        self.dp = Some(DpPlan { target, rounds, round_rho, round_xi, variance: v, honest: k });
+        Ok(variance)
     }
 
     fn next(&mut self, out: &RoundOutput, cx: &Context<'_>) -> Result<Step<ChurnModel>, AnalysisError> {
         let round = cx.rounds.len() as u32;
         match std::mem::replace(&mut self.phase, Phase::Moments) {
             Phase::Moments => {
-                let query = self.round(ChurnStep::Moments);
-                let words = self.sums(out, cx, &query)?;
-                let moments = decode_moments(&self.setup.spec, &words).map_err(Self::bad)?;
+                let moments = match self.reals(out, cx)? {
+                    Sum::Exact(words) => decode_moments(&self.setup.spec, &words).map_err(Self::bad)?,
+                    Sum::Noised(reals) => moments_from_sum(&self.setup.spec, &reals),
+                };
                 let standardiser = Standardiser::from_moments(&moments).map_err(Self::bad)?;
                 // Features constant over every node's data (e.g. categories in a source
                 // without them) are dropped for the rest of the analysis.
@@ -224,21 +408,29 @@ impl Driver for ChurnDriver {
                         Phase::FedAvg { server: Server::new(*optimizer, d + 1), weights: weights.clone(), round: 1 }
                     }
                 };
-                Ok(Step::Round(self.round(self.training_step(&weights, 1))))
+                let step = self.training_step(&weights, 1);
+                Ok(Step::Round(self.round(step)?))
             }
             Phase::Newton(training) => {
-                let query = self.round(self.training_step(training.weights(), round));
-                let words = self.sums(out, cx, &query)?;
-                match training.consume(&words).map_err(Self::bad)? {
+                let next = match self.reals(out, cx)? {
+                    Sum::Exact(words) => training.consume(&words),
+                    Sum::Noised(reals) => {
+                        let mut sums = newton_from_sum(self.setup.spec.dim(), &reals);
+                        sums.hessian = positive_definite(&sums.hessian, HESSIAN_FLOOR * sums.n as f64);
+                        training.consume_sums(sums)
+                    }
+                };
+                match next.map_err(Self::bad)? {
                     NewtonNext::Round(next) => {
                         self.report_newton(round, next.history().last());
-                        let step = self.round(self.training_step(next.weights(), round + 1));
+                        let step = self.training_step(next.weights(), round + 1);
+                        let step = self.round(step)?;
                         self.phase = Phase::Newton(next);
                         Ok(Step::Round(step))
                     }
                     NewtonNext::Done(trained) => {
                         self.report_newton(round, trained.history.last());
-                        let step = self.evaluate(&trained.model);
+                        let step = self.evaluate(&trained.model)?;
                         self.phase = Phase::Evaluating {
                             model: trained.model,
                             reason: trained.reason,
@@ -249,8 +441,7 @@ impl Driver for ChurnDriver {
                 }
             }
             Phase::FedAvg { mut server, weights, round: r } => {
-                let query = self.round(self.training_step(&weights, r));
-                let words = self.sums(out, cx, &query)?;
+                let Sum::Exact(words) = self.reals(out, cx)? else { return Err(Self::bad(FEDAVG_DP)) };
                 let d = self.setup.spec.dim();
                 let sums = decode_update(d, &words).map_err(Self::bad)?;
                 let next = server.apply(&weights, &sums).map_err(Self::bad)?;
@@ -266,19 +457,22 @@ impl Driver for ChurnDriver {
                 };
                 if r >= *rounds {
                     let model = Logistic { weights: next };
-                    let step = self.evaluate(&model);
+                    let step = self.evaluate(&model)?;
                     self.phase = Phase::Evaluating { model, reason: StopReason::MaxRounds, history: Vec::new() };
                     Ok(Step::Round(step))
                 } else {
-                    let step = self.round(self.training_step(&next, r + 1));
+                    let step = self.training_step(&next, r + 1);
+                    let step = self.round(step)?;
                     self.phase = Phase::FedAvg { server, weights: next, round: r + 1 };
                     Ok(Step::Round(step))
                 }
             }
             Phase::Evaluating { model, reason, history } => {
                 let layout = ChurnRound::eval_layout(self.request.bins);
-                let words = release::model_sums(out, &cx.rules, layout.len())?;
-                let eval = decode_eval(layout, &words).map_err(Self::bad)?;
+                let eval = match self.reals(out, cx)? {
+                    Sum::Exact(words) => decode_eval(layout, &words).map_err(Self::bad)?,
+                    Sum::Noised(reals) => eval_from_sum(layout, &reals),
+                };
                 let auc = eval.auc().ok_or_else(|| {
                     Self::bad("the held-out customers are all churned or all active; the AUC is undefined")
                 })?;
@@ -325,12 +519,33 @@ impl Driver for ChurnDriver {
                         organisations: organisations.len(),
                         trained_by: self.analysis.requested_by.clone(),
                         purpose: self.analysis.purpose.clone(),
-                        dp: None,
+                        dp: self.dp.map(|plan| {
+                            let spent = cx.charges.iter().fold(Charge::default(), |a, c| a.compose(*c));
+                            DpCharge {
+                                rho: spent.rho,
+                                xi: spent.xi,
+                                epsilon: spent.epsilon(plan.target.delta).0,
+                                delta: plan.target.delta,
+                            }
+                        }),
                     },
                 }))
             }
         }
     }
+}
+
+/// Why FedAvg does not run under DP in this version.
+const FEDAVG_DP: &str = "FedAvg under differential privacy is not available in this version (its local updates \
+                         are not per-customer sums); train with --mode newton, or --dp off where every node's policy \
+                         allows exact rounds";
+
+/// A round's sum as the driver reads it.
+enum Sum {
+    /// Fixed-point words (an exact round).
+    Exact(Vec<u64>),
+    /// The decoded real sum of the customers' clipped terms plus noise (a DP round).
+    Noised(Vec<f64>),
 }
 
 /// A trained churn model, registered (unpublished) under `model_id`.

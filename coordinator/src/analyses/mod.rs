@@ -27,6 +27,7 @@ pub mod rfm;
 use std::collections::BTreeMap;
 
 use fedcrm_dp::accounting::Charge;
+use fedcrm_dp::sampler::Variance;
 use fedcrm_protocol::wire::{Analysis, AnalysisKind, Noise};
 use serde::Serialize;
 
@@ -83,6 +84,15 @@ pub trait Driver {
     /// before the first round. `None` for a single-round analysis, which the round
     /// itself checks.
     fn plan_charge(&self, noise: &Noise) -> Option<(Charge, usize)>;
+
+    /// Under differential privacy: the per-node noise variance every round of the
+    /// analysis carries, given the largest floor the invitees announced (`floor`) and
+    /// the honest nodes k the plan counts on. The default is the floor; a driver whose
+    /// rounds calibrate their own grid to a target ε (churn) raises it. `Err` refuses
+    /// the analysis before it starts, saying why.
+    fn noise_variance(&mut self, floor: Variance, _honest: usize) -> Result<Variance, String> {
+        Ok(floor)
+    }
 
     /// Whether the analysis can run with differential privacy; one that cannot is
     /// refused up front when the analyst asks for it.
@@ -201,11 +211,20 @@ impl Coordinator {
                  (every participating node's policy must then allow exact rounds: [policy.privacy] dp = \"optional\")"
             )));
         }
+        let mut variance = None;
         if request.dp {
             // Issue 10: the whole plan's cost, checked against every invitee's announced
             // budget before anything starts (each round checks again).
-            let noise = self.noise_for(&plan.invited, plan.t).map_err(AnalysisError::Privacy)?;
-            if let Some((planned, rounds)) = driver.plan_charge(&noise) {
+            let mut noise = self.noise_for(&plan.invited, plan.t).map_err(AnalysisError::Privacy)?;
+            noise.variance = driver.noise_variance(noise.variance, noise.honest).map_err(AnalysisError::Privacy)?;
+            variance = Some(noise.variance.clone());
+            // The first query again: it may carry what the noise level decided (issue 11).
+            query = driver.first();
+            #[cfg(feature = "test-util")]
+            let checks_budgets = !self.hooks().ignore_budgets;
+            #[cfg(not(feature = "test-util"))]
+            let checks_budgets = true;
+            if let Some((planned, rounds)) = driver.plan_charge(&noise).filter(|_| checks_budgets) {
                 self.within_budgets(&plan.invited, &planned).map_err(|e| {
                     AnalysisError::Privacy(format!(
                         "refused before it started: the {kind} analysis under differential privacy ({rounds} rounds \
@@ -217,7 +236,6 @@ impl Coordinator {
         } else {
             self.exact_allowed(&plan.invited).map_err(AnalysisError::Privacy)?;
         }
-        let variance = request.dp.then(|| self.analysis_variance(&plan.invited));
         let mut runner = self.runner(events, variance);
         let mut exits: BTreeMap<String, String> = plan.excluded.clone();
         let (mut invited, t, degree) = (plan.invited, plan.t, plan.degree);

@@ -260,8 +260,15 @@ impl NewtonTraining {
     }
 
     /// Consumes the round's summed words: one Newton step, then another round or the end.
-    pub fn consume(mut self, summed: &[u64]) -> Result<NewtonNext, LogisticError> {
+    pub fn consume(self, summed: &[u64]) -> Result<NewtonNext, LogisticError> {
         let sums = decode_newton(self.d, summed)?;
+        self.consume_sums(sums)
+    }
+
+    /// [`NewtonTraining::consume`] from sums already decoded (issue 11 under
+    /// differential privacy: [`crate::terms::newton_from_sum`], its Hessian made positive
+    /// definite by [`crate::terms::positive_definite`]).
+    pub fn consume_sums(mut self, sums: NewtonSums) -> Result<NewtonNext, LogisticError> {
         let step = newton_step(&self.weights, &sums, self.lambda)?;
         let previous = self.history.last().map(|r| r.objective);
         let round = self.history.len() as u32 + 1;

@@ -9,14 +9,17 @@
 //! round continues it only with the same setup (spec, horizon, split), at most
 //! `[policy.churn] max_rounds` rounds in all, and nothing follows the evaluation.
 
+use fedcrm_dp::OsEntropy;
+use fedcrm_dp::accounting::Charge;
 use fedcrm_model::eval::eval_contribution;
 use fedcrm_model::features::{Example, Window, example};
 use fedcrm_model::fedavg::{Batching, local_update};
 use fedcrm_model::logistic::{Examples, Logistic, Model, newton_contribution};
 use fedcrm_model::split::HoldoutSplit;
 use fedcrm_model::standardise::moments_contribution;
+use fedcrm_model::terms::{eval_terms, moment_scales, moment_terms, newton_terms};
 use fedcrm_protocol::wire::AnalysisKind;
-use fedcrm_protocol::wire::churn::{ChurnRound, ChurnStep};
+use fedcrm_protocol::wire::churn::{ChurnDp, ChurnRound, ChurnStep};
 use serde::{Deserialize, Serialize};
 use time::Date;
 use zeroize::Zeroizing;
@@ -42,6 +45,51 @@ pub struct ChurnLimits {
 impl Default for ChurnLimits {
     fn default() -> Self {
         Self { min_examples: 50, max_rounds: 40 }
+    }
+}
+
+/// Issue 11 under DP: each customer's term of the round (`fedcrm_model::terms`), clipped,
+/// summed, projected, rotated, scaled and rounded (`fedcrm_dp::vector::CustomerSum`); the
+/// round's noise is added to these words afterwards, like every noised round's.
+trait Noised {
+    fn contribute_noised(&self, dp: &ChurnDp, examples: &[Example], eligible: usize) -> Result<Contribution, String>;
+}
+
+impl Noised for ChurnRound {
+    fn contribute_noised(&self, dp: &ChurnDp, examples: &[Example], eligible: usize) -> Result<Contribution, String> {
+        let failed = |_| {
+            "the churn computation failed on this node's data (a value out of the model's range); refusing".to_string()
+        };
+        let mechanism = dp.mechanism(self.term_len()).map_err(|e| failed(e.to_string()))?;
+        let terms: Zeroizing<Vec<Vec<f64>>> = Zeroizing::new(match &self.step {
+            ChurnStep::Moments => {
+                let scales = moment_scales(&self.setup.spec);
+                examples.iter().map(|e| moment_terms(&scales, &e.features)).collect()
+            }
+            ChurnStep::Newton { standardiser, weights } => {
+                let ex = Examples::standardised(standardiser, examples);
+                ex.z.rows().into_iter().zip(ex.y.iter()).map(|(z, y)| newton_terms(weights, z, *y)).collect()
+            }
+            ChurnStep::Evaluate { standardiser, weights, bins } => {
+                let model = Logistic { weights: weights.clone() };
+                let ex = Examples::standardised(standardiser, examples);
+                let layout = ChurnRound::eval_layout(*bins);
+                ex.z.rows()
+                    .into_iter()
+                    .zip(examples)
+                    .map(|(z, e)| eval_terms(layout, model.predict(z), e.churned))
+                    .collect()
+            }
+            ChurnStep::FedAvg { .. } => {
+                return Err("FedAvg rounds are not noised in this version; train with Newton under DP".into());
+            }
+        });
+        let rounded = Zeroizing::new(
+            mechanism.quantize(&dp.seed(), &terms, &mut OsEntropy::new()).map_err(|e| failed(e.to_string()))?,
+        );
+        // Two's complement: the secure sum adds the words mod 2^64.
+        let vector = rounded.iter().map(|&v| v as u64).collect();
+        Ok(Contribution { vector: Zeroizing::new(vector), customers: examples.len(), eligible })
     }
 }
 
@@ -106,6 +154,21 @@ impl NodeQuery for ChurnRound {
         if matches!(self.step, ChurnStep::Moments) {
             return Err("the moments round runs once, first".into());
         }
+        // Under DP the plan signed in the first round holds for every round: the same
+        // cap per round and the same number of rounds, which bounds what this analysis
+        // can charge in all (checked against the budget before the first round).
+        match (&prev.dp, &self.dp) {
+            (None, None) => {}
+            (Some(a), Some(b)) if a.same_plan(b) => {
+                if rounds >= a.max_rounds {
+                    return Err(format!(
+                        "its differential-privacy plan allows {} charged rounds (retries included), all taken",
+                        a.max_rounds
+                    ));
+                }
+            }
+            _ => return Err("its differential-privacy plan differs from the analysis's first round".into()),
+        }
         let max = policy.churn.max_rounds;
         if rounds >= max {
             return Err(format!(
@@ -155,6 +218,9 @@ impl NodeQuery for ChurnRound {
             "the churn computation failed on this node's data (a value out of the model's range); refusing".to_string()
         };
         let n = examples.len();
+        if let Some(dp) = &self.dp {
+            return self.contribute_noised(dp, &examples, eligible);
+        }
         let vector = match &self.step {
             ChurnStep::Moments => {
                 let rows: Vec<Vec<f64>> = examples.iter().map(|e| e.features.clone()).collect();
@@ -180,6 +246,27 @@ impl NodeQuery for ChurnRound {
         Ok(Contribution { vector: Zeroizing::new(vector), customers: n, eligible })
     }
 
+    /// Under DP the whole plan (every round at the signed cap) must fit the budget before
+    /// the first round.
+    fn plan_charge(&self) -> Option<Charge> {
+        self.dp.as_ref().map(|dp| dp.plan_charge())
+    }
+
+    /// Under DP, what the round costs must stay within the plan's per-round cap.
+    fn check_charge(&self, charge: &Charge) -> Result<(), String> {
+        let Some(dp) = &self.dp else { return Ok(()) };
+        // A relative hair of slack: the coordinator's ρ and the node's are computed by
+        // the same function from the same signed numbers, but on different machines.
+        if charge.rho > dp.round_rho * (1.0 + 1e-9) || charge.xi > dp.round_xi * (1.0 + 1e-9) + 1e-300 {
+            return Err(format!(
+                "the round costs ρ = {:.6} (ξ = {:.3e}), more than its plan's per-round cap ρ = {:.6} (ξ = {:.3e}); \
+                 refusing (the coordinator's fault: its round is inconsistent with its plan)",
+                charge.rho, charge.xi, dp.round_rho, dp.round_xi
+            ));
+        }
+        Ok(())
+    }
+
     /// Fewer customers with a purchase by the reference date than `[policy.churn]
     /// min_examples`: this node does not take part. Counted over all of them, train and
     /// held out, so the answer depends on the reference date only — never on the split
@@ -193,5 +280,104 @@ impl NodeQuery for ChurnRound {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fedcrm_analysis::date::parse_date;
+    use fedcrm_model::features::FeatureSpec;
+    use fedcrm_model::standardise::Standardiser;
+    use fedcrm_protocol::wire::Analysis;
+    use fedcrm_protocol::wire::churn::ChurnSetup;
+
+    use crate::analyses::check_plan;
+
+    fn dp(max_rounds: u32) -> ChurnDp {
+        ChurnDp {
+            clip: 5.5,
+            gamma: 0.01,
+            rotation_seed: [1; 32],
+            max_rounds,
+            max_customers: 1 << 20,
+            round_rho: 0.01,
+            round_xi: 0.0,
+        }
+    }
+
+    fn round(step: ChurnStep, dp: Option<ChurnDp>) -> ChurnRound {
+        ChurnRound {
+            setup: ChurnSetup {
+                spec: FeatureSpec::reduced(),
+                horizon_days: 273,
+                holdout_key: [2; 32],
+                test_fraction_bp: 3000,
+            },
+            step,
+            dp,
+        }
+    }
+
+    fn newton() -> ChurnStep {
+        ChurnStep::Newton {
+            standardiser: Standardiser { mean: vec![4.0, 0.7, 3.5, 3.0, 20.0, 0.9], sd: vec![1.0; 6] },
+            weights: vec![0.0; 7],
+        }
+    }
+
+    fn analysis(r: &ChurnRound) -> Analysis {
+        Analysis {
+            reference_date: parse_date("1997-09-30").unwrap(),
+            purpose: "p".into(),
+            requested_by: "a".into(),
+            requested_by_organisation: "HQ".into(),
+            analysis_id: "id".into(),
+            analysis_kind: CHURN_MODEL.into(),
+            kind: AnalysisKind::Churn(Box::new(r.clone())),
+        }
+    }
+
+    /// Under DP every round must carry the first round's plan, and a node takes part in
+    /// at most its T rounds (retries included): what bounds the analysis's whole charge.
+    #[test]
+    fn a_dp_round_must_keep_the_plan_and_stay_within_its_rounds() {
+        let policy = Policy::default();
+        let first = AnalysisKind::Churn(Box::new(round(ChurnStep::Moments, Some(dp(4)))));
+        assert_eq!(round(newton(), Some(dp(4))).continues(CHURN_MODEL, &first, 3, &policy), Ok(()));
+        let e = round(newton(), Some(dp(4))).continues(CHURN_MODEL, &first, 4, &policy).unwrap_err();
+        assert!(e.contains("allows 4 charged rounds"), "{e}");
+        let e = round(newton(), Some(dp(5))).continues(CHURN_MODEL, &first, 1, &policy).unwrap_err();
+        assert!(e.contains("plan differs"), "{e}");
+        let e = round(newton(), None).continues(CHURN_MODEL, &first, 1, &policy).unwrap_err();
+        assert!(e.contains("plan differs"), "{e}");
+        // A fresh seed and another grid per round are the plan's own.
+        let other = ChurnDp { rotation_seed: [9; 32], gamma: 0.02, ..dp(4) };
+        assert_eq!(round(newton(), Some(other)).continues(CHURN_MODEL, &first, 1, &policy), Ok(()));
+    }
+
+    /// The first round checks T × the cap against the budget before anything leaves;
+    /// every round's charge must stay within the cap.
+    #[test]
+    fn the_whole_plan_is_checked_at_the_first_round_and_each_charge_against_the_cap() {
+        let r = round(ChurnStep::Moments, Some(dp(9)));
+        let a = analysis(&r);
+        let within = Charge { rho: 0.0099, xi: 0.0 };
+        let asked = std::cell::Cell::new(None);
+        let ok = check_plan(&a, Some(within), true, |plan| {
+            asked.set(Some(plan));
+            Ok(())
+        });
+        assert_eq!(ok, Ok(Some(within)));
+        let plan = asked.get().unwrap();
+        assert!((plan.rho - 0.09).abs() < 1e-12, "{plan:?}");
+        let e = check_plan(&a, Some(within), true, |_| Err("policy: privacy budget: over".into())).unwrap_err();
+        assert!(e.contains("may charge ρ = 0.090000") && e.contains("refuses before the analysis starts"), "{e}");
+        // A later round is not checked against the whole plan again.
+        assert_eq!(check_plan(&a, Some(within), false, |_| Err("no".into())), Ok(Some(within)));
+        let e = check_plan(&a, Some(Charge { rho: 0.02, xi: 0.0 }), false, |_| Ok(())).unwrap_err();
+        assert!(e.contains("more than its plan's per-round cap"), "{e}");
+        // Exact rounds (no charge) have no plan.
+        assert_eq!(check_plan(&a, None, true, |_| Err("no".into())), Ok(None));
     }
 }

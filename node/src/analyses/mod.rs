@@ -14,6 +14,7 @@ pub mod churn;
 pub mod rfm;
 
 use fedcrm_analysis::rfm::CustomerRfm;
+use fedcrm_dp::accounting::Charge;
 use fedcrm_protocol::wire::{Analysis, AnalysisKind, Query};
 use time::Date;
 use zeroize::Zeroizing;
@@ -55,6 +56,18 @@ pub trait NodeQuery: Query {
     /// [`Query::vector_len`] words, and how many of the node's customers it covers
     /// (for the per-node bound, [`crate::analysis::fit_to_bound`]). `Err` is a refusal.
     fn contribute(&self, data: &mut LocalData<'_>, reference: Date) -> Result<Contribution, String>;
+
+    /// Under differential privacy, the most the whole analysis this round belongs to can
+    /// charge (its signed plan), checked against the budget at its first round before
+    /// anything leaves; `None` when each round is checked on its own.
+    fn plan_charge(&self) -> Option<Charge> {
+        None
+    }
+
+    /// Under differential privacy, whether this round's charge is one its plan allows.
+    fn check_charge(&self, _charge: &Charge) -> Result<(), String> {
+        Ok(())
+    }
 
     /// Rules of the node's policy on the contribution itself (e.g. the fewest examples
     /// a model round needs); `Err` is a refusal, before anything leaves.
@@ -120,6 +133,33 @@ impl<'a> LocalData<'a> {
         }
         self.cache.histories.as_deref().unwrap_or(&[])
     }
+}
+
+/// Issue 11: the round's charge against its analysis's plan — within the per-round cap,
+/// and at the analysis's first round (`first`) the whole plan within the node's remaining
+/// budget (`within`, the ledger's check), before anything of the analysis leaves. A
+/// retried round is charged again as it comes; the plan's round count includes the
+/// retries the coordinator allows, and a node refuses rounds beyond it. `Err` is the
+/// refusal reason.
+pub fn check_plan(
+    analysis: &Analysis,
+    charge: Option<Charge>,
+    first: bool,
+    within: impl FnOnce(Charge) -> Result<(), String>,
+) -> Result<Option<Charge>, String> {
+    let Some(c) = charge else { return Ok(None) };
+    let q = node_query(&analysis.kind);
+    q.check_charge(&c)?;
+    if first && let Some(plan) = q.plan_charge() {
+        within(plan).map_err(|e| {
+            format!(
+                "the whole {} analysis under differential privacy may charge ρ = {:.6} (ξ = {:.3e}) in all, which \
+                 this node's remaining budget cannot cover, so it refuses before the analysis starts: {e}",
+                analysis.analysis_kind, plan.rho, plan.xi
+            )
+        })?;
+    }
+    Ok(Some(c))
 }
 
 /// The local contribution for `analysis` ([`NodeQuery::contribute`]), checked against

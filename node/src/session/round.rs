@@ -425,7 +425,18 @@ impl<'a> Rounds<'a> {
         }
         // Issue 10: the node's own privacy policy and budget decide, from the computation
         // and the signed noise, before anything of the round leaves it.
-        let charge = match ctx.policy.privacy.charge_of(&start).and_then(|c| ctx.within_budget(c)) {
+        // Issue 11: a multi-round analysis's whole plan is checked at its first round.
+        let charge = match ctx
+            .policy
+            .privacy
+            .charge_of(&start)
+            .and_then(|c| {
+                analyses::check_plan(&start.analysis, c, identified.new, |plan| {
+                    ctx.within_budget(Some(plan)).map(|_| ())
+                })
+            })
+            .and_then(|c| ctx.within_budget(c))
+        {
             Ok(c) => c,
             Err(why) => {
                 tracing::warn!(node = %ctx.name, %round, %why, "refusing round");
@@ -778,8 +789,10 @@ impl<'a> Rounds<'a> {
         // charge: clamped to the signed bound, then noised; from here the node holds
         // only the noised vector (zeroized when dropped).
         if let Some(noise) = a.start.noise.clone() {
-            // Only count queries take noise (`Query::noise_supported`, checked at round
-            // start); their contribution never fails.
+            // Only queries that support noise take it (`Query::noise_supported`, checked
+            // at round start): counts, and churn rounds with their per-customer
+            // mechanism, whose contribution is already rounded words (issue 11). A
+            // refusal here comes after the charge, in a round already paid for.
             let c = match analyses::contribute(
                 &a.start.analysis,
                 &mut LocalData::new(&ctx.dataset, &mut self.local),

@@ -14,7 +14,8 @@
 
 use fedcrm_analysis::rules::Coverage;
 use fedcrm_analysis::width::SumRange;
-use fedcrm_dp::accounting::Sensitivity;
+use fedcrm_dp::accounting::{Charge, Sensitivity};
+use fedcrm_dp::vector::{CustomerSum, RotationSeed, VectorError};
 use fedcrm_model::eval::EvalLayout;
 use fedcrm_model::features::FeatureSpec;
 use fedcrm_model::fedavg::{Batching, LocalTraining, update_len};
@@ -68,6 +69,67 @@ impl ChurnSetup {
         f64::from(self.test_fraction_bp) / 10_000.0
     }
 }
+
+/// Issue 11 under differential privacy: a round's customer-level distributed discrete
+/// Gaussian ([`CustomerSum`]) and the plan's bounds every node checks. All public.
+#[derive(Debug, Clone, Copy)]
+pub struct ChurnDp {
+    /// Per-customer ℓ2 clip bound c, in the units of the round's terms
+    /// (`fedcrm_model::terms`).
+    pub clip: f64,
+    /// The grid γ.
+    pub gamma: f64,
+    /// The rotation's seed, fresh per round.
+    pub rotation_seed: [u8; 32],
+    /// The most rounds the analysis may charge, retries included (the same in every
+    /// round): a node refuses a round beyond it, and checks `max_rounds` × the round
+    /// cap against its budget before the first round.
+    pub max_rounds: u32,
+    /// The most customers per node N; pinned as the round's per-node bound.
+    pub max_customers: u64,
+    /// The most one round may charge each node (ρ, ξ).
+    pub round_rho: f64,
+    pub round_xi: f64,
+}
+
+/// The most rounds a DP churn analysis may plan.
+pub const MAX_DP_ROUNDS: u32 = 200;
+
+impl ChurnDp {
+    /// The round's mechanism for terms of `dimension` reals.
+    pub fn mechanism(&self, dimension: usize) -> Result<CustomerSum, VectorError> {
+        CustomerSum::new(dimension, self.clip, self.gamma, self.max_customers)
+    }
+
+    /// The rotation's seed.
+    pub fn seed(&self) -> RotationSeed {
+        RotationSeed(self.rotation_seed)
+    }
+
+    /// The plan's charge: `max_rounds` rounds at the cap.
+    pub fn plan_charge(&self) -> Charge {
+        Charge { rho: self.round_rho, xi: self.round_xi }.times(self.max_rounds as usize)
+    }
+
+    /// Bit-for-bit the same plan (every field but the per-round grid, clip and seed).
+    pub fn same_plan(&self, other: &ChurnDp) -> bool {
+        self.max_rounds == other.max_rounds
+            && self.max_customers == other.max_customers
+            && self.round_rho.to_bits() == other.round_rho.to_bits()
+            && self.round_xi.to_bits() == other.round_xi.to_bits()
+    }
+}
+
+impl PartialEq for ChurnDp {
+    fn eq(&self, other: &Self) -> bool {
+        self.same_plan(other)
+            && self.clip.to_bits() == other.clip.to_bits()
+            && self.gamma.to_bits() == other.gamma.to_bits()
+            && self.rotation_seed == other.rotation_seed
+    }
+}
+
+impl Eq for ChurnDp {}
 
 /// What one round computes.
 #[derive(Debug, Clone)]
@@ -126,11 +188,30 @@ impl Eq for ChurnStep {}
 pub struct ChurnRound {
     pub setup: ChurnSetup,
     pub step: ChurnStep,
+    /// Under differential privacy: the round's mechanism (`None`: an exact round).
+    pub dp: Option<ChurnDp>,
 }
 
 impl ChurnRound {
     fn d(&self) -> usize {
         self.setup.spec.dim()
+    }
+
+    /// The length of one customer's term (and of an exact round's vector).
+    pub fn term_len(&self) -> usize {
+        let d = self.d();
+        match &self.step {
+            ChurnStep::Moments => 1 + 2 * d,
+            ChurnStep::Newton { .. } => newton_len(d),
+            ChurnStep::Evaluate { bins, .. } => Self::eval_layout(*bins).len(),
+            ChurnStep::FedAvg { .. } => update_len(d),
+        }
+    }
+
+    /// Under differential privacy, the round's mechanism (checked when parsed, so it
+    /// builds).
+    pub fn mechanism(&self) -> Option<CustomerSum> {
+        self.dp.as_ref().and_then(|dp| dp.mechanism(self.term_len()).ok())
     }
 
     fn term_bits(&self) -> u32 {
@@ -156,19 +237,25 @@ impl Query for ChurnRound {
         }
     }
 
+    /// An exact round's words, one per real; under DP the mechanism's padded d'.
     fn vector_len(&self) -> usize {
-        let d = self.d();
-        match &self.step {
-            ChurnStep::Moments => 1 + 2 * d,
-            ChurnStep::Newton { .. } => newton_len(d),
-            ChurnStep::Evaluate { bins, .. } => Self::eval_layout(*bins).len(),
-            ChurnStep::FedAvg { .. } => update_len(d),
+        match self.mechanism() {
+            Some(m) => m.padded_dimension(),
+            None => self.term_len(),
         }
     }
 
     /// Signed fixed-point words: one example adds at most 2^[`MODEL_TERM_BITS`] (moments: 2^[`MOMENT_TERM_BITS`])
-    /// to a word, a node at most `max_per_node` examples.
+    /// to a word, a node at most `max_per_node` examples. Under DP, a node's rounded
+    /// coordinate is at most ⌈N·c/γ⌉ ([`CustomerSum::word_bound`], N = `max_per_node`).
     fn range(&self, max_per_node: u64) -> SumRange {
+        if let Some(dp) = &self.dp {
+            let bound = dp
+                .mechanism(self.term_len())
+                .and_then(|m| CustomerSum::new(m.dimension(), m.clip(), m.gamma(), max_per_node.max(1)))
+                .map_or(u64::MAX, |m| m.word_bound());
+            return SumRange { max_abs: bound, signed: true, noise_tail: 0 };
+        }
         let max_abs = u64::try_from(u128::from(max_per_node) << self.term_bits()).unwrap_or(u64::MAX);
         SumRange { max_abs, signed: true, noise_tail: 0 }
     }
@@ -177,14 +264,22 @@ impl Query for ChurnRound {
     /// 64-bit words: (2^(63 − term bits) − 1) / invited — pinned by the query, whatever
     /// the coordinator's configured bound, so that a bound HQ chooses per round cannot
     /// make a node's refusal answer "more than B examples?" (attack review of issue 11).
+    /// Under DP: the signed N (a node with more customers shrinks its sum, never refuses).
     fn per_node_bound(&self, _configured: u64, invited: usize) -> u64 {
+        if let Some(dp) = &self.dp {
+            return dp.max_customers;
+        }
         ((1u64 << (63 - self.term_bits())) - 1) / invited.max(1) as u64
     }
 
-    /// One example's largest move of the encoded vector (in word units): a bound for
-    /// the record; churn rounds are not noised in this version (nodes and the
-    /// coordinator refuse differential privacy for them, docs/threat-model.md).
+    /// Under DP: one customer's largest move of a node's rounded vector, Δ₂ = c/γ + √d'
+    /// ([`CustomerSum::sensitivity`]; the argument is in `fedcrm_dp::vector`'s module
+    /// doc). Exact rounds are not charged; their figure is one example's largest move of
+    /// the encoded words, for the record.
     fn sensitivity(&self) -> Sensitivity {
+        if let Some(m) = self.mechanism() {
+            return m.sensitivity();
+        }
         let term = f64::from(1u32 << 16).powi(2) * f64::from(1u32 << (self.term_bits() - 32));
         let words = self.vector_len() as f64;
         Sensitivity { l1: words * term, l2: words.sqrt() * term }
@@ -199,8 +294,10 @@ impl Query for ChurnRound {
         Coverage { family: "rfm".into(), from: None, to }
     }
 
+    /// Only with the customer-level mechanism (Newton, moments and evaluation rounds):
+    /// noise on fixed-point words without per-customer clipping would protect nobody.
     fn noise_supported(&self) -> bool {
-        false
+        self.dp.is_some()
     }
 }
 
@@ -319,10 +416,45 @@ pub(super) fn churn_from_pb(c: &pb::ChurnRound) -> Result<ChurnRound, WireError>
         }
         None => return Err(field("churn.step", "missing")),
     };
-    Ok(ChurnRound {
+    let mut round = ChurnRound {
         setup: ChurnSetup { spec, horizon_days: c.horizon_days, holdout_key, test_fraction_bp: c.test_fraction_bp },
         step,
-    })
+        dp: None,
+    };
+    if let Some(dp) = &c.dp {
+        round.dp = Some(churn_dp_from_pb(dp, &round)?);
+    }
+    Ok(round)
+}
+
+/// Every number finite and in range; the mechanism builds for the round's terms.
+fn churn_dp_from_pb(dp: &pb::ChurnDp, round: &ChurnRound) -> Result<ChurnDp, WireError> {
+    if matches!(round.step, ChurnStep::FedAvg { .. }) {
+        return Err(field("dp", "FedAvg rounds are not noised in this version; train with Newton under DP"));
+    }
+    let rotation_seed: [u8; 32] =
+        dp.rotation_seed.as_slice().try_into().map_err(|_| field("dp.rotation_seed", "must be 32 bytes"))?;
+    if dp.max_rounds == 0 || dp.max_rounds > MAX_DP_ROUNDS {
+        return Err(field("dp.max_rounds", format!("must be 1..={MAX_DP_ROUNDS}")));
+    }
+    let positive = |x: f64| x.is_finite() && x > 0.0;
+    if !(positive(dp.round_rho) && dp.round_xi.is_finite() && dp.round_xi >= 0.0) {
+        return Err(field("dp.round_rho", "the per-round cap needs a finite ρ > 0 and ξ ≥ 0"));
+    }
+    if !positive(dp.clip) || dp.clip > 1e6 || !positive(dp.gamma) {
+        return Err(field("dp.clip", "clip and gamma must be finite and positive (clip ≤ 10^6)"));
+    }
+    let parsed = ChurnDp {
+        clip: dp.clip,
+        gamma: dp.gamma,
+        rotation_seed,
+        max_rounds: dp.max_rounds,
+        max_customers: dp.max_customers,
+        round_rho: dp.round_rho,
+        round_xi: dp.round_xi,
+    };
+    parsed.mechanism(round.term_len()).map_err(|e| field("dp", e.to_string()))?;
+    Ok(parsed)
 }
 
 pub(super) fn churn_pb(c: &ChurnRound) -> pb::ChurnRound {
@@ -361,6 +493,15 @@ pub(super) fn churn_pb(c: &ChurnRound) -> pb::ChurnRound {
         horizon_days: c.setup.horizon_days,
         holdout_key: c.setup.holdout_key.to_vec(),
         test_fraction_bp: c.setup.test_fraction_bp,
+        dp: c.dp.as_ref().map(|dp| pb::ChurnDp {
+            clip: dp.clip,
+            gamma: dp.gamma,
+            rotation_seed: dp.rotation_seed.to_vec(),
+            max_rounds: dp.max_rounds,
+            max_customers: dp.max_customers,
+            round_rho: dp.round_rho,
+            round_xi: dp.round_xi,
+        }),
         step: Some(step),
     }
 }
