@@ -14,6 +14,8 @@
 //!   one node's monthly budget; that node refuses at the first round, naming the plan's
 //!   charge and its remaining budget, sends nothing but the refusal, and is charged
 //!   nothing; the others train without it.
+//! - `under_dp_a_node_below_its_minimum_contributes_noised_zeros_and_refuses_nothing`:
+//!   no refusal after the charge depends on a node's data (attack review).
 //! - `hq_train_churn_under_dp_streams_its_rounds_and_records_the_charge`: the analyst's
 //!   command (`--dp on --epsilon 8`, nodes requiring DP) end to end.
 //!
@@ -235,6 +237,49 @@ async fn a_node_whose_budget_cannot_cover_the_plan_refuses_before_any_vector_lea
         .collect();
     assert!(!sent.is_empty() && sent.iter().all(|m| m == "refusal"), "{sent:?}");
     cluster.stop().await;
+}
+
+/// Attack review of issue 11: under DP a node's contribution is computed after its
+/// charge, so a refusal there for too few customers would tell HQ, un-noised, whether
+/// the node holds `min_examples` customers at a reference date HQ picks (a binary
+/// search over dates finds one customer's first purchase). node-1's minimum is above
+/// the customers it holds: it refuses nothing, contributes zeros with the round's noise
+/// in every round, is charged like the others, and its refusals are none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_dp_a_node_below_its_minimum_contributes_noised_zeros_and_refuses_nothing() {
+    common::logs();
+    let mut nodes = nodes(DpMode::Required, 100.0);
+    nodes[1].policy.churn.min_examples = 1_000_000;
+    let cluster = Cluster::start(options(nodes)).await.unwrap();
+    let out =
+        cluster.coordinator.run_churn(&request("node-1 below its minimum"), dp_request(16.0), None).await.unwrap();
+    let names = &out.release.model.provenance.nodes;
+    assert!(names.len() == 5 && names.contains(&"node-1".to_string()), "{names:?} {:?}", out.exits);
+    assert!(common::refusals(&cluster, "node-1").is_empty(), "{:?}", common::refusals(&cluster, "node-1"));
+    let (mine, other) = (own_charges(&cluster, "node-1"), own_charges(&cluster, "node-0"));
+    assert_eq!(mine.len(), out.rounds as usize, "charged every round: {mine:?}");
+    assert_eq!(mine.len(), other.len());
+    // node-1's customers are missing from the sums: a fifth of CDNOW's, noise aside.
+    let all = cdnow_customers_at_reference();
+    let trained = (out.release.model.metrics.train_examples + out.release.model.metrics.test_examples) as f64;
+    println!("node-1 below its minimum under DP: {trained:.0} customers in the sums of {all} (noised counts)");
+    assert!(trained < 0.95 * all as f64 && trained > 0.65 * all as f64, "{trained} of {all}");
+    cluster.stop().await;
+}
+
+/// CDNOW's customers with a purchase on or before the reference date.
+fn cdnow_customers_at_reference() -> usize {
+    let limit: u32 = 19970930;
+    let mut keys: Vec<&str> = CDNOW
+        .lines()
+        .filter_map(|l| {
+            let c: Vec<&str> = l.split_whitespace().collect();
+            (c.len() == 4 && c[1].parse::<u32>().is_ok_and(|d| d <= limit)).then_some(c[0])
+        })
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys.len()
 }
 
 /// `fedcrm hq train churn --dp on --epsilon 8` over the analyst's mTLS API, nodes whose

@@ -256,7 +256,9 @@ fn retries_or_continues(o: &Open, a: &Analysis, policy: &Policy) -> Result<(), S
             o.retries + 1
         ));
     }
-    Ok(())
+    // A retry is a round like any other for the limits on their number (a policy's
+    // most rounds, a DP plan's T: each retry is charged again).
+    node_query(&a.kind).within_rounds(o.rounds, policy)
 }
 
 /// Is round `a` the next step of `o`?

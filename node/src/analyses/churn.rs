@@ -159,15 +159,20 @@ impl NodeQuery for ChurnRound {
         // can charge in all (checked against the budget before the first round).
         match (&prev.dp, &self.dp) {
             (None, None) => {}
-            (Some(a), Some(b)) if a.same_plan(b) => {
-                if rounds >= a.max_rounds {
-                    return Err(format!(
-                        "its differential-privacy plan allows {} charged rounds (retries included), all taken",
-                        a.max_rounds
-                    ));
-                }
-            }
+            (Some(a), Some(b)) if a.same_plan(b) => {}
             _ => return Err("its differential-privacy plan differs from the analysis's first round".into()),
+        }
+        self.within_rounds(rounds, policy)
+    }
+
+    fn within_rounds(&self, rounds: u32, policy: &Policy) -> Result<(), String> {
+        if let Some(dp) = &self.dp
+            && rounds >= dp.max_rounds
+        {
+            return Err(format!(
+                "its differential-privacy plan allows {} charged rounds (retries included), all taken",
+                dp.max_rounds
+            ));
         }
         let max = policy.churn.max_rounds;
         if rounds >= max {
@@ -354,6 +359,26 @@ mod tests {
         // A fresh seed and another grid per round are the plan's own.
         let other = ChurnDp { rotation_seed: [9; 32], gamma: 0.02, ..dp(4) };
         assert_eq!(round(newton(), Some(other)).continues(CHURN_MODEL, &first, 1, &policy), Ok(()));
+    }
+
+    /// A retry repeats the previous computation and so skips `continues`, but not the
+    /// plan's T (attack review of issue 11: each retry is charged again).
+    #[test]
+    fn a_retry_counts_against_the_plans_rounds() {
+        let policy = Policy::default();
+        let t = crate::computation::Tracker::default();
+        let moments = analysis(&round(ChurnStep::Moments, Some(dp(3))));
+        let id = t.identify(&moments, &policy).unwrap();
+        t.admitted(&moments, &id);
+        t.signed("id", &["a".to_string()]);
+        let n = analysis(&round(newton(), Some(dp(3))));
+        for _ in 0..2 {
+            // Round 2, then its retry (round 3): this node signed no view of either.
+            let id = t.identify(&n, &policy).unwrap();
+            t.admitted(&n, &id);
+        }
+        let e = t.identify(&n, &policy).unwrap_err();
+        assert!(e.contains("allows 3 charged rounds"), "{e}");
     }
 
     /// The first round checks T × the cap against the budget before anything leaves;

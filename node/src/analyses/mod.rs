@@ -48,6 +48,15 @@ pub trait NodeQuery: Query {
         policy: &Policy,
     ) -> Result<(), String>;
 
+    /// Issue 11: whether one more round of an open analysis of this computation is
+    /// within the limits on its number (a policy's most rounds, a signed DP plan's T),
+    /// after `rounds` admitted rounds. Checked by [`NodeQuery::continues`] and for a
+    /// retry, which repeats the previous computation and so skips `continues`. Default:
+    /// no limit of its own.
+    fn within_rounds(&self, _rounds: u32, _policy: &Policy) -> Result<(), String> {
+        Ok(())
+    }
+
     /// The computation in words at reference date `at`, for people (`node pending`,
     /// refusals, the log).
     fn describe(&self, at: &str) -> String;

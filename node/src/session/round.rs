@@ -791,8 +791,12 @@ impl<'a> Rounds<'a> {
         if let Some(noise) = a.start.noise.clone() {
             // Only queries that support noise take it (`Query::noise_supported`, checked
             // at round start): counts, and churn rounds with their per-customer
-            // mechanism, whose contribution is already rounded words (issue 11). A
-            // refusal here comes after the charge, in a round already paid for.
+            // mechanism, whose contribution is already rounded words (issue 11). The
+            // charge is recorded, so nothing from here may refuse on this node's data
+            // (attack review of issue 11: a refusal for too few customers after the
+            // charge would answer, un-noised, how many the node holds at a chosen
+            // date): if the contribution cannot be computed, the node contributes zeros
+            // — still noised — and only its own log says why.
             let c = match analyses::contribute(
                 &a.start.analysis,
                 &mut LocalData::new(&ctx.dataset, &mut self.local),
@@ -800,8 +804,12 @@ impl<'a> Rounds<'a> {
             ) {
                 Ok(c) => c,
                 Err(why) => {
-                    self.refuse(round, &why).await?;
-                    return Ok(None);
+                    tracing::warn!(node = %ctx.name, %round, %why, "contributing zeros (noise still added): a noised round never refuses on data");
+                    analyses::Contribution {
+                        vector: Zeroizing::new(vec![0; a.start.length]),
+                        customers: 0,
+                        eligible: 0,
+                    }
                 }
             };
             let mut input = c.vector;
