@@ -334,26 +334,38 @@ fn require_analyst<T>(c: &Coordinator, req: &Request<T>) -> Result<Identity, Sta
     Ok(id)
 }
 
+/// An analyst's request for an analysis (`what`: "analysis", "training"): its
+/// reference date parsed, a purpose stated (nodes see and log it), who asks from their
+/// certificate.
+fn analysis_request(
+    who: &Identity,
+    reference_date: &str,
+    purpose: &str,
+    what: &str,
+    dp: bool,
+) -> Result<crate::analyses::AnalysisRequest, Status> {
+    let date = wire::parse_reference_date(reference_date).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    if purpose.trim().is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "state the purpose of the {what} (--purpose); nodes see and log it"
+        )));
+    }
+    Ok(crate::analyses::AnalysisRequest {
+        reference_date: date,
+        purpose: purpose.to_string(),
+        requested_by: who.name.clone(),
+        requested_by_organisation: who.organisation.clone(),
+        dp,
+    })
+}
+
 #[tonic::async_trait]
 impl pb::analyst_server::Analyst for AnalystService {
     async fn run_segments(&self, req: Request<pb::SegmentsRequest>) -> Result<Response<pb::SegmentsReply>, Status> {
         let who = require_analyst(&self.0, &req)?;
         let r = req.into_inner();
-        let date =
-            wire::parse_reference_date(&r.reference_date).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        if r.purpose.trim().is_empty() {
-            return Err(Status::invalid_argument(
-                "state the purpose of the analysis (--purpose); nodes see and log it",
-            ));
-        }
+        let request = analysis_request(&who, &r.reference_date, &r.purpose, "analysis", !r.dp_off)?;
         tracing::info!(analyst = %who.name, organisation = %who.organisation, purpose = %r.purpose, "segments requested");
-        let request = crate::analyses::AnalysisRequest {
-            reference_date: date,
-            purpose: r.purpose.clone(),
-            requested_by: who.name.clone(),
-            requested_by_organisation: who.organisation.clone(),
-            dp: !r.dp_off,
-        };
         let out = self.0.run_segments(&request).await.map_err(analysis_status)?;
         let rel = &out.release;
         Ok(Response::new(pb::SegmentsReply {
@@ -425,13 +437,7 @@ impl pb::analyst_server::Analyst for AnalystService {
         use crate::analyses::churn::{ChurnRequest, Training};
         let who = require_analyst(&self.0, &req)?;
         let r = req.into_inner();
-        let date =
-            wire::parse_reference_date(&r.reference_date).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        if r.purpose.trim().is_empty() {
-            return Err(Status::invalid_argument(
-                "state the purpose of the training (--purpose); nodes see and log it",
-            ));
-        }
+        let request = analysis_request(&who, &r.reference_date, &r.purpose, "training", !r.dp_off)?;
         if r.horizon_days == 0 || r.horizon_days > 3660 {
             return Err(Status::invalid_argument("--horizon-days must be 1 to 3660"));
         }
@@ -474,13 +480,6 @@ impl pb::analyst_server::Analyst for AnalystService {
             other => return Err(Status::invalid_argument(format!("--mode {other:?}: use newton or fedavg"))),
         }
         tracing::info!(analyst = %who.name, purpose = %r.purpose, "churn training requested");
-        let request = crate::analyses::AnalysisRequest {
-            reference_date: date,
-            purpose: r.purpose.clone(),
-            requested_by: who.name.clone(),
-            requested_by_organisation: who.organisation.clone(),
-            dp: !r.dp_off,
-        };
         let (tx, rx) = mpsc::channel::<Result<pb::TrainChurnEvent, Status>>(64);
         let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel();
         let coordinator = self.0.clone();
