@@ -408,9 +408,13 @@ async fn while_the_node_runs_scoring_is_spooled_and_the_node_logs_it() {
     // and deletes the file.
     let want = vec![("churn".to_string(), "1".to_string(), summary.customers)];
     let audit_dir = node.audit_dir.clone();
-    let logged = eventually(Duration::from_secs(30), || local_scorings(&audit_dir) == want).await;
-    assert!(logged, "not in the log: {:?}", local_scorings(&audit_dir));
-    assert!(spool_files(&spool_dir).is_empty(), "{:?}", spool_files(&spool_dir));
+    // The daemon appends, then deletes: wait for both, or a check between the two
+    // sees the record logged and its file still there.
+    let taken_in = eventually(Duration::from_secs(30), || {
+        local_scorings(&audit_dir) == want && spool_files(&spool_dir).is_empty()
+    })
+    .await;
+    assert!(taken_in, "log {:?}, spool {:?}", local_scorings(&audit_dir), spool_files(&spool_dir));
 
     // A record spooled while no daemon ran is taken in at start-up; one for another
     // node is left alone.
