@@ -509,7 +509,7 @@ enum BenchCommand {
     },
     /// Churn-model training rounds per second, each beside an honest floor (the same local
     /// computation and a plain sum, no masks, no TLS, no network) measured in the same run:
-    /// federated Newton (15 weights, the real model closest to d = 16) trained end to end over
+    /// federated Newton (d = 16 features, 17 weights) trained end to end over
     /// loopback mTLS on synthetic jewellery data, and FedAvg at d = 100,000 in real secure
     /// rounds over mTLS (a bench-only driver; `fedcrm::bench::train::fedavg` says what it
     /// includes); optionally Flower's SecAgg and SecAgg+ for the same n and d.

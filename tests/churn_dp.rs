@@ -308,7 +308,7 @@ async fn hq_train_churn_under_dp_streams_its_rounds_and_records_the_charge() {
     let epsilon = dp["epsilon"].as_f64().unwrap();
     assert!(epsilon > 4.0 && epsilon <= 8.0, "{dp}");
     assert_eq!(dp["delta"].as_f64(), Some(1e-6));
-    println!("hq train churn --dp on --epsilon 8 (all 14 features): federated test AUC {:.4}", view.test_auc);
+    println!("hq train churn --dp on --epsilon 8 (all 16 features): federated test AUC {:.4}", view.test_auc);
     assert!(view.test_auc > 0.6, "{}", view.test_auc);
     assert_eq!(view.nodes.len(), 5);
     cluster.stop().await;

@@ -18,10 +18,12 @@
 //! | `share_gold`, `share_diamond`, `share_jade`, `share_platinum` | the category's part of the positive spend (0 without spend) |
 //! | `days_to_birthday`, `days_to_anniversary` | days from the reference date to the next birthday / wedding anniversary (0 on the day; 29 February falls on 28 February in other years; 0 when absent) |
 //! | `has_birthday`, `has_anniversary` | 1 when the date is known, else 0 |
+//! | `occasion_share` | the part of the purchase days that fall within the 30 days up to the customer's birthday or wedding anniversary (0 when neither is known) |
+//! | `age_years` | whole years from the birthday to the reference date (0 when the birthday is absent or after the reference) |
 //!
 //! `log1p` (of the value floored at 0) is applied to the skewed ones: recency,
 //! frequency, monetary total and mean, and items. [`FeatureSpec::full`] has all
-//! fourteen; [`FeatureSpec::reduced`] the six that need neither categories nor key dates
+//! sixteen; [`FeatureSpec::reduced`] the six that need neither categories nor key dates
 //! (CDNOW). A feature that is constant zero in a data source is dropped with
 //! [`FeatureSpec::without`].
 //!
@@ -115,8 +117,10 @@ pub enum Quantity {
     Share(Category),
     DaysToBirthday,
     HasBirthday,
+    AgeYears,
     DaysToAnniversary,
     HasAnniversary,
+    OccasionShare,
 }
 
 impl Quantity {
@@ -131,8 +135,10 @@ impl Quantity {
             Quantity::Share(c) => format!("share_{}", c.label()),
             Quantity::DaysToBirthday => "days_to_birthday".into(),
             Quantity::HasBirthday => "has_birthday".into(),
+            Quantity::AgeYears => "age_years".into(),
             Quantity::DaysToAnniversary => "days_to_anniversary".into(),
             Quantity::HasAnniversary => "has_anniversary".into(),
+            Quantity::OccasionShare => "occasion_share".into(),
         }
     }
 }
@@ -184,10 +190,15 @@ impl Feature {
 }
 
 // Bounds: log values ≤ 2^5 (a raw value up to e^32 ≈ 8·10^13), days ≤ 2^16 (179
-// years), days to a key date ≤ 2^9, shares and indicators ≤ 1.
+// years), days to a key date ≤ 2^9, age ≤ 2^7 years, shares and indicators ≤ 1.
 const LOG: u32 = 5;
 const DAYS: u32 = 16;
 const KEY_DATE: u32 = 9;
+const AGE: u32 = 7;
+
+/// A purchase day at most this many days before a birthday or anniversary is an
+/// occasion purchase (`occasion_share`).
+pub const OCCASION_DAYS: i64 = 30;
 const UNIT: u32 = 0;
 
 /// The ordered, versioned list of features a model uses.
@@ -199,7 +210,7 @@ pub struct FeatureSpec {
 }
 
 impl FeatureSpec {
-    /// All fourteen features, for the brand's own data.
+    /// All sixteen features, for the brand's own data.
     pub fn full() -> Self {
         let mut features = Self::reduced().features;
         for c in [Category::Gold, Category::Diamond, Category::Jade, Category::Platinum] {
@@ -208,8 +219,10 @@ impl FeatureSpec {
         features.extend([
             Feature::new(Quantity::DaysToBirthday, Transform::Identity, KEY_DATE),
             Feature::new(Quantity::HasBirthday, Transform::Identity, UNIT),
+            Feature::new(Quantity::AgeYears, Transform::Identity, AGE),
             Feature::new(Quantity::DaysToAnniversary, Transform::Identity, KEY_DATE),
             Feature::new(Quantity::HasAnniversary, Transform::Identity, UNIT),
+            Feature::new(Quantity::OccasionShare, Transform::Identity, UNIT),
         ]);
         Self { version: SPEC_VERSION, features }
     }
@@ -370,9 +383,34 @@ impl Summary {
             }
             Quantity::DaysToBirthday => customer.birthday.map_or(0.0, |d| days_to_next(d, reference) as f64),
             Quantity::HasBirthday => f64::from(u8::from(customer.birthday.is_some())),
+            Quantity::AgeYears => customer.birthday.map_or(0.0, |b| whole_years(b, reference) as f64),
             Quantity::DaysToAnniversary => customer.anniversary.map_or(0.0, |d| days_to_next(d, reference) as f64),
             Quantity::HasAnniversary => f64::from(u8::from(customer.anniversary.is_some())),
+            Quantity::OccasionShare => {
+                let days: BTreeSet<Date> = customer.txns.iter().map(|t| t.day).filter(|d| *d <= reference).collect();
+                let near = |key: Option<Date>, day: Date| key.is_some_and(|k| days_to_next(k, day) <= OCCASION_DAYS);
+                let occasion = days.iter().filter(|d| near(customer.birthday, **d) || near(customer.anniversary, **d));
+                occasion.count() as f64 / self.days as f64
+            }
         }
+    }
+}
+
+/// Whole years from `birthday` to `reference` (the birthday's recurrence counts on the
+/// day; 29 February recurs on 28 February in common years); 0 when `birthday` is after
+/// `reference`.
+pub fn whole_years(birthday: Date, reference: Date) -> i64 {
+    if birthday > reference {
+        return 0;
+    }
+    let years = i64::from(reference.year() - birthday.year());
+    // Not yet this year's birthday: one year less.
+    if days_to_next(birthday, reference) > 0
+        && (reference.month(), reference.day()) < (birthday.month(), birthday.day())
+    {
+        years - 1
+    } else {
+        years
     }
 }
 
@@ -401,6 +439,20 @@ mod tests {
 
     fn txn(day: Date, cents: i64, quantity: u32, category: Option<Category>) -> Txn {
         Txn { day, cents, quantity, category }
+    }
+
+    #[test]
+    fn age_counts_whole_years_and_a_leap_day_birthday_on_28_february() {
+        assert_eq!(whole_years(date!(1990 - 04 - 02), date!(2024 - 04 - 01)), 33);
+        assert_eq!(whole_years(date!(1990 - 04 - 02), date!(2024 - 04 - 02)), 34);
+        assert_eq!(whole_years(date!(1990 - 12 - 31), date!(2025 - 01 - 01)), 34);
+        // Born 29 February: a year older on 28 February of a common year, not before.
+        assert_eq!(whole_years(date!(2000 - 02 - 29), date!(2023 - 02 - 27)), 22);
+        assert_eq!(whole_years(date!(2000 - 02 - 29), date!(2023 - 02 - 28)), 23);
+        assert_eq!(whole_years(date!(2000 - 02 - 29), date!(2024 - 02 - 28)), 23);
+        assert_eq!(whole_years(date!(2000 - 02 - 29), date!(2024 - 02 - 29)), 24);
+        // A birthday after the reference date (a data-entry error): 0, never negative.
+        assert_eq!(whole_years(date!(2030 - 01 - 01), date!(2024 - 01 - 01)), 0);
     }
 
     #[test]
@@ -437,8 +489,17 @@ mod tests {
         close("share_platinum", 0.0);
         close("days_to_birthday", 2.0);
         close("has_birthday", 1.0);
+        close("age_years", 33.0);
         close("days_to_anniversary", 0.0);
         close("has_anniversary", 0.0);
+        // 2024-03-01 is 32 days before the birthday, 2024-01-10 further: neither counts.
+        close("occasion_share", 0.0);
+        let near = Customer { birthday: Some(date!(1990 - 03 - 31)), ..c };
+        let e = example(&spec, &near, &window).unwrap();
+        let by_name: std::collections::BTreeMap<String, f64> = spec.names().into_iter().zip(e.features).collect();
+        let close = |name: &str, v: f64| assert!((by_name[name] - v).abs() < 1e-12, "{name}: {} ≠ {v}", by_name[name]);
+        close("occasion_share", 0.5); // 03-01 is 30 days before 03-31
+        close("age_years", 34.0); // 34 on the day
         // 2024-05-01 is within (03-31, 04-30]? No: the horizon ends 04-30.
         assert!(e.churned);
         assert!(!Window { reference: date!(2024 - 03 - 31), horizon_days: 31 }.churned(&txns));
@@ -462,9 +523,9 @@ mod tests {
 
     #[test]
     fn specs_name_their_features_and_serialise() {
-        assert_eq!(FeatureSpec::full().dim(), 14);
+        assert_eq!(FeatureSpec::full().dim(), 16);
         let reduced = FeatureSpec::full().without(&["share_jade", "has_anniversary", "days_to_anniversary"]);
-        assert_eq!(reduced.dim(), 11);
+        assert_eq!(reduced.dim(), 13);
         assert!(!reduced.names().contains(&"share_jade".to_string()));
         let json = serde_json::to_string(&FeatureSpec::reduced()).unwrap();
         let back: FeatureSpec = serde_json::from_str(&json).unwrap();

@@ -7,8 +7,9 @@
 //! franchisee's synthetic jewellery data ([`crate::demodata`], written to a temporary
 //! directory); `Coordinator::run_churn` runs the moments round, the federated Newton
 //! rounds and the evaluation round, each a secure-aggregation round over gRPC. The model
-//! has **15 weights** (the 14 features of `FeatureSpec::full` and the intercept): the
-//! real model closest to d = 16 (no feature spec has 15 features, i.e. 16 weights). Rounds per second are
+//! has d = 16 features (all of `FeatureSpec::full`) and the intercept, **17 weights**;
+//! a feature constant over every node's data would be dropped after the moments round,
+//! and the row prints the weights the model ends with. Rounds per second are
 //! over the Newton rounds: from the moments round's progress event to the last Newton
 //! round's (the coordinator reports each round when its sum is released). The bytes
 //! per node and Newton round are what the nodes' audit logs record of their egress
@@ -327,9 +328,9 @@ async fn newton(opts: &Options) -> Result<NewtonRow> {
         nodes: n,
         weights,
         model: format!(
-            "logistic regression, {} features + intercept = {weights} weights (the issue's d = 16: the real churn \
-             model closest to it; FeatureSpec::full has 14 features)",
-            weights - 1
+            "logistic regression, {} features + intercept = {weights} weights (FeatureSpec::full, d = {})",
+            weights - 1,
+            FeatureSpec::full().dim()
         ),
         train_examples: model.metrics.train_examples,
         rounds: model.provenance.rounds.len(),
