@@ -496,13 +496,8 @@ enum BenchCommand {
         /// `pip install flwr==1.41.0`) and print our speed-up per row.
         #[arg(long)]
         flower: bool,
-        /// Flower's benchmark script [default: ../shared/bench/flower_secaggplus.py beside
-        /// the repository].
-        #[arg(long, value_name = "PATH", requires = "flower")]
-        flower_script: Option<PathBuf>,
-        /// The Python interpreter that can import flwr.
-        #[arg(long, value_name = "PYTHON", default_value = "python3", requires = "flower")]
-        python: PathBuf,
+        #[command(flatten)]
+        peer: FlowerPeer,
         /// Flower's server repetitions (its --reps; medians of them).
         #[arg(long, value_name = "N", default_value_t = 1, requires = "flower")]
         flower_reps: usize,
@@ -549,13 +544,8 @@ enum BenchCommand {
         /// missing).
         #[arg(long)]
         flower: bool,
-        /// Flower's benchmark script [default: ../shared/bench/flower_secaggplus.py beside
-        /// the repository].
-        #[arg(long, value_name = "PATH", requires = "flower")]
-        flower_script: Option<PathBuf>,
-        /// The Python interpreter that can import flwr.
-        #[arg(long, value_name = "PYTHON", default_value = "python3", requires = "flower")]
-        python: PathBuf,
+        #[command(flatten)]
+        peer: FlowerPeer,
     },
     /// Audit-log verification speed for a log of N records vs. hashing its bytes.
     Audit {
@@ -564,6 +554,28 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Where Flower's benchmark runs from (`bench secagg` and `bench train` with `--flower`).
+#[derive(Debug, clap::Args)]
+struct FlowerPeer {
+    /// Flower's benchmark script [default: ../shared/bench/flower_secaggplus.py beside
+    /// the repository].
+    #[arg(long, value_name = "PATH", requires = "flower")]
+    flower_script: Option<PathBuf>,
+    /// The Python interpreter that can import flwr.
+    #[arg(long, value_name = "PYTHON", default_value = "python3", requires = "flower")]
+    python: PathBuf,
+}
+
+impl FlowerPeer {
+    fn options(self, reps: usize) -> fedcrm::bench::flower::Options {
+        fedcrm::bench::flower::Options {
+            script: self.flower_script.unwrap_or_else(fedcrm::bench::flower::default_script),
+            python: self.python,
+            reps,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -956,23 +968,8 @@ async fn run(cli: Cli) -> Result<()> {
             let view = fedcrm::hq::BudgetView::new(&reply);
             print_view(&view, json, csv, fedcrm::hq::budget_csv, fedcrm::hq::budget_table)
         }
-        Command::Bench(BenchCommand::Secagg {
-            n,
-            d,
-            drop,
-            width,
-            secagg,
-            json,
-            flower,
-            flower_script,
-            python,
-            flower_reps,
-        }) => {
-            let flower = flower.then(|| fedcrm::bench::flower::Options {
-                script: flower_script.unwrap_or_else(fedcrm::bench::flower::default_script),
-                python,
-                reps: flower_reps,
-            });
+        Command::Bench(BenchCommand::Secagg { n, d, drop, width, secagg, json, flower, peer, flower_reps }) => {
+            let flower = flower.then(|| peer.options(flower_reps));
             fedcrm::bench::secagg(n, d, drop, width, secagg, json, flower)
         }
         Command::Bench(BenchCommand::Train {
@@ -987,14 +984,9 @@ async fn run(cli: Cli) -> Result<()> {
             only,
             json,
             flower,
-            flower_script,
-            python,
+            peer,
         }) => {
-            let flower = flower.then(|| fedcrm::bench::flower::Options {
-                script: flower_script.unwrap_or_else(fedcrm::bench::flower::default_script),
-                python,
-                reps: 1,
-            });
+            let flower = flower.then(|| peer.options(1));
             let opts = fedcrm::bench::train::Options {
                 nodes,
                 customers,

@@ -16,54 +16,21 @@ mod common;
 
 use fedcrm::harness::{CDNOW, Cluster, ClusterOptions, NodeSpec, split_cdnow};
 use fedcrm_coordinator::analyses::AnalysisRequest;
-use fedcrm_coordinator::analyses::churn::{ChurnRequest, default_holdout_key};
+use fedcrm_coordinator::analyses::churn::ChurnRequest;
 use fedcrm_coordinator::config::ReleaseRules;
-use fedcrm_model::features::{Customer, FeatureSpec, Txn, Window, example};
-use fedcrm_model::split::HoldoutSplit;
+use fedcrm_model::features::{FeatureSpec, Window};
 use time::macros::date;
 
 const REFERENCE: time::Date = date!(1997 - 09 - 30);
 const HORIZON: u32 = 273;
 const LAMBDA: f64 = 1e-4;
 
-/// One pooled example: raw features, label, held out or not.
-struct Row {
-    raw: Vec<f64>,
-    churned: bool,
-    test: bool,
-}
+/// One pooled example (tests/common: parsed apart from the node's reader).
+type Row = common::CdnowExample;
 
 /// The pooled examples, from the same CDNOW text the nodes were given.
 fn pooled(spec: &FeatureSpec) -> Vec<Row> {
-    let mut by: std::collections::BTreeMap<String, Vec<Txn>> = Default::default();
-    for line in CDNOW.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() != 4 || !f[1].bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let d = f[1];
-        let day = time::Date::from_calendar_date(
-            d[..4].parse().unwrap(),
-            time::Month::try_from(d[4..6].parse::<u8>().unwrap()).unwrap(),
-            d[6..].parse().unwrap(),
-        )
-        .unwrap();
-        let cents = fedcrm_node::data::parse_cents(f[3]).unwrap();
-        by.entry(f[0].to_string()).or_default().push(Txn {
-            day,
-            cents,
-            quantity: f[2].parse().unwrap(),
-            category: None,
-        });
-    }
-    let window = Window { reference: REFERENCE, horizon_days: HORIZON };
-    let split = HoldoutSplit::new(&default_holdout_key(), 0.3).unwrap();
-    by.iter()
-        .filter_map(|(id, txns)| {
-            let e = example(spec, &Customer { txns, birthday: None, anniversary: None }, &window)?;
-            Some(Row { raw: e.features, churned: e.churned, test: split.is_test(id.as_bytes()) })
-        })
-        .collect()
+    common::cdnow_examples(spec, &Window { reference: REFERENCE, horizon_days: HORIZON })
 }
 
 fn sigmoid(t: f64) -> f64 {

@@ -29,11 +29,10 @@ use std::sync::Arc;
 use fedcrm::harness::{CDNOW, Cluster, ClusterOptions, NodeSpec};
 use fedcrm_audit::{Event, Record};
 use fedcrm_coordinator::analyses::AnalysisRequest;
-use fedcrm_coordinator::analyses::churn::{ChurnRequest, default_holdout_key};
+use fedcrm_coordinator::analyses::churn::ChurnRequest;
 use fedcrm_coordinator::config::ReleaseRules;
 use fedcrm_coordinator::round::Hooks;
-use fedcrm_model::features::{Customer, FeatureSpec, Txn, Window, example};
-use fedcrm_model::split::HoldoutSplit;
+use fedcrm_model::features::{FeatureSpec, Window};
 use fedcrm_node::privacy::{DpMode, Privacy};
 use time::macros::date;
 
@@ -93,35 +92,10 @@ fn own_charges(cluster: &Cluster, node: &str) -> Vec<(String, f64, f64)> {
 
 /// The held-out customers' raw features and labels, pooled from the same CDNOW text.
 fn held_out(spec: &FeatureSpec) -> Vec<(Vec<f64>, bool)> {
-    let mut by: std::collections::BTreeMap<String, Vec<Txn>> = Default::default();
-    for line in CDNOW.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() != 4 || !f[1].bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let d = f[1];
-        let day = time::Date::from_calendar_date(
-            d[..4].parse().unwrap(),
-            time::Month::try_from(d[4..6].parse::<u8>().unwrap()).unwrap(),
-            d[6..].parse().unwrap(),
-        )
-        .unwrap();
-        let cents = fedcrm_node::data::parse_cents(f[3]).unwrap();
-        by.entry(f[0].to_string()).or_default().push(Txn {
-            day,
-            cents,
-            quantity: f[2].parse().unwrap(),
-            category: None,
-        });
-    }
-    let window = Window { reference: REFERENCE, horizon_days: HORIZON };
-    let split = HoldoutSplit::new(&default_holdout_key(), 0.3).unwrap();
-    by.iter()
-        .filter(|(id, _)| split.is_test(id.as_bytes()))
-        .filter_map(|(_, txns)| {
-            let e = example(spec, &Customer { txns, birthday: None, anniversary: None }, &window)?;
-            Some((e.features, e.churned))
-        })
+    common::cdnow_examples(spec, &Window { reference: REFERENCE, horizon_days: HORIZON })
+        .into_iter()
+        .filter(|e| e.test)
+        .map(|e| (e.raw, e.churned))
         .collect()
 }
 

@@ -134,3 +134,50 @@ pub fn inside_validity(cert_pem: &str) -> u64 {
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der).unwrap();
     cert.validity().not_before.timestamp() as u64 + 86_400
 }
+
+/// One pooled CDNOW churn example: raw features, label, and whether the keyed split
+/// (the coordinator's default holdout key, 30 %) holds the customer out.
+pub struct CdnowExample {
+    pub raw: Vec<f64>,
+    pub churned: bool,
+    pub test: bool,
+}
+
+/// The pooled churn examples of every CDNOW customer, parsed here from the same text
+/// the nodes were given — apart from the node's reader, so a federated result checked
+/// against them is checked against a separate computation.
+pub fn cdnow_examples(
+    spec: &fedcrm_model::features::FeatureSpec,
+    window: &fedcrm_model::features::Window,
+) -> Vec<CdnowExample> {
+    use fedcrm_model::features::{Customer, Txn, example};
+    let mut by: std::collections::BTreeMap<String, Vec<Txn>> = Default::default();
+    for line in CDNOW.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() != 4 || !f[1].bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let d = f[1];
+        let day = time::Date::from_calendar_date(
+            d[..4].parse().unwrap(),
+            time::Month::try_from(d[4..6].parse::<u8>().unwrap()).unwrap(),
+            d[6..].parse().unwrap(),
+        )
+        .unwrap();
+        let cents = fedcrm_node::data::parse_cents(f[3]).unwrap();
+        by.entry(f[0].to_string()).or_default().push(Txn {
+            day,
+            cents,
+            quantity: f[2].parse().unwrap(),
+            category: None,
+        });
+    }
+    let key = fedcrm_coordinator::analyses::churn::default_holdout_key();
+    let split = fedcrm_model::split::HoldoutSplit::new(&key, 0.3).unwrap();
+    by.iter()
+        .filter_map(|(id, txns)| {
+            let e = example(spec, &Customer { txns, birthday: None, anniversary: None }, window)?;
+            Some(CdnowExample { raw: e.features, churned: e.churned, test: split.is_test(id.as_bytes()) })
+        })
+        .collect()
+}

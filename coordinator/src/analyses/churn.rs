@@ -37,7 +37,7 @@ use fedcrm_model::terms::{
 use fedcrm_protocol::wire::churn::{ChurnDp, ChurnRound, ChurnSetup, ChurnStep};
 use fedcrm_protocol::wire::{AnalysisKind, Noise};
 
-use super::{AnalysisError, AnalysisRequest, Context, Driver, Finished, Step};
+use super::{AnalysisError, AnalysisRequest, Context, Driver, Finished, MAX_ROUND_RETRIES, Step};
 use crate::Coordinator;
 use crate::release;
 use crate::round::RoundOutput;
@@ -339,6 +339,17 @@ impl Driver for ChurnDriver {
 
     /// The analyst's ε for the whole training → ρ in total, its share per round, and the
     /// σ² that leaves each round's grid fine (s ≥ 100·√d' for the longest vector).
+    /// Under DP, the plan's [`DP_RETRIES`] spare rounds: each node was charged for them
+    /// up front and refuses any round beyond the plan's T, so the coordinator stops at
+    /// the same count with a message rather than asking for a round every node refuses.
+    fn most_retries(&self) -> (usize, &'static str) {
+        if self.dp.is_some() {
+            (DP_RETRIES as usize, "the DP plan's spare rounds, charged up front")
+        } else {
+            (MAX_ROUND_RETRIES, "the most an analysis retries")
+        }
+    }
+
     fn noise_variance(&mut self, floor: Variance, honest: usize) -> Result<Variance, String> {
         if matches!(self.request.training, Training::FedAvg { .. }) {
             return Err(FEDAVG_DP.into());

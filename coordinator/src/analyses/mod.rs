@@ -39,8 +39,9 @@ use crate::release;
 use crate::round::{Exit, RoundError, RoundOutput};
 
 /// How many times one analysis retries a round that lost a member of its population
-/// before its masked vector arrived ([`RoundError::NotPopulation`]); each node limits
-/// it too (`fedcrm_node::computation::MAX_RETRIES`).
+/// before its masked vector arrived ([`RoundError::NotPopulation`]), in all; each node
+/// limits it too (`fedcrm_node::computation::MAX_RETRIES`), and a driver's plan may
+/// allow fewer ([`Driver::most_retries`]).
 pub const MAX_ROUND_RETRIES: usize = 3;
 
 /// What a driver does after a round.
@@ -98,6 +99,13 @@ pub trait Driver {
     /// refused up front when the analyst asks for it.
     fn supports_dp(&self) -> bool {
         true
+    }
+
+    /// How many rounds this analysis may retry in all ([`RoundError::NotPopulation`]),
+    /// and why that many: [`MAX_ROUND_RETRIES`] unless a plan (under DP, the rounds the
+    /// nodes were charged for up front) allows fewer.
+    fn most_retries(&self) -> (usize, &'static str) {
+        (MAX_ROUND_RETRIES, "the most an analysis retries")
     }
 
     /// Consume the round just run (over the analysis's population) and say what comes
@@ -250,7 +258,7 @@ impl Coordinator {
                 // Issue 11: a member of the population left before its masked vector
                 // arrived; the round was not unmasked. Retry the same query over the
                 // whole population, with fresh keys and seeds, once it is back.
-                Err(RoundError::NotPopulation { round, missing, .. }) if retries < MAX_ROUND_RETRIES => {
+                Err(RoundError::NotPopulation { round, missing, .. }) if retries < driver.most_retries().0 => {
                     retries += 1;
                     charges.append(&mut runner.stopped_charges);
                     tracing::warn!(analysis = %id, %round, ?missing, retries, "round not unmasked: retrying it over the analysis's population");
@@ -258,9 +266,10 @@ impl Coordinator {
                     continue;
                 }
                 Err(RoundError::NotPopulation { round, missing, exits: left }) => {
+                    let (most, why) = driver.most_retries();
                     return Err(AnalysisError::ContributorsChanged {
                         exits: format!(
-                            "{left}\n  (round {round} lacked {}; {MAX_ROUND_RETRIES} retries of a round are the most)",
+                            "{left}\n  (round {round} lacked {}; {retries} of {most} retries spent: {why})",
                             missing.join(", ")
                         ),
                     });

@@ -223,16 +223,12 @@ pub fn run(s: &Settings, mut progress: impl FnMut(u32)) -> Result<Figures> {
     )?;
     let ca_pem = std::fs::read_to_string(pki.ca_path())?;
     let hook: fedcrm_pki::tls::RefusalHook = Arc::new(|_, _| {});
-    let read_key = |p: &std::path::Path| -> Result<fedcrm_pki::PrivateKeyPem> {
-        Ok(fedcrm_pki::PrivateKeyPem::new(std::fs::read_to_string(p)?))
+    // An issued identity's certificate and key, as the TLS configurations take them.
+    let cert_and_key = |f: &crate::harness::IdentityFiles| -> Result<(String, fedcrm_pki::PrivateKeyPem)> {
+        Ok((std::fs::read_to_string(&f.cert)?, fedcrm_pki::PrivateKeyPem::new(std::fs::read_to_string(&f.key)?)))
     };
-    let mut server_config = fedcrm_pki::tls::server_config(
-        &ca_pem,
-        &std::fs::read_to_string(&coordinator.cert)?,
-        &read_key(&coordinator.key)?,
-        vec![],
-        hook.clone(),
-    )?;
+    let (cert, key) = cert_and_key(&coordinator)?;
+    let mut server_config = fedcrm_pki::tls::server_config(&ca_pem, &cert, &key, vec![], hook.clone())?;
     // Raw words on the stream, not HTTP/2.
     server_config.alpn_protocols.clear();
     let server_config = Arc::new(server_config);
@@ -269,13 +265,8 @@ pub fn run(s: &Settings, mut progress: impl FnMut(u32)) -> Result<Figures> {
             },
             Validity::days_from_now(1),
         )?;
-        let mut client = fedcrm_pki::tls::client_config(
-            &ca_pem,
-            &std::fs::read_to_string(&files.cert)?,
-            &read_key(&files.key)?,
-            vec![],
-            hook.clone(),
-        )?;
+        let (cert, key) = cert_and_key(&files)?;
+        let mut client = fedcrm_pki::tls::client_config(&ca_pem, &cert, &key, vec![], hook.clone())?;
         client.alpn_protocols.clear();
         let (tx, rx) = mpsc::channel::<ToNode>();
         to_nodes.push(tx);
