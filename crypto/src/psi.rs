@@ -156,13 +156,13 @@ impl BlindingKey {
 
     /// k/2 mod ℓ, which `double_and_compress_batch` doubles back to k.
     fn half(&self) -> Scalar {
-        self.scalar * Scalar::from(2u8).invert()
+        self.scalar.div_by_2()
     }
 }
 
-/// Encodes k·P for each point: multiplies by k/2 and lets the batch double and encode.
-/// Every point must be a non-identity element (the batch inverts a product that is zero
-/// for the identity); k ≠ 0 keeps a non-identity point so.
+/// Encodes k·P for each point: multiplies by k/2 and lets the batch double and encode
+/// (an identity among them encodes as zeros without disturbing the others: the batched
+/// inversion leaves a zero as it is).
 fn multiply_and_compress(half: &Scalar, points: &[RistrettoPoint]) -> Vec<[u8; 32]> {
     let halved: Vec<RistrettoPoint> = points.iter().map(|p| p * half).collect();
     RistrettoPoint::double_and_compress_batch(&halved).into_iter().map(|c| c.to_bytes()).collect()
@@ -171,9 +171,6 @@ fn multiply_and_compress(half: &Scalar, points: &[RistrettoPoint]) -> Vec<[u8; 3
 /// Ion et al. 2020, §3.1, round 1 (and round 2's second half): {k·H(x)} for the
 /// normalised identifiers `ids`, in their order, on all cores. The caller pads and
 /// shuffles before anything leaves ([`pad_and_shuffle`]).
-///
-/// H(x) is the identity with probability about 2⁻²⁵⁰ per identifier (a SHA-512 output
-/// mapping there); that is not handled.
 pub fn blind<T: AsRef<[u8]> + Sync>(key: &BlindingKey, ids: &[T]) -> Vec<[u8; 32]> {
     let half = key.half();
     let domain = key.domain;
@@ -271,10 +268,15 @@ pub fn pad_and_shuffle(
     }
     let mut seeds = vec![0u8; 64 * (target - len)];
     rng.fill(&mut seeds).map_err(|_| PsiError::Random)?;
-    points.par_extend(seeds.par_chunks_exact(64).map(|s| {
-        // Unwrap safety: `par_chunks_exact(64)` yields 64-byte slices.
-        let wide: &[u8; 64] = s.try_into().unwrap();
-        RistrettoPoint::from_uniform_bytes(wide).compress().to_bytes()
+    // Doubling is a bijection of the prime-order group, so 2·R is as uniform as R: the
+    // batch encodes it without a halving multiplication.
+    points.par_extend(seeds.par_chunks(64 * CHUNK).flat_map_iter(|chunk| {
+        let random: Vec<RistrettoPoint> = chunk
+            .chunks_exact(64)
+            // Unwrap safety: `chunks_exact(64)` yields 64-byte slices.
+            .map(|s| RistrettoPoint::from_uniform_bytes(s.try_into().unwrap()))
+            .collect();
+        RistrettoPoint::double_and_compress_batch(&random).into_iter().map(|c| c.to_bytes())
     }));
     // Whoever held the seeds could tell the padding apart.
     seeds.zeroize();

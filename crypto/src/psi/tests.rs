@@ -52,6 +52,12 @@ fn batch_compression_equals_compress() {
         .map(|b| (CompressedRistretto(*b).decompress().unwrap() * k.scalar).compress().to_bytes())
         .collect();
     assert_eq!(reblind(&k, &expected).unwrap(), again);
+    // An identity inside a batch encodes as zeros and leaves its neighbours exact.
+    let points = [hash_to_group(&RUN, b"a"), RistrettoPoint::identity(), hash_to_group(&RUN, b"b")];
+    let encoded = multiply_and_compress(&k.half(), &points);
+    let one_by_one: Vec<[u8; 32]> = points.iter().map(|p| (p * k.scalar).compress().to_bytes()).collect();
+    assert_eq!(encoded, one_by_one);
+    assert_eq!(encoded[1], [0; 32]);
 }
 
 #[test]
