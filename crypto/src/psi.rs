@@ -9,8 +9,8 @@
 //!
 //! Spec: the Diffie–Hellman PSI of Meadows (1986) and Huberman–Franklin–Hogg (1999), in
 //! its cardinality form as deployed by Ion et al. ("On Deploying Secure Computing:
-//! Private Intersection-Sum-with-Cardinality", EuroS&P 2020, §3.1, without the sums):
-//! party A sends {a·H(x)}, B returns {b·a·H(x)} shuffled and sends {b·H(y)}, A computes
+//! Private Intersection-Sum-with-Cardinality", EuroS&P 2020; their DDH-based protocol
+//! without the sums): party A sends {a·H(x)}, B returns {b·a·H(x)} shuffled and sends {b·H(y)}, A computes
 //! {a·b·H(y)} and counts the common points. Secure against semi-honest parties under DDH
 //! in the random-oracle model for H. The group is ristretto255 (RFC 9496), H is SHA-512
 //! into its one-way map (RFC 9496, §4.3.4, `RistrettoPoint::from_uniform_bytes`), over
@@ -40,7 +40,9 @@
 //! `blind` or `reblind` (9 %), at no cost in clarity; so it is used. Decoding has no
 //! batched form (each point needs its own square root), so `reblind` decodes one by one.
 //! Each rayon task takes [`CHUNK`] = 1,024 points (past the batch's gain, and few enough
-//! tasks' worth of memory at a time).
+//! tasks' worth of memory at a time). rayon here, where `prg` splits one vector over
+//! `std::thread::scope`: a list is a thousand independent chunks, and work stealing
+//! keeps both ends' cores busy whatever else the machine runs.
 
 use std::collections::HashSet;
 
@@ -168,9 +170,9 @@ fn multiply_and_compress(half: &Scalar, points: &[RistrettoPoint]) -> Vec<[u8; 3
     RistrettoPoint::double_and_compress_batch(&halved).into_iter().map(|c| c.to_bytes()).collect()
 }
 
-/// Ion et al. 2020, §3.1, round 1 (and round 2's second half): {k·H(x)} for the
-/// normalised identifiers `ids`, in their order, on all cores. The caller pads and
-/// shuffles before anything leaves ([`pad_and_shuffle`]).
+/// Ion et al. 2020 (DDH-based protocol), round 1 and the second half of round 2:
+/// {k·H(x)} for the normalised identifiers `ids`, in their order, on all cores. The
+/// caller pads and shuffles before anything leaves ([`pad_and_shuffle`]).
 pub fn blind<T: AsRef<[u8]> + Sync>(key: &BlindingKey, ids: &[T]) -> Vec<[u8; 32]> {
     let half = key.half();
     let domain = key.domain;
@@ -182,10 +184,10 @@ pub fn blind<T: AsRef<[u8]> + Sync>(key: &BlindingKey, ids: &[T]) -> Vec<[u8; 32
         .collect()
 }
 
-/// Ion et al. 2020, §3.1, round 2: {k·P} for a peer's encoded points, in their order,
-/// on all cores. Refuses, naming the first bad index, an encoding that is not canonical
-/// or is the identity (which would cancel any key). The caller shuffles the result
-/// before returning it ([`shuffle`]).
+/// Ion et al. 2020 (DDH-based protocol), round 2: {k·P} for a peer's encoded points, in
+/// their order, on all cores. Refuses, naming the first bad index, an encoding that is
+/// not canonical or is the identity (which would cancel any key). The caller shuffles
+/// the result before returning it ([`shuffle`]).
 pub fn reblind(key: &BlindingKey, points: &[[u8; 32]]) -> Result<Vec<[u8; 32]>, PsiError> {
     let half = key.half();
     let chunks: Vec<Result<Vec<[u8; 32]>, PsiError>> = points

@@ -18,6 +18,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroize;
 
 /// Which identifier a node matches its customers on (set in node.toml).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -194,8 +195,9 @@ fn email(raw: &str) -> Result<String, BadIdentifier> {
 }
 
 /// A column of raw values normalised for matching: the distinct identifiers, sorted,
-/// and counts of what was left out and why. Its `Debug` prints counts only, and it is
-/// not serializable: only counts leave this type for `node check`.
+/// and counts of what was left out and why. Its `Debug` prints counts only, it is not
+/// serializable (only counts leave this type, for `node check`), and its identifiers
+/// are zeroized on drop, like [`crate::data::Phone`].
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Normalised {
     /// Distinct normalised identifiers, sorted.
@@ -217,6 +219,12 @@ impl std::fmt::Debug for Normalised {
             .field("empty", &self.empty)
             .field("duplicates", &self.duplicates)
             .finish()
+    }
+}
+
+impl Drop for Normalised {
+    fn drop(&mut self) {
+        self.ids.zeroize();
     }
 }
 

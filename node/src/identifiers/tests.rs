@@ -41,6 +41,18 @@ fn chinese_mobile_formats_normalise_to_e164() {
     }
 }
 
+/// The styles `fedcrm demo-data` writes its channels' phones in (src/demodata/model.rs,
+/// `format_phone`): the same person must match across channels.
+#[test]
+fn the_demo_datas_phone_styles_meet() {
+    for raw in
+        ["13812345678", "138 1234 5678", "138-1234-5678", "+86 138-1234-5678", "+8613812345678", "86 13812345678"]
+    {
+        assert_eq!(normalise(MatchOn::Phone, raw).as_deref(), Ok("+8613812345678"), "{raw:?}");
+    }
+    assert_eq!(normalise(MatchOn::Phone, ""), Err(BadIdentifier::Empty));
+}
+
 #[test]
 fn other_countries_are_kept_in_e164() {
     for (raw, e164) in [
