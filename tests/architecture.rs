@@ -256,6 +256,7 @@ fn every_crate_forbids_unsafe_code() {
 fn secrets_never_print() {
     use fedcrm_crypto::keys::RoundSecret;
     use fedcrm_crypto::prg::MaskSeed;
+    use fedcrm_crypto::psi::{BlindingKey, Domain};
     use fedcrm_pki::{PrivateKeyPem, SigningKey, new_key_and_csr};
     let (key, _) = new_key_and_csr(&fedcrm_pki::Identity {
         name: "n".into(),
@@ -267,6 +268,10 @@ fn secrets_never_print() {
     let printed = [
         format!("{:?}", RoundSecret::from_bytes([7; 32])),
         format!("{:?}", MaskSeed::from_bytes([7; 32])),
+        format!(
+            "{:?}",
+            BlindingKey::generate(Domain { version: 1, run_id: [7; 16] }, &fedcrm_crypto::SystemRandom::new()).unwrap()
+        ),
         format!("{key:?}"),
         format!("{signing:?}"),
         format!("{:?}", PrivateKeyPem::new("-----BEGIN PRIVATE KEY-----".into())),
@@ -282,6 +287,7 @@ fn no_secret_type_is_serializable() {
         ("crypto/src/keys.rs", "RoundSecret"),
         ("crypto/src/keys.rs", "SharedSecret"),
         ("crypto/src/prg.rs", "MaskSeed"),
+        ("crypto/src/psi.rs", "BlindingKey"),
         ("crypto/src/kdf.rs", "DerivedKey"),
         ("crypto/src/shamir.rs", "Share"),
         ("pki/src/lib.rs", "PrivateKeyPem"),

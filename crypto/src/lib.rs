@@ -14,7 +14,9 @@
 //! from, the random Harary graph and its parameters. [`multiround`] runs the many
 //! rounds of one analysis on one X25519 agreement per pair of neighbours, made once at
 //! the analysis's setup (each round derives its pair seeds from it and shares only a
-//! fresh self-mask seed; cf. Flamingo, Ma et al. IEEE S&P 2023).
+//! fresh self-mask seed; cf. Flamingo, Ma et al. IEEE S&P 2023). [`psi`] holds the pure
+//! parts of ECDH-PSI cardinality over ristretto255 (issue 12): hash to group, blinding
+//! keys, blinding in batches on all cores, padding to buckets and shuffling.
 
 #![forbid(unsafe_code)]
 
@@ -25,6 +27,7 @@ pub mod kdf;
 pub mod keys;
 pub mod multiround;
 pub mod prg;
+pub mod psi;
 pub mod secagg;
 pub mod shamir;
 pub mod word;

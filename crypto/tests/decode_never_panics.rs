@@ -1,7 +1,10 @@
 //! Everything that parses bytes from the network must return `Err`, never panic, on
-//! arbitrary input: Shamir shares, X25519 public keys, sealed shares.
+//! arbitrary input: Shamir shares, X25519 public keys, sealed shares, a PSI peer's list
+//! of encoded points.
 
+use curve25519_dalek::ristretto::CompressedRistretto;
 use fedcrm_crypto::keys::{RoundPublic, RoundSecret};
+use fedcrm_crypto::psi::{self, BlindingKey, Domain, PsiError};
 use fedcrm_crypto::shamir::{self, SHARE_Y_LEN, Share};
 use fedcrm_crypto::{CryptoError, aead, kdf};
 use proptest::collection::vec;
@@ -95,4 +98,32 @@ proptest! {
         bad[flip.0 % ct.len()] ^= 1 << (flip.1 % 8);
         prop_assert_eq!(aead::open(&key, &aad, &bad), Err(CryptoError::Decrypt));
     }
+
+    /// A peer's list (issue 12): random bytes, valid points, the identity and bytes
+    /// above p, mixed. `reblind` either takes every point or names the first bad one.
+    #[test]
+    fn psi_reblind_never_panics(
+        raw in vec(prop_oneof![
+            3 => any::<[u8; 32]>(),
+            3 => any::<u16>().prop_map(|i| psi::hash_to_group(&DOMAIN, &i.to_be_bytes()).compress().to_bytes()),
+            1 => Just([0u8; 32]),
+            1 => Just([0xffu8; 32]),
+        ], 0..40),
+    ) {
+        let key = BlindingKey::generate(DOMAIN, &fedcrm_crypto::SystemRandom::new()).unwrap();
+        let valid = |p: &[u8; 32]| *p != [0u8; 32] && CompressedRistretto(*p).decompress().is_some();
+        match psi::reblind(&key, &raw) {
+            Ok(out) => {
+                prop_assert_eq!(out.len(), raw.len());
+                prop_assert!(raw.iter().all(valid));
+            }
+            Err(PsiError::NonCanonical { index } | PsiError::Identity { index }) => {
+                prop_assert!(index < raw.len() && !valid(&raw[index]));
+                prop_assert!(raw[..index].iter().all(valid));
+            }
+            Err(e) => prop_assert!(false, "unexpected error: {}", e),
+        }
+    }
 }
+
+const DOMAIN: Domain = Domain { version: psi::VERSION, run_id: [1; 16] };

@@ -12,7 +12,10 @@
 //! keeps them. `secagg_round.json` runs its round in 64-bit words.
 //!
 //! `rfc7748_x25519.json`, the `sp800_38a` case of `prg_aes128ctr.json` and the
-//! `rfc5869` cases of `kdf_hkdf.json` are published values copied from the standards.
+//! `rfc5869` cases of `kdf_hkdf.json` are published values copied from the standards,
+//! and the `ristretto_group_*` sets of `psi_ristretto255.json` (issue 12) the published
+//! ristretto255 vectors (ristretto.group): hash to point, bad encodings, and a blinded
+//! exponentiation that `psi::reblind` must reproduce.
 //! `prg_aes128ctr.json` was computed without this crate (`gen_prg_aes128ctr.py`,
 //! OpenSSL through Python's `cryptography`). The rest was produced once by this crate
 //! and is cross-checked here against independent implementations (the `aes` and `ctr`
@@ -28,8 +31,10 @@ use common::with_fixed_rng;
 use std::collections::{BTreeMap, BTreeSet};
 
 use ctr::cipher::{KeyIvInit, StreamCipher};
+use curve25519_dalek::ristretto::RistrettoPoint;
 use fedcrm_crypto::keys::{RoundPublic, RoundSecret};
 use fedcrm_crypto::prg::{self, MaskSeed, Sign};
+use fedcrm_crypto::psi::{self, BlindingKey, Domain, PsiError};
 use fedcrm_crypto::secagg::{Aggregator, ClientAdvertised, RoundParams, WordWidth};
 use fedcrm_crypto::shamir::{self, SHARE_Y_LEN, Share};
 use fedcrm_crypto::{CryptoError, PROTOCOL_VERSION, RoundId, aead, kdf};
@@ -856,4 +861,92 @@ fn secagg_round_known_answers() {
         }
     }
     assert!(saw_bad);
+}
+
+// ---------------------------------------------------------------------------------
+// ECDH-PSI over ristretto255 (issue 12)
+
+const PSI_JSON: &str = include_str!("../test_vectors/v3/psi_ristretto255.json");
+
+fn psi_vectors() -> serde_json::Value {
+    serde_json::from_str(PSI_JSON).unwrap()
+}
+
+fn str_of(v: &serde_json::Value) -> &str {
+    v.as_str().unwrap_or_else(|| panic!("not a string: {v}"))
+}
+
+fn psi_domain(v: &serde_json::Value) -> Domain {
+    Domain { version: v["version"].as_u64().unwrap() as u32, run_id: h16(str_of(&v["run_id"])) }
+}
+
+/// The key `BlindingKey::generate` makes from these 64 bytes.
+fn psi_key(fill: Vec<u8>, domain: Domain) -> BlindingKey {
+    with_fixed_rng(&[fill], |rng| BlindingKey::generate(domain, rng).unwrap())
+}
+
+fn sha512(b: &[u8]) -> [u8; 64] {
+    ring::digest::digest(&ring::digest::SHA512, b).as_ref().try_into().unwrap()
+}
+
+#[test]
+fn psi_hash_to_group_known_answers() {
+    let v = psi_vectors();
+    for c in v["hash_to_group"].as_array().unwrap() {
+        let point = psi::hash_to_group(&psi_domain(c), str_of(&c["id"]).as_bytes());
+        assert_eq!(point.compress().to_bytes(), h32(str_of(&c["point"])), "{c}");
+    }
+}
+
+#[test]
+fn psi_blind_and_reblind_known_answers() {
+    let v = &psi_vectors()["blind"];
+    let domain = psi_domain(v);
+    let (a, b) = (psi_key(h(str_of(&v["key_a"])), domain), psi_key(h(str_of(&v["key_b"])), domain));
+    let ids: Vec<&str> = v["ids"].as_array().unwrap().iter().map(str_of).collect();
+    let list = |k: &str| -> Vec<[u8; 32]> { v[k].as_array().unwrap().iter().map(|p| h32(str_of(p))).collect() };
+    assert_eq!(psi::blind(&a, &ids), list("blinded"));
+    assert_eq!(psi::reblind(&b, &list("blinded")).unwrap(), list("reblinded"));
+    // The other order meets the same points.
+    assert_eq!(psi::reblind(&a, &psi::blind(&b, &ids)).unwrap(), list("reblinded"));
+}
+
+/// The one-way map `hash_to_group` ends with, against ristretto.group's hash-to-point
+/// vectors (SHA-512 of each label, mapped).
+#[test]
+fn psi_ristretto_group_hash_to_point() {
+    let v = psi_vectors();
+    for c in v["ristretto_group_hash_to_point"].as_array().unwrap() {
+        let point = RistrettoPoint::from_uniform_bytes(&sha512(str_of(&c["label"]).as_bytes()));
+        assert_eq!(point.compress().to_bytes(), h32(str_of(&c["point"])), "{}", c["label"]);
+    }
+}
+
+/// `reblind`'s multiplication and batched encoding against exponentiations published
+/// with another implementation (ristretto.group's PAKE example): H(pw)^r, then ^salt.
+#[test]
+fn psi_reblind_matches_ristretto_group_exponentiations() {
+    let v = &psi_vectors()["ristretto_group_pake"];
+    let domain = Domain { version: psi::VERSION, run_id: [0; 16] };
+    let key = |name: &str| psi_key([h(str_of(&v[name])), vec![0; 32]].concat(), domain);
+    let h_pw = RistrettoPoint::from_uniform_bytes(&sha512(str_of(&v["password"]).as_bytes())).compress().to_bytes();
+    let (r, salt) = (key("r"), key("salt"));
+    let h_pw_r = psi::reblind(&r, &[h_pw]).unwrap();
+    assert_eq!(h_pw_r, [h32(str_of(&v["h_pw_r"]))]);
+    assert_eq!(psi::reblind(&salt, &h_pw_r).unwrap(), [h32(str_of(&v["h_pw_r_salt"]))]);
+    assert_eq!(psi::reblind(&salt, &[h_pw]).unwrap(), [h32(str_of(&v["h_pw_salt"]))]);
+}
+
+#[test]
+fn psi_reblind_refuses_bad_encodings() {
+    let v = psi_vectors();
+    let domain = Domain { version: psi::VERSION, run_id: [0; 16] };
+    let k = psi_key(sha512(b"bad").to_vec(), domain);
+    let good = psi::hash_to_group(&domain, b"+8613800138000").compress().to_bytes();
+    let bad = v["ristretto_group_bad_encodings"].as_array().unwrap();
+    assert_eq!(bad.len(), 29);
+    for e in bad {
+        assert_eq!(psi::reblind(&k, &[good, h32(str_of(e))]), Err(PsiError::NonCanonical { index: 1 }), "{e}");
+    }
+    assert_eq!(psi::reblind(&k, &[h32(str_of(&v["bad_identity"])), good]), Err(PsiError::Identity { index: 0 }));
 }

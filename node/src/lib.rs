@@ -20,6 +20,7 @@ pub mod data;
 pub mod differencing;
 pub mod egress;
 pub mod features;
+pub mod identifiers;
 pub mod models;
 pub mod policy;
 pub mod privacy;
