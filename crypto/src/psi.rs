@@ -351,5 +351,7 @@ pub fn intersection_count(a: &[[u8; 32]], b: &[[u8; 32]]) -> u64 {
     large.iter().filter(|p| set.remove(p)).count() as u64
 }
 
+pub mod channel;
+
 #[cfg(test)]
 mod tests;

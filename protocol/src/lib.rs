@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod model;
+pub mod psi;
 pub mod tls;
 pub mod wire;
 
