@@ -24,5 +24,6 @@ pub mod identifiers;
 pub mod models;
 pub mod policy;
 pub mod privacy;
+pub mod psi;
 pub mod score;
 pub mod session;
