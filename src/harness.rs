@@ -638,6 +638,13 @@ impl<C> Cluster<C> {
             approvals_dir: ndir.join("approvals"),
             audit: Default::default(),
             scoring: Some(fedcrm_node::models::Scoring { publisher: PUBLISHER_NAME.into() }),
+            // CDNOW's customer ids are global; the jewellery exports carry phones.
+            psi: fedcrm_node::psi::PsiConfig {
+                match_on: match spec.format {
+                    Format::Cdnow => fedcrm_node::identifiers::MatchOn::CustomerKey,
+                    Format::Csv => fedcrm_node::identifiers::MatchOn::Phone,
+                },
+            },
         })
     }
 

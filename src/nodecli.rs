@@ -116,6 +116,18 @@ pub fn check_text(r: &CheckReport) -> String {
             pr.month
         )),
     }
+    let psi = &r.psi;
+    s.push_str(&format!(
+        "  private set intersection: matching on {}: {} distinct identifier(s); {} customer(s) without one; {} sharing one with another customer (listed once)\n",
+        psi.match_on, psi.identifiers, psi.customers_without, psi.shared_by_customers
+    ));
+    for (reason, n) in &psi.bad {
+        s.push_str(&format!("    left out, not an identifier: {n} customer(s): {reason}\n"));
+    }
+    s.push_str(&format!(
+        "    peer lists blinded only with {} to {} points ([policy.psi])\n",
+        psi.min_list_points, psi.max_list_points
+    ));
     s.push_str(&format!("  audit log (every egress, decision and receipt): {}\n", r.audit_dir));
     s.push_str("\nwhat may leave this machine (each logged with size and SHA-256):\n");
     for e in &r.egress {

@@ -196,6 +196,15 @@ fn the_default_node_config_passes_node_check_on_first_run() {
     // Issue 10: the privacy policy and this month's charges (none on a fresh node).
     assert!(text.contains("differential privacy: required (σ² ≥ 4 per count); budget ε = 4 at δ = 1e-6"), "{text}");
     assert!(text.contains(": 0 charge(s), 0.0000 of 4 used, 4.0000 left"), "{text}");
+    // Issue 12: what PSI would match on; the fixture's numbers are not mobiles (they
+    // start 100…), so every customer is left out — counted by reason, never dropped.
+    assert!(text.contains("private set intersection: matching on phone: 0 distinct identifier(s)"), "{text}");
+    assert!(
+        text.contains(
+            "left out, not an identifier: 330 customer(s): phone number: 11 digits but not a mainland mobile"
+        ),
+        "{text}"
+    );
 
     // Configuring a consent file that is not there stops the node, and says what to do.
     let p = default_node_toml(dir.path(), &[("# consent_withdrawals = ", "consent_withdrawals = ")]);

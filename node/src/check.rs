@@ -44,9 +44,29 @@ pub struct CheckReport {
     pub monthly_analysis_caps: Vec<(String, u32)>,
     /// Issue 10: the differential-privacy policy and this month's budget.
     pub privacy: PrivacyCheck,
+    /// Issue 12: the identifiers this node would match on, and those it cannot use.
+    pub psi: PsiCheck,
     pub audit_dir: String,
     pub egress: Vec<EgressLine>,
     pub never_leaves: Vec<&'static str>,
+}
+
+/// Issue 12: `[psi] match_on` over this node's customers — counts only, never a value.
+#[derive(Debug, Serialize)]
+pub struct PsiCheck {
+    /// `phone`, `email` or `customer_key`.
+    pub match_on: &'static str,
+    /// Distinct identifiers this node's list would hold (before padding).
+    pub identifiers: u64,
+    /// Customers with no value to match on.
+    pub customers_without: u64,
+    /// Customers whose value is not an identifier, by reason (left out of the list).
+    pub bad: Vec<(String, u64)>,
+    /// Customers whose identifier another customer has too (held once).
+    pub shared_by_customers: u64,
+    /// `[policy.psi]`: the shortest and longest peer list this node blinds.
+    pub min_list_points: usize,
+    pub max_list_points: usize,
 }
 
 /// Issue 10: `[policy.privacy]` and what the audit log says of this month's charges.
@@ -106,6 +126,21 @@ pub fn privacy_check(config: &NodeConfig, now_ms: u64) -> PrivacyCheck {
     }
 }
 
+/// What `[psi] match_on` finds in the data: counts by reason, never a value.
+pub fn psi_check(config: &NodeConfig, ds: &Dataset) -> PsiCheck {
+    let on = config.psi.match_on;
+    let ids = crate::identifiers::customer_identifiers(&ds.purchases, on);
+    PsiCheck {
+        match_on: on.as_str(),
+        identifiers: ids.ids.len() as u64,
+        customers_without: ids.empty,
+        bad: ids.bad.iter().map(|(reason, n)| (reason.to_string(), *n)).collect(),
+        shared_by_customers: ids.duplicates,
+        min_list_points: config.policy.psi.min_list_points,
+        max_list_points: config.policy.psi.max_list_points,
+    }
+}
+
 /// Build the report from a dataset read by [`crate::data::DataConfig::read`]; says
 /// whether [`crate::data::DataConfig::load`] (what `node run` uses) would refuse it.
 pub fn check(config: &NodeConfig, ds: &Dataset) -> CheckReport {
@@ -158,6 +193,7 @@ pub fn check(config: &NodeConfig, ds: &Dataset) -> CheckReport {
         manual_approval: config.policy.manual_approval.clone(),
         monthly_analysis_caps: config.policy.monthly_analysis_caps.iter().map(|(k, v)| (k.clone(), *v)).collect(),
         privacy: privacy_check(config, crate::session::unix_now_ms()),
+        psi: psi_check(config, ds),
         audit_dir: config.audit_dir.display().to_string(),
         egress,
         never_leaves: vec![

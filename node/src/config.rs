@@ -34,6 +34,10 @@ pub struct NodeConfig {
     /// Issue 11: which model publisher this node trusts (`fedcrm node score`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scoring: Option<crate::models::Scoring>,
+    /// Issue 12: the identifier this node matches its customers on in private set
+    /// intersection. TOML `[psi]`.
+    #[serde(default)]
+    pub psi: crate::psi::PsiConfig,
 }
 
 fn default_approvals_dir() -> PathBuf {

@@ -45,7 +45,10 @@ pub struct Purchase {
     pub channel: Option<String>,
     pub category: Option<String>,
     /// Kept only on the node, for private set intersection; zeroized on drop.
-    pub phone: Option<Phone>,
+    pub phone: Option<Contact>,
+    /// Issue 12: the customer's e-mail address, as the row states it (an optional
+    /// column, for nodes that match on e-mail); personal data, zeroized on drop.
+    pub email: Option<Contact>,
     /// The customer's birthday (personal data: never printed), as the row states it.
     pub birthday: Option<Date>,
     /// The customer's wedding anniversary (personal data: never printed).
@@ -61,14 +64,28 @@ impl std::fmt::Debug for Purchase {
     }
 }
 
-/// A customer's phone number: personal data, never printed.
+/// A customer's phone number or e-mail address as the row states it: personal data,
+/// never printed, zeroized on drop.
 #[derive(Clone, Zeroize)]
 #[zeroize(drop)]
-pub struct Phone(String);
+pub struct Contact(String);
 
-impl std::fmt::Debug for Phone {
+impl Contact {
+    /// A value read from a row.
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    /// The value as the row states it, for normalisation on this node
+    /// ([`crate::identifiers`]); never for a message, log or file.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Contact {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Phone(..)")
+        f.write_str("Contact(..)")
     }
 }
 

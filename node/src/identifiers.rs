@@ -21,13 +21,28 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroize;
 
 /// Which identifier a node matches its customers on (set in node.toml).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum MatchOn {
     /// A mobile number, normalised to E.164 (`+8613800138000`).
+    #[default]
     Phone,
     /// An e-mail address, trimmed and lower-cased.
     Email,
+    /// The customer key itself, trimmed: for a brand whose channels share one
+    /// membership number (and for CDNOW, whose customer ids are global).
+    CustomerKey,
+}
+
+impl MatchOn {
+    /// `phone`, `email` or `customer_key`, as node.toml writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MatchOn::Phone => "phone",
+            MatchOn::Email => "email",
+            MatchOn::CustomerKey => "customer_key",
+        }
+    }
 }
 
 /// Why a value is not a usable identifier. Never carries the value itself.
@@ -65,7 +80,36 @@ pub fn normalise(on: MatchOn, raw: &str) -> Result<String, BadIdentifier> {
     match on {
         MatchOn::Phone => phone(raw),
         MatchOn::Email => email(raw),
+        MatchOn::CustomerKey => match raw.trim() {
+            "" => Err(BadIdentifier::Empty),
+            key => Ok(key.to_string()),
+        },
     }
+}
+
+/// Each customer's identifier for matching on `on`, normalised: one per customer —
+/// the value on the customer's latest purchase row that has one (ties: the later row
+/// in the file) — so a customer who changed numbers counts once, under the number
+/// the node last saw. Customers with no value are counted as `empty`; customers whose
+/// value is not an identifier by reason in `bad`; two customers with one identifier
+/// (a shared family phone) as `duplicates`, and the list holds it once.
+pub fn customer_identifiers(purchases: &[crate::data::Purchase], on: MatchOn) -> Normalised {
+    let mut latest: std::collections::BTreeMap<&str, (time::Date, Option<&str>)> = Default::default();
+    for p in purchases {
+        let value = match on {
+            MatchOn::Phone => p.phone.as_ref().map(crate::data::Contact::expose),
+            MatchOn::Email => p.email.as_ref().map(crate::data::Contact::expose),
+            MatchOn::CustomerKey => Some(p.customer.as_str()),
+        }
+        .filter(|v| !v.trim().is_empty());
+        let entry = latest.entry(p.customer.as_str()).or_insert((p.day, None));
+        if let Some(v) = value
+            && (entry.1.is_none() || p.day >= entry.0)
+        {
+            *entry = (p.day, Some(v));
+        }
+    }
+    Normalised::new(on, latest.values().map(|(_, v)| v.unwrap_or("")))
 }
 
 /// Full-width forms (U+FF01..U+FF5E, as Chinese input methods type them) to their ASCII
@@ -197,7 +241,7 @@ fn email(raw: &str) -> Result<String, BadIdentifier> {
 /// A column of raw values normalised for matching: the distinct identifiers, sorted,
 /// and counts of what was left out and why. Its `Debug` prints counts only, it is not
 /// serializable (only counts leave this type, for `node check`), and its identifiers
-/// are zeroized on drop, like [`crate::data::Phone`].
+/// are zeroized on drop, like [`crate::data::Contact`].
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Normalised {
     /// Distinct normalised identifiers, sorted.

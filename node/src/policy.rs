@@ -67,6 +67,10 @@ pub struct Policy {
     /// Issue 11: churn-model training. TOML `[policy.churn]`.
     #[serde(default)]
     pub churn: crate::analyses::churn::ChurnLimits,
+    /// Issue 12: the peer lists this node blinds in private set intersection. TOML
+    /// `[policy.psi]`.
+    #[serde(default)]
+    pub psi: crate::psi::PsiLimits,
 }
 
 /// Resolution limits on histograms. TOML `[policy.histograms]`.
@@ -170,6 +174,7 @@ impl Default for Policy {
             approval_valid_seconds: default_approval_valid(),
             privacy: crate::privacy::Privacy::default(),
             churn: Default::default(),
+            psi: Default::default(),
         }
     }
 }

@@ -30,6 +30,41 @@ use fedcrm_crypto::{RoundId, SecureRandom};
 use fedcrm_dp::sampler::DiscreteGaussian;
 use fedcrm_dp::{DpError, Entropy};
 
+use crate::identifiers::MatchOn;
+
+/// `[psi]` in node.toml: the identifier this node matches its customers on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PsiConfig {
+    /// `phone` (default; E.164, +86 by default), `email` (the optional `email`
+    /// column) or `customer_key` (a membership number shared across channels).
+    pub match_on: MatchOn,
+}
+
+/// `[policy.psi]`: the lists this node accepts from a peer before it blinds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PsiLimits {
+    /// The shortest peer list (padded length, all a node can see) this node blinds:
+    /// a list of a few numbers is a probe of who is a customer here. Default 1,000.
+    pub min_list_points: usize,
+    /// The longest. Default 4,194,304 (2²², 128 MiB of points).
+    pub max_list_points: usize,
+}
+
+impl Default for PsiLimits {
+    fn default() -> Self {
+        Self { min_list_points: 1000, max_list_points: 1 << 22 }
+    }
+}
+
+impl PsiLimits {
+    /// The limits a pair run checks.
+    pub fn list_limits(&self) -> ListLimits {
+        ListLimits { min_points: self.min_list_points, max_points: self.max_list_points }
+    }
+}
+
 /// What a node accepts from a peer in one PSI run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListLimits {

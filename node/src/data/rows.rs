@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use time::{Date, Month};
 
 use super::decode::Decoded;
-use super::{DataError, LoadReport, OnBadRow, Phone, Problem, Purchase};
+use super::{Contact, DataError, LoadReport, OnBadRow, Problem, Purchase};
 
 /// `[data.columns]`: the header of each CSV column, for exports whose headers differ
 /// from the documented ones (e.g. `customer_key = "会员编号"`). Matched after trimming,
@@ -31,12 +31,17 @@ pub struct Columns {
     pub birthday: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub anniversary: Option<String>,
+    /// Issue 12: the e-mail column, read like `birthday` (unset: `email` if present).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
 }
 
 /// The column read for `birthday` when `[data.columns]` does not name one (if present).
 pub const BIRTHDAY: &str = "birthday";
 /// The column read for `anniversary` when `[data.columns]` does not name one (if present).
 pub const ANNIVERSARY: &str = "anniversary";
+/// The column read for `email` when `[data.columns]` does not name one (if present).
+pub const EMAIL: &str = "email";
 
 impl Default for Columns {
     fn default() -> Self {
@@ -49,6 +54,7 @@ impl Default for Columns {
             category: "category".into(),
             birthday: None,
             anniversary: None,
+            email: None,
         }
     }
 }
@@ -152,6 +158,7 @@ pub(super) fn cdnow(
                     channel: None,
                     category: None,
                     phone: None,
+                    email: None,
                     birthday: None,
                     anniversary: None,
                 })
@@ -219,6 +226,7 @@ pub(super) fn csv(
     };
     let bd = dated("birthday", &columns.birthday, BIRTHDAY)?;
     let an = dated("anniversary", &columns.anniversary, ANNIVERSARY)?;
+    let em = dated("email", &columns.email, EMAIL)?;
     let mut out = Vec::new();
     let mut lines = LineCounter { text: decoded.text.as_bytes(), at: 0, line: 1 };
     for rec in records {
@@ -262,7 +270,8 @@ pub(super) fn csv(
                     quantity: 1,
                     channel: opt(chn),
                     category: opt(cat),
-                    phone: opt(ph).map(Phone),
+                    phone: opt(ph).map(Contact),
+                    email: opt(em).map(Contact),
                     birthday: personal("birthday", bd)?,
                     anniversary: personal("anniversary", an)?,
                 })

@@ -65,6 +65,7 @@ fn mapped_columns_are_found_and_a_missing_one_lists_the_headers() {
         category: String::new(),
         birthday: None,
         anniversary: None,
+        email: None,
     };
     let ds = cfg.load().unwrap();
     assert_eq!(ds.purchases.len(), 1);
@@ -157,6 +158,7 @@ fn renamed_date_columns_must_exist_and_are_named_in_messages() {
         category: String::new(),
         birthday: Some("生日".into()),
         anniversary: Some("结婚纪念日".into()),
+        email: None,
     };
     let err = cfg.load().unwrap_err().to_string();
     assert!(err.contains("pos.csv:3: 生日 (birthday): date \"1990-13-02\" has month 13"), "{err}");
@@ -301,4 +303,20 @@ proptest::proptest! {
             let _ = Withdrawals::parse(path, &decoded);
         }
     }
+}
+
+#[test]
+fn an_email_column_is_read_when_the_header_has_one_and_matched_on_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "customer_key,phone,channel,timestamp,amount,category,email\n\
+                C1,,tmall,2024-01-02,88.00,gold, Li.Na@Example.COM \n\
+                C2,,tmall,2024-01-03,18.00,gold,not-an-address\n\
+                C3,,tmall,2024-01-04,28.00,gold,\n";
+    let p = write(&dir, "pos.csv", text.as_bytes());
+    let ds = csv_config(p).load().unwrap();
+    let ids = crate::identifiers::customer_identifiers(&ds.purchases, crate::identifiers::MatchOn::Email);
+    assert_eq!(ids.ids, vec!["li.na@example.com"]);
+    assert_eq!((ids.empty, ids.bad_total()), (1, 1));
+    // Debug never shows it.
+    assert!(!format!("{:?}", ds.purchases[0]).contains("Li.Na"));
 }

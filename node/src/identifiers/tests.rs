@@ -197,3 +197,48 @@ proptest! {
         }
     }
 }
+
+fn purchase(customer: &str, day: u8, phone: Option<&str>) -> crate::data::Purchase {
+    crate::data::Purchase {
+        customer: customer.into(),
+        day: time::Date::from_calendar_date(2024, time::Month::March, day).unwrap(),
+        amount_cents: 100,
+        quantity: 1,
+        channel: None,
+        category: None,
+        phone: phone.map(|p| crate::data::Contact::new(p.into())),
+        email: None,
+        birthday: None,
+        anniversary: None,
+    }
+}
+
+#[test]
+fn one_identifier_per_customer_from_its_latest_row_that_has_one() {
+    let rows = [
+        // A changed number: the later row's counts (whatever the file order).
+        purchase("c1", 5, Some("139 0000 0001")),
+        purchase("c1", 2, Some("139 0000 0009")),
+        // The latest row has none: the one before it does.
+        purchase("c2", 1, Some("+86 139 0000 0002")),
+        purchase("c2", 9, None),
+        // Never a number.
+        purchase("c3", 3, None),
+        // A landline: left out, by reason.
+        purchase("c4", 3, Some("0571-8888 8888")),
+        // A family phone: two customers, one identifier.
+        purchase("c5", 3, Some("13900000005")),
+        purchase("c6", 4, Some("0086 139 0000 0005")),
+    ];
+    let ids = customer_identifiers(&rows, MatchOn::Phone);
+    assert_eq!(ids.ids, vec!["+8613900000001", "+8613900000002", "+8613900000005"]);
+    assert_eq!((ids.empty, ids.duplicates), (1, 1));
+    assert_eq!(ids.bad.iter().map(|(r, n)| (*r, *n)).collect::<Vec<_>>(), vec![(BadIdentifier::PhoneLandline, 1)]);
+    // On the customer key, every customer is one identifier.
+    let keys = customer_identifiers(&rows, MatchOn::CustomerKey);
+    assert_eq!(keys.ids, vec!["c1", "c2", "c3", "c4", "c5", "c6"]);
+    assert_eq!((keys.empty, keys.duplicates, keys.bad_total()), (0, 0, 0));
+    // No e-mail column: every customer is without one, none is an error.
+    let mail = customer_identifiers(&rows, MatchOn::Email);
+    assert_eq!((mail.ids.len(), mail.empty), (0, 6));
+}
