@@ -186,3 +186,93 @@ fn a_relay_that_substitutes_or_replays_a_list_is_detected() {
     let relay_list = earlier.comparer.own_list(&a, &rng).unwrap();
     assert!(p.responder.answer(&relay_list, &rng).is_err());
 }
+
+/// A seeded ChaCha20 stream: reproducible noise for the statistical test.
+struct Seeded(rand_chacha::ChaCha20Rng);
+
+impl Entropy for Seeded {
+    fn fill(&mut self, dest: &mut [u8]) -> Result<(), DpError> {
+        rand::RngCore::fill_bytes(&mut self.0, dest);
+        Ok(())
+    }
+}
+
+/// Deterministic pseudo-random mainland mobiles ("random identifiers").
+fn random_phones(n: usize, seed: u64) -> Vec<String> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+    (0..n).map(|_| format!("+861{}{:09}", rng.random_range(3..=9), rng.random_range(0..1_000_000_000u64))).collect()
+}
+
+/// Whether `released` (world without / with the target) satisfy P[S] ≤ e^ε P'[S] + δ both
+/// ways for every threshold set S = {r ≥ t} and {r ≤ t} (a shift mechanism's worst
+/// sets), up to sampling error: Hoeffding's bound, union over the sets, at
+/// 10⁻⁹ overall.
+fn within(without: &[i64], with: &[i64], epsilon: f64, delta: f64) -> Result<(), String> {
+    let n = without.len().min(with.len()) as f64;
+    let (lo, hi) = (*without.iter().chain(with).min().unwrap(), *without.iter().chain(with).max().unwrap());
+    let sets = 2.0 * (hi - lo + 1) as f64;
+    let slack = ((2.0 * sets / 1e-9).ln() / (2.0 * n)).sqrt();
+    let p = |xs: &[i64], f: &dyn Fn(i64) -> bool| xs.iter().filter(|x| f(**x)).count() as f64 / xs.len() as f64;
+    for t in lo..=hi {
+        let above = move |x: i64| x >= t;
+        let below = move |x: i64| x <= t;
+        for (name, s) in [("≥", &above as &dyn Fn(i64) -> bool), ("≤", &below)] {
+            let (a, b) = (p(without, s), p(with, s));
+            for (x, y) in [(a, b), (b, a)] {
+                if x > epsilon.exp() * y + delta + (1.0 + epsilon.exp()) * slack {
+                    return Err(format!("S = r {name} {t}: {x:.4} > e^{epsilon}·{y:.4} + δ + slack {slack:.4}"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// HQ probes a franchisee's list with one target number padded with random identifiers
+/// up to the policy's minimum. The franchisee compares (the non-HQ side) and releases
+/// only the noised count: the target's membership moves the exact count by exactly 1,
+/// and the released count's distribution with and without the target differs within
+/// the (ε, δ) the noise states — a test that fails when the noise is too small.
+#[test]
+fn a_padded_probe_learns_membership_only_within_the_stated_epsilon_delta() {
+    let rng = SystemRandom::new();
+    let target = "+8613912345678".to_string();
+    let customers = random_phones(1500, 1);
+    let probe: Vec<String> = std::iter::once(target.clone()).chain(random_phones(1199, 2)).collect();
+    let exact = |with_target: bool| {
+        let mut mine = customers.clone();
+        if with_target {
+            mine.push(target.clone());
+        }
+        // A fresh run each time: new keys, new padding, new shuffles.
+        let mut p = pair(RoundId([9 + u8::from(with_target); 16]));
+        let own = p.comparer.own_list(&mine, &rng).unwrap();
+        let theirs = p.responder.own_list(&probe, &rng).unwrap();
+        let answer = p.responder.answer(&own, &rng).unwrap();
+        p.comparer.compare(&theirs, &answer).unwrap()
+    };
+    let (c0, c1) = (exact(false), exact(true));
+    assert_eq!(c1, c0 + 1, "the target moves the exact count by one");
+
+    // σ² for ε = 1 at δ = 10⁻⁶ (sensitivity 1: ρ = 1/(2σ²)).
+    let (epsilon, delta) = (1.0, 1e-6);
+    let rho = fedcrm_dp::accounting::rho_for_epsilon(epsilon, delta).unwrap();
+    let sigma2 = 1.0 / (2.0 * rho);
+    let variance =
+        |s2: f64| DiscreteGaussian::new(fedcrm_dp::sampler::Variance::new((s2 * 1000.0).ceil() as u64, 1000).unwrap());
+    let released = |noise: &DiscreteGaussian, exact: u64, seed: u64| -> Vec<i64> {
+        use rand::SeedableRng;
+        let mut e = Seeded(rand_chacha::ChaCha20Rng::seed_from_u64(seed));
+        (0..40_000).map(|_| noised(exact, noise, &mut e).unwrap()).collect()
+    };
+    let stated = variance(sigma2);
+    let (r0, r1) = (released(&stated, c0, 10), released(&stated, c1, 11));
+    within(&r0, &r1, epsilon, delta).unwrap();
+    println!("probe: exact {c0} / {c1}; σ² = {sigma2:.2} for ε = {epsilon} at δ = {delta}: within");
+
+    // The test has power: a hundredth of the variance is caught at the same ε.
+    let weak = variance(sigma2 / 100.0);
+    let (w0, w1) = (released(&weak, c0, 12), released(&weak, c1, 13));
+    assert!(within(&w0, &w1, epsilon, delta).is_err(), "too little noise must fail the check");
+}
