@@ -712,17 +712,21 @@ async fn leave_after_shares(ctx: &NodeContext, shutdown: watch::Receiver<bool>) 
     .await
 }
 
-/// Split CDNOW text by customer into `weights.len()` parts. `interleave`: customer i
-/// goes to node i mod n weighted round-robin; otherwise contiguous blocks of customer
-/// ids (which differ in acquisition date, so the parts' distributions differ).
-pub fn split_cdnow(text: &str, weights: &[u32], interleave: bool) -> Vec<String> {
-    let rows: Vec<&str> = text
-        .lines()
+/// CDNOW text's purchase lines (four columns, a numeric date), header and blanks left out.
+fn cdnow_rows(text: &str) -> Vec<&str> {
+    text.lines()
         .filter(|l| {
             l.split_whitespace().count() == 4
                 && l.split_whitespace().nth(1).is_some_and(|d| d.bytes().all(|b| b.is_ascii_digit()))
         })
-        .collect();
+        .collect()
+}
+
+/// Split CDNOW text by customer into `weights.len()` parts. `interleave`: customer i
+/// goes to node i mod n weighted round-robin; otherwise contiguous blocks of customer
+/// ids (which differ in acquisition date, so the parts' distributions differ).
+pub fn split_cdnow(text: &str, weights: &[u32], interleave: bool) -> Vec<String> {
+    let rows = cdnow_rows(text);
     let mut customers: Vec<&str> = rows.iter().filter_map(|l| l.split_whitespace().next()).collect();
     customers.dedup();
     let total: u64 = weights.iter().map(|&w| w as u64).sum();
@@ -757,6 +761,42 @@ pub fn split_cdnow(text: &str, weights: &[u32], interleave: bool) -> Vec<String>
         let c = l.split_whitespace().next().unwrap();
         out[index[c]].push_str(l);
         out[index[c]].push('\n');
+    }
+    out
+}
+
+/// CDNOW's customers assigned to `channels` overlapping channels (issue 12), as
+/// CDNOW-format texts, one per channel. Each customer has a home channel (customer
+/// index modulo `channels`); one in `every` of those with at least two purchases is a
+/// member of the next channel too, and one in `every²` of those with three of the
+/// channel after that — their purchases dealt round-robin over their channels, so each
+/// channel holds at least one of each member's purchases. Deterministic.
+pub fn overlap_cdnow(text: &str, channels: usize, every: usize) -> Vec<String> {
+    let rows = cdnow_rows(text);
+    let mut by: Vec<(&str, Vec<&str>)> = Vec::new();
+    for l in rows {
+        // Unwrap safety: rows were filtered to four columns.
+        let c = l.split_whitespace().next().unwrap();
+        match by.last_mut() {
+            Some((last, v)) if *last == c => v.push(l),
+            _ => by.push((c, vec![l])),
+        }
+    }
+    let mut out = vec![String::from(" customer_id  date number_of_cds  dollar_value\n"); channels];
+    for (i, (_, purchases)) in by.iter().enumerate() {
+        let home = i % channels;
+        let mut member = vec![home];
+        if purchases.len() >= 2 && i % every == 0 {
+            member.push((home + 1) % channels);
+            if purchases.len() >= 3 && i % (every * every) == 0 && channels > 2 {
+                member.push((home + 2) % channels);
+            }
+        }
+        for (k, l) in purchases.iter().enumerate() {
+            let ch = member[k % member.len()];
+            out[ch].push_str(l);
+            out[ch].push('\n');
+        }
     }
     out
 }

@@ -119,6 +119,25 @@ pub fn segments(rows: &[Row], reference: u32) -> PooledSegments {
     PooledSegments { customers: rv.len() as u64, recency: rc, frequency: fc, monetary: mc, counts }
 }
 
+/// Issue 12: the plaintext overlap of named customer sets — every pair's intersection
+/// size, keyed by the two names in order. The reference the private set intersection
+/// is checked against: plain set arithmetic on identifiers the test extracted itself.
+pub fn overlap(sets: &[(String, BTreeSet<String>)]) -> BTreeMap<(String, String), u64> {
+    let mut out = BTreeMap::new();
+    for (i, (a, sa)) in sets.iter().enumerate() {
+        for (b, sb) in &sets[i + 1..] {
+            let key = if a < b { (a.clone(), b.clone()) } else { (b.clone(), a.clone()) };
+            out.insert(key, sa.intersection(sb).count() as u64);
+        }
+    }
+    out
+}
+
+/// The customer keys of CDNOW text.
+pub fn cdnow_customers(text: &str) -> BTreeSet<String> {
+    parse_cdnow(text).into_iter().map(|r| r.customer).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,190 @@
+//! Issue 12: the channel-overlap matrix by private set intersection, pair by pair with
+//! the real protocol pieces — each node's identifiers read by its own data loader and
+//! normaliser (`fedcrm_node::identifiers`), its run key signed with its certified key
+//! and checked by the peer (`fedcrm_protocol::psi::SignedRunKey`), its lists blinded,
+//! padded, shuffled and sealed node to node (`fedcrm_node::psi::PairRun`), the side
+//! that compares chosen by the rule both compute — equals the plaintext intersections
+//! computed apart (`fedcrm::pooled::overlap`), on CDNOW customers assigned to
+//! overlapping channels and on the synthetic jewellery channels (DP off: exact counts).
+//! The lists here pass between the nodes in memory; the network carries them in the
+//! next step of the issue.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use fedcrm::harness::{BrandPki, CDNOW, overlap_cdnow};
+use fedcrm::pooled;
+use fedcrm_crypto::keys::RoundSecret;
+use fedcrm_crypto::{RoundId, SystemRandom};
+use fedcrm_node::data::{DataConfig, Format};
+use fedcrm_node::identifiers::{MatchOn, customer_identifiers};
+use fedcrm_node::psi::{ListLimits, PairRun};
+use fedcrm_pki::{Identity, OrgKind, Role, SigningKey, Validity};
+use fedcrm_protocol::psi::{Side, SignedRunKey, comparer};
+
+const LIMITS: ListLimits = ListLimits { min_points: 256, max_points: 1 << 20 };
+
+/// One channel's node: its certified key, kind, and identifiers as its loader reads them.
+struct Channel {
+    name: String,
+    kind: OrgKind,
+    key: SigningKey,
+    cert: Vec<u8>,
+    /// A time inside its certificate's validity (no test reads the clock to decide).
+    inside: u64,
+    ids: Vec<String>,
+}
+
+fn load(dir: &Path, name: &str, format: Format, data: &str, withdrawn: Option<&str>, on: MatchOn) -> Vec<String> {
+    let path = dir.join(format!("{name}.data"));
+    std::fs::write(&path, data).unwrap();
+    let mut cfg = DataConfig::new(format, path);
+    if let Some(w) = withdrawn {
+        let wp = dir.join(format!("{name}.withdrawn"));
+        std::fs::write(&wp, w).unwrap();
+        cfg.consent_withdrawals = Some(wp);
+    }
+    let ds = cfg.load().unwrap();
+    customer_identifiers(&ds.purchases, on).ids.clone()
+}
+
+fn channel(pki: &BrandPki, name: &str, kind: OrgKind, ids: Vec<String>) -> Channel {
+    let files = pki
+        .issue(
+            &Identity { name: name.into(), organisation: format!("{name} ltd"), role: Role::Node(kind) },
+            Validity::days_from_now(2),
+        )
+        .unwrap();
+    let key =
+        SigningKey::from_pem(&fedcrm_pki::PrivateKeyPem::new(std::fs::read_to_string(&files.key).unwrap())).unwrap();
+    let pem = std::fs::read_to_string(&files.cert).unwrap();
+    let cert = fedcrm_pki::pem_to_der_certs(&pem).unwrap().remove(0);
+    Channel { name: name.into(), kind, key, cert, inside: common::inside_validity(&pem), ids }
+}
+
+/// Every pair of channels through the PSI pieces; the exact count of each, keyed by
+/// the two names in order, and who compared.
+fn psi_matrix(pki: &BrandPki, channels: &[Channel]) -> BTreeMap<(String, String), (u64, String)> {
+    let rng = SystemRandom::new();
+    let ca = fedcrm_pki::pem_to_der_certs(&std::fs::read_to_string(pki.ca_path()).unwrap()).unwrap().remove(0);
+    let run = RoundId::random(&rng).unwrap();
+    let now = channels[0].inside;
+    let mut out = BTreeMap::new();
+    for (i, a) in channels.iter().enumerate() {
+        for b in &channels[i + 1..] {
+            let who = comparer(Side { name: &a.name, kind: a.kind }, Side { name: &b.name, kind: b.kind });
+            let (c, r) = if who == a.name { (a, b) } else { (b, a) };
+            // Each signs a run key for the other; each checks the other's before use.
+            let (cs, rs) = (RoundSecret::generate(&rng).unwrap(), RoundSecret::generate(&rng).unwrap());
+            let c_key = SignedRunKey::sign(&run, &c.name, &r.name, &cs, c.cert.clone(), &c.key).unwrap();
+            let r_key = SignedRunKey::sign(&run, &r.name, &c.name, &rs, r.cert.clone(), &r.key).unwrap();
+            let (r_pub, r_id) = r_key.verify(&ca, &run, &r.name, &c.name, now).unwrap();
+            let (c_pub, c_id) = c_key.verify(&ca, &run, &c.name, &r.name, now).unwrap();
+            // Both sides recompute the rule from the certificates.
+            let kind = |id: &Identity| match id.role {
+                Role::Node(k) => k,
+                _ => unreachable!("verify admits only node certificates"),
+            };
+            assert_eq!(
+                comparer(Side { name: &c.name, kind: kind(&c_id) }, Side { name: &r.name, kind: kind(&r_id) }),
+                c.name
+            );
+            let mut cmp = PairRun::new(run, &c.name, &r.name, &cs, &r_pub, LIMITS, &rng).unwrap();
+            let mut rsp = PairRun::new(run, &r.name, &c.name, &rs, &c_pub, LIMITS, &rng).unwrap();
+            let from_c = cmp.own_list(&c.ids, &rng).unwrap();
+            let from_r = rsp.own_list(&r.ids, &rng).unwrap();
+            let answer = rsp.answer(&from_c, &rng).unwrap();
+            let count = cmp.compare(&from_r, &answer).unwrap();
+            let key = if a.name < b.name { (a.name.clone(), b.name.clone()) } else { (b.name.clone(), a.name.clone()) };
+            out.insert(key, (count, c.name.clone()));
+        }
+    }
+    out
+}
+
+#[test]
+fn cdnow_customers_in_overlapping_channels_overlap_exactly_as_in_plaintext() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = BrandPki::create(dir.path(), "CDNOW Records").unwrap();
+    let texts = overlap_cdnow(CDNOW, 4, 5);
+    let names: Vec<String> = (0..texts.len()).map(|i| format!("ch-{i}")).collect();
+    let channels: Vec<Channel> = names
+        .iter()
+        .zip(&texts)
+        .map(|(n, t)| {
+            let ids = load(dir.path(), n, Format::Cdnow, t, None, MatchOn::CustomerKey);
+            channel(&pki, n, OrgKind::Franchisee, ids)
+        })
+        .collect();
+    let reference = pooled::overlap(
+        &names.iter().zip(&texts).map(|(n, t)| (n.clone(), pooled::cdnow_customers(t))).collect::<Vec<_>>(),
+    );
+    let matrix = psi_matrix(&pki, &channels);
+    for (pair, want) in &reference {
+        let (got, by) = &matrix[pair];
+        println!("{} ∩ {}: PSI {got} (compared by {by}), plaintext {want}", pair.0, pair.1);
+        assert_eq!(got, want, "{pair:?}");
+    }
+    // Neighbouring channels share members, and the lower name compares between franchisees.
+    assert!(reference[&("ch-0".to_string(), "ch-1".to_string())] > 100);
+    assert!(matrix.iter().all(|((a, _), (_, by))| by == a));
+}
+
+#[test]
+fn the_synthetic_channels_overlap_exactly_as_their_phones_do_and_hq_never_compares() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = BrandPki::create(dir.path(), "Jinyu Jewellery").unwrap();
+    let data = fedcrm::demodata::generate(&fedcrm::demodata::Options {
+        customers: 4000,
+        ..fedcrm::demodata::Options::new(12)
+    })
+    .unwrap();
+    let file = |node: &str, name: &str| -> String {
+        let path = Path::new(node).join(name);
+        String::from_utf8(data.files.iter().find(|(p, _)| *p == path).unwrap().1.clone()).unwrap()
+    };
+    // Two of HQ's channels and three franchisees.
+    let hq = data.manifest.nodes.iter().filter(|e| e.kind == OrgKind::Hq).take(2);
+    let fr = data.manifest.nodes.iter().filter(|e| e.kind == OrgKind::Franchisee).take(3);
+    let mut channels = Vec::new();
+    let mut plain = Vec::new();
+    for e in hq.chain(fr) {
+        let (purchases, withdrawn) = (file(&e.name, "purchases.csv"), file(&e.name, "consent-withdrawals.csv"));
+        let ids = load(dir.path(), &e.name, Format::Csv, &purchases, Some(&withdrawn), MatchOn::Phone);
+        plain.push((e.name.clone(), plaintext_phones(&purchases, &withdrawn)));
+        channels.push(channel(&pki, &e.name, e.kind, ids));
+    }
+    let reference = pooled::overlap(&plain);
+    let matrix = psi_matrix(&pki, &channels);
+    let kinds: BTreeMap<&str, OrgKind> = channels.iter().map(|c| (c.name.as_str(), c.kind)).collect();
+    for (pair, want) in &reference {
+        let (got, by) = &matrix[pair];
+        println!("{} ∩ {}: PSI {got} (compared by {by}), plaintext {want}", pair.0, pair.1);
+        assert_eq!(got, want, "{pair:?}");
+        if kinds[pair.0.as_str()] != kinds[pair.1.as_str()] {
+            assert_eq!(kinds[by.as_str()], OrgKind::Franchisee, "{pair:?}: HQ's side compared");
+        }
+    }
+    assert!(reference.values().any(|&n| n > 0), "the synthetic channels share customers");
+}
+
+/// The reference's own reading of a synthetic export: the last 11 digits of every
+/// non-empty phone of a customer who did not withdraw consent (the generator writes one
+/// mainland mobile per person, in several styles).
+fn plaintext_phones(csv: &str, withdrawn: &str) -> BTreeSet<String> {
+    let gone: BTreeSet<&str> =
+        withdrawn.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let (ck, ph) =
+        (header.iter().position(|h| *h == "customer_key").unwrap(), header.iter().position(|h| *h == "phone").unwrap());
+    lines
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            let digits: String = f[ph].chars().filter(char::is_ascii_digit).collect();
+            (!gone.contains(f[ck]) && digits.len() >= 11).then(|| digits[digits.len() - 11..].to_string())
+        })
+        .collect()
+}
