@@ -317,7 +317,7 @@ impl OverlapView {
 
 /// A count for reading: whole numbers without decimals, others with one (the CSV and
 /// JSON carry every digit).
-pub(crate) fn count(x: f64) -> String {
+fn count(x: f64) -> String {
     let s = format!("{x:.1}");
     s.strip_suffix(".0").map(str::to_string).unwrap_or(s)
 }

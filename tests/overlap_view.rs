@@ -245,6 +245,16 @@ fn the_heat_map_writes_a_png_and_an_svg_with_every_name() {
         {
             assert!(svg.contains(want), "{metric:?}: {want} missing from the SVG");
         }
+        // Each cell's figure, in the metric's orientation: row Tmall, column Hangzhou is
+        // 120 / 1000 of Tmall's customers; the other way round 120 / 400.
+        let figures: &[&str] = match metric {
+            HeatMetric::Jaccard => &["0.094", "0.139"],
+            HeatMetric::Shared => &["1000", "120", "55"],
+            HeatMetric::ContainmentRowInColumn => &["0.120", "0.300", "0.138"],
+        };
+        for want in figures {
+            assert!(svg.contains(&format!(">\n{want}\n</text>")), "{metric:?}: {want} missing from the SVG");
+        }
         assert!(svg.contains("上海&lt;script&gt;alert(1)&lt;/script&gt;珠宝 &amp; Co"), "{svg}");
         assert!(!svg.contains("<script"), "{svg}");
     }

@@ -27,7 +27,9 @@ use super::{OverlapError, OverlapView, PairRow, count};
 pub enum HeatMetric {
     /// |A ∩ B| / |A ∪ B|; symmetric; 1 on the diagonal.
     Jaccard,
-    /// The released shared counts; the diagonal is each channel's size.
+    /// The released shared counts. The diagonal shows each channel's size in a colour of
+    /// its own, off the scale, which runs from 0 to the largest shared count (a channel's
+    /// size would dwarf every overlap).
     Shared,
     /// |row ∩ column| / |row|: the share of the row channel's customers who are also
     /// the column channel's; 1 on the diagonal.
@@ -106,8 +108,12 @@ fn colour(t: f64) -> RGBColor {
 const GREY: RGBColor = RGBColor(205, 205, 205);
 const HATCH: RGBColor = RGBColor(140, 140, 140);
 const CELL: i32 = 96;
+/// The diagonal of the `Shared` map: channel sizes, off the colour scale.
+const SIZE_FILL: RGBColor = RGBColor(255, 243, 205);
 /// A generous estimate of a character's width at the label size, for the layout.
 const CHAR: i32 = 8;
+/// The same at the notes' size.
+const NOTE_CHAR: i32 = 7;
 
 /// Where everything goes, computed once for both renderings.
 struct Layout {
@@ -124,19 +130,23 @@ struct Layout {
 
 fn layout(v: &OverlapView, heats: &[Heat], metric: HeatMetric, notes: &[String]) -> Layout {
     let n = v.channels.len() as i32;
+    let cols = v.channels.len().max(1);
     let label = v.channels.iter().map(|c| c.node.width() as i32).max().unwrap_or(0) * CHAR + 12;
     let left = 20 + label;
     let top = 80 + label;
     let legend_x = left + n * CELL + 30;
-    let bar_height = (n * CELL).max(160);
-    let notes_y = top + bar_height.max(n * CELL) + 80;
-    let widest_note = notes.iter().map(|s| s.width() as i32).max().unwrap_or(0) * CHAR;
+    let bar_height = (n * CELL).max(180);
+    // Below the scale and its swatches (the bar is never shorter than the matrix).
+    let notes_y = top + bar_height + 110;
+    let widest_note = notes.iter().map(|s| s.width() as i32).max().unwrap_or(0) * NOTE_CHAR;
     let width = (legend_x + 180).max(40 + widest_note).max(40 + v.run.width() as i32 * CHAR + 200);
     let height = notes_y + 20 * notes.len() as i32 + 20;
     let max = match metric {
         HeatMetric::Shared => heats
             .iter()
-            .filter_map(|h| match h {
+            .enumerate()
+            .filter(|(k, _)| k / cols != k % cols)
+            .filter_map(|(_, h)| match h {
                 Heat::Value(x) => Some(x.max(0.0)),
                 _ => None,
             })
@@ -197,6 +207,7 @@ fn draw<DB: DrawingBackend>(
             let (x1, y1) = (x0 + CELL, y0 + CELL);
             let centre = (x0 + CELL / 2, y0 + CELL / 2);
             let (fill, words, ink) = match heats[i * n + j] {
+                Heat::Value(x) if i == j && metric == HeatMetric::Shared => (SIZE_FILL, count(x), BLACK),
                 Heat::Value(x) => {
                     let t = x.max(0.0) / l.max;
                     let words = match metric {
@@ -246,6 +257,14 @@ fn draw<DB: DrawingBackend>(
         (bx + 28, sy + 38),
         text(13.0, &BLACK, HPos::Left, VPos::Center),
     ))?;
+    if metric == HeatMetric::Shared {
+        area.draw(&Rectangle::new([(bx, sy + 56), (bx + 20, sy + 76)], SIZE_FILL.filled()))?;
+        area.draw(&Text::new(
+            "channel size".to_string(),
+            (bx + 28, sy + 66),
+            text(13.0, &BLACK, HPos::Left, VPos::Center),
+        ))?;
+    }
     for (k, line) in notes.iter().enumerate() {
         let y = l.notes_y + 20 * k as i32;
         area.draw(&Text::new(line.clone(), (20, y), text(13.0, &BLACK, HPos::Left, VPos::Top)))?;
