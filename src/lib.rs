@@ -13,5 +13,6 @@ pub mod harness;
 pub mod hq;
 pub mod models;
 pub mod nodecli;
+pub mod overlap;
 pub mod pooled;
 pub mod service;
