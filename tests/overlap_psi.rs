@@ -1,9 +1,10 @@
 //! Issue 12: the channel-overlap matrix by private set intersection, pair by pair with
 //! the real protocol pieces — each node's identifiers read by its own data loader and
 //! normaliser (`fedcrm_node::identifiers`), its run key signed with its certified key
-//! and checked by the peer (`fedcrm_protocol::psi::SignedRunKey`), its lists blinded,
-//! padded, shuffled and sealed node to node (`fedcrm_node::psi::PairRun`), the side
-//! that compares chosen by the rule both compute — equals the plaintext intersections
+//! with its role and checked by the peer (`fedcrm_protocol::psi::SignedRunKey`), its
+//! lists blinded, padded (the comparer's with trap points), shuffled and sealed node to
+//! node (`fedcrm_node::psi::{Comparer, Responder}`), the side that compares chosen by
+//! the rule both compute — equals the plaintext intersections
 //! computed apart (`fedcrm::pooled::overlap`), on CDNOW customers assigned to
 //! overlapping channels and on the synthetic jewellery channels (DP off: exact counts).
 //! The lists here pass between the nodes in memory; the network carries them in the
@@ -17,12 +18,13 @@ use std::path::Path;
 use fedcrm::harness::{BrandPki, CDNOW, overlap_cdnow};
 use fedcrm::pooled;
 use fedcrm_crypto::keys::RoundSecret;
+use fedcrm_crypto::psi::{self, BlindingKey, Domain};
 use fedcrm_crypto::{RoundId, SystemRandom};
 use fedcrm_node::data::{DataConfig, Format};
 use fedcrm_node::identifiers::{MatchOn, customer_identifiers};
-use fedcrm_node::psi::{ListLimits, PairRun};
+use fedcrm_node::psi::{Comparer, ListLimits, PairKeys, Responder};
 use fedcrm_pki::{Identity, OrgKind, Role, SigningKey, Validity};
-use fedcrm_protocol::psi::{Side, SignedRunKey, comparer};
+use fedcrm_protocol::psi::{PairRole, Side, SignedRunKey, comparer};
 
 const LIMITS: ListLimits = ListLimits { min_points: 256, max_points: 1 << 20 };
 
@@ -76,25 +78,32 @@ fn psi_matrix(pki: &BrandPki, channels: &[Channel]) -> BTreeMap<(String, String)
         for b in &channels[i + 1..] {
             let who = comparer(Side { name: &a.name, kind: a.kind }, Side { name: &b.name, kind: b.kind });
             let (c, r) = if who == a.name { (a, b) } else { (b, a) };
-            // Each signs a run key for the other; each checks the other's before use.
+            // Each draws its blinding key, signs a run key with its role for the other (the
+            // responder's with its key's commitment), and checks the other's before use.
             let (cs, rs) = (RoundSecret::generate(&rng).unwrap(), RoundSecret::generate(&rng).unwrap());
-            let c_key = SignedRunKey::sign(&run, &c.name, &r.name, &cs, c.cert.clone(), &c.key).unwrap();
-            let r_key = SignedRunKey::sign(&run, &r.name, &c.name, &rs, r.cert.clone(), &r.key).unwrap();
+            let domain = Domain { version: psi::VERSION, run_id: run.0 };
+            let (kc, kr) = (BlindingKey::generate(domain, &rng).unwrap(), BlindingKey::generate(domain, &rng).unwrap());
+            let respond = PairRole::Respond { commitment: kr.public() };
+            let c_key =
+                SignedRunKey::sign(&run, &c.name, &r.name, &cs, PairRole::Compare, c.cert.clone(), &c.key).unwrap();
+            let r_key = SignedRunKey::sign(&run, &r.name, &c.name, &rs, respond, r.cert.clone(), &r.key).unwrap();
             let (r_pub, r_id) = r_key.verify(&ca, &run, &r.name, &c.name, now).unwrap();
             let (c_pub, c_id) = c_key.verify(&ca, &run, &c.name, &r.name, now).unwrap();
+            assert!(c_key.role.complements(&r_key.role));
             // Both sides recompute the rule from the certificates.
             let kind = |id: &Identity| match id.role {
                 Role::Node(k) => k,
                 _ => unreachable!("verify admits only node certificates"),
             };
-            assert_eq!(
-                comparer(Side { name: &c.name, kind: kind(&c_id) }, Side { name: &r.name, kind: kind(&r_id) }),
-                c.name
-            );
-            let mut cmp = PairRun::new(run, &c.name, &r.name, &cs, &r_pub, LIMITS, &rng).unwrap();
-            let mut rsp = PairRun::new(run, &r.name, &c.name, &rs, &c_pub, LIMITS, &rng).unwrap();
-            let from_c = cmp.own_list(&c.ids, &rng).unwrap();
-            let from_r = rsp.own_list(&r.ids, &rng).unwrap();
+            let sides = (Side { name: &c.name, kind: kind(&c_id) }, Side { name: &r.name, kind: kind(&r_id) });
+            assert_eq!(comparer(sides.0, sides.1), c.name);
+            let PairRole::Respond { commitment } = r_key.role else { unreachable!() };
+            let on_c = PairKeys { run, me: &c.name, peer: &r.name, secret: &cs, peer_key: &r_pub };
+            let on_r = PairKeys { run, me: &r.name, peer: &c.name, secret: &rs, peer_key: &c_pub };
+            let cmp = Comparer::new(&on_c, commitment, kc, LIMITS).unwrap();
+            let rsp = Responder::new(&on_r, kr, LIMITS).unwrap();
+            let (from_c, cmp) = cmp.own_list(&c.ids, &rng).unwrap();
+            let (from_r, rsp) = rsp.own_list(&r.ids, &rng).unwrap();
             let answer = rsp.answer(&from_c, &rng).unwrap();
             let count = cmp.compare(&from_r, &answer).unwrap();
             let key = if a.name < b.name { (a.name.clone(), b.name.clone()) } else { (b.name.clone(), a.name.clone()) };

@@ -156,6 +156,14 @@ impl BlindingKey {
         &self.domain
     }
 
+    /// K = k·B (B the ristretto255 basepoint): the key's public commitment. A responder
+    /// publishes it in its signed run key before any list moves, so the comparer can
+    /// check that the answer applied exactly this key to every point of its list
+    /// ([`Traps`]).
+    pub fn public(&self) -> [u8; 32] {
+        RistrettoPoint::mul_base(&self.scalar).compress().to_bytes()
+    }
+
     /// k/2 mod ℓ, which `double_and_compress_batch` doubles back to k.
     fn half(&self) -> Scalar {
         self.scalar.div_by_2()
@@ -341,6 +349,95 @@ impl<'a> Words<'a> {
             }
         }
     }
+}
+
+/// A comparer's trap points (attack review of issue 12, F1): r·B for secret random
+/// scalars r, uniform in the group as blinded identifiers are, mixed into its list as
+/// its padding. A responder that applied its committed key K to every point returns
+/// r·K for each; one that deviates on d of the list's N points (to count a target more
+/// than once, or to leave out a customer) cannot tell traps from identifiers, so it
+/// misses none of the c traps with probability at most (1 − c/N)^d. The scalars are
+/// zeroized on drop.
+pub struct Traps {
+    scalars: Vec<Scalar>,
+}
+
+impl std::fmt::Debug for Traps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Traps({} points, ..)", self.scalars.len())
+    }
+}
+
+impl Drop for Traps {
+    fn drop(&mut self) {
+        self.scalars.zeroize();
+    }
+}
+
+impl Traps {
+    /// `n` fresh traps and their points r·B (encoded).
+    pub fn generate(n: usize, rng: &dyn SecureRandom) -> Result<(Self, Vec<[u8; 32]>), PsiError> {
+        let mut wide = vec![0u8; 64 * n];
+        rng.fill(&mut wide).map_err(|_| PsiError::Random)?;
+        let scalars: Vec<Scalar> = wide
+            .chunks_exact(64)
+            // Unwrap safety: `chunks_exact(64)` yields 64-byte slices.
+            .map(|w| Scalar::from_bytes_mod_order_wide(w.try_into().unwrap()))
+            .collect();
+        wide.zeroize();
+        let points: Vec<[u8; 32]> = scalars
+            .par_chunks(CHUNK)
+            .flat_map_iter(|c| {
+                // (r/2)·B, doubled back to r·B by the batched encoding.
+                let p: Vec<RistrettoPoint> = c.iter().map(|r| RistrettoPoint::mul_base(&r.div_by_2())).collect();
+                RistrettoPoint::double_and_compress_batch(&p).into_iter().map(|c| c.to_bytes())
+            })
+            .collect();
+        Ok((Self { scalars }, points))
+    }
+
+    /// How many traps.
+    pub fn len(&self) -> usize {
+        self.scalars.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.scalars.is_empty()
+    }
+
+    /// What an honest answer holds for the traps: r·K for the responder's committed
+    /// key K (refused when K is not a canonical encoding or is the identity).
+    pub fn expected(&self, responder: &[u8; 32]) -> Result<Vec<[u8; 32]>, PsiError> {
+        let k = CompressedRistretto(*responder).decompress().ok_or(PsiError::NonCanonical { index: 0 })?;
+        if k.is_identity() {
+            return Err(PsiError::Identity { index: 0 });
+        }
+        Ok(self
+            .scalars
+            .par_chunks(CHUNK)
+            .flat_map_iter(|c| {
+                let p: Vec<RistrettoPoint> = c.iter().map(|r| k * r.div_by_2()).collect();
+                RistrettoPoint::double_and_compress_batch(&p).into_iter().map(|c| c.to_bytes())
+            })
+            .collect())
+    }
+}
+
+/// Pads `points` (blinded identifiers) with trap points up to `bucket(len + min_traps)`,
+/// at least `min_traps` of them, and shuffles the whole list ([`shuffle`]): the
+/// comparer's list, whose padding doubles as its check on the answer ([`Traps`]).
+pub fn pad_with_traps(
+    mut points: Vec<[u8; 32]>,
+    min_traps: usize,
+    rng: &dyn SecureRandom,
+) -> Result<(Vec<[u8; 32]>, Traps), PsiError> {
+    let len = points.len();
+    let want = len.checked_add(min_traps).filter(|n| *n <= MAX_LIST).ok_or(PsiError::TooLong { len, max: MAX_LIST })?;
+    let (traps, trap_points) = Traps::generate(bucket(want) - len, rng)?;
+    points.extend(trap_points);
+    shuffle(&mut points, rng)?;
+    Ok((points, traps))
 }
 
 /// |A ∩ B| for two doubly-blinded lists: each point common to both is counted once,

@@ -6,26 +6,32 @@
 //! normalised identifiers and the peer's chunks into the chunks it sends and, on the
 //! comparing side, the exact count it noises before release.
 //!
-//! The flow for a pair (C compares, R responds; [`fedcrm_protocol::psi::comparer`]):
+//! The flow for a pair (C compares, R responds). Each side signs its role in its run key
+//! ([`fedcrm_protocol::psi::SignedRunKey`]); R's also carries the commitment K_R = k_R·B
+//! to its blinding key. Every step consumes its state, so each list is sent once and
+//! each answer or comparison made once (attack review of issue 12, F3).
 //!
-//! 1. each side draws a fresh blinding key for the run and sends its own list
-//!    {k·H(x)}, padded with random points to its bucket and shuffled ([`PairRun::own_list`]);
-//! 2. R blinds C's list again and returns it shuffled: {k_R·k_C·H(x)} ([`PairRun::answer`]);
-//! 3. C blinds R's list again, {k_C·k_R·H(y)}, and counts the common points of the two
-//!    doubly-blinded lists ([`PairRun::compare`]); only the noised count leaves C.
+//! 1. each side draws a fresh blinding key for the run and sends its own list {k·H(x)},
+//!    shuffled: R's padded with random points to its bucket ([`Responder::own_list`]),
+//!    C's mixed with trap points r·B, at least one per identifier ([`Comparer::own_list`]);
+//! 2. R blinds C's list again and returns it shuffled: {k_R·k_C·H(x)} and {k_R·r·B}
+//!    ([`AwaitingList::answer`]);
+//! 3. C checks the answer — as long as its list, no point twice, r·K_R present for every
+//!    trap (R cannot tell traps from identifiers, so an answer altered on d points
+//!    passes with probability at most 2^−d) — removes the traps, blinds R's list
+//!    again, {k_C·k_R·H(y)}, and counts the common points ([`AwaitingAnswer::compare`]);
+//!    only the noised count leaves C ([`noised`]).
 //!
-//! R sees only C's singly-blinded, padded list; C sees R's singly-blinded list and the
+//! R sees only C's singly-blinded list; C sees R's singly-blinded list and the
 //! doubly-blinded answer, shuffled, so it learns the count and the padded sizes, not
 //! who is shared. Before blinding anything from the peer, each side refuses a list
-//! shorter than its policy's minimum (a probe of a handful of numbers) or longer than
-//! its maximum, and an answer that is not its own list's length or holds a point twice
-//! (a responder that dropped, added or duplicated points to move the count).
+//! shorter than its policy's minimum or longer than its maximum.
 
 use std::collections::HashSet;
 
 use fedcrm_crypto::keys::{RoundPublic, RoundSecret};
 use fedcrm_crypto::psi::channel::{ChannelError, Direction, ListKind, SealedChunk};
-use fedcrm_crypto::psi::{self, BlindingKey, Domain, PsiError};
+use fedcrm_crypto::psi::{self, BlindingKey, PsiError};
 use fedcrm_crypto::{RoundId, SecureRandom};
 use fedcrm_dp::sampler::DiscreteGaussian;
 use fedcrm_dp::{DpError, Entropy};
@@ -46,7 +52,10 @@ pub struct PsiConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct PsiLimits {
     /// The shortest peer list (padded length, all a node can see) this node blinds:
-    /// a list of a few numbers is a probe of who is a customer here. Default 1,000.
+    /// a list of a few numbers is a probe of who is a customer here. Default 256, the
+    /// shortest padded list ([`fedcrm_crypto::psi::MIN_BUCKET`]): it stops an unpadded
+    /// probe; a probe padded with random identifiers passes any minimum, and only the
+    /// noise on the released count limits what it learns.
     pub min_list_points: usize,
     /// The longest. Default 4,194,304 (2²², 128 MiB of points).
     pub max_list_points: usize,
@@ -54,7 +63,7 @@ pub struct PsiLimits {
 
 impl Default for PsiLimits {
     fn default() -> Self {
-        Self { min_list_points: 1000, max_list_points: 1 << 22 }
+        Self { min_list_points: psi::MIN_BUCKET, max_list_points: 1 << 22 }
     }
 }
 
@@ -89,67 +98,60 @@ pub enum PsiRunError {
     AnswerLength { peer: String, got: usize, sent: usize },
     #[error("{peer}'s answer holds a point twice: it duplicated points to move the count; stop the run")]
     AnswerDuplicate { peer: String },
+    #[error(
+        "{peer}'s answer lacks {missing} of the {traps} check points this node mixed into its list: {peer} did not \
+         apply the key it committed to to every point (it altered the answer to move the count); stop the run"
+    )]
+    AnswerTraps { peer: String, missing: usize, traps: usize },
+    #[error("{peer}'s blinding-key commitment: {source}")]
+    Commitment { peer: String, source: PsiError },
     #[error("this node's list: {0}")]
     Own(PsiError),
     #[error("noising the count: {0}")]
     Noise(DpError),
 }
 
-/// This node's state in one pair of one PSI run.
+/// How many trap points a comparer mixes in per identifier (at least): with c traps
+/// among N = n + c points, a responder that deviates on d answer slots escapes detection
+/// with probability at most (1 − c/N)^d ≤ 2^−d ([`fedcrm_crypto::psi::Traps`]).
+pub const TRAPS_PER_IDENTIFIER: usize = 1;
+
+/// One pair of one run as this node's side sees it: the run, the two names, this
+/// node's run secret and the peer's run key (verified:
+/// [`fedcrm_protocol::psi::SignedRunKey::verify`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PairKeys<'a> {
+    pub run: RoundId,
+    pub me: &'a str,
+    pub peer: &'a str,
+    pub secret: &'a RoundSecret,
+    pub peer_key: &'a RoundPublic,
+}
+
+/// Both directions of the pair's sealed channel, and the limits on what comes in.
 #[derive(Debug)]
-pub struct PairRun {
+struct Link {
     peer: String,
-    key: BlindingKey,
     to_peer: Direction,
     from_peer: Direction,
     limits: ListLimits,
-    /// The padded length of the list this node sent (the answer must match it).
-    sent: Option<usize>,
 }
 
-impl PairRun {
-    /// This node (`me`) with `peer` in `run`: a fresh blinding key, and the channel from
-    /// this node's run secret and the peer's verified run key
-    /// ([`fedcrm_protocol::psi::SignedRunKey::verify`]).
-    pub fn new(
-        run: RoundId,
-        me: &str,
-        peer: &str,
-        secret: &RoundSecret,
-        peer_key: &RoundPublic,
-        limits: ListLimits,
-        rng: &dyn SecureRandom,
-    ) -> Result<Self, PsiRunError> {
-        let domain = Domain { version: psi::VERSION, run_id: run.0 };
+impl Link {
+    fn new(p: &PairKeys<'_>, limits: ListLimits) -> Result<Self, PsiRunError> {
         Ok(Self {
-            peer: peer.into(),
-            key: BlindingKey::generate(domain, rng).map_err(PsiRunError::Own)?,
-            to_peer: Direction::new(secret, peer_key, run, me, peer)?,
-            from_peer: Direction::new(secret, peer_key, run, peer, me)?,
+            peer: p.peer.into(),
+            to_peer: Direction::new(p.secret, p.peer_key, p.run, p.me, p.peer)?,
+            from_peer: Direction::new(p.secret, p.peer_key, p.run, p.peer, p.me)?,
             limits,
-            sent: None,
         })
     }
 
-    fn max_chunks(&self) -> u32 {
-        Direction::chunks_for(self.limits.max_points)
-    }
-
-    /// Step 1, both sides: this node's identifiers blinded with its key, padded to
-    /// their bucket, shuffled and sealed for the peer.
-    pub fn own_list<T: AsRef<[u8]> + Sync>(
-        &mut self,
-        ids: &[T],
-        rng: &dyn SecureRandom,
-    ) -> Result<Vec<SealedChunk>, PsiRunError> {
-        let list = psi::pad_and_shuffle(psi::blind(&self.key, ids), psi::bucket, rng).map_err(PsiRunError::Own)?;
-        self.sent = Some(list.len());
-        Ok(self.to_peer.seal_list(ListKind::Blinded { group: 0 }, &list))
-    }
-
-    /// Opens the peer's blinded list and checks its length against this node's limits.
+    /// Opens the peer's own list and checks its length against this node's limits,
+    /// before anything is blinded.
     fn peer_list(&self, chunks: &[SealedChunk]) -> Result<Vec<[u8; 32]>, PsiRunError> {
-        let list = self.from_peer.open_list(ListKind::Blinded { group: 0 }, chunks, self.max_chunks())?;
+        let max = Direction::chunks_for(self.limits.max_points);
+        let list = self.from_peer.open_list(ListKind::Blinded { group: 0 }, chunks, max)?;
         let (points, peer) = (list.len(), self.peer.clone());
         if points < self.limits.min_points {
             return Err(PsiRunError::TooShort { peer, points, min: self.limits.min_points });
@@ -160,32 +162,132 @@ impl PairRun {
         Ok(list)
     }
 
-    /// Step 2, the responding side: the comparer's list blinded again with this node's
-    /// key, shuffled, sealed back.
-    pub fn answer(&self, chunks: &[SealedChunk], rng: &dyn SecureRandom) -> Result<Vec<SealedChunk>, PsiRunError> {
-        let list = self.peer_list(chunks)?;
-        let mut twice =
-            psi::reblind(&self.key, &list).map_err(|source| PsiRunError::Points { peer: self.peer.clone(), source })?;
-        psi::shuffle(&mut twice, rng).map_err(PsiRunError::Own)?;
-        Ok(self.to_peer.seal_list(ListKind::Returned { group: 0 }, &twice))
+    fn reblind(&self, key: &BlindingKey, list: &[[u8; 32]]) -> Result<Vec<[u8; 32]>, PsiRunError> {
+        psi::reblind(key, list).map_err(|source| PsiRunError::Points { peer: self.peer.clone(), source })
+    }
+}
+
+/// The comparing side of a pair, before its list leaves. Each step consumes the state,
+/// so a comparer sends one list and compares once (attack review of issue 12, F3).
+#[derive(Debug)]
+pub struct Comparer {
+    link: Link,
+    key: BlindingKey,
+    /// The responder's blinding-key commitment K_R from its signed run key.
+    commitment: [u8; 32],
+}
+
+impl Comparer {
+    /// This node compares in `pair`: `key` is its fresh blinding key for the run;
+    /// `commitment` comes from the peer's verified run key (role `Respond`).
+    pub fn new(
+        pair: &PairKeys<'_>,
+        commitment: [u8; 32],
+        key: BlindingKey,
+        limits: ListLimits,
+    ) -> Result<Self, PsiRunError> {
+        Ok(Self { link: Link::new(pair, limits)?, key, commitment })
     }
 
-    /// Step 3, the comparing side: the peer's own list blinded again with this node's
-    /// key, against the peer's answer to this node's list. The exact count, which
-    /// never leaves this node unnoised ([`noised`]).
-    pub fn compare(&self, peer_list: &[SealedChunk], answer: &[SealedChunk]) -> Result<u64, PsiRunError> {
-        let theirs = self.peer_list(peer_list)?;
-        let theirs = psi::reblind(&self.key, &theirs)
-            .map_err(|source| PsiRunError::Points { peer: self.peer.clone(), source })?;
-        let sent = self.sent.unwrap_or(0);
-        let ours = self.from_peer.open_list(ListKind::Returned { group: 0 }, answer, Direction::chunks_for(sent))?;
-        if ours.len() != sent {
-            return Err(PsiRunError::AnswerLength { peer: self.peer.clone(), got: ours.len(), sent });
+    /// Step 1: this node's identifiers blinded, mixed with trap points (at least
+    /// [`TRAPS_PER_IDENTIFIER`] per identifier, up to the bucket), shuffled and sealed.
+    pub fn own_list<T: AsRef<[u8]> + Sync>(
+        self,
+        ids: &[T],
+        rng: &dyn SecureRandom,
+    ) -> Result<(Vec<SealedChunk>, AwaitingAnswer), PsiRunError> {
+        let blinded = psi::blind(&self.key, ids);
+        let traps = (ids.len() * TRAPS_PER_IDENTIFIER).max(psi::MIN_BUCKET);
+        let (list, traps) = psi::pad_with_traps(blinded, traps, rng).map_err(PsiRunError::Own)?;
+        let expected = traps
+            .expected(&self.commitment)
+            .map_err(|source| PsiRunError::Commitment { peer: self.link.peer.clone(), source })?;
+        let chunks = self.link.to_peer.seal_list(ListKind::Blinded { group: 0 }, &list, rng)?;
+        let sent = list.len();
+        Ok((chunks, AwaitingAnswer { link: self.link, key: self.key, sent, expected: expected.into_iter().collect() }))
+    }
+}
+
+/// The comparer after its list left: waits for the responder's own list and its answer.
+#[derive(Debug)]
+pub struct AwaitingAnswer {
+    link: Link,
+    key: BlindingKey,
+    sent: usize,
+    /// r·K_R for every trap: what an honest answer must hold.
+    expected: HashSet<[u8; 32]>,
+}
+
+impl AwaitingAnswer {
+    /// Step 3: the peer's own list blinded again with this node's key, against the
+    /// peer's answer to this node's list — checked first: as long as this node's list,
+    /// no point twice, every trap answered with the committed key. The exact count,
+    /// which never leaves this node unnoised ([`noised`]).
+    pub fn compare(self, peer_list: &[SealedChunk], answer: &[SealedChunk]) -> Result<u64, PsiRunError> {
+        let peer = self.link.peer.clone();
+        let theirs = self.link.peer_list(peer_list)?;
+        let theirs = self.link.reblind(&self.key, &theirs)?;
+        let max = Direction::chunks_for(self.sent);
+        let ours = self.link.from_peer.open_list(ListKind::Returned { group: 0 }, answer, max)?;
+        if ours.len() != self.sent {
+            return Err(PsiRunError::AnswerLength { peer, got: ours.len(), sent: self.sent });
         }
-        if ours.iter().collect::<HashSet<_>>().len() != ours.len() {
-            return Err(PsiRunError::AnswerDuplicate { peer: self.peer.clone() });
+        let mut answered: HashSet<[u8; 32]> = ours.into_iter().collect();
+        if answered.len() != self.sent {
+            return Err(PsiRunError::AnswerDuplicate { peer });
         }
-        Ok(psi::intersection_count(&ours, &theirs))
+        let missing = self.expected.iter().filter(|t| !answered.remove(*t)).count();
+        if missing > 0 {
+            return Err(PsiRunError::AnswerTraps { peer, missing, traps: self.expected.len() });
+        }
+        let rest: Vec<[u8; 32]> = answered.into_iter().collect();
+        Ok(psi::intersection_count(&rest, &theirs))
+    }
+}
+
+/// The responding side of a pair, before its list leaves. Each step consumes the state,
+/// so a responder sends one list and answers once.
+#[derive(Debug)]
+pub struct Responder {
+    link: Link,
+    key: BlindingKey,
+}
+
+impl Responder {
+    /// This node responds in `pair` with `key`, whose commitment (`key.public()`) its
+    /// signed run key carries.
+    pub fn new(pair: &PairKeys<'_>, key: BlindingKey, limits: ListLimits) -> Result<Self, PsiRunError> {
+        Ok(Self { link: Link::new(pair, limits)?, key })
+    }
+
+    /// Step 1: this node's identifiers blinded, padded with random points to their
+    /// bucket, shuffled and sealed for the comparer.
+    pub fn own_list<T: AsRef<[u8]> + Sync>(
+        self,
+        ids: &[T],
+        rng: &dyn SecureRandom,
+    ) -> Result<(Vec<SealedChunk>, AwaitingList), PsiRunError> {
+        let list = psi::pad_and_shuffle(psi::blind(&self.key, ids), psi::bucket, rng).map_err(PsiRunError::Own)?;
+        let chunks = self.link.to_peer.seal_list(ListKind::Blinded { group: 0 }, &list, rng)?;
+        Ok((chunks, AwaitingList { link: self.link, key: self.key }))
+    }
+}
+
+/// The responder after its list left: waits for the comparer's list.
+#[derive(Debug)]
+pub struct AwaitingList {
+    link: Link,
+    key: BlindingKey,
+}
+
+impl AwaitingList {
+    /// Step 2: the comparer's list blinded again with this node's committed key,
+    /// shuffled, sealed back.
+    pub fn answer(self, chunks: &[SealedChunk], rng: &dyn SecureRandom) -> Result<Vec<SealedChunk>, PsiRunError> {
+        let list = self.link.peer_list(chunks)?;
+        let mut twice = self.link.reblind(&self.key, &list)?;
+        psi::shuffle(&mut twice, rng).map_err(PsiRunError::Own)?;
+        Ok(self.link.to_peer.seal_list(ListKind::Returned { group: 0 }, &twice, rng)?)
     }
 }
 

@@ -17,9 +17,40 @@ use fedcrm_crypto::RoundId;
 use fedcrm_crypto::keys::{RoundPublic, RoundSecret};
 use fedcrm_pki::{Identity, OrgKind, PkiError, Role, SigningKey, Usage};
 
-/// A node's X25519 public key for one PSI run and one peer, signed with its certified
-/// key. The peer is in the signed payload, so a key signed for one pair never serves
-/// another.
+/// What a node does in one pair: it compares (learns the exact count, releases it
+/// noised) or responds (blinds the comparer's list again and returns it shuffled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PairRole {
+    Compare,
+    /// With the responder's blinding-key commitment K = k·B
+    /// ([`fedcrm_crypto::psi::BlindingKey::public`]): the comparer checks the answer
+    /// against it ([`fedcrm_crypto::psi::Traps`]).
+    Respond {
+        commitment: [u8; 32],
+    },
+}
+
+impl PairRole {
+    fn encode(&self) -> Vec<u8> {
+        match self {
+            PairRole::Compare => b"compare".to_vec(),
+            PairRole::Respond { commitment } => [b"respond".as_slice(), commitment].concat(),
+        }
+    }
+
+    /// Whether `self` and the peer's role make a pair: one compares, the other responds.
+    pub fn complements(&self, peer: &PairRole) -> bool {
+        matches!(
+            (self, peer),
+            (PairRole::Compare, PairRole::Respond { .. }) | (PairRole::Respond { .. }, PairRole::Compare)
+        )
+    }
+}
+
+/// A node's X25519 public key for one PSI run and one peer, and its role in the pair,
+/// signed with its certified key. The peer and the role are in the signed payload, so
+/// a key signed for one pair never serves another, and each side commits to its role
+/// (a responder also to its blinding key) before any list moves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignedRunKey {
     /// The signing node's name (its certificate's).
@@ -29,6 +60,7 @@ pub struct SignedRunKey {
     /// The signing node's certificate (DER), chained to the brand CA.
     pub certificate: Vec<u8>,
     pub public: RoundPublic,
+    pub role: PairRole,
     /// ECDSA P-256 / SHA-256 over [`run_key_payload`].
     pub signature: Vec<u8>,
 }
@@ -53,9 +85,10 @@ pub enum RunKeyError {
 }
 
 /// What a run key's signature covers: a label, the protocol version, the run, the
-/// signer, the peer and the X25519 public key, each length-prefixed.
-pub fn run_key_payload(run: &RoundId, node: &str, peer: &str, public: &RoundPublic) -> Vec<u8> {
-    fedcrm_crypto::kdf::context("psi-run-key", run, &[node.as_bytes(), peer.as_bytes(), &public.0])
+/// signer, the peer, the X25519 public key and the role (with a responder's
+/// commitment), each length-prefixed.
+pub fn run_key_payload(run: &RoundId, node: &str, peer: &str, public: &RoundPublic, role: &PairRole) -> Vec<u8> {
+    fedcrm_crypto::kdf::context("psi-run-key", run, &[node.as_bytes(), peer.as_bytes(), &public.0, &role.encode()])
 }
 
 impl SignedRunKey {
@@ -65,12 +98,13 @@ impl SignedRunKey {
         node: &str,
         peer: &str,
         secret: &RoundSecret,
+        role: PairRole,
         certificate: Vec<u8>,
         key: &SigningKey,
     ) -> Result<Self, RunKeyError> {
         let public = secret.public();
-        let signature = key.sign(&run_key_payload(run, node, peer, &public)).map_err(RunKeyError::Signing)?;
-        Ok(Self { node: node.into(), peer: peer.into(), certificate, public, signature })
+        let signature = key.sign(&run_key_payload(run, node, peer, &public, &role)).map_err(RunKeyError::Signing)?;
+        Ok(Self { node: node.into(), peer: peer.into(), certificate, public, role, signature })
     }
 
     /// The peer's key, checked: its certificate chains to the brand CA (`ca_der`) at
@@ -89,6 +123,9 @@ impl SignedRunKey {
         if self.node != expected {
             return Err(RunKeyError::NotThePeer { node, expected: expected.into() });
         }
+        if self.node == me {
+            return Err(RunKeyError::Peer { node, peer: self.peer.clone(), me: me.into() });
+        }
         let id = fedcrm_pki::verify_cert(ca_der, &self.certificate, now_unix, Usage::Client)
             .map_err(|source| RunKeyError::Certificate { node: node.clone(), source })?;
         if id.name != self.node {
@@ -100,12 +137,9 @@ impl SignedRunKey {
         if self.peer != me {
             return Err(RunKeyError::Peer { node, peer: self.peer.clone(), me: me.into() });
         }
-        fedcrm_pki::verify_signature(
-            &self.certificate,
-            &run_key_payload(run, &self.node, me, &self.public),
-            &self.signature,
-        )
-        .map_err(|_| RunKeyError::Signature { node })?;
+        let payload = run_key_payload(run, &self.node, me, &self.public, &self.role);
+        fedcrm_pki::verify_signature(&self.certificate, &payload, &self.signature)
+            .map_err(|_| RunKeyError::Signature { node })?;
         Ok((self.public, id))
     }
 }
@@ -166,7 +200,7 @@ mod tests {
         let secret = RoundSecret::generate(&rng).unwrap();
         let (run, other_run) = (RoundId([1; 16]), RoundId([2; 16]));
         let now = AT;
-        let key = SignedRunKey::sign(&run, "fr-a", "fr-b", &secret, a.cert.clone(), &a.key).unwrap();
+        let key = SignedRunKey::sign(&run, "fr-a", "fr-b", &secret, PairRole::Compare, a.cert.clone(), &a.key).unwrap();
 
         let (public, id) = key.verify(&ca_der, &run, "fr-a", "fr-b", now).unwrap();
         assert_eq!((public, id.role), (secret.public(), Role::Node(OrgKind::Franchisee)));
@@ -178,13 +212,20 @@ mod tests {
         let mut swapped = key.clone();
         swapped.public = RoundSecret::generate(&rng).unwrap().public();
         assert!(matches!(swapped.verify(&ca_der, &run, "fr-a", "fr-b", now), Err(RunKeyError::Signature { .. })));
+        // Or turns the comparer into a responder (which would hand it the answer).
+        let mut turned = key.clone();
+        turned.role = PairRole::Respond { commitment: [7; 32] };
+        assert!(matches!(turned.verify(&ca_der, &run, "fr-a", "fr-b", now), Err(RunKeyError::Signature { .. })));
+        assert!(PairRole::Compare.complements(&turned.role) && !PairRole::Compare.complements(&key.role));
         // Or signs a key of its own with the coordinator's certificate, named fr-a.
-        let forged = SignedRunKey::sign(&run, "fr-a", "fr-b", &secret, c.cert.clone(), &c.key).unwrap();
+        let forged =
+            SignedRunKey::sign(&run, "fr-a", "fr-b", &secret, PairRole::Compare, c.cert.clone(), &c.key).unwrap();
         assert!(matches!(forged.verify(&ca_der, &run, "fr-a", "fr-b", now), Err(RunKeyError::Name { .. })));
         // A certificate from another CA.
         let other = fedcrm_pki::ca_init("Other Brand", 30).unwrap();
         let stranger = issue(&other, "fr-a", Role::Node(OrgKind::Franchisee));
-        let foreign = SignedRunKey::sign(&run, "fr-a", "fr-b", &secret, stranger.cert, &stranger.key).unwrap();
+        let foreign =
+            SignedRunKey::sign(&run, "fr-a", "fr-b", &secret, PairRole::Compare, stranger.cert, &stranger.key).unwrap();
         assert!(matches!(foreign.verify(&ca_der, &run, "fr-a", "fr-b", now), Err(RunKeyError::Certificate { .. })));
     }
 

@@ -5,11 +5,15 @@
 //!
 //! The two nodes' per-run X25519 keys (each signed with its certified key by the
 //! protocol layer, which checks the peer's signature before it builds a channel) give
-//! one shared secret. Every chunk of every list gets its own ChaCha20-Poly1305 key,
-//! derived with HKDF-SHA256 (RFC 5869) from that secret and bound to the run, the
-//! sender, the receiver, the list (its kind and segment group), the chunk's index and
-//! the list's chunk count; the same context is the associated data (RFC 8439, §2.8).
-//! So a key seals exactly one message and the fixed nonce is safe, as in [`crate::aead`].
+//! one shared secret; the direction's key is derived from it with both public keys,
+//! the run and the two names (which must differ: with one name both directions would
+//! share a key and a list could be reflected). Every chunk of every list gets its own
+//! ChaCha20-Poly1305 key, derived with HKDF-SHA256 (RFC 5869) from the direction's key
+//! and bound to the list (its kind and segment group), a random 16-byte salt drawn for
+//! each sealing of a list, the chunk's index and the list's chunk count; the same
+//! context is the associated data (RFC 8439, §2.8). So a key seals exactly one message
+//! and the fixed nonce is safe, as in [`crate::aead`] — even if a broken caller sealed
+//! two different lists of one kind (attack review of issue 12, F5): their salts differ.
 //!
 //! What the receiver checks, and who is at fault when a check fails: a chunk that does
 //! not open was altered, made for another run, pair, list or position, or not made by
@@ -22,7 +26,7 @@ use zeroize::Zeroize;
 
 use crate::kdf::{self, DerivedKey};
 use crate::keys::{RoundPublic, RoundSecret};
-use crate::{CryptoError, RoundId, aead};
+use crate::{CryptoError, RoundId, SecureRandom, aead};
 
 /// The bytes of one encoded ristretto255 point.
 pub const POINT: usize = 32;
@@ -72,13 +76,21 @@ pub enum ChannelError {
     Partial { sender: String, list: ListKind, index: u32, len: usize },
     #[error("{list:?} from {sender}: {chunks} chunks announced, more than the {max} a list may have")]
     TooLong { sender: String, list: ListKind, chunks: u32, max: u32 },
+    #[error("{list:?} from {sender}: chunk {index} belongs to another sealing of the list (its salt differs)")]
+    Salt { sender: String, list: ListKind, index: u32 },
     #[error("psi channel key: {0}")]
     Key(CryptoError),
+    #[error("a psi channel needs two parties; both ends are named {0}")]
+    SameName(String),
+    #[error("system random number generator failed")]
+    Random,
 }
 
 /// One sealed chunk as the relay carries it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SealedChunk {
+    /// Drawn for each sealing of a list; the same in all its chunks.
+    pub salt: [u8; 16],
     /// Position in the list, from 0.
     pub index: u32,
     /// The list's number of chunks (at least 1; an empty list is one empty chunk).
@@ -113,17 +125,21 @@ impl Direction {
         sender: &str,
         receiver: &str,
     ) -> Result<Self, ChannelError> {
+        if sender == receiver {
+            return Err(ChannelError::SameName(sender.into()));
+        }
         let shared = mine.agree(peer).map_err(ChannelError::Key)?;
-        let info = kdf::context("psi-direction", &run, &[sender.as_bytes(), receiver.as_bytes()]);
+        // Both public keys, in a fixed order both ends compute.
+        let (a, b) = (mine.public().0, peer.0);
+        let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+        let info = kdf::context("psi-direction", &run, &[sender.as_bytes(), receiver.as_bytes(), &lo, &hi]);
         Ok(Self { base: kdf::derive(shared.bytes(), &info), run, sender: sender.into(), receiver: receiver.into() })
     }
 
-    fn context(&self, list: ListKind, index: u32, of: u32) -> Vec<u8> {
-        kdf::context(
-            "psi-chunk",
-            &self.run,
-            &[self.sender.as_bytes(), self.receiver.as_bytes(), &list.label(), &index.to_be_bytes(), &of.to_be_bytes()],
-        )
+    fn context(&self, list: ListKind, salt: &[u8; 16], index: u32, of: u32) -> Vec<u8> {
+        let (index, of) = (index.to_be_bytes(), of.to_be_bytes());
+        let parts: [&[u8]; 6] = [self.sender.as_bytes(), self.receiver.as_bytes(), &list.label(), salt, &index, &of];
+        kdf::context("psi-chunk", &self.run, &parts)
     }
 
     fn chunk_key(&self, context: &[u8]) -> DerivedKey {
@@ -135,28 +151,41 @@ impl Direction {
         points.div_ceil(CHUNK_POINTS).max(1) as u32
     }
 
-    /// Seal chunk `index` of `of` of `list`: `points` encoded points (at most
-    /// [`CHUNK_POINTS`]).
-    pub fn seal(&self, list: ListKind, index: u32, of: u32, points: &[[u8; POINT]]) -> SealedChunk {
-        let mut plain: Vec<u8> = points.iter().flatten().copied().collect();
-        let context = self.context(list, index, of);
-        let ciphertext = aead::seal(&self.chunk_key(&context), &context, &plain);
-        plain.zeroize();
-        SealedChunk { index, of, ciphertext }
+    /// A fresh salt for one sealing of a list.
+    pub fn salt(rng: &dyn SecureRandom) -> Result<[u8; 16], ChannelError> {
+        let mut salt = [0u8; 16];
+        rng.fill(&mut salt).map_err(|_| ChannelError::Random)?;
+        Ok(salt)
     }
 
-    /// Seal a whole list, chunk by chunk.
-    pub fn seal_list(&self, list: ListKind, points: &[[u8; POINT]]) -> Vec<SealedChunk> {
+    /// Seal chunk `index` of `of` of `list` under `salt` ([`Direction::salt`], one per
+    /// sealing of the list): `points` encoded points (at most [`CHUNK_POINTS`]).
+    pub fn seal(&self, list: ListKind, salt: [u8; 16], index: u32, of: u32, points: &[[u8; POINT]]) -> SealedChunk {
+        let mut plain: Vec<u8> = points.iter().flatten().copied().collect();
+        let context = self.context(list, &salt, index, of);
+        let ciphertext = aead::seal(&self.chunk_key(&context), &context, &plain);
+        plain.zeroize();
+        SealedChunk { salt, index, of, ciphertext }
+    }
+
+    /// Seal a whole list, chunk by chunk, under a fresh salt.
+    pub fn seal_list(
+        &self,
+        list: ListKind,
+        points: &[[u8; POINT]],
+        rng: &dyn SecureRandom,
+    ) -> Result<Vec<SealedChunk>, ChannelError> {
+        let salt = Self::salt(rng)?;
         let of = Self::chunks_for(points.len());
         if points.is_empty() {
-            return vec![self.seal(list, 0, 1, &[])];
+            return Ok(vec![self.seal(list, salt, 0, 1, &[])]);
         }
-        points.chunks(CHUNK_POINTS).enumerate().map(|(i, c)| self.seal(list, i as u32, of, c)).collect()
+        Ok(points.chunks(CHUNK_POINTS).enumerate().map(|(i, c)| self.seal(list, salt, i as u32, of, c)).collect())
     }
 
     /// Start opening `list` from the sender; at most `max_chunks` chunks are accepted.
     pub fn opener(&self, list: ListKind, max_chunks: u32) -> ListOpener<'_> {
-        ListOpener { direction: self, list, next: 0, of: None, max_chunks }
+        ListOpener { direction: self, list, next: 0, of: None, salt: None, max_chunks }
     }
 
     /// Open a whole list (tests and small lists; a node streams with [`ListOpener`]).
@@ -183,6 +212,7 @@ pub struct ListOpener<'a> {
     list: ListKind,
     next: u32,
     of: Option<u32>,
+    salt: Option<[u8; 16]>,
     max_chunks: u32,
 }
 
@@ -205,7 +235,10 @@ impl ListOpener<'_> {
         if chunk.index >= chunk.of {
             return Err(ChannelError::Order { sender, list, got: chunk.index, expected: chunk.of });
         }
-        let context = self.direction.context(list, chunk.index, chunk.of);
+        if self.salt.is_some_and(|s| s != chunk.salt) {
+            return Err(ChannelError::Salt { sender, list, index: chunk.index });
+        }
+        let context = self.direction.context(list, &chunk.salt, chunk.index, chunk.of);
         let mut plain = aead::open(&self.direction.chunk_key(&context), &context, &chunk.ciphertext)
             .map_err(|_| ChannelError::Sealed { sender: sender.clone(), list, index: chunk.index })?;
         if plain.len() % POINT != 0 || plain.len() > CHUNK_POINTS * POINT {
@@ -216,6 +249,7 @@ impl ListOpener<'_> {
         let points = plain.chunks_exact(POINT).map(|p| p.try_into().unwrap_or([0; POINT])).collect();
         plain.zeroize();
         self.of = Some(chunk.of);
+        self.salt = Some(chunk.salt);
         self.next += 1;
         Ok(points)
     }
@@ -270,7 +304,7 @@ mod tests {
         let (tx, rx, _) = ends(run(1));
         for n in [0, 1, CHUNK_POINTS, CHUNK_POINTS + 1, 3 * CHUNK_POINTS - 5] {
             let sent = points(n, 7);
-            let chunks = tx.seal_list(LIST, &sent);
+            let chunks = tx.seal_list(LIST, &sent, &SystemRandom::new()).unwrap();
             assert_eq!(chunks.len() as u32, Direction::chunks_for(n));
             assert_eq!(rx.open_list(LIST, &chunks, 16).unwrap(), sent, "{n} points");
         }
@@ -281,7 +315,7 @@ mod tests {
         let r = run(2);
         let (tx, rx, (a, b)) = ends(r);
         let sent = points(2 * CHUNK_POINTS + 3, 9);
-        let chunks = tx.seal_list(LIST, &sent);
+        let chunks = tx.seal_list(LIST, &sent, &SystemRandom::new()).unwrap();
 
         // One flipped bit.
         let mut altered = chunks.clone();
@@ -313,10 +347,21 @@ mod tests {
         assert!(matches!(back.open_list(LIST, &chunks, 16), Err(ChannelError::Sealed { index: 0, .. })));
         // A list of another run between the same nodes, or sealed by a third party.
         let (tx2, _, _) = ends(run(3));
-        let foreign = tx2.seal_list(LIST, &sent);
+        let foreign = tx2.seal_list(LIST, &sent, &SystemRandom::new()).unwrap();
         assert!(matches!(rx.open_list(LIST, &foreign, 16), Err(ChannelError::Sealed { index: 0, .. })));
         // Longer than the receiver accepts.
         assert!(matches!(rx.open_list(LIST, &chunks, 2), Err(ChannelError::TooLong { chunks: 3, max: 2, .. })));
+        // Two sealings of one list share no ciphertext, and their chunks do not mix.
+        let again = tx.seal_list(LIST, &sent, &SystemRandom::new()).unwrap();
+        assert_ne!(again[0].ciphertext, chunks[0].ciphertext);
+        let mixed = vec![chunks[0].clone(), again[1].clone(), chunks[2].clone()];
+        assert!(matches!(rx.open_list(LIST, &mixed, 16), Err(ChannelError::Salt { index: 1, .. })));
+        let mut resalted = again[1].clone();
+        resalted.salt = chunks[0].salt;
+        let mixed = vec![chunks[0].clone(), resalted, chunks[2].clone()];
+        assert!(matches!(rx.open_list(LIST, &mixed, 16), Err(ChannelError::Sealed { index: 1, .. })));
+        // One name at both ends is refused (both directions would share a key).
+        assert!(matches!(Direction::new(&a, &b.public(), r, "fr-a", "fr-a"), Err(ChannelError::SameName(_))));
         // And the untouched list still opens.
         assert_eq!(rx.open_list(LIST, &chunks, 16).unwrap(), sent);
     }
@@ -325,7 +370,7 @@ mod tests {
     fn the_ciphertext_shows_no_point() {
         let (tx, _, _) = ends(run(4));
         let sent = points(100, 3);
-        let chunks = tx.seal_list(LIST, &sent);
+        let chunks = tx.seal_list(LIST, &sent, &SystemRandom::new()).unwrap();
         let bytes: Vec<u8> = chunks.iter().flat_map(|c| c.ciphertext.clone()).collect();
         assert_eq!(bytes.len(), 100 * POINT + 16);
         for p in &sent {

@@ -319,3 +319,23 @@ fn a_generator_that_gives_only_zero_is_refused() {
 fn the_key_never_prints() {
     assert_eq!(format!("{:?}", key(RUN)), "BlindingKey(..)");
 }
+
+#[test]
+fn an_honest_answer_holds_every_trap_and_any_other_key_holds_none() {
+    let rng = SystemRandom::new();
+    let (comparer, responder) = (key(RUN), key(RUN));
+    let (list, traps) = pad_with_traps(blind(&comparer, &phones(0..300)), 300, &rng).unwrap();
+    assert_eq!(list.len(), bucket(600));
+    assert_eq!(traps.len(), list.len() - 300);
+    let expected = traps.expected(&responder.public()).unwrap();
+    let answer: BTreeSet<[u8; 32]> = distinct(&reblind(&responder, &list).unwrap());
+    assert!(expected.iter().all(|t| answer.contains(t)), "every r·K is in an honest answer");
+    // A responder that answers with another key than it committed to holds none.
+    let other: BTreeSet<[u8; 32]> = distinct(&reblind(&key(RUN), &list).unwrap());
+    assert!(expected.iter().all(|t| !other.contains(t)));
+    // Trap points are not the identity and not repeated.
+    assert_eq!(distinct(&list).len(), list.len());
+    // A committed key that is not a point, or the identity, is refused.
+    assert!(traps.expected(&[0xff; 32]).is_err());
+    assert!(traps.expected(&RistrettoPoint::identity().compress().to_bytes()).is_err());
+}

@@ -27,16 +27,30 @@ fn normalised(raw: &[String]) -> Vec<String> {
 }
 
 struct Pair {
-    comparer: PairRun,
-    responder: PairRun,
+    comparer: Comparer,
+    responder: Responder,
 }
 
 fn pair(run: RoundId) -> Pair {
     let rng = SystemRandom::new();
     let (c, r) = (RoundSecret::generate(&rng).unwrap(), RoundSecret::generate(&rng).unwrap());
+    let domain = fedcrm_crypto::psi::Domain { version: psi::VERSION, run_id: run.0 };
+    let (kc, kr) = (BlindingKey::generate(domain, &rng).unwrap(), BlindingKey::generate(domain, &rng).unwrap());
+    let commitment = kr.public();
     Pair {
-        comparer: PairRun::new(run, "fr-a", "hq-tmall", &c, &r.public(), LIMITS, &rng).unwrap(),
-        responder: PairRun::new(run, "hq-tmall", "fr-a", &r, &c.public(), LIMITS, &rng).unwrap(),
+        comparer: Comparer::new(
+            &PairKeys { run, me: "fr-a", peer: "hq-tmall", secret: &c, peer_key: &r.public() },
+            commitment,
+            kc,
+            LIMITS,
+        )
+        .unwrap(),
+        responder: Responder::new(
+            &PairKeys { run, me: "hq-tmall", peer: "fr-a", secret: &r, peer_key: &c.public() },
+            kr,
+            LIMITS,
+        )
+        .unwrap(),
     }
 }
 
@@ -49,6 +63,7 @@ struct Relay {
 impl Relay {
     fn carry(&mut self, chunks: &[SealedChunk]) -> Vec<SealedChunk> {
         for c in chunks {
+            self.bytes.extend_from_slice(&c.salt);
             self.bytes.extend_from_slice(&c.index.to_be_bytes());
             self.bytes.extend_from_slice(&c.of.to_be_bytes());
             self.bytes.extend_from_slice(&c.ciphertext);
@@ -57,14 +72,21 @@ impl Relay {
     }
 }
 
-/// Runs the pair honestly; the count, the relay's bytes and the lists each side opened.
-fn run_pair(p: &mut Pair, a: &[String], b: &[String]) -> (u64, Relay) {
+/// One honest run, step by step, with what each side holds after it.
+struct Run {
+    from_c: Vec<SealedChunk>,
+    from_r: Vec<SealedChunk>,
+    answer: Vec<SealedChunk>,
+    comparer: AwaitingAnswer,
+}
+
+fn run_pair(p: Pair, a: &[String], b: &[String], relay: &mut Relay) -> Run {
     let rng = SystemRandom::new();
-    let mut relay = Relay::default();
-    let from_c = relay.carry(&p.comparer.own_list(a, &rng).unwrap());
-    let from_r = relay.carry(&p.responder.own_list(b, &rng).unwrap());
-    let answer = relay.carry(&p.responder.answer(&from_c, &rng).unwrap());
-    (p.comparer.compare(&from_r, &answer).unwrap(), relay)
+    let (from_c, comparer) = p.comparer.own_list(a, &rng).unwrap();
+    let (from_r, responder) = p.responder.own_list(b, &rng).unwrap();
+    let (from_c, from_r) = (relay.carry(&from_c), relay.carry(&from_r));
+    let answer = relay.carry(&responder.answer(&from_c, &rng).unwrap());
+    Run { from_c, from_r, answer, comparer }
 }
 
 #[test]
@@ -75,10 +97,12 @@ fn the_count_equals_the_plaintext_intersection_of_normalised_phones() {
     let b = normalised(&b_raw);
     let plain = a.iter().filter(|x| b.contains(x)).count() as u64;
     assert_eq!(plain, 700);
-    let (count, relay) = run_pair(&mut pair(RoundId([1; 16])), &a, &b);
-    assert_eq!(count, plain);
-    // The relay saw sealed, padded lists: two own lists and one answer.
-    let padded = psi::bucket(3000) * 2 + psi::bucket(2000);
+    let mut relay = Relay::default();
+    let run = run_pair(pair(RoundId([1; 16])), &a, &b, &mut relay);
+    assert_eq!(run.comparer.compare(&run.from_r, &run.answer).unwrap(), plain);
+    // The relay saw sealed lists: the comparer's with at least one trap per identifier,
+    // twice (out and back), and the responder's padded one.
+    let padded = psi::bucket(6000) * 2 + psi::bucket(2000);
     assert!(relay.bytes.len() >= padded * 32, "{} bytes for {padded} points", relay.bytes.len());
 }
 
@@ -86,23 +110,20 @@ fn the_count_equals_the_plaintext_intersection_of_normalised_phones() {
 fn no_hash_or_unblinded_point_of_an_identifier_crosses_even_to_the_peer() {
     let a = normalised(&phones(0..600));
     let b = normalised(&phones(300..900));
-    let run = RoundId([2; 16]);
-    let mut p = pair(run);
-    let rng = SystemRandom::new();
+    let id = RoundId([2; 16]);
     let mut relay = Relay::default();
-    let from_c = relay.carry(&p.comparer.own_list(&a, &rng).unwrap());
-    let from_r = relay.carry(&p.responder.own_list(&b, &rng).unwrap());
-    let answer = relay.carry(&p.responder.answer(&from_c, &rng).unwrap());
-    // What each side's peer could read: the opened lists.
+    let run = run_pair(pair(id), &a, &b, &mut relay);
+    // What the relay carried, and what the comparer opened (the responder's list opened
+    // by the responder's peer reads the same way).
     let mut seen = relay.bytes.clone();
-    for (d, list, chunks) in [
-        (&p.responder.from_peer, ListKind::Blinded { group: 0 }, &from_c),
-        (&p.comparer.from_peer, ListKind::Blinded { group: 0 }, &from_r),
-        (&p.comparer.from_peer, ListKind::Returned { group: 0 }, &answer),
-    ] {
-        seen.extend(d.open_list(list, chunks, 1 << 10).unwrap().into_iter().flatten());
+    let opened = [
+        run.comparer.link.from_peer.open_list(ListKind::Blinded { group: 0 }, &run.from_r, 1 << 10).unwrap(),
+        run.comparer.link.from_peer.open_list(ListKind::Returned { group: 0 }, &run.answer, 1 << 10).unwrap(),
+    ];
+    for list in opened {
+        seen.extend(list.into_iter().flatten());
     }
-    let domain = Domain { version: psi::VERSION, run_id: run.0 };
+    let domain = fedcrm_crypto::psi::Domain { version: psi::VERSION, run_id: id.0 };
     for id in a.iter().chain(&b) {
         let forbidden = [
             digest::digest(&digest::SHA256, id.as_bytes()).as_ref().to_vec(),
@@ -118,13 +139,11 @@ fn no_hash_or_unblinded_point_of_an_identifier_crosses_even_to_the_peer() {
 #[test]
 fn two_runs_on_the_same_data_share_no_blinded_point() {
     let a = normalised(&phones(0..800));
-    let rng = SystemRandom::new();
     let lists: Vec<Vec<[u8; 32]>> = [RoundId([3; 16]), RoundId([4; 16])]
         .into_iter()
-        .map(|run| {
-            let mut p = pair(run);
-            let chunks = p.comparer.own_list(&a, &rng).unwrap();
-            p.responder.from_peer.open_list(ListKind::Blinded { group: 0 }, &chunks, 1 << 10).unwrap()
+        .map(|id| {
+            let run = run_pair(pair(id), &a, &a, &mut Relay::default());
+            run.comparer.link.from_peer.open_list(ListKind::Blinded { group: 0 }, &run.from_r, 1 << 10).unwrap()
         })
         .collect();
     let first: HashSet<_> = lists[0].iter().collect();
@@ -134,57 +153,85 @@ fn two_runs_on_the_same_data_share_no_blinded_point() {
 #[test]
 fn a_tiny_probe_is_refused_before_anything_is_blinded() {
     let rng = SystemRandom::new();
-    let mut p = pair(RoundId([5; 16]));
+    let p = pair(RoundId([5; 16]));
     // HQ's side sends an unpadded list of three numbers (a probe): sealed properly, but
     // shorter than the comparer's minimum.
     let probe: Vec<[u8; 32]> = psi::blind(&p.responder.key, &normalised(&phones(0..3)));
-    let chunks = p.responder.to_peer.seal_list(ListKind::Blinded { group: 0 }, &probe);
-    let own = p.comparer.own_list(&normalised(&phones(0..600)), &rng).unwrap();
-    let answer = p.responder.answer(&own, &rng).unwrap();
-    let err = p.comparer.compare(&chunks, &answer).unwrap_err();
+    let to_comparer = p.responder.link.to_peer.seal_list(ListKind::Blinded { group: 0 }, &probe, &rng).unwrap();
+    let to_responder = p.comparer.link.to_peer.seal_list(ListKind::Blinded { group: 0 }, &probe, &rng).unwrap();
+    let (own, comparer) = p.comparer.own_list(&normalised(&phones(0..600)), &rng).unwrap();
+    let (_, responder) = p.responder.own_list(&normalised(&phones(0..600)), &rng).unwrap();
+    let err = responder.answer(&to_responder, &rng).unwrap_err();
     assert!(matches!(err, PsiRunError::TooShort { points: 3, min: 500, .. }), "{err}");
-    // The responder refuses a probe from the comparer's side the same way.
-    let probe = p.comparer.to_peer.seal_list(ListKind::Blinded { group: 0 }, &probe);
-    let err = p.responder.answer(&probe, &rng).unwrap_err();
-    assert!(matches!(err, PsiRunError::TooShort { .. }), "{err}");
+    let _ = own;
+    let err = comparer.compare(&to_comparer, &[]).unwrap_err();
+    assert!(matches!(err, PsiRunError::TooShort { points: 3, min: 500, .. }), "{err}");
 }
 
+/// How a cheating responder makes its answer from the comparer's list.
+type Tamper<'a> = dyn Fn(&[[u8; 32]], &Responder) -> Vec<[u8; 32]> + 'a;
+
+/// The attack review's scaled-copy answer (F1): HQ, responding, returns a·L_j for
+/// a = 1..32 over 32 positions of the comparer's list L (all distinct, the right
+/// length) and sends {a·H(t)} for a target t as its own list, so that the count is 32
+/// if t is among those positions. The traps catch it; so do a dropped or a duplicated
+/// point, and an answer made with another key than the committed one.
 #[test]
-fn a_responder_that_drops_or_duplicates_points_is_caught() {
+fn a_responder_that_alters_its_answer_is_caught_by_the_traps() {
     let rng = SystemRandom::new();
-    let mut p = pair(RoundId([6; 16]));
-    let own = p.comparer.own_list(&normalised(&phones(0..600)), &rng).unwrap();
-    let theirs = p.responder.own_list(&normalised(&phones(0..600)), &rng).unwrap();
-    let honest = p.responder.answer(&own, &rng).unwrap();
-    let list = p.comparer.from_peer.open_list(ListKind::Returned { group: 0 }, &honest, 1 << 10).unwrap();
-    let reseal = |l: &[[u8; 32]]| p.responder.to_peer.seal_list(ListKind::Returned { group: 0 }, l);
-    let dropped = reseal(&list[1..]);
-    assert!(matches!(p.comparer.compare(&theirs, &dropped), Err(PsiRunError::AnswerLength { .. })));
-    let mut doubled = list.clone();
-    doubled[1] = doubled[0];
-    assert!(matches!(p.comparer.compare(&theirs, &reseal(&doubled)), Err(PsiRunError::AnswerDuplicate { .. })));
-    assert_eq!(p.comparer.compare(&theirs, &honest).unwrap(), 600);
+    let mine = normalised(&phones(0..600));
+    let attempt = |tamper: &Tamper<'_>| -> Result<u64, PsiRunError> {
+        let p = pair(RoundId([6; 16]));
+        let responder = p.responder;
+        let (from_c, comparer) = p.comparer.own_list(&mine, &rng).unwrap();
+        // The comparer's list as the responder opens it.
+        let l = responder.link.from_peer.open_list(ListKind::Blinded { group: 0 }, &from_c, 1 << 10).unwrap();
+        let forged = tamper(&l, &responder);
+        let answer = responder.link.to_peer.seal_list(ListKind::Returned { group: 0 }, &forged, &rng).unwrap();
+        let theirs = psi::pad_and_shuffle(psi::blind(&responder.key, &mine[..520]), psi::bucket, &rng).unwrap();
+        let theirs = responder.link.to_peer.seal_list(ListKind::Blinded { group: 0 }, &theirs, &rng).unwrap();
+        comparer.compare(&theirs, &answer)
+    };
+    use curve25519_dalek::ristretto::CompressedRistretto;
+    use curve25519_dalek::scalar::Scalar;
+    let times =
+        |p: &[u8; 32], a: u64| (CompressedRistretto(*p).decompress().unwrap() * Scalar::from(a)).compress().to_bytes();
+    // Honest: the count (520 of the responder's identifiers are the comparer's).
+    assert_eq!(attempt(&|l, r| psi::reblind(&r.key, l).unwrap()).unwrap(), 520);
+    // Scaled copies of 32 positions, filling the answer's length.
+    let scaled = attempt(&|l, _| (0..l.len()).map(|i| times(&l[i % 32], (i / 32 + 1) as u64)).collect());
+    assert!(matches!(scaled, Err(PsiRunError::AnswerTraps { .. })), "{scaled:?}");
+    // Honest but for one point twice, or one point short.
+    let twice = attempt(&|l, r| {
+        let mut a = psi::reblind(&r.key, l).unwrap();
+        a[1] = a[0];
+        a
+    });
+    assert!(matches!(twice, Err(PsiRunError::AnswerDuplicate { .. })), "{twice:?}");
+    let short = attempt(&|l, r| psi::reblind(&r.key, &l[1..]).unwrap());
+    assert!(matches!(short, Err(PsiRunError::AnswerLength { .. })), "{short:?}");
+    // Another key than the one committed in the signed run key: no trap answered.
+    let other = attempt(&|l, _| {
+        let k =
+            BlindingKey::generate(fedcrm_crypto::psi::Domain { version: psi::VERSION, run_id: [6; 16] }, &rng).unwrap();
+        psi::reblind(&k, l).unwrap()
+    });
+    assert!(matches!(other, Err(PsiRunError::AnswerTraps { .. })), "{other:?}");
 }
 
 #[test]
 fn a_relay_that_substitutes_or_replays_a_list_is_detected() {
-    let rng = SystemRandom::new();
     let a = normalised(&phones(0..600));
-    let mut p = pair(RoundId([7; 16]));
-    let mut earlier = pair(RoundId([8; 16]));
-    let own = p.comparer.own_list(&a, &rng).unwrap();
-    let theirs = p.responder.own_list(&a, &rng).unwrap();
-    let answer = p.responder.answer(&own, &rng).unwrap();
+    let now = run_pair(pair(RoundId([7; 16])), &a, &a, &mut Relay::default());
+    let earlier = run_pair(pair(RoundId([8; 16])), &a, &a, &mut Relay::default());
     // A list of an earlier run between the same names, replayed.
-    let old = earlier.responder.own_list(&a, &rng).unwrap();
-    let err = p.comparer.compare(&old, &answer).unwrap_err();
+    let err = now.comparer.compare(&earlier.from_r, &now.answer).unwrap_err();
     assert!(matches!(err, PsiRunError::Channel(ChannelError::Sealed { .. })), "{err}");
     // The comparer's own list reflected back as the answer.
-    let err = p.comparer.compare(&theirs, &own).unwrap_err();
+    let again = run_pair(pair(RoundId([7; 16])), &a, &a, &mut Relay::default());
+    let err = again.comparer.compare(&again.from_r, &again.from_c).unwrap_err();
     assert!(matches!(err, PsiRunError::Channel(ChannelError::Sealed { .. })), "{err}");
-    // The relay's own list, made with keys it holds.
-    let relay_list = earlier.comparer.own_list(&a, &rng).unwrap();
-    assert!(p.responder.answer(&relay_list, &rng).is_err());
+    let _ = earlier.comparer;
 }
 
 /// A seeded ChaCha20 stream: reproducible noise for the statistical test.
@@ -236,7 +283,6 @@ fn within(without: &[i64], with: &[i64], epsilon: f64, delta: f64) -> Result<(),
 /// the (ε, δ) the noise states — a test that fails when the noise is too small.
 #[test]
 fn a_padded_probe_learns_membership_only_within_the_stated_epsilon_delta() {
-    let rng = SystemRandom::new();
     let target = "+8613912345678".to_string();
     let customers = random_phones(1500, 1);
     let probe: Vec<String> = std::iter::once(target.clone()).chain(random_phones(1199, 2)).collect();
@@ -246,11 +292,8 @@ fn a_padded_probe_learns_membership_only_within_the_stated_epsilon_delta() {
             mine.push(target.clone());
         }
         // A fresh run each time: new keys, new padding, new shuffles.
-        let mut p = pair(RoundId([9 + u8::from(with_target); 16]));
-        let own = p.comparer.own_list(&mine, &rng).unwrap();
-        let theirs = p.responder.own_list(&probe, &rng).unwrap();
-        let answer = p.responder.answer(&own, &rng).unwrap();
-        p.comparer.compare(&theirs, &answer).unwrap()
+        let run = run_pair(pair(RoundId([9 + u8::from(with_target); 16])), &mine, &probe, &mut Relay::default());
+        run.comparer.compare(&run.from_r, &run.answer).unwrap()
     };
     let (c0, c1) = (exact(false), exact(true));
     assert_eq!(c1, c0 + 1, "the target moves the exact count by one");
