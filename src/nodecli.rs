@@ -128,6 +128,10 @@ pub fn check_text(r: &CheckReport) -> String {
         "    peer lists blinded only with {} to {} points ([policy.psi])\n",
         psi.min_list_points, psi.max_list_points
     ));
+    match psi.answers.as_slice() {
+        [] => s.push_str("    answers no peer: compares only (pin peers in [policy.psi] respond_to)\n"),
+        orgs => s.push_str(&format!("    answers only the pinned peers of: {}\n", orgs.join(", "))),
+    }
     s.push_str(&format!("  audit log (every egress, decision and receipt): {}\n", r.audit_dir));
     s.push_str("\nwhat may leave this machine (each logged with size and SHA-256):\n");
     for e in &r.egress {

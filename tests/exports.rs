@@ -205,6 +205,7 @@ fn the_default_node_config_passes_node_check_on_first_run() {
         ),
         "{text}"
     );
+    assert!(text.contains("answers no peer: compares only"), "{text}");
 
     // Configuring a consent file that is not there stops the node, and says what to do.
     let p = default_node_toml(dir.path(), &[("# consent_withdrawals = ", "consent_withdrawals = ")]);

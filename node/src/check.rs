@@ -64,6 +64,8 @@ pub struct PsiCheck {
     pub bad: Vec<(String, u64)>,
     /// Customers whose identifier another customer has too (held once).
     pub shared_by_customers: u64,
+    /// `[policy.psi] respond_to`: the organisations of the peers this node answers.
+    pub answers: Vec<String>,
     /// `[policy.psi]`: the shortest and longest peer list this node blinds.
     pub min_list_points: usize,
     pub max_list_points: usize,
@@ -136,6 +138,7 @@ pub fn psi_check(config: &NodeConfig, ds: &Dataset) -> PsiCheck {
         customers_without: ids.empty,
         bad: ids.bad.iter().map(|(reason, n)| (reason.to_string(), *n)).collect(),
         shared_by_customers: ids.duplicates,
+        answers: config.policy.psi.respond_to.iter().map(|r| r.organisation.clone()).collect(),
         min_list_points: config.policy.psi.min_list_points,
         max_list_points: config.policy.psi.max_list_points,
     }

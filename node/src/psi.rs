@@ -47,10 +47,17 @@ pub struct PsiConfig {
     pub match_on: MatchOn,
 }
 
-/// `[policy.psi]`: the lists this node accepts from a peer before it blinds them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// `[policy.psi]`: which peers this node answers, and the lists it accepts from a
+/// peer before it blinds them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PsiLimits {
+    /// The peers this node answers (responds to) in a pair; with every other peer it
+    /// only compares. The comparing side can test the responder's whole list against
+    /// identifiers of its choice, and certificates come from HQ's CA, so a node answers
+    /// only a peer its franchisee pinned here out of band: organisation and certificate
+    /// fingerprint (attack review of issue 12, F2). Default: nobody.
+    pub respond_to: Vec<RespondTo>,
     /// The shortest peer list (padded length, all a node can see) this node blinds:
     /// a list of a few numbers is a probe of who is a customer here. Default 256, the
     /// shortest padded list ([`fedcrm_crypto::psi::MIN_BUCKET`]): it stops an unpadded
@@ -63,11 +70,40 @@ pub struct PsiLimits {
 
 impl Default for PsiLimits {
     fn default() -> Self {
-        Self { min_list_points: psi::MIN_BUCKET, max_list_points: 1 << 22 }
+        Self { respond_to: vec![], min_list_points: psi::MIN_BUCKET, max_list_points: 1 << 22 }
     }
 }
 
+/// A peer this node answers: `{ organisation = "…", certificate_sha256 = "…" }`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RespondTo {
+    /// The organisation its certificate names, exactly.
+    pub organisation: String,
+    /// SHA-256 of its certificate (DER), hex, as `openssl x509 -noout -fingerprint
+    /// -sha256` prints it (colons and case ignored).
+    pub certificate_sha256: String,
+}
+
 impl PsiLimits {
+    /// Whether this node may answer `peer` (its verified identity and certificate):
+    /// only when pinned in `respond_to`. The reason otherwise, for the refusal.
+    pub fn may_respond(&self, peer: &fedcrm_pki::Identity, certificate_der: &[u8]) -> Result<(), String> {
+        let fingerprint = hex::encode(ring::digest::digest(&ring::digest::SHA256, certificate_der));
+        let pinned = |r: &RespondTo| {
+            let want: String = r.certificate_sha256.chars().filter(|c| *c != ':').collect::<String>().to_lowercase();
+            r.organisation == peer.organisation && want == fingerprint
+        };
+        if self.respond_to.iter().any(pinned) {
+            return Ok(());
+        }
+        Err(format!(
+            "this node answers only the peers pinned in [policy.psi] respond_to, and {} ({}, certificate sha256 {}) \
+             is not: it compares with it instead, or not at all",
+            peer.name, peer.organisation, fingerprint
+        ))
+    }
+
     /// The limits a pair run checks.
     pub fn list_limits(&self) -> ListLimits {
         ListLimits { min_points: self.min_list_points, max_points: self.max_list_points }

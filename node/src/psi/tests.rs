@@ -319,3 +319,33 @@ fn a_padded_probe_learns_membership_only_within_the_stated_epsilon_delta() {
     let (w0, w1) = (released(&weak, c0, 12), released(&weak, c1, 13));
     assert!(within(&w0, &w1, epsilon, delta).is_err(), "too little noise must fail the check");
 }
+
+#[test]
+fn a_node_answers_only_a_peer_its_franchisee_pinned() {
+    let peer = |org: &str| fedcrm_pki::Identity {
+        name: "fr-suzhou".into(),
+        organisation: org.into(),
+        role: fedcrm_pki::Role::Node(fedcrm_pki::OrgKind::Franchisee),
+    };
+    let cert = b"the peer's certificate, DER".to_vec();
+    let fingerprint = hex::encode(digest::digest(&digest::SHA256, &cert));
+    // Default: nobody — the node only compares.
+    let none = PsiLimits::default();
+    let err = none.may_respond(&peer("苏州金玉珠宝有限公司"), &cert).unwrap_err();
+    assert!(err.contains("respond_to") && err.contains(&fingerprint), "{err}");
+    // Pinned as openssl prints it (upper case, colons).
+    let printed: Vec<String> =
+        fingerprint.as_bytes().chunks(2).map(|c| String::from_utf8_lossy(c).to_uppercase()).collect();
+    let pinned = PsiLimits {
+        respond_to: vec![RespondTo {
+            organisation: "苏州金玉珠宝有限公司".into(),
+            certificate_sha256: printed.join(":"),
+        }],
+        ..PsiLimits::default()
+    };
+    assert!(pinned.may_respond(&peer("苏州金玉珠宝有限公司"), &cert).is_ok());
+    // Another certificate in the same name and organisation (HQ's CA can issue one).
+    assert!(pinned.may_respond(&peer("苏州金玉珠宝有限公司"), b"another certificate").is_err());
+    // The same certificate bytes claimed for another organisation.
+    assert!(pinned.may_respond(&peer("Jinyu HQ"), &cert).is_err());
+}
