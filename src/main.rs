@@ -547,6 +547,28 @@ enum BenchCommand {
         #[command(flatten)]
         peer: FlowerPeer,
     },
+    /// One private-set-intersection pair's computation (issue 12) on all cores, beside a
+    /// floor (plain DH-PSI on the same group) and, with --openmined, OpenMined PSI for the
+    /// same n in the same run. Both sides in this process; no network yet.
+    Psi {
+        /// Identifiers per side (half of them shared).
+        #[arg(long, default_value_t = 100_000)]
+        n: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Then time OpenMined PSI (cardinality, one thread) for the same n; needs a
+        /// Python with `pip install openmined.psi==2.0.6` (its own venv).
+        #[arg(long)]
+        openmined: bool,
+        /// OpenMined's benchmark script [default: ../shared/bench/openmined_psi_bench.py
+        /// beside the repository].
+        #[arg(long, value_name = "PATH", requires = "openmined")]
+        openmined_script: Option<PathBuf>,
+        /// The Python interpreter that can import private_set_intersection.
+        #[arg(long = "openmined-python", value_name = "PYTHON", default_value = "python3", requires = "openmined")]
+        openmined_python: PathBuf,
+    },
     /// Audit-log verification speed for a log of N records vs. hashing its bytes.
     Audit {
         #[arg(long, default_value_t = 1_000_000)]
@@ -685,7 +707,8 @@ impl Command {
             | Command::Hq(HqCommand::Publish { json, .. })
             | Command::Bench(BenchCommand::Secagg { json, .. })
             | Command::Bench(BenchCommand::Train { json, .. })
-            | Command::Bench(BenchCommand::Audit { json, .. }) => *json,
+            | Command::Bench(BenchCommand::Audit { json, .. })
+            | Command::Bench(BenchCommand::Psi { json, .. }) => *json,
             _ => false,
         }
     }
@@ -996,6 +1019,17 @@ async fn run(cli: Cli) -> Result<()> {
                 fedavg_row: only.as_deref() != Some("newton"),
             };
             fedcrm::bench::train::train(opts, json, flower).await
+        }
+        Command::Bench(BenchCommand::Psi { n, json, openmined, openmined_script, openmined_python }) => {
+            let peer = openmined
+                .then(|| (openmined_python, openmined_script.unwrap_or_else(fedcrm::bench::psi::default_script)));
+            let report = fedcrm::bench::psi::run(n, peer)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", fedcrm::bench::psi::table(&report));
+            }
+            Ok(())
         }
         Command::Bench(BenchCommand::Audit { records, json }) => fedcrm::auditcli::bench(records, json),
         Command::Audit(AuditCommand::Verify { paths, ca, json }) => fedcrm::auditcli::verify(&paths, &ca, json),

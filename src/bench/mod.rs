@@ -67,6 +67,7 @@
 
 pub mod floor;
 pub mod flower;
+pub mod psi;
 mod table;
 pub mod train;
 
