@@ -767,9 +767,9 @@ pub fn split_cdnow(text: &str, weights: &[u32], interleave: bool) -> Vec<String>
 
 /// CDNOW's customers assigned to `channels` overlapping channels (issue 12), as
 /// CDNOW-format texts, one per channel. Each customer has a home channel (customer
-/// index modulo `channels`); one in `every` of those with at least two purchases is a
-/// member of the next channel too, and one in `every²` of those with three of the
-/// channel after that — their purchases dealt round-robin over their channels, so each
+/// index modulo `channels`); a customer whose index is a multiple of `every` and who
+/// has at least two purchases is a member of the next channel too, and one whose index
+/// is a multiple of `every²` with at least three purchases of the channel after that — their purchases dealt round-robin over their channels, so each
 /// channel holds at least one of each member's purchases. Deterministic.
 pub fn overlap_cdnow(text: &str, channels: usize, every: usize) -> Vec<String> {
     let rows = cdnow_rows(text);

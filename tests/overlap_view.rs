@@ -255,6 +255,9 @@ fn the_heat_map_writes_a_png_and_an_svg_with_every_name() {
         for want in figures {
             assert!(svg.contains(&format!(">\n{want}\n</text>")), "{metric:?}: {want} missing from the SVG");
         }
+        // The withheld pair's two cells (and the legend's swatch) read "withheld".
+        // A withheld cell drawn as a figure (0, say) would leave only the legend's.
+        assert_eq!(svg.matches(">\nwithheld\n</text>").count(), 3, "{metric:?}: two withheld cells and the legend");
         assert!(svg.contains("上海&lt;script&gt;alert(1)&lt;/script&gt;珠宝 &amp; Co"), "{svg}");
         assert!(!svg.contains("<script"), "{svg}");
     }

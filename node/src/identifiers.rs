@@ -88,28 +88,36 @@ pub fn normalise(on: MatchOn, raw: &str) -> Result<String, BadIdentifier> {
 }
 
 /// Each customer's identifier for matching on `on`, normalised: one per customer —
-/// the value on the customer's latest purchase row that has one (ties: the later row
-/// in the file) — so a customer who changed numbers counts once, under the number
-/// the node last saw. Customers with no value are counted as `empty`; customers whose
-/// value is not an identifier by reason in `bad`; two customers with one identifier
-/// (a shared family phone) as `duplicates`, and the list holds it once.
+/// the usable value on the customer's latest purchase that has one (ties: the later row
+/// in the file), so a customer who changed numbers counts once, under the number the
+/// node last saw, and a later mistyped value does not hide an earlier good one.
+/// Customers with no value are counted as `empty`; customers with values but none
+/// usable by the reason of the latest in `bad`; two customers with one identifier (a
+/// shared family phone) as `duplicates`, and the list holds it once.
 pub fn customer_identifiers(purchases: &[crate::data::Purchase], on: MatchOn) -> Normalised {
-    let mut latest: std::collections::BTreeMap<&str, (time::Date, Option<&str>)> = Default::default();
+    #[derive(Default)]
+    struct Seen<'a> {
+        usable: Option<(time::Date, &'a str)>,
+        any: Option<(time::Date, &'a str)>,
+    }
+    let later = |held: Option<(time::Date, &str)>, day: time::Date| held.is_none_or(|(d, _)| day >= d);
+    let mut by: std::collections::BTreeMap<&str, Seen<'_>> = Default::default();
     for p in purchases {
+        let seen = by.entry(p.customer.as_str()).or_default();
         let value = match on {
             MatchOn::Phone => p.phone.as_ref().map(crate::data::Contact::expose),
             MatchOn::Email => p.email.as_ref().map(crate::data::Contact::expose),
             MatchOn::CustomerKey => Some(p.customer.as_str()),
+        };
+        let Some(v) = value.filter(|v| !v.trim().is_empty()) else { continue };
+        if later(seen.any, p.day) {
+            seen.any = Some((p.day, v));
         }
-        .filter(|v| !v.trim().is_empty());
-        let entry = latest.entry(p.customer.as_str()).or_insert((p.day, None));
-        if let Some(v) = value
-            && (entry.1.is_none() || p.day >= entry.0)
-        {
-            *entry = (p.day, Some(v));
+        if later(seen.usable, p.day) && normalise(on, v).is_ok() {
+            seen.usable = Some((p.day, v));
         }
     }
-    Normalised::new(on, latest.values().map(|(_, v)| v.unwrap_or("")))
+    Normalised::new(on, by.values().map(|s| s.usable.or(s.any).map_or("", |(_, v)| v)))
 }
 
 /// Full-width forms (U+FF01..U+FF5E, as Chinese input methods type them) to their ASCII

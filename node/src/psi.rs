@@ -11,7 +11,7 @@
 //! to its blinding key. Every step consumes its state, so each list is sent once and
 //! each answer or comparison made once (attack review of issue 12, F3).
 //!
-//! 1. each side draws a fresh blinding key for the run and sends its own list {k·H(x)},
+//! 1. each side draws a fresh blinding key for the pair and sends its own list {k·H(x)},
 //!    shuffled: R's padded with random points to its bucket ([`Responder::own_list`]),
 //!    C's mixed with trap points r·B, at least one per identifier ([`Comparer::own_list`]);
 //! 2. R blinds C's list again and returns it shuffled: {k_R·k_C·H(x)} and {k_R·r·B}
@@ -64,13 +64,15 @@ pub struct PsiLimits {
     /// probe; a probe padded with random identifiers passes any minimum, and only the
     /// noise on the released count limits what it learns.
     pub min_list_points: usize,
-    /// The longest. Default 4,194,304 (2²², 128 MiB of points).
+    /// The longest. Default 8,388,608 (2²³, 256 MiB of points): a comparer's list holds
+    /// at least one trap per identifier, so this admits comparers of up to about 4
+    /// million customers.
     pub max_list_points: usize,
 }
 
 impl Default for PsiLimits {
     fn default() -> Self {
-        Self { respond_to: vec![], min_list_points: psi::MIN_BUCKET, max_list_points: 1 << 22 }
+        Self { respond_to: vec![], min_list_points: psi::MIN_BUCKET, max_list_points: 1 << 23 }
     }
 }
 
@@ -214,7 +216,7 @@ pub struct Comparer {
 }
 
 impl Comparer {
-    /// This node compares in `pair`: `key` is its fresh blinding key for the run;
+    /// This node compares in `pair`: `key` is its fresh blinding key for this pair;
     /// `commitment` comes from the peer's verified run key (role `Respond`).
     pub fn new(
         pair: &PairKeys<'_>,
@@ -245,13 +247,20 @@ impl Comparer {
 }
 
 /// The comparer after its list left: waits for the responder's own list and its answer.
-#[derive(Debug)]
+/// `Debug` shows neither the key nor the expected trap answers (which would tell traps
+/// from identifiers).
 pub struct AwaitingAnswer {
     link: Link,
     key: BlindingKey,
     sent: usize,
     /// r·K_R for every trap: what an honest answer must hold.
     expected: HashSet<[u8; 32]>,
+}
+
+impl std::fmt::Debug for AwaitingAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AwaitingAnswer({}, {} points sent, ..)", self.link.peer, self.sent)
+    }
 }
 
 impl AwaitingAnswer {

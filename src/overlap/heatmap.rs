@@ -279,11 +279,15 @@ fn notes(v: &OverlapView, organisations: bool) -> Vec<String> {
         "withheld: below the release threshold (never 0); n/a: noise left the denominator <= 0".to_string(),
         "ratios from the noised counts clamped at 0, then into [0, 1]; counts shown as released".to_string(),
     ];
+    // A pair of HQ's own channels is compared on an HQ node, which sees its exact count.
+    let hq = |name: &str| v.channels.iter().any(|c| c.node == name && c.kind == super::ChannelKind::Hq);
+    let own_pairs = v.pairs.iter().any(|p| hq(&p.a) && hq(&p.b));
     out.push(match &v.noise {
         Some(n) if n.dp => format!(
-            "differential privacy: discrete Gaussian noise on every count{}{}; HQ never sees an exact count",
+            "differential privacy: discrete Gaussian noise on every count{}{}; HQ never sees an exact count{}",
             n.epsilon.map(|e| format!(", epsilon = {e}")).unwrap_or_default(),
             n.delta.map(|d| format!(", delta = {d:e}")).unwrap_or_default(),
+            if own_pairs { " except between two of its own channels" } else { "" },
         ),
         Some(_) => "exact (dp off): the counts carry no noise".to_string(),
         None => "the release does not say how its counts were noised".to_string(),

@@ -337,8 +337,6 @@ impl Driver for ChurnDriver {
         self.dp.map(|p| (Charge { rho: p.round_rho, xi: p.round_xi }.times(p.rounds as usize), p.rounds as usize))
     }
 
-    /// The analyst's ε for the whole training → ρ in total, its share per round, and the
-    /// σ² that leaves each round's grid fine (s ≥ 100·√d' for the longest vector).
     /// Under DP, the plan's [`DP_RETRIES`] spare rounds: each node was charged for them
     /// up front and refuses any round beyond the plan's T, so the coordinator stops at
     /// the same count with a message rather than asking for a round every node refuses.
@@ -350,6 +348,8 @@ impl Driver for ChurnDriver {
         }
     }
 
+    /// The analyst's ε for the whole training → ρ in total, its share per round, and the
+    /// σ² that leaves each round's grid fine (s ≥ 100·√d' for the longest vector).
     fn noise_variance(&mut self, floor: Variance, honest: usize) -> Result<Variance, String> {
         if matches!(self.request.training, Training::FedAvg { .. }) {
             return Err(FEDAVG_DP.into());
@@ -597,5 +597,31 @@ impl Coordinator {
             rounds: done.rounds,
             exits: done.exits,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 11: under DP the driver retries at most the plan's spare rounds (each node
+    /// refuses a round beyond the plan's T); exact, the analysis-wide most.
+    #[test]
+    fn under_dp_retries_stop_at_the_plans_spare_rounds() {
+        let analysis = AnalysisRequest {
+            reference_date: time::macros::date!(1997 - 09 - 30),
+            purpose: "retention review".into(),
+            requested_by: "analyst".into(),
+            requested_by_organisation: "HQ".into(),
+            dp: true,
+        };
+        let exact = ChurnDriver::new(ChurnRequest::newton(273), AnalysisRequest { dp: false, ..analysis.clone() });
+        assert_eq!(exact.most_retries().0, MAX_ROUND_RETRIES);
+        let mut dp = ChurnDriver::new(ChurnRequest::newton_dp(273, 4.0), analysis);
+        dp.noise_variance(Variance::integer(4).unwrap(), 2).unwrap();
+        let (most, why) = dp.most_retries();
+        assert_eq!(most, DP_RETRIES as usize);
+        assert!(why.contains("DP plan"), "{why}");
+        assert!(DP_RETRIES as usize <= MAX_ROUND_RETRIES);
     }
 }

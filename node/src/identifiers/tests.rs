@@ -226,19 +226,22 @@ fn one_identifier_per_customer_from_its_latest_row_that_has_one() {
         purchase("c3", 3, None),
         // A landline: left out, by reason.
         purchase("c4", 3, Some("0571-8888 8888")),
+        // A mistyped later value does not hide an earlier good one.
+        purchase("c7", 2, Some("139 0000 0007")),
+        purchase("c7", 8, Some("139 0000 00")),
         // A family phone: two customers, one identifier.
         purchase("c5", 3, Some("13900000005")),
         purchase("c6", 4, Some("0086 139 0000 0005")),
     ];
     let ids = customer_identifiers(&rows, MatchOn::Phone);
-    assert_eq!(ids.ids, vec!["+8613900000001", "+8613900000002", "+8613900000005"]);
+    assert_eq!(ids.ids, vec!["+8613900000001", "+8613900000002", "+8613900000005", "+8613900000007"]);
     assert_eq!((ids.empty, ids.duplicates), (1, 1));
     assert_eq!(ids.bad.iter().map(|(r, n)| (*r, *n)).collect::<Vec<_>>(), vec![(BadIdentifier::PhoneLandline, 1)]);
     // On the customer key, every customer is one identifier.
     let keys = customer_identifiers(&rows, MatchOn::CustomerKey);
-    assert_eq!(keys.ids, vec!["c1", "c2", "c3", "c4", "c5", "c6"]);
+    assert_eq!(keys.ids, vec!["c1", "c2", "c3", "c4", "c5", "c6", "c7"]);
     assert_eq!((keys.empty, keys.duplicates, keys.bad_total()), (0, 0, 0));
     // No e-mail column: every customer is without one, none is an error.
     let mail = customer_identifiers(&rows, MatchOn::Email);
-    assert_eq!((mail.ids.len(), mail.empty), (0, 6));
+    assert_eq!((mail.ids.len(), mail.empty), (0, 7));
 }
