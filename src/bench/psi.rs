@@ -220,20 +220,19 @@ pub fn table(r: &PsiReport) -> String {
         "fedcrm bench psi — one pair, n = {} identifiers per side ({} shared), {} threads; measured, never asserted\n",
         r.n, r.shared, r.threads
     );
-    s.push_str(&format!(
-        "  comparer's list (blind, {} points with traps, shuffle, seal)   {:>10.1} ms\n",
-        r.comparer_points, r.comparer_list_ms
-    ));
-    s.push_str(&format!(
-        "  responder's list (blind, {} points padded, shuffle, seal)      {:>10.1} ms\n",
-        r.responder_points, r.responder_list_ms
-    ));
-    s.push_str(&format!("  responder's answer (open, blind again, shuffle, seal)          {:>10.1} ms\n", r.answer_ms));
-    s.push_str(&format!(
-        "  comparer's count (open both, blind again, check traps, count)  {:>10.1} ms\n",
-        r.compare_ms
-    ));
-    s.push_str(&format!("  total                                                          {:>10.1} ms\n", r.total_ms));
+    let rows = [
+        (
+            format!("comparer's list (blind, {} points with traps, shuffle, seal)", r.comparer_points),
+            r.comparer_list_ms,
+        ),
+        (format!("responder's list (blind, {} points padded, shuffle, seal)", r.responder_points), r.responder_list_ms),
+        ("responder's answer (open, blind again, shuffle, seal)".to_string(), r.answer_ms),
+        ("comparer's count (open both, blind again, check traps, count)".to_string(), r.compare_ms),
+        ("total".to_string(), r.total_ms),
+    ];
+    for (label, ms) in rows {
+        s.push_str(&format!("  {label:<66} {ms:>10.1} ms\n"));
+    }
     s.push_str(&format!(
         "  floor: plain DH-PSI cardinality, same group, all cores (no traps, padding, shuffles, sealing) {:.1} ms — ratio {:.2}×\n",
         r.floor_ms, r.ratio
@@ -244,15 +243,16 @@ pub fn table(r: &PsiReport) -> String {
     ));
     match &r.openmined {
         Some(o) => s.push_str(&format!(
-            "  OpenMined PSI (P-256 + GCS, one thread, cardinality), same n: {:.1} ms (setup {:.1}, request {:.1}, process {:.1}, finish {:.1}) — ours {:.1}× faster\n",
+            "  OpenMined PSI (P-256 + GCS, one thread, cardinality), same n: {:.1} ms (setup {:.1}, request {:.1}, process {:.1}, finish {:.1}) — ours {:.1}× faster on {} threads\n",
             o.total_ms,
             o.server_setup_ms,
             o.client_request_ms,
             o.server_process_ms,
             o.client_finish_ms,
-            o.total_ms / r.total_ms
+            o.total_ms / r.total_ms,
+            r.threads
         )),
-        None => s.push_str("  OpenMined PSI: not run (--openmined --python PYTHON with openmined.psi==2.0.6)\n"),
+        None => s.push_str("  OpenMined PSI: not run (--openmined --openmined-python PYTHON with openmined.psi==2.0.6)\n"),
     }
     s.push_str("  not in it: the network and the coordinator's relay (not built yet), run-key signatures, noise\n");
     s
