@@ -334,8 +334,8 @@ impl Cluster {
         {
             cluster.clock = opts.clock.clone();
         }
-        for spec in &opts.nodes {
-            let ctx = cluster.prepare_node(spec, &opts)?;
+        let ready = cluster.prepare_nodes(&opts)?;
+        for (spec, ctx) in opts.nodes.iter().zip(ready) {
             cluster.spawn_node(spec, ctx);
         }
         cluster.wait_connected(opts.nodes.len()).await?;
@@ -442,7 +442,7 @@ impl Cluster<CoordinatorProcess> {
         let coordinator = CoordinatorProcess::start(binary, &path, &log, analyst.clone(), PROCESS_STALL_LIMIT).await?;
         let shutdown = watch::Sender::new(false);
         let mut cluster = Cluster::assemble(dir, pki, coordinator, addr, analyst, shutdown, None);
-        let ready = opts.nodes.iter().map(|spec| cluster.prepare_node(spec, &opts)).collect::<Result<Vec<_>>>()?;
+        let ready = cluster.prepare_nodes(&opts)?;
         let window = fedcrm_coordinator::tls::MAX_HANDSHAKES_PER_IP - 1;
         let mut connected = 0;
         for (spec, ctx) in opts.nodes.iter().zip(ready) {
@@ -527,10 +527,38 @@ impl<C> Cluster<C> {
         }
     }
 
-    /// Write a node's certificate, data and config (kept in `node_configs`); its
-    /// context, with the test hooks it asks for.
-    fn prepare_node(&mut self, spec: &NodeSpec, opts: &ClusterOptions) -> Result<NodeContext> {
-        let cfg = self.node_config(spec)?;
+    /// Write every node's certificate, data and config (kept in `node_configs`); their
+    /// contexts, with the test hooks they ask for.
+    ///
+    /// Issue 12: a node whose `[policy.psi] respond_to` is empty answers every other
+    /// node of the deployment in a PSI pair (pinned by organisation and certificate
+    /// fingerprint, as a franchisee would pin its peers out of band).
+    fn prepare_nodes(&mut self, opts: &ClusterOptions) -> Result<Vec<NodeContext>> {
+        let mut cfgs = opts.nodes.iter().map(|spec| self.node_config(spec)).collect::<Result<Vec<_>>>()?;
+        let pins = cfgs
+            .iter()
+            .zip(&opts.nodes)
+            .map(|(cfg, spec)| {
+                let pem = std::fs::read_to_string(&cfg.tls.cert)?;
+                let der = fedcrm_pki::pem_to_der_certs(&pem)?.remove(0);
+                let sha = hex::encode(ring::digest::digest(&ring::digest::SHA256, &der));
+                Ok((cfg.name.clone(), spec.organisation.clone(), sha))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for cfg in cfgs.iter_mut().filter(|c| c.policy.psi.respond_to.is_empty()) {
+            cfg.policy.psi.respond_to = pins
+                .iter()
+                .filter(|(name, ..)| *name != cfg.name)
+                .map(|(_, organisation, sha)| fedcrm_node::psi::RespondTo {
+                    organisation: organisation.clone(),
+                    certificate_sha256: sha.clone(),
+                })
+                .collect();
+        }
+        opts.nodes.iter().zip(cfgs).map(|(spec, cfg)| self.prepare_node(spec, cfg, opts)).collect()
+    }
+
+    fn prepare_node(&mut self, spec: &NodeSpec, cfg: NodeConfig, opts: &ClusterOptions) -> Result<NodeContext> {
         let ctx = self.node_context(&cfg)?;
         #[cfg(feature = "test-util")]
         let ctx = self.with_test_hooks(ctx, spec, opts.capture_wire);

@@ -141,6 +141,29 @@ impl AnalystClient {
         }
     }
 
+    /// Issue 12: the channel-overlap matrix by PSI (`hq overlap`); `on_progress` sees
+    /// each step as it arrives.
+    pub async fn overlap(
+        &mut self,
+        request: pb::OverlapRequest,
+        mut on_progress: impl FnMut(&pb::OverlapProgress),
+    ) -> Result<pb::OverlapReleased> {
+        let coordinator = |s: tonic::Status| anyhow::anyhow!("coordinator: {}", s.message());
+        let mut stream = within(STATUS_TIMEOUT, &self.url, "the overlap request", self.inner.run_overlap(request))
+            .await
+            .map_err(coordinator)?;
+        loop {
+            let next = tokio::time::timeout(ANALYSIS_TIMEOUT, stream.message()).await.map_err(|_| {
+                anyhow::anyhow!("the coordinator at {} sent nothing for {} s", self.url, ANALYSIS_TIMEOUT.as_secs())
+            })?;
+            match next.map_err(coordinator)?.and_then(|e| e.event) {
+                Some(pb::overlap_event::Event::Progress(p)) => on_progress(&p),
+                Some(pb::overlap_event::Event::Released(r)) => return Ok(r),
+                None => anyhow::bail!("the coordinator ended the overlap run without a result; its log says why"),
+            }
+        }
+    }
+
     /// Issue 11: the model registry (`hq models`).
     pub async fn models(&mut self) -> Result<pb::ModelsReply, tonic::Status> {
         within(STATUS_TIMEOUT, &self.url, "a model list request", self.inner.list_models(pb::ModelsRequest {})).await

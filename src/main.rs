@@ -401,6 +401,38 @@ enum HqCommand {
         #[arg(long)]
         csv: bool,
     },
+    /// How many customers the channels share: the overlap matrix by private set
+    /// intersection across the connected nodes (or those named).
+    ///
+    /// Every pair of nodes runs ECDH-PSI over ristretto255 through the coordinator, which
+    /// relays lists it cannot open; one node of each pair (never HQ's when a franchisee
+    /// takes part) compares and releases only a noised count. Prints each channel's
+    /// (noised) customer count, each pair's shared count, Jaccard and containment;
+    /// `--heatmap PREFIX` also writes PREFIX.png and PREFIX.svg for HQ's report.
+    Overlap {
+        #[arg(long, default_value = "hq.toml")]
+        config: PathBuf,
+        /// Why you ask; every node logs it.
+        #[arg(long)]
+        purpose: String,
+        /// Differential privacy: `on` noises every released count on the node that
+        /// releases it and charges each node's budget; `off` releases exact counts, and
+        /// is refused unless every participant's policy is dp = "optional".
+        #[arg(long, value_enum, default_value_t = Dp::On)]
+        dp: Dp,
+        /// The nodes to take part, comma-separated; default every connected node.
+        #[arg(long, value_delimiter = ',')]
+        nodes: Vec<String>,
+        /// Write the heat-map (Jaccard) to PREFIX.png and PREFIX.svg.
+        #[arg(long, value_name = "PREFIX")]
+        heatmap: Option<PathBuf>,
+        /// Print JSON (the matrix, pairs with their ratios, the noise).
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        /// Print CSV: a header row, then one row per pair.
+        #[arg(long)]
+        csv: bool,
+    },
     /// Which enrolled nodes are connected.
     Status {
         #[arg(long, default_value = "hq.toml")]
@@ -701,6 +733,7 @@ impl Command {
             | Command::Audit(AuditCommand::Report { json, .. })
             | Command::Hq(HqCommand::Segments { json, .. })
             | Command::Hq(HqCommand::Status { json, .. })
+            | Command::Hq(HqCommand::Overlap { json, .. })
             | Command::Hq(HqCommand::Budget { json, .. })
             | Command::Hq(HqCommand::Models { json, .. })
             | Command::Hq(HqCommand::Train { model: TrainCommand::Churn { json, .. } })
@@ -906,6 +939,34 @@ async fn run(cli: Cli) -> Result<()> {
                 print!("{}", segments_table(&view));
             }
             Ok(())
+        }
+        Command::Hq(HqCommand::Overlap { config, purpose, dp, nodes, heatmap, json, csv }) => {
+            let cfg = HqConfig::load(&config)?;
+            let mut client = AnalystClient::connect(&cfg).await?;
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_message("psi run: the nodes exchange run keys");
+            bar.enable_steady_tick(std::time::Duration::from_millis(100));
+            let request = fedcrm_protocol::pb::OverlapRequest { purpose, dp_off: dp == Dp::Off, nodes };
+            let done = client
+                .overlap(request, |p| {
+                    bar.set_message(format!(
+                        "psi run: {} — {} of {} lists relayed, {} points",
+                        p.stage, p.pairs_done, p.pairs, p.points
+                    ))
+                })
+                .await;
+            bar.finish_and_clear();
+            let released = done?;
+            let view = fedcrm::overlap::OverlapView::new(&fedcrm::overlap::OverlapRelease::from_reply(&released))?;
+            if let Some(prefix) = heatmap {
+                let (png, svg) = (prefix.with_extension("png"), prefix.with_extension("svg"));
+                fedcrm::overlap::write_heatmap(&view, fedcrm::overlap::HeatMetric::Jaccard, &png, &svg)?;
+                eprintln!("heat-map written to {} and {}", png.display(), svg.display());
+            }
+            for exit in &released.exits {
+                eprintln!("not compared: {exit}");
+            }
+            print_view(&view, json, csv, fedcrm::overlap::overlap_csv, fedcrm::overlap::overlap_table)
         }
         Command::Hq(HqCommand::Status { config, json }) => {
             let cfg = HqConfig::load(&config)?;

@@ -93,6 +93,40 @@ pub struct NoiseSummary {
     pub delta: Option<f64>,
 }
 
+impl OverlapRelease {
+    /// What the coordinator's `RunOverlap` released, as this module shows it.
+    pub fn from_reply(r: &fedcrm_protocol::pb::OverlapReleased) -> Self {
+        let dp = r.noise_variance_num > 0 && r.noise_variance_den > 0;
+        let sd = dp.then_some(r.noise_sd);
+        OverlapRelease {
+            run: r.run_id.clone(),
+            channels: r
+                .channels
+                .iter()
+                .map(|c| ChannelSize {
+                    node: c.node.clone(),
+                    organisation: c.organisation.clone(),
+                    kind: if c.kind == "hq" { ChannelKind::Hq } else { ChannelKind::Franchisee },
+                    customers: (!c.withheld).then_some(c.customers as f64),
+                    sd,
+                })
+                .collect(),
+            pairs: r
+                .pairs
+                .iter()
+                .map(|p| PairOverlap {
+                    a: p.a.clone(),
+                    b: p.b.clone(),
+                    shared: (!p.withheld).then_some(p.shared as f64),
+                    sd,
+                    comparer: p.comparer.clone(),
+                })
+                .collect(),
+            noise: Some(NoiseSummary { dp, epsilon: dp.then_some(r.epsilon), delta: dp.then_some(r.delta) }),
+        }
+    }
+}
+
 /// A release that cannot be shown, or a heat-map that could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum OverlapError {

@@ -145,25 +145,12 @@ fn cdnow_customers_in_overlapping_channels_overlap_exactly_as_in_plaintext() {
 fn the_synthetic_channels_overlap_exactly_as_their_phones_do_and_hq_never_compares() {
     let dir = tempfile::tempdir().unwrap();
     let pki = BrandPki::create(dir.path(), "Jinyu Jewellery").unwrap();
-    let data = fedcrm::demodata::generate(&fedcrm::demodata::Options {
-        customers: 4000,
-        ..fedcrm::demodata::Options::new(12)
-    })
-    .unwrap();
-    let file = |node: &str, name: &str| -> String {
-        let path = Path::new(node).join(name);
-        String::from_utf8(data.files.iter().find(|(p, _)| *p == path).unwrap().1.clone()).unwrap()
-    };
-    // Two of HQ's channels and three franchisees.
-    let hq = data.manifest.nodes.iter().filter(|e| e.kind == OrgKind::Hq).take(2);
-    let fr = data.manifest.nodes.iter().filter(|e| e.kind == OrgKind::Franchisee).take(3);
     let mut channels = Vec::new();
     let mut plain = Vec::new();
-    for e in hq.chain(fr) {
-        let (purchases, withdrawn) = (file(&e.name, "purchases.csv"), file(&e.name, "consent-withdrawals.csv"));
-        let ids = load(dir.path(), &e.name, Format::Csv, &purchases, Some(&withdrawn), MatchOn::Phone);
-        plain.push((e.name.clone(), plaintext_phones(&purchases, &withdrawn)));
-        channels.push(channel(&pki, &e.name, e.kind, ids));
+    for (name, kind, purchases, withdrawn) in synthetic_channels(4000, 12) {
+        let ids = load(dir.path(), &name, Format::Csv, &purchases, Some(&withdrawn), MatchOn::Phone);
+        plain.push((name.clone(), plaintext_phones(&purchases, &withdrawn)));
+        channels.push(channel(&pki, &name, kind, ids));
     }
     let reference = pooled::overlap(&plain);
     let matrix = psi_matrix(&pki, &channels);
@@ -177,6 +164,23 @@ fn the_synthetic_channels_overlap_exactly_as_their_phones_do_and_hq_never_compar
         }
     }
     assert!(reference.values().any(|&n| n > 0), "the synthetic channels share customers");
+}
+
+/// Two of HQ's channels and three franchisees of a synthetic brand: (name, kind,
+/// purchases CSV, consent withdrawals).
+fn synthetic_channels(customers: usize, seed: u64) -> Vec<(String, OrgKind, String, String)> {
+    let data =
+        fedcrm::demodata::generate(&fedcrm::demodata::Options { customers, ..fedcrm::demodata::Options::new(seed) })
+            .unwrap();
+    let file = |node: &str, name: &str| -> String {
+        let path = Path::new(node).join(name);
+        String::from_utf8(data.files.iter().find(|(p, _)| *p == path).unwrap().1.clone()).unwrap()
+    };
+    let hq = data.manifest.nodes.iter().filter(|e| e.kind == OrgKind::Hq).take(2);
+    let fr = data.manifest.nodes.iter().filter(|e| e.kind == OrgKind::Franchisee).take(3);
+    hq.chain(fr)
+        .map(|e| (e.name.clone(), e.kind, file(&e.name, "purchases.csv"), file(&e.name, "consent-withdrawals.csv")))
+        .collect()
 }
 
 /// The reference's own reading of a synthetic export: the last 11 digits of every
@@ -196,4 +200,89 @@ fn plaintext_phones(csv: &str, withdrawn: &str) -> BTreeSet<String> {
             (!gone.contains(f[ck]) && digits.len() >= 11).then(|| digits[digits.len() - 11..].to_string())
         })
         .collect()
+}
+
+/// Over the network: the synthetic channels' overlap matrix through `fedcrm hq
+/// overlap`'s client — each node's session, the coordinator's relay over mutual TLS
+/// and the analyst API — equals the plaintext intersections (DP off), every count is
+/// released by the franchisee's side when HQ takes part, each node's released size is
+/// its count of usable phones; and nothing any node sent carries an identifier's SHA-256
+/// or SHA-512, or an unblinded point H(x) of the run (each recomputed and searched for
+/// in every byte each node's transport took).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_mtls_the_matrix_equals_plaintext_and_no_node_sends_a_hash_or_an_unblinded_point() {
+    use fedcrm::harness::{Cluster, ClusterOptions, NodeSpec};
+    let (mut specs, mut plain) = (Vec::new(), Vec::new());
+    for (name, kind, purchases, withdrawn) in synthetic_channels(2500, 21) {
+        plain.push((name.clone(), plaintext_phones(&purchases, &withdrawn)));
+        let mut spec = match kind {
+            OrgKind::Hq => NodeSpec::hq(&name, purchases),
+            OrgKind::Franchisee => NodeSpec::franchisee(&name, purchases),
+        };
+        spec.format = Format::Csv;
+        spec.withdrawn = withdrawn
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(String::from)
+            .collect();
+        specs.push(spec);
+    }
+    let reference = pooled::overlap(&plain);
+    let cluster =
+        Cluster::start(ClusterOptions { nodes: specs, capture_wire: true, ..Default::default() }).await.unwrap();
+    let mut client = fedcrm::hq::AnalystClient::connect(&cluster.analyst).await.unwrap();
+    let mut stages = Vec::new();
+    let request = fedcrm_protocol::pb::OverlapRequest {
+        purpose: "how many customers the channels share".into(),
+        dp_off: true,
+        nodes: vec![],
+    };
+    let released = client.overlap(request, |p| stages.push(p.stage.clone())).await.unwrap();
+    assert!(stages.iter().any(|s| s == "lists") && stages.last().map(String::as_str) == Some("released"), "{stages:?}");
+    let min_cohort = released.min_cohort as u64;
+    let kinds: BTreeMap<String, String> = released.channels.iter().map(|c| (c.node.clone(), c.kind.clone())).collect();
+    for (name, set) in &plain {
+        let c = released.channels.iter().find(|c| &c.node == name).unwrap();
+        assert_eq!((c.customers as u64, c.withheld), (set.len() as u64, false), "{name}'s size");
+    }
+    assert_eq!(released.pairs.len(), reference.len(), "every pair compared: {:?}", released.exits);
+    for p in &released.pairs {
+        let want = reference[&(p.a.clone(), p.b.clone())];
+        println!("{} ∩ {}: {} (compared by {}), plaintext {want}", p.a, p.b, p.shared, p.comparer);
+        if want < min_cohort {
+            assert!(p.withheld, "{p:?}: below the minimum cohort");
+        } else {
+            assert_eq!((p.shared as u64, p.withheld), (want, false), "{p:?}");
+        }
+        if kinds[&p.a] != kinds[&p.b] {
+            assert_eq!(kinds[&p.comparer], "franchisee", "{p:?}: HQ's side compared");
+        }
+    }
+    assert!(released.pairs.iter().any(|p| !p.withheld && p.shared > 0), "the channels share customers");
+    // The egress: no hash of any identifier and no unblinded point of this run.
+    let run: [u8; 16] = hex::decode(&released.run_id).unwrap().try_into().unwrap();
+    let domain = Domain { version: psi::VERSION, run_id: run };
+    let captures = cluster.captures.lock().unwrap().clone();
+    for (name, _) in &plain {
+        let cfg = cluster.node_configs.iter().find(|c| &c.name == name).unwrap();
+        let ds = cfg.data.load().unwrap();
+        let ids = customer_identifiers(&ds.purchases, MatchOn::Phone).ids.clone();
+        assert!(!ids.is_empty());
+        let mut needles = std::collections::HashSet::new();
+        for id in &ids {
+            let sha256 = ring::digest::digest(&ring::digest::SHA256, id.as_bytes());
+            let sha512 = ring::digest::digest(&ring::digest::SHA512, id.as_bytes());
+            needles.insert(<[u8; 32]>::try_from(sha256.as_ref()).unwrap());
+            needles.insert(<[u8; 32]>::try_from(&sha512.as_ref()[..32]).unwrap());
+            needles.insert(psi::hash_to_group(&domain, id.as_bytes()).compress().to_bytes());
+        }
+        let sent = &captures[name];
+        let bytes: usize = sent.iter().map(Vec::len).sum();
+        assert!(bytes > ids.len() * 32, "{name} sent its list ({bytes} bytes)");
+        for m in sent {
+            assert!(!m.windows(32).any(|w| needles.contains(w)), "{name} sent a hash or an unblinded point");
+        }
+    }
+    cluster.stop().await;
 }

@@ -317,6 +317,7 @@ fn analysis_status(e: AnalysisError) -> Status {
 }
 
 type TrainStream = Pin<Box<dyn Stream<Item = Result<pb::TrainChurnEvent, Status>> + Send>>;
+type OverlapStream = Pin<Box<dyn Stream<Item = Result<pb::OverlapEvent, Status>> + Send>>;
 
 /// `Analyst` service implementation.
 #[derive(Debug, Clone)]
@@ -523,6 +524,89 @@ impl pb::analyst_server::Analyst for AnalystService {
                         exits: done.exits.iter().map(|(n, why)| format!("{n}: {why}")).collect(),
                     })),
                 })
+            });
+            let _ = tx.send(event).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type RunOverlapStream = OverlapStream;
+
+    /// Issue 12: the channel-overlap matrix by PSI; a progress event per step, then the
+    /// release.
+    async fn run_overlap(&self, req: Request<pb::OverlapRequest>) -> Result<Response<OverlapStream>, Status> {
+        use crate::analyses::overlap::{OverlapOutcome, OverlapRequest};
+        let who = require_analyst(&self.0, &req)?;
+        let r = req.into_inner();
+        if r.purpose.trim().is_empty() {
+            return Err(Status::invalid_argument("state the purpose of the overlap (--purpose); nodes see and log it"));
+        }
+        let request = OverlapRequest {
+            purpose: r.purpose.clone(),
+            requested_by: who.name.clone(),
+            requested_by_organisation: who.organisation.clone(),
+            dp: !r.dp_off,
+            nodes: r.nodes,
+        };
+        tracing::info!(analyst = %who.name, purpose = %r.purpose, "channel overlap requested");
+        let (tx, rx) = mpsc::channel::<Result<pb::OverlapEvent, Status>>(64);
+        let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel();
+        let coordinator = self.0.clone();
+        let forward = tx.clone();
+        let forwarding = tokio::spawn(async move {
+            while let Some(p) = progress_rx.recv().await {
+                let p: crate::analyses::overlap::Progress = p;
+                let event = pb::OverlapEvent {
+                    event: Some(pb::overlap_event::Event::Progress(pb::OverlapProgress {
+                        stage: p.stage.into(),
+                        pairs_done: p.lists_done,
+                        pairs: p.lists,
+                        points: p.points,
+                    })),
+                };
+                if forward.send(Ok(event)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            let out = coordinator.run_overlap(&request, Some(progress_tx)).await;
+            let _ = forwarding.await;
+            let event = out.map_err(analysis_status).map(|o: OverlapOutcome| pb::OverlapEvent {
+                event: Some(pb::overlap_event::Event::Released(pb::OverlapReleased {
+                    run_id: o.run.clone(),
+                    channels: o
+                        .channels
+                        .iter()
+                        .map(|c| pb::OverlapChannel {
+                            node: c.node.clone(),
+                            organisation: c.organisation.clone(),
+                            kind: c.kind.as_str().into(),
+                            customers: c.customers.unwrap_or(0),
+                            withheld: c.customers.is_none(),
+                        })
+                        .collect(),
+                    pairs: o
+                        .pairs
+                        .iter()
+                        .map(|p| pb::OverlapPair {
+                            a: p.a.clone(),
+                            b: p.b.clone(),
+                            comparer: p.comparer.clone(),
+                            shared: p.shared.unwrap_or(0),
+                            withheld: p.shared.is_none(),
+                        })
+                        .collect(),
+                    noise_variance_num: o.noise.as_ref().map_or(0, |v| v.num()),
+                    noise_variance_den: o.noise.as_ref().map_or(0, |v| v.den()),
+                    noise_sd: o.noise.as_ref().map_or(0.0, |v| v.as_f64().sqrt()),
+                    epsilon: o.rho.map_or(0.0, |rho| {
+                        fedcrm_dp::accounting::Charge { rho, xi: 0.0 }.epsilon(crate::release::REPORT_DELTA).0
+                    }),
+                    delta: o.rho.map_or(0.0, |_| crate::release::REPORT_DELTA),
+                    min_cohort: o.min_cohort as u32,
+                    exits: o.exits.iter().map(|(n, why)| format!("{n}: {why}")).collect(),
+                })),
             });
             let _ = tx.send(event).await;
         });

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 pub struct Policy {
     /// Analyses this node takes part in, as the node identifies them from the
     /// computation asked (never from the coordinator's label). Default:
-    /// `["rfm-histograms", "rfm-segments", "churn-model"]`.
+    /// `["rfm-histograms", "rfm-segments", "churn-model", "channel-overlap"]`.
     #[serde(default = "default_allowed")]
     pub allowed_analyses: Vec<String>,
     /// Fewest nodes a round may have (including this one); also the lowest
@@ -46,8 +46,9 @@ pub struct Policy {
     pub histograms: HistogramLimits,
     /// Most analyses per calendar month (UTC) per kind, e.g. `{ "rfm-segments" = 20 }`
     /// (an analysis counts once, whatever its number of rounds). Kinds not listed are
-    /// not capped. Default `{ "churn-model" = 4 }`: each churn training is up to
-    /// `[policy.churn] max_rounds` sums over this node's customers.
+    /// not capped. Default `{ "churn-model" = 4, "channel-overlap" = 4 }`: each churn
+    /// training is up to `[policy.churn] max_rounds` sums over this node's customers,
+    /// and each PSI run tests this node's list against each peer's.
     #[serde(default = "default_caps")]
     pub monthly_analysis_caps: BTreeMap<String, u32>,
     /// Analyses that wait for a person's approval (`fedcrm node pending`,
@@ -123,7 +124,7 @@ impl HistogramLimits {
 }
 
 fn default_allowed() -> Vec<String> {
-    vec!["rfm-histograms".into(), "rfm-segments".into(), "churn-model".into()]
+    vec!["rfm-histograms".into(), "rfm-segments".into(), "churn-model".into(), "channel-overlap".into()]
 }
 
 fn default_min_participants() -> usize {
@@ -147,7 +148,10 @@ fn default_differencing_window_days() -> u32 {
 }
 
 fn default_caps() -> BTreeMap<String, u32> {
-    BTreeMap::from([(crate::analyses::churn::CHURN_MODEL.to_string(), 4)])
+    BTreeMap::from([
+        (crate::analyses::churn::CHURN_MODEL.to_string(), 4),
+        (fedcrm_protocol::wire::CHANNEL_OVERLAP.to_string(), 4),
+    ])
 }
 
 fn default_approval_expires() -> u64 {
@@ -191,8 +195,12 @@ pub struct CapState {
 pub use fedcrm_analysis::rules::{Stage, other_organisations};
 
 /// Analysis kinds a policy may name (as the node identifies them from the computation).
-pub const KNOWN_ANALYSES: [&str; 3] =
-    [crate::analyses::rfm::RFM_HISTOGRAMS, crate::analyses::rfm::RFM_SEGMENTS, crate::analyses::churn::CHURN_MODEL];
+pub const KNOWN_ANALYSES: [&str; 4] = [
+    crate::analyses::rfm::RFM_HISTOGRAMS,
+    crate::analyses::rfm::RFM_SEGMENTS,
+    crate::analyses::churn::CHURN_MODEL,
+    fedcrm_protocol::wire::CHANNEL_OVERLAP,
+];
 
 impl Policy {
     /// Refuse values that would silently weaken the policy: an analysis name that is

@@ -18,10 +18,12 @@
 //! seeds, or stops without a result. Each node enforces the same rule itself
 //! (`fedcrm_node::computation::Tracker::same_population`).
 //!
-//! One module per analysis: [`rfm`], [`churn`]. Adding an analysis: ARCHITECTURE.md, "Adding an
+//! One module per analysis: [`rfm`], [`churn`]; the PSI overlap ([`overlap`]) runs no
+//! secure-aggregation round and has its own loop. Adding an analysis: ARCHITECTURE.md, "Adding an
 //! analysis".
 
 pub mod churn;
+pub mod overlap;
 pub mod rfm;
 
 use std::collections::BTreeMap;

@@ -150,6 +150,8 @@ pub struct NodeContext {
     pub signing: SigningKey,
     pub dataset: Arc<Dataset>,
     pub policy: Policy,
+    /// Issue 12: the identifier PSI runs match on (`[psi]`).
+    pub psi: crate::psi::PsiConfig,
     /// This node's organisation, from its certificate.
     pub organisation: String,
     pub audit: SharedLog,
@@ -250,6 +252,7 @@ impl NodeContext {
             signing,
             dataset,
             policy: config.policy.clone(),
+            psi: config.psi,
             organisation: me.organisation,
             audit: Arc::new(Mutex::new(log)),
             approvals: Approvals::new(&config.approvals_dir),
@@ -520,7 +523,7 @@ fn count_admitted(records: &[fedcrm_audit::Record]) -> (Monthly, BTreeSet<String
     let mut seen = BTreeSet::new();
     for r in records {
         if let Event::Egress { round: Some(round), message, .. } = &r.event
-            && message == "advertise-keys"
+            && (message == "advertise-keys" || message == "psi-keys")
             && let Some((id, kind)) = started.get(round)
         {
             out.entry((month_of(r.time_ms), kind.clone())).or_default().insert(id.clone());
@@ -606,6 +609,29 @@ impl NodeContext {
         start: &wire::RoundStart,
         charge: fedcrm_dp::accounting::Charge,
     ) -> Result<Result<(), String>, SessionError> {
+        let noise = start.noise.as_ref().map(|n| (&n.variance, n.honest));
+        self.charge_for(&start.round.to_hex(), &start.analysis.analysis_id, noise, charge)
+    }
+
+    /// Issue 12: charge a PSI run's noised release (one node's noise alone, k = 1), as
+    /// [`NodeContext::charge`] does a round's.
+    pub(crate) fn charge_run(
+        &self,
+        run: &str,
+        analysis: &str,
+        variance: Option<&fedcrm_dp::sampler::Variance>,
+        charge: fedcrm_dp::accounting::Charge,
+    ) -> Result<Result<(), String>, SessionError> {
+        self.charge_for(run, analysis, variance.map(|v| (v, 1)), charge)
+    }
+
+    fn charge_for(
+        &self,
+        round: &str,
+        analysis: &str,
+        noise: Option<(&fedcrm_dp::sampler::Variance, usize)>,
+        charge: fedcrm_dp::accounting::Charge,
+    ) -> Result<Result<(), String>, SessionError> {
         let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
         let budget = self.policy.privacy.budget();
         let now = self.clock.now_ms();
@@ -617,19 +643,18 @@ impl NodeContext {
         }
         let month = fedcrm_dp::budget::Month::of(now);
         let (used, limit) = budget.used(ledger.month(month).0.compose(charge));
-        let noise = start.noise.as_ref();
         record(
             self,
             Event::PrivacyCharged {
-                round: start.round.to_hex(),
-                analysis: start.analysis.analysis_id.clone(),
+                round: round.to_string(),
+                analysis: analysis.to_string(),
                 node: String::new(),
                 month: month.to_string(),
                 charged_ms: now,
                 rho: charge.rho,
                 xi: charge.xi,
-                noise_variance: noise.map_or_else(String::new, |n| n.variance.to_string()),
-                honest: noise.map_or(0, |n| n.honest as u64),
+                noise_variance: noise.map_or_else(String::new, |n| n.0.to_string()),
+                honest: noise.map_or(0, |n| n.1 as u64),
                 budget: budget.describe(),
                 used,
                 limit,
@@ -637,11 +662,11 @@ impl NodeContext {
         )?;
         ledger.record(fedcrm_dp::budget::Spent {
             time_ms: now,
-            analysis: start.analysis.analysis_id.clone(),
-            round: start.round.to_hex(),
+            analysis: analysis.to_string(),
+            round: round.to_string(),
             charge,
         });
-        tracing::info!(node = %self.name, round = %start.round, rho = charge.rho, used, limit, "privacy budget charged");
+        tracing::info!(node = %self.name, %round, rho = charge.rho, used, limit, "privacy budget charged");
         Ok(Ok(()))
     }
 

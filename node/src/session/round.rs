@@ -51,6 +51,8 @@ use crate::computation::Identified;
 use crate::differencing::Recorded;
 use crate::egress::{Egress, lock};
 
+mod psi;
+
 /// Test hook (feature `test-util`, never in production builds): a node that
 /// colludes with HQ, as the threat model assumes HQ's own channels may.
 /// What it holds of one round once masked: its share of each member of U2's round
@@ -226,6 +228,8 @@ pub(super) struct Rounds<'a> {
     /// its key roster, per analysis id: each is a fresh graph the coordinator saw
     /// before choosing to stop (this session only).
     abandoned: std::collections::BTreeMap<String, usize>,
+    /// Issue 12: the PSI run in progress.
+    psi: Option<psi::PsiRun>,
 }
 
 /// SecAgg+ rounds of one analysis a node lets the coordinator stop after its nonce
@@ -252,6 +256,7 @@ impl<'a> Rounds<'a> {
             keyed: None,
             local: Default::default(),
             abandoned: Default::default(),
+            psi: None,
         }
     }
 
@@ -284,6 +289,9 @@ impl<'a> Rounds<'a> {
                 tracing::warn!(node = %self.ctx.name, "the coordinator says: {text}");
                 Ok(None)
             }
+            ToNode::PsiStart(start) => self.on_psi_start(*start, coordinator).await,
+            ToNode::PsiKeys(keys) => self.on_psi_keys(keys).await,
+            ToNode::PsiChunk(chunk) => self.on_psi_chunk(chunk).await,
         }
     }
 
@@ -1029,6 +1037,7 @@ impl<'a> Rounds<'a> {
         tracing::info!(node = %self.ctx.name, %round, released, %message, "round ended");
         lock(&self.ctx.audit).seal()?;
         self.egress.close_round(&round);
+        self.end_psi(round);
         if let Some(a) = self.active.as_mut().filter(|a| a.start.round == round) {
             if !released && matches!(a.state, State::NonceRevealed(_)) {
                 *self.abandoned.entry(a.start.analysis.analysis_id.clone()).or_default() += 1;

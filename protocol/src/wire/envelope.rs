@@ -63,6 +63,10 @@ pub fn node_message_envelope(m: &pb::NodeMessage) -> Envelope {
         Some(Body::Consistency(c)) => ("consistency-signature", id(&c.round_id), false, 0),
         Some(Body::ShareReport(r)) => ("share-report", id(&r.round_id), false, 0),
         Some(Body::RevealNonce(r)) => ("reveal-nonce", id(&r.round_id), false, 0),
+        // A PSI chunk's elements are its points (of at most `CHUNK_POINTS`).
+        Some(Body::PsiKeys(k)) => ("psi-keys", id(&k.run_id), false, 0),
+        Some(Body::PsiChunk(c)) => ("psi-chunk", id(&c.run_id), false, c.ciphertext.len().saturating_sub(16) / 32),
+        Some(Body::PsiRelease(r)) => ("psi-release", id(&r.run_id), false, 0),
     };
     Envelope { kind, round, roundless, elements, bytes: prost::Message::encoded_len(m) }
 }

@@ -97,6 +97,12 @@ pub enum FromNode {
         round: RoundId,
         signature: Vec<u8>,
     },
+    /// Issue 12: this node's run keys and the peers it declines.
+    PsiKeys(PsiKeys),
+    /// Issue 12: a list chunk for a peer (`peer` receives it).
+    PsiChunk(PsiChunk),
+    /// Issue 12: this node's noised counts of the run.
+    PsiRelease(PsiRelease),
 }
 
 impl FromNode {
@@ -112,6 +118,9 @@ impl FromNode {
             | FromNode::RevealNonce { round, .. } => Some(*round),
             FromNode::MaskedChunk(c) => Some(c.round),
             FromNode::Refusal { round, .. } => *round,
+            FromNode::PsiKeys(k) => Some(k.run),
+            FromNode::PsiChunk(c) => Some(c.run),
+            FromNode::PsiRelease(r) => Some(r.run),
         }
     }
 
@@ -127,6 +136,9 @@ impl FromNode {
             FromNode::Refusal { .. } => "refusal",
             FromNode::ConsistencySignature { .. } => "consistency-signature",
             FromNode::RevealNonce { .. } => "reveal-nonce",
+            FromNode::PsiKeys(_) => "psi-keys",
+            FromNode::PsiChunk(_) => "psi-chunk",
+            FromNode::PsiRelease(_) => "psi-release",
         }
     }
 }
@@ -255,6 +267,9 @@ impl TryFrom<pb::NodeMessage> for FromNode {
                 reason: reason("refusal.reason", &r.reason)?,
                 awaiting_approval: r.awaiting_approval,
             },
+            Body::PsiKeys(k) => FromNode::PsiKeys(psi::psi_keys(&k)?),
+            Body::PsiChunk(c) => FromNode::PsiChunk(psi::psi_chunk(&c)?),
+            Body::PsiRelease(r) => FromNode::PsiRelease(psi::psi_release(&r)?),
         })
     }
 }
@@ -326,6 +341,9 @@ impl From<&FromNode> for pb::NodeMessage {
                 reason: reason.clone(),
                 awaiting_approval: *awaiting_approval,
             }),
+            FromNode::PsiKeys(k) => Body::PsiKeys(psi::psi_keys_pb(k)),
+            FromNode::PsiChunk(c) => Body::PsiChunk(psi::psi_chunk_pb(c)),
+            FromNode::PsiRelease(r) => Body::PsiRelease(psi::psi_release_pb(r)),
         };
         pb::NodeMessage { body: Some(body), receipt: None }
     }

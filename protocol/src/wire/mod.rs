@@ -26,8 +26,10 @@ use crate::pb;
 /// revealed shares of their mask keys — a v5 peer could not follow either. v7 (issue
 /// 10) adds distributed discrete Gaussian noise to the signed round start
 /// (`RoundStart.noise`): with it, nodes add noise before masking and the sum is signed;
-/// a v6 node would ignore the fields and send an exact contribution.
-pub const VERSION: &str = "fedcrm/v7";
+/// a v6 node would ignore the fields and send an exact contribution. v8 (issue 12) adds
+/// PSI runs (`PsiStart`, `PsiKeys`, `PsiChunk`, `PsiRelease`), which a v7 node would
+/// not understand.
+pub const VERSION: &str = "fedcrm/v8";
 
 /// Largest vector a round may use (words, of either width); 64 Mi words = 512 MiB of
 /// 64-bit words.
@@ -153,11 +155,15 @@ fn reason(name: &'static str, r: &str) -> Result<String, WireError> {
 mod analyses;
 mod envelope;
 mod from_node;
+mod psi;
 mod to_node;
 
 pub use analyses::*;
 pub use envelope::*;
 pub use from_node::*;
+pub use psi::{
+    CHANNEL_OVERLAP, MAX_PSI_PARTICIPANTS, PsiChunk, PsiKeys, PsiParticipant, PsiRelease, PsiStart, psi_start_payload,
+};
 pub use to_node::*;
 
 #[cfg(test)]

@@ -189,6 +189,12 @@ pub enum ToNode {
     Notice {
         text: String,
     },
+    /// Issue 12: a PSI run over the participants.
+    PsiStart(Box<PsiStart>),
+    /// Issue 12: the run keys of the peers paired with this node.
+    PsiKeys(PsiKeys),
+    /// Issue 12: a list chunk from a peer (`peer` sent it).
+    PsiChunk(PsiChunk),
 }
 
 /// A member of U3's signature on (round, U2, U3).
@@ -353,6 +359,15 @@ impl TryFrom<pb::CoordinatorMessage> for ToNode {
                 ToNode::RoundEnd { round: round_id(&e.round_id)?, released: e.released, message: e.message }
             }
             Body::Notice(n) => ToNode::Notice { text: n.text.chars().take(2000).collect() },
+            Body::PsiStart(s) => ToNode::PsiStart(Box::new(psi::psi_start(&s)?)),
+            Body::PsiKeys(k) => {
+                let keys = psi::psi_keys(&k)?;
+                if !keys.declined.is_empty() {
+                    return Err(field("psi_keys.declined", "the coordinator relays keys, not refusals"));
+                }
+                ToNode::PsiKeys(keys)
+            }
+            Body::PsiChunk(c) => ToNode::PsiChunk(psi::psi_chunk(&c)?),
         })
     }
 }
@@ -443,6 +458,9 @@ impl From<&ToNode> for pb::CoordinatorMessage {
                 message: message.clone(),
             }),
             ToNode::Notice { text } => Body::Notice(pb::Notice { text: text.clone() }),
+            ToNode::PsiStart(s) => Body::PsiStart(psi::psi_start_pb(s)),
+            ToNode::PsiKeys(k) => Body::PsiKeys(psi::psi_keys_pb(k)),
+            ToNode::PsiChunk(c) => Body::PsiChunk(psi::psi_chunk_pb(c)),
         };
         pb::CoordinatorMessage { body: Some(body), receipt: None }
     }

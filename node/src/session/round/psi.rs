@@ -1,0 +1,548 @@
+//! Issue 12: one PSI run as this node's session sees it — the coordinator's start, the
+//! peers' run keys it relays, the sealed list chunks, and this node's release — with
+//! every check made here, before this node's bytes leave:
+//!
+//! - `PsiStart`: a run id never seen before (a replayed start is refused), the
+//!   coordinator's signature, this node among the participants, `channel-overlap` in
+//!   `allowed_analyses` and under its monthly cap, exact counts only if the privacy
+//!   policy is optional, noise at least its floor and the most the run can cost within
+//!   the month's budget; every peer's certificate verified against the brand CA. Per
+//!   peer, the side that compares follows the rule both compute from the certificates
+//!   (`fedcrm_protocol::psi::comparer`); this node responds only to peers pinned in
+//!   `[policy.psi] respond_to`, and declines the others. Then its run keys, one per
+//!   accepted peer, signed with its role.
+//! - `PsiKeys`: each peer key verified (chain, name, peer, role that complements this
+//!   node's, the certificate the start announced); the run's privacy charge recorded
+//!   before any list leaves; then this node's list per pair (blinded, padded,
+//!   shuffled, sealed: `crate::psi`), streamed in chunks.
+//! - `PsiChunk`: a peer's list or answer, at most the chunks this node's limits allow;
+//!   once complete, the responder answers and the comparer counts. Any list that does
+//!   not open or check stops the whole run (refused, naming who is at fault).
+//! - Once every pair is done: `PsiRelease` — the noised customer count and the noised
+//!   count of every pair this node compared; nothing else of the run ever leaves.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use fedcrm_audit::{Event, Member};
+use fedcrm_crypto::RoundId;
+use fedcrm_crypto::keys::RoundSecret;
+use fedcrm_crypto::psi::channel::{Direction, ListKind, SealedChunk};
+use fedcrm_crypto::psi::{self as cpsi, BlindingKey, Domain};
+use fedcrm_dp::OsEntropy;
+use fedcrm_dp::accounting::Charge;
+use fedcrm_dp::sampler::{DiscreteGaussian, Variance};
+use fedcrm_pki::{self as pki, Identity, OrgKind, Usage};
+use fedcrm_protocol::psi::{PairRole, Side, SignedRunKey, comparer};
+use fedcrm_protocol::wire::{CHANNEL_OVERLAP, FromNode, PsiChunk, PsiKeys, PsiRelease, PsiStart, psi_start_payload};
+
+use super::{Handled, Rounds};
+use crate::privacy::DpMode;
+use crate::psi::{AwaitingAnswer, AwaitingList, Comparer, PairKeys, PsiRunError, Responder, noised};
+use crate::session::{Peer, SessionError, record, unix_now};
+
+/// This node's state in one PSI run.
+pub(super) struct PsiRun {
+    start: PsiStart,
+    /// This node's normalised identifiers (zeroized on drop), read once keys arrive.
+    ids: Option<Arc<crate::identifiers::Normalised>>,
+    pairs: BTreeMap<String, Pair>,
+    released: bool,
+}
+
+/// One pair of the run, by its stage.
+struct Pair {
+    /// This node's role (a responder's carries its commitment).
+    role: PairRole,
+    /// The peer's certificate as the start announced it (its run key must carry it).
+    certificate: Vec<u8>,
+    stage: Stage,
+}
+
+enum Stage {
+    /// This node's run key left; the peer's has not come.
+    KeySent {
+        secret: RoundSecret,
+        key: BlindingKey,
+    },
+    /// The comparer's list left; waiting for the peer's list and its answer.
+    Comparing {
+        awaiting: Box<AwaitingAnswer>,
+        list: Vec<SealedChunk>,
+        answer: Vec<SealedChunk>,
+    },
+    /// The responder's list left; waiting for the comparer's list.
+    Responding {
+        awaiting: Box<AwaitingList>,
+        list: Vec<SealedChunk>,
+    },
+    /// The exact count (never leaves unnoised).
+    Compared(u64),
+    Answered,
+    /// Moved out while a step runs.
+    Busy,
+}
+
+impl Stage {
+    fn done(&self) -> bool {
+        matches!(self, Stage::Compared(_) | Stage::Answered)
+    }
+}
+
+/// The most a run can charge this node: its own size and one count per other participant,
+/// each of sensitivity 1 in its customers, at σ² each: ρ = n / (2σ²) (zCDP, composed).
+fn run_charge(counts: usize, variance: &Variance) -> Charge {
+    Charge { rho: counts as f64 / (2.0 * variance.as_f64()), xi: 0.0 }
+}
+
+fn kind_of(id: &Identity) -> Option<OrgKind> {
+    match id.role {
+        pki::Role::Node(k) => Some(k),
+        _ => None,
+    }
+}
+
+impl Rounds<'_> {
+    /// A PSI run starts: check it, then send this node's run keys (or refuse).
+    pub(super) async fn on_psi_start(&mut self, start: PsiStart, coordinator: &Option<Peer>) -> Handled {
+        let run = start.run;
+        if !self.ctx.first_sight(&run) {
+            // Logged and refused, never joined: a run id comes once.
+            self.refuse(run, &format!("psi run {run} was started before: a replayed start is refused")).await?;
+            return Ok(None);
+        }
+        let invited: Vec<Member> = start
+            .participants
+            .iter()
+            .map(|p| {
+                let id = pki::verify_cert(&self.ctx.ca_der, &p.certificate, unix_now(), Usage::Client).ok();
+                Member {
+                    name: p.name.clone(),
+                    organisation: id.as_ref().map(|i| i.organisation.clone()).unwrap_or_default(),
+                    kind: id.as_ref().and_then(kind_of).map(|k| k.as_str().to_string()).unwrap_or_default(),
+                }
+            })
+            .collect();
+        record(
+            self.ctx,
+            Event::RoundStarted {
+                round: run.to_hex(),
+                analysis: start.analysis_id.clone(),
+                kind: "psi".into(),
+                analysis_kind: CHANNEL_OVERLAP.into(),
+                purpose: start.purpose.clone(),
+                threshold: 0,
+                length: 0,
+                invited,
+            },
+        )?;
+        match self.psi_admit(&start, coordinator) {
+            Ok(Ok(keys)) => {
+                let summary = self.psi.as_ref().map_or_else(String::new, |r| {
+                    r.pairs
+                        .iter()
+                        .map(|(p, pair)| {
+                            let role = if pair.role == PairRole::Compare { "compares" } else { "responds" };
+                            format!("{role} with {p}")
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                });
+                record(
+                    self.ctx,
+                    Event::PolicyDecision {
+                        round: Some(run.to_hex()),
+                        analysis: start.analysis_id.clone(),
+                        admitted: true,
+                        reason: format!("psi run admitted: {summary}"),
+                    },
+                )?;
+                self.ctx.count_analysis(CHANNEL_OVERLAP, &start.analysis_id);
+                tracing::info!(node = %self.ctx.name, %run, pairs = keys.keys.len(), declined = keys.declined.len(), "psi run: keys sent");
+                self.egress.admit(run, &start.analysis_id);
+                self.egress.send(&FromNode::PsiKeys(keys)).await?;
+            }
+            Ok(Err(why)) => {
+                self.psi = None;
+                self.refuse(run, &why).await?;
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(None)
+    }
+
+    /// The checks of a run's start; its keys, or why this node refuses.
+    fn psi_admit(
+        &mut self,
+        start: &PsiStart,
+        coordinator: &Option<Peer>,
+    ) -> Result<Result<PsiKeys, String>, SessionError> {
+        let ctx = self.ctx;
+        let Some(coordinator) = coordinator else { return Ok(Err("no coordinator welcome yet".into())) };
+        if pki::verify_signature(&coordinator.certificate, &psi_start_payload(start), &start.signature).is_err() {
+            return Ok(Err("the psi start's signature does not verify against the coordinator's certificate".into()));
+        }
+        if !start.participants.iter().any(|p| p.name == ctx.name) {
+            return Ok(Err("this node is not among the run's participants".into()));
+        }
+        let policy = &ctx.policy;
+        if !policy.allowed_analyses.iter().any(|a| a == CHANNEL_OVERLAP) {
+            return Ok(Err(format!("policy: analysis {CHANNEL_OVERLAP:?} is not in allowed_analyses")));
+        }
+        let caps = ctx.cap_state(CHANNEL_OVERLAP, &start.analysis_id);
+        if let Some(&cap) = policy.monthly_analysis_caps.get(CHANNEL_OVERLAP)
+            && !caps.already_counted
+            && caps.analyses_this_month >= cap
+        {
+            return Ok(Err(format!(
+                "policy: the monthly cap of {cap} {CHANNEL_OVERLAP:?} runs is reached; it resets on the 1st (UTC)"
+            )));
+        }
+        match (&start.noise, policy.privacy.dp) {
+            (None, DpMode::Required) => {
+                return Ok(Err("policy: this node's policy requires differential privacy ([policy.privacy] dp = \
+                               \"required\"), and the run's counts are exact; run it with --dp on"
+                    .into()));
+            }
+            (Some(v), _) => {
+                let floor = match policy.privacy.min_noise() {
+                    Ok(f) => f,
+                    Err(e) => return Ok(Err(e)),
+                };
+                if *v < floor {
+                    return Ok(Err(format!(
+                        "policy: the run's noise σ² = {v} is below this node's floor ([policy.privacy] \
+                         min_noise_variance = {floor}); refusing"
+                    )));
+                }
+                if let Err(e) = ctx.within_budget(Some(run_charge(start.participants.len(), v))) {
+                    return Ok(Err(e));
+                }
+            }
+            (None, DpMode::Optional) => {}
+        }
+        let now = unix_now();
+        let me = Side { name: &ctx.name, kind: self.own_kind() };
+        let run = start.run;
+        let mut keys = Vec::new();
+        let mut declined = Vec::new();
+        let mut pairs = BTreeMap::new();
+        for p in start.participants.iter().filter(|p| p.name != ctx.name) {
+            let id = match pki::verify_cert(&ctx.ca_der, &p.certificate, now, Usage::Client) {
+                Ok(id) if id.name == p.name => id,
+                Ok(id) => return Ok(Err(format!("the start names {} with the certificate of {}", p.name, id.name))),
+                Err(e) => return Ok(Err(format!("the certificate of participant {} is refused: {e}", p.name))),
+            };
+            let Some(kind) = kind_of(&id) else {
+                return Ok(Err(format!(
+                    "participant {} holds a {} certificate, not a node's",
+                    p.name,
+                    id.role.as_str()
+                )));
+            };
+            let compares = comparer(me, Side { name: &p.name, kind }) == ctx.name;
+            if !compares && let Err(why) = policy.psi.may_respond(&id, &p.certificate) {
+                declined.push((p.name.clone(), why));
+                continue;
+            }
+            let secret = RoundSecret::generate(&self.rng).map_err(|e| SessionError::Policy(e.to_string()))?;
+            let domain = Domain { version: cpsi::VERSION, run_id: run.0 };
+            let key = BlindingKey::generate(domain, &self.rng).map_err(|e| SessionError::Policy(e.to_string()))?;
+            let role = if compares { PairRole::Compare } else { PairRole::Respond { commitment: key.public() } };
+            let cert = pki::pem_to_der_certs(&ctx.cert_pem)?.remove(0);
+            let signed = SignedRunKey::sign(&run, &ctx.name, &p.name, &secret, role, cert, &ctx.signing)
+                .map_err(|e| SessionError::Policy(e.to_string()))?;
+            keys.push(signed);
+            pairs.insert(
+                p.name.clone(),
+                Pair { role, certificate: p.certificate.clone(), stage: Stage::KeySent { secret, key } },
+            );
+        }
+        self.psi = Some(PsiRun { start: start.clone(), ids: None, pairs, released: false });
+        Ok(Ok(PsiKeys { run, keys, declined }))
+    }
+
+    /// This node's organisation kind, from its own certificate.
+    fn own_kind(&self) -> OrgKind {
+        pki::pem_to_der_certs(&self.ctx.cert_pem)
+            .ok()
+            .and_then(|c| c.into_iter().next())
+            .and_then(|d| pki::identity_from_cert(&d).ok())
+            .and_then(|id| kind_of(&id))
+            .unwrap_or(OrgKind::Franchisee)
+    }
+
+    /// The peers' run keys: verify each, charge the run, send this node's lists.
+    pub(super) async fn on_psi_keys(&mut self, keys: PsiKeys) -> Handled {
+        let run = keys.run;
+        match self.psi_lists(keys).await? {
+            Ok(()) => self.psi_maybe_release().await,
+            Err(why) => {
+                self.psi = None;
+                self.refuse(run, &why).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn psi_lists(&mut self, keys: PsiKeys) -> Result<Result<(), String>, SessionError> {
+        let ctx = self.ctx;
+        let run = keys.run;
+        let Some(state) = self.psi.as_mut().filter(|r| r.start.run == run) else {
+            return Ok(Err(format!("keys for psi run {run}, which this node has not joined")));
+        };
+        if state.ids.is_some() {
+            return Ok(Err(format!("psi run {run}: the peers' keys came twice (replayed by the relay)")));
+        }
+        let now = unix_now();
+        let mut paired = BTreeMap::new();
+        for k in &keys.keys {
+            let Some(pair) = state.pairs.get(&k.node) else {
+                return Ok(Err(format!("psi run {run}: a key from {}, whom this node did not pair with", k.node)));
+            };
+            if paired.contains_key(&k.node) {
+                return Ok(Err(format!("psi run {run}: two keys from {}", k.node)));
+            }
+            let (public, _) = match k.verify(&ctx.ca_der, &run, &k.node, &ctx.name, now) {
+                Ok(v) => v,
+                Err(e) => return Ok(Err(format!("psi run {run}: {e}"))),
+            };
+            if k.certificate != pair.certificate {
+                return Ok(Err(format!(
+                    "psi run {run}: {}'s key carries another certificate than the start announced",
+                    k.node
+                )));
+            }
+            if !pair.role.complements(&k.role) {
+                return Ok(Err(format!(
+                    "psi run {run}: {} took the same role as this node in their pair (both compare or both respond); \
+                     the rule both sides compute from the certificates was not followed",
+                    k.node
+                )));
+            }
+            paired.insert(k.node.clone(), (public, k.role));
+        }
+        // Pairs the peer declined (or the coordinator dropped) do not run.
+        state.pairs.retain(|p, _| paired.contains_key(p));
+        if let Some(v) = state.start.noise.clone() {
+            let charge = run_charge(1 + state.pairs.len(), &v);
+            if let Err(e) = ctx.charge_run(&run.to_hex(), &state.start.analysis_id, Some(&v), charge)? {
+                return Ok(Err(e));
+            }
+        }
+        let on = ctx.psi.match_on;
+        let dataset = ctx.dataset.clone();
+        let ids = tokio::task::spawn_blocking(move || {
+            Arc::new(crate::identifiers::customer_identifiers(&dataset.purchases, on))
+        })
+        .await
+        .map_err(|e| SessionError::Policy(format!("reading identifiers: {e}")))?;
+        state.ids = Some(ids.clone());
+        let limits = ctx.policy.psi.list_limits();
+        let names: Vec<String> = state.pairs.keys().cloned().collect();
+        for peer in names {
+            let Some(pair) = self.psi.as_mut().and_then(|s| s.pairs.get_mut(&peer)) else { continue };
+            let Stage::KeySent { secret, key } = std::mem::replace(&mut pair.stage, Stage::Busy) else {
+                return Ok(Err(format!("psi run {run}: pair with {peer} out of order")));
+            };
+            let (peer_key, peer_role) = paired[&peer];
+            let role = pair.role;
+            let (me, ids, p) = (ctx.name.clone(), ids.clone(), peer.clone());
+            let sent = tokio::task::spawn_blocking(move || -> Result<(Vec<SealedChunk>, Stage), PsiRunError> {
+                let rng = fedcrm_crypto::SystemRandom::new();
+                let keys = PairKeys { run, me: &me, peer: &p, secret: &secret, peer_key: &peer_key };
+                match (role, peer_role) {
+                    (PairRole::Compare, PairRole::Respond { commitment }) => {
+                        let (chunks, awaiting) =
+                            Comparer::new(&keys, commitment, key, limits)?.own_list(&ids.ids, &rng)?;
+                        Ok((chunks, Stage::Comparing { awaiting: Box::new(awaiting), list: vec![], answer: vec![] }))
+                    }
+                    _ => {
+                        let (chunks, awaiting) = Responder::new(&keys, key, limits)?.own_list(&ids.ids, &rng)?;
+                        Ok((chunks, Stage::Responding { awaiting: Box::new(awaiting), list: vec![] }))
+                    }
+                }
+            })
+            .await
+            .map_err(|e| SessionError::Policy(format!("psi list: {e}")))?;
+            let (chunks, stage) = match sent {
+                Ok(x) => x,
+                Err(e) => return Ok(Err(format!("psi run {run}: {e}"))),
+            };
+            if let Some(pair) = self.psi.as_mut().and_then(|s| s.pairs.get_mut(&peer)) {
+                pair.stage = stage;
+            }
+            let points: usize = chunks.iter().map(|c| c.ciphertext.len().saturating_sub(16) / 32).sum();
+            self.psi_send(run, &peer, ListKind::Blinded { group: 0 }, chunks).await?;
+            tracing::info!(node = %ctx.name, %run, %peer, points, "psi: own list sent");
+        }
+        Ok(Ok(()))
+    }
+
+    async fn psi_send(
+        &mut self,
+        run: RoundId,
+        peer: &str,
+        list: ListKind,
+        chunks: Vec<SealedChunk>,
+    ) -> Result<(), SessionError> {
+        for chunk in chunks {
+            self.egress.send(&FromNode::PsiChunk(PsiChunk { run, peer: peer.to_string(), list, chunk })).await?;
+        }
+        Ok(())
+    }
+
+    /// A chunk of a peer's list or answer.
+    pub(super) async fn on_psi_chunk(&mut self, c: PsiChunk) -> Handled {
+        let run = c.run;
+        match self.psi_take_chunk(c).await? {
+            Ok(()) => self.psi_maybe_release().await,
+            Err(why) => {
+                self.psi = None;
+                self.refuse(run, &why).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn psi_take_chunk(&mut self, c: PsiChunk) -> Result<Result<(), String>, SessionError> {
+        let run = c.run;
+        let limits = self.ctx.policy.psi.list_limits();
+        let Some(state) = self.psi.as_mut().filter(|r| r.start.run == run) else {
+            return Ok(Err(format!("a list chunk for psi run {run}, which this node is not running")));
+        };
+        let Some(pair) = state.pairs.get_mut(&c.peer) else {
+            return Ok(Err(format!("psi run {run}: a list chunk from {}, whom this node is not paired with", c.peer)));
+        };
+        let max = Direction::chunks_for(limits.max_points);
+        if c.chunk.of > max {
+            return Ok(Err(format!(
+                "psi run {run}: {}'s list announces {} chunks, more than the {max} this node accepts",
+                c.peer, c.chunk.of
+            )));
+        }
+        let complete = |v: &Vec<SealedChunk>| v.first().is_some_and(|f| v.len() as u32 == f.of);
+        let ready = match (&mut pair.stage, c.list) {
+            (Stage::Comparing { list, answer, .. }, kind) => {
+                let into = if kind == (ListKind::Blinded { group: 0 }) {
+                    &mut *list
+                } else if kind == (ListKind::Returned { group: 0 }) {
+                    &mut *answer
+                } else {
+                    return Ok(Err(format!("psi run {run}: {} sent a list of kind {kind:?}", c.peer)));
+                };
+                if complete(into) {
+                    return Ok(Err(format!(
+                        "psi run {run}: {} sent more chunks of {kind:?} than it announced",
+                        c.peer
+                    )));
+                }
+                into.push(c.chunk);
+                complete(list) && complete(answer)
+            }
+            (Stage::Responding { list, .. }, ListKind::Blinded { group: 0 }) => {
+                if complete(list) {
+                    return Ok(Err(format!("psi run {run}: {} sent more chunks than it announced", c.peer)));
+                }
+                list.push(c.chunk);
+                complete(list)
+            }
+            (_, kind) => {
+                return Ok(Err(format!(
+                    "psi run {run}: a chunk of {kind:?} from {} at this stage of the pair",
+                    c.peer
+                )));
+            }
+        };
+        if !ready {
+            return Ok(Ok(()));
+        }
+        let peer = c.peer.clone();
+        let stage = std::mem::replace(&mut pair.stage, Stage::Busy);
+        let ctx_name = self.ctx.name.clone();
+        let outcome = tokio::task::spawn_blocking(move || -> Result<(Stage, Option<Vec<SealedChunk>>), PsiRunError> {
+            match stage {
+                Stage::Comparing { awaiting, list, answer } => {
+                    Ok((Stage::Compared(awaiting.compare(&list, &answer)?), None))
+                }
+                Stage::Responding { awaiting, list } => {
+                    let rng = fedcrm_crypto::SystemRandom::new();
+                    Ok((Stage::Answered, Some(awaiting.answer(&list, &rng)?)))
+                }
+                other => Ok((other, None)),
+            }
+        })
+        .await
+        .map_err(|e| SessionError::Policy(format!("psi step: {e}")))?;
+        let (stage, reply) = match outcome {
+            Ok(x) => x,
+            Err(e) => return Ok(Err(format!("psi run {run}: {e}"))),
+        };
+        if let Some(pair) = self.psi.as_mut().and_then(|s| s.pairs.get_mut(&peer)) {
+            pair.stage = stage;
+        }
+        if let Some(chunks) = reply {
+            self.psi_send(run, &peer, ListKind::Returned { group: 0 }, chunks).await?;
+            tracing::info!(node = %ctx_name, %run, %peer, "psi: answered the peer's list");
+        } else {
+            tracing::info!(node = %ctx_name, %run, %peer, "psi: compared");
+        }
+        Ok(Ok(()))
+    }
+
+    /// Every pair done: release the noised counts, once.
+    async fn psi_maybe_release(&mut self) -> Handled {
+        let Some(state) = self.psi.as_mut() else { return Ok(None) };
+        if state.released || state.ids.is_none() || !state.pairs.values().all(|p| p.stage.done()) {
+            return Ok(None);
+        }
+        state.released = true;
+        let run = state.start.run;
+        let customers = state.ids.as_ref().map_or(0, |i| i.ids.len() as u64);
+        let exact: Vec<(String, u64)> = state
+            .pairs
+            .iter()
+            .filter_map(|(p, pair)| match pair.stage {
+                Stage::Compared(n) => Some((p.clone(), n)),
+                _ => None,
+            })
+            .collect();
+        let release = match &state.start.noise {
+            None => PsiRelease {
+                run,
+                customers: customers as i64,
+                counts: exact.iter().map(|(p, n)| (p.clone(), *n as i64)).collect(),
+            },
+            Some(v) => {
+                let noise = DiscreteGaussian::new(v.clone());
+                let mut e = OsEntropy::new();
+                let noisy = |n: u64, e: &mut OsEntropy| noised(n, &noise, e);
+                let sampled = noisy(customers, &mut e).and_then(|c| {
+                    exact
+                        .iter()
+                        .map(|(p, n)| Ok((p.clone(), noisy(*n, &mut e)?)))
+                        .collect::<Result<Vec<_>, PsiRunError>>()
+                        .map(|counts| (c, counts))
+                });
+                match sampled {
+                    Ok((c, counts)) => PsiRelease { run, customers: c, counts },
+                    Err(e) => {
+                        self.psi = None;
+                        self.refuse(run, &format!("psi run {run}: {e}")).await?;
+                        return Ok(None);
+                    }
+                }
+            }
+        };
+        tracing::info!(node = %self.ctx.name, %run, pairs = release.counts.len(), "psi: counts released");
+        self.egress.send(&FromNode::PsiRelease(release)).await?;
+        Ok(None)
+    }
+
+    /// The coordinator ended the run: everything of it is dropped (keys wiped).
+    pub(super) fn end_psi(&mut self, run: RoundId) {
+        if self.psi.as_ref().is_some_and(|r| r.start.run == run) {
+            self.psi = None;
+        }
+    }
+}
