@@ -12,7 +12,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use fedcrm::harness::{BrandPki, CDNOW, overlap_cdnow};
@@ -147,9 +147,9 @@ fn the_synthetic_channels_overlap_exactly_as_their_phones_do_and_hq_never_compar
     let pki = BrandPki::create(dir.path(), "Jinyu Jewellery").unwrap();
     let mut channels = Vec::new();
     let mut plain = Vec::new();
-    for (name, kind, purchases, withdrawn) in synthetic_channels(4000, 12) {
+    for (name, kind, purchases, withdrawn) in common::synthetic_channels(4000, 12) {
         let ids = load(dir.path(), &name, Format::Csv, &purchases, Some(&withdrawn), MatchOn::Phone);
-        plain.push((name.clone(), plaintext_phones(&purchases, &withdrawn)));
+        plain.push((name.clone(), common::plaintext_phones(&purchases, &withdrawn)));
         channels.push(channel(&pki, &name, kind, ids));
     }
     let reference = pooled::overlap(&plain);
@@ -166,42 +166,6 @@ fn the_synthetic_channels_overlap_exactly_as_their_phones_do_and_hq_never_compar
     assert!(reference.values().any(|&n| n > 0), "the synthetic channels share customers");
 }
 
-/// Two of HQ's channels and three franchisees of a synthetic brand: (name, kind,
-/// purchases CSV, consent withdrawals).
-fn synthetic_channels(customers: usize, seed: u64) -> Vec<(String, OrgKind, String, String)> {
-    let data =
-        fedcrm::demodata::generate(&fedcrm::demodata::Options { customers, ..fedcrm::demodata::Options::new(seed) })
-            .unwrap();
-    let file = |node: &str, name: &str| -> String {
-        let path = Path::new(node).join(name);
-        String::from_utf8(data.files.iter().find(|(p, _)| *p == path).unwrap().1.clone()).unwrap()
-    };
-    let hq = data.manifest.nodes.iter().filter(|e| e.kind == OrgKind::Hq).take(2);
-    let fr = data.manifest.nodes.iter().filter(|e| e.kind == OrgKind::Franchisee).take(3);
-    hq.chain(fr)
-        .map(|e| (e.name.clone(), e.kind, file(&e.name, "purchases.csv"), file(&e.name, "consent-withdrawals.csv")))
-        .collect()
-}
-
-/// The reference's own reading of a synthetic export: the last 11 digits of every
-/// non-empty phone of a customer who did not withdraw consent (the generator writes one
-/// mainland mobile per person, in several styles).
-fn plaintext_phones(csv: &str, withdrawn: &str) -> BTreeSet<String> {
-    let gone: BTreeSet<&str> =
-        withdrawn.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
-    let mut lines = csv.lines();
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let (ck, ph) =
-        (header.iter().position(|h| *h == "customer_key").unwrap(), header.iter().position(|h| *h == "phone").unwrap());
-    lines
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            let digits: String = f[ph].chars().filter(char::is_ascii_digit).collect();
-            (!gone.contains(f[ck]) && digits.len() >= 11).then(|| digits[digits.len() - 11..].to_string())
-        })
-        .collect()
-}
-
 /// Over the network: the synthetic channels' overlap matrix through `fedcrm hq
 /// overlap`'s client — each node's session, the coordinator's relay over mutual TLS
 /// and the analyst API — equals the plaintext intersections (DP off), every count is
@@ -211,23 +175,8 @@ fn plaintext_phones(csv: &str, withdrawn: &str) -> BTreeSet<String> {
 /// in every byte each node's transport took).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_mtls_the_matrix_equals_plaintext_and_no_node_sends_a_hash_or_an_unblinded_point() {
-    use fedcrm::harness::{Cluster, ClusterOptions, NodeSpec};
-    let (mut specs, mut plain) = (Vec::new(), Vec::new());
-    for (name, kind, purchases, withdrawn) in synthetic_channels(2500, 21) {
-        plain.push((name.clone(), plaintext_phones(&purchases, &withdrawn)));
-        let mut spec = match kind {
-            OrgKind::Hq => NodeSpec::hq(&name, purchases),
-            OrgKind::Franchisee => NodeSpec::franchisee(&name, purchases),
-        };
-        spec.format = Format::Csv;
-        spec.withdrawn = withdrawn
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(String::from)
-            .collect();
-        specs.push(spec);
-    }
+    use fedcrm::harness::{Cluster, ClusterOptions};
+    let (specs, plain) = common::synthetic_specs(2500, 21);
     let reference = pooled::overlap(&plain);
     let cluster =
         Cluster::start(ClusterOptions { nodes: specs, capture_wire: true, ..Default::default() }).await.unwrap();

@@ -45,8 +45,8 @@ use crate::release::UnreleasedSum;
 pub use brief::{BRIEF_CHARS, brief, brief_lines, describe};
 #[cfg(feature = "test-util")]
 pub use hooks::{
-    FinalU2Tamper, Hooks, MaskedObserver, NoncesTamper, RosterSignatureTamper, RosterTamper, SealedObserver,
-    ShareTamper, SharesObserver, UnmaskTamper, ViewSigner, ViewTamper,
+    FinalU2Tamper, Hooks, MaskedObserver, NoncesTamper, PsiRelayTamper, RosterSignatureTamper, RosterTamper,
+    SealedObserver, ShareTamper, SharesObserver, UnmaskTamper, ViewSigner, ViewTamper,
 };
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]

@@ -181,3 +181,64 @@ pub fn cdnow_examples(
         })
         .collect()
 }
+
+/// Two of HQ's channels and three franchisees of a synthetic brand: (name, kind,
+/// purchases CSV, consent withdrawals).
+pub fn synthetic_channels(customers: usize, seed: u64) -> Vec<(String, fedcrm_pki::OrgKind, String, String)> {
+    let data =
+        fedcrm::demodata::generate(&fedcrm::demodata::Options { customers, ..fedcrm::demodata::Options::new(seed) })
+            .unwrap();
+    let file = |node: &str, name: &str| -> String {
+        let path = std::path::Path::new(node).join(name);
+        String::from_utf8(data.files.iter().find(|(p, _)| *p == path).unwrap().1.clone()).unwrap()
+    };
+    let hq = data.manifest.nodes.iter().filter(|e| e.kind == fedcrm_pki::OrgKind::Hq).take(2);
+    let fr = data.manifest.nodes.iter().filter(|e| e.kind == fedcrm_pki::OrgKind::Franchisee).take(3);
+    hq.chain(fr)
+        .map(|e| (e.name.clone(), e.kind, file(&e.name, "purchases.csv"), file(&e.name, "consent-withdrawals.csv")))
+        .collect()
+}
+
+/// The reference's own reading of a synthetic export: the last 11 digits of every
+/// non-empty phone of a customer who did not withdraw consent (the generator writes one
+/// mainland mobile per person, in several styles).
+pub fn plaintext_phones(csv: &str, withdrawn: &str) -> std::collections::BTreeSet<String> {
+    let gone: std::collections::BTreeSet<&str> =
+        withdrawn.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let (ck, ph) =
+        (header.iter().position(|h| *h == "customer_key").unwrap(), header.iter().position(|h| *h == "phone").unwrap());
+    lines
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            let digits: String = f[ph].chars().filter(char::is_ascii_digit).collect();
+            (!gone.contains(f[ck]) && digits.len() >= 11).then(|| digits[digits.len() - 11..].to_string())
+        })
+        .collect()
+}
+
+/// [`synthetic_channels`] as the harness's node specs (CSV, phones, consent
+/// withdrawals), with each channel's plaintext phones for the reference.
+pub fn synthetic_specs(
+    customers: usize,
+    seed: u64,
+) -> (Vec<NodeSpec>, Vec<(String, std::collections::BTreeSet<String>)>) {
+    let (mut specs, mut plain) = (Vec::new(), Vec::new());
+    for (name, kind, purchases, withdrawn) in synthetic_channels(customers, seed) {
+        plain.push((name.clone(), plaintext_phones(&purchases, &withdrawn)));
+        let mut spec = match kind {
+            fedcrm_pki::OrgKind::Hq => NodeSpec::hq(&name, purchases),
+            fedcrm_pki::OrgKind::Franchisee => NodeSpec::franchisee(&name, purchases),
+        };
+        spec.format = fedcrm_node::data::Format::Csv;
+        spec.withdrawn = withdrawn
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(String::from)
+            .collect();
+        specs.push(spec);
+    }
+    (specs, plain)
+}

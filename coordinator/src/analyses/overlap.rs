@@ -169,6 +169,8 @@ impl Coordinator {
             None
         };
         let run = RoundId::random(&SystemRandom::new()).map_err(|e| AnalysisError::Audit(e.to_string()))?;
+        #[cfg(feature = "test-util")]
+        let run = self.hooks().force_psi_run.unwrap_or(run);
         let mut start = PsiStart {
             run,
             purpose: request.purpose.clone(),
@@ -417,9 +419,16 @@ impl Run<'_> {
                         self.report("lists", lists_done, lists, points);
                     }
                     let to = c.peer.clone();
-                    let relayed = ToNode::PsiChunk(PsiChunk { peer: node.clone(), ..c });
-                    if !self.coordinator.registry.send(&to, &relayed).await {
-                        return Err(self.stop(format!("{to} could not be reached")));
+                    #[allow(unused_mut)]
+                    let mut relayed = vec![PsiChunk { peer: node.clone(), ..c }];
+                    #[cfg(feature = "test-util")]
+                    if let Some(t) = &self.coordinator.hooks().tamper_psi_relay {
+                        t(&to, &mut relayed);
+                    }
+                    for chunk in relayed {
+                        if !self.coordinator.registry.send(&to, &ToNode::PsiChunk(chunk)).await {
+                            return Err(self.stop(format!("{to} could not be reached")));
+                        }
                     }
                 }
                 FromNode::PsiRelease(r) => {

@@ -28,6 +28,9 @@ pub type RosterTamper = Arc<dyn Fn(RoundId, &mut Vec<SignedKeys>) + Send + Sync>
 pub type NoncesTamper = Arc<dyn Fn(&str, &mut Vec<(String, [u8; 32])>) + Send + Sync>;
 /// Editor of the coordinator's signature on a round's roster, as sent in `RoundStart`.
 pub type RosterSignatureTamper = Arc<dyn Fn(&mut Vec<u8>) + Send + Sync>;
+/// Issue 12: editor of the PSI chunks relayed for one chunk received (receiver, chunks
+/// to relay, each with `peer` = its sender): alter, drop, repeat or swap them.
+pub type PsiRelayTamper = Arc<dyn Fn(&str, &mut Vec<fedcrm_protocol::wire::PsiChunk>) + Send + Sync>;
 
 /// Hooks that let a test play HQ deviating from the protocol (or observe it). The
 /// coordinator is the adversary the nodes defend against, so these give an attacker
@@ -116,6 +119,11 @@ pub struct Hooks {
     pub ignore_budgets: bool,
     /// Issue 10: the clock budget months are read from (a fixed date in tests).
     pub clock: Option<Arc<dyn fedcrm_audit::log::Clock>>,
+    /// Issue 12: edits the PSI list chunks as they are relayed (a relay substituting,
+    /// dropping or replaying them).
+    pub tamper_psi_relay: Option<PsiRelayTamper>,
+    /// Issue 12: every PSI run gets this run id (HQ replaying a run's start).
+    pub force_psi_run: Option<RoundId>,
 }
 
 /// Signs a view (round, U2, U3) as some nodes: returns their signatures.
@@ -138,6 +146,8 @@ impl std::fmt::Debug for Hooks {
             .field("force_graph", &self.force_graph)
             .field("force_quorum", &self.force_quorum)
             .field("stop_graphs", &self.stop_graphs)
+            .field("tamper_psi_relay", &self.tamper_psi_relay.is_some())
+            .field("force_psi_run", &self.force_psi_run)
             .field("tamper_nonces", &self.tamper_nonces.is_some())
             .field("stale_setup", &self.stale_setup)
             .field("reinvite_dropped", &self.reinvite_dropped)

