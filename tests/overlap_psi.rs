@@ -235,3 +235,88 @@ async fn over_mtls_the_matrix_equals_plaintext_and_no_node_sends_a_hash_or_an_un
     }
     cluster.stop().await;
 }
+
+/// Under differential privacy (the default): every released count carries the node's
+/// discrete Gaussian noise (σ² = 16 by default), so the counts move off the plaintext
+/// but stay within a few σ; each node records in its own audit log, before its list
+/// left, the charge ρ = (1 + its pairs) / (2σ²) — its size and each count its customers
+/// are in. A node whose remaining budget is below that refuses before any key leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_dp_the_counts_are_noised_on_the_nodes_and_each_node_charges_its_budget() {
+    use fedcrm::harness::{Cluster, ClusterOptions};
+    let (specs, plain) = common::synthetic_specs(2500, 33);
+    let reference = pooled::overlap(&plain);
+    let cluster = Cluster::start(ClusterOptions { nodes: specs, ..Default::default() }).await.unwrap();
+    let mut client = fedcrm::hq::AnalystClient::connect(&cluster.analyst).await.unwrap();
+    let request = fedcrm_protocol::pb::OverlapRequest {
+        purpose: "how many customers the channels share".into(),
+        dp_off: false,
+        nodes: vec![],
+    };
+    let released = client.overlap(request, |_| {}).await.unwrap();
+    let variance = released.noise_variance_num as f64 / released.noise_variance_den as f64;
+    assert_eq!(variance, 16.0);
+    assert!(released.epsilon > 0.0 && released.delta > 0.0);
+    let sd = variance.sqrt();
+    let mut moved = 0;
+    for c in &released.channels {
+        let exact = plain.iter().find(|(n, _)| *n == c.node).unwrap().1.len() as i64;
+        assert!((c.customers - exact).abs() as f64 <= 6.0 * sd, "{c:?} vs {exact}");
+        moved += usize::from(c.customers != exact);
+    }
+    for p in released.pairs.iter().filter(|p| !p.withheld) {
+        let exact = reference[&(p.a.clone(), p.b.clone())] as i64;
+        assert!((p.shared - exact).abs() as f64 <= 6.0 * sd, "{p:?} vs {exact}");
+        moved += usize::from(p.shared != exact);
+    }
+    assert!(moved > 0, "noise moved the counts");
+    let pairs = plain.len() - 1;
+    for cfg in &cluster.node_configs {
+        let records = fedcrm_audit::log::read_records(&cfg.audit_dir).unwrap();
+        let charged: Vec<f64> = records
+            .iter()
+            .filter_map(|r| match &r.event {
+                fedcrm_audit::Event::PrivacyCharged { rho, node, .. } if node.is_empty() => Some(*rho),
+                _ => None,
+            })
+            .collect();
+        let want = (1 + pairs) as f64 / (2.0 * variance);
+        assert_eq!(charged.len(), 1, "{}: one charge", cfg.name);
+        assert!((charged[0] - want).abs() < 1e-12, "{}: ρ {} vs {want}", cfg.name, charged[0]);
+    }
+    cluster.stop().await;
+}
+
+/// A node whose month's budget cannot pay for the run refuses it before any of its keys
+/// leave — also when the coordinator does not check the budgets it was told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_the_budget_for_the_run_refuses_it_itself() {
+    use fedcrm::harness::{Cluster, ClusterOptions};
+    let (mut specs, _) = common::synthetic_specs(1200, 34);
+    specs.truncate(3);
+    specs[2].policy.privacy = fedcrm_node::privacy::Privacy {
+        monthly_epsilon: None,
+        monthly_rho: Some(0.05),
+        ..fedcrm_node::privacy::Privacy::optional()
+    };
+    let poor = specs[2].name.clone();
+    let hooks = fedcrm_coordinator::round::Hooks { ignore_budgets: true, ..Default::default() };
+    let opts = ClusterOptions { nodes: specs, capture_wire: true, ..Default::default() };
+    let cluster = Cluster::start_with_hooks(opts, hooks).await.unwrap();
+    let mut client = fedcrm::hq::AnalystClient::connect(&cluster.analyst).await.unwrap();
+    let request = fedcrm_protocol::pb::OverlapRequest { purpose: "overlap".into(), dp_off: false, nodes: vec![] };
+    let err = client.overlap(request, |_| {}).await.unwrap_err().to_string();
+    assert!(err.contains(&poor) && err.contains("budget"), "{err}");
+    use prost::Message;
+    let sent = cluster.captures.lock().unwrap()[&poor].clone();
+    let kinds: Vec<&str> = sent
+        .iter()
+        .filter_map(|m| match fedcrm_protocol::pb::NodeMessage::decode(m.as_slice()).ok()?.body? {
+            fedcrm_protocol::pb::node_message::Body::PsiKeys(_) => Some("keys"),
+            fedcrm_protocol::pb::node_message::Body::PsiChunk(_) => Some("chunk"),
+            _ => None,
+        })
+        .collect();
+    assert!(kinds.is_empty(), "{poor} sent {kinds:?}");
+    cluster.stop().await;
+}

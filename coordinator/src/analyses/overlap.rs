@@ -160,9 +160,15 @@ impl Coordinator {
         }
         let noise = if request.dp {
             let v = self.analysis_variance(&invited);
-            self.within_budgets(&invited, &planned_charge(invited.len(), &v)).map_err(|e| {
-                AnalysisError::Privacy(format!("refused before it started: the overlap would exceed a budget: {e}"))
-            })?;
+            #[cfg(feature = "test-util")]
+            let checks_budgets = !self.hooks().ignore_budgets;
+            #[cfg(not(feature = "test-util"))]
+            let checks_budgets = true;
+            if checks_budgets {
+                self.within_budgets(&invited, &planned_charge(invited.len(), &v)).map_err(|e| {
+                    AnalysisError::Privacy(format!("refused before it started: the overlap would exceed a budget: {e}"))
+                })?;
+            }
             Some(v)
         } else {
             self.exact_allowed(&invited).map_err(AnalysisError::Privacy)?;
