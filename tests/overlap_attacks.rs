@@ -152,3 +152,52 @@ async fn a_replayed_run_start_is_refused_by_every_node() {
     assert_eq!(keys, 3, "keys only for the first run");
     cluster.stop().await;
 }
+
+/// HQ shows one node the run with exact counts and its peers the run with noise (each
+/// start signed): the run keys are bound to the whole start, so the peers' keys do not
+/// verify on the odd node, nor its key on theirs, and the run stops before any list
+/// leaves — a responder that requires noise is never compared without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_that_shows_two_nodes_different_terms_is_caught_before_any_list_moves() {
+    let (mut specs, _) = common::synthetic_specs(1200, 6);
+    specs.truncate(3);
+    let odd = specs[0].name.clone();
+    let hooks = Hooks { psi_noise_for_node: Some((odd.clone(), None)), ..Default::default() };
+    let opts = ClusterOptions { nodes: specs, capture_wire: true, ..Default::default() };
+    let cluster = Cluster::start_with_hooks(opts, hooks).await.unwrap();
+    let mut client = AnalystClient::connect(&cluster.analyst).await.unwrap();
+    let with_dp = pb::OverlapRequest { dp_off: false, ..request() };
+    let err = client.overlap(with_dp, |_| {}).await.unwrap_err().to_string();
+    assert!(err.contains("another start"), "{err}");
+    use prost::Message;
+    let chunks = cluster
+        .captures
+        .lock()
+        .unwrap()
+        .values()
+        .flatten()
+        .filter(|m| {
+            matches!(
+                pb::NodeMessage::decode(m.as_slice()).ok().and_then(|m| m.body),
+                Some(pb::node_message::Body::PsiChunk(_))
+            )
+        })
+        .count();
+    assert_eq!(chunks, 0, "no list left any node");
+    cluster.stop().await;
+}
+
+/// The monthly cap counts runs, not analysis ids: HQ reusing one analysis id for every
+/// run still meets the cap (4 by default) at the fifth run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monthly_cap_counts_every_run_whatever_its_analysis_id() {
+    let hooks = Hooks { reuse_analysis_id: Some("0123456789abcdef".into()), ..Default::default() };
+    let cluster = cluster(hooks).await;
+    let mut client = AnalystClient::connect(&cluster.analyst).await.unwrap();
+    for _ in 0..4 {
+        client.overlap(request(), |_| {}).await.unwrap();
+    }
+    let err = refused(&cluster).await;
+    assert!(err.contains("monthly cap of 4"), "{err}");
+    cluster.stop().await;
+}

@@ -222,6 +222,12 @@ impl Policy {
         }
         for a in &self.manual_approval {
             known("manual_approval", a)?;
+            if a == fedcrm_protocol::wire::CHANNEL_OVERLAP {
+                return Err(format!(
+                    "policy.manual_approval names {a:?}: approving PSI runs one by one is not available in this \
+                     version; take {a:?} out of allowed_analyses to refuse every run, or out of manual_approval"
+                ));
+            }
         }
         for a in self.monthly_analysis_caps.keys() {
             known("monthly_analysis_caps", a)?;
@@ -344,6 +350,14 @@ mod tests {
             roster_signature: vec![],
             noise: None,
         }
+    }
+
+    #[test]
+    fn manual_approval_of_psi_runs_is_refused_rather_than_ignored() {
+        let p = Policy { manual_approval: vec!["channel-overlap".into()], ..Policy::default() };
+        let err = p.validate().unwrap_err();
+        assert!(err.contains("not available in this version"), "{err}");
+        assert_eq!(Policy::default().validate(), Ok(()));
     }
 
     #[test]

@@ -149,6 +149,36 @@ pub enum PsiRunError {
     Noise(DpError),
 }
 
+impl PsiRunError {
+    /// What the coordinator is told: the kind of failure and who is at fault, without a
+    /// figure — a count of missing traps, for one, would give away this node's number of
+    /// customers (attack review of issue 12, F4). The full error stays in this node's
+    /// audit log.
+    pub fn public_reason(&self) -> String {
+        match self {
+            PsiRunError::Channel(ChannelError::Sealed { sender, .. }) => format!(
+                "a list chunk from {sender} did not open: altered, replayed or not sealed by {sender} — the relay or \
+                 {sender} broke the run"
+            ),
+            PsiRunError::Channel(_) => "a list arrived out of order, incomplete or oversized: the relay or the peer \
+                                        broke the run"
+                .into(),
+            PsiRunError::TooShort { peer, .. } => {
+                format!("{peer}'s list is shorter than this node's policy minimum: refused as a probe")
+            }
+            PsiRunError::TooLong { peer, .. } => format!("{peer}'s list is longer than this node accepts"),
+            PsiRunError::Points { peer, .. } => format!("{peer}'s list holds a value that is not a point"),
+            PsiRunError::AnswerLength { peer, .. }
+            | PsiRunError::AnswerDuplicate { peer }
+            | PsiRunError::AnswerTraps { peer, .. } => {
+                format!("{peer}'s answer failed this node's checks: {peer} altered it; stop the run")
+            }
+            PsiRunError::Commitment { peer, .. } => format!("{peer}'s blinding-key commitment is not a point"),
+            PsiRunError::Own(_) | PsiRunError::Noise(_) => "this node could not prepare its list or noise".into(),
+        }
+    }
+}
+
 /// How many trap points a comparer mixes in per identifier (at least): with c traps
 /// among N = n + c points, a responder that deviates on d answer slots escapes detection
 /// with probability at most (1 − c/N)^d ≤ 2^−d ([`fedcrm_crypto::psi::Traps`]).
@@ -264,6 +294,16 @@ impl std::fmt::Debug for AwaitingAnswer {
 }
 
 impl AwaitingAnswer {
+    /// Points this node's list had: the answer must have as many.
+    pub fn sent(&self) -> usize {
+        self.sent
+    }
+
+    /// A chunk of the peer's list or answer, checked on arrival ([`Direction::check`]).
+    pub fn check(&self, list: ListKind, chunk: &SealedChunk) -> Result<(), PsiRunError> {
+        Ok(self.link.from_peer.check(list, chunk)?)
+    }
+
     /// Step 3: the peer's own list blinded again with this node's key, against the
     /// peer's answer to this node's list — checked first: as long as this node's list,
     /// no point twice, every trap answered with the committed key. The exact count,
@@ -326,6 +366,11 @@ pub struct AwaitingList {
 }
 
 impl AwaitingList {
+    /// A chunk of the comparer's list, checked on arrival ([`Direction::check`]).
+    pub fn check(&self, list: ListKind, chunk: &SealedChunk) -> Result<(), PsiRunError> {
+        Ok(self.link.from_peer.check(list, chunk)?)
+    }
+
     /// Step 2: the comparer's list blinded again with this node's committed key,
     /// shuffled, sealed back.
     pub fn answer(self, chunks: &[SealedChunk], rng: &dyn SecureRandom) -> Result<Vec<SealedChunk>, PsiRunError> {

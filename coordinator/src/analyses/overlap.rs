@@ -117,6 +117,8 @@ impl Coordinator {
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
             .map_err(|_| AnalysisError::Audit("system random number generator failed".into()))?;
         let id = hex::encode(b);
+        #[cfg(feature = "test-util")]
+        let id = self.hooks().reuse_analysis_id.clone().unwrap_or(id);
         crate::audit::record(
             &self.audit,
             Event::AnalysisRequested {
@@ -349,7 +351,17 @@ impl Run<'_> {
 
     async fn drive(&mut self, start: &PsiStart, id: &str) -> Result<Released, AnalysisError> {
         for n in self.live.clone() {
-            if !self.coordinator.registry.send(&n, &ToNode::PsiStart(Box::new(start.clone()))).await {
+            #[allow(unused_mut)]
+            let mut start = start.clone();
+            #[cfg(feature = "test-util")]
+            if let Some((_, noise)) = self.coordinator.hooks().psi_noise_for_node.as_ref().filter(|(m, _)| *m == n) {
+                start.noise = noise.clone();
+                start.signature = self
+                    .coordinator
+                    .sign(&psi_start_payload(&start))
+                    .map_err(|e| AnalysisError::Audit(e.to_string()))?;
+            }
+            if !self.coordinator.registry.send(&n, &ToNode::PsiStart(Box::new(start))).await {
                 return Err(self.stop(format!("{n} could not be reached")));
             }
         }

@@ -124,6 +124,9 @@ pub struct Hooks {
     pub tamper_psi_relay: Option<PsiRelayTamper>,
     /// Issue 12: every PSI run gets this run id (HQ replaying a run's start).
     pub force_psi_run: Option<RoundId>,
+    /// Issue 12: this node is shown the run's start with this noise instead (signed):
+    /// HQ giving the two sides of a pair different terms.
+    pub psi_noise_for_node: Option<(String, Option<fedcrm_dp::sampler::Variance>)>,
 }
 
 /// Signs a view (round, U2, U3) as some nodes: returns their signatures.
@@ -148,6 +151,7 @@ impl std::fmt::Debug for Hooks {
             .field("stop_graphs", &self.stop_graphs)
             .field("tamper_psi_relay", &self.tamper_psi_relay.is_some())
             .field("force_psi_run", &self.force_psi_run)
+            .field("psi_noise_for_node", &self.psi_noise_for_node)
             .field("tamper_nonces", &self.tamper_nonces.is_some())
             .field("stale_setup", &self.stale_setup)
             .field("reinvite_dropped", &self.reinvite_dropped)

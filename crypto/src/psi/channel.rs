@@ -146,6 +146,17 @@ impl Direction {
         kdf::derive(self.base.bytes(), context)
     }
 
+    /// Whether `chunk` opens as chunk `chunk.index` of `list` from the sender: checked on
+    /// arrival, so a receiver keeps only chunks the peer sealed (the list's order and
+    /// completeness are checked when it is opened whole). The plaintext is wiped.
+    pub fn check(&self, list: ListKind, chunk: &SealedChunk) -> Result<(), ChannelError> {
+        let context = self.context(list, &chunk.salt, chunk.index, chunk.of);
+        let mut plain = aead::open(&self.chunk_key(&context), &context, &chunk.ciphertext)
+            .map_err(|_| ChannelError::Sealed { sender: self.sender.clone(), list, index: chunk.index })?;
+        plain.zeroize();
+        Ok(())
+    }
+
     /// The number of chunks a list of `points` points is sealed in.
     pub fn chunks_for(points: usize) -> u32 {
         points.div_ceil(CHUNK_POINTS).max(1) as u32

@@ -381,3 +381,19 @@ fn a_node_answers_only_a_peer_its_franchisee_pinned() {
     // The same certificate bytes claimed for another organisation.
     assert!(pinned.may_respond(&peer("Jinyu HQ"), &cert).is_err());
 }
+
+#[test]
+fn what_the_coordinator_is_told_of_a_failed_answer_holds_no_figure() {
+    let errors = [
+        PsiRunError::AnswerTraps { peer: "hq-stores".into(), missing: 1234, traps: 1234 },
+        PsiRunError::AnswerLength { peer: "hq-stores".into(), got: 4096, sent: 4352 },
+        PsiRunError::TooShort { peer: "hq-stores".into(), points: 17, min: 256 },
+        PsiRunError::TooLong { peer: "hq-stores".into(), points: 1 << 24, max: 1 << 23 },
+    ];
+    for e in errors {
+        let public = e.public_reason();
+        assert!(!public.chars().any(|c| c.is_ascii_digit()), "{public}");
+        assert!(public.contains("hq-stores"), "names who is at fault: {public}");
+        assert!(e.to_string().chars().any(|c| c.is_ascii_digit()), "the local error keeps the figures");
+    }
+}

@@ -526,7 +526,9 @@ fn count_admitted(records: &[fedcrm_audit::Record]) -> (Monthly, BTreeSet<String
             && (message == "advertise-keys" || message == "psi-keys")
             && let Some((id, kind)) = started.get(round)
         {
-            out.entry((month_of(r.time_ms), kind.clone())).or_default().insert(id.clone());
+            // A PSI run counts on its own against the cap (its analysis id may repeat).
+            let counted = if message == "psi-keys" { round } else { id };
+            out.entry((month_of(r.time_ms), kind.clone())).or_default().insert(counted.clone());
             seen.insert(id.clone());
         }
     }

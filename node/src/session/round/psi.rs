@@ -47,6 +47,8 @@ pub(super) struct PsiRun {
     /// This node's normalised identifiers (zeroized on drop), read once keys arrive.
     ids: Option<Arc<crate::identifiers::Normalised>>,
     pairs: BTreeMap<String, Pair>,
+    /// Points of the peers' chunks kept so far.
+    buffered: usize,
     released: bool,
 }
 
@@ -95,6 +97,33 @@ fn run_charge(counts: usize, variance: &Variance) -> Charge {
     Charge { rho: counts as f64 / (2.0 * variance.as_f64()), xi: 0.0 }
 }
 
+/// What a run's keys and sealed channels are bound to: the run id and the whole start
+/// as this node received it (SHA-256 of [`psi_start_payload`], its first 16 bytes). A
+/// peer shown another start — other noise, participants or purpose — signs and seals
+/// under another binding, so its key does not verify here (attack review of issue 12:
+/// a coordinator must not give the two sides of a pair different terms).
+fn binding(start: &PsiStart) -> RoundId {
+    let d = ring::digest::digest(&ring::digest::SHA256, &psi_start_payload(start));
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&d.as_ref()[..16]);
+    RoundId(id)
+}
+
+/// A PSI step failed: the full error goes to this node's audit log; the coordinator is
+/// told its kind and who is at fault, without a figure ([`PsiRunError::public_reason`]).
+fn failed(ctx: &crate::session::NodeContext, run: RoundId, e: &PsiRunError) -> Result<String, SessionError> {
+    record(
+        ctx,
+        Event::PolicyDecision {
+            round: Some(run.to_hex()),
+            analysis: String::new(),
+            admitted: false,
+            reason: format!("psi run {run}: {e}"),
+        },
+    )?;
+    Ok(format!("psi run {run}: {}", e.public_reason()))
+}
+
 fn kind_of(id: &Identity) -> Option<OrgKind> {
     match id.role {
         pki::Role::Node(k) => Some(k),
@@ -109,6 +138,10 @@ impl Rounds<'_> {
         if !self.ctx.first_sight(&run) {
             // Logged and refused, never joined: a run id comes once.
             self.refuse(run, &format!("psi run {run} was started before: a replayed start is refused")).await?;
+            return Ok(None);
+        }
+        if let Some(other) = self.psi.as_ref().map(|r| r.start.run) {
+            self.refuse(run, &format!("psi run {other} is still in progress on this node; one run at a time")).await?;
             return Ok(None);
         }
         let invited: Vec<Member> = start
@@ -157,7 +190,8 @@ impl Rounds<'_> {
                         reason: format!("psi run admitted: {summary}"),
                     },
                 )?;
-                self.ctx.count_analysis(CHANNEL_OVERLAP, &start.analysis_id);
+                // Each run counts against the monthly cap on its own (a run id comes once).
+                self.ctx.count_analysis(CHANNEL_OVERLAP, &run.to_hex());
                 tracing::info!(node = %self.ctx.name, %run, pairs = keys.keys.len(), declined = keys.declined.len(), "psi run: keys sent");
                 self.egress.admit(run, &start.analysis_id);
                 self.egress.send(&FromNode::PsiKeys(keys)).await?;
@@ -189,7 +223,7 @@ impl Rounds<'_> {
         if !policy.allowed_analyses.iter().any(|a| a == CHANNEL_OVERLAP) {
             return Ok(Err(format!("policy: analysis {CHANNEL_OVERLAP:?} is not in allowed_analyses")));
         }
-        let caps = ctx.cap_state(CHANNEL_OVERLAP, &start.analysis_id);
+        let caps = ctx.cap_state(CHANNEL_OVERLAP, &start.run.to_hex());
         if let Some(&cap) = policy.monthly_analysis_caps.get(CHANNEL_OVERLAP)
             && !caps.already_counted
             && caps.analyses_this_month >= cap
@@ -250,7 +284,7 @@ impl Rounds<'_> {
             let key = BlindingKey::generate(domain, &self.rng).map_err(|e| SessionError::Policy(e.to_string()))?;
             let role = if compares { PairRole::Compare } else { PairRole::Respond { commitment: key.public() } };
             let cert = pki::pem_to_der_certs(&ctx.cert_pem)?.remove(0);
-            let signed = SignedRunKey::sign(&run, &ctx.name, &p.name, &secret, role, cert, &ctx.signing)
+            let signed = SignedRunKey::sign(&binding(start), &ctx.name, &p.name, &secret, role, cert, &ctx.signing)
                 .map_err(|e| SessionError::Policy(e.to_string()))?;
             keys.push(signed);
             pairs.insert(
@@ -258,7 +292,7 @@ impl Rounds<'_> {
                 Pair { role, certificate: p.certificate.clone(), stage: Stage::KeySent { secret, key } },
             );
         }
-        self.psi = Some(PsiRun { start: start.clone(), ids: None, pairs, released: false });
+        self.psi = Some(PsiRun { start: start.clone(), ids: None, pairs, buffered: 0, released: false });
         Ok(Ok(PsiKeys { run, keys, declined }))
     }
 
@@ -275,6 +309,10 @@ impl Rounds<'_> {
     /// The peers' run keys: verify each, charge the run, send this node's lists.
     pub(super) async fn on_psi_keys(&mut self, keys: PsiKeys) -> Handled {
         let run = keys.run;
+        if self.psi.as_ref().is_none_or(|r| r.start.run != run) {
+            self.refuse(run, &format!("keys for psi run {run}, which this node is not running")).await?;
+            return Ok(None);
+        }
         match self.psi_lists(keys).await? {
             Ok(()) => self.psi_maybe_release().await,
             Err(why) => {
@@ -303,9 +341,14 @@ impl Rounds<'_> {
             if paired.contains_key(&k.node) {
                 return Ok(Err(format!("psi run {run}: two keys from {}", k.node)));
             }
-            let (public, _) = match k.verify(&ctx.ca_der, &run, &k.node, &ctx.name, now) {
+            let (public, _) = match k.verify(&ctx.ca_der, &binding(&state.start), &k.node, &ctx.name, now) {
                 Ok(v) => v,
-                Err(e) => return Ok(Err(format!("psi run {run}: {e}"))),
+                Err(e) => {
+                    return Ok(Err(format!(
+                        "psi run {run}: {e} (or the coordinator showed {} another start than this node's)",
+                        k.node
+                    )));
+                }
             };
             if k.certificate != pair.certificate {
                 return Ok(Err(format!(
@@ -339,6 +382,7 @@ impl Rounds<'_> {
         .map_err(|e| SessionError::Policy(format!("reading identifiers: {e}")))?;
         state.ids = Some(ids.clone());
         let limits = ctx.policy.psi.list_limits();
+        let bound = binding(&state.start);
         let names: Vec<String> = state.pairs.keys().cloned().collect();
         for peer in names {
             let Some(pair) = self.psi.as_mut().and_then(|s| s.pairs.get_mut(&peer)) else { continue };
@@ -350,7 +394,7 @@ impl Rounds<'_> {
             let (me, ids, p) = (ctx.name.clone(), ids.clone(), peer.clone());
             let sent = tokio::task::spawn_blocking(move || -> Result<(Vec<SealedChunk>, Stage), PsiRunError> {
                 let rng = fedcrm_crypto::SystemRandom::new();
-                let keys = PairKeys { run, me: &me, peer: &p, secret: &secret, peer_key: &peer_key };
+                let keys = PairKeys { run: bound, me: &me, peer: &p, secret: &secret, peer_key: &peer_key };
                 match (role, peer_role) {
                     (PairRole::Compare, PairRole::Respond { commitment }) => {
                         let (chunks, awaiting) =
@@ -367,7 +411,7 @@ impl Rounds<'_> {
             .map_err(|e| SessionError::Policy(format!("psi list: {e}")))?;
             let (chunks, stage) = match sent {
                 Ok(x) => x,
-                Err(e) => return Ok(Err(format!("psi run {run}: {e}"))),
+                Err(e) => return Ok(Err(failed(ctx, run, &e)?)),
             };
             if let Some(pair) = self.psi.as_mut().and_then(|s| s.pairs.get_mut(&peer)) {
                 pair.stage = stage;
@@ -395,6 +439,10 @@ impl Rounds<'_> {
     /// A chunk of a peer's list or answer.
     pub(super) async fn on_psi_chunk(&mut self, c: PsiChunk) -> Handled {
         let run = c.run;
+        if self.psi.as_ref().is_none_or(|r| r.start.run != run) {
+            self.refuse(run, &format!("a list chunk for psi run {run}, which this node is not running")).await?;
+            return Ok(None);
+        }
         match self.psi_take_chunk(c).await? {
             Ok(()) => self.psi_maybe_release().await,
             Err(why) => {
@@ -414,11 +462,33 @@ impl Rounds<'_> {
         let Some(pair) = state.pairs.get_mut(&c.peer) else {
             return Ok(Err(format!("psi run {run}: a list chunk from {}, whom this node is not paired with", c.peer)));
         };
-        let max = Direction::chunks_for(limits.max_points);
+        let max = match &pair.stage {
+            Stage::Comparing { awaiting, .. } if c.list == (ListKind::Returned { group: 0 }) => {
+                Direction::chunks_for(awaiting.sent())
+            }
+            _ => Direction::chunks_for(limits.max_points),
+        };
         if c.chunk.of > max {
             return Ok(Err(format!(
                 "psi run {run}: {}'s list announces {} chunks, more than the {max} this node accepts",
                 c.peer, c.chunk.of
+            )));
+        }
+        // Only chunks the peer sealed are kept (each opened on arrival), and a run keeps
+        // at most twice the longest list this node accepts.
+        let checked = match &pair.stage {
+            Stage::Comparing { awaiting, .. } => awaiting.check(c.list, &c.chunk),
+            Stage::Responding { awaiting, .. } => awaiting.check(c.list, &c.chunk),
+            _ => Ok(()),
+        };
+        if let Err(e) = checked {
+            return Ok(Err(failed(self.ctx, run, &e)?));
+        }
+        state.buffered += c.points();
+        if state.buffered > 2 * limits.max_points {
+            return Ok(Err(format!(
+                "psi run {run}: the peers' lists exceed {} points in all, twice the longest list this node accepts",
+                2 * limits.max_points
             )));
         }
         let complete = |v: &Vec<SealedChunk>| v.first().is_some_and(|f| v.len() as u32 == f.of);
@@ -476,7 +546,7 @@ impl Rounds<'_> {
         .map_err(|e| SessionError::Policy(format!("psi step: {e}")))?;
         let (stage, reply) = match outcome {
             Ok(x) => x,
-            Err(e) => return Ok(Err(format!("psi run {run}: {e}"))),
+            Err(e) => return Ok(Err(failed(self.ctx, run, &e)?)),
         };
         if let Some(pair) = self.psi.as_mut().and_then(|s| s.pairs.get_mut(&peer)) {
             pair.stage = stage;
@@ -528,7 +598,8 @@ impl Rounds<'_> {
                     Ok((c, counts)) => PsiRelease { run, customers: c, counts },
                     Err(e) => {
                         self.psi = None;
-                        self.refuse(run, &format!("psi run {run}: {e}")).await?;
+                        let why = failed(self.ctx, run, &e)?;
+                        self.refuse(run, &why).await?;
                         return Ok(None);
                     }
                 }
