@@ -14,6 +14,10 @@
 //!    franchisee to its own customers on its own machine — the ranked win-back list is
 //!    written there and never leaves it;
 //!
+//! 4. the channel overlap: every pair of connected channels by private set
+//!    intersection on their customers' phones (exact, `--dp off`), the matrix beside the
+//!    plaintext intersections it must equal, and its heat-map (PNG and SVG);
+//!
 //! and every party's audit log is verified as an auditor would.
 
 use std::collections::BTreeSet;
@@ -176,6 +180,9 @@ pub async fn run(o: DemoOptions) -> Result<()> {
     let scored = churn(&cluster, &o, &view.participants).await?;
     say(&scored);
 
+    let (overlap_text, overlap_equal) = overlap(&cluster, &o, &specs).await?;
+    say(&overlap_text);
+
     // Every party's audit log, verified together as an auditor would.
     let mut logs = vec![cluster.coordinator.config.audit_dir.clone()];
     logs.extend(cluster.node_configs.iter().map(|c| c.audit_dir.clone()));
@@ -208,6 +215,9 @@ pub async fn run(o: DemoOptions) -> Result<()> {
     if !equal {
         bail!("federated result differs from the pooled answer");
     }
+    if !overlap_equal {
+        bail!("the PSI overlap matrix differs from the plaintext intersections");
+    }
     say(&format!(
         "\nExact run: federated cut points and segment counts EQUAL the pooled answer ({} contributing nodes{}) — \
          {:.1} s.",
@@ -216,6 +226,62 @@ pub async fn run(o: DemoOptions) -> Result<()> {
         started.elapsed().as_secs_f64()
     ));
     Ok(())
+}
+
+/// The channel overlap over the analyst API as `fedcrm hq overlap --dp off` does,
+/// beside the plaintext intersections of the same channels' phones; its heat-map is
+/// written to the demo's directory (`--keep` keeps it). Returns what to print and
+/// whether every released count equals the plaintext one.
+async fn overlap(cluster: &Cluster, o: &DemoOptions, specs: &[NodeSpec]) -> Result<(String, bool)> {
+    let bar = if o.quiet { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar.set_message("fedcrm hq overlap: the channels exchange run keys");
+    let mut client = AnalystClient::connect(&cluster.analyst).await?;
+    let request = fedcrm_protocol::pb::OverlapRequest {
+        purpose: "demo: how many customers the channels share".into(),
+        dp_off: true,
+        nodes: vec![],
+    };
+    let released = client
+        .overlap(request, |p| {
+            bar.set_message(format!(
+                "fedcrm hq overlap: {} — {} of {} lists relayed, {} points",
+                p.stage, p.pairs_done, p.pairs, p.points
+            ))
+        })
+        .await;
+    bar.finish_and_clear();
+    let released = released?;
+    let view = crate::overlap::OverlapView::new(&crate::overlap::OverlapRelease::from_reply(&released))?;
+    let (png, svg) = (cluster.dir.path().join("overlap-heatmap.png"), cluster.dir.path().join("overlap-heatmap.svg"));
+    crate::overlap::write_heatmap(&view, crate::overlap::HeatMetric::Jaccard, &png, &svg)?;
+    let plain: Vec<(String, BTreeSet<String>)> = specs
+        .iter()
+        .filter(|s| released.channels.iter().any(|c| c.node == s.name))
+        .map(|s| (s.name.clone(), pooled::synthetic_phones(&s.data, &s.withdrawn.join("\n"))))
+        .collect();
+    let reference = pooled::overlap(&plain);
+    let min_cohort = u64::from(released.min_cohort);
+    let equal = released.pairs.len() == reference.len()
+        && released.pairs.iter().all(|p| {
+            let want = reference.get(&(p.a.clone(), p.b.clone())).copied();
+            match want {
+                Some(w) if w < min_cohort => p.withheld,
+                Some(w) => !p.withheld && p.shared == w as i64,
+                None => false,
+            }
+        });
+    let mut text = format!(
+        "\nChannel overlap by private set intersection (fedcrm hq overlap --dp off; each pair compared on a \
+         franchisee's node, HQ sees only the counts):\n{}",
+        crate::overlap::overlap_table(&view)
+    );
+    text.push_str(&format!(
+        "Plaintext intersections of the same phones: {} — heat-map written to {}.\n",
+        if equal { "EQUAL to every released count" } else { "DIFFERENT" },
+        png.display()
+    ));
+    Ok((text, equal))
 }
 
 /// Train the churn model over the analyst API as `fedcrm hq train churn` does (one

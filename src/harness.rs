@@ -565,7 +565,7 @@ impl<C> Cluster<C> {
         #[cfg(feature = "test-util")]
         let ctx = self.with_clock(ctx);
         #[cfg(not(feature = "test-util"))]
-        let _ = opts;
+        let _ = (spec, opts);
         self.node_configs.push(cfg);
         Ok(ctx)
     }

@@ -133,6 +133,30 @@ pub fn overlap(sets: &[(String, BTreeSet<String>)]) -> BTreeMap<(String, String)
     out
 }
 
+/// The reference's own reading of a synthetic jewellery export (`fedcrm demo-data`):
+/// the last 11 digits of every phone with at least 11 digits of a customer who did not
+/// withdraw consent (the generator writes one mainland mobile per person, in several
+/// styles). Deliberately not the node's normaliser, so the two are checked against
+/// each other.
+pub fn synthetic_phones(csv: &str, withdrawn: &str) -> BTreeSet<String> {
+    let gone: BTreeSet<&str> =
+        withdrawn.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let (Some(ck), Some(ph)) =
+        (header.iter().position(|h| *h == "customer_key"), header.iter().position(|h| *h == "phone"))
+    else {
+        return BTreeSet::new();
+    };
+    lines
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            let digits: String = f.get(ph)?.chars().filter(char::is_ascii_digit).collect();
+            (!gone.contains(f.get(ck)?) && digits.len() >= 11).then(|| digits[digits.len() - 11..].to_string())
+        })
+        .collect()
+}
+
 /// The customer keys of CDNOW text.
 pub fn cdnow_customers(text: &str) -> BTreeSet<String> {
     parse_cdnow(text).into_iter().map(|r| r.customer).collect()

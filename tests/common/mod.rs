@@ -199,23 +199,9 @@ pub fn synthetic_channels(customers: usize, seed: u64) -> Vec<(String, fedcrm_pk
         .collect()
 }
 
-/// The reference's own reading of a synthetic export: the last 11 digits of every
-/// non-empty phone of a customer who did not withdraw consent (the generator writes one
-/// mainland mobile per person, in several styles).
+/// The reference's own reading of a synthetic export ([`pooled::synthetic_phones`]).
 pub fn plaintext_phones(csv: &str, withdrawn: &str) -> std::collections::BTreeSet<String> {
-    let gone: std::collections::BTreeSet<&str> =
-        withdrawn.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
-    let mut lines = csv.lines();
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let (ck, ph) =
-        (header.iter().position(|h| *h == "customer_key").unwrap(), header.iter().position(|h| *h == "phone").unwrap());
-    lines
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            let digits: String = f[ph].chars().filter(char::is_ascii_digit).collect();
-            (!gone.contains(f[ck]) && digits.len() >= 11).then(|| digits[digits.len() - 11..].to_string())
-        })
-        .collect()
+    pooled::synthetic_phones(csv, withdrawn)
 }
 
 /// [`synthetic_channels`] as the harness's node specs (CSV, phones, consent
