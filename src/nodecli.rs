@@ -125,8 +125,8 @@ pub fn check_text(r: &CheckReport) -> String {
         s.push_str(&format!("    left out, not an identifier: {n} customer(s): {reason}\n"));
     }
     s.push_str(&format!(
-        "    peer lists blinded only with {} to {} points ([policy.psi])\n",
-        psi.min_list_points, psi.max_list_points
+        "    peer lists blinded only with {} to {} points; at most {} run(s) a month with any one peer organisation (HQ's channels count as one) ([policy.psi])\n",
+        psi.min_list_points, psi.max_list_points, psi.max_runs_per_peer_organisation
     ));
     match psi.answers.as_slice() {
         [] => s.push_str("    answers no peer: compares only (pin peers in [policy.psi] respond_to)\n"),

@@ -201,3 +201,27 @@ async fn the_monthly_cap_counts_every_run_whatever_its_analysis_id() {
     assert!(err.contains("monthly cap of 4"), "{err}");
     cluster.stop().await;
 }
+
+/// Probe resistance across runs: a node pairs with one peer organisation (all of HQ's
+/// channels counting as one) in at most `max_runs_per_peer_organisation` runs a month;
+/// beyond it, it declines the pair itself, and the run's release shows why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_declines_a_peer_organisation_beyond_its_monthly_psi_runs() {
+    let (mut specs, _) = common::synthetic_specs(1200, 8);
+    specs.truncate(3);
+    for s in &mut specs {
+        s.policy.psi.max_runs_per_peer_organisation = 1;
+    }
+    let opts = ClusterOptions { nodes: specs, ..Default::default() };
+    let cluster = Cluster::start(opts).await.unwrap();
+    let mut client = AnalystClient::connect(&cluster.analyst).await.unwrap();
+    let first = client.overlap(request(), |_| {}).await.unwrap();
+    assert_eq!(first.pairs.len(), 3, "{:?}", first.exits);
+    let second = client.overlap(request(), |_| {}).await.unwrap();
+    assert!(second.pairs.is_empty(), "{:?}", second.pairs);
+    assert_eq!(second.exits.len(), 3, "{:?}", second.exits);
+    assert!(second.exits.iter().all(|e| e.contains("max_runs_per_peer_organisation")), "{:?}", second.exits);
+    // Sizes are still released: each node's own count, once per run.
+    assert_eq!(second.channels.len(), 3);
+    cluster.stop().await;
+}

@@ -69,6 +69,8 @@ pub struct PsiCheck {
     /// `[policy.psi]`: the shortest and longest peer list this node blinds.
     pub min_list_points: usize,
     pub max_list_points: usize,
+    /// `[policy.psi] max_runs_per_peer_organisation`.
+    pub max_runs_per_peer_organisation: u32,
 }
 
 /// Issue 10: `[policy.privacy]` and what the audit log says of this month's charges.
@@ -141,6 +143,7 @@ pub fn psi_check(config: &NodeConfig, ds: &Dataset) -> PsiCheck {
         answers: config.policy.psi.respond_to.iter().map(|r| r.organisation.clone()).collect(),
         min_list_points: config.policy.psi.min_list_points,
         max_list_points: config.policy.psi.max_list_points,
+        max_runs_per_peer_organisation: config.policy.psi.max_runs_per_peer_organisation,
     }
 }
 

@@ -68,11 +68,31 @@ pub struct PsiLimits {
     /// at least one trap per identifier, so this admits comparers of up to about 4
     /// million customers.
     pub max_list_points: usize,
+    /// Most PSI runs per calendar month (UTC) this node pairs with any one peer
+    /// organisation — all of HQ's channels count as one organisation, HQ — so no peer
+    /// can probe this node's list run after run. A peer over the cap is declined (the
+    /// run's other pairs go on). Every participant of a run counts, whether or not the
+    /// pair ran. Default 4.
+    pub max_runs_per_peer_organisation: u32,
 }
 
 impl Default for PsiLimits {
     fn default() -> Self {
-        Self { respond_to: vec![], min_list_points: psi::MIN_BUCKET, max_list_points: 1 << 23 }
+        Self {
+            respond_to: vec![],
+            min_list_points: psi::MIN_BUCKET,
+            max_list_points: 1 << 23,
+            max_runs_per_peer_organisation: 4,
+        }
+    }
+}
+
+/// The organisation a peer counts as for [`PsiLimits::max_runs_per_peer_organisation`]:
+/// its certificate's, or `HQ` for any of HQ's channels.
+pub fn peer_organisation(kind: fedcrm_pki::OrgKind, organisation: &str) -> String {
+    match kind {
+        fedcrm_pki::OrgKind::Hq => "HQ".into(),
+        fedcrm_pki::OrgKind::Franchisee => organisation.into(),
     }
 }
 

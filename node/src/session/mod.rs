@@ -177,6 +177,9 @@ pub struct NodeContext {
     monthly: Mutex<HashMap<(String, String), HashSet<String>>>,
     /// Approvals already recorded as granted in the audit log.
     granted: Mutex<HashSet<String>>,
+    /// Issue 12: the PSI runs of each (YYYY-MM, peer organisation) this node sent keys
+    /// in, from its audit log ([`crate::psi::PsiLimits::max_runs_per_peer_organisation`]).
+    psi_peers: Mutex<Monthly>,
     /// Every round id this node was ever invited to (from its audit log): a round id
     /// comes once, so no signature or share of one round can count in another.
     rounds_seen: Mutex<HashSet<String>>,
@@ -268,6 +271,7 @@ impl NodeContext {
             clock: Arc::new(SystemClock),
             monthly: Mutex::new(monthly),
             granted: Mutex::new(HashSet::new()),
+            psi_peers: Mutex::new(psi_peers_from(&records, &config.name)),
             rounds_seen: Mutex::new(
                 records
                     .iter()
@@ -535,6 +539,40 @@ fn count_admitted(records: &[fedcrm_audit::Record]) -> (Monthly, BTreeSet<String
     (out, seen)
 }
 
+/// Issue 12: from the audit log, the PSI runs this node sent keys in, per (month, peer
+/// organisation as [`crate::psi::peer_organisation`] counts it) — every other
+/// participant the run's start named.
+fn psi_peers_from(records: &[fedcrm_audit::Record], me: &str) -> Monthly {
+    let mut runs: HashMap<String, Vec<String>> = HashMap::new();
+    for r in records {
+        if let Event::RoundStarted { round, kind, invited, .. } = &r.event
+            && kind == "psi"
+        {
+            let orgs = invited
+                .iter()
+                .filter(|m| m.name != me)
+                .map(|m| {
+                    let k = if m.kind == "hq" { pki::OrgKind::Hq } else { pki::OrgKind::Franchisee };
+                    crate::psi::peer_organisation(k, &m.organisation)
+                })
+                .collect();
+            runs.insert(round.clone(), orgs);
+        }
+    }
+    let mut out: Monthly = HashMap::new();
+    for r in records {
+        if let Event::Egress { round: Some(round), message, .. } = &r.event
+            && message == "psi-keys"
+            && let Some(orgs) = runs.get(round)
+        {
+            for o in orgs {
+                out.entry((month_of(r.time_ms), o.clone())).or_default().insert(round.clone());
+            }
+        }
+    }
+    out
+}
+
 /// Issue 10: a clock reading earlier than the latest privacy charge could reopen a
 /// month already spent; the node refuses to charge until it is fixed.
 fn clock_not_behind(ledger: &fedcrm_dp::budget::Ledger, now: u64) -> Result<(), String> {
@@ -675,6 +713,23 @@ impl NodeContext {
     /// Record a round id; false if this node has seen it before.
     fn first_sight(&self, round: &fedcrm_crypto::RoundId) -> bool {
         self.rounds_seen.lock().unwrap_or_else(|p| p.into_inner()).insert(round.to_hex())
+    }
+
+    /// Issue 12: PSI runs this month with `organisation` (as
+    /// [`crate::psi::peer_organisation`] counts it), not counting `run`.
+    fn psi_runs_with(&self, organisation: &str, run: &str) -> usize {
+        let m = self.psi_peers.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(&(month_of(self.clock.now_ms()), organisation.to_string()))
+            .map_or(0, |s| s.iter().filter(|r| *r != run).count())
+    }
+
+    /// Issue 12: count `run` against every peer organisation of it.
+    fn count_psi_peers(&self, run: &str, organisations: &[String]) {
+        let mut m = self.psi_peers.lock().unwrap_or_else(|p| p.into_inner());
+        let month = month_of(self.clock.now_ms());
+        for o in organisations {
+            m.entry((month.clone(), o.clone())).or_default().insert(run.to_string());
+        }
     }
 
     fn count_analysis(&self, kind: &str, analysis_id: &str) {

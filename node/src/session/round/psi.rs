@@ -261,6 +261,7 @@ impl Rounds<'_> {
         let mut keys = Vec::new();
         let mut declined = Vec::new();
         let mut pairs = BTreeMap::new();
+        let mut organisations = Vec::new();
         for p in start.participants.iter().filter(|p| p.name != ctx.name) {
             let id = match pki::verify_cert(&ctx.ca_der, &p.certificate, now, Usage::Client) {
                 Ok(id) if id.name == p.name => id,
@@ -274,6 +275,19 @@ impl Rounds<'_> {
                     id.role.as_str()
                 )));
             };
+            let organisation = crate::psi::peer_organisation(kind, &id.organisation);
+            organisations.push(organisation.clone());
+            let cap = policy.psi.max_runs_per_peer_organisation as usize;
+            if ctx.psi_runs_with(&organisation, &run.to_hex()) >= cap {
+                declined.push((
+                    p.name.clone(),
+                    format!(
+                        "policy: this node paired with {organisation} in {cap} psi runs this month ([policy.psi] \
+                         max_runs_per_peer_organisation); it resets on the 1st (UTC)"
+                    ),
+                ));
+                continue;
+            }
             let compares = comparer(me, Side { name: &p.name, kind }) == ctx.name;
             if !compares && let Err(why) = policy.psi.may_respond(&id, &p.certificate) {
                 declined.push((p.name.clone(), why));
@@ -292,6 +306,7 @@ impl Rounds<'_> {
                 Pair { role, certificate: p.certificate.clone(), stage: Stage::KeySent { secret, key } },
             );
         }
+        ctx.count_psi_peers(&run.to_hex(), &organisations);
         self.psi = Some(PsiRun { start: start.clone(), ids: None, pairs, buffered: 0, released: false });
         Ok(Ok(PsiKeys { run, keys, declined }))
     }
