@@ -225,3 +225,26 @@ async fn a_node_declines_a_peer_organisation_beyond_its_monthly_psi_runs() {
     assert_eq!(second.channels.len(), 3);
     cluster.stop().await;
 }
+
+/// HQ keeps a node whose certificate the brand CA revoked connected (its coordinator
+/// does not load the list) and invites it: a node that has the revocation list declines
+/// to pair with it; the run's other pairs go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_declines_a_peer_whose_certificate_is_revoked() {
+    let (mut specs, _) = common::synthetic_specs(1200, 9);
+    specs.truncate(3);
+    let mut cluster = Cluster::start(ClusterOptions { nodes: specs, ..Default::default() }).await.unwrap();
+    let (careful, revoked) = (cluster.node_configs[0].name.clone(), cluster.node_configs[2].clone());
+    fedcrm::auditcli::revoke(&cluster.pki.dir, &revoked.tls.cert, fedcrm_pki::crl::Reason::KeyCompromise).unwrap();
+    cluster.node_configs[0].tls.crl = Some(cluster.pki.dir.join("crl.pem"));
+    cluster.restart_node(&careful).await.unwrap();
+    let mut client = AnalystClient::connect(&cluster.analyst).await.unwrap();
+    let released = client.overlap(request(), |_| {}).await.unwrap();
+    assert_eq!(released.pairs.len(), 2, "{:?}", released.exits);
+    assert!(
+        released.exits.iter().any(|e| e.contains(&careful) && e.contains(&revoked.name) && e.contains("revoked")),
+        "{:?}",
+        released.exits
+    );
+    cluster.stop().await;
+}

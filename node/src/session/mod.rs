@@ -142,6 +142,9 @@ pub struct NodeContext {
     pub ca_path: PathBuf,
     /// The brand CA's revocation list (`tls.crl`), checked against the coordinator.
     pub crls: Mutex<Vec<rustls_pki_types::CertificateRevocationListDer<'static>>>,
+    /// Issue 12: the serial numbers (hex) the CRL revokes, checked against the peers of a
+    /// PSI run (node to node, no TLS handshake checks them).
+    revoked: Mutex<HashSet<String>>,
     /// Where the CRL is read from again before every connection attempt, so a list HQ
     /// updated reaches a running node without a restart.
     pub crl_path: Option<PathBuf>,
@@ -211,13 +214,13 @@ impl NodeContext {
             })
         };
         let ca_der = first(&ca_pem, &config.tls.ca)?;
-        let crls = match (&m.crl_pem, &config.tls.crl) {
+        let (crls, revoked) = match (&m.crl_pem, &config.tls.crl) {
             (Some(pem), Some(path)) => {
-                let (der, _) = pki::crl::load(&ca_der, pem)
+                let (der, entries) = pki::crl::load(&ca_der, pem)
                     .map_err(|e| SessionError::Pki(pki::PkiError::Revocation(format!("{}: {e}", path.display()))))?;
-                vec![der]
+                (vec![der], entries.into_iter().map(|r| r.serial_hex).collect())
             }
-            _ => vec![],
+            _ => (vec![], HashSet::new()),
         };
         let cert_der = first(&cert_pem, &config.tls.cert)?;
         let me = pki::identity_from_cert(&cert_der)?;
@@ -249,6 +252,7 @@ impl NodeContext {
             ca_der,
             ca_path: config.tls.ca.clone(),
             crls: Mutex::new(crls),
+            revoked: Mutex::new(revoked),
             crl_path: config.tls.crl.clone(),
             cert_pem,
             key,
@@ -602,7 +606,11 @@ impl NodeContext {
             .map_err(|e| e.to_string())
             .and_then(|pem| pki::crl::load(&self.ca_der, &pem).map_err(|e| e.to_string()));
         match loaded {
-            Ok((der, _)) => *self.crls.lock().unwrap_or_else(|p| p.into_inner()) = vec![der],
+            Ok((der, entries)) => {
+                *self.crls.lock().unwrap_or_else(|p| p.into_inner()) = vec![der];
+                *self.revoked.lock().unwrap_or_else(|p| p.into_inner()) =
+                    entries.into_iter().map(|r| r.serial_hex).collect();
+            }
             Err(e) => {
                 tracing::warn!(node = %self.name, crl = %path.display(), error = %e, "keeping the revocation list in use")
             }
@@ -713,6 +721,16 @@ impl NodeContext {
     /// Record a round id; false if this node has seen it before.
     fn first_sight(&self, round: &fedcrm_crypto::RoundId) -> bool {
         self.rounds_seen.lock().unwrap_or_else(|p| p.into_inner()).insert(round.to_hex())
+    }
+
+    /// Issue 12: `Err` when the brand CA's revocation list (`tls.crl`) revokes the
+    /// certificate `der` of `who`.
+    pub(crate) fn not_revoked(&self, who: &str, der: &[u8]) -> Result<(), String> {
+        let serial = pki::serial_hex(der).map_err(|e| format!("the certificate of {who}: {e}"))?;
+        if self.revoked.lock().unwrap_or_else(|p| p.into_inner()).contains(&serial) {
+            return Err(format!("the certificate of {who} (serial {serial}) is revoked by the brand CA's list"));
+        }
+        Ok(())
     }
 
     /// Issue 12: PSI runs this month with `organisation` (as

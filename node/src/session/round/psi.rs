@@ -268,6 +268,10 @@ impl Rounds<'_> {
                 Ok(id) => return Ok(Err(format!("the start names {} with the certificate of {}", p.name, id.name))),
                 Err(e) => return Ok(Err(format!("the certificate of participant {} is refused: {e}", p.name))),
             };
+            if let Err(why) = ctx.not_revoked(&p.name, &p.certificate) {
+                declined.push((p.name.clone(), why));
+                continue;
+            }
             let Some(kind) = kind_of(&id) else {
                 return Ok(Err(format!(
                     "participant {} holds a {} certificate, not a node's",
