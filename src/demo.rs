@@ -241,6 +241,7 @@ async fn overlap(cluster: &Cluster, o: &DemoOptions, specs: &[NodeSpec]) -> Resu
         purpose: "demo: how many customers the channels share".into(),
         dp_off: true,
         nodes: vec![],
+        ..Default::default()
     };
     let released = client
         .overlap(request, |p| {

@@ -164,6 +164,29 @@ impl AnalystClient {
         }
     }
 
+    /// Issue 12: the overlap request for a segment profile: the reference date and
+    /// cut points of a segment analysis, as `hq segments --json` printed them.
+    pub fn segment_profile(json: &str) -> Result<(String, pb::RfmSegments)> {
+        #[derive(serde::Deserialize)]
+        struct Cuts {
+            reference_date: String,
+            recency_cuts: Vec<u64>,
+            frequency_cuts: Vec<u64>,
+            monetary_cuts_cents: Vec<u64>,
+        }
+        let c: Cuts = serde_json::from_str(json)
+            .context("not the JSON of `fedcrm hq segments --json` (reference_date and the three cut-point lists)")?;
+        let cuts = |v: Vec<u64>| Some(pb::CutPoints { cuts: v });
+        Ok((
+            c.reference_date,
+            pb::RfmSegments {
+                recency: cuts(c.recency_cuts),
+                frequency: cuts(c.frequency_cuts),
+                monetary: cuts(c.monetary_cuts_cents),
+            },
+        ))
+    }
+
     /// Issue 11: the model registry (`hq models`).
     pub async fn models(&mut self) -> Result<pb::ModelsReply, tonic::Status> {
         within(STATUS_TIMEOUT, &self.url, "a model list request", self.inner.list_models(pb::ModelsRequest {})).await

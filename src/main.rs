@@ -426,6 +426,11 @@ enum HqCommand {
         /// Write the heat-map (Jaccard) to PREFIX.png and PREFIX.svg.
         #[arg(long, value_name = "PREFIX")]
         heatmap: Option<PathBuf>,
+        /// Segment profile of the shared customers: the JSON `fedcrm hq segments --json`
+        /// printed (its reference date and global cut points). Each pair then releases
+        /// a 4 × 4 table of shared customers by (segment in A, segment in B).
+        #[arg(long, value_name = "SEGMENTS_JSON")]
+        segments: Option<PathBuf>,
         /// Print JSON (the matrix, pairs with their ratios, the noise).
         #[arg(long, conflicts_with = "csv")]
         json: bool,
@@ -940,13 +945,28 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Hq(HqCommand::Overlap { config, purpose, dp, nodes, heatmap, json, csv }) => {
+        Command::Hq(HqCommand::Overlap { config, purpose, dp, nodes, heatmap, segments, json, csv }) => {
+            let (reference_date, segment_cuts) = match &segments {
+                None => (String::new(), None),
+                Some(path) => {
+                    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                    let (date, cuts) =
+                        AnalystClient::segment_profile(&text).with_context(|| format!("{}", path.display()))?;
+                    (date, Some(cuts))
+                }
+            };
             let cfg = HqConfig::load(&config)?;
             let mut client = AnalystClient::connect(&cfg).await?;
             let bar = indicatif::ProgressBar::new_spinner();
             bar.set_message("psi run: the nodes exchange run keys");
             bar.enable_steady_tick(std::time::Duration::from_millis(100));
-            let request = fedcrm_protocol::pb::OverlapRequest { purpose, dp_off: dp == Dp::Off, nodes };
+            let request = fedcrm_protocol::pb::OverlapRequest {
+                purpose,
+                dp_off: dp == Dp::Off,
+                nodes,
+                segment_cuts,
+                reference_date,
+            };
             let done = client
                 .overlap(request, |p| {
                     bar.set_message(format!(

@@ -81,6 +81,10 @@ pub struct PairOverlap {
     /// The node that compared the two lists (one of `a`, `b`; never HQ's when a
     /// franchisee takes part): the only party that saw the exact count.
     pub comparer: String,
+    /// Segment profile: 16 released counts, row-major, the row `a`'s RFM segment, the
+    /// column `b`'s (high-value, potential, dormant, other); `None` in a cell: withheld.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segments: Option<Vec<Option<f64>>>,
 }
 
 /// How the released counts were noised.
@@ -120,6 +124,9 @@ impl OverlapRelease {
                     shared: (!p.withheld).then_some(p.shared as f64),
                     sd,
                     comparer: p.comparer.clone(),
+                    segments: (p.segments.len() == 16).then(|| {
+                        p.segments.iter().zip(&p.segments_withheld).map(|(&c, &w)| (!w).then_some(c as f64)).collect()
+                    }),
                 })
                 .collect(),
             noise: Some(NoiseSummary { dp, epsilon: dp.then_some(r.epsilon), delta: dp.then_some(r.delta) }),
@@ -206,6 +213,9 @@ pub struct PairRow {
     pub b_in_a: Option<f64>,
     /// The node that compared (and noised) the count.
     pub comparer: String,
+    /// Segment profile, as released ([`PairOverlap::segments`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segments: Option<Vec<Option<f64>>>,
 }
 
 /// One cell of the matrix.
@@ -329,6 +339,7 @@ impl OverlapView {
                 shared: p.shared,
                 sd: p.sd,
                 comparer: p.comparer.clone(),
+                segments: p.segments.clone(),
             });
         }
         Ok(Self { run: r.run.clone(), channels: r.channels.clone(), pairs, matrix, noise: r.noise.clone() })
@@ -423,9 +434,32 @@ fn noise_words(v: &OverlapView) -> String {
     }
 }
 
+/// One pair's segment profile as a 4 × 4 table (rows: segment in A; columns: in B).
+fn segment_profile(p: &PairRow) -> String {
+    const NAMES: [&str; 4] = ["high-value", "potential", "dormant", "other"];
+    let Some(cells) = &p.segments else { return String::new() };
+    let mut rows = vec![std::iter::once(format!("{} \\ {}", p.a, p.b)).chain(NAMES.map(String::from)).collect()];
+    for (i, name) in NAMES.iter().enumerate() {
+        let mut row = vec![name.to_string()];
+        for j in 0..4 {
+            row.push(cells.get(i * 4 + j).copied().flatten().map_or_else(|| "withheld".into(), |c| format!("{c:.0}")));
+        }
+        rows.push(row);
+    }
+    format!(
+        "\n  shared customers of {} and {} by RFM segment (rows: in {}, columns: in {}; the comparer {} saw the exact table)\n{}",
+        p.a,
+        p.b,
+        p.a,
+        p.b,
+        p.comparer,
+        aligned(&rows, &[false, true, true, true, true])
+    )
+}
+
 /// `hq overlap` as a table: the channels, the matrix of shared counts (the diagonal is
 /// each channel's own size), the pairs with their ratios, who compared each pair, and
-/// how the counts were noised.
+/// how the counts were noised; a segment profile's tables.
 pub fn overlap_table(v: &OverlapView) -> String {
     let mut s = format!("customer overlap across {} channel(s), PSI run {}\n\n", v.channels.len(), v.run);
     let mut rows = vec![["node", "organisation", "kind", "customers"].map(String::from).to_vec()];
@@ -475,6 +509,9 @@ pub fn overlap_table(v: &OverlapView) -> String {
             "HQ received the count it released (dp off: exact)".to_string()
         };
         s.push_str(&format!("  {}–{}: compared on {}; {what}\n", p.a, p.b, p.comparer));
+    }
+    for p in v.pairs.iter().filter(|p| p.segments.is_some()) {
+        s.push_str(&segment_profile(p));
     }
     s.push_str(&format!("  {}\n", noise_words(v)));
     s.push_str(

@@ -75,8 +75,9 @@ pub struct PooledSegments {
     pub counts: [u64; 4],
 }
 
-/// The pooled answer for purchases on or before `reference` (YYYYMMDD).
-pub fn segments(rows: &[Row], reference: u32) -> PooledSegments {
+/// Each customer's (recency days, distinct purchase days, spend in cents) for purchases
+/// on or before `reference` (YYYYMMDD), by customer key.
+fn customer_rfm(rows: &[Row], reference: u32) -> BTreeMap<&str, (u64, u64, u64)> {
     let refn = day_number(reference);
     let mut last: BTreeMap<&str, i64> = BTreeMap::new();
     let mut days: BTreeMap<&str, BTreeSet<u32>> = BTreeMap::new();
@@ -88,9 +89,33 @@ pub fn segments(rows: &[Row], reference: u32) -> PooledSegments {
         days.entry(&r.customer).or_default().insert(r.ymd);
         *spend.entry(&r.customer).or_default() += r.cents;
     }
-    let rv: Vec<u64> = last.values().map(|l| (refn - l) as u64).collect();
-    let fv: Vec<u64> = days.values().map(|d| d.len() as u64).collect();
-    let mv: Vec<u64> = spend.values().map(|s| (*s).max(0) as u64).collect();
+    last.iter().map(|(c, l)| (*c, ((refn - l) as u64, days[c].len() as u64, spend[c].max(0) as u64))).collect()
+}
+
+/// The segment (0 high-value, 1 potential, 2 dormant, 3 other) of (r, f, m) under the
+/// cut points: scores 1–5 by how many cut points lie below the value.
+fn classify(cuts: &([u64; 4], [u64; 4], [u64; 4]), (rv, fv, mv): (u64, u64, u64)) -> usize {
+    let below = |c: &[u64; 4], x: u64| c.iter().filter(|&&k| k < x).count() as u8;
+    let r = 5 - below(&cuts.0, rv);
+    let f = 1 + below(&cuts.1, fv);
+    let m = 1 + below(&cuts.2, mv);
+    if r >= 4 && f >= 4 && m >= 4 {
+        0
+    } else if r >= 4 && (f <= 2 || m <= 2) {
+        1
+    } else if r <= 2 {
+        2
+    } else {
+        3
+    }
+}
+
+/// The pooled answer for purchases on or before `reference` (YYYYMMDD).
+pub fn segments(rows: &[Row], reference: u32) -> PooledSegments {
+    let rfm = customer_rfm(rows, reference);
+    let rv: Vec<u64> = rfm.values().map(|v| v.0).collect();
+    let fv: Vec<u64> = rfm.values().map(|v| v.1).collect();
+    let mv: Vec<u64> = rfm.values().map(|v| v.2).collect();
     let quint = |v: &[u64]| -> [u64; 4] {
         let mut s = v.to_vec();
         s.sort_unstable();
@@ -100,23 +125,72 @@ pub fn segments(rows: &[Row], reference: u32) -> PooledSegments {
     };
     let (rc, fc, mc) = (quint(&rv), quint(&fv), quint(&mv));
     let mut counts = [0u64; 4];
-    for i in 0..rv.len() {
-        let below = |c: &[u64; 4], x: u64| c.iter().filter(|&&k| k < x).count() as u8;
-        let r = 5 - below(&rc, rv[i]);
-        let f = 1 + below(&fc, fv[i]);
-        let m = 1 + below(&mc, mv[i]);
-        let seg = if r >= 4 && f >= 4 && m >= 4 {
-            0
-        } else if r >= 4 && (f <= 2 || m <= 2) {
-            1
-        } else if r <= 2 {
-            2
-        } else {
-            3
-        };
-        counts[seg] += 1;
+    for v in rfm.values() {
+        counts[classify(&(rc, fc, mc), *v)] += 1;
     }
     PooledSegments { customers: rv.len() as u64, recency: rc, frequency: fc, monetary: mc, counts }
+}
+
+/// Issue 12: each customer's segment (0 high-value … 3 other) at `reference` under the
+/// given global cut points (recency, frequency, monetary in cents); customers without a
+/// purchase by then are left out.
+pub fn customer_segments(
+    rows: &[Row],
+    reference: u32,
+    cuts: &([u64; 4], [u64; 4], [u64; 4]),
+) -> BTreeMap<String, usize> {
+    customer_rfm(rows, reference).into_iter().map(|(c, v)| (c.to_string(), classify(cuts, v))).collect()
+}
+
+/// Issue 12: the segment profile of two channels' shared customers — `table[i][j]`
+/// identifiers whose customer is in segment i on the first channel and j on the
+/// second. Each channel is (customer → identifier, customer → segment); an identifier
+/// two customers share counts for the first of them by key that has a segment.
+pub fn segment_pairs(
+    a: (&BTreeMap<String, String>, &BTreeMap<String, usize>),
+    b: (&BTreeMap<String, String>, &BTreeMap<String, usize>),
+) -> [[u64; 4]; 4] {
+    fn by_id<'a>((ids, segs): (&'a BTreeMap<String, String>, &BTreeMap<String, usize>)) -> BTreeMap<&'a str, usize> {
+        let mut out: BTreeMap<&str, usize> = BTreeMap::new();
+        for (customer, id) in ids {
+            if let Some(&s) = segs.get(customer) {
+                out.entry(id.as_str()).or_insert(s);
+            }
+        }
+        out
+    }
+    let (ia, ib) = (by_id(a), by_id(b));
+    let mut table = [[0u64; 4]; 4];
+    for (id, &sa) in &ia {
+        if let Some(&sb) = ib.get(id) {
+            table[sa][sb] += 1;
+        }
+    }
+    table
+}
+
+/// Issue 12: per customer of a synthetic export, its phone as [`synthetic_phones`]
+/// reads it (customers who withdrew consent left out).
+pub fn synthetic_phone_by_customer(csv: &str, withdrawn: &str) -> BTreeMap<String, String> {
+    let gone: BTreeSet<&str> =
+        withdrawn.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let (Some(ck), Some(ph)) =
+        (header.iter().position(|h| *h == "customer_key"), header.iter().position(|h| *h == "phone"))
+    else {
+        return BTreeMap::new();
+    };
+    let mut out = BTreeMap::new();
+    for l in lines {
+        let f: Vec<&str> = l.split(',').collect();
+        let (Some(c), Some(p)) = (f.get(ck), f.get(ph)) else { continue };
+        let digits: String = p.chars().filter(char::is_ascii_digit).collect();
+        if !gone.contains(c) && digits.len() >= 11 {
+            out.insert(c.to_string(), digits[digits.len() - 11..].to_string());
+        }
+    }
+    out
 }
 
 /// Issue 12: the plaintext overlap of named customer sets — every pair's intersection

@@ -17,7 +17,7 @@ use fedcrm_protocol::pb;
 use fedcrm_protocol::wire::PsiChunk;
 
 fn request() -> pb::OverlapRequest {
-    pb::OverlapRequest { purpose: "channel overlap (attack test)".into(), dp_off: true, nodes: vec![] }
+    pb::OverlapRequest { purpose: "channel overlap (attack test)".into(), dp_off: true, ..Default::default() }
 }
 
 async fn cluster(hooks: Hooks) -> Cluster {

@@ -186,6 +186,7 @@ async fn over_mtls_the_matrix_equals_plaintext_and_no_node_sends_a_hash_or_an_un
         purpose: "how many customers the channels share".into(),
         dp_off: true,
         nodes: vec![],
+        ..Default::default()
     };
     let released = client.overlap(request, |p| stages.push(p.stage.clone())).await.unwrap();
     assert!(stages.iter().any(|s| s == "lists") && stages.last().map(String::as_str) == Some("released"), "{stages:?}");
@@ -252,6 +253,7 @@ async fn with_dp_the_counts_are_noised_on_the_nodes_and_each_node_charges_its_bu
         purpose: "how many customers the channels share".into(),
         dp_off: false,
         nodes: vec![],
+        ..Default::default()
     };
     let released = client.overlap(request, |_| {}).await.unwrap();
     let variance = released.noise_variance_num as f64 / released.noise_variance_den as f64;
@@ -304,7 +306,8 @@ async fn a_node_without_the_budget_for_the_run_refuses_it_itself() {
     let opts = ClusterOptions { nodes: specs, capture_wire: true, ..Default::default() };
     let cluster = Cluster::start_with_hooks(opts, hooks).await.unwrap();
     let mut client = fedcrm::hq::AnalystClient::connect(&cluster.analyst).await.unwrap();
-    let request = fedcrm_protocol::pb::OverlapRequest { purpose: "overlap".into(), dp_off: false, nodes: vec![] };
+    let request =
+        fedcrm_protocol::pb::OverlapRequest { purpose: "overlap".into(), dp_off: false, ..Default::default() };
     let err = client.overlap(request, |_| {}).await.unwrap_err().to_string();
     assert!(err.contains(&poor) && err.contains("budget"), "{err}");
     use prost::Message;
@@ -318,5 +321,75 @@ async fn a_node_without_the_budget_for_the_run_refuses_it_itself() {
         })
         .collect();
     assert!(kinds.is_empty(), "{poor} sent {kinds:?}");
+    cluster.stop().await;
+}
+
+/// The segment profile over mutual TLS: HQ first runs the segment analysis (exact) for
+/// the global cut points, then the overlap with them; every pair's 4 × 4 table of
+/// shared customers by (segment on A, segment on B) equals the pooled reference —
+/// each channel's customers segmented by the reference's own RFM under the same cut
+/// points, matched by phone — with the cells below the minimum cohort withheld, and
+/// each pair's shared count is the sum of its cells.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_segment_profile_of_shared_customers_equals_the_pooled_reference() {
+    use fedcrm::harness::{Cluster, ClusterOptions};
+    const REFERENCE: &str = "2025-12-31";
+    let data = common::synthetic_channels(12000, 44);
+    let (specs, _) = common::synthetic_specs(12000, 44);
+    let cluster = Cluster::start(ClusterOptions { nodes: specs, ..Default::default() }).await.unwrap();
+    let seg = cluster.segments(REFERENCE, "cut points for the overlap's segment profile").await.unwrap();
+    let view = fedcrm::hq::SegmentsView::new(&seg, REFERENCE);
+    let json = serde_json::to_string(&view).unwrap();
+    let (reference_date, cuts) = fedcrm::hq::AnalystClient::segment_profile(&json).unwrap();
+    let mut client = fedcrm::hq::AnalystClient::connect(&cluster.analyst).await.unwrap();
+    let request = fedcrm_protocol::pb::OverlapRequest {
+        purpose: "segment profile of the shared customers".into(),
+        dp_off: true,
+        segment_cuts: Some(cuts),
+        reference_date,
+        ..Default::default()
+    };
+    let released = client.overlap(request, |_| {}).await.unwrap();
+    // The reference: its own parsing, RFM and classification.
+    let c = |v: &[u64]| -> [u64; 4] { v.try_into().unwrap() };
+    let cuts = (c(&view.recency_cuts), c(&view.frequency_cuts), c(&view.monetary_cuts_cents));
+    type Channel = (BTreeMap<String, String>, BTreeMap<String, usize>);
+    let channels: BTreeMap<String, Channel> = data
+        .iter()
+        .map(|(name, _, purchases, withdrawn)| {
+            let gone = withdrawn.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'));
+            let rows = pooled::parse_csv(purchases, &gone.map(String::from).collect());
+            (
+                name.clone(),
+                (
+                    pooled::synthetic_phone_by_customer(purchases, withdrawn),
+                    pooled::customer_segments(&rows, 20251231, &cuts),
+                ),
+            )
+        })
+        .collect();
+    let min_cohort = i64::from(released.min_cohort);
+    let mut nonzero = 0;
+    assert_eq!(released.pairs.len(), 10, "{:?}", released.exits);
+    for p in &released.pairs {
+        let (a, b) = (&channels[&p.a], &channels[&p.b]);
+        let want = pooled::segment_pairs((&a.0, &a.1), (&b.0, &b.1));
+        assert_eq!(p.segments.len(), 16, "{p:?}");
+        for (k, (&got, &withheld)) in p.segments.iter().zip(&p.segments_withheld).enumerate() {
+            let w = want[k / 4][k % 4] as i64;
+            if w < min_cohort {
+                assert!(withheld, "{} {} cell {k}: {w} below the minimum cohort", p.a, p.b);
+            } else {
+                assert_eq!((got, withheld), (w, false), "{} {} cell {k}", p.a, p.b);
+                nonzero += 1;
+            }
+        }
+        let total: u64 = want.iter().flatten().sum();
+        println!("{} ∩ {}: {:?} (reference {want:?})", p.a, p.b, p.segments);
+        if total as i64 >= min_cohort {
+            assert_eq!(p.shared, total as i64, "{p:?}");
+        }
+    }
+    assert!(nonzero > 0, "some cell was released");
     cluster.stop().await;
 }

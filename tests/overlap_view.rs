@@ -16,7 +16,7 @@ fn channel(node: &str, organisation: &str, kind: ChannelKind, customers: Option<
 }
 
 fn pair(a: &str, b: &str, shared: Option<f64>, comparer: &str) -> PairOverlap {
-    PairOverlap { a: a.into(), b: b.into(), shared, sd: shared.map(|_| 3.0), comparer: comparer.into() }
+    PairOverlap { a: a.into(), b: b.into(), shared, sd: shared.map(|_| 3.0), comparer: comparer.into(), segments: None }
 }
 
 /// Three channels: HQ's Tmall store (1000 customers) and two franchisees (400 and 50).

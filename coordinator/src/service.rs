@@ -541,12 +541,26 @@ impl pb::analyst_server::Analyst for AnalystService {
         if r.purpose.trim().is_empty() {
             return Err(Status::invalid_argument("state the purpose of the overlap (--purpose); nodes see and log it"));
         }
+        let segments = match (&r.segment_cuts, r.reference_date.as_str()) {
+            (None, "") => None,
+            (Some(c), date) => Some(wire::SegmentProfile {
+                reference_date: wire::parse_reference_date(date)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
+                cuts: wire::segment_cuts(c).map_err(|e| Status::invalid_argument(e.to_string()))?,
+            }),
+            (None, _) => {
+                return Err(Status::invalid_argument(
+                    "a reference date without cut points: pass the cut points of a segment analysis (--segments)",
+                ));
+            }
+        };
         let request = OverlapRequest {
             purpose: r.purpose.clone(),
             requested_by: who.name.clone(),
             requested_by_organisation: who.organisation.clone(),
             dp: !r.dp_off,
             nodes: r.nodes,
+            segments,
         };
         tracing::info!(analyst = %who.name, purpose = %r.purpose, "channel overlap requested");
         let (tx, rx) = mpsc::channel::<Result<pb::OverlapEvent, Status>>(64);
@@ -595,6 +609,8 @@ impl pb::analyst_server::Analyst for AnalystService {
                             comparer: p.comparer.clone(),
                             shared: p.shared.unwrap_or(0),
                             withheld: p.shared.is_none(),
+                            segments: p.segments.iter().flatten().map(|c| c.unwrap_or(0)).collect(),
+                            segments_withheld: p.segments.iter().flatten().map(Option::is_none).collect(),
                         })
                         .collect(),
                     noise_variance_num: o.noise.as_ref().map_or(0, |v| v.num()),

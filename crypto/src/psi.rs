@@ -264,7 +264,7 @@ pub fn bucket(n: usize) -> usize {
 /// |A|·|B|/ℓ, ℓ ≈ 2²⁵², per pair of lists (below 2⁻²¹⁰ for two lists of 2²¹): padding
 /// never changes [`intersection_count`] except with negligible probability.
 pub fn pad_and_shuffle(
-    mut points: Vec<[u8; 32]>,
+    points: Vec<[u8; 32]>,
     bucket_of: fn(usize) -> usize,
     rng: &dyn SecureRandom,
 ) -> Result<Vec<[u8; 32]>, PsiError> {
@@ -272,7 +272,17 @@ pub fn pad_and_shuffle(
     if len > MAX_LIST {
         return Err(PsiError::TooLong { len, max: MAX_LIST });
     }
-    let target = bucket_of(len);
+    pad_to(points, bucket_of(len), rng)
+}
+
+/// [`pad_and_shuffle`] to a given length `target` (at least the list's): the segment
+/// groups of one list are all padded to the whole list's bucket, so their lengths tell
+/// nothing of the segments' sizes.
+pub fn pad_to(mut points: Vec<[u8; 32]>, target: usize, rng: &dyn SecureRandom) -> Result<Vec<[u8; 32]>, PsiError> {
+    let len = points.len();
+    if len > MAX_LIST || target > MAX_LIST {
+        return Err(PsiError::TooLong { len: len.max(target), max: MAX_LIST });
+    }
     if target < len {
         return Err(PsiError::BucketTooSmall { len, bucket: target });
     }

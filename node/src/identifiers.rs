@@ -95,6 +95,62 @@ pub fn normalise(on: MatchOn, raw: &str) -> Result<String, BadIdentifier> {
 /// usable by the reason of the latest in `bad`; two customers with one identifier (a
 /// shared family phone) as `duplicates`, and the list holds it once.
 pub fn customer_identifiers(purchases: &[crate::data::Purchase], on: MatchOn) -> Normalised {
+    Normalised::new(on, chosen_values(purchases, on).into_values())
+}
+
+/// Issue 12, segment profile: this node's identifiers in groups, `groups[s]` those of
+/// customers in segment `s` (an index into `fedcrm_analysis::rfm::Segment::ALL`) —
+/// each customer's identifier as [`customer_identifiers`] picks it, normalised; an
+/// identifier two customers share goes to the group of the first of them by customer
+/// key; customers without a segment (no purchase by the reference date) and without a
+/// usable identifier are left out. Zeroized on drop.
+pub fn identifiers_by_segment(
+    purchases: &[crate::data::Purchase],
+    on: MatchOn,
+    segment_of: &std::collections::BTreeMap<String, usize>,
+    groups: usize,
+) -> Grouped {
+    let mut out = Grouped { groups: vec![Vec::new(); groups] };
+    let mut seen = std::collections::HashSet::new();
+    for (customer, value) in chosen_values(purchases, on) {
+        let Some(&g) = segment_of.get(customer).filter(|&&g| g < groups) else { continue };
+        if let Ok(id) = normalise(on, value)
+            && seen.insert(id.clone())
+        {
+            out.groups[g].push(id);
+        }
+    }
+    for id in seen.into_iter() {
+        let mut id = id;
+        id.zeroize();
+    }
+    out
+}
+
+/// Identifiers in groups ([`identifiers_by_segment`]); `Debug` prints the group sizes
+/// only; zeroized on drop.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Grouped {
+    pub groups: Vec<Vec<String>>,
+}
+
+impl std::fmt::Debug for Grouped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sizes: Vec<usize> = self.groups.iter().map(Vec::len).collect();
+        write!(f, "Grouped({sizes:?})")
+    }
+}
+
+impl Drop for Grouped {
+    fn drop(&mut self) {
+        self.groups.iter_mut().for_each(|g| g.zeroize());
+    }
+}
+
+/// Per customer (in key order), the raw value [`customer_identifiers`] matches on: the
+/// usable value of its latest purchase that has one, else its latest value ("" when it
+/// has none).
+fn chosen_values(purchases: &[crate::data::Purchase], on: MatchOn) -> std::collections::BTreeMap<&str, &str> {
     #[derive(Default)]
     struct Seen<'a> {
         usable: Option<(time::Date, &'a str)>,
@@ -117,7 +173,7 @@ pub fn customer_identifiers(purchases: &[crate::data::Purchase], on: MatchOn) ->
             seen.usable = Some((p.day, v));
         }
     }
-    Normalised::new(on, by.values().map(|s| s.usable.or(s.any).map_or("", |(_, v)| v)))
+    by.into_iter().map(|(c, s)| (c, s.usable.or(s.any).map_or("", |(_, v)| v))).collect()
 }
 
 /// Full-width forms (U+FF01..U+FF5E, as Chinese input methods type them) to their ASCII

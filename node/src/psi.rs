@@ -235,11 +235,11 @@ impl Link {
         })
     }
 
-    /// Opens the peer's own list and checks its length against this node's limits,
-    /// before anything is blinded.
-    fn peer_list(&self, chunks: &[SealedChunk]) -> Result<Vec<[u8; 32]>, PsiRunError> {
+    /// Opens the peer's own list (group `group`) and checks its length against this
+    /// node's limits, before anything is blinded.
+    fn peer_list(&self, group: u8, chunks: &[SealedChunk]) -> Result<Vec<[u8; 32]>, PsiRunError> {
         let max = Direction::chunks_for(self.limits.max_points);
-        let list = self.from_peer.open_list(ListKind::Blinded { group: 0 }, chunks, max)?;
+        let list = self.from_peer.open_list(ListKind::Blinded { group }, chunks, max)?;
         let (points, peer) = (list.len(), self.peer.clone());
         if points < self.limits.min_points {
             return Err(PsiRunError::TooShort { peer, points, min: self.limits.min_points });
@@ -253,6 +253,16 @@ impl Link {
     fn reblind(&self, key: &BlindingKey, list: &[[u8; 32]]) -> Result<Vec<[u8; 32]>, PsiRunError> {
         psi::reblind(key, list).map_err(|source| PsiRunError::Points { peer: self.peer.clone(), source })
     }
+}
+
+/// Sealed chunks of one list, with the list they belong to.
+pub type SealedList = (ListKind, Vec<SealedChunk>);
+
+/// The most groups a list is split into (the four RFM segments).
+pub const MAX_GROUPS: usize = 4;
+
+fn group_index(g: usize) -> u8 {
+    u8::try_from(g).unwrap_or(u8::MAX)
 }
 
 /// The comparing side of a pair, before its list leaves. Each step consumes the state,
@@ -284,16 +294,42 @@ impl Comparer {
         ids: &[T],
         rng: &dyn SecureRandom,
     ) -> Result<(Vec<SealedChunk>, AwaitingAnswer), PsiRunError> {
-        let blinded = psi::blind(&self.key, ids);
-        let traps = (ids.len() * TRAPS_PER_IDENTIFIER).max(psi::MIN_BUCKET);
-        let (list, traps) = psi::pad_with_traps(blinded, traps, rng).map_err(PsiRunError::Own)?;
-        let expected = traps
-            .expected(&self.commitment)
-            .map_err(|source| PsiRunError::Commitment { peer: self.link.peer.clone(), source })?;
-        let chunks = self.link.to_peer.seal_list(ListKind::Blinded { group: 0 }, &list, rng)?;
-        let sent = list.len();
-        Ok((chunks, AwaitingAnswer { link: self.link, key: self.key, sent, expected: expected.into_iter().collect() }))
+        let (mut lists, awaiting) = self.own_groups(&[ids], rng)?;
+        Ok((lists.pop().map(|l| l.1).unwrap_or_default(), awaiting))
     }
+
+    /// Step 1 for a list split into groups (the segment profile: one group per segment
+    /// of this node's customers): every group blinded and mixed with trap points up to
+    /// the same length — the bucket of the whole list with at least one trap per
+    /// identifier — so the groups' lengths tell the peer nothing of their sizes; each
+    /// shuffled and sealed as its own list.
+    pub fn own_groups<T: AsRef<[u8]> + Sync>(
+        self,
+        groups: &[&[T]],
+        rng: &dyn SecureRandom,
+    ) -> Result<(Vec<SealedList>, AwaitingAnswer), PsiRunError> {
+        let n: usize = groups.iter().map(|g| g.len()).sum();
+        let length = psi::bucket(n + (n * TRAPS_PER_IDENTIFIER).max(psi::MIN_BUCKET));
+        let mut lists = Vec::with_capacity(groups.len());
+        let mut sent = Vec::with_capacity(groups.len());
+        for (g, ids) in groups.iter().enumerate() {
+            let blinded = psi::blind(&self.key, ids);
+            let (list, traps) = psi::pad_with_traps(blinded, length - ids.len(), rng).map_err(PsiRunError::Own)?;
+            let expected = traps
+                .expected(&self.commitment)
+                .map_err(|source| PsiRunError::Commitment { peer: self.link.peer.clone(), source })?;
+            let kind = ListKind::Blinded { group: group_index(g) };
+            lists.push((kind, self.link.to_peer.seal_list(kind, &list, rng)?));
+            sent.push(GroupSent { sent: list.len(), expected: expected.into_iter().collect() });
+        }
+        Ok((lists, AwaitingAnswer { link: self.link, key: self.key, groups: sent }))
+    }
+}
+
+/// One group of the comparer's list as sent: its length and r·K_R for every trap in it.
+struct GroupSent {
+    sent: usize,
+    expected: HashSet<[u8; 32]>,
 }
 
 /// The comparer after its list left: waits for the responder's own list and its answer.
@@ -302,21 +338,25 @@ impl Comparer {
 pub struct AwaitingAnswer {
     link: Link,
     key: BlindingKey,
-    sent: usize,
-    /// r·K_R for every trap: what an honest answer must hold.
-    expected: HashSet<[u8; 32]>,
+    groups: Vec<GroupSent>,
 }
 
 impl std::fmt::Debug for AwaitingAnswer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "AwaitingAnswer({}, {} points sent, ..)", self.link.peer, self.sent)
+        write!(f, "AwaitingAnswer({}, {} points sent, ..)", self.link.peer, self.sent())
     }
 }
 
 impl AwaitingAnswer {
-    /// Points this node's list had: the answer must have as many.
+    /// Points this node's list had (its longest group): an answer to a group must have
+    /// as many.
     pub fn sent(&self) -> usize {
-        self.sent
+        self.groups.iter().map(|g| g.sent).max().unwrap_or(0)
+    }
+
+    /// How many groups this node's list was sent in.
+    pub fn groups(&self) -> usize {
+        self.groups.len()
     }
 
     /// A chunk of the peer's list or answer, checked on arrival ([`Direction::check`]).
@@ -329,24 +369,50 @@ impl AwaitingAnswer {
     /// no point twice, every trap answered with the committed key. The exact count,
     /// which never leaves this node unnoised ([`noised`]).
     pub fn compare(self, peer_list: &[SealedChunk], answer: &[SealedChunk]) -> Result<u64, PsiRunError> {
+        let table = self.compare_groups(&[peer_list.to_vec()], &[answer.to_vec()])?;
+        Ok(table.first().and_then(|r| r.first()).copied().unwrap_or(0))
+    }
+
+    /// Step 3 for grouped lists: `peer_lists[j]` the peer's group j, `answers[i]` its
+    /// answer to this node's group i. Every answer is checked as in [`Self::compare`];
+    /// the exact table, `table[i][j]` = identifiers in this node's group i and the
+    /// peer's group j.
+    pub fn compare_groups(
+        self,
+        peer_lists: &[Vec<SealedChunk>],
+        answers: &[Vec<SealedChunk>],
+    ) -> Result<Vec<Vec<u64>>, PsiRunError> {
         let peer = self.link.peer.clone();
-        let theirs = self.link.peer_list(peer_list)?;
-        let theirs = self.link.reblind(&self.key, &theirs)?;
-        let max = Direction::chunks_for(self.sent);
-        let ours = self.link.from_peer.open_list(ListKind::Returned { group: 0 }, answer, max)?;
-        if ours.len() != self.sent {
-            return Err(PsiRunError::AnswerLength { peer, got: ours.len(), sent: self.sent });
+        let theirs = peer_lists
+            .iter()
+            .enumerate()
+            .map(|(j, chunks)| {
+                let list = self.link.peer_list(group_index(j), chunks)?;
+                self.link.reblind(&self.key, &list)
+            })
+            .collect::<Result<Vec<_>, PsiRunError>>()?;
+        if answers.len() != self.groups.len() {
+            return Err(PsiRunError::AnswerLength { peer, got: answers.len(), sent: self.groups.len() });
         }
-        let mut answered: HashSet<[u8; 32]> = ours.into_iter().collect();
-        if answered.len() != self.sent {
-            return Err(PsiRunError::AnswerDuplicate { peer });
+        let mut table = Vec::with_capacity(self.groups.len());
+        for (i, (group, answer)) in self.groups.iter().zip(answers).enumerate() {
+            let max = Direction::chunks_for(group.sent);
+            let ours = self.link.from_peer.open_list(ListKind::Returned { group: group_index(i) }, answer, max)?;
+            if ours.len() != group.sent {
+                return Err(PsiRunError::AnswerLength { peer, got: ours.len(), sent: group.sent });
+            }
+            let mut answered: HashSet<[u8; 32]> = ours.into_iter().collect();
+            if answered.len() != group.sent {
+                return Err(PsiRunError::AnswerDuplicate { peer });
+            }
+            let missing = group.expected.iter().filter(|t| !answered.remove(*t)).count();
+            if missing > 0 {
+                return Err(PsiRunError::AnswerTraps { peer, missing, traps: group.expected.len() });
+            }
+            let rest: Vec<[u8; 32]> = answered.into_iter().collect();
+            table.push(theirs.iter().map(|t| psi::intersection_count(&rest, t)).collect());
         }
-        let missing = self.expected.iter().filter(|t| !answered.remove(*t)).count();
-        if missing > 0 {
-            return Err(PsiRunError::AnswerTraps { peer, missing, traps: self.expected.len() });
-        }
-        let rest: Vec<[u8; 32]> = answered.into_iter().collect();
-        Ok(psi::intersection_count(&rest, &theirs))
+        Ok(table)
     }
 }
 
@@ -372,9 +438,26 @@ impl Responder {
         ids: &[T],
         rng: &dyn SecureRandom,
     ) -> Result<(Vec<SealedChunk>, AwaitingList), PsiRunError> {
-        let list = psi::pad_and_shuffle(psi::blind(&self.key, ids), psi::bucket, rng).map_err(PsiRunError::Own)?;
-        let chunks = self.link.to_peer.seal_list(ListKind::Blinded { group: 0 }, &list, rng)?;
-        Ok((chunks, AwaitingList { link: self.link, key: self.key }))
+        let (mut lists, awaiting) = self.own_groups(&[ids], rng)?;
+        Ok((lists.pop().map(|l| l.1).unwrap_or_default(), awaiting))
+    }
+
+    /// Step 1 for a list split into groups: every group blinded and padded with random
+    /// points to the bucket of the whole list, shuffled and sealed as its own list.
+    pub fn own_groups<T: AsRef<[u8]> + Sync>(
+        self,
+        groups: &[&[T]],
+        rng: &dyn SecureRandom,
+    ) -> Result<(Vec<SealedList>, AwaitingList), PsiRunError> {
+        let n: usize = groups.iter().map(|g| g.len()).sum();
+        let length = psi::bucket(n);
+        let mut lists = Vec::with_capacity(groups.len());
+        for (g, ids) in groups.iter().enumerate() {
+            let list = psi::pad_to(psi::blind(&self.key, ids), length, rng).map_err(PsiRunError::Own)?;
+            let kind = ListKind::Blinded { group: group_index(g) };
+            lists.push((kind, self.link.to_peer.seal_list(kind, &list, rng)?));
+        }
+        Ok((lists, AwaitingList { link: self.link, key: self.key }))
     }
 }
 
@@ -394,10 +477,28 @@ impl AwaitingList {
     /// Step 2: the comparer's list blinded again with this node's committed key,
     /// shuffled, sealed back.
     pub fn answer(self, chunks: &[SealedChunk], rng: &dyn SecureRandom) -> Result<Vec<SealedChunk>, PsiRunError> {
-        let list = self.link.peer_list(chunks)?;
-        let mut twice = self.link.reblind(&self.key, &list)?;
-        psi::shuffle(&mut twice, rng).map_err(PsiRunError::Own)?;
-        Ok(self.link.to_peer.seal_list(ListKind::Returned { group: 0 }, &twice, rng)?)
+        let mut lists = self.answer_groups(&[chunks.to_vec()], rng)?;
+        Ok(lists.pop().map(|l| l.1).unwrap_or_default())
+    }
+
+    /// Step 2 for grouped lists: each of the comparer's groups blinded again, shuffled
+    /// and sealed back as the answer to that group.
+    pub fn answer_groups(
+        self,
+        lists: &[Vec<SealedChunk>],
+        rng: &dyn SecureRandom,
+    ) -> Result<Vec<SealedList>, PsiRunError> {
+        lists
+            .iter()
+            .enumerate()
+            .map(|(g, chunks)| {
+                let list = self.link.peer_list(group_index(g), chunks)?;
+                let mut twice = self.link.reblind(&self.key, &list)?;
+                psi::shuffle(&mut twice, rng).map_err(PsiRunError::Own)?;
+                let kind = ListKind::Returned { group: group_index(g) };
+                Ok((kind, self.link.to_peer.seal_list(kind, &twice, rng)?))
+            })
+            .collect()
     }
 }
 

@@ -46,6 +46,9 @@ pub struct OverlapRequest {
     pub dp: bool,
     /// The nodes to take part; empty: every connected node.
     pub nodes: Vec<String>,
+    /// Segment profile of the shared customers (reference date and global cut points);
+    /// `None`: the plain overlap.
+    pub segments: Option<fedcrm_protocol::wire::SegmentProfile>,
 }
 
 /// One channel of the released matrix.
@@ -65,8 +68,12 @@ pub struct PairOut {
     pub b: String,
     /// The node that compared (the only party that saw the exact count).
     pub comparer: String,
-    /// The (noised) intersection count; `None`: withheld below the minimum cohort.
+    /// The (noised) intersection count; `None`: withheld below the minimum cohort. For
+    /// a segment profile, the sum of its cells as released.
     pub shared: Option<i64>,
+    /// Segment profile: 16 cells, row-major, the row `a`'s segment, the column `b`'s;
+    /// `None` in a cell: withheld.
+    pub segments: Option<Vec<Option<i64>>>,
 }
 
 /// A released overlap matrix.
@@ -190,6 +197,7 @@ impl Coordinator {
                 .map(|n| PsiParticipant { name: n.name.clone(), certificate: n.certificate.clone() })
                 .collect(),
             noise: noise.clone(),
+            segments: request.segments,
             signature: vec![],
         };
         start.participants.sort_by(|a, b| a.name.cmp(&b.name));
@@ -247,10 +255,20 @@ impl Coordinator {
                 customers: withhold(c),
             })
             .collect();
-        let pairs: Vec<PairOut> =
-            pairs.into_iter().map(|((a, b), (comparer, n))| PairOut { a, b, comparer, shared: withhold(n) }).collect();
+        let profile = request.segments.is_some();
+        let pairs: Vec<PairOut> = pairs
+            .into_iter()
+            .map(|((a, b), (comparer, cells))| PairOut {
+                shared: withhold(cells.iter().sum()),
+                segments: profile.then(|| cells.iter().map(|&c| withhold(c)).collect()),
+                a,
+                b,
+                comparer,
+            })
+            .collect();
         let suppressed = channels.iter().filter(|c| c.customers.is_none()).count()
-            + pairs.iter().filter(|p| p.shared.is_none()).count();
+            + pairs.iter().filter(|p| p.shared.is_none()).count()
+            + pairs.iter().flat_map(|p| p.segments.iter().flatten()).filter(|c| c.is_none()).count();
         crate::audit::record(
             &self.audit,
             Event::Release {
@@ -260,7 +278,7 @@ impl Coordinator {
                 contributors: members,
                 min_participants: 2,
                 min_cohort,
-                cells: (channels.len() + pairs.len()) as u64,
+                cells: (channels.len() + pairs.len() * if profile { 17 } else { 1 }) as u64,
                 suppressed: suppressed as u64,
             },
         )
@@ -278,7 +296,9 @@ impl Coordinator {
     }
 }
 
-type Released = (Vec<(String, i64)>, BTreeMap<(String, String), (String, i64)>, BTreeMap<String, String>);
+/// Each node's size; each pair's comparer and cells (one, or a profile's 16 with the row
+/// the pair's first name's segment); the pairs that did not run.
+type Released = (Vec<(String, i64)>, BTreeMap<(String, String), (String, Vec<i64>)>, BTreeMap<String, String>);
 
 /// One run in progress.
 struct Run<'a> {
@@ -453,7 +473,14 @@ impl Run<'_> {
                     if released.contains_key(&node) {
                         return Err(self.stop(format!("{node} released twice")));
                     }
-                    for (peer, _) in &r.counts {
+                    let profile = start.segments.is_some();
+                    if (profile && !r.counts.is_empty()) || (!profile && !r.tables.is_empty()) {
+                        let (want, got) = if profile { ("tables", "counts") } else { ("counts", "tables") };
+                        return Err(self.stop(format!("{node} released {got} where the run asked for {want}")));
+                    }
+                    let peers: Vec<&String> =
+                        r.counts.iter().map(|c| &c.0).chain(r.tables.iter().map(|t| &t.0)).collect();
+                    for peer in &peers {
                         if pairs.get(&pair_key(&node, peer)) != Some(&node) {
                             return Err(
                                 self.stop(format!("{node} released a count for {peer}, a pair it does not compare"))
@@ -461,10 +488,8 @@ impl Run<'_> {
                         }
                     }
                     let compares = pairs.iter().filter(|(k, c)| *c == &node && (k.0 == node || k.1 == node)).count();
-                    if r.counts.len() != compares {
-                        return Err(
-                            self.stop(format!("{node} released {} counts for {compares} pairs", r.counts.len()))
-                        );
+                    if peers.len() != compares {
+                        return Err(self.stop(format!("{node} released {} counts for {compares} pairs", peers.len())));
                     }
                     released.insert(node, r);
                 }
@@ -477,7 +502,15 @@ impl Run<'_> {
         let mut counts = BTreeMap::new();
         for (node, r) in &released {
             for (peer, n) in &r.counts {
-                counts.insert(pair_key(node, peer), (node.clone(), *n));
+                counts.insert(pair_key(node, peer), (node.clone(), vec![*n]));
+            }
+            for (peer, cells) in &r.tables {
+                // The comparer's rows are its own segments: transpose when it is the pair's
+                // second name.
+                let key = pair_key(node, peer);
+                let cells =
+                    if key.0 == *node { cells.clone() } else { (0..16).map(|k| cells[(k % 4) * 4 + k / 4]).collect() };
+                counts.insert(key, (node.clone(), cells));
             }
         }
         Ok((sizes, counts, exits))

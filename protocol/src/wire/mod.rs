@@ -162,7 +162,8 @@ pub use analyses::*;
 pub use envelope::*;
 pub use from_node::*;
 pub use psi::{
-    CHANNEL_OVERLAP, MAX_PSI_PARTICIPANTS, PsiChunk, PsiKeys, PsiParticipant, PsiRelease, PsiStart, psi_start_payload,
+    CHANNEL_OVERLAP, MAX_PSI_PARTICIPANTS, PROFILE_CELLS, PsiChunk, PsiKeys, PsiParticipant, PsiRelease, PsiStart,
+    SegmentProfile, psi_start_payload, segment_cuts,
 };
 pub use to_node::*;
 

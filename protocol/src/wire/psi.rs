@@ -2,6 +2,8 @@
 //! the sealed list chunks the coordinator relays, and each node's release — parsed
 //! both ways. What they mean is in `fedcrm_node::psi` and `fedcrm_protocol::psi`.
 
+use fedcrm_analysis::date::format_date;
+use fedcrm_analysis::rfm::Cuts;
 use fedcrm_crypto::psi::channel::{CHUNK_POINTS, ListKind, POINT, SealedChunk};
 use fedcrm_dp::sampler::Variance;
 
@@ -38,8 +40,27 @@ pub struct PsiStart {
     pub participants: Vec<PsiParticipant>,
     /// σ² of the discrete Gaussian on every released count; `None`: exact counts.
     pub noise: Option<Variance>,
+    /// Segment profile: the reference date and the global cut points; `None`: the plain
+    /// overlap.
+    pub segments: Option<SegmentProfile>,
     /// The coordinator's signature over [`psi_start_payload`].
     pub signature: Vec<u8>,
+}
+
+/// What a segment profile groups customers by: their RFM segment at `reference_date`
+/// under the global cut points `cuts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentProfile {
+    pub reference_date: time::Date,
+    pub cuts: Cuts,
+}
+
+/// Cells of a segment profile's table (4 × 4).
+pub const PROFILE_CELLS: usize = 16;
+
+/// The analyst's cut points, parsed (four ascending values per metric).
+pub fn segment_cuts(s: &pb::RfmSegments) -> Result<Cuts, WireError> {
+    super::analyses::rfm::cuts_from_pb(s)
 }
 
 /// What the coordinator signs for a PSI run: the run id, purpose, who asks, the
@@ -57,6 +78,13 @@ pub fn psi_start_payload(s: &PsiStart) -> Vec<u8> {
         parts.push(p.certificate.clone());
     }
     parts.push(s.noise.as_ref().map_or_else(Vec::new, |v| [v.num().to_be_bytes(), v.den().to_be_bytes()].concat()));
+    parts.push(s.segments.as_ref().map_or_else(Vec::new, |p| {
+        let mut b = format_date(p.reference_date).into_bytes();
+        for c in [p.cuts.recency, p.cuts.frequency, p.cuts.monetary] {
+            c.iter().for_each(|v| b.extend(v.to_be_bytes()));
+        }
+        b
+    }));
     let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
     fedcrm_crypto::kdf::context("psi-start", &s.run, &refs)
 }
@@ -95,8 +123,11 @@ impl PsiChunk {
 pub struct PsiRelease {
     pub run: RoundId,
     pub customers: i64,
-    /// (peer, noised count), one per pair this node compared.
+    /// (peer, noised count), one per pair this node compared (plain overlap).
     pub counts: Vec<(String, i64)>,
+    /// (peer, 16 noised counts, row-major: row this node's segment, column the
+    /// peer's), one per pair this node compared (segment profile).
+    pub tables: Vec<(String, Vec<i64>)>,
 }
 
 fn certificate(name: &'static str, b: &[u8]) -> Result<Vec<u8>, WireError> {
@@ -150,7 +181,13 @@ pub(super) fn psi_start(s: &pb::PsiStart) -> Result<PsiStart, WireError> {
         (0, _) => return Err(field("psi_start.noise_variance_num", "0 (no noise) with a denominator set")),
         (num, den) => Some(Variance::new(num, den).map_err(|e| field("psi_start.noise_variance_num", e.to_string()))?),
     };
+    let segments = match (&s.segment_cuts, s.reference_date.as_str()) {
+        (None, "") => None,
+        (Some(c), date) => Some(SegmentProfile { reference_date: parse_reference_date(date)?, cuts: segment_cuts(c)? }),
+        (None, _) => return Err(field("psi_start.reference_date", "set without segment cut points")),
+    };
     Ok(PsiStart {
+        segments,
         run: round_id(&s.run_id)?,
         purpose: text("psi_start.purpose", &s.purpose, 1000)?,
         requested_by: text("psi_start.requested_by", &s.requested_by, 200)?,
@@ -177,6 +214,8 @@ pub(super) fn psi_start_pb(s: &PsiStart) -> pb::PsiStart {
         noise_variance_num: s.noise.as_ref().map_or(0, |v| v.num()),
         noise_variance_den: s.noise.as_ref().map_or(0, |v| v.den()),
         signature: s.signature.clone(),
+        segment_cuts: s.segments.as_ref().map(|p| super::analyses::rfm::cuts_pb_all(&p.cuts)),
+        reference_date: s.segments.as_ref().map_or_else(String::new, |p| format_date(p.reference_date)),
     }
 }
 
@@ -288,8 +327,18 @@ pub(super) fn psi_release(r: &pb::PsiRelease) -> Result<PsiRelease, WireError> {
         .iter()
         .map(|c| Ok((node_name("psi_release.counts.peer", &c.peer)?, c.count)))
         .collect::<Result<Vec<_>, WireError>>()?;
-    no_repeats("psi_release.counts", counts.iter().map(|c| c.0.clone()))?;
-    Ok(PsiRelease { run: round_id(&r.run_id)?, customers: r.customers, counts })
+    let tables = r
+        .tables
+        .iter()
+        .map(|t| {
+            if t.cells.len() != PROFILE_CELLS {
+                return Err(field("psi_release.tables.cells", format!("{} cells, not {PROFILE_CELLS}", t.cells.len())));
+            }
+            Ok((node_name("psi_release.tables.peer", &t.peer)?, t.cells.clone()))
+        })
+        .collect::<Result<Vec<_>, WireError>>()?;
+    no_repeats("psi_release.counts", counts.iter().map(|c| c.0.clone()).chain(tables.iter().map(|t| t.0.clone())))?;
+    Ok(PsiRelease { run: round_id(&r.run_id)?, customers: r.customers, counts, tables })
 }
 
 pub(super) fn psi_release_pb(r: &PsiRelease) -> pb::PsiRelease {
@@ -297,5 +346,10 @@ pub(super) fn psi_release_pb(r: &PsiRelease) -> pb::PsiRelease {
         run_id: r.run.0.to_vec(),
         customers: r.customers,
         counts: r.counts.iter().map(|(peer, count)| pb::PsiCount { peer: peer.clone(), count: *count }).collect(),
+        tables: r
+            .tables
+            .iter()
+            .map(|(peer, cells)| pb::PsiTable { peer: peer.clone(), cells: cells.clone() })
+            .collect(),
     }
 }

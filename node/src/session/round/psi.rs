@@ -38,14 +38,15 @@ use fedcrm_protocol::wire::{CHANNEL_OVERLAP, FromNode, PsiChunk, PsiKeys, PsiRel
 
 use super::{Handled, Rounds};
 use crate::privacy::DpMode;
-use crate::psi::{AwaitingAnswer, AwaitingList, Comparer, PairKeys, PsiRunError, Responder, noised};
+use crate::psi::{AwaitingAnswer, AwaitingList, Comparer, PairKeys, PsiRunError, Responder, SealedList, noised};
 use crate::session::{Peer, SessionError, record, unix_now};
 
 /// This node's state in one PSI run.
 pub(super) struct PsiRun {
     start: PsiStart,
-    /// This node's normalised identifiers (zeroized on drop), read once keys arrive.
-    ids: Option<Arc<crate::identifiers::Normalised>>,
+    /// This node's normalised identifiers in groups (one, or one per segment for a
+    /// segment profile; zeroized on drop), read once keys arrive.
+    ids: Option<Arc<crate::identifiers::Grouped>>,
     pairs: BTreeMap<String, Pair>,
     /// Points of the peers' chunks kept so far.
     buffered: usize,
@@ -67,19 +68,20 @@ enum Stage {
         secret: RoundSecret,
         key: BlindingKey,
     },
-    /// The comparer's list left; waiting for the peer's list and its answer.
+    /// The comparer's list left; waiting for the peer's list and its answer, per group.
     Comparing {
         awaiting: Box<AwaitingAnswer>,
-        list: Vec<SealedChunk>,
-        answer: Vec<SealedChunk>,
+        lists: Vec<Vec<SealedChunk>>,
+        answers: Vec<Vec<SealedChunk>>,
     },
-    /// The responder's list left; waiting for the comparer's list.
+    /// The responder's list left; waiting for the comparer's list, per group.
     Responding {
         awaiting: Box<AwaitingList>,
-        list: Vec<SealedChunk>,
+        lists: Vec<Vec<SealedChunk>>,
     },
-    /// The exact count (never leaves unnoised).
-    Compared(u64),
+    /// The exact table (`[mine][theirs]`; 1 × 1 for the plain overlap), which never
+    /// leaves unnoised.
+    Compared(Vec<Vec<u64>>),
     Answered,
     /// Moved out while a step runs.
     Busy,
@@ -122,6 +124,34 @@ fn failed(ctx: &crate::session::NodeContext, run: RoundId, e: &PsiRunError) -> R
         },
     )?;
     Ok(format!("psi run {run}: {}", e.public_reason()))
+}
+
+/// Cells of a segment profile's table on the wire.
+fn wire_cells() -> usize {
+    fedcrm_protocol::wire::PROFILE_CELLS
+}
+
+/// This node's identifiers for a run: one group, or — for a segment profile — one per
+/// RFM segment of its customers at the reference date under the run's global cut
+/// points.
+fn grouped(
+    purchases: &[crate::data::Purchase],
+    on: crate::identifiers::MatchOn,
+    profile: Option<fedcrm_protocol::wire::SegmentProfile>,
+) -> crate::identifiers::Grouped {
+    match profile {
+        None => {
+            let ids = crate::identifiers::customer_identifiers(purchases, on);
+            crate::identifiers::Grouped { groups: vec![ids.ids.clone()] }
+        }
+        Some(p) => {
+            let segment_of: BTreeMap<String, usize> = crate::features::rfm(purchases, p.reference_date)
+                .into_iter()
+                .map(|(customer, rfm)| (customer, p.cuts.segment_of(&rfm).index()))
+                .collect();
+            crate::identifiers::identifiers_by_segment(purchases, on, &segment_of, crate::psi::MAX_GROUPS)
+        }
+    }
 }
 
 fn kind_of(id: &Identity) -> Option<OrgKind> {
@@ -394,12 +424,12 @@ impl Rounds<'_> {
         }
         let on = ctx.psi.match_on;
         let dataset = ctx.dataset.clone();
-        let ids = tokio::task::spawn_blocking(move || {
-            Arc::new(crate::identifiers::customer_identifiers(&dataset.purchases, on))
-        })
-        .await
-        .map_err(|e| SessionError::Policy(format!("reading identifiers: {e}")))?;
+        let profile = state.start.segments;
+        let ids = tokio::task::spawn_blocking(move || Arc::new(grouped(&dataset.purchases, on, profile)))
+            .await
+            .map_err(|e| SessionError::Policy(format!("reading identifiers: {e}")))?;
         state.ids = Some(ids.clone());
+        let groups = ids.groups.len();
         let limits = ctx.policy.psi.list_limits();
         let bound = binding(&state.start);
         let names: Vec<String> = state.pairs.keys().cloned().collect();
@@ -411,33 +441,39 @@ impl Rounds<'_> {
             let (peer_key, peer_role) = paired[&peer];
             let role = pair.role;
             let (me, ids, p) = (ctx.name.clone(), ids.clone(), peer.clone());
-            let sent = tokio::task::spawn_blocking(move || -> Result<(Vec<SealedChunk>, Stage), PsiRunError> {
+            let sent = tokio::task::spawn_blocking(move || -> Result<(Vec<SealedList>, Stage), PsiRunError> {
                 let rng = fedcrm_crypto::SystemRandom::new();
                 let keys = PairKeys { run: bound, me: &me, peer: &p, secret: &secret, peer_key: &peer_key };
+                let mine: Vec<&[String]> = ids.groups.iter().map(Vec::as_slice).collect();
+                let empty = || vec![Vec::new(); groups];
                 match (role, peer_role) {
                     (PairRole::Compare, PairRole::Respond { commitment }) => {
-                        let (chunks, awaiting) =
-                            Comparer::new(&keys, commitment, key, limits)?.own_list(&ids.ids, &rng)?;
-                        Ok((chunks, Stage::Comparing { awaiting: Box::new(awaiting), list: vec![], answer: vec![] }))
+                        let (lists, awaiting) =
+                            Comparer::new(&keys, commitment, key, limits)?.own_groups(&mine, &rng)?;
+                        let awaiting = Box::new(awaiting);
+                        Ok((lists, Stage::Comparing { awaiting, lists: empty(), answers: empty() }))
                     }
                     _ => {
-                        let (chunks, awaiting) = Responder::new(&keys, key, limits)?.own_list(&ids.ids, &rng)?;
-                        Ok((chunks, Stage::Responding { awaiting: Box::new(awaiting), list: vec![] }))
+                        let (lists, awaiting) = Responder::new(&keys, key, limits)?.own_groups(&mine, &rng)?;
+                        Ok((lists, Stage::Responding { awaiting: Box::new(awaiting), lists: empty() }))
                     }
                 }
             })
             .await
             .map_err(|e| SessionError::Policy(format!("psi list: {e}")))?;
-            let (chunks, stage) = match sent {
+            let (lists, stage) = match sent {
                 Ok(x) => x,
                 Err(e) => return Ok(Err(failed(ctx, run, &e)?)),
             };
             if let Some(pair) = self.psi.as_mut().and_then(|s| s.pairs.get_mut(&peer)) {
                 pair.stage = stage;
             }
-            let points: usize = chunks.iter().map(|c| c.ciphertext.len().saturating_sub(16) / 32).sum();
-            self.psi_send(run, &peer, ListKind::Blinded { group: 0 }, chunks).await?;
-            tracing::info!(node = %ctx.name, %run, %peer, points, "psi: own list sent");
+            let points: usize =
+                lists.iter().flat_map(|l| &l.1).map(|c| c.ciphertext.len().saturating_sub(16) / 32).sum();
+            for (kind, chunks) in lists {
+                self.psi_send(run, &peer, kind, chunks).await?;
+            }
+            tracing::info!(node = %ctx.name, %run, %peer, points, groups, "psi: own list sent");
         }
         Ok(Ok(()))
     }
@@ -511,35 +547,40 @@ impl Rounds<'_> {
             )));
         }
         let complete = |v: &Vec<SealedChunk>| v.first().is_some_and(|f| v.len() as u32 == f.of);
-        let ready = match (&mut pair.stage, c.list) {
-            (Stage::Comparing { list, answer, .. }, kind) => {
-                let into = if kind == (ListKind::Blinded { group: 0 }) {
-                    &mut *list
-                } else if kind == (ListKind::Returned { group: 0 }) {
-                    &mut *answer
-                } else {
-                    return Ok(Err(format!("psi run {run}: {} sent a list of kind {kind:?}", c.peer)));
+        let all = |v: &Vec<Vec<SealedChunk>>| v.iter().all(complete);
+        let (group, own) = match c.list {
+            ListKind::Blinded { group } => (usize::from(group), true),
+            ListKind::Returned { group } => (usize::from(group), false),
+        };
+        let ready = match &mut pair.stage {
+            Stage::Comparing { lists, answers, .. } => {
+                let into = if own { &mut *lists } else { &mut *answers };
+                let Some(list) = into.get_mut(group) else {
+                    return Ok(Err(format!("psi run {run}: {} sent a list of group {group}", c.peer)));
                 };
-                if complete(into) {
+                if complete(list) {
                     return Ok(Err(format!(
-                        "psi run {run}: {} sent more chunks of {kind:?} than it announced",
-                        c.peer
+                        "psi run {run}: {} sent more chunks of {:?} than it announced",
+                        c.peer, c.list
                     )));
                 }
-                into.push(c.chunk);
-                complete(list) && complete(answer)
+                list.push(c.chunk);
+                all(lists) && all(answers)
             }
-            (Stage::Responding { list, .. }, ListKind::Blinded { group: 0 }) => {
+            Stage::Responding { lists, .. } if own => {
+                let Some(list) = lists.get_mut(group) else {
+                    return Ok(Err(format!("psi run {run}: {} sent a list of group {group}", c.peer)));
+                };
                 if complete(list) {
                     return Ok(Err(format!("psi run {run}: {} sent more chunks than it announced", c.peer)));
                 }
                 list.push(c.chunk);
-                complete(list)
+                all(lists)
             }
-            (_, kind) => {
+            _ => {
                 return Ok(Err(format!(
-                    "psi run {run}: a chunk of {kind:?} from {} at this stage of the pair",
-                    c.peer
+                    "psi run {run}: a chunk of {:?} from {} at this stage of the pair",
+                    c.list, c.peer
                 )));
             }
         };
@@ -549,14 +590,14 @@ impl Rounds<'_> {
         let peer = c.peer.clone();
         let stage = std::mem::replace(&mut pair.stage, Stage::Busy);
         let ctx_name = self.ctx.name.clone();
-        let outcome = tokio::task::spawn_blocking(move || -> Result<(Stage, Option<Vec<SealedChunk>>), PsiRunError> {
+        let outcome = tokio::task::spawn_blocking(move || -> Result<(Stage, Option<Vec<SealedList>>), PsiRunError> {
             match stage {
-                Stage::Comparing { awaiting, list, answer } => {
-                    Ok((Stage::Compared(awaiting.compare(&list, &answer)?), None))
+                Stage::Comparing { awaiting, lists, answers } => {
+                    Ok((Stage::Compared(awaiting.compare_groups(&lists, &answers)?), None))
                 }
-                Stage::Responding { awaiting, list } => {
+                Stage::Responding { awaiting, lists } => {
                     let rng = fedcrm_crypto::SystemRandom::new();
-                    Ok((Stage::Answered, Some(awaiting.answer(&list, &rng)?)))
+                    Ok((Stage::Answered, Some(awaiting.answer_groups(&lists, &rng)?)))
                 }
                 other => Ok((other, None)),
             }
@@ -570,8 +611,10 @@ impl Rounds<'_> {
         if let Some(pair) = self.psi.as_mut().and_then(|s| s.pairs.get_mut(&peer)) {
             pair.stage = stage;
         }
-        if let Some(chunks) = reply {
-            self.psi_send(run, &peer, ListKind::Returned { group: 0 }, chunks).await?;
+        if let Some(lists) = reply {
+            for (kind, chunks) in lists {
+                self.psi_send(run, &peer, kind, chunks).await?;
+            }
             tracing::info!(node = %ctx_name, %run, %peer, "psi: answered the peer's list");
         } else {
             tracing::info!(node = %ctx_name, %run, %peer, "psi: compared");
@@ -587,44 +630,48 @@ impl Rounds<'_> {
         }
         state.released = true;
         let run = state.start.run;
-        let customers = state.ids.as_ref().map_or(0, |i| i.ids.len() as u64);
-        let exact: Vec<(String, u64)> = state
-            .pairs
-            .iter()
-            .filter_map(|(p, pair)| match pair.stage {
-                Stage::Compared(n) => Some((p.clone(), n)),
-                _ => None,
-            })
-            .collect();
-        let release = match &state.start.noise {
-            None => PsiRelease {
-                run,
-                customers: customers as i64,
-                counts: exact.iter().map(|(p, n)| (p.clone(), *n as i64)).collect(),
-            },
+        let customers = state.ids.as_ref().map_or(0, |i| i.groups.iter().map(Vec::len).sum::<usize>() as u64);
+        let profile = state.start.segments.is_some();
+        // Every figure this node releases, in order: its size, then per compared pair
+        // its count (plain) or its 16 cells (segment profile).
+        let mut exact = vec![customers];
+        let mut peers = Vec::new();
+        for (p, pair) in &state.pairs {
+            if let Stage::Compared(table) = &pair.stage {
+                peers.push(p.clone());
+                exact.extend(table.iter().flatten().copied());
+            }
+        }
+        let released: Result<Vec<i64>, PsiRunError> = match &state.start.noise {
+            None => Ok(exact.iter().map(|&n| i64::try_from(n).unwrap_or(i64::MAX)).collect()),
             Some(v) => {
                 let noise = DiscreteGaussian::new(v.clone());
                 let mut e = OsEntropy::new();
-                let noisy = |n: u64, e: &mut OsEntropy| noised(n, &noise, e);
-                let sampled = noisy(customers, &mut e).and_then(|c| {
-                    exact
-                        .iter()
-                        .map(|(p, n)| Ok((p.clone(), noisy(*n, &mut e)?)))
-                        .collect::<Result<Vec<_>, PsiRunError>>()
-                        .map(|counts| (c, counts))
-                });
-                match sampled {
-                    Ok((c, counts)) => PsiRelease { run, customers: c, counts },
-                    Err(e) => {
-                        self.psi = None;
-                        let why = failed(self.ctx, run, &e)?;
-                        self.refuse(run, &why).await?;
-                        return Ok(None);
-                    }
-                }
+                exact.iter().map(|&n| noised(n, &noise, &mut e)).collect()
             }
         };
-        tracing::info!(node = %self.ctx.name, %run, pairs = release.counts.len(), "psi: counts released");
+        let released = match released {
+            Ok(r) => r,
+            Err(e) => {
+                self.psi = None;
+                let why = failed(self.ctx, run, &e)?;
+                self.refuse(run, &why).await?;
+                return Ok(None);
+            }
+        };
+        let per_pair = if profile { wire_cells() } else { 1 };
+        let mut figures = released[1..].chunks(per_pair);
+        let mut release = PsiRelease { run, customers: released[0], counts: vec![], tables: vec![] };
+        for p in peers {
+            let cells = figures.next().map(<[i64]>::to_vec).unwrap_or_default();
+            if profile {
+                release.tables.push((p, cells));
+            } else {
+                release.counts.push((p, cells.first().copied().unwrap_or(0)));
+            }
+        }
+        let pairs = release.counts.len() + release.tables.len();
+        tracing::info!(node = %self.ctx.name, %run, pairs, "psi: counts released");
         self.egress.send(&FromNode::PsiRelease(release)).await?;
         Ok(None)
     }

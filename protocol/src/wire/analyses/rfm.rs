@@ -100,7 +100,7 @@ pub fn cuts_pb(c: &[u64; 4]) -> pb::CutPoints {
     pb::CutPoints { cuts: c.to_vec() }
 }
 
-pub(super) fn cuts_pb_all(c: &Cuts) -> pb::RfmSegments {
+pub(crate) fn cuts_pb_all(c: &Cuts) -> pb::RfmSegments {
     pb::RfmSegments {
         recency: Some(cuts_pb(&c.recency)),
         frequency: Some(cuts_pb(&c.frequency)),
@@ -108,7 +108,7 @@ pub(super) fn cuts_pb_all(c: &Cuts) -> pb::RfmSegments {
     }
 }
 
-pub(super) fn cuts_from_pb(s: &pb::RfmSegments) -> Result<Cuts, WireError> {
+pub(crate) fn cuts_from_pb(s: &pb::RfmSegments) -> Result<Cuts, WireError> {
     Ok(Cuts {
         recency: cuts("recency", s.recency.as_ref())?,
         frequency: cuts("frequency", s.frequency.as_ref())?,
