@@ -248,3 +248,45 @@ async fn a_node_declines_a_peer_whose_certificate_is_revoked() {
     );
     cluster.stop().await;
 }
+
+/// Faults: a node that vanishes once its lists are moving (its process killed, as it
+/// were) does not take the run down for the others: its peers drop their pairs with it
+/// when the coordinator says it left, every other pair is released, and the release
+/// names the lost node's pairs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_lost_mid_run_leaves_the_other_pairs_released() {
+    let (mut specs, plain) = common::synthetic_specs(2500, 10);
+    specs.truncate(4);
+    let lost_name = specs[2].name.clone();
+    let victim: Arc<Mutex<Option<tokio::task::AbortHandle>>> = Arc::default();
+    let (gone, who) = (victim.clone(), lost_name.clone());
+    let hooks = Hooks {
+        tamper_psi_relay: Some(Arc::new(move |_: &str, chunks: &mut Vec<PsiChunk>| {
+            // The victim's first chunk is relayed; then its process is gone.
+            if chunks.iter().any(|c| c.peer == who)
+                && let Some(h) = gone.lock().unwrap().take()
+            {
+                h.abort();
+            }
+        })),
+        ..Default::default()
+    };
+    let opts = ClusterOptions { nodes: specs, ..Default::default() };
+    let cluster = Cluster::start_with_hooks(opts, hooks).await.unwrap();
+    let i = cluster.nodes.iter().position(|(n, _)| *n == lost_name).unwrap();
+    *victim.lock().unwrap() = Some(cluster.nodes[i].1.abort_handle());
+    let mut client = AnalystClient::connect(&cluster.analyst).await.unwrap();
+    let released = client.overlap(request(), |_| {}).await.unwrap();
+    let reference = fedcrm::pooled::overlap(&plain[..4]);
+    assert_eq!(released.pairs.len(), 3, "the three pairs without the lost node: {:?}", released.exits);
+    for p in &released.pairs {
+        assert!(p.a != lost_name && p.b != lost_name, "{p:?}");
+        let want = reference[&(p.a.clone(), p.b.clone())] as i64;
+        assert!(p.withheld || p.shared == want, "{p:?} vs {want}");
+    }
+    let lost: Vec<&String> =
+        released.exits.iter().filter(|e| e.contains(&format!("{lost_name} disconnected"))).collect();
+    assert_eq!(lost.len(), 3, "{:?}", released.exits);
+    assert!(!released.channels.iter().any(|c| c.node == lost_name));
+    cluster.stop().await;
+}

@@ -11,8 +11,10 @@
 //! HQ's node when a franchisee takes part (`fedcrm_protocol::psi::comparer`). The
 //! release door applies the minimum cohort to every count.
 //!
-//! A node that refuses, leaves or sends a malformed message once lists move stops the
-//! whole run without a release (its peers' states would wait for it): run it again.
+//! A node that refuses or sends a malformed message stops the whole run without a
+//! release (a refusal is how a node reports a list it caught altered): run it again. A
+//! node whose connection is lost before it released is dropped: its peers are told
+//! (`PsiDrop`), drop their pairs with it, and the run goes on over the others.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -298,6 +300,13 @@ impl Coordinator {
 
 /// Each node's size; each pair's comparer and cells (one, or a profile's 16 with the row
 /// the pair's first name's segment); the pairs that did not run.
+/// What [`Run::next`] brings.
+enum Next {
+    Message(String, FromNode),
+    /// The node's connection was lost (it is out of the run from now on).
+    Lost(String),
+}
+
 type Released = (Vec<(String, i64)>, BTreeMap<(String, String), (String, Vec<i64>)>, BTreeMap<String, String>);
 
 /// One run in progress.
@@ -322,9 +331,10 @@ impl Run<'_> {
         }
     }
 
-    /// The next message of this run from a node in it; `Err` when a node left, refused
-    /// or sent something malformed (the run stops), or at the deadline.
-    async fn next(&mut self, deadline: Instant, waiting: &str) -> Result<(String, FromNode), AnalysisError> {
+    /// The next message of this run from a node in it, or a node whose connection was
+    /// lost; `Err` when a node refused or sent something malformed (the run stops: a
+    /// refusal is how a node reports a list it caught altered), or at the deadline.
+    async fn next(&mut self, deadline: Instant, waiting: &str) -> Result<Next, AnalysisError> {
         loop {
             let mut stopping = self.coordinator.stopping();
             let ev = tokio::select! {
@@ -344,7 +354,7 @@ impl Run<'_> {
                 SessionEventBody::Message(FromNode::Refusal { reason, .. }) => {
                     return Err(self.stop(format!("{} refused: {reason}", ev.node)));
                 }
-                SessionEventBody::Message(m) if m.round() == Some(self.run) => return Ok((ev.node, m)),
+                SessionEventBody::Message(m) if m.round() == Some(self.run) => return Ok(Next::Message(ev.node, m)),
                 SessionEventBody::Message(m) => {
                     tracing::debug!(node = %ev.node, kind = m.kind(), "not of the psi run; ignored");
                 }
@@ -354,7 +364,11 @@ impl Run<'_> {
                 SessionEventBody::LocalFault(why) => {
                     return Err(AnalysisError::Audit(format!("the coordinator's own fault: {why}")));
                 }
-                SessionEventBody::Closed => return Err(self.stop(format!("{} disconnected", ev.node))),
+                SessionEventBody::Closed => {
+                    tracing::warn!(run = %self.run, node = %ev.node, "node disconnected during the psi run");
+                    self.live.remove(&ev.node);
+                    return Ok(Next::Lost(ev.node));
+                }
             }
         }
     }
@@ -388,9 +402,16 @@ impl Run<'_> {
         // Keys: every node answers with its keys (or refuses, which stops the run).
         self.report("keys", 0, 0, 0);
         let mut keys: BTreeMap<String, PsiKeys> = BTreeMap::new();
+        let mut exits = BTreeMap::new();
         let deadline = self.idle();
         while keys.len() < self.live.len() {
-            let (node, m) = self.next(deadline, "the nodes' run keys").await?;
+            let (node, m) = match self.next(deadline, "the nodes' run keys").await? {
+                Next::Message(node, m) => (node, m),
+                Next::Lost(node) => {
+                    exits.insert(node, "disconnected before its run keys".to_string());
+                    continue;
+                }
+            };
             let FromNode::PsiKeys(k) = m else {
                 return Err(self.stop(format!("{node} sent {} where its run keys were due", m.kind())));
             };
@@ -405,7 +426,6 @@ impl Run<'_> {
         };
         let names: Vec<String> = self.live.iter().cloned().collect();
         let mut pairs: BTreeMap<(String, String), String> = BTreeMap::new();
-        let mut exits = BTreeMap::new();
         for (i, a) in names.iter().enumerate() {
             for b in &names[i + 1..] {
                 if key_of(a, b).is_some() && key_of(b, a).is_some() {
@@ -443,10 +463,37 @@ impl Run<'_> {
         let (mut lists_done, mut points) = (0u32, 0u64);
         self.report("lists", 0, lists, 0);
         let mut released: BTreeMap<String, PsiRelease> = BTreeMap::new();
-        while released.len() < names.len() {
+        // Pairs of a node whose connection was lost before it released: its peers drop
+        // them and go on.
+        let mut dropped: BTreeSet<(String, String)> = BTreeSet::new();
+        while self.live.iter().any(|n| !released.contains_key(n)) {
             let deadline = self.idle();
-            let (node, m) = self.next(deadline, "the nodes' lists and releases").await?;
+            let (node, m) = match self.next(deadline, "the nodes' lists and releases").await? {
+                Next::Message(node, m) => (node, m),
+                Next::Lost(node) if released.contains_key(&node) => {
+                    tracing::info!(run = %self.run, %node, "left after its release; nothing of the run is lost");
+                    continue;
+                }
+                Next::Lost(node) => {
+                    let why = format!("{node} disconnected during the run");
+                    for (key, _) in pairs.iter().filter(|(k, _)| k.0 == node || k.1 == node) {
+                        if !dropped.insert(key.clone()) {
+                            continue;
+                        }
+                        exits.insert(format!("{}–{}", key.0, key.1), why.clone());
+                        let other = if key.0 == node { &key.1 } else { &key.0 };
+                        if self.live.contains(other) {
+                            let msg = ToNode::PsiDrop { run: self.run, peer: node.clone(), reason: why.clone() };
+                            self.coordinator.registry.send(other, &msg).await;
+                        }
+                    }
+                    continue;
+                }
+            };
             match m {
+                FromNode::PsiChunk(c) if dropped.contains(&pair_key(&node, &c.peer)) => {
+                    tracing::debug!(run = %self.run, %node, peer = %c.peer, "chunk of a dropped pair; not relayed");
+                }
                 FromNode::PsiChunk(c) => {
                     if !pairs.contains_key(&pair_key(&node, &c.peer)) {
                         return Err(self.stop(format!("{node} sent a list to {}, not its peer in this run", c.peer)));
@@ -487,9 +534,14 @@ impl Run<'_> {
                             );
                         }
                     }
-                    let compares = pairs.iter().filter(|(k, c)| *c == &node && (k.0 == node || k.1 == node)).count();
-                    if peers.len() != compares {
-                        return Err(self.stop(format!("{node} released {} counts for {compares} pairs", peers.len())));
+                    // Every pair it compares, less those dropped (whose count it may or
+                    // may not have released).
+                    let missing = pairs
+                        .iter()
+                        .filter(|(k, c)| *c == &node && !dropped.contains(*k))
+                        .find(|(k, _)| !peers.iter().any(|p| pair_key(&node, p) == **k));
+                    if let Some((k, _)) = missing {
+                        return Err(self.stop(format!("{node} released no count for its pair {}–{}", k.0, k.1)));
                     }
                     released.insert(node, r);
                 }
@@ -501,10 +553,10 @@ impl Run<'_> {
         let sizes = released.iter().map(|(n, r)| (n.clone(), r.customers)).collect();
         let mut counts = BTreeMap::new();
         for (node, r) in &released {
-            for (peer, n) in &r.counts {
+            for (peer, n) in r.counts.iter().filter(|(p, _)| !dropped.contains(&pair_key(node, p))) {
                 counts.insert(pair_key(node, peer), (node.clone(), vec![*n]));
             }
-            for (peer, cells) in &r.tables {
+            for (peer, cells) in r.tables.iter().filter(|(p, _)| !dropped.contains(&pair_key(node, p))) {
                 // The comparer's rows are its own segments: transpose when it is the pair's
                 // second name.
                 let key = pair_key(node, peer);

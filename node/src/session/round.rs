@@ -292,6 +292,7 @@ impl<'a> Rounds<'a> {
             ToNode::PsiStart(start) => self.on_psi_start(*start, coordinator).await,
             ToNode::PsiKeys(keys) => self.on_psi_keys(keys).await,
             ToNode::PsiChunk(chunk) => self.on_psi_chunk(chunk).await,
+            ToNode::PsiDrop { run, peer, reason } => self.on_psi_drop(run, &peer, &reason).await,
         }
     }
 

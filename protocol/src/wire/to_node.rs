@@ -195,6 +195,12 @@ pub enum ToNode {
     PsiKeys(PsiKeys),
     /// Issue 12: a list chunk from a peer (`peer` sent it).
     PsiChunk(PsiChunk),
+    /// Issue 12: `peer` left the run; drop the pair with it.
+    PsiDrop {
+        run: RoundId,
+        peer: String,
+        reason: String,
+    },
 }
 
 /// A member of U3's signature on (round, U2, U3).
@@ -368,6 +374,11 @@ impl TryFrom<pb::CoordinatorMessage> for ToNode {
                 ToNode::PsiKeys(keys)
             }
             Body::PsiChunk(c) => ToNode::PsiChunk(psi::psi_chunk(&c)?),
+            Body::PsiDrop(d) => ToNode::PsiDrop {
+                run: round_id(&d.run_id)?,
+                peer: node_name("psi_drop.peer", &d.peer)?,
+                reason: reason("psi_drop.reason", &d.reason)?,
+            },
         })
     }
 }
@@ -461,6 +472,9 @@ impl From<&ToNode> for pb::CoordinatorMessage {
             ToNode::PsiStart(s) => Body::PsiStart(psi::psi_start_pb(s)),
             ToNode::PsiKeys(k) => Body::PsiKeys(psi::psi_keys_pb(k)),
             ToNode::PsiChunk(c) => Body::PsiChunk(psi::psi_chunk_pb(c)),
+            ToNode::PsiDrop { run, peer, reason } => {
+                Body::PsiDrop(pb::PsiDrop { run_id: run.0.to_vec(), peer: peer.clone(), reason: reason.clone() })
+            }
         };
         pb::CoordinatorMessage { body: Some(body), receipt: None }
     }

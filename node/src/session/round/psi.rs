@@ -676,6 +676,25 @@ impl Rounds<'_> {
         Ok(None)
     }
 
+    /// A peer left the run: its pair is dropped (nothing more comes from it) and the
+    /// others go on; this node's charge stays as recorded.
+    pub(super) async fn on_psi_drop(&mut self, run: RoundId, peer: &str, reason: &str) -> Handled {
+        let Some(state) = self.psi.as_mut().filter(|r| r.start.run == run) else { return Ok(None) };
+        if state.pairs.remove(peer).is_some() {
+            tracing::warn!(node = %self.ctx.name, %run, %peer, %reason, "psi: peer left the run; its pair is dropped");
+            record(
+                self.ctx,
+                Event::PolicyDecision {
+                    round: Some(run.to_hex()),
+                    analysis: state.start.analysis_id.clone(),
+                    admitted: true,
+                    reason: format!("psi run {run}: pair with {peer} dropped: {reason}"),
+                },
+            )?;
+        }
+        self.psi_maybe_release().await
+    }
+
     /// The coordinator ended the run: everything of it is dropped (keys wiped).
     pub(super) fn end_psi(&mut self, run: RoundId) {
         if self.psi.as_ref().is_some_and(|r| r.start.run == run) {
