@@ -290,3 +290,19 @@ async fn a_node_lost_mid_run_leaves_the_other_pairs_released() {
     assert!(!released.channels.iter().any(|c| c.node == lost_name));
     cluster.stop().await;
 }
+
+/// Memory: a node keeps at most twice its `max_list_points` of its peers' points in one
+/// run (every chunk it keeps opened on arrival): peers whose lists add up to more make
+/// it refuse the run rather than buffer without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_buffers_at_most_twice_its_longest_list_in_a_run() {
+    let (mut specs, _) = common::synthetic_specs(4000, 12);
+    specs.truncate(4);
+    let small = specs[2].name.clone();
+    specs[2].policy.psi.max_list_points = 2048;
+    let cluster = Cluster::start(ClusterOptions { nodes: specs, ..Default::default() }).await.unwrap();
+    let mut client = AnalystClient::connect(&cluster.analyst).await.unwrap();
+    let err = client.overlap(request(), |_| {}).await.unwrap_err().to_string();
+    assert!(err.contains(&small) && err.contains("points in all"), "{err}");
+    cluster.stop().await;
+}
