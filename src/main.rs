@@ -584,9 +584,10 @@ enum BenchCommand {
         #[command(flatten)]
         peer: FlowerPeer,
     },
-    /// One private-set-intersection pair's computation (issue 12) on all cores, beside a
-    /// floor (plain DH-PSI on the same group) and, with --openmined, OpenMined PSI for the
-    /// same n in the same run. Both sides in this process; no network yet.
+    /// The cardinality of two sets of n identifiers (issue 12) end to end over loopback
+    /// TLS (a coordinator and two nodes started here), beside the same pair in process, a
+    /// floor measured in the same run (plain DH-PSI on the same group, all cores; `ratio`
+    /// = end to end over the floor) and, with --openmined, OpenMined PSI for the same n.
     Psi {
         /// Identifiers per side (half of them shared).
         #[arg(long, default_value_t = 100_000)]
@@ -1104,7 +1105,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Psi { n, json, openmined, openmined_script, openmined_python }) => {
             let peer = openmined
                 .then(|| (openmined_python, openmined_script.unwrap_or_else(fedcrm::bench::psi::default_script)));
-            let report = fedcrm::bench::psi::run(n, peer)?;
+            let report = fedcrm::bench::psi::run(n, peer).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
