@@ -211,7 +211,7 @@ async fn end_to_end(n: usize, a: &[String], b: &[String]) -> Result<EndToEnd> {
         let request = fedcrm_protocol::pb::OverlapRequest {
             purpose: "fedcrm bench psi: one pair end to end".into(),
             dp_off: true,
-            nodes: vec![],
+            ..Default::default()
         };
         let t = Instant::now();
         let released = client.overlap(request, |_| {}).await?;
