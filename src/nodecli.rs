@@ -128,6 +128,10 @@ pub fn check_text(r: &CheckReport) -> String {
         "    peer lists blinded only with {} to {} points; at most {} run(s) a month with any one peer organisation (HQ's channels count as one) ([policy.psi])\n",
         psi.min_list_points, psi.max_list_points, psi.max_runs_per_peer_organisation
     ));
+    s.push_str(&format!(
+        "    comparing, mixes one trap point per customer into its list, up to {}: then an answer altered to count a customer twice goes unnoticed with probability below {:.1e}\n",
+        psi.max_traps, psi.altered_answer_bound
+    ));
     match psi.answers.as_slice() {
         [] => s.push_str("    answers no peer: compares only (pin peers in [policy.psi] respond_to)\n"),
         orgs => s.push_str(&format!("    answers only the pinned peers of: {}\n", orgs.join(", "))),

@@ -22,11 +22,11 @@ use fedcrm_crypto::psi::{self, BlindingKey, Domain};
 use fedcrm_crypto::{RoundId, SystemRandom};
 use fedcrm_node::data::{DataConfig, Format};
 use fedcrm_node::identifiers::{MatchOn, customer_identifiers};
-use fedcrm_node::psi::{Comparer, ListLimits, PairKeys, Responder};
+use fedcrm_node::psi::{Comparer, DEFAULT_MAX_TRAPS, ListLimits, PairKeys, Responder};
 use fedcrm_pki::{Identity, OrgKind, Role, SigningKey, Validity};
 use fedcrm_protocol::psi::{PairRole, Side, SignedRunKey, comparer};
 
-const LIMITS: ListLimits = ListLimits { min_points: 256, max_points: 1 << 20 };
+const LIMITS: ListLimits = ListLimits { min_points: 256, max_points: 1 << 20, max_traps: DEFAULT_MAX_TRAPS };
 
 /// One channel's node: its certified key, kind, and identifiers as its loader reads them.
 struct Channel {

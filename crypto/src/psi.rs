@@ -368,6 +368,20 @@ impl<'a> Words<'a> {
 /// than once, or to leave out a customer) cannot tell traps from identifiers, so it
 /// misses none of the c traps with probability at most (1 − c/N)^d. The scalars are
 /// zeroized on drop.
+///
+/// **What a cheating responder can gain** ([`amplification_bound`]). To count one
+/// customer m ≥ 2 times, the answer must hold m − 1 points besides that customer's
+/// honest one that are copies of its slot (s·L_j; a point made from several slots
+/// matches nothing the responder can name), and the answer's length is fixed, so those
+/// copies displace honest answers: covering k slots takes d ≥ k·(m − 1) displaced
+/// answers. The responder does not know the target's slot j (uniform, the list is
+/// shuffled) nor the traps' (uniform among the other N − 1), so
+/// P[j covered ∧ no trap displaced] ≤ (k/N)·(1 − (d − 1)/(N − 1))^c
+/// ≤ (d/((m − 1)·N))·e^(−c·(d − 1)/N) ≤ 2/(e·(m − 1)·c) (for d ≥ 2, d − 1 ≥ d/2 and
+/// x·e^(−x) ≤ 1/e; for d = 1, (1/N)·e^(−c/N) ≤ 1/(e·c) as c ≤ N) — whatever d, k, and
+/// the list's length: the bound depends on the number of traps alone
+/// (`tests::the_amplification_bound_holds_for_every_alteration` checks it against the
+/// exact probability).
 pub struct Traps {
     scalars: Vec<Scalar>,
 }
@@ -424,7 +438,7 @@ impl Traps {
             return Err(PsiError::Identity { index: 0 });
         }
         // One precomputed table for K makes each r·K a fixed-base multiplication, several
-        // times cheaper than a variable-base one (the traps are as many as the identifiers).
+        // times cheaper than a variable-base one (a list holds tens of thousands of traps).
         let table = RistrettoBasepointTable::create(&k);
         Ok(self
             .scalars
@@ -435,6 +449,17 @@ impl Traps {
             })
             .collect())
     }
+}
+
+/// The most probability that a responder which alters its answer to count one
+/// customer `m` ≥ 2 times both goes unnoticed by `traps` trap points and has that
+/// customer among the slots it altered: 2/(e·(m − 1)·c) ([`Traps`]). 1 for m < 2 or
+/// no traps (no guarantee).
+pub fn amplification_bound(m: u64, traps: usize) -> f64 {
+    if m < 2 || traps == 0 {
+        return 1.0;
+    }
+    (2.0 / (std::f64::consts::E * (m - 1) as f64 * traps as f64)).min(1.0)
 }
 
 /// Pads `points` (blinded identifiers) with trap points up to `bucket(len + min_traps)`,

@@ -71,6 +71,11 @@ pub struct PsiCheck {
     pub max_list_points: usize,
     /// `[policy.psi] max_runs_per_peer_organisation`.
     pub max_runs_per_peer_organisation: u32,
+    /// `[policy.psi] max_traps`, and the bound it gives, once a list is that long, on an
+    /// answer altered to count a customer twice
+    /// ([`fedcrm_crypto::psi::amplification_bound`]).
+    pub max_traps: usize,
+    pub altered_answer_bound: f64,
 }
 
 /// Issue 10: `[policy.privacy]` and what the audit log says of this month's charges.
@@ -144,6 +149,8 @@ pub fn psi_check(config: &NodeConfig, ds: &Dataset) -> PsiCheck {
         min_list_points: config.policy.psi.min_list_points,
         max_list_points: config.policy.psi.max_list_points,
         max_runs_per_peer_organisation: config.policy.psi.max_runs_per_peer_organisation,
+        max_traps: config.policy.psi.max_traps,
+        altered_answer_bound: fedcrm_crypto::psi::amplification_bound(2, config.policy.psi.max_traps),
     }
 }
 

@@ -253,6 +253,7 @@ impl Policy {
         if self.histograms.max_bins == 0 {
             return Err("policy.histograms.max_bins is 0; use 1 or more (default 1024)".into());
         }
+        self.psi.validate()?;
         self.privacy.validate()
     }
 
@@ -358,6 +359,22 @@ mod tests {
         let err = p.validate().unwrap_err();
         assert!(err.contains("not available in this version"), "{err}");
         assert_eq!(Policy::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn psi_limits_that_protect_nothing_or_admit_no_list_are_refused() {
+        let with = |f: &dyn Fn(&mut crate::psi::PsiLimits)| {
+            let mut p = Policy::default();
+            f(&mut p.psi);
+            p.validate()
+        };
+        let err = with(&|l| l.max_traps = 100).unwrap_err();
+        assert!(err.contains("max_traps = 100 is too few") && err.contains("use 1024 or more"), "{err}");
+        assert_eq!(with(&|l| l.max_traps = crate::psi::MIN_TRAPS), Ok(()));
+        let err = with(&|l| l.min_list_points = l.max_list_points + 1).unwrap_err();
+        assert!(err.contains("no peer list would be accepted"), "{err}");
+        let err = with(&|l| l.max_traps = l.max_list_points).unwrap_err();
+        assert!(err.contains("leaves no room for identifiers"), "{err}");
     }
 
     #[test]

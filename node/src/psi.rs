@@ -13,12 +13,15 @@
 //!
 //! 1. each side draws a fresh blinding key for the pair and sends its own list {k·H(x)},
 //!    shuffled: R's padded with random points to its bucket ([`Responder::own_list`]),
-//!    C's mixed with trap points r·B, at least one per identifier ([`Comparer::own_list`]);
+//!    C's mixed with trap points r·B, as many as its identifiers up to its policy's
+//!    `max_traps` ([`Comparer::own_list`]);
 //! 2. R blinds C's list again and returns it shuffled: {k_R·k_C·H(x)} and {k_R·r·B}
 //!    ([`AwaitingList::answer`]);
 //! 3. C checks the answer — as long as its list, no point twice, r·K_R present for every
-//!    trap (R cannot tell traps from identifiers, so an answer altered on d points
-//!    passes with probability at most 2^−d) — removes the traps, blinds R's list
+//!    trap (R cannot tell traps from identifiers, so an answer altered on d of N points
+//!    passes with probability at most (1 − c/N)^d for c traps, and one that counts a
+//!    customer m times reaches its target unnoticed with probability at most
+//!    2/(e·(m − 1)·c)) — removes the traps, blinds R's list
 //!    again, {k_C·k_R·H(y)}, and counts the common points ([`AwaitingAnswer::compare`]);
 //!    only the noised count leaves C ([`noised`]).
 //!
@@ -65,9 +68,22 @@ pub struct PsiLimits {
     /// noise on the released count limits what it learns.
     pub min_list_points: usize,
     /// The longest. Default 8,388,608 (2²³, 256 MiB of points): a comparer's list holds
-    /// at least one trap per identifier, so this admits comparers of up to about 4
-    /// million customers.
+    /// its identifiers and up to `max_traps` traps, so this admits comparers of up to
+    /// about 8.3 million customers.
     pub max_list_points: usize,
+    /// When this node compares, it mixes trap points into its list — its check that the
+    /// responder applied its committed key to every point — as many as its identifiers,
+    /// at least [`MIN_TRAPS`] and at most this ([`ListLimits::traps_for`]). A responder
+    /// that alters its answer to count one customer m ≥ 2 times goes unnoticed *and* has
+    /// that customer among the points it altered with probability at most
+    /// 2/(e·(m − 1)·c) for c traps, whatever the list's length
+    /// ([`fedcrm_crypto::psi::Traps`], [`fedcrm_crypto::psi::amplification_bound`]):
+    /// below 2.3·10⁻⁵ for a list with the default [`DEFAULT_MAX_TRAPS`] = 32,768 traps.
+    /// Each trap costs this node two fixed-base multiplications and the responder one
+    /// variable-base multiplication, so the traps never cost more than the list itself,
+    /// and past this number they stop growing (the bound depends on their number
+    /// alone). At least [`MIN_TRAPS`].
+    pub max_traps: usize,
     /// Most PSI runs per calendar month (UTC) this node pairs with any one peer
     /// organisation — all of HQ's channels count as one organisation, HQ — so no peer
     /// can probe this node's list run after run. A peer over the cap is declined (the
@@ -82,6 +98,7 @@ impl Default for PsiLimits {
             respond_to: vec![],
             min_list_points: psi::MIN_BUCKET,
             max_list_points: 1 << 23,
+            max_traps: DEFAULT_MAX_TRAPS,
             max_runs_per_peer_organisation: 4,
         }
     }
@@ -128,17 +145,54 @@ impl PsiLimits {
 
     /// The limits a pair run checks.
     pub fn list_limits(&self) -> ListLimits {
-        ListLimits { min_points: self.min_list_points, max_points: self.max_list_points }
+        ListLimits { min_points: self.min_list_points, max_points: self.max_list_points, max_traps: self.max_traps }
+    }
+
+    /// Refuses limits that protect nothing or admit no list, saying what to set.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_traps < MIN_TRAPS {
+            return Err(format!(
+                "policy.psi.max_traps = {} is too few: a responder that alters its answer would go unnoticed with \
+                 probability up to 2/(e·c) for c traps; use {MIN_TRAPS} or more (default {DEFAULT_MAX_TRAPS})",
+                self.max_traps
+            ));
+        }
+        if self.min_list_points > self.max_list_points {
+            return Err(format!(
+                "policy.psi.min_list_points = {} is above max_list_points = {}: no peer list would be accepted",
+                self.min_list_points, self.max_list_points
+            ));
+        }
+        if self.max_traps >= self.max_list_points {
+            return Err(format!(
+                "policy.psi.max_traps = {} leaves no room for identifiers under max_list_points = {}",
+                self.max_traps, self.max_list_points
+            ));
+        }
+        Ok(())
     }
 }
 
-/// What a node accepts from a peer in one PSI run.
+/// What a node accepts from a peer in one PSI run, and the traps it mixes into its own
+/// list when it compares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListLimits {
     /// The shortest peer list this node blinds (padded length, all it can see).
     pub min_points: usize,
     /// The longest.
     pub max_points: usize,
+    /// The most trap points this node needs in a list it sends as comparer
+    /// ([`PsiLimits::max_traps`], [`ListLimits::traps_for`]).
+    pub max_traps: usize,
+}
+
+impl ListLimits {
+    /// The fewest traps in each group of a comparer's list of `n` identifiers: `n`,
+    /// at least [`MIN_TRAPS`], at most `max_traps` (or [`MIN_TRAPS`] if that is lower);
+    /// the bucket adds more.
+    pub fn traps_for(&self, n: usize) -> usize {
+        n.min(self.max_traps).max(MIN_TRAPS)
+    }
 }
 
 /// Why a PSI step refused or failed, naming who is at fault.
@@ -199,10 +253,16 @@ impl PsiRunError {
     }
 }
 
-/// How many trap points a comparer mixes in per identifier (at least): with c traps
-/// among N = n + c points, a responder that deviates on d answer slots escapes detection
-/// with probability at most (1 − c/N)^d ≤ 2^−d ([`fedcrm_crypto::psi::Traps`]).
-pub const TRAPS_PER_IDENTIFIER: usize = 1;
+/// The default of [`PsiLimits::max_traps`]: with its 2¹⁵ traps, an answer altered to count one
+/// customer twice goes unnoticed with its target among the altered points with
+/// probability below 2.3·10⁻⁵ (2/(e·(m − 1)·c)), and one altered on d of N points at all
+/// with probability at most (1 − c/N)^d. They cost the comparer and the responder about a
+/// second each on two cores, whatever the list's length.
+pub const DEFAULT_MAX_TRAPS: usize = 1 << 15;
+
+/// The fewest traps in any comparer's list, and the lowest [`PsiLimits::max_traps`] a
+/// policy may set (the bound is then 7.2·10⁻⁴).
+pub const MIN_TRAPS: usize = 1024;
 
 /// One pair of one run as this node's side sees it: the run, the two names, this
 /// node's run secret and the peer's run key (verified:
@@ -287,8 +347,8 @@ impl Comparer {
         Ok(Self { link: Link::new(pair, limits)?, key, commitment })
     }
 
-    /// Step 1: this node's identifiers blinded, mixed with trap points (at least
-    /// [`TRAPS_PER_IDENTIFIER`] per identifier, up to the bucket), shuffled and sealed.
+    /// Step 1: this node's identifiers blinded, mixed with trap points
+    /// ([`ListLimits::traps_for`], up to the bucket), shuffled and sealed.
     pub fn own_list<T: AsRef<[u8]> + Sync>(
         self,
         ids: &[T],
@@ -300,8 +360,9 @@ impl Comparer {
 
     /// Step 1 for a list split into groups (the segment profile: one group per segment
     /// of this node's customers): every group blinded and mixed with trap points up to
-    /// the same length — the bucket of the whole list with at least one trap per
-    /// identifier — so the groups' lengths tell the peer nothing of their sizes; each
+    /// the same length — the bucket of the whole list and its traps
+    /// ([`ListLimits::traps_for`]) — so every group holds at least that many traps and
+    /// the groups' lengths tell the peer nothing of their sizes; each
     /// shuffled and sealed as its own list.
     pub fn own_groups<T: AsRef<[u8]> + Sync>(
         self,
@@ -309,7 +370,7 @@ impl Comparer {
         rng: &dyn SecureRandom,
     ) -> Result<(Vec<SealedList>, AwaitingAnswer), PsiRunError> {
         let n: usize = groups.iter().map(|g| g.len()).sum();
-        let length = psi::bucket(n + (n * TRAPS_PER_IDENTIFIER).max(psi::MIN_BUCKET));
+        let length = psi::bucket(n + self.link.limits.traps_for(n));
         let mut lists = Vec::with_capacity(groups.len());
         let mut sent = Vec::with_capacity(groups.len());
         for (g, ids) in groups.iter().enumerate() {

@@ -11,8 +11,8 @@
 //! released reply, whose pair count must be exactly n/2. In it: the coordinator's
 //! signed start, both nodes' checks, signed run keys relayed and verified, each node
 //! reading its identifiers, hashing to ristretto255 and blinding on all cores, the
-//! comparer's list mixed with at least one trap point per identifier and the
-//! responder's padded to its bucket, shuffled and sealed (ChaCha20-Poly1305 chunks)
+//! comparer's list mixed with trap points (one per identifier up to the default
+//! `max_traps`, 32,768, then up its bucket) and the responder's padded to its bucket, shuffled and sealed (ChaCha20-Poly1305 chunks)
 //! and relayed by the coordinator; the responder's answer; the comparer's check of
 //! every trap and its count; both releases and the coordinator's minimum cohort. Both
 //! nodes share this machine's cores. Not in it: writing the data, starting the
@@ -41,7 +41,7 @@ use anyhow::{Context, Result, bail, ensure};
 use fedcrm_crypto::keys::RoundSecret;
 use fedcrm_crypto::psi::{self, BlindingKey, Domain};
 use fedcrm_crypto::{RoundId, SystemRandom};
-use fedcrm_node::psi::{Comparer, ListLimits, PairKeys, Responder};
+use fedcrm_node::psi::{Comparer, DEFAULT_MAX_TRAPS, ListLimits, PairKeys, Responder};
 use serde::Serialize;
 
 /// The OpenMined release the script was written against.
@@ -117,7 +117,7 @@ fn measured(n: usize, a: &[String], b: &[String]) -> Result<PsiReport> {
     let (cs, rs) = (RoundSecret::generate(&rng)?, RoundSecret::generate(&rng)?);
     let (kc, kr) = (BlindingKey::generate(domain, &rng)?, BlindingKey::generate(domain, &rng)?);
     let commitment = kr.public();
-    let limits = ListLimits { min_points: psi::MIN_BUCKET, max_points: psi::MAX_LIST };
+    let limits = ListLimits { min_points: psi::MIN_BUCKET, max_points: psi::MAX_LIST, max_traps: DEFAULT_MAX_TRAPS };
     let (c_pub, r_pub) = (cs.public(), rs.public());
     let on_c = PairKeys { run, me: "fr-bench", peer: "hq-bench", secret: &cs, peer_key: &r_pub };
     let on_r = PairKeys { run, me: "hq-bench", peer: "fr-bench", secret: &rs, peer_key: &c_pub };

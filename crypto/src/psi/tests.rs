@@ -339,3 +339,38 @@ fn an_honest_answer_holds_every_trap_and_any_other_key_holds_none() {
     assert!(traps.expected(&[0xff; 32]).is_err());
     assert!(traps.expected(&RistrettoPoint::identity().compress().to_bytes()).is_err());
 }
+
+/// The exact chance that a responder's alteration goes unnoticed and covers its target,
+/// for every number d of displaced answers, against [`amplification_bound`]. Two ways
+/// to cover k slots m-fold: keep their honest answers and add m − 1 copies each
+/// (d ≥ k·(m − 1), none of the d displaced slots may be a trap), or displace them too
+/// (d ≥ k·m, the target's own slot is not a trap). The target's slot is uniform among
+/// the N; the c traps uniform among the other N − 1, so no trap among x given slots has
+/// probability C(N − 1 − x, c)/C(N − 1, c), which the loop steps by
+/// (N − 1 − x − c)/(N − 1 − x).
+#[test]
+fn the_amplification_bound_holds_for_every_alteration() {
+    for (n, c) in [(256, 1), (256, 128), (256, 250), (1000, 10), (4096, 2048), (100_000, 4_000), (1_246_974, 246_974)] {
+        for m in [2u64, 3, 20] {
+            let bound = amplification_bound(m, c);
+            let (mut none_among, mut worst) = (1.0f64, 0.0f64);
+            // none_among = P[no trap among x = d − 1 slots], then x = d.
+            let none_among_next = |p: f64, x: usize| p * (n - 1 - x - c) as f64 / (n - 1 - x) as f64;
+            for d in 1..=(n - 1 - c) {
+                let (without_one, with_all) = (none_among, none_among_next(none_among, d - 1));
+                let keep = (d as u64 / (m - 1)) as f64 / n as f64 * with_all;
+                let displace = (d as u64 / m) as f64 / n as f64 * without_one;
+                worst = worst.max(keep).max(displace);
+                none_among = with_all;
+            }
+            assert!(worst <= bound, "N = {n}, c = {c}, m = {m}: exact {worst:e} > bound {bound:e}");
+            // And not slack by orders of magnitude for the cheapest alteration (m = 2)
+            // where traps are at most half the list.
+            if m == 2 && c <= n / 2 && bound < 1.0 {
+                assert!(worst >= bound / 8.0, "N = {n}, c = {c}, m = {m}: exact {worst:e} ≪ bound {bound:e}");
+            }
+        }
+    }
+    assert!(amplification_bound(1, 1000) >= 1.0 && amplification_bound(2, 0) >= 1.0);
+    assert!((amplification_bound(2, 65_536) - 1.1229e-5).abs() < 1e-8);
+}

@@ -6,7 +6,7 @@ use crate::identifiers::{MatchOn, Normalised};
 use fedcrm_crypto::SystemRandom;
 use ring::digest;
 
-const LIMITS: ListLimits = ListLimits { min_points: 500, max_points: 1 << 20 };
+const LIMITS: ListLimits = ListLimits { min_points: 500, max_points: 1 << 20, max_traps: DEFAULT_MAX_TRAPS };
 
 /// Mainland mobile numbers 139 0000 0000 + i, written as exports write them.
 fn phones(range: std::ops::Range<u32>) -> Vec<String> {
@@ -100,10 +100,31 @@ fn the_count_equals_the_plaintext_intersection_of_normalised_phones() {
     let mut relay = Relay::default();
     let run = run_pair(pair(RoundId([1; 16])), &a, &b, &mut relay);
     assert_eq!(run.comparer.compare(&run.from_r, &run.answer).unwrap(), plain);
-    // The relay saw sealed lists: the comparer's with at least one trap per identifier,
-    // twice (out and back), and the responder's padded one.
+    // The relay saw sealed lists: the comparer's with at least one trap per identifier
+    // (3,000 is below `max_traps`), twice (out and back), and the responder's padded one.
     let padded = psi::bucket(6000) * 2 + psi::bucket(2000);
     assert!(relay.bytes.len() >= padded * 32, "{} bytes for {padded} points", relay.bytes.len());
+}
+
+#[test]
+fn a_comparer_mixes_one_trap_per_identifier_up_to_its_policy_cap() {
+    let l = ListLimits { max_traps: 4096, ..LIMITS };
+    assert_eq!((l.traps_for(0), l.traps_for(10), l.traps_for(MIN_TRAPS)), (MIN_TRAPS, MIN_TRAPS, MIN_TRAPS));
+    assert_eq!((l.traps_for(3000), l.traps_for(4096), l.traps_for(1_000_000)), (3000, 4096, 4096));
+    // A cap below the floor still gives the floor.
+    assert_eq!(ListLimits { max_traps: 10, ..LIMITS }.traps_for(5000), MIN_TRAPS);
+    // The list that leaves holds them: 6,000 customers and 4,096 traps, up the ladder,
+    // every point a trap but the 6,000 (an honest answer holds each r·K).
+    let rng = SystemRandom::new();
+    let a = normalised(&phones(0..6000));
+    let mut p = pair(RoundId([12; 16]));
+    p.comparer.link.limits = l;
+    let (chunks, awaiting) = p.comparer.own_list(&a, &rng).unwrap();
+    assert_eq!(awaiting.sent(), psi::bucket(6000 + 4096));
+    assert_eq!(awaiting.groups[0].expected.len(), psi::bucket(6000 + 4096) - 6000);
+    let list = p.responder.link.from_peer.open_list(ListKind::Blinded { group: 0 }, &chunks, 1 << 10).unwrap();
+    let answer: HashSet<[u8; 32]> = psi::reblind(&p.responder.key, &list).unwrap().into_iter().collect();
+    assert!(awaiting.groups[0].expected.iter().all(|t| answer.contains(t)));
 }
 
 #[test]
