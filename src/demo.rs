@@ -234,8 +234,6 @@ pub async fn run(o: DemoOptions) -> Result<()> {
 /// whether every released count equals the plaintext one.
 async fn overlap(cluster: &Cluster, o: &DemoOptions, specs: &[NodeSpec]) -> Result<(String, bool)> {
     let bar = if o.quiet { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
-    bar.enable_steady_tick(Duration::from_millis(100));
-    bar.set_message("fedcrm hq overlap: the channels exchange run keys");
     let mut client = AnalystClient::connect(&cluster.analyst).await?;
     let request = fedcrm_protocol::pb::OverlapRequest {
         purpose: "demo: how many customers the channels share".into(),
@@ -243,16 +241,7 @@ async fn overlap(cluster: &Cluster, o: &DemoOptions, specs: &[NodeSpec]) -> Resu
         nodes: vec![],
         ..Default::default()
     };
-    let released = client
-        .overlap(request, |p| {
-            bar.set_message(format!(
-                "fedcrm hq overlap: {} — {} of {} lists relayed, {} points",
-                p.stage, p.pairs_done, p.pairs, p.points
-            ))
-        })
-        .await;
-    bar.finish_and_clear();
-    let released = released?;
+    let released = client.overlap_on(request, &bar, "fedcrm hq overlap").await?;
     let view = crate::overlap::OverlapView::new(&crate::overlap::OverlapRelease::from_reply(&released))?;
     let (png, svg) = (cluster.dir.path().join("overlap-heatmap.png"), cluster.dir.path().join("overlap-heatmap.svg"));
     crate::overlap::write_heatmap(&view, crate::overlap::HeatMetric::Jaccard, &png, &svg)?;

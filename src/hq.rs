@@ -164,6 +164,28 @@ impl AnalystClient {
         }
     }
 
+    /// [`Self::overlap`] with its progress on `bar` (a spinner, shown or hidden), each
+    /// line opened by `label`; the bar is cleared when the run ends.
+    pub async fn overlap_on(
+        &mut self,
+        request: pb::OverlapRequest,
+        bar: &indicatif::ProgressBar,
+        label: &str,
+    ) -> Result<pb::OverlapReleased> {
+        bar.enable_steady_tick(std::time::Duration::from_millis(100));
+        bar.set_message(format!("{label}: the nodes exchange run keys"));
+        let done = self
+            .overlap(request, |p| {
+                bar.set_message(format!(
+                    "{label}: {} — {} of {} lists relayed, {} points",
+                    p.stage, p.pairs_done, p.pairs, p.points
+                ))
+            })
+            .await;
+        bar.finish_and_clear();
+        done
+    }
+
     /// Issue 12: the overlap request for a segment profile: the reference date and
     /// cut points of a segment analysis, as `hq segments --json` printed them.
     pub fn segment_profile(json: &str) -> Result<(String, pb::RfmSegments)> {

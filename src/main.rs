@@ -958,9 +958,6 @@ async fn run(cli: Cli) -> Result<()> {
             };
             let cfg = HqConfig::load(&config)?;
             let mut client = AnalystClient::connect(&cfg).await?;
-            let bar = indicatif::ProgressBar::new_spinner();
-            bar.set_message("psi run: the nodes exchange run keys");
-            bar.enable_steady_tick(std::time::Duration::from_millis(100));
             let request = fedcrm_protocol::pb::OverlapRequest {
                 purpose,
                 dp_off: dp == Dp::Off,
@@ -968,16 +965,7 @@ async fn run(cli: Cli) -> Result<()> {
                 segment_cuts,
                 reference_date,
             };
-            let done = client
-                .overlap(request, |p| {
-                    bar.set_message(format!(
-                        "psi run: {} — {} of {} lists relayed, {} points",
-                        p.stage, p.pairs_done, p.pairs, p.points
-                    ))
-                })
-                .await;
-            bar.finish_and_clear();
-            let released = done?;
+            let released = client.overlap_on(request, &indicatif::ProgressBar::new_spinner(), "psi run").await?;
             let view = fedcrm::overlap::OverlapView::new(&fedcrm::overlap::OverlapRelease::from_reply(&released))?;
             if let Some(prefix) = heatmap {
                 let (png, svg) = (prefix.with_extension("png"), prefix.with_extension("svg"));

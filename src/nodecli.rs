@@ -129,8 +129,8 @@ pub fn check_text(r: &CheckReport) -> String {
         psi.min_list_points, psi.max_list_points, psi.max_runs_per_peer_organisation
     ));
     s.push_str(&format!(
-        "    comparing, mixes one trap point per customer into its list, up to {}: then an answer altered to count a customer twice goes unnoticed with probability below {:.1e}\n",
-        psi.max_traps, psi.altered_answer_bound
+        "    comparing, mixes {} trap points into its list (one per identifier, at least 1024, at most max_traps = {}, then up to its bucket): an answer altered to count one customer twice goes unnoticed and reaches that customer with probability at most {:.1e} a run\n",
+        psi.traps, psi.max_traps, psi.altered_answer_bound
     ));
     match psi.answers.as_slice() {
         [] => s.push_str("    answers no peer: compares only (pin peers in [policy.psi] respond_to)\n"),

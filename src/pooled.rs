@@ -169,8 +169,11 @@ pub fn segment_pairs(
     table
 }
 
-/// Issue 12: per customer of a synthetic export, its phone as [`synthetic_phones`]
-/// reads it (customers who withdrew consent left out).
+/// Issue 12: the reference's own reading of a synthetic jewellery export (`fedcrm
+/// demo-data`): per customer who did not withdraw consent, the last 11 digits of its
+/// phone when it has at least 11 digits (the generator writes one mainland mobile per
+/// person, in several styles; of several rows, the last). Deliberately not the node's
+/// normaliser, so the two are checked against each other.
 pub fn synthetic_phone_by_customer(csv: &str, withdrawn: &str) -> BTreeMap<String, String> {
     let gone: BTreeSet<&str> =
         withdrawn.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
@@ -207,28 +210,9 @@ pub fn overlap(sets: &[(String, BTreeSet<String>)]) -> BTreeMap<(String, String)
     out
 }
 
-/// The reference's own reading of a synthetic jewellery export (`fedcrm demo-data`):
-/// the last 11 digits of every phone with at least 11 digits of a customer who did not
-/// withdraw consent (the generator writes one mainland mobile per person, in several
-/// styles). Deliberately not the node's normaliser, so the two are checked against
-/// each other.
+/// The set of phones of a synthetic export's customers ([`synthetic_phone_by_customer`]).
 pub fn synthetic_phones(csv: &str, withdrawn: &str) -> BTreeSet<String> {
-    let gone: BTreeSet<&str> =
-        withdrawn.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
-    let mut lines = csv.lines();
-    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
-    let (Some(ck), Some(ph)) =
-        (header.iter().position(|h| *h == "customer_key"), header.iter().position(|h| *h == "phone"))
-    else {
-        return BTreeSet::new();
-    };
-    lines
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            let digits: String = f.get(ph)?.chars().filter(char::is_ascii_digit).collect();
-            (!gone.contains(f.get(ck)?) && digits.len() >= 11).then(|| digits[digits.len() - 11..].to_string())
-        })
-        .collect()
+    synthetic_phone_by_customer(csv, withdrawn).into_values().collect()
 }
 
 /// The customer keys of CDNOW text.

@@ -27,20 +27,9 @@ async fn cluster(hooks: Hooks) -> Cluster {
     Cluster::start_with_hooks(opts, hooks).await.unwrap()
 }
 
-/// How many PSI releases each node's transport took.
+/// How many PSI releases the nodes' transports took.
 fn releases(cluster: &Cluster) -> usize {
-    use prost::Message;
-    let captures = cluster.captures.lock().unwrap();
-    captures
-        .values()
-        .flatten()
-        .filter(|m| {
-            matches!(
-                pb::NodeMessage::decode(m.as_slice()).ok().and_then(|m| m.body),
-                Some(pb::node_message::Body::PsiRelease(_))
-            )
-        })
-        .count()
+    common::sent(cluster, None, |b| matches!(b, pb::node_message::Body::PsiRelease(_)))
 }
 
 /// Runs the overlap and expects it to stop without a result; returns the error text.
@@ -140,20 +129,7 @@ async fn a_replayed_run_start_is_refused_by_every_node() {
     let err = refused(&cluster).await;
     assert!(err.contains("was started before"), "{err}");
     // After the refusal no node sent keys for the replayed run.
-    use prost::Message;
-    let keys: usize = cluster
-        .captures
-        .lock()
-        .unwrap()
-        .values()
-        .flatten()
-        .filter(|m| {
-            matches!(
-                pb::NodeMessage::decode(m.as_slice()).ok().and_then(|m| m.body),
-                Some(pb::node_message::Body::PsiKeys(_))
-            )
-        })
-        .count();
+    let keys = common::sent(&cluster, None, |b| matches!(b, pb::node_message::Body::PsiKeys(_)));
     assert_eq!(keys, 3, "keys only for the first run");
     cluster.stop().await;
 }
@@ -174,20 +150,7 @@ async fn a_coordinator_that_shows_two_nodes_different_terms_is_caught_before_any
     let with_dp = pb::OverlapRequest { dp_off: false, ..request() };
     let err = client.overlap(with_dp, |_| {}).await.unwrap_err().to_string();
     assert!(err.contains("another start"), "{err}");
-    use prost::Message;
-    let chunks = cluster
-        .captures
-        .lock()
-        .unwrap()
-        .values()
-        .flatten()
-        .filter(|m| {
-            matches!(
-                pb::NodeMessage::decode(m.as_slice()).ok().and_then(|m| m.body),
-                Some(pb::node_message::Body::PsiChunk(_))
-            )
-        })
-        .count();
+    let chunks = common::sent(&cluster, None, |b| matches!(b, pb::node_message::Body::PsiChunk(_)));
     assert_eq!(chunks, 0, "no list left any node");
     cluster.stop().await;
 }

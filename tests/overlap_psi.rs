@@ -310,17 +310,9 @@ async fn a_node_without_the_budget_for_the_run_refuses_it_itself() {
         fedcrm_protocol::pb::OverlapRequest { purpose: "overlap".into(), dp_off: false, ..Default::default() };
     let err = client.overlap(request, |_| {}).await.unwrap_err().to_string();
     assert!(err.contains(&poor) && err.contains("budget"), "{err}");
-    use prost::Message;
-    let sent = cluster.captures.lock().unwrap()[&poor].clone();
-    let kinds: Vec<&str> = sent
-        .iter()
-        .filter_map(|m| match fedcrm_protocol::pb::NodeMessage::decode(m.as_slice()).ok()?.body? {
-            fedcrm_protocol::pb::node_message::Body::PsiKeys(_) => Some("keys"),
-            fedcrm_protocol::pb::node_message::Body::PsiChunk(_) => Some("chunk"),
-            _ => None,
-        })
-        .collect();
-    assert!(kinds.is_empty(), "{poor} sent {kinds:?}");
+    use fedcrm_protocol::pb::node_message::Body;
+    let sent = common::sent(&cluster, Some(&poor), |b| matches!(b, Body::PsiKeys(_) | Body::PsiChunk(_)));
+    assert_eq!(sent, 0, "{poor} sent run keys or list chunks");
     cluster.stop().await;
 }
 
@@ -391,5 +383,60 @@ async fn the_segment_profile_of_shared_customers_equals_the_pooled_reference() {
         }
     }
     assert!(nonzero > 0, "some cell was released");
+    cluster.stop().await;
+}
+
+/// `manual_approval = ["channel-overlap"]`: the node sends nothing of a PSI run but its
+/// refusal until a person approves the request — bound to the participants, its role
+/// with each, the counts' noise, the analyst and the purpose — and the analyst is told
+/// which request waits; once approved, HQ runs it again and the node takes part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_needs_approval_sends_nothing_of_a_psi_run_until_its_franchisee_approves() {
+    use fedcrm::harness::{Cluster, ClusterOptions};
+    use fedcrm_audit::{Event, log::read_records};
+    use fedcrm_node::approvals::Approvals;
+    let (mut specs, _) = common::synthetic_specs(1200, 35);
+    specs.truncate(3);
+    specs[1].policy.manual_approval = vec!["channel-overlap".into()];
+    // Long enough that a loaded machine never expires the request by accident.
+    specs[1].policy.approval_expires_seconds = 3600;
+    let careful = specs[1].name.clone();
+    let cluster = Cluster::start(ClusterOptions { nodes: specs, ..Default::default() }).await.unwrap();
+    let cfg = cluster.node_configs[1].clone();
+    let mut client = fedcrm::hq::AnalystClient::connect(&cluster.analyst).await.unwrap();
+    let request = || fedcrm_protocol::pb::OverlapRequest {
+        purpose: "membership overlap".into(),
+        dp_off: true,
+        ..Default::default()
+    };
+    let err = client.overlap(request(), |_| {}).await.unwrap_err().to_string();
+    assert!(err.contains(&careful) && err.contains("needs manual approval"), "{err}");
+    let sent: Vec<String> =
+        fedcrm_node::egress::read_log(&cfg.audit_dir).unwrap().into_iter().map(|e| e.kind).collect();
+    assert!(sent.iter().all(|k| k == "hello" || k == "refusal"), "nothing leaves before approval: {sent:?}");
+    let approvals = Approvals::new(&cfg.approvals_dir);
+    // The request's clock is the node's; approving uses the same (real) clock, as
+    // `fedcrm node approve` does. The outcome does not depend on the date.
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let pending = approvals.pending(now()).unwrap();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    let p = &pending[0];
+    assert_eq!((p.analysis.as_str(), p.purpose.as_str()), ("channel-overlap", "membership overlap"));
+    assert!(err.contains(&p.id), "the analyst is told which request waits: {err}");
+    for name in &cluster.node_configs.iter().map(|c| c.name.clone()).collect::<Vec<_>>() {
+        assert!(p.computation.contains(name.as_str()), "{}", p.computation);
+    }
+    assert!(p.computation.contains("exact counts"), "{}", p.computation);
+    approvals.approve(&p.id, "store owner", now(), 3600).unwrap();
+    // The same run asked again (a fresh run id): approved, the node takes part.
+    let released = client.overlap(request(), |_| {}).await.unwrap();
+    let pairs = released.pairs.iter().filter(|q| q.a == careful || q.b == careful).count();
+    assert_eq!(pairs, 2, "{released:?}");
+    let recs = read_records(&cfg.audit_dir).unwrap();
+    assert!(recs.iter().any(|r| matches!(&r.event, Event::ApprovalGranted { by, .. } if by == "store owner")));
+    // Another purpose is another request.
+    let other = fedcrm_protocol::pb::OverlapRequest { purpose: "a different purpose".into(), ..request() };
+    let err = client.overlap(other, |_| {}).await.unwrap_err().to_string();
+    assert!(err.contains("needs manual approval"), "{err}");
     cluster.stop().await;
 }

@@ -380,8 +380,10 @@ impl<'a> Words<'a> {
 /// ≤ (d/((m − 1)·N))·e^(−c·(d − 1)/N) ≤ 2/(e·(m − 1)·c) (for d ≥ 2, d − 1 ≥ d/2 and
 /// x·e^(−x) ≤ 1/e; for d = 1, (1/N)·e^(−c/N) ≤ 1/(e·c) as c ≤ N) — whatever d, k, and
 /// the list's length: the bound depends on the number of traps alone
-/// (`tests::the_amplification_bound_holds_for_every_alteration` checks it against the
-/// exact probability).
+/// (`tests::the_amplification_bound_holds_for_the_pure_alterations` checks it against the
+/// exact probability of the two pure strategies). The bound is per run and is not part
+/// of a release's δ: it says how likely a cheating responder is to multiply one
+/// customer's sensitivity, and a caught attempt stops the run.
 pub struct Traps {
     scalars: Vec<Scalar>,
 }

@@ -31,6 +31,28 @@ pub struct Pending {
     pub expires_ms: u64,
 }
 
+/// Who asks, for which date and why: what a request is bound to besides its
+/// computation. From a round's [`Analysis`], or from a PSI run's start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Asked {
+    pub purpose: String,
+    /// The analysis's reference date (`YYYY-MM-DD`), or what stands in for one.
+    pub reference_date: String,
+    pub requested_by: String,
+    pub requested_by_organisation: String,
+}
+
+impl From<&Analysis> for Asked {
+    fn from(a: &Analysis) -> Self {
+        Self {
+            purpose: a.purpose.clone(),
+            reference_date: format_date(a.reference_date),
+            requested_by: a.requested_by.clone(),
+            requested_by_organisation: a.requested_by_organisation.clone(),
+        }
+    }
+}
+
 /// A granted approval.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Approval {
@@ -98,16 +120,9 @@ impl Approvals {
     /// approval covers exactly that computation — never another one under the same
     /// label. A request's id is this key; a request filed again after the previous
     /// one expired gets a fresh id, so an approval always names exactly one request.
-    pub fn request_key(a: &Analysis, kind: &str, computation: &str) -> String {
+    pub fn request_key(a: &Asked, kind: &str, computation: &str) -> String {
         let mut text = String::new();
-        for part in [
-            kind,
-            computation,
-            &a.purpose,
-            &format_date(a.reference_date),
-            &a.requested_by,
-            &a.requested_by_organisation,
-        ] {
+        for part in [kind, computation, &a.purpose, &a.reference_date, &a.requested_by, &a.requested_by_organisation] {
             text.push_str(&format!("{}:{part};", part.len()));
         }
         short_hash(&text)
@@ -167,17 +182,19 @@ impl Approvals {
         }))
     }
 
-    /// Decide on `analysis` at `now_ms`, filing a request if needed.
+    /// Decide on the request `asked` makes for `computation` at `now_ms`, filing it if
+    /// needed.
     pub fn check(
         &self,
-        a: &Analysis,
+        asked: impl Into<Asked>,
         kind: &str,
         computation: &str,
         now_ms: u64,
         expires_s: u64,
         valid_s: u64,
     ) -> Result<Decision, ApprovalError> {
-        let key = Self::request_key(a, kind, computation);
+        let a: Asked = asked.into();
+        let key = Self::request_key(&a, kind, computation);
         let current = self.read::<Pending>(&self.path("pending", &key))?;
         if let Some(p) = &current
             && let Some(ok) = self.approval(p, now_ms, valid_s)?
@@ -194,7 +211,7 @@ impl Approvals {
             purpose: a.purpose.clone(),
             requested_by: a.requested_by.clone(),
             requested_by_organisation: a.requested_by_organisation.clone(),
-            reference_date: format_date(a.reference_date),
+            reference_date: a.reference_date.clone(),
             requested_ms: now_ms,
             expires_ms: now_ms + expires_s * 1000,
         };

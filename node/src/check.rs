@@ -71,10 +71,12 @@ pub struct PsiCheck {
     pub max_list_points: usize,
     /// `[policy.psi] max_runs_per_peer_organisation`.
     pub max_runs_per_peer_organisation: u32,
-    /// `[policy.psi] max_traps`, and the bound it gives, once a list is that long, on an
-    /// answer altered to count a customer twice
+    /// `[policy.psi] max_traps`; the traps this node mixes into its list of these
+    /// identifiers when it compares (its bucket's padding included), and the bound they
+    /// give on an answer altered to count a customer twice
     /// ([`fedcrm_crypto::psi::amplification_bound`]).
     pub max_traps: usize,
+    pub traps: usize,
     pub altered_answer_bound: f64,
 }
 
@@ -139,6 +141,8 @@ pub fn privacy_check(config: &NodeConfig, now_ms: u64) -> PrivacyCheck {
 pub fn psi_check(config: &NodeConfig, ds: &Dataset) -> PsiCheck {
     let on = config.psi.match_on;
     let ids = crate::identifiers::customer_identifiers(&ds.purchases, on);
+    let n = ids.ids.len();
+    let traps = fedcrm_crypto::psi::bucket(n + config.policy.psi.list_limits().traps_for(n)) - n;
     PsiCheck {
         match_on: on.as_str(),
         identifiers: ids.ids.len() as u64,
@@ -150,7 +154,8 @@ pub fn psi_check(config: &NodeConfig, ds: &Dataset) -> PsiCheck {
         max_list_points: config.policy.psi.max_list_points,
         max_runs_per_peer_organisation: config.policy.psi.max_runs_per_peer_organisation,
         max_traps: config.policy.psi.max_traps,
-        altered_answer_bound: fedcrm_crypto::psi::amplification_bound(2, config.policy.psi.max_traps),
+        traps,
+        altered_answer_bound: fedcrm_crypto::psi::amplification_bound(2, traps),
     }
 }
 

@@ -222,12 +222,6 @@ impl Policy {
         }
         for a in &self.manual_approval {
             known("manual_approval", a)?;
-            if a == fedcrm_protocol::wire::CHANNEL_OVERLAP {
-                return Err(format!(
-                    "policy.manual_approval names {a:?}: approving PSI runs one by one is not available in this \
-                     version; take {a:?} out of allowed_analyses to refuse every run, or out of manual_approval"
-                ));
-            }
         }
         for a in self.monthly_analysis_caps.keys() {
             known("monthly_analysis_caps", a)?;
@@ -354,10 +348,12 @@ mod tests {
     }
 
     #[test]
-    fn manual_approval_of_psi_runs_is_refused_rather_than_ignored() {
+    fn manual_approval_may_name_psi_runs_but_not_an_unknown_analysis() {
         let p = Policy { manual_approval: vec!["channel-overlap".into()], ..Policy::default() };
-        let err = p.validate().unwrap_err();
-        assert!(err.contains("not available in this version"), "{err}");
+        assert_eq!(p.validate(), Ok(()));
+        assert!(p.needs_approval("channel-overlap") && !p.needs_approval("rfm-segments"));
+        let p = Policy { manual_approval: vec!["channel-overlaps".into()], ..Policy::default() };
+        assert!(p.validate().unwrap_err().contains("not an analysis"));
         assert_eq!(Policy::default().validate(), Ok(()));
     }
 

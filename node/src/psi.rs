@@ -80,8 +80,8 @@ pub struct PsiLimits {
     /// ([`fedcrm_crypto::psi::Traps`], [`fedcrm_crypto::psi::amplification_bound`]):
     /// below 2.3·10⁻⁵ for a list with the default [`DEFAULT_MAX_TRAPS`] = 32,768 traps.
     /// Each trap costs this node two fixed-base multiplications and the responder one
-    /// variable-base multiplication, so the traps never cost more than the list itself,
-    /// and past this number they stop growing (the bound depends on their number
+    /// variable-base multiplication, so the traps never cost more than the list itself
+    /// (but under the floor of [`MIN_TRAPS`]), and past this number they stop growing (the bound depends on their number
     /// alone). At least [`MIN_TRAPS`].
     pub max_traps: usize,
     /// Most PSI runs per calendar month (UTC) this node pairs with any one peer
@@ -215,6 +215,11 @@ pub enum PsiRunError {
          apply the key it committed to to every point (it altered the answer to move the count); stop the run"
     )]
     AnswerTraps { peer: String, missing: usize, traps: usize },
+    #[error(
+        "{peer}'s {what} holds a point in two segment groups: one customer would count in several cells of the \
+         table (attack review of issue 12, segment profile); stop the run"
+    )]
+    GroupsOverlap { peer: String, what: &'static str },
     #[error("{peer}'s blinding-key commitment: {source}")]
     Commitment { peer: String, source: PsiError },
     #[error("this node's list: {0}")]
@@ -246,6 +251,9 @@ impl PsiRunError {
             | PsiRunError::AnswerDuplicate { peer }
             | PsiRunError::AnswerTraps { peer, .. } => {
                 format!("{peer}'s answer failed this node's checks: {peer} altered it; stop the run")
+            }
+            PsiRunError::GroupsOverlap { peer, what } => {
+                format!("{peer}'s {what} holds a point in two segment groups: {peer} altered it; stop the run")
             }
             PsiRunError::Commitment { peer, .. } => format!("{peer}'s blinding-key commitment is not a point"),
             PsiRunError::Own(_) | PsiRunError::Noise(_) => "this node could not prepare its list or noise".into(),
@@ -321,6 +329,28 @@ pub type SealedList = (ListKind, Vec<SealedChunk>);
 /// The most groups a list is split into (the four RFM segments).
 pub const MAX_GROUPS: usize = 4;
 
+/// Refuses groups that share a point: a customer is in one segment of each list, so a
+/// point in two groups would count one customer in several cells of the profile — more
+/// than the sensitivity of 1 the release is noised and charged for.
+fn disjoint(groups: &[Vec<[u8; 32]>], peer: &str, what: &'static str) -> Result<(), PsiRunError> {
+    if groups.len() < 2 {
+        return Ok(());
+    }
+    let mut seen: HashSet<&[u8; 32]> = HashSet::with_capacity(groups.iter().map(Vec::len).sum());
+    for group in groups {
+        let own: HashSet<&[u8; 32]> = group.iter().collect();
+        if own.into_iter().any(|p| !seen.insert(p)) {
+            return Err(PsiRunError::GroupsOverlap { peer: peer.into(), what });
+        }
+    }
+    Ok(())
+}
+
+/// The chunks of a list sent in one group (the plain overlap).
+fn single(lists: Vec<SealedList>) -> Vec<SealedChunk> {
+    lists.into_iter().next().map(|l| l.1).unwrap_or_default()
+}
+
 fn group_index(g: usize) -> u8 {
     u8::try_from(g).unwrap_or(u8::MAX)
 }
@@ -354,8 +384,8 @@ impl Comparer {
         ids: &[T],
         rng: &dyn SecureRandom,
     ) -> Result<(Vec<SealedChunk>, AwaitingAnswer), PsiRunError> {
-        let (mut lists, awaiting) = self.own_groups(&[ids], rng)?;
-        Ok((lists.pop().map(|l| l.1).unwrap_or_default(), awaiting))
+        let (lists, awaiting) = self.own_groups(&[ids], rng)?;
+        Ok((single(lists), awaiting))
     }
 
     /// Step 1 for a list split into groups (the segment profile: one group per segment
@@ -452,10 +482,12 @@ impl AwaitingAnswer {
                 self.link.reblind(&self.key, &list)
             })
             .collect::<Result<Vec<_>, PsiRunError>>()?;
+        disjoint(&theirs, &peer, "list")?;
         if answers.len() != self.groups.len() {
             return Err(PsiRunError::AnswerLength { peer, got: answers.len(), sent: self.groups.len() });
         }
         let mut table = Vec::with_capacity(self.groups.len());
+        let mut rests = Vec::with_capacity(self.groups.len());
         for (i, (group, answer)) in self.groups.iter().zip(answers).enumerate() {
             let max = Direction::chunks_for(group.sent);
             let ours = self.link.from_peer.open_list(ListKind::Returned { group: group_index(i) }, answer, max)?;
@@ -470,8 +502,13 @@ impl AwaitingAnswer {
             if missing > 0 {
                 return Err(PsiRunError::AnswerTraps { peer, missing, traps: group.expected.len() });
             }
-            let rest: Vec<[u8; 32]> = answered.into_iter().collect();
-            table.push(theirs.iter().map(|t| psi::intersection_count(&rest, t)).collect());
+            rests.push(answered.into_iter().collect::<Vec<[u8; 32]>>());
+        }
+        // This node's groups are disjoint (one segment per customer, distinct traps), so
+        // an honest answer's are too.
+        disjoint(&rests, &peer, "answer")?;
+        for rest in &rests {
+            table.push(theirs.iter().map(|t| psi::intersection_count(rest, t)).collect());
         }
         Ok(table)
     }
@@ -499,8 +536,8 @@ impl Responder {
         ids: &[T],
         rng: &dyn SecureRandom,
     ) -> Result<(Vec<SealedChunk>, AwaitingList), PsiRunError> {
-        let (mut lists, awaiting) = self.own_groups(&[ids], rng)?;
-        Ok((lists.pop().map(|l| l.1).unwrap_or_default(), awaiting))
+        let (lists, awaiting) = self.own_groups(&[ids], rng)?;
+        Ok((single(lists), awaiting))
     }
 
     /// Step 1 for a list split into groups: every group blinded and padded with random
@@ -538,8 +575,7 @@ impl AwaitingList {
     /// Step 2: the comparer's list blinded again with this node's committed key,
     /// shuffled, sealed back.
     pub fn answer(self, chunks: &[SealedChunk], rng: &dyn SecureRandom) -> Result<Vec<SealedChunk>, PsiRunError> {
-        let mut lists = self.answer_groups(&[chunks.to_vec()], rng)?;
-        Ok(lists.pop().map(|l| l.1).unwrap_or_default())
+        Ok(single(self.answer_groups(&[chunks.to_vec()], rng)?))
     }
 
     /// Step 2 for grouped lists: each of the comparer's groups blinded again, shuffled
@@ -561,6 +597,27 @@ impl AwaitingList {
             })
             .collect()
     }
+}
+
+/// Both sides of one pair in one process — fresh channel secrets and blinding keys, no
+/// signed run keys — for tests and benchmarks of the pair's computation alone (a node
+/// builds its side from the verified run keys: `session::round::psi`).
+pub fn pair_in_process(
+    run: RoundId,
+    (comparer, responder): (&str, &str),
+    limits: ListLimits,
+    rng: &dyn SecureRandom,
+) -> Result<(Comparer, Responder), PsiRunError> {
+    let random = |_| PsiRunError::Own(PsiError::Random);
+    let (cs, rs) = (RoundSecret::generate(rng).map_err(random)?, RoundSecret::generate(rng).map_err(random)?);
+    let domain = psi::Domain { version: psi::VERSION, run_id: run.0 };
+    let kc = BlindingKey::generate(domain, rng).map_err(PsiRunError::Own)?;
+    let kr = BlindingKey::generate(domain, rng).map_err(PsiRunError::Own)?;
+    let commitment = kr.public();
+    let (c_pub, r_pub) = (cs.public(), rs.public());
+    let on_c = PairKeys { run, me: comparer, peer: responder, secret: &cs, peer_key: &r_pub };
+    let on_r = PairKeys { run, me: responder, peer: comparer, secret: &rs, peer_key: &c_pub };
+    Ok((Comparer::new(&on_c, commitment, kc, limits)?, Responder::new(&on_r, kr, limits)?))
 }
 
 /// `exact` plus discrete Gaussian noise (Canonne, Kamath & Steinke 2020) of the run's

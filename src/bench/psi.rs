@@ -38,10 +38,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use fedcrm_crypto::keys::RoundSecret;
 use fedcrm_crypto::psi::{self, BlindingKey, Domain};
 use fedcrm_crypto::{RoundId, SystemRandom};
-use fedcrm_node::psi::{Comparer, DEFAULT_MAX_TRAPS, ListLimits, PairKeys, Responder};
+use fedcrm_node::psi::{DEFAULT_MAX_TRAPS, ListLimits, pair_in_process};
 use serde::Serialize;
 
 /// The OpenMined release the script was written against.
@@ -112,17 +111,8 @@ fn lists(n: usize) -> (Vec<String>, Vec<String>) {
 /// The pair, timed step by step.
 fn measured(n: usize, a: &[String], b: &[String]) -> Result<PsiReport> {
     let rng = SystemRandom::new();
-    let run = RoundId::random(&rng)?;
-    let domain = Domain { version: psi::VERSION, run_id: run.0 };
-    let (cs, rs) = (RoundSecret::generate(&rng)?, RoundSecret::generate(&rng)?);
-    let (kc, kr) = (BlindingKey::generate(domain, &rng)?, BlindingKey::generate(domain, &rng)?);
-    let commitment = kr.public();
     let limits = ListLimits { min_points: psi::MIN_BUCKET, max_points: psi::MAX_LIST, max_traps: DEFAULT_MAX_TRAPS };
-    let (c_pub, r_pub) = (cs.public(), rs.public());
-    let on_c = PairKeys { run, me: "fr-bench", peer: "hq-bench", secret: &cs, peer_key: &r_pub };
-    let on_r = PairKeys { run, me: "hq-bench", peer: "fr-bench", secret: &rs, peer_key: &c_pub };
-    let comparer = Comparer::new(&on_c, commitment, kc, limits)?;
-    let responder = Responder::new(&on_r, kr, limits)?;
+    let (comparer, responder) = pair_in_process(RoundId::random(&rng)?, ("fr-bench", "hq-bench"), limits, &rng)?;
 
     let started = Instant::now();
     let (from_c, comparer) = comparer.own_list(a, &rng)?;

@@ -228,3 +228,17 @@ pub fn synthetic_specs(
     }
     (specs, plain)
 }
+
+/// How many messages the nodes' transports took (of `node` alone, or of every node) whose
+/// body `is` picks; the cluster must capture the wire (`capture_wire`).
+pub fn sent(cluster: &Cluster, node: Option<&str>, is: fn(&fedcrm_protocol::pb::node_message::Body) -> bool) -> usize {
+    use prost::Message;
+    let captures = cluster.captures.lock().unwrap();
+    captures
+        .iter()
+        .filter(|(name, _)| node.is_none_or(|n| n == name.as_str()))
+        .flat_map(|(_, messages)| messages)
+        .filter_map(|m| fedcrm_protocol::pb::NodeMessage::decode(m.as_slice()).ok()?.body)
+        .filter(is)
+        .count()
+}

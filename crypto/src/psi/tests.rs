@@ -341,7 +341,9 @@ fn an_honest_answer_holds_every_trap_and_any_other_key_holds_none() {
 }
 
 /// The exact chance that a responder's alteration goes unnoticed and covers its target,
-/// for every number d of displaced answers, against [`amplification_bound`]. Two ways
+/// for every number d of displaced answers, against [`amplification_bound`]: the two
+/// pure strategies (mixed ones, and copies across a segment profile's groups, are
+/// covered by the derivation in [`Traps`], not enumerated here). Two ways
 /// to cover k slots m-fold: keep their honest answers and add m − 1 copies each
 /// (d ≥ k·(m − 1), none of the d displaced slots may be a trap), or displace them too
 /// (d ≥ k·m, the target's own slot is not a trap). The target's slot is uniform among
@@ -349,7 +351,7 @@ fn an_honest_answer_holds_every_trap_and_any_other_key_holds_none() {
 /// probability C(N − 1 − x, c)/C(N − 1, c), which the loop steps by
 /// (N − 1 − x − c)/(N − 1 − x).
 #[test]
-fn the_amplification_bound_holds_for_every_alteration() {
+fn the_amplification_bound_holds_for_the_pure_alterations() {
     for (n, c) in [(256, 1), (256, 128), (256, 250), (1000, 10), (4096, 2048), (100_000, 4_000), (1_246_974, 246_974)] {
         for m in [2u64, 3, 20] {
             let bound = amplification_bound(m, c);

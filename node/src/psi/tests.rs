@@ -32,26 +32,8 @@ struct Pair {
 }
 
 fn pair(run: RoundId) -> Pair {
-    let rng = SystemRandom::new();
-    let (c, r) = (RoundSecret::generate(&rng).unwrap(), RoundSecret::generate(&rng).unwrap());
-    let domain = fedcrm_crypto::psi::Domain { version: psi::VERSION, run_id: run.0 };
-    let (kc, kr) = (BlindingKey::generate(domain, &rng).unwrap(), BlindingKey::generate(domain, &rng).unwrap());
-    let commitment = kr.public();
-    Pair {
-        comparer: Comparer::new(
-            &PairKeys { run, me: "fr-a", peer: "hq-tmall", secret: &c, peer_key: &r.public() },
-            commitment,
-            kc,
-            LIMITS,
-        )
-        .unwrap(),
-        responder: Responder::new(
-            &PairKeys { run, me: "hq-tmall", peer: "fr-a", secret: &r, peer_key: &c.public() },
-            kr,
-            LIMITS,
-        )
-        .unwrap(),
-    }
+    let (comparer, responder) = pair_in_process(run, ("fr-a", "hq-tmall"), LIMITS, &SystemRandom::new()).unwrap();
+    Pair { comparer, responder }
 }
 
 /// Everything the relay carried, in order.
@@ -417,4 +399,56 @@ fn what_the_coordinator_is_told_of_a_failed_answer_holds_no_figure() {
         assert!(public.contains("hq-stores"), "names who is at fault: {public}");
         assert!(e.to_string().chars().any(|c| c.is_ascii_digit()), "the local error keeps the figures");
     }
+}
+
+/// The attack review's segment-profile amplification: a responder that puts one
+/// identifier in every group of its list would count that customer in every cell of
+/// the comparer's row (sensitivity 4, not 1), and an answer that repeats a point across
+/// groups would count one of the comparer's customers twice — without touching a trap.
+/// The comparer refuses groups that share a point, in the list and in the answer.
+#[test]
+fn a_responder_that_repeats_a_point_across_segment_groups_is_refused() {
+    let rng = SystemRandom::new();
+    let mine = normalised(&phones(0..600));
+    let (g0, g1): (&[String], &[String]) = (&mine[..300], &mine[300..]);
+    let theirs = normalised(&phones(350..950));
+    let sealed = |lists: Vec<SealedList>| lists.into_iter().map(|l| l.1).collect::<Vec<_>>();
+    let run = |r0: &[String], r1: &[String]| {
+        let p = pair(RoundId([13; 16]));
+        let (from_c, comparer) = p.comparer.own_groups(&[g0, g1], &rng).unwrap();
+        let (from_r, responder) = p.responder.own_groups(&[r0, r1], &rng).unwrap();
+        let answers = sealed(responder.answer_groups(&sealed(from_c), &rng).unwrap());
+        comparer.compare_groups(&sealed(from_r), &answers)
+    };
+    // Honest: table[i][j] = the comparer's group i against the responder's group j.
+    assert_eq!(run(&theirs[..200], &theirs[200..]).unwrap(), vec![vec![0, 0], vec![200, 50]]);
+    // The comparer's customer 10 in both of the responder's groups.
+    let (mut r0, mut r1) = (theirs[..200].to_vec(), theirs[200..].to_vec());
+    r0.push(mine[10].clone());
+    r1.push(mine[10].clone());
+    let err = run(&r0, &r1).unwrap_err();
+    assert!(matches!(err, PsiRunError::GroupsOverlap { what: "list", .. }), "{err}");
+    // An answer with a point of group 0 (not a trap) in place of one of group 1 (not a
+    // trap either), so that no trap check fails.
+    let p = pair(RoundId([14; 16]));
+    let (from_c, comparer) = p.comparer.own_groups(&[g0, g1], &rng).unwrap();
+    let (from_r, responder) = p.responder.own_groups(&[&theirs[..200], &theirs[200..]], &rng).unwrap();
+    let mut answers: Vec<Vec<[u8; 32]>> = from_c
+        .iter()
+        .enumerate()
+        .map(|(g, (_, chunks))| {
+            psi::reblind(&responder.key, &responder.link.peer_list(g as u8, chunks).unwrap()).unwrap()
+        })
+        .collect();
+    let identifier =
+        |g: usize, a: &[[u8; 32]]| a.iter().position(|x| !comparer.groups[g].expected.contains(x)).unwrap();
+    let (from, to) = (identifier(0, &answers[0]), identifier(1, &answers[1]));
+    answers[1][to] = answers[0][from];
+    let answers: Vec<Vec<SealedChunk>> = answers
+        .iter()
+        .enumerate()
+        .map(|(g, a)| responder.link.to_peer.seal_list(ListKind::Returned { group: g as u8 }, a, &rng).unwrap())
+        .collect();
+    let err = comparer.compare_groups(&sealed(from_r), &answers).unwrap_err();
+    assert!(matches!(err, PsiRunError::GroupsOverlap { what: "answer", .. }), "{err}");
 }

@@ -1400,15 +1400,26 @@ fn verify_view_signatures(
 /// analyst and the purpose. Logged. Outer `Err`: a local failure; inner `Err`: the
 /// refusal reason.
 fn approval(ctx: &NodeContext, start: &RoundStart, id: &Identified) -> Result<Result<(), String>, SessionError> {
-    let kind = id.kind;
-    if !ctx.policy.needs_approval(kind) {
+    if !ctx.policy.needs_approval(id.kind) {
         return Ok(Ok(()));
     }
+    manual_approval(ctx, &start.analysis, id.kind, &id.description)
+}
+
+/// The franchisee's decision on a request for `computation` (`kind`, asked as
+/// `asked`): approved, or the reason it waits (a request filed and logged). Rounds and
+/// PSI runs alike. Outer `Err`: a local failure.
+fn manual_approval(
+    ctx: &NodeContext,
+    asked: impl Into<crate::approvals::Asked>,
+    kind: &str,
+    computation: &str,
+) -> Result<Result<(), String>, SessionError> {
     let now = unix_now_ms();
     let decision = match ctx.approvals.check(
-        &start.analysis,
+        asked,
         kind,
-        &id.description,
+        computation,
         now,
         ctx.policy.approval_expires_seconds,
         ctx.policy.approval_valid_seconds,

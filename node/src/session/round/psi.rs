@@ -37,9 +37,11 @@ use fedcrm_protocol::psi::{PairRole, Side, SignedRunKey, comparer};
 use fedcrm_protocol::wire::{CHANNEL_OVERLAP, FromNode, PsiChunk, PsiKeys, PsiRelease, PsiStart, psi_start_payload};
 
 use super::{Handled, Rounds};
+use crate::approvals::Asked;
 use crate::privacy::DpMode;
 use crate::psi::{AwaitingAnswer, AwaitingList, Comparer, PairKeys, PsiRunError, Responder, SealedList, noised};
 use crate::session::{Peer, SessionError, record, unix_now};
+use fedcrm_analysis::date::format_date;
 
 /// This node's state in one PSI run.
 pub(super) struct PsiRun {
@@ -201,6 +203,13 @@ impl Rounds<'_> {
         )?;
         match self.psi_admit(&start, coordinator) {
             Ok(Ok(keys)) => {
+                if let Err(why) = self.psi_approval(&start)? {
+                    // Nothing leaves but the refusal: the keys and secrets are dropped.
+                    self.psi = None;
+                    tracing::warn!(node = %self.ctx.name, %run, %why, "psi run waits for manual approval");
+                    self.refuse_as(run, &why, true).await?;
+                    return Ok(None);
+                }
                 let summary = self.psi.as_ref().map_or_else(String::new, |r| {
                     r.pairs
                         .iter()
@@ -343,6 +352,49 @@ impl Rounds<'_> {
         ctx.count_psi_peers(&run.to_hex(), &organisations);
         self.psi = Some(PsiRun { start: start.clone(), ids: None, pairs, buffered: 0, released: false });
         Ok(Ok(PsiKeys { run, keys, declined }))
+    }
+
+    /// Manual approval of a run that passed every other check, when the policy lists
+    /// `channel-overlap` under `manual_approval`: bound to the participants, this
+    /// node's role with each, the noise and the segment profile, the analyst and the
+    /// purpose (not the run id: HQ runs it again once approved). The reason it waits,
+    /// otherwise.
+    fn psi_approval(&self, start: &PsiStart) -> Result<Result<(), String>, SessionError> {
+        if !self.ctx.policy.needs_approval(CHANNEL_OVERLAP) {
+            return Ok(Ok(()));
+        }
+        let roles = self.psi.as_ref().map_or_else(String::new, |r| {
+            r.pairs
+                .iter()
+                .map(|(p, pair)| {
+                    format!("{} {p}", if pair.role == PairRole::Compare { "compares with" } else { "answers" })
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        });
+        let names: Vec<&str> = start.participants.iter().map(|p| p.name.as_str()).collect();
+        let counts = match &start.noise {
+            None => "exact counts".to_string(),
+            Some(v) => format!("counts noised with σ² = {v}"),
+        };
+        let profile = start.segments.as_ref().map_or_else(String::new, |s| {
+            format!("; segment profile at {} under cut points {:?}", format_date(s.reference_date), s.cuts)
+        });
+        let computation = format!(
+            "channel overlap by private set intersection among {}; this node {}; {counts}{profile}",
+            names.join(", "),
+            if roles.is_empty() { "pairs with nobody".into() } else { roles }
+        );
+        let asked = Asked {
+            purpose: start.purpose.clone(),
+            reference_date: start
+                .segments
+                .as_ref()
+                .map_or_else(|| "none (all customers)".into(), |s| format_date(s.reference_date)),
+            requested_by: start.requested_by.clone(),
+            requested_by_organisation: start.requested_by_organisation.clone(),
+        };
+        super::manual_approval(self.ctx, asked, CHANNEL_OVERLAP, &computation)
     }
 
     /// This node's organisation kind, from its own certificate.
