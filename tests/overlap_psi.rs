@@ -311,6 +311,7 @@ async fn a_node_without_the_budget_for_the_run_refuses_it_itself() {
     let err = client.overlap(request, |_| {}).await.unwrap_err().to_string();
     assert!(err.contains(&poor) && err.contains("budget"), "{err}");
     use fedcrm_protocol::pb::node_message::Body;
+    assert!(common::sent(&cluster, Some(&poor), |_| true) > 0, "{poor}'s wire was captured");
     let sent = common::sent(&cluster, Some(&poor), |b| matches!(b, Body::PsiKeys(_) | Body::PsiChunk(_)));
     assert_eq!(sent, 0, "{poor} sent run keys or list chunks");
     cluster.stop().await;
@@ -397,11 +398,17 @@ async fn a_node_that_needs_approval_sends_nothing_of_a_psi_run_until_its_franchi
     use fedcrm_node::approvals::Approvals;
     let (mut specs, _) = common::synthetic_specs(1200, 35);
     specs.truncate(3);
+    // Six runs: above the default monthly caps (4), which are not what this test is about.
+    for s in &mut specs {
+        s.policy.monthly_analysis_caps.insert("channel-overlap".into(), 10);
+        s.policy.psi.max_runs_per_peer_organisation = 10;
+    }
     specs[1].policy.manual_approval = vec!["channel-overlap".into()];
     // Long enough that a loaded machine never expires the request by accident.
     specs[1].policy.approval_expires_seconds = 3600;
     let careful = specs[1].name.clone();
-    let cluster = Cluster::start(ClusterOptions { nodes: specs, ..Default::default() }).await.unwrap();
+    let cluster =
+        Cluster::start(ClusterOptions { nodes: specs, capture_wire: true, ..Default::default() }).await.unwrap();
     let cfg = cluster.node_configs[1].clone();
     let mut client = fedcrm::hq::AnalystClient::connect(&cluster.analyst).await.unwrap();
     let request = || fedcrm_protocol::pb::OverlapRequest {
@@ -414,6 +421,10 @@ async fn a_node_that_needs_approval_sends_nothing_of_a_psi_run_until_its_franchi
     let sent: Vec<String> =
         fedcrm_node::egress::read_log(&cfg.audit_dir).unwrap().into_iter().map(|e| e.kind).collect();
     assert!(sent.iter().all(|k| k == "hello" || k == "refusal"), "nothing leaves before approval: {sent:?}");
+    use fedcrm_protocol::pb::node_message::Body;
+    let on_wire = |is: fn(&Body) -> bool| common::sent(&cluster, Some(&careful), is);
+    assert!(on_wire(|b| matches!(b, Body::Refusal(_))) > 0, "its refusal was captured");
+    assert_eq!(on_wire(|b| matches!(b, Body::PsiKeys(_) | Body::PsiChunk(_) | Body::PsiRelease(_))), 0);
     let approvals = Approvals::new(&cfg.approvals_dir);
     // The request's clock is the node's; approving uses the same (real) clock, as
     // `fedcrm node approve` does. The outcome does not depend on the date.
@@ -434,9 +445,19 @@ async fn a_node_that_needs_approval_sends_nothing_of_a_psi_run_until_its_franchi
     assert_eq!(pairs, 2, "{released:?}");
     let recs = read_records(&cfg.audit_dir).unwrap();
     assert!(recs.iter().any(|r| matches!(&r.event, Event::ApprovalGranted { by, .. } if by == "store owner")));
-    // Another purpose is another request.
-    let other = fedcrm_protocol::pb::OverlapRequest { purpose: "a different purpose".into(), ..request() };
-    let err = client.overlap(other, |_| {}).await.unwrap_err().to_string();
-    assert!(err.contains("needs manual approval"), "{err}");
+    // Another purpose, noised counts, or fewer participants is another request.
+    let others = [
+        fedcrm_protocol::pb::OverlapRequest { purpose: "a different purpose".into(), ..request() },
+        fedcrm_protocol::pb::OverlapRequest { dp_off: false, ..request() },
+        fedcrm_protocol::pb::OverlapRequest {
+            nodes: vec![cluster.node_configs[0].name.clone(), careful.clone()],
+            ..request()
+        },
+    ];
+    for (i, other) in others.into_iter().enumerate() {
+        let err = client.overlap(other, |_| {}).await.unwrap_err().to_string();
+        assert!(err.contains("needs manual approval"), "{err}");
+        assert_eq!(approvals.pending(now()).unwrap().len(), i + 1, "a new request each time");
+    }
     cluster.stop().await;
 }

@@ -599,6 +599,7 @@ impl AwaitingList {
     }
 }
 
+#[doc(hidden)]
 /// Both sides of one pair in one process — fresh channel secrets and blinding keys, no
 /// signed run keys — for tests and benchmarks of the pair's computation alone (a node
 /// builds its side from the verified run keys: `session::round::psi`).

@@ -351,6 +351,12 @@ impl Run<'_> {
                 continue;
             }
             match ev.body {
+                SessionEventBody::Message(FromNode::Refusal { reason, awaiting_approval: true, .. }) => {
+                    return Err(self.stop(format!(
+                        "{} waits for its franchisee's approval ({reason}); ask them to approve it",
+                        ev.node
+                    )));
+                }
                 SessionEventBody::Message(FromNode::Refusal { reason, .. }) => {
                     return Err(self.stop(format!("{} refused: {reason}", ev.node)));
                 }

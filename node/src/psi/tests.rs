@@ -399,6 +399,8 @@ fn what_the_coordinator_is_told_of_a_failed_answer_holds_no_figure() {
         assert!(public.contains("hq-stores"), "names who is at fault: {public}");
         assert!(e.to_string().chars().any(|c| c.is_ascii_digit()), "the local error keeps the figures");
     }
+    let overlap = PsiRunError::GroupsOverlap { peer: "hq-stores".into(), what: "answer" }.public_reason();
+    assert!(!overlap.chars().any(|c| c.is_ascii_digit()) && overlap.contains("hq-stores"), "{overlap}");
 }
 
 /// The attack review's segment-profile amplification: a responder that puts one

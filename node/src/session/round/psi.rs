@@ -53,6 +53,9 @@ pub(super) struct PsiRun {
     /// Points of the peers' chunks kept so far.
     buffered: usize,
     released: bool,
+    /// The peers' organisations, counted against `max_runs_per_peer_organisation` once
+    /// the run is admitted (after any manual approval).
+    organisations: Vec<String>,
 }
 
 /// One pair of the run, by its stage.
@@ -231,6 +234,9 @@ impl Rounds<'_> {
                 )?;
                 // Each run counts against the monthly cap on its own (a run id comes once).
                 self.ctx.count_analysis(CHANNEL_OVERLAP, &run.to_hex());
+                if let Some(r) = &self.psi {
+                    self.ctx.count_psi_peers(&run.to_hex(), &r.organisations);
+                }
                 tracing::info!(node = %self.ctx.name, %run, pairs = keys.keys.len(), declined = keys.declined.len(), "psi run: keys sent");
                 self.egress.admit(run, &start.analysis_id);
                 self.egress.send(&FromNode::PsiKeys(keys)).await?;
@@ -349,8 +355,7 @@ impl Rounds<'_> {
                 Pair { role, certificate: p.certificate.clone(), stage: Stage::KeySent { secret, key } },
             );
         }
-        ctx.count_psi_peers(&run.to_hex(), &organisations);
-        self.psi = Some(PsiRun { start: start.clone(), ids: None, pairs, buffered: 0, released: false });
+        self.psi = Some(PsiRun { start: start.clone(), ids: None, pairs, buffered: 0, released: false, organisations });
         Ok(Ok(PsiKeys { run, keys, declined }))
     }
 
@@ -372,7 +377,23 @@ impl Rounds<'_> {
                 .collect::<Vec<_>>()
                 .join(", ")
         });
-        let names: Vec<&str> = start.participants.iter().map(|p| p.name.as_str()).collect();
+        // Each participant by name, organisation, kind and certificate: a certificate HQ
+        // reissues under the same name is another request.
+        let names: Vec<String> = start
+            .participants
+            .iter()
+            .map(|p| {
+                let id = pki::identity_from_cert(&p.certificate).ok();
+                let fingerprint = ring::digest::digest(&ring::digest::SHA256, &p.certificate);
+                format!(
+                    "{:?} ({:?}, {}, certificate sha256 {})",
+                    p.name,
+                    id.as_ref().map_or("", |i| i.organisation.as_str()),
+                    id.as_ref().and_then(kind_of).map_or("?", |k| k.as_str()),
+                    hex::encode(&fingerprint.as_ref()[..8])
+                )
+            })
+            .collect();
         let counts = match &start.noise {
             None => "exact counts".to_string(),
             Some(v) => format!("counts noised with σ² = {v}"),
