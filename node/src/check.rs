@@ -142,7 +142,7 @@ pub fn psi_check(config: &NodeConfig, ds: &Dataset) -> PsiCheck {
     let on = config.psi.match_on;
     let ids = crate::identifiers::customer_identifiers(&ds.purchases, on);
     let n = ids.ids.len();
-    let traps = fedcrm_crypto::psi::bucket(n + config.policy.psi.list_limits().traps_for(n)) - n;
+    let traps = config.policy.psi.list_limits().comparer_length(n) - n;
     PsiCheck {
         match_on: on.as_str(),
         identifiers: ids.ids.len() as u64,

@@ -193,6 +193,12 @@ impl ListLimits {
     pub fn traps_for(&self, n: usize) -> usize {
         n.min(self.max_traps).max(MIN_TRAPS)
     }
+
+    /// The length of each group of a comparer's list of `n` identifiers: the bucket of
+    /// the identifiers and their traps ([`Self::traps_for`]).
+    pub fn comparer_length(&self, n: usize) -> usize {
+        psi::bucket(n + self.traps_for(n))
+    }
 }
 
 /// Why a PSI step refused or failed, naming who is at fault.
@@ -400,7 +406,7 @@ impl Comparer {
         rng: &dyn SecureRandom,
     ) -> Result<(Vec<SealedList>, AwaitingAnswer), PsiRunError> {
         let n: usize = groups.iter().map(|g| g.len()).sum();
-        let length = psi::bucket(n + self.link.limits.traps_for(n));
+        let length = self.link.limits.comparer_length(n);
         let mut lists = Vec::with_capacity(groups.len());
         let mut sent = Vec::with_capacity(groups.len());
         for (g, ids) in groups.iter().enumerate() {

@@ -12,8 +12,9 @@
 //! signed start, both nodes' checks, signed run keys relayed and verified, each node
 //! reading its identifiers, hashing to ristretto255 and blinding on all cores, the
 //! comparer's list mixed with trap points (one per identifier up to the default
-//! `max_traps`, 32,768, then up its bucket) and the responder's padded to its bucket, shuffled and sealed (ChaCha20-Poly1305 chunks)
-//! and relayed by the coordinator; the responder's answer; the comparer's check of
+//! `max_traps`, 32,768, then up to its bucket) and the responder's padded to its
+//! bucket, shuffled and sealed (ChaCha20-Poly1305 chunks) and relayed by the
+//! coordinator; the responder's answer; the comparer's check of
 //! every trap and its count; both releases and the coordinator's minimum cohort. Both
 //! nodes share this machine's cores. Not in it: writing the data, starting the
 //! deployment and loading the nodes (`cluster_start_ms`, reported apart); noise.

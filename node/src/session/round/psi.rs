@@ -58,6 +58,20 @@ pub(super) struct PsiRun {
     organisations: Vec<String>,
 }
 
+impl PsiRun {
+    /// This node's role with each peer it pairs with: "compares with a, responds with b".
+    fn roles(&self) -> String {
+        self.pairs
+            .iter()
+            .map(|(p, pair)| {
+                let role = if pair.role == PairRole::Compare { "compares" } else { "responds" };
+                format!("{role} with {p}")
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 /// One pair of the run, by its stage.
 struct Pair {
     /// This node's role (a responder's carries its commitment).
@@ -213,16 +227,7 @@ impl Rounds<'_> {
                     self.refuse_as(run, &why, true).await?;
                     return Ok(None);
                 }
-                let summary = self.psi.as_ref().map_or_else(String::new, |r| {
-                    r.pairs
-                        .iter()
-                        .map(|(p, pair)| {
-                            let role = if pair.role == PairRole::Compare { "compares" } else { "responds" };
-                            format!("{role} with {p}")
-                        })
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                });
+                let summary = self.psi.as_ref().map_or_else(String::new, PsiRun::roles);
                 record(
                     self.ctx,
                     Event::PolicyDecision {
@@ -368,15 +373,7 @@ impl Rounds<'_> {
         if !self.ctx.policy.needs_approval(CHANNEL_OVERLAP) {
             return Ok(Ok(()));
         }
-        let roles = self.psi.as_ref().map_or_else(String::new, |r| {
-            r.pairs
-                .iter()
-                .map(|(p, pair)| {
-                    format!("{} {p}", if pair.role == PairRole::Compare { "compares with" } else { "answers" })
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        });
+        let roles = self.psi.as_ref().map_or_else(String::new, PsiRun::roles);
         // Each participant by name, organisation, kind and certificate: a certificate HQ
         // reissues under the same name is another request.
         let names: Vec<String> = start
