@@ -129,6 +129,10 @@ pub fn check_text(r: &CheckReport) -> String {
         psi.min_list_points, psi.max_list_points, psi.max_runs_per_peer_organisation
     ));
     s.push_str(&format!(
+        "    exact counts (--dp off) below {} withheld here, with more cells of a segment profile so no small cell follows from the others ([policy.psi] min_exact_count)\n",
+        psi.min_exact_count
+    ));
+    s.push_str(&format!(
         "    comparing, mixes {} trap points into its list (one per identifier, at least 1024, at most max_traps = {}, then up to its bucket): an answer altered to count one customer twice goes unnoticed and reaches that customer with probability at most {:.1e} a run\n",
         psi.traps, psi.max_traps, psi.altered_answer_bound
     ));

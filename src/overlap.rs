@@ -501,8 +501,12 @@ pub fn overlap_table(v: &OverlapView) -> String {
         let both_hq = [&p.a, &p.b].iter().all(|n| v.channel(n).is_some_and(|c| c.kind == ChannelKind::Hq));
         let what = if both_hq {
             "both channels are HQ's own".to_string()
+        } else if p.shared.is_none() && v.noised() {
+            "withheld: its noised count is below HQ's release threshold".to_string()
         } else if p.shared.is_none() {
-            "withheld: HQ received no count".to_string()
+            "withheld: below the comparing node's minimum for exact counts (it sent no value) or HQ's release \
+             threshold"
+                .to_string()
         } else if v.noised() {
             "HQ received only the noised count and never sees an exact one".to_string()
         } else {
@@ -515,7 +519,9 @@ pub fn overlap_table(v: &OverlapView) -> String {
     }
     s.push_str(&format!("  {}\n", noise_words(v)));
     s.push_str(
-        "  withheld: below the release threshold, never 0; n/a: a count it needs is withheld, or noise left its \
+        "  withheld: below HQ's release threshold (min_cohort) or, for exact counts, the releasing node's own \
+         [policy.psi] min_exact_count (the node sends no value); a segment profile withholds more cells so none \
+         follows from the others and the total; never 0; n/a: a count it needs is withheld, or noise left its \
          denominator ≤ 0; ratios are clamped into [0, 1] (noise can push them outside), counts are shown as \
          released\n",
     );

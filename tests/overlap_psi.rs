@@ -6,9 +6,8 @@
 //! node (`fedcrm_node::psi::{Comparer, Responder}`), the side that compares chosen by
 //! the rule both compute — equals the plaintext intersections
 //! computed apart (`fedcrm::pooled::overlap`), on CDNOW customers assigned to
-//! overlapping channels and on the synthetic jewellery channels (DP off: exact counts).
-//! The lists here pass between the nodes in memory; the network carries them in the
-//! next step of the issue.
+//! overlapping channels and on the synthetic jewellery channels (DP off: exact counts),
+//! first in memory, then over mutual TLS through the coordinator.
 
 mod common;
 
@@ -178,8 +177,11 @@ async fn over_mtls_the_matrix_equals_plaintext_and_no_node_sends_a_hash_or_an_un
     use fedcrm::harness::{Cluster, ClusterOptions};
     let (specs, plain) = common::synthetic_specs(2500, 21);
     let reference = pooled::overlap(&plain);
-    let cluster =
-        Cluster::start(ClusterOptions { nodes: specs, capture_wire: true, ..Default::default() }).await.unwrap();
+    // HQ's own threshold at 1: a count below 10 is withheld by its comparing node.
+    let min = specs[0].policy.psi.min_exact_count;
+    let release = fedcrm_coordinator::config::ReleaseRules { min_cohort: 1, ..Default::default() };
+    let options = ClusterOptions { nodes: specs, release, capture_wire: true, ..Default::default() };
+    let cluster = Cluster::start(options).await.unwrap();
     let mut client = fedcrm::hq::AnalystClient::connect(&cluster.analyst).await.unwrap();
     let mut stages = Vec::new();
     let request = fedcrm_protocol::pb::OverlapRequest {
@@ -190,7 +192,6 @@ async fn over_mtls_the_matrix_equals_plaintext_and_no_node_sends_a_hash_or_an_un
     };
     let released = client.overlap(request, |p| stages.push(p.stage.clone())).await.unwrap();
     assert!(stages.iter().any(|s| s == "lists") && stages.last().map(String::as_str) == Some("released"), "{stages:?}");
-    let min_cohort = released.min_cohort as u64;
     let kinds: BTreeMap<String, String> = released.channels.iter().map(|c| (c.node.clone(), c.kind.clone())).collect();
     for (name, set) in &plain {
         let c = released.channels.iter().find(|c| &c.node == name).unwrap();
@@ -200,8 +201,8 @@ async fn over_mtls_the_matrix_equals_plaintext_and_no_node_sends_a_hash_or_an_un
     for p in &released.pairs {
         let want = reference[&(p.a.clone(), p.b.clone())];
         println!("{} ∩ {}: {} (compared by {}), plaintext {want}", p.a, p.b, p.shared, p.comparer);
-        if want < min_cohort {
-            assert!(p.withheld, "{p:?}: below the minimum cohort");
+        if want < min {
+            assert!(p.withheld, "{p:?}: below the node's minimum for exact counts");
         } else {
             assert_eq!((p.shared as u64, p.withheld), (want, false), "{p:?}");
         }
@@ -210,6 +211,9 @@ async fn over_mtls_the_matrix_equals_plaintext_and_no_node_sends_a_hash_or_an_un
         }
     }
     assert!(released.pairs.iter().any(|p| !p.withheld && p.shared > 0), "the channels share customers");
+    assert!(released.pairs.iter().any(|p| p.withheld), "some pair shares fewer than {min}: withheld on its node");
+    let leaked = |b: &fedcrm_protocol::pb::node_message::Body| matches!(b, fedcrm_protocol::pb::node_message::Body::PsiRelease(r) if r.counts.iter().any(|c| c.withheld && c.count != 0));
+    assert_eq!(common::sent(&cluster, None, leaked), 0, "a withheld count went with its value");
     // The egress: no hash of any identifier and no unblinded point of this run.
     let run: [u8; 16] = hex::decode(&released.run_id).unwrap().try_into().unwrap();
     let domain = Domain { version: psi::VERSION, run_id: run };
@@ -321,15 +325,21 @@ async fn a_node_without_the_budget_for_the_run_refuses_it_itself() {
 /// the global cut points, then the overlap with them; every pair's 4 × 4 table of
 /// shared customers by (segment on A, segment on B) equals the pooled reference —
 /// each channel's customers segmented by the reference's own RFM under the same cut
-/// points, matched by phone — with the cells below the minimum cohort withheld, and
-/// each pair's shared count is the sum of its cells.
+/// points, matched by phone — and each pair's shared count is the sum of its cells.
+/// The coordinator's `min_cohort` is 1 here, so what is withheld is withheld by the
+/// comparing nodes (`[policy.psi] min_exact_count` = 10): every cell below 10, and with
+/// them shown cells until the withheld ones of a pair hold at least 10 customers; on
+/// the wire a withheld cell carries no value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_segment_profile_of_shared_customers_equals_the_pooled_reference() {
+async fn the_segment_profile_equals_the_pooled_reference_with_small_cells_withheld_on_the_comparing_node() {
     use fedcrm::harness::{Cluster, ClusterOptions};
     const REFERENCE: &str = "2025-12-31";
     let data = common::synthetic_channels(12000, 44);
     let (specs, _) = common::synthetic_specs(12000, 44);
-    let cluster = Cluster::start(ClusterOptions { nodes: specs, ..Default::default() }).await.unwrap();
+    let min = specs[0].policy.psi.min_exact_count as i64;
+    let release = fedcrm_coordinator::config::ReleaseRules { min_cohort: 1, ..Default::default() };
+    let options = ClusterOptions { nodes: specs, release, capture_wire: true, ..Default::default() };
+    let cluster = Cluster::start(options).await.unwrap();
     let seg = cluster.segments(REFERENCE, "cut points for the overlap's segment profile").await.unwrap();
     let view = fedcrm::hq::SegmentsView::new(&seg, REFERENCE);
     let json = serde_json::to_string(&view).unwrap();
@@ -361,29 +371,58 @@ async fn the_segment_profile_of_shared_customers_equals_the_pooled_reference() {
             )
         })
         .collect();
-    let min_cohort = i64::from(released.min_cohort);
-    let mut nonzero = 0;
+    assert_eq!(released.min_cohort, 1);
+    let mut shown = 0;
     assert_eq!(released.pairs.len(), 10, "{:?}", released.exits);
     for p in &released.pairs {
         let (a, b) = (&channels[&p.a], &channels[&p.b]);
         let want = pooled::segment_pairs((&a.0, &a.1), (&b.0, &b.1));
+        let total = want.iter().flatten().sum::<u64>() as i64;
+        println!("{} ∩ {}: {:?} withheld {:?} (reference {want:?})", p.a, p.b, p.segments, p.segments_withheld);
         assert_eq!(p.segments.len(), 16, "{p:?}");
+        let mut hidden = 0;
         for (k, (&got, &withheld)) in p.segments.iter().zip(&p.segments_withheld).enumerate() {
             let w = want[k / 4][k % 4] as i64;
-            if w < min_cohort {
-                assert!(withheld, "{} {} cell {k}: {w} below the minimum cohort", p.a, p.b);
+            if withheld {
+                hidden += w;
             } else {
-                assert_eq!((got, withheld), (w, false), "{} {} cell {k}", p.a, p.b);
-                nonzero += 1;
+                assert!(w >= min, "{} {} cell {k}: {w} below the node's minimum {min} shown", p.a, p.b);
+                assert_eq!(got, w, "{} {} cell {k}", p.a, p.b);
+                shown += 1;
             }
         }
-        let total: u64 = want.iter().flatten().sum();
-        println!("{} ∩ {}: {:?} (reference {want:?})", p.a, p.b, p.segments);
-        if total as i64 >= min_cohort {
-            assert_eq!(p.shared, total as i64, "{p:?}");
+        if total >= min {
+            assert!(hidden == 0 || hidden >= min, "{} {}: the withheld cells hold {hidden} < {min}", p.a, p.b);
+            assert_eq!((p.shared, p.withheld), (total, false), "{p:?}");
+        } else {
+            assert!(p.withheld && p.segments_withheld.iter().all(|&w| w), "{p:?}");
         }
     }
-    assert!(nonzero > 0, "some cell was released");
+    assert!(shown > 0, "some cell was released");
+    // On the wire: no value with a withheld flag, and as many withheld cells as the
+    // analyst sees (the coordinator withheld nothing more).
+    let mut on_wire = 0;
+    for (node, messages) in cluster.captures.lock().unwrap().iter() {
+        for m in messages {
+            use fedcrm_protocol::pb::node_message::Body;
+            use prost::Message;
+            let Ok(fedcrm_protocol::pb::NodeMessage { body: Some(Body::PsiRelease(r)), .. }) =
+                fedcrm_protocol::pb::NodeMessage::decode(m.as_slice())
+            else {
+                continue;
+            };
+            for t in &r.tables {
+                assert!(!t.total_withheld || t.total == 0, "{node}: {t:?}");
+                for (&v, &w) in t.cells.iter().zip(&t.withheld) {
+                    assert!(!w || v == 0, "{node} sent the value {v} of a withheld cell");
+                    on_wire += usize::from(w);
+                }
+            }
+        }
+    }
+    let seen: usize = released.pairs.iter().map(|p| p.segments_withheld.iter().filter(|&&w| w).count()).sum();
+    assert!(seen > 0, "some cell was withheld");
+    assert_eq!(on_wire, seen, "the nodes withheld what the analyst sees withheld");
     cluster.stop().await;
 }
 

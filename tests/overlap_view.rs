@@ -203,8 +203,8 @@ fn the_table_says_who_compared_and_that_hq_never_saw_an_exact_count() {
         "tmall.brand.example–store-hz.franchise.example: compared on store-hz.franchise.example; HQ received only \
          the noised count and never sees an exact one",
         "ε = 0.5, δ = 1e-9",
-        "tmall.brand.example–store-sh.franchise.example: compared on store-sh.franchise.example; withheld: HQ \
-         received no count",
+        "tmall.brand.example–store-sh.franchise.example: compared on store-sh.franchise.example; withheld: its \
+         noised count is below HQ's release threshold",
     ] {
         assert!(table.contains(want), "{want} missing from\n{table}");
     }
@@ -217,6 +217,10 @@ fn the_table_says_who_compared_and_that_hq_never_saw_an_exact_count() {
     exact.noise = Some(NoiseSummary { dp: false, epsilon: None, delta: None });
     let table = overlap_table(&OverlapView::new(&exact).unwrap());
     assert!(!table.contains("never sees an exact") && table.contains("dp off"), "{table}");
+    assert!(
+        table.contains("withheld: below the comparing node's minimum for exact counts (it sent no value)"),
+        "{table}"
+    );
 }
 
 #[test]

@@ -71,6 +71,8 @@ pub struct PsiCheck {
     pub max_list_points: usize,
     /// `[policy.psi] max_runs_per_peer_organisation`.
     pub max_runs_per_peer_organisation: u32,
+    /// `[policy.psi] min_exact_count`: the smallest exact count this node releases.
+    pub min_exact_count: u64,
     /// `[policy.psi] max_traps`; the traps this node mixes into its list of these
     /// identifiers when it compares (its bucket's padding included), and the bound they
     /// give on an answer altered to count a customer twice
@@ -153,6 +155,7 @@ pub fn psi_check(config: &NodeConfig, ds: &Dataset) -> PsiCheck {
         min_list_points: config.policy.psi.min_list_points,
         max_list_points: config.policy.psi.max_list_points,
         max_runs_per_peer_organisation: config.policy.psi.max_runs_per_peer_organisation,
+        min_exact_count: config.policy.psi.min_exact_count,
         max_traps: config.policy.psi.max_traps,
         traps,
         altered_answer_bound: fedcrm_crypto::psi::amplification_bound(2, traps),

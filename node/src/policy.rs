@@ -371,6 +371,9 @@ mod tests {
         assert!(err.contains("no peer list would be accepted"), "{err}");
         let err = with(&|l| l.max_traps = l.max_list_points).unwrap_err();
         assert!(err.contains("leaves no room for identifiers"), "{err}");
+        let err = with(&|l| l.min_exact_count = 1).unwrap_err();
+        assert!(err.contains("min_exact_count = 1 withholds nothing"), "{err}");
+        assert_eq!(with(&|l| l.min_exact_count = 2), Ok(()));
     }
 
     #[test]

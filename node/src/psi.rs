@@ -90,6 +90,15 @@ pub struct PsiLimits {
     /// run's other pairs go on). Every participant of a run counts, whether or not the
     /// pair ran. Default 4.
     pub max_runs_per_peer_organisation: u32,
+    /// In a run with exact counts (`--dp off`, only under `dp = "optional"`), the
+    /// smallest count this node releases: its own customer count, a pair's shared
+    /// customers or a segment profile's cell below it leaves as withheld (a flag, no
+    /// value), and further profile cells are withheld until the withheld ones of a
+    /// pair hold at least this many customers, so none follows from the others and the
+    /// pair's total ([`fedcrm_analysis::suppression`]). Checked here, before the counts
+    /// leave, whatever the coordinator's `min_cohort`. Noised counts (the default) are
+    /// protected by their noise and leave whole. Default 10, at least 2.
+    pub min_exact_count: u64,
 }
 
 impl Default for PsiLimits {
@@ -100,6 +109,7 @@ impl Default for PsiLimits {
             max_list_points: 1 << 23,
             max_traps: DEFAULT_MAX_TRAPS,
             max_runs_per_peer_organisation: 4,
+            min_exact_count: 10,
         }
     }
 }
@@ -155,6 +165,13 @@ impl PsiLimits {
                 "policy.psi.max_traps = {} is too few: a responder that alters its answer would go unnoticed with \
                  probability up to 2/(e·c) for c traps; use {MIN_TRAPS} or more (default {DEFAULT_MAX_TRAPS})",
                 self.max_traps
+            ));
+        }
+        if self.min_exact_count < 2 {
+            return Err(format!(
+                "policy.psi.min_exact_count = {} withholds nothing: an exact count of 1 tells HQ that one person is a \
+                 customer of both channels; use 2 or more (default 10)",
+                self.min_exact_count
             ));
         }
         if self.min_list_points > self.max_list_points {
@@ -633,6 +650,46 @@ pub fn pair_in_process(
 pub fn noised(exact: u64, noise: &DiscreteGaussian, e: &mut dyn Entropy) -> Result<i64, PsiRunError> {
     let z = noise.sample(e).map_err(PsiRunError::Noise)?;
     Ok(i64::try_from(exact).unwrap_or(i64::MAX).saturating_add(z))
+}
+
+/// What this node releases of a run: its customer count, then per pair it compared
+/// (peer, its exact counts — one, or a segment profile's 16 cells) the pair's count or
+/// table. Under `noise` every figure is noised ([`noised`]) and leaves whole (a table's
+/// total is its noised cells' sum). Exact (`None`, `--dp off`): every figure below
+/// `min_exact_count` is withheld, and a table's cells by
+/// [`fedcrm_analysis::suppression::release_table`], so no withheld cell follows from the
+/// others and the total — decided here, before anything leaves.
+pub fn release(
+    run: RoundId,
+    customers: u64,
+    compared: Vec<(String, Vec<u64>)>,
+    profile: bool,
+    noise: Option<&DiscreteGaussian>,
+    min_exact_count: u64,
+    e: &mut dyn Entropy,
+) -> Result<fedcrm_protocol::wire::PsiRelease, PsiRunError> {
+    use fedcrm_protocol::wire::{PsiRelease, PsiTable};
+    let exact = |n: u64| (n >= min_exact_count).then(|| i64::try_from(n).unwrap_or(i64::MAX));
+    let mut out = PsiRelease { run, customers: None, counts: vec![], tables: vec![] };
+    out.customers = match noise {
+        Some(noise) => Some(noised(customers, noise, e)?),
+        None => exact(customers),
+    };
+    for (peer, cells) in compared {
+        let (total, cells) = match noise {
+            Some(noise) => {
+                let cells = cells.iter().map(|&c| noised(c, noise, e)).collect::<Result<Vec<_>, _>>()?;
+                (Some(cells.iter().fold(0i64, |a, &c| a.saturating_add(c))), cells.into_iter().map(Some).collect())
+            }
+            None => fedcrm_analysis::suppression::release_table(&cells, min_exact_count),
+        };
+        if profile {
+            out.tables.push(PsiTable { peer, total, cells });
+        } else {
+            out.counts.push((peer, total));
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -246,8 +246,12 @@ impl Coordinator {
             self.registry.send(&n.name, &ToNode::RoundEnd { round: run, released, message: message.clone() }).await;
         }
         let (channels, pairs, exits) = outcome?;
+        // The release door for the matrix: this coordinator's `min_cohort` over what the
+        // nodes released (exact counts come already withheld at each node's
+        // `min_exact_count`), cells by the same complementary rule.
         let min_cohort = self.config.release.min_cohort;
-        let withhold = |v: i64| if v < min_cohort as i64 { None } else { Some(v) };
+        let min = i64::try_from(min_cohort).unwrap_or(i64::MAX);
+        let withhold = |v: Option<i64>| v.filter(|&v| v >= min);
         let channels: Vec<ChannelOut> = channels
             .into_iter()
             .map(|(n, c)| ChannelOut {
@@ -260,12 +264,12 @@ impl Coordinator {
         let profile = request.segments.is_some();
         let pairs: Vec<PairOut> = pairs
             .into_iter()
-            .map(|((a, b), (comparer, cells))| PairOut {
-                shared: withhold(cells.iter().sum()),
-                segments: profile.then(|| cells.iter().map(|&c| withhold(c)).collect()),
+            .map(|((a, b), c)| PairOut {
+                shared: withhold(c.total),
+                segments: profile.then(|| fedcrm_analysis::suppression::suppress(&c.cells, c.total, min)),
                 a,
                 b,
-                comparer,
+                comparer: c.comparer,
             })
             .collect();
         let suppressed = channels.iter().filter(|c| c.customers.is_none()).count()
@@ -307,7 +311,16 @@ enum Next {
     Lost(String),
 }
 
-type Released = (Vec<(String, i64)>, BTreeMap<(String, String), (String, Vec<i64>)>, BTreeMap<String, String>);
+type Released = (Vec<(String, Option<i64>)>, BTreeMap<(String, String), Compared>, BTreeMap<String, String>);
+
+/// A pair's counts as its comparer released them: the comparer, the pair's total, and
+/// its cells (the total alone for a plain overlap; a profile's 16, the row the pair's
+/// first name's segment); `None` where the comparer withheld a figure.
+struct Compared {
+    comparer: String,
+    total: Option<i64>,
+    cells: Vec<Option<i64>>,
+}
 
 /// One run in progress.
 struct Run<'a> {
@@ -532,7 +545,7 @@ impl Run<'_> {
                         return Err(self.stop(format!("{node} released {got} where the run asked for {want}")));
                     }
                     let peers: Vec<&String> =
-                        r.counts.iter().map(|c| &c.0).chain(r.tables.iter().map(|t| &t.0)).collect();
+                        r.counts.iter().map(|c| &c.0).chain(r.tables.iter().map(|t| &t.peer)).collect();
                     for peer in &peers {
                         if pairs.get(&pair_key(&node, peer)) != Some(&node) {
                             return Err(
@@ -560,15 +573,31 @@ impl Run<'_> {
         let mut counts = BTreeMap::new();
         for (node, r) in &released {
             for (peer, n) in r.counts.iter().filter(|(p, _)| !dropped.contains(&pair_key(node, p))) {
-                counts.insert(pair_key(node, peer), (node.clone(), vec![*n]));
+                counts.insert(pair_key(node, peer), Compared { comparer: node.clone(), total: *n, cells: vec![*n] });
             }
-            for (peer, cells) in r.tables.iter().filter(|(p, _)| !dropped.contains(&pair_key(node, p))) {
+            for t in r.tables.iter().filter(|t| !dropped.contains(&pair_key(node, &t.peer))) {
+                // Cells the comparer withheld it counts in its total; it shows no cell of a
+                // total it withheld, and shown cells add up to the total.
+                let shown: i64 = t.cells.iter().flatten().sum();
+                let adds_up = match t.total {
+                    None => t.cells.iter().all(Option::is_none),
+                    Some(total) => t.cells.iter().any(Option::is_none) || shown == total,
+                };
+                if !adds_up {
+                    return Err(self.stop(format!(
+                        "{node} released a segment profile for {} whose cells do not add up to its total",
+                        t.peer
+                    )));
+                }
                 // The comparer's rows are its own segments: transpose when it is the pair's
                 // second name.
-                let key = pair_key(node, peer);
-                let cells =
-                    if key.0 == *node { cells.clone() } else { (0..16).map(|k| cells[(k % 4) * 4 + k / 4]).collect() };
-                counts.insert(key, (node.clone(), cells));
+                let key = pair_key(node, &t.peer);
+                let cells = if key.0 == *node {
+                    t.cells.clone()
+                } else {
+                    (0..16).map(|k| t.cells[(k % 4) * 4 + k / 4]).collect()
+                };
+                counts.insert(key, Compared { comparer: node.clone(), total: t.total, cells });
             }
         }
         Ok((sizes, counts, exits))

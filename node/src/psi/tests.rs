@@ -454,3 +454,49 @@ fn a_responder_that_repeats_a_point_across_segment_groups_is_refused() {
     let err = comparer.compare_groups(&sealed(from_r), &answers).unwrap_err();
     assert!(matches!(err, PsiRunError::GroupsOverlap { what: "answer", .. }), "{err}");
 }
+
+/// `--dp off`: the node's own release withholds every figure below its
+/// `min_exact_count` — its size, a plain count, a profile's small cells and, with them,
+/// the smallest cells that would otherwise give one away by the pair's total — and sends
+/// no value for them; noised figures leave whole, a table with its noised cells' sum.
+#[test]
+fn exact_counts_below_the_nodes_minimum_are_withheld_before_they_leave() {
+    use rand::SeedableRng;
+    let run = RoundId([8; 16]);
+    let mut e = Seeded(rand_chacha::ChaCha20Rng::seed_from_u64(8));
+    let plain = vec![("node-b".to_string(), vec![9]), ("node-c".to_string(), vec![10])];
+    let r = release(run, 7, plain.clone(), false, None, 10, &mut e).unwrap();
+    assert_eq!(r.customers, None);
+    assert_eq!(r.counts, vec![("node-b".into(), None), ("node-c".into(), Some(10))]);
+    // A profile: cell 5 (3 customers) is below 10, and alone it would follow from the
+    // total 603 less the shown cells, so the smallest shown cell (40, cell 9) goes too.
+    let mut cells = vec![0u64; 16];
+    (cells[0], cells[5], cells[9], cells[10], cells[15]) = (200, 3, 40, 110, 250);
+    let table = vec![
+        ("node-b".to_string(), cells.clone()),
+        ("node-c".to_string(), vec![0, 2, 1, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 1]),
+    ];
+    let r = release(run, 5000, table.clone(), true, None, 10, &mut e).unwrap();
+    assert_eq!(r.customers, Some(5000));
+    let t = &r.tables[0];
+    assert_eq!(t.total, Some(603));
+    let shown: Vec<(usize, i64)> = t.cells.iter().enumerate().filter_map(|(i, c)| c.map(|v| (i, v))).collect();
+    assert_eq!(shown, vec![(0, 200), (10, 110), (15, 250)]);
+    // A pair sharing 8 customers: nothing of it leaves.
+    assert_eq!((r.tables[1].total, r.tables[1].cells.iter().flatten().count()), (None, 0));
+    // And on the wire no withheld value appears: the flags and zeros only.
+    let wire = fedcrm_protocol::pb::NodeMessage::from(&fedcrm_protocol::wire::FromNode::PsiRelease(r));
+    let Some(fedcrm_protocol::pb::node_message::Body::PsiRelease(w)) = wire.body else { panic!() };
+    assert_eq!((w.tables[0].cells[5], w.tables[0].cells[9], w.tables[0].withheld[9]), (0, 0, true));
+    assert_eq!((w.tables[1].total, w.tables[1].total_withheld), (0, true));
+    // Noised: every figure leaves, none withheld, and a table's total is its cells' sum.
+    let noise = DiscreteGaussian::new(fedcrm_dp::sampler::Variance::new(16, 1).unwrap());
+    let r = release(run, 7, table, true, Some(&noise), 10, &mut e).unwrap();
+    assert!(r.customers.is_some());
+    for t in &r.tables {
+        let cells: Vec<i64> = t.cells.iter().map(|c| c.unwrap()).collect();
+        assert_eq!(t.total, Some(cells.iter().sum()));
+    }
+    let r = release(run, 7, plain, false, Some(&noise), 10, &mut e).unwrap();
+    assert!(r.counts.iter().all(|c| c.1.is_some()));
+}

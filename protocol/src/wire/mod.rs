@@ -163,7 +163,7 @@ pub use envelope::*;
 pub use from_node::*;
 pub use psi::{
     CHANNEL_OVERLAP, MAX_PSI_PARTICIPANTS, PROFILE_CELLS, PsiChunk, PsiKeys, PsiParticipant, PsiRelease, PsiStart,
-    SegmentProfile, psi_start_payload, segment_cuts,
+    PsiTable, SegmentProfile, psi_start_payload, segment_cuts,
 };
 pub use to_node::*;
 

@@ -117,17 +117,28 @@ impl PsiChunk {
     }
 }
 
-/// Node → coordinator, once per run: the node's noised customer count and the noised
-/// count of every pair it compared.
+/// Node → coordinator, once per run: the node's customer count and the count of every
+/// pair it compared — noised, or exact (`--dp off`) with the ones below its
+/// `[policy.psi] min_exact_count` withheld (`None`) by the node itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PsiRelease {
     pub run: RoundId,
-    pub customers: i64,
-    /// (peer, noised count), one per pair this node compared (plain overlap).
-    pub counts: Vec<(String, i64)>,
-    /// (peer, 16 noised counts, row-major: row this node's segment, column the
-    /// peer's), one per pair this node compared (segment profile).
-    pub tables: Vec<(String, Vec<i64>)>,
+    pub customers: Option<i64>,
+    /// (peer, count), one per pair this node compared (plain overlap).
+    pub counts: Vec<(String, Option<i64>)>,
+    /// One per pair this node compared (segment profile).
+    pub tables: Vec<PsiTable>,
+}
+
+/// A segment profile a node compared, as it releases it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PsiTable {
+    pub peer: String,
+    /// The pair's shared customers (the cells' total); `None`: withheld.
+    pub total: Option<i64>,
+    /// [`PROFILE_CELLS`] counts, row-major: row this node's segment, column the peer's;
+    /// `None`: withheld.
+    pub cells: Vec<Option<i64>>,
 }
 
 fn certificate(name: &'static str, b: &[u8]) -> Result<Vec<u8>, WireError> {
@@ -321,11 +332,31 @@ pub(super) fn psi_chunk_pb(c: &PsiChunk) -> pb::PsiChunk {
     }
 }
 
+/// A released figure: `value` unless `withheld`, when it must be 0 (a withheld figure
+/// that carries its value is a node's fault, refused).
+fn figure(name: &'static str, value: i64, withheld: bool) -> Result<Option<i64>, WireError> {
+    match (withheld, value) {
+        (false, v) => Ok(Some(v)),
+        (true, 0) => Ok(None),
+        (true, _) => Err(field(name, "withheld but not 0".to_string())),
+    }
+}
+
+/// A released figure on the wire: (value or 0, withheld).
+fn figure_pb(v: Option<i64>) -> (i64, bool) {
+    (v.unwrap_or(0), v.is_none())
+}
+
 pub(super) fn psi_release(r: &pb::PsiRelease) -> Result<PsiRelease, WireError> {
     let counts = r
         .counts
         .iter()
-        .map(|c| Ok((node_name("psi_release.counts.peer", &c.peer)?, c.count)))
+        .map(|c| {
+            Ok((
+                node_name("psi_release.counts.peer", &c.peer)?,
+                figure("psi_release.counts.count", c.count, c.withheld)?,
+            ))
+        })
         .collect::<Result<Vec<_>, WireError>>()?;
     let tables = r
         .tables
@@ -334,22 +365,61 @@ pub(super) fn psi_release(r: &pb::PsiRelease) -> Result<PsiRelease, WireError> {
             if t.cells.len() != PROFILE_CELLS {
                 return Err(field("psi_release.tables.cells", format!("{} cells, not {PROFILE_CELLS}", t.cells.len())));
             }
-            Ok((node_name("psi_release.tables.peer", &t.peer)?, t.cells.clone()))
+            if !t.withheld.is_empty() && t.withheld.len() != PROFILE_CELLS {
+                let n = t.withheld.len();
+                return Err(field("psi_release.tables.withheld", format!("{n} flags, not 0 or {PROFILE_CELLS}")));
+            }
+            let cells = t
+                .cells
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| figure("psi_release.tables.cells", v, t.withheld.get(i).copied().unwrap_or(false)))
+                .collect::<Result<Vec<_>, WireError>>()?;
+            Ok(PsiTable {
+                peer: node_name("psi_release.tables.peer", &t.peer)?,
+                total: figure("psi_release.tables.total", t.total, t.total_withheld)?,
+                cells,
+            })
         })
         .collect::<Result<Vec<_>, WireError>>()?;
-    no_repeats("psi_release.counts", counts.iter().map(|c| c.0.clone()).chain(tables.iter().map(|t| t.0.clone())))?;
-    Ok(PsiRelease { run: round_id(&r.run_id)?, customers: r.customers, counts, tables })
+    no_repeats("psi_release.counts", counts.iter().map(|c| c.0.clone()).chain(tables.iter().map(|t| t.peer.clone())))?;
+    Ok(PsiRelease {
+        run: round_id(&r.run_id)?,
+        customers: figure("psi_release.customers", r.customers, r.customers_withheld)?,
+        counts,
+        tables,
+    })
 }
 
 pub(super) fn psi_release_pb(r: &PsiRelease) -> pb::PsiRelease {
+    let (customers, customers_withheld) = figure_pb(r.customers);
     pb::PsiRelease {
         run_id: r.run.0.to_vec(),
-        customers: r.customers,
-        counts: r.counts.iter().map(|(peer, count)| pb::PsiCount { peer: peer.clone(), count: *count }).collect(),
+        customers,
+        customers_withheld,
+        counts: r
+            .counts
+            .iter()
+            .map(|(peer, count)| {
+                let (count, withheld) = figure_pb(*count);
+                pb::PsiCount { peer: peer.clone(), count, withheld }
+            })
+            .collect(),
         tables: r
             .tables
             .iter()
-            .map(|(peer, cells)| pb::PsiTable { peer: peer.clone(), cells: cells.clone() })
+            .map(|t| {
+                let (total, total_withheld) = figure_pb(t.total);
+                let cells: Vec<(i64, bool)> = t.cells.iter().map(|&c| figure_pb(c)).collect();
+                let any = cells.iter().any(|c| c.1);
+                pb::PsiTable {
+                    peer: t.peer.clone(),
+                    cells: cells.iter().map(|c| c.0).collect(),
+                    total,
+                    total_withheld,
+                    withheld: if any { cells.iter().map(|c| c.1).collect() } else { vec![] },
+                }
+            })
             .collect(),
     }
 }

@@ -265,3 +265,47 @@ fn receipt_round_trips_with_its_time() {
     let (_, parsed) = parse_coordinator_message(m).unwrap();
     assert_eq!(parsed, Some(receipt));
 }
+
+#[test]
+fn a_psi_release_carries_withheld_figures_as_flags_and_never_their_values() {
+    let run = RoundId([5; 16]);
+    let mut cells: Vec<Option<i64>> = (0..16).map(|k| Some(20 + k)).collect();
+    (cells[3], cells[7]) = (None, None);
+    let release = PsiRelease {
+        run,
+        customers: Some(4200),
+        counts: vec![],
+        tables: vec![
+            PsiTable { peer: "node-2".into(), total: Some(600), cells },
+            PsiTable { peer: "node-3".into(), total: None, cells: vec![None; 16] },
+        ],
+    };
+    let m = FromNode::PsiRelease(release.clone());
+    let wire = pb::NodeMessage::from(&m);
+    assert_eq!(FromNode::try_from(wire.clone()).unwrap(), m);
+    let Some(pb::node_message::Body::PsiRelease(r)) = &wire.body else { panic!("{wire:?}") };
+    assert_eq!((r.tables[0].cells[3], r.tables[0].withheld[3], r.tables[0].withheld[2]), (0, true, false));
+    assert_eq!((r.tables[1].total, r.tables[1].total_withheld), (0, true));
+    // A table with nothing withheld sends no flags; a plain count and the size round-trip.
+    let plain = FromNode::PsiRelease(PsiRelease {
+        run,
+        customers: None,
+        counts: vec![("node-2".into(), Some(31)), ("node-3".into(), None)],
+        tables: vec![],
+    });
+    assert_eq!(FromNode::try_from(pb::NodeMessage::from(&plain)).unwrap(), plain);
+    let full = PsiTable { peer: "node-2".into(), total: Some(16 * 30), cells: vec![Some(30); 16] };
+    let m = FromNode::PsiRelease(PsiRelease { tables: vec![full], ..release });
+    let Some(pb::node_message::Body::PsiRelease(r)) = pb::NodeMessage::from(&m).body else { panic!() };
+    assert!(r.tables[0].withheld.is_empty());
+    // A withheld figure that still carries its value is refused, naming the field.
+    let mut leaky = r.clone();
+    leaky.tables[0].withheld = vec![false; 16];
+    leaky.tables[0].withheld[5] = true;
+    let leaky = pb::NodeMessage { body: Some(pb::node_message::Body::PsiRelease(leaky)), receipt: None };
+    assert!(matches!(FromNode::try_from(leaky), Err(WireError::Field { field: "psi_release.tables.cells", .. })));
+    let mut short = r;
+    short.tables[0].withheld = vec![true; 3];
+    let short = pb::NodeMessage { body: Some(pb::node_message::Body::PsiRelease(short)), receipt: None };
+    assert!(matches!(FromNode::try_from(short), Err(WireError::Field { field: "psi_release.tables.withheld", .. })));
+}

@@ -18,8 +18,10 @@
 //! - `PsiChunk`: a peer's list or answer, at most the chunks this node's limits allow;
 //!   once complete, the responder answers and the comparer counts. Any list that does
 //!   not open or check stops the whole run (refused, naming who is at fault).
-//! - Once every pair is done: `PsiRelease` — the noised customer count and the noised
-//!   count of every pair this node compared; nothing else of the run ever leaves.
+//! - Once every pair is done: `PsiRelease` — the customer count and the count of every
+//!   pair this node compared, noised, or exact with those below `[policy.psi]
+//!   min_exact_count` withheld here (`crate::psi::release`); nothing else of the run
+//!   ever leaves.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -34,12 +36,12 @@ use fedcrm_dp::accounting::Charge;
 use fedcrm_dp::sampler::{DiscreteGaussian, Variance};
 use fedcrm_pki::{self as pki, Identity, OrgKind, Usage};
 use fedcrm_protocol::psi::{PairRole, Side, SignedRunKey, comparer};
-use fedcrm_protocol::wire::{CHANNEL_OVERLAP, FromNode, PsiChunk, PsiKeys, PsiRelease, PsiStart, psi_start_payload};
+use fedcrm_protocol::wire::{CHANNEL_OVERLAP, FromNode, PsiChunk, PsiKeys, PsiStart, psi_start_payload};
 
 use super::{Handled, Rounds};
 use crate::approvals::Asked;
 use crate::privacy::DpMode;
-use crate::psi::{AwaitingAnswer, AwaitingList, Comparer, PairKeys, PsiRunError, Responder, SealedList, noised};
+use crate::psi::{AwaitingAnswer, AwaitingList, Comparer, PairKeys, PsiRunError, Responder, SealedList, release};
 use crate::session::{Peer, SessionError, record, unix_now};
 use fedcrm_analysis::date::format_date;
 
@@ -143,11 +145,6 @@ fn failed(ctx: &crate::session::NodeContext, run: RoundId, e: &PsiRunError) -> R
         },
     )?;
     Ok(format!("psi run {run}: {}", e.public_reason()))
-}
-
-/// Cells of a segment profile's table on the wire.
-fn wire_cells() -> usize {
-    fedcrm_protocol::wire::PROFILE_CELLS
 }
 
 /// This node's identifiers for a run: one group, or — for a segment profile — one per
@@ -692,7 +689,8 @@ impl Rounds<'_> {
         Ok(Ok(()))
     }
 
-    /// Every pair done: release the noised counts, once.
+    /// Every pair done: release the counts, once — noised, or exact with the small ones
+    /// withheld ([`release`]).
     async fn psi_maybe_release(&mut self) -> Handled {
         let Some(state) = self.psi.as_mut() else { return Ok(None) };
         if state.released || state.ids.is_none() || !state.pairs.values().all(|p| p.stage.done()) {
@@ -702,25 +700,17 @@ impl Rounds<'_> {
         let run = state.start.run;
         let customers = state.ids.as_ref().map_or(0, |i| i.groups.iter().map(Vec::len).sum::<usize>() as u64);
         let profile = state.start.segments.is_some();
-        // Every figure this node releases, in order: its size, then per compared pair
-        // its count (plain) or its 16 cells (segment profile).
-        let mut exact = vec![customers];
-        let mut peers = Vec::new();
-        for (p, pair) in &state.pairs {
-            if let Stage::Compared(table) = &pair.stage {
-                peers.push(p.clone());
-                exact.extend(table.iter().flatten().copied());
-            }
-        }
-        let released: Result<Vec<i64>, PsiRunError> = match &state.start.noise {
-            None => Ok(exact.iter().map(|&n| i64::try_from(n).unwrap_or(i64::MAX)).collect()),
-            Some(v) => {
-                let noise = DiscreteGaussian::new(v.clone());
-                let mut e = OsEntropy::new();
-                exact.iter().map(|&n| noised(n, &noise, &mut e)).collect()
-            }
-        };
-        let released = match released {
+        let compared: Vec<(String, Vec<u64>)> = state
+            .pairs
+            .iter()
+            .filter_map(|(p, pair)| match &pair.stage {
+                Stage::Compared(table) => Some((p.clone(), table.iter().flatten().copied().collect())),
+                _ => None,
+            })
+            .collect();
+        let noise = state.start.noise.clone().map(DiscreteGaussian::new);
+        let min = self.ctx.policy.psi.min_exact_count;
+        let release = match release(run, customers, compared, profile, noise.as_ref(), min, &mut OsEntropy::new()) {
             Ok(r) => r,
             Err(e) => {
                 self.psi = None;
@@ -729,17 +719,6 @@ impl Rounds<'_> {
                 return Ok(None);
             }
         };
-        let per_pair = if profile { wire_cells() } else { 1 };
-        let mut figures = released[1..].chunks(per_pair);
-        let mut release = PsiRelease { run, customers: released[0], counts: vec![], tables: vec![] };
-        for p in peers {
-            let cells = figures.next().map(<[i64]>::to_vec).unwrap_or_default();
-            if profile {
-                release.tables.push((p, cells));
-            } else {
-                release.counts.push((p, cells.first().copied().unwrap_or(0)));
-            }
-        }
         let pairs = release.counts.len() + release.tables.len();
         tracing::info!(node = %self.ctx.name, %run, pairs, "psi: counts released");
         self.egress.send(&FromNode::PsiRelease(release)).await?;
