@@ -21,7 +21,8 @@ pub fn suppress(cells: &[Option<i64>], total: Option<i64>, min: i64) -> Vec<Opti
     let mut shown: Vec<Option<i64>> = cells.iter().map(|c| c.filter(|&v| v >= min)).collect();
     loop {
         let hidden = shown.iter().any(Option::is_none);
-        let hidden_sum = total.saturating_sub(shown.iter().flatten().sum::<i64>());
+        let shown_sum = shown.iter().flatten().fold(0i64, |a, &v| a.saturating_add(v));
+        let hidden_sum = total.saturating_sub(shown_sum);
         if !hidden || hidden_sum >= min {
             return shown;
         }

@@ -373,16 +373,25 @@ pub struct HistogramRelease {
     pub privacy: Option<NoiseReport>,
 }
 
-/// Global histogram counts with small cells suppressed.
+/// Global histogram counts with small cells suppressed, each histogram (of `lens`
+/// bins, in the round's order) on its own: every histogram's bins add up to the same
+/// customer count, so a cell withheld to cover a small one must be in the same histogram.
 pub fn histogram(
     out: &RoundOutput,
     rules: &ReleaseRules,
-    expected: usize,
+    lens: &[usize],
     audit: &SharedLog,
     analysis: &str,
     rounds: Vec<String>,
 ) -> Result<HistogramRelease, ReleaseError> {
-    let counts = suppress(&words(out, rules, expected)?, rules.min_cohort);
+    let sums = words(out, rules, lens.iter().sum())?;
+    let mut counts = Vec::with_capacity(sums.len());
+    let mut rest = sums.as_slice();
+    for &len in lens {
+        let (one, more) = rest.split_at(len);
+        counts.extend(suppress(one, rules.min_cohort));
+        rest = more;
+    }
     log_release(out, rules, audit, analysis, "rfm-histograms", rounds, &counts)?;
     Ok(HistogramRelease {
         counts,

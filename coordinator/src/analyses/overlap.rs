@@ -578,10 +578,11 @@ impl Run<'_> {
             for t in r.tables.iter().filter(|t| !dropped.contains(&pair_key(node, &t.peer))) {
                 // Cells the comparer withheld it counts in its total; it shows no cell of a
                 // total it withheld, and shown cells add up to the total.
-                let shown: i64 = t.cells.iter().flatten().sum();
-                let adds_up = match t.total {
-                    None => t.cells.iter().all(Option::is_none),
-                    Some(total) => t.cells.iter().any(Option::is_none) || shown == total,
+                let shown = t.cells.iter().flatten().try_fold(0i64, |a, &c| a.checked_add(c));
+                let adds_up = match (t.total, shown) {
+                    (_, None) => false,
+                    (None, _) => t.cells.iter().all(Option::is_none),
+                    (Some(total), Some(shown)) => t.cells.iter().any(Option::is_none) || shown == total,
                 };
                 if !adds_up {
                     return Err(self.stop(format!(

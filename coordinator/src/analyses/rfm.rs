@@ -172,8 +172,8 @@ impl Driver for HistogramsDriver {
     }
 
     fn next(&mut self, out: &RoundOutput, cx: &Context<'_>) -> Result<Step<Self::Outcome>, AnalysisError> {
-        let len = lens(&self.specs).iter().sum();
-        Ok(Step::Done(release::histogram(out, &cx.rules, len, cx.audit, cx.analysis, cx.rounds.to_vec())?))
+        let lens = lens(&self.specs);
+        Ok(Step::Done(release::histogram(out, &cx.rules, &lens, cx.audit, cx.analysis, cx.rounds.to_vec())?))
     }
 }
 

@@ -28,8 +28,10 @@ use crate::pb;
 /// (`RoundStart.noise`): with it, nodes add noise before masking and the sum is signed;
 /// a v6 node would ignore the fields and send an exact contribution. v8 (issue 12) adds
 /// PSI runs (`PsiStart`, `PsiKeys`, `PsiChunk`, `PsiRelease`), which a v7 node would
-/// not understand.
-pub const VERSION: &str = "fedcrm/v8";
+/// not understand. v9 (issue 12) has the node withhold small exact PSI counts itself
+/// (`PsiRelease` withheld flags, a table's total): a v8 node would release them whole,
+/// and send no total.
+pub const VERSION: &str = "fedcrm/v9";
 
 /// Largest vector a round may use (words, of either width); 64 Mi words = 512 MiB of
 /// 64-bit words.
