@@ -22,6 +22,8 @@
 //! - [`terms`]: each customer's own term of a round's sum as reals, and decoders of the
 //!   noised real sums (issue 11 under differential privacy).
 //! - [`artifact`]: the churn model as published, and scoring one customer with it.
+//! - [`clv`] (issue 13): BG/NBD and Gamma-Gamma — per-customer summaries,
+//!   log-likelihoods with analytic gradients, P(alive), expected purchases and spend.
 //!
 //! The sums federate exactly: the decoded sum over nodes equals the pooled sum up to
 //! the rounding error [`fixed`] states, so the federated model equals the pooled one
@@ -30,6 +32,7 @@
 #![forbid(unsafe_code)]
 
 pub mod artifact;
+pub mod clv;
 pub mod eval;
 pub mod features;
 pub mod fedavg;
