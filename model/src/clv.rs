@@ -9,6 +9,7 @@
 //! - [`hyp2f1`]: the Gaussian hypergeometric function the expectations need.
 //! - [`fit`]: the coordinator's optimiser, BFGS driven one evaluation (one secure
 //!   round) at a time.
+//! - [`sums`]: a node's contribution to one evaluation as words, and its decoding.
 //!
 //! Both likelihoods are sums over customers, so the sums of a node's customers' terms
 //! added over nodes are the pooled sums: the federated fit is exact.
@@ -18,3 +19,4 @@ pub mod fit;
 pub mod gamma_gamma;
 pub mod hyp2f1;
 pub mod summary;
+pub mod sums;

@@ -26,6 +26,7 @@
 //! | --- | --- | --- | --- | --- |
 //! | Newton, FedAvg and evaluation sums ([`MODEL`]) | 32 | 2^6 = 64 | 2^25 − 1 ≈ 3.4·10^7 | N · 2^−33 (2.7·10^−6 at N = 23,570) |
 //! | counts ([`COUNT`]) | 0 | 1 | 2^63 − 1 | 0 (exact) |
+//! | CLV likelihood sums ([`CLV`], issue 13) | 20 | 2^20 | 2^23 − 1 ≈ 8.4·10^6 | N · 2^−21 |
 //! | feature moments (`standardise`) | 63 − 24 − b (Σx), 63 − 24 − 2b (Σx²) | 2^b, 2^2b | 2^24 − 1 | N · 2^−(S+1) |
 //!
 //! `B = 64` for the model's sums because a standardised feature is clipped to
@@ -60,6 +61,13 @@ pub struct FixedPoint {
 
 /// The model's sums (Newton, FedAvg, evaluation): `S = 32`, `B = 64`.
 pub const MODEL: FixedPoint = FixedPoint { scale_bits: 32, bound_log2: 6 };
+
+/// Issue 13, the CLV fits' likelihood and gradient sums: `S = 20`, `B = 2^20`. One
+/// customer's log-likelihood or gradient term in the log-parameters stays far below 2^20
+/// for any real purchase history (it grows with ln Γ of the repeat purchases), and a sum
+/// holds up to 2^23 − 1 ≈ 8.4 million customers; each node's sum is rounded once, within
+/// 2^−21 ≈ 4.8·10^−7.
+pub const CLV: FixedPoint = FixedPoint { scale_bits: 20, bound_log2: 20 };
 
 /// Counts: integers, exact.
 pub const COUNT: FixedPoint = FixedPoint { scale_bits: 0, bound_log2: 0 };

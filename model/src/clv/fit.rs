@@ -9,8 +9,9 @@
 //! θ; dividing by n keeps the tolerances independent of the population's size.
 //!
 //! **Stopping** ([`Stopping`]): the largest gradient component is at most `gradient`
-//! (converged), or an accepted step changed the objective by at most `relative` of its
-//! size twice in a row (converged: no further progress in double precision), or
+//! (converged), or three accepted steps in a row changed the objective by at most
+//! `relative` of its size (or its rounding `noise`) without shrinking the gradient by a
+//! tenth (converged: no further progress in the precision available), or
 //! `max_evaluations` were used (not converged — reported as such, never as a fit).
 
 use serde::{Deserialize, Serialize};
@@ -24,11 +25,17 @@ pub struct Stopping {
     pub relative: f64,
     /// Most evaluations (federated: secure rounds).
     pub max_evaluations: u32,
+    /// How far the objective may be off by rounding (federated: the fixed-point decode
+    /// error of the summed log-likelihood over the number of customers). Near the optimum
+    /// the objective changes by less than this while the gradient — as precise, but
+    /// still far from 0 — keeps pointing the way, so there a step that shrinks the
+    /// gradient is accepted even if the rounded objective did not go down.
+    pub noise: f64,
 }
 
 impl Default for Stopping {
     fn default() -> Self {
-        Self { gradient: 1e-9, relative: 1e-14, max_evaluations: 200 }
+        Self { gradient: 1e-9, relative: 1e-14, max_evaluations: 200, noise: 0.0 }
     }
 }
 
@@ -38,7 +45,7 @@ impl Default for Stopping {
 pub enum Reason {
     /// The gradient is within the tolerance.
     Gradient,
-    /// Two accepted steps in a row changed the objective by less than the tolerance.
+    /// Three accepted steps in a row changed neither the objective nor the gradient.
     NoProgress,
     /// The line search could not decrease the objective any more (a step shorter than
     /// 10⁻²⁰ of the direction): at the optimum to machine precision.
@@ -132,6 +139,11 @@ impl Bfgs {
         }
     }
 
+    /// The objective's rounding ([`Stopping::noise`]), known once the population is.
+    pub fn set_noise(&mut self, noise: f64) {
+        self.stopping.noise = noise;
+    }
+
     pub fn evaluations(&self) -> u32 {
         self.evaluations
     }
@@ -200,7 +212,9 @@ impl Bfgs {
             return Ok(());
         }
         let slope = dot(&self.g, &self.direction);
-        if !finite || value > self.f + 1e-4 * self.step * slope {
+        let largest = |g: &[f64]| g.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let in_noise = finite && value - self.f <= self.stopping.noise && largest(&gradient) < largest(&self.g);
+        if !finite || (value > self.f + 1e-4 * self.step * slope && !in_noise) {
             // Backtrack: the minimum of the quadratic through f, the slope and the trial,
             // kept within [0.1, 0.5] of the step.
             let quadratic = if finite {
@@ -243,9 +257,11 @@ impl Bfgs {
             }
         }
         let change = (self.f - value).abs();
-        self.stalls = if change <= self.stopping.relative * value.abs().max(1.0) { self.stalls + 1 } else { 0 };
+        let flat = change <= (self.stopping.relative * value.abs().max(1.0)).max(self.stopping.noise);
+        let shrank = largest(&gradient) < 0.9 * largest(&self.g);
+        self.stalls = if flat && !shrank { self.stalls + 1 } else { 0 };
         (self.x, self.f, self.g) = (trial, value, gradient);
-        if self.stalls >= 2 {
+        if self.stalls >= 3 {
             self.finish(Reason::NoProgress);
             return Ok(());
         }
