@@ -14,10 +14,9 @@
 
 mod common;
 
-use fedcrm::harness::{CDNOW, Cluster, ClusterOptions, NodeSpec, split_cdnow};
+use fedcrm::harness::{CDNOW, Cluster, NodeSpec, split_cdnow};
 use fedcrm_coordinator::analyses::AnalysisRequest;
 use fedcrm_coordinator::analyses::churn::ChurnRequest;
-use fedcrm_coordinator::config::ReleaseRules;
 use fedcrm_model::features::{FeatureSpec, Window};
 use time::macros::date;
 
@@ -135,13 +134,7 @@ fn request(purpose: &str) -> AnalysisRequest {
 }
 
 async fn train(nodes: Vec<NodeSpec>, label: &str) -> fedcrm_coordinator::analyses::churn::ChurnRelease {
-    let opts = ClusterOptions {
-        nodes,
-        release: ReleaseRules { min_participants: 3, min_cohort: 0 },
-        phase_timeout_seconds: 30,
-        ..Default::default()
-    };
-    let cluster = Cluster::start(opts).await.unwrap();
+    let cluster = Cluster::start(common::model_options(nodes)).await.unwrap();
     let out = cluster.coordinator.run_churn(&request(label), ChurnRequest::newton(HORIZON), None).await.unwrap();
     assert_eq!(out.release.model.provenance.nodes.len(), 5, "{:?}", out.exits);
     // Registered, unpublished, under a versioned id.
@@ -203,13 +196,7 @@ async fn hq_train_churn_streams_its_rounds_and_registers_the_model() {
         .enumerate()
         .map(|(i, data)| NodeSpec::franchisee(&format!("node-{i}"), data))
         .collect();
-    let opts = ClusterOptions {
-        nodes,
-        release: ReleaseRules { min_participants: 3, min_cohort: 0 },
-        phase_timeout_seconds: 30,
-        ..Default::default()
-    };
-    let cluster = Cluster::start(opts).await.unwrap();
+    let cluster = Cluster::start(common::model_options(nodes)).await.unwrap();
     let mut hq = fedcrm::hq::AnalystClient::connect(&cluster.analyst).await.unwrap();
     let request = |dp_off: bool| fedcrm_protocol::pb::TrainChurnRequest {
         reference_date: "1997-09-30".into(),

@@ -68,7 +68,7 @@ fn misspelt_or_unsafe_policy_values_are_errors() {
     for (from, to, expect) in [
         ("rfm-segments = 50", "rfm-segmnts = 50", "\"rfm-segmnts\", which is not an analysis"),
         (
-            "allowed_analyses = [\"rfm-histograms\", \"rfm-segments\", \"churn-model\", \"channel-overlap\"]",
+            "allowed_analyses = [\"rfm-histograms\", \"rfm-segments\", \"churn-model\", \"channel-overlap\", \"clv-model\"]",
             "allowed_analyses = [\"rfm-segment\"]",
             "policy.allowed_analyses names \"rfm-segment\"",
         ),

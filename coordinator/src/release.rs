@@ -219,14 +219,14 @@ pub fn model_sums(out: &RoundOutput, rules: &ReleaseRules, expected: usize) -> R
     Ok(out.sum.model_words())
 }
 
-/// Issue 11: record the release of a trained model (its weights and federated metrics
-/// go to the registry), after the minimum-participants rule; `cells` is the number of
-/// published figures (weights and metrics), none suppressed.
+/// Issue 11: record the release of a trained model of analysis `kind` (its weights and
+/// federated metrics go to the registry), after the minimum-participants rule; `cells`
+/// is the number of published figures (weights and metrics), none suppressed.
 pub fn model(
     out: &RoundOutput,
     rules: &ReleaseRules,
     audit: &SharedLog,
-    analysis: &str,
+    (analysis, kind): (&str, &str),
     rounds: Vec<String>,
     figures: usize,
 ) -> Result<(), ReleaseError> {
@@ -237,7 +237,7 @@ pub fn model(
             need: rules.min_participants,
         });
     }
-    log_release(out, rules, audit, analysis, "churn-model", rounds, &vec![Some(0); figures])
+    log_release(out, rules, audit, analysis, kind, rounds, &vec![Some(0); figures])
 }
 
 /// Histogram counts, released to the coordinator's own quantile search only (they

@@ -1,5 +1,6 @@
 //! Customer lifetime value (issue 13): the buy-till-you-die models' mathematics, pure.
 //!
+//! - [`artifact`]: the published model (both fits, calibration, provenance).
 //! - [`summary`]: a customer's purchases → (x, t_x, T) and the mean repeat value m̄ over
 //!   a calibration window (same-day purchases merged), and the holdout count.
 //! - [`bgnbd`]: the BG/NBD log-likelihood and its analytic gradient, P(alive) and the
@@ -14,6 +15,7 @@
 //! Both likelihoods are sums over customers, so the sums of a node's customers' terms
 //! added over nodes are the pooled sums: the federated fit is exact.
 
+pub mod artifact;
 pub mod bgnbd;
 pub mod fit;
 pub mod gamma_gamma;

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 pub struct Policy {
     /// Analyses this node takes part in, as the node identifies them from the
     /// computation asked (never from the coordinator's label). Default:
-    /// `["rfm-histograms", "rfm-segments", "churn-model", "channel-overlap"]`.
+    /// `["rfm-histograms", "rfm-segments", "churn-model", "channel-overlap", "clv-model"]`.
     #[serde(default = "default_allowed")]
     pub allowed_analyses: Vec<String>,
     /// Fewest nodes a round may have (including this one); also the lowest
@@ -68,6 +68,9 @@ pub struct Policy {
     /// Issue 11: churn-model training. TOML `[policy.churn]`.
     #[serde(default)]
     pub churn: crate::analyses::churn::ChurnLimits,
+    /// Issue 13: customer-lifetime-value fits. TOML `[policy.clv]`.
+    #[serde(default)]
+    pub clv: crate::analyses::clv::ClvLimits,
     /// Issue 12: the peer lists this node blinds in private set intersection. TOML
     /// `[policy.psi]`.
     #[serde(default)]
@@ -124,7 +127,13 @@ impl HistogramLimits {
 }
 
 fn default_allowed() -> Vec<String> {
-    vec!["rfm-histograms".into(), "rfm-segments".into(), "churn-model".into(), "channel-overlap".into()]
+    vec![
+        "rfm-histograms".into(),
+        "rfm-segments".into(),
+        "churn-model".into(),
+        "channel-overlap".into(),
+        "clv-model".into(),
+    ]
 }
 
 fn default_min_participants() -> usize {
@@ -178,6 +187,7 @@ impl Default for Policy {
             approval_valid_seconds: default_approval_valid(),
             privacy: crate::privacy::Privacy::default(),
             churn: Default::default(),
+            clv: Default::default(),
             psi: Default::default(),
         }
     }
@@ -195,10 +205,11 @@ pub struct CapState {
 pub use fedcrm_analysis::rules::{Stage, other_organisations};
 
 /// Analysis kinds a policy may name (as the node identifies them from the computation).
-pub const KNOWN_ANALYSES: [&str; 4] = [
+pub const KNOWN_ANALYSES: [&str; 5] = [
     crate::analyses::rfm::RFM_HISTOGRAMS,
     crate::analyses::rfm::RFM_SEGMENTS,
     crate::analyses::churn::CHURN_MODEL,
+    crate::analyses::clv::CLV_MODEL,
     fedcrm_protocol::wire::CHANNEL_OVERLAP,
 ];
 

@@ -242,3 +242,14 @@ pub fn sent(cluster: &Cluster, node: Option<&str>, is: fn(&fedcrm_protocol::pb::
         .filter(is)
         .count()
 }
+
+/// A deployment for a model analysis over `nodes`: at least 3 contributors, no
+/// small-cell rule (a model's figures are not counts), 30-second phases.
+pub fn model_options(nodes: Vec<fedcrm::harness::NodeSpec>) -> fedcrm::harness::ClusterOptions {
+    fedcrm::harness::ClusterOptions {
+        nodes,
+        release: fedcrm_coordinator::config::ReleaseRules { min_participants: 3, min_cohort: 0 },
+        phase_timeout_seconds: 30,
+        ..Default::default()
+    }
+}

@@ -25,7 +25,7 @@
 use fedcrm_dp::accounting::{Charge, rho_for_epsilon, tau};
 use fedcrm_dp::sampler::Variance;
 use fedcrm_dp::vector::{CustomerSum, MAX_CUSTOMERS};
-use fedcrm_model::artifact::{ChurnModel, DpCharge, Metrics, Provenance};
+use fedcrm_model::artifact::{ChurnModel, DpCharge, Metrics};
 use fedcrm_model::eval::decode_eval;
 use fedcrm_model::features::FeatureSpec;
 use fedcrm_model::fedavg::{LocalTraining, Server, ServerOptimizer, decode_update};
@@ -507,8 +507,7 @@ impl Driver for ChurnDriver {
                     gradient_norm: None,
                 });
                 let figures = model.weights.len() + 8 + metrics.calibration.len() * 3;
-                release::model(out, &cx.rules, cx.audit, cx.analysis, cx.rounds.to_vec(), figures)?;
-                let organisations: std::collections::BTreeSet<&String> = out.organisations.iter().collect();
+                release::model(out, &cx.rules, cx.audit, (cx.analysis, "churn-model"), cx.rounds.to_vec(), figures)?;
                 let lambda = match &self.request.training {
                     Training::Newton { lambda, .. } => *lambda,
                     Training::FedAvg { local, .. } => local.lambda,
@@ -523,14 +522,10 @@ impl Driver for ChurnDriver {
                     stop_reason: reason,
                     history,
                     metrics,
-                    provenance: Provenance {
-                        analysis_id: cx.analysis.to_string(),
-                        rounds: cx.rounds.to_vec(),
-                        nodes: out.contributors.clone(),
-                        organisations: organisations.len(),
-                        trained_by: self.analysis.requested_by.clone(),
-                        purpose: self.analysis.purpose.clone(),
-                        dp: self.dp.map(|plan| {
+                    provenance: cx.provenance(
+                        out,
+                        &self.analysis,
+                        self.dp.map(|plan| {
                             let spent = cx.charges.iter().fold(Charge::default(), |a, c| a.compose(*c));
                             DpCharge {
                                 rho: spent.rho,
@@ -539,7 +534,7 @@ impl Driver for ChurnDriver {
                                 delta: plan.target.delta,
                             }
                         }),
-                    },
+                    ),
                 }))
             }
         }
@@ -582,16 +577,8 @@ impl Coordinator {
         }
         tracing::info!(most_rounds = most, "churn training requested");
         let done = self.run_analysis(analysis, driver).await?;
-        let id = self.models.next_id(fedcrm_model::artifact::NAME).map_err(|e| AnalysisError::Model(e.to_string()))?;
-        let body = serde_json::to_value(&done.release).map_err(|e| AnalysisError::Model(e.to_string()))?;
-        let header = fedcrm_protocol::model::ModelHeader {
-            format: fedcrm_protocol::model::FORMAT.into(),
-            id: id.clone(),
-            kind: fedcrm_model::artifact::KIND.into(),
-            created_ms: self.now_ms(),
-            body,
-        };
-        let sha256 = self.models.register(&header).map_err(|e| AnalysisError::Model(e.to_string()))?;
+        let (id, sha256) =
+            self.register_model(fedcrm_model::artifact::NAME, fedcrm_model::artifact::KIND, &done.release)?;
         Ok(Finished {
             release: ChurnRelease { model_id: id, sha256, model: done.release },
             rounds: done.rounds,

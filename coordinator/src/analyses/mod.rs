@@ -23,6 +23,7 @@
 //! analysis".
 
 pub mod churn;
+pub mod clv;
 pub mod overlap;
 pub mod rfm;
 
@@ -115,6 +116,29 @@ pub trait Driver {
     fn next(&mut self, out: &RoundOutput, cx: &Context<'_>) -> Result<Step<Self::Outcome>, AnalysisError>;
 }
 
+impl Context<'_> {
+    /// Where a model released by this analysis came from: its rounds, its population
+    /// (`out`'s contributors and their organisations), who asked and why, and under DP
+    /// what it cost.
+    pub fn provenance(
+        &self,
+        out: &RoundOutput,
+        request: &AnalysisRequest,
+        dp: Option<fedcrm_model::artifact::DpCharge>,
+    ) -> fedcrm_model::artifact::Provenance {
+        let organisations: std::collections::BTreeSet<&String> = out.organisations.iter().collect();
+        fedcrm_model::artifact::Provenance {
+            analysis_id: self.analysis.to_string(),
+            rounds: self.rounds.to_vec(),
+            nodes: out.contributors.clone(),
+            organisations: organisations.len(),
+            trained_by: request.requested_by.clone(),
+            purpose: request.purpose.clone(),
+            dp,
+        }
+    }
+}
+
 /// What an analyst asked for, and who they are (from their certificate).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AnalysisRequest {
@@ -176,6 +200,30 @@ pub struct Finished<T> {
     pub rounds: u32,
     /// Nodes that left or were not invited, and why (across all rounds).
     pub exits: BTreeMap<String, String>,
+}
+
+impl crate::Coordinator {
+    /// Register a trained model's body under the next id of `name` (`churn-v2`, `clv-v1`),
+    /// unpublished, as an artifact of `kind`: its id and the artifact's SHA-256.
+    pub(crate) fn register_model<T: serde::Serialize>(
+        &self,
+        name: &str,
+        kind: &str,
+        body: &T,
+    ) -> Result<(String, String), AnalysisError> {
+        let bad = |e: &dyn std::fmt::Display| AnalysisError::Model(e.to_string());
+        let id = self.models.next_id(name).map_err(|e| bad(&e))?;
+        let body = serde_json::to_value(body).map_err(|e| bad(&e))?;
+        let header = fedcrm_protocol::model::ModelHeader {
+            format: fedcrm_protocol::model::FORMAT.into(),
+            id: id.clone(),
+            kind: kind.into(),
+            created_ms: self.now_ms(),
+            body,
+        };
+        let sha256 = self.models.register(&header).map_err(|e| bad(&e))?;
+        Ok((id, sha256))
+    }
 }
 
 /// A node whose franchisee has not approved the analysis stops it: running it now

@@ -7,10 +7,11 @@
 //! noise) are in [`crate::analysis`], the bookkeeping of open analyses in
 //! [`crate::computation`].
 //!
-//! One module per analysis: [`rfm`], [`churn`]. Adding an analysis: see ARCHITECTURE.md,
+//! One module per analysis: [`rfm`], [`churn`], [`clv`]. Adding an analysis: see ARCHITECTURE.md,
 //! "Adding an analysis".
 
 pub mod churn;
+pub mod clv;
 pub mod rfm;
 
 use fedcrm_analysis::rfm::CustomerRfm;
@@ -91,6 +92,7 @@ pub fn node_query(kind: &AnalysisKind) -> &dyn NodeQuery {
         AnalysisKind::RfmHistograms(specs) => specs,
         AnalysisKind::RfmSegments(cuts) => cuts,
         AnalysisKind::Churn(c) => c.as_ref(),
+        AnalysisKind::Clv(c) => c.as_ref(),
     }
 }
 

@@ -72,6 +72,7 @@ impl NodeQuery for Vec<HistogramSpec> {
             AnalysisKind::RfmHistograms(p) => p,
             AnalysisKind::RfmSegments(_) => return Err(ended()),
             AnalysisKind::Churn(_) => return Err("histograms do not follow a churn round".into()),
+            AnalysisKind::Clv(_) => return Err("histograms do not follow a CLV round".into()),
         };
         for s in self {
             nests(s, previous)?;
@@ -116,6 +117,7 @@ impl NodeQuery for Cuts {
         match previous {
             AnalysisKind::RfmSegments(_) => return Err(ended()),
             AnalysisKind::Churn(_) => return Err("a segment count does not follow a churn round".into()),
+            AnalysisKind::Clv(_) => return Err("a segment count does not follow a CLV round".into()),
             AnalysisKind::RfmHistograms(_) => {}
         }
         if kind == RFM_SEGMENTS {

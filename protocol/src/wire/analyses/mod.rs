@@ -10,6 +10,7 @@ use fedcrm_analysis::width::SumRange;
 use super::*;
 
 pub mod churn;
+pub mod clv;
 pub mod rfm;
 
 pub use rfm::cuts_pb;
@@ -26,6 +27,8 @@ pub enum AnalysisKind {
     RfmSegments(Cuts),
     /// Issue 11: one round of churn-model training or evaluation.
     Churn(Box<churn::ChurnRound>),
+    /// Issue 13: one evaluation of a CLV likelihood.
+    Clv(Box<clv::ClvRound>),
 }
 
 /// The query face of an analysis: what one round computes, described by the
@@ -65,6 +68,7 @@ impl AnalysisKind {
             AnalysisKind::RfmHistograms(specs) => specs,
             AnalysisKind::RfmSegments(cuts) => cuts,
             AnalysisKind::Churn(c) => c.as_ref(),
+            AnalysisKind::Clv(c) => c.as_ref(),
         }
     }
 
@@ -157,6 +161,7 @@ impl TryFrom<&pb::Analysis> for Analysis {
             Some(pb::analysis::Kind::RfmHistograms(h)) => AnalysisKind::RfmHistograms(rfm::histograms_from_pb(h)?),
             Some(pb::analysis::Kind::RfmSegments(s)) => AnalysisKind::RfmSegments(rfm::cuts_from_pb(s)?),
             Some(pb::analysis::Kind::Churn(c)) => AnalysisKind::Churn(Box::new(churn::churn_from_pb(c)?)),
+            Some(pb::analysis::Kind::Clv(c)) => AnalysisKind::Clv(Box::new(clv::clv_from_pb(c)?)),
             None => return Err(field("analysis.kind", "missing")),
         };
         if a.purpose.chars().any(char::is_control) {
@@ -190,6 +195,7 @@ impl From<&Analysis> for pb::Analysis {
             AnalysisKind::RfmHistograms(h) => pb::analysis::Kind::RfmHistograms(rfm::histograms_pb(h)),
             AnalysisKind::RfmSegments(c) => pb::analysis::Kind::RfmSegments(rfm::cuts_pb_all(c)),
             AnalysisKind::Churn(c) => pb::analysis::Kind::Churn(churn::churn_pb(c)),
+            AnalysisKind::Clv(c) => pb::analysis::Kind::Clv(clv::clv_pb(c)),
         };
         pb::Analysis {
             reference_date: format_date(a.reference_date),
