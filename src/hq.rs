@@ -81,6 +81,11 @@ async fn within<T>(
     }
 }
 
+/// A coordinator's refusal or failure, as the analyst reads it.
+fn coordinator_error(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("coordinator: {}", s.message())
+}
+
 impl AnalystClient {
     pub async fn connect(c: &HqConfig) -> Result<Self> {
         let m = c.tls.read()?;
@@ -119,24 +124,58 @@ impl AnalystClient {
     pub async fn train_churn(
         &mut self,
         request: pb::TrainChurnRequest,
-        mut on_round: impl FnMut(&pb::ChurnRoundProgress),
+        on_round: impl FnMut(&pb::ChurnRoundProgress),
     ) -> Result<(pb::ChurnTrained, Vec<pb::ChurnRoundProgress>)> {
-        let coordinator = |s: tonic::Status| anyhow::anyhow!("coordinator: {}", s.message());
-        let mut stream = within(STATUS_TIMEOUT, &self.url, "the training request", self.inner.train_churn(request))
+        let stream = within(STATUS_TIMEOUT, &self.url, "the training request", self.inner.train_churn(request))
             .await
-            .map_err(coordinator)?;
-        let mut rounds = Vec::new();
+            .map_err(coordinator_error)?;
+        let split = |e: pb::TrainChurnEvent| match e.event? {
+            pb::train_churn_event::Event::Progress(p) => Some(Ok(p)),
+            pb::train_churn_event::Event::Trained(t) => Some(Err(t)),
+        };
+        self.until_result(stream, "the training", split, on_round).await
+    }
+
+    /// Issue 13: fit the CLV model (`hq train clv`); `on_round` sees each round's
+    /// progress as it arrives.
+    pub async fn train_clv(
+        &mut self,
+        request: pb::TrainClvRequest,
+        on_round: impl FnMut(&pb::ClvRoundProgress),
+    ) -> Result<(pb::ClvTrained, Vec<pb::ClvRoundProgress>)> {
+        let stream = within(STATUS_TIMEOUT, &self.url, "the CLV fit request", self.inner.train_clv(request))
+            .await
+            .map_err(coordinator_error)?;
+        let split = |e: pb::TrainClvEvent| match e.event? {
+            pb::train_clv_event::Event::Progress(p) => Some(Ok(p)),
+            pb::train_clv_event::Event::Trained(t) => Some(Err(t)),
+        };
+        self.until_result(stream, "the CLV fit", split, on_round).await
+    }
+
+    /// Reads an analysis's event stream: progress events (`Ok` of `split`), each shown to
+    /// `on_progress` and kept, until its result (`Err` of `split`); an event with neither,
+    /// or the stream's end, is the coordinator's failure, and silence beyond
+    /// [`ANALYSIS_TIMEOUT`] an error naming the coordinator.
+    async fn until_result<E, P, T>(
+        &self,
+        mut stream: tonic::Streaming<E>,
+        what: &str,
+        split: impl Fn(E) -> Option<Result<P, T>>,
+        mut on_progress: impl FnMut(&P),
+    ) -> Result<(T, Vec<P>)> {
+        let mut progress = Vec::new();
         loop {
             let next = tokio::time::timeout(ANALYSIS_TIMEOUT, stream.message()).await.map_err(|_| {
                 anyhow::anyhow!("the coordinator at {} sent nothing for {} s", self.url, ANALYSIS_TIMEOUT.as_secs())
             })?;
-            match next.map_err(coordinator)?.and_then(|e| e.event) {
-                Some(pb::train_churn_event::Event::Progress(p)) => {
-                    on_round(&p);
-                    rounds.push(p);
+            match next.map_err(coordinator_error)?.and_then(&split) {
+                Some(Ok(p)) => {
+                    on_progress(&p);
+                    progress.push(p);
                 }
-                Some(pb::train_churn_event::Event::Trained(t)) => return Ok((t, rounds)),
-                None => anyhow::bail!("the coordinator ended the training without a result; its log says why"),
+                Some(Err(t)) => return Ok((t, progress)),
+                None => anyhow::bail!("the coordinator ended {what} without a result; its log says why"),
             }
         }
     }
@@ -146,22 +185,16 @@ impl AnalystClient {
     pub async fn overlap(
         &mut self,
         request: pb::OverlapRequest,
-        mut on_progress: impl FnMut(&pb::OverlapProgress),
+        on_progress: impl FnMut(&pb::OverlapProgress),
     ) -> Result<pb::OverlapReleased> {
-        let coordinator = |s: tonic::Status| anyhow::anyhow!("coordinator: {}", s.message());
-        let mut stream = within(STATUS_TIMEOUT, &self.url, "the overlap request", self.inner.run_overlap(request))
+        let stream = within(STATUS_TIMEOUT, &self.url, "the overlap request", self.inner.run_overlap(request))
             .await
-            .map_err(coordinator)?;
-        loop {
-            let next = tokio::time::timeout(ANALYSIS_TIMEOUT, stream.message()).await.map_err(|_| {
-                anyhow::anyhow!("the coordinator at {} sent nothing for {} s", self.url, ANALYSIS_TIMEOUT.as_secs())
-            })?;
-            match next.map_err(coordinator)?.and_then(|e| e.event) {
-                Some(pb::overlap_event::Event::Progress(p)) => on_progress(&p),
-                Some(pb::overlap_event::Event::Released(r)) => return Ok(r),
-                None => anyhow::bail!("the coordinator ended the overlap run without a result; its log says why"),
-            }
-        }
+            .map_err(coordinator_error)?;
+        let split = |e: pb::OverlapEvent| match e.event? {
+            pb::overlap_event::Event::Progress(p) => Some(Ok(p)),
+            pb::overlap_event::Event::Released(r) => Some(Err(r)),
+        };
+        Ok(self.until_result(stream, "the overlap run", split, on_progress).await?.0)
     }
 
     /// [`Self::overlap`] with its progress on `bar` (a spinner, shown or hidden), each

@@ -7,6 +7,7 @@
 
 pub mod auditcli;
 pub mod bench;
+pub mod clv;
 pub mod demo;
 pub mod demodata;
 pub mod harness;

@@ -365,6 +365,41 @@ enum TrainCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Customer lifetime value: the BG/NBD model of purchases and dropout (Fader, Hardie &
+    /// Lee 2005) and the Gamma-Gamma model of spend, fitted exactly across the nodes —
+    /// every evaluation of a likelihood and its gradient is one secure round of each
+    /// node's sums over its customers' (repeat purchases, time of the last, age) up to
+    /// the calibration end; the optimiser (BFGS) runs here. Nodes apply the published
+    /// model to their own customers (`fedcrm node score`).
+    Clv {
+        #[arg(long, default_value = "hq.toml")]
+        config: PathBuf,
+        /// The calibration window's last day (YYYY-MM-DD): purchases up to it are fitted.
+        #[arg(long)]
+        calibration_end: String,
+        /// `weeks` or `days`: the unit of the fitted rates and of forecast periods.
+        #[arg(long, default_value = "weeks")]
+        time_unit: String,
+        /// Why you ask; every node logs it.
+        #[arg(long)]
+        purpose: String,
+        /// Fit one cohort: customers whose first purchase is in FROM..TO (YYYY-MM-DD..YYYY-MM-DD,
+        /// both inclusive).
+        #[arg(long, value_name = "FROM..TO")]
+        first_purchase: Option<String>,
+        /// Differential privacy: the CLV fit is exact only in this version, so it needs
+        /// `--dp off`, which every node's policy must allow (dp = "optional").
+        #[arg(long, value_enum, default_value = "on")]
+        dp: Dp,
+        /// Most rounds per model (default 90; an honest fit takes about 30 each).
+        #[arg(long, default_value_t = 0)]
+        max_rounds: u32,
+        /// Print JSON: model_id, sha256, r, alpha, a, b, log_likelihood, p, q, gamma,
+        /// gamma_gamma_log_likelihood, customers, repeat_customers, time_unit,
+        /// calibration_end, rounds, nodes, exits, history, model.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -743,6 +778,7 @@ impl Command {
             | Command::Hq(HqCommand::Budget { json, .. })
             | Command::Hq(HqCommand::Models { json, .. })
             | Command::Hq(HqCommand::Train { model: TrainCommand::Churn { json, .. } })
+            | Command::Hq(HqCommand::Train { model: TrainCommand::Clv { json, .. } })
             | Command::Hq(HqCommand::Publish { json, .. })
             | Command::Bench(BenchCommand::Secagg { json, .. })
             | Command::Bench(BenchCommand::Train { json, .. })
@@ -1008,16 +1044,8 @@ async fn run(cli: Cli) -> Result<()> {
                 max_rounds,
                 epsilon,
             };
-            let done = client
-                .train_churn(request, |p| {
-                    let line = fedcrm::models::RoundRow::new(p).line();
-                    if json {
-                        bar.set_message(line);
-                    } else {
-                        bar.println(line);
-                    }
-                })
-                .await;
+            let done =
+                client.train_churn(request, |p| show_round(&bar, json, fedcrm::models::RoundRow::new(p).line())).await;
             bar.finish_and_clear();
             let (trained, rounds) = done?;
             let view = fedcrm::models::TrainView::new(&trained, &rounds);
@@ -1025,6 +1053,49 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&view)?);
             } else {
                 print!("{}", fedcrm::models::train_text(&view));
+            }
+            Ok(())
+        }
+        Command::Hq(HqCommand::Train {
+            model:
+                TrainCommand::Clv { config, calibration_end, time_unit, purpose, first_purchase, dp, max_rounds, json },
+        }) => {
+            if dp == Dp::On {
+                bail!(
+                    "the CLV fit is exact only in this version (its rounds carry no noise yet): run it with --dp off, \
+                     which every node's policy must allow (dp = \"optional\")"
+                );
+            }
+            let (first_purchase_from, first_purchase_to) = match &first_purchase {
+                None => (String::new(), String::new()),
+                Some(range) => match range.split_once("..") {
+                    Some((from, to)) if !from.is_empty() && !to.is_empty() => (from.to_string(), to.to_string()),
+                    _ => bail!("--first-purchase {range:?}: write FROM..TO, e.g. 1997-01-01..1997-03-31"),
+                },
+            };
+            let cfg = HqConfig::load(&config)?;
+            let mut client = AnalystClient::connect(&cfg).await?;
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_message("BG/NBD: the first evaluation across nodes");
+            bar.enable_steady_tick(std::time::Duration::from_millis(100));
+            let request = fedcrm_protocol::pb::TrainClvRequest {
+                calibration_end,
+                time_unit,
+                purpose,
+                first_purchase_from,
+                first_purchase_to,
+                max_rounds,
+                dp_off: true,
+            };
+            let done =
+                client.train_clv(request, |p| show_round(&bar, json, fedcrm::clv::ClvRoundRow::new(p).line())).await;
+            bar.finish_and_clear();
+            let (trained, rounds) = done?;
+            let view = fedcrm::clv::ClvTrainView::new(&trained, &rounds)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                print!("{}", fedcrm::clv::clv_train_text(&view));
             }
             Ok(())
         }
@@ -1129,5 +1200,15 @@ async fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+/// A round's progress line: above the spinner, or on it under `--json` (stdout is then
+/// the JSON alone).
+fn show_round(bar: &indicatif::ProgressBar, json: bool, line: String) {
+    if json {
+        bar.set_message(line);
+    } else {
+        bar.println(line);
     }
 }

@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 
 use fedcrm::harness::{CDNOW, Cluster, NodeSpec};
 use fedcrm_coordinator::analyses::AnalysisRequest;
-use fedcrm_coordinator::analyses::clv::{ClvRelease, ClvRequest};
+use fedcrm_coordinator::analyses::clv::ClvRequest;
+use fedcrm_model::clv::artifact::ClvModel;
 use fedcrm_model::clv::fit::{Bfgs, Next, Stopping};
 use fedcrm_model::clv::summary::{Summary, TimeUnit};
 use fedcrm_model::clv::sums::{Likelihood, node_sums};
@@ -109,12 +110,43 @@ fn nodes(customers: &BTreeMap<u32, Vec<&str>>, all: &[Summary], skewed: bool) ->
     texts.into_iter().enumerate().map(|(i, t)| NodeSpec::franchisee(&format!("node-{i}"), t)).collect()
 }
 
-async fn fit(nodes: Vec<NodeSpec>, label: &str) -> ClvRelease {
+/// The fit over `nodes`: through the analyst's door (`hq train clv`'s request and view,
+/// whose JSON carries the parameters at the top level), or the coordinator's call.
+async fn fit(nodes: Vec<NodeSpec>, label: &str, analyst: bool) -> (String, ClvModel) {
     let cluster = Cluster::start(common::model_options(nodes)).await.unwrap();
-    let request = AnalysisRequest { reference_date: date!(1997 - 09 - 30), ..common::request(label) };
-    let out = cluster.coordinator.run_clv(&request, ClvRequest::new(TimeUnit::Weeks), None).await.unwrap();
+    let out = if analyst {
+        let mut hq = fedcrm::hq::AnalystClient::connect(&cluster.analyst).await.unwrap();
+        let (trained, rounds) = hq.train_clv(request_of(label), |_| {}).await.unwrap();
+        let view = fedcrm::clv::ClvTrainView::new(&trained, &rounds).unwrap();
+        print!("{}", fedcrm::clv::clv_train_text(&view));
+        let json = serde_json::to_value(&view).unwrap();
+        for (key, want) in [("r", view.model.bg_nbd.params.r), ("gamma", view.model.gamma_gamma.params.gamma)] {
+            assert_eq!(json[key].as_f64(), Some(want), "--json {key}");
+        }
+        assert_eq!(json["log_likelihood"].as_f64(), Some(view.model.bg_nbd.log_likelihood));
+        assert_eq!(rounds.len() as u32, trained.rounds, "a progress event per round");
+        // With differential privacy (the default) it is refused, saying what to do.
+        let dp = fedcrm_protocol::pb::TrainClvRequest { dp_off: false, ..request_of(label) };
+        let e = hq.train_clv(dp, |_| {}).await.unwrap_err().to_string();
+        assert!(e.contains("differential privacy"), "{e}");
+        (view.model_id, view.model)
+    } else {
+        let request = AnalysisRequest { reference_date: date!(1997 - 09 - 30), ..common::request(label) };
+        let out = cluster.coordinator.run_clv(&request, ClvRequest::new(TimeUnit::Weeks), None).await.unwrap();
+        (out.release.model_id, out.release.model)
+    };
     cluster.stop().await;
-    out.release
+    out
+}
+
+fn request_of(label: &str) -> fedcrm_protocol::pb::TrainClvRequest {
+    fedcrm_protocol::pb::TrainClvRequest {
+        calibration_end: "1997-09-30".into(),
+        time_unit: "weeks".into(),
+        purpose: label.into(),
+        dp_off: true,
+        ..Default::default()
+    }
 }
 
 fn same(a: f64, b: f64) -> bool {
@@ -132,12 +164,12 @@ async fn the_clv_model_fitted_across_nodes_equals_the_pooled_fit_even_with_a_nod
     for skewed in [false, true] {
         let specs = nodes(&customers, &all, skewed);
         let label = if skewed { "CLV, skewed: node-0 holds the one-time buyers" } else { "CLV, even split" };
-        let r = fit(specs, label).await;
-        let (b, g) = (&r.model.bg_nbd, &r.model.gamma_gamma);
+        let (model_id, model) = fit(specs, label, !skewed).await;
+        let (b, g) = (&model.bg_nbd, &model.gamma_gamma);
         println!(
             "{label}: {} BG/NBD r {:.6} alpha {:.6} a {:.6} b {:.6} (ln L {:.4}, {} rounds); Gamma-Gamma p {:.6} q \
              {:.6} gamma {:.6} (ln L {:.4}, {} rounds)",
-            r.model_id,
+            model_id,
             b.params.r,
             b.params.alpha,
             b.params.a,
@@ -150,7 +182,7 @@ async fn the_clv_model_fitted_across_nodes_equals_the_pooled_fit_even_with_a_nod
             g.log_likelihood,
             g.evaluations
         );
-        assert_eq!(r.model_id, "clv-v1");
+        assert_eq!(model_id, "clv-v1");
         for (got, want) in [b.params.r, b.params.alpha, b.params.a, b.params.b].iter().zip(&bg) {
             assert!(same(*got, *want), "BG/NBD {got} vs pooled {want}");
         }
@@ -159,7 +191,7 @@ async fn the_clv_model_fitted_across_nodes_equals_the_pooled_fit_even_with_a_nod
         }
         assert!(same(b.log_likelihood, bg_ll) && same(g.log_likelihood, gg_ll), "{b:?} {g:?}");
         assert_eq!((b.customers, g.customers), (23_570, 9_450));
-        assert_eq!(r.model.provenance.nodes.len(), 5);
+        assert_eq!(model.provenance.nodes.len(), 5);
         // The 39 weeks after calibration: expected repeat purchases beside the observed.
         let p = &b.params;
         let expected: f64 = all.iter().map(|c| bgnbd::expected_purchases(p, c, 39.0).unwrap()).sum();

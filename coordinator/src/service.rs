@@ -317,6 +317,7 @@ fn analysis_status(e: AnalysisError) -> Status {
 }
 
 type TrainStream = Pin<Box<dyn Stream<Item = Result<pb::TrainChurnEvent, Status>> + Send>>;
+type ClvStream = Pin<Box<dyn Stream<Item = Result<pb::TrainClvEvent, Status>> + Send>>;
 type OverlapStream = Pin<Box<dyn Stream<Item = Result<pb::OverlapEvent, Status>> + Send>>;
 
 /// `Analyst` service implementation.
@@ -358,6 +359,40 @@ fn analysis_request(
         requested_by_organisation: who.organisation.clone(),
         dp,
     })
+}
+
+/// An analysis streamed to the analyst: `run` on its own task, given the sender of its
+/// progress; each progress as an event (`progress`), then — after every progress event
+/// went out — its result as the last one (`result`, or the analysis's failure as a status).
+fn stream_analysis<P, E, R, Fut>(
+    run: impl FnOnce(tokio::sync::mpsc::UnboundedSender<P>) -> Fut,
+    progress: fn(P) -> E,
+    result: impl FnOnce(R) -> Result<E, Status> + Send + 'static,
+) -> ReceiverStream<Result<E, Status>>
+where
+    P: Send + 'static,
+    E: Send + 'static,
+    R: Send + 'static,
+    Fut: std::future::Future<Output = Result<R, crate::analyses::AnalysisError>> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel::<Result<E, Status>>(64);
+    let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel();
+    let forward = tx.clone();
+    let forwarding = tokio::spawn(async move {
+        while let Some(p) = progress_rx.recv().await {
+            if forward.send(Ok(progress(p))).await.is_err() {
+                break;
+            }
+        }
+    });
+    let analysis = run(progress_tx);
+    tokio::spawn(async move {
+        let out = analysis.await;
+        // Every round's progress goes out before the result.
+        let _ = forwarding.await;
+        let _ = tx.send(out.map_err(analysis_status).and_then(result)).await;
+    });
+    ReceiverStream::new(rx)
 }
 
 #[tonic::async_trait]
@@ -481,32 +516,19 @@ impl pb::analyst_server::Analyst for AnalystService {
             other => return Err(Status::invalid_argument(format!("--mode {other:?}: use newton or fedavg"))),
         }
         tracing::info!(analyst = %who.name, purpose = %r.purpose, "churn training requested");
-        let (tx, rx) = mpsc::channel::<Result<pb::TrainChurnEvent, Status>>(64);
-        let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel();
         let coordinator = self.0.clone();
-        let forward = tx.clone();
-        let forwarding = tokio::spawn(async move {
-            while let Some(p) = progress_rx.recv().await {
-                let p: crate::analyses::churn::Progress = p;
-                let event = pb::TrainChurnEvent {
-                    event: Some(pb::train_churn_event::Event::Progress(pb::ChurnRoundProgress {
-                        round: p.round,
-                        phase: p.phase.into(),
-                        examples: p.examples,
-                        objective: p.objective.unwrap_or(f64::NAN),
-                        gradient_norm: p.gradient_norm.unwrap_or(f64::NAN),
-                    })),
-                };
-                if forward.send(Ok(event)).await.is_err() {
-                    break;
-                }
-            }
-        });
-        tokio::spawn(async move {
-            let out = coordinator.run_churn(&request, churn, Some(progress_tx)).await;
-            // Every round's progress goes out before the result.
-            let _ = forwarding.await;
-            let event = out.map_err(analysis_status).and_then(|done| {
+        let stream = stream_analysis(
+            move |progress| async move { coordinator.run_churn(&request, churn, Some(progress)).await },
+            |p: crate::analyses::churn::Progress| pb::TrainChurnEvent {
+                event: Some(pb::train_churn_event::Event::Progress(pb::ChurnRoundProgress {
+                    round: p.round,
+                    phase: p.phase.into(),
+                    examples: p.examples,
+                    objective: p.objective.unwrap_or(f64::NAN),
+                    gradient_norm: p.gradient_norm.unwrap_or(f64::NAN),
+                })),
+            },
+            |done| {
                 let m = &done.release.model;
                 Ok(pb::TrainChurnEvent {
                     event: Some(pb::train_churn_event::Event::Trained(pb::ChurnTrained {
@@ -524,10 +546,60 @@ impl pb::analyst_server::Analyst for AnalystService {
                         exits: done.exits.iter().map(|(n, why)| format!("{n}: {why}")).collect(),
                     })),
                 })
-            });
-            let _ = tx.send(event).await;
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+            },
+        );
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    type TrainClvStream = ClvStream;
+
+    /// Issue 13: fit the CLV model; a progress event per round, then the model.
+    async fn train_clv(&self, req: Request<pb::TrainClvRequest>) -> Result<Response<ClvStream>, Status> {
+        use crate::analyses::clv::ClvRequest;
+        let who = require_analyst(&self.0, &req)?;
+        let r = req.into_inner();
+        let request = analysis_request(&who, &r.calibration_end, &r.purpose, "CLV fit", !r.dp_off)?;
+        let mut clv = ClvRequest::new(r.time_unit.parse().map_err(|e: String| Status::invalid_argument(e))?);
+        let cohort = pb::ClvRound {
+            time_unit: r.time_unit.clone(),
+            first_purchase_from: r.first_purchase_from.clone(),
+            first_purchase_to: r.first_purchase_to.clone(),
+            likelihood: "bg-nbd".into(),
+            log_params: vec![0.0; 4],
+        };
+        clv.first_purchase = wire::clv::cohort(&cohort).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if r.max_rounds > 0 {
+            clv.stopping.max_evaluations = r.max_rounds;
+        }
+        tracing::info!(analyst = %who.name, purpose = %r.purpose, "clv fit requested");
+        let coordinator = self.0.clone();
+        let stream = stream_analysis(
+            move |progress| async move { coordinator.run_clv(&request, clv, Some(progress)).await },
+            |p: crate::analyses::clv::Progress| pb::TrainClvEvent {
+                event: Some(pb::train_clv_event::Event::Progress(pb::ClvRoundProgress {
+                    round: p.round,
+                    model: p.model.into(),
+                    customers: p.customers,
+                    log_likelihood: p.log_likelihood,
+                    gradient_max: p.gradient_max,
+                    params: p.params,
+                })),
+            },
+            |done| {
+                let m = &done.release.model;
+                Ok(pb::TrainClvEvent {
+                    event: Some(pb::train_clv_event::Event::Trained(pb::ClvTrained {
+                        model_id: done.release.model_id.clone(),
+                        sha256: done.release.sha256.clone(),
+                        rounds: done.rounds,
+                        nodes: m.provenance.nodes.clone(),
+                        model_json: serde_json::to_string(m).map_err(|e| Status::internal(e.to_string()))?,
+                        exits: done.exits.iter().map(|(n, why)| format!("{n}: {why}")).collect(),
+                    })),
+                })
+            },
+        );
+        Ok(Response::new(Box::pin(stream)))
     }
 
     type RunOverlapStream = OverlapStream;

@@ -102,9 +102,9 @@ impl Query for ClvRound {
     }
 }
 
-pub(super) fn clv_from_pb(c: &pb::ClvRound) -> Result<ClvRound, WireError> {
-    let unit: TimeUnit = c.time_unit.parse().map_err(|e: String| field("clv.time_unit", e))?;
-    let first_purchase = match (c.first_purchase_from.is_empty(), c.first_purchase_to.is_empty()) {
+/// The cohort a round names: both ends or neither, in order.
+pub fn cohort(c: &pb::ClvRound) -> Result<Option<(Date, Date)>, WireError> {
+    Ok(match (c.first_purchase_from.is_empty(), c.first_purchase_to.is_empty()) {
         (true, true) => None,
         (false, false) => {
             let from =
@@ -116,7 +116,12 @@ pub(super) fn clv_from_pb(c: &pb::ClvRound) -> Result<ClvRound, WireError> {
             Some((from, to))
         }
         _ => return Err(field("clv.first_purchase_from", "the cohort needs both ends or neither")),
-    };
+    })
+}
+
+pub(super) fn clv_from_pb(c: &pb::ClvRound) -> Result<ClvRound, WireError> {
+    let unit: TimeUnit = c.time_unit.parse().map_err(|e: String| field("clv.time_unit", e))?;
+    let first_purchase = cohort(c)?;
     let likelihood = match c.likelihood.as_str() {
         "bg-nbd" => Likelihood::BgNbd,
         "gamma-gamma" => Likelihood::GammaGamma,
