@@ -672,7 +672,7 @@ impl<C> Cluster<C> {
             audit_dir: ndir.join("audit"),
             approvals_dir: ndir.join("approvals"),
             audit: Default::default(),
-            scoring: Some(fedcrm_node::models::Scoring { publisher: PUBLISHER_NAME.into() }),
+            scoring: Some(fedcrm_node::models::Scoring { publisher: PUBLISHER_NAME.into(), clv: Default::default() }),
             // CDNOW's customer ids are global; the jewellery exports carry phones.
             psi: fedcrm_node::psi::PsiConfig {
                 match_on: match spec.format {

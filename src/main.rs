@@ -206,13 +206,17 @@ enum NodeCommand {
     /// and the signature covers every byte. The CSV (mode 0600) holds one row per
     /// customer with a purchase on or before the as-of date, highest churn
     /// probability first: rank, customer_key, churn_probability, the three largest
-    /// reasons, last_purchase, purchase_days, total_spend. The list never leaves this
-    /// machine and is never printed; the node's audit log records only that scoring
-    /// ran, with which model and over how many customers.
+    /// reasons, last_purchase, purchase_days, total_spend. A CLV model (clv-vN) writes
+    /// instead, most valuable first: rank, customer_key, p_alive, dormant (P(alive)
+    /// below `[scoring.clv] dormant_below`), expected_purchases (next `period_days`),
+    /// expected_spend, clv (over `horizon_months`, discounted), last_purchase,
+    /// purchase_days, total_spend. The list never leaves this machine and is never
+    /// printed; the node's audit log records only that scoring ran, with which model and
+    /// over how many customers.
     Score {
         #[arg(long, default_value = "node.toml")]
         config: PathBuf,
-        /// The published model's id, as `fedcrm hq models` lists it (e.g. churn-v3).
+        /// The published model's id, as `fedcrm hq models` lists it (e.g. churn-v3, clv-v1).
         #[arg(long)]
         model: String,
         /// Where to write the at-risk list (CSV; replaced if it exists).

@@ -221,18 +221,47 @@ pub fn score_text(s: &fedcrm_node::score::ScoreSummary) -> String {
     } else {
         s.as_of.clone()
     };
-    let mut t = format!(
-        "model:              {} (signed by {}; trained as of {}: churn = no purchase in the next {} days)\n",
-        s.model_id, s.publisher, s.reference_date, s.horizon_days
-    );
+    let mut t = match &s.clv {
+        None => format!(
+            "model:              {} (signed by {}; trained as of {}: churn = no purchase in the next {} days)\n",
+            s.model_id, s.publisher, s.reference_date, s.horizon_days
+        ),
+        Some(_) => format!(
+            "model:              {} (customer lifetime value, signed by {}; calibrated to {})\n",
+            s.model_id, s.publisher, s.reference_date
+        ),
+    };
     t.push_str(&format!("as of:              {as_of}\n"));
     t.push_str(&format!("customers scored:   {}\n", s.customers));
-    t.push_str(&format!("churn risk > 0.5:   {}\n", s.above_half));
-    t.push_str(&format!(
-        "at-risk list:       {} ({} rows, most at risk first; readable only by you)\n",
-        s.out.display(),
-        s.rows
-    ));
+    match &s.clv {
+        None => {
+            t.push_str(&format!("churn risk > 0.5:   {}\n", s.above_half));
+            t.push_str(&format!(
+                "at-risk list:       {} ({} rows, most at risk first; readable only by you)\n",
+                s.out.display(),
+                s.rows
+            ));
+        }
+        Some(c) => {
+            t.push_str(&format!(
+                "dormant:            {} (P(alive) below {}; [scoring.clv] dormant_below)\n",
+                c.dormant, c.dormant_below
+            ));
+            t.push_str(&format!(
+                "expected purchases: {:.0} in the next {} days, all customers\n",
+                c.expected_purchases, c.period_days
+            ));
+            t.push_str(&format!(
+                "lifetime value:     {:.2} over {} months, discounted, all customers\n",
+                c.total_clv, c.horizon_months
+            ));
+            t.push_str(&format!(
+                "value list:         {} ({} rows, most valuable first; readable only by you)\n",
+                s.out.display(),
+                s.rows
+            ));
+        }
+    }
     match &s.audit {
         Recorded::Appended { seq } => t.push_str(&format!("audit log:          recorded (record {seq})\n")),
         Recorded::Spooled { path } => t.push_str(&format!(

@@ -5,6 +5,8 @@
 //! from the file parsed apart from the nodes' reader) to at least 4 significant digits in
 //! every BG/NBD and Gamma-Gamma parameter and log-likelihood. (The pooled fit by another
 //! optimiser, Nelder-Mead, is `model/tests/clv.rs`.) Calibration end 1997-09-30, weeks.
+//! The even split runs through the analyst's door (`hq train clv`); its model, published,
+//! is applied by node-0 to its own customers (`node score`).
 //! `cargo test --test clv -- --nocapture` prints both fits and the 39-week forecast.
 
 mod common;
@@ -129,6 +131,11 @@ async fn fit(nodes: Vec<NodeSpec>, label: &str, analyst: bool) -> (String, ClvMo
         let dp = fedcrm_protocol::pb::TrainClvRequest { dp_off: false, ..request_of(label) };
         let e = hq.train_clv(dp, |_| {}).await.unwrap_err().to_string();
         assert!(e.contains("differential privacy"), "{e}");
+        // Published, a node applies it to its own customers.
+        let publisher = cluster.analyst.publisher.clone().unwrap();
+        hq.publish(&view.model_id, &publisher).await.unwrap();
+        let now = common::inside_validity(&std::fs::read_to_string(&publisher.cert).unwrap());
+        node_scores_its_customers(&cluster, &view.model_id, &view.model, now).await;
         (view.model_id, view.model)
     } else {
         let request = AnalysisRequest { reference_date: date!(1997 - 09 - 30), ..common::request(label) };
@@ -137,6 +144,51 @@ async fn fit(nodes: Vec<NodeSpec>, label: &str, analyst: bool) -> (String, ClvMo
     };
     cluster.stop().await;
     out
+}
+
+/// `node score` with the CLV model on node-0, as of the calibration end: one row per
+/// customer of node-0, each as `ClvModel::score` gives it from the customer's rows
+/// (grouped here, not by the node's reader), most valuable first, in a 0600 file; the
+/// summary's dormant count and the audit log's record (the model and the count only).
+async fn node_scores_its_customers(cluster: &Cluster, id: &str, model: &ClvModel, now_unix: u64) {
+    use fedcrm_node::score::{self, ScoreRequest};
+    use std::os::unix::fs::PermissionsExt as _;
+    let cfg = cluster.node_configs.iter().find(|c| c.name == "node-0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("value.csv");
+    let as_of = date!(1997 - 09 - 30);
+    let request = ScoreRequest { model_id: id.into(), out: out.clone(), as_of: Some(as_of), top: None, now_unix };
+    let summary = score::run(cfg, &request).await.unwrap();
+    assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600);
+    let mut by: BTreeMap<String, Vec<fedcrm_model::features::Txn>> = BTreeMap::new();
+    for p in cfg.data.load().unwrap().purchases {
+        let t = fedcrm_model::features::Txn { day: p.day, cents: p.amount_cents, quantity: p.quantity, category: None };
+        by.entry(p.customer.clone()).or_default().push(t);
+    }
+    let settings = fedcrm_model::clv::artifact::ClvSettings::default();
+    let want: BTreeMap<String, fedcrm_model::clv::artifact::ClvScore> =
+        by.iter().filter_map(|(k, t)| Some((k.clone(), model.score(t, as_of, &settings)?.unwrap()))).collect();
+    let mut reader = csv::Reader::from_path(&out).unwrap();
+    assert_eq!(reader.headers().unwrap().iter().collect::<Vec<_>>(), score::CLV_CSV_HEADER);
+    let rows: Vec<Vec<String>> = reader.records().map(|r| r.unwrap().iter().map(str::to_string).collect()).collect();
+    assert_eq!(rows.len(), want.len());
+    let mut last = f64::INFINITY;
+    for row in &rows {
+        let w = &want[&row[1]];
+        let clv: f64 = row[6].parse().unwrap();
+        assert!(clv <= last, "ranked by value");
+        last = clv;
+        assert_eq!(row[2], format!("{:.4}", w.p_alive));
+        assert_eq!(row[3], if w.dormant { "yes" } else { "no" });
+        assert_eq!(row[6], format!("{:.2}", w.clv));
+    }
+    let totals = summary.clv.clone().unwrap();
+    assert_eq!(totals.dormant, want.values().filter(|w| w.dormant).count() as u64);
+    assert!(totals.dormant > 0 && totals.dormant < want.len() as u64, "{totals:?}");
+    println!(
+        "node-0 scored {} customers as of 1997-09-30: {} dormant, {:.0} purchases expected in 90 days, value {:.0}",
+        summary.customers, totals.dormant, totals.expected_purchases, totals.total_clv
+    );
 }
 
 fn request_of(label: &str) -> fedcrm_protocol::pb::TrainClvRequest {
@@ -154,7 +206,7 @@ fn same(a: f64, b: f64) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_clv_model_fitted_across_nodes_equals_the_pooled_fit_even_with_a_node_of_one_time_buyers() {
+async fn the_clv_model_fitted_across_nodes_equals_the_pooled_fit_and_each_node_values_its_own_customers_with_it() {
     let customers = by_customer();
     let all = summaries(&customers);
     assert_eq!(all.len(), 23_570);

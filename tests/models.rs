@@ -105,7 +105,8 @@ async fn a_model_reaches_nodes_only_signed_by_their_publisher_and_unchanged() {
 
     // A node that trusts another publisher refuses it, naming both.
     let mut other = node.clone();
-    other.scoring = Some(fedcrm_node::models::Scoring { publisher: "models.elsewhere".into() });
+    other.scoring =
+        Some(fedcrm_node::models::Scoring { publisher: "models.elsewhere".into(), clv: Default::default() });
     let err = fetch(&other, &id, now).await.unwrap_err();
     assert!(
         matches!(&err, FetchError::Refused { error: ModelError::WrongPublisher { got, .. }, .. } if got == PUBLISHER_NAME),

@@ -13,7 +13,7 @@ use crate::config::NodeConfig;
 use crate::session::{Dial, SessionError};
 
 /// `[scoring]` in node.toml.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scoring {
     /// The model publisher whose signature this node accepts (the CN of HQ's
@@ -21,6 +21,9 @@ pub struct Scoring {
     /// by anyone else — another key of the brand, a coordinator, an analyst — is
     /// refused.
     pub publisher: String,
+    /// Issue 13: how a CLV model's scores become the list (`[scoring.clv]`).
+    #[serde(default)]
+    pub clv: fedcrm_model::clv::artifact::ClvSettings,
 }
 
 /// Why a model could not be fetched or was refused.

@@ -2,7 +2,10 @@
 //! customers, on this node. The model is fetched and verified by [`crate::models`];
 //! each customer is scored from their purchases up to an as-of date
 //! ([`fedcrm_model::artifact::ChurnModel::score`]), and the ranked at-risk list is
-//! written to a CSV file readable only by its owner (mode 0600).
+//! written to a CSV file readable only by its owner (mode 0600). Issue 13: a CLV model
+//! instead gives each customer P(alive), the expected purchases in the next period, the
+//! expected spend and the discounted value, dormant marked by `[scoring.clv]`
+//! ([`fedcrm_model::clv::artifact::ClvModel::score`]), ranked by value.
 //!
 //! Never sends anything: the list, the scores and the customer keys stay on this
 //! machine; they are never printed or logged. The node's audit log records that
@@ -18,6 +21,7 @@ use std::path::{Path, PathBuf};
 use fedcrm_analysis::date::format_date;
 use fedcrm_audit::log::AuditError;
 use fedcrm_model::artifact::{self, ChurnModel};
+use fedcrm_model::clv::artifact::{ClvModel, ClvSettings};
 use fedcrm_protocol::model::ModelHeader;
 use serde::Serialize;
 use time::Date;
@@ -67,7 +71,7 @@ impl std::fmt::Debug for ScoredCustomer {
 pub enum ScoreError {
     #[error(transparent)]
     Fetch(#[from] FetchError),
-    #[error("model {id} is a {kind:?} model; `node score` applies only {expected:?} models")]
+    #[error("model {id} is a {kind:?} model; `node score` applies {expected} models")]
     WrongKind { id: String, kind: String, expected: &'static str },
     #[error("refused model {id}: {why}")]
     BadModel { id: String, why: String },
@@ -91,6 +95,105 @@ pub enum ScoreError {
     Spool { path: PathBuf, error: io::Error },
 }
 
+/// The model kinds `node score` applies, in words.
+const EXPECTED_KINDS: &str = "\"churn-logistic\" and \"clv-bg-nbd-gamma-gamma\"";
+
+/// The CSV header of a CLV model's list.
+pub const CLV_CSV_HEADER: [&str; 10] = [
+    "rank",
+    "customer_key",
+    "p_alive",
+    "dormant",
+    "expected_purchases",
+    "expected_spend",
+    "clv",
+    "last_purchase",
+    "purchase_days",
+    "total_spend",
+];
+
+/// One customer of this node valued by the CLV model. Personal data: its `Debug` omits
+/// the key.
+#[derive(Clone, PartialEq)]
+pub struct ValuedCustomer {
+    pub customer: String,
+    pub score: fedcrm_model::clv::artifact::ClvScore,
+    pub last_purchase: Date,
+    pub purchase_days: u64,
+    pub total_spend_cents: i64,
+}
+
+impl std::fmt::Debug for ValuedCustomer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ValuedCustomer").field("clv", &self.score.clv).finish_non_exhaustive()
+    }
+}
+
+/// The CLV model in a verified artifact: refused unless its body parses and
+/// [`ClvModel::check`] passes.
+pub fn clv_model(header: &ModelHeader) -> Result<ClvModel, ScoreError> {
+    let bad = |why: String| ScoreError::BadModel { id: header.id.clone(), why };
+    let model: ClvModel =
+        serde_json::from_value(header.body.clone()).map_err(|e| bad(format!("its body is not a CLV model: {e}")))?;
+    model.check().map_err(bad)?;
+    Ok(model)
+}
+
+/// A customer's purchase days and net spend up to `as_of`: (last day, days, cents).
+fn history_upto(txns: &[fedcrm_model::features::Txn], as_of: Date) -> Option<(Date, u64, i64)> {
+    let upto: Vec<_> = txns.iter().filter(|t| t.day <= as_of).collect();
+    let mut days: Vec<Date> = upto.iter().map(|t| t.day).collect();
+    days.dedup(); // the history is sorted by day
+    Some((*days.last()?, days.len() as u64, upto.iter().map(|t| t.cents).sum()))
+}
+
+/// Every customer with a purchase on or before `as_of`, valued, ranked by CLV (highest
+/// first; ties by customer key). `Err` when an expectation cannot be computed.
+pub fn score_clv(
+    model: &ClvModel,
+    dataset: &Dataset,
+    as_of: Date,
+    settings: &ClvSettings,
+) -> Result<Vec<ValuedCustomer>, ScoreError> {
+    let mut out = Vec::new();
+    for h in crate::features::histories(&dataset.purchases) {
+        let Some(score) = model.score(&h.txns, as_of, settings) else { continue };
+        let score = score.map_err(|e| ScoreError::BadModel { id: "clv".into(), why: e.to_string() })?;
+        let Some((last_purchase, purchase_days, total_spend_cents)) = history_upto(&h.txns, as_of) else { continue };
+        out.push(ValuedCustomer {
+            customer: h.customer.clone(),
+            score,
+            last_purchase,
+            purchase_days,
+            total_spend_cents,
+        });
+    }
+    out.sort_by(|a, b| b.score.clv.total_cmp(&a.score.clv).then_with(|| a.customer.cmp(&b.customer)));
+    Ok(out)
+}
+
+/// The valued list as CSV ([`CLV_CSV_HEADER`]).
+pub fn clv_csv_bytes(rows: &[ValuedCustomer]) -> Result<Vec<u8>, String> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(CLV_CSV_HEADER).map_err(|e| e.to_string())?;
+    for (i, r) in rows.iter().enumerate() {
+        w.write_record([
+            (i + 1).to_string(),
+            r.customer.clone(),
+            format!("{:.4}", r.score.p_alive),
+            if r.score.dormant { "yes" } else { "no" }.to_string(),
+            format!("{:.4}", r.score.expected_purchases),
+            format!("{:.2}", r.score.expected_spend),
+            format!("{:.2}", r.score.clv),
+            format_date(r.last_purchase),
+            r.purchase_days.to_string(),
+            money(r.total_spend_cents),
+        ])
+        .map_err(|e| e.to_string())?;
+    }
+    w.into_inner().map_err(|e| e.to_string())
+}
+
 /// The churn model in a verified artifact: refused unless its kind is
 /// [`artifact::KIND`], its body parses, and [`ChurnModel::check`] passes.
 pub fn churn_model(header: &ModelHeader) -> Result<ChurnModel, ScoreError> {
@@ -98,7 +201,7 @@ pub fn churn_model(header: &ModelHeader) -> Result<ChurnModel, ScoreError> {
         return Err(ScoreError::WrongKind {
             id: header.id.clone(),
             kind: header.kind.clone(),
-            expected: artifact::KIND,
+            expected: EXPECTED_KINDS,
         });
     }
     let bad = |why: String| ScoreError::BadModel { id: header.id.clone(), why };
@@ -120,16 +223,14 @@ pub fn score_churn(model: &ChurnModel, dataset: &Dataset, as_of: Date) -> Vec<Sc
         .iter()
         .filter_map(|h| {
             let scored = model.score(&h.customer(), as_of)?;
-            let upto: Vec<_> = h.txns.iter().filter(|t| t.day <= as_of).collect();
-            let mut days: Vec<Date> = upto.iter().map(|t| t.day).collect();
-            days.dedup(); // the history is sorted by day
+            let (last_purchase, purchase_days, total_spend_cents) = history_upto(&h.txns, as_of)?;
             Some(ScoredCustomer {
                 customer: h.customer.clone(),
                 probability: scored.probability,
                 reasons: scored.reasons,
-                last_purchase: *days.last()?,
-                purchase_days: days.len() as u64,
-                total_spend_cents: upto.iter().map(|t| t.cents).sum(),
+                last_purchase,
+                purchase_days,
+                total_spend_cents,
             })
         })
         .collect();
@@ -168,8 +269,13 @@ pub fn csv_bytes(rows: &[ScoredCustomer]) -> Result<Vec<u8>, String> {
 /// Write `rows` to `path` with mode 0600: to a temporary name beside it first, then
 /// renamed, so no reader ever sees half a list (an earlier list there is replaced).
 pub fn write_list(path: &Path, rows: &[ScoredCustomer]) -> Result<(), ScoreError> {
+    write_bytes(path, csv_bytes(rows))
+}
+
+/// [`write_list`]'s writing: `bytes` to `path`, 0600, whole or not at all.
+fn write_bytes(path: &Path, bytes: Result<Vec<u8>, String>) -> Result<(), ScoreError> {
     let failed = |error: String| ScoreError::Write { path: path.to_path_buf(), error };
-    let bytes = csv_bytes(rows).map_err(failed)?;
+    let bytes = bytes.map_err(failed)?;
     let name = path.file_name().ok_or_else(|| failed("the path names no file".into()))?;
     let tmp = path.with_file_name(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
     fedcrm_pki::write_private_file(&tmp, &bytes).map_err(|e| {
@@ -210,13 +316,35 @@ pub struct ScoreSummary {
     pub as_of_default: bool,
     /// Customers scored (every customer with a purchase on or before `as_of`).
     pub customers: u64,
-    /// Of them, with a churn probability above 0.5.
+    /// Of them, with a churn probability above 0.5 (churn models; 0 for a CLV model).
     pub above_half: u64,
+    /// Issue 13, a CLV model's totals (`None` for a churn model).
+    pub clv: Option<ClvTotals>,
     /// Rows written (`--top` may limit them).
     pub rows: u64,
     pub out: PathBuf,
     /// How the audit log took the record.
     pub audit: spool::Recorded,
+}
+
+/// The model `node score` applies.
+enum Loaded {
+    Churn(ChurnModel),
+    Clv(ClvModel),
+}
+
+/// What a CLV scoring found, in counts and sums only.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClvTotals {
+    /// Customers with P(alive) below `dormant_below`.
+    pub dormant: u64,
+    pub dormant_below: f64,
+    /// Expected purchases of all customers in the next `period_days`.
+    pub expected_purchases: f64,
+    pub period_days: u32,
+    /// Σ CLV over the customers, over `horizon_months`, discounted.
+    pub total_clv: f64,
+    pub horizon_months: u32,
 }
 
 /// `fedcrm node score`: fetch and verify the model, score this node's customers,
@@ -227,19 +355,51 @@ pub async fn run(cfg: &NodeConfig, req: &ScoreRequest) -> Result<ScoreSummary, S
         return Err(ScoreError::ZeroTop);
     }
     let (header, _) = crate::models::fetch(cfg, &req.model_id, req.now_unix).await?;
-    let model = churn_model(&header)?;
+    let model = if header.kind == fedcrm_model::clv::artifact::KIND {
+        Loaded::Clv(clv_model(&header)?)
+    } else {
+        Loaded::Churn(churn_model(&header)?)
+    };
+    let settings = cfg.scoring.as_ref().map(|s| s.clv).unwrap_or_default();
+    settings.check().map_err(|why| ScoreError::BadModel { id: header.id.clone(), why })?;
     let dataset = cfg.data.load()?;
     let as_of = match req.as_of {
         Some(d) => d,
         None => latest_purchase(&dataset).ok_or(ScoreError::NoData)?,
     };
-    let ranked = score_churn(&model, &dataset, as_of);
-    if ranked.is_empty() {
-        return Err(ScoreError::NoCustomer { as_of: format_date(as_of) });
-    }
-    let shown = &ranked[..req.top.unwrap_or(ranked.len()).min(ranked.len())];
-    write_list(&req.out, shown)?;
-    let audit = match spool::record(cfg, &header.id, ranked.len() as u64) {
+    let no_customer = || ScoreError::NoCustomer { as_of: format_date(as_of) };
+    let take = |n: usize| req.top.unwrap_or(n).min(n);
+    // (reference date, horizon or period, customers, above 0.5, rows written, CLV totals)
+    let (reference_date, horizon_days, customers, above_half, rows, totals) = match &model {
+        Loaded::Churn(model) => {
+            let ranked = score_churn(model, &dataset, as_of);
+            if ranked.is_empty() {
+                return Err(no_customer());
+            }
+            let shown = &ranked[..take(ranked.len())];
+            write_list(&req.out, shown)?;
+            let above = ranked.iter().filter(|r| r.probability > 0.5).count() as u64;
+            (model.reference_date, model.horizon_days, ranked.len(), above, shown.len(), None)
+        }
+        Loaded::Clv(model) => {
+            let ranked = score_clv(model, &dataset, as_of, &settings)?;
+            if ranked.is_empty() {
+                return Err(no_customer());
+            }
+            let shown = &ranked[..take(ranked.len())];
+            write_bytes(&req.out, clv_csv_bytes(shown))?;
+            let totals = ClvTotals {
+                dormant: ranked.iter().filter(|r| r.score.dormant).count() as u64,
+                dormant_below: settings.dormant_below,
+                expected_purchases: ranked.iter().map(|r| r.score.expected_purchases).sum(),
+                period_days: settings.period_days,
+                total_clv: ranked.iter().map(|r| r.score.clv).sum(),
+                horizon_months: settings.horizon_months,
+            };
+            (model.calibration_end, settings.period_days, ranked.len(), 0, shown.len(), Some(totals))
+        }
+    };
+    let audit = match spool::record(cfg, &header.id, customers as u64) {
         Ok(r) => r,
         Err(e) => {
             let _ = std::fs::remove_file(&req.out);
@@ -250,13 +410,14 @@ pub async fn run(cfg: &NodeConfig, req: &ScoreRequest) -> Result<ScoreSummary, S
         model_id: header.id,
         // Verified by `fetch`: the artifact is signed by exactly this publisher.
         publisher: cfg.scoring.as_ref().map(|s| s.publisher.clone()).unwrap_or_default(),
-        reference_date: format_date(model.reference_date),
-        horizon_days: model.horizon_days,
+        reference_date: format_date(reference_date),
+        horizon_days,
         as_of: format_date(as_of),
         as_of_default: req.as_of.is_none(),
-        customers: ranked.len() as u64,
-        above_half: ranked.iter().filter(|r| r.probability > 0.5).count() as u64,
-        rows: shown.len() as u64,
+        customers: customers as u64,
+        above_half,
+        clv: totals,
+        rows: rows as u64,
         out: req.out.clone(),
         audit,
     })
