@@ -113,7 +113,7 @@ pub struct ClvScore {
     /// Expected value of one transaction (Gamma-Gamma; the population mean for a
     /// customer without a repeat purchase).
     pub expected_spend: f64,
-    /// Σ over the horizon's months m of (E[Y(m)] − E[Y(m − 1)]) · E[M] / (1 + rate)^(m/12).
+    /// Σ over the horizon's months m of (E\[Y(m)\] − E\[Y(m − 1)\]) · E\[M\] / (1 + rate)^(m/12).
     pub clv: f64,
 }
 
