@@ -136,6 +136,16 @@ pub fn clv_train_text(v: &ClvTrainView) -> String {
     for (name, value, meaning) in rows {
         s.push_str(&format!("    {name:<6} {value:>12.6}   {meaning}\n"));
     }
+    for (model, reason) in [("BG/NBD", v.model.bg_nbd.stop_reason), ("Gamma-Gamma", v.model.gamma_gamma.stop_reason)] {
+        if reason == fedcrm_model::clv::fit::Reason::Bound {
+            s.push_str(&format!(
+                "  warning: the {model} likelihood still rises at the edge of the parameters' range (e^±{}): the data \
+                 do not pin a parameter down (e.g. spend that hardly varies between customers); its values are that \
+                 edge, and its forecasts the limit they tend to\n",
+                fedcrm_model::clv::fit::FIT_BOUND
+            ));
+        }
+    }
     for e in &v.exits {
         s.push_str(&format!("  left: {e}\n"));
     }

@@ -179,6 +179,8 @@ pub async fn run(o: DemoOptions) -> Result<()> {
 
     let scored = churn(&cluster, &o, &view.participants).await?;
     say(&scored);
+    let valued = clv(&cluster, &o, &view.participants).await?;
+    say(&valued);
 
     let (overlap_text, overlap_equal) = overlap(&cluster, &o, &specs).await?;
     say(&overlap_text);
@@ -342,6 +344,62 @@ async fn churn(cluster: &Cluster, o: &DemoOptions, participants: &[String]) -> R
     let text = std::fs::read_to_string(&list)?;
     for line in text.lines().take(4) {
         out.push_str(&format!("    {line}\n"));
+    }
+    Ok(out)
+}
+
+/// Fit the CLV model over the analyst API as `fedcrm hq train clv --dp off` does
+/// (calibration to the churn model's reference date, weeks), publish it, and have every
+/// node that took part value its own customers as `fedcrm node score` does: the
+/// parameters, then each node's dormant count. Returns what to print.
+async fn clv(cluster: &Cluster, o: &DemoOptions, participants: &[String]) -> Result<String> {
+    let mut out = String::from("\nCustomer lifetime value: BG/NBD and Gamma-Gamma fitted across the nodes\n");
+    let mut hq = AnalystClient::connect(&cluster.analyst).await?;
+    let request = fedcrm_protocol::pb::TrainClvRequest {
+        calibration_end: CHURN_REFERENCE.into(),
+        time_unit: "weeks".into(),
+        purpose: "demo: which members are dormant, which are between purchases".into(),
+        dp_off: true,
+        ..Default::default()
+    };
+    let bar = if o.quiet { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar.set_message("fedcrm hq train clv: BG/NBD, one secure round per evaluation");
+    let trained = hq.train_clv(request, |p| bar.set_message(crate::clv::ClvRoundRow::new(p).line())).await;
+    bar.finish_and_clear();
+    let (trained, rounds) = trained?;
+    let view = crate::clv::ClvTrainView::new(&trained, &rounds)?;
+    for line in crate::clv::clv_train_text(&view).lines() {
+        out.push_str(&format!("  {line}\n"));
+    }
+    let publisher = cluster.analyst.publisher.clone().context("the demo's publisher key")?;
+    hq.publish(&view.model_id, &publisher).await?;
+    out.push_str(&format!(
+        "  fedcrm hq publish {}; each node values its own customers (fedcrm node score):\n",
+        view.model_id
+    ));
+    let now_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let as_of = fedcrm_analysis::date::parse_date(CHURN_REFERENCE)?;
+    for node in cluster.node_configs.iter().filter(|c| participants.contains(&c.name)) {
+        let list = node.audit_dir.parent().unwrap_or(&node.audit_dir).join("customer-value.csv");
+        let request = fedcrm_node::score::ScoreRequest {
+            model_id: view.model_id.clone(),
+            out: list,
+            as_of: Some(as_of),
+            top: None,
+            now_unix,
+        };
+        let summary = fedcrm_node::score::run(node, &request).await?;
+        let totals = summary.clv.context("a CLV model's totals")?;
+        out.push_str(&format!(
+            "    {:<16} {:>6} customers, {:>6} dormant (P(alive) < {}), {:>7.0} purchases expected in {} days\n",
+            node.name,
+            summary.customers,
+            totals.dormant,
+            totals.dormant_below,
+            totals.expected_purchases,
+            totals.period_days
+        ));
     }
     Ok(out)
 }

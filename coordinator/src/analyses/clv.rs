@@ -32,7 +32,9 @@ pub struct ClvRequest {
 
 impl ClvRequest {
     pub fn new(unit: TimeUnit) -> Self {
-        Self { unit, first_purchase: None, stopping: Stopping { max_evaluations: 90, ..Stopping::default() } }
+        let stopping =
+            Stopping { max_evaluations: 90, bound: fedcrm_model::clv::fit::FIT_BOUND, ..Stopping::default() };
+        Self { unit, first_purchase: None, stopping }
     }
 }
 

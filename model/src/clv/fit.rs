@@ -16,6 +16,12 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The box the CLV fits keep their log-parameters in: e^±15 spans every plausible rate,
+/// shape and spend scale (in days or weeks, yuan or dollars), well inside what a round may
+/// carry (`fedcrm_protocol::wire::clv::MAX_LOG_PARAM`), and keeps each customer's terms
+/// far below the encoding's bound.
+pub const FIT_BOUND: f64 = 15.0;
+
 /// When the optimiser stops.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Stopping {
@@ -31,11 +37,14 @@ pub struct Stopping {
     /// still far from 0 — keeps pointing the way, so there a step that shrinks the
     /// gradient is accepted even if the rounded objective did not go down.
     pub noise: f64,
+    /// Every log-parameter stays within ±`bound`: no step leaves the box, and a
+    /// parameter on its edge whose gradient points out stays there.
+    pub bound: f64,
 }
 
 impl Default for Stopping {
     fn default() -> Self {
-        Self { gradient: 1e-9, relative: 1e-14, max_evaluations: 200, noise: 0.0 }
+        Self { gradient: 1e-9, relative: 1e-14, max_evaluations: 200, noise: 0.0, bound: f64::INFINITY }
     }
 }
 
@@ -52,6 +61,11 @@ pub enum Reason {
     LineSearch,
     /// Out of evaluations: **not** converged.
     MaxEvaluations,
+    /// The likelihood still rises towards a bound of the box (`Stopping::bound`): the data
+    /// do not identify the parameter there (e.g. spend that hardly varies between
+    /// customers sends Gamma-Gamma's q and γ to infinity together). Stopped at the best
+    /// point inside the box, which the caller reports as such.
+    Bound,
 }
 
 impl Reason {
@@ -169,10 +183,19 @@ impl Bfgs {
     }
 
     /// A new search direction from the accepted point, and its first trial.
+    /// Whether coordinate `k` sits on the box's edge with the descent direction −g
+    /// pointing out of it.
+    fn pinned(&self, k: usize) -> bool {
+        let b = self.stopping.bound;
+        (self.x[k] >= b * (1.0 - 1e-12) && self.g[k] < 0.0) || (self.x[k] <= -b * (1.0 - 1e-12) && self.g[k] > 0.0)
+    }
+
     fn search(&mut self) {
         let d = self.x.len();
-        if self.g.iter().all(|v| v.abs() <= self.stopping.gradient) {
-            return self.finish(Reason::Gradient);
+        let free = |k: usize| !self.pinned(k);
+        if (0..d).filter(|&k| free(k)).all(|k| self.g[k].abs() <= self.stopping.gradient) {
+            let pinned = (0..d).any(|k| self.pinned(k));
+            return self.finish(if pinned { Reason::Bound } else { Reason::Gradient });
         }
         if self.evaluations >= self.stopping.max_evaluations {
             return self.finish(Reason::MaxEvaluations);
@@ -184,9 +207,27 @@ impl Bfgs {
             self.h.iter_mut().enumerate().for_each(|(k, v)| *v = if k % (d + 1) == 0 { 1.0 } else { 0.0 });
             self.updated = false;
         }
-        // The first step, before any curvature is known, moves at most 1 in θ.
+        // Pinned coordinates do not move.
+        for (k, v) in p.iter_mut().enumerate() {
+            if self.pinned(k) {
+                *v = 0.0;
+            }
+        }
+        // The first step, before any curvature is known, moves at most 1 in θ; no step
+        // leaves the box.
         let longest = p.iter().fold(0.0f64, |m, v| m.max(v.abs()));
         self.step = if self.updated || longest <= 1.0 { 1.0 } else { 1.0 / longest };
+        let b = self.stopping.bound;
+        for (x, v) in self.x.iter().zip(&p) {
+            if *v > 0.0 {
+                self.step = self.step.min((b - x) / v);
+            } else if *v < 0.0 {
+                self.step = self.step.min((-b - x) / v);
+            }
+        }
+        if self.step <= 0.0 || longest == 0.0 {
+            return self.finish(Reason::Bound);
+        }
         self.direction = p;
         self.trial = Some(self.x.iter().zip(&self.direction).map(|(x, p)| x + self.step * p).collect());
     }
@@ -320,6 +361,24 @@ mod tests {
         assert_eq!(opt2.tell(1.0, vec![0.0, 1.0]), Err(FitError::Dimension { got: 2, expected: 1 }));
         // The caller may stop there; the optimiser still names its start, never panics.
         assert_eq!(opt.next(), Next::Evaluate(vec![0.0]));
+    }
+
+    /// A likelihood that keeps rising towards the edge stops there, saying so; the
+    /// other coordinate still finds its optimum.
+    #[test]
+    fn a_parameter_the_data_do_not_identify_stops_at_the_box_edge() {
+        let mut opt = Bfgs::new(vec![0.0, 0.0], Stopping { bound: 5.0, ..Stopping::default() });
+        let o = loop {
+            match opt.next() {
+                Next::Evaluate(x) => {
+                    assert!(x.iter().all(|v| v.abs() <= 5.0 + 1e-9), "{x:?} left the box");
+                    opt.tell((x[0] - 1.0).powi(2) - x[1], vec![2.0 * (x[0] - 1.0), -1.0]).unwrap();
+                }
+                Next::Done(o) => break o,
+            }
+        };
+        assert_eq!(o.reason, Reason::Bound, "{o:?}");
+        assert!((o.theta[0] - 1.0).abs() < 1e-7 && (o.theta[1] - 5.0).abs() < 1e-9, "{o:?}");
     }
 
     #[test]
