@@ -646,6 +646,18 @@ enum BenchCommand {
         #[arg(long = "openmined-python", value_name = "PYTHON", default_value = "python3", requires = "openmined")]
         openmined_python: PathBuf,
     },
+    /// Issue 13: a CLV fit to convergence (BG/NBD then Gamma-Gamma) on CDNOW dealt over n
+    /// nodes on loopback with mutual TLS: secure rounds per model and wall time, beside a
+    /// floor measured in the same run (the same sums and optimiser without network or
+    /// secure aggregation, all cores).
+    Clv {
+        /// Deployment sizes, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "5,50")]
+        nodes: Vec<usize>,
+        /// Print the rows as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Audit-log verification speed for a log of N records vs. hashing its bytes.
     Audit {
         #[arg(long, default_value_t = 1_000_000)]
@@ -787,7 +799,8 @@ impl Command {
             | Command::Bench(BenchCommand::Secagg { json, .. })
             | Command::Bench(BenchCommand::Train { json, .. })
             | Command::Bench(BenchCommand::Audit { json, .. })
-            | Command::Bench(BenchCommand::Psi { json, .. }) => *json,
+            | Command::Bench(BenchCommand::Psi { json, .. })
+            | Command::Bench(BenchCommand::Clv { json, .. }) => *json,
             _ => false,
         }
     }
@@ -1164,6 +1177,15 @@ async fn run(cli: Cli) -> Result<()> {
                 fedavg_row: only.as_deref() != Some("newton"),
             };
             fedcrm::bench::train::train(opts, json, flower).await
+        }
+        Command::Bench(BenchCommand::Clv { nodes, json }) => {
+            let rows = fedcrm::bench::clv::run(&nodes).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", fedcrm::bench::clv::table(&rows));
+            }
+            Ok(())
         }
         Command::Bench(BenchCommand::Psi { n, json, openmined, openmined_script, openmined_python }) => {
             let peer = openmined

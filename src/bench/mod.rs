@@ -65,6 +65,7 @@
 //! times. Every run checks that the unmasked sum equals the plain sum of the
 //! survivors' inputs and fails otherwise, so the bench is also a correctness check.
 
+pub mod clv;
 pub mod floor;
 pub mod flower;
 pub mod psi;
