@@ -260,6 +260,12 @@ pub fn score_text(s: &fedcrm_node::score::ScoreSummary) -> String {
                 s.out.display(),
                 s.rows
             ));
+            if c.not_valued > 0 {
+                t.push_str(&format!(
+                    "not valued:         {} customer(s): an expectation did not converge for them (left out)\n",
+                    c.not_valued
+                ));
+            }
         }
     }
     match &s.audit {

@@ -253,3 +253,42 @@ async fn the_clv_model_fitted_across_nodes_equals_the_pooled_fit_and_each_node_v
         println!("  expected repeat purchases 1997-10-01..=1998-06-30: {expected:.0}; mean expected spend {spend:.2}");
     }
 }
+
+/// Attack review of issue 13, H1: HQ asks for a cohort (first purchases in March 1997) in
+/// which every node has enough customers for BG/NBD but few with a repeat purchase, so
+/// that the Gamma-Gamma rounds would sum a handful of customers' spend. Each node counts
+/// its minimum over the customers the round's likelihood sums and, below it, sends zeros
+/// in those rounds: no customer's spend enters a sum, the coordinator finds nobody in
+/// the likelihood, and no model is registered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cohort_whose_spend_model_would_sum_a_few_customers_is_refused_by_every_node() {
+    let customers = by_customer();
+    let all = summaries(&customers);
+    let mut specs = nodes(&customers, &all, false);
+    // Per node (round robin), March's first-time customers and those of them who came back.
+    let (mut cohort, mut repeat) = ([0u64; 5], [0u64; 5]);
+    for (i, (rows, s)) in customers.values().zip(&all).enumerate() {
+        let first = rows.iter().filter_map(|r| r.split_whitespace().nth(1)).min().unwrap();
+        if first.starts_with("199703") {
+            cohort[i % 5] += 1;
+            repeat[i % 5] += u64::from(s.x > 0 && s.mean_repeat_value > 0.0);
+        }
+    }
+    let min = repeat.iter().max().unwrap() + 1;
+    assert!(cohort.iter().all(|&c| c >= min), "March {cohort:?}, repeat {repeat:?}");
+    println!("March 1997 per node: {cohort:?} customers, {repeat:?} repeat; min_customers = {min}");
+    for s in &mut specs {
+        s.policy.clv.min_customers = min;
+    }
+    let cluster = Cluster::start(common::model_options(specs)).await.unwrap();
+    let mut hq = fedcrm::hq::AnalystClient::connect(&cluster.analyst).await.unwrap();
+    let request = fedcrm_protocol::pb::TrainClvRequest {
+        first_purchase_from: "1997-03-01".into(),
+        first_purchase_to: "1997-03-31".into(),
+        ..request_of("CLV of the March cohort")
+    };
+    let e = hq.train_clv(request, |_| {}).await.unwrap_err().to_string();
+    assert!(e.contains("no customer of any node is in the gamma-gamma likelihood"), "{e}");
+    assert!(cluster.coordinator.models.list().unwrap().is_empty(), "no model was registered");
+    cluster.stop().await;
+}

@@ -159,6 +159,7 @@ fn default_differencing_window_days() -> u32 {
 fn default_caps() -> BTreeMap<String, u32> {
     BTreeMap::from([
         (crate::analyses::churn::CHURN_MODEL.to_string(), 4),
+        (crate::analyses::clv::CLV_MODEL.to_string(), 4),
         (fedcrm_protocol::wire::CHANNEL_OVERLAP.to_string(), 4),
     ])
 }

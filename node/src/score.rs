@@ -148,17 +148,22 @@ fn history_upto(txns: &[fedcrm_model::features::Txn], as_of: Date) -> Option<(Da
 }
 
 /// Every customer with a purchase on or before `as_of`, valued, ranked by CLV (highest
-/// first; ties by customer key). `Err` when an expectation cannot be computed.
+/// first; ties by customer key), and how many could not be valued (an expectation whose
+/// series did not converge): they are left out and counted, never named — the error
+/// would carry the customer's x and T (attack review of issue 13, L6).
 pub fn score_clv(
     model: &ClvModel,
     dataset: &Dataset,
     as_of: Date,
     settings: &ClvSettings,
-) -> Result<Vec<ValuedCustomer>, ScoreError> {
-    let mut out = Vec::new();
+) -> (Vec<ValuedCustomer>, u64) {
+    let (mut out, mut failed) = (Vec::new(), 0);
     for h in crate::features::histories(&dataset.purchases) {
         let Some(score) = model.score(&h.txns, as_of, settings) else { continue };
-        let score = score.map_err(|e| ScoreError::BadModel { id: "clv".into(), why: e.to_string() })?;
+        let Ok(score) = score else {
+            failed += 1;
+            continue;
+        };
         let Some((last_purchase, purchase_days, total_spend_cents)) = history_upto(&h.txns, as_of) else { continue };
         out.push(ValuedCustomer {
             customer: h.customer.clone(),
@@ -169,7 +174,7 @@ pub fn score_clv(
         });
     }
     out.sort_by(|a, b| b.score.clv.total_cmp(&a.score.clv).then_with(|| a.customer.cmp(&b.customer)));
-    Ok(out)
+    (out, failed)
 }
 
 /// The valued list as CSV ([`CLV_CSV_HEADER`]).
@@ -345,6 +350,8 @@ pub struct ClvTotals {
     /// Σ CLV over the customers, over `horizon_months`, discounted.
     pub total_clv: f64,
     pub horizon_months: u32,
+    /// Customers left out because an expectation could not be computed for them.
+    pub not_valued: u64,
 }
 
 /// `fedcrm node score`: fetch and verify the model, score this node's customers,
@@ -382,7 +389,7 @@ pub async fn run(cfg: &NodeConfig, req: &ScoreRequest) -> Result<ScoreSummary, S
             (model.reference_date, model.horizon_days, ranked.len(), above, shown.len(), None)
         }
         Loaded::Clv(model) => {
-            let ranked = score_clv(model, &dataset, as_of, &settings)?;
+            let (ranked, not_valued) = score_clv(model, &dataset, as_of, &settings);
             if ranked.is_empty() {
                 return Err(no_customer());
             }
@@ -395,6 +402,7 @@ pub async fn run(cfg: &NodeConfig, req: &ScoreRequest) -> Result<ScoreSummary, S
                 period_days: settings.period_days,
                 total_clv: ranked.iter().map(|r| r.score.clv).sum(),
                 horizon_months: settings.horizon_months,
+                not_valued,
             };
             (model.calibration_end, settings.period_days, ranked.len(), 0, shown.len(), Some(totals))
         }

@@ -156,6 +156,17 @@ impl Driver for ClvDriver {
                 if sent.likelihood == Likelihood::GammaGamma { ", or no repeat purchase" } else { "" }
             )));
         }
+        // The release door's minimum cohort holds for the customers a likelihood sums,
+        // as for any count it shows (attack review of issue 13, H1).
+        if e.customers < cx.rules.min_cohort {
+            return Err(Self::bad(format!(
+                "only {} customers of all nodes are in the {} likelihood, fewer than the minimum cohort {}; nothing \
+                 is released",
+                e.customers,
+                model_name(sent.likelihood),
+                cx.rules.min_cohort
+            )));
+        }
         let (value, gradient) = e.objective();
         if let Some(tx) = &self.progress {
             let _ = tx.send(Progress {

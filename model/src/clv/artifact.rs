@@ -54,8 +54,15 @@ impl ClvModel {
     pub fn check(&self) -> Result<(), String> {
         let b = &self.bg_nbd.params;
         let g = &self.gamma_gamma.params;
-        if [b.r, b.alpha, b.a, b.b, g.p, g.q, g.gamma].iter().any(|v| !v.is_finite() || *v <= 0.0) {
-            return Err("the model holds a parameter that is not a positive finite number".into());
+        let bound = super::fit::FIT_BOUND + 1e-9;
+        if [b.r, b.alpha, b.a, b.b, g.p, g.q, g.gamma]
+            .iter()
+            .any(|v| !(v.is_finite() && *v > 0.0 && v.ln().abs() <= bound))
+        {
+            return Err(format!(
+                "the model holds a parameter that is not a positive number within e^±{}",
+                super::fit::FIT_BOUND
+            ));
         }
         Ok(())
     }

@@ -207,17 +207,28 @@ impl Bfgs {
             self.h.iter_mut().enumerate().for_each(|(k, v)| *v = if k % (d + 1) == 0 { 1.0 } else { 0.0 });
             self.updated = false;
         }
-        // Pinned coordinates do not move.
-        for (k, v) in p.iter_mut().enumerate() {
-            if self.pinned(k) {
-                *v = 0.0;
+        // No coordinate on the box's edge moves out of it (pinned ones do not move at
+        // all); if that leaves no descent, projected steepest descent from a fresh H.
+        let b = self.stopping.bound;
+        let out = |x: f64, v: f64| (x >= b * (1.0 - 1e-12) && v > 0.0) || (x <= -b * (1.0 - 1e-12) && v < 0.0);
+        let project = |p: &mut Vec<f64>, x: &[f64]| {
+            for (v, x) in p.iter_mut().zip(x) {
+                if out(*x, *v) {
+                    *v = 0.0;
+                }
             }
+        };
+        project(&mut p, &self.x);
+        if p.iter().all(|v| *v == 0.0) || dot(&p, &self.g) >= 0.0 {
+            p = self.g.iter().map(|v| -v).collect();
+            project(&mut p, &self.x);
+            self.h.iter_mut().enumerate().for_each(|(k, v)| *v = if k % (d + 1) == 0 { 1.0 } else { 0.0 });
+            self.updated = false;
         }
         // The first step, before any curvature is known, moves at most 1 in θ; no step
         // leaves the box.
         let longest = p.iter().fold(0.0f64, |m, v| m.max(v.abs()));
         self.step = if self.updated || longest <= 1.0 { 1.0 } else { 1.0 / longest };
-        let b = self.stopping.bound;
         for (x, v) in self.x.iter().zip(&p) {
             if *v > 0.0 {
                 self.step = self.step.min((b - x) / v);

@@ -89,7 +89,12 @@ impl Noised for ChurnRound {
         );
         // Two's complement: the secure sum adds the words mod 2^64.
         let vector = rounded.iter().map(|&v| v as u64).collect();
-        Ok(Contribution { vector: Zeroizing::new(vector), customers: examples.len(), eligible })
+        Ok(Contribution {
+            vector: Zeroizing::new(vector),
+            customers: examples.len(),
+            eligible,
+            fewest_in_a_month: None,
+        })
     }
 }
 
@@ -248,7 +253,7 @@ impl NodeQuery for ChurnRound {
                     .map_err(|e| failed(e.to_string()))?
             }
         };
-        Ok(Contribution { vector: Zeroizing::new(vector), customers: n, eligible })
+        Ok(Contribution { vector: Zeroizing::new(vector), customers: n, eligible, fewest_in_a_month: None })
     }
 
     /// Under DP the whole plan (every round at the signed cap) must fit the budget before

@@ -32,14 +32,29 @@ pub struct ClvLimits {
     /// take part (its refusal says so). Default 50.
     pub min_customers: u64,
     /// Most rounds of one CLV analysis: each is another sum over this node's customers
-    /// at parameters HQ chooses. An honest fit of both models takes 40 to 80. Default 200.
+    /// at parameters HQ chooses. An honest fit of both models takes 50 to 90. Default 120.
     pub max_rounds: u32,
+    /// A fit of one cohort (first purchases in whole calendar months) runs only if every
+    /// calendar month up to the calibration end holds none or at least this many of this
+    /// node's first purchases: any two cohorts HQ can ask for then differ by none or at
+    /// least this many of its customers. Default 10.
+    pub min_month_customers: u64,
 }
 
 impl Default for ClvLimits {
     fn default() -> Self {
-        Self { min_customers: 50, max_rounds: 200 }
+        Self { min_customers: 50, max_rounds: 120, min_month_customers: 10 }
     }
+}
+
+/// The fewest of these first-purchase days in a calendar month that has any (`None`:
+/// none at all) — what [`ClvLimits::min_month_customers`] is checked against.
+pub fn fewest_in_a_month(first_purchases: &[Date]) -> Option<u64> {
+    let mut per_month: std::collections::BTreeMap<(i32, time::Month), u64> = std::collections::BTreeMap::new();
+    for d in first_purchases {
+        *per_month.entry((d.year(), d.month())).or_default() += 1;
+    }
+    per_month.values().copied().min()
 }
 
 /// The round's calibration window: it ends at the analysis's reference date.
@@ -113,9 +128,21 @@ impl NodeQuery for ClvRound {
 
     fn contribute(&self, data: &mut LocalData<'_>, reference: Date) -> Result<Contribution, String> {
         let cal = calibration(self, reference);
+        let fewest = self.setup.first_purchase.and_then(|_| {
+            let firsts: Vec<Date> = data
+                .histories()
+                .iter()
+                .filter_map(|h| h.txns.iter().map(|t| t.day).min())
+                .filter(|d| *d <= reference)
+                .collect();
+            fewest_in_a_month(&firsts)
+        });
         let summaries: Vec<Summary> = data.histories().iter().filter_map(|h| cal.summary(&h.txns)).collect();
-        let eligible = summaries.len();
         let sums = node_sums(self.likelihood, &self.log_params, &summaries);
+        // The minimum applies to the customers the round's likelihood sums: for
+        // Gamma-Gamma only those with a repeat purchase (attack review of issue 13, H1: a
+        // cohort of one-time buyers would otherwise make its sums one customer's).
+        let eligible = sums.customers as usize;
         // A failure names no value of this node's data.
         let vector = sums.to_words().map_err(|_| {
             "the CLV computation failed on this node's data (a value out of the encoding's range); refusing".to_string()
@@ -123,17 +150,36 @@ impl NodeQuery for ClvRound {
         if sums.clipped > 0 {
             tracing::warn!(clipped = sums.clipped, "clv: customers' terms clipped to the encoding's bound");
         }
-        Ok(Contribution { vector: Zeroizing::new(vector), customers: eligible, eligible })
+        Ok(Contribution { vector: Zeroizing::new(vector), customers: eligible, eligible, fewest_in_a_month: fewest })
     }
 
-    /// Fewer customers in the calibration window than `[policy.clv] min_customers`: this
-    /// node does not take part.
+    /// Fewer customers in a BG/NBD round's likelihood (the calibration window and cohort)
+    /// than `[policy.clv] min_customers`: this node does not take part. A cohort fit also
+    /// needs every month to hold none or `min_month_customers` first purchases.
+    /// A Gamma-Gamma round with fewer of this node's customers in its likelihood (those
+    /// with a repeat purchase) than `[policy.clv] min_customers`: the node, already part
+    /// of the analysis's population, sends zeros, so its few customers' spend enters no
+    /// sum (attack review of issue 13, H1) and the fit goes on over the others.
+    fn withheld(&self, c: &Contribution, policy: &Policy) -> bool {
+        self.likelihood == Likelihood::GammaGamma && (c.eligible as u64) < policy.clv.min_customers
+    }
+
     fn check_contribution(&self, c: &Contribution, policy: &Policy) -> Result<(), String> {
-        let min = policy.clv.min_customers;
-        if (c.eligible as u64) < min {
+        let month = policy.clv.min_month_customers;
+        if c.fewest_in_a_month.is_some_and(|n| n < month) {
+            // Names no month: which one would say when this node's few customers came.
             return Err(format!(
-                "policy: this node has fewer customers than [policy.clv] min_customers = {min} in the calibration \
-                 window, so it does not take part in the CLV fit"
+                "policy: a cohort fit needs every calendar month up to the calibration end to hold none or at least \
+                 {month} of this node's first purchases ([policy.clv] min_month_customers), and one holds fewer; \
+                 this node takes part in fits of all its customers only"
+            ));
+        }
+        let min = policy.clv.min_customers;
+        if self.likelihood == Likelihood::BgNbd && (c.eligible as u64) < min {
+            return Err(format!(
+                "policy: this node has fewer customers than [policy.clv] min_customers = {min} in the round's \
+                 likelihood, which counts the customers of the calibration window and cohort and, for Gamma-Gamma, \
+                 only those with a repeat purchase; it does not take part in the CLV fit"
             ));
         }
         Ok(())
@@ -179,13 +225,45 @@ mod tests {
             ..bg.clone()
         };
         assert!(cohort.continues(CLV_MODEL, &after_bg, 5, &policy).unwrap_err().contains("time unit or cohort"));
-        let e = gg.continues(CLV_MODEL, &after_gg, 200, &policy).unwrap_err();
-        assert!(e.contains("at most 200 rounds"), "{e}");
+        let e = gg.continues(CLV_MODEL, &after_gg, 120, &policy).unwrap_err();
+        assert!(e.contains("at most 120 rounds"), "{e}");
         let segments = AnalysisKind::RfmSegments(fedcrm_analysis::rfm::Cuts {
             recency: [1, 2, 3, 4],
             frequency: [1, 1, 2, 3],
             monetary: [5, 6, 7, 8],
         });
         assert!(bg.continues(CLV_MODEL, &segments, 1, &policy).unwrap_err().contains("does not follow"));
+    }
+
+    /// A cohort fit runs only where every month holds none or at least
+    /// `min_month_customers` first purchases (so two cohorts differ by none or that many),
+    /// and the minimum counts the customers the round's likelihood sums.
+    #[test]
+    fn a_cohort_fit_needs_full_months_and_the_minimum_counts_the_likelihoods_customers() {
+        let days = |v: &[(u8, u8)]| -> Vec<Date> {
+            v.iter()
+                .map(|&(m, d)| Date::from_calendar_date(1997, time::Month::try_from(m).unwrap(), d).unwrap())
+                .collect()
+        };
+        assert_eq!(fewest_in_a_month(&days(&[(1, 1), (1, 9), (3, 2)])), Some(1));
+        assert_eq!(fewest_in_a_month(&[]), None);
+        let policy = Policy::default();
+        let c = |eligible: usize, fewest: Option<u64>| Contribution {
+            vector: Zeroizing::new(vec![]),
+            customers: eligible,
+            eligible,
+            fewest_in_a_month: fewest,
+        };
+        let (bg, gg) = (round(Likelihood::BgNbd, TimeUnit::Weeks), round(Likelihood::GammaGamma, TimeUnit::Weeks));
+        assert_eq!(gg.check_contribution(&c(50, Some(10)), &policy), Ok(()));
+        let e = gg.check_contribution(&c(50, Some(9)), &policy).unwrap_err();
+        assert!(e.contains("min_month_customers") && !e.contains("1997"), "{e}");
+        // BG/NBD below the minimum: the node does not take part.
+        let e = bg.check_contribution(&c(49, None), &policy).unwrap_err();
+        assert!(e.contains("min_customers = 50 in the round's likelihood"), "{e}");
+        // Gamma-Gamma below it (a node of one-time buyers): zeros leave, the fit goes on.
+        assert_eq!(gg.check_contribution(&c(49, None), &policy), Ok(()));
+        assert!(gg.withheld(&c(49, None), &policy) && !gg.withheld(&c(50, None), &policy));
+        assert!(!bg.withheld(&c(0, None), &policy));
     }
 }

@@ -84,6 +84,13 @@ pub trait NodeQuery: Query {
     fn check_contribution(&self, _c: &Contribution, _policy: &Policy) -> Result<(), String> {
         Ok(())
     }
+
+    /// Whether the policy keeps this contribution to the node although the node takes
+    /// part (a later round of a fixed population, which a refusal would stop for all):
+    /// zeros of the same length leave instead, and none of its data enters the sum.
+    fn withheld(&self, _c: &Contribution, _policy: &Policy) -> bool {
+        false
+    }
 }
 
 /// The node face of a wire query.
@@ -106,6 +113,9 @@ pub struct Contribution {
     /// The node's customers the analysis could read at its reference date (for the
     /// policy's minimums; for RFM the same as `customers`).
     pub eligible: usize,
+    /// Issue 13, a CLV cohort fit: the fewest of this node's first purchases in a
+    /// calendar month that has any, up to the calibration end (`None` otherwise).
+    pub fewest_in_a_month: Option<u64>,
 }
 
 /// The node's own data as the analyses read it, with what is computed once per
@@ -179,5 +189,9 @@ pub fn contribute(analysis: &Analysis, data: &mut LocalData<'_>, policy: &Policy
     let q = node_query(&analysis.kind);
     let c = q.contribute(data, analysis.reference_date)?;
     q.check_contribution(&c, policy)?;
+    if q.withheld(&c, policy) {
+        let zeros = Zeroizing::new(vec![0; c.vector.len()]);
+        return Ok(Contribution { vector: zeros, customers: 0, eligible: 0, fewest_in_a_month: None });
+    }
     Ok(c)
 }

@@ -100,7 +100,7 @@ impl NodeQuery for Vec<HistogramSpec> {
         for c in customers {
             rfm::accumulate(self, c, &mut v);
         }
-        Ok(Contribution { vector: v, customers: customers.len(), eligible: customers.len() })
+        Ok(Contribution { vector: v, customers: customers.len(), eligible: customers.len(), fewest_in_a_month: None })
     }
 }
 
@@ -140,7 +140,7 @@ impl NodeQuery for Cuts {
         for c in customers {
             v[self.segment_of(c).index()] += 1;
         }
-        Ok(Contribution { vector: v, customers: customers.len(), eligible: customers.len() })
+        Ok(Contribution { vector: v, customers: customers.len(), eligible: customers.len(), fewest_in_a_month: None })
     }
 }
 

@@ -818,6 +818,7 @@ impl<'a> Rounds<'a> {
                         vector: Zeroizing::new(vec![0; a.start.length]),
                         customers: 0,
                         eligible: 0,
+                        fewest_in_a_month: None,
                     }
                 }
             };

@@ -102,7 +102,7 @@ impl Query for ClvRound {
     }
 }
 
-/// The cohort a round names: both ends or neither, in order.
+/// The cohort a round names: both ends or neither, in order, whole calendar months.
 pub fn cohort(c: &pb::ClvRound) -> Result<Option<(Date, Date)>, WireError> {
     Ok(match (c.first_purchase_from.is_empty(), c.first_purchase_to.is_empty()) {
         (true, true) => None,
@@ -112,6 +112,15 @@ pub fn cohort(c: &pb::ClvRound) -> Result<Option<(Date, Date)>, WireError> {
             let to = parse_date(&c.first_purchase_to).map_err(|e| field("clv.first_purchase_to", e.to_string()))?;
             if from > to {
                 return Err(field("clv.first_purchase_from", "is after first_purchase_to"));
+            }
+            // Whole calendar months only, so that two cohorts HQ can ask for differ by whole
+            // months of first purchases, never by a day's (attack review of issue 13, H2).
+            let last_of_month = to.month().length(to.year()) == to.day();
+            if from.day() != 1 || !last_of_month {
+                return Err(field(
+                    "clv.first_purchase_from",
+                    "the cohort must be whole calendar months: from the 1st of a month to the last day of a month",
+                ));
             }
             Some((from, to))
         }
@@ -175,6 +184,13 @@ mod tests {
         assert!(matches!(clv_from_pb(&pb), Err(WireError::Field { field: "clv.log_params", .. })));
         pb.log_params = vec![0.0; 3];
         assert!(matches!(clv_from_pb(&pb), Err(WireError::Field { field: "clv.log_params", .. })));
+        let mut pb = clv_pb(&round);
+        pb.first_purchase_to = "1997-03-30".into();
+        let e = clv_from_pb(&pb).unwrap_err().to_string();
+        assert!(e.contains("whole calendar months"), "{e}");
+        pb.first_purchase_to = "1997-02-28".into();
+        pb.first_purchase_from = "1997-01-02".into();
+        assert!(clv_from_pb(&pb).unwrap_err().to_string().contains("whole calendar months"));
         let mut pb = clv_pb(&round);
         pb.first_purchase_to.clear();
         assert!(matches!(clv_from_pb(&pb), Err(WireError::Field { field: "clv.first_purchase_from", .. })));
