@@ -179,13 +179,7 @@ impl NodeQuery for ChurnRound {
                 dp.max_rounds
             ));
         }
-        let max = policy.churn.max_rounds;
-        if rounds >= max {
-            return Err(format!(
-                "this node takes part in at most {max} rounds of one churn analysis ([policy.churn] max_rounds)"
-            ));
-        }
-        Ok(())
+        super::within_max_rounds(rounds, policy.churn.max_rounds, "churn", "[policy.churn] max_rounds")
     }
 
     fn describe(&self, at: &str) -> String {

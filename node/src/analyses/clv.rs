@@ -98,13 +98,7 @@ impl NodeQuery for ClvRound {
     }
 
     fn within_rounds(&self, rounds: u32, policy: &Policy) -> Result<(), String> {
-        let max = policy.clv.max_rounds;
-        if rounds >= max {
-            return Err(format!(
-                "this node takes part in at most {max} rounds of one CLV analysis ([policy.clv] max_rounds)"
-            ));
-        }
-        Ok(())
+        super::within_max_rounds(rounds, policy.clv.max_rounds, "CLV", "[policy.clv] max_rounds")
     }
 
     fn describe(&self, at: &str) -> String {

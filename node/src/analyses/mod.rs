@@ -93,6 +93,15 @@ pub trait NodeQuery: Query {
     }
 }
 
+/// A model analysis's policy limit on its rounds: `Err` once `rounds` reached `max`,
+/// naming the analysis and the policy key.
+pub(crate) fn within_max_rounds(rounds: u32, max: u32, analysis: &str, key: &str) -> Result<(), String> {
+    if rounds >= max {
+        return Err(format!("this node takes part in at most {max} rounds of one {analysis} analysis ({key})"));
+    }
+    Ok(())
+}
+
 /// The node face of a wire query.
 pub fn node_query(kind: &AnalysisKind) -> &dyn NodeQuery {
     match kind {
