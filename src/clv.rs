@@ -146,6 +146,14 @@ pub fn clv_train_text(v: &ClvTrainView) -> String {
             ));
         }
     }
+    if let Some(dp) = &v.model.provenance.dp {
+        s.push_str(&format!(
+            "  differential privacy: every round noised, each customer's terms clamped to the stated bounds; the \
+             customer counts and ln L are noised too, and each model's fit ends when its planned rounds are used. \
+             It cost each node ε = {:.3} at δ = {:.0e} (ρ = {:.4})\n",
+            dp.epsilon, dp.delta, dp.rho
+        ));
+    }
     for e in &v.exits {
         s.push_str(&format!("  left: {e}\n"));
     }

@@ -370,11 +370,12 @@ enum TrainCommand {
         json: bool,
     },
     /// Customer lifetime value: the BG/NBD model of purchases and dropout (Fader, Hardie &
-    /// Lee 2005) and the Gamma-Gamma model of spend, fitted exactly across the nodes —
-    /// every evaluation of a likelihood and its gradient is one secure round of each
-    /// node's sums over its customers' (repeat purchases, time of the last, age) up to
-    /// the calibration end; the optimiser (BFGS) runs here. Nodes apply the published
-    /// model to their own customers (`fedcrm node score`).
+    /// Lee 2005) and the Gamma-Gamma model of spend, fitted across the nodes — every
+    /// evaluation of a likelihood and its gradient is one secure round of each node's
+    /// sums over its customers' (repeat purchases, time of the last, age) up to the
+    /// calibration end, exact with `--dp off`, noised by default; the optimiser (BFGS)
+    /// runs here. Nodes apply the published model to their own customers (`fedcrm node
+    /// score`).
     Clv {
         #[arg(long, default_value = "hq.toml")]
         config: PathBuf,
@@ -391,11 +392,18 @@ enum TrainCommand {
         /// both inclusive).
         #[arg(long, value_name = "FROM..TO")]
         first_purchase: Option<String>,
-        /// Differential privacy: the CLV fit is exact only in this version, so it needs
-        /// `--dp off`, which every node's policy must allow (dp = "optional").
+        /// Differential privacy: `on` noises every round, each customer's ln L and gradient
+        /// clamped to stated bounds (README, "CLV under differential privacy"); `off` runs
+        /// exact rounds, which every node's policy must allow (dp = "optional"). Default
+        /// `on`, as a franchisee's policy requires by default.
         #[arg(long, value_enum, default_value = "on")]
         dp: Dp,
-        /// Most rounds per model (default 90; an honest fit takes about 30 each).
+        /// With `--dp on`: ε for the whole fit, per node, at δ = 1e-6 (default 4, a node's
+        /// default monthly budget).
+        #[arg(long, default_value_t = 4.0)]
+        epsilon: f64,
+        /// Most rounds per model (default 90; an honest exact fit takes about 30 each;
+        /// under --dp on 20 BG/NBD and 12 Gamma-Gamma rounds, all charged up front).
         #[arg(long, default_value_t = 0)]
         max_rounds: u32,
         /// Print JSON: model_id, sha256, r, alpha, a, b, log_likelihood, p, q, gamma,
@@ -1075,14 +1083,18 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Hq(HqCommand::Train {
             model:
-                TrainCommand::Clv { config, calibration_end, time_unit, purpose, first_purchase, dp, max_rounds, json },
+                TrainCommand::Clv {
+                    config,
+                    calibration_end,
+                    time_unit,
+                    purpose,
+                    first_purchase,
+                    dp,
+                    epsilon,
+                    max_rounds,
+                    json,
+                },
         }) => {
-            if dp == Dp::On {
-                bail!(
-                    "the CLV fit is exact only in this version (its rounds carry no noise yet): run it with --dp off, \
-                     which every node's policy must allow (dp = \"optional\")"
-                );
-            }
             let (first_purchase_from, first_purchase_to) = match &first_purchase {
                 None => (String::new(), String::new()),
                 Some(range) => match range.split_once("..") {
@@ -1102,7 +1114,8 @@ async fn run(cli: Cli) -> Result<()> {
                 first_purchase_from,
                 first_purchase_to,
                 max_rounds,
-                dp_off: true,
+                dp_off: dp == Dp::Off,
+                epsilon,
             };
             let done =
                 client.train_clv(request, |p| show_round(&bar, json, fedcrm::clv::ClvRoundRow::new(p).line())).await;

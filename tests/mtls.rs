@@ -237,7 +237,7 @@ async fn incompatible_protocol_version_is_rejected_with_a_clear_message() {
         assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{}", status.message());
         let m = status.message();
         assert!(m.contains(&format!("incompatible protocol version \"{old}\"")), "{m}");
-        assert!(m.contains("this coordinator speaks \"fedcrm/v9\""), "{m}");
+        assert!(m.contains("this coordinator speaks \"fedcrm/v10\""), "{m}");
         assert!(m.contains("upgrade the node"), "{m}");
     }
     cluster.stop().await;

@@ -566,10 +566,18 @@ impl pb::analyst_server::Analyst for AnalystService {
             first_purchase_to: r.first_purchase_to.clone(),
             likelihood: "bg-nbd".into(),
             log_params: vec![0.0; 4],
+            ..Default::default()
         };
         clv.first_purchase = wire::clv::cohort(&cohort).map_err(|e| Status::invalid_argument(e.to_string()))?;
         if r.max_rounds > 0 {
             clv.stopping.max_evaluations = r.max_rounds;
+            clv.dp_rounds = [r.max_rounds; 2];
+        }
+        if r.epsilon != 0.0 {
+            if !(r.epsilon.is_finite() && r.epsilon > 0.0) {
+                return Err(Status::invalid_argument("--epsilon must be a finite number above 0"));
+            }
+            clv.privacy.epsilon = r.epsilon;
         }
         tracing::info!(analyst = %who.name, purpose = %r.purpose, "clv fit requested");
         let coordinator = self.0.clone();

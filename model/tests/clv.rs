@@ -176,3 +176,50 @@ fn bg_nbd_and_gamma_gamma_fitted_across_nodes_equal_the_pooled_fits() {
     println!("repeat purchases 1997-10-01..=1998-06-30: expected {expected:.0}, observed {actual}");
     assert!(expected > 0.0 && actual > 0);
 }
+
+/// Issue 13 under differential privacy, "what the clipping costs on CDNOW": with the
+/// stated bounds (`TermClips::default_for`, weeks) each customer's terms are clamped and
+/// scaled as a node does (`node_terms`), summed without noise and scaled back
+/// (`Evaluation::from_noised`); the fit of that clamped likelihood moves no
+/// log-parameter by more than 0.06 from the exact fit (measured: BG/NBD at most 0.024,
+/// Gamma-Gamma 0.052 in ln γ), and fewer than 0.5 % of the customers' terms are clamped
+/// at the exact optimum (27 of 23,570 and 26 of 9,450). The noise's own cost is measured over mTLS
+/// (`tests/clv.rs`) and by `fedcrm bench clv --dp`.
+#[test]
+fn clamping_each_customers_terms_to_the_stated_bounds_costs_little_on_cdnow() {
+    use fedcrm_model::clv::sums::{TermClips, node_terms};
+    let all: Vec<Summary> = customers().iter().map(|r| r.0).collect();
+    for which in [Likelihood::BgNbd, Likelihood::GammaGamma] {
+        let clips = TermClips::default_for(which, TimeUnit::Weeks);
+        let clamped = |theta: &[f64]| {
+            let (terms, clipped) = node_terms(which, theta, &all, &clips);
+            let mut sum = vec![0.0; which.words()];
+            for t in &terms {
+                assert!(t.iter().map(|v| v * v).sum::<f64>().sqrt() <= clips.term_norm() + 1e-12);
+                sum.iter_mut().zip(t).for_each(|(s, v)| *s += v);
+            }
+            (Evaluation::from_noised(which, &sum, &clips).unwrap(), clipped)
+        };
+        let mut opt = Bfgs::new(vec![0.0; which.dims()], Stopping::default());
+        let theta = loop {
+            match opt.next() {
+                Next::Evaluate(theta) => {
+                    let (f, g) = clamped(&theta).0.objective();
+                    opt.tell(f, g).unwrap();
+                }
+                Next::Done(o) => break o.theta,
+            }
+        };
+        let (exact, _) = federated(which, &split(&all, false));
+        let (e, clipped) = clamped(&exact.theta);
+        let shift: Vec<f64> = theta.iter().zip(&exact.theta).map(|(a, b)| a - b).collect();
+        println!(
+            "{which:?} bounds {clips:?}: {clipped} of {} customers clamped at the exact fit ({:.2} %); the clamped \
+             fit's log-parameters move by {shift:+.4?}",
+            e.customers,
+            100.0 * clipped as f64 / e.customers as f64
+        );
+        assert!(shift.iter().all(|s| s.abs() < 0.06), "{which:?}: {shift:?}");
+        assert!((clipped as f64) < 0.005 * e.customers as f64, "{which:?}: {clipped}");
+    }
+}

@@ -8,7 +8,7 @@
 use fedcrm_model::features::FeatureSpec;
 use fedcrm_model::standardise::Standardiser;
 use fedcrm_protocol::pb;
-use fedcrm_protocol::wire::churn::{ChurnDp, ChurnRound, ChurnSetup, ChurnStep};
+use fedcrm_protocol::wire::churn::{ChurnRound, ChurnSetup, ChurnStep, ModelDp};
 use fedcrm_protocol::wire::{Analysis, AnalysisKind};
 
 fn analysis(step: ChurnStep) -> Analysis {
@@ -138,7 +138,7 @@ fn a_model_round_pins_its_per_node_bound_and_fits_64_bit_words() {
 fn dp_parameters_round_trip_and_nonsense_is_refused_when_parsed() {
     let mut a = analysis(newton());
     let AnalysisKind::Churn(c) = &mut a.kind else { unreachable!() };
-    c.dp = Some(ChurnDp {
+    c.dp = Some(ModelDp {
         clip: 5.5,
         gamma: 0.01,
         rotation_seed: [3; 32],
@@ -157,7 +157,7 @@ fn dp_parameters_round_trip_and_nonsense_is_refused_when_parsed() {
     assert_eq!(q.range(1 << 20).max_abs, 550 << 20);
     assert!(q.noise_supported());
     let base = churn_pb(&a);
-    let bad = |f: fn(&mut pb::ChurnDp)| parse(&with_churn(base.clone(), |c| f(c.dp.as_mut().unwrap()))).unwrap_err();
+    let bad = |f: fn(&mut pb::ModelDp)| parse(&with_churn(base.clone(), |c| f(c.dp.as_mut().unwrap()))).unwrap_err();
     assert!(bad(|d| d.gamma = f64::NAN).contains("dp.clip"));
     assert!(bad(|d| d.clip = -1.0).contains("dp.clip"));
     assert!(bad(|d| d.rotation_seed = vec![1; 31]).contains("32 bytes"));

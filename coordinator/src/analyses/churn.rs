@@ -34,7 +34,7 @@ use fedcrm_model::standardise::{Standardiser, decode_moments, without_constant};
 use fedcrm_model::terms::{
     eval_clip, eval_from_sum, moments_clip, moments_from_sum, newton_clip, newton_from_sum, positive_definite,
 };
-use fedcrm_protocol::wire::churn::{ChurnDp, ChurnRound, ChurnSetup, ChurnStep};
+use fedcrm_protocol::wire::churn::{ChurnRound, ChurnSetup, ChurnStep, ModelDp};
 use fedcrm_protocol::wire::{AnalysisKind, Noise};
 
 use super::{AnalysisError, AnalysisRequest, Context, Driver, Finished, MAX_ROUND_RETRIES, Step};
@@ -101,15 +101,102 @@ pub const HESSIAN_FLOOR: f64 = 0.01;
 /// The noise level makes each round's clip at least this many times √d' on the grid.
 const GRID_HEADROOM: f64 = 100.0;
 
-/// A DP training's plan, fixed before its first round.
+/// A DP model analysis's plan (churn, CLV), fixed before its first round.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct DpPlan {
+pub(super) struct DpPlan {
     target: DpTarget,
     rounds: u32,
     round_rho: f64,
     round_xi: f64,
     variance: f64,
     honest: usize,
+}
+
+impl DpPlan {
+    /// The analyst's ε for the whole analysis → ρ in total, its share per round over
+    /// `rounds`, and the σ² that leaves each round's grid fine (s ≥ 100·√d' for the
+    /// longest padded vector `longest_padded`), at least the invitees' `floor`. Each of
+    /// `rounds_terms` (term length, clip) must build a grid at it. `Err` refuses the
+    /// analysis, saying why.
+    pub(super) fn new(
+        target: DpTarget,
+        rounds: u32,
+        longest_padded: usize,
+        honest: usize,
+        floor: Variance,
+        round_terms: &[(usize, f64)],
+    ) -> Result<(Self, Variance), String> {
+        let total = rho_for_epsilon(target.epsilon, target.delta).ok_or_else(|| {
+            format!("--epsilon {} at δ = {:e}: need a finite ε > 0 and 0 < δ < 1", target.epsilon, target.delta)
+        })?;
+        let round_rho = total / f64::from(rounds);
+        let root_d = (longest_padded as f64).sqrt();
+        let k = honest.max(1);
+        let needed = ((GRID_HEADROOM + 1.0) * root_d).powi(2) / (2.0 * k as f64 * round_rho);
+        if !(needed.is_finite() && needed < 2f64.powi(53)) {
+            return Err(format!("ε = {} is too small for {rounds} rounds: the noise would not fit", target.epsilon));
+        }
+        let variance = Variance::integer(needed.ceil() as u64).map_err(|e| e.to_string())?.max(floor);
+        let v = variance.as_f64();
+        // ξ = τ·d' per round, τ for up to 10,000 nodes' noise counted (τ grows with k, and
+        // a later round over fewer invitees can count on more of them); 0 at this σ².
+        let round_xi = tau(10_000, v) * longest_padded as f64;
+        // Every round type's grid must build (so no round can fail on it later).
+        for &(len, clip) in round_terms {
+            CustomerSum::grid_for(len, clip, v, k, round_rho)
+                .and_then(|gamma| CustomerSum::new(len, clip, gamma, MAX_CUSTOMERS))
+                .map_err(|e| format!("ε = {} over {rounds} rounds: {e}", target.epsilon))?;
+        }
+        Ok((Self { target, rounds, round_rho, round_xi, variance: v, honest: k }, variance))
+    }
+
+    /// One round's mechanism for terms of `len` reals clipped to ℓ2 ≤ `clip`: the grid
+    /// that makes it cost exactly its share at the plan's σ², and a fresh rotation seed.
+    pub(super) fn round(&self, len: usize, clip: f64) -> Result<ModelDp, String> {
+        let gamma =
+            CustomerSum::grid_for(len, clip, self.variance, self.honest, self.round_rho).map_err(|e| e.to_string())?;
+        // The nodes build the same mechanism from the signed numbers; it must build here.
+        CustomerSum::new(len, clip, gamma, MAX_CUSTOMERS).map_err(|e| e.to_string())?;
+        let mut seed = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
+            .map_err(|_| "the system random number generator failed".to_string())?;
+        Ok(ModelDp {
+            clip,
+            gamma,
+            rotation_seed: seed,
+            max_rounds: self.rounds,
+            max_customers: MAX_CUSTOMERS,
+            round_rho: self.round_rho,
+            round_xi: self.round_xi,
+        })
+    }
+
+    /// Every round at its share of ρ, T rounds: what the plan charges each node up front.
+    pub(super) fn charge(&self) -> (Charge, usize) {
+        (Charge { rho: self.round_rho, xi: self.round_xi }.times(self.rounds as usize), self.rounds as usize)
+    }
+
+    /// What the rounds run cost each contributor (`charges`), for the artifact.
+    pub(super) fn spent(&self, charges: &[Charge]) -> DpCharge {
+        let spent = charges.iter().fold(Charge::default(), |a, c| a.compose(*c));
+        DpCharge { rho: spent.rho, xi: spent.xi, epsilon: spent.epsilon(self.target.delta).0, delta: self.target.delta }
+    }
+
+    /// The per-node noise variance σ² on the grid.
+    pub(super) fn variance(&self) -> f64 {
+        self.variance
+    }
+}
+
+/// How many rounds a model analysis may retry: under DP (`plan`) its [`DP_RETRIES`]
+/// spare rounds — each node was charged for them up front and refuses any round beyond
+/// the plan's T, so the coordinator stops at the same count with a message rather than
+/// asking for a round every node refuses; exact, the analysis-wide most.
+pub(super) fn most_retries(plan: Option<&DpPlan>) -> (usize, &'static str) {
+    match plan {
+        Some(_) => (DP_RETRIES as usize, "the DP plan's spare rounds, charged up front"),
+        None => (MAX_ROUND_RETRIES, "the most an analysis retries"),
+    }
 }
 
 /// The default holdout key: SHA-256 of a fixed label, so the split is the same on every
@@ -230,22 +317,7 @@ impl ChurnDriver {
                 ChurnStep::Evaluate { .. } => (round.term_len(), eval_clip()),
                 ChurnStep::FedAvg { .. } => return Err(Self::bad(FEDAVG_DP)),
             };
-            let gamma =
-                CustomerSum::grid_for(len, clip, plan.variance, plan.honest, plan.round_rho).map_err(Self::bad)?;
-            // The nodes build the same mechanism from the signed numbers; it must build here.
-            CustomerSum::new(len, clip, gamma, MAX_CUSTOMERS).map_err(Self::bad)?;
-            let mut seed = [0u8; 32];
-            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
-                .map_err(|_| Self::bad("the system random number generator failed"))?;
-            round.dp = Some(ChurnDp {
-                clip,
-                gamma,
-                rotation_seed: seed,
-                max_rounds: plan.rounds,
-                max_customers: MAX_CUSTOMERS,
-                round_rho: plan.round_rho,
-                round_xi: plan.round_xi,
-            });
+            round.dp = Some(plan.round(len, clip).map_err(Self::bad)?);
         }
         self.sent = Some(round.clone());
         Ok(AnalysisKind::Churn(Box::new(round)))
@@ -334,18 +406,14 @@ impl Driver for ChurnDriver {
     /// Every round at its share of ρ, T rounds: moments, training, evaluation and
     /// [`DP_RETRIES`] retries.
     fn plan_charge(&self, _noise: &Noise) -> Option<(Charge, usize)> {
-        self.dp.map(|p| (Charge { rho: p.round_rho, xi: p.round_xi }.times(p.rounds as usize), p.rounds as usize))
+        self.dp.map(|p| p.charge())
     }
 
     /// Under DP, the plan's [`DP_RETRIES`] spare rounds: each node was charged for them
     /// up front and refuses any round beyond the plan's T, so the coordinator stops at
     /// the same count with a message rather than asking for a round every node refuses.
     fn most_retries(&self) -> (usize, &'static str) {
-        if self.dp.is_some() {
-            (DP_RETRIES as usize, "the DP plan's spare rounds, charged up front")
-        } else {
-            (MAX_ROUND_RETRIES, "the most an analysis retries")
-        }
+        most_retries(self.dp.as_ref())
     }
 
     /// The analyst's ε for the whole training → ρ in total, its share per round, and the
@@ -354,35 +422,15 @@ impl Driver for ChurnDriver {
         if matches!(self.request.training, Training::FedAvg { .. }) {
             return Err(FEDAVG_DP.into());
         }
-        let target = self.request.privacy;
-        let total = rho_for_epsilon(target.epsilon, target.delta).ok_or_else(|| {
-            format!("--epsilon {} at δ = {:e}: need a finite ε > 0 and 0 < δ < 1", target.epsilon, target.delta)
-        })?;
-        let rounds = self.dp_rounds();
-        let round_rho = total / f64::from(rounds);
-        let root_d = (self.longest_padded() as f64).sqrt();
-        let k = honest.max(1);
-        let needed = ((GRID_HEADROOM + 1.0) * root_d).powi(2) / (2.0 * k as f64 * round_rho);
-        if !(needed.is_finite() && needed < 2f64.powi(53)) {
-            return Err(format!("ε = {} is too small for {rounds} rounds: the noise would not fit", target.epsilon));
-        }
-        let variance = Variance::integer(needed.ceil() as u64).map_err(|e| e.to_string())?.max(floor);
-        let v = variance.as_f64();
-        // ξ = τ·d' per round, τ for up to 10,000 nodes' noise counted (τ grows with k, and
-        // a later round over fewer invitees can count on more of them); 0 at this σ².
-        let round_xi = tau(10_000, v) * self.longest_padded() as f64;
-        // Every round type's grid must build (so `first` and `next` cannot fail on it).
         let d = self.setup.spec.dim();
-        for (len, clip) in [
+        let terms = [
             (1 + 2 * d, moments_clip(d)),
             (fedcrm_model::logistic::newton_len(d), newton_clip(d)),
             (ChurnRound::eval_layout(self.request.bins).len(), eval_clip()),
-        ] {
-            CustomerSum::grid_for(len, clip, v, k, round_rho)
-                .and_then(|gamma| CustomerSum::new(len, clip, gamma, MAX_CUSTOMERS))
-                .map_err(|e| format!("ε = {} over {rounds} rounds: {e}", target.epsilon))?;
-        }
-        self.dp = Some(DpPlan { target, rounds, round_rho, round_xi, variance: v, honest: k });
+        ];
+        let (plan, variance) =
+            DpPlan::new(self.request.privacy, self.dp_rounds(), self.longest_padded(), honest, floor, &terms)?;
+        self.dp = Some(plan);
         Ok(variance)
     }
 
@@ -522,19 +570,7 @@ impl Driver for ChurnDriver {
                     stop_reason: reason,
                     history,
                     metrics,
-                    provenance: cx.provenance(
-                        out,
-                        &self.analysis,
-                        self.dp.map(|plan| {
-                            let spent = cx.charges.iter().fold(Charge::default(), |a, c| a.compose(*c));
-                            DpCharge {
-                                rho: spent.rho,
-                                xi: spent.xi,
-                                epsilon: spent.epsilon(plan.target.delta).0,
-                                delta: plan.target.delta,
-                            }
-                        }),
-                    ),
+                    provenance: cx.provenance(out, &self.analysis, self.dp.map(|plan| plan.spent(cx.charges))),
                 }))
             }
         }

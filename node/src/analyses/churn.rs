@@ -19,7 +19,7 @@ use fedcrm_model::split::HoldoutSplit;
 use fedcrm_model::standardise::moments_contribution;
 use fedcrm_model::terms::{eval_terms, moment_scales, moment_terms, newton_terms};
 use fedcrm_protocol::wire::AnalysisKind;
-use fedcrm_protocol::wire::churn::{ChurnDp, ChurnRound, ChurnStep};
+use fedcrm_protocol::wire::churn::{ChurnRound, ChurnStep, ModelDp};
 use serde::{Deserialize, Serialize};
 use time::Date;
 use zeroize::Zeroizing;
@@ -52,11 +52,11 @@ impl Default for ChurnLimits {
 /// summed, projected, rotated, scaled and rounded (`fedcrm_dp::vector::CustomerSum`); the
 /// round's noise is added to these words afterwards, like every noised round's.
 trait Noised {
-    fn contribute_noised(&self, dp: &ChurnDp, examples: &[Example], eligible: usize) -> Result<Contribution, String>;
+    fn contribute_noised(&self, dp: &ModelDp, examples: &[Example], eligible: usize) -> Result<Contribution, String>;
 }
 
 impl Noised for ChurnRound {
-    fn contribute_noised(&self, dp: &ChurnDp, examples: &[Example], eligible: usize) -> Result<Contribution, String> {
+    fn contribute_noised(&self, dp: &ModelDp, examples: &[Example], eligible: usize) -> Result<Contribution, String> {
         let failed = |_| {
             "the churn computation failed on this node's data (a value out of the model's range); refusing".to_string()
         };
@@ -171,13 +171,8 @@ impl NodeQuery for ChurnRound {
     }
 
     fn within_rounds(&self, rounds: u32, policy: &Policy) -> Result<(), String> {
-        if let Some(dp) = &self.dp
-            && rounds >= dp.max_rounds
-        {
-            return Err(format!(
-                "its differential-privacy plan allows {} charged rounds (retries included), all taken",
-                dp.max_rounds
-            ));
+        if let Some(dp) = &self.dp {
+            super::within_dp_plan(dp, rounds)?;
         }
         super::within_max_rounds(rounds, policy.churn.max_rounds, "churn", "[policy.churn] max_rounds")
     }
@@ -258,17 +253,7 @@ impl NodeQuery for ChurnRound {
 
     /// Under DP, what the round costs must stay within the plan's per-round cap.
     fn check_charge(&self, charge: &Charge) -> Result<(), String> {
-        let Some(dp) = &self.dp else { return Ok(()) };
-        // A relative hair of slack: the coordinator's ρ and the node's are computed by
-        // the same function from the same signed numbers, but on different machines.
-        if charge.rho > dp.round_rho * (1.0 + 1e-9) || charge.xi > dp.round_xi * (1.0 + 1e-9) + 1e-300 {
-            return Err(format!(
-                "the round costs ρ = {:.6} (ξ = {:.3e}), more than its plan's per-round cap ρ = {:.6} (ξ = {:.3e}); \
-                 refusing (the coordinator's fault: its round is inconsistent with its plan)",
-                charge.rho, charge.xi, dp.round_rho, dp.round_xi
-            ));
-        }
-        Ok(())
+        self.dp.as_ref().map_or(Ok(()), |dp| super::within_round_cap(dp, charge))
     }
 
     /// Fewer customers with a purchase by the reference date than `[policy.churn]
@@ -298,8 +283,8 @@ mod tests {
 
     use crate::analyses::check_plan;
 
-    fn dp(max_rounds: u32) -> ChurnDp {
-        ChurnDp {
+    fn dp(max_rounds: u32) -> ModelDp {
+        ModelDp {
             clip: 5.5,
             gamma: 0.01,
             rotation_seed: [1; 32],
@@ -310,7 +295,7 @@ mod tests {
         }
     }
 
-    fn round(step: ChurnStep, dp: Option<ChurnDp>) -> ChurnRound {
+    fn round(step: ChurnStep, dp: Option<ModelDp>) -> ChurnRound {
         ChurnRound {
             setup: ChurnSetup {
                 spec: FeatureSpec::reduced(),
@@ -356,7 +341,7 @@ mod tests {
         let e = round(newton(), None).continues(CHURN_MODEL, &first, 1, &policy).unwrap_err();
         assert!(e.contains("plan differs"), "{e}");
         // A fresh seed and another grid per round are the plan's own.
-        let other = ChurnDp { rotation_seed: [9; 32], gamma: 0.02, ..dp(4) };
+        let other = ModelDp { rotation_seed: [9; 32], gamma: 0.02, ..dp(4) };
         assert_eq!(round(newton(), Some(other)).continues(CHURN_MODEL, &first, 1, &policy), Ok(()));
     }
 

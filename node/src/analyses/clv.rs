@@ -9,11 +9,20 @@
 //! it only with the same time unit and cohort, BG/NBD rounds until the first
 //! Gamma-Gamma round and Gamma-Gamma rounds after it, at most `[policy.clv] max_rounds`
 //! rounds in all.
+//!
+//! Under differential privacy each customer's ln L and gradient are clamped to the
+//! round's stated bounds and scaled (`fedcrm_model::clv::sums::node_terms`), then summed,
+//! projected, rotated, scaled and rounded by the customer-level mechanism
+//! (`fedcrm_dp::vector::CustomerSum`); the round's noise is added afterwards, as for
+//! every noised round. The plan signed in the first round (most rounds, per-round cap)
+//! holds for every round and is charged in full before the first one.
 
+use fedcrm_dp::OsEntropy;
+use fedcrm_dp::accounting::Charge;
 use fedcrm_model::clv::summary::{Calibration, Summary};
-use fedcrm_model::clv::sums::{Likelihood, node_sums};
+use fedcrm_model::clv::sums::{Likelihood, node_sums, node_terms};
 use fedcrm_protocol::wire::AnalysisKind;
-use fedcrm_protocol::wire::clv::ClvRound;
+use fedcrm_protocol::wire::clv::{ClvDp, ClvRound};
 use serde::{Deserialize, Serialize};
 use time::Date;
 use zeroize::Zeroizing;
@@ -57,6 +66,38 @@ pub fn fewest_in_a_month(first_purchases: &[Date]) -> Option<u64> {
     per_month.values().copied().min()
 }
 
+/// A CLV computation failed on this node's data; the reason names no value of it.
+fn failed() -> String {
+    "the CLV computation failed on this node's data (a value out of the encoding's range); refusing".to_string()
+}
+
+/// Under DP: each customer's clamped, scaled term, summed, projected, rotated, scaled and
+/// rounded by the round's mechanism; the round's noise is added to these words
+/// afterwards, like every noised round's.
+fn contribute_noised(
+    round: &ClvRound,
+    dp: &ClvDp,
+    summaries: &[Summary],
+    fewest: Option<u64>,
+) -> Result<Contribution, String> {
+    let mechanism = round.mechanism().ok_or_else(failed)?;
+    let (terms, clipped) = node_terms(round.likelihood, &round.log_params, summaries, &dp.clips);
+    let terms = Zeroizing::new(terms);
+    let rounded =
+        Zeroizing::new(mechanism.quantize(&dp.mechanism.seed(), &terms, &mut OsEntropy::new()).map_err(|_| failed())?);
+    if clipped > 0 {
+        tracing::debug!(clipped, "clv: customers' terms clamped to the round's stated bounds");
+    }
+    // Two's complement: the secure sum adds the words mod 2^64.
+    let vector = rounded.iter().map(|&v| v as u64).collect();
+    Ok(Contribution {
+        vector: Zeroizing::new(vector),
+        customers: terms.len(),
+        eligible: terms.len(),
+        fewest_in_a_month: fewest,
+    })
+}
+
 /// The round's calibration window: it ends at the analysis's reference date.
 fn calibration(round: &ClvRound, reference: Date) -> Calibration {
     Calibration { end: reference, unit: round.setup.unit, first_purchase: round.setup.first_purchase }
@@ -94,10 +135,20 @@ impl NodeQuery for ClvRound {
         if prev.likelihood == Likelihood::GammaGamma && self.likelihood == Likelihood::BgNbd {
             return Err("the BG/NBD rounds are over once the Gamma-Gamma rounds began".into());
         }
+        // Under DP the plan signed in the first round holds for every round: the same cap
+        // per round and the same number of rounds (charged in full before the first).
+        match (&prev.dp, &self.dp) {
+            (None, None) => {}
+            (Some(a), Some(b)) if a.mechanism.same_plan(&b.mechanism) => {}
+            _ => return Err("its differential-privacy plan differs from the analysis's first round".into()),
+        }
         self.within_rounds(rounds, policy)
     }
 
     fn within_rounds(&self, rounds: u32, policy: &Policy) -> Result<(), String> {
+        if let Some(dp) = &self.dp {
+            super::within_dp_plan(&dp.mechanism, rounds)?;
+        }
         super::within_max_rounds(rounds, policy.clv.max_rounds, "CLV", "[policy.clv] max_rounds")
     }
 
@@ -132,19 +183,31 @@ impl NodeQuery for ClvRound {
             fewest_in_a_month(&firsts)
         });
         let summaries: Vec<Summary> = data.histories().iter().filter_map(|h| cal.summary(&h.txns)).collect();
+        if let Some(dp) = &self.dp {
+            return contribute_noised(self, dp, &summaries, fewest);
+        }
         let sums = node_sums(self.likelihood, &self.log_params, &summaries);
         // The minimum applies to the customers the round's likelihood sums: for
         // Gamma-Gamma only those with a repeat purchase (attack review of issue 13, H1: a
         // cohort of one-time buyers would otherwise make its sums one customer's).
         let eligible = sums.customers as usize;
         // A failure names no value of this node's data.
-        let vector = sums.to_words().map_err(|_| {
-            "the CLV computation failed on this node's data (a value out of the encoding's range); refusing".to_string()
-        })?;
+        let vector = sums.to_words().map_err(|_| failed())?;
         if sums.clipped > 0 {
             tracing::warn!(clipped = sums.clipped, "clv: customers' terms clipped to the encoding's bound");
         }
         Ok(Contribution { vector: Zeroizing::new(vector), customers: eligible, eligible, fewest_in_a_month: fewest })
+    }
+
+    /// Under DP the whole plan (every round at the signed cap) must fit the budget before
+    /// the first round.
+    fn plan_charge(&self) -> Option<Charge> {
+        self.dp.as_ref().map(|dp| dp.mechanism.plan_charge())
+    }
+
+    /// Under DP, what the round costs must stay within the plan's per-round cap.
+    fn check_charge(&self, charge: &Charge) -> Result<(), String> {
+        self.dp.as_ref().map_or(Ok(()), |dp| super::within_round_cap(&dp.mechanism, charge))
     }
 
     /// Fewer customers in a BG/NBD round's likelihood (the calibration window and cohort)
@@ -154,11 +217,21 @@ impl NodeQuery for ClvRound {
     /// with a repeat purchase) than `[policy.clv] min_customers`: the node, already part
     /// of the analysis's population, sends zeros, so its few customers' spend enters no
     /// sum (attack review of issue 13, H1) and the fit goes on over the others.
+    /// Under DP nothing is withheld: the noise protects the few customers, and sending
+    /// zeros or not by a count of this node's customers would move the vector by far more
+    /// than one customer's bounded term.
     fn withheld(&self, c: &Contribution, policy: &Policy) -> bool {
-        self.likelihood == Likelihood::GammaGamma && (c.eligible as u64) < policy.clv.min_customers
+        self.dp.is_none() && self.likelihood == Likelihood::GammaGamma && (c.eligible as u64) < policy.clv.min_customers
     }
 
+    /// Under DP neither rule applies: the noise protects each customer whatever their
+    /// number, and a rule on a count of this node's customers would make its vector jump
+    /// from zeros (a noised round never refuses on data) to the sum of them all when one
+    /// customer is added — far beyond one customer's bounded term.
     fn check_contribution(&self, c: &Contribution, policy: &Policy) -> Result<(), String> {
+        if self.dp.is_some() {
+            return Ok(());
+        }
         let month = policy.clv.min_month_customers;
         if c.fewest_in_a_month.is_some_and(|n| n < month) {
             // Names no month: which one would say when this node's few customers came.
@@ -192,6 +265,7 @@ mod tests {
             setup: ClvSetup { unit, first_purchase: None },
             likelihood,
             log_params: vec![0.0; likelihood.dims()],
+            dp: None,
         }
     }
 
@@ -259,5 +333,53 @@ mod tests {
         assert_eq!(gg.check_contribution(&c(49, None), &policy), Ok(()));
         assert!(gg.withheld(&c(49, None), &policy) && !gg.withheld(&c(50, None), &policy));
         assert!(!bg.withheld(&c(0, None), &policy));
+    }
+
+    fn dp(max_rounds: u32) -> ClvDp {
+        let mechanism = fedcrm_protocol::wire::churn::ModelDp {
+            clip: 6f64.sqrt(),
+            gamma: 1e-3,
+            rotation_seed: [7; 32],
+            max_rounds,
+            max_customers: 1 << 20,
+            round_rho: 0.01,
+            round_xi: 0.0,
+        };
+        let clips = fedcrm_model::clv::sums::TermClips::default_for(Likelihood::BgNbd, TimeUnit::Weeks);
+        ClvDp { mechanism, clips }
+    }
+
+    /// Under DP every round keeps the first round's plan and stays within its T rounds;
+    /// the whole plan is what the first round checks against the budget, each round's
+    /// charge must stay within the cap; and no rule on a count of this node's customers
+    /// applies (a noised round never refuses on data, and a jump from zeros to the sum of
+    /// all would be far beyond one customer's bounded term).
+    #[test]
+    fn under_dp_a_clv_round_keeps_its_plan_and_no_count_of_customers_decides_what_leaves() {
+        let policy = Policy::default();
+        let with = |likelihood, dp: Option<ClvDp>| ClvRound { dp, ..round(likelihood, TimeUnit::Weeks) };
+        let first = AnalysisKind::Clv(Box::new(with(Likelihood::BgNbd, Some(dp(4)))));
+        assert_eq!(with(Likelihood::BgNbd, Some(dp(4))).continues(CLV_MODEL, &first, 3, &policy), Ok(()));
+        let e = with(Likelihood::GammaGamma, Some(dp(4))).continues(CLV_MODEL, &first, 4, &policy).unwrap_err();
+        assert!(e.contains("allows 4 charged rounds"), "{e}");
+        let e = with(Likelihood::BgNbd, Some(dp(5))).continues(CLV_MODEL, &first, 1, &policy).unwrap_err();
+        assert!(e.contains("plan differs"), "{e}");
+        let e = with(Likelihood::BgNbd, None).continues(CLV_MODEL, &first, 1, &policy).unwrap_err();
+        assert!(e.contains("plan differs"), "{e}");
+        let r = with(Likelihood::BgNbd, Some(dp(9)));
+        let plan = r.plan_charge().unwrap();
+        assert!((plan.rho - 0.09).abs() < 1e-12, "{plan:?}");
+        assert_eq!(r.check_charge(&Charge { rho: 0.0099, xi: 0.0 }), Ok(()));
+        let e = r.check_charge(&Charge { rho: 0.02, xi: 0.0 }).unwrap_err();
+        assert!(e.contains("more than its plan's per-round cap"), "{e}");
+        assert!(with(Likelihood::BgNbd, None).plan_charge().is_none());
+        let tiny =
+            Contribution { vector: Zeroizing::new(vec![]), customers: 3, eligible: 3, fewest_in_a_month: Some(1) };
+        for likelihood in [Likelihood::BgNbd, Likelihood::GammaGamma] {
+            let noised = with(likelihood, Some(dp(4)));
+            assert_eq!(noised.check_contribution(&tiny, &policy), Ok(()));
+            assert!(!noised.withheld(&tiny, &policy));
+        }
+        assert!(with(Likelihood::BgNbd, None).check_contribution(&tiny, &policy).is_err(), "exact: refused");
     }
 }

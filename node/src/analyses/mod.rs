@@ -16,6 +16,7 @@ pub mod rfm;
 
 use fedcrm_analysis::rfm::CustomerRfm;
 use fedcrm_dp::accounting::Charge;
+use fedcrm_protocol::wire::churn::ModelDp;
 use fedcrm_protocol::wire::{Analysis, AnalysisKind, Query};
 use time::Date;
 use zeroize::Zeroizing;
@@ -98,6 +99,33 @@ pub trait NodeQuery: Query {
 pub(crate) fn within_max_rounds(rounds: u32, max: u32, analysis: &str, key: &str) -> Result<(), String> {
     if rounds >= max {
         return Err(format!("this node takes part in at most {max} rounds of one {analysis} analysis ({key})"));
+    }
+    Ok(())
+}
+
+/// Under a model analysis's DP plan: `Err` once its `max_rounds` charged rounds
+/// (retries included) were all taken.
+pub(crate) fn within_dp_plan(dp: &ModelDp, rounds: u32) -> Result<(), String> {
+    if rounds >= dp.max_rounds {
+        return Err(format!(
+            "its differential-privacy plan allows {} charged rounds (retries included), all taken",
+            dp.max_rounds
+        ));
+    }
+    Ok(())
+}
+
+/// Under a model analysis's DP plan: `Err` when the round costs more than the plan's
+/// per-round cap.
+pub(crate) fn within_round_cap(dp: &ModelDp, charge: &Charge) -> Result<(), String> {
+    // A relative hair of slack: the coordinator's ρ and the node's are computed by the
+    // same function from the same signed numbers, but on different machines.
+    if charge.rho > dp.round_rho * (1.0 + 1e-9) || charge.xi > dp.round_xi * (1.0 + 1e-9) + 1e-300 {
+        return Err(format!(
+            "the round costs ρ = {:.6} (ξ = {:.3e}), more than its plan's per-round cap ρ = {:.6} (ξ = {:.3e}); \
+             refusing (the coordinator's fault: its round is inconsistent with its plan)",
+            charge.rho, charge.xi, dp.round_rho, dp.round_xi
+        ));
     }
     Ok(())
 }

@@ -30,8 +30,10 @@ use crate::pb;
 /// PSI runs (`PsiStart`, `PsiKeys`, `PsiChunk`, `PsiRelease`), which a v7 node would
 /// not understand. v9 (issue 12) has the node withhold small exact PSI counts itself
 /// (`PsiRelease` withheld flags, a table's total): a v8 node would release them whole,
-/// and send no total.
-pub const VERSION: &str = "fedcrm/v9";
+/// and send no total. v10 (issue 13) adds CLV rounds under differential privacy
+/// (`ClvRound.dp` and its stated bounds on each customer's terms): a v9 node would
+/// ignore them and read the round as exact.
+pub const VERSION: &str = "fedcrm/v10";
 
 /// Largest vector a round may use (words, of either width); 64 Mi words = 512 MiB of
 /// 64-bit words.

@@ -227,7 +227,7 @@ fn round_trips() {
     assert_eq!(e, WireError::Version { got: "fedcrm/v3".into() });
     assert_eq!(
         e.to_string(),
-        "incompatible protocol version \"fedcrm/v3\"; this build speaks \"fedcrm/v9\" — upgrade the older side"
+        "incompatible protocol version \"fedcrm/v3\"; this build speaks \"fedcrm/v10\" — upgrade the older side"
     );
 }
 

@@ -70,10 +70,11 @@ impl ChurnSetup {
     }
 }
 
-/// Issue 11 under differential privacy: a round's customer-level distributed discrete
-/// Gaussian ([`CustomerSum`]) and the plan's bounds every node checks. All public.
+/// A model analysis's round under differential privacy (issue 11's churn rounds, issue
+/// 13's CLV rounds): the customer-level distributed discrete Gaussian ([`CustomerSum`])
+/// and the plan's bounds every node checks. All public.
 #[derive(Debug, Clone, Copy)]
-pub struct ChurnDp {
+pub struct ModelDp {
     /// Per-customer ℓ2 clip bound c, in the units of the round's terms
     /// (`fedcrm_model::terms`).
     pub clip: f64,
@@ -92,10 +93,10 @@ pub struct ChurnDp {
     pub round_xi: f64,
 }
 
-/// The most rounds a DP churn analysis may plan.
+/// The most rounds a DP model analysis may plan.
 pub const MAX_DP_ROUNDS: u32 = 200;
 
-impl ChurnDp {
+impl ModelDp {
     /// The round's mechanism for terms of `dimension` reals.
     pub fn mechanism(&self, dimension: usize) -> Result<CustomerSum, VectorError> {
         CustomerSum::new(dimension, self.clip, self.gamma, self.max_customers)
@@ -112,7 +113,7 @@ impl ChurnDp {
     }
 
     /// Bit-for-bit the same plan (every field but the per-round grid, clip and seed).
-    pub fn same_plan(&self, other: &ChurnDp) -> bool {
+    pub fn same_plan(&self, other: &ModelDp) -> bool {
         self.max_rounds == other.max_rounds
             && self.max_customers == other.max_customers
             && self.round_rho.to_bits() == other.round_rho.to_bits()
@@ -120,7 +121,7 @@ impl ChurnDp {
     }
 }
 
-impl PartialEq for ChurnDp {
+impl PartialEq for ModelDp {
     fn eq(&self, other: &Self) -> bool {
         self.same_plan(other)
             && self.clip.to_bits() == other.clip.to_bits()
@@ -129,7 +130,7 @@ impl PartialEq for ChurnDp {
     }
 }
 
-impl Eq for ChurnDp {}
+impl Eq for ModelDp {}
 
 /// What one round computes.
 #[derive(Debug, Clone)]
@@ -189,7 +190,7 @@ pub struct ChurnRound {
     pub setup: ChurnSetup,
     pub step: ChurnStep,
     /// Under differential privacy: the round's mechanism (`None`: an exact round).
-    pub dp: Option<ChurnDp>,
+    pub dp: Option<ModelDp>,
 }
 
 impl ChurnRound {
@@ -428,10 +429,16 @@ pub(super) fn churn_from_pb(c: &pb::ChurnRound) -> Result<ChurnRound, WireError>
 }
 
 /// Every number finite and in range; the mechanism builds for the round's terms.
-fn churn_dp_from_pb(dp: &pb::ChurnDp, round: &ChurnRound) -> Result<ChurnDp, WireError> {
+fn churn_dp_from_pb(dp: &pb::ModelDp, round: &ChurnRound) -> Result<ModelDp, WireError> {
     if matches!(round.step, ChurnStep::FedAvg { .. }) {
         return Err(field("dp", "FedAvg rounds are not noised in this version; train with Newton under DP"));
     }
+    model_dp_from_pb(dp, round.term_len())
+}
+
+/// A model round's mechanism and plan: every number finite and in range, and the
+/// mechanism builds for terms of `term_len` reals.
+pub(super) fn model_dp_from_pb(dp: &pb::ModelDp, term_len: usize) -> Result<ModelDp, WireError> {
     let rotation_seed: [u8; 32] =
         dp.rotation_seed.as_slice().try_into().map_err(|_| field("dp.rotation_seed", "must be 32 bytes"))?;
     if dp.max_rounds == 0 || dp.max_rounds > MAX_DP_ROUNDS {
@@ -444,7 +451,7 @@ fn churn_dp_from_pb(dp: &pb::ChurnDp, round: &ChurnRound) -> Result<ChurnDp, Wir
     if !positive(dp.clip) || dp.clip > 1e6 || !positive(dp.gamma) {
         return Err(field("dp.clip", "clip and gamma must be finite and positive (clip ≤ 10^6)"));
     }
-    let parsed = ChurnDp {
+    let parsed = ModelDp {
         clip: dp.clip,
         gamma: dp.gamma,
         rotation_seed,
@@ -453,8 +460,21 @@ fn churn_dp_from_pb(dp: &pb::ChurnDp, round: &ChurnRound) -> Result<ChurnDp, Wir
         round_rho: dp.round_rho,
         round_xi: dp.round_xi,
     };
-    parsed.mechanism(round.term_len()).map_err(|e| field("dp", e.to_string()))?;
+    parsed.mechanism(term_len).map_err(|e| field("dp", e.to_string()))?;
     Ok(parsed)
+}
+
+/// A model round's mechanism and plan on the wire.
+pub(super) fn model_dp_pb(dp: &ModelDp) -> pb::ModelDp {
+    pb::ModelDp {
+        clip: dp.clip,
+        gamma: dp.gamma,
+        rotation_seed: dp.rotation_seed.to_vec(),
+        max_rounds: dp.max_rounds,
+        max_customers: dp.max_customers,
+        round_rho: dp.round_rho,
+        round_xi: dp.round_xi,
+    }
 }
 
 pub(super) fn churn_pb(c: &ChurnRound) -> pb::ChurnRound {
@@ -493,15 +513,7 @@ pub(super) fn churn_pb(c: &ChurnRound) -> pb::ChurnRound {
         horizon_days: c.setup.horizon_days,
         holdout_key: c.setup.holdout_key.to_vec(),
         test_fraction_bp: c.setup.test_fraction_bp,
-        dp: c.dp.as_ref().map(|dp| pb::ChurnDp {
-            clip: dp.clip,
-            gamma: dp.gamma,
-            rotation_seed: dp.rotation_seed.to_vec(),
-            max_rounds: dp.max_rounds,
-            max_customers: dp.max_customers,
-            round_rho: dp.round_rho,
-            round_xi: dp.round_xi,
-        }),
+        dp: c.dp.as_ref().map(model_dp_pb),
         step: Some(step),
     }
 }

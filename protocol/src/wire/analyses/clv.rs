@@ -9,17 +9,24 @@
 //! bound 2^20) in two's complement, and the customer count: a round's range is signed,
 //! one customer adds at most 2^[`CLV_TERM_BITS`] to a word, and the per-node bound on
 //! customers is lowered until the sum over the invited nodes fits 64-bit words.
-//! Exact only in this version (no noise): [`Query::noise_supported`] says no.
+//!
+//! Under differential privacy ([`ClvDp`]) each customer's ln L and gradient are clamped to
+//! the round's stated bounds and scaled to [−1, 1] (`fedcrm_model::clv::sums::node_terms`),
+//! then summed, noised and rounded by the customer-level mechanism churn's Newton rounds
+//! use ([`ModelDp`], `fedcrm_dp::vector::CustomerSum`): the same plan (most rounds, per-round
+//! cap, charged in full before the first round) and the same per-node bound N.
 
 use fedcrm_analysis::date::{format_date, parse_date};
 use fedcrm_analysis::rules::Coverage;
 use fedcrm_analysis::width::SumRange;
 use fedcrm_dp::accounting::Sensitivity;
+use fedcrm_dp::vector::CustomerSum;
 use fedcrm_model::clv::summary::TimeUnit;
-use fedcrm_model::clv::sums::Likelihood;
+use fedcrm_model::clv::sums::{Likelihood, TermClips};
 use time::Date;
 
 use super::Query;
+use super::churn::{ModelDp, model_dp_from_pb, model_dp_pb};
 use crate::pb;
 use crate::wire::{WireError, field};
 
@@ -38,21 +45,45 @@ pub struct ClvSetup {
     pub first_purchase: Option<(Date, Date)>,
 }
 
+/// The largest per-customer bound a DP round may state: far above any term at
+/// log-parameters within ±[`MAX_LOG_PARAM`] that matters, and small enough that a node's
+/// scaled terms stay meaningful.
+pub const MAX_TERM_CLIP: f64 = 1e6;
+
+/// A CLV round under differential privacy: the mechanism and plan (as a churn Newton
+/// round's), and the stated bounds on each customer's terms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClvDp {
+    pub mechanism: ModelDp,
+    pub clips: TermClips,
+}
+
 /// One CLV round's query: which likelihood, at which log-parameters.
 #[derive(Debug, Clone)]
 pub struct ClvRound {
     pub setup: ClvSetup,
     pub likelihood: Likelihood,
     pub log_params: Vec<f64>,
+    /// Under differential privacy (`None`: an exact round).
+    pub dp: Option<ClvDp>,
 }
 
-/// Bit-for-bit (every parameter is finite, checked when parsed).
+impl ClvRound {
+    /// Under differential privacy, the round's mechanism (checked when parsed, so it
+    /// builds): terms of 2 + d reals.
+    pub fn mechanism(&self) -> Option<CustomerSum> {
+        self.dp.as_ref().and_then(|dp| dp.mechanism.mechanism(self.likelihood.words()).ok())
+    }
+}
+
+/// Bit-for-bit (every parameter is finite, checked when parsed; the DP plan's reals too).
 impl PartialEq for ClvRound {
     fn eq(&self, other: &Self) -> bool {
         self.setup == other.setup
             && self.likelihood == other.likelihood
             && self.log_params.len() == other.log_params.len()
             && self.log_params.iter().zip(&other.log_params).all(|(a, b)| a.to_bits() == b.to_bits())
+            && self.dp == other.dp
     }
 }
 
@@ -66,11 +97,22 @@ impl Query for ClvRound {
         }
     }
 
+    /// An exact round's words, one per real; under DP the mechanism's padded d'.
     fn vector_len(&self) -> usize {
-        self.likelihood.words()
+        match self.mechanism() {
+            Some(m) => m.padded_dimension(),
+            None => self.likelihood.words(),
+        }
     }
 
+    /// Exact: one customer adds at most 2^[`CLV_TERM_BITS`] to a word. Under DP a node's
+    /// rounded coordinate is at most ⌈N·c/γ⌉ ([`CustomerSum::word_bound`]).
     fn range(&self, max_per_node: u64) -> SumRange {
+        if let Some(m) = self.mechanism() {
+            let bound = CustomerSum::new(m.dimension(), m.clip(), m.gamma(), max_per_node.max(1))
+                .map_or(u64::MAX, |m| m.word_bound());
+            return SumRange { max_abs: bound, signed: true, noise_tail: 0 };
+        }
         let max_abs = u64::try_from(u128::from(max_per_node) << CLV_TERM_BITS).unwrap_or(u64::MAX);
         SumRange { max_abs, signed: true, noise_tail: 0 }
     }
@@ -78,13 +120,21 @@ impl Query for ClvRound {
     /// The most customers per node such that the sum over `invited` nodes fits signed
     /// 64-bit words, pinned by the query (as churn's, so HQ cannot probe a node's size
     /// with a bound of its choosing).
+    /// Under DP: the signed N (a node with more customers shrinks its sum, never refuses).
     fn per_node_bound(&self, _configured: u64, invited: usize) -> u64 {
+        if let Some(dp) = &self.dp {
+            return dp.mechanism.max_customers;
+        }
         ((1u64 << (63 - CLV_TERM_BITS)) - 1) / invited.max(1) as u64
     }
 
-    /// Exact rounds are not charged; the figure is one customer's largest move of the
-    /// encoded words, for the record.
+    /// Under DP: one customer's largest move of a node's rounded vector, Δ₂ = c/γ + √d'
+    /// ([`CustomerSum::sensitivity`]). Exact rounds are not charged; their figure is one
+    /// customer's largest move of the encoded words, for the record.
     fn sensitivity(&self) -> Sensitivity {
+        if let Some(m) = self.mechanism() {
+            return m.sensitivity();
+        }
         let term = 2f64.powi(CLV_TERM_BITS as i32);
         let words = self.vector_len() as f64;
         Sensitivity { l1: words * term, l2: words.sqrt() * term }
@@ -96,9 +146,10 @@ impl Query for ClvRound {
         Coverage { family: "rfm".into(), from: None, to: reference }
     }
 
-    /// Not in this version: a noised likelihood sum needs per-customer clipping.
+    /// Only with the customer-level mechanism: noise on fixed-point words without
+    /// per-customer clipping would protect nobody.
     fn noise_supported(&self) -> bool {
-        false
+        self.dp.is_some()
     }
 }
 
@@ -145,7 +196,27 @@ pub(super) fn clv_from_pb(c: &pb::ClvRound) -> Result<ClvRound, WireError> {
     if c.log_params.iter().any(|v| !v.is_finite() || v.abs() > MAX_LOG_PARAM) {
         return Err(field("clv.log_params", format!("every log-parameter must be finite and within ±{MAX_LOG_PARAM}")));
     }
-    Ok(ClvRound { setup: ClvSetup { unit, first_purchase }, likelihood, log_params: c.log_params.clone() })
+    let dp = match &c.dp {
+        None => None,
+        Some(dp) => Some(ClvDp { mechanism: model_dp_from_pb(dp, likelihood.words())?, clips: clips(c, likelihood)? }),
+    };
+    Ok(ClvRound { setup: ClvSetup { unit, first_purchase }, likelihood, log_params: c.log_params.clone(), dp })
+}
+
+/// A DP round's stated bounds: one per gradient component, each finite, positive and at
+/// most [`MAX_TERM_CLIP`].
+fn clips(c: &pb::ClvRound, likelihood: Likelihood) -> Result<TermClips, WireError> {
+    let ok = |v: f64| v.is_finite() && v > 0.0 && v <= MAX_TERM_CLIP;
+    if !ok(c.log_likelihood_clip) {
+        return Err(field("clv.log_likelihood_clip", format!("must be finite, positive and at most {MAX_TERM_CLIP}")));
+    }
+    if c.gradient_clip.len() != likelihood.dims() || !c.gradient_clip.iter().all(|v| ok(*v)) {
+        return Err(field(
+            "clv.gradient_clip",
+            format!("needs {} bounds, each finite, positive and at most {MAX_TERM_CLIP}", likelihood.dims()),
+        ));
+    }
+    Ok(TermClips { log_likelihood: c.log_likelihood_clip, gradient: c.gradient_clip.clone() })
 }
 
 pub(super) fn clv_pb(c: &ClvRound) -> pb::ClvRound {
@@ -160,6 +231,9 @@ pub(super) fn clv_pb(c: &ClvRound) -> pb::ClvRound {
             Likelihood::GammaGamma => "gamma-gamma".into(),
         },
         log_params: c.log_params.clone(),
+        dp: c.dp.as_ref().map(|dp| model_dp_pb(&dp.mechanism)),
+        log_likelihood_clip: c.dp.as_ref().map_or(0.0, |dp| dp.clips.log_likelihood),
+        gradient_clip: c.dp.as_ref().map_or(vec![], |dp| dp.clips.gradient.clone()),
     }
 }
 
@@ -177,6 +251,7 @@ mod tests {
             },
             likelihood: Likelihood::BgNbd,
             log_params: vec![-1.4, 1.5, -0.3, 0.8],
+            dp: None,
         };
         assert_eq!(clv_from_pb(&clv_pb(&round)).unwrap(), round);
         let mut pb = clv_pb(&round);
@@ -201,5 +276,50 @@ mod tests {
         assert!(!round.noise_supported());
         // Five nodes: each may hold up to (2^23 − 1)/5 customers.
         assert_eq!(round.per_node_bound(0, 5), ((1 << 23) - 1) / 5);
+    }
+
+    /// Under DP a round carries the mechanism, the plan and the stated bounds; it takes
+    /// noise, its vector is the mechanism's padded 8 words, its per-node bound the
+    /// signed N and its sensitivity the mechanism's; a bound that is not finite and
+    /// positive, or one per parameter, is refused.
+    #[test]
+    fn a_dp_round_carries_its_mechanism_and_stated_bounds_and_bad_bounds_are_refused() {
+        let mechanism = ModelDp {
+            clip: 6f64.sqrt(),
+            gamma: 1e-3,
+            rotation_seed: [7; 32],
+            max_rounds: 34,
+            max_customers: 1 << 20,
+            round_rho: 0.01,
+            round_xi: 0.0,
+        };
+        let clips = TermClips { log_likelihood: 50.0, gradient: vec![1.5, 3.0, 2.5, 0.75] };
+        let round = ClvRound {
+            setup: ClvSetup { unit: TimeUnit::Weeks, first_purchase: None },
+            likelihood: Likelihood::BgNbd,
+            log_params: vec![0.0; 4],
+            dp: Some(ClvDp { mechanism, clips }),
+        };
+        assert_eq!(clv_from_pb(&clv_pb(&round)).unwrap(), round);
+        assert!(round.noise_supported());
+        assert_eq!(round.vector_len(), 8);
+        assert_eq!(round.per_node_bound(1_000, 5), 1 << 20);
+        let m = round.mechanism().unwrap();
+        assert_eq!(round.sensitivity().l2.to_bits(), m.sensitivity().l2.to_bits());
+        assert!(round.range(1 << 20).signed);
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 2e6] {
+            let mut pb = clv_pb(&round);
+            pb.log_likelihood_clip = bad;
+            assert!(matches!(clv_from_pb(&pb), Err(WireError::Field { field: "clv.log_likelihood_clip", .. })));
+            let mut pb = clv_pb(&round);
+            pb.gradient_clip[1] = bad;
+            assert!(matches!(clv_from_pb(&pb), Err(WireError::Field { field: "clv.gradient_clip", .. })));
+        }
+        let mut pb = clv_pb(&round);
+        pb.gradient_clip.pop();
+        assert!(matches!(clv_from_pb(&pb), Err(WireError::Field { field: "clv.gradient_clip", .. })));
+        let mut pb = clv_pb(&round);
+        pb.dp.as_mut().unwrap().max_rounds = 0;
+        assert!(matches!(clv_from_pb(&pb), Err(WireError::Field { field: "dp.max_rounds", .. })));
     }
 }
