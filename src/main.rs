@@ -662,6 +662,16 @@ enum BenchCommand {
         /// Deployment sizes, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "5,50")]
         nodes: Vec<usize>,
+        /// Under differential privacy instead: `--runs` noised fits at each size, each
+        /// beside the exact fit (parameters, ε spent, and the forecasts' differences).
+        #[arg(long)]
+        dp: bool,
+        /// With `--dp`: noised fits per size.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// With `--dp`: ε per node for each whole fit (δ = 1e-6).
+        #[arg(long, default_value_t = 4.0)]
+        epsilon: f64,
         /// Print the rows as JSON.
         #[arg(long)]
         json: bool,
@@ -1191,7 +1201,16 @@ async fn run(cli: Cli) -> Result<()> {
             };
             fedcrm::bench::train::train(opts, json, flower).await
         }
-        Command::Bench(BenchCommand::Clv { nodes, json }) => {
+        Command::Bench(BenchCommand::Clv { nodes, dp: true, runs, epsilon, json }) => {
+            let report = fedcrm::bench::clv::run_dp(&nodes, runs, epsilon).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", fedcrm::bench::clv::dp_table(&report));
+            }
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Clv { nodes, dp: false, json, .. }) => {
             let rows = fedcrm::bench::clv::run(&nodes).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);

@@ -103,7 +103,7 @@ const GRID_HEADROOM: f64 = 100.0;
 
 /// A DP model analysis's plan (churn, CLV), fixed before its first round.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) struct DpPlan {
+pub struct DpPlan {
     target: DpTarget,
     rounds: u32,
     round_rho: f64,
@@ -118,7 +118,7 @@ impl DpPlan {
     /// longest padded vector `longest_padded`), at least the invitees' `floor`. Each of
     /// `rounds_terms` (term length, clip) must build a grid at it. `Err` refuses the
     /// analysis, saying why.
-    pub(super) fn new(
+    pub fn new(
         target: DpTarget,
         rounds: u32,
         longest_padded: usize,
@@ -152,7 +152,7 @@ impl DpPlan {
 
     /// One round's mechanism for terms of `len` reals clipped to ℓ2 ≤ `clip`: the grid
     /// that makes it cost exactly its share at the plan's σ², and a fresh rotation seed.
-    pub(super) fn round(&self, len: usize, clip: f64) -> Result<ModelDp, String> {
+    pub fn round(&self, len: usize, clip: f64) -> Result<ModelDp, String> {
         let gamma =
             CustomerSum::grid_for(len, clip, self.variance, self.honest, self.round_rho).map_err(|e| e.to_string())?;
         // The nodes build the same mechanism from the signed numbers; it must build here.
@@ -172,18 +172,18 @@ impl DpPlan {
     }
 
     /// Every round at its share of ρ, T rounds: what the plan charges each node up front.
-    pub(super) fn charge(&self) -> (Charge, usize) {
+    pub fn charge(&self) -> (Charge, usize) {
         (Charge { rho: self.round_rho, xi: self.round_xi }.times(self.rounds as usize), self.rounds as usize)
     }
 
     /// What the rounds run cost each contributor (`charges`), for the artifact.
-    pub(super) fn spent(&self, charges: &[Charge]) -> DpCharge {
+    pub fn spent(&self, charges: &[Charge]) -> DpCharge {
         let spent = charges.iter().fold(Charge::default(), |a, c| a.compose(*c));
         DpCharge { rho: spent.rho, xi: spent.xi, epsilon: spent.epsilon(self.target.delta).0, delta: self.target.delta }
     }
 
     /// The per-node noise variance σ² on the grid.
-    pub(super) fn variance(&self) -> f64 {
+    pub fn variance(&self) -> f64 {
         self.variance
     }
 }

@@ -13,6 +13,11 @@
 //! clamped to the stated bounds (`fedcrm_model::clv::sums::TermClips::default_for`) on
 //! the node; the optimiser treats the objective as noisy (its noise level from the
 //! grid and σ²) and each model's fit ends when its rounds are used, reported as such.
+//! The spend model is then fitted over (ln p, ln(q − 1), ln γ), so that q > 1 and the
+//! mean spend pγ/(q − 1) exists however the noise falls (a noised fit over ln q ended at
+//! q < 1 in about one run in seven on CDNOW, a model that values no spend); the nodes
+//! still evaluate at the round's (ln p, ln q, ln γ) and the gradient follows by the
+//! chain rule.
 
 use fedcrm_dp::accounting::Charge;
 use fedcrm_dp::sampler::Variance;
@@ -125,13 +130,34 @@ impl ClvDriver {
         }
     }
 
+    /// Whether `l`'s optimiser works over ln(q − 1) instead of ln q (module doc).
+    fn q_above_one(&self, l: Likelihood) -> bool {
+        self.dp.is_some() && l == Likelihood::GammaGamma
+    }
+
+    /// The round's log-parameters for the optimiser's point `theta`.
+    fn round_params(&self, l: Likelihood, theta: &[f64]) -> Vec<f64> {
+        if self.q_above_one(l) {
+            return gamma_gamma::log_params_q_above_one(theta).to_vec();
+        }
+        theta.to_vec()
+    }
+
+    /// The optimiser's gradient at `theta` from the round's (over its log-parameters).
+    fn optimiser_gradient(&self, l: Likelihood, theta: &[f64], gradient: Vec<f64>) -> Vec<f64> {
+        if self.q_above_one(l) {
+            return gamma_gamma::gradient_q_above_one(theta, gradient);
+        }
+        gradient
+    }
+
     /// A model's optimiser's stopping rule: under DP its rounds are the plan's.
     fn stopping(&self, which: Likelihood) -> Stopping {
         match self.dp {
             None => self.request.stopping,
             Some(_) => {
                 let k = usize::from(which == Likelihood::GammaGamma);
-                Stopping { max_evaluations: self.request.dp_rounds[k], ..self.request.stopping }
+                Stopping { max_evaluations: self.request.dp_rounds[k], noised: true, ..self.request.stopping }
             }
         }
     }
@@ -143,8 +169,9 @@ impl ClvDriver {
 
     /// The next round's query, remembered to decode its sum. Under DP with the stated
     /// bounds, its own grid and a fresh rotation seed.
-    fn round(&mut self, likelihood: Likelihood, log_params: Vec<f64>) -> Result<AnalysisKind, AnalysisError> {
+    fn round(&mut self, likelihood: Likelihood, theta: Vec<f64>) -> Result<AnalysisKind, AnalysisError> {
         let setup = ClvSetup { unit: self.request.unit, first_purchase: self.request.first_purchase };
+        let log_params = self.round_params(likelihood, &theta);
         let mut round = ClvRound { setup, likelihood, log_params, dp: None };
         if let Some(plan) = &self.dp {
             let clips = TermClips::default_for(likelihood, self.request.unit);
@@ -174,6 +201,14 @@ impl ClvDriver {
         // Each decoded coordinate carries the contributors' noise, variance n·σ²·γ².
         let sd = m.gamma() * (contributors as f64 * plan.variance()).sqrt() * dp.clips.log_likelihood;
         Ok((e.clone(), NOISE_SIGMAS * sd / e.customers.max(1) as f64))
+    }
+
+    /// The optimiser of the model being fitted.
+    fn optimiser(&self) -> &Bfgs {
+        match &self.phase {
+            Phase::BgNbd(o) => o,
+            Phase::GammaGamma { optimiser, .. } => optimiser,
+        }
     }
 
     fn bad(why: impl std::fmt::Display) -> AnalysisError {
@@ -277,17 +312,21 @@ impl Driver for ClvDriver {
                 cx.rules.min_cohort
             )));
         }
-        let (value, gradient) = e.objective();
+        let (value, round_gradient) = e.objective();
         if let Some(tx) = &self.progress {
             let _ = tx.send(Progress {
                 round: cx.rounds.len() as u32,
                 model: model_name(sent.likelihood),
                 customers: e.customers,
                 log_likelihood: e.log_likelihood,
-                gradient_max: gradient.iter().fold(0.0f64, |m, g| m.max(g.abs())),
+                gradient_max: round_gradient.iter().fold(0.0f64, |m, g| m.max(g.abs())),
                 params: sent.log_params.iter().map(|t| t.exp()).collect(),
             });
         }
+        let Next::Evaluate(theta) = self.optimiser().next() else {
+            return Err(Self::bad("the optimiser asked for no round (our bug)"));
+        };
+        let gradient = self.optimiser_gradient(sent.likelihood, &theta, round_gradient);
         let optimiser = match &mut self.phase {
             Phase::BgNbd(o) => o,
             Phase::GammaGamma { optimiser, .. } => optimiser,
@@ -306,7 +345,7 @@ impl Driver for ClvDriver {
                 Ok(Step::Round(self.round(Likelihood::GammaGamma, vec![0.0; 3])?))
             }
             (Next::Done(o), Phase::GammaGamma { bg_nbd, .. }) => {
-                let t = &o.theta;
+                let t = self.round_params(Likelihood::GammaGamma, &o.theta);
                 let params = gamma_gamma::Params::from_log(&[t[0], t[1], t[2]]);
                 let gamma_gamma = Self::fit(&o, e.customers, params, "Gamma-Gamma", self.dp.is_some())?;
                 // Published figures: 7 parameters, 2 log-likelihoods, 2 customer counts.

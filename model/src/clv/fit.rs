@@ -40,11 +40,17 @@ pub struct Stopping {
     /// Every log-parameter stays within ±`bound`: no step leaves the box, and a
     /// parameter on its edge whose gradient points out stays there.
     pub bound: f64,
+    /// A noised objective (a fit under differential privacy, whose rounds are charged
+    /// in advance): steps that change the objective by less than its noise are no sign of
+    /// convergence, so the optimiser stops only at the gradient tolerance or at
+    /// `max_evaluations`, never for [`Reason::NoProgress`].
+    #[serde(default)]
+    pub noised: bool,
 }
 
 impl Default for Stopping {
     fn default() -> Self {
-        Self { gradient: 1e-9, relative: 1e-14, max_evaluations: 200, noise: 0.0, bound: f64::INFINITY }
+        Self { gradient: 1e-9, relative: 1e-14, max_evaluations: 200, noise: 0.0, bound: f64::INFINITY, noised: false }
     }
 }
 
@@ -313,7 +319,7 @@ impl Bfgs {
         let shrank = largest(&gradient) < 0.9 * largest(&self.g);
         self.stalls = if flat && !shrank { self.stalls + 1 } else { 0 };
         (self.x, self.f, self.g) = (trial, value, gradient);
-        if self.stalls >= 3 {
+        if self.stalls >= 3 && !self.stopping.noised {
             self.finish(Reason::NoProgress);
             return Ok(());
         }

@@ -91,6 +91,21 @@ pub fn expected_spend(p: &Params, s: &Summary) -> Option<f64> {
     Some(p.p * (p.gamma + s.mean_repeat_value * x) / (p.p * x + p.q - 1.0))
 }
 
+/// The log-parameters (ln p, ln q, ln γ) of the point (ln p, φ, ln γ) with q = 1 + e^φ:
+/// a fit over φ keeps q > 1, so that the mean spend pγ/(q − 1) exists.
+pub fn log_params_q_above_one(theta: &[f64]) -> [f64; 3] {
+    // ln q = ln(1 + e^φ), exact to f64 for large φ.
+    let ln_q = if theta[1] > 35.0 { theta[1] } else { theta[1].exp().ln_1p() };
+    [theta[0], ln_q, theta[2]]
+}
+
+/// A gradient over (ln p, ln q, ln γ) as one over (ln p, φ, ln γ) at `theta` (chain rule:
+/// d ln q/dφ = e^φ/(1 + e^φ)).
+pub fn gradient_q_above_one(theta: &[f64], mut gradient: Vec<f64>) -> Vec<f64> {
+    gradient[1] /= 1.0 + (-theta[1]).exp();
+    gradient
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,5 +162,27 @@ mod tests {
         let many = expected_spend(&NOTE, &s(50, 100.0)).unwrap();
         assert!(population < few && few < many && many < 100.0, "{population} {few} {many}");
         assert_eq!(expected_spend(&Params { q: 0.9, ..NOTE }, &s(1, 100.0)), None);
+    }
+
+    /// The fit over φ = ln(q − 1): q > 1 everywhere, and the chain rule's gradient
+    /// matches a finite difference of the log-likelihood.
+    #[test]
+    fn a_fit_over_ln_q_minus_one_keeps_q_above_one_and_its_gradient_is_the_chain_rules() {
+        let s = Summary { x: 3, t_x: 20.0, t: 30.0, mean_repeat_value: 41.0 };
+        for phi in [-14.0, -2.0, 0.0, 1.3, 40.0] {
+            let theta = [1.8, phi, 2.7];
+            let lp = log_params_q_above_one(&theta);
+            let q = lp[1].exp();
+            assert!(q > 1.0 && ((q - 1.0) / phi.exp() - 1.0).abs() < 1e-9, "φ = {phi}: q = {q}");
+            if phi.abs() > 20.0 {
+                continue;
+            }
+            let ll = |t: &[f64]| log_likelihood(&Params::from_log(&log_params_q_above_one(t)), &s).unwrap();
+            let (_, g) = log_likelihood_and_gradient(&Params::from_log(&lp), &s).unwrap();
+            let g = gradient_q_above_one(&theta, g.to_vec());
+            let h = 1e-6;
+            let fd = (ll(&[1.8, phi + h, 2.7]) - ll(&[1.8, phi - h, 2.7])) / (2.0 * h);
+            assert!((g[1] - fd).abs() < 1e-6 * fd.abs().max(1.0), "φ = {phi}: {} vs {fd}", g[1]);
+        }
     }
 }
