@@ -403,7 +403,8 @@ enum TrainCommand {
         #[arg(long, default_value_t = 4.0)]
         epsilon: f64,
         /// Most rounds per model (default 90; an honest exact fit takes about 30 each;
-        /// under --dp on 20 BG/NBD and 12 Gamma-Gamma rounds, all charged up front).
+        /// under --dp on 20 BG/NBD and 12 Gamma-Gamma rounds, the whole plan checked against
+        /// every node's budget before the first).
         #[arg(long, default_value_t = 0)]
         max_rounds: u32,
         /// Print JSON: model_id, sha256, r, alpha, a, b, log_likelihood, p, q, gamma,

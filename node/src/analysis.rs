@@ -110,7 +110,17 @@ pub fn fit_to_bound(start: &RoundStart, customers: usize, input: &mut [u64]) -> 
 /// count on. In SecAgg+ `t` is the neighbourhood threshold t_k, which only makes the
 /// bound smaller (stricter).
 pub fn check_noise(start: &RoundStart, own_rules: &NodeRules, own_organisation: &str) -> Result<(), String> {
-    let Some(noise) = &start.noise else { return Ok(()) };
+    let Some(noise) = &start.noise else {
+        if start.analysis.kind.query().noise_required() {
+            return Err(format!(
+                "the round's {} computation carries a differential-privacy mechanism but the round carries no noise; \
+                 refusing (the coordinator's fault: a round with the mechanism is noised, or it is an exact round \
+                 without it)",
+                start.analysis.kind.name()
+            ));
+        }
+        return Ok(());
+    };
     if !start.analysis.kind.query().noise_supported() {
         return Err(format!(
             "the round asks for noise on {}, whose words are neither counts nor a model round's per-customer \
@@ -298,6 +308,46 @@ mod tests {
         // A node assuming two colluding organisations allows only k ≤ 2.
         let wary = NodeRules { assume_colluding_nodes: 2, ..NodeRules::default() };
         assert!(check_noise(&noised(s, 4, 3), &wary, "o0").unwrap_err().contains("t − H − C = 2"));
+    }
+
+    /// Attack review of issue 13, H1: a model round carrying its DP mechanism but no
+    /// noise would be an exact round without the exact round's rules (no minimum on the
+    /// node's customers, no withholding, HQ's per-node bound), answered un-noised. A node
+    /// refuses it before touching its data, whatever its own policy allows; the same
+    /// round with noise, or without the mechanism, is the coordinator's to ask.
+    #[test]
+    fn a_model_round_with_its_dp_mechanism_but_no_noise_is_refused() {
+        use fedcrm_model::clv::summary::TimeUnit;
+        use fedcrm_model::clv::sums::{Likelihood, TermClips};
+        use fedcrm_protocol::wire::churn::ModelDp;
+        use fedcrm_protocol::wire::clv::{ClvDp, ClvRound, ClvSetup};
+        let mechanism = ModelDp {
+            clip: 6f64.sqrt(),
+            gamma: 1e-6,
+            rotation_seed: [3; 32],
+            max_rounds: 34,
+            max_customers: 1 << 20,
+            round_rho: 0.01,
+            round_xi: 0.0,
+        };
+        let clips = TermClips::default_for(Likelihood::BgNbd, TimeUnit::Weeks);
+        let round = ClvRound {
+            setup: ClvSetup {
+                unit: TimeUnit::Weeks,
+                first_purchase: Some((parse_date("1997-03-01").unwrap(), parse_date("1997-03-31").unwrap())),
+            },
+            likelihood: Likelihood::BgNbd,
+            log_params: vec![0.0; 4],
+            dp: Some(ClvDp { mechanism, clips }),
+        };
+        let mut s = start(5, WordWidth::W64, 0);
+        s.analysis.kind = AnalysisKind::Clv(Box::new(round.clone()));
+        let rules = NodeRules::default();
+        let e = check_noise(&s, &rules, "o0").unwrap_err();
+        assert!(e.contains("carries a differential-privacy mechanism but the round carries no noise"), "{e}");
+        assert_eq!(check_noise(&noised(s.clone(), 4, 1), &rules, "o0"), Ok(()));
+        s.analysis.kind = AnalysisKind::Clv(Box::new(ClvRound { dp: None, ..round }));
+        assert_eq!(check_noise(&s, &rules, "o0"), Ok(()));
     }
 
     #[test]

@@ -9,10 +9,12 @@
 //! Under differential privacy every round carries the customer-level mechanism of
 //! churn's Newton rounds (`DpPlan`): the analyst's ε for the whole fit becomes a total
 //! ρ split evenly over the plan's T = [`DP_BG_NBD_ROUNDS`] + [`DP_GAMMA_GAMMA_ROUNDS`] +
-//! [`DP_RETRIES`] rounds, charged in full before the first. Each customer's terms are
-//! clamped to the stated bounds (`fedcrm_model::clv::sums::TermClips::default_for`) on
-//! the node; the optimiser treats the objective as noisy (its noise level from the
-//! grid and σ²) and each model's fit ends when its rounds are used, reported as such.
+//! [`DP_RETRIES`] rounds, the whole checked against every node's budget before the first
+//! (each round is charged as it runs). Each customer's terms are clamped to the stated
+//! bounds (`fedcrm_model::clv::sums::TermClips::default_for`) on the node; the optimiser
+//! treats the objective as noised — its line search follows the slope along the
+//! direction, not the noised value — and each model's fit ends when its rounds are used,
+//! reported as such.
 //! The spend model is then fitted over (ln p, ln(q − 1), ln γ), so that q > 1 and the
 //! mean spend pγ/(q − 1) exists however the noise falls (a noised fit over ln q ended at
 //! q < 1 in about one run in seven on CDNOW, a model that values no spend); the nodes
@@ -29,6 +31,7 @@ use fedcrm_model::clv::sums::{Evaluation, Likelihood, TermClips};
 use fedcrm_model::clv::{bgnbd, gamma_gamma};
 use fedcrm_protocol::wire::AnalysisKind;
 use fedcrm_protocol::wire::Noise;
+use fedcrm_protocol::wire::churn::MAX_DP_ROUNDS;
 use fedcrm_protocol::wire::clv::{ClvDp, ClvRound, ClvSetup};
 use time::Date;
 
@@ -48,7 +51,7 @@ pub struct ClvRequest {
     /// Under differential privacy: the whole fit's target (ε, δ) per node.
     pub privacy: DpTarget,
     /// Under differential privacy: the rounds of the BG/NBD and the Gamma-Gamma fit,
-    /// every one charged up front.
+    /// the whole plan checked against each budget before the first.
     pub dp_rounds: [u32; 2],
 }
 
@@ -280,7 +283,14 @@ impl Driver for ClvDriver {
             .map(|&l| (l.words(), TermClips::default_for(l, self.request.unit).term_norm()))
             .collect();
         let longest = terms.iter().map(|t| t.0.next_power_of_two()).max().unwrap_or(1);
-        let (plan, variance) = DpPlan::new(self.request.privacy, bg + gg + DP_RETRIES, longest, honest, floor, &terms)?;
+        let rounds = bg + gg + DP_RETRIES;
+        if rounds > MAX_DP_ROUNDS {
+            return Err(format!(
+                "a CLV fit under differential privacy may plan at most {MAX_DP_ROUNDS} rounds; {bg} BG/NBD + {gg} \
+                 Gamma-Gamma + {DP_RETRIES} spare is {rounds}: lower --max-rounds"
+            ));
+        }
+        let (plan, variance) = DpPlan::new(self.request.privacy, rounds, longest, honest, floor, &terms)?;
         self.dp = Some(plan);
         // The BG/NBD optimiser runs the plan's rounds, and its first round is re-made with
         // the mechanism (`first` is called after this).

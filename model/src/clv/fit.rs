@@ -40,10 +40,14 @@ pub struct Stopping {
     /// Every log-parameter stays within ±`bound`: no step leaves the box, and a
     /// parameter on its edge whose gradient points out stays there.
     pub bound: f64,
-    /// A noised objective (a fit under differential privacy, whose rounds are charged
-    /// in advance): steps that change the objective by less than its noise are no sign of
-    /// convergence, so the optimiser stops only at the gradient tolerance or at
-    /// `max_evaluations`, never for [`Reason::NoProgress`].
+    /// A noised objective (a fit under differential privacy, whose rounds are planned
+    /// and budgeted in advance): its value is no guide near the optimum, so the line
+    /// search follows the slope along the direction instead — a step is too long when the
+    /// slope at the trial turned up by more than half the slope at the start, and is then
+    /// shortened to where the slope, linear between the two, is zero — and steps that
+    /// change the objective by less than its noise are no sign of convergence: the
+    /// optimiser stops only at the gradient tolerance or at `max_evaluations`, never for
+    /// [`Reason::NoProgress`].
     #[serde(default)]
     pub noised: bool,
 }
@@ -231,10 +235,12 @@ impl Bfgs {
             self.h.iter_mut().enumerate().for_each(|(k, v)| *v = if k % (d + 1) == 0 { 1.0 } else { 0.0 });
             self.updated = false;
         }
-        // The first step, before any curvature is known, moves at most 1 in θ; no step
-        // leaves the box.
+        // The first step, before any curvature is known, moves at most 1 in θ — with a
+        // noised objective every step does, as its curvature is noised too; no step leaves
+        // the box.
         let longest = p.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        self.step = if self.updated || longest <= 1.0 { 1.0 } else { 1.0 / longest };
+        let capped = !self.updated || self.stopping.noised;
+        self.step = if !capped || longest <= 1.0 { 1.0 } else { 1.0 / longest };
         for (x, v) in self.x.iter().zip(&p) {
             if *v > 0.0 {
                 self.step = self.step.min((b - x) / v);
@@ -272,13 +278,25 @@ impl Bfgs {
         let slope = dot(&self.g, &self.direction);
         let largest = |g: &[f64]| g.iter().fold(0.0f64, |m, v| m.max(v.abs()));
         let in_noise = finite && value - self.f <= self.stopping.noise && largest(&gradient) < largest(&self.g);
-        if !finite || (value > self.f + 1e-4 * self.step * slope && !in_noise) {
-            // Backtrack: the minimum of the quadratic through f, the slope and the trial,
+        // A noised objective: its value is no guide near the optimum, the slope along the
+        // direction is — a step is too long when the slope at the trial turned up by more
+        // than half the slope at the start.
+        let trial_slope = dot(&gradient, &self.direction);
+        let too_long = if self.stopping.noised {
+            !finite || trial_slope > 0.5 * slope.abs()
+        } else {
+            !finite || (value > self.f + 1e-4 * self.step * slope && !in_noise)
+        };
+        if too_long {
+            // Backtrack: the minimum of the quadratic through f, the slope and the trial
+            // (noised: the zero of the slope, linear between the start and the trial),
             // kept within [0.1, 0.5] of the step.
-            let quadratic = if finite {
-                -slope * self.step * self.step / (2.0 * (value - self.f - slope * self.step))
-            } else {
+            let quadratic = if !finite {
                 0.1 * self.step
+            } else if self.stopping.noised {
+                self.step * -slope / (trial_slope - slope)
+            } else {
+                -slope * self.step * self.step / (2.0 * (value - self.f - slope * self.step))
             };
             self.step = quadratic.clamp(0.1 * self.step, 0.5 * self.step);
             if self.step < 1e-20 || self.evaluations >= self.stopping.max_evaluations {
@@ -411,5 +429,34 @@ mod tests {
             }
         };
         assert_eq!((o.reason, o.evaluations, o.reason.converged()), (Reason::MaxEvaluations, 5, false));
+    }
+
+    /// A noised objective: its value is off by far more than the steps change it, its
+    /// gradient is exact. The noised line search follows the slope and reaches the
+    /// minimum; it never stops for want of progress, only at the tolerance or the
+    /// evaluations it was given.
+    #[test]
+    fn a_noised_objective_is_minimised_by_its_slope_and_never_stopped_for_no_progress() {
+        let a = [0.7, -1.3, 2.1];
+        let mut state = 12_345u64;
+        let mut noise = move || {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+        };
+        let stopping =
+            Stopping { max_evaluations: 40, noise: 10.0, noised: true, gradient: 1e-10, ..Stopping::default() };
+        let mut opt = Bfgs::new(vec![0.0; 3], stopping);
+        let o = loop {
+            match opt.next() {
+                Next::Evaluate(x) => {
+                    let f = 0.5 * x.iter().zip(&a).map(|(x, a)| (x - a) * (x - a) * 3.0).sum::<f64>() + 20.0 * noise();
+                    let g = x.iter().zip(&a).map(|(x, a)| 3.0 * (x - a)).collect();
+                    opt.tell(f, g).unwrap();
+                }
+                Next::Done(o) => break o,
+            }
+        };
+        assert!(o.reason == Reason::Gradient || o.reason == Reason::MaxEvaluations, "{o:?}");
+        assert!(o.theta.iter().zip(&a).all(|(x, a)| (x - a).abs() < 1e-8), "{o:?}");
     }
 }

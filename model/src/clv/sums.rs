@@ -129,13 +129,15 @@ impl TermClips {
 pub fn node_terms(which: Likelihood, theta: &[f64], customers: &[Summary], clips: &TermClips) -> (Vec<Vec<f64>>, u64) {
     let mut terms = Vec::with_capacity(customers.len());
     let mut clipped = 0;
-    let scaled = |v: f64, c: f64| v.clamp(-c, c) / c;
+    // ±∞ clamps to the bound; a NaN (never expected for finite data and log-parameters
+    // within the wire's range) adds nothing, so one customer cannot void the node's sum.
+    let scaled = |v: f64, c: f64| if v.is_nan() { 0.0 } else { v.clamp(-c, c) / c };
     each_term(which, theta, customers, |ll, g| {
         let mut t = Vec::with_capacity(which.words());
         t.push(1.0);
         t.push(scaled(ll, clips.log_likelihood));
         t.extend(g.iter().zip(&clips.gradient).map(|(v, c)| scaled(*v, *c)));
-        // NaN counts as clamped (and is refused by the mechanism).
+        // NaN counts as clamped.
         let within = ll.abs() <= clips.log_likelihood && g.iter().zip(&clips.gradient).all(|(v, c)| v.abs() <= *c);
         clipped += u64::from(!within);
         terms.push(t);

@@ -259,8 +259,16 @@ impl NodeQuery for ChurnRound {
     /// Fewer customers with a purchase by the reference date than `[policy.churn]
     /// min_examples`: this node does not take part. Counted over all of them, train and
     /// held out, so the answer depends on the reference date only — never on the split
-    /// key or fraction HQ chooses (attack review of issue 11).
+    /// key or fraction HQ chooses (attack review of issue 11). Under DP the rule does not
+    /// apply: the noise protects each customer whatever their number, and a rule on the
+    /// count would make the node's vector jump from noised zeros (a noised round never
+    /// refuses on data) to the sum over all its customers when one customer is added —
+    /// far beyond the one customer's bounded term the round is charged for (attack
+    /// review of issue 13, M1).
     fn check_contribution(&self, c: &Contribution, policy: &Policy) -> Result<(), String> {
+        if self.dp.is_some() {
+            return Ok(());
+        }
         let min = policy.churn.min_examples;
         if (c.eligible as u64) < min {
             return Err(format!(

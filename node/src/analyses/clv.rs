@@ -15,7 +15,8 @@
 //! projected, rotated, scaled and rounded by the customer-level mechanism
 //! (`fedcrm_dp::vector::CustomerSum`); the round's noise is added afterwards, as for
 //! every noised round. The plan signed in the first round (most rounds, per-round cap)
-//! holds for every round and is charged in full before the first one.
+//! holds for every round, and the whole plan is checked against the budget before the
+//! first one (each round is charged as its vector leaves).
 
 use fedcrm_dp::OsEntropy;
 use fedcrm_dp::accounting::Charge;
@@ -108,7 +109,18 @@ impl NodeQuery for ClvRound {
         CLV_MODEL
     }
 
-    fn check_limits(&self, _policy: &Policy) -> Result<(), String> {
+    /// Under DP, a plan of more rounds than `[policy.clv] max_rounds` is refused at once:
+    /// the node would be charged for rounds it then refuses (public figures only).
+    fn check_limits(&self, policy: &Policy) -> Result<(), String> {
+        if let Some(dp) = &self.dp
+            && dp.mechanism.max_rounds > policy.clv.max_rounds
+        {
+            return Err(format!(
+                "policy: the fit's differential-privacy plan has {} rounds, more than [policy.clv] max_rounds = {}; \
+                 this node does not take part (the analyst can plan fewer rounds: --max-rounds)",
+                dp.mechanism.max_rounds, policy.clv.max_rounds
+            ));
+        }
         Ok(())
     }
 
@@ -136,7 +148,7 @@ impl NodeQuery for ClvRound {
             return Err("the BG/NBD rounds are over once the Gamma-Gamma rounds began".into());
         }
         // Under DP the plan signed in the first round holds for every round: the same cap
-        // per round and the same number of rounds (charged in full before the first).
+        // per round and the same number of rounds (the whole checked before the first).
         match (&prev.dp, &self.dp) {
             (None, None) => {}
             (Some(a), Some(b)) if a.mechanism.same_plan(&b.mechanism) => {}
@@ -381,5 +393,9 @@ mod tests {
             assert!(!noised.withheld(&tiny, &policy));
         }
         assert!(with(Likelihood::BgNbd, None).check_contribution(&tiny, &policy).is_err(), "exact: refused");
+        // A plan of more rounds than the policy allows is refused before anything is read.
+        assert_eq!(with(Likelihood::BgNbd, Some(dp(120))).check_limits(&policy), Ok(()));
+        let e = with(Likelihood::BgNbd, Some(dp(121))).check_limits(&policy).unwrap_err();
+        assert!(e.contains("plan has 121 rounds, more than [policy.clv] max_rounds = 120"), "{e}");
     }
 }

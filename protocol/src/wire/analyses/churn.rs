@@ -300,6 +300,11 @@ impl Query for ChurnRound {
     fn noise_supported(&self) -> bool {
         self.dp.is_some()
     }
+
+    /// A round with the mechanism is a noised round, or none at all.
+    fn noise_required(&self) -> bool {
+        self.dp.is_some()
+    }
 }
 
 fn reals(name: &'static str, v: &[f64], len: usize) -> Result<Vec<f64>, WireError> {

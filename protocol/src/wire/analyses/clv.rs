@@ -14,7 +14,8 @@
 //! the round's stated bounds and scaled to [−1, 1] (`fedcrm_model::clv::sums::node_terms`),
 //! then summed, noised and rounded by the customer-level mechanism churn's Newton rounds
 //! use ([`ModelDp`], `fedcrm_dp::vector::CustomerSum`): the same plan (most rounds, per-round
-//! cap, charged in full before the first round) and the same per-node bound N.
+//! cap, the whole checked against the budget before the first round) and the same
+//! per-node bound N.
 
 use fedcrm_analysis::date::{format_date, parse_date};
 use fedcrm_analysis::rules::Coverage;
@@ -149,6 +150,11 @@ impl Query for ClvRound {
     /// Only with the customer-level mechanism: noise on fixed-point words without
     /// per-customer clipping would protect nobody.
     fn noise_supported(&self) -> bool {
+        self.dp.is_some()
+    }
+
+    /// A round with the mechanism is a noised round, or none at all.
+    fn noise_required(&self) -> bool {
         self.dp.is_some()
     }
 }

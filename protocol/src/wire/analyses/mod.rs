@@ -59,6 +59,14 @@ pub trait Query {
     fn noise_supported(&self) -> bool {
         true
     }
+    /// Whether a round of this query must carry noise: a model round with its
+    /// per-customer mechanism is one its nodes compute for a noised sum (no minimum on
+    /// their customers, no withholding, the coordinator's per-node bound), so without
+    /// noise it would be an exact round without the exact round's rules (attack review
+    /// of issue 13, H1).
+    fn noise_required(&self) -> bool {
+        false
+    }
 }
 
 impl AnalysisKind {
