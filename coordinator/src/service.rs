@@ -569,6 +569,13 @@ impl pb::analyst_server::Analyst for AnalystService {
             ..Default::default()
         };
         clv.first_purchase = wire::clv::cohort(&cohort).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if r.max_rounds > wire::churn::MAX_DP_ROUNDS {
+            return Err(Status::invalid_argument(format!(
+                "--max-rounds {}: at most {} rounds per model",
+                r.max_rounds,
+                wire::churn::MAX_DP_ROUNDS
+            )));
+        }
         if r.max_rounds > 0 {
             clv.stopping.max_evaluations = r.max_rounds;
             clv.dp_rounds = [r.max_rounds; 2];

@@ -171,7 +171,9 @@ impl DpPlan {
         })
     }
 
-    /// Every round at its share of ρ, T rounds: what the plan charges each node up front.
+    /// Every round at its share of ρ, T rounds: what the whole plan may charge each node,
+    /// checked against every budget before the first round (each round is charged as it
+    /// runs).
     pub fn charge(&self) -> (Charge, usize) {
         (Charge { rho: self.round_rho, xi: self.round_xi }.times(self.rounds as usize), self.rounds as usize)
     }
@@ -189,12 +191,12 @@ impl DpPlan {
 }
 
 /// How many rounds a model analysis may retry: under DP (`plan`) its [`DP_RETRIES`]
-/// spare rounds — each node was charged for them up front and refuses any round beyond
-/// the plan's T, so the coordinator stops at the same count with a message rather than
+/// spare rounds — each node checked them against its budget with the plan and refuses
+/// any round beyond the plan's T, so the coordinator stops at the same count with a message rather than
 /// asking for a round every node refuses; exact, the analysis-wide most.
 pub(super) fn most_retries(plan: Option<&DpPlan>) -> (usize, &'static str) {
     match plan {
-        Some(_) => (DP_RETRIES as usize, "the DP plan's spare rounds, charged up front"),
+        Some(_) => (DP_RETRIES as usize, "the DP plan's spare rounds, within the budget checked before the first"),
         None => (MAX_ROUND_RETRIES, "the most an analysis retries"),
     }
 }
@@ -409,9 +411,10 @@ impl Driver for ChurnDriver {
         self.dp.map(|p| p.charge())
     }
 
-    /// Under DP, the plan's [`DP_RETRIES`] spare rounds: each node was charged for them
-    /// up front and refuses any round beyond the plan's T, so the coordinator stops at
-    /// the same count with a message rather than asking for a round every node refuses.
+    /// Under DP, the plan's [`DP_RETRIES`] spare rounds: each node checked them against its
+    /// budget with the plan and refuses any round beyond the plan's T, so the coordinator
+    /// stops at the same count with a message rather than asking for a round every node
+    /// refuses.
     fn most_retries(&self) -> (usize, &'static str) {
         most_retries(self.dp.as_ref())
     }

@@ -283,7 +283,7 @@ impl Driver for ClvDriver {
             .map(|&l| (l.words(), TermClips::default_for(l, self.request.unit).term_norm()))
             .collect();
         let longest = terms.iter().map(|t| t.0.next_power_of_two()).max().unwrap_or(1);
-        let rounds = bg + gg + DP_RETRIES;
+        let rounds = bg.saturating_add(gg).saturating_add(DP_RETRIES);
         if rounds > MAX_DP_ROUNDS {
             return Err(format!(
                 "a CLV fit under differential privacy may plan at most {MAX_DP_ROUNDS} rounds; {bg} BG/NBD + {gg} \
@@ -358,16 +358,20 @@ impl Driver for ClvDriver {
                 let t = self.round_params(Likelihood::GammaGamma, &o.theta);
                 let params = gamma_gamma::Params::from_log(&[t[0], t[1], t[2]]);
                 let gamma_gamma = Self::fit(&o, e.customers, params, "Gamma-Gamma", self.dp.is_some())?;
-                // Published figures: 7 parameters, 2 log-likelihoods, 2 customer counts.
-                release::model(out, &cx.rules, cx.audit, (cx.analysis, "clv-model"), cx.rounds.to_vec(), 11)?;
-                Ok(Step::Done(ClvModel {
+                let model = ClvModel {
                     bg_nbd: bg_nbd.clone(),
                     gamma_gamma,
                     calibration_end: self.analysis.reference_date,
                     time_unit: self.request.unit,
                     first_purchase: self.request.first_purchase,
                     provenance: cx.provenance(out, &self.analysis, self.dp.map(|plan| plan.spent(cx.charges))),
-                }))
+                };
+                // The nodes check a model before they score with it; a model they would
+                // refuse is not registered.
+                model.check().map_err(Self::bad)?;
+                // Published figures: 7 parameters, 2 log-likelihoods, 2 customer counts.
+                release::model(out, &cx.rules, cx.audit, (cx.analysis, "clv-model"), cx.rounds.to_vec(), 11)?;
+                Ok(Step::Done(model))
             }
         }
     }

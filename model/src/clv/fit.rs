@@ -211,8 +211,10 @@ impl Bfgs {
             return self.finish(Reason::MaxEvaluations);
         }
         let mut p: Vec<f64> = (0..d).map(|i| -dot(&self.h[i * d..(i + 1) * d], &self.g)).collect();
-        if dot(&p, &self.g) >= 0.0 {
-            // Not a descent direction (H lost positive definiteness): steepest descent.
+        // Not a descent direction (H lost positive definiteness), or not a number (H
+        // overflowed, e.g. on noised curvature): steepest descent from a fresh H.
+        let descent = dot(&p, &self.g) < 0.0 && p.iter().all(|v| v.is_finite());
+        if !descent {
             p = self.g.iter().map(|v| -v).collect();
             self.h.iter_mut().enumerate().for_each(|(k, v)| *v = if k % (d + 1) == 0 { 1.0 } else { 0.0 });
             self.updated = false;

@@ -92,11 +92,12 @@ pub fn expected_spend(p: &Params, s: &Summary) -> Option<f64> {
 }
 
 /// The log-parameters (ln p, ln q, ln γ) of the point (ln p, φ, ln γ) with q = 1 + e^φ:
-/// a fit over φ keeps q > 1, so that the mean spend pγ/(q − 1) exists.
+/// a fit over φ keeps q > 1, so that the mean spend pγ/(q − 1) exists. ln q is kept
+/// within the fit's box (`fit::FIT_BOUND`), which ln(1 + e^φ) passes by 3·10⁻⁷ at its
+/// edge.
 pub fn log_params_q_above_one(theta: &[f64]) -> [f64; 3] {
-    // ln q = ln(1 + e^φ), exact to f64 for large φ.
     let ln_q = if theta[1] > 35.0 { theta[1] } else { theta[1].exp().ln_1p() };
-    [theta[0], ln_q, theta[2]]
+    [theta[0], ln_q.min(super::fit::FIT_BOUND), theta[2]]
 }
 
 /// A gradient over (ln p, ln q, ln γ) as one over (ln p, φ, ln γ) at `theta` (chain rule:
@@ -169,7 +170,11 @@ mod tests {
     #[test]
     fn a_fit_over_ln_q_minus_one_keeps_q_above_one_and_its_gradient_is_the_chain_rules() {
         let s = Summary { x: 3, t_x: 20.0, t: 30.0, mean_repeat_value: 41.0 };
-        for phi in [-14.0, -2.0, 0.0, 1.3, 40.0] {
+        // At the box's edge and beyond, ln q stays within it (a model the nodes accept).
+        for phi in [15.0, 40.0] {
+            assert!(log_params_q_above_one(&[0.0, phi, 0.0])[1] <= crate::clv::fit::FIT_BOUND);
+        }
+        for phi in [-14.0, -2.0, 0.0, 1.3, 14.0] {
             let theta = [1.8, phi, 2.7];
             let lp = log_params_q_above_one(&theta);
             let q = lp[1].exp();

@@ -101,8 +101,8 @@ pub struct TermClips {
 }
 
 impl TermClips {
-    /// The bounds a DP fit uses unless the analyst states others: above the 99.9th
-    /// percentile of each term over CDNOW's customers at their fitted parameters (time in
+    /// The bounds a DP fit uses: at about the 99.9th percentile of each term over CDNOW's
+    /// customers at their fitted parameters, or above it (time in
     /// weeks; README, "CLV under differential privacy", gives the percentiles and what
     /// the clipping costs). The gradient in log-parameters does not depend on the time
     /// unit (α scales with it); ln Lᵢ is a density in the purchase times, lower by
