@@ -159,14 +159,7 @@ impl NodeQuery for ChurnRound {
         if matches!(self.step, ChurnStep::Moments) {
             return Err("the moments round runs once, first".into());
         }
-        // Under DP the plan signed in the first round holds for every round: the same
-        // cap per round and the same number of rounds, which bounds what this analysis
-        // can charge in all (checked against the budget before the first round).
-        match (&prev.dp, &self.dp) {
-            (None, None) => {}
-            (Some(a), Some(b)) if a.same_plan(b) => {}
-            _ => return Err("its differential-privacy plan differs from the analysis's first round".into()),
-        }
+        super::same_dp_plan(prev.dp.as_ref(), self.dp.as_ref())?;
         self.within_rounds(rounds, policy)
     }
 

@@ -147,13 +147,7 @@ impl NodeQuery for ClvRound {
         if prev.likelihood == Likelihood::GammaGamma && self.likelihood == Likelihood::BgNbd {
             return Err("the BG/NBD rounds are over once the Gamma-Gamma rounds began".into());
         }
-        // Under DP the plan signed in the first round holds for every round: the same cap
-        // per round and the same number of rounds (the whole checked before the first).
-        match (&prev.dp, &self.dp) {
-            (None, None) => {}
-            (Some(a), Some(b)) if a.mechanism.same_plan(&b.mechanism) => {}
-            _ => return Err("its differential-privacy plan differs from the analysis's first round".into()),
-        }
+        super::same_dp_plan(prev.dp.as_ref().map(|d| &d.mechanism), self.dp.as_ref().map(|d| &d.mechanism))?;
         self.within_rounds(rounds, policy)
     }
 

@@ -103,6 +103,18 @@ pub(crate) fn within_max_rounds(rounds: u32, max: u32, analysis: &str, key: &str
     Ok(())
 }
 
+/// A model analysis's round against its previous one: under DP the plan signed in the
+/// first round holds for every round — the same cap per round and the same number of
+/// rounds, which bounds what the analysis can charge in all (checked against the budget
+/// before the first round); exact rounds stay exact. `Err` when either differs.
+pub(crate) fn same_dp_plan(previous: Option<&ModelDp>, this: Option<&ModelDp>) -> Result<(), String> {
+    match (previous, this) {
+        (None, None) => Ok(()),
+        (Some(a), Some(b)) if a.same_plan(b) => Ok(()),
+        _ => Err("its differential-privacy plan differs from the analysis's first round".into()),
+    }
+}
+
 /// Under a model analysis's DP plan: `Err` once its `max_rounds` charged rounds
 /// (retries included) were all taken.
 pub(crate) fn within_dp_plan(dp: &ModelDp, rounds: u32) -> Result<(), String> {
