@@ -93,6 +93,8 @@ pub struct NodeSpec {
     pub policy: Policy,
     /// Customer keys on this node's consent-withdrawal list.
     pub withdrawn: Vec<String>,
+    /// Issue 14: a database source instead of `data` (its `[data]` section).
+    pub database: Option<DataConfig>,
     /// The demo's dropout: the harness ends this node's task (as if its process were
     /// killed) the first time the node wakes after its share report of the first
     /// round is in its audit log — its shares went out, its masked input never does.
@@ -118,6 +120,7 @@ impl NodeSpec {
             // franchisee's default is `required`.
             policy: Policy { privacy: fedcrm_node::privacy::Privacy::optional(), ..Policy::default() },
             withdrawn: vec![],
+            database: None,
             leaves_after_shares: false,
             #[cfg(feature = "test-util")]
             faults: Default::default(),
@@ -667,7 +670,10 @@ impl<C> Cluster<C> {
                 retry_max_seconds: 4,
             },
             tls: TlsFiles { ca: self.pki.ca_path(), cert: files.cert, key: files.key, crl: None },
-            data: DataConfig { consent_withdrawals: withdrawals, ..DataConfig::new(spec.format, data) },
+            data: match &spec.database {
+                Some(db) => db.clone(),
+                None => DataConfig { consent_withdrawals: withdrawals, ..DataConfig::new(spec.format, data) },
+            },
             policy: spec.policy.clone(),
             audit_dir: ndir.join("audit"),
             approvals_dir: ndir.join("approvals"),
@@ -677,7 +683,7 @@ impl<C> Cluster<C> {
             psi: fedcrm_node::psi::PsiConfig {
                 match_on: match spec.format {
                     Format::Cdnow => fedcrm_node::identifiers::MatchOn::CustomerKey,
-                    Format::Csv => fedcrm_node::identifiers::MatchOn::Phone,
+                    Format::Csv | Format::Postgres => fedcrm_node::identifiers::MatchOn::Phone,
                 },
             },
         })
@@ -685,8 +691,15 @@ impl<C> Cluster<C> {
 
     /// Load a node's data and credentials.
     pub fn node_context(&self, cfg: &NodeConfig) -> Result<NodeContext> {
-        let ds = Arc::new(cfg.data.load()?);
-        Ok(NodeContext::load(cfg, ds)?)
+        // A database source is connected at its first read; `node run` checks its role
+        // and rows before it starts (`DataConfig::open`), which tests call themselves.
+        let source = match cfg.data.format {
+            Format::Postgres => {
+                fedcrm_node::data::Source::Database(Arc::new(fedcrm_node::data::postgres::Database::new(&cfg.data)?))
+            }
+            _ => Arc::new(cfg.data.load()?).into(),
+        };
+        Ok(NodeContext::load(cfg, source)?)
     }
 
     /// A receiver that fires when the cluster shuts down.

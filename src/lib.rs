@@ -15,5 +15,6 @@ pub mod hq;
 pub mod models;
 pub mod nodecli;
 pub mod overlap;
+pub mod pgserver;
 pub mod pooled;
 pub mod service;

@@ -913,27 +913,45 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Node(NodeCommand::Check { config, json }) => {
             let cfg = fedcrm_node::config::NodeConfig::load(&config)?;
-            let ds = cfg.data.read()?;
-            let report = fedcrm_node::check::check(&cfg, &ds);
+            let (report, ds) = if cfg.data.format == fedcrm_node::data::Format::Postgres {
+                (fedcrm_node::check::check_database(&cfg).await?, None)
+            } else {
+                let ds = cfg.data.read()?;
+                (fedcrm_node::check::check(&cfg, &ds), Some(ds))
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", fedcrm::nodecli::check_text(&report));
             }
-            cfg.data.admit(&ds)?; // what `node run` would refuse: a non-zero exit, after the report
+            // What `node run` would refuse: a non-zero exit, after the report.
+            if let Some(ds) = ds {
+                cfg.data.admit(&ds)?;
+            } else if let Some(why) = &report.refused {
+                anyhow::bail!("{why}");
+            }
             Ok(())
         }
         Command::Node(NodeCommand::Run { config }) => {
             let cfg = fedcrm_node::config::NodeConfig::load(&config)?;
             let stop = fedcrm::service::StopSignal::install()?;
-            let ds = Arc::new(cfg.data.load()?);
-            tracing::info!(node = %cfg.name, "{}", ds.summary());
-            let ctx = fedcrm_node::session::NodeContext::load(&cfg, ds)?;
+            let source = cfg.data.open().await?;
+            let rows = match &source {
+                fedcrm_node::data::Source::Rows(ds) => {
+                    tracing::info!(node = %cfg.name, "{}", ds.summary());
+                    ds.purchases.len()
+                }
+                fedcrm_node::data::Source::Database(db) => {
+                    tracing::info!(node = %cfg.name, database = %db.settings().redacted(), "the database role cannot write what it reads; its rows are read for each analysis");
+                    0
+                }
+            };
+            let ctx = fedcrm_node::session::NodeContext::load(&cfg, source)?;
             tracing::info!(
                 node = %cfg.name,
                 organisation = %ctx.organisation,
                 coordinator = %cfg.coordinator.url,
-                rows = ctx.dataset.purchases.len(),
+                rows,
                 audit_dir = %cfg.audit_dir.display(),
                 software = fedcrm_protocol::SOFTWARE,
                 "node starting"

@@ -132,7 +132,10 @@ fn truth(cluster: &Cluster, node: &str, specs: &[HistogramSpec]) -> Vec<u64> {
     let analysis = common::analysis(AnalysisKind::RfmHistograms(specs.to_vec()));
     let cfg = cluster.node_configs.iter().find(|c| c.name == node).unwrap();
     let ds = cfg.data.load().unwrap();
-    contribute(&analysis, &mut LocalData::new(&ds, &mut Cache::default()), &cfg.policy).unwrap().vector.to_vec()
+    contribute(&analysis, &mut LocalData::new(&std::sync::Arc::new(ds).into(), &mut Cache::default()), &cfg.policy)
+        .unwrap()
+        .vector
+        .to_vec()
 }
 
 fn sent(cluster: &Cluster, node: &str) -> Vec<String> {

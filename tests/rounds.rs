@@ -33,7 +33,12 @@ fn expected_sum(cluster: &Cluster, names: &[String]) -> Vec<u64> {
     let mut sum = vec![0u64; analysis.kind.vector_len()];
     for cfg in cluster.node_configs.iter().filter(|c| names.contains(&c.name)) {
         let ds = cfg.data.load().unwrap();
-        let local = contribute(&analysis, &mut LocalData::new(&ds, &mut Cache::default()), &cfg.policy).unwrap();
+        let local = contribute(
+            &analysis,
+            &mut LocalData::new(&std::sync::Arc::new(ds).into(), &mut Cache::default()),
+            &cfg.policy,
+        )
+        .unwrap();
         for (s, v) in sum.iter_mut().zip(local.vector.iter()) {
             *s += v;
         }
@@ -523,7 +528,12 @@ async fn large_vectors_travel_in_chunks_below_the_grpc_limit() {
     let mut expected = vec![0u64; 1 << 20];
     for cfg in &cluster.node_configs {
         let ds = cfg.data.load().unwrap();
-        let local = contribute(&analysis, &mut LocalData::new(&ds, &mut Cache::default()), &cfg.policy).unwrap();
+        let local = contribute(
+            &analysis,
+            &mut LocalData::new(&std::sync::Arc::new(ds).into(), &mut Cache::default()),
+            &cfg.policy,
+        )
+        .unwrap();
         for (e, v) in expected.iter_mut().zip(local.vector.iter()) {
             *e += v;
         }

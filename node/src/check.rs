@@ -21,6 +21,12 @@ pub struct CheckReport {
     pub rows_undecodable: u64,
     /// The first skipped rows: (line, reason).
     pub skipped_examples: Vec<(u64, String)>,
+    /// Issue 14, a database source: the first skipped rows by row key, with the reason.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped_keys: Vec<(String, String)>,
+    /// Issue 14: the database, its server version and the query the node runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<crate::data::postgres::DatabaseReport>,
     /// Why `node run` would refuse this data (too many rows skipped), if it would.
     pub refused: Option<String>,
     /// The consent-withdrawal file, when one is configured.
@@ -140,9 +146,9 @@ pub fn privacy_check(config: &NodeConfig, now_ms: u64) -> PrivacyCheck {
 }
 
 /// What `[psi] match_on` finds in the data: counts by reason, never a value.
-pub fn psi_check(config: &NodeConfig, ds: &Dataset) -> PsiCheck {
+pub fn psi_check(config: &NodeConfig, purchases: &[crate::data::Purchase]) -> PsiCheck {
     let on = config.psi.match_on;
-    let ids = crate::identifiers::customer_identifiers(&ds.purchases, on);
+    let ids = crate::identifiers::customer_identifiers(purchases, on);
     let n = ids.ids.len();
     let traps = config.policy.psi.list_limits().comparer_length(n) - n;
     PsiCheck {
@@ -172,6 +178,79 @@ pub fn check(config: &NodeConfig, ds: &Dataset) -> CheckReport {
     for p in &ds.purchases {
         *channels.entry(p.channel.clone().unwrap_or_else(|| "(none)".into())).or_default() += 1;
     }
+    let facts = Facts {
+        report: ds.report.clone(),
+        refused: config.data.admit(ds).err().map(|e| e.to_string()),
+        consent: config.data.consent_withdrawals.is_some().then(|| ds.consent.clone()),
+        withdrawn_customers: ds.withdrawn_customers,
+        withdrawn_rows: ds.withdrawn_rows,
+        customers,
+        first,
+        last,
+        channels: channels.into_iter().collect(),
+        database: None,
+    };
+    report(config, facts, psi_check(config, &ds.purchases))
+}
+
+/// Issue 14: the report of a database source, from counts the database computes; the
+/// identifiers are read one customer at a time (the node never holds the rows). `Err`
+/// if the database cannot be read at all; a role that can write, or too many bad rows,
+/// are in `refused`.
+pub async fn check_database(config: &NodeConfig) -> Result<CheckReport, crate::data::DataError> {
+    let db = crate::data::postgres::Database::new(&config.data)?;
+    let described = db.describe_source().await?;
+    let (counts, consent) = db.check_counts().await?;
+    let refused = match db.check_read_only().await {
+        Err(e) => Some(e.to_string()),
+        Ok(()) => db.admitted(&counts).err().map(|e| e.to_string()),
+    };
+    let contacts = db.contacts(config.psi.match_on).await?;
+    let facts = Facts {
+        report: counts.report,
+        refused,
+        consent: (config.data.consent_withdrawals.is_some()
+            || config.data.consent_table.is_some()
+            || config.data.consent_query.is_some())
+        .then_some(consent.clone()),
+        withdrawn_customers: consent.matched + consent.junk_matched,
+        withdrawn_rows: counts.withdrawn_rows,
+        customers: counts.customers,
+        first: counts.first,
+        last: counts.last,
+        channels: counts.channels,
+        database: Some(described),
+    };
+    Ok(report(config, facts, psi_check(config, &contacts)))
+}
+
+/// What a source's read found, however it was read.
+struct Facts {
+    report: crate::data::LoadReport,
+    refused: Option<String>,
+    consent: Option<ConsentReport>,
+    withdrawn_customers: u64,
+    withdrawn_rows: u64,
+    customers: u64,
+    first: Option<time::Date>,
+    last: Option<time::Date>,
+    channels: Vec<(String, u64)>,
+    database: Option<crate::data::postgres::DatabaseReport>,
+}
+
+fn report(config: &NodeConfig, facts: Facts, psi: PsiCheck) -> CheckReport {
+    let Facts {
+        report: r,
+        refused,
+        consent,
+        withdrawn_customers,
+        withdrawn_rows,
+        customers,
+        first,
+        last,
+        channels,
+        database,
+    } = facts;
     let egress = vec![
         EgressLine { message: "hello", content: "protocol version, software version, node name, this policy's round rules (c, organisations, participants, differencing) and its privacy budget with this month's spending".into() },
         EgressLine { message: "advertise-keys", content: "two fresh X25519 public keys per round, signed with this node's certificate key".into() },
@@ -184,21 +263,26 @@ pub fn check(config: &NodeConfig, ds: &Dataset) -> CheckReport {
     ];
     CheckReport {
         node: config.name.clone(),
-        data_path: config.data.path.display().to_string(),
-        encoding: ds.report.encoding,
-        rows_read: ds.report.read(),
-        rows_loaded: ds.report.rows,
-        rows_skipped: ds.report.skipped,
-        rows_undecodable: ds.report.undecodable,
-        skipped_examples: ds.report.skipped_examples.clone(),
-        refused: config.data.admit(ds).err().map(|e| e.to_string()),
-        consent: config.data.consent_withdrawals.is_some().then(|| ds.consent.clone()),
-        withdrawn_customers: ds.withdrawn_customers,
-        withdrawn_rows: ds.withdrawn_rows,
+        data_path: match &database {
+            Some(d) => d.url.clone(),
+            None => config.data.path.display().to_string(),
+        },
+        encoding: r.encoding,
+        rows_read: r.read(),
+        rows_loaded: r.rows,
+        rows_skipped: r.skipped,
+        rows_undecodable: r.undecodable,
+        skipped_examples: r.skipped_examples,
+        skipped_keys: r.skipped_keys,
+        database,
+        refused,
+        consent,
+        withdrawn_customers,
+        withdrawn_rows,
         customers,
         first_purchase: first.map(fedcrm_analysis::date::format_date),
         last_purchase: last.map(fedcrm_analysis::date::format_date),
-        channels: channels.into_iter().collect(),
+        channels,
         allowed_analyses: config.policy.allowed_analyses.clone(),
         min_participants: config.policy.min_participants,
         min_other_organisations: config.policy.min_other_organisations,
@@ -214,7 +298,7 @@ pub fn check(config: &NodeConfig, ds: &Dataset) -> CheckReport {
         manual_approval: config.policy.manual_approval.clone(),
         monthly_analysis_caps: config.policy.monthly_analysis_caps.iter().map(|(k, v)| (k.clone(), *v)).collect(),
         privacy: privacy_check(config, crate::session::unix_now_ms()),
-        psi: psi_check(config, ds),
+        psi,
         audit_dir: config.audit_dir.display().to_string(),
         egress,
         never_leaves: vec![

@@ -22,6 +22,7 @@
 
 pub mod consent;
 pub mod decode;
+pub mod postgres;
 mod rows;
 
 use std::collections::HashSet;
@@ -98,6 +99,8 @@ pub enum Format {
     /// The documented CSV export.
     #[default]
     Csv,
+    /// Issue 14: a PostgreSQL table or query ([`postgres`]).
+    Postgres,
 }
 
 /// What to do with a row that does not parse.
@@ -164,6 +167,9 @@ pub enum DataError {
     },
     #[error(transparent)]
     Consent(#[from] ConsentError),
+    /// Issue 14: the database source (its URL without password, and what went wrong).
+    #[error("database {url}: {why}")]
+    Database { url: String, why: String },
     #[error("{0}")]
     Setting(String),
 }
@@ -190,6 +196,10 @@ pub struct LoadReport {
     pub undecodable: u64,
     /// First few skipped rows: (line, reason).
     pub skipped_examples: Vec<(u64, String)>,
+    /// Issue 14, a database source: the first few skipped rows by their row key
+    /// (`order_id=17`), with the reason.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped_keys: Vec<(String, String)>,
     pub encoding: Option<EncodingUsed>,
 }
 
@@ -246,10 +256,11 @@ fn default_max_skipped_fraction() -> f64 {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// `csv` (default) or `cdnow`.
+    /// `csv` (default), `cdnow` or `postgres`.
     #[serde(default)]
     pub format: Format,
-    /// The purchase file.
+    /// The purchase file (formats `csv` and `cdnow`).
+    #[serde(default, skip_serializing_if = "is_empty_path")]
     pub path: PathBuf,
     /// `auto` (default), `utf-8` or `gb18030`; for the purchase file and the consent file.
     #[serde(default)]
@@ -268,6 +279,50 @@ pub struct DataConfig {
     /// before the load is refused (default 0.01).
     #[serde(default = "default_max_skipped_fraction")]
     pub max_skipped_fraction: f64,
+    /// Issue 14, `format = "postgres"`: `postgres://USER@HOST:PORT/DB`, no password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The database role's password: a file (mode 0600) holding it ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// ... or an environment variable holding it (never inline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// TLS to the database: `verify-full` (default) or `disable`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sslmode: Option<postgres::SslMode>,
+    /// The CA certificate (PEM) of the database server, for `verify-full`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sslrootcert: Option<PathBuf>,
+    /// The purchase table, read with `[data.columns]` ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    /// ... or a query returning the columns `[data.columns]` names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// Columns that name a row in reports of bad rows (default: the primary key).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub row_key: Vec<String>,
+    /// Withdrawn customers' keys from a table (its `customer_key` column) ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consent_table: Option<String>,
+    /// ... or a query returning them as its first column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consent_query: Option<String>,
+    /// The node's time zone: purchase times are converted to it before their date is
+    /// taken (default `Asia/Shanghai`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    /// The longest one database query may run, in seconds (default 600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_timeout_seconds: Option<u64>,
+    /// The longest a database connection attempt may take, in seconds (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout_seconds: Option<u64>,
+}
+
+fn is_empty_path(p: &Path) -> bool {
+    p.as_os_str().is_empty()
 }
 
 impl DataConfig {
@@ -281,7 +336,69 @@ impl DataConfig {
             consent_withdrawals: None,
             on_bad_row: OnBadRow::Fail,
             max_skipped_fraction: default_max_skipped_fraction(),
+            url: None,
+            password_file: None,
+            password_env: None,
+            sslmode: None,
+            sslrootcert: None,
+            table: None,
+            query: None,
+            row_key: Vec::new(),
+            consent_table: None,
+            consent_query: None,
+            time_zone: None,
+            query_timeout_seconds: None,
+            connect_timeout_seconds: None,
         }
+    }
+
+    /// Issue 14: a database source's settings (`format = "postgres"`), validated.
+    pub fn postgres(&self) -> Result<postgres::PgSettings, String> {
+        let url = self.url.clone().ok_or_else(|| {
+            "format = \"postgres\" needs data.url = \"postgres://USER@HOST:PORT/DB\" (the node's read-only role)"
+                .to_string()
+        })?;
+        let s = postgres::PgSettings {
+            url,
+            password_file: self.password_file.clone(),
+            password_env: self.password_env.clone(),
+            sslmode: self.sslmode.unwrap_or_default(),
+            sslrootcert: self.sslrootcert.clone(),
+            table: self.table.clone(),
+            query: self.query.clone(),
+            row_key: self.row_key.clone(),
+            consent_table: self.consent_table.clone(),
+            consent_query: self.consent_query.clone(),
+            time_zone: self.time_zone.clone().unwrap_or_else(|| "Asia/Shanghai".into()),
+            query_timeout_seconds: self.query_timeout_seconds.unwrap_or(600),
+            connect_timeout_seconds: self.connect_timeout_seconds.unwrap_or(10),
+        };
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Settings of a database source given for a file format, named.
+    fn database_settings_set(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let mut set = |name, on: bool| {
+            if on {
+                out.push(name)
+            }
+        };
+        set("url", self.url.is_some());
+        set("password_file", self.password_file.is_some());
+        set("password_env", self.password_env.is_some());
+        set("sslmode", self.sslmode.is_some());
+        set("sslrootcert", self.sslrootcert.is_some());
+        set("table", self.table.is_some());
+        set("query", self.query.is_some());
+        set("row_key", !self.row_key.is_empty());
+        set("consent_table", self.consent_table.is_some());
+        set("consent_query", self.consent_query.is_some());
+        set("time_zone", self.time_zone.is_some());
+        set("query_timeout_seconds", self.query_timeout_seconds.is_some());
+        set("connect_timeout_seconds", self.connect_timeout_seconds.is_some());
+        out
     }
 
     /// Settings that parse but cannot be right.
@@ -293,7 +410,30 @@ impl DataConfig {
             ));
         }
         if self.format == Format::Cdnow && self.columns != Columns::default() {
-            return Err("[data.columns] applies to format = \"csv\" only; remove it for format = \"cdnow\"".into());
+            return Err(
+                "[data.columns] applies to formats \"csv\" and \"postgres\"; remove it for format = \"cdnow\"".into()
+            );
+        }
+        if self.format == Format::Postgres {
+            if !is_empty_path(&self.path) {
+                return Err("data.path is for files; format = \"postgres\" reads data.table or data.query".into());
+            }
+            self.postgres()?;
+        } else {
+            if is_empty_path(&self.path) {
+                return Err(
+                    "data.path names no purchase file; set it to the export (or use format = \"postgres\")".into()
+                );
+            }
+            let set = self.database_settings_set();
+            if !set.is_empty() {
+                return Err(format!("data.{} apply to format = \"postgres\" only", set.join(", data.")));
+            }
+            if self.columns.quantity.is_some() {
+                return Err(
+                    "data.columns.quantity applies to format = \"postgres\" only (a CSV row is one item)".into()
+                );
+            }
         }
         self.columns.validate()
     }
@@ -304,6 +444,21 @@ impl DataConfig {
         let ds = self.read()?;
         self.admit(&ds)?;
         Ok(ds)
+    }
+
+    /// Issue 14: the source `node run` reads — a file loaded now (as [`load`](Self::load)),
+    /// or a database, checked now: the role cannot write to what it reads, and the rows
+    /// are admitted as a file's would be. The database is read again for each analysis.
+    pub async fn open(&self) -> Result<Source, DataError> {
+        if self.format != Format::Postgres {
+            return Ok(Source::Rows(std::sync::Arc::new(self.load()?)));
+        }
+        self.validate().map_err(DataError::Setting)?;
+        let db = postgres::Database::new(self)?;
+        db.check_read_only().await?;
+        let (counts, _) = db.check_counts().await?;
+        db.admitted(&counts)?;
+        Ok(Source::Database(std::sync::Arc::new(db)))
     }
 
     /// Like [`load`](Self::load) without the skipped-rows limit, so `node check`
@@ -318,6 +473,7 @@ impl DataConfig {
         let rows = match self.format {
             Format::Cdnow => rows::cdnow(&self.path, &decoded, self.on_bad_row, &mut report)?,
             Format::Csv => rows::csv(&self.path, &decoded, &self.columns, self.on_bad_row, &mut report)?,
+            Format::Postgres => unreachable!("read_file is for files; a database is read by postgres::Database"),
         };
         drop(decoded);
         let mut withdrawn = match &self.consent_withdrawals {
@@ -356,6 +512,31 @@ impl DataConfig {
             // Unwrap safety: `read` always records the encoding.
             used: r.encoding.unwrap(),
         })
+    }
+}
+
+/// Issue 14: where a node's purchases are — rows loaded from a file at start-up, or a
+/// database read for each analysis.
+#[derive(Debug, Clone)]
+pub enum Source {
+    Rows(std::sync::Arc<Dataset>),
+    Database(std::sync::Arc<postgres::Database>),
+}
+
+impl From<std::sync::Arc<Dataset>> for Source {
+    fn from(ds: std::sync::Arc<Dataset>) -> Self {
+        Source::Rows(ds)
+    }
+}
+
+impl Source {
+    /// The rows themselves (a database's, streamed in customer order): for what reads
+    /// rows rather than per-customer features (private set intersection).
+    pub async fn dataset(&self) -> Result<std::sync::Arc<Dataset>, DataError> {
+        match self {
+            Source::Rows(ds) => Ok(ds.clone()),
+            Source::Database(db) => Ok(std::sync::Arc::new(db.dataset().await?)),
+        }
     }
 }
 

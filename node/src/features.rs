@@ -71,7 +71,7 @@ impl History {
 
 /// A category label as the model knows it: `gold`, `diamond`, `jade`, `platinum`
 /// (ASCII case and surrounding spaces ignored); any other label is `other`, none is none.
-fn category(label: Option<&str>) -> Option<fedcrm_model::features::Category> {
+pub(crate) fn category(label: Option<&str>) -> Option<fedcrm_model::features::Category> {
     use fedcrm_model::features::Category;
     let l = label?.trim().to_ascii_lowercase();
     if l.is_empty() {

@@ -369,7 +369,7 @@ pub async fn run(cfg: &NodeConfig, req: &ScoreRequest) -> Result<ScoreSummary, S
     };
     let settings = cfg.scoring.as_ref().map(|s| s.clv).unwrap_or_default();
     settings.check().map_err(|why| ScoreError::BadModel { id: header.id.clone(), why })?;
-    let dataset = cfg.data.load()?;
+    let dataset = cfg.data.open().await?.dataset().await?;
     let as_of = match req.as_of {
         Some(d) => d,
         None => latest_purchase(&dataset).ok_or(ScoreError::NoData)?,

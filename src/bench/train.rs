@@ -46,7 +46,7 @@ use fedcrm_model::logistic::NewtonNext;
 use fedcrm_model::logistic::NewtonTraining;
 use fedcrm_model::standardise::{Standardiser, decode_moments, without_constant};
 use fedcrm_node::analyses::{Cache, LocalData, NodeQuery};
-use fedcrm_node::data::{Dataset, Format};
+use fedcrm_node::data::{Dataset, Format, Source};
 use fedcrm_pki::OrgKind;
 use fedcrm_protocol::wire::churn::{ChurnRound, ChurnSetup, ChurnStep};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -406,7 +406,8 @@ fn newton_floor(
         holdout_key: req.holdout_key,
         test_fraction_bp: req.test_fraction_bp,
     };
-    let mut nodes: Vec<(Dataset, Cache)> = datasets.into_iter().map(|d| (d, Cache::default())).collect();
+    let mut nodes: Vec<(Source, Cache)> =
+        datasets.into_iter().map(|d| (Source::Rows(std::sync::Arc::new(d)), Cache::default())).collect();
     let moments = plain_sum(
         &mut nodes,
         &ChurnRound { setup: setup.clone(), step: ChurnStep::Moments, dp: None },
@@ -444,7 +445,7 @@ fn newton_floor(
 }
 
 /// Every node's contribution to `round` on `threads` threads, summed plainly (wrapping).
-fn plain_sum(nodes: &mut [(Dataset, Cache)], round: &ChurnRound, threads: usize) -> Result<Vec<u64>> {
+fn plain_sum(nodes: &mut [(Source, Cache)], round: &ChurnRound, threads: usize) -> Result<Vec<u64>> {
     let per = nodes.len().div_ceil(threads.max(1)).max(1);
     let vectors: Vec<Vec<u64>> = std::thread::scope(|scope| {
         let handles: Vec<_> = nodes
@@ -453,9 +454,9 @@ fn plain_sum(nodes: &mut [(Dataset, Cache)], round: &ChurnRound, threads: usize)
                 scope.spawn(move || {
                     chunk
                         .iter_mut()
-                        .map(|(ds, cache)| {
+                        .map(|(source, cache)| {
                             round
-                                .contribute(&mut LocalData::new(ds, cache), REFERENCE)
+                                .contribute(&mut LocalData::new(source, cache), REFERENCE)
                                 .map(|c| c.vector.to_vec())
                                 .map_err(anyhow::Error::msg)
                         })

@@ -21,7 +21,7 @@ use fedcrm_protocol::wire::{Analysis, AnalysisKind, Query};
 use time::Date;
 use zeroize::Zeroizing;
 
-use crate::data::Dataset;
+use crate::data::Source;
 use crate::policy::Policy;
 
 /// The node's face of one round's query.
@@ -171,7 +171,7 @@ pub struct Contribution {
 /// reference date kept between rounds of a session.
 #[derive(Debug)]
 pub struct LocalData<'a> {
-    dataset: &'a Dataset,
+    source: &'a Source,
     cache: &'a mut Cache,
 }
 
@@ -180,29 +180,70 @@ pub struct LocalData<'a> {
 pub struct Cache {
     rfm: Option<(Date, Vec<CustomerRfm>)>,
     histories: Option<Vec<crate::features::History>>,
+    /// Issue 14, a database source: the analysis the cached features were read for
+    /// (each analysis reads the database afresh, all its rounds the same features).
+    read_for: Option<String>,
 }
 
 impl<'a> LocalData<'a> {
-    pub fn new(dataset: &'a Dataset, cache: &'a mut Cache) -> Self {
-        Self { dataset, cache }
+    pub fn new(source: &'a Source, cache: &'a mut Cache) -> Self {
+        Self { source, cache }
     }
 
-    /// This node's customers' RFM values at `reference`, computed once per date.
+    /// This node's customers' RFM values at `reference`, computed once per date (a
+    /// database source's, by [`prepare`] for the round's analysis).
     pub fn rfm_at(&mut self, reference: Date) -> &[CustomerRfm] {
-        if self.cache.rfm.as_ref().is_none_or(|c| c.0 != reference) {
-            let rfm = crate::features::rfm(&self.dataset.purchases, reference).into_iter().map(|(_, r)| r).collect();
+        if let Source::Rows(ds) = self.source
+            && self.cache.rfm.as_ref().is_none_or(|c| c.0 != reference)
+        {
+            let rfm = crate::features::rfm(&ds.purchases, reference).into_iter().map(|(_, r)| r).collect();
             self.cache.rfm = Some((reference, rfm));
         }
-        self.cache.rfm.as_ref().map_or(&[], |c| &c.1)
+        self.cache.rfm.as_ref().filter(|c| c.0 == reference).map_or(&[], |c| &c.1)
     }
 
-    /// Every customer's purchase history (for the model analyses), computed once.
+    /// Every customer's purchase history (for the model analyses), computed once (a
+    /// database source's, by [`prepare`] for the round's analysis).
     pub fn histories(&mut self) -> &[crate::features::History] {
-        if self.cache.histories.is_none() {
-            self.cache.histories = Some(crate::features::histories(&self.dataset.purchases));
+        if let Source::Rows(ds) = self.source
+            && self.cache.histories.is_none()
+        {
+            self.cache.histories = Some(crate::features::histories(&ds.purchases));
         }
         self.cache.histories.as_deref().unwrap_or(&[])
     }
+}
+
+/// Issue 14: read from a database source what `analysis` needs, before its round
+/// computes anything — RFM values at the reference date (computed in the database) or
+/// the customers' histories — once per analysis. A file source needs nothing here.
+/// `Err` is the refusal reason (the database unreachable, a query timed out, bad rows).
+pub async fn prepare(source: &Source, analysis: &Analysis, cache: &mut Cache) -> Result<(), String> {
+    let Source::Database(db) = source else { return Ok(()) };
+    let fresh = cache.read_for.as_deref() != Some(analysis.analysis_id.as_str());
+    let reason = |e: crate::data::DataError| {
+        format!("this node could not read its database, so it refuses this round and reconnects for the next: {e}")
+    };
+    match &analysis.kind {
+        AnalysisKind::RfmHistograms(_) | AnalysisKind::RfmSegments(_) => {
+            let reference = analysis.reference_date;
+            if fresh || cache.rfm.as_ref().is_none_or(|c| c.0 != reference) {
+                cache.rfm = None;
+                cache.read_for = None;
+                let rfm = db.rfm(reference).await.map_err(reason)?;
+                cache.rfm = Some((reference, rfm.into_iter().map(|(_, r)| r).collect()));
+            }
+        }
+        AnalysisKind::Churn(_) | AnalysisKind::Clv(_) => {
+            if fresh || cache.histories.is_none() {
+                cache.histories = None;
+                cache.read_for = None;
+                cache.histories = Some(db.histories().await.map_err(reason)?);
+            }
+        }
+    }
+    cache.read_for = Some(analysis.analysis_id.clone());
+    Ok(())
 }
 
 /// Issue 11: the round's charge against its analysis's plan — within the per-round cap,

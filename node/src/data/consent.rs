@@ -126,6 +126,47 @@ impl Withdrawals {
         self.keys.is_empty()
     }
 
+    /// Issue 14: keys listed by a database (a consent table or query), counted as
+    /// entries of the list.
+    pub fn add_keys(&mut self, keys: impl IntoIterator<Item = String>) {
+        for k in keys {
+            let k = k.trim().to_owned();
+            if k.is_empty() {
+                continue;
+            }
+            self.report.entries += 1;
+            if self.keys.insert(k.clone()) {
+                self.first_line.push((0, k));
+            }
+        }
+        self.report.distinct = self.keys.len() as u64;
+    }
+
+    /// Every key [`matched_against`](Self::matched_against) may ask about: the keys and
+    /// the fields of lines that are not one key.
+    pub fn candidates(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.keys.iter().cloned().collect();
+        for line in &self.junk {
+            out.push(line.clone());
+            out.extend(
+                line.split(|c: char| c.is_whitespace() || matches!(c, ',' | ';'))
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+                    .map(str::to_owned),
+            );
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// The withdrawn keys (after [`matched_against`](Self::matched_against)).
+    pub fn keys(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.keys.iter().cloned().collect();
+        out.sort();
+        out
+    }
+
     /// Count which keys match a customer of the data (`is_customer`), and withdraw
     /// the customers that lines which are not one key name (see
     /// [`ConsentReport::junk_matched`]).

@@ -34,6 +34,10 @@ pub struct Columns {
     /// Issue 12: the e-mail column, read like `birthday` (unset: `email` if present).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
+    /// Issue 14, a database source: the items of a purchase (an integer column; unset:
+    /// `quantity` if the source has it, else 1). A CSV row is one item.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantity: Option<String>,
 }
 
 /// The column read for `birthday` when `[data.columns]` does not name one (if present).
@@ -41,7 +45,7 @@ pub const BIRTHDAY: &str = "birthday";
 /// The column read for `anniversary` when `[data.columns]` does not name one (if present).
 pub const ANNIVERSARY: &str = "anniversary";
 /// The column read for `email` when `[data.columns]` does not name one (if present).
-pub const EMAIL: &str = "email";
+pub(super) const EMAIL: &str = "email";
 
 impl Default for Columns {
     fn default() -> Self {
@@ -55,6 +59,7 @@ impl Default for Columns {
             birthday: None,
             anniversary: None,
             email: None,
+            quantity: None,
         }
     }
 }

@@ -66,6 +66,7 @@ fn mapped_columns_are_found_and_a_missing_one_lists_the_headers() {
         birthday: None,
         anniversary: None,
         email: None,
+        quantity: None,
     };
     let ds = cfg.load().unwrap();
     assert_eq!(ds.purchases.len(), 1);
@@ -90,7 +91,7 @@ fn unknown_column_keys_and_bad_fractions_are_refused() {
     let cfg: DataConfig = toml::from_str("path = \"x.csv\"\nmax_skipped_fraction = 5.0\n").unwrap();
     assert!(cfg.validate().unwrap_err().contains("max_skipped_fraction = 5 is not a fraction"));
     let cfg: DataConfig = toml::from_str("path = \"x\"\nformat = \"cdnow\"\n[columns]\namount = \"金额\"\n").unwrap();
-    assert!(cfg.validate().unwrap_err().contains("format = \"csv\" only"));
+    assert!(cfg.validate().unwrap_err().contains("formats \"csv\" and \"postgres\"; remove it for format = \"cdnow\""));
     let cfg: DataConfig = toml::from_str("path = \"x\"\nencoding = \"gbk\"\n").unwrap();
     assert_eq!(cfg.encoding, TextEncoding::Gb18030);
     assert!(toml::from_str::<DataConfig>("path = \"x\"\nencoding = \"latin1\"\n").is_err());
@@ -159,6 +160,7 @@ fn renamed_date_columns_must_exist_and_are_named_in_messages() {
         birthday: Some("生日".into()),
         anniversary: Some("结婚纪念日".into()),
         email: None,
+        quantity: None,
     };
     let err = cfg.load().unwrap_err().to_string();
     assert!(err.contains("pos.csv:3: 生日 (birthday): date \"1990-13-02\" has month 13"), "{err}");

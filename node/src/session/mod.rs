@@ -31,7 +31,6 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::approvals::Approvals;
 use crate::computation::Tracker;
-use crate::data::Dataset;
 use crate::differencing::DifferencingGuard;
 use crate::egress::{Egress, EgressError};
 use crate::egress::{SharedLog, lock};
@@ -151,7 +150,8 @@ pub struct NodeContext {
     pub cert_pem: String,
     pub key: PrivateKeyPem,
     pub signing: SigningKey,
-    pub dataset: Arc<Dataset>,
+    /// The node's purchases (issue 14: a file's rows, or a database).
+    pub source: crate::data::Source,
     pub policy: Policy,
     /// Issue 12: the identifier PSI runs match on (`[psi]`).
     pub psi: crate::psi::PsiConfig,
@@ -204,7 +204,10 @@ impl std::fmt::Debug for NodeContext {
 impl NodeContext {
     /// Load certificates and key from files; open the audit log and rebuild, from
     /// it, the monthly caps, the analysis ids used and the differencing guard.
-    pub fn load(config: &crate::config::NodeConfig, dataset: Arc<Dataset>) -> Result<Self, SessionError> {
+    pub fn load(
+        config: &crate::config::NodeConfig,
+        source: impl Into<crate::data::Source>,
+    ) -> Result<Self, SessionError> {
         let m = config.tls.read()?;
         let (ca_pem, cert_pem, key) = (m.ca_pem, m.cert_pem, m.key);
         let signing = SigningKey::from_pem(&key)?;
@@ -257,7 +260,7 @@ impl NodeContext {
             cert_pem,
             key,
             signing,
-            dataset,
+            source: source.into(),
             policy: config.policy.clone(),
             psi: config.psi,
             organisation: me.organisation,

@@ -459,12 +459,19 @@ impl<'a> Rounds<'a> {
             self.refuse(round, &why).await?;
             return Ok(None);
         }
+        // Issue 14: a database source is read now, for every round (exact or noised),
+        // before anything depends on the data; a failure refuses this round only.
+        if let Err(why) = analyses::prepare(&ctx.source, &start.analysis, &mut self.local).await {
+            tracing::warn!(node = %ctx.name, %round, %why, "refusing round");
+            self.refuse(round, &why).await?;
+            return Ok(None);
+        }
         // An exact round (only for `dp = "optional"` nodes) computes its contribution now
         // and refuses if this node holds more customers than the bound. A noised round
         // computes, clamps and noises it just before masking, once its charge is recorded
         // (`on_masked_input_request`): until then nothing this node does depends on its data.
         let input = if start.noise.is_none() {
-            let local = &mut LocalData::new(&ctx.dataset, &mut self.local);
+            let local = &mut LocalData::new(&ctx.source, &mut self.local);
             let (input, fitted) = match analyses::contribute(&start.analysis, local, &ctx.policy) {
                 Ok(c) => {
                     let mut input = c.vector;
@@ -808,7 +815,7 @@ impl<'a> Rounds<'a> {
             // — still noised — and only its own log says why.
             let c = match analyses::contribute(
                 &a.start.analysis,
-                &mut LocalData::new(&ctx.dataset, &mut self.local),
+                &mut LocalData::new(&ctx.source, &mut self.local),
                 &ctx.policy,
             ) {
                 Ok(c) => c,

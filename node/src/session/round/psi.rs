@@ -483,6 +483,16 @@ impl Rounds<'_> {
         }
         // Pairs the peer declined (or the coordinator dropped) do not run.
         state.pairs.retain(|p, _| paired.contains_key(p));
+        // Issue 14: a database source is read now, before the run is charged (its
+        // failure says nothing of the data).
+        let dataset = match ctx.source.dataset().await {
+            Ok(d) => d,
+            Err(e) => {
+                return Ok(Err(format!(
+                    "this node could not read its database, so it refuses this run and reconnects for the next: {e}"
+                )));
+            }
+        };
         if let Some(v) = state.start.noise.clone() {
             let charge = run_charge(1 + state.pairs.len(), &v);
             if let Err(e) = ctx.charge_run(&run.to_hex(), &state.start.analysis_id, Some(&v), charge)? {
@@ -490,7 +500,6 @@ impl Rounds<'_> {
             }
         }
         let on = ctx.psi.match_on;
-        let dataset = ctx.dataset.clone();
         let profile = state.start.segments;
         let ids = tokio::task::spawn_blocking(move || Arc::new(grouped(&dataset.purchases, on, profile)))
             .await

@@ -1,0 +1,1055 @@
+//! Issue 14: a franchisee's own PostgreSQL database as the purchase source.
+//!
+//! The node connects with its own read-only role (tokio-postgres: async on the node's
+//! tokio runtime, no libpq to install on the franchisee's machine, TLS by rustls as
+//! everywhere else in fedcrm, and streaming through portals so no result is held
+//! whole). Every read runs in a `READ ONLY`, `REPEATABLE READ` transaction with the
+//! configured statement timeout and time zone, over one normalising query built from
+//! `[data.columns]` and the source's column types:
+//!
+//! - the customer key as trimmed text; the day as the timestamp's date **in the
+//!   node's `time_zone`** (a `timestamptz` is converted first; a `timestamp` without
+//!   zone is taken as that zone's wall clock; a `date` as is);
+//! - the amount as an exact `numeric`, in cents;
+//! - a row whose key is empty, whose timestamp is NULL or not a finite date, or whose
+//!   amount is NULL, not finite or has more than two decimals is a bad row, named by
+//!   its row key (`row_key`, else the table's primary key, else the customer key).
+//!
+//! Per-customer RFM values are computed in the database (`GROUP BY` over the reference
+//! window); the model analyses and private set intersection read the rows streamed in
+//! customer order. Before it starts, the node refuses a role that can write to any
+//! table it reads, and names the grant to revoke.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fedcrm_analysis::rfm::CustomerRfm;
+use futures_util::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use time::Date;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, NoTls};
+
+use super::{Contact, DataConfig, DataError, LoadReport, Purchase};
+use crate::features::History;
+
+/// Rows fetched from a portal at a time: what bounds the node's memory while it reads.
+const BATCH: i32 = 10_000;
+
+/// Skipped rows kept as examples for `node check`.
+const EXAMPLES: i64 = 10;
+
+/// `[data] sslmode`: TLS to the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Plain TCP or a Unix socket: for a database on the node's own machine or network.
+    Disable,
+    /// TLS, the server's certificate checked against `sslrootcert` and its name
+    /// against the URL's host (the default; libpq's `verify-full`).
+    #[default]
+    VerifyFull,
+}
+
+/// The `[data]` settings of `format = "postgres"` ([`DataConfig::postgres`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgSettings {
+    /// `postgres://USER@HOST:PORT/DB` (a password in it is refused).
+    pub url: String,
+    /// A file (mode 0600) holding the role's password.
+    pub password_file: Option<std::path::PathBuf>,
+    /// An environment variable holding the role's password.
+    pub password_env: Option<String>,
+    /// `verify-full` (default) or `disable`.
+    pub sslmode: SslMode,
+    /// The CA certificate (PEM) the database server's certificate must chain to.
+    pub sslrootcert: Option<std::path::PathBuf>,
+    /// The purchase table (`sales` or `pos.sales`), read with `[data.columns]`.
+    pub table: Option<String>,
+    /// Or a query returning the columns `[data.columns]` names.
+    pub query: Option<String>,
+    /// Columns naming a row in messages about bad rows (default: the table's primary
+    /// key, else the customer key).
+    pub row_key: Vec<String>,
+    /// Customers who withdrew consent: a table whose `[data.columns] customer_key`
+    /// column holds their keys, or a query returning the keys as its first column.
+    pub consent_table: Option<String>,
+    pub consent_query: Option<String>,
+    /// The zone purchase times are converted to before their date is taken (an IANA
+    /// name the server knows; default `Asia/Shanghai`).
+    pub time_zone: String,
+    /// The longest one query may run (seconds; default 600).
+    pub query_timeout_seconds: u64,
+    /// The longest a connection attempt may take (seconds; default 10).
+    pub connect_timeout_seconds: u64,
+}
+
+impl PgSettings {
+    /// Settings that parse but cannot be right.
+    pub fn validate(&self) -> Result<(), String> {
+        let cfg: tokio_postgres::Config = self.url.parse().map_err(|e| {
+            format!(
+                "data.url = {:?} is not a PostgreSQL URL ({e}); write postgres://USER@HOST:PORT/DB",
+                self.redacted()
+            )
+        })?;
+        if cfg.get_password().is_some() {
+            return Err(
+                "data.url holds a password; remove it and put the password in a file named by data.password_file (mode 0600) or in the variable named by data.password_env"
+                    .into(),
+            );
+        }
+        if cfg.get_user().is_none() {
+            return Err(
+                "data.url names no user; write postgres://USER@HOST:PORT/DB with the node's read-only role".into()
+            );
+        }
+        if self.password_file.is_some() && self.password_env.is_some() {
+            return Err("set one of data.password_file and data.password_env, not both".into());
+        }
+        match (&self.table, &self.query) {
+            (Some(_), Some(_)) => return Err("set one of data.table and data.query, not both".into()),
+            (None, None) => {
+                return Err("format = \"postgres\" needs data.table (with [data.columns]) or data.query".into());
+            }
+            _ => {}
+        }
+        if self.consent_table.is_some() && self.consent_query.is_some() {
+            return Err("set one of data.consent_table and data.consent_query, not both".into());
+        }
+        if self.sslmode == SslMode::VerifyFull && self.sslrootcert.is_none() {
+            return Err("data.sslmode = \"verify-full\" (the default) needs data.sslrootcert, the CA certificate of the database server; for a database on this machine set data.sslmode = \"disable\"".into());
+        }
+        if self.query_timeout_seconds == 0 || self.connect_timeout_seconds == 0 {
+            return Err("data.query_timeout_seconds and data.connect_timeout_seconds must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The URL as messages show it (`postgres://USER@HOST:PORT/DB`, never a password).
+    pub fn redacted(&self) -> String {
+        match self.url.split_once("://").and_then(|(s, rest)| rest.split_once('@').map(|(who, at)| (s, who, at))) {
+            Some((scheme, who, at)) => format!("{scheme}://{}@{at}", who.split(':').next().unwrap_or("")),
+            None => self.url.clone(),
+        }
+    }
+
+    fn password(&self) -> Result<Option<String>, String> {
+        if let Some(path) = &self.password_file {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let meta = std::fs::metadata(path)
+                    .map_err(|e| format!("cannot read data.password_file {}: {e}", path.display()))?;
+                if meta.permissions().mode() & 0o077 != 0 {
+                    return Err(format!(
+                        "data.password_file {} can be read by other users (mode {:o}); run chmod 600 on it",
+                        path.display(),
+                        meta.permissions().mode() & 0o777
+                    ));
+                }
+            }
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read data.password_file {}: {e}", path.display()))?;
+            return Ok(Some(text.trim_end_matches(['\r', '\n']).to_string()));
+        }
+        if let Some(var) = &self.password_env {
+            return std::env::var(var)
+                .map(Some)
+                .map_err(|_| format!("data.password_env names {var}, which is not set in the node's environment"));
+        }
+        Ok(None)
+    }
+}
+
+/// Quote an identifier, or each part of a dotted name (`pos.sales` → `"pos"."sales"`);
+/// a part already in double quotes is kept as written.
+pub fn quote_name(name: &str) -> String {
+    let mut out = String::new();
+    let mut rest = name.trim();
+    while !rest.is_empty() {
+        if !out.is_empty() {
+            out.push('.');
+        }
+        if let Some(inner) = rest.strip_prefix('"') {
+            // A quoted part runs to the next lone quote.
+            let mut end = 0;
+            let b = inner.as_bytes();
+            while end < b.len() {
+                if b[end] == b'"' {
+                    if b.get(end + 1) == Some(&b'"') {
+                        end += 2;
+                        continue;
+                    }
+                    break;
+                }
+                end += 1;
+            }
+            out.push('"');
+            out.push_str(&inner[..end.min(inner.len())]);
+            out.push('"');
+            rest = inner.get(end + 1..).unwrap_or("").trim_start_matches('.');
+        } else {
+            let (part, tail) = rest.split_once('.').unwrap_or((rest, ""));
+            out.push_str(&quote_ident(part.trim()));
+            rest = tail;
+        }
+    }
+    out
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// An identifier as PostgreSQL's `format('%I')` writes it: bare when it is lower-case
+/// letters, digits and underscores (not starting with a digit), quoted otherwise.
+fn ident_as_written(s: &str) -> String {
+    let bare = s.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if bare { s.to_string() } else { quote_ident(s) }
+}
+
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// How the source's columns are read: the SQL of the normalised rows, and what
+/// `node check` shows.
+#[derive(Debug, Clone)]
+struct Plan {
+    /// `WITH r AS (...), v AS (...)`: one row per source row, with `bad` (NULL or why)
+    /// and the normalised columns; `$1` is the withdrawn keys (`text[]`).
+    with: String,
+    /// Tables the node reads (schema-qualified), checked for write privileges.
+    relations: Vec<String>,
+}
+
+/// A database source, connected on demand; the connection is dropped on any error and
+/// opened again at the next read.
+pub struct Database {
+    settings: PgSettings,
+    data: DataConfig,
+    pg: tokio_postgres::Config,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    client: tokio::sync::Mutex<Option<Client>>,
+    plan: tokio::sync::OnceCell<Plan>,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database").field("url", &self.settings.redacted()).finish_non_exhaustive()
+    }
+}
+
+/// What `node check` shows of a database source.
+#[derive(Debug, Clone, Serialize)]
+pub struct DatabaseReport {
+    /// `postgres://USER@HOST:PORT/DB`.
+    pub url: String,
+    pub server_version: String,
+    pub time_zone: String,
+    /// The query every read is built on (the normalised rows).
+    pub query: String,
+    /// The tables read, each checked for write privileges.
+    pub relations: Vec<String>,
+}
+
+/// Counts over the source, as a load report sees them.
+#[derive(Debug, Clone, Default)]
+pub struct Counts {
+    pub report: LoadReport,
+    /// Usable rows of customers who withdrew consent.
+    pub withdrawn_rows: u64,
+    pub customers: u64,
+    pub first: Option<Date>,
+    pub last: Option<Date>,
+    pub channels: Vec<(String, u64)>,
+}
+
+fn db_err(settings: &PgSettings, why: impl std::fmt::Display) -> DataError {
+    DataError::Database { url: settings.redacted(), why: why.to_string() }
+}
+
+/// A database error in words: the server's message and hint when it sent one.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut s = format!("{} ({})", db.message(), db.code().code());
+        if db.code() == &tokio_postgres::error::SqlState::QUERY_CANCELED {
+            s.push_str("; the query ran longer than data.query_timeout_seconds allows");
+        }
+        if let Some(h) = db.hint() {
+            let _ = write!(s, "; hint: {h}");
+        }
+        return s;
+    }
+    if e.is_closed() {
+        return format!("the connection to the database was lost ({e})");
+    }
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(inner) = src {
+        let _ = write!(s, ": {inner}");
+        src = inner.source();
+    }
+    s
+}
+
+impl Database {
+    /// A source for `data` (format `postgres`); no connection yet.
+    pub fn new(data: &DataConfig) -> Result<Self, DataError> {
+        let settings = data.postgres().map_err(DataError::Setting)?;
+        let mut pg: tokio_postgres::Config = settings.url.parse().map_err(|e| db_err(&settings, e))?;
+        if let Some(p) = settings.password().map_err(DataError::Setting)? {
+            pg.password(p);
+        }
+        pg.application_name("fedcrm-node");
+        pg.connect_timeout(Duration::from_secs(settings.connect_timeout_seconds));
+        let tls = match settings.sslmode {
+            SslMode::Disable => {
+                pg.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                None
+            }
+            SslMode::VerifyFull => {
+                pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+                // Unwrap safety: `validate` requires it for verify-full.
+                let path = settings.sslrootcert.clone().unwrap_or_default();
+                let pem = std::fs::read(&path)
+                    .map_err(|e| DataError::Setting(format!("cannot read data.sslrootcert {}: {e}", path.display())))?;
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&pem) {
+                    let cert: rustls_pki_types::CertificateDer<'static> = cert.map_err(|e| {
+                        DataError::Setting(format!("data.sslrootcert {}: not a PEM certificate: {e}", path.display()))
+                    })?;
+                    roots.add(cert).map_err(|e| {
+                        DataError::Setting(format!(
+                            "data.sslrootcert {}: cannot use this certificate: {e}",
+                            path.display()
+                        ))
+                    })?;
+                }
+                let config =
+                    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                        .with_safe_default_protocol_versions()
+                        .map_err(|e| DataError::Setting(e.to_string()))?
+                        .with_root_certificates(roots)
+                        .with_no_client_auth();
+                Some(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+            }
+        };
+        Ok(Self {
+            settings,
+            data: data.clone(),
+            pg,
+            tls,
+            client: tokio::sync::Mutex::new(None),
+            plan: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// The settings this source was made from.
+    pub fn settings(&self) -> &PgSettings {
+        &self.settings
+    }
+
+    fn err(&self, why: impl std::fmt::Display) -> DataError {
+        db_err(&self.settings, why)
+    }
+
+    async fn connect(&self) -> Result<Client, DataError> {
+        let client = match &self.tls {
+            None => {
+                let (client, conn) = self.pg.connect(NoTls).await.map_err(|e| self.err(describe(&e)))?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::warn!("database connection ended: {}", describe(&e));
+                    }
+                });
+                client
+            }
+            Some(tls) => {
+                let (client, conn) = self.pg.connect(tls.clone()).await.map_err(|e| self.err(describe(&e)))?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::warn!("database connection ended: {}", describe(&e));
+                    }
+                });
+                client
+            }
+        };
+        // Every transaction of this session is read-only unless it says otherwise, and
+        // the node's never do.
+        client.batch_execute("SET default_transaction_read_only = on").await.map_err(|e| self.err(describe(&e)))?;
+        Ok(client)
+    }
+
+    /// Run `f` in a read-only, repeatable-read transaction with the timeout and time
+    /// zone set, on the held connection (opened if there is none). On any error the
+    /// connection is dropped, so the next call opens a fresh one.
+    async fn read<T>(
+        &self,
+        f: impl AsyncFnOnce(&tokio_postgres::Transaction<'_>, &Plan) -> Result<T, DataError>,
+    ) -> Result<T, DataError> {
+        let mut held = self.client.lock().await;
+        if held.as_ref().is_some_and(Client::is_closed) {
+            *held = None;
+        }
+        if held.is_none() {
+            *held = Some(self.connect().await?);
+        }
+        // Unwrap safety: set just above.
+        let client = held.as_mut().unwrap();
+        let out = async {
+            let tx = client
+                .build_transaction()
+                .read_only(true)
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .start()
+                .await
+                .map_err(|e| self.err(describe(&e)))?;
+            tx.batch_execute(&format!("SET LOCAL statement_timeout = '{}s'", self.settings.query_timeout_seconds))
+                .await
+                .map_err(|e| self.err(describe(&e)))?;
+            tx.batch_execute(&format!("SET LOCAL TIME ZONE {}", quote_literal(&self.settings.time_zone)))
+                .await
+                .map_err(|e| {
+                    self.err(format!(
+                        "data.time_zone = {:?} is not a time zone this server knows; use an IANA name such as \"Asia/Shanghai\" ({})",
+                        self.settings.time_zone,
+                        describe(&e)
+                    ))
+                })?;
+            let plan = self.plan.get_or_try_init(|| self.plan(&tx)).await?;
+            let out = f(&tx, plan).await?;
+            tx.commit().await.map_err(|e| self.err(describe(&e)))?;
+            Ok(out)
+        }
+        .await;
+        if out.is_err() {
+            *held = None;
+        }
+        out
+    }
+
+    /// Build the normalising query from the source's columns and their types.
+    async fn plan(&self, tx: &tokio_postgres::Transaction<'_>) -> Result<Plan, DataError> {
+        let s = &self.settings;
+        let from = match (&s.table, &s.query) {
+            (Some(t), _) => quote_name(t),
+            (_, Some(q)) => format!("({q})"),
+            _ => unreachable!("validated: a table or a query"),
+        };
+        let probe = tx
+            .prepare(&format!("SELECT * FROM {from} AS s LIMIT 0"))
+            .await
+            .map_err(|e| self.err(format!("cannot read the source: {}", describe(&e))))?;
+        let found: Vec<(String, Type)> =
+            probe.columns().iter().map(|c| (c.name().to_string(), c.type_().clone())).collect();
+        let cols = &self.data.columns;
+        let what = match (&s.table, &s.query) {
+            (Some(t), _) => format!("table {t}"),
+            _ => "data.query".to_string(),
+        };
+        let names: Vec<&str> = found.iter().map(|(n, _)| n.as_str()).collect();
+        let col = |key: &str, name: &str| -> Result<Option<(String, Type)>, DataError> {
+            let name = name.trim();
+            if name.is_empty() {
+                return Ok(None);
+            }
+            found
+                .iter()
+                .find(|(n, _)| n == name)
+                .or_else(|| found.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)))
+                .map(|(n, t)| Some((quote_ident(n), t.clone())))
+                .ok_or_else(|| {
+                    self.err(format!(
+                        "{what} has no column {name:?} (data.columns.{key}); it has {names:?}. Name the column in node.toml, e.g. [data.columns] {key} = \"{}\"",
+                        names.first().copied().unwrap_or("...")
+                    ))
+                })
+        };
+        let required = |key: &str, name: &str| -> Result<(String, Type), DataError> {
+            col(key, name)?.ok_or_else(|| DataError::Setting(cols.validate().err().unwrap_or_default()))
+        };
+        let present = |configured: &Option<String>, default: &str| match configured {
+            Some(n) => Some(n.clone()),
+            None => found.iter().any(|(n, _)| n.eq_ignore_ascii_case(default)).then(|| default.to_string()),
+        };
+        let (ck, _) = required("customer_key", &cols.customer_key)?;
+        let (ts, ts_type) = required("timestamp", &cols.timestamp)?;
+        let (am, am_type) = required("amount", &cols.amount)?;
+        let day = match ts_type {
+            Type::TIMESTAMPTZ => format!("(s.{ts} AT TIME ZONE {})::date", quote_literal(&s.time_zone)),
+            Type::TIMESTAMP => format!("s.{ts}::date"),
+            Type::DATE => format!("s.{ts}"),
+            other => {
+                return Err(self.err(format!(
+                    "column {ts} (data.columns.timestamp) is of type {other}; it must be timestamptz, timestamp or date. \
+                     For text, use data.query with a cast, e.g. SELECT ..., {ts}::timestamptz AS {ts} FROM ..."
+                )));
+            }
+        };
+        let numeric = [Type::INT2, Type::INT4, Type::INT8, Type::NUMERIC, Type::FLOAT4, Type::FLOAT8, Type::MONEY];
+        if !numeric.contains(&am_type) {
+            return Err(self.err(format!(
+                "column {am} (data.columns.amount) is of type {am_type}; it must be numeric, an integer or a float (the amount in the currency's main unit). \
+                 For text, use data.query with a cast, e.g. SELECT ..., {am}::numeric AS {am} FROM ..."
+            )));
+        }
+        let text = |key: &str, name: &str| -> Result<String, DataError> {
+            Ok(match col(key, name)? {
+                Some((c, _)) => format!("NULLIF(btrim(CAST(s.{c} AS text)), '')"),
+                None => "NULL::text".into(),
+            })
+        };
+        let date = |key: &str, configured: &Option<String>, default: &str| -> Result<String, DataError> {
+            let Some(name) = present(configured, default) else { return Ok("NULL::date".into()) };
+            Ok(match col(key, &name)? {
+                None => "NULL::date".into(),
+                Some((c, Type::DATE)) => format!("s.{c}"),
+                Some((c, Type::TIMESTAMP | Type::TIMESTAMPTZ)) => format!("s.{c}::date"),
+                Some((c, t)) => {
+                    return Err(self.err(format!(
+                        "column {c} (data.columns.{key}) is of type {t}; it must be a date (use data.query with a cast)"
+                    )));
+                }
+            })
+        };
+        let quantity = match present(&cols.quantity, "quantity") {
+            None => "1::bigint".to_string(),
+            Some(name) => match col("quantity", &name)? {
+                None => "1::bigint".to_string(),
+                Some((c, Type::INT2 | Type::INT4 | Type::INT8)) => format!("CAST(s.{c} AS bigint)"),
+                Some((c, t)) => {
+                    return Err(
+                        self.err(format!("column {c} (data.columns.quantity) is of type {t}; it must be an integer"))
+                    );
+                }
+            },
+        };
+        let phone = text("phone", &cols.phone)?;
+        let channel = text("channel", &cols.channel)?;
+        let category = text("category", &cols.category)?;
+        let email = match present(&cols.email, super::rows::EMAIL) {
+            Some(n) => text("email", &n)?,
+            None => "NULL::text".into(),
+        };
+        let birthday = date("birthday", &cols.birthday, super::BIRTHDAY)?;
+        let anniversary = date("anniversary", &cols.anniversary, super::ANNIVERSARY)?;
+        // The row key: configured, else the table's primary key, else the customer key.
+        let mut key_cols: Vec<String> = Vec::new();
+        for k in &s.row_key {
+            key_cols.push(col("row_key", k)?.map(|(c, _)| c).unwrap_or_default());
+        }
+        let mut relations = Vec::new();
+        if let Some(t) = &s.table {
+            let row = tx
+                .query_opt(
+                    "SELECT format('%I.%I', n.nspname, c.relname), \
+                       coalesce((SELECT array_agg(a.attname::text ORDER BY array_position(i.indkey::int2[], a.attnum)) \
+                                 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+                                 WHERE i.indrelid = c.oid AND i.indisprimary), '{}') \
+                     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)",
+                    &[&quote_name(t)],
+                )
+                .await
+                .map_err(|e| self.err(format!("table {t}: {}", describe(&e))))?
+                .ok_or_else(|| self.err(format!("data.table {t} does not exist")))?;
+            relations.push(row.get::<_, String>(0));
+            if key_cols.is_empty() {
+                key_cols = row.get::<_, Vec<String>>(1).iter().map(|c| quote_ident(c)).collect();
+            }
+        } else if let Some(q) = &s.query {
+            relations.extend(self.relations_of(tx, q).await?);
+        }
+        if key_cols.is_empty() {
+            key_cols.push(ck.clone());
+        }
+        let row_key = key_cols
+            .iter()
+            .map(|c| format!("{} || '=' || coalesce(CAST(s.{c} AS text), 'NULL')", quote_literal(c.trim_matches('"'))))
+            .collect::<Vec<_>>()
+            .join(" || ' ' || ");
+        let ck_name = cols.customer_key.trim();
+        let ts_name = cols.timestamp.trim();
+        let am_name = cols.amount.trim();
+        let with = format!(
+            "WITH r AS (SELECT btrim(CAST(s.{ck} AS text)) AS k, {day} AS day, CAST(s.{am} AS numeric) AS a, {quantity} AS q, \
+               {phone} AS phone, {email} AS email, {channel} AS channel, {category} AS category, \
+               {birthday} AS birthday, {anniversary} AS anniversary, {row_key} AS row_key FROM {from} AS s), \
+             v AS (SELECT r.*, CASE \
+               WHEN k IS NULL OR k = '' THEN {e_key} \
+               WHEN day IS NULL THEN {e_ts_null} \
+               WHEN NOT isfinite(day) OR extract(year FROM day) NOT BETWEEN 1 AND 9999 THEN {e_ts_range} \
+               WHEN a IS NULL THEN {e_am_null} \
+               WHEN a = 'NaN'::numeric OR abs(a) >= 1e13 THEN {e_am_range} \
+               WHEN a * 100 <> trunc(a * 100) THEN {e_am_scale} \
+               WHEN q IS NULL OR q < 0 OR q > 4294967295 THEN 'quantity is NULL or not between 0 and 4294967295' \
+               END AS bad FROM r), \
+             w AS (SELECT v.*, CASE WHEN bad IS NULL THEN CAST(a * 100 AS bigint) END AS cents FROM v \
+               WHERE bad IS NULL AND NOT (k = ANY($1::text[])))",
+            e_key = quote_literal(&format!("{ck_name} (customer_key) is empty")),
+            e_ts_null = quote_literal(&format!("{ts_name} (timestamp) is NULL")),
+            e_ts_range = quote_literal(&format!("{ts_name} (timestamp) is not a date between the years 1 and 9999")),
+            e_am_null = quote_literal(&format!("{am_name} (amount) is NULL")),
+            e_am_range = quote_literal(&format!("{am_name} (amount) is not a finite amount below 10^13")),
+            e_am_scale = quote_literal(&format!("{am_name} (amount) has more than two decimals")),
+        );
+        if let Some(t) = &s.consent_table {
+            let row = tx
+                .query_opt(
+                    "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
+                     JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)",
+                    &[&quote_name(t)],
+                )
+                .await
+                .map_err(|e| self.err(format!("data.consent_table {t}: {}", describe(&e))))?;
+            match row {
+                Some(r) => relations.push(r.get(0)),
+                None => return Err(self.err(format!("data.consent_table {t} does not exist"))),
+            }
+        } else if let Some(q) = &s.consent_query {
+            relations.extend(self.relations_of(tx, q).await?);
+        }
+        relations.sort();
+        relations.dedup();
+        Ok(Plan { with, relations })
+    }
+
+    /// The tables a query reads, from its plan (views resolved to their tables).
+    async fn relations_of(&self, tx: &tokio_postgres::Transaction<'_>, query: &str) -> Result<Vec<String>, DataError> {
+        let plan: serde_json::Value = {
+            let rows = tx
+                .simple_query(&format!("EXPLAIN (VERBOSE, FORMAT JSON) {query}"))
+                .await
+                .map_err(|e| self.err(format!("cannot plan the query: {}", describe(&e))))?;
+            let text = rows
+                .iter()
+                .find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            serde_json::from_str(&text).map_err(|e| self.err(format!("cannot read the query's plan: {e}")))?
+        };
+        fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    if let (Some(serde_json::Value::String(r)), Some(serde_json::Value::String(s))) =
+                        (m.get("Relation Name"), m.get("Schema"))
+                    {
+                        out.push(format!("{}.{}", ident_as_written(s), ident_as_written(r)));
+                    }
+                    m.values().for_each(|x| walk(x, out));
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        walk(&plan, &mut out);
+        Ok(out)
+    }
+
+    /// Refuse a role that can change what it reads: a superuser, the owner of a table
+    /// read, or one holding INSERT, UPDATE, DELETE, TRUNCATE or TRIGGER on one (directly,
+    /// through a role it belongs to, or through PUBLIC). `Err` names the grant to revoke.
+    pub async fn check_read_only(&self) -> Result<(), DataError> {
+        let problems = self
+            .read(async |tx, plan| {
+                let me = tx.query_one("SELECT current_user::text, (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)", &[])
+                    .await
+                    .map_err(|e| self.err(describe(&e)))?;
+                let role: String = me.get(0);
+                let mut problems = Vec::new();
+                if me.get::<_, bool>(1) {
+                    problems.push(format!(
+                        "the role {role} is a superuser and can write anything; connect as a role of its own (see the README: Connecting a POS database)"
+                    ));
+                }
+                for rel in &plan.relations {
+                    let row = tx
+                        .query_one(
+                            "SELECT pg_has_role(current_user, c.relowner, 'USAGE'), pg_get_userbyid(c.relowner)::text, \
+                               has_any_column_privilege(c.oid, 'INSERT'), has_any_column_privilege(c.oid, 'UPDATE'), \
+                               has_table_privilege(c.oid, 'DELETE'), has_table_privilege(c.oid, 'TRUNCATE'), \
+                               has_table_privilege(c.oid, 'TRIGGER') \
+                             FROM pg_class c WHERE c.oid = $1::text::regclass",
+                            &[rel],
+                        )
+                        .await
+                        .map_err(|e| self.err(format!("{rel}: {}", describe(&e))))?;
+                    if row.get::<_, bool>(0) {
+                        let owner: String = row.get(1);
+                        problems.push(format!(
+                            "the role {role} owns {rel} (or is a member of its owner {owner}) and so can write to it; connect as a role that only has SELECT"
+                        ));
+                        continue;
+                    }
+                    let granted: Vec<&str> = ["INSERT", "UPDATE", "DELETE", "TRUNCATE", "TRIGGER"]
+                        .into_iter()
+                        .enumerate()
+                        .filter(|(i, _)| row.get::<_, bool>(i + 2))
+                        .map(|(_, p)| p)
+                        .collect();
+                    if !granted.is_empty() {
+                        let list = granted.join(", ");
+                        problems.push(format!(
+                            "the role {role} has {list} on {rel}; run REVOKE {list} ON {rel} FROM {role}; \
+                             (if it holds them through another role or PUBLIC, revoke them there: \\dp {rel} in psql shows the grants)"
+                        ));
+                    }
+                }
+                Ok(problems)
+            })
+            .await?;
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(self.err(format!(
+            "the node reads only with a role that cannot write, so it does not start: {}",
+            problems.join("; ")
+        )))
+    }
+
+    /// The server's version, the time zone and the query, for `node check`.
+    pub async fn describe_source(&self) -> Result<DatabaseReport, DataError> {
+        self.read(async |tx, plan| {
+            let version: String =
+                tx.query_one("SHOW server_version", &[]).await.map_err(|e| self.err(describe(&e)))?.get(0);
+            Ok(DatabaseReport {
+                url: self.settings.redacted(),
+                server_version: version,
+                time_zone: self.settings.time_zone.clone(),
+                query: plan.with.clone(),
+                relations: plan.relations.clone(),
+            })
+        })
+        .await
+    }
+
+    /// The withdrawn customers' keys: the consent file's, the consent table's or
+    /// query's, and those a badly written line of the file names, matched against the
+    /// customers in the source (exactly as the file formats are).
+    async fn withdrawals(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        plan: &Plan,
+    ) -> Result<super::Withdrawals, DataError> {
+        let mut w = match &self.data.consent_withdrawals {
+            Some(p) => super::Withdrawals::read(p, self.data.encoding)?,
+            None => super::Withdrawals::none(),
+        };
+        let s = &self.settings;
+        let listed = match (&s.consent_table, &s.consent_query) {
+            (Some(t), _) => Some(format!(
+                "SELECT btrim(CAST({} AS text)) FROM {}",
+                quote_ident(self.data.columns.customer_key.trim()),
+                quote_name(t)
+            )),
+            (_, Some(q)) => Some(format!("SELECT btrim(CAST(c.* AS text)) FROM ({q}) AS c")),
+            _ => None,
+        };
+        if let Some(sql) = listed {
+            let sql = if s.consent_query.is_some() {
+                // The first column of the query, whatever its name.
+                let stmt = tx
+                    .prepare(&format!("SELECT * FROM ({}) AS c LIMIT 0", s.consent_query.as_deref().unwrap_or("")))
+                    .await
+                    .map_err(|e| self.err(format!("data.consent_query: {}", describe(&e))))?;
+                let first = stmt.columns().first().map(|c| c.name().to_string()).ok_or_else(|| {
+                    self.err("data.consent_query returns no column; it must return the withdrawn customers' keys")
+                })?;
+                format!(
+                    "SELECT btrim(CAST(c.{} AS text)) FROM ({}) AS c",
+                    quote_ident(&first),
+                    s.consent_query.as_deref().unwrap_or("")
+                )
+            } else {
+                sql
+            };
+            let rows =
+                tx.query(&sql, &[]).await.map_err(|e| self.err(format!("consent withdrawals: {}", describe(&e))))?;
+            w.add_keys(rows.iter().filter_map(|r| r.get::<_, Option<String>>(0)));
+        }
+        let candidates: Vec<String> = w.candidates();
+        let stmt = format!("{} SELECT DISTINCT k FROM v WHERE bad IS NULL AND k = ANY($2::text[])", plan.with);
+        let none: Vec<String> = Vec::new();
+        let rows = tx.query(&stmt, &[&none, &candidates]).await.map_err(|e| self.err(describe(&e)))?;
+        let found: std::collections::HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
+        w.matched_against(|k| found.contains(k));
+        Ok(w)
+    }
+
+    /// The row counts, bad rows and customers of the source (what `node check` and every
+    /// read's admission see).
+    async fn counts(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        plan: &Plan,
+        withdrawn: &[String],
+    ) -> Result<Counts, DataError> {
+        let sql = format!(
+            "{}, c AS (SELECT count(*) AS n, count(*) FILTER (WHERE bad IS NOT NULL) AS bad, \
+               count(*) FILTER (WHERE bad IS NULL AND k = ANY($1::text[])) AS withdrawn FROM v) \
+             SELECT c.n, c.bad, c.withdrawn, (SELECT count(DISTINCT k) FROM w), (SELECT min(day) FROM w), (SELECT max(day) FROM w) FROM c",
+            plan.with
+        );
+        let row = tx.query_one(&sql, &[&withdrawn]).await.map_err(|e| self.err(describe(&e)))?;
+        let n = row.get::<_, i64>(0) as u64;
+        let bad = row.get::<_, i64>(1) as u64;
+        let mut counts = Counts {
+            report: LoadReport { rows: n - bad, skipped: bad, ..Default::default() },
+            withdrawn_rows: row.get::<_, i64>(2) as u64,
+            customers: row.get::<_, i64>(3) as u64,
+            first: row.get(4),
+            last: row.get(5),
+            channels: Vec::new(),
+        };
+        if bad > 0 {
+            let sql = format!(
+                "{} SELECT row_key, bad FROM v WHERE bad IS NOT NULL ORDER BY row_key LIMIT {EXAMPLES}",
+                plan.with
+            );
+            let rows = tx.query(&sql, &[&withdrawn]).await.map_err(|e| self.err(describe(&e)))?;
+            counts.report.skipped_keys =
+                rows.iter().map(|r| (r.get::<_, Option<String>>(0).unwrap_or_default(), r.get(1))).collect();
+        }
+        Ok(counts)
+    }
+
+    /// Counts, refused as a file load is: the first bad row under `on_bad_row = "fail"`,
+    /// more than `max_skipped_fraction` under `"skip"`.
+    fn admit(&self, counts: &Counts) -> Result<(), DataError> {
+        let r = &counts.report;
+        if r.skipped == 0 {
+            return Ok(());
+        }
+        let (key, why) = r.skipped_keys.first().cloned().unwrap_or_default();
+        if self.data.on_bad_row == super::OnBadRow::Fail {
+            return Err(self.err(format!(
+                "{} bad rows; the first is row {key}: {why} (fix the rows, or set data.on_bad_row = \"skip\" to skip such rows)",
+                r.skipped
+            )));
+        }
+        if r.skipped as f64 > self.data.max_skipped_fraction * r.read() as f64 {
+            return Err(self.err(format!(
+                "{} of {} rows could not be read ({:.1} %), more than data.max_skipped_fraction = {} allows; the first is row {key}: {why}",
+                r.skipped,
+                r.read(),
+                100.0 * r.skipped as f64 / r.read().max(1) as f64,
+                self.data.max_skipped_fraction
+            )));
+        }
+        Ok(())
+    }
+
+    /// What `node check` reports: counts, channels and the consent report, unrefused
+    /// (the refusal, if any, is `Err` of [`Database::admitted`]).
+    pub async fn check_counts(&self) -> Result<(Counts, super::ConsentReport), DataError> {
+        self.read(async |tx, plan| {
+            let w = self.withdrawals(tx, plan).await?;
+            let keys = w.keys();
+            let mut counts = self.counts(tx, plan, &keys).await?;
+            let sql =
+                format!("{} SELECT coalesce(channel, '(none)'), count(*) FROM w GROUP BY 1 ORDER BY 1", plan.with);
+            let rows = tx.query(&sql, &[&keys]).await.map_err(|e| self.err(describe(&e)))?;
+            counts.channels = rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64)).collect();
+            Ok((counts, w.report))
+        })
+        .await
+    }
+
+    /// Whether a read would be admitted (`node run` refuses to start otherwise).
+    pub fn admitted(&self, counts: &Counts) -> Result<(), DataError> {
+        self.admit(counts)
+    }
+
+    /// Each customer's RFM values at `reference`, computed in the database, in
+    /// customer-key order; the rows are admitted first.
+    pub async fn rfm(&self, reference: Date) -> Result<Vec<(String, CustomerRfm)>, DataError> {
+        self.read(async |tx, plan| {
+            let keys = self.withdrawals(tx, plan).await?.keys();
+            self.admit(&self.counts(tx, plan, &keys).await?)?;
+            let sql = format!(
+                "{} SELECT k, $2::date - max(day), count(DISTINCT day), greatest(sum(cents), 0)::bigint \
+                 FROM w WHERE day <= $2::date GROUP BY k ORDER BY k",
+                plan.with
+            );
+            let mut out = Vec::new();
+            self.stream(tx, &sql, &[&keys, &reference], |r| {
+                out.push((
+                    r.get::<_, String>(0),
+                    CustomerRfm {
+                        recency_days: r.get::<_, i32>(1) as u64,
+                        frequency: r.get::<_, i64>(2) as u64,
+                        monetary_cents: r.get::<_, i64>(3) as u64,
+                    },
+                ));
+            })
+            .await?;
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Every customer's history, in customer-key order, purchases by day (streamed).
+    pub async fn histories(&self) -> Result<Vec<History>, DataError> {
+        self.read(async |tx, plan| {
+            let keys = self.withdrawals(tx, plan).await?.keys();
+            self.admit(&self.counts(tx, plan, &keys).await?)?;
+            let sql = format!(
+                "{} SELECT k, day, cents, q, category, birthday, anniversary FROM w ORDER BY k, day, row_key",
+                plan.with
+            );
+            let mut out: Vec<History> = Vec::new();
+            self.stream(tx, &sql, &[&keys], |r| {
+                let k: String = r.get(0);
+                if out.last().is_none_or(|h| h.customer != k) {
+                    out.push(History { customer: k, txns: Vec::new(), birthday: None, anniversary: None });
+                }
+                // Unwrap safety: pushed just above.
+                let h = out.last_mut().unwrap();
+                h.txns.push(fedcrm_model::features::Txn {
+                    day: r.get(1),
+                    cents: r.get(2),
+                    quantity: r.get::<_, i64>(3) as u32,
+                    category: crate::features::category(r.get::<_, Option<&str>>(4)),
+                });
+                if let Some(d) = r.get::<_, Option<Date>>(5) {
+                    h.birthday = Some(d);
+                }
+                if let Some(d) = r.get::<_, Option<Date>>(6) {
+                    h.anniversary = Some(d);
+                }
+            })
+            .await?;
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Every usable row as a dataset (private set intersection and scoring read rows),
+    /// streamed in customer-key order.
+    pub async fn dataset(&self) -> Result<super::Dataset, DataError> {
+        self.read(async |tx, plan| {
+            let w = self.withdrawals(tx, plan).await?;
+            let keys = w.keys();
+            let counts = self.counts(tx, plan, &keys).await?;
+            self.admit(&counts)?;
+            let sql = format!(
+                "{} SELECT k, day, cents, q, channel, category, phone, email, birthday, anniversary FROM w ORDER BY k, day, row_key",
+                plan.with
+            );
+            let mut purchases = Vec::new();
+            self.stream(tx, &sql, &[&keys], |r| {
+                purchases.push(Purchase {
+                    customer: r.get(0),
+                    day: r.get(1),
+                    amount_cents: r.get(2),
+                    quantity: r.get::<_, i64>(3) as u32,
+                    channel: r.get(4),
+                    category: r.get(5),
+                    phone: r.get::<_, Option<String>>(6).map(Contact::new),
+                    email: r.get::<_, Option<String>>(7).map(Contact::new),
+                    birthday: r.get(8),
+                    anniversary: r.get(9),
+                });
+            })
+            .await?;
+            Ok(super::Dataset {
+                customers: counts.customers,
+                withdrawn_rows: counts.withdrawn_rows,
+                withdrawn_customers: w.report.matched + w.report.junk_matched,
+                consent: w.report,
+                purchases,
+                report: counts.report,
+            })
+        })
+        .await
+    }
+
+    /// For `node check`: per customer at most the two rows
+    /// [`crate::identifiers::customer_identifiers`] chooses from — the latest with a
+    /// usable identifier to match `on`, and the latest with any — read in customer
+    /// order, so the node holds one customer's rows at a time, never the table.
+    pub async fn contacts(&self, on: crate::identifiers::MatchOn) -> Result<Vec<Purchase>, DataError> {
+        use crate::identifiers::MatchOn;
+        let column = match on {
+            MatchOn::Phone => "phone",
+            MatchOn::Email => "email",
+            MatchOn::CustomerKey => "k",
+        };
+        self.read(async |tx, plan| {
+            let keys = self.withdrawals(tx, plan).await?.keys();
+            let sql = format!(
+                "{} SELECT k, day, {column} FROM w WHERE {column} IS NOT NULL ORDER BY k, day, row_key",
+                plan.with
+            );
+            let mut out: Vec<Purchase> = Vec::new();
+            // The current customer's (latest usable, latest any).
+            let mut held: Option<(String, Option<Purchase>, Option<Purchase>)> = None;
+            let flush = |held: &mut Option<(String, Option<Purchase>, Option<Purchase>)>, out: &mut Vec<Purchase>| {
+                if let Some((_, usable, any)) = held.take() {
+                    out.extend(usable);
+                    out.extend(any);
+                }
+            };
+            self.stream(tx, &sql, &[&keys], |r| {
+                let k: String = r.get(0);
+                let value: String = r.get(2);
+                let p = Purchase {
+                    customer: k.clone(),
+                    day: r.get(1),
+                    amount_cents: 0,
+                    quantity: 0,
+                    channel: None,
+                    category: None,
+                    phone: (on == MatchOn::Phone).then(|| Contact::new(value.clone())),
+                    email: (on == MatchOn::Email).then(|| Contact::new(value.clone())),
+                    birthday: None,
+                    anniversary: None,
+                };
+                if held.as_ref().is_none_or(|h| h.0 != k) {
+                    flush(&mut held, &mut out);
+                    held = Some((k, None, None));
+                }
+                // Unwrap safety: set just above.
+                let h = held.as_mut().unwrap();
+                if crate::identifiers::normalise(on, &value).is_ok() {
+                    h.1 = Some(p.clone());
+                }
+                h.2 = Some(p);
+            })
+            .await?;
+            flush(&mut held, &mut out);
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Run `sql` through a portal, `BATCH` rows at a time, handing each row to `each`.
+    async fn stream(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        mut each: impl FnMut(&tokio_postgres::Row),
+    ) -> Result<(), DataError> {
+        let stmt = tx.prepare(sql).await.map_err(|e| self.err(describe(&e)))?;
+        let portal = tx.bind(&stmt, params).await.map_err(|e| self.err(describe(&e)))?;
+        loop {
+            let mut rows =
+                std::pin::pin!(tx.query_portal_raw(&portal, BATCH).await.map_err(|e| self.err(describe(&e)))?);
+            let mut n = 0;
+            while let Some(r) = rows.try_next().await.map_err(|e| self.err(describe(&e)))? {
+                each(&r);
+                n += 1;
+            }
+            if n < BATCH as usize {
+                return Ok(());
+            }
+        }
+    }
+}
