@@ -677,6 +677,21 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Issue 14: a node reading a franchisee's PostgreSQL (a throwaway server started for
+    /// the run; needs Debian's postgresql package): `node check` and an RFM contribution
+    /// over a table of synthetic purchases at each size, with rows per second, the node
+    /// process's peak memory and the ratio to the bare aggregates on the raw table.
+    Postgres {
+        /// Table sizes (purchases), comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1000000,10000000")]
+        rows: Vec<u64>,
+        /// Customers (the same at every size).
+        #[arg(long, default_value_t = 200_000)]
+        customers: u64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Audit-log verification speed for a log of N records vs. hashing its bytes.
     Audit {
         #[arg(long, default_value_t = 1_000_000)]
@@ -819,7 +834,8 @@ impl Command {
             | Command::Bench(BenchCommand::Train { json, .. })
             | Command::Bench(BenchCommand::Audit { json, .. })
             | Command::Bench(BenchCommand::Psi { json, .. })
-            | Command::Bench(BenchCommand::Clv { json, .. }) => *json,
+            | Command::Bench(BenchCommand::Clv { json, .. })
+            | Command::Bench(BenchCommand::Postgres { json, .. }) => *json,
             _ => false,
         }
     }
@@ -1219,6 +1235,15 @@ async fn run(cli: Cli) -> Result<()> {
                 fedavg_row: only.as_deref() != Some("newton"),
             };
             fedcrm::bench::train::train(opts, json, flower).await
+        }
+        Command::Bench(BenchCommand::Postgres { rows, customers, json }) => {
+            let report = fedcrm::bench::postgres::run(&rows, customers, |s| eprintln!("{s}")).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", fedcrm::bench::postgres::table(&report));
+            }
+            Ok(())
         }
         Command::Bench(BenchCommand::Clv { nodes, dp: true, runs, epsilon, json }) => {
             let report = fedcrm::bench::clv::run_dp(&nodes, runs, epsilon).await?;

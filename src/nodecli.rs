@@ -9,6 +9,15 @@ use fedcrm_node::egress::EgressRecord;
 pub fn check_text(r: &CheckReport) -> String {
     let mut s = String::new();
     s.push_str(&format!("node {}\n\ndata: {}\n", r.node, r.data_path));
+    if let Some(db) = &r.database {
+        s.push_str(&format!("  server:               PostgreSQL {}\n", db.server_version));
+        s.push_str(&format!("  time zone:            {} (purchase times are converted to it before their date is taken)\n", db.time_zone));
+        s.push_str(&format!("  tables read:          {}\n", db.relations.join(", ")));
+        s.push_str("  query (read-only; $1 = the withdrawn customers' keys, $2 = the reference date):\n");
+        for line in db.query.lines() {
+            s.push_str(&format!("    {line}\n"));
+        }
+    }
     if let Some(e) = &r.encoding {
         s.push_str(&format!("  encoding:             {e}\n"));
     }
@@ -21,6 +30,9 @@ pub fn check_text(r: &CheckReport) -> String {
     s.push('\n');
     for (line, why) in &r.skipped_examples {
         s.push_str(&format!("    line {line}: {why}\n"));
+    }
+    for (key, why) in &r.skipped_keys {
+        s.push_str(&format!("    row {key}: {why}\n"));
     }
     if let Some(why) = &r.refused {
         s.push_str(&format!("  REFUSED: node run would not start: {why}\n"));

@@ -243,6 +243,51 @@ async fn broken_rows_are_reported_by_key_under_skip_and_stop_the_load_under_fail
     let ds = DataConfig::new(fedcrm_node::data::Format::Cdnow, path).load().unwrap();
     let reference = date!(1998 - 06 - 30);
     assert!(db.rfm(reference).await.unwrap() == fedcrm_node::features::rfm(&ds.purchases, reference));
+    // `fedcrm node check` on the database: the server, the query, the counts and the
+    // skipped rows by key; the exit status says `node run` would start.
+    let toml = format!(
+        "name = \"node-0\"\naudit_dir = \"audit\"\n[coordinator]\nurl = \"https://127.0.0.1:1\"\nserver_name = \"hq\"\n\
+         [tls]\nca = \"ca.pem\"\ncert = \"node.pem\"\nkey = \"node.key\"\n\
+         [data]\nformat = \"postgres\"\nurl = \"{}\"\npassword_file = \"{}\"\nsslmode = \"disable\"\ntable = \"sales\"\n\
+         on_bad_row = \"skip\"\n[data.columns]\ncustomer_key = \"customer_id\"\ntimestamp = \"purchased_at\"\n\
+         phone = \"\"\nchannel = \"\"\ncategory = \"\"\n",
+        data.url.as_deref().unwrap(),
+        data.password_file.as_ref().unwrap().display()
+    );
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, &toml).unwrap();
+    let check = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_fedcrm"))
+            .args(["node", "check", "--config"])
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = check(&[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    for want in [
+        "server:               PostgreSQL ",
+        "time zone:            Asia/Shanghai",
+        "tables read:          public.sales",
+        "GROUP BY k",
+        "rows read:            402",
+        "rows skipped:         2",
+        "row order_id=90001: amount (amount) is NULL",
+        "customers:            ",
+    ] {
+        assert!(text.contains(want), "node check lacks {want:?}:\n{text}");
+    }
+    assert!(!text.contains("REFUSED"), "{text}");
+    let json: serde_json::Value = serde_json::from_slice(&check(&["--json"]).stdout).unwrap();
+    assert_eq!(json["customers"].as_u64(), Some(ds.customers));
+    assert_eq!(json["skipped_keys"][1][0], "order_id=90002");
+    std::fs::write(&config, toml.replace("on_bad_row = \"skip\"", "on_bad_row = \"fail\"")).unwrap();
+    let out = check(&[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success() && text.contains("REFUSED") && text.contains("order_id=90001"), "{text}");
     // Above the allowed fraction, refused.
     data.max_skipped_fraction = 0.001;
     let err = data.open().await.unwrap_err().to_string();

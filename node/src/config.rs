@@ -81,7 +81,12 @@ impl NodeConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let (mut c, base): (NodeConfig, _) = load_toml(path)?;
         c.tls.resolve(&base);
-        resolve(&base, &mut c.data.path);
+        if !c.data.path.as_os_str().is_empty() {
+            resolve(&base, &mut c.data.path);
+        }
+        for p in [c.data.password_file.as_mut(), c.data.sslrootcert.as_mut()].into_iter().flatten() {
+            resolve(&base, p);
+        }
         resolve(&base, &mut c.audit_dir);
         resolve(&base, &mut c.approvals_dir);
         if let Some(p) = c.data.consent_withdrawals.as_mut() {

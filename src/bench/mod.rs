@@ -67,6 +67,7 @@
 
 pub mod clv;
 pub mod floor;
+pub mod postgres;
 pub mod flower;
 pub mod psi;
 mod table;

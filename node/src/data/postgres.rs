@@ -34,6 +34,11 @@ use tokio_postgres::{Client, NoTls};
 use super::{Contact, DataConfig, DataError, LoadReport, Purchase};
 use crate::features::History;
 
+/// Each customer's RFM values at `$2` (the reference date), over the normalised rows
+/// `w` ([`Plan::with`]): computed in the database, one row per customer.
+const RFM: &str = "SELECT k, $2::date - max(day), count(DISTINCT day), greatest(sum(cents), 0)::bigint \
+     FROM w WHERE day <= $2::date GROUP BY k ORDER BY k";
+
 /// Rows fetched from a portal at a time: what bounds the node's memory while it reads.
 const BATCH: i32 = 10_000;
 
@@ -250,7 +255,8 @@ pub struct DatabaseReport {
     pub url: String,
     pub server_version: String,
     pub time_zone: String,
-    /// The query every read is built on (the normalised rows).
+    /// The query every read is built on (the normalised rows, `w`), and the RFM
+    /// values computed from them at a reference date (`$2`).
     pub query: String,
     /// The tables read, each checked for write privileges.
     pub relations: Vec<String>,
@@ -722,7 +728,12 @@ impl Database {
                 url: self.settings.redacted(),
                 server_version: version,
                 time_zone: self.settings.time_zone.clone(),
-                query: plan.with.clone(),
+                query: format!("{}\n{RFM}", plan.with)
+                    .replace(" v AS (", "\nv AS (")
+                    .replace(" w AS (", "\nw AS (")
+                    .replace(" WHEN ", "\n  WHEN ")
+                    .replace(" END AS bad", "\n  END AS bad")
+                    .replace(" FROM w WHERE day", "\n  FROM w WHERE day"),
                 relations: plan.relations.clone(),
             })
         })
@@ -772,6 +783,12 @@ impl Database {
             let rows =
                 tx.query(&sql, &[]).await.map_err(|e| self.err(format!("consent withdrawals: {}", describe(&e))))?;
             w.add_keys(rows.iter().filter_map(|r| r.get::<_, Option<String>>(0)));
+            if w.report.path.is_empty() {
+                w.report.path = match (&s.consent_table, &s.consent_query) {
+                    (Some(t), _) => format!("table {t}"),
+                    _ => "data.consent_query".into(),
+                };
+            }
         }
         let candidates: Vec<String> = w.candidates();
         let stmt = format!("{} SELECT DISTINCT k FROM v WHERE bad IS NULL AND k = ANY($2::text[])", plan.with);
@@ -872,11 +889,7 @@ impl Database {
         self.read(async |tx, plan| {
             let keys = self.withdrawals(tx, plan).await?.keys();
             self.admit(&self.counts(tx, plan, &keys).await?)?;
-            let sql = format!(
-                "{} SELECT k, $2::date - max(day), count(DISTINCT day), greatest(sum(cents), 0)::bigint \
-                 FROM w WHERE day <= $2::date GROUP BY k ORDER BY k",
-                plan.with
-            );
+            let sql = format!("{} {RFM}", plan.with);
             let mut out = Vec::new();
             self.stream(tx, &sql, &[&keys, &reference], |r| {
                 out.push((

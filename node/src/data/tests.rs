@@ -322,3 +322,34 @@ fn an_email_column_is_read_when_the_header_has_one_and_matched_on_when_configure
     // Debug never shows it.
     assert!(!format!("{:?}", ds.purchases[0]).contains("Li.Na"));
 }
+
+#[test]
+fn a_database_source_is_configured_without_a_password_and_with_one_of_table_or_query() {
+    let base = "format = \"postgres\"\nurl = \"postgres://reader@db:5432/pos\"\npassword_env = \"PW\"\n";
+    let ok: DataConfig = toml::from_str(&format!("{base}sslmode = \"disable\"\ntable = \"pos.sales\"\n")).unwrap();
+    let s = ok.postgres().unwrap();
+    assert_eq!((s.time_zone.as_str(), s.query_timeout_seconds), ("Asia/Shanghai", 600));
+    ok.validate().unwrap();
+    let refused = |extra: &str, why: &str| {
+        let cfg: DataConfig = toml::from_str(&format!("{base}{extra}")).unwrap();
+        let err = cfg.validate().unwrap_err();
+        assert!(err.contains(why), "{extra}: {err}");
+    };
+    refused("sslmode = \"disable\"\n", "needs data.table");
+    refused("sslmode = \"disable\"\ntable = \"t\"\nquery = \"SELECT 1\"\n", "not both");
+    refused("table = \"t\"\n", "needs data.sslrootcert");
+    refused("sslmode = \"disable\"\ntable = \"t\"\npath = \"x.csv\"\n", "data.path is for files");
+    let inline: DataConfig = toml::from_str(
+        "format = \"postgres\"\nurl = \"postgres://reader:secret@db/pos\"\nsslmode = \"disable\"\ntable = \"t\"\n",
+    )
+    .unwrap();
+    let err = inline.validate().unwrap_err();
+    assert!(err.contains("holds a password") && !err.contains("secret"), "{err}");
+    let csv: DataConfig = toml::from_str("path = \"x.csv\"\ntable = \"t\"\n").unwrap();
+    assert!(csv.validate().unwrap_err().contains("data.table apply to format = \"postgres\" only"));
+    assert_eq!(
+        postgres::quote_name("pos.\"Sales 2024\""),
+        "\"pos\".\"Sales 2024\"",
+        "a quoted part is kept, a bare one quoted"
+    );
+}
