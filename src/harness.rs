@@ -691,11 +691,11 @@ impl<C> Cluster<C> {
 
     /// Load a node's data and credentials.
     pub fn node_context(&self, cfg: &NodeConfig) -> Result<NodeContext> {
-        // A database source is connected at its first read; `node run` checks its role
-        // and rows before it starts (`DataConfig::open`), which tests call themselves.
+        // A database source is checked as `node run` checks it (its role, its rows);
+        // tests with database nodes run on a multi-threaded runtime.
         let source = match cfg.data.format {
             Format::Postgres => {
-                fedcrm_node::data::Source::Database(Arc::new(fedcrm_node::data::postgres::Database::new(&cfg.data)?))
+                tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(cfg.data.open()))?
             }
             _ => Arc::new(cfg.data.load()?).into(),
         };

@@ -11,7 +11,10 @@ pub fn check_text(r: &CheckReport) -> String {
     s.push_str(&format!("node {}\n\ndata: {}\n", r.node, r.data_path));
     if let Some(db) = &r.database {
         s.push_str(&format!("  server:               PostgreSQL {}\n", db.server_version));
-        s.push_str(&format!("  time zone:            {} (purchase times are converted to it before their date is taken)\n", db.time_zone));
+        s.push_str(&format!(
+            "  time zone:            {} (purchase times are converted to it before their date is taken)\n",
+            db.time_zone
+        ));
         s.push_str(&format!("  tables read:          {}\n", db.relations.join(", ")));
         s.push_str("  query (read-only; $1 = the withdrawn customers' keys, $2 = the reference date):\n");
         for line in db.query.lines() {

@@ -67,8 +67,8 @@
 
 pub mod clv;
 pub mod floor;
-pub mod postgres;
 pub mod flower;
+pub mod postgres;
 pub mod psi;
 mod table;
 pub mod train;

@@ -214,6 +214,10 @@ impl<'a> LocalData<'a> {
     }
 }
 
+/// Issue 14: the refusal a node sends when its database cannot be read — no detail of
+/// the data or the database (those are in the node's log).
+pub const DATABASE_UNREADABLE: &str = "this node could not read its database, so it refuses this round and reconnects for the next; the reason is in this node's log";
+
 /// Issue 14: read from a database source what `analysis` needs, before its round
 /// computes anything — RFM values at the reference date (computed in the database) or
 /// the customers' histories — once per analysis. A file source needs nothing here.
@@ -221,8 +225,11 @@ impl<'a> LocalData<'a> {
 pub async fn prepare(source: &Source, analysis: &Analysis, cache: &mut Cache) -> Result<(), String> {
     let Source::Database(db) = source else { return Ok(()) };
     let fresh = cache.read_for.as_deref() != Some(analysis.analysis_id.as_str());
+    // The refusal goes to HQ: it says only that the read failed. The details (row keys,
+    // counts, the server's messages) stay in this node's log.
     let reason = |e: crate::data::DataError| {
-        format!("this node could not read its database, so it refuses this round and reconnects for the next: {e}")
+        tracing::warn!(analysis = %analysis.analysis_id, error = %e, "reading the database failed");
+        DATABASE_UNREADABLE.to_string()
     };
     match &analysis.kind {
         AnalysisKind::RfmHistograms(_) | AnalysisKind::RfmSegments(_) => {

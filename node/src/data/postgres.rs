@@ -37,7 +37,20 @@ use crate::features::History;
 /// Each customer's RFM values at `$2` (the reference date), over the normalised rows
 /// `w` ([`Plan::with`]): computed in the database, one row per customer.
 const RFM: &str = "SELECT k, $2::date - max(day), count(DISTINCT day), greatest(sum(cents), 0)::bigint \
-     FROM w WHERE day <= $2::date GROUP BY k ORDER BY k";
+     FROM w WHERE day <= $2::date GROUP BY k ORDER BY k COLLATE \"C\"";
+
+/// Trim a text expression as Rust's `str::trim` does (Unicode White_Space, so the
+/// ideographic space U+3000 and NBSP too), as the CSV reader and consent lists trim.
+fn trim_sql(expr: &str) -> String {
+    const WS: &str = r"[\s\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]";
+    format!("regexp_replace({expr}, '^{WS}+|{WS}+$', '', 'g')")
+}
+
+/// A query from node.toml as a subquery: without a trailing `;`, and closed on a line
+/// of its own so a trailing `-- comment` ends before it.
+fn subquery(q: &str) -> String {
+    format!("(\n{}\n)", q.trim().trim_end_matches(';').trim_end())
+}
 
 /// Rows fetched from a portal at a time: what bounds the node's memory while it reads.
 const BATCH: i32 = 10_000;
@@ -84,7 +97,8 @@ pub struct PgSettings {
     /// The zone purchase times are converted to before their date is taken (an IANA
     /// name the server knows; default `Asia/Shanghai`).
     pub time_zone: String,
-    /// The longest one query may run (seconds; default 600).
+    /// The longest one read of the database may take, all its queries together
+    /// (seconds; default 600).
     pub query_timeout_seconds: u64,
     /// The longest a connection attempt may take (seconds; default 10).
     pub connect_timeout_seconds: u64,
@@ -134,7 +148,7 @@ impl PgSettings {
 
     /// The URL as messages show it (`postgres://USER@HOST:PORT/DB`, never a password).
     pub fn redacted(&self) -> String {
-        match self.url.split_once("://").and_then(|(s, rest)| rest.split_once('@').map(|(who, at)| (s, who, at))) {
+        match self.url.split_once("://").and_then(|(s, rest)| rest.rsplit_once('@').map(|(who, at)| (s, who, at))) {
             Some((scheme, who, at)) => format!("{scheme}://{}@{at}", who.split(':').next().unwrap_or("")),
             None => self.url.clone(),
         }
@@ -169,7 +183,8 @@ impl PgSettings {
 }
 
 /// Quote an identifier, or each part of a dotted name (`pos.sales` → `"pos"."sales"`);
-/// a part already in double quotes is kept as written.
+/// a part already in double quotes is kept as written, an unquoted one is folded to
+/// lower case as SQL folds it.
 pub fn quote_name(name: &str) -> String {
     let mut out = String::new();
     let mut rest = name.trim();
@@ -197,7 +212,8 @@ pub fn quote_name(name: &str) -> String {
             rest = inner.get(end + 1..).unwrap_or("").trim_start_matches('.');
         } else {
             let (part, tail) = rest.split_once('.').unwrap_or((rest, ""));
-            out.push_str(&quote_ident(part.trim()));
+            // Unquoted, SQL folds a name to lower case (`Sales` is `sales`).
+            out.push_str(&quote_ident(&part.trim().to_lowercase()));
             rest = tail;
         }
     }
@@ -312,6 +328,10 @@ impl Database {
         }
         pg.application_name("fedcrm-node");
         pg.connect_timeout(Duration::from_secs(settings.connect_timeout_seconds));
+        // A connection lost without a word (a crashed host, a NAT that forgot it) is
+        // noticed within a minute, not after the system's two hours.
+        pg.keepalives(true).keepalives_idle(Duration::from_secs(30)).keepalives_interval(Duration::from_secs(10));
+        pg.tcp_user_timeout(Duration::from_secs(60));
         let tls = match settings.sslmode {
             SslMode::Disable => {
                 pg.ssl_mode(tokio_postgres::config::SslMode::Disable);
@@ -398,7 +418,12 @@ impl Database {
         f: impl AsyncFnOnce(&tokio_postgres::Transaction<'_>, &Plan) -> Result<T, DataError>,
     ) -> Result<T, DataError> {
         let mut held = self.client.lock().await;
-        if held.as_ref().is_some_and(Client::is_closed) {
+        // A connection that went away while idle (the server restarted, a firewall
+        // forgot it) is found here and replaced, not reported as this read's failure.
+        let quick = Duration::from_secs(self.settings.connect_timeout_seconds);
+        if let Some(c) = held.as_ref()
+            && (c.is_closed() || !matches!(tokio::time::timeout(quick, c.batch_execute("SELECT 1")).await, Ok(Ok(()))))
+        {
             *held = None;
         }
         if held.is_none() {
@@ -406,7 +431,8 @@ impl Database {
         }
         // Unwrap safety: set just above.
         let client = held.as_mut().unwrap();
-        let out = async {
+        let limit = Duration::from_secs(self.settings.query_timeout_seconds);
+        let out = tokio::time::timeout(limit, async {
             let tx = client
                 .build_transaction()
                 .read_only(true)
@@ -430,8 +456,14 @@ impl Database {
             let out = f(&tx, plan).await?;
             tx.commit().await.map_err(|e| self.err(describe(&e)))?;
             Ok(out)
-        }
-        .await;
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(self.err(format!(
+                "the read did not finish within data.query_timeout_seconds = {}; the database is too slow or unreachable",
+                self.settings.query_timeout_seconds
+            )))
+        });
         if out.is_err() {
             *held = None;
         }
@@ -443,7 +475,7 @@ impl Database {
         let s = &self.settings;
         let from = match (&s.table, &s.query) {
             (Some(t), _) => quote_name(t),
-            (_, Some(q)) => format!("({q})"),
+            (_, Some(q)) => subquery(q),
             _ => unreachable!("validated: a table or a query"),
         };
         let probe = tx
@@ -505,7 +537,7 @@ impl Database {
         }
         let text = |key: &str, name: &str| -> Result<String, DataError> {
             Ok(match col(key, name)? {
-                Some((c, _)) => format!("NULLIF(btrim(CAST(s.{c} AS text)), '')"),
+                Some((c, _)) => format!("NULLIF({}, '')", trim_sql(&format!("CAST(s.{c} AS text)"))),
                 None => "NULL::text".into(),
             })
         };
@@ -522,6 +554,7 @@ impl Database {
                 }
             })
         };
+        let qty_name = present(&cols.quantity, "quantity").unwrap_or_else(|| "quantity".into());
         let quantity = match present(&cols.quantity, "quantity") {
             None => "1::bigint".to_string(),
             Some(name) => match col("quantity", &name)? {
@@ -563,6 +596,8 @@ impl Database {
                 .map_err(|e| self.err(format!("table {t}: {}", describe(&e))))?
                 .ok_or_else(|| self.err(format!("data.table {t} does not exist")))?;
             relations.push(row.get::<_, String>(0));
+            // A view's base tables (EXPLAIN names them), and a partitioned table's parts.
+            relations.extend(self.relations_of(tx, &format!("SELECT * FROM {}", quote_name(t))).await?);
             if key_cols.is_empty() {
                 key_cols = row.get::<_, Vec<String>>(1).iter().map(|c| quote_ident(c)).collect();
             }
@@ -581,7 +616,7 @@ impl Database {
         let ts_name = cols.timestamp.trim();
         let am_name = cols.amount.trim();
         let with = format!(
-            "WITH r AS (SELECT btrim(CAST(s.{ck} AS text)) AS k, {day} AS day, CAST(s.{am} AS numeric) AS a, {quantity} AS q, \
+            "WITH r AS (SELECT {key} AS k, {day} AS day, CAST(s.{am} AS numeric) AS a, {quantity} AS q, \
                {phone} AS phone, {email} AS email, {channel} AS channel, {category} AS category, \
                {birthday} AS birthday, {anniversary} AS anniversary, {row_key} AS row_key FROM {from} AS s), \
              v AS (SELECT r.*, CASE \
@@ -589,17 +624,19 @@ impl Database {
                WHEN day IS NULL THEN {e_ts_null} \
                WHEN NOT isfinite(day) OR extract(year FROM day) NOT BETWEEN 1 AND 9999 THEN {e_ts_range} \
                WHEN a IS NULL THEN {e_am_null} \
-               WHEN a = 'NaN'::numeric OR abs(a) >= 1e13 THEN {e_am_range} \
+               WHEN a = 'NaN'::numeric OR abs(a) >= 1e15 THEN {e_am_range} \
                WHEN a * 100 <> trunc(a * 100) THEN {e_am_scale} \
-               WHEN q IS NULL OR q < 0 OR q > 4294967295 THEN 'quantity is NULL or not between 0 and 4294967295' \
+               WHEN q IS NULL OR q < 0 OR q > 4294967295 THEN {e_qty} \
                END AS bad FROM r), \
              w AS (SELECT v.*, CASE WHEN bad IS NULL THEN CAST(a * 100 AS bigint) END AS cents FROM v \
                WHERE bad IS NULL AND NOT (k = ANY($1::text[])))",
+            key = trim_sql(&format!("CAST(s.{ck} AS text)")),
             e_key = quote_literal(&format!("{ck_name} (customer_key) is empty")),
             e_ts_null = quote_literal(&format!("{ts_name} (timestamp) is NULL")),
             e_ts_range = quote_literal(&format!("{ts_name} (timestamp) is not a date between the years 1 and 9999")),
             e_am_null = quote_literal(&format!("{am_name} (amount) is NULL")),
-            e_am_range = quote_literal(&format!("{am_name} (amount) is not a finite amount below 10^13")),
+            e_am_range = quote_literal(&format!("{am_name} (amount) is not a finite amount below 10^15")),
+            e_qty = quote_literal(&format!("{qty_name} (quantity) is NULL or not between 0 and 4294967295")),
             e_am_scale = quote_literal(&format!("{am_name} (amount) has more than two decimals")),
         );
         if let Some(t) = &s.consent_table {
@@ -658,58 +695,18 @@ impl Database {
         Ok(out)
     }
 
-    /// Refuse a role that can change what it reads: a superuser, the owner of a table
-    /// read, or one holding INSERT, UPDATE, DELETE, TRUNCATE or TRIGGER on one (directly,
-    /// through a role it belongs to, or through PUBLIC). `Err` names the grant to revoke.
+    /// Refuse a role that can change what it reads: a superuser or a role that may
+    /// create roles, the owner of a table read, or one holding INSERT, UPDATE, DELETE,
+    /// TRUNCATE or TRIGGER on one — itself, through PUBLIC, or through any role it is a
+    /// member of (inheriting or not: `SET ROLE` reaches them all). The tables read are
+    /// those named, their base tables when they are views, and every partition and
+    /// inheritance parent or child of them. `Err` names the grant to revoke.
     pub async fn check_read_only(&self) -> Result<(), DataError> {
-        let problems = self
-            .read(async |tx, plan| {
-                let me = tx.query_one("SELECT current_user::text, (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)", &[])
-                    .await
-                    .map_err(|e| self.err(describe(&e)))?;
-                let role: String = me.get(0);
-                let mut problems = Vec::new();
-                if me.get::<_, bool>(1) {
-                    problems.push(format!(
-                        "the role {role} is a superuser and can write anything; connect as a role of its own (see the README: Connecting a POS database)"
-                    ));
-                }
-                for rel in &plan.relations {
-                    let row = tx
-                        .query_one(
-                            "SELECT pg_has_role(current_user, c.relowner, 'USAGE'), pg_get_userbyid(c.relowner)::text, \
-                               has_any_column_privilege(c.oid, 'INSERT'), has_any_column_privilege(c.oid, 'UPDATE'), \
-                               has_table_privilege(c.oid, 'DELETE'), has_table_privilege(c.oid, 'TRUNCATE'), \
-                               has_table_privilege(c.oid, 'TRIGGER') \
-                             FROM pg_class c WHERE c.oid = $1::text::regclass",
-                            &[rel],
-                        )
-                        .await
-                        .map_err(|e| self.err(format!("{rel}: {}", describe(&e))))?;
-                    if row.get::<_, bool>(0) {
-                        let owner: String = row.get(1);
-                        problems.push(format!(
-                            "the role {role} owns {rel} (or is a member of its owner {owner}) and so can write to it; connect as a role that only has SELECT"
-                        ));
-                        continue;
-                    }
-                    let granted: Vec<&str> = ["INSERT", "UPDATE", "DELETE", "TRUNCATE", "TRIGGER"]
-                        .into_iter()
-                        .enumerate()
-                        .filter(|(i, _)| row.get::<_, bool>(i + 2))
-                        .map(|(_, p)| p)
-                        .collect();
-                    if !granted.is_empty() {
-                        let list = granted.join(", ");
-                        problems.push(format!(
-                            "the role {role} has {list} on {rel}; run REVOKE {list} ON {rel} FROM {role}; \
-                             (if it holds them through another role or PUBLIC, revoke them there: \\dp {rel} in psql shows the grants)"
-                        ));
-                    }
-                }
-                Ok(problems)
-            })
-            .await?;
+        let problems = self.read(async |tx, plan| self.write_problems(tx, plan).await).await?;
+        self.refuse_writers(problems)
+    }
+
+    fn refuse_writers(&self, problems: Vec<String>) -> Result<(), DataError> {
         if problems.is_empty() {
             return Ok(());
         }
@@ -717,6 +714,98 @@ impl Database {
             "the node reads only with a role that cannot write, so it does not start: {}",
             problems.join("; ")
         )))
+    }
+
+    async fn write_problems(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        plan: &Plan,
+    ) -> Result<Vec<String>, DataError> {
+        let q = async |sql: &str, params: &[&(dyn ToSql + Sync)]| {
+            tx.query(sql, params).await.map_err(|e| self.err(describe(&e)))
+        };
+        let me = q("SELECT format('%I', current_user)", &[]).await?;
+        let role: String = me[0].get(0);
+        let mut problems = Vec::new();
+        // Every role this one may act as.
+        let powers = q(
+            "SELECT format('%I', rolname), rolsuper, rolcreaterole FROM pg_roles \
+             WHERE pg_has_role(current_user, oid, 'MEMBER') AND (rolsuper OR rolcreaterole) ORDER BY 1",
+            &[],
+        )
+        .await?;
+        for r in &powers {
+            let (name, sup): (String, bool) = (r.get(0), r.get(1));
+            let through = if name == role { String::new() } else { format!(" through its membership in {name}") };
+            let what = if sup { "is a superuser" } else { "may create roles (CREATEROLE) and so grant itself any" };
+            problems.push(format!(
+                "the role {role}{through} {what}; connect as a role of its own that only has SELECT (README: Connecting a POS database)"
+            ));
+        }
+        let tables = q(
+            "WITH RECURSIVE base AS (SELECT unnest($1::text[])::regclass::oid AS rel), \
+               up AS (SELECT rel FROM base UNION SELECT i.inhparent FROM pg_inherits i JOIN up ON i.inhrelid = up.rel), \
+               down AS (SELECT rel FROM base UNION SELECT i.inhrelid FROM pg_inherits i JOIN down ON i.inhparent = down.rel) \
+             SELECT DISTINCT c.oid, format('%I.%I', n.nspname, c.relname), format('%I', pg_get_userbyid(c.relowner)), \
+               pg_has_role(current_user, c.relowner, 'MEMBER') \
+             FROM (SELECT rel FROM up UNION SELECT rel FROM down) x JOIN pg_class c ON c.oid = x.rel \
+             JOIN pg_namespace n ON n.oid = c.relnamespace ORDER BY 2",
+            &[&plan.relations],
+        )
+        .await?;
+        for t in &tables {
+            let (oid, rel, owner, owns): (tokio_postgres::types::Oid, String, String, bool) =
+                (t.get(0), t.get(1), t.get(2), t.get(3));
+            if owns {
+                problems.push(format!(
+                    "the role {role} owns {rel} (or may act as its owner {owner}) and so can write to it; connect as a role that only has SELECT"
+                ));
+                continue;
+            }
+            let grants = q(
+                "SELECT format('%I', r.rolname), has_any_column_privilege(r.oid, $1::oid, 'INSERT'), \
+                   has_any_column_privilege(r.oid, $1::oid, 'UPDATE'), has_table_privilege(r.oid, $1::oid, 'DELETE'), \
+                   has_table_privilege(r.oid, $1::oid, 'TRUNCATE'), has_table_privilege(r.oid, $1::oid, 'TRIGGER') \
+                 FROM pg_roles r WHERE pg_has_role(current_user, r.oid, 'MEMBER') ORDER BY r.rolname = current_user DESC, 1",
+                &[&oid],
+            )
+            .await?;
+            let mut held: Vec<(String, Vec<&str>)> = Vec::new();
+            for g in &grants {
+                let holder: String = g.get(0);
+                let granted: Vec<&str> = ["INSERT", "UPDATE", "DELETE", "TRUNCATE", "TRIGGER"]
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(i, _)| g.get::<_, bool>(i + 1))
+                    .map(|(_, p)| p)
+                    .collect();
+                if !granted.is_empty() {
+                    held.push((holder, granted));
+                }
+            }
+            // This role's own line is left out when a role it belongs to holds the same
+            // (inherited, revoking them there is the fix).
+            let by_others: std::collections::HashSet<&str> =
+                held.iter().filter(|(h, _)| *h != role).flat_map(|(_, g)| g.iter().copied()).collect();
+            for (holder, granted) in &held {
+                if *holder == role && granted.iter().all(|p| by_others.contains(p)) {
+                    continue;
+                }
+                let list = granted.join(", ");
+                problems.push(if *holder == role {
+                    format!(
+                        "the role {role} has {list} on {rel}; run REVOKE {list} ON {rel} FROM {role}; \
+                         (if PUBLIC holds it, REVOKE {list} ON {rel} FROM PUBLIC; \\dp {rel} in psql shows the grants)"
+                    )
+                } else {
+                    format!(
+                        "the role {role} is a member of {holder}, which has {list} on {rel}; run REVOKE {holder} FROM {role}; \
+                         or REVOKE {list} ON {rel} FROM {holder};"
+                    )
+                });
+            }
+        }
+        Ok(problems)
     }
 
     /// The server's version, the time zone and the query, for `node check`.
@@ -755,11 +844,11 @@ impl Database {
         let s = &self.settings;
         let listed = match (&s.consent_table, &s.consent_query) {
             (Some(t), _) => Some(format!(
-                "SELECT btrim(CAST({} AS text)) FROM {}",
-                quote_ident(self.data.columns.customer_key.trim()),
+                "SELECT {} FROM {}",
+                trim_sql(&format!("CAST({} AS text)", quote_ident(self.data.columns.customer_key.trim()))),
                 quote_name(t)
             )),
-            (_, Some(q)) => Some(format!("SELECT btrim(CAST(c.* AS text)) FROM ({q}) AS c")),
+            (_, Some(_)) => Some(String::new()),
             _ => None,
         };
         if let Some(sql) = listed {
@@ -773,9 +862,9 @@ impl Database {
                     self.err("data.consent_query returns no column; it must return the withdrawn customers' keys")
                 })?;
                 format!(
-                    "SELECT btrim(CAST(c.{} AS text)) FROM ({}) AS c",
-                    quote_ident(&first),
-                    s.consent_query.as_deref().unwrap_or("")
+                    "SELECT {} FROM {} AS c",
+                    trim_sql(&format!("CAST(c.{} AS text)", quote_ident(&first))),
+                    subquery(s.consent_query.as_deref().unwrap_or(""))
                 )
             } else {
                 sql
@@ -826,7 +915,7 @@ impl Database {
         };
         if bad > 0 {
             let sql = format!(
-                "{} SELECT row_key, bad FROM v WHERE bad IS NOT NULL ORDER BY row_key LIMIT {EXAMPLES}",
+                "{} SELECT row_key, bad FROM v WHERE bad IS NOT NULL ORDER BY row_key COLLATE \"C\" LIMIT {EXAMPLES}",
                 plan.with
             );
             let rows = tx.query(&sql, &[&withdrawn]).await.map_err(|e| self.err(describe(&e)))?;
@@ -870,12 +959,25 @@ impl Database {
             let keys = w.keys();
             let mut counts = self.counts(tx, plan, &keys).await?;
             let sql =
-                format!("{} SELECT coalesce(channel, '(none)'), count(*) FROM w GROUP BY 1 ORDER BY 1", plan.with);
+                format!("{} SELECT coalesce(channel, '(none)'), count(*) FROM w GROUP BY 1 ORDER BY coalesce(channel, '(none)') COLLATE \"C\"", plan.with);
             let rows = tx.query(&sql, &[&keys]).await.map_err(|e| self.err(describe(&e)))?;
             counts.channels = rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64)).collect();
             Ok((counts, w.report))
         })
         .await
+    }
+
+    /// The withdrawn keys of a read, once the role is checked again (a grant added while
+    /// the node runs is caught at the next read) and the rows are admitted.
+    async fn admitted_keys(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        plan: &Plan,
+    ) -> Result<super::Withdrawals, DataError> {
+        self.refuse_writers(self.write_problems(tx, plan).await?)?;
+        let w = self.withdrawals(tx, plan).await?;
+        self.admit(&self.counts(tx, plan, &w.keys()).await?)?;
+        Ok(w)
     }
 
     /// Whether a read would be admitted (`node run` refuses to start otherwise).
@@ -887,8 +989,7 @@ impl Database {
     /// customer-key order; the rows are admitted first.
     pub async fn rfm(&self, reference: Date) -> Result<Vec<(String, CustomerRfm)>, DataError> {
         self.read(async |tx, plan| {
-            let keys = self.withdrawals(tx, plan).await?.keys();
-            self.admit(&self.counts(tx, plan, &keys).await?)?;
+            let keys = self.admitted_keys(tx, plan).await?.keys();
             let sql = format!("{} {RFM}", plan.with);
             let mut out = Vec::new();
             self.stream(tx, &sql, &[&keys, &reference], |r| {
@@ -910,10 +1011,9 @@ impl Database {
     /// Every customer's history, in customer-key order, purchases by day (streamed).
     pub async fn histories(&self) -> Result<Vec<History>, DataError> {
         self.read(async |tx, plan| {
-            let keys = self.withdrawals(tx, plan).await?.keys();
-            self.admit(&self.counts(tx, plan, &keys).await?)?;
+            let keys = self.admitted_keys(tx, plan).await?.keys();
             let sql = format!(
-                "{} SELECT k, day, cents, q, category, birthday, anniversary FROM w ORDER BY k, day, row_key",
+                "{} SELECT k, day, cents, q, category, birthday, anniversary FROM w ORDER BY k COLLATE \"C\", day, row_key COLLATE \"C\"",
                 plan.with
             );
             let mut out: Vec<History> = Vec::new();
@@ -947,12 +1047,13 @@ impl Database {
     /// streamed in customer-key order.
     pub async fn dataset(&self) -> Result<super::Dataset, DataError> {
         self.read(async |tx, plan| {
+            self.refuse_writers(self.write_problems(tx, plan).await?)?;
             let w = self.withdrawals(tx, plan).await?;
             let keys = w.keys();
             let counts = self.counts(tx, plan, &keys).await?;
             self.admit(&counts)?;
             let sql = format!(
-                "{} SELECT k, day, cents, q, channel, category, phone, email, birthday, anniversary FROM w ORDER BY k, day, row_key",
+                "{} SELECT k, day, cents, q, channel, category, phone, email, birthday, anniversary FROM w ORDER BY k COLLATE \"C\", day, row_key COLLATE \"C\"",
                 plan.with
             );
             let mut purchases = Vec::new();
@@ -997,7 +1098,7 @@ impl Database {
         self.read(async |tx, plan| {
             let keys = self.withdrawals(tx, plan).await?.keys();
             let sql = format!(
-                "{} SELECT k, day, {column} FROM w WHERE {column} IS NOT NULL ORDER BY k, day, row_key",
+                "{} SELECT k, day, {column} FROM w WHERE {column} IS NOT NULL ORDER BY k COLLATE \"C\", day, row_key COLLATE \"C\"",
                 plan.with
             );
             let mut out: Vec<Purchase> = Vec::new();

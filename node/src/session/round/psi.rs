@@ -488,9 +488,9 @@ impl Rounds<'_> {
         let dataset = match ctx.source.dataset().await {
             Ok(d) => d,
             Err(e) => {
-                return Ok(Err(format!(
-                    "this node could not read its database, so it refuses this run and reconnects for the next: {e}"
-                )));
+                // HQ learns only that the read failed; the details stay in this log.
+                tracing::warn!(node = %ctx.name, run = %run, error = %e, "reading the database failed");
+                return Ok(Err(crate::analyses::DATABASE_UNREADABLE.into()));
             }
         };
         if let Some(v) = state.start.noise.clone() {
