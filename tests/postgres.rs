@@ -452,3 +452,119 @@ async fn a_database_lost_during_a_round_refuses_that_round_and_the_node_reconnec
     assert_eq!(third.release.cells, first.release.cells);
     drop(server);
 }
+
+/// A jewellery franchisee's POS table (the synthetic data's fr-chengdu, with phones,
+/// Chinese store names, categories, birthdays and anniversaries, and its consent list as
+/// a table): `node check` counts and the identifiers it would match on, and every
+/// customer's history with its birthday and anniversary, equal the CSV export's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jewellery_pos_table_gives_the_exports_check_identifiers_and_histories() {
+    let server = PgServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/jewellery/fr-chengdu");
+    let table = "CREATE TABLE sales (order_id bigserial PRIMARY KEY, member_id text, mobile text, store text, \
+        paid_at timestamptz, total numeric(12, 2), category text, birthday date, anniversary date); \
+        CREATE TABLE withdrawn (member_id text);";
+    let (client, data) = server.node_database("pos", "reader", table, dir.path()).await.unwrap();
+    let mut rdr = csv::Reader::from_path(root.join("purchases.csv")).unwrap();
+    let mut cols: Vec<Vec<String>> = vec![Vec::new(); 8];
+    for rec in rdr.records() {
+        let rec = rec.unwrap();
+        for (i, c) in cols.iter_mut().enumerate() {
+            c.push(rec[i].to_string());
+        }
+    }
+    client
+        .execute(
+            "INSERT INTO sales (member_id, mobile, store, paid_at, total, category, birthday, anniversary) \
+             SELECT a, NULLIF(b, ''), NULLIF(c, ''), d::timestamptz, e::numeric, NULLIF(f, ''), NULLIF(g, '')::date, NULLIF(h, '')::date \
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) AS t(a, b, c, d, e, f, g, h)",
+            &[&cols[0], &cols[1], &cols[2], &cols[3], &cols[4], &cols[5], &cols[6], &cols[7]],
+        )
+        .await
+        .unwrap();
+    let withdrawn: Vec<String> = std::fs::read_to_string(root.join("consent-withdrawals.csv"))
+        .unwrap()
+        .lines()
+        .map(|l| l.split('#').next().unwrap().trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    client.execute("INSERT INTO withdrawn SELECT unnest($1::text[])", &[&withdrawn]).await.unwrap();
+    client.batch_execute("GRANT SELECT ON withdrawn TO reader").await.unwrap();
+    let mut db_data = DataConfig { consent_table: Some("withdrawn".into()), ..data };
+    db_data.columns.customer_key = "member_id".into();
+    db_data.columns.phone = "mobile".into();
+    db_data.columns.channel = "store".into();
+    db_data.columns.timestamp = "paid_at".into();
+    db_data.columns.amount = "total".into();
+    let file_data = DataConfig {
+        consent_withdrawals: Some(root.join("consent-withdrawals.csv")),
+        ..DataConfig::new(fedcrm_node::data::Format::Csv, root.join("purchases.csv"))
+    };
+    let node = |data: DataConfig| fedcrm_node::config::NodeConfig {
+        name: "fr-chengdu".into(),
+        coordinator: fedcrm_node::config::CoordinatorEndpoint {
+            url: "https://127.0.0.1:1".into(),
+            server_name: "hq".into(),
+            retry_seconds: 1,
+            retry_max_seconds: 1,
+        },
+        tls: fedcrm_node::config::TlsFiles {
+            ca: "ca.pem".into(),
+            cert: "node.pem".into(),
+            key: "node.key".into(),
+            crl: None,
+        },
+        data,
+        policy: Default::default(),
+        audit_dir: dir.path().join("audit"),
+        approvals_dir: dir.path().join("approvals"),
+        audit: Default::default(),
+        scoring: None,
+        psi: Default::default(),
+    };
+    let (db_cfg, file_cfg) = (node(db_data.clone()), node(file_data.clone()));
+    let from_db = fedcrm_node::check::check_database(&db_cfg).await.unwrap();
+    let ds = file_data.read().unwrap();
+    let from_file = fedcrm_node::check::check(&file_cfg, &ds);
+    println!(
+        "{} rows, {} customers, {} withdrawn; {} identifiers, {} without, bad {:?}, {} shared",
+        from_db.rows_loaded,
+        from_db.customers,
+        from_db.withdrawn_customers,
+        from_db.psi.identifiers,
+        from_db.psi.customers_without,
+        from_db.psi.bad,
+        from_db.psi.shared_by_customers
+    );
+    assert!(from_db.withdrawn_customers > 0 && from_db.psi.identifiers > 0);
+    assert_eq!(
+        (from_db.rows_loaded, from_db.customers, from_db.withdrawn_customers, from_db.withdrawn_rows),
+        (from_file.rows_loaded, from_file.customers, from_file.withdrawn_customers, from_file.withdrawn_rows)
+    );
+    assert_eq!(
+        (&from_db.first_purchase, &from_db.last_purchase),
+        (&from_file.first_purchase, &from_file.last_purchase)
+    );
+    assert_eq!(from_db.channels, from_file.channels);
+    assert_eq!(
+        (from_db.psi.identifiers, from_db.psi.customers_without, &from_db.psi.bad, from_db.psi.shared_by_customers),
+        (
+            from_file.psi.identifiers,
+            from_file.psi.customers_without,
+            &from_file.psi.bad,
+            from_file.psi.shared_by_customers
+        )
+    );
+    let Source::Database(db) = db_data.open().await.unwrap() else { unreachable!() };
+    let got = db.histories().await.unwrap();
+    let want = fedcrm_node::features::histories(&ds.purchases);
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(
+            (&g.customer, &g.txns, g.birthday, g.anniversary),
+            (&w.customer, &w.txns, w.birthday, w.anniversary),
+            "a history differs"
+        );
+    }
+}

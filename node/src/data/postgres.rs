@@ -42,8 +42,9 @@ const RFM: &str = "SELECT k, $2::date - max(day), count(DISTINCT day), greatest(
 /// Trim a text expression as Rust's `str::trim` does (Unicode White_Space, so the
 /// ideographic space U+3000 and NBSP too), as the CSV reader and consent lists trim.
 fn trim_sql(expr: &str) -> String {
-    const WS: &str = r"[\s\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]";
-    format!("regexp_replace({expr}, '^{WS}+|{WS}+$', '', 'g')")
+    // Every White_Space character, as U& escapes (the server's encoding is UTF-8).
+    const WS: &str = "U&' \\0009\\000A\\000B\\000C\\000D\\0085\\00A0\\1680\\2000\\2001\\2002\\2003\\2004\\2005\\2006\\2007\\2008\\2009\\200A\\2028\\2029\\202F\\205F\\3000'";
+    format!("btrim({expr}, {WS})")
 }
 
 /// A query from node.toml as a subquery: without a trailing `;`, and closed on a line
@@ -880,6 +881,9 @@ impl Database {
             }
         }
         let candidates: Vec<String> = w.candidates();
+        if candidates.is_empty() {
+            return Ok(w);
+        }
         let stmt = format!("{} SELECT DISTINCT k FROM v WHERE bad IS NULL AND k = ANY($2::text[])", plan.with);
         let none: Vec<String> = Vec::new();
         let rows = tx.query(&stmt, &[&none, &candidates]).await.map_err(|e| self.err(describe(&e)))?;
@@ -896,10 +900,13 @@ impl Database {
         plan: &Plan,
         withdrawn: &[String],
     ) -> Result<Counts, DataError> {
+        // One pass over the rows (a CTE read twice would be written out whole first).
         let sql = format!(
-            "{}, c AS (SELECT count(*) AS n, count(*) FILTER (WHERE bad IS NOT NULL) AS bad, \
-               count(*) FILTER (WHERE bad IS NULL AND k = ANY($1::text[])) AS withdrawn FROM v) \
-             SELECT c.n, c.bad, c.withdrawn, (SELECT count(DISTINCT k) FROM w), (SELECT min(day) FROM w), (SELECT max(day) FROM w) FROM c",
+            "{} SELECT count(*), count(*) FILTER (WHERE bad IS NOT NULL), \
+               count(*) FILTER (WHERE bad IS NULL AND k = ANY($1::text[])), \
+               count(DISTINCT k) FILTER (WHERE bad IS NULL AND NOT (k = ANY($1::text[]))), \
+               min(day) FILTER (WHERE bad IS NULL AND NOT (k = ANY($1::text[]))), \
+               max(day) FILTER (WHERE bad IS NULL AND NOT (k = ANY($1::text[]))) FROM v",
             plan.with
         );
         let row = tx.query_one(&sql, &[&withdrawn]).await.map_err(|e| self.err(describe(&e)))?;
@@ -913,6 +920,34 @@ impl Database {
             last: row.get(5),
             channels: Vec::new(),
         };
+        self.bad_examples(tx, plan, withdrawn, &mut counts).await?;
+        Ok(counts)
+    }
+
+    /// The rows read and the bad ones (what admitting a read needs), in one pass.
+    async fn admission(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        plan: &Plan,
+        withdrawn: &[String],
+    ) -> Result<Counts, DataError> {
+        let sql = format!("{} SELECT count(*), count(*) FILTER (WHERE bad IS NOT NULL) FROM v", plan.with);
+        let row = tx.query_one(&sql, &[&withdrawn]).await.map_err(|e| self.err(describe(&e)))?;
+        let (n, bad) = (row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64);
+        let mut counts =
+            Counts { report: LoadReport { rows: n - bad, skipped: bad, ..Default::default() }, ..Default::default() };
+        self.bad_examples(tx, plan, withdrawn, &mut counts).await?;
+        Ok(counts)
+    }
+
+    async fn bad_examples(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        plan: &Plan,
+        withdrawn: &[String],
+        counts: &mut Counts,
+    ) -> Result<(), DataError> {
+        let bad = counts.report.skipped;
         if bad > 0 {
             let sql = format!(
                 "{} SELECT row_key, bad FROM v WHERE bad IS NOT NULL ORDER BY row_key COLLATE \"C\" LIMIT {EXAMPLES}",
@@ -922,7 +957,7 @@ impl Database {
             counts.report.skipped_keys =
                 rows.iter().map(|r| (r.get::<_, Option<String>>(0).unwrap_or_default(), r.get(1))).collect();
         }
-        Ok(counts)
+        Ok(())
     }
 
     /// Counts, refused as a file load is: the first bad row under `on_bad_row = "fail"`,
@@ -976,7 +1011,7 @@ impl Database {
     ) -> Result<super::Withdrawals, DataError> {
         self.refuse_writers(self.write_problems(tx, plan).await?)?;
         let w = self.withdrawals(tx, plan).await?;
-        self.admit(&self.counts(tx, plan, &w.keys()).await?)?;
+        self.admit(&self.admission(tx, plan, &w.keys()).await?)?;
         Ok(w)
     }
 
@@ -1097,47 +1132,60 @@ impl Database {
         };
         self.read(async |tx, plan| {
             let keys = self.withdrawals(tx, plan).await?.keys();
-            let sql = format!(
-                "{} SELECT k, day, {column} FROM w WHERE {column} IS NOT NULL ORDER BY k COLLATE \"C\", day, row_key COLLATE \"C\"",
-                plan.with
-            );
-            let mut out: Vec<Purchase> = Vec::new();
-            // The current customer's (latest usable, latest any).
-            let mut held: Option<(String, Option<Purchase>, Option<Purchase>)> = None;
-            let flush = |held: &mut Option<(String, Option<Purchase>, Option<Purchase>)>, out: &mut Vec<Purchase>| {
-                if let Some((_, usable, any)) = held.take() {
-                    out.extend(usable);
-                    out.extend(any);
-                }
+            // No ORDER BY (a sort of every row): the latest of each kind is kept per
+            // customer as the rows come, by (day, row key) as the histories order them.
+            let sql = format!("{} SELECT k, day, row_key, {column} FROM w", plan.with);
+            // The values are personal data: held as `Contact`s, zeroized when dropped.
+            type Latest = Option<(Date, String, Contact)>;
+            let mut by: std::collections::HashMap<String, (Latest, Latest)> = std::collections::HashMap::new();
+            let later = |held: &Latest, day: Date, key: &str| {
+                held.as_ref().is_none_or(|(d, k, _)| (day, key.as_bytes()) >= (*d, k.as_bytes()))
             };
             self.stream(tx, &sql, &[&keys], |r| {
-                let k: String = r.get(0);
-                let value: String = r.get(2);
-                let p = Purchase {
-                    customer: k.clone(),
-                    day: r.get(1),
-                    amount_cents: 0,
-                    quantity: 0,
-                    channel: None,
-                    category: None,
-                    phone: (on == MatchOn::Phone).then(|| Contact::new(value.clone())),
-                    email: (on == MatchOn::Email).then(|| Contact::new(value.clone())),
-                    birthday: None,
-                    anniversary: None,
-                };
-                if held.as_ref().is_none_or(|h| h.0 != k) {
-                    flush(&mut held, &mut out);
-                    held = Some((k, None, None));
+                let (k, day, key): (String, Date, Option<String>) = (r.get(0), r.get(1), r.get(2));
+                let e = by.entry(k).or_default();
+                // A customer without any value is counted too (as having none).
+                let Some(value) = r.get::<_, Option<String>>(3).map(Contact::new) else { return };
+                let key = key.unwrap_or_default();
+                if later(&e.1, day, &key) {
+                    e.1 = Some((day, key.clone(), value.clone()));
                 }
-                // Unwrap safety: set just above.
-                let h = held.as_mut().unwrap();
-                if crate::identifiers::normalise(on, &value).is_ok() {
-                    h.1 = Some(p.clone());
+                if later(&e.0, day, &key) && crate::identifiers::normalise(on, value.expose()).is_ok() {
+                    e.0 = Some((day, key, value));
                 }
-                h.2 = Some(p);
             })
             .await?;
-            flush(&mut held, &mut out);
+            let mut out = Vec::with_capacity(by.len() * 2);
+            for (k, (usable, any)) in by {
+                if any.is_none() {
+                    out.push(Purchase {
+                        customer: k.clone(),
+                        day: Date::MIN,
+                        amount_cents: 0,
+                        quantity: 0,
+                        channel: None,
+                        category: None,
+                        phone: None,
+                        email: None,
+                        birthday: None,
+                        anniversary: None,
+                    });
+                }
+                for (day, _, value) in [usable, any].into_iter().flatten() {
+                    out.push(Purchase {
+                        customer: k.clone(),
+                        day,
+                        amount_cents: 0,
+                        quantity: 0,
+                        channel: None,
+                        category: None,
+                        phone: (on == MatchOn::Phone).then(|| value.clone()),
+                        email: (on == MatchOn::Email).then(|| value.clone()),
+                        birthday: None,
+                        anniversary: None,
+                    });
+                }
+            }
             Ok(out)
         })
         .await

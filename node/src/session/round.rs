@@ -460,7 +460,10 @@ impl<'a> Rounds<'a> {
             return Ok(None);
         }
         // Issue 14: a database source is read now, for every round (exact or noised),
-        // before anything depends on the data; a failure refuses this round only.
+        // before the charge; a failure refuses this round only, with a fixed reason.
+        // Nothing is computed from what was read until the contribution below (exact) or
+        // after the charge (noised); the read's duration and whether the database can be
+        // read are not hidden (docs/threat-model.md, "Not protected yet").
         if let Err(why) = analyses::prepare(&ctx.source, &start.analysis, &mut self.local).await {
             tracing::warn!(node = %ctx.name, %round, %why, "refusing round");
             self.refuse(round, &why).await?;
@@ -469,7 +472,8 @@ impl<'a> Rounds<'a> {
         // An exact round (only for `dp = "optional"` nodes) computes its contribution now
         // and refuses if this node holds more customers than the bound. A noised round
         // computes, clamps and noises it just before masking, once its charge is recorded
-        // (`on_masked_input_request`): until then nothing this node does depends on its data.
+        // (`on_masked_input_request`): until then nothing this node does depends on its data
+        // (beyond a database source's read above).
         let input = if start.noise.is_none() {
             let local = &mut LocalData::new(&ctx.source, &mut self.local);
             let (input, fitted) = match analyses::contribute(&start.analysis, local, &ctx.policy) {
