@@ -214,7 +214,23 @@ async fn a_role_with_insert_on_the_table_is_refused_with_the_grant_named() {
     client.batch_execute("REVOKE pos_writer FROM reader; ALTER ROLE reader CREATEROLE").await.unwrap();
     let err = data.open().await.unwrap_err().to_string();
     assert!(err.contains("CREATEROLE"), "{err}");
-    client.batch_execute("ALTER ROLE reader NOCREATEROLE").await.unwrap();
+    client
+        .batch_execute("ALTER ROLE reader NOCREATEROLE; CREATE ROLE admins SUPERUSER NOLOGIN; GRANT admins TO reader")
+        .await
+        .unwrap();
+    let err = data.open().await.unwrap_err().to_string();
+    assert!(err.contains("through its membership in admins is a superuser"), "{err}");
+    client.batch_execute("REVOKE admins FROM reader").await.unwrap();
+    // A query through a function hides what it reads: refused, not trusted.
+    client
+        .batch_execute(
+            "CREATE FUNCTION all_sales() RETURNS SETOF sales LANGUAGE plpgsql AS 'BEGIN RETURN QUERY SELECT * FROM sales; END'",
+        )
+        .await
+        .unwrap();
+    let hidden = DataConfig { table: None, query: Some("SELECT * FROM all_sales()".into()), ..data.clone() };
+    let err = hidden.open().await.unwrap_err().to_string();
+    assert!(err.contains("cannot tell which tables data.query reads"), "{err}");
     // A partitioned table: a grant on the parent counts when only a partition is read.
     client
         .batch_execute(
@@ -256,13 +272,27 @@ async fn keys_are_trimmed_and_ordered_as_the_files_are_and_withdrawn_customers_a
         )
         .await
         .unwrap();
+    // Every White_Space character around a key, as Rust's trim sees it; a zero-width
+    // space (not White_Space) is kept, as the files' reader keeps it.
+    let spaces: String = (0u32..0x3001).filter_map(char::from_u32).filter(|c| c.is_whitespace()).collect();
+    assert_eq!(spaces.chars().count(), 25);
+    let padded = format!("{spaces}d4{spaces}");
+    client
+        .execute(
+            "INSERT INTO sales (customer_id, purchased_at, quantity, amount) VALUES \
+               ($1, '1997-01-05 10:00+08', 1, 5.00), ($2, '1997-01-06 10:00+08', 1, 6.00)",
+            &[&padded, &"\u{200B}e5"],
+        )
+        .await
+        .unwrap();
     let data = DataConfig { consent_table: Some("withdrawn".into()), ..cdnow_columns(data) };
     let Source::Database(db) = data.open().await.unwrap() else { unreachable!() };
     let keys: Vec<String> = db.histories().await.unwrap().into_iter().map(|h| h.customer).collect();
     // Byte order, as the files' reader sorts: upper case before lower.
-    assert_eq!(keys, vec!["B2", "a1", "c3"]);
+    assert_eq!(keys, vec!["B2", "a1", "c3", "d4", "\u{200B}e5"]);
+    assert_eq!(padded.trim(), "d4");
     let ds = db.dataset().await.unwrap();
-    assert_eq!((ds.withdrawn_customers, ds.withdrawn_rows, ds.customers), (1, 1, 3));
+    assert_eq!((ds.withdrawn_customers, ds.withdrawn_rows, ds.customers), (1, 1, 5));
 }
 
 /// Broken rows: counted and named by their key under skip (within the allowed
@@ -418,6 +448,19 @@ async fn a_database_lost_during_a_round_refuses_that_round_and_the_node_reconnec
     let cluster = Arc::new(Cluster::start(common::model_options(nodes)).await.unwrap());
     let first = cluster.coordinator.run_segments(&common::request("with the database")).await.unwrap();
     assert_eq!(first.release.contributors.len(), 4, "{:?}", first.exits);
+    // The database restarts while the node is idle: its next read finds the connection
+    // gone before it starts and connects afresh — no round is refused for it.
+    let idle: i64 = client
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = 'reader' AND state = 'idle'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(idle, 1, "the node keeps one connection between analyses");
+    let again = cluster.coordinator.run_segments(&common::request("after an idle restart")).await.unwrap();
+    assert_eq!(again.release.contributors.len(), 4, "{:?}", again.exits);
     // The franchisee's database restarts while the node reads.
     let run = tokio::spawn({
         let cluster = cluster.clone();

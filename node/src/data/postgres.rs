@@ -50,7 +50,12 @@ fn trim_sql(expr: &str) -> String {
 /// A query from node.toml as a subquery: without a trailing `;`, and closed on a line
 /// of its own so a trailing `-- comment` ends before it.
 fn subquery(q: &str) -> String {
-    format!("(\n{}\n)", q.trim().trim_end_matches(';').trim_end())
+    format!("(\n{})", statement(q))
+}
+
+/// A query from node.toml as one statement: no trailing `;`, ending on a new line.
+fn statement(q: &str) -> String {
+    format!("{}\n", q.trim().trim_end_matches(';').trim_end())
 }
 
 /// Rows fetched from a portal at a time: what bounds the node's memory while it reads.
@@ -241,8 +246,11 @@ fn quote_literal(s: &str) -> String {
 /// `node check` shows.
 #[derive(Debug, Clone)]
 struct Plan {
-    /// `WITH r AS (...), v AS (...)`: one row per source row, with `bad` (NULL or why)
-    /// and the normalised columns; `$1` is the withdrawn keys (`text[]`).
+    /// `WITH r AS (...), v AS (...), w AS (...)`: one row per source row, with `bad`
+    /// (NULL or why) and the normalised columns (`r`, `v`), and the usable rows of
+    /// customers who did not withdraw (`w`); `$1` is the withdrawn keys (`text[]`). Each
+    /// is `NOT MATERIALIZED` (never written out whole) and `r`, `v` end in `OFFSET 0`, so
+    /// every expression is computed once per row rather than once per use.
     with: String,
     /// Tables the node reads (schema-qualified), checked for write privileges.
     relations: Vec<String>,
@@ -384,7 +392,19 @@ impl Database {
         db_err(&self.settings, why)
     }
 
+    /// Connect within `connect_timeout_seconds`, all of it: the socket, TLS, start-up,
+    /// authentication and the session's settings.
     async fn connect(&self) -> Result<Client, DataError> {
+        let limit = Duration::from_secs(self.settings.connect_timeout_seconds);
+        tokio::time::timeout(limit, self.connect_now()).await.unwrap_or_else(|_| {
+            Err(self.err(format!(
+                "no connection within data.connect_timeout_seconds = {}; is the database up and reachable from this machine?",
+                self.settings.connect_timeout_seconds
+            )))
+        })
+    }
+
+    async fn connect_now(&self) -> Result<Client, DataError> {
         let client = match &self.tls {
             None => {
                 let (client, conn) = self.pg.connect(NoTls).await.map_err(|e| self.err(describe(&e)))?;
@@ -441,7 +461,11 @@ impl Database {
                 .start()
                 .await
                 .map_err(|e| self.err(describe(&e)))?;
-            tx.batch_execute(&format!("SET LOCAL statement_timeout = '{}s'", self.settings.query_timeout_seconds))
+            // The node's SQL is written with standard strings (U& escapes among them).
+            tx.batch_execute(&format!(
+                "SET LOCAL standard_conforming_strings = on; SET LOCAL statement_timeout = '{}s'",
+                self.settings.query_timeout_seconds
+            ))
                 .await
                 .map_err(|e| self.err(describe(&e)))?;
             tx.batch_execute(&format!("SET LOCAL TIME ZONE {}", quote_literal(&self.settings.time_zone)))
@@ -474,8 +498,31 @@ impl Database {
     /// Build the normalising query from the source's columns and their types.
     async fn plan(&self, tx: &tokio_postgres::Transaction<'_>) -> Result<Plan, DataError> {
         let s = &self.settings;
-        let from = match (&s.table, &s.query) {
-            (Some(t), _) => quote_name(t),
+        let encoding: String =
+            tx.query_one("SHOW server_encoding", &[]).await.map_err(|e| self.err(describe(&e)))?.get(0);
+        if encoding != "UTF8" {
+            return Err(self.err(format!(
+                "the database's encoding is {encoding}; the node reads UTF8 databases (convert it, or read through a UTF8 database)"
+            )));
+        }
+        // A table is read by the schema-qualified name found now, not through the
+        // search path at every read (a table of the same name elsewhere cannot shadow it).
+        let table = match &s.table {
+            Some(t) => Some(
+                tx.query_opt(
+                    "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
+                     JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)",
+                    &[&quote_name(t)],
+                )
+                .await
+                .map_err(|e| self.err(format!("table {t}: {}", describe(&e))))?
+                .ok_or_else(|| self.err(format!("data.table {t} does not exist, or the role cannot see it")))?
+                .get::<_, String>(0),
+            ),
+            None => None,
+        };
+        let from = match (&table, &s.query) {
+            (Some(t), _) => t.clone(),
             (_, Some(q)) => subquery(q),
             _ => unreachable!("validated: a table or a query"),
         };
@@ -617,19 +664,23 @@ impl Database {
         let ts_name = cols.timestamp.trim();
         let am_name = cols.amount.trim();
         let with = format!(
-            "WITH r AS (SELECT {key} AS k, {day} AS day, CAST(s.{am} AS numeric) AS a, {quantity} AS q, \
+            "WITH r AS NOT MATERIALIZED (SELECT {key} AS k, {day} AS day, CAST(s.{am} AS numeric) AS a, {quantity} AS q, \
                {phone} AS phone, {email} AS email, {channel} AS channel, {category} AS category, \
-               {birthday} AS birthday, {anniversary} AS anniversary, {row_key} AS row_key FROM {from} AS s), \
-             v AS (SELECT r.*, CASE \
+               {birthday} AS birthday, {anniversary} AS anniversary, {row_key} AS row_key FROM {from} AS s OFFSET 0), \
+             v AS NOT MATERIALIZED (SELECT r.*, CASE \
                WHEN k IS NULL OR k = '' THEN {e_key} \
                WHEN day IS NULL THEN {e_ts_null} \
-               WHEN NOT isfinite(day) OR extract(year FROM day) NOT BETWEEN 1 AND 9999 THEN {e_ts_range} \
+               WHEN day NOT BETWEEN date '0001-01-01' AND date '9999-12-31' THEN {e_ts_range} \
                WHEN a IS NULL THEN {e_am_null} \
                WHEN a = 'NaN'::numeric OR abs(a) >= 1e15 THEN {e_am_range} \
-               WHEN a * 100 <> trunc(a * 100) THEN {e_am_scale} \
+               WHEN trunc(a, 2) <> a THEN {e_am_scale} \
                WHEN q IS NULL OR q < 0 OR q > 4294967295 THEN {e_qty} \
-               END AS bad FROM r), \
-             w AS (SELECT v.*, CASE WHEN bad IS NULL THEN CAST(a * 100 AS bigint) END AS cents FROM v \
+               WHEN birthday NOT BETWEEN date '0001-01-01' AND date '9999-12-31' \
+                 THEN 'birthday is not a date between the years 1 and 9999' \
+               WHEN anniversary NOT BETWEEN date '0001-01-01' AND date '9999-12-31' \
+                 THEN 'anniversary is not a date between the years 1 and 9999' \
+               END AS bad FROM r OFFSET 0), \
+             w AS NOT MATERIALIZED (SELECT v.*, CASE WHEN bad IS NULL THEN CAST(a * 100 AS bigint) END AS cents FROM v \
                WHERE bad IS NULL AND NOT (k = ANY($1::text[])))",
             key = trim_sql(&format!("CAST(s.{ck} AS text)")),
             e_key = quote_literal(&format!("{ck_name} (customer_key) is empty")),
@@ -663,20 +714,13 @@ impl Database {
 
     /// The tables a query reads, from its plan (views resolved to their tables).
     async fn relations_of(&self, tx: &tokio_postgres::Transaction<'_>, query: &str) -> Result<Vec<String>, DataError> {
-        let plan: serde_json::Value = {
-            let rows = tx
-                .simple_query(&format!("EXPLAIN (VERBOSE, FORMAT JSON) {query}"))
-                .await
-                .map_err(|e| self.err(format!("cannot plan the query: {}", describe(&e))))?;
-            let text = rows
-                .iter()
-                .find_map(|m| match m {
-                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-                    _ => None,
-                })
-                .unwrap_or_default();
-            serde_json::from_str(&text).map_err(|e| self.err(format!("cannot read the query's plan: {e}")))?
-        };
+        // The extended protocol: one statement only, so nothing in node.toml can end the
+        // read-only transaction.
+        let plan: serde_json::Value = tx
+            .query_one(&format!("EXPLAIN (VERBOSE, FORMAT JSON) {}", statement(query)), &[])
+            .await
+            .map_err(|e| self.err(format!("cannot plan the query: {}", describe(&e))))?
+            .get(0);
         fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
             match v {
                 serde_json::Value::Object(m) => {
@@ -728,6 +772,12 @@ impl Database {
         let me = q("SELECT format('%I', current_user)", &[]).await?;
         let role: String = me[0].get(0);
         let mut problems = Vec::new();
+        if plan.relations.is_empty() {
+            problems.push(
+                "the node cannot tell which tables data.query reads (through a function?), so it cannot check that its role cannot write them; name data.table, or query the tables themselves"
+                    .to_string(),
+            );
+        }
         // Every role this one may act as.
         let powers = q(
             "SELECT format('%I', rolname), rolsuper, rolcreaterole FROM pg_roles \
@@ -738,7 +788,8 @@ impl Database {
         for r in &powers {
             let (name, sup): (String, bool) = (r.get(0), r.get(1));
             let through = if name == role { String::new() } else { format!(" through its membership in {name}") };
-            let what = if sup { "is a superuser" } else { "may create roles (CREATEROLE) and so grant itself any" };
+            let what =
+                if sup { "is a superuser" } else { "may create roles (CREATEROLE) and so grant itself any role" };
             problems.push(format!(
                 "the role {role}{through} {what}; connect as a role of its own that only has SELECT (README: Connecting a POS database)"
             ));
@@ -819,8 +870,8 @@ impl Database {
                 server_version: version,
                 time_zone: self.settings.time_zone.clone(),
                 query: format!("{}\n{RFM}", plan.with)
-                    .replace(" v AS (", "\nv AS (")
-                    .replace(" w AS (", "\nw AS (")
+                    .replace(" v AS NOT MATERIALIZED (", "\nv AS NOT MATERIALIZED (")
+                    .replace(" w AS NOT MATERIALIZED (", "\nw AS NOT MATERIALIZED (")
                     .replace(" WHEN ", "\n  WHEN ")
                     .replace(" END AS bad", "\n  END AS bad")
                     .replace(" FROM w WHERE day", "\n  FROM w WHERE day"),
