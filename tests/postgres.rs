@@ -62,6 +62,17 @@ fn cdnow_columns(mut data: DataConfig) -> DataConfig {
     data
 }
 
+/// A throwaway server with one node database `pos` holding `rows` (CDNOW lines), read
+/// by the role `reader`: the server, the directory of the role's password file, the
+/// owner's connection and the node's `[data]`.
+async fn one_database(rows: &str) -> (PgServer, tempfile::TempDir, tokio_postgres::Client, DataConfig) {
+    let server = PgServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (client, data) = server.node_database("pos", "reader", TABLE, dir.path()).await.unwrap();
+    load_cdnow(&client, rows).await;
+    (server, dir, client, cdnow_columns(data))
+}
+
 /// Five node databases holding the even CDNOW split, beside the same split as files.
 async fn five_databases(server: &PgServer, dir: &Path) -> (Vec<NodeSpec>, Vec<NodeSpec>) {
     let files = common::cdnow_nodes(&[1; 5], true);
@@ -174,11 +185,7 @@ async fn cdnow_in_five_databases_gives_exactly_the_files_features_segments_churn
 /// grant to revoke; with the grant revoked it starts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_role_with_insert_on_the_table_is_refused_with_the_grant_named() {
-    let server = PgServer::start().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (client, data) = server.node_database("pos", "reader", TABLE, dir.path()).await.unwrap();
-    load_cdnow(&client, "00001 19970101 1 11.77\n00002 19970112 2 89.00\n").await;
-    let data = cdnow_columns(data);
+    let (_server, _dir, client, data) = one_database("00001 19970101 1 11.77\n00002 19970112 2 89.00\n").await;
     client.batch_execute("GRANT INSERT ON sales TO reader").await.unwrap();
     let err = data.open().await.unwrap_err().to_string();
     println!("{err}");
@@ -394,12 +401,8 @@ async fn broken_rows_are_reported_by_key_under_skip_and_stop_the_load_under_fail
 /// that runs too long is cancelled, with the setting named.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dates_are_taken_in_the_node_time_zone_and_a_slow_query_times_out() {
-    let server = PgServer::start().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (client, data) = server.node_database("pos", "reader", TABLE, dir.path()).await.unwrap();
     // 1997-01-01 01:30 in Shanghai is 1996-12-31 17:30 UTC.
-    load_cdnow(&client, "00001 19970101 1 11.77\n").await;
-    let data = cdnow_columns(data);
+    let (_server, _dir, _client, data) = one_database("00001 19970101 1 11.77\n").await;
     let day = async |zone: &str| {
         let cfg = DataConfig { time_zone: Some(zone.into()), ..data.clone() };
         let Source::Database(db) = cfg.open().await.unwrap() else { unreachable!() };
@@ -544,28 +547,7 @@ async fn a_jewellery_pos_table_gives_the_exports_check_identifiers_and_histories
         consent_withdrawals: Some(root.join("consent-withdrawals.csv")),
         ..DataConfig::new(fedcrm_node::data::Format::Csv, root.join("purchases.csv"))
     };
-    let node = |data: DataConfig| fedcrm_node::config::NodeConfig {
-        name: "fr-chengdu".into(),
-        coordinator: fedcrm_node::config::CoordinatorEndpoint {
-            url: "https://127.0.0.1:1".into(),
-            server_name: "hq".into(),
-            retry_seconds: 1,
-            retry_max_seconds: 1,
-        },
-        tls: fedcrm_node::config::TlsFiles {
-            ca: "ca.pem".into(),
-            cert: "node.pem".into(),
-            key: "node.key".into(),
-            crl: None,
-        },
-        data,
-        policy: Default::default(),
-        audit_dir: dir.path().join("audit"),
-        approvals_dir: dir.path().join("approvals"),
-        audit: Default::default(),
-        scoring: None,
-        psi: Default::default(),
-    };
+    let node = |data: DataConfig| fedcrm::bench::postgres::node_config(dir.path(), data);
     let (db_cfg, file_cfg) = (node(db_data.clone()), node(file_data.clone()));
     let from_db = fedcrm_node::check::check_database(&db_cfg).await.unwrap();
     let ds = file_data.read().unwrap();

@@ -101,11 +101,12 @@ async fn fill(client: &tokio_postgres::Client, rows: u64, customers: u64) -> Res
     Ok(())
 }
 
-/// A node's configuration around `data` (only its data and policy are read here).
-fn node_config(dir: &std::path::Path, data: fedcrm_node::data::DataConfig) -> fedcrm_node::config::NodeConfig {
+/// A node's configuration around `data`, every other setting at its default (only its
+/// data and policy are read by `node check`); its files would be in `dir`.
+pub fn node_config(dir: &std::path::Path, data: fedcrm_node::data::DataConfig) -> fedcrm_node::config::NodeConfig {
     use fedcrm_node::config::{CoordinatorEndpoint, NodeConfig, TlsFiles};
     NodeConfig {
-        name: "bench".into(),
+        name: "node".into(),
         coordinator: CoordinatorEndpoint {
             url: "https://127.0.0.1:1".into(),
             server_name: "coordinator".into(),

@@ -1206,35 +1206,26 @@ impl Database {
                 }
             })
             .await?;
+            let row = |customer: &str, day: Date, value: Option<Contact>| Purchase {
+                customer: customer.to_string(),
+                day,
+                amount_cents: 0,
+                quantity: 0,
+                channel: None,
+                category: None,
+                phone: value.clone().filter(|_| on == MatchOn::Phone),
+                email: value.filter(|_| on == MatchOn::Email),
+                birthday: None,
+                anniversary: None,
+            };
             let mut out = Vec::with_capacity(by.len() * 2);
             for (k, (usable, any)) in by {
                 if any.is_none() {
-                    out.push(Purchase {
-                        customer: k.clone(),
-                        day: Date::MIN,
-                        amount_cents: 0,
-                        quantity: 0,
-                        channel: None,
-                        category: None,
-                        phone: None,
-                        email: None,
-                        birthday: None,
-                        anniversary: None,
-                    });
+                    // A customer with no value at all (counted as having none).
+                    out.push(row(&k, Date::MIN, None));
                 }
                 for (day, _, value) in [usable, any].into_iter().flatten() {
-                    out.push(Purchase {
-                        customer: k.clone(),
-                        day,
-                        amount_cents: 0,
-                        quantity: 0,
-                        channel: None,
-                        category: None,
-                        phone: (on == MatchOn::Phone).then(|| value.clone()),
-                        email: (on == MatchOn::Email).then(|| value.clone()),
-                        birthday: None,
-                        anniversary: None,
-                    });
+                    out.push(row(&k, day, Some(value)));
                 }
             }
             Ok(out)
