@@ -118,6 +118,26 @@ async fn cdnow_in_five_databases_gives_exactly_the_files_features_segments_churn
         for (g, w) in got.iter().zip(&want) {
             assert_eq!((&g.customer, &g.txns), (&w.customer, &w.txns), "{}: a history differs", f.name);
         }
+        // The CLV summaries, computed in the database, bit for bit — for every customer
+        // and for one cohort, in weeks and in days.
+        use fedcrm_model::clv::summary::{Calibration, TimeUnit};
+        for (unit, cohort) in
+            [(TimeUnit::Weeks, None), (TimeUnit::Days, Some((date!(1997 - 02 - 01), date!(1997 - 02 - 28))))]
+        {
+            let cal = Calibration { end: date!(1997 - 09 - 30), unit, first_purchase: cohort };
+            let got = db.clv(&cal).await.unwrap();
+            let want = fedcrm_node::analyses::ClvData::from_histories(&want, &cal);
+            assert_eq!(got.firsts, want.firsts, "{}: first purchases", f.name);
+            assert_eq!(got.summaries.len(), want.summaries.len(), "{}: customers in the calibration", f.name);
+            for (g, w) in got.summaries.iter().zip(&want.summaries) {
+                assert_eq!(
+                    (g.x, g.t_x.to_bits(), g.t.to_bits(), g.mean_repeat_value.to_bits()),
+                    (w.x, w.t_x.to_bits(), w.t.to_bits(), w.mean_repeat_value.to_bits()),
+                    "{}: a CLV summary differs",
+                    f.name
+                );
+            }
+        }
         println!(
             "{}: {} customers, {} purchases — the same from the database and the file",
             f.name,

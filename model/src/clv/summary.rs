@@ -104,18 +104,30 @@ impl Calibration {
     pub fn summary(&self, txns: &[Txn]) -> Option<Summary> {
         let all = transactions(txns);
         let first = all.first()?.0;
+        let (mut x, mut last, mut cents) = (0u32, None, 0i64);
+        for (d, c) in all[1..].iter().take_while(|(d, _)| *d <= self.end) {
+            x += 1;
+            last = Some(*d);
+            cents = cents.saturating_add(*c);
+        }
+        self.summary_of(first, x, last, cents)
+    }
+
+    /// The summary of a customer from the aggregates of its transactions (same-day
+    /// purchases merged): the first day, and of the repeat transactions up to the end
+    /// their count, the last day and their value in cents — what a database computes
+    /// with `GROUP BY` (issue 14); [`summary`](Self::summary) computes them from the
+    /// purchases. `None` as there.
+    pub fn summary_of(&self, first: Date, x: u32, last_repeat: Option<Date>, repeat_cents: i64) -> Option<Summary> {
         if first > self.end || self.first_purchase.is_some_and(|(from, to)| first < from || first > to) {
             return None;
         }
-        let calibration: Vec<&(Date, i64)> = all.iter().take_while(|(d, _)| *d <= self.end).collect();
         let unit = self.unit.days();
         let days = |d: Date| (d - first).whole_days() as f64;
-        let repeat = &calibration[1..];
-        let x = repeat.len() as u32;
-        let t_x = repeat.last().map_or(0.0, |(d, _)| days(*d) / unit);
+        let t_x = last_repeat.filter(|_| x > 0).map_or(0.0, |d| days(d) / unit);
         let t = days(self.end) / unit;
-        let mean_repeat_value =
-            if x == 0 { 0.0 } else { repeat.iter().map(|(_, c)| *c as f64).sum::<f64>() / 100.0 / f64::from(x) };
+        // Whole cents below 2^53 sum exactly, in any order, as integers or as f64.
+        let mean_repeat_value = if x == 0 { 0.0 } else { repeat_cents as f64 / 100.0 / f64::from(x) };
         Some(Summary { x, t_x, t, mean_repeat_value })
     }
 

@@ -100,7 +100,7 @@ fn contribute_noised(
 }
 
 /// The round's calibration window: it ends at the analysis's reference date.
-fn calibration(round: &ClvRound, reference: Date) -> Calibration {
+pub(crate) fn calibration(round: &ClvRound, reference: Date) -> Calibration {
     Calibration { end: reference, unit: round.setup.unit, first_purchase: round.setup.first_purchase }
 }
 
@@ -178,21 +178,13 @@ impl NodeQuery for ClvRound {
     }
 
     fn contribute(&self, data: &mut LocalData<'_>, reference: Date) -> Result<Contribution, String> {
-        let cal = calibration(self, reference);
-        let fewest = self.setup.first_purchase.and_then(|_| {
-            let firsts: Vec<Date> = data
-                .histories()
-                .iter()
-                .filter_map(|h| h.txns.iter().map(|t| t.day).min())
-                .filter(|d| *d <= reference)
-                .collect();
-            fewest_in_a_month(&firsts)
-        });
-        let summaries: Vec<Summary> = data.histories().iter().filter_map(|h| cal.summary(&h.txns)).collect();
+        let read = data.clv(calibration(self, reference));
+        let fewest = self.setup.first_purchase.and_then(|_| fewest_in_a_month(&read.firsts));
+        let summaries: &[Summary] = &read.summaries;
         if let Some(dp) = &self.dp {
-            return contribute_noised(self, dp, &summaries, fewest);
+            return contribute_noised(self, dp, summaries, fewest);
         }
-        let sums = node_sums(self.likelihood, &self.log_params, &summaries);
+        let sums = node_sums(self.likelihood, &self.log_params, summaries);
         // The minimum applies to the customers the round's likelihood sums: for
         // Gamma-Gamma only those with a repeat purchase (attack review of issue 13, H1: a
         // cohort of one-time buyers would otherwise make its sums one customer's).

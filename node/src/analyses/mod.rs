@@ -180,6 +180,8 @@ pub struct LocalData<'a> {
 pub struct Cache {
     rfm: Option<(Date, Vec<CustomerRfm>)>,
     histories: Option<Vec<crate::features::History>>,
+    /// Issue 14: the CLV summaries of one calibration (from a database, computed there).
+    clv: Option<(fedcrm_model::clv::summary::Calibration, ClvData)>,
     /// Issue 14, a database source: the analysis the cached features were read for
     /// (each analysis reads the database afresh, all its rounds the same features).
     read_for: Option<String>,
@@ -212,6 +214,47 @@ impl<'a> LocalData<'a> {
         }
         self.cache.histories.as_deref().unwrap_or(&[])
     }
+
+    /// The CLV summaries at `cal`: from the histories for a file source, computed in the
+    /// database (by [`prepare`]) for a database source.
+    pub fn clv(&mut self, cal: fedcrm_model::clv::summary::Calibration) -> &ClvData {
+        if self.cache.clv.as_ref().is_none_or(|c| c.0 != cal) {
+            // A database source's are read by `prepare`; none read means none.
+            let data = match self.source {
+                Source::Rows(_) => ClvData::from_histories(self.histories(), &cal),
+                Source::Database(_) => ClvData::default(),
+            };
+            self.cache.clv = Some((cal, data));
+        }
+        // Unwrap safety: set just above when absent.
+        &self.cache.clv.as_ref().unwrap().1
+    }
+}
+
+/// Issue 13/14: what a CLV round reads of a node's customers at one calibration.
+#[derive(Debug, Clone, Default)]
+pub struct ClvData {
+    /// The summaries of the customers in the calibration data, in customer-key order.
+    pub summaries: Vec<fedcrm_model::clv::summary::Summary>,
+    /// Every customer's first purchase day up to the calibration end.
+    pub firsts: Vec<Date>,
+}
+
+impl ClvData {
+    /// From the customers' histories (a file source).
+    pub fn from_histories(
+        histories: &[crate::features::History],
+        cal: &fedcrm_model::clv::summary::Calibration,
+    ) -> Self {
+        ClvData {
+            summaries: histories.iter().filter_map(|h| cal.summary(&h.txns)).collect(),
+            firsts: histories
+                .iter()
+                .filter_map(|h| h.txns.iter().map(|t| t.day).min())
+                .filter(|d| *d <= cal.end)
+                .collect(),
+        }
+    }
 }
 
 /// Issue 14: the refusal a node sends when its database cannot be read — no detail of
@@ -241,7 +284,16 @@ pub async fn prepare(source: &Source, analysis: &Analysis, cache: &mut Cache) ->
                 cache.rfm = Some((reference, rfm.into_iter().map(|(_, r)| r).collect()));
             }
         }
-        AnalysisKind::Churn(_) | AnalysisKind::Clv(_) => {
+        AnalysisKind::Clv(round) => {
+            // The customers' summaries are computed in the database (GROUP BY).
+            let cal = clv::calibration(round, analysis.reference_date);
+            if fresh || cache.clv.as_ref().is_none_or(|c| c.0 != cal) {
+                cache.clv = None;
+                cache.read_for = None;
+                cache.clv = Some((cal, db.clv(&cal).await.map_err(reason)?));
+            }
+        }
+        AnalysisKind::Churn(_) => {
             if fresh || cache.histories.is_none() {
                 cache.histories = None;
                 cache.read_for = None;

@@ -15,9 +15,9 @@
 //!   amount is NULL, not finite or has more than two decimals is a bad row, named by
 //!   its row key (`row_key`, else the table's primary key, else the customer key).
 //!
-//! Per-customer RFM values are computed in the database (`GROUP BY` over the reference
-//! window); the model analyses and private set intersection read the rows streamed in
-//! customer order. Before it starts, the node refuses a role that can write to any
+//! Per-customer RFM values and CLV summaries are computed in the database (`GROUP BY`
+//! over the reference window); the churn model and private set intersection read the
+//! rows streamed in customer order. Before it starts, the node refuses a role that can write to any
 //! table it reads, and names the grant to revoke.
 
 use std::fmt::Write as _;
@@ -1121,6 +1121,43 @@ impl Database {
                 }
                 if let Some(d) = r.get::<_, Option<Date>>(6) {
                     h.anniversary = Some(d);
+                }
+            })
+            .await?;
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Issue 13's CLV summaries at `cal`, computed in the database: same-day purchases
+    /// merged (`GROUP BY` customer and day), then per customer the first day and, up to
+    /// the calibration end, the repeat transactions' count, last day and value — the
+    /// node holds one summary per customer, never the rows. In customer-key byte order,
+    /// as the files' histories give them (the model's sums depend on the order).
+    pub async fn clv(
+        &self,
+        cal: &fedcrm_model::clv::summary::Calibration,
+    ) -> Result<crate::analyses::ClvData, DataError> {
+        self.read(async |tx, plan| {
+            let keys = self.admitted_keys(tx, plan).await?.keys();
+            let sql = format!(
+                "{}, d AS (SELECT k, day, sum(cents)::bigint AS c FROM w GROUP BY k, day), \
+                   f AS (SELECT k, min(day) AS first FROM d GROUP BY k) \
+                 SELECT f.first, count(*) FILTER (WHERE d.day > f.first AND d.day <= $2::date), \
+                   max(d.day) FILTER (WHERE d.day > f.first AND d.day <= $2::date), \
+                   coalesce(sum(d.c) FILTER (WHERE d.day > f.first AND d.day <= $2::date), 0)::bigint \
+                 FROM f JOIN d ON d.k = f.k GROUP BY f.k, f.first ORDER BY f.k COLLATE \"C\"",
+                plan.with
+            );
+            let mut out = crate::analyses::ClvData::default();
+            self.stream(tx, &sql, &[&keys, &cal.end], |r| {
+                let first: Date = r.get(0);
+                let x = u32::try_from(r.get::<_, i64>(1)).unwrap_or(u32::MAX);
+                if first <= cal.end {
+                    out.firsts.push(first);
+                }
+                if let Some(s) = cal.summary_of(first, x, r.get(2), r.get(3)) {
+                    out.summaries.push(s);
                 }
             })
             .await?;
